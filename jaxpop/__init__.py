@@ -1,0 +1,37 @@
+"""jaxpop: population based training and online hyperparameter adjustment for JAX.
+
+The seed-compatible surface::
+
+    from jaxpop import population as pop_mod
+    from jaxpop.mutators import winner_take_all_genetic
+
+    mutator = winner_take_all_genetic.WinnerTakeAllGenetic(mutate_fn, steps_per_exploit=100)
+    population = pop_mod.PopulationController([{"log_lr": -9.2}] * 2, mutator)
+"""
+
+from jaxpop import core, keys
+from jaxpop.core import PopulationState
+from jaxpop.events import Ask, Eval
+from jaxpop.history import GenerationView, History
+from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, Mutator, WinnerTakeAllGenetic
+from jaxpop.population import PopulationController
+from jaxpop.records import ActiveWorker, Checkpoint
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActiveWorker",
+    "Ask",
+    "BranchingSingleMachine",
+    "Checkpoint",
+    "Eval",
+    "FixedSchedule",
+    "GenerationView",
+    "History",
+    "Mutator",
+    "PopulationController",
+    "PopulationState",
+    "WinnerTakeAllGenetic",
+    "core",
+    "keys",
+]

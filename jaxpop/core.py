@@ -1,0 +1,279 @@
+"""The pure state machine of a population: ``PopulationState`` and its transitions.
+
+Every decision the controller makes is one of the functions here, of the form
+``(state, event, now, key, *, mutator) -> (state, reply)``. They never mutate their
+inputs, never read a clock or a global random state, and return the *same* state object
+when an event changes nothing, so a caller can tell (by identity) which events must be
+journaled. Replaying the journaled events with their ``now`` on the initial state
+rebuilds the exact state, because each event's key is a function of the run's root key
+and the event's index (``state.num_events``; see :func:`event_key`).
+
+Protocol (what a worker can rely on):
+
+* ``ask`` with ``generation_id`` ``None`` or ``""`` ("I have none yet") returns the
+  worker's assignment.
+* ``ask`` with the worker's current generation returns ``None`` (keep going).
+* ``ask`` with a generation the history does not know returns the assignment (resync)
+  and a warning.
+* ``ask`` with a known generation that is no longer the worker's first records the
+  worker's last ``(generation, step, params)`` as a checkpoint (when that step is not
+  yet in the history), then returns the new assignment.
+* ``report`` for a generation the history does not know changes nothing and returns a
+  warning. Otherwise it records (or replaces) the checkpoint at ``(generation, step)``
+  and runs the mutator's ``update``.
+* A ``worker_id`` outside ``[0, population size)`` raises ``ValueError``; a value that is
+  not a real number raises ``TypeError``. A NaN or infinite value is stored as reported
+  and ranks last in every selection.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+from flax import struct
+
+from jaxpop.events import Ask, Eval, Event
+from jaxpop.history import History
+from jaxpop.keys import event_key as _event_key
+from jaxpop.keys import new_generation_id
+from jaxpop.mutators.base import Mutator
+from jaxpop.records import ActiveWorker, Checkpoint
+
+__all__ = [
+    "PopulationState",
+    "Reply",
+    "as_value",
+    "ask",
+    "event_key",
+    "init",
+    "report",
+    "transition",
+]
+
+
+@struct.dataclass
+class PopulationState:
+    """Everything a population is: assignments, history, mutator state, randomness.
+
+    Attributes:
+      workers: the current assignment of each worker, indexed by worker id.
+      mutator_state: the mutator's own state (plain data).
+      key: the run's root PRNG key (raw ``uint32[2]``); event ``i`` uses
+        ``event_key(state)`` at ``num_events == i``.
+      history: every checkpoint recorded so far (see :class:`jaxpop.history.History`).
+      num_events: how many state-changing events have been applied.
+    """
+
+    workers: tuple[ActiveWorker, ...]
+    mutator_state: Any
+    key: np.ndarray
+    history: History = struct.field(pytree_node=False)
+    num_events: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def population_size(self) -> int:
+        return len(self.workers)
+
+
+class Reply(NamedTuple):
+    """What a transition answers.
+
+    Attributes:
+      worker: for ``ask``, the assignment to switch to, or ``None`` to keep going.
+      checkpoint: for ``report``, the checkpoint recorded (``None`` if ignored).
+      warning: a message for the caller to log, or ``None``.
+    """
+
+    worker: ActiveWorker | None = None
+    checkpoint: Checkpoint | None = None
+    warning: str | None = None
+
+
+def event_key(state: PopulationState) -> np.ndarray:
+    """The key of the next event applied to ``state``."""
+    return _event_key(state.key, state.num_events)
+
+
+def init(
+    initial_population: Iterable[Any], mutator: Mutator, *, key: np.ndarray, now: float
+) -> PopulationState:
+    """The state of a fresh population: one generation per initial ``meta_params``.
+
+    Each worker starts at step 0 with ``params=None``; each generation's first
+    checkpoint (no value, no parent) records its hyperparameters.
+    """
+    if isinstance(initial_population, (Mapping, str, bytes)):
+        raise TypeError(
+            "initial_population must be a sequence with one meta_params per worker, "
+            f"got a {type(initial_population).__name__}"
+        )
+    population = list(initial_population)
+    if not population:
+        raise ValueError(
+            "initial_population is empty: pass one meta_params pytree per worker, "
+            'e.g. [{"log_lr": -4.0}, {"log_lr": -3.0}]'
+        )
+    key = np.asarray(key, dtype=np.uint32)
+    workers, history = [], History()
+    for i, meta_params in enumerate(population):
+        generation_id = new_generation_id(key, i)
+        workers.append(ActiveWorker(None, meta_params, generation_id, 0))
+        history = history.add(Checkpoint(None, meta_params, generation_id, None, None, 0, now))
+    return PopulationState(tuple(workers), mutator.init(), key, history, 0)
+
+
+def as_value(value: Any) -> float:
+    """``value`` as a Python float, or ``TypeError`` if it is not a real number.
+
+    Accepts ints, floats, numpy scalars and one-element numeric numpy or jax arrays.
+    """
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and getattr(value, "size", None) == 1 and np.dtype(dtype).kind in "fiu":
+        return float(np.asarray(value).reshape(()))
+    raise TypeError(
+        f"set_eval value must be a real number (a float, an int, or a one-element numeric "
+        f"array), got {type(value).__name__}: {value!r:.80}"
+    )
+
+
+def _check_worker(state: PopulationState, worker_id: Any) -> int:
+    if isinstance(worker_id, bool) or not isinstance(worker_id, numbers.Integral):
+        raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}: {worker_id!r}")
+    if not 0 <= worker_id < state.population_size:
+        raise ValueError(
+            f"worker_id {worker_id} is out of range: this population has "
+            f"{state.population_size} workers, so worker ids are 0 to "
+            f"{state.population_size - 1}"
+        )
+    return int(worker_id)
+
+
+def _check_step(step: Any) -> int:
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        try:
+            as_int = int(step)
+        except (TypeError, ValueError):
+            as_int = None
+        if as_int is None or as_int != step:
+            raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
+        step = as_int
+    return int(step)
+
+
+def _apply_mutator(
+    state: PopulationState,
+    mutator_state: Any,
+    workers: Sequence[ActiveWorker],
+    new_checkpoints: Sequence[Checkpoint],
+    who: str,
+) -> PopulationState:
+    """Folds a mutator's result into ``state``, checking that it is consistent."""
+    workers = tuple(workers)
+    if len(workers) != state.population_size:
+        raise ValueError(
+            f"{who} returned {len(workers)} workers for a population of "
+            f"{state.population_size}; a mutator must return one assignment per worker"
+        )
+    history = state.history
+    for checkpoint in new_checkpoints:
+        if history.get_checkpoint(checkpoint.generation_id, checkpoint.step) is not None:
+            raise ValueError(
+                f"{who} returned a checkpoint for {checkpoint.ref}, which is already in "
+                "the history; a mutator may only add checkpoints, never replace them"
+            )
+        history = history.add(checkpoint)
+    for i, worker in enumerate(workers):
+        if not isinstance(worker, ActiveWorker):
+            raise TypeError(f"{who} returned a {type(worker).__name__} for worker {i}")
+        if worker.generation_id not in history:
+            raise ValueError(
+                f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "
+                "has no checkpoint in the history; return its starting checkpoint too"
+            )
+    unchanged = (
+        mutator_state is state.mutator_state
+        and not new_checkpoints
+        and all(a is b for a, b in zip(workers, state.workers, strict=True))
+    )
+    if unchanged:
+        return state
+    return state.replace(workers=workers, mutator_state=mutator_state, history=history)
+
+
+def ask(
+    state: PopulationState, event: Ask, now: float, key: np.ndarray, *, mutator: Mutator
+) -> tuple[PopulationState, Reply]:
+    """A worker asks for its data; see the module docstring for the protocol."""
+    worker_id = _check_worker(state, event.worker_id)
+    step = _check_step(event.step)
+    new = state
+    if mutator.get_worker_data is not None:
+        result = mutator.get_worker_data(
+            state.mutator_state, state.workers, state.history, event, now, key
+        )
+        new = _apply_mutator(state, *result, who="mutator.get_worker_data")
+    assigned = new.workers[worker_id]
+    generation_id = event.generation_id
+    warning = None
+    if generation_id is None or generation_id == "":
+        reply_worker = assigned
+    elif generation_id == assigned.generation_id:
+        reply_worker = None
+    elif generation_id not in new.history:
+        reply_worker = assigned
+        warning = (
+            f"worker {worker_id} asked with generation {generation_id!r}, which this "
+            f"controller never made; resyncing it to {assigned.generation_id!r}"
+        )
+    else:
+        reply_worker = assigned
+        if new.history.get_checkpoint(generation_id, step) is None:
+            last = new.history.continuation(generation_id, step, event.params, None, now)
+            new = new.replace(history=new.history.add(last))
+    if new is not state:
+        new = new.replace(num_events=state.num_events + 1)
+    return new, Reply(worker=reply_worker, warning=warning)
+
+
+def report(
+    state: PopulationState, event: Eval, now: float, key: np.ndarray, *, mutator: Mutator
+) -> tuple[PopulationState, Reply]:
+    """A worker reports an evaluation; see the module docstring for the protocol."""
+    worker_id = _check_worker(state, event.worker_id)
+    step = _check_step(event.step)
+    value = as_value(event.value)
+    generation_id = event.generation_id
+    if generation_id is None or generation_id == "" or generation_id not in state.history:
+        return state, Reply(
+            warning=(
+                f"set_eval from worker {worker_id} for generation {generation_id!r}, which "
+                "this controller never made; the evaluation was ignored (ask for the "
+                "worker's data first with maybe_get_worker_data)"
+            )
+        )
+    history = state.history
+    existing = history.get_checkpoint(generation_id, step)
+    if existing is not None:
+        checkpoint = existing.replace(params=event.params, value=value, time=now)
+    else:
+        checkpoint = history.continuation(generation_id, step, event.params, value, now)
+    new = state.replace(history=history.add(checkpoint))
+    result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
+    new = _apply_mutator(new, *result, who="mutator.update")
+    return new.replace(num_events=state.num_events + 1), Reply(checkpoint=checkpoint)
+
+
+def transition(
+    state: PopulationState, event: Event, now: float, key: np.ndarray, *, mutator: Mutator
+) -> tuple[PopulationState, Reply]:
+    """Applies one event (an :class:`Ask` or an :class:`Eval`)."""
+    if isinstance(event, Ask):
+        return ask(state, event, now, key, mutator=mutator)
+    if isinstance(event, Eval):
+        return report(state, event, now, key, mutator=mutator)
+    raise TypeError(f"unknown event type {type(event).__name__}")

@@ -1,0 +1,38 @@
+"""The two events a worker sends: ``Ask`` (for its data) and ``Eval`` (a score).
+
+Events are immutable records of exactly what a worker said. The pure transitions in
+:mod:`jaxpop.core` consume them, and durable storage can journal and replay them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import struct
+
+__all__ = ["Ask", "Eval", "Event"]
+
+
+@struct.dataclass
+class Ask:
+    """``maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)``."""
+
+    params: Any
+    meta_params: Any
+    worker_id: int = struct.field(pytree_node=False)
+    generation_id: str | None = struct.field(pytree_node=False)
+    step: int = struct.field(pytree_node=False)
+
+
+@struct.dataclass
+class Eval:
+    """``set_eval(worker_id, generation_id, step, params, value)``; ``value`` is a float."""
+
+    params: Any
+    worker_id: int = struct.field(pytree_node=False)
+    generation_id: str | None = struct.field(pytree_node=False)
+    step: int = struct.field(pytree_node=False)
+    value: float = struct.field(pytree_node=False)
+
+
+Event = Ask | Eval

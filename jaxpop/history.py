@@ -1,0 +1,287 @@
+"""The immutable lineage store: ``generation_id -> step -> Checkpoint``.
+
+``History`` is a persistent map. ``history.add(checkpoint)`` returns a new ``History``
+that shares all untouched structure with the old one (an ``immutables.Map`` of
+generations, each an ``immutables.Map`` of steps plus a linked list of its steps in
+descending order), so one event costs O(log n) time and memory however long the run has
+been, and every older ``History`` stays valid and unchanged.
+
+Reading it is like reading a nested dict: ``history[generation_id][step]`` is a
+``Checkpoint``; iterating ``history`` gives generation ids in creation order, and
+iterating ``history[generation_id]`` gives its steps in increasing order. The queries
+that mutators, reports and replay need (latest checkpoint, evaluated checkpoints since a
+step or time, lineage back to the root) are methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import immutables
+
+from jaxpop.records import Checkpoint, CheckpointRef
+
+__all__ = ["GenerationView", "History"]
+
+# A generation's steps, newest first, as a persistent linked list: ``(step, rest)``.
+_Steps = tuple[int, Any] | None
+
+
+def _insert_descending(steps: _Steps, step: int) -> _Steps:
+    """Returns ``steps`` with ``step`` inserted; O(1) when ``step`` is the newest."""
+    if steps is None or step > steps[0]:
+        return (step, steps)
+    newer = []
+    while steps is not None and steps[0] > step:
+        newer.append(steps[0])
+        steps = steps[1]
+    result: _Steps = (step, steps)
+    for s in reversed(newer):
+        result = (s, result)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Generation:
+    checkpoints: immutables.Map  # step -> Checkpoint
+    steps: _Steps  # descending
+    first_step: int
+    index: int  # creation order among generations
+
+
+class GenerationView(Mapping[int, Checkpoint]):
+    """Read-only ``step -> Checkpoint`` mapping of one generation, iterated by step."""
+
+    __slots__ = ("_generation", "generation_id")
+
+    def __init__(self, generation_id: str, generation: _Generation):
+        self.generation_id = generation_id
+        self._generation = generation
+
+    def __getitem__(self, step: int) -> Checkpoint:
+        return self._generation.checkpoints[step]
+
+    def __contains__(self, step: object) -> bool:
+        return step in self._generation.checkpoints
+
+    def __len__(self) -> int:
+        return len(self._generation.checkpoints)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.steps_descending()[::-1])
+
+    def steps_descending(self) -> list[int]:
+        """The generation's steps, newest first."""
+        out = []
+        node = self._generation.steps
+        while node is not None:
+            out.append(node[0])
+            node = node[1]
+        return out
+
+    def __repr__(self) -> str:
+        return f"GenerationView({self.generation_id!r}, steps={list(self)})"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class History(Mapping[str, GenerationView]):
+    """Persistent ``generation_id -> step -> Checkpoint`` store with lineage queries.
+
+    Build one with ``History()`` and grow it with :meth:`add`; never mutate it.
+    """
+
+    _generations: immutables.Map = dataclasses.field(default_factory=immutables.Map)
+    num_checkpoints: int = 0
+
+    # -- building -------------------------------------------------------------------
+    def add(self, checkpoint: Checkpoint) -> History:
+        """Returns a history that also holds ``checkpoint`` (replacing one at its step).
+
+        The first checkpoint added for a generation fixes its place in the creation
+        order. Costs O(log n); ``self`` is unchanged.
+        """
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
+        gen_id, step = checkpoint.generation_id, checkpoint.step
+        gen = self._generations.get(gen_id)
+        if gen is None:
+            gen = _Generation(immutables.Map(), None, step, len(self._generations))
+        replaced = step in gen.checkpoints
+        steps = gen.steps if replaced else _insert_descending(gen.steps, step)
+        gen = _Generation(
+            gen.checkpoints.set(step, checkpoint), steps, min(step, gen.first_step), gen.index
+        )
+        return History(
+            self._generations.set(gen_id, gen),
+            self.num_checkpoints + (0 if replaced else 1),
+        )
+
+    def continuation(
+        self, generation_id: str, step: int, params: Any, value: float | None, time: float
+    ) -> Checkpoint:
+        """A new checkpoint that continues ``generation_id`` at ``step`` (not yet added).
+
+        It carries the generation's ``meta_params``, and its ``parent`` is the
+        generation's previous checkpoint (or, below the generation's first step, the
+        generation's branch point).
+        """
+        previous = self.previous(generation_id, step)
+        parent = previous.ref if previous is not None else self.branch_point(generation_id)
+        return Checkpoint(
+            params=params,
+            meta_params=self.meta_params(generation_id),
+            generation_id=generation_id,
+            value=value,
+            parent=parent,
+            step=step,
+            time=time,
+        )
+
+    def add_all(self, checkpoints) -> History:
+        """Returns a history that also holds every checkpoint in ``checkpoints``."""
+        history = self
+        for checkpoint in checkpoints:
+            history = history.add(checkpoint)
+        return history
+
+    # -- Mapping over generations ----------------------------------------------------
+    def __getitem__(self, generation_id: str) -> GenerationView:
+        gen = self._generations.get(generation_id)
+        if gen is None:
+            raise KeyError(generation_id)
+        return GenerationView(generation_id, gen)
+
+    def __contains__(self, generation_id: object) -> bool:
+        return generation_id in self._generations
+
+    def __len__(self) -> int:
+        return len(self._generations)
+
+    def __iter__(self) -> Iterator[str]:
+        """Generation ids in the order they were created."""
+        items = sorted(self._generations.items(), key=lambda kv: kv[1].index)
+        return iter([gen_id for gen_id, _ in items])
+
+    def __repr__(self) -> str:
+        return f"History(generations={len(self)}, checkpoints={self.num_checkpoints})"
+
+    # -- queries ---------------------------------------------------------------------
+    def get_checkpoint(self, generation_id: str, step: int) -> Checkpoint | None:
+        """The checkpoint at ``(generation_id, step)``, or ``None``."""
+        gen = self._generations.get(generation_id)
+        return None if gen is None else gen.checkpoints.get(step)
+
+    def checkpoints(self) -> Iterator[Checkpoint]:
+        """Every checkpoint, generation by generation (creation order), by step."""
+        for gen_id in self:
+            view = self[gen_id]
+            for step in view:
+                yield view[step]
+
+    def first(self, generation_id: str) -> Checkpoint:
+        """The generation's lowest-step checkpoint (its starting point). O(1)."""
+        gen = self._generations.get(generation_id)
+        if gen is None:
+            raise KeyError(generation_id)
+        return gen.checkpoints[gen.first_step]
+
+    def latest(self, generation_id: str) -> Checkpoint:
+        """The generation's checkpoint with the highest step. O(1)."""
+        gen = self._generations.get(generation_id)
+        if gen is None:
+            raise KeyError(generation_id)
+        return gen.checkpoints[gen.steps[0]]
+
+    def meta_params(self, generation_id: str) -> Any:
+        """The hyperparameters of a generation (those of its latest checkpoint)."""
+        return self.latest(generation_id).meta_params
+
+    def previous(self, generation_id: str, step: int) -> Checkpoint | None:
+        """The generation's checkpoint with the highest step below ``step``, or ``None``."""
+        gen = self._generations.get(generation_id)
+        if gen is None:
+            return None
+        node = gen.steps
+        while node is not None and node[0] >= step:
+            node = node[1]
+        return None if node is None else gen.checkpoints[node[0]]
+
+    def evaluated(
+        self,
+        generation_id: str,
+        *,
+        min_step: int | None = None,
+        min_time: float | None = None,
+    ) -> list[Checkpoint]:
+        """Checkpoints of a generation that carry a value, in increasing step order.
+
+        Args:
+          generation_id: the generation to look in (an unknown id gives ``[]``).
+          min_step: keep only checkpoints with ``step >= min_step``. The walk starts at
+            the newest step and stops at ``min_step``, so the cost is the number of
+            checkpoints returned, not the generation's length.
+          min_time: keep only checkpoints recorded at ``time >= min_time``.
+        """
+        gen = self._generations.get(generation_id)
+        if gen is None:
+            return []
+        out = []
+        node = gen.steps
+        while node is not None and (min_step is None or node[0] >= min_step):
+            checkpoint = gen.checkpoints[node[0]]
+            if checkpoint.value is not None and (min_time is None or checkpoint.time >= min_time):
+                out.append(checkpoint)
+            node = node[1]
+        out.reverse()
+        return out
+
+    def latest_evaluated(self, generation_id: str) -> Checkpoint | None:
+        """The generation's highest-step checkpoint that carries a value, or ``None``."""
+        gen = self._generations.get(generation_id)
+        node = None if gen is None else gen.steps
+        while node is not None:
+            checkpoint = gen.checkpoints[node[0]]
+            if checkpoint.value is not None:
+                return checkpoint
+            node = node[1]
+        return None
+
+    def branch_point(self, generation_id: str) -> CheckpointRef | None:
+        """Where a generation was copied from: its first checkpoint's parent."""
+        return self.first(generation_id).parent
+
+    def ancestry(self, generation_id: str) -> list[str]:
+        """Generation ids from the root of the lineage down to ``generation_id``."""
+        chain = [generation_id]
+        seen = {generation_id}
+        ref = self.branch_point(generation_id)
+        while ref is not None and ref[0] in self._generations:
+            if ref[0] in seen:
+                raise ValueError(f"the lineage of {generation_id!r} has a cycle at {ref!r}")
+            chain.append(ref[0])
+            seen.add(ref[0])
+            ref = self.branch_point(ref[0])
+        chain.reverse()
+        return chain
+
+    def lineage(self, generation_id: str, step: int | None = None) -> list[Checkpoint]:
+        """Every checkpoint the parameters at ``(generation_id, step)`` descend from.
+
+        Follows ``parent`` links back to the root and returns the chain root first,
+        ending with the checkpoint itself (``step=None``: the generation's latest).
+        """
+        checkpoint = (
+            self.latest(generation_id) if step is None else self.get_checkpoint(generation_id, step)
+        )
+        if checkpoint is None:
+            raise KeyError((generation_id, step))
+        chain = [checkpoint]
+        while checkpoint.parent is not None:
+            checkpoint = self.get_checkpoint(*checkpoint.parent)
+            if checkpoint is None or len(chain) > self.num_checkpoints:
+                break
+            chain.append(checkpoint)
+        chain.reverse()
+        return chain

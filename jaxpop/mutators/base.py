@@ -1,0 +1,147 @@
+"""The mutator interface: a pair of pure functions, like optax's ``GradientTransformation``.
+
+A :class:`Mutator` decides how a population changes. ``init()`` returns its state (plain
+data). ``update(state, workers, history, now, key)`` runs after every evaluation and
+returns ``(new_state, new_workers, new_checkpoints)``: the assignment of every worker and
+the checkpoints to add to the history (typically the starting point of each new
+generation). The optional ``get_worker_data(state, workers, history, ask, now, key)``
+hook runs when a worker asks for its data and returns the same triple. Neither ever
+mutates its inputs; everything a mutator needs to continue after a restart lives in its
+state.
+
+This module also holds the small pieces every mutator shares: calling a user's
+mutation function with or without a key, ranking scores, and starting a new
+generation from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from jaxpop.events import Ask
+from jaxpop.history import History
+from jaxpop.keys import new_generation_id
+from jaxpop.records import ActiveWorker, Checkpoint
+
+__all__ = [
+    "AskFn",
+    "Mutator",
+    "MutatorResult",
+    "UpdateFn",
+    "start_generation",
+    "call_mutate_fn",
+    "rank_value",
+    "takes_key",
+]
+
+Workers = tuple[ActiveWorker, ...]
+#: ``(new_state, new_workers, new_checkpoints)``.
+MutatorResult = tuple[Any, Workers, Sequence[Checkpoint]]
+
+
+class UpdateFn(Protocol):
+    def __call__(
+        self, state: Any, workers: Workers, history: History, now: float, key: np.ndarray
+    ) -> MutatorResult: ...
+
+
+class AskFn(Protocol):
+    def __call__(
+        self,
+        state: Any,
+        workers: Workers,
+        history: History,
+        ask: Ask,
+        now: float,
+        key: np.ndarray,
+    ) -> MutatorResult: ...
+
+
+class Mutator(NamedTuple):
+    """A mutator: ``init``, ``update`` and an optional ``get_worker_data`` hook.
+
+    Attributes:
+      init: ``() -> state``. The state must be plain data (numbers, strings, tuples,
+        dicts, numpy arrays) so that it can be saved and restored with the run.
+      update: called after every evaluation is recorded; see :class:`UpdateFn`.
+      get_worker_data: called when a worker asks for its data, before the controller
+        answers from the (possibly new) assignment; see :class:`AskFn`. ``None``: no
+        hook.
+    """
+
+    init: Callable[[], Any]
+    update: UpdateFn
+    get_worker_data: AskFn | None = None
+
+
+def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
+    """Whether a user's mutation function wants a PRNG key after its ``num_args`` arguments.
+
+    A function receives the key when its signature has a parameter named ``key``, or
+    accepts ``*args``, or has ``num_args + 1`` or more positional parameters without
+    defaults. Otherwise it is called without one (the seed's form, which may draw from
+    numpy's global random state).
+    """
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature: the seed's form
+        return False
+    positional = [
+        p
+        for p in params
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    if any(p.name == "key" for p in positional):
+        return True
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return True
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    return len(required) > num_args
+
+
+def call_mutate_fn(
+    fn: Callable[..., Any], wants_key: bool, args: tuple[Any, ...], key: np.ndarray
+) -> Any:
+    """Calls ``fn(*args, key)`` if ``wants_key`` else ``fn(*args)``."""
+    return fn(*args, key) if wants_key else fn(*args)
+
+
+def rank_value(value: float | None) -> float:
+    """A score to minimise: ``None``, NaN and +-inf all become ``inf`` (rank last)."""
+    if value is None or not math.isfinite(value):
+        return math.inf
+    return value
+
+
+def start_generation(
+    parent: Checkpoint, meta_params: Any, key: np.ndarray, index: int, now: float
+) -> tuple[ActiveWorker, Checkpoint]:
+    """Starts a new generation from ``parent`` with ``meta_params``.
+
+    Returns the worker assignment (load ``parent.params``, continue from
+    ``parent.step``) and the new generation's first checkpoint, whose ``parent`` is
+    ``parent`` and whose ``value`` is ``None``. The generation id is derived from
+    ``(key, index)``.
+    """
+    generation_id = new_generation_id(key, index)
+    worker = ActiveWorker(
+        params=parent.params,
+        meta_params=meta_params,
+        generation_id=generation_id,
+        step=parent.step,
+    )
+    start = Checkpoint(
+        params=parent.params,
+        meta_params=meta_params,
+        generation_id=generation_id,
+        value=None,
+        parent=parent.ref,
+        step=parent.step,
+        time=now,
+    )
+    return worker, start

@@ -1,0 +1,68 @@
+"""The immutable records a population is made of: ``Checkpoint`` and ``ActiveWorker``.
+
+Both are ``flax.struct.dataclass`` pytrees. Their ``params`` and ``meta_params`` are pytree
+children (so ``jax.tree.map`` reaches the arrays inside them); the bookkeeping fields
+(ids, steps, values, times) are static metadata. Records are frozen: "updating" one
+means ``record.replace(field=new_value)``, which returns a new record.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import struct
+
+__all__ = ["ActiveWorker", "Checkpoint", "CheckpointRef"]
+
+#: A reference to one checkpoint in the history: ``(generation_id, step)``.
+CheckpointRef = tuple[str, int]
+
+
+@struct.dataclass
+class Checkpoint:
+    """One saved point of one generation: its parameters, hyperparameters and score.
+
+    Attributes:
+      params: the model parameters at ``step`` -- a pytree for in-memory use, or a
+        handle (for example a path to an Orbax checkpoint). ``None`` when unknown.
+      meta_params: the hyperparameters this generation trains with (any pytree).
+      generation_id: the generation (one incarnation of hyperparameters) it belongs to.
+      value: the evaluation reported for it (lower is better), or ``None`` for a
+        checkpoint that was recorded without an evaluation (a generation's starting
+        point, or a worker's last parameters when it was reassigned). A NaN or infinite
+        value is stored as reported but always ranks worst in every selection.
+      parent: the checkpoint this one was trained from, ``(generation_id, step)``: the
+        previous checkpoint of the same generation, or, for a generation's first
+        checkpoint, the checkpoint it was copied from (``None`` for a root of the
+        initial population). Following ``parent`` gives the lineage graph.
+      step: the training step of ``params``.
+      time: when the controller recorded it (seconds since the epoch).
+    """
+
+    params: Any
+    meta_params: Any
+    generation_id: str = struct.field(pytree_node=False)
+    value: float | None = struct.field(pytree_node=False)
+    parent: CheckpointRef | None = struct.field(pytree_node=False)
+    step: int = struct.field(pytree_node=False)
+    time: float = struct.field(pytree_node=False)
+
+    @property
+    def ref(self) -> CheckpointRef:
+        """This checkpoint's ``(generation_id, step)``."""
+        return (self.generation_id, self.step)
+
+
+@struct.dataclass
+class ActiveWorker:
+    """What one worker should be training now.
+
+    A worker that receives an ``ActiveWorker`` loads ``params`` (``None``: initialise
+    fresh parameters), trains with ``meta_params``, reports its evaluations under
+    ``generation_id`` and continues counting from ``step``.
+    """
+
+    params: Any
+    meta_params: Any
+    generation_id: str = struct.field(pytree_node=False)
+    step: int = struct.field(pytree_node=False)
