@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
+import jax
 import numpy as np
 
 from jaxpop.events import Ask
@@ -107,7 +108,13 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
 def call_mutate_fn(
     fn: Callable[..., Any], wants_key: bool, args: tuple[Any, ...], key: np.ndarray
 ) -> Any:
-    """Calls ``fn(*args, key)`` if ``wants_key`` else ``fn(*args)``."""
+    """Calls ``fn(*args, key)`` if ``wants_key`` else ``fn(*args)``.
+
+    The first argument (the ``meta_params`` to mutate) is passed as a fresh copy of its
+    containers, so a function that edits its argument in place cannot corrupt the
+    checkpoints in the history that share it.
+    """
+    args = (jax.tree.map(lambda leaf: leaf, args[0]), *args[1:])
     return fn(*args, key) if wants_key else fn(*args)
 
 

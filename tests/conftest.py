@@ -1,0 +1,41 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxpop import core
+from jaxpop.keys import root_key
+from jaxpop.mutators.base import Mutator
+
+
+def noop_mutator() -> Mutator:
+    """A mutator that never changes anything."""
+    return Mutator(init=lambda: (), update=lambda s, w, h, now, key: (s, w, ()))
+
+
+class FakeClock:
+    """A clock the test advances by hand."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def fresh_state(population, mutator, seed=0, now=0.0):
+    return core.init(population, mutator, key=root_key(seed), now=now)
+
+
+def apply(state, event, now, mutator):
+    """Applies one event through the core with the state's own event key."""
+    return core.transition(state, event, now, core.event_key(state), mutator=mutator)

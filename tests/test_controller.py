@@ -1,0 +1,100 @@
+"""The controller shell: seed API, errors, warnings, views, reproducibility."""
+
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from conftest import noop_mutator
+from jaxpop import ActiveWorker, Checkpoint, History, PopulationController
+from jaxpop import population as pop_mod
+from jaxpop.mutators import WinnerTakeAllGenetic
+
+
+def test_seed_names_are_importable_from_population_module():
+    assert pop_mod.Checkpoint is Checkpoint and pop_mod.ActiveWorker is ActiveWorker
+    from jaxpop.mutators.fixed_schedule import FixedSchedule  # noqa: F401
+    from jaxpop.mutators.single_worker_explore import BranchingSingleMachine  # noqa: F401
+    from jaxpop.mutators.winner_take_all_genetic import WinnerTakeAllGenetic  # noqa: F401
+
+
+def test_views():
+    pop = PopulationController([{"h": 1.0}, {"h": 2.0}], noop_mutator())
+    workers = pop.active_workers
+    assert isinstance(workers, tuple) and all(isinstance(w, ActiveWorker) for w in workers)
+    gen = workers[1].generation_id
+    pop.set_eval(1, gen, 10, "p", 0.5)
+    assert isinstance(pop.history, History)
+    assert isinstance(pop.history[gen][10], Checkpoint) and pop.history[gen][10].value == 0.5
+    assert pop.state.history is pop.history
+
+
+def test_errors_are_specific_and_controller_stays_usable(caplog):
+    pop = PopulationController([{"h": 1.0}, {"h": 2.0}], noop_mutator())
+    gen = pop.active_workers[0].generation_id
+    before = pop.state
+    with pytest.raises(ValueError, match=r"worker ids are 0 to 1"):
+        pop.maybe_get_worker_data(2, None, 0, None, None)
+    with pytest.raises(ValueError, match=r"worker ids are 0 to 1"):
+        pop.set_eval(-1, gen, 1, None, 1.0)
+    with pytest.raises(TypeError, match="real number"):
+        pop.set_eval(0, gen, 1, None, "low")
+    with pytest.raises(TypeError, match="worker_id must be an int"):
+        pop.set_eval("0", gen, 1, None, 1.0)
+    assert pop.state is before
+    pop.set_eval(0, gen, 1, None, 1.0)
+    assert pop.history[gen][1].value == 1.0
+
+
+def test_warnings_are_logged(caplog):
+    pop = PopulationController([{"h": 1.0}], noop_mutator())
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        pop.set_eval(0, "nonexistent", 1, None, 1.0)
+        assert pop.maybe_get_worker_data(0, "stale", 3, None, None) is not None
+        pop.maybe_get_worker_data(0, None, 0, None, None)
+        pop.maybe_get_worker_data(0, "", 0, None, None)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "nonexistent" in messages[0] and "ignored" in messages[0]
+    assert "stale" in messages[1] and "resyncing" in messages[1]
+
+
+def test_nan_value_is_stored_and_never_wins():
+    pop = PopulationController([{"h": 0.0}, {"h": 1.0}], WinnerTakeAllGenetic(lambda m: m, 10))
+    g0, g1 = (w.generation_id for w in pop.active_workers)
+    pop.set_eval(0, g0, 10, "nan-params", float("nan"))
+    pop.set_eval(1, g1, 10, "good-params", 10.0)
+    assert math.isnan(pop.history[g0][10].value)
+    assert [w.params for w in pop.active_workers] == ["good-params"] * 2
+
+
+def test_log_dir_is_accepted(tmp_path):
+    pop = PopulationController([{"h": 1.0}], noop_mutator(), log_dir=str(tmp_path))
+    assert pop.log_dir == str(tmp_path)
+    assert pop.maybe_get_worker_data(0, None, 0, None, None) is not None
+
+
+def test_mutator_type_is_checked():
+    with pytest.raises(TypeError, match="Mutator"):
+        PopulationController([{}], object())
+
+
+def test_whole_run_is_reproducible_from_seed():
+    def mutate(meta, key):
+        return {"h": meta["h"] + float(np.random.default_rng(key).normal())}
+
+    def run(seed):
+        pop = PopulationController([{"h": 0.0}] * 4, WinnerTakeAllGenetic(mutate, 5), seed=seed)
+        gens, steps = [None] * 4, [0] * 4
+        for _ in range(20):
+            for i in range(4):
+                data = pop.maybe_get_worker_data(i, gens[i], steps[i], None, None)
+                if data:
+                    gens[i], steps[i] = data.generation_id, data.step
+                steps[i] += 5
+                pop.set_eval(i, gens[i], steps[i], None, pop.history.meta_params(gens[i])["h"])
+        return [(w.generation_id, w.meta_params["h"]) for w in pop.active_workers]
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)

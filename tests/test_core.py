@@ -1,0 +1,211 @@
+"""Unit tests of the pure transitions on hand-made states."""
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import apply, fresh_state, noop_mutator
+from jaxpop import core
+from jaxpop.events import Ask, Eval
+from jaxpop.mutators.base import Mutator, start_generation
+
+
+def test_init_makes_one_generation_per_member():
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], noop_mutator(), now=5.0)
+    assert state.population_size == 2 and state.num_events == 0
+    ids = [w.generation_id for w in state.workers]
+    assert len(set(ids)) == 2 and list(state.history) == ids
+    for w, meta in zip(state.workers, [{"h": 1.0}, {"h": 2.0}], strict=True):
+        assert w.params is None and w.step == 0 and w.meta_params == meta
+        root = state.history[w.generation_id][0]
+        assert root.value is None and root.parent is None and root.time == 5.0
+
+
+@pytest.mark.parametrize("bad", [[], (), iter([])])
+def test_init_rejects_empty_population(bad):
+    with pytest.raises(ValueError, match="empty"):
+        fresh_state(bad, noop_mutator())
+
+
+def test_init_rejects_a_mapping():
+    with pytest.raises(TypeError, match="sequence"):
+        fresh_state({"h": 1.0}, noop_mutator())
+
+
+def test_same_seed_same_generation_ids_other_seed_other_ids():
+    a = fresh_state([{}, {}], noop_mutator(), seed=1)
+    b = fresh_state([{}, {}], noop_mutator(), seed=1)
+    c = fresh_state([{}, {}], noop_mutator(), seed=2)
+    assert [w.generation_id for w in a.workers] == [w.generation_id for w in b.workers]
+    assert a.workers[0].generation_id != c.workers[0].generation_id
+
+
+def test_ask_without_generation_returns_assignment_and_changes_nothing():
+    m = noop_mutator()
+    state = fresh_state([{"h": 1.0}], m)
+    for gen in (None, ""):
+        new, reply = apply(state, Ask(None, None, 0, gen, 0), 1.0, m)
+        assert new is state and reply.worker == state.workers[0] and reply.warning is None
+
+
+def test_ask_with_current_generation_returns_none():
+    m = noop_mutator()
+    state = fresh_state([{"h": 1.0}], m)
+    gen = state.workers[0].generation_id
+    new, reply = apply(state, Ask("p", {"h": 1.0}, 0, gen, 7), 1.0, m)
+    assert new is state and reply.worker is None
+
+
+def test_ask_with_unknown_generation_resyncs_with_warning():
+    m = noop_mutator()
+    state = fresh_state([{"h": 1.0}], m)
+    new, reply = apply(state, Ask("p", {}, 0, "nope", 3), 1.0, m)
+    assert new is state and reply.worker == state.workers[0]
+    assert "nope" in reply.warning
+
+
+def _reassign_mutator():
+    """Moves worker 0 to a new generation from its latest evaluated checkpoint."""
+
+    def update(s, workers, history, now, key):
+        if s:
+            return s, workers, ()
+        source = history.latest_evaluated(workers[0].generation_id)
+        worker, start = start_generation(source, {"h": 5.0}, key, 0, now)
+        return True, (worker, *workers[1:]), (start,)
+
+    return Mutator(init=lambda: False, update=update)
+
+
+def test_replaced_worker_gets_new_assignment_and_its_last_params_are_kept():
+    m = _reassign_mutator()
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], m)
+    old_gen = state.workers[0].generation_id
+    state, reply = apply(state, Eval("p10", 0, old_gen, 10, 0.5), 1.0, m)
+    assert reply.checkpoint.ref == (old_gen, 10) and reply.checkpoint.parent == (old_gen, 0)
+    new_gen = state.workers[0].generation_id
+    assert new_gen != old_gen
+    start = state.history[new_gen][10]
+    assert start.parent == (old_gen, 10) and start.params == "p10" and start.value is None
+    assert state.workers[0].params == "p10" and state.workers[0].step == 10
+    # the worker trained on to step 13 before asking: those params are kept first
+    before = state
+    state, reply = apply(state, Ask("p13", {"h": 1.0}, 0, old_gen, 13), 2.0, m)
+    assert reply.worker == state.workers[0] and reply.worker.generation_id == new_gen
+    kept = state.history[old_gen][13]
+    assert kept.params == "p13" and kept.value is None and kept.parent == (old_gen, 10)
+    assert state.num_events == before.num_events + 1
+    assert (old_gen, 13) not in {c.ref for c in before.history.checkpoints()}
+    # asking again at an already-stored step stores nothing new
+    again, reply = apply(state, Ask("p13", {"h": 1.0}, 0, old_gen, 13), 3.0, m)
+    assert again is state and reply.worker.generation_id == new_gen
+
+
+def test_report_records_checkpoint_with_generation_meta_params():
+    m = noop_mutator()
+    state = fresh_state([{"h": 1.0}], m)
+    gen = state.workers[0].generation_id
+    new, reply = apply(state, Eval("p", 0, gen, 10, 0.25), 4.0, m)
+    c = new.history[gen][10]
+    assert c == reply.checkpoint
+    assert (c.params, c.meta_params, c.value, c.parent, c.step, c.time) == (
+        "p",
+        {"h": 1.0},
+        0.25,
+        (gen, 0),
+        10,
+        4.0,
+    )
+    assert new.num_events == 1 and state.history.get_checkpoint(gen, 10) is None
+    # re-reporting the same step replaces value and params but keeps the parent
+    newer, _ = apply(new, Eval("q", 0, gen, 10, 0.125), 5.0, m)
+    c2 = newer.history[gen][10]
+    assert (c2.params, c2.value, c2.parent, c2.time) == ("q", 0.125, (gen, 0), 5.0)
+    assert newer.history.num_checkpoints == new.history.num_checkpoints
+
+
+@pytest.mark.parametrize("gen", [None, "", "never-made"])
+def test_report_for_unknown_generation_is_ignored_with_warning(gen):
+    m = noop_mutator()
+    state = fresh_state([{"h": 1.0}], m)
+    new, reply = apply(state, Eval("p", 0, gen, 10, 0.25), 4.0, m)
+    assert new is state and reply.checkpoint is None and "never made" in reply.warning
+
+
+@pytest.mark.parametrize("event_type", ["ask", "eval"])
+@pytest.mark.parametrize("worker_id", [-1, 2, 100])
+def test_worker_id_out_of_range_raises_value_error_naming_range(event_type, worker_id):
+    m = noop_mutator()
+    state = fresh_state([{}, {}], m)
+    gen = state.workers[0].generation_id
+    event = (
+        Ask(None, None, worker_id, gen, 0)
+        if event_type == "ask"
+        else Eval(None, worker_id, gen, 0, 1.0)
+    )
+    with pytest.raises(ValueError, match=r"0 to 1"):
+        apply(state, event, 1.0, m)
+
+
+@pytest.mark.parametrize("value", ["0.5", None, [1.0], np.ones(3), True, object()])
+def test_non_numeric_value_raises_type_error(value):
+    with pytest.raises(TypeError, match="real number"):
+        core.as_value(value)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(1, 1.0), (np.float32(0.5), 0.5), (np.array([2.0]), 2.0), (np.int64(3), 3.0)],
+)
+def test_numeric_values_become_floats(value, expected):
+    out = core.as_value(value)
+    assert type(out) is float and out == expected
+
+
+def test_nan_and_inf_values_are_stored():
+    m = noop_mutator()
+    state = fresh_state([{}], m)
+    gen = state.workers[0].generation_id
+    state, _ = apply(state, Eval(None, 0, gen, 1, math.nan), 1.0, m)
+    state, _ = apply(state, Eval(None, 0, gen, 2, -math.inf), 1.0, m)
+    assert math.isnan(state.history[gen][1].value) and state.history[gen][2].value == -math.inf
+
+
+def test_mutator_must_return_existing_generations():
+    def update(s, workers, history, now, key):
+        return s, (workers[0].replace(generation_id="ghost"),), ()
+
+    m = Mutator(init=lambda: None, update=update)
+    state = fresh_state([{}], m)
+    with pytest.raises(ValueError, match="ghost"):
+        apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
+
+
+def test_mutator_may_not_replace_checkpoints():
+    def update(s, workers, history, now, key):
+        return s, workers, (history.latest(workers[0].generation_id),)
+
+    m = Mutator(init=lambda: None, update=update)
+    state = fresh_state([{}], m)
+    with pytest.raises(ValueError, match="already in the history"):
+        apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
+
+
+def test_event_keys_differ_per_event_and_are_reproducible():
+    m = noop_mutator()
+    state = fresh_state([{}], m)
+    gen = state.workers[0].generation_id
+    keys = []
+    for i in range(3):
+        keys.append(core.event_key(state))
+        state, _ = apply(state, Eval(None, 0, gen, i + 1, 1.0), 1.0, m)
+    assert len({tuple(k) for k in keys}) == 3
+    again = fresh_state([{}], m)
+    assert np.array_equal(core.event_key(again), keys[0])
+
+
+def test_transition_rejects_unknown_events():
+    m = noop_mutator()
+    with pytest.raises(TypeError, match="unknown event"):
+        apply(fresh_state([{}], m), ("ask",), 1.0, m)

@@ -1,0 +1,298 @@
+"""Unit and scenario tests of the seed's three mutators."""
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import apply, fresh_state
+from jaxpop import PopulationController
+from jaxpop.events import Ask, Eval
+from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, WinnerTakeAllGenetic
+from jaxpop.mutators.base import takes_key
+
+
+# -- takes_key ------------------------------------------------------------------------
+def test_takes_key_tells_seed_and_keyed_forms_apart():
+    assert not takes_key(lambda m: m, 1)
+    assert takes_key(lambda m, key: m, 1)
+    assert takes_key(lambda m, k: m, 1)
+    assert not takes_key(lambda m, scale=0.1: m, 1)
+    assert takes_key(lambda m, scale=0.1, key=None: m, 1)
+    assert takes_key(lambda *a: a[0], 1)
+    assert not takes_key(lambda m, d, i: m, 3)
+    assert takes_key(lambda m, d, i, key: m, 3)
+    assert not takes_key(dict, 1)
+
+
+# -- WinnerTakeAllGenetic --------------------------------------------------------------
+def _wta_round(mutator, values, steps=(10, 10, 10)):
+    state = fresh_state([{"h": float(i)} for i in range(len(values))], mutator)
+    gens = [w.generation_id for w in state.workers]
+    for i, (gen, value, step) in enumerate(zip(gens, values, steps, strict=True)):
+        state, _ = apply(state, Eval(f"p{i}", i, gen, step, value), 1.0 + i, mutator)
+    return state, gens
+
+
+def test_wta_waits_for_every_worker_then_copies_the_best():
+    m = WinnerTakeAllGenetic(lambda meta: {"h": meta["h"] + 100.0}, steps_per_exploit=10)
+    state = fresh_state([{"h": 0.0}, {"h": 1.0}, {"h": 2.0}], m)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("p0", 0, gens[0], 10, 3.0), 1.0, m)
+    state, _ = apply(state, Eval("p1", 1, gens[1], 10, 1.0), 1.0, m)
+    assert [w.generation_id for w in state.workers] == gens  # worker 2 not ready yet
+    state, _ = apply(state, Eval("p2", 2, gens[2], 5, 0.0), 1.0, m)  # not far enough
+    assert [w.generation_id for w in state.workers] == gens
+    state, _ = apply(state, Eval("p2", 2, gens[2], 10, 2.0), 1.0, m)
+    assert state.mutator_state == {"num_exploits": 1}
+    for i, w in enumerate(state.workers):
+        assert w.generation_id not in gens and w.params == "p1" and w.step == 10
+        assert w.meta_params == ({"h": 1.0} if i == 1 else {"h": 101.0})
+        assert state.history.branch_point(w.generation_id) == (gens[1], 10)
+
+
+def test_wta_average_over_samples_vs_latest():
+    def run(average):
+        m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=20, average_over_samples=average)
+        state = fresh_state([{"h": 0.0}, {"h": 1.0}], m)
+        g0, g1 = (w.generation_id for w in state.workers)
+        # worker 0: 0.0 then 3.0 (mean 1.5, latest 3.0); worker 1: 2.0 then 2.0
+        for gen, wid, values in ((g0, 0, (0.0, 3.0)), (g1, 1, (2.0, 2.0))):
+            for step, v in zip((10, 20), values, strict=True):
+                state, _ = apply(state, Eval(f"p{wid}", wid, gen, step, v), 1.0, m)
+        return state.workers[0].params
+
+    assert run(True) == "p0"
+    assert run(False) == "p1"
+
+
+def test_wta_by_seconds(clock):
+    m = WinnerTakeAllGenetic(lambda meta: meta, seconds_per_exploit=60)
+    pop = PopulationController([{"h": 0.0}, {"h": 1.0}], m, clock=clock)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(30)
+    pop.set_eval(0, gens[0], 5, "a", 1.0)
+    pop.set_eval(1, gens[1], 5, "b", 0.5)
+    assert pop.state.mutator_state["num_exploits"] == 0
+    clock.advance(31)
+    pop.set_eval(0, gens[0], 9, "a", 1.0)
+    assert pop.state.mutator_state["num_exploits"] == 0
+    pop.set_eval(1, gens[1], 9, "b", 0.5)
+    assert pop.state.mutator_state["num_exploits"] == 1
+    assert all(w.params == "b" for w in pop.active_workers)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_wta_nan_or_inf_never_wins(bad):
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    state, gens = _wta_round(m, [5.0, bad, 7.0])
+    assert all(w.params == "p0" for w in state.workers)
+
+
+def test_wta_all_non_finite_copies_nobody():
+    m = WinnerTakeAllGenetic(lambda meta: {"h": meta["h"] + 0.5}, steps_per_exploit=10)
+    state, gens = _wta_round(m, [math.nan, math.inf, math.nan])
+    for i, w in enumerate(state.workers):
+        assert w.params == f"p{i}" and w.meta_params == {"h": i + 0.5}
+
+
+def test_wta_keyed_mutate_fn_is_reproducible_from_seed():
+    def mutate(meta, key):
+        return {"h": meta["h"] + float(np.random.default_rng(key).normal())}
+
+    def final(seed):
+        m = WinnerTakeAllGenetic(mutate, steps_per_exploit=10)
+        state = fresh_state([{"h": 0.0}] * 3, m, seed=seed)
+        for step in (10, 20, 30):
+            for i, w in enumerate(state.workers):
+                state, _ = apply(state, Eval(None, i, w.generation_id, step, float(i)), 1.0, m)
+        return [w.meta_params["h"] for w in state.workers]
+
+    assert final(0) == final(0)
+    assert final(0) != final(1)
+    assert len(set(final(0))) > 1  # different workers got different keys
+
+
+def test_wta_never_mutates_the_winner_meta_params():
+    def mutate(meta):
+        meta["h"] += 1  # a careless user function...
+        return meta
+
+    m = WinnerTakeAllGenetic(mutate, steps_per_exploit=10)
+    state, gens = _wta_round(m, [1.0, 0.0, 2.0])
+    # ...changes only the copies it returns, never the winner's recorded hparams
+    assert state.history[gens[1]][10].meta_params == {"h": 1.0}
+    assert state.workers[1].meta_params == {"h": 1.0}
+    assert state.workers[0].meta_params == {"h": 2.0}
+
+
+def test_wta_requires_an_interval():
+    with pytest.raises(ValueError, match="steps_per_exploit or seconds_per_exploit"):
+        WinnerTakeAllGenetic(lambda m: m)
+    with pytest.raises(ValueError, match="positive"):
+        WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=0)
+
+
+def test_wta_convergence_three_workers():
+    """3 workers, score = h**2, starting at h = 1: |h| falls well below its start."""
+
+    def mutate(meta, key):
+        return {"h": meta["h"] + 0.2 * float(np.random.default_rng(key).normal())}
+
+    m = WinnerTakeAllGenetic(mutate, steps_per_exploit=10)
+    pop = PopulationController([{"h": 1.0}] * 3, m, seed=3)
+    steps = [0, 0, 0]
+    gens = [None, None, None]
+    for _ in range(60):
+        for i in range(3):
+            data = pop.maybe_get_worker_data(i, gens[i], steps[i], None, None)
+            if data is not None:
+                gens[i], steps[i] = data.generation_id, data.step
+            steps[i] += 10
+            pop.set_eval(i, gens[i], steps[i], None, pop.history.meta_params(gens[i])["h"] ** 2)
+    best = min(abs(w.meta_params["h"]) for w in pop.active_workers)
+    assert pop.state.mutator_state["num_exploits"] >= 50
+    assert best < 0.3
+
+
+# -- FixedSchedule ----------------------------------------------------------------------
+A, B, C = {"lr": 1.0}, {"lr": 0.5}, {"lr": 0.1}
+
+
+def _follow(pop, worker_id, steps, eval_every=None):
+    """Runs a worker through ``steps`` steps, returning the meta_params used at each."""
+    gen, meta, params, used = None, None, 0, []
+    step = 0
+    while step < steps:
+        data = pop.maybe_get_worker_data(worker_id, gen, step, params, meta)
+        if data is not None:
+            gen, meta, step = data.generation_id, data.meta_params, data.step
+            params = data.params if data.params is not None else 0
+        used.append((step, meta))
+        params += 1
+        step += 1
+        if eval_every and step % eval_every == 0:
+            pop.set_eval(worker_id, gen, step, params, 1.0)
+    return used
+
+
+def test_fixed_schedule_follows_schedule_exactly():
+    pop = PopulationController([{"lr": 99.0}], FixedSchedule({0: A, 10: B, 30: C}))
+    used = _follow(pop, 0, 40)
+    assert [m for s, m in used] == [A] * 10 + [B] * 20 + [C] * 10
+    assert [s for s, _ in used] == list(range(40))
+    assert pop.state.mutator_state == (3,)
+
+
+def test_fixed_schedule_with_evals_only_switches_at_eval_steps():
+    pop = PopulationController([A], FixedSchedule({0: A, 10: B, 30: C}))
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 5, "p5", 1.0)
+    assert pop.active_workers[0].meta_params == A
+    pop.set_eval(0, pop.active_workers[0].generation_id, 12, "p12", 1.0)
+    w = pop.active_workers[0]
+    assert w.meta_params == B and w.step == 12 and w.params == "p12"
+
+
+def test_fixed_schedule_before_first_point_uses_initial_and_skips_to_latest_point():
+    pop = PopulationController([{"lr": 7.0}], FixedSchedule({10: B, 20: C}))
+    used = _follow(pop, 0, 5)
+    assert all(m == {"lr": 7.0} for _, m in used)
+    gen = pop.active_workers[0].generation_id
+    data = pop.maybe_get_worker_data(0, gen, 25, "p25", {"lr": 7.0})
+    assert data.meta_params == C and data.step == 25 and data.params == "p25"
+    assert pop.history.branch_point(data.generation_id) == (gen, 25)
+
+
+def test_fixed_schedule_keeps_progress_in_state_not_in_schedule():
+    schedule = {0: A, 10: B}
+    m = FixedSchedule(schedule)
+    pop = PopulationController([A, A], m)
+    _follow(pop, 0, 15)
+    assert schedule == {0: A, 10: B}
+    assert pop.state.mutator_state == (2,)  # worker 1 has not started
+    _follow(pop, 1, 3)
+    assert pop.state.mutator_state == (2, 1)
+
+
+@pytest.mark.parametrize("bad", [{}, {-1: A}, {1.5: A}, [(0, A)]])
+def test_fixed_schedule_rejects_bad_schedules(bad):
+    with pytest.raises(ValueError):
+        FixedSchedule(bad)
+
+
+# -- BranchingSingleMachine -------------------------------------------------------------
+def test_branching_phases_and_directions():
+    calls = []
+
+    def mutate(meta, direction, phase_index):
+        calls.append((meta["h"], direction, phase_index))
+        return {"h": meta["h"] + (1.0 if direction == "pos" else -1.0)}
+
+    m = BranchingSingleMachine(mutate, exploit_steps=10, explore_steps=5)
+    state = fresh_state([{"h": 0.0}], m)
+    g0 = state.workers[0].generation_id
+
+    def ev(state, step, value):
+        gen = state.workers[0].generation_id
+        return apply(state, Eval(f"p{step}@{gen}", 0, gen, step, value), 1.0, m)[0]
+
+    state = ev(state, 10, 5.0)  # exploit phase over -> pos branch from (g0, 10)
+    assert state.mutator_state["phase"] == "pos" and calls == [(0.0, "pos", 0)]
+    pos_gen = state.workers[0].generation_id
+    assert state.workers[0].meta_params == {"h": 1.0} and state.workers[0].step == 10
+    state = ev(state, 15, 2.0)  # pos done -> neg branch from the same branch point
+    assert state.mutator_state["phase"] == "neg" and calls[-1] == (0.0, "neg", 0)
+    neg = state.workers[0]
+    assert neg.meta_params == {"h": -1.0} and neg.step == 10 and neg.params == f"p10@{g0}"
+    assert state.history.branch_point(neg.generation_id) == (g0, 10)
+    state = ev(state, 15, 4.0)  # neg worse -> continue pos from its end
+    w = state.workers[0]
+    assert (w.generation_id, w.step, w.meta_params) == (pos_gen, 15, {"h": 1.0})
+    assert state.mutator_state["phase"] == "exploit"
+    assert state.mutator_state["phase_index"] == 1 and state.mutator_state["phase_start"] == 15
+    # the worker (still on neg) asks: it gets pos back; its neg params are kept
+    state, reply = apply(state, Ask("neg17", None, 0, neg.generation_id, 17), 2.0, m)
+    assert reply.worker.generation_id == pos_gen
+    assert state.history[neg.generation_id][17].params == "neg17"
+    state = ev(state, 25, 1.0)  # next explore starts with phase index 1
+    assert calls[-1] == (1.0, "pos", 1)
+
+
+def test_branching_descends_a_quadratic():
+    def mutate(meta, direction, phase_index):
+        return {"h": meta["h"] + (0.25 if direction == "pos" else -0.25)}
+
+    m = BranchingSingleMachine(mutate, exploit_steps=4, explore_steps=4)
+    pop = PopulationController([{"h": 3.0}], m)
+    gen, step, meta = None, 0, None
+    for _ in range(400):
+        data = pop.maybe_get_worker_data(0, gen, step, None, meta)
+        if data is not None:
+            gen, step, meta = data.generation_id, data.step, data.meta_params
+        step += 1
+        if step % 2 == 0:
+            pop.set_eval(0, gen, step, None, (meta["h"] - 1.0) ** 2)
+    assert abs(pop.active_workers[0].meta_params["h"] - 1.0) <= 0.25
+
+
+def test_branching_keyed_mutate_fn_receives_a_key():
+    seen = []
+
+    def mutate(meta, direction, phase_index, key):
+        seen.append(np.asarray(key).shape)
+        return meta
+
+    m = BranchingSingleMachine(mutate, exploit_steps=1, explore_steps=1)
+    state = fresh_state([{}], m)
+    state, _ = apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
+    assert seen == [(2,)]
+
+
+def test_branching_rejects_populations_and_bad_steps():
+    m = BranchingSingleMachine(lambda m, d, i: m, 1, 1)
+    state = fresh_state([{}, {}], m)
+    with pytest.raises(ValueError, match="exactly one worker"):
+        apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
+    with pytest.raises(ValueError, match="exploit_steps"):
+        BranchingSingleMachine(lambda m, d, i: m, 0, 1)
