@@ -43,12 +43,14 @@ from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint
 
 __all__ = [
+    "Changes",
     "PopulationState",
     "Reply",
     "as_value",
     "ask",
     "event_key",
     "init",
+    "redo",
     "report",
     "transition",
 ]
@@ -78,6 +80,30 @@ class PopulationState:
         return len(self.workers)
 
 
+@struct.dataclass
+class Changes:
+    """What one state-changing event did, as plain data.
+
+    :func:`redo` applies it to the state the event was applied to and gives the state
+    the event produced, without running any mutator or user code: this is what durable
+    storage journals, so a journal replays exactly even when a user's mutation function
+    is not deterministic.
+
+    Attributes:
+      checkpoints: the checkpoints the event added or replaced, in order.
+      workers: ``(worker_id, ActiveWorker)`` for each assignment that changed.
+      mutator_state: the mutator's state after the event.
+      num_events: ``state.num_events`` after the event.
+      now: the time the event was applied at.
+    """
+
+    checkpoints: tuple[Checkpoint, ...]
+    workers: tuple[tuple[int, ActiveWorker], ...]
+    mutator_state: Any
+    num_events: int
+    now: float
+
+
 class Reply(NamedTuple):
     """What a transition answers.
 
@@ -85,11 +111,13 @@ class Reply(NamedTuple):
       worker: for ``ask``, the assignment to switch to, or ``None`` to keep going.
       checkpoint: for ``report``, the checkpoint recorded (``None`` if ignored).
       warning: a message for the caller to log, or ``None``.
+      changes: what the event changed (``None`` when it changed nothing).
     """
 
     worker: ActiveWorker | None = None
     checkpoint: Checkpoint | None = None
     warning: str | None = None
+    changes: Changes | None = None
 
 
 def event_key(state: PopulationState) -> np.ndarray:
@@ -205,18 +233,52 @@ def _apply_mutator(
     return state.replace(workers=workers, mutator_state=mutator_state, history=history)
 
 
+def _finish(
+    old: PopulationState, new: PopulationState, added: list[Checkpoint], now: float
+) -> tuple[PopulationState, Changes | None]:
+    """Counts the event and describes its changes, if it changed anything."""
+    if new is old:
+        return old, None
+    new = new.replace(num_events=old.num_events + 1)
+    workers = tuple(
+        (i, w)
+        for i, (w, was) in enumerate(zip(new.workers, old.workers, strict=True))
+        if w is not was
+    )
+    return new, Changes(tuple(added), workers, new.mutator_state, new.num_events, now)
+
+
+def redo(state: PopulationState, changes: Changes) -> PopulationState:
+    """Re-applies recorded :class:`Changes` to the state they were recorded on."""
+    if changes.num_events != state.num_events + 1:
+        raise ValueError(
+            f"changes of event {changes.num_events - 1} cannot follow a state at event "
+            f"{state.num_events}: events are missing or out of order"
+        )
+    workers = list(state.workers)
+    for i, worker in changes.workers:
+        workers[i] = worker
+    return state.replace(
+        workers=tuple(workers),
+        mutator_state=changes.mutator_state,
+        history=state.history.add_all(changes.checkpoints),
+        num_events=changes.num_events,
+    )
+
+
 def ask(
     state: PopulationState, event: Ask, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
     """A worker asks for its data; see the module docstring for the protocol."""
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
-    new = state
+    new, added = state, []
     if mutator.get_worker_data is not None:
         result = mutator.get_worker_data(
             state.mutator_state, state.workers, state.history, event, now, key
         )
         new = _apply_mutator(state, *result, who="mutator.get_worker_data")
+        added.extend(result[2])
     assigned = new.workers[worker_id]
     generation_id = event.generation_id
     warning = None
@@ -235,9 +297,9 @@ def ask(
         if new.history.get_checkpoint(generation_id, step) is None:
             last = new.history.continuation(generation_id, step, event.params, None, now)
             new = new.replace(history=new.history.add(last))
-    if new is not state:
-        new = new.replace(num_events=state.num_events + 1)
-    return new, Reply(worker=reply_worker, warning=warning)
+            added.append(last)
+    new, changes = _finish(state, new, added, now)
+    return new, Reply(worker=reply_worker, warning=warning, changes=changes)
 
 
 def report(
@@ -265,7 +327,8 @@ def report(
     new = state.replace(history=history.add(checkpoint))
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
     new = _apply_mutator(new, *result, who="mutator.update")
-    return new.replace(num_events=state.num_events + 1), Reply(checkpoint=checkpoint)
+    new, changes = _finish(state, new, [checkpoint, *result[2]], now)
+    return new, Reply(checkpoint=checkpoint, changes=changes)
 
 
 def transition(

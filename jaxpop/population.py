@@ -2,8 +2,9 @@
 
 The controller adds exactly four things to the pure transitions of :mod:`jaxpop.core`:
 a lock (many worker threads may call it at once), a clock (``now`` for each event), a
-seeded root key (each event gets its own key, see :mod:`jaxpop.keys`) and, later,
-durable storage. Every decision is made by :func:`jaxpop.core.transition`.
+seeded root key (each event gets its own key, see :mod:`jaxpop.keys`) and durable
+storage (:mod:`jaxpop.storage`). Every decision is made by
+:func:`jaxpop.core.transition`.
 
 The records ``Checkpoint`` and ``ActiveWorker`` and the state ``PopulationState`` are
 re-exported here, where the seed's users look for them.
@@ -14,10 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from jaxpop import core
+from jaxpop import core, storage
 from jaxpop.core import PopulationState
 from jaxpop.events import Ask, Eval, Event
 from jaxpop.history import History
@@ -37,15 +39,30 @@ class PopulationController:
       initial_population: one ``meta_params`` pytree per worker; the population size is
         its length.
       mutator: how the population changes (for example ``WinnerTakeAllGenetic``).
-      log_dir: where durable state will be kept. Accepted for compatibility with the
-        seed; this version keeps the state in memory only.
+      log_dir: a directory to keep the state in, durably (``None``: in memory only).
+        Every state-changing call is journaled there before it returns; a controller
+        created on a ``log_dir`` that holds a run continues that run exactly where it
+        stopped (the stored state wins over ``initial_population`` and ``seed``, but
+        the population size must match). See :mod:`jaxpop.storage`. Parameters that
+        workers pass to ``set_eval`` are stored too: with a ``log_dir`` pass small
+        handles (paths) rather than large pytrees.
       seed: seeds the run's root PRNG key. Given the same seed, mutators that use their
         key (not numpy's global random state) make the same decisions for the same
         sequence of calls.
+      durability: ``"process"`` (each record reaches the OS before the call returns:
+        survives the death of this process) or ``"fsync"`` (each record is also flushed
+        to disk: survives a machine crash, at the cost of one disk flush per call).
+      compact_after: the minimum number of journaled events between two snapshots.
       clock: returns the current time in seconds; ``time.time`` by default. Tests pass
         a fake clock.
 
-    All methods are safe to call from many threads at once.
+    Raises:
+      storage.LogDirInUseError: another live controller holds ``log_dir``.
+      storage.CorruptLogError: ``log_dir`` holds damaged files (never silently reset).
+
+    All methods are safe to call from many threads at once. Call :meth:`close` (or use
+    the controller as a context manager) to release ``log_dir``; a controller that is
+    garbage collected releases it too.
     """
 
     def __init__(
@@ -55,6 +72,8 @@ class PopulationController:
         log_dir: str | None = None,
         seed: int = 0,
         *,
+        durability: storage.Durability = "process",
+        compact_after: int = 1000,
         clock: Callable[[], float] = time.time,
     ):
         if not isinstance(mutator, Mutator):
@@ -66,9 +85,32 @@ class PopulationController:
         self._clock = clock
         self._lock = threading.RLock()
         self.log_dir = log_dir
+        state = core.init(initial_population, mutator, key=root_key(seed), now=clock())
+        self._store: storage.Store | None = None
         if log_dir is not None:
-            logger.info("log_dir=%r: this version keeps population state in memory", log_dir)
-        self._state = core.init(initial_population, mutator, key=root_key(seed), now=clock())
+            store = storage.Store(log_dir, durability=durability, compact_after=compact_after)
+            try:
+                restored = store.load()
+                if restored is not None:
+                    if restored.population_size != state.population_size:
+                        raise ValueError(
+                            f"{log_dir} holds a population of {restored.population_size} "
+                            f"workers, but initial_population has {state.population_size}"
+                        )
+                    logger.info(
+                        "jaxpop: resumed %s at event %d (%d checkpoints)",
+                        log_dir,
+                        restored.num_events,
+                        restored.history.num_checkpoints,
+                    )
+                    state = restored
+                store.start(state)
+            except BaseException:
+                store.close()
+                raise
+            self._store = store
+            weakref.finalize(self, store.close)
+        self._state = state
 
     # -- the seed's API -------------------------------------------------------------
     def maybe_get_worker_data(
@@ -126,13 +168,30 @@ class PopulationController:
     def mutator(self) -> Mutator:
         return self._mutator
 
+    # -- lifetime -------------------------------------------------------------------
+    def close(self) -> None:
+        """Finishes background writes and releases ``log_dir``. Idempotent."""
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+
+    def __enter__(self) -> PopulationController:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # -- the shell ------------------------------------------------------------------
     def _apply(self, event: Event) -> core.Reply:
         with self._lock:
+            if self._store is not None and self._store.closed:
+                raise RuntimeError(f"this controller was closed (log_dir {self.log_dir!r})")
             state = self._state
             new_state, reply = core.transition(
                 state, event, self._clock(), core.event_key(state), mutator=self._mutator
             )
+            if reply.changes is not None and self._store is not None:
+                self._store.append(reply.changes, new_state)
             self._state = new_state
         if reply.warning is not None:
             logger.warning(reply.warning)

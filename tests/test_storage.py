@@ -1,0 +1,293 @@
+"""Durable controller state: restart equivalence, damaged files, locking, durability."""
+
+import os
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+
+from conftest import FakeClock
+from jaxpop import PopulationController, encoding, storage
+from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, WinnerTakeAllGenetic
+
+
+def _mutate(meta, key):
+    return {"h": meta["h"] + 0.3 * float(np.random.default_rng(key).normal())}
+
+
+MUTATORS = {
+    "wta": (lambda: WinnerTakeAllGenetic(_mutate, steps_per_exploit=10), 3),
+    "fixed": (lambda: FixedSchedule({0: {"h": 1.0}, 20: {"h": 0.5}, 60: {"h": 0.1}}), 2),
+    "branching": (
+        lambda: BranchingSingleMachine(
+            lambda m, d, i, key: {"h": m["h"] + (0.2 if d == "pos" else -0.2)}, 10, 5
+        ),
+        1,
+    ),
+}
+
+
+def _encoded(state):
+    return encoding.encode(storage.state_to_plain(state))
+
+
+class Workers:
+    """Simulated workers following the seed protocol; survive controller restarts."""
+
+    def __init__(self, n):
+        self.gens, self.steps = [None] * n, [0] * n
+
+    def step(self, pop, i):
+        data = pop.maybe_get_worker_data(i, self.gens[i], self.steps[i], f"w{i}", None)
+        if data is not None:
+            self.gens[i], self.steps[i] = data.generation_id, data.step
+        self.steps[i] += 5
+        h = pop.history.meta_params(self.gens[i])["h"]
+        pop.set_eval(i, self.gens[i], self.steps[i], f"p{i}@{self.steps[i]}", (h - 0.3) ** 2)
+
+
+def _make(kind, log_dir, clock, **kw):
+    factory, n = MUTATORS[kind]
+    return PopulationController([{"h": 1.0}] * n, factory(), log_dir, seed=5, clock=clock, **kw)
+
+
+@pytest.mark.parametrize("kind", sorted(MUTATORS))
+@pytest.mark.parametrize("restart_every", [1, 7, 25])
+def test_restart_equivalence(tmp_path, kind, restart_every):
+    n = MUTATORS[kind][1]
+    clock = FakeClock()
+    reference = _make(kind, None, clock)
+    workers = Workers(n)
+    for t in range(60):
+        clock.advance(1.0)
+        workers.step(reference, t % n)
+
+    clock = FakeClock()
+    workers = Workers(n)
+    pop = _make(kind, tmp_path, clock, compact_after=8)
+    for t in range(60):
+        if t % restart_every == 0:
+            pop.close()
+            pop = _make(kind, tmp_path, clock, compact_after=8)
+        clock.advance(1.0)
+        workers.step(pop, t % n)
+    pop.close()
+    restored = _make(kind, tmp_path, clock)
+    assert _encoded(restored.state) == _encoded(reference.state)
+    assert restored.active_workers == reference.active_workers
+    restored.close()
+
+
+def _journal(log_dir):
+    names = sorted(n for n in os.listdir(log_dir) if n.startswith("journal-"))
+    return os.path.join(log_dir, names[-1])
+
+
+def _run_some(log_dir, evals=10, **kw):
+    pop = PopulationController(
+        [{"h": 1.0}, {"h": 2.0}], WinnerTakeAllGenetic(_mutate, 10), log_dir, **kw
+    )
+    workers = Workers(2)
+    for t in range(evals):
+        workers.step(pop, t % 2)
+    return pop
+
+
+def test_torn_final_record_is_dropped_with_warning_and_run_goes_on(tmp_path):
+    pop = _run_some(tmp_path)
+    before = _encoded(pop.state)
+    pop.close()
+    path = _journal(tmp_path)
+    size = os.path.getsize(path)
+    with open(path, "ab") as f:
+        f.write(struct.pack("<II", 500, 0) + b"partial")
+    with pytest.warns(storage.TornRecordWarning, match=rf"{os.path.basename(path)}.*offset {size}"):
+        pop = _run_some(tmp_path, evals=0)
+    assert _encoded(pop.state) == before
+    assert os.path.getsize(path) == size  # truncated at the torn record
+    Workers(2).step(pop, 0)  # and the run goes on
+    pop.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _run_some(tmp_path, evals=0).close()
+
+
+@pytest.mark.parametrize("tail", [b"\x07\x00", b"\x00" * 64])
+def test_other_torn_tails(tmp_path, tail):
+    pop = _run_some(tmp_path)
+    before = _encoded(pop.state)
+    pop.close()
+    with open(_journal(tmp_path), "ab") as f:
+        f.write(tail)
+    with pytest.warns(storage.TornRecordWarning):
+        pop = _run_some(tmp_path, evals=0)
+    assert _encoded(pop.state) == before
+    pop.close()
+
+
+def test_checksum_mismatch_of_last_record_is_torn(tmp_path):
+    pop = _run_some(tmp_path)
+    pop.close()
+    path = _journal(tmp_path)
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.warns(storage.TornRecordWarning, match="checksum"):
+        _run_some(tmp_path, evals=0).close()
+
+
+def test_corruption_inside_the_journal_raises_naming_the_file(tmp_path):
+    _run_some(tmp_path).close()
+    path = _journal(tmp_path)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(storage.CorruptLogError, match=os.path.basename(path)):
+        _run_some(tmp_path, evals=0)
+    # nothing was reset: the damaged file is still there, and the lock was released
+    assert open(path, "rb").read() == bytes(data)
+    with pytest.raises(storage.CorruptLogError):
+        _run_some(tmp_path, evals=0)
+
+
+def test_corrupt_snapshot_raises_naming_the_file(tmp_path):
+    _run_some(tmp_path).close()
+    path = os.path.join(tmp_path, "snapshot-00000000.jpsnap")
+    data = bytearray(open(path, "rb").read())
+    data[20] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(storage.CorruptLogError, match="snapshot-00000000"):
+        _run_some(tmp_path, evals=0)
+
+
+def _frame(obj):
+    payload = encoding.encode(obj)
+    return struct.pack("<II", len(payload), zlib.crc32(payload)) + payload
+
+
+def test_newer_storage_version_raises(tmp_path):
+    _run_some(tmp_path).close()
+    path = os.path.join(tmp_path, "snapshot-00000000.jpsnap")
+    frames = open(path, "rb").read()
+    length = struct.unpack_from("<I", frames)[0]
+    header = _frame({"kind": "snapshot", "storage_version": 99, "seq": 0})
+    open(path, "wb").write(header + frames[8 + length :])
+    with pytest.raises(storage.CorruptLogError, match="newer jaxpop storage format"):
+        _run_some(tmp_path, evals=0)
+
+
+def test_newer_encoding_version_raises(tmp_path):
+    _run_some(tmp_path).close()
+    path = _journal(tmp_path)
+    payload = bytearray(encoding.encode({"x": 1}))
+    payload[9] = 9  # the encoding's version byte
+    with open(path, "ab") as f:
+        f.write(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+        f.write(_frame({"x": 2}))
+    with pytest.raises(storage.CorruptLogError, match="newer jaxpop format version"):
+        _run_some(tmp_path, evals=0)
+
+
+def test_missing_segment_and_journal_without_snapshot_raise(tmp_path):
+    _run_some(tmp_path, evals=4).close()
+    _run_some(tmp_path, evals=4).close()  # a restart opens a new segment
+    snapshot = max(n for n in os.listdir(tmp_path) if n.startswith("snapshot-"))
+    journals = sorted(n for n in os.listdir(tmp_path) if n.startswith("journal-"))
+    assert len(journals) >= 2
+    os.remove(os.path.join(tmp_path, journals[0]))
+    with pytest.raises(storage.CorruptLogError, match="missing"):
+        _run_some(tmp_path, evals=0)
+    os.remove(os.path.join(tmp_path, snapshot))
+    with pytest.raises(storage.CorruptLogError, match="no snapshot"):
+        _run_some(tmp_path, evals=0)
+
+
+def test_unencodable_value_raises_type_error_before_writing(tmp_path):
+    pop = _run_some(tmp_path)
+    gen = pop.active_workers[0].generation_id
+    size, before = os.path.getsize(_journal(tmp_path)), pop.state
+    with pytest.raises(TypeError, match=r"params.*object"):
+        pop.set_eval(0, gen, 1000, object(), 1.0)
+    assert pop.state is before and os.path.getsize(_journal(tmp_path)) == size
+    pop.set_eval(0, gen, 1000, "fine", 1.0)
+    pop.close()
+    with pytest.raises(TypeError, match=r"meta_params"):
+        PopulationController([{"h": object()}], WinnerTakeAllGenetic(_mutate, 10), tmp_path / "x")
+
+
+def test_meta_params_and_params_round_trip_exactly(tmp_path):
+    meta = {
+        "lr": np.float32(0.1),
+        "betas": (0.9, 0.999),
+        "sched": [1, 2, 3],
+        "aug": {"hue": np.arange(3, dtype=np.int8), "on": True, "name": "crop"},
+        "none": None,
+    }
+    with PopulationController([meta], FixedSchedule({5: meta}), tmp_path) as pop:
+        gen = pop.active_workers[0].generation_id
+        pop.set_eval(0, gen, 3, {"w": np.ones((2, 2), np.float32)}, 0.5)
+        before = _encoded(pop.state)
+    with PopulationController([meta], FixedSchedule({5: meta}), tmp_path) as pop:
+        assert _encoded(pop.state) == before
+        c = pop.history[gen][3]
+        assert c.params["w"].dtype == np.float32 and c.meta_params["betas"] == (0.9, 0.999)
+        assert c.meta_params["aug"]["hue"].dtype == np.int8
+
+
+def test_second_live_controller_is_refused_and_close_or_drop_releases(tmp_path):
+    pop = _run_some(tmp_path)
+    with pytest.raises(storage.LogDirInUseError, match=r"in use.*pid"):
+        _run_some(tmp_path, evals=0)
+    pop.close()
+    pop.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        Workers(2).step(pop, 0)
+    pop = _run_some(tmp_path, evals=0)
+    del pop  # dropped without close(), as seed users do
+    with _run_some(tmp_path, evals=0) as pop:
+        assert pop.state.num_events > 0
+
+
+def test_population_size_must_match(tmp_path):
+    _run_some(tmp_path).close()
+    with pytest.raises(ValueError, match="2 workers"):
+        PopulationController([{"h": 1.0}] * 3, WinnerTakeAllGenetic(_mutate, 10), tmp_path)
+    _run_some(tmp_path, evals=0).close()  # the failed attempt released the lock
+
+
+def test_compaction_deletes_old_files_and_keeps_state(tmp_path):
+    pop = _run_some(tmp_path, evals=200, compact_after=10)
+    pop._store.wait()
+    before = _encoded(pop.state)
+    pop.close()
+    names = os.listdir(tmp_path)
+    snapshots = [n for n in names if n.startswith("snapshot-")]
+    assert len(snapshots) == 1 and snapshots[0] != "snapshot-00000000.jpsnap"
+    first = int(snapshots[0][9:17])
+    assert all(int(n[8:16]) >= first for n in names if n.startswith("journal-"))
+    pop = _run_some(tmp_path, evals=0)
+    assert _encoded(pop.state) == before
+    pop.close()
+
+
+def test_fsync_durability_and_bad_options(tmp_path):
+    with _run_some(tmp_path, evals=6, durability="fsync") as pop:
+        before = _encoded(pop.state)
+    with _run_some(tmp_path, evals=0, durability="fsync") as pop:
+        assert _encoded(pop.state) == before
+    with pytest.raises(ValueError, match="durability"):
+        _run_some(tmp_path / "b", evals=0, durability="sometimes")
+    with pytest.raises(ValueError, match="compact_after"):
+        _run_some(tmp_path / "c", evals=0, compact_after=0)
+
+
+def test_interrupted_snapshot_tmp_file_is_ignored(tmp_path):
+    pop = _run_some(tmp_path)
+    before = _encoded(pop.state)
+    pop.close()
+    open(os.path.join(tmp_path, "snapshot-00000009.jpsnap.tmp"), "wb").write(b"half")
+    with _run_some(tmp_path, evals=0) as pop:
+        assert _encoded(pop.state) == before
+    assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path))
