@@ -53,7 +53,9 @@ def test_wta_waits_for_every_worker_then_copies_the_best():
 
 def test_wta_average_over_samples_vs_latest():
     def run(average):
-        m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=20, average_over_samples=average)
+        m = WinnerTakeAllGenetic(
+            lambda meta: meta, steps_per_exploit=20, average_over_samples=average
+        )
         state = fresh_state([{"h": 0.0}, {"h": 1.0}], m)
         g0, g1 = (w.generation_id for w in state.workers)
         # worker 0: 0.0 then 3.0 (mean 1.5, latest 3.0); worker 1: 2.0 then 2.0
@@ -85,13 +87,13 @@ def test_wta_by_seconds(clock):
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_wta_nan_or_inf_never_wins(bad):
     m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
-    state, gens = _wta_round(m, [5.0, bad, 7.0])
+    state, _ = _wta_round(m, [5.0, bad, 7.0])
     assert all(w.params == "p0" for w in state.workers)
 
 
 def test_wta_all_non_finite_copies_nobody():
     m = WinnerTakeAllGenetic(lambda meta: {"h": meta["h"] + 0.5}, steps_per_exploit=10)
-    state, gens = _wta_round(m, [math.nan, math.inf, math.nan])
+    state, _ = _wta_round(m, [math.nan, math.inf, math.nan])
     for i, w in enumerate(state.workers):
         assert w.params == f"p{i}" and w.meta_params == {"h": i + 0.5}
 
