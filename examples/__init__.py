@@ -1,0 +1,1 @@
+"""Runnable examples of jaxpop; run one with ``python -m examples.<name>`` from the repo root."""

@@ -1,0 +1,77 @@
+"""Crash test: SIGKILL a controller process at random moments; nothing acknowledged is lost."""
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import pytest
+
+from jaxpop import PopulationController, storage
+from jaxpop.mutators import WinnerTakeAllGenetic
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "crash_run.py")
+ACK = re.compile(r"^ACK (\S+) (\d+) (\S+)$")
+KILLS = 52
+GOAL = 400
+
+
+def _start(log_dir):
+    return subprocess.Popen(
+        [sys.executable, SCRIPT, str(log_dir), str(GOAL)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"},
+    )
+
+
+def _wait_ready(proc):
+    line = proc.stdout.readline()
+    if line.strip() != "READY":
+        proc.kill()
+        raise AssertionError(f"controller did not start: {line!r} {proc.stderr.read()}")
+
+
+def _acks(text, acked):
+    for line in text.splitlines():
+        match = ACK.match(line)
+        if match:  # a line cut by the kill does not match and was never acknowledged
+            acked[(match.group(1), int(match.group(2)))] = float(match.group(3))
+
+
+def test_sigkill_at_random_moments_loses_no_acknowledged_eval(tmp_path):
+    rng = random.Random(1234)
+    acked = {}
+    for _ in range(KILLS):
+        proc = _start(tmp_path)
+        _wait_ready(proc)
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        _acks(out, acked)
+        assert proc.returncode == -signal.SIGKILL
+    proc = _start(tmp_path)
+    _wait_ready(proc)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.rstrip().endswith("DONE")
+    _acks(out, acked)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", storage.TornRecordWarning)
+        pop = PopulationController(
+            [{"h": 1.0}] * 4, WinnerTakeAllGenetic(lambda m: m, 10), tmp_path
+        )
+    history = pop.history
+    missing = [ref for ref in acked if history.get_checkpoint(*ref) is None]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged evals lost: {missing[:5]}"
+    wrong = [ref for ref, v in acked.items() if history.get_checkpoint(*ref).value != v]
+    assert not wrong, wrong[:5]
+    assert pop.state.mutator_state["num_exploits"] >= GOAL
+    assert len(acked) > KILLS
+    pop.close()

@@ -1,0 +1,44 @@
+"""The synthetic example (``python -m examples.synthetic``) finds the hyperparameter."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `examples` is a top-level package of the repo, not installed
+    sys.path.insert(0, str(ROOT))
+
+from examples.synthetic import train  # noqa: E402
+
+
+def test_main_finds_the_target_in_process(capsys):
+    result = train.main(["--steps", "400", "--seed", "1", "--no-progress"])
+    assert abs(result["target"] - train.OPTIMUM) < 0.5
+    assert abs(result["target"] - train.OPTIMUM) < abs(train.START - train.OPTIMUM) / 4
+    assert result["final_loss"] < result["initial_loss"] / 100
+    assert result["best_loss"] < 0.01
+    # 1 initial generation + 2 branches per explore phase (400 steps = 10 phases of 40).
+    assert result["generations"] == 1 + 2 * 10
+    assert result["checkpoints"] >= result["generations"]
+    assert result["compilations"] == 1  # a new target never recompiles the train step
+    out = capsys.readouterr().out
+    assert f"found target = {result['target']:.4f}" in out
+
+
+def test_python_dash_m_runs_from_the_repo_root():
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.synthetic", "--no-progress", "--steps", "300"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    match = re.search(r"^found target = (-?[\d.]+)", proc.stdout, re.MULTILINE)
+    assert match, proc.stdout
+    assert abs(float(match.group(1)) - 2.0) < 0.5
+    assert re.search(
+        r"^controller\.history: \d+ generations, \d+ checkpoints", proc.stdout, re.MULTILINE
+    )
+    assert "%|" not in proc.stderr  # --no-progress: no progress bar
