@@ -9,8 +9,6 @@ import sys
 import time
 import warnings
 
-import pytest
-
 from jaxpop import PopulationController, storage
 from jaxpop.mutators import WinnerTakeAllGenetic
 
@@ -20,9 +18,9 @@ KILLS = 52
 GOAL = 400
 
 
-def _start(log_dir):
+def _start(log_dir, goal=10**9):
     return subprocess.Popen(
-        [sys.executable, SCRIPT, str(log_dir), str(GOAL)],
+        [sys.executable, SCRIPT, str(log_dir), str(goal)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -37,6 +35,10 @@ def _wait_ready(proc):
         raise AssertionError(f"controller did not start: {line!r} {proc.stderr.read()}")
 
 
+def _snapshot_in_flight(log_dir):
+    return any(n.endswith(".tmp") for n in os.listdir(log_dir))
+
+
 def _acks(text, acked):
     for line in text.splitlines():
         match = ACK.match(line)
@@ -47,15 +49,22 @@ def _acks(text, acked):
 def test_sigkill_at_random_moments_loses_no_acknowledged_eval(tmp_path):
     rng = random.Random(1234)
     acked = {}
-    for _ in range(KILLS):
+    during_snapshot = 0
+    for kill in range(KILLS):
         proc = _start(tmp_path)
         _wait_ready(proc)
-        time.sleep(rng.uniform(0.0, 0.4))
+        if kill % 2:  # at a random moment: mostly during journal writes
+            time.sleep(rng.uniform(0.0, 0.4))
+        else:  # as soon as a snapshot is being written (or after a while)
+            deadline = time.monotonic() + rng.uniform(0.2, 1.0)
+            while time.monotonic() < deadline and not _snapshot_in_flight(tmp_path):
+                time.sleep(0.0002)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         _acks(out, acked)
         assert proc.returncode == -signal.SIGKILL
-    proc = _start(tmp_path)
+        during_snapshot += _snapshot_in_flight(tmp_path)
+    proc = _start(tmp_path, GOAL)
     _wait_ready(proc)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -75,3 +84,5 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_eval(tmp_path):
     assert pop.state.mutator_state["num_exploits"] >= GOAL
     assert len(acked) > KILLS
     pop.close()
+    print(f"{KILLS} kills, {during_snapshot} while a snapshot was being written")
+    assert during_snapshot >= 1
