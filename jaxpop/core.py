@@ -56,6 +56,9 @@ __all__ = [
 ]
 
 
+_KEEP = object()
+
+
 @struct.dataclass
 class PopulationState:
     """Everything a population is: assignments, history, mutator state, randomness.
@@ -78,6 +81,23 @@ class PopulationState:
     @property
     def population_size(self) -> int:
         return len(self.workers)
+
+    def _with(
+        self,
+        *,
+        workers: tuple[ActiveWorker, ...] | None = None,
+        mutator_state: Any = _KEEP,
+        history: History | None = None,
+        num_events: int | None = None,
+    ) -> PopulationState:
+        # ``replace`` without ``dataclasses.replace``'s overhead (this is the hot path)
+        return PopulationState(
+            self.workers if workers is None else workers,
+            self.mutator_state if mutator_state is _KEEP else mutator_state,
+            self.key,
+            self.history if history is None else history,
+            self.num_events if num_events is None else num_events,
+        )
 
 
 @struct.dataclass
@@ -158,6 +178,8 @@ def as_value(value: Any) -> float:
 
     Accepts ints, floats, numpy scalars and one-element numeric numpy or jax arrays.
     """
+    if type(value) is float:
+        return value
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         return float(value)
     dtype = getattr(value, "dtype", None)
@@ -170,6 +192,8 @@ def as_value(value: Any) -> float:
 
 
 def _check_worker(state: PopulationState, worker_id: Any) -> int:
+    if type(worker_id) is int and 0 <= worker_id < len(state.workers):
+        return worker_id
     if isinstance(worker_id, bool) or not isinstance(worker_id, numbers.Integral):
         raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}: {worker_id!r}")
     if not 0 <= worker_id < state.population_size:
@@ -182,6 +206,8 @@ def _check_worker(state: PopulationState, worker_id: Any) -> int:
 
 
 def _check_step(step: Any) -> int:
+    if type(step) is int:
+        return step
     if isinstance(step, bool) or not isinstance(step, numbers.Integral):
         try:
             as_int = int(step)
@@ -201,6 +227,8 @@ def _apply_mutator(
     who: str,
 ) -> PopulationState:
     """Folds a mutator's result into ``state``, checking that it is consistent."""
+    if mutator_state is state.mutator_state and workers is state.workers and not new_checkpoints:
+        return state
     workers = tuple(workers)
     if len(workers) != state.population_size:
         raise ValueError(
@@ -230,7 +258,7 @@ def _apply_mutator(
     )
     if unchanged:
         return state
-    return state.replace(workers=workers, mutator_state=mutator_state, history=history)
+    return state._with(workers=workers, mutator_state=mutator_state, history=history)
 
 
 def _finish(
@@ -239,7 +267,7 @@ def _finish(
     """Counts the event and describes its changes, if it changed anything."""
     if new is old:
         return old, None
-    new = new.replace(num_events=old.num_events + 1)
+    new = new._with(num_events=old.num_events + 1)
     workers = tuple(
         (i, w)
         for i, (w, was) in enumerate(zip(new.workers, old.workers, strict=True))
@@ -258,7 +286,7 @@ def redo(state: PopulationState, changes: Changes) -> PopulationState:
     workers = list(state.workers)
     for i, worker in changes.workers:
         workers[i] = worker
-    return state.replace(
+    return state._with(
         workers=tuple(workers),
         mutator_state=changes.mutator_state,
         history=state.history.add_all(changes.checkpoints),
@@ -296,7 +324,7 @@ def ask(
         reply_worker = assigned
         if new.history.get_checkpoint(generation_id, step) is None:
             last = new.history.continuation(generation_id, step, event.params, None, now)
-            new = new.replace(history=new.history.add(last))
+            new = new._with(history=new.history.add(last))
             added.append(last)
     new, changes = _finish(state, new, added, now)
     return new, Reply(worker=reply_worker, warning=warning, changes=changes)
@@ -324,7 +352,7 @@ def report(
         checkpoint = existing.replace(params=event.params, value=value, time=now)
     else:
         checkpoint = history.continuation(generation_id, step, event.params, value, now)
-    new = state.replace(history=history.add(checkpoint))
+    new = state._with(history=history.add(checkpoint))
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
     new = _apply_mutator(new, *result, who="mutator.update")
     new, changes = _finish(state, new, [checkpoint, *result[2]], now)
