@@ -9,7 +9,7 @@ The seed-compatible surface::
     population = pop_mod.PopulationController([{"log_lr": -9.2}] * 2, mutator)
 """
 
-from jaxpop import core, keys
+from jaxpop import core, encoding, keys, storage
 from jaxpop.core import PopulationState
 from jaxpop.events import Ask, Eval
 from jaxpop.history import GenerationView, History
@@ -33,5 +33,7 @@ __all__ = [
     "PopulationState",
     "WinnerTakeAllGenetic",
     "core",
+    "encoding",
     "keys",
+    "storage",
 ]
