@@ -3,10 +3,12 @@
 Every decision the controller makes is one of the functions here, of the form
 ``(state, event, now, key, *, mutator) -> (state, reply)``. They never mutate their
 inputs, never read a clock or a global random state, and return the *same* state object
-when an event changes nothing, so a caller can tell (by identity) which events must be
-journaled. Replaying the journaled events with their ``now`` on the initial state
-rebuilds the exact state, because each event's key is a function of the run's root key
-and the event's index (``state.num_events``; see :func:`event_key`).
+when an event changes nothing; when it changes something, the reply carries the
+:class:`Changes` it made. A state can be rebuilt two ways: re-applying the events with
+their ``now`` (exact when the mutator's functions are deterministic given their key,
+because each event's key is a function of the run's root key and the event's index,
+see :func:`event_key`), or re-applying the recorded ``Changes`` with :func:`redo`
+(always exact, and runs no user code: what :mod:`jaxpop.storage` journals).
 
 Protocol (what a worker can rely on):
 
