@@ -22,7 +22,11 @@ Protocol (what a worker can rely on):
   yet in the history), then returns the new assignment.
 * ``report`` for a generation the history does not know changes nothing and returns a
   warning. Otherwise it records (or replaces) the checkpoint at ``(generation, step)``
-  and runs the mutator's ``update``.
+  and runs the mutator's ``update``. A report on the worker's current generation past
+  its assigned step moves the assignment there (``params`` and ``step`` of the report),
+  so a worker that restarts and asks with no generation resumes from its latest
+  reported checkpoint; and the new checkpoint's ``parent`` is the assignment it trained
+  from (not a checkpoint of a run it abandoned when it restarted).
 * A ``worker_id`` outside ``[0, population size)`` raises ``ValueError``; a value that is
   not a real number raises ``TypeError``. A NaN or infinite value is stored as reported
   and ranks last in every selection.
@@ -348,13 +352,21 @@ def report(
                 "worker's data first with maybe_get_worker_data)"
             )
         )
-    history = state.history
+    history, workers = state.history, state.workers
+    assigned = workers[worker_id]
+    advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
     if existing is not None:
         checkpoint = existing.replace(params=event.params, value=value, time=now)
     else:
         checkpoint = history.continuation(generation_id, step, event.params, value, now)
-    new = state._with(history=history.add(checkpoint))
+        if advances and history.get_checkpoint(generation_id, assigned.step) is not None:
+            # trained from where the worker was sent, not from an abandoned earlier run
+            checkpoint = checkpoint.replace(parent=(generation_id, assigned.step))
+    if advances:  # the worker's assignment follows its progress
+        moved = ActiveWorker(event.params, assigned.meta_params, generation_id, step)
+        workers = (*workers[:worker_id], moved, *workers[worker_id + 1 :])
+    new = state._with(history=history.add(checkpoint), workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
     new = _apply_mutator(new, *result, who="mutator.update")
     new, changes = _finish(state, new, [checkpoint, *result[2]], now)

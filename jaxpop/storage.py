@@ -324,9 +324,10 @@ class Store:
             path = os.path.join(self.log_dir, _journal_name(s))
             last = s == segments[-1]
             frames = _read_frames(path, allow_torn_tail=last)
-            if not frames and last:  # died while creating the segment
+            if not frames and last:  # died while creating the segment: it held nothing
                 os.remove(path)
-                continue
+                segments.pop()
+                break
             _check_header(path, frames, "journal", s)
             for offset, payload in frames[1:]:
                 changes = _decode(path, offset, payload)

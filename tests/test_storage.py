@@ -291,3 +291,20 @@ def test_interrupted_snapshot_tmp_file_is_ignored(tmp_path):
     with _run_some(tmp_path, evals=0) as pop:
         assert _encoded(pop.state) == before
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"", b"\x10\x00\x00"])
+def test_segment_that_died_before_its_header_is_dropped_and_numbering_continues(tmp_path, content):
+    pop = _run_some(tmp_path)
+    before = _encoded(pop.state)
+    pop.close()
+    last = _journal(tmp_path)
+    seq = int(os.path.basename(last)[8:16])
+    with open(os.path.join(tmp_path, f"journal-{seq + 1:08d}.jpjournal"), "wb") as f:
+        f.write(content)  # created, then killed before (or while) writing the header
+    for _ in range(3):  # restart repeatedly: numbering must stay consecutive
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", storage.TornRecordWarning)
+            pop = _run_some(tmp_path, evals=0)
+        assert _encoded(pop.state) == before
+        pop.close()

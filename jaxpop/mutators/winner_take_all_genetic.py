@@ -95,7 +95,9 @@ class WinnerTakeAllGenetic(Mutator):
         def score(history: History, generation_id: str) -> float:
             if average_over_samples:
                 values = [c.value for c in history.evaluated(generation_id)]
-                return rank_value(math.fsum(values) / len(values))
+                if not all(map(math.isfinite, values)):
+                    return math.inf
+                return rank_value(math.fsum(v / len(values) for v in values))
             return rank_value(history.latest_evaluated(generation_id).value)
 
         def update(
