@@ -9,7 +9,7 @@ The seed-compatible surface::
     population = pop_mod.PopulationController([{"log_lr": -9.2}] * 2, mutator)
 """
 
-from jaxpop import core, encoding, keys, storage
+from jaxpop import core, encoding, hparams, keys, storage
 from jaxpop.core import PopulationState
 from jaxpop.events import Ask, Eval
 from jaxpop.history import GenerationView, History
@@ -34,6 +34,7 @@ __all__ = [
     "WinnerTakeAllGenetic",
     "core",
     "encoding",
+    "hparams",
     "keys",
     "storage",
 ]

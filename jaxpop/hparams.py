@@ -1,0 +1,401 @@
+"""Online hyperparameters: change them inside a jitted training step without recompiling.
+
+A jitted function is compiled once per *shape, dtype and weak-type* of its array
+arguments, never per value. A hyperparameter that is a Python constant baked into the
+traced function (``optax.adam(0.1)`` built inside or around the step, a ``static``
+argument) is part of the compiled program: each new value retraces and recompiles. A
+hyperparameter carried as an array argument is just data, so PBT can change it every
+step for free. This module keeps hyperparameters on the data side:
+
+* :func:`make_optimizer` builds an optimizer through ``optax.inject_hyperparams``, so
+  its numeric arguments live in the optimizer *state*
+  (``InjectStatefulHyperparamsState.hyperparams``), with a fixed dtype;
+* :func:`set_hparams` / :func:`get_hparams` write and read them in any optimizer state
+  that holds one or more injected states -- at the top level, inside ``optax.chain``,
+  ``optax.MultiSteps``, a flax ``TrainState``, any pytree -- outside or inside ``jit``
+  and under ``vmap`` (a population of stacked states);
+* :func:`select_hparams` maps a worker's ``meta_params`` to optimizer arguments
+  (renaming, ``log_`` transforms), the same way at build time and in the step;
+* :func:`as_traced` turns a pytree of Python / numpy numbers (augmentation strengths,
+  label smoothing, ...) into arrays of one fixed dtype, for any jitted function.
+
+Typical worker step::
+
+    KEYS = {"log_lr": "learning_rate", "b1": "b1"}
+    TRANSFORMS = {"learning_rate": jnp.exp}
+    tx = make_optimizer(optax.adam, meta_params, keys=KEYS, transforms=TRANSFORMS)
+
+    @jax.jit
+    def train_step(params, opt_state, batch, meta):  # meta = as_traced(meta_params)
+        opt_state = set_hparams(opt_state, select_hparams(meta, KEYS, TRANSFORMS))
+        images = augment(batch["images"], meta["aug_strength"])
+        grads = jax.grad(loss_fn)(params, images, batch["labels"])
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+The weak-type pitfall: a Python scalar passed to a jitted function becomes a *weakly
+typed* ``float32`` (it adopts the dtype of whatever array it meets), a ``jnp`` array is
+*strongly* typed. These are different abstract values, so alternating them -- a Python
+float this step, an array from the optimizer state the next, a ``numpy.float64`` after
+that -- traces and compiles the function once per kind; and a value stored in a state
+with the wrong type is carried around by ``jit`` until the state's structure changes
+again. :func:`set_hparams` therefore always writes ``jnp.asarray(v, dtype=old.dtype)``
+(and keeps a weakly typed integer weak), and :func:`as_traced` converts every leaf to
+one strong dtype. The flip side of strong typing: a ``float32`` strength times a
+``bfloat16`` image is a ``float32`` image; pass ``dtype=`` the data's dtype (or cast in
+the augmentation) to keep low-precision data low-precision.
+
+Facts about ``optax.inject_hyperparams`` (optax 0.2.8) that this module works around:
+
+* its ``hyperparams`` is a plain ``dict`` inside a ``NamedTuple``: assigning into it
+  mutates every state sharing it; :func:`set_hparams` builds a new dict instead;
+* any callable argument (AdamW's ``mask``, even a dtype such as ``mu_dtype=jnp.float32``)
+  is silently taken for a schedule unless listed in ``static_args``;
+  :func:`make_optimizer` refuses such arguments unless they are listed;
+* a scheduled hyperparameter is recomputed from its schedule at every update, so
+  writing it has no effect; :func:`set_hparams` refuses to write it;
+* without ``hyperparam_dtype`` the hyperparameters take the parameters' dtype: with
+  ``bfloat16`` parameters Adam's ``b2=0.999`` rounds to ``1.0``. :func:`make_optimizer`
+  defaults to ``float32``. (With ``bfloat16`` parameters and ``float32``
+  hyperparameters Adam's first moment is promoted to ``float32`` at the first update,
+  which retraces a jitted step once; pass ``mu_dtype="float32"`` to avoid it.)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeAlias
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = [
+    "Keys",
+    "as_traced",
+    "find_hparam_states",
+    "get_hparams",
+    "make_optimizer",
+    "select_hparams",
+    "set_hparams",
+]
+
+#: Which meta-parameters become optimizer arguments: names kept as they are, or a mapping
+#: ``{meta-parameter name: optimizer argument name}``.
+Keys: TypeAlias = Iterable[str] | Mapping[str, str]
+
+_INJECT_STATES = (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState)
+
+
+def _is_inject_state(x: Any) -> bool:
+    return isinstance(x, _INJECT_STATES)
+
+
+def select_hparams(
+    meta_params: Mapping[str, Any],
+    keys: Keys,
+    transforms: Mapping[str, Callable[[Any], Any]] | None = None,
+) -> dict[str, Any]:
+    """The optimizer arguments that ``meta_params`` holds, renamed and transformed.
+
+    Args:
+      meta_params: a worker's hyperparameters, e.g. ``{"log_lr": -7.0, "aug": 0.3}``.
+      keys: the entries to take -- an iterable of names (kept as they are) or a mapping
+        ``{meta-parameter name: optimizer argument name}``, e.g.
+        ``{"log_lr": "learning_rate"}``. Entries not named are ignored.
+      transforms: functions applied to the selected values, keyed by *optimizer
+        argument* name, e.g. ``{"learning_rate": jnp.exp}``. Use ``jnp`` functions so
+        that the same call works on traced values inside ``jit``.
+
+    Returns:
+      A new dict ``{optimizer argument name: value}``.
+
+    Raises:
+      KeyError: a key is not in ``meta_params``, or a transform names no selected
+        argument.
+      ValueError: two keys map to the same optimizer argument.
+    """
+    if isinstance(keys, str):
+        keys = (keys,)
+    mapping = dict(keys) if isinstance(keys, Mapping) else {k: k for k in keys}
+    missing = [k for k in mapping if k not in meta_params]
+    if missing:
+        raise KeyError(f"meta_params has no {missing}; it holds {sorted(meta_params)}")
+    targets = list(mapping.values())
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"keys map two meta-parameters to the same argument: {mapping}")
+    transforms = dict(transforms or {})
+    stray = sorted(set(transforms) - set(targets))
+    if stray:
+        raise KeyError(
+            f"transforms for {stray}, which keys does not select; selected: {sorted(targets)}"
+        )
+    out = {}
+    for meta_name, arg_name in mapping.items():
+        value = meta_params[meta_name]
+        if arg_name in transforms:
+            value = transforms[arg_name](value)
+        out[arg_name] = value
+    return out
+
+
+def make_optimizer(
+    optimizer_fn: Callable[..., optax.GradientTransformation],
+    meta_params: Mapping[str, Any] | None = None,
+    *,
+    keys: Keys | None = None,
+    transforms: Mapping[str, Callable[[Any], Any]] | None = None,
+    static_args: str | Iterable[str] = (),
+    hyperparam_dtype: Any = jnp.float32,
+    **fixed: Any,
+) -> optax.GradientTransformationExtraArgs:
+    """``optax.inject_hyperparams(optimizer_fn, ...)(**arguments)``, with explicit arguments.
+
+    The optimizer is called with ``select_hparams(meta_params, keys, transforms)`` plus
+    the ``fixed`` keyword arguments. Every numeric argument, fixed or not, lands in the
+    state's ``hyperparams`` (with dtype ``hyperparam_dtype``), so :func:`set_hparams`
+    can change it later without recompiling; arguments named in ``static_args`` and
+    booleans are baked in.
+
+    Args:
+      optimizer_fn: an optax optimizer factory, e.g. ``optax.adam``, ``optax.adamw``.
+      meta_params: initial values, e.g. a worker's ``meta_params``; may hold entries
+        that are not optimizer arguments (augmentation strengths, ...).
+      keys: which ``meta_params`` entries are optimizer arguments (see
+        :func:`select_hparams`). ``None``: the entries whose names are parameters of
+        ``optimizer_fn``'s signature.
+      transforms: functions applied to selected values, keyed by optimizer argument,
+        e.g. ``{"learning_rate": jnp.exp}`` with ``keys={"log_lr": "learning_rate"}``.
+      static_args: arguments that are neither numbers to inject nor schedules, e.g.
+        AdamW's ``mask`` or ``mu_dtype=jnp.float32`` (both callables).
+      hyperparam_dtype: dtype of every floating hyperparameter; the default ``float32``
+        keeps e.g. ``b2=0.999`` exact with ``bfloat16`` parameters (optax's own default
+        uses the parameters' dtype). ``None``: optax's behaviour.
+      **fixed: further optimizer arguments, e.g. ``weight_decay=1e-4``, ``nesterov=True``.
+
+    Returns:
+      The optimizer, an ``optax.GradientTransformationExtraArgs`` whose state is an
+      ``optax.InjectStatefulHyperparamsState``.
+
+    Raises:
+      TypeError: an argument is not a parameter of ``optimizer_fn``, or is callable and
+        not listed in ``static_args`` (optax would take it for a schedule; build
+        scheduled optimizers with ``optax.inject_hyperparams`` directly -- their
+        scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
+        ``optimizer_fn`` takes ``**kwargs``.
+      ValueError: an argument is given both by ``meta_params`` and ``fixed``.
+    """
+    static_args = (static_args,) if isinstance(static_args, str) else tuple(static_args)
+    meta_params = {} if meta_params is None else meta_params
+    parameters = inspect.signature(optimizer_fn).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if keys is None:
+        if open_ended:
+            raise TypeError(
+                f"{_name(optimizer_fn)} takes **kwargs: pass keys= to say which "
+                "meta_params entries are its arguments"
+            )
+        keys = [k for k in meta_params if k in parameters]
+    selected = select_hparams(meta_params, keys, transforms)
+    both = sorted(set(selected) & set(fixed))
+    if both:
+        raise ValueError(f"{both} given both by meta_params and as fixed arguments")
+    arguments = {**fixed, **selected}
+    if not open_ended:
+        unknown = sorted(set(arguments) - set(parameters))
+        if unknown:
+            raise TypeError(
+                f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
+            )
+    for name, value in arguments.items():
+        if callable(value) and name not in static_args:
+            raise TypeError(
+                f"argument {name!r} is callable, so optax.inject_hyperparams would treat "
+                f"it as a schedule: list it in static_args=(..., {name!r}) (a mask, a "
+                "dtype), or build a scheduled optimizer with optax.inject_hyperparams"
+            )
+    inject = optax.inject_hyperparams(
+        optimizer_fn, static_args=static_args, hyperparam_dtype=hyperparam_dtype
+    )
+    return inject(**arguments)
+
+
+def find_hparam_states(opt_state: Any) -> list[tuple[str, Any]]:
+    """Every injected-hyperparameter state in ``opt_state``, with its path.
+
+    Searches any pytree (tuples of ``optax.chain``, ``MultiStepsState``, a flax
+    ``TrainState``, dicts, ...) and the ``inner_state`` of each injected state.
+
+    Returns:
+      ``[(path, state), ...]`` in pytree order; ``path`` is a ``jax.tree_util.keystr``
+      such as ``"[1]"`` or ``".inner_opt_state"``; ``state`` is an
+      ``optax.InjectStatefulHyperparamsState`` (or the deprecated
+      ``optax.InjectHyperparamsState``).
+    """
+    found: list[tuple[str, Any]] = []
+
+    def visit(prefix: tuple, tree: Any) -> None:
+        leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_inject_state)
+        for path, leaf in leaves:
+            if _is_inject_state(leaf):
+                full = prefix + tuple(path)
+                found.append((jax.tree_util.keystr(full), leaf))
+                visit((*full, jax.tree_util.GetAttrKey("inner_state")), leaf.inner_state)
+
+    visit((), opt_state)
+    return found
+
+
+def get_hparams(opt_state: Any) -> dict[str, jax.Array]:
+    """The injected hyperparameters held in ``opt_state``, as a new dict.
+
+    Works on a stacked population of states too (each value then has the leading
+    member axis), and inside ``jit`` / ``vmap``.
+
+    Raises:
+      ValueError: ``opt_state`` holds no injected state, or two injected states hold
+        the same name (e.g. both branches of ``optax.multi_transform``): read them one
+        by one with :func:`find_hparam_states`.
+    """
+    states = _require_states(opt_state)
+    out: dict[str, jax.Array] = {}
+    where: dict[str, str] = {}
+    for path, state in states:
+        for name, value in state.hyperparams.items():
+            if name in out:
+                raise ValueError(
+                    f"hyperparameter {name!r} is held by two injected states, at "
+                    f"{where[name] or '<top>'} and {path or '<top>'}; read them one by one "
+                    "with find_hparam_states"
+                )
+            out[name], where[name] = value, path
+    return out
+
+
+def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
+    """``opt_state`` with the hyperparameters in ``new_hparams`` replaced.
+
+    Each name is written into every injected state that holds it (so one learning rate
+    drives both branches of an ``optax.multi_transform``). Each value is written as
+    ``jnp.asarray(value, dtype=old.dtype)`` -- a Python float, a numpy float64 or a
+    traced value all give the same strongly typed array the state already held, so a
+    jitted step never sees a new abstract value (a weakly typed integer stays weak).
+    Nothing is mutated: the states on the path are rebuilt with ``_replace``.
+
+    Works outside and inside ``jit``, and under ``vmap``: for a population of states
+    stacked along a leading member axis, ``jax.vmap(set_hparams)(states, {"b1": b1s})``
+    or, equivalently, ``set_hparams(states, {"b1": b1s})`` with ``b1s`` of shape
+    ``(members,)``.
+
+    Args:
+      opt_state: any pytree holding injected states (see :func:`find_hparam_states`).
+      new_hparams: ``{name: value}``; each value has the shape of the value it replaces
+        (no broadcasting) and a numeric type.
+
+    Returns:
+      The new state, of the same structure, shapes and dtypes.
+
+    Raises:
+      ValueError: no injected state; a shape differs from the stored one; or a name
+        follows a schedule (optax recomputes it at every update, a written value would
+        be ignored).
+      KeyError: a name is held by no injected state; the message lists the names held.
+      TypeError: a floating value for an integer hyperparameter.
+    """
+    states = _require_states(opt_state)
+    new_hparams = dict(new_hparams)
+    held = {name for _, state in states for name in state.hyperparams}
+    unknown = sorted(set(new_hparams) - held)
+    if unknown:
+        raise KeyError(f"no injected hyperparameter named {unknown}; available: {sorted(held)}")
+    for path, state in states:
+        scheduled = sorted(set(new_hparams) & set(getattr(state, "hyperparams_states", {})))
+        if scheduled:
+            raise ValueError(
+                f"hyperparameters {scheduled} (at {path or '<top>'}) follow a schedule, "
+                "which optax re-evaluates at every update: a written value would be "
+                "ignored. Build the optimizer with constants to set them online."
+            )
+
+    def rewrite(state: Any) -> Any:
+        hyperparams = dict(state.hyperparams)
+        for name, value in new_hparams.items():
+            if name in hyperparams:
+                hyperparams[name] = _cast_like(hyperparams[name], value, name)
+        return state._replace(
+            hyperparams=hyperparams, inner_state=_map_states(rewrite, state.inner_state)
+        )
+
+    return _map_states(rewrite, opt_state)
+
+
+def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
+    """``tree`` with every leaf converted to a ``jnp`` array of ``dtype``.
+
+    For values fed to a jitted function as arguments (augmentation strengths, label
+    smoothing, the ``meta_params`` a worker gets): Python floats, numpy scalars and
+    arrays of any dtype all become the same strongly typed abstract value, so changing
+    them -- or their Python type -- never retraces. Works on traced leaves too.
+
+    Raises:
+      TypeError: a leaf is not numeric; the message names its path.
+    """
+
+    def convert(path: tuple, leaf: Any) -> jax.Array:
+        try:
+            return jnp.asarray(leaf, dtype=dtype)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"as_traced: leaf {jax.tree_util.keystr(path) or '<top>'} = {leaf!r} is "
+                f"not a number ({err})"
+            ) from err
+
+    return jax.tree_util.tree_map_with_path(convert, tree)
+
+
+def _require_states(opt_state: Any) -> list[tuple[str, Any]]:
+    states = find_hparam_states(opt_state)
+    if not states:
+        raise ValueError(
+            f"no injected hyperparameters in this {type(opt_state).__name__}: build the "
+            "optimizer with make_optimizer(...) or optax.inject_hyperparams(...)(...)"
+        )
+    return states
+
+
+def _map_states(fn: Callable[[Any], Any], tree: Any) -> Any:
+    """Applies ``fn`` to the outermost injected states in ``tree``."""
+    return jax.tree_util.tree_map(
+        lambda x: fn(x) if _is_inject_state(x) else x, tree, is_leaf=_is_inject_state
+    )
+
+
+def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
+    """``value`` as an array of ``old``'s shape and dtype (integers: and weak type).
+
+    Floats are always written strongly typed: that is what optax's update returns, so a
+    jitted step sees the same abstract state before and after an update. A weakly typed
+    integer (a Python ``int`` argument, which optax passes through unchanged) stays weak.
+    """
+    old_type = jax.typeof(old)
+    value = jnp.asarray(value)
+    if value.shape != old_type.shape:
+        raise ValueError(
+            f"hyperparameter {name!r} has shape {old_type.shape}, got a value of shape "
+            f"{value.shape}"
+        )
+    if jnp.issubdtype(old_type.dtype, jnp.inexact):
+        return jnp.asarray(value, dtype=old_type.dtype)
+    if jnp.issubdtype(value.dtype, jnp.inexact):
+        raise TypeError(
+            f"hyperparameter {name!r} is {old_type.dtype}, got a {value.dtype} value; "
+            "round it first"
+        )
+    if old_type.weak_type and value.ndim == 0:
+        return jax.lax.full_like(old, value)
+    return jnp.asarray(value, dtype=old_type.dtype)
+
+
+def _name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)

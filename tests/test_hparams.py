@@ -1,0 +1,525 @@
+"""Online hyperparameters (jaxpop.hparams): set inside jit, never recompile, same numbers."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax.training import train_state
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxpop.hparams import (
+    as_traced,
+    find_hparam_states,
+    get_hparams,
+    make_optimizer,
+    select_hparams,
+    set_hparams,
+)
+
+RTOL = 2e-5
+
+
+# -- a small MLP and helpers ---------------------------------------------------------------
+def init_mlp(key: jax.Array, sizes=(8, 16, 4)) -> dict:
+    params = {}
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        key, sub = jax.random.split(key)
+        params[f"w{i}"] = jax.random.normal(sub, (n_in, n_out)) / math.sqrt(n_in)
+        params[f"b{i}"] = jnp.zeros(n_out)
+    return params
+
+
+def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    n = len(params) // 2
+    for i in range(n):
+        x = x @ params[f"w{i}"] + params[f"b{i}"]
+        if i < n - 1:
+            x = jnp.tanh(x)
+    return jnp.mean((x - y) ** 2)
+
+
+def batch(seed: int = 0, n: int = 32) -> tuple[jax.Array, jax.Array]:
+    kx, ky = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(kx, (n, 8)), jax.random.normal(ky, (n, 4))
+
+
+def counted_jit(fn, **jit_kwargs):
+    """``jax.jit(fn)`` and a list that grows by one each time ``fn`` is traced."""
+    traces: list[int] = []
+
+    def traced(*args, **kwargs):
+        traces.append(1)
+        return fn(*args, **kwargs)
+
+    return jax.jit(traced, **jit_kwargs), traces
+
+
+def warm_state(tx, params, steps: int = 3):
+    """An optimizer state after a few updates (non-trivial moments and counts)."""
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for i in range(steps):
+        grads = jax.grad(loss_fn)(params, *batch(100 + i))
+        updates, state = update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    return params, state
+
+
+def assert_trees_close(a, b, rtol=RTOL):
+    """Elementwise close, with an absolute slack of 1e-6 of the largest reference value.
+
+    A jitted and an eager Adam step fuse differently, so an element that is tiny next
+    to the rest (a near-cancelling moment) can differ in its last bits relative to
+    itself while agreeing to float32 precision relative to the update's scale.
+    """
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    scale = max(float(jnp.max(jnp.abs(y))) for y in jax.tree.leaves(b))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=1e-6 * scale)
+
+
+def make_update_step(tx):
+    """A jitted update that sets ``hparams`` first, with a trace counter.
+
+    It takes the gradients as an argument, so that the reference computes its update
+    from the very same gradients (Adam divides by sqrt(nu): a gradient computed by a
+    differently fused program can differ by an ulp and the update by much more).
+    """
+
+    def update(params, opt_state, grads, hparams):
+        return tx.update(grads, set_hparams(opt_state, hparams), params)
+
+    return counted_jit(update)
+
+
+PARAMS = init_mlp(jax.random.key(0))
+
+
+# -- one compile, many values --------------------------------------------------------------
+def test_learning_rate_changes_100_times_compile_once():
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3})
+
+    def train_step(params, opt_state, x, y, lr):
+        opt_state = set_hparams(opt_state, {"learning_rate": lr})
+        grads = jax.grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    step, traces = counted_jit(train_step)
+    params, opt_state = PARAMS, tx.init(PARAMS)
+    x, y = batch()
+    lrs = np.geomspace(1e-4, 1e-1, 100)
+    for i, lr in enumerate(lrs):
+        # values of every Python type: as_traced makes the step's argument one aval
+        value = [float(lr), np.float64(lr), jnp.asarray(lr), np.float32(lr)][i % 4]
+        params, opt_state = step(params, opt_state, x, y, as_traced(value))
+        assert float(get_hparams(opt_state)["learning_rate"]) == pytest.approx(lr, rel=1e-6)
+    assert len(traces) == 1
+    assert step._cache_size() == 1
+
+
+def test_set_outside_jit_with_any_python_type_compiles_once():
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3})
+
+    def train_step(params, opt_state, x, y):
+        grads = jax.grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    step, traces = counted_jit(train_step)
+    params, opt_state = PARAMS, tx.init(PARAMS)
+    x, y = batch()
+    for i, lr in enumerate(np.geomspace(1e-4, 1e-1, 100)):
+        value = [float(lr), np.float64(lr), jnp.asarray(lr), np.float32(lr), 1][i % 5]
+        opt_state = set_hparams(opt_state, {"learning_rate": value})  # eagerly, on the host
+        params, opt_state = step(params, opt_state, x, y)
+    assert len(traces) == 1
+
+
+def test_updates_use_the_new_learning_rate():
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3})
+    params, state = warm_state(tx, PARAMS)
+    step, traces = make_update_step(tx)
+    x, y = batch(7)
+    grads = jax.grad(loss_fn)(params, x, y)
+    for lr in (1e-5, 3e-3, 0.1, 1.0):
+        lr32 = jnp.float32(lr)
+        updates, new_state = step(params, state, grads, {"learning_rate": lr32})
+        ref_updates, ref_inner = optax.adam(lr32).update(grads, state.inner_state, params)
+        assert_trees_close(updates, ref_updates)
+        assert_trees_close(new_state.inner_state, ref_inner)
+        assert new_state.hyperparams["learning_rate"] == lr32
+    assert len(traces) == 1
+
+
+def test_adam_betas_and_lr_any_values_one_compile():
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999})
+    params, state = warm_state(tx, PARAMS)
+    step, traces = make_update_step(tx)
+    x, y = batch(3)
+    grads = jax.grad(loss_fn)(params, x, y)
+
+    @settings(max_examples=25, deadline=None, database=None)
+    @given(
+        lr=st.floats(1e-5, 1.0),
+        b1=st.floats(0.0, 0.99),
+        b2=st.floats(0.5, 0.9999),
+    )
+    def check(lr, b1, b2):
+        hp = {k: jnp.float32(v) for k, v in {"learning_rate": lr, "b1": b1, "b2": b2}.items()}
+        updates, _ = step(params, state, grads, hp)
+        ref, _ = optax.adam(hp["learning_rate"], b1=hp["b1"], b2=hp["b2"]).update(
+            grads, state.inner_state, params
+        )
+        assert_trees_close(updates, ref, rtol=1e-4)
+
+    check()
+    assert len(traces) == 1
+
+
+def test_inside_chain():
+    tx = optax.chain(
+        optax.clip_by_global_norm(0.5), make_optimizer(optax.adam, {"learning_rate": 1e-3})
+    )
+    params, state = warm_state(tx, PARAMS)
+    step, traces = make_update_step(tx)
+    x, y = batch(5)
+    grads = jax.grad(loss_fn)(params, x, y)
+    for lr in (1e-4, 0.02, 0.5):
+        lr32 = jnp.float32(lr)
+        updates, new_state = step(params, state, grads, {"learning_rate": lr32})
+        ref_tx = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(lr32))
+        ref, _ = ref_tx.update(grads, (state[0], state[1].inner_state), params)
+        assert_trees_close(updates, ref)
+        assert get_hparams(new_state)["learning_rate"] == lr32
+    assert len(traces) == 1
+    assert [path for path, _ in find_hparam_states(state)] == ["[1]"]
+
+
+def test_inside_multisteps():
+    inner = make_optimizer(optax.adam, {"learning_rate": 1e-3})
+    tx = optax.MultiSteps(inner, every_k_schedule=2)
+    params, state = warm_state(tx, PARAMS, steps=4)
+    step, traces = make_update_step(tx)
+    x, y = batch(9)
+    grads = jax.grad(loss_fn)(params, x, y)
+    for lr in (1e-4, 0.05):
+        lr32 = jnp.float32(lr)
+        ref_tx = optax.MultiSteps(optax.adam(lr32), every_k_schedule=2)
+        ref_state = state._replace(inner_opt_state=state.inner_opt_state.inner_state)
+        s = state
+        for _ in range(2):  # the second call applies the accumulated step
+            updates, s = step(params, s, grads, {"learning_rate": lr32})
+            ref, ref_state = ref_tx.update(grads, ref_state, params)
+            assert_trees_close(updates, ref)
+        assert any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
+        assert get_hparams(s)["learning_rate"] == lr32
+    assert len(traces) == 1
+
+
+def test_nested_multisteps_chain_and_train_state():
+    adam = make_optimizer(optax.adam, {"learning_rate": 1e-3, "b1": 0.9})
+    tx = optax.MultiSteps(optax.chain(optax.clip(1.0), adam), every_k_schedule=3)
+    ts = train_state.TrainState.create(apply_fn=None, params=PARAMS, tx=tx)
+    assert [p for p, _ in find_hparam_states(ts.opt_state)] == [".inner_opt_state[1]"]
+    assert [p for p, _ in find_hparam_states(ts)] == [".opt_state.inner_opt_state[1]"]
+
+    ts2 = set_hparams(ts, {"learning_rate": 0.2, "b1": 0.5})  # the whole TrainState
+    assert isinstance(ts2, train_state.TrainState)
+    assert ts2.tx is tx and ts2.step == ts.step
+    hp = get_hparams(ts2)
+    assert hp["learning_rate"] == jnp.float32(0.2) and hp["b1"] == jnp.float32(0.5)
+    assert get_hparams(ts)["learning_rate"] == jnp.float32(1e-3)  # untouched
+
+    def train_step(ts, lr):
+        ts = ts.replace(opt_state=set_hparams(ts.opt_state, {"learning_rate": lr}))
+        return ts.apply_gradients(grads=jax.grad(loss_fn)(ts.params, *batch()))
+
+    train, traces = counted_jit(train_step)
+    for lr in (0.1, 0.01, 0.001, 0.0001):
+        ts = train(ts, jnp.float32(lr))
+        assert get_hparams(ts)["learning_rate"] == jnp.float32(lr)
+    # one trace; jit's C++ cache keeps a 2nd entry because TrainState.create's step is
+    # a Python int (0) and later an array, so _cache_size() would say 2 here
+    assert len(traces) == 1
+
+
+def test_inject_inside_inject_and_multi_transform():
+    def outer(scale):
+        return optax.chain(make_optimizer(optax.sgd, {"learning_rate": 0.1}), optax.scale(scale))
+
+    tx = optax.inject_hyperparams(outer)(scale=2.0)
+    state = tx.init(PARAMS)
+    assert [p for p, _ in find_hparam_states(state)] == ["", ".inner_state[0]"]
+    new = set_hparams(state, {"scale": 3.0, "learning_rate": 0.5})
+    # sgd's momentum=None is not a number: optax bakes it in, it cannot be set online
+    assert set(get_hparams(new)) == {"scale", "learning_rate"}
+    assert get_hparams(new)["learning_rate"] == jnp.float32(0.5)
+    assert get_hparams(new)["scale"] == jnp.float32(3.0)
+
+    labels = {k: ("a" if k.startswith("w") else "b") for k in PARAMS}
+    mt = optax.multi_transform(
+        {
+            "a": make_optimizer(optax.adam, {"learning_rate": 1e-3}),
+            "b": make_optimizer(optax.sgd, {"learning_rate": 1e-2}),
+        },
+        labels,
+    )
+    ms = mt.init(PARAMS)
+    assert len(find_hparam_states(ms)) == 2
+    with pytest.raises(ValueError, match="held by two injected states"):
+        get_hparams(ms)
+    both = set_hparams(ms, {"learning_rate": 0.3})  # written into every holder
+    assert all(
+        s.hyperparams["learning_rate"] == jnp.float32(0.3) for _, s in find_hparam_states(both)
+    )
+    only_adam = set_hparams(ms, {"b1": 0.5})
+    (_, a), (_, b) = find_hparam_states(only_adam)
+    assert a.hyperparams["b1"] == jnp.float32(0.5) and "b1" not in b.hyperparams
+
+
+def test_deprecated_inject_state_class():
+    tx = make_optimizer(optax.sgd, {"learning_rate": 0.1})
+    s = tx.init(PARAMS)
+    old = optax.InjectHyperparamsState(s.count, s.hyperparams, s.inner_state)
+    new = set_hparams(old, {"learning_rate": 0.2})
+    assert isinstance(new, optax.InjectHyperparamsState)
+    assert get_hparams(new)["learning_rate"] == jnp.float32(0.2)
+
+
+# -- values: dtype, weak type, no mutation -------------------------------------------------
+def test_written_values_keep_dtype_and_strong_type_and_nothing_is_mutated():
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.bfloat16)
+    state = tx.init(PARAMS)
+    before = dict(state.hyperparams)
+    hp_dict = state.hyperparams
+    for value in (0.5, np.float64(0.5), jnp.float32(0.5), np.array(0.5), 1):
+        new = set_hparams(state, {"learning_rate": value})
+        lr = new.hyperparams["learning_rate"]
+        assert lr.dtype == jnp.bfloat16 and not jax.typeof(lr).weak_type
+        assert new.hyperparams is not hp_dict
+    assert state.hyperparams is hp_dict and state.hyperparams == before
+    assert jax.tree.map(jax.typeof, set_hparams(state, {"b1": 0.3})) == jax.tree.map(
+        jax.typeof, state
+    )
+
+
+def test_weak_integer_hyperparameter_stays_weak_no_retrace():
+    tx = optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=1)  # a Python int
+    state = tx.init(PARAMS)
+    assert jax.typeof(state.hyperparams["max_norm"]).weak_type
+
+    @jax.jit
+    def step(state, max_norm):
+        state = set_hparams(state, {"max_norm": max_norm})
+        return tx.update(jax.grad(loss_fn)(PARAMS, *batch()), state, PARAMS)
+
+    for max_norm in (2, np.int64(3), jnp.int32(4), 5):
+        _, state = step(state, as_traced(max_norm, jnp.int32))
+        assert int(get_hparams(state)["max_norm"]) == int(max_norm)
+    assert step._cache_size() == 1
+    with pytest.raises(TypeError, match="round it"):
+        set_hparams(state, {"max_norm": 2.5})
+
+
+# -- errors ---------------------------------------------------------------------------------
+def test_unknown_name_raises_key_error_listing_names():
+    state = make_optimizer(optax.adam, {"learning_rate": 1e-3}).init(PARAMS)
+    with pytest.raises(KeyError, match=r"lr.*available.*b1.*learning_rate"):
+        set_hparams(state, {"lr": 0.1})
+    with pytest.raises(KeyError):
+        jax.jit(lambda s: set_hparams(s, {"beta1": 0.5}))(state)
+
+
+def test_shape_mismatch_raises_value_error():
+    state = make_optimizer(optax.adam, {"learning_rate": 1e-3}).init(PARAMS)
+    with pytest.raises(ValueError, match=r"'learning_rate' has shape \(\), .*\(3,\)"):
+        set_hparams(state, {"learning_rate": jnp.ones(3)})
+
+
+def test_no_inject_state_raises():
+    state = optax.adam(1e-3).init(PARAMS)
+    with pytest.raises(ValueError, match="no injected hyperparameters"):
+        set_hparams(state, {"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="no injected hyperparameters"):
+        get_hparams(state)
+    assert find_hparam_states(state) == []
+
+
+def test_scheduled_hyperparameter_cannot_be_set():
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=optax.linear_schedule(0.1, 0.0, 10))
+    state = tx.init(PARAMS)
+    with pytest.raises(ValueError, match="follow a schedule"):
+        set_hparams(state, {"learning_rate": 0.5})
+    assert get_hparams(set_hparams(state, {"b1": 0.5}))["b1"] == jnp.float32(0.5)
+
+
+# -- a population of stacked states under vmap ---------------------------------------------
+def test_vmapped_population():
+    members = 4
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3})
+    params = jax.vmap(init_mlp)(jax.random.split(jax.random.key(1), members))
+    states = jax.vmap(tx.init)(params)
+    lrs = jnp.asarray([1e-4, 1e-3, 1e-2, 1e-1], jnp.float32)
+
+    new = jax.vmap(set_hparams)(states, {"learning_rate": lrs})
+    np.testing.assert_array_equal(get_hparams(new)["learning_rate"], lrs)
+    np.testing.assert_array_equal(jax.vmap(get_hparams)(new)["learning_rate"], lrs)
+    same = set_hparams(states, {"learning_rate": lrs})  # the stacked form, without vmap
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), new, same))
+    with pytest.raises(ValueError, match="shape"):
+        set_hparams(states, {"learning_rate": 0.1})  # no broadcasting
+
+    def member_step(p, s, grads, lr):
+        s = set_hparams(s, {"learning_rate": lr})
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, updates
+
+    step, traces = counted_jit(jax.vmap(member_step))
+    grad_fn = jax.jit(jax.vmap(jax.grad(loss_fn), in_axes=(0, None, None)))
+    x, y = batch(11)
+    p, s = params, states
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        lrs = jnp.asarray(10.0 ** rng.uniform(-4, -1, members), jnp.float32)
+        grads = grad_fn(p, x, y)
+        p_new, s_new, updates = step(p, s, grads, lrs)
+        for i in range(members):
+            pi, si, gi, ui = jax.tree.map(lambda a, i=i: a[i], (p, s, grads, updates))
+            ref, _ = optax.adam(lrs[i]).update(gi, si.inner_state, pi)
+            assert_trees_close(ui, ref)
+        p, s = p_new, s_new
+    assert len(traces) == 1
+
+
+# -- make_optimizer / select_hparams --------------------------------------------------------
+def test_make_optimizer_takes_signature_names_by_default():
+    meta = {"learning_rate": 0.1, "b1": 0.8, "aug_strength": 0.3, "label_smoothing": 0.1}
+    hp = get_hparams(make_optimizer(optax.adam, meta).init(PARAMS))
+    assert hp["learning_rate"] == jnp.float32(0.1) and hp["b1"] == jnp.float32(0.8)
+    assert "aug_strength" not in hp and "label_smoothing" not in hp
+    assert all(v.dtype == jnp.float32 for v in hp.values())
+
+
+def test_make_optimizer_keys_transforms_fixed_static():
+    keys, transforms = {"log_lr": "learning_rate", "wd": "weight_decay"}, {"learning_rate": jnp.exp}
+    meta = {"log_lr": math.log(0.01), "wd": 1e-4, "aug": 0.5}
+    tx = make_optimizer(
+        optax.adamw,
+        meta,
+        keys=keys,
+        transforms=transforms,
+        static_args=("mask",),
+        b2=0.99,
+        mask=lambda p: {k: k.startswith("w") for k in p},
+    )
+    state = tx.init(PARAMS)
+    hp = get_hparams(state)
+    assert float(hp["learning_rate"]) == pytest.approx(0.01, rel=1e-6)
+    assert hp["weight_decay"] == jnp.float32(1e-4) and hp["b2"] == jnp.float32(0.99)
+    assert "mask" not in hp
+
+    # in the step: the same keys and transforms on traced meta-parameters
+    @jax.jit
+    def step(state, meta):
+        return set_hparams(state, select_hparams(meta, keys, transforms))
+
+    for log_lr in (-3.0, -5.0, -7.0):
+        state = step(state, as_traced({**meta, "log_lr": log_lr}))
+        assert float(get_hparams(state)["learning_rate"]) == pytest.approx(math.exp(log_lr), 1e-6)
+    assert step._cache_size() == 1
+
+
+def test_make_optimizer_errors():
+    with pytest.raises(TypeError, match=r"callable.*static_args"):
+        make_optimizer(optax.adamw, {"learning_rate": 0.1}, mask=lambda p: p)
+    with pytest.raises(TypeError, match="mu_dtype"):
+        make_optimizer(optax.adam, {"learning_rate": 0.1}, mu_dtype=jnp.float32)
+    assert make_optimizer(
+        optax.adam, {"learning_rate": 0.1}, mu_dtype=jnp.float32, static_args="mu_dtype"
+    ).init(PARAMS)
+    with pytest.raises(ValueError, match="both"):
+        make_optimizer(optax.adam, {"learning_rate": 0.1}, learning_rate=0.2)
+    with pytest.raises(TypeError, match=r"no parameter.*'lr'"):
+        make_optimizer(optax.adam, {"learning_rate": 0.1}, keys=["learning_rate"], lr=0.1)
+    with pytest.raises(KeyError, match="log_lr"):
+        make_optimizer(optax.adam, {"lr": 0.1}, keys={"log_lr": "learning_rate"})
+    with pytest.raises(KeyError, match="transforms"):
+        make_optimizer(
+            optax.adam, {"lr": 0.1}, keys={"lr": "learning_rate"}, transforms={"b1": abs}
+        )
+    with pytest.raises(ValueError, match="same argument"):
+        select_hparams({"a": 1, "b": 2}, {"a": "learning_rate", "b": "learning_rate"})
+
+
+def test_bf16_params_hparams_stay_float32():
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
+    meta = {"learning_rate": 1e-3, "b2": 0.999}
+    # optax's own default: hyperparameters take the parameters' dtype, b2 rounds to 1
+    naive = optax.inject_hyperparams(optax.adam)(**meta).init(params)
+    assert naive.hyperparams["b2"].dtype == jnp.bfloat16 and float(naive.hyperparams["b2"]) == 1.0
+
+    tx = make_optimizer(optax.adam, meta, mu_dtype="float32")
+    state = tx.init(params)
+    assert get_hparams(state)["b2"] == jnp.float32(0.999)
+
+    @jax.jit
+    def step(params, state, lr):
+        state = set_hparams(state, {"learning_rate": lr})
+        grads = jax.grad(lambda p: loss_fn(p, *batch()).astype(jnp.float32))(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for lr in (1e-3, 2e-3, 3e-3):
+        params, state = step(params, state, lr)
+    assert step._cache_size() == 1
+    assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(params))
+
+
+# -- augmentation strengths ------------------------------------------------------------------
+def augment(images: jax.Array, strengths: dict) -> jax.Array:
+    """Brightness shift and contrast scaling, strengths as traced arguments."""
+    mean = jnp.mean(images, axis=(-3, -2, -1), keepdims=True)
+    images = (images - mean) * (1.0 + strengths["contrast"]) + mean
+    return images + strengths["brightness"]
+
+
+MIXED_VALUES = [0.1, np.float64(0.2), np.float32(0.3), jnp.asarray(0.4), 1, np.array(0.5)]
+
+
+def test_augmentation_strengths_as_traced_never_recompile():
+    step, traces = counted_jit(augment)
+    images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
+    for i, value in enumerate(MIXED_VALUES * 3):
+        strengths = as_traced({"brightness": value, "contrast": MIXED_VALUES[i % 5]})
+        out = step(images, strengths)
+        expected = augment(images, {k: float(v) for k, v in strengths.items()})
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert len(traces) == 1
+
+    # the pitfall: the same values as they come (weak Python scalars, numpy, jnp arrays)
+    raw, raw_traces = counted_jit(augment)
+    for value in MIXED_VALUES:
+        raw(images, {"brightness": value, "contrast": value})
+    assert len(raw_traces) > 1
+
+
+def test_as_traced_dtype_and_errors():
+    tree = {"a": 0.5, "b": [np.float64(1.0), 2], "c": np.ones(3), "d": None}
+    out = as_traced(tree)
+    leaves = jax.tree.leaves(out)
+    assert len(leaves) == 4 and out["d"] is None
+    assert all(x.dtype == jnp.float32 and not jax.typeof(x).weak_type for x in leaves)
+    images = jnp.ones((2, 4, 4, 3), jnp.bfloat16)
+    assert augment(images, as_traced({"brightness": 0.1, "contrast": 0.2})).dtype == jnp.float32
+    bf = as_traced({"brightness": 0.1, "contrast": 0.2}, dtype=jnp.bfloat16)
+    assert augment(images, bf).dtype == jnp.bfloat16
+    with pytest.raises(TypeError, match=r"\['kind'\].*not a number"):
+        as_traced({"lr": 0.1, "kind": "adam"})
