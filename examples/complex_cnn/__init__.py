@@ -1,0 +1,1 @@
+"""The seed's complex CNN example: many hyperparameters evolved against validation loss."""

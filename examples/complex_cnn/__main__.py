@@ -1,0 +1,3 @@
+from examples.complex_cnn.train import main
+
+main()

@@ -1,0 +1,308 @@
+"""A population of CNN workers in threads: what the ``simple_cnn`` and ``complex_cnn`` share.
+
+Each worker follows the seed's protocol: ask the controller for its data, load the
+parameters it names (an Orbax checkpoint handle, or ``None`` for a fresh start), train
+with the hyperparameters it names, and every ``eval_every`` steps evaluate on the
+held-out split, save ``(params, opt_state)`` with the Orbax store and report the
+validation loss with the handle. Hyperparameters reach the compiled training step as
+arrays (``jaxpop.hparams``): the step compiles once (per batch size) however often they
+change.
+
+An :class:`Experiment` says what differs between examples: the hyperparameters, how
+they map to the optimizer and augmentation, how they mutate, which mutator decides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from tqdm import tqdm
+
+from examples import data as data_lib
+from examples.cnn import CNN, accuracy, augment, cross_entropy
+from jaxpop import PopulationController
+from jaxpop.checkpointing import ParamStore
+from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
+from jaxpop.mutators.base import Mutator
+
+__all__ = ["Experiment", "TrainState", "add_flags", "run", "summarize"]
+
+
+@struct.dataclass
+class TrainState:
+    """What a worker checkpoints: the model parameters and the optimizer state."""
+
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """What one example decides.
+
+    Attributes:
+      name: shown in the progress bar.
+      initial_population: ``n -> [meta_params] * n`` (one per worker).
+      mutator: ``args -> Mutator``.
+      optimizer_keys: ``{meta_params name: optax.adam argument}``.
+      optimizer_transforms: e.g. ``{"learning_rate": jnp.exp}`` for a log learning rate.
+      augmentation_keys: the ``meta_params`` entries that are augmentation strengths.
+      batch_size: ``(meta_params, args) -> int``.
+      label_smoothing_key: the ``meta_params`` entry holding label smoothing, if any.
+    """
+
+    name: str
+    initial_population: Callable[[int, np.random.Generator], list[dict[str, Any]]]
+    mutator: Callable[[argparse.Namespace], Mutator]
+    optimizer_keys: Mapping[str, str]
+    optimizer_transforms: Mapping[str, Callable[[Any], Any]] = dataclasses.field(
+        default_factory=dict
+    )
+    augmentation_keys: tuple[str, ...] = ()
+    batch_size: Callable[[Mapping[str, Any], argparse.Namespace], int] = lambda meta, args: (
+        args.batch_size
+    )
+    label_smoothing_key: str | None = None
+
+    def traced(self, meta_params: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """The numeric hyperparameters the compiled step reads, as float32 arrays."""
+        names = [*self.optimizer_keys, *self.augmentation_keys]
+        if self.label_smoothing_key is not None:
+            names.append(self.label_smoothing_key)
+        return as_traced({k: meta_params[k] for k in names})
+
+
+class _Model:
+    """The jitted functions of one experiment on one data set, shared by all threads."""
+
+    def __init__(self, experiment: Experiment, dataset: data_lib.Dataset, example_meta):
+        self.experiment = experiment
+        self.net = CNN(num_classes=dataset.num_classes)
+        self.tx = make_optimizer(
+            optax.adam,
+            example_meta,
+            keys=experiment.optimizer_keys,
+            transforms=experiment.optimizer_transforms,
+        )
+        self.val_images = jnp.asarray(dataset.val_images)
+        self.val_labels = jnp.asarray(dataset.val_labels)
+        self.compilations = 0
+        self.train_step = jax.jit(self._train_step)
+        self.evaluate = jax.jit(self._evaluate)
+        self.init = jax.jit(self._init)
+        self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
+
+    def _init(self, key: jax.Array) -> TrainState:
+        params = self.net.init(key, self.val_images[:1])
+        return TrainState(params, self.tx.init(params))
+
+    def _train_step(self, state, images, labels, hp, key) -> tuple[TrainState, jax.Array]:
+        self.compilations += 1  # runs only while tracing
+        ex = self.experiment
+        opt_state = set_hparams(
+            state.opt_state, select_hparams(hp, ex.optimizer_keys, ex.optimizer_transforms)
+        )
+        if ex.augmentation_keys:
+            images = augment(images, key, {k: hp[k] for k in ex.augmentation_keys})
+        smoothing = hp[ex.label_smoothing_key] if ex.label_smoothing_key else 0.0
+
+        def loss_fn(params):
+            return cross_entropy(self.net.apply(params, images), labels, smoothing)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = self.tx.update(grads, opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+
+    def _evaluate(self, state: TrainState) -> tuple[jax.Array, jax.Array]:
+        logits = self.net.apply(state.params, self.val_images)
+        return cross_entropy(logits, self.val_labels), accuracy(logits, self.val_labels)
+
+
+def _worker(
+    worker_id: int,
+    controller: PopulationController,
+    store: ParamStore,
+    model: _Model,
+    dataset: data_lib.Dataset,
+    args: argparse.Namespace,
+    progress: tqdm,
+    accuracies: dict,
+) -> None:
+    rng = np.random.default_rng([args.seed, worker_id])
+    key = jax.random.key(args.seed * 1009 + worker_id)
+    generation_id, meta, state, handle, step = None, None, None, None, 0
+    for _ in range(args.steps):
+        data = controller.maybe_get_worker_data(worker_id, generation_id, step, handle, meta)
+        if data is not None:
+            generation_id, meta, step = data.generation_id, data.meta_params, data.step
+            handle = data.params
+            if handle is None:
+                key, init_key = jax.random.split(key)
+                state = model.init(init_key)
+            else:  # copied from a checkpoint; the new hyperparameters go in below
+                state = store.restore(handle, model.abstract_state)
+            hp = model.experiment.traced(meta)
+            batch_size = model.experiment.batch_size(meta, args)
+            batches = data_lib.batches(dataset.train_images, dataset.train_labels, batch_size, rng)
+        images, labels = next(batches)
+        key, step_key = jax.random.split(key)
+        state, _ = model.train_step(state, images, labels, hp, step_key)
+        step += 1
+        progress.update(1)
+        if step % args.eval_every == 0:
+            loss, acc = (float(x) for x in model.evaluate(state))
+            handle = store.save(generation_id, step, state)
+            controller.set_eval(worker_id, generation_id, step, handle, loss)
+            accuracies[(generation_id, step)] = acc
+            progress.set_postfix(worker=worker_id, val_loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+
+
+def add_flags(parser: argparse.ArgumentParser, *, steps: int, workers: int, log_dir: str):
+    """The flags every CNN example takes."""
+    parser.add_argument("--steps", type=int, default=steps, help="training steps per worker")
+    parser.add_argument("--workers", type=int, default=workers, help="population size")
+    parser.add_argument("--log-dir", default=log_dir, help="controller state and checkpoints")
+    parser.add_argument("--dataset", default="digits", choices=data_lib.DATASETS)
+    parser.add_argument("--limit", type=int, default=None, help="cifar10: images per split")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--keep-best", type=int, default=4, help="checkpoints kept by GC")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
+    """Trains the population; returns the summary (also printed)."""
+    dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
+    population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
+    model = _Model(experiment, dataset, population[0])
+    store = ParamStore(os.path.join(args.log_dir, "params"))
+    accuracies: dict = {}
+    start = time.time()
+    with PopulationController(
+        population,
+        experiment.mutator(args),
+        os.path.join(args.log_dir, "population"),
+        seed=args.seed,
+    ) as controller:
+        progress = tqdm(
+            total=args.workers * args.steps,
+            desc=experiment.name,
+            unit="step",
+            disable=args.no_progress,
+        )
+        threads = [
+            threading.Thread(
+                target=_worker,
+                args=(i, controller, store, model, dataset, args, progress, accuracies),
+                name=f"worker-{i}",
+            )
+            for i in range(args.workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        progress.close()
+        store.wait()
+        store.collect_garbage(controller.state, keep_best=args.keep_best)
+        summary = summarize(controller, accuracies)
+    summary.update(
+        dataset=dataset.name,
+        seconds=round(time.time() - start, 1),
+        compilations=model.compilations,
+    )
+    print_summary(summary)
+    return summary
+
+
+def summarize(controller: PopulationController, accuracies: Mapping) -> dict[str, Any]:
+    """Best member, every member's latest evaluation and the exploit count."""
+    history = controller.history
+    members = []
+    for worker_id, worker in enumerate(controller.active_workers):
+        latest = None
+        for gen in reversed(history.ancestry(worker.generation_id)):
+            latest = history.latest_evaluated(gen)
+            if latest is not None:
+                break
+        value = math.inf if latest is None else latest.value
+        members.append(
+            {
+                "worker": worker_id,
+                "generation": worker.generation_id,
+                "step": None if latest is None else latest.step,
+                "val_loss": value,
+                "val_accuracy": None if latest is None else accuracies.get(latest.ref),
+                "meta_params": {
+                    k: v if isinstance(v, int) else float(v) for k, v in worker.meta_params.items()
+                },
+            }
+        )
+    best = min(members, key=lambda m: m["val_loss"] if math.isfinite(m["val_loss"]) else math.inf)
+    exploits = sum(1 for gen in history if history.branch_point(gen) is not None)
+    return {
+        "members": members,
+        "best": best,
+        "exploit_events": exploits,
+        "generations": len(history),
+        "checkpoints": history.num_checkpoints,
+    }
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """Prints the summary as a small table."""
+    keys = list(summary["members"][0]["meta_params"])
+    header = ["worker", "val_loss", "val_acc", "step", *keys]
+    rows = [
+        [
+            f"{m['worker']}{' *' if m is summary['best'] else ''}",
+            _format(m["val_loss"]),
+            _format(m["val_accuracy"]),
+            _format(m["step"]),
+            *(_format(m["meta_params"][k]) for k in keys),
+        ]
+        for m in summary["members"]
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    best = summary["best"]
+    print(
+        f"best: worker {best['worker']}, val loss {best['val_loss']:.4f}, "
+        f"val accuracy {_format(best['val_accuracy'])}, hyperparameters {best['meta_params']}"
+    )
+    print(
+        f"{summary['exploit_events']} exploit events (generations copied from a checkpoint), "
+        f"{summary['generations']} generations, "
+        f"{summary['checkpoints']} checkpoints on {summary['dataset']} in "
+        f"{summary['seconds']} s; train step compiled {summary['compilations']} time(s)"
+    )
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.steps < 1 or args.eval_every < 1:
+        parser.error("--workers, --steps and --eval-every must be positive")
+    return args

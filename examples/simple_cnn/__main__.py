@@ -1,0 +1,3 @@
+from examples.simple_cnn.train import main
+
+main()

@@ -1,0 +1,810 @@
+"""An Orbax parameter store for population workers, with garbage collection by reachability.
+
+A worker saves its parameters (any pytree: params, optimizer state, a flax train state)
+with :meth:`ParamStore.save`, which returns a *handle*: the checkpoint's path, a plain
+``str``. The worker passes that handle as ``params`` to ``PopulationController.set_eval``,
+so the controller's history (and its journal) holds small handles, never arrays. A
+worker that is assigned a handle loads it with :meth:`ParamStore.restore`::
+
+    store = ParamStore("runs/pbt/params")
+    ...
+    new = population.maybe_get_worker_data(worker_id, gen_id, step, handle, meta_params)
+    if new is not None:
+        state = init_state() if new.params is None else store.restore(new.params, abstract)
+        ...
+    handle = store.save(gen_id, step, state)       # returns at once (async_save=True)
+    population.set_eval(worker_id, gen_id, step, handle, loss)
+    ...
+    store.collect_garbage(population, keep_best=5)  # now and then, from any thread
+
+**Layout.** ``directory/<generation>_step<step>_<nonce>/`` is one checkpoint: an Orbax
+``Composite`` with an item ``state`` (``StandardSave`` of the array leaves, keyed
+``a<leaf index>``) and an item ``meta`` (``JsonSave``: format version, generation id,
+step, time, and each leaf's path, kind, shape and dtype). Every save gets a fresh
+random nonce, so a handle names exactly one save and its files never change; saving
+``(generation_id, step)`` twice gives two handles. Orbax writes each checkpoint into
+``<name>.orbax-checkpoint-tmp`` and renames it into place when complete, so a handle
+either names a complete checkpoint or nothing.
+
+**Leaves.** Array leaves (``jax.Array``, numpy arrays and scalars) are saved with their
+exact shape and dtype (bfloat16 included); zero-size arrays (which Orbax refuses to
+save) and Python ``bool``/``int``/``float``/``str`` leaves are kept in ``meta``. The
+tree structure is never stored as such: :meth:`ParamStore.restore` takes the target
+structure (concrete arrays or ``jax.ShapeDtypeStruct``\\ s, e.g. from ``jax.eval_shape``)
+and rebuilds exactly that structure (NamedTuple optimizer states come back as the same
+NamedTuples), after checking that its leaf paths, shapes and dtypes are the saved ones.
+
+**Asynchronous saves.** ``save`` copies the leaves to host memory (the only part the
+caller waits for; afterwards the caller may donate or overwrite its buffers), then
+writes them in a background thread and returns the handle at once. :meth:`ParamStore.wait`
+blocks until every save of the store is finalized (atomically renamed into place) and
+raises :class:`CheckpointSaveError` if one failed. ``restore`` of a handle whose save is
+still running in this process waits for it first. At most ``max_pending`` saves are
+queued; a further ``save`` blocks until one finishes, which bounds the host memory held
+by copies. ``async_save=False`` makes ``save`` return only once its checkpoint is
+finalized.
+
+**Threads.** A store is safe to share between threads, and several stores (say one per
+worker thread) may share a directory. Orbax's save path is not thread-safe (it numbers
+operations with process-global counters: two saves running at once in one process can
+corrupt each other or hang), so all saves in the process are serialized behind one lock;
+each save is itself parallel inside Orbax. Restores run concurrently.
+
+**Garbage collection** (:meth:`ParamStore.collect_garbage`). A checkpoint in the
+directory is deleted only if *all* of these hold for the population state it is given
+(``controller.state``, an immutable snapshot, or the controller itself):
+
+1. it is not *retained* (:func:`retained_handles`): it is not
+   (a) the ``params`` of any active worker: what a reassigned worker loads next, and,
+   since an assignment follows its worker's reports, what a restarted worker resumes
+   from;
+   (b) the latest checkpoint, or the latest evaluated one, of a *live* generation (one
+   some active worker is on) -- what exploit copies from;
+   (c) among the ``keep_best`` evaluated checkpoints with the lowest values (NaN and
+   infinite values rank last; ties go to the earlier in history order);
+   (d) named by a ``(generation_id, step)`` pair (a ``CheckpointRef``) anywhere in the
+   mutator's state (the branch point and ``"pos"`` branch of ``BranchingSingleMachine``,
+   the decision points of ``PopulationBasedTraining``); nor
+   (e) one of the handles passed in ``keep``;
+2. the controller has recorded it: its handle is the ``params`` of a checkpoint in the
+   given history, or was in the history this store saw at an earlier collection (it was
+   replaced since). A checkpoint that no history has recorded -- a save still running,
+   or finished but whose ``set_eval`` has not arrived, from this store, another store or
+   another process -- is never deleted, unless ``orphan_grace_s`` is given and it is
+   older than that (for saves whose report will never come: a worker that crashed);
+3. no save of it is still running and no restore of it is in progress in this process.
+
+The history is not modified: a checkpoint whose files were deleted keeps its handle,
+and restoring it raises :class:`MissingCheckpointError` naming the handle. Deleting is
+a rename into ``directory/.trash-*`` followed by a recursive delete, so a checkpoint is
+never seen half-deleted; trash left by a crash is removed by the next collection.
+
+Why this is safe: the policy keeps everything that the bundled mutators
+(``WinnerTakeAllGenetic``, ``FixedSchedule``, ``BranchingSingleMachine``) can hand out
+next -- they start new generations from the latest (evaluated) checkpoint of a live
+generation, or return to a checkpoint named in their state -- and whatever is reported
+after the snapshot the collection works from is unknown to that snapshot (rule 2). A
+mutator that may restart from other checkpoints (say, the best ever) is covered up to
+``keep_best``. Between receiving an assignment and calling ``restore`` a worker holds no
+pin: if it was reassigned meanwhile (it had not yet reported on its old generation), its
+old handle may be gone; it then gets :class:`MissingCheckpointError` and should ask
+again (``maybe_get_worker_data`` gives its new assignment). Within one process, a
+restore that has started is never disturbed; across processes, only retained
+checkpoints are guaranteed readable.
+
+After a collection, the directory holds the retained checkpoints (at most
+``3 * population_size + keep_best`` plus the mutator's references plus ``keep``; in
+practice (a) and (b) mostly coincide), the
+ones not yet reported, and nothing else of this store's naming; so disk use stays
+bounded over a long run. One collection reads the whole history once (O(history)) and
+lists the directory once.
+
+Orbax is used through ``ocp.Checkpointer(ocp.CompositeCheckpointHandler())`` with
+``ocp.args.Composite`` / ``StandardSave`` / ``StandardRestore`` / ``JsonSave`` /
+``JsonRestore``. ``CheckpointManager`` does not fit here: it numbers the checkpoints of
+one directory by a single integer step and retains by recency (``preservation_policy``),
+while a population needs ``(generation, step)`` keys and retention by reachability.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import errno
+import heapq
+import math
+import numbers
+import os
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxpop.core import PopulationState
+from jaxpop.history import History
+
+__all__ = [
+    "FORMAT",
+    "CheckpointSaveError",
+    "GarbageReport",
+    "MissingCheckpointError",
+    "ParamStore",
+    "retained_handles",
+]
+
+#: The format written in each checkpoint's ``meta`` item.
+FORMAT = "jaxpop.param_store/1"
+
+# Orbax's suffix for a checkpoint that is still being written (atomicity_types.TMP_DIR_SUFFIX).
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
+_TRASH_PREFIX = ".trash-"
+_NAME_RE = re.compile(r"(?P<gen>[A-Za-z0-9-]*)_step(?P<step>-?[0-9]+)_(?P<nonce>[0-9a-f]{16})")
+_UNSAFE_RE = re.compile(r"[^A-Za-z0-9-]")
+_STATE, _META = "state", "meta"
+
+# Orbax numbers save operations with process-global counters, so two saves running at
+# once in one process (even through different Checkpointer objects) interfere: saves
+# are serialized behind this lock.
+_ORBAX_SAVE_LOCK = threading.Lock()
+
+
+class MissingCheckpointError(FileNotFoundError):
+    """A handle names no complete checkpoint; ``.handle`` is the handle."""
+
+    def __init__(self, handle: str, reason: str):
+        self.message = f"no checkpoint at handle {handle!r}: {reason}"
+        super().__init__(errno.ENOENT, self.message, handle)
+        self.handle = handle
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointSaveError(RuntimeError):
+    """A background save failed; ``.handles`` names the checkpoints that were not saved."""
+
+    def __init__(self, failures: Mapping[str, BaseException]):
+        self.handles = tuple(failures)
+        details = "; ".join(f"{h!r}: {type(e).__name__}: {e}" for h, e in failures.items())
+        super().__init__(f"{len(failures)} checkpoint save(s) failed: {details}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GarbageReport:
+    """What one :meth:`ParamStore.collect_garbage` did.
+
+    Attributes:
+      deleted: the handles whose checkpoints were deleted.
+      retained: checkpoints kept because the policy retains them.
+      unreported: checkpoints kept because no history has recorded them (yet).
+      busy: checkpoints kept because a save or restore of them was in progress.
+    """
+
+    deleted: tuple[str, ...]
+    retained: int
+    unreported: int
+    busy: int
+
+
+class _Registry:
+    """Process-wide bookkeeping shared by every store: saves in flight, restores, deletes."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.saving: dict[str, concurrent.futures.Future] = {}  # handle -> its save
+        self.failed: dict[str, BaseException] = {}  # handle -> why its save failed
+        self.reading: Counter[str] = Counter()  # handle -> restores in progress
+        self.deleting: set[str] = set()
+
+
+_REGISTRY = _Registry()
+
+
+# -- leaves --------------------------------------------------------------------------
+def _is_array(leaf: Any) -> bool:
+    return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+
+
+def _encode_value(leaf: Any) -> dict[str, Any]:
+    if isinstance(leaf, float):  # hex keeps every float exact, NaN and inf included
+        return {"kind": "value", "type": "float", "value": leaf.hex()}
+    return {"kind": "value", "type": type(leaf).__name__, "value": leaf}
+
+
+def _decode_value(spec: Mapping[str, Any]) -> Any:
+    if spec["type"] == "float":
+        return float.fromhex(spec["value"])
+    return {"bool": bool, "int": int, "str": str}[spec["type"]](spec["value"])
+
+
+def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Host copies of the array leaves (keyed ``a<i>``) and a spec of every leaf."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(pytree)
+    for _, leaf in flat:  # start every device-to-host copy before waiting for any
+        if isinstance(leaf, jax.Array) and not jax.dtypes.issubdtype(
+            leaf.dtype, jax.dtypes.prng_key
+        ):
+            leaf.copy_to_host_async()
+    arrays, specs = {}, []
+    for i, (path, leaf) in enumerate(flat):
+        where = jax.tree_util.keystr(path)
+        if not _is_array(leaf) and isinstance(leaf, (bool, int, float, str)):
+            specs.append({"path": where, **_encode_value(leaf)})
+            continue
+        if not _is_array(leaf):
+            raise TypeError(
+                f"cannot save leaf {where or '<root>'} of type {type(leaf).__name__}: "
+                "leaves must be arrays (jax or numpy), or Python bool, int, float or str"
+            )
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise TypeError(
+                f"cannot save leaf {where or '<root>'}: it is a typed PRNG key; save "
+                "jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data"
+            )
+        spec = {"path": where, "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
+        if leaf.size == 0:
+            specs.append({**spec, "kind": "empty"})
+            continue
+        # a jax array is immutable: np.asarray gives a host copy, or (on CPU) a view that
+        # keeps its buffer alive; a numpy array may be overwritten later: copy it
+        key = f"a{i}"
+        arrays[key] = np.asarray(leaf) if isinstance(leaf, jax.Array) else np.array(leaf)
+        specs.append({**spec, "kind": "array", "key": key})
+    return arrays, specs
+
+
+def _sharding(target_leaf: Any) -> jax.sharding.Sharding | None:
+    """Where a restored leaf goes: ``None`` (host numpy) for a numpy target leaf, else
+    the target leaf's sharding, or the default device."""
+    if isinstance(target_leaf, (np.ndarray, np.generic)):
+        return None
+    sharding = getattr(target_leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.Sharding):
+        return sharding
+    device = jax.config.jax_default_device
+    if not isinstance(device, jax.Device):
+        device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
+    return jax.sharding.SingleDeviceSharding(device)
+
+
+def _like(target_leaf: Any, value: Any) -> Any:
+    """``value`` as the kind of array ``target_leaf`` is (numpy, or jax on its sharding)."""
+    sharding = _sharding(target_leaf)
+    if sharding is None:
+        return np.asarray(value)
+    if isinstance(value, jax.Array) and value.sharding == sharding:
+        return value
+    return jax.device_put(value, sharding)
+
+
+def _check_leaf(handle: str, spec: Mapping[str, Any], target_leaf: Any) -> None:
+    shape, dtype = getattr(target_leaf, "shape", None), getattr(target_leaf, "dtype", None)
+    if shape is None or dtype is None:
+        raise ValueError(
+            f"checkpoint {handle!r} holds an array at {spec['path'] or '<root>'} "
+            f"({spec['dtype']}{spec['shape']}), but the target has a "
+            f"{type(target_leaf).__name__} there; pass arrays or jax.ShapeDtypeStructs"
+        )
+    if tuple(shape) != tuple(spec["shape"]) or jnp.dtype(dtype) != jnp.dtype(spec["dtype"]):
+        raise ValueError(
+            f"checkpoint {handle!r} holds {spec['dtype']}{list(spec['shape'])} at "
+            f"{spec['path'] or '<root>'}, but the target asks for "
+            f"{jnp.dtype(dtype)}{list(shape)}"
+        )
+
+
+# -- the retention policy ------------------------------------------------------------
+def _mutator_references(obj: Any, history: History, out: set[str], depth: int = 0) -> None:
+    """Adds the handles of the checkpoints that ``obj`` (a mutator's state) names."""
+    if depth > 64:
+        return
+    if isinstance(obj, Mapping):
+        for value in obj.values():
+            _mutator_references(value, history, out, depth + 1)
+    elif isinstance(obj, (tuple, list)):
+        if (
+            len(obj) == 2
+            and isinstance(obj[0], str)
+            and isinstance(obj[1], numbers.Integral)
+            and not isinstance(obj[1], bool)
+        ):
+            checkpoint = history.get_checkpoint(obj[0], int(obj[1]))
+            if checkpoint is not None and isinstance(checkpoint.params, str):
+                out.add(checkpoint.params)
+        for value in obj:
+            _mutator_references(value, history, out, depth + 1)
+
+
+def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset[str]:
+    """The handles the garbage collection policy keeps for ``state``.
+
+    The ``params`` (when they are ``str`` handles) of: (a) every active worker; (b) the
+    latest checkpoint and the latest evaluated checkpoint of every live generation (one
+    that some active worker is on); (c) the ``keep_best`` distinct handles with the
+    lowest evaluated values in the whole history (NaN and infinite values rank last;
+    ties go to the earlier in history order); (d) every checkpoint that the mutator's
+    state names by a ``(generation_id, step)`` pair, at any depth of its dicts, lists
+    and tuples.
+    Pure: it reads ``state`` and nothing else. Costs one pass over the history when
+    ``keep_best > 0``.
+    """
+    if isinstance(keep_best, bool) or not isinstance(keep_best, numbers.Integral):
+        raise TypeError(f"keep_best must be an int, got {type(keep_best).__name__}")
+    if keep_best < 0:
+        raise ValueError(f"keep_best must be >= 0, got {keep_best}")
+    history = state.history
+    out: set[str] = set()
+
+    def add(params: Any) -> None:
+        if isinstance(params, str):
+            out.add(params)
+
+    for worker in state.workers:
+        add(worker.params)
+        if worker.generation_id in history:
+            add(history.latest(worker.generation_id).params)
+            latest_evaluated = history.latest_evaluated(worker.generation_id)
+            if latest_evaluated is not None:
+                add(latest_evaluated.params)
+    if keep_best > 0:
+        best_rank: dict[str, float] = {}
+        for checkpoint in history.checkpoints():
+            if checkpoint.value is None or not isinstance(checkpoint.params, str):
+                continue
+            value = checkpoint.value
+            rank = value if math.isfinite(value) else math.inf
+            if checkpoint.params not in best_rank or rank < best_rank[checkpoint.params]:
+                best_rank[checkpoint.params] = rank
+        out.update(heapq.nsmallest(int(keep_best), best_rank, key=best_rank.__getitem__))
+    _mutator_references(state.mutator_state, history, out)
+    return frozenset(out)
+
+
+def _as_state(state_or_controller: Any) -> PopulationState:
+    state = getattr(state_or_controller, "state", state_or_controller)
+    if not isinstance(state, PopulationState):
+        raise TypeError(
+            "collect_garbage takes a PopulationState or a PopulationController, got "
+            f"{type(state_or_controller).__name__}"
+        )
+    return state
+
+
+# -- the store -----------------------------------------------------------------------
+class ParamStore:
+    """Saves and restores population workers' pytrees with Orbax; deletes unreachable ones.
+
+    Args:
+      directory: where the checkpoints live (created if missing). Handles are absolute
+        paths inside it.
+      async_save: ``True`` (default): ``save`` returns once the leaves are copied to
+        host memory and writes them in the background; ``False``: ``save`` returns once
+        the checkpoint is finalized (and raises if the save failed).
+      max_pending: at most this many saves may be queued or running; a further
+        ``save`` blocks until one finishes.
+
+    See the module docstring for the layout, the threading rules and the garbage
+    collection policy. Call :meth:`close` (or use the store as a context manager) to
+    finish pending saves and stop the background thread.
+    """
+
+    def __init__(
+        self, directory: str | os.PathLike, *, async_save: bool = True, max_pending: int = 8
+    ):
+        if isinstance(max_pending, bool) or not isinstance(max_pending, numbers.Integral):
+            raise TypeError(f"max_pending must be an int, got {type(max_pending).__name__}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
+        self._directory = os.path.abspath(os.fspath(directory))
+        os.makedirs(self._directory, exist_ok=True)
+        self.async_save = bool(async_save)
+        self._slots = threading.BoundedSemaphore(int(max_pending))
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="jaxpop-param-store"
+        )
+        self._lock = threading.Lock()
+        self._mine: dict[str, concurrent.futures.Future] = {}  # this store's saves in flight
+        self._failed: dict[str, BaseException] = {}  # failures not yet raised by wait()
+        self._closed = False
+        self._gc_lock = threading.Lock()
+        self._seen: set[str] = set()  # names a history recorded at an earlier collection
+        self._same_dir: dict[str, bool] = {self._directory: True}
+
+    @property
+    def directory(self) -> str:
+        """The absolute path of the store's directory."""
+        return self._directory
+
+    # -- saving ----------------------------------------------------------------------
+    def save(self, generation_id: str, step: int, pytree: Any) -> str:
+        """Saves ``pytree`` as ``(generation_id, step)``; returns its handle (a path).
+
+        Raises ``TypeError`` for a leaf that is not an array or a Python scalar or
+        string (before anything is written). With ``async_save`` the checkpoint is
+        finalized later (see :meth:`wait`); without it, a failed save raises
+        :class:`CheckpointSaveError` here.
+        """
+        if not isinstance(generation_id, str):
+            raise TypeError(f"generation_id must be a str, got {type(generation_id).__name__}")
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+            raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
+        step = int(step)
+        arrays, specs = _flatten(pytree)
+        name = f"{_UNSAFE_RE.sub('-', generation_id)[:64]}_step{step}_{secrets.token_hex(8)}"
+        handle = os.path.join(self._directory, name)
+        meta = {
+            "format": FORMAT,
+            "generation_id": generation_id,
+            "step": step,
+            "time": time.time(),
+            "leaves": specs,
+        }
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._slots.acquire()
+        try:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError(f"this ParamStore ({self._directory}) was closed")
+                with _REGISTRY.lock:  # registered before any file of it can exist
+                    _REGISTRY.saving[handle] = future
+                self._mine[handle] = future
+                self._executor.submit(self._run, handle, arrays, meta, future)
+        except BaseException as e:
+            if handle in self._mine:
+                self._settle(handle, future, e)
+            else:
+                self._slots.release()
+            raise
+        if not self.async_save:
+            self._wait_for((handle,))
+        return handle
+
+    def _run(
+        self,
+        handle: str,
+        arrays: dict[str, np.ndarray],
+        meta: dict[str, Any],
+        future: concurrent.futures.Future,
+    ) -> None:
+        """The background job: writes one checkpoint, then settles its future."""
+        items = {_META: ocp.args.JsonSave(meta)}
+        if arrays:  # Orbax refuses an empty item
+            items[_STATE] = ocp.args.StandardSave(arrays)
+        error = None
+        try:
+            with _ORBAX_SAVE_LOCK:
+                ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
+                    handle, ocp.args.Composite(**items)
+                )
+        except BaseException as e:
+            shutil.rmtree(handle + _TMP_SUFFIX, ignore_errors=True)
+            error = e
+        self._settle(handle, future, error)
+
+    def _settle(
+        self, handle: str, future: concurrent.futures.Future, error: BaseException | None
+    ) -> None:
+        """Records the outcome of a save, then wakes whoever waits for it."""
+        with _REGISTRY.lock:
+            _REGISTRY.saving.pop(handle, None)
+            if error is not None:
+                _REGISTRY.failed[handle] = error
+        with self._lock:
+            self._mine.pop(handle, None)
+            if error is not None:
+                self._failed[handle] = error
+        self._slots.release()
+        if error is None:
+            future.set_result(handle)
+        else:
+            future.set_exception(error)
+
+    def _wait_for(self, handles: Iterable[str]) -> None:
+        """Waits for these saves of this store; raises for those that failed."""
+        handles = list(handles)
+        with self._lock:  # a save leaves _mine and enters _failed in one step
+            futures = [f for h in handles if (f := self._mine.get(h)) is not None]
+        concurrent.futures.wait(futures)  # settled only after their bookkeeping
+        with self._lock:
+            failures = {h: self._failed.pop(h) for h in handles if h in self._failed}
+        if failures:
+            raise CheckpointSaveError(failures) from next(iter(failures.values()))
+
+    def wait(self) -> None:
+        """Blocks until every save of this store is finalized.
+
+        Raises :class:`CheckpointSaveError` naming the saves that failed since the last
+        ``wait`` (each failure is raised once).
+        """
+        with self._lock:
+            mine = list(self._mine)
+        self._wait_for(mine)
+        with self._lock:
+            failures, self._failed = self._failed, {}
+        if failures:
+            raise CheckpointSaveError(failures) from next(iter(failures.values()))
+
+    wait_until_finished = wait
+
+    @property
+    def num_pending(self) -> int:
+        """How many of this store's saves are queued or running."""
+        with self._lock:
+            return len(self._mine)
+
+    # -- restoring -------------------------------------------------------------------
+    def restore(self, handle: str, target: Any) -> Any:
+        """Loads the checkpoint ``handle`` into the structure of ``target``.
+
+        Args:
+          handle: what :meth:`save` returned (any store's, any directory).
+          target: the structure to restore: a pytree of arrays or
+            ``jax.ShapeDtypeStruct``\\ s (for example ``jax.eval_shape(init_fn)``) with the
+            saved leaf paths, shapes and dtypes. Each array comes back as a numpy array
+            where the target has a numpy array, else as a ``jax.Array`` on the target
+            leaf's sharding (or the default device).
+
+        Raises:
+          MissingCheckpointError: no complete checkpoint at ``handle`` (deleted by
+            garbage collection, never finished, or a wrong path).
+          ValueError: the target's structure, shapes or dtypes differ from the saved ones.
+        """
+        if not isinstance(handle, str):
+            raise TypeError(
+                f"handle must be a str (what ParamStore.save returned), got "
+                f"{type(handle).__name__}: {handle!r:.80}"
+                + ("; None means: initialise fresh parameters" if handle is None else "")
+            )
+        path = os.path.abspath(handle)
+        with _REGISTRY.lock:
+            pending = _REGISTRY.saving.get(path)
+        if pending is not None:
+            concurrent.futures.wait([pending])
+        with _REGISTRY.lock:
+            error = _REGISTRY.failed.get(path)
+        if error is not None:
+            raise MissingCheckpointError(
+                handle, f"its save failed ({type(error).__name__}: {error})"
+            ) from error
+        with _REGISTRY.lock:
+            if path in _REGISTRY.deleting:
+                raise MissingCheckpointError(handle, "it was deleted by garbage collection")
+            _REGISTRY.reading[path] += 1
+        try:
+            return self._read(handle, path, target)
+        finally:
+            with _REGISTRY.lock:
+                _REGISTRY.reading[path] -= 1
+                if not _REGISTRY.reading[path]:
+                    del _REGISTRY.reading[path]
+
+    def _missing(self, handle: str, path: str) -> MissingCheckpointError:
+        if os.path.isdir(path + _TMP_SUFFIX):
+            reason = (
+                "its save has not finished: it is still running in another process, or "
+                "it was interrupted"
+            )
+        else:
+            reason = (
+                "the directory does not exist (it was deleted by garbage collection, its "
+                "save never finished, or the handle is wrong)"
+            )
+        return MissingCheckpointError(handle, reason)
+
+    def _read(self, handle: str, path: str, target: Any) -> Any:
+        if not os.path.isdir(path):
+            raise self._missing(handle, path)
+        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        try:
+            meta = checkpointer.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+                _META
+            ]
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            if not os.path.isdir(path):
+                raise self._missing(handle, path) from e
+            raise ValueError(f"{handle!r} is not a jaxpop ParamStore checkpoint: {e}") from e
+        if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, Mapping) else None
+            raise ValueError(
+                f"{handle!r} is not a checkpoint of format {FORMAT!r} (found {found!r})"
+            )
+        specs = meta["leaves"]
+        flat, treedef = jax.tree_util.tree_flatten_with_path(target)
+        paths = [jax.tree_util.keystr(p) for p, _ in flat]
+        saved = [spec["path"] for spec in specs]
+        if paths != saved:
+            missing = [p for p in saved if p not in set(paths)][:5]
+            extra = [p for p in paths if p not in set(saved)][:5]
+            raise ValueError(
+                f"the target's structure differs from checkpoint {handle!r} "
+                f"({len(saved)} saved leaves, {len(paths)} in the target); saved but not "
+                f"in the target: {missing}; in the target but not saved: {extra}"
+                + ("" if missing or extra else "; the leaves are in a different order")
+            )
+        abstract = {}
+        for spec, (_, leaf) in zip(specs, flat, strict=True):
+            if spec["kind"] != "value":
+                _check_leaf(handle, spec, leaf)
+            if spec["kind"] == "array":  # Orbax reads straight onto the target's device
+                abstract[spec["key"]] = jax.ShapeDtypeStruct(
+                    tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=_sharding(leaf)
+                )
+        arrays = {}
+        if abstract:
+            try:
+                arrays = checkpointer.restore(
+                    path, ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+                )[_STATE]
+            except (FileNotFoundError, ValueError) as e:
+                if not os.path.isdir(path):
+                    raise self._missing(handle, path) from e
+                raise
+        leaves = []
+        for spec, (_, leaf) in zip(specs, flat, strict=True):
+            if spec["kind"] == "array":
+                leaves.append(_like(leaf, arrays[spec["key"]]))
+            elif spec["kind"] == "empty":
+                leaves.append(_like(leaf, np.zeros(spec["shape"], jnp.dtype(spec["dtype"]))))
+            else:
+                value = _decode_value(spec)
+                if _is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct):
+                    value = _like(leaf, np.asarray(value, jnp.dtype(leaf.dtype)))
+                leaves.append(value)
+        return jax.tree_util.tree_unflatten(treedef, leaves)
+
+    # -- listing and garbage collection ----------------------------------------------
+    def handles(self) -> list[str]:
+        """The handles of the complete checkpoints in the directory, sorted."""
+        return sorted(os.path.join(self._directory, n) for n in self._scan()[0])
+
+    def _scan(self) -> tuple[list[str], list[str], list[str]]:
+        """Names of complete checkpoints, unfinished (tmp) ones and trash."""
+        complete, unfinished, trash = [], [], []
+        with os.scandir(self._directory) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(_TRASH_PREFIX):
+                    trash.append(name)
+                elif name.endswith(_TMP_SUFFIX):
+                    if _NAME_RE.fullmatch(name[: -len(_TMP_SUFFIX)]):
+                        unfinished.append(name)
+                elif _NAME_RE.fullmatch(name) and entry.is_dir(follow_symlinks=False):
+                    complete.append(name)
+        return complete, unfinished, trash
+
+    def _name_in_directory(self, handle: str) -> str | None:
+        """The checkpoint name of ``handle`` if it lies in this directory, else ``None``."""
+        parent, name = os.path.split(os.path.normpath(handle))
+        if not _NAME_RE.fullmatch(name):
+            return None
+        same = self._same_dir.get(parent)
+        if same is None:
+            try:
+                same = os.path.samefile(parent, self._directory)
+            except OSError:
+                same = False
+            self._same_dir[parent] = same
+        return name if same else None
+
+    def _delete(self, path: str) -> bool:
+        """Renames ``path`` into the trash, then removes it; ``False`` if it was gone."""
+        trash = os.path.join(
+            self._directory, f"{_TRASH_PREFIX}{os.path.basename(path)}-{secrets.token_hex(4)}"
+        )
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return False
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def collect_garbage(
+        self,
+        state_or_controller: Any,
+        *,
+        keep_best: int = 1,
+        keep: Iterable[str] = (),
+        orphan_grace_s: float | None = None,
+    ) -> GarbageReport:
+        """Deletes the checkpoints that nothing can load any more (see the module docstring).
+
+        Args:
+          state_or_controller: a ``PopulationState`` or a ``PopulationController`` (its
+            ``state`` is read once). Give the population whose history holds this
+            store's handles.
+          keep_best: also keep this many best evaluated checkpoints of the history.
+          keep: more handles to keep.
+          orphan_grace_s: delete checkpoints that no history has recorded once they are
+            this many seconds old (by directory modification time); ``None`` (default):
+            never. Must be well above the longest delay between a ``save`` and its
+            ``set_eval``.
+
+        Returns a :class:`GarbageReport`. Safe to call from any thread, concurrently with
+        saves and restores.
+        """
+        state = _as_state(state_or_controller)
+        if orphan_grace_s is not None and not orphan_grace_s >= 0:
+            raise ValueError(f"orphan_grace_s must be >= 0 or None, got {orphan_grace_s}")
+        retained_set = set(retained_handles(state, keep_best=keep_best))
+        retained_set.update((keep,) if isinstance(keep, str) else keep)
+        with self._gc_lock:
+            retained = {n for h in retained_set if (n := self._name_in_directory(h))}
+            complete, unfinished, trash = self._scan()
+            on_disk = set(complete)
+            recorded = set()
+            for checkpoint in state.history.checkpoints():
+                params = checkpoint.params
+                if (  # the cheap test first: this runs once per checkpoint in the history
+                    isinstance(params, str)
+                    and params.rpartition(os.sep)[2] in on_disk
+                    and self._name_in_directory(params) is not None
+                ):
+                    recorded.add(params.rpartition(os.sep)[2])
+            self._seen = (self._seen | recorded) & on_disk
+            now = time.time()
+            kept_retained = kept_unreported = busy = 0
+            deleted = []
+            for name in sorted(on_disk) + unfinished:
+                path = os.path.join(self._directory, name)
+                is_tmp = name.endswith(_TMP_SUFFIX)
+                final = path[: -len(_TMP_SUFFIX)] if is_tmp else path
+                if not is_tmp and name in retained:
+                    kept_retained += 1
+                    continue
+                if is_tmp or name not in self._seen:
+                    try:
+                        age = now - os.stat(path).st_mtime
+                    except FileNotFoundError:
+                        continue
+                    if orphan_grace_s is None or age < orphan_grace_s:
+                        kept_unreported += 1
+                        continue
+                with _REGISTRY.lock:
+                    if final in _REGISTRY.saving or _REGISTRY.reading.get(final):
+                        busy += 1
+                        continue
+                    if final in _REGISTRY.deleting:  # another store is deleting it
+                        continue
+                    _REGISTRY.deleting.add(final)
+                try:
+                    if self._delete(path) and not is_tmp:
+                        deleted.append(path)
+                finally:
+                    with _REGISTRY.lock:
+                        _REGISTRY.deleting.discard(final)
+                self._seen.discard(name)
+            for name in trash:  # left by a collection that was interrupted
+                shutil.rmtree(os.path.join(self._directory, name), ignore_errors=True)
+        return GarbageReport(tuple(deleted), kept_retained, kept_unreported, busy)
+
+    # -- lifetime --------------------------------------------------------------------
+    def close(self) -> None:
+        """Finishes pending saves and stops the background thread. Idempotent.
+
+        Raises :class:`CheckpointSaveError` if a save failed (and was not yet raised).
+        Restoring still works after ``close``.
+        """
+        with self._lock:
+            self._closed = True
+        try:
+            self.wait()
+        finally:
+            self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> ParamStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ParamStore({self._directory!r}, async_save={self.async_save})"

@@ -1,0 +1,605 @@
+"""The Orbax parameter store: exact round trips, async saves, errors, and GC by reachability."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import struct
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from jaxpop import PopulationController, checkpointing
+from jaxpop.checkpointing import (
+    CheckpointSaveError,
+    MissingCheckpointError,
+    ParamStore,
+    retained_handles,
+)
+from jaxpop.mutators import BranchingSingleMachine, WinnerTakeAllGenetic
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    counts: jax.Array
+    name: str = struct.field(pytree_node=False, default="cnn")
+
+
+def make_train_state(seed: int = 0) -> TrainState:
+    key = jax.random.PRNGKey(seed)
+    params = {
+        "dense": {
+            "kernel": jax.random.normal(key, (8, 4), jnp.float32),
+            "bias": jnp.linspace(-1, 1, 4, dtype=jnp.float32),
+        },
+        "embed": jax.random.normal(key, (5, 3)).astype(jnp.bfloat16),
+    }
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+    opt_state = optimizer.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, opt_state = optimizer.update(grads, opt_state, params)  # non-trivial moments
+    return TrainState(
+        step=jnp.asarray(3 + seed, jnp.int32),
+        params=params,
+        opt_state=opt_state,
+        counts=jnp.arange(6, dtype=jnp.int32) * (seed + 1),
+    )
+
+
+def assert_identical(restored, expected) -> None:
+    """Same structure (node types included), and bitwise-equal leaves of the same dtype."""
+    assert jax.tree.structure(restored) == jax.tree.structure(expected)
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(expected), strict=True):
+        if isinstance(want, (str, bool, int, float)):
+            assert type(got) is type(want)
+            assert got == want or (got != got and want != want)
+            continue
+        got, want = np.asarray(got), np.asarray(want)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+
+
+@pytest.fixture
+def store(tmp_path):
+    with ParamStore(tmp_path / "params") as s:
+        yield s
+
+
+# -- round trips ---------------------------------------------------------------------
+def test_round_trip_train_state_exact(store):
+    state = make_train_state()
+    handle = store.save("gen-a", 3, state)
+    assert type(handle) is str and os.path.isabs(handle)
+    assert os.path.dirname(handle) == store.directory
+    restored = store.restore(handle, jax.eval_shape(lambda: state))
+    assert_identical(restored, state)
+    assert isinstance(restored, TrainState) and restored.name == "cnn"
+    adam_state = restored.opt_state[1][0]
+    assert type(adam_state) is optax.ScaleByAdamState
+    assert type(restored.opt_state[0]) is type(state.opt_state[0])
+    assert restored.params["embed"].dtype == jnp.bfloat16
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(restored))
+
+
+def test_round_trip_sync_with_numpy_and_concrete_targets(tmp_path):
+    with ParamStore(tmp_path, async_save=False) as store:
+        state = make_train_state(1)
+        handle = store.save("g", 0, state)
+        assert store.num_pending == 0 and os.path.isdir(handle)
+        as_numpy = store.restore(handle, jax.tree.map(np.asarray, state))
+        assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(as_numpy))
+        assert_identical(as_numpy, state)
+        assert_identical(store.restore(handle, state), state)  # a concrete template
+
+
+def test_round_trip_special_leaves(store):
+    tree = {
+        "empty": jnp.zeros((0, 3), jnp.bfloat16),
+        "scalar": np.float32(2.5),
+        "text": "hello",
+        "nan": float("nan"),
+        "inf": -math.inf,
+        "count": 2**40,
+        "flag": True,
+        "none": None,
+        "array": np.arange(4, dtype=np.int32),
+    }
+    handle = store.save("g", 1, tree)
+    restored = store.restore(handle, tree)
+    assert_identical(restored, tree)
+    assert restored["empty"].shape == (0, 3) and restored["empty"].dtype == jnp.bfloat16
+    only_values = store.save("g", 2, {"a": 1, "b": "x"})  # no array leaves at all
+    assert store.restore(only_values, {"a": 0, "b": ""}) == {"a": 1, "b": "x"}
+
+
+def test_numpy_leaves_are_snapshotted_at_save(tmp_path):
+    with ParamStore(tmp_path) as store:
+        array = np.arange(5, dtype=np.float32)
+        with checkpointing._ORBAX_SAVE_LOCK:  # the write cannot start yet
+            handle = store.save("g", 0, {"a": array})
+            array[:] = -1
+        np.testing.assert_array_equal(
+            store.restore(handle, {"a": array})["a"], np.arange(5, dtype=np.float32)
+        )
+
+
+def test_handles_are_unique_per_save(store):
+    first = store.save("gen/with odd:chars", 7, {"a": np.ones(2)})
+    second = store.save("gen/with odd:chars", 7, {"a": np.zeros(2)})
+    assert first != second
+    store.wait()
+    assert store.handles() == sorted([first, second])
+    assert os.path.basename(first).startswith("gen-with-odd-chars_step7_")
+    np.testing.assert_array_equal(store.restore(first, {"a": np.zeros(2)})["a"], np.ones(2))
+
+
+def test_handles_go_through_a_durable_controller(tmp_path):
+    store = ParamStore(tmp_path / "params")
+    log_dir = str(tmp_path / "log")
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    with PopulationController([{"lr": 1.0}], mutator, log_dir=log_dir) as controller:
+        work = controller.maybe_get_worker_data(0, None, 0, None, None)
+        handle = store.save(work.generation_id, 1, {"w": np.full(3, 7.0, np.float32)})
+        controller.set_eval(0, work.generation_id, 1, handle, 0.5)
+    with PopulationController([{"lr": 1.0}], mutator, log_dir=log_dir) as controller:
+        saved = controller.history[work.generation_id][1].params
+    assert saved == handle
+    restored = store.restore(saved, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    np.testing.assert_array_equal(restored["w"], np.full(3, 7.0, np.float32))
+    store.close()
+
+
+# -- asynchronous saves --------------------------------------------------------------
+def test_async_save_returns_at_once_and_restore_waits(store):
+    state = make_train_state(2)
+    with checkpointing._ORBAX_SAVE_LOCK:  # hold the writer back
+        handle = store.save("g", 5, state)
+        assert store.num_pending == 1
+        assert not os.path.exists(handle)
+        result = {}
+        reader = threading.Thread(
+            target=lambda: result.update(value=store.restore(handle, state)), daemon=True
+        )
+        reader.start()
+        reader.join(0.3)
+        assert reader.is_alive()  # blocked on the pending save
+    reader.join(30)
+    assert not reader.is_alive()
+    assert_identical(result["value"], state)
+    assert store.num_pending == 0 and os.path.isdir(handle)
+
+
+def test_wait_blocks_until_every_save_is_finalized(store):
+    handles = [store.save("g", i, {"a": np.full(100, i)}) for i in range(5)]
+    store.wait_until_finished()
+    assert store.num_pending == 0
+    assert all(os.path.isdir(h) for h in handles)
+    assert not [n for n in os.listdir(store.directory) if n.endswith(".orbax-checkpoint-tmp")]
+
+
+def test_max_pending_bounds_queued_saves(tmp_path):
+    with ParamStore(tmp_path, max_pending=1) as store:
+        with checkpointing._ORBAX_SAVE_LOCK:
+            store.save("g", 0, {"a": np.ones(2)})
+            second = threading.Thread(target=store.save, args=("g", 1, {"a": np.ones(2)}))
+            second.start()
+            second.join(0.3)
+            assert second.is_alive()  # blocked: one save already queued
+        second.join(30)
+        store.wait()
+        assert len(store.handles()) == 2
+
+
+def test_two_stores_share_a_directory(tmp_path):
+    with ParamStore(tmp_path) as writer, ParamStore(tmp_path) as reader:
+        with checkpointing._ORBAX_SAVE_LOCK:
+            handle = writer.save("g", 0, {"a": np.arange(3)})
+            result = {}
+            thread = threading.Thread(
+                target=lambda: result.update(v=reader.restore(handle, {"a": np.arange(3)}))
+            )
+            thread.start()
+            thread.join(0.2)
+            assert thread.is_alive()  # the other store's save is pending in this process
+        thread.join(30)
+        np.testing.assert_array_equal(result["v"]["a"], np.arange(3))
+
+
+# -- errors --------------------------------------------------------------------------
+def test_missing_handle_names_it(store):
+    handle = store.save("g", 0, {"a": np.ones(2)})
+    store.wait()
+    shutil.rmtree(handle)
+    for bad in (handle, os.path.join(store.directory, "nope")):
+        with pytest.raises(MissingCheckpointError, match="no checkpoint at handle") as info:
+            store.restore(bad, {"a": np.ones(2)})
+        assert info.value.handle == bad and bad in str(info.value)
+        assert isinstance(info.value, FileNotFoundError)
+    with pytest.raises(TypeError, match="initialise fresh parameters"):
+        store.restore(None, {"a": np.ones(2)})
+
+
+def test_unfinished_checkpoint_is_reported(store):
+    handle = os.path.join(store.directory, "g_step1_0123456789abcdef")
+    os.makedirs(handle + ".orbax-checkpoint-tmp")
+    with pytest.raises(MissingCheckpointError, match="has not finished"):
+        store.restore(handle, {})
+
+
+def test_failed_save_is_raised_by_wait_and_restore(tmp_path, monkeypatch):
+    class BrokenCheckpointer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def save(self, *args, **kwargs):
+            raise OSError("disk full")
+
+    store = ParamStore(tmp_path)
+    monkeypatch.setattr(checkpointing.ocp, "Checkpointer", BrokenCheckpointer)
+    handle = store.save("g", 0, {"a": np.ones(2)})
+    with pytest.raises(CheckpointSaveError, match="disk full") as info:
+        store.wait()
+    assert info.value.handles == (handle,)
+    store.wait()  # each failure is raised once
+    with pytest.raises(MissingCheckpointError, match="its save failed"):
+        store.restore(handle, {"a": np.ones(2)})
+    sync = ParamStore(tmp_path, async_save=False)
+    with pytest.raises(CheckpointSaveError, match="disk full"):
+        sync.save("g", 1, {"a": np.ones(2)})
+    store.close()
+    sync.close()
+    assert os.listdir(tmp_path) == []  # no half-written directories left
+
+
+def test_target_mismatch_names_the_leaf(store):
+    handle = store.save("g", 0, {"w": np.ones((2, 3), np.float32), "b": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"float32\[2, 3\] at \['w'\]"):
+        store.restore(handle, {"w": np.ones((3, 2), np.float32), "b": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"\['w'\].*bfloat16"):
+        store.restore(handle, {"w": jnp.ones((2, 3), jnp.bfloat16), "b": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"not in the target: \[\"\['b'\]\"\]"):
+        store.restore(handle, {"w": np.ones((2, 3), np.float32)})
+
+
+def test_unsupported_leaves_fail_before_writing(store):
+    with pytest.raises(TypeError, match=r"\['f'\] of type object"):
+        store.save("g", 0, {"f": object()})
+    with pytest.raises(TypeError, match="key_data"):
+        store.save("g", 0, {"k": jax.random.key(0)})
+    with pytest.raises(TypeError, match="generation_id"):
+        store.save(3, 0, {})
+    assert os.listdir(store.directory) == []
+
+
+def test_closed_store_refuses_saves_but_restores(tmp_path):
+    store = ParamStore(tmp_path)
+    handle = store.save("g", 0, {"a": np.ones(1)})
+    store.close()
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.save("g", 1, {"a": np.ones(1)})
+    np.testing.assert_array_equal(store.restore(handle, {"a": np.zeros(1)})["a"], np.ones(1))
+
+
+# -- the retention policy ------------------------------------------------------------
+def test_retained_handles_policy():
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=2)
+    controller = PopulationController([{"x": 0}, {"x": 1}], mutator)
+    gens = [w.generation_id for w in controller.active_workers]
+    values = {("a", 1): 3.0, ("a", 2): math.nan, ("b", 1): 1.0, ("b", 2): 2.0}
+    for (who, step), value in values.items():
+        i = "ab".index(who)
+        controller.set_eval(i, gens[i], step, f"h-{who}{step}", value)
+    # both workers are ready: b (mean 1.5) beats a (mean NaN); both copy b's latest, b2
+    workers = controller.active_workers
+    assert {w.params for w in workers} == {"h-b2"}
+    state = controller.state
+    assert retained_handles(state, keep_best=0) == {"h-b2"}
+    assert retained_handles(state, keep_best=1) == {"h-b2", "h-b1"}
+    assert retained_handles(state, keep_best=3) == {"h-b2", "h-b1", "h-a1"}
+    assert retained_handles(state, keep_best=4) == {"h-b2", "h-b1", "h-a1", "h-a2"}  # NaN last
+    # a live generation's latest (evaluated) checkpoint is retained
+    controller.set_eval(0, workers[0].generation_id, 3, "h-new", 5.0)
+    assert retained_handles(controller.state, keep_best=0) == {"h-b2", "h-new"}
+    with pytest.raises(ValueError, match="keep_best"):
+        retained_handles(state, keep_best=-1)
+
+
+def test_retained_handles_follow_mutator_references():
+    mutator = BranchingSingleMachine(lambda m, d, i: m, exploit_steps=1, explore_steps=1)
+    controller = PopulationController([{"x": 0}], mutator)
+    gen = controller.active_workers[0].generation_id
+    controller.set_eval(0, gen, 1, "branch-point", 1.0)  # exploit ends: "pos" branch starts
+    pos = controller.active_workers[0].generation_id
+    controller.set_eval(0, pos, 2, "pos-end", 0.5)  # "neg" branch starts from branch-point
+    state = controller.state
+    assert state.mutator_state["pos"] == (pos, 2)
+    assert {"branch-point", "pos-end"} <= retained_handles(state, keep_best=0)
+
+
+# -- garbage collection --------------------------------------------------------------
+def drive_round(controller, store, values, expected):
+    """Every worker asks, saves one checkpoint one step on, and reports it."""
+    for i, value in enumerate(values):
+        work = controller.active_workers[i]
+        step = work.step + 1
+        tree = {"w": np.asarray([i, step, len(expected)], np.float32)}
+        handle = store.save(work.generation_id, step, tree)
+        expected[handle] = tree
+        controller.set_eval(i, work.generation_id, step, handle, value)
+
+
+def test_collect_garbage_deletes_only_unreachable(store):
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1)
+    controller = PopulationController([{"x": 0}, {"x": 1}, {"x": 2}], mutator)
+    expected = {}
+    for r in range(4):
+        drive_round(controller, store, [3.0 - r, 1.0 + r, 2.0], expected)
+    store.wait()
+    history_before = controller.history
+    report = store.collect_garbage(controller, keep_best=1)
+    retained = retained_handles(controller.state, keep_best=1)
+    assert set(store.handles()) == retained
+    assert set(report.deleted) == set(expected) - retained
+    assert report.retained == len(retained) and report.unreported == report.busy == 0
+    assert controller.history is history_before  # the history is never modified
+    for handle in retained:
+        assert_identical(store.restore(handle, expected[handle]), expected[handle])
+    gone = report.deleted[0]
+    assert any(c.params == gone for c in controller.history.checkpoints())
+    with pytest.raises(MissingCheckpointError, match="deleted by garbage collection"):
+        store.restore(gone, expected[gone])
+    assert store.collect_garbage(controller.state, keep_best=1).deleted == ()
+
+
+def test_collect_garbage_keeps_unreported_saves(store):
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1)
+    controller = PopulationController([{"x": 0}], mutator)
+    gen = controller.active_workers[0].generation_id
+    unreported = store.save(gen, 1, {"a": np.ones(2)})
+    kept = store.save("gen", 1, {"a": np.ones(2)})
+    store.wait()
+    report = store.collect_garbage(controller, keep_best=0)
+    assert report.deleted == () and report.unreported == 2
+    report = store.collect_garbage(controller, keep_best=0, keep=[kept], orphan_grace_s=0)
+    assert report.deleted == (unreported,) and store.handles() == [kept]
+
+
+def test_collect_garbage_deletes_replaced_handles(store):
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    controller = PopulationController([{"x": 0}], mutator)
+    gen = controller.active_workers[0].generation_id
+    first = store.save(gen, 1, {"a": np.ones(2)})
+    controller.set_eval(0, gen, 1, first, 1.0)
+    controller.set_eval(0, gen, 2, store.save(gen, 2, {"a": np.ones(2)}), 3.0)
+    store.wait()
+    assert store.collect_garbage(controller, keep_best=1).deleted == ()  # first is the best
+    controller.set_eval(0, gen, 1, store.save(gen, 1, {"a": np.ones(2)}), 2.0)  # re-report
+    store.wait()
+    assert store.collect_garbage(controller, keep_best=1).deleted == (first,)
+
+
+def test_collect_garbage_skips_a_restore_in_progress(store):
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    controller = PopulationController([{"x": 0}], mutator)
+    gen = controller.active_workers[0].generation_id
+    old = store.save(gen, 1, {"a": np.ones(2)})
+    controller.set_eval(0, gen, 1, old, 1.0)
+    controller.set_eval(0, gen, 2, store.save(gen, 2, {"a": np.ones(2)}), 1.0)
+    store.wait()
+    with checkpointing._REGISTRY.lock:
+        checkpointing._REGISTRY.reading[old] += 1  # as restore() does while it reads
+    try:
+        report = store.collect_garbage(controller, keep_best=0)
+        assert report.deleted == () and report.busy == 1
+    finally:
+        with checkpointing._REGISTRY.lock:
+            del checkpointing._REGISTRY.reading[old]
+    assert store.collect_garbage(controller, keep_best=0).deleted == (old,)
+
+
+def test_collect_garbage_removes_leftover_trash(store):
+    trash = os.path.join(store.directory, ".trash-g_step1_0123456789abcdef-00000000")
+    os.makedirs(os.path.join(trash, "state"))
+    controller = PopulationController([{"x": 0}], WinnerTakeAllGenetic(lambda m: m, 1))
+    store.collect_garbage(controller)
+    assert os.listdir(store.directory) == []
+    with pytest.raises(TypeError, match="PopulationState or a PopulationController"):
+        store.collect_garbage(controller.history)
+
+
+# -- property: GC never deletes what can still be loaded ------------------------------
+VALUES = st.sampled_from([0.5, 1.0, 2.0, 3.0, math.nan, math.inf])
+
+
+def reachable(state, keep_best: int) -> set[str]:
+    """What a worker may still load, worked out independently of the policy's code.
+
+    The workers' assignments, the latest and latest evaluated checkpoint of every live
+    generation, and the ``keep_best`` best evaluated handles (NaN and inf last).
+    """
+    history, out = state.history, set()
+    for w in state.workers:
+        checkpoints = [history[w.generation_id][s] for s in history[w.generation_id]]
+        evaluated = [c for c in checkpoints if c.value is not None]
+        out.update([w.params, checkpoints[-1].params] + [c.params for c in evaluated[-1:]])
+    scored = sorted(  # stable: equal values keep history order
+        (
+            (c.value if math.isfinite(c.value) else math.inf, c.params)
+            for c in history.checkpoints()
+            if c.value is not None and isinstance(c.params, str)
+        ),
+        key=lambda pair: pair[0],
+    )
+    best = []
+    for _, handle in scored:
+        if handle not in best:
+            best.append(handle)
+    out.update(best[:keep_best])
+    return {h for h in out if isinstance(h, str)}
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+def test_gc_never_deletes_a_reachable_checkpoint(data):
+    num_workers = data.draw(st.integers(1, 3), label="num_workers")
+    steps_per_exploit = data.draw(st.integers(1, 2), label="steps_per_exploit")
+    keep_best = data.draw(st.integers(0, 2), label="keep_best")
+    async_save = data.draw(st.booleans(), label="async_save")
+    # (0, ...) runs a collection; (1..3, worker, value, report_now) is a worker's turn
+    actions = data.draw(
+        st.lists(
+            st.tuples(st.integers(0, 3), st.integers(0, num_workers - 1), VALUES, st.booleans()),
+            min_size=12,
+            max_size=32,
+        ),
+        label="actions",
+    )
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=steps_per_exploit)
+    controller = PopulationController([{"w": i} for i in range(num_workers)], mutator)
+    with tempfile.TemporaryDirectory() as tmp, ParamStore(tmp, async_save=async_save) as store:
+        expected, deleted = {}, 0
+        workers = [
+            {"gen": None, "step": 0, "handle": None, "to_load": None, "unreported": None}
+            for _ in range(num_workers)
+        ]
+
+        def load(handle):
+            assert_identical(store.restore(handle, expected[handle]), expected[handle])
+
+        for action in actions:
+            if action[0] == 0:
+                deleted += len(store.collect_garbage(controller, keep_best=keep_best).deleted)
+                for handle in reachable(controller.state, keep_best):
+                    assert os.path.isdir(handle) or handle in checkpointing._REGISTRY.saving
+                continue
+            _, i, value, report_now = action
+            w = workers[i]
+            if w["unreported"] is not None:  # a report that was delayed past a GC
+                controller.set_eval(i, *w["unreported"])
+                w["unreported"] = None
+            if w["to_load"] is not None:  # assigned earlier; a GC may have run since
+                load(w["to_load"])
+                w["to_load"] = None
+            else:
+                new = controller.maybe_get_worker_data(i, w["gen"], w["step"], w["handle"], None)
+                if new is not None:
+                    w.update(gen=new.generation_id, step=new.step, handle=new.params)
+                    w["to_load"] = new.params
+                    continue
+            w["step"] += 1
+            tree = {"w": np.asarray([i, w["step"], len(expected)], np.float32)}
+            w["handle"] = store.save(w["gen"], w["step"], tree)
+            expected[w["handle"]] = tree
+            report = (w["gen"], w["step"], w["handle"], value)
+            if report_now:
+                controller.set_eval(i, *report)
+            else:
+                w["unreported"] = report
+        store.wait()
+        deleted += len(store.collect_garbage(controller, keep_best=keep_best).deleted)
+        assert reachable(controller.state, keep_best) <= retained_handles(
+            controller.state, keep_best=keep_best
+        )
+        for handle in reachable(controller.state, keep_best):
+            load(handle)
+        event(f"exploits: {min(controller.state.mutator_state['num_exploits'], 3)}+")
+        event(f"deleted: {'none' if not deleted else 'some'}")
+        for w in workers:
+            for handle in (w["to_load"], w["unreported"] and w["unreported"][2]):
+                if handle is not None:
+                    load(handle)
+
+
+# -- concurrency ---------------------------------------------------------------------
+def test_concurrent_workers_and_gc(tmp_path):
+    num_workers, keep_best, rounds = 4, 2, 12
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=2)
+    controller = PopulationController([{"w": i} for i in range(num_workers)], mutator)
+    store = ParamStore(tmp_path, max_pending=4)
+    expected, expected_lock = {}, threading.Lock()
+    errors, done = [], threading.Event()
+
+    def worker(i):
+        rng = np.random.default_rng(i)
+        gen, step, handle = None, 0, None
+        for _ in range(rounds):
+            new = controller.maybe_get_worker_data(i, gen, step, handle, None)
+            if new is not None:
+                gen, step, handle = new.generation_id, new.step, new.params
+                if handle is not None:
+                    with expected_lock:
+                        want = expected[handle]
+                    assert_identical(store.restore(handle, want), want)
+            step += 1
+            tree = {"w": np.full(64, i * 1000 + step, np.float32), "step": np.int32(step)}
+            handle = store.save(gen, step, tree)
+            with expected_lock:
+                expected[handle] = tree
+            controller.set_eval(i, gen, step, handle, float(rng.uniform()))
+
+    def collector():
+        while not done.wait(0.002):
+            store.collect_garbage(controller, keep_best=keep_best)
+
+    def guarded(target, *args):
+        try:
+            target(*args)
+        except BaseException as e:
+            errors.append(e)
+
+    gc_thread = threading.Thread(target=guarded, args=(collector,), daemon=True)
+    threads = [
+        threading.Thread(target=guarded, args=(worker, i), daemon=True) for i in range(num_workers)
+    ]
+    gc_thread.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    done.set()
+    gc_thread.join(60)
+    assert not any(t.is_alive() for t in [*threads, gc_thread])
+    assert not errors, errors
+    store.wait()
+    store.collect_garbage(controller, keep_best=keep_best)
+    retained = retained_handles(controller.state, keep_best=keep_best)
+    for handle in retained:
+        assert_identical(store.restore(handle, expected[handle]), expected[handle])
+    # the bound: workers' params + latest and latest evaluated of each live generation
+    # + the best keep_best
+    names = os.listdir(store.directory)
+    assert len(names) == len(store.handles()) == len(retained)
+    assert len(names) <= 3 * num_workers + keep_best
+    assert len(expected) == num_workers * rounds
+    store.close()
+
+
+def test_gc_in_a_long_run_keeps_disk_bounded(tmp_path):
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1)
+    controller = PopulationController([{"x": 0}, {"x": 1}], mutator)
+    peak = 0
+    with ParamStore(tmp_path) as store:
+        expected = {}
+        for r in range(15):
+            drive_round(controller, store, [float(r % 3), float(r % 2)], expected)
+            store.wait()
+            store.collect_garbage(controller, keep_best=1)
+            peak = max(peak, len(os.listdir(store.directory)))
+    assert len(expected) == 30
+    assert peak <= 3 * 2 + 1  # workers' params, live generations' latest two, the best

@@ -1,0 +1,63 @@
+"""The CNN examples run end to end on the default data set (and on mocked CIFAR-10)."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+from examples import data as data_lib
+from examples.complex_cnn import train as complex_cnn
+from examples.simple_cnn import train as simple_cnn
+from jaxpop import PopulationController
+from jaxpop.mutators import WinnerTakeAllGenetic
+
+
+def _reload(log_dir, workers):
+    return PopulationController(
+        [{}] * workers, WinnerTakeAllGenetic(lambda m: m, 1), os.path.join(log_dir, "population")
+    )
+
+
+def test_digits_is_a_real_offline_split():
+    ds = data_lib.load("digits", seed=0)
+    assert ds.train_images.shape[1:] == (8, 8, 1) and ds.train_images.dtype == np.float32
+    assert len(ds.train_images) + len(ds.val_images) == 1797
+    assert ds.train_images.min() >= 0.0 and ds.train_images.max() <= 1.0
+    assert set(np.unique(ds.val_labels)) == set(range(10))  # stratified
+    with pytest.raises(ValueError, match="unknown dataset"):
+        data_lib.load("mnist")
+
+
+def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path):
+    argv = ["--steps", "60", "--workers", "3", "--eval-every", "10", "--steps-per-exploit", "20"]
+    summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path), "--no-progress"])
+    assert summary["exploit_events"] >= 3 and summary["compilations"] == 1
+    assert math.isfinite(summary["best"]["val_loss"])
+    with _reload(tmp_path, 3) as pop:
+        assert pop.history.num_checkpoints == summary["checkpoints"]
+        assert all(isinstance(w.params, str) for w in pop.active_workers)  # Orbax handles
+
+
+def test_complex_cnn_runs_with_wall_clock_rounds(tmp_path):
+    argv = ["--steps", "60", "--workers", "2", "--eval-every", "10"]
+    argv += ["--seconds-per-exploit", "0.5", "--log-dir", str(tmp_path), "--no-progress"]
+    summary = complex_cnn.main(argv)
+    assert summary["exploit_events"] >= 1
+    assert summary["compilations"] <= len(complex_cnn.BATCH_SIZES)
+    best = summary["best"]["meta_params"]
+    for name, (low, high) in complex_cnn.RANGES.items():
+        assert low <= best[name] <= high
+    with _reload(tmp_path, 2) as pop:
+        assert pop.history.num_checkpoints == summary["checkpoints"]
+
+
+def test_cifar10_path_through_tfds_offline(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=64):
+        ds = data_lib.load("cifar10")
+        assert ds.train_images.shape == (64, 32, 32, 3) and ds.val_images.shape[0] == 64
+        argv = ["--dataset", "cifar10", "--steps", "20", "--workers", "2", "--eval-every", "10"]
+        argv += ["--batch-size", "16", "--log-dir", str(tmp_path), "--no-progress"]
+        summary = simple_cnn.main(argv)
+    assert summary["dataset"] == "cifar10" and summary["checkpoints"] > 2
