@@ -33,7 +33,7 @@ from tqdm import tqdm
 from examples import data as data_lib
 from examples.cnn import CNN, accuracy, augment, cross_entropy
 from jaxpop import PopulationController
-from jaxpop.checkpointing import ParamStore
+from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.mutators.base import Mutator
 
@@ -152,7 +152,11 @@ def _worker(
                 key, init_key = jax.random.split(key)
                 state = model.init(init_key)
             else:  # copied from a checkpoint; the new hyperparameters go in below
-                state = store.restore(handle, model.abstract_state)
+                try:
+                    state = store.restore(handle, model.abstract_state)
+                except MissingCheckpointError:  # reassigned again and collected: ask again
+                    generation_id = None
+                    continue
             hp = model.experiment.traced(meta)
             batch_size = model.experiment.batch_size(meta, args)
             batches = data_lib.batches(dataset.train_images, dataset.train_labels, batch_size, rng)
@@ -167,6 +171,8 @@ def _worker(
             controller.set_eval(worker_id, generation_id, step, handle, loss)
             accuracies[(generation_id, step)] = acc
             progress.set_postfix(worker=worker_id, val_loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+            if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
+                store.collect_garbage(controller, keep_best=args.keep_best)  # bounded disk
 
 
 def add_flags(parser: argparse.ArgumentParser, *, steps: int, workers: int, log_dir: str):
@@ -179,6 +185,7 @@ def add_flags(parser: argparse.ArgumentParser, *, steps: int, workers: int, log_
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--keep-best", type=int, default=4, help="checkpoints kept by GC")
+    parser.add_argument("--gc-every", type=int, default=8, help="evaluations between GCs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -303,6 +310,6 @@ def print_summary(summary: Mapping[str, Any]) -> None:
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.steps < 1 or args.eval_every < 1:
-        parser.error("--workers, --steps and --eval-every must be positive")
+    if min(args.workers, args.steps, args.eval_every, args.gc_every) < 1:
+        parser.error("--workers, --steps, --eval-every and --gc-every must be positive")
     return args

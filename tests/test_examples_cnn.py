@@ -37,6 +37,10 @@ def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path):
     with _reload(tmp_path, 3) as pop:
         assert pop.history.num_checkpoints == summary["checkpoints"]
         assert all(isinstance(w.params, str) for w in pop.active_workers)  # Orbax handles
+        saved = {c.params for c in pop.history.checkpoints() if isinstance(c.params, str)}
+        kept = {os.path.join(tmp_path, "params", n) for n in os.listdir(tmp_path / "params")}
+        assert {w.params for w in pop.active_workers} <= kept  # what workers load survives
+        assert len(kept & saved) < len(saved)  # and garbage was collected
 
 
 def test_complex_cnn_runs_with_wall_clock_rounds(tmp_path):
