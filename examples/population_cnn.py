@@ -195,15 +195,17 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     model = _Model(experiment, dataset, population[0])
-    store = ParamStore(os.path.join(args.log_dir, "params"))
     accuracies: dict = {}
     start = time.time()
-    with PopulationController(
-        population,
-        experiment.mutator(args),
-        os.path.join(args.log_dir, "population"),
-        seed=args.seed,
-    ) as controller:
+    with (
+        ParamStore(os.path.join(args.log_dir, "params")) as store,
+        PopulationController(
+            population,
+            experiment.mutator(args),
+            os.path.join(args.log_dir, "population"),
+            seed=args.seed,
+        ) as controller,
+    ):
         progress = tqdm(
             total=args.workers * args.steps,
             desc=experiment.name,

@@ -34,15 +34,16 @@ structure (concrete arrays or ``jax.ShapeDtypeStruct``\\ s, e.g. from ``jax.eval
 and rebuilds exactly that structure (NamedTuple optimizer states come back as the same
 NamedTuples), after checking that its leaf paths, shapes and dtypes are the saved ones.
 
-**Asynchronous saves.** ``save`` copies the leaves to host memory (the only part the
-caller waits for; afterwards the caller may donate or overwrite its buffers), then
-writes them in a background thread and returns the handle at once. :meth:`ParamStore.wait`
-blocks until every save of the store is finalized (atomically renamed into place) and
-raises :class:`CheckpointSaveError` if one failed. ``restore`` of a handle whose save is
-still running in this process waits for it first. At most ``max_pending`` saves are
-queued; a further ``save`` blocks until one finishes, which bounds the host memory held
-by copies. ``async_save=False`` makes ``save`` return only once its checkpoint is
-finalized.
+**Asynchronous saves.** ``save`` takes a host snapshot of the leaves -- the only part
+the caller waits for: a device-to-host copy, or on CPU a view that keeps the buffer
+alive (JAX then never donates it); numpy leaves are copied, so the caller may overwrite
+them -- then writes it in a background thread and returns the handle at once.
+:meth:`ParamStore.wait` blocks until every save of the store is finalized (atomically
+renamed into place) and raises :class:`CheckpointSaveError` if one failed. ``restore``
+of a handle whose save is still running in this process waits for it first. At most
+``max_pending`` saves are queued; a further ``save`` blocks until one finishes, which
+bounds the host memory held by snapshots. ``async_save=False`` makes ``save`` return
+only once its checkpoint is finalized.
 
 **Threads.** A store is safe to share between threads, and several stores (say one per
 worker thread) may share a directory. Orbax's save path is not thread-safe (it numbers
@@ -80,9 +81,10 @@ a rename into ``directory/.trash-*`` followed by a recursive delete, so a checkp
 never seen half-deleted; trash left by a crash is removed by the next collection.
 
 Why this is safe: the policy keeps everything that the bundled mutators
-(``WinnerTakeAllGenetic``, ``FixedSchedule``, ``BranchingSingleMachine``) can hand out
-next -- they start new generations from the latest (evaluated) checkpoint of a live
-generation, or return to a checkpoint named in their state -- and whatever is reported
+(``WinnerTakeAllGenetic``, ``PopulationBasedTraining``, ``FixedSchedule``,
+``BranchingSingleMachine``) can hand out next -- they start new generations from the
+latest (evaluated) checkpoint of a live generation or from a worker's own assignment,
+or return to a checkpoint named in their state -- and whatever is reported
 after the snapshot the collection works from is unknown to that snapshot (rule 2). A
 mutator that may restart from other checkpoints (say, the best ever) is covered up to
 ``keep_best``. Between receiving an assignment and calling ``restore`` a worker holds no
@@ -94,10 +96,10 @@ checkpoints are guaranteed readable.
 
 After a collection, the directory holds the retained checkpoints (at most
 ``3 * population_size + keep_best`` plus the mutator's references plus ``keep``; in
-practice (a) and (b) mostly coincide), the
-ones not yet reported, and nothing else of this store's naming; so disk use stays
-bounded over a long run. One collection reads the whole history once (O(history)) and
-lists the directory once.
+practice (a) and (b) mostly coincide), the ones not yet reported, and nothing else of
+this store's naming; so disk use stays bounded over a long run. One collection reads
+the history (O(history): about 0.1 s for 100,000 checkpoints) and lists the directory
+once.
 
 Orbax is used through ``ocp.Checkpointer(ocp.CompositeCheckpointHandler())`` with
 ``ocp.args.Composite`` / ``StandardSave`` / ``StandardRestore`` / ``JsonSave`` /
