@@ -42,3 +42,13 @@ def test_python_dash_m_runs_from_the_repo_root():
         r"^controller\.history: \d+ generations, \d+ checkpoints", proc.stdout, re.MULTILINE
     )
     assert "%|" not in proc.stderr  # --no-progress: no progress bar
+
+
+def test_synthetic_writes_a_loadable_history(tmp_path):
+    from jaxpop import PopulationController
+    from jaxpop.mutators import BranchingSingleMachine
+
+    result = train.main(["--steps", "200", "--no-progress", "--log-dir", str(tmp_path)])
+    mutator = BranchingSingleMachine(train.mutate_fn, train.EXPLOIT_STEPS, train.EXPLORE_STEPS)
+    with PopulationController([{"target": 0.0}], mutator, tmp_path) as pop:
+        assert pop.history.num_checkpoints == result["checkpoints"]

@@ -97,6 +97,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="training steps to run in all, explore branches included (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds w, the noise and the controller")
+    parser.add_argument("--log-dir", default=None, help="keep the controller's state here")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     if args.steps <= 0:
@@ -113,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     mutator = single_worker_explore.BranchingSingleMachine(
         mutate_fn, exploit_steps=EXPLOIT_STEPS, explore_steps=EXPLORE_STEPS
     )
-    population = pop_mod.PopulationController([{"target": START}], mutator, seed=args.seed)
+    population = pop_mod.PopulationController(
+        [{"target": START}], mutator, args.log_dir, seed=args.seed
+    )
 
     # The seed's Quick Start worker loop, with a single worker.
     worker_id = 0
@@ -172,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "checkpoints": history.num_checkpoints,
         "compilations": len(traces),
     }
+    population.close()
     print(f"found target = {target:.4f}  (optimum {OPTIMUM}, started at {START})")
     print(f"final eval loss = {final_loss:.6f}  (initial {initial_loss:.4f})")
     if best is not None:
