@@ -71,6 +71,7 @@ __all__ = [
     "LogDirInUseError",
     "Store",
     "TornRecordWarning",
+    "read_state",
     "state_from_plain",
     "state_to_plain",
 ]
@@ -153,8 +154,14 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _read_frames(path: str, *, allow_torn_tail: bool) -> list[tuple[int, bytes]]:
-    """Returns ``(offset, payload)`` of each frame; handles a torn tail (see module doc)."""
+def _read_frames(
+    path: str, *, allow_torn_tail: bool, repair: bool = True
+) -> list[tuple[int, bytes]]:
+    """Returns ``(offset, payload)`` of each frame; handles a torn tail (see module doc).
+
+    With ``repair=False`` a torn tail is skipped silently and the file is left as it is
+    (a reader of a live run sees the writer's record in flight that way).
+    """
     with open(path, "rb") as f:
         data = f.read()
     frames, offset = [], 0
@@ -176,6 +183,8 @@ def _read_frames(path: str, *, allow_torn_tail: bool) -> list[tuple[int, bytes]]
             offset = end
             continue
         torn = bad.startswith(("an incomplete", "a frame of")) or not any(data[end:])
+        if allow_torn_tail and torn and not repair:
+            return frames
         if allow_torn_tail and torn:
             warnings.warn(
                 f"{path}: dropping a torn final record at offset {offset} ({bad}); the "
@@ -234,6 +243,92 @@ def _write_snapshot(log_dir: str, seq: int, state: PopulationState) -> None:
             os.remove(os.path.join(log_dir, name))
 
 
+def _list(log_dir: str, *, repair: bool) -> tuple[list[int], list[int]]:
+    snapshots, journals = [], []
+    for name in os.listdir(log_dir):
+        if name.endswith(".tmp"):  # an interrupted snapshot write
+            if repair:
+                os.remove(os.path.join(log_dir, name))
+        elif match := _SNAPSHOT_RE.match(name):
+            snapshots.append(int(match.group(1)))
+        elif match := _JOURNAL_RE.match(name):
+            journals.append(int(match.group(1)))
+    return sorted(snapshots), sorted(journals)
+
+
+def _load(log_dir: str, *, repair: bool) -> tuple[PopulationState, int, int, int] | None:
+    """``(state, last segment, records since the snapshot, snapshot size)`` or ``None``."""
+    snapshots, journals = _list(log_dir, repair=repair)
+    if not snapshots:
+        if journals:
+            raise CorruptLogError(f"{log_dir} has journal segments but no snapshot to replay")
+        return None
+    seq = snapshots[-1]
+    path = os.path.join(log_dir, _snapshot_name(seq))
+    frames = _read_frames(path, allow_torn_tail=False)
+    _check_header(path, frames, "snapshot", seq)
+    if len(frames) != 2:
+        raise CorruptLogError(f"{path} has {len(frames)} frames; a snapshot has 2")
+    plain = _decode(path, *frames[1])
+    try:
+        state = state_from_plain(plain)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptLogError(f"{path} does not hold a population state: {e}") from e
+    snapshot_size, records = state.history.num_checkpoints, 0
+    segments = [s for s in journals if s >= seq]
+    if segments and segments != list(range(seq, segments[-1] + 1)):
+        raise CorruptLogError(
+            f"{log_dir}: journal segments {segments} after snapshot {seq} are not "
+            "consecutive; a segment is missing"
+        )
+    for s in segments:
+        path = os.path.join(log_dir, _journal_name(s))
+        last = s == segments[-1]
+        frames = _read_frames(path, allow_torn_tail=last, repair=repair)
+        if not frames and last:  # died (or is) creating the segment: it holds nothing
+            if repair:
+                os.remove(path)
+            segments.pop()
+            break
+        _check_header(path, frames, "journal", s)
+        for offset, payload in frames[1:]:
+            changes = _decode(path, offset, payload)
+            if not isinstance(changes, Changes):
+                raise CorruptLogError(f"{path}: the record at offset {offset} is not Changes")
+            try:
+                state = redo(state, changes)
+            except ValueError as e:
+                raise CorruptLogError(f"{path}, offset {offset}: {e}") from e
+            records += 1
+    return state, max([seq, *segments]), records, snapshot_size
+
+
+def read_state(log_dir: str | os.PathLike, *, attempts: int = 5) -> PopulationState | None:
+    """The state a ``log_dir`` holds, read without the lock and without writing anything.
+
+    For reports and monitoring of a run that may be live: the controller writing the
+    ``log_dir`` is never blocked or disturbed. A record the writer has not finished is
+    left out; if a compaction deletes files while they are being read, the read starts
+    over (up to ``attempts`` times). Returns ``None`` if the directory holds no state.
+
+    Raises:
+      FileNotFoundError: ``log_dir`` does not exist.
+      CorruptLogError: a file is damaged (or keeps changing under every attempt).
+    """
+    log_dir = os.fspath(log_dir)
+    if not os.path.isdir(log_dir):
+        raise FileNotFoundError(f"{log_dir} is not a directory")
+    for attempt in range(attempts):
+        try:
+            loaded = _load(log_dir, repair=False)
+        except (FileNotFoundError, CorruptLogError):
+            if attempt == attempts - 1:
+                raise
+            continue  # a compaction replaced files under us: read the new ones
+        return None if loaded is None else loaded[0]
+    raise AssertionError("unreachable")
+
+
 class Store:
     """The files of one ``log_dir``: lock, journal segments and snapshots.
 
@@ -282,63 +377,16 @@ class Store:
         self.snapshot_error: BaseException | None = None
 
     # -- reading ---------------------------------------------------------------------
-    def _files(self) -> tuple[list[int], list[int]]:
-        snapshots, journals = [], []
-        for name in os.listdir(self.log_dir):
-            if name.endswith(".tmp"):  # an interrupted snapshot write
-                os.remove(os.path.join(self.log_dir, name))
-            elif match := _SNAPSHOT_RE.match(name):
-                snapshots.append(int(match.group(1)))
-            elif match := _JOURNAL_RE.match(name):
-                journals.append(int(match.group(1)))
-        return sorted(snapshots), sorted(journals)
-
     def load(self) -> PopulationState | None:
-        """The state this ``log_dir`` holds, or ``None`` if it holds none yet."""
-        snapshots, journals = self._files()
-        if not snapshots:
-            if journals:
-                raise CorruptLogError(
-                    f"{self.log_dir} has journal segments but no snapshot to replay them on"
-                )
+        """The state this ``log_dir`` holds, or ``None`` if it holds none yet.
+
+        Repairs what a crash left: drops a torn final record (with a warning), an empty
+        last segment and interrupted snapshot files.
+        """
+        loaded = _load(self.log_dir, repair=True)
+        if loaded is None:
             return None
-        seq = snapshots[-1]
-        path = os.path.join(self.log_dir, _snapshot_name(seq))
-        frames = _read_frames(path, allow_torn_tail=False)
-        _check_header(path, frames, "snapshot", seq)
-        if len(frames) != 2:
-            raise CorruptLogError(f"{path} has {len(frames)} frames; a snapshot has 2")
-        plain = _decode(path, *frames[1])
-        try:
-            state = state_from_plain(plain)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CorruptLogError(f"{path} does not hold a population state: {e}") from e
-        self._snapshot_size = state.history.num_checkpoints
-        segments = [s for s in journals if s >= seq]
-        if segments and segments != list(range(seq, segments[-1] + 1)):
-            raise CorruptLogError(
-                f"{self.log_dir}: journal segments {segments} after snapshot {seq} are not "
-                "consecutive; a segment is missing"
-            )
-        for s in segments:
-            path = os.path.join(self.log_dir, _journal_name(s))
-            last = s == segments[-1]
-            frames = _read_frames(path, allow_torn_tail=last)
-            if not frames and last:  # died while creating the segment: it held nothing
-                os.remove(path)
-                segments.pop()
-                break
-            _check_header(path, frames, "journal", s)
-            for offset, payload in frames[1:]:
-                changes = _decode(path, offset, payload)
-                if not isinstance(changes, Changes):
-                    raise CorruptLogError(f"{path}: the record at offset {offset} is not Changes")
-                try:
-                    state = redo(state, changes)
-                except ValueError as e:
-                    raise CorruptLogError(f"{path}, offset {offset}: {e}") from e
-                self._records += 1
-        self._segment = max([seq, *segments])
+        state, self._segment, self._records, self._snapshot_size = loaded
         return state
 
     # -- writing ---------------------------------------------------------------------

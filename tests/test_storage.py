@@ -308,3 +308,54 @@ def test_segment_that_died_before_its_header_is_dropped_and_numbering_continues(
             pop = _run_some(tmp_path, evals=0)
         assert _encoded(pop.state) == before
         pop.close()
+
+
+def test_read_state_never_writes_and_matches_the_controller(tmp_path):
+    pop = _run_some(tmp_path)
+    with open(_journal(tmp_path), "ab") as f:
+        f.write(b"\x07\x00")  # a record in flight
+    open(os.path.join(tmp_path, "snapshot-00000009.jpsnap.tmp"), "wb").write(b"half")
+    files = {n: open(os.path.join(tmp_path, n), "rb").read() for n in os.listdir(tmp_path)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = storage.read_state(tmp_path)  # while the controller holds the lock
+    assert _encoded(state) == _encoded(pop.state)
+    assert {n: open(os.path.join(tmp_path, n), "rb").read() for n in os.listdir(tmp_path)} == files
+    pop.close()
+
+
+def test_read_state_of_missing_or_empty_dir(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        storage.read_state(tmp_path / "nope")
+    assert storage.read_state(tmp_path) is None
+
+
+def test_read_state_of_a_live_run_with_compactions(tmp_path):
+    import threading
+
+    done = threading.Event()
+    seen, errors = [], []
+
+    def reader():
+        while not done.is_set():
+            try:
+                state = storage.read_state(tmp_path)
+            except Exception as e:
+                errors.append(e)
+                return
+            if state is not None:
+                seen.append(state.num_events)
+
+    pop = _run_some(tmp_path, evals=0, compact_after=5)
+    thread = threading.Thread(target=reader)
+    thread.start()
+    workers = Workers(2)
+    for t in range(400):
+        workers.step(pop, t % 2)
+    done.set()
+    thread.join()
+    final = pop.state.num_events
+    pop.close()
+    assert not errors, errors
+    assert len(seen) > 3 and seen == sorted(seen) and seen[-1] <= final
+    assert storage.read_state(tmp_path).num_events == final
