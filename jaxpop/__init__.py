@@ -13,7 +13,13 @@ from jaxpop import core, encoding, hparams, keys, storage
 from jaxpop.core import PopulationState
 from jaxpop.events import Ask, Eval
 from jaxpop.history import GenerationView, History
-from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, Mutator, WinnerTakeAllGenetic
+from jaxpop.mutators import (
+    BranchingSingleMachine,
+    FixedSchedule,
+    Mutator,
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+)
 from jaxpop.population import PopulationController
 from jaxpop.records import ActiveWorker, Checkpoint
 
@@ -30,6 +36,7 @@ __all__ = [
     "History",
     "Mutator",
     "PopulationController",
+    "PopulationBasedTraining",
     "PopulationState",
     "WinnerTakeAllGenetic",
     "core",

@@ -4,22 +4,32 @@
 * :class:`FixedSchedule` -- hyperparameters switch at fixed steps.
 * :class:`BranchingSingleMachine` -- one worker alternates exploit and two-branch
   explore phases.
+* :class:`PopulationBasedTraining` -- asynchronous (or synchronous) PBT: truncation /
+  tournament / winner-take-all selection (:mod:`~jaxpop.mutators.selection`), explore in
+  a declarative space (:mod:`~jaxpop.mutators.explore`).
 
 Write your own by returning a :class:`Mutator` of ``init`` and ``update`` functions.
 """
 
+from jaxpop.mutators import explore, selection
 from jaxpop.mutators.base import Mutator, call_mutate_fn, rank_value, start_generation, takes_key
 from jaxpop.mutators.fixed_schedule import FixedSchedule
+from jaxpop.mutators.pbt import ExploitEvent, PopulationBasedTraining, exploit_events
 from jaxpop.mutators.single_worker_explore import BranchingSingleMachine
 from jaxpop.mutators.winner_take_all_genetic import WinnerTakeAllGenetic
 
 __all__ = [
     "BranchingSingleMachine",
+    "ExploitEvent",
     "FixedSchedule",
     "Mutator",
+    "PopulationBasedTraining",
     "WinnerTakeAllGenetic",
     "call_mutate_fn",
+    "exploit_events",
+    "explore",
     "rank_value",
+    "selection",
     "start_generation",
     "takes_key",
 ]

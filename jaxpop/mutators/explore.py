@@ -1,0 +1,547 @@
+"""Explore: declarative hyperparameter spaces and pure, keyed ways to move within them.
+
+A *space* describes where each hyperparameter may live. It is plain, immutable data: a
+leaf is one of
+
+* :func:`uniform` ``(low, high)`` -- a float in ``[low, high]``;
+* :func:`log_uniform` ``(low, high)`` -- a float in ``[low, high]``, ``0 < low``, drawn
+  uniformly in ``log``;
+* :func:`randint` ``(low, high)`` -- an integer in ``[low, high)`` (``high`` excluded,
+  as in ``numpy`` and Ray Tune);
+* :func:`choice` ``(values)`` -- one of ``values`` (numbers, strings, anything);
+* any other value (a number, a string, ``None``) -- a constant;
+
+and a space is a leaf or a ``dict`` of spaces (nested to any depth). A ``meta_params``
+pytree matches a space when it has a value at every key the space names; keys the space
+does not name are left as they are (so a space may cover only the hyperparameters to
+explore).
+
+Operations (each returns a new pytree and never modifies its arguments):
+
+* :func:`sample` ``(key, space)`` -- a fresh draw from the whole space;
+* :func:`perturb` ``(key, space, meta_params)`` -- each numeric value multiplied by a
+  factor drawn from ``perturbation_factors`` (default ``(0.8, 1.2)``); a choice moves to
+  a neighbouring value in its list; a ``randint`` value moves by at least one;
+* :func:`resample` ``(key, space, meta_params)`` -- each value replaced by a fresh draw
+  with probability ``resample_probability``, else kept;
+* :func:`explore` ``(key, space, meta_params)`` -- each value resampled with
+  probability ``resample_probability`` (default 0.25), else perturbed: the PBT paper's
+  and Ray Tune's explore step;
+* :func:`clip` ``(space, meta_params)`` -- each value projected onto its space.
+
+Every result lies inside the declared space: perturbed values are clipped to
+``[low, high]`` (``[low, high - 1]`` for ``randint``), a choice stays in its list, and a
+constant is always its constant. Each leaf draws from its own subkey (leaves in the
+space's order), so results are a pure function of the key.
+
+Host and device: on Python or numpy values with a concrete key, the arithmetic runs in
+numpy float64 and Python scalars come back as Python scalars (``float`` for
+``uniform`` / ``log_uniform``, ``int`` for ``randint``, the list's own element for
+``choice``), so results are plain data for the journal and stay inside the bounds
+exactly. When the key is traced or a value is a ``jax.Array`` (inside ``jit`` /
+``vmap``, or a population of stacked hyperparameters), the same formulas run in
+``jax.numpy`` and return arrays of the value's dtype; there, bounds hold up to the
+dtype's rounding of ``low`` and ``high``, and a ``choice`` needs numeric values (it works
+on indices: the current value's index is that of the nearest value in the list). Values
+may be arrays of any shape; each element draws independently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Choice",
+    "LogUniform",
+    "RandInt",
+    "Space",
+    "Uniform",
+    "choice",
+    "clip",
+    "explore",
+    "is_space",
+    "log_uniform",
+    "perturb",
+    "randint",
+    "resample",
+    "sample",
+    "uniform",
+    "validate_space",
+]
+
+DEFAULT_FACTORS = (0.8, 1.2)
+
+
+# -- the space leaves ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Uniform:
+    """A float in ``[low, high]``, sampled uniformly. Build with :func:`uniform`."""
+
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LogUniform:
+    """A float in ``[low, high]`` (``low > 0``), sampled uniformly in ``log``."""
+
+    low: float
+    high: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RandInt:
+    """An integer in ``[low, high)``, sampled uniformly. Build with :func:`randint`."""
+
+    low: int
+    high: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One of ``values`` (a tuple), sampled uniformly. Build with :func:`choice`."""
+
+    values: tuple
+    numeric: bool = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "numeric", all(_is_number(v) for v in self.values))
+
+
+Space = Uniform | LogUniform | RandInt | Choice
+_LEAVES = (Uniform, LogUniform, RandInt, Choice)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _finite_pair(name: str, low: Any, high: Any) -> tuple[float, float]:
+    if not (_is_number(low) and _is_number(high)):
+        raise TypeError(f"{name}(low, high) takes two numbers, got {low!r} and {high!r}")
+    low, high = float(low), float(high)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"{name} needs finite low < high, got ({low}, {high})")
+    return low, high
+
+
+def uniform(low: float, high: float) -> Uniform:
+    """A float hyperparameter in ``[low, high]`` (Ray Tune: ``tune.uniform``)."""
+    return Uniform(*_finite_pair("uniform", low, high))
+
+
+def log_uniform(low: float, high: float) -> LogUniform:
+    """A positive float in ``[low, high]``, uniform in ``log`` (Ray Tune: ``tune.loguniform``)."""
+    low, high = _finite_pair("log_uniform", low, high)
+    if low <= 0:
+        raise ValueError(f"log_uniform needs 0 < low, got low={low}")
+    return LogUniform(low, high)
+
+
+def randint(low: int, high: int) -> RandInt:
+    """An integer hyperparameter in ``[low, high)`` (Ray Tune: ``tune.randint``)."""
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (low, high)):
+        raise TypeError(f"randint(low, high) takes two ints, got {low!r} and {high!r}")
+    if not low < high:
+        raise ValueError(f"randint needs low < high (high is excluded), got ({low}, {high})")
+    return RandInt(int(low), int(high))
+
+
+def choice(values: Sequence[Any]) -> Choice:
+    """One of ``values`` (Ray Tune: ``tune.choice``, or a list in ``hyperparam_mutations``).
+
+    Perturbing moves to a neighbour in this order, so list ordered values in order.
+    """
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Sequence):
+        raise TypeError(f"choice takes a list or tuple of values, got {values!r:.80}")
+    if not values:
+        raise ValueError("choice needs at least one value")
+    return Choice(tuple(values))
+
+
+def is_space(x: Any) -> bool:
+    """Whether ``x`` is a space leaf (``uniform``, ``log_uniform``, ``randint``, ``choice``)."""
+    return isinstance(x, _LEAVES)
+
+
+# -- walking a space ---------------------------------------------------------------------
+Path = tuple[Any, ...]
+
+
+def _where(path: Path) -> str:
+    return "meta_params" + "".join(f"[{k!r}]" for k in path)
+
+
+def _leaves(space: Any, meta: Any, path: Path, out: list) -> None:
+    """Appends ``(path, leaf_space, value)`` for every space leaf, in the space's order."""
+    if isinstance(space, _LEAVES):
+        out.append((path, space, meta))
+    elif isinstance(space, Mapping):
+        if meta is not _NO_VALUE and not isinstance(meta, Mapping):
+            raise TypeError(
+                f"{_where(path)} is a {type(meta).__name__}, but the space has a dict "
+                f"there (keys {list(space)})"
+            )
+        for k, sub in space.items():
+            if meta is _NO_VALUE:
+                value = _NO_VALUE
+            elif k in meta:
+                value = meta[k]
+            elif not _has_leaves(sub):
+                value = _NO_VALUE  # a constant needs no initial value
+            else:
+                raise KeyError(
+                    f"{_where((*path, k))} is missing: the space explores it; add an initial "
+                    "value to every worker's meta_params (or draw them with sample)"
+                )
+            _leaves(sub, value, (*path, k), out)
+    elif isinstance(space, (list, tuple, set, frozenset)):
+        raise TypeError(
+            f"the space holds a {type(space).__name__} at {_where(path)}: write choice([...]) "
+            "for a choice between values (a space is a leaf or a dict of spaces)"
+        )
+
+
+def _has_leaves(space: Any) -> bool:
+    if isinstance(space, _LEAVES):
+        return True
+    return isinstance(space, Mapping) and any(_has_leaves(sub) for sub in space.values())
+
+
+def _rebuild(space: Any, meta: Any, new: Any) -> Any:
+    """``meta`` with every space leaf replaced by ``next(new)`` and constants set."""
+    if isinstance(space, _LEAVES):
+        return next(new)
+    if isinstance(space, Mapping):
+        out = {} if meta is _NO_VALUE else dict(meta)
+        for k, sub in space.items():
+            value = _NO_VALUE if meta is _NO_VALUE or k not in meta else meta[k]
+            out[k] = _rebuild(sub, value, new)
+        if meta is not _NO_VALUE and not isinstance(meta, dict):
+            return type(meta)(out)
+        return out
+    return space  # a constant
+
+
+class _NoValue:
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+_NO_VALUE = _NoValue()
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _uniform_draws(key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[jax.Array, ...]:
+    """Three uniforms in ``[0, 1)`` per element of each leaf: (resample?, sample, move)."""
+    keys = jax.random.split(key, len(shapes))
+    return tuple(jax.random.uniform(k, (3, *s)) for k, s in zip(keys, shapes, strict=True))
+
+
+def _is_traced(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _on_device(key: Any, leaves: list) -> bool:
+    return _is_traced(key) or any(isinstance(v, jax.Array) for _, _, v in leaves)
+
+
+# -- one leaf ---------------------------------------------------------------------------
+def _sample_numeric(space: Space, u: Any, xp: Any) -> Any:
+    if isinstance(space, Uniform):
+        return xp.clip(space.low + u * (space.high - space.low), space.low, space.high)
+    if isinstance(space, LogUniform):
+        lo, hi = math.log(space.low), math.log(space.high)
+        return xp.clip(xp.exp(lo + u * (hi - lo)), space.low, space.high)
+    # RandInt
+    return xp.clip(xp.floor(space.low + u * (space.high - space.low)), space.low, space.high - 1)
+
+
+def _factor(u: Any, factors: tuple[float, ...], xp: Any) -> Any:
+    index = xp.clip(xp.floor(u * len(factors)), 0, len(factors) - 1).astype(np.int32)
+    return xp.asarray(factors, dtype=u.dtype)[index]
+
+
+def _perturb_numeric(space: Space, x: Any, u: Any, factors: tuple[float, ...], xp: Any) -> Any:
+    f = _factor(u, factors, xp)
+    if isinstance(space, RandInt):
+        x = xp.round(x)
+        moved = xp.round(x * f)
+        # a small integer times 0.8 or 1.2 rounds back to itself: move by one instead
+        moved = xp.where(moved == x, x + xp.sign(f - 1.0), moved)
+        return xp.clip(moved, space.low, space.high - 1)
+    return xp.clip(x * f, space.low, space.high)
+
+
+def _clip_numeric(space: Space, x: Any, xp: Any) -> Any:
+    if isinstance(space, RandInt):
+        return xp.clip(xp.round(x), space.low, space.high - 1)
+    return xp.clip(x, space.low, space.high)
+
+
+def _nearest_index(values: Any, x: Any, xp: Any) -> Any:
+    return xp.argmin(xp.abs(values - x[..., None]), axis=-1).astype(np.int32)
+
+
+def _neighbour(index: Any, u: Any, n: int, xp: Any) -> Any:
+    """One step left or right (each with probability 1/2), reflected at the ends."""
+    step = xp.where(u < 0.5, -1, 1)
+    moved = index + step
+    moved = xp.where((moved < 0) | (moved >= n), index - step, moved)
+    return xp.clip(moved, 0, n - 1).astype(np.int32)
+
+
+def _host_choice_index(space: Choice, value: Any, path: Path) -> int | None:
+    """The index of ``value`` in the list (exact match, else nearest number), or None."""
+    for i, v in enumerate(space.values):
+        if _is_number(v) == _is_number(value) and v == value:
+            return i
+    if space.numeric and _is_number(value):
+        return int(np.argmin([abs(float(v) - float(value)) for v in space.values]))
+    return None
+
+
+def _leaf(
+    op: str,
+    space: Space,
+    value: Any,
+    u: Any,
+    xp: Any,
+    path: Path,
+    probability: float,
+    factors: tuple[float, ...],
+) -> Any:
+    """The new value of one leaf. ``op``: sample / perturb / resample / explore / clip."""
+    if isinstance(space, Choice):
+        return _choice_leaf(op, space, value, u, xp, path, probability)
+    if op == "sample":
+        return _sample_numeric(space, u[1], xp)
+    if op == "clip":
+        return _clip_numeric(space, value, xp)
+    if op == "resample":
+        kept = _clip_numeric(space, value, xp)
+    else:  # perturb, explore
+        kept = _perturb_numeric(space, value, u[2], factors, xp)
+    if op == "perturb" or probability <= 0:
+        return kept
+    return xp.where(u[0] < probability, _sample_numeric(space, u[1], xp), kept)
+
+
+def _choice_leaf(
+    op: str, space: Choice, value: Any, u: Any, xp: Any, path: Path, probability: float
+) -> Any:
+    n = len(space.values)
+    fresh = None if u is None else _clip_index(xp.floor(u[1] * n), n, xp)
+    if op == "sample":
+        if xp is jnp and not space.numeric:
+            raise TypeError(
+                f"{_where(path)}: a choice between non-numbers ({list(space.values)!r:.80}) "
+                "cannot be sampled with a traced key"
+            )
+        return fresh
+    if xp is jnp or np.ndim(value) > 0:
+        if not space.numeric:
+            raise TypeError(
+                f"{_where(path)}: a choice between non-numbers ({list(space.values)!r:.80}) "
+                "works on host values only (Python or numpy), not on jax arrays"
+            )
+        dtype = jnp.asarray(0.0).dtype if xp is jnp else np.float64
+        values = xp.asarray(space.values, dtype=dtype)
+        current = _nearest_index(values, xp.asarray(value, dtype=dtype), xp)
+    else:
+        current = _host_choice_index(space, value, path)
+        if current is None:
+            if op == "clip":
+                raise ValueError(
+                    f"{_where(path)} = {value!r:.60} is not one of the choice's values "
+                    f"{list(space.values)!r:.120}"
+                )
+            return fresh  # an unknown value is replaced by a fresh draw
+    if op == "clip":
+        return current
+    kept = current if op == "resample" else _neighbour(current, u[2], n, xp)
+    if op == "perturb" or probability <= 0:
+        return kept
+    return xp.where(u[0] < probability, fresh, kept)
+
+
+def _clip_index(index: Any, n: int, xp: Any) -> Any:
+    return xp.clip(index, 0, n - 1).astype(np.int32)
+
+
+# -- turning a leaf's result into the value's own kind -----------------------------------
+def _finish_host(space: Space, new: Any, value: Any) -> Any:
+    if isinstance(space, Choice):
+        if np.ndim(new) == 0 and not isinstance(value, (np.ndarray, np.generic)):
+            return space.values[int(new)]
+        out = np.asarray(space.values)[new]
+        return out if value is _NO_VALUE else out.astype(value.dtype)
+    python = value is _NO_VALUE or not isinstance(value, (np.ndarray, np.generic))
+    if isinstance(space, RandInt):
+        if python:
+            return int(new)
+        return np.asarray(new).astype(value.dtype)
+    if python:
+        return float(new)
+    dtype = value.dtype if np.issubdtype(value.dtype, np.floating) else np.float64
+    out = np.clip(np.asarray(new).astype(dtype), space.low, space.high).astype(dtype)
+    return out[()] if isinstance(value, np.generic) else out
+
+
+def _finish_device(space: Space, new: Any, value: Any) -> Any:
+    if isinstance(space, Choice):
+        values = jnp.asarray(space.values)
+        out = values[new]
+        return out if value is _NO_VALUE else out.astype(jnp.asarray(value).dtype)
+    if value is _NO_VALUE:
+        dtype = jnp.asarray(0 if isinstance(space, RandInt) else 0.0).dtype
+    else:
+        dtype = jnp.asarray(value).dtype
+        if not isinstance(space, RandInt) and not jnp.issubdtype(dtype, jnp.floating):
+            dtype = jnp.asarray(0.0).dtype
+    return new.astype(dtype)
+
+
+def _check_value(space: Space, value: Any, path: Path) -> None:
+    if value is _NO_VALUE or isinstance(space, Choice) or isinstance(value, jax.Array):
+        return
+    if _is_number(value):
+        return
+    if isinstance(value, (np.ndarray, np.generic)) and np.issubdtype(value.dtype, np.number):
+        return
+    raise TypeError(
+        f"{_where(path)} = {value!r:.60} is a {type(value).__name__}, but its space "
+        f"{space} needs a number"
+    )
+
+
+def _apply(
+    op: str,
+    key: Any,
+    space: Any,
+    meta: Any,
+    probability: float = 0.0,
+    factors: tuple[float, ...] = DEFAULT_FACTORS,
+) -> Any:
+    leaves: list = []
+    _leaves(space, meta, (), leaves)
+    for path, leaf_space, value in leaves:
+        _check_value(leaf_space, value, path)
+    device = _on_device(key, leaves)
+    xp = jnp if device else np
+    shapes = tuple(() if v is _NO_VALUE else tuple(np.shape(v)) for _, _, v in leaves)
+    if op == "clip" or not leaves:
+        draws: Sequence[Any] = [None] * len(leaves)
+    else:
+        draws = _uniform_draws(key, shapes)
+        if not device:
+            draws = [np.asarray(d, dtype=np.float64) for d in draws]
+    new = []
+    for (path, leaf_space, value), u in zip(leaves, draws, strict=True):
+        x = value
+        if x is not _NO_VALUE and not isinstance(leaf_space, Choice):
+            x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
+            if device and not jnp.issubdtype(x.dtype, jnp.floating):
+                x = x.astype(jnp.asarray(0.0).dtype)
+        result = _leaf(op, leaf_space, x, u, xp, path, probability, factors)
+        finish = _finish_device if device else _finish_host
+        new.append(finish(leaf_space, result, value))
+    return _rebuild(space, meta, iter(new))
+
+
+def _check_probability(p: float) -> float:
+    if _is_traced(p) or not _is_number(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"resample_probability must be a number in [0, 1], got {p!r}")
+    return float(p)
+
+
+def _check_factors(factors: Sequence[float]) -> tuple[float, ...]:
+    factors = tuple(factors)
+    if not factors or not all(_is_number(f) and math.isfinite(f) and f > 0 for f in factors):
+        raise ValueError(
+            f"perturbation_factors must be a non-empty sequence of positive numbers, "
+            f"got {factors!r}"
+        )
+    return tuple(float(f) for f in factors)
+
+
+# -- the public operations ------------------------------------------------------------------
+def validate_space(space: Any) -> None:
+    """Raises ``TypeError`` if ``space`` is not a space (a leaf, a constant or a dict)."""
+    _leaves(space, _NO_VALUE, (), [])
+
+
+def sample(key: Any, space: Any) -> Any:
+    """A fresh draw from ``space``: a pytree with the space's structure.
+
+    On the host (a numpy or Python key), numbers come back as Python ``float`` /
+    ``int``; with a traced key, as ``jax`` arrays (``float32`` / ``int32`` by default).
+    """
+    return _apply("sample", key, space, _NO_VALUE)
+
+
+def perturb(
+    key: Any,
+    space: Any,
+    meta_params: Any,
+    *,
+    perturbation_factors: Sequence[float] = DEFAULT_FACTORS,
+) -> Any:
+    """``meta_params`` with every value the space names moved a little, inside the space.
+
+    A ``uniform`` / ``log_uniform`` value is multiplied by a factor drawn uniformly from
+    ``perturbation_factors`` and clipped to ``[low, high]``; a ``randint`` value likewise,
+    rounded, and moved by at least one in the factor's direction, then clipped to
+    ``[low, high - 1]``; a ``choice`` moves to the value before or after it in the list
+    (each with probability 1/2; at either end, to its only neighbour). A value not in its
+    choice's list is first mapped to the nearest number in it (or, for non-numbers,
+    replaced by a fresh draw). Constants are set to the constant.
+    """
+    factors = _check_factors(perturbation_factors)
+    return _apply("perturb", key, space, meta_params, 0.0, factors)
+
+
+def resample(key: Any, space: Any, meta_params: Any, *, resample_probability: float = 1.0) -> Any:
+    """Each value redrawn from its space with probability ``resample_probability``.
+
+    Values that are not redrawn are clipped to their space (see :func:`clip`).
+    """
+    p = _check_probability(resample_probability)
+    return _apply("resample", key, space, meta_params, p)
+
+
+def explore(
+    key: Any,
+    space: Any,
+    meta_params: Any,
+    *,
+    resample_probability: float = 0.25,
+    perturbation_factors: Sequence[float] = DEFAULT_FACTORS,
+) -> Any:
+    """PBT's explore: each value resampled with ``resample_probability``, else perturbed.
+
+    The draw is independent for each value (each hyperparameter, and each element of an
+    array value). See :func:`perturb` and :func:`resample`.
+    """
+    p = _check_probability(resample_probability)
+    factors = _check_factors(perturbation_factors)
+    return _apply("explore", key, space, meta_params, p, factors)
+
+
+def clip(space: Any, meta_params: Any) -> Any:
+    """``meta_params`` with every value the space names projected onto its space.
+
+    Floats are clipped to ``[low, high]``; ``randint`` values rounded and clipped to
+    ``[low, high - 1]``; a number not in its choice's list becomes the nearest one
+    (a non-number not in the list raises ``ValueError``); constants are set.
+    """
+    return _apply("clip", None, space, meta_params)

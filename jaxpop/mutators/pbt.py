@@ -1,0 +1,406 @@
+"""``PopulationBasedTraining``: the PBT paper's exploit/explore loop as a jaxpop mutator.
+
+Population based training (Jaderberg et al. 2017, arXiv 1711.09846) trains a population
+of workers and, now and then, lets a worker that is doing badly copy the weights of one
+that is doing well (*exploit*) and move the copied hyperparameters a little (*explore*).
+This mutator implements it with the option names of Ray Tune's ``PopulationBasedTraining``
+where they mean the same thing (``docs/pbt.md`` maps every option).
+
+When a worker decides. A worker is *ready* when its latest evaluation, in its current
+generation, lies at least ``perturbation_interval`` steps (``time_attr="step"``) or
+seconds (``time_attr="time"``) after its last decision -- the start of its current
+generation, or the last time it was ready and kept going -- and, with a
+``burn_in_period``, when that evaluation is at least ``burn_in_period`` steps into
+training (or seconds after the population started).
+
+What it decides. Asynchronous (the default): a ready worker is compared, at once, with
+the latest scores of the other workers -- it never waits for a straggler. Each worker's
+score is its latest value (``metric="last"``) or the mean of its values since its last
+decision (``metric="mean"``); a worker whose current generation has no evaluation yet
+(it just exploited, or never reported) takes no part: it is never copied. The
+``selection`` (truncation by default, see :mod:`jaxpop.mutators.selection`) says whether
+the ready worker copies a better one. Synchronous (``synch=True``): nothing happens until
+*every* worker is ready; then all decide together from one selection.
+
+Exploit and explore. A worker that copies member ``j`` gets ``j``'s latest evaluated
+checkpoint (its ``params`` -- the pytree or handle stored there -- and its ``step``) and
+starts a new generation whose first checkpoint's ``parent`` is exactly that checkpoint,
+with new hyperparameters: the checkpoint's ``meta_params`` explored in
+``hyperparam_space`` (perturbed, or resampled with ``resample_probability``; see
+:mod:`jaxpop.mutators.explore`), then passed to ``custom_explore_fn`` if given, then
+clipped to the space. The new hyperparameters are in the new generation's
+``meta_params``: a worker that restores the copied checkpoint's optimizer state writes
+them into it (``jaxpop.hparams.set_hparams``), so a restored checkpoint can never bring
+the parent's old hyperparameters back. A ready worker that does not copy keeps training
+its generation; only its decision marker moves.
+
+State (plain data, journaled with the run)::
+
+    {"num_exploits": int, "num_decisions": int,
+     "last_decision": {worker_id: (generation_id, step_or_time)},
+     "start_time": float | None}
+
+Exploits are first-class in the history: :func:`exploit_events` lists every one from
+the lineage (which generation copied which checkpoint, hyperparameters before and
+after, step and time).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxpop.history import History
+from jaxpop.mutators import explore as explore_lib
+from jaxpop.mutators import selection as selection_lib
+from jaxpop.mutators.base import (
+    Mutator,
+    MutatorResult,
+    Workers,
+    call_mutate_fn,
+    start_generation,
+    takes_key,
+)
+from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef
+
+__all__ = ["ExploitEvent", "PopulationBasedTraining", "exploit_events"]
+
+_SELECTIONS = {
+    "truncation": None,  # bound with quantile_fraction below
+    "tournament": selection_lib.tournament,
+    "winner_take_all": selection_lib.winner_take_all,
+}
+_RAY_TIME_ATTRS = {"training_iteration": "step", "time_total_s": "time"}
+
+
+class ExploitEvent(NamedTuple):
+    """One branch of the lineage: a generation that started from another's checkpoint.
+
+    Attributes:
+      generation_id: the new generation.
+      source: the checkpoint it copied, ``(generation_id, step)``.
+      step: the step it started at (the source's step).
+      time: when it was created.
+      meta_params_before: the source checkpoint's hyperparameters (``None`` if the
+        source is not in the history).
+      meta_params_after: the new generation's hyperparameters.
+      source_value: the source checkpoint's evaluation (``None`` if it has none).
+    """
+
+    generation_id: str
+    source: CheckpointRef
+    step: int
+    time: float
+    meta_params_before: Any
+    meta_params_after: Any
+    source_value: float | None
+
+
+def exploit_events(history: History, *, since_time: float | None = None) -> list[ExploitEvent]:
+    """Every exploit recorded in ``history``, in the order the generations were created.
+
+    An exploit is a generation whose first checkpoint's ``parent`` belongs to another
+    generation. For :class:`PopulationBasedTraining` that is exactly one exploit; other
+    mutators' generation changes (a schedule switching, a winner-take-all round) show up
+    the same way. A pure query: O(number of generations).
+
+    Args:
+      history: the run's history (``controller.history`` or ``state.history``).
+      since_time: keep only events created at ``time >= since_time``.
+    """
+    events = []
+    for generation_id in history:
+        first = history.first(generation_id)
+        parent = first.parent
+        if parent is None or parent[0] == generation_id:
+            continue
+        if since_time is not None and first.time < since_time:
+            continue
+        source = history.get_checkpoint(*parent)
+        events.append(
+            ExploitEvent(
+                generation_id=generation_id,
+                source=tuple(parent),
+                step=first.step,
+                time=first.time,
+                meta_params_before=None if source is None else source.meta_params,
+                meta_params_after=first.meta_params,
+                source_value=None if source is None else source.value,
+            )
+        )
+    return events
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {'positive' if positive else '>= 0'}, got {value}")
+    return value
+
+
+def _dense_ranks(scores: Sequence[float], mode: str) -> np.ndarray:
+    """Exact ordinal scores (0 = best, ties equal, non-finite +inf) as float32."""
+    values = np.asarray(scores, dtype=np.float64)
+    if mode == "max":
+        values = -values
+    finite = np.isfinite(values)
+    ranks = np.full(values.shape, np.inf, dtype=np.float32)
+    if finite.any():
+        _, inverse = np.unique(values[finite], return_inverse=True)
+        ranks[finite] = inverse.astype(np.float32)
+    return ranks
+
+
+class PopulationBasedTraining(Mutator):
+    """Population based training: asynchronous exploit and explore (PBT paper, Ray Tune).
+
+    Args:
+      perturbation_interval: how long a worker trains between decisions, in steps
+        (``time_attr="step"``) or seconds (``time_attr="time"``). Ray Tune:
+        ``perturbation_interval``.
+      hyperparam_space: the space to explore (see :mod:`jaxpop.mutators.explore`): a
+        dict of ``uniform`` / ``log_uniform`` / ``randint`` / ``choice`` leaves and
+        constants; keys it does not name are copied unchanged. Ray Tune:
+        ``hyperparam_mutations``.
+      time_attr: ``"step"`` (the training step the worker reports) or ``"time"``
+        (seconds of the controller's clock). Ray Tune: ``time_attr``
+        (``"training_iteration"`` is ``"step"``).
+      burn_in_period: no decision before a worker's evaluation at this step (or this
+        many seconds after the population started). Ray Tune: ``burn_in_period``.
+      mode: ``"min"`` (lower values are better, jaxpop's convention) or ``"max"``. Ray
+        Tune: ``mode``.
+      metric: how a worker's score is formed from the values its current generation
+        reported since its last decision: ``"last"`` (the latest) or ``"mean"``. (Ray
+        Tune's ``metric`` names a reported field; a jaxpop worker reports one value.)
+      selection: ``"truncation"`` (default), ``"tournament"``, ``"winner_take_all"``,
+        or a function ``(key, ranks) -> indices`` over exact ranks (0 best, ties equal,
+        ``inf`` for non-finite scores) that returns, for each compared member, the index
+        of the member to copy (itself to keep going). See
+        :mod:`jaxpop.mutators.selection`.
+      quantile_fraction: for truncation: the bottom fraction copies from the top
+        fraction, in ``[0, 0.5]``. Ray Tune: ``quantile_fraction``.
+      resample_probability: per hyperparameter, the probability of a fresh draw from
+        the space instead of a perturbation. Ray Tune: ``resample_probability``.
+      perturbation_factors: a perturbed number is multiplied by one of these, drawn
+        uniformly, then clipped to its space. Ray Tune: ``perturbation_factors``.
+      custom_explore_fn: ``fn(meta_params) -> meta_params`` or
+        ``fn(meta_params, key) -> meta_params``, applied after the space's explore (the
+        result is clipped to the space). Ray Tune: ``custom_explore_fn``.
+      synch: wait until every worker is ready, then decide for all at once. Ray Tune:
+        ``synch``.
+
+    At least one of ``hyperparam_space`` and ``custom_explore_fn`` is required.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        *,
+        perturbation_interval: float,
+        hyperparam_space: Any = None,
+        time_attr: Literal["step", "time"] = "step",
+        burn_in_period: float = 0,
+        mode: Literal["min", "max"] = "min",
+        metric: Literal["last", "mean"] = "last",
+        selection: str | Callable[[Any, Any], Any] = "truncation",
+        quantile_fraction: float = 0.25,
+        resample_probability: float = 0.25,
+        perturbation_factors: Sequence[float] = (0.8, 1.2),
+        custom_explore_fn: Callable[..., Any] | None = None,
+        synch: bool = False,
+    ):
+        interval = _check_number("perturbation_interval", perturbation_interval, positive=True)
+        burn_in = _check_number("burn_in_period", burn_in_period, positive=False)
+        if time_attr not in ("step", "time"):
+            hint = ""
+            if time_attr in _RAY_TIME_ATTRS:
+                hint = f' (Ray Tune\'s "{time_attr}" is jaxpop\'s "{_RAY_TIME_ATTRS[time_attr]}")'
+            raise ValueError(f'time_attr must be "step" or "time", got {time_attr!r}{hint}')
+        if mode not in ("min", "max"):
+            raise ValueError(f'mode must be "min" (lower is better) or "max", got {mode!r}')
+        if metric not in ("last", "mean"):
+            raise ValueError(
+                f'metric must be "last" or "mean" (how each worker\'s values since its last '
+                f"decision are combined into its score), got {metric!r}; a jaxpop worker "
+                "reports one value with set_eval, so Ray Tune's metric name has no "
+                "counterpart here"
+            )
+        if hyperparam_space is None and custom_explore_fn is None:
+            raise ValueError(
+                "PopulationBasedTraining needs hyperparam_space, custom_explore_fn or both "
+                "(how an exploiting worker's hyperparameters change)"
+            )
+        if hyperparam_space is not None:
+            explore_lib.validate_space(hyperparam_space)
+        factors = tuple(perturbation_factors)
+        if not factors or not all(
+            isinstance(f, numbers.Real) and math.isfinite(f) and f > 0 for f in factors
+        ):
+            raise ValueError(f"perturbation_factors must be positive numbers, got {factors!r}")
+        if not isinstance(resample_probability, numbers.Real) or not (
+            0 <= resample_probability <= 1
+        ):
+            raise ValueError(
+                f"resample_probability must be in [0, 1], got {resample_probability!r}"
+            )
+        select = _make_selection(selection, quantile_fraction)
+        wants_key = custom_explore_fn is not None and takes_key(custom_explore_fn, 1)
+        by_step = time_attr == "step"
+
+        def init() -> dict:
+            return {"num_exploits": 0, "num_decisions": 0, "last_decision": {}, "start_time": None}
+
+        def t_of(checkpoint: Checkpoint) -> float:
+            return checkpoint.step if by_step else checkpoint.time
+
+        def marker(state: dict, history: History, worker_id: int, generation_id: str):
+            last = state["last_decision"].get(worker_id)
+            if last is not None and last[0] == generation_id:
+                return last[1]
+            return t_of(history.first(generation_id))
+
+        def is_ready(state: dict, history: History, worker_id: int, worker: ActiveWorker) -> bool:
+            latest = history.latest_evaluated(worker.generation_id)
+            if latest is None:
+                return False
+            if t_of(latest) - marker(state, history, worker_id, worker.generation_id) < interval:
+                return False
+            if burn_in:
+                since = latest.step if by_step else latest.time - state["start_time"]
+                if since < burn_in:
+                    return False
+            return True
+
+        def score(state: dict, history: History, worker_id: int, generation_id: str):
+            """The worker's score, or ``None`` if its generation has no evaluation."""
+            latest = history.latest_evaluated(generation_id)
+            if latest is None:
+                return None
+            if metric == "last":
+                return latest.value
+            since = marker(state, history, worker_id, generation_id)
+            window = (
+                history.evaluated(generation_id, min_step=since)
+                if by_step
+                else history.evaluated(generation_id, min_time=since)
+            ) or [latest]
+            values = [c.value for c in window]
+            if not all(map(math.isfinite, values)):
+                return math.nan
+            return math.fsum(v / len(values) for v in values)
+
+        def compare(state, history, workers, key):
+            """Selection over every worker that has a score: ``{worker_id: parent_id}``."""
+            members, scores = [], []
+            for i, w in enumerate(workers):
+                s = score(state, history, i, w.generation_id)
+                if s is not None:
+                    members.append(i)
+                    scores.append(s)
+            if len(members) < 2:
+                return {i: i for i in members}
+            chosen = np.asarray(select(key, _dense_ranks(scores, mode)))
+            if chosen.shape != (len(members),):
+                raise ValueError(
+                    f"selection returned shape {chosen.shape} for {len(members)} members"
+                )
+            return {i: members[int(c)] for i, c in zip(members, chosen, strict=True)}
+
+        def new_meta_params(source: Checkpoint, space_key, fn_key) -> Any:
+            meta = source.meta_params
+            if hyperparam_space is not None:
+                meta = explore_lib.explore(
+                    space_key,
+                    hyperparam_space,
+                    meta,
+                    resample_probability=resample_probability,
+                    perturbation_factors=factors,
+                )
+            if custom_explore_fn is not None:
+                meta = call_mutate_fn(custom_explore_fn, wants_key, (meta,), fn_key)
+                if hyperparam_space is not None:
+                    meta = explore_lib.clip(hyperparam_space, meta)
+            return meta
+
+        def update(
+            state: Any, workers: Workers, history: History, now: float, key: np.ndarray
+        ) -> MutatorResult:
+            if burn_in and not by_step and state["start_time"] is None:
+                state = {**state, "start_time": _start_time(history)}
+            ready = [i for i, w in enumerate(workers) if is_ready(state, history, i, w)]
+            if not ready or (synch and len(ready) < len(workers)):
+                return state, workers, ()
+            n = len(workers)
+            keys = _split(key, 3 * n)
+            new_workers = list(workers)
+            last_decision = dict(state["last_decision"])
+            new_checkpoints = []
+            num_exploits = 0
+            if synch:
+                parents = compare(state, history, workers, keys[0])
+            for i in ready:
+                if not synch:  # against the population as it is now, earlier decisions included
+                    parents = compare(
+                        {**state, "last_decision": last_decision}, history, new_workers, keys[i]
+                    )
+                parent = parents.get(i, i)
+                gen = workers[i].generation_id
+                if parent == i:
+                    last_decision[i] = (gen, t_of(history.latest_evaluated(gen)))
+                    continue
+                # in synch mode, the parent's checkpoint from before this round's decisions
+                source = history.latest_evaluated(workers[parent].generation_id)
+                meta = new_meta_params(source, keys[n + i], keys[2 * n + i])
+                worker, start = start_generation(source, meta, key, i, now)
+                new_workers[i] = worker
+                new_checkpoints.append(start)
+                last_decision[i] = (start.generation_id, t_of(start))
+                num_exploits += 1
+            new_state = {
+                **state,
+                "num_exploits": state["num_exploits"] + num_exploits,
+                "num_decisions": state["num_decisions"] + len(ready),
+                "last_decision": last_decision,
+            }
+            return new_state, tuple(new_workers), tuple(new_checkpoints)
+
+        return super().__new__(cls, init, update)
+
+
+_split_jit = jax.jit(jax.random.split, static_argnums=1)
+
+
+def _split(key: np.ndarray, num: int) -> np.ndarray:
+    """``jaxpop.keys.split_key`` (same keys), jitted: a few us instead of ~100 on the host."""
+    return np.asarray(_split_jit(np.asarray(key, np.uint32), num), dtype=np.uint32)
+
+
+def _start_time(history: History) -> float:
+    """When the population started: the earliest first checkpoint of any generation."""
+    return min(history.first(g).time for g in history)
+
+
+def _make_selection(selection: Any, quantile_fraction: float) -> Callable[[Any, Any], Any]:
+    if callable(selection):
+        return selection
+    if selection not in _SELECTIONS:
+        raise ValueError(
+            f"selection must be one of {sorted(_SELECTIONS)} or a function "
+            f"(key, ranks) -> indices, got {selection!r}"
+        )
+    if selection == "truncation":
+        selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
+        fraction = float(quantile_fraction)
+
+        def truncation(key, ranks):
+            return selection_lib.truncation(key, ranks, quantile_fraction=fraction)
+
+        return truncation
+    return _SELECTIONS[selection]

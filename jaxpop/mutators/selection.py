@@ -1,0 +1,191 @@
+"""Selection: which member of a population each member should copy.
+
+Every function here maps a PRNG key and a vector of scores, shape ``(n,)``, to a vector
+of member indices, shape ``(n,)`` and dtype ``int32``: entry ``i`` is the member that
+member ``i`` should copy (its weights and hyperparameters), or ``i`` itself when it keeps
+going. They share three rules:
+
+* **Direction.** ``mode="min"`` (the default, jaxpop's convention: lower is better) or
+  ``mode="max"``.
+* **Non-finite scores rank worst.** NaN, ``+inf`` and ``-inf`` all rank below every
+  finite score, whatever the mode, and a member with a non-finite score is never
+  copied.
+* **Only a strictly better member is copied.** A member never copies one whose score
+  equals its own, so ties (and a population whose scores are all equal) copy nobody,
+  and a population of one never changes.
+
+The functions are written with ``jax.numpy`` and ``jax.random`` and use no Python
+control flow on values, so they run eagerly on a few host floats (a raw ``uint32[2]``
+numpy key works directly) and inside ``jit`` / ``vmap`` on device arrays. ``mode`` and
+``quantile_fraction`` are static: they are compiled into the function. Each public
+function is already jitted (one compilation per population size), which keeps a host
+call to tens of microseconds.
+
+* :func:`winner_take_all` -- every member copies the best one.
+* :func:`truncation` -- members in the bottom ``quantile_fraction`` copy a member drawn
+  uniformly from the top ``quantile_fraction`` (the PBT paper's "truncation selection",
+  Ray Tune's ``quantile_fraction``).
+* :func:`tournament` -- binary tournament: each member is compared with one other
+  member drawn uniformly, and copies it if it is worse.
+
+All three are ordinal: they depend only on the order of the scores and on ties, never on
+their magnitudes. A host caller may therefore pass exact ranks instead of scores (as
+:class:`jaxpop.mutators.pbt.PopulationBasedTraining` does) to keep float64 ties exact
+where ``jax`` computes in float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "Mode",
+    "SelectionFn",
+    "canonical_scores",
+    "num_in_quantile",
+    "tournament",
+    "truncation",
+    "winner_take_all",
+]
+
+Mode = Literal["min", "max"]
+#: ``(key, scores) -> indices``: a selection with its options bound, scores lower-is-better.
+SelectionFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("min", "max"):
+        raise ValueError(f'mode must be "min" (lower is better) or "max", got {mode!r}')
+
+
+def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
+    """``scores`` as a float array to minimise, with every non-finite entry ``+inf``.
+
+    With ``mode="max"`` the scores are negated first; NaN, ``+inf`` and ``-inf`` become
+    ``+inf`` in both modes.
+    """
+    _check_mode(mode)
+    scores = jnp.asarray(scores)
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        scores = scores.astype(jnp.float32)
+    if mode == "max":
+        scores = -scores
+    return jnp.where(jnp.isfinite(scores), scores, jnp.inf)
+
+
+def num_in_quantile(n: int, quantile_fraction: float) -> int:
+    """How many members the top (and the bottom) ``quantile_fraction`` of ``n`` holds.
+
+    ``ceil(n * quantile_fraction)``, but at most ``n // 2`` so that the top and the
+    bottom never overlap: 0 for one member, 1 for two, 1 for four at the default 0.25.
+    """
+    if not 0.0 <= quantile_fraction <= 0.5:
+        raise ValueError(f"quantile_fraction must be in [0, 0.5], got {quantile_fraction}")
+    # the tolerance keeps e.g. 10 * 0.3 == 3.0000000000000004 from rounding up to 4
+    return min(math.ceil(n * quantile_fraction - 1e-9), n // 2)
+
+
+def _ranks(better: jax.Array) -> jax.Array:
+    """Rank of each member (0 = best), ties broken by the lower index."""
+    order = jnp.argsort(better, stable=True)
+    return jnp.zeros(better.shape[0], jnp.int32).at[order].set(jnp.arange(better.shape[0]))
+
+
+@functools.partial(jax.jit, static_argnames=("mode",))
+def winner_take_all(key: jax.Array, scores: jax.Array, *, mode: Mode = "min") -> jax.Array:
+    """Every member strictly worse than the best copies the best.
+
+    The best is the first member (lowest index) with the best finite score; members
+    tied with it keep going; if no score is finite, nobody copies. ``key`` is unused
+    (it is there so that every selection has the same signature).
+
+    Args:
+      key: a PRNG key (unused).
+      scores: shape ``(n,)``.
+      mode: ``"min"`` or ``"max"``.
+
+    Returns:
+      ``int32[n]``: the member each member copies (itself to keep going).
+    """
+    del key
+    better = canonical_scores(scores, mode)
+    n = better.shape[0]
+    best = jnp.argmin(better)
+    copies = better > better[best]  # false when the best is +inf
+    return jnp.where(copies, best, jnp.arange(n)).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("quantile_fraction", "mode"))
+def truncation(
+    key: jax.Array,
+    scores: jax.Array,
+    *,
+    quantile_fraction: float = 0.25,
+    mode: Mode = "min",
+) -> jax.Array:
+    """Truncation selection: the bottom ``quantile_fraction`` copies from the top.
+
+    Members are ranked by score (ties by lower index). ``k = num_in_quantile(n,
+    quantile_fraction)`` members form the top and ``k`` the bottom. Each member of the
+    bottom copies a member drawn uniformly (with its own subkey) from the top members
+    whose score is strictly better than its own; a bottom member with no such top
+    member (a tie with the top, or no finite score in the top) keeps going, as does
+    every member outside the bottom.
+
+    Args:
+      key: a PRNG key (raw ``uint32[2]`` or typed).
+      scores: shape ``(n,)``.
+      quantile_fraction: in ``[0, 0.5]``; Ray Tune's and the default 0.25; the PBT
+        paper used 0.2.
+      mode: ``"min"`` or ``"max"``.
+
+    Returns:
+      ``int32[n]``: the member each member copies (itself to keep going).
+    """
+    better = canonical_scores(scores, mode)
+    n = better.shape[0]
+    k = num_in_quantile(n, quantile_fraction)
+    if k == 0:  # static: depends on the population size only
+        return jnp.arange(n, dtype=jnp.int32)
+    rank = _ranks(better)
+    top = rank < k
+    bottom = rank >= n - k
+    # allowed[i, j]: member i may copy member j
+    allowed = bottom[:, None] & top[None, :] & (better[None, :] < better[:, None])
+    logits = jnp.where(allowed, 0.0, -jnp.inf)
+    draws = jax.vmap(jax.random.categorical)(jax.random.split(key, n), logits)
+    return jnp.where(allowed.any(axis=1), draws, jnp.arange(n)).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("mode",))
+def tournament(key: jax.Array, scores: jax.Array, *, mode: Mode = "min") -> jax.Array:
+    """Binary tournament: each member meets one other member and copies it if worse.
+
+    Member ``i``'s opponent is drawn uniformly from the ``n - 1`` other members (with
+    ``i``'s own subkey); ``i`` copies it when the opponent's score is strictly better.
+    So ``i`` copies with probability ``(number of strictly better members) / (n - 1)``,
+    each of those equally likely.
+
+    Args:
+      key: a PRNG key (raw ``uint32[2]`` or typed).
+      scores: shape ``(n,)``.
+      mode: ``"min"`` or ``"max"``.
+
+    Returns:
+      ``int32[n]``: the member each member copies (itself to keep going).
+    """
+    better = canonical_scores(scores, mode)
+    n = better.shape[0]
+    own = jnp.arange(n, dtype=jnp.int32)
+    if n < 2:  # static
+        return own
+    keys = jax.random.split(key, n)
+    offsets = jax.vmap(lambda k: jax.random.randint(k, (), 1, n))(keys)
+    opponent = (own + offsets) % n
+    return jnp.where(better[opponent] < better, opponent, own).astype(jnp.int32)

@@ -1,0 +1,289 @@
+"""Explore spaces (jaxpop.mutators.explore): inside the space, probabilities, jit/vmap."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxpop.mutators import explore as ex
+
+SPACE = {
+    "lr": ex.log_uniform(1e-4, 0.02),
+    "wd": ex.uniform(0.0, 0.1),
+    "layers": ex.randint(1, 6),
+    "opt": ex.choice(["sgd", "adam", "lamb"]),
+    "aug": {"strength": ex.choice([0.1, 0.2, 0.4, 0.8]), "kind": "crop"},
+}
+META = {
+    "lr": 0.01,
+    "wd": 0.05,
+    "layers": 3,
+    "opt": "adam",
+    "aug": {"strength": 0.2, "kind": "crop"},
+    "seed": 7,
+}
+
+
+def keys(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` raw host keys."""
+    return np.asarray(jax.random.key_data(jax.random.split(jax.random.key(seed), n)), np.uint32)
+
+
+def inside(space, meta) -> bool:
+    if ex.is_space(space):
+        if isinstance(space, ex.Choice):
+            return any(meta == v for v in space.values)
+        if isinstance(space, ex.RandInt):
+            return isinstance(meta, int) and space.low <= meta < space.high
+        return isinstance(meta, float) and space.low <= meta <= space.high
+    if isinstance(space, dict):
+        return all(inside(sub, meta[k]) for k, sub in space.items())
+    return meta == space
+
+
+# -- spaces -------------------------------------------------------------------------------
+def test_constructors_validate():
+    with pytest.raises(ValueError, match="low < high"):
+        ex.uniform(1.0, 1.0)
+    with pytest.raises(ValueError, match="0 < low"):
+        ex.log_uniform(0.0, 1.0)
+    with pytest.raises(TypeError, match="two ints"):
+        ex.randint(0.5, 3)
+    with pytest.raises(ValueError, match="high is excluded"):
+        ex.randint(3, 3)
+    with pytest.raises(ValueError, match="at least one"):
+        ex.choice([])
+    with pytest.raises(TypeError, match="list or tuple"):
+        ex.choice("abc")
+    with pytest.raises(TypeError, match="choice"):
+        ex.validate_space({"lr": [0.1, 0.01]})
+
+
+def test_spaces_are_immutable_plain_data():
+    space = ex.uniform(0.0, 1.0)
+    with pytest.raises(AttributeError):
+        space.low = 2.0
+    assert space == ex.uniform(0.0, 1.0) and space != ex.log_uniform(0.5, 1.0)
+    assert ex.choice([1, 2]) == ex.choice((1, 2)) and hash(ex.choice([1, 2]))
+    assert ex.Uniform(0.0, 1.0) != ex.LogUniform(0.0, 1.0)
+
+
+# -- sample ---------------------------------------------------------------------------------
+def test_sample_is_inside_the_space_and_plain_python():
+    for key in keys(100):
+        meta = ex.sample(key, SPACE)
+        assert inside(SPACE, meta), meta
+        assert type(meta["lr"]) is float and type(meta["layers"]) is int
+        assert meta["aug"]["kind"] == "crop"
+
+
+def test_sample_covers_the_space():
+    draws = [ex.sample(k, SPACE) for k in keys(300)]
+    assert {d["layers"] for d in draws} == {1, 2, 3, 4, 5}
+    assert {d["opt"] for d in draws} == {"sgd", "adam", "lamb"}
+    logs = np.log10([d["lr"] for d in draws])  # uniform in log: about half below 10**-2.65
+    assert abs(np.mean(logs < (math.log10(1e-4) + math.log10(0.02)) / 2) - 0.5) < 0.1
+
+
+# -- perturb --------------------------------------------------------------------------------
+def test_perturb_multiplies_by_a_factor_and_clips():
+    space = {"x": ex.uniform(0.0, 10.0)}
+    results = {ex.perturb(k, space, {"x": 5.0})["x"] for k in keys(60)}
+    assert results == {4.0, 6.0}
+    assert {ex.perturb(k, space, {"x": 9.5})["x"] for k in keys(60)} == {9.5 * 0.8, 10.0}
+    results = {
+        ex.perturb(k, space, {"x": 5.0}, perturbation_factors=(0.5, 1.0, 3.0))["x"]
+        for k in keys(60)
+    }
+    assert results == {2.5, 5.0, 10.0}
+
+
+def test_perturb_choice_moves_to_a_neighbour():
+    space = {"v": ex.choice([1, 2, 3, 4, 5]), "s": ex.choice(["a", "b", "c"])}
+    moved = [ex.perturb(k, space, {"v": 3, "s": "b"}) for k in keys(400)]
+    assert {m["v"] for m in moved} == {2, 4} and {m["s"] for m in moved} == {"a", "c"}
+    assert abs(np.mean([m["v"] == 4 for m in moved]) - 0.5) < 0.08
+    ends = [ex.perturb(k, space, {"v": 1, "s": "c"}) for k in keys(50)]
+    assert {m["v"] for m in ends} == {2} and {m["s"] for m in ends} == {"b"}
+    # a number not in the list first goes to the nearest value, then moves
+    assert {ex.perturb(k, space, {"v": 4.9, "s": "a"})["v"] for k in keys(50)} == {4}
+
+
+def test_perturb_choice_unknown_non_number_is_resampled():
+    space = {"s": ex.choice(["a", "b", "c"])}
+    assert {ex.perturb(k, space, {"s": "zzz"})["s"] for k in keys(100)} == {"a", "b", "c"}
+
+
+def test_perturb_randint_always_moves_and_stays_inside():
+    space = {"n": ex.randint(1, 6)}
+    assert {ex.perturb(k, space, {"n": 1})["n"] for k in keys(60)} == {1, 2}
+    assert {ex.perturb(k, space, {"n": 3})["n"] for k in keys(60)} == {2, 4}
+    assert {ex.perturb(k, space, {"n": 5})["n"] for k in keys(60)} == {4, 5}
+    assert all(type(ex.perturb(k, space, {"n": 3})["n"]) is int for k in keys(5))
+
+
+finite = st.floats(-1e3, 1e3, allow_nan=False)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    bounds=st.tuples(finite, finite).filter(lambda b: b[0] < b[1]),
+    where=st.floats(-0.5, 1.5),
+    seed=st.integers(0, 2**32 - 1),
+    p=st.sampled_from([0.0, 0.25, 1.0]),
+)
+def test_explored_values_always_stay_inside_the_space(bounds, where, seed, p):
+    lo, hi = bounds
+    space = {
+        "u": ex.uniform(lo, hi),
+        "log": ex.log_uniform(1e-5, 1e-1),
+        "n": ex.randint(math.floor(lo), math.floor(lo) + 3),
+        "c": ex.choice([0.5, 1.0, 2.0]),
+    }
+    value = lo + where * (hi - lo)  # also starts outside the space
+    meta = {"u": value, "log": 10 ** (-6 + 6 * where), "n": round(value), "c": 1.7}
+    key = np.array([seed, 11], np.uint32)
+    for out in (
+        ex.explore(key, space, meta, resample_probability=p),
+        ex.perturb(key, space, meta),
+        ex.resample(key, space, meta, resample_probability=p),
+        ex.clip(space, meta),
+        ex.sample(key, space),
+    ):
+        assert inside(space, out), (meta, out)
+
+
+# -- resample / explore ----------------------------------------------------------------------
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+def test_resample_probability_matches(p):
+    space = {"x": ex.uniform(0.0, 1.0), "y": ex.uniform(0.0, 1.0)}
+    results = [
+        ex.explore(k, space, {"x": 0.5, "y": 0.5}, resample_probability=p) for k in keys(1500)
+    ]
+    # a perturbed value is exactly 0.4 or 0.6; a fresh draw almost never is
+    fresh_x = np.array([r["x"] not in (0.4, 0.6) for r in results])
+    fresh_y = np.array([r["y"] not in (0.4, 0.6) for r in results])
+    assert abs(fresh_x.mean() - p) < 0.04 and abs(fresh_y.mean() - p) < 0.04
+    if 0 < p < 1:  # each hyperparameter decides on its own
+        assert abs(np.mean(fresh_x & fresh_y) - p * p) < 0.04
+
+
+def test_resample_keeps_or_redraws():
+    space = {"c": ex.choice([1, 2, 3, 4, 5, 6, 7, 8]), "x": ex.uniform(0.0, 1.0)}
+    results = [
+        ex.resample(k, space, {"c": 2, "x": 0.25}, resample_probability=0.5) for k in keys(800)
+    ]
+    kept = np.mean([r["x"] == 0.25 for r in results])
+    assert abs(kept - 0.5) < 0.06
+    assert {r["c"] for r in results} == set(range(1, 9))
+    assert all(
+        r["x"] == 0.25
+        for r in (
+            ex.resample(k, space, {"c": 2, "x": 0.25}, resample_probability=0.0) for k in keys(20)
+        )
+    )
+
+
+# -- purity, structure, types -------------------------------------------------------------------
+def test_pure_deterministic_and_never_mutates():
+    meta = copy.deepcopy(META)
+    key = keys(1)[0]
+    first = ex.explore(key, SPACE, meta)
+    assert meta == META
+    assert ex.explore(key, SPACE, meta) == first
+    assert any(ex.explore(k, SPACE, meta) != first for k in keys(5, seed=1))
+    assert first["seed"] == 7  # keys the space does not name are kept
+    assert first["aug"]["kind"] == "crop"
+    assert first is not meta and first["aug"] is not meta["aug"]
+
+
+def test_constants_are_fixed_points():
+    space = {"lr": ex.uniform(0.0, 1.0), "batch": 32}
+    out = ex.explore(keys(1)[0], space, {"lr": 0.5, "batch": 64})
+    assert out["batch"] == 32
+    assert ex.sample(keys(1)[0], space)["batch"] == 32
+
+
+def test_clip_projects_onto_the_space():
+    out = ex.clip(SPACE, {**META, "lr": 3.0, "wd": -1.0, "layers": 9, "aug": {"strength": 0.5}})
+    assert out["lr"] == 0.02 and out["wd"] == 0.0 and out["layers"] == 5
+    assert out["aug"] == {"strength": 0.4, "kind": "crop"}
+    assert ex.clip(SPACE, META) == META
+    with pytest.raises(ValueError, match="not one of"):
+        ex.clip(SPACE, {**META, "opt": "rmsprop"})
+
+
+def test_errors_name_the_value():
+    with pytest.raises(KeyError, match=r"meta_params\['lr'\] is missing"):
+        ex.explore(keys(1)[0], {"lr": ex.uniform(0.0, 1.0)}, {"wd": 0.1})
+    with pytest.raises(TypeError, match=r"meta_params\['lr'\].*needs a number"):
+        ex.perturb(keys(1)[0], {"lr": ex.uniform(0.0, 1.0)}, {"lr": "fast"})
+    with pytest.raises(TypeError, match="dict"):
+        ex.perturb(keys(1)[0], {"opt": {"lr": ex.uniform(0.0, 1.0)}}, {"opt": 0.1})
+    with pytest.raises(ValueError, match="resample_probability"):
+        ex.explore(keys(1)[0], SPACE, META, resample_probability=1.5)
+    with pytest.raises(ValueError, match="perturbation_factors"):
+        ex.perturb(keys(1)[0], SPACE, META, perturbation_factors=(-1.0,))
+
+
+def test_numpy_values_keep_their_dtype():
+    space = {"lr": ex.uniform(0.0, 1.0), "n": ex.randint(0, 10), "c": ex.choice([1.0, 2.0])}
+    meta = {"lr": np.float32(0.5), "n": np.array([3, 4]), "c": np.array([1.0, 2.0], np.float32)}
+    out = ex.perturb(keys(1)[0], space, meta)
+    assert out["lr"].dtype == np.float32 and np.ndim(out["lr"]) == 0
+    assert out["n"].dtype == meta["n"].dtype and out["n"].shape == (2,)
+    assert out["c"].dtype == np.float32 and set(out["c"].tolist()) <= {1.0, 2.0}
+
+
+# -- on device: jit and vmap ----------------------------------------------------------------------
+NUMERIC = {
+    "lr": ex.log_uniform(1e-4, 0.02),
+    "layers": ex.randint(1, 6),
+    "strength": ex.choice([0.1, 0.2, 0.4, 0.8]),
+}
+
+
+def test_jit_matches_the_host_call():
+    meta = {"lr": 0.01, "layers": 3, "strength": 0.2}
+    jitted = jax.jit(lambda k, m: ex.explore(k, NUMERIC, m))
+    for key in keys(8):
+        on_host = ex.explore(key, NUMERIC, meta)
+        on_device = jitted(jnp.asarray(key), meta)
+        assert on_device["layers"].dtype == jnp.int32
+        assert on_device["lr"].dtype == jnp.float32
+        np.testing.assert_allclose(float(on_device["lr"]), on_host["lr"], rtol=1e-5)
+        assert int(on_device["layers"]) == on_host["layers"]
+        np.testing.assert_allclose(float(on_device["strength"]), on_host["strength"], rtol=1e-6)
+
+
+def test_vmap_over_a_population_stays_inside_and_keeps_dtypes():
+    n = 512
+    population = {
+        "lr": jnp.full((n,), 0.019, jnp.float32),
+        "layers": jnp.full((n,), 5, jnp.int32),
+        "strength": jnp.full((n,), 0.8, jnp.float32),
+    }
+    step = jax.jit(jax.vmap(lambda k, m: ex.explore(k, NUMERIC, m, resample_probability=0.25)))
+    out = step(jax.random.split(jax.random.key(0), n), population)
+    assert jax.tree.map(lambda x: x.dtype, out) == jax.tree.map(lambda x: x.dtype, population)
+    lr = np.asarray(out["lr"])
+    assert lr.min() >= np.float32(1e-4) and lr.max() <= np.float32(0.02)
+    assert np.mean(lr == np.float32(0.02)) > 0.3  # 0.019 * 1.2, clipped
+    assert set(np.asarray(out["layers"]).tolist()) <= {1, 2, 3, 4, 5}
+    strength = np.asarray(out["strength"])
+    assert set(strength.tolist()) <= {np.float32(v) for v in (0.1, 0.2, 0.4, 0.8)}
+    assert 0.6 < np.mean(strength == np.float32(0.4)) < 0.9  # the end's only neighbour
+
+
+def test_sample_with_a_traced_key():
+    out = jax.jit(lambda k: ex.sample(k, NUMERIC))(jax.random.key(3))
+    assert float(out["lr"]) >= np.float32(1e-4) and out["layers"].dtype == jnp.int32
+    with pytest.raises(TypeError, match="non-numbers"):
+        jax.jit(lambda k: ex.sample(k, {"s": ex.choice(["a", "b"])}))(jax.random.key(0))

@@ -1,0 +1,412 @@
+"""PopulationBasedTraining (jaxpop.mutators.pbt): readiness, async/synch, exploit, events."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import pathlib
+import statistics
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import apply, fresh_state
+from jaxpop import PopulationController, encoding
+from jaxpop.events import Eval
+from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
+from jaxpop.mutators import explore as ex
+from jaxpop.mutators.fixed_schedule import FixedSchedule
+from jaxpop.mutators.pbt import PopulationBasedTraining, exploit_events
+
+SPACE = {"lr": ex.log_uniform(1e-4, 1.0)}
+
+
+def make(**kwargs) -> PopulationBasedTraining:
+    options = {"perturbation_interval": 10, "hyperparam_space": SPACE}
+    options.update(kwargs)
+    return PopulationBasedTraining(**options)
+
+
+def population(m, n=4, seed=0):
+    state = fresh_state([{"lr": 0.01 * (i + 1)} for i in range(n)], m, seed=seed)
+    return state, [w.generation_id for w in state.workers]
+
+
+def report(state, m, worker_id, step, value, now=1.0):
+    """Worker ``worker_id`` reports ``value`` at ``step`` on its current generation."""
+    gen = state.workers[worker_id].generation_id
+    state, _ = apply(state, Eval(f"p{worker_id}@{step}", worker_id, gen, step, value), now, m)
+    return state
+
+
+def generations(state):
+    return [w.generation_id for w in state.workers]
+
+
+# -- asynchronous exploit -----------------------------------------------------------------
+def test_a_straggler_does_not_stall_the_others():
+    m = make()
+    state, gens = population(m)
+    # worker 3 never reports; 0, 1, 2 reach the interval
+    state = report(state, m, 2, 10, 2.0)  # alone with a score: keeps going
+    state = report(state, m, 1, 10, 0.5)  # the better of two: keeps going
+    assert generations(state) == gens
+    state = report(state, m, 0, 10, 3.0)  # the worst of the three that reported
+    w = state.workers[0]
+    assert w.generation_id not in gens
+    assert (w.params, w.step) == ("p1@10", 10)  # the best's latest evaluated checkpoint
+    assert state.history.branch_point(w.generation_id) == (gens[1], 10)
+    assert w.meta_params != {"lr": 0.02} and 1e-4 <= w.meta_params["lr"] <= 1.0
+    assert generations(state)[1:] == gens[1:]
+    assert state.mutator_state["num_exploits"] == 1
+    assert state.mutator_state["num_decisions"] == 3
+    # the new generation's first checkpoint records the new hyperparameters
+    first = state.history.first(w.generation_id)
+    assert first.meta_params == w.meta_params and first.value is None
+
+
+def test_a_ready_worker_in_the_top_keeps_going_and_does_not_retrigger():
+    m = make()
+    state, gens = population(m, n=2)
+    state = report(state, m, 1, 10, 5.0)
+    state = report(state, m, 0, 10, 1.0)  # ready, the better one: keeps going
+    assert generations(state) == gens
+    assert state.mutator_state["last_decision"][0] == (gens[0], 10)
+    decisions = state.mutator_state["num_decisions"]
+    for step in range(11, 20):  # not ready again before step 20
+        state = report(state, m, 0, step, 1.0)
+    assert state.mutator_state["num_decisions"] == decisions
+    state = report(state, m, 0, 20, 1.0)
+    assert state.mutator_state["num_decisions"] == decisions + 1
+
+
+def test_exploiting_worker_is_not_ready_again_until_an_interval_after_the_copied_step():
+    m = make()
+    state, _ = population(m, n=2)
+    state = report(state, m, 0, 30, 0.1)
+    state = report(state, m, 1, 12, 9.0)  # worse: copies worker 0 at step 30
+    w = state.workers[1]
+    assert w.step == 30
+    state = report(state, m, 1, 35, 0.0)
+    assert state.workers[1].generation_id == w.generation_id
+    assert state.mutator_state["num_decisions"] == 2
+    state = report(state, m, 1, 40, 0.0)
+    assert state.mutator_state["num_decisions"] == 3
+
+
+def test_a_member_without_an_evaluation_is_never_a_parent():
+    m = make()
+    state, gens = population(m, n=3)
+    # worker 1 never reports (its generation has no evaluated checkpoint)
+    state = report(state, m, 2, 10, 1.0)
+    state = report(state, m, 0, 10, 5.0)
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[2], 10)
+    # alone with a score, a ready worker keeps going
+    m = make()
+    state, gens = population(m, n=2)
+    state = report(state, m, 0, 10, 5.0)
+    assert generations(state) == gens and state.mutator_state["num_decisions"] == 1
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_scores_are_never_copied(bad):
+    m = make()
+    state, gens = population(m, n=2)
+    state = report(state, m, 1, 10, bad)
+    state = report(state, m, 0, 10, 5.0)
+    assert generations(state) == gens
+    state = report(state, m, 1, 20, bad)  # worker 1 is worst: it copies worker 0
+    assert state.history.branch_point(state.workers[1].generation_id) == (gens[0], 10)
+
+
+def test_max_mode():
+    m = make(mode="max")
+    state, gens = population(m, n=2)
+    state = report(state, m, 1, 10, 5.0)
+    state = report(state, m, 0, 10, 1.0)
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
+
+
+def test_burn_in_is_respected():
+    m = make(burn_in_period=30)
+    state, gens = population(m, n=2)
+    state = report(state, m, 1, 10, 0.0)
+    for step in (10, 20, 29):
+        state = report(state, m, 0, step, 9.0)
+        assert generations(state) == gens
+    assert state.mutator_state["num_decisions"] == 0
+    state = report(state, m, 0, 30, 9.0)
+    assert state.workers[0].generation_id not in gens
+
+
+def test_metric_mean_since_the_last_decision_vs_last():
+    def run(metric):
+        m = make(metric=metric)
+        state, gens = population(m, n=2)
+        # worker 1: 0.0 then 4.0 (mean 2.0, last 4.0); worker 0: 3.0 then 3.0
+        state = report(state, m, 1, 5, 0.0)
+        state = report(state, m, 1, 9, 4.0)
+        state = report(state, m, 0, 5, 3.0)
+        state = report(state, m, 0, 10, 3.0)  # worker 0 ready
+        return state.workers[0].generation_id in gens
+
+    assert run("mean") is False  # 3.0 > mean 2.0: worker 0 copies
+    assert run("last") is True  # 3.0 < 4.0: worker 0 keeps going
+
+
+def test_time_attr_time(clock):
+    m = make(time_attr="time", perturbation_interval=60.0)
+    pop = PopulationController([{"lr": 0.01}, {"lr": 0.02}], m, clock=clock)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(30)
+    pop.set_eval(0, gens[0], 100, "a", 1.0)
+    pop.set_eval(1, gens[1], 100, "b", 5.0)
+    assert pop.state.mutator_state["num_decisions"] == 0
+    clock.advance(31)
+    pop.set_eval(1, gens[1], 200, "b", 5.0)
+    w = pop.active_workers[1]
+    assert w.generation_id not in gens and (w.params, w.step) == ("a", 100)
+    assert pop.state.mutator_state["last_decision"][1] == (w.generation_id, clock.now)
+
+
+def test_time_burn_in_counts_from_the_population_start(clock):
+    m = make(time_attr="time", perturbation_interval=10.0, burn_in_period=100.0)
+    pop = PopulationController([{"lr": 0.01}, {"lr": 0.02}], m, clock=clock)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(50)
+    pop.set_eval(0, gens[0], 1, "a", 1.0)
+    pop.set_eval(1, gens[1], 1, "b", 5.0)
+    assert pop.state.mutator_state["num_decisions"] == 0
+    assert pop.state.mutator_state["start_time"] == clock.now - 50
+    clock.advance(50)
+    pop.set_eval(1, gens[1], 2, "b", 5.0)
+    assert pop.active_workers[1].generation_id not in gens
+
+
+# -- synchronous mode ----------------------------------------------------------------------
+def test_synch_waits_for_every_worker():
+    m = make(synch=True)
+    state, gens = population(m)
+    for i, value in ((0, 3.0), (1, 0.5), (2, 2.0)):
+        state = report(state, m, i, 10, value)
+    state = report(state, m, 0, 25, 3.0)
+    assert generations(state) == gens  # worker 3 has not reported: everybody waits
+    assert state.mutator_state["num_decisions"] == 0
+    state = report(state, m, 3, 10, 1.0)
+    # one round: the bottom quarter (worker 0) copies the top quarter (worker 1)
+    assert state.mutator_state["num_decisions"] == 4
+    assert state.mutator_state["num_exploits"] == 1
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
+    assert generations(state)[1:] == gens[1:]
+
+
+def test_synch_tournament_copies_from_the_population_before_the_round():
+    m = make(synch=True, selection="winner_take_all")
+    state, gens = population(m, n=3)
+    for i, value in ((0, 3.0), (1, 0.5), (2, 2.0)):
+        state = report(state, m, i, 10, value)
+    assert [state.history.branch_point(g) for g in generations(state)] == [
+        (gens[1], 10),
+        None,
+        (gens[1], 10),
+    ]
+
+
+# -- selections, explore -------------------------------------------------------------------
+def copy_the_best(key, ranks):
+    """A custom selection: everyone copies the best (which keeps itself)."""
+    return np.full(len(ranks), np.argmin(ranks))
+
+
+def test_tournament_and_winner_take_all_and_custom_selection():
+    for selection in (
+        "tournament",
+        "winner_take_all",
+        copy_the_best,
+    ):
+        m = make(selection=selection)
+        state, gens = population(m, n=2)
+        state = report(state, m, 1, 10, 0.0)
+        state = report(state, m, 0, 10, 1.0)
+        assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
+
+
+def test_custom_explore_fn_with_key_then_clipped_to_the_space():
+    seen = []
+
+    def custom(meta, key):
+        seen.append(np.asarray(key).shape)
+        return {**meta, "lr": meta["lr"] * 1000.0, "extra": 1}
+
+    m = make(custom_explore_fn=custom)
+    state, _ = population(m, n=2)
+    state = report(state, m, 1, 10, 0.0)
+    state = report(state, m, 0, 10, 1.0)
+    assert seen == [(2,)]
+    assert state.workers[0].meta_params == {"lr": 1.0, "extra": 1}
+
+
+def test_custom_explore_fn_alone_and_careless_in_place_edits():
+    def custom(meta):
+        meta["lr"] = 123.0  # edits its argument: must not reach the parent's checkpoint
+        return meta
+
+    m = PopulationBasedTraining(perturbation_interval=10, custom_explore_fn=custom)
+    state, gens = population(m, n=2)
+    state = report(state, m, 1, 10, 0.0)
+    state = report(state, m, 0, 10, 1.0)
+    assert state.workers[0].meta_params == {"lr": 123.0}
+    assert state.history[gens[1]][10].meta_params == {"lr": 0.02}
+    assert state.workers[1].meta_params == {"lr": 0.02}
+
+
+def test_explored_hyperparameters_stay_inside_the_space_over_many_exploits():
+    space = {"lr": ex.uniform(1e-4, 0.02), "momentum": ex.choice([0.0, 0.5, 0.9, 0.99])}
+    m = make(hyperparam_space=space, perturbation_interval=1)
+    state = fresh_state([{"lr": 0.019, "momentum": 0.9}] * 4, m)
+    for step in range(1, 60):
+        for i in range(4):
+            state = report(state, m, i, step, float(i))  # worker 3 keeps copying
+    assert state.mutator_state["num_exploits"] > 40
+    for event in exploit_events(state.history):
+        lr = event.meta_params_after["lr"]
+        assert 1e-4 <= lr <= 0.02 and event.meta_params_after["momentum"] in (0.0, 0.5, 0.9, 0.99)
+
+
+# -- purity, determinism, state -------------------------------------------------------------
+def test_update_is_pure_and_deterministic_given_the_key():
+    m = make()
+    state, _ = population(m)
+    for i, value in enumerate((3.0, 0.5, 2.0, 1.0)):
+        state = report(state, m, i, 9, value)
+    frozen = (copy.deepcopy(state.mutator_state), state.workers, state.history.num_checkpoints)
+    key = np.array([5, 6], np.uint32)
+    gen = state.workers[0].generation_id
+    history = state.history.add(state.history.continuation(gen, 10, "p", 9.0, 2.0))
+    first = m.update(state.mutator_state, state.workers, history, 2.0, key)
+    second = m.update(state.mutator_state, state.workers, history, 2.0, key)
+    assert (state.mutator_state, state.workers, state.history.num_checkpoints) == frozen
+    assert first[0] == second[0] and first[1] == second[1]
+    assert [c.ref for c in first[2]] == [c.ref for c in second[2]] and first[2]
+    # nothing ready: the very same objects come back
+    unchanged = m.update(state.mutator_state, state.workers, state.history, 2.0, key)
+    assert unchanged[0] is state.mutator_state and unchanged[1] is state.workers
+
+
+def test_runs_are_reproducible_from_the_seed():
+    def final(seed):
+        m = make(perturbation_interval=2)
+        state = fresh_state([{"lr": 0.01}] * 4, m, seed=seed)
+        for step in range(1, 30):
+            for i in range(4):
+                state = report(state, m, i, step, float((i * 7 + step) % 5))
+        return [w.meta_params for w in state.workers], [w.generation_id for w in state.workers]
+
+    assert final(0) == final(0)
+    assert final(0) != final(1)
+
+
+def test_state_is_plain_data_and_survives_a_restart(tmp_path):
+    m = make()
+    with PopulationController([{"lr": 0.01}, {"lr": 0.02}], m, log_dir=str(tmp_path)) as pop:
+        gens = [w.generation_id for w in pop.active_workers]
+        pop.set_eval(1, gens[1], 10, "b", 0.0)
+        pop.set_eval(0, gens[0], 10, "a", 1.0)
+        state = pop.state.mutator_state
+    assert encoding.decode(encoding.encode(state)) == state
+    with PopulationController([{"lr": 0.01}, {"lr": 0.02}], m, log_dir=str(tmp_path)) as pop:
+        assert pop.state.mutator_state == state
+        assert pop.active_workers[0].generation_id not in gens
+
+
+# -- exploit events -------------------------------------------------------------------------
+def test_exploit_events_come_from_the_lineage():
+    m = make()
+    state, gens = population(m, n=2)
+    assert exploit_events(state.history) == []
+    state = report(state, m, 1, 10, 0.0, now=5.0)
+    state = report(state, m, 0, 10, 1.0, now=6.0)
+    (event,) = exploit_events(state.history)
+    assert event.generation_id == state.workers[0].generation_id
+    assert event.source == (gens[1], 10) and event.step == 10 and event.time == 6.0
+    assert event.meta_params_before == {"lr": 0.02}
+    assert event.meta_params_after == state.workers[0].meta_params
+    assert event.source_value == 0.0
+    assert exploit_events(state.history, since_time=6.5) == []
+
+
+def test_exploit_events_see_other_mutators_branches_too():
+    m = FixedSchedule({0: {"lr": 1.0}, 10: {"lr": 0.5}})
+    pop = PopulationController([{"lr": 1.0}], m)
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 12, "p", 1.0)
+    (event,) = exploit_events(pop.history)
+    assert event.source == (gen, 12)
+    assert (event.meta_params_before, event.meta_params_after) == ({"lr": 1.0}, {"lr": 0.5})
+
+
+# -- Ray issue 36660: the new hyperparameters win over the restored optimizer state -----
+def test_exploit_copies_optimizer_state_and_the_worker_writes_the_new_hyperparameters():
+    tx = make_optimizer(optax.sgd, {"lr": 0.1}, keys={"lr": "learning_rate"})
+
+    def checkpoint(lr):  # what a worker saves: weights and optimizer state (old lr inside)
+        w = jnp.ones(3)
+        return {"w": w, "opt_state": set_hparams(tx.init(w), {"learning_rate": lr})}
+
+    m = make(hyperparam_space={"lr": ex.uniform(0.001, 0.5)}, resample_probability=1.0)
+    state, gens = population(m, n=2)
+    state, _ = apply(state, Eval(checkpoint(0.02), 1, gens[1], 10, 0.0), 1.0, m)
+    state, _ = apply(state, Eval(checkpoint(0.01), 0, gens[0], 10, 1.0), 1.0, m)
+    new = state.workers[0]
+    assert get_hparams(new.params["opt_state"])["learning_rate"] == jnp.float32(0.02)
+    # the worker's restore step: load params and optimizer state, then write meta_params
+    opt_state = set_hparams(new.params["opt_state"], {"learning_rate": new.meta_params["lr"]})
+    assert new.meta_params["lr"] != 0.02
+    assert get_hparams(opt_state)["learning_rate"] == jnp.float32(new.meta_params["lr"])
+
+
+# -- options --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"perturbation_interval": 0}, ValueError, "positive"),
+        ({"perturbation_interval": "5"}, TypeError, "finite number"),
+        ({"burn_in_period": -1}, ValueError, ">= 0"),
+        ({"time_attr": "training_iteration"}, ValueError, "Ray Tune's"),
+        ({"mode": "best"}, ValueError, "mode"),
+        ({"metric": "loss"}, ValueError, "metric name has no counterpart"),
+        ({"selection": "roulette"}, ValueError, "selection"),
+        ({"quantile_fraction": 0.7}, ValueError, "quantile_fraction"),
+        ({"resample_probability": 2.0}, ValueError, "resample_probability"),
+        ({"perturbation_factors": ()}, ValueError, "perturbation_factors"),
+        ({"hyperparam_space": None}, ValueError, "hyperparam_space, custom_explore_fn"),
+        ({"hyperparam_space": {"lr": [0.1, 0.01]}}, TypeError, "choice"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        make(**kwargs)
+
+
+# -- convergence on the toy problem -----------------------------------------------------------
+def _toy():
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "pbt_toy.py"
+    spec = importlib.util.spec_from_file_location("pbt_toy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pbt_beats_the_best_fixed_learning_rate_on_the_toy_problem():
+    toy = _toy()
+    grid = np.geomspace(toy.LOW_LR, toy.HIGH_LR, 4)
+    pbt = [toy.run_controller(toy.pbt(), seed, iterations=300)["final_best"] for seed in range(3)]
+    fixed = [toy.run_fixed(grid, seed, iterations=300)["final_best"] for seed in range(3)]
+    assert statistics.median(pbt) > 1.5 * max(fixed), (pbt, fixed)
+    # with a straggler, asynchronous PBT still makes progress at the others' pace
+    straggler = toy.run_controller(toy.pbt(), 0, "straggler", iterations=300)
+    assert straggler["final_best"] > max(fixed)
+    assert straggler["num_exploits"] > 30

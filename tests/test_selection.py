@@ -1,0 +1,240 @@
+"""Selection functions (jaxpop.mutators.selection): exact cases, statistics, jit/vmap."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxpop.mutators.selection import (
+    canonical_scores,
+    num_in_quantile,
+    tournament,
+    truncation,
+    winner_take_all,
+)
+
+NAN, INF = math.nan, math.inf
+KEY = np.array([0, 7], dtype=np.uint32)
+
+
+def host(fn, scores, key=KEY, **kwargs):
+    """Calls a selection the way a host mutator does: numpy floats and a raw key."""
+    return np.asarray(fn(key, np.asarray(scores, dtype=np.float64), **kwargs)).tolist()
+
+
+def many(fn, scores, num_keys=4000, **kwargs):
+    """The selection for ``num_keys`` keys at once (vmapped), shape (num_keys, n)."""
+    keys = jax.random.split(jax.random.key(1), num_keys)
+    scores = jnp.asarray(scores, jnp.float32)
+    return np.asarray(jax.vmap(lambda k: fn(k, scores, **kwargs))(keys))
+
+
+# -- helpers ----------------------------------------------------------------------------
+def test_canonical_scores_ranks_every_non_finite_value_last_in_both_modes():
+    assert canonical_scores(jnp.array([1.0, NAN, INF, -INF])).tolist() == [1.0, INF, INF, INF]
+    assert canonical_scores(jnp.array([1.0, NAN, -INF]), "max").tolist() == [-1.0, INF, INF]
+    assert canonical_scores(jnp.array([3, 1])).dtype == jnp.float32
+    with pytest.raises(ValueError, match="mode"):
+        canonical_scores(jnp.array([1.0]), "best")
+
+
+@pytest.mark.parametrize(
+    ("n", "q", "k"), [(1, 0.25, 0), (2, 0.25, 1), (4, 0.25, 1), (5, 0.25, 2), (10, 0.3, 3)]
+)
+def test_num_in_quantile(n, q, k):
+    assert num_in_quantile(n, q) == k
+
+
+def test_num_in_quantile_never_overlaps_and_rejects_bad_fractions():
+    assert num_in_quantile(3, 0.5) == 1
+    with pytest.raises(ValueError, match="quantile_fraction"):
+        num_in_quantile(4, 0.6)
+
+
+# -- winner-take-all ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ([3.0, 1.0, 2.0], [1, 1, 1]),
+        ([1.0, 1.0, 2.0], [0, 1, 0]),  # ties with the best keep going
+        ([NAN, 2.0, 1.0, INF], [2, 2, 2, 2]),
+        ([-INF, 2.0, 1.0], [2, 2, 2]),  # -inf is not the best: it ranks worst
+        ([5.0, 5.0, 5.0], [0, 1, 2]),
+        ([NAN, INF, NAN], [0, 1, 2]),
+        ([4.0], [0]),
+        ([2.0, 1.0], [1, 1]),
+    ],
+)
+def test_winner_take_all_exact(scores, expected):
+    assert host(winner_take_all, scores) == expected
+
+
+def test_winner_take_all_max_mode():
+    assert host(winner_take_all, [3.0, 1.0, NAN], mode="max") == [0, 0, 0]
+
+
+# -- truncation ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("scores", "kwargs", "expected"),
+    [
+        ([4.0, 1.0, 2.0, 3.0], {}, [1, 1, 2, 3]),
+        ([4.0, 1.0, 2.0, 3.0], {"mode": "max"}, [0, 0, 2, 3]),
+        ([1.0, 1.0, 1.0, 1.0], {}, [0, 1, 2, 3]),  # all equal: nobody copies
+        ([1.0, 2.0, 2.0, 2.0], {}, [0, 1, 2, 0]),  # ties among the bottom: the last index
+        ([NAN, 1.0, 2.0, 3.0], {}, [1, 1, 2, 3]),
+        ([2.0, -INF, 1.0, 3.0], {}, [0, 2, 2, 3]),
+        ([NAN, NAN, NAN, NAN], {}, [0, 1, 2, 3]),
+        ([7.0], {}, [0]),
+        ([2.0, 1.0], {}, [1, 1]),
+        ([1.0, 1.0], {}, [0, 1]),
+        ([NAN, 5.0], {}, [1, 1]),
+        ([NAN, INF], {}, [0, 1]),
+        ([3.0, 1.0, 2.0, 4.0], {"quantile_fraction": 0.0}, [0, 1, 2, 3]),
+    ],
+)
+def test_truncation_exact(scores, kwargs, expected):
+    for seed in range(3):
+        key = np.array([seed, 1], np.uint32)
+        assert host(truncation, scores, key, **kwargs) == expected
+
+
+def test_truncation_bottom_copies_only_strictly_better_top_members():
+    # top = {0, 1} (1.0, 2.0), bottom = {2, 3}; member 2 (2.0) ties member 1: only 0 is better
+    result = many(truncation, [1.0, 2.0, 2.0, 3.0], num_keys=500, quantile_fraction=0.5)
+    assert set(result[:, 2]) == {0}
+    assert set(result[:, 3]) == {0, 1}
+    assert (result[:, :2] == [0, 1]).all()
+
+
+def test_truncation_statistics_never_copies_from_the_bottom():
+    scores = [5.0, 0.0, 7.0, 1.0, 6.0, 3.0, 2.0, 4.0]  # best: 1, 3; worst: 2, 4
+    result = many(truncation, scores, num_keys=4000)
+    keeps = [i for i in range(8) if i not in (2, 4)]
+    assert (result[:, keeps] == keeps).all()
+    for worst in (2, 4):
+        column = result[:, worst]
+        assert set(column) == {1, 3}
+        assert abs(np.mean(column == 1) - 0.5) < 0.04
+    # the two bottom members draw independently
+    assert 0.2 < np.mean(result[:, 2] == result[:, 4]) < 0.8
+
+
+def test_truncation_non_finite_top_members_are_never_parents():
+    result = many(truncation, [NAN, 1.0, INF, 2.0], num_keys=500, quantile_fraction=0.5)
+    # ranks: 1, 3 top; 0, 2 bottom (non-finite) copy from {1, 3}
+    assert set(result[:, 0]) == {1, 3} and set(result[:, 2]) == {1, 3}
+    result = many(truncation, [NAN, 1.0, INF, NAN, 2.0, 3.0], num_keys=200, quantile_fraction=0.5)
+    assert set(result[:, 0]) | set(result[:, 2]) | set(result[:, 3]) <= {1, 4, 5}
+
+
+# -- tournament ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ([4.0], [0]),
+        ([2.0, 1.0], [1, 1]),
+        ([1.0, 1.0], [0, 1]),
+        ([NAN, 1.0], [1, 1]),
+        ([NAN, -INF], [0, 1]),
+        ([3.0, 3.0, 3.0, 3.0, 3.0], [0, 1, 2, 3, 4]),
+    ],
+)
+def test_tournament_exact(scores, expected):
+    for seed in range(3):
+        assert host(tournament, scores, np.array([seed, 5], np.uint32)) == expected
+
+
+def test_tournament_copy_probabilities():
+    scores = [0.0, 1.0, 2.0, 3.0, 4.0]
+    result = many(tournament, scores, num_keys=8000)
+    for i in range(5):
+        column = result[:, i]
+        # copies with probability (#strictly better) / (n - 1), each better one equally
+        assert abs(np.mean(column != i) - i / 4) < 0.03
+        for j in range(i):
+            assert abs(np.mean(column == j) - 1 / 4) < 0.03
+        assert not np.any(column > i)
+
+
+def test_tournament_max_mode_and_nan():
+    result = many(tournament, [NAN, 1.0, 5.0], num_keys=2000, mode="max")
+    assert set(result[:, 2]) == {2}  # the best never copies
+    assert set(result[:, 1]) == {1, 2}
+    assert set(result[:, 0]) == {1, 2}
+    assert abs(np.mean(result[:, 1] == 2) - 0.5) < 0.05
+
+
+# -- properties over random scores ------------------------------------------------------
+score_values = st.one_of(
+    st.sampled_from([NAN, INF, -INF, 0.0, 1.0]),
+    st.floats(-1e6, 1e6, allow_nan=False, width=32),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scores=st.lists(score_values, min_size=1, max_size=5),
+    seed=st.integers(0, 2**31 - 1),
+    mode=st.sampled_from(["min", "max"]),
+)
+def test_every_selection_copies_only_strictly_better_finite_members(scores, seed, mode):
+    key = np.array([seed, 3], np.uint32)
+    better = np.asarray(canonical_scores(np.asarray(scores, np.float32), mode))
+    for fn in (winner_take_all, truncation, tournament):
+        result = host(fn, scores, key, mode=mode)
+        assert len(result) == len(scores)
+        for i, j in enumerate(result):
+            assert j == i or (np.isfinite(better[j]) and better[j] < better[i])
+    n = len(scores)
+    k = num_in_quantile(n, 0.25)
+    ranks = np.argsort(np.argsort(better, kind="stable"), kind="stable")
+    for i, j in enumerate(host(truncation, scores, key, mode=mode)):
+        if j != i:
+            assert ranks[i] >= n - k and ranks[j] < k
+
+
+# -- jit / vmap equivalence -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "fn",
+    [
+        winner_take_all,
+        functools.partial(truncation, quantile_fraction=0.5, mode="max"),
+        tournament,
+    ],
+)
+def test_jit_and_vmap_match_the_host_call(fn):
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(8, 6)).astype(np.float32)
+    scores[3, 2] = NAN
+    scores[5, :] = 1.0
+    keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(4), 8)), np.uint32)
+    expected = np.array([np.asarray(fn(keys[b], scores[b])) for b in range(8)])
+    jitted = jax.jit(fn)
+    got_jit = np.array([np.asarray(jitted(jnp.asarray(keys[b]), scores[b])) for b in range(8)])
+    got_vmap = np.asarray(jax.jit(jax.vmap(fn))(jnp.asarray(keys), jnp.asarray(scores)))
+    np.testing.assert_array_equal(got_jit, expected)
+    np.testing.assert_array_equal(got_vmap, expected)
+    assert got_vmap.dtype == np.int32
+    # a typed key gives the same draws as its raw data
+    typed = jax.random.wrap_key_data(jnp.asarray(keys[0]))
+    np.testing.assert_array_equal(np.asarray(fn(typed, scores[0])), expected[0])
+
+
+def test_selection_inside_a_jitted_population_step():
+    @jax.jit
+    def step(key, losses, params):
+        parents = truncation(key, losses, quantile_fraction=0.25)
+        return params[parents]
+
+    params = jnp.arange(8.0) * 10
+    losses = jnp.array([5.0, 0.0, 7.0, 1.0, 6.0, 3.0, 2.0, 4.0])
+    out = np.asarray(step(jax.random.key(0), losses, params))
+    assert out[2] in (10.0, 30.0) and out[4] in (10.0, 30.0)
+    np.testing.assert_array_equal(np.delete(out, [2, 4]), np.delete(np.asarray(params), [2, 4]))
