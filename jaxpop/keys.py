@@ -60,9 +60,16 @@ def event_key(root: np.ndarray, index: int) -> np.ndarray:
     return _key_block((int(root[0]), int(root[1])), block)[offset]
 
 
+_split = jax.jit(jax.random.split, static_argnums=1)
+
+
 def split_key(key: np.ndarray, num: int) -> np.ndarray:
-    """``num`` independent raw keys (shape ``(num, 2)``) derived from a raw ``key``."""
-    return np.asarray(jax.random.split(np.asarray(key, np.uint32), num), dtype=np.uint32)
+    """``num`` independent raw keys (shape ``(num, 2)``) derived from a raw ``key``.
+
+    The same keys as ``jax.random.split(key, num)``, through a jitted call (a few
+    microseconds on the host instead of ~100 for the eager call).
+    """
+    return np.asarray(_split(np.asarray(key, np.uint32), num), dtype=np.uint32)
 
 
 def new_generation_id(key: np.ndarray, index: int = 0) -> str:

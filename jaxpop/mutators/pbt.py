@@ -52,10 +52,10 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
-import jax
 import numpy as np
 
 from jaxpop.history import History
+from jaxpop.keys import split_key
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
 from jaxpop.mutators.base import (
@@ -338,7 +338,7 @@ class PopulationBasedTraining(Mutator):
             if not ready or (synch and len(ready) < len(workers)):
                 return state, workers, ()
             n = len(workers)
-            keys = _split(key, 3 * n)
+            keys = split_key(key, 3 * n)
             new_workers = list(workers)
             last_decision = dict(state["last_decision"])
             new_checkpoints = []
@@ -372,14 +372,6 @@ class PopulationBasedTraining(Mutator):
             return new_state, tuple(new_workers), tuple(new_checkpoints)
 
         return super().__new__(cls, init, update)
-
-
-_split_jit = jax.jit(jax.random.split, static_argnums=1)
-
-
-def _split(key: np.ndarray, num: int) -> np.ndarray:
-    """``jaxpop.keys.split_key`` (same keys), jitted: a few us instead of ~100 on the host."""
-    return np.asarray(_split_jit(np.asarray(key, np.uint32), num), dtype=np.uint32)
 
 
 def _start_time(history: History) -> float:
