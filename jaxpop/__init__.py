@@ -9,7 +9,7 @@ The seed-compatible surface::
     population = pop_mod.PopulationController([{"log_lr": -9.2}] * 2, mutator)
 """
 
-from jaxpop import core, encoding, hparams, keys, storage
+from jaxpop import core, encoding, hparams, keys, storage, vectorized
 from jaxpop.core import PopulationState
 from jaxpop.events import Ask, Eval
 from jaxpop.history import GenerationView, History
@@ -44,4 +44,5 @@ __all__ = [
     "hparams",
     "keys",
     "storage",
+    "vectorized",
 ]

@@ -1,0 +1,3 @@
+from examples.vectorized.train import main
+
+main()

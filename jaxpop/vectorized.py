@@ -1,0 +1,485 @@
+"""A whole population in one compiled step: stacked members, exploit and explore on device.
+
+Instead of ``N`` worker threads that each train one model and exchange checkpoints
+through the controller, a :class:`VectorizedPopulation` holds all ``N`` members'
+training states *stacked* along a leading member axis, and every operation on the
+population is a pure function of device arrays that runs inside one ``jax.jit``:
+
+* :func:`init` -- ``N`` members from ``N`` keys, hyperparameters sampled from an explore
+  space (:mod:`jaxpop.mutators.explore`) and written into each member's
+  ``optax.inject_hyperparams`` state.
+* :func:`vmap_train_step` -- a user's single-member ``train_step(state, batch, hparams)
+  -> (state, metrics)`` lifted to the population with ``jax.vmap`` (one batch shared by
+  all members, or one batch per member).
+* :func:`exploit_explore` -- ``parents = selection(key, scores)``; params and optimizer
+  state gathered from the parents along the member axis; the copied members'
+  hyperparameters explored and written into their optimizer state. Hyperparameters are
+  arrays, so nothing recompiles when they change.
+* Across devices: :func:`member_mesh`, :func:`shard` and :func:`constrain` put the member
+  axis on a ``jax.sharding.Mesh`` axis (``NamedSharding(mesh, P("members"))``); under
+  ``jit`` the exploit gather crosses devices where needed and :func:`constrain` keeps the
+  result sharded (without it XLA may return it replicated and the next call retraces).
+
+Lineage is recorded on the host exactly as in host mode: :func:`lineage_init` and
+:func:`record` maintain a :class:`jaxpop.core.PopulationState` whose history holds one
+:class:`~jaxpop.records.Checkpoint` per member and evaluation and one new generation per
+copied member, so reports, replay and :mod:`jaxpop.storage` work unchanged (``record``
+also returns the :class:`jaxpop.core.Changes` a ``storage.Store`` journals).
+:func:`save_snapshot` / :func:`restore_snapshot` store the stacked population with a
+:class:`jaxpop.checkpointing.ParamStore`; its handle is the ``params`` of the
+checkpoints recorded with it, and a run resumes from the snapshot plus the history.
+
+Generation bookkeeping: every member carries an ``int32`` generation *index*; the initial
+members hold ``0..N-1`` and each copy takes the next free index (``num_generations``).
+Index ``g`` is the jaxpop generation id ``new_generation_id(root_key, g)``
+(:func:`generation_id`), so the host mapping is a pure function of the run's key.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxpop.core import Changes, PopulationState
+from jaxpop.history import History
+from jaxpop.hparams import find_hparam_states, set_hparams
+from jaxpop.keys import new_generation_id
+from jaxpop.mutators import explore as explore_lib
+from jaxpop.mutators import selection as selection_lib
+from jaxpop.records import ActiveWorker, Checkpoint
+
+__all__ = [
+    "AXIS",
+    "Exploit",
+    "VectorizedPopulation",
+    "constrain",
+    "exploit_explore",
+    "generation_id",
+    "init",
+    "lineage_init",
+    "member_hparams",
+    "member_mesh",
+    "record",
+    "restore_snapshot",
+    "save_snapshot",
+    "shard",
+    "shardings",
+    "vmap_train_step",
+    "write_hparams",
+]
+
+#: The default name of the mesh axis the members are sharded over.
+AXIS = "members"
+
+#: ``hparams -> {optimizer argument: value}``, e.g. ``lambda h: {"learning_rate":
+#: jnp.exp(h["log_lr"])}``. ``None``: the entries whose names the optimizer state holds.
+OptimizerHparams = Callable[[Mapping[str, jax.Array]], Mapping[str, jax.Array]]
+
+
+@struct.dataclass
+class VectorizedPopulation:
+    """A population of ``N`` members stacked along a leading axis.
+
+    Attributes:
+      train_state: the members' training states (params, optimizer state with injected
+        hyperparameters, any extra state such as a PRNG key or batch statistics), every
+        leaf with leading axis ``N``.
+      hparams: ``{name: array of shape (N,)}``, the hyperparameters each member trains
+        with (optimizer arguments and any others, e.g. augmentation strengths).
+      scores: ``float32[N]``, the latest evaluation of each member (lower is better;
+        ``inf`` before the first).
+      generation: ``int32[N]``, each member's generation index (see the module doc).
+      num_generations: ``int32[]``, generation indices handed out so far.
+      step: ``int32[]``, training steps taken by the population.
+      key: raw ``uint32[2]`` PRNG key of the population's own randomness.
+    """
+
+    train_state: Any
+    hparams: dict[str, jax.Array]
+    scores: jax.Array
+    generation: jax.Array
+    num_generations: jax.Array
+    step: jax.Array
+    key: jax.Array
+
+    @property
+    def size(self) -> int:
+        """The number of members ``N``."""
+        return int(self.scores.shape[0])
+
+
+@struct.dataclass
+class Exploit:
+    """What one :func:`exploit_explore` changed, for the host to record.
+
+    Attributes:
+      parents: ``int32[N]``, the member each member copied (itself when it kept going).
+      copied: ``bool[N]``, which members copied another member.
+      old_generation: ``int32[N]``, each member's generation index before the exploit.
+      generation: ``int32[N]``, each member's generation index after it.
+      hparams: ``{name: (N,)}``, the hyperparameters after it.
+      step: ``int32[]``, the population's step when it happened.
+    """
+
+    parents: jax.Array
+    copied: jax.Array
+    old_generation: jax.Array
+    generation: jax.Array
+    hparams: dict[str, jax.Array]
+    step: jax.Array
+
+
+# -- hyperparameters in the optimizer state --------------------------------------------------
+def _optimizer_values(
+    train_state: Any, hparams: Mapping[str, Any], optimizer_hparams: OptimizerHparams | None
+) -> dict[str, Any]:
+    if optimizer_hparams is not None:
+        return dict(optimizer_hparams(hparams))
+    held = {name for _, s in find_hparam_states(train_state) for name in s.hyperparams}
+    return {k: v for k, v in hparams.items() if k in held}
+
+
+def write_hparams(
+    train_state: Any,
+    hparams: Mapping[str, jax.Array],
+    optimizer_hparams: OptimizerHparams | None = None,
+) -> Any:
+    """``train_state`` (stacked or single) with ``hparams`` written into its injected states.
+
+    ``optimizer_hparams`` maps ``hparams`` to optimizer arguments (see
+    :data:`OptimizerHparams`); by default the entries whose names an injected state holds
+    are written as they are. A state without injected hyperparameters is returned as is.
+    """
+    values = _optimizer_values(train_state, hparams, optimizer_hparams)
+    return set_hparams(train_state, values) if values else train_state
+
+
+# -- initialisation and the vmapped step ------------------------------------------------------
+def init(
+    key: jax.Array,
+    init_fn: Callable[[jax.Array], Any],
+    space: Any,
+    num_members: int,
+    *,
+    hparams: Mapping[str, Any] | None = None,
+    optimizer_hparams: OptimizerHparams | None = None,
+) -> VectorizedPopulation:
+    """``num_members`` fresh members: ``init_fn`` on one key each, hparams from ``space``.
+
+    Pure and jittable (``num_members`` static). ``key`` is a raw ``uint32[2]`` key (or a
+    typed one, stored as its raw data).
+
+    Args:
+      key: the population's key; member, hyperparameter and population keys derive
+        from it.
+      init_fn: ``key -> train_state`` of one member (params and optimizer state built
+        with :func:`jaxpop.hparams.make_optimizer` or ``optax.inject_hyperparams``).
+      space: an explore space (a ``dict``) to sample each member's hparams from.
+      num_members: ``N``.
+      hparams: given initial hyperparameters ``{name: (N,)}`` instead of sampling.
+      optimizer_hparams: see :func:`write_hparams`.
+    """
+    key = _raw(key)
+    member_key, hparam_key, own_key = jax.random.split(key, 3)
+    train_state = jax.vmap(init_fn)(jax.random.split(member_key, num_members))
+    if hparams is None:
+        hparams = jax.vmap(lambda k: explore_lib.sample(k, space))(
+            jax.random.split(hparam_key, num_members)
+        )
+    hparams = {k: jnp.asarray(v) for k, v in hparams.items()}
+    for name, value in hparams.items():
+        if value.shape != (num_members,):
+            raise ValueError(f"hparams[{name!r}] has shape {value.shape}, want ({num_members},)")
+    return VectorizedPopulation(
+        train_state=write_hparams(train_state, hparams, optimizer_hparams),
+        hparams=hparams,
+        scores=jnp.full((num_members,), jnp.inf, jnp.float32),
+        generation=jnp.arange(num_members, dtype=jnp.int32),
+        num_generations=jnp.asarray(num_members, jnp.int32),
+        step=jnp.asarray(0, jnp.int32),
+        key=own_key,
+    )
+
+
+def vmap_train_step(
+    train_step: Callable[[Any, Any, Mapping[str, jax.Array]], tuple[Any, Any]],
+    *,
+    per_member_batch: bool = False,
+) -> Callable[[VectorizedPopulation, Any], tuple[VectorizedPopulation, Any]]:
+    """Lifts a single-member ``train_step(state, batch, hparams) -> (state, metrics)``.
+
+    The result, ``(population, batch) -> (population, metrics)``, runs every member's
+    step with ``jax.vmap`` and advances ``population.step``; ``metrics`` gain the leading
+    member axis. With ``per_member_batch`` every leaf of ``batch`` has a leading member
+    axis; otherwise all members see the same batch. Jit the result (once: changing
+    hyperparameters never retraces). Per-member randomness (augmentation, dropout)
+    comes from a key the user keeps in the member's train state.
+    """
+    batch_axis = 0 if per_member_batch else None
+    step_all = jax.vmap(train_step, in_axes=(0, batch_axis, 0))
+
+    @functools.wraps(train_step)
+    def population_step(pop: VectorizedPopulation, batch: Any) -> tuple[VectorizedPopulation, Any]:
+        train_state, metrics = step_all(pop.train_state, batch, pop.hparams)
+        return pop.replace(train_state=train_state, step=pop.step + 1), metrics
+
+    return population_step
+
+
+# -- exploit and explore ----------------------------------------------------------------------
+def exploit_explore(
+    pop: VectorizedPopulation,
+    scores: jax.Array,
+    key: jax.Array | None = None,
+    *,
+    space: Any,
+    selection: selection_lib.SelectionFn = selection_lib.truncation,
+    explore: Callable[[jax.Array, Any, Any], Any] = explore_lib.explore,
+    optimizer_hparams: OptimizerHparams | None = None,
+) -> tuple[VectorizedPopulation, Exploit]:
+    """One PBT round on device: copy from the parents, explore the copies' hparams.
+
+    Pure and jittable; the arrays keep their shapes and dtypes, so a jitted step that
+    calls it compiles once however the hyperparameters change.
+
+    Args:
+      pop: the population.
+      scores: ``(N,)``, lower is better (for ``mode="max"`` bind it in ``selection``);
+        non-finite scores rank worst. Stored as ``pop.scores``.
+      key: a PRNG key; ``None``: split ``pop.key`` (and advance it).
+      space: the explore space of the hyperparameters (see
+        :mod:`jaxpop.mutators.explore`).
+      selection: ``(key, scores) -> int32[N]`` parents, e.g.
+        ``functools.partial(selection.truncation, quantile_fraction=0.2)``.
+      explore: ``(key, space, hparams) -> hparams``, applied elementwise to the stacked
+        hyperparameters (default :func:`jaxpop.mutators.explore.explore`; pass e.g.
+        ``functools.partial(explore.perturb, perturbation_factors=(0.5, 2.0))``).
+      optimizer_hparams: see :func:`write_hparams`.
+
+    Returns:
+      ``(population, exploit)``: members with ``parents[i] != i`` hold a copy of their
+      parent's train state (params, optimizer state, extra state), the parent's
+      hyperparameters explored, and a new generation index; the others are unchanged.
+    """
+    own_key = pop.key
+    if key is None:
+        own_key, key = jax.random.split(pop.key)
+    select_key, explore_key = jax.random.split(_raw(key))
+    scores = jnp.asarray(scores, jnp.float32)
+    n = scores.shape[0]
+    members = jnp.arange(n, dtype=jnp.int32)
+    parents = jnp.asarray(selection(select_key, scores), jnp.int32)
+    copied = parents != members
+
+    gathered = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.train_state)
+    inherited = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.hparams)
+    explored = explore(explore_key, space, inherited)
+    hparams = {
+        k: jnp.where(copied, jnp.asarray(explored[k], v.dtype), pop.hparams[k])
+        for k, v in inherited.items()
+    }
+    new_index = pop.num_generations + jnp.cumsum(copied, dtype=jnp.int32) - 1
+    generation = jnp.where(copied, new_index, pop.generation)
+    new_pop = pop.replace(
+        train_state=write_hparams(gathered, hparams, optimizer_hparams),
+        hparams=hparams,
+        scores=scores,
+        generation=generation,
+        num_generations=pop.num_generations + jnp.sum(copied, dtype=jnp.int32),
+        key=own_key,
+    )
+    exploit = Exploit(parents, copied, pop.generation, generation, hparams, pop.step)
+    return new_pop, exploit
+
+
+# -- sharding the member axis -----------------------------------------------------------------
+def member_mesh(devices: Sequence[jax.Device] | None = None, axis: str = AXIS) -> Mesh:
+    """A one-axis mesh over ``devices`` (default: all), with ``Auto`` axis type.
+
+    ``Auto`` lets XLA place the exploit gather and the selection's sort across devices by
+    itself (``jax.make_mesh``'s default ``Explicit`` axes need explicit reshards).
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    return Mesh(np.asarray(devices), (axis,))
+
+
+def shardings(pop: Any, mesh: Mesh, axis: str = AXIS) -> Any:
+    """The ``NamedSharding`` of each leaf of ``pop``: member axis over ``axis``.
+
+    ``pop`` is a :class:`VectorizedPopulation` (its counters and key are replicated) or
+    any pytree whose leaves all have the member axis first (e.g. an :class:`Exploit`'s
+    arrays, per-member metrics); scalar leaves are replicated.
+    """
+    split, whole = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
+
+    def leaf(x: Any) -> NamedSharding:
+        return split if jnp.ndim(x) >= 1 else whole
+
+    if isinstance(pop, VectorizedPopulation):
+        return pop.replace(
+            train_state=jax.tree.map(leaf, pop.train_state),
+            hparams=jax.tree.map(leaf, pop.hparams),
+            scores=split,
+            generation=split,
+            num_generations=whole,
+            step=whole,
+            key=whole,
+        )
+    return jax.tree.map(leaf, pop)
+
+
+def shard(pop: Any, mesh: Mesh, axis: str = AXIS) -> Any:
+    """``pop`` placed on ``mesh`` with :func:`shardings` (``N`` divisible by the axis size)."""
+    return jax.device_put(pop, shardings(pop, mesh, axis))
+
+
+def constrain(pop: Any, mesh: Mesh | None, axis: str = AXIS) -> Any:
+    """Inside ``jit``: keeps ``pop`` sharded like :func:`shardings` (no-op for ``None``).
+
+    Call it on a population a jitted step returns, so that an exploit gather does not
+    leave it replicated and the next call does not retrace.
+    """
+    if mesh is None:
+        return pop
+    return jax.lax.with_sharding_constraint(pop, shardings(pop, mesh, axis))
+
+
+# -- host-side lineage ------------------------------------------------------------------------
+def generation_id(root_key: np.ndarray, index: int) -> str:
+    """The jaxpop generation id of generation index ``index`` in the run of ``root_key``."""
+    return new_generation_id(np.asarray(root_key, np.uint32), int(index))
+
+
+def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float | int]:
+    """Member ``member``'s hyperparameters as plain Python numbers (journal-safe)."""
+    out: dict[str, float | int] = {}
+    for name, values in hparams.items():
+        value = np.asarray(values)[member]
+        out[name] = int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
+    return out
+
+
+def lineage_init(
+    pop: VectorizedPopulation, root_key: np.ndarray, *, now: float, params: Any = None
+) -> PopulationState:
+    """The host lineage of a fresh population: one root generation per member.
+
+    Like :func:`jaxpop.core.init`: worker ``i`` holds generation ``generation_id(root_key,
+    i)`` at ``pop.step`` with its hyperparameters, and the history holds each
+    generation's first checkpoint (no value, no parent). ``params``: the handle of a
+    snapshot of ``pop``, or ``None``.
+    """
+    root_key = np.asarray(root_key, np.uint32)
+    step = int(pop.step)
+    generation = np.asarray(pop.generation)
+    workers, history = [], History()
+    for i in range(pop.size):
+        meta = member_hparams(pop.hparams, i)
+        gen_id = generation_id(root_key, int(generation[i]))
+        workers.append(ActiveWorker(params, meta, gen_id, step))
+        history = history.add(Checkpoint(params, meta, gen_id, None, None, step, now))
+    return PopulationState(tuple(workers), (), root_key, history, 0)
+
+
+def record(
+    state: PopulationState,
+    scores: Any,
+    *,
+    step: int,
+    now: float,
+    exploit: Exploit | None = None,
+    params: Any = None,
+) -> tuple[PopulationState, Changes]:
+    """Records one evaluation round (and the exploit that followed it) in the lineage.
+
+    Pure host function. Each member's evaluation becomes a checkpoint of its current
+    generation at ``step`` with value ``scores[i]``; then, for each member that
+    ``exploit`` says copied another, a new generation starts from the parent's
+    checkpoint just recorded (as :func:`jaxpop.mutators.base.start_generation` does in
+    host mode), with the member's new hyperparameters.
+
+    Args:
+      state: the lineage (from :func:`lineage_init` or a previous ``record``).
+      scores: ``(N,)``, the scores ``exploit_explore`` was given (host or device array).
+      step: the population's step of the evaluation.
+      now: the time to record.
+      exploit: what :func:`exploit_explore` returned, or ``None`` for an evaluation
+        without exploit.
+      params: the handle recorded as every new checkpoint's ``params`` (a snapshot of
+        the stacked population, see :func:`save_snapshot`), or ``None``.
+
+    Returns:
+      ``(state, changes)``; ``changes`` is what :class:`jaxpop.storage.Store` journals.
+    """
+    step = int(step)
+    scores = np.asarray(scores, np.float64)
+    history, added = state.history, []
+    evaluated: list[Checkpoint] = []
+    for worker in state.workers:
+        i = len(evaluated)
+        checkpoint = history.continuation(worker.generation_id, step, params, float(scores[i]), now)
+        history = history.add(checkpoint)
+        added.append(checkpoint)
+        evaluated.append(checkpoint)
+    workers, changed = list(state.workers), []
+    if exploit is not None:
+        parents = np.asarray(exploit.parents)
+        copied = np.asarray(exploit.copied)
+        generation = np.asarray(exploit.generation)
+        for i in np.flatnonzero(copied):
+            parent = evaluated[int(parents[i])]
+            meta = member_hparams(exploit.hparams, int(i))
+            gen_id = generation_id(state.key, int(generation[i]))
+            start = Checkpoint(params, meta, gen_id, None, parent.ref, step, now)
+            history = history.add(start)
+            added.append(start)
+            workers[i] = ActiveWorker(params, meta, gen_id, step)
+            changed.append((int(i), workers[i]))
+    num_events = state.num_events + 1
+    new_state = PopulationState(tuple(workers), state.mutator_state, state.key, history, num_events)
+    changes = Changes(tuple(added), tuple(changed), state.mutator_state, num_events, now)
+    return new_state, changes
+
+
+def save_snapshot(store: Any, pop: VectorizedPopulation, *, name: str = "vectorized") -> str:
+    """Saves the stacked population with a :class:`jaxpop.checkpointing.ParamStore`.
+
+    Returns the handle; pass it as ``params`` to :func:`record` so the lineage points to
+    it, and call ``store.wait()`` before relying on it.
+    """
+    return store.save(name, int(pop.step), pop)
+
+
+def restore_snapshot(
+    store: Any, handle: str, like: VectorizedPopulation, mesh: Mesh | None = None
+) -> VectorizedPopulation:
+    """Loads a snapshot saved by :func:`save_snapshot` into the structure of ``like``.
+
+    ``like`` may be abstract (``jax.eval_shape`` of the :func:`init` call). With ``mesh``
+    the arrays come back sharded over it.
+    """
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), like)
+    if mesh is not None:
+        target = jax.tree.map(
+            lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s),
+            target,
+            shardings(like, mesh),
+        )
+    return store.restore(handle, target)
+
+
+def _is_typed(key: Any) -> bool:
+    return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _raw(key: Any) -> jax.Array:
+    """A raw ``uint32[2]`` key from a raw or a typed key."""
+    return jax.random.key_data(key) if _is_typed(key) else jnp.asarray(key, jnp.uint32)

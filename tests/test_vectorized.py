@@ -1,0 +1,340 @@
+"""Tests of jaxpop.vectorized: the stacked population, exploit/explore on device, lineage."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxpop import encoding, storage
+from jaxpop import vectorized as vz
+from jaxpop.checkpointing import ParamStore
+from jaxpop.hparams import get_hparams, make_optimizer
+from jaxpop.keys import root_key
+from jaxpop.mutators import explore, selection
+
+N = 8
+SPACE = {"log_lr": explore.uniform(-5.0, -1.0), "b1": explore.uniform(0.5, 0.95)}
+TX = make_optimizer(
+    optax.adam,
+    {"log_lr": -3.0, "b1": 0.9},
+    keys={"log_lr": "learning_rate", "b1": "b1"},
+    transforms={"learning_rate": jnp.exp},
+)
+
+
+def to_optimizer(h):
+    return {"learning_rate": jnp.exp(h["log_lr"]), "b1": h["b1"]}
+
+
+def init_fn(key):
+    k1, k2 = jax.random.split(key)
+    params = {"w": jax.random.normal(k1, (4, 3)) * 0.5, "b": jax.random.normal(k2, (3,)) * 0.1}
+    return {"params": params, "opt_state": TX.init(params)}
+
+
+def train_step(state, batch, hparams):
+    x, y = batch
+
+    def loss_fn(params):
+        return jnp.mean((jnp.tanh(x @ params["w"] + params["b"]) - y) ** 2)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt_state = TX.update(grads, state["opt_state"], state["params"])
+    return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
+
+
+def batch(i, members=None):
+    rng = np.random.default_rng(i)
+    shape = (16,) if members is None else (members, 16)
+    x = rng.normal(size=(*shape, 4)).astype(np.float32)
+    return x, np.tanh(x[..., :3] * 0.7).astype(np.float32)
+
+
+def make_pop(seed=0):
+    return jax.jit(
+        functools.partial(
+            vz.init, init_fn=init_fn, space=SPACE, num_members=N, optimizer_hparams=to_optimizer
+        )
+    )(root_key(seed))
+
+
+STEP = jax.jit(vz.vmap_train_step(train_step))
+EXPLOIT = jax.jit(
+    functools.partial(
+        vz.exploit_explore,
+        space=SPACE,
+        selection=functools.partial(selection.truncation, quantile_fraction=0.25),
+        optimizer_hparams=to_optimizer,
+    )
+)
+
+
+def member(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def test_init_shapes_and_hparams_in_optimizer():
+    pop = make_pop()
+    assert pop.size == N
+    assert all(v.shape == (N,) for v in pop.hparams.values())
+    np.testing.assert_array_equal(pop.generation, np.arange(N))
+    assert int(pop.num_generations) == N and int(pop.step) == 0
+    held = get_hparams(pop.train_state["opt_state"])
+    np.testing.assert_allclose(held["learning_rate"], np.exp(pop.hparams["log_lr"]), rtol=1e-6)
+    np.testing.assert_allclose(held["b1"], pop.hparams["b1"])
+    assert len(set(np.asarray(pop.hparams["log_lr"]).tolist())) == N  # different draws
+    w = np.asarray(pop.train_state["params"]["w"])
+    assert not np.allclose(w[0], w[1])  # different keys
+
+
+@pytest.mark.parametrize("per_member", [False, True])
+def test_vmap_equals_single_member_runs(per_member):
+    pop = make_pop()
+    single = jax.jit(train_step)
+    step = (
+        STEP if not per_member else jax.jit(vz.vmap_train_step(train_step, per_member_batch=True))
+    )
+    states = [member(pop.train_state, i) for i in range(N)]
+    for t in range(5):
+        b = batch(t, N if per_member else None)
+        pop, losses = step(pop, b)
+        for i in range(N):
+            bi = member(b, i) if per_member else b
+            states[i], loss = single(states[i], bi, member(pop.hparams, i))
+            np.testing.assert_allclose(losses[i], loss, rtol=1e-5, atol=1e-6)
+    assert int(pop.step) == 5
+    for i in range(N):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+            member(pop.train_state, i),
+            states[i],
+        )
+
+
+def test_exploit_copies_parent_state_exactly_and_writes_hparams():
+    pop = make_pop()
+    for t in range(3):
+        pop, _ = STEP(pop, batch(t))
+    scores = jnp.arange(N, dtype=jnp.float32)[::-1]  # member N-1 is best
+    wta = jax.jit(
+        functools.partial(
+            vz.exploit_explore,
+            space=SPACE,
+            selection=selection.winner_take_all,
+            optimizer_hparams=to_optimizer,
+        )
+    )
+    new, ex = wta(pop, scores, root_key(1))
+    best = N - 1
+    np.testing.assert_array_equal(ex.parents, np.full(N, best))
+    np.testing.assert_array_equal(ex.copied, np.arange(N) != best)
+    for i in range(N):
+        # params and the optimizer's moments and count are the parent's, bit for bit
+        old_best = member(pop.train_state, best)
+        got = member(new.train_state, i)
+        jax.tree.map(np.testing.assert_array_equal, got["params"], old_best["params"])
+        np.testing.assert_array_equal(
+            got["opt_state"].inner_state[0].mu["w"], old_best["opt_state"].inner_state[0].mu["w"]
+        )
+        np.testing.assert_array_equal(got["opt_state"].count, old_best["opt_state"].count)
+    # the best keeps its hparams; the copies explore from the best's
+    for k in SPACE:
+        assert float(new.hparams[k][best]) == float(pop.hparams[k][best])
+        assert not np.allclose(new.hparams[k][:best], pop.hparams[k][best])
+        lo, hi = SPACE[k].low, SPACE[k].high
+        assert np.all((new.hparams[k] >= lo - 1e-6) & (new.hparams[k] <= hi + 1e-6))
+    held = get_hparams(new.train_state["opt_state"])
+    np.testing.assert_allclose(held["learning_rate"], np.exp(new.hparams["log_lr"]), rtol=1e-6)
+    np.testing.assert_allclose(held["b1"], new.hparams["b1"])
+    np.testing.assert_array_equal(new.generation, [8, 9, 10, 11, 12, 13, 14, 7])
+    assert int(new.num_generations) == 15
+    np.testing.assert_array_equal(new.scores, scores)
+
+
+def test_members_that_keep_going_are_untouched():
+    pop = make_pop()
+    scores = jnp.zeros(N)  # all tied: nobody copies
+    new, ex = EXPLOIT(pop, scores, root_key(3))
+    assert not np.any(ex.copied)
+    jax.tree.map(np.testing.assert_array_equal, new.train_state, pop.train_state)
+    jax.tree.map(np.testing.assert_array_equal, new.hparams, pop.hparams)
+
+
+def test_key_none_advances_population_key():
+    pop = make_pop()
+    new, _ = EXPLOIT(pop, jnp.arange(N, dtype=jnp.float32))
+    assert not np.array_equal(new.key, pop.key)
+
+
+def test_no_recompilation_over_50_rounds():
+    traces = []
+
+    def round_(pop, b):
+        traces.append(1)  # runs only while tracing
+        pop, losses = vz.vmap_train_step(train_step)(pop, b)
+        return vz.exploit_explore(
+            pop, losses, space=SPACE, selection=selection.tournament, optimizer_hparams=to_optimizer
+        )
+
+    fn = jax.jit(round_)
+    pop = make_pop()
+    seen = set()
+    for t in range(50):
+        pop, _ = fn(pop, batch(t % 4))
+        seen.add(float(pop.hparams["log_lr"][0]))
+    assert len(traces) == 1
+    assert fn._cache_size() == 1
+    assert len(seen) > 1  # the hyperparameters did change
+    assert int(pop.num_generations) > N
+
+
+def test_lineage_records_and_journal(tmp_path):
+    pop = make_pop()
+    lineage = vz.lineage_init(pop, root_key(0), now=1.0)
+    assert len(lineage.history) == N
+    log = storage.Store(str(tmp_path / "log2"))
+    log.start(lineage)
+    for r in range(3):
+        for t in range(2):
+            pop, losses = STEP(pop, batch(t))
+        scores = losses
+        step = int(pop.step)
+        pop, ex = EXPLOIT(pop, scores)
+        lineage, changes = vz.record(lineage, scores, step=step, now=2.0 + r, exploit=ex)
+        log.append(changes, lineage)
+    log.close()
+    history = lineage.history
+    assert len(history) == int(pop.num_generations)
+    # workers follow the device generation indices
+    for i, w in enumerate(lineage.workers):
+        assert w.generation_id == vz.generation_id(root_key(0), int(pop.generation[i]))
+        assert w.meta_params == vz.member_hparams(pop.hparams, i)
+    # every copied member's generation starts from its parent's evaluated checkpoint
+    ex_parents, ex_old = np.asarray(ex.parents), np.asarray(ex.old_generation)
+    for i in np.flatnonzero(np.asarray(ex.copied)):
+        first = history.first(lineage.workers[i].generation_id)
+        parent_gen = vz.generation_id(root_key(0), int(ex_old[ex_parents[i]]))
+        assert first.parent == (parent_gen, int(pop.step))
+        assert history[parent_gen][int(pop.step)].value is not None
+    # durable storage and the plain encoding work unchanged
+    plain = encoding.decode(encoding.encode(storage.state_to_plain(lineage)))
+    again = storage.state_from_plain(plain)
+    assert list(again.history.checkpoints()) == list(history.checkpoints())
+    loaded = storage.read_state(str(tmp_path / "log2"))
+    assert list(loaded.history.checkpoints()) == list(history.checkpoints())
+    assert loaded.workers == lineage.workers
+
+
+def test_resume_from_snapshot_continues_identically(tmp_path):
+    def run(pop, lineage, rounds, start, store=None, snapshot_at=None):
+        handle = None
+        for r in range(start, rounds):
+            for t in range(2):
+                pop, losses = STEP(pop, batch(r * 2 + t))
+            step = int(pop.step)
+            pop, ex = EXPLOIT(pop, losses)
+            params = None
+            if r == snapshot_at:
+                handle = params = vz.save_snapshot(store, pop)
+            lineage, _ = vz.record(
+                lineage, losses, step=step, now=float(r), exploit=ex, params=params
+            )
+            if r == snapshot_at:
+                saved = encoding.encode(storage.state_to_plain(lineage))
+                return pop, lineage, handle, saved
+        return pop, lineage, handle, None
+
+    pop0 = make_pop()
+    lineage0 = vz.lineage_init(pop0, root_key(0), now=0.0)
+    with ParamStore(tmp_path / "params", async_save=False) as store:
+        full_pop, full_lineage, _, _ = run(pop0, lineage0, 5, 0)
+        _, _, handle, saved = run(pop0, lineage0, 5, 0, store, snapshot_at=2)
+        like = jax.eval_shape(lambda: pop0)
+        pop = vz.restore_snapshot(store, handle, like)
+        lineage = storage.state_from_plain(encoding.decode(saved))
+        pop, lineage, _, _ = run(pop, lineage, 5, 3)
+    jax.tree.map(np.testing.assert_array_equal, pop, full_pop)
+
+    def strip(state):
+        return [
+            (c.generation_id, c.step, c.value, c.parent, c.meta_params)
+            for c in state.history.checkpoints()
+        ]
+
+    assert strip(lineage) == strip(full_lineage)
+    assert [w.generation_id for w in lineage.workers] == [
+        w.generation_id for w in full_lineage.workers
+    ]
+
+
+_SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import functools, json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    sys.path.insert(0, {tests!r})
+    import test_vectorized as t
+    from jaxpop import vectorized as vz
+    from jaxpop.keys import root_key
+    from jaxpop.mutators import selection
+    assert jax.device_count() == 4, jax.devices()
+    mesh = vz.member_mesh()
+
+    def round_(pop, b, mesh):
+        pop, losses = vz.vmap_train_step(t.train_step)(pop, b)
+        pop, ex = vz.exploit_explore(pop, losses, space=t.SPACE,
+            selection=selection.tournament, optimizer_hparams=t.to_optimizer)
+        return vz.constrain(pop, mesh), ex
+
+    def go(mesh):
+        pop = t.make_pop()
+        if mesh is not None:
+            pop = vz.shard(pop, mesh)
+        fn = jax.jit(functools.partial(round_, mesh=mesh))
+        for r in range(6):
+            pop, ex = fn(pop, t.batch(r))
+        return pop, fn._cache_size()
+
+    single, n1 = go(None)
+    sharded, n4 = go(mesh)
+    w = sharded.train_state["params"]["w"]
+    out = dict(
+        devices=len(w.sharding.device_set),
+        spec=str(w.sharding.spec),
+        cache=[n1, n4],
+        generations=[int(single.num_generations), int(sharded.num_generations)],
+        max_diff=max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                     zip(jax.tree.leaves(single), jax.tree.leaves(sharded))),
+        same_generation=bool(np.array_equal(single.generation, sharded.generation)),
+    )
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_sharded_equals_unsharded_on_4_cpu_devices():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["JAX_PLATFORMS"] = "cpu"
+    script = _SHARDED_SCRIPT.format(tests=os.path.dirname(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    out = json.loads(line[len("RESULT") :])
+    assert out["devices"] == 4
+    assert "members" in out["spec"]
+    assert out["cache"] == [1, 1]  # the sharded population never retraced
+    assert out["generations"][0] == out["generations"][1] > N
+    assert out["same_generation"]
+    assert out["max_diff"] < 1e-5
