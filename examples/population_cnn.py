@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from examples import data as data_lib
 from examples.cnn import CNN, accuracy, augment, cross_entropy
-from jaxpop import PopulationController
+from jaxpop import PopulationController, tensorboard
 from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.mutators.base import Mutator
@@ -139,6 +139,7 @@ def _worker(
     args: argparse.Namespace,
     progress: tqdm,
     accuracies: dict,
+    tb: tensorboard.TensorBoardWriter | None = None,
 ) -> None:
     rng = np.random.default_rng([args.seed, worker_id])
     key = jax.random.key(args.seed * 1009 + worker_id)
@@ -170,6 +171,8 @@ def _worker(
             handle = store.save(generation_id, step, state)
             controller.set_eval(worker_id, generation_id, step, handle, loss)
             accuracies[(generation_id, step)] = acc
+            if tb is not None:
+                tb.log_eval(step, loss, meta, {"accuracy": acc})
             progress.set_postfix(worker=worker_id, val_loss=f"{loss:.3f}", acc=f"{acc:.3f}")
             if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
                 store.collect_garbage(controller, keep_best=args.keep_best)  # bounded disk
@@ -188,6 +191,12 @@ def add_flags(parser: argparse.ArgumentParser, *, steps: int, workers: int, log_
     parser.add_argument("--gc-every", type=int, default=8, help="evaluations between GCs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write each worker's evaluations and hyperparameters as TensorBoard "
+        "scalars to <log-dir>/tensorboard (needs tensorboardX)",
+    )
 
 
 def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
@@ -196,6 +205,11 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     model = _Model(experiment, dataset, population[0])
     accuracies: dict = {}
+    writers = (
+        tensorboard.writers(os.path.join(args.log_dir, "tensorboard"), args.workers)
+        if args.tensorboard
+        else [None] * args.workers
+    )
     start = time.time()
     with (
         ParamStore(os.path.join(args.log_dir, "params")) as store,
@@ -215,7 +229,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
         threads = [
             threading.Thread(
                 target=_worker,
-                args=(i, controller, store, model, dataset, args, progress, accuracies),
+                args=(i, controller, store, model, dataset, args, progress, accuracies, writers[i]),
                 name=f"worker-{i}",
             )
             for i in range(args.workers)
@@ -224,6 +238,9 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
             t.start()
         for t in threads:
             t.join()
+        for writer in writers:
+            if writer is not None:
+                writer.close()
         progress.close()
         store.wait()
         store.collect_garbage(controller.state, keep_best=args.keep_best)

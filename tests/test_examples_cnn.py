@@ -1,5 +1,6 @@
 """The CNN examples run end to end on the default data set (and on mocked CIFAR-10)."""
 
+import importlib.util
 import math
 import os
 
@@ -9,7 +10,7 @@ import pytest
 from examples import data as data_lib
 from examples.complex_cnn import train as complex_cnn
 from examples.simple_cnn import train as simple_cnn
-from jaxpop import PopulationController
+from jaxpop import PopulationController, report
 from jaxpop.mutators import WinnerTakeAllGenetic
 
 
@@ -31,8 +32,14 @@ def test_digits_is_a_real_offline_split():
 
 def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path):
     argv = ["--steps", "60", "--workers", "3", "--eval-every", "10", "--steps-per-exploit", "20"]
+    argv += ["--tensorboard"] if importlib.util.find_spec("tensorboardX") else []
     summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path), "--no-progress"])
     assert summary["exploit_events"] >= 3 and summary["compilations"] == 1
+    data = report.load(tmp_path)  # the run in <log-dir>/population, read without its lock
+    assert data.history.num_checkpoints == summary["checkpoints"]
+    assert math.isfinite(data.best.value) and len(data.members) == 3
+    if "--tensorboard" in argv:
+        assert sorted(os.listdir(tmp_path / "tensorboard")) == ["worker-0", "worker-1", "worker-2"]
     assert math.isfinite(summary["best"]["val_loss"])
     with _reload(tmp_path, 3) as pop:
         assert pop.history.num_checkpoints == summary["checkpoints"]

@@ -1,0 +1,83 @@
+"""The ``jaxpop`` command line: ``jaxpop report LOGDIR [--out DIR] [--log-scale]``.
+
+A thin shell over :mod:`jaxpop.report`: it reads the run without locking or writing
+it (safe while the run is live), writes the plots, ``history.csv`` and
+``summary.json`` into ``--out`` (default ``<run dir>-report``, beside the run) and
+prints the summary table. Exit status 0 on success, 1 when the run cannot be read (the
+message says why), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``jaxpop`` command."""
+    top = argparse.ArgumentParser(
+        prog="jaxpop", description="Population based training for JAX/Optax."
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    report = commands.add_parser(
+        "report",
+        help="plots, tables and a summary of a run's history",
+        description=(
+            "Read a run's durable history (never locking or writing it, so the run may "
+            "be live) and write hparams.png, scores.png, lineage.png, history.csv and "
+            "summary.json; print a summary table."
+        ),
+    )
+    report.add_argument(
+        "log_dir",
+        metavar="LOGDIR",
+        help="the run's log_dir, or a directory holding exactly one run "
+        "(e.g. the --log-dir of a CNN example)",
+    )
+    report.add_argument(
+        "--out", metavar="DIR", default=None, help="output folder (default: <run dir>-report)"
+    )
+    report.add_argument(
+        "--log-scale", action="store_true", help="log scale for the evaluation values"
+    )
+    report.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    return top
+
+
+def _report(args: argparse.Namespace) -> int:
+    from jaxpop import report, storage
+
+    try:
+        data = report.load(args.log_dir)
+        written = report.write_report(data, args.out, log_scale=args.log_scale)
+    except (
+        OSError,
+        ValueError,  # NotARunError, an out dir inside the run
+        ImportError,  # matplotlib missing: the message names the pip command
+        storage.CorruptLogError,
+    ) as e:
+        print(f"jaxpop report: error: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        report.print_summary(report.summary(data))
+        if data.best is None:
+            print("no evaluation has been reported yet: the report shows what there is")
+    out_dir = os.path.dirname(next(iter(written.values())))
+    print(f"wrote {', '.join(written)} to {out_dir}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the status."""
+    args = parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args)
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""``jaxpop report``: data from the history, plots, files, CLI, live runs, clear errors."""
+
+import builtins
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import FakeClock
+from jaxpop import PopulationController, cli, report, storage
+from jaxpop.mutators import WinnerTakeAllGenetic
+
+# the plots (and the files, which include them) need matplotlib: pip install ".[report]"
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed"
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+WORKERS = 4
+FILES = {"hparams.png", "scores.png", "lineage.png", "history.csv", "summary.json"}
+
+
+def _mutate(meta, key):
+    rng = np.random.default_rng(key)
+    momentum = float(np.clip(meta["opt"]["momentum"] + 0.05 * rng.normal(), 0.0, 1.0))
+    return {
+        **meta,
+        "log_lr": meta["log_lr"] + 0.5 * float(rng.normal()),
+        "opt": {"momentum": momentum},
+    }
+
+
+def _initial(n):
+    return [{"log_lr": -2.0 - i, "opt": {"momentum": 0.9}, "name": "sgd"} for i in range(n)]
+
+
+class _Workers:
+    """Simulated workers following the seed protocol; ``value`` gives each loss."""
+
+    def __init__(self, n, value=None):
+        self.gens, self.steps = [None] * n, [0] * n
+        self.value = value or (lambda i, lr, step: (lr + 5 + step / 100) ** 2 + 100 / step)
+
+    def step(self, pop, i, evaluate=True):
+        data = pop.maybe_get_worker_data(i, self.gens[i], self.steps[i], f"w{i}", None)
+        if data is not None:
+            self.gens[i], self.steps[i] = data.generation_id, data.step
+        self.steps[i] += 10
+        if evaluate:
+            lr = pop.history.meta_params(self.gens[i])["log_lr"]
+            value = self.value(i, lr, self.steps[i])
+            pop.set_eval(i, self.gens[i], self.steps[i], f"p{i}@{self.steps[i]}", value)
+
+
+def _controller(log_dir, n=WORKERS, **kw):
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=30)
+    return PopulationController(_initial(n), mutator, log_dir, seed=3, clock=FakeClock(), **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A completed run laid out like the CNN examples: ``<base>/population``."""
+    base = tmp_path_factory.mktemp("run")
+    (base / "params").mkdir()  # where the examples keep checkpoints
+    with _controller(str(base / "population")) as pop:
+        workers = _Workers(WORKERS)
+        for t in range(WORKERS * 15):
+            workers.step(pop, t % WORKERS)
+        # one worker moves on so that members differ in their current positions
+        workers.step(pop, 1, evaluate=False)
+        state = pop.state
+    return base, state
+
+
+def _independent_best_lineage(state):
+    """The best final member's lineage, walking ``parent`` links by hand."""
+    history, best = state.history, None
+    for worker in state.workers:
+        view = history[worker.generation_id]
+        checkpoint = view[max(view)]
+        while checkpoint is not None and checkpoint.value is None:
+            parent = checkpoint.parent
+            checkpoint = None if parent is None else history[parent[0]][parent[1]]
+        if checkpoint is None:
+            continue
+        key = (not math.isfinite(checkpoint.value), checkpoint.value)
+        if best is None or key < best[0]:
+            best = (key, checkpoint)
+    chain, checkpoint = [], best[1]
+    while checkpoint is not None:
+        chain.append(checkpoint.ref)
+        parent = checkpoint.parent
+        checkpoint = None if parent is None else history[parent[0]][parent[1]]
+    return chain[::-1]
+
+
+def _lines(fig, prefix):
+    return [
+        line
+        for ax in fig.axes
+        for line in ax.get_lines()
+        if (line.get_gid() or "").startswith(prefix)
+    ]
+
+
+# -- data -----------------------------------------------------------------------------
+def test_load_reads_the_history_from_the_parent_dir(finished):
+    base, state = finished
+    data = report.load(base)  # the parent: exactly one run below it
+    assert data.log_dir == str(base / "population")
+    assert report.load(base / "population").log_dir == data.log_dir
+    history = data.history
+    assert history.num_checkpoints == state.history.num_checkpoints
+    assert [c.ref for c in history.checkpoints()] == [c.ref for c in state.history.checkpoints()]
+    assert [c.value for c in history.checkpoints()] == [
+        c.value for c in state.history.checkpoints()
+    ]
+    assert len(data.members) == WORKERS == data.population_size
+    for member, worker in zip(data.members, state.workers, strict=True):
+        assert member.generation_id == worker.generation_id
+        assert member.lineage[-1].ref == history.latest(worker.generation_id).ref
+        assert member.lineage[0].parent is None  # back to a root
+        evaluated = [c for c in member.lineage if c.value is not None]
+        assert member.scored == evaluated[-1]
+    assert [c.ref for c in data.best_lineage] == _independent_best_lineage(state)
+    copies = [g for g in history if (history.branch_point(g) or (g,))[0] != g]
+    assert [e.generation_id for e in data.exploits] == copies
+    assert data.hparam_names == ("log_lr", "opt.momentum")  # "name" is not numeric
+
+
+def test_flatten_hparams():
+    import jax.numpy as jnp
+
+    meta = {
+        "lr": np.float32(0.5),
+        "opt": {"betas": (0.9, 0.99), "eps": jnp.asarray([1e-8])},
+        "name": "adam",
+        "nesterov": True,
+        "mask": np.arange(100.0),  # too large to be a hyperparameter column
+        "none": None,
+        "vec": np.asarray([1, 2]),
+    }
+    flat = report.flatten_hparams(meta)
+    assert flat == {
+        "lr": 0.5,
+        "name": "adam",
+        "nesterov": True,
+        "opt.betas.0": 0.9,
+        "opt.betas.1": 0.99,
+        "opt.eps": pytest.approx(1e-8),
+        "vec.0": 1,
+        "vec.1": 2,
+    }
+    assert "name" not in report.numeric_hparams(meta)
+    assert report.numeric_hparams(meta)["nesterov"] == 1.0
+    assert report.flatten_hparams(0.1) == {"value": 0.1}
+
+
+def test_nan_and_inf_rank_last():
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    with PopulationController(_initial(3), mutator, seed=0, clock=FakeClock()) as pop:
+        bad = {0: math.nan, 1: 5.0, 2: math.inf}
+        workers = _Workers(3, value=lambda i, lr, step: bad[i])
+        for t in range(9):
+            workers.step(pop, t % 3)
+        data = report.build(pop.state)
+    assert data.best.worker == 1 and data.best.value == 5.0
+    info = report.summary(data)
+    assert [m["value"] for m in info["members"]] == ["nan", 5.0, "inf"]
+    json.dumps(info, allow_nan=False)  # strict JSON
+
+
+# -- plots ----------------------------------------------------------------------------
+@needs_matplotlib
+def test_plotted_data_match_the_history(finished):
+    _, state = finished
+    data = report.build(state, "run")
+    best_refs = _independent_best_lineage(state)
+    best_steps = [step for _, step in best_refs]
+
+    fig = report.plot_hparams(data)
+    assert len(fig.axes) == len(data.hparam_names)
+    for ax, name in zip(fig.axes, data.hparam_names, strict=True):
+        members = [ln for ln in ax.get_lines() if (ln.get_gid() or "").startswith("member-")]
+        assert len(members) == WORKERS  # one line per member
+        for line, member in zip(members, data.members, strict=True):
+            assert line.get_gid() == f"member-{member.worker}"
+            assert list(line.get_xdata()) == [c.step for c in member.lineage]
+            expected = [report.numeric_hparams(c.meta_params)[name] for c in member.lineage]
+            assert list(line.get_ydata()) == expected
+        (best,) = [ln for ln in ax.get_lines() if ln.get_gid() == "best-lineage"]
+        assert list(best.get_xdata()) == best_steps
+        history = state.history
+        expected = [report.numeric_hparams(history[g][s].meta_params)[name] for g, s in best_refs]
+        assert list(best.get_ydata()) == expected
+        exploits = [c for c in ax.collections if c.get_gid() == "exploits"]
+        assert len(exploits) == 1
+        assert len(exploits[0].get_segments()) == len({e.step for e in data.exploits})
+
+    fig = report.plot_scores(data, log_scale=True)
+    assert fig.axes[0].get_yscale() == "log"
+    members = _lines(fig, "member-")
+    assert len(members) == WORKERS
+    for line, member in zip(members, data.members, strict=True):
+        evaluated = [c for c in member.lineage if c.value is not None]
+        assert list(line.get_xdata()) == [c.step for c in evaluated]
+        assert list(line.get_ydata()) == [c.value for c in evaluated]
+    (best,) = _lines(fig, "best-lineage")
+    history = state.history
+    scored = [history[g][s] for g, s in best_refs if history[g][s].value is not None]
+    assert list(best.get_ydata()) == [c.value for c in scored]
+    assert best.get_ydata()[-1] == min(m.value for m in data.members)
+
+    fig = report.plot_lineage(data)
+    ax = fig.axes[0]
+    (generations,) = [c for c in ax.collections if c.get_gid() == "generations"]
+    assert len(generations.get_segments()) == len(history)
+    (links,) = [c for c in ax.collections if c.get_gid() == "links"]
+    assert len(links.get_segments()) == len(data.exploits)
+    (best,) = _lines(fig, "best-lineage")
+    rows = {g: i for i, g in enumerate(history)}
+    assert list(best.get_xdata()) == best_steps
+    assert list(best.get_ydata()) == [rows[g] for g, _ in best_refs]
+
+
+# -- files and the command line -------------------------------------------------------
+def _check_files(out, num_checkpoints):
+    assert set(os.listdir(out)) >= FILES
+    import matplotlib.image
+
+    for name in ("hparams.png", "scores.png", "lineage.png"):
+        path = os.path.join(out, name)
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
+        assert 10_000 < os.path.getsize(path) < 5_000_000
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] >= 300 and image.shape[1] >= 600 and image.shape[2] in (3, 4)
+        assert image[..., :3].std() > 0.05  # not blank
+    with open(os.path.join(out, "history.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == num_checkpoints
+    with open(os.path.join(out, "summary.json")) as f:
+        info = json.load(f, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert info["num_checkpoints"] == num_checkpoints
+    return rows, info
+
+
+@needs_matplotlib
+def test_write_report_files(finished, tmp_path):
+    base, state = finished
+    written = report.write_report(base, tmp_path / "out")
+    assert set(written) == FILES
+    rows, info = _check_files(tmp_path / "out", state.history.num_checkpoints)
+    assert list(rows[0]) == [*report.CSV_COLUMNS, "log_lr", "name", "opt.momentum"]  # pytree order
+    for row, checkpoint in zip(rows, state.history.checkpoints(), strict=True):
+        assert row["generation_id"] == checkpoint.generation_id
+        assert int(row["step"]) == checkpoint.step
+        assert row["value"] == ("" if checkpoint.value is None else repr(checkpoint.value))
+        parent = checkpoint.parent
+        assert row["parent_generation"] == ("" if parent is None else parent[0])
+        assert float(row["log_lr"]) == checkpoint.meta_params["log_lr"]
+    data = report.build(state)
+    assert info["population_size"] == WORKERS
+    assert info["num_generations"] == len(state.history)
+    assert info["num_exploit_events"] == len(data.exploits) > 0
+    best = info["best"]
+    assert (best["generation_id"], best["step"]) == tuple(_independent_best_lineage(state)[-1])
+    assert best["worker"] == data.best.worker
+    assert set(best["hyperparameters"]) == {"log_lr", "opt.momentum", "name"}
+    times = [c.time for c in state.history.checkpoints()]
+    assert info["wall_clock"] == {
+        "start": min(times),
+        "end": max(times),
+        "seconds": max(times) - min(times),
+    }
+    with pytest.raises(ValueError, match="inside the run's directory"):
+        report.write_report(base, base / "population" / "report")
+
+
+@needs_matplotlib
+def test_python_dash_m_jaxpop_report(finished, tmp_path):
+    base, state = finished
+    out = tmp_path / "cli"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxpop", "report", str(base), "--out", str(out), "--log-scale"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MPLBACKEND": "", "COLUMNS": "120"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    _check_files(out, state.history.num_checkpoints)
+    assert "population size" in proc.stdout and "exploit events" in proc.stdout
+    assert f"worker {report.build(state).best.worker}" in proc.stdout
+
+
+@needs_matplotlib
+def test_cli_default_out_dir_and_plain_table(finished, tmp_path, capsys, monkeypatch):
+    base, state = finished
+    run = tmp_path / "copy"
+    run.mkdir()
+    for name in os.listdir(base / "population"):
+        (run / name).write_bytes((base / "population" / name).read_bytes())
+    for name in ("rich", "rich.console", "rich.table", "rich.text"):
+        monkeypatch.setitem(sys.modules, name, None)  # rich is optional
+    assert cli.main(["report", str(run)]) == 0
+    _check_files(str(run) + "-report", state.history.num_checkpoints)
+    out = capsys.readouterr().out
+    assert "population size" in out and "wall-clock span" in out and "─" not in out
+
+
+# -- errors ---------------------------------------------------------------------------
+def test_clear_errors(tmp_path, finished, capsys):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        report.load(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(report.NotARunError, match="is empty"):
+        report.load(tmp_path / "empty")
+    other = tmp_path / "other"
+    (other / "sub").mkdir(parents=True)
+    (other / "notes.txt").write_text("hello")
+    with pytest.raises(report.NotARunError, match=r"not a jaxpop run.*snapshot"):
+        report.load(other)
+    with pytest.raises(NotADirectoryError):
+        report.load(other / "notes.txt")
+    two = tmp_path / "two"
+    for name in ("a", "b"):
+        (two / name).mkdir(parents=True)
+        for f in os.listdir(finished[0] / "population"):
+            (two / name / f).write_bytes((finished[0] / "population" / f).read_bytes())
+    with pytest.raises(report.NotARunError, match="holds 2 jaxpop runs"):
+        report.load(two)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "snapshot-00000000.jpsnap").write_bytes(b"not a snapshot")
+    with pytest.raises(storage.CorruptLogError):
+        report.load(tmp_path / "bad")
+    for path, message in [
+        (tmp_path / "missing", "does not exist"),
+        (tmp_path / "empty", "is empty"),
+        (other, "not a jaxpop run"),
+        (tmp_path / "bad", "bad"),
+    ]:
+        assert cli.main(["report", str(path), "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("jaxpop report: error: ") and message in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["report"])
+    assert exc.value.code == 2
+
+
+@needs_matplotlib
+def test_a_run_without_evaluations_reports_what_there_is(tmp_path, capsys):
+    with _controller(str(tmp_path / "run")) as pop:
+        workers = _Workers(WORKERS)
+        for i in range(WORKERS):
+            workers.step(pop, i, evaluate=False)  # asks only
+        num_checkpoints = pop.history.num_checkpoints
+    data = report.load(tmp_path / "run")
+    assert data.best is None and data.best_lineage == () and data.num_evaluations == 0
+    assert report.summary(data)["best"] is None
+    assert len(_lines(report.plot_scores(data), "member-")) == WORKERS
+    assert cli.main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "out")]) == 0
+    _, info = _check_files(tmp_path / "out", num_checkpoints)
+    assert info["best"] is None and info["num_evaluations"] == 0
+    assert "no evaluation" in capsys.readouterr().out
+
+
+def test_matplotlib_is_imported_lazily(monkeypatch, finished):
+    code = "import sys, jaxpop.report; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)
+    data = report.build(finished[1])
+    assert report.summary(data)["population_size"] == WORKERS  # the data part works
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        report.plot_scores(data)
+
+
+# -- a live run -----------------------------------------------------------------------
+class _WriteSpy:
+    """Records file operations that could change ``root``, made by ``thread``."""
+
+    def __init__(self, root, thread):
+        self.root, self.thread, self.calls = os.path.realpath(root), thread, []
+
+    def _hit(self, path):
+        if threading.current_thread() is not self.thread or not isinstance(path, str | Path):
+            return False
+        path = os.path.realpath(path)
+        return path == self.root or path.startswith(self.root + os.sep)
+
+    def install(self, monkeypatch):
+        real_open, real_os_open = builtins.open, os.open
+
+        def spy_open(file, mode="r", *args, **kwargs):
+            if self._hit(file) and set(mode) & set("wax+"):
+                self.calls.append(("open", file, mode))
+            return real_open(file, mode, *args, **kwargs)
+
+        def spy_os_open(path, flags, *args, **kwargs):
+            if self._hit(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC):
+                self.calls.append(("os.open", path, flags))
+            return real_os_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", spy_open)
+        monkeypatch.setattr(os, "open", spy_os_open)
+        for name in ("remove", "unlink", "replace", "rename", "truncate", "mkdir", "rmdir"):
+            real = getattr(os, name)
+
+            def spy(path, *args, _real=real, _name=name, **kwargs):
+                if self._hit(path) or any(self._hit(a) for a in args):
+                    self.calls.append((_name, path))
+                return _real(path, *args, **kwargs)
+
+            monkeypatch.setattr(os, name, spy)
+
+
+def _listing(directory):
+    return {e.name: (e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(directory)}
+
+
+@needs_matplotlib
+def test_report_on_a_live_run_does_not_disturb_it(tmp_path, monkeypatch):
+    run_dir = tmp_path / "population"
+    pop = _controller(str(run_dir), compact_after=5)  # compactions while we read
+    spy = _WriteSpy(run_dir, threading.current_thread())
+    spy.install(monkeypatch)
+    errors, stop = [], threading.Event()
+
+    def train():
+        try:
+            workers, t = _Workers(WORKERS), 0
+            while not stop.is_set() or t < WORKERS * 20:
+                workers.step(pop, t % WORKERS)
+                t += 1
+                time.sleep(0.0002)  # let the reader in between calls
+        except BaseException as e:  # the controller's calls must never fail
+            errors.append(e)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    seen = []
+    for i in range(30):  # read (and twice write a report) while the run is live
+        data = report.load(tmp_path)  # never locks, never writes
+        seen.append(data.state.num_events)
+        assert len(data.members) == WORKERS
+        if i in (10, 20):
+            report.write_report(data, tmp_path / f"out{i}")
+            _check_files(tmp_path / f"out{i}", data.history.num_checkpoints)
+    stop.set()
+    thread.join()
+    final = pop.state
+    pop.close()
+    monkeypatch.undo()
+    assert not errors, errors
+    assert spy.calls == []  # the report made no write, delete or rename in the run's dir
+    assert seen == sorted(seen) and len(set(seen)) > 10 and seen[-1] <= final.num_events
+    assert set(os.listdir(run_dir)) <= {"lock"} | {
+        n for n in os.listdir(run_dir) if n.endswith((".jpsnap", ".jpjournal"))
+    }
+    # what the controller acknowledged is all there, and the report changes no file
+    before = _listing(run_dir)
+    data = report.load(run_dir)
+    report.write_report(data, tmp_path / "final")
+    assert _listing(run_dir) == before
+    assert data.state.num_events == final.num_events
+    assert [c.ref for c in data.history.checkpoints()] == [
+        c.ref for c in final.history.checkpoints()
+    ]
+    with _controller(str(run_dir)) as again:  # and the run continues where it stopped
+        assert again.state.num_events == final.num_events

@@ -1,0 +1,89 @@
+"""The optional TensorBoard hook writes evaluations and hyperparameters per worker."""
+
+import glob
+import math
+import os
+import struct
+import sys
+
+import pytest
+
+from jaxpop import tensorboard
+
+
+def _events(directory):
+    """``[(step, tag, value)]`` of the scalar summaries in a directory's event files.
+
+    Reads the TFRecord framing directly (length, its CRC, data, its CRC) and parses
+    each record with tensorboardX's protobuf ``Event``.
+    """
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = []
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        with open(path, "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            record = data[offset + 12 : offset + 12 + length]
+            offset += 12 + length + 4
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                out.append((event.step, value.tag, value.simple_value))
+    return out
+
+
+def test_writes_eval_metrics_and_numeric_hparams_per_worker(tmp_path):
+    pytest.importorskip("tensorboardX")
+    meta = {"log_lr": -3.0, "opt": {"b1": 0.9}, "name": "adam"}
+    pair = tensorboard.writers(tmp_path, 2)
+    assert [w.backend for w in pair] == ["tensorboardX"] * 2
+    with pair[0] as tb:
+        tb.log_eval(10, 0.5, meta, {"accuracy": 0.75})
+        tb.log_eval(20, 0.25, {**meta, "log_lr": -4.0})
+        tb.log_hparams(20, {"log_lr": -5.0})
+    pair[1].log_eval(10, math.inf)
+    pair[1].close()
+    pair[1].close()  # idempotent
+    assert sorted(os.listdir(tmp_path)) == ["worker-0", "worker-1"]
+    events = _events(tmp_path / "worker-0")
+    assert sorted(events) == sorted(
+        [
+            (10, "eval/value", 0.5),
+            (10, "eval/accuracy", 0.75),
+            (10, "hparams/log_lr", -3.0),
+            (10, "hparams/opt.b1", pytest.approx(0.9)),
+            (20, "eval/value", 0.25),
+            (20, "hparams/log_lr", -4.0),
+            (20, "hparams/opt.b1", pytest.approx(0.9)),
+            (20, "hparams/log_lr", -5.0),
+        ]
+    )
+    assert _events(tmp_path / "worker-1") == [(10, "eval/value", math.inf)]
+    with pytest.raises(RuntimeError, match="closed"):
+        pair[0].log_eval(30, 0.1)
+
+
+def test_missing_writer_library_names_the_pip_command(tmp_path, monkeypatch):
+    for name in ("tensorboardX", "tensorflow", "flax.metrics.tensorboard"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match="pip install tensorboardX"):
+        tensorboard.TensorBoardWriter(tmp_path, 0)
+    with pytest.raises(ImportError, match="pip install tensorboardX"):
+        tensorboard.available_backend("flax")
+    assert not os.listdir(tmp_path)  # nothing created
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="backend"):
+        tensorboard.available_backend("wandb")
+    with pytest.raises(ValueError, match="worker_id"):
+        tensorboard.TensorBoardWriter(tmp_path, -1)
+
+
+def test_flax_backend_when_tensorflow_is_present(tmp_path):
+    pytest.importorskip("tensorflow")
+    with tensorboard.TensorBoardWriter(tmp_path, 3, backend="flax") as tb:
+        tb.log_eval(5, 1.5, {"lr": 0.1})
+    assert glob.glob(str(tmp_path / "worker-3" / "events.out.tfevents.*"))
