@@ -53,7 +53,6 @@ import threading
 import time
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples import data as data_lib
 from examples import population_cnn
-from examples.cnn import CNN, accuracy, cross_entropy
+from examples.cnn import MODELS, accuracy, cross_entropy
 from examples.simple_cnn import train as simple_cnn
 from jaxpop import PopulationController
 from jaxpop import vectorized as vz
@@ -75,21 +74,6 @@ from jaxpop.mutators import explore
 
 LOG_LR_RANGE = simple_cnn.LOG_LR_RANGE
 SPACE = {"log_lr": explore.uniform(*LOG_LR_RANGE)}
-
-
-class MLP(nn.Module):
-    """The flattened image, one hidden layer of 128."""
-
-    num_classes: int = 10
-    hidden: int = 128
-
-    @nn.compact
-    def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
-        return nn.Dense(self.num_classes)(nn.relu(nn.Dense(self.hidden)(x)))
-
-
-MODELS = {"cnn": CNN, "mlp": MLP}
 
 
 # -- (a) threads: examples.population_cnn's worker loop, controller, Orbax -----------------------

@@ -72,3 +72,13 @@ def test_cifar10_path_through_tfds_offline(tmp_path):
         argv += ["--batch-size", "16", "--log-dir", str(tmp_path), "--no-progress"]
         summary = simple_cnn.main(argv)
     assert summary["dataset"] == "cifar10" and summary["checkpoints"] > 2
+
+
+def test_vectorized_example_runs_and_resumes(tmp_path):
+    from examples.vectorized import train as vectorized
+
+    argv = ["--steps", "40", "--workers", "4", "--eval-every", "10", "--no-progress"]
+    summary = vectorized.main([*argv, "--log-dir", str(tmp_path)])
+    assert summary["exploit_events"] >= 1 and math.isfinite(summary["best"]["val_loss"])
+    resumed = vectorized.main(["--steps", "50", *argv[2:], "--log-dir", str(tmp_path)])
+    assert resumed["checkpoints"] > summary["checkpoints"]

@@ -1,4 +1,4 @@
-"""A population of CNNs in one jitted step: PBT over the learning rate and the contrast.
+"""A population of small models in one jitted step: PBT over learning rate and contrast.
 
 All ``--workers`` members (default 16) live stacked on the device as one
 ``jaxpop.vectorized.VectorizedPopulation``; one compiled step trains them all with
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from examples import data as data_lib
 from examples import population_cnn
-from examples.cnn import CNN, accuracy, augment, cross_entropy
+from examples.cnn import MODELS, accuracy, augment, cross_entropy
 from jaxpop import storage
 from jaxpop import vectorized as vz
 from jaxpop.checkpointing import ParamStore
@@ -60,7 +60,7 @@ class _Model:
     """The jitted functions of the example on one data set."""
 
     def __init__(self, dataset: data_lib.Dataset, args: argparse.Namespace, mesh):
-        self.net = CNN(num_classes=dataset.num_classes)
+        self.net = MODELS[args.model](num_classes=dataset.num_classes)
         self.tx = make_optimizer(optax.adam, {"learning_rate": 1e-3})
         self.sample = jnp.asarray(dataset.val_images[:1])
         self.val_images = jnp.asarray(dataset.val_images)
@@ -207,6 +207,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     population_cnn.add_flags(parser, steps=500, workers=16, log_dir="runs/vectorized")
+    parser.add_argument(
+        "--model",
+        default="mlp",
+        choices=sorted(MODELS),
+        help="mlp (default: vmaps well on CPU) or cnn (vmapped convolutions are slow on "
+        "XLA:CPU, see benchmarks/vectorized_vs_threads.py; fine on GPU/TPU)",
+    )
     return run(population_cnn.parse(parser, argv))
 
 
