@@ -9,7 +9,7 @@ The seed-compatible surface::
     population = pop_mod.PopulationController([{"log_lr": -9.2}] * 2, mutator)
 """
 
-from jaxpop import core, encoding, hparams, keys, storage, vectorized
+from jaxpop import core, encoding, hparams, keys, schedules, storage, vectorized
 from jaxpop.core import PopulationState
 from jaxpop.events import Ask, Eval
 from jaxpop.history import GenerationView, History
@@ -43,6 +43,7 @@ __all__ = [
     "encoding",
     "hparams",
     "keys",
+    "schedules",
     "storage",
     "vectorized",
 ]

@@ -1,16 +1,20 @@
-"""``FixedSchedule``: switch hyperparameters at fixed steps.
+"""``FixedSchedule``: drive every worker's hyperparameters with a fixed schedule.
 
 ``FixedSchedule({0: a, 10: b, 30: c})`` trains with ``a`` from step 0, ``b`` from step 10
-and ``c`` from step 30. Each change starts a new generation from the worker's parameters
-at the step where it happened, so the history shows exactly which hyperparameters
-trained which steps.
+and ``c`` from step 30 (the seed's form; a :class:`jaxpop.schedules.Piecewise`, such as a
+schedule replayed with :func:`jaxpop.schedules.from_lineage`, works the same way).
+``FixedSchedule(schedule, every=k)`` takes any schedule callable ``step -> meta_params``
+(:mod:`jaxpop.schedules`: per-leaf optax schedules, curricula, ...) and re-evaluates it
+at the multiples of ``k``. Each change starts a new generation from the worker's
+parameters at the step where it happened, so the history shows exactly which
+hyperparameters trained which steps.
 """
 
 from __future__ import annotations
 
 import bisect
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -19,37 +23,49 @@ from jaxpop.events import Ask
 from jaxpop.history import History
 from jaxpop.mutators.base import Mutator, MutatorResult, Workers, start_generation
 from jaxpop.records import Checkpoint
+from jaxpop.schedules.core import to_host, tree_equal
+from jaxpop.schedules.piecewise import Piecewise
 
 __all__ = ["FixedSchedule"]
 
 
 class FixedSchedule(Mutator):
-    """Changes every worker's hyperparameters at the steps of a ``{step: meta_params}`` map.
+    """Changes every worker's hyperparameters on a fixed schedule.
+
+    Args:
+      schedule: a ``{step: meta_params}`` mapping or a
+        :class:`~jaxpop.schedules.Piecewise` (its change points are its steps), or any
+        schedule callable ``step -> meta_params``.
+      every: for a callable, how often it is re-evaluated: at steps ``0, every,
+        2 * every, ...`` (default 1, every step). Given with a mapping or a ``Piecewise``,
+        they are evaluated as callables on that grid too.
 
     A change takes effect when a worker first asks for its data (or reports an
     evaluation) at or past the change's step: the worker's parameters at that step
-    become the start of a new generation with the scheduled ``meta_params``. Until the
-    first scheduled step, a worker trains with its initial population entry. If a
+    become the start of a new generation with the scheduled ``meta_params``. If a
     worker skips past several change points at once, it gets the latest of them.
 
+    * Change points (a mapping or a ``Piecewise``): until the first one a worker trains
+      with its initial population entry; every change point passed starts a generation
+      (the seed's behaviour).
+    * A callable: at the latest multiple ``g`` of ``every`` at or below the worker's
+      step, the worker gets ``to_host(schedule(g))`` (jax arrays become Python scalars
+      or numpy arrays, the plain data the journal stores), and a new generation only
+      when that differs (:func:`jaxpop.schedules.tree_equal`) from the hyperparameters
+      it has. Start workers with ``schedule(0)`` as their population entry to avoid a
+      generation at step 0. Each grid point a worker passes updates the mutator state
+      (with a ``log_dir``, one small journal record), so a coarser ``every`` costs less.
+
     Differences from the seed, on purpose: the schedule itself is never modified; the
-    progress (how many change points each worker has passed) lives in the mutator state,
-    a tuple with one count per worker, so a restored run continues exactly.
+    progress (how many change points -- or grid points -- each worker has passed) lives
+    in the mutator state, a tuple with one int per worker, so a restored run continues
+    exactly.
     """
 
     __slots__ = ()
 
-    def __new__(cls, schedule: Mapping[int, Any]):
-        if not isinstance(schedule, Mapping) or not schedule:
-            raise ValueError(
-                "FixedSchedule takes a non-empty {step: meta_params} mapping, "
-                f"got {schedule!r:.80}"
-            )
-        for step in schedule:
-            if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-                raise ValueError(f"FixedSchedule steps must be ints >= 0, got {step!r}")
-        steps = sorted(int(s) for s in schedule)
-        values = [schedule[s] for s in steps]
+    def __new__(cls, schedule: Mapping[int, Any] | Callable[[Any], Any], every: int | None = None):
+        due, value_at, compare = _plan(schedule, every)
 
         def init():
             return ()
@@ -65,16 +81,19 @@ class FixedSchedule(Mutator):
         ) -> MutatorResult:
             """Moves ``worker_id`` to the schedule entry in force at ``at.step``."""
             passed = state[worker_id] if worker_id < len(state) else 0
-            due = bisect.bisect_right(steps, at.step)
-            if due <= passed:
+            index = due(at.step)
+            if index <= passed:
                 return state, workers, ()
+            new_state = list(state) + [0] * (worker_id + 1 - len(state))
+            new_state[worker_id] = index
+            meta_params = value_at(index)
+            if compare and tree_equal(meta_params, at.meta_params):
+                return tuple(new_state), workers, ()
             new_checkpoints = []
             if history.get_checkpoint(at.generation_id, at.step) is None:
                 new_checkpoints.append(at)
-            worker, start = start_generation(at, values[due - 1], key, worker_id, now)
+            worker, start = start_generation(at, meta_params, key, worker_id, now)
             new_checkpoints.append(start)
-            new_state = list(state) + [0] * (worker_id + 1 - len(state))
-            new_state[worker_id] = due
             new_workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
             return tuple(new_state), new_workers, tuple(new_checkpoints)
 
@@ -102,3 +121,37 @@ class FixedSchedule(Mutator):
             return advance(state, workers, history, ask.worker_id, at, now, key)
 
         return super().__new__(cls, init, update, get_worker_data)
+
+
+def _plan(
+    schedule: Any, every: int | None
+) -> tuple[Callable[[int], int], Callable[[int], Any], bool]:
+    """``(due, value_at, compare)``: how many points are passed at a step, the value of
+    the ``index``-th point (counting from 1), and whether to skip unchanged values."""
+    if every is None and isinstance(schedule, (Mapping, Piecewise)):
+        if not schedule:
+            raise ValueError(
+                "FixedSchedule takes a non-empty {step: meta_params} mapping, "
+                f"got {schedule!r:.80}"
+            )
+        try:
+            table = Piecewise(schedule)
+        except ValueError as err:
+            raise ValueError(f"FixedSchedule: {err}") from None
+        steps, values = table.steps, table.values
+        return (lambda step: bisect.bisect_right(steps, step)), (lambda i: values[i - 1]), False
+    if isinstance(schedule, Mapping):
+        try:
+            schedule = Piecewise(schedule)
+        except ValueError as err:
+            raise ValueError(f"FixedSchedule: {err}") from None
+    if not callable(schedule):
+        raise ValueError(
+            "FixedSchedule takes a {step: meta_params} mapping or a schedule callable "
+            f"step -> meta_params, got {schedule!r:.80}"
+        )
+    every = 1 if every is None else every
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every <= 0:
+        raise ValueError(f"FixedSchedule every must be a positive int, got {every!r}")
+    every = int(every)
+    return (lambda step: step // every + 1), (lambda i: to_host(schedule((i - 1) * every))), True

@@ -1,0 +1,110 @@
+"""Curricula: interpolate between whole hyperparameter dicts over step ranges.
+
+``curriculum({0: {"hue": 0.0, "crop": 0.0}, 5_000: {"hue": 0.3, "crop": 0.2}})`` ramps
+augmentation strength up over the first 5,000 steps and holds it there. Between two
+consecutive points each numeric leaf follows the segment's ``kind``:
+
+* ``"linear"`` -- ``optax.linear_schedule`` from one point's value to the next;
+* ``"cosine"`` -- half a cosine from one value to the next (``optax.cosine_decay_schedule``
+  of the difference, shifted): slow at both ends, fastest in the middle;
+* ``"step"`` -- hold the first value until the next point (piecewise constant).
+
+Before the first point the first dict applies, from the last point on the last one.
+A leaf that is the same at both ends of a segment, and every non-numeric leaf (a
+string, a bool), is held exactly as given. At each point the curriculum returns that
+point's values (up to float32 rounding of interpolated leaves).
+
+Jittable when every leaf is numeric: evaluate it with a traced step inside the
+training step. On the host, only the segment in force is evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxpop.schedules.core import Schedule, constant, join, tree_equal
+from jaxpop.schedules.piecewise import Piecewise
+
+__all__ = ["KINDS", "curriculum"]
+
+#: The interpolations a curriculum segment can follow.
+KINDS = ("linear", "cosine", "step")
+
+
+def curriculum(
+    points: Mapping[int, Any] | Iterable[tuple[int, Any]],
+    kind: str | Sequence[str] = "linear",
+) -> Schedule:
+    """A schedule that moves between the ``meta_params`` of ``points``.
+
+    Args:
+      points: ``{step: meta_params}`` or ``(step, meta_params)`` pairs; every
+        ``meta_params`` has the same structure (same keys, same nesting).
+      kind: ``"linear"``, ``"cosine"`` or ``"step"`` for every segment, or one per
+        segment (``len(points) - 1`` of them).
+
+    Raises:
+      ValueError: bad steps (see :func:`jaxpop.schedules.piecewise`), structures that
+        differ, or an unknown kind / the wrong number of kinds.
+    """
+    table = Piecewise(points)
+    steps, values = table.steps, table.values
+    kinds = (kind,) * (len(steps) - 1) if isinstance(kind, str) else tuple(kind)
+    if len(kinds) != len(steps) - 1:
+        raise ValueError(
+            f"curriculum: {len(steps)} points make {len(steps) - 1} segments, got "
+            f"{len(kinds)} kinds"
+        )
+    unknown = sorted({k for k in kinds if k not in KINDS})
+    if unknown:
+        raise ValueError(f"curriculum: unknown kind {unknown}; use one of {list(KINDS)}")
+    treedef = jax.tree.structure(values[0])
+    for step, value in zip(steps[1:], values[1:], strict=True):
+        if jax.tree.structure(value) != treedef:
+            raise ValueError(
+                f"curriculum: the point at step {step} has structure "
+                f"{jax.tree.structure(value)}, the first point {treedef}; every point "
+                "must name the same hyperparameters"
+            )
+    segments = [
+        _segment(values[i], values[i + 1], steps[i + 1] - steps[i], kinds[i])
+        for i in range(len(steps) - 1)
+    ]
+    return join([constant(values[0]), *segments, constant(values[-1])], steps)
+
+
+def _segment(start: Any, end: Any, length: int, kind: str) -> Schedule:
+    """The schedule of one segment, counting steps from its start."""
+    start_leaves, treedef = jax.tree.flatten(start)
+    end_leaves = jax.tree.leaves(end)
+    leaf_fns = [
+        _leaf_schedule(a, b, length, kind) for a, b in zip(start_leaves, end_leaves, strict=True)
+    ]
+
+    def schedule(step: Any) -> Any:
+        return jax.tree.unflatten(treedef, [fn(step) for fn in leaf_fns])
+
+    return schedule
+
+
+def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
+    if kind == "step" or not (_numeric(a) and _numeric(b)) or tree_equal(a, b):
+        return lambda step: a
+    if kind == "linear":
+        return optax.linear_schedule(a, b, transition_steps=length)
+    decay = optax.cosine_decay_schedule(a - b, decay_steps=length)
+    return lambda step: decay(step) + b
+
+
+def _numeric(leaf: Any) -> bool:
+    if isinstance(leaf, bool | np.bool_):
+        return False
+    if isinstance(leaf, int | float):
+        return True
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and np.dtype(dtype).kind in "iuf"

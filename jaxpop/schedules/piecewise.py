@@ -1,0 +1,341 @@
+"""Piecewise-constant schedules: the seed's ``{step: meta_params}`` form, as a callable.
+
+``piecewise({0: a, 10: b, 30: c})`` returns ``a`` for steps below 10 (and below 0), ``b``
+for ``10 <= step < 30`` and ``c`` from 30 on. On the host it returns the stored objects
+themselves; with a traced step (numeric leaves, one structure) it selects them with
+``jnp.where``. It is also the form a replayed schedule takes
+(:func:`jaxpop.schedules.from_lineage`) and the one that is exported:
+
+* :meth:`Piecewise.to_json` / :func:`from_json` round-trip exactly: Python ``int``,
+  ``float`` (NaN and infinities included), ``bool``, ``str`` and ``None``; ``list``,
+  ``tuple`` and ``dict`` (any keys those types can be); numpy arrays and scalars of bool,
+  integer and floating dtypes (``bfloat16`` too), dtype and shape kept. A ``jax.Array``
+  is written like a numpy array and reads back as one.
+* :meth:`Piecewise.to_csv`: one row per change point, one column per leaf.
+* :func:`tabulate` samples any schedule into a ``Piecewise`` (keeping only changes), so
+  every schedule can be exported.
+
+The JSON document::
+
+    {"format": "jaxpop.schedules.piecewise", "version": 1,
+     "points": [[step, value], ...]}
+
+Plain JSON stands for itself (objects with string keys, arrays for lists, numbers,
+strings, booleans, null); anything else is an object tagged ``"__jaxpop__"``:
+``{"__jaxpop__": "tuple", "items": [...]}``, ``{"__jaxpop__": "dict", "items": [[key,
+value], ...]}`` (non-string keys, or a key named ``"__jaxpop__"``), ``{"__jaxpop__":
+"float", "value": "nan" | "inf" | "-inf"}``, ``{"__jaxpop__": "ndarray", "dtype": "float32",
+"shape": [2], "data": [...]}`` and ``{"__jaxpop__": "scalar", "dtype": "int8", "value":
+3}``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import json
+import math
+import numbers
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpop.schedules.core import Schedule, host_step, is_traced, join, to_host, tree_equal
+
+__all__ = ["FORMAT", "Piecewise", "from_json", "piecewise", "tabulate"]
+
+#: The ``"format"`` field of an exported schedule.
+FORMAT = "jaxpop.schedules.piecewise"
+_VERSION = 1
+_TAG = "__jaxpop__"
+
+
+class Piecewise:
+    """A piecewise-constant schedule: ``values[i]`` from ``steps[i]`` on.
+
+    Build one with :func:`piecewise`. Before ``steps[0]`` it returns ``values[0]``; past
+    the last step, the last value. Immutable; two are ``==`` when their steps are equal
+    and their values are :func:`~jaxpop.schedules.tree_equal`.
+
+    Attributes:
+      steps: the change points, increasing ints ``>= 0``.
+      values: the ``meta_params`` in force from each change point.
+    """
+
+    __slots__ = ("__weakref__", "_joined", "steps", "values")
+
+    def __init__(self, points: Mapping[int, Any] | Iterable[tuple[int, Any]]):
+        steps, values = _check_points(points)
+        object.__setattr__(self, "steps", steps)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "_joined", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Piecewise schedule is immutable")
+
+    def __call__(self, step: Any) -> Any:
+        if is_traced(step):
+            return self._traced()(step)
+        i = bisect.bisect_right(self.steps, host_step(step))
+        return self.values[max(i - 1, 0)]
+
+    def _traced(self) -> Schedule:
+        if self._joined is None:
+            parts = [_constant(v) for v in self.values]
+            object.__setattr__(self, "_joined", join(parts, self.steps[1:]))
+        return self._joined
+
+    def items(self) -> list[tuple[int, Any]]:
+        """``[(step, meta_params), ...]`` in step order."""
+        return list(zip(self.steps, self.values, strict=True))
+
+    def as_dict(self) -> dict[int, Any]:
+        """``{step: meta_params}`` (the seed's form, for ``FixedSchedule``)."""
+        return dict(self.items())
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Piecewise):
+            return NotImplemented
+        return self.steps == other.steps and all(
+            tree_equal(a, b) for a, b in zip(self.values, other.values, strict=True)
+        )
+
+    def __hash__(self) -> int:  # consistent with ==; lets jax.jit take a Piecewise
+        return hash(self.steps)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{s}: {v!r}" for s, v in self.items()[:4])
+        more = f", ... ({len(self)} points)" if len(self) > 4 else ""
+        return f"piecewise({{{shown}{more}}})"
+
+    # -- export ---------------------------------------------------------------------
+    def to_json(self, indent: int | None = None) -> str:
+        """The schedule as a JSON document (see the module docstring); :func:`from_json`
+        reads it back exactly.
+
+        Raises:
+          TypeError: a value holds something the format cannot represent (the message
+            says where).
+        """
+        points = [
+            [step, _to_jsonable(value, f"values[{i}]")]
+            for i, (step, value) in enumerate(self.items())
+        ]
+        document = {"format": FORMAT, "version": _VERSION, "points": points}
+        return json.dumps(document, indent=indent, allow_nan=False)
+
+    def to_csv(self) -> str:
+        """The schedule as CSV text: a ``step`` column, then one column per leaf.
+
+        Leaf columns are named by their path (``opt.learning_rate``, ``betas.0``), in
+        order of first appearance; a value without that leaf leaves the cell empty.
+        Numbers are written exactly (``repr``), arrays as JSON lists.
+        """
+        rows, columns = [], {}
+        for step, value in self.items():
+            row = {}
+            for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
+                name = _path_name(path)
+                columns.setdefault(name, None)
+                row[name] = _csv_cell(leaf)
+            rows.append((step, row))
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["step", *columns])
+        for step, row in rows:
+            writer.writerow([step, *(row.get(name, "") for name in columns)])
+        return out.getvalue()
+
+    @staticmethod
+    def from_json(text: str | bytes) -> Piecewise:
+        """Same as :func:`from_json`."""
+        return from_json(text)
+
+
+def piecewise(points: Mapping[int, Any] | Iterable[tuple[int, Any]]) -> Piecewise:
+    """A piecewise-constant schedule from ``{step: meta_params}`` or ``(step, meta)`` pairs.
+
+    Raises:
+      ValueError: no points, a step that is not an int ``>= 0``, or a repeated step.
+    """
+    return Piecewise(points)
+
+
+def tabulate(schedule: Schedule, stop: int, *, start: int = 0, every: int = 1) -> Piecewise:
+    """``schedule`` sampled at ``start, start + every, ... < stop``, as a :class:`Piecewise`.
+
+    Values go through :func:`~jaxpop.schedules.to_host`; a sample equal to the previous
+    one (:func:`~jaxpop.schedules.tree_equal`) adds no point. The result is the
+    hyperparameters a ``FixedSchedule(schedule, every=every)`` worker trains with, from
+    ``start`` up to ``stop``.
+    """
+    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every <= 0:
+        raise ValueError(f"every must be a positive int, got {every!r}")
+    if stop <= start:
+        raise ValueError(f"tabulate needs start < stop, got start={start}, stop={stop}")
+    points: list[tuple[int, Any]] = []
+    for step in range(int(start), int(stop), int(every)):
+        value = to_host(schedule(step))
+        if not points or not tree_equal(points[-1][1], value):
+            points.append((step, value))
+    return Piecewise(points)
+
+
+def from_json(text: str | bytes) -> Piecewise:
+    """Reads a schedule written by :meth:`Piecewise.to_json`.
+
+    Raises:
+      ValueError: not such a document (wrong ``format``, unknown ``version``, a
+        malformed value); the message says what.
+    """
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a JSON schedule: {err}") from err
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ValueError(f'not a jaxpop schedule: expected "format": "{FORMAT}"')
+    if document.get("version") != _VERSION:
+        raise ValueError(
+            f"schedule format version {document.get('version')!r} is not supported "
+            f"(this jaxpop reads version {_VERSION})"
+        )
+    points = document.get("points")
+    if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 for p in points):
+        raise ValueError('"points" must be a list of [step, value] pairs')
+    return Piecewise([(step, _from_jsonable(value)) for step, value in points])
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _check_points(
+    points: Mapping[int, Any] | Iterable[tuple[int, Any]],
+) -> tuple[tuple[int, ...], tuple[Any, ...]]:
+    if isinstance(points, Piecewise):
+        return points.steps, points.values
+    if isinstance(points, Mapping):
+        pairs = list(points.items())
+    elif isinstance(points, (str, bytes)) or not isinstance(points, Iterable):
+        raise ValueError(
+            f"a piecewise schedule takes a {{step: meta_params}} mapping, got {points!r:.80}"
+        )
+    else:
+        pairs = list(points)
+        if not all(isinstance(p, tuple | list) and len(p) == 2 for p in pairs):
+            raise ValueError("a piecewise schedule takes (step, meta_params) pairs")
+    if not pairs:
+        raise ValueError("a piecewise schedule needs at least one {step: meta_params} point")
+    for step, _ in pairs:
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"schedule steps must be ints >= 0, got {step!r}")
+    pairs = sorted(((int(s), v) for s, v in pairs), key=lambda p: p[0])
+    steps = tuple(s for s, _ in pairs)
+    if len(set(steps)) != len(steps):
+        raise ValueError(f"schedule steps must be distinct, got {list(steps)}")
+    return steps, tuple(v for _, v in pairs)
+
+
+def _constant(value: Any) -> Schedule:
+    return lambda step: value
+
+
+def _to_jsonable(x: Any, where: str) -> Any:
+    if x is None or isinstance(x, (bool, str)):
+        return x
+    if type(x) is int:
+        return x
+    if type(x) is float:
+        if math.isfinite(x):
+            return x
+        return {_TAG: "float", "value": repr(x)}
+    if type(x) is list:
+        return [_to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x)]
+    if type(x) is tuple:
+        return {_TAG: "tuple", "items": [_to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x)]}
+    if type(x) is dict:
+        if all(type(k) is str for k in x) and _TAG not in x:
+            return {k: _to_jsonable(v, f"{where}[{k!r}]") for k, v in x.items()}
+        items = [
+            [_to_jsonable(k, f"{where} key {k!r}"), _to_jsonable(v, f"{where}[{k!r}]")]
+            for k, v in x.items()
+        ]
+        return {_TAG: "dict", "items": items}
+    if isinstance(x, (np.ndarray, np.generic, jax.Array)):
+        array = np.asarray(x)
+        floating = jnp.issubdtype(array.dtype, jnp.floating)  # bfloat16 & co. too
+        if not (floating or jnp.issubdtype(array.dtype, jnp.integer) or array.dtype == bool):
+            raise TypeError(f"{where}: cannot export an array of dtype {array.dtype} to JSON")
+        exact = array.astype(np.float64) if floating else array  # widening: exact
+        flat = [_to_jsonable(v, where) for v in exact.reshape(-1).tolist()]
+        if isinstance(x, np.generic):
+            return {_TAG: "scalar", "dtype": array.dtype.name, "value": flat[0]}
+        return {
+            _TAG: "ndarray",
+            "dtype": array.dtype.name,
+            "shape": list(array.shape),
+            "data": flat,
+        }
+    raise TypeError(
+        f"{where}: cannot export a {type(x).__name__} to JSON ({x!r:.60}); use numbers, "
+        "strings, None, lists, tuples, dicts and numeric numpy arrays"
+    )
+
+
+def _from_jsonable(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_from_jsonable(v) for v in x]
+    if not isinstance(x, dict):
+        return x
+    tag = x.get(_TAG)
+    if tag is None:
+        return {k: _from_jsonable(v) for k, v in x.items()}
+    try:
+        if tag == "tuple":
+            return tuple(_from_jsonable(v) for v in x["items"])
+        if tag == "dict":
+            return {_hashable(_from_jsonable(k)): _from_jsonable(v) for k, v in x["items"]}
+        if tag == "float":
+            return float(x["value"])
+        if tag in ("ndarray", "scalar"):
+            dtype = np.dtype(x["dtype"])
+            if tag == "scalar":
+                return np.asarray(_from_jsonable(x["value"]), dtype=dtype)[()]
+            data = [_from_jsonable(v) for v in x["data"]]
+            return np.asarray(data, dtype=dtype).reshape(x["shape"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"malformed {tag!r} value in a schedule: {err}") from err
+    raise ValueError(f"unknown {_TAG} tag {tag!r} in a schedule")
+
+
+def _hashable(key: Any) -> Any:
+    if isinstance(key, list):  # a tuple key decodes as a tuple already; lists cannot be keys
+        raise ValueError(f"a dict key cannot be a list: {key!r}")
+    return key
+
+
+def _path_name(path: tuple) -> str:
+    parts = []
+    for entry in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return ".".join(parts) or "value"
+
+
+def _csv_cell(leaf: Any) -> str:
+    leaf = to_host(leaf)
+    if isinstance(leaf, np.ndarray):
+        return json.dumps(leaf.tolist())
+    if isinstance(leaf, np.generic):
+        leaf = leaf.item()
+    if isinstance(leaf, float):
+        return repr(leaf)
+    return str(leaf)

@@ -1,0 +1,120 @@
+"""Replay: the schedule of hyperparameters a member of a population actually trained with.
+
+PBT finds a schedule online: a member trains with some hyperparameters, is copied by
+(or copies) another member, continues with new ones, and so on. Its parameters at the
+end descend, through the checkpoints' ``parent`` links, from one root; each link was
+trained with the hyperparameters of the checkpoint it leads to. :func:`from_lineage`
+reads that chain back into a :class:`~jaxpop.schedules.Piecewise` schedule, so that::
+
+    schedule = from_lineage(controller.history)          # the best final member
+    replay = PopulationController([schedule(0)], FixedSchedule(schedule))
+
+trains a single fresh worker with exactly the hyperparameters the member trained with,
+step by step (what Ray Tune calls PBT replay) -- provided the worker asks for its data
+at every step (or at least at each of the schedule's steps), as the Quick Start loop
+does.
+
+Steps count updates: the value of a schedule at step ``t`` is the ``meta_params`` of the
+update that takes the parameters from step ``t`` to step ``t + 1``. A checkpoint at
+step ``s`` whose parent is at step ``p`` was trained with its own ``meta_params`` for
+steps ``p .. s - 1``; a generation's first checkpoint (copied, ``p == s``) trained
+nothing but fixes the hyperparameters that follow it.
+"""
+
+from __future__ import annotations
+
+import math
+
+from jaxpop.history import History
+from jaxpop.records import Checkpoint
+from jaxpop.schedules.core import tree_equal
+from jaxpop.schedules.piecewise import Piecewise
+
+__all__ = ["best_final", "from_lineage"]
+
+
+def best_final(history: History) -> Checkpoint:
+    """The evaluated checkpoint of the best member at the end of a run.
+
+    The *final step* is the highest step at which any checkpoint carries a value; the
+    best final member is the evaluated checkpoint at that step with the lowest value.
+    NaN and infinite values rank last; among equal values the generation created first
+    wins. For a run whose workers all stop at the same step this is the best worker at
+    the end (with ``BranchingSingleMachine``, the better branch of a final explore
+    phase). O(number of generations).
+
+    Raises:
+      ValueError: no checkpoint in ``history`` carries a value.
+    """
+    best, best_key = None, None
+    for generation_id in history:
+        checkpoint = history.latest_evaluated(generation_id)
+        if checkpoint is None:
+            continue
+        value = checkpoint.value
+        key = (-checkpoint.step, value if math.isfinite(value) else math.inf)
+        if best is None or key < best_key:
+            best, best_key = checkpoint, key
+    if best is None:
+        raise ValueError(
+            "the history holds no evaluated checkpoint, so there is no best member: "
+            "pass generation_id= to from_lineage"
+        )
+    return best
+
+
+def from_lineage(
+    history: History, generation_id: str | None = None, *, step: int | None = None
+) -> Piecewise:
+    """The piecewise schedule of hyperparameters a member trained with, root to end.
+
+    Walks ``parent`` links from the checkpoint back to the root of its lineage. Before
+    an exploit the schedule is the copied member's (its own history, recursively), from
+    the exploit on the new hyperparameters'. Consecutive equal ``meta_params``
+    (:func:`~jaxpop.schedules.tree_equal`) make one piece. The values are the
+    ``meta_params`` objects stored in the history.
+
+    Args:
+      history: a run's history (``controller.history``, or a ``log_dir``'s via
+        :func:`jaxpop.storage.read_state`).
+      generation_id: the member's generation; ``None``: the best final member
+        (:func:`best_final`).
+      step: the checkpoint of that generation to start from; ``None``: the generation's
+        latest checkpoint (with ``generation_id=None``: the best final checkpoint).
+
+    Returns:
+      A :class:`~jaxpop.schedules.Piecewise` whose first step is the root's step (0 in
+      a controller's history) and whose last value is the member's own hyperparameters.
+
+    Raises:
+      KeyError: no such generation or checkpoint.
+      ValueError: ``step`` without ``generation_id``; a history without evaluations and
+        no ``generation_id``; or a lineage whose steps go backwards (not one a
+        controller makes).
+    """
+    if generation_id is None:
+        if step is not None:
+            raise ValueError("from_lineage: step= needs generation_id=")
+        generation_id, step = best_final(history).ref
+    elif generation_id not in history:
+        raise KeyError(f"from_lineage: no generation {generation_id!r} in the history")
+    chain = history.lineage(generation_id, step)
+    points: list[tuple[int, object]] = []
+    for i, checkpoint in enumerate(chain):
+        if i > 0:
+            start = chain[i - 1].step
+        elif checkpoint.parent is not None:  # a parent the history no longer holds
+            start = checkpoint.parent[1]
+        else:
+            start = checkpoint.step
+        if start > checkpoint.step or (points and start < points[-1][0]):
+            raise ValueError(
+                f"from_lineage: the lineage of {(generation_id, step)} goes back in steps at "
+                f"{checkpoint.ref} (trained from step {start}); a controller never makes one"
+            )
+        if points and points[-1][0] == start:  # a copy that trained nothing: replaced
+            points.pop()
+        if points and tree_equal(points[-1][1], checkpoint.meta_params):
+            continue
+        points.append((start, checkpoint.meta_params))
+    return Piecewise(points)

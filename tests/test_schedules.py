@@ -1,0 +1,636 @@
+"""jaxpop.schedules: schedule callables, curricula, FixedSchedule(callable), replay, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from test_properties import OPS, SETTINGS, Checker, check_run, population
+
+from jaxpop import PopulationController
+from jaxpop import schedules as S
+from jaxpop.history import History
+from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
+from jaxpop.mutators import (
+    BranchingSingleMachine,
+    FixedSchedule,
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+    explore,
+)
+from jaxpop.records import Checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `examples` is a top-level package of the repo, not installed
+    sys.path.insert(0, str(ROOT))
+
+A, B, C, D, E = ({"lr": v} for v in (1.0, 0.5, 0.1, 0.05, 0.01))
+
+
+def close(x, y):
+    return np.allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=1e-6, atol=1e-6)
+
+
+def leaves_close(a, b):
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        close(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+# -- piecewise ----------------------------------------------------------------------------
+def test_piecewise_at_its_boundaries_returns_the_stored_objects():
+    p = S.piecewise({10: B, 0: A, 30: C})  # any order
+    assert p.steps == (0, 10, 30) and p.values == (A, B, C)
+    expected = {0: A, 1: A, 9: A, 10: B, 29: B, 30: C, 31: C, 10**9: C}
+    for step, value in expected.items():
+        assert p(step) is value
+    assert p(np.int64(10)) is B and p(jnp.asarray(30)) is C and p(9.5) is A
+    late = S.piecewise([(5, B), (7, C)])  # before the first point: the first value
+    assert late(0) is B and late(6) is B and late(7) is C
+    assert p.as_dict() == {0: A, 10: B, 30: C} and len(p) == 3
+    assert p == S.piecewise({0: A, 10: B, 30: C}) and p != S.piecewise({0: A, 10: B})
+    assert hash(p) == hash(S.piecewise({0: {"x": 1}, 10: B, 30: C}))
+
+
+@pytest.mark.parametrize(
+    "bad", [{}, {-1: A}, {1.5: A}, {True: A}, [(0, A), (0, B)], "abc", 3, [(0, A, 1)]]
+)
+def test_piecewise_rejects_bad_points(bad):
+    with pytest.raises(ValueError):
+        S.piecewise(bad)
+
+
+def test_piecewise_is_immutable():
+    p = S.piecewise({0: A})
+    with pytest.raises(AttributeError):
+        p.steps = (1,)
+
+
+# -- per-leaf optax schedules ---------------------------------------------------------------
+def test_per_leaf_follows_each_optax_schedule_and_keeps_constants():
+    lr = optax.warmup_cosine_decay_schedule(0.0, 1e-2, warmup_steps=10, decay_steps=100)
+    hue = optax.linear_schedule(0.0, 0.3, transition_steps=50, transition_begin=20)
+    s = S.per_leaf({"learning_rate": lr, "aug": {"hue": hue, "name": "crop"}, "b1": 0.9})
+    for step in (0, 1, 10, 20, 21, 45, 70, 100, 500):  # start, change points, past the end
+        out = s(step)
+        assert close(out["learning_rate"], lr(step)) and close(out["aug"]["hue"], hue(step))
+        assert out["b1"] == 0.9 and out["aug"]["name"] == "crop"
+    assert close(s(10)["learning_rate"], 1e-2) and close(s(100)["learning_rate"], 0.0)
+    assert close(s(20)["aug"]["hue"], 0.0) and close(s(70)["aug"]["hue"], 0.3)
+    assert close(s(10**6)["aug"]["hue"], 0.3)
+
+
+# -- curricula ------------------------------------------------------------------------------
+POINTS = {10: {"hue": 0.0, "crop": 0.2, "mode": "a"}, 110: {"hue": 1.0, "crop": 0.2, "mode": "b"}}
+
+
+def test_linear_curriculum_at_its_boundaries():
+    c = S.curriculum(POINTS, kind="linear")
+    for step, hue in {0: 0.0, 10: 0.0, 11: 0.01, 60: 0.5, 109: 0.99, 110: 1.0, 500: 1.0}.items():
+        out = c(step)
+        assert close(out["hue"], hue), (step, out)
+        assert out["crop"] == 0.2 and type(out["crop"]) is float  # unchanged: held exactly
+        assert out["mode"] == ("a" if step < 110 else "b")  # non-numeric: held per segment
+
+
+def test_cosine_curriculum_is_half_a_cosine():
+    c = S.curriculum(POINTS, kind="cosine")
+    for step in (0, 10, 35, 60, 85, 110, 200):
+        t = min(max(step - 10, 0), 100) / 100
+        assert close(c(step)["hue"], 0.5 * (1 - math.cos(math.pi * t))), step
+    assert close(c(60)["hue"], 0.5) and close(c(35)["hue"], (1 - math.cos(math.pi / 4)) / 2)
+
+
+def test_step_curriculum_and_mixed_kinds():
+    pts = {0: {"s": 0.0}, 10: {"s": 1.0}, 20: {"s": 3.0}, 30: {"s": 2.0}}
+    c = S.curriculum(pts, kind="step")
+    assert [c(t)["s"] for t in (0, 9, 10, 19, 20, 29, 30, 99)] == [0, 0, 1, 1, 3, 3, 2, 2]
+    mixed = S.curriculum(pts, kind=["linear", "step", "cosine"])
+    assert close(mixed(5)["s"], 0.5) and close(mixed(10)["s"], 1.0)
+    assert mixed(15)["s"] == 1.0 and close(mixed(20)["s"], 3.0)
+    assert close(mixed(25)["s"], 2.5) and mixed(30)["s"] == 2.0 and mixed(31)["s"] == 2.0
+
+
+def test_curriculum_with_one_point_is_constant_and_arrays_interpolate():
+    assert S.curriculum({5: A})(0) is A and S.curriculum({5: A})(99) is A
+    c = S.curriculum({0: {"w": np.zeros(3)}, 10: {"w": np.arange(3.0)}})
+    assert close(c(5)["w"], [0.0, 0.5, 1.0])
+
+
+@pytest.mark.parametrize(
+    "points, kind",
+    [
+        ({0: {"a": 1.0}, 10: {"b": 1.0}}, "linear"),  # different keys
+        ({0: {"a": 1.0}, 10: {"a": 2.0}}, "quadratic"),
+        ({0: {"a": 1.0}, 10: {"a": 2.0}}, ["linear", "step"]),
+        ({}, "linear"),
+    ],
+)
+def test_curriculum_rejects_bad_input(points, kind):
+    with pytest.raises(ValueError):
+        S.curriculum(points, kind)
+
+
+# -- composition ----------------------------------------------------------------------------
+def test_join_counts_steps_from_each_boundary_like_optax():
+    parts = [optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, 10), lambda t: 5.0 + t]
+    ours = S.join([S.per_leaf({"x": p}) for p in parts], [10, 30])
+    theirs = optax.join_schedules(parts, [10, 30])
+    steps = jnp.arange(0, 50)
+    for step in (0, 9, 10, 15, 20, 29, 30, 31, 49):
+        assert close(ours(step)["x"], theirs(step)), step
+    assert close(jax.jit(jax.vmap(ours))(steps)["x"], theirs(steps))
+    host = S.join([S.constant("warm"), S.constant("main")], [3])  # on the host: any leaves
+    assert [host(t) for t in (0, 2, 3, 9)] == ["warm", "warm", "main", "main"]
+
+
+def test_join_and_merge_reject_bad_input():
+    with pytest.raises(ValueError):
+        S.join([S.constant(A), S.constant(B)], [])
+    with pytest.raises(ValueError):
+        S.join([S.constant(A), S.constant(B), S.constant(C)], [5, 5])
+    with pytest.raises(ValueError):
+        S.merge(S.constant({"a": 1}), S.constant({"a": 2}))(0)
+    with pytest.raises(TypeError):
+        S.merge(S.constant({"a": 1}), S.constant(3))(0)
+
+
+def test_merge_joins_dicts():
+    s = S.merge(S.per_leaf({"lr": optax.linear_schedule(1.0, 0.0, 10)}), S.constant({"b": 2}))
+    out = s(5)
+    assert set(out) == {"lr", "b"} and close(out["lr"], 0.5) and out["b"] == 2
+
+
+# -- jit ------------------------------------------------------------------------------------
+def schedule_kinds():
+    return {
+        "piecewise": S.piecewise({0: {"lr": 1.0, "w": 0.0}, 7: {"lr": 0.5, "w": 2.0}}),
+        "per_leaf": S.per_leaf(
+            {"lr": optax.warmup_cosine_decay_schedule(0.0, 1.0, 5, 40), "w": 0.25}
+        ),
+        "linear": S.curriculum({3: {"lr": 0.0, "w": 1.0}, 23: {"lr": 1.0, "w": 1.0}}),
+        "cosine": S.curriculum({0: {"lr": 2.0, "w": 0.0}, 30: {"lr": 1.0, "w": 3.0}}, "cosine"),
+        "step": S.curriculum({0: {"lr": 2.0, "w": 0.0}, 9: {"lr": 1.0, "w": 3.0}}, "step"),
+        "joined": S.join(
+            [
+                S.piecewise({0: {"lr": 1.0, "w": 0.0}}),
+                S.curriculum({0: {"lr": 1.0, "w": 0.0}, 10: {"lr": 0.0, "w": 1.0}}),
+            ],
+            [12],
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(schedule_kinds()))
+def test_every_kind_is_jittable_with_a_traced_step(name):
+    schedule = schedule_kinds()[name]
+    steps = jnp.arange(50)
+    batched = jax.jit(jax.vmap(schedule))(steps)
+    one = jax.jit(schedule)
+    for step in range(50):
+        host = schedule(step)
+        assert leaves_close(jax.tree.map(lambda x, i=step: x[i], batched), host), step
+        if step % 7 == 0:
+            assert leaves_close(one(jnp.int32(step)), host), step
+
+
+def test_a_schedule_in_a_jitted_step_feeds_inject_hyperparams_without_recompiling():
+    schedule = S.merge(
+        S.per_leaf({"learning_rate": optax.warmup_cosine_decay_schedule(0.0, 0.1, 5, 40)}),
+        S.curriculum({0: {"b1": 0.5}, 10: {"b1": 0.9}, 30: {"b1": 0.8}}, kind=["cosine", "step"]),
+    )
+    tx = make_optimizer(optax.adam, S.to_host(schedule(0)))
+    traces = []
+
+    @jax.jit
+    def train_step(params, opt_state, step):
+        traces.append(1)  # runs only while tracing
+        opt_state = set_hparams(opt_state, schedule(step))
+        updates, opt_state = tx.update(params, opt_state, params)  # grad of 0.5 * |p|^2
+        return optax.apply_updates(params, updates), opt_state
+
+    params = jnp.ones(3)
+    opt_state = tx.init(params)
+    for step in range(45):
+        params, opt_state = train_step(params, opt_state, jnp.asarray(step, jnp.int32))
+        expected = schedule(step)
+        held = get_hparams(opt_state)
+        assert leaves_close({k: held[k] for k in expected}, expected), step
+    assert len(traces) == 1
+
+
+def test_non_numeric_leaves_under_jit_raise_a_clear_error():
+    s = S.piecewise({0: {"mode": "a"}, 5: {"mode": "b"}})
+    with pytest.raises(TypeError, match="numeric"):
+        jax.jit(s)(3)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def test_to_host_and_tree_equal():
+    out = S.to_host({"a": jnp.float32(0.5), "b": jnp.arange(2), "c": np.float32(1), "d": "x"})
+    assert type(out["a"]) is float and out["a"] == 0.5
+    assert isinstance(out["b"], np.ndarray) and out["c"].dtype == np.float32 and out["d"] == "x"
+    assert S.tree_equal({"a": [1.0, float("nan")]}, {"a": [1.0, float("nan")]})
+    assert not S.tree_equal({"a": 1}, {"a": 1.0})
+    assert not S.tree_equal({"a": (1,)}, {"a": [1]})
+    assert not S.tree_equal(np.zeros(2, np.float32), np.zeros(2))
+    assert S.tree_equal(np.arange(3), np.arange(3)) and not S.tree_equal({"a": 1}, {"b": 1})
+
+
+def test_tabulate_keeps_only_changes():
+    c = S.curriculum({0: {"h": 0.0}, 4: {"h": 1.0}}, kind="linear")
+    t = S.tabulate(c, 12, every=2)
+    assert t.steps == (0, 2, 4) and [v["h"] for v in t.values] == [0.0, 0.5, 1.0]
+    assert all(type(v["h"]) is float for v in t.values)
+
+
+# -- FixedSchedule with a callable ---------------------------------------------------------------
+def follow(pop, steps, worker_id=0, eval_every=None):
+    """A worker that asks every step; returns the meta_params it trained each step with."""
+    gen, meta, params, used, step = None, None, (), [], 0
+    while step < steps:
+        data = pop.maybe_get_worker_data(worker_id, gen, step, params, meta)
+        if data is not None:
+            gen, meta, step = data.generation_id, data.meta_params, data.step
+            params = () if data.params is None else data.params
+        used.append(meta)
+        params = (*params, meta)  # the parameters remember what trained them
+        step += 1
+        if eval_every and step % eval_every == 0:
+            pop.set_eval(worker_id, gen, step, params, 1.0)
+    return used, params
+
+
+def test_fixed_schedule_every_k_reevaluates_on_the_grid_and_skips_unchanged_values():
+    calls = []
+
+    def schedule(step):
+        calls.append(step)
+        return {"lr": jnp.float32(1.0 if step < 10 else 0.5), "name": "sgd"}
+
+    pop = PopulationController([{"lr": 1.0, "name": "sgd"}], FixedSchedule(schedule, every=4))
+    used, _ = follow(pop, 20)
+    # evaluated at 0, 4, 8 (unchanged), 12 (the grid point at or below 10 ... 12), 16
+    assert sorted(set(calls)) == [0, 4, 8, 12, 16]
+    assert [m["lr"] for m in used] == [1.0] * 12 + [0.5] * 8
+    assert all(type(m["lr"]) is float for m in used)  # jax scalars became Python floats
+    assert len(pop.history) == 2  # one change, one new generation
+    assert pop.state.mutator_state == (5,)  # 0, 4, 8, 12, 16 passed
+
+
+def test_fixed_schedule_callable_first_grid_point_and_evals_only():
+    s = S.piecewise({0: A, 10: B, 30: C})
+    pop = PopulationController([{"lr": 99.0}], FixedSchedule(s, every=5))
+    used, _ = follow(pop, 40)
+    assert used == [A] * 10 + [B] * 20 + [C] * 10
+    evals_only = PopulationController([A], FixedSchedule(s, every=5))
+    gen = evals_only.active_workers[0].generation_id
+    evals_only.set_eval(0, gen, 12, "p12", 1.0)  # past 10: the grid point 10 applies
+    w = evals_only.active_workers[0]
+    assert w.meta_params == B and w.step == 12 and w.params == "p12"
+
+
+@pytest.mark.parametrize("every", [0, -3, 1.5, True, "2"])
+def test_fixed_schedule_rejects_bad_every(every):
+    with pytest.raises(ValueError):
+        FixedSchedule(lambda step: A, every=every)
+
+
+def test_fixed_schedule_callable_restarts_exactly(tmp_path):
+    schedule = S.curriculum({0: {"lr": 1.0}, 30: {"lr": 0.0}}, kind="cosine")
+
+    def run(log_dir, restart_at):
+        gen, meta, step, used = None, None, 0, []
+        pop = PopulationController([{"lr": 1.0}], FixedSchedule(schedule, every=3), log_dir)
+        while step < 40:
+            if step == restart_at:  # the controller restarts; the worker keeps going
+                pop.close()
+                pop = PopulationController([{"lr": 1.0}], FixedSchedule(schedule, every=3), log_dir)
+            data = pop.maybe_get_worker_data(0, gen, step, None, meta)
+            if data is not None:
+                gen, meta, step = data.generation_id, data.meta_params, data.step
+            used.append(meta)
+            step += 1
+            if step % 5 == 0:
+                pop.set_eval(0, gen, step, None, float(step))
+        state = pop.state
+        pop.close()
+        return used, state
+
+    used, state = run(tmp_path / "a", restart_at=None)
+    used_r, state_r = run(tmp_path / "b", restart_at=17)
+    assert used == used_r and state.mutator_state == state_r.mutator_state == (14,)
+    contents = [(c.ref, c.parent, c.meta_params, c.value) for c in state.history.checkpoints()]
+    assert contents == [
+        (c.ref, c.parent, c.meta_params, c.value) for c in state_r.history.checkpoints()
+    ]
+    assert all(isinstance(v, int) for v in state.mutator_state)
+
+
+@SETTINGS
+@given(
+    n=st.integers(1, 3),
+    every=st.integers(1, 4),
+    period=st.integers(1, 6),
+    restarts=st.booleans(),
+    ops=OPS,
+)
+def test_fixed_schedule_callable_properties(n, every, period, restarts, ops):
+    """The core's invariants (tests/test_properties.py) hold for the callable form."""
+
+    def schedule(step):
+        return {"h": float((step // period) % 3)}
+
+    checker = Checker(has_hook=True, strict_chain=not restarts)
+    check_run(FixedSchedule(schedule, every=every), population(n), ops, checker, restarts=restarts)
+
+
+# -- replay ----------------------------------------------------------------------------------
+def build(entries):
+    """A History from ``(gen, step, meta, value, parent)`` rows (params: None)."""
+    history = History()
+    for gen, step, meta, value, parent in entries:
+        history = history.add(Checkpoint(None, meta, gen, value, parent, step, 0.0))
+    return history
+
+
+def hand_built_lineage():
+    """Three roots; four exploits, one copying mid-generation, two back to an old meta."""
+    nan = float("nan")
+    rows = [
+        ("r0", 0, A, None, None), ("r1", 0, B, None, None), ("r2", 0, C, None, None),
+        ("r0", 10, A, 3.0, ("r0", 0)), ("r1", 10, B, 2.0, ("r1", 0)),
+        ("r2", 10, C, 0.001, ("r2", 0)),
+        ("r0", 20, A, 3.0, ("r0", 10)), ("r1", 20, B, 1.0, ("r1", 10)),
+        ("g3", 20, D, None, ("r1", 20)),  # exploit 1: copies r1 at 20, new lr D
+        ("g3", 30, D, 0.9, ("g3", 20)), ("g3", 40, D, 0.8, ("g3", 30)),
+        ("g4", 30, E, None, ("g3", 30)),  # exploit 2: copies g3 mid-way (g3 goes on to 40)
+        ("g4", 40, E, None, ("g4", 30)),  # recorded by an ask, without a value
+        ("g4", 50, E, 0.7, ("g4", 40)),
+        ("g5", 50, B, None, ("g4", 50)),  # exploit 3: back to an old lr
+        ("g5", 60, B, 0.6, ("g5", 50)), ("g5", 70, B, 0.5, ("g5", 60)),
+        ("g6", 70, B, None, ("g5", 70)),  # exploit 4: same lr as its source
+        ("g6", 80, B, 0.4, ("g6", 70)),
+        ("r0", 80, A, nan, ("r0", 20)), ("g7", 80, A, 0.45, ("r0", 20)),
+    ]  # fmt: skip
+    return build(rows)
+
+
+def test_from_lineage_of_a_hand_built_lineage_with_several_exploits():
+    h = hand_built_lineage()
+    best = S.best_final(h)  # final step 80: g6 (0.4) beats g7 (0.45) and r0 (NaN)
+    assert best.ref == ("g6", 80)
+    schedule = S.from_lineage(h)
+    assert schedule.as_dict() == {0: B, 20: D, 30: E, 50: B}
+    trajectory = [B] * 20 + [D] * 10 + [E] * 20 + [B] * 30
+    assert [schedule(t) for t in range(80)] == trajectory
+    # the copied member's own later history (g3 at 30..40) is not in g4's schedule
+    assert S.from_lineage(h, "g4").as_dict() == {0: B, 20: D, 30: E}
+    assert S.from_lineage(h, "g3").as_dict() == {0: B, 20: D}
+    assert S.from_lineage(h, "g3", step=20).as_dict() == {0: B, 20: D}
+    assert S.from_lineage(h, "r1", step=10).as_dict() == {0: B}
+    assert S.from_lineage(h, "g7").as_dict() == {0: A}  # copied with the same lr: one piece
+    # replay: a fresh single worker trains with exactly that trajectory
+    pop = PopulationController([schedule(0)], FixedSchedule(schedule))
+    used, params = follow(pop, 80, eval_every=10)
+    assert used == trajectory and list(params) == trajectory
+    final = pop.active_workers[0].generation_id
+    assert S.from_lineage(pop.history, final) == schedule
+
+
+def test_best_final_ranks_nan_and_inf_last_and_needs_an_evaluation():
+    inf, nan = float("inf"), float("nan")
+    h = build([("a", 0, A, None, None), ("b", 0, B, None, None), ("c", 0, C, None, None)])
+    with pytest.raises(ValueError, match="no evaluated"):
+        S.best_final(h)
+    with pytest.raises(ValueError, match="no evaluated"):
+        S.from_lineage(h)
+    h = h.add_all(
+        Checkpoint(None, meta, gen, value, (gen, 0), 5, 0.0)
+        for gen, meta, value in (("a", A, nan), ("b", B, inf), ("c", C, 1e9))
+    )
+    assert S.best_final(h).generation_id == "c"
+    h = h.add(Checkpoint(None, C, "c", nan, ("c", 5), 6, 0.0))  # alone at the final step
+    assert S.best_final(h).ref == ("c", 6)
+    tie = build(
+        [
+            ("x", 0, A, None, None),
+            ("y", 0, B, None, None),
+            ("x", 3, A, 1.0, ("x", 0)),
+            ("y", 3, B, 1.0, ("y", 0)),
+        ]
+    )
+    assert S.best_final(tie).generation_id == "x"  # a tie: the first created
+
+
+def test_from_lineage_errors():
+    h = hand_built_lineage()
+    with pytest.raises(KeyError):
+        S.from_lineage(h, "nope")
+    with pytest.raises(KeyError):
+        S.from_lineage(h, "g3", step=25)
+    with pytest.raises(ValueError, match="generation_id"):
+        S.from_lineage(h, step=10)
+    backwards = build([("a", 0, A, None, None), ("a", 10, A, 1.0, ("a", 0))]).add(
+        Checkpoint(None, B, "b", 1.0, ("a", 10), 5, 0.0)
+    )
+    with pytest.raises(ValueError, match="back in steps"):
+        S.from_lineage(backwards, "b")
+
+
+# -- random lineages from real mutators ---------------------------------------------------------
+H_VALUES = (0.0, 1.0, 2.0)
+
+
+def keyed_choice(meta, key):
+    return {"h": H_VALUES[int(np.random.default_rng(key).integers(3))]}
+
+
+def branch(meta, direction, phase_index):
+    return {"h": meta["h"] + (1.0 if direction == "pos" else -1.0)}
+
+
+MUTATORS = {
+    "pbt": lambda k: PopulationBasedTraining(
+        perturbation_interval=k, hyperparam_space={"h": explore.choice(H_VALUES)}
+    ),
+    "pbt_synch": lambda k: PopulationBasedTraining(
+        perturbation_interval=k, hyperparam_space={"h": explore.choice(H_VALUES)}, synch=True
+    ),
+    "wta": lambda k: WinnerTakeAllGenetic(keyed_choice, steps_per_exploit=k),
+    "branching": lambda k: BranchingSingleMachine(branch, exploit_steps=k, explore_steps=k),
+}
+
+
+def run_population(mutator, n, order, values, eval_every, seed):
+    """Simulated workers whose params are the tuple of meta_params that trained them."""
+    pop = PopulationController([{"h": H_VALUES[i % 3]} for i in range(n)], mutator, seed=seed)
+    sims = [{"gen": None, "step": 0, "params": (), "meta": None} for _ in range(n)]
+    for i, w in enumerate(order):
+        w %= n
+        sim = sims[w]
+        data = pop.maybe_get_worker_data(w, sim["gen"], sim["step"], sim["params"], sim["meta"])
+        if data is not None:
+            sim.update(gen=data.generation_id, step=data.step, meta=data.meta_params)
+            sim["params"] = () if data.params is None else data.params
+        sim["params"] = (*sim["params"], sim["meta"])
+        sim["step"] += 1
+        if sim["step"] % eval_every == 0:
+            pop.set_eval(w, sim["gen"], sim["step"], sim["params"], values[i % len(values)])
+    return pop
+
+
+@settings(SETTINGS, max_examples=40)
+@given(
+    name=st.sampled_from(sorted(MUTATORS)),
+    n=st.integers(2, 4),
+    k=st.integers(1, 4),
+    eval_every=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+    order=st.lists(st.integers(0, 3), min_size=20, max_size=160),
+    values=st.lists(
+        st.floats(-5, 5) | st.sampled_from([float("nan"), float("inf")]), min_size=1, max_size=20
+    ),
+)
+def test_from_lineage_matches_every_checkpoints_real_trajectory(
+    name, n, k, eval_every, seed, order, values
+):
+    if name == "branching":
+        n = 1
+    pop = run_population(MUTATORS[name](k), n, order, values, eval_every, seed)
+    history = pop.history
+    checked = 0
+    for c in history.checkpoints():  # each checkpoint's params record what trained it
+        if c.params is None:
+            continue
+        schedule = S.from_lineage(history, c.generation_id, step=c.step)
+        assert [schedule(t) for t in range(c.step)] == list(c.params), c.ref
+        assert schedule.values[-1] == c.meta_params
+        assert S.from_json(schedule.to_json()) == schedule
+        checked += 1
+    if not any(c.value is not None for c in history.checkpoints()):
+        return
+    best = S.best_final(history)
+    schedule = S.from_lineage(history)
+    replay = PopulationController([schedule(0)], FixedSchedule(schedule))
+    used, params = follow(replay, best.step)
+    assert params == best.params and used == list(best.params)
+    assert S.from_lineage(replay.history, replay.active_workers[0].generation_id) == schedule
+
+
+# -- export ----------------------------------------------------------------------------------
+def test_json_round_trip_of_awkward_values_and_csv():
+    meta = {
+        "lr": 0.1,
+        "n": 3,
+        "big": 2**70,
+        "flags": [True, None, "s"],
+        "betas": (0.9, 0.999),
+        "odd": float("nan"),
+        "neg": float("-inf"),
+        "zero": -0.0,
+        "arr": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "bf": np.array([1.5, -2.0], dtype=ml_dtypes.bfloat16),
+        "i8": np.int8(-3),
+        "u": np.array(7, dtype=np.uint64),
+        "keys": {1: "one", (2, "b"): 2.5, "__jaxpop__": 0},
+        "jax": jnp.ones(2, jnp.int32),
+    }
+    s = S.piecewise({0: meta, 5: {**meta, "lr": 0.2}})
+    text = s.to_json()
+    json.loads(text)  # strict JSON: no NaN / Infinity literals
+    assert "NaN" not in text and "Infinity" not in text
+    back = S.from_json(text)
+    as_numpy = {**meta, "jax": np.ones(2, np.int32)}  # a jax.Array reads back as numpy
+    assert back == S.piecewise({0: as_numpy, 5: {**as_numpy, "lr": 0.2}})
+    assert back.values[0]["bf"].dtype == ml_dtypes.bfloat16 and back.values[0]["zero"] == 0.0
+    assert math.copysign(1.0, back.values[0]["zero"]) == -1.0
+    assert back.values[0]["u"].shape == () and back.values[0]["u"].dtype == np.uint64
+    csv_text = S.piecewise({0: {"lr": 0.1, "opt": {"b1": 0.9}}, 10: {"lr": 0.2}}).to_csv()
+    assert csv_text.splitlines() == ["step,lr,opt.b1", "0,0.1,0.9", "10,0.2,"]
+
+
+def test_json_errors():
+    with pytest.raises(TypeError, match=r"values\[0\]\['f'\]"):
+        S.piecewise({0: {"f": object()}}).to_json()
+    with pytest.raises(ValueError, match="format"):
+        S.from_json('{"points": []}')
+    with pytest.raises(ValueError, match="version"):
+        S.from_json('{"format": "jaxpop.schedules.piecewise", "version": 99, "points": []}')
+    with pytest.raises(ValueError):
+        S.from_json("not json")
+    with pytest.raises(ValueError, match="tag"):
+        S.from_json(
+            '{"format": "jaxpop.schedules.piecewise", "version": 1, '
+            '"points": [[0, {"__jaxpop__": "pickle"}]]}'
+        )
+
+
+LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    hnp.arrays(
+        st.sampled_from([np.float32, np.float64, np.int32, np.uint8, np.bool_]),
+        hnp.array_shapes(min_dims=0, max_dims=2, max_side=3),
+    ),
+)
+TREES = st.recursive(
+    LEAF,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.lists(inner, max_size=3).map(tuple),
+        st.dictionaries(st.text(max_size=4) | st.integers(-3, 3), inner, max_size=3),
+    ),
+    max_leaves=10,
+)
+
+
+@settings(SETTINGS, max_examples=60)
+@given(points=st.dictionaries(st.integers(0, 10**6), TREES, min_size=1, max_size=4))
+def test_json_round_trip_is_exact(points):
+    schedule = S.piecewise(points)
+    assert S.from_json(schedule.to_json()) == schedule
+    assert S.Piecewise.from_json(schedule.to_json(indent=2)) == schedule
+
+
+# -- the example -------------------------------------------------------------------------------
+def test_replay_example_reproduces_the_searched_member(tmp_path, capsys):
+    from examples.synthetic import replay
+
+    result = replay.main(["--steps", "320", "--no-progress", "--export", str(tmp_path)])
+    assert result["same_schedule"] and result["same_steps"]
+    assert result["replay_loss"] == result["search_loss"]  # same targets, noise and init
+    assert result["steps"] < result["search_steps"]  # the losing branches are not replayed
+    assert result["compilations"] == 1
+    assert S.from_json((tmp_path / "schedule.json").read_text()) == result["schedule"]
+    assert (tmp_path / "schedule.csv").read_text().startswith("step,target\n0,0.0\n")
+    out = capsys.readouterr().out
+    assert f"replay: eval loss                     = {result['replay_loss']:.6f}" in out
+
+
+def test_python_dash_m_runs_the_replay_example():
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.synthetic.replay", "--no-progress", "--steps", "200"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "at every step: True" in proc.stdout
+    assert "search: best final member's eval loss" in proc.stdout
