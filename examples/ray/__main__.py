@@ -1,0 +1,3 @@
+from examples.ray.train import main
+
+main()

@@ -1,0 +1,237 @@
+"""The ``simple_cnn`` population on Ray: the controller and every worker are Ray actors.
+
+The same experiment as ``python -m examples.simple_cnn`` (a population of flax CNNs,
+``WinnerTakeAllGenetic`` over the log learning rate, parameters and optimizer state
+saved with jaxpop's Orbax store and reported as handles), with the threads replaced by
+Ray: the controller is served by :func:`jaxpop.distributed.ray.serve` as a named,
+restartable actor on ``<log-dir>/population``, and each worker runs in its own
+restartable Ray actor (:func:`jaxpop.distributed.ray.start_workers`), talking to the
+controller through a client with the controller's own API. The driver shows progress,
+collects garbage at the end and prints the same summary table.
+
+Differences from the threaded example, each because a worker may now be restarted:
+
+* a worker trains until its step reaches ``--steps`` (not for ``--steps`` iterations): a
+  restarted worker resumes at its latest reported step and does only what is left;
+* checkpoints are saved synchronously (``ParamStore(async_save=False)``) before they are
+  reported, so a worker killed mid-save never leaves the controller a handle to a
+  checkpoint that was never finished;
+* each worker loads the data set and compiles its training step itself (one
+  compilation per worker process; the summary counts them all).
+
+``--kill-after S`` kills worker 0's actor and the controller's actor once, ``S`` seconds
+after the first evaluation (as a crash would: Ray restarts both; the controller resumes from its
+``log_dir``, the worker from its latest report), to show the run finishing anyway.
+
+Run from the repo root::
+
+    python -m examples.ray [--steps 1000] [--workers 4] [--log-dir runs/ray]
+        [--address auto] [--kill-after 20]
+
+Without ``--address`` (and without ``RAY_ADDRESS`` set) it starts a local Ray instance.
+With ``--address`` it joins a running cluster and ships the ``jaxpop`` and ``examples``
+packages to it; ``--log-dir`` must then be on storage that every node mounts at the
+same path (see ``docs/ray.md``). Use a fresh ``--log-dir``: an existing one is resumed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import ray
+from tqdm import tqdm
+
+import examples
+import jaxpop
+from examples import data as data_lib
+from examples import population_cnn
+from examples.simple_cnn.train import EXPERIMENT
+from jaxpop.checkpointing import MissingCheckpointError, ParamStore
+from jaxpop.distributed import ray as jaxpop_ray
+from jaxpop.tensorboard import TensorBoardWriter
+
+__all__ = ["main", "run", "train_worker"]
+
+
+def train_worker(
+    worker_id: int, client: jaxpop_ray.PopulationClient, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One worker of the population, in its own Ray actor (called again after a restart).
+
+    Returns the validation accuracy of each checkpoint it evaluated (in this
+    incarnation), its number of compilations and the data set's name.
+    """
+    log_dir = os.path.abspath(args.log_dir)
+    dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
+    example_meta = EXPERIMENT.initial_population(args.workers, np.random.default_rng(args.seed))
+    model = population_cnn._Model(EXPERIMENT, dataset, example_meta[0])
+    store = ParamStore(os.path.join(log_dir, "params"), async_save=False)
+    tb = (
+        TensorBoardWriter(os.path.join(log_dir, "tensorboard"), worker_id)
+        if args.tensorboard
+        else None
+    )
+    rng = np.random.default_rng([args.seed, worker_id])
+    key = jax.random.key(args.seed * 1009 + worker_id)
+    accuracies: dict[tuple[str, int], float] = {}
+    generation_id, meta, state, handle, step, missing = None, None, None, None, 0, None
+    while step < args.steps:
+        data = client.maybe_get_worker_data(worker_id, generation_id, step, handle, meta)
+        if data is not None:
+            generation_id, meta, step = data.generation_id, data.meta_params, data.step
+            handle = data.params
+            if handle is None:
+                key, init_key = jax.random.split(key)
+                state = model.init(init_key)
+            else:
+                try:
+                    state = store.restore(handle, model.abstract_state)
+                except MissingCheckpointError:
+                    if handle == missing:  # asked again and got the same: it is not there
+                        raise RuntimeError(
+                            f"worker {worker_id} cannot read its checkpoint {handle}: the "
+                            "--log-dir must be on storage every node of the cluster shares"
+                        ) from None
+                    missing, generation_id = handle, None  # reassigned and collected
+                    continue
+            hp = EXPERIMENT.traced(meta)
+            batches = data_lib.batches(
+                dataset.train_images, dataset.train_labels, args.batch_size, rng
+            )
+        images, labels = next(batches)
+        key, step_key = jax.random.split(key)
+        state, _ = model.train_step(state, images, labels, hp, step_key)
+        step += 1
+        if step % args.eval_every == 0:
+            loss, acc = (float(x) for x in model.evaluate(state))
+            handle = store.save(generation_id, step, state)  # finished before it is reported
+            client.set_eval(worker_id, generation_id, step, handle, loss)
+            accuracies[(generation_id, step)] = acc
+            if tb is not None:
+                tb.log_eval(step, loss, meta, {"accuracy": acc})
+            if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
+                store.collect_garbage(client, keep_best=args.keep_best)  # bounded disk
+    store.close()
+    if tb is not None:
+        tb.close()
+    return {"accuracies": accuracies, "compilations": model.compilations, "dataset": dataset.name}
+
+
+def _init_ray(args: argparse.Namespace) -> bool:
+    """Joins ``--address`` (shipping this code) or starts Ray locally; whether it started."""
+    if ray.is_initialized():
+        return False
+    if args.address:
+        py_modules = [os.path.dirname(jaxpop.__file__), os.path.dirname(examples.__file__)]
+        ray.init(address=args.address, runtime_env={"py_modules": py_modules})
+    elif os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:  # logical CPUs: like the threads, the workers share the cores
+        cpus = max(os.cpu_count() or 1, math.ceil(args.workers * args.cpus_per_worker))
+        ray.init(num_cpus=cpus, include_dashboard=False)
+    return True
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains the population on Ray; returns the summary (also printed)."""
+    log_dir = os.path.abspath(args.log_dir)
+    started_ray = _init_ray(args)
+    start = time.time()
+    try:
+        population = EXPERIMENT.initial_population(args.workers, np.random.default_rng(args.seed))
+        with jaxpop_ray.serve(
+            population,
+            EXPERIMENT.mutator(args),
+            log_dir=os.path.join(log_dir, "population"),
+            name=args.name,
+            seed=args.seed,
+        ) as client:
+            group = jaxpop_ray.start_workers(
+                train_worker,
+                args.workers,
+                args=(client, args),
+                num_cpus=args.cpus_per_worker,
+                max_restarts=args.max_restarts,
+            )
+            with group:
+                results = _wait(group, client, args)
+            with ParamStore(os.path.join(log_dir, "params")) as store:
+                # every worker is done: a save nobody reported (cut off by a kill) is garbage
+                store.collect_garbage(client.state, keep_best=args.keep_best, orphan_grace_s=0)
+            accuracies = {k: v for r in results for k, v in r["accuracies"].items()}
+            summary = population_cnn.summarize(client, accuracies)
+            summary["controller_restarted"] = client.info()["restarted"]
+    finally:
+        if started_ray:
+            ray.shutdown()
+    summary.update(
+        dataset=results[0]["dataset"],
+        seconds=round(time.time() - start, 1),
+        compilations=sum(r["compilations"] for r in results),
+    )
+    population_cnn.print_summary(summary)
+    return summary
+
+
+def _wait(
+    group: jaxpop_ray.WorkerGroup, client: jaxpop_ray.PopulationClient, args: argparse.Namespace
+) -> list[Any]:
+    """Waits for the workers, showing progress (and injecting faults with --kill-after)."""
+    progress = tqdm(
+        total=args.workers * args.steps, desc="ray", unit="step", disable=args.no_progress
+    )
+    reached = [0] * args.workers
+    start = None  # when the first evaluation came in
+    killed = args.kill_after is None
+    while True:
+        try:
+            results = group.wait(timeout_s=0.5)
+            break
+        except TimeoutError:
+            pass
+        for i, worker in enumerate(client.active_workers):
+            reached[i] = max(reached[i], min(worker.step, args.steps))
+        progress.update(sum(reached) - progress.n)
+        if start is None and sum(reached):
+            start = time.monotonic()
+        if not killed and start is not None and time.monotonic() - start >= args.kill_after:
+            killed = True
+            group.kill(0)
+            ray.kill(client.actor, no_restart=False)
+            progress.write("killed worker 0 and the controller; Ray restarts them")
+    progress.update(progress.total - progress.n)
+    progress.close()
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    population_cnn.add_flags(parser, steps=1000, workers=4, log_dir="runs/ray")
+    parser.add_argument("--steps-per-exploit", type=int, default=100)
+    parser.add_argument(
+        "--address", default=None, help="a Ray cluster to join (e.g. auto); default: local"
+    )
+    parser.add_argument("--name", default="simple_cnn", help="the controller actor's name")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument(
+        "--max-restarts", type=int, default=-1, help="per worker actor (-1: always)"
+    )
+    parser.add_argument(
+        "--kill-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="kill worker 0 and the controller once, this long after the first evaluation",
+    )
+    return run(population_cnn.parse(parser, argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,690 @@
+"""A ``PopulationController`` served as a restartable Ray actor, and workers on Ray.
+
+:func:`serve` starts the controller as a *named* Ray actor on a durable ``log_dir`` and
+returns a :class:`PopulationClient`; :func:`connect` returns a client from any process of
+the cluster (a worker, another driver). The client has the controller's synchronous API
+(``maybe_get_worker_data``, ``set_eval``, ``active_workers``, ``history``, ``state``,
+``close``), so worker code is the same in threads and on a cluster::
+
+    from jaxpop.distributed import ray as jaxpop_ray
+
+    client = jaxpop_ray.serve(population, mutator, log_dir="/shared/runs/pbt", name="pbt")
+    results = jaxpop_ray.run_workers(train, 4, args=(client,), max_restarts=-1)
+    client.close()
+
+    def train(worker_id, client):       # runs in a Ray actor; called again after a restart
+        generation_id, step = None, 0   # "I have nothing": the controller answers with
+        while step < total_steps:       # this worker's slot, i.e. its latest report
+            data = client.maybe_get_worker_data(worker_id, generation_id, step, handle, meta)
+            ...
+
+**Restarts.** The controller actor is started with ``max_restarts`` (default ``-1``:
+always). When its process dies, Ray starts a new one, which builds the controller again
+on the same ``log_dir`` and so resumes exactly the state the old one had acknowledged
+(see :mod:`jaxpop.storage`: every state-changing call is journaled before it returns).
+The dead process's ``flock`` on ``log_dir`` went with it; the new incarnation waits up
+to ``lock_timeout_s`` for it anyway (a lock on a network filesystem can outlive its
+holder for a while). Workers started with :func:`run_workers` / :func:`start_workers`
+are restarted the same way: the new actor calls the worker function again, from the
+start, with the same arguments; the function asks with generation ``None`` and gets its
+slot back -- its assignment, which follows its reports, so it resumes from its latest
+reported checkpoint.
+
+**Retries.** A client call that fails because the controller actor is restarting or
+unreachable (``RayActorError``, ``ActorUnavailableError``, a lost reply) is sent again,
+with exponential backoff, until ``timeout_s`` (default 120 s, counted from the call) has
+passed; then it raises :class:`ControllerUnavailableError`. A call that the controller
+answers with an error (a bad worker id, a value that is not a number, a closed
+controller) raises that error, of the same type as in-process, and is not retried. If
+the actor is gone for good (``max_restarts`` used up, or killed without restart) and no
+other actor serves the name, the call fails at once; if the name is served again (say
+by a new :func:`serve` on the same ``log_dir``), clients switch to the new actor.
+
+**Retries are safe to repeat.** A call whose request reached the controller but whose
+reply was lost (the actor died in between) is sent again to the restarted controller,
+so it may be applied twice. Both calls tolerate that: ``set_eval`` of the same
+``(generation_id, step)`` replaces that checkpoint with the same params and value (only
+its ``time`` moves to the later call) and runs the mutator's ``update`` once more on an
+unchanged population (the built-in mutators decide nothing new: a worker is ready again
+only after a *later* step); ``maybe_get_worker_data`` answers the same assignment and
+records a worker's last checkpoint at most once. The same holds for a call abandoned at
+``timeout_s`` that the controller still executes later. (A ``PopulationBasedTraining``
+with ``time_attr="time"`` measures readiness by the checkpoint's time: a restart longer
+than its ``perturbation_interval`` can make a repeated report count as a new one.)
+
+**What travels.** Arguments and replies travel as Ray objects (Ray's serialization,
+cloudpickle), never to disk: the mutator's user functions and the initial population
+are pickled once to build the controller inside its actor (Ray also keeps them to
+rebuild it on restart); what the controller writes to ``log_dir`` is jaxpop's msgpack
+encoding. Pass parameters as handles (a :class:`jaxpop.checkpointing.ParamStore` path
+on storage every worker can reach), not pytrees.
+
+**Namespaces.** Named actors live in a Ray namespace; :func:`serve` and :func:`connect`
+use ``"jaxpop"`` by default, so any driver or worker of the cluster can connect by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import io
+import os
+import pickle
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+import ray.cloudpickle
+import ray.exceptions
+
+from jaxpop import core, storage
+from jaxpop.core import PopulationState
+from jaxpop.history import History
+from jaxpop.mutators.base import Mutator
+from jaxpop.population import PopulationController
+from jaxpop.records import ActiveWorker
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "ControllerUnavailableError",
+    "PopulationClient",
+    "WorkerError",
+    "WorkerGroup",
+    "connect",
+    "run_workers",
+    "serve",
+    "start_workers",
+]
+
+DEFAULT_NAMESPACE = "jaxpop"
+
+_FIRST_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 2.0
+#: failures after which a call is sent again: the actor restarts, is unreachable, or the
+#: reply was lost with its node
+_RESEND = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+
+
+class ControllerUnavailableError(RuntimeError):
+    """The controller actor did not answer within the client's ``timeout_s``, or is gone."""
+
+
+class WorkerError(RuntimeError):
+    """A worker function raised, or its actor died with no restarts left.
+
+    Attributes:
+      worker_id: the worker that failed.
+    """
+
+    def __init__(self, message: str, worker_id: int):
+        super().__init__(message)
+        self.worker_id = worker_id
+
+
+# -- transport --------------------------------------------------------------------------
+def _rebuild_mutator(cls: type, fields: tuple[Any, ...]) -> Mutator:
+    return tuple.__new__(cls, fields)
+
+
+class _Pickler(ray.cloudpickle.CloudPickler):
+    """cloudpickle, plus ``Mutator`` subclasses (whose ``__new__`` takes user arguments)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, Mutator) and type(obj) is not Mutator:
+            return _rebuild_mutator, (type(obj), tuple(obj)), getattr(obj, "__dict__", None)
+        return super().reducer_override(obj)
+
+
+def _dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _was_restarted() -> bool:
+    with warnings.catch_warnings():  # Ray 2.60 warns about its own use of actor_id here
+        warnings.simplefilter("ignore")
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+# -- the controller actor ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _ControllerOptions:
+    log_dir: str
+    seed: int
+    durability: storage.Durability
+    compact_after: int
+    lock_timeout_s: float
+
+
+class _ControllerActor:
+    """Builds a ``PopulationController`` inside the actor and answers for it.
+
+    A controller that cannot be built (a damaged ``log_dir``, a population of another
+    size, a lock that stays taken) is not an actor crash: every call then raises that
+    error, so clients see it with its own type rather than an endless restart.
+    """
+
+    def __init__(self, payload: bytes, options: _ControllerOptions):
+        initial_population, mutator, clock = pickle.loads(payload)
+        extra = {} if clock is None else {"clock": clock}
+        self._controller: PopulationController | None = None
+        self._error: BaseException | None = None
+        self._closed = False
+        deadline = time.monotonic() + options.lock_timeout_s
+        while True:
+            try:
+                self._controller = PopulationController(
+                    initial_population,
+                    mutator,
+                    options.log_dir,
+                    options.seed,
+                    durability=options.durability,
+                    compact_after=options.compact_after,
+                    **extra,
+                )
+                break
+            except storage.LogDirInUseError as e:
+                if time.monotonic() >= deadline:
+                    self._error = e
+                    break
+                time.sleep(0.2)
+            except Exception as e:
+                self._error = e
+                break
+        controller = self._controller
+        self._info = {
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "log_dir": options.log_dir,
+            "restarted": _was_restarted(),
+            "resumed_at_event": None if controller is None else controller.state.num_events,
+            "started_at": time.time(),
+        }
+
+    def _get(self) -> PopulationController:
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        assert self._controller is not None
+        if self._closed:
+            raise ControllerUnavailableError(
+                f"the controller on {self._info['log_dir']} was shut down; serve it again "
+                "on the same log_dir to resume the run"
+            )
+        return self._controller
+
+    def maybe_get_worker_data(
+        self, worker_id: int, generation_id: str | None, step: int, params: Any, meta: Any
+    ) -> ActiveWorker | None:
+        return self._get().maybe_get_worker_data(worker_id, generation_id, step, params, meta)
+
+    def set_eval(
+        self, worker_id: int, generation_id: str, step: int, params: Any, value: float
+    ) -> None:
+        self._get().set_eval(worker_id, generation_id, step, params, value)
+
+    def active_workers(self) -> tuple[ActiveWorker, ...]:
+        return self._get().active_workers
+
+    def history(self) -> History:
+        return self._get().history
+
+    def state(self) -> PopulationState:
+        return self._get().state
+
+    def mutator(self) -> bytes:
+        return _dumps(self._get().mutator)
+
+    def info(self) -> dict[str, Any]:
+        controller = self._get()
+        return {**self._info, "num_events": controller.state.num_events}
+
+    def close(self) -> None:
+        self._closed = True
+        if self._controller is not None:
+            self._controller.close()
+
+
+@functools.cache
+def _controller_class() -> Any:
+    return ray.remote(_ControllerActor)
+
+
+# -- the client -------------------------------------------------------------------------
+class PopulationClient:
+    """A ``PopulationController`` behind a Ray actor, with the same synchronous API.
+
+    Made by :func:`serve` (which *owns* the controller: its :meth:`close` ends it) or
+    :func:`connect` (which does not). A client can be passed to Ray tasks and actors;
+    the copies do not own the controller. Every method and property is one call to the
+    actor (about a millisecond on one machine); see the module docstring for retries.
+
+    Attributes:
+      name, namespace: the actor's name and Ray namespace.
+      timeout_s: how long one call waits for an answer, restarts included, before it
+        raises :class:`ControllerUnavailableError` (``None``: forever).
+    """
+
+    def __init__(
+        self,
+        actor: Any,
+        name: str,
+        namespace: str | None,
+        *,
+        timeout_s: float | None = 120.0,
+        owner: bool = False,
+    ):
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
+        self._actor = actor
+        self.name = name
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self._owner = owner
+        self._log_dir: str | None = None
+
+    # -- the seed's API -------------------------------------------------------------
+    def maybe_get_worker_data(
+        self,
+        worker_id: int,
+        generation_id: str | None,
+        step: int,
+        params: Any,
+        meta_params: Any,
+    ) -> ActiveWorker | None:
+        """As :meth:`jaxpop.PopulationController.maybe_get_worker_data`."""
+        return self._call(
+            "maybe_get_worker_data", worker_id, generation_id, step, params, meta_params
+        )
+
+    def set_eval(
+        self, worker_id: int, generation_id: str, step: int, params: Any, value: float
+    ) -> None:
+        """As :meth:`jaxpop.PopulationController.set_eval`; returns once it is journaled."""
+        value = core.as_value(value)  # a TypeError here, before anything is sent
+        self._call("set_eval", worker_id, generation_id, step, params, value)
+
+    # -- read-only views ------------------------------------------------------------
+    @property
+    def active_workers(self) -> tuple[ActiveWorker, ...]:
+        """The current assignment of every worker, indexed by worker id."""
+        return self._call("active_workers")
+
+    @property
+    def history(self) -> History:
+        """Every checkpoint (a copy: transferred whole, O(history))."""
+        return self._call("history")
+
+    @property
+    def state(self) -> PopulationState:
+        """The whole immutable state (a copy: transferred whole, O(history))."""
+        return self._call("state")
+
+    @property
+    def mutator(self) -> Mutator:
+        """A copy of the controller's mutator."""
+        return pickle.loads(self._call("mutator"))
+
+    @property
+    def log_dir(self) -> str:
+        """The controller's ``log_dir`` (an absolute path)."""
+        if self._log_dir is None:
+            self._log_dir = self.info()["log_dir"]
+        return self._log_dir
+
+    @property
+    def actor(self) -> Any:
+        """The Ray actor handle (for ``ray.kill``, monitoring, ...)."""
+        return self._actor
+
+    def info(self) -> dict[str, Any]:
+        """About the controller's current incarnation.
+
+        ``pid``, ``node_id``, ``log_dir``, ``restarted`` (whether Ray restarted it),
+        ``resumed_at_event`` (events it found in ``log_dir`` when it started),
+        ``num_events`` (now) and ``started_at`` (Unix time).
+        """
+        return self._call("info")
+
+    # -- lifetime -------------------------------------------------------------------
+    def close(self) -> None:
+        """Ends the controller if this client owns it (see :meth:`shutdown`); idempotent.
+
+        A client from :func:`connect`, or a copy passed to a task, owns nothing: its
+        ``close`` does nothing.
+        """
+        if self._owner:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Closes the controller (finishes its writes, releases ``log_dir``) and ends its
+        actor for every client, whoever started it. Idempotent."""
+        # a dead or unreachable controller: its lock went with its process
+        with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
+            ray.get(self._actor.close.remote(), timeout=self.timeout_s)
+        ray.kill(self._actor, no_restart=True)
+        self._owner = False
+
+    def __enter__(self) -> PopulationClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild_client, (self._actor, self.name, self.namespace, self.timeout_s)
+
+    def __repr__(self) -> str:
+        return f"PopulationClient(name={self.name!r}, namespace={self.namespace!r})"
+
+    # -- calls and retries ----------------------------------------------------------
+    def _call(self, method: str, *args: Any) -> Any:
+        start = time.monotonic()
+        deadline = None if self.timeout_s is None else start + self.timeout_s
+        backoff = _FIRST_BACKOFF_S
+        ref = getattr(self._actor, method).remote(*args)
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return ray.get(ref, timeout=remaining)
+            except ray.exceptions.RayTaskError as e:  # the controller raised: no retry
+                cause = getattr(e, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from e
+                raise
+            except ray.exceptions.GetTimeoutError as e:
+                raise self._unavailable(method, start, e) from e
+            except ray.exceptions.ActorDiedError as e:
+                if not self._find_actor():
+                    raise ControllerUnavailableError(
+                        f"the controller actor {self.name!r} (namespace {self.namespace!r}) "
+                        "died and is not coming back (max_restarts used up, killed without "
+                        "restart, or its driver exited); serve it again on the same log_dir "
+                        f"to resume the run. Ray said: {e}"
+                    ) from e
+                error: Exception = e
+            except _RESEND as e:
+                error = e
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise self._unavailable(method, start, error) from error
+            pause = backoff if deadline is None else min(backoff, deadline - now)
+            time.sleep(pause)
+            backoff = min(2 * backoff, _MAX_BACKOFF_S)
+            ref = getattr(self._actor, method).remote(*args)
+
+    def _find_actor(self) -> bool:
+        """Looks the name up again: ``False`` if nothing serves it any more."""
+        try:
+            actor = ray.get_actor(self.name, namespace=self.namespace)
+        except ValueError:
+            return False
+        self._actor = actor
+        return True
+
+    def _unavailable(self, method: str, start: float, error: BaseException) -> Exception:
+        return ControllerUnavailableError(
+            f"no answer to {method} from the controller actor {self.name!r} (namespace "
+            f"{self.namespace!r}) within {time.monotonic() - start:.1f} s (timeout_s="
+            f"{self.timeout_s}): it is restarting, waiting for its log_dir's lock, or its "
+            f"node is unreachable. Last error: {type(error).__name__}: {error}"
+        )
+
+
+def _rebuild_client(
+    actor: Any, name: str, namespace: str | None, timeout_s: float | None
+) -> PopulationClient:
+    return PopulationClient(actor, name, namespace, timeout_s=timeout_s)
+
+
+def serve(
+    initial_population: Sequence[Any],
+    mutator: Mutator,
+    *,
+    log_dir: str | os.PathLike,
+    name: str,
+    namespace: str | None = DEFAULT_NAMESPACE,
+    seed: int = 0,
+    durability: storage.Durability = "process",
+    compact_after: int = 1000,
+    clock: Callable[[], float] | None = None,
+    max_restarts: int = -1,
+    detached: bool = False,
+    num_cpus: float = 0.0,
+    lock_timeout_s: float = 60.0,
+    timeout_s: float | None = 120.0,
+    actor_options: dict[str, Any] | None = None,
+) -> PopulationClient:
+    """Starts a ``PopulationController`` on ``log_dir`` as the Ray actor ``name``.
+
+    Args:
+      initial_population, mutator, seed, durability, compact_after: as for
+        :class:`jaxpop.PopulationController`. A ``log_dir`` that already holds a run is
+        resumed (the stored state wins, as in-process).
+      log_dir: required: the controller's durable state, what a restarted actor resumes
+        from. A path the node that runs the controller can write, with a working
+        ``flock`` (a local disk of a pinned node, or a POSIX network filesystem); made
+        absolute here.
+      name: the actor's name, for :func:`connect`.
+      namespace: its Ray namespace (``"jaxpop"``; ``None``: the current job's).
+      clock: the controller's clock (``None``: ``time.time``), run inside the actor.
+      max_restarts: how often Ray restarts the actor after its process dies (``-1``:
+        always).
+      detached: keep the actor alive after this driver exits (end it with
+        :meth:`PopulationClient.shutdown`); otherwise it ends with this driver.
+      num_cpus: CPUs the actor reserves (0: it never keeps a worker from scheduling).
+      lock_timeout_s: how long a (re)started actor waits for ``log_dir``'s lock.
+      timeout_s: the client's per-call timeout (see :class:`PopulationClient`).
+      actor_options: more ``ActorClass.options`` (``resources``, ``scheduling_strategy``
+        to pin the controller to a node, ``runtime_env``, ...).
+
+    Returns the owning client: once the controller is up, or raising what kept it from
+    starting (``storage.LogDirInUseError``, ``storage.CorruptLogError``, ``ValueError``,
+    ...); a name already in use raises ``ValueError``.
+    """
+    if not isinstance(mutator, Mutator):
+        raise TypeError(
+            "mutator must be a jaxpop Mutator (e.g. WinnerTakeAllGenetic(...)), "
+            f"got {type(mutator).__name__}"
+        )
+    if log_dir is None or not os.fspath(log_dir):
+        raise ValueError("serve needs a log_dir: a restarted controller resumes from it")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    options = _ControllerOptions(
+        os.path.abspath(os.fspath(log_dir)), seed, durability, compact_after, lock_timeout_s
+    )
+    payload = _dumps((list(initial_population), mutator, clock))
+    actor_kwargs: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "max_restarts": max_restarts,
+        "max_task_retries": 0,  # the client resends, with its own deadline
+        "num_cpus": num_cpus,
+    }
+    if detached:
+        actor_kwargs["lifetime"] = "detached"
+    actor_kwargs.update(actor_options or {})
+    try:
+        actor = _controller_class().options(**actor_kwargs).remote(payload, options)
+    except ValueError as e:  # ray.exceptions.ActorAlreadyExistsError
+        raise ValueError(
+            f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
+            f"connect({name!r}) to reach it, or shut it down first"
+        ) from e
+    client = PopulationClient(actor, name, namespace, timeout_s=timeout_s, owner=True)
+    try:
+        client._log_dir = client.info()["log_dir"]
+    except BaseException:
+        ray.kill(actor, no_restart=True)
+        raise
+    return client
+
+
+def connect(
+    name: str,
+    *,
+    namespace: str | None = DEFAULT_NAMESPACE,
+    timeout_s: float | None = 120.0,
+    wait_s: float = 0.0,
+) -> PopulationClient:
+    """A client of the controller actor ``name``, from any process of the cluster.
+
+    Args:
+      name, namespace: as given to :func:`serve`.
+      timeout_s: the client's per-call timeout (see :class:`PopulationClient`).
+      wait_s: how long to wait for the actor to appear (workers started before it).
+
+    Raises :class:`ControllerUnavailableError` if no actor has that name by then.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            actor = ray.get_actor(name, namespace=namespace)
+        except ValueError as e:
+            if time.monotonic() >= deadline:
+                raise ControllerUnavailableError(
+                    f"no controller actor named {name!r} in namespace {namespace!r}; start "
+                    "one with jaxpop.distributed.ray.serve(...)"
+                ) from e
+            time.sleep(0.2)
+            continue
+        return PopulationClient(actor, name, namespace, timeout_s=timeout_s)
+
+
+# -- workers ----------------------------------------------------------------------------
+class _WorkerActor:
+    """Runs one worker function; Ray calls ``run`` again after a restart."""
+
+    def run(self, payload: bytes, worker_id: int) -> Any:
+        fn, args, kwargs = pickle.loads(payload)
+        return fn(worker_id, *args, **kwargs)
+
+
+@functools.cache
+def _worker_class() -> Any:
+    return ray.remote(_WorkerActor)
+
+
+class WorkerGroup:
+    """Worker functions running in Ray actors; made by :func:`start_workers`.
+
+    Attributes:
+      actors: the actor handles, indexed by worker id (``ray.kill(group.actors[i],
+        no_restart=False)`` simulates a crash).
+      max_restarts: as given to :func:`start_workers`.
+    """
+
+    def __init__(self, actors: Sequence[Any], refs: Sequence[Any], max_restarts: int):
+        self.actors = tuple(actors)
+        self._refs = list(refs)
+        self.max_restarts = max_restarts
+
+    def wait(self, timeout_s: float | None = None) -> list[Any]:
+        """The worker functions' results, in worker order, once all have returned.
+
+        Raises :class:`WorkerError` (after ending the other workers) as soon as one
+        function raises or its actor dies with no restarts left, and ``TimeoutError`` if
+        they are not all done within ``timeout_s``.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        index = {ref: i for i, ref in enumerate(self._refs)}
+        pending, results = list(self._refs), [None] * len(self._refs)
+        while pending:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            if not ready:
+                raise TimeoutError(f"{len(pending)} worker(s) still running after {timeout_s} s")
+            for ref in ready:
+                i = index[ref]
+                try:
+                    results[i] = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    self.shutdown()
+                    cause = getattr(e, "cause", None) or e
+                    raise WorkerError(f"worker {i} raised {cause!r}\n{e}", i) from cause
+                except ray.exceptions.RayActorError as e:
+                    self.shutdown()
+                    raise WorkerError(
+                        f"worker {i}'s actor died with no restarts left (max_restarts="
+                        f"{self.max_restarts}): {e}",
+                        i,
+                    ) from e
+        return results
+
+    def kill(self, worker_id: int, *, restart: bool = True) -> None:
+        """Kills worker ``worker_id``'s process; Ray restarts it if ``restart`` and allowed."""
+        ray.kill(self.actors[worker_id], no_restart=not restart)
+
+    def shutdown(self) -> None:
+        """Ends every worker actor (no restart). Idempotent."""
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()
+
+
+def start_workers(
+    fn: Callable[..., Any],
+    num_workers: int,
+    *,
+    args: Sequence[Any] = (),
+    kwargs: dict[str, Any] | None = None,
+    max_restarts: int = -1,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    name: str | None = None,
+    namespace: str | None = DEFAULT_NAMESPACE,
+    actor_options: dict[str, Any] | None = None,
+) -> WorkerGroup:
+    """Starts ``fn(worker_id, *args, **kwargs)`` for ``worker_id`` in ``range(num_workers)``.
+
+    Each call runs in its own Ray actor with ``max_restarts`` (``-1``: always). When an
+    actor's process dies, Ray starts it again and calls ``fn`` again from the start with
+    the same arguments (its local state is gone); a worker that begins by asking with
+    generation ``None`` gets its slot back and resumes from its latest report. An
+    exception raised by ``fn`` is not retried.
+
+    Args:
+      fn: the worker function; it and ``args``/``kwargs`` (a :class:`PopulationClient`
+        among them, typically) are pickled with cloudpickle and shipped to the actors.
+      num_cpus, num_gpus: what each worker actor reserves.
+      name: if given, the actors are named ``f"{name}-worker-{i}"`` in ``namespace``.
+      actor_options: more ``ActorClass.options`` for every worker.
+    """
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
+    payload = _dumps((fn, tuple(args), dict(kwargs or {})))
+    actors, refs = [], []
+    for i in range(num_workers):
+        options: dict[str, Any] = {
+            "max_restarts": max_restarts,
+            "max_task_retries": max_restarts,  # run fn again in the restarted actor
+            "num_cpus": num_cpus,
+            "num_gpus": num_gpus,
+        }
+        if name is not None:
+            options.update(name=f"{name}-worker-{i}", namespace=namespace)
+        options.update(actor_options or {})
+        actor = _worker_class().options(**options).remote()
+        actors.append(actor)
+        refs.append(actor.run.remote(payload, i))
+    return WorkerGroup(actors, refs, max_restarts)
+
+
+def run_workers(
+    fn: Callable[..., Any], num_workers: int, *, timeout_s: float | None = None, **options: Any
+) -> list[Any]:
+    """:func:`start_workers`, then waits for the results (in worker order) and ends them.
+
+    ``options`` are :func:`start_workers`'s; see :meth:`WorkerGroup.wait` for errors.
+    """
+    with start_workers(fn, num_workers, **options) as group:
+        return group.wait(timeout_s)

@@ -1,0 +1,313 @@
+"""jaxpop.distributed.ray on a local Ray instance: parity, restarts, retries, errors.
+
+One ``ray.init(num_cpus=2)`` is shared by the whole module (Ray takes seconds to start).
+Every test names its actors after itself, so a failed test leaves nothing in the way of
+the next.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip(
+    "ray", reason="jaxpop.distributed.ray needs Ray: pip install 'jaxpop[ray]'"
+)
+
+from jaxpop import PopulationController, storage  # noqa: E402
+from jaxpop.distributed import ray as jaxpop_ray  # noqa: E402
+from jaxpop.mutators import Mutator, WinnerTakeAllGenetic  # noqa: E402
+
+# this module's functions run inside Ray actors, which cannot import tests/ by name
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def _mutate(meta, key):
+    return {"lr": float(meta["lr"] * np.exp(0.5 * np.random.default_rng(key).normal()))}
+
+
+def _wta(steps_per_exploit: int = 2) -> WinnerTakeAllGenetic:
+    return WinnerTakeAllGenetic(_mutate, steps_per_exploit=steps_per_exploit)
+
+
+def _population(n: int) -> list[dict[str, float]]:
+    return [{"lr": 0.01 * (i + 1)} for i in range(n)]
+
+
+class _Ticks:
+    """A clock that moves half a second per reading: the same times in both controllers."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+def _loss(worker_id: int, step: int) -> float:
+    return float((worker_id * 7 + step * 3) % 5) + 1.0 / step
+
+
+# -- parity -----------------------------------------------------------------------------
+def _script(pop) -> list:
+    """A fixed event sequence (asks, evals, exploits, a resync, errors); what came back."""
+    out: list = []
+    gens: list = [None] * 3
+    steps = [0] * 3
+    for _ in range(4):
+        for i in range(3):
+            data = pop.maybe_get_worker_data(i, gens[i], steps[i], f"h{i}-{steps[i]}", None)
+            out.append(data)
+            if data is not None:
+                gens[i], steps[i] = data.generation_id, data.step
+            for _ in range(2 if i else 3):  # worker 0 runs ahead
+                steps[i] += 1
+                pop.set_eval(i, gens[i], steps[i], f"h{i}-{steps[i]}", _loss(i, steps[i]))
+    out.append(pop.maybe_get_worker_data(1, "never-made", 5, None, None))  # resync
+    pop.set_eval(2, "never-made", 5, None, 1.0)  # ignored
+    for call in (
+        lambda: pop.maybe_get_worker_data(3, None, 0, None, None),
+        lambda: pop.set_eval(0, gens[0], 1, None, "nan?"),
+        lambda: pop.set_eval(0, gens[0], 1.5, None, 1.0),
+    ):
+        with pytest.raises((ValueError, TypeError)) as info:
+            call()
+        out.append((type(info.value), str(info.value)))
+    out.append(pop.active_workers)
+    return out
+
+
+def test_client_matches_the_in_process_controller(ray_session, tmp_path):
+    local = PopulationController(_population(3), _wta(), seed=7, clock=_Ticks())
+    expected = _script(local)
+    with jaxpop_ray.serve(
+        _population(3), _wta(), log_dir=tmp_path, name="parity", seed=7, clock=_Ticks()
+    ) as client:
+        assert _script(client) == expected
+        state, want = client.state, local.state
+        assert list(state.history.checkpoints()) == list(want.history.checkpoints())
+        assert state.workers == want.workers and state.num_events == want.num_events
+        assert state.mutator_state == want.mutator_state and state.mutator_state["num_exploits"]
+        np.testing.assert_array_equal(state.key, want.key)
+        assert client.history.num_checkpoints == want.history.num_checkpoints
+        assert isinstance(client.mutator, WinnerTakeAllGenetic)
+        assert client.log_dir == str(tmp_path) and client.info()["restarted"] is False
+    # the owning client closed the controller and released log_dir: it holds the same run
+    with PopulationController(_population(3), _wta(), tmp_path) as reopened:
+        assert list(reopened.history.checkpoints()) == list(want.history.checkpoints())
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError, match=r"shut down|not coming back"):
+        _ = client.active_workers
+
+
+# -- workers and restarts ---------------------------------------------------------------
+def _train(worker_id, client_or_name, total, eval_every=5, pause=0.01):
+    """A fake training loop with the seed's protocol; what it saw and had acknowledged."""
+    if isinstance(client_or_name, str):
+        client = jaxpop_ray.connect(client_or_name, wait_s=10)
+    else:
+        client = client_or_name
+    generation_id, step, handle, first_step, acked = None, 0, None, None, []
+    while step < total:
+        data = client.maybe_get_worker_data(worker_id, generation_id, step, handle, None)
+        if data is not None:
+            generation_id, step, handle = data.generation_id, data.step, data.params
+            first_step = step if first_step is None else first_step
+        time.sleep(pause)
+        step += 1
+        if step % eval_every == 0:
+            handle, value = f"w{worker_id}-{generation_id}-{step}", _loss(worker_id, step)
+            client.set_eval(worker_id, generation_id, step, handle, value)
+            acked.append((generation_id, step, value))
+    return {"first_step": first_step, "step": step, "acked": acked, "done_at": time.time()}
+
+
+def _wait_until(predicate, timeout_s=60.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_restarts_and_resumes_its_slot(ray_session, tmp_path):
+    with jaxpop_ray.serve(_population(2), _wta(50), log_dir=tmp_path, name="kill-worker") as client:
+        group = jaxpop_ray.start_workers(
+            _train, 2, args=("kill-worker", 150), num_cpus=0.5, max_restarts=2
+        )
+        with group:
+            _wait_until(lambda: client.active_workers[0].step >= 20)
+            group.kill(0)  # ray.kill(actor, no_restart=False)
+            results = group.wait(timeout_s=120)
+        assert results[0]["first_step"] >= 20  # resumed from its latest report, not from 0
+        assert results[1]["first_step"] == 0
+        assert all(r["step"] >= 150 for r in results)
+        history = client.history
+        for result in results:
+            for generation_id, step, value in result["acked"]:
+                assert history.get_checkpoint(generation_id, step).value == value
+
+
+def test_a_killed_controller_resumes_from_log_dir_and_loses_no_acknowledged_eval(
+    ray_session, tmp_path
+):
+    with jaxpop_ray.serve(
+        _population(2), _wta(20), log_dir=tmp_path, name="kill-controller", timeout_s=60
+    ) as client:
+        first = client.info()
+        with jaxpop_ray.start_workers(_train, 2, args=(client, 150), num_cpus=0.5) as group:
+            _wait_until(lambda: client.active_workers[0].step >= 30)
+            ray.kill(client.actor, no_restart=False)
+            results = group.wait(timeout_s=120)
+        info = client.info()
+        assert info["restarted"] and info["pid"] != first["pid"]
+        assert info["resumed_at_event"] > 0  # it found the run in log_dir
+        assert info["started_at"] < min(r["done_at"] for r in results)  # killed mid-run
+        history = client.history
+        acked = [a for r in results for a in r["acked"]]
+        assert len(acked) >= 150 // 5  # (an exploit may move a worker ahead)
+        for generation_id, step, value in acked:
+            assert history.get_checkpoint(generation_id, step).value == value
+        assert all(r["step"] >= 150 for r in results)
+        assert client.state.mutator_state["num_exploits"] >= 1
+
+
+def _slow_restart_mutator(marker: str, seconds: float) -> Mutator:
+    """A mutator whose ``init`` (run when a controller is built) sleeps once ``marker`` exists."""
+
+    def init():
+        if os.path.exists(marker):
+            time.sleep(seconds)
+        return ()
+
+    return Mutator(init=init, update=lambda s, w, h, now, key: (s, w, ()))
+
+
+def test_a_call_during_a_restart_waits_and_succeeds_or_times_out_clearly(ray_session, tmp_path):
+    marker = str(tmp_path / "slow")
+    mutator = _slow_restart_mutator(marker, 3.0)
+    with jaxpop_ray.serve(
+        _population(2), mutator, log_dir=tmp_path / "run", name="slow-restart"
+    ) as client:
+        generation_id = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        client.set_eval(0, generation_id, 10, "h", 0.5)
+        before = list(client.history.checkpoints())
+        impatient = jaxpop_ray.connect("slow-restart", timeout_s=1.0)
+        open(marker, "w").close()
+        ray.kill(client.actor, no_restart=False)
+        with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="within 1"):
+            while not impatient.info()["restarted"]:  # until a call lands in the restart
+                pass
+        start = time.monotonic()
+        assert list(client.history.checkpoints()) == before  # waits for the new incarnation
+        assert time.monotonic() - start > 0.5
+        assert client.info()["restarted"]
+        assert client.active_workers[0].step == 10  # its assignment followed its report
+
+
+def test_errors_are_loud(ray_session, tmp_path):
+    # the controller cannot take a log_dir another live controller holds
+    with PopulationController(_population(2), _wta(), tmp_path) as holder:
+        with pytest.raises(storage.LogDirInUseError):
+            jaxpop_ray.serve(
+                _population(2), _wta(), log_dir=tmp_path, name="held", lock_timeout_s=0.5
+            )
+        holder.set_eval(0, holder.active_workers[0].generation_id, 1, None, 1.0)
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="no controller actor"):
+        jaxpop_ray.connect("held")  # serve ended the actor that failed to start
+    with pytest.raises(ValueError, match="log_dir"):
+        jaxpop_ray.serve(_population(2), _wta(), log_dir="", name="x")
+    with pytest.raises(TypeError, match="Mutator"):
+        jaxpop_ray.serve(_population(2), object(), log_dir=tmp_path, name="x")
+    # a second serve under a taken name; a controller that dies for good fails fast
+    with jaxpop_ray.serve(
+        _population(2), _wta(), log_dir=tmp_path, name="once", max_restarts=0
+    ) as client:
+        assert client.info()["resumed_at_event"] == 1  # holder's run, resumed
+        with pytest.raises(ValueError, match="already exists"):
+            jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "b", name="once")
+        ray.kill(client.actor, no_restart=False)
+        start = time.monotonic()
+        with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="not coming back"):
+            while True:
+                _ = client.active_workers
+        assert time.monotonic() - start < 30
+
+
+def _fail_on_one(worker_id, release):
+    if worker_id == 1:
+        raise KeyError("boom")
+    while not os.path.exists(release):
+        time.sleep(0.05)
+    return worker_id
+
+
+def test_a_failing_worker_function_raises_and_ends_the_group(ray_session, tmp_path):
+    release = str(tmp_path / "release")
+    group = jaxpop_ray.start_workers(_fail_on_one, 2, args=(release,), num_cpus=0.5)
+    with pytest.raises(jaxpop_ray.WorkerError, match="boom") as info:
+        group.wait(timeout_s=60)
+    assert info.value.worker_id == 1 and isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(ray.exceptions.RayActorError):  # worker 0 was ended, not left waiting
+        ray.get(group.actors[0].run.remote(b"", 0), timeout=30)
+    with pytest.raises(ValueError, match="num_workers"):
+        jaxpop_ray.start_workers(_fail_on_one, 0)
+
+
+def test_clients_travel_and_concurrent_calls_are_serialized(ray_session, tmp_path):
+    with jaxpop_ray.serve(_population(4), _wta(10), log_dir=tmp_path, name="travel") as client:
+        results = jaxpop_ray.run_workers(
+            _train, 4, args=(client, 30), kwargs={"pause": 0.0}, num_cpus=0.25
+        )
+        assert [r["first_step"] for r in results] == [0, 0, 0, 0]
+        assert all(r["step"] >= 30 for r in results)
+        state = client.state
+        for i, result in enumerate(results):
+            for generation_id, step, _ in result["acked"]:
+                checkpoint = state.history.get_checkpoint(generation_id, step)
+                assert checkpoint.params.startswith(f"w{i}-")
+        errors = []
+
+        def ask():
+            try:
+                for _ in range(20):
+                    client.maybe_get_worker_data(0, None, 0, None, None)
+            except Exception as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+
+
+def test_the_ray_example_survives_a_worker_and_a_controller_kill(ray_session, tmp_path):
+    from examples.ray import train
+    from jaxpop import report
+
+    argv = ["--steps", "150", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "30"]
+    argv += ["--cpus-per-worker", "0.5", "--kill-after", "0.5", "--name", "example"]
+    summary = train.main([*argv, "--log-dir", str(tmp_path), "--no-progress"])
+    assert math.isfinite(summary["best"]["val_loss"]) and summary["exploit_events"] >= 1
+    assert summary["controller_restarted"]  # --kill-after killed it mid-run
+    data = report.load(tmp_path)  # the run in <log-dir>/population
+    assert data.history.num_checkpoints == summary["checkpoints"]
+    kept = {str(tmp_path / "params" / n) for n in os.listdir(tmp_path / "params")}
+    assert {w.params for w in data.state.workers} <= kept  # what workers load survives
