@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -32,7 +33,11 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def ray_session():
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        with warnings.catch_warnings():
+            # Ray starts its processes with fork + exec, which JAX (imported by earlier
+            # tests) warns about; exec replaces the child at once, so it is harmless here
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()

@@ -1,0 +1,457 @@
+"""The cost of running a population on Ray: call latency, and PBT against Ray Tune's PBT.
+
+**Latency.** Round-trip time of ``maybe_get_worker_data`` and ``set_eval`` with 1 and 8
+concurrent workers, each making ``--calls`` ask/report pairs (asking with its current
+generation, reporting a new step), timed call by call in the worker:
+
+* ``in_process``: a ``PopulationController`` on a ``log_dir`` (``durability="process"``)
+  shared by worker threads of one process;
+* ``ray``: the same controller served by :func:`jaxpop.distributed.ray.serve`, each
+  worker in its own Ray actor (:func:`jaxpop.distributed.ray.run_workers`) calling it
+  through a :class:`~jaxpop.distributed.ray.PopulationClient`;
+* ``ray_noop``: a Ray actor method that does nothing, called the same way: Ray's floor.
+
+Median and 99th percentile of each call, in microseconds; the mutator never changes
+anything (only the transport and the controller's bookkeeping are measured).
+
+**PBT on the toy problem** (``benchmarks/pbt_toy.py``: population 4, ``--iterations``
+per worker, perturbation interval 5, the same explore space and rules), side by side
+in one Ray session:
+
+* ``jaxpop_ray``: jaxpop's asynchronous ``PopulationBasedTraining`` served on Ray (with a
+  ``log_dir``), 4 worker actors; per iteration a worker asks, trains one iteration and
+  reports (its score is its "checkpoint": the ``params`` it reports);
+* ``jaxpop_threads``: the same workers as threads around an in-process controller on a
+  ``log_dir`` (for reference: no Ray in the loop);
+* ``ray_tune``: Ray Tune's ``PopulationBasedTraining`` (``time_attr="training_iteration"``)
+  over a function trainable that reports every iteration and saves a checkpoint (its
+  score, as JSON) every 5, with Tune's default loggers; ``CheckpointConfig(num_to_keep=4)``
+  and ``reuse_actors=True`` (what Tune recommends for PBT). Its "exploits" count the
+  trials restarted from a checkpoint.
+
+Both run 4 workers/trials at once with 0.5 CPU each. Reported: wall-clock time of the
+run (from starting the controller or ``Tuner.fit`` to the last result, actor start-up
+included), iterations run (a worker that copies another resumes at the copied step, so
+a run may take more or fewer than 4 x ``--iterations``), **overhead per training
+iteration** = (wall-clock time - time spent in the objective) / iterations run (the
+definition of ``pbt_toy.py``), exploits, and the final best score (the best last score
+of any worker). For jaxpop, the overhead measured inside the workers is shown too: their
+loop time after the first call, minus the objective, per iteration (the two controller
+calls).
+
+Reference (the issue, Ray 2.60 on this class of machine): ``ray.init(num_cpus=2)`` 2-3 s;
+an actor round trip about 0.7 ms; Ray Tune's PBT on this problem about 17 ms of overhead
+per iteration (about 440 trial restarts per run, 0.1-0.5 s each).
+
+Usage (from the repo root; needs ``pip install "ray[default,tune]"``)::
+
+    python benchmarks/ray_overhead.py [--calls 2000] [--iterations 500] [--seeds 1]
+        [--sections latency,pbt]
+
+Prints one JSON line, then a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import ray
+import ray.cloudpickle
+
+import jaxpop
+from jaxpop import PopulationController
+from jaxpop.distributed import ray as jaxpop_ray
+from jaxpop.mutators.base import Mutator
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pbt_toy
+
+ray.cloudpickle.register_pickle_by_value(pbt_toy)  # Ray workers cannot import benchmarks/
+
+CONCURRENCY = (1, 8)
+
+
+def _noop_mutator() -> Mutator:
+    return Mutator(init=lambda: (), update=lambda s, w, h, now, key: (s, w, ()))
+
+
+def _percentiles(samples_ns: list[int]) -> dict[str, float]:
+    values = np.asarray(samples_ns, dtype=np.float64) / 1e3
+    return {"median_us": float(np.median(values)), "p99_us": float(np.percentile(values, 99))}
+
+
+# -- latency ----------------------------------------------------------------------------
+def _call_loop(worker_id: int, controller: Any, calls: int) -> dict[str, list[int]]:
+    """``calls`` ask/report pairs; each call's duration in nanoseconds."""
+    clock = time.perf_counter_ns
+    data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
+    generation_id, step = data.generation_id, data.step
+    asks, evals = [], []
+    for _ in range(calls):
+        t0 = clock()
+        controller.maybe_get_worker_data(worker_id, generation_id, step, None, None)
+        t1 = clock()
+        step += 1
+        controller.set_eval(worker_id, generation_id, step, f"h{step}", 1.0 / step)
+        t2 = clock()
+        asks.append(t1 - t0)
+        evals.append(t2 - t1)
+    return {"ask": asks, "eval": evals}
+
+
+class _Noop:
+    def call(self, *args: Any) -> None:
+        return None
+
+
+def _noop_loop(worker_id: int, actor: Any, calls: int) -> dict[str, list[int]]:
+    clock = time.perf_counter_ns
+    samples = []
+    for i in range(2 * calls):
+        t0 = clock()
+        ray.get(actor.call.remote(worker_id, i))
+        samples.append(clock() - t0)
+    return {"call": samples}
+
+
+def _summarize(runs: list[dict[str, list[int]]], seconds: float) -> dict[str, Any]:
+    merged: dict[str, list[int]] = {}
+    for run in runs:
+        for name, samples in run.items():
+            merged.setdefault(name, []).extend(samples)
+    out = {name: _percentiles(samples) for name, samples in merged.items()}
+    out["calls_per_s"] = sum(len(s) for s in merged.values()) / seconds
+    return out
+
+
+def _threads(fn: Any, n: int, *args: Any) -> tuple[list[Any], float]:
+    results: list[Any] = [None] * n
+
+    def target(i: int) -> None:
+        results[i] = fn(i, *args)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - start
+
+
+def latency(calls: int) -> dict[str, Any]:
+    """``{mode: {concurrency: summary}}``."""
+    results: dict[str, Any] = {"in_process": {}, "ray": {}, "ray_noop": {}}
+    for n in CONCURRENCY:
+        with tempfile.TemporaryDirectory() as log_dir:
+            with PopulationController([{}] * n, _noop_mutator(), log_dir) as controller:
+                _call_loop(0, controller, 100)  # warm up
+                runs, seconds = _threads(_call_loop, n, controller, calls)
+            results["in_process"][n] = _summarize(runs, seconds)
+        with (
+            tempfile.TemporaryDirectory() as log_dir,
+            jaxpop_ray.serve([{}] * n, _noop_mutator(), log_dir=log_dir, name="latency") as client,
+        ):
+            _call_loop(0, client, 100)  # warm up from the driver
+            group = jaxpop_ray.start_workers(
+                _timed, n, args=(_call_loop, client, calls), num_cpus=0.1
+            )
+            with group:
+                timed = group.wait()
+            results["ray"][n] = _summarize([t["run"] for t in timed], _span(timed))
+        actor = ray.remote(_Noop).options(num_cpus=0).remote()
+        ray.get(actor.call.remote())
+        with jaxpop_ray.start_workers(
+            _timed, n, args=(_noop_loop, actor, calls), num_cpus=0.1
+        ) as group:
+            timed = group.wait()
+        results["ray_noop"][n] = _summarize([t["run"] for t in timed], _span(timed))
+        ray.kill(actor)
+    return results
+
+
+def _timed(worker_id: int, fn: Any, *args: Any) -> dict[str, Any]:
+    """Runs ``fn`` once every worker process is up (import time is not call time)."""
+    start = time.time()
+    run = fn(worker_id, *args)
+    return {"run": run, "start": start, "end": time.time()}
+
+
+def _span(timed: list[dict[str, Any]]) -> float:
+    return max(t["end"] for t in timed) - min(t["start"] for t in timed)
+
+
+# -- PBT: jaxpop on Ray -----------------------------------------------------------------
+def _pbt_worker(worker_id: int, client: Any, iterations: int, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng([seed, worker_id])
+    generation_id, step, score, meta = None, 0, 0.0, None
+    in_objective, count = 0.0, 0
+    start = None
+    while step < iterations:
+        data = client.maybe_get_worker_data(worker_id, generation_id, step, score, meta)
+        if start is None:  # the steady state: after the first call (the connection)
+            start = time.perf_counter()
+        if data is not None:
+            generation_id, step, meta = data.generation_id, data.step, data.meta_params
+            score = 0.0 if data.params is None else data.params
+        t0 = time.perf_counter()
+        score = pbt_toy.train_iteration(score, meta["lr"], rng)
+        in_objective += time.perf_counter() - t0
+        step += 1
+        count += 1
+        client.set_eval(worker_id, generation_id, step, score, score)
+    loop = time.perf_counter() - start
+    return {"score": score, "iterations": count, "objective_s": in_objective, "loop_s": loop}
+
+
+def pbt_jaxpop(iterations: int, seed: int) -> dict[str, Any]:
+    population = [{"lr": pbt_toy.INITIAL_LR}] * pbt_toy.POPULATION
+    with tempfile.TemporaryDirectory() as log_dir:
+        start = time.perf_counter()
+        with jaxpop_ray.serve(
+            population, pbt_toy.pbt(), log_dir=log_dir, name="pbt", seed=seed
+        ) as client:
+            runs = jaxpop_ray.run_workers(
+                _pbt_worker, pbt_toy.POPULATION, args=(client, iterations, seed), num_cpus=0.5
+            )
+            wall = time.perf_counter() - start
+            exploits = client.state.mutator_state["num_exploits"]
+    return _pbt_row(runs, wall, exploits)
+
+
+def pbt_threads(iterations: int, seed: int) -> dict[str, Any]:
+    """The same workers as threads around an in-process controller (for reference)."""
+    population = [{"lr": pbt_toy.INITIAL_LR}] * pbt_toy.POPULATION
+    with tempfile.TemporaryDirectory() as log_dir:
+        start = time.perf_counter()
+        with PopulationController(population, pbt_toy.pbt(), log_dir, seed=seed) as controller:
+            runs, _ = _threads(_pbt_worker, pbt_toy.POPULATION, controller, iterations, seed)
+            wall = time.perf_counter() - start
+            exploits = controller.state.mutator_state["num_exploits"]
+    return _pbt_row(runs, wall, exploits)
+
+
+def _pbt_row(runs: list[dict[str, Any]], wall: float, exploits: int) -> dict[str, Any]:
+    count = sum(r["iterations"] for r in runs)
+    objective = sum(r["objective_s"] for r in runs)
+    in_workers = sum(r["loop_s"] - r["objective_s"] for r in runs) / count
+    return {
+        "final_best": max(r["score"] for r in runs),
+        "wall_s": wall,
+        "iterations": count,
+        "overhead_ms_per_iteration": (wall - objective) / count * 1e3,
+        "in_worker_overhead_ms_per_iteration": in_workers * 1e3,
+        "exploits": exploits,
+    }
+
+
+# -- PBT: Ray Tune ----------------------------------------------------------------------
+def _tune_trainable(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    score, step, restored = 0.0, 0, 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # an exploit (or a pause) restarted this trial
+        restored = 1
+        with (
+            checkpoint.as_directory() as directory,
+            open(os.path.join(directory, "state.json")) as f,
+        ):
+            score, step = json.load(f)
+    trial = tune.get_context().get_trial_id()
+    rng = np.random.default_rng([config["seed"], step, *trial.encode()])
+    while step < config["iterations"]:
+        t0 = time.perf_counter()
+        score = pbt_toy.train_iteration(score, config["lr"], rng)
+        objective = time.perf_counter() - t0
+        step += 1
+        metrics = {"score": score, "step": step, "objective_s": objective, "restored": restored}
+        restored = 0
+        if step % pbt_toy.INTERVAL == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                with open(os.path.join(directory, "state.json"), "w") as f:
+                    json.dump([score, step], f)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
+
+
+def pbt_tune(iterations: int, seed: int) -> dict[str, Any]:
+    from ray import tune
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    class Count(tune.Callback):
+        def __init__(self) -> None:
+            self.iterations, self.objective, self.restores = 0, 0.0, 0
+
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self.iterations += 1
+            self.objective += result["objective_s"]
+            self.restores += result["restored"]
+
+    counter = Count()
+    scheduler = PopulationBasedTraining(
+        time_attr="training_iteration",
+        metric="score",
+        mode="max",
+        perturbation_interval=pbt_toy.INTERVAL,
+        hyperparam_mutations={
+            "lr": tune.uniform(pbt_toy.SPACE["lr"].low, pbt_toy.SPACE["lr"].high)
+        },
+        quantile_fraction=pbt_toy.QUANTILE,
+        resample_probability=pbt_toy.RESAMPLE,
+        perturbation_factors=pbt_toy.FACTORS,
+    )
+    with tempfile.TemporaryDirectory() as storage:
+        tuner = tune.Tuner(
+            tune.with_resources(_tune_trainable, {"cpu": 0.5}),
+            param_space={"lr": pbt_toy.INITIAL_LR, "seed": seed, "iterations": iterations},
+            tune_config=tune.TuneConfig(
+                num_samples=pbt_toy.POPULATION, scheduler=scheduler, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(
+                name="pbt_toy",
+                storage_path=storage,
+                stop={"training_iteration": iterations},
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=4),
+                callbacks=[counter],
+            ),
+        )
+        start = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - start
+    best = grid.get_best_result(metric="score", mode="max", scope="last")
+    return {
+        "final_best": float(best.metrics["score"]),
+        "wall_s": wall,
+        "iterations": counter.iterations,
+        "overhead_ms_per_iteration": (wall - counter.objective) / counter.iterations * 1e3,
+        "exploits": counter.restores,  # trial restarts from a checkpoint
+    }
+
+
+def pbt(iterations: int, seeds: int) -> dict[str, Any]:
+    rows: dict[str, Any] = {}
+    methods = (("jaxpop_ray", pbt_jaxpop), ("jaxpop_threads", pbt_threads), ("ray_tune", pbt_tune))
+    for name, fn in methods:
+        runs = [fn(iterations, seed) for seed in range(seeds)]
+        rows[name] = {
+            key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "exploits"
+        }
+        rows[name]["exploits"] = statistics.fmean(r["exploits"] for r in runs)
+        rows[name]["finals"] = [round(r["final_best"], 1) for r in runs]
+    tune = rows["ray_tune"]
+    rows["ratios"] = {
+        name: {
+            "overhead_per_iteration_tune_over_jaxpop": tune["overhead_ms_per_iteration"]
+            / rows[name]["overhead_ms_per_iteration"],
+            "wall_clock_tune_over_jaxpop": tune["wall_s"] / rows[name]["wall_s"],
+            "final_best_jaxpop_over_tune": rows[name]["final_best"] / tune["final_best"],
+        }
+        for name in ("jaxpop_ray", "jaxpop_threads")
+    }
+    return rows
+
+
+# -- output -----------------------------------------------------------------------------
+def print_table(result: dict[str, Any]) -> None:
+    if "latency" in result:
+        print()
+        print(f"round-trip latency, {result['config']['calls']} ask/report pairs per worker (us)")
+        header = f"{'mode':<11} {'workers':>7} {'call':<5} {'median':>9} {'p99':>9} {'calls/s':>9}"
+        print(header)
+        print("-" * len(header))
+        for mode, by_n in result["latency"].items():
+            for n, row in by_n.items():
+                for call in ("ask", "eval", "call"):
+                    if call in row:
+                        print(
+                            f"{mode:<11} {n:>7} {call:<5} {row[call]['median_us']:9.1f} "
+                            f"{row[call]['p99_us']:9.1f} {row['calls_per_s']:9.0f}"
+                        )
+    if "pbt" in result:
+        rows = result["pbt"]
+        print()
+        print(
+            f"PBT toy problem, population {pbt_toy.POPULATION}, "
+            f"{result['config']['iterations']} iterations per worker, "
+            f"{result['config']['seeds']} seed(s) (medians)"
+        )
+        header = (
+            f"{'method':<14} {'final best':>10} {'wall s':>7} {'iterations':>10} "
+            f"{'overhead/iter':>13} {'in workers':>10} {'exploits':>8}"
+        )
+        print(header)
+        print("-" * len(header))
+        for name in ("jaxpop_ray", "jaxpop_threads", "ray_tune"):
+            row = rows[name]
+            in_workers = row.get("in_worker_overhead_ms_per_iteration")
+            in_workers = "" if in_workers is None else f"{in_workers:7.3f} ms"
+            print(
+                f"{name:<14} {row['final_best']:10.1f} {row['wall_s']:7.1f} "
+                f"{row['iterations']:10.0f} {row['overhead_ms_per_iteration']:10.3f} ms "
+                f"{in_workers:>10} {row['exploits']:8.0f}"
+            )
+        for name, ratios in rows["ratios"].items():
+            print(
+                f"Ray Tune / {name}: overhead per iteration "
+                f"{ratios['overhead_per_iteration_tune_over_jaxpop']:.1f}x, wall clock "
+                f"{ratios['wall_clock_tune_over_jaxpop']:.1f}x; final best {name} / Tune "
+                f"{ratios['final_best_jaxpop_over_tune']:.2f}"
+            )
+        print(
+            "overhead/iter: (wall clock - time in the objective) / iterations run; in "
+            "workers: the workers' loop time minus the objective, per iteration (the "
+            "controller calls). Ray Tune's exploits: trials restarted from a checkpoint."
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--iterations", type=int, default=500)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--sections", default="latency,pbt")
+    parser.add_argument("--verbose", action="store_true", help="show the Ray workers' logs")
+    args = parser.parse_args()
+    sections = [s for s in args.sections.split(",") if s]
+    start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=args.verbose)
+    init_s = time.perf_counter() - start
+    result: dict[str, Any] = {
+        "benchmark": "ray_overhead",
+        "config": {"calls": args.calls, "iterations": args.iterations, "seeds": args.seeds},
+        "ray_init_s": init_s,
+    }
+    try:
+        if "latency" in sections:
+            result["latency"] = latency(args.calls)
+        if "pbt" in sections:
+            result["pbt"] = pbt(args.iterations, args.seeds)
+    finally:
+        ray.shutdown()
+    result.update(
+        seconds=time.perf_counter() - start,
+        jaxpop=jaxpop.__version__,
+        ray=ray.__version__,
+        python=platform.python_version(),
+        machine=platform.machine(),
+        cpus=os.cpu_count(),
+    )
+    print(json.dumps(result))
+    print_table(result)
+
+
+if __name__ == "__main__":
+    main()
