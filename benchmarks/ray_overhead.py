@@ -54,7 +54,9 @@ Prints one JSON line, then a table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import platform
 import statistics
@@ -62,6 +64,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -92,11 +95,11 @@ def _percentiles(samples_ns: list[int]) -> dict[str, float]:
 
 # -- latency ----------------------------------------------------------------------------
 def _call_loop(worker_id: int, controller: Any, calls: int) -> dict[str, list[int]]:
-    """``calls`` ask/report pairs; each call's duration in nanoseconds."""
+    """``calls`` times ask, set_eval, report; each call's duration in nanoseconds."""
     clock = time.perf_counter_ns
     data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
     generation_id, step = data.generation_id, data.step
-    asks, evals = [], []
+    asks, evals, reports = [], [], []
     for _ in range(calls):
         t0 = clock()
         controller.maybe_get_worker_data(worker_id, generation_id, step, None, None)
@@ -104,9 +107,13 @@ def _call_loop(worker_id: int, controller: Any, calls: int) -> dict[str, list[in
         step += 1
         controller.set_eval(worker_id, generation_id, step, f"h{step}", 1.0 / step)
         t2 = clock()
+        step += 1
+        controller.report(worker_id, generation_id, step, f"h{step}", 1.0 / step)
+        t3 = clock()
         asks.append(t1 - t0)
         evals.append(t2 - t1)
-    return {"ask": asks, "eval": evals}
+        reports.append(t3 - t2)
+    return {"ask": asks, "eval": evals, "report": reports}
 
 
 class _Noop:
@@ -117,7 +124,7 @@ class _Noop:
 def _noop_loop(worker_id: int, actor: Any, calls: int) -> dict[str, list[int]]:
     clock = time.perf_counter_ns
     samples = []
-    for i in range(2 * calls):
+    for i in range(3 * calls):
         t0 = clock()
         ray.get(actor.call.remote(worker_id, i))
         samples.append(clock() - t0)
@@ -192,29 +199,46 @@ def _span(timed: list[dict[str, Any]]) -> float:
 
 
 # -- PBT: jaxpop on Ray -----------------------------------------------------------------
-def _pbt_worker(worker_id: int, client: Any, iterations: int, seed: int) -> dict[str, Any]:
+def _pbt_worker(
+    worker_id: int, client: Any, iterations: int, seed: int, report_every: int
+) -> dict[str, Any]:
+    """Trains ``report_every`` iterations between two reports (its score is its "params").
+
+    ``report_every=1``: the seed's loop, ask and ``set_eval`` every iteration (two round
+    trips). Otherwise one ``report`` (eval and ask, one round trip) every
+    ``report_every`` iterations.
+    """
     rng = np.random.default_rng([seed, worker_id])
-    generation_id, step, score, meta = None, 0, 0.0, None
-    in_objective, count = 0.0, 0
-    start = None
-    while step < iterations:
-        data = client.maybe_get_worker_data(worker_id, generation_id, step, score, meta)
-        if start is None:  # the steady state: after the first call (the connection)
-            start = time.perf_counter()
+    data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
+    first = time.time()  # the steady state: after the first call (the connection)
+    score, in_objective, count = 0.0, 0.0, 0
+    while True:
         if data is not None:
             generation_id, step, meta = data.generation_id, data.step, data.meta_params
             score = 0.0 if data.params is None else data.params
-        t0 = time.perf_counter()
-        score = pbt_toy.train_iteration(score, meta["lr"], rng)
-        in_objective += time.perf_counter() - t0
-        step += 1
-        count += 1
-        client.set_eval(worker_id, generation_id, step, score, score)
-    loop = time.perf_counter() - start
-    return {"score": score, "iterations": count, "objective_s": in_objective, "loop_s": loop}
+        if step >= iterations:
+            break
+        for _ in range(min(report_every, iterations - step)):
+            t0 = time.perf_counter()
+            score = pbt_toy.train_iteration(score, meta["lr"], rng)
+            in_objective += time.perf_counter() - t0
+            step += 1
+            count += 1
+        if report_every == 1:
+            client.set_eval(worker_id, generation_id, step, score, score)
+            data = client.maybe_get_worker_data(worker_id, generation_id, step, score, meta)
+        else:
+            data = client.report(worker_id, generation_id, step, score, score)
+    return {
+        "score": score,
+        "iterations": count,
+        "objective_s": in_objective,
+        "first": first,
+        "last": time.time(),
+    }
 
 
-def pbt_jaxpop(iterations: int, seed: int) -> dict[str, Any]:
+def pbt_jaxpop(iterations: int, seed: int, report_every: int) -> dict[str, Any]:
     population = [{"lr": pbt_toy.INITIAL_LR}] * pbt_toy.POPULATION
     with tempfile.TemporaryDirectory() as log_dir:
         start = time.perf_counter()
@@ -222,20 +246,25 @@ def pbt_jaxpop(iterations: int, seed: int) -> dict[str, Any]:
             population, pbt_toy.pbt(), log_dir=log_dir, name="pbt", seed=seed
         ) as client:
             runs = jaxpop_ray.run_workers(
-                _pbt_worker, pbt_toy.POPULATION, args=(client, iterations, seed), num_cpus=0.5
+                _pbt_worker,
+                pbt_toy.POPULATION,
+                args=(client, iterations, seed, report_every),
+                num_cpus=0.5,
             )
             wall = time.perf_counter() - start
             exploits = client.state.mutator_state["num_exploits"]
     return _pbt_row(runs, wall, exploits)
 
 
-def pbt_threads(iterations: int, seed: int) -> dict[str, Any]:
+def pbt_threads(iterations: int, seed: int, report_every: int) -> dict[str, Any]:
     """The same workers as threads around an in-process controller (for reference)."""
     population = [{"lr": pbt_toy.INITIAL_LR}] * pbt_toy.POPULATION
     with tempfile.TemporaryDirectory() as log_dir:
         start = time.perf_counter()
         with PopulationController(population, pbt_toy.pbt(), log_dir, seed=seed) as controller:
-            runs, _ = _threads(_pbt_worker, pbt_toy.POPULATION, controller, iterations, seed)
+            runs, _ = _threads(
+                _pbt_worker, pbt_toy.POPULATION, controller, iterations, seed, report_every
+            )
             wall = time.perf_counter() - start
             exploits = controller.state.mutator_state["num_exploits"]
     return _pbt_row(runs, wall, exploits)
@@ -244,14 +273,20 @@ def pbt_threads(iterations: int, seed: int) -> dict[str, Any]:
 def _pbt_row(runs: list[dict[str, Any]], wall: float, exploits: int) -> dict[str, Any]:
     count = sum(r["iterations"] for r in runs)
     objective = sum(r["objective_s"] for r in runs)
-    in_workers = sum(r["loop_s"] - r["objective_s"] for r in runs) / count
-    return {
+    steady = max(r["last"] for r in runs) - min(r["first"] for r in runs)
+    return _overheads(wall, steady, objective, count) | {
         "final_best": max(r["score"] for r in runs),
+        "exploits": exploits,
+    }
+
+
+def _overheads(wall: float, steady: float, objective: float, count: int) -> dict[str, Any]:
+    """Overhead per iteration over the whole run, and from the first iteration on."""
+    return {
         "wall_s": wall,
         "iterations": count,
         "overhead_ms_per_iteration": (wall - objective) / count * 1e3,
-        "in_worker_overhead_ms_per_iteration": in_workers * 1e3,
-        "exploits": exploits,
+        "steady_overhead_ms_per_iteration": (steady - objective) / count * 1e3,
     }
 
 
@@ -275,7 +310,13 @@ def _tune_trainable(config: dict[str, Any]) -> None:
         score = pbt_toy.train_iteration(score, config["lr"], rng)
         objective = time.perf_counter() - t0
         step += 1
-        metrics = {"score": score, "step": step, "objective_s": objective, "restored": restored}
+        metrics = {
+            "score": score,
+            "step": step,
+            "objective_s": objective,
+            "restored": restored,
+            "end": time.time(),
+        }
         restored = 0
         if step % pbt_toy.INTERVAL == 0:
             with tempfile.TemporaryDirectory() as directory:
@@ -293,8 +334,11 @@ def pbt_tune(iterations: int, seed: int) -> dict[str, Any]:
     class Count(tune.Callback):
         def __init__(self) -> None:
             self.iterations, self.objective, self.restores = 0, 0.0, 0
+            self.first, self.last = math.inf, 0.0
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            self.first = min(self.first, result["end"] - result["objective_s"])
+            self.last = max(self.last, result["end"])
             self.iterations += 1
             self.objective += result["objective_s"]
             self.restores += result["restored"]
@@ -332,35 +376,46 @@ def pbt_tune(iterations: int, seed: int) -> dict[str, Any]:
         grid = tuner.fit()
         wall = time.perf_counter() - start
     best = grid.get_best_result(metric="score", mode="max", scope="last")
-    return {
+    steady = counter.last - counter.first
+    return _overheads(wall, steady, counter.objective, counter.iterations) | {
         "final_best": float(best.metrics["score"]),
-        "wall_s": wall,
-        "iterations": counter.iterations,
-        "overhead_ms_per_iteration": (wall - counter.objective) / counter.iterations * 1e3,
         "exploits": counter.restores,  # trial restarts from a checkpoint
     }
 
 
-def pbt(iterations: int, seeds: int) -> dict[str, Any]:
+PBT_METHODS: dict[str, Callable[[int, int], dict[str, Any]]] = {
+    "jaxpop_ray": functools.partial(pbt_jaxpop, report_every=pbt_toy.INTERVAL),
+    "jaxpop_ray_seed_loop": functools.partial(pbt_jaxpop, report_every=1),
+    "jaxpop_threads": functools.partial(pbt_threads, report_every=pbt_toy.INTERVAL),
+    "ray_tune": pbt_tune,
+}
+
+
+def pbt(iterations: int, seeds: int, methods: list[str]) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    methods = (("jaxpop_ray", pbt_jaxpop), ("jaxpop_threads", pbt_threads), ("ray_tune", pbt_tune))
-    for name, fn in methods:
-        runs = [fn(iterations, seed) for seed in range(seeds)]
+    for name in methods:
+        runs = [PBT_METHODS[name](iterations, seed) for seed in range(seeds)]
         rows[name] = {
             key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "exploits"
         }
         rows[name]["exploits"] = statistics.fmean(r["exploits"] for r in runs)
         rows[name]["finals"] = [round(r["final_best"], 1) for r in runs]
-    tune = rows["ray_tune"]
-    rows["ratios"] = {
-        name: {
-            "overhead_per_iteration_tune_over_jaxpop": tune["overhead_ms_per_iteration"]
-            / rows[name]["overhead_ms_per_iteration"],
-            "wall_clock_tune_over_jaxpop": tune["wall_s"] / rows[name]["wall_s"],
-            "final_best_jaxpop_over_tune": rows[name]["final_best"] / tune["final_best"],
+    if "ray_tune" in rows:
+        tune = rows["ray_tune"]
+        rows["ratios"] = {
+            name: {
+                "overhead_per_iteration_tune_over_jaxpop": tune["overhead_ms_per_iteration"]
+                / row["overhead_ms_per_iteration"],
+                "steady_overhead_per_iteration_tune_over_jaxpop": tune[
+                    "steady_overhead_ms_per_iteration"
+                ]
+                / row["steady_overhead_ms_per_iteration"],
+                "wall_clock_tune_over_jaxpop": tune["wall_s"] / row["wall_s"],
+                "final_best_jaxpop_over_tune": row["final_best"] / tune["final_best"],
+            }
+            for name, row in rows.items()
+            if name != "ray_tune"
         }
-        for name in ("jaxpop_ray", "jaxpop_threads")
-    }
     return rows
 
 
@@ -368,16 +423,16 @@ def pbt(iterations: int, seeds: int) -> dict[str, Any]:
 def print_table(result: dict[str, Any]) -> None:
     if "latency" in result:
         print()
-        print(f"round-trip latency, {result['config']['calls']} ask/report pairs per worker (us)")
-        header = f"{'mode':<11} {'workers':>7} {'call':<5} {'median':>9} {'p99':>9} {'calls/s':>9}"
+        print(f"round-trip latency, {result['config']['calls']} calls of each kind per worker (us)")
+        header = f"{'mode':<11} {'workers':>7} {'call':<6} {'median':>9} {'p99':>9} {'calls/s':>9}"
         print(header)
         print("-" * len(header))
         for mode, by_n in result["latency"].items():
             for n, row in by_n.items():
-                for call in ("ask", "eval", "call"):
+                for call in ("ask", "eval", "report", "call"):
                     if call in row:
                         print(
-                            f"{mode:<11} {n:>7} {call:<5} {row[call]['median_us']:9.1f} "
+                            f"{mode:<11} {n:>7} {call:<6} {row[call]['median_us']:9.1f} "
                             f"{row[call]['p99_us']:9.1f} {row['calls_per_s']:9.0f}"
                         )
     if "pbt" in result:
@@ -389,31 +444,31 @@ def print_table(result: dict[str, Any]) -> None:
             f"{result['config']['seeds']} seed(s) (medians)"
         )
         header = (
-            f"{'method':<14} {'final best':>10} {'wall s':>7} {'iterations':>10} "
-            f"{'overhead/iter':>13} {'in workers':>10} {'exploits':>8}"
+            f"{'method':<20} {'final best':>10} {'wall s':>7} {'iterations':>10} "
+            f"{'overhead/iter':>13} {'steady':>10} {'exploits':>8}"
         )
         print(header)
         print("-" * len(header))
-        for name in ("jaxpop_ray", "jaxpop_threads", "ray_tune"):
-            row = rows[name]
-            in_workers = row.get("in_worker_overhead_ms_per_iteration")
-            in_workers = "" if in_workers is None else f"{in_workers:7.3f} ms"
+        for name, row in rows.items():
+            if name == "ratios":
+                continue
             print(
-                f"{name:<14} {row['final_best']:10.1f} {row['wall_s']:7.1f} "
+                f"{name:<20} {row['final_best']:10.1f} {row['wall_s']:7.1f} "
                 f"{row['iterations']:10.0f} {row['overhead_ms_per_iteration']:10.3f} ms "
-                f"{in_workers:>10} {row['exploits']:8.0f}"
+                f"{row['steady_overhead_ms_per_iteration']:7.3f} ms {row['exploits']:8.0f}"
             )
-        for name, ratios in rows["ratios"].items():
+        for name, ratios in rows.get("ratios", {}).items():
             print(
                 f"Ray Tune / {name}: overhead per iteration "
-                f"{ratios['overhead_per_iteration_tune_over_jaxpop']:.1f}x, wall clock "
+                f"{ratios['overhead_per_iteration_tune_over_jaxpop']:.1f}x (steady "
+                f"{ratios['steady_overhead_per_iteration_tune_over_jaxpop']:.1f}x), wall clock "
                 f"{ratios['wall_clock_tune_over_jaxpop']:.1f}x; final best {name} / Tune "
                 f"{ratios['final_best_jaxpop_over_tune']:.2f}"
             )
         print(
-            "overhead/iter: (wall clock - time in the objective) / iterations run; in "
-            "workers: the workers' loop time minus the objective, per iteration (the "
-            "controller calls). Ray Tune's exploits: trials restarted from a checkpoint."
+            "overhead/iter: (wall clock - time in the objective) / iterations run; steady: "
+            "the same from the first training iteration on (start-up excluded). "
+            "Ray Tune's exploits: trials restarted from a checkpoint."
         )
 
 
@@ -423,6 +478,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=500)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--sections", default="latency,pbt")
+    parser.add_argument("--methods", default=",".join(PBT_METHODS), help="PBT methods to run")
     parser.add_argument("--verbose", action="store_true", help="show the Ray workers' logs")
     args = parser.parse_args()
     sections = [s for s in args.sections.split(",") if s]
@@ -431,14 +487,19 @@ def main() -> None:
     init_s = time.perf_counter() - start
     result: dict[str, Any] = {
         "benchmark": "ray_overhead",
-        "config": {"calls": args.calls, "iterations": args.iterations, "seeds": args.seeds},
+        "config": {
+            "calls": args.calls,
+            "iterations": args.iterations,
+            "seeds": args.seeds,
+            "report_every": pbt_toy.INTERVAL,
+        },
         "ray_init_s": init_s,
     }
     try:
         if "latency" in sections:
             result["latency"] = latency(args.calls)
         if "pbt" in sections:
-            result["pbt"] = pbt(args.iterations, args.seeds)
+            result["pbt"] = pbt(args.iterations, args.seeds, args.methods.split(","))
     finally:
         ray.shutdown()
     result.update(

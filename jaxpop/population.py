@@ -148,6 +148,31 @@ class PopulationController:
         event = Eval(params, worker_id, generation_id, step, core.as_value(value))
         self._apply(event)
 
+    def report(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        params: Any,
+        value: float,
+        meta_params: Any = None,
+    ) -> ActiveWorker | None:
+        """``set_eval``, then ``maybe_get_worker_data`` for the same checkpoint, as one call.
+
+        The loop "evaluate, report, ask what next" in one step, with no other worker's
+        call in between: records ``value`` for ``params`` at ``step`` exactly as
+        :meth:`set_eval` does, then answers exactly as :meth:`maybe_get_worker_data`
+        would for a worker now at ``(generation_id, step)``: ``None`` to keep going,
+        or its new assignment (when the mutator moved it on this report). Through
+        :mod:`jaxpop.distributed.ray` it is one round trip instead of two.
+        ``meta_params`` is passed on to the mutator's ``get_worker_data`` hook, as the
+        ask's would be.
+        """
+        value = core.as_value(value)
+        with self._lock:
+            self.set_eval(worker_id, generation_id, step, params, value)
+            return self.maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)
+
     # -- read-only views ------------------------------------------------------------
     @property
     def active_workers(self) -> tuple[ActiveWorker, ...]:

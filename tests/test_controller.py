@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import noop_mutator
+from conftest import FakeClock, noop_mutator
 from jaxpop import ActiveWorker, Checkpoint, History, PopulationController
 from jaxpop import population as pop_mod
 from jaxpop.mutators import WinnerTakeAllGenetic
@@ -98,3 +98,50 @@ def test_whole_run_is_reproducible_from_seed():
 
     assert run(7) == run(7)
     assert run(7) != run(8)
+
+
+def _twin_runs(use_report: bool) -> tuple[list, PopulationController]:
+    """Four WTA workers; each reports every 5 steps with report, or set_eval then ask."""
+
+    def mutate(meta, key):
+        return {"h": meta["h"] + float(np.random.default_rng(key).normal())}
+
+    pop = PopulationController(
+        [{"h": float(i)} for i in range(4)], WinnerTakeAllGenetic(mutate, 5), clock=FakeClock()
+    )
+    data = [pop.maybe_get_worker_data(i, None, 0, None, None) for i in range(4)]
+    gens, steps = [d.generation_id for d in data], [0] * 4
+    replies = []
+    for _ in range(12):
+        for i in range(4):
+            steps[i] += 5
+            args = (
+                i,
+                gens[i],
+                steps[i],
+                f"p{i}-{steps[i]}",
+                abs(pop.history.meta_params(gens[i])["h"]),
+            )
+            if use_report:
+                reply = pop.report(*args)
+            else:
+                pop.set_eval(*args)
+                reply = pop.maybe_get_worker_data(*args[:4], None)
+            replies.append(reply)
+            if reply is not None:
+                gens[i], steps[i] = reply.generation_id, reply.step
+    return replies, pop
+
+
+def test_report_is_set_eval_then_ask_in_one_call():
+    replies, pop = _twin_runs(use_report=True)
+    expected, twin = _twin_runs(use_report=False)
+    assert replies == expected
+    assert sum(r is not None for r in replies) >= 4  # exploits were answered by report
+    assert list(pop.history.checkpoints()) == list(twin.history.checkpoints())
+    assert pop.active_workers == twin.active_workers
+    gen = pop.active_workers[0].generation_id
+    before = pop.state
+    with pytest.raises(TypeError, match="real number"):
+        pop.report(0, gen, 1000, None, "low")
+    assert pop.state is before

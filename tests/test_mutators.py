@@ -8,8 +8,9 @@ import pytest
 from conftest import apply, fresh_state
 from jaxpop import PopulationController
 from jaxpop.events import Ask, Eval
-from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, WinnerTakeAllGenetic
+from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, WinnerTakeAllGenetic, explore
 from jaxpop.mutators.base import takes_key
+from jaxpop.mutators.pbt import PopulationBasedTraining
 
 
 # -- takes_key ------------------------------------------------------------------------
@@ -298,3 +299,48 @@ def test_branching_rejects_populations_and_bad_steps():
         apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
     with pytest.raises(ValueError, match="exploit_steps"):
         BranchingSingleMachine(lambda m, d, i: m, 0, 1)
+
+
+def _perturb(meta, key):
+    return {"h": meta["h"] + float(np.random.default_rng(key).normal())}
+
+
+def _branch(meta, direction, phase):
+    return {"h": meta["h"] + (0.5 if direction == "pos" else -0.5) / (phase + 1)}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: WinnerTakeAllGenetic(_perturb, 3),
+        lambda: BranchingSingleMachine(_branch, 3, 2),
+        lambda: FixedSchedule({0: {"h": 1.0}, 6: {"h": 2.0}}),
+        lambda: FixedSchedule(lambda step: {"h": float(step // 4)}, every=2),
+        lambda: PopulationBasedTraining(
+            perturbation_interval=2, hyperparam_space={"h": explore.uniform(-5.0, 5.0)}
+        ),
+    ],
+    ids=["wta", "branching", "fixed", "fixed-callable", "pbt"],
+)
+def test_seed_mutators_survive_cloudpickle(make):
+    """Shipping a mutator to another process (Ray, multiprocessing) keeps its type and
+    behaviour, although the seed classes' ``__new__`` takes their own arguments."""
+    cloudpickle = pytest.importorskip("cloudpickle")
+    mutator = make()
+    copy = cloudpickle.loads(cloudpickle.dumps(mutator))
+    assert type(copy) is type(mutator) and len(copy) == len(mutator)
+
+    def run(m):
+        n = 1 if isinstance(m, BranchingSingleMachine) else 2
+        pop = PopulationController([{"h": float(i)} for i in range(n)], m, seed=3)
+        gens, steps = [None] * n, [0] * n
+        for _ in range(8):
+            for i in range(n):
+                data = pop.maybe_get_worker_data(i, gens[i], steps[i], None, None)
+                if data is not None:
+                    gens[i], steps[i] = data.generation_id, data.step
+                steps[i] += 2
+                pop.set_eval(i, gens[i], steps[i], None, abs(pop.history.meta_params(gens[i])["h"]))
+        return [(c.generation_id, c.step, c.meta_params) for c in pop.history.checkpoints()]
+
+    assert run(copy) == run(make())

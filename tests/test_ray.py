@@ -82,15 +82,23 @@ def _script(pop) -> list:
             out.append(data)
             if data is not None:
                 gens[i], steps[i] = data.generation_id, data.step
-            for _ in range(2 if i else 3):  # worker 0 runs ahead
+            for k in range(2 if i else 3):  # worker 0 runs ahead
                 steps[i] += 1
-                pop.set_eval(i, gens[i], steps[i], f"h{i}-{steps[i]}", _loss(i, steps[i]))
+                args = (i, gens[i], steps[i], f"h{i}-{steps[i]}", _loss(i, steps[i]))
+                if i == 2 and k == 1:  # worker 2 ends each round with report (eval + ask)
+                    data = pop.report(*args)
+                    out.append(data)
+                    if data is not None:
+                        gens[i], steps[i] = data.generation_id, data.step
+                else:
+                    pop.set_eval(*args)
     out.append(pop.maybe_get_worker_data(1, "never-made", 5, None, None))  # resync
     pop.set_eval(2, "never-made", 5, None, 1.0)  # ignored
     for call in (
         lambda: pop.maybe_get_worker_data(3, None, 0, None, None),
         lambda: pop.set_eval(0, gens[0], 1, None, "nan?"),
         lambda: pop.set_eval(0, gens[0], 1.5, None, 1.0),
+        lambda: pop.report(0, gens[0], 1, None, [1.0]),
     ):
         with pytest.raises((ValueError, TypeError)) as info:
             call()
@@ -269,7 +277,7 @@ def test_a_failing_worker_function_raises_and_ends_the_group(ray_session, tmp_pa
         group.wait(timeout_s=60)
     assert info.value.worker_id == 1 and isinstance(info.value.__cause__, KeyError)
     with pytest.raises(ray.exceptions.RayActorError):  # worker 0 was ended, not left waiting
-        ray.get(group.actors[0].run.remote(b"", 0), timeout=30)
+        ray.get(group.actors[0].run.remote(_fail_on_one, 0, (release,), {}), timeout=30)
     with pytest.raises(ValueError, match="num_workers"):
         jaxpop_ray.start_workers(_fail_on_one, 0)
 

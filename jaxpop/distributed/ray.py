@@ -68,16 +68,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import io
 import os
-import pickle
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-import ray.cloudpickle
 import ray.exceptions
 
 from jaxpop import core, storage
@@ -124,26 +121,6 @@ class WorkerError(RuntimeError):
         self.worker_id = worker_id
 
 
-# -- transport --------------------------------------------------------------------------
-def _rebuild_mutator(cls: type, fields: tuple[Any, ...]) -> Mutator:
-    return tuple.__new__(cls, fields)
-
-
-class _Pickler(ray.cloudpickle.CloudPickler):
-    """cloudpickle, plus ``Mutator`` subclasses (whose ``__new__`` takes user arguments)."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, Mutator) and type(obj) is not Mutator:
-            return _rebuild_mutator, (type(obj), tuple(obj)), getattr(obj, "__dict__", None)
-        return super().reducer_override(obj)
-
-
-def _dumps(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-    return buffer.getvalue()
-
-
 def _was_restarted() -> bool:
     with warnings.catch_warnings():  # Ray 2.60 warns about its own use of actor_id here
         warnings.simplefilter("ignore")
@@ -168,8 +145,13 @@ class _ControllerActor:
     error, so clients see it with its own type rather than an endless restart.
     """
 
-    def __init__(self, payload: bytes, options: _ControllerOptions):
-        initial_population, mutator, clock = pickle.loads(payload)
+    def __init__(
+        self,
+        initial_population: list[Any],
+        mutator: Mutator,
+        clock: Callable[[], float] | None,
+        options: _ControllerOptions,
+    ):
         extra = {} if clock is None else {"clock": clock}
         self._controller: PopulationController | None = None
         self._error: BaseException | None = None
@@ -226,6 +208,17 @@ class _ControllerActor:
     ) -> None:
         self._get().set_eval(worker_id, generation_id, step, params, value)
 
+    def report(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        params: Any,
+        value: float,
+        meta: Any,
+    ) -> ActiveWorker | None:
+        return self._get().report(worker_id, generation_id, step, params, value, meta)
+
     def active_workers(self) -> tuple[ActiveWorker, ...]:
         return self._get().active_workers
 
@@ -235,8 +228,8 @@ class _ControllerActor:
     def state(self) -> PopulationState:
         return self._get().state
 
-    def mutator(self) -> bytes:
-        return _dumps(self._get().mutator)
+    def mutator(self) -> Mutator:
+        return self._get().mutator
 
     def info(self) -> dict[str, Any]:
         controller = self._get()
@@ -307,6 +300,20 @@ class PopulationClient:
         value = core.as_value(value)  # a TypeError here, before anything is sent
         self._call("set_eval", worker_id, generation_id, step, params, value)
 
+    def report(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        params: Any,
+        value: float,
+        meta_params: Any = None,
+    ) -> ActiveWorker | None:
+        """As :meth:`jaxpop.PopulationController.report`: ``set_eval`` and
+        ``maybe_get_worker_data`` in one round trip. Safe to repeat, as both are."""
+        value = core.as_value(value)
+        return self._call("report", worker_id, generation_id, step, params, value, meta_params)
+
     # -- read-only views ------------------------------------------------------------
     @property
     def active_workers(self) -> tuple[ActiveWorker, ...]:
@@ -326,7 +333,7 @@ class PopulationClient:
     @property
     def mutator(self) -> Mutator:
         """A copy of the controller's mutator."""
-        return pickle.loads(self._call("mutator"))
+        return self._call("mutator")
 
     @property
     def log_dir(self) -> str:
@@ -497,7 +504,6 @@ def serve(
     options = _ControllerOptions(
         os.path.abspath(os.fspath(log_dir)), seed, durability, compact_after, lock_timeout_s
     )
-    payload = _dumps((list(initial_population), mutator, clock))
     actor_kwargs: dict[str, Any] = {
         "name": name,
         "namespace": namespace,
@@ -509,7 +515,11 @@ def serve(
         actor_kwargs["lifetime"] = "detached"
     actor_kwargs.update(actor_options or {})
     try:
-        actor = _controller_class().options(**actor_kwargs).remote(payload, options)
+        actor = (
+            _controller_class()
+            .options(**actor_kwargs)
+            .remote(list(initial_population), mutator, clock, options)
+        )
     except ValueError as e:  # ray.exceptions.ActorAlreadyExistsError
         raise ValueError(
             f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
@@ -559,8 +569,9 @@ def connect(
 class _WorkerActor:
     """Runs one worker function; Ray calls ``run`` again after a restart."""
 
-    def run(self, payload: bytes, worker_id: int) -> Any:
-        fn, args, kwargs = pickle.loads(payload)
+    def run(
+        self, fn: Callable[..., Any], worker_id: int, args: tuple, kwargs: dict[str, Any]
+    ) -> Any:
         return fn(worker_id, *args, **kwargs)
 
 
@@ -661,7 +672,7 @@ def start_workers(
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
-    payload = _dumps((fn, tuple(args), dict(kwargs or {})))
+    args, kwargs = tuple(args), dict(kwargs or {})
     actors, refs = [], []
     for i in range(num_workers):
         options: dict[str, Any] = {
@@ -675,7 +686,7 @@ def start_workers(
         options.update(actor_options or {})
         actor = _worker_class().options(**options).remote()
         actors.append(actor)
-        refs.append(actor.run.remote(payload, i))
+        refs.append(actor.run.remote(fn, i, args, kwargs))
     return WorkerGroup(actors, refs, max_restarts)
 
 

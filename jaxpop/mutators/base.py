@@ -79,6 +79,16 @@ class Mutator(NamedTuple):
     update: UpdateFn
     get_worker_data: AskFn | None = None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The seed mutators subclass this tuple with a ``__new__`` that takes *their*
+        # arguments, so the default (``cls.__new__(cls, *fields)``) cannot rebuild them;
+        # rebuild from the fields instead (pickle, cloudpickle, Ray, multiprocessing).
+        return _rebuild_mutator, (type(self), tuple(self)), getattr(self, "__dict__", None)
+
+
+def _rebuild_mutator(cls: type[Mutator], fields: tuple[Any, ...]) -> Mutator:
+    return tuple.__new__(cls, fields)
+
 
 def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
     """Whether a user's mutation function wants a PRNG key after its ``num_args`` arguments.
