@@ -410,3 +410,22 @@ def test_pbt_beats_the_best_fixed_learning_rate_on_the_toy_problem():
     straggler = toy.run_controller(toy.pbt(), 0, "straggler", iterations=300)
     assert straggler["final_best"] > max(fixed)
     assert straggler["num_exploits"] > 30
+
+
+@pytest.mark.parametrize("selection", ["truncation", "tournament", "winner_take_all"])
+def test_selection_compiles_once_while_the_population_fills_up(selection):
+    """Workers that report for the first time one by one change how many are compared,
+    not the shape compiled: a controller of n workers compiles each selection once."""
+    from jaxpop.mutators import selection as selection_lib
+
+    fn = getattr(selection_lib, selection)
+    m = make(selection=selection, quantile_fraction=0.5)
+    n = 9  # a population size no other test uses
+    state, _ = population(m, n=n)
+    before = fn._cache_size()
+    for worker_id in range(n):  # each reports past the interval, the best so far
+        state = report(state, m, worker_id, 10, float(n - worker_id))
+    assert state.mutator_state["num_exploits"] == 0
+    state = report(state, m, 0, 20, 100.0)  # now the worst of all n
+    assert fn._cache_size() - before == 1
+    assert state.mutator_state["num_exploits"] >= 1

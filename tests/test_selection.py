@@ -238,3 +238,62 @@ def test_selection_inside_a_jitted_population_step():
     out = np.asarray(step(jax.random.key(0), losses, params))
     assert out[2] in (10.0, 30.0) and out[4] in (10.0, 30.0)
     np.testing.assert_array_equal(np.delete(out, [2, 4]), np.delete(np.asarray(params), [2, 4]))
+
+
+# -- where: members that take part --------------------------------------------------------
+SELECTIONS = {
+    "winner_take_all": winner_take_all,
+    "truncation": functools.partial(truncation, quantile_fraction=0.25),
+    "truncation_half": functools.partial(truncation, quantile_fraction=0.5, mode="max"),
+    "tournament": tournament,
+}
+
+
+@pytest.mark.parametrize("name", SELECTIONS)
+def test_where_all_true_decides_exactly_as_without_where(name):
+    fn = SELECTIONS[name]
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        n = int(rng.integers(1, 9))
+        scores = rng.choice([0.0, 1.0, 2.0, NAN, INF], size=n) if trial % 2 else rng.normal(size=n)
+        key = np.array([trial, 11], np.uint32)
+        assert host(fn, scores, key, where=np.ones(n, bool)) == host(fn, scores, key)
+
+
+@pytest.mark.parametrize("name", SELECTIONS)
+def test_where_is_the_selection_over_the_members_that_take_part(name):
+    """With a mask, the members left out never copy and are never copied, and the others
+    copy whom (and as often as) the selection over ``scores[where]`` would."""
+    fn = SELECTIONS[name]
+    scores = np.array([3.0, 9.0, 1.0, 0.5, 7.0, NAN, 4.0, 8.0], np.float32)
+    where = np.array([1, 0, 1, 0, 1, 1, 1, 1], bool)
+    inside = np.flatnonzero(where)
+    masked = many(fn, scores, where=jnp.asarray(where))
+    compact = inside[many(fn, scores[where])]  # back to member indices
+    for i in np.flatnonzero(~where):
+        assert (masked[:, i] == i).all() and not (masked[:, inside] == i).any()
+    for column, i in enumerate(inside):
+        assert set(masked[:, i]) == set(compact[:, column])
+        for j in set(compact[:, column]):  # the same frequencies, within sampling noise
+            p, q = (masked[:, i] == j).mean(), (compact[:, column] == j).mean()
+            assert abs(p - q) < 0.05, (i, j, p, q)
+
+
+@pytest.mark.parametrize("name", SELECTIONS)
+def test_where_compiles_once_per_population_size_and_handles_empty_masks(name):
+    fn = SELECTIONS[name]
+    base = fn.func if isinstance(fn, functools.partial) else fn
+    n = 11  # a size no other test uses: the first call compiles
+    scores = np.arange(n, dtype=np.float32)[::-1]
+    before = base._cache_size()
+    for count in range(n + 1):
+        result = host(fn, scores, where=np.arange(n) < count)
+        if count <= 1:  # nobody, or one member alone: nobody copies
+            assert result == list(range(n))
+        elif name == "winner_take_all":
+            assert result == [count - 1] * (count - 1) + list(range(count - 1, n))
+    assert base._cache_size() - before == 1
+    with pytest.raises(ValueError, match="where must be a bool array of shape"):
+        fn(KEY, scores, where=np.ones(n - 1, bool))
+    with pytest.raises(ValueError, match="where must be a bool array of shape"):
+        fn(KEY, scores, where=np.ones(n, np.int32))

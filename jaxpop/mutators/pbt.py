@@ -47,6 +47,7 @@ after, step and time).
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -71,7 +72,7 @@ from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef
 __all__ = ["ExploitEvent", "PopulationBasedTraining", "exploit_events"]
 
 _SELECTIONS = {
-    "truncation": None,  # bound with quantile_fraction below
+    "truncation": selection_lib.truncation,  # bound with quantile_fraction below
     "tournament": selection_lib.tournament,
     "winner_take_all": selection_lib.winner_take_all,
 }
@@ -306,12 +307,12 @@ class PopulationBasedTraining(Mutator):
                     scores.append(s)
             if len(members) < 2:
                 return {i: i for i in members}
-            chosen = np.asarray(select(key, _dense_ranks(scores, mode)))
-            if chosen.shape != (len(members),):
-                raise ValueError(
-                    f"selection returned shape {chosen.shape} for {len(members)} members"
-                )
-            return {i: members[int(c)] for i, c in zip(members, chosen, strict=True)}
+            ranks = np.full(len(workers), np.inf, np.float32)
+            ranks[members] = _dense_ranks(scores, mode)
+            where = np.zeros(len(workers), bool)
+            where[members] = True
+            chosen = select(key, ranks, where)
+            return {i: int(chosen[i]) for i in members}
 
         def new_meta_params(source: Checkpoint, space_key, fn_key) -> Any:
             meta = source.meta_params
@@ -379,20 +380,40 @@ def _start_time(history: History) -> float:
     return min(history.first(g).time for g in history)
 
 
-def _make_selection(selection: Any, quantile_fraction: float) -> Callable[[Any, Any], Any]:
+def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., np.ndarray]:
+    """``(key, ranks, where) -> indices`` over the whole population.
+
+    The built-in selections take ``where`` (the workers with a score) themselves, so
+    they compile once per population size however many workers have a score; a user
+    function gets the ranks of those workers only, as documented.
+    """
     if callable(selection):
-        return selection
+
+        def custom(key: Any, ranks: np.ndarray, where: np.ndarray) -> np.ndarray:
+            members = np.flatnonzero(where)
+            chosen = np.asarray(selection(key, ranks[members]))
+            if chosen.shape != members.shape:
+                raise ValueError(
+                    f"selection returned shape {chosen.shape} for {len(members)} members"
+                )
+            out = np.arange(len(ranks))
+            out[members] = members[chosen]
+            return out
+
+        return custom
     if selection not in _SELECTIONS:
         raise ValueError(
             f"selection must be one of {sorted(_SELECTIONS)} or a function "
             f"(key, ranks) -> indices, got {selection!r}"
         )
+    select = _SELECTIONS[selection]
     if selection == "truncation":
         selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
-        fraction = float(quantile_fraction)
+        select = functools.partial(
+            selection_lib.truncation, quantile_fraction=float(quantile_fraction)
+        )
 
-        def truncation(key, ranks):
-            return selection_lib.truncation(key, ranks, quantile_fraction=fraction)
+    def builtin(key: Any, ranks: np.ndarray, where: np.ndarray) -> np.ndarray:
+        return np.asarray(select(key, ranks, where=where))
 
-        return truncation
-    return _SELECTIONS[selection]
+    return builtin

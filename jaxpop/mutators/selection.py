@@ -13,6 +13,13 @@ going. They share three rules:
 * **Only a strictly better member is copied.** A member never copies one whose score
   equals its own, so ties (and a population whose scores are all equal) copy nobody,
   and a population of one never changes.
+* **Members can be left out.** ``where`` (a boolean vector, shape ``(n,)``) marks the
+  members that take part; the others keep going, are never copied and do not count
+  (in the size of a quantile, among the opponents of a tournament). A selection over
+  ``scores[where]`` and one over ``scores`` with ``where`` decide the same things in
+  distribution, but the second compiles once per ``n`` however many members take
+  part (a host controller whose population fills up one report at a time would
+  otherwise compile once per count). ``where=None``: everyone takes part.
 
 The functions are written with ``jax.numpy`` and ``jax.random`` and use no Python
 control flow on values, so they run eagerly on a few host floats (a raw ``uint32[2]``
@@ -91,14 +98,29 @@ def num_in_quantile(n: int, quantile_fraction: float) -> int:
     return min(math.ceil(n * quantile_fraction - 1e-9), n // 2)
 
 
-def _ranks(better: jax.Array) -> jax.Array:
-    """Rank of each member (0 = best), ties broken by the lower index."""
-    order = jnp.argsort(better, stable=True)
+def _ranks(better: jax.Array, where: jax.Array | None = None) -> jax.Array:
+    """Rank of each member (0 = best), ties broken by the lower index; members outside
+    ``where`` rank after every member inside it."""
+    # both sorts are stable: ties keep the index order
+    order = jnp.argsort(better, stable=True) if where is None else jnp.lexsort((better, ~where))
     return jnp.zeros(better.shape[0], jnp.int32).at[order].set(jnp.arange(better.shape[0]))
 
 
+def _where(where: jax.Array | None, n: int) -> jax.Array | None:
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.shape != (n,) or where.dtype != jnp.bool_:
+        raise ValueError(
+            f"where must be a bool array of shape ({n},), got {where.dtype}{where.shape}"
+        )
+    return where
+
+
 @functools.partial(jax.jit, static_argnames=("mode",))
-def winner_take_all(key: jax.Array, scores: jax.Array, *, mode: Mode = "min") -> jax.Array:
+def winner_take_all(
+    key: jax.Array, scores: jax.Array, *, mode: Mode = "min", where: jax.Array | None = None
+) -> jax.Array:
     """Every member strictly worse than the best copies the best.
 
     The best is the first member (lowest index) with the best finite score; members
@@ -109,6 +131,7 @@ def winner_take_all(key: jax.Array, scores: jax.Array, *, mode: Mode = "min") ->
       key: a PRNG key (unused).
       scores: shape ``(n,)``.
       mode: ``"min"`` or ``"max"``.
+      where: ``bool[n]``, the members that take part (``None``: all).
 
     Returns:
       ``int32[n]``: the member each member copies (itself to keep going).
@@ -116,8 +139,12 @@ def winner_take_all(key: jax.Array, scores: jax.Array, *, mode: Mode = "min") ->
     del key
     better = canonical_scores(scores, mode)
     n = better.shape[0]
-    best = jnp.argmin(better)
-    copies = better > better[best]  # false when the best is +inf
+    where = _where(where, n)
+    candidates = better if where is None else jnp.where(where, better, jnp.inf)
+    best = jnp.argmin(candidates)
+    copies = better > candidates[best]  # false when the best is +inf
+    if where is not None:
+        copies &= where
     return jnp.where(copies, best, jnp.arange(n)).astype(jnp.int32)
 
 
@@ -128,6 +155,7 @@ def truncation(
     *,
     quantile_fraction: float = 0.25,
     mode: Mode = "min",
+    where: jax.Array | None = None,
 ) -> jax.Array:
     """Truncation selection: the bottom ``quantile_fraction`` copies from the top.
 
@@ -144,18 +172,27 @@ def truncation(
       quantile_fraction: in ``[0, 0.5]``; Ray Tune's and the default 0.25; the PBT
         paper used 0.2.
       mode: ``"min"`` or ``"max"``.
+      where: ``bool[n]``, the members that take part (``None``: all); ``k`` is then
+        counted from the number of members that take part.
 
     Returns:
       ``int32[n]``: the member each member copies (itself to keep going).
     """
     better = canonical_scores(scores, mode)
     n = better.shape[0]
-    k = num_in_quantile(n, quantile_fraction)
-    if k == 0:  # static: depends on the population size only
-        return jnp.arange(n, dtype=jnp.int32)
-    rank = _ranks(better)
-    top = rank < k
-    bottom = rank >= n - k
+    where = _where(where, n)
+    rank = _ranks(better, where)
+    if where is None:
+        k = num_in_quantile(n, quantile_fraction)
+        if k == 0:  # static: depends on the population size only
+            return jnp.arange(n, dtype=jnp.int32)
+        top = rank < k
+        bottom = rank >= n - k
+    else:  # k depends on how many take part: look it up in a table made at trace time
+        m = jnp.sum(where)
+        k = jnp.asarray([num_in_quantile(j, quantile_fraction) for j in range(n + 1)])[m]
+        top = where & (rank < k)
+        bottom = where & (rank >= m - k)
     # allowed[i, j]: member i may copy member j
     allowed = bottom[:, None] & top[None, :] & (better[None, :] < better[:, None])
     logits = jnp.where(allowed, 0.0, -jnp.inf)
@@ -164,7 +201,9 @@ def truncation(
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))
-def tournament(key: jax.Array, scores: jax.Array, *, mode: Mode = "min") -> jax.Array:
+def tournament(
+    key: jax.Array, scores: jax.Array, *, mode: Mode = "min", where: jax.Array | None = None
+) -> jax.Array:
     """Binary tournament: each member meets one other member and copies it if worse.
 
     Member ``i``'s opponent is drawn uniformly from the ``n - 1`` other members (with
@@ -176,16 +215,29 @@ def tournament(key: jax.Array, scores: jax.Array, *, mode: Mode = "min") -> jax.
       key: a PRNG key (raw ``uint32[2]`` or typed).
       scores: shape ``(n,)``.
       mode: ``"min"`` or ``"max"``.
+      where: ``bool[n]``, the members that take part (``None``: all); opponents are
+        drawn from the other members that take part.
 
     Returns:
       ``int32[n]``: the member each member copies (itself to keep going).
     """
     better = canonical_scores(scores, mode)
     n = better.shape[0]
+    where = _where(where, n)
     own = jnp.arange(n, dtype=jnp.int32)
     if n < 2:  # static
         return own
     keys = jax.random.split(key, n)
-    offsets = jax.vmap(lambda k: jax.random.randint(k, (), 1, n))(keys)
-    opponent = (own + offsets) % n
-    return jnp.where(better[opponent] < better, opponent, own).astype(jnp.int32)
+    if where is None:
+        offsets = jax.vmap(lambda k: jax.random.randint(k, (), 1, n))(keys)
+        opponent = (own + offsets) % n
+        return jnp.where(better[opponent] < better, opponent, own).astype(jnp.int32)
+    # the same draw among the m members that take part: i's position among them, plus
+    # an offset in [1, m), wraps around to the opponent's position
+    m = jnp.sum(where)
+    members = jnp.argsort(~where, stable=True)  # the members that take part, first
+    position = jnp.cumsum(where) - 1
+    offsets = jax.vmap(lambda k: jax.random.randint(k, (), 1, jnp.maximum(m, 2)))(keys)
+    opponent = members[(position + offsets) % jnp.maximum(m, 1)].astype(jnp.int32)
+    copies = where & (m >= 2) & (better[opponent] < better)
+    return jnp.where(copies, opponent, own).astype(jnp.int32)
