@@ -81,30 +81,35 @@ def train_worker(
     rng = np.random.default_rng([args.seed, worker_id])
     key = jax.random.key(args.seed * 1009 + worker_id)
     accuracies: dict[tuple[str, int], float] = {}
-    generation_id, meta, state, handle, step, missing = None, None, None, None, 0, None
-    while step < args.steps:
-        data = client.maybe_get_worker_data(worker_id, generation_id, step, handle, meta)
+    generation_id, meta, state, step, missing = None, None, None, 0, None
+    # one round trip per evaluation: ask for this worker's slot once, then each report
+    # answers what to do next (asking before every step would cost one more each step)
+    data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
+    while True:
         if data is not None:
             generation_id, meta, step = data.generation_id, data.meta_params, data.step
-            handle = data.params
-            if handle is None:
+            if data.params is None:
                 key, init_key = jax.random.split(key)
                 state = model.init(init_key)
             else:
                 try:
-                    state = store.restore(handle, model.abstract_state)
+                    state = store.restore(data.params, model.abstract_state)
                 except MissingCheckpointError:
-                    if handle == missing:  # asked again and got the same: it is not there
+                    if data.params == missing:  # asked again and got the same: not there
                         raise RuntimeError(
-                            f"worker {worker_id} cannot read its checkpoint {handle}: the "
-                            "--log-dir must be on storage every node of the cluster shares"
+                            f"worker {worker_id} cannot read its checkpoint {data.params}: "
+                            "the --log-dir must be on storage every node of the cluster shares"
                         ) from None
-                    missing, generation_id = handle, None  # reassigned and collected
+                    missing = data.params  # reassigned and collected meanwhile: ask again
+                    data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
                     continue
             hp = EXPERIMENT.traced(meta)
             batches = data_lib.batches(
                 dataset.train_images, dataset.train_labels, args.batch_size, rng
             )
+            data = None
+        if step >= args.steps:
+            break
         images, labels = next(batches)
         key, step_key = jax.random.split(key)
         state, _ = model.train_step(state, images, labels, hp, step_key)
@@ -112,12 +117,14 @@ def train_worker(
         if step % args.eval_every == 0:
             loss, acc = (float(x) for x in model.evaluate(state))
             handle = store.save(generation_id, step, state)  # finished before it is reported
-            client.set_eval(worker_id, generation_id, step, handle, loss)
+            data = client.report(worker_id, generation_id, step, handle, loss)
             accuracies[(generation_id, step)] = acc
             if tb is not None:
                 tb.log_eval(step, loss, meta, {"accuracy": acc})
             if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
                 store.collect_garbage(client, keep_best=args.keep_best)  # bounded disk
+            if step >= args.steps:
+                break
     store.close()
     if tb is not None:
         tb.close()

@@ -3,8 +3,8 @@
 :func:`serve` starts the controller as a *named* Ray actor on a durable ``log_dir`` and
 returns a :class:`PopulationClient`; :func:`connect` returns a client from any process of
 the cluster (a worker, another driver). The client has the controller's synchronous API
-(``maybe_get_worker_data``, ``set_eval``, ``active_workers``, ``history``, ``state``,
-``close``), so worker code is the same in threads and on a cluster::
+(``maybe_get_worker_data``, ``set_eval``, ``report``, ``active_workers``, ``history``,
+``state``, ``close``), so worker code is the same in threads and on a cluster::
 
     from jaxpop.distributed import ray as jaxpop_ray
 
@@ -12,11 +12,16 @@ the cluster (a worker, another driver). The client has the controller's synchron
     results = jaxpop_ray.run_workers(train, 4, args=(client,), max_restarts=-1)
     client.close()
 
-    def train(worker_id, client):       # runs in a Ray actor; called again after a restart
-        generation_id, step = None, 0   # "I have nothing": the controller answers with
-        while step < total_steps:       # this worker's slot, i.e. its latest report
-            data = client.maybe_get_worker_data(worker_id, generation_id, step, handle, meta)
-            ...
+    def train(worker_id, client):  # runs in a Ray actor; called again after a restart
+        # "I have nothing": the controller answers with this worker's slot (its latest
+        # report, after a restart)
+        data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
+        while ...:
+            ...  # load data if not None, train, save a checkpoint, evaluate
+            data = client.report(worker_id, generation_id, step, handle, loss)
+
+Each call is one actor round trip (about a millisecond on one machine), so a worker
+calls once per evaluation: ``report`` is ``set_eval`` and the next ask in one call.
 
 **Restarts.** The controller actor is started with ``max_restarts`` (default ``-1``:
 always). When its process dies, Ray starts a new one, which builds the controller again
@@ -42,12 +47,13 @@ by a new :func:`serve` on the same ``log_dir``), clients switch to the new actor
 
 **Retries are safe to repeat.** A call whose request reached the controller but whose
 reply was lost (the actor died in between) is sent again to the restarted controller,
-so it may be applied twice. Both calls tolerate that: ``set_eval`` of the same
-``(generation_id, step)`` replaces that checkpoint with the same params and value (only
-its ``time`` moves to the later call) and runs the mutator's ``update`` once more on an
-unchanged population (the built-in mutators decide nothing new: a worker is ready again
-only after a *later* step); ``maybe_get_worker_data`` answers the same assignment and
-records a worker's last checkpoint at most once. The same holds for a call abandoned at
+so it may be applied twice. Every call tolerates that (``report`` is the two below):
+``set_eval`` of the same ``(generation_id, step)`` replaces that checkpoint with the
+same params and value (only its ``time`` moves to the later call) and runs the
+mutator's ``update`` once more on an unchanged population (the built-in mutators
+decide nothing new: a worker is ready again only after a *later* step);
+``maybe_get_worker_data`` answers the same assignment and records a worker's last
+checkpoint at most once. The same holds for a call abandoned at
 ``timeout_s`` that the controller still executes later. (A ``PopulationBasedTraining``
 with ``time_attr="time"`` measures readiness by the checkpoint's time: a restart longer
 than its ``perturbation_interval`` can make a repeated report count as a new one.)
