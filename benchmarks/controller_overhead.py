@@ -355,39 +355,21 @@ def drive(controller, cursors, start: int, num_pairs: int, values: Sequence[floa
         report(worker_id, cursor[0], cursor[1], PARAMS, values[i % n])
 
 
-def drive_split(
-    controller, cursors, start: int, num_pairs: int, values: Sequence[float]
-) -> tuple[float, float]:
-    """Like :func:`drive`, timing each call; returns (seconds in asks, seconds in evals)."""
-    ask, report, n = controller.maybe_get_worker_data, controller.set_eval, len(values)
-    clock = time.perf_counter
-    in_ask = in_eval = 0.0
-    for i in range(start, start + num_pairs):
-        worker_id = i % WORKERS
-        cursor = cursors[worker_id]
-        t0 = clock()
-        new = ask(worker_id, cursor[0], cursor[1], PARAMS, cursor[2])
-        t1 = clock()
-        if new is not None:
-            cursor[0], cursor[1], cursor[2] = new.generation_id, new.step, new.meta_params
-        cursor[1] += 1
-        value = values[i % n]
-        t2 = clock()
-        report(worker_id, cursor[0], cursor[1], PARAMS, value)
-        in_eval += clock() - t2
-        in_ask += t1 - t0
-    return in_ask, in_eval
-
-
-def drive_latencies(
-    controller, cursors, start: int, num_pairs: int, values: Sequence[float], latencies: list
+def drive_timed(
+    controller,
+    cursors,
+    start: int,
+    num_pairs: int,
+    values: Sequence[float],
+    latencies: list | None = None,
 ) -> tuple[float, float, float]:
-    """Like :func:`drive_split`, also appending each call's seconds to ``latencies``.
+    """Like :func:`drive`, timing each call (appending its seconds to ``latencies``).
 
     Returns (seconds for the whole loop, seconds in asks, seconds in evals).
     """
     ask, report, n = controller.maybe_get_worker_data, controller.set_eval, len(values)
-    clock, record = time.perf_counter, latencies.append
+    clock = time.perf_counter
+    record = (lambda seconds: None) if latencies is None else latencies.append
     in_ask = in_eval = 0.0
     began = clock()
     for i in range(start, start + num_pairs):
@@ -492,7 +474,7 @@ def time_at_size(subjects: list[Subject], start: int, calls: int, repeats: int, 
         for subject in order:
             controller, cursors = subject.snapshot()
             gc.collect()
-            in_ask, in_eval = drive_split(controller, cursors, start, calls, values)
+            _, in_ask, in_eval = drive_timed(controller, cursors, start, calls, values)
             ask[subject.name].append(in_ask / calls * 1e6)
             evals[subject.name].append(in_eval / calls * 1e6)
     out = {}
@@ -623,7 +605,7 @@ def drive_through_compaction(controller, cursors, start: int, values, latencies:
     store._compact(controller.state)  # opens a new segment, starts the snapshot thread
     thread = store._snapshot_thread
     while thread is not None and thread.is_alive():
-        drive_latencies(controller, cursors, start + pairs, WORKERS, values, latencies)
+        drive_timed(controller, cursors, start + pairs, WORKERS, values, latencies)
         pairs += WORKERS
     return time.perf_counter() - t0, pairs
 
@@ -654,9 +636,7 @@ def time_durable_mode(
             events = controller.state.num_events
             gc.collect()
             lat: list[float] = []
-            loop, in_ask, in_eval = drive_latencies(
-                controller, run_cursors, start, calls, values, lat
-            )
+            loop, in_ask, in_eval = drive_timed(controller, run_cursors, start, calls, values, lat)
             pairs.append(loop / calls * 1e6)
             asks.append(in_ask / calls * 1e6)
             evals.append(in_eval / calls * 1e6)
@@ -714,7 +694,7 @@ def run_durable_variant(
             gc.collect()
             t0 = time.perf_counter()
             while controller.history.num_checkpoints < size:
-                drive_latencies(controller, cursors, done, WORKERS, values, lat)
+                drive_timed(controller, cursors, done, WORKERS, values, lat)
                 done += WORKERS
             build_s = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -789,7 +769,7 @@ def time_seed_impl(base, cursors, start, calls, repeats, compare_on_ask, values,
         controller.save()  # the file exists before the window, as it would
         gc.collect()
         lat: list[float] = []
-        loop, _, _ = drive_latencies(controller, copy.deepcopy(cursors), start, calls, values, lat)
+        loop, _, _ = drive_timed(controller, copy.deepcopy(cursors), start, calls, values, lat)
         pairs.append(loop / calls * 1e6)
         latencies.extend(lat)
         shutil.rmtree(controller.log_dir)

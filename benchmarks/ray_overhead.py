@@ -1,28 +1,36 @@
 """The cost of running a population on Ray: call latency, and PBT against Ray Tune's PBT.
 
-**Latency.** Round-trip time of ``maybe_get_worker_data`` and ``set_eval`` with 1 and 8
-concurrent workers, each making ``--calls`` ask/report pairs (asking with its current
-generation, reporting a new step), timed call by call in the worker:
+**Latency.** Round-trip time of ``maybe_get_worker_data``, ``set_eval`` and ``report``
+with 1 and 8 concurrent workers, each making ``--calls`` calls of each kind (asking with
+its current generation, reporting new steps), timed call by call in the worker:
 
 * ``in_process``: a ``PopulationController`` on a ``log_dir`` (``durability="process"``)
   shared by worker threads of one process;
 * ``ray``: the same controller served by :func:`jaxpop.distributed.ray.serve`, each
-  worker in its own Ray actor (:func:`jaxpop.distributed.ray.run_workers`) calling it
+  worker in its own Ray actor (:func:`jaxpop.distributed.ray.start_workers`) calling it
   through a :class:`~jaxpop.distributed.ray.PopulationClient`;
 * ``ray_noop``: a Ray actor method that does nothing, called the same way: Ray's floor.
 
 Median and 99th percentile of each call, in microseconds; the mutator never changes
-anything (only the transport and the controller's bookkeeping are measured).
+anything (only the transport and the controller's bookkeeping are measured). For the
+Ray modes also the CPU time one call costs: in the calling workers (their process time
+over their calls) and in the callee (the actor's process time over the run).
 
 **PBT on the toy problem** (``benchmarks/pbt_toy.py``: population 4, ``--iterations``
 per worker, perturbation interval 5, the same explore space and rules), side by side
 in one Ray session:
 
 * ``jaxpop_ray``: jaxpop's asynchronous ``PopulationBasedTraining`` served on Ray (with a
-  ``log_dir``), 4 worker actors; per iteration a worker asks, trains one iteration and
-  reports (its score is its "checkpoint": the ``params`` it reports);
-* ``jaxpop_threads``: the same workers as threads around an in-process controller on a
-  ``log_dir`` (for reference: no Ray in the loop);
+  ``log_dir``), 4 worker actors; a worker trains 5 iterations (the perturbation
+  interval), then makes one ``report`` call (its score is its "checkpoint": the
+  ``params`` it reports), which also answers whether it copies another worker;
+* ``jaxpop_ray_seed_loop``: the same with the seed's loop: every iteration an ask and
+  a ``set_eval`` (two round trips per iteration);
+* ``jaxpop_threads``: the seed's loop in 4 threads around an in-process controller on a
+  ``log_dir`` (no Ray in the loop). With an objective of microseconds, threads that
+  called the controller only every 5 iterations would each run to the end within one
+  interpreter time slice, with no population to speak of; the journal write of every
+  ``set_eval`` lets them take turns;
 * ``ray_tune``: Ray Tune's ``PopulationBasedTraining`` (``time_attr="training_iteration"``)
   over a function trainable that reports every iteration and saves a checkpoint (its
   score, as JSON) every 5, with Tune's default loggers; ``CheckpointConfig(num_to_keep=4)``
@@ -32,12 +40,13 @@ in one Ray session:
 Both run 4 workers/trials at once with 0.5 CPU each. Reported: wall-clock time of the
 run (from starting the controller or ``Tuner.fit`` to the last result, actor start-up
 included), iterations run (a worker that copies another resumes at the copied step, so
-a run may take more or fewer than 4 x ``--iterations``), **overhead per training
-iteration** = (wall-clock time - time spent in the objective) / iterations run (the
-definition of ``pbt_toy.py``), exploits, and the final best score (the best last score
-of any worker). For jaxpop, the overhead measured inside the workers is shown too: their
-loop time after the first call, minus the objective, per iteration (the two controller
-calls).
+a run may take more or fewer than 4 x ``--iterations``), exploits, the final best score
+(the best last score of any worker), and the **overhead per training iteration** =
+(time - time spent in the objective) / iterations, over three spans: the whole run
+(the definition of ``pbt_toy.py``), *steady*: from the first training iteration of any
+worker to the end (start-up excluded), and *all running*: while every worker (trial)
+runs, from the last one's first iteration to the first one's last report (start-up and
+tail excluded; only the iterations reported inside it count).
 
 Reference (the issue, Ray 2.60 on this class of machine): ``ray.init(num_cpus=2)`` 2-3 s;
 an actor round trip about 0.7 ms; Ray Tune's PBT on this problem about 17 ms of overhead
@@ -46,7 +55,7 @@ per iteration (about 440 trial restarts per run, 0.1-0.5 s each).
 Usage (from the repo root; needs ``pip install "ray[default,tune]"``)::
 
     python benchmarks/ray_overhead.py [--calls 2000] [--iterations 500] [--seeds 1]
-        [--sections latency,pbt]
+        [--sections latency,pbt] [--methods jaxpop_ray,jaxpop_ray_seed_loop,...]
 
 Prints one JSON line, then a table.
 """
@@ -120,6 +129,9 @@ class _Noop:
     def call(self, *args: Any) -> None:
         return None
 
+    def cpu_s(self) -> float:
+        return time.process_time()
+
 
 def _noop_loop(worker_id: int, actor: Any, calls: int) -> dict[str, list[int]]:
     clock = time.perf_counter_ns
@@ -170,28 +182,41 @@ def latency(calls: int) -> dict[str, Any]:
             jaxpop_ray.serve([{}] * n, _noop_mutator(), log_dir=log_dir, name="latency") as client,
         ):
             _call_loop(0, client, 100)  # warm up from the driver
+            callee_cpu = client.info()["cpu_s"]
             group = jaxpop_ray.start_workers(
                 _timed, n, args=(_call_loop, client, calls), num_cpus=0.1
             )
             with group:
                 timed = group.wait()
-            results["ray"][n] = _summarize([t["run"] for t in timed], _span(timed))
+            callee_cpu = client.info()["cpu_s"] - callee_cpu
+            results["ray"][n] = _summarize_timed(timed, callee_cpu)
         actor = ray.remote(_Noop).options(num_cpus=0).remote()
-        ray.get(actor.call.remote())
+        callee_cpu = ray.get(actor.cpu_s.remote())
         with jaxpop_ray.start_workers(
             _timed, n, args=(_noop_loop, actor, calls), num_cpus=0.1
         ) as group:
             timed = group.wait()
-        results["ray_noop"][n] = _summarize([t["run"] for t in timed], _span(timed))
+        callee_cpu = ray.get(actor.cpu_s.remote()) - callee_cpu
+        results["ray_noop"][n] = _summarize_timed(timed, callee_cpu)
         ray.kill(actor)
     return results
 
 
 def _timed(worker_id: int, fn: Any, *args: Any) -> dict[str, Any]:
-    """Runs ``fn`` once every worker process is up (import time is not call time)."""
-    start = time.time()
+    """Runs ``fn`` in a worker actor, timing it (wall and this process's CPU time)."""
+    start, cpu = time.time(), time.process_time()
     run = fn(worker_id, *args)
-    return {"run": run, "start": start, "end": time.time()}
+    return {"run": run, "start": start, "end": time.time(), "cpu_s": time.process_time() - cpu}
+
+
+def _summarize_timed(timed: list[dict[str, Any]], callee_cpu_s: float) -> dict[str, Any]:
+    """:func:`_summarize`, plus the CPU time one call costs the callers and the callee."""
+    runs = [t["run"] for t in timed]
+    calls = sum(len(samples) for run in runs for samples in run.values())
+    return _summarize(runs, _span(timed)) | {
+        "caller_cpu_us_per_call": sum(t["cpu_s"] for t in timed) / calls * 1e6,
+        "callee_cpu_us_per_call": callee_cpu_s / calls * 1e6,
+    }
 
 
 def _span(timed: list[dict[str, Any]]) -> float:
@@ -210,14 +235,15 @@ def _pbt_worker(
     """
     rng = np.random.default_rng([seed, worker_id])
     data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
-    first = time.time()  # the steady state: after the first call (the connection)
-    score, in_objective, count = 0.0, 0.0, 0
+    start = time.time()  # its first iteration: after the first call (the connection)
+    score, marks = 0.0, []
     while True:
         if data is not None:
             generation_id, step, meta = data.generation_id, data.step, data.meta_params
             score = 0.0 if data.params is None else data.params
         if step >= iterations:
             break
+        count, in_objective = 0, 0.0
         for _ in range(min(report_every, iterations - step)):
             t0 = time.perf_counter()
             score = pbt_toy.train_iteration(score, meta["lr"], rng)
@@ -229,13 +255,8 @@ def _pbt_worker(
             data = client.maybe_get_worker_data(worker_id, generation_id, step, score, meta)
         else:
             data = client.report(worker_id, generation_id, step, score, score)
-    return {
-        "score": score,
-        "iterations": count,
-        "objective_s": in_objective,
-        "first": first,
-        "last": time.time(),
-    }
+        marks.append((worker_id, time.time(), count, in_objective))
+    return {"score": score, "start": start, "marks": marks}
 
 
 def pbt_jaxpop(iterations: int, seed: int, report_every: int) -> dict[str, Any]:
@@ -271,22 +292,43 @@ def pbt_threads(iterations: int, seed: int, report_every: int) -> dict[str, Any]
 
 
 def _pbt_row(runs: list[dict[str, Any]], wall: float, exploits: int) -> dict[str, Any]:
-    count = sum(r["iterations"] for r in runs)
-    objective = sum(r["objective_s"] for r in runs)
-    steady = max(r["last"] for r in runs) - min(r["first"] for r in runs)
-    return _overheads(wall, steady, objective, count) | {
+    starts = {i: r["start"] for i, r in enumerate(runs)}
+    marks = [mark for r in runs for mark in r["marks"]]
+    return _overheads(wall, starts, marks) | {
         "final_best": max(r["score"] for r in runs),
         "exploits": exploits,
     }
 
 
-def _overheads(wall: float, steady: float, objective: float, count: int) -> dict[str, Any]:
-    """Overhead per iteration over the whole run, and from the first iteration on."""
+Mark = tuple[Any, float, int, float]  # (worker or trial, when, iterations, objective s)
+
+
+def _overheads(wall: float, starts: dict[Any, float], marks: list[Mark]) -> dict[str, Any]:
+    """Overhead per iteration: over the whole run (``wall`` s), from the first iteration
+    on, and while every worker runs (from the last one's first iteration to the first
+    one's last report: no start-up, no tail). ``starts``: each worker's first iteration;
+    ``marks``: each report, with the iterations and the objective time since the last.
+    """
+    count = sum(m[2] for m in marks)
+    objective = sum(m[3] for m in marks)
+    last = {}
+    for source, when, _, _ in marks:
+        last[source] = max(last.get(source, 0.0), when)
+    steady = max(last.values()) - min(starts.values())
+    begin, end = max(starts.values()), min(last.values())
+    inside = [m for m in marks if begin < m[1] <= end]
+    inside_count = sum(m[2] for m in inside)
     return {
         "wall_s": wall,
         "iterations": count,
         "overhead_ms_per_iteration": (wall - objective) / count * 1e3,
         "steady_overhead_ms_per_iteration": (steady - objective) / count * 1e3,
+        "all_running_s": end - begin,
+        "all_running_overhead_ms_per_iteration": (
+            (end - begin - sum(m[3] for m in inside)) / inside_count * 1e3
+            if inside_count
+            else math.nan
+        ),
     }
 
 
@@ -333,14 +375,14 @@ def pbt_tune(iterations: int, seed: int) -> dict[str, Any]:
 
     class Count(tune.Callback):
         def __init__(self) -> None:
-            self.iterations, self.objective, self.restores = 0, 0.0, 0
-            self.first, self.last = math.inf, 0.0
+            self.starts: dict[str, float] = {}
+            self.marks: list[Mark] = []
+            self.restores = 0
 
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            self.first = min(self.first, result["end"] - result["objective_s"])
-            self.last = max(self.last, result["end"])
-            self.iterations += 1
-            self.objective += result["objective_s"]
+            began = result["end"] - result["objective_s"]
+            self.starts[trial.trial_id] = min(self.starts.get(trial.trial_id, began), began)
+            self.marks.append((trial.trial_id, result["end"], 1, result["objective_s"]))
             self.restores += result["restored"]
 
     counter = Count()
@@ -376,8 +418,7 @@ def pbt_tune(iterations: int, seed: int) -> dict[str, Any]:
         grid = tuner.fit()
         wall = time.perf_counter() - start
     best = grid.get_best_result(metric="score", mode="max", scope="last")
-    steady = counter.last - counter.first
-    return _overheads(wall, steady, counter.objective, counter.iterations) | {
+    return _overheads(wall, counter.starts, counter.marks) | {
         "final_best": float(best.metrics["score"]),
         "exploits": counter.restores,  # trial restarts from a checkpoint
     }
@@ -386,7 +427,7 @@ def pbt_tune(iterations: int, seed: int) -> dict[str, Any]:
 PBT_METHODS: dict[str, Callable[[int, int], dict[str, Any]]] = {
     "jaxpop_ray": functools.partial(pbt_jaxpop, report_every=pbt_toy.INTERVAL),
     "jaxpop_ray_seed_loop": functools.partial(pbt_jaxpop, report_every=1),
-    "jaxpop_threads": functools.partial(pbt_threads, report_every=pbt_toy.INTERVAL),
+    "jaxpop_threads": functools.partial(pbt_threads, report_every=1),
     "ray_tune": pbt_tune,
 }
 
@@ -410,6 +451,10 @@ def pbt(iterations: int, seeds: int, methods: list[str]) -> dict[str, Any]:
                     "steady_overhead_ms_per_iteration"
                 ]
                 / row["steady_overhead_ms_per_iteration"],
+                "all_running_overhead_per_iteration_tune_over_jaxpop": tune[
+                    "all_running_overhead_ms_per_iteration"
+                ]
+                / row["all_running_overhead_ms_per_iteration"],
                 "wall_clock_tune_over_jaxpop": tune["wall_s"] / row["wall_s"],
                 "final_best_jaxpop_over_tune": row["final_best"] / tune["final_best"],
             }
@@ -424,16 +469,25 @@ def print_table(result: dict[str, Any]) -> None:
     if "latency" in result:
         print()
         print(f"round-trip latency, {result['config']['calls']} calls of each kind per worker (us)")
-        header = f"{'mode':<11} {'workers':>7} {'call':<6} {'median':>9} {'p99':>9} {'calls/s':>9}"
+        header = (
+            f"{'mode':<11} {'workers':>7} {'call':<6} {'median':>9} {'p99':>9} {'calls/s':>9} "
+            f"{'CPU/call: callers':>17} {'callee':>7}"
+        )
         print(header)
         print("-" * len(header))
         for mode, by_n in result["latency"].items():
             for n, row in by_n.items():
+                cpu = ""
+                if "caller_cpu_us_per_call" in row:
+                    cpu = (
+                        f" {row['caller_cpu_us_per_call']:17.0f} "
+                        f"{row['callee_cpu_us_per_call']:7.0f}"
+                    )
                 for call in ("ask", "eval", "report", "call"):
                     if call in row:
                         print(
                             f"{mode:<11} {n:>7} {call:<6} {row[call]['median_us']:9.1f} "
-                            f"{row[call]['p99_us']:9.1f} {row['calls_per_s']:9.0f}"
+                            f"{row[call]['p99_us']:9.1f} {row['calls_per_s']:9.0f}{cpu}"
                         )
     if "pbt" in result:
         rows = result["pbt"]
@@ -445,7 +499,7 @@ def print_table(result: dict[str, Any]) -> None:
         )
         header = (
             f"{'method':<20} {'final best':>10} {'wall s':>7} {'iterations':>10} "
-            f"{'overhead/iter':>13} {'steady':>10} {'exploits':>8}"
+            f"{'overhead/iter':>13} {'steady':>10} {'all running':>11} {'exploits':>8}"
         )
         print(header)
         print("-" * len(header))
@@ -455,19 +509,23 @@ def print_table(result: dict[str, Any]) -> None:
             print(
                 f"{name:<20} {row['final_best']:10.1f} {row['wall_s']:7.1f} "
                 f"{row['iterations']:10.0f} {row['overhead_ms_per_iteration']:10.3f} ms "
-                f"{row['steady_overhead_ms_per_iteration']:7.3f} ms {row['exploits']:8.0f}"
+                f"{row['steady_overhead_ms_per_iteration']:7.3f} ms "
+                f"{row['all_running_overhead_ms_per_iteration']:8.3f} ms {row['exploits']:8.0f}"
             )
         for name, ratios in rows.get("ratios", {}).items():
             print(
                 f"Ray Tune / {name}: overhead per iteration "
                 f"{ratios['overhead_per_iteration_tune_over_jaxpop']:.1f}x (steady "
-                f"{ratios['steady_overhead_per_iteration_tune_over_jaxpop']:.1f}x), wall clock "
+                f"{ratios['steady_overhead_per_iteration_tune_over_jaxpop']:.1f}x, all running "
+                f"{ratios['all_running_overhead_per_iteration_tune_over_jaxpop']:.1f}x), "
+                f"wall clock "
                 f"{ratios['wall_clock_tune_over_jaxpop']:.1f}x; final best {name} / Tune "
                 f"{ratios['final_best_jaxpop_over_tune']:.2f}"
             )
         print(
             "overhead/iter: (wall clock - time in the objective) / iterations run; steady: "
-            "the same from the first training iteration on (start-up excluded). "
+            "the same from the first training iteration on (start-up excluded); all running: "
+            "the same while every worker or trial runs (no start-up, no tail). "
             "Ray Tune's exploits: trials restarted from a checkpoint."
         )
 

@@ -111,6 +111,8 @@ class PopulationController:
             self._store = store
             weakref.finalize(self, store.close)
         self._state = state
+        if mutator.prepare is not None:
+            mutator.prepare(state.population_size)
 
     # -- the seed's API -------------------------------------------------------------
     def maybe_get_worker_data(

@@ -145,3 +145,15 @@ def test_report_is_set_eval_then_ask_in_one_call():
     with pytest.raises(TypeError, match="real number"):
         pop.report(0, gen, 1000, None, "low")
     assert pop.state is before
+
+
+def test_the_controller_prepares_its_mutator_once_with_the_population_size(tmp_path):
+    from jaxpop.mutators import Mutator
+
+    calls = []
+    base = noop_mutator()
+    m = Mutator(base.init, base.update, prepare=calls.append)
+    with PopulationController([{}] * 3, m, log_dir=tmp_path):
+        assert calls == [3]
+    with PopulationController([{}] * 3, m, log_dir=tmp_path):  # resumed: prepared again
+        assert calls == [3, 3]

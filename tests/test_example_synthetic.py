@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `examples` is a top-level package of the repo, not installed
     sys.path.insert(0, str(ROOT))
@@ -52,3 +54,15 @@ def test_synthetic_writes_a_loadable_history(tmp_path):
     mutator = BranchingSingleMachine(train.mutate_fn, train.EXPLOIT_STEPS, train.EXPLORE_STEPS)
     with PopulationController([{"target": 0.0}], mutator, tmp_path) as pop:
         assert pop.history.num_checkpoints == result["checkpoints"]
+
+
+def test_both_synthetic_examples_share_their_options_and_reject_bad_steps(capsys):
+    from examples.synthetic import replay
+
+    for module, extra in ((train, ["--log-dir", "x"]), (replay, ["--export", "x"])):
+        args = module.parse_args(["--steps", "7", "--seed", "3", "--no-progress", *extra])
+        assert (args.steps, args.seed, args.no_progress) == (7, 3, True)
+        with pytest.raises(SystemExit) as info:
+            module.parse_args(["--steps", "0"])
+        assert info.value.code == 2
+        assert "--steps: must be positive, got 0" in capsys.readouterr().err

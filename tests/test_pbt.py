@@ -8,6 +8,7 @@ import math
 import pathlib
 import statistics
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -429,3 +430,23 @@ def test_selection_compiles_once_while_the_population_fills_up(selection):
     state = report(state, m, 0, 20, 100.0)  # now the worst of all n
     assert fn._cache_size() - before == 1
     assert state.mutator_state["num_exploits"] >= 1
+
+
+def test_prepare_compiles_everything_an_exploit_runs_when_the_controller_starts():
+    """The first exploit must not stall a live controller while XLA compiles."""
+    from jaxpop import keys
+    from jaxpop.mutators import selection as selection_lib
+
+    jitted = (keys._split, selection_lib.truncation, ex._uniform_draws)
+    n = 7
+    m = make(hyperparam_space={"lr": ex.log_uniform(1e-4, 1.0), "wd": ex.uniform(0.0, 0.1)})
+    jax.clear_caches()  # what earlier tests compiled does not count
+    pop = PopulationController([{"lr": 0.01 * (i + 1), "wd": 0.01} for i in range(n)], m)
+    started = [f._cache_size() for f in jitted]
+    assert all(started)
+    for step in (10, 20):
+        for i in range(n):
+            gen = pop.active_workers[i].generation_id
+            pop.set_eval(i, gen, step, None, float(i))
+    assert pop.state.mutator_state["num_exploits"] >= 1
+    assert [f._cache_size() for f in jitted] == started

@@ -80,23 +80,12 @@ def replay(schedule: Piecewise, steps: int, seed: int, progress: bool) -> dict[s
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m examples.synthetic.replay",
-        description="Search with BranchingSingleMachine, then replay the found schedule.",
+    parser = train.base_parser(
+        "python -m examples.synthetic.replay",
+        "Search with BranchingSingleMachine, then replay the found schedule.",
     )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=train.DEFAULT_STEPS,
-        help="training steps of the search, explore branches included (default: %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seeds w, the noise and the search")
     parser.add_argument("--export", default=None, help="write schedule.json and schedule.csv here")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error(f"--steps must be positive, got {args.steps}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

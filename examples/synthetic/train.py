@@ -85,24 +85,34 @@ def eval_loss(w: jax.Array) -> jax.Array:
     return jnp.mean((w - OPTIMUM) ** 2)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m examples.synthetic",
-        description="Tune the target of a quadratic online with BranchingSingleMachine.",
-    )
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options the synthetic examples share: ``--steps``, ``--seed``, ``--no-progress``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument(
         "--steps",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_STEPS,
         help="training steps to run in all, explore branches included (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds w, the noise and the controller")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = base_parser(
+        "python -m examples.synthetic",
+        "Tune the target of a quadratic online with BranchingSingleMachine.",
+    )
     parser.add_argument("--log-dir", default=None, help="keep the controller's state here")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    if args.steps <= 0:
-        parser.error(f"--steps must be positive, got {args.steps}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -239,7 +239,11 @@ class _ControllerActor:
 
     def info(self) -> dict[str, Any]:
         controller = self._get()
-        return {**self._info, "num_events": controller.state.num_events}
+        return {
+            **self._info,
+            "num_events": controller.state.num_events,
+            "cpu_s": time.process_time(),
+        }
 
     def close(self) -> None:
         self._closed = True
@@ -358,7 +362,8 @@ class PopulationClient:
 
         ``pid``, ``node_id``, ``log_dir``, ``restarted`` (whether Ray restarted it),
         ``resumed_at_event`` (events it found in ``log_dir`` when it started),
-        ``num_events`` (now) and ``started_at`` (Unix time).
+        ``num_events`` (now), ``started_at`` (Unix time) and ``cpu_s`` (the CPU seconds
+        its process has used: how busy the controller is).
         """
         return self._call("info")
 

@@ -73,11 +73,16 @@ class Mutator(NamedTuple):
       get_worker_data: called when a worker asks for its data, before the controller
         answers from the (possibly new) assignment; see :class:`AskFn`. ``None``: no
         hook.
+      prepare: ``(population_size) -> None``, called once by a controller when it starts
+        (or resumes), before any worker is answered: warm-up work that would otherwise
+        stall the first decision, such as compiling the jitted functions ``update``
+        runs. It changes no state and its result is ignored. ``None``: nothing to do.
     """
 
     init: Callable[[], Any]
     update: UpdateFn
     get_worker_data: AskFn | None = None
+    prepare: Callable[[int], None] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The seed mutators subclass this tuple with a ``__new__`` that takes *their*

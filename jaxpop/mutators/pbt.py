@@ -372,7 +372,24 @@ class PopulationBasedTraining(Mutator):
             }
             return new_state, tuple(new_workers), tuple(new_checkpoints)
 
-        return super().__new__(cls, init, update)
+        def prepare(population_size: int) -> None:
+            """Compiles what an exploit runs (the key split, the built-in selection, the
+            explore draws) for this population size, so that the first exploit does not
+            stall the controller for the fraction of a second XLA takes."""
+            key = np.zeros(2, np.uint32)
+            split_key(key, 3 * population_size)
+            if not callable(selection) and population_size >= 2:
+                select(key, np.zeros(population_size, np.float32), np.ones(population_size, bool))
+            if hyperparam_space is not None:
+                explore_lib.explore(
+                    key,
+                    hyperparam_space,
+                    explore_lib.sample(key, hyperparam_space),
+                    resample_probability=resample_probability,
+                    perturbation_factors=factors,
+                )
+
+        return super().__new__(cls, init, update, None, prepare)
 
 
 def _start_time(history: History) -> float:
