@@ -7,12 +7,12 @@ Adam over a per-member log learning rate, an evaluation on the held-out split ev
 ``--eval-every`` steps and winner-take-all PBT (every member but the best copies the
 best and perturbs its log learning rate by ``0.5 * normal``, clipped):
 
-* ``threads``: ``examples.population_cnn``'s own worker loop (``_worker``) in ``N``
+* ``threads``: ``examples.population_cnn``'s own worker loop (``train_worker``) in ``N``
   threads with a :class:`jaxpop.PopulationController` (``WinnerTakeAllGenetic``,
   journal in a temporary log dir) and Orbax checkpoints through
   :class:`jaxpop.checkpointing.ParamStore`: every evaluation saves ``(params,
   opt_state)``, every exploit restores the parent's checkpoint. The model is
-  ``examples.population_cnn._Model`` with ``examples.simple_cnn``'s experiment.
+  ``examples.population_cnn.Model`` with ``examples.simple_cnn``'s experiment.
 * ``vectorized``: :mod:`jaxpop.vectorized`: one jitted ``vmap_train_step`` (one batch
   per member) and, every ``--eval-every`` steps, one jitted round that evaluates every
   member and runs ``exploit_explore`` on device; the host records the lineage with
@@ -57,7 +57,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -77,13 +76,10 @@ SPACE = {"log_lr": explore.uniform(*LOG_LR_RANGE)}
 
 
 # -- (a) threads: examples.population_cnn's worker loop, controller, Orbax -----------------------
-class _ThreadModel(population_cnn._Model):
-    """``population_cnn._Model`` with the network chosen by name."""
-
-    def __init__(self, model: str, dataset, example_meta):
-        super().__init__(simple_cnn.EXPERIMENT, dataset, example_meta)
-        self.net = MODELS[model](num_classes=dataset.num_classes)
-        self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
+def _thread_model(name: str, dataset, example_meta) -> population_cnn.Model:
+    """``population_cnn.Model`` of ``examples.simple_cnn``'s experiment, network by name."""
+    net = MODELS[name](num_classes=dataset.num_classes)
+    return population_cnn.Model(simple_cnn.EXPERIMENT, dataset, example_meta, net=net)
 
 
 def _worker_args(members: int, steps: int, eval_every: int, batch_size: int, seed: int):
@@ -99,7 +95,7 @@ def _worker_args(members: int, steps: int, eval_every: int, batch_size: int, see
     )
 
 
-def _warm_up_threads(model: _ThreadModel, dataset, population, batch_size, tmp) -> list:
+def _warm_up_threads(model: population_cnn.Model, dataset, population, batch_size, tmp) -> list:
     """Compiles the jitted functions and runs Orbax once; returns ``N`` fresh states."""
     states = [model.init(jax.random.key(i)) for i in range(len(population))]
     images, labels = dataset.train_images[:batch_size], dataset.train_labels[:batch_size]
@@ -115,7 +111,7 @@ def _warm_up_threads(model: _ThreadModel, dataset, population, batch_size, tmp) 
 
 def run_threads(model_name, dataset, members, steps, eval_every, batch_size, seed, repeats):
     population = simple_cnn.initial_population(members, np.random.default_rng(seed))
-    model = _ThreadModel(model_name, dataset, population[0])
+    model = _thread_model(model_name, dataset, population[0])
     args = _worker_args(members, steps, eval_every, batch_size, seed)
     with tempfile.TemporaryDirectory() as tmp:
         states = _warm_up_threads(model, dataset, population, batch_size, tmp)
@@ -130,11 +126,11 @@ def run_threads(model_name, dataset, members, steps, eval_every, batch_size, see
                 seed=seed,
             ) as controller,
         ):
-            progress = tqdm(total=members * steps, disable=True)
             threads = [
                 threading.Thread(
-                    target=population_cnn._worker,
-                    args=(i, controller, store, model, dataset, args, progress, {}),
+                    target=population_cnn.train_worker,
+                    args=(i, controller, store, model, dataset, args),
+                    kwargs={"until_step": steps},
                     name=f"worker-{i}",
                 )
                 for i in range(members)

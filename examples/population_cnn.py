@@ -1,10 +1,11 @@
 """A population of CNN workers in threads: what the ``simple_cnn`` and ``complex_cnn`` share.
 
-Each worker follows the seed's protocol: ask the controller for its data, load the
-parameters it names (an Orbax checkpoint handle, or ``None`` for a fresh start), train
-with the hyperparameters it names, and every ``eval_every`` steps evaluate on the
-held-out split, save ``(params, opt_state)`` with the Orbax store and report the
-validation loss with the handle. Hyperparameters reach the compiled training step as
+Each worker (:func:`train_worker`, also what ``examples.ray`` runs in Ray actors) asks
+the controller for its data, loads the parameters it names (an Orbax checkpoint handle,
+or ``None`` for a fresh start), trains with the hyperparameters it names, and every
+``eval_every`` steps evaluates on the held-out split, saves ``(params, opt_state)`` with
+the Orbax store and reports the validation loss with the handle; the report's answer
+says whether to go on or to load other work. Hyperparameters reach the compiled training step as
 arrays (``jaxpop.hparams``): the step compiles once (per batch size) however often they
 change.
 
@@ -37,7 +38,7 @@ from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.mutators.base import Mutator
 
-__all__ = ["Experiment", "TrainState", "add_flags", "run", "summarize"]
+__all__ = ["Experiment", "Model", "TrainState", "add_flags", "run", "summarize", "train_worker"]
 
 
 @struct.dataclass
@@ -84,12 +85,21 @@ class Experiment:
         return as_traced({k: meta_params[k] for k in names})
 
 
-class _Model:
-    """The jitted functions of one experiment on one data set, shared by all threads."""
+class Model:
+    """The jitted functions of one experiment on one data set, shared by all threads.
 
-    def __init__(self, experiment: Experiment, dataset: data_lib.Dataset, example_meta):
+    ``net``: the flax module to train (default: the examples' CNN for the data set).
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        dataset: data_lib.Dataset,
+        example_meta: Mapping[str, Any],
+        net: Any = None,
+    ):
         self.experiment = experiment
-        self.net = CNN(num_classes=dataset.num_classes)
+        self.net = CNN(num_classes=dataset.num_classes) if net is None else net
         self.tx = make_optimizer(
             optax.adam,
             example_meta,
@@ -130,52 +140,75 @@ class _Model:
         return cross_entropy(logits, self.val_labels), accuracy(logits, self.val_labels)
 
 
-def _worker(
+def train_worker(
     worker_id: int,
-    controller: PopulationController,
+    controller: Any,
     store: ParamStore,
-    model: _Model,
+    model: Model,
     dataset: data_lib.Dataset,
     args: argparse.Namespace,
-    progress: tqdm,
-    accuracies: dict,
+    *,
+    until_step: int,
+    progress: tqdm | None = None,
     tb: tensorboard.TensorBoardWriter | None = None,
-) -> None:
+) -> dict[tuple[str, int], float]:
+    """One worker of the population, until its step reaches ``until_step``.
+
+    ``controller`` is a :class:`jaxpop.PopulationController` (threads) or a
+    :class:`jaxpop.distributed.ray.PopulationClient` (Ray): the loop is the same. It asks
+    for this worker's slot once, then calls the controller once per evaluation:
+    ``report`` records the checkpoint and says whether to switch to other work. Worker 0
+    also collects the store's garbage every ``args.gc_every`` evaluations. Returns the
+    validation accuracy of each checkpoint it evaluated.
+    """
     rng = np.random.default_rng([args.seed, worker_id])
     key = jax.random.key(args.seed * 1009 + worker_id)
-    generation_id, meta, state, handle, step = None, None, None, None, 0
-    for _ in range(args.steps):
-        data = controller.maybe_get_worker_data(worker_id, generation_id, step, handle, meta)
+    accuracies: dict[tuple[str, int], float] = {}
+    missing = None
+    data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
+    while True:
         if data is not None:
             generation_id, meta, step = data.generation_id, data.meta_params, data.step
-            handle = data.params
-            if handle is None:
+            if data.params is None:
                 key, init_key = jax.random.split(key)
                 state = model.init(init_key)
             else:  # copied from a checkpoint; the new hyperparameters go in below
                 try:
-                    state = store.restore(handle, model.abstract_state)
-                except MissingCheckpointError:  # reassigned again and collected: ask again
-                    generation_id = None
+                    state = store.restore(data.params, model.abstract_state)
+                except MissingCheckpointError:
+                    if data.params == missing:  # asked again and got the same: not there
+                        raise RuntimeError(
+                            f"worker {worker_id} cannot read its checkpoint {data.params}: "
+                            "the log dir must be on storage every worker can reach"
+                        ) from None
+                    missing = data.params  # reassigned and collected meanwhile: ask again
+                    data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
                     continue
             hp = model.experiment.traced(meta)
             batch_size = model.experiment.batch_size(meta, args)
             batches = data_lib.batches(dataset.train_images, dataset.train_labels, batch_size, rng)
+            data = None
+        if step >= until_step:
+            return accuracies
         images, labels = next(batches)
         key, step_key = jax.random.split(key)
         state, _ = model.train_step(state, images, labels, hp, step_key)
         step += 1
-        progress.update(1)
-        if step % args.eval_every == 0:
+        if progress is not None:
+            progress.update(1)
+        if step % args.eval_every == 0 or step == until_step:
             loss, acc = (float(x) for x in model.evaluate(state))
             handle = store.save(generation_id, step, state)
-            controller.set_eval(worker_id, generation_id, step, handle, loss)
+            data = controller.report(worker_id, generation_id, step, handle, loss)
             accuracies[(generation_id, step)] = acc
             if tb is not None:
                 tb.log_eval(step, loss, meta, {"accuracy": acc})
-            progress.set_postfix(worker=worker_id, val_loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+            if progress is not None:
+                progress.set_postfix(worker=worker_id, val_loss=f"{loss:.3f}", acc=f"{acc:.3f}")
             if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
                 store.collect_garbage(controller, keep_best=args.keep_best)  # bounded disk
+            if step >= until_step:
+                return accuracies
 
 
 def add_flags(parser: argparse.ArgumentParser, *, steps: int, workers: int, log_dir: str):
@@ -203,7 +236,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed)."""
     dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
-    model = _Model(experiment, dataset, population[0])
+    model = Model(experiment, dataset, population[0])
     accuracies: dict = {}
     writers = (
         tensorboard.writers(os.path.join(args.log_dir, "tensorboard"), args.workers)
@@ -226,12 +259,26 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
             unit="step",
             disable=args.no_progress,
         )
-        threads = [
-            threading.Thread(
-                target=_worker,
-                args=(i, controller, store, model, dataset, args, progress, accuracies, writers[i]),
-                name=f"worker-{i}",
+        # each worker trains --steps more steps than where it stands (a resumed run goes on)
+        until = [w.step + args.steps for w in controller.active_workers]
+
+        def work(i: int) -> None:
+            accuracies.update(
+                train_worker(
+                    i,
+                    controller,
+                    store,
+                    model,
+                    dataset,
+                    args,
+                    until_step=until[i],
+                    progress=progress,
+                    tb=writers[i],
+                )
             )
+
+        threads = [
+            threading.Thread(target=work, args=(i,), name=f"worker-{i}")
             for i in range(args.workers)
         ]
         for t in threads:

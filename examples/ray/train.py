@@ -11,8 +11,9 @@ collects garbage at the end and prints the same summary table.
 
 Differences from the threaded example, each because a worker may now be restarted:
 
-* a worker trains until its step reaches ``--steps`` (not for ``--steps`` iterations): a
-  restarted worker resumes at its latest reported step and does only what is left;
+* a worker trains until its step reaches ``--steps`` (the threads train ``--steps`` past
+  where a resumed run stood): a restarted worker resumes at its latest reported step and
+  does only what is left;
 * checkpoints are saved synchronously (``ParamStore(async_save=False)``) before they are
   reported, so a worker killed mid-save never leaves the controller a handle to a
   checkpoint that was never finished;
@@ -43,7 +44,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 import ray
 from tqdm import tqdm
@@ -53,7 +53,7 @@ import jaxpop
 from examples import data as data_lib
 from examples import population_cnn
 from examples.simple_cnn.train import EXPERIMENT
-from jaxpop.checkpointing import MissingCheckpointError, ParamStore
+from jaxpop.checkpointing import ParamStore
 from jaxpop.distributed import ray as jaxpop_ray
 from jaxpop.tensorboard import TensorBoardWriter
 
@@ -65,67 +65,25 @@ def train_worker(
 ) -> dict[str, Any]:
     """One worker of the population, in its own Ray actor (called again after a restart).
 
-    Returns the validation accuracy of each checkpoint it evaluated (in this
-    incarnation), its number of compilations and the data set's name.
+    The threads' loop (:func:`examples.population_cnn.train_worker`) with a client for a
+    controller and a synchronous store. Returns the validation accuracy of each
+    checkpoint it evaluated (in this incarnation), its number of compilations and the
+    data set's name.
     """
     log_dir = os.path.abspath(args.log_dir)
     dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
     example_meta = EXPERIMENT.initial_population(args.workers, np.random.default_rng(args.seed))
-    model = population_cnn._Model(EXPERIMENT, dataset, example_meta[0])
-    store = ParamStore(os.path.join(log_dir, "params"), async_save=False)
+    model = population_cnn.Model(EXPERIMENT, dataset, example_meta[0])
     tb = (
         TensorBoardWriter(os.path.join(log_dir, "tensorboard"), worker_id)
         if args.tensorboard
         else None
     )
-    rng = np.random.default_rng([args.seed, worker_id])
-    key = jax.random.key(args.seed * 1009 + worker_id)
-    accuracies: dict[tuple[str, int], float] = {}
-    generation_id, meta, state, step, missing = None, None, None, 0, None
-    # one round trip per evaluation: ask for this worker's slot once, then each report
-    # answers what to do next (asking before every step would cost one more each step)
-    data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
-    while True:
-        if data is not None:
-            generation_id, meta, step = data.generation_id, data.meta_params, data.step
-            if data.params is None:
-                key, init_key = jax.random.split(key)
-                state = model.init(init_key)
-            else:
-                try:
-                    state = store.restore(data.params, model.abstract_state)
-                except MissingCheckpointError:
-                    if data.params == missing:  # asked again and got the same: not there
-                        raise RuntimeError(
-                            f"worker {worker_id} cannot read its checkpoint {data.params}: "
-                            "the --log-dir must be on storage every node of the cluster shares"
-                        ) from None
-                    missing = data.params  # reassigned and collected meanwhile: ask again
-                    data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
-                    continue
-            hp = EXPERIMENT.traced(meta)
-            batches = data_lib.batches(
-                dataset.train_images, dataset.train_labels, args.batch_size, rng
-            )
-            data = None
-        if step >= args.steps:
-            break
-        images, labels = next(batches)
-        key, step_key = jax.random.split(key)
-        state, _ = model.train_step(state, images, labels, hp, step_key)
-        step += 1
-        if step % args.eval_every == 0:
-            loss, acc = (float(x) for x in model.evaluate(state))
-            handle = store.save(generation_id, step, state)  # finished before it is reported
-            data = client.report(worker_id, generation_id, step, handle, loss)
-            accuracies[(generation_id, step)] = acc
-            if tb is not None:
-                tb.log_eval(step, loss, meta, {"accuracy": acc})
-            if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
-                store.collect_garbage(client, keep_best=args.keep_best)  # bounded disk
-            if step >= args.steps:
-                break
-    store.close()
+    # saved before it is reported: a worker killed mid-save leaves no handle to nothing
+    with ParamStore(os.path.join(log_dir, "params"), async_save=False) as store:
+        accuracies = population_cnn.train_worker(
+            worker_id, client, store, model, dataset, args, until_step=args.steps, tb=tb
+        )
     if tb is not None:
         tb.close()
     return {"accuracies": accuracies, "compilations": model.compilations, "dataset": dataset.name}
