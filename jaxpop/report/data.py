@@ -1,0 +1,299 @@
+"""Report data: locating and loading a run, hyperparameters as columns, members and series.
+
+Pure functions of a run's state; see :mod:`jaxpop.report` for the definitions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxpop import storage
+from jaxpop.core import PopulationState
+from jaxpop.history import History
+from jaxpop.mutators import ExploitEvent, exploit_events
+from jaxpop.records import Checkpoint
+
+if TYPE_CHECKING:
+    pass
+
+_RUN_FILE_PREFIXES = (("snapshot-", ".jpsnap"), ("journal-", ".jpjournal"))
+_SEARCH_DEPTH = 2  # how far below LOGDIR to look for a run
+_MAX_ARRAY_LEAF = 16  # larger arrays in meta_params are not hyperparameter columns
+
+
+class NotARunError(ValueError):
+    """A directory that holds no jaxpop run (or several); the message says what to pass."""
+
+
+# -- locating and loading a run -------------------------------------------------------
+def _is_run_dir(path: str) -> bool:
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return False
+    return any(n.startswith(p) and n.endswith(s) for n in names for p, s in _RUN_FILE_PREFIXES)
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [
+        e.path for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+    ]
+
+
+def find_run_dir(path: str | os.PathLike) -> str:
+    """The jaxpop run directory ``path`` names: ``path`` itself, or its one run below.
+
+    A run directory holds ``snapshot-*.jpsnap`` (or journal) files: the ``log_dir`` of a
+    ``PopulationController``. The CNN examples keep it in ``<log-dir>/population``, so
+    a parent directory that holds exactly one run (within two levels) names that run.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      NotADirectoryError: ``path`` is a file.
+      NotARunError: ``path`` is empty, holds no run, or holds several.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: pass the log_dir of a jaxpop run")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} is a file: pass the log_dir (a directory) of a run")
+    if _is_run_dir(path):
+        return path
+    hint = (
+        "a run's directory is the log_dir given to PopulationController and holds "
+        "snapshot-*.jpsnap files (the CNN examples write it to <log-dir>/population)"
+    )
+    if not os.listdir(path):
+        raise NotARunError(f"{path} is empty: no jaxpop run has been written there yet; {hint}")
+    runs, frontier = [], [path]
+    for _ in range(_SEARCH_DEPTH):
+        frontier = [d for parent in frontier for d in _subdirs(parent)]
+        runs.extend(d for d in frontier if _is_run_dir(d))
+        frontier = [d for d in frontier if d not in runs]
+    if not runs:
+        raise NotARunError(f"{path} is not a jaxpop run and holds none; {hint}")
+    if len(runs) > 1:
+        raise NotARunError(
+            f"{path} holds {len(runs)} jaxpop runs ({', '.join(runs)}); pass one of them"
+        )
+    return runs[0]
+
+
+def load(log_dir: str | os.PathLike) -> Report:
+    """Reads the run at ``log_dir`` (see :func:`find_run_dir`) into a :class:`Report`.
+
+    Never takes the run's lock and never writes to it, so it is safe while the run is
+    live: a record being written is left out.
+
+    Raises:
+      FileNotFoundError, NotADirectoryError, NotARunError: see :func:`find_run_dir`.
+      jaxpop.storage.CorruptLogError: a file of the run is damaged.
+    """
+    run_dir = find_run_dir(log_dir)
+    state = storage.read_state(run_dir)
+    if state is None:  # its files vanished between the two looks
+        raise NotARunError(f"{run_dir} holds no jaxpop state (no snapshot)")
+    return build(state, run_dir)
+
+
+# -- hyperparameters as flat columns --------------------------------------------------
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _scalar(leaf: Any) -> Any:
+    """A leaf as a plain Python scalar (or ``None`` if it is not one)."""
+    if isinstance(leaf, bool | np.bool_):
+        return bool(leaf)
+    if isinstance(leaf, numbers.Integral):
+        return int(leaf)
+    if isinstance(leaf, numbers.Real):
+        return float(leaf)
+    if isinstance(leaf, str):
+        return leaf
+    return None
+
+
+def flatten_hparams(meta_params: Any) -> dict[str, Any]:
+    """``meta_params`` as ``{dotted key: scalar}``, in the pytree's leaf order.
+
+    Dict keys, sequence indices and dataclass fields join with ``"."``; a bare scalar
+    is named ``"value"``. Numbers become Python ``int``/``float``/``bool``, strings stay;
+    arrays of up to 16 elements become one entry per element (a size-1 array one
+    entry under its own key); larger arrays and other leaves are left out.
+    """
+    flat: dict[str, Any] = {}
+    leaves, _ = jax.tree_util.tree_flatten_with_path(meta_params)
+    for path, leaf in leaves:
+        name = ".".join(_key_name(p) for p in path) or "value"
+        value = _scalar(leaf)
+        if value is not None:
+            flat[name] = value
+            continue
+        if hasattr(leaf, "dtype") and hasattr(leaf, "size") and leaf.size <= _MAX_ARRAY_LEAF:
+            array = np.asarray(leaf)
+            if array.dtype.kind not in "biuf":
+                continue
+            if array.size == 1:
+                flat[name] = array.reshape(()).item()
+            else:
+                for i, item in enumerate(array.reshape(-1).tolist()):
+                    flat[f"{name}.{i}"] = item
+    return flat
+
+
+def numeric_hparams(meta_params: Any) -> dict[str, float]:
+    """The numeric entries of :func:`flatten_hparams`, as floats (bools as 0/1)."""
+    return {k: float(v) for k, v in flatten_hparams(meta_params).items() if not isinstance(v, str)}
+
+
+# -- the report data ------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class Member:
+    """One worker's trajectory.
+
+    Attributes:
+      worker: the worker id.
+      generation_id: the worker's current generation.
+      step: the worker's current step.
+      meta_params: the worker's current hyperparameters.
+      lineage: the checkpoints its parameters descend from, root first, ending at its
+        current position (the newest checkpoint of its current generation).
+      scored: its latest evaluated checkpoint along ``lineage`` (``None``: none yet).
+    """
+
+    worker: int
+    generation_id: str
+    step: int
+    meta_params: Any
+    lineage: tuple[Checkpoint, ...]
+    scored: Checkpoint | None
+
+    @property
+    def value(self) -> float | None:
+        """The member's score: ``scored.value``."""
+        return None if self.scored is None else self.scored.value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Report:
+    """Everything the report shows, computed from one read of a run's state.
+
+    Attributes:
+      log_dir: the run directory it was read from (``""`` if built from a state).
+      state: the population state read.
+      members: one per worker, by worker id.
+      best: the best member (``None`` while nothing is evaluated).
+      best_lineage: ``history.lineage`` of the best member's scored checkpoint.
+      exploits: every exploit event, in the order the generations were created.
+      hparam_names: the numeric hyperparameter names (union over all checkpoints).
+    """
+
+    log_dir: str
+    state: PopulationState
+    members: tuple[Member, ...]
+    best: Member | None
+    best_lineage: tuple[Checkpoint, ...]
+    exploits: tuple[ExploitEvent, ...]
+    hparam_names: tuple[str, ...]
+
+    @property
+    def history(self) -> History:
+        return self.state.history
+
+    @property
+    def population_size(self) -> int:
+        return self.state.population_size
+
+    @property
+    def num_evaluations(self) -> int:
+        return sum(1 for c in self.history.checkpoints() if c.value is not None)
+
+
+def _rank(value: float | None) -> tuple[int, float]:
+    if value is None:
+        return (2, 0.0)
+    return (0, value) if math.isfinite(value) else (1, 0.0)
+
+
+def _member(history: History, worker_id: int, worker: Any) -> Member:
+    generation_id = worker.generation_id
+    # a worker's generation is always in a consistent history; if not, report the rest
+    lineage = tuple(history.lineage(generation_id)) if generation_id in history else ()
+    scored = next((c for c in reversed(lineage) if c.value is not None), None)
+    return Member(worker_id, generation_id, worker.step, worker.meta_params, lineage, scored)
+
+
+def build(state: PopulationState, log_dir: str = "") -> Report:
+    """The :class:`Report` of ``state`` (pure: reads nothing, writes nothing)."""
+    history = state.history
+    members = tuple(_member(history, i, w) for i, w in enumerate(state.workers))
+    scored = [m for m in members if m.scored is not None]
+    best = min(scored, key=lambda m: (_rank(m.value), m.worker)) if scored else None
+    best_lineage = (
+        () if best is None else tuple(history.lineage(best.scored.generation_id, best.scored.step))
+    )
+    names: dict[str, None] = {}
+    for generation_id in history:
+        for name in numeric_hparams(history.first(generation_id).meta_params):
+            names.setdefault(name)
+    return Report(
+        log_dir=log_dir,
+        state=state,
+        members=members,
+        best=best,
+        best_lineage=best_lineage,
+        exploits=tuple(exploit_events(history)),
+        hparam_names=tuple(names),
+    )
+
+
+class Series(NamedTuple):
+    """One plotted line: ``values[i]`` at ``steps[i]`` (float arrays, NaN where absent)."""
+
+    label: str
+    steps: np.ndarray
+    values: np.ndarray
+
+
+def _series(label: str, checkpoints: Sequence[Checkpoint], hparam: str | None) -> Series:
+    if hparam is None:
+        points = [(c.step, c.value) for c in checkpoints if c.value is not None]
+    else:
+        points = [
+            (c.step, numeric_hparams(c.meta_params).get(hparam, math.nan)) for c in checkpoints
+        ]
+    steps = np.asarray([p[0] for p in points], dtype=np.float64)
+    values = np.asarray([p[1] for p in points], dtype=np.float64)
+    return Series(label, steps, values)
+
+
+def member_series(report: Report, hparam: str | None = None) -> list[Series]:
+    """One :class:`Series` per member along its lineage (label ``"worker <w>"``).
+
+    ``hparam=None``: its evaluated checkpoints' values; otherwise the hyperparameter
+    ``hparam`` at every checkpoint (a copy shows as a jump at the copy step).
+    """
+    return [_series(f"worker {m.worker}", m.lineage, hparam) for m in report.members]
+
+
+def best_series(report: Report, hparam: str | None = None) -> Series | None:
+    """The best lineage as a :class:`Series` (see :func:`member_series`), or ``None``."""
+    if report.best is None:
+        return None
+    return _series(f"best: worker {report.best.worker}", report.best_lineage, hparam)

@@ -1,0 +1,76 @@
+"""Report files: everything ``jaxpop report LOGDIR`` writes, beside the run, never in it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import TYPE_CHECKING
+
+from jaxpop.report.data import Report, load
+from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
+from jaxpop.report.tables import summary, write_csv
+
+if TYPE_CHECKING:
+    pass
+
+
+# -- files ----------------------------------------------------------------------------
+def _inside(path: str, directory: str) -> bool:
+    path, directory = os.path.realpath(path), os.path.realpath(directory)
+    return path == directory or path.startswith(directory + os.sep)
+
+
+def default_out_dir(run_dir: str) -> str:
+    """Where ``jaxpop report`` writes by default: ``<run dir>-report``, beside the run."""
+    return os.path.normpath(run_dir) + "-report"
+
+
+def write_report(
+    log_dir: str | os.PathLike | Report,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    log_scale: bool = False,
+) -> dict[str, str]:
+    """Writes ``hparams.png``, ``scores.png``, ``lineage.png``, ``history.csv`` and
+    ``summary.json`` into ``out_dir``; returns ``{file name: path}``.
+
+    ``log_dir`` is a run directory (or its parent, see :func:`find_run_dir`) or an
+    already loaded :class:`Report`. ``out_dir`` defaults to :func:`default_out_dir`
+    and is created if needed; it may not lie inside the run's directory, which is never
+    written to. Each file is written to a temporary name and renamed into place.
+    """
+    report = log_dir if isinstance(log_dir, Report) else load(log_dir)
+    if out_dir is None:
+        if not report.log_dir:
+            raise ValueError("out_dir is required for a report built from a state")
+        out_dir = default_out_dir(report.log_dir)
+    out_dir = os.fspath(out_dir)
+    if report.log_dir and _inside(out_dir, report.log_dir):
+        raise ValueError(
+            f"out_dir {out_dir} lies inside the run's directory {report.log_dir}; the "
+            "report never writes there: choose another out_dir"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    written: dict[str, str] = {}
+
+    def put(name: str, data: bytes) -> None:
+        path = os.path.join(out_dir, name)
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+        written[name] = path
+
+    for name, make in (
+        ("hparams.png", lambda: plot_hparams(report)),
+        ("scores.png", lambda: plot_scores(report, log_scale=log_scale)),
+        ("lineage.png", lambda: plot_lineage(report)),
+    ):
+        buffer = io.BytesIO()
+        make().savefig(buffer, format="png", dpi=110)
+        put(name, buffer.getvalue())
+    text = io.StringIO()
+    write_csv(report.history, text)
+    put("history.csv", text.getvalue().encode())
+    put("summary.json", (json.dumps(summary(report), indent=2, allow_nan=False) + "\n").encode())
+    return written

@@ -1,0 +1,223 @@
+"""Report tables: the history as CSV rows, the JSON-ready summary and its printed form."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TextIO
+
+from jaxpop.history import History
+from jaxpop.report.data import Report, flatten_hparams
+
+if TYPE_CHECKING:
+    pass
+
+#: The fixed leading columns of ``history.csv``; flattened hyperparameters follow.
+CSV_COLUMNS = ("generation_id", "parent_generation", "parent_step", "step", "time", "value")
+
+
+# -- tables: CSV rows and the summary -------------------------------------------------
+def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
+    """``(columns, rows)``: one row per checkpoint, in history order.
+
+    Columns are :data:`CSV_COLUMNS` then every flattened hyperparameter (the union
+    over all checkpoints, in first-seen order; one named like a fixed column gets the
+    prefix ``hparams.``); a missing entry is ``None``.
+    """
+    rows, names = [], {}
+    for checkpoint in history.checkpoints():
+        parent = checkpoint.parent
+        row = {
+            "generation_id": checkpoint.generation_id,
+            "parent_generation": None if parent is None else parent[0],
+            "parent_step": None if parent is None else parent[1],
+            "step": checkpoint.step,
+            "time": checkpoint.time,
+            "value": checkpoint.value,
+        }
+        hparams = flatten_hparams(checkpoint.meta_params)
+        for name in hparams:
+            names.setdefault(name)
+        rows.append((row, hparams))
+    column = {n: f"hparams.{n}" if n in CSV_COLUMNS else n for n in names}
+    out = []
+    for row, hparams in rows:
+        for name in names:
+            row[column[name]] = hparams.get(name)
+        out.append(row)
+    return [*CSV_COLUMNS, *column.values()], out
+
+
+def write_csv(history: History, file: TextIO) -> int:
+    """Writes :func:`history_rows` as CSV to ``file``; returns the number of rows."""
+    columns, rows = history_rows(history)
+    writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return len(rows)
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # "nan", "inf", "-inf": strict JSON has no such numbers
+    return value
+
+
+def _json_hparams(meta_params: Any) -> dict[str, Any]:
+    return {k: _json_number(v) for k, v in flatten_hparams(meta_params).items()}
+
+
+def summary(report: Report) -> dict[str, Any]:
+    """The run at a glance, as JSON-ready plain data (what ``summary.json`` holds).
+
+    Non-finite values appear as the strings ``"nan"``, ``"inf"``, ``"-inf"``; ``best``
+    is ``None`` while nothing is evaluated.
+    """
+    history = report.history
+    times = [c.time for c in history.checkpoints()]
+    best = report.best
+    return {
+        "log_dir": report.log_dir,
+        "population_size": report.population_size,
+        "num_checkpoints": history.num_checkpoints,
+        "num_generations": len(history),
+        "num_evaluations": report.num_evaluations,
+        "num_exploit_events": len(report.exploits),
+        "best": None
+        if best is None
+        else {
+            "worker": best.worker,
+            "generation_id": best.scored.generation_id,
+            "step": best.scored.step,
+            "value": _json_number(best.value),
+            "hyperparameters": _json_hparams(best.scored.meta_params),
+            "current_generation_id": best.generation_id,
+            "current_hyperparameters": _json_hparams(best.meta_params),
+        },
+        "wall_clock": {
+            "start": min(times) if times else None,
+            "end": max(times) if times else None,
+            "seconds": max(times) - min(times) if times else 0.0,
+        },
+        "members": [
+            {
+                "worker": m.worker,
+                "generation_id": m.generation_id,
+                "step": m.step,
+                "value": _json_number(m.value),
+                "value_step": None if m.scored is None else m.scored.step,
+                "hyperparameters": _json_hparams(m.meta_params),
+            }
+            for m in report.members
+        ],
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.5g}"
+    return str(value)
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    utc = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _overview_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    best, clock = info["best"], info["wall_clock"]
+    rows = [
+        ("log_dir", info["log_dir"] or "-"),
+        ("population size", str(info["population_size"])),
+        ("checkpoints", str(info["num_checkpoints"])),
+        ("evaluations", str(info["num_evaluations"])),
+        ("generations", str(info["num_generations"])),
+        ("exploit events", str(info["num_exploit_events"])),
+    ]
+    if best is None:
+        rows.append(("best member", "none yet: no evaluation has been reported"))
+    else:
+        rows += [
+            (
+                "best member",
+                f"worker {best['worker']} (generation {best['generation_id']}, "
+                f"step {best['step']})",
+            ),
+            ("best value", _fmt(best["value"])),
+            (
+                "its hyperparameters",
+                ", ".join(f"{k}={_fmt(v)}" for k, v in best["hyperparameters"].items()) or "-",
+            ),
+        ]
+    rows.append(
+        (
+            "wall-clock span",
+            f"{_fmt_time(clock['start'])} .. {_fmt_time(clock['end'])} ({clock['seconds']:.1f} s)",
+        )
+    )
+    return rows
+
+
+def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    names = list(dict.fromkeys(k for m in info["members"] for k in m["hyperparameters"]))
+    best = info["best"]
+    header = ["worker", "value", "at step", "step", "generation", *names]
+    rows = [
+        [
+            f"{m['worker']}{' *' if best is not None and best['worker'] == m['worker'] else ''}",
+            _fmt(m["value"]),
+            _fmt(m["value_step"]),
+            _fmt(m["step"]),
+            m["generation_id"],
+            *(_fmt(m["hyperparameters"].get(k)) for k in names),
+        ]
+        for m in info["members"]
+    ]
+    return header, rows
+
+
+def format_summary(info: Mapping[str, Any]) -> str:
+    """The :func:`summary` as plain-text tables (what is printed without ``rich``)."""
+    lines = []
+    overview = _overview_rows(info)
+    width = max(len(k) for k, _ in overview)
+    lines += [f"{k.ljust(width)}  {v}" for k, v in overview]
+    header, rows = _member_rows(info)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines.append("")
+    lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    lines.append("-" * len(lines[-1]))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines)
+
+
+def print_summary(info: Mapping[str, Any], file: TextIO | None = None) -> None:
+    """Prints the :func:`summary` as tables: with ``rich`` if installed, else plain."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+    except ImportError:
+        print(format_summary(info), file=file)
+        return
+    console = Console(file=file)
+    overview = Table(title="jaxpop report", show_header=False)
+    overview.add_column(style="bold")
+    overview.add_column()
+    for key, value in _overview_rows(info):
+        overview.add_row(key, Text(value))  # Text: no markup is read from the data
+    console.print(overview)
+    header, rows = _member_rows(info)
+    members = Table(title="members (* best)")
+    for name in header:
+        members.add_column(name, justify="left" if name == "generation" else "right")
+    for row in rows:
+        members.add_row(*map(Text, row))
+    console.print(members)
