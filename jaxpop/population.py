@@ -112,7 +112,11 @@ class PopulationController:
             weakref.finalize(self, store.close)
         self._state = state
         if mutator.prepare is not None:
-            mutator.prepare(state.population_size)
+            try:
+                mutator.prepare(state.population_size)
+            except BaseException:
+                self.close()
+                raise
 
     # -- the seed's API -------------------------------------------------------------
     def maybe_get_worker_data(

@@ -157,3 +157,18 @@ def test_the_controller_prepares_its_mutator_once_with_the_population_size(tmp_p
         assert calls == [3]
     with PopulationController([{}] * 3, m, log_dir=tmp_path):  # resumed: prepared again
         assert calls == [3, 3]
+
+
+def test_a_failing_prepare_releases_the_log_dir(tmp_path):
+    from jaxpop.mutators import Mutator
+
+    def broken(population_size):
+        raise RuntimeError("no compiler today")
+
+    base = noop_mutator()
+    with pytest.raises(RuntimeError, match="no compiler today") as info:
+        PopulationController([{}] * 2, Mutator(base.init, base.update, prepare=broken), tmp_path)
+    # the traceback keeps the half-built controller alive: its lock must be gone anyway
+    assert info.tb is not None
+    with PopulationController([{}] * 2, base, tmp_path) as pop:
+        assert pop.maybe_get_worker_data(0, None, 0, None, None) is not None
