@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from examples import data as data_lib
 from examples.cnn import CNN, accuracy, augment, cross_entropy
-from jaxpop import PopulationController, tensorboard
+from jaxpop import Controller, PopulationController, tensorboard
 from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.mutators.base import Mutator
@@ -142,7 +142,7 @@ class Model:
 
 def train_worker(
     worker_id: int,
-    controller: Any,
+    controller: Controller,
     store: ParamStore,
     model: Model,
     dataset: data_lib.Dataset,
@@ -155,7 +155,8 @@ def train_worker(
     """One worker of the population, until its step reaches ``until_step``.
 
     ``controller`` is a :class:`jaxpop.PopulationController` (threads) or a
-    :class:`jaxpop.distributed.ray.PopulationClient` (Ray): the loop is the same. It asks
+    :class:`jaxpop.distributed.ray.PopulationClient` (Ray), both a
+    :class:`jaxpop.Controller`: the loop is the same. It asks
     for this worker's slot once, then calls the controller once per evaluation:
     ``report`` records the checkpoint and says whether to switch to other work. Worker 0
     also collects the store's garbage every ``args.gc_every`` evaluations. Returns the

@@ -20,7 +20,7 @@ from jaxpop.mutators import (
     PopulationBasedTraining,
     WinnerTakeAllGenetic,
 )
-from jaxpop.population import PopulationController
+from jaxpop.population import Controller, PopulationController
 from jaxpop.records import ActiveWorker, Checkpoint
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ __all__ = [
     "Ask",
     "BranchingSingleMachine",
     "Checkpoint",
+    "Controller",
     "Eval",
     "FixedSchedule",
     "GenerationView",

@@ -124,7 +124,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +133,9 @@ import orbax.checkpoint as ocp
 
 from jaxpop.core import PopulationState
 from jaxpop.history import History
+
+if TYPE_CHECKING:
+    from jaxpop.population import Controller
 
 __all__ = [
     "FORMAT",
@@ -371,11 +374,12 @@ def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset
     return frozenset(out)
 
 
-def _as_state(state_or_controller: Any) -> PopulationState:
+def _as_state(state_or_controller: PopulationState | Controller) -> PopulationState:
     state = getattr(state_or_controller, "state", state_or_controller)
     if not isinstance(state, PopulationState):
         raise TypeError(
-            "collect_garbage takes a PopulationState or a PopulationController, got "
+            "collect_garbage takes a PopulationState or a PopulationController (or a "
+            "jaxpop.distributed.ray.PopulationClient), got "
             f"{type(state_or_controller).__name__}"
         )
     return state
@@ -711,7 +715,7 @@ class ParamStore:
 
     def collect_garbage(
         self,
-        state_or_controller: Any,
+        state_or_controller: PopulationState | Controller,
         *,
         keep_best: int = 1,
         keep: Iterable[str] = (),
@@ -720,8 +724,9 @@ class ParamStore:
         """Deletes the checkpoints that nothing can load any more (see the module docstring).
 
         Args:
-          state_or_controller: a ``PopulationState`` or a ``PopulationController`` (its
-            ``state`` is read once). Give the population whose history holds this
+          state_or_controller: a ``PopulationState`` or a :class:`jaxpop.Controller`
+            (a ``PopulationController`` or a Ray ``PopulationClient``; its ``state`` is
+            read once). Give the population whose history holds this
             store's handles.
           keep_best: also keep this many best evaluated checkpoints of the history.
           keep: more handles to keep.

@@ -17,7 +17,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from jaxpop import core, storage
 from jaxpop.core import PopulationState
@@ -27,9 +27,52 @@ from jaxpop.keys import root_key
 from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint
 
-__all__ = ["ActiveWorker", "Checkpoint", "PopulationController", "PopulationState"]
+__all__ = ["ActiveWorker", "Checkpoint", "Controller", "PopulationController", "PopulationState"]
 
 logger = logging.getLogger("jaxpop")
+
+
+class Controller(Protocol):
+    """What worker code needs of a controller, wherever the controller runs.
+
+    :class:`PopulationController` (in-process, workers in threads) and
+    :class:`jaxpop.distributed.ray.PopulationClient` (a controller in a Ray actor) both
+    have it: annotate a worker function's controller with this type and it runs in a
+    thread or on a cluster unchanged. A static type only (no ``isinstance``: on a client
+    every property is a round trip).
+    """
+
+    def maybe_get_worker_data(
+        self,
+        worker_id: int,
+        generation_id: str | None,
+        step: int,
+        params: Any,
+        meta_params: Any,
+    ) -> ActiveWorker | None: ...
+
+    def set_eval(
+        self, worker_id: int, generation_id: str, step: int, params: Any, value: float
+    ) -> None: ...
+
+    def report(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        params: Any,
+        value: float,
+        meta_params: Any = None,
+    ) -> ActiveWorker | None: ...
+
+    @property
+    def active_workers(self) -> tuple[ActiveWorker, ...]: ...
+
+    @property
+    def history(self) -> History: ...
+
+    @property
+    def state(self) -> PopulationState: ...
 
 
 class PopulationController:

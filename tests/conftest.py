@@ -39,3 +39,29 @@ def fresh_state(population, mutator, seed=0, now=0.0):
 def apply(state, event, now, mutator):
     """Applies one event through the core with the state's own event key."""
     return core.transition(state, event, now, core.event_key(state), mutator=mutator)
+
+
+def assert_is_a_controller(cls: type) -> None:
+    """``cls`` has every member of :class:`jaxpop.Controller`, each of the same kind
+    (property or method) and, for methods, with the same parameters."""
+    import inspect
+
+    from jaxpop import Controller
+
+    members = sorted(n for n in vars(Controller) if not n.startswith("_"))
+    assert members == [
+        "active_workers",
+        "history",
+        "maybe_get_worker_data",
+        "report",
+        "set_eval",
+        "state",
+    ]
+    for name in members:
+        want, got = vars(Controller)[name], getattr(cls, name)
+        if isinstance(want, property):
+            assert isinstance(got, property), name
+        else:
+            assert list(inspect.signature(got).parameters) == list(
+                inspect.signature(want).parameters
+            ), name

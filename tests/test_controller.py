@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import FakeClock, noop_mutator
+from conftest import FakeClock, assert_is_a_controller, noop_mutator
 from jaxpop import ActiveWorker, Checkpoint, History, PopulationController
 from jaxpop import population as pop_mod
 from jaxpop.mutators import WinnerTakeAllGenetic
@@ -172,3 +172,7 @@ def test_a_failing_prepare_releases_the_log_dir(tmp_path):
     assert info.tb is not None
     with PopulationController([{}] * 2, base, tmp_path) as pop:
         assert pop.maybe_get_worker_data(0, None, 0, None, None) is not None
+
+
+def test_the_controller_has_the_api_worker_code_is_typed_against():
+    assert_is_a_controller(PopulationController)

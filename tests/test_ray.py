@@ -21,6 +21,7 @@ ray = pytest.importorskip(
     "ray", reason="jaxpop.distributed.ray needs Ray: pip install 'jaxpop[ray]'"
 )
 
+from conftest import assert_is_a_controller  # noqa: E402
 from jaxpop import PopulationController, storage  # noqa: E402
 from jaxpop.distributed import ray as jaxpop_ray  # noqa: E402
 from jaxpop.mutators import Mutator, WinnerTakeAllGenetic  # noqa: E402
@@ -108,6 +109,7 @@ def _script(pop) -> list:
 
 
 def test_client_matches_the_in_process_controller(ray_session, tmp_path):
+    assert_is_a_controller(jaxpop_ray.PopulationClient)
     local = PopulationController(_population(3), _wta(), seed=7, clock=_Ticks())
     expected = _script(local)
     with jaxpop_ray.serve(
