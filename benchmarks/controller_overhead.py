@@ -92,7 +92,6 @@ import json
 import math
 import os
 import pickle  # only in SeedPickleController: the seed's design, the baseline for storage
-import platform
 import re
 import resource
 import shutil
@@ -106,10 +105,9 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import jax
+import common
 import numpy as np
 
-import jaxpop
 from jaxpop import population as pop_mod
 from jaxpop import storage
 from jaxpop.mutators import winner_take_all_genetic
@@ -1177,10 +1175,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "section_seconds": section_seconds,
             "seconds": round(time.perf_counter() - started, 2),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "python": platform.python_version(),
-            "jax": jax.__version__,
-            "jaxpop": jaxpop.__version__,
-            "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+            **common.environment(),
         }
     )
     print(json.dumps(result, separators=(",", ":")))

@@ -38,19 +38,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import jaxpop
 from jaxpop.hparams import as_traced, make_optimizer, set_hparams
 
 SIZES = (784, 1024, 256, 10)
@@ -222,12 +220,7 @@ def main() -> None:
             best["naive_changing"] / best["inject_changing"], 1
         ),
         "seconds": round(time.perf_counter() - started, 2),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "optax": optax.__version__,
-        "jaxpop": jaxpop.__version__,
-        "backend": jax.default_backend(),
-        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+        **common.environment(optax),
     }
     print(json.dumps(result, separators=(",", ":")))
     print_table(result)

@@ -31,12 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -169,10 +169,7 @@ def run(repeats: int, burst: int, tmpdir: str) -> dict:
         "burst": burst,
         "exact_round_trip": exact,
         "results": results,
-        "jax": jax.__version__,
-        "orbax": ocp.__version__ if hasattr(ocp, "__version__") else "unknown",
-        "backend": jax.default_backend(),
-        "machine": f"{platform.machine()}, {platform.system()}, {os.cpu_count()} CPUs",
+        **common.environment(ocp),
     }
 
 

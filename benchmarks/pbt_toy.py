@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -68,7 +67,6 @@ from typing import Any
 
 import numpy as np
 
-import jaxpop
 from jaxpop import PopulationController
 from jaxpop.mutators import explore
 from jaxpop.mutators.pbt import PopulationBasedTraining
@@ -356,6 +354,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def main() -> None:
+    import common  # benchmarks/common.py; not at the top: Ray ships this module by value
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--iterations", type=int, default=500)
@@ -380,9 +380,7 @@ def main() -> None:
         },
         "results": results,
         "seconds": time.perf_counter() - start,
-        "jaxpop": jaxpop.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
+        **common.environment(),
     }
     print(json.dumps(result))
     print_table(result)

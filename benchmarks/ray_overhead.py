@@ -67,7 +67,6 @@ import functools
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -76,11 +75,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import common
 import numpy as np
 import ray
 import ray.cloudpickle
 
-import jaxpop
 from jaxpop import PopulationController
 from jaxpop.distributed import ray as jaxpop_ray
 from jaxpop.mutators.base import Mutator
@@ -562,11 +561,7 @@ def main() -> None:
         ray.shutdown()
     result.update(
         seconds=time.perf_counter() - start,
-        jaxpop=jaxpop.__version__,
-        ray=ray.__version__,
-        python=platform.python_version(),
-        machine=platform.machine(),
-        cpus=os.cpu_count(),
+        **common.environment(ray),
     )
     print(json.dumps(result))
     print_table(result)

@@ -35,9 +35,9 @@ import functools
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import common
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -89,16 +89,6 @@ def _step(state, batch, hparams):
     return {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}, loss
 
 
-def _best(fn, repeats):
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def measure(model: str, members: int, steps: int, repeats: int) -> dict:
     global NET
     NET = MODELS[model]
@@ -126,7 +116,7 @@ def measure(model: str, members: int, steps: int, repeats: int) -> dict:
                 s[i], loss = one_step(s[i], batch, hps[i])
         loss.block_until_ready()
 
-    t_vec, t_loop = _best(vectorized, repeats), _best(loop, repeats)
+    t_vec, t_loop = common.best_of(vectorized, repeats), common.best_of(loop, repeats)
 
     scores = jnp.arange(members, dtype=jnp.float32)
     exploit = jax.jit(
@@ -151,8 +141,8 @@ def measure(model: str, members: int, steps: int, repeats: int) -> dict:
                 if p != i:
                     jax.block_until_ready(store.restore(handles[p], like))
 
-        t_exp_dev = _best(on_device, repeats)
-        t_exp_ckpt = _best(checkpoint, repeats)
+        t_exp_dev = common.best_of(on_device, repeats)
+        t_exp_ckpt = common.best_of(checkpoint, repeats)
     return {
         "model": model,
         "members": members,
@@ -174,7 +164,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     rows = [measure(k, m, args.steps, args.repeats) for k in args.models for m in args.members]
-    result = {"benchmark": "vectorized_step", "device": str(jax.devices()[0]), "rows": rows}
+    result = {"benchmark": "vectorized_step", **common.environment(), "rows": rows}
     print(json.dumps(result))
     print()
     header = (

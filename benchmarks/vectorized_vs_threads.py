@@ -53,6 +53,7 @@ import threading
 import time
 from pathlib import Path
 
+import common
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,7 +157,7 @@ def run_threads(model_name, dataset, members, steps, eval_every, batch_size, see
                 for _ in range(members - 1):
                     jax.block_until_ready(store.restore(handles[0], model.abstract_state))
 
-            exploit_s = _best(exploit_round, repeats)
+            exploit_s = common.best_of(exploit_round, repeats)
     return {
         "steps_per_s": members * steps / seconds,
         "seconds": seconds,
@@ -297,14 +298,14 @@ def run_vectorized(model_name, dataset, members, steps, eval_every, batch_size, 
     def exploit_round():
         jax.block_until_ready(model.exploit(pop, scores))
 
-    exploit_s = _best(exploit_round, repeats)
+    exploit_s = common.best_of(exploit_round, repeats)
     with tempfile.TemporaryDirectory() as tmp, ParamStore(tmp) as store:
 
         def snapshot():
             vz.save_snapshot(store, pop, name=f"snap{time.perf_counter_ns()}")
             store.wait()
 
-        snapshot_s = _best(snapshot, repeats)
+        snapshot_s = common.best_of(snapshot, repeats)
     return {
         "steps_per_s": members * steps / seconds,
         "seconds": seconds,
@@ -313,16 +314,6 @@ def run_vectorized(model_name, dataset, members, steps, eval_every, batch_size, 
         "exploit_ms": 1e3 * exploit_s,
         "snapshot_ms": 1e3 * snapshot_s,
     }
-
-
-def _best(fn, repeats: int) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(model, dataset, members, steps, eval_every, batch_size, seed, repeats) -> dict:
@@ -372,8 +363,7 @@ def main(argv=None) -> dict:
     ]
     result = {
         "benchmark": "vectorized_vs_threads",
-        "device": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
+        **common.environment(),
         "dataset": dataset.name,
         "batch_size": args.batch_size,
         "compile_time": "excluded (warm-up calls before timing)",
@@ -401,7 +391,7 @@ def main(argv=None) -> dict:
         f"digits), compile time excluded. ratio = vectorized / threads. exploit ckpt: N Orbax "
         f"saves + N-1 restores; exploit vec: jitted exploit_explore (gather + explore), best of "
         f"{args.repeats}. snapshot: one save_snapshot of the stacked population (not in the "
-        f"timed loop). device {result['device']}, {result['cpu_count']} CPUs."
+        f"timed loop). devices {', '.join(result['devices'])}; {result['machine']}."
     )
     return result
 
