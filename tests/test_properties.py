@@ -728,3 +728,48 @@ def test_branching_pos_winner_lineage_skips_abandoned_checkpoints():
     )
     lineage = [c.ref for c in state.history.lineage(winner.generation_id, 5)]
     assert (pos, 4) not in lineage, lineage
+
+
+@settings(SETTINGS, max_examples=40)
+@given(
+    name=st.sampled_from(sorted(MUTATORS)),
+    moves=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(1, 3), st.floats(-5.0, 5.0, allow_nan=False)),
+        min_size=5,
+        max_size=40,
+    ),
+)
+def test_report_is_set_eval_then_ask(name, moves):
+    """``PopulationController.report`` answers and records exactly what ``set_eval``
+    followed by ``maybe_get_worker_data`` for the same checkpoint would."""
+    from conftest import FakeClock
+    from jaxpop import PopulationController
+
+    make, n = MUTATORS[name]
+
+    def run(use_report: bool):
+        pop = PopulationController(population(n), make(), seed=3, clock=FakeClock())
+        first = [pop.maybe_get_worker_data(i, None, 0, None, None) for i in range(n)]
+        gens, steps = [d.generation_id for d in first], [d.step for d in first]
+        replies = []
+        for w, advance, value in moves:
+            w %= n
+            steps[w] += advance
+            args = (w, gens[w], steps[w], f"p{w}-{steps[w]}", value)
+            if use_report:
+                reply = pop.report(*args)
+            else:
+                pop.set_eval(*args)
+                reply = pop.maybe_get_worker_data(*args[:4], None)
+            replies.append(canon(reply))
+            if reply is not None:
+                gens[w], steps[w] = reply.generation_id, reply.step
+        return replies, pop.state
+
+    replies, state = run(use_report=True)
+    expected, twin = run(use_report=False)
+    assert replies == expected
+    assert history_contents(state.history) == history_contents(twin.history)
+    assert canon(state.workers) == canon(twin.workers)
+    assert canon(state.mutator_state) == canon(twin.mutator_state)
+    assert state.num_events == twin.num_events
