@@ -43,10 +43,6 @@ class Dataset:
     val_labels: np.ndarray
     num_classes: int
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train_images.shape[1:])
-
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int):
     rng = np.random.default_rng(seed)

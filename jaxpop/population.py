@@ -217,8 +217,7 @@ class PopulationController:
         ``meta_params`` is passed on to the mutator's ``get_worker_data`` hook, as the
         ask's would be.
         """
-        value = core.as_value(value)
-        with self._lock:
+        with self._lock:  # set_eval checks its arguments before anything is recorded
             self.set_eval(worker_id, generation_id, step, params, value)
             return self.maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)
 
