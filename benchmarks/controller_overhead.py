@@ -55,7 +55,7 @@ Figures are the best repeat; ``max``/``p99`` are single-call latencies (``cmp_ma
 the slowest call while a compaction ran). The ``build`` table is a check: us/pair
 while the base ``log_dir`` grew, compactions as they came, and ``snapshot_s``, one
 snapshot of that state written in the foreground with nothing else running (with the
-private ``storage._write_snapshot``, what the background thread runs).
+private ``storage.store._write_snapshot``, what the background thread runs).
 
 **seed.** The seed (``learned_optimization.population``) kept its state in a dict of
 dicts and, on every event, pickled the whole state and rewrote it to a file (write a
@@ -531,7 +531,7 @@ def run_variant(name, steps_per_exploit, sizes, calls, repeats, values) -> list[
 
 
 # -- the durable modes: a log_dir, "process" or "fsync" ------------------------------------
-_SNAPSHOT_FILE = re.compile(r"^snapshot-(\d{8})\.jpsnap$")  # storage.py's documented names
+_SNAPSHOT_FILE = re.compile(r"^snapshot-(\d{8})\.jpsnap$")  # docs/storage.md's documented names
 _JOURNAL_FILE = re.compile(r"^journal-(\d{8})\.jpjournal$")
 _FRAME_HEADER = struct.Struct("<II")  # payload length, CRC-32
 
@@ -581,7 +581,7 @@ def time_snapshot(state, scratch: str, repeats: int) -> tuple[float, int]:
         os.makedirs(scratch, exist_ok=True)
         gc.collect()
         t0 = time.perf_counter()
-        storage._write_snapshot(scratch, r, state)  # what the background thread runs
+        storage.store._write_snapshot(scratch, r, state, None)  # what the background thread runs
         best = min(best, time.perf_counter() - t0)
         size = os.path.getsize(os.path.join(scratch, f"snapshot-{r:08d}.jpsnap"))
         shutil.rmtree(scratch)

@@ -105,6 +105,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -576,14 +577,40 @@ class _DecodeError(Exception):
     """Raised inside the decoder; turned into a ``ValueError`` by ``decode``."""
 
 
+# How many ext values enclose the one being decoded, per thread. Each ext is decoded by
+# a nested unpack called from the hook; ``msgpack.unpackb`` keeps its ~50 kB parse stack
+# on the C stack, so a few hundred nested exts in a hostile file would overflow it and
+# crash the process. Past ``_C_STACK_EXT_DEPTH`` levels an ``Unpacker`` (parse stack on
+# the heap) is used instead, and past ``_MAX_DEPTH`` levels decoding stops.
+class _Nesting(threading.local):
+    depth = 0
+
+
+_nesting = _Nesting()
+_C_STACK_EXT_DEPTH = 8
+
+
 def _unpack(data: bytes | memoryview) -> Any:
-    return msgpack.unpackb(
-        data,
+    if _nesting.depth < _C_STACK_EXT_DEPTH:
+        return msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=False, ext_hook=_ext_hook
+        )
+    unpacker = msgpack.Unpacker(
+        None,
         raw=False,
         use_list=True,
         strict_map_key=False,
         ext_hook=_ext_hook,
+        max_buffer_size=max(len(data), 1),
     )
+    unpacker.feed(data)
+    try:
+        obj = unpacker.unpack()
+    except msgpack.OutOfData:
+        raise _DecodeError("an extension value is truncated") from None
+    if unpacker.tell() != len(data):
+        raise msgpack.ExtraData(obj, b"")
+    return obj
 
 
 def _unpack_list(data: bytes, what: str, length: int | None = None) -> list:
@@ -677,7 +704,15 @@ def _ext_hook(code: int, data: bytes) -> Any:
     reader = _EXT_READERS.get(code)
     if reader is None:
         raise _DecodeError(f"unknown extension type {code}")
-    return reader(data)
+    nesting = _nesting
+    depth = nesting.depth + 1
+    if depth > _MAX_DEPTH:
+        raise _DecodeError(f"it is nested more than {_MAX_DEPTH} levels deep")
+    nesting.depth = depth
+    try:
+        return reader(data)
+    finally:
+        nesting.depth = depth - 1
 
 
 def _reject_timestamps(obj: Any) -> None:

@@ -85,10 +85,13 @@ class PopulationController:
       log_dir: a directory to keep the state in, durably (``None``: in memory only).
         Every state-changing call is journaled there before it returns; a controller
         created on a ``log_dir`` that holds a run continues that run exactly where it
-        stopped (the stored state wins over ``initial_population`` and ``seed``, but
-        the population size must match). See :mod:`jaxpop.storage`. Parameters that
-        workers pass to ``set_eval`` are stored too: with a ``log_dir`` pass small
-        handles (paths) rather than large pytrees.
+        stopped (the stored state wins over ``initial_population`` and ``seed``; the
+        population size and the mutator, see :meth:`Mutator.describe`, must be those
+        the run was started with). A new controller on the ``log_dir`` of a live one in
+        this process (a re-run notebook cell) takes the run over, and the older one's
+        calls then raise :class:`~jaxpop.storage.SupersededError`. See
+        :mod:`jaxpop.storage`. Parameters that workers pass to ``set_eval`` are stored
+        too: with a ``log_dir`` pass small handles (paths) rather than large pytrees.
       seed: seeds the run's root PRNG key. Given the same seed, mutators that use their
         key (not numpy's global random state) make the same decisions for the same
         sequence of calls.
@@ -98,10 +101,15 @@ class PopulationController:
       compact_after: the minimum number of journaled events between two snapshots.
       clock: returns the current time in seconds; ``time.time`` by default. Tests pass
         a fake clock.
+      reconfigure: resume a ``log_dir`` whose run was started with a mutator of the
+        same kind but another configuration (say, a new ``steps_per_exploit``); the
+        new configuration is recorded from then on. Without it, that is refused.
 
     Raises:
-      storage.LogDirInUseError: another live controller holds ``log_dir``.
+      storage.LogDirInUseError: a live controller in another process holds ``log_dir``.
       storage.CorruptLogError: ``log_dir`` holds damaged files (never silently reset).
+      storage.RunMismatchError: ``log_dir`` holds a run started with another population
+        size or mutator; the message says what differs.
 
     All methods are safe to call from many threads at once. Call :meth:`close` (or use
     the controller as a context manager) to release ``log_dir``; a controller that is
@@ -118,6 +126,7 @@ class PopulationController:
         durability: storage.Durability = "process",
         compact_after: int = 1000,
         clock: Callable[[], float] = time.time,
+        reconfigure: bool = False,
     ):
         if not isinstance(mutator, Mutator):
             raise TypeError(
@@ -132,22 +141,18 @@ class PopulationController:
         self._store: storage.Store | None = None
         if log_dir is not None:
             store = storage.Store(log_dir, durability=durability, compact_after=compact_after)
+            run = {"population_size": state.population_size, "mutator": mutator.describe()}
             try:
                 restored = store.load()
                 if restored is not None:
-                    if restored.population_size != state.population_size:
-                        raise ValueError(
-                            f"{log_dir} holds a population of {restored.population_size} "
-                            f"workers, but initial_population has {state.population_size}"
-                        )
                     logger.info(
-                        "jaxpop: resumed %s at event %d (%d checkpoints)",
+                        "jaxpop: resuming %s at event %d (%d checkpoints)",
                         log_dir,
                         restored.num_events,
                         restored.history.num_checkpoints,
                     )
                     state = restored
-                store.start(state)
+                store.start(state, run, reconfigure=reconfigure)
             except BaseException:
                 store.close()
                 raise
@@ -258,6 +263,12 @@ class PopulationController:
     def _apply(self, event: Event) -> core.Reply:
         with self._lock:
             if self._store is not None and self._store.closed:
+                if self._store.superseded:
+                    raise storage.SupersededError(
+                        f"this controller was superseded: a newer PopulationController in "
+                        f"this process opened its log_dir {self.log_dir!r} and took the run "
+                        "over (with everything this one acknowledged); use the newer one"
+                    )
                 raise RuntimeError(f"this controller was closed (log_dir {self.log_dir!r})")
             state = self._state
             new_state, reply = core.transition(

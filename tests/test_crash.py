@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 
-from jaxpop import PopulationController, storage
-from jaxpop.mutators import WinnerTakeAllGenetic
+from jaxpop import storage
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "crash_run.py")
 ACK = re.compile(r"^ACK (\S+) (\d+) (\S+)$")
-KILLS = 52
+KILLS = 30  # each restart imports JAX (about 2 s); tests/test_storage_faults.py covers the rest
 GOAL = 400
 
 
@@ -71,18 +69,13 @@ def test_sigkill_at_random_moments_loses_no_acknowledged_eval(tmp_path):
     assert out.rstrip().endswith("DONE")
     _acks(out, acked)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", storage.TornRecordWarning)
-        pop = PopulationController(
-            [{"h": 1.0}] * 4, WinnerTakeAllGenetic(lambda m: m, 10), tmp_path
-        )
-    history = pop.history
+    state = storage.read_state(tmp_path)
+    history = state.history
     missing = [ref for ref in acked if history.get_checkpoint(*ref) is None]
     assert not missing, f"{len(missing)} of {len(acked)} acknowledged evals lost: {missing[:5]}"
     wrong = [ref for ref, v in acked.items() if history.get_checkpoint(*ref).value != v]
     assert not wrong, wrong[:5]
-    assert pop.state.mutator_state["num_exploits"] >= GOAL
+    assert state.mutator_state["num_exploits"] >= GOAL
     assert len(acked) > KILLS
-    pop.close()
     print(f"{KILLS} kills, {during_snapshot} while a snapshot was being written")
     assert during_snapshot >= 1

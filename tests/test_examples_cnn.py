@@ -10,14 +10,13 @@ import pytest
 from examples import data as data_lib
 from examples.complex_cnn import train as complex_cnn
 from examples.simple_cnn import train as simple_cnn
-from jaxpop import PopulationController, report
-from jaxpop.mutators import WinnerTakeAllGenetic
+from jaxpop import report, storage
 
 
-def _reload(log_dir, workers):
-    return PopulationController(
-        [{}] * workers, WinnerTakeAllGenetic(lambda m: m, 1), os.path.join(log_dir, "population")
-    )
+def _stored(log_dir, workers):
+    state = storage.read_state(os.path.join(log_dir, "population"))
+    assert state.population_size == workers
+    return state
 
 
 def test_digits_is_a_real_offline_split():
@@ -41,13 +40,13 @@ def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path):
     if "--tensorboard" in argv:
         assert sorted(os.listdir(tmp_path / "tensorboard")) == ["worker-0", "worker-1", "worker-2"]
     assert math.isfinite(summary["best"]["val_loss"])
-    with _reload(tmp_path, 3) as pop:
-        assert pop.history.num_checkpoints == summary["checkpoints"]
-        assert all(isinstance(w.params, str) for w in pop.active_workers)  # Orbax handles
-        saved = {c.params for c in pop.history.checkpoints() if isinstance(c.params, str)}
-        kept = {os.path.join(tmp_path, "params", n) for n in os.listdir(tmp_path / "params")}
-        assert {w.params for w in pop.active_workers} <= kept  # what workers load survives
-        assert len(kept & saved) < len(saved)  # and garbage was collected
+    stored = _stored(tmp_path, 3)
+    assert stored.history.num_checkpoints == summary["checkpoints"]
+    assert all(isinstance(w.params, str) for w in stored.workers)  # Orbax handles
+    saved = {c.params for c in stored.history.checkpoints() if isinstance(c.params, str)}
+    kept = {os.path.join(tmp_path, "params", n) for n in os.listdir(tmp_path / "params")}
+    assert {w.params for w in stored.workers} <= kept  # what workers load survives
+    assert len(kept & saved) < len(saved)  # and garbage was collected
 
 
 def test_complex_cnn_runs_with_wall_clock_rounds(tmp_path):
@@ -59,8 +58,7 @@ def test_complex_cnn_runs_with_wall_clock_rounds(tmp_path):
     best = summary["best"]["meta_params"]
     for name, (low, high) in complex_cnn.RANGES.items():
         assert low <= best[name] <= high
-    with _reload(tmp_path, 2) as pop:
-        assert pop.history.num_checkpoints == summary["checkpoints"]
+    assert _stored(tmp_path, 2).history.num_checkpoints == summary["checkpoints"]
 
 
 def test_cifar10_path_through_tfds_offline(tmp_path):

@@ -2,6 +2,8 @@
 
 import os
 import struct
+import subprocess
+import sys
 import warnings
 import zlib
 
@@ -236,10 +238,8 @@ def test_meta_params_and_params_round_trip_exactly(tmp_path):
         assert c.meta_params["aug"]["hue"].dtype == np.int8
 
 
-def test_second_live_controller_is_refused_and_close_or_drop_releases(tmp_path):
+def test_close_or_drop_releases_the_log_dir(tmp_path):
     pop = _run_some(tmp_path)
-    with pytest.raises(storage.LogDirInUseError, match=r"in use.*pid"):
-        _run_some(tmp_path, evals=0)
     pop.close()
     pop.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
@@ -250,9 +250,36 @@ def test_second_live_controller_is_refused_and_close_or_drop_releases(tmp_path):
         assert pop.state.num_events > 0
 
 
+_HOLD_LOCK = """
+import fcntl, os, sys
+f = open(os.path.join(sys.argv[1], "lock"), "a+")
+fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_log_dir_held_by_another_process_is_refused_naming_its_pid(tmp_path):
+    _run_some(tmp_path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(storage.LogDirInUseError, match=rf"in use.*pid {holder.pid}"):
+            _run_some(tmp_path, evals=0)
+    finally:
+        holder.communicate("")
+    _run_some(tmp_path, evals=0).close()  # released when that process ended
+
+
 def test_population_size_must_match(tmp_path):
     _run_some(tmp_path).close()
-    with pytest.raises(ValueError, match="2 workers"):
+    with pytest.raises(storage.RunMismatchError, match="population size: 2 in the log_dir, 3 now"):
         PopulationController([{"h": 1.0}] * 3, WinnerTakeAllGenetic(_mutate, 10), tmp_path)
     _run_some(tmp_path, evals=0).close()  # the failed attempt released the lock
 
@@ -390,18 +417,18 @@ def test_gc_pauses_nest_and_keep_a_disabled_collector_disabled():
     import gc
 
     assert gc.isenabled()
-    with storage._gc_paused():
-        with storage._gc_paused():
+    with storage.store._gc_paused():
+        with storage.store._gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # the outer pause still runs
     assert gc.isenabled()
     gc.disable()
     try:
-        with storage._gc_paused():
+        with storage.store._gc_paused():
             pass
         assert not gc.isenabled()  # it was off before: it stays off
     finally:
         gc.enable()
-    with pytest.raises(KeyError), storage._gc_paused():
+    with pytest.raises(KeyError), storage.store._gc_paused():
         raise KeyError("boom")
     assert gc.isenabled()

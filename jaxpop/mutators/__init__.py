@@ -12,7 +12,14 @@ Write your own by returning a :class:`Mutator` of ``init`` and ``update`` functi
 """
 
 from jaxpop.mutators import explore, selection
-from jaxpop.mutators.base import Mutator, call_mutate_fn, rank_value, start_generation, takes_key
+from jaxpop.mutators.base import (
+    Mutator,
+    call_mutate_fn,
+    rank_value,
+    records_config,
+    start_generation,
+    takes_key,
+)
 from jaxpop.mutators.fixed_schedule import FixedSchedule
 from jaxpop.mutators.pbt import ExploitEvent, PopulationBasedTraining, exploit_events
 from jaxpop.mutators.single_worker_explore import BranchingSingleMachine
@@ -29,6 +36,7 @@ __all__ = [
     "exploit_events",
     "explore",
     "rank_value",
+    "records_config",
     "selection",
     "start_generation",
     "takes_key",

@@ -16,10 +16,14 @@ generation from a checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import inspect
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jax
 import numpy as np
@@ -37,6 +41,7 @@ __all__ = [
     "start_generation",
     "call_mutate_fn",
     "rank_value",
+    "records_config",
     "takes_key",
 ]
 
@@ -77,12 +82,41 @@ class Mutator(NamedTuple):
         (or resumes), before any worker is answered: warm-up work that would otherwise
         stall the first decision, such as compiling the jitted functions ``update``
         runs. It changes no state and its result is ignored. ``None``: nothing to do.
+      config: how the mutator was built (its constructor's arguments by name), or
+        ``None``. A controller with a ``log_dir`` records :meth:`describe` with the run
+        and refuses to resume it with a mutator that describes itself differently.
+        Subclasses get it from :func:`records_config`.
     """
 
     init: Callable[[], Any]
     update: UpdateFn
     get_worker_data: AskFn | None = None
     prepare: Callable[[int], None] | None = None
+    config: Mapping[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """This mutator's kind and configuration as plain, comparable data.
+
+        Callables are described by their qualified names (without the module, which
+        differs between a script run directly and imported), arrays by their values (or a
+        digest, when large), other objects by their fields or their repr, so two
+        mutators built the same way, in this process or another, describe themselves
+        the same. Without a ``config``, the functions' names stand for it.
+
+        >>> from jaxpop.mutators import WinnerTakeAllGenetic
+        >>> description = WinnerTakeAllGenetic(abs, steps_per_exploit=10).describe()
+        >>> description["kind"]
+        'jaxpop.mutators.winner_take_all_genetic.WinnerTakeAllGenetic'
+        >>> description["config"]["mutate_fn"], description["config"]["steps_per_exploit"]
+        ('abs', 10)
+        """
+        kind = _qualified_name(type(self))
+        if self.config is None:
+            functions = zip(self._fields[:3], self[:3], strict=True)  # prepare decides nothing
+            config = {name: _describe(fn) for name, fn in functions if fn is not None}
+        else:
+            config = {str(k): _describe(v) for k, v in self.config.items()}
+        return {"kind": kind, "config": config}
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The seed mutators subclass this tuple with a ``__new__`` that takes *their*
@@ -93,6 +127,83 @@ class Mutator(NamedTuple):
 
 def _rebuild_mutator(cls: type[Mutator], fields: tuple[Any, ...]) -> Mutator:
     return tuple.__new__(cls, fields)
+
+
+_M = TypeVar("_M", bound=Callable[..., Mutator])
+
+
+def records_config(new: _M) -> _M:
+    """Decorates a :class:`Mutator` subclass's ``__new__`` to record its arguments.
+
+    The mutator it returns has ``config`` set to the arguments it was called with, by
+    name, defaults included; :meth:`Mutator.describe` reads them.
+    """
+    signature = inspect.signature(new)
+
+    @functools.wraps(new)
+    def with_config(cls: type, *args: Any, **kwargs: Any) -> Mutator:
+        mutator = new(cls, *args, **kwargs)
+        bound = signature.bind(cls, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = list(bound.arguments.items())[1:]  # without cls
+        return mutator._replace(config=dict(arguments))
+
+    return with_config  # type: ignore[return-value]
+
+
+def _qualified_name(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', None) or getattr(obj, '__name__', '?')}"
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+_ARRAY_VALUES_LIMIT = 64
+
+
+def _describe(value: Any, depth: int = 0) -> Any:
+    """``value`` as plain data that compares equal for equal configurations."""
+    if depth > 20:
+        return "..."
+    depth += 1
+    t = type(value)
+    if value is None or t in (bool, str):
+        return value
+    if t is int:
+        return value if -(2**63) <= value < 2**63 else str(value)
+    if t is float:
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mutator):
+        return value.describe()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {
+            f.name: _describe(getattr(value, f.name), depth) for f in dataclasses.fields(value)
+        }
+        return {"type": _qualified_name(t), "fields": fields}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        fields = {f: _describe(getattr(value, f), depth) for f in value._fields}
+        return {"type": _qualified_name(t), "fields": fields}
+    if isinstance(value, (list, tuple)):
+        return tuple(_describe(v, depth) for v in value)
+    if isinstance(value, Mapping):
+        items = [(_describe(k, depth), _describe(v, depth)) for k, v in value.items()]
+        return tuple(sorted(items, key=lambda kv: repr(kv[0])))
+    if isinstance(value, functools.partial):
+        return {
+            "partial": _describe(value.func, depth),
+            "args": _describe(value.args, depth),
+            "keywords": _describe(value.keywords, depth),
+        }
+    if callable(value) and hasattr(value, "__qualname__"):
+        # not the module: a script's function is __main__.f run directly, pkg.f imported
+        return value.__qualname__
+    if hasattr(value, "__array__") and hasattr(value, "dtype"):
+        array = np.asarray(value)
+        if array.size <= _ARRAY_VALUES_LIMIT:
+            values = _describe(array.tolist(), depth)
+        else:
+            values = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+        return {"array": str(array.dtype), "shape": array.shape, "values": values}
+    return f"{_qualified_name(t)}: {_ADDRESS.sub('', repr(value))[:200]}"
 
 
 def takes_key(fn: Callable[..., Any], num_args: int) -> bool:

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxpop.events import Ask
 from jaxpop.history import History
-from jaxpop.mutators.base import Mutator, MutatorResult, Workers, start_generation
+from jaxpop.mutators.base import Mutator, MutatorResult, Workers, records_config, start_generation
 from jaxpop.records import Checkpoint
 from jaxpop.schedules.core import to_host, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
@@ -64,6 +64,7 @@ class FixedSchedule(Mutator):
 
     __slots__ = ()
 
+    @records_config
     def __new__(cls, schedule: Mapping[int, Any] | Callable[[Any], Any], every: int | None = None):
         due, value_at, compare = _plan(schedule, every)
 

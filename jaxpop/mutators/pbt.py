@@ -64,6 +64,7 @@ from jaxpop.mutators.base import (
     MutatorResult,
     Workers,
     call_mutate_fn,
+    records_config,
     start_generation,
     takes_key,
 )
@@ -201,6 +202,7 @@ class PopulationBasedTraining(Mutator):
 
     __slots__ = ()
 
+    @records_config
     def __new__(
         cls,
         *,

@@ -23,6 +23,7 @@ from jaxpop.mutators.base import (
     Workers,
     call_mutate_fn,
     rank_value,
+    records_config,
     start_generation,
     takes_key,
 )
@@ -54,6 +55,7 @@ class BranchingSingleMachine(Mutator):
 
     __slots__ = ()
 
+    @records_config
     def __new__(cls, mutate_fn: Callable[..., Any], exploit_steps: int, explore_steps: int):
         for name, value in (("exploit_steps", exploit_steps), ("explore_steps", explore_steps)):
             if int(value) != value or value <= 0:

@@ -27,6 +27,7 @@ from jaxpop.mutators.base import (
     Workers,
     call_mutate_fn,
     rank_value,
+    records_config,
     start_generation,
     takes_key,
 )
@@ -58,6 +59,7 @@ class WinnerTakeAllGenetic(Mutator):
 
     __slots__ = ()
 
+    @records_config
     def __new__(
         cls,
         mutate_fn: Callable[..., Any],

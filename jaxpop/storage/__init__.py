@@ -1,0 +1,40 @@
+"""Durable controller state: an append-only journal of changes plus occasional snapshots.
+
+A controller created with a ``log_dir`` journals every state-changing call there before
+the call returns, and a controller created later on the same ``log_dir`` resumes the run
+exactly, losing nothing that was acknowledged. ``docs/storage.md`` describes the files,
+their format, how damage is told from a torn write, and what happens when a write fails.
+
+* :class:`Store` -- the files of one ``log_dir`` (what a controller writes through).
+* :func:`read_state` -- read a possibly live ``log_dir`` without writing (reports).
+* :func:`state_to_plain` / :func:`state_from_plain` -- a state as checked plain data.
+"""
+
+from jaxpop.storage.frames import MAX_RECORD_BYTES, CorruptLogError, TornRecordWarning
+from jaxpop.storage.plain import state_from_plain, state_to_plain
+from jaxpop.storage.store import (
+    STORAGE_VERSION,
+    Durability,
+    JournalWriteError,
+    LogDirInUseError,
+    RunMismatchError,
+    Store,
+    SupersededError,
+    read_state,
+)
+
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "STORAGE_VERSION",
+    "CorruptLogError",
+    "Durability",
+    "JournalWriteError",
+    "LogDirInUseError",
+    "RunMismatchError",
+    "Store",
+    "SupersededError",
+    "TornRecordWarning",
+    "read_state",
+    "state_from_plain",
+    "state_to_plain",
+]

@@ -1,0 +1,146 @@
+"""Frames: the checksummed records every ``log_dir`` file is made of, and how to read them.
+
+A frame is a little-endian ``uint32`` payload length, a ``uint32`` CRC-32 of the payload,
+then the payload (one :func:`jaxpop.encoding.encode` value). :func:`read_frames` returns
+the good frames of a file and decides what a bad one means, by the rules of SQLite's and
+LevelDB's log recovery: damage is a *torn tail* (a write the process or machine never
+finished, so never acknowledged) only where it really ends the newest file; anything
+else is corruption, reported with the file and offset and never repaired.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+import zlib
+from typing import NamedTuple
+
+from jaxpop import encoding
+
+__all__ = ["MAX_RECORD_BYTES", "CorruptLogError", "TornRecordWarning", "frame", "read_frames"]
+
+_HEADER = struct.Struct("<II")
+#: The largest payload a frame can hold (its length is a ``uint32``).
+MAX_RECORD_BYTES = 2**32 - 1
+# Every payload starts with the encoding's header; a valid frame begins 8 bytes before.
+_PAYLOAD_START = encoding._HEADER
+
+
+class CorruptLogError(RuntimeError):
+    """A file of a ``log_dir`` is damaged or unreadable; the message names it."""
+
+
+class TornRecordWarning(UserWarning):
+    """The last journal record was incompletely written and has been dropped."""
+
+
+class Frame(NamedTuple):
+    offset: int
+    payload: bytes
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` framed: length, CRC-32, payload."""
+    if len(payload) > MAX_RECORD_BYTES:
+        raise ValueError(
+            f"a record of {len(payload)} bytes is over the {MAX_RECORD_BYTES}-byte limit of "
+            "a log_dir frame; with a log_dir, pass small handles (paths) as params"
+        )
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _check(data: bytes, offset: int) -> tuple[int, str | None]:
+    """``(end, None)`` for a good frame at ``offset``, else ``(end it claims, why bad)``."""
+    if len(data) - offset < _HEADER.size:
+        return len(data), "an incomplete frame header"
+    length, crc = _HEADER.unpack_from(data, offset)
+    end = offset + _HEADER.size + length
+    if length == 0:
+        return end, "an empty frame"
+    if end > len(data):
+        return end, f"a frame of {length} bytes that runs past the end of the file"
+    if zlib.crc32(data[offset + _HEADER.size : end]) != crc:
+        return end, "a checksum mismatch"
+    return end, None
+
+
+def _good_frame_after(data: bytes, offset: int) -> bool:
+    """Whether a good frame starts anywhere after ``offset``.
+
+    Candidates are found by the encoding header every payload starts with, so this is a
+    fast scan; if a hostile file makes it check more than a few times its size, it gives
+    up and answers ``True`` (report corruption rather than drop data).
+    """
+    budget = 8 * len(data) + (1 << 20)
+    position = offset + _HEADER.size + 1
+    while (found := data.find(_PAYLOAD_START, position)) != -1:
+        start = found - _HEADER.size
+        if start > offset:
+            length = _HEADER.unpack_from(data, start)[0]
+            budget -= min(length, len(data))
+            if budget < 0:
+                return True
+            if _check(data, start)[1] is None:
+                return True
+        position = found + 1
+    return False
+
+
+def _ends_file(data: bytes, end: int) -> bool:
+    """Whether a bad frame claiming to end at ``end`` ends the file, as a write cut short.
+
+    It reaches (or claims to run past) the end of the file, or only zero bytes follow it
+    (a file system may extend a file with zeros in a crash).
+    """
+    return end >= len(data) or not any(data[end:])
+
+
+def read_frames(path: str, *, newest: bool, repair: bool) -> list[Frame]:
+    """The good frames of ``path``, in order.
+
+    Args:
+      path: the file.
+      newest: whether ``path`` is the newest journal segment, the only file that may end
+        in a torn write. A torn tail there is dropped; with ``repair`` the file is also
+        truncated to its last good frame and a :class:`TornRecordWarning` names it.
+        (Without ``repair``, as for a reader of a live run, a torn tail is the writer's
+        record in flight: it is left out silently and the file is left as it is.)
+      repair: whether the file may be changed.
+
+    Raises:
+      CorruptLogError: any other bad frame, naming the file, the offset and the damage.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    frames, offset = [], 0
+    while offset < len(data):
+        end, bad = _check(data, offset)
+        if bad is None:
+            frames.append(Frame(offset, data[offset + _HEADER.size : end]))
+            offset = end
+            continue
+        if newest and _ends_file(data, end):
+            # A damaged length field also makes a frame "run past the end", but then the
+            # records after it are still there: only a tail with none is torn.
+            if _good_frame_after(data, offset):
+                raise CorruptLogError(
+                    f"{path} is corrupt: {bad} at offset {offset}, with good records after "
+                    "it (a damaged record, not a torn write)"
+                )
+            if repair:
+                warnings.warn(
+                    f"{path}: dropping a torn final record at offset {offset} ({bad}); the "
+                    "process writing it was interrupted, and that call was never "
+                    "acknowledged",
+                    TornRecordWarning,
+                    stacklevel=5,
+                )
+                with open(path, "r+b") as f:
+                    f.truncate(offset)
+                    f.flush()
+                    os.fsync(f.fileno())
+            return frames
+        where = "" if newest else " (only the newest journal segment may end in a torn write)"
+        raise CorruptLogError(f"{path} is corrupt: {bad} at offset {offset}{where}")
+    return frames

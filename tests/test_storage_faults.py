@@ -1,0 +1,725 @@
+"""Storage under faults: failing writes, damaged and hostile files, reopening a run.
+
+The bar everywhere: every call that returned normally is recovered on reopening; a file
+damaged anywhere but at the true end of the newest journal segment is a
+``CorruptLogError`` naming it, and the file is left as it was; nothing is silently lost.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import warnings
+
+import msgpack
+import numpy as np
+import pytest
+from faults import FaultyOS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import FakeClock
+from jaxpop import PopulationController, cli, encoding, storage
+from jaxpop.core import Changes
+from jaxpop.mutators import FixedSchedule, PopulationBasedTraining, WinnerTakeAllGenetic, explore
+from jaxpop.storage import frames, store
+
+
+def _mutate(meta, key):
+    return {"h": meta["h"] + 0.3 * float(np.random.default_rng(key).normal())}
+
+
+def _open(log_dir, mutator=None, n=2, **kw):
+    mutator = mutator or WinnerTakeAllGenetic(_mutate, steps_per_exploit=10)
+    kw.setdefault("clock", FakeClock())
+    return PopulationController([{"h": 1.0 + i} for i in range(n)], mutator, log_dir, 3, **kw)
+
+
+class Driver:
+    """Seed-protocol workers; remembers every eval a controller acknowledged."""
+
+    def __init__(self, n=2):
+        self.gens, self.steps = [None] * n, [0] * n
+        self.acked: dict[tuple[str, int], float] = {}
+        self.turn = 0
+
+    def step(self, pop):
+        i, self.turn = self.turn % len(self.gens), self.turn + 1
+        data = pop.maybe_get_worker_data(i, self.gens[i], self.steps[i], f"w{i}", None)
+        if data is not None:
+            self.gens[i], self.steps[i] = data.generation_id, data.step
+        step = self.steps[i] + 5
+        value = (pop.history.meta_params(self.gens[i])["h"] - 0.3) ** 2 + step * 1e-3
+        pop.set_eval(i, self.gens[i], step, f"p{i}@{step}", value)
+        self.steps[i] = step
+        self.acked[(self.gens[i], step)] = value
+
+    def run(self, pop, calls):
+        for _ in range(calls):
+            self.step(pop)
+
+    def check(self, state):
+        for ref, value in self.acked.items():
+            checkpoint = state.history.get_checkpoint(*ref)
+            assert checkpoint is not None, f"acknowledged eval {ref} lost"
+            assert checkpoint.value == value
+
+
+def _files(log_dir, prefix):
+    return sorted(os.path.join(log_dir, n) for n in os.listdir(log_dir) if n.startswith(prefix))
+
+
+def _frame_offsets(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    offsets, offset = [], 0
+    while offset < len(data):
+        offsets.append(offset)
+        offset += 8 + struct.unpack_from("<I", data, offset)[0]
+    return offsets, len(data)
+
+
+def _encoded(state):
+    return encoding.encode(storage.state_to_plain(state))
+
+
+def _loaded(log_dir):
+    """What a reopening controller's store finds (the load alone, lock and repair included)."""
+    s = storage.Store(str(log_dir))
+    try:
+        return s.load()
+    finally:
+        s.close()
+
+
+# -- 1. the journal: damage vs torn tails --------------------------------------------
+def _journal_with_records(tmp_path, calls=12):
+    pop = _open(tmp_path)
+    driver = Driver()
+    driver.run(pop, calls)
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    return path, driver
+
+
+@pytest.mark.parametrize("bit", [0, 7, 12, 25, 31])
+def test_a_flipped_bit_in_a_length_field_is_corruption_not_a_torn_tail(tmp_path, bit):
+    path, _ = _journal_with_records(tmp_path)
+    offsets, _ = _frame_offsets(path)
+    original = open(path, "rb").read()
+    damaged = bytearray(original)
+    target = offsets[len(offsets) // 2]
+    struct.pack_into(
+        "<I", damaged, target, struct.unpack_from("<I", damaged, target)[0] ^ (1 << bit)
+    )
+    open(path, "wb").write(bytes(damaged))
+    for read in (_loaded, storage.read_state):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no torn-tail warning either
+            with pytest.raises(
+                storage.CorruptLogError, match=rf"{os.path.basename(path)}.*{target}"
+            ):
+                read(tmp_path)
+    assert open(path, "rb").read() == bytes(damaged)  # left as it was
+
+
+def test_random_bytes_over_the_newest_segments_header_are_corruption(tmp_path):
+    path, _ = _journal_with_records(tmp_path)
+    damaged = bytearray(open(path, "rb").read())
+    damaged[:16] = np.random.default_rng(0).bytes(16)
+    open(path, "wb").write(bytes(damaged))
+    for read in (_loaded, storage.read_state):
+        with pytest.raises(storage.CorruptLogError, match="good records after"):
+            read(tmp_path)
+    assert open(path, "rb").read() == bytes(damaged)
+
+
+def test_a_damaged_last_record_of_an_older_segment_is_corruption(tmp_path):
+    pop = _open(tmp_path)
+    Driver().run(pop, 6)
+    pop.close()
+    pop = _open(tmp_path)  # a restart opens a new segment
+    Driver().run(pop, 2)
+    pop.close()
+    older = _files(tmp_path, "journal-")[0]
+    with open(older, "r+b") as f:
+        f.truncate(os.path.getsize(older) - 3)
+    with pytest.raises(storage.CorruptLogError, match=rf"{os.path.basename(older)}.*newest"):
+        _loaded(tmp_path)
+
+
+def test_a_torn_tail_is_dropped_wherever_the_write_was_cut(tmp_path):
+    path, _ = _journal_with_records(tmp_path, calls=6)
+    offsets, size = _frame_offsets(path)
+    original = open(path, "rb").read()
+    complete = _encoded(storage.read_state(tmp_path))
+    # cut the journal at every byte of its last record: the record is dropped, with a
+    # warning naming the offset, and everything before it is kept
+    events = storage.read_state(tmp_path).num_events
+    for cut in range(offsets[-1] + 1, size):
+        open(path, "wb").write(original[:cut])
+        assert storage.read_state(tmp_path).num_events == events - 1  # without repairing
+        assert len(open(path, "rb").read()) == cut
+        with pytest.warns(storage.TornRecordWarning, match=rf"offset {offsets[-1]}"):
+            state = _loaded(tmp_path)
+        assert os.path.getsize(path) == offsets[-1]
+        assert state.num_events == events - 1
+    open(path, "wb").write(original)
+    assert _encoded(_loaded(tmp_path)) == complete
+
+
+# -- 1. failed writes leave the journal as it was ------------------------------------
+@pytest.fixture
+def faulty(monkeypatch):
+    fake = FaultyOS()
+    monkeypatch.setattr(store, "os", fake)
+    return fake
+
+
+@pytest.mark.parametrize("durability", ["process", "fsync"])
+def test_a_full_disk_fails_the_call_and_keeps_the_journal_whole(tmp_path, faulty, durability):
+    pop = _open(tmp_path, durability=durability, compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 8)
+    (path,) = _files(tmp_path, "journal-")
+    size, state = os.path.getsize(path), pop.state
+    faulty.space = 37  # the next record is cut short, then the disk is full
+    with pytest.raises(storage.JournalWriteError) as info:
+        driver.run(pop, 5)
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+    assert "not recorded" in str(info.value) and info.value.filename == path
+    assert os.path.getsize(path) == size  # cut back to the last complete record
+    assert pop.state is state  # nothing of the failed call was taken
+    for _ in range(3):  # while the disk stays full, every call fails the same way
+        with pytest.raises(storage.JournalWriteError):
+            Driver().step(pop)
+        assert os.path.getsize(path) == size
+    faulty.heal()  # room again: the same controller goes on
+    driver = Driver()
+    driver.run(pop, 4)
+    pop.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reopened = _open(tmp_path)
+    driver.check(reopened.state)
+    assert _encoded(reopened.state) == _encoded(pop.state)
+    reopened.close()
+
+
+def test_a_write_whose_undo_fails_refuses_calls_until_reopened(tmp_path, faulty):
+    pop = _open(tmp_path, compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 6)
+    acknowledged = dict(driver.acked)
+    faulty.space = 11
+    faulty.fail("ftruncate")
+    with pytest.raises(storage.JournalWriteError, match="could not be removed"):
+        driver.run(pop, 3)
+    faulty.heal()
+    with pytest.raises(storage.JournalWriteError, match="refusing to journal"):
+        driver.step(pop)
+    pop.close()
+    with pytest.warns(storage.TornRecordWarning):  # the partial record is dropped
+        reopened = _open(tmp_path)
+    driver.acked = acknowledged
+    driver.check(reopened.state)
+    assert reopened.state.num_events == pop.state.num_events
+    reopened.close()
+
+
+def test_a_failed_fsync_fails_the_call_and_removes_its_record(tmp_path, faulty):
+    pop = _open(tmp_path, durability="fsync", compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 4)
+    (path,) = _files(tmp_path, "journal-")
+    size, state = os.path.getsize(path), pop.state
+    faulty.fail("fdatasync", times=1)
+    with pytest.raises(storage.JournalWriteError, match="not recorded"):
+        driver.step(pop)
+    assert os.path.getsize(path) == size and pop.state is state
+    faulty.heal()
+    driver.run(pop, 2)
+    pop.close()
+    driver.check(storage.read_state(tmp_path))
+
+
+def test_a_failed_segment_switch_touches_no_other_file(tmp_path, faulty, caplog):
+    pop = _open(tmp_path, compact_after=5)
+    driver = Driver()
+    driver.run(pop, 3)
+    faulty.fail("open")  # the next segment cannot be created
+    with caplog.at_level(logging.ERROR, logger="jaxpop"):
+        driver.run(pop, 6)  # compaction fails after the record was written: calls succeed
+    assert "cannot start a new journal segment" in caplog.text
+    assert caplog.text.count("cannot start a new journal segment") == 1  # not at every call
+    other = tmp_path / "application.txt"
+    with open(other, "wb"):  # takes the lowest free descriptor number
+        driver.run(pop, 3)
+    assert other.read_bytes() == b""
+    faulty.heal()
+    driver.run(pop, 6)  # compaction works again
+    pop.close()  # and close() releases the lock
+    reopened = _open(tmp_path)
+    driver.check(reopened.state)
+    assert _encoded(reopened.state) == _encoded(pop.state)  # one record per event number
+    reopened.close()
+
+
+def test_a_segment_that_cannot_be_opened_at_start_fails_start_and_releases(tmp_path, faulty):
+    pop = _open(tmp_path)
+    Driver().run(pop, 3)
+    pop.close()
+    before = sorted(os.listdir(tmp_path))
+    faulty.fail("write", after=0)  # the new segment's header cannot be written
+    with pytest.raises(OSError):
+        _open(tmp_path)
+    faulty.heal()
+    assert sorted(os.listdir(tmp_path)) == before  # the half-made segment is gone
+    _open(tmp_path).close()
+
+
+def test_a_failed_snapshot_leaves_no_temporary_file_and_loses_nothing(tmp_path, faulty):
+    pop = _open(tmp_path, compact_after=4)
+    driver = Driver()
+    faulty.fail("replace")
+    driver.run(pop, 12)
+    pop._store.wait()
+    assert isinstance(pop._store.snapshot_error, OSError)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    faulty.heal()
+    pop.close()
+    driver.check(storage.read_state(tmp_path))
+    _open(tmp_path).close()
+
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+_FILE_SIZE_LIMIT_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+    sys.path.insert(0, sys.argv[2])
+    from test_storage_faults import Driver, _open
+    from jaxpop import storage
+    pop = _open(sys.argv[1], compact_after=6)
+    driver = Driver()
+    limit = int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    failures = 0
+    for _ in range(400):
+        try:
+            driver.step(pop)
+        except storage.JournalWriteError as e:
+            assert e.errno == 27, e  # EFBIG
+            failures += 1
+            continue
+        (gen, step), value = list(driver.acked.items())[-1]
+        print("ACK", gen, step, repr(value), flush=True)
+    print("FAILURES", failures, flush=True)
+    """
+)
+
+
+def test_a_file_size_limit_in_a_child_loses_no_acknowledged_eval(tmp_path):
+    log_dir = tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT_CHILD, str(log_dir), _TESTS, "3000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    acked = {}
+    for line in lines:
+        if line.startswith("ACK "):
+            _, gen, step, value = line.split()
+            acked[(gen, int(step))] = float(value)
+    assert int(lines[-2].split()[1]) > 0  # the limit was hit
+    assert len(acked) > 5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every failed write was undone: no torn tail
+        reopened = _open(log_dir)
+    driver = Driver()
+    driver.acked = acked
+    driver.check(reopened.state)
+    reopened.close()
+
+
+# -- 1. restarts after an empty newest segment ------------------------------------------
+@pytest.mark.parametrize("case", ["empty newest segment", "lost header after compaction"])
+def test_restarting_twice_after_an_empty_newest_segment_works(tmp_path, case):
+    pop = _open(tmp_path, compact_after=4)
+    driver = Driver()
+    driver.run(pop, 3)
+    if case == "lost header after compaction":  # run until a compaction just happened
+        while True:
+            driver.step(pop)
+            pop._store.wait()
+            newest = _files(tmp_path, "journal-")[-1]
+            snapshot = newest.replace("journal-", "snapshot-").replace(".jpjournal", ".jpsnap")
+            if len(_frame_offsets(newest)[0]) == 1 and os.path.exists(snapshot):
+                break
+    pop.close()
+    newest = _files(tmp_path, "journal-")[-1]
+    if case == "empty newest segment":  # died creating the next segment
+        seq = int(newest[-18:-10]) + 1
+        open(os.path.join(tmp_path, f"journal-{seq:08d}.jpjournal"), "wb").close()
+    else:  # the snapshot is there, its segment's unsynced header is not
+        open(newest, "wb").close()
+    for _ in range(3):
+        pop = _open(tmp_path, compact_after=4)
+        driver.run(pop, 2)
+        pop.close()
+    reopened = _open(tmp_path)
+    driver.check(reopened.state)
+    reopened.close()
+
+
+# -- 2. hostile and damaged files -----------------------------------------------------
+def _nested_ext(levels):
+    inner = msgpack.packb(0)
+    for _ in range(levels):
+        inner = msgpack.packb([msgpack.ExtType(1, inner)])
+    return encoding._HEADER + b"\x01" + inner
+
+
+def _write_snapshot_payload(log_dir, payload, seq=0):
+    header = frames.frame(encoding.encode({"kind": "snapshot", "storage_version": 2, "seq": seq}))
+    with open(os.path.join(log_dir, f"snapshot-{seq:08d}.jpsnap"), "wb") as f:
+        f.write(header + frames.frame(payload))
+
+
+def test_deeply_nested_records_are_corruption_not_a_crash(tmp_path, capsys):
+    for levels in (150, 400, 5000):
+        with pytest.raises(ValueError, match="levels deep"):
+            encoding.decode(_nested_ext(levels))
+    _write_snapshot_payload(tmp_path, _nested_ext(400))
+    for read in (_loaded, storage.read_state):
+        with pytest.raises(storage.CorruptLogError, match=r"snapshot-00000000.*levels deep"):
+            read(tmp_path)
+    assert cli.main(["report", str(tmp_path)]) == 1
+    assert "levels deep" in capsys.readouterr().err
+    # and a deep journal record
+    shutil.rmtree(tmp_path)
+    pop = _open(tmp_path)
+    Driver().run(pop, 2)
+    pop.close()
+    with open(_files(tmp_path, "journal-")[-1], "ab") as f:
+        f.write(frames.frame(_nested_ext(400)) + frames.frame(encoding.encode(1)))
+    with pytest.raises(storage.CorruptLogError, match="levels deep"):
+        _loaded(tmp_path)
+
+
+def test_the_deepest_value_encode_accepts_decodes_in_a_thread_with_a_small_stack():
+    deep = 1
+    for _ in range(100):
+        deep = (deep,)
+    data = encoding.encode(deep)
+    results = []
+    size = threading.stack_size(1 << 20)
+    try:
+        thread = threading.Thread(target=lambda: results.append(encoding.decode(data) == deep))
+        thread.start()
+        thread.join()
+    finally:
+        threading.stack_size(size)
+    assert results == [True]
+
+
+def _good_state(tmp_path):
+    pop = _open(tmp_path)
+    Driver().run(pop, 4)
+    pop.close()
+    return pop.state
+
+
+def _plain_with(state, **changes):
+    plain = storage.state_to_plain(state)
+    plain.update(changes)
+    return plain
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda s: _plain_with(s, workers=(1, 2)), r"workers\[0\] is not an ActiveWorker"),
+        (lambda s: _plain_with(s, workers=()), "workers is empty"),
+        (lambda s: _plain_with(s, checkpoints=(5,)), r"checkpoints\[0\] is not a Checkpoint"),
+        (
+            lambda s: _plain_with(
+                s, checkpoints=(s.history.first(s.workers[0].generation_id).replace(step="3"),)
+            ),
+            r"checkpoints\[0\].step is not an int",
+        ),
+        (
+            lambda s: _plain_with(
+                s, workers=(s.workers[0].replace(generation_id="nowhere"), s.workers[1])
+            ),
+            "no checkpoint",
+        ),
+        (lambda s: _plain_with(s, num_events=-1), "num_events"),
+        (lambda s: _plain_with(s, key=np.zeros(2, np.float32)), "key"),
+        (lambda s: {"workers": s.workers}, "is not a map"),
+        (lambda s: [1, 2, 3], "is not a map"),
+    ],
+)
+def test_an_ill_typed_snapshot_is_corruption_naming_the_file(tmp_path, bad, message):
+    state = _good_state(tmp_path)
+    for path in _files(tmp_path, ""):
+        os.remove(path)
+    _write_snapshot_payload(tmp_path, encoding.encode(bad(state)))
+    for read in (_loaded, storage.read_state):
+        with pytest.raises(storage.CorruptLogError, match=rf"snapshot-00000000.*{message}"):
+            read(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda c, w: c.replace(workers=((99, w),)), "worker 99 of a population of 2"),
+        (lambda c, w: c.replace(workers=((-1, w),)), r"workers\[0\]\[0\] is not an int >= 0"),
+        (lambda c, w: c.replace(workers=((True, w),)), r"workers\[0\]\[0\] is not an int"),
+        (lambda c, w: c.replace(workers=((0, 7),)), "is not an ActiveWorker"),
+        (lambda c, w: c.replace(checkpoints=("x",)), r"checkpoints\[0\] is not a Checkpoint"),
+        (lambda c, w: c.replace(workers=((0, w.replace(generation_id="z")),)), "no checkpoint"),
+        (lambda c, w: {"not": "changes"}, "is not a Changes record"),
+    ],
+)
+def test_an_ill_typed_journal_record_is_corruption_naming_the_file(tmp_path, bad, message):
+    state = _good_state(tmp_path)
+    path = _files(tmp_path, "journal-")[-1]
+    worker = state.workers[0]
+    changes = Changes((), ((0, worker),), state.mutator_state, state.num_events + 1, 1.0)
+    with open(path, "ab") as f:
+        f.write(frames.frame(encoding.encode(bad(changes, worker))))
+    with pytest.raises(storage.CorruptLogError, match=rf"{os.path.basename(path)}.*{message}"):
+        _loaded(tmp_path)
+    assert _encoded(_good_state_after_removing_last(path, tmp_path)) == _encoded(state)
+
+
+def _good_state_after_removing_last(path, tmp_path):
+    offsets, _ = _frame_offsets(path)
+    with open(path, "r+b") as f:
+        f.truncate(offsets[-1])
+    return _loaded(tmp_path)
+
+
+# -- 3. resuming the right run ----------------------------------------------------------
+def test_reopening_with_another_mutator_kind_is_refused_saying_what_differs(tmp_path):
+    _open(tmp_path).close()
+    pbt = PopulationBasedTraining(
+        perturbation_interval=5, hyperparam_space={"h": explore.uniform(0.0, 2.0)}
+    )
+    for other in (pbt, FixedSchedule({0: {"h": 1.0}})):
+        with pytest.raises(storage.RunMismatchError, match=r"mutator: .*WinnerTakeAllGenetic") as e:
+            _open(tmp_path, other)
+        assert "cannot change" in str(e.value)
+        with pytest.raises(storage.RunMismatchError):  # no override for another kind
+            _open(tmp_path, other, reconfigure=True)
+    with pytest.raises(storage.RunMismatchError, match="population size: 2 in the log_dir, 3"):
+        _open(tmp_path, n=3, reconfigure=True)
+    _open(tmp_path).close()  # every refusal released the lock and changed nothing
+
+
+def test_another_configuration_needs_reconfigure_and_is_then_recorded(tmp_path):
+    pop = _open(tmp_path)
+    driver = Driver()
+    driver.run(pop, 4)
+    pop.close()
+    faster = WinnerTakeAllGenetic(_mutate, steps_per_exploit=5)
+    with pytest.raises(
+        storage.RunMismatchError, match="steps_per_exploit: 10 in the log_dir, 5 now"
+    ):
+        _open(tmp_path, faster)
+    pop = _open(tmp_path, faster, reconfigure=True)
+    driver.run(pop, 2)
+    pop.close()
+    _open(tmp_path, faster).close()  # the new configuration is what the log_dir records now
+    with pytest.raises(storage.RunMismatchError, match="steps_per_exploit: 5 in the log_dir, 10"):
+        _open(tmp_path)
+    reopened = _open(tmp_path, faster)
+    driver.check(reopened.state)
+    reopened.close()
+
+
+def test_a_log_dir_of_storage_version_1_opens_and_records_its_run(tmp_path):
+    pop = _open(tmp_path)
+    driver = Driver()
+    driver.run(pop, 4)
+    pop.close()
+    for path in _files(tmp_path, ""):  # rewrite the headers as version 1 wrote them
+        if path.endswith((".jpsnap", ".jpjournal")):
+            records = open(path, "rb").read()
+            length = struct.unpack_from("<I", records)[0]
+            header = encoding.decode(records[8 : 8 + length])
+            old = {"kind": header["kind"], "storage_version": 1, "seq": header["seq"]}
+            open(path, "wb").write(frames.frame(encoding.encode(old)) + records[8 + length :])
+    with pytest.raises(storage.RunMismatchError, match="population size"):
+        _open(tmp_path, n=3)
+    pop = _open(tmp_path)
+    driver.run(pop, 1)
+    pop.close()
+    with pytest.raises(storage.RunMismatchError, match="mutator"):  # recorded now
+        _open(tmp_path, FixedSchedule({0: {"h": 1.0}}))
+    driver.check(storage.read_state(tmp_path))
+
+
+def test_a_new_controller_in_this_process_takes_the_run_over(tmp_path):
+    old = _open(tmp_path, compact_after=3)
+    driver = Driver()
+    driver.run(old, 7)
+    new = _open(tmp_path, compact_after=3)  # a re-run notebook cell: `old` is still alive
+    assert _encoded(new.state) == _encoded(old.state)
+    with pytest.raises(storage.SupersededError, match="newer PopulationController"):
+        old.maybe_get_worker_data(0, None, 0, None, None)  # a call that changes nothing
+    with pytest.raises(storage.SupersededError, match="newer PopulationController"):
+        driver.step(old)
+    old.close()  # closing (or dropping) the old one leaves the new one's lock alone
+    del old
+    driver.run(new, 5)
+    new.close()
+    reopened = _open(tmp_path)
+    driver.check(reopened.state)
+    reopened.close()
+
+
+def test_a_takeover_while_workers_call_the_old_controller_loses_no_acknowledged_eval(tmp_path):
+    old = _open(tmp_path, n=4, compact_after=5)
+    drivers = [Driver(4) for _ in range(4)]
+    for i, d in enumerate(drivers):
+        d.turn = i  # each thread drives one worker id
+    errors = []
+
+    def work(d):
+        try:
+            for _ in range(10_000):
+                d.step(old)
+                d.turn += 3
+        except storage.SupersededError:
+            pass
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in drivers]
+    for t in threads:
+        t.start()
+    while sum(len(d.acked) for d in drivers) < 40:
+        time.sleep(0.001)
+    new = _open(tmp_path, n=4, compact_after=5)
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for d in drivers:
+        d.check(new.state)
+    new.close()
+
+
+# -- 4. corruption anywhere: the acknowledged prefix, or an error -------------------------
+@pytest.fixture(scope="module")
+def reference_run():
+    """A small run: a snapshot and three journal segments, with its state after each event."""
+    root = tempfile.mkdtemp(prefix="jaxpop-reference-")
+    log_dir = os.path.join(root, "run")
+    driver, states = Driver(), {}
+    for compact_after, calls in ((4, 10), (1000, 6), (1000, 6)):  # compaction, restarts
+        pop = _open(log_dir, compact_after=compact_after)
+        states[pop.state.num_events] = _encoded(pop.state)
+        for _ in range(calls):
+            driver.step(pop)
+            states[pop.state.num_events] = _encoded(pop.state)
+        pop.close()
+    files = _files(log_dir, "snapshot-") + _files(log_dir, "journal-")
+    assert len(files) == 4 and not files[0].endswith("-00000000.jpsnap")
+    yield log_dir, files, states
+    shutil.rmtree(root)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_damage_anywhere_gives_the_acknowledged_prefix_or_an_error(reference_run, data):
+    log_dir, files, states = reference_run
+    which = data.draw(st.integers(0, len(files) - 1), label="file")
+    name = os.path.basename(files[which])
+    newest = which == len(files) - 1 and name.startswith("journal-")
+    offsets, size = _frame_offsets(files[which])
+    kind = data.draw(st.sampled_from(["flip", "overwrite", "zero", "truncate"]), label="kind")
+    start = data.draw(st.integers(0, size - 1), label="offset")
+    length = 0 if kind == "truncate" else data.draw(st.integers(1, 24), label="length")
+    end = size if kind == "truncate" else min(size, start + length)
+    damaged_frame = max(i for i, o in enumerate(offsets) if o <= start)
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = os.path.join(scratch, "run")
+        shutil.copytree(log_dir, copy)
+        path = os.path.join(copy, name)
+        content = bytearray(open(path, "rb").read())
+        if kind == "truncate":
+            content = content[:start]
+        elif kind == "flip":
+            bits = data.draw(st.binary(min_size=end - start, max_size=end - start), label="bits")
+            for i, b in enumerate(bits):
+                content[start + i] ^= b or 0x01
+        elif kind == "overwrite":
+            content[start:end] = data.draw(st.binary(min_size=end - start, max_size=end - start))
+        else:
+            content[start:end] = bytes(end - start)
+        open(path, "wb").write(bytes(content))
+        unchanged = bytes(content) == open(files[which], "rb").read()
+        for read in ("read_state", "reopen"):  # read_state first: reopening repairs
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    state = _loaded(copy) if read == "reopen" else storage.read_state(copy)
+                except storage.CorruptLogError:
+                    continue
+            torn = [w for w in caught if issubclass(w.category, storage.TornRecordWarning)]
+            got = _encoded(state)
+            assert got in states.values(), "a state that was never acknowledged"
+            events = state.num_events
+            if events == max(states) and not torn:
+                continue  # everything there (the damage hit nothing that was needed)
+            # anything shorter: only the newest segment, only from the damaged record on,
+            # and only where the damage reaches the true end of the file
+            assert newest and not unchanged, f"{read}: a silently shorter history"
+            assert kind == "truncate" or damaged_frame == len(offsets) - 1 or end == size
+            kept = damaged_frame - 1  # the records before the damaged one (less the header)
+            if kind == "truncate" and start in offsets:
+                kept = offsets.index(start) - 1
+                assert not torn  # cut at a record boundary: a journal that simply ends there
+            else:
+                assert torn or read == "read_state"
+            assert events == max(states) - (len(offsets) - 1 - max(kept, 0)), read
+
+
+def test_reassigning_the_controller_variable_in_a_loop_resumes_every_time(tmp_path):
+    # The seed's interruption pattern: `population = PopulationController(..., log_dir)`
+    # again and again, the previous controller still referenced while the next is built.
+    rng = np.random.default_rng(0)
+
+    def mutate_fn(p):  # the seed's form: no key, its own randomness
+        return p + float(rng.normal()) * 0.03
+
+    mutator = WinnerTakeAllGenetic(mutate_fn, 1)
+    events = 0
+    for _ in range(6):
+        population = PopulationController([1.0] * 3, mutator, log_dir=str(tmp_path))
+        assert population.state.num_events == events
+        for _ in range(4):
+            for i in range(3):
+                data = population.maybe_get_worker_data(i, None, 0, None, None)
+                population.set_eval(i, data.generation_id, data.step + 1, None, data.meta_params**2)
+        events = population.state.num_events
+    assert events > 0
+    population.close()
