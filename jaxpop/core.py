@@ -186,8 +186,14 @@ def as_value(value: Any) -> float:
     """
     if type(value) is float:
         return value
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(
+                f"set_eval value {value!r:.40} is too large for a float; report a float "
+                "(math.inf if the run diverged: it is stored and never wins)"
+            ) from None
     dtype = getattr(value, "dtype", None)
     if dtype is not None and getattr(value, "size", None) == 1 and np.dtype(dtype).kind in "fiu":
         return float(np.asarray(value).reshape(()))
@@ -214,13 +220,18 @@ def _check_worker(state: PopulationState, worker_id: Any) -> int:
 def _check_step(step: Any) -> int:
     if type(step) is int:
         return step
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+    if isinstance(step, (bool, np.bool_)):
+        raise TypeError(f"step must be an int, got a bool: {step!r}")
+    if not isinstance(step, numbers.Integral):
         try:
             as_int = int(step)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             as_int = None
         if as_int is None or as_int != step:
-            raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
+            raise TypeError(
+                f"step must be an int (a whole number of training steps), got "
+                f"{type(step).__name__}: {step!r:.40}"
+            )
         step = as_int
     return int(step)
 

@@ -209,3 +209,34 @@ def test_transition_rejects_unknown_events():
     m = noop_mutator()
     with pytest.raises(TypeError, match="unknown event"):
         apply(fresh_state([{}], m), ("ask",), 1.0, m)
+
+
+@pytest.mark.parametrize(
+    "step", [True, np.bool_(False), math.inf, -math.inf, math.nan, 2.5, "3", None]
+)
+def test_a_step_that_is_not_a_whole_number_is_refused_and_changes_nothing(step):
+    state = fresh_state([{}, {}], noop_mutator())
+    gen = state.workers[0].generation_id
+    for event in (Eval("p", 0, gen, step, 1.0), Ask("p", None, 0, gen, step)):
+        with pytest.raises(TypeError, match="step must be an int"):
+            core.transition(state, event, 0.0, core.event_key(state), mutator=noop_mutator())
+
+
+def test_a_whole_float_step_is_taken_as_an_int():
+    state = fresh_state([{}], noop_mutator())
+    gen = state.workers[0].generation_id
+    _, reply = apply(state, Eval("p", 0, gen, np.float64(5.0), 1.0), 0.0, noop_mutator())
+    assert reply.checkpoint.step == 5 and type(reply.checkpoint.step) is int
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_a_value_too_large_for_a_float_is_a_value_error_naming_it(value):
+    with pytest.raises(ValueError, match="too large for a float"):
+        core.as_value(value)
+    assert core.as_value(10**300) == 1e300
+
+
+@pytest.mark.parametrize("value", [True, np.bool_(True), np.array([True]), "1.0", None, [1.0]])
+def test_a_value_that_is_not_a_real_number_is_a_type_error(value):
+    with pytest.raises(TypeError, match="must be a real number"):
+        core.as_value(value)

@@ -344,3 +344,42 @@ def test_seed_mutators_survive_cloudpickle(make):
         return [(c.generation_id, c.step, c.meta_params) for c in pop.history.checkpoints()]
 
     assert run(copy) == run(make())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"steps_per_exploit": math.nan}, ValueError, "steps_per_exploit must be a finite int"),
+        ({"steps_per_exploit": math.inf}, ValueError, "steps_per_exploit must be a finite int"),
+        ({"steps_per_exploit": 2.5}, ValueError, "steps_per_exploit must be a finite int"),
+        ({"steps_per_exploit": True}, TypeError, "steps_per_exploit must be an int"),
+        ({"steps_per_exploit": "10"}, TypeError, "steps_per_exploit must be an int"),
+        ({"seconds_per_exploit": math.nan}, ValueError, "seconds_per_exploit must be a finite"),
+        ({"seconds_per_exploit": -1.0}, ValueError, "seconds_per_exploit must be positive"),
+        ({"steps_per_exploit": 5, "mutate_fn": None}, TypeError, "mutate_fn must be a function"),
+        ({"steps_per_exploit": 5, "average_over_samples": "yes"}, TypeError, "average_over"),
+    ],
+)
+def test_wta_refuses_bad_arguments_naming_them(kwargs, error, match):
+    kwargs = {"mutate_fn": lambda m: m, **kwargs}
+    with pytest.raises(error, match=match):
+        WinnerTakeAllGenetic(**kwargs)
+
+
+def test_wta_takes_a_whole_float_steps_per_exploit_as_an_int():
+    assert WinnerTakeAllGenetic(lambda m: m, 10.0).config["steps_per_exploit"] == 10.0
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((None, 1, 1), TypeError, "mutate_fn must be a function"),
+        ((lambda m, d, i: m, math.inf, 1), ValueError, "exploit_steps must be a finite int"),
+        ((lambda m, d, i: m, 1, math.nan), ValueError, "explore_steps must be a finite int"),
+        ((lambda m, d, i: m, None, 1), TypeError, "exploit_steps must be an int"),
+        ((lambda m, d, i: m, 1, -2), ValueError, "explore_steps must be positive"),
+    ],
+)
+def test_branching_refuses_bad_arguments_naming_them(args, error, match):
+    with pytest.raises(error, match=match):
+        BranchingSingleMachine(*args)

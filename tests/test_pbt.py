@@ -373,7 +373,16 @@ def test_exploit_copies_optimizer_state_and_the_worker_writes_the_new_hyperparam
     ("kwargs", "error", "match"),
     [
         ({"perturbation_interval": 0}, ValueError, "positive"),
-        ({"perturbation_interval": "5"}, TypeError, "finite number"),
+        ({"perturbation_interval": "5"}, TypeError, "perturbation_interval must be a number"),
+        (
+            {"perturbation_interval": math.nan},
+            ValueError,
+            "perturbation_interval must be a finite number",
+        ),
+        ({"perturbation_interval": True}, TypeError, "perturbation_interval must be a number"),
+        ({"burn_in_period": math.inf}, ValueError, "burn_in_period must be a finite"),
+        ({"quantile_fraction": "0.25"}, TypeError, "quantile_fraction must be a number"),
+        ({"custom_explore_fn": 5}, TypeError, "custom_explore_fn must be a function"),
         ({"burn_in_period": -1}, ValueError, ">= 0"),
         ({"time_attr": "training_iteration"}, ValueError, "Ray Tune's"),
         ({"mode": "best"}, ValueError, "mode"),

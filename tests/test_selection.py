@@ -187,6 +187,8 @@ score_values = st.one_of(
 def test_every_selection_copies_only_strictly_better_finite_members(scores, seed, mode):
     key = np.array([seed, 3], np.uint32)
     better = np.asarray(canonical_scores(np.asarray(scores, np.float32), mode))
+    # XLA flushes float32 subnormals to zero: on device, 0.0 and 4e-40 are a tie
+    better = np.where(np.abs(better) < np.finfo(np.float32).tiny, np.float32(0), better)
     for fn in (winner_take_all, truncation, tournament):
         result = host(fn, scores, key, mode=mode)
         assert len(result) == len(scores)

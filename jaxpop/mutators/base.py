@@ -21,6 +21,7 @@ import functools
 import hashlib
 import inspect
 import math
+import numbers
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -40,6 +41,8 @@ __all__ = [
     "UpdateFn",
     "start_generation",
     "call_mutate_fn",
+    "check_callable",
+    "check_number",
     "rank_value",
     "records_config",
     "takes_key",
@@ -204,6 +207,41 @@ def _describe(value: Any, depth: int = 0) -> Any:
             values = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
         return {"array": str(array.dtype), "shape": array.shape, "values": values}
     return f"{_qualified_name(t)}: {_ADDRESS.sub('', repr(value))[:200]}"
+
+
+def check_number(
+    name: str, value: Any, *, minimum: float = 0.0, inclusive: bool = False, integer: bool = False
+) -> Any:
+    """``value`` if it is a finite real number above ``minimum`` (an int, if ``integer``).
+
+    For mutator constructors: a bool, a string or ``None`` is a ``TypeError``; NaN, an
+    infinity, a fraction where an int is due, or a number not above ``minimum`` (or below
+    it, if ``inclusive``) is a ``ValueError``. Both messages name the argument.
+
+    >>> check_number("steps_per_exploit", 10, integer=True)
+    10
+    """
+    noun = "int" if integer else "number"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        article = "an" if integer else "a"
+        raise TypeError(
+            f"{name} must be {article} {noun}, got {type(value).__name__}: {value!r:.40}"
+        )
+    if not math.isfinite(value) or (integer and value != int(value)):
+        raise ValueError(f"{name} must be a finite {noun}, got {value!r}")
+    if value < minimum or (value == minimum and not inclusive):
+        above = "positive" if minimum == 0 else f"> {minimum:g}"
+        raise ValueError(
+            f"{name} must be {f'>= {minimum:g}' if inclusive else above}, got {value!r}"
+        )
+    return int(value) if integer else value
+
+
+def check_callable(name: str, value: Any) -> Callable[..., Any]:
+    """``value`` if it is callable, else a ``TypeError`` naming the argument."""
+    if not callable(value):
+        raise TypeError(f"{name} must be a function, got {type(value).__name__}: {value!r:.40}")
+    return value
 
 
 def takes_key(fn: Callable[..., Any], num_args: int) -> bool:

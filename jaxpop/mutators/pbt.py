@@ -64,6 +64,8 @@ from jaxpop.mutators.base import (
     MutatorResult,
     Workers,
     call_mutate_fn,
+    check_callable,
+    check_number,
     records_config,
     start_generation,
     takes_key,
@@ -136,14 +138,6 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
             )
         )
     return events
-
-
-def _check_number(name: str, value: Any, *, positive: bool) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'positive' if positive else '>= 0'}, got {value}")
-    return value
 
 
 def _dense_ranks(scores: Sequence[float], mode: str) -> np.ndarray:
@@ -219,8 +213,10 @@ class PopulationBasedTraining(Mutator):
         custom_explore_fn: Callable[..., Any] | None = None,
         synch: bool = False,
     ):
-        interval = _check_number("perturbation_interval", perturbation_interval, positive=True)
-        burn_in = _check_number("burn_in_period", burn_in_period, positive=False)
+        interval = check_number("perturbation_interval", perturbation_interval)
+        burn_in = check_number("burn_in_period", burn_in_period, inclusive=True)
+        if custom_explore_fn is not None:
+            check_callable("custom_explore_fn", custom_explore_fn)
         if time_attr not in ("step", "time"):
             hint = ""
             if time_attr in _RAY_TIME_ATTRS:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from typing import Literal
 
@@ -92,6 +93,11 @@ def num_in_quantile(n: int, quantile_fraction: float) -> int:
     ``ceil(n * quantile_fraction)``, but at most ``n // 2`` so that the top and the
     bottom never overlap: 0 for one member, 1 for two, 1 for four at the default 0.25.
     """
+    if isinstance(quantile_fraction, bool) or not isinstance(quantile_fraction, numbers.Real):
+        raise TypeError(
+            f"quantile_fraction must be a number in [0, 0.5], got "
+            f"{type(quantile_fraction).__name__}: {quantile_fraction!r:.40}"
+        )
     if not 0.0 <= quantile_fraction <= 0.5:
         raise ValueError(f"quantile_fraction must be in [0, 0.5], got {quantile_fraction}")
     # the tolerance keeps e.g. 10 * 0.3 == 3.0000000000000004 from rounding up to 4

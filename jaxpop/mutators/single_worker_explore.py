@@ -22,6 +22,8 @@ from jaxpop.mutators.base import (
     MutatorResult,
     Workers,
     call_mutate_fn,
+    check_callable,
+    check_number,
     rank_value,
     records_config,
     start_generation,
@@ -57,9 +59,9 @@ class BranchingSingleMachine(Mutator):
 
     @records_config
     def __new__(cls, mutate_fn: Callable[..., Any], exploit_steps: int, explore_steps: int):
-        for name, value in (("exploit_steps", exploit_steps), ("explore_steps", explore_steps)):
-            if int(value) != value or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_callable("mutate_fn", mutate_fn)
+        exploit_steps = check_number("exploit_steps", exploit_steps, integer=True)
+        explore_steps = check_number("explore_steps", explore_steps, integer=True)
         wants_key = takes_key(mutate_fn, 3)
 
         def init():

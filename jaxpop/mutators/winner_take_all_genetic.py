@@ -26,6 +26,8 @@ from jaxpop.mutators.base import (
     MutatorResult,
     Workers,
     call_mutate_fn,
+    check_callable,
+    check_number,
     rank_value,
     records_config,
     start_generation,
@@ -72,10 +74,13 @@ class WinnerTakeAllGenetic(Mutator):
                 "WinnerTakeAllGenetic needs steps_per_exploit or seconds_per_exploit "
                 "(how long each worker trains between exploits)"
             )
-        if steps_per_exploit is not None and steps_per_exploit <= 0:
-            raise ValueError(f"steps_per_exploit must be positive, got {steps_per_exploit}")
-        if seconds_per_exploit is not None and seconds_per_exploit <= 0:
-            raise ValueError(f"seconds_per_exploit must be positive, got {seconds_per_exploit}")
+        check_callable("mutate_fn", mutate_fn)
+        if steps_per_exploit is not None:
+            steps_per_exploit = check_number("steps_per_exploit", steps_per_exploit, integer=True)
+        if seconds_per_exploit is not None:
+            seconds_per_exploit = check_number("seconds_per_exploit", seconds_per_exploit)
+        if not isinstance(average_over_samples, (bool, np.bool_)):
+            raise TypeError(f"average_over_samples must be a bool, got {average_over_samples!r}")
         wants_key = takes_key(mutate_fn, 1)
 
         def init():
