@@ -30,6 +30,8 @@ Protocol (what a worker can rely on):
 * A ``worker_id`` outside ``[0, population size)`` raises ``ValueError``; a value that is
   not a real number raises ``TypeError``. A NaN or infinite value is stored as reported
   and ranks last in every selection.
+* What is stored is a copy (:func:`jaxpop.boundary.copy_in`): editing the dict or
+  numpy array passed in later changes nothing recorded.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from flax import struct
 
+from jaxpop.boundary import check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event
 from jaxpop.history import History
 from jaxpop.keys import event_key as _event_key
@@ -173,6 +176,8 @@ def init(
     key = np.asarray(key, dtype=np.uint32)
     workers, history = [], History()
     for i, meta_params in enumerate(population):
+        check_sortable_keys(meta_params, f"initial_population[{i}]")
+        meta_params = copy_in(meta_params)
         generation_id = new_generation_id(key, i)
         workers.append(ActiveWorker(None, meta_params, generation_id, 0))
         history = history.add(Checkpoint(None, meta_params, generation_id, None, None, 0, now))
@@ -254,6 +259,7 @@ def _apply_mutator(
         )
     history = state.history
     for checkpoint in new_checkpoints:
+        check_sortable_keys(checkpoint.meta_params, f"the meta_params {who} returned")
         if history.get_checkpoint(checkpoint.generation_id, checkpoint.step) is not None:
             raise ValueError(
                 f"{who} returned a checkpoint for {checkpoint.ref}, which is already in "
@@ -340,7 +346,8 @@ def ask(
     else:
         reply_worker = assigned
         if new.history.get_checkpoint(generation_id, step) is None:
-            last = new.history.continuation(generation_id, step, event.params, None, now)
+            params = copy_in(event.params)
+            last = new.history.continuation(generation_id, step, params, None, now)
             new = new._with(history=new.history.add(last))
             added.append(last)
     new, changes = _finish(state, new, added, now)
@@ -367,15 +374,16 @@ def report(
     assigned = workers[worker_id]
     advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
+    params = copy_in(event.params)  # the caller's objects stay the caller's
     if existing is not None:
-        checkpoint = existing.replace(params=event.params, value=value, time=now)
+        checkpoint = existing.replace(params=params, value=value, time=now)
     else:
-        checkpoint = history.continuation(generation_id, step, event.params, value, now)
+        checkpoint = history.continuation(generation_id, step, params, value, now)
         if advances and history.get_checkpoint(generation_id, assigned.step) is not None:
             # trained from where the worker was sent, not from an abandoned earlier run
             checkpoint = checkpoint.replace(parent=(generation_id, assigned.step))
     if advances:  # the worker's assignment follows its progress
-        moved = ActiveWorker(event.params, assigned.meta_params, generation_id, step)
+        moved = ActiveWorker(params, assigned.meta_params, generation_id, step)
         workers = (*workers[:worker_id], moved, *workers[worker_id + 1 :])
     new = state._with(history=history.add(checkpoint), workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from jaxpop import core, storage
+from jaxpop.boundary import copy_out
 from jaxpop.core import PopulationState
 from jaxpop.events import Ask, Eval, Event
 from jaxpop.history import History
@@ -183,7 +184,7 @@ class PopulationController:
         and continues at its ``step`` under its ``generation_id``.
         """
         event = Ask(params, meta_params, worker_id, generation_id, step)
-        return self._apply(event).worker
+        return _copy_out(self._apply(event).worker)
 
     def set_eval(
         self,
@@ -280,3 +281,12 @@ class PopulationController:
         if reply.warning is not None:
             logger.warning(reply.warning)
         return reply
+
+
+def _copy_out(worker: ActiveWorker | None) -> ActiveWorker | None:
+    """A reply the worker may edit without changing the history (see jaxpop.boundary)."""
+    if worker is None:
+        return None
+    return ActiveWorker(
+        copy_out(worker.params), copy_out(worker.meta_params), worker.generation_id, worker.step
+    )

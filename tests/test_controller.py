@@ -176,3 +176,44 @@ def test_a_failing_prepare_releases_the_log_dir(tmp_path):
 
 def test_the_controller_has_the_api_worker_code_is_typed_against():
     assert_is_a_controller(PopulationController)
+
+
+def test_callers_cannot_change_the_history_behind_the_controllers_back(tmp_path):
+    from jaxpop import storage
+
+    initial = [{"h": 1.0, "opt": {"b1": 0.9}}, {"h": 2.0, "opt": {"b1": 0.8}}]
+    pop = PopulationController(initial, noop_mutator(), str(tmp_path))
+    initial[0]["h"] = 99.0  # edits of what was passed in ...
+    initial[1]["opt"]["b1"] = 0.0
+    data = pop.maybe_get_worker_data(0, None, 0, None, None)
+    params = {"w": np.arange(3.0)}
+    pop.set_eval(0, data.generation_id, 5, params, 1.0)
+    params["w"][0] = 42.0
+    params["extra"] = 1
+    data.meta_params["h"] = -1.0  # ... and of what came out
+    again = pop.maybe_get_worker_data(0, None, 0, None, None)
+    again.meta_params["opt"]["b1"] = 0.5
+    stored = pop.history.get_checkpoint(data.generation_id, 5)
+    assert stored.meta_params == {"h": 1.0, "opt": {"b1": 0.9}}
+    assert pop.history.meta_params(pop.active_workers[1].generation_id)["opt"] == {"b1": 0.8}
+    np.testing.assert_array_equal(stored.params["w"], [0.0, 1.0, 2.0])
+    assert list(stored.params) == ["w"]
+    with pytest.raises(ValueError, match="read-only"):
+        stored.params["w"][1] = 7.0  # stored arrays refuse edits
+    pop.close()
+    on_disk = storage.read_state(tmp_path)
+    assert repr(storage.state_to_plain(on_disk)) == repr(storage.state_to_plain(pop.state))
+
+
+def test_meta_params_with_keys_jax_cannot_sort_are_refused_where_they_enter():
+    with pytest.raises(TypeError, match=r"initial_population\[1\].*keys cannot be sorted"):
+        PopulationController([{"a": 1.0}, {1: 0.1, "1": 0.2}], noop_mutator())
+
+    def mutate(meta):
+        return {1: meta["h"], "1": meta["h"]}
+
+    pop = PopulationController([{"h": 1.0}, {"h": 2.0}], WinnerTakeAllGenetic(mutate, 1))
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(0, gens[0], 1, None, 1.0)
+    with pytest.raises(TypeError, match=r"mutator\.update returned has a dict whose keys cannot"):
+        pop.set_eval(1, gens[1], 1, None, 2.0)

@@ -379,7 +379,7 @@ class Checker:
             return
         stored = after.history.get_checkpoint(gen, event.step)
         assert reply.checkpoint is stored and reply.warning is None
-        assert stored.params is event.params
+        assert stored.params == event.params  # a copy (jaxpop.boundary): equal, not shared
         assert same_value(stored.value, core.as_value(event.value))
 
     def check_wta(self, before, event, after):

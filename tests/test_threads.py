@@ -273,7 +273,7 @@ def test_sixteen_threads_hammering_one_controller(caplog, fast_thread_switching)
     # the controller is still consistent and usable
     for w, assigned in enumerate(state.workers):
         assert controller.maybe_get_worker_data(w, assigned.generation_id, 0, None, None) is None
-        assert controller.maybe_get_worker_data(w, None, 0, None, None) is assigned
+        assert controller.maybe_get_worker_data(w, None, 0, None, None) == assigned
     assert elapsed < 30.0, elapsed
 
 

@@ -1,0 +1,79 @@
+"""Values crossing into and out of a controller: copied, so callers cannot change history.
+
+A worker that passes a dict of hyperparameters or a numpy array of parameters keeps its
+own reference; if the controller stored that object, a later edit by the worker would
+change the history in memory while the journal holds the original. :func:`copy_in`
+gives the controller its own copy (fresh containers, numpy arrays copied and made
+read-only; immutable values -- numbers, strings, ``jax.Array`` -- shared as they are).
+:func:`copy_out` gives a caller fresh containers around the stored leaves, so editing a
+returned ``meta_params`` dict changes nothing stored, and the read-only arrays refuse
+edits. Both walk the common containers by hand (a ``jax.tree.map`` costs more than the
+rest of a controller call) and fall back to ``jax.tree`` for other pytree nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = ["check_sortable_keys", "copy_in", "copy_out"]
+
+_IMMUTABLE = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _copy(x: Any, arrays: bool) -> Any:
+    t = type(x)
+    if t in _IMMUTABLE:
+        return x
+    if t is dict:
+        return {k: _copy(v, arrays) for k, v in x.items()}
+    if t is list:
+        return [_copy(v, arrays) for v in x]
+    if t is tuple:
+        return tuple(_copy(v, arrays) for v in x)
+    if t is np.ndarray:
+        if not arrays:
+            return x
+        frozen = x.copy()
+        frozen.flags.writeable = False
+        return frozen
+    if isinstance(x, (jax.Array, np.generic)):
+        return x
+    leaves, treedef = jax.tree.flatten(x, is_leaf=lambda leaf: leaf is not x)
+    if treedef.num_nodes == 1:  # a leaf of another type: shared as it is
+        return x
+    return jax.tree.unflatten(treedef, [_copy(leaf, arrays) for leaf in leaves])
+
+
+def copy_in(tree: Any) -> Any:
+    """``tree`` with fresh containers and read-only copies of its numpy arrays.
+
+    >>> meta = {"lr": 0.1}
+    >>> stored = copy_in(meta)
+    >>> meta["lr"] = 5.0
+    >>> stored
+    {'lr': 0.1}
+    """
+    return _copy(tree, arrays=True)
+
+
+def copy_out(tree: Any) -> Any:
+    """``tree`` with fresh containers around the same leaves (for stored values going out)."""
+    return _copy(tree, arrays=False)
+
+
+def check_sortable_keys(tree: Any, where: str) -> None:
+    """Raises ``TypeError`` if a dict in ``tree`` has keys JAX cannot sort (``{1: a, "1": b}``).
+
+    JAX flattens a dict in sorted key order, so such hyperparameters would fail at the
+    first exploit; refuse them where they enter instead.
+    """
+    try:
+        jax.tree.flatten(tree)
+    except (TypeError, ValueError) as e:  # jax raises either, by version
+        raise TypeError(
+            f"{where} has a dict whose keys cannot be sorted ({e}); JAX orders dict keys, "
+            "so use keys of one type (e.g. all str)"
+        ) from None
