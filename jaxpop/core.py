@@ -49,7 +49,7 @@ from jaxpop.history import History
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators.base import Mutator
-from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.records import ActiveWorker, Checkpoint, check_active_worker, check_checkpoint
 
 __all__ = [
     "Changes",
@@ -258,7 +258,8 @@ def _apply_mutator(
             f"{state.population_size}; a mutator must return one assignment per worker"
         )
     history = state.history
-    for checkpoint in new_checkpoints:
+    for i, checkpoint in enumerate(new_checkpoints):
+        check_checkpoint(checkpoint, f"{who}'s new checkpoint {i}")  # as storage reads it
         check_sortable_keys(checkpoint.meta_params, f"the meta_params {who} returned")
         if history.get_checkpoint(checkpoint.generation_id, checkpoint.step) is not None:
             raise ValueError(
@@ -266,9 +267,12 @@ def _apply_mutator(
                 "the history; a mutator may only add checkpoints, never replace them"
             )
         history = history.add(checkpoint)
-    for i, worker in enumerate(workers):
+    for i, (worker, was) in enumerate(zip(workers, state.workers, strict=True)):
+        if worker is was:
+            continue
         if not isinstance(worker, ActiveWorker):
             raise TypeError(f"{who} returned a {type(worker).__name__} for worker {i}")
+        check_active_worker(worker, f"{who}'s worker {i}")
         if worker.generation_id not in history:
             raise ValueError(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "

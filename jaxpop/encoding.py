@@ -115,13 +115,15 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "decode", "encode", "register_record"]
+__all__ = ["FORMAT_VERSION", "PREFIX", "decode", "encode", "register_record"]
 
 #: The version of the wire format ``encode`` writes; ``decode`` reads versions up to it.
 FORMAT_VERSION: int = 1
 
 _MAGIC = b"jaxpop"
 _HEADER = b"\x93\xc4\x06" + _MAGIC  # fixarray(3), bin8 of length 6, "jaxpop"
+#: The 9 bytes every encoding starts with (whatever its version).
+PREFIX: bytes = _HEADER
 
 _EXT_TUPLE = 1
 _EXT_NDARRAY = 2
@@ -577,17 +579,21 @@ class _DecodeError(Exception):
     """Raised inside the decoder; turned into a ``ValueError`` by ``decode``."""
 
 
-# How many ext values enclose the one being decoded, per thread. Each ext is decoded by
-# a nested unpack called from the hook; ``msgpack.unpackb`` keeps its ~50 kB parse stack
-# on the C stack, so a few hundred nested exts in a hostile file would overflow it and
-# crash the process. Past ``_C_STACK_EXT_DEPTH`` levels an ``Unpacker`` (parse stack on
-# the heap) is used instead, and past ``_MAX_DEPTH`` levels decoding stops.
+# How many tuple and record exts enclose the value being decoded, per thread. Each ext is
+# decoded by a nested unpack called from the hook; ``msgpack.unpackb`` keeps its ~50 kB
+# parse stack on the C stack, so a few hundred nested exts in a hostile file would
+# overflow it and crash the process. Past ``_C_STACK_EXT_DEPTH`` levels an ``Unpacker``
+# (parse stack on the heap) is used instead, and past ``_MAX_DEPTH`` levels (the most the
+# encoder writes) decoding stops.
 class _Nesting(threading.local):
     depth = 0
 
 
 _nesting = _Nesting()
 _C_STACK_EXT_DEPTH = 8
+# The exts that are levels of the encoder's depth count (tuples and records; lists and
+# dicts are native containers parsed without recursion); arrays and keys are leaves.
+_NESTING_EXTS = frozenset({_EXT_TUPLE, _EXT_RECORD})
 
 
 def _unpack(data: bytes | memoryview) -> Any:
@@ -704,6 +710,8 @@ def _ext_hook(code: int, data: bytes) -> Any:
     reader = _EXT_READERS.get(code)
     if reader is None:
         raise _DecodeError(f"unknown extension type {code}")
+    if code not in _NESTING_EXTS:  # an array or key: at most two unpacks below, no deeper
+        return reader(data)
     nesting = _nesting
     depth = nesting.depth + 1
     if depth > _MAX_DEPTH:

@@ -13,11 +13,15 @@ re-exported here, where the seed's users look for them.
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+
+import numpy as np
 
 from jaxpop import core, storage
 from jaxpop.boundary import copy_out
@@ -141,8 +145,13 @@ class PopulationController:
         state = core.init(initial_population, mutator, key=root_key(seed), now=clock())
         self._store: storage.Store | None = None
         if log_dir is not None:
-            store = storage.Store(log_dir, durability=durability, compact_after=compact_after)
-            run = {"population_size": state.population_size, "mutator": mutator.describe()}
+            store = storage.Store(
+                log_dir,
+                run={"population_size": state.population_size, "mutator": mutator.describe()},
+                reconfigure=reconfigure,
+                durability=durability,
+                compact_after=compact_after,
+            )
             try:
                 restored = store.load()
                 if restored is not None:
@@ -153,7 +162,7 @@ class PopulationController:
                         restored.history.num_checkpoints,
                     )
                     state = restored
-                store.start(state, run, reconfigure=reconfigure)
+                store.start(state)
             except BaseException:
                 store.close()
                 raise
@@ -263,17 +272,13 @@ class PopulationController:
     # -- the shell ------------------------------------------------------------------
     def _apply(self, event: Event) -> core.Reply:
         with self._lock:
-            if self._store is not None and self._store.closed:
-                if self._store.superseded:
-                    raise storage.SupersededError(
-                        f"this controller was superseded: a newer PopulationController in "
-                        f"this process opened its log_dir {self.log_dir!r} and took the run "
-                        "over (with everything this one acknowledged); use the newer one"
-                    )
-                raise RuntimeError(f"this controller was closed (log_dir {self.log_dir!r})")
-            state = self._state
+            if self._store is not None:
+                self._store.check_open()
+            state, now = self._state, self._clock()
+            if type(now) is not float:
+                now = _as_time(now)
             new_state, reply = core.transition(
-                state, event, self._clock(), core.event_key(state), mutator=self._mutator
+                state, event, now, core.event_key(state), mutator=self._mutator
             )
             if reply.changes is not None and self._store is not None:
                 self._store.append(reply.changes, new_state)
@@ -290,3 +295,11 @@ def _copy_out(worker: ActiveWorker | None) -> ActiveWorker | None:
     return ActiveWorker(
         copy_out(worker.params), copy_out(worker.meta_params), worker.generation_id, worker.step
     )
+
+
+def _as_time(now: Any) -> float:
+    if isinstance(now, (numbers.Real, np.floating, np.integer)) and not isinstance(now, bool):
+        now = float(now)
+        if math.isfinite(now):
+            return now
+    raise TypeError(f"the controller's clock must return seconds as a finite float, got {now!r}")

@@ -8,11 +8,12 @@ means ``record.replace(field=new_value)``, which returns a new record.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from flax import struct
 
-__all__ = ["ActiveWorker", "Checkpoint", "CheckpointRef"]
+__all__ = ["ActiveWorker", "Checkpoint", "CheckpointRef", "check_active_worker", "check_checkpoint"]
 
 #: A reference to one checkpoint in the history: ``(generation_id, step)``.
 CheckpointRef = tuple[str, int]
@@ -66,3 +67,46 @@ class ActiveWorker:
     meta_params: Any
     generation_id: str = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
+
+
+def _bad(where: str, what: str, value: Any) -> ValueError:
+    return ValueError(f"{where} is not {what}: {type(value).__name__} {value!r:.80}")
+
+
+def _check_int(value: Any, where: str) -> None:
+    if type(value) is not int:
+        raise _bad(where, "an int", value)
+
+
+def _check_generation_id(value: Any, where: str) -> None:
+    if type(value) is not str or not value:
+        raise _bad(where, "a generation id (a non-empty str)", value)
+
+
+def check_checkpoint(c: Any, where: str = "checkpoint") -> None:
+    """Raises ``ValueError`` naming the field if ``c`` is not a well-formed :class:`Checkpoint`.
+
+    What a controller stores and journals, and what storage accepts when it reads a
+    file back: the same rules on both sides, so nothing written is refused later.
+    """
+    if type(c) is not Checkpoint:
+        raise _bad(where, "a Checkpoint", c)
+    _check_generation_id(c.generation_id, f"{where}.generation_id")
+    _check_int(c.step, f"{where}.step")
+    if c.value is not None and type(c.value) is not float:
+        raise _bad(f"{where}.value", "None or a float", c.value)
+    if c.parent is not None:
+        if type(c.parent) is not tuple or len(c.parent) != 2:
+            raise _bad(f"{where}.parent", "a (generation_id, step) tuple", c.parent)
+        _check_generation_id(c.parent[0], f"{where}.parent[0]")
+        _check_int(c.parent[1], f"{where}.parent[1]")
+    if isinstance(c.time, bool) or not isinstance(c.time, numbers.Real):
+        raise _bad(f"{where}.time", "a real number", c.time)
+
+
+def check_active_worker(w: Any, where: str = "worker") -> None:
+    """Raises ``ValueError`` naming the field if ``w`` is not a well-formed ActiveWorker."""
+    if type(w) is not ActiveWorker:
+        raise _bad(where, "an ActiveWorker", w)
+    _check_generation_id(w.generation_id, f"{where}.generation_id")
+    _check_int(w.step, f"{where}.step")

@@ -17,18 +17,28 @@ from typing import Any
 class FaultyOS:
     def __init__(self) -> None:
         self.space: int | None = None  # bytes left on the "disk"; None: unlimited
-        # name -> [calls to let through, failures left (None: all), errno]
+        # name -> [calls to let through, failures left (None: all), errno, exception type]
         self._armed: dict[str, list] = {}
         self.failures: list[str] = []
+        self.synced: list[int] = []  # descriptors fdatasync-ed
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
 
     def fail(
-        self, name: str, *, after: int = 0, times: int | None = None, code: int = errno.EIO
+        self,
+        name: str,
+        *,
+        after: int = 0,
+        times: int | None = None,
+        code: int = errno.EIO,
+        error: type[BaseException] | None = None,
     ) -> None:
-        """Makes ``os.<name>`` fail from its ``after + 1``-th call on, ``times`` times or always."""
-        self._armed[name] = [after, times, code]
+        """Makes ``os.<name>`` fail from its ``after + 1``-th call on, ``times`` times or always.
+
+        It raises ``OSError(code)``, or ``error()`` if given (e.g. ``KeyboardInterrupt``).
+        """
+        self._armed[name] = [after, times, code, error]
 
     def heal(self) -> None:
         """No more failures; unlimited space."""
@@ -47,6 +57,8 @@ class FaultyOS:
             if armed[1] == 0:
                 del self._armed[name]
         self.failures.append(name)
+        if armed[3] is not None:
+            raise armed[3]()
         raise OSError(armed[2], f"{os.strerror(armed[2])} (injected into os.{name})")
 
     def write(self, fd: int, data: Any) -> int:
@@ -69,6 +81,7 @@ class FaultyOS:
 
     def fdatasync(self, fd: int) -> None:
         self._maybe_fail("fdatasync")
+        self.synced.append(fd)
         os.fdatasync(fd)
 
     def ftruncate(self, fd: int, length: int) -> None:

@@ -12,7 +12,13 @@ import pytest
 
 from conftest import FakeClock
 from jaxpop import PopulationController, encoding, storage
-from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, WinnerTakeAllGenetic
+from jaxpop.mutators import (
+    BranchingSingleMachine,
+    FixedSchedule,
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+    explore,
+)
 
 
 def _mutate(meta, key):
@@ -22,6 +28,14 @@ def _mutate(meta, key):
 MUTATORS = {
     "wta": (lambda: WinnerTakeAllGenetic(_mutate, steps_per_exploit=10), 3),
     "fixed": (lambda: FixedSchedule({0: {"h": 1.0}, 20: {"h": 0.5}, 60: {"h": 0.1}}), 2),
+    "pbt": (
+        lambda: PopulationBasedTraining(
+            perturbation_interval=10,
+            hyperparam_space={"h": explore.uniform(0.0, 2.0)},
+            quantile_fraction=0.5,
+        ),
+        4,
+    ),
     "branching": (
         lambda: BranchingSingleMachine(
             lambda m, d, i, key: {"h": m["h"] + (0.2 if d == "pos" else -0.2)}, 10, 5

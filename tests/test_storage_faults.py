@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 
+import jax
 import msgpack
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from conftest import FakeClock
 from jaxpop import PopulationController, cli, encoding, storage
 from jaxpop.core import Changes
 from jaxpop.mutators import FixedSchedule, PopulationBasedTraining, WinnerTakeAllGenetic, explore
+from jaxpop.records import Checkpoint
 from jaxpop.storage import frames, store
 
 
@@ -419,20 +421,36 @@ def test_deeply_nested_records_are_corruption_not_a_crash(tmp_path, capsys):
         _loaded(tmp_path)
 
 
-def test_the_deepest_value_encode_accepts_decodes_in_a_thread_with_a_small_stack():
-    deep = 1
-    for _ in range(100):
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        1,
+        np.float32(1.5),
+        np.arange(3.0),
+        jax.numpy.ones(2),
+        jax.random.key(0),
+        Checkpoint(None, {}, "g", None, None, 0, 0.0),
+    ],
+    ids=["int", "numpy scalar", "numpy array", "jax array", "jax key", "record"],
+)
+def test_the_deepest_value_encode_accepts_decodes_in_a_thread_with_a_small_stack(leaf):
+    deep = leaf
+    while True:  # as deep as the encoder goes
+        try:
+            encoding.encode((deep,))
+        except ValueError:
+            break
         deep = (deep,)
     data = encoding.encode(deep)
     results = []
     size = threading.stack_size(1 << 20)
     try:
-        thread = threading.Thread(target=lambda: results.append(encoding.decode(data) == deep))
+        thread = threading.Thread(target=lambda: results.append(encoding.decode(data)))
         thread.start()
         thread.join()
     finally:
         threading.stack_size(size)
-    assert results == [True]
+    assert encoding.encode(results[0]) == data
 
 
 def _good_state(tmp_path):
@@ -579,9 +597,9 @@ def test_a_new_controller_in_this_process_takes_the_run_over(tmp_path):
     driver.run(old, 7)
     new = _open(tmp_path, compact_after=3)  # a re-run notebook cell: `old` is still alive
     assert _encoded(new.state) == _encoded(old.state)
-    with pytest.raises(storage.SupersededError, match="newer PopulationController"):
+    with pytest.raises(storage.SupersededError, match="newer controller"):
         old.maybe_get_worker_data(0, None, 0, None, None)  # a call that changes nothing
-    with pytest.raises(storage.SupersededError, match="newer PopulationController"):
+    with pytest.raises(storage.SupersededError, match="newer controller"):
         driver.step(old)
     old.close()  # closing (or dropping) the old one leaves the new one's lock alone
     del old
@@ -612,7 +630,9 @@ def test_a_takeover_while_workers_call_the_old_controller_loses_no_acknowledged_
     threads = [threading.Thread(target=work, args=(d,)) for d in drivers]
     for t in threads:
         t.start()
-    while sum(len(d.acked) for d in drivers) < 40:
+    deadline = time.monotonic() + 60
+    while sum(len(d.acked) for d in drivers) < 40 and not errors:
+        assert time.monotonic() < deadline, "the worker threads made no progress"
         time.sleep(0.001)
     new = _open(tmp_path, n=4, compact_after=5)
     for t in threads:
@@ -677,12 +697,19 @@ def test_damage_anywhere_gives_the_acknowledged_prefix_or_an_error(reference_run
             content[start:end] = bytes(end - start)
         open(path, "wb").write(bytes(content))
         unchanged = bytes(content) == open(files[which], "rb").read()
+        before = {n: open(os.path.join(copy, n), "rb").read() for n in os.listdir(copy)}
+        # damage that can only be a torn write: a cut, or bytes changed inside the last
+        # record's payload (its length intact) of the newest segment
+        must_read = newest and (kind == "truncate" or start >= offsets[-1] + 8)
         for read in ("read_state", "reopen"):  # read_state first: reopening repairs
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
                     state = _loaded(copy) if read == "reopen" else storage.read_state(copy)
                 except storage.CorruptLogError:
+                    assert not must_read, f"{read}: a torn tail taken for corruption"
+                    after = {n: open(os.path.join(copy, n), "rb").read() for n in os.listdir(copy)}
+                    assert after == before, f"{read}: files changed although corrupt"
                     continue
             torn = [w for w in caught if issubclass(w.category, storage.TornRecordWarning)]
             got = _encoded(state)
@@ -723,3 +750,162 @@ def test_reassigning_the_controller_variable_in_a_loop_resumes_every_time(tmp_pa
         events = population.state.num_events
     assert events > 0
     population.close()
+
+
+def test_a_refused_new_controller_leaves_the_live_one_running(tmp_path):
+    live = _open(tmp_path)
+    driver = Driver()
+    driver.run(live, 3)
+    for refused in (
+        lambda: _open(tmp_path, WinnerTakeAllGenetic(_mutate, steps_per_exploit=5)),
+        lambda: _open(tmp_path, n=3),
+        lambda: _open(tmp_path, FixedSchedule({0: {"h": 1.0}})),
+    ):
+        with pytest.raises(storage.RunMismatchError):
+            refused()
+    driver.run(live, 3)  # still the writer
+    live.close()
+    reopened = _open(tmp_path)
+    driver.check(reopened.state)
+    reopened.close()
+
+
+_DESCRIBE_MODULE = """
+import json
+from jaxpop.mutators import FixedSchedule, Mutator, WinnerTakeAllGenetic
+
+def mutate(meta):
+    return meta
+
+class Tagged(WinnerTakeAllGenetic):
+    pass
+
+def describe():
+    return [
+        WinnerTakeAllGenetic(mutate, steps_per_exploit=10).describe(),
+        Tagged(mutate, seconds_per_exploit=2.5).describe(),
+        FixedSchedule({0: {"tags": frozenset({"lr", "wd", "mom", "b1", "b2"})}}).describe(),
+        Mutator(dict, mutate).describe(),
+    ]
+
+if __name__ == "__main__":
+    print(json.dumps(describe()))
+"""
+
+
+def test_a_mutator_describes_itself_the_same_as_a_script_or_imported(tmp_path, monkeypatch):
+    import importlib
+    import json
+
+    (tmp_path / "described.py").write_text(_DESCRIBE_MODULE)
+    env = {**os.environ, "PYTHONHASHSEED": "7", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, str(tmp_path / "described.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))
+    imported = importlib.import_module("described").describe()
+    as_script = json.loads(out.stdout)
+    assert as_script == json.loads(json.dumps(imported))  # json: tuples as lists
+    assert imported[1]["kind"] == "Tagged"
+
+
+def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):
+    from jaxpop.mutators import Mutator
+    from jaxpop.mutators.base import start_generation
+
+    def update(state, workers, history, now, key):
+        latest = history.latest(workers[0].generation_id)
+        if latest.value is None or state:
+            return state, workers, ()
+        worker, start = start_generation(latest, {"h": 0.5}, key, 0, now)
+        start = start.replace(step=np.int64(start.step))  # a step computed with numpy
+        return 1, (worker.replace(step=start.step), *workers[1:]), (start,)
+
+    pop = _open(tmp_path, Mutator(lambda: 0, update))
+    data = pop.maybe_get_worker_data(0, None, 0, None, None)
+    with pytest.raises(ValueError, match=r"mutator\.update's new checkpoint 0\.step is not an int"):
+        pop.set_eval(0, data.generation_id, 5, None, 1.0)
+    pop.close()
+    _open(tmp_path, Mutator(lambda: 0, update)).close()  # and nothing unreadable was written
+
+
+def test_a_segment_switch_syncs_the_segment_it_leaves(tmp_path, faulty):
+    pop = _open(tmp_path, compact_after=4)  # durability="process": no sync per record
+    Driver().run(pop, 3)
+    assert faulty.synced == []
+    Driver().run(pop, 3)  # a compaction
+    assert len(faulty.synced) == 1
+    pop.close()
+
+
+def test_an_interrupted_write_whose_undo_fails_refuses_later_calls(tmp_path, faulty):
+    pop = _open(tmp_path, compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 4)
+    acknowledged = dict(driver.acked)
+    faulty.space = 9  # part of the next record is written ...
+    faulty.fail("write", after=1, times=1, error=KeyboardInterrupt)  # ... then Ctrl-C
+    faulty.fail("ftruncate")
+    with pytest.raises(KeyboardInterrupt):
+        driver.run(pop, 3)
+    faulty.heal()
+    with pytest.raises(storage.JournalWriteError, match="refusing to journal"):
+        driver.step(pop)
+    pop.close()
+    with pytest.warns(storage.TornRecordWarning):
+        reopened = _open(tmp_path)
+    driver.acked = acknowledged
+    driver.check(reopened.state)
+    reopened.close()
+
+
+def test_a_store_taken_over_before_it_started_refuses_to_start(tmp_path):
+    _open(tmp_path).close()
+    first = storage.Store(tmp_path)
+    state = first.load()
+    second = storage.Store(tmp_path)  # takes the log_dir over
+    with pytest.raises(storage.SupersededError):
+        first.start(state)
+    second.start(second.load())
+    second.close()
+
+
+def test_nothing_is_repaired_when_something_else_is_corrupt(tmp_path):
+    pop = _open(tmp_path)
+    Driver().run(pop, 4)
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    offsets, _ = _frame_offsets(path)
+    damaged = bytearray(open(path, "rb").read())
+    damaged[offsets[1] + 20] ^= 0xFF  # the first record: corrupt, good records follow
+    damaged += struct.pack("<II", 500, 0) + b"torn"  # and a torn tail
+    open(path, "wb").write(bytes(damaged))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(storage.CorruptLogError):
+            _loaded(tmp_path)
+    assert open(path, "rb").read() == bytes(damaged)
+
+
+def test_a_run_description_must_have_its_shape():
+    for run in ("x", {"population_size": "2"}, {"population_size": 2, "mutator": "WTA"}):
+        with pytest.raises(TypeError, match="run description"):
+            storage.Store("/nonexistent/never-created", run=run)
+
+
+def test_a_failed_reconfigured_start_records_nothing(tmp_path, faulty):
+    _open(tmp_path).close()
+    faster = WinnerTakeAllGenetic(_mutate, steps_per_exploit=5)
+    faulty.fail("replace")  # the snapshot recording the new configuration fails
+    with pytest.raises(OSError):
+        _open(tmp_path, faster, reconfigure=True)
+    faulty.heal()
+    assert len(_files(tmp_path, "journal-")) == 1  # the segment it opened is gone
+    _open(tmp_path).close()  # still the old configuration
+    with pytest.raises(storage.RunMismatchError):
+        _open(tmp_path, faster)

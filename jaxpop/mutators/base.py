@@ -100,20 +100,21 @@ class Mutator(NamedTuple):
     def describe(self) -> dict[str, Any]:
         """This mutator's kind and configuration as plain, comparable data.
 
-        Callables are described by their qualified names (without the module, which
-        differs between a script run directly and imported), arrays by their values (or a
-        digest, when large), other objects by their fields or their repr, so two
-        mutators built the same way, in this process or another, describe themselves
-        the same. Without a ``config``, the functions' names stand for it.
+        The kind and callables are given by their qualified names (without the module,
+        which differs between a script run directly and imported), arrays by their
+        values (or a digest, when large), sets sorted, other objects by their fields or
+        their repr, so two mutators built the same way, in this process or another,
+        describe themselves the same. Without a ``config``, the functions' names stand
+        for it.
 
         >>> from jaxpop.mutators import WinnerTakeAllGenetic
         >>> description = WinnerTakeAllGenetic(abs, steps_per_exploit=10).describe()
         >>> description["kind"]
-        'jaxpop.mutators.winner_take_all_genetic.WinnerTakeAllGenetic'
+        'WinnerTakeAllGenetic'
         >>> description["config"]["mutate_fn"], description["config"]["steps_per_exploit"]
         ('abs', 10)
         """
-        kind = _qualified_name(type(self))
+        kind = _name(type(self))
         if self.config is None:
             functions = zip(self._fields[:3], self[:3], strict=True)  # prepare decides nothing
             config = {name: _describe(fn) for name, fn in functions if fn is not None}
@@ -154,22 +155,29 @@ def records_config(new: _M) -> _M:
     return with_config  # type: ignore[return-value]
 
 
-def _qualified_name(obj: Any) -> str:
-    module = getattr(obj, "__module__", None) or "?"
-    return f"{module}.{getattr(obj, '__qualname__', None) or getattr(obj, '__name__', '?')}"
+def _name(obj: Any) -> str:
+    """A class's or function's qualified name, without its module (which differs between
+    a script run directly, ``__main__``, and the same file imported)."""
+    return getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or "?"
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-_ARRAY_VALUES_LIMIT = 64
+_ARRAY_VALUES_LIMIT = 64  # larger arrays are described by a digest of their bytes
+_REPR_LIMIT = 200  # longer reprs are described by a digest too
+_DESCRIBE_DEPTH = 20  # deeper structures are cut off (configurations are shallow)
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
 
 
 def _describe(value: Any, depth: int = 0) -> Any:
     """``value`` as plain data that compares equal for equal configurations."""
-    if depth > 20:
+    if depth > _DESCRIBE_DEPTH:
         return "..."
     depth += 1
     t = type(value)
-    if value is None or t in (bool, str):
+    if value is None or t in (bool, str, bytes):
         return value
     if t is int:
         return value if -(2**63) <= value < 2**63 else str(value)
@@ -181,12 +189,14 @@ def _describe(value: Any, depth: int = 0) -> Any:
         fields = {
             f.name: _describe(getattr(value, f.name), depth) for f in dataclasses.fields(value)
         }
-        return {"type": _qualified_name(t), "fields": fields}
+        return {"type": _name(t), "fields": fields}
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         fields = {f: _describe(getattr(value, f), depth) for f in value._fields}
-        return {"type": _qualified_name(t), "fields": fields}
+        return {"type": _name(t), "fields": fields}
     if isinstance(value, (list, tuple)):
         return tuple(_describe(v, depth) for v in value)
+    if isinstance(value, (set, frozenset)):  # iteration order depends on the hash seed
+        return {"set": tuple(sorted((_describe(v, depth) for v in value), key=repr))}
     if isinstance(value, Mapping):
         items = [(_describe(k, depth), _describe(v, depth)) for k, v in value.items()]
         return tuple(sorted(items, key=lambda kv: repr(kv[0])))
@@ -197,16 +207,18 @@ def _describe(value: Any, depth: int = 0) -> Any:
             "keywords": _describe(value.keywords, depth),
         }
     if callable(value) and hasattr(value, "__qualname__"):
-        # not the module: a script's function is __main__.f run directly, pkg.f imported
-        return value.__qualname__
+        return _name(value)
     if hasattr(value, "__array__") and hasattr(value, "dtype"):
         array = np.asarray(value)
         if array.size <= _ARRAY_VALUES_LIMIT:
             values = _describe(array.tolist(), depth)
         else:
-            values = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+            values = _digest(np.ascontiguousarray(array).tobytes())
         return {"array": str(array.dtype), "shape": array.shape, "values": values}
-    return f"{_qualified_name(t)}: {_ADDRESS.sub('', repr(value))[:200]}"
+    text = _ADDRESS.sub("", repr(value))
+    if len(text) > _REPR_LIMIT:
+        text = f"{text[:_REPR_LIMIT]}... {_digest(text.encode())}"
+    return f"{_name(t)}: {text}"
 
 
 def check_number(

@@ -10,21 +10,27 @@ else is corruption, reported with the file and offset and never repaired.
 
 from __future__ import annotations
 
-import os
 import struct
-import warnings
 import zlib
 from typing import NamedTuple
 
 from jaxpop import encoding
 
-__all__ = ["MAX_RECORD_BYTES", "CorruptLogError", "TornRecordWarning", "frame", "read_frames"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "CorruptLogError",
+    "Frame",
+    "TornRecordWarning",
+    "TornTail",
+    "frame",
+    "read_frames",
+]
 
 _HEADER = struct.Struct("<II")
 #: The largest payload a frame can hold (its length is a ``uint32``).
 MAX_RECORD_BYTES = 2**32 - 1
 # Every payload starts with the encoding's header; a valid frame begins 8 bytes before.
-_PAYLOAD_START = encoding._HEADER
+_PAYLOAD_START = encoding.PREFIX
 
 
 class CorruptLogError(RuntimeError):
@@ -36,8 +42,17 @@ class TornRecordWarning(UserWarning):
 
 
 class Frame(NamedTuple):
+    """One good frame: where it starts in its file, and its payload."""
+
     offset: int
     payload: bytes
+
+
+class TornTail(NamedTuple):
+    """A torn write at the end of a file: where the good frames end, and the damage."""
+
+    offset: int
+    reason: str
 
 
 def frame(payload: bytes) -> bytes:
@@ -96,17 +111,16 @@ def _ends_file(data: bytes, end: int) -> bool:
     return end >= len(data) or not any(data[end:])
 
 
-def read_frames(path: str, *, newest: bool, repair: bool) -> list[Frame]:
-    """The good frames of ``path``, in order.
+def read_frames(path: str, *, newest: bool) -> tuple[list[Frame], TornTail | None]:
+    """The good frames of ``path``, in order, and its torn tail if it has one.
+
+    Reads only: a caller that may change the file cuts a torn tail off itself, once
+    everything else was found good.
 
     Args:
       path: the file.
       newest: whether ``path`` is the newest journal segment, the only file that may end
-        in a torn write. A torn tail there is dropped; with ``repair`` the file is also
-        truncated to its last good frame and a :class:`TornRecordWarning` names it.
-        (Without ``repair``, as for a reader of a live run, a torn tail is the writer's
-        record in flight: it is left out silently and the file is left as it is.)
-      repair: whether the file may be changed.
+        in a torn write (see the module docstring).
 
     Raises:
       CorruptLogError: any other bad frame, naming the file, the offset and the damage.
@@ -128,19 +142,7 @@ def read_frames(path: str, *, newest: bool, repair: bool) -> list[Frame]:
                     f"{path} is corrupt: {bad} at offset {offset}, with good records after "
                     "it (a damaged record, not a torn write)"
                 )
-            if repair:
-                warnings.warn(
-                    f"{path}: dropping a torn final record at offset {offset} ({bad}); the "
-                    "process writing it was interrupted, and that call was never "
-                    "acknowledged",
-                    TornRecordWarning,
-                    stacklevel=5,
-                )
-                with open(path, "r+b") as f:
-                    f.truncate(offset)
-                    f.flush()
-                    os.fsync(f.fileno())
-            return frames
+            return frames, TornTail(offset, bad)
         where = "" if newest else " (only the newest journal segment may end in a torn write)"
         raise CorruptLogError(f"{path} is corrupt: {bad} at offset {offset}{where}")
-    return frames
+    return frames, None

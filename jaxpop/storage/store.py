@@ -17,15 +17,25 @@ import logging
 import os
 import re
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, NamedTuple
 
 from jaxpop import encoding
-from jaxpop.core import Changes, PopulationState, redo
+from jaxpop.core import Changes, PopulationState
 from jaxpop.records import ActiveWorker, Checkpoint
-from jaxpop.storage.frames import CorruptLogError, Frame, frame, read_frames
-from jaxpop.storage.plain import check_changes, state_from_plain, state_to_plain
+from jaxpop.storage import run as run_lib
+from jaxpop.storage.frames import (
+    CorruptLogError,
+    Frame,
+    TornRecordWarning,
+    TornTail,
+    frame,
+    read_frames,
+)
+from jaxpop.storage.plain import redo_checked, state_from_plain, state_to_plain
+from jaxpop.storage.run import RunMismatchError
 
 __all__ = [
     "STORAGE_VERSION",
@@ -61,10 +71,6 @@ class SupersededError(RuntimeError):
     """A newer controller in this process took over this controller's ``log_dir``."""
 
 
-class RunMismatchError(ValueError):
-    """A ``log_dir`` holds a run started with another population size or mutator."""
-
-
 class JournalWriteError(OSError):
     """A state-changing call could not be journaled (disk full, I/O error, ...).
 
@@ -94,7 +100,8 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync_path(path: str) -> None:
+    """fsync a file or a directory (a directory: its entries) by its path."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -128,7 +135,7 @@ def _check_header(path: str, frames: list[Frame], kind: str, seq: int) -> dict[s
     if header.get("seq") != seq or type(header.get("seq")) is not int:
         raise CorruptLogError(f"{path}: its header says segment {header.get('seq')!r}, not {seq}")
     run = header.get("run")
-    if run is not None and (type(run) is not dict or type(run.get("population_size")) is not int):
+    if run is not None and not run_lib.is_description(run):
         raise CorruptLogError(f"{path}: its header's run description is damaged ({run!r:.100})")
     return header
 
@@ -188,24 +195,19 @@ def _write_snapshot(
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    _fsync_dir(log_dir)
+    _fsync_path(log_dir)
     for name in os.listdir(log_dir):
         match = _SNAPSHOT_RE.match(name) or _JOURNAL_RE.match(name)
         if match and int(match.group(1)) < seq:
             os.remove(os.path.join(log_dir, name))
 
 
-def _list(log_dir: str, *, repair: bool) -> tuple[list[int], list[int]]:
-    snapshots, journals = [], []
-    for name in os.listdir(log_dir):
-        if name.endswith(".tmp"):  # an interrupted snapshot write
-            if repair:
-                os.remove(os.path.join(log_dir, name))
-        elif match := _SNAPSHOT_RE.match(name):
-            snapshots.append(int(match.group(1)))
-        elif match := _JOURNAL_RE.match(name):
-            journals.append(int(match.group(1)))
-    return sorted(snapshots), sorted(journals)
+class _Repair(NamedTuple):
+    """A change that makes a crashed ``log_dir`` whole, applied once all of it was read."""
+
+    path: str
+    torn: TornTail | None  # the torn write found there (dropped with a warning)
+    remove: bool  # remove the file (else cut it at torn.offset)
 
 
 class _Loaded(NamedTuple):
@@ -214,31 +216,37 @@ class _Loaded(NamedTuple):
     records: int  # journal records since the snapshot
     snapshot_size: int  # checkpoints in the snapshot
     run: dict[str, Any] | None  # what the run was started with (None: storage version 1)
+    repairs: list[_Repair]
 
 
 def _replay(path: str, state: PopulationState, record: Frame) -> PopulationState:
-    changes = _decode(path, record)
     try:
-        state = redo(state, check_changes(changes, state.population_size))
-        for i, worker in changes.workers:
-            if worker.generation_id not in state.history:
-                raise ValueError(f"worker {i} is assigned to a generation with no checkpoint")
+        return redo_checked(state, _decode(path, record))
     except ValueError as e:
         raise CorruptLogError(
             f"{path}: the record at offset {record.offset} is invalid: {e}"
         ) from e
-    return state
 
 
-def _load(log_dir: str, *, repair: bool) -> _Loaded | None:
-    snapshots, journals = _list(log_dir, repair=repair)
+def _load(log_dir: str) -> _Loaded | None:
+    """Reads a ``log_dir`` (writing nothing); what a crash left is listed in ``repairs``."""
+    snapshots, journals, repairs = [], [], []
+    for name in os.listdir(log_dir):
+        if name.endswith(".tmp"):  # an interrupted snapshot write
+            repairs.append(_Repair(os.path.join(log_dir, name), None, remove=True))
+        elif match := _SNAPSHOT_RE.match(name):
+            snapshots.append(int(match.group(1)))
+        elif match := _JOURNAL_RE.match(name):
+            journals.append(int(match.group(1)))
+    snapshots.sort()
+    journals.sort()
     if not snapshots:
         if journals:
             raise CorruptLogError(f"{log_dir} has journal segments but no snapshot to replay")
         return None
     seq = snapshots[-1]
     path = os.path.join(log_dir, _snapshot_name(seq))
-    frames = read_frames(path, newest=False, repair=repair)
+    frames, _ = read_frames(path, newest=False)
     header = _check_header(path, frames, "snapshot", seq)
     if len(frames) != 2:
         raise CorruptLogError(f"{path} has {len(frames)} frames; a snapshot has 2")
@@ -263,17 +271,49 @@ def _load(log_dir: str, *, repair: bool) -> _Loaded | None:
     for s in segments:
         path = os.path.join(log_dir, _journal_name(s))
         newest = s == segments[-1]
-        frames = read_frames(path, newest=newest, repair=repair)
+        frames, torn = read_frames(path, newest=newest)
         if not frames and newest:  # died (or is) creating the segment: it holds nothing
-            if repair:
-                os.remove(path)
+            repairs.append(_Repair(path, torn, remove=True))
             break  # its number is free again
+        if torn is not None:
+            repairs.append(_Repair(path, torn, remove=False))
         _check_header(path, frames, "journal", s)
         for record in frames[1:]:
             state = _replay(path, state, record)
             records += 1
         next_segment = s + 1
-    return _Loaded(state, next_segment, records, snapshot_size, run)
+    return _Loaded(state, next_segment, records, snapshot_size, run, repairs)
+
+
+def _load_live(log_dir: str, attempts: int) -> _Loaded | None:
+    """:func:`_load` of a ``log_dir`` that a live controller may be compacting."""
+    for attempt in range(attempts):
+        try:
+            return _load(log_dir)
+        except (FileNotFoundError, CorruptLogError):
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _repair(repairs: list[_Repair]) -> None:
+    for repair in repairs:
+        if repair.torn is not None:
+            warnings.warn(
+                f"{repair.path}: dropping a torn final record at offset {repair.torn.offset} "
+                f"({repair.torn.reason}); the process writing it was interrupted, and that "
+                "call was never acknowledged",
+                TornRecordWarning,
+                stacklevel=4,  # the caller of PopulationController(...)
+            )
+        if repair.remove:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(repair.path)
+            continue
+        with open(repair.path, "r+b") as f:
+            f.truncate(repair.torn.offset)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def read_state(log_dir: str | os.PathLike, *, attempts: int = 5) -> PopulationState | None:
@@ -292,72 +332,8 @@ def read_state(log_dir: str | os.PathLike, *, attempts: int = 5) -> PopulationSt
     log_dir = os.fspath(log_dir)
     if not os.path.isdir(log_dir):
         raise FileNotFoundError(f"{log_dir} is not a directory")
-    for attempt in range(attempts):
-        try:
-            loaded = _load(log_dir, repair=False)
-        except (FileNotFoundError, CorruptLogError):
-            if attempt == attempts - 1:
-                raise
-            continue  # a compaction replaced files under us: read the new ones
-        return None if loaded is None else loaded.state
-    raise AssertionError("unreachable")
-
-
-def _run_differences(recorded: Mapping[str, Any], run: Mapping[str, Any]) -> list[str]:
-    """What differs between two run descriptions, one line each."""
-    lines = []
-    if recorded["population_size"] != run["population_size"]:
-        lines.append(
-            f"population size: {recorded['population_size']} in the log_dir, "
-            f"{run['population_size']} now"
-        )
-    old, new = recorded.get("mutator") or {}, run.get("mutator") or {}
-    if old.get("kind") != new.get("kind"):
-        lines.append(f"mutator: {old.get('kind')} in the log_dir, {new.get('kind')} now")
-    else:
-        old_config, new_config = old.get("config") or {}, new.get("config") or {}
-        for name in dict.fromkeys([*old_config, *new_config]):
-            if old_config.get(name, "(absent)") != new_config.get(name, "(absent)"):
-                was, now = old_config.get(name, "(absent)"), new_config.get(name, "(absent)")
-                lines.append(f"mutator {name}: {was!r:.120} in the log_dir, {now!r:.120} now")
-    return lines
-
-
-def _check_run(
-    log_dir: str,
-    recorded: Mapping[str, Any] | None,
-    run: Mapping[str, Any],
-    population_size: int,
-    reconfigure: bool,
-) -> bool:
-    """Refuses to resume a run as another; returns whether the description must be rewritten.
-
-    ``recorded`` is ``None`` for a ``log_dir`` of storage version 1, which recorded only
-    the population (of ``population_size`` workers).
-    """
-    if recorded is None:
-        recorded = {"population_size": population_size, "mutator": run.get("mutator")}
-        if not _run_differences(recorded, run):
-            return True
-    differences = _run_differences(recorded, run)
-    if not differences:
-        return False
-    same_shape = recorded["population_size"] == run["population_size"] and (
-        recorded.get("mutator") or {}
-    ).get("kind") == (run.get("mutator") or {}).get("kind")
-    if reconfigure and same_shape:
-        logger.warning(
-            "jaxpop: resuming %s with a reconfigured mutator: %s", log_dir, "; ".join(differences)
-        )
-        return True
-    fix = (
-        "pass reconfigure=True to resume it with the new configuration, or use another log_dir"
-        if same_shape
-        else "a run cannot change its population size or mutator kind: use another log_dir"
-    )
-    raise RunMismatchError(
-        f"{log_dir} holds a run started differently:\n  " + "\n  ".join(differences) + f"\n{fix}"
-    )
+    loaded = _load_live(log_dir, attempts)
+    return None if loaded is None else loaded.state
 
 
 # The live Store of each log_dir opened by this process, by (device, inode).
@@ -368,21 +344,39 @@ _open_stores_lock = threading.Lock()
 class Store:
     """The files of one ``log_dir``: lock, journal segments and snapshots.
 
+    Use: ``store = Store(log_dir, run=...)``; ``state = store.load()`` (``None`` for an
+    empty ``log_dir``); ``store.start(state)``; then ``store.append(changes, state)``
+    for each state-changing event; ``store.close()``.
+
     Args:
       log_dir: the directory (created if missing).
+      run: what this run is, ``{"population_size": n, "mutator": description}`` (the
+        description from :meth:`jaxpop.Mutator.describe`, or ``None``), recorded with
+        the run and compared with what the ``log_dir`` recorded when it is resumed.
+        ``None``: the population size of the state passed to :meth:`start` only.
+      reconfigure: accept a mutator of the recorded kind with another configuration.
       durability: ``"process"`` or ``"fsync"``; see ``docs/storage.md``.
       compact_after: the minimum number of journal records between snapshots.
 
     A ``Store`` opened on a ``log_dir`` that another live ``Store`` of this process
-    holds takes it over: the older one is closed once its write in flight (if any)
-    ends, and its later calls raise :class:`SupersededError`.
+    holds takes it over (when ``run`` matches what the ``log_dir`` recorded): the older
+    one is closed once its write in flight (if any) ends, and its later calls raise
+    :class:`SupersededError`.
 
     Raises:
       LogDirInUseError: a live controller in another process holds it.
+      RunMismatchError: taking over from a live ``Store`` of this process, ``run`` does
+        not match the run the ``log_dir`` holds (the live one is left running).
     """
 
     def __init__(
-        self, log_dir: str, *, durability: Durability = "process", compact_after: int = 1000
+        self,
+        log_dir: str | os.PathLike,
+        *,
+        run: Mapping[str, Any] | None = None,
+        reconfigure: bool = False,
+        durability: Durability = "process",
+        compact_after: int = 1000,
     ):
         if durability not in ("process", "fsync"):
             raise ValueError(f'durability must be "process" or "fsync", got {durability!r}')
@@ -390,115 +384,141 @@ class Store:
             raise TypeError(f"compact_after must be an int, got {compact_after!r}")
         if compact_after < 1:
             raise ValueError(f"compact_after must be at least 1, got {compact_after}")
+        if run is not None and not run_lib.is_description(run):
+            raise TypeError(f"run must be a run description, got {run!r:.100}")
         self.log_dir = os.fspath(log_dir)
         self.durability = durability
         self.compact_after = compact_after
+        self._run = None if run is None else dict(run)
+        self._reconfigure = reconfigure
         self._io_lock = threading.Lock()  # appends, segment switches, closing
+        self._loaded: _Loaded | None = None
         self._segment: int | None = None  # the open journal segment
-        self._next_segment = 0
         self._fd: int | None = None
         self._size = 0  # bytes in the open segment: where the next record starts
         self._records = 0  # journal records since the last snapshot
         self._snapshot_size = 0  # checkpoints in the last snapshot
         self._snapshot_thread: threading.Thread | None = None
-        self._run: Mapping[str, Any] | None = None
-        self._recorded_run: dict[str, Any] | None = None
-        self._loaded = False  # whether load() found a state
-        self._compaction_failing = False
         self._broken: JournalWriteError | None = None
         self._superseded = False
+        self._compaction_failing = False
         self.snapshot_error: BaseException | None = None
         os.makedirs(self.log_dir, exist_ok=True)
         stat = os.stat(self.log_dir)
-        key = (stat.st_dev, stat.st_ino)
+        self._key = (stat.st_dev, stat.st_ino)
         with _open_stores_lock:
-            older = _open_stores.get(key)
+            older = _open_stores.get(self._key)
             older = older() if older is not None else None
             if older is not None and not older.closed:
+                if self._run is not None:  # a refused newcomer must not stop the live one
+                    self._check_resume(_load_live(self.log_dir, attempts=5))
                 older._supersede()
             self._lock_file = self._acquire_lock()
-            _open_stores[key] = weakref.ref(self)
+            _open_stores[self._key] = weakref.ref(self)
 
     def _acquire_lock(self) -> Any:
-        for attempt in range(2):
-            lock_file = open(os.path.join(self.log_dir, "lock"), "a+")  # noqa: SIM115
-            try:
-                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                lock_file.seek(0)
-                holder = lock_file.read().strip() or "unknown"
-                lock_file.close()
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                if attempt == 0 and holder == str(os.getpid()):
-                    gc.collect()  # an unreachable Store of this process may still hold it
-                    continue
-                raise LogDirInUseError(
-                    f"{self.log_dir} is in use by another live jaxpop controller (pid "
-                    f"{holder}); close() it first, or give this controller another log_dir"
-                ) from None
+        lock_file = open(os.path.join(self.log_dir, "lock"), "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
             lock_file.seek(0)
-            lock_file.truncate()
-            lock_file.write(str(os.getpid()))
-            lock_file.flush()
-            return lock_file
-        raise AssertionError("unreachable")
+            holder = lock_file.read().strip() or "unknown"
+            lock_file.close()
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise LogDirInUseError(
+                f"{self.log_dir} is in use by another live jaxpop controller (pid {holder}); "
+                "close() it first, or give this controller another log_dir"
+            ) from None
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(str(os.getpid()))
+        lock_file.flush()
+        return lock_file
+
+    def _check_resume(self, loaded: _Loaded | None) -> bool:
+        """Whether the run must be recorded anew; raises if it cannot be resumed as ``run``."""
+        if loaded is None or self._run is None:
+            return loaded is not None and loaded.run is None
+        return run_lib.check_resume(
+            self.log_dir, loaded.run, self._run, loaded.state.population_size, self._reconfigure
+        )
 
     # -- reading ---------------------------------------------------------------------
     def load(self) -> PopulationState | None:
         """The state this ``log_dir`` holds, or ``None`` if it holds none yet.
 
-        Repairs what a crash left: drops a torn final record (with a warning), an empty
-        last segment and interrupted snapshot files.
+        Once everything was read and found good, repairs what a crash left: drops a torn
+        final record (with a :class:`TornRecordWarning`), an empty last segment and
+        interrupted snapshot files.
+
+        Raises:
+          CorruptLogError: a file is damaged (nothing is changed then).
         """
-        loaded = _load(self.log_dir, repair=True)
-        if loaded is None:
+        self._loaded = _load(self.log_dir)
+        if self._loaded is None:
             return None
-        self._next_segment = loaded.next_segment
-        self._records, self._snapshot_size = loaded.records, loaded.snapshot_size
-        self._recorded_run, self._loaded = loaded.run, True
-        return loaded.state
+        _repair(self._loaded.repairs)
+        return self._loaded.state
 
     # -- writing ---------------------------------------------------------------------
-    def start(
-        self,
-        state: PopulationState,
-        run: Mapping[str, Any] | None = None,
-        *,
-        reconfigure: bool = False,
-    ) -> None:
-        """Starts writing: checks ``run`` against the one recorded, opens a journal segment.
+    def start(self, state: PopulationState) -> None:
+        """Checks the run against the one recorded, then opens a journal segment.
 
         Args:
           state: the state to continue from (what :meth:`load` returned, or a fresh one).
-          run: what this run is: ``{"population_size": n, "mutator": description}``, the
-            description from :meth:`jaxpop.Mutator.describe` or any plain data (``None``:
-            the population size of ``state`` only).
-          reconfigure: accept a mutator of the recorded kind with another configuration.
 
         Raises:
           RunMismatchError: the ``log_dir`` holds a run started with another population
             size or mutator (or another configuration, without ``reconfigure``).
+          SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
         """
-        if self._segment is not None:
-            raise RuntimeError("this Store was started already")
-        if run is None:
-            run = {"population_size": state.population_size, "mutator": None}
-        self._run = dict(run)
-        if not self._loaded:  # an empty log_dir
-            _write_snapshot(self.log_dir, 0, state, self._run)
-            self._snapshot_size = state.history.num_checkpoints
-        elif _check_run(
-            self.log_dir, self._recorded_run, self._run, state.population_size, reconfigure
-        ):
-            # record what the run continues as, before anything is appended
-            _write_snapshot(self.log_dir, self._next_segment, state, self._run)
-            self._records, self._snapshot_size = 0, state.history.num_checkpoints
-        self._recorded_run = self._run
-        self._open_segment(self._next_segment)
+        with self._io_lock:
+            self.check_open(started=False)
+            if self._segment is not None:
+                raise RuntimeError("this Store was started already")
+            loaded = self._loaded
+            if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
+                self._run = self._run or {"population_size": state.population_size, "mutator": None}
+                _write_snapshot(self.log_dir, 0, state, self._run)
+                try:
+                    self._open_segment(0)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(self.log_dir, _snapshot_name(0)))
+                    raise
+                self._snapshot_size = state.history.num_checkpoints
+                return
+            record = self._check_resume(loaded)
+            self._run = (
+                self._run
+                or loaded.run
+                or {
+                    "population_size": loaded.state.population_size,
+                    "mutator": None,
+                }
+            )
+            self._records, self._snapshot_size = loaded.records, loaded.snapshot_size
+            previous = os.path.join(self.log_dir, _journal_name(loaded.next_segment - 1))
+            if os.path.exists(previous):  # what went before reaches the disk before what follows
+                _fsync_path(previous)
+            self._open_segment(loaded.next_segment)
+            if record:  # what the run continues as, before anything is appended
+                try:
+                    _write_snapshot(self.log_dir, loaded.next_segment, state, self._run)
+                except BaseException:
+                    self._abandon_segment()
+                    raise
+                self._records, self._snapshot_size = 0, state.history.num_checkpoints
 
     def _open_segment(self, seq: int) -> None:
-        """Makes ``journal-{seq}`` the open segment; on failure nothing else changes."""
+        """Makes ``journal-{seq}`` the open segment; on failure nothing else changes.
+
+        The segment it replaces is synced first, whatever the durability: only the newest
+        segment may end in a torn write, even after a machine crash.
+        """
+        if self._fd is not None:
+            os.fdatasync(self._fd)
         path = os.path.join(self.log_dir, _journal_name(seq))
         header = _header("journal", seq)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
@@ -506,34 +526,42 @@ class Store:
             _write_all(fd, header)
             if self.durability == "fsync":
                 os.fsync(fd)
-                _fsync_dir(self.log_dir)
+                _fsync_path(self.log_dir)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 os.remove(path)
             raise
         old, self._fd = self._fd, fd
-        self._segment, self._next_segment, self._size = seq, seq + 1, len(header)
+        self._segment, self._size = seq, len(header)
         if old is not None:
             with contextlib.suppress(OSError):
                 os.close(old)
 
-    def _check_writable(self) -> None:
+    def _abandon_segment(self) -> None:
+        """Closes and removes the open segment (only ever one holding just its header)."""
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(self.log_dir, _journal_name(self._segment)))
+        self._segment = None
+
+    def check_open(self, *, started: bool = True) -> None:
+        """Raises unless this ``Store`` may write (and, with ``started``, was started).
+
+        Raises:
+          SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
+          RuntimeError: it was closed (or, with ``started``, never started).
+        """
         if self._superseded:
             raise SupersededError(
                 f"a newer controller in this process opened {self.log_dir} and took the "
-                "run over; this one no longer writes there: use the newer one"
+                "run over, with everything this one acknowledged; this one no longer "
+                "writes there: use the newer one"
             )
-        if self._fd is None:
-            raise RuntimeError("this Store is closed (or was never started)")
-        if self._broken is not None:
-            raise JournalWriteError(
-                self._broken.errno,
-                f"{self.log_dir}: refusing to journal after a failed write that could not "
-                f"be undone ({self._broken.strerror}); close this controller and create a "
-                "new one on the same log_dir (it drops the incomplete record and resumes "
-                "with every acknowledged call)",
-            )
+        if self._lock_file.closed or (started and self._fd is None):
+            raise RuntimeError(f"this controller's log_dir {self.log_dir!r} was closed")
 
     def append(self, changes: Changes, state: PopulationState) -> None:
         """Journals ``changes`` (which produced ``state``) before returning.
@@ -547,7 +575,15 @@ class Store:
         """
         record = frame(encoding.encode(changes))
         with self._io_lock:
-            self._check_writable()
+            self.check_open()
+            if self._broken is not None:
+                raise JournalWriteError(
+                    self._broken.errno,
+                    f"{self.log_dir}: refusing to journal after a failed write that could "
+                    f"not be undone ({self._broken.strerror}); close this controller and "
+                    "create a new one on the same log_dir (it drops the incomplete record "
+                    "and resumes with every acknowledged call)",
+                )
             self._write_record(record, changes.num_events)
             self._records += 1
             if self._records >= max(self.compact_after, self._snapshot_size):
@@ -561,18 +597,19 @@ class Store:
                 os.fdatasync(self._fd)
         except BaseException as e:
             undone = self._undo(start)
-            if not isinstance(e, OSError):
-                raise
+            reason = getattr(e, "strerror", None) or repr(e)
             path = os.path.join(self.log_dir, _journal_name(self._segment))
             error = JournalWriteError(
-                e.errno,
-                f"could not journal event {event - 1} ({e.strerror or e}); it was not "
-                "recorded and the controller's state is unchanged"
+                getattr(e, "errno", None) or errno.EIO,
+                f"could not journal event {event - 1} ({reason}); it was not recorded and "
+                "the controller's state is unchanged"
                 + ("" if undone else "; the partial record could not be removed either"),
                 path,
             )
-            if not undone:
+            if not undone:  # whatever interrupted the write: nothing may follow it
                 self._broken = error
+            if not isinstance(e, OSError):
+                raise
             raise error from e
         self._size = start + len(record)
 
@@ -636,12 +673,12 @@ class Store:
             thread.join()
 
     def _supersede(self) -> None:
+        """Called by the newer ``Store`` (holding ``_open_stores_lock``)."""
         with self._io_lock:
             self._superseded = True
-        self.close()
+        self._release()
 
-    def close(self) -> None:
-        """Waits for background work, closes the journal and releases the lock."""
+    def _release(self) -> None:
         self.wait()
         with self._io_lock:
             fd, self._fd = self._fd, None
@@ -652,8 +689,17 @@ class Store:
                 if not self._lock_file.closed:
                     self._lock_file.close()  # releases the flock
 
+    def close(self) -> None:
+        """Waits for background work, closes the journal and releases the lock."""
+        self._release()
+        with _open_stores_lock:
+            current = _open_stores.get(self._key)
+            if current is not None and current() is self:
+                del _open_stores[self._key]
+
     @property
     def closed(self) -> bool:
+        """Whether this ``Store`` released its ``log_dir`` (closed or superseded)."""
         return self._lock_file.closed
 
     @property

@@ -1,0 +1,96 @@
+"""What a run is: its population size and mutator, recorded in a ``log_dir`` and compared.
+
+A run description is plain data, ``{"population_size": n, "mutator": description}``,
+where the description comes from :meth:`jaxpop.Mutator.describe` (``None``: not known,
+as for a ``Store`` used directly). Snapshots record it; :func:`check_resume` refuses to
+resume a run as another one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["RunMismatchError", "check_resume", "differences", "is_description"]
+
+logger = logging.getLogger("jaxpop")
+
+Run = Mapping[str, Any]
+
+
+class RunMismatchError(ValueError):
+    """A ``log_dir`` holds a run started with another population size or mutator."""
+
+
+def is_description(run: Any) -> bool:
+    """Whether ``run`` has the shape of a run description."""
+    if type(run) is not dict or type(run.get("population_size")) is not int:
+        return False
+    mutator = run.get("mutator")
+    return mutator is None or (
+        type(mutator) is dict
+        and type(mutator.get("kind")) is str
+        and type(mutator.get("config")) is dict
+    )
+
+
+def differences(recorded: Run, run: Run) -> list[str]:
+    """What differs between two descriptions, one line each (a mutator ``None`` matches any)."""
+    lines = []
+    if recorded["population_size"] != run["population_size"]:
+        lines.append(
+            f"population size: {recorded['population_size']} in the log_dir, "
+            f"{run['population_size']} now"
+        )
+    old, new = recorded.get("mutator"), run.get("mutator")
+    if old is None or new is None:
+        return lines
+    if old["kind"] != new["kind"]:
+        lines.append(f"mutator: {old['kind']} in the log_dir, {new['kind']} now")
+        return lines
+    for name in dict.fromkeys([*old["config"], *new["config"]]):
+        was, now = old["config"].get(name, "(absent)"), new["config"].get(name, "(absent)")
+        if was != now:
+            lines.append(f"mutator {name}: {was!r:.120} in the log_dir, {now!r:.120} now")
+    return lines
+
+
+def check_resume(
+    log_dir: str, recorded: Run | None, run: Run, population_size: int, reconfigure: bool
+) -> bool:
+    """Refuses to resume the run ``log_dir`` holds as ``run``; says whether to record ``run``.
+
+    Args:
+      log_dir: for messages.
+      recorded: the description the ``log_dir`` holds, ``None`` if it has none (storage
+        version 1, which recorded only the state, of ``population_size`` workers).
+      run: what the run is resumed as.
+      population_size: the stored state's population size.
+      reconfigure: accept another configuration of the same mutator kind.
+
+    Returns:
+      Whether ``run`` should be recorded (it says more than, or differs from, what is).
+
+    Raises:
+      RunMismatchError: another population size or mutator kind, or another
+        configuration without ``reconfigure``; the message lists what differs.
+    """
+    known = recorded or {"population_size": population_size, "mutator": None}
+    lines = differences(known, run)
+    if not lines:
+        return recorded is None or (recorded.get("mutator") is None and run["mutator"] is not None)
+    same_kind = known["population_size"] == run["population_size"] and not any(
+        line.startswith("mutator:") for line in lines
+    )
+    if reconfigure and same_kind:
+        logger.warning("jaxpop: resuming %s reconfigured: %s", log_dir, "; ".join(lines))
+        return True
+    fix = (
+        "pass reconfigure=True to resume it with the new configuration, or use another log_dir"
+        if same_kind
+        else "a run cannot change its population size or mutator kind: use another log_dir"
+    )
+    raise RunMismatchError(
+        f"{log_dir} holds a run started differently:\n  " + "\n  ".join(lines) + f"\n{fix}"
+    )
