@@ -582,22 +582,38 @@ class _DecodeError(Exception):
 # How many tuple and record exts enclose the value being decoded, per thread. Each ext is
 # decoded by a nested unpack called from the hook; ``msgpack.unpackb`` keeps its ~50 kB
 # parse stack on the C stack, so a few hundred nested exts in a hostile file would
-# overflow it and crash the process. Past ``_C_STACK_EXT_DEPTH`` levels an ``Unpacker``
-# (parse stack on the heap) is used instead, and past ``_MAX_DEPTH`` levels (the most the
-# encoder writes) decoding stops.
+# overflow it and crash the process. Past ``c_levels`` levels an ``Unpacker`` (parse
+# stack on the heap, about 3x slower per ext) is used instead, and past ``_MAX_DEPTH``
+# levels (the most the encoder writes) decoding stops.
 class _Nesting(threading.local):
     depth = 0
+    c_levels = 8  # set by decode() from the thread stack size in force
 
 
 _nesting = _Nesting()
-_C_STACK_EXT_DEPTH = 8
+_C_STACK_LEVELS = 8  # unpackb levels for the default thread stack (8 MiB on Linux)
+_C_STACK_LEVEL_BYTES = 128 * 1024  # one unpackb level (~55 kB) with room to spare
+
+
+def _c_stack_levels() -> int:
+    """How many nested ``unpackb`` calls the stack can take, from the stack size in force.
+
+    A program that made its threads' stacks small (``threading.stack_size``) decodes
+    with fewer of them; the main thread and default threads get ``_C_STACK_LEVELS``.
+    """
+    size = threading.stack_size()
+    if size == 0 or size >= (_C_STACK_LEVELS + 1) * _C_STACK_LEVEL_BYTES:
+        return _C_STACK_LEVELS
+    return max(1, size // _C_STACK_LEVEL_BYTES - 1)
+
+
 # The exts that are levels of the encoder's depth count (tuples and records; lists and
 # dicts are native containers parsed without recursion); arrays and keys are leaves.
 _NESTING_EXTS = frozenset({_EXT_TUPLE, _EXT_RECORD})
 
 
 def _unpack(data: bytes | memoryview) -> Any:
-    if _nesting.depth < _C_STACK_EXT_DEPTH:
+    if _nesting.depth < _nesting.c_levels:
         return msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=False, ext_hook=_ext_hook
         )
@@ -798,6 +814,8 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
             raise TypeError(f"decode expects bytes, got {type(data).__name__}")
         data = bytes(data)
     offset = _read_header(data)
+    if _nesting.depth == 0:  # not a decode nested in a record's constructor
+        _nesting.c_levels = _c_stack_levels()
     try:
         obj = _unpack(memoryview(data)[offset:])
         if any(marker in data for marker in _TIMESTAMP_MARKERS):

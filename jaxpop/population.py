@@ -281,7 +281,9 @@ class PopulationController:
                 state, event, now, core.event_key(state), mutator=self._mutator
             )
             if reply.changes is not None and self._store is not None:
-                self._store.append(reply.changes, new_state)
+                self._store.write(reply.changes)  # if this raises, nothing was journaled
+                self._state = new_state
+                self._store.compact_if_due(new_state)
             self._state = new_state
         if reply.warning is not None:
             logger.warning(reply.warning)

@@ -383,3 +383,34 @@ def test_wta_takes_a_whole_float_steps_per_exploit_as_an_int():
 def test_branching_refuses_bad_arguments_naming_them(args, error, match):
     with pytest.raises(error, match=match):
         BranchingSingleMachine(*args)
+
+
+class _Perturb:
+    def __init__(self, sigma):
+        self.sigma = sigma
+
+    def __call__(self, meta):
+        return meta
+
+    def method(self, meta):
+        return meta
+
+
+def test_describe_tells_configurations_apart_and_equal_ones_alike():
+    import functools
+
+    import jax
+
+    def describe(mutate_fn, steps=10):
+        return WinnerTakeAllGenetic(mutate_fn, steps).describe()
+
+    assert describe(_Perturb(0.5)) != describe(_Perturb(50.0))  # a callable object
+    assert describe(_Perturb(0.5).method) != describe(_Perturb(50.0).method)  # bound method
+    assert describe(_Perturb(0.5)) == describe(_Perturb(0.5))
+    assert describe(abs, np.int64(10)) == describe(abs, 10)  # numpy scalars are numbers
+    keyed = functools.partial(lambda meta, base: meta, base=jax.random.key(0))
+    assert describe(keyed)["config"]["mutate_fn"]["keywords"]  # a typed key: its data
+    big = functools.partial(lambda meta, table: meta, table=np.arange(1000))
+    other = functools.partial(lambda meta, table: meta, table=np.arange(1000) + 1)
+    assert describe(big) != describe(other)  # large arrays: by a digest of their bytes
+    assert describe(big) == describe(functools.partial(big.func, table=np.arange(1000)))

@@ -224,7 +224,7 @@ def test_a_write_whose_undo_fails_refuses_calls_until_reopened(tmp_path, faulty)
     acknowledged = dict(driver.acked)
     faulty.space = 11
     faulty.fail("ftruncate")
-    with pytest.raises(storage.JournalWriteError, match="could not be removed"):
+    with pytest.raises(storage.JournalWriteError, match="could not be cut off the journal"):
         driver.run(pop, 3)
     faulty.heal()
     with pytest.raises(storage.JournalWriteError, match="refusing to journal"):
@@ -433,7 +433,8 @@ def test_deeply_nested_records_are_corruption_not_a_crash(tmp_path, capsys):
     ],
     ids=["int", "numpy scalar", "numpy array", "jax array", "jax key", "record"],
 )
-def test_the_deepest_value_encode_accepts_decodes_in_a_thread_with_a_small_stack(leaf):
+@pytest.mark.parametrize("stack", [1 << 20, 256 << 10], ids=["1MiB", "256KiB"])
+def test_the_deepest_value_encode_accepts_decodes_in_a_thread_with_a_small_stack(leaf, stack):
     deep = leaf
     while True:  # as deep as the encoder goes
         try:
@@ -443,7 +444,7 @@ def test_the_deepest_value_encode_accepts_decodes_in_a_thread_with_a_small_stack
         deep = (deep,)
     data = encoding.encode(deep)
     results = []
-    size = threading.stack_size(1 << 20)
+    size = threading.stack_size(stack)
     try:
         thread = threading.Thread(target=lambda: results.append(encoding.decode(data)))
         thread.start()
@@ -486,6 +487,9 @@ def _plain_with(state, **changes):
         ),
         (lambda s: _plain_with(s, num_events=-1), "num_events"),
         (lambda s: _plain_with(s, key=np.zeros(2, np.float32)), "key"),
+        (lambda s: _plain_with(s, key=np.zeros(1, np.uint32)), "key"),
+        (lambda s: _plain_with(s, key=np.zeros(5, np.uint32)), "key"),
+        (lambda s: _plain_with(s, num_events=2**32), "past"),
         (lambda s: {"workers": s.workers}, "is not a map"),
         (lambda s: [1, 2, 3], "is not a map"),
     ],
@@ -909,3 +913,94 @@ def test_a_failed_reconfigured_start_records_nothing(tmp_path, faulty):
     _open(tmp_path).close()  # still the old configuration
     with pytest.raises(storage.RunMismatchError):
         _open(tmp_path, faster)
+
+
+def test_an_interrupt_during_a_compaction_leaves_its_call_recorded(tmp_path, faulty):
+    pop = _open(tmp_path, compact_after=4)
+    driver = Driver()
+    driver.run(pop, 2)
+    faulty.fail("open", times=1, error=KeyboardInterrupt)  # Ctrl-C as the next segment opens
+    with pytest.raises(KeyboardInterrupt):
+        driver.run(pop, 20)
+    assert faulty.failures == ["open"]
+    driver.run(pop, 8)  # the controller took the interrupted call: no event journaled twice
+    pop.close()
+    reopened = _open(tmp_path)
+    assert _encoded(reopened.state) == _encoded(pop.state)
+    driver.check(reopened.state)
+    reopened.close()
+
+
+def test_a_write_that_does_not_follow_the_last_journaled_event_is_refused(tmp_path):
+    pop = _open(tmp_path)
+    Driver().run(pop, 2)
+    state = pop.state
+    changes = Changes((), (), state.mutator_state, state.num_events, 1.0)  # a repeat
+    with pytest.raises(RuntimeError, match="cannot follow"):
+        pop._store.write(changes)
+    pop.close()
+    _open(tmp_path).close()
+
+
+def _renumber(log_dir, seq):
+    """Rewrites a log_dir's one snapshot and one journal segment as segment ``seq``."""
+    for prefix, suffix in (("snapshot-", ".jpsnap"), ("journal-", ".jpjournal")):
+        (path,) = _files(log_dir, prefix)
+        records = open(path, "rb").read()
+        length = struct.unpack_from("<I", records)[0]
+        header = {**encoding.decode(records[8 : 8 + length]), "seq": seq}
+        os.remove(path)
+        with open(os.path.join(log_dir, f"{prefix}{seq:08d}{suffix}"), "wb") as f:
+            f.write(frames.frame(encoding.encode(header)) + records[8 + length :])
+
+
+def test_segment_numbers_past_eight_digits_keep_the_run(tmp_path):
+    pop = _open(tmp_path)
+    driver = Driver()
+    driver.run(pop, 3)
+    pop.close()
+    _renumber(tmp_path, 99_999_999)
+    for _ in range(2):
+        pop = _open(tmp_path, compact_after=2)
+        driver.run(pop, 5)  # compactions into segments 100000000 and on
+        pop.close()
+    assert any(len(n) > len("journal-00000000.jpjournal") for n in os.listdir(tmp_path))
+    reopened = _open(tmp_path)
+    driver.check(reopened.state)
+    assert _encoded(reopened.state) == _encoded(pop.state)
+    reopened.close()
+
+
+def test_other_entries_of_a_log_dir_are_left_alone_or_reported(tmp_path):
+    pop = _open(tmp_path)
+    Driver().run(pop, 3)
+    pop.close()
+    (tmp_path / "my-notes.tmp").write_text("mine")
+    (tmp_path / "journal-00000000.jpjournal\n").write_text("not a segment")
+    arabic_indic = "\u0660" * 7 + "\u0661"  # digits, but not ASCII ones
+    (tmp_path / f"journal-{arabic_indic}.jpjournal").write_text("not a segment either")
+    _open(tmp_path).close()
+    assert (tmp_path / "my-notes.tmp").read_text() == "mine"
+    newest = _files(tmp_path, "journal-0")[-1]
+    seq = int(os.path.basename(newest)[8:16]) + 1
+    os.mkdir(tmp_path / f"journal-{seq:08d}.jpjournal")
+    for read in (_loaded, storage.read_state):
+        with pytest.raises(storage.CorruptLogError, match="cannot be read"):
+            read(tmp_path)
+
+
+def test_a_torn_record_whose_params_hold_a_framed_encoding_is_still_a_torn_tail(tmp_path):
+    pop = _open(tmp_path, compact_after=10_000)
+    Driver().run(pop, 3)
+    embedded = frames.frame(encoding.encode({"looks like": "a journal record"}))
+    data = pop.maybe_get_worker_data(0, None, 0, None, None)
+    pop.set_eval(0, data.generation_id, 100, embedded, 1.0)  # params: bytes with a frame
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    content = open(path, "rb").read()
+    at = content.rfind(embedded) + len(embedded)
+    assert at < len(content)  # the record goes on after its params
+    open(path, "wb").write(content[: at + 3])  # the crash cut it there
+    with pytest.warns(storage.TornRecordWarning):
+        state = _loaded(tmp_path)
+    assert state.history.get_checkpoint(data.generation_id, 100) is None

@@ -206,15 +206,27 @@ def _describe(value: Any, depth: int = 0) -> Any:
             "args": _describe(value.args, depth),
             "keywords": _describe(value.keywords, depth),
         }
+    if inspect.ismethod(value):  # its object may hold configuration
+        return {"method": _name(value), "of": _describe(value.__self__, depth)}
     if callable(value) and hasattr(value, "__qualname__"):
         return _name(value)
     if hasattr(value, "__array__") and hasattr(value, "dtype"):
-        array = np.asarray(value)
-        if array.size <= _ARRAY_VALUES_LIMIT:
-            values = _describe(array.tolist(), depth)
-        else:
-            values = _digest(np.ascontiguousarray(array).tobytes())
-        return {"array": str(array.dtype), "shape": array.shape, "values": values}
+        try:
+            if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+                value = jax.random.key_data(value)
+            array = np.asarray(value)
+        except Exception:  # an array-like numpy cannot read: described by its repr below
+            array = None
+        if array is not None and array.ndim == 0:
+            return _describe(array.item(), depth)  # np.int64(10) is 10
+        if array is not None:
+            if array.size <= _ARRAY_VALUES_LIMIT:
+                values = _describe(array.tolist(), depth)
+            else:
+                values = _digest(np.ascontiguousarray(array).tobytes())
+            return {"array": str(array.dtype), "shape": array.shape, "values": values}
+    if hasattr(value, "__dict__") and not isinstance(value, type):  # e.g. a callable object
+        return {"type": _name(t), "fields": _describe(dict(vars(value)), depth)}
     text = _ADDRESS.sub("", repr(value))
     if len(text) > _REPR_LIMIT:
         text = f"{text[:_REPR_LIMIT]}... {_digest(text.encode())}"

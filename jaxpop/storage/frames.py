@@ -81,24 +81,33 @@ def _check(data: bytes, offset: int) -> tuple[int, str | None]:
 
 
 def _good_frame_after(data: bytes, offset: int) -> bool:
-    """Whether a good frame starts anywhere after ``offset``.
+    """Whether good frames follow ``offset``: a chain of them, from some later position
+    to the end of the file (or to zero bytes only).
 
-    Candidates are found by the encoding header every payload starts with, so this is a
-    fast scan; if a hostile file makes it check more than a few times its size, it gives
-    up and answers ``True`` (report corruption rather than drop data).
+    A chain, not one frame: a torn record's own payload may hold bytes that look like a
+    frame (parameters that contain a jaxpop encoding), but the rest of that payload does
+    not go on as frames to the end. Candidates are found by the encoding header every
+    payload starts with, so this is a fast scan; if a hostile file makes it check more
+    than a few times its size, it gives up and answers ``True`` (report corruption
+    rather than drop data).
     """
     budget = 8 * len(data) + (1 << 20)
     position = offset + _HEADER.size + 1
     while (found := data.find(_PAYLOAD_START, position)) != -1:
         start = found - _HEADER.size
-        if start > offset:
-            length = _HEADER.unpack_from(data, start)[0]
-            budget -= min(length, len(data))
+        position = found + 1
+        if start <= offset:
+            continue
+        while start < len(data):  # follow the chain from this candidate
+            end, bad = _check(data, start)
+            budget -= min(end, len(data)) - start
             if budget < 0:
                 return True
-            if _check(data, start)[1] is None:
-                return True
-        position = found + 1
+            if bad is not None:
+                break
+            start = end
+        if start >= len(data) or not any(data[start:]):
+            return True
     return False
 
 
@@ -125,8 +134,11 @@ def read_frames(path: str, *, newest: bool) -> tuple[list[Frame], TornTail | Non
     Raises:
       CorruptLogError: any other bad frame, naming the file, the offset and the damage.
     """
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (IsADirectoryError, PermissionError) as e:  # not FileNotFoundError: see read_state
+        raise CorruptLogError(f"{path} cannot be read as a jaxpop file: {e}") from e
     frames, offset = [], 0
     while offset < len(data):
         end, bad = _check(data, offset)

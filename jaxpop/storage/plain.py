@@ -17,11 +17,13 @@ import numpy as np
 
 from jaxpop.core import Changes, PopulationState, redo
 from jaxpop.history import History
+from jaxpop.keys import root_key
 from jaxpop.records import check_active_worker, check_checkpoint
 
 __all__ = ["redo_checked", "state_from_plain", "state_to_plain"]
 
 _STATE_FIELDS = ("workers", "mutator_state", "key", "num_events", "checkpoints")
+_MAX_EVENTS = 2**32 - 1  # event keys are folded in from a uint32 event index
 
 
 def state_to_plain(state: PopulationState) -> dict[str, Any]:
@@ -71,14 +73,18 @@ def state_from_plain(plain: Any) -> PopulationState:
                 f"workers[{i}] is assigned to {w.generation_id!r}, which has no checkpoint"
             )
     key = plain["key"]
-    if type(key) is not np.ndarray or key.dtype != np.uint32 or key.ndim != 1 or not key.size:
-        raise _fail("key", "a raw PRNG key (a 1-d uint32 numpy array)", key)
+    shape = root_key(0).shape  # the raw key of jax's default PRNG implementation
+    if type(key) is not np.ndarray or key.dtype != np.uint32 or key.shape != shape:
+        raise _fail("key", f"a raw PRNG key (a uint32 numpy array of shape {shape})", key)
+    num_events = _count(plain["num_events"], "num_events", low=0)
+    if num_events > _MAX_EVENTS:
+        raise ValueError(f"num_events is {num_events}, past {_MAX_EVENTS} events")
     return PopulationState(
         workers=workers,
         mutator_state=plain["mutator_state"],
         key=key,
         history=history,
-        num_events=_count(plain["num_events"], "num_events", low=0),
+        num_events=num_events,
     )
 
 
@@ -108,7 +114,8 @@ def redo_checked(state: PopulationState, changes: Any) -> PopulationState:
                 f"workers[{i}] names worker {index} of a population of {state.population_size}"
             )
         check_active_worker(pair[1], f"workers[{i}][1]")
-    _count(changes.num_events, "num_events", low=1)
+    if _count(changes.num_events, "num_events", low=1) > _MAX_EVENTS:
+        raise ValueError(f"num_events is {changes.num_events}, past {_MAX_EVENTS} events")
     if isinstance(changes.now, bool) or not isinstance(changes.now, numbers.Real):
         raise _fail("now", "a real number", changes.now)
     state = redo(state, changes)

@@ -59,8 +59,10 @@ encoding.register_record(Checkpoint, "jaxpop.Checkpoint")
 encoding.register_record(ActiveWorker, "jaxpop.ActiveWorker")
 encoding.register_record(Changes, "jaxpop.Changes")
 
-_SNAPSHOT_RE = re.compile(r"^snapshot-(\d{8})\.jpsnap$")
-_JOURNAL_RE = re.compile(r"^journal-(\d{8})\.jpjournal$")
+# fullmatch, ASCII digits only; names grow past 8 digits after segment 99999999
+_SNAPSHOT_RE = re.compile(r"snapshot-([0-9]{8,})\.jpsnap")
+_JOURNAL_RE = re.compile(r"journal-([0-9]{8,})\.jpjournal")
+_SNAPSHOT_TMP_RE = re.compile(r"snapshot-[0-9]{8,}\.jpsnap\.tmp")
 
 
 class LogDirInUseError(RuntimeError):
@@ -197,7 +199,7 @@ def _write_snapshot(
         raise
     _fsync_path(log_dir)
     for name in os.listdir(log_dir):
-        match = _SNAPSHOT_RE.match(name) or _JOURNAL_RE.match(name)
+        match = _SNAPSHOT_RE.fullmatch(name) or _JOURNAL_RE.fullmatch(name)
         if match and int(match.group(1)) < seq:
             os.remove(os.path.join(log_dir, name))
 
@@ -232,11 +234,11 @@ def _load(log_dir: str) -> _Loaded | None:
     """Reads a ``log_dir`` (writing nothing); what a crash left is listed in ``repairs``."""
     snapshots, journals, repairs = [], [], []
     for name in os.listdir(log_dir):
-        if name.endswith(".tmp"):  # an interrupted snapshot write
+        if _SNAPSHOT_TMP_RE.fullmatch(name):  # an interrupted snapshot write
             repairs.append(_Repair(os.path.join(log_dir, name), None, remove=True))
-        elif match := _SNAPSHOT_RE.match(name):
+        elif match := _SNAPSHOT_RE.fullmatch(name):
             snapshots.append(int(match.group(1)))
-        elif match := _JOURNAL_RE.match(name):
+        elif match := _JOURNAL_RE.fullmatch(name):
             journals.append(int(match.group(1)))
     snapshots.sort()
     journals.sort()
@@ -397,6 +399,7 @@ class Store:
         self._fd: int | None = None
         self._size = 0  # bytes in the open segment: where the next record starts
         self._records = 0  # journal records since the last snapshot
+        self._num_events = 0  # num_events of the last record journaled (or of the start)
         self._snapshot_size = 0  # checkpoints in the last snapshot
         self._snapshot_thread: threading.Thread | None = None
         self._broken: JournalWriteError | None = None
@@ -477,6 +480,7 @@ class Store:
             self.check_open(started=False)
             if self._segment is not None:
                 raise RuntimeError("this Store was started already")
+            self._num_events = state.num_events
             loaded = self._loaded
             if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
                 self._run = self._run or {"population_size": state.population_size, "mutator": None}
@@ -564,7 +568,17 @@ class Store:
             raise RuntimeError(f"this controller's log_dir {self.log_dir!r} was closed")
 
     def append(self, changes: Changes, state: PopulationState) -> None:
-        """Journals ``changes`` (which produced ``state``) before returning.
+        """Journals ``changes`` (which produced ``state``), then compacts if it is due.
+
+        :meth:`write` then :meth:`compact_if_due`. An exception from the second (only an
+        interrupt such as ``KeyboardInterrupt`` can escape it) means the record *was*
+        journaled; a caller that must know calls the two itself, as the controller does.
+        """
+        self.write(changes)
+        self.compact_if_due(state)
+
+    def write(self, changes: Changes) -> None:
+        """Journals ``changes`` before returning; if it raises, nothing was journaled.
 
         Raises:
           TypeError: the changes cannot be encoded (nothing is written).
@@ -572,6 +586,8 @@ class Store:
             the journal is left ending at its previous record, so nothing of this call
             is recorded.
           SupersededError: a newer controller of this process took the ``log_dir``.
+          RuntimeError: ``changes`` is not the event after the last one journaled (the
+            caller lost track of what was journaled: reopen the ``log_dir``).
         """
         record = frame(encoding.encode(changes))
         with self._io_lock:
@@ -584,9 +600,26 @@ class Store:
                     "create a new one on the same log_dir (it drops the incomplete record "
                     "and resumes with every acknowledged call)",
                 )
+            if changes.num_events != self._num_events + 1:
+                raise RuntimeError(
+                    f"{self.log_dir}: event {changes.num_events - 1} cannot follow event "
+                    f"{self._num_events - 1} in the journal; the journal holds events its "
+                    "writer did not take (was a call interrupted?): reopen the log_dir"
+                )
             self._write_record(record, changes.num_events)
+            self._num_events = changes.num_events
             self._records += 1
-            if self._records >= max(self.compact_after, self._snapshot_size):
+
+    def compact_if_due(self, state: PopulationState) -> None:
+        """Starts a compaction (new segment, background snapshot of ``state``) if due.
+
+        ``state`` is the state after the last record written. Never raises an
+        ``Exception``: a failed compaction is logged and tried again later.
+        """
+        with self._io_lock:
+            if self._fd is not None and self._records >= max(
+                self.compact_after, self._snapshot_size
+            ):
                 self._compact(state)
 
     def _write_record(self, record: bytes, event: int) -> None:
@@ -601,9 +634,14 @@ class Store:
             path = os.path.join(self.log_dir, _journal_name(self._segment))
             error = JournalWriteError(
                 getattr(e, "errno", None) or errno.EIO,
-                f"could not journal event {event - 1} ({reason}); it was not recorded and "
-                "the controller's state is unchanged"
-                + ("" if undone else "; the partial record could not be removed either"),
+                f"could not journal event {event - 1} ({reason}); the controller's state is "
+                + (
+                    "unchanged and the event was not recorded"
+                    if undone
+                    else "unchanged, but its record could not be cut off the journal either: "
+                    "when the log_dir is reopened the event is dropped if its record is "
+                    "incomplete, or replayed if it was written whole"
+                ),
                 path,
             )
             if not undone:  # whatever interrupted the write: nothing may follow it
