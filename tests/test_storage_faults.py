@@ -1004,3 +1004,42 @@ def test_a_torn_record_whose_params_hold_a_framed_encoding_is_still_a_torn_tail(
     with pytest.warns(storage.TornRecordWarning):
         state = _loaded(tmp_path)
     assert state.history.get_checkpoint(data.generation_id, 100) is None
+
+
+def test_a_journal_segment_from_another_run_is_refused(tmp_path):
+    drivers = {}
+    for name in ("a", "b"):  # two runs made the same way: same seed, same mutator
+        pop = _open(tmp_path / name)
+        drivers[name] = Driver()
+        drivers[name].run(pop, 4)
+        pop.close()
+    (journal_b,) = _files(tmp_path / "b", "journal-")
+    (journal_a,) = _files(tmp_path / "a", "journal-")
+    shutil.copy(journal_b, journal_a)
+    with pytest.raises(storage.CorruptLogError, match="belongs to another run"):
+        _loaded(tmp_path / "a")
+
+
+def test_an_older_segment_cut_at_a_record_boundary_is_named(tmp_path):
+    for _ in range(2):  # two segments
+        pop = _open(tmp_path)
+        Driver().run(pop, 4)
+        pop.close()
+    older, newer = _files(tmp_path, "journal-")
+    offsets, _ = _frame_offsets(older)
+    with open(older, "r+b") as f:
+        f.truncate(offsets[-1])  # its last record gone, cleanly
+    name = os.path.basename(older)
+    with pytest.raises(storage.CorruptLogError, match=rf"{os.path.basename(newer)}.*{name}"):
+        _loaded(tmp_path)
+
+
+def test_a_checkpoint_whose_parent_is_not_in_the_history_is_corruption(tmp_path):
+    state = _good_state(tmp_path)
+    path = _files(tmp_path, "journal-")[-1]
+    orphan = Checkpoint(None, {"h": 1.0}, "orphan", None, ("nowhere", 3), 0, 1.0)
+    changes = Changes((orphan,), (), state.mutator_state, state.num_events + 1, 1.0)
+    with open(path, "ab") as f:
+        f.write(frames.frame(encoding.encode(changes)))
+    with pytest.raises(storage.CorruptLogError, match=r"parent .* is not in the history"):
+        _loaded(tmp_path)

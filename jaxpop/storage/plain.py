@@ -63,6 +63,7 @@ def state_from_plain(plain: Any) -> PopulationState:
     history = History().add_all(checkpoints)
     if history.num_checkpoints != len(checkpoints):
         raise ValueError("checkpoints holds the same (generation_id, step) twice")
+    _check_parents(checkpoints, history, "checkpoints")
     workers = _tuple(plain["workers"], "workers")
     if not workers:
         raise ValueError("workers is empty: a population has at least one worker")
@@ -86,6 +87,12 @@ def state_from_plain(plain: Any) -> PopulationState:
         history=history,
         num_events=num_events,
     )
+
+
+def _check_parents(checkpoints: tuple, history: History, where: str) -> None:
+    for i, c in enumerate(checkpoints):
+        if c.parent is not None and history.get_checkpoint(*c.parent) is None:
+            raise ValueError(f"{where}[{i}].parent {c.parent} is not in the history")
 
 
 def _count(value: Any, where: str, *, low: int) -> int:
@@ -119,6 +126,7 @@ def redo_checked(state: PopulationState, changes: Any) -> PopulationState:
     if isinstance(changes.now, bool) or not isinstance(changes.now, numbers.Real):
         raise _fail("now", "a real number", changes.now)
     state = redo(state, changes)
+    _check_parents(changes.checkpoints, state.history, "checkpoints")
     for i, worker in changes.workers:
         if worker.generation_id not in state.history:
             raise ValueError(f"worker {i} is assigned to a generation with no checkpoint")

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping
@@ -89,10 +90,11 @@ def _journal_name(seq: int) -> str:
     return f"journal-{seq:08d}.jpjournal"
 
 
-def _header(kind: str, seq: int, run: Mapping[str, Any] | None = None) -> bytes:
+def _header(kind: str, seq: int, run_id: str | None, **fields: Any) -> bytes:
     header: dict[str, Any] = {"kind": kind, "storage_version": STORAGE_VERSION, "seq": seq}
-    if run is not None:
-        header["run"] = dict(run)
+    if run_id is not None:
+        header["run_id"] = run_id
+    header.update((k, v) for k, v in fields.items() if v is not None)
     return frame(encoding.encode(header))
 
 
@@ -139,6 +141,9 @@ def _check_header(path: str, frames: list[Frame], kind: str, seq: int) -> dict[s
     run = header.get("run")
     if run is not None and not run_lib.is_description(run):
         raise CorruptLogError(f"{path}: its header's run description is damaged ({run!r:.100})")
+    for name in ("run_id", "first_event"):
+        if name in header and type(header[name]) is not (str if name == "run_id" else int):
+            raise CorruptLogError(f"{path}: its header's {name} is damaged")
     return header
 
 
@@ -175,14 +180,19 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _write_snapshot(
-    log_dir: str, seq: int, state: PopulationState, run: Mapping[str, Any] | None
+    log_dir: str,
+    seq: int,
+    state: PopulationState,
+    run: Mapping[str, Any] | None,
+    run_id: str | None = None,
 ) -> None:
     """Writes ``snapshot-{seq}`` atomically, then deletes what it makes obsolete.
 
     If anything fails, the temporary file is removed and no other file is touched.
     """
     with _gc_paused():
-        data = _header("snapshot", seq, run) + frame(encoding.encode(state_to_plain(state)))
+        header = _header("snapshot", seq, run_id, run=None if run is None else dict(run))
+        data = header + frame(encoding.encode(state_to_plain(state)))
     final = os.path.join(log_dir, _snapshot_name(seq))
     tmp = final + ".tmp"
     try:
@@ -218,6 +228,7 @@ class _Loaded(NamedTuple):
     records: int  # journal records since the snapshot
     snapshot_size: int  # checkpoints in the snapshot
     run: dict[str, Any] | None  # what the run was started with (None: storage version 1)
+    run_id: str | None  # the run's random id (None: written before jaxpop recorded one)
     repairs: list[_Repair]
 
 
@@ -262,7 +273,7 @@ def _load(log_dir: str) -> _Loaded | None:
             f"{path}: its header says {run['population_size']} workers, its state has "
             f"{state.population_size}"
         )
-    snapshot_size, records = state.history.num_checkpoints, 0
+    snapshot_size, records, run_id = state.history.num_checkpoints, 0, header.get("run_id")
     segments = [s for s in journals if s >= seq]
     if segments and segments != list(range(seq, segments[-1] + 1)):
         raise CorruptLogError(
@@ -279,12 +290,24 @@ def _load(log_dir: str) -> _Loaded | None:
             break  # its number is free again
         if torn is not None:
             repairs.append(_Repair(path, torn, remove=False))
-        _check_header(path, frames, "journal", s)
+        journal = _check_header(path, frames, "journal", s)
+        if None not in (run_id, journal.get("run_id")) and journal["run_id"] != run_id:
+            raise CorruptLogError(
+                f"{path} belongs to another run (run id {journal['run_id']}, the snapshot's "
+                f"is {run_id}): it was copied or moved here"
+            )
+        first = journal.get("first_event")
+        if first is not None and first != state.num_events:
+            before = _snapshot_name(seq) if s == seq else _journal_name(s - 1)
+            raise CorruptLogError(
+                f"{path} starts at event {first}, but {before} ends at event "
+                f"{state.num_events}: records of {before} are missing"
+            )
         for record in frames[1:]:
             state = _replay(path, state, record)
             records += 1
         next_segment = s + 1
-    return _Loaded(state, next_segment, records, snapshot_size, run, repairs)
+    return _Loaded(state, next_segment, records, snapshot_size, run, run_id, repairs)
 
 
 def _load_live(log_dir: str, attempts: int) -> _Loaded | None:
@@ -402,6 +425,7 @@ class Store:
         self._num_events = 0  # num_events of the last record journaled (or of the start)
         self._snapshot_size = 0  # checkpoints in the last snapshot
         self._snapshot_thread: threading.Thread | None = None
+        self._run_id: str | None = None
         self._broken: JournalWriteError | None = None
         self._superseded = False
         self._compaction_failing = False
@@ -482,9 +506,10 @@ class Store:
                 raise RuntimeError("this Store was started already")
             self._num_events = state.num_events
             loaded = self._loaded
+            self._run_id = (loaded and loaded.run_id) or uuid.uuid4().hex
             if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
                 self._run = self._run or {"population_size": state.population_size, "mutator": None}
-                _write_snapshot(self.log_dir, 0, state, self._run)
+                _write_snapshot(self.log_dir, 0, state, self._run, self._run_id)
                 try:
                     self._open_segment(0)
                 except BaseException:
@@ -493,7 +518,7 @@ class Store:
                     raise
                 self._snapshot_size = state.history.num_checkpoints
                 return
-            record = self._check_resume(loaded)
+            record = self._check_resume(loaded) or loaded.run_id is None
             self._run = (
                 self._run
                 or loaded.run
@@ -509,7 +534,9 @@ class Store:
             self._open_segment(loaded.next_segment)
             if record:  # what the run continues as, before anything is appended
                 try:
-                    _write_snapshot(self.log_dir, loaded.next_segment, state, self._run)
+                    _write_snapshot(
+                        self.log_dir, loaded.next_segment, state, self._run, self._run_id
+                    )
                 except BaseException:
                     self._abandon_segment()
                     raise
@@ -524,7 +551,7 @@ class Store:
         if self._fd is not None:
             os.fdatasync(self._fd)
         path = os.path.join(self.log_dir, _journal_name(seq))
-        header = _header("journal", seq)
+        header = _header("journal", seq, self._run_id, first_event=self._num_events)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             _write_all(fd, header)
@@ -688,7 +715,7 @@ class Store:
         try:
             self._snapshot_thread = threading.Thread(
                 target=self._snapshot,
-                args=(self._segment, state, self._run),
+                args=(self._segment, state, self._run, self._run_id),
                 name="jaxpop-snapshot",
             )
             self._snapshot_thread.start()
@@ -697,9 +724,11 @@ class Store:
             self.snapshot_error = e
             logger.exception("jaxpop: cannot start writing a snapshot of %s", self.log_dir)
 
-    def _snapshot(self, seq: int, state: PopulationState, run: Mapping[str, Any] | None) -> None:
+    def _snapshot(
+        self, seq: int, state: PopulationState, run: Mapping[str, Any] | None, run_id: str | None
+    ) -> None:
         try:
-            _write_snapshot(self.log_dir, seq, state, run)
+            _write_snapshot(self.log_dir, seq, state, run, run_id)
         except BaseException as e:  # the journal still holds everything: log, go on
             self.snapshot_error = e
             logger.exception("jaxpop: writing snapshot %d in %s failed", seq, self.log_dir)
