@@ -255,6 +255,11 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
                 f"cannot save leaf {where or '<root>'}: it is a typed PRNG key; save "
                 "jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data"
             )
+        if np.dtype(leaf.dtype).kind in "OUSMm":  # fail here, not later in the background
+            raise TypeError(
+                f"cannot save leaf {where or '<root>'}: its dtype {leaf.dtype} is not numeric "
+                "(object, string and datetime arrays are not parameters)"
+            )
         spec = {"path": where, "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
         if leaf.size == 0:
             specs.append({**spec, "kind": "empty"})
@@ -570,6 +575,11 @@ class ParamStore:
                 f"{type(handle).__name__}: {handle!r:.80}"
                 + ("; None means: initialise fresh parameters" if handle is None else "")
             )
+        if not handle.strip():
+            raise ValueError(
+                f"handle {handle!r} is empty; pass what ParamStore.save returned "
+                "(an empty path would read the current directory)"
+            )
         path = os.path.abspath(handle)
         with _REGISTRY.lock:
             pending = _REGISTRY.saving.get(path)
@@ -663,6 +673,12 @@ class ParamStore:
             else:
                 value = _decode_value(spec)
                 if _is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct):
+                    if tuple(leaf.shape) != ():
+                        raise ValueError(
+                            f"checkpoint {handle!r} holds a {type(value).__name__} at "
+                            f"{spec['path'] or '<root>'}, but the target has an array of "
+                            f"shape {tuple(leaf.shape)} there"
+                        )
                     value = _like(leaf, np.asarray(value, jnp.dtype(leaf.dtype)))
                 leaves.append(value)
         return jax.tree_util.tree_unflatten(treedef, leaves)

@@ -421,6 +421,11 @@ def record(
     """
     step = int(step)
     scores = np.asarray(scores, np.float64)
+    if scores.shape != (state.population_size,):
+        raise ValueError(
+            f"record takes one score per member: shape ({state.population_size},), got "
+            f"shape {scores.shape}"
+        )
     history, added = state.history, []
     evaluated: list[Checkpoint] = []
     for worker in state.workers:

@@ -603,3 +603,18 @@ def test_gc_in_a_long_run_keeps_disk_bounded(tmp_path):
             peak = max(peak, len(os.listdir(store.directory)))
     assert len(expected) == 30
     assert peak <= 3 * 2 + 1  # workers' params, live generations' latest two, the best
+
+
+def test_arguments_that_would_fail_later_fail_where_they_enter(tmp_path):
+    with ParamStore(str(tmp_path / "store"), async_save=True) as store:
+        for bad in (np.array([object(), 1]), np.array(["a", "b"])):
+            with pytest.raises(TypeError, match="not numeric"):
+                store.save("g", 0, {"w": bad})
+        handle = store.save("g", 1, {"w": 1.5})
+        store.wait()
+        with pytest.raises(ValueError, match=r"holds a float at \['w'\].*shape \(3,\)"):
+            store.restore(handle, {"w": np.zeros(3, np.float32)})
+        assert store.restore(handle, {"w": np.zeros((), np.float32)})["w"] == 1.5
+        for empty in ("", "  "):
+            with pytest.raises(ValueError, match="is empty"):
+                store.restore(empty, {"w": 0.0})

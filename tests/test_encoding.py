@@ -404,7 +404,14 @@ def test_version_in_any_uint_width_is_accepted() -> None:
 
 
 def test_public_api() -> None:
-    assert sorted(encoding.__all__) == ["FORMAT_VERSION", "decode", "encode", "register_record"]
+    assert sorted(encoding.__all__) == [
+        "FORMAT_VERSION",
+        "PREFIX",
+        "decode",
+        "encode",
+        "register_record",
+    ]
+    assert encoding.encode(None).startswith(encoding.PREFIX) and len(encoding.PREFIX) == 9
 
 
 # --------------------------------------------------------------------------- encode errors

@@ -300,3 +300,16 @@ def test_where_compiles_once_per_population_size_and_handles_empty_masks(name):
         fn(KEY, scores, where=np.ones(n - 1, bool))
     with pytest.raises(ValueError, match="where must be a bool array of shape"):
         fn(KEY, scores, where=np.ones(n, np.int32))
+
+
+@pytest.mark.parametrize("fn", [winner_take_all, truncation, tournament])
+@pytest.mark.parametrize("scores", [np.float32(1.0), np.zeros((2, 3), np.float32), np.zeros(0)])
+def test_scores_that_are_not_a_vector_are_refused_naming_their_shape(fn, scores):
+    key = np.array([0, 1], np.uint32)
+    with pytest.raises(ValueError, match=r"scores must be a non-empty vector.*got shape"):
+        fn(key, scores)
+
+
+def test_complex_scores_are_refused():
+    with pytest.raises(TypeError, match="real numbers"):
+        winner_take_all(np.array([0, 1], np.uint32), np.array([1 + 1j, 2.0]))

@@ -266,9 +266,9 @@ def test_close_or_drop_releases_the_log_dir(tmp_path):
 
 _HOLD_LOCK = """
 import fcntl, os, sys
-f = open(os.path.join(sys.argv[1], "lock"), "a+")
-fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+open(os.path.join(sys.argv[1], "lock"), "w").write(str(os.getpid()))
 print("locked", flush=True)
 sys.stdin.read()
 """

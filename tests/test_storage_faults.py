@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -1043,3 +1045,73 @@ def test_a_checkpoint_whose_parent_is_not_in_the_history_is_corruption(tmp_path)
         f.write(frames.frame(encoding.encode(changes)))
     with pytest.raises(storage.CorruptLogError, match=r"parent .* is not in the history"):
         _loaded(tmp_path)
+
+
+_OPEN_IN_A_CHILD = """
+import sys
+from jaxpop import storage
+try:
+    storage.Store(sys.argv[1]).close()
+    print("opened")
+except storage.LogDirInUseError as e:
+    print("refused:", e)
+"""
+
+
+def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
+    pop = _open(tmp_path)
+    Driver().run(pop, 2)
+    os.remove(tmp_path / "lock")
+    out = subprocess.run(
+        [sys.executable, "-c", _OPEN_IN_A_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert out.stdout.startswith("refused:"), out.stdout + out.stderr
+    pop.close()
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_a_forked_child_neither_keeps_the_lock_nor_writes(tmp_path):
+    pop = _open(tmp_path)
+    Driver().run(pop, 2)
+    to_parent, to_child = os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its copy of the controller must refuse to write
+        try:
+            Driver().step(pop)
+            code = 1
+        except RuntimeError as e:
+            code = 0 if "forked child" in str(e) else 2
+        os.write(to_parent[1], b"x")
+        os.read(to_child[0], 1)  # stay alive until the parent is done
+        os._exit(code)
+    try:
+        ready, _, _ = select.select([to_parent[0]], [], [], 60)
+        if not ready:  # the child hangs (a fork of a threaded process can): end it
+            os.kill(child, signal.SIGKILL)
+        assert ready and os.read(to_parent[0], 1) == b"x"
+        pop.close()
+        reopened = _open(tmp_path)  # the lock went with the parent's close
+        Driver().run(reopened, 2)
+        reopened.close()
+    finally:
+        os.write(to_child[1], b"x")
+        _, status = os.waitpid(child, 0)
+        for fd in (*to_parent, *to_child):
+            os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_mismatch_message_shows_where_deep_configurations_differ(tmp_path):
+    def pbt(high):
+        space = {f"h{i}": explore.uniform(0.0, 2.0) for i in range(20)}
+        space["h19"] = explore.uniform(0.0, high)
+        return PopulationBasedTraining(perturbation_interval=5, hyperparam_space=space)
+
+    _open(tmp_path, pbt(2.0)).close()
+    where = r"hyperparam_space\[\d+\]\[1\]\.fields\.high: 2\.0 in the log_dir, 3\.0 now"
+    with pytest.raises(storage.RunMismatchError, match=where):
+        _open(tmp_path, pbt(3.0))

@@ -338,3 +338,10 @@ def test_sharded_equals_unsharded_on_4_cpu_devices():
     assert out["generations"][0] == out["generations"][1] > N
     assert out["same_generation"]
     assert out["max_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("count", [N - 1, N + 1])
+def test_record_refuses_a_score_count_other_than_the_population(count):
+    lineage = vz.lineage_init(make_pop(), root_key(0), now=1.0)
+    with pytest.raises(ValueError, match=rf"one score per member: shape \({N},\)"):
+        vz.record(lineage, np.zeros(count), step=1, now=2.0)

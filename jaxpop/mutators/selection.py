@@ -80,6 +80,14 @@ def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
     """
     _check_mode(mode)
     scores = jnp.asarray(scores)
+    if scores.ndim != 1 or scores.shape[0] == 0:
+        raise ValueError(
+            f"scores must be a non-empty vector with one score per member, shape (n,), got "
+            f"shape {scores.shape}"
+            + (" (vmap over populations instead)" if scores.ndim > 1 else "")
+        )
+    if jnp.issubdtype(scores.dtype, jnp.complexfloating):
+        raise TypeError(f"scores must be real numbers, got {scores.dtype}")
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         scores = scores.astype(jnp.float32)
     if mode == "max":

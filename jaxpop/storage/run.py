@@ -50,10 +50,27 @@ def differences(recorded: Run, run: Run) -> list[str]:
         lines.append(f"mutator: {old['kind']} in the log_dir, {new['kind']} now")
         return lines
     for name in dict.fromkeys([*old["config"], *new["config"]]):
-        was, now = old["config"].get(name, "(absent)"), new["config"].get(name, "(absent)")
+        was, now = old["config"].get(name, _ABSENT), new["config"].get(name, _ABSENT)
         if was != now:
-            lines.append(f"mutator {name}: {was!r:.120} in the log_dir, {now!r:.120} now")
+            where, was, now = _first_difference(was, now, name)
+            lines.append(f"mutator {where}: {was!r:.120} in the log_dir, {now!r:.120} now")
     return lines
+
+
+_ABSENT = "(absent)"
+
+
+def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any]:
+    """The innermost place where two described values differ (so a message shows it)."""
+    if type(a) is dict and type(b) is dict:
+        for k in dict.fromkeys([*a, *b]):
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT):
+                return _first_difference(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{where}.{k}")
+    if type(a) is tuple and type(b) is tuple and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            if x != y:
+                return _first_difference(x, y, f"{where}[{i}]")
+    return where, a, b
 
 
 def check_resume(

@@ -428,6 +428,8 @@ class Store:
         self._run_id: str | None = None
         self._broken: JournalWriteError | None = None
         self._superseded = False
+        self._forked = False  # this is a forked child's copy of a Store
+        self._pid = os.getpid()
         self._compaction_failing = False
         self.snapshot_error: BaseException | None = None
         os.makedirs(self.log_dir, exist_ok=True)
@@ -440,28 +442,35 @@ class Store:
                 if self._run is not None:  # a refused newcomer must not stop the live one
                     self._check_resume(_load_live(self.log_dir, attempts=5))
                 older._supersede()
-            self._lock_file = self._acquire_lock()
+            self._lock_fd: int | None = self._acquire_lock()
             _open_stores[self._key] = weakref.ref(self)
 
-    def _acquire_lock(self) -> Any:
-        lock_file = open(os.path.join(self.log_dir, "lock"), "a+")  # noqa: SIM115
+    def _acquire_lock(self) -> int:
+        """Locks the directory itself (an ``flock`` on its descriptor; deleting or
+        replacing a file cannot undo it) and writes this process's pid to ``lock``."""
+        fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            lock_file.seek(0)
-            holder = lock_file.read().strip() or "unknown"
-            lock_file.close()
+            os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
+            try:
+                with open(os.path.join(self.log_dir, "lock")) as f:
+                    holder = f.read().strip() or "unknown"
+            except OSError:
+                holder = "unknown"
             raise LogDirInUseError(
                 f"{self.log_dir} is in use by another live jaxpop controller (pid {holder}); "
                 "close() it first, or give this controller another log_dir"
             ) from None
-        lock_file.seek(0)
-        lock_file.truncate()
-        lock_file.write(str(os.getpid()))
-        lock_file.flush()
-        return lock_file
+        try:
+            with open(os.path.join(self.log_dir, "lock"), "w") as f:
+                f.write(str(os.getpid()))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _check_resume(self, loaded: _Loaded | None) -> bool:
         """Whether the run must be recorded anew; raises if it cannot be resumed as ``run``."""
@@ -591,7 +600,13 @@ class Store:
                 "run over, with everything this one acknowledged; this one no longer "
                 "writes there: use the newer one"
             )
-        if self._lock_file.closed or (started and self._fd is None):
+        if self._forked:
+            raise RuntimeError(
+                f"this controller belongs to process {self._pid}; a forked child cannot write "
+                f"its log_dir {self.log_dir!r}: create the controller in the process that uses "
+                "it (or reach it through jaxpop.distributed)"
+            )
+        if self._lock_fd is None or (started and self._fd is None):
             raise RuntimeError(f"this controller's log_dir {self.log_dir!r} was closed")
 
     def append(self, changes: Changes, state: PopulationState) -> None:
@@ -753,8 +768,9 @@ class Store:
                 if fd is not None:
                     os.close(fd)
             finally:
-                if not self._lock_file.closed:
-                    self._lock_file.close()  # releases the flock
+                lock_fd, self._lock_fd = self._lock_fd, None
+                if lock_fd is not None:
+                    os.close(lock_fd)  # releases the flock
 
     def close(self) -> None:
         """Waits for background work, closes the journal and releases the lock."""
@@ -767,9 +783,38 @@ class Store:
     @property
     def closed(self) -> bool:
         """Whether this ``Store`` released its ``log_dir`` (closed or superseded)."""
-        return self._lock_file.closed
+        return self._lock_fd is None
 
     @property
     def superseded(self) -> bool:
         """Whether a newer ``Store`` of this process took this one's ``log_dir`` over."""
         return self._superseded
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the inherited descriptors, keeping the parent's lock.
+
+        Closing a descriptor does not release an ``flock`` while another descriptor of
+        the same open file (the parent's) remains; so the lock stays the parent's, and
+        goes when the parent closes it, even while this child lives on.
+        """
+        self._forked = True
+        self._io_lock = threading.Lock()  # it may have been held by a thread at fork time
+        self._snapshot_thread = None
+        for fd in (self._fd, self._lock_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock_fd = None
+
+
+def _after_fork_in_child() -> None:
+    global _open_stores_lock
+    _open_stores_lock = threading.Lock()  # it may have been held by a thread at fork time
+    for ref in list(_open_stores.values()):
+        store = ref()
+        if store is not None:
+            store._forget_after_fork()
+    _open_stores.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
