@@ -287,3 +287,34 @@ def test_sample_with_a_traced_key():
     assert float(out["lr"]) >= np.float32(1e-4) and out["layers"].dtype == jnp.int32
     with pytest.raises(TypeError, match="non-numbers"):
         jax.jit(lambda k: ex.sample(k, {"s": ex.choice(["a", "b"])}))(jax.random.key(0))
+
+
+def test_nan_values_raise_on_the_host_and_are_replaced_on_device():
+    space = {"lr": ex.log_uniform(1e-4, 1e-1), "w": ex.uniform(-1.0, 1.0)}
+    key = jax.random.key_data(jax.random.key(0))
+    for op in (
+        lambda m: ex.perturb(key, space, m),
+        lambda m: ex.explore(key, space, m),
+        lambda m: ex.resample(key, space, m),
+        lambda m: ex.clip(space, m),
+    ):
+        with pytest.raises(ValueError, match=r"meta_params\['lr'\] is NaN"):
+            op({"lr": math.nan, "w": 0.0})
+        with pytest.raises(ValueError, match=r"meta_params\['w'\] is NaN"):
+            op({"lr": 0.01, "w": np.array([0.0, np.nan])})
+        out = jax.jit(op)({"lr": jnp.float32(jnp.nan), "w": jnp.array([0.0, jnp.nan])})
+        assert 1e-4 * 0.999 <= float(out["lr"]) <= 1e-1 * 1.001
+        assert bool(jnp.all((out["w"] >= -1.0) & (out["w"] <= 1.0)))
+
+
+def test_a_uniform_space_wider_than_a_float_samples_all_of_it():
+    space = ex.uniform(-1e308, 1e308)
+    draws = [ex.sample(np.array([0, i], np.uint32), space) for i in range(50)]
+    assert all(-1e308 <= d <= 1e308 for d in draws)
+    assert min(draws) < 0 < max(draws) and len(set(draws)) > 40
+
+
+def test_randint_bounds_past_float64_integers_are_refused():
+    with pytest.raises(ValueError, match=r"within \+-2\*\*53"):
+        ex.randint(2**60, 2**60 + 10)
+    assert ex.randint(-(2**53), 2**53).high == 2**53

@@ -31,7 +31,9 @@ Operations (each returns a new pytree and never modifies its arguments):
 
 Every result lies inside the declared space: perturbed values are clipped to
 ``[low, high]`` (``[low, high - 1]`` for ``randint``), a choice stays in its list, and a
-constant is always its constant. Each leaf draws from its own subkey (leaves in the
+constant is always its constant. A NaN value has no place in its space: on the host it
+raises ``ValueError``; on device (where nothing can raise) it is replaced by a fresh
+draw, or by ``low`` for :func:`clip`. Each leaf draws from its own subkey (leaves in the
 space's order), so results are a pure function of the key.
 
 Host and device: on Python or numpy values with a concrete key, the arithmetic runs in
@@ -153,6 +155,11 @@ def randint(low: int, high: int) -> RandInt:
         raise TypeError(f"randint(low, high) takes two ints, got {low!r} and {high!r}")
     if not low < high:
         raise ValueError(f"randint needs low < high (high is excluded), got ({low}, {high})")
+    if max(abs(int(low)), abs(int(high))) > 2**53:
+        raise ValueError(
+            f"randint bounds must lie within +-2**53 (where float64 still counts every "
+            f"integer), got ({low}, {high})"
+        )
     return RandInt(int(low), int(high))
 
 
@@ -257,8 +264,8 @@ def _on_device(key: Any, leaves: list) -> bool:
 
 # -- one leaf ---------------------------------------------------------------------------
 def _sample_numeric(space: Space, u: Any, xp: Any) -> Any:
-    if isinstance(space, Uniform):
-        return xp.clip(space.low + u * (space.high - space.low), space.low, space.high)
+    if isinstance(space, Uniform):  # not low + u * (high - low): that overflows for wide spans
+        return xp.clip(space.low * (1 - u) + space.high * u, space.low, space.high)
     if isinstance(space, LogUniform):
         lo, hi = math.log(space.low), math.log(space.high)
         return xp.clip(xp.exp(lo + u * (hi - lo)), space.low, space.high)
@@ -325,6 +332,10 @@ def _leaf(
         return _choice_leaf(op, space, value, u, xp, path, probability)
     if op == "sample":
         return _sample_numeric(space, u[1], xp)
+    if xp is jnp and jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating):
+        # a traced NaN cannot raise (host values do): a fresh draw (clip: low) replaces it
+        fill = space.low if u is None else _sample_numeric(space, u[1], xp)
+        value = xp.where(xp.isnan(value), fill, value)
     if op == "clip":
         return _clip_numeric(space, value, xp)
     if op == "resample":
@@ -414,9 +425,15 @@ def _finish_device(space: Space, new: Any, value: Any) -> Any:
 def _check_value(space: Space, value: Any, path: Path) -> None:
     if value is _NO_VALUE or isinstance(space, Choice) or isinstance(value, jax.Array):
         return
-    if _is_number(value):
-        return
-    if isinstance(value, (np.ndarray, np.generic)) and np.issubdtype(value.dtype, np.number):
+    numeric = _is_number(value) or (
+        isinstance(value, (np.ndarray, np.generic)) and np.issubdtype(value.dtype, np.number)
+    )
+    if numeric and np.any(np.isnan(value)):  # no move from NaN lands inside the space
+        raise ValueError(
+            f"{_where(path)} is NaN, which is outside its space {space}; a NaN "
+            "hyperparameter usually means the run that produced it diverged"
+        )
+    if numeric:
         return
     raise TypeError(
         f"{_where(path)} = {value!r:.60} is a {type(value).__name__}, but its space "
