@@ -69,6 +69,7 @@ from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 __all__ = [
@@ -379,7 +380,16 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     integer (a Python ``int`` argument, which optax passes through unchanged) stays weak.
     """
     old_type = jax.typeof(old)
+    if not isinstance(value, jax.core.Tracer):  # concrete: check what the cast would lose
+        _check_cast(np.asarray(value), old_type.dtype, name)
     value = jnp.asarray(value)
+    if jnp.issubdtype(value.dtype, jnp.complexfloating) and not jnp.issubdtype(
+        old_type.dtype, jnp.complexfloating
+    ):
+        raise TypeError(
+            f"hyperparameter {name!r} is {old_type.dtype}, got a complex value; its "
+            "imaginary part would be dropped"
+        )
     if value.shape != old_type.shape:
         raise ValueError(
             f"hyperparameter {name!r} has shape {old_type.shape}, got a value of shape "
@@ -395,6 +405,25 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     if old_type.weak_type and value.ndim == 0:
         return jax.lax.full_like(old, value)
     return jnp.asarray(value, dtype=old_type.dtype)
+
+
+def _check_cast(host: np.ndarray, dtype: Any, name: str) -> None:
+    """Refuses a concrete value that a cast to ``dtype`` would turn into another value:
+    a complex into a real type, or a finite float that overflows it (1e300 in float32)."""
+    if host.dtype.kind == "c" and not jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            f"hyperparameter {name!r} is {dtype}, got a complex value; its imaginary part "
+            "would be dropped"
+        )
+    if jnp.issubdtype(dtype, jnp.inexact) and host.dtype.kind in "fiu":
+        with np.errstate(over="ignore"):
+            cast = host.astype(dtype)
+        finite = np.isfinite(host)
+        if np.any(finite & ~np.isfinite(cast.astype(np.float64))):
+            raise ValueError(
+                f"hyperparameter {name!r} = {host.tolist()!r:.60} overflows its dtype "
+                f"{jnp.dtype(dtype)}; it would be written as inf"
+            )
 
 
 def _name(fn: Callable) -> str:

@@ -523,3 +523,24 @@ def test_as_traced_dtype_and_errors():
     assert augment(images, bf).dtype == jnp.bfloat16
     with pytest.raises(TypeError, match=r"\['kind'\].*not a number"):
         as_traced({"lr": 0.1, "kind": "adam"})
+
+
+def test_set_hparams_refuses_values_the_cast_would_change():
+    import optax
+
+    from jaxpop import hparams as hp
+
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    state = opt.init({"w": jnp.zeros(3)})
+    with pytest.raises(TypeError, match="imaginary part would be dropped"):
+        hp.set_hparams(state, {"learning_rate": 1e-3 + 2j})
+    with pytest.raises(TypeError, match="imaginary part would be dropped"):
+        jax.jit(hp.set_hparams)(state, {"learning_rate": jnp.complex64(1e-3)})
+    with pytest.raises(ValueError, match="overflows its dtype float32"):
+        hp.set_hparams(state, {"learning_rate": 1e300})
+    assert (
+        float(hp.get_hparams(hp.set_hparams(state, {"learning_rate": 3e38}))["learning_rate"])
+        > 1e38
+    )
+    inf = hp.set_hparams(state, {"learning_rate": float("inf")})  # an explicit inf is kept
+    assert not np.isfinite(float(hp.get_hparams(inf)["learning_rate"]))
