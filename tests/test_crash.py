@@ -12,7 +12,7 @@ from jaxpop import storage
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "crash_run.py")
 ACK = re.compile(r"^ACK (\S+) (\d+) (\S+)$")
-KILLS = 30  # each restart imports JAX (about 2 s); tests/test_storage_faults.py covers the rest
+KILLS = 20  # each restart imports JAX (about 2 s); tests/test_storage_faults.py covers the rest
 GOAL = 400
 
 
