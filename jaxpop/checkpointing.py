@@ -362,9 +362,12 @@ def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset
         add(worker.params)
         if worker.generation_id in history:
             add(history.latest(worker.generation_id).params)
-            latest_evaluated = history.latest_evaluated(worker.generation_id)
-            if latest_evaluated is not None:
-                add(latest_evaluated.params)
+            for copied in (  # what a worker reloads, and what an exploit would copy
+                history.latest_evaluated(worker.generation_id),
+                history.latest_loadable(worker.generation_id),
+            ):
+                if copied is not None:
+                    add(copied.params)
     if keep_best > 0:
         best_rank: dict[str, float] = {}
         for checkpoint in history.checkpoints():

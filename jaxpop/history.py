@@ -248,6 +248,28 @@ class History(Mapping[str, GenerationView]):
             node = node[1]
         return None
 
+    def latest_loadable(self, generation_id: str) -> Checkpoint | None:
+        """The checkpoint an exploit copies from ``generation_id``.
+
+        The highest-step evaluated checkpoint whose ``params`` is not ``None`` (a worker
+        may evaluate more often than it saves, reporting ``params=None`` in between);
+        if no evaluated checkpoint has params, the latest evaluated one, whose copier
+        then initialises fresh parameters (as with the seed's ``params=None`` loops);
+        ``None`` if the generation has no evaluation. Which one is copied, the lineage
+        records as the new generation's parent.
+        """
+        gen = self._generations.get(generation_id)
+        node = None if gen is None else gen.steps
+        latest = None
+        while node is not None:
+            checkpoint = gen.checkpoints[node[0]]
+            if checkpoint.value is not None:
+                if checkpoint.params is not None:
+                    return checkpoint
+                latest = latest or checkpoint
+            node = node[1]
+        return latest
+
     def branch_point(self, generation_id: str) -> CheckpointRef | None:
         """Where a generation was copied from: its first checkpoint's parent."""
         return self.first(generation_id).parent

@@ -618,3 +618,16 @@ def test_arguments_that_would_fail_later_fail_where_they_enter(tmp_path):
         for empty in ("", "  "):
             with pytest.raises(ValueError, match="is empty"):
                 store.restore(empty, {"w": 0.0})
+
+
+def test_collect_garbage_keeps_what_an_exploit_would_copy(tmp_path):
+    with ParamStore(str(tmp_path / "store"), async_save=False) as store:
+        pop = PopulationController(
+            [{"h": 1.0}, {"h": 2.0}], WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+        )
+        gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        saved = store.save(gen, 5, {"w": np.ones(2)})
+        pop.set_eval(0, gen, 5, saved, 0.2)
+        pop.set_eval(0, gen, 10, None, 0.1)  # evaluated later without saving
+        store.collect_garbage(pop, keep_best=0)
+        assert store.restore(saved, {"w": np.zeros(2)})["w"].tolist() == [1.0, 1.0]

@@ -414,3 +414,29 @@ def test_describe_tells_configurations_apart_and_equal_ones_alike():
     other = functools.partial(lambda meta, table: meta, table=np.arange(1000) + 1)
     assert describe(big) != describe(other)  # large arrays: by a digest of their bytes
     assert describe(big) == describe(functools.partial(big.func, table=np.arange(1000)))
+
+
+def test_exploits_copy_the_latest_evaluated_checkpoint_that_has_params():
+    from jaxpop import PopulationBasedTraining, PopulationController
+    from jaxpop.mutators import explore
+
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    pbt = PopulationBasedTraining(
+        perturbation_interval=10, hyperparam_space={"h": explore.uniform(0.0, 9.0)}
+    )
+    for mutator in (wta, pbt):
+        pop = PopulationController([{"h": 1.0}, {"h": 2.0}], mutator, seed=1)
+        gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+        pop.set_eval(0, gens[0], 5, "saved@5", 0.2)  # the winner saves at 5 ...
+        pop.set_eval(0, gens[0], 10, None, 0.1)  # ... and evaluates at 10 without saving
+        pop.set_eval(1, gens[1], 10, "loser@10", 5.0)
+        data = pop.maybe_get_worker_data(1, gens[1], 10, "loser@10", None)
+        assert data is not None and data.params == "saved@5" and data.step == 5
+        assert pop.history.first(data.generation_id).parent == (gens[0], 5)
+    # with no saved params at all (the seed's loops), the latest evaluation is copied
+    pop = PopulationController([{"h": 1.0}, {"h": 2.0}], wta, seed=1)
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(0, gens[0], 10, None, 0.1)
+    pop.set_eval(1, gens[1], 10, None, 5.0)
+    data = pop.maybe_get_worker_data(1, gens[1], 10, None, None)
+    assert data.params is None and data.step == 10

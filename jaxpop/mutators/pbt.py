@@ -355,7 +355,7 @@ class PopulationBasedTraining(Mutator):
                     last_decision[i] = (gen, t_of(history.latest_evaluated(gen)))
                     continue
                 # in synch mode, the parent's checkpoint from before this round's decisions
-                source = history.latest_evaluated(workers[parent].generation_id)
+                source = history.latest_loadable(workers[parent].generation_id)
                 meta = new_meta_params(source, keys[n + i], keys[2 * n + i])
                 worker, start = start_generation(source, meta, key, i, now)
                 new_workers[i] = worker

@@ -118,10 +118,10 @@ class WinnerTakeAllGenetic(Mutator):
             new_workers, new_checkpoints = [], []
             for i, worker in enumerate(workers):
                 if math.isinf(scores[best]):
-                    source = history.latest_evaluated(worker.generation_id)
+                    source = history.latest_loadable(worker.generation_id)
                     meta = call_mutate_fn(mutate_fn, wants_key, (source.meta_params,), keys[i])
                 else:
-                    source = history.latest_evaluated(workers[best].generation_id)
+                    source = history.latest_loadable(workers[best].generation_id)
                     meta = source.meta_params
                     if i != best:
                         meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
