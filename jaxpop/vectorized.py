@@ -64,6 +64,7 @@ __all__ = [
     "exploit_explore",
     "generation_id",
     "init",
+    "is_key_leaf",
     "lineage_init",
     "member_hparams",
     "member_mesh",
@@ -235,6 +236,45 @@ def vmap_train_step(
 
 
 # -- exploit and explore ----------------------------------------------------------------------
+def is_key_leaf(path: Any, leaf: jax.Array) -> bool:
+    """Whether a stacked train-state leaf is a PRNG key, for :func:`exploit_explore`.
+
+    A typed key array (``jax.random.key``) always is. A raw key (``uint32``, one key of
+    jax's default implementation per member) is when its name in the train state is
+    ``"key"`` or ``"rng"`` (``state["key"]``, ``state.rng``). Pass another ``is_key`` to
+    ``exploit_explore`` to mark keys stored under other names.
+    """
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return True
+    last = path[-1] if path else None
+    name = getattr(last, "key", None) or getattr(last, "name", None)
+    raw_shape = jax.random.key_data(jax.random.key(0)).shape
+    return (
+        name in ("key", "rng")
+        and leaf.dtype == jnp.uint32
+        and tuple(leaf.shape[1:]) == tuple(raw_shape)
+    )
+
+
+def _refresh_keys(
+    state: Any, copied: jax.Array, index: jax.Array, is_key: Callable[[Any, jax.Array], bool]
+) -> Any:
+    """Each key leaf of a copied member folded in with the member's new generation index."""
+
+    def refresh(path: Any, leaf: Any) -> Any:
+        if not isinstance(leaf, jax.Array) or leaf.ndim == 0 or not is_key(path, leaf):
+            return leaf
+        typed = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+        keys = leaf if typed else jax.vmap(jax.random.wrap_key_data)(leaf)
+        fresh = jax.vmap(jax.random.fold_in)(keys, index.astype(jnp.uint32))
+        old_data, new_data = jax.random.key_data(keys), jax.random.key_data(fresh)
+        mask = copied.reshape(copied.shape + (1,) * (old_data.ndim - 1))
+        data = jnp.where(mask, new_data, old_data)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf)) if typed else data
+
+    return jax.tree_util.tree_map_with_path(refresh, state)
+
+
 def exploit_explore(
     pop: VectorizedPopulation,
     scores: jax.Array,
@@ -244,6 +284,7 @@ def exploit_explore(
     selection: selection_lib.SelectionFn = selection_lib.truncation,
     explore: Callable[[jax.Array, Any, Any], Any] = explore_lib.explore,
     optimizer_hparams: OptimizerHparams | None = None,
+    is_key: Callable[[Any, jax.Array], bool] | None = None,
 ) -> tuple[VectorizedPopulation, Exploit]:
     """One PBT round on device: copy from the parents, explore the copies' hparams.
 
@@ -263,11 +304,16 @@ def exploit_explore(
         hyperparameters (default :func:`jaxpop.mutators.explore.explore`; pass e.g.
         ``functools.partial(explore.perturb, perturbation_factors=(0.5, 2.0))``).
       optimizer_hparams: see :func:`write_hparams`.
+      is_key: ``(path, leaf) -> bool``, which train-state leaves are PRNG keys (see
+        below); default :func:`is_key_leaf`.
 
     Returns:
       ``(population, exploit)``: members with ``parents[i] != i`` hold a copy of their
       parent's train state (params, optimizer state, extra state), the parent's
       hyperparameters explored, and a new generation index; the others are unchanged.
+      A copy does not repeat its parent's random stream: each PRNG key leaf of a copied
+      member is its parent's key folded in with the member's new generation index, so
+      copies differ from their parent and from each other.
     """
     own_key = pop.key
     if key is None:
@@ -288,6 +334,7 @@ def exploit_explore(
     }
     new_index = pop.num_generations + jnp.cumsum(copied, dtype=jnp.int32) - 1
     generation = jnp.where(copied, new_index, pop.generation)
+    gathered = _refresh_keys(gathered, copied, new_index, is_key or is_key_leaf)
     new_pop = pop.replace(
         train_state=write_hparams(gathered, hparams, optimizer_hparams),
         hparams=hparams,

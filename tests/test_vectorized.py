@@ -345,3 +345,53 @@ def test_record_refuses_a_score_count_other_than_the_population(count):
     lineage = vz.lineage_init(make_pop(), root_key(0), now=1.0)
     with pytest.raises(ValueError, match=rf"one score per member: shape \({N},\)"):
         vz.record(lineage, np.zeros(count), step=1, now=2.0)
+
+
+def test_copies_get_fresh_distinct_prng_keys_instead_of_their_parents():
+    pop = make_pop()
+    keys = jax.random.split(jax.random.key(3), N)
+    state = {
+        **pop.train_state,
+        "key": jax.random.key_data(keys),  # raw keys, found by name
+        "aug": {"rng": keys},  # typed keys, found by dtype
+        "seed": jax.random.key_data(keys),  # raw keys under another name
+    }
+    pop = pop.replace(train_state=state)
+    scores = jnp.arange(N, dtype=jnp.float32)[::-1]  # the last member is best
+    wta = jax.jit(
+        functools.partial(
+            vz.exploit_explore,
+            space=SPACE,
+            selection=selection.winner_take_all,
+            optimizer_hparams=to_optimizer,
+        )
+    )
+    new, ex = wta(pop, scores, root_key(1))
+    copied = np.asarray(ex.copied)
+    assert copied.sum() == N - 1
+    raw = np.asarray(new.train_state["key"])
+    typed = np.asarray(jax.random.key_data(new.train_state["aug"]["rng"]))
+    old = np.asarray(jax.random.key_data(keys))
+    for fresh in (raw, typed):
+        assert len({tuple(k) for k in fresh}) == N  # no two members share a stream
+        np.testing.assert_array_equal(fresh[~copied], old[~copied])  # the best keeps its own
+        assert not any((fresh[i] == old[N - 1]).all() for i in np.flatnonzero(copied))
+    np.testing.assert_array_equal(raw, typed)  # the same rule for both kinds
+    # a leaf not marked as a key is copied as it is, unless is_key says otherwise
+    np.testing.assert_array_equal(np.asarray(new.train_state["seed"])[copied][0], old[N - 1])
+
+    def is_key(path, leaf):
+        return vz.is_key_leaf(path, leaf) or "seed" in jax.tree_util.keystr(path)
+
+    marked, _ = vz.exploit_explore(
+        pop,
+        scores,
+        root_key(1),
+        space=SPACE,
+        selection=selection.winner_take_all,
+        optimizer_hparams=to_optimizer,
+        is_key=lambda path, leaf: (
+            vz.is_key_leaf(path, leaf) or "seed" in jax.tree_util.keystr(path)
+        ),
+    )
+    np.testing.assert_array_equal(np.asarray(marked.train_state["seed"]), raw)
