@@ -1115,3 +1115,26 @@ def test_a_mismatch_message_shows_where_deep_configurations_differ(tmp_path):
     where = r"hyperparam_space\[\d+\]\[1\]\.fields\.high: 2\.0 in the log_dir, 3\.0 now"
     with pytest.raises(storage.RunMismatchError, match=where):
         _open(tmp_path, pbt(3.0))
+
+
+def test_a_file_system_that_cannot_lock_directories_locks_the_lock_file(tmp_path, monkeypatch):
+    import fcntl
+    import stat
+
+    real_flock = fcntl.flock
+
+    def flock(fd, operation):  # as on NFS, where flock becomes a write lock
+        if stat.S_ISDIR(os.fstat(fd if isinstance(fd, int) else fd.fileno()).st_mode):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(store.fcntl, "flock", flock)
+    pop = _open(tmp_path)
+    driver = Driver()
+    driver.run(pop, 3)
+    with open(tmp_path / "lock") as f, pytest.raises(BlockingIOError):
+        real_flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process would be refused
+    newer = _open(tmp_path)  # and a takeover in this process still works
+    driver.run(newer, 2)
+    newer.close()
+    driver.check(storage.read_state(tmp_path))

@@ -450,7 +450,16 @@ class Store:
         replacing a file cannot undo it) and writes this process's pid to ``lock``."""
         fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                # a file system that cannot lock a directory (NFS emulates flock with
+                # write locks): lock the lock file instead
+                os.close(fd)
+                fd = os.open(os.path.join(self.log_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
