@@ -280,11 +280,12 @@ class PopulationController:
             new_state, reply = core.transition(
                 state, event, now, core.event_key(state), mutator=self._mutator
             )
-            if reply.changes is not None and self._store is not None:
+            journaled = reply.changes is not None and self._store is not None
+            if journaled:
                 self._store.write(reply.changes)  # if this raises, nothing was journaled
-                self._state = new_state
+            self._state = new_state  # taken before compacting: an interrupt there keeps it
+            if journaled:
                 self._store.compact_if_due(new_state)
-            self._state = new_state
         if reply.warning is not None:
             logger.warning(reply.warning)
         return reply
