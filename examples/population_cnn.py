@@ -165,7 +165,6 @@ def train_worker(
     rng = np.random.default_rng([args.seed, worker_id])
     key = jax.random.key(args.seed * 1009 + worker_id)
     accuracies: dict[tuple[str, int], float] = {}
-    missing = None
     data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
     while True:
         if data is not None:
@@ -176,14 +175,8 @@ def train_worker(
             else:  # copied from a checkpoint; the new hyperparameters go in below
                 try:
                     state = store.restore(data.params, model.abstract_state)
-                except MissingCheckpointError:
-                    if data.params == missing:  # asked again and got the same: not there
-                        raise RuntimeError(
-                            f"worker {worker_id} cannot read its checkpoint {data.params}: "
-                            "the log dir must be on storage every worker can reach"
-                        ) from None
-                    missing = data.params  # reassigned and collected meanwhile: ask again
-                    data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
+                except MissingCheckpointError:  # gone: the controller sends a way out
+                    data = controller.checkpoint_missing(worker_id, generation_id, step)
                     continue
             hp = model.experiment.traced(meta)
             batch_size = model.experiment.batch_size(meta, args)

@@ -61,8 +61,9 @@ directory is deleted only if *all* of these hold for the population state it is 
    from;
    (b) the latest checkpoint, or the latest evaluated one, of a *live* generation (one
    some active worker is on) -- what exploit copies from;
-   (c) among the ``keep_best`` evaluated checkpoints with the lowest values (NaN and
-   infinite values rank last; ties go to the earlier in history order);
+   (c) among the ``keep_best`` evaluated checkpoints with the best values (the lowest,
+   or the highest in a run whose ``History.mode`` is ``"max"``; NaN and infinite
+   values rank last; ties go to the earlier in history order);
    (d) named by a ``(generation_id, step)`` pair (a ``CheckpointRef``) anywhere in the
    mutator's state (the branch point and ``"pos"`` branch of ``BranchingSingleMachine``,
    the decision points of ``PopulationBasedTraining``); nor
@@ -75,8 +76,8 @@ directory is deleted only if *all* of these hold for the population state it is 
    older than that (for saves whose report will never come: a worker that crashed);
 3. no save of it is still running and no restore of it is in progress in this process.
 
-The history is not modified: a checkpoint whose files were deleted keeps its handle,
-and restoring it raises :class:`MissingCheckpointError` naming the handle. Deleting is
+A collection does not modify the history: a checkpoint whose files were deleted keeps
+its handle, and restoring it raises :class:`MissingCheckpointError` naming the handle. Deleting is
 a rename into ``directory/.trash-*`` followed by a recursive delete, so a checkpoint is
 never seen half-deleted; trash left by a crash is removed by the next collection.
 
@@ -89,10 +90,24 @@ after the snapshot the collection works from is unknown to that snapshot (rule 2
 mutator that may restart from other checkpoints (say, the best ever) is covered up to
 ``keep_best``. Between receiving an assignment and calling ``restore`` a worker holds no
 pin: if it was reassigned meanwhile (it had not yet reported on its old generation), its
-old handle may be gone; it then gets :class:`MissingCheckpointError` and should ask
-again (``maybe_get_worker_data`` gives its new assignment). Within one process, a
-restore that has started is never disturbed; across processes, only retained
-checkpoints are guaranteed readable.
+old handle may be gone. Within one process, a restore that has started is never
+disturbed; across processes, only retained checkpoints are guaranteed readable.
+
+**Collections that race.** Two threads that each read ``controller.state`` and then
+collect may collect in the other order, the older state last. So a store remembers the
+newest state (of the same run) it was shown, and also keeps what that one retains; and
+given a controller, it reads the controller's state only once it holds its lock. One
+store shared by the worker threads (the README's pattern) therefore never deletes what
+the newest state retains. Stores in other processes know only the states they are
+shown: give each the controller (or a client) rather than an old snapshot.
+
+**A worker whose handle is gone** (deleted by hand, by a store in another process
+working from an old snapshot, or never finished) gets :class:`MissingCheckpointError`
+from ``restore`` and calls ``controller.checkpoint_missing(worker_id, generation_id,
+step)`` with its assignment: the controller records the handle as gone (its
+checkpoints get ``params=None``, so no exploit hands it out again) and answers with the
+newest checkpoint of the worker's lineage that still has params, or a fresh start; never
+the same missing handle, so the loop ``restore`` / ``checkpoint_missing`` ends.
 
 After a collection, the directory holds the retained checkpoints (at most
 ``3 * population_size + keep_best`` plus the mutator's references plus ``keep``; in
@@ -114,7 +129,6 @@ import concurrent.futures
 import dataclasses
 import errno
 import heapq
-import math
 import numbers
 import os
 import re
@@ -334,23 +348,28 @@ def _mutator_references(obj: Any, history: History, out: set[str], depth: int = 
             _mutator_references(value, history, out, depth + 1)
 
 
+def _check_keep_best(keep_best: Any) -> None:
+    if isinstance(keep_best, bool) or not isinstance(keep_best, numbers.Integral):
+        raise TypeError(f"keep_best must be an int, got {type(keep_best).__name__}")
+    if keep_best < 0:
+        raise ValueError(f"keep_best must be >= 0, got {keep_best}")
+
+
 def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset[str]:
     """The handles the garbage collection policy keeps for ``state``.
 
     The ``params`` (when they are ``str`` handles) of: (a) every active worker; (b) the
     latest checkpoint and the latest evaluated checkpoint of every live generation (one
     that some active worker is on); (c) the ``keep_best`` distinct handles with the
-    lowest evaluated values in the whole history (NaN and infinite values rank last;
+    best evaluated values in the whole history (by ``history.rank``: the lowest, or
+    the highest when ``history.mode`` is ``"max"``; NaN and infinite values rank last;
     ties go to the earlier in history order); (d) every checkpoint that the mutator's
     state names by a ``(generation_id, step)`` pair, at any depth of its dicts, lists
     and tuples.
     Pure: it reads ``state`` and nothing else. Costs one pass over the history when
     ``keep_best > 0``.
     """
-    if isinstance(keep_best, bool) or not isinstance(keep_best, numbers.Integral):
-        raise TypeError(f"keep_best must be an int, got {type(keep_best).__name__}")
-    if keep_best < 0:
-        raise ValueError(f"keep_best must be >= 0, got {keep_best}")
+    _check_keep_best(keep_best)
     history = state.history
     out: set[str] = set()
 
@@ -373,8 +392,7 @@ def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset
         for checkpoint in history.checkpoints():
             if checkpoint.value is None or not isinstance(checkpoint.params, str):
                 continue
-            value = checkpoint.value
-            rank = value if math.isfinite(value) else math.inf
+            rank = history.rank(checkpoint.value)
             if checkpoint.params not in best_rank or rank < best_rank[checkpoint.params]:
                 best_rank[checkpoint.params] = rank
         out.update(heapq.nsmallest(int(keep_best), best_rank, key=best_rank.__getitem__))
@@ -431,6 +449,7 @@ class ParamStore:
         self._closed = False
         self._gc_lock = threading.Lock()
         self._seen: set[str] = set()  # names a history recorded at an earlier collection
+        self._newest: PopulationState | None = None  # the newest state a collection was shown
         self._same_dir: dict[str, bool] = {self._directory: True}
 
     @property
@@ -757,12 +776,26 @@ class ParamStore:
         Returns a :class:`GarbageReport`. Safe to call from any thread, concurrently with
         saves and restores.
         """
-        state = _as_state(state_or_controller)
+        _as_state(state_or_controller)  # argument errors before waiting for the lock
         if orphan_grace_s is not None and not orphan_grace_s >= 0:
             raise ValueError(f"orphan_grace_s must be >= 0 or None, got {orphan_grace_s}")
-        retained_set = set(retained_handles(state, keep_best=keep_best))
-        retained_set.update((keep,) if isinstance(keep, str) else keep)
+        _check_keep_best(keep_best)
+        keep = set((keep,) if isinstance(keep, str) else keep)
         with self._gc_lock:
+            # A controller's state is read under the lock (the newest one); an older state
+            # than one shown before (a caller that read it before another collection ran)
+            # also keeps what the newest retains, which this store may have seen recorded.
+            state = _as_state(state_or_controller)
+            newest = self._newest
+            if (
+                newest is None
+                or state.num_events >= newest.num_events
+                or not np.array_equal(state.key, newest.key)  # another run: start over
+            ):
+                self._newest = newest = state
+            retained_set = set(retained_handles(state, keep_best=keep_best)) | keep
+            if newest is not state:
+                retained_set |= retained_handles(newest, keep_best=keep_best)
             retained = {n for h in retained_set if (n := self._name_in_directory(h))}
             complete, unfinished, trash = self._scan()
             on_disk = set(complete)

@@ -32,6 +32,14 @@ Protocol (what a worker can rely on):
   and ranks last in every selection.
 * What is stored is a copy (:func:`jaxpop.boundary.copy_in`): editing the dict or
   numpy array passed in later changes nothing recorded.
+* ``missing`` (the worker could not load the ``params`` of its assignment) records that
+  those params are gone -- every checkpoint holding them gets ``params=None``, so no
+  exploit hands them out again -- and moves the worker to the newest checkpoint of its
+  lineage that still has params (in its own generation, or a new generation with its
+  hyperparameters started from an ancestor's checkpoint), or to a fresh start at the
+  root of its lineage. It never answers with params known to be missing: a worker
+  that was reassigned since it was sent them gets its current assignment, or, if that
+  one's params were reported missing too, the same way out from it.
 """
 
 from __future__ import annotations
@@ -44,11 +52,11 @@ import numpy as np
 from flax import struct
 
 from jaxpop.boundary import check_sortable_keys, copy_in
-from jaxpop.events import Ask, Eval, Event
-from jaxpop.history import History
+from jaxpop.events import Ask, Eval, Event, Missing
+from jaxpop.history import History, check_mode
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id
-from jaxpop.mutators.base import Mutator
+from jaxpop.mutators.base import Mutator, start_generation
 from jaxpop.records import ActiveWorker, Checkpoint, check_active_worker, check_checkpoint
 
 __all__ = [
@@ -59,6 +67,7 @@ __all__ = [
     "ask",
     "event_key",
     "init",
+    "missing",
     "redo",
     "report",
     "transition",
@@ -160,7 +169,8 @@ def init(
     """The state of a fresh population: one generation per initial ``meta_params``.
 
     Each worker starts at step 0 with ``params=None``; each generation's first
-    checkpoint (no value, no parent) records its hyperparameters.
+    checkpoint (no value, no parent) records its hyperparameters. The history ranks
+    values the way ``mutator.mode`` says.
     """
     if isinstance(initial_population, (Mapping, str, bytes)):
         raise TypeError(
@@ -174,7 +184,7 @@ def init(
             'e.g. [{"log_lr": -4.0}, {"log_lr": -3.0}]'
         )
     key = np.asarray(key, dtype=np.uint32)
-    workers, history = [], History()
+    workers, history = [], History(mode=check_mode(mutator.mode))
     for i, meta_params in enumerate(population):
         check_sortable_keys(meta_params, f"initial_population[{i}]")
         meta_params = copy_in(meta_params)
@@ -396,12 +406,84 @@ def report(
     return new, Reply(checkpoint=checkpoint, changes=changes)
 
 
+def _fallback(history: History, start: Checkpoint | None) -> Checkpoint | None:
+    """The newest checkpoint along ``start``'s lineage a worker can start from.
+
+    One with ``params``, or a root (no parent) with ``params=None``: a fresh start.
+    """
+    for checkpoint in reversed(history.lineage(*start.ref) if start is not None else ()):
+        if checkpoint.params is not None or checkpoint.parent is None:
+            return checkpoint
+    return None
+
+
+def missing(
+    state: PopulationState, event: Missing, now: float, key: np.ndarray, *, mutator: Mutator
+) -> tuple[PopulationState, Reply]:
+    """A worker could not load its assignment; see the module docstring for the protocol."""
+    del mutator  # the mutator is not consulted: this is bookkeeping, not a decision
+    worker_id = _check_worker(state, event.worker_id)
+    step = _check_step(event.step)
+    assigned = state.workers[worker_id]
+    at = state.history.get_checkpoint(assigned.generation_id, assigned.step)
+    known_lost = assigned.params is not None and at is not None and at.params is None
+    if (event.generation_id, step) != (assigned.generation_id, assigned.step) and not known_lost:
+        return state, Reply(
+            worker=assigned,
+            warning=(
+                f"worker {worker_id} could not load {(event.generation_id, step)}, which is "
+                f"no longer its assignment; sending it {(assigned.generation_id, assigned.step)}"
+            ),
+        )
+    lost, step = assigned.params, assigned.step  # (its params were lost by another worker)
+    if lost is None:
+        raise ValueError(
+            f"checkpoint_missing: worker {worker_id}'s assignment {(assigned.generation_id, step)}"
+            " has params=None, which means 'initialise fresh parameters': there is nothing "
+            "to load"
+        )
+    history, added = state.history, []
+    for checkpoint in history.checkpoints():  # O(history), on a rare event
+        params = checkpoint.params
+        if params is lost or (isinstance(lost, str) and isinstance(params, str) and params == lost):
+            gone = checkpoint.replace(params=None)
+            history = history.add(gone)
+            added.append(gone)
+    at = history.get_checkpoint(assigned.generation_id, step) or history.previous(
+        assigned.generation_id, step
+    )
+    found = _fallback(history, at)
+    if found is not None and found.generation_id == assigned.generation_id:
+        worker = ActiveWorker(found.params, assigned.meta_params, found.generation_id, found.step)
+    else:  # from an ancestor's checkpoint (or from scratch) with its own hyperparameters
+        root = found or Checkpoint(None, assigned.meta_params, "", None, None, 0, now)
+        worker, first = start_generation(root, assigned.meta_params, key, 0, now)
+        if found is None:
+            first = first.replace(parent=None)
+        history = history.add(first)
+        added.append(first)
+    workers = (*state.workers[:worker_id], worker, *state.workers[worker_id + 1 :])
+    new = state._with(workers=workers, history=history)
+    new, changes = _finish(state, new, added, now)
+    return new, Reply(
+        worker=worker,
+        changes=changes,
+        warning=(
+            f"worker {worker_id} could not load {lost!r:.200} (the params of "
+            f"{(assigned.generation_id, step)}); it was marked missing in the history and "
+            f"the worker moved to {(worker.generation_id, worker.step)}"
+        ),
+    )
+
+
 def transition(
     state: PopulationState, event: Event, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
-    """Applies one event (an :class:`Ask` or an :class:`Eval`)."""
+    """Applies one event (an :class:`Ask`, an :class:`Eval` or a :class:`Missing`)."""
     if isinstance(event, Ask):
         return ask(state, event, now, key, mutator=mutator)
     if isinstance(event, Eval):
         return report(state, event, now, key, mutator=mutator)
+    if isinstance(event, Missing):
+        return missing(state, event, now, key, mutator=mutator)
     raise TypeError(f"unknown event type {type(event).__name__}")

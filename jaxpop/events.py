@@ -1,4 +1,4 @@
-"""The two events a worker sends: ``Ask`` (for its data) and ``Eval`` (a score).
+"""The events a worker sends: ``Ask`` (for its data), ``Eval`` (a score), ``Missing``.
 
 Events are immutable records of exactly what a worker said. The pure transitions in
 :mod:`jaxpop.core` consume them, and durable storage can journal and replay them.
@@ -10,7 +10,7 @@ from typing import Any
 
 from flax import struct
 
-__all__ = ["Ask", "Eval", "Event"]
+__all__ = ["Ask", "Eval", "Event", "Missing"]
 
 
 @struct.dataclass
@@ -35,4 +35,14 @@ class Eval:
     value: float = struct.field(pytree_node=False)
 
 
-Event = Ask | Eval
+@struct.dataclass
+class Missing:
+    """``checkpoint_missing(worker_id, generation_id, step)``: the worker could not load
+    the ``params`` of its assignment at ``(generation_id, step)``."""
+
+    worker_id: int = struct.field(pytree_node=False)
+    generation_id: str | None = struct.field(pytree_node=False)
+    step: int = struct.field(pytree_node=False)
+
+
+Event = Ask | Eval | Missing

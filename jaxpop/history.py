@@ -16,14 +16,29 @@ step or time, lineage back to the root) are methods.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import immutables
 
 from jaxpop.records import Checkpoint, CheckpointRef
 
-__all__ = ["GenerationView", "History"]
+__all__ = ["GenerationView", "History", "Mode", "check_mode"]
+
+#: Which values are better: ``"min"`` (lower, jaxpop's default) or ``"max"`` (higher).
+Mode = Literal["min", "max"]
+
+
+def check_mode(mode: Any) -> Mode:
+    """``mode`` if it is ``"min"`` or ``"max"``, else a ``ValueError`` saying so."""
+    if mode not in ("min", "max") or type(mode) is not str:
+        raise ValueError(
+            f'mode must be "min" (lower values are better) or "max" (higher are better), '
+            f"got {mode!r:.40}"
+        )
+    return mode
+
 
 # A generation's steps, newest first, as a persistent linked list: ``(step, rest)``.
 _Steps = tuple[int, Any] | None
@@ -89,11 +104,34 @@ class GenerationView(Mapping[int, Checkpoint]):
 class History(Mapping[str, GenerationView]):
     """Persistent ``generation_id -> step -> Checkpoint`` store with lineage queries.
 
-    Build one with ``History()`` and grow it with :meth:`add`; never mutate it.
+    Build one with ``History()`` (or ``History(mode="max")``) and grow it with
+    :meth:`add`; never mutate it.
+
+    Attributes:
+      mode: which values are better in this run, ``"min"`` (lower) or ``"max"``
+        (higher). A controller sets it from its mutator (``PopulationBasedTraining(...,
+        mode="max")``) and storage records it with the run, so everything that ranks a
+        history's values -- :meth:`rank`, garbage collection's ``keep_best``,
+        :func:`jaxpop.schedules.best_final`, ``jaxpop report`` -- ranks them the same way.
+      num_checkpoints: how many checkpoints it holds.
     """
 
     _generations: immutables.Map = dataclasses.field(default_factory=immutables.Map)
     num_checkpoints: int = 0
+    mode: Mode = "min"
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+
+    def rank(self, value: float | None) -> float:
+        """A sort key for ``value`` under :attr:`mode`: smaller is better.
+
+        ``value`` for ``"min"``, ``-value`` for ``"max"``; ``None``, NaN and infinities
+        are ``inf`` (they rank last in either mode).
+        """
+        if value is None or not math.isfinite(value):
+            return math.inf
+        return -value if self.mode == "max" else value
 
     # -- building -------------------------------------------------------------------
     def add(self, checkpoint: Checkpoint) -> History:
@@ -116,7 +154,12 @@ class History(Mapping[str, GenerationView]):
         return History(
             self._generations.set(gen_id, gen),
             self.num_checkpoints + (0 if replaced else 1),
+            self.mode,
         )
+
+    def with_mode(self, mode: Mode) -> History:
+        """The same checkpoints, ranked under ``mode``."""
+        return self if mode == self.mode else History(self._generations, self.num_checkpoints, mode)
 
     def continuation(
         self, generation_id: str, step: int, params: Any, value: float | None, time: float
@@ -165,7 +208,8 @@ class History(Mapping[str, GenerationView]):
         return iter([gen_id for gen_id, _ in items])
 
     def __repr__(self) -> str:
-        return f"History(generations={len(self)}, checkpoints={self.num_checkpoints})"
+        mode = "" if self.mode == "min" else f", mode={self.mode!r}"
+        return f"History(generations={len(self)}, checkpoints={self.num_checkpoints}{mode})"
 
     # -- queries ---------------------------------------------------------------------
     def get_checkpoint(self, generation_id: str, step: int) -> Checkpoint | None:

@@ -26,7 +26,7 @@ import numpy as np
 from jaxpop import core, storage
 from jaxpop.boundary import copy_out
 from jaxpop.core import PopulationState
-from jaxpop.events import Ask, Eval, Event
+from jaxpop.events import Ask, Eval, Event, Missing
 from jaxpop.history import History
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import Mutator
@@ -69,6 +69,8 @@ class Controller(Protocol):
         value: float,
         meta_params: Any = None,
     ) -> ActiveWorker | None: ...
+
+    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker: ...
 
     @property
     def active_workers(self) -> tuple[ActiveWorker, ...]: ...
@@ -162,6 +164,8 @@ class PopulationController:
                         restored.history.num_checkpoints,
                     )
                     state = restored
+                    if state.history.mode != mutator.mode:  # reconfigured (describe() holds it)
+                        state = state._with(history=state.history.with_mode(mutator.mode))
                 store.start(state)
             except BaseException:
                 store.close()
@@ -235,6 +239,35 @@ class PopulationController:
         with self._lock:  # set_eval checks its arguments before anything is recorded
             self.set_eval(worker_id, generation_id, step, params, value)
             return self.maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)
+
+    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker:
+        """The worker could not load its assignment's ``params``; returns where to go instead.
+
+        Call it when loading the ``params`` of the assignment ``(generation_id, step)``
+        fails because they are gone (:class:`jaxpop.checkpointing.MissingCheckpointError`:
+        deleted, or never finished). The controller records that those params are gone
+        (every checkpoint holding them gets ``params=None``, so no exploit hands them out
+        again) and moves the worker to the newest checkpoint of its lineage that still
+        has params -- in its own generation, or a new generation with the same
+        hyperparameters started from an ancestor's checkpoint -- or, if none has, to a
+        fresh start (``params=None``) at the root of its lineage. The answer never holds
+        the missing params, so a worker that loads what it is given always gets out::
+
+            while True:
+                try:
+                    state = store.restore(data.params, target)
+                    break
+                except MissingCheckpointError:
+                    data = controller.checkpoint_missing(worker_id, data.generation_id, data.step)
+
+        A worker that was reassigned after it was sent ``(generation_id, step)`` gets
+        its current assignment (or, if another worker already reported that one's params
+        missing, the way out from it). The mutator is not consulted.
+
+        Raises:
+          ValueError: the assignment has ``params=None`` (nothing to load: initialise).
+        """
+        return _copy_out(self._apply(Missing(worker_id, generation_id, step)).worker)
 
     # -- read-only views ------------------------------------------------------------
     @property

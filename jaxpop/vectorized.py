@@ -49,7 +49,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxpop.core import Changes, PopulationState
-from jaxpop.history import History
+from jaxpop.history import History, Mode, check_mode
 from jaxpop.hparams import find_hparam_states, set_hparams
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
@@ -415,19 +415,26 @@ def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float |
 
 
 def lineage_init(
-    pop: VectorizedPopulation, root_key: np.ndarray, *, now: float, params: Any = None
+    pop: VectorizedPopulation,
+    root_key: np.ndarray,
+    *,
+    now: float,
+    params: Any = None,
+    mode: Mode = "min",
 ) -> PopulationState:
     """The host lineage of a fresh population: one root generation per member.
 
     Like :func:`jaxpop.core.init`: worker ``i`` holds generation ``generation_id(root_key,
     i)`` at ``pop.step`` with its hyperparameters, and the history holds each
     generation's first checkpoint (no value, no parent). ``params``: the handle of a
-    snapshot of ``pop``, or ``None``.
+    snapshot of ``pop``, or ``None``. ``mode``: which scores are better, as the
+    ``selection`` of :func:`exploit_explore` ranks them (``"max"``: higher), recorded
+    in the history for garbage collection, replay and reports.
     """
     root_key = np.asarray(root_key, np.uint32)
     step = int(pop.step)
     generation = np.asarray(pop.generation)
-    workers, history = [], History()
+    workers, history = [], History(mode=check_mode(mode))
     for i in range(pop.size):
         meta = member_hparams(pop.hparams, i)
         gen_id = generation_id(root_key, int(generation[i]))

@@ -51,6 +51,7 @@ def assert_is_a_controller(cls: type) -> None:
     members = sorted(n for n in vars(Controller) if not n.startswith("_"))
     assert members == [
         "active_workers",
+        "checkpoint_missing",
         "history",
         "maybe_get_worker_data",
         "report",

@@ -17,6 +17,7 @@ from flax import struct
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from conftest import noop_mutator
 from jaxpop import PopulationController, checkpointing
 from jaxpop.checkpointing import (
     CheckpointSaveError,
@@ -631,3 +632,92 @@ def test_collect_garbage_keeps_what_an_exploit_would_copy(tmp_path):
         pop.set_eval(0, gen, 10, None, 0.1)  # evaluated later without saving
         store.collect_garbage(pop, keep_best=0)
         assert store.restore(saved, {"w": np.zeros(2)})["w"].tolist() == [1.0, 1.0]
+
+
+# -- a collection shown an older state -----------------------------------------------
+def test_a_collection_shown_an_older_state_keeps_what_the_newest_retains(tmp_path):
+    # Two threads each read the state, then collect: the one that read first collects last.
+    # Its old state does not know worker 0's newest checkpoint, which the other collection
+    # recorded; that checkpoint is worker 0's assignment and must survive.
+    with ParamStore(str(tmp_path / "store"), async_save=False) as store:
+        pop = PopulationController([{"h": 1.0}], noop_mutator())
+        gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        first = store.save(gen, 1, {"w": np.ones(2)})
+        pop.set_eval(0, gen, 1, first, 0.5)
+        older = pop.state  # read by one thread ...
+        second = store.save(gen, 2, {"w": np.full(2, 2.0)})
+        pop.set_eval(0, gen, 2, second, 0.4)
+        report = store.collect_garbage(pop.state, keep_best=0)  # ... another collects first
+        assert report.deleted == (first,)
+        store.collect_garbage(older, keep_best=0)  # the first thread collects late
+        assert pop.active_workers[0].params == second
+        assert store.restore(second, {"w": np.zeros(2)})["w"].tolist() == [2.0, 2.0]
+
+
+def test_a_controller_is_read_when_the_collection_runs(tmp_path, monkeypatch):
+    # collect_garbage(controller) must use the state current when it holds its lock, not
+    # one read while it waited for another collection
+    with ParamStore(str(tmp_path / "store"), async_save=False) as store:
+        pop = PopulationController([{"h": 1.0}], noop_mutator())
+        gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        first = store.save(gen, 1, {"w": np.ones(2)})
+        pop.set_eval(0, gen, 1, first, 0.5)
+        store.collect_garbage(pop, keep_best=0)
+        second = store.save(gen, 2, {"w": np.ones(2)})
+        entered = threading.Event()
+        release = threading.Event()
+        real_scan = store._scan
+
+        def slow_scan():  # the other collection holds the lock while worker 0 reports
+            entered.set()
+            release.wait(10)
+            return real_scan()
+
+        monkeypatch.setattr(store, "_scan", slow_scan)
+        other = threading.Thread(target=store.collect_garbage, args=(pop,), kwargs={"keep_best": 0})
+        other.start()
+        entered.wait(10)
+        monkeypatch.setattr(store, "_scan", real_scan)
+        late = threading.Thread(target=store.collect_garbage, args=(pop,), kwargs={"keep_best": 0})
+        late.start()  # waits for the lock
+        pop.set_eval(0, gen, 2, second, 0.4)  # recorded while both wait
+        release.set()
+        other.join(10)
+        late.join(10)
+        assert store.restore(second, {"w": np.zeros(2)})["w"].tolist() == [1.0, 1.0]
+        assert not os.path.exists(first)  # the late collection saw the new state
+
+
+# -- a worker whose checkpoint is gone -----------------------------------------------
+def test_a_worker_whose_checkpoint_is_gone_gets_a_way_out(tmp_path):
+    with ParamStore(str(tmp_path / "store"), async_save=False) as store:
+        pop = PopulationController(
+            [{"h": 1.0}, {"h": 2.0}], WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=2)
+        )
+        gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+        kept = store.save(gens[0], 1, {"w": np.ones(2)})
+        pop.set_eval(0, gens[0], 1, kept, 0.5)
+        lost = store.save(gens[0], 2, {"w": np.full(2, 2.0)})
+        pop.set_eval(0, gens[0], 2, lost, 0.1)
+        pop.set_eval(1, gens[1], 1, None, 0.9)
+        pop.set_eval(1, gens[1], 2, None, 0.8)  # both done: worker 1 copies worker 0's lost
+        data = pop.maybe_get_worker_data(1, gens[1], 2, None, None)
+        assert data.params == lost
+        shutil.rmtree(lost)  # deleted behind the controller's back
+        with pytest.raises(MissingCheckpointError):
+            store.restore(data.params, {"w": np.zeros(2)})
+        out = pop.checkpoint_missing(1, data.generation_id, data.step)
+        # the newest checkpoint of its lineage that still has params: worker 0's step 1
+        assert out.params == kept and out.step == 1 and out.meta_params == data.meta_params
+        assert out.generation_id != data.generation_id  # started from an ancestor
+        assert pop.history[gens[0]][2].params is None  # never handed out again
+        assert pop.history[gens[0]][2].value == 0.1  # the evaluation stays
+        assert pop.history[out.generation_id][1].parent == (gens[0], 1)
+        assert store.restore(out.params, {"w": np.zeros(2)})["w"].tolist() == [1.0, 1.0]
+        # worker 0 (the winner, on a new generation from the same handle) learns it late,
+        # asking about its old assignment: it is not sent the missing handle either
+        assigned = pop.active_workers[0]
+        assert assigned.params == lost
+        again = pop.checkpoint_missing(0, gens[0], 2)
+        assert (again.params, again.step, again.meta_params) == (kept, 1, assigned.meta_params)
+        assert pop.active_workers[0] == again

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import apply, fresh_state, noop_mutator
 from jaxpop import core
-from jaxpop.events import Ask, Eval
+from jaxpop.events import Ask, Eval, Missing
 from jaxpop.mutators.base import Mutator, start_generation
 
 
@@ -240,3 +240,68 @@ def test_a_value_too_large_for_a_float_is_a_value_error_naming_it(value):
 def test_a_value_that_is_not_a_real_number_is_a_type_error(value):
     with pytest.raises(TypeError, match="must be a real number"):
         core.as_value(value)
+
+
+# -- a worker whose params are gone --------------------------------------------------
+def _missing_state():
+    """Worker 0 reported "a1" (step 1) and "a2" (step 2) on its root generation."""
+    mutator = noop_mutator()
+    state = fresh_state([{"h": 1}, {"h": 2}], mutator)
+    gen = state.workers[0].generation_id
+    for step, handle in ((1, "a1"), (2, "a2")):
+        state, _ = apply(state, Eval(handle, 0, gen, step, float(step)), 0.0, mutator)
+    return state, gen, mutator
+
+
+def test_missing_params_step_back_in_the_workers_own_generation():
+    state, gen, mutator = _missing_state()
+    assert state.workers[0].params == "a2"
+    new, reply = apply(state, Missing(0, gen, 2), 1.0, mutator)
+    assert (reply.worker.params, reply.worker.generation_id, reply.worker.step) == ("a1", gen, 1)
+    assert new.workers[0] == reply.worker and new.history[gen][2].params is None
+    assert new.history[gen][2].value == 2.0
+    assert core.redo(state, reply.changes) == new  # journaled like any event
+    # "a1" goes too: back to a fresh start at the root
+    new, reply = apply(new, Missing(0, gen, 1), 2.0, mutator)
+    assert (reply.worker.params, reply.worker.generation_id, reply.worker.step) == (None, gen, 0)
+
+
+def test_a_stale_missing_report_gets_the_current_assignment_and_changes_nothing():
+    state, gen, mutator = _missing_state()
+    new, reply = apply(state, Missing(0, gen, 1), 1.0, mutator)  # it is on step 2 now
+    assert new is state and reply.changes is None
+    assert reply.worker == state.workers[0] and "no longer its assignment" in reply.warning
+
+
+def test_missing_params_of_an_assignment_that_has_none_is_an_error():
+    mutator = noop_mutator()
+    state = fresh_state([{"h": 1}], mutator)
+    with pytest.raises(ValueError, match="params=None"):
+        apply(state, Missing(0, state.workers[0].generation_id, 0), 1.0, mutator)
+
+
+def test_a_copy_whose_params_are_gone_starts_from_an_ancestor_with_its_own_hparams():
+    state, gen, _ = _missing_state()
+    parent = state.history[gen][2]
+    worker, first = start_generation(parent, {"h": 9}, np.array([7, 7], np.uint32), 0, 1.0)
+
+    def copy_once(s, workers, history, now, key):  # worker 1 copies "a2" once
+        if s:
+            return s, workers, ()
+        return 1, (workers[0], worker), (first,)
+
+    mutator = Mutator(init=lambda: 0, update=copy_once)
+    state = state._with(mutator_state=0)
+    state, _ = apply(state, Eval(None, 1, state.workers[1].generation_id, 1, 5.0), 1.0, mutator)
+    assert state.workers[1].params == "a2"
+    new, reply = apply(state, Missing(1, first.generation_id, 2), 2.0, mutator)
+    w = reply.worker
+    assert (w.params, w.step, w.meta_params) == ("a1", 1, {"h": 9})
+    assert w.generation_id not in state.history  # a new generation, from gen's step 1
+    assert new.history.first(w.generation_id).parent == (gen, 1)
+    assert new.history[first.generation_id][2].params is None  # the copy's start, and
+    assert new.history[gen][2].params is None  # the original, hold the lost handle no more
+    # worker 0 was sent "a2" too: it learns it with a report of its old assignment
+    assert new.workers[0].params == "a2"
+    new, reply = apply(new, Missing(0, gen, 99), 3.0, mutator)
+    assert (reply.worker.params, reply.worker.step) == ("a1", 1)

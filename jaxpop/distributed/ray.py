@@ -225,6 +225,9 @@ class _ControllerActor:
     ) -> ActiveWorker | None:
         return self._get().report(worker_id, generation_id, step, params, value, meta)
 
+    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker:
+        return self._get().checkpoint_missing(worker_id, generation_id, step)
+
     def active_workers(self) -> tuple[ActiveWorker, ...]:
         return self._get().active_workers
 
@@ -323,6 +326,10 @@ class PopulationClient:
         ``maybe_get_worker_data`` in one round trip. Safe to repeat, as both are."""
         value = core.as_value(value)
         return self._call("report", worker_id, generation_id, step, params, value, meta_params)
+
+    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker:
+        """As :meth:`jaxpop.PopulationController.checkpoint_missing`."""
+        return self._call("checkpoint_missing", worker_id, generation_id, step)
 
     # -- read-only views ------------------------------------------------------------
     @property

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from jaxpop.events import Ask
-from jaxpop.history import History
+from jaxpop.history import History, Mode
 from jaxpop.keys import new_generation_id
 from jaxpop.records import ActiveWorker, Checkpoint
 
@@ -89,6 +89,9 @@ class Mutator(NamedTuple):
         ``None``. A controller with a ``log_dir`` records :meth:`describe` with the run
         and refuses to resume it with a mutator that describes itself differently.
         Subclasses get it from :func:`records_config`.
+      mode: which evaluation values are better, ``"min"`` (lower) or ``"max"``
+        (higher). A controller records it with the run (``History.mode``), so garbage
+        collection, replay and reports rank values the way this mutator does.
     """
 
     init: Callable[[], Any]
@@ -96,6 +99,7 @@ class Mutator(NamedTuple):
     get_worker_data: AskFn | None = None
     prepare: Callable[[int], None] | None = None
     config: Mapping[str, Any] | None = None
+    mode: Mode = "min"
 
     def describe(self) -> dict[str, Any]:
         """This mutator's kind and configuration as plain, comparable data.
@@ -120,6 +124,8 @@ class Mutator(NamedTuple):
             config = {name: _describe(fn) for name, fn in functions if fn is not None}
         else:
             config = {str(k): _describe(v) for k, v in self.config.items()}
+        if self.mode != "min":
+            config.setdefault("mode", self.mode)
         return {"kind": kind, "config": config}
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -55,7 +55,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from jaxpop.history import History
+from jaxpop.history import History, check_mode
 from jaxpop.keys import split_key
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
@@ -222,8 +222,7 @@ class PopulationBasedTraining(Mutator):
             if time_attr in _RAY_TIME_ATTRS:
                 hint = f' (Ray Tune\'s "{time_attr}" is jaxpop\'s "{_RAY_TIME_ATTRS[time_attr]}")'
             raise ValueError(f'time_attr must be "step" or "time", got {time_attr!r}{hint}')
-        if mode not in ("min", "max"):
-            raise ValueError(f'mode must be "min" (lower is better) or "max", got {mode!r}')
+        check_mode(mode)
         if metric not in ("last", "mean"):
             raise ValueError(
                 f'metric must be "last" or "mean" (how each worker\'s values since its last '
@@ -387,7 +386,7 @@ class PopulationBasedTraining(Mutator):
                     perturbation_factors=factors,
                 )
 
-        return super().__new__(cls, init, update, None, prepare)
+        return super().__new__(cls, init, update, None, prepare, mode=mode)
 
 
 def _start_time(history: History) -> float:

@@ -19,8 +19,10 @@ Definitions.
   many members as workers; members that copied the same checkpoint share its past.
 * A member's *score* is its latest evaluated checkpoint along that lineage (so a worker
   that just copied a checkpoint is scored by the checkpoint it copied).
-* The *best member* has the lowest score (NaN and infinite last, ties to the lower
-  worker id); the *best lineage* is ``history.lineage`` of its scored checkpoint.
+* The *best member* has the best score: the lowest, or the highest in a run whose
+  mutator has ``mode="max"`` (``History.mode``, recorded with the run). NaN and
+  infinite scores rank last; ties go to the lower worker id. The *best lineage* is
+  ``history.lineage`` of its scored checkpoint.
 * An *exploit event* is a generation whose first checkpoint's parent lies in another
   generation (:func:`jaxpop.mutators.exploit_events`).
 * *Hyperparameters* are the leaves of ``meta_params`` flattened with dotted keys

@@ -225,10 +225,10 @@ class Report:
         return sum(1 for c in self.history.checkpoints() if c.value is not None)
 
 
-def _rank(value: float | None) -> tuple[int, float]:
+def _rank(history: History, value: float | None) -> tuple[int, float]:
     if value is None:
         return (2, 0.0)
-    return (0, value) if math.isfinite(value) else (1, 0.0)
+    return (0, history.rank(value)) if math.isfinite(value) else (1, 0.0)
 
 
 def _member(history: History, worker_id: int, worker: Any) -> Member:
@@ -244,7 +244,7 @@ def build(state: PopulationState, log_dir: str = "") -> Report:
     history = state.history
     members = tuple(_member(history, i, w) for i, w in enumerate(state.workers))
     scored = [m for m in members if m.scored is not None]
-    best = min(scored, key=lambda m: (_rank(m.value), m.worker)) if scored else None
+    best = min(scored, key=lambda m: (_rank(history, m.value), m.worker)) if scored else None
     best_lineage = (
         () if best is None else tuple(history.lineage(best.scored.generation_id, best.scored.step))
     )

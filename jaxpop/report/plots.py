@@ -203,7 +203,7 @@ def plot_lineage(report: Report) -> Figure:
     best_values = []
     for gen in spans:
         values = [c.value for c in history.evaluated(gen) if math.isfinite(c.value)]
-        best_values.append(min(values) if values else math.nan)
+        best_values.append(min(values, key=history.rank) if values else math.nan)
     finite = [v for v in best_values if math.isfinite(v)]
     cmap = colormaps["viridis"]
     norm = Normalize(min(finite), max(finite)) if finite else None

@@ -82,6 +82,7 @@ def summary(report: Report) -> dict[str, Any]:
     return {
         "log_dir": report.log_dir,
         "population_size": report.population_size,
+        "mode": history.mode,
         "num_checkpoints": history.num_checkpoints,
         "num_generations": len(history),
         "num_evaluations": report.num_evaluations,

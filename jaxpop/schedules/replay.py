@@ -23,8 +23,6 @@ nothing but fixes the hyperparameters that follow it.
 
 from __future__ import annotations
 
-import math
-
 from jaxpop.history import History
 from jaxpop.records import Checkpoint
 from jaxpop.schedules.core import tree_equal
@@ -37,11 +35,12 @@ def best_final(history: History) -> Checkpoint:
     """The evaluated checkpoint of the best member at the end of a run.
 
     The *final step* is the highest step at which any checkpoint carries a value; the
-    best final member is the evaluated checkpoint at that step with the lowest value.
-    NaN and infinite values rank last; among equal values the generation created first
-    wins. For a run whose workers all stop at the same step this is the best worker at
-    the end (with ``BranchingSingleMachine``, the better branch of a final explore
-    phase). O(number of generations).
+    best final member is the evaluated checkpoint at that step with the best value:
+    the lowest, or the highest when ``history.mode`` is ``"max"`` (a controller records
+    its mutator's ``mode`` there). NaN and infinite values rank last; among equal
+    values the generation created first wins. For a run whose workers all stop at the
+    same step this is the best worker at the end (with ``BranchingSingleMachine``, the
+    better branch of a final explore phase). O(number of generations).
 
     Raises:
       ValueError: no checkpoint in ``history`` carries a value.
@@ -51,8 +50,7 @@ def best_final(history: History) -> Checkpoint:
         checkpoint = history.latest_evaluated(generation_id)
         if checkpoint is None:
             continue
-        value = checkpoint.value
-        key = (-checkpoint.step, value if math.isfinite(value) else math.inf)
+        key = (-checkpoint.step, history.rank(checkpoint.value))
         if best is None or key < best_key:
             best, best_key = checkpoint, key
     if best is None:

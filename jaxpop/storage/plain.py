@@ -22,7 +22,8 @@ from jaxpop.records import check_active_worker, check_checkpoint
 
 __all__ = ["redo_checked", "state_from_plain", "state_to_plain"]
 
-_STATE_FIELDS = ("workers", "mutator_state", "key", "num_events", "checkpoints")
+_STATE_FIELDS = ("workers", "mutator_state", "key", "num_events", "checkpoints", "mode")
+_STATE_FIELDS_V2 = _STATE_FIELDS[:-1]  # storage versions 1 and 2: every run was "min"
 _MAX_EVENTS = 2**32 - 1  # event keys are folded in from a uint32 event index
 
 
@@ -34,6 +35,7 @@ def state_to_plain(state: PopulationState) -> dict[str, Any]:
         "key": state.key,
         "num_events": state.num_events,
         "checkpoints": tuple(state.history.checkpoints()),
+        "mode": state.history.mode,
     }
 
 
@@ -54,13 +56,16 @@ def state_from_plain(plain: Any) -> PopulationState:
       ValueError: ``plain`` is not what :func:`state_to_plain` makes; the message names
         the first bad field.
     """
-    if type(plain) is not dict or tuple(plain) != _STATE_FIELDS:
+    if type(plain) is not dict or tuple(plain) not in (_STATE_FIELDS, _STATE_FIELDS_V2):
         keys = tuple(plain) if type(plain) is dict else type(plain).__name__
         raise ValueError(f"the state is not a map of {_STATE_FIELDS} (got {keys!r:.200})")
+    mode = plain.get("mode", "min")
+    if mode not in ("min", "max") or type(mode) is not str:
+        raise _fail("mode", '"min" or "max"', mode)
     checkpoints = _tuple(plain["checkpoints"], "checkpoints")
     for i, c in enumerate(checkpoints):
         check_checkpoint(c, f"checkpoints[{i}]")
-    history = History().add_all(checkpoints)
+    history = History(mode=mode).add_all(checkpoints)
     if history.num_checkpoints != len(checkpoints):
         raise ValueError("checkpoints holds the same (generation_id, step) twice")
     _check_parents(checkpoints, history, "checkpoints")

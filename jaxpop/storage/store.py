@@ -52,8 +52,9 @@ __all__ = [
 logger = logging.getLogger("jaxpop")
 
 #: The storage format this jaxpop writes; it reads this one and every earlier one.
-#: Version 2 added the run description (population size, mutator) to snapshot headers.
-STORAGE_VERSION = 2
+#: Version 2 added the run description (population size, mutator) to snapshot headers;
+#: version 3 the direction of better values (``History.mode``) to snapshots.
+STORAGE_VERSION = 3
 Durability = Literal["process", "fsync"]
 
 encoding.register_record(Checkpoint, "jaxpop.Checkpoint")
@@ -241,6 +242,12 @@ def _replay(path: str, state: PopulationState, record: Frame) -> PopulationState
         ) from e
 
 
+def _recorded_mode(run: Mapping[str, Any] | None) -> Any:
+    """The ``mode`` in a run description's mutator configuration, if it has one."""
+    mutator = None if run is None else run.get("mutator")
+    return None if mutator is None else mutator["config"].get("mode")
+
+
 def _load(log_dir: str) -> _Loaded | None:
     """Reads a ``log_dir`` (writing nothing); what a crash left is listed in ``repairs``."""
     snapshots, journals, repairs = [], [], []
@@ -273,6 +280,8 @@ def _load(log_dir: str) -> _Loaded | None:
             f"{path}: its header says {run['population_size']} workers, its state has "
             f"{state.population_size}"
         )
+    if header["storage_version"] < 3 and _recorded_mode(run) == "max":  # no "mode" before 3
+        state = state._with(history=state.history.with_mode("max"))
     snapshot_size, records, run_id = state.history.num_checkpoints, 0, header.get("run_id")
     segments = [s for s in journals if s >= seq]
     if segments and segments != list(range(seq, segments[-1] + 1)):

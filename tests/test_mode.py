@@ -1,0 +1,128 @@
+"""The direction of "better" (``mode``) is recorded with the run and honoured everywhere."""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from jaxpop import PopulationController, encoding, report, schedules, storage
+from jaxpop.checkpointing import ParamStore, retained_handles
+from jaxpop.history import History
+from jaxpop.mutators import PopulationBasedTraining, WinnerTakeAllGenetic
+from jaxpop.mutators import explore as ex
+from jaxpop.mutators.base import Mutator
+from jaxpop.storage import frames
+
+# Worker i reports these values at steps 1 and 2; with "max", worker 2 is best.
+_VALUES = {0: (1.0, 2.0), 1: (3.0, math.nan), 2: (5.0, 9.0)}
+
+
+def _pbt(mode: str = "max") -> PopulationBasedTraining:
+    # an interval past the run: no exploit moves anyone, so the ranking alone is tested
+    return PopulationBasedTraining(
+        perturbation_interval=1000, hyperparam_space={"h": ex.uniform(0.0, 10.0)}, mode=mode
+    )
+
+
+def _run(mode: str = "max", log_dir: str | None = None, store: ParamStore | None = None):
+    pop = PopulationController([{"h": float(i)} for i in range(3)], _pbt(mode), log_dir)
+    for i, values in _VALUES.items():
+        gen = pop.maybe_get_worker_data(i, None, 0, None, None).generation_id
+        for step, value in enumerate(values, start=1):
+            params = f"w{i}s{step}"
+            if store is not None:
+                params = store.save(gen, step, {"w": np.full(2, value)})
+            pop.set_eval(i, gen, step, params, value)
+    return pop
+
+
+def test_the_history_ranks_values_by_its_mode():
+    assert History().rank(2.0) < History().rank(3.0)
+    assert History(mode="max").rank(3.0) < History(mode="max").rank(2.0)
+    for mode in ("min", "max"):
+        for worst in (None, math.nan, math.inf, -math.inf):
+            assert History(mode=mode).rank(worst) == math.inf
+    with pytest.raises(ValueError, match=r'"min".*"max"'):
+        History(mode="maximize")
+
+
+def test_the_controller_records_its_mutators_mode():
+    assert _run("max").history.mode == "max"
+    assert _run("min").history.mode == "min"
+    assert PopulationController([{}], WinnerTakeAllGenetic(abs, 10)).history.mode == "min"
+    with pytest.raises(ValueError, match="mode"):
+        PopulationController([{}], Mutator(lambda: (), lambda *a: (*a[:2], ()), mode="up"))
+
+
+def test_best_final_and_replay_take_the_highest_in_a_max_run():
+    pop = _run("max")
+    best = schedules.best_final(pop.history)
+    assert best.value == 9.0  # not 2.0, the lowest (NaN never wins either way)
+    assert schedules.from_lineage(pop.history)(0) == {"h": 2.0}
+    assert schedules.best_final(_run("min").history).value == 2.0
+
+
+def test_gc_keep_best_keeps_the_highest_in_a_max_run():
+    pop = _run("max")
+    state = pop.state._with(workers=())  # no live worker: only keep_best retains
+    assert retained_handles(state, keep_best=2) == {"w2s2", "w2s1"}
+    assert retained_handles(_run("min").state._with(workers=()), keep_best=1) == {"w0s1"}
+
+
+def test_gc_does_not_delete_the_best_checkpoint_of_a_max_run(tmp_path):
+    with ParamStore(str(tmp_path / "store"), async_save=False) as store:
+        pop = _run("max", store=store)
+        best = pop.history[pop.active_workers[2].generation_id][2].params
+        store.collect_garbage(pop.state._with(workers=()), keep_best=1)
+        assert store.handles() == [best]
+
+
+def test_the_report_names_the_highest_member_of_a_max_run(tmp_path):
+    pop = _run("max", str(tmp_path / "run"))
+    pop.close()
+    built = report.load(str(tmp_path / "run"))
+    assert built.state.history.mode == "max"
+    assert built.best.worker == 2 and built.best.value == 9.0
+    assert report.summary(built)["mode"] == "max"
+
+
+def test_the_mode_survives_a_restart_and_a_mutator_of_another_mode_is_refused(tmp_path):
+    log_dir = str(tmp_path / "run")
+    _run("max", log_dir).close()
+    assert storage.read_state(log_dir).history.mode == "max"
+    with PopulationController([{"h": 0.0}] * 3, _pbt("max"), log_dir) as pop:
+        assert pop.history.mode == "max"
+    with pytest.raises(storage.RunMismatchError, match="mode"):
+        PopulationController([{"h": 0.0}] * 3, _pbt("min"), log_dir)
+    with PopulationController([{"h": 0.0}] * 3, _pbt("min"), log_dir, reconfigure=True) as pop:
+        assert pop.history.mode == "min"
+    assert storage.read_state(log_dir).history.mode == "min"
+
+
+def test_a_custom_mutator_describes_its_mode():
+    noop = Mutator(lambda: (), lambda s, w, h, now, key: (s, w, ()))
+    assert "mode" not in noop.describe()["config"]
+    assert noop._replace(mode="max").describe()["config"]["mode"] == "max"
+
+
+def test_a_version_2_log_dir_of_a_max_run_reads_as_max(tmp_path):
+    log_dir = str(tmp_path / "run")
+    _run("max", log_dir).close()
+    for path in glob.glob(os.path.join(log_dir, "*.jpsnap")):  # as version 2 wrote it
+        data = open(path, "rb").read()
+        parts, offset = [], 0
+        while offset < len(data):
+            length = struct.unpack_from("<I", data, offset)[0]
+            parts.append(encoding.decode(data[offset + 8 : offset + 8 + length]))
+            offset += 8 + length
+        header, state = parts
+        header["storage_version"] = 2
+        del state["mode"]
+        rewritten = frames.frame(encoding.encode(header)) + frames.frame(encoding.encode(state))
+        open(path, "wb").write(rewritten)
+    assert storage.read_state(log_dir).history.mode == "max"  # from the recorded PBT config
