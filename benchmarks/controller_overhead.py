@@ -152,10 +152,10 @@ class _Worker(NamedTuple):
 class DictController:
     """The seed's controller, minimally: a dict of dicts, a list, a lock, in place.
 
-    Same protocol and same winner-take-all rule (score: the mean of the values of the
-    worker's current generation; winner keeps its hyperparameters, the others get
-    ``mutate_fn`` of them; all start new generations from the winner's latest evaluated
-    checkpoint). No randomness, no validation, no warnings, no snapshots.
+    Same protocol and same winner-take-all rule (score: the mean of the values the
+    worker's current generation reported at or past its interval; every worker gets
+    ``mutate_fn`` of the winner's hyperparameters and starts a new generation from the
+    winner's latest evaluated checkpoint). No randomness, no validation, no warnings, no snapshots.
     """
 
     def __init__(
@@ -253,17 +253,15 @@ class DictController:
             latest.append(checkpoint)
         scores = []
         for worker in self.workers:
-            values = [c.value for c in self.history[worker.generation_id].values()]
-            mean = math.fsum(v for v in values if v is not None) / sum(
-                v is not None for v in values
-            )
+            steps = self.history[worker.generation_id]
+            since = next(iter(steps)) + self._steps_per_exploit
+            values = [c.value for c in steps.values() if c.value is not None and c.step >= since]
+            mean = math.fsum(values) / len(values)
             scores.append(mean if math.isfinite(mean) else math.inf)
         best = int(np.argmin(scores))
         winner, now = latest[best], time.time()
         for i in range(len(self.workers)):
-            meta_params = winner.meta_params
-            if i != best:
-                meta_params = self._mutate_fn(meta_params)
+            meta_params = self._mutate_fn(winner.meta_params)
             gen = self._new_id()
             start = _Checkpoint(
                 winner.params,

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from examples import data as data_lib
 from examples.cnn import CNN, accuracy, augment, cross_entropy
-from jaxpop import Controller, PopulationController, tensorboard
+from jaxpop import Controller, PopulationController, PopulationState, report, tensorboard
 from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.mutators.base import Mutator
@@ -165,6 +165,7 @@ def train_worker(
     rng = np.random.default_rng([args.seed, worker_id])
     key = jax.random.key(args.seed * 1009 + worker_id)
     accuracies: dict[tuple[str, int], float] = {}
+    reached = until_step - args.steps  # the progress bar counts steps towards until_step
     data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
     while True:
         if data is not None:
@@ -176,7 +177,9 @@ def train_worker(
                 try:
                     state = store.restore(data.params, model.abstract_state)
                 except MissingCheckpointError:  # gone: the controller sends a way out
-                    data = controller.checkpoint_missing(worker_id, generation_id, step)
+                    data = controller.checkpoint_missing(
+                        worker_id, generation_id, step, exists=store.exists
+                    )
                     continue
             hp = model.experiment.traced(meta)
             batch_size = model.experiment.batch_size(meta, args)
@@ -188,8 +191,9 @@ def train_worker(
         key, step_key = jax.random.split(key)
         state, _ = model.train_step(state, images, labels, hp, step_key)
         step += 1
-        if progress is not None:
-            progress.update(1)
+        if progress is not None and step > reached:  # not again after a copy rewinds it
+            progress.update(min(step, until_step) - reached)
+            reached = min(step, until_step)
         if step % args.eval_every == 0 or step == until_step:
             loss, acc = (float(x) for x in model.evaluate(state))
             handle = store.save(generation_id, step, state)
@@ -285,7 +289,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
         progress.close()
         store.wait()
         store.collect_garbage(controller.state, keep_best=args.keep_best)
-        summary = summarize(controller, accuracies)
+        summary = summarize(controller.state, accuracies)
     summary.update(
         dataset=dataset.name,
         seconds=round(time.time() - start, 1),
@@ -295,37 +299,36 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def summarize(controller: PopulationController, accuracies: Mapping) -> dict[str, Any]:
-    """Best member, every member's latest evaluation and the exploit count."""
-    history = controller.history
+def summarize(state: PopulationState, accuracies: Mapping) -> dict[str, Any]:
+    """Best member, every member's score and the exploit count, as ``jaxpop report``.
+
+    A member's score is its latest evaluated checkpoint along its lineage
+    (:class:`jaxpop.report.Member`), shown with the hyperparameters *that checkpoint*
+    trained with (not the member's current ones, which a copy has just mutated); the
+    best member is :func:`jaxpop.report.build`'s.
+    """
+    built = report.build(state)
     members = []
-    for worker_id, worker in enumerate(controller.active_workers):
-        latest = None
-        for gen in reversed(history.ancestry(worker.generation_id)):
-            latest = history.latest_evaluated(gen)
-            if latest is not None:
-                break
-        value = math.inf if latest is None else latest.value
+    for member in built.members:
+        scored = member.scored
+        meta = member.meta_params if scored is None else scored.meta_params
         members.append(
             {
-                "worker": worker_id,
-                "generation": worker.generation_id,
-                "step": None if latest is None else latest.step,
-                "val_loss": value,
-                "val_accuracy": None if latest is None else accuracies.get(latest.ref),
-                "meta_params": {
-                    k: v if isinstance(v, int) else float(v) for k, v in worker.meta_params.items()
-                },
+                "worker": member.worker,
+                "generation": member.generation_id if scored is None else scored.generation_id,
+                "step": None if scored is None else scored.step,
+                "val_loss": math.inf if scored is None else scored.value,
+                "val_accuracy": None if scored is None else accuracies.get(scored.ref),
+                "meta_params": {k: v if isinstance(v, int) else float(v) for k, v in meta.items()},
             }
         )
-    best = min(members, key=lambda m: m["val_loss"] if math.isfinite(m["val_loss"]) else math.inf)
-    exploits = sum(1 for gen in history if history.branch_point(gen) is not None)
+    best = None if built.best is None else members[built.best.worker]
     return {
         "members": members,
         "best": best,
-        "exploit_events": exploits,
-        "generations": len(history),
-        "checkpoints": history.num_checkpoints,
+        "exploit_events": len(built.exploits),
+        "generations": len(built.history),
+        "checkpoints": built.history.num_checkpoints,
     }
 
 
@@ -356,10 +359,12 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
     best = summary["best"]
-    print(
-        f"best: worker {best['worker']}, val loss {best['val_loss']:.4f}, "
-        f"val accuracy {_format(best['val_accuracy'])}, hyperparameters {best['meta_params']}"
-    )
+    if best is not None:
+        print(
+            f"best: worker {best['worker']}, val loss {best['val_loss']:.4f} at step "
+            f"{best['step']}, val accuracy {_format(best['val_accuracy'])}, trained with "
+            f"hyperparameters {best['meta_params']}"
+        )
     print(
         f"{summary['exploit_events']} exploit events (generations copied from a checkpoint), "
         f"{summary['generations']} generations, "

@@ -9,9 +9,17 @@ worker that is assigned a handle loads it with :meth:`ParamStore.restore`::
     store = ParamStore("runs/pbt/params")
     ...
     new = population.maybe_get_worker_data(worker_id, gen_id, step, handle, meta_params)
-    if new is not None:
-        state = init_state() if new.params is None else store.restore(new.params, abstract)
-        ...
+    while new is not None and new.params is not None:
+        try:
+            state = store.restore(new.params, abstract)
+            break
+        except MissingCheckpointError:  # gone: the controller sends the newest that exists
+            new = population.checkpoint_missing(
+                worker_id, new.generation_id, new.step, exists=store.exists
+            )
+    if new is not None and new.params is None:
+        state = init_state()
+    ...
     handle = store.save(gen_id, step, state)       # returns at once (async_save=True)
     population.set_eval(worker_id, gen_id, step, handle, loss)
     ...
@@ -104,10 +112,12 @@ shown: give each the controller (or a client) rather than an old snapshot.
 **A worker whose handle is gone** (deleted by hand, by a store in another process
 working from an old snapshot, or never finished) gets :class:`MissingCheckpointError`
 from ``restore`` and calls ``controller.checkpoint_missing(worker_id, generation_id,
-step)`` with its assignment: the controller records the handle as gone (its
-checkpoints get ``params=None``, so no exploit hands it out again) and answers with the
-newest checkpoint of the worker's lineage that still has params, or a fresh start; never
-the same missing handle, so the loop ``restore`` / ``checkpoint_missing`` ends.
+step, exists=store.exists)`` with its assignment: the controller records the handle as
+gone (its checkpoints get ``params=None``, so no exploit hands it out again), skips the
+older checkpoints of the lineage that ``exists`` says are gone too (collections delete
+most of them), and answers with the newest one that still exists, or a fresh start;
+never a missing handle, so the loop ``restore`` / ``checkpoint_missing`` ends, after one
+call.
 
 After a collection, the directory holds the retained checkpoints (at most
 ``3 * population_size + keep_best`` plus the mutator's references plus ``keep``; in
@@ -400,6 +410,12 @@ def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset
     return frozenset(out)
 
 
+def _check_has_state(obj: Any) -> None:
+    """``_as_state``'s TypeError, without reading ``state`` (on a client, a round trip)."""
+    if not hasattr(type(obj), "state") and "state" not in getattr(obj, "__dict__", {}):
+        _as_state(obj)
+
+
 def _as_state(state_or_controller: PopulationState | Controller) -> PopulationState:
     state = getattr(state_or_controller, "state", state_or_controller)
     if not isinstance(state, PopulationState):
@@ -625,6 +641,26 @@ class ParamStore:
                 if not _REGISTRY.reading[path]:
                     del _REGISTRY.reading[path]
 
+    def exists(self, handle: str) -> bool:
+        """Whether ``restore(handle, ...)`` can find a checkpoint (now, or once its save
+        in this process finishes).
+
+        False for a handle whose directory is gone or unfinished, whose save failed, or
+        that garbage collection is deleting. What ``checkpoint_missing(..., exists=)``
+        takes.
+        """
+        if not isinstance(handle, str):
+            raise TypeError(f"handle must be a str, got {type(handle).__name__}: {handle!r:.80}")
+        if not handle.strip():
+            return False
+        path = os.path.abspath(handle)
+        with _REGISTRY.lock:
+            if path in _REGISTRY.failed or path in _REGISTRY.deleting:
+                return False
+            if path in _REGISTRY.saving:
+                return True
+        return os.path.isdir(path)
+
     def _missing(self, handle: str, path: str) -> MissingCheckpointError:
         if os.path.isdir(path + _TMP_SUFFIX):
             reason = (
@@ -764,8 +800,8 @@ class ParamStore:
         Args:
           state_or_controller: a ``PopulationState`` or a :class:`jaxpop.Controller`
             (a ``PopulationController`` or a Ray ``PopulationClient``; its ``state`` is
-            read once). Give the population whose history holds this
-            store's handles.
+            read once, when this collection holds the store's lock, so it is the newest
+            state). Give the population whose history holds this store's handles.
           keep_best: also keep this many best evaluated checkpoints of the history.
           keep: more handles to keep.
           orphan_grace_s: delete checkpoints that no history has recorded once they are
@@ -776,7 +812,8 @@ class ParamStore:
         Returns a :class:`GarbageReport`. Safe to call from any thread, concurrently with
         saves and restores.
         """
-        _as_state(state_or_controller)  # argument errors before waiting for the lock
+        if not isinstance(state_or_controller, PopulationState):  # read under the lock
+            _check_has_state(state_or_controller)
         if orphan_grace_s is not None and not orphan_grace_s >= 0:
             raise ValueError(f"orphan_grace_s must be >= 0 or None, got {orphan_grace_s}")
         _check_keep_best(keep_best)

@@ -1,10 +1,15 @@
-"""The ``jaxpop`` command line: ``jaxpop report LOGDIR [--out DIR] [--log-scale]``.
+"""The ``jaxpop`` command line: ``report`` and ``migrate-seed-state``.
 
-A thin shell over :mod:`jaxpop.report`: it reads the run without locking or writing
-it (safe while the run is live), writes the plots, ``history.csv`` and
-``summary.json`` into ``--out`` (default ``<run dir>-report``, beside the run) and
-prints the summary table. Exit status 0 on success, 1 when the run cannot be read (the
-message says why), 2 for bad arguments.
+* ``jaxpop report LOGDIR [--out DIR] [--log-scale]``, a thin shell over
+  :mod:`jaxpop.report`: it reads the run without locking or writing it (safe while the
+  run is live), writes the plots, ``history.csv`` and ``summary.json`` into ``--out``
+  (default ``<run dir>-report``, beside the run) and prints the summary table.
+* ``jaxpop migrate-seed-state DIR [--out LOGDIR] [--seed N]``, a shell over
+  :func:`jaxpop.storage.migrate_seed_state`: turns learned_optimization's pickled
+  ``population.state`` into a jaxpop ``log_dir`` (``DIR`` itself by default).
+
+Exit status 0 on success, 1 when the run cannot be read or written (the message says
+why), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -45,6 +50,29 @@ def parser() -> argparse.ArgumentParser:
         "--log-scale", action="store_true", help="log scale for the evaluation values"
     )
     report.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    migrate = commands.add_parser(
+        "migrate-seed-state",
+        help="turn learned_optimization's population.state into a jaxpop log_dir",
+        description=(
+            "Read DIR/population.state, the pickle learned_optimization's controller "
+            "writes, without running anything from it (only the seed's records and plain "
+            "data are built; anything else is refused), and write a jaxpop log_dir that "
+            "a PopulationController resumes. population.state is left as it was."
+        ),
+    )
+    migrate.add_argument(
+        "src_dir", metavar="DIR", help="the seed's log_dir (or its population.state file)"
+    )
+    migrate.add_argument(
+        "--out",
+        metavar="LOGDIR",
+        default=None,
+        help="where to write the jaxpop run (default: DIR itself, so the same log_dir "
+        "goes on working)",
+    )
+    migrate.add_argument(
+        "--seed", type=int, default=0, help="seeds the jaxpop run's PRNG key (default 0)"
+    )
     return top
 
 
@@ -61,6 +89,12 @@ def _report(args: argparse.Namespace) -> int:
         storage.CorruptLogError,
     ) as e:
         print(f"jaxpop report: error: {e}", file=sys.stderr)
+        if os.path.isfile(os.path.join(args.log_dir, storage.SEED_STATE_FILE)):
+            print(
+                f"{args.log_dir} holds learned_optimization's {storage.SEED_STATE_FILE}: "
+                f"migrate it first with `jaxpop migrate-seed-state {args.log_dir}`",
+                file=sys.stderr,
+            )
         return 1
     if not args.quiet:
         report.print_summary(report.summary(data))
@@ -71,11 +105,34 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _migrate_seed_state(args: argparse.Namespace) -> int:
+    from jaxpop import storage
+
+    try:
+        done = storage.migrate_seed_state(args.src_dir, args.out, seed=args.seed)
+    except (OSError, storage.SeedStateError, storage.LogDirInUseError) as e:
+        print(f"jaxpop migrate-seed-state: error: {e}", file=sys.stderr)
+        return 1
+    state = done.state
+    print(
+        f"migrated {done.source}: {state.population_size} workers, "
+        f"{len(state.history)} generations, {state.history.num_checkpoints} checkpoints"
+    )
+    print(
+        f"wrote a jaxpop run to {done.log_dir}: resume it with "
+        f"PopulationController(..., log_dir={done.log_dir!r}) and a population of "
+        f"{state.population_size}"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the status."""
     args = parser().parse_args(argv)
     if args.command == "report":
         return _report(args)
+    if args.command == "migrate-seed-state":
+        return _migrate_seed_state(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse rejects others
 
 

@@ -406,15 +406,17 @@ def report(
     return new, Reply(checkpoint=checkpoint, changes=changes)
 
 
-def _fallback(history: History, start: Checkpoint | None) -> Checkpoint | None:
-    """The newest checkpoint along ``start``'s lineage a worker can start from.
-
-    One with ``params``, or a root (no parent) with ``params=None``: a fresh start.
-    """
-    for checkpoint in reversed(history.lineage(*start.ref) if start is not None else ()):
-        if checkpoint.params is not None or checkpoint.parent is None:
-            return checkpoint
-    return None
+def _same_params(history: History, checkpoint: Checkpoint) -> list[Checkpoint]:
+    """``checkpoint`` and the checkpoints it was copied from at the same step: a new
+    generation's start holds its source's params (compared by position, not by value,
+    so this holds for pytrees decoded from a journal too)."""
+    chain = [checkpoint]
+    while (parent := checkpoint.parent) is not None and parent[1] == checkpoint.step:
+        checkpoint = history.get_checkpoint(*parent)
+        if checkpoint is None or checkpoint in chain:
+            break
+        chain.append(checkpoint)
+    return chain
 
 
 def missing(
@@ -424,8 +426,14 @@ def missing(
     del mutator  # the mutator is not consulted: this is bookkeeping, not a decision
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
+    if not isinstance(event.generation_id, str):
+        raise TypeError(
+            "checkpoint_missing: generation_id must be the str of the assignment that could "
+            f"not be loaded, got {type(event.generation_id).__name__}: {event.generation_id!r:.40}"
+        )
+    history = state.history
     assigned = state.workers[worker_id]
-    at = state.history.get_checkpoint(assigned.generation_id, assigned.step)
+    at = history.get_checkpoint(assigned.generation_id, assigned.step)
     known_lost = assigned.params is not None and at is not None and at.params is None
     if (event.generation_id, step) != (assigned.generation_id, assigned.step) and not known_lost:
         return state, Reply(
@@ -435,24 +443,43 @@ def missing(
                 f"no longer its assignment; sending it {(assigned.generation_id, assigned.step)}"
             ),
         )
-    lost, step = assigned.params, assigned.step  # (its params were lost by another worker)
-    if lost is None:
+    if assigned.params is None:
         raise ValueError(
-            f"checkpoint_missing: worker {worker_id}'s assignment {(assigned.generation_id, step)}"
-            " has params=None, which means 'initialise fresh parameters': there is nothing "
-            "to load"
+            f"checkpoint_missing: worker {worker_id}'s assignment "
+            f"{(assigned.generation_id, assigned.step)} has params=None, which means "
+            "'initialise fresh parameters': there is nothing to load"
         )
-    history, added = state.history, []
-    for checkpoint in history.checkpoints():  # O(history), on a rare event
+    lost_refs: set = set()
+    lost_handles: set[str] = set()
+
+    def lose(checkpoint: Checkpoint | None, params: Any) -> None:
+        if isinstance(params, str):
+            lost_handles.add(params)
+        for c in _same_params(history, checkpoint) if checkpoint is not None else ():
+            lost_refs.add(c.ref)
+
+    def is_lost(checkpoint: Checkpoint) -> bool:
         params = checkpoint.params
-        if params is lost or (isinstance(lost, str) and isinstance(params, str) and params == lost):
-            gone = checkpoint.replace(params=None)
-            history = history.add(gone)
-            added.append(gone)
-    at = history.get_checkpoint(assigned.generation_id, step) or history.previous(
-        assigned.generation_id, step
-    )
-    found = _fallback(history, at)
+        return checkpoint.ref in lost_refs or (isinstance(params, str) and params in lost_handles)
+
+    lose(at, assigned.params)
+    start = at or history.previous(assigned.generation_id, assigned.step)
+    found = None
+    for checkpoint in reversed(history.lineage(*start.ref) if start is not None else ()):
+        if checkpoint.params is None:
+            if checkpoint.parent is None:  # a root: a fresh start
+                found = checkpoint
+                break
+        elif not is_lost(checkpoint):
+            if event.exists is None or event.exists(checkpoint.params):
+                found = checkpoint
+                break
+            lose(checkpoint, checkpoint.params)  # gone too: skip it, and say so
+    added = []
+    for checkpoint in history.checkpoints():  # O(history), once per call, on a rare event
+        if checkpoint.params is not None and is_lost(checkpoint):
+            added.append(checkpoint.replace(params=None))
+    history, marked = history.add_all(added), len(added)
     if found is not None and found.generation_id == assigned.generation_id:
         worker = ActiveWorker(found.params, assigned.meta_params, found.generation_id, found.step)
     else:  # from an ancestor's checkpoint (or from scratch) with its own hyperparameters
@@ -469,9 +496,10 @@ def missing(
         worker=worker,
         changes=changes,
         warning=(
-            f"worker {worker_id} could not load {lost!r:.200} (the params of "
-            f"{(assigned.generation_id, step)}); it was marked missing in the history and "
-            f"the worker moved to {(worker.generation_id, worker.step)}"
+            f"worker {worker_id} could not load {assigned.params!r:.200} (the params of "
+            f"{(assigned.generation_id, assigned.step)}); {marked} checkpoint(s) holding "
+            "params that are gone are marked missing in the history, and the worker moved "
+            f"to {(worker.generation_id, worker.step)}"
         ),
     )
 

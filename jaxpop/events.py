@@ -6,6 +6,7 @@ Events are immutable records of exactly what a worker said. The pure transitions
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from flax import struct
@@ -37,12 +38,18 @@ class Eval:
 
 @struct.dataclass
 class Missing:
-    """``checkpoint_missing(worker_id, generation_id, step)``: the worker could not load
-    the ``params`` of its assignment at ``(generation_id, step)``."""
+    """``checkpoint_missing(worker_id, generation_id, step, exists=...)``: the worker could
+    not load the ``params`` of its assignment at ``(generation_id, step)``.
+
+    ``exists``: ``params -> bool``, whether the params of a checkpoint can still be
+    loaded (``ParamStore.exists``), so the controller skips those that are gone too;
+    ``None``: it assumes only the assignment's are.
+    """
 
     worker_id: int = struct.field(pytree_node=False)
-    generation_id: str | None = struct.field(pytree_node=False)
+    generation_id: str = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
+    exists: Callable[[Any], bool] | None = struct.field(pytree_node=False, default=None)
 
 
 Event = Ask | Eval | Missing

@@ -67,7 +67,11 @@ class _Generation:
 
 
 class GenerationView(Mapping[int, Checkpoint]):
-    """Read-only ``step -> Checkpoint`` mapping of one generation, iterated by step."""
+    """Read-only ``step -> Checkpoint`` mapping of one generation, iterated by step.
+
+    As the seed's ``IntKeyDict``, ``keys()``, ``values()`` and ``items()`` are lists
+    sorted by step: ``history[gen].values()[-1]`` is the generation's latest checkpoint.
+    """
 
     __slots__ = ("_generation", "generation_id")
 
@@ -86,6 +90,20 @@ class GenerationView(Mapping[int, Checkpoint]):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.steps_descending()[::-1])
+
+    def keys(self) -> list[int]:  # type: ignore[override]
+        """The steps in increasing order, as a list (the seed's ``IntKeyDict``'s)."""
+        return self.steps_descending()[::-1]
+
+    def values(self) -> list[Checkpoint]:  # type: ignore[override]
+        """The checkpoints by increasing step, as a list: ``values()[-1]`` is the latest."""
+        checkpoints = self._generation.checkpoints
+        return [checkpoints[step] for step in self.keys()]
+
+    def items(self) -> list[tuple[int, Checkpoint]]:  # type: ignore[override]
+        """``(step, checkpoint)`` pairs by increasing step, as a list."""
+        checkpoints = self._generation.checkpoints
+        return [(step, checkpoints[step]) for step in self.keys()]
 
     def steps_descending(self) -> list[int]:
         """The generation's steps, newest first."""
@@ -206,6 +224,15 @@ class History(Mapping[str, GenerationView]):
         """Generation ids in the order they were created."""
         items = sorted(self._generations.items(), key=lambda kv: kv[1].index)
         return iter([gen_id for gen_id, _ in items])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, History):
+            return NotImplemented
+        return self.mode == other.mode and (
+            self._generations is other._generations or super().__eq__(other)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # equal by contents, like a dict
 
     def __repr__(self) -> str:
         mode = "" if self.mode == "min" else f", mode={self.mode!r}"

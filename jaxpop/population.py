@@ -6,8 +6,12 @@ seeded root key (each event gets its own key, see :mod:`jaxpop.keys`) and durabl
 storage (:mod:`jaxpop.storage`). Every decision is made by
 :func:`jaxpop.core.transition`.
 
-The records ``Checkpoint`` and ``ActiveWorker`` and the state ``PopulationState`` are
-re-exported here, where the seed's users look for them.
+The records ``Checkpoint`` and ``ActiveWorker``, the state ``PopulationState`` and the
+seed's extension points (``Mutate``, ``IntKeyDict``, ``make_gen_id``, ``GenerationID``,
+``MutateState``, from :mod:`jaxpop.seed`) are re-exported here, where the seed's users
+look for them; so are its server helpers (``start_courier_server``,
+``get_courier_client``, ``uniquify_server_name``, served by Ray: see
+:mod:`jaxpop.distributed.courier`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import threading
 import time
 import weakref
@@ -24,15 +29,38 @@ from typing import Any, Protocol
 import numpy as np
 
 from jaxpop import core, storage
+from jaxpop import seed as seed_lib
 from jaxpop.boundary import copy_out
 from jaxpop.core import PopulationState
+from jaxpop.distributed.courier import (
+    get_courier_client,
+    start_courier_server,
+    uniquify_server_name,
+)
 from jaxpop.events import Ask, Eval, Event, Missing
 from jaxpop.history import History
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.seed import GenerationID, IntKeyDict, Mutate, MutateState, SeedMutator, make_gen_id
+from jaxpop.storage import run as run_lib
 
-__all__ = ["ActiveWorker", "Checkpoint", "Controller", "PopulationController", "PopulationState"]
+__all__ = [
+    "ActiveWorker",
+    "Checkpoint",
+    "Controller",
+    "GenerationID",
+    "IntKeyDict",
+    "Mutate",
+    "MutateState",
+    "PopulationController",
+    "PopulationState",
+    "SeedMutator",
+    "get_courier_client",
+    "make_gen_id",
+    "start_courier_server",
+    "uniquify_server_name",
+]
 
 logger = logging.getLogger("jaxpop")
 
@@ -51,7 +79,7 @@ class Controller(Protocol):
         self,
         worker_id: int,
         generation_id: str | None,
-        step: int,
+        step: int | None,
         params: Any,
         meta_params: Any,
     ) -> ActiveWorker | None: ...
@@ -70,10 +98,17 @@ class Controller(Protocol):
         meta_params: Any = None,
     ) -> ActiveWorker | None: ...
 
-    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker: ...
+    def checkpoint_missing(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        *,
+        exists: Callable[[Any], bool] | None = None,
+    ) -> ActiveWorker: ...
 
     @property
-    def active_workers(self) -> tuple[ActiveWorker, ...]: ...
+    def active_workers(self) -> list[ActiveWorker]: ...
 
     @property
     def history(self) -> History: ...
@@ -88,7 +123,10 @@ class PopulationController:
     Args:
       initial_population: one ``meta_params`` pytree per worker; the population size is
         its length.
-      mutator: how the population changes (for example ``WinnerTakeAllGenetic``).
+      mutator: how the population changes: a jaxpop ``Mutator`` (for example
+        ``WinnerTakeAllGenetic``) or an instance of a seed-style :class:`Mutate`
+        subclass (run through :class:`SeedMutator`). ``mutate=`` (the seed's name)
+        is accepted instead; pass exactly one of the two.
       log_dir: a directory to keep the state in, durably (``None``: in memory only).
         Every state-changing call is journaled there before it returns; a controller
         created on a ``log_dir`` that holds a run continues that run exactly where it
@@ -117,6 +155,9 @@ class PopulationController:
       storage.CorruptLogError: ``log_dir`` holds damaged files (never silently reset).
       storage.RunMismatchError: ``log_dir`` holds a run started with another population
         size or mutator; the message says what differs.
+      storage.SeedStateError: ``log_dir`` holds learned_optimization's pickled
+        ``population.state`` and no jaxpop run; migrate it first
+        (:func:`jaxpop.storage.migrate_seed_state`).
 
     All methods are safe to call from many threads at once. Call :meth:`close` (or use
     the controller as a context manager) to release ``log_dir``; a controller that is
@@ -126,30 +167,41 @@ class PopulationController:
     def __init__(
         self,
         initial_population: Sequence[Any],
-        mutator: Mutator,
+        mutator: Mutator | Mutate | None = None,
         log_dir: str | None = None,
         seed: int = 0,
         *,
+        mutate: Mutator | Mutate | None = None,
         durability: storage.Durability = "process",
         compact_after: int = 1000,
         clock: Callable[[], float] = time.time,
         reconfigure: bool = False,
     ):
+        if (mutator is None) == (mutate is None):
+            raise TypeError(
+                "PopulationController takes one mutator: pass mutator= (or mutate=, the "
+                "seed's name), not " + ("both" if mutator is not None else "neither")
+            )
+        self._mutate = mutator if mutate is None else mutate
+        mutator = SeedMutator(self._mutate) if isinstance(self._mutate, Mutate) else self._mutate
         if not isinstance(mutator, Mutator):
             raise TypeError(
-                "mutator must be a jaxpop Mutator (e.g. WinnerTakeAllGenetic(...)), "
-                f"got {type(mutator).__name__}"
+                "mutator must be a jaxpop Mutator (e.g. WinnerTakeAllGenetic(...)) or a "
+                f"jaxpop.population.Mutate subclass's instance, got {type(mutator).__name__}"
             )
         self._mutator = mutator
+        self._reconfigure = reconfigure
         self._clock = clock
         self._lock = threading.RLock()
         self.log_dir = log_dir
         state = core.init(initial_population, mutator, key=root_key(seed), now=clock())
+        self._run = {"population_size": state.population_size, "mutator": mutator.describe()}
         self._store: storage.Store | None = None
         if log_dir is not None:
+            storage.seed_state.check_not_seed_run(log_dir)  # a seed run: refuse, say how to migrate
             store = storage.Store(
                 log_dir,
-                run={"population_size": state.population_size, "mutator": mutator.describe()},
+                run=self._run,
                 reconfigure=reconfigure,
                 durability=durability,
                 compact_after=compact_after,
@@ -166,6 +218,7 @@ class PopulationController:
                     state = restored
                     if state.history.mode != mutator.mode:  # reconfigured (describe() holds it)
                         state = state._with(history=state.history.with_mode(mutator.mode))
+                    state = storage.seed_state.adopt_migrated_state(state, mutator)
                 store.start(state)
             except BaseException:
                 store.close()
@@ -185,7 +238,7 @@ class PopulationController:
         self,
         worker_id: int,
         generation_id: str | None,
-        step: int,
+        step: int | None,
         params: Any,
         meta_params: Any,
     ) -> ActiveWorker | None:
@@ -195,7 +248,16 @@ class PopulationController:
         has nothing yet). When this returns an ``ActiveWorker``, the worker loads its
         ``params`` (``None``: fresh initialisation), trains with its ``meta_params``,
         and continues at its ``step`` under its ``generation_id``.
+
+        ``step=None`` (accepted, as by the seed) means "not known": the controller
+        takes the latest step it recorded for ``generation_id`` (for another generation,
+        the worker's assigned step), so nothing new is recorded for it.
         """
+        if step is None:
+            with self._lock:
+                step = self._known_step(worker_id, generation_id)
+                event = Ask(params, meta_params, worker_id, generation_id, step)
+                return _copy_out(self._apply(event).worker)
         event = Ask(params, meta_params, worker_id, generation_id, step)
         return _copy_out(self._apply(event).worker)
 
@@ -207,7 +269,10 @@ class PopulationController:
         params: Any,
         value: float,
     ) -> None:
-        """Records the evaluation ``value`` (lower is better) of ``params`` at ``step``.
+        """Records the evaluation ``value`` of ``params`` at ``step``.
+
+        Lower values are better, unless the mutator's ``mode`` is ``"max"``
+        (``history.mode``).
 
         Raises ``TypeError`` if ``value`` is not a real number. A NaN or infinite value
         is stored but never wins a selection. An evaluation for a generation this
@@ -240,7 +305,14 @@ class PopulationController:
             self.set_eval(worker_id, generation_id, step, params, value)
             return self.maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)
 
-    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker:
+    def checkpoint_missing(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        *,
+        exists: Callable[[Any], bool] | None = None,
+    ) -> ActiveWorker:
         """The worker could not load its assignment's ``params``; returns where to go instead.
 
         Call it when loading the ``params`` of the assignment ``(generation_id, step)``
@@ -250,15 +322,28 @@ class PopulationController:
         again) and moves the worker to the newest checkpoint of its lineage that still
         has params -- in its own generation, or a new generation with the same
         hyperparameters started from an ancestor's checkpoint -- or, if none has, to a
-        fresh start (``params=None``) at the root of its lineage. The answer never holds
-        the missing params, so a worker that loads what it is given always gets out::
+        fresh start (``params=None``) at the root of its lineage.
+
+        Args:
+          worker_id, generation_id, step: the worker and the assignment it could not load.
+          exists: ``params -> bool``, whether a checkpoint's params can still be loaded
+            (``ParamStore.exists``). The controller then skips, and marks missing, the
+            older checkpoints of the lineage that are gone too (garbage collection
+            deletes most of them), so one call finds the newest that exists. Called
+            under the controller's lock. ``None``: only the assignment's params are
+            taken to be gone, and each further missing one costs another call.
+
+        The answer never holds params known to be missing, so a worker that loads what
+        it is given always gets out::
 
             while True:
                 try:
                     state = store.restore(data.params, target)
                     break
                 except MissingCheckpointError:
-                    data = controller.checkpoint_missing(worker_id, data.generation_id, data.step)
+                    data = controller.checkpoint_missing(
+                        worker_id, data.generation_id, data.step, exists=store.exists
+                    )
 
         A worker that was reassigned after it was sent ``(generation_id, step)`` gets
         its current assignment (or, if another worker already reported that one's params
@@ -266,14 +351,72 @@ class PopulationController:
 
         Raises:
           ValueError: the assignment has ``params=None`` (nothing to load: initialise).
+          TypeError: ``generation_id`` is not a str.
         """
-        return _copy_out(self._apply(Missing(worker_id, generation_id, step)).worker)
+        event = Missing(worker_id, generation_id, step, exists)
+        return _copy_out(self._apply(event).worker)
+
+    def serialized_state(self) -> bytes:
+        """The whole state (and what run it is) as bytes, in jaxpop's safe encoding.
+
+        What :meth:`load_state` takes back. Unlike the seed's (a pickle, and ``None``
+        without a ``log_dir``), it is always bytes, and decoding it never runs code.
+        """
+        return seed_lib.state_to_bytes(self._state, self._run)
+
+    def save_state(self) -> None:
+        """Writes :meth:`serialized_state` to ``log_dir/population.jpstate``, atomically.
+
+        Without a ``log_dir``, does nothing (as the seed). The run itself never needs
+        it: every call is journaled in the ``log_dir`` before it returns.
+        """
+        if self.log_dir is not None:
+            with self._lock:
+                if self._store is not None:
+                    self._store.check_open()  # not once superseded or handed over
+                seed_lib.write_state_file(self.log_dir, self.serialized_state())
+
+    def load_state(self, data: bytes | None = None) -> bool:
+        """Makes a saved state this controller's state; whether there was one to load.
+
+        Reads ``data`` (bytes from :meth:`serialized_state`) or, if it is ``None``, the
+        file :meth:`save_state` wrote in ``log_dir`` (``False`` if there is none, or no
+        ``log_dir``, as the seed). With a ``log_dir``, the loaded state is made durable
+        there before this returns, and the run continues from it.
+
+        Raises:
+          ValueError: the bytes are damaged or not a saved state; the message names
+            them. Nothing changes.
+          storage.RunMismatchError: the state is of a run with another population size
+            or mutator (or configuration, unless ``reconfigure``). Nothing changes.
+        """
+        with self._lock:
+            where = "the bytes passed to load_state"
+            if data is None:
+                if self.log_dir is None:
+                    return False
+                data = seed_lib.read_state_file(self.log_dir)
+                if data is None:
+                    return False
+                where = os.path.join(self.log_dir, seed_lib.STATE_FILE)
+            state, run = seed_lib.state_from_bytes(data, where)
+            run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
+            if state.history.mode != self._mutator.mode:
+                state = state._with(history=state.history.with_mode(self._mutator.mode))
+            if self._store is not None:
+                self._store.check_open()
+                self._store.replace(state)
+            self._state = state
+            return True
 
     # -- read-only views ------------------------------------------------------------
     @property
-    def active_workers(self) -> tuple[ActiveWorker, ...]:
-        """The current assignment of every worker, indexed by worker id."""
-        return self._state.workers
+    def active_workers(self) -> list[ActiveWorker]:
+        """The current assignment of every worker, indexed by worker id.
+
+        A new list at each call, as the seed's (editing it changes nothing here).
+        """
+        return list(self._state.workers)
 
     @property
     def history(self) -> History:
@@ -287,7 +430,13 @@ class PopulationController:
 
     @property
     def mutator(self) -> Mutator:
+        """The jaxpop ``Mutator`` deciding (a :class:`SeedMutator` for a ``Mutate``)."""
         return self._mutator
+
+    @property
+    def mutate(self) -> Mutator | Mutate:
+        """The mutator as it was passed (the seed's name): a ``Mutate`` stays one."""
+        return self._mutate
 
     # -- lifetime -------------------------------------------------------------------
     def close(self) -> None:
@@ -303,6 +452,16 @@ class PopulationController:
         self.close()
 
     # -- the shell ------------------------------------------------------------------
+    def _known_step(self, worker_id: Any, generation_id: Any) -> int:
+        """The step a worker that asks with ``step=None`` is taken to be at."""
+        history = self._state.history
+        if isinstance(generation_id, str) and generation_id in history:
+            return history.latest(generation_id).step
+        workers = self._state.workers
+        if type(worker_id) is int and 0 <= worker_id < len(workers):
+            return workers[worker_id].step
+        return 0  # the core refuses the worker id
+
     def _apply(self, event: Event) -> core.Reply:
         with self._lock:
             if self._store is not None:

@@ -28,7 +28,8 @@ class Checkpoint:
         handle (for example a path to an Orbax checkpoint). ``None`` when unknown.
       meta_params: the hyperparameters this generation trains with (any pytree).
       generation_id: the generation (one incarnation of hyperparameters) it belongs to.
-      value: the evaluation reported for it (lower is better), or ``None`` for a
+      value: the evaluation reported for it (lower is better, unless the run's
+        ``History.mode`` is ``"max"``), or ``None`` for a
         checkpoint that was recorded without an evaluation (a generation's starting
         point, or a worker's last parameters when it was reassigned). A NaN or infinite
         value is stored as reported but always ranks worst in every selection.

@@ -321,12 +321,14 @@ def test_retained_handles_follow_mutator_references():
     mutator = BranchingSingleMachine(lambda m, d, i: m, exploit_steps=1, explore_steps=1)
     controller = PopulationController([{"x": 0}], mutator)
     gen = controller.active_workers[0].generation_id
-    controller.set_eval(0, gen, 1, "branch-point", 1.0)  # exploit ends: "pos" branch starts
+    controller.set_eval(0, gen, 1, "branch-point", 1.0)  # exploit ends: the centre trains on
+    controller.set_eval(0, gen, 2, "center-end", 2.0)  # "pos" branch starts
     pos = controller.active_workers[0].generation_id
     controller.set_eval(0, pos, 2, "pos-end", 0.5)  # "neg" branch starts from branch-point
     state = controller.state
     assert state.mutator_state["pos"] == (pos, 2)
-    assert {"branch-point", "pos-end"} <= retained_handles(state, keep_best=0)
+    assert state.mutator_state["center"] == (gen, 2)
+    assert {"branch-point", "center-end", "pos-end"} <= retained_handles(state, keep_best=0)
 
 
 # -- garbage collection --------------------------------------------------------------
@@ -721,3 +723,41 @@ def test_a_worker_whose_checkpoint_is_gone_gets_a_way_out(tmp_path):
         again = pop.checkpoint_missing(0, gens[0], 2)
         assert (again.params, again.step, again.meta_params) == (kept, 1, assigned.meta_params)
         assert pop.active_workers[0] == again
+
+
+def test_one_checkpoint_missing_call_skips_every_checkpoint_that_is_gone(tmp_path):
+    # GC deletes the lineage's older checkpoints; when the newest is lost too, a worker
+    # that passes exists= is sent the newest one left in a single call
+    with ParamStore(str(tmp_path / "store"), async_save=False) as store:
+        pop = PopulationController([{"h": 1.0}], noop_mutator())
+        gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        handles = []
+        for step in range(1, 6):
+            handles.append(store.save(gen, step, {"w": np.full(2, float(step))}))
+            pop.set_eval(0, gen, step, handles[-1], 10.0 - step)
+            store.collect_garbage(pop, keep_best=0)
+        assert store.handles() == [handles[-1]]
+        shutil.rmtree(handles[-1])
+        assert not store.exists(handles[-1]) and store.exists(store.save(gen, 9, {"w": 0.0}))
+        out = pop.checkpoint_missing(0, gen, 5, exists=store.exists)
+        assert (out.params, out.step, out.generation_id) == (None, 0, gen)  # fresh start
+        assert all(pop.history[gen][s].params is None for s in range(1, 6))
+        assert pop.state.num_events == 6  # one event for the whole walk
+
+
+def test_collect_garbage_reads_a_controllers_state_once(tmp_path):
+    class Counting:
+        def __init__(self, pop):
+            self.pop, self.reads = pop, 0
+
+        @property
+        def state(self):
+            self.reads += 1
+            return self.pop.state
+
+    with ParamStore(str(tmp_path / "store")) as store:
+        counting = Counting(PopulationController([{"h": 1.0}], noop_mutator()))
+        store.collect_garbage(counting)
+        assert counting.reads == 1
+        with pytest.raises(TypeError, match="PopulationState or a PopulationController"):
+            store.collect_garbage(object())

@@ -22,7 +22,7 @@ def test_seed_names_are_importable_from_population_module():
 def test_views():
     pop = PopulationController([{"h": 1.0}, {"h": 2.0}], noop_mutator())
     workers = pop.active_workers
-    assert isinstance(workers, tuple) and all(isinstance(w, ActiveWorker) for w in workers)
+    assert isinstance(workers, list) and all(isinstance(w, ActiveWorker) for w in workers)
     gen = workers[1].generation_id
     pop.set_eval(1, gen, 10, "p", 0.5)
     assert isinstance(pop.history, History)

@@ -305,3 +305,28 @@ def test_a_copy_whose_params_are_gone_starts_from_an_ancestor_with_its_own_hpara
     assert new.workers[0].params == "a2"
     new, reply = apply(new, Missing(0, gen, 99), 3.0, mutator)
     assert (reply.worker.params, reply.worker.step) == ("a1", 1)
+
+
+def test_missing_in_memory_params_are_matched_by_position_after_a_restart(tmp_path):
+    # a journal decodes params into new objects: the lost checkpoint is found by its
+    # place in the history, not by identity, so a reopened controller never answers
+    # with the same params
+    from jaxpop import PopulationController
+
+    log_dir = str(tmp_path / "run")
+    pop = PopulationController([{"h": 1.0}], noop_mutator(), log_dir)
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 1, {"path": "a1"}, 0.5)
+    pop.set_eval(0, gen, 2, {"path": "a2"}, 0.4)
+    pop.close()
+    with PopulationController([{"h": 1.0}], noop_mutator(), log_dir) as pop:
+        out = pop.checkpoint_missing(0, gen, 2)
+        assert (out.params, out.step) == ({"path": "a1"}, 1)
+        assert pop.history[gen][2].params is None
+
+
+@pytest.mark.parametrize("generation_id", [None, True, 123, np.array([1, 2])])
+def test_missing_refuses_a_generation_id_that_is_not_a_str(generation_id):
+    state, _, mutator = _missing_state()
+    with pytest.raises(TypeError, match="generation_id must be the str"):
+        apply(state, Missing(0, generation_id, 2), 1.0, mutator)

@@ -20,8 +20,9 @@ def test_main_finds_the_target_in_process(capsys):
     assert abs(result["target"] - train.OPTIMUM) < abs(train.START - train.OPTIMUM) / 4
     assert result["final_loss"] < result["initial_loss"] / 100
     assert result["best_loss"] < 0.01
-    # 1 initial generation + 2 branches per explore phase (400 steps = 10 phases of 40).
-    assert result["generations"] == 1 + 2 * 10
+    # 1 initial generation + 2 mutated branches per cycle (the centre continues its
+    # generation); 400 steps = 8 cycles of 50 (exploit 20, then centre, pos, neg 10 each)
+    assert result["generations"] == 1 + 2 * 8
     assert result["checkpoints"] >= result["generations"]
     assert result["compilations"] == 1  # a new target never recompiles the train step
     out = capsys.readouterr().out

@@ -40,6 +40,12 @@ def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path):
     if "--tensorboard" in argv:
         assert sorted(os.listdir(tmp_path / "tensorboard")) == ["worker-0", "worker-1", "worker-2"]
     assert math.isfinite(summary["best"]["val_loss"])
+    # the example's table and `jaxpop report` agree: one best member, and each member's
+    # score is shown with the hyperparameters of the checkpoint that scored it
+    assert summary["best"]["worker"] == data.best.worker
+    for member, row in zip(data.members, summary["members"], strict=True):
+        assert (row["val_loss"], row["step"]) == (member.scored.value, member.scored.step)
+        assert row["meta_params"] == pytest.approx(member.scored.meta_params)
     stored = _stored(tmp_path, 3)
     assert stored.history.num_checkpoints == summary["checkpoints"]
     assert all(isinstance(w.params, str) for w in stored.workers)  # Orbax handles
@@ -80,3 +86,32 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     assert summary["exploit_events"] >= 1 and math.isfinite(summary["best"]["val_loss"])
     resumed = vectorized.main(["--steps", "50", *argv[2:], "--log-dir", str(tmp_path)])
     assert resumed["checkpoints"] > summary["checkpoints"]
+
+
+def test_the_progress_bar_counts_steps_towards_the_end_never_past_it(tmp_path, monkeypatch):
+    # exploits rewind workers to the winner's step; the bar counts each worker's
+    # progress towards its last step, so it ends exactly at its total
+    from examples import population_cnn
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, *, total, **kwargs):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+            assert self.n <= self.total
+
+        def set_postfix(self, **kwargs):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(population_cnn, "tqdm", Recorder)
+    argv = ["--steps", "60", "--workers", "3", "--eval-every", "10", "--steps-per-exploit", "20"]
+    summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path)])
+    assert summary["exploit_events"] >= 3  # workers were rewound
+    assert [(b.n, b.total) for b in bars] == [(180, 180)]

@@ -126,3 +126,8 @@ def test_a_version_2_log_dir_of_a_max_run_reads_as_max(tmp_path):
         rewritten = frames.frame(encoding.encode(header)) + frames.frame(encoding.encode(state))
         open(path, "wb").write(rewritten)
     assert storage.read_state(log_dir).history.mode == "max"  # from the recorded PBT config
+
+
+def test_histories_of_different_modes_are_not_equal():
+    assert History() == History() and History(mode="max") == History(mode="max")
+    assert History(mode="max") != History()

@@ -35,8 +35,11 @@ def _wta_round(mutator, values, steps=(10, 10, 10)):
     return state, gens
 
 
-def test_wta_waits_for_every_worker_then_copies_the_best():
-    m = WinnerTakeAllGenetic(lambda meta: {"h": meta["h"] + 100.0}, steps_per_exploit=10)
+@pytest.mark.parametrize("keep_winner", [False, True])
+def test_wta_waits_for_every_worker_then_copies_the_best(keep_winner):
+    m = WinnerTakeAllGenetic(
+        lambda meta: {"h": meta["h"] + 100.0}, steps_per_exploit=10, keep_winner=keep_winner
+    )
     state = fresh_state([{"h": 0.0}, {"h": 1.0}, {"h": 2.0}], m)
     gens = [w.generation_id for w in state.workers]
     state, _ = apply(state, Eval("p0", 0, gens[0], 10, 3.0), 1.0, m)
@@ -48,7 +51,8 @@ def test_wta_waits_for_every_worker_then_copies_the_best():
     assert state.mutator_state == {"num_exploits": 1}
     for i, w in enumerate(state.workers):
         assert w.generation_id not in gens and w.params == "p1" and w.step == 10
-        assert w.meta_params == ({"h": 1.0} if i == 1 else {"h": 101.0})
+        kept = keep_winner and i == 1  # the seed mutates the winner too
+        assert w.meta_params == ({"h": 1.0} if kept else {"h": 101.0})
         assert state.history.branch_point(w.generation_id) == (gens[1], 10)
 
 
@@ -59,14 +63,27 @@ def test_wta_average_over_samples_vs_latest():
         )
         state = fresh_state([{"h": 0.0}, {"h": 1.0}], m)
         g0, g1 = (w.generation_id for w in state.workers)
-        # worker 0: 0.0 then 3.0 (mean 1.5, latest 3.0); worker 1: 2.0 then 2.0
-        for gen, wid, values in ((g0, 0, (0.0, 3.0)), (g1, 1, (2.0, 2.0))):
-            for step, v in zip((10, 20), values, strict=True):
+        # worker 0: 0.0 then 3.0 (mean 1.5, latest 3.0), both at or past its interval;
+        # worker 1: 2.0, whose report completes the round
+        for gen, wid, values in ((g0, 0, (0.0, 3.0)), (g1, 1, (2.0,))):
+            for step, v in zip((20, 30), values, strict=False):
                 state, _ = apply(state, Eval(f"p{wid}", wid, gen, step, v), 1.0, m)
         return state.workers[0].params
 
     assert run(True) == "p0"
     assert run(False) == "p1"
+
+
+def test_wta_scores_only_the_values_reported_past_the_interval():
+    # worker 0 settles slowly after a copy (100.0 at step 5) but is better once past its
+    # interval; the seed counts only values at or after start + steps_per_exploit
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    state = fresh_state([{"h": 0.0}, {"h": 1.0}], m)
+    g0, g1 = (w.generation_id for w in state.workers)
+    for wid, gen, step, value in ((0, g0, 5, 100.0), (0, g0, 10, 1.0), (1, g1, 10, 2.0)):
+        state, _ = apply(state, Eval(f"p{wid}", wid, gen, step, value), 1.0, m)
+    assert state.mutator_state == {"num_exploits": 1}
+    assert all(w.params == "p0" for w in state.workers)
 
 
 def test_wta_by_seconds(clock):
@@ -125,13 +142,16 @@ def test_wta_never_mutates_the_winner_meta_params():
     state, gens = _wta_round(m, [1.0, 0.0, 2.0])
     # ...changes only the copies it returns, never the winner's recorded hparams
     assert state.history[gens[1]][10].meta_params == {"h": 1.0}
-    assert state.workers[1].meta_params == {"h": 1.0}
-    assert state.workers[0].meta_params == {"h": 2.0}
+    assert [w.meta_params for w in state.workers] == [{"h": 2.0}] * 3
 
 
 def test_wta_requires_an_interval():
-    with pytest.raises(ValueError, match="steps_per_exploit or seconds_per_exploit"):
+    with pytest.raises(ValueError, match="exactly one of steps_per_exploit and seconds"):
         WinnerTakeAllGenetic(lambda m: m)
+    with pytest.raises(ValueError, match="exactly one"):  # the seed refuses both too
+        WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10, seconds_per_exploit=60.0)
+    with pytest.raises(TypeError, match="keep_winner must be a bool"):
+        WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10, keep_winner="yes")
     with pytest.raises(ValueError, match="positive"):
         WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=0)
 
@@ -179,12 +199,38 @@ def _follow(pop, worker_id, steps, eval_every=None):
     return used
 
 
-def test_fixed_schedule_follows_schedule_exactly():
-    pop = PopulationController([{"lr": 99.0}], FixedSchedule({0: A, 10: B, 30: C}))
+def test_fixed_schedule_on_ask_follows_schedule_exactly():
+    m = FixedSchedule({0: A, 10: B, 30: C}, on_ask=True)
+    pop = PopulationController([{"lr": 99.0}], m)
     used = _follow(pop, 0, 40)
     assert [m for s, m in used] == [A] * 10 + [B] * 20 + [C] * 10
     assert [s for s, _ in used] == list(range(40))
     assert pop.state.mutator_state == (3,)
+
+
+def test_fixed_schedule_applies_a_change_at_the_eval_of_its_step_as_the_seed():
+    # the eval at step k starts the change for k; the worker gets it at its next ask, so
+    # the update from step k to k + 1 uses it (the step-0 point waits for the first eval)
+    pop = PopulationController([{"lr": 99.0}], FixedSchedule({0: A, 10: B, 30: C}))
+    used = _follow(pop, 0, 40, eval_every=1)
+    assert [m for s, m in used] == [{"lr": 99.0}] + [A] * 9 + [B] * 20 + [C] * 10
+    assert [s for s, _ in used] == list(range(40))
+    assert pop.state.mutator_state == (3,)
+    gen = pop.active_workers[0].generation_id
+    assert pop.maybe_get_worker_data(0, gen, 40, 0, C) is None  # an ask changes nothing
+
+
+def test_fixed_schedule_takes_string_steps_as_the_seed():
+    m = FixedSchedule({"0": A, "10": B})
+    assert m.describe() == m.describe()
+    pop = PopulationController([A], m)
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 10, "p10", 1.0)
+    assert pop.active_workers[0].meta_params == B
+    with pytest.raises(ValueError, match="distinct"):
+        FixedSchedule({"10": A, 10: B})
+    with pytest.raises(ValueError, match="'ten'"):
+        FixedSchedule({"ten": A})
 
 
 def test_fixed_schedule_with_evals_only_switches_at_eval_steps():
@@ -198,7 +244,7 @@ def test_fixed_schedule_with_evals_only_switches_at_eval_steps():
 
 
 def test_fixed_schedule_before_first_point_uses_initial_and_skips_to_latest_point():
-    pop = PopulationController([{"lr": 7.0}], FixedSchedule({10: B, 20: C}))
+    pop = PopulationController([{"lr": 7.0}], FixedSchedule({10: B, 20: C}, on_ask=True))
     used = _follow(pop, 0, 5)
     assert all(m == {"lr": 7.0} for _, m in used)
     gen = pop.active_workers[0].generation_id
@@ -209,7 +255,7 @@ def test_fixed_schedule_before_first_point_uses_initial_and_skips_to_latest_poin
 
 def test_fixed_schedule_keeps_progress_in_state_not_in_schedule():
     schedule = {0: A, 10: B}
-    m = FixedSchedule(schedule)
+    m = FixedSchedule(schedule, on_ask=True)
     pop = PopulationController([A, A], m)
     _follow(pop, 0, 15)
     assert schedule == {0: A, 10: B}
@@ -240,7 +286,10 @@ def test_branching_phases_and_directions():
         gen = state.workers[0].generation_id
         return apply(state, Eval(f"p{step}@{gen}", 0, gen, step, value), 1.0, m)[0]
 
-    state = ev(state, 10, 5.0)  # exploit phase over -> pos branch from (g0, 10)
+    state = ev(state, 10, 5.0)  # exploit phase over: the centre trains on from (g0, 10)
+    assert state.mutator_state["phase"] == "center" and calls == []
+    assert state.workers[0].generation_id == g0
+    state = ev(state, 15, 3.0)  # centre done -> pos branch from the branch point
     assert state.mutator_state["phase"] == "pos" and calls == [(0.0, "pos", 0)]
     pos_gen = state.workers[0].generation_id
     assert state.workers[0].meta_params == {"h": 1.0} and state.workers[0].step == 10
@@ -249,7 +298,7 @@ def test_branching_phases_and_directions():
     neg = state.workers[0]
     assert neg.meta_params == {"h": -1.0} and neg.step == 10 and neg.params == f"p10@{g0}"
     assert state.history.branch_point(neg.generation_id) == (g0, 10)
-    state = ev(state, 15, 4.0)  # neg worse -> continue pos from its end
+    state = ev(state, 15, 4.0)  # neg worse, pos best of three -> continue pos from its end
     w = state.workers[0]
     assert (w.generation_id, w.step, w.meta_params) == (pos_gen, 15, {"h": 1.0})
     assert state.mutator_state["phase"] == "exploit"
@@ -258,8 +307,51 @@ def test_branching_phases_and_directions():
     state, reply = apply(state, Ask("neg17", None, 0, neg.generation_id, 17), 2.0, m)
     assert reply.worker.generation_id == pos_gen
     assert state.history[neg.generation_id][17].params == "neg17"
-    state = ev(state, 25, 1.0)  # next explore starts with phase index 1
+    state = ev(state, 25, 1.0)  # the next explore's centre
+    state = ev(state, 30, 1.0)  # centre done: the pos branch, with phase index 1
     assert calls[-1] == (1.0, "pos", 1)
+
+
+@pytest.mark.parametrize(
+    ("center", "pos", "neg", "winner"),
+    [
+        (1.0, 1.0, 1.0, "center"),
+        (2.0, 1.0, 1.0, "pos"),
+        (0.5, 1.0, 0.0, "neg"),
+        (math.nan, math.nan, math.nan, "center"),
+        (math.nan, 3.0, math.inf, "pos"),
+    ],
+)
+def test_branching_keeps_the_best_of_centre_and_both_branches(center, pos, neg, winner):
+    # the unperturbed hyperparameters can win, and win ties (the seed's nanargmin order)
+    m = BranchingSingleMachine(lambda meta, d, i: {"h": d}, exploit_steps=2, explore_steps=2)
+    state = fresh_state([{"h": "center"}], m)
+    for step, value in ((2, 0.0), (4, center), (4, pos), (4, neg)):
+        gen = state.workers[0].generation_id
+        state, _ = apply(state, Eval(f"{gen}@{step}", 0, gen, step, value), 1.0, m)
+    w = state.workers[0]
+    assert w.meta_params == {"h": winner} and w.step == 4
+    assert state.mutator_state["phase"] == "exploit"
+
+
+def test_branching_at_the_optimum_stays_there():
+    # with h already optimal, neither mutation is better: h never leaves 0.0
+    def mutate(meta, direction, phase_index):
+        return {"h": meta["h"] + (0.1 if direction == "pos" else -0.1)}
+
+    m = BranchingSingleMachine(mutate, exploit_steps=2, explore_steps=2)
+    pop = PopulationController([{"h": 0.0}], m)
+    gen, step, meta, used = None, 0, None, []
+    for _ in range(60):
+        data = pop.maybe_get_worker_data(0, gen, step, None, meta)
+        if data is not None:
+            gen, step, meta = data.generation_id, data.step, data.meta_params
+        step += 1
+        pop.set_eval(0, gen, step, None, meta["h"] ** 2)
+        if pop.state.mutator_state["phase"] == "exploit":
+            used.append(pop.active_workers[0].meta_params["h"])
+    assert pop.state.mutator_state["phase_index"] >= 5
+    assert set(used) == {0.0}
 
 
 def test_branching_descends_a_quadratic():
@@ -288,7 +380,8 @@ def test_branching_keyed_mutate_fn_receives_a_key():
 
     m = BranchingSingleMachine(mutate, exploit_steps=1, explore_steps=1)
     state = fresh_state([{}], m)
-    state, _ = apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
+    for step in (1, 2):  # the exploit phase, then the centre
+        state, _ = apply(state, Eval(None, 0, state.workers[0].generation_id, step, 1.0), 1.0, m)
     assert seen == [(2,)]
 
 

@@ -280,7 +280,8 @@ def test_fixed_schedule_every_k_reevaluates_on_the_grid_and_skips_unchanged_valu
         calls.append(step)
         return {"lr": jnp.float32(1.0 if step < 10 else 0.5), "name": "sgd"}
 
-    pop = PopulationController([{"lr": 1.0, "name": "sgd"}], FixedSchedule(schedule, every=4))
+    mutator = FixedSchedule(schedule, every=4, on_ask=True)
+    pop = PopulationController([{"lr": 1.0, "name": "sgd"}], mutator)
     used, _ = follow(pop, 20)
     # evaluated at 0, 4, 8 (unchanged), 12 (the grid point at or below 10 ... 12), 16
     assert sorted(set(calls)) == [0, 4, 8, 12, 16]
@@ -292,7 +293,7 @@ def test_fixed_schedule_every_k_reevaluates_on_the_grid_and_skips_unchanged_valu
 
 def test_fixed_schedule_callable_first_grid_point_and_evals_only():
     s = S.piecewise({0: A, 10: B, 30: C})
-    pop = PopulationController([{"lr": 99.0}], FixedSchedule(s, every=5))
+    pop = PopulationController([{"lr": 99.0}], FixedSchedule(s, every=5, on_ask=True))
     used, _ = follow(pop, 40)
     assert used == [A] * 10 + [B] * 20 + [C] * 10
     evals_only = PopulationController([A], FixedSchedule(s, every=5))
@@ -524,7 +525,7 @@ def test_from_lineage_matches_every_checkpoints_real_trajectory(
         return
     best = S.best_final(history)
     schedule = S.from_lineage(history)
-    replay = PopulationController([schedule(0)], FixedSchedule(schedule))
+    replay = PopulationController([schedule(0)], FixedSchedule(schedule, on_ask=True))
     used, params = follow(replay, best.step)
     assert params == best.params and used == list(best.params)
     assert S.from_lineage(replay.history, replay.active_workers[0].generation_id) == schedule

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # every worker is done: a save nobody reported (cut off by a kill) is garbage
                 store.collect_garbage(client.state, keep_best=args.keep_best, orphan_grace_s=0)
             accuracies = {k: v for r in results for k, v in r["accuracies"].items()}
-            summary = population_cnn.summarize(client, accuracies)
+            summary = population_cnn.summarize(client.state, accuracies)
             summary["controller_restarted"] = client.info()["restarted"]
     finally:
         if started_ray:

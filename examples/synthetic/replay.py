@@ -6,8 +6,8 @@
 2. **Replay**: :func:`jaxpop.schedules.from_lineage` turns the lineage of the best final
    member into the piecewise schedule of targets it actually trained with, step by step
    (explore branches that lost are not in it). A single fresh worker trains from the
-   same initial parameters with ``FixedSchedule(schedule)`` and asks for its data every
-   step, so it trains with exactly those targets -- and, because the training step's
+   same initial parameters with ``FixedSchedule(schedule, on_ask=True)`` and asks for
+   its data every step, so it trains with exactly those targets -- and, because the training step's
    noise is a function of the step, it ends with exactly the searched member's
    parameters and score, in fewer steps than the search took.
 
@@ -48,14 +48,15 @@ def search(steps: int, seed: int, progress: bool) -> Any:
 
 
 def replay(schedule: Piecewise, steps: int, seed: int, progress: bool) -> dict[str, Any]:
-    """Trains one fresh worker for ``steps`` steps with ``FixedSchedule(schedule)``.
+    """Trains one fresh worker for ``steps`` steps with ``FixedSchedule(schedule, on_ask=True)``.
 
     Same initial parameters and gradient noise as the search (both come from ``seed``).
     Returns the final loss, the targets used at each step and the replay's history.
     """
     init_key, noise_key = jax.random.split(jax.random.key(seed))
     train_step, traces = train.make_train_step(noise_key)
-    with PopulationController([schedule(0)], FixedSchedule(schedule), seed=seed) as population:
+    mutator = FixedSchedule(schedule, on_ask=True)  # a change applies at the ask at its step
+    with PopulationController([schedule(0)], mutator, seed=seed) as population:
         gen_id, meta_params, params, step = "", None, None, 0
         used = []
         for _ in tqdm(range(steps), unit="step", disable=not progress):

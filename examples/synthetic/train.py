@@ -8,12 +8,14 @@ hyperparameter, so training only ever pulls ``w`` towards ``target``. The evalua
 
 One worker follows the seed's Quick Start protocol with the seed's
 ``BranchingSingleMachine`` mutator. It trains ``EXPLOIT_STEPS`` steps with its current
-target; then, from that checkpoint (the branch point), ``EXPLORE_STEPS`` steps with
-``target + delta`` (the ``"pos"`` branch); then, back at the branch point,
-``EXPLORE_STEPS`` steps with ``target - delta`` (the ``"neg"`` branch); and it goes on
-from whichever branch evaluated better. ``delta`` shrinks with every explore phase, so
-the target walks to 2.0 and settles there. Both branches see the same gradient noise
-(the noise is a function of the step), so they are compared fairly.
+target; then, from that checkpoint (the branch point), ``EXPLORE_STEPS`` more steps
+with the same target (the centre); then, back at the branch point, ``EXPLORE_STEPS``
+steps with ``target + delta`` (the ``"pos"`` branch) and, back again, with ``target -
+delta`` (the ``"neg"`` branch); and it goes on from whichever of the three evaluated
+best (the centre on a tie, so a target at the optimum stays there). ``delta`` shrinks
+with every explore phase, so the target walks to 2.0 and settles there. The branches
+see the same gradient noise (the noise is a function of the step), so they are
+compared fairly.
 
 The training step is compiled once: the target is a traced argument of the jitted
 step, so a new target never recompiles it (``main`` returns the number of traces).

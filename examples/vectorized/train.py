@@ -23,7 +23,6 @@ import functools
 import math
 import os
 import time
-import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -193,8 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress.close()
         store.wait()
         log.close()
-    view = types.SimpleNamespace(history=lineage.history, active_workers=lineage.workers)
-    summary = population_cnn.summarize(view, accuracies)
+    summary = population_cnn.summarize(lineage, accuracies)
     summary.update(
         dataset=dataset.name,
         seconds=round(time.time() - start, 1),

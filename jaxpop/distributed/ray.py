@@ -225,8 +225,10 @@ class _ControllerActor:
     ) -> ActiveWorker | None:
         return self._get().report(worker_id, generation_id, step, params, value, meta)
 
-    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker:
-        return self._get().checkpoint_missing(worker_id, generation_id, step)
+    def checkpoint_missing(
+        self, worker_id: int, generation_id: str, step: int, exists: Any
+    ) -> ActiveWorker:
+        return self._get().checkpoint_missing(worker_id, generation_id, step, exists=exists)
 
     def active_workers(self) -> tuple[ActiveWorker, ...]:
         return self._get().active_workers
@@ -327,9 +329,18 @@ class PopulationClient:
         value = core.as_value(value)
         return self._call("report", worker_id, generation_id, step, params, value, meta_params)
 
-    def checkpoint_missing(self, worker_id: int, generation_id: str, step: int) -> ActiveWorker:
-        """As :meth:`jaxpop.PopulationController.checkpoint_missing`."""
-        return self._call("checkpoint_missing", worker_id, generation_id, step)
+    def checkpoint_missing(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        *,
+        exists: Callable[[Any], bool] | None = None,
+    ) -> ActiveWorker:
+        """As :meth:`jaxpop.PopulationController.checkpoint_missing`; ``exists`` travels
+        to the controller's actor and runs there (``ParamStore.exists`` works where the
+        actor sees the store's directory)."""
+        return self._call("checkpoint_missing", worker_id, generation_id, step, exists)
 
     # -- read-only views ------------------------------------------------------------
     @property

@@ -40,10 +40,19 @@ class FixedSchedule(Mutator):
         2 * every, ...`` (default 1, every step). Given with a mapping or a ``Piecewise``,
         they are evaluated as callables on that grid too.
 
-    A change takes effect when a worker first asks for its data (or reports an
-    evaluation) at or past the change's step: the worker's parameters at that step
-    become the start of a new generation with the scheduled ``meta_params``. If a
-    worker skips past several change points at once, it gets the latest of them.
+      on_ask: also apply a change when a worker *asks* for its data at or past its
+        step (see below), not only when it reports an evaluation there.
+
+    A change takes effect when a worker reports an evaluation at or past the change's
+    step, as in the seed: that checkpoint becomes the start of a new generation with the
+    scheduled ``meta_params``, which the worker receives at its next ask. So with
+    ``{0: a, 10: b}`` a worker that evaluates at every step trains step 10 to 11 with
+    ``b``. A worker that evaluates rarely gets the change at its next evaluation; with
+    ``on_ask=True`` it gets it at the first ask at or past the step instead (its
+    parameters at that step start the new generation), which replays a schedule exactly
+    in a loop that asks at every step but evaluates now and then. If a worker skips
+    past several change points at once, it gets the latest of them. Keys may be ints or
+    strings of ints (``{"10": b}``, which the seed read with ``int``).
 
     * Change points (a mapping or a ``Piecewise``): until the first one a worker trains
       with its initial population entry; every change point passed starts a generation
@@ -65,8 +74,16 @@ class FixedSchedule(Mutator):
     __slots__ = ()
 
     @records_config
-    def __new__(cls, schedule: Mapping[int, Any] | Callable[[Any], Any], every: int | None = None):
+    def __new__(
+        cls,
+        schedule: Mapping[int, Any] | Callable[[Any], Any],
+        every: int | None = None,
+        *,
+        on_ask: bool = False,
+    ):
         due, value_at, compare = _plan(schedule, every)
+        if not isinstance(on_ask, (bool, np.bool_)):
+            raise TypeError(f"on_ask must be a bool, got {type(on_ask).__name__}: {on_ask!r:.40}")
 
         def init():
             return ()
@@ -121,7 +138,7 @@ class FixedSchedule(Mutator):
                 ) or history.latest(assigned.generation_id)
             return advance(state, workers, history, ask.worker_id, at, now, key)
 
-        return super().__new__(cls, init, update, get_worker_data)
+        return super().__new__(cls, init, update, get_worker_data if on_ask else None)
 
 
 def _plan(
@@ -129,23 +146,17 @@ def _plan(
 ) -> tuple[Callable[[int], int], Callable[[int], Any], bool]:
     """``(due, value_at, compare)``: how many points are passed at a step, the value of
     the ``index``-th point (counting from 1), and whether to skip unchanged values."""
-    if every is None and isinstance(schedule, (Mapping, Piecewise)):
+    if isinstance(schedule, Mapping) and not isinstance(schedule, Piecewise):
         if not schedule:
-            raise ValueError(
-                "FixedSchedule takes a non-empty {step: meta_params} mapping, "
-                f"got {schedule!r:.80}"
-            )
+            raise ValueError("FixedSchedule takes a non-empty {step: meta_params} mapping, got {}")
+        pairs = [(_step_key(k), v) for k, v in schedule.items()]  # pairs: "10" and 10 clash
         try:
-            table = Piecewise(schedule)
+            schedule = Piecewise(pairs)
         except ValueError as err:
             raise ValueError(f"FixedSchedule: {err}") from None
-        steps, values = table.steps, table.values
+    if every is None and isinstance(schedule, Piecewise):
+        steps, values = schedule.steps, schedule.values
         return (lambda step: bisect.bisect_right(steps, step)), (lambda i: values[i - 1]), False
-    if isinstance(schedule, Mapping):
-        try:
-            schedule = Piecewise(schedule)
-        except ValueError as err:
-            raise ValueError(f"FixedSchedule: {err}") from None
     if not callable(schedule):
         raise ValueError(
             "FixedSchedule takes a {step: meta_params} mapping or a schedule callable "
@@ -156,3 +167,16 @@ def _plan(
         raise ValueError(f"FixedSchedule every must be a positive int, got {every!r}")
     every = int(every)
     return (lambda step: step // every + 1), (lambda i: to_host(schedule((i - 1) * every))), True
+
+
+def _step_key(key: Any) -> Any:
+    """A schedule key as a step: the seed read its keys with ``int(k)``, so ``"10"`` is 10."""
+    if isinstance(key, str):
+        try:
+            return int(key)
+        except ValueError:
+            raise ValueError(
+                f"FixedSchedule: a schedule key must be a step (an int, or a string of one "
+                f"such as '10'), got {key!r:.40}"
+            ) from None
+    return key

@@ -1,12 +1,14 @@
-"""``BranchingSingleMachine``: one worker alternates exploit and two-branch explore phases.
+"""``BranchingSingleMachine``: one worker compares its hyperparameters with two mutations.
 
 The worker trains with its current hyperparameters for ``exploit_steps`` (the exploit
-phase). From the checkpoint where that phase ended (the branch point) it then trains
-the ``"pos"`` branch, ``mutate_fn(meta_params, "pos", phase_index)``, for
-``explore_steps``; goes back to the branch point and trains the ``"neg"`` branch,
-``mutate_fn(meta_params, "neg", phase_index)``, for ``explore_steps``; and continues its
-next exploit phase from the end of whichever branch reported the better (lower) value.
-``phase_index`` counts explore phases from 0.
+phase). Where that phase ended (the branch point) it trains three branches of
+``explore_steps`` each, every one from the branch point: the *centre* (its
+hyperparameters unchanged), then ``mutate_fn(meta_params, "pos", phase_index)``, then
+``mutate_fn(meta_params, "neg", phase_index)``. It continues its next exploit phase from
+the end of whichever of the three reported the best (lowest) value; the centre wins
+ties, then ``"pos"``, as in the seed's ``nanargmin`` over ``[centre, pos, neg]``. So
+hyperparameters already at their best stay there. ``phase_index`` counts explore
+phases from 0.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from jaxpop.records import ActiveWorker
 
 __all__ = ["BranchingSingleMachine"]
 
-_EXPLOIT, _POS, _NEG = "exploit", "pos", "neg"
+_EXPLOIT, _CENTER, _POS, _NEG = "exploit", "center", "pos", "neg"
 
 
 class BranchingSingleMachine(Mutator):
@@ -47,12 +49,19 @@ class BranchingSingleMachine(Mutator):
       explore_steps: steps trained on each branch before the branches are compared.
 
     The phases advance on evaluations: the worker must report an evaluation at (or
-    past) the end of each phase. Each branch is its own generation; the winning branch's
-    generation continues into the next exploit phase (a tie keeps ``"neg"``, the branch
-    already running). NaN and infinite values rank last. The state is plain data:
-    ``{"phase", "phase_index", "phase_start", "branch", "pos"}``, where ``branch`` and
-    ``pos`` are ``(generation_id, step)`` references. This mutator drives a population of
+    past) the end of each phase. The centre continues the exploit phase's generation;
+    each mutated branch is its own generation; the winner's generation continues into
+    the next exploit phase. A branch is scored by its latest evaluation at or past its
+    end; NaN and infinite values rank last. The state is plain data: ``{"phase",
+    "phase_index", "phase_start", "branch", "center", "pos"}``, where ``branch``,
+    ``center`` and ``pos`` are ``(generation_id, step)`` references (the branch point,
+    and the ends of the branches trained so far). This mutator drives a population of
     exactly one worker.
+
+    Differences from the seed, on purpose: the first phase is an exploit phase (the
+    seed starts by exploring from step 0); NaN never wins (the seed's ``nanargmin``
+    raises when all three are NaN); the comparison takes each branch's latest value at
+    or past its end rather than requiring one at exactly that step.
     """
 
     __slots__ = ()
@@ -70,6 +79,7 @@ class BranchingSingleMachine(Mutator):
                 "phase_index": 0,
                 "phase_start": 0,
                 "branch": None,
+                "center": None,
                 "pos": None,
             }
 
@@ -88,25 +98,29 @@ class BranchingSingleMachine(Mutator):
             if phase == _EXPLOIT:
                 if latest.step < state["phase_start"] + exploit_steps:
                     return state, workers, ()
-                meta = call_mutate_fn(mutate_fn, wants_key, (latest.meta_params, _POS, index), key)
-                worker, start = start_generation(latest, meta, key, 0, now)
-                new_state = {**state, "phase": _POS, "branch": latest.ref}
-                return new_state, (worker,), (start,)
+                # the branch point; the centre trains on from it with the same hparams
+                return {**state, "phase": _CENTER, "branch": latest.ref}, workers, ()
             branch = history.get_checkpoint(*state["branch"])
             if latest.step < branch.step + explore_steps:
                 return state, workers, ()
-            if phase == _POS:
-                meta = call_mutate_fn(mutate_fn, wants_key, (branch.meta_params, _NEG, index), key)
-                worker, start = start_generation(branch, meta, key, 1, now)
-                new_state = {**state, "phase": _NEG, "pos": latest.ref}
+            if phase in (_CENTER, _POS):
+                direction, slot = (_POS, "center") if phase == _CENTER else (_NEG, "pos")
+                meta = call_mutate_fn(
+                    mutate_fn, wants_key, (branch.meta_params, direction, index), key
+                )
+                worker, start = start_generation(branch, meta, key, 0, now)
+                new_state = {**state, "phase": direction, slot: latest.ref}
                 return new_state, (worker,), (start,)
-            pos = history.get_checkpoint(*state["pos"])
-            winner = pos if rank_value(pos.value) < rank_value(latest.value) else latest
+            ends = [state.get("center"), state["pos"]]  # no centre in a run of jaxpop < 0.2
+            branches = [history.get_checkpoint(*ref) for ref in ends if ref is not None]
+            branches.append(latest)
+            winner = min(branches, key=lambda c: rank_value(c.value))  # ties: the first
             new_state = {
                 "phase": _EXPLOIT,
                 "phase_index": index + 1,
                 "phase_start": winner.step,
                 "branch": None,
+                "center": None,
                 "pos": None,
             }
             if winner is latest:

@@ -1,11 +1,11 @@
 """``WinnerTakeAllGenetic``: every round, all workers copy the best one and mutate.
 
-Each worker trains its generation for ``steps_per_exploit`` steps and/or
-``seconds_per_exploit`` seconds. Once *every* worker has reported an evaluation past
-that point, the workers are compared (by the mean of the values their current
-generation reported, or by the latest one) and every worker starts a new generation
-from the winner's latest evaluated checkpoint: the winner with its hyperparameters
-unchanged, every other worker with ``mutate_fn(winner_meta_params)``.
+Each worker trains its generation for ``steps_per_exploit`` steps (or
+``seconds_per_exploit`` seconds). Once *every* worker has reported an evaluation past
+that point, the workers are compared by the values their current generation reported
+from that point on (their mean, or the latest one), and every worker starts a new
+generation from the winner's latest evaluated checkpoint with
+``mutate_fn(winner_meta_params)`` -- the winner too, unless ``keep_winner=True``.
 
 This is the seed's simplified form of population based training; see
 :mod:`jaxpop.mutators` for asynchronous, truncation and tournament variants.
@@ -38,7 +38,7 @@ __all__ = ["WinnerTakeAllGenetic"]
 
 
 class WinnerTakeAllGenetic(Mutator):
-    """Winner-take-all genetic mutator (the seed's, by name and arguments).
+    """Winner-take-all genetic mutator (the seed's, by name, arguments and behaviour).
 
     Args:
       mutate_fn: ``mutate_fn(meta_params) -> meta_params``, or
@@ -48,15 +48,21 @@ class WinnerTakeAllGenetic(Mutator):
       steps_per_exploit: a worker is ready once it reports an evaluation at least this
         many steps after its generation started.
       seconds_per_exploit: a worker is ready once it reports an evaluation at least this
-        many seconds after its generation started. If both are given, either suffices.
-      average_over_samples: score each worker by the mean of all values its current
-        generation reported (``True``) or by its latest value (``False``).
+        many seconds after its generation started. Give exactly one of the two.
+      average_over_samples: score each worker by the mean of the values its current
+        generation reported at or past its interval (``True``) or by the latest one
+        (``False``). Values from before the interval (the first steps after a copy,
+        still settling) are not counted.
+      keep_winner: the winner continues with its hyperparameters unchanged (on a new
+        generation from its own checkpoint) instead of a mutation of them, so the best
+        configuration found so far is always still being trained. Default ``False``:
+        every worker, the winner included, gets ``mutate_fn`` of the winner's
+        hyperparameters, as in the seed.
 
-    Differences from the seed, on purpose: NaN and infinite scores rank last, so such a
-    worker never wins (if every worker's score is non-finite, nobody is copied and each
-    worker mutates its own hyperparameters); the winner also starts a new generation
-    (with unchanged hyperparameters) so that every round is a generation boundary in
-    the lineage; the state counts the rounds (``{"num_exploits": n}``).
+    Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
+    worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
+    is non-finite, nobody is copied and each worker mutates its own hyperparameters.
+    The state counts the rounds (``{"num_exploits": n}``).
     """
 
     __slots__ = ()
@@ -68,51 +74,57 @@ class WinnerTakeAllGenetic(Mutator):
         steps_per_exploit: int | None = None,
         seconds_per_exploit: float | None = None,
         average_over_samples: bool = True,
+        *,
+        keep_winner: bool = False,
     ):
-        if steps_per_exploit is None and seconds_per_exploit is None:
+        if (steps_per_exploit is None) == (seconds_per_exploit is None):
             raise ValueError(
-                "WinnerTakeAllGenetic needs steps_per_exploit or seconds_per_exploit "
-                "(how long each worker trains between exploits)"
+                "WinnerTakeAllGenetic needs exactly one of steps_per_exploit and "
+                "seconds_per_exploit (how long each worker trains between exploits), got "
+                f"steps_per_exploit={steps_per_exploit!r}, seconds_per_exploit="
+                f"{seconds_per_exploit!r}"
             )
         check_callable("mutate_fn", mutate_fn)
         if steps_per_exploit is not None:
             steps_per_exploit = check_number("steps_per_exploit", steps_per_exploit, integer=True)
         if seconds_per_exploit is not None:
             seconds_per_exploit = check_number("seconds_per_exploit", seconds_per_exploit)
-        if not isinstance(average_over_samples, (bool, np.bool_)):
-            raise TypeError(f"average_over_samples must be a bool, got {average_over_samples!r}")
+        for name, flag in (
+            ("average_over_samples", average_over_samples),
+            ("keep_winner", keep_winner),
+        ):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}: {flag!r:.40}")
         wants_key = takes_key(mutate_fn, 1)
 
         def init():
             return {"num_exploits": 0}
 
-        def is_ready(history: History, generation_id: str) -> bool:
-            latest = history.latest_evaluated(generation_id)
-            if latest is None:
-                return False
+        def counted(history: History, generation_id: str) -> list[float]:
+            """The values a generation reported once its interval had passed, by step."""
             start = history.first(generation_id)
-            by_steps = (
-                steps_per_exploit is not None and latest.step >= start.step + steps_per_exploit
-            )
-            by_time = (
-                seconds_per_exploit is not None and latest.time >= start.time + seconds_per_exploit
-            )
-            return by_steps or by_time
+            if steps_per_exploit is not None:
+                since = history.evaluated(generation_id, min_step=start.step + steps_per_exploit)
+            else:
+                since = history.evaluated(generation_id, min_time=start.time + seconds_per_exploit)
+            return [c.value for c in since]
 
-        def score(history: History, generation_id: str) -> float:
+        def score(values: list[float]) -> float:
             if average_over_samples:
-                values = [c.value for c in history.evaluated(generation_id)]
                 if not all(map(math.isfinite, values)):
                     return math.inf
                 return rank_value(math.fsum(v / len(values) for v in values))
-            return rank_value(history.latest_evaluated(generation_id).value)
+            return rank_value(values[-1])
 
         def update(
             state: Any, workers: Workers, history: History, now: float, key: np.ndarray
         ) -> MutatorResult:
-            if not all(is_ready(history, w.generation_id) for w in workers):
-                return state, workers, ()
-            scores = [score(history, w.generation_id) for w in workers]
+            values = []
+            for worker in workers:
+                values.append(counted(history, worker.generation_id))
+                if not values[-1]:  # a worker has no evaluation past its interval yet
+                    return state, workers, ()
+            scores = [score(v) for v in values]
             best = int(np.argmin(scores))
             keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
             new_workers, new_checkpoints = [], []
@@ -123,7 +135,7 @@ class WinnerTakeAllGenetic(Mutator):
                 else:
                     source = history.latest_loadable(workers[best].generation_id)
                     meta = source.meta_params
-                    if i != best:
+                    if not (keep_winner and i == best):
                         meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
                 new_worker, start = start_generation(source, meta, key, i, now)
                 new_workers.append(new_worker)

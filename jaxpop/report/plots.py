@@ -21,6 +21,12 @@ _MAX_EXPLOIT_LINES = 40  # more distinct exploit steps than this: a rug, not ful
 
 
 # -- plots ----------------------------------------------------------------------------
+
+
+def _better(history: Any) -> str:
+    return "higher" if history.mode == "max" else "lower"
+
+
 def _figure(width: float, height: float) -> Figure:
     """A new figure on the Agg canvas (pyplot's global state is never touched)."""
     try:
@@ -164,7 +170,7 @@ def plot_scores(report: Report, *, log_scale: bool = False) -> Figure:
         finite = [v for v in values if math.isfinite(v)]
         ax.set_yscale("log" if finite and min(finite) > 0 else "symlog")
     ax.set_xlabel("step")
-    ax.set_ylabel("evaluation value (lower is better)")
+    ax.set_ylabel(f"evaluation value ({_better(report.history)} is better)")
     ax.grid(alpha=0.3)
     _legend(ax, report)
     best = report.best
@@ -257,7 +263,7 @@ def plot_lineage(report: Report) -> Figure:
             mappable,
             ax=ax,
             shrink=min(1.0, 6.0 / height),
-            label="best value in generation (lower is better)",
+            label=f"best value in generation ({_better(history)} is better)",
         )
     if len(spans) <= 40:
         ax.set_yticks(range(len(spans)), [gen[:8] for gen in spans], fontsize="x-small")

@@ -13,8 +13,8 @@ Each one is jittable where its leaves are numeric. ``FixedSchedule(schedule, eve
 (:mod:`jaxpop.mutators.fixed_schedule`) drives workers with any of them.
 
 :func:`from_lineage` reads the schedule a member of a population actually trained with
-(default: :func:`best_final`) out of the history; ``FixedSchedule(from_lineage(h))``
-replays it from scratch.
+(default: :func:`best_final`) out of the history; ``FixedSchedule(from_lineage(h),
+on_ask=True)`` replays it from scratch in a loop that asks for its data every step.
 """
 
 from jaxpop.schedules.core import (

@@ -8,10 +8,19 @@ their format, how damage is told from a torn write, and what happens when a writ
 * :class:`Store` -- the files of one ``log_dir`` (what a controller writes through).
 * :func:`read_state` -- read a possibly live ``log_dir`` without writing (reports).
 * :func:`state_to_plain` / :func:`state_from_plain` -- a state as checked plain data.
+* :func:`migrate_seed_state` -- turn learned_optimization's pickled ``population.state``
+  into a jaxpop ``log_dir``, reading it without running anything from it.
 """
 
 from jaxpop.storage.frames import MAX_RECORD_BYTES, CorruptLogError, TornRecordWarning
 from jaxpop.storage.plain import state_from_plain, state_to_plain
+from jaxpop.storage.seed_state import (
+    SEED_STATE_FILE,
+    SeedMigration,
+    SeedStateError,
+    load_seed_state,
+    migrate_seed_state,
+)
 from jaxpop.storage.store import (
     STORAGE_VERSION,
     Durability,
@@ -25,15 +34,20 @@ from jaxpop.storage.store import (
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "SEED_STATE_FILE",
     "STORAGE_VERSION",
     "CorruptLogError",
     "Durability",
     "JournalWriteError",
     "LogDirInUseError",
     "RunMismatchError",
+    "SeedMigration",
+    "SeedStateError",
     "Store",
     "SupersededError",
     "TornRecordWarning",
+    "load_seed_state",
+    "migrate_seed_state",
     "read_state",
     "state_from_plain",
     "state_to_plain",

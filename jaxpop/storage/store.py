@@ -682,6 +682,42 @@ class Store:
             ):
                 self._compact(state)
 
+    def replace(self, state: PopulationState) -> None:
+        """Makes ``state`` the run's whole state, durably, before returning.
+
+        For a controller that installs a saved state (``load_state``): a snapshot of
+        ``state`` is written in a new segment (synchronously), which supersedes what the
+        journal held; later records follow it. If it raises before the snapshot is in
+        place, the ``log_dir`` still holds the previous state and the journal goes on.
+
+        Raises:
+          TypeError: ``state`` cannot be encoded (nothing is written).
+          OSError: the snapshot could not be written.
+          SupersededError: a newer controller of this process took the ``log_dir``.
+        """
+        with self._io_lock:
+            self.check_open()
+            self.wait()  # a background snapshot of an older segment finishes first
+            seq = self._segment + 1
+            final = os.path.join(self.log_dir, _snapshot_name(seq))
+            try:
+                _write_snapshot(self.log_dir, seq, state, self._run, self._run_id)
+            except BaseException:
+                if not os.path.exists(final):
+                    raise
+                # in place; only removing the files it made obsolete failed: harmless
+                logger.exception("jaxpop: cleaning up %s after a snapshot failed", self.log_dir)
+            self._num_events = state.num_events
+            try:
+                self._open_segment(seq)
+            except BaseException as e:  # the old segment is obsolete: nothing may follow
+                self._broken = JournalWriteError(
+                    errno.EIO, f"could not start a journal segment after a new snapshot ({e!r})"
+                )
+                raise
+            self._records, self._snapshot_size = 0, state.history.num_checkpoints
+            self._broken = None  # whatever an undone write left is in an obsolete segment
+
     def _write_record(self, record: bytes, event: int) -> None:
         start = self._size
         try:

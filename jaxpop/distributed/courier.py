@@ -1,0 +1,373 @@
+"""The seed's server helpers, served by Ray: ``start_courier_server``, ``get_courier_client``.
+
+learned_optimization serves a controller to other processes with courier; jaxpop serves
+it as a named Ray actor (:mod:`jaxpop.distributed.ray`) under the same names, which
+:mod:`jaxpop.population` re-exports, so a seed program that uses them runs unchanged
+once Ray is installed (``pip install "jaxpop[ray]"``). ``docs/ray.md`` has the details.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jaxpop.distributed.ray import PopulationClient
+    from jaxpop.population import PopulationController
+
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "CourierServer",
+    "get_courier_client",
+    "start_courier_server",
+    "uniquify_server_name",
+]
+
+logger = logging.getLogger("jaxpop")
+
+#: The Ray namespace the helpers use (that of :mod:`jaxpop.distributed.ray`).
+DEFAULT_NAMESPACE = "jaxpop"
+
+
+def _ray() -> Any:
+    """``jaxpop.distributed.ray``, with Ray started (or joined) in this process."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(
+            "start_courier_server and get_courier_client serve the controller with Ray, "
+            'which is not installed: pip install "jaxpop[ray]"'
+        ) from e
+    from jaxpop.distributed import ray as jaxpop_ray
+
+    if not ray.is_initialized():
+        # joins the cluster of RAY_ADDRESS or of `ray start` on this machine, if any;
+        # otherwise starts one for this process
+        ray.init()
+    return jaxpop_ray
+
+
+def uniquify_server_name(shared_str: str, name: str) -> str:
+    """A server name that is the same in every process that knows ``shared_str``.
+
+    As the seed's: the first 20 hex digits of ``shared_str``'s SHA-256, ``"__"``, then
+    ``name``; a run's directory makes a good ``shared_str``.
+
+    >>> uniquify_server_name("abc", "population_controller")
+    'ba7816bf8f01cfea4141__population_controller'
+    """
+    digest = hashlib.sha256(shared_str.encode("utf-8")).hexdigest()
+    return f"{digest[:20]}__{name}"
+
+
+class _HandedOver:
+    """Stands in for the storage of a controller handed over to a server.
+
+    The controller checks its storage before every call that changes its state, so
+    its calls raise, naming the server, instead of changing a copy nobody reads.
+    """
+
+    def __init__(self, name: str, namespace: str | None):
+        self.server = name
+        self._message = (
+            f"this PopulationController was handed over to the server {name!r} "
+            f"(start_courier_server); its state lives there now: call it through "
+            f"get_courier_client({name!r}"
+            + ("" if namespace == DEFAULT_NAMESPACE else f", namespace={namespace!r}")
+            + ") or the server's .client"
+        )
+
+    def check_open(self, *args: Any, **kwargs: Any) -> None:
+        from jaxpop.storage import SupersededError
+
+        raise SupersededError(self._message)
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self.check_open()
+
+
+class CourierServer:
+    """A controller served by :func:`start_courier_server` (the seed's ``courier.Server``).
+
+    It runs from the moment it is returned until :meth:`Stop` (or until this process
+    exits: the controller actor belongs to it).
+
+    Attributes:
+      name, namespace: the controller actor's name and Ray namespace.
+      client: the owning :class:`~jaxpop.distributed.ray.PopulationClient`.
+      log_dir: where the served controller keeps its state.
+    """
+
+    def __init__(self, client: PopulationClient, temp_dir: str | None, *, detached: bool = False):
+        self.client = client
+        self.name = client.name
+        self.namespace = client.namespace
+        self.log_dir = client.log_dir
+        self._stopped = threading.Event()
+        self._cleanup = None if temp_dir is None else functools.partial(_remove, temp_dir)
+        if self._cleanup is not None and not detached:  # a detached actor outlives us
+            atexit.register(self._cleanup)
+
+    def Stop(self) -> None:  # the seed's name
+        """Ends the controller actor (after its writes) and releases its ``log_dir``.
+
+        A ``log_dir`` that :func:`start_courier_server` made for a controller without
+        one is removed. Idempotent.
+        """
+        if self._stopped.is_set():
+            return
+        self.client.shutdown()
+        if self._cleanup is not None:
+            atexit.unregister(self._cleanup)
+            self._cleanup()
+        self._stopped.set()
+
+    def Join(self, timeout: float | None = None) -> bool:  # the seed's name
+        """Waits until the server stops (:meth:`Stop`, from another thread, or its actor
+        is gone for good); whether it did within ``timeout`` seconds (``None``: forever)."""
+        import ray
+
+        waited = 0.0
+        while timeout is None or waited < timeout:
+            step = 1.0 if timeout is None else min(1.0, timeout - waited)
+            if self._stopped.wait(step):
+                return True
+            waited += step
+            try:
+                ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                return True
+        return self._stopped.is_set()
+
+    def __enter__(self) -> CourierServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.Stop()
+
+    def __repr__(self) -> str:
+        return f"CourierServer(name={self.name!r}, log_dir={self.log_dir!r})"
+
+
+def _remove(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def start_courier_server(
+    name: str,
+    population: PopulationController,
+    *,
+    log_dir: str | os.PathLike | None = None,
+    namespace: str | None = DEFAULT_NAMESPACE,
+    **serve_options: Any,
+) -> CourierServer:
+    """Serves ``population`` to every process as the Ray actor ``name`` (the seed's helper).
+
+    The controller moves into the actor (Ray's actors run in their own processes): the
+    actor resumes exactly the state ``population`` has when this is called, from a
+    ``log_dir``, which also lets Ray restart it (see :func:`jaxpop.distributed.ray.serve`):
+
+    * ``population`` has a ``log_dir``: it is closed (its writes finished, the lock
+      released) and the actor resumes its run on that same ``log_dir``.
+    * it has none (the seed's examples): its state is written to ``log_dir`` if one is
+      given (a directory without a jaxpop run), else to a new temporary directory that
+      :meth:`CourierServer.Stop` (or the end of this process, unless ``detached``)
+      removes.
+
+    From then on ``population`` is the server's: its calls that change the state raise
+    :class:`jaxpop.storage.SupersededError` naming the server (use
+    :func:`get_courier_client` or ``server.client``), and its views (``history``,
+    ``active_workers``) show the state as it was handed over. If the actor cannot be
+    started, a ``population`` that had a ``log_dir`` stays closed (a new controller on
+    that ``log_dir`` resumes the run) and one that had none is left as it was.
+
+    >>> server = start_courier_server("population", population)  # doctest: +SKIP
+    >>> get_courier_client("population").set_eval(0, gen_id, 10, path, 0.3)  # doctest: +SKIP
+
+    Args:
+      name: the server's name; :func:`get_courier_client` reaches it by that name from
+        any process of the Ray cluster.
+      population: an in-process :class:`jaxpop.PopulationController`.
+      log_dir: for a controller without one, where the served controller keeps its state.
+      namespace: the actor's Ray namespace.
+      serve_options: more :func:`jaxpop.distributed.ray.serve` options
+        (``durability``, ``max_restarts``, ``detached``, ``timeout_s``, ...).
+
+    Raises:
+      ImportError: Ray is not installed (``pip install "jaxpop[ray]"``).
+      TypeError: ``population`` is not an in-process ``PopulationController``.
+      ValueError: a server ``name`` is running already, ``population`` was handed over
+        already, or ``log_dir`` conflicts with the controller's own.
+      FileExistsError: ``log_dir`` already holds a jaxpop run.
+    """
+    jaxpop_ray = _ray()
+    import ray
+
+    from jaxpop.population import PopulationController
+
+    if isinstance(population, jaxpop_ray.PopulationClient):
+        raise TypeError(
+            f"population is already served (as {population.name!r}): reach it with "
+            f"get_courier_client({population.name!r})"
+        )
+    if not isinstance(population, PopulationController):
+        raise TypeError(
+            f"population must be a PopulationController, got {type(population).__name__}"
+        )
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    try:
+        ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        pass  # the name is free
+    else:
+        raise ValueError(
+            f"a server named {name!r} is running already (namespace {namespace!r}): reach it "
+            f"with get_courier_client({name!r}), or stop it first"
+        )
+    own = population.log_dir
+    if own is not None and log_dir is not None and os.path.abspath(log_dir) != os.path.abspath(own):
+        raise ValueError(
+            f"population keeps its state in {own}; it is served there (drop log_dir={log_dir!r})"
+        )
+    # The controller's storage is where it checks, under its lock, before each change:
+    # standing in for it stops the controller changing its state from here on.
+    with population._lock:
+        original, state = population._store, population.state
+        if isinstance(original, _HandedOver):
+            raise ValueError(
+                f"population was handed over to the server {original.server!r} already: "
+                f"reach it with get_courier_client({original.server!r})"
+            )
+        population._store = _HandedOver(name, namespace)
+    temp_dir = None
+    try:
+        if original is not None:  # it has a log_dir: the actor resumes the run there
+            target = own
+            original.close()
+        else:
+            if log_dir is None:
+                target = temp_dir = tempfile.mkdtemp(prefix="jaxpop-courier-")
+            else:
+                target = os.fspath(log_dir)
+            _write_state(target, state, population.mutator)
+        client = jaxpop_ray.serve(
+            [w.meta_params for w in state.workers],
+            population.mutator,
+            log_dir=target,
+            name=name,
+            namespace=namespace,
+            **serve_options,
+        )
+    except BaseException:
+        population._store = original  # closed, if it had a log_dir
+        if temp_dir is not None:
+            _remove(temp_dir)
+        raise
+    logger.info("jaxpop: serving the controller as %r, its state in %s", name, target)
+    return CourierServer(client, temp_dir, detached=bool(serve_options.get("detached")))
+
+
+def _write_state(log_dir: str, state: Any, mutator: Any) -> None:
+    """Makes ``log_dir`` hold ``state`` as a run that a controller resumes."""
+    from jaxpop import storage
+
+    run = {"population_size": state.population_size, "mutator": mutator.describe()}
+    store = storage.Store(log_dir, run=run)
+    try:
+        if store.load() is not None:
+            raise FileExistsError(
+                f"{log_dir} already holds a jaxpop run: a controller without a log_dir is "
+                "served from an empty directory"
+            )
+        store.start(state)
+    finally:
+        store.close()
+
+
+def get_courier_client(
+    name: str,
+    *,
+    namespace: str | None = DEFAULT_NAMESPACE,
+    wait_s: float = 60.0,
+    timeout_s: float | None = 120.0,
+) -> PopulationClient:
+    """A client of the server ``name``, from any process of the Ray cluster (the seed's helper).
+
+    The client has the controller's synchronous API (``maybe_get_worker_data``,
+    ``set_eval``, ``report``, ``history``, ...; see
+    :class:`jaxpop.distributed.ray.PopulationClient`) and, as a courier client,
+    ``client.futures.<method>(...)``, which returns a ``concurrent.futures.Future``.
+
+    Args:
+      name, namespace: as given to :func:`start_courier_server`.
+      wait_s: how long to wait for a server that is not up yet.
+      timeout_s: how long one call waits for an answer (restarts included).
+
+    Raises:
+      ImportError: Ray is not installed (``pip install "jaxpop[ray]"``).
+      jaxpop.distributed.ray.ControllerUnavailableError: no server ``name`` came up
+        within ``wait_s``.
+    """
+    jaxpop_ray = _ray()
+    client = jaxpop_ray.connect(name, namespace=namespace, timeout_s=timeout_s, wait_s=wait_s)
+    return _client_class()(client.actor, name, namespace, timeout_s=timeout_s)
+
+
+@functools.cache
+def _client_class() -> type:
+    """The courier client class (a subclass of ``PopulationClient``, which needs Ray)."""
+    from jaxpop.distributed.ray import PopulationClient
+
+    class CourierClient(PopulationClient):
+        """A :class:`PopulationClient` with courier's ``futures``."""
+
+        @property
+        def futures(self) -> _Futures:
+            """``client.futures.set_eval(...)``: the call, in the background; a Future."""
+            return _Futures(self)
+
+        def __reduce__(self) -> tuple[Any, ...]:
+            return _rebuild, (self.actor, self.name, self.namespace, self.timeout_s)
+
+    CourierClient.__module__ = __name__
+    return CourierClient
+
+
+def _rebuild(actor: Any, name: str, namespace: str | None, timeout_s: float | None) -> Any:
+    return _client_class()(actor, name, namespace, timeout_s=timeout_s)
+
+
+class _Futures:
+    """Each client method, called in a background thread: ``futures.set_eval(...)``."""
+
+    def __init__(self, client: PopulationClient):
+        self._client = client
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self._client, method)
+        if method.startswith("_") or not callable(call):
+            raise AttributeError(f"a courier client has no method {method!r}")
+
+        def submit(*args: Any, **kwargs: Any) -> concurrent.futures.Future:
+            return _executor().submit(call, *args, **kwargs)
+
+        return submit
+
+
+@functools.cache
+def _executor() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="jaxpop-courier")

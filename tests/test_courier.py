@@ -1,0 +1,158 @@
+"""The seed's server helpers (``start_courier_server``, ``get_courier_client``) on Ray.
+
+A seed program serves its controller with ``start_courier_server`` and its workers
+reach it with ``get_courier_client``; here they run unchanged on a local Ray instance
+(``ray.init(num_cpus=2)``, shared by the module, as in ``test_ray.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import warnings
+
+import pytest
+
+from jaxpop import population as population_mod
+from jaxpop import storage
+from jaxpop.mutators import WinnerTakeAllGenetic
+
+
+def test_uniquify_server_name_is_the_seeds():
+    name = population_mod.uniquify_server_name("/runs/a", "population_controller")
+    assert name.endswith("__population_controller") and len(name) == 20 + 2 + 21
+    assert name == population_mod.uniquify_server_name("/runs/a", "population_controller")
+    assert name != population_mod.uniquify_server_name("/runs/b", "population_controller")
+
+
+def test_without_ray_the_helpers_name_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    controller = population_mod.PopulationController([{"lr": 0.1}], _wta())
+    with pytest.raises(ImportError, match=r'pip install "jaxpop\[ray\]"'):
+        population_mod.start_courier_server("population", controller)
+    with pytest.raises(ImportError, match=r"jaxpop\[ray\]"):
+        population_mod.get_courier_client("population")
+    controller.set_eval(
+        0, controller.active_workers[0].generation_id, 1, None, 1.0
+    )  # still its own
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip(
+        "ray", reason="the courier helpers need Ray: pip install 'jaxpop[ray]'"
+    )
+    # this module's functions run inside Ray actors, which cannot import tests/ by name
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    started = not ray.is_initialized()
+    if started:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def _mutate(meta):
+    return {"lr": meta["lr"] * 0.7}
+
+
+def _wta() -> WinnerTakeAllGenetic:
+    return WinnerTakeAllGenetic(_mutate, steps_per_exploit=4)
+
+
+def _train_one(worker_id: int, server_name: str, steps: int = 12) -> list[str]:
+    """A worker written for the seed (its complex_cnn example's loop); its generations."""
+    population = population_mod.get_courier_client(server_name)
+    meta_params = gen_id = state_path = None
+    step, generations = 0, []
+    for _ in range(steps):
+        new_data = population.maybe_get_worker_data(
+            worker_id, gen_id, step, state_path, meta_params
+        )
+        if new_data:
+            state_path, meta_params = new_data.params, new_data.meta_params
+            gen_id, step = new_data.generation_id, new_data.step
+            generations.append(gen_id)
+        if step % 2 == 0:
+            state_path = f"{worker_id}/{step}__{gen_id}.model"
+            loss = abs(meta_params["lr"] - 0.05) + 1.0 / (1 + step)
+            population.set_eval(
+                worker_id, generation_id=gen_id, step=step, params=state_path, value=loss
+            )
+        step += 1
+    return generations
+
+
+def _run_threads(fn, n: int, *args) -> list:
+    results: list = [None] * n
+    errors: list = []
+
+    def run(i):
+        try:
+            results[i] = fn(i, *args)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return results
+
+
+def test_a_seed_program_with_threads_runs_through_the_server(ray_session):
+    population = population_mod.PopulationController([{"lr": 0.1}, {"lr": 0.01}], _wta())
+    server = population_mod.start_courier_server("seed-threads", population)
+    try:
+        assert os.path.isdir(server.log_dir)  # the in-memory state, now durable there
+        generations = _run_threads(_train_one, 2, "seed-threads")
+        assert all(generations)
+        history = server.client.history
+        assert len(history) > 2  # the population exploited, on the server
+        assert {w.generation_id for w in server.client.active_workers} <= set(history)
+        # the in-process controller was handed over: it refuses to diverge
+        gen = population.active_workers[0].generation_id
+        with pytest.raises(storage.SupersededError, match="get_courier_client"):
+            population.set_eval(0, gen, 2, None, 1.0)
+        assert len(population.history) == 2  # its views: the state it handed over
+        with pytest.raises(ValueError, match="running already"):
+            population_mod.start_courier_server("seed-threads", population)
+        with pytest.raises(ValueError, match="handed over to the server 'seed-threads'"):
+            population_mod.start_courier_server("seed-threads-again", population)
+    finally:
+        server.Stop()
+    assert not os.path.exists(server.log_dir) and server.Join(timeout=1)
+    from jaxpop.distributed.ray import ControllerUnavailableError
+
+    with pytest.raises(ControllerUnavailableError):
+        population_mod.get_courier_client("seed-threads", wait_s=0)
+
+
+def test_a_controller_with_a_log_dir_is_served_there_to_other_processes(ray_session, tmp_path):
+    from jaxpop.distributed import ray as jaxpop_ray
+
+    log_dir = str(tmp_path)
+    population = population_mod.PopulationController(
+        [{"lr": 0.1}, {"lr": 0.01}], _wta(), log_dir=log_dir
+    )
+    name = population_mod.uniquify_server_name(log_dir, "population_controller")
+    with population_mod.start_courier_server(name, population) as server:
+        assert server.log_dir == log_dir
+        # worker 0 in a Ray worker process, worker 1 in a thread of this one
+        group = jaxpop_ray.start_workers(_train_one, 1, args=(name,), num_cpus=1)
+        _run_threads(lambda i, n: _train_one(1, n), 1, name)
+        group.wait(timeout_s=120)
+        client = population_mod.get_courier_client(name)
+        future = client.futures.maybe_get_worker_data(1, None, 0, None, None)
+        assert future.result(timeout=60) == client.active_workers[1]
+        assert not server.Join(timeout=0.1)  # still serving
+        checkpoints = list(client.history.checkpoints())
+    assert server.Join(timeout=1)
+    # the served run is in log_dir: a new controller resumes it
+    with population_mod.PopulationController([{}, {}], _wta(), log_dir=log_dir) as resumed:
+        assert list(resumed.history.checkpoints()) == checkpoints

@@ -1,0 +1,460 @@
+"""The seed's extension points and controller members: seed-style ``Mutate`` subclasses,
+``mutate=``, ``serialized_state`` / ``save_state`` / ``load_state``, ``step=None``,
+sorted ``keys()`` / ``values()``, ``active_workers`` as a list, module-level names."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import time
+
+import pytest
+
+from conftest import noop_mutator
+from jaxpop import encoding, storage
+from jaxpop import population as pop_mod
+from jaxpop.mutators import WinnerTakeAllGenetic
+
+
+# -- seed-style mutators, written as the seed writes them --------------------------------
+class CopyBest(pop_mod.Mutate):
+    """Once every worker has trained ``interval`` steps, all restart from the best one's
+    latest checkpoint, each with its hyperparameter scaled by its own factor."""
+
+    def __init__(self, interval, factors=(1.0, 0.5, 0.8)):
+        self._interval = interval
+        self._factors = factors
+
+    def init(self):
+        return {"exploits": 0, "last_best": None}
+
+    def update(self, state, current_workers, cache):
+        state = {**state}
+        latest = []
+        for worker in current_workers:
+            steps = cache[worker.generation_id]
+            if steps.keys()[-1] - steps.keys()[0] < self._interval:
+                return state, current_workers
+            latest.append(steps.values()[-1])
+        best = min(latest, key=lambda c: c.value)
+        new_workers = []
+        for i in range(len(current_workers)):
+            gen = pop_mod.make_gen_id()
+            meta = best.meta_params * self._factors[i % len(self._factors)]
+            cache[gen] = pop_mod.IntKeyDict()
+            cache[gen][best.step] = pop_mod.Checkpoint(
+                params=best.params,
+                meta_params=meta,
+                generation_id=gen,
+                value=None,
+                parent=(best.generation_id, best.step),
+                step=best.step,
+                time=time.time(),
+            )
+            new_workers.append(pop_mod.ActiveWorker(best.params, meta, gen, best.step))
+        state["exploits"] += 1
+        state["last_best"] = best  # a Checkpoint in the state, as the seed's branching keeps
+        return state, new_workers
+
+
+def _train(pop, rounds, num_workers=3):
+    """The seed's worker loop: ask with no generation, train a step, report meta**2."""
+    data = None
+    for _ in range(rounds):
+        for i in range(num_workers):
+            data = pop.maybe_get_worker_data(i, None, 0, None, None)
+            pop.set_eval(
+                i, data.generation_id, data.step + 1, f"p{data.step + 1}", data.meta_params**2
+            )
+    return data
+
+
+def _new_generations(pop):
+    firsts = [pop.history.first(g) for g in pop.history]
+    return [c for c in firsts if c.parent is not None]
+
+
+# -- the seed's small names --------------------------------------------------------------
+def test_seed_module_names_are_exported_by_population():
+    for name in ("make_gen_id", "GenerationID", "MutateState", "IntKeyDict", "Mutate"):
+        assert name in pop_mod.__all__ and hasattr(pop_mod, name)
+    assert pop_mod.GenerationID is str
+    ids = {pop_mod.make_gen_id() for _ in range(50)}
+    assert len(ids) == 50 and all(isinstance(i, str) and len(i) == 36 for i in ids)
+
+
+def test_int_key_dict_keys_values_and_items_are_lists_sorted_by_key():
+    steps = pop_mod.IntKeyDict()
+    for step in (30, 0, 10):
+        steps[step] = f"c{step}"
+    assert isinstance(steps, dict)
+    assert steps.keys() == [0, 10, 30] and steps.keys()[0] == 0
+    assert steps.values() == ["c0", "c10", "c30"] and steps.values()[-1] == "c30"
+    assert steps.items() == [(0, "c0"), (10, "c10"), (30, "c30")]
+
+
+def test_history_generation_keys_values_items_are_sorted_lists_as_the_seeds():
+    pop = pop_mod.PopulationController([1.0], noop_mutator())
+    gen = pop.active_workers[0].generation_id
+    for step in (20, 5, 10):
+        pop.set_eval(0, gen, step, None, float(step))
+    view = pop.history[gen]
+    assert view.keys() == [0, 5, 10, 20] and view.keys()[0] == 0
+    assert view.values()[-1] is pop.history.latest(gen)
+    assert [c.step for c in view.values()] == [0, 5, 10, 20]
+    assert view.items() == [(s, view[s]) for s in (0, 5, 10, 20)]
+
+
+def test_active_workers_is_a_list_copy():
+    pop = pop_mod.PopulationController([1.0, 2.0], noop_mutator())
+    workers = pop.active_workers
+    assert type(workers) is list and len(workers) == 2
+    assert workers == list(pop.state.workers) and workers[1].meta_params == 2.0
+    assert [w.meta_params for w in workers] == [1.0, 2.0]
+    workers.pop()
+    assert len(pop.active_workers) == 2
+
+
+# -- the controller's members -------------------------------------------------------------
+def test_mutate_keyword_and_attribute():
+    mutate = CopyBest(2)
+    pop = pop_mod.PopulationController([1.0] * 3, mutate=mutate)
+    assert pop.mutate is mutate
+    assert isinstance(pop.mutator, pop_mod.SeedMutator) and pop.mutator.mutate is mutate
+    wta = WinnerTakeAllGenetic(lambda m: m, 2)
+    assert pop_mod.PopulationController([1.0], mutate=wta).mutate is wta
+    assert pop_mod.PopulationController([1.0], wta).mutate is wta
+
+
+def test_exactly_one_mutator_is_required():
+    with pytest.raises(TypeError, match="not both"):
+        pop_mod.PopulationController([1.0], noop_mutator(), mutate=noop_mutator())
+    with pytest.raises(TypeError, match="not neither"):
+        pop_mod.PopulationController([1.0])
+    with pytest.raises(TypeError, match="Mutate subclass"):
+        pop_mod.PopulationController([1.0], mutate=object())
+
+
+def test_step_none_is_accepted_and_records_nothing():
+    pop = pop_mod.PopulationController([1.0] * 3, CopyBest(1))
+    first = pop.maybe_get_worker_data(0, None, None, None, None)
+    assert first == pop.active_workers[0]
+    assert pop.maybe_get_worker_data(0, first.generation_id, None, None, None) is None
+    _train(pop, 1)  # every worker moved to a new generation
+    size = pop.history.num_checkpoints
+    moved = pop.maybe_get_worker_data(0, first.generation_id, None, "p", 1.0)
+    assert moved == pop.active_workers[0] and moved.generation_id != first.generation_id
+    assert pop.history.num_checkpoints == size  # no checkpoint at a made-up step
+
+
+# -- a seed-style mutator through the controller -------------------------------------------
+def test_seed_style_mutator_runs_unchanged_in_memory():
+    pop = pop_mod.PopulationController([1.0] * 3, CopyBest(2))
+    data = _train(pop, 40)
+    assert pop.state.mutator_state["exploits"] >= 10
+    assert abs(data.meta_params) < 0.01  # the scaled copies of the best converge to 0
+    for start in _new_generations(pop):
+        parent = pop.history.get_checkpoint(*start.parent)
+        assert parent is not None and parent.value is not None and start.step == parent.step
+    best = pop.state.mutator_state["last_best"]
+    assert (
+        isinstance(best, pop_mod.Checkpoint) and best == pop.history[best.generation_id][best.step]
+    )
+
+
+def test_seed_style_mutator_with_log_dir_is_journaled_and_resumes(tmp_path):
+    log_dir = str(tmp_path)
+    with pop_mod.PopulationController([1.0] * 3, CopyBest(2), log_dir) as pop:
+        _train(pop, 7)
+        before = pop.state
+    assert before.mutator_state["exploits"] >= 2
+    with pop_mod.PopulationController([1.0] * 3, mutate=CopyBest(2), log_dir=log_dir) as again:
+        state = again.state
+        assert state.workers == before.workers and state.num_events == before.num_events
+        assert state.mutator_state == before.mutator_state  # the Checkpoint in it round-trips
+        assert list(state.history.checkpoints()) == list(before.history.checkpoints())
+        _train(again, 4)
+        assert again.state.mutator_state["exploits"] > before.mutator_state["exploits"]
+
+
+def test_a_resumed_seed_mutator_must_be_configured_the_same(tmp_path):
+    log_dir = str(tmp_path)
+    pop_mod.PopulationController([1.0] * 3, CopyBest(2), log_dir).close()
+    with pytest.raises(storage.RunMismatchError, match="_interval"):
+        pop_mod.PopulationController([1.0] * 3, CopyBest(3), log_dir)
+
+    class Other(CopyBest):
+        pass
+
+    with pytest.raises(storage.RunMismatchError, match=r"CopyBest in the log_dir, .*Other now"):
+        pop_mod.PopulationController([1.0] * 3, Other(2), log_dir)
+    pop_mod.PopulationController([1.0] * 3, CopyBest(3), log_dir, reconfigure=True).close()
+
+
+def test_describe_gives_the_class_and_its_attributes_when_wrapped():
+    mutate = CopyBest(2, factors=(1.0, 0.5))
+    mutator = pop_mod.SeedMutator(mutate)
+    description = mutator.describe()
+    assert description == {
+        "kind": "CopyBest",
+        "config": {"_interval": 2, "_factors": (1.0, 0.5)},
+    }
+    mutate._interval = 99  # an instance edited later (the seed's FixedSchedule does)
+    assert mutator.describe() == description
+    assert pop_mod.SeedMutator(CopyBest(2)).get_worker_data is None  # not overridden
+
+
+def test_get_worker_data_hook_gets_the_seeds_arguments_and_may_add_generations():
+    calls = []
+
+    class FreshStart(pop_mod.Mutate):
+        """Moves a worker that asks with no generation to a new one, once."""
+
+        def init(self):
+            return None
+
+        def update(self, state, current_workers, cache):
+            return state, current_workers
+
+        def get_worker_data(
+            self, active_workers, cache, worker_id, generation_id, step, params, meta_params
+        ):
+            calls.append((worker_id, generation_id, step, params, meta_params))
+            worker = active_workers[worker_id]
+            if generation_id is not None or worker.meta_params == 0.0:
+                return active_workers
+            gen = pop_mod.make_gen_id()
+            start = cache[worker.generation_id].values()[-1]
+            cache[gen] = pop_mod.IntKeyDict()
+            cache[gen][start.step] = start.replace(
+                generation_id=gen, meta_params=0.0, parent=start.ref, time=time.time()
+            )
+            workers = list(active_workers)
+            workers[worker_id] = pop_mod.ActiveWorker(None, 0.0, gen, start.step)
+            return workers
+
+    pop = pop_mod.PopulationController([1.0, 2.0], FreshStart())
+    data = pop.maybe_get_worker_data(1, None, 7, "params", {"m": 1})
+    assert calls == [(1, None, 7, "params", {"m": 1})]
+    assert data.meta_params == 0.0 and data.generation_id in pop.history
+    assert pop.history.first(data.generation_id).parent is not None
+    before = pop.state
+    assert pop.maybe_get_worker_data(1, data.generation_id, 7, None, None) is None
+    assert pop.state is before  # nothing changed: no event
+
+
+def test_each_call_gets_a_private_copy_of_the_state():
+    class Counts(pop_mod.Mutate):
+        def init(self):
+            return {"n": 0, "seen": []}
+
+        def update(self, state, current_workers, cache):
+            state["n"] += 1  # edited in place, as a careless seed mutator might
+            state["seen"].append(len(cache))
+            return state, current_workers
+
+    pop = pop_mod.PopulationController([1.0], Counts())
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 1, None, 1.0)
+    first = pop.state
+    pop.set_eval(0, gen, 2, None, 1.0)
+    assert first.mutator_state == {"n": 1, "seen": [1]}
+    assert pop.state.mutator_state == {"n": 2, "seen": [1, 1]}
+
+
+# -- what jaxpop cannot represent is refused by name ----------------------------------------
+class _Hostile(pop_mod.Mutate):
+    def update(self, state, current_workers, cache):
+        return self.act(state, list(current_workers), cache)
+
+
+class DeletesGeneration(_Hostile):
+    def act(self, state, workers, cache):
+        del cache[workers[1].generation_id]
+        return state, workers
+
+
+class DeletesCheckpoint(_Hostile):
+    def act(self, state, workers, cache):
+        del cache[workers[0].generation_id][0]
+        return state, workers
+
+
+class ReplacesCheckpoint(_Hostile):
+    def act(self, state, workers, cache):
+        steps = cache[workers[0].generation_id]
+        steps[0] = steps[0].replace(value=0.0)
+        return state, workers
+
+
+class ReturnsTwoWorkers(_Hostile):
+    def act(self, state, workers, cache):
+        return state, workers[:2]
+
+
+class AssignsUnknownGeneration(_Hostile):
+    def act(self, state, workers, cache):
+        workers[2] = workers[2].replace(generation_id=pop_mod.make_gen_id())
+        return state, workers
+
+
+class AddsOrphan(_Hostile):
+    def act(self, state, workers, cache):
+        start = cache[workers[0].generation_id][0]
+        cache["orphan"] = pop_mod.IntKeyDict(
+            {0: start.replace(generation_id="orphan", parent=("x", 3))}
+        )
+        return state, workers
+
+
+class StoresALock(_Hostile):
+    def act(self, state, workers, cache):
+        return {"lock": threading.Lock()}, workers
+
+
+@pytest.mark.parametrize(
+    ("mutate", "error", "match"),
+    [
+        (DeletesGeneration(), ValueError, r"DeletesGeneration.update deleted generation '\w+'"),
+        (DeletesCheckpoint(), ValueError, r"deleted the checkpoint \('\w+', 0\)"),
+        (ReplacesCheckpoint(), ValueError, r"replaced the checkpoint \('\w+', 0\)"),
+        (ReturnsTwoWorkers(), ValueError, "returned 2 workers for a population of 3"),
+        (
+            AssignsUnknownGeneration(),
+            ValueError,
+            "assigned worker 2 to generation .* no checkpoint",
+        ),
+        (AddsOrphan(), ValueError, r"parent \('x', 3\) is not in the history"),
+        (
+            StoresALock(),
+            TypeError,
+            r"StoresALock.update returned a state jaxpop cannot store.*lock",
+        ),
+    ],
+)
+def test_what_jaxpop_cannot_represent_is_refused_and_nothing_is_recorded(
+    tmp_path, mutate, error, match
+):
+    with pop_mod.PopulationController([1.0] * 3, mutate, str(tmp_path)) as pop:
+        gen = pop.active_workers[0].generation_id
+        before = pop.state
+        with pytest.raises(error, match=match):
+            pop.set_eval(0, gen, 1, None, 1.0)
+        assert pop.state is before
+    with pop_mod.PopulationController([1.0] * 3, mutate, str(tmp_path)) as again:
+        assert again.state.num_events == 0  # nothing was journaled
+
+
+def test_an_unencodable_initial_state_is_refused_at_construction():
+    class LockInit(pop_mod.Mutate):
+        def init(self):
+            return threading.Lock()
+
+    with pytest.raises(TypeError, match=r"LockInit.init\(\) returned a state jaxpop cannot store"):
+        pop_mod.PopulationController([1.0], LockInit())
+
+
+# -- serialized_state / save_state / load_state ---------------------------------------------
+def test_serialized_state_is_safe_bytes_that_load_state_takes_back():
+    pop = pop_mod.PopulationController([1.0] * 3, CopyBest(1))
+    _train(pop, 2)
+    data, saved = pop.serialized_state(), pop.state
+    assert isinstance(data, bytes) and data.startswith(encoding.PREFIX)
+    _train(pop, 3)
+    assert pop.state.num_events > saved.num_events
+    assert pop.load_state(data) is True
+    assert pop.state.workers == saved.workers and pop.state.num_events == saved.num_events
+    assert list(pop.state.history.checkpoints()) == list(saved.history.checkpoints())
+    assert pop.state.mutator_state == saved.mutator_state
+    _train(pop, 1)  # and it goes on from there
+
+
+def test_save_and_load_state_without_log_dir_do_nothing():
+    pop = pop_mod.PopulationController([1.0], noop_mutator())
+    assert pop.save_state() is None
+    assert pop.load_state() is False
+
+
+def test_save_state_writes_atomically_and_load_state_rewinds_durably(tmp_path):
+    log_dir = str(tmp_path)
+    pop = pop_mod.PopulationController([1.0] * 3, CopyBest(1), log_dir, compact_after=2)
+    assert pop.load_state() is False  # nothing saved yet
+    _train(pop, 2)
+    pop.save_state()
+    saved = pop.state
+    assert pop_mod.seed_lib.STATE_FILE in os.listdir(log_dir)
+    assert not [n for n in os.listdir(log_dir) if ".tmp" in n]
+    _train(pop, 3)
+    assert pop.load_state() is True
+    assert pop.state.workers == saved.workers
+    _train(pop, 4)  # journaled after the loaded state, through compactions
+    after = pop.state
+    pop.close()
+    with pop_mod.PopulationController([1.0] * 3, CopyBest(1), log_dir) as again:
+        assert again.state.workers == after.workers and again.state.num_events == after.num_events
+        assert list(again.state.history.checkpoints()) == list(after.history.checkpoints())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda d: d[:-7], lambda d: d[:20] + b"\xff" + d[21:], lambda d: b"garbage"],
+    ids=["truncated", "flipped", "garbage"],
+)
+def test_load_state_of_damaged_bytes_raises_and_changes_nothing(tmp_path, damage):
+    log_dir = str(tmp_path)
+    with pop_mod.PopulationController([1.0] * 3, CopyBest(1), log_dir) as pop:
+        _train(pop, 2)
+        good = pop.serialized_state()
+        before = pop.state
+        with pytest.raises(ValueError, match="not a valid jaxpop population state"):
+            pop.load_state(damage(good))
+        path = os.path.join(log_dir, pop_mod.seed_lib.STATE_FILE)
+        with open(path, "wb") as f:
+            f.write(damage(good))
+        with pytest.raises(ValueError, match=f"{path} is not a valid jaxpop population state"):
+            pop.load_state()
+        assert pop.state is before
+
+
+def test_load_state_never_unpickles():
+    pop = pop_mod.PopulationController([1.0], noop_mutator())
+    with pytest.raises(ValueError, match="not a valid jaxpop population state"):
+        pop.load_state(pickle.dumps(pop.state.workers))
+    with pytest.raises(TypeError, match="must be bytes"):
+        pop.load_state("text")
+
+
+def test_load_state_refuses_another_runs_state():
+    three = pop_mod.PopulationController([1.0] * 3, CopyBest(1)).serialized_state()
+    two = pop_mod.PopulationController([1.0] * 2, CopyBest(1))
+    before = two.state
+    with pytest.raises(storage.RunMismatchError, match=r"population size: 3 .* 2 now"):
+        two.load_state(three)
+    other = pop_mod.PopulationController([1.0] * 3, CopyBest(5))
+    with pytest.raises(storage.RunMismatchError, match="_interval"):
+        other.load_state(three)
+    assert two.state is before
+
+
+# -- the seed's interruption pattern -----------------------------------------------------
+def test_recreating_the_controller_on_its_log_dir_in_one_process_continues_the_run(
+    tmp_path, caplog
+):
+    # the seed's loop: a new controller on the same log_dir every few rounds, the old one
+    # neither closed nor dropped; each continues exactly where the last one stopped
+    mutator = WinnerTakeAllGenetic(lambda h, key: h * 0.9, steps_per_exploit=1)
+    controllers, events, exploits = [], 0, 0
+    for _ in range(4):
+        pop = pop_mod.PopulationController([1.0] * 3, mutator, log_dir=str(tmp_path))
+        controllers.append(pop)  # still alive: the new one takes the log_dir over
+        assert pop.state.num_events == events
+        assert pop.state.mutator_state["num_exploits"] == exploits
+        for _ in range(3):
+            data = _train(pop, 1)
+            pop.set_eval(2, "bad_gen_id", data.step + 1, None, 0.0)  # ignored, with a warning
+        events, exploits = pop.state.num_events, pop.state.mutator_state["num_exploits"]
+    assert exploits >= 8 and "bad_gen_id" in caplog.text
+    assert pop.active_workers[0].meta_params < 0.9**8
+    with pytest.raises(storage.SupersededError):
+        _train(controllers[0], 1)

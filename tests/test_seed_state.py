@@ -1,0 +1,294 @@
+"""The seed's run directories: a pickled ``population.state`` is refused, then migrated.
+
+The seed's file is written here the way the seed writes it: ``pickle.dumps`` of
+``(active_workers, cache, mutator_state)`` with flax records whose classes live in the
+seed's module path (a stand-in module registered in ``sys.modules`` for the test).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import os
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from conftest import noop_mutator
+from jaxpop import PopulationController, cli, storage
+from jaxpop.mutators import WinnerTakeAllGenetic
+from jaxpop.population import Mutate
+from jaxpop.records import ActiveWorker, Checkpoint
+
+SEED_MODULE = "learned_optimization.population.population"
+
+
+@pytest.fixture
+def seed():
+    """A stand-in for the seed's module: its record classes under their real path."""
+    from flax import struct
+
+    names = ["learned_optimization", "learned_optimization.population", SEED_MODULE]
+    saved = {n: sys.modules.get(n) for n in names}
+    for n in names:
+        sys.modules[n] = types.ModuleType(n)
+    module = sys.modules[SEED_MODULE]
+
+    @struct.dataclass
+    class Checkpoint:  # the seed's field order
+        params: object
+        meta_params: object
+        generation_id: str
+        value: object
+        parent: object
+        step: int
+        time: float
+
+    @struct.dataclass
+    class ActiveWorker:
+        params: object
+        meta_params: object
+        generation_id: str
+        step: int
+
+    class IntKeyDict(dict):
+        def keys(self):
+            return sorted(super().keys())
+
+    def make_gen_id():
+        return "not a record"
+
+    for obj in (Checkpoint, ActiveWorker, IntKeyDict, make_gen_id):
+        obj.__module__, obj.__qualname__ = SEED_MODULE, obj.__name__
+        setattr(module, obj.__name__, obj)
+    yield module
+    for n, m in saved.items():
+        if m is None:
+            sys.modules.pop(n, None)
+        else:
+            sys.modules[n] = m
+
+
+def _seed_state(seed, mutator_state=None, meta_extra=None):
+    """What the seed's controller pickles after two evaluations each and one exploit."""
+    P, t = seed, 1000.0
+    cache = {}
+    lrs = {"gen-a": 0.1, "gen-b": np.float64(0.2)}
+    for g, lr in lrs.items():
+        meta = {"lr": lr, **(meta_extra or {})}
+        cache[g] = P.IntKeyDict()
+        cache[g][0] = P.Checkpoint(None, meta, g, None, None, 0, t)
+        for step in (5, 10):  # the seed's set_eval: the checkpoint is its own parent
+            value = np.float32(1.0 / step) if g == "gen-a" else 2.0 / step
+            cache[g][step] = P.Checkpoint(f"/ckpt/{g}/{step}", meta, g, value, (g, step), step, t)
+    for g, lr in (("gen-c", 0.11), ("gen-d", 0.09)):  # copies of gen-a's step 10
+        cache[g] = P.IntKeyDict()
+        cache[g][10] = P.Checkpoint("/ckpt/gen-a/10", {"lr": lr}, g, None, ("gen-a", 10), 10, t)
+    # worker 1 asked with its old generation at step 12: the seed recorded where it was
+    cache["gen-b"][12] = P.Checkpoint(
+        "/ckpt/gen-b/12", cache["gen-b"][0].meta_params, "gen-b", None, ("gen-b", 12), 12, t
+    )
+    workers = [
+        P.ActiveWorker("/ckpt/gen-a/10", {"lr": 0.11}, "gen-c", np.int64(10)),
+        P.ActiveWorker("/ckpt/gen-a/10", {"lr": 0.09}, "gen-d", 10),
+    ]
+    return workers, cache, mutator_state
+
+
+def _write_seed_run(path, seed, **kwargs) -> bytes:
+    os.makedirs(path, exist_ok=True)
+    data = pickle.dumps(_seed_state(seed, **kwargs))
+    with open(os.path.join(path, "population.state"), "wb") as f:
+        f.write(data)
+    return data
+
+
+def _mutate(meta, key):
+    return {"lr": meta["lr"] * 1.1}
+
+
+def test_a_controller_refuses_a_seed_log_dir_and_says_how_to_migrate(seed, tmp_path):
+    _write_seed_run(tmp_path, seed)
+    with pytest.raises(storage.SeedStateError, match=r"population\.state") as info:
+        PopulationController([{"lr": 0.1}] * 2, noop_mutator(), log_dir=str(tmp_path))
+    message = str(info.value)
+    assert f"jaxpop migrate-seed-state {tmp_path}" in message and "pickle" in message
+    assert os.listdir(tmp_path) == ["population.state"]  # nothing written beside it
+
+
+def test_a_migrated_run_resumes_where_the_seed_stopped(seed, tmp_path):
+    _write_seed_run(tmp_path, seed)
+    done = storage.migrate_seed_state(tmp_path)  # in place: the same log_dir goes on
+    assert done.log_dir == str(tmp_path) and done.source == str(tmp_path / "population.state")
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=5)
+    with PopulationController([{"lr": 1.0}] * 2, mutator, log_dir=str(tmp_path)) as c:
+        assert c.active_workers == [
+            ActiveWorker("/ckpt/gen-a/10", {"lr": 0.11}, "gen-c", 10),
+            ActiveWorker("/ckpt/gen-a/10", {"lr": 0.09}, "gen-d", 10),
+        ]
+        assert type(c.active_workers[0].step) is int
+        assert list(c.history) == ["gen-a", "gen-b", "gen-c", "gen-d"]
+        assert c.history.num_checkpoints == 9
+        a10 = c.history["gen-a"][10]
+        assert a10.value == pytest.approx(0.1) and type(a10.value) is float
+        assert a10.parent == ("gen-a", 5)  # the seed's self-parent: the previous checkpoint
+        assert c.history["gen-a"][0].parent is None
+        assert c.history["gen-c"][10].parent == ("gen-a", 10)
+        assert c.history["gen-b"][12].parent == ("gen-b", 10)
+        assert c.history["gen-b"][0].meta_params["lr"] == np.float64(0.2)
+        assert c.state.mutator_state == mutator.init()
+        # the run goes on: evaluations, exploits
+        for step in (15, 20):
+            for i in range(2):
+                gen = c.active_workers[i].generation_id
+                c.set_eval(i, gen, step, f"/ckpt/{gen}/{step}", 1.0 / (step + i))
+        assert len(c.history) > 4
+        history = list(c.history.checkpoints())
+    with PopulationController([{"lr": 1.0}] * 2, mutator, log_dir=str(tmp_path)) as again:
+        assert list(again.history.checkpoints()) == history
+
+
+def test_migration_into_another_directory_and_from_the_command_line(seed, tmp_path, capsys):
+    src, dst = tmp_path / "seed", tmp_path / "jaxpop"
+    _write_seed_run(src, seed)
+    assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 0
+    out = capsys.readouterr().out
+    assert "2 workers, 4 generations, 9 checkpoints" in out and str(dst) in out
+    assert os.listdir(src) == ["population.state"]
+    assert storage.read_state(dst).history.num_checkpoints == 9
+    # a second migration into a run refuses and changes nothing
+    before = sorted(os.listdir(dst))
+    assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
+    assert "already holds a jaxpop run" in capsys.readouterr().err
+    assert sorted(os.listdir(dst)) == before
+    # the seed's directory itself is still refused (it was migrated elsewhere)
+    with pytest.raises(storage.SeedStateError):
+        PopulationController([{}] * 2, noop_mutator(), log_dir=str(src))
+    assert cli.main(["report", str(src)]) == 1
+    assert f"jaxpop migrate-seed-state {src}" in capsys.readouterr().err
+
+
+def test_a_seed_style_mutator_gets_the_seeds_mutator_state_back(seed, tmp_path):
+    branch = seed.Checkpoint("/ckpt/gen-a/10", {"lr": 0.1}, "gen-a", 0.1, ("gen-a", 10), 10, 0.0)
+    _write_seed_run(tmp_path, seed, mutator_state={"phase": "exploit", "branch": branch})
+
+    class Keep(Mutate):
+        def init(self):
+            return {"phase": "start", "branch": None}
+
+        def update(self, state, current_workers, cache):
+            return state, current_workers
+
+    storage.migrate_seed_state(tmp_path)
+    with PopulationController([{}] * 2, Keep(), log_dir=str(tmp_path)) as c:
+        state = c.state.mutator_state
+        assert state["phase"] == "exploit"
+        assert state["branch"] == Checkpoint(
+            "/ckpt/gen-a/10", {"lr": 0.1}, "gen-a", 0.1, ("gen-a", 10), 10, 0.0
+        )
+        c.set_eval(0, "gen-c", 11, None, 1.0)
+    with PopulationController([{}] * 2, Keep(), log_dir=str(tmp_path)) as c:
+        assert c.state.mutator_state["phase"] == "exploit"  # adopted once, then kept
+
+
+def test_a_seed_file_changed_after_an_in_place_migration_is_named(seed, tmp_path, caplog):
+    _write_seed_run(tmp_path, seed)
+    storage.migrate_seed_state(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)).close()
+    assert not caplog.records
+    _write_seed_run(tmp_path, seed, mutator_state="the seed program went on")
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)).close()
+    assert "changed since it was migrated" in caplog.text
+
+
+# -- hostile and damaged files ----------------------------------------------------------
+class _Call:
+    """Pickles as a call of ``fn(*args)``: what unpickling a hostile file would run."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _hostile_calls(marker):
+    import collections
+
+    return {
+        "os.system": _Call(os.system, f"touch {marker}"),
+        "builtins.eval": _Call(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+        "builtins.getattr": _Call(getattr, "text", "upper"),
+        "collections.OrderedDict": _Call(collections.OrderedDict),
+        "the seed's make_gen_id": _Call(sys.modules[SEED_MODULE].make_gen_id),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "os.system",
+        "builtins.eval",
+        "builtins.getattr",
+        "collections.OrderedDict",
+        "the seed's make_gen_id",
+    ],
+)
+def test_a_pickle_naming_any_other_global_is_refused_without_running_it(seed, tmp_path, name):
+    src, dst, marker = tmp_path / "seed", tmp_path / "out", tmp_path / "pwned"
+    call = _hostile_calls(marker)[name]
+    _write_seed_run(src, seed, meta_extra={"evil": call})
+    with pytest.raises(storage.SeedStateError, match="refusing it") as info:
+        storage.migrate_seed_state(src, dst)
+    assert f"{call.fn.__module__}.{call.fn.__name__}" in str(info.value)
+    assert not marker.exists() and not dst.exists()
+    assert os.listdir(src) == ["population.state"]
+    with pytest.raises(storage.SeedStateError, match="refusing it"):
+        storage.load_seed_state(src)
+    if name in ("os.system", "builtins.eval"):  # the file is hostile indeed
+        pickle.loads((src / "population.state").read_bytes())
+        assert marker.exists()
+
+
+@pytest.mark.parametrize("cut", [0, 1, 40, -40, -1])
+def test_a_truncated_file_is_a_clear_error_and_nothing_is_written(seed, tmp_path, cut):
+    src, dst = tmp_path / "seed", tmp_path / "out"
+    data = _write_seed_run(src, seed)
+    (src / "population.state").write_bytes(data[:cut] if cut else b"")
+    with pytest.raises(storage.SeedStateError, match="truncated or damaged"):
+        storage.migrate_seed_state(src, dst)
+    assert not dst.exists() and os.listdir(src) == ["population.state"]
+    with pytest.raises(storage.SeedStateError, match="truncated or damaged"):
+        storage.migrate_seed_state(src)  # in place: nothing written beside it either
+    assert os.listdir(src) == ["population.state"]
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ({"not": "the seed's tuple"}, "does not hold the seed's"),
+        ("extra", "bytes follow"),
+        ("set", r"meta_params\['tags'\] is a set"),
+        ("object array", "dtype"),
+    ],
+)
+def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
+    src = tmp_path / "seed"
+    src.mkdir()
+    if content == "extra":
+        data = _write_seed_run(src, seed) + b"more"
+    elif content == "set":
+        data = _write_seed_run(src, seed, meta_extra={"tags": {"a"}})
+    elif content == "object array":
+        data = _write_seed_run(src, seed, meta_extra={"a": np.array([None, 1])})
+    else:
+        data = pickle.dumps(content)
+    (src / "population.state").write_bytes(data)
+    with pytest.raises(storage.SeedStateError, match=match):
+        storage.migrate_seed_state(src)
+    assert os.listdir(src) == ["population.state"]
