@@ -40,7 +40,7 @@ from jaxpop.distributed.courier import (
 from jaxpop.events import Ask, Eval, Event, Missing
 from jaxpop.history import History
 from jaxpop.keys import root_key
-from jaxpop.mutators.base import Mutator
+from jaxpop.mutators.base import DecisionCounts, Mutator, decision_counts
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.seed import GenerationID, IntKeyDict, Mutate, MutateState, SeedMutator, make_gen_id
 from jaxpop.storage import run as run_lib
@@ -432,6 +432,14 @@ class PopulationController:
     def mutator(self) -> Mutator:
         """The jaxpop ``Mutator`` deciding (a :class:`SeedMutator` for a ``Mutate``)."""
         return self._mutator
+
+    @property
+    def decision_counts(self) -> DecisionCounts:
+        """How many decisions the mutator made, and how many copied another member.
+
+        Raises ``TypeError`` for a mutator that does not count (a seed-style ``Mutate``).
+        """
+        return decision_counts(self._mutator, self._state.mutator_state)
 
     @property
     def mutate(self) -> Mutator | Mutate:

@@ -9,7 +9,7 @@ from conftest import apply, fresh_state
 from jaxpop import PopulationController
 from jaxpop.events import Ask, Eval
 from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, WinnerTakeAllGenetic, explore
-from jaxpop.mutators.base import takes_key
+from jaxpop.mutators.base import Mutator, takes_key
 from jaxpop.mutators.pbt import PopulationBasedTraining
 
 
@@ -48,7 +48,7 @@ def test_wta_waits_for_every_worker_then_copies_the_best(keep_winner):
     state, _ = apply(state, Eval("p2", 2, gens[2], 5, 0.0), 1.0, m)  # not far enough
     assert [w.generation_id for w in state.workers] == gens
     state, _ = apply(state, Eval("p2", 2, gens[2], 10, 2.0), 1.0, m)
-    assert state.mutator_state == {"num_exploits": 1}
+    assert state.mutator_state == {"num_exploits": 1, "num_decisions": 3, "num_copies": 2}
     for i, w in enumerate(state.workers):
         assert w.generation_id not in gens and w.params == "p1" and w.step == 10
         kept = keep_winner and i == 1  # the seed mutates the winner too
@@ -82,7 +82,7 @@ def test_wta_scores_only_the_values_reported_past_the_interval():
     g0, g1 = (w.generation_id for w in state.workers)
     for wid, gen, step, value in ((0, g0, 5, 100.0), (0, g0, 10, 1.0), (1, g1, 10, 2.0)):
         state, _ = apply(state, Eval(f"p{wid}", wid, gen, step, value), 1.0, m)
-    assert state.mutator_state == {"num_exploits": 1}
+    assert state.mutator_state["num_exploits"] == 1
     assert all(w.params == "p0" for w in state.workers)
 
 
@@ -533,3 +533,21 @@ def test_exploits_copy_the_latest_evaluated_checkpoint_that_has_params():
     pop.set_eval(1, gens[1], 10, None, 5.0)
     data = pop.maybe_get_worker_data(1, gens[1], 10, None, None)
     assert data.params is None and data.step == 10
+
+
+# -- decision counts --------------------------------------------------------------------
+def test_every_builtin_mutator_counts_decisions_and_copies_in_one_form():
+    from jaxpop.mutators import DecisionCounts, decision_counts
+
+    wta = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    state, _ = _wta_round(wta, [1.0, 0.0, 2.0])
+    assert decision_counts(wta, state.mutator_state) == DecisionCounts(3, 2)
+    assert decision_counts(wta, {"num_exploits": 4}) == DecisionCounts(0, 0)  # an old run
+    pop = PopulationController([A], FixedSchedule({0: A, 10: B}))
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 12, "p12", 1.0)
+    assert pop.decision_counts == DecisionCounts(2, 0) and pop.decision_counts.copy_rate == 0
+    branching = BranchingSingleMachine(lambda m, d, i: m, 1, 1)
+    assert decision_counts(branching, branching.init()).copy_rate != 0.0  # NaN: none yet
+    with pytest.raises(TypeError, match="does not count"):
+        decision_counts(Mutator(lambda: (), lambda *a: (*a[:2], ())), ())

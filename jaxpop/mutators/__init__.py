@@ -8,13 +8,18 @@
   tournament / winner-take-all selection (:mod:`~jaxpop.mutators.selection`), explore in
   a declarative space (:mod:`~jaxpop.mutators.explore`).
 
+Every built-in mutator counts its decisions and copies in one form:
+:func:`decision_counts` (``mutator, state -> DecisionCounts``).
+
 Write your own by returning a :class:`Mutator` of ``init`` and ``update`` functions.
 """
 
 from jaxpop.mutators import explore, selection
 from jaxpop.mutators.base import (
+    DecisionCounts,
     Mutator,
     call_mutate_fn,
+    decision_counts,
     rank_value,
     records_config,
     start_generation,
@@ -27,12 +32,14 @@ from jaxpop.mutators.winner_take_all_genetic import WinnerTakeAllGenetic
 
 __all__ = [
     "BranchingSingleMachine",
+    "DecisionCounts",
     "ExploitEvent",
     "FixedSchedule",
     "Mutator",
     "PopulationBasedTraining",
     "WinnerTakeAllGenetic",
     "call_mutate_fn",
+    "decision_counts",
     "exploit_events",
     "explore",
     "rank_value",

@@ -36,6 +36,7 @@ from jaxpop.records import ActiveWorker, Checkpoint
 
 __all__ = [
     "AskFn",
+    "DecisionCounts",
     "Mutator",
     "MutatorResult",
     "UpdateFn",
@@ -43,6 +44,7 @@ __all__ = [
     "call_mutate_fn",
     "check_callable",
     "check_number",
+    "decision_counts",
     "rank_value",
     "records_config",
     "takes_key",
@@ -51,6 +53,37 @@ __all__ = [
 Workers = tuple[ActiveWorker, ...]
 #: ``(new_state, new_workers, new_checkpoints)``.
 MutatorResult = tuple[Any, Workers, Sequence[Checkpoint]]
+
+
+class DecisionCounts(NamedTuple):
+    """How often a mutator decided, and how often a decision copied another member.
+
+    A *decision* is one worker at one decision point (a ready PBT worker, each worker
+    of a winner-take-all round, a branch comparison); a *copy* is a decision that
+    started the worker from a checkpoint of another member's lineage (an exploit). The
+    same form for every mutator, so the copy rate of two searches can be compared.
+    """
+
+    decisions: int
+    copies: int
+
+    @property
+    def copy_rate(self) -> float:
+        """``copies / decisions`` (NaN before the first decision)."""
+        return self.copies / self.decisions if self.decisions else math.nan
+
+
+def decision_counts(mutator: Mutator, state: Any) -> DecisionCounts:
+    """``mutator``'s :class:`DecisionCounts` in its ``state`` (``controller.state.mutator_state``).
+
+    Raises:
+      TypeError: the mutator does not count its decisions (``counts`` is ``None``).
+    """
+    if mutator.counts is None:
+        raise TypeError(
+            f"{type(mutator).__name__} does not count its decisions (its counts is None)"
+        )
+    return mutator.counts(state)
 
 
 class UpdateFn(Protocol):
@@ -92,6 +125,9 @@ class Mutator(NamedTuple):
       mode: which evaluation values are better, ``"min"`` (lower) or ``"max"``
         (higher). A controller records it with the run (``History.mode``), so garbage
         collection, replay and reports rank values the way this mutator does.
+      counts: ``state -> DecisionCounts``, how many decisions the mutator made and how
+        many of them were copies, read from its state (:func:`decision_counts`).
+        ``None``: it does not count.
     """
 
     init: Callable[[], Any]
@@ -100,6 +136,7 @@ class Mutator(NamedTuple):
     prepare: Callable[[int], None] | None = None
     config: Mapping[str, Any] | None = None
     mode: Mode = "min"
+    counts: Callable[[Any], DecisionCounts] | None = None
 
     def describe(self) -> dict[str, Any]:
         """This mutator's kind and configuration as plain, comparable data.

@@ -21,7 +21,14 @@ import numpy as np
 
 from jaxpop.events import Ask
 from jaxpop.history import History
-from jaxpop.mutators.base import Mutator, MutatorResult, Workers, records_config, start_generation
+from jaxpop.mutators.base import (
+    DecisionCounts,
+    Mutator,
+    MutatorResult,
+    Workers,
+    records_config,
+    start_generation,
+)
 from jaxpop.records import Checkpoint
 from jaxpop.schedules.core import to_host, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
@@ -138,7 +145,14 @@ class FixedSchedule(Mutator):
                 ) or history.latest(assigned.generation_id)
             return advance(state, workers, history, ask.worker_id, at, now, key)
 
-        return super().__new__(cls, init, update, get_worker_data if on_ask else None)
+        return super().__new__(
+            cls, init, update, get_worker_data if on_ask else None, counts=_counts
+        )
+
+
+def _counts(state: tuple[int, ...]) -> DecisionCounts:
+    """One decision per schedule point a worker passed; a schedule never copies."""
+    return DecisionCounts(sum(state), 0)
 
 
 def _plan(

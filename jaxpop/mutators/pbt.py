@@ -60,6 +60,7 @@ from jaxpop.keys import split_key
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
 from jaxpop.mutators.base import (
+    DecisionCounts,
     Mutator,
     MutatorResult,
     Workers,
@@ -188,10 +189,15 @@ class PopulationBasedTraining(Mutator):
       custom_explore_fn: ``fn(meta_params) -> meta_params`` or
         ``fn(meta_params, key) -> meta_params``, applied after the space's explore (the
         result is clipped to the space). Ray Tune: ``custom_explore_fn``.
+      explorer: ``fn(key, source, history, workers) -> meta_params``, the whole explore
+        step in place of the space's perturb-or-resample: ``source`` is the copied
+        checkpoint, ``history`` and ``workers`` the population as the decision sees
+        it (a model-based explore, such as PB2's bandit, reads its data there). Its
+        result goes through ``custom_explore_fn`` and is clipped to the space.
       synch: wait until every worker is ready, then decide for all at once. Ray Tune:
         ``synch``.
 
-    At least one of ``hyperparam_space`` and ``custom_explore_fn`` is required.
+    At least one of ``hyperparam_space``, ``custom_explore_fn`` and ``explorer`` is required.
     """
 
     __slots__ = ()
@@ -212,11 +218,14 @@ class PopulationBasedTraining(Mutator):
         perturbation_factors: Sequence[float] = (0.8, 1.2),
         custom_explore_fn: Callable[..., Any] | None = None,
         synch: bool = False,
+        explorer: Callable[[Any, Checkpoint, History, Workers], Any] | None = None,
     ):
         interval = check_number("perturbation_interval", perturbation_interval)
         burn_in = check_number("burn_in_period", burn_in_period, inclusive=True)
         if custom_explore_fn is not None:
             check_callable("custom_explore_fn", custom_explore_fn)
+        if explorer is not None:
+            check_callable("explorer", explorer)
         if time_attr not in ("step", "time"):
             hint = ""
             if time_attr in _RAY_TIME_ATTRS:
@@ -230,10 +239,10 @@ class PopulationBasedTraining(Mutator):
                 "reports one value with set_eval, so Ray Tune's metric name has no "
                 "counterpart here"
             )
-        if hyperparam_space is None and custom_explore_fn is None:
+        if hyperparam_space is None and custom_explore_fn is None and explorer is None:
             raise ValueError(
-                "PopulationBasedTraining needs hyperparam_space, custom_explore_fn or both "
-                "(how an exploiting worker's hyperparameters change)"
+                "PopulationBasedTraining needs hyperparam_space, custom_explore_fn or "
+                "explorer (how an exploiting worker's hyperparameters change)"
             )
         if hyperparam_space is not None:
             explore_lib.validate_space(hyperparam_space)
@@ -311,9 +320,13 @@ class PopulationBasedTraining(Mutator):
             chosen = select(key, ranks, where)
             return {i: int(chosen[i]) for i in members}
 
-        def new_meta_params(source: Checkpoint, space_key, fn_key) -> Any:
+        def new_meta_params(source: Checkpoint, space_key, fn_key, history, workers) -> Any:
             meta = source.meta_params
-            if hyperparam_space is not None:
+            if explorer is not None:
+                meta = explorer(space_key, source, history, workers)
+                if hyperparam_space is not None:
+                    meta = explore_lib.clip(hyperparam_space, meta)
+            elif hyperparam_space is not None:
                 meta = explore_lib.explore(
                     space_key,
                     hyperparam_space,
@@ -355,7 +368,7 @@ class PopulationBasedTraining(Mutator):
                     continue
                 # in synch mode, the parent's checkpoint from before this round's decisions
                 source = history.latest_loadable(workers[parent].generation_id)
-                meta = new_meta_params(source, keys[n + i], keys[2 * n + i])
+                meta = new_meta_params(source, keys[n + i], keys[2 * n + i], history, workers)
                 worker, start = start_generation(source, meta, key, i, now)
                 new_workers[i] = worker
                 new_checkpoints.append(start)
@@ -386,7 +399,11 @@ class PopulationBasedTraining(Mutator):
                     perturbation_factors=factors,
                 )
 
-        return super().__new__(cls, init, update, None, prepare, mode=mode)
+        return super().__new__(cls, init, update, None, prepare, mode=mode, counts=_counts)
+
+
+def _counts(state: dict) -> DecisionCounts:
+    return DecisionCounts(state["num_decisions"], state["num_exploits"])
 
 
 def _start_time(history: History) -> float:

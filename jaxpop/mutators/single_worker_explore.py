@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxpop.history import History
 from jaxpop.mutators.base import (
+    DecisionCounts,
     Mutator,
     MutatorResult,
     Workers,
@@ -130,4 +131,9 @@ class BranchingSingleMachine(Mutator):
             )
             return new_state, (worker,), ()
 
-        return super().__new__(cls, init, update)
+        return super().__new__(cls, init, update, counts=_counts)
+
+
+def _counts(state: Any) -> DecisionCounts:
+    """One decision per explore phase decided; one worker never copies another."""
+    return DecisionCounts(state["phase_index"], 0)

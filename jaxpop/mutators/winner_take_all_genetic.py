@@ -22,6 +22,7 @@ import numpy as np
 from jaxpop.history import History
 from jaxpop.keys import split_key
 from jaxpop.mutators.base import (
+    DecisionCounts,
     Mutator,
     MutatorResult,
     Workers,
@@ -62,7 +63,10 @@ class WinnerTakeAllGenetic(Mutator):
     Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
     worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
     is non-finite, nobody is copied and each worker mutates its own hyperparameters.
-    The state counts the rounds (``{"num_exploits": n}``).
+    The state counts the rounds, the decisions (one per worker per round) and the copies
+    (workers that started from another worker's checkpoint):
+    ``{"num_exploits": rounds, "num_decisions": n, "num_copies": m}``
+    (:func:`jaxpop.mutators.decision_counts`).
     """
 
     __slots__ = ()
@@ -98,7 +102,7 @@ class WinnerTakeAllGenetic(Mutator):
         wants_key = takes_key(mutate_fn, 1)
 
         def init():
-            return {"num_exploits": 0}
+            return {"num_exploits": 0, "num_decisions": 0, "num_copies": 0}
 
         def counted(history: History, generation_id: str) -> list[float]:
             """The values a generation reported once its interval had passed, by step."""
@@ -127,20 +131,31 @@ class WinnerTakeAllGenetic(Mutator):
             scores = [score(v) for v in values]
             best = int(np.argmin(scores))
             keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
-            new_workers, new_checkpoints = [], []
+            new_workers, new_checkpoints, copies = [], [], 0
             for i, worker in enumerate(workers):
                 if math.isinf(scores[best]):
                     source = history.latest_loadable(worker.generation_id)
                     meta = call_mutate_fn(mutate_fn, wants_key, (source.meta_params,), keys[i])
                 else:
                     source = history.latest_loadable(workers[best].generation_id)
+                    copies += i != best
                     meta = source.meta_params
                     if not (keep_winner and i == best):
                         meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
                 new_worker, start = start_generation(source, meta, key, i, now)
                 new_workers.append(new_worker)
                 new_checkpoints.append(start)
-            new_state = {**state, "num_exploits": state["num_exploits"] + 1}
+            new_state = {
+                **state,
+                "num_exploits": state["num_exploits"] + 1,
+                "num_decisions": state.get("num_decisions", 0) + len(workers),
+                "num_copies": state.get("num_copies", 0) + copies,
+            }
             return new_state, tuple(new_workers), tuple(new_checkpoints)
 
-        return super().__new__(cls, init, update)
+        return super().__new__(cls, init, update, counts=_counts)
+
+
+def _counts(state: Any) -> DecisionCounts:
+    # runs of jaxpop before these counters have only "num_exploits"
+    return DecisionCounts(state.get("num_decisions", 0), state.get("num_copies", 0))
