@@ -110,12 +110,18 @@ import numpy as np
 
 from jaxpop import population as pop_mod
 from jaxpop import storage
-from jaxpop.mutators import winner_take_all_genetic
+from jaxpop.mutators import (
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+    explore,
+    winner_take_all_genetic,
+)
 
 WORKERS = 8
 PARAMS = "ckpt/handle"  # what workers pass as params: a handle, the same object every time
 VARIANTS = {"no_exploit": 10**12, "exploit": 50}  # name -> steps_per_exploit
-MODES = ("memory", "process", "fsync", "seed")  # the sections, in the order they run
+MODES = ("memory", "process", "fsync", "seed", "decisions")  # the sections, in order
+DECISION_SIZES = (8, 64, 256)  # population sizes of the "decisions" section
 DURABLE_MODES = ("process", "fsync")
 SEED_VARIANT = "exploit"  # the seed baseline's workload
 NO_COMPACTION = 2**62  # compact_after during timed windows: nothing but the journal
@@ -890,6 +896,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "default: %(default)s)",
     )
     parser.add_argument(
+        "--decision-rounds",
+        type=int,
+        default=20,
+        help='timed rounds (every worker reports once) per size in "decisions" '
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--tmpdir",
         default=None,
         help="where the log_dirs go (default: the system's temporary directory); the "
@@ -1102,6 +1115,89 @@ def warm_up(values: Sequence[float], durable: bool, tmpdir: str | None) -> None:
                 pass
 
 
+def _decision_mutators() -> dict[str, Any]:
+    space = {"lr": explore.log_uniform(1e-4, 1.0)}
+    return {
+        "pbt_truncation": lambda: PopulationBasedTraining(
+            perturbation_interval=1, hyperparam_space=space
+        ),
+        "pbt_tournament": lambda: PopulationBasedTraining(
+            perturbation_interval=1, hyperparam_space=space, selection="tournament"
+        ),
+        "wta": lambda: WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1),
+    }
+
+
+def run_decisions(sizes: Sequence[int], rounds: int, values: Sequence[float]) -> list[dict]:
+    """Median latency of a ``set_eval`` that makes a decision, per mutator and population.
+
+    Every worker reports at every step with an interval of 1, so each PBT ``set_eval``
+    decides for its worker (and the winner-take-all round ends at each step's last
+    report); asks are timed too. In-memory controllers; the first round is a warm-up.
+    """
+    rows = []
+    for name, make in _decision_mutators().items():
+        for n in sizes:
+            pop = pop_mod.PopulationController(
+                [{"lr": 1e-3 * (1 + i % 7)} for i in range(n)], make()
+            )
+            evals, keeps, copies, asks, v = [], [], [], [], 0
+            for step in range(1, rounds + 2):
+                for i in range(n):
+                    work = pop.active_workers[i]
+                    before = pop.decision_counts.copies
+                    t0 = time.perf_counter()
+                    pop.maybe_get_worker_data(i, work.generation_id, work.step, None, None)
+                    t1 = time.perf_counter()
+                    pop.set_eval(i, work.generation_id, step, None, values[v % len(values)])
+                    t2 = time.perf_counter()
+                    v += 1
+                    if step > 1:
+                        asks.append(t1 - t0)
+                        evals.append(t2 - t1)
+                        (copies if pop.decision_counts.copies > before else keeps).append(t2 - t1)
+            counts = pop.decision_counts
+            rows.append(
+                {
+                    "mutator": name,
+                    "population": n,
+                    "evals": len(evals),
+                    "us_per_eval_median": round(statistics.median(evals) * 1e6, 2),
+                    "us_per_eval_p99": round(float(np.quantile(evals, 0.99)) * 1e6, 2),
+                    "us_per_ask_median": round(statistics.median(asks) * 1e6, 2),
+                    "us_per_keep_median": _median_us(keeps),
+                    "us_per_copy_median": _median_us(copies),
+                    "decisions": counts.decisions,
+                    "copies": counts.copies,
+                }
+            )
+    return rows
+
+
+def _median_us(seconds: Sequence[float]) -> float | None:
+    return round(statistics.median(seconds) * 1e6, 2) if seconds else None
+
+
+def print_decisions_table(rows: Sequence[dict]) -> None:
+    print()
+    print("decisions: median us per set_eval that decides (interval 1), in memory;")
+    print("keep / copy: the medians of the decisions that kept going / that copied")
+    header = f"{'mutator':<16}{'pop':>6}{'evals':>8}{'eval med':>10}{'eval p99':>10}"
+    header += f"{'keep':>8}{'copy':>8}{'ask med':>9}{'copies':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        keep, copy_ = (
+            "-" if x is None else f"{x:.1f}"
+            for x in (r["us_per_keep_median"], r["us_per_copy_median"])
+        )
+        print(
+            f"{r['mutator']:<16}{r['population']:>6}{r['evals']:>8}"
+            f"{r['us_per_eval_median']:>10.1f}{r['us_per_eval_p99']:>10.1f}"
+            f"{keep:>8}{copy_:>8}{r['us_per_ask_median']:>9.1f}{r['copies']:>8}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -1157,6 +1253,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "results": rows,
         }
         section_seconds["durable"] = round(time.perf_counter() - t0, 2)
+    if "decisions" in args.modes:
+        t0 = time.perf_counter()
+        result["decisions"] = run_decisions(DECISION_SIZES, args.decision_rounds, values)
+        section_seconds["decisions"] = round(time.perf_counter() - t0, 2)
     if run_seed_section:
         t0 = time.perf_counter()
         result["seed"] = {
@@ -1183,6 +1283,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print_durable_tables(result)
     if run_seed_section:
         print_seed_table(result)
+    if "decisions" in result:
+        print_decisions_table(result["decisions"])
     sys.stdout.flush()
     return result
 

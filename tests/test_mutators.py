@@ -514,8 +514,10 @@ def test_exploits_copy_the_latest_evaluated_checkpoint_that_has_params():
     from jaxpop.mutators import explore
 
     wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
-    pbt = PopulationBasedTraining(
-        perturbation_interval=10, hyperparam_space={"h": explore.uniform(0.0, 9.0)}
+    pbt = PopulationBasedTraining(  # the loser rewinds from 10 to the saved step 5
+        perturbation_interval=10,
+        hyperparam_space={"h": explore.uniform(0.0, 9.0)},
+        allow_rewind=True,
     )
     for mutator in (wta, pbt):
         pop = PopulationController([{"h": 1.0}, {"h": 2.0}], mutator, seed=1)

@@ -16,11 +16,23 @@ training (or seconds after the population started).
 What it decides. Asynchronous (the default): a ready worker is compared, at once, with
 the latest scores of the other workers -- it never waits for a straggler. Each worker's
 score is its latest value (``metric="last"``) or the mean of its values since its last
-decision (``metric="mean"``); a worker whose current generation has no evaluation yet
-(it just exploited, or never reported) takes no part: it is never copied. The
-``selection`` (truncation by default, see :mod:`jaxpop.mutators.selection`) says whether
-the ready worker copies a better one. Synchronous (``synch=True``): nothing happens until
-*every* worker is ready; then all decide together from one selection.
+decision (``metric="mean"``). A worker that has just copied keeps, until it reports
+its own, the score of the checkpoint it copied (as Ray Tune keeps a copied trial's last
+score). The ``selection`` (truncation by default, see
+:mod:`jaxpop.mutators.selection`) is taken over the *whole* population and says whether
+the ready worker copies a better one: a worker that has never reported ranks below all
+the others (and is never copied), so a quantile always counts every worker and, while
+some have not reported yet, the bottom is theirs -- the first reporters of a run copy
+nobody, instead of the worse of the first two copying the better and so on down a
+cascade. (A worker that never reports keeps its bottom place until it is finished or
+declared gone.) In asynchronous mode a worker never copies a checkpoint at
+an earlier step than its own latest evaluation (the others' latest checkpoints may be
+older than its own, and the copy would throw its newer training away) unless its own
+score is not finite (there is nothing to lose) or ``allow_rewind=True``. Synchronous
+(``synch=True``): nothing happens until *every* worker is ready; then all decide
+together from one selection. Decisions run in
+numpy on the host (:data:`jaxpop.mutators.selection.HOST_SELECTIONS`), a few
+microseconds each.
 
 Exploit and explore. A worker that copies member ``j`` gets ``j``'s latest evaluated
 checkpoint (its ``params`` -- the pytree or handle stored there -- and its ``step``) and
@@ -50,6 +62,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import random
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -75,11 +88,6 @@ from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef
 
 __all__ = ["ExploitEvent", "PopulationBasedTraining", "exploit_events"]
 
-_SELECTIONS = {
-    "truncation": selection_lib.truncation,  # bound with quantile_fraction below
-    "tournament": selection_lib.tournament,
-    "winner_take_all": selection_lib.winner_take_all,
-}
 _RAY_TIME_ATTRS = {"training_iteration": "step", "time_total_s": "time"}
 
 
@@ -141,17 +149,12 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
     return events
 
 
-def _dense_ranks(scores: Sequence[float], mode: str) -> np.ndarray:
-    """Exact ordinal scores (0 = best, ties equal, non-finite +inf) as float32."""
-    values = np.asarray(scores, dtype=np.float64)
-    if mode == "max":
-        values = -values
-    finite = np.isfinite(values)
-    ranks = np.full(values.shape, np.inf, dtype=np.float32)
-    if finite.any():
-        _, inverse = np.unique(values[finite], return_inverse=True)
-        ranks[finite] = inverse.astype(np.float32)
-    return ranks
+def _dense_ranks(scores: Sequence[float], mode: str) -> list[float]:
+    """Exact ordinal scores (0 = best, ties equal, non-finite +inf)."""
+    sign = -1.0 if mode == "max" else 1.0
+    distinct = sorted({sign * s for s in scores if math.isfinite(s)})
+    rank = {v: float(r) for r, v in enumerate(distinct)}
+    return [rank[sign * s] if math.isfinite(s) else math.inf for s in scores]
 
 
 class PopulationBasedTraining(Mutator):
@@ -176,9 +179,10 @@ class PopulationBasedTraining(Mutator):
         reported since its last decision: ``"last"`` (the latest) or ``"mean"``. (Ray
         Tune's ``metric`` names a reported field; a jaxpop worker reports one value.)
       selection: ``"truncation"`` (default), ``"tournament"``, ``"winner_take_all"``,
-        or a function ``(key, ranks) -> indices`` over exact ranks (0 best, ties equal,
-        ``inf`` for non-finite scores) that returns, for each compared member, the index
-        of the member to copy (itself to keep going). See
+        or a function ``(key, ranks) -> indices`` over the exact ranks of the whole
+        population (0 best, ties equal; non-finite scores rank after every finite one,
+        and workers with no score yet, ``inf``, after those) that returns, for each
+        worker, the index of the one to copy (itself to keep going). See
         :mod:`jaxpop.mutators.selection`.
       quantile_fraction: for truncation: the bottom fraction copies from the top
         fraction, in ``[0, 0.5]``. Ray Tune: ``quantile_fraction``.
@@ -196,6 +200,9 @@ class PopulationBasedTraining(Mutator):
         result goes through ``custom_explore_fn`` and is clipped to the space.
       synch: wait until every worker is ready, then decide for all at once. Ray Tune:
         ``synch``.
+      allow_rewind: in asynchronous mode, let a worker with a finite score copy a
+        checkpoint at an earlier step than its own latest evaluation (by default such a
+        copy is skipped: the worker keeps going). Synchronous rounds always copy.
 
     At least one of ``hyperparam_space``, ``custom_explore_fn`` and ``explorer`` is required.
     """
@@ -219,6 +226,7 @@ class PopulationBasedTraining(Mutator):
         custom_explore_fn: Callable[..., Any] | None = None,
         synch: bool = False,
         explorer: Callable[[Any, Checkpoint, History, Workers], Any] | None = None,
+        allow_rewind: bool = False,
     ):
         interval = check_number("perturbation_interval", perturbation_interval)
         burn_in = check_number("burn_in_period", burn_in_period, inclusive=True)
@@ -257,6 +265,8 @@ class PopulationBasedTraining(Mutator):
             raise ValueError(
                 f"resample_probability must be in [0, 1], got {resample_probability!r}"
             )
+        if not isinstance(allow_rewind, (bool, np.bool_)):
+            raise TypeError(f"allow_rewind must be a bool, got {allow_rewind!r:.40}")
         select = _make_selection(selection, quantile_fraction)
         wants_key = custom_explore_fn is not None and takes_key(custom_explore_fn, 1)
         by_step = time_attr == "step"
@@ -286,10 +296,12 @@ class PopulationBasedTraining(Mutator):
             return True
 
         def score(state: dict, history: History, worker_id: int, generation_id: str):
-            """The worker's score, or ``None`` if its generation has no evaluation."""
+            """The worker's score: its own, else that of the checkpoint it copied, else
+            ``None`` (it has never reported)."""
             latest = history.latest_evaluated(generation_id)
             if latest is None:
-                return None
+                copied = _copied(history, generation_id)
+                return None if copied is None else copied.value
             if metric == "last":
                 return latest.value
             since = marker(state, history, worker_id, generation_id)
@@ -303,22 +315,29 @@ class PopulationBasedTraining(Mutator):
                 return math.nan
             return math.fsum(v / len(values) for v in values)
 
-        def compare(state, history, workers, key):
-            """Selection over every worker that has a score: ``{worker_id: parent_id}``."""
+        def compare(state, history, workers, key, draw: int, parents=None) -> np.ndarray:
+            """Selection over the whole population: the member each worker copies.
+
+            ``parents``: ``member -> bool``, whether the deciding worker may copy it (the
+            built-in truncation and winner-take-all draw from those only).
+            """
             members, scores = [], []
             for i, w in enumerate(workers):
                 s = score(state, history, i, w.generation_id)
                 if s is not None:
                     members.append(i)
                     scores.append(s)
-            if len(members) < 2:
-                return {i: i for i in members}
-            ranks = np.full(len(workers), np.inf, np.float32)
-            ranks[members] = _dense_ranks(scores, mode)
-            where = np.zeros(len(workers), bool)
-            where[members] = True
-            chosen = select(key, ranks, where)
-            return {i: int(chosen[i]) for i in members}
+            ranks = _population_ranks(len(workers), members, scores, mode)
+            return select(key, draw, ranks, parents)
+
+        def not_behind(history, workers, own: Checkpoint) -> Callable[[int], bool]:
+            """Whether the owner of ``own`` can copy a worker without losing training."""
+
+            def accept(j: int) -> bool:
+                source = _copy_source(history, workers[j])
+                return source is not None and source.step >= own.step
+
+            return accept
 
         def new_meta_params(source: Checkpoint, space_key, fn_key, history, workers) -> Any:
             meta = source.meta_params
@@ -349,26 +368,41 @@ class PopulationBasedTraining(Mutator):
             if not ready or (synch and len(ready) < len(workers)):
                 return state, workers, ()
             n = len(workers)
-            keys = split_key(key, 3 * n)
+            keys = None  # split only for an exploit: most decisions keep going
             new_workers = list(workers)
             last_decision = dict(state["last_decision"])
             new_checkpoints = []
             num_exploits = 0
-            if synch:
-                parents = compare(state, history, workers, keys[0])
+            if synch:  # draw -1: everyone decides in one selection
+                parents = compare(state, history, workers, key, -1)
             for i in ready:
                 if not synch:  # against the population as it is now, earlier decisions included
+                    own = history.latest_evaluated(workers[i].generation_id)
+                    eligible = None
+                    if not allow_rewind and math.isfinite(own.value):
+                        eligible = not_behind(history, new_workers, own)
                     parents = compare(
-                        {**state, "last_decision": last_decision}, history, new_workers, keys[i]
+                        {**state, "last_decision": last_decision},
+                        history,
+                        new_workers,
+                        key,
+                        i,
+                        eligible,
                     )
-                parent = parents.get(i, i)
+                parent = int(parents[i])
                 gen = workers[i].generation_id
-                if parent == i:
-                    last_decision[i] = (gen, t_of(history.latest_evaluated(gen)))
-                    continue
+                own = history.latest_evaluated(gen)
                 # in synch mode, the parent's checkpoint from before this round's decisions
-                source = history.latest_loadable(workers[parent].generation_id)
-                meta = new_meta_params(source, keys[n + i], keys[2 * n + i], history, workers)
+                source = None if parent == i else _copy_source(history, workers[parent])
+                rewinds = source is not None and source.step < own.step
+                if source is None or (
+                    rewinds and not (synch or allow_rewind) and math.isfinite(own.value)
+                ):
+                    last_decision[i] = (gen, t_of(own))
+                    continue
+                if keys is None:
+                    keys = split_key(key, 2 * n)
+                meta = new_meta_params(source, keys[i], keys[n + i], history, workers)
                 worker, start = start_generation(source, meta, key, i, now)
                 new_workers[i] = worker
                 new_checkpoints.append(start)
@@ -387,9 +421,7 @@ class PopulationBasedTraining(Mutator):
             explore draws) for this population size, so that the first exploit does not
             stall the controller for the fraction of a second XLA takes."""
             key = np.zeros(2, np.uint32)
-            split_key(key, 3 * population_size)
-            if not callable(selection) and population_size >= 2:
-                select(key, np.zeros(population_size, np.float32), np.ones(population_size, bool))
+            split_key(key, 2 * population_size)
             if hyperparam_space is not None:
                 explore_lib.explore(
                     key,
@@ -402,6 +434,38 @@ class PopulationBasedTraining(Mutator):
         return super().__new__(cls, init, update, None, prepare, mode=mode, counts=_counts)
 
 
+def _population_ranks(
+    n: int, members: Sequence[int], scores: Sequence[float], mode: str
+) -> np.ndarray:
+    """Exact ranks of all ``n`` workers: ``members`` by their ``scores`` (0 best, ties
+    equal, non-finite just after the worst finite one), the others ``inf``."""
+    ranks = [math.inf] * n
+    scored = _dense_ranks(scores, mode)
+    worst = max((r for r in scored if r != math.inf), default=-1.0)
+    for i, r in zip(members, scored, strict=True):
+        ranks[i] = r if r != math.inf else worst + 1
+    return np.asarray(ranks)
+
+
+def _copied(history: History, generation_id: str) -> Checkpoint | None:
+    """The checkpoint a generation was copied from (``None`` for a root)."""
+    parent = history.first(generation_id).parent
+    if parent is None or parent[0] == generation_id:
+        return None
+    return history.get_checkpoint(*parent)
+
+
+def _copy_source(history: History, worker: ActiveWorker) -> Checkpoint | None:
+    """What copying ``worker`` gives: its generation's latest loadable checkpoint, or, for
+    a worker that has not reported since it copied, the checkpoint it copied."""
+    source = history.latest_loadable(worker.generation_id)
+    if source is None:
+        copied = _copied(history, worker.generation_id)
+        if copied is not None and copied.value is not None:
+            source = copied
+    return source
+
+
 def _counts(state: dict) -> DecisionCounts:
     return DecisionCounts(state["num_decisions"], state["num_exploits"])
 
@@ -412,39 +476,47 @@ def _start_time(history: History) -> float:
 
 
 def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., np.ndarray]:
-    """``(key, ranks, where) -> indices`` over the whole population.
+    """``(key, draw, ranks, parents) -> indices`` over the whole population.
 
-    The built-in selections take ``where`` (the workers with a score) themselves, so
-    they compile once per population size however many workers have a score; a user
-    function gets the ranks of those workers only, as documented.
+    ``draw`` is the deciding worker (an asynchronous decision: the others keep going),
+    or -1 for a synchronous round, where everyone decides. The built-in selections run
+    on the host with a ``random.Random`` seeded by ``(key, draw)``; a user function gets
+    a raw key split from ``key``.
     """
     if callable(selection):
 
-        def custom(key: Any, ranks: np.ndarray, where: np.ndarray) -> np.ndarray:
-            members = np.flatnonzero(where)
-            chosen = np.asarray(selection(key, ranks[members]))
-            if chosen.shape != members.shape:
+        def custom(key: Any, draw: int, ranks: np.ndarray, parents: Any = None) -> np.ndarray:
+            n = len(ranks)
+            chosen = np.asarray(selection(split_key(key, n)[draw], ranks))
+            if chosen.shape != (n,) or not np.issubdtype(chosen.dtype, np.integer):
                 raise ValueError(
-                    f"selection returned shape {chosen.shape} for {len(members)} members"
+                    f"selection returned {chosen.dtype}{chosen.shape} for {n} members; it "
+                    f"must return int indices of shape ({n},)"
                 )
-            out = np.arange(len(ranks))
-            out[members] = members[chosen]
-            return out
+            if ((chosen < 0) | (chosen >= n)).any():
+                raise ValueError(f"selection returned indices outside [0, {n}): {chosen}")
+            return chosen
 
         return custom
-    if selection not in _SELECTIONS:
+    if selection not in selection_lib.HOST_SELECTIONS:
         raise ValueError(
-            f"selection must be one of {sorted(_SELECTIONS)} or a function "
+            f"selection must be one of {sorted(selection_lib.HOST_SELECTIONS)} or a function "
             f"(key, ranks) -> indices, got {selection!r}"
         )
-    select = _SELECTIONS[selection]
+    select = selection_lib.HOST_SELECTIONS[selection]
     if selection == "truncation":
         selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
-        select = functools.partial(
-            selection_lib.truncation, quantile_fraction=float(quantile_fraction)
-        )
+        select = functools.partial(select, quantile_fraction=float(quantile_fraction))
 
-    def builtin(key: Any, ranks: np.ndarray, where: np.ndarray) -> np.ndarray:
-        return np.asarray(select(key, ranks, where=where))
+    takes_parents = selection in ("truncation", "winner_take_all")
+
+    def builtin(key: Any, draw: int, ranks: np.ndarray, parents: Any = None) -> np.ndarray:
+        # an int seed: random.Random takes it as it is (no hashing), so draws are the
+        # same in every process, and seeding costs a few microseconds
+        rng = random.Random((int(key[0]) << 32 | int(key[1])) * 65_537 + draw)
+        members = None if draw < 0 else (draw,)
+        if takes_parents and parents is not None:
+            return select(rng, ranks, parents=parents, members=members)
+        return select(rng, ranks, members=members)
 
     return builtin
