@@ -3,6 +3,7 @@
 import importlib.util
 import math
 import os
+import typing
 
 import numpy as np
 import pytest
@@ -29,11 +30,38 @@ def test_digits_is_a_real_offline_split():
         data_lib.load("mnist")
 
 
-def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path):
+class _Bar:
+    """Stands in for tqdm: records what the progress bar is told."""
+
+    bars: typing.ClassVar[list] = []
+
+    def __init__(self, *, total, disable=False, **kwargs):
+        self.total, self.n = total, 0
+        _Bar.bars.append(self)
+
+    def update(self, n):
+        self.n += n
+        assert self.n <= self.total, "the progress bar ran past its total"
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path, monkeypatch):
+    from examples import population_cnn
+
+    _Bar.bars = []
+    monkeypatch.setattr(population_cnn, "tqdm", _Bar)
     argv = ["--steps", "60", "--workers", "3", "--eval-every", "10", "--steps-per-exploit", "20"]
     argv += ["--tensorboard"] if importlib.util.find_spec("tensorboardX") else []
-    summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path), "--no-progress"])
+    summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path)])
     assert summary["exploit_events"] >= 3 and summary["compilations"] == 1
+    # exploits rewind workers to the winner's step; the bar counts each worker's
+    # progress towards its last step, so it ends exactly at its total
+    assert [(b.n, b.total) for b in _Bar.bars] == [(180, 180)]
     data = report.load(tmp_path)  # the run in <log-dir>/population, read without its lock
     assert data.history.num_checkpoints == summary["checkpoints"]
     assert math.isfinite(data.best.value) and len(data.members) == 3
@@ -86,32 +114,3 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     assert summary["exploit_events"] >= 1 and math.isfinite(summary["best"]["val_loss"])
     resumed = vectorized.main(["--steps", "50", *argv[2:], "--log-dir", str(tmp_path)])
     assert resumed["checkpoints"] > summary["checkpoints"]
-
-
-def test_the_progress_bar_counts_steps_towards_the_end_never_past_it(tmp_path, monkeypatch):
-    # exploits rewind workers to the winner's step; the bar counts each worker's
-    # progress towards its last step, so it ends exactly at its total
-    from examples import population_cnn
-
-    bars = []
-
-    class Recorder:
-        def __init__(self, *, total, **kwargs):
-            self.total, self.n = total, 0
-            bars.append(self)
-
-        def update(self, n):
-            self.n += n
-            assert self.n <= self.total
-
-        def set_postfix(self, **kwargs):
-            pass
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(population_cnn, "tqdm", Recorder)
-    argv = ["--steps", "60", "--workers", "3", "--eval-every", "10", "--steps-per-exploit", "20"]
-    summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path)])
-    assert summary["exploit_events"] >= 3  # workers were rewound
-    assert [(b.n, b.total) for b in bars] == [(180, 180)]

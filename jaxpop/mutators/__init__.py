@@ -7,6 +7,12 @@
 * :class:`PopulationBasedTraining` -- asynchronous (or synchronous) PBT: truncation /
   tournament / winner-take-all selection (:mod:`~jaxpop.mutators.selection`), explore in
   a declarative space (:mod:`~jaxpop.mutators.explore`).
+* :class:`FirePBT` -- FIRE PBT: later sub-populations ranked by improvement rate, with
+  evaluators that hand better weights over to the sub-population before.
+* :class:`MultipleFrequenciesPBT` -- MF-PBT: sub-populations evolving at different
+  frequencies, with asymmetric migration between them.
+* :func:`PB2` -- Population Based Bandits: PBT whose explore is a time-varying GP-UCB
+  bandit (:class:`PB2Explorer`, usable as ``PopulationBasedTraining(explorer=...)``).
 
 Every built-in mutator counts its decisions and copies in one form:
 :func:`decision_counts` (``mutator, state -> DecisionCounts``).
@@ -25,7 +31,10 @@ from jaxpop.mutators.base import (
     start_generation,
     takes_key,
 )
+from jaxpop.mutators.fire import FirePBT
 from jaxpop.mutators.fixed_schedule import FixedSchedule
+from jaxpop.mutators.mf_pbt import MultipleFrequenciesPBT
+from jaxpop.mutators.pb2 import PB2, PB2Explorer, RewardChange, reward_changes
 from jaxpop.mutators.pbt import ExploitEvent, PopulationBasedTraining, exploit_events
 from jaxpop.mutators.single_worker_explore import BranchingSingleMachine
 from jaxpop.mutators.winner_take_all_genetic import WinnerTakeAllGenetic
@@ -34,9 +43,14 @@ __all__ = [
     "BranchingSingleMachine",
     "DecisionCounts",
     "ExploitEvent",
+    "FirePBT",
     "FixedSchedule",
+    "MultipleFrequenciesPBT",
     "Mutator",
+    "PB2",
+    "PB2Explorer",
     "PopulationBasedTraining",
+    "RewardChange",
     "WinnerTakeAllGenetic",
     "call_mutate_fn",
     "decision_counts",
@@ -44,6 +58,7 @@ __all__ = [
     "explore",
     "rank_value",
     "records_config",
+    "reward_changes",
     "selection",
     "start_generation",
     "takes_key",

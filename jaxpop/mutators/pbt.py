@@ -402,7 +402,7 @@ class PopulationBasedTraining(Mutator):
                     continue
                 if keys is None:
                     keys = split_key(key, 2 * n)
-                meta = new_meta_params(source, keys[i], keys[n + i], history, workers)
+                meta = new_meta_params(source, keys[i], keys[n + i], history, tuple(new_workers))
                 worker, start = start_generation(source, meta, key, i, now)
                 new_workers[i] = worker
                 new_checkpoints.append(start)

@@ -1,0 +1,699 @@
+"""``FirePBT``: Faster Improvement Rate PBT, sub-populations that optimise for the long term.
+
+FIRE PBT (Dalibard & Jaderberg 2021, arXiv 2109.13800, Section 3) trains sub-populations
+``P1, ..., Pn`` and a few *evaluators*. ``P1`` is PBT on the task's score. A member of a
+later ``Pi`` is ranked by an improvement-rate fitness: an evaluator trains a copy of its
+weights with the hyperparameters of ``P(i-1)``'s best member, and evaluator curves are
+compared where they reach the same performance. An evaluator that beats that best
+member's own curve hands its weights over to it. ``docs/pbt.md`` describes the algorithm
+and every choice the paper leaves open.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+
+from jaxpop import encoding
+from jaxpop.history import History, check_mode
+from jaxpop.keys import split_key
+from jaxpop.mutators import explore as explore_lib
+from jaxpop.mutators import selection as selection_lib
+from jaxpop.mutators._subpopulations import (
+    check_factors,
+    check_population_size,
+    check_probability,
+    check_sizes,
+    dense_ranks,
+    explore_meta,
+    member_score,
+)
+from jaxpop.mutators.base import (
+    DecisionCounts,
+    Mutator,
+    MutatorResult,
+    Workers,
+    check_number,
+    records_config,
+    start_generation,
+)
+from jaxpop.records import Checkpoint
+
+__all__ = [
+    "Curve",
+    "Evaluation",
+    "FirePBT",
+    "FireState",
+    "binomial_p_value",
+    "evaluator_verdict",
+    "fire_fitness",
+    "improvement",
+    "overlap",
+]
+
+
+class Evaluation(NamedTuple):
+    """One evaluator's task: train ``member``'s weights with ``child``'s hyperparameters.
+
+    Attributes:
+      member: the evaluated member (the paper's ``rho_parent``), of a sub-population
+        ``Pi`` with ``i >= 2``.
+      member_generation: its generation when the evaluation started.
+      child: the best member of ``P(i-1)`` then (the paper's ``rho_child``): whose
+        hyperparameters the evaluator trains with, and whose curve it must beat.
+      child_generation: the child's generation then.
+      generation: the evaluator's own generation (its curve's evaluations).
+      step: where the evaluator started (the step of the member's copied checkpoint).
+      checked: the step of the evaluator's latest evaluation judged so far.
+    """
+
+    member: int
+    member_generation: str
+    child: int
+    child_generation: str
+    generation: str
+    step: int
+    checked: int
+
+
+class FireState(NamedTuple):
+    """:class:`FirePBT`'s state (plain data, journaled with the run).
+
+    Attributes:
+      last_decision: ``{worker: (generation_id, step)}``, each member's latest
+        decision (as in PBT: a member is ready ``perturbation_interval`` steps later).
+      curves: ``{member: generation ids}``, the generations whose evaluations form the
+        member's training curve since its last exploit (a hand-over prepends the
+        evaluator's generation). A member not listed: its current generation.
+      evaluations: ``{evaluator worker: Evaluation}``, the evaluators at work.
+      evaluated: ``{member: (member generation, evaluator generation)}``, the latest
+        evaluation of each member's current weights (its FIRE fitness curve).
+      last_evaluation: ``{member: step}``, where its latest evaluation started (the
+        evaluators' queue: the longest unevaluated member goes first).
+      num_decisions: member decisions plus evaluator verdicts.
+      num_exploits: members that copied a better member of their sub-population.
+      num_handovers: evaluators whose weights were handed over to their child.
+      num_evaluations: evaluations started.
+    """
+
+    last_decision: dict
+    curves: dict
+    evaluations: dict
+    evaluated: dict
+    last_evaluation: dict
+    num_decisions: int = 0
+    num_exploits: int = 0
+    num_handovers: int = 0
+    num_evaluations: int = 0
+
+
+def _init() -> FireState:
+    return FireState({}, {}, {}, {}, {})
+
+
+encoding.register_record(Evaluation, "jaxpop.FireEvaluation")
+encoding.register_record(FireState, "jaxpop.FireState")
+
+
+# -- curves and the improvement-rate comparison (Section 3) --------------------------------
+class Curve(NamedTuple):
+    """A training curve: ``values[j]`` (higher is better) evaluated at ``steps[j]``."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, points: Sequence[tuple[int, float]], mode: str = "max") -> Curve:
+        """A curve from ``(step, value)`` points; ``mode="min"`` negates the values.
+
+        >>> Curve.of([(0, 3.0), (10, 2.0)], mode="min").values.tolist()
+        [-3.0, -2.0]
+        """
+        steps = np.asarray([s for s, _ in points], dtype=np.int64)
+        values = np.asarray([v for _, v in points], dtype=np.float64)
+        return cls(steps, -values if mode == "min" else values)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+class Overlap(NamedTuple):
+    """Where two curves reach the same performance: ``a`` from ``a_start``, ``b`` from
+    ``b_start`` (steps), for ``length`` steps on both."""
+
+    a_start: int
+    b_start: int
+    length: int
+
+
+def overlap(a: Curve, b: Curve) -> Overlap | None:
+    """Aligns two curves at equal performance, ``None`` where one never reaches the other.
+
+    The curve that starts lower is followed until its best-so-far value (the smoothing
+    jaxpop uses: a running maximum) reaches the other's first value; from there both are
+    compared over the same number of steps, as many as both have.
+
+    >>> a = Curve.of([(0, 1.0), (10, 2.0), (20, 3.0)])
+    >>> b = Curve.of([(100, 2.0), (110, 2.5)])
+    >>> overlap(a, b)
+    Overlap(a_start=10, b_start=100, length=10)
+    """
+    best_a, best_b = np.maximum.accumulate(a.values), np.maximum.accumulate(b.values)
+    if best_a[0] < best_b[0]:
+        i, j = int(np.searchsorted(best_a, best_b[0])), 0
+    else:
+        i, j = 0, int(np.searchsorted(best_b, best_a[0]))
+    if i == len(a) or j == len(b):
+        return None
+    a0, b0 = int(a.steps[i]), int(b.steps[j])
+    return Overlap(a0, b0, min(int(a.steps[-1]) - a0, int(b.steps[-1]) - b0))
+
+
+def _window(curve: Curve, start: int, length: int) -> np.ndarray:
+    return (curve.steps >= start) & (curve.steps <= start + length)
+
+
+def improvement(a: Curve, b: Curve) -> float:
+    """How much better ``a`` improves than ``b`` from equal performance (the paper's
+    comparison of two members' improvement rates; antisymmetric).
+
+    Over the :func:`overlap`, the best value ``a`` reaches minus the best ``b`` reaches.
+    Curves that never meet: the gap between them, positive for the one entirely ahead.
+
+    >>> slow = Curve.of([(0, 1.0), (10, 1.5), (20, 2.0)])
+    >>> fast = Curve.of([(50, 1.0), (60, 2.0), (70, 3.0)])
+    >>> improvement(fast, slow), improvement(slow, fast)
+    (1.0, -1.0)
+    """
+    shared = overlap(a, b)
+    if shared is None:
+        if a.values[0] > b.values[0]:  # b never reaches a's first value: a stays ahead
+            return float(a.values[0] - np.max(b.values))
+        return float(np.max(a.values) - b.values[0])  # a never reaches b's: it stays behind
+    in_a = _window(a, shared.a_start, shared.length)
+    in_b = _window(b, shared.b_start, shared.length)
+    return float(np.max(a.values[in_a]) - np.max(b.values[in_b]))
+
+
+def binomial_p_value(a: Curve, b: Curve) -> float:
+    """One-sided binomial test that ``a`` is better than ``b`` where they overlap.
+
+    Each point of ``a`` in the :func:`overlap` is compared with ``b``'s latest value at
+    the same distance from its start; the p-value is ``P(X >= wins)`` for ``X ~
+    Binomial(points, 1/2)``. Curves that never meet: 0 when ``a`` is ahead, else 1.
+
+    >>> a = Curve.of([(0, 1.0), (1, 2.0), (2, 3.0), (3, 4.0)])
+    >>> b = Curve.of([(0, 1.0), (1, 1.1), (2, 1.2), (3, 1.3)])
+    >>> binomial_p_value(a, b)  # 3 wins of 4 (the first point ties)
+    0.3125
+    """
+    shared = overlap(a, b)
+    if shared is None:
+        return 0.0 if improvement(a, b) > 0 else 1.0
+    in_a = _window(a, shared.a_start, shared.length)
+    offsets = a.steps[in_a] - shared.a_start
+    at = np.searchsorted(b.steps, shared.b_start + offsets, side="right") - 1
+    wins = int(np.sum(a.values[in_a] > b.values[at]))
+    trials = int(in_a.sum())
+    tail = sum(math.comb(trials, j) for j in range(wins, trials + 1))
+    return tail / 2**trials
+
+
+Verdict = Literal["success", "stop", "continue"]
+
+
+def evaluator_verdict(
+    evaluator: Curve, child: Curve, elapsed: int, *, max_eval_steps: int, p_stat: float
+) -> Verdict:
+    """What becomes of an evaluation after ``elapsed`` steps (the paper's criteria).
+
+    * ``"success"``: the evaluator improves faster than the child
+      (:func:`improvement` > 0) and significantly so (:func:`binomial_p_value` <
+      ``p_stat``): its weights are handed over to the child.
+    * ``"stop"``: the curves overlap but the test is hopeless (p-value above
+      ``p_stat + max(0, 1 - elapsed / max_eval_steps)``, a bar that falls to ``p_stat``
+      at ``max_eval_steps``), or ``max_eval_steps`` have passed without success, or the
+      evaluator's curve has a non-finite value (it diverged).
+    * ``"continue"``: otherwise (curves of fewer than 2 points are not judged yet).
+
+    >>> child = Curve.of([(10 * j, 1.0 + 0.1 * j) for j in range(12)])
+    >>> faster = Curve.of([(10 * j, 1.0 + j) for j in range(12)])  # 11 wins of 12
+    >>> evaluator_verdict(faster, child, 110, max_eval_steps=200, p_stat=0.01)
+    'success'
+    >>> evaluator_verdict(child, faster, 110, max_eval_steps=200, p_stat=0.01)
+    'stop'
+    """
+    if not np.all(np.isfinite(evaluator.values)):
+        return "stop"
+    child = Curve(child.steps[np.isfinite(child.values)], child.values[np.isfinite(child.values)])
+    if len(evaluator) >= 2 and len(child) >= 2:
+        p = binomial_p_value(evaluator, child)
+        if p < p_stat and improvement(evaluator, child) > 0:
+            return "success"
+        if overlap(evaluator, child) is not None and p > p_stat + max(
+            0.0, 1.0 - elapsed / max_eval_steps
+        ):
+            return "stop"
+    return "stop" if elapsed >= max_eval_steps else "continue"
+
+
+def fire_fitness(curves: Sequence[Curve | None]) -> list[float | None]:
+    """The FIRE fitness of each member of a sub-population from its evaluator curve.
+
+    A member's fitness is the sum of its :func:`improvement` over every other member
+    with a curve: higher is better. ``None`` (no curve, or one of fewer than 2 points):
+    no fitness, the member takes no part in selection; a curve with a non-finite value
+    (a diverged run): NaN, which ranks last.
+
+    >>> slow = Curve.of([(0, 1.0), (10, 1.5), (20, 2.0)])
+    >>> fast = Curve.of([(50, 1.0), (60, 2.0), (70, 3.0)])
+    >>> fire_fitness([slow, fast, None])
+    [-1.0, 1.0, None]
+    """
+    valid = [c is not None and len(c) >= 2 for c in curves]
+    finite = [v and bool(np.all(np.isfinite(c.values))) for v, c in zip(valid, curves, strict=True)]
+    out: list[float | None] = []
+    for i, curve in enumerate(curves):
+        if not valid[i]:
+            out.append(None)
+        elif not finite[i]:
+            out.append(math.nan)
+        else:
+            others = (c for j, c in enumerate(curves) if finite[j] and j != i)
+            out.append(math.fsum(improvement(curve, c) for c in others))
+    return out
+
+
+# -- the mutator ----------------------------------------------------------------------------
+class _Config(NamedTuple):
+    interval: int
+    sizes: tuple[int, ...]
+    num_evaluators: int
+    space: Any
+    quantile_fraction: float
+    resample_probability: float
+    factors: tuple[float, ...]
+    max_eval_steps: int
+    p_stat: float
+    mode: str
+
+    @property
+    def num_members(self) -> int:
+        return sum(self.sizes)
+
+    def sub_population(self, member: int) -> range:
+        start = 0
+        for size in self.sizes:
+            if member < start + size:
+                return range(start, start + size)
+            start += size
+        raise IndexError(member)
+
+
+class FirePBT(Mutator):
+    """Faster Improvement Rate PBT (Dalibard & Jaderberg 2021, arXiv 2109.13800).
+
+    Workers ``0 .. sizes[0] - 1`` are ``P1``, the next ``sizes[1]`` are ``P2``, and so
+    on; the last ``num_evaluators`` workers are the evaluators. A member is ready
+    ``perturbation_interval`` steps after its last decision, and then, against its own
+    sub-population, copies a better member by truncation selection and explores (PBT's
+    exploit and explore): in ``P1`` ranked by score, in a later ``Pi`` by
+    :func:`fire_fitness` over evaluator curves. An idle evaluator takes the member of
+    ``P2 .. Pn`` evaluated longest ago and trains its weights with the hyperparameters of
+    the best member of the sub-population before it; :func:`evaluator_verdict` ends the
+    evaluation, handing the weights over to that member on success.
+
+    Args:
+      perturbation_interval: steps between a member's decisions (the paper's ready
+        interval, as in PBT).
+      sub_population_sizes: sizes of ``P1, ..., Pn``: at least two sub-populations of
+        at least 2 members.
+      num_evaluators: how many workers are evaluators, between 1 and the number of
+        members of ``P2 .. Pn``.
+      max_eval_steps: the paper's ``max_eval_steps``: after this many steps an
+        evaluation that has not succeeded stops; before, the bar for stopping early
+        falls from 1 + ``p_stat`` towards ``p_stat``.
+      hyperparam_space: the explore space (see :mod:`jaxpop.mutators.explore`).
+      p_stat: significance of the binomial test that decides a hand-over. Default 0.01.
+      quantile_fraction: truncation selection within a sub-population: the bottom
+        fraction copies from the top fraction. Default 0.25.
+      resample_probability, perturbation_factors: the explore step, as in
+        :class:`~jaxpop.mutators.pbt.PopulationBasedTraining` (defaults 0.25 and
+        ``(0.8, 1.2)``).
+      mode: ``"min"`` (lower values are better) or ``"max"``.
+    """
+
+    __slots__ = ()
+
+    @records_config
+    def __new__(
+        cls,
+        *,
+        perturbation_interval: int,
+        sub_population_sizes: Sequence[int],
+        num_evaluators: int,
+        max_eval_steps: int,
+        hyperparam_space: Any,
+        p_stat: float = 0.01,
+        quantile_fraction: float = 0.25,
+        resample_probability: float = 0.25,
+        perturbation_factors: Sequence[float] = (0.8, 1.2),
+        mode: Literal["min", "max"] = "min",
+    ):
+        interval = check_number("perturbation_interval", perturbation_interval, integer=True)
+        sizes = check_sizes("sub_population_sizes", sub_population_sizes, minimum=2)
+        if len(sizes) < 2:
+            raise ValueError(
+                "FirePBT needs at least two sub-populations (P1, judged by score, and one "
+                f"or more judged by improvement rate), got sub_population_sizes={sizes!r}"
+            )
+        evaluators = check_number("num_evaluators", num_evaluators, integer=True)
+        if evaluators > sum(sizes[1:]):
+            raise ValueError(
+                f"num_evaluators must be at most the {sum(sizes[1:])} members of P2..Pn "
+                f"(each evaluator evaluates a different member), got {evaluators}"
+            )
+        if hyperparam_space is None:
+            raise ValueError("FirePBT needs a hyperparam_space to explore")
+        explore_lib.validate_space(hyperparam_space)
+        selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
+        config = _Config(
+            interval=interval,
+            sizes=sizes,
+            num_evaluators=evaluators,
+            space=hyperparam_space,
+            quantile_fraction=float(quantile_fraction),
+            resample_probability=check_probability("resample_probability", resample_probability),
+            factors=check_factors(perturbation_factors),
+            max_eval_steps=check_number("max_eval_steps", max_eval_steps, integer=True),
+            p_stat=check_probability("p_stat", p_stat),
+            mode=check_mode(mode),
+        )
+        update = functools.partial(_update, config=config)
+        prepare = functools.partial(_prepare, config=config)
+        return super().__new__(cls, _init, update, None, prepare, mode=mode, counts=_counts)
+
+
+def _counts(state: FireState) -> DecisionCounts:
+    return DecisionCounts(state.num_decisions, state.num_exploits + state.num_handovers)
+
+
+def _check_layout(config: _Config, population_size: int) -> None:
+    check_population_size(
+        "FirePBT",
+        config.num_members + config.num_evaluators,
+        population_size,
+        f"sub-populations of {list(config.sizes)} and {config.num_evaluators} evaluators",
+    )
+
+
+def _prepare(population_size: int, *, config: _Config) -> None:
+    _check_layout(config, population_size)
+
+
+class _Step:
+    """The mutable scratch of one update: copies of the state's dicts and the workers."""
+
+    def __init__(self, state: FireState, workers: Workers, history: History, now: float, key):
+        self.state, self.history, self.now, self.key = state, history, now, key
+        self.old_workers = workers
+        self.workers = list(workers)
+        self.checkpoints: list[Checkpoint] = []
+        self.last_decision = dict(state.last_decision)
+        self.curves = dict(state.curves)
+        self.evaluations = dict(state.evaluations)
+        self.evaluated = dict(state.evaluated)
+        self.last_evaluation = dict(state.last_evaluation)
+        self.counts = [state.num_decisions, state.num_exploits, state.num_handovers]
+        self.counts.append(state.num_evaluations)
+        self.changed = False
+        self.best: dict[int, int | None] = {}  # _assign's cache: members do not change there
+        self._keys: np.ndarray | None = None
+
+    def keys(self, member: int) -> tuple[np.ndarray, np.ndarray]:
+        """Member ``member``'s selection and explore keys (split only when needed)."""
+        if self._keys is None:
+            self._keys = split_key(self.key, 2 * len(self.workers))
+        return self._keys[member], self._keys[len(self.workers) + member]
+
+    def start(self, index: int, worker: int, source: Checkpoint, meta: Any) -> Checkpoint:
+        """Worker ``worker`` starts a new generation from ``source`` with ``meta``."""
+        self.workers[worker], first = start_generation(source, meta, self.key, index, self.now)
+        self.checkpoints.append(first)
+        self.history = self.history.add(first)  # later steps of this update see it
+        self.changed = True
+        return first
+
+    def result(self) -> MutatorResult:
+        if not self.changed:
+            return self.state, self.old_workers, ()
+        decisions, exploits, handovers, evaluations = self.counts
+        state = FireState(
+            self.last_decision,
+            self.curves,
+            self.evaluations,
+            self.evaluated,
+            self.last_evaluation,
+            decisions,
+            exploits,
+            handovers,
+            evaluations,
+        )
+        return state, tuple(self.workers), tuple(self.checkpoints)
+
+
+def _update(
+    state: FireState,
+    workers: Workers,
+    history: History,
+    now: float,
+    key: np.ndarray,
+    *,
+    config: _Config,
+) -> MutatorResult:
+    _check_layout(config, len(workers))
+    step = _Step(state, workers, history, now, key)
+    for evaluator in range(config.num_members, len(workers)):
+        _judge(step, config, evaluator)
+    for member in range(config.num_members):
+        _decide(step, config, member)
+    for evaluator in range(config.num_members, len(workers)):
+        _assign(step, config, evaluator)
+    return step.result()
+
+
+# -- evaluators ---------------------------------------------------------------------------
+def _curve_generations(step: _Step, member: int) -> tuple[str, ...]:
+    generation = step.workers[member].generation_id
+    stored = step.curves.get(member)
+    return stored if stored and stored[-1] == generation else (generation,)
+
+
+def _curve(history: History, generations: Sequence[str], mode: str) -> Curve:
+    """The evaluations of ``generations``, each up to where the next one starts."""
+    points: list[tuple[int, float]] = []
+    for i, generation in enumerate(generations):
+        end = history.first(generations[i + 1]).step if i + 1 < len(generations) else None
+        points += [
+            (c.step, c.value)
+            for c in history.evaluated(generation)
+            if (end is None or c.step <= end) and (not points or c.step > points[-1][0])
+        ]
+    return Curve.of(points, mode)
+
+
+def _judge(step: _Step, config: _Config, evaluator: int) -> None:
+    """Checks an evaluator's evaluation against the paper's criteria after it reports."""
+    task = step.evaluations.get(evaluator)
+    if task is None:
+        return
+    history = step.history
+    if step.workers[evaluator].generation_id != task.generation:  # reassigned elsewhere
+        del step.evaluations[evaluator]
+        step.changed = True
+        return
+    latest = history.latest_evaluated(task.generation)
+    if latest is None or latest.step <= task.checked:
+        return
+    lost = (
+        step.workers[task.member].generation_id != task.member_generation
+        or step.workers[task.child].generation_id != task.child_generation
+    )
+    if lost:
+        verdict: Verdict = "stop"
+    else:
+        verdict = evaluator_verdict(
+            _curve(history, (task.generation,), config.mode),
+            _curve(history, _curve_generations(step, task.child), config.mode),
+            latest.step - task.step,
+            max_eval_steps=config.max_eval_steps,
+            p_stat=config.p_stat,
+        )
+    step.changed = True
+    if verdict == "continue":
+        step.evaluations[evaluator] = task._replace(checked=latest.step)
+        return
+    del step.evaluations[evaluator]
+    step.counts[0] += 1
+    if verdict == "success":  # hand-over: the child continues from the evaluator's weights
+        source = _source(history, task.generation)
+        meta = history.meta_params(task.child_generation)
+        first = step.start(task.child, task.child, source, meta)
+        step.curves[task.child] = (task.generation, first.generation_id)
+        step.last_decision[task.child] = (first.generation_id, first.step)
+        step.evaluated.pop(task.child, None)
+        step.counts[2] += 1
+
+
+def _assign(step: _Step, config: _Config, evaluator: int) -> None:
+    """An idle evaluator takes the member evaluated longest ago that can be evaluated."""
+    if evaluator in step.evaluations:
+        return
+    history = step.history
+    busy = {task.member for task in step.evaluations.values()}
+    candidates = []
+    for member in range(config.sizes[0], config.num_members):
+        source = history.latest_loadable(step.workers[member].generation_id)
+        if member not in busy and source is not None:
+            last = step.last_evaluation.get(member)
+            candidates.append((last is not None, -1 if last is None else last, member, source))
+    for *_, member, source in sorted(candidates, key=lambda c: c[:3]):
+        child = _best(step, config, _previous(config, member))
+        if child is None:
+            continue
+        child_generation = step.workers[child].generation_id
+        first = step.start(
+            config.num_members + evaluator, evaluator, source, history.meta_params(child_generation)
+        )
+        member_generation = step.workers[member].generation_id
+        step.evaluations[evaluator] = Evaluation(
+            member,
+            member_generation,
+            child,
+            child_generation,
+            first.generation_id,
+            first.step,
+            first.step,
+        )
+        step.evaluated[member] = (member_generation, first.generation_id)
+        step.last_evaluation[member] = first.step
+        step.counts[3] += 1
+        return
+
+
+def _previous(config: _Config, member: int) -> range:
+    """The sub-population before ``member``'s (whose best member is the child)."""
+    return config.sub_population(config.sub_population(member).start - 1)
+
+
+def _best(step: _Step, config: _Config, members: range) -> int | None:
+    """The best member of a sub-population among those with a curve of their own (by
+    the sub-population's own score; by the task's score while none has a fitness)."""
+    if members.start in step.best:
+        return step.best[members.start]
+    history = step.history
+    eligible = [m for m in members if len(_curve(history, _curve_generations(step, m), "max"))]
+    scores, mode = _scores(step, config, members)
+    if all(scores[m - members.start] is None for m in eligible):
+        scores = [member_score(history, step.workers[m].generation_id) for m in members]
+        mode = config.mode
+    best = None
+    if eligible:
+        ranks = dense_ranks([scores[m - members.start] for m in eligible], mode)
+        i = int(np.argmin(ranks))  # ties: the lower worker id
+        best = eligible[i] if math.isfinite(ranks[i]) else None
+    step.best[members.start] = best
+    return best
+
+
+def _source(history: History, generation_id: str) -> Checkpoint:
+    """The checkpoint to copy from a generation: its latest loadable evaluated one, or
+    (before it reports) the checkpoint it started from."""
+    source = history.latest_loadable(generation_id)
+    if source is not None:
+        return source
+    parent = history.branch_point(generation_id)
+    found = None if parent is None else history.get_checkpoint(*parent)
+    return found if found is not None else history.first(generation_id)
+
+
+# -- members --------------------------------------------------------------------------------
+def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | None], str]:
+    """Each member's selection score and its direction: ``P1`` by the task's score, a
+    later sub-population by :func:`fire_fitness` (higher is better)."""
+    history = step.history
+    if members.start == 0:
+        return [member_score(history, step.workers[m].generation_id) for m in members], config.mode
+    curves: list[Curve | None] = []
+    for m in members:
+        evaluated = step.evaluated.get(m)
+        current = evaluated is not None and evaluated[0] == step.workers[m].generation_id
+        curves.append(_curve(history, (evaluated[1],), config.mode) if current else None)
+    return fire_fitness(curves), "max"
+
+
+def _decide(step: _Step, config: _Config, member: int) -> None:
+    """A ready member exploits and explores within its sub-population, or keeps going."""
+    history = step.history
+    worker = step.workers[member]
+    latest = history.latest_evaluated(worker.generation_id)
+    if latest is None:
+        return
+    marker = step.last_decision.get(member)
+    since = (
+        marker[1]
+        if marker is not None and marker[0] == worker.generation_id
+        else history.first(worker.generation_id).step
+    )
+    if latest.step - since < config.interval:
+        return
+    step.changed = True
+    step.last_decision[member] = (worker.generation_id, latest.step)
+    members = config.sub_population(member)
+    scores, mode = _scores(step, config, members)
+    if scores[member - members.start] is None:
+        return  # no fitness yet: it keeps going and takes no part
+    step.counts[0] += 1
+    select_key, explore_key = step.keys(member)
+    parent = _truncation(select_key, scores, mode, member - members.start, config.quantile_fraction)
+    if parent is None:
+        return
+    source = _source(history, step.workers[members.start + parent].generation_id)
+    meta = explore_meta(
+        explore_key,
+        config.space,
+        source.meta_params,
+        resample_probability=config.resample_probability,
+        perturbation_factors=config.factors,
+    )
+    first = step.start(member, member, source, meta)
+    step.curves[member] = (first.generation_id,)
+    step.last_decision[member] = (first.generation_id, first.step)
+    step.evaluated.pop(member, None)
+    step.last_evaluation[member] = first.step
+    step.counts[1] += 1
+
+
+def _truncation(
+    key: np.ndarray, scores: Sequence[float | None], mode: str, me: int, fraction: float
+) -> int | None:
+    """Truncation selection for member ``me`` among the members with a score: in the
+    bottom ``fraction`` it copies a member drawn uniformly from the top ``fraction``
+    that is strictly better; otherwise (or with none such) ``None``."""
+    taking_part = [i for i, s in enumerate(scores) if s is not None]
+    ranks = dense_ranks([scores[i] for i in taking_part], mode)
+    k = selection_lib.num_in_quantile(len(taking_part), fraction)
+    order = sorted(range(len(taking_part)), key=lambda j: (ranks[j], j))  # ties: lower id
+    position = order.index(taking_part.index(me))
+    if k == 0 or position < len(order) - k:
+        return None
+    mine = ranks[taking_part.index(me)]
+    better = [taking_part[j] for j in order[:k] if ranks[j] < mine]
+    if not better:
+        return None
+    rng = np.random.default_rng(np.asarray(key, np.uint32))
+    return better[int(rng.integers(len(better)))]

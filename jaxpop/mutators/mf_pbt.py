@@ -1,0 +1,352 @@
+"""``MultipleFrequenciesPBT``: sub-populations that evolve at different frequencies.
+
+MF-PBT (Doulazmi et al. 2025, arXiv 2506.03225, Section 3) splits the population into
+sub-populations that evolve every ``frequencies[k] * t_ready`` steps and lets better
+members migrate between them, asymmetrically: hyperparameters only flow from a slower
+sub-population into a faster one. :func:`plan` is the decision rule (pure ``jax.numpy``,
+used by the host mutator and by :func:`jaxpop.vectorized_mf.mf_pbt_round` on device);
+``docs/pbt.md`` describes the algorithm and the choices the paper leaves open.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpop import encoding
+from jaxpop.history import History, check_mode
+from jaxpop.keys import split_key
+from jaxpop.mutators import explore as explore_lib
+from jaxpop.mutators._subpopulations import (
+    check_factors,
+    check_probability,
+    check_sizes,
+    dense_ranks,
+    explore_meta,
+    member_score,
+)
+from jaxpop.mutators.base import (
+    DecisionCounts,
+    Mutator,
+    MutatorResult,
+    Workers,
+    check_number,
+    records_config,
+    start_generation,
+)
+
+__all__ = [
+    "MFPBTState",
+    "MultipleFrequenciesPBT",
+    "Plan",
+    "check_layout",
+    "evolving",
+    "plan",
+    "sub_population_of",
+]
+
+#: The paper's brackets are quarters of a sub-population (Section 3).
+_BRACKETS = 4
+
+
+class MFPBTState(NamedTuple):
+    """:class:`MultipleFrequenciesPBT`'s state (journaled with the run).
+
+    Attributes:
+      round: the last round decided: every worker had reported an evaluation at or
+        past step ``round * t_ready`` in its current generation.
+      num_decisions: members of evolving sub-populations, summed over rounds.
+      num_exploits: bottom-bracket members that copied a top-bracket member.
+      num_migrations: third-bracket members replaced by a better member of another
+        sub-population.
+    """
+
+    round: int = 0
+    num_decisions: int = 0
+    num_exploits: int = 0
+    num_migrations: int = 0
+
+
+encoding.register_record(MFPBTState, "jaxpop.MFPBTState")
+
+
+class Plan(NamedTuple):
+    """One MF-PBT round's decisions, for every member ``i`` of the population.
+
+    Attributes:
+      parents: ``int32[N]``, whose weights ``i`` continues from (``i``: keeps its own).
+      hparams_from: ``int32[N]``, whose hyperparameters ``i`` takes.
+      explore: ``bool[N]``, whether those hyperparameters are then explored (only the
+        bottom bracket's copies of the top bracket are; migrants are not).
+    """
+
+    parents: jax.Array
+    hparams_from: jax.Array
+    explore: jax.Array
+
+
+def sub_population_of(member: int, population_size: int, num_sub_populations: int) -> int:
+    """The sub-population of ``member``: members ``[k * n, (k + 1) * n)`` form number ``k``.
+
+    >>> sub_population_of(9, 16, 4)
+    2
+    """
+    return member // (population_size // num_sub_populations)
+
+
+def evolving(round_index: Any, frequencies: Sequence[int]) -> jax.Array:
+    """``bool[M]``: which sub-populations evolve after round ``round_index`` (from 1).
+
+    Sub-population ``k`` evolves every ``frequencies[k]``-th round (Section 3: every
+    ``delta_k * t_ready`` steps). Works on a traced ``round_index``.
+
+    >>> evolving(10, (1, 10, 25)).tolist()
+    [True, True, False]
+    """
+    return jnp.asarray(round_index) % jnp.asarray(frequencies) == 0
+
+
+@functools.partial(jax.jit, static_argnames=("num_sub_populations",))
+def plan(ranks: jax.Array, evolving: jax.Array, *, num_sub_populations: int) -> Plan:
+    """MF-PBT's exploit and asymmetric migration for one round (Section 3).
+
+    Sub-population ``k`` holds members ``[k * n, (k + 1) * n)``, ordered by evolution
+    frequency: a lower ``k`` evolves more often. In each evolving sub-population the
+    members are ranked (lower ``ranks`` is better; ties by the lower index) and cut into
+    four brackets of ``q = n // 4``: ``B1`` (the best ``q``), ``B2``, ``B3`` (the ``q``
+    just above the last) and ``B4`` (the worst ``q``).
+
+    * Exploit: the ``j``-th best of ``B4`` copies the weights and hyperparameters of the
+      ``j``-th best of ``B1``, then explores them.
+    * Migration: ``B3``, best first, meets the members of all *other* sub-populations,
+      best first (by the same ``ranks``): while the best migrant not yet taken is better
+      than the ``B3`` member, the member takes its weights and that migrant is used up.
+      Hyperparameters go one way only: a member takes the migrant's when the migrant
+      comes from a slower sub-population (higher ``k``); from a faster one it keeps the
+      weights only and takes the hyperparameters of its own sub-population's best.
+      Migrants are not explored.
+
+    Everything is decided from the ranks before the round (a member that is replaced
+    may still be copied, from its checkpoint before the round). Only strictly better
+    members are copied; a non-finite rank is never copied.
+
+    Args:
+      ranks: ``(N,)``, lower is better (scores or exact ranks; only their order counts).
+      evolving: ``bool[M]``, which sub-populations evolve (:func:`evolving`).
+      num_sub_populations: ``M``; ``N`` must be a multiple of it.
+
+    Returns:
+      a :class:`Plan`.
+    """
+    ranks = jnp.where(jnp.isnan(ranks), jnp.inf, jnp.asarray(ranks))
+    size = ranks.shape[0]
+    m = num_sub_populations
+    n = size // m
+    q = n // _BRACKETS
+    members = jnp.arange(size, dtype=jnp.int32)
+    sub = members // n
+    evolving = jnp.asarray(evolving, bool)
+    order = jnp.argsort(ranks.reshape(m, n), axis=1, stable=True).astype(jnp.int32)
+    order = order + (jnp.arange(m, dtype=jnp.int32) * n)[:, None]  # member ids, best first
+    top, third, bottom = order[:, :q], order[:, n - 2 * q : n - q], order[:, n - q :]
+    parents, hparams_from, explore = members, members, jnp.zeros(size, bool)
+    # exploit: B4[j] <- B1[j]
+    copies = evolving[:, None] & (ranks[top] < ranks[bottom])
+    targets, sources = bottom.reshape(-1), jnp.where(copies, top, bottom).reshape(-1)
+    parents = parents.at[targets].set(sources)
+    hparams_from = hparams_from.at[targets].set(sources)
+    explore = explore.at[targets].set(copies.reshape(-1))
+    if m == 1 or q == 0:  # static: no other sub-population to migrate from
+        return Plan(parents, hparams_from, explore)
+    # migration into B3: a greedy merge of B3 (best first) with the others (best first)
+    position = jnp.zeros(size, jnp.int32).at[jnp.argsort(ranks, stable=True)].set(members)
+
+    def migrate(k: jax.Array, third_k: jax.Array) -> tuple[jax.Array, jax.Array]:
+        outside = jnp.argsort(position + size * (sub == k))[: size - n]  # best first
+
+        def meet(taken: jax.Array, member: jax.Array) -> tuple[jax.Array, tuple]:
+            migrant = outside[taken]
+            moves = evolving[k] & (ranks[migrant] < ranks[member])
+            return taken + moves, (jnp.where(moves, migrant, member), moves)
+
+        _, (migrant, moves) = jax.lax.scan(meet, jnp.int32(0), third_k)
+        return migrant, moves
+
+    migrant, moves = jax.vmap(migrate)(jnp.arange(m, dtype=jnp.int32), third)
+    own_best = jnp.broadcast_to(order[:, :1], third.shape)
+    from_slower = sub[migrant] > jnp.arange(m, dtype=jnp.int32)[:, None]
+    hparams = jnp.where(moves & ~from_slower, own_best, migrant)
+    parents = parents.at[third.reshape(-1)].set(migrant.reshape(-1))
+    hparams_from = hparams_from.at[third.reshape(-1)].set(hparams.reshape(-1))
+    return Plan(parents, hparams_from, explore)
+
+
+def check_layout(population_size: int, frequencies: Sequence[int]) -> int:
+    """The sub-population size for ``population_size`` members, or a ``ValueError``.
+
+    The population splits into ``len(frequencies)`` sub-populations of equal size, each
+    of at least 4 members (one per bracket).
+    """
+    m = len(frequencies)
+    n = population_size // m
+    if population_size % m or n < _BRACKETS:
+        raise ValueError(
+            f"MultipleFrequenciesPBT needs a population that splits into {m} equal "
+            f"sub-populations (one per frequency) of at least {_BRACKETS} members (one "
+            f"per bracket), got {population_size} workers; use a multiple of {m} that is "
+            f">= {_BRACKETS * m}"
+        )
+    return n
+
+
+def _completed_round(history: History, workers: Workers, t_ready: int) -> int | None:
+    """The last round every worker has finished (an evaluation at or past
+    ``round * t_ready`` in its current generation), or ``None`` before the first."""
+    rounds = []
+    for worker in workers:
+        latest = history.latest_evaluated(worker.generation_id)
+        if latest is None:
+            return None
+        rounds.append(latest.step // t_ready)
+    return min(rounds)
+
+
+def _evolving_between(done: int, completed: int, frequencies: Sequence[int]) -> np.ndarray:
+    """Which sub-populations have a round in ``(done, completed]`` (workers that report
+    rarely can finish several rounds at once; a sub-population then evolves once)."""
+    return np.asarray(
+        [any(r % f == 0 for r in range(done + 1, completed + 1)) for f in frequencies]
+    )
+
+
+def _counts(state: MFPBTState) -> DecisionCounts:
+    return DecisionCounts(state.num_decisions, state.num_exploits + state.num_migrations)
+
+
+class MultipleFrequenciesPBT(Mutator):
+    """Multiple-Frequencies PBT (Doulazmi et al. 2025, arXiv 2506.03225).
+
+    The workers form ``len(frequencies)`` sub-populations of equal size (workers
+    ``[k * n, (k + 1) * n)`` are sub-population ``k``, with ``n >= 4``). Rounds are
+    synchronous: round ``r`` is over once every worker has reported an evaluation at or
+    past step ``r * t_ready`` in its current generation; then every sub-population ``k``
+    with ``r % frequencies[k] == 0`` evolves by :func:`plan` (exploit within it,
+    asymmetric migration into it), ranking the members by their latest values.
+
+    Args:
+      t_ready: the base interval, in steps (the paper's ``t_ready``; jaxpop PBT's
+        ``perturbation_interval``).
+      hyperparam_space: the explore space (see :mod:`jaxpop.mutators.explore`).
+      frequencies: the paper's ``delta_k``: sub-population ``k`` evolves every
+        ``frequencies[k] * t_ready`` steps; strictly increasing positive ints. Default
+        ``(1, 10, 25, 50)``, the paper's.
+      perturbation_factors: a copied hyperparameter is multiplied by one of these
+        (clipped to the space). Default ``(0.8, 1.25)``, the paper's.
+      resample_probability: per hyperparameter, the probability of a fresh draw
+        instead of a perturbation. Default 0 (the paper only perturbs).
+      mode: ``"min"`` (lower values are better) or ``"max"``.
+    """
+
+    __slots__ = ()
+
+    @records_config
+    def __new__(
+        cls,
+        *,
+        t_ready: int,
+        hyperparam_space: Any,
+        frequencies: Sequence[int] = (1, 10, 25, 50),
+        perturbation_factors: Sequence[float] = (0.8, 1.25),
+        resample_probability: float = 0.0,
+        mode: Literal["min", "max"] = "min",
+    ):
+        interval = check_number("t_ready", t_ready, integer=True)
+        freqs = check_sizes("frequencies", frequencies, minimum=1)
+        if any(a >= b for a, b in itertools.pairwise(freqs)):
+            raise ValueError(
+                f"frequencies must be strictly increasing (one sub-population per "
+                f"frequency, the fastest first), got {freqs!r}"
+            )
+        if hyperparam_space is None:
+            raise ValueError("MultipleFrequenciesPBT needs a hyperparam_space to explore")
+        explore_lib.validate_space(hyperparam_space)
+        factors = check_factors(perturbation_factors)
+        p = check_probability("resample_probability", resample_probability)
+        check_mode(mode)
+        update = functools.partial(
+            _update,
+            t_ready=interval,
+            frequencies=freqs,
+            space=hyperparam_space,
+            factors=factors,
+            resample_probability=p,
+            mode=mode,
+        )
+        prepare = functools.partial(_prepare, frequencies=freqs)
+        return super().__new__(cls, MFPBTState, update, None, prepare, mode=mode, counts=_counts)
+
+
+def _prepare(population_size: int, *, frequencies: tuple[int, ...]) -> None:
+    """Checks the layout before any worker is answered and compiles :func:`plan`."""
+    check_layout(population_size, frequencies)
+    m = len(frequencies)
+    plan(np.zeros(population_size, np.float32), np.ones(m, bool), num_sub_populations=m)
+
+
+def _update(
+    state: MFPBTState,
+    workers: Workers,
+    history: History,
+    now: float,
+    key: np.ndarray,
+    *,
+    t_ready: int,
+    frequencies: tuple[int, ...],
+    space: Any,
+    factors: tuple[float, ...],
+    resample_probability: float,
+    mode: str,
+) -> MutatorResult:
+    size = len(workers)
+    n = check_layout(size, frequencies)
+    completed = _completed_round(history, workers, t_ready)
+    if completed is None or completed <= state.round:
+        return state, workers, ()
+    moving = _evolving_between(state.round, completed, frequencies)
+    if not moving.any():
+        return state._replace(round=completed), workers, ()
+    ranks = dense_ranks([member_score(history, w.generation_id) for w in workers], mode)
+    decided = plan(ranks, moving, num_sub_populations=len(frequencies))
+    parents, hparams_from, explore = (np.asarray(a) for a in decided)
+    keys = split_key(key, size)
+    new_workers, new_checkpoints = list(workers), []
+    for i in np.flatnonzero(parents != np.arange(size)):
+        source = history.latest_loadable(workers[parents[i]].generation_id)
+        meta = history.meta_params(workers[hparams_from[i]].generation_id)
+        if explore[i]:
+            meta = explore_meta(
+                keys[i],
+                space,
+                meta,
+                resample_probability=resample_probability,
+                perturbation_factors=factors,
+            )
+        new_workers[i], start = start_generation(source, meta, key, int(i), now)
+        new_checkpoints.append(start)
+    copied = parents != np.arange(size)
+    return (
+        MFPBTState(
+            round=completed,
+            num_decisions=state.num_decisions + n * int(moving.sum()),
+            num_exploits=state.num_exploits + int((copied & explore).sum()),
+            num_migrations=state.num_migrations + int((copied & ~explore).sum()),
+        ),
+        tuple(new_workers),
+        tuple(new_checkpoints),
+    )

@@ -1,0 +1,668 @@
+"""PB2, Population Based Bandits: PBT whose explore step is a time-varying GP-UCB bandit.
+
+PB2 (Parker-Holder, Nguyen and Roberts, NeurIPS 2020, arXiv 2002.02518) keeps PBT's
+exploit (a bad member copies a good one's weights) and replaces its random explore by a
+bandit: a Gaussian process over (time, hyperparameters) fitted to the *reward change*
+each interval of training produced, and the copier's new hyperparameters maximise the
+upper confidence bound (UCB) of the next change. :func:`PB2` builds it as a
+:class:`~jaxpop.mutators.pbt.PopulationBasedTraining` with ``explorer=``
+:class:`PB2Explorer`, so lineage, journal, replay, reports and decision counts are PBT's.
+:func:`reward_changes` is the data the bandit reads from the history. ``docs/pbt.md``
+("PB2") says what jaxpop chose where the paper leaves a choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpop.history import History
+from jaxpop.mutators import explore as explore_lib
+from jaxpop.mutators.base import Workers, check_number
+from jaxpop.mutators.pbt import PopulationBasedTraining
+from jaxpop.records import Checkpoint
+
+__all__ = ["PB2", "PB2Explorer", "RewardChange", "reward_changes"]
+
+# The GP's hyperparameters are chosen by marginal likelihood over this grid (all
+# combinations): squared-exponential lengthscale on [0, 1]-normalised hyperparameters,
+# the time kernel's forgetting rate epsilon, and the noise variance of standardised
+# targets (the signal variance is 1).
+LENGTHSCALES = (0.1, 0.2, 0.4, 0.8)
+EPSILONS = (0.01, 0.1, 0.3)
+NOISES = (0.1, 0.5)
+#: Correlation between two different values of one categorical hyperparameter.
+CATEGORY_CORRELATION = 0.5
+_GRID = np.array(
+    [(ls, math.log1p(-eps), noise) for ls in LENGTHSCALES for eps in EPSILONS for noise in NOISES],
+    dtype=np.float32,
+)  # (lengthscale, log(1 - epsilon), noise) per row
+_JITTER = 1e-5
+_TOP_K = 8  # candidates whose neighbourhoods are searched in the second stage
+_LOCAL_SCALE = 0.05  # std of the local perturbations, in normalised units
+
+
+# -- the data: reward changes read from the history ----------------------------------------
+class RewardChange(NamedTuple):
+    """One observation of the bandit: how fast a generation improved over one interval.
+
+    Attributes:
+      generation_id: the generation that trained over the interval.
+      step: the interval's end (the step of its last evaluation): the GP's time.
+      span: the interval's length in steps.
+      meta_params: the hyperparameters it trained with.
+      change: the improvement per step, ``(end value - start value) / span``, with the
+        sign that makes larger better (negated when the history's mode is ``"min"``).
+    """
+
+    generation_id: str
+    step: int
+    span: int
+    meta_params: Any
+    change: float
+
+
+def _chunks(points: list[tuple[int, float]], min_interval: float) -> list[tuple[int, int, float]]:
+    """``(end, span, value change)`` of intervals cut back from the newest point."""
+    out = []
+    end_step, end_value = points[-1]
+    for step, value in reversed(points[:-1]):
+        span = end_step - step
+        if span > 0 and span >= min_interval:
+            out.append((end_step, span, end_value - value))
+            end_step, end_value = step, value
+    out.reverse()
+    return out
+
+
+def _generation_changes(
+    history: History, generation_id: str, sign: float, min_interval: float, limit: int | None
+) -> list[RewardChange]:
+    """The newest ``limit`` (all: ``None``) reward changes of a generation, by step.
+
+    Intervals are cut back from the newest evaluation, so reading only the newest part
+    of a long generation (the evaluations since ``newest - reach``, ``reach`` doubled
+    until ``limit`` changes are found) gives the same newest intervals as reading it all.
+    """
+    first = history.first(generation_id)
+    newest = history.latest(generation_id).step
+    reach = None if limit is None else (limit + 1) * max(min_interval, 1)
+    while True:
+        since = None if reach is None or newest - reach <= first.step else newest - reach
+        points = [(c.step, c.value) for c in history.evaluated(generation_id, min_step=since)]
+        copied = first.parent is not None and first.parent[0] != generation_id
+        if since is None and first.value is None and copied:
+            # a copy: its first interval starts from the copied checkpoint's value
+            source = history.get_checkpoint(*first.parent)
+            starts_before = source is not None and (not points or source.step <= points[0][0])
+            if starts_before and source.value is not None:
+                points.insert(0, (source.step, source.value))
+        points = [(s, v) for s, v in points if math.isfinite(v)]
+        chunks = _chunks(points, min_interval) if points else []
+        if since is None or len(chunks) >= limit:
+            break
+        reach *= 2
+    if limit is not None:
+        chunks = chunks[-limit:]
+    meta = first.meta_params
+    changes = [(end, span, sign * delta / span) for end, span, delta in chunks]
+    return [RewardChange(generation_id, e, n, meta, c) for e, n, c in changes if math.isfinite(c)]
+
+
+def reward_changes(
+    history: History,
+    *,
+    window: int | None = None,
+    min_interval: float = 0,
+    where: Callable[[Any], bool] | None = None,
+) -> list[RewardChange]:
+    """The PB2 paper's reward changes (Sec. 3), read from ``history``: newest last.
+
+    Each generation's evaluated checkpoints are cut into consecutive intervals of at
+    least ``min_interval`` steps (0: between every two evaluations), back from its
+    newest evaluation; an interval's change is the improvement of the value per step
+    over it. A copied generation's oldest interval may start at the checkpoint it copied
+    (so the change measures its new hyperparameters from the copied weights). What is
+    left at a generation's start, shorter than ``min_interval``, is not used.
+    Non-finite values are skipped. The sign follows ``history.mode``: with ``"min"`` a
+    falling value is a positive change.
+
+    Args:
+      history: the run's history.
+      window: keep only the ``window`` most recent changes (largest end step; ties go to
+        the later-created generation). Generations are visited newest end first and the
+        walk stops once no older one can enter the window, so the cost is one look at
+        each generation's latest step plus the checkpoints of the generations read.
+      min_interval: the least length, in steps, of one interval.
+      where: keep only generations whose ``meta_params`` pass this test (applied before
+        the window).
+
+    >>> from jaxpop.history import History
+    >>> from jaxpop.records import Checkpoint
+    >>> h = History(mode="max")
+    >>> for step, value in [(0, 0.0), (5, 1.0), (10, 3.0)]:
+    ...     h = h.add(Checkpoint(None, {"lr": 0.1}, "g", value, None, step, 0.0))
+    >>> [(c.step, c.change) for c in reward_changes(h)]
+    [(5, 0.2), (10, 0.4)]
+    """
+    if window is not None:
+        window = check_number("window", window, integer=True)
+    sign = -1.0 if history.mode == "min" else 1.0
+    generations = [(history.latest(g).step, i, g) for i, g in enumerate(history)]
+    generations.sort(reverse=True)
+    kept: list[tuple[int, int, RewardChange]] = []
+    for bound, index, generation_id in generations:
+        if window is not None and len(kept) >= window and bound < kept[window - 1][0]:
+            break  # every later generation ends before the window's oldest change
+        if where is not None and not where(history.first(generation_id).meta_params):
+            continue
+        for change in _generation_changes(history, generation_id, sign, min_interval, window):
+            kept.append((change.step, index, change))
+        if window is not None and len(kept) >= window:
+            kept.sort(key=lambda item: (item[0], item[1]), reverse=True)
+            del kept[window:]
+    kept.sort(key=lambda item: (item[0], item[1]))
+    return [change for _, _, change in kept]
+
+
+# -- hyperparameters as points of the unit cube ---------------------------------------------
+_MISSING = object()
+
+
+def _space_leaves(space: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """``(path, leaf)`` for every space leaf, in the space's order."""
+    if explore_lib.is_space(space):
+        return [(path, space)]
+    if isinstance(space, Mapping):
+        return [item for k, sub in space.items() for item in _space_leaves(sub, (*path, k))]
+    return []  # a constant
+
+
+def _value_at(meta: Any, path: tuple) -> Any:
+    for k in path:
+        if not isinstance(meta, Mapping) or k not in meta:
+            return _MISSING
+        meta = meta[k]
+    return meta
+
+
+def _with_value(meta: Any, path: tuple, value: Any) -> Any:
+    if not path:
+        return value
+    out = dict(meta) if isinstance(meta, Mapping) else {}
+    out[path[0]] = _with_value(out.get(path[0], {}), path[1:], value)
+    return out
+
+
+def _scalar(value: Any) -> float | None:
+    """``value`` as a finite float if it is a real scalar, else ``None``."""
+    if isinstance(value, (bool, np.bool_)) or value is _MISSING:
+        return None
+    if isinstance(value, numbers.Real) or (np.ndim(value) == 0 and hasattr(value, "dtype")):
+        try:
+            x = float(value)
+        except (TypeError, ValueError):
+            return None
+        return x if math.isfinite(x) else None
+    return None
+
+
+def _choice_index(leaf: explore_lib.Choice, value: Any) -> int | None:
+    if value is _MISSING:
+        return None
+    number = _scalar(value)
+    for i, v in enumerate(leaf.values):
+        is_number = isinstance(v, numbers.Real) and not isinstance(v, bool)
+        if is_number == (number is not None) and (v == value if number is None else v == number):
+            return i
+    if leaf.numeric and number is not None:
+        return int(np.argmin([abs(float(v) - number) for v in leaf.values]))
+    return None
+
+
+def _encode_number(leaf: Any, x: float) -> float:
+    if isinstance(leaf, explore_lib.LogUniform):
+        lo, hi = math.log(leaf.low), math.log(leaf.high)
+        u = (math.log(x) - lo) / (hi - lo) if x > 0 else 0.0
+    elif isinstance(leaf, explore_lib.RandInt):  # integer k owns the cell around (k + 0.5)
+        u = (round(x) - leaf.low + 0.5) / (leaf.high - leaf.low)
+    else:  # halved, so that a span of +-1e308 does not overflow
+        u = (x / 2 - leaf.low / 2) / (leaf.high / 2 - leaf.low / 2)
+    return min(1.0, max(0.0, u))
+
+
+def _decode_number(leaf: Any, u: float) -> float | int:
+    u = min(1.0, max(0.0, float(u)))
+    if isinstance(leaf, explore_lib.LogUniform):
+        lo, hi = math.log(leaf.low), math.log(leaf.high)
+        return min(leaf.high, max(leaf.low, math.exp(lo + u * (hi - lo))))
+    if isinstance(leaf, explore_lib.RandInt):
+        return min(leaf.high - 1, max(leaf.low, leaf.low + math.floor(u * (leaf.high - leaf.low))))
+    return min(leaf.high, max(leaf.low, leaf.low * (1 - u) + leaf.high * u))
+
+
+class _Encoding(NamedTuple):
+    numbers: tuple[tuple[tuple, Any], ...]  # (path, uniform/log_uniform/randint leaf)
+    choices: tuple[tuple[tuple, explore_lib.Choice], ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(len(leaf.values) for _, leaf in self.choices)
+
+    def encode(self, meta: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(unit-cube coordinates, category indices)``, or ``None`` if ``meta`` does
+        not hold a scalar in its space for every searched hyperparameter."""
+        x = []
+        for path, leaf in self.numbers:
+            value = _scalar(_value_at(meta, path))
+            if value is None:
+                return None
+            x.append(_encode_number(leaf, value))
+        c = []
+        for path, leaf in self.choices:
+            index = _choice_index(leaf, _value_at(meta, path))
+            if index is None:
+                return None
+            c.append(index)
+        return np.asarray(x, np.float32), np.asarray(c, np.int32)
+
+    def decode(self, meta: Any, x: np.ndarray, c: np.ndarray) -> Any:
+        for (path, leaf), u in zip(self.numbers, x, strict=True):
+            new = _decode_number(leaf, u)
+            old = _value_at(meta, path)
+            if isinstance(old, np.generic):
+                new = np.asarray(new).astype(old.dtype)[()]
+            meta = _with_value(meta, path, new)
+        for (path, leaf), i in zip(self.choices, c, strict=True):
+            meta = _with_value(meta, path, leaf.values[int(i)])
+        return meta
+
+
+def _encoding(space: Any) -> _Encoding:
+    leaves = _space_leaves(space)
+    return _Encoding(
+        tuple((p, leaf) for p, leaf in leaves if not isinstance(leaf, explore_lib.Choice)),
+        tuple((p, leaf) for p, leaf in leaves if isinstance(leaf, explore_lib.Choice)),
+    )
+
+
+# -- the time-varying GP and its UCB, jitted --------------------------------------------------
+def _draws(key: Any, num_candidates: int, num_local: int, dims: int, num_choices: int):
+    """The search's randomness, drawn on the host from the key (``numpy``'s generator
+    seeded with the raw key): uniform candidates, uniforms for their categories, and the
+    steps of the local candidates around the best ``_TOP_K``."""
+    rng = np.random.default_rng(np.asarray(key, np.uint32))
+    return (
+        rng.random((num_candidates, dims), np.float32),
+        rng.random((num_candidates, num_choices), np.float32),
+        (_LOCAL_SCALE * rng.standard_normal((_TOP_K, num_local // _TOP_K, dims))).astype(
+            np.float32
+        ),
+    )
+
+
+class _Geometry(NamedTuple):
+    """What the kernel needs of every pair of points, computed once for all GP fits."""
+
+    sq_distance: jax.Array  # squared distance of the unit-cube coordinates
+    mismatches: jax.Array  # number of categorical hyperparameters that differ
+    time_gap: jax.Array  # |t - t'|, in intervals
+
+
+def _geometry(xa, ca, ta, xb, cb, tb) -> _Geometry:
+    sq_distance = jnp.sum((xa[:, None, :] - xb[None, :, :]) ** 2, axis=-1)
+    mismatches = jnp.sum(ca[:, None, :] != cb[None, :, :], axis=-1).astype(sq_distance.dtype)
+    return _Geometry(sq_distance, mismatches, jnp.abs(ta[:, None] - tb[None, :]))
+
+
+def _kernel(g: _Geometry, lengthscale, log_decay):
+    """The paper's time-varying kernel (Sec. 4, TV-GP-UCB of Bogunovic et al. 2016):
+    ``exp(-|x - x'|^2 / (2 l^2)) * (1 - epsilon) ** (|t - t'| / 2)``, times
+    ``CATEGORY_CORRELATION ** (number of differing categories)``. ``log_decay`` is
+    ``log(1 - epsilon)``."""
+    log_k = -0.5 * g.sq_distance / lengthscale**2 + 0.5 * log_decay * g.time_gap
+    return jnp.exp(log_k + math.log(CATEGORY_CORRELATION) * g.mismatches)
+
+
+def _gram(mask, k, noise):
+    """``K + noise I`` over the valid points; padding rows are the identity."""
+    both = mask[:, None] & mask[None, :]
+    diagonal = jnp.where(mask, noise + _JITTER, 1.0)
+    return jnp.where(both, k, 0.0) + jnp.diag(diagonal)
+
+
+@functools.partial(jax.jit, static_argnames="sizes")
+def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
+    """The UCB-maximising point: ``(x, c, (lengthscale, epsilon, noise))``.
+
+    ``data = (x, c, t, y, mask)``: the padded observations (coordinates, categories,
+    time in units of one interval relative to the end of the interval being chosen,
+    change, which rows hold data); ``pending = (xp, cp, pmask)``: the hyperparameters
+    being trained now (at time 0); ``start = (x0, c0)``: the copied hyperparameters, one
+    more candidate; ``draws``: see :func:`_draws`.
+    """
+    x, c, t, y, mask = data
+    xp, cp, pmask = pending
+    x0, c0 = start
+    dtype, w = x.dtype, x.shape[0]
+    n = jnp.maximum(jnp.sum(mask), 1)
+    mean = jnp.sum(jnp.where(mask, y, 0.0)) / n
+    std = jnp.sqrt(jnp.sum(jnp.where(mask, (y - mean) ** 2, 0.0)) / n)
+    y = jnp.where(mask, (y - mean) / jnp.where(std > 0, std, 1.0), 0.0)
+
+    # all points the GP knows: the observations, then the pending points (at time 0)
+    xz, cz = jnp.concatenate([x, xp]), jnp.concatenate([c, cp])
+    tz = jnp.concatenate([t, jnp.zeros(xp.shape[0], dtype)])
+    mz = jnp.concatenate([mask, pmask])
+    gz = _geometry(xz, cz, tz, xz, cz, tz)
+    g_data = jax.tree.map(lambda a: a[:w, :w], gz)
+
+    def log_likelihood(params):
+        gram = _gram(mask, _kernel(g_data, params[0], params[1]), params[2])
+        chol = jnp.linalg.cholesky(gram)
+        alpha = jax.scipy.linalg.cho_solve((chol, True), y)
+        value = -0.5 * y @ alpha - jnp.sum(jnp.log(jnp.diagonal(chol)))
+        return jnp.where(jnp.isfinite(value), value, -jnp.inf), alpha
+
+    grid = jnp.asarray(_GRID)
+    values, alphas = jax.vmap(log_likelihood)(grid)
+    best = jnp.argmax(values)
+    lengthscale, log_decay, noise = grid[best, 0], grid[best, 1], grid[best, 2]
+    alpha = jnp.concatenate([alphas[best], jnp.zeros(xp.shape[0], dtype)])  # mean: data only
+
+    # GP-BUCB: the pending points count as observed for the variance (not for the mean)
+    chol_z = jnp.linalg.cholesky(_gram(mz, _kernel(gz, lengthscale, log_decay), noise))
+    inverse_z = jax.scipy.linalg.cho_solve((chol_z, True), jnp.eye(mz.shape[0], dtype=dtype))
+
+    def ucb(xs, cs):
+        ts = jnp.zeros(xs.shape[0], dtype)
+        k = jnp.where(mz, _kernel(_geometry(xs, cs, ts, xz, cz, tz), lengthscale, log_decay), 0.0)
+        variance = jnp.maximum(1.0 - jnp.sum((k @ inverse_z) * k, axis=1), 1e-9)
+        return k @ alpha + sqrt_beta * jnp.sqrt(variance)
+
+    xs, u, step = draws
+    sizes_array = jnp.asarray(sizes, jnp.int32)
+    cs = jnp.minimum(jnp.floor(u * sizes_array).astype(jnp.int32), sizes_array - 1)
+    xs, cs = xs.at[0].set(x0), cs.at[0].set(c0)
+    scores = ucb(xs, cs)
+    _, top = jax.lax.top_k(scores, _TOP_K)
+    per = step.shape[1]
+    xl = jnp.clip(xs[top][:, None, :] + step, 0.0, 1.0).reshape(_TOP_K * per, x.shape[1])
+    cl = jnp.repeat(cs[top], per, axis=0)
+    all_x, all_c = jnp.concatenate([xs, xl]), jnp.concatenate([cs, cl])
+    all_scores = jnp.concatenate([scores, ucb(xl, cl)])
+    i = jnp.argmax(jnp.where(jnp.isfinite(all_scores), all_scores, -jnp.inf))
+    return all_x[i], all_c[i], (lengthscale, -jnp.expm1(log_decay), noise)
+
+
+# -- the explorer ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PB2Explorer:
+    """PB2's explore step, for ``PopulationBasedTraining(explorer=...)``.
+
+    Called as ``explorer(key, source, history, workers) -> meta_params``: reads the
+    history's :func:`reward_changes` (the ``window`` most recent intervals of at least
+    ``min_interval`` steps), fits the time-varying GP to them and returns the copied
+    ``meta_params`` with every searched hyperparameter set to the UCB maximiser. Keys of
+    ``meta_params`` the space does not name are kept.
+
+    The model (PB2 paper, Sec. 4): inputs are the hyperparameters, each mapped to
+    ``[0, 1]`` (log scale for ``log_uniform``; ``randint`` integer ``k`` to the centre of
+    its cell), and time, in units of the median interval; the kernel is a
+    squared-exponential over the hyperparameters times the time-varying factor
+    ``(1 - epsilon) ** (|t - t'| / 2)`` (TV-GP-UCB, Bogunovic et al. 2016), so old
+    intervals count less. Targets are standardised. Lengthscale, ``epsilon`` and noise
+    maximise the marginal likelihood over a fixed grid (``LENGTHSCALES``, ``EPSILONS``,
+    ``NOISES``). Parallel selection (the paper's batch rule, after GP-BUCB of Desautels
+    et al. 2014): every worker's current hyperparameters are added as pending points at
+    the present time, which shrinks the variance -- not the mean -- around what is
+    already being trained, so copiers spread out. The UCB ``mu + sqrt(beta) sigma`` is
+    maximised over ``num_candidates`` uniform random points (plus the copied
+    hyperparameters) and ``num_local`` Gaussian perturbations of the best 8. Fit and
+    search are one jitted function over fixed-size, masked buffers: it compiles once per
+    run (population size and ``window``), in the controller's start-up
+    (:meth:`prepare`).
+
+    Categorical hyperparameters (``choice``) are inputs of the same GP through an overlap
+    factor ``CATEGORY_CORRELATION ** (number of differing categories)`` and are chosen by
+    the same UCB search (random categories for the random candidates, kept for the local
+    ones): a simpler treatment than PB2-Mix's bandit over categories (Parker-Holder et
+    al. 2021). ``randint`` values are searched as continuous coordinates, then rounded
+    down into their cell and clipped.
+
+    Fallback: with fewer than ``min_observations`` usable reward changes, or when a
+    searched value of the copied ``meta_params`` is not a scalar (an array-valued
+    hyperparameter), the step is PBT's :func:`jaxpop.mutators.explore.explore` with
+    ``resample_probability`` and ``perturbation_factors``.
+
+    Attributes:
+      hyperparam_space: the space (:mod:`jaxpop.mutators.explore`).
+      beta: the UCB's exploration weight (the paper's ``beta_t``, held constant).
+      window: how many of the most recent reward changes the GP sees.
+      min_observations: below this many, explore like PBT.
+      min_interval: the least length of one interval, in steps (:func:`PB2` sets it to
+        the ``perturbation_interval`` when that is in steps).
+      num_candidates: random candidates of the UCB search.
+      num_local: local candidates around the best 8 (a multiple of 8).
+      resample_probability: the fallback's probability of a fresh draw.
+      perturbation_factors: the fallback's perturbation factors.
+    """
+
+    hyperparam_space: Any
+    beta: float = 2.0
+    window: int = 128
+    min_observations: int = 8
+    min_interval: float = 0
+    num_candidates: int = 256
+    num_local: int = 64
+    resample_probability: float = 0.25
+    perturbation_factors: tuple[float, ...] = explore_lib.DEFAULT_FACTORS
+
+    def __post_init__(self) -> None:
+        explore_lib.validate_space(self.hyperparam_space)
+        check_number("beta", self.beta, inclusive=True)
+        check_number("window", self.window, integer=True)
+        check_number("min_observations", self.min_observations, integer=True, inclusive=True)
+        check_number("min_interval", self.min_interval, inclusive=True)
+        check_number(
+            "num_candidates", self.num_candidates, minimum=_TOP_K, inclusive=True, integer=True
+        )
+        num_local = check_number("num_local", self.num_local, integer=True, inclusive=True)
+        if num_local % _TOP_K:
+            raise ValueError(f"num_local must be a multiple of {_TOP_K}, got {num_local}")
+        object.__setattr__(self, "perturbation_factors", tuple(self.perturbation_factors))
+        # the fallback's arguments are checked by a dry run of explore's own checks
+        explore_lib.explore(
+            np.zeros(2, np.uint32),
+            {},
+            {},
+            resample_probability=self.resample_probability,
+            perturbation_factors=self.perturbation_factors,
+        )
+
+    @functools.cached_property
+    def _encoding(self) -> _Encoding:
+        return _encoding(self.hyperparam_space)
+
+    def __call__(self, key: Any, source: Checkpoint, history: History, workers: Workers) -> Any:
+        encoding = self._encoding
+        meta = source.meta_params
+        if not encoding.numbers and not encoding.choices:
+            return explore_lib.clip(self.hyperparam_space, meta)
+        point = encoding.encode(meta)  # None: a missing, NaN, array or unknown value
+        data = self._data(history, encoding) if point is not None else []
+        if len(data) < max(self.min_observations, 1):
+            return self._fallback(key, meta)
+        new_x, new_c, _ = _propose(
+            self._draws(key),
+            self._buffers(data, encoding, source.step),
+            self._pending(workers, encoding),
+            point,
+            np.float32(math.sqrt(self.beta)),
+            sizes=encoding.sizes,
+        )
+        new = encoding.decode(meta, np.asarray(new_x, np.float64), np.asarray(new_c))
+        return explore_lib.clip(self.hyperparam_space, new)
+
+    def prepare(self, population_size: int) -> None:
+        """Compiles the GP fit and UCB search for this population size (no state)."""
+        encoding = self._encoding
+        if not encoding.numbers and not encoding.choices:
+            return
+        data = self._zeros(self.window, encoding)
+        xp, cp, _, _, pmask = self._zeros(population_size, encoding)
+        start = (data[0][0], data[1][0])
+        draws = self._draws(np.zeros(2, np.uint32))
+        _propose(draws, data, (xp, cp, pmask), start, np.float32(1.0), sizes=encoding.sizes)
+
+    def _draws(self, key: Any):
+        if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+            key = jax.random.key_data(key)
+        encoding = self._encoding
+        return _draws(
+            key, self.num_candidates, self.num_local, len(encoding.numbers), len(encoding.choices)
+        )
+
+    # -- pieces of __call__ ---------------------------------------------------------------
+    def _data(self, history: History, encoding: _Encoding) -> list[tuple[RewardChange, Any]]:
+        cache: dict[int, Any] = {}
+
+        def encoded(meta: Any) -> Any:
+            if id(meta) not in cache:
+                cache[id(meta)] = (meta, encoding.encode(meta))  # meta kept alive with its id
+            return cache[id(meta)][1]
+
+        changes = reward_changes(
+            history,
+            window=self.window,
+            min_interval=self.min_interval,
+            where=lambda meta: encoded(meta) is not None,
+        )
+        return [(change, encoded(change.meta_params)) for change in changes]
+
+    def _zeros(self, n: int, encoding: _Encoding):
+        return (
+            np.zeros((n, len(encoding.numbers)), np.float32),
+            np.zeros((n, len(encoding.choices)), np.int32),
+            np.zeros(n, np.float32),
+            np.zeros(n, np.float32),
+            np.zeros(n, bool),
+        )
+
+    def _buffers(self, data, encoding: _Encoding, source_step: int):
+        x, c, t, y, mask = self._zeros(self.window, encoding)
+        unit = max(float(np.median([change.span for change, _ in data])), 1.0)
+        now = source_step + unit  # the end of the interval being chosen for
+        for i, (change, (xi, ci)) in enumerate(data):
+            x[i], c[i] = xi, ci
+            t[i] = (change.step - now) / unit
+            y[i] = change.change
+            mask[i] = True
+        return x, c, t, y, mask
+
+    def _pending(self, workers: Workers, encoding: _Encoding):
+        xp, cp, _, _, pmask = self._zeros(len(workers), encoding)
+        for i, worker in enumerate(workers):
+            point = encoding.encode(worker.meta_params)
+            if point is not None:
+                xp[i], cp[i] = point
+                pmask[i] = True
+        return xp, cp, pmask
+
+    def _fallback(self, key: Any, meta: Any) -> Any:
+        return explore_lib.explore(
+            key,
+            self.hyperparam_space,
+            meta,
+            resample_probability=self.resample_probability,
+            perturbation_factors=self.perturbation_factors,
+        )
+
+
+# -- the mutator -----------------------------------------------------------------------------
+def PB2(
+    *,
+    perturbation_interval: float,
+    hyperparam_space: Any,
+    time_attr: Literal["step", "time"] = "step",
+    mode: Literal["min", "max"] = "min",
+    quantile_fraction: float = 0.25,
+    beta: float = 2.0,
+    window: int = 128,
+    min_observations: int = 8,
+    num_candidates: int = 256,
+    num_local: int = 64,
+    resample_probability: float = 0.25,
+    perturbation_factors: Sequence[float] = explore_lib.DEFAULT_FACTORS,
+    **options: Any,
+) -> PopulationBasedTraining:
+    """Population Based Bandits: PBT's exploit with a GP-UCB bandit as its explore.
+
+    The PB2 paper's Algorithm 1 (Sec. 4): a ready worker in the bottom
+    ``quantile_fraction`` copies a member of the top one (PBT's truncation, unchanged),
+    and its new hyperparameters maximise the time-varying GP-UCB of the reward change per
+    step, given the other workers' current hyperparameters (:class:`PB2Explorer`).
+
+    Args:
+      perturbation_interval, hyperparam_space, time_attr, mode, quantile_fraction: as in
+        :class:`~jaxpop.mutators.pbt.PopulationBasedTraining` (Ray Tune's PB2 calls the
+        space ``hyperparam_bounds``). With ``time_attr="step"``, an interval of the
+        bandit's data lasts at least ``perturbation_interval`` steps (one decision
+        period, the paper's time step).
+      beta, window, min_observations, num_candidates, num_local: :class:`PB2Explorer`'s.
+      resample_probability, perturbation_factors: the PBT explore used while there are
+        fewer than ``min_observations`` reward changes.
+      **options: any other ``PopulationBasedTraining`` option (``burn_in_period``,
+        ``metric``, ``selection``, ``synch``, ``custom_explore_fn``, ...).
+
+    Returns:
+      a ``PopulationBasedTraining`` whose ``explorer`` is the :class:`PB2Explorer` and
+      whose ``prepare`` also compiles the explorer, so the first copy does not wait for
+      XLA.
+
+    >>> from jaxpop.mutators import explore
+    >>> space = {"lr": explore.log_uniform(1e-4, 1e-1), "batch": explore.choice([32, 64])}
+    >>> mutator = PB2(perturbation_interval=50, hyperparam_space=space, mode="max")
+    >>> type(mutator).__name__, mutator.config["explorer"].window
+    ('PopulationBasedTraining', 128)
+    """
+    if "explorer" in options:
+        raise TypeError("PB2 builds its own explorer; use PopulationBasedTraining(explorer=...)")
+    explorer = PB2Explorer(
+        hyperparam_space,
+        beta=beta,
+        window=window,
+        min_observations=min_observations,
+        min_interval=perturbation_interval if time_attr == "step" else 0,
+        num_candidates=num_candidates,
+        num_local=num_local,
+        resample_probability=resample_probability,
+        perturbation_factors=tuple(perturbation_factors),
+    )
+    mutator = PopulationBasedTraining(
+        perturbation_interval=perturbation_interval,
+        hyperparam_space=hyperparam_space,
+        time_attr=time_attr,
+        mode=mode,
+        quantile_fraction=quantile_fraction,
+        resample_probability=resample_probability,
+        perturbation_factors=perturbation_factors,
+        explorer=explorer,
+        **options,
+    )
+    pbt_prepare = mutator.prepare
+
+    def prepare(population_size: int) -> None:
+        if pbt_prepare is not None:
+            pbt_prepare(population_size)
+        explorer.prepare(population_size)
+
+    return mutator._replace(prepare=prepare)

@@ -1,0 +1,315 @@
+"""FirePBT (jaxpop.mutators.fire): improvement-rate fitness, evaluators and hand-over."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import numpy as np
+import pytest
+
+from conftest import apply, fresh_state
+from jaxpop import PopulationController, encoding, schedules, storage
+from jaxpop import report as reports
+from jaxpop.events import Eval
+from jaxpop.mutators import _subpopulations, decision_counts, fire
+from jaxpop.mutators import explore as ex
+from jaxpop.mutators.fire import (
+    Curve,
+    Evaluation,
+    FirePBT,
+    FireState,
+    evaluator_verdict,
+    fire_fitness,
+    improvement,
+    overlap,
+)
+
+SPACE = {"lr": ex.log_uniform(1e-4, 1.0)}
+
+
+def make(**kwargs) -> FirePBT:
+    options = {
+        "perturbation_interval": 1000,  # no member decisions unless a test wants them
+        "sub_population_sizes": (2, 2),
+        "num_evaluators": 1,
+        "max_eval_steps": 1000,
+        "hyperparam_space": SPACE,
+        "mode": "max",
+    }
+    options.update(kwargs)
+    return FirePBT(**options)
+
+
+def population(m, n):
+    return fresh_state([{"lr": 0.01 * (i + 1)} for i in range(n)], m)
+
+
+def report(state, m, worker, step, value):
+    gen = state.workers[worker].generation_id
+    state, _ = apply(state, Eval(f"w{worker}@{step}", worker, gen, step, float(value)), 1.0, m)
+    return state
+
+
+def test_module_examples_run():
+    assert doctest.testmod(fire).failed == 0
+    assert doctest.testmod(_subpopulations).failed == 0
+
+
+# -- the improvement-rate comparison, on hand-made curves -----------------------------------
+def test_curves_are_compared_where_they_reach_the_same_performance():
+    ahead_but_slow = Curve.of([(0, 5.0), (10, 5.1), (20, 5.2), (30, 5.3)])
+    behind_but_fast = Curve.of([(0, 3.0), (10, 5.0), (20, 7.0), (30, 9.0)])
+    # aligned where the fast one reaches 5.0 (its step 10) and the slow one starts
+    assert overlap(behind_but_fast, ahead_but_slow) == fire.Overlap(10, 0, 20)
+    assert improvement(behind_but_fast, ahead_but_slow) == pytest.approx(9.0 - 5.2)
+    assert improvement(ahead_but_slow, behind_but_fast) == pytest.approx(-(9.0 - 5.2))
+    # by raw score the slow one wins; by improvement rate the fast one does
+    assert fire_fitness([ahead_but_slow, behind_but_fast]) == pytest.approx([-3.8, 3.8])
+
+
+def test_curves_that_never_meet_are_ranked_by_the_gap_between_them():
+    low = Curve.of([(0, 1.0), (10, 2.0)])
+    high = Curve.of([(0, 3.0), (10, 3.5)])
+    assert overlap(low, high) is None and overlap(high, low) is None
+    assert improvement(high, low) == 1.0 and improvement(low, high) == -1.0
+
+
+def test_fitness_needs_two_points_and_a_diverged_curve_ranks_last():
+    good = Curve.of([(0, 1.0), (10, 2.0)])
+    diverged = Curve.of([(0, 1.0), (10, math.nan)])
+    single = Curve.of([(0, 9.0)])
+    fitness = fire_fitness([good, diverged, single, None])
+    assert fitness[0] == 0.0 and math.isnan(fitness[1]) and fitness[2:] == [None, None]
+
+
+def test_the_verdict_follows_the_papers_criteria():
+    child = Curve.of([(10 * j, 1.0 + 0.1 * j) for j in range(12)])
+    same = Curve.of([(10 * j, 1.0 + 0.1 * j) for j in range(12)])
+    faster = Curve.of([(10 * j, 1.0 + j) for j in range(12)])
+    slower = Curve.of([(10 * j, 1.0 + 0.01 * j) for j in range(12)])
+    kwargs = {"max_eval_steps": 200, "p_stat": 0.01}
+    assert evaluator_verdict(faster, child, 110, **kwargs) == "success"
+    assert (
+        evaluator_verdict(
+            faster.__class__(faster.steps[:6], faster.values[:6]), child, 50, **kwargs
+        )
+        == "continue"
+    )  # 5 wins of 6 are not yet significant
+    assert evaluator_verdict(same, child, 110, **kwargs) == "stop"  # hopeless: p = 1 > 0.46
+    # 7 wins of 12 (p = 0.387): not significant, not hopeless yet (the bar is 0.46)
+    mixed = [0.0] + [0.05] * 7 + [-0.05] * 4
+    coin = Curve.of([(10 * j, 1.0 + 0.1 * j + mixed[j]) for j in range(12)])
+    assert evaluator_verdict(coin, child, 110, **kwargs) == "continue"
+    assert evaluator_verdict(coin, child, 190, **kwargs) == "stop"  # the bar fell to 0.06
+    assert evaluator_verdict(slower, child, 110, **kwargs) == "stop"  # hopeless: p = 1
+    assert evaluator_verdict(same, child, 200, **kwargs) == "stop"  # max_eval_steps passed
+    diverged = Curve.of([(0, 1.0), (10, math.inf)])
+    assert evaluator_verdict(diverged, child, 10, **kwargs) == "stop"
+
+
+# -- the mutator: later sub-populations are ranked by improvement rate ----------------------------
+def test_a_later_sub_population_ranks_by_improvement_rate_not_by_score():
+    # P1 = 0, 1; P2 = 2, 3; evaluators 4, 5. P2's decisions every 10 steps, P1's never
+    m = make(num_evaluators=2, perturbation_interval=10, quantile_fraction=0.5)
+    state = population(m, 6)
+    gens = [w.generation_id for w in state.workers]
+    state = report(state, m, 0, 5, 0.5)
+    state = report(state, m, 1, 5, 0.6)  # the best of P1: the evaluators' child
+    state = report(state, m, 2, 5, 0.9)  # P2's best by score ...
+    state = report(state, m, 3, 5, 0.3)
+    tasks = state.mutator_state.evaluations
+    assert {e: (t.member, t.child) for e, t in tasks.items()} == {4: (2, 1), 5: (3, 1)}
+    # each evaluator trains its member's weights with the child's hyperparameters
+    assert state.workers[4].meta_params == state.workers[1].meta_params
+    assert state.history.branch_point(state.workers[4].generation_id) == (gens[2], 5)
+    for step, (slow, fast) in zip(
+        (10, 15, 20), ((0.91, 0.6), (0.92, 0.9), (0.93, 1.2)), strict=True
+    ):
+        state = report(state, m, 4, step, slow)  # ... but member 2's weights improve slowly
+        state = report(state, m, 5, step, fast)  # and member 3's fast, from 0.9 on
+    state = report(state, m, 3, 15, 0.35)  # member 3 ready: the better by FIRE fitness
+    assert state.workers[3].generation_id == gens[3]
+    state = report(state, m, 2, 15, 0.95)  # member 2 ready: still the best by score
+    w = state.workers[2]
+    assert w.generation_id != gens[2]  # yet it copies member 3
+    assert state.history.branch_point(w.generation_id) == (gens[3], 15)
+    assert state.mutator_state.num_exploits == 1
+
+
+def test_p1_ranks_by_the_tasks_score():
+    m = make(perturbation_interval=10, quantile_fraction=0.5)
+    state = population(m, 5)
+    gens = [w.generation_id for w in state.workers]
+    state = report(state, m, 1, 10, 2.0)
+    state = report(state, m, 0, 10, 1.0)  # worse (mode="max"): copies member 1
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
+
+
+# -- evaluators: hand-over, stopping, the queue ------------------------------------------------
+def _handover_run(evaluator_values):
+    """P1 member 1 improves slowly for 12 reports; P2 member 2 is then evaluated with
+    member 1's hyperparameters, the evaluator reporting ``evaluator_values``."""
+    m = make()
+    state = population(m, 5)
+    state = report(state, m, 0, 10, 0.0)
+    for j in range(12):
+        state = report(state, m, 1, 10 * (j + 1), 0.10 + 0.01 * j)
+    state = report(state, m, 2, 5, 0.05)
+    assert state.mutator_state.evaluations[4].child == 1
+    for j, value in enumerate(evaluator_values):
+        state = report(state, m, 4, 5 + 10 * (j + 1), value)
+    return m, state
+
+
+def test_an_evaluator_that_improves_faster_hands_its_weights_over_to_the_child():
+    m, state = _handover_run([0.10 + 0.1 * j for j in range(10)])  # 9 wins of 10: not yet
+    assert state.mutator_state.num_handovers == 0
+    before = state
+    evaluator_gen = state.workers[4].generation_id
+    child_meta = state.workers[1].meta_params
+    state = report(state, m, 4, 115, 1.1)  # 10 wins of 11: p < 0.01
+    s = state.mutator_state
+    assert s.num_handovers == 1
+    child = state.workers[1]
+    # the child continues from the evaluator's latest checkpoint, with its own
+    # hyperparameters (those the evaluator trained with)
+    assert state.history.branch_point(child.generation_id) == (evaluator_gen, 115)
+    assert child.meta_params == child_meta and child.step == 115 and child.params == "w4@115"
+    assert s.curves[1] == (evaluator_gen, child.generation_id)  # its curve goes on
+    # the evaluated member keeps training its own weights; the evaluator moves on
+    assert state.workers[2].generation_id == before.workers[2].generation_id
+    assert state.workers[4].generation_id != evaluator_gen
+    assert decision_counts(m, s) == (1, 1)
+
+
+def test_a_hopeless_evaluation_stops_and_the_evaluator_takes_the_next_member():
+    _, state = _handover_run([0.10, 0.10])  # never better than the child: p = 1
+    s = state.mutator_state
+    assert s.num_handovers == 0 and s.num_evaluations == 2 and s.num_decisions == 1
+    assert s.evaluations[4].member == 2  # member 3 has no evaluation: 2 again
+
+
+def test_the_evaluators_queue_takes_the_member_evaluated_longest_ago():
+    m = make(sub_population_sizes=(2, 3), num_evaluators=1, max_eval_steps=20)
+    state = population(m, 6)
+    state = report(state, m, 1, 10, 1.0)
+    for member in (2, 3, 4):
+        state = report(state, m, member, 10, 1.0)
+    assert state.mutator_state.evaluations[5].member == 2  # never evaluated: lowest id
+    state = report(state, m, 5, 30, 1.0)  # 20 steps without success: stops
+    assert state.mutator_state.evaluations[5].member == 3
+    state = report(state, m, 5, 35, 1.0)
+    assert state.mutator_state.evaluations[5].member == 4
+    assert state.mutator_state.last_evaluation == {2: 10, 3: 10, 4: 10}
+
+
+def test_an_evaluation_whose_child_copies_someone_stops():
+    m = make(perturbation_interval=10, quantile_fraction=0.5)
+    state = population(m, 5)
+    state = report(state, m, 1, 5, 1.0)
+    state = report(state, m, 0, 5, 0.5)
+    state = report(state, m, 2, 5, 1.0)
+    first = state.mutator_state.evaluations[4]
+    assert (first.member, first.child) == (2, 1)
+    state = report(state, m, 0, 10, 3.0)  # P1: member 0 is now the best ...
+    state = report(state, m, 1, 10, 1.0)  # ... and member 1, the child, copies it
+    state = report(state, m, 4, 15, 1.0)  # the evaluator's next report: its child is gone
+    s = state.mutator_state
+    assert s.num_handovers == 0 and s.num_decisions == 3 and s.num_evaluations == 2
+    assert (s.evaluations[4].member, s.evaluations[4].child) == (2, 0)
+
+
+# -- arguments -----------------------------------------------------------------------------------
+def test_hostile_arguments_give_clear_errors():
+    with pytest.raises(ValueError, match="perturbation_interval"):
+        make(perturbation_interval=math.nan)
+    with pytest.raises(TypeError, match="perturbation_interval"):
+        make(perturbation_interval=True)
+    with pytest.raises(ValueError, match="at least two sub-populations"):
+        make(sub_population_sizes=(4,))
+    with pytest.raises(ValueError, match=r"sub_population_sizes\[1\]"):
+        make(sub_population_sizes=(4, 1))
+    with pytest.raises(TypeError, match="sub_population_sizes"):
+        make(sub_population_sizes=4)
+    with pytest.raises(TypeError, match=r"sub_population_sizes\[0\]"):
+        make(sub_population_sizes=(True, 2))
+    with pytest.raises(ValueError, match="num_evaluators must be at most the 2"):
+        make(num_evaluators=3)
+    with pytest.raises(ValueError, match="num_evaluators"):
+        make(num_evaluators=0)
+    with pytest.raises(ValueError, match="max_eval_steps"):
+        make(max_eval_steps=math.inf)
+    with pytest.raises(ValueError, match="p_stat"):
+        make(p_stat=math.nan)
+    with pytest.raises(TypeError, match="p_stat"):
+        make(p_stat=True)
+    with pytest.raises(ValueError, match="quantile_fraction"):
+        make(quantile_fraction=0.7)
+    with pytest.raises(ValueError, match="mode"):
+        make(mode="best")
+    with pytest.raises(ValueError, match="a population of 5 workers"):
+        PopulationController([{"lr": 0.1}] * 4, make())
+
+
+# -- through PopulationController: journal, resume, replay, report -------------------------------
+class Workers:
+    """Deterministic simulated workers: quality grows at a rate set by the learning rate,
+    faster early with a large one and later with a small one (a greedy trap)."""
+
+    def __init__(self, n: int):
+        self.at = [None] * n
+
+    def run(self, pop: PopulationController, rounds: int, step: int = 5) -> None:
+        for _ in range(rounds):
+            for w, a in enumerate(self.at):
+                if a is None:
+                    a = pop.maybe_get_worker_data(w, None, None, None, None)
+                else:
+                    ask = (w, a.generation_id, a.step, a.params, a.meta_params)
+                    a = pop.maybe_get_worker_data(*ask) or a
+                quality = 0.0 if a.params is None else a.params
+                lr = a.meta_params["lr"]
+                quality += lr * (1.0 - quality) * (1.0 - 0.5 * quality / lr**0.25)
+                pop.set_eval(w, a.generation_id, a.step + step, quality, quality)
+                self.at[w] = a.replace(params=quality, step=a.step + step)
+
+
+def _fingerprint(pop):
+    checkpoints = [
+        (c.generation_id, c.step, c.value, c.parent, c.meta_params)
+        for c in pop.history.checkpoints()
+    ]
+    return checkpoints, pop.state.mutator_state
+
+
+def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
+    population_ = [{"lr": float(lr)} for lr in np.geomspace(0.01, 0.3, 10)]
+    m = make(
+        perturbation_interval=10,
+        sub_population_sizes=(4, 4),
+        num_evaluators=2,
+        max_eval_steps=40,
+        p_stat=0.1,
+    )
+    runs = {}
+    for name, splits in (("whole", (40,)), ("resumed", (17, 23))):
+        workers = Workers(10)
+        for rounds in splits:
+            log_dir = str(tmp_path / name)
+            with PopulationController(population_, m, log_dir=log_dir, clock=lambda: 0.0) as pop:
+                workers.run(pop, rounds)
+                runs[name] = _fingerprint(pop)
+    assert runs["resumed"] == runs["whole"]
+    state = runs["whole"][1]
+    assert isinstance(state, FireState) and state.num_evaluations > 2
+    assert state.num_exploits > 0 and state.num_decisions > state.num_exploits
+    assert all(isinstance(t, Evaluation) for t in state.evaluations.values())
+    # the journal holds the typed state; replay and report read the run
+    stored = storage.read_state(str(tmp_path / "resumed"))
+    assert stored.mutator_state == state
+    assert encoding.decode(encoding.encode(state)) == state
+    data = reports.load(str(tmp_path / "resumed"))
+    assert len(data.members) == 10 and data.best is not None
+    schedule = schedules.from_lineage(stored.history, data.best.generation_id)
+    assert schedule(0) == data.best.lineage[0].meta_params

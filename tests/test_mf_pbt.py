@@ -1,0 +1,289 @@
+"""MultipleFrequenciesPBT (jaxpop.mutators.mf_pbt) and its device round (vectorized_mf)."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import apply, fresh_state
+from jaxpop import PopulationController, encoding, report, schedules, storage, vectorized
+from jaxpop.events import Eval
+from jaxpop.mutators import decision_counts, mf_pbt
+from jaxpop.mutators import explore as ex
+from jaxpop.mutators.mf_pbt import MFPBTState, MultipleFrequenciesPBT, evolving, plan
+from jaxpop.vectorized_mf import mf_pbt_round
+
+SPACE = {"lr": ex.log_uniform(1e-4, 1.0)}
+
+
+def make(**kwargs) -> MultipleFrequenciesPBT:
+    options = {"t_ready": 10, "hyperparam_space": SPACE, "frequencies": (1, 2)}
+    options.update(kwargs)
+    return MultipleFrequenciesPBT(**options)
+
+
+def report_all(state, m, step, values, now=1.0):
+    """Every worker reports ``values[i]`` at ``step`` on its current generation."""
+    for i, value in enumerate(values):
+        gen = state.workers[i].generation_id
+        event = Eval(f"w{i}@{step}", i, gen, step, float(value))
+        state, _ = apply(state, event, now, m)
+    return state
+
+
+def gens(state):
+    return [w.generation_id for w in state.workers]
+
+
+def test_module_examples_run():
+    assert doctest.testmod(mf_pbt).failed == 0
+
+
+# -- the decision rule, on hand-made ranks (lower is better) ---------------------------------
+def test_the_bottom_quarter_copies_the_top_quarter_pairwise_and_explores():
+    # sub-population 0 of 8 (sub-population 1, far worse and not evolving, sends nobody)
+    ranks = np.array([4, 7, 0, 6, 1, 5, 3, 2] + [99] * 8, np.float32)
+    p = plan(ranks, np.array([True, False]), num_sub_populations=2)
+    # best first: 2, 4, 7, 6 | 0, 5, 3, 1: B1 = (2, 4), B4 = (3, 1)
+    assert p.parents.tolist() == [0, 4, 2, 2, 4, 5, 6, 7, *range(8, 16)]
+    assert p.hparams_from.tolist() == p.parents.tolist()
+    assert np.flatnonzero(p.explore).tolist() == [1, 3]
+
+
+def test_a_sub_population_that_does_not_evolve_keeps_everyone():
+    ranks = np.arange(8, dtype=np.float32)[::-1].copy()
+    p = plan(ranks, np.array([False, True]), num_sub_populations=2)
+    assert p.parents[:4].tolist() == [0, 1, 2, 3]  # sub-population 0 is not evolving
+    assert p.parents[4:].tolist() != [4, 5, 6, 7]
+
+
+def test_migration_into_a_faster_sub_population_brings_weights_and_hyperparameters():
+    # sub-population 0 (fast) is bad, sub-population 1 (slow) is good
+    ranks = np.array([10, 11, 12, 13, 0, 1, 2, 3], np.float32)
+    p = plan(ranks, np.array([True, False]), num_sub_populations=2)
+    # B3 of sub-population 0 is member 2: it takes member 4, the best outside, entirely
+    assert (int(p.parents[2]), int(p.hparams_from[2]), bool(p.explore[2])) == (4, 4, False)
+    assert p.parents[4:].tolist() == [4, 5, 6, 7]  # the slow one did not evolve
+
+
+def test_migration_into_a_slower_sub_population_brings_weights_only():
+    # sub-population 0 (fast) is good, sub-population 1 (slow) is bad
+    ranks = np.array([0, 1, 2, 3, 10, 11, 12, 13], np.float32)
+    p = plan(ranks, np.array([False, True]), num_sub_populations=2)
+    # B3 of sub-population 1 is member 6: weights of member 0, hyperparameters of its own
+    # best (member 4): greedy short-term hyperparameters never flow into a slow one
+    assert (int(p.parents[6]), int(p.hparams_from[6]), bool(p.explore[6])) == (0, 4, False)
+
+
+def test_migrants_are_used_once_and_only_strictly_better_ones_move():
+    # sub-population 1 of 8: B3 = its 5th and 6th best; only one outsider beats them
+    ranks = np.array([0, 50, 51, 52, 53, 54, 55, 56, 1, 2, 3, 4, 5, 6, 7, 8], np.float32)
+    p = plan(ranks, np.array([False, True]), num_sub_populations=2)
+    # B3 of sub-population 1 is (12, 13) with ranks 5 and 6: member 0 (rank 0) goes to 12;
+    # the next outsider (member 1, rank 50) is worse than 13, so 13 keeps its weights
+    assert int(p.parents[12]) == 0 and int(p.parents[13]) == 13
+    # a tie is not better: nothing moves
+    tied = np.array([5, 9, 9, 9, 5, 5, 5, 5], np.float32)
+    p = plan(tied, np.array([True, True]), num_sub_populations=2)
+    assert p.parents[4:].tolist() == [4, 5, 6, 7]
+
+
+def test_a_non_finite_score_is_never_copied():
+    ranks = np.array([np.nan, 1, 2, 3, np.nan, np.inf, 5, 5], np.float32)
+    p = plan(ranks, np.array([True, True]), num_sub_populations=2)
+    assert int(p.parents[0]) == 1  # the NaN member is in the bottom bracket: it copies
+    sources = {int(j) for i, j in enumerate(p.parents) if i != j}
+    assert sources == {1, 6}  # nobody copies a non-finite member
+    assert int(p.parents[5]) == 6 and int(p.parents[4]) == 1  # B4 <- B1; B3 <- a migrant
+    assert int(p.hparams_from[4]) == 6  # from a faster one: its own best's hyperparameters
+
+
+def test_evolving_follows_the_frequencies():
+    assert [evolving(r, (1, 2, 3)).tolist() for r in (1, 2, 3, 6)] == [
+        [True, False, False],
+        [True, True, False],
+        [True, False, True],
+        [True, True, True],
+    ]
+
+
+# -- the host mutator --------------------------------------------------------------------------
+def test_sub_population_k_decides_only_every_k_th_round():
+    m = make(frequencies=(1, 2, 3))
+    state = fresh_state([{"lr": 0.01 * (i + 1)} for i in range(12)], m)
+    changed_by_round = []
+    for r in range(1, 7):
+        before = gens(state)
+        # inside each sub-population the last member is worst: its bottom quarter copies
+        state = report_all(state, m, 10 * r, [i % 4 for i in range(12)])
+        changed = {i for i, (a, b) in enumerate(zip(before, gens(state), strict=True)) if a != b}
+        changed_by_round.append({i // 4 for i in changed})
+    assert changed_by_round == [{0}, {0, 1}, {0, 2}, {0, 1}, {0}, {0, 1, 2}]
+    assert state.mutator_state.round == 6
+
+
+def test_a_round_waits_for_every_worker_and_workers_that_report_rarely_evolve_once():
+    m = make()
+    state = fresh_state([{"lr": 0.01}] * 8, m)
+    state = report_all(state, m, 10, range(7), now=1.0)  # worker 7 has not reported
+    assert state.mutator_state.round == 0
+    gen = state.workers[7].generation_id
+    state, _ = apply(state, Eval("w7", 7, gen, 25, 9.0), 1.0, m)  # past rounds 1 and 2
+    assert state.mutator_state == MFPBTState(1, 4, 1, 0)  # round 1 only: 0..6 are at 10
+
+
+def test_a_migrant_keeps_the_hyperparameters_of_its_new_sub_populations_best():
+    m = make(frequencies=(1, 2), mode="max")
+    population = [{"lr": 0.001 * (i + 1)} for i in range(8)]
+    state = fresh_state(population, m)
+    old = gens(state)
+    state = report_all(state, m, 10, [9, 8, 7, 6, 4, 3, 2, 1])  # round 1: only the fast one
+    state = report_all(state, m, 20, [9, 8, 7, 6, 4, 3, 2, 1])  # round 2: both
+    # sub-population 1's B3 (member 6) takes the best outsider's weights (member 0's) and
+    # the hyperparameters of its own best (member 4)
+    w = state.workers[6]
+    assert state.history.branch_point(w.generation_id) == (old[0], 20)
+    assert w.meta_params == {"lr": 0.005}
+    assert decision_counts(m, state.mutator_state).decisions == 4 + 8
+
+
+def test_hostile_arguments_give_clear_errors():
+    with pytest.raises(ValueError, match="t_ready"):
+        make(t_ready=math.nan)
+    with pytest.raises(TypeError, match="t_ready"):
+        make(t_ready=True)
+    with pytest.raises(ValueError, match="t_ready"):
+        make(t_ready=2.5)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        make(frequencies=(1, 10, 10))
+    with pytest.raises(ValueError, match=r"frequencies\[1\]"):
+        make(frequencies=(1, 0))
+    with pytest.raises(TypeError, match="frequencies"):
+        make(frequencies=10)
+    with pytest.raises(TypeError, match=r"frequencies\[0\]"):
+        make(frequencies=(True, 2))
+    with pytest.raises(ValueError, match="perturbation_factors"):
+        make(perturbation_factors=(0.8, math.nan))
+    with pytest.raises(TypeError, match="resample_probability"):
+        make(resample_probability=False)
+    with pytest.raises(ValueError, match="mode"):
+        make(mode="maximize")
+    with pytest.raises(ValueError, match="hyperparam_space"):
+        make(hyperparam_space=None)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        PopulationController([{"lr": 0.1}] * 9, make())
+    with pytest.raises(ValueError, match="at least 4"):
+        PopulationController([{"lr": 0.1}] * 6, make())  # 3 per sub-population
+
+
+# -- through PopulationController: journal, resume, replay, report -------------------------------
+class Workers:
+    """Deterministic simulated workers: quality grows at a rate set by the learning rate."""
+
+    def __init__(self, n: int):
+        self.at = [None] * n
+
+    def run(self, pop: PopulationController, rounds: int, step: int = 5) -> None:
+        for _ in range(rounds):
+            for w, a in enumerate(self.at):
+                if a is None:
+                    a = pop.maybe_get_worker_data(w, None, None, None, None)
+                else:
+                    ask = (w, a.generation_id, a.step, a.params, a.meta_params)
+                    a = pop.maybe_get_worker_data(*ask) or a
+                quality = 0.0 if a.params is None else a.params
+                lr = a.meta_params["lr"]
+                quality += lr * (1.0 - quality) - 0.3 * lr**2
+                pop.set_eval(w, a.generation_id, a.step + step, quality, quality)
+                self.at[w] = a.replace(params=quality, step=a.step + step)
+
+
+def _fingerprint(pop):
+    history = pop.history
+    return [
+        (c.generation_id, c.step, c.value, c.parent, c.meta_params) for c in history.checkpoints()
+    ], pop.state.mutator_state
+
+
+def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
+    population = [{"lr": 0.02 * (i + 1)} for i in range(8)]
+    m = make(mode="max", frequencies=(1, 3))
+    with PopulationController(population, m, log_dir=str(tmp_path / "a"), clock=lambda: 0.0) as pop:
+        Workers(8).run(pop, 24)
+        whole = _fingerprint(pop)
+    workers = Workers(8)
+    with PopulationController(population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0) as pop:
+        workers.run(pop, 11)
+    with PopulationController(population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0) as pop:
+        workers.run(pop, 13)
+        resumed = _fingerprint(pop)
+        counts = pop.decision_counts
+    assert resumed == whole
+    state = whole[1]
+    assert isinstance(state, MFPBTState) and state.round == 12
+    assert counts.copies == state.num_exploits + state.num_migrations > 0
+    assert state.num_migrations > 0
+    # the journal holds the typed state; replay and report read the run
+    stored = storage.read_state(str(tmp_path / "b"))
+    assert stored.mutator_state == state
+    assert encoding.decode(encoding.encode(state)) == state
+    data = report.load(str(tmp_path / "b"))
+    assert len(data.members) == 8
+    best = data.best
+    schedule = schedules.from_lineage(stored.history, best.lineage[-1].generation_id)
+    assert schedule(0) == best.lineage[0].meta_params
+
+
+# -- on device ---------------------------------------------------------------------------------
+def _population(n: int = 8) -> vectorized.VectorizedPopulation:
+    """``n`` members with 2 weights each and distinct learning rates (built directly:
+    ``vectorized.init`` would compile its own sampling for nothing here)."""
+    return vectorized.VectorizedPopulation(
+        train_state={"w": jnp.arange(2.0 * n).reshape(n, 2)},
+        hparams={"lr": jnp.linspace(0.01, 0.08, n)},
+        scores=jnp.full((n,), jnp.inf),
+        generation=jnp.arange(n, dtype=jnp.int32),
+        num_generations=jnp.asarray(n, jnp.int32),
+        step=jnp.asarray(0, jnp.int32),
+        key=jnp.asarray([0, 1], jnp.uint32),
+    )
+
+
+def test_the_device_round_follows_the_same_plan_and_records_a_lineage():
+    pop = _population()
+    scores = jnp.asarray([0, 1, 2, 3, 10, 11, 12, 13], jnp.float32)  # fast good, slow bad
+    traces = []
+
+    @jax.jit
+    def round_fn(pop, scores, r):
+        traces.append(1)
+        return mf_pbt_round(
+            pop, scores, r, frequencies=(1, 2), space={"lr": ex.log_uniform(1e-3, 1.0)}
+        )
+
+    new, exploit = round_fn(pop, scores, 1)  # round 1: only sub-population 0 evolves
+    expected = plan(scores, evolving(1, (1, 2)), num_sub_populations=2)
+    assert exploit.parents.tolist() == expected.parents.tolist() == [0, 1, 2, 0, 4, 5, 6, 7]
+    new, exploit = round_fn(pop, scores, 2)  # both: member 6 migrates from the fast one
+    assert int(exploit.parents[6]) == 0 and int(exploit.parents[7]) == 4
+    np.testing.assert_array_equal(new.train_state["w"][6], pop.train_state["w"][0])
+    assert float(new.hparams["lr"][6]) == float(pop.hparams["lr"][4])  # its own best's
+    assert float(new.hparams["lr"][7]) != float(pop.hparams["lr"][4])  # explored copy
+    assert len(traces) == 1  # one compiled step for every round
+    lineage = vectorized.lineage_init(pop, np.array([0, 1], np.uint32), now=0.0)
+    lineage, _ = vectorized.record(lineage, scores, step=10, now=1.0, exploit=exploit)
+    gen6 = lineage.workers[6].generation_id
+    assert lineage.history.branch_point(gen6) == (vectorized.generation_id(lineage.key, 0), 10)
+    assert lineage.workers[6].meta_params == vectorized.member_hparams(new.hparams, 6)
+
+
+def test_the_device_round_refuses_a_population_that_does_not_split():
+    with pytest.raises(ValueError, match="sub-populations"):
+        mf_pbt_round(_population(6), jnp.zeros(6), 1, frequencies=(1, 2), space=SPACE)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        mf_pbt_round(_population(8), jnp.zeros(8), 1, frequencies=(1, 2, 3), space=SPACE)

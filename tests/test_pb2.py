@@ -1,0 +1,309 @@
+"""PB2 (jaxpop.mutators.pb2): reward changes, the GP-UCB explorer, the PBT fallback."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxpop import PopulationController
+from jaxpop.history import History
+from jaxpop.mutators import decision_counts, pb2
+from jaxpop.mutators import explore as ex
+from jaxpop.mutators.pb2 import PB2, PB2Explorer, reward_changes
+from jaxpop.records import ActiveWorker, Checkpoint
+
+SPACE = {"lr": ex.uniform(0.0, 1.0)}
+POPULATION = 4  # every explorer call here uses 4 workers: one compilation per space
+KEY = np.array([0, 7], np.uint32)
+
+
+def history_of(rates, mode="max", steps=(0, 5, 10, 15), sign=1.0, meta=lambda r: {"lr": r}):
+    """One generation per rate: its value moves by ``sign * rate`` per step."""
+    h = History(mode=mode)
+    for g, rate in enumerate(rates):
+        for step in steps:
+            checkpoint = Checkpoint(None, meta(rate), f"g{g}", sign * rate * step, None, step, 0.0)
+            h = h.add(checkpoint)
+    return h
+
+
+def workers_at(*metas):
+    metas = (metas * POPULATION)[:POPULATION]
+    return tuple(ActiveWorker(None, m, f"w{i}", 0) for i, m in enumerate(metas))
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """The arguments of every GP fit (``_propose``) the explorer runs."""
+    seen = []
+    propose = pb2._propose
+
+    def spy(*args, **kwargs):
+        seen.append(args)
+        return propose(*args, **kwargs)
+
+    monkeypatch.setattr(pb2, "_propose", spy)
+    return seen
+
+
+# -- the data ------------------------------------------------------------------------------
+def test_reward_changes_are_improvements_per_step_with_the_modes_sign():
+    h = history_of([0.5], steps=(0, 4, 10))
+    assert [(c.step, c.span, c.change) for c in reward_changes(h)] == [(4, 4, 0.5), (10, 6, 0.5)]
+    changes = reward_changes(h.with_mode("min"))
+    assert [c.change for c in changes] == [-0.5, -0.5]  # a rising value is a loss in "min"
+    # cut back from the newest evaluation: 10 - 4 >= 5, and 4 - 0 < 5 is left out
+    assert [(c.step, c.span) for c in reward_changes(h, min_interval=5)] == [(10, 6)]
+
+
+def test_a_copy_counts_its_first_interval_from_the_copied_checkpoint():
+    h = history_of([1.0], steps=(0, 10))  # g0: value 10 at step 10
+    h = h.add(Checkpoint(None, {"lr": 0.2}, "copy", None, ("g0", 10), 10, 0.0))
+    h = h.add(Checkpoint(None, {"lr": 0.2}, "copy", 12.0, ("copy", 10), 14, 0.0))
+    (change,) = [c for c in reward_changes(h) if c.generation_id == "copy"]
+    assert (change.step, change.span, change.change, change.meta_params) == (
+        14,
+        4,
+        0.5,
+        {"lr": 0.2},
+    )
+
+
+def test_non_finite_values_are_skipped():
+    h = History(mode="max")
+    for step, value in [(0, 0.0), (5, math.nan), (10, 1.0), (15, math.inf)]:
+        h = h.add(Checkpoint(None, {"lr": 0.1}, "g", value, None, step, 0.0))
+    assert [(c.step, c.change) for c in reward_changes(h)] == [(10, 0.1)]
+
+
+@pytest.mark.parametrize("min_interval", [0, 4])
+def test_the_window_keeps_the_most_recent_changes(min_interval):
+    h = History(mode="max")
+    rng = np.random.default_rng(0)
+    for g in range(12):  # generations of different lengths and start steps, one long
+        start = int(rng.integers(0, 40))
+        steps = np.cumsum(rng.integers(1, 4, 300 if g == 5 else int(rng.integers(2, 12))))
+        for step in start + steps:
+            value = float(rng.random())
+            h = h.add(Checkpoint(None, {"lr": 0.1}, f"g{g}", value, None, int(step), 0.0))
+    every = reward_changes(h, min_interval=min_interval)
+    assert [c.step for c in every] == sorted(c.step for c in every)
+    for window in (1, 2, 5, 17, 150, len(every), len(every) + 3):
+        assert reward_changes(h, window=window, min_interval=min_interval) == every[-window:]
+
+
+def test_the_gp_sees_at_most_window_changes(calls):
+    explorer = PB2Explorer(SPACE)
+    h = history_of(np.linspace(0.1, 0.9, 50))  # 150 changes
+    explorer(KEY, h.latest("g0"), h, workers_at({"lr": 0.5}))
+    (_, (x, _, t, _, mask), *_) = calls[0]
+    assert x.shape == (explorer.window, 1) == (128, 1) and mask.sum() == 128
+    assert t.max() <= 0  # times are counted back from the end of the chosen interval
+
+
+# -- the defining rule -------------------------------------------------------------------------
+RATES = np.linspace(0.05, 0.95, 12)
+
+
+@pytest.mark.parametrize(
+    ("mode", "sign", "better"),
+    [
+        ("max", 1.0, "high"),  # values rise faster with a larger lr: larger is better
+        ("max", -1.0, "low"),
+        ("min", -1.0, "high"),  # values fall faster with a larger lr: larger is better
+        ("min", 1.0, "low"),
+    ],
+)
+def test_the_choice_moves_towards_the_larger_improvement(calls, mode, sign, better):
+    h = history_of(RATES, mode=mode, sign=sign)
+    explorer = PB2Explorer(SPACE, beta=0.5)
+    workers = workers_at({"lr": 0.5})
+    chosen = [explorer(np.array([0, k], np.uint32), h.latest("g5"), h, workers) for k in range(4)]
+    assert len(calls) == 4  # the GP ran (36 changes >= min_observations)
+    lrs = [m["lr"] for m in chosen]
+    if better == "high":
+        assert min(lrs) > 0.75, lrs
+    else:
+        assert max(lrs) < 0.25, lrs
+
+
+def test_pending_points_push_the_choice_away_from_what_is_trained():
+    h = History(mode="max")  # lr from 0.45 to 0.55 all improve alike: a flat mean
+    for g in range(10):
+        for step in (0, 5, 10, 15):
+            h = h.add(Checkpoint(None, {"lr": 0.45 + 0.01 * g}, f"g{g}", 0.5 * step, None, step, 0))
+    explorer = PB2Explorer(SPACE, beta=4.0)
+    crowded = workers_at({"lr": 0.1}, {"lr": 0.15}, {"lr": 0.2}, {"lr": 0.25})
+    lr = explorer(KEY, h.latest("g0"), h, crowded)["lr"]
+    assert lr > 0.6  # the most uncertain place not already being trained
+
+
+# -- determinism, space, fallback ------------------------------------------------------------
+def test_deterministic_given_the_key():
+    h = history_of(RATES)
+    explorer = PB2Explorer(SPACE)
+    args = (h.latest("g3"), h, workers_at({"lr": 0.3}))
+    assert explorer(KEY, *args) == explorer(KEY.copy(), *args)
+    assert explorer(jax.random.wrap_key_data(KEY), *args) == explorer(KEY, *args)
+
+
+HOSTILE = {
+    "wide": ex.uniform(-1e308, 1e308),
+    "log": ex.log_uniform(1e-300, 1e300),
+    "one_int": ex.randint(0, 1),
+    "int": ex.randint(-3, 3),
+    "mixed": ex.choice(["a", 1, None]),
+    "single": ex.choice([0.5]),
+    "nested": {"u": ex.uniform(0.0, 1.0), "const": "k"},
+    "seven": 7,
+}
+
+
+def hostile_meta(rng):
+    return {
+        "wide": float(rng.choice([-1e308, 0.0, 1e308, 3.0])),
+        "log": float(rng.choice([1e-300, 1.0, 1e300])),
+        "one_int": 0,
+        "int": int(rng.integers(-10, 10)),  # out of bounds at times
+        "mixed": [None, "a", 1][int(rng.integers(3))],
+        "single": 0.5,
+        "nested": {"u": float(rng.random() * 2 - 0.5), "const": "k"},
+        "seven": 7,
+        "extra": "kept",
+    }
+
+
+def test_the_output_is_inside_the_space_for_every_leaf_kind(calls):
+    rng = np.random.default_rng(1)
+    h = History(mode="min")
+    for g in range(10):
+        meta = hostile_meta(rng)
+        if g == 3:
+            meta = {**meta, "int": math.nan}  # such a generation is left out of the data
+        if g == 4:
+            meta = {k: v for k, v in meta.items() if k != "log"}
+        for step in (0, 5, 10):
+            value = float(rng.normal()) if step else 0.0
+            h = h.add(Checkpoint(None, meta, f"g{g}", value, None, step, 0.0))
+    explorer = PB2Explorer(HOSTILE, min_observations=4)
+    workers = workers_at(hostile_meta(rng), {"broken": True})
+    for k in (0, 1, 2, 5, 6):
+        out = explorer(np.array([1, k], np.uint32), h.latest(f"g{k}"), h, workers)
+        assert ex.clip(HOSTILE, out) == out
+        assert out["extra"] == "kept" and out["seven"] == 7 and out["nested"]["const"] == "k"
+        assert type(out["int"]) is int and -3 <= out["int"] <= 2 and out["one_int"] == 0
+        assert type(out["wide"]) is float and -1e308 <= out["wide"] <= 1e308
+        assert 1e-300 <= out["log"] <= 1e300 and 0.0 <= out["nested"]["u"] <= 1.0
+        assert out["mixed"] in ("a", 1, None) and out["single"] == 0.5
+    assert len(calls) == 5
+    (_, (x, _, _, _, mask), *_) = calls[0]
+    assert mask.sum() == 2 * 8  # two changes from each of the 8 well-formed generations
+    assert np.all((x >= 0) & (x <= 1))
+    # a copied NaN or missing value: PBT's explore, which says what is wrong
+    with pytest.raises(ValueError, match="NaN"):
+        explorer(KEY, h.latest("g3"), h, workers)
+    with pytest.raises(KeyError, match="log"):
+        explorer(KEY, h.latest("g4"), h, workers)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 12), mode=st.sampled_from(["min", "max"]))
+def test_random_histories_give_points_of_the_space(seed, n, mode):
+    rng = np.random.default_rng(seed)
+    h = History(mode=mode)
+    for g in range(n):
+        meta = hostile_meta(rng)
+        for step in np.unique(rng.integers(0, 50, int(rng.integers(1, 6)))):
+            value = float(rng.choice([rng.normal() * 1e6, math.nan, -math.inf, rng.normal()]))
+            h = h.add(Checkpoint(None, meta, f"g{g}", value, None, int(step), 0.0))
+    explorer = PB2Explorer(HOSTILE, min_observations=1)
+    workers = workers_at(hostile_meta(rng))
+    out = explorer(np.array([3, seed % 1000], np.uint32), h.latest("g0"), h, workers)
+    assert ex.clip(HOSTILE, out) == out
+
+
+def test_fallback_explores_like_pbt_with_too_few_changes(calls):
+    h = history_of([0.5], steps=(0, 5, 10))  # 2 changes
+    explorer = PB2Explorer(SPACE, min_observations=3, resample_probability=0.5)
+    source = h.latest("g0")
+    got = explorer(KEY, source, h, workers_at({"lr": 0.5}))
+    assert got == ex.explore(KEY, SPACE, {"lr": 0.5}, resample_probability=0.5)
+    assert calls == []
+
+
+def test_a_space_of_constants_is_only_clipped():
+    h = history_of([0.5])
+    out = PB2Explorer({"lr": 0.1, "b": 2})(KEY, h.latest("g0"), h, workers_at({"lr": 0.5}))
+    assert out == {"lr": 0.1, "b": 2}
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="window"):
+        PB2Explorer(SPACE, window=0)
+    with pytest.raises(ValueError, match="num_local"):
+        PB2Explorer(SPACE, num_local=12)
+    with pytest.raises(TypeError, match="space"):
+        PB2Explorer([ex.uniform(0, 1)])
+    with pytest.raises(TypeError, match="explorer"):
+        PB2(perturbation_interval=5, hyperparam_space=SPACE, explorer=print)
+
+
+def test_compiles_once():
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *_, **__: (
+            compiles.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
+        )
+    )
+    explorer = PB2Explorer(SPACE, min_observations=1)
+    explorer.prepare(POPULATION)
+    compiles.clear()
+    for n in (3, 20, 60):  # different amounts of data, sources and workers
+        h = history_of(np.linspace(0.1, 0.9, n))
+        explorer(KEY, h.latest("g1"), h, workers_at({"lr": 0.1 * (n % 7)}, {"lr": 0.9}))
+    assert compiles == []
+
+
+# -- through a controller ------------------------------------------------------------------------
+def run_quadratic(pop, local, steps):
+    """Each worker minimises ``(x - 3)^2`` by gradient steps of size ``lr``; ``local``
+    holds each worker's ``(generation, step, x, meta_params)`` between calls."""
+    for _ in range(steps):
+        for i in range(POPULATION):
+            gen, step, x, meta = local.get(i, (None, None, None, None))
+            data = pop.maybe_get_worker_data(i, gen, step, x, meta)
+            if data is not None:
+                x = 0.0 if data.params is None else data.params
+                gen, step, meta = data.generation_id, data.step, data.meta_params
+            x = x - meta["lr"] * 2 * (x - 3.0)
+            step += 1
+            pop.set_eval(i, gen, step, x, (x - 3.0) ** 2)
+            local[i] = (gen, step, x, meta)
+
+
+def test_pb2_runs_through_a_controller_journals_and_resumes(tmp_path, calls):
+    m = PB2(perturbation_interval=4, hyperparam_space=SPACE, min_observations=4)
+    initial = [{"lr": lr} for lr in (0.1, 0.05, 0.02, 0.01)]  # the worst reports last
+    local = {}
+    with PopulationController(initial, m, log_dir=str(tmp_path), seed=3) as pop:
+        run_quadratic(pop, local, 40)
+        counts = decision_counts(m, pop.state.mutator_state)
+        history, workers = pop.history, pop.active_workers
+    assert counts.copies > 0 and calls  # the bandit chose some copies' hyperparameters
+    assert all(ex.clip(SPACE, w.meta_params) == w.meta_params for w in workers)
+    with PopulationController(initial, m, log_dir=str(tmp_path), seed=3) as pop:
+        assert pop.history == history and pop.active_workers == workers
+        run_quadratic(pop, local, 5)
+        assert pop.history.num_checkpoints > history.num_checkpoints
+
+
+def test_pb2_describes_its_options():
+    a = PB2(perturbation_interval=4, hyperparam_space=SPACE).describe()
+    b = PB2(perturbation_interval=4, hyperparam_space=SPACE, beta=1.0).describe()
+    assert a != b and a["kind"] == "PopulationBasedTraining"
+    assert a["config"]["explorer"]["fields"]["min_interval"] == 4
