@@ -52,12 +52,20 @@ import numpy as np
 from flax import struct
 
 from jaxpop.boundary import check_sortable_keys, copy_in
-from jaxpop.events import Ask, Eval, Event, Missing
+from jaxpop.events import Ask, Eval, Event, Finish, Missing
 from jaxpop.history import History, check_mode
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators.base import Mutator, start_generation
-from jaxpop.records import ActiveWorker, Checkpoint, check_active_worker, check_checkpoint
+from jaxpop.records import (
+    ACTIVE,
+    FINISHED,
+    GONE,
+    ActiveWorker,
+    Checkpoint,
+    check_active_worker,
+    check_checkpoint,
+)
 
 __all__ = [
     "Changes",
@@ -66,6 +74,8 @@ __all__ = [
     "as_value",
     "ask",
     "event_key",
+    "expire",
+    "finish",
     "init",
     "missing",
     "redo",
@@ -396,9 +406,12 @@ def report(
         if advances and history.get_checkpoint(generation_id, assigned.step) is not None:
             # trained from where the worker was sent, not from an abandoned earlier run
             checkpoint = checkpoint.replace(parent=(generation_id, assigned.step))
-    if advances:  # the worker's assignment follows its progress
+    if advances:  # the worker's assignment follows its progress (and it is active)
         moved = ActiveWorker(params, assigned.meta_params, generation_id, step)
         workers = (*workers[:worker_id], moved, *workers[worker_id + 1 :])
+    elif assigned.status != ACTIVE and assigned.generation_id == generation_id:
+        back = assigned.replace(status=ACTIVE)  # a finished or gone worker reports again
+        workers = (*workers[:worker_id], back, *workers[worker_id + 1 :])
     new = state._with(history=history.add(checkpoint), workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
     new = _apply_mutator(new, *result, who="mutator.update")
@@ -504,6 +517,48 @@ def missing(
     )
 
 
+def _set_status(
+    state: PopulationState, changed: dict[int, str], now: float, key: np.ndarray, mutator: Mutator
+) -> tuple[PopulationState, Changes | None]:
+    """Gives workers a new status, then lets the mutator decide without them."""
+    if not changed:
+        return state, None
+    workers = tuple(
+        w.replace(status=changed[i]) if i in changed else w for i, w in enumerate(state.workers)
+    )
+    new = state._with(workers=workers)
+    result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
+    new = _apply_mutator(new, *result, who="mutator.update")
+    return _finish(state, new, list(result[2]), now)
+
+
+def finish(
+    state: PopulationState, event: Finish, now: float, key: np.ndarray, *, mutator: Mutator
+) -> tuple[PopulationState, Reply]:
+    """A worker is done: it is ``"finished"``, and the mutator goes on without it.
+
+    Its assignment and checkpoints stay; it is never copied and never waited for. A
+    worker that is finished already changes nothing.
+    """
+    worker_id = _check_worker(state, event.worker_id)
+    changed = {} if state.workers[worker_id].status == FINISHED else {worker_id: FINISHED}
+    new, changes = _set_status(state, changed, now, key, mutator)
+    return new, Reply(worker=new.workers[worker_id], changes=changes)
+
+
+def expire(
+    state: PopulationState, now: float, key: np.ndarray, *, after_s: float, mutator: Mutator
+) -> tuple[PopulationState, Changes | None]:
+    """Declares ``"gone"`` every active worker whose newest checkpoint (its last report,
+    or the start of the generation it was sent to) is more than ``after_s`` old."""
+    changed = {
+        i: GONE
+        for i, w in enumerate(state.workers)
+        if w.status == ACTIVE and state.history.latest(w.generation_id).time < now - after_s
+    }
+    return _set_status(state, changed, now, key, mutator)
+
+
 def transition(
     state: PopulationState, event: Event, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
@@ -514,4 +569,6 @@ def transition(
         return report(state, event, now, key, mutator=mutator)
     if isinstance(event, Missing):
         return missing(state, event, now, key, mutator=mutator)
+    if isinstance(event, Finish):
+        return finish(state, event, now, key, mutator=mutator)
     raise TypeError(f"unknown event type {type(event).__name__}")

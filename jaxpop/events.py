@@ -1,4 +1,5 @@
-"""The events a worker sends: ``Ask`` (for its data), ``Eval`` (a score), ``Missing``.
+"""The events a worker sends: ``Ask`` (for its data), ``Eval`` (a score), ``Missing``
+(its checkpoint is gone) and ``Finish`` (it is done).
 
 Events are immutable records of exactly what a worker said. The pure transitions in
 :mod:`jaxpop.core` consume them, and durable storage can journal and replay them.
@@ -11,7 +12,7 @@ from typing import Any
 
 from flax import struct
 
-__all__ = ["Ask", "Eval", "Event", "Missing"]
+__all__ = ["Ask", "Eval", "Event", "Finish", "Missing"]
 
 
 @struct.dataclass
@@ -52,4 +53,11 @@ class Missing:
     exists: Callable[[Any], bool] | None = struct.field(pytree_node=False, default=None)
 
 
-Event = Ask | Eval | Missing
+@struct.dataclass
+class Finish:
+    """``finish(worker_id)``: the worker is done; the population stops waiting for it."""
+
+    worker_id: int = struct.field(pytree_node=False)
+
+
+Event = Ask | Eval | Missing | Finish

@@ -13,7 +13,21 @@ from typing import Any
 
 from flax import struct
 
-__all__ = ["ActiveWorker", "Checkpoint", "CheckpointRef", "check_active_worker", "check_checkpoint"]
+__all__ = [
+    "ACTIVE",
+    "FINISHED",
+    "GONE",
+    "STATUSES",
+    "ActiveWorker",
+    "Checkpoint",
+    "CheckpointRef",
+    "check_active_worker",
+    "check_checkpoint",
+]
+
+#: A worker's ``status``: training, done (``controller.finish``), or silent too long.
+ACTIVE, FINISHED, GONE = "active", "finished", "gone"
+STATUSES = (ACTIVE, FINISHED, GONE)
 
 #: A reference to one checkpoint in the history: ``(generation_id, step)``.
 CheckpointRef = tuple[str, int]
@@ -62,12 +76,23 @@ class ActiveWorker:
     A worker that receives an ``ActiveWorker`` loads ``params`` (``None``: initialise
     fresh parameters), trains with ``meta_params``, reports its evaluations under
     ``generation_id`` and continues counting from ``step``.
+
+    ``status`` is ``"active"``, ``"finished"`` (the worker said it is done:
+    ``controller.finish``) or ``"gone"`` (it has not reported for the controller's
+    ``gone_after_s``). Mutators leave finished and gone workers out: they are never
+    copied and never waited for; their checkpoints stay in the history. A report from
+    such a worker makes it active again.
     """
 
     params: Any
     meta_params: Any
     generation_id: str = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
+    status: str = struct.field(pytree_node=False, default="active")
+
+    @property
+    def is_active(self) -> bool:
+        return self.status == ACTIVE
 
 
 def _bad(where: str, what: str, value: Any) -> ValueError:
@@ -111,3 +136,5 @@ def check_active_worker(w: Any, where: str = "worker") -> None:
         raise _bad(where, "an ActiveWorker", w)
     _check_generation_id(w.generation_id, f"{where}.generation_id")
     _check_int(w.step, f"{where}.step")
+    if w.status not in STATUSES or type(w.status) is not str:
+        raise _bad(f"{where}.status", f"one of {STATUSES}", w.status)

@@ -553,3 +553,24 @@ def test_every_builtin_mutator_counts_decisions_and_copies_in_one_form():
     assert decision_counts(branching, branching.init()).copy_rate != 0.0  # NaN: none yet
     with pytest.raises(TypeError, match="does not count"):
         decision_counts(Mutator(lambda: (), lambda *a: (*a[:2], ())), ())
+
+
+# -- finished and gone workers ------------------------------------------------------------
+def test_wta_stops_waiting_for_a_finished_worker_and_never_copies_it():
+    from jaxpop.events import Finish
+
+    m = WinnerTakeAllGenetic(lambda meta: {"h": meta["h"] + 100.0}, steps_per_exploit=10)
+    state = fresh_state([{"h": 0.0}, {"h": 1.0}, {"h": 2.0}], m)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("p0", 0, gens[0], 10, 3.0), 1.0, m)
+    state, _ = apply(state, Eval("p2", 2, gens[2], 5, 0.0), 1.0, m)  # best so far, done
+    state, _ = apply(state, Eval("p1", 1, gens[1], 10, 1.0), 1.0, m)
+    assert state.mutator_state["num_exploits"] == 0  # waits for worker 2
+    state, reply = apply(state, Finish(2), 2.0, m)
+    assert reply.worker.status == "finished" and reply.changes is not None
+    assert state.mutator_state["num_exploits"] == 1  # the round goes on without it
+    assert state.workers[2].generation_id == gens[2]  # keeps its assignment
+    assert all(w.params == "p1" for w in state.workers[:2])  # worker 2 (0.0) never won
+    # a finished worker that reports again is active again
+    state, _ = apply(state, Eval("p2b", 2, gens[2], 12, 0.5), 3.0, m)
+    assert state.workers[2].status == "active"

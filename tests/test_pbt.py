@@ -529,3 +529,31 @@ def test_an_asynchronous_worker_never_copies_a_checkpoint_behind_its_own_progres
     assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
     with pytest.raises(TypeError, match="allow_rewind"):
         make(allow_rewind="yes")
+
+
+def test_finished_and_gone_workers_take_no_part():
+    from jaxpop import core
+    from jaxpop.events import Finish
+
+    m = make(synch=True)
+    state, gens = population(m)
+    for i, value in ((0, 3.0), (1, 0.5), (2, 2.0)):
+        state = report(state, m, i, 10, value)
+    assert state.mutator_state["num_decisions"] == 0  # synchronous: waits for worker 3
+    state, _ = apply(state, Finish(3), 2.0, m)
+    assert state.mutator_state["num_decisions"] == 3  # the round, without worker 3
+    assert state.workers[3].status == "finished" and state.workers[3].generation_id == gens[3]
+    # asynchronous: a worker that stopped reporting holds a bottom place until it is gone
+    m = make()
+    state, gens = population(m)
+    for i, value in ((0, 3.0), (1, 0.5), (2, 2.0)):
+        state = report(state, m, i, 10, value, now=100.0)
+    assert generations(state) == gens  # worker 3 (no report) holds the bottom
+    state, changes = core.expire(
+        state, 200.0, np.array([1, 2], np.uint32), after_s=150.0, mutator=m
+    )
+    assert [w.status for w in state.workers] == ["active"] * 3 + ["gone"]
+    assert changes is not None and changes.workers[0][0] == 3
+    state = report(state, m, 1, 20, 0.5, now=200.0)
+    state = report(state, m, 0, 20, 3.0, now=200.0)  # now worker 0 is the bottom of three
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 20)

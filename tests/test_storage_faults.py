@@ -335,7 +335,7 @@ _FILE_SIZE_LIMIT_CHILD = textwrap.dedent(
 def test_a_file_size_limit_in_a_child_loses_no_acknowledged_eval(tmp_path):
     log_dir = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-c", _FILE_SIZE_LIMIT_CHILD, str(log_dir), _TESTS, "3000"],
+        [sys.executable, "-c", _FILE_SIZE_LIMIT_CHILD, str(log_dir), _TESTS, "4000"],
         capture_output=True,
         text=True,
         timeout=120,

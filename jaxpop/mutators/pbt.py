@@ -318,17 +318,26 @@ class PopulationBasedTraining(Mutator):
         def compare(state, history, workers, key, draw: int, parents=None) -> np.ndarray:
             """Selection over the whole population: the member each worker copies.
 
-            ``parents``: ``member -> bool``, whether the deciding worker may copy it (the
-            built-in truncation and winner-take-all draw from those only).
+            The population is the active workers (finished and gone ones take no part).
+            ``draw``: the deciding worker, or -1 for all. ``parents``: ``worker ->
+            bool``, whether the deciding worker may copy it (the built-in truncation and
+            winner-take-all draw from those only).
             """
+            pool = [i for i, w in enumerate(workers) if w.is_active]
             members, scores = [], []
-            for i, w in enumerate(workers):
-                s = score(state, history, i, w.generation_id)
+            for p, i in enumerate(pool):
+                s = score(state, history, i, workers[i].generation_id)
                 if s is not None:
-                    members.append(i)
+                    members.append(p)
                     scores.append(s)
-            ranks = _population_ranks(len(workers), members, scores, mode)
-            return select(key, draw, ranks, parents)
+            out = np.arange(len(workers))
+            if not pool:
+                return out
+            ranks = _population_ranks(len(pool), members, scores, mode)
+            accept = None if parents is None else (lambda p: parents(pool[p]))
+            chosen = select(key, -1 if draw < 0 else pool.index(draw), ranks, accept)
+            out[pool] = np.asarray(pool)[chosen]
+            return out
 
         def not_behind(history, workers, own: Checkpoint) -> Callable[[int], bool]:
             """Whether the owner of ``own`` can copy a worker without losing training."""
@@ -364,8 +373,11 @@ class PopulationBasedTraining(Mutator):
         ) -> MutatorResult:
             if burn_in and not by_step and state["start_time"] is None:
                 state = {**state, "start_time": _start_time(history)}
-            ready = [i for i, w in enumerate(workers) if is_ready(state, history, i, w)]
-            if not ready or (synch and len(ready) < len(workers)):
+            ready = [
+                i for i, w in enumerate(workers) if w.is_active and is_ready(state, history, i, w)
+            ]
+            num_active = sum(w.is_active for w in workers)
+            if not ready or (synch and len(ready) < num_active):
                 return state, workers, ()
             n = len(workers)
             keys = None  # split only for an exploit: most decisions keep going

@@ -60,6 +60,9 @@ class WinnerTakeAllGenetic(Mutator):
         every worker, the winner included, gets ``mutate_fn`` of the winner's
         hyperparameters, as in the seed.
 
+    A finished or gone worker (``ActiveWorker.status``) is left out of the rounds: they
+    no longer wait for it, it is never the winner, and it keeps its assignment.
+
     Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
     worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
     is non-finite, nobody is copied and each worker mutates its own hyperparameters.
@@ -123,17 +126,22 @@ class WinnerTakeAllGenetic(Mutator):
         def update(
             state: Any, workers: Workers, history: History, now: float, key: np.ndarray
         ) -> MutatorResult:
+            live = [i for i, w in enumerate(workers) if w.is_active]  # not finished or gone
             values = []
-            for worker in workers:
-                values.append(counted(history, worker.generation_id))
+            for i in live:
+                values.append(counted(history, workers[i].generation_id))
                 if not values[-1]:  # a worker has no evaluation past its interval yet
                     return state, workers, ()
+            if not live:
+                return state, workers, ()
             scores = [score(v) for v in values]
-            best = int(np.argmin(scores))
+            best = live[int(np.argmin(scores))]
+            best_score = min(scores)
             keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
-            new_workers, new_checkpoints, copies = [], [], 0
-            for i, worker in enumerate(workers):
-                if math.isinf(scores[best]):
+            new_workers, new_checkpoints, copies = list(workers), [], 0
+            for i in live:
+                worker = workers[i]
+                if math.isinf(best_score):
                     source = history.latest_loadable(worker.generation_id)
                     meta = call_mutate_fn(mutate_fn, wants_key, (source.meta_params,), keys[i])
                 else:
@@ -142,13 +150,12 @@ class WinnerTakeAllGenetic(Mutator):
                     meta = source.meta_params
                     if not (keep_winner and i == best):
                         meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
-                new_worker, start = start_generation(source, meta, key, i, now)
-                new_workers.append(new_worker)
+                new_workers[i], start = start_generation(source, meta, key, i, now)
                 new_checkpoints.append(start)
             new_state = {
                 **state,
                 "num_exploits": state["num_exploits"] + 1,
-                "num_decisions": state.get("num_decisions", 0) + len(workers),
+                "num_decisions": state.get("num_decisions", 0) + len(live),
                 "num_copies": state.get("num_copies", 0) + copies,
             }
             return new_state, tuple(new_workers), tuple(new_checkpoints)
