@@ -110,7 +110,13 @@ def _migrate_seed_state(args: argparse.Namespace) -> int:
 
     try:
         done = storage.migrate_seed_state(args.src_dir, args.out, seed=args.seed)
-    except (OSError, storage.SeedStateError, storage.LogDirInUseError) as e:
+    except (
+        OSError,  # FileExistsError: the destination holds a jaxpop run's files
+        storage.SeedStateError,
+        storage.LogDirInUseError,
+        storage.CorruptLogError,
+        storage.RunMismatchError,
+    ) as e:
         print(f"jaxpop migrate-seed-state: error: {e}", file=sys.stderr)
         return 1
     state = done.state

@@ -37,10 +37,10 @@ from jaxpop.distributed.courier import (
     start_courier_server,
     uniquify_server_name,
 )
-from jaxpop.events import Ask, Eval, Event, Missing
+from jaxpop.events import Ask, Eval, Event, Finish, Missing
 from jaxpop.history import History
 from jaxpop.keys import root_key
-from jaxpop.mutators.base import DecisionCounts, Mutator, decision_counts
+from jaxpop.mutators.base import DecisionCounts, Mutator, check_number, decision_counts
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.seed import GenerationID, IntKeyDict, Mutate, MutateState, SeedMutator, make_gen_id
 from jaxpop.storage import run as run_lib
@@ -107,6 +107,8 @@ class Controller(Protocol):
         exists: Callable[[Any], bool] | None = None,
     ) -> ActiveWorker: ...
 
+    def finish(self, worker_id: int) -> None: ...
+
     @property
     def active_workers(self) -> list[ActiveWorker]: ...
 
@@ -149,6 +151,10 @@ class PopulationController:
       reconfigure: resume a ``log_dir`` whose run was started with a mutator of the
         same kind but another configuration (say, a new ``steps_per_exploit``); the
         new configuration is recorded from then on. Without it, that is refused.
+      gone_after_s: declare a worker ``"gone"`` when its newest checkpoint (its last
+        report, or the start of the generation it was sent to) is older than this many
+        seconds, checked at every call: the mutators stop waiting for it and never copy
+        it, until it reports again. ``None`` (default): never. See :meth:`finish`.
 
     Raises:
       storage.LogDirInUseError: a live controller in another process holds ``log_dir``.
@@ -176,7 +182,11 @@ class PopulationController:
         compact_after: int = 1000,
         clock: Callable[[], float] = time.time,
         reconfigure: bool = False,
+        gone_after_s: float | None = None,
     ):
+        if gone_after_s is not None:
+            gone_after_s = check_number("gone_after_s", gone_after_s)
+        self._gone_after_s = gone_after_s
         if (mutator is None) == (mutate is None):
             raise TypeError(
                 "PopulationController takes one mutator: pass mutator= (or mutate=, the "
@@ -215,10 +225,9 @@ class PopulationController:
                         restored.num_events,
                         restored.history.num_checkpoints,
                     )
-                    state = restored
-                    if state.history.mode != mutator.mode:  # reconfigured (describe() holds it)
-                        state = state._with(history=state.history.with_mode(mutator.mode))
-                    state = storage.seed_state.adopt_migrated_state(state, mutator)
+                    state = storage.seed_state.adopt_migrated_state(
+                        self._in_mode(restored), mutator
+                    )
                 store.start(state)
             except BaseException:
                 store.close()
@@ -251,15 +260,14 @@ class PopulationController:
 
         ``step=None`` (accepted, as by the seed) means "not known": the controller
         takes the latest step it recorded for ``generation_id`` (for another generation,
-        the worker's assigned step), so nothing new is recorded for it.
+        the worker's assigned step), so nothing new is recorded for it; a mutator's
+        ``get_worker_data`` hook is given that step too, never ``None``.
         """
-        if step is None:
-            with self._lock:
+        with self._lock:  # step=None is resolved against the state the ask meets
+            if step is None:
                 step = self._known_step(worker_id, generation_id)
-                event = Ask(params, meta_params, worker_id, generation_id, step)
-                return _copy_out(self._apply(event).worker)
-        event = Ask(params, meta_params, worker_id, generation_id, step)
-        return _copy_out(self._apply(event).worker)
+            reply = self._apply(Ask(params, meta_params, worker_id, generation_id, step))
+        return _copy_out(reply.worker)
 
     def set_eval(
         self,
@@ -401,8 +409,7 @@ class PopulationController:
                 where = os.path.join(self.log_dir, seed_lib.STATE_FILE)
             state, run = seed_lib.state_from_bytes(data, where)
             run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
-            if state.history.mode != self._mutator.mode:
-                state = state._with(history=state.history.with_mode(self._mutator.mode))
+            state = self._in_mode(state)
             if self._store is not None:
                 self._store.check_open()
                 self._store.replace(state)
@@ -460,6 +467,13 @@ class PopulationController:
         self.close()
 
     # -- the shell ------------------------------------------------------------------
+    def _in_mode(self, state: PopulationState) -> PopulationState:
+        """A stored ``state`` with this mutator's mode (another only if reconfigured:
+        ``describe()`` holds the mode, so resuming checked it)."""
+        if state.history.mode == self._mutator.mode:
+            return state
+        return state._with(history=state.history.with_mode(self._mutator.mode))
+
     def _known_step(self, worker_id: Any, generation_id: Any) -> int:
         """The step a worker that asks with ``step=None`` is taken to be at."""
         history = self._state.history
@@ -470,6 +484,17 @@ class PopulationController:
             return workers[worker_id].step
         return 0  # the core refuses the worker id
 
+    def finish(self, worker_id: int) -> None:
+        """Worker ``worker_id`` is done: the population stops waiting for it.
+
+        Its status becomes ``"finished"`` (``active_workers[worker_id].status``): the
+        mutators leave it out (a synchronous round or a winner-take-all round goes on
+        without it; it is never copied), and its checkpoints stay in the history and
+        the report. A report from it later makes it active again. Journaled like every
+        call.
+        """
+        self._apply(Finish(worker_id))
+
     def _apply(self, event: Event) -> core.Reply:
         with self._lock:
             if self._store is not None:
@@ -477,6 +502,9 @@ class PopulationController:
             state, now = self._state, self._clock()
             if type(now) is not float:
                 now = _as_time(now)
+            if self._gone_after_s is not None:
+                self._expire(state, now)
+                state = self._state
             new_state, reply = core.transition(
                 state, event, now, core.event_key(state), mutator=self._mutator
             )
@@ -489,6 +517,23 @@ class PopulationController:
         if reply.warning is not None:
             logger.warning(reply.warning)
         return reply
+
+    def _expire(self, state: PopulationState, now: float) -> None:
+        """Declares silent workers gone, as an event of its own (journaled first)."""
+        new_state, changes = core.expire(
+            state, now, core.event_key(state), after_s=self._gone_after_s, mutator=self._mutator
+        )
+        if changes is None:
+            return
+        gone = [i for i, w in changes.workers if w.status == "gone"]
+        if self._store is not None:
+            self._store.write(changes)
+        self._state = new_state
+        if self._store is not None:
+            self._store.compact_if_due(new_state)
+        logger.warning(
+            "jaxpop: workers %s declared gone (no report for %ss)", gone, self._gone_after_s
+        )
 
 
 def _copy_out(worker: ActiveWorker | None) -> ActiveWorker | None:

@@ -11,10 +11,12 @@ re-exported by :mod:`jaxpop.population`, where the seed's users look for them.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import hashlib
 import os
+import reprlib
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ from jaxpop.history import History
 from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage import run as run_lib  # (jaxpop.storage registers the records)
+from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.plain import state_from_plain, state_to_plain
 
 __all__ = [
@@ -48,7 +51,7 @@ MutateState = Any
 #: a pickle; this one holds jaxpop's safe encoding).
 STATE_FILE = "population.jpstate"
 _STATE_FORMAT = "jaxpop.population_state"
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: the payload's SHA-256 is checked before the payload is decoded
 
 
 def make_gen_id() -> GenerationID:
@@ -94,16 +97,20 @@ class Mutate:
       ``ActiveWorker`` per worker (``current_workers`` itself to change nothing).
     * ``get_worker_data(active_workers, cache, worker_id, generation_id, step, params,
       meta_params)`` runs when a worker asks for its data and returns the workers
-      (the base class returns ``active_workers``); it may add to ``cache`` too.
+      (the base class returns ``active_workers``); it may add to ``cache`` too. For a
+      worker that asks with ``step=None`` it gets the step the controller resolved
+      (the latest recorded for ``generation_id``, else the worker's assigned step),
+      never ``None``.
 
     What jaxpop adds to the seed's rules: the cache is a private copy, and only *adding*
     checkpoints is allowed (deleting or replacing one, or a generation, raises); every
     worker must be assigned to a generation with a checkpoint; the state must be plain
     data (numbers, strings, tuples, lists, dicts, numpy arrays, ``Checkpoint`` and
-    ``ActiveWorker`` records) and each call gets its own copy of it (so keep it small:
-    handles such as paths, not parameter pytrees). Keep everything a
-    run needs after a restart in the state, not on the instance: the instance is built
-    anew when a run is resumed.
+    ``ActiveWorker`` records; an :class:`IntKeyDict` in it is stored, and comes back, as
+    a plain dict sorted by key) and each call gets its own copy of it (so keep it small:
+    handles such as paths, not parameter pytrees). Keep everything a run needs after a
+    restart in the state, not on the instance: the instance is built anew when a run is
+    resumed in another process.
 
     Such a mutator may read the clock and draw random ids (``make_gen_id()``) as the
     seed's do: a durable run replays from its journal, which records what each call
@@ -255,10 +262,30 @@ def _step_order(step: Any) -> tuple[int, Any]:
     return (0, step) if isinstance(step, int) else (1, repr(step))
 
 
+def _without_int_key_dicts(value: Any, depth: int = 0) -> Any:
+    """``value`` with each :class:`IntKeyDict` in its containers a plain dict (by key)."""
+    t = type(value)
+    if depth > 100 or t not in (IntKeyDict, dict, list, tuple):
+        return value  # too deep: encode refuses it by name
+    if t is IntKeyDict:
+        try:
+            items = value.items()
+        except TypeError:  # keys that do not sort: as they were inserted
+            items = list(dict.items(value))
+        return {k: _without_int_key_dicts(v, depth + 1) for k, v in items}
+    if t is dict:
+        new = {k: _without_int_key_dicts(v, depth + 1) for k, v in value.items()}
+        return value if all(new[k] is v for k, v in value.items()) else new
+    items = [_without_int_key_dicts(v, depth + 1) for v in value]
+    if all(a is b for a, b in zip(items, value, strict=True)):
+        return value
+    return items if t is list else tuple(items)
+
+
 def _plain_copy(state: Any, who: str) -> tuple[Any, bytes]:
     """A fresh copy of a mutator's ``state`` and its encoding; ``TypeError`` if not plain."""
     try:
-        data = encoding.encode(state)
+        data = encoding.encode(_without_int_key_dicts(state))
     except (TypeError, ValueError) as e:
         raise type(e)(
             f"{who} returned a state jaxpop cannot store: {e} A mutator's state must be "
@@ -266,6 +293,11 @@ def _plain_copy(state: Any, who: str) -> tuple[Any, bytes]:
             "and ActiveWorker records); keep other objects on the mutator itself"
         ) from None
     return encoding.decode(data), data
+
+
+# What each live Mutate instance was described as when first wrapped, by its id (the
+# entry goes when the instance does).
+_first_descriptions: dict[int, dict[str, Any]] = {}
 
 
 class SeedMutator(Mutator):
@@ -280,8 +312,13 @@ class SeedMutator(Mutator):
     to a generation with no checkpoint, a state that is not plain data.
 
     :meth:`describe` gives the ``Mutate`` subclass's name and its instance attributes
-    as they were when it was wrapped, so a ``log_dir`` refuses to resume the run with a
-    mutator of another kind or configuration.
+    as they were when this instance was *first* wrapped, so a ``log_dir`` refuses to
+    resume the run with a mutator of another kind or configuration. A seed-style
+    mutator may edit its own attributes as it runs (the seed's ``FixedSchedule`` deletes
+    the entries of ``self._schedule`` it applied): wrapping the same instance again (a
+    new controller on the same ``log_dir`` in one process, the seed's way to resume)
+    describes it as it was first, and so does a new instance built with the same
+    arguments in another process, so both resume the run.
 
     >>> class Keep(Mutate):
     ...     def update(self, state, current_workers, cache):
@@ -307,7 +344,7 @@ class SeedMutator(Mutator):
             state_in, data_in = _plain_copy(state, f"{name}.update")
             cache = _Cache(history)
             result = mutate.update(state_in, list(workers), cache)
-            if not isinstance(result, tuple) or len(result) != 2:
+            if not isinstance(result, (tuple, list)) or len(result) != 2:
                 raise TypeError(
                     f"{name}.update must return (state, workers), got {type(result).__name__}"
                 )
@@ -338,13 +375,18 @@ class SeedMutator(Mutator):
         self = super().__new__(
             cls, init, update, get_worker_data if overridden else None, config=config
         )
-        description = Mutator.describe(self)  # frozen now: the instance may change later
-        description["kind"] = type(mutate).__qualname__
+        description = _first_descriptions.get(id(mutate))
+        if description is None:  # frozen now: the instance may change later
+            description = Mutator.describe(self)
+            description["kind"] = type(mutate).__qualname__
+            _first_descriptions[id(mutate)] = description
+            weakref.finalize(mutate, _first_descriptions.pop, id(mutate), None)
         self.__dict__.update(mutate=mutate, _description=description)
         return self
 
     def describe(self) -> dict[str, Any]:
-        """The ``Mutate`` subclass's name and its attributes as plain, comparable data."""
+        """The ``Mutate`` subclass's name and its attributes when first wrapped, as plain,
+        comparable data."""
         return copy.deepcopy(self.__dict__["_description"])
 
 
@@ -386,18 +428,24 @@ def _result(
 
 
 # -- saved states (serialized_state / save_state / load_state) ---------------------------
+_STATE_KEYS = {"format", "version", "sha256", "payload"}
+
+
 def state_to_bytes(state: Any, run: Mapping[str, Any]) -> bytes:
     """A population state and its run description, in jaxpop's safe encoding.
 
     ``run`` is ``{"population_size": n, "mutator": description}``, as a ``log_dir``
-    records it; :func:`state_from_bytes` reads both back.
+    records it; :func:`state_from_bytes` reads both back. The state and the run are
+    encoded as a payload kept beside its SHA-256, which is checked before the payload
+    is decoded: damaged bytes are refused, never read as another state.
     """
+    payload = encoding.encode({"run": dict(run), "state": state_to_plain(state)})
     return encoding.encode(
         {
             "format": _STATE_FORMAT,
             "version": _STATE_VERSION,
-            "run": dict(run),
-            "state": state_to_plain(state),
+            "sha256": hashlib.sha256(payload).digest(),
+            "payload": payload,
         }
     )
 
@@ -407,25 +455,30 @@ def state_from_bytes(data: Any, where: str = "the state") -> tuple[Any, dict[str
 
     Raises:
       TypeError: ``data`` is not bytes.
-      ValueError: ``data`` is not a complete, valid saved state; the message starts
+      ValueError: ``data`` is not a complete, undamaged saved state; the message starts
         with ``where`` and says what is wrong.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{where} must be bytes, got {type(data).__name__}")
     try:
-        plain = encoding.decode(data)
-        if (
-            type(plain) is not dict
-            or plain.get("format") != _STATE_FORMAT
-            or set(plain) != {"format", "version", "run", "state"}
-        ):
+        outer = encoding.decode(data)
+        if type(outer) is not dict or outer.get("format") != _STATE_FORMAT:
             raise ValueError("it is not a saved population state")
-        if plain["version"] != _STATE_VERSION:
+        if outer.get("version") != _STATE_VERSION:
             raise ValueError(
-                f"it has version {plain['version']!r}; this jaxpop reads version {_STATE_VERSION}"
+                f"it has version {_short(outer.get('version'))}; this jaxpop reads version "
+                f"{_STATE_VERSION} (save the state again with this jaxpop)"
             )
+        payload = outer.get("payload")
+        if set(outer) != _STATE_KEYS or type(payload) is not bytes:
+            raise ValueError("it is not a saved population state")
+        if hashlib.sha256(payload).digest() != outer["sha256"]:
+            raise ValueError("it is damaged: its SHA-256 does not match its contents")
+        plain = encoding.decode(payload)
+        if type(plain) is not dict or set(plain) != {"run", "state"}:
+            raise ValueError("its contents are not a run and a state")
         if not run_lib.is_description(plain["run"]):
-            raise ValueError(f"its run description is invalid: {plain['run']!r:.100}")
+            raise ValueError(f"its run description is invalid: {_short(plain['run'])}")
         state = state_from_plain(plain["state"])
         if state.population_size != plain["run"]["population_size"]:
             raise ValueError("its run description and its state disagree on the size")
@@ -434,28 +487,18 @@ def state_from_bytes(data: Any, where: str = "the state") -> tuple[Any, dict[str
     return state, plain["run"]
 
 
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxstring, _repr.maxother = 3, 60, 60
+_short = _repr.repr  # a bounded repr, for values read from a file
+
+
 def write_state_file(log_dir: str, data: bytes) -> str:
     """Writes ``data`` to ``log_dir/STATE_FILE`` atomically (and durably); returns the path.
 
     A reader sees the previous file or the new one, whole, never a part.
     """
     path = os.path.join(log_dir, STATE_FILE)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    fd = os.open(log_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, data)
     return path
 
 

@@ -52,6 +52,7 @@ def assert_is_a_controller(cls: type) -> None:
     assert members == [
         "active_workers",
         "checkpoint_missing",
+        "finish",
         "history",
         "maybe_get_worker_data",
         "report",

@@ -217,3 +217,44 @@ def test_meta_params_with_keys_jax_cannot_sort_are_refused_where_they_enter():
     pop.set_eval(0, gens[0], 1, None, 1.0)
     with pytest.raises(TypeError, match=r"mutator\.update returned has a dict whose keys cannot"):
         pop.set_eval(1, gens[1], 1, None, 2.0)
+
+
+# -- workers that stop ----------------------------------------------------------------------
+def test_a_finished_worker_is_journaled_and_a_round_goes_on_without_it(tmp_path):
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    pop = PopulationController([{"h": 0.0}, {"h": 1.0}], m, str(tmp_path))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "a", 1.0)
+    assert pop.decision_counts.decisions == 0  # waits for worker 1
+    pop.finish(1)
+    assert pop.decision_counts.decisions == 1 and pop.active_workers[1].status == "finished"
+    pop.close()
+    with PopulationController([{"h": 0.0}, {"h": 1.0}], m, str(tmp_path)) as again:
+        assert again.active_workers[1].status == "finished"
+        assert again.active_workers == pop.active_workers
+        assert again.history == pop.history
+    with pytest.raises(ValueError, match="out of range"):
+        PopulationController([{"h": 0.0}], noop_mutator()).finish(3)
+
+
+def test_a_silent_worker_is_declared_gone_and_comes_back_when_it_reports(clock, caplog):
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    pop = PopulationController([{"h": 0.0}, {"h": 1.0}], m, clock=clock, gone_after_s=60.0)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(30)
+    pop.set_eval(0, gens[0], 10, "a", 1.0)
+    assert pop.decision_counts.decisions == 0
+    clock.advance(40)  # worker 1 silent for 70 s
+    pop.set_eval(0, gens[0], 11, "b", 1.0)
+    assert pop.active_workers[1].status == "gone" and "declared gone" in caplog.text
+    assert pop.decision_counts.decisions == 1  # the round went on without it
+    gen1 = pop.active_workers[1].generation_id
+    pop.set_eval(1, gen1, 12, "c", 0.5)
+    assert pop.active_workers[1].status == "active"
+    for bad in (0, -1.0, math.nan, True, "60"):
+        with pytest.raises((TypeError, ValueError), match="gone_after_s"):
+            PopulationController([{"h": 0.0}], m, gone_after_s=bad)

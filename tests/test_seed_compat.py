@@ -202,6 +202,7 @@ def test_describe_gives_the_class_and_its_attributes_when_wrapped():
     }
     mutate._interval = 99  # an instance edited later (the seed's FixedSchedule does)
     assert mutator.describe() == description
+    assert pop_mod.SeedMutator(mutate).describe() == description  # as when first wrapped
     assert pop_mod.SeedMutator(CopyBest(2)).get_worker_data is None  # not overridden
 
 
@@ -261,6 +262,108 @@ def test_each_call_gets_a_private_copy_of_the_state():
     pop.set_eval(0, gen, 2, None, 1.0)
     assert first.mutator_state == {"n": 1, "seen": [1]}
     assert pop.state.mutator_state == {"n": 2, "seen": [1, 1]}
+
+
+class SeedFixedSchedule(pop_mod.Mutate):
+    """The seed's ``FixedSchedule``, as the seed wrote it: it deletes the entries of its
+    own ``_schedule`` as it applies them."""
+
+    def __init__(self, schedule):
+        self._schedule = {k: v for k, v in schedule.items()}
+
+    def init(self):
+        return None
+
+    def update(self, state, current_workers, cache):
+        assert len(current_workers) == 1
+        worker = current_workers[0]
+        steps = cache[worker.generation_id]
+        last_checkpoint = steps.values()[-1]
+        for k, sched_v in sorted(self._schedule.items(), key=lambda k_v: int(k_v[0])):
+            if int(k) <= int(last_checkpoint.step):
+                genid = pop_mod.make_gen_id()
+                worker = pop_mod.ActiveWorker(
+                    last_checkpoint.params, sched_v, genid, last_checkpoint.step
+                )
+                checkpoint = pop_mod.Checkpoint(
+                    generation_id=worker.generation_id,
+                    params=worker.params,
+                    meta_params=worker.meta_params,
+                    parent=(last_checkpoint.generation_id, last_checkpoint.step),
+                    step=worker.step,
+                    value=None,
+                    time=time.time(),
+                )
+                cache[worker.generation_id] = pop_mod.IntKeyDict()
+                cache[worker.generation_id][worker.step] = checkpoint
+                del self._schedule[k]
+                return state, [worker]
+        return state, current_workers
+
+
+def test_a_seed_mutator_that_edits_itself_resumes_on_its_log_dir(tmp_path):
+    # the seed's interruption pattern: a new controller on the same log_dir, the same
+    # mutator object (which deleted the schedule entries it applied)
+    mutate, seen = SeedFixedSchedule({3: 0.5, 8: 0.25}), []
+    for _ in range(3):
+        pop = pop_mod.PopulationController([1.0], mutate, log_dir=str(tmp_path))
+        for _ in range(4):
+            data = pop.maybe_get_worker_data(0, None, 0, None, None)
+            pop.set_eval(0, data.generation_id, data.step + 1, None, data.meta_params)
+            seen.append(pop.active_workers[0].meta_params)
+    assert mutate._schedule == {}
+    assert seen == [1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25, 0.25]
+    pop.close()
+    # another process builds it anew with the same schedule: the same run
+    again = pop_mod.PopulationController([1.0], SeedFixedSchedule({3: 0.5, 8: 0.25}), str(tmp_path))
+    assert again.state.num_events == 12
+    again.close()
+    with pytest.raises(storage.RunMismatchError, match="_schedule"):
+        pop_mod.PopulationController([1.0], SeedFixedSchedule({3: 0.1}), str(tmp_path))
+
+
+def test_update_may_return_a_list_and_keep_int_key_dicts_in_its_state(tmp_path):
+    class KeepsSteps(pop_mod.Mutate):
+        """Returns ``[state, workers]`` (the seed unpacks either) and keeps a generation's
+        IntKeyDict from the cache in its state."""
+
+        def init(self):
+            return {"steps": pop_mod.IntKeyDict()}
+
+        def update(self, state, current_workers, cache):
+            steps = cache[current_workers[0].generation_id]
+            return [{"steps": steps, "last": [steps]}, current_workers]
+
+    with pop_mod.PopulationController([1.0], KeepsSteps(), str(tmp_path)) as pop:
+        gen = pop.active_workers[0].generation_id
+        for step in (5, 2):
+            pop.set_eval(0, gen, step, f"p{step}", 1.0)
+        steps = pop.state.mutator_state["steps"]
+        assert type(steps) is dict and list(steps) == [0, 2, 5]  # a plain dict, by step
+        assert steps[5] == pop.history[gen][5]
+        assert pop.state.mutator_state["last"] == [steps]
+        state = pop.state.mutator_state
+    with pop_mod.PopulationController([1.0], KeepsSteps(), str(tmp_path)) as again:
+        assert again.state.mutator_state == state
+
+
+def test_get_worker_data_sees_the_step_the_controller_resolved_for_step_none():
+    steps = []
+
+    class Records(pop_mod.Mutate):
+        def update(self, state, current_workers, cache):
+            return state, current_workers
+
+        def get_worker_data(self, active_workers, cache, worker_id, generation_id, step, *_):
+            steps.append(step)
+            return active_workers
+
+    pop = pop_mod.PopulationController([1.0, 1.0], Records())
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 7, None, 1.0)
+    pop.maybe_get_worker_data(0, gen, None, None, None)  # the latest step recorded for gen
+    pop.maybe_get_worker_data(1, None, None, None, None)  # worker 1's assigned step
+    assert steps == [7, 0]
 
 
 # -- what jaxpop cannot represent is refused by name ----------------------------------------
@@ -415,6 +518,47 @@ def test_load_state_of_damaged_bytes_raises_and_changes_nothing(tmp_path, damage
         with pytest.raises(ValueError, match=f"{path} is not a valid jaxpop population state"):
             pop.load_state()
         assert pop.state is before
+
+
+def test_load_state_refuses_every_single_byte_flip_of_a_saved_state():
+    pop = pop_mod.PopulationController([1.0], CopyBest(1))
+    _train(pop, 2, num_workers=1)
+    good, before = pop.serialized_state(), pop.state
+    for i in range(len(good)):
+        damaged = bytearray(good)
+        damaged[i] ^= 0xFF
+        with pytest.raises(ValueError, match="not a valid jaxpop population state"):
+            pop.load_state(bytes(damaged))
+    assert pop.state is before
+    assert pop.load_state(good) is True
+
+
+def test_load_state_names_the_version_of_a_state_it_does_not_read():
+    pop = pop_mod.PopulationController([1.0], noop_mutator())
+    old = encoding.encode(
+        {"format": "jaxpop.population_state", "version": 1, "run": {}, "state": {}}
+    )
+    with pytest.raises(ValueError, match="version 1; this jaxpop reads version 2"):
+        pop.load_state(old)
+
+
+def test_save_state_that_fails_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    log_dir = str(tmp_path)
+    with pop_mod.PopulationController([1.0], noop_mutator(), log_dir) as pop:
+        pop.save_state()
+        path = os.path.join(log_dir, pop_mod.seed_lib.STATE_FILE)
+        saved = open(path, "rb").read()
+        pop.set_eval(0, pop.active_workers[0].generation_id, 1, None, 1.0)
+
+        def fail(src, dst):
+            raise OSError("disk gone")
+
+        monkeypatch.setattr(os, "replace", fail)
+        with pytest.raises(OSError, match="disk gone"):
+            pop.save_state()
+        monkeypatch.undo()
+        assert open(path, "rb").read() == saved
+        assert not [n for n in os.listdir(log_dir) if ".tmp" in n]
 
 
 def test_load_state_never_unpickles():

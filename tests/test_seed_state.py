@@ -12,7 +12,9 @@ import logging
 import os
 import pickle
 import sys
+import time
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from jaxpop import PopulationController, cli, storage
 from jaxpop.mutators import WinnerTakeAllGenetic
 from jaxpop.population import Mutate
 from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.storage import seed_state
 
 SEED_MODULE = "learned_optimization.population.population"
 
@@ -292,3 +295,174 @@ def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
     with pytest.raises(storage.SeedStateError, match=match):
         storage.migrate_seed_state(src)
     assert os.listdir(src) == ["population.state"]
+
+
+def test_numeric_numpy_arrays_are_read_in_every_layout_and_protocol(seed, tmp_path):
+    arrays = {
+        "fortran": np.arange(6.0).reshape(2, 3).T,
+        "big_endian": np.array([1, 2], dtype=">i4"),
+        "empty": np.zeros((0, 3), np.float32),
+        "bool": np.array([True, False]),
+    }
+    for protocol in (3, 4, 5):
+        src = tmp_path / str(protocol)
+        src.mkdir()
+        data = pickle.dumps(_seed_state(seed, meta_extra=arrays), protocol=protocol)
+        (src / "population.state").write_bytes(data)
+        meta = storage.load_seed_state(src).history["gen-a"][0].meta_params
+        for name, array in arrays.items():
+            assert meta[name].dtype == array.dtype and np.array_equal(meta[name], array)
+
+
+# -- bounded work: shared references ----------------------------------------------------
+def _laughs(depth):
+    x = 0
+    for _ in range(depth):
+        x = [x, x]
+    return x
+
+
+def _tuple_key_bomb(depth):
+    """A pickle of ``{x: 1}`` where ``x = (x, x)`` ``depth`` times: a dict hashes its key,
+    2**depth tuples (building it in this process would never end)."""
+    x = b"K\x00" + b"".join(b"\x94h" + bytes([i]) + b"\x86" for i in range(depth))
+    return b"\x80\x04}" + x + b"K\x01s."
+
+
+@pytest.mark.parametrize("where", ["mutator state", "params", "extra field", "dict key"])
+def test_a_small_file_that_expands_without_bound_is_refused_at_once(seed, tmp_path, where):
+    src = tmp_path / "seed"
+    src.mkdir()
+    laughs = _laughs(60)  # 2**60 values in 2 KB of pickle
+    if where == "mutator state":
+        data = pickle.dumps(_seed_state(seed, mutator_state=laughs))
+    elif where == "params":
+        workers, cache, _ = _seed_state(seed)
+        cache["gen-a"][5] = cache["gen-a"][5].replace(params=laughs)
+        data = pickle.dumps((workers, cache, None))
+    elif where == "extra field":  # a refused record whose message shows its fields
+        record = seed.Checkpoint(None, None, "g", None, None, 0, 0.0)
+        object.__setattr__(record, "bogus", laughs)
+        data = pickle.dumps(_seed_state(seed, mutator_state=record))
+    else:
+        data = _tuple_key_bomb(60)
+    assert len(data) < 3000
+    (src / "population.state").write_bytes(data)
+    started = time.monotonic()
+    with pytest.raises(storage.SeedStateError, match="expands to more than"):
+        storage.migrate_seed_state(src)
+    assert time.monotonic() - started < 5
+    assert os.listdir(src) == ["population.state"]
+
+
+def test_a_file_that_expands_within_the_budget_is_migrated(seed, tmp_path):
+    _write_seed_run(tmp_path, seed, mutator_state=_laughs(10))  # 2**11 values: fine
+    storage.migrate_seed_state(tmp_path)
+    assert storage.read_state(tmp_path).mutator_state["seed_mutator_state"] == _laughs(10)
+
+
+def test_error_messages_show_a_bounded_part_of_a_value():
+    huge = {"k": [_laughs(60)] * 3, **{i: i for i in range(10**5)}}
+    started = time.monotonic()
+    text = seed_state._short(seed_state._SeedIntKeyDict(huge))
+    assert time.monotonic() - started < 1 and len(text) < 300
+    assert seed_state._short(10**5000) == "<an int of 16610 bits>"
+
+
+# -- a pickle may not change what the reader runs ------------------------------------------
+def _global(module, name):
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("module", "name"), sorted(seed_state._ALLOWED), ids=lambda x: x.split(".")[-1]
+)
+def test_a_pickle_cannot_set_attributes_on_what_the_reader_calls(tmp_path, module, name):
+    # BUILD with (None, {attribute: value}) on a global: pickle would setattr on it
+    target = seed_state._ALLOWED[(module, name)]
+    before = dict(vars(target))
+    defaults = getattr(target, "__defaults__", None)
+    for attribute in ("jaxpop_marker", "__defaults__", "fields", "kind"):
+        state = b"N}X" + len(attribute).to_bytes(4, "little") + attribute.encode()
+        data = b"\x80\x02" + _global(module, name) + state + b"K\x01\x85s\x86b."
+        (tmp_path / "population.state").write_bytes(data)
+        with pytest.raises(storage.SeedStateError, match=r"gives a state to something"):
+            storage.load_seed_state(tmp_path)
+    assert dict(vars(target)) == before
+    assert getattr(target, "__defaults__", None) == defaults
+
+
+@pytest.mark.parametrize("copy", [b"\x88", b"\x89"], ids=["copy", "no copy"])
+def test_a_pickle_cannot_change_numpys_dtypes(tmp_path, copy):
+    # numpy.dtype("i8", False, copy) given the state of a dtype that holds objects:
+    # numpy would then read the ints as pointers
+    state = b"(K\x03X\x01\x00\x00\x00<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK?tb"
+    dtype = _global("numpy", "dtype") + b"X\x02\x00\x00\x00i8\x89" + copy + b"\x87R" + state
+    (tmp_path / "population.state").write_bytes(b"\x80\x02" + dtype + b".")
+    with pytest.raises(storage.SeedStateError, match="a numpy dtype with the state"):
+        storage.load_seed_state(tmp_path)
+    assert not np.dtype("int64").hasobject and np.dtype("int64").flags == 0
+    assert np.arange(3).sum() == 3
+
+
+# -- what the migration keeps, and what it drops --------------------------------------------
+def test_a_mutator_state_jaxpop_cannot_store_is_dropped_with_a_warning(seed, tmp_path, caplog):
+    # deliberate: the run itself is intact and jaxpop's mutators never use the seed's state
+    _write_seed_run(tmp_path, seed, mutator_state={"seen": {1, 2}, "phase": "explore"})
+    with pytest.warns(UserWarning, match=r"mutator state\['seen'\] is a set.*not kept"):
+        storage.migrate_seed_state(tmp_path)
+
+    class Keep(Mutate):
+        def init(self):
+            return {"phase": "start"}
+
+        def update(self, state, current_workers, cache):
+            return state, current_workers
+
+    with (
+        caplog.at_level(logging.WARNING, logger="jaxpop"),
+        PopulationController([{}] * 2, Keep(), log_dir=str(tmp_path)) as c,
+    ):
+        assert c.state.mutator_state == {"phase": "start"}
+        assert c.history.num_checkpoints == 9
+    assert "Keep starts from its init() state" in caplog.text
+
+
+def test_a_value_jaxpop_cannot_store_in_the_records_writes_nothing(seed, tmp_path):
+    _write_seed_run(tmp_path, seed, meta_extra={"tags": {"a"}})
+    with warnings.catch_warnings(), pytest.raises(storage.SeedStateError, match="is a set"):
+        warnings.simplefilter("error")
+        storage.migrate_seed_state(tmp_path)
+    assert os.listdir(tmp_path) == ["population.state"]
+
+
+# -- the command line -----------------------------------------------------------------------
+def test_migrating_into_a_directory_with_a_journal_and_no_snapshot_is_an_error(
+    seed, tmp_path, capsys
+):
+    src, dst = tmp_path / "seed", tmp_path / "out"
+    _write_seed_run(src, seed)
+    PopulationController([{}], noop_mutator(), log_dir=str(dst)).close()
+    for name in os.listdir(dst):
+        if not name.startswith("journal-"):
+            os.remove(dst / name)
+    before = sorted(os.listdir(dst))
+    assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxpop migrate-seed-state: error:") and "journal" in err
+    assert sorted(os.listdir(dst)) == before  # no lock file left behind
+
+
+def test_a_migration_that_fails_while_writing_leaves_no_lock_file(seed, tmp_path, monkeypatch):
+    src, dst = tmp_path / "seed", tmp_path / "out"
+    _write_seed_run(src, seed)
+
+    def fail(self, state):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(seed_state.Store, "start", fail)
+    assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
+    assert not dst.exists()
+    dst.mkdir()
+    assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
+    assert os.listdir(dst) == []

@@ -230,6 +230,9 @@ class _ControllerActor:
     ) -> ActiveWorker:
         return self._get().checkpoint_missing(worker_id, generation_id, step, exists=exists)
 
+    def finish(self, worker_id: int) -> None:
+        self._get().finish(worker_id)
+
     def active_workers(self) -> tuple[ActiveWorker, ...]:
         return self._get().active_workers
 
@@ -341,6 +344,10 @@ class PopulationClient:
         to the controller's actor and runs there (``ParamStore.exists`` works where the
         actor sees the store's directory)."""
         return self._call("checkpoint_missing", worker_id, generation_id, step, exists)
+
+    def finish(self, worker_id: int) -> None:
+        """As :meth:`jaxpop.PopulationController.finish`."""
+        self._call("finish", worker_id)
 
     # -- read-only views ------------------------------------------------------------
     @property

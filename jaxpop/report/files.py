@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from jaxpop.report.data import Report, load
 from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
 from jaxpop.report.tables import summary, write_csv
+from jaxpop.storage.atomic import write_atomic
 
 if TYPE_CHECKING:
     pass
@@ -38,7 +39,8 @@ def write_report(
     ``log_dir`` is a run directory (or its parent, see :func:`find_run_dir`) or an
     already loaded :class:`Report`. ``out_dir`` defaults to :func:`default_out_dir`
     and is created if needed; it may not lie inside the run's directory, which is never
-    written to. Each file is written to a temporary name and renamed into place.
+    written to. Each file is written to a temporary name and renamed into place
+    (:func:`jaxpop.storage.atomic.write_atomic`).
     """
     report = log_dir if isinstance(log_dir, Report) else load(log_dir)
     if out_dir is None:
@@ -56,9 +58,7 @@ def write_report(
 
     def put(name: str, data: bytes) -> None:
         path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "wb") as f:
-            f.write(data)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, data)
         written[name] = path
 
     for name, make in (

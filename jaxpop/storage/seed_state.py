@@ -5,8 +5,8 @@ a pickle. jaxpop never loads it by itself (unpickling can run any code the file 
 a controller created on such a ``log_dir`` refuses with :class:`SeedStateError`.
 :func:`migrate_seed_state` (``jaxpop migrate-seed-state DIR``) reads the file with an
 unpickler that builds only the seed's records, plain containers, numbers, strings and
-numpy arrays, and writes a jaxpop ``log_dir`` that a controller resumes. See
-``docs/storage.md``.
+numpy arrays, after a walk over the pickle's opcodes bounds what it may cost, and writes
+a jaxpop ``log_dir`` that a controller resumes. See ``docs/storage.md``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import hashlib
 import io
 import json
 import logging
+import math
 import numbers
 import os
 import pickle
+import pickletools
+import reprlib
 import time
 import warnings
 from collections.abc import Callable
@@ -30,6 +33,7 @@ from jaxpop import core, encoding
 from jaxpop.core import PopulationState
 from jaxpop.keys import root_key
 from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.plain import state_from_plain, state_to_plain
 from jaxpop.storage.store import Store
 
@@ -78,6 +82,34 @@ class SeedMigration(NamedTuple):
     state: PopulationState
 
 
+# -- bounded error messages -------------------------------------------------------------
+class _BoundedRepr(reprlib.Repr):
+    """reprlib's bounded repr, also for dict and list subclasses, huge ints and records.
+
+    A file's values may be huge (shared references make a few bytes stand for a
+    structure of any size): an error message shows a few levels and items of them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 60, 60
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, _SeedRecord):
+            return f"<a seed {x.kind}>"
+        if type(x) is int and x.bit_length() > 64:
+            return f"<an int of {x.bit_length()} bits>"
+        if isinstance(x, (bytes, bytearray)) and len(x) > self.maxstring:
+            return repr(x[: self.maxstring]) + "..."
+        for base in (dict, list, tuple, set, frozenset):
+            if isinstance(x, base):
+                return getattr(self, f"repr_{base.__name__}")(x, level)
+        return super().repr1(x, level)
+
+
+_short = _BoundedRepr().repr
+
+
 # -- what the restricted unpickler builds ----------------------------------------------
 class _SeedRecord:
     """The fields the seed pickled for one of its records, held as data (nothing run)."""
@@ -97,7 +129,7 @@ class _SeedRecord:
             state = {**(state[0] or {}), **(state[1] or {})}
         if type(state) is not dict or set(state) - set(self.fields):
             raise SeedStateError(
-                f"a seed {self.kind} record holding {state!r:.100} (its fields are {self.fields})"
+                f"a seed {self.kind} record holding {_short(state)} (its fields are {self.fields})"
             )
         self.values = state
 
@@ -123,56 +155,112 @@ class _SeedIntKeyDict(dict):
 
     def __setstate__(self, state: Any) -> None:
         if state:
-            raise SeedStateError(f"a seed IntKeyDict with attributes {state!r:.100}")
+            raise SeedStateError(f"a seed IntKeyDict with attributes {_short(state)}")
 
 
-# How numpy pickles arrays and scalars, taken from numpy itself (numpy 1 and 2 name
-# these functions' modules differently; a file may come from either).
-_RECONSTRUCT = np.zeros(1).__reduce__()[0]
-_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]
-_SCALAR = np.float64(0).__reduce__()[0]
+# numpy's objects are never given a state from the file: a dtype's state sets its flags
+# (a dtype of ints that claims to hold objects makes numpy read the ints as pointers).
+# The file's dtypes and arrays are read into these stand-ins, whose states are checked,
+# and numpy builds from the checked values.
+_DTYPE_STATE_TAIL = (None, None, None, -1, -1, 0)  # how numpy pickles a numeric dtype
+
+
+class _Dtype:
+    """A numeric numpy dtype as a pickle describes it: ``numpy.dtype(spec)``, then its
+    byte order from the state the pickle gives it."""
+
+    def __init__(self, spec: Any, align: Any = False, copy: Any = True):
+        if type(spec) is not str or type(align) is not bool or type(copy) is not bool:
+            raise SeedStateError(
+                f"a numpy dtype built from {_short(spec)} (not how numpy pickles one)"
+            )
+        self._base = _numeric_dtype(np.dtype(spec, align, True))
+        self.dtype: np.dtype | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        base = getattr(self, "_base", None)
+        if (
+            base is None
+            or type(state) is not tuple
+            or len(state) != 8
+            or state[0] != 3
+            or state[1] not in ("<", ">", "|", "=")
+            or state[2:] != _DTYPE_STATE_TAIL
+        ):
+            raise SeedStateError(f"a numpy dtype with the state {_short(state)}")
+        self.dtype = base.newbyteorder(state[1]) if state[1] in "<>" else base
 
 
 def _numeric_dtype(dtype: Any) -> np.dtype:
-    if not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise SeedStateError(f"a numpy array or scalar of dtype {dtype!r:.60} (not plain data)")
+    if type(dtype) is _Dtype:
+        dtype = dtype.dtype
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
+        raise SeedStateError(f"a numpy array or scalar of dtype {_short(dtype)} (not plain data)")
     return dtype
 
 
-def _dtype(spec: Any, align: Any = False, copy: Any = False) -> np.dtype:
-    if type(spec) is not str or type(align) is not bool or type(copy) is not bool:
-        raise SeedStateError(f"a numpy dtype built from {spec!r:.60} (not how numpy pickles one)")
-    return _numeric_dtype(np.dtype(spec, align, copy))
+class _Array:
+    """A numpy array as a pickle describes it; built from its state once that is checked."""
+
+    array: np.ndarray | None = None
+
+    def __setstate__(self, state: Any) -> None:
+        if type(state) is not tuple or len(state) != 5 or state[0] != 1:
+            raise SeedStateError(f"a numpy array with the state {_short(state)}")
+        _, shape, dtype, fortran, raw = state
+        if type(fortran) is not bool:
+            raise SeedStateError(f"a numpy array with the state {_short(state)}")
+        self.array = _array(raw, dtype, shape, "F" if fortran else "C")
+
+
+def _array(raw: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+    dtype = _numeric_dtype(dtype)
+    if (
+        type(shape) is not tuple
+        or any(type(n) is not int or n < 0 for n in shape)
+        or order not in ("C", "F")
+    ):
+        raise SeedStateError(f"a numpy array of shape {_short(shape)}, order {_short(order)}")
+    if type(raw) not in (bytes, bytearray) or len(raw) != math.prod(shape) * dtype.itemsize:
+        raise SeedStateError(f"a numpy array of shape {shape} whose data is not that size")
+    if not raw:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(raw, dtype).reshape(shape, order=order).copy()
 
 
 class _NdarrayName:
     """``numpy.ndarray`` as a pickle names it: only :func:`_reconstruct` takes it."""
 
 
-def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> np.ndarray:
-    if subtype is not _NdarrayName:
-        raise SeedStateError(f"an array of class {subtype!r:.60} (only numpy.ndarray is read)")
-    return _RECONSTRUCT(np.ndarray, shape, typecode)
+def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _Array:
+    if subtype is not _NdarrayName or shape != (0,) or typecode != b"b":
+        raise SeedStateError(
+            f"an array made as {_short((subtype, shape, typecode))} (not how numpy pickles one)"
+        )
+    return _Array()
 
 
-def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
-    if not isinstance(buffer, (bytes, bytearray, pickle.PickleBuffer)):
-        raise SeedStateError(f"a numpy array read from a {type(buffer).__name__}")
-    return _FROMBUFFER(buffer, _numeric_dtype(dtype), shape, order)
+def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> _Array:
+    made = _Array()
+    made.array = _array(buffer, dtype, shape, order)
+    return made
 
 
 def _scalar(dtype: Any, data: Any) -> Any:
-    if type(data) is not bytes:
-        raise SeedStateError(f"a numpy scalar built from a {type(data).__name__}")
-    return _SCALAR(_numeric_dtype(dtype), data)
+    dtype = _numeric_dtype(dtype)
+    if type(data) is not bytes or len(data) != dtype.itemsize:
+        raise SeedStateError(f"a numpy scalar built from {_short(data)}")
+    return _SCALAR(dtype, data)
 
+
+_SCALAR = np.float64(0).__reduce__()[0]  # numpy 1 and 2 name its module differently
 
 _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     (SEED_MODULE, "Checkpoint"): _SeedCheckpoint,
     (SEED_MODULE, "ActiveWorker"): _SeedActiveWorker,
     (SEED_MODULE, "IntKeyDict"): _SeedIntKeyDict,
     ("numpy", "ndarray"): _NdarrayName,
-    ("numpy", "dtype"): _dtype,
+    ("numpy", "dtype"): _Dtype,
     **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
     **{(f"numpy.{core}.multiarray", "scalar"): _scalar for core in ("core", "_core")},
     **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
@@ -194,18 +282,186 @@ class _Unpickler(pickle.Unpickler):
         allowed = _ALLOWED.get((module, name))
         if allowed is None:
             raise SeedStateError(
-                f"{self._where} refers to {module}.{name}, which a seed population state "
-                "does not hold; refusing it (nothing in the file was run). Only the seed's "
-                "Checkpoint, ActiveWorker and IntKeyDict, plain containers, numbers, "
-                "strings and numeric numpy arrays are read"
+                f"{self._where} refers to {module[:100]}.{name[:100]}, which a seed "
+                "population state does not hold; refusing it (nothing in the file was "
+                "run). Only the seed's Checkpoint, ActiveWorker and IntKeyDict, plain "
+                "containers, numbers, strings and numeric numpy arrays are read"
             )
         return allowed
 
     def persistent_load(self, pid: Any) -> Any:
-        raise SeedStateError(f"{self._where} refers to an external object ({pid!r:.60})")
+        raise SeedStateError(f"{self._where} refers to an external object ({_short(pid)})")
+
+
+# -- what the pickle would cost, before anything is built -------------------------------
+#: A file may expand to at most this many values, plus _BUDGET_PER_BYTE per byte of it
+#: (a str, bytes or array counts one per 64 bytes): shared references let a few bytes
+#: of pickle stand for a structure of any size, which unpickling (a dict hashes its
+#: keys), migrating and storing would each build out in full. The seed's own files
+#: expand by far less (one checkpoint's meta_params shared by its generation's).
+_MIN_BUDGET = 100_000
+_BUDGET_PER_BYTE = 16
+
+
+class _Value:
+    """One value on the stack of :func:`_check_opcodes`: how much it expands to, and how
+    it was made: "data" (a container), "leaf" (a number, str or bytes), "global" (a
+    class or function the file names), "made" (a call's result: the only thing a BUILD
+    may give a state)."""
+
+    __slots__ = ("how", "size")
+
+    def __init__(self, size: int, how: str = "data"):
+        self.size, self.how = size, how
+
+
+_LEAF = _Value(1, "leaf")  # every small leaf (never grown: filling a leaf is refused)
+
+# What each opcode does to the stack, for _check_opcodes; the most frequent first.
+_OPCODE_KINDS: dict[str, str] = {
+    **dict.fromkeys(("BINPUT", "LONG_BINPUT", "PUT"), "put"),
+    "MEMOIZE": "memoize",
+    **dict.fromkeys(("BINGET", "LONG_BINGET", "GET"), "get"),
+    **dict.fromkeys(("APPEND", "SETITEM"), "fill"),
+    **dict.fromkeys(("APPENDS", "SETITEMS", "ADDITEMS"), "fill_mark"),
+    "MARK": "mark",
+    **dict.fromkeys(("EMPTY_LIST", "EMPTY_DICT", "EMPTY_SET", "EMPTY_TUPLE"), "empty"),
+    **dict.fromkeys(("TUPLE1", "TUPLE2", "TUPLE3"), "tuple"),
+    **dict.fromkeys(("LIST", "TUPLE", "DICT", "FROZENSET"), "collect"),
+    **dict.fromkeys(("NONE", "NEWTRUE", "NEWFALSE"), "leaf"),
+    **dict.fromkeys(("GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"), "global"),
+    **dict.fromkeys(("REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ"), "call"),
+    "BUILD": "build",
+    "POP": "pop",
+    "POP_MARK": "pop_mark",
+    "DUP": "dup",
+    **dict.fromkeys(("PROTO", "FRAME", "READONLY_BUFFER"), "skip"),
+    "STOP": "stop",
+}
+
+
+def _check_opcodes(data: bytes, where: str) -> None:
+    """Walks the pickle's opcodes, building nothing, and refuses it if it would expand
+    past the budget, hash keys past the budget, give a state to (BUILD) or fill anything
+    but an object it made, or call something it did not name.
+
+    Raises:
+      SeedStateError: naming what was refused.
+    """
+    budget = _MIN_BUDGET + _BUDGET_PER_BYTE * len(data)
+    stack: list[_Value] = []
+    marks: list[list[_Value]] = []  # the stacks below each MARK
+    memo: dict[Any, _Value] = {}
+    hashed = 0  # what dicts and sets hash: their keys' sizes
+
+    def refuse(what: str) -> SeedStateError:
+        return SeedStateError(f"{where} {what}; refusing it (nothing in the file was run)")
+
+    def too_big() -> SeedStateError:
+        return refuse(
+            f"expands to more than {budget} values through shared references (at most "
+            f"{_BUDGET_PER_BYTE} per byte of the file are read): a hostile or damaged file"
+        )
+
+    def fill(target: _Value, size: int, keys: int = 0) -> None:
+        nonlocal hashed
+        if target.how in ("global", "leaf"):
+            raise refuse("changes a value that is not a container or an object it made")
+        target.size += size
+        hashed += keys
+        if target.size > budget or hashed > budget:
+            raise too_big()
+
+    def sizes(values: list[_Value]) -> int:
+        return sum([v.size for v in values])
+
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            name = opcode.name
+            kind = _OPCODE_KINDS.get(name)
+            if kind == "put" or kind == "memoize":
+                memo[len(memo) if kind == "memoize" else arg] = stack[-1]
+            elif kind == "get":
+                stack.append(memo[arg])
+            elif kind is None and opcode.arg is not None and not opcode.stack_before:
+                if name == "PERSID":
+                    raise refuse("refers to an external object (PERSID)")
+                if type(arg) is int and not -(2**63) <= arg < 2**64:
+                    raise refuse(f"holds {_short(arg)}, which jaxpop cannot store")
+                long = isinstance(arg, (str, bytes, bytearray)) and len(arg) >= 64
+                stack.append(_Value(1 + len(arg) // 64, "leaf") if long else _LEAF)
+            elif kind == "fill":
+                size = stack.pop().size
+                if name == "APPEND":
+                    fill(stack[-1], size)
+                else:
+                    key = stack.pop().size
+                    fill(stack[-1], size + key, key)
+            elif kind == "fill_mark":
+                items, stack = stack, marks.pop()
+                keys = items if name == "ADDITEMS" else items[0::2] if name == "SETITEMS" else []
+                fill(stack[-1], sizes(items), sizes(keys))
+            elif kind == "mark":
+                marks.append(stack)
+                stack = []
+            elif kind == "empty":
+                stack.append(_Value(1))
+            elif kind == "tuple":
+                stack.append(_Value(1))
+                fill(stack[-1], sizes([stack.pop(-2) for _ in range(int(name[-1]))]))
+            elif kind == "collect":
+                items, stack = stack, marks.pop()
+                stack.append(_Value(1))
+                keys = items[0::2] if name == "DICT" else items if name == "FROZENSET" else []
+                fill(stack[-1], sizes(items), sizes(keys))
+            elif kind == "leaf":
+                stack.append(_LEAF)
+            elif kind == "global":
+                if name == "STACK_GLOBAL":
+                    del stack[-2:]
+                stack.append(_Value(1, "global"))
+            elif kind == "call":
+                if name in ("INST", "OBJ"):
+                    args, stack = stack, marks.pop()
+                    called = args.pop(0) if name == "OBJ" else _Value(1, "global")
+                else:
+                    args = [stack.pop() for _ in range(2 if name == "NEWOBJ_EX" else 1)]
+                    called = stack.pop()
+                if called.how != "global":
+                    raise refuse("calls something that is not a class or function it names")
+                stack.append(_Value(1, "made"))
+                fill(stack[-1], sizes(args))
+            elif kind == "build":
+                state = stack.pop()
+                if stack[-1].how != "made":
+                    raise refuse("gives a state to something it did not make (BUILD)")
+                fill(stack[-1], state.size)
+            elif kind == "pop":
+                if stack:
+                    stack.pop()
+                else:
+                    stack = marks.pop()
+            elif kind == "pop_mark":
+                stack = marks.pop()
+            elif kind == "dup":
+                stack.append(stack[-1])
+            elif kind == "stop":
+                break
+            elif kind != "skip":
+                raise refuse(f"uses the opcode {name}, which this reader does not take")
+    except SeedStateError:
+        raise
+    except (IndexError, KeyError):  # an empty stack, no mark, a memo entry never made
+        raise refuse("is damaged: its opcodes do not fit together") from None
+    except Exception as e:  # ValueError from a cut or damaged opcode stream
+        raise SeedStateError(
+            f"{where} is truncated or damaged: it cannot be read as the seed's pickle "
+            f"({type(e).__name__}: {_short(str(e))})"
+        ) from None
 
 
 def _unpickle(data: bytes, where: str) -> Any:
+    _check_opcodes(data, where)
     stream = io.BytesIO(data)
     try:
         value = _Unpickler(stream, where).load()
@@ -216,7 +472,7 @@ def _unpickle(data: bytes, where: str) -> Any:
     except Exception as e:  # EOFError, UnpicklingError, ... from a cut or damaged file
         raise SeedStateError(
             f"{where} is truncated or damaged: it cannot be read as the seed's pickle "
-            f"({type(e).__name__}: {e})"
+            f"({type(e).__name__}: {_short(str(e))})"
         ) from None
     if stream.tell() != len(data):
         raise SeedStateError(
@@ -226,41 +482,52 @@ def _unpickle(data: bytes, where: str) -> Any:
 
 
 # -- from the seed's objects to jaxpop's records ---------------------------------------
-def _plain(value: Any, where: str, depth: int = 0) -> Any:
-    """``value`` as jaxpop plain data (seed records become jaxpop's), or SeedStateError."""
-    if depth > 100:
-        raise SeedStateError(f"{where} is nested more than 100 levels deep")
+def _plain(value: Any, where: str, memo: dict[int, Any], depth: int = 0) -> Any:
+    """``value`` as jaxpop plain data (seed records become jaxpop's), or SeedStateError.
+
+    ``memo`` maps the id of each container already converted to its conversion, so a
+    value the file refers to many times is converted once (and shared, as in the file).
+    """
     if value is None or type(value) in (bool, int, float, str, bytes):
         return value
-    if type(value) is np.ndarray or isinstance(value, np.generic):
-        if value.dtype.kind in "biufc":
-            return value
+    if id(value) in memo:
+        return memo[id(value)]
+    if depth > 100:
+        raise SeedStateError(f"{where} is nested more than 100 levels deep")
+    if type(value) is _Array:
+        if value.array is None:
+            raise SeedStateError(f"{where} is a numpy array without its data")
+        plain: Any = value.array
+    elif isinstance(value, np.generic) and value.dtype.kind in "biufc":
+        plain = value
     elif type(value) in (list, tuple):
-        items = [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-        return items if type(value) is list else tuple(items)
+        items = [_plain(v, f"{where}[{i}]", memo, depth + 1) for i, v in enumerate(value)]
+        plain = items if type(value) is list else tuple(items)
     elif type(value) in (dict, _SeedIntKeyDict):
         plain = {}
         for k, v in value.items():
-            at = f"{where}[{k!r:.40}]"
-            plain[_plain(k, at, depth + 1)] = _plain(v, at, depth + 1)
-        return plain
+            at = f"{where}[{_short(k)}]"
+            plain[_plain(k, at, memo, depth + 1)] = _plain(v, at, memo, depth + 1)
     elif type(value) is _SeedCheckpoint:
-        return _checkpoint(value, where)
+        plain = _checkpoint(value, where, memo)
     elif type(value) is _SeedActiveWorker:
-        return _worker(value, where)
-    raise SeedStateError(
-        f"{where} is a {type(value).__name__} {value!r:.60}, which jaxpop cannot store "
-        "(plain containers, numbers, strings and numeric numpy arrays only)"
-    )
+        plain = _worker(value, where, memo)
+    else:
+        raise SeedStateError(
+            f"{where} is a {type(value).__name__} {_short(value)}, which jaxpop cannot store "
+            "(plain containers, numbers, strings and numeric numpy arrays only)"
+        )
+    memo[id(value)] = plain
+    return plain
 
 
 def _int(value: Any, where: str) -> int:
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise SeedStateError(f"{where} is not an int: {type(value).__name__} {value!r:.60}")
+        raise SeedStateError(f"{where} is not an int: {type(value).__name__} {_short(value)}")
     return int(value)
 
 
-def _checkpoint(record: _SeedCheckpoint, where: str) -> Checkpoint:
+def _checkpoint(record: _SeedCheckpoint, where: str, memo: dict[int, Any]) -> Checkpoint:
     value = record.field("value", where)
     if value is not None:
         try:
@@ -270,16 +537,16 @@ def _checkpoint(record: _SeedCheckpoint, where: str) -> Checkpoint:
     parent = record.field("parent", where)
     if parent is not None:
         if type(parent) not in (tuple, list) or len(parent) != 2:
-            raise SeedStateError(f"{where}.parent is not (generation_id, step): {parent!r:.80}")
+            raise SeedStateError(f"{where}.parent is not (generation_id, step): {_short(parent)}")
         if type(parent[0]) is not str:
-            raise SeedStateError(f"{where}.parent[0] is not a generation id: {parent[0]!r:.60}")
+            raise SeedStateError(f"{where}.parent[0] is not a generation id: {_short(parent[0])}")
         parent = (parent[0], _int(parent[1], f"{where}.parent[1]"))
     moment = record.field("time", where)
     if isinstance(moment, bool) or not isinstance(moment, numbers.Real):
-        raise SeedStateError(f"{where}.time is not a number: {moment!r:.60}")
+        raise SeedStateError(f"{where}.time is not a number: {_short(moment)}")
     return Checkpoint(
-        params=_plain(record.field("params", where), f"{where}.params"),
-        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params"),
+        params=_plain(record.field("params", where), f"{where}.params", memo),
+        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params", memo),
         generation_id=record.field("generation_id", where),
         value=value,
         parent=parent,
@@ -288,16 +555,16 @@ def _checkpoint(record: _SeedCheckpoint, where: str) -> Checkpoint:
     )
 
 
-def _worker(record: _SeedActiveWorker, where: str) -> ActiveWorker:
+def _worker(record: _SeedActiveWorker, where: str, memo: dict[int, Any]) -> ActiveWorker:
     return ActiveWorker(
-        params=_plain(record.field("params", where), f"{where}.params"),
-        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params"),
+        params=_plain(record.field("params", where), f"{where}.params", memo),
+        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params", memo),
         generation_id=record.field("generation_id", where),
         step=_int(record.field("step", where), f"{where}.step"),
     )
 
 
-def _history(cache: Any) -> list[Checkpoint]:
+def _history(cache: Any, memo: dict[int, Any]) -> list[Checkpoint]:
     """The seed's cache as checkpoints in creation order, with jaxpop's parent links.
 
     The seed gives a checkpoint it records for a running generation itself as parent;
@@ -310,8 +577,8 @@ def _history(cache: Any) -> list[Checkpoint]:
     generations: list[tuple[str, list[tuple[int, Any]]]] = []
     for gen_id, steps in cache.items():
         if type(gen_id) is not str or type(steps) not in (dict, _SeedIntKeyDict) or not steps:
-            raise SeedStateError(f"cache[{gen_id!r:.60}] is not a generation's checkpoints")
-        keyed = [(_int(s, f"cache[{gen_id!r}] key {s!r:.20}"), c) for s, c in steps.items()]
+            raise SeedStateError(f"cache[{_short(gen_id)}] is not a generation's checkpoints")
+        keyed = [(_int(s, f"cache[{_short(gen_id)}] key {_short(s)}"), c) for s, c in steps.items()]
         generations.append((gen_id, sorted(keyed, key=lambda sc: sc[0])))
     order = {gen_id: i for i, (gen_id, _) in enumerate(generations)}
     known = {(gen_id, step) for gen_id, steps in generations for step, _ in steps}
@@ -319,35 +586,39 @@ def _history(cache: Any) -> list[Checkpoint]:
     for gen_id, steps in generations:
         previous = None
         for step, record in steps:
-            at = f"cache[{gen_id!r}][{step}]"
+            at = f"cache[{_short(gen_id)}][{step}]"
             if type(record) is not _SeedCheckpoint:
                 raise SeedStateError(f"{at} is a {type(record).__name__}, not a seed Checkpoint")
-            c = _checkpoint(record, at)
+            c = _checkpoint(record, at, memo)
             if c.ref != (gen_id, step):
-                raise SeedStateError(f"{at} holds the checkpoint of {c.ref!r:.80}")
+                raise SeedStateError(f"{at} holds the checkpoint of {_short(c.ref)}")
             parent = c.parent
             if parent == c.ref:  # the seed's "continues itself"
                 parent = None if previous is None else previous.ref
             elif parent is not None:
                 if parent not in known:
-                    raise SeedStateError(f"{at}.parent {parent} is not in the history")
+                    raise SeedStateError(f"{at}.parent {_short(parent)} is not in the history")
                 source = order[parent[0]]
                 if source > order[gen_id] or (source == order[gen_id] and parent[1] >= step):
-                    raise SeedStateError(f"{at}.parent {parent} does not come before it")
+                    raise SeedStateError(f"{at}.parent {_short(parent)} does not come before it")
             checkpoints.append(c.replace(parent=parent))
             previous = c
     return checkpoints
 
 
-def _marker_state(seed_state: Any, where: str) -> dict[str, Any]:
+def _marker_state(seed_state: Any, where: str, memo: dict[int, Any]) -> dict[str, Any]:
+    """The marker a migrated run holds as mutator state, with the seed's state if jaxpop
+    can store it. If not, the run is still migrated (deliberately: jaxpop's mutators do
+    not use the seed's state, and the rest of the run is intact), with a warning, and a
+    seed-style ``Mutate`` resumes from its ``init()``."""
     try:
-        plain = _plain(seed_state, where)
+        plain = _plain(seed_state, where, memo)
         encoding.encode(plain)
         representable = True
     except (SeedStateError, TypeError, ValueError) as e:
         warnings.warn(
-            f"{e}: the seed's mutator state is not kept (jaxpop's mutators start from "
-            "their initial state anyway)",
+            f"{e}: the seed's mutator state is not kept; the run is migrated without it, "
+            "and the mutator that resumes it starts from its init() state",
             stacklevel=4,
         )
         plain, representable = None, False
@@ -364,17 +635,17 @@ def _to_state(raw: Any, where: str, seed: int) -> PopulationState:
         workers_raw, cache, mutator_state = raw
         if type(workers_raw) not in (list, tuple) or not workers_raw:
             raise SeedStateError("active_workers is not a non-empty list of workers")
-        workers = []
+        workers, memo = [], {}
         for i, w in enumerate(workers_raw):
             if type(w) is not _SeedActiveWorker:
                 raise SeedStateError(f"active_workers[{i}] is a {type(w).__name__}")
-            workers.append(_worker(w, f"active_workers[{i}]"))
+            workers.append(_worker(w, f"active_workers[{i}]", memo))
         plain = {
             "workers": tuple(workers),
-            "mutator_state": _marker_state(mutator_state, f"{where}: the mutator state"),
+            "mutator_state": _marker_state(mutator_state, f"{where}: the mutator state", memo),
             "key": np.asarray(root_key(seed), dtype=np.uint32),
             "num_events": 0,
-            "checkpoints": tuple(_history(cache)),
+            "checkpoints": tuple(_history(cache, memo)),
             "mode": "min",
         }
         state = state_from_plain(plain)  # every check a stored state passes
@@ -406,7 +677,10 @@ def load_seed_state(path: str | os.PathLike, *, seed: int = 0) -> PopulationStat
       FileNotFoundError: there is no such file.
       SeedStateError: the file is truncated or damaged, refers to anything but the
         seed's records and plain data (named in the message; none of it is imported or
-        run), or holds a value jaxpop cannot store.
+        run), would expand past :data:`_MIN_BUDGET` plus :data:`_BUDGET_PER_BYTE` values
+        per byte of it (shared references), gives a state to anything it did not make,
+        or holds a value jaxpop cannot store in a record (one in the mutator state is
+        dropped with a warning instead: see :func:`_marker_state`).
     """
     source = _source(path)
     with open(source, "rb") as f:
@@ -452,13 +726,24 @@ def migrate_seed_state(
         dst_log_dir = os.path.dirname(source) or "."
     dst = os.fspath(dst_log_dir)
     _refuse_existing_run(dst)
+    made_dir, lock = not os.path.isdir(dst), os.path.join(dst, "lock")
+    made_lock = not os.path.exists(lock)
     store = Store(dst, run={"population_size": state.population_size, "mutator": None})
+    done = False
     try:
         if store.load() is not None:  # appeared since the look above
             _refuse_existing_run(dst)
         store.start(state)
+        done = True
     finally:
         store.close()
+        if not done:  # leave no trace: the lock file the Store wrote, the folder it made
+            if made_lock:
+                with contextlib.suppress(OSError):
+                    os.remove(lock)
+            if made_dir:
+                with contextlib.suppress(OSError):
+                    os.rmdir(dst)
     record = {
         "source": os.path.abspath(source),
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -466,25 +751,27 @@ def migrate_seed_state(
         "population_size": state.population_size,
         "checkpoints": state.history.num_checkpoints,
     }
-    tmp = os.path.join(dst, MIGRATION_FILE + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(tmp, os.path.join(dst, MIGRATION_FILE))
+    write_atomic(os.path.join(dst, MIGRATION_FILE), json.dumps(record, indent=1).encode())
     logger.info("jaxpop: migrated %s to %s", source, dst)
     return SeedMigration(dst, source, state)
 
 
 def _holds_jaxpop_run(log_dir: str) -> bool:
+    """Whether ``log_dir`` holds a jaxpop run's files (a snapshot or a journal segment)."""
     with contextlib.suppress(OSError):
-        return any(n.startswith("snapshot-") and n.endswith(".jpsnap") for n in os.listdir(log_dir))
+        return any(
+            (n.startswith("snapshot-") and n.endswith(".jpsnap"))
+            or (n.startswith("journal-") and n.endswith(".jpjournal"))
+            for n in os.listdir(log_dir)
+        )
     return False
 
 
 def _refuse_existing_run(dst: str) -> None:
     if _holds_jaxpop_run(dst):
         raise FileExistsError(
-            f"{dst} already holds a jaxpop run: nothing was written. Migrate into another "
-            "directory, or remove that run first"
+            f"{dst} already holds a jaxpop run (its snapshot or journal files): nothing "
+            "was written. Migrate into another directory, or remove that run first"
         )
 
 
@@ -550,7 +837,14 @@ def adopt_migrated_state(state: PopulationState, mutator: Any) -> PopulationStat
         mutator_state = marker["seed_mutator_state"]
     else:
         mutator_state = mutator.init()
-        if marker.get("seed_mutator_state") is not None:
+        if isinstance(mutator, SeedMutator):
+            logger.warning(
+                "jaxpop: resuming a run migrated from learned_optimization whose mutator "
+                "state jaxpop could not store (the migration said why); %s starts from "
+                "its init() state",
+                mutator.describe()["kind"],
+            )
+        elif marker.get("seed_mutator_state") is not None:
             logger.info(
                 "jaxpop: resuming a run migrated from learned_optimization; the mutator "
                 "starts from its initial state (the seed's mutator state is not used)"
