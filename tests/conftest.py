@@ -67,3 +67,28 @@ def assert_is_a_controller(cls: type) -> None:
             assert list(inspect.signature(got).parameters) == list(
                 inspect.signature(want).parameters
             ), name
+
+
+class SimulatedWorkers:
+    """Deterministic workers driven through a controller's seed protocol, round robin.
+
+    A worker's params are its quality, a float that each round grows by ``gain(quality,
+    lr)`` (``lr`` from its meta_params) over ``step`` steps; it reports the quality.
+    """
+
+    def __init__(self, n: int, gain):
+        self.at = [None] * n
+        self.gain = gain
+
+    def run(self, pop, rounds: int, step: int = 5) -> None:
+        for _ in range(rounds):
+            for w, a in enumerate(self.at):
+                if a is None:
+                    a = pop.maybe_get_worker_data(w, None, None, None, None)
+                else:
+                    ask = (w, a.generation_id, a.step, a.params, a.meta_params)
+                    a = pop.maybe_get_worker_data(*ask) or a
+                quality = 0.0 if a.params is None else a.params
+                quality += self.gain(quality, a.meta_params["lr"])
+                pop.set_eval(w, a.generation_id, a.step + step, quality, quality)
+                self.at[w] = a.replace(params=quality, step=a.step + step)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import apply, fresh_state
+from conftest import SimulatedWorkers, apply, fresh_state
 from jaxpop import PopulationController, encoding, schedules, storage
 from jaxpop import report as reports
 from jaxpop.events import Eval
@@ -253,26 +253,10 @@ def test_hostile_arguments_give_clear_errors():
 
 
 # -- through PopulationController: journal, resume, replay, report -------------------------------
-class Workers:
-    """Deterministic simulated workers: quality grows at a rate set by the learning rate,
-    faster early with a large one and later with a small one (a greedy trap)."""
-
-    def __init__(self, n: int):
-        self.at = [None] * n
-
-    def run(self, pop: PopulationController, rounds: int, step: int = 5) -> None:
-        for _ in range(rounds):
-            for w, a in enumerate(self.at):
-                if a is None:
-                    a = pop.maybe_get_worker_data(w, None, None, None, None)
-                else:
-                    ask = (w, a.generation_id, a.step, a.params, a.meta_params)
-                    a = pop.maybe_get_worker_data(*ask) or a
-                quality = 0.0 if a.params is None else a.params
-                lr = a.meta_params["lr"]
-                quality += lr * (1.0 - quality) * (1.0 - 0.5 * quality / lr**0.25)
-                pop.set_eval(w, a.generation_id, a.step + step, quality, quality)
-                self.at[w] = a.replace(params=quality, step=a.step + step)
+def simulated_workers(n: int) -> SimulatedWorkers:
+    """Simulated workers in a greedy trap: a large learning rate gains fast early, a
+    small one more later."""
+    return SimulatedWorkers(n, lambda q, lr: lr * (1.0 - q) * (1.0 - 0.5 * q / lr**0.25))
 
 
 def _fingerprint(pop):
@@ -294,7 +278,7 @@ def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     )
     runs = {}
     for name, splits in (("whole", (40,)), ("resumed", (17, 23))):
-        workers = Workers(10)
+        workers = simulated_workers(10)
         for rounds in splits:
             log_dir = str(tmp_path / name)
             with PopulationController(population_, m, log_dir=log_dir, clock=lambda: 0.0) as pop:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply, fresh_state
+from conftest import SimulatedWorkers, apply, fresh_state
 from jaxpop import PopulationController, encoding, report, schedules, storage, vectorized
 from jaxpop.events import Eval
 from jaxpop.mutators import decision_counts, mf_pbt
@@ -182,25 +182,9 @@ def test_hostile_arguments_give_clear_errors():
 
 
 # -- through PopulationController: journal, resume, replay, report -------------------------------
-class Workers:
-    """Deterministic simulated workers: quality grows at a rate set by the learning rate."""
-
-    def __init__(self, n: int):
-        self.at = [None] * n
-
-    def run(self, pop: PopulationController, rounds: int, step: int = 5) -> None:
-        for _ in range(rounds):
-            for w, a in enumerate(self.at):
-                if a is None:
-                    a = pop.maybe_get_worker_data(w, None, None, None, None)
-                else:
-                    ask = (w, a.generation_id, a.step, a.params, a.meta_params)
-                    a = pop.maybe_get_worker_data(*ask) or a
-                quality = 0.0 if a.params is None else a.params
-                lr = a.meta_params["lr"]
-                quality += lr * (1.0 - quality) - 0.3 * lr**2
-                pop.set_eval(w, a.generation_id, a.step + step, quality, quality)
-                self.at[w] = a.replace(params=quality, step=a.step + step)
+def simulated_workers(n: int) -> SimulatedWorkers:
+    """Simulated workers whose quality grows as ``lr * (1 - q) - 0.3 * lr**2``."""
+    return SimulatedWorkers(n, lambda q, lr: lr * (1.0 - q) - 0.3 * lr**2)
 
 
 def _fingerprint(pop):
@@ -214,9 +198,9 @@ def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     population = [{"lr": 0.02 * (i + 1)} for i in range(8)]
     m = make(mode="max", frequencies=(1, 3))
     with PopulationController(population, m, log_dir=str(tmp_path / "a"), clock=lambda: 0.0) as pop:
-        Workers(8).run(pop, 24)
+        simulated_workers(8).run(pop, 24)
         whole = _fingerprint(pop)
-    workers = Workers(8)
+    workers = simulated_workers(8)
     with PopulationController(population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0) as pop:
         workers.run(pop, 11)
     with PopulationController(population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0) as pop:
