@@ -271,3 +271,19 @@ def test_the_device_round_refuses_a_population_that_does_not_split():
         mf_pbt_round(_population(6), jnp.zeros(6), 1, frequencies=(1, 2), space=SPACE)
     with pytest.raises(ValueError, match="multiple of 3"):
         mf_pbt_round(_population(8), jnp.zeros(8), 1, frequencies=(1, 2, 3), space=SPACE)
+
+
+def test_a_finished_worker_is_not_waited_for_and_never_copied():
+    from jaxpop.events import Finish
+
+    m = make()
+    state = fresh_state([{"lr": 0.01}] * 8, m)
+    finished = state.workers[7].generation_id
+    state = report_all(state, m, 10, [7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0], now=1.0)
+    assert state.mutator_state.round == 0  # waits for worker 7
+    state, _ = apply(state, Finish(7), 2.0, m)
+    assert state.mutator_state.round == 1  # the round went on without it
+    assert state.workers[7].status == "finished" and state.workers[7].generation_id == finished
+    sources = [state.history.branch_point(w.generation_id) for w in state.workers]
+    assert sum(s is not None for s in sources) >= 1  # the others evolved
+    assert all(s is None or s[0] != finished for s in sources)

@@ -206,15 +206,18 @@ def check_layout(population_size: int, frequencies: Sequence[int]) -> int:
 
 
 def _completed_round(history: History, workers: Workers, t_ready: int) -> int | None:
-    """The last round every worker has finished (an evaluation at or past
-    ``round * t_ready`` in its current generation), or ``None`` before the first."""
+    """The last round every active worker has finished (an evaluation at or past
+    ``round * t_ready`` in its current generation), or ``None`` before the first.
+    Finished and gone workers are not waited for."""
     rounds = []
     for worker in workers:
+        if not worker.is_active:
+            continue
         latest = history.latest_evaluated(worker.generation_id)
         if latest is None:
             return None
         rounds.append(latest.step // t_ready)
-    return min(rounds)
+    return min(rounds) if rounds else None
 
 
 def _evolving_between(done: int, completed: int, frequencies: Sequence[int]) -> np.ndarray:
@@ -321,9 +324,12 @@ def _update(
     moving = _evolving_between(state.round, completed, frequencies)
     if not moving.any():
         return state._replace(round=completed), workers, ()
+    active = np.asarray([w.is_active for w in workers])
     ranks = dense_ranks([member_score(history, w.generation_id) for w in workers], mode)
+    ranks = np.where(active, ranks, np.inf).astype(np.float32)  # never copied: not active
     decided = plan(ranks, moving, num_sub_populations=len(frequencies))
     parents, hparams_from, explore = (np.asarray(a) for a in decided)
+    parents = np.where(active, parents, np.arange(size))  # ... and keep their assignment
     keys = split_key(key, size)
     new_workers, new_checkpoints = list(workers), []
     for i in np.flatnonzero(parents != np.arange(size)):
