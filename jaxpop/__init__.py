@@ -10,7 +10,7 @@ The seed-compatible surface::
 """
 
 from jaxpop import core, encoding, hparams, keys, schedules, storage, vectorized
-from jaxpop.core import PopulationState
+from jaxpop.core import PopulationState, StopWhen
 from jaxpop.events import Ask, Eval
 from jaxpop.history import GenerationView, History
 from jaxpop.mutators import (
@@ -39,6 +39,7 @@ __all__ = [
     "PopulationController",
     "PopulationBasedTraining",
     "PopulationState",
+    "StopWhen",
     "WinnerTakeAllGenetic",
     "core",
     "encoding",

@@ -44,6 +44,7 @@ Protocol (what a worker can rely on):
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -74,6 +75,7 @@ __all__ = [
     "as_value",
     "ask",
     "event_key",
+    "StopWhen",
     "expire",
     "finish",
     "init",
@@ -85,6 +87,38 @@ __all__ = [
 
 
 _KEEP = object()
+
+
+@struct.dataclass
+class StopWhen:
+    """When a run (or a worker) is done; every condition given is checked after each call.
+
+    Attributes:
+      value: the run is over once any worker's latest evaluation is at least this good
+        (``<=`` it, or ``>=`` with ``mode="max"``).
+      step: a worker is done once it has reported at or past this step (a budget of
+        steps per worker); the run is over when every worker is.
+      seconds: the run is over this many seconds after the population started.
+
+    A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
+    answered with its assignment, status ``"finished"`` -- stop.
+    """
+
+    value: float | None = struct.field(pytree_node=False, default=None)
+    step: int | None = struct.field(pytree_node=False, default=None)
+    seconds: float | None = struct.field(pytree_node=False, default=None)
+
+    def __post_init__(self) -> None:
+        for name in ("value", "step", "seconds"):
+            x = getattr(self, name)
+            if x is None:
+                continue
+            if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+                raise ValueError(f"StopWhen {name} must be a finite number or None, got {x!r:.40}")
+        if self.step is not None and (self.step != int(self.step) or self.step < 0):
+            raise ValueError(f"StopWhen step must be a whole number >= 0, got {self.step!r}")
+        if self.seconds is not None and self.seconds < 0:
+            raise ValueError(f"StopWhen seconds must be >= 0, got {self.seconds!r}")
 
 
 @struct.dataclass
@@ -355,12 +389,17 @@ def ask(
         new = _apply_mutator(state, *result, who="mutator.get_worker_data")
         added.extend(result[2])
     assigned = new.workers[worker_id]
+    if assigned.status == GONE:  # it asks: it is alive
+        assigned = assigned.replace(status=ACTIVE)
+        workers = new.workers
+        new = new._with(workers=(*workers[:worker_id], assigned, *workers[worker_id + 1 :]))
     generation_id = event.generation_id
     warning = None
     if generation_id is None or generation_id == "":
         reply_worker = assigned
     elif generation_id == assigned.generation_id:
-        reply_worker = None
+        # keep going -- unless it is finished: then it is told so (status "finished")
+        reply_worker = None if assigned.status == ACTIVE else assigned
     elif generation_id not in new.history:
         reply_worker = assigned
         warning = (
@@ -494,12 +533,15 @@ def missing(
             added.append(checkpoint.replace(params=None))
     history, marked = history.add_all(added), len(added)
     if found is not None and found.generation_id == assigned.generation_id:
-        worker = ActiveWorker(found.params, assigned.meta_params, found.generation_id, found.step)
+        worker = ActiveWorker(
+            found.params, assigned.meta_params, found.generation_id, found.step, assigned.status
+        )
     else:  # from an ancestor's checkpoint (or from scratch) with its own hyperparameters
         root = found or Checkpoint(None, assigned.meta_params, "", None, None, 0, now)
         worker, first = start_generation(root, assigned.meta_params, key, 0, now)
         if found is None:
             first = first.replace(parent=None)
+        worker = worker.replace(status=assigned.status)
         history = history.add(first)
         added.append(first)
     workers = (*state.workers[:worker_id], worker, *state.workers[worker_id + 1 :])
@@ -544,6 +586,39 @@ def finish(
     changed = {} if state.workers[worker_id].status == FINISHED else {worker_id: FINISHED}
     new, changes = _set_status(state, changed, now, key, mutator)
     return new, Reply(worker=new.workers[worker_id], changes=changes)
+
+
+def stop(
+    state: PopulationState, now: float, key: np.ndarray, *, when: StopWhen, mutator: Mutator
+) -> tuple[PopulationState, Changes | None]:
+    """Finishes the workers that ``when`` says are done (see :class:`StopWhen`)."""
+    history = state.history
+    active = [i for i, w in enumerate(state.workers) if w.status == ACTIVE]
+    if not active:
+        return state, None
+    over = False
+    if when.seconds is not None:
+        start = min(history.first(g).time for g in history)
+        over = now - start >= when.seconds
+    if when.value is not None and not over:
+        target = history.rank(when.value)
+        over = any(
+            (c := history.latest_evaluated(w.generation_id)) is not None
+            and history.rank(c.value) <= target
+            for w in state.workers
+        )
+    if over:
+        changed = dict.fromkeys(active, FINISHED)
+    elif when.step is not None:
+        changed = {
+            i: FINISHED
+            for i in active
+            if (c := history.latest_evaluated(state.workers[i].generation_id)) is not None
+            and c.step >= when.step
+        }
+    else:
+        changed = {}
+    return _set_status(state, changed, now, key, mutator)
 
 
 def expire(

@@ -155,6 +155,10 @@ class PopulationController:
         report, or the start of the generation it was sent to) is older than this many
         seconds, checked at every call: the mutators stop waiting for it and never copy
         it, until it reports again. ``None`` (default): never. See :meth:`finish`.
+      stop_when: a :class:`jaxpop.StopWhen` (a target value, a step budget per worker,
+        a time budget): checked after every call, it finishes the workers that are done
+        (their next ask is answered with their assignment, status ``"finished"``);
+        :attr:`done` says when no worker is active any more.
 
     Raises:
       storage.LogDirInUseError: a live controller in another process holds ``log_dir``.
@@ -183,10 +187,14 @@ class PopulationController:
         clock: Callable[[], float] = time.time,
         reconfigure: bool = False,
         gone_after_s: float | None = None,
+        stop_when: core.StopWhen | None = None,
     ):
         if gone_after_s is not None:
             gone_after_s = check_number("gone_after_s", gone_after_s)
+        if stop_when is not None and not isinstance(stop_when, core.StopWhen):
+            raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s
+        self._stop_when = stop_when
         if (mutator is None) == (mutate is None):
             raise TypeError(
                 "PopulationController takes one mutator: pass mutator= (or mutate=, the "
@@ -441,6 +449,11 @@ class PopulationController:
         return self._mutator
 
     @property
+    def done(self) -> bool:
+        """Whether the run is over: no worker is active (all finished, or gone)."""
+        return not any(w.is_active for w in self._state.workers)
+
+    @property
     def decision_counts(self) -> DecisionCounts:
         """How many decisions the mutator made, and how many copied another member.
 
@@ -508,15 +521,25 @@ class PopulationController:
             new_state, reply = core.transition(
                 state, event, now, core.event_key(state), mutator=self._mutator
             )
-            journaled = reply.changes is not None and self._store is not None
-            if journaled:
-                self._store.write(reply.changes)  # if this raises, nothing was journaled
-            self._state = new_state  # taken before compacting: an interrupt there keeps it
-            if journaled:
-                self._store.compact_if_due(new_state)
+            self._take(new_state, reply.changes)
+            if self._stop_when is not None and reply.changes is not None:
+                key = core.event_key(new_state)
+                self._take(
+                    *core.stop(new_state, now, key, when=self._stop_when, mutator=self._mutator)
+                )
         if reply.warning is not None:
             logger.warning(reply.warning)
         return reply
+
+    def _take(self, new_state: PopulationState, changes: core.Changes | None) -> None:
+        """Journals ``changes`` (if any), then makes ``new_state`` the state."""
+        if changes is None:
+            return
+        if self._store is not None:
+            self._store.write(changes)  # if this raises, nothing was journaled
+        self._state = new_state  # taken before compacting: an interrupt there keeps it
+        if self._store is not None:
+            self._store.compact_if_due(new_state)
 
     def _expire(self, state: PopulationState, now: float) -> None:
         """Declares silent workers gone, as an event of its own (journaled first)."""
@@ -525,12 +548,8 @@ class PopulationController:
         )
         if changes is None:
             return
+        self._take(new_state, changes)
         gone = [i for i, w in changes.workers if w.status == "gone"]
-        if self._store is not None:
-            self._store.write(changes)
-        self._state = new_state
-        if self._store is not None:
-            self._store.compact_if_due(new_state)
         logger.warning(
             "jaxpop: workers %s declared gone (no report for %ss)", gone, self._gone_after_s
         )
@@ -541,7 +560,11 @@ def _copy_out(worker: ActiveWorker | None) -> ActiveWorker | None:
     if worker is None:
         return None
     return ActiveWorker(
-        copy_out(worker.params), copy_out(worker.meta_params), worker.generation_id, worker.step
+        copy_out(worker.params),
+        copy_out(worker.meta_params),
+        worker.generation_id,
+        worker.step,
+        worker.status,
     )
 
 

@@ -258,3 +258,47 @@ def test_a_silent_worker_is_declared_gone_and_comes_back_when_it_reports(clock, 
     for bad in (0, -1.0, math.nan, True, "60"):
         with pytest.raises((TypeError, ValueError), match="gone_after_s"):
             PopulationController([{"h": 0.0}], m, gone_after_s=bad)
+
+
+def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, clock):
+    from jaxpop import StopWhen
+
+    pop = PopulationController(
+        [{"h": 0.0}, {"h": 1.0}], noop_mutator(), str(tmp_path), stop_when=StopWhen(step=20)
+    )
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 20, "a", 1.0)  # worker 0 used its budget
+    assert pop.active_workers[0].status == "finished" and not pop.done
+    told = pop.maybe_get_worker_data(0, gens[0], 20, "a", None)
+    assert told is not None and told.status == "finished"  # stop
+    assert pop.maybe_get_worker_data(1, gens[1], 5, None, None) is None  # keeps going
+    pop.set_eval(1, gens[1], 25, "b", 2.0)
+    assert pop.done
+    pop.close()
+    with PopulationController([{"h": 0.0}] * 2, noop_mutator(), str(tmp_path)) as again:
+        assert again.done and [w.status for w in again.active_workers] == ["finished"] * 2
+    # a target value ends the whole run; so does a time budget
+    pop = PopulationController([{"h": 0.0}] * 2, noop_mutator(), stop_when=StopWhen(value=0.1))
+    pop.set_eval(1, pop.active_workers[1].generation_id, 3, None, 0.05)
+    assert pop.done
+    pop = PopulationController(
+        [{"h": 0.0}] * 2, noop_mutator(), clock=clock, stop_when=StopWhen(seconds=60)
+    )
+    clock.advance(61)
+    pop.set_eval(0, pop.active_workers[0].generation_id, 3, None, 5.0)
+    assert pop.done
+    for bad in ({"step": -1}, {"step": 2.5}, {"value": math.nan}, {"seconds": True}):
+        with pytest.raises(ValueError, match="StopWhen"):
+            StopWhen(**bad)
+    with pytest.raises(TypeError, match="stop_when"):
+        PopulationController([{"h": 0.0}], noop_mutator(), stop_when={"step": 3})
+
+
+def test_a_gone_worker_that_asks_is_active_again(clock):
+    pop = PopulationController([{"h": 0.0}] * 2, noop_mutator(), clock=clock, gone_after_s=10.0)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(11)
+    pop.set_eval(0, gens[0], 1, None, 1.0)
+    assert pop.active_workers[1].status == "gone"
+    assert pop.maybe_get_worker_data(1, gens[1], 0, None, None) is None  # keeps going
+    assert pop.active_workers[1].status == "active"

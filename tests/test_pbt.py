@@ -557,3 +557,25 @@ def test_finished_and_gone_workers_take_no_part():
     state = report(state, m, 1, 20, 0.5, now=200.0)
     state = report(state, m, 0, 20, 3.0, now=200.0)  # now worker 0 is the bottom of three
     assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 20)
+
+
+def test_several_workers_ready_at_once_decide_in_turn_seeing_the_earlier_copies():
+    # four workers ready in one update (say after a reconfigured, shorter interval): the
+    # first copies, and the later ones rank it with its parent's score and copy through
+    # it the checkpoint it copied, never its old one
+    long = make(perturbation_interval=1000)
+    state, gens = population(long)
+    for i, value in enumerate((9.0, 5.0, 3.0, 1.0)):
+        state = report(state, long, i, 10, value)
+    m = make(perturbation_interval=10, quantile_fraction=0.5)
+    new_state, new_workers, added = m.update(
+        state.mutator_state, state.workers, state.history, 2.0, np.array([1, 2], np.uint32)
+    )
+    assert new_state["num_decisions"] == 4
+    sources = {c.generation_id: c.parent for c in added}
+    assert sources and all(parent in ((gens[3], 10), (gens[2], 10)) for parent in sources.values())
+    assert all(
+        w.params in ("p2@10", "p3@10")
+        for w, old in zip(new_workers, state.workers, strict=True)
+        if w.generation_id != old.generation_id
+    )

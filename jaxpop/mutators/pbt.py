@@ -385,27 +385,30 @@ class PopulationBasedTraining(Mutator):
             last_decision = dict(state["last_decision"])
             new_checkpoints = []
             num_exploits = 0
+            # asynchronous decisions see the earlier ones of this update: their copies and
+            # the new generations' first checkpoints; a synchronous round sees the
+            # population as it was before it
+            current = history
             if synch:  # draw -1: everyone decides in one selection
                 parents = compare(state, history, workers, key, -1)
             for i in ready:
-                if not synch:  # against the population as it is now, earlier decisions included
-                    own = history.latest_evaluated(workers[i].generation_id)
+                gen = workers[i].generation_id
+                own = history.latest_evaluated(gen)
+                if not synch:
                     eligible = None
                     if not allow_rewind and math.isfinite(own.value):
-                        eligible = not_behind(history, new_workers, own)
+                        eligible = not_behind(current, new_workers, own)
                     parents = compare(
                         {**state, "last_decision": last_decision},
-                        history,
+                        current,
                         new_workers,
                         key,
                         i,
                         eligible,
                     )
                 parent = int(parents[i])
-                gen = workers[i].generation_id
-                own = history.latest_evaluated(gen)
-                # in synch mode, the parent's checkpoint from before this round's decisions
-                source = None if parent == i else _copy_source(history, workers[parent])
+                pool = workers if synch else new_workers
+                source = None if parent == i else _copy_source(current, pool[parent])
                 rewinds = source is not None and source.step < own.step
                 if source is None or (
                     rewinds and not (synch or allow_rewind) and math.isfinite(own.value)
@@ -414,10 +417,11 @@ class PopulationBasedTraining(Mutator):
                     continue
                 if keys is None:
                     keys = split_key(key, 2 * n)
-                meta = new_meta_params(source, keys[i], keys[n + i], history, tuple(new_workers))
+                meta = new_meta_params(source, keys[i], keys[n + i], current, tuple(new_workers))
                 worker, start = start_generation(source, meta, key, i, now)
                 new_workers[i] = worker
                 new_checkpoints.append(start)
+                current = current.add(start)
                 last_decision[i] = (start.generation_id, t_of(start))
                 num_exploits += 1
             new_state = {
