@@ -62,6 +62,7 @@ from jaxpop.records import (
     ACTIVE,
     FINISHED,
     GONE,
+    WAITING,
     ActiveWorker,
     Checkpoint,
     check_active_worker,
@@ -398,8 +399,11 @@ def ask(
     if generation_id is None or generation_id == "":
         reply_worker = assigned
     elif generation_id == assigned.generation_id:
-        # keep going -- unless it is finished: then it is told so (status "finished")
+        # keep going -- unless it is finished (told so: status "finished") or held
         reply_worker = None if assigned.status == ACTIVE else assigned
+        held = reply_worker is None and mutator.holds is not None
+        if held and mutator.holds(new.mutator_state, new.workers, new.history, worker_id):
+            reply_worker = assigned.replace(status=WAITING)
     elif generation_id not in new.history:
         reply_worker = assigned
         warning = (

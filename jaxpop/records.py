@@ -18,6 +18,7 @@ __all__ = [
     "FINISHED",
     "GONE",
     "STATUSES",
+    "WAITING",
     "ActiveWorker",
     "Checkpoint",
     "CheckpointRef",
@@ -28,6 +29,8 @@ __all__ = [
 #: A worker's ``status``: training, done (``controller.finish``), or silent too long.
 ACTIVE, FINISHED, GONE = "active", "finished", "gone"
 STATUSES = (ACTIVE, FINISHED, GONE)
+#: Only in a reply, never stored: the worker must wait (``Mutator.holds``) and ask again.
+WAITING = "waiting"
 
 #: A reference to one checkpoint in the history: ``(generation_id, step)``.
 CheckpointRef = tuple[str, int]

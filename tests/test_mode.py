@@ -131,3 +131,31 @@ def test_a_version_2_log_dir_of_a_max_run_reads_as_max(tmp_path):
 def test_histories_of_different_modes_are_not_equal():
     assert History() == History() and History(mode="max") == History(mode="max")
     assert History(mode="max") != History()
+
+
+def test_a_run_recorded_before_an_option_existed_resumes_with_its_default():
+    from jaxpop.storage.run import differences
+
+    new = _pbt("min").describe()
+    old = {"kind": new["kind"], "config": dict(new["config"])}
+    for added in ("allow_rewind", "hold", "explorer"):  # options this version added
+        del old["config"][added]
+    run = {"population_size": 3, "mutator": new}
+    assert differences({"population_size": 3, "mutator": old}, run) == []
+    changed = _pbt("min")._replace(config={**_pbt("min").config, "allow_rewind": True})
+    lines = differences(
+        {"population_size": 3, "mutator": old},
+        {"population_size": 3, "mutator": changed.describe()},
+    )
+    assert lines and "allow_rewind" in lines[0]  # set away from its default: a difference
+    wta = WinnerTakeAllGenetic(abs, 10).describe()
+    before = {
+        "kind": wta["kind"],
+        "config": {k: v for k, v in wta["config"].items() if k != "keep_winner"},
+    }
+    assert (
+        differences(
+            {"population_size": 2, "mutator": before}, {"population_size": 2, "mutator": wta}
+        )
+        == []
+    )

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import apply, fresh_state
 from jaxpop import PopulationController, encoding
-from jaxpop.events import Eval
+from jaxpop.events import Ask, Eval
 from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
 from jaxpop.mutators import explore as ex
 from jaxpop.mutators.fixed_schedule import FixedSchedule
@@ -579,3 +579,27 @@ def test_several_workers_ready_at_once_decide_in_turn_seeing_the_earlier_copies(
         for w, old in zip(new_workers, state.workers, strict=True)
         if w.generation_id != old.generation_id
     )
+
+
+def test_a_synchronous_round_holds_the_workers_that_reached_the_interval():
+    m = make(synch=True, hold=True)
+    state, gens = population(m)
+    state = report(state, m, 0, 10, 3.0)  # worker 0 reached the interval first
+    state, reply = apply(state, Ask("p0@10", None, 0, gens[0], 10), 1.0, m)
+    assert reply.worker is not None and reply.worker.status == "waiting"  # wait
+    assert reply.changes is None and state.workers[0].status == "active"
+    state, reply = apply(state, Ask(None, None, 1, gens[1], 4), 1.0, m)
+    assert reply.worker is None  # not at the interval yet: keeps going
+    for i, value in ((1, 0.5), (2, 2.0), (3, 1.0)):
+        state = report(state, m, i, 10, value)
+    assert state.mutator_state["num_decisions"] == 4  # the round, all at step 10
+    new_gen = state.workers[0].generation_id  # worker 0 (worst) copied worker 1
+    assert state.history.branch_point(new_gen) == (gens[1], 10)
+    state, reply = apply(state, Ask("p0@10", None, 0, gens[0], 10), 1.0, m)
+    assert reply.worker.generation_id == new_gen and reply.worker.status == "active"
+    state, reply = apply(state, Ask("p2@10", None, 2, gens[2], 10), 1.0, m)
+    assert reply.worker is None  # decided: go on
+    with pytest.raises(ValueError, match="synch=True"):
+        make(hold=True)
+    with pytest.raises(TypeError, match="hold"):
+        make(synch=True, hold="yes")

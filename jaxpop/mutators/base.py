@@ -128,6 +128,10 @@ class Mutator(NamedTuple):
       counts: ``state -> DecisionCounts``, how many decisions the mutator made and how
         many of them were copies, read from its state (:func:`decision_counts`).
         ``None``: it does not count.
+      holds: ``(state, workers, history, worker_id) -> bool``, whether a worker must
+        wait before training on (a synchronous round it has reached is not decided
+        yet). Its ask on its current generation is then answered with its assignment,
+        ``status == "waiting"``: wait, and ask again. ``None``: never.
     """
 
     init: Callable[[], Any]
@@ -137,6 +141,7 @@ class Mutator(NamedTuple):
     config: Mapping[str, Any] | None = None
     mode: Mode = "min"
     counts: Callable[[Any], DecisionCounts] | None = None
+    holds: Callable[[Any, Workers, History, int], bool] | None = None
 
     def describe(self) -> dict[str, Any]:
         """This mutator's kind and configuration as plain, comparable data.
@@ -163,7 +168,11 @@ class Mutator(NamedTuple):
             config = {str(k): _describe(v) for k, v in self.config.items()}
         if self.mode != "min":
             config.setdefault("mode", self.mode)
-        return {"kind": kind, "config": config}
+        description = {"kind": kind, "config": config}
+        defaults = _defaults(type(self), config)
+        if defaults:  # a run recorded before an option existed resumes with its default
+            description["defaults"] = defaults
+        return description
 
     def __reduce__(self) -> tuple[Any, ...]:
         # The seed mutators subclass this tuple with a ``__new__`` that takes *their*
@@ -196,6 +205,19 @@ def records_config(new: _M) -> _M:
         return mutator._replace(config=dict(arguments))
 
     return with_config  # type: ignore[return-value]
+
+
+def _defaults(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The described defaults of the constructor arguments in ``config``."""
+    try:
+        parameters = inspect.signature(cls.__new__).parameters  # records_config's wrapped
+    except (TypeError, ValueError):
+        return {}
+    return {
+        name: _describe(p.default)
+        for name, p in parameters.items()
+        if name in config and p.default is not inspect.Parameter.empty
+    }
 
 
 def _name(obj: Any) -> str:

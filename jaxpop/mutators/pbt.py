@@ -203,6 +203,12 @@ class PopulationBasedTraining(Mutator):
       allow_rewind: in asynchronous mode, let a worker with a finite score copy a
         checkpoint at an earlier step than its own latest evaluation (by default such a
         copy is skipped: the worker keeps going). Synchronous rounds always copy.
+      hold: with ``synch=True``, hold a worker that has reached the interval until the
+        round is decided, as Ray Tune pauses its trials: its ask is answered with its
+        assignment, ``status == "waiting"`` (wait, and ask again), so every worker is
+        compared at its interval and none trains on only to lose that training when it
+        copies. The worker loop must honour it (a seed-style loop would reload its
+        params at every ask), so it is off by default.
 
     At least one of ``hyperparam_space``, ``custom_explore_fn`` and ``explorer`` is required.
     """
@@ -227,6 +233,7 @@ class PopulationBasedTraining(Mutator):
         synch: bool = False,
         explorer: Callable[[Any, Checkpoint, History, Workers], Any] | None = None,
         allow_rewind: bool = False,
+        hold: bool = False,
     ):
         interval = check_number("perturbation_interval", perturbation_interval)
         burn_in = check_number("burn_in_period", burn_in_period, inclusive=True)
@@ -267,6 +274,10 @@ class PopulationBasedTraining(Mutator):
             )
         if not isinstance(allow_rewind, (bool, np.bool_)):
             raise TypeError(f"allow_rewind must be a bool, got {allow_rewind!r:.40}")
+        if not isinstance(hold, (bool, np.bool_)):
+            raise TypeError(f"hold must be a bool, got {hold!r:.40}")
+        if hold and not synch:
+            raise ValueError("hold=True holds workers for synchronous rounds: pass synch=True")
         select = _make_selection(selection, quantile_fraction)
         wants_key = custom_explore_fn is not None and takes_key(custom_explore_fn, 1)
         by_step = time_attr == "step"
@@ -447,7 +458,25 @@ class PopulationBasedTraining(Mutator):
                     perturbation_factors=factors,
                 )
 
-        return super().__new__(cls, init, update, None, prepare, mode=mode, counts=_counts)
+        def holds(state: dict, workers: Workers, history: History, worker_id: int) -> bool:
+            """A worker waits once it is ready, until every active worker is."""
+            worker = workers[worker_id]
+            if not (worker.is_active and is_ready(state, history, worker_id, worker)):
+                return False
+            return not all(
+                is_ready(state, history, i, w) for i, w in enumerate(workers) if w.is_active
+            )
+
+        return super().__new__(
+            cls,
+            init,
+            update,
+            None,
+            prepare,
+            mode=mode,
+            counts=_counts,
+            holds=holds if hold else None,
+        )
 
 
 def _population_ranks(

@@ -3,7 +3,8 @@
 A run description is plain data, ``{"population_size": n, "mutator": description}``,
 where the description comes from :meth:`jaxpop.Mutator.describe` (``None``: not known,
 as for a ``Store`` used directly). Snapshots record it; :func:`check_resume` refuses to
-resume a run as another one.
+resume a run as another one. An option the mutator gained after a run started (absent
+from the recorded configuration) matches when it is left at its default.
 """
 
 from __future__ import annotations
@@ -49,8 +50,11 @@ def differences(recorded: Run, run: Run) -> list[str]:
     if old["kind"] != new["kind"]:
         lines.append(f"mutator: {old['kind']} in the log_dir, {new['kind']} now")
         return lines
+    defaults = new.get("defaults") or {}
     for name in dict.fromkeys([*old["config"], *new["config"]]):
         was, now = old["config"].get(name, _ABSENT), new["config"].get(name, _ABSENT)
+        if was is _ABSENT and name in defaults and defaults[name] == now:
+            continue  # an option added since the run started, left at its default
         if was != now:
             where, was, now = _first_difference(was, now, name)
             lines.append(f"mutator {where}: {was!r:.120} in the log_dir, {now!r:.120} now")
