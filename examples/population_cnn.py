@@ -198,6 +198,14 @@ def train_worker(
             loss, acc = (float(x) for x in model.evaluate(state))
             handle = store.save(generation_id, step, state)
             data = controller.report(worker_id, generation_id, step, handle, loss)
+            while data is not None and data.status == "waiting":  # a synchronous round
+                time.sleep(0.01)
+                data = controller.maybe_get_worker_data(
+                    worker_id, generation_id, step, handle, meta
+                )
+            if data is not None and data.status == "finished":  # StopWhen: the run is over
+                accuracies[(generation_id, step)] = acc
+                return accuracies
             accuracies[(generation_id, step)] = acc
             if tb is not None:
                 tb.log_eval(step, loss, meta, {"accuracy": acc})

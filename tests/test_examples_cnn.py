@@ -114,3 +114,21 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     assert summary["exploit_events"] >= 1 and math.isfinite(summary["best"]["val_loss"])
     resumed = vectorized.main(["--steps", "50", *argv[2:], "--log-dir", str(tmp_path)])
     assert resumed["checkpoints"] > summary["checkpoints"]
+
+
+def test_the_worker_loop_stops_when_the_controller_says_finished(tmp_path, monkeypatch):
+    import functools
+
+    from examples import population_cnn
+    from jaxpop import PopulationController, StopWhen
+
+    monkeypatch.setattr(
+        population_cnn,
+        "PopulationController",
+        functools.partial(PopulationController, stop_when=StopWhen(step=20)),
+    )
+    argv = ["--steps", "60", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "100"]
+    summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path), "--no-progress"])
+    assert [m["step"] for m in summary["members"]] == [20, 20]  # not 60: told to stop at 20
+    state = storage.read_state(tmp_path / "population")
+    assert [w.status for w in state.workers] == ["finished", "finished"]
