@@ -72,6 +72,7 @@ from jaxpop.history import History, check_mode
 from jaxpop.keys import split_key
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
+from jaxpop.mutators._subpopulations import dense_ranks
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
@@ -147,14 +148,6 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
             )
         )
     return events
-
-
-def _dense_ranks(scores: Sequence[float], mode: str) -> list[float]:
-    """Exact ordinal scores (0 = best, ties equal, non-finite +inf)."""
-    sign = -1.0 if mode == "max" else 1.0
-    distinct = sorted({sign * s for s in scores if math.isfinite(s)})
-    rank = {v: float(r) for r, v in enumerate(distinct)}
-    return [rank[sign * s] if math.isfinite(s) else math.inf for s in scores]
 
 
 class PopulationBasedTraining(Mutator):
@@ -485,7 +478,7 @@ def _population_ranks(
     """Exact ranks of all ``n`` workers: ``members`` by their ``scores`` (0 best, ties
     equal, non-finite just after the worst finite one), the others ``inf``."""
     ranks = [math.inf] * n
-    scored = _dense_ranks(scores, mode)
+    scored = dense_ranks(scores, mode).tolist()
     worst = max((r for r in scored if r != math.inf), default=-1.0)
     for i, r in zip(members, scored, strict=True):
         ranks[i] = r if r != math.inf else worst + 1
