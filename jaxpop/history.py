@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -137,9 +138,21 @@ class History(Mapping[str, GenerationView]):
     _generations: immutables.Map = dataclasses.field(default_factory=immutables.Map)
     num_checkpoints: int = 0
     mode: Mode = "min"
+    # how this history was made: (a weak reference to the history it was added to, the
+    # checkpoint added), for :meth:`added_since`; never pickled, never compared
+    _made_from: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_mode(self.mode)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_generations": self._generations, "num_checkpoints": self.num_checkpoints,
+                "mode": self.mode}  # fmt: skip
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_made_from", None)
 
     def rank(self, value: float | None) -> float:
         """A sort key for ``value`` under :attr:`mode`: smaller is better.
@@ -173,7 +186,27 @@ class History(Mapping[str, GenerationView]):
             self._generations.set(gen_id, gen),
             self.num_checkpoints + (0 if replaced else 1),
             self.mode,
+            (weakref.ref(self), checkpoint),
         )
+
+    def added_since(self, base: History, limit: int = 16) -> list[Checkpoint] | None:
+        """The checkpoints :meth:`add` gave ``base`` to make this history, oldest first.
+
+        ``None`` if this history was not made from ``base`` by at most ``limit`` adds
+        (or ``base`` is gone). An incremental reader -- a mutator that keeps a view of
+        the population between calls -- updates its view from these instead of reading
+        the whole history again. O(number of adds), never more than ``limit``.
+        """
+        added: list[Checkpoint] = []
+        history: History | None = self
+        while history is not base:
+            if history is None or history._made_from is None or len(added) == limit:
+                return None
+            made_from, checkpoint = history._made_from
+            added.append(checkpoint)
+            history = made_from()
+        added.reverse()
+        return added
 
     def with_mode(self, mode: Mode) -> History:
         """The same checkpoints, ranked under ``mode``."""

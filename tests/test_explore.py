@@ -250,11 +250,16 @@ NUMERIC = {
 }
 
 
-def test_jit_matches_the_host_call():
+def test_jit_applies_the_host_rule_to_the_same_uniforms(monkeypatch):
+    """The two paths share every formula; only where the uniforms come from differs."""
     meta = {"lr": 0.01, "layers": 3, "strength": 0.2}
     jitted = jax.jit(lambda k, m: ex.explore(k, NUMERIC, m))
     for key in keys(8):
-        on_host = ex.explore(key, NUMERIC, meta)
+        leaves = ex._uniform_draws(jnp.asarray(key), ((),) * len(NUMERIC))
+        draws = iter([float(u) for leaf in leaves for u in leaf])
+        with monkeypatch.context() as m:
+            m.setattr(ex.HostRandom, "random", lambda self, d=draws: next(d))
+            on_host = ex.explore(key, NUMERIC, meta)
         on_device = jitted(jnp.asarray(key), meta)
         assert on_device["layers"].dtype == jnp.int32
         assert on_device["lr"].dtype == jnp.float32
@@ -318,3 +323,34 @@ def test_randint_bounds_past_float64_integers_are_refused():
     with pytest.raises(ValueError, match=r"within \+-2\*\*53"):
         ex.randint(2**60, 2**60 + 10)
     assert ex.randint(-(2**53), 2**53).high == 2**53
+
+
+def test_host_draws_are_a_pure_function_of_the_key_and_cover_the_space():
+    meta = {"lr": 0.01, "layers": 3, "strength": 0.2}
+    ks = keys(400)
+    first = [ex.explore(k, NUMERIC, meta, resample_probability=1.0) for k in ks]
+    assert first == [ex.explore(k, NUMERIC, meta, resample_probability=1.0) for k in ks]
+    lrs = np.log([m["lr"] for m in first])
+    lo, hi = np.log(1e-4), np.log(0.02)
+    # uniform in log: the mean and the quartiles of 400 draws sit where they should
+    assert abs(lrs.mean() - (lo + hi) / 2) < 0.1 * (hi - lo)
+    assert abs(np.mean(lrs < lo + (hi - lo) / 4) - 0.25) < 0.07
+    assert {m["layers"] for m in first} == {1, 2, 3, 4, 5}
+    assert {m["strength"] for m in first} == {0.1, 0.2, 0.4, 0.8}
+
+
+def test_host_random_is_uniform_and_reproducible():
+    from jaxpop.mutators._host_random import HostRandom
+
+    key = np.array([7, 9], np.uint32)
+    a, b = HostRandom(key), HostRandom(key)
+    draws = [a.random() for _ in range(4000)]
+    assert draws == [b.random() for _ in range(4000)]
+    assert all(0.0 <= u < 1.0 for u in draws) and abs(np.mean(draws) - 0.5) < 0.02
+    assert HostRandom(key, stream=1).random() != HostRandom(key, stream=0).random()
+    counts = np.bincount([HostRandom(key, s).randrange(5) for s in range(5000)], minlength=5)
+    assert counts.min() > 850  # 1000 each expected
+    big = HostRandom(key).uniforms((3, 100))
+    assert big.shape == (3, 100) and 0.4 < big.mean() < 0.6
+    with pytest.raises(ValueError):
+        HostRandom(key).randrange(0)

@@ -58,9 +58,11 @@ def test_a_straggler_holds_one_bottom_place_and_does_not_stall_the_others():
     state = report(state, m, 0, 10, 3.0)  # the worst of the three that reported
     w = state.workers[0]
     assert w.generation_id not in gens
-    assert (w.params, w.step) == ("p1@10", 10)  # the best's latest evaluated checkpoint
-    assert state.history.branch_point(w.generation_id) == (gens[1], 10)
-    assert w.meta_params != {"lr": 0.02} and 1e-4 <= w.meta_params["lr"] <= 1.0
+    # one of the top two's latest evaluated checkpoints (the top half: workers 1 and 2)
+    j = {"p1@10": 1, "p2@10": 2}[w.params]
+    assert w.step == 10
+    assert state.history.branch_point(w.generation_id) == (gens[j], 10)
+    assert w.meta_params != {"lr": 0.01 * (j + 1)} and 1e-4 <= w.meta_params["lr"] <= 1.0
     assert generations(state)[1:] == gens[1:]
     assert state.mutator_state["num_exploits"] == 1
     assert state.mutator_state["num_decisions"] == 3
@@ -442,24 +444,32 @@ def test_host_decisions_dispatch_no_jitted_selection(selection):
     assert state.mutator_state["num_exploits"] >= 1
 
 
-def test_prepare_compiles_everything_an_exploit_runs_when_the_controller_starts():
-    """The first exploit must not stall a live controller while XLA compiles."""
+def test_a_host_exploit_compiles_nothing_and_prepare_compiles_a_custom_selections_split():
+    """The first exploit must not stall a live controller while XLA compiles: the
+    built-in selections and the explore run in numpy; a custom selection's key split is
+    compiled by ``prepare`` when the controller starts."""
     from jaxpop import keys
 
     jitted = (keys._split, ex._uniform_draws)
     n = 7
-    m = make(hyperparam_space={"lr": ex.log_uniform(1e-4, 1.0), "wd": ex.uniform(0.0, 0.1)})
-    for f in jitted:  # what earlier tests compiled does not count
-        f.clear_cache()
-    pop = PopulationController([{"lr": 0.01 * (i + 1), "wd": 0.01} for i in range(n)], m)
-    started = [f._cache_size() for f in jitted]
-    assert all(started)
-    for step in (10, 20):
-        for i in range(n):
-            gen = pop.active_workers[i].generation_id
-            pop.set_eval(i, gen, step, None, float(i))
-    assert pop.state.mutator_state["num_exploits"] >= 1
-    assert [f._cache_size() for f in jitted] == started
+    space = {"lr": ex.log_uniform(1e-4, 1.0), "wd": ex.uniform(0.0, 0.1)}
+
+    def worst_copies_best(key, ranks):
+        ranks = np.asarray(ranks)
+        return np.where(ranks == ranks.max(), int(np.argmin(ranks)), np.arange(len(ranks)))
+
+    for selection, compiled in (("truncation", [0, 0]), (worst_copies_best, [1, 0])):
+        for f in jitted:  # what earlier tests compiled does not count
+            f.clear_cache()
+        m = make(hyperparam_space=space, selection=selection)
+        pop = PopulationController([{"lr": 0.01 * (i + 1), "wd": 0.01} for i in range(n)], m)
+        assert [f._cache_size() for f in jitted] == compiled
+        for step in (10, 20):
+            for i in range(n):
+                gen = pop.active_workers[i].generation_id
+                pop.set_eval(i, gen, step, None, float(i))
+        assert pop.state.mutator_state["num_exploits"] >= 1
+        assert [f._cache_size() for f in jitted] == compiled
 
 
 # -- the whole population, no cascades, no rewinds ---------------------------------------
@@ -486,27 +496,31 @@ def test_a_member_that_just_copied_keeps_its_parents_score_for_ranking():
 
 def test_copies_per_decision_stay_near_the_quantile_when_workers_report_in_turn():
     # 8 workers, truncation at 25%, each reporting in turn: the first reporter must not
-    # be copied by the whole population, and over a run about a quarter of the
-    # decisions copy (the bottom quarter), not half or more
-    m = make(
-        hyperparam_space={"x": ex.uniform(-1.0, 1.0)},
-        perturbation_interval=50,
-        quantile_fraction=0.25,
-    )
-    rng = np.random.default_rng(0)
-    state = fresh_state([{"x": float(x)} for x in rng.uniform(-1, 1, 8)], m)
-    counts = []
-    for step in range(50, 50 * 31, 50):
-        for worker_id in range(8):
-            x = state.workers[worker_id].meta_params["x"]
-            value = x**2 + 1.0 / (1.0 + step / 100) + 0.01 * rng.normal()
-            state = report(state, m, worker_id, step, value)
-        counts.append(m.counts(state.mutator_state))
-    first_round = counts[0]
-    assert first_round.decisions == 8 and first_round.copies <= 3
-    total = counts[-1]
-    assert total.decisions == 8 * 30
-    assert 0.12 <= total.copy_rate <= 0.35, total
+    # be copied by the whole population, and over runs about a quarter of the decisions
+    # copy at most (the bottom quarter, fewer when the others are behind), not half or
+    # more. One run's rate varies a lot with its seed (0.01 to 0.4): average over eight
+    rates = []
+    for seed in range(8):
+        m = make(
+            hyperparam_space={"x": ex.uniform(-1.0, 1.0)},
+            perturbation_interval=50,
+            quantile_fraction=0.25,
+        )
+        rng = np.random.default_rng(seed)
+        state = fresh_state([{"x": float(x)} for x in rng.uniform(-1, 1, 8)], m, seed=seed)
+        counts = []
+        for step in range(50, 50 * 31, 50):
+            for worker_id in range(8):
+                x = state.workers[worker_id].meta_params["x"]
+                value = x**2 + 1.0 / (1.0 + step / 100) + 0.01 * rng.normal()
+                state = report(state, m, worker_id, step, value)
+            counts.append(m.counts(state.mutator_state))
+        first_round = counts[0]
+        assert first_round.decisions == 8 and first_round.copies <= 3
+        assert counts[-1].decisions == 8 * 30
+        rates.append(counts[-1].copy_rate)
+    assert 0.05 <= statistics.mean(rates) <= 0.3, rates
+    assert max(rates) < 0.5, rates
 
 
 def test_an_asynchronous_worker_never_copies_a_checkpoint_behind_its_own_progress():
@@ -603,3 +617,84 @@ def test_a_synchronous_round_holds_the_workers_that_reached_the_interval():
         make(hold=True)
     with pytest.raises(TypeError, match="hold"):
         make(synch=True, hold="yes")
+
+
+# -- the incremental view of the population equals one read from scratch -----------------
+def _event_script(draw_ints, n):
+    """Events from a list of small ints: reports (advancing, repeated, stale, on another
+    worker's generation, non-finite), asks on old generations, lost checkpoints and
+    finished workers, interleaved and out of order."""
+    values = [3.0, 1.0, 2.0, 0.5, 2.0, math.nan, math.inf, 4.0, 1.5]
+    script = []
+    for code, a, b in draw_ints:
+        script.append((code % 10, a % n, b))
+    return values, script
+
+
+def _run_script(m, script, values, n, *, branch_every=0):
+    from jaxpop.events import Finish, Missing
+
+    state, _ = population(m, n=n)
+    states = [state]
+    now = 1.0
+    for t, (code, w, b) in enumerate(script):
+        now += 1.0
+        if branch_every and t % branch_every == branch_every - 1 and len(states) > 2:
+            state = states[-3]  # decide again from an older state: a branch
+        worker = state.workers[w]
+        gen, step = worker.generation_id, worker.step
+        if code <= 4:  # the usual: report the next step
+            event = Eval(f"p{w}@{step + 5}", w, gen, step + 5, values[b % len(values)])
+        elif code == 5:  # the same step again, another value
+            event = Eval(f"p{w}@{step}", w, gen, step, values[(b + 1) % len(values)])
+        elif code == 6:  # a report on another worker's generation
+            other = state.workers[(w + 1) % n]
+            event = Eval("x", w, other.generation_id, other.step + 3, values[b % len(values)])
+        elif code == 7:  # an ask from an older generation of the history
+            old = list(state.history)[b % len(state.history)]
+            event = Ask(None, None, w, old, state.history.latest(old).step + 1)
+        elif code == 8:
+            event = Missing(w, gen, step)
+        else:
+            event = Finish(w)
+        try:
+            state, _ = apply(state, event, now, m)
+        except ValueError:  # a lost checkpoint that held no params: nothing to load
+            assert isinstance(event, Missing)
+        states.append(state)
+    return states
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"metric": "mean", "mode": "max"},
+        {"synch": True},
+        {"selection": "tournament", "allow_rewind": True},
+        {"selection": "winner_take_all", "quantile_fraction": 0.5},
+        {"time_attr": "time", "perturbation_interval": 3, "burn_in_period": 2},
+    ],
+)
+def test_decisions_from_the_kept_view_equal_decisions_read_from_scratch(options, monkeypatch):
+    """The mutator keeps a view of the population between calls and updates it from
+    what changed; on 30 random event scripts per configuration (branching back to older
+    states too) every state equals that of a mutator that reads everything afresh."""
+    import random
+
+    from jaxpop.mutators import _views
+
+    n = 5
+    config = {"perturbation_interval": 5, **options}
+    for seed in range(30):
+        rng = random.Random(seed)
+        draws = [(rng.randrange(100), rng.randrange(100), rng.randrange(100)) for _ in range(40)]
+        values, script = _event_script(draws, n)
+        branch_every = (0, 4, 7)[seed % 3]
+        kept = _run_script(make(**config), script, values, n, branch_every=branch_every)
+        with monkeypatch.context() as patch:  # every view read from scratch
+            patch.setattr(_views.Views, "view", _views.Views.build)
+            fresh = _run_script(make(**config), script, values, n, branch_every=branch_every)
+        for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
+            assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)
+            assert a.history == b.history, (seed, t)

@@ -33,19 +33,22 @@ Every result lies inside the declared space: perturbed values are clipped to
 ``[low, high]`` (``[low, high - 1]`` for ``randint``), a choice stays in its list, and a
 constant is always its constant. A NaN value has no place in its space: on the host it
 raises ``ValueError``; on device (where nothing can raise) it is replaced by a fresh
-draw, or by ``low`` for :func:`clip`. Each leaf draws from its own subkey (leaves in the
-space's order), so results are a pure function of the key.
+draw, or by ``low`` for :func:`clip`. Results are a pure function of the key.
 
 Host and device: on Python or numpy values with a concrete key, the arithmetic runs in
 numpy float64 and Python scalars come back as Python scalars (``float`` for
 ``uniform`` / ``log_uniform``, ``int`` for ``randint``, the list's own element for
 ``choice``), so results are plain data for the journal and stay inside the bounds
-exactly. When the key is traced or a value is a ``jax.Array`` (inside ``jit`` /
+exactly; the uniforms come from hashing the key (:class:`HostRandom`, no dispatch to a
+device), so a host explore costs microseconds. When the key is traced or a value is a
+``jax.Array`` (inside ``jit`` /
 ``vmap``, or a population of stacked hyperparameters), the same formulas run in
 ``jax.numpy`` and return arrays of the value's dtype; there, bounds hold up to the
 dtype's rounding of ``low`` and ``high``, and a ``choice`` needs numeric values (it works
 on indices: the current value's index is that of the nearest value in the list). Values
-may be arrays of any shape; each element draws independently.
+may be arrays of any shape; each element draws independently. The two paths apply the
+same rule to different uniforms: one key gives different (equally distributed) draws on
+the host and on device.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxpop.mutators._host_random import HostRandom
 
 __all__ = [
     "Choice",
@@ -124,6 +129,8 @@ _LEAVES = (Uniform, LogUniform, RandInt, Choice)
 
 
 def _is_number(v: Any) -> bool:
+    if type(v) is float or type(v) is int:  # the usual case, without the ABC check
+        return True
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
@@ -258,8 +265,52 @@ def _is_traced(x: Any) -> bool:
     return isinstance(x, jax.core.Tracer)
 
 
+def _host_key(key: Any) -> np.ndarray:
+    """A raw ``uint32[2]`` key on the host, from a raw or typed key."""
+    if type(key) is np.ndarray and key.dtype == np.uint32:
+        return key
+    if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key, np.uint32)
+
+
+def _is_python(value: Any) -> bool:
+    """A Python scalar: a number, or a choice's string, bool or ``None``."""
+    return value is None or isinstance(value, (int, float, str))
+
+
 def _on_device(key: Any, leaves: list) -> bool:
     return _is_traced(key) or any(isinstance(v, jax.Array) for _, _, v in leaves)
+
+
+class _Scalars:
+    """The functions the leaf formulas take from numpy, on Python numbers: the usual
+    host case (scalar hyperparameters), where numpy's per-call overhead on 0-d values is
+    many times the arithmetic. Same IEEE double arithmetic, same rounding (half to even)."""
+
+    @staticmethod
+    def clip(x: float, low: float, high: float) -> float:
+        return min(max(x, low), high)
+
+    floor = staticmethod(math.floor)
+    exp = staticmethod(math.exp)
+    round = staticmethod(round)
+
+    @staticmethod
+    def sign(x: float) -> float:
+        return float(x > 0) - float(x < 0)
+
+    @staticmethod
+    def where(condition: bool, a: Any, b: Any) -> Any:
+        return a if condition else b
+
+
+_SCALARS = _Scalars()
+
+
+def _index(x: Any, xp: Any) -> Any:
+    """``x`` as an index (int32 for arrays)."""
+    return int(x) if xp is _SCALARS else x.astype(np.int32)
 
 
 # -- one leaf ---------------------------------------------------------------------------
@@ -274,7 +325,9 @@ def _sample_numeric(space: Space, u: Any, xp: Any) -> Any:
 
 
 def _factor(u: Any, factors: tuple[float, ...], xp: Any) -> Any:
-    index = xp.clip(xp.floor(u * len(factors)), 0, len(factors) - 1).astype(np.int32)
+    index = _index(xp.clip(xp.floor(u * len(factors)), 0, len(factors) - 1), xp)
+    if xp is _SCALARS:
+        return factors[index]
     return xp.asarray(factors, dtype=u.dtype)[index]
 
 
@@ -304,7 +357,7 @@ def _neighbour(index: Any, u: Any, n: int, xp: Any) -> Any:
     step = xp.where(u < 0.5, -1, 1)
     moved = index + step
     moved = xp.where((moved < 0) | (moved >= n), index - step, moved)
-    return xp.clip(moved, 0, n - 1).astype(np.int32)
+    return _index(xp.clip(moved, 0, n - 1), xp)
 
 
 def _host_choice_index(space: Choice, value: Any, path: Path) -> int | None:
@@ -386,7 +439,7 @@ def _choice_leaf(
 
 
 def _clip_index(index: Any, n: int, xp: Any) -> Any:
-    return xp.clip(index, 0, n - 1).astype(np.int32)
+    return _index(xp.clip(index, 0, n - 1), xp)
 
 
 # -- turning a leaf's result into the value's own kind -----------------------------------
@@ -422,17 +475,27 @@ def _finish_device(space: Space, new: Any, value: Any) -> Any:
     return new.astype(dtype)
 
 
+def _nan_message(space: Space, path: Path) -> str:
+    return (
+        f"{_where(path)} is NaN, which is outside its space {space}; a NaN "
+        "hyperparameter usually means the run that produced it diverged"
+    )
+
+
 def _check_value(space: Space, value: Any, path: Path) -> None:
-    if value is _NO_VALUE or isinstance(space, Choice) or isinstance(value, jax.Array):
+    if value is _NO_VALUE or isinstance(space, Choice):
+        return
+    if type(value) is float or type(value) is int:  # the usual case, without numpy
+        if value != value:
+            raise ValueError(_nan_message(space, path))
+        return
+    if isinstance(value, jax.Array):
         return
     numeric = _is_number(value) or (
         isinstance(value, (np.ndarray, np.generic)) and np.issubdtype(value.dtype, np.number)
     )
     if numeric and np.any(np.isnan(value)):  # no move from NaN lands inside the space
-        raise ValueError(
-            f"{_where(path)} is NaN, which is outside its space {space}; a NaN "
-            "hyperparameter usually means the run that produced it diverged"
-        )
+        raise ValueError(_nan_message(space, path))
     if numeric:
         return
     raise TypeError(
@@ -453,19 +516,31 @@ def _apply(
     _leaves(space, meta, (), leaves)
     for path, leaf_space, value in leaves:
         _check_value(leaf_space, value, path)
-    device = _on_device(key, leaves)
-    xp = jnp if device else np
-    shapes = tuple(() if v is _NO_VALUE else tuple(np.shape(v)) for _, _, v in leaves)
+    scalars = not _is_traced(key) and all(v is _NO_VALUE or _is_python(v) for _, _, v in leaves)
+    device = not scalars and _on_device(key, leaves)
+    xp = jnp if device else _SCALARS if scalars else np
+    if scalars:
+        shapes: tuple = ((),) * len(leaves)
+    else:
+        shapes = tuple(() if v is _NO_VALUE else tuple(np.shape(v)) for _, _, v in leaves)
     if op == "clip" or not leaves:
         draws: Sequence[Any] = [None] * len(leaves)
-    else:
+    elif device:
         draws = _uniform_draws(key, shapes)
-        if not device:
-            draws = [np.asarray(d, dtype=np.float64) for d in draws]
+    else:  # host: hashed draws, no dispatch (see jaxpop.mutators._host_random)
+        rng = HostRandom(_host_key(key))
+        if scalars:
+            draws = [(rng.random(), rng.random(), rng.random()) for _ in shapes]
+        else:
+            draws = [rng.uniforms((3, *s)) for s in shapes]
     new = []
     for (path, leaf_space, value), u in zip(leaves, draws, strict=True):
         x = value
-        if x is not _NO_VALUE and not isinstance(leaf_space, Choice):
+        if x is _NO_VALUE or isinstance(leaf_space, Choice):
+            pass
+        elif scalars:
+            x = float(x)
+        else:
             x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
             if device and not jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(jnp.asarray(0.0).dtype)
@@ -483,6 +558,8 @@ def _check_probability(p: float) -> float:
 
 def _check_factors(factors: Sequence[float]) -> tuple[float, ...]:
     factors = tuple(factors)
+    if factors and all(type(f) is float and 0.0 < f < math.inf for f in factors):
+        return factors  # the usual case, checked without the ABC checks
     if not factors or not all(_is_number(f) and math.isfinite(f) and f > 0 for f in factors):
         raise ValueError(
             f"perturbation_factors must be a non-empty sequence of positive numbers, "

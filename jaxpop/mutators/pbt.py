@@ -62,7 +62,6 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import random
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -70,9 +69,10 @@ import numpy as np
 
 from jaxpop.history import History, check_mode
 from jaxpop.keys import split_key
+from jaxpop.mutators import _views
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
-from jaxpop.mutators._subpopulations import dense_ranks
+from jaxpop.mutators._host_random import HostRandom
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
@@ -271,194 +271,47 @@ class PopulationBasedTraining(Mutator):
             raise TypeError(f"hold must be a bool, got {hold!r:.40}")
         if hold and not synch:
             raise ValueError("hold=True holds workers for synchronous rounds: pass synch=True")
-        select = _make_selection(selection, quantile_fraction)
-        wants_key = custom_explore_fn is not None and takes_key(custom_explore_fn, 1)
-        by_step = time_attr == "step"
+        config = _Config(
+            interval=interval,
+            by_step=time_attr == "step",
+            burn_in=burn_in,
+            mode=mode,
+            metric=metric,
+            select=_make_selection(selection, quantile_fraction),
+            synch=bool(synch),
+            allow_rewind=bool(allow_rewind),
+            explore=functools.partial(
+                _new_meta_params,
+                hyperparam_space,
+                float(resample_probability),
+                factors,
+                custom_explore_fn,
+                custom_explore_fn is not None and takes_key(custom_explore_fn, 1),
+                explorer,
+            ),
+        )
+        views = _views.Views(functools.partial(_entry, config), _COLUMNS)
 
         def init() -> dict:
             return {"num_exploits": 0, "num_decisions": 0, "last_decision": {}, "start_time": None}
 
-        def t_of(checkpoint: Checkpoint) -> float:
-            return checkpoint.step if by_step else checkpoint.time
-
-        def marker(state: dict, history: History, worker_id: int, generation_id: str):
-            last = state["last_decision"].get(worker_id)
-            if last is not None and last[0] == generation_id:
-                return last[1]
-            return t_of(history.first(generation_id))
-
-        def is_ready(state: dict, history: History, worker_id: int, worker: ActiveWorker) -> bool:
-            latest = history.latest_evaluated(worker.generation_id)
-            if latest is None:
-                return False
-            if t_of(latest) - marker(state, history, worker_id, worker.generation_id) < interval:
-                return False
-            if burn_in:
-                since = latest.step if by_step else latest.time - state["start_time"]
-                if since < burn_in:
-                    return False
-            return True
-
-        def score(state: dict, history: History, worker_id: int, generation_id: str):
-            """The worker's score: its own, else that of the checkpoint it copied, else
-            ``None`` (it has never reported)."""
-            latest = history.latest_evaluated(generation_id)
-            if latest is None:
-                copied = _copied(history, generation_id)
-                return None if copied is None else copied.value
-            if metric == "last":
-                return latest.value
-            since = marker(state, history, worker_id, generation_id)
-            window = (
-                history.evaluated(generation_id, min_step=since)
-                if by_step
-                else history.evaluated(generation_id, min_time=since)
-            ) or [latest]
-            values = [c.value for c in window]
-            if not all(map(math.isfinite, values)):
-                return math.nan
-            return math.fsum(v / len(values) for v in values)
-
-        def compare(state, history, workers, key, draw: int, parents=None) -> np.ndarray:
-            """Selection over the whole population: the member each worker copies.
-
-            The population is the active workers (finished and gone ones take no part).
-            ``draw``: the deciding worker, or -1 for all. ``parents``: ``worker ->
-            bool``, whether the deciding worker may copy it (the built-in truncation and
-            winner-take-all draw from those only).
-            """
-            pool = [i for i, w in enumerate(workers) if w.is_active]
-            members, scores = [], []
-            for p, i in enumerate(pool):
-                s = score(state, history, i, workers[i].generation_id)
-                if s is not None:
-                    members.append(p)
-                    scores.append(s)
-            out = np.arange(len(workers))
-            if not pool:
-                return out
-            ranks = _population_ranks(len(pool), members, scores, mode)
-            accept = None if parents is None else (lambda p: parents(pool[p]))
-            chosen = select(key, -1 if draw < 0 else pool.index(draw), ranks, accept)
-            out[pool] = np.asarray(pool)[chosen]
-            return out
-
-        def not_behind(history, workers, own: Checkpoint) -> Callable[[int], bool]:
-            """Whether the owner of ``own`` can copy a worker without losing training."""
-
-            def accept(j: int) -> bool:
-                source = _copy_source(history, workers[j])
-                return source is not None and source.step >= own.step
-
-            return accept
-
-        def new_meta_params(source: Checkpoint, space_key, fn_key, history, workers) -> Any:
-            meta = source.meta_params
-            if explorer is not None:
-                meta = explorer(space_key, source, history, workers)
-                if hyperparam_space is not None:
-                    meta = explore_lib.clip(hyperparam_space, meta)
-            elif hyperparam_space is not None:
-                meta = explore_lib.explore(
-                    space_key,
-                    hyperparam_space,
-                    meta,
-                    resample_probability=resample_probability,
-                    perturbation_factors=factors,
-                )
-            if custom_explore_fn is not None:
-                meta = call_mutate_fn(custom_explore_fn, wants_key, (meta,), fn_key)
-                if hyperparam_space is not None:
-                    meta = explore_lib.clip(hyperparam_space, meta)
-            return meta
-
         def update(
             state: Any, workers: Workers, history: History, now: float, key: np.ndarray
         ) -> MutatorResult:
-            if burn_in and not by_step and state["start_time"] is None:
-                state = {**state, "start_time": _start_time(history)}
-            ready = [
-                i for i, w in enumerate(workers) if w.is_active and is_ready(state, history, i, w)
-            ]
-            num_active = sum(w.is_active for w in workers)
-            if not ready or (synch and len(ready) < num_active):
-                return state, workers, ()
-            n = len(workers)
-            keys = None  # split only for an exploit: most decisions keep going
-            new_workers = list(workers)
-            last_decision = dict(state["last_decision"])
-            new_checkpoints = []
-            num_exploits = 0
-            # asynchronous decisions see the earlier ones of this update: their copies and
-            # the new generations' first checkpoints; a synchronous round sees the
-            # population as it was before it
-            current = history
-            if synch:  # draw -1: everyone decides in one selection
-                parents = compare(state, history, workers, key, -1)
-            for i in ready:
-                gen = workers[i].generation_id
-                own = history.latest_evaluated(gen)
-                if not synch:
-                    eligible = None
-                    if not allow_rewind and math.isfinite(own.value):
-                        eligible = not_behind(current, new_workers, own)
-                    parents = compare(
-                        {**state, "last_decision": last_decision},
-                        current,
-                        new_workers,
-                        key,
-                        i,
-                        eligible,
-                    )
-                parent = int(parents[i])
-                pool = workers if synch else new_workers
-                source = None if parent == i else _copy_source(current, pool[parent])
-                rewinds = source is not None and source.step < own.step
-                if source is None or (
-                    rewinds and not (synch or allow_rewind) and math.isfinite(own.value)
-                ):
-                    last_decision[i] = (gen, t_of(own))
-                    continue
-                if keys is None:
-                    keys = split_key(key, 2 * n)
-                meta = new_meta_params(source, keys[i], keys[n + i], current, tuple(new_workers))
-                worker, start = start_generation(source, meta, key, i, now)
-                new_workers[i] = worker
-                new_checkpoints.append(start)
-                current = current.add(start)
-                last_decision[i] = (start.generation_id, t_of(start))
-                num_exploits += 1
-            new_state = {
-                **state,
-                "num_exploits": state["num_exploits"] + num_exploits,
-                "num_decisions": state["num_decisions"] + len(ready),
-                "last_decision": last_decision,
-            }
-            return new_state, tuple(new_workers), tuple(new_checkpoints)
+            return _update(config, views, state, workers, history, now, key)
 
         def prepare(population_size: int) -> None:
-            """Compiles what an exploit runs (the key split, the built-in selection, the
-            explore draws) for this population size, so that the first exploit does not
-            stall the controller for the fraction of a second XLA takes."""
-            key = np.zeros(2, np.uint32)
-            split_key(key, 2 * population_size)
-            if hyperparam_space is not None:
-                explore_lib.explore(
-                    key,
-                    hyperparam_space,
-                    explore_lib.sample(key, hyperparam_space),
-                    resample_probability=resample_probability,
-                    perturbation_factors=factors,
-                )
+            """Compiles what an exploit runs with a custom selection (the key split) for
+            this population size, so that the first exploit does not stall the controller
+            for the fraction of a second XLA takes; the built-in selections and the
+            explore run in plain numpy."""
+            if callable(selection):
+                split_key(np.zeros(2, np.uint32), population_size)
 
         def holds(state: dict, workers: Workers, history: History, worker_id: int) -> bool:
             """A worker waits once it is ready, until every active worker is."""
-            worker = workers[worker_id]
-            if not (worker.is_active and is_ready(state, history, worker_id, worker)):
-                return False
-            return not all(
-                is_ready(state, history, i, w) for i, w in enumerate(workers) if w.is_active
-            )
+            view = views.view(state, workers, history)
+            return bool(view["ready"][worker_id]) and not view["ready"][view["active"]].all()
 
         return super().__new__(
             cls,
@@ -472,17 +325,243 @@ class PopulationBasedTraining(Mutator):
         )
 
 
-def _population_ranks(
-    n: int, members: Sequence[int], scores: Sequence[float], mode: str
-) -> np.ndarray:
-    """Exact ranks of all ``n`` workers: ``members`` by their ``scores`` (0 best, ties
-    equal, non-finite just after the worst finite one), the others ``inf``."""
-    ranks = [math.inf] * n
-    scored = dense_ranks(scores, mode).tolist()
-    worst = max((r for r in scored if r != math.inf), default=-1.0)
-    for i, r in zip(members, scored, strict=True):
-        ranks[i] = r if r != math.inf else worst + 1
-    return np.asarray(ranks)
+class _Config(NamedTuple):
+    """What a :class:`PopulationBasedTraining` was built with, checked."""
+
+    interval: float
+    by_step: bool
+    burn_in: float
+    mode: str
+    metric: str
+    select: Callable[..., np.ndarray]
+    synch: bool
+    allow_rewind: bool
+    # (source, space_key, fn_key, history, workers) -> meta_params
+    explore: Callable[..., Any]
+
+
+def _when(config: _Config, checkpoint: Checkpoint) -> float:
+    return checkpoint.step if config.by_step else checkpoint.time
+
+
+def _marker(config: _Config, state: dict, history: History, worker_id: int, generation_id: str):
+    """Where the worker's current interval started: its last decision in this
+    generation, or the generation's start."""
+    last = state["last_decision"].get(worker_id)
+    if last is not None and last[0] == generation_id:
+        return last[1]
+    return _when(config, history.first(generation_id))
+
+
+def _is_ready(
+    config: _Config, state: dict, history: History, worker_id: int, worker: ActiveWorker
+) -> bool:
+    """Whether the worker's latest evaluation ends an interval (and the burn-in)."""
+    if not worker.is_active:
+        return False
+    latest = history.latest_evaluated(worker.generation_id)
+    if latest is None:
+        return False
+    marker = _marker(config, state, history, worker_id, worker.generation_id)
+    if _when(config, latest) - marker < config.interval:
+        return False
+    if config.burn_in:
+        since = latest.step if config.by_step else latest.time - state["start_time"]
+        if since < config.burn_in:
+            return False
+    return True
+
+
+def _score(
+    config: _Config, state: dict, history: History, worker_id: int, generation_id: str
+) -> float | None:
+    """The worker's score: its own, else that of the checkpoint it copied, else ``None``
+    (it has never reported)."""
+    latest = history.latest_evaluated(generation_id)
+    if latest is None:
+        copied = _copied(history, generation_id)
+        return None if copied is None else copied.value
+    if config.metric == "last":
+        return latest.value
+    since = _marker(config, state, history, worker_id, generation_id)
+    window = (
+        history.evaluated(generation_id, min_step=since)
+        if config.by_step
+        else history.evaluated(generation_id, min_time=since)
+    ) or [latest]
+    values = [c.value for c in window]
+    if not all(map(math.isfinite, values)):
+        return math.nan
+    return math.fsum(v / len(values) for v in values)
+
+
+def _new_meta_params(
+    space: Any,
+    resample_probability: float,
+    factors: tuple[float, ...],
+    custom_explore_fn: Callable[..., Any] | None,
+    wants_key: bool,
+    explorer: Callable[..., Any] | None,
+    source: Checkpoint,
+    space_key: np.ndarray,
+    fn_key: np.ndarray,
+    history: History,
+    workers: Workers,
+) -> Any:
+    """A copier's hyperparameters: the explorer's (or the space's perturb-or-resample)
+    from the source's, then ``custom_explore_fn``, each clipped to the space."""
+    meta = source.meta_params
+    if explorer is not None:
+        meta = explorer(space_key, source, history, workers)
+        if space is not None:
+            meta = explore_lib.clip(space, meta)
+    elif space is not None:
+        meta = explore_lib.explore(
+            space_key,
+            space,
+            meta,
+            resample_probability=resample_probability,
+            perturbation_factors=factors,
+        )
+    if custom_explore_fn is not None:
+        meta = call_mutate_fn(custom_explore_fn, wants_key, (meta,), fn_key)
+        if space is not None:
+            meta = explore_lib.clip(space, meta)
+    return meta
+
+
+# -- the population as a decision sees it, kept between calls ---------------------------------
+#: The columns of a decision's view (see :mod:`jaxpop.mutators._views`): ``keys``, the
+#: score as a sort key (``-value`` under ``mode="max"``; ``inf`` for a non-finite score,
+#: NaN for none); ``copy_steps``, the step of what copying the worker gives (-1: nothing);
+#: ``ready``, whether it decides now; ``active``, its status.
+_COLUMNS = {"keys": np.float64, "copy_steps": np.int64, "ready": bool, "active": bool}
+
+
+def _entry(
+    config: _Config, state: dict, history: History, worker_id: int, worker: ActiveWorker
+) -> tuple[float, int, bool, bool]:
+    score = _score(config, state, history, worker_id, worker.generation_id)
+    if score is None:
+        key = math.nan
+    elif not math.isfinite(score):
+        key = math.inf
+    else:
+        key = -score if config.mode == "max" else score
+    source = _copy_source(history, worker)
+    ready = _is_ready(config, state, history, worker_id, worker)
+    return key, -1 if source is None else source.step, ready, worker.is_active
+
+
+def _ranks(keys: np.ndarray) -> np.ndarray:
+    """Exact ranks of sort keys: 0 best, ties equal, a non-finite score (``inf``) just
+    after the worst finite one, no score (NaN) ``inf``."""
+    ranks = np.full(keys.shape, np.inf)
+    finite = np.isfinite(keys)
+    worst = 0
+    if finite.any():
+        unique, inverse = np.unique(keys[finite], return_inverse=True)
+        ranks[finite] = inverse
+        worst = len(unique)
+    ranks[np.isposinf(keys)] = worst
+    return ranks
+
+
+def _tiered(keys: np.ndarray) -> np.ndarray:
+    """Sort keys as scores a host selection orders exactly as :func:`_ranks` (lower
+    better): a non-finite score just after the worst finite one, no score last. Cheaper
+    than the ranks (no ``np.unique``), for the built-in selections."""
+    nonfinite = np.isposinf(keys)
+    if not nonfinite.any():
+        return keys
+    finite = np.isfinite(keys)
+    worst = keys[finite].max() if finite.any() else 0.0
+    out = keys.copy()
+    out[nonfinite] = np.nextafter(worst, np.inf)
+    return out
+
+
+def _compare(config: _Config, view: _views.View, key: Any, draw: int, min_step: int | None):
+    """Selection over the active workers: the worker each one copies (itself: keep going).
+
+    ``draw``: the deciding worker, or -1 for all. ``min_step``: only workers whose copy
+    source is at least at this step may be copied (the built-in truncation and
+    winner-take-all draw from those only).
+    """
+    pool = np.flatnonzero(view["active"])
+    out = np.arange(len(view.workers))
+    if not pool.size:
+        return out
+    accept = None
+    if min_step is not None:
+        eligible = (view["copy_steps"][pool] >= min_step).tolist()
+        accept = eligible.__getitem__
+    position = -1 if draw < 0 else int(np.searchsorted(pool, draw))
+    out[pool] = pool[config.select(key, position, view["keys"][pool], accept)]
+    return out
+
+
+def _update(
+    config: _Config,
+    views: _views.Views,
+    state: dict,
+    workers: Workers,
+    history: History,
+    now: float,
+    key: np.ndarray,
+) -> MutatorResult:
+    if config.burn_in and not config.by_step and state["start_time"] is None:
+        state = {**state, "start_time": _start_time(history)}
+    view = views.view(state, workers, history)
+    ready = np.flatnonzero(view["ready"]).tolist()
+    if not ready or (config.synch and len(ready) < int(view["active"].sum())):
+        views.keep(view)
+        return state, workers, ()
+    new_workers = list(workers)
+    last_decision = dict(state["last_decision"])
+    new_checkpoints = []
+    num_exploits = 0
+    # asynchronous decisions see the earlier ones of this update (their copies and the
+    # new generations' first checkpoints, through the view); a synchronous round sees
+    # the population as it was before it
+    current = history
+    if config.synch:  # draw -1: everyone decides in one selection
+        parents = _compare(config, view, key, -1, None)
+    for i in ready:
+        gen = workers[i].generation_id
+        own = history.latest_evaluated(gen)
+        rewind_guard = not (config.synch or config.allow_rewind) and math.isfinite(own.value)
+        if not config.synch:
+            parents = _compare(config, view, key, i, own.step if rewind_guard else None)
+        parent = int(parents[i])
+        pool = workers if config.synch else new_workers
+        source = None if parent == i else _copy_source(current, pool[parent])
+        if source is None or (rewind_guard and source.step < own.step):
+            last_decision[i] = (gen, _when(config, own))
+        else:
+            space_key, fn_key = HostRandom(key, stream=-1 - i).raw_keys(2)
+            meta = config.explore(source, space_key, fn_key, current, tuple(new_workers))
+            worker, start = start_generation(source, meta, key, i, now)
+            new_workers[i] = worker
+            new_checkpoints.append(start)
+            current = current.add(start)
+            last_decision[i] = (start.generation_id, _when(config, start))
+            num_exploits += 1
+        if not config.synch:  # the next decision of this update sees this one
+            view.moved_on({**state, "last_decision": last_decision}, new_workers, current)
+            view.refresh(i)
+    new_state = {
+        **state,
+        "num_exploits": state["num_exploits"] + num_exploits,
+        "num_decisions": state["num_decisions"] + len(ready),
+        "last_decision": last_decision,
+    }
+    if not config.synch:
+        # the next call's history is made from this call's by the core's adds; the
+        # workers replaced here are brought up to date then
+        view.moved_on(new_state, workers, history)
+        views.keep(view)
+    return new_state, tuple(new_workers), tuple(new_checkpoints)
 
 
 def _copied(history: History, generation_id: str) -> Checkpoint | None:
@@ -514,18 +593,20 @@ def _start_time(history: History) -> float:
 
 
 def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., np.ndarray]:
-    """``(key, draw, ranks, parents) -> indices`` over the whole population.
+    """``(key, draw, keys, parents) -> indices`` over the whole population.
 
-    ``draw`` is the deciding worker (an asynchronous decision: the others keep going),
-    or -1 for a synchronous round, where everyone decides. The built-in selections run
-    on the host with a ``random.Random`` seeded by ``(key, draw)``; a user function gets
-    a raw key split from ``key``.
+    ``keys`` are the workers' sort keys (lower is better; ``inf`` for a non-finite
+    score, NaN for none: see ``_COLUMNS``). ``draw`` is the deciding worker (an
+    asynchronous decision: the others keep going), or -1 for a synchronous round, where
+    everyone decides. The built-in selections run
+    on the host, drawing from ``HostRandom(key, draw)``; a user function gets a raw key
+    split from ``key``.
     """
     if callable(selection):
 
-        def custom(key: Any, draw: int, ranks: np.ndarray, parents: Any = None) -> np.ndarray:
-            n = len(ranks)
-            chosen = np.asarray(selection(split_key(key, n)[draw], ranks))
+        def custom(key: Any, draw: int, keys: np.ndarray, parents: Any = None) -> np.ndarray:
+            n = len(keys)
+            chosen = np.asarray(selection(split_key(key, n)[draw], _ranks(keys)))
             if chosen.shape != (n,) or not np.issubdtype(chosen.dtype, np.integer):
                 raise ValueError(
                     f"selection returned {chosen.dtype}{chosen.shape} for {n} members; it "
@@ -548,13 +629,12 @@ def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., n
 
     takes_parents = selection in ("truncation", "winner_take_all")
 
-    def builtin(key: Any, draw: int, ranks: np.ndarray, parents: Any = None) -> np.ndarray:
-        # an int seed: random.Random takes it as it is (no hashing), so draws are the
-        # same in every process, and seeding costs a few microseconds
-        rng = random.Random((int(key[0]) << 32 | int(key[1])) * 65_537 + draw)
+    def builtin(key: Any, draw: int, keys: np.ndarray, parents: Any = None) -> np.ndarray:
+        scores = _tiered(keys)
+        rng = HostRandom(key, stream=draw)
         members = None if draw < 0 else (draw,)
         if takes_parents and parents is not None:
-            return select(rng, ranks, parents=parents, members=members)
-        return select(rng, ranks, members=members)
+            return select(rng, scores, parents=parents, members=members)
+        return select(rng, scores, members=members)
 
     return builtin

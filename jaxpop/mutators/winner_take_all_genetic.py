@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxpop.history import History
 from jaxpop.keys import split_key
+from jaxpop.mutators import _views
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
@@ -123,17 +124,23 @@ class WinnerTakeAllGenetic(Mutator):
                 return rank_value(math.fsum(v / len(values) for v in values))
             return rank_value(values[-1])
 
+        def entry(state: Any, history: History, worker_id: int, worker: Any) -> tuple:
+            """Whether the worker has a value past its interval; whether it is active."""
+            return bool(counted(history, worker.generation_id)), worker.is_active
+
+        # which workers are past their interval, kept between calls: a round's check
+        # costs O(workers that changed), not O(population) history reads per evaluation
+        views = _views.Views(entry, {"ready": bool, "active": bool})
+
         def update(
             state: Any, workers: Workers, history: History, now: float, key: np.ndarray
         ) -> MutatorResult:
-            live = [i for i, w in enumerate(workers) if w.is_active]  # not finished or gone
-            values = []
-            for i in live:
-                values.append(counted(history, workers[i].generation_id))
-                if not values[-1]:  # a worker has no evaluation past its interval yet
-                    return state, workers, ()
-            if not live:
+            view = views.view(state, workers, history)
+            live = np.flatnonzero(view["active"]).tolist()  # not finished or gone
+            if not live or not view["ready"][live].all():
+                views.keep(view)
                 return state, workers, ()
+            values = [counted(history, workers[i].generation_id) for i in live]
             scores = [score(v) for v in values]
             best = live[int(np.argmin(scores))]
             best_score = min(scores)

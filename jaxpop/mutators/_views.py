@@ -1,0 +1,141 @@
+"""Per-worker facts a host mutator keeps between calls, brought up to date from changes.
+
+A host decision reads a few facts about every worker (its score, whether it is ready,
+what copying it would give). Reading them from the history for every worker at every
+call costs O(population) Python work per evaluation; a :class:`Views` cache keeps them
+in numpy columns and, at the next call, recomputes only the workers that changed: those
+whose assignment was replaced and those whose generation got a checkpoint
+(:meth:`jaxpop.history.History.added_since`). Anything it cannot follow exactly (a
+replaced checkpoint, a history not made from the last one, another state) is read again
+from scratch, so a view always equals one built afresh and the mutator stays a pure
+function of its arguments.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxpop.history import History
+from jaxpop.records import ActiveWorker
+
+__all__ = ["View", "Views"]
+
+#: ``(state, history, worker_id, worker) -> one value per column``.
+EntryFn = Callable[[Any, History, int, ActiveWorker], Sequence[Any]]
+
+
+class View:
+    """The columns of one ``(state, workers, history)``: ``view["name"][worker_id]``."""
+
+    __slots__ = ("_entry", "by_generation", "columns", "history", "state", "workers")
+
+    def __init__(
+        self,
+        entry: EntryFn,
+        state: Any,
+        workers: Sequence[ActiveWorker],
+        history: History,
+        columns: dict[str, np.ndarray],
+        by_generation: Mapping[str, tuple[int, ...]],
+    ):
+        self._entry = entry
+        self.state = state
+        self.workers = tuple(workers)
+        self.history = history
+        self.columns = columns
+        self.by_generation = by_generation
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def refresh(self, worker_id: int) -> None:
+        """Recomputes one worker's entry from the view's state, workers and history."""
+        values = self._entry(self.state, self.history, worker_id, self.workers[worker_id])
+        for column, value in zip(self.columns.values(), values, strict=True):
+            column[worker_id] = value
+
+    def moved_on(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> None:
+        """Re-labels the view as that of ``(state, workers, history)``: the caller has
+        refreshed every entry that differs."""
+        self.state, self.workers, self.history = state, tuple(workers), history
+
+
+class Views:
+    """A cache of :class:`View` s, one per recent mutator state.
+
+    Args:
+      entry: ``(state, history, worker_id, worker) -> values``, one per column.
+      columns: the columns' names and numpy dtypes, in ``entry``'s order.
+    """
+
+    _SIZE = 8  # views kept (a controller needs one; tests and replays branch)
+    _LIMIT = 64  # adds followed from one view to the next; past that, read afresh
+
+    def __init__(self, entry: EntryFn, columns: Mapping[str, Any]):
+        self._entry = entry
+        self._columns = dict(columns)
+        self._views: dict[int, View] = {}
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a pickled mutator (Ray, multiprocessing) starts with an empty cache
+        return (Views, (self._entry, self._columns))
+
+    def view(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> View:
+        """The view of ``(state, workers, history)``, the caller's to change."""
+        with self._lock:
+            old = self._views.get(id(state))
+        if old is None or old.state is not state or len(workers) != len(old.workers):
+            return self.build(state, workers, history)
+        added = history.added_since(old.history, limit=self._LIMIT)
+        if added is None:
+            return self.build(state, workers, history)
+        refs = set()
+        for checkpoint in added:  # a replaced checkpoint may change what others read
+            ref = (checkpoint.generation_id, checkpoint.step)
+            if ref in refs or old.history.get_checkpoint(*ref) is not None:
+                return self.build(state, workers, history)
+            refs.add(ref)
+        changed = [
+            i for i, (a, b) in enumerate(zip(workers, old.workers, strict=True)) if a is not b
+        ]
+        by_generation = old.by_generation
+        if changed:
+            by_generation = dict(by_generation)
+            for i in changed:
+                before, after = old.workers[i].generation_id, workers[i].generation_id
+                if before != after:
+                    by_generation[before] = tuple(j for j in by_generation[before] if j != i)
+                    by_generation[after] = (*by_generation.get(after, ()), i)
+        touched = set(changed)
+        for generation_id, _ in refs:
+            touched.update(by_generation.get(generation_id, ()))
+        columns = {name: column.copy() for name, column in old.columns.items()}
+        new = View(self._entry, state, workers, history, columns, by_generation)
+        for i in touched:
+            new.refresh(i)
+        return new
+
+    def keep(self, view: View) -> None:
+        """Remembers ``view`` for the next call with its state."""
+        with self._lock:
+            self._views.pop(id(view.state), None)
+            self._views[id(view.state)] = view
+            while len(self._views) > self._SIZE:
+                del self._views[next(iter(self._views))]
+
+    def build(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> View:
+        """The view of ``(state, workers, history)`` read afresh: O(population)."""
+        n = len(workers)
+        by_generation: dict[str, tuple[int, ...]] = {}
+        for i, worker in enumerate(workers):
+            by_generation[worker.generation_id] = (*by_generation.get(worker.generation_id, ()), i)
+        columns = {name: np.empty(n, dtype) for name, dtype in self._columns.items()}
+        view = View(self._entry, state, workers, history, columns, by_generation)
+        for i in range(n):
+            view.refresh(i)
+        return view
