@@ -67,3 +67,36 @@ def test_both_synthetic_examples_share_their_options_and_reject_bad_steps(capsys
             module.parse_args(["--steps", "0"])
         assert info.value.code == 2
         assert "--steps: must be positive, got 0" in capsys.readouterr().err
+
+
+def test_the_loop_waits_while_held_and_stops_when_finished(monkeypatch, capsys):
+    import functools
+
+    from jaxpop import PopulationController, StopWhen
+
+    plain = train.main(["--steps", "200", "--seed", "1", "--no-progress"])
+    assert plain["steps_run"] == 200 and plain["status"] == "active"
+
+    class Holding(PopulationController):
+        """Holds the worker at step 50 for three asks, as a synchronous round would."""
+
+        held = 0
+
+        def maybe_get_worker_data(self, worker_id, generation_id, step, params, meta):
+            reply = super().maybe_get_worker_data(worker_id, generation_id, step, params, meta)
+            if reply is None and step == 50 and Holding.held < 3:
+                Holding.held += 1
+                return self.active_workers[worker_id].replace(status="waiting")
+            return reply
+
+    monkeypatch.setattr(train.pop_mod, "PopulationController", Holding)
+    held = train.main(["--steps", "200", "--seed", "1", "--no-progress"])
+    assert Holding.held == 3  # it asked again (without training) until let go
+    assert held == plain  # waiting changed nothing else
+
+    budget = functools.partial(PopulationController, stop_when=StopWhen(step=100))
+    monkeypatch.setattr(train.pop_mod, "PopulationController", budget)
+    stopped = train.main(["--steps", "400", "--seed", "1", "--no-progress"])
+    assert stopped["status"] == "finished"
+    assert stopped["steps_run"] < 200  # told to stop once it reported step 100: not 400
+    assert "found target" in capsys.readouterr().out

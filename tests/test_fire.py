@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import SimulatedWorkers, apply, fresh_state
-from jaxpop import PopulationController, encoding, schedules, storage
+from jaxpop import PopulationController, core, encoding, schedules, storage
 from jaxpop import report as reports
-from jaxpop.events import Eval
+from jaxpop.events import Eval, Finish
 from jaxpop.mutators import _subpopulations, decision_counts, fire
 from jaxpop.mutators import explore as ex
 from jaxpop.mutators.fire import (
@@ -45,9 +45,9 @@ def population(m, n):
     return fresh_state([{"lr": 0.01 * (i + 1)} for i in range(n)], m)
 
 
-def report(state, m, worker, step, value):
+def report(state, m, worker, step, value, now=1.0):
     gen = state.workers[worker].generation_id
-    state, _ = apply(state, Eval(f"w{worker}@{step}", worker, gen, step, float(value)), 1.0, m)
+    state, _ = apply(state, Eval(f"w{worker}@{step}", worker, gen, step, float(value)), now, m)
     return state
 
 
@@ -108,9 +108,27 @@ def test_the_verdict_follows_the_papers_criteria():
     assert evaluator_verdict(diverged, child, 10, **kwargs) == "stop"
 
 
+def test_max_eval_steps_ends_only_an_evaluation_whose_curve_does_not_overlap():
+    kwargs = {"max_eval_steps": 200, "p_stat": 0.01}
+    child = Curve.of([(10 * j, 1.0 + 0.1 * j + (10.0 if j == 5 else 0.0)) for j in range(20)])
+    # from the same start, above the child at 18 of 20 points (p = 0.0002), but the
+    # child's spike is higher: significant, no improvement yet. Past max_eval_steps it
+    # goes on (the bar has fallen to p_stat), where the old hard limit stopped it
+    close = Curve.of([(10 * j, 1.0 + 0.1 * j + (0.05 if j else 0.0)) for j in range(20)])
+    assert fire.binomial_p_value(close, child) < 0.01 and improvement(close, child) < 0
+    assert evaluator_verdict(close, child, 250, **kwargs) == "continue"
+    # a curve that never reaches the child's first value stops at max_eval_steps ...
+    behind = Curve.of([(10 * j, 0.1 + 0.01 * j) for j in range(12)])
+    assert evaluator_verdict(behind, child, 199, **kwargs) == "continue"
+    assert evaluator_verdict(behind, child, 200, **kwargs) == "stop"
+    # ... and so does one too short to compare
+    assert evaluator_verdict(Curve.of([(0, 5.0)]), child, 200, **kwargs) == "stop"
+
+
 # -- the mutator: later sub-populations are ranked by improvement rate ----------------------------
-def test_a_later_sub_population_ranks_by_improvement_rate_not_by_score():
-    # P1 = 0, 1; P2 = 2, 3; evaluators 4, 5. P2's decisions every 10 steps, P1's never
+def _improvement_rate_run():
+    """P1 = 0, 1; P2 = 2, 3; evaluators 4, 5. Member 2 leads P2 by score, but member 3's
+    weights improve faster from equal performance (its evaluator's curve)."""
     m = make(num_evaluators=2, perturbation_interval=10, quantile_fraction=0.5)
     state = population(m, 6)
     gens = [w.generation_id for w in state.workers]
@@ -130,6 +148,11 @@ def test_a_later_sub_population_ranks_by_improvement_rate_not_by_score():
         state = report(state, m, 5, step, fast)  # and member 3's fast, from 0.9 on
     state = report(state, m, 3, 15, 0.35)  # member 3 ready: the better by FIRE fitness
     assert state.workers[3].generation_id == gens[3]
+    return m, state, gens
+
+
+def test_a_later_sub_population_ranks_by_improvement_rate_not_by_score():
+    m, state, gens = _improvement_rate_run()
     state = report(state, m, 2, 15, 0.95)  # member 2 ready: still the best by score
     w = state.workers[2]
     assert w.generation_id != gens[2]  # yet it copies member 3
@@ -218,6 +241,67 @@ def test_an_evaluation_whose_child_copies_someone_stops():
     s = state.mutator_state
     assert s.num_handovers == 0 and s.num_decisions == 3 and s.num_evaluations == 2
     assert (s.evaluations[4].member, s.evaluations[4].child) == (2, 0)
+
+
+# -- finished and gone workers (ActiveWorker.status) ------------------------------------
+def test_a_finished_member_is_never_copied_nor_chosen_as_the_child():
+    m = make(perturbation_interval=10, quantile_fraction=0.5)
+    state = population(m, 5)  # P1 = 0, 1; P2 = 2, 3; evaluator 4
+    gens = [w.generation_id for w in state.workers]
+    state = report(state, m, 0, 5, 3.0)  # P1's best ...
+    state = report(state, m, 1, 5, 1.0)
+    state, reply = apply(state, Finish(0), 1.0, m)  # ... is done
+    assert reply.worker.status == "finished"
+    state = report(state, m, 2, 5, 1.0)  # the evaluator takes member 2 ...
+    task = state.mutator_state.evaluations[4]
+    assert (task.member, task.child) == (2, 1)  # ... with the best *active* member of P1
+    assert state.workers[4].meta_params == state.workers[1].meta_params
+    state = report(state, m, 1, 15, 1.0)  # member 1 ready, the worst of P1 by score
+    assert state.workers[1].generation_id == gens[1]  # alone in P1: copies nobody
+    assert state.workers[0].status == "finished" and state.workers[0].generation_id == gens[0]
+    assert state.mutator_state.num_exploits == 0
+
+
+def test_a_finished_member_of_a_later_sub_population_is_not_copied():
+    m, state, gens = _improvement_rate_run()
+    state, _ = apply(state, Finish(3), 1.0, m)  # member 3, the fastest improver, is done
+    assert 5 not in state.mutator_state.evaluations  # its evaluation ended at once
+    state = report(state, m, 2, 15, 0.95)  # member 2 ready: alone in P2 now
+    assert state.workers[2].generation_id == gens[2]
+    assert state.mutator_state.num_exploits == 0
+    assert state.workers[3].status == "finished" and state.workers[3].generation_id == gens[3]
+
+
+def test_an_evaluation_ends_when_its_child_finishes_and_never_hands_over_to_it():
+    m, state = _handover_run([0.10 + 0.1 * j for j in range(10)])  # 9 wins of 10: not yet
+    child_gen = state.workers[1].generation_id
+    state, _ = apply(state, Finish(1), 2.0, m)  # the child is done
+    s = state.mutator_state
+    assert s.num_decisions == 1 and s.num_handovers == 0  # stopped at once
+    assert all(task.child != 1 for task in s.evaluations.values())
+    state = report(state, m, 4, 115, 1.1)  # what would have won the hand-over
+    assert state.workers[1].status == "finished" and state.workers[1].generation_id == child_gen
+    assert state.mutator_state.num_handovers == 0
+
+
+def test_finished_or_gone_workers_neither_evaluate_nor_are_evaluated():
+    m = make(num_evaluators=2)  # P1 = 0, 1; P2 = 2, 3; evaluators 4, 5
+    state = population(m, 6)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Finish(5), 1.0, m)  # evaluator 5 is done before it starts
+    for member in (1, 2, 3):
+        state = report(state, m, member, 10, 1.0)
+    s = state.mutator_state
+    assert {e: t.member for e, t in s.evaluations.items()} == {4: 2}  # never evaluator 5
+    assert state.workers[5].status == "finished" and state.workers[5].generation_id == gens[5]
+    # member 2 stops reporting and is declared gone: its evaluation ends, 3 goes next
+    for worker, step in ((0, 10), (1, 20), (3, 20), (4, 15)):
+        state = report(state, m, worker, step, 1.0, now=100.0)
+    state, changes = core.expire(state, 120.0, np.array([1, 2], np.uint32), after_s=50.0, mutator=m)
+    assert [w.status for w in state.workers][2:] == ["gone", "active", "active", "finished"]
+    assert changes is not None
+    assert {e: t.member for e, t in state.mutator_state.evaluations.items()} == {4: 3}
+    assert state.workers[2].generation_id == gens[2]
 
 
 # -- arguments -----------------------------------------------------------------------------------

@@ -132,8 +132,11 @@ def test_client_matches_the_in_process_controller(ray_session, tmp_path):
 
 
 # -- workers and restarts ---------------------------------------------------------------
-def _train(worker_id, client_or_name, total, eval_every=5, pause=0.01):
-    """A fake training loop with the seed's protocol; what it saw and had acknowledged."""
+def _train(worker_id, client_or_name, total, eval_every=5, pause=0.01, stop=()):
+    """A fake training loop with the seed's protocol; what it saw and had acknowledged.
+
+    ``stop``: the workers that return when an ask is answered status ``"finished"``
+    (the others train on)."""
     if isinstance(client_or_name, str):
         client = jaxpop_ray.connect(client_or_name, wait_s=10)
     else:
@@ -141,6 +144,8 @@ def _train(worker_id, client_or_name, total, eval_every=5, pause=0.01):
     generation_id, step, handle, first_step, acked = None, 0, None, None, []
     while step < total:
         data = client.maybe_get_worker_data(worker_id, generation_id, step, handle, None)
+        if worker_id in stop and data is not None and data.status == "finished":
+            break
         if data is not None:
             generation_id, step, handle = data.generation_id, data.step, data.params
             first_step = step if first_step is None else first_step
@@ -200,6 +205,27 @@ def test_a_killed_controller_resumes_from_log_dir_and_loses_no_acknowledged_eval
             assert history.get_checkpoint(generation_id, step).value == value
         assert all(r["step"] >= 150 for r in results)
         assert client.state.mutator_state["num_exploits"] >= 1
+
+
+def test_workers_end_when_the_controller_says_the_run_is_done(ray_session, tmp_path):
+    from jaxpop import StopWhen
+
+    budget = StopWhen(step=20)  # a worker is done once it reported step 20
+    with jaxpop_ray.serve(
+        _population(2), _wta(50), log_dir=tmp_path, name="done", stop_when=budget
+    ) as client:
+        assert client.done is False
+        # worker 0's loop honours status "finished"; worker 1's would train forever
+        group = jaxpop_ray.start_workers(
+            _train, 2, args=(client, 10**9), kwargs={"stop": (0,)}, num_cpus=0.5
+        )
+        with group:
+            results = group.wait(timeout_s=60, until_done=client, grace_s=0.5)
+        assert results[0]["step"] == 20  # returned at its first ask past the budget
+        assert results[1] is None and group.ended == {1}  # ended by the group
+        assert client.done and [w.status for w in client.state.workers] == ["finished"] * 2
+        with pytest.raises(ray.exceptions.RayActorError):  # ended for good, not restarted
+            ray.get(group.actors[1].run.remote(_train, 1, (client, 1), {}), timeout=30)
 
 
 def _slow_restart_mutator(marker: str, seconds: float) -> Mutator:
@@ -326,3 +352,17 @@ def test_the_ray_example_survives_a_worker_and_a_controller_kill(ray_session, tm
     assert data.history.num_checkpoints == summary["checkpoints"]
     kept = {str(tmp_path / "params" / n) for n in os.listdir(tmp_path / "params")}
     assert {w.params for w in data.state.workers} <= kept  # what workers load survives
+
+
+def test_a_ray_example_worker_started_after_the_run_is_over_loads_nothing():
+    import argparse
+
+    from examples.ray import train
+    from jaxpop.records import ActiveWorker
+
+    class Over:  # a controller whose run is over: every ask says "finished"
+        def maybe_get_worker_data(self, worker_id, *args):
+            return ActiveWorker("p", {"lr": 0.1}, "g", 20, status="finished")
+
+    result = train.train_worker(0, Over(), argparse.Namespace())  # reads no flag at all
+    assert result == {"accuracies": {}, "compilations": 0, "dataset": None}

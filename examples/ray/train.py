@@ -24,10 +24,15 @@ Differences from the threaded example, each because a worker may now be restarte
 after the first evaluation (as a crash would: Ray restarts both; the controller resumes from its
 ``log_dir``, the worker from its latest report), to show the run finishing anyway.
 
+``--target-loss L`` ends the run early, once any worker's validation loss is at most ``L``
+(``jaxpop.StopWhen(value=L)``): each worker's next ask is answered status ``"finished"``
+and its loop returns; the driver sees ``client.done`` and ends any worker actor still
+running (:meth:`jaxpop.distributed.ray.WorkerGroup.wait` with ``until_done``).
+
 Run from the repo root::
 
     python -m examples.ray [--steps 1000] [--workers 4] [--log-dir runs/ray]
-        [--address auto] [--kill-after 20]
+        [--address auto] [--kill-after 20] [--target-loss 0.3]
 
 Without ``--address`` (and without ``RAY_ADDRESS`` set) it starts a local Ray instance.
 With ``--address`` it joins a running cluster and ships the ``jaxpop`` and ``examples``
@@ -59,6 +64,8 @@ from jaxpop.tensorboard import TensorBoardWriter
 
 __all__ = ["main", "run", "train_worker"]
 
+_GRACE_S = 30.0  # once the run is over, how long workers get to return before they are ended
+
 
 def train_worker(
     worker_id: int, client: jaxpop_ray.PopulationClient, args: argparse.Namespace
@@ -68,8 +75,12 @@ def train_worker(
     The threads' loop (:func:`examples.population_cnn.train_worker`) with a client for a
     controller and a synchronous store. Returns the validation accuracy of each
     checkpoint it evaluated (in this incarnation), its number of compilations and the
-    data set's name.
+    data set's name (``None`` when the run was over before it began: an actor restarted
+    after the end loads nothing).
     """
+    slot = client.maybe_get_worker_data(worker_id, None, 0, None, None)
+    if slot is not None and slot.status == "finished":  # the run is over: nothing to do
+        return {"accuracies": {}, "compilations": 0, "dataset": None}
     log_dir = os.path.abspath(args.log_dir)
     dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
     example_meta = EXPERIMENT.initial_population(args.workers, np.random.default_rng(args.seed))
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log_dir=os.path.join(log_dir, "population"),
             name=args.name,
             seed=args.seed,
+            stop_when=None if args.target_loss is None else jaxpop.StopWhen(args.target_loss),
         ) as client:
             group = jaxpop_ray.start_workers(
                 train_worker,
@@ -130,16 +142,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with ParamStore(os.path.join(log_dir, "params")) as store:
                 # every worker is done: a save nobody reported (cut off by a kill) is garbage
                 store.collect_garbage(client.state, keep_best=args.keep_best, orphan_grace_s=0)
-            accuracies = {k: v for r in results for k, v in r["accuracies"].items()}
+            returned = [r for r in results if r is not None]  # None: ended at the run's end
+            accuracies = {k: v for r in returned for k, v in r["accuracies"].items()}
             summary = population_cnn.summarize(client.state, accuracies)
             summary["controller_restarted"] = client.info()["restarted"]
+            summary["done"] = client.done
     finally:
         if started_ray:
             ray.shutdown()
+    datasets = [r["dataset"] for r in returned if r["dataset"] is not None]
     summary.update(
-        dataset=results[0]["dataset"],
+        dataset=datasets[0] if datasets else args.dataset,
         seconds=round(time.time() - start, 1),
-        compilations=sum(r["compilations"] for r in results),
+        compilations=sum(r["compilations"] for r in returned),
     )
     population_cnn.print_summary(summary)
     return summary
@@ -148,7 +163,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _wait(
     group: jaxpop_ray.WorkerGroup, client: jaxpop_ray.PopulationClient, args: argparse.Namespace
 ) -> list[Any]:
-    """Waits for the workers, showing progress (and injecting faults with --kill-after)."""
+    """Waits for the workers, showing progress (and injecting faults with --kill-after).
+
+    Returns once every worker has returned, or once the run is over (``client.done``:
+    ``--target-loss`` reached), ending the workers still running a few seconds later
+    (their result: ``None``).
+    """
     progress = tqdm(
         total=args.workers * args.steps, desc="ray", unit="step", disable=args.no_progress
     )
@@ -157,7 +177,7 @@ def _wait(
     killed = args.kill_after is None
     while True:
         try:
-            results = group.wait(timeout_s=0.5)
+            results = group.wait(timeout_s=0.5, until_done=client, grace_s=_GRACE_S)
             break
         except TimeoutError:
             pass
@@ -187,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument(
         "--max-restarts", type=int, default=-1, help="per worker actor (-1: always)"
+    )
+    parser.add_argument(
+        "--target-loss",
+        type=float,
+        default=None,
+        metavar="LOSS",
+        help="end the run once any worker's validation loss is at most this (StopWhen)",
     )
     parser.add_argument(
         "--kill-after",

@@ -20,6 +20,10 @@ compared fairly.
 The training step is compiled once: the target is a traced argument of the jitted
 step, so a new target never recompiles it (``main`` returns the number of traces).
 
+The loop honours the status of the controller's answers, as every jaxpop worker should:
+``"waiting"`` (a synchronous round holds the worker) -- sleep briefly and ask again;
+``"finished"`` (``controller.finish``, or the controller's ``stop_when``) -- stop.
+
 Run it from the repo root::
 
     python -m examples.synthetic [--steps N] [--seed S] [--no-progress]
@@ -28,6 +32,7 @@ Run it from the repo root::
 from __future__ import annotations
 
 import argparse
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,6 +54,7 @@ EXPLORE_STEPS = 10
 DELTA = 0.5  # explore phase i tries target +/- DELTA * DELTA_DECAY**i
 DELTA_DECAY = 0.8
 DEFAULT_STEPS = 1000  # 25 explore phases (one takes 40 steps); about a second on a CPU
+WAIT_S = 0.01  # how long to sleep before asking again when the controller says "waiting"
 
 
 def mutate_fn(meta_params: dict[str, float], direction: str, phase_index: int) -> dict:
@@ -136,12 +142,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     meta_params = None  # the hyperparameters; the population decides them
     params = None  # no parameters yet
     step = 0
+    steps_run = 0  # training steps this loop ran
     initial_loss = loss = None
     with tqdm(total=args.steps, unit="step", disable=args.no_progress) as progress:
         for _ in range(args.steps):
             new_data = population.maybe_get_worker_data(
                 worker_id, gen_id, step, params, meta_params
             )
+            while new_data is not None and new_data.status == "waiting":  # held: ask again
+                time.sleep(WAIT_S)
+                new_data = population.maybe_get_worker_data(
+                    worker_id, gen_id, step, params, meta_params
+                )
+            finished = new_data is not None and new_data.status == "finished"
             if new_data is not None:  # new work: a new branch, or the winning branch
                 params = new_data.params
                 meta_params = new_data.meta_params
@@ -150,9 +163,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 if params is None:
                     params = init_params(init_key)
                     initial_loss = float(eval_loss(params))
+            if finished:  # the controller says the run is over: stop
+                break
 
             params = train_step(params, meta_params["target"], step)
             step += 1
+            steps_run += 1
 
             if step % EVAL_EVERY == 0:
                 loss = float(eval_loss(params))
@@ -186,10 +202,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "generations": len(history),
         "checkpoints": history.num_checkpoints,
         "compilations": len(traces),
+        "steps_run": steps_run,
+        "status": population.active_workers[worker_id].status,
     }
     population.close()
     print(f"found target = {target:.4f}  (optimum {OPTIMUM}, started at {START})")
-    print(f"final eval loss = {final_loss:.6f}  (initial {initial_loss:.4f})")
+    initial = "not run here" if initial_loss is None else f"{initial_loss:.4f}"
+    print(f"final eval loss = {final_loss:.6f}  (initial {initial})")
     if best is not None:
         print(
             f"best checkpoint: target = {result['best_target']:.4f}, eval loss = "

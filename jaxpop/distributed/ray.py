@@ -8,20 +8,29 @@ the cluster (a worker, another driver). The client has the controller's synchron
 
     from jaxpop.distributed import ray as jaxpop_ray
 
-    client = jaxpop_ray.serve(population, mutator, log_dir="/shared/runs/pbt", name="pbt")
-    results = jaxpop_ray.run_workers(train, 4, args=(client,), max_restarts=-1)
+    client = jaxpop_ray.serve(
+        population, mutator, log_dir="/shared/runs/pbt", name="pbt",
+        stop_when=jaxpop.StopWhen(value=0.05),  # optional: when the run is over
+    )
+    results = jaxpop_ray.run_workers(train, 4, args=(client,), until_done=client)
     client.close()
 
     def train(worker_id, client):  # runs in a Ray actor; called again after a restart
         # "I have nothing": the controller answers with this worker's slot (its latest
         # report, after a restart)
         data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
-        while ...:
+        while data is None or data.status != "finished":  # "finished": the run is over
             ...  # load data if not None, train, save a checkpoint, evaluate
             data = client.report(worker_id, generation_id, step, handle, loss)
 
 Each call is one actor round trip (about a millisecond on one machine), so a worker
 calls once per evaluation: ``report`` is ``set_eval`` and the next ask in one call.
+
+**The end of a run.** With ``stop_when`` (or once every worker has finished or is
+gone) the controller is :attr:`PopulationClient.done`; each worker's next ask is
+answered status ``"finished"``, and its loop returns. ``run_workers(...,
+until_done=client)`` (or ``WorkerGroup.wait(until_done=client)``) then returns too,
+ending (without restart) any worker actor still running ``grace_s`` later.
 
 **Restarts.** The controller actor is started with ``max_restarts`` (default ``-1``:
 always). When its process dies, Ray starts a new one, which builds the controller again
@@ -74,6 +83,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import os
 import time
 import warnings
@@ -106,6 +116,7 @@ DEFAULT_NAMESPACE = "jaxpop"
 
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
+_DONE_POLL_S = 0.2  # how often WorkerGroup.wait(until_done=...) asks whether the run is over
 #: failures after which a call is sent again: the actor restarts, is unreachable, or the
 #: reply was lost with its node
 _RESEND = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
@@ -141,6 +152,8 @@ class _ControllerOptions:
     durability: storage.Durability
     compact_after: int
     lock_timeout_s: float
+    gone_after_s: float | None = None
+    stop_when: core.StopWhen | None = None
 
 
 class _ControllerActor:
@@ -172,6 +185,8 @@ class _ControllerActor:
                     options.seed,
                     durability=options.durability,
                     compact_after=options.compact_after,
+                    gone_after_s=options.gone_after_s,
+                    stop_when=options.stop_when,
                     **extra,
                 )
                 break
@@ -235,6 +250,9 @@ class _ControllerActor:
 
     def active_workers(self) -> tuple[ActiveWorker, ...]:
         return self._get().active_workers
+
+    def done(self) -> bool:
+        return self._get().done
 
     def history(self) -> History:
         return self._get().history
@@ -354,6 +372,12 @@ class PopulationClient:
     def active_workers(self) -> tuple[ActiveWorker, ...]:
         """The current assignment of every worker, indexed by worker id."""
         return self._call("active_workers")
+
+    @property
+    def done(self) -> bool:
+        """As :attr:`jaxpop.PopulationController.done`: no worker is active any more
+        (all finished -- ``stop_when`` -- or gone), so the run is over."""
+        return self._call("done")
 
     @property
     def history(self) -> History:
@@ -494,6 +518,8 @@ def serve(
     durability: storage.Durability = "process",
     compact_after: int = 1000,
     clock: Callable[[], float] | None = None,
+    gone_after_s: float | None = None,
+    stop_when: core.StopWhen | None = None,
     max_restarts: int = -1,
     detached: bool = False,
     num_cpus: float = 0.0,
@@ -514,6 +540,11 @@ def serve(
       name: the actor's name, for :func:`connect`.
       namespace: its Ray namespace (``"jaxpop"``; ``None``: the current job's).
       clock: the controller's clock (``None``: ``time.time``), run inside the actor.
+      gone_after_s, stop_when: as for :class:`jaxpop.PopulationController`: when a
+        silent worker is declared gone, and when the run is over (a target value, a step
+        budget, a time budget). Workers learn it from their asks (status
+        ``"finished"``); the driver from :attr:`PopulationClient.done`, which
+        ``run_workers(..., until_done=client)`` watches to end the worker actors.
       max_restarts: how often Ray restarts the actor after its process dies (``-1``:
         always).
       detached: keep the actor alive after this driver exits (end it with
@@ -537,8 +568,16 @@ def serve(
         raise ValueError("serve needs a log_dir: a restarted controller resumes from it")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
+    if stop_when is not None and not isinstance(stop_when, core.StopWhen):
+        raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
     options = _ControllerOptions(
-        os.path.abspath(os.fspath(log_dir)), seed, durability, compact_after, lock_timeout_s
+        os.path.abspath(os.fspath(log_dir)),
+        seed,
+        durability,
+        compact_after,
+        lock_timeout_s,
+        gone_after_s,
+        stop_when,
     )
     actor_kwargs: dict[str, Any] = {
         "name": name,
@@ -623,44 +662,88 @@ class WorkerGroup:
       actors: the actor handles, indexed by worker id (``ray.kill(group.actors[i],
         no_restart=False)`` simulates a crash).
       max_restarts: as given to :func:`start_workers`.
+      ended: the workers this group ended because the run was over (see :meth:`wait`).
     """
 
     def __init__(self, actors: Sequence[Any], refs: Sequence[Any], max_restarts: int):
         self.actors = tuple(actors)
         self._refs = list(refs)
         self.max_restarts = max_restarts
+        self.ended: frozenset[int] = frozenset()
+        self._done_since: float | None = None
 
-    def wait(self, timeout_s: float | None = None) -> list[Any]:
+    def wait(
+        self,
+        timeout_s: float | None = None,
+        *,
+        until_done: PopulationClient | None = None,
+        grace_s: float = 60.0,
+    ) -> list[Any]:
         """The worker functions' results, in worker order, once all have returned.
+
+        With ``until_done`` (the controller's client), it also returns once the run is
+        over (:attr:`PopulationClient.done`: every worker finished or gone): a worker
+        that honours status ``"finished"`` returns at its next call; those still running
+        ``grace_s`` seconds after the run was first seen over (and while it still is)
+        are ended (no restart) and their result is ``None`` (listed in :attr:`ended`).
+        So a worker function that trains forever, or past the run's end, does not keep
+        the group alive. A worker that calls again in the grace period makes it active
+        again: the run goes on, and so does the wait.
 
         Raises :class:`WorkerError` (after ending the other workers) as soon as one
         function raises or its actor dies with no restarts left, and ``TimeoutError`` if
         they are not all done within ``timeout_s``.
         """
+        if grace_s < 0 or not math.isfinite(grace_s):
+            raise ValueError(f"grace_s must be a finite number >= 0, got {grace_s!r}")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         index = {ref: i for i, ref in enumerate(self._refs)}
-        pending, results = list(self._refs), [None] * len(self._refs)
+        pending = [ref for i, ref in enumerate(self._refs) if i not in self.ended]
+        results: list[Any] = [None] * len(self._refs)
         while pending:
+            if until_done is not None and self._run_over(until_done, grace_s):
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                for ref in ready:
+                    results[index[ref]] = self._result(index[ref], ref)
+                self.ended |= {index[ref] for ref in pending}
+                for ref in pending:
+                    ray.kill(self.actors[index[ref]], no_restart=True)
+                break
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
-            if not ready:
+            poll = remaining
+            if until_done is not None:
+                poll = _DONE_POLL_S if remaining is None else min(remaining, _DONE_POLL_S)
+            ready, pending = ray.wait(pending, num_returns=1, timeout=poll)
+            if not ready and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"{len(pending)} worker(s) still running after {timeout_s} s")
             for ref in ready:
-                i = index[ref]
-                try:
-                    results[i] = ray.get(ref)
-                except ray.exceptions.RayTaskError as e:
-                    self.shutdown()
-                    cause = getattr(e, "cause", None) or e
-                    raise WorkerError(f"worker {i} raised {cause!r}\n{e}", i) from cause
-                except ray.exceptions.RayActorError as e:
-                    self.shutdown()
-                    raise WorkerError(
-                        f"worker {i}'s actor died with no restarts left (max_restarts="
-                        f"{self.max_restarts}): {e}",
-                        i,
-                    ) from e
+                results[index[ref]] = self._result(index[ref], ref)
         return results
+
+    def _run_over(self, client: PopulationClient, grace_s: float) -> bool:
+        """Whether the run has been over for ``grace_s`` (and still is)."""
+        if not client.done:
+            self._done_since = None
+            return False
+        now = time.monotonic()
+        if self._done_since is None:
+            self._done_since = now
+        return now - self._done_since >= grace_s
+
+    def _result(self, i: int, ref: Any) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            self.shutdown()
+            cause = getattr(e, "cause", None) or e
+            raise WorkerError(f"worker {i} raised {cause!r}\n{e}", i) from cause
+        except ray.exceptions.RayActorError as e:
+            self.shutdown()
+            raise WorkerError(
+                f"worker {i}'s actor died with no restarts left (max_restarts="
+                f"{self.max_restarts}): {e}",
+                i,
+            ) from e
 
     def kill(self, worker_id: int, *, restart: bool = True) -> None:
         """Kills worker ``worker_id``'s process; Ray restarts it if ``restart`` and allowed."""
@@ -727,11 +810,20 @@ def start_workers(
 
 
 def run_workers(
-    fn: Callable[..., Any], num_workers: int, *, timeout_s: float | None = None, **options: Any
+    fn: Callable[..., Any],
+    num_workers: int,
+    *,
+    timeout_s: float | None = None,
+    until_done: PopulationClient | None = None,
+    grace_s: float = 60.0,
+    **options: Any,
 ) -> list[Any]:
     """:func:`start_workers`, then waits for the results (in worker order) and ends them.
 
-    ``options`` are :func:`start_workers`'s; see :meth:`WorkerGroup.wait` for errors.
+    With ``until_done`` (the controller's client) it also returns once the run is over
+    (every worker finished or gone, say by ``serve(..., stop_when=...)``), ending the
+    workers still running ``grace_s`` later (their result: ``None``). ``options`` are
+    :func:`start_workers`'s; see :meth:`WorkerGroup.wait`.
     """
     with start_workers(fn, num_workers, **options) as group:
-        return group.wait(timeout_s)
+        return group.wait(timeout_s, until_done=until_done, grace_s=grace_s)

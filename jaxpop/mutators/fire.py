@@ -5,8 +5,10 @@ FIRE PBT (Dalibard & Jaderberg 2021, arXiv 2109.13800, Section 3) trains sub-pop
 later ``Pi`` is ranked by an improvement-rate fitness: an evaluator trains a copy of its
 weights with the hyperparameters of ``P(i-1)``'s best member, and evaluator curves are
 compared where they reach the same performance. An evaluator that beats that best
-member's own curve hands its weights over to it. ``docs/pbt.md`` describes the algorithm
-and every choice the paper leaves open.
+member's own curve hands its weights over to it. Finished and gone workers
+(``ActiveWorker.status``) take no part. ``docs/pbt.md`` describes the algorithm, every
+choice the paper leaves open, and where the rules were checked: the paper's own text was
+not at hand; the abstract and a public re-implementation's quotations of Section 3 were.
 """
 
 from __future__ import annotations
@@ -229,16 +231,20 @@ Verdict = Literal["success", "stop", "continue"]
 def evaluator_verdict(
     evaluator: Curve, child: Curve, elapsed: int, *, max_eval_steps: int, p_stat: float
 ) -> Verdict:
-    """What becomes of an evaluation after ``elapsed`` steps (the paper's criteria).
+    """What becomes of an evaluation after ``elapsed`` steps (the paper's criteria, as
+    quoted in the note of ``docs/pbt.md``; the paper's own text was not at hand).
 
     * ``"success"``: the evaluator improves faster than the child
       (:func:`improvement` > 0) and significantly so (:func:`binomial_p_value` <
       ``p_stat``): its weights are handed over to the child.
     * ``"stop"``: the curves overlap but the test is hopeless (p-value above
       ``p_stat + max(0, 1 - elapsed / max_eval_steps)``, a bar that falls to ``p_stat``
-      at ``max_eval_steps``), or ``max_eval_steps`` have passed without success, or the
-      evaluator's curve has a non-finite value (it diverged).
-    * ``"continue"``: otherwise (curves of fewer than 2 points are not judged yet).
+      at ``max_eval_steps``); or they do not overlap (or have fewer than 2 points) and
+      ``elapsed >= max_eval_steps``; or the evaluator's curve has a non-finite value
+      (it diverged).
+    * ``"continue"``: otherwise. So ``max_eval_steps`` is no hard limit for curves that
+      overlap: past it, one goes on while its p-value stays at most ``p_stat`` without
+      an improvement yet.
 
     >>> child = Curve.of([(10 * j, 1.0 + 0.1 * j) for j in range(12)])
     >>> faster = Curve.of([(10 * j, 1.0 + j) for j in range(12)])  # 11 wins of 12
@@ -254,10 +260,9 @@ def evaluator_verdict(
         p = binomial_p_value(evaluator, child)
         if p < p_stat and improvement(evaluator, child) > 0:
             return "success"
-        if overlap(evaluator, child) is not None and p > p_stat + max(
-            0.0, 1.0 - elapsed / max_eval_steps
-        ):
-            return "stop"
+        if overlap(evaluator, child) is not None:
+            bar = p_stat + max(0.0, 1.0 - elapsed / max_eval_steps)
+            return "stop" if p > bar else "continue"
     return "stop" if elapsed >= max_eval_steps else "continue"
 
 
@@ -327,6 +332,11 @@ class FirePBT(Mutator):
     the best member of the sub-population before it; :func:`evaluator_verdict` ends the
     evaluation, handing the weights over to that member on success.
 
+    A finished or gone worker (``ActiveWorker.status``) takes no part: it is never
+    copied, ranked, evaluated or handed weights over, an evaluator that is not active
+    is given no member, and an evaluation whose evaluator, member or child stops being
+    active ends at once.
+
     Args:
       perturbation_interval: steps between a member's decisions (the paper's ready
         interval, as in PBT).
@@ -334,9 +344,9 @@ class FirePBT(Mutator):
         at least 2 members.
       num_evaluators: how many workers are evaluators, between 1 and the number of
         members of ``P2 .. Pn``.
-      max_eval_steps: the paper's ``max_eval_steps``: after this many steps an
-        evaluation that has not succeeded stops; before, the bar for stopping early
-        falls from 1 + ``p_stat`` towards ``p_stat``.
+      max_eval_steps: the paper's ``max_eval_steps``: the bar for stopping an
+        evaluation whose curve overlaps the child's falls from 1 + ``p_stat`` to
+        ``p_stat`` over this many steps; one whose curve does not overlap stops here.
       hyperparam_space: the explore space (see :mod:`jaxpop.mutators.explore`).
       p_stat: significance of the binomial test that decides a hand-over. Default 0.01.
       quantile_fraction: truncation selection within a sub-population: the bottom
@@ -507,36 +517,46 @@ def _curve(history: History, generations: Sequence[str], mode: str) -> Curve:
 
 
 def _judge(step: _Step, config: _Config, evaluator: int) -> None:
-    """Checks an evaluator's evaluation against the paper's criteria after it reports."""
+    """Checks an evaluator's evaluation against the paper's criteria after it reports.
+
+    An evaluation also ends, at once, when its evaluator, member or child is no longer
+    active (finished or gone): a finished worker is never copied (nor handed weights
+    over, which would start it again), and nothing waits for one.
+    """
     task = step.evaluations.get(evaluator)
     if task is None:
         return
     history = step.history
-    if step.workers[evaluator].generation_id != task.generation:  # reassigned elsewhere
-        del step.evaluations[evaluator]
+    runner = step.workers[evaluator]
+    if runner.generation_id != task.generation or not runner.is_active:
+        del step.evaluations[evaluator]  # reassigned elsewhere, or finished or gone
         step.changed = True
         return
-    latest = history.latest_evaluated(task.generation)
-    if latest is None or latest.step <= task.checked:
-        return
-    lost = (
-        step.workers[task.member].generation_id != task.member_generation
-        or step.workers[task.child].generation_id != task.child_generation
-    )
-    if lost:
+    if not (step.workers[task.member].is_active and step.workers[task.child].is_active):
         verdict: Verdict = "stop"
     else:
-        verdict = evaluator_verdict(
-            _curve(history, (task.generation,), config.mode),
-            _curve(history, _curve_generations(step, task.child), config.mode),
-            latest.step - task.step,
-            max_eval_steps=config.max_eval_steps,
-            p_stat=config.p_stat,
+        latest = history.latest_evaluated(task.generation)
+        if latest is None or latest.step <= task.checked:
+            return
+        lost = (
+            step.workers[task.member].generation_id != task.member_generation
+            or step.workers[task.child].generation_id != task.child_generation
         )
+        if lost:
+            verdict = "stop"
+        else:
+            verdict = evaluator_verdict(
+                _curve(history, (task.generation,), config.mode),
+                _curve(history, _curve_generations(step, task.child), config.mode),
+                latest.step - task.step,
+                max_eval_steps=config.max_eval_steps,
+                p_stat=config.p_stat,
+            )
+        if verdict == "continue":
+            step.evaluations[evaluator] = task._replace(checked=latest.step)
+            step.changed = True
+            return
     step.changed = True
-    if verdict == "continue":
-        step.evaluations[evaluator] = task._replace(checked=latest.step)
-        return
     del step.evaluations[evaluator]
     step.counts[0] += 1
     if verdict == "success":  # hand-over: the child continues from the evaluator's weights
@@ -550,15 +570,18 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
 
 
 def _assign(step: _Step, config: _Config, evaluator: int) -> None:
-    """An idle evaluator takes the member evaluated longest ago that can be evaluated."""
-    if evaluator in step.evaluations:
+    """An idle, active evaluator takes the active member evaluated longest ago that can
+    be evaluated (finished and gone workers neither evaluate nor are evaluated)."""
+    if evaluator in step.evaluations or not step.workers[evaluator].is_active:
         return
     history = step.history
     busy = {task.member for task in step.evaluations.values()}
     candidates = []
     for member in range(config.sizes[0], config.num_members):
+        if member in busy or not step.workers[member].is_active:
+            continue
         source = history.latest_loadable(step.workers[member].generation_id)
-        if member not in busy and source is not None:
+        if source is not None:
             last = step.last_evaluation.get(member)
             candidates.append((last is not None, -1 if last is None else last, member, source))
     for *_, member, source in sorted(candidates, key=lambda c: c[:3]):
@@ -591,12 +614,16 @@ def _previous(config: _Config, member: int) -> range:
 
 
 def _best(step: _Step, config: _Config, members: range) -> int | None:
-    """The best member of a sub-population among those with a curve of their own (by
-    the sub-population's own score; by the task's score while none has a fitness)."""
+    """The best active member of a sub-population among those with a curve of their own
+    (by the sub-population's own score; by the task's score while none has a fitness)."""
     if members.start in step.best:
         return step.best[members.start]
     history = step.history
-    eligible = [m for m in members if len(_curve(history, _curve_generations(step, m), "max"))]
+    eligible = [
+        m
+        for m in members
+        if step.workers[m].is_active and len(_curve(history, _curve_generations(step, m), "max"))
+    ]
     scores, mode = _scores(step, config, members)
     if all(scores[m - members.start] is None for m in eligible):
         scores = [member_score(history, step.workers[m].generation_id) for m in members]
@@ -624,22 +651,35 @@ def _source(history: History, generation_id: str) -> Checkpoint:
 # -- members --------------------------------------------------------------------------------
 def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | None], str]:
     """Each member's selection score and its direction: ``P1`` by the task's score, a
-    later sub-population by :func:`fire_fitness` (higher is better)."""
+    later sub-population by :func:`fire_fitness` (higher is better). A finished or gone
+    member has none: it takes no part (never copied, not compared with)."""
     history = step.history
+    workers = step.workers
     if members.start == 0:
-        return [member_score(history, step.workers[m].generation_id) for m in members], config.mode
+        scores = [
+            member_score(history, workers[m].generation_id) if workers[m].is_active else None
+            for m in members
+        ]
+        return scores, config.mode
     curves: list[Curve | None] = []
     for m in members:
         evaluated = step.evaluated.get(m)
-        current = evaluated is not None and evaluated[0] == step.workers[m].generation_id
+        current = (
+            workers[m].is_active
+            and evaluated is not None
+            and evaluated[0] == workers[m].generation_id
+        )
         curves.append(_curve(history, (evaluated[1],), config.mode) if current else None)
     return fire_fitness(curves), "max"
 
 
 def _decide(step: _Step, config: _Config, member: int) -> None:
-    """A ready member exploits and explores within its sub-population, or keeps going."""
+    """A ready member exploits and explores within its sub-population, or keeps going
+    (a finished or gone member decides nothing)."""
     history = step.history
     worker = step.workers[member]
+    if not worker.is_active:
+        return
     latest = history.latest_evaluated(worker.generation_id)
     if latest is None:
         return
