@@ -35,7 +35,17 @@ from jaxpop import core
 from jaxpop.events import Ask, Eval
 from jaxpop.history import History
 from jaxpop.keys import root_key
-from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, Mutator, WinnerTakeAllGenetic
+from jaxpop.mutators import (
+    PB2,
+    BranchingSingleMachine,
+    FirePBT,
+    FixedSchedule,
+    MultipleFrequenciesPBT,
+    Mutator,
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+    explore,
+)
 
 NAN, INF = float("nan"), float("inf")
 
@@ -560,12 +570,43 @@ def test_branching_single_machine_properties(exploit, explore, restarts, ops):
     check_run(mutator, population(1), ops, checker, restarts=restarts)
 
 
+H_SPACE = {"h": explore.uniform(-10.0, 10.0)}
+
+#: Every mutator jaxpop ships, with a population size it takes: each contract test below
+#: runs over all of them.
 MUTATORS = {
     "noop": (noop_mutator, 3),
     "wta": (lambda: WinnerTakeAllGenetic(keyed_mutate, steps_per_exploit=2), 3),
     "wta_jax": (lambda: WinnerTakeAllGenetic(jax_keyed_mutate, steps_per_exploit=1), 2),
     "fixed": (lambda: FixedSchedule({0: {"h": 0.0}, 3: {"h": 1.0}, 7: {"h": 2.0}}), 2),
     "branching": (lambda: BranchingSingleMachine(branch_mutate, 2, 1), 1),
+    "pbt": (lambda: PopulationBasedTraining(perturbation_interval=2, hyperparam_space=H_SPACE), 4),
+    "pbt_synch_mean": (
+        lambda: PopulationBasedTraining(
+            perturbation_interval=2,
+            hyperparam_space=H_SPACE,
+            synch=True,
+            metric="mean",
+            selection="tournament",
+            mode="max",
+        ),
+        3,
+    ),
+    "pb2": (lambda: PB2(perturbation_interval=2, hyperparam_space=H_SPACE), 3),
+    "fire": (
+        lambda: FirePBT(
+            perturbation_interval=2,
+            sub_population_sizes=(2, 2),
+            num_evaluators=1,
+            max_eval_steps=6,
+            hyperparam_space=H_SPACE,
+        ),
+        5,
+    ),
+    "mf_pbt": (
+        lambda: MultipleFrequenciesPBT(t_ready=2, hyperparam_space=H_SPACE, frequencies=(1, 2)),
+        8,
+    ),
 }
 
 
