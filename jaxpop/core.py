@@ -131,14 +131,16 @@ class PopulationState:
       mutator_state: the mutator's own state (plain data).
       key: the run's root PRNG key (raw ``uint32[2]``); event ``i`` uses
         ``event_key(state)`` at ``num_events == i``.
-      history: every checkpoint recorded so far (see :class:`jaxpop.history.History`).
+      history: every checkpoint recorded so far (see :class:`jaxpop.history.History`);
+        a pytree child like the others, so ``jax.tree.map`` over a state reaches the
+        params of every checkpoint as well as those of the current assignments.
       num_events: how many state-changing events have been applied.
     """
 
     workers: tuple[ActiveWorker, ...]
     mutator_state: Any
     key: np.ndarray
-    history: History = struct.field(pytree_node=False)
+    history: History
     num_events: int = struct.field(pytree_node=False, default=0)
 
     @property

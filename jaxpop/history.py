@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import immutables
+import jax
 
 from jaxpop.records import Checkpoint, CheckpointRef
 
@@ -125,6 +126,19 @@ class History(Mapping[str, GenerationView]):
 
     Build one with ``History()`` (or ``History(mode="max")``) and grow it with
     :meth:`add`; never mutate it.
+
+    A pytree: its children are its checkpoints (key path ``[(generation_id, step)]``),
+    whose ``params`` and ``meta_params`` are pytrees in turn, so ``jax.tree.map`` over a
+    history (or a :class:`jaxpop.core.PopulationState`) reaches every checkpoint's
+    arrays and keeps the layout; ids, steps, values and times are static.
+
+    >>> import jax
+    >>> from jaxpop.records import Checkpoint
+    >>> h = History().add(Checkpoint(1.0, {"lr": 0.1}, "g", 0.5, None, 10, 0.0))
+    >>> jax.tree.leaves(h)
+    [1.0, 0.1]
+    >>> jax.tree.map(lambda x: 2 * x, h)["g"][10].params
+    2.0
 
     Attributes:
       mode: which values are better in this run, ``"min"`` (lower) or ``"max"``
@@ -411,3 +425,42 @@ class History(Mapping[str, GenerationView]):
             chain.append(checkpoint)
         chain.reverse()
         return chain
+
+
+# -- a pytree: its checkpoints are the children -------------------------------------------------
+def _flatten_with_keys(history: History) -> tuple[list[tuple[Any, Checkpoint]], tuple]:
+    children, layout = [], []
+    for generation_id in history:
+        view = history[generation_id]
+        steps = tuple(view)
+        layout.append((generation_id, steps))
+        children.extend(
+            (jax.tree_util.DictKey((generation_id, step)), view[step]) for step in steps
+        )
+    return children, (history.mode, tuple(layout))
+
+
+def _unflatten(aux: tuple, children: Any) -> History:
+    """The same layout holding ``children`` (whatever a tree function made of them)."""
+    mode, layout = aux
+    children = iter(children)
+    generations = immutables.Map().mutate()
+    count = 0
+    for index, (generation_id, steps) in enumerate(layout):
+        checkpoints = immutables.Map({step: next(children) for step in steps})
+        descending: _Steps = None
+        for step in steps:  # increasing: the list ends up newest first
+            descending = (step, descending)
+        generations[generation_id] = _Generation(checkpoints, descending, steps[0], index)
+        count += len(steps)
+    return History(generations.finish(), count, mode)
+
+
+def _flatten(history: History) -> tuple[list[Checkpoint], tuple]:
+    keyed, aux = _flatten_with_keys(history)
+    return [checkpoint for _, checkpoint in keyed], aux
+
+
+jax.tree_util.register_pytree_with_keys(
+    History, _flatten_with_keys, _unflatten, flatten_func=_flatten
+)

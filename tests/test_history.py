@@ -86,3 +86,63 @@ def test_continuation_links_to_previous_checkpoint_or_branch_point():
 def test_add_rejects_non_checkpoints():
     with pytest.raises(TypeError, match="Checkpoint"):
         History().add(("a", 0))
+
+
+# -- a pytree -----------------------------------------------------------------------------
+def test_tree_map_over_a_state_reaches_every_checkpoints_params_and_keeps_the_layout():
+    import jax
+    import numpy as np
+
+    from jaxpop import core
+    from jaxpop.events import Eval
+    from jaxpop.keys import root_key
+    from jaxpop.mutators import explore
+    from jaxpop.mutators.pbt import PopulationBasedTraining
+
+    m = PopulationBasedTraining(
+        perturbation_interval=1, hyperparam_space={"lr": explore.uniform(0.0, 1.0)}
+    )
+    state = core.init([{"lr": 0.1}, {"lr": 0.2}], m, key=root_key(0), now=0.0)
+    for step in (1, 2):
+        for w in (0, 1):
+            gen = state.workers[w].generation_id
+            params = {"w": np.full(3, 10.0 * w + step)}
+            event = Eval(params, w, gen, step, float(w))
+            state, _ = core.transition(state, event, 0.0, core.event_key(state), mutator=m)
+    assert len(state.history) > 2  # worker 1 copied worker 0: a branch in the lineage
+
+    doubled = jax.tree.map(lambda x: 2 * x if isinstance(x, np.ndarray) else x, state)
+    for checkpoint, twice in zip(
+        state.history.checkpoints(), doubled.history.checkpoints(), strict=True
+    ):
+        assert (twice.generation_id, twice.step, twice.value, twice.parent, twice.time) == (
+            checkpoint.generation_id,
+            checkpoint.step,
+            checkpoint.value,
+            checkpoint.parent,
+            checkpoint.time,
+        )
+        if checkpoint.params is None:
+            assert twice.params is None
+        else:
+            np.testing.assert_array_equal(twice.params["w"], 2 * checkpoint.params["w"])
+    assert list(doubled.history) == list(state.history)  # creation order kept
+    for gen in state.history:  # the queries read the rebuilt layout
+        assert doubled.history.latest(gen).step == state.history.latest(gen).step
+        assert doubled.history.first(gen).step == state.history.first(gen).step
+        assert doubled.history.branch_point(gen) == state.history.branch_point(gen)
+    assert doubled.history.num_checkpoints == state.history.num_checkpoints
+    assert jax.tree.structure(doubled) == jax.tree.structure(state)
+    arrays = [x for x in jax.tree.leaves(state.history) if isinstance(x, np.ndarray)]
+    assert len(arrays) == sum(c.params is not None for c in state.history.checkpoints())
+
+
+def test_history_key_paths_name_the_checkpoint_and_an_empty_history_round_trips():
+    import jax
+
+    h = History(mode="max").add(Checkpoint({"a": 1.0}, {"lr": 0.5}, "g", 0.5, None, 3, 0.0))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(h)[0]]
+    assert paths == ["[('g', 3)].params['a']", "[('g', 3)].meta_params['lr']"]
+    leaves, treedef = jax.tree.flatten(History(mode="max"))
+    assert leaves == [] and jax.tree.unflatten(treedef, []) == History(mode="max")
+    assert jax.tree.map(lambda x: x, h) == h and jax.tree.map(lambda x: x, h).mode == "max"
