@@ -59,8 +59,8 @@ class HostRandom:
 
     def raw_keys(self, num: int) -> np.ndarray:
         """``num`` raw keys, ``uint32[num, 2]`` (for functions that take a jax key)."""
-        words = np.asarray([self._word() for _ in range(num)], np.uint64)
-        return np.stack([(words >> np.uint64(32)).astype(np.uint32), words.astype(np.uint32)], -1)
+        words = [self._word() for _ in range(num)]
+        return np.array([(w >> 32, w & 0xFFFFFFFF) for w in words], np.uint32).reshape(num, 2)
 
     def uniforms(self, shape: tuple[int, ...]) -> np.ndarray:
         """A float64 array of uniforms in ``[0, 1)`` of ``shape``."""

@@ -30,9 +30,9 @@ an earlier step than its own latest evaluation (the others' latest checkpoints m
 older than its own, and the copy would throw its newer training away) unless its own
 score is not finite (there is nothing to lose) or ``allow_rewind=True``. Synchronous
 (``synch=True``): nothing happens until *every* worker is ready; then all decide
-together from one selection. Decisions run in
-numpy on the host (:data:`jaxpop.mutators.selection.HOST_SELECTIONS`), a few
-microseconds each.
+together from one selection. Decisions run on the host in numpy and plain Python
+(:data:`jaxpop.mutators.selection.HOST_SELECTIONS`, hashed draws from the event's key),
+from a view of the population kept between calls (:mod:`jaxpop.mutators._views`).
 
 Exploit and explore. A worker that copies member ``j`` gets ``j``'s latest evaluated
 checkpoint (its ``params`` -- the pytree or handle stored there -- and its ``step``) and
@@ -493,9 +493,12 @@ def _compare(config: _Config, view: _views.View, key: Any, draw: int, min_step: 
     if not pool.size:
         return out
     accept = None
-    if min_step is not None:
-        eligible = (view["copy_steps"][pool] >= min_step).tolist()
-        accept = eligible.__getitem__
+    if min_step is not None:  # asked only if the decider is in the bottom
+        copy_steps = view["copy_steps"]
+
+        def accept(p: int) -> bool:
+            return copy_steps[pool[p]] >= min_step
+
     position = -1 if draw < 0 else int(np.searchsorted(pool, draw))
     out[pool] = pool[config.select(key, position, view["keys"][pool], accept)]
     return out

@@ -323,13 +323,16 @@ def truncation_host(
     out = np.arange(n)
     if k == 0:
         return out
-    order = np.argsort(better, kind="stable")  # ties by the lower index
-    bottom = set(order[n - k :].tolist())
-    top = None
+    order = top = None
     for i in _deciding(n, members):
-        if i not in bottom:
+        # i's place in the order by score, ties by the lower index (a stable sort):
+        # counted, so that a member outside the bottom costs no sort
+        b = better[i]
+        place = np.count_nonzero(better < b) + np.count_nonzero(better[:i] == b)
+        if place < n - k:
             continue
         if top is None:
+            order = np.argsort(better, kind="stable")
             top = order[:k].tolist() if parents is None else _first(order, parents, k)
         allowed = [j for j in top if better[j] < better[i]]
         if allowed:
