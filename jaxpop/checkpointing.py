@@ -53,6 +53,13 @@ of a handle whose save is still running in this process waits for it first. At m
 bounds the host memory held by snapshots. ``async_save=False`` makes ``save`` return
 only once its checkpoint is finalized.
 
+**Several processes.** In a program of several JAX processes (``jax.distributed``), a
+population sharded over all of them is saved and restored *collectively*: every process
+calls :meth:`ParamStore.save` (and :meth:`ParamStore.restore`) in the same order with a
+store on the same shared directory; each process writes and reads the shards on its own
+devices, the handle is the same everywhere, and such a save is synchronous.
+``docs/multihost.md`` has the rules and the launch recipes.
+
 **Threads.** A store is safe to share between threads, and several stores (say one per
 worker thread) may share a directory. Orbax's save path is not thread-safe (it numbers
 operations with process-global counters: two saves running at once in one process can
@@ -154,6 +161,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxpop.core import PopulationState
 from jaxpop.history import History
@@ -255,12 +263,15 @@ def _decode_value(spec: Mapping[str, Any]) -> Any:
     return {"bool": bool, "int": int, "str": str}[spec["type"]](spec["value"])
 
 
-def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Host copies of the array leaves (keyed ``a<i>``) and a spec of every leaf."""
+def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[str, Any]]]:
+    """Host copies of the array leaves (keyed ``a<i>``; arrays spread over several
+    processes are kept as they are) and a spec of every leaf."""
     flat, _ = jax.tree_util.tree_flatten_with_path(pytree)
     for _, leaf in flat:  # start every device-to-host copy before waiting for any
-        if isinstance(leaf, jax.Array) and not jax.dtypes.issubdtype(
-            leaf.dtype, jax.dtypes.prng_key
+        if (
+            isinstance(leaf, jax.Array)
+            and leaf.is_fully_addressable
+            and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
         ):
             leaf.copy_to_host_async()
     arrays, specs = {}, []
@@ -289,9 +300,14 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
             specs.append({**spec, "kind": "empty"})
             continue
         # a jax array is immutable: np.asarray gives a host copy, or (on CPU) a view that
-        # keeps its buffer alive; a numpy array may be overwritten later: copy it
+        # keeps its buffer alive; a numpy array may be overwritten later: copy it. An
+        # array spread over several processes stays as it is: Orbax writes each
+        # process's shards from that process (a collective save, see ParamStore.save)
         key = f"a{i}"
-        arrays[key] = np.asarray(leaf) if isinstance(leaf, jax.Array) else np.array(leaf)
+        if isinstance(leaf, jax.Array):
+            arrays[key] = leaf if not leaf.is_fully_addressable else np.asarray(leaf)
+        else:
+            arrays[key] = np.array(leaf)
         specs.append({**spec, "kind": "array", "key": key})
     return arrays, specs
 
@@ -334,6 +350,14 @@ def _check_leaf(handle: str, spec: Mapping[str, Any], target_leaf: Any) -> None:
             f"{spec['path'] or '<root>'}, but the target asks for "
             f"{jnp.dtype(dtype)}{list(shape)}"
         )
+
+
+def _agreed_nonce() -> str:
+    """A random checkpoint nonce drawn by process 0 and broadcast to every process
+    (collective: every process calls it)."""
+    drawn = np.frombuffer(secrets.token_bytes(8), np.uint8).astype(np.int32)
+    agreed = multihost_utils.broadcast_one_to_all(drawn)
+    return bytes(np.asarray(agreed, np.uint8).tolist()).hex()
 
 
 # -- the retention policy ------------------------------------------------------------
@@ -481,14 +505,28 @@ class ParamStore:
         string (before anything is written). With ``async_save`` the checkpoint is
         finalized later (see :meth:`wait`); without it, a failed save raises
         :class:`CheckpointSaveError` here.
+
+        In a program of several processes (``jax.process_count() > 1``, after
+        ``jax.distributed.initialize``) a save is *collective*: every process calls it,
+        in the same order, with a store on the same shared directory and the same
+        ``generation_id``, ``step`` and tree structure. Each process writes the shards
+        of the arrays that live on its devices (arrays sharded over the processes stay
+        on device, nothing is gathered); arrays each process holds whole (numpy, or
+        ``jax.Array``\\ s on one process's devices) are taken to be equal everywhere
+        and are written by process 0. Every process gets the same handle. Such a save
+        runs in the calling thread and returns once it is finalized, whatever
+        ``async_save`` says (Orbax synchronizes the processes with collectives that
+        must be issued in program order).
         """
         if not isinstance(generation_id, str):
             raise TypeError(f"generation_id must be a str, got {type(generation_id).__name__}")
         if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
         step = int(step)
+        collective = jax.process_count() > 1
         arrays, specs = _flatten(pytree)
-        name = f"{_UNSAFE_RE.sub('-', generation_id)[:64]}_step{step}_{secrets.token_hex(8)}"
+        nonce = _agreed_nonce() if collective else secrets.token_hex(8)
+        name = f"{_UNSAFE_RE.sub('-', generation_id)[:64]}_step{step}_{nonce}"
         handle = os.path.join(self._directory, name)
         meta = {
             "format": FORMAT,
@@ -506,21 +544,24 @@ class ParamStore:
                 with _REGISTRY.lock:  # registered before any file of it can exist
                     _REGISTRY.saving[handle] = future
                 self._mine[handle] = future
-                self._executor.submit(self._run, handle, arrays, meta, future)
+                if not collective:
+                    self._executor.submit(self._run, handle, arrays, meta, future)
         except BaseException as e:
             if handle in self._mine:
                 self._settle(handle, future, e)
             else:
                 self._slots.release()
             raise
-        if not self.async_save:
+        if collective:
+            self._run(handle, arrays, meta, future)
+        if collective or not self.async_save:
             self._wait_for((handle,))
         return handle
 
     def _run(
         self,
         handle: str,
-        arrays: dict[str, np.ndarray],
+        arrays: dict[str, np.ndarray | jax.Array],
         meta: dict[str, Any],
         future: concurrent.futures.Future,
     ) -> None:
@@ -600,7 +641,11 @@ class ParamStore:
             ``jax.ShapeDtypeStruct``\\ s (for example ``jax.eval_shape(init_fn)``) with the
             saved leaf paths, shapes and dtypes. Each array comes back as a numpy array
             where the target has a numpy array, else as a ``jax.Array`` on the target
-            leaf's sharding (or the default device).
+            leaf's sharding (or the default device). In a program of several
+            processes a restore is collective, like a save: every process calls it,
+            and a target leaf with a sharding over all processes' devices (a
+            ``NamedSharding`` on a global mesh) comes back sharded that way, each
+            process reading only its own shards.
 
         Raises:
           MissingCheckpointError: no complete checkpoint at ``handle`` (deleted by

@@ -10,7 +10,7 @@ population is a pure function of device arrays that runs inside one ``jax.jit``:
   ``optax.inject_hyperparams`` state.
 * :func:`vmap_train_step` -- a user's single-member ``train_step(state, batch, hparams)
   -> (state, metrics)`` lifted to the population with ``jax.vmap`` (one batch shared by
-  all members, or one batch per member).
+  all members, or one batch per member; ``with_step=True`` also passes the step).
 * :func:`exploit_explore` -- ``parents = selection(key, scores)``; params and optimizer
   state gathered from the parents along the member axis; the copied members'
   hyperparameters explored and written into their optimizer state. Hyperparameters are
@@ -19,6 +19,10 @@ population is a pure function of device arrays that runs inside one ``jax.jit``:
   axis on a ``jax.sharding.Mesh`` axis (``NamedSharding(mesh, P("members"))``); under
   ``jit`` the exploit gather crosses devices where needed and :func:`constrain` keeps the
   result sharded (without it XLA may return it replicated and the next call retraces).
+* :func:`round_fn` -- a whole PBT round (``K`` training steps in a ``jax.lax.scan``,
+  the evaluation, the exploit and explore) as one pure function, to jit with
+  ``donate_argnums=0``: one dispatch per round instead of one per step. It returns a
+  :class:`RoundResult`, which :func:`record` takes as it is.
 
 Lineage is recorded on the host exactly as in host mode: :func:`lineage_init` and
 :func:`record` maintain a :class:`jaxpop.core.PopulationState` whose history holds one
@@ -59,17 +63,20 @@ from jaxpop.records import ActiveWorker, Checkpoint
 __all__ = [
     "AXIS",
     "Exploit",
+    "RoundResult",
     "VectorizedPopulation",
     "constrain",
     "exploit_explore",
     "generation_id",
     "init",
+    "init_keys",
     "is_key_leaf",
     "lineage_init",
     "member_hparams",
     "member_mesh",
     "record",
     "restore_snapshot",
+    "round_fn",
     "save_snapshot",
     "shard",
     "shardings",
@@ -138,6 +145,33 @@ class Exploit:
     step: jax.Array
 
 
+@struct.dataclass
+class RoundResult:
+    """What one round of :func:`round_fn` returns for the host.
+
+    :func:`record` takes it as it is (``record(lineage, result, now=...)``).
+
+    Attributes:
+      scores: ``float32[N]``, the evaluation the exploit ranked (lower is better).
+      exploit: the :class:`Exploit` that followed the evaluation; ``exploit.step`` is
+        the population's step at the evaluation.
+      metrics: what the member train step returned, every leaf with leading axes
+        ``(K, N)`` (steps of the round, members).
+      evaluation: what the evaluation returned besides the score (leading axis ``N``),
+        or ``None``.
+    """
+
+    scores: jax.Array
+    exploit: Exploit
+    metrics: Any
+    evaluation: Any = None
+
+    @property
+    def step(self) -> jax.Array:
+        """The population's step at the evaluation (``int32[]``)."""
+        return self.exploit.step
+
+
 # -- hyperparameters in the optimizer state --------------------------------------------------
 def _optimizer_values(
     train_state: Any, hparams: Mapping[str, Any], optimizer_hparams: OptimizerHparams | None
@@ -164,41 +198,128 @@ def write_hparams(
 
 
 # -- initialisation and the vmapped step ------------------------------------------------------
+def init_keys(key: jax.Array, num_members: int) -> jax.Array:
+    """The keys :func:`init` gives ``init_fn``: ``uint32[num_members, 2]``, one per member.
+
+    Use them to start a host-mode run whose worker ``i`` initialises exactly as member
+    ``i`` of ``init(key, ...)`` does (or pass host-mode keys to :func:`init` as
+    ``member_keys``).
+
+    >>> from jaxpop.keys import root_key
+    >>> init_keys(root_key(0), 4).shape
+    (4, 2)
+    """
+    member_key = jax.random.split(_raw(key), 3)[0]
+    return jax.random.split(member_key, num_members)
+
+
 def init(
     key: jax.Array,
     init_fn: Callable[[jax.Array], Any],
-    space: Any,
-    num_members: int,
+    space: Any = None,
+    num_members: int | None = None,
     *,
-    hparams: Mapping[str, Any] | None = None,
+    hparams: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    member_keys: jax.Array | None = None,
     optimizer_hparams: OptimizerHparams | None = None,
 ) -> VectorizedPopulation:
     """``num_members`` fresh members: ``init_fn`` on one key each, hparams from ``space``.
 
-    Pure and jittable (``num_members`` static). ``key`` is a raw ``uint32[2]`` key (or a
-    typed one, stored as its raw data).
+    A plain call is one compiled program that initialises the members one after the
+    other (``jax.lax.map``), so it costs about one compilation of ``init_fn`` instead
+    of dispatching every operation of ``N`` initialisations one by one; the call may
+    also be made inside ``jit`` or ``jax.eval_shape``. ``key`` is a raw ``uint32[2]``
+    key (or a typed one, stored as its raw data).
+
+    To start from the same state as a host-mode run, pass that run's per-member init
+    keys as ``member_keys`` and its initial population (a list of ``meta_params``) as
+    ``hparams``: member ``i``'s train state is then ``jax.jit(init_fn)(member_keys[i])``
+    bit for bit (an ``init_fn`` run op by op, outside ``jit``, may differ in the last
+    bits) and its hyperparameters are ``hparams[i]`` (stored as float32 / int32 arrays).
 
     Args:
-      key: the population's key; member, hyperparameter and population keys derive
-        from it.
+      key: the population's key; the member keys (:func:`init_keys`), the
+        hyperparameter draws and the population's own key derive from it.
       init_fn: ``key -> train_state`` of one member (params and optimizer state built
         with :func:`jaxpop.hparams.make_optimizer` or ``optax.inject_hyperparams``).
-      space: an explore space (a ``dict``) to sample each member's hparams from.
-      num_members: ``N``.
-      hparams: given initial hyperparameters ``{name: (N,)}`` instead of sampling.
+      space: an explore space (a ``dict``) to sample each member's hparams from; may
+        be ``None`` when ``hparams`` is given.
+      num_members: ``N``; may be left out when ``member_keys`` or ``hparams`` is given.
+      hparams: given initial hyperparameters instead of sampling: ``{name: (N,)}``, or
+        one ``{name: number}`` per member (a host-mode initial population).
+      member_keys: ``N`` keys (raw ``uint32[N, 2]`` or typed ``(N,)``), member ``i``
+        initialised with ``init_fn(member_keys[i])``; default :func:`init_keys`.
       optimizer_hparams: see :func:`write_hparams`.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxpop.keys import root_key
+    >>> pop = init(root_key(0), lambda k: {"w": jnp.zeros(3)}, hparams=[{"lr": 0.5}, {"lr": 0.25}])
+    >>> pop.size, pop.hparams["lr"].tolist()
+    (2, [0.5, 0.25])
     """
+    if hparams is not None and not isinstance(hparams, Mapping):
+        hparams = _stack_members(hparams)
+    if hparams is not None:
+        hparams = {k: jnp.asarray(v) for k, v in hparams.items()}
+    elif space is None:
+        raise TypeError(
+            "init needs an explore space to sample the hyperparameters from, or the "
+            "initial hyperparameters: init(key, init_fn, space, n) or init(key, init_fn, "
+            "hparams=[{...} for each member])"
+        )
+    counts = {} if num_members is None else {"num_members": int(num_members)}
+    if member_keys is not None:
+        counts["len(member_keys)"] = int(jnp.shape(member_keys)[0])
+    for name, value in (hparams or {}).items():
+        if value.ndim != 1:
+            raise ValueError(f"hparams[{name!r}] has shape {value.shape}, want (N,)")
+        counts[f"len(hparams[{name!r}])"] = int(value.shape[0])
+    if not counts:
+        raise TypeError("init needs num_members (or member_keys or hparams to count them)")
+    n = next(iter(counts.values()))
+    if any(count != n for count in counts.values()):
+        raise ValueError(f"init got different member counts: {counts}")
+    build = functools.partial(
+        _init, init_fn=init_fn, space=space, num_members=n, optimizer_hparams=optimizer_hparams
+    )
+    return jax.jit(build)(key, member_keys, hparams)
+
+
+def _stack_members(members: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """``[{name: number}] * N`` as ``{name: (N,)}`` (every member with the same names)."""
+    members = list(members)
+    if not members:
+        raise ValueError("hparams is an empty list: give one {name: value} per member")
+    names = sorted(members[0])
+    for i, m in enumerate(members):
+        if sorted(m) != names:
+            raise ValueError(f"hparams[{i}] has names {sorted(m)}, hparams[0] has {names}")
+    return {k: np.asarray([m[k] for m in members]) for k in names}
+
+
+def _init(
+    key: jax.Array,
+    member_keys: jax.Array | None,
+    hparams: Mapping[str, jax.Array] | None,
+    *,
+    init_fn: Callable[[jax.Array], Any],
+    space: Any,
+    num_members: int,
+    optimizer_hparams: OptimizerHparams | None,
+) -> VectorizedPopulation:
     key = _raw(key)
     member_key, hparam_key, own_key = jax.random.split(key, 3)
-    train_state = jax.vmap(init_fn)(jax.random.split(member_key, num_members))
+    if member_keys is None:
+        member_keys = jax.random.split(member_key, num_members)
+    # One member at a time (jax.lax.map, not vmap): the same program as a jitted
+    # ``init_fn`` of one member, bit for bit, and on XLA:CPU a third of the compile time
+    # of the vmapped initialisers (random draws); it runs once, so its speed is moot.
+    train_state = jax.lax.map(init_fn, member_keys)
     if hparams is None:
         hparams = jax.vmap(lambda k: explore_lib.sample(k, space))(
             jax.random.split(hparam_key, num_members)
         )
     hparams = {k: jnp.asarray(v) for k, v in hparams.items()}
-    for name, value in hparams.items():
-        if value.shape != (num_members,):
-            raise ValueError(f"hparams[{name!r}] has shape {value.shape}, want ({num_members},)")
     return VectorizedPopulation(
         train_state=write_hparams(train_state, hparams, optimizer_hparams),
         hparams=hparams,
@@ -211,25 +332,42 @@ def init(
 
 
 def vmap_train_step(
-    train_step: Callable[[Any, Any, Mapping[str, jax.Array]], tuple[Any, Any]],
+    train_step: Callable[..., tuple[Any, Any]],
     *,
     per_member_batch: bool = False,
+    with_step: bool = False,
 ) -> Callable[[VectorizedPopulation, Any], tuple[VectorizedPopulation, Any]]:
     """Lifts a single-member ``train_step(state, batch, hparams) -> (state, metrics)``.
 
     The result, ``(population, batch) -> (population, metrics)``, runs every member's
     step with ``jax.vmap`` and advances ``population.step``; ``metrics`` gain the leading
     member axis. With ``per_member_batch`` every leaf of ``batch`` has a leading member
-    axis; otherwise all members see the same batch. Jit the result (once: changing
+    axis; otherwise all members see the same batch. With ``with_step`` the member step
+    is called ``train_step(state, batch, hparams, step)``, ``step`` the population's
+    step before this one (an ``int32`` scalar, the same for every member), for
+    step-dependent data, schedules or objectives. Jit the result (once: changing
     hyperparameters never retraces). Per-member randomness (augmentation, dropout)
     comes from a key the user keeps in the member's train state.
+
+    >>> import jax.numpy as jnp
+    >>> from jaxpop.keys import root_key
+    >>> pop = init(root_key(0), lambda k: jnp.zeros(()), hparams={"lr": jnp.ones(2)})
+    >>> step = vmap_train_step(lambda s, b, h, t: (s + h["lr"] * t, t), with_step=True)
+    >>> pop, _ = step(pop, None)
+    >>> pop, seen = step(pop, None)
+    >>> pop.train_state.tolist(), seen.tolist(), int(pop.step)
+    ([1.0, 1.0], [1, 1], 2)
     """
     batch_axis = 0 if per_member_batch else None
-    step_all = jax.vmap(train_step, in_axes=(0, batch_axis, 0))
+    if with_step:
+        step_all = jax.vmap(train_step, in_axes=(0, batch_axis, 0, None))
+    else:
+        step_all = jax.vmap(train_step, in_axes=(0, batch_axis, 0))
 
     @functools.wraps(train_step)
     def population_step(pop: VectorizedPopulation, batch: Any) -> tuple[VectorizedPopulation, Any]:
-        train_state, metrics = step_all(pop.train_state, batch, pop.hparams)
+        args = (pop.train_state, batch, pop.hparams) + ((pop.step,) if with_step else ())
+        train_state, metrics = step_all(*args)
         return pop.replace(train_state=train_state, step=pop.step + 1), metrics
 
     return population_step
@@ -347,6 +485,153 @@ def exploit_explore(
     return new_pop, exploit
 
 
+def round_fn(
+    train_step: Callable[..., tuple[Any, Any]],
+    eval_fn: Callable[[Any, Mapping[str, jax.Array], Any], Any],
+    *,
+    steps_per_round: int,
+    space: Any = None,
+    selection: selection_lib.SelectionFn = selection_lib.truncation,
+    explore: Callable[[jax.Array, Any, Any], Any] = explore_lib.explore,
+    optimizer_hparams: OptimizerHparams | None = None,
+    is_key: Callable[[Any, jax.Array], bool] | None = None,
+    exploit: Callable[[VectorizedPopulation, jax.Array], tuple[VectorizedPopulation, Exploit]]
+    | None = None,
+    data_fn: Callable[[jax.Array, jax.Array, Any], Any] | None = None,
+    per_member_batch: bool = False,
+    with_step: bool = False,
+    mesh: Mesh | None = None,
+    unroll: int | bool = 1,
+) -> Callable[..., tuple[VectorizedPopulation, RoundResult]]:
+    """A whole PBT round as one pure function: ``K`` steps, the evaluation, the exploit.
+
+    The result, ``round(pop, data, eval_data=None) -> (pop, RoundResult)``, runs
+    ``steps_per_round`` (``K``) training steps of every member in a ``jax.lax.scan``,
+    evaluates every member, and calls :func:`exploit_explore` on the scores (with
+    ``key=None``: the key is split from ``pop.key``). Jit it once with
+    ``jax.jit(round, donate_argnums=0)``: a round is then one dispatch and the
+    population's buffers are updated in place (do not use a population after passing
+    it). It computes what ``K`` calls of the jitted :func:`vmap_train_step`, the
+    evaluation and :func:`exploit_explore` compute (bit for bit on CPU, tested; another
+    compiler may fuse the loop differently and change the last bits).
+
+    The data of the ``K`` steps is either
+
+    * ``data`` itself, a pytree whose leaves have a leading axis ``K`` (step ``t`` trains
+      on ``data[t]``; ``(K, N, ...)`` with ``per_member_batch``), or
+    * with ``data_fn``, drawn on device: step ``t`` trains on ``data_fn(key, step,
+      data)``, ``data`` whatever the round is given (e.g. the training set, kept on the
+      device), ``step`` the population's step and ``key`` a fresh key of that step
+      (``pop.key`` is split once per round for them). With ``per_member_batch`` it is
+      called once per member, with keys that differ between members, so two copies of
+      one parent draw different data.
+
+    Args:
+      train_step: the member step, as for :func:`vmap_train_step`.
+      eval_fn: ``(state, hparams, eval_data) -> score`` or ``(score, aux)`` of one
+        member (vmapped; ``eval_data`` is the round's third argument, shared by all
+        members). Lower scores are better, as for :func:`exploit_explore`.
+      steps_per_round: ``K``.
+      space, selection, explore, optimizer_hparams, is_key: as for
+        :func:`exploit_explore`.
+      exploit: ``(pop, scores) -> (pop, Exploit)`` instead of :func:`exploit_explore`
+        with the arguments above, e.g. an MF-PBT round (round index ``pop.step //
+        steps_per_round``).
+      data_fn: ``(key, step, data) -> batch``, see above.
+      per_member_batch, with_step: as for :func:`vmap_train_step`.
+      mesh: the member mesh to keep the population sharded over (see :func:`constrain`).
+      unroll: ``jax.lax.scan``'s ``unroll`` (``True``: all ``K`` steps inlined). Measured
+        on XLA:CPU, a vmapped convolutional net ran 3-9x slower per step inside the
+        scan's loop than dispatched step by step, and unrolled a little faster than step
+        by step; dense nets ran fastest in the loop (``benchmarks/vectorized_step.py``).
+
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxpop.keys import root_key
+    >>> from jaxpop.mutators import explore
+    >>> space = {"lr": explore.uniform(0.1, 0.5)}
+    >>> pop = init(root_key(0), lambda k: jnp.ones(()), space, 4)
+    >>> step = lambda s, b, h: (s - h["lr"] * b * s, s)
+    >>> fused = jax.jit(round_fn(step, lambda s, h, _: s, steps_per_round=3, space=space),
+    ...                 donate_argnums=0)
+    >>> pop, result = fused(pop, jnp.ones(3))
+    >>> int(pop.step), result.metrics.shape, result.scores.shape
+    (3, (3, 4), (4,))
+    """
+    if isinstance(steps_per_round, bool) or not isinstance(steps_per_round, int):
+        raise TypeError(f"steps_per_round must be an int, got {steps_per_round!r}")
+    if steps_per_round < 1:
+        raise ValueError(f"steps_per_round must be at least 1, got {steps_per_round}")
+    if exploit is None:
+        if space is None:
+            raise TypeError(
+                "round_fn needs the explore space (space=...) for exploit_explore, or an "
+                "exploit=(pop, scores) -> (pop, Exploit) of its own"
+            )
+        exploit = functools.partial(
+            exploit_explore,
+            space=space,
+            selection=selection,
+            explore=explore,
+            optimizer_hparams=optimizer_hparams,
+            is_key=is_key,
+        )
+    step_all = vmap_train_step(train_step, per_member_batch=per_member_batch, with_step=with_step)
+    eval_all = jax.vmap(eval_fn, in_axes=(0, 0, None))
+    k = steps_per_round
+
+    def train(pop: VectorizedPopulation, batch: Any) -> tuple[VectorizedPopulation, Any]:
+        pop, metrics = step_all(pop, batch)
+        return constrain(pop, mesh), metrics
+
+    def one_round(
+        pop: VectorizedPopulation, data: Any, eval_data: Any = None
+    ) -> tuple[VectorizedPopulation, RoundResult]:
+        if data_fn is None:
+            _check_steps(data, k)
+            pop, metrics = jax.lax.scan(train, pop, data, unroll=unroll)
+        else:
+            own_key, data_key = jax.random.split(pop.key)
+            members = jnp.arange(pop.scores.shape[0], dtype=jnp.uint32)
+
+            def draw(pop: VectorizedPopulation, _: None) -> tuple[VectorizedPopulation, Any]:
+                step_key = jax.random.fold_in(data_key, pop.step)
+                if per_member_batch:
+                    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, members)
+                    batch = jax.vmap(data_fn, in_axes=(0, None, None))(keys, pop.step, data)
+                else:
+                    batch = data_fn(step_key, pop.step, data)
+                return train(pop, batch)
+
+            pop, metrics = jax.lax.scan(
+                draw, pop.replace(key=own_key), None, length=k, unroll=unroll
+            )
+        evaluated = eval_all(pop.train_state, pop.hparams, eval_data)
+        scores, aux = evaluated if isinstance(evaluated, tuple) else (evaluated, None)
+        scores = jnp.asarray(scores, jnp.float32)
+        pop, exploited = exploit(pop, scores)
+        return constrain(pop, mesh), RoundResult(scores, exploited, metrics, aux)
+
+    return one_round
+
+
+def _check_steps(data: Any, steps: int) -> None:
+    """``ValueError`` unless every leaf of ``data`` has a leading axis of ``steps``."""
+    leaves = jax.tree_util.tree_leaves_with_path(data)
+    if not leaves:
+        raise ValueError(
+            "the round got no data: pass the batches of its steps stacked along a leading "
+            "axis, or build the round with data_fn=(key, step, data) -> batch"
+        )
+    for path, leaf in leaves:
+        shape = jnp.shape(leaf)
+        if not shape or shape[0] != steps:
+            raise ValueError(
+                f"data{jax.tree_util.keystr(path)} has shape {shape}: a round of "
+                f"steps_per_round={steps} takes the batches of its steps stacked along a "
+                f"leading axis of {steps}"
+            )
+
+
 # -- sharding the member axis -----------------------------------------------------------------
 def member_mesh(devices: Sequence[jax.Device] | None = None, axis: str = AXIS) -> Mesh:
     """A one-axis mesh over ``devices`` (default: all), with ``Auto`` axis type.
@@ -447,7 +732,7 @@ def record(
     state: PopulationState,
     scores: Any,
     *,
-    step: int,
+    step: int | None = None,
     now: float,
     exploit: Exploit | None = None,
     params: Any = None,
@@ -462,8 +747,9 @@ def record(
 
     Args:
       state: the lineage (from :func:`lineage_init` or a previous ``record``).
-      scores: ``(N,)``, the scores ``exploit_explore`` was given (host or device array).
-      step: the population's step of the evaluation.
+      scores: ``(N,)``, the scores ``exploit_explore`` was given (host or device array);
+        or a :class:`RoundResult`, which brings its scores, exploit and step.
+      step: the population's step of the evaluation (taken from a ``RoundResult``).
       now: the time to record.
       exploit: what :func:`exploit_explore` returned, or ``None`` for an evaluation
         without exploit.
@@ -473,6 +759,13 @@ def record(
     Returns:
       ``(state, changes)``; ``changes`` is what :class:`jaxpop.storage.Store` journals.
     """
+    if isinstance(scores, RoundResult):
+        if exploit is not None:
+            raise TypeError("record got a RoundResult and an exploit: its exploit is recorded")
+        step = scores.step if step is None else step
+        scores, exploit = scores.scores, scores.exploit
+    if step is None:
+        raise TypeError("record needs step= (the population's step of the evaluation)")
     step = int(step)
     scores = np.asarray(scores, np.float64)
     if scores.shape != (state.population_size,):
@@ -513,8 +806,14 @@ def save_snapshot(store: Any, pop: VectorizedPopulation, *, name: str = "vectori
 
     Returns the handle; pass it as ``params`` to :func:`record` so the lineage points to
     it, and call ``store.wait()`` before relying on it.
+
+    A population sharded over several processes (``jax.distributed``) is saved
+    collectively: every process calls ``save_snapshot`` at the same point with a store on
+    the same shared directory; each writes the members on its own devices, nothing is
+    gathered, the save is finalized when it returns and every process gets the same
+    handle (see :mod:`jaxpop.multihost`).
     """
-    return store.save(name, int(pop.step), pop)
+    return store.save(name, int(pop.step), pop)  # a replicated scalar: read locally
 
 
 def restore_snapshot(
@@ -523,8 +822,16 @@ def restore_snapshot(
     """Loads a snapshot saved by :func:`save_snapshot` into the structure of ``like``.
 
     ``like`` may be abstract (``jax.eval_shape`` of the :func:`init` call). With ``mesh``
-    the arrays come back sharded over it.
+    the arrays come back sharded over it. With several processes, ``mesh`` (over all
+    processes' devices) is required and the restore is collective: every process calls
+    it, and reads only the members on its own devices.
     """
+    if mesh is None and jax.process_count() > 1:
+        raise ValueError(
+            f"restore_snapshot in a program of {jax.process_count()} processes needs the "
+            "mesh the population is sharded over (mesh=vz.member_mesh()): without it "
+            "every process would load the whole population onto its own device"
+        )
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), like)
     if mesh is not None:
         target = jax.tree.map(

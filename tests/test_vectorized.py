@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -81,6 +82,37 @@ EXPLOIT = jax.jit(
 
 def member(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
+
+
+class TraceCounter:
+    """``fn`` counting its traces: under ``jax.jit`` its body runs only while tracing."""
+
+    def __init__(self, fn):
+        self.fn, self.count = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1
+        return self.fn(*args, **kwargs)
+
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compilations():
+    """Yields a list that gets one entry per XLA compilation in the block (public
+    ``jax.monitoring`` events; cached executables compile nothing)."""
+    seen = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE:
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_init_shapes_and_hparams_in_optimizer():
@@ -177,23 +209,23 @@ def test_key_none_advances_population_key():
 
 
 def test_no_recompilation_over_50_rounds():
-    traces = []
-
     def round_(pop, b):
-        traces.append(1)  # runs only while tracing
         pop, losses = vz.vmap_train_step(train_step)(pop, b)
         return vz.exploit_explore(
             pop, losses, space=SPACE, selection=selection.tournament, optimizer_hparams=to_optimizer
         )
 
-    fn = jax.jit(round_)
+    counted = TraceCounter(round_)
+    fn = jax.jit(counted)
     pop = make_pop()
-    seen = set()
-    for t in range(50):
-        pop, _ = fn(pop, batch(t % 4))
-        seen.add(float(pop.hparams["log_lr"][0]))
-    assert len(traces) == 1
-    assert fn._cache_size() == 1
+    pop, _ = fn(pop, batch(0))
+    seen = {float(pop.hparams["log_lr"][0])}
+    with compilations() as compiled:
+        for t in range(1, 50):
+            pop, _ = fn(pop, batch(t % 4))
+            seen.add(float(pop.hparams["log_lr"][0]))
+    assert counted.count == 1
+    assert compiled == []  # rounds 2..50 reuse the first round's executable
     assert len(seen) > 1  # the hyperparameters did change
     assert int(pop.num_generations) > N
 
@@ -299,10 +331,13 @@ _SHARDED_SCRIPT = textwrap.dedent(
         pop = t.make_pop()
         if mesh is not None:
             pop = vz.shard(pop, mesh)
-        fn = jax.jit(functools.partial(round_, mesh=mesh))
-        for r in range(6):
-            pop, ex = fn(pop, t.batch(r))
-        return pop, fn._cache_size()
+        counted = t.TraceCounter(functools.partial(round_, mesh=mesh))
+        fn = jax.jit(counted)
+        pop, ex = fn(pop, t.batch(0))
+        with t.compilations() as compiled:
+            for r in range(1, 6):
+                pop, ex = fn(pop, t.batch(r))
+        return pop, counted.count + len(compiled)
 
     single, n1 = go(None)
     sharded, n4 = go(mesh)
@@ -316,6 +351,23 @@ _SHARDED_SCRIPT = textwrap.dedent(
                      zip(jax.tree.leaves(single), jax.tree.leaves(sharded))),
         same_generation=bool(np.array_equal(single.generation, sharded.generation)),
     )
+
+    def fused(mesh):  # the fused round keeps the population sharded over the mesh
+        evaluate = lambda state, hparams, b: jnp.mean(state["params"]["w"] ** 2)
+        fn = jax.jit(vz.round_fn(t.train_step, evaluate, steps_per_round=2, space=t.SPACE,
+                                 optimizer_hparams=t.to_optimizer, mesh=mesh),
+                     donate_argnums=0)
+        pop = t.make_pop() if mesh is None else vz.shard(t.make_pop(), mesh)
+        for r in range(3):
+            batches = jax.tree.map(lambda *x: np.stack(x), t.batch(2 * r), t.batch(2 * r + 1))
+            pop, result = fn(pop, batches)
+        return pop
+
+    plain, spread = fused(None), fused(mesh)
+    out["fused_spec"] = str(spread.train_state["params"]["w"].sharding.spec)
+    out["fused_max_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+                                zip(jax.tree.leaves(plain), jax.tree.leaves(spread)))
+    out["fused_same_generation"] = bool(np.array_equal(plain.generation, spread.generation))
     print("RESULT" + json.dumps(out))
     """
 )
@@ -334,10 +386,13 @@ def test_sharded_equals_unsharded_on_4_cpu_devices():
     out = json.loads(line[len("RESULT") :])
     assert out["devices"] == 4
     assert "members" in out["spec"]
-    assert out["cache"] == [1, 1]  # the sharded population never retraced
+    assert out["cache"] == [1, 1]  # traced once; rounds 2..6 never compiled again
     assert out["generations"][0] == out["generations"][1] > N
     assert out["same_generation"]
     assert out["max_diff"] < 1e-5
+    assert "members" in out["fused_spec"]
+    assert out["fused_same_generation"]
+    assert out["fused_max_diff"] < 1e-5
 
 
 @pytest.mark.parametrize("count", [N - 1, N + 1])

@@ -1,15 +1,17 @@
-"""A population of small models in one jitted step: PBT over learning rate and contrast.
+"""A population of small models in one jitted round: PBT over learning rate and contrast.
 
 All ``--workers`` members (default 16) live stacked on the device as one
-``jaxpop.vectorized.VectorizedPopulation``; one compiled step trains them all with
-``jax.vmap`` (the same mini-batch, each member its own augmentation draw). Every
-``--eval-every`` steps one compiled round evaluates every member on the held-out split,
-and truncation selection copies the best quarter's parameters and optimizer state into
-the worst quarter by a gather along the member axis, with explored hyperparameters --
-no host round trip, no checkpoint per exploit. The host records the lineage in the same
-history as the threaded examples (journaled under ``--log-dir``), with an Orbax snapshot
-of the stacked population every round, and resumes from both when restarted on the same
-``--log-dir``. With several devices the member axis is sharded over all of them.
+``jaxpop.vectorized.VectorizedPopulation``. One compiled call per round
+(``jaxpop.vectorized.round_fn``, jitted with the population donated) trains every member
+``--eval-every`` steps with ``jax.vmap`` inside a ``jax.lax.scan`` (the same mini-batches,
+each member its own augmentation draw), evaluates every member on the held-out split,
+and lets truncation selection copy the best quarter's parameters and optimizer state
+into the worst quarter by a gather along the member axis, with explored
+hyperparameters -- one dispatch per round, no host round trip per step, no checkpoint
+per exploit. The host records the lineage in the same history as the threaded examples
+(journaled under ``--log-dir``), with an Orbax snapshot of the stacked population every
+round, and resumes from both when restarted on the same ``--log-dir``. With several
+devices the member axis is sharded over all of them.
 
 Run from the repo root::
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import math
 import os
 import time
@@ -62,22 +65,42 @@ class _Model:
         self.net = MODELS[args.model](num_classes=dataset.num_classes)
         self.tx = make_optimizer(optax.adam, {"learning_rate": 1e-3})
         self.sample = jnp.asarray(dataset.val_images[:1])
-        self.val_images = jnp.asarray(dataset.val_images)
-        self.val_labels = jnp.asarray(dataset.val_labels)
+        self.val = (jnp.asarray(dataset.val_images), jnp.asarray(dataset.val_labels))
         self.mesh = mesh
         self.compilations = 0
         self.selection = functools.partial(selection.truncation, quantile_fraction=0.25)
-        self.init = jax.jit(
-            functools.partial(
-                vz.init,
-                init_fn=self._init_member,
-                space=SPACE,
-                num_members=args.workers,
-                optimizer_hparams=_to_optimizer,
-            )
+        self.init = functools.partial(
+            vz.init,
+            init_fn=self._init_member,
+            space=SPACE,
+            num_members=args.workers,
+            optimizer_hparams=_to_optimizer,
         )
-        self.train_step = jax.jit(self._train_step)
-        self.eval_exploit = jax.jit(self._eval_exploit)
+        self._rounds: dict[int, Any] = {}
+        # XLA:CPU runs vmapped convolutions inside a scan's loop several times slower
+        # than the same steps unrolled (benchmarks/vectorized_step.py)
+        self.unroll = args.model == "cnn" and jax.default_backend() == "cpu"
+
+    def round(self, steps: int):
+        """The jitted round of ``steps`` training steps (compiled once per length)."""
+        if steps not in self._rounds:
+            one_round = vz.round_fn(
+                self._member_step,
+                self._evaluate,
+                steps_per_round=steps,
+                space=SPACE,
+                selection=self.selection,
+                optimizer_hparams=_to_optimizer,
+                mesh=self.mesh,
+                unroll=self.unroll,
+            )
+
+            def traced(pop, batches, val):
+                self.compilations += 1  # runs only while tracing
+                return one_round(pop, batches, val)
+
+            self._rounds[steps] = jax.jit(traced, donate_argnums=0)
+        return self._rounds[steps]
 
     def _init_member(self, key: jax.Array) -> dict[str, Any]:
         init_key, aug_key = jax.random.split(key)
@@ -97,26 +120,11 @@ class _Model:
         params = optax.apply_updates(state["params"], updates)
         return {"params": params, "opt_state": opt_state, "key": key}, loss
 
-    def _train_step(self, pop: vz.VectorizedPopulation, batch):
-        self.compilations += 1  # runs only while tracing
-        pop, losses = vz.vmap_train_step(self._member_step)(pop, batch)
-        return vz.constrain(pop, self.mesh), losses
-
-    def _evaluate(self, params):
-        logits = self.net.apply(params, self.val_images)
-        return cross_entropy(logits, self.val_labels), accuracy(logits, self.val_labels)
-
-    def _eval_exploit(self, pop: vz.VectorizedPopulation):
-        self.compilations += 1
-        losses, accs = jax.vmap(self._evaluate)(pop.train_state["params"])
-        new, exploit = vz.exploit_explore(
-            pop,
-            losses,
-            space=SPACE,
-            selection=self.selection,
-            optimizer_hparams=_to_optimizer,
-        )
-        return vz.constrain(new, self.mesh), exploit, losses, accs
+    def _evaluate(self, state, hparams, val):
+        del hparams
+        images, labels = val
+        logits = self.net.apply(state["params"], images)
+        return cross_entropy(logits, labels), accuracy(logits, labels)
 
 
 def _mesh(workers: int):
@@ -165,28 +173,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         while int(pop.step) < args.steps:
             step0 = int(pop.step)
+            steps = min(args.eval_every, args.steps - step0)
             # one seeded stream per round, so a resumed run sees the same batches
             rng = np.random.default_rng([args.seed, step0])
             batches = data_lib.batches(
                 dataset.train_images, dataset.train_labels, args.batch_size, rng
             )
-            for _ in range(min(args.eval_every, args.steps - step0)):
-                pop, _ = model.train_step(pop, next(batches))
-                progress.update(args.workers)
-            step = int(pop.step)
-            pop, exploit, losses, accs = model.eval_exploit(pop)
+            stacked = jax.tree.map(lambda *b: np.stack(b), *itertools.islice(batches, steps))
+            pop, result = model.round(steps)(pop, stacked, model.val)
             handle = vz.save_snapshot(store, pop)
-            lineage, changes = vz.record(
-                lineage, losses, step=step, now=time.time(), exploit=exploit, params=handle
-            )
+            lineage, changes = vz.record(lineage, result, now=time.time(), params=handle)
             log.append(changes, lineage)
-            for i, gen_index in enumerate(np.asarray(exploit.old_generation)):
+            step = int(result.step)
+            accs = np.asarray(result.evaluation)
+            for i, gen_index in enumerate(np.asarray(result.exploit.old_generation)):
                 accuracies[(vz.generation_id(key, int(gen_index)), step)] = float(accs[i])
-            best = int(np.argmin(np.asarray(losses)))
+            losses = np.asarray(result.scores)
+            best = int(np.argmin(losses))
+            progress.update(args.workers * steps)
             progress.set_postfix(
                 val_loss=f"{float(losses[best]):.3f}",
                 acc=f"{float(accs[best]):.3f}",
-                copied=int(np.sum(np.asarray(exploit.copied))),
+                copied=int(np.sum(np.asarray(result.exploit.copied))),
             )
             store.collect_garbage(lineage, keep_best=args.keep_best)
         progress.close()

@@ -1,0 +1,134 @@
+"""A vectorized population over several processes (``jax.distributed``): the host-side helpers.
+
+Every process runs the same program (SPMD) on a mesh over all processes' devices; the
+jitted steps and exploits need nothing from here. What differs from one process is the
+host side, and these helpers cover it:
+
+* :func:`is_lead_process` -- process 0, the one that records lineage and writes the
+  journal (:func:`jaxpop.vectorized.record`, :class:`jaxpop.storage.Store`).
+* :func:`to_host` -- host numpy copies of arrays sharded over the processes (per-member
+  scores, an :class:`~jaxpop.vectorized.Exploit`), what ``record`` takes. Collective.
+* :func:`broadcast_from_lead` -- small plain data (a snapshot handle read from the
+  journal on resume) from process 0 to every process. Collective.
+* :func:`initialize_cpu` -- ``jax.distributed.initialize`` with the settings a run of
+  several processes on CPU needs (tests, CPU clusters).
+
+Snapshots need nothing extra: :func:`jaxpop.vectorized.save_snapshot` and
+:func:`~jaxpop.vectorized.restore_snapshot` with a :class:`jaxpop.checkpointing.ParamStore`
+on a shared directory are collective Orbax saves and restores when
+``jax.process_count() > 1``. "Collective" means every process calls it, in the same
+order. ``docs/multihost.md`` shows a whole loop and the launch on GPU nodes and TPU pods.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+__all__ = ["broadcast_from_lead", "initialize_cpu", "is_lead_process", "to_host"]
+
+
+def is_lead_process() -> bool:
+    """Whether this is process 0: the process that records lineage and writes the journal.
+
+    ``True`` in a program of one process.
+    """
+    return jax.process_index() == 0
+
+
+def _spans_processes(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+
+
+def to_host(tree: Any) -> Any:
+    """``tree`` with every array leaf as a whole host numpy array, on every process.
+
+    A leaf sharded over several processes' devices is gathered from all of them
+    (``jax.experimental.multihost_utils.process_allgather``); other array leaves are
+    copied as they are. Collective when some leaf spans processes: every process calls
+    it with a tree of the same structure and shardings. Meant for small per-member
+    arrays (scores, an ``Exploit``, the population without its train state)::
+
+        scores_h, exploit_h = multihost.to_host((scores, exploit))
+        light = multihost.to_host(pop.replace(train_state=None))  # for lineage_init
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    spanning = [i for i, leaf in enumerate(leaves) if _spans_processes(leaf)]
+    gathered = (
+        multihost_utils.process_allgather([leaves[i] for i in spanning], tiled=True)
+        if spanning
+        else []
+    )
+    whole = dict(zip(spanning, gathered, strict=True))
+    out = [
+        np.asarray(whole.get(i, leaf)) if isinstance(leaf, (jax.Array, np.ndarray)) else leaf
+        for i, leaf in enumerate(leaves)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def broadcast_from_lead(value: Any = None) -> Any:
+    """Process 0's ``value`` on every process (JSON data: ``str``, numbers, lists, dicts, ``None``).
+
+    Collective: every process calls it; only process 0's ``value`` counts. For the few
+    things only the lead knows, e.g. the snapshot handle it reads from the journal when a
+    run resumes::
+
+        handle = multihost.broadcast_from_lead(handle if multihost.is_lead_process() else None)
+
+    In a program of one process it returns ``value`` (after the same JSON round trip).
+    """
+    data = np.zeros(0, np.int32)
+    if is_lead_process():
+        try:
+            text = json.dumps(value, allow_nan=True)
+        except TypeError as e:
+            raise TypeError(
+                f"broadcast_from_lead sends JSON data (str, numbers, lists, dicts, None); "
+                f"got {type(value).__name__}: {e}"
+            ) from None
+        data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(data.size, np.int32)))
+    if not is_lead_process():
+        data = np.zeros(size, np.int32)
+    data = np.asarray(multihost_utils.broadcast_one_to_all(data))
+    return json.loads(bytes(data.astype(np.uint8).tolist()).decode())
+
+
+def initialize_cpu(
+    coordinator_address: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    local_devices: int = 1,
+    initialization_timeout: int = 300,
+) -> None:
+    """``jax.distributed.initialize`` for processes that compute on CPU.
+
+    Sets the platform to CPU, ``local_devices`` CPU devices in this process
+    (``jax_num_cpu_devices``) and the gloo cross-process collectives
+    (``jax_cpu_collectives_implementation``, without which a computation over devices of
+    several processes fails on CPU), then joins the run. Call it first thing, before
+    any other JAX call. On GPU and TPU call ``jax.distributed.initialize`` itself
+    (``docs/multihost.md``).
+
+    Args:
+      coordinator_address: ``"host:port"`` of process 0, where it serves the coordinator.
+      num_processes: how many processes take part.
+      process_id: this process's index, ``0 .. num_processes - 1``.
+      local_devices: CPU devices in each process.
+      initialization_timeout: seconds to wait for every process to join before failing.
+    """
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", int(local_devices))
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=initialization_timeout,
+    )

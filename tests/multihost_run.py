@@ -1,0 +1,261 @@
+"""One process of a vectorized PBT run over 4 CPU devices, for tests/test_multihost.py.
+
+Usage::
+
+    python multihost_run.py OUT --processes 1                      # 1 process, 4 devices
+    python multihost_run.py OUT --processes 2 --process-id I --port P [--stop-after R]
+    python multihost_run.py OUT --processes 2 --process-id I --port P --resume
+
+8 members (a tiny MLP, Adam with injected learning rate and b1, a PRNG key per
+member) sharded over the mesh of all 4 devices: with 2 processes, process 0 holds
+members 0-3 and process 1 members 4-7. Each round trains 2 steps, evaluates, and runs
+truncation selection (bottom quarter copies the top quarter) on scores biased so that
+every copy's parent lives on the other process. A snapshot (collective ParamStore save)
+every ``--snapshot-every`` rounds; process 0 records lineage and journals a round only
+once the snapshot that follows it is saved, so journal and snapshot always agree.
+
+Process 0 writes ``OUT/rounds.jsonl`` (one line per round), and at the end
+``OUT/result.json`` (lineage) and ``OUT/result.npz`` (the final population's leaves).
+With ``--stop-after R`` every process writes ``OUT/stopped-<id>`` after round ``R`` and
+waits to be killed. ``--resume`` continues from the journal and its latest snapshot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+ROUNDS = 6
+STEPS_PER_ROUND = 2
+N = 8
+
+
+def parse() -> argparse.Namespace:
+    """The command line."""
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--processes", type=int, choices=(1, 2), required=True)
+    p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=ROUNDS)
+    p.add_argument("--snapshot-every", type=int, default=2)
+    p.add_argument("--stop-after", type=int, default=None)
+    p.add_argument("--resume", action="store_true")
+    return p.parse_args()
+
+
+ARGS = parse()
+
+import jax  # noqa: E402  (configured before any other JAX call)
+
+from jaxpop import multihost  # noqa: E402
+
+if ARGS.processes == 1:
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", 4)
+else:
+    multihost.initialize_cpu(
+        f"localhost:{ARGS.port}",
+        ARGS.processes,
+        ARGS.process_id,
+        local_devices=2,
+        initialization_timeout=60,
+    )
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from jaxpop import storage  # noqa: E402
+from jaxpop import vectorized as vz  # noqa: E402
+from jaxpop.checkpointing import ParamStore  # noqa: E402
+from jaxpop.hparams import make_optimizer  # noqa: E402
+from jaxpop.keys import root_key  # noqa: E402
+from jaxpop.mutators import explore, selection  # noqa: E402
+
+SPACE = {"log_lr": explore.uniform(-4.0, -1.0), "b1": explore.uniform(0.5, 0.95)}
+TX = make_optimizer(
+    optax.adam,
+    {"log_lr": -3.0, "b1": 0.9},
+    keys={"log_lr": "learning_rate", "b1": "b1"},
+    transforms={"learning_rate": jnp.exp},
+)
+
+
+def to_optimizer(h):
+    """Hyperparameters to the optimizer's arguments."""
+    return {"learning_rate": jnp.exp(h["log_lr"]), "b1": h["b1"]}
+
+
+def init_member(key):
+    """One member: a 4-8-3 MLP, its Adam state and its own PRNG key (which an exploit
+    refreshes in each copy)."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = {
+        "w1": jax.random.uniform(k1, (4, 8), minval=-1.0, maxval=1.0),
+        "b1": jnp.zeros(8),
+        "w2": jax.random.uniform(k2, (8, 3), minval=-1.0, maxval=1.0),
+        "b2": jnp.zeros(3),
+    }
+    return {"params": params, "opt_state": TX.init(params), "key": jax.random.key_data(k3)}
+
+
+def loss_fn(params, x, y):
+    """Mean squared error of the MLP."""
+    h = jnp.tanh(x @ params["w1"] + params["b1"])
+    return jnp.mean((h @ params["w2"] + params["b2"] - y) ** 2)
+
+
+def train_step(state, batch, hparams):
+    """One member's step (the hyperparameters are in the optimizer state already)."""
+    del hparams
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"], *batch)
+    updates, opt_state = TX.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {**state, "params": params, "opt_state": opt_state}, loss
+
+
+def batch(step: int) -> tuple[np.ndarray, np.ndarray]:
+    """The batch of a step: a function of the step only, so a resumed run sees the same."""
+    rng = np.random.default_rng(step)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    return x, np.tanh(x[:, :3] * 0.7).astype(np.float32)
+
+
+EVAL = batch(10_000)
+
+
+def bias(r: int) -> np.ndarray:
+    """Score offsets of round ``r``: one half of the members is ranked below the other,
+    alternating, so the bottom quarter (copiers) and the top quarter (parents) lie on
+    different processes."""
+    low_half = np.arange(N) < N // 2
+    return np.where(low_half if r % 2 == 0 else ~low_half, 10.0, 0.0).astype(np.float32)
+
+
+KEY = root_key(0)
+
+
+def make_pop():
+    """The population before training."""
+    return vz.init(KEY, init_member, SPACE, N, optimizer_hparams=to_optimizer)
+
+
+MESH = vz.member_mesh()
+STEP = vz.vmap_train_step(train_step)
+
+
+@jax.jit
+def pbt_round(pop, xs, ys, offsets):
+    """Trains ``STEPS_PER_ROUND`` steps, evaluates, exploits and explores."""
+    pop = jax.lax.fori_loop(0, STEPS_PER_ROUND, lambda t, p: STEP(p, (xs[t], ys[t]))[0], pop)
+    losses = jax.vmap(loss_fn, in_axes=(0, None, None))(pop.train_state["params"], *EVAL)
+    scores = losses + offsets
+    pop, exploit = vz.exploit_explore(
+        pop,
+        scores,
+        space=SPACE,
+        selection=functools.partial(selection.truncation, quantile_fraction=0.25),
+        optimizer_hparams=to_optimizer,
+    )
+    return vz.constrain(pop, MESH), scores, exploit
+
+
+def strip(lineage) -> list:
+    """The lineage as comparable plain data."""
+    return [
+        [c.generation_id, c.step, c.value, list(c.parent) if c.parent else None, c.meta_params]
+        for c in lineage.history.checkpoints()
+    ]
+
+
+def main() -> None:
+    out = ARGS.out
+    lead = multihost.is_lead_process()
+    assert jax.device_count() == 4, jax.devices()
+    like = jax.eval_shape(make_pop)
+    params = ParamStore(os.path.join(out, "params"), async_save=False)
+    log = storage.Store(os.path.join(out, "log")) if lead else None
+    pending: list = []  # (changes, lineage) recorded but not yet journaled
+
+    if ARGS.resume:
+        handle = None
+        if lead:
+            lineage = log.load()
+            log.start(lineage)
+            handle = lineage.history.latest(lineage.workers[0].generation_id).params
+        handle = multihost.broadcast_from_lead(handle)
+        pop = vz.restore_snapshot(params, handle, like, MESH)
+    else:
+        pop = jax.jit(make_pop, out_shardings=vz.shardings(like, MESH))()
+        light = multihost.to_host(pop.replace(train_state=None))
+        if lead:
+            lineage = vz.lineage_init(light, KEY, now=0.0)
+            log.start(lineage)
+    start = int(pop.step) // STEPS_PER_ROUND
+    shards = pop.scores.addressable_shards
+    held = sorted(i for s in shards for i in range(N)[s.index[0]])
+
+    for r in range(start, ARGS.rounds):
+        steps = range(r * STEPS_PER_ROUND, (r + 1) * STEPS_PER_ROUND)
+        xs = np.stack([batch(t)[0] for t in steps])
+        ys = np.stack([batch(t)[1] for t in steps])
+        pop, scores, exploit = pbt_round(pop, xs, ys, bias(r))
+        scores_h, exploit_h = multihost.to_host((scores, exploit))
+        handle = None
+        if (r + 1) % ARGS.snapshot_every == 0:
+            handle = vz.save_snapshot(params, pop)  # collective, finalized on return
+        if lead:
+            lineage, changes = vz.record(
+                lineage,
+                scores_h,
+                step=int(exploit_h.step),
+                now=float(r + 1),
+                exploit=exploit_h,
+                params=handle,
+            )
+            pending.append((changes, lineage))
+            if handle is not None:  # the journal reaches this snapshot, never past it
+                for changes, state in pending:
+                    log.append(changes, state)
+                pending.clear()
+            line = {
+                "round": r,
+                "scores": scores_h.tolist(),
+                "parents": exploit_h.parents.tolist(),
+                "copied": exploit_h.copied.tolist(),
+                "held_by_lead": held,
+            }
+            with open(os.path.join(out, "rounds.jsonl"), "a") as f:
+                f.write(json.dumps(line) + "\n")
+        if ARGS.stop_after is not None and r == ARGS.stop_after:
+            with open(os.path.join(out, f"stopped-{jax.process_index()}"), "w") as f:
+                f.write(str(r))
+            time.sleep(600)  # until killed
+            sys.exit(3)
+
+    whole = multihost.to_host(pop)
+    params.close()
+    if lead:
+        log.close()
+        flat, _ = jax.tree_util.tree_flatten_with_path(whole)
+        np.savez(
+            os.path.join(out, "result.npz"),
+            **{jax.tree_util.keystr(p): np.asarray(x) for p, x in flat},
+        )
+        result = {
+            "lineage": strip(lineage),
+            "workers": [w.generation_id for w in lineage.workers],
+            "num_generations": int(whole.num_generations),
+            "step": int(whole.step),
+        }
+        with open(os.path.join(out, "result.json"), "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""The RL example (``python -m examples.rl``): PPO agents on CartPole, vectorized, with PBT."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnax", reason="the RL example needs gymnax: pip install -e '.[rl]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `examples` is a top-level package of the repo, not installed
+    sys.path.insert(0, str(ROOT))
+
+from examples.rl import train  # noqa: E402
+from jaxpop import report, storage  # noqa: E402
+from jaxpop import vectorized as vz  # noqa: E402
+from jaxpop.keys import root_key  # noqa: E402
+
+# tiny: 4 agents, 10 PPO updates of 16 envs x 32 steps per round, 4 rounds; half copy
+MEMBERS, INTERVAL, TOTAL, EVAL_EPISODES = 4, 5120, 20480, 8
+ARGV = ["--members", str(MEMBERS), "--interval", str(INTERVAL), "--total-steps", str(TOTAL)]
+ARGV += ["--eval-episodes", str(EVAL_EPISODES), "--quantile", "0.5", "--seed", "0"]
+ARGV += ["--fast-compile", "--quiet"]
+
+
+def _population() -> train.Population:
+    """The example's compiled functions for ARGV (shared with the run below)."""
+    return train.population(
+        "CartPole-v1", MEMBERS, 10, quantile=0.5, eval_episodes=EVAL_EPISODES, fast_compile=True
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    logdir = tmp_path_factory.mktemp("rl")
+    return train.main([*ARGV, "--logdir", str(logdir)]), logdir
+
+
+def test_a_short_run_learns_cartpole_and_reports_finite_returns(run):
+    summary, _ = run
+    assert summary["env_steps"] == TOTAL and summary["rounds"] == TOTAL // INTERVAL
+    returns = [m["eval_return"] for m in summary["members"]]
+    assert all(math.isfinite(r) for r in returns)
+    assert all(math.isfinite(m["train_return"]) for m in summary["members"])
+    # the random initial policies balance the pole for a few dozen steps at best
+    assert summary["mean_return"] > max(2 * summary["initial_return"], 100.0)
+    assert summary["exploit_events"] >= 1
+
+
+def test_the_lineage_is_written_and_jaxpop_report_reads_it(run):
+    summary, logdir = run
+    state = storage.read_state(logdir / "population")
+    assert state.population_size == MEMBERS and state.history.mode == "max"
+    # one evaluation per agent and round, plus one root per agent and one per copy
+    expected = MEMBERS * (1 + summary["rounds"]) + summary["exploit_events"]
+    assert state.history.num_checkpoints == expected
+    built = report.load(logdir)
+    assert len(built.exploits) == summary["exploit_events"]
+    assert report.summary(built)["best"]["value"] == pytest.approx(
+        max(m["train_return"] for m in summary["members"])
+    )
+    assert {"learning_rate", "ent_coef", "clip_eps", "gae_lambda"} <= set(
+        state.workers[0].meta_params
+    )
+
+
+def test_the_agent_key_is_the_one_key_leaf_exploit_explore_refreshes():
+    fns = _population()
+    pop = fns.init(root_key(0))
+    leaves = jax.tree_util.tree_leaves_with_path(pop.train_state)
+    keys = [jax.tree_util.keystr(p) for p, leaf in leaves if vz.is_key_leaf(p, leaf)]
+    assert keys == ["['key']"]
+
+
+def test_two_copies_of_one_parent_draw_different_actions_and_environment_noise():
+    fns = _population()
+    pop, _ = fns.train_round(fns.init(root_key(0)))
+    before = pop.hparams
+    # truncation with half the population copying: members 2 and 3 (tied last) may
+    # copy only member 0 (member 1 ties with them), so both copy member 0
+    pop, exploit = fns.exploit(pop, np.array([3.0, 0.0, 0.0, 0.0], np.float32))
+    assert np.asarray(exploit.parents).tolist() == [0, 1, 0, 0]
+    # give the copies their parent's hyperparameters back (explore changed them): what
+    # differs between the three from now on can only come from their keys
+    same = {k: jnp.take(v, exploit.parents) for k, v in before.items()}
+    pop = pop.replace(hparams=same, train_state=vz.write_hparams(pop.train_state, same))
+    state = pop.train_state
+    for i in (2, 3):
+        jax.tree.map(lambda x, i=i: np.testing.assert_array_equal(x[0], x[i]), state["params"])
+        np.testing.assert_array_equal(state["obs"][0], state["obs"][i])
+    keys = np.asarray(state["key"])
+    assert len({tuple(keys[i]) for i in (0, 2, 3)}) == 3, "a copy kept its parent's key"
+
+    after, _ = fns.train_round(pop)
+    obs = np.asarray(after.train_state["obs"])
+    weights = np.asarray(after.train_state["params"]["params"]["Dense_2"]["kernel"])
+    for a, b in ((0, 2), (0, 3), (2, 3)):
+        assert not np.array_equal(obs[a], obs[b]), (a, b)
+        assert not np.array_equal(weights[a], weights[b]), (a, b)
