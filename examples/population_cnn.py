@@ -11,12 +11,18 @@ change.
 
 An :class:`Experiment` says what differs between examples: the hyperparameters, how
 they map to the optimizer and augmentation, how they mutate, which mutator decides.
+
+``--log tensorboard wandb mlflow`` (any of them) sends each evaluation, each exploit and
+the best member's schedule there through :mod:`jaxpop.logging`: the workers call
+``log_worker`` after each report, the driver calls ``sync`` every few seconds (the new
+exploits) and ``finish`` at the end (the best member and its schedule).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import math
 import os
 import threading
@@ -33,12 +39,25 @@ from tqdm import tqdm
 
 from examples import data as data_lib
 from examples.cnn import CNN, accuracy, augment, cross_entropy
-from jaxpop import Controller, PopulationController, PopulationState, report, tensorboard
+from jaxpop import Controller, PopulationController, PopulationState, report
 from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
+from jaxpop.logging import BACKENDS, Loggers, RunLogger, parse_backends
+from jaxpop.logging import make_loggers as make_run_loggers
 from jaxpop.mutators.base import Mutator
 
-__all__ = ["Experiment", "Model", "TrainState", "add_flags", "run", "summarize", "train_worker"]
+__all__ = [
+    "Experiment",
+    "Model",
+    "TrainState",
+    "add_flags",
+    "make_loggers",
+    "run",
+    "summarize",
+    "train_worker",
+]
+
+SYNC_EVERY_S = 2.0  # how often the driver hands new exploits to the loggers
 
 
 @struct.dataclass
@@ -150,7 +169,7 @@ def train_worker(
     *,
     until_step: int,
     progress: tqdm | None = None,
-    tb: tensorboard.TensorBoardWriter | None = None,
+    logger: RunLogger | None = None,
 ) -> dict[tuple[str, int], float]:
     """One worker of the population, until its step reaches ``until_step``.
 
@@ -159,8 +178,10 @@ def train_worker(
     :class:`jaxpop.Controller`: the loop is the same. It asks
     for this worker's slot once, then calls the controller once per evaluation:
     ``report`` records the checkpoint and says whether to switch to other work. Worker 0
-    also collects the store's garbage every ``args.gc_every`` evaluations. Returns the
-    validation accuracy of each checkpoint it evaluated.
+    also collects the store's garbage every ``args.gc_every`` evaluations. With a
+    ``logger`` (:mod:`jaxpop.logging`) each evaluation is logged: the validation loss,
+    the accuracy and the hyperparameters, at the step. Returns the validation accuracy
+    of each checkpoint it evaluated.
     """
     rng = np.random.default_rng([args.seed, worker_id])
     key = jax.random.key(args.seed * 1009 + worker_id)
@@ -198,6 +219,15 @@ def train_worker(
             loss, acc = (float(x) for x in model.evaluate(state))
             handle = store.save(generation_id, step, state)
             data = controller.report(worker_id, generation_id, step, handle, loss)
+            if logger is not None:
+                logger.log_worker(
+                    worker_id,
+                    step,
+                    loss,
+                    meta,
+                    metrics={"accuracy": acc},
+                    generation_id=generation_id,
+                )
             while data is not None and data.status == "waiting":  # a synchronous round
                 time.sleep(0.01)
                 data = controller.maybe_get_worker_data(
@@ -207,8 +237,6 @@ def train_worker(
                 accuracies[(generation_id, step)] = acc
                 return accuracies
             accuracies[(generation_id, step)] = acc
-            if tb is not None:
-                tb.log_eval(step, loss, meta, {"accuracy": acc})
             if progress is not None:
                 progress.set_postfix(worker=worker_id, val_loss=f"{loss:.3f}", acc=f"{acc:.3f}")
             if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
@@ -231,11 +259,53 @@ def add_flags(parser: argparse.ArgumentParser, *, steps: int, workers: int, log_
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write each worker's evaluations and hyperparameters as TensorBoard "
-        "scalars to <log-dir>/tensorboard (needs tensorboardX)",
+        "--log",
+        nargs="+",
+        action="extend",
+        default=[],
+        choices=BACKENDS,
+        metavar="BACKEND",
+        help="also log each evaluation, each exploit and the best member's schedule to "
+        "tensorboard (<log-dir>/tensorboard), wandb (one run per worker in a group; "
+        "WANDB_MODE=offline works offline) and/or mlflow (a parent run with a nested run "
+        "per worker; MLFLOW_TRACKING_URI, default sqlite:///<log-dir>/mlflow.db); "
+        "several allowed",
     )
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="the same as --log tensorboard (deprecated)"
+    )
+
+
+def make_loggers(args: argparse.Namespace, name: str) -> Loggers:
+    """The loggers ``--log`` names (:func:`jaxpop.logging.make_loggers`), for population
+    ``name``, with the command line as their config.
+
+    Files go under ``--log-dir`` (as an absolute path: Ray actors may start elsewhere):
+    TensorBoard's to ``tensorboard/``, W&B's to ``wandb/``; MLflow's to
+    ``MLFLOW_TRACKING_URI`` when set, else to ``sqlite:///<log-dir>/mlflow.db``.
+    """
+    log_dir = os.path.abspath(args.log_dir)
+    mlflow: dict[str, Any] = {}
+    if "mlflow" in args.log and not os.environ.get("MLFLOW_TRACKING_URI"):
+        if importlib.util.find_spec("sqlalchemy") is None:
+            raise SystemExit(
+                "--log mlflow: the default store, sqlite:///<log-dir>/mlflow.db, needs the "
+                "full mlflow package (pip install 'jaxpop[mlflow]'); or set "
+                "MLFLOW_TRACKING_URI (a tracking server, or a file: store with "
+                "MLFLOW_ALLOW_FILE_STORE=true)"
+            )
+        os.makedirs(log_dir, exist_ok=True)
+        mlflow["tracking_uri"] = f"sqlite:///{os.path.join(log_dir, 'mlflow.db')}"
+    return make_run_loggers(args.log, log_dir=log_dir, name=name, config=vars(args), mlflow=mlflow)
+
+
+def _join(threads: Sequence[threading.Thread], logs: Loggers, controller: Controller) -> None:
+    """Waits for ``threads``, handing new exploits to ``logs`` every few seconds."""
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(timeout=SYNC_EVERY_S)
+            if len(logs):
+                logs.sync(controller.history)
 
 
 def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
@@ -244,13 +314,10 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     model = Model(experiment, dataset, population[0])
     accuracies: dict = {}
-    writers = (
-        tensorboard.writers(os.path.join(args.log_dir, "tensorboard"), args.workers)
-        if args.tensorboard
-        else [None] * args.workers
-    )
+    logs = make_loggers(args, experiment.name)
     start = time.time()
     with (
+        logs,  # closed however the run ends
         ParamStore(os.path.join(args.log_dir, "params")) as store,
         PopulationController(
             population,
@@ -279,7 +346,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
                     args,
                     until_step=until[i],
                     progress=progress,
-                    tb=writers[i],
+                    logger=logs if len(logs) else None,
                 )
             )
 
@@ -289,11 +356,8 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
         ]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
-        for writer in writers:
-            if writer is not None:
-                writer.close()
+        _join(threads, logs, controller)
+        logs.finish(controller.state)  # the last exploits, the best member's schedule
         progress.close()
         store.wait()
         store.collect_garbage(controller.state, keep_best=args.keep_best)
@@ -385,4 +449,5 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     args = parser.parse_args(argv)
     if min(args.workers, args.steps, args.eval_every, args.gc_every) < 1:
         parser.error("--workers, --steps, --eval-every and --gc-every must be positive")
+    args.log = parse_backends([*args.log, *(["tensorboard"] * args.tensorboard)])
     return args

@@ -3,7 +3,10 @@
 * ``jaxpop report LOGDIR [--out DIR] [--log-scale]``, a thin shell over
   :mod:`jaxpop.report`: it reads the run without locking or writing it (safe while the
   run is live), writes the plots, ``history.csv`` and ``summary.json`` into ``--out``
-  (default ``<run dir>-report``, beside the run) and prints the summary table.
+  (default ``<run dir>-report``, beside the run) and prints the summary table. With
+  ``--watch [--interval S] [--max-iterations N]`` it keeps doing so while the run goes
+  on (:func:`jaxpop.report.watch`), refreshing the tables in place (``rich``) until
+  Ctrl-C or the run is over.
 * ``jaxpop migrate-seed-state DIR [--out LOGDIR] [--seed N]``, a shell over
   :func:`jaxpop.storage.migrate_seed_state`: turns learned_optimization's pickled
   ``population.state`` into a jaxpop ``log_dir`` (``DIR`` itself by default).
@@ -17,7 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main", "parser"]
 
@@ -50,6 +55,26 @@ def parser() -> argparse.ArgumentParser:
         "--log-scale", action="store_true", help="log scale for the evaluation values"
     )
     report.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    report.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep re-reading the run and refreshing the tables and files until Ctrl-C "
+        "or the run is over (every worker finished or gone)",
+    )
+    report.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="with --watch: seconds between reads (default 2)",
+    )
+    report.add_argument(
+        "--max-iterations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --watch: stop after N reads (default 0: no limit)",
+    )
     migrate = commands.add_parser(
         "migrate-seed-state",
         help="turn learned_optimization's population.state into a jaxpop log_dir",
@@ -76,9 +101,24 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _report_error(args: argparse.Namespace, error: BaseException) -> int:
+    from jaxpop import storage
+
+    print(f"jaxpop report: error: {error}", file=sys.stderr)
+    if os.path.isfile(os.path.join(args.log_dir, storage.SEED_STATE_FILE)):
+        print(
+            f"{args.log_dir} holds learned_optimization's {storage.SEED_STATE_FILE}: "
+            f"migrate it first with `jaxpop migrate-seed-state {args.log_dir}`",
+            file=sys.stderr,
+        )
+    return 1
+
+
 def _report(args: argparse.Namespace) -> int:
     from jaxpop import report, storage
 
+    if args.watch:
+        return _watch(args)
     try:
         data = report.load(args.log_dir)
         written = report.write_report(data, args.out, log_scale=args.log_scale)
@@ -88,20 +128,87 @@ def _report(args: argparse.Namespace) -> int:
         ImportError,  # matplotlib missing: the message names the pip command
         storage.CorruptLogError,
     ) as e:
-        print(f"jaxpop report: error: {e}", file=sys.stderr)
-        if os.path.isfile(os.path.join(args.log_dir, storage.SEED_STATE_FILE)):
-            print(
-                f"{args.log_dir} holds learned_optimization's {storage.SEED_STATE_FILE}: "
-                f"migrate it first with `jaxpop migrate-seed-state {args.log_dir}`",
-                file=sys.stderr,
-            )
-        return 1
+        return _report_error(args, e)
     if not args.quiet:
         report.print_summary(report.summary(data))
         if data.best is None:
             print("no evaluation has been reported yet: the report shows what there is")
     out_dir = os.path.dirname(next(iter(written.values())))
     print(f"wrote {', '.join(written)} to {out_dir}")
+    return 0
+
+
+def _status(refresh: Any, interval: float) -> str:
+    """The line above the live tables: what was read, when, and how to stop."""
+    now = time.strftime("%H:%M:%S")
+    if refresh.report is None:
+        return f"{now}  waiting for a run: {refresh.waiting}  (Ctrl-C to stop)"
+    state = refresh.report.state
+    tail = "the run is over" if refresh.done else f"every {interval:g} s, Ctrl-C to stop"
+    counts = f"{state.num_events} events, {state.history.num_checkpoints} checkpoints"
+    return f"{now}  {counts}  ({tail})"
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """``jaxpop report LOGDIR --watch``: refreshes until Ctrl-C or the run is over."""
+    from jaxpop import report, storage
+
+    live, last = None, {"refresh": None}
+    try:
+        from rich.console import Console, Group
+        from rich.live import Live
+        from rich.text import Text
+
+        console = Console()
+        if console.is_terminal and not args.quiet:
+            live = Live(console=console, auto_refresh=False, transient=False)
+    except ImportError:
+        pass
+
+    def show(refresh: report.Refresh) -> None:
+        last["refresh"] = refresh
+        status = _status(refresh, args.interval)
+        if live is not None:
+            body = [Text(status)]
+            if refresh.report is not None:
+                body.append(report.summary_renderable(report.summary(refresh.report)))
+            live.update(Group(*body), refresh=True)
+        elif refresh.changed or refresh.done or refresh.iteration == 1:
+            print(status, flush=True)
+            if refresh.changed and not args.quiet:
+                report.print_summary(report.summary(refresh.report))
+
+    try:
+        if live is not None:
+            live.start()
+        try:
+            data = report.watch(
+                args.log_dir,
+                args.out,
+                interval=args.interval,
+                max_iterations=args.max_iterations or None,
+                log_scale=args.log_scale,
+                on_refresh=show,
+            )
+        finally:
+            if live is not None:
+                live.stop()
+    except KeyboardInterrupt:
+        refresh = last["refresh"]
+        data = None if refresh is None else refresh.report
+        print("stopped watching")
+        if data is not None:  # what was read last, in the files too
+            try:
+                report.write_report(data, args.out, log_scale=args.log_scale)
+            except (OSError, ValueError, ImportError) as e:
+                return _report_error(args, e)
+    except (OSError, ValueError, ImportError, storage.CorruptLogError) as e:
+        return _report_error(args, e)
+    if data is None:
+        print(f"jaxpop report: error: no jaxpop run appeared at {args.log_dir}", file=sys.stderr)
+        return 1
+    out_dir = os.path.normpath(args.out) if args.out else report.default_out_dir(data.log_dir)
+    print(f"the report in {out_dir} is as of {data.state.num_events} events")
     return 0
 
 
@@ -134,8 +241,11 @@ def _migrate_seed_state(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the status."""
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(argv)
     if args.command == "report":
+        if not args.interval > 0 or args.max_iterations < 0:
+            top.error("--interval must be positive and --max-iterations at least 0")
         return _report(args)
     if args.command == "migrate-seed-state":
         return _migrate_seed_state(args)

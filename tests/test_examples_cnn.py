@@ -66,7 +66,10 @@ def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path, monkeypatch):
     assert data.history.num_checkpoints == summary["checkpoints"]
     assert math.isfinite(data.best.value) and len(data.members) == 3
     if "--tensorboard" in argv:
-        assert sorted(os.listdir(tmp_path / "tensorboard")) == ["worker-0", "worker-1", "worker-2"]
+        assert sorted(os.listdir(tmp_path / "tensorboard")) == [
+            "population",  # the exploits and the best member's schedule
+            *(f"worker-{i}" for i in range(3)),
+        ]
     assert math.isfinite(summary["best"]["val_loss"])
     # the example's table and `jaxpop report` agree: one best member, and each member's
     # score is shown with the hyperparameters of the checkpoint that scored it

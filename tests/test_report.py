@@ -481,3 +481,149 @@ def test_report_on_a_live_run_does_not_disturb_it(tmp_path, monkeypatch):
     ]
     with _controller(str(run_dir)) as again:  # and the run continues where it stopped
         assert again.state.num_events == final.num_events
+
+
+# -- --watch: a live view -------------------------------------------------------------
+def _live_run(run_dir, bursts, wait=lambda k, events: time.sleep(0.2), per_burst=WORKERS * 3):
+    """A thread that writes a run in ``bursts`` bursts of evaluations, calling
+    ``wait(k, num_events)`` after burst ``k``; then every worker finishes. Returns the
+    thread, a dict that gets its final ``state`` (or ``error``), and an event set once
+    the run exists."""
+    result, started = {}, threading.Event()
+
+    def train():
+        try:
+            with _controller(str(run_dir)) as pop:
+                workers, t = _Workers(WORKERS), 0
+                started.set()
+                for k in range(bursts):
+                    for _ in range(per_burst):
+                        workers.step(pop, t % WORKERS)
+                        t += 1
+                    wait(k, pop.state.num_events)
+                for i in range(WORKERS):
+                    pop.finish(i)
+                result["state"] = pop.state
+        except BaseException as e:
+            result["error"] = e
+            started.set()
+
+    return threading.Thread(target=train), result, started
+
+
+@needs_matplotlib
+def test_watch_waits_for_the_run_follows_it_and_stops_when_it_is_over(tmp_path):
+    bursts = {}  # burst -> num_events at its end, as the run recorded it
+    seen = [threading.Event() for _ in range(3)]  # the watcher has read burst k
+
+    def wait(k, events):
+        bursts[k] = events
+        assert seen[k].wait(timeout=60)  # the next burst only once this one was read
+
+    thread, result, _ = _live_run(tmp_path / "population", 3, wait)
+    refreshes = []
+
+    def on_refresh(refresh):
+        refreshes.append(refresh)
+        if refresh.iteration == 2:
+            thread.start()  # the run appears only once the watcher is waiting for it
+        if refresh.report is not None:
+            for k, events in list(bursts.items()):
+                if refresh.report.state.num_events >= events:
+                    seen[k].set()
+
+    out = tmp_path / "out"
+    last = report.watch(
+        tmp_path, out, interval=0.01, write_every=0.5, max_iterations=10**5, on_refresh=on_refresh
+    )
+    thread.join()
+    assert "error" not in result, result.get("error")
+    final = result["state"]
+    assert refreshes[0].report is None and "is empty" in refreshes[0].waiting
+    assert refreshes[-1].done and not any(r.done for r in refreshes[:-1])  # ends at the end
+    assert last.state.num_events == final.num_events
+    # the tables follow every change; the files at most every write_every, and at the end
+    events = [r.report.state.num_events for r in refreshes if r.report is not None]
+    assert events == sorted(events) and set(bursts.values()) <= set(events)
+    writes = [r for r in refreshes if r.written]
+    assert all(set(r.written) == FILES for r in writes)
+    first = next(r for r in refreshes if r.report is not None)
+    assert writes[0] is first and writes[-1] is refreshes[-1]  # the first read, the last
+    assert len(writes) <= len([r for r in refreshes if r.changed])
+    _, info = _check_files(out, final.history.num_checkpoints)  # the final state's report
+    assert info["num_evaluations"] == report.build(final).num_evaluations
+
+
+@needs_matplotlib
+def test_cli_watch_refreshes_until_the_run_is_over(tmp_path, capsys, monkeypatch):
+    for name in ("rich", "rich.console", "rich.live", "rich.table", "rich.text"):
+        monkeypatch.setitem(sys.modules, name, None)  # the plain-text view
+    thread, result, started = _live_run(tmp_path / "population", 3)
+    thread.start()
+    started.wait(timeout=30)
+    argv = ["report", str(tmp_path / "population"), "--watch", "--interval", "0.05"]
+    assert cli.main([*argv, "--max-iterations", "2000", "--out", str(tmp_path / "out")]) == 0
+    thread.join()
+    final = result["state"]
+    out = capsys.readouterr().out
+    assert "the run is over" in out and "population size" in out
+    assert out.count("events,") >= 2  # a status line per change
+    assert f"as of {final.num_events} events" in out
+    _check_files(tmp_path / "out", final.history.num_checkpoints)
+
+
+@needs_matplotlib
+def test_cli_watch_stops_after_max_iterations_or_ctrl_c(finished, tmp_path, capsys, monkeypatch):
+    base, state = finished  # its workers are still active: the run is not over
+    out = tmp_path / "out"
+    argv = ["report", str(base), "--watch", "--interval", "0.01", "--out", str(out), "--quiet"]
+    assert cli.main([*argv, "--max-iterations", "3"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("events,") == 1  # unchanged after the first read: one status line
+    assert "population size" not in text  # --quiet
+    _check_files(out, state.history.num_checkpoints)
+    calls = []
+
+    def interrupt(seconds):
+        calls.append(seconds)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(time, "sleep", interrupt)
+    os.remove(out / "summary.json")
+    assert (
+        cli.main([*argv, "--max-iterations", "50"]) == 0
+    )  # Ctrl-C: a clean stop, the files written once more
+    assert "stopped watching" in capsys.readouterr().out and calls == [0.01, 0.01]
+    _check_files(out, state.history.num_checkpoints)
+
+
+def test_cli_watch_errors(tmp_path, finished, capsys):
+    assert (
+        cli.main(
+            [
+                "report",
+                str(tmp_path / "nothing"),
+                "--watch",
+                "--interval",
+                "0.01",
+                "--max-iterations",
+                "2",
+            ]
+        )
+        == 1
+    )
+    assert "no jaxpop run appeared" in capsys.readouterr().err
+    two = tmp_path / "two"
+    for name in ("a", "b"):
+        (two / name).mkdir(parents=True)
+        for f in os.listdir(finished[0] / "population"):
+            (two / name / f).write_bytes((finished[0] / "population" / f).read_bytes())
+    assert cli.main(["report", str(two), "--watch", "--max-iterations", "100"]) == 1
+    assert "holds 2 jaxpop runs" in capsys.readouterr().err  # at once, not after waiting
+    for bad in (["--interval", "0"], ["--max-iterations", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["report", str(two), "--watch", *bad])
+        assert exc.value.code == 2
+    with pytest.raises(ValueError, match="interval"):
+        report.watch(two, interval=0)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jaxpop import tensorboard
+from jaxpop.logging import tensorboard
 
 
 def _events(directory):

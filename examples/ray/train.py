@@ -60,7 +60,7 @@ from examples import population_cnn
 from examples.simple_cnn.train import EXPERIMENT
 from jaxpop.checkpointing import ParamStore
 from jaxpop.distributed import ray as jaxpop_ray
-from jaxpop.tensorboard import TensorBoardWriter
+from jaxpop.logging import Loggers
 
 __all__ = ["main", "run", "train_worker"]
 
@@ -68,12 +68,18 @@ _GRACE_S = 30.0  # once the run is over, how long workers get to return before t
 
 
 def train_worker(
-    worker_id: int, client: jaxpop_ray.PopulationClient, args: argparse.Namespace
+    worker_id: int,
+    client: jaxpop_ray.PopulationClient,
+    args: argparse.Namespace,
+    logs: Loggers | None = None,
 ) -> dict[str, Any]:
     """One worker of the population, in its own Ray actor (called again after a restart).
 
     The threads' loop (:func:`examples.population_cnn.train_worker`) with a client for a
-    controller and a synchronous store. Returns the validation accuracy of each
+    controller and a synchronous store. ``logs`` is the driver's ``--log`` loggers, as
+    Ray ships them (pickled): this actor's copy opens its own worker run (W&B, MLflow)
+    or event file (TensorBoard) and closes it when the worker returns. Returns the
+    validation accuracy of each
     checkpoint it evaluated (in this incarnation), its number of compilations and the
     data set's name (``None`` when the run was over before it began: an actor restarted
     after the end loads nothing).
@@ -85,18 +91,23 @@ def train_worker(
     dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
     example_meta = EXPERIMENT.initial_population(args.workers, np.random.default_rng(args.seed))
     model = population_cnn.Model(EXPERIMENT, dataset, example_meta[0])
-    tb = (
-        TensorBoardWriter(os.path.join(log_dir, "tensorboard"), worker_id)
-        if args.tensorboard
-        else None
-    )
+    logger = logs if logs is not None and len(logs) else None
     # saved before it is reported: a worker killed mid-save leaves no handle to nothing
     with ParamStore(os.path.join(log_dir, "params"), async_save=False) as store:
-        accuracies = population_cnn.train_worker(
-            worker_id, client, store, model, dataset, args, until_step=args.steps, tb=tb
-        )
-    if tb is not None:
-        tb.close()
+        try:
+            accuracies = population_cnn.train_worker(
+                worker_id,
+                client,
+                store,
+                model,
+                dataset,
+                args,
+                until_step=args.steps,
+                logger=logger,
+            )
+        finally:
+            if logger is not None:
+                logger.close()
     return {"accuracies": accuracies, "compilations": model.compilations, "dataset": dataset.name}
 
 
@@ -118,6 +129,7 @@ def _init_ray(args: argparse.Namespace) -> bool:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population on Ray; returns the summary (also printed)."""
     log_dir = os.path.abspath(args.log_dir)
+    logs = population_cnn.make_loggers(args, "ray")  # made here, shipped to each worker
     started_ray = _init_ray(args)
     start = time.time()
     try:
@@ -133,12 +145,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             group = jaxpop_ray.start_workers(
                 train_worker,
                 args.workers,
-                args=(client, args),
+                args=(client, args, logs),
                 num_cpus=args.cpus_per_worker,
                 max_restarts=args.max_restarts,
             )
             with group:
-                results = _wait(group, client, args)
+                results = _wait(group, client, args, logs)
+            logs.finish(client.state)  # the last exploits, the best member's schedule
             with ParamStore(os.path.join(log_dir, "params")) as store:
                 # every worker is done: a save nobody reported (cut off by a kill) is garbage
                 store.collect_garbage(client.state, keep_best=args.keep_best, orphan_grace_s=0)
@@ -148,6 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             summary["controller_restarted"] = client.info()["restarted"]
             summary["done"] = client.done
     finally:
+        logs.close()
         if started_ray:
             ray.shutdown()
     datasets = [r["dataset"] for r in returned if r["dataset"] is not None]
@@ -161,9 +175,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _wait(
-    group: jaxpop_ray.WorkerGroup, client: jaxpop_ray.PopulationClient, args: argparse.Namespace
+    group: jaxpop_ray.WorkerGroup,
+    client: jaxpop_ray.PopulationClient,
+    args: argparse.Namespace,
+    logs: Loggers,
 ) -> list[Any]:
-    """Waits for the workers, showing progress (and injecting faults with --kill-after).
+    """Waits for the workers, showing progress (and injecting faults with --kill-after),
+    handing new exploits to ``logs`` every few seconds.
 
     Returns once every worker has returned, or once the run is over (``client.done``:
     ``--target-loss`` reached), ending the workers still running a few seconds later
@@ -174,6 +192,7 @@ def _wait(
     )
     reached = [0] * args.workers
     start = None  # when the first evaluation came in
+    synced = time.monotonic()
     killed = args.kill_after is None
     while True:
         try:
@@ -184,6 +203,9 @@ def _wait(
         for i, worker in enumerate(client.active_workers):
             reached[i] = max(reached[i], min(worker.step, args.steps))
         progress.update(sum(reached) - progress.n)
+        if len(logs) and time.monotonic() - synced >= population_cnn.SYNC_EVERY_S:
+            logs.sync(client.history)  # one round trip: the whole history
+            synced = time.monotonic()
         if start is None and sum(reached):
             start = time.monotonic()
         if not killed and start is not None and time.monotonic() - start >= args.kill_after:

@@ -156,7 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pop = vz.shard(pop, model.mesh)
     accuracies: dict = {}
     log = storage.Store(os.path.join(args.log_dir, "population"))
-    with ParamStore(os.path.join(args.log_dir, "params")) as store:
+    logs = population_cnn.make_loggers(args, "vectorized")
+    with logs, ParamStore(os.path.join(args.log_dir, "params")) as store:
         resumed = _resume(log, store, model, pop)
         if resumed is None:
             lineage = vz.lineage_init(pop, key, now=time.time())
@@ -186,9 +187,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.append(changes, lineage)
             step = int(result.step)
             accs = np.asarray(result.evaluation)
-            for i, gen_index in enumerate(np.asarray(result.exploit.old_generation)):
-                accuracies[(vz.generation_id(key, int(gen_index)), step)] = float(accs[i])
             losses = np.asarray(result.scores)
+            for i, gen_index in enumerate(np.asarray(result.exploit.old_generation)):
+                gen = vz.generation_id(key, int(gen_index))
+                accuracies[(gen, step)] = float(accs[i])
+                if len(logs):
+                    hparams = lineage.history.meta_params(gen)
+                    metrics = {"accuracy": float(accs[i])}
+                    value = float(losses[i])
+                    logs.log_worker(i, step, value, hparams, metrics=metrics, generation_id=gen)
+            logs.sync(lineage.history)
             best = int(np.argmin(losses))
             progress.update(args.workers * steps)
             progress.set_postfix(
@@ -200,6 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress.close()
         store.wait()
         log.close()
+        logs.finish(lineage)
     summary = population_cnn.summarize(lineage, accuracies)
     summary.update(
         dataset=dataset.name,

@@ -9,7 +9,8 @@ plotted series (:func:`member_series`, :func:`best_series`), CSV rows
 functions (:func:`plot_hparams`, :func:`plot_scores`, :func:`plot_lineage`) draw those
 series into matplotlib ``Figure`` objects, rendered with the Agg canvas (no display,
 no change to pyplot's global backend); matplotlib is imported only when they run.
-:func:`write_report` writes everything ``jaxpop report LOGDIR`` writes.
+:func:`write_report` writes everything ``jaxpop report LOGDIR`` writes; :func:`watch`
+keeps it up to date while the run goes on (``jaxpop report LOGDIR --watch``).
 
 Definitions.
 
@@ -33,7 +34,8 @@ for worker ``w``'s line, ``"best-lineage"``, ``"exploits"`` and ``"all-checkpoin
 
 The package's modules: :mod:`~jaxpop.report.data` (loading, members, series),
 :mod:`~jaxpop.report.tables` (CSV rows, the summary), :mod:`~jaxpop.report.plots` and
-:mod:`~jaxpop.report.files` (what ``jaxpop report`` writes); everything public is
+:mod:`~jaxpop.report.files` (what ``jaxpop report`` writes), :mod:`~jaxpop.report.watch`
+(the live view); everything public is
 importable from ``jaxpop.report``.
 """
 
@@ -42,6 +44,7 @@ from jaxpop.report.data import (
     NotARunError,
     Report,
     Series,
+    SeveralRunsError,
     best_series,
     build,
     find_run_dir,
@@ -58,22 +61,28 @@ from jaxpop.report.tables import (
     history_rows,
     print_summary,
     summary,
+    summary_renderable,
     write_csv,
 )
+from jaxpop.report.watch import Refresh, fingerprint, is_done, watch
 
 __all__ = [
     "CSV_COLUMNS",
     "Member",
     "NotARunError",
     "Report",
+    "Refresh",
     "Series",
+    "SeveralRunsError",
     "best_series",
     "build",
     "default_out_dir",
     "find_run_dir",
+    "fingerprint",
     "flatten_hparams",
     "format_summary",
     "history_rows",
+    "is_done",
     "load",
     "member_series",
     "numeric_hparams",
@@ -82,6 +91,8 @@ __all__ = [
     "plot_scores",
     "print_summary",
     "summary",
+    "summary_renderable",
+    "watch",
     "write_csv",
     "write_report",
 ]

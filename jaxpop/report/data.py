@@ -33,6 +33,10 @@ class NotARunError(ValueError):
     """A directory that holds no jaxpop run (or several); the message says what to pass."""
 
 
+class SeveralRunsError(NotARunError):
+    """A directory that holds several jaxpop runs: pass one of them."""
+
+
 # -- locating and loading a run -------------------------------------------------------
 def _is_run_dir(path: str) -> bool:
     try:
@@ -62,7 +66,8 @@ def find_run_dir(path: str | os.PathLike) -> str:
     Raises:
       FileNotFoundError: ``path`` does not exist.
       NotADirectoryError: ``path`` is a file.
-      NotARunError: ``path`` is empty, holds no run, or holds several.
+      NotARunError: ``path`` is empty, holds no run, or holds several
+        (:class:`SeveralRunsError`).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -85,7 +90,7 @@ def find_run_dir(path: str | os.PathLike) -> str:
     if not runs:
         raise NotARunError(f"{path} is not a jaxpop run and holds none; {hint}")
     if len(runs) > 1:
-        raise NotARunError(
+        raise SeveralRunsError(
             f"{path} holds {len(runs)} jaxpop runs ({', '.join(runs)}); pass one of them"
         )
     return runs[0]

@@ -199,26 +199,38 @@ def format_summary(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def print_summary(info: Mapping[str, Any], file: TextIO | None = None) -> None:
-    """Prints the :func:`summary` as tables: with ``rich`` if installed, else plain."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-        from rich.text import Text
-    except ImportError:
-        print(format_summary(info), file=file)
-        return
-    console = Console(file=file)
-    overview = Table(title="jaxpop report", show_header=False)
+def summary_renderable(info: Mapping[str, Any], *, title: str = "jaxpop report") -> Any:
+    """The :func:`summary` as ``rich`` tables (a ``rich.console.Group``): what
+    :func:`print_summary` prints and ``jaxpop report --watch`` refreshes.
+
+    Raises:
+      ImportError: ``rich`` is not installed.
+    """
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    overview = Table(title=title, show_header=False)
     overview.add_column(style="bold")
     overview.add_column()
     for key, value in _overview_rows(info):
         overview.add_row(key, Text(value))  # Text: no markup is read from the data
-    console.print(overview)
     header, rows = _member_rows(info)
     members = Table(title="members (* best)")
     for name in header:
         members.add_column(name, justify="left" if name == "generation" else "right")
     for row in rows:
         members.add_row(*map(Text, row))
-    console.print(members)
+    return Group(overview, members)
+
+
+def print_summary(info: Mapping[str, Any], file: TextIO | None = None) -> None:
+    """Prints the :func:`summary` as tables: with ``rich`` if installed, else plain."""
+    try:
+        from rich.console import Console
+
+        renderable = summary_renderable(info)
+    except ImportError:
+        print(format_summary(info), file=file)
+        return
+    Console(file=file).print(renderable)

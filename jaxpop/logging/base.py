@@ -1,0 +1,377 @@
+"""The logging interface: :class:`RunLogger`, the records it takes, and the fan-out.
+
+A logger sees three things: each worker's evaluations (:meth:`RunLogger.log_worker`),
+each exploit once (:meth:`RunLogger.log_exploit`, fed by :class:`ExploitFeed`), and the
+best final member with its replayable schedule (:meth:`RunLogger.log_best`, a
+:class:`BestMember` from :func:`best_member`). :class:`Loggers` sends each call to
+several loggers and adds the two calls a driver needs: :meth:`Loggers.sync` and
+:meth:`Loggers.finish`. Nothing here imports a logging library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from jaxpop.core import PopulationState
+from jaxpop.history import History
+from jaxpop.mutators import ExploitEvent, exploit_events
+from jaxpop.records import Checkpoint
+from jaxpop.report.data import flatten_hparams, numeric_hparams
+from jaxpop.schedules import Piecewise, best_final, from_lineage
+
+__all__ = [
+    "BestMember",
+    "ExploitFeed",
+    "Loggers",
+    "RunLogger",
+    "best_member",
+    "check_worker_id",
+    "exploit_record",
+    "lineage_records",
+    "require",
+    "schedule_records",
+    "table",
+    "worker_scalars",
+]
+
+
+@runtime_checkable
+class RunLogger(Protocol):
+    """Where a population's story goes: one object per population, shared by workers.
+
+    Implementations are thread-safe (the examples' workers are threads) and picklable
+    (Ray ships one to each worker actor, which opens its own connections lazily).
+    """
+
+    def log_worker(
+        self,
+        worker_id: int,
+        step: int,
+        value: float,
+        hparams: Any = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        generation_id: str | None = None,
+    ) -> None:
+        """One evaluation of worker ``worker_id`` at ``step``: its ``value`` (what it
+        reported to the controller), the ``hparams`` (``meta_params``) it trained with,
+        extra ``metrics`` and its generation."""
+
+    def log_exploit(self, event: ExploitEvent) -> None:
+        """One exploit: a generation that started from another's checkpoint."""
+
+    def log_best(self, best: BestMember) -> None:
+        """The best final member and the schedule that replays it (end of a run)."""
+
+    def close(self) -> None:
+        """Flushes and ends what this logger opened in this process. Idempotent."""
+
+
+class BestMember(NamedTuple):
+    """The best final member of a run and how to replay it.
+
+    Attributes:
+      checkpoint: its evaluated checkpoint (:func:`jaxpop.schedules.best_final`).
+      lineage: the checkpoints its parameters descend from, root first.
+      schedule: the hyperparameters it trained with, step by step
+        (:func:`jaxpop.schedules.from_lineage`; ``schedule.to_json()`` is the
+        ``jaxpop.schedules`` JSON that :func:`jaxpop.schedules.from_json` reads back).
+      worker: the worker whose current lineage holds ``checkpoint`` (``None`` when only
+        a history was given, or no worker's does).
+      mode: ``"min"`` or ``"max"``: which values are better.
+    """
+
+    checkpoint: Checkpoint
+    lineage: tuple[Checkpoint, ...]
+    schedule: Piecewise
+    worker: int | None
+    mode: str
+
+    @property
+    def value(self) -> float:
+        """The best member's evaluation: ``checkpoint.value``."""
+        return self.checkpoint.value
+
+
+def best_member(source: PopulationState | History) -> BestMember | None:
+    """The :class:`BestMember` of a run's state (or history); ``None`` before any
+    evaluation.
+
+    >>> from jaxpop import PopulationController
+    >>> from jaxpop.mutators import FixedSchedule
+    >>> from jaxpop.schedules import constant
+    >>> pop = PopulationController([{"lr": 0.1}], FixedSchedule(constant({"lr": 0.1})))
+    >>> best_member(pop.state) is None
+    True
+    >>> data = pop.maybe_get_worker_data(0, None, 0, None, None)
+    >>> pop.set_eval(0, data.generation_id, 10, None, 0.5)
+    >>> best = best_member(pop.state)
+    >>> best.value, best.checkpoint.step, best.worker, best.schedule(5)
+    (0.5, 10, 0, {'lr': 0.1})
+    """
+    state = source if isinstance(source, PopulationState) else None
+    history = source.history if state is not None else source
+    if not isinstance(history, History):
+        raise TypeError(
+            f"best_member takes a PopulationState or a History, got {type(source).__name__}"
+        )
+    try:
+        checkpoint = best_final(history)
+    except ValueError:  # nothing evaluated yet
+        return None
+    lineage = tuple(history.lineage(checkpoint.generation_id, checkpoint.step))
+    schedule = from_lineage(history, checkpoint.generation_id, step=checkpoint.step)
+    worker = None if state is None else _worker_of(state, checkpoint)
+    return BestMember(checkpoint, lineage, schedule, worker, history.mode)
+
+
+def _worker_of(state: PopulationState, checkpoint: Checkpoint) -> int | None:
+    """The worker on ``checkpoint``'s generation, else one whose lineage passes it."""
+    for i, worker in enumerate(state.workers):
+        if worker.generation_id == checkpoint.generation_id:
+            return i
+    for i, worker in enumerate(state.workers):
+        if worker.generation_id in state.history and any(
+            c.ref == checkpoint.ref for c in state.history.lineage(worker.generation_id)
+        ):
+            return i
+    return None
+
+
+class ExploitFeed:
+    """Hands out each exploit event of a growing history once, in creation order.
+
+    >>> feed = ExploitFeed()
+    >>> from jaxpop import History
+    >>> feed.new(History())
+    []
+
+    A feed is plain data (a set of generation ids and a time), so it pickles with the
+    :class:`Loggers` that holds it.
+    """
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def new(self, history: History) -> list[ExploitEvent]:
+        """The exploit events of ``history`` not handed out before (thread-safe)."""
+        with self._lock:
+            # since_time skips building old events; the seen set makes it exact even
+            # when a generation's first checkpoint is created at the same time as one
+            # already handed out
+            since = None if self._since is None else self._since - _CLOCK_SLACK_S
+            events = [
+                e
+                for e in exploit_events(history, since_time=since)
+                if e.generation_id not in self._seen
+            ]
+            for event in events:
+                self._seen.add(event.generation_id)
+                self._since = event.time if self._since is None else max(self._since, event.time)
+            return events
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"seen": sorted(self._seen), "since": self._since}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._seen, self._since, self._lock = set(state["seen"]), state["since"], threading.Lock()
+
+
+_CLOCK_SLACK_S = 1.0  # a clock stepping back this far still misses no exploit
+
+
+class Loggers:
+    """Several :class:`RunLogger` s as one, plus what a driver calls.
+
+    Every call goes to each logger in order; if some raise, the others are still
+    called and the first error is raised after. :meth:`sync` logs the exploits that
+    happened since the last call; :meth:`finish` logs the rest, the best member, and
+    closes. A ``Loggers`` is itself a :class:`RunLogger` (and a context manager that
+    closes it).
+
+    >>> logs = Loggers([])
+    >>> logs.sync(History())
+    []
+    >>> logs.finish(History()) is None
+    True
+    """
+
+    def __init__(self, loggers: Iterable[RunLogger]):
+        self.loggers: tuple[RunLogger, ...] = tuple(loggers)
+        for logger in self.loggers:
+            if not isinstance(logger, RunLogger):
+                raise TypeError(
+                    f"{type(logger).__name__} is not a RunLogger: it needs log_worker, "
+                    "log_exploit, log_best and close"
+                )
+        self.feed = ExploitFeed()
+
+    def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
+        error: BaseException | None = None
+        for logger in self.loggers:
+            try:
+                getattr(logger, method)(*args, **kwargs)
+            except Exception as e:  # the others still get the call
+                error = error or e
+        if error is not None:
+            raise error
+
+    def log_worker(
+        self,
+        worker_id: int,
+        step: int,
+        value: float,
+        hparams: Any = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        generation_id: str | None = None,
+    ) -> None:
+        """See :meth:`RunLogger.log_worker`."""
+        self._each(
+            "log_worker",
+            worker_id,
+            step,
+            value,
+            hparams,
+            metrics=metrics,
+            generation_id=generation_id,
+        )
+
+    def log_exploit(self, event: ExploitEvent) -> None:
+        """See :meth:`RunLogger.log_exploit`."""
+        self._each("log_exploit", event)
+
+    def log_best(self, best: BestMember) -> None:
+        """See :meth:`RunLogger.log_best`."""
+        self._each("log_best", best)
+
+    def sync(self, history: History) -> list[ExploitEvent]:
+        """Logs the exploits of ``history`` not logged before; returns them.
+
+        A driver calls it now and then while the run goes on (each call reads the whole
+        history once: O(generations)).
+        """
+        events = self.feed.new(history)
+        for event in events:
+            self.log_exploit(event)
+        return events
+
+    def finish(self, source: PopulationState | History) -> BestMember | None:
+        """The end of a run: :meth:`sync`, :meth:`log_best` (if anything was
+        evaluated), then :meth:`close`. Returns the best member."""
+        try:
+            history = source.history if isinstance(source, PopulationState) else source
+            self.sync(history)
+            best = best_member(source)
+            if best is not None:
+                self.log_best(best)
+        finally:
+            self.close()
+        return best
+
+    def close(self) -> None:
+        """Closes every logger (see :meth:`RunLogger.close`)."""
+        self._each("close")
+
+    def __enter__(self) -> Loggers:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.loggers)
+
+    def __repr__(self) -> str:
+        return f"Loggers([{', '.join(type(x).__name__ for x in self.loggers)}])"
+
+
+# -- shared helpers for the backends --------------------------------------------------
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Imports ``module`` or raises an ``ImportError`` naming ``pip install 'jaxpop[extra]'``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(
+            f"jaxpop's {what} logger needs {module}: pip install 'jaxpop[{extra}]' "
+            f"(or pip install {module})"
+        ) from e
+
+
+def check_worker_id(worker_id: Any) -> int:
+    """``worker_id`` if it is a non-negative ``int``, else a ``ValueError``."""
+    if isinstance(worker_id, bool) or not isinstance(worker_id, int) or worker_id < 0:
+        raise ValueError(f"worker_id must be a non-negative int, got {worker_id!r}")
+    return worker_id
+
+
+def worker_scalars(
+    value: float, hparams: Any, metrics: Mapping[str, float] | None
+) -> dict[str, float]:
+    """``eval/value``, ``eval/<metric>`` and ``hparams/<name>`` (numeric, dotted names)."""
+    scalars = {"eval/value": float(value)}
+    for name, metric in (metrics or {}).items():
+        scalars[f"eval/{name}"] = float(metric)
+    if hparams is not None:
+        scalars.update((f"hparams/{k}", v) for k, v in numeric_hparams(hparams).items())
+    return scalars
+
+
+def _cell(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def exploit_record(event: ExploitEvent) -> dict[str, Any]:
+    """An exploit as one flat row: ``step``, ``time``, ``generation_id``,
+    ``source_generation``, ``source_step``, ``source_value``, then ``before.<name>`` and
+    ``after.<name>`` per hyperparameter (flattened, dotted names)."""
+    row: dict[str, Any] = {
+        "step": event.step,
+        "time": event.time,
+        "generation_id": event.generation_id,
+        "source_generation": event.source[0],
+        "source_step": event.source[1],
+        "source_value": event.source_value,
+    }
+    before = {} if event.meta_params_before is None else flatten_hparams(event.meta_params_before)
+    after = flatten_hparams(event.meta_params_after)
+    for name in dict.fromkeys([*before, *after]):
+        row[f"before.{name}"] = before.get(name)
+        row[f"after.{name}"] = after.get(name)
+    return row
+
+
+def schedule_records(schedule: Piecewise) -> list[dict[str, Any]]:
+    """A schedule's pieces as rows: ``step`` (where it starts) and each hyperparameter."""
+    return [{"step": step, **flatten_hparams(meta)} for step, meta in schedule.items()]
+
+
+def lineage_records(lineage: Sequence[Checkpoint]) -> list[dict[str, Any]]:
+    """A lineage's checkpoints as rows: ``step``, ``generation_id``, ``value`` and each
+    hyperparameter."""
+    return [
+        {
+            "step": c.step,
+            "generation_id": c.generation_id,
+            "value": c.value,
+            **flatten_hparams(c.meta_params),
+        }
+        for c in lineage
+    ]
+
+
+def table(
+    rows: Sequence[Mapping[str, Any]], *, finite_only: bool = False
+) -> tuple[list[str], list[list[Any]]]:
+    """``(columns, data)`` of ``rows``: the union of their keys in first-seen order, a
+    missing entry ``None``; ``finite_only``: NaN and infinities become ``None`` too."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    fix = _cell if finite_only else (lambda v: v)
+    return columns, [[fix(row.get(c)) for c in columns] for row in rows]

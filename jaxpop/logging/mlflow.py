@@ -1,0 +1,292 @@
+"""MLflow: a parent run for the population, a nested run per worker.
+
+:class:`MlflowLogger` follows MLflow's own convention for nested runs: each worker's run
+carries the tag ``mlflow.parentRunId`` of the population's run, so the MLflow UI shows
+the workers folded under the population. Everything goes through ``MlflowClient`` with
+explicit run ids (no fluent "active run", which is per thread), so threads and Ray
+actors share one population.
+
+* Parent run (``run_name`` = the population's name): the config as params, the metric
+  ``exploits/count`` at each exploit's step, the artifact ``exploits.json`` (one record
+  per exploit: source, hyperparameters before and after), and at the end the metric
+  ``best/value``, the tags ``best.worker`` / ``best.generation_id`` / ``best.step``,
+  and the artifacts ``best/schedule.json`` (``jaxpop.schedules`` JSON: replay it with
+  :func:`jaxpop.schedules.from_json`), ``best/lineage.json`` and ``best/summary.json``.
+* Worker runs (``worker-<id>``): the starting hyperparameters as params (MLflow params
+  cannot change), and by step the metrics ``eval/value``, ``eval/<metric>`` and
+  ``hparams/<name>`` (the hyperparameters in force, so exploits show as jumps); the tag
+  ``jaxpop.generation_id`` follows the worker's generation.
+
+The tracking URI is MLflow's to resolve (``MLFLOW_TRACKING_URI``; since MLflow 3.7 the
+default is ``sqlite:///mlflow.db``, which needs the full ``mlflow`` package; a ``file:``
+store needs ``MLFLOW_ALLOW_FILE_STORE=true`` on MLflow >= 3.7), as is the experiment
+(``MLFLOW_EXPERIMENT_NAME``, else ``Default``). Needs ``pip install 'jaxpop[mlflow]'``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from jaxpop.logging.base import (
+    BestMember,
+    check_worker_id,
+    exploit_record,
+    lineage_records,
+    require,
+    worker_scalars,
+)
+from jaxpop.mutators import ExploitEvent
+from jaxpop.report.data import flatten_hparams
+
+__all__ = ["MlflowLogger"]
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
+WORKER_TAG = "jaxpop.worker"
+_PARAM_LIMIT = 500  # characters of a param value every MLflow version accepts
+_BATCH = 100  # params per log_batch call (MLflow's limit)
+
+
+def _strict(value: Any) -> Any:
+    """Non-finite floats as strings: strict JSON for the artifacts."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _strict_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: _strict(v) for k, v in row.items()} for row in rows]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class MlflowLogger:
+    """A :class:`~jaxpop.logging.RunLogger` writing MLflow runs (see the module docstring).
+
+    Args:
+      name: the parent run's name (default ``"population"``).
+      tracking_uri: where MLflow stores runs (default: MLflow's resolution).
+      experiment: the experiment's name (default: ``MLFLOW_EXPERIMENT_NAME``, else
+        MLflow's ``Default``); created if missing.
+      parent_run_id: attach to this existing parent run instead of creating one (for
+        example to continue a resumed population in the same MLflow run).
+      config: the population's config (e.g. the command line), logged as the parent
+        run's params.
+      tags: extra tags for the parent run.
+      artifact_every_s: ``exploits.json`` is rewritten at most this often while the run
+        goes on, and always at :meth:`log_best` and :meth:`close`.
+
+    The parent run is created here, so every pickled copy (a Ray worker actor) nests
+    its workers under the same one; only the logger that created it ends it. A worker's
+    run is found again by its tags (a restarted actor continues its run). Thread-safe.
+
+    Raises:
+      ImportError: mlflow is not installed (the message names ``jaxpop[mlflow]``).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        tracking_uri: str | None = None,
+        experiment: str | None = None,
+        parent_run_id: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        artifact_every_s: float = 30.0,
+    ):
+        mlflow = require("mlflow", "mlflow", "MLflow")
+        self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+        self.artifact_every_s = float(artifact_every_s)
+        self._setup()
+        client = self._client
+        if parent_run_id is None:
+            experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+            found = client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                found.experiment_id if found is not None else client.create_experiment(experiment)
+            )
+            parent = client.create_run(
+                self.experiment_id,
+                run_name=name or "population",
+                tags={"jaxpop.role": "population", **(tags or {})},
+            )
+            self.parent_run_id = parent.info.run_id
+            self._owner = True
+            self._log_params(self.parent_run_id, config or {})
+        else:
+            parent = client.get_run(parent_run_id)  # raises if there is no such run
+            self.experiment_id, self.parent_run_id = parent.info.experiment_id, parent_run_id
+
+    def _setup(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        self._lock = threading.RLock()
+        self._runs: dict[int, str] = {}
+        self._generations: dict[int, str | None] = {}
+        self._exploits: list[dict[str, Any]] = []
+        self._written = 0  # exploit rows in the last exploits.json
+        self._written_at = 0.0
+        self._owner = False
+        self._closed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id,
+            "parent_run_id": self.parent_run_id,
+            "artifact_every_s": self.artifact_every_s,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        require("mlflow", "mlflow", "MLflow")
+        self.__dict__.update(state)
+        self._setup()  # a copy: never ends the parent run
+
+    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
+        for start in range(0, len(items), _BATCH):
+            self._client.log_batch(run_id, params=items[start : start + _BATCH])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this MlflowLogger (run {self.parent_run_id}) is closed")
+
+    def worker_run_id(self, worker_id: int) -> str | None:
+        """The id of worker ``worker_id``'s nested run (``None`` if it has none yet)."""
+        with self._lock:
+            if worker_id in self._runs:
+                return self._runs[worker_id]
+            found = self._client.search_runs(
+                [self.experiment_id],
+                filter_string=(
+                    f"tags.`{PARENT_TAG}` = '{self.parent_run_id}' "
+                    f"and tags.`{WORKER_TAG}` = '{worker_id}'"
+                ),
+                max_results=1,
+            )
+            if found:
+                self._runs[worker_id] = found[0].info.run_id
+            return self._runs.get(worker_id)
+
+    # -- the RunLogger calls ----------------------------------------------------------
+    def log_worker(
+        self,
+        worker_id: int,
+        step: int,
+        value: float,
+        hparams: Any = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        generation_id: str | None = None,
+    ) -> None:
+        """Logs ``eval/value``, ``eval/<metric>`` and ``hparams/<name>`` at ``step`` to
+        the worker's nested run (created on its first call, with the hyperparameters as
+        params)."""
+        from mlflow.entities import Metric, RunTag
+
+        worker_id = check_worker_id(worker_id)
+        scalars = worker_scalars(value, hparams, metrics)
+        with self._lock:
+            self._check_open()
+            run_id = self.worker_run_id(worker_id)
+            if run_id is None:
+                run = self._client.create_run(
+                    self.experiment_id,
+                    run_name=f"worker-{worker_id}",
+                    tags={PARENT_TAG: self.parent_run_id, WORKER_TAG: str(worker_id)},
+                )
+                run_id = self._runs[worker_id] = run.info.run_id
+                if hparams is not None:
+                    self._log_params(run_id, flatten_hparams(hparams))
+            now, step = _now_ms(), int(step)
+            tags = []
+            if generation_id is not None and self._generations.get(worker_id) != generation_id:
+                tags.append(RunTag("jaxpop.generation_id", str(generation_id)))
+                self._generations[worker_id] = generation_id
+            batch = [Metric(k, float(v), now, step) for k, v in scalars.items()]
+            self._client.log_batch(run_id, metrics=batch, tags=tags)
+
+    def log_exploit(self, event: ExploitEvent) -> None:
+        """Logs ``exploits/count`` at the exploit's step and adds it to ``exploits.json``."""
+        with self._lock:
+            self._check_open()
+            self._exploits.append(exploit_record(event))
+            self._client.log_metric(
+                self.parent_run_id,
+                "exploits/count",
+                len(self._exploits),
+                timestamp=_now_ms(),
+                step=int(event.step),
+            )
+            if time.monotonic() - self._written_at >= self.artifact_every_s:
+                self._write_exploits()
+
+    def _write_exploits(self) -> None:
+        if self._written == len(self._exploits) and self._written:
+            return
+        self._client.log_dict(self.parent_run_id, _strict_rows(self._exploits), "exploits.json")
+        self._written, self._written_at = len(self._exploits), time.monotonic()
+
+    def log_best(self, best: BestMember) -> None:
+        """Logs ``best/value``, the ``best.*`` tags and the ``best/`` artifacts (the
+        replayable schedule among them) to the parent run, and ``exploits.json``."""
+        checkpoint = best.checkpoint
+        with self._lock:
+            self._check_open()
+            self._write_exploits()
+            run_id = self.parent_run_id
+            self._client.log_metric(
+                run_id, "best/value", best.value, timestamp=_now_ms(), step=checkpoint.step
+            )
+            for key, value in (
+                ("best.worker", best.worker),
+                ("best.generation_id", checkpoint.generation_id),
+                ("best.step", checkpoint.step),
+            ):
+                self._client.set_tag(run_id, key, str(value))
+            summary = {
+                "worker": best.worker,
+                "worker_run_id": None if best.worker is None else self.worker_run_id(best.worker),
+                "generation_id": checkpoint.generation_id,
+                "step": checkpoint.step,
+                "value": _strict(best.value),
+                "mode": best.mode,
+                "hyperparameters": {
+                    k: _strict(v) for k, v in flatten_hparams(checkpoint.meta_params).items()
+                },
+            }
+            self._client.log_dict(run_id, summary, "best/summary.json")
+            lineage = _strict_rows(lineage_records(best.lineage))
+            self._client.log_dict(run_id, lineage, "best/lineage.json")
+            try:
+                document = best.schedule.to_json(indent=1)
+            except (TypeError, ValueError) as e:  # hyperparameters JSON cannot hold
+                self._client.set_tag(run_id, "best.schedule_error", str(e)[:_PARAM_LIMIT])
+            else:
+                self._client.log_text(run_id, document + "\n", "best/schedule.json")
+
+    def close(self) -> None:
+        """Writes ``exploits.json`` if it changed, ends the worker runs this logger
+        opened in this process, and the parent run if this logger created it.
+        Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._exploits:
+                self._write_exploits()
+            for run_id in self._runs.values():
+                self._client.set_terminated(run_id)
+            if self._owner:
+                self._client.set_terminated(self.parent_run_id)
+
+    def __repr__(self) -> str:
+        return f"MlflowLogger(parent_run_id={self.parent_run_id!r}, uri={self.tracking_uri!r})"

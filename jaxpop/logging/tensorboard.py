@@ -1,0 +1,336 @@
+"""TensorBoard: one event directory per worker, plus one for the population's events.
+
+:class:`TensorBoardWriter` writes one worker's evaluations (``eval/value``,
+``eval/<metric>``) and numeric hyperparameters (``hparams/<name>``) as scalars into
+``<log_dir>/worker-<id>``, so TensorBoard shows one run per worker.
+:class:`TensorBoardLogger` is the :class:`~jaxpop.logging.RunLogger`: a writer per worker
+opened on first use, and ``<log_dir>/population`` for the exploits (a running count and
+a text line each) and the best member (its value, and its schedule as a text table and
+as ``jaxpop.schedules`` JSON).
+
+Writers come from ``tensorboardX`` when it is installed, else from
+``flax.metrics.tensorboard`` when TensorFlow is; otherwise creating one raises an
+``ImportError`` naming ``pip install tensorboardX``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from jaxpop.logging.base import (
+    BestMember,
+    check_worker_id,
+    exploit_record,
+    schedule_records,
+    table,
+    worker_scalars,
+)
+from jaxpop.mutators import ExploitEvent
+from jaxpop.report.data import numeric_hparams
+
+__all__ = ["Backend", "TensorBoardLogger", "TensorBoardWriter", "available_backend", "writers"]
+
+Backend = Literal["auto", "tensorboardX", "flax"]
+
+_INSTALL_HINT = (
+    "jaxpop's TensorBoard hook needs a TensorBoard writer: pip install tensorboardX "
+    "(or install tensorflow to use flax.metrics.tensorboard)"
+)
+
+
+class _TensorBoardXWriter:
+    def __init__(self, path: str):
+        from tensorboardX import SummaryWriter
+
+        # a suffix of its own: another writer on this directory (a restarted worker,
+        # another process) started in the same second must not reuse the file name
+        suffix = f".{os.getpid()}.{secrets.token_hex(3)}"
+        self._writer = SummaryWriter(logdir=path, filename_suffix=suffix)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.add_scalar(tag, value, global_step=step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._writer.add_text(tag, text, global_step=step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _FlaxWriter:
+    def __init__(self, path: str):
+        from flax.metrics.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(path, auto_flush=False)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self._writer.scalar(tag, value, step)
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        self._writer.text(tag, text, step)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _importable(backend: str) -> bool:
+    try:
+        if backend == "tensorboardX":
+            import tensorboardX  # noqa: F401
+        else:
+            import flax.metrics.tensorboard  # noqa: F401  (imports tensorflow)
+    except ImportError:
+        return False
+    return True
+
+
+def available_backend(backend: Backend = "auto") -> str:
+    """The writer library to use: ``"tensorboardX"`` or ``"flax"``.
+
+    ``"auto"`` prefers tensorboardX, then flax (which needs TensorFlow).
+
+    Raises:
+      ImportError: the requested library (or, for ``"auto"``, either) is missing; the
+        message names ``pip install tensorboardX``.
+      ValueError: ``backend`` is not one of ``"auto"``, ``"tensorboardX"``, ``"flax"``.
+    """
+    if backend not in ("auto", "tensorboardX", "flax"):
+        raise ValueError(f'backend must be "auto", "tensorboardX" or "flax", got {backend!r}')
+    candidates = ("tensorboardX", "flax") if backend == "auto" else (backend,)
+    for candidate in candidates:
+        if _importable(candidate):
+            return candidate
+    raise ImportError(_INSTALL_HINT)
+
+
+class _EventDir:
+    """One TensorBoard event directory: scalars and text, thread-safe, closed once."""
+
+    def __init__(self, path: str, backend: Backend = "auto"):
+        self.backend = available_backend(backend)
+        self.path = path
+        os.makedirs(self.path, exist_ok=True)
+        factory = _TensorBoardXWriter if self.backend == "tensorboardX" else _FlaxWriter
+        self._writer = factory(self.path)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        """Writes each ``tag: value`` of ``scalars`` at ``step`` (NaN and inf as they are)."""
+        step = int(step)
+        with self._lock:
+            self._check_open()
+            for tag, value in scalars.items():
+                self._writer.scalar(tag, value, step)
+
+    def log_text(self, step: int, tag: str, text: str) -> None:
+        """Writes a text summary (markdown) under ``tag`` at ``step``."""
+        with self._lock:
+            self._check_open()
+            self._writer.text(tag, text, int(step))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} ({self.path}) is closed")
+
+    def flush(self) -> None:
+        """Makes everything written so far visible to TensorBoard."""
+        with self._lock:
+            if not self._closed:
+                self._writer.flush()
+
+    def close(self) -> None:
+        """Flushes and closes the event file. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._writer.close()
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class TensorBoardWriter(_EventDir):
+    """Writes one worker's evaluations and numeric hyperparameters as TensorBoard scalars.
+
+    Args:
+      log_dir: the TensorBoard directory of the whole population (created if missing).
+      worker_id: this worker's id; events go to ``<log_dir>/worker-<worker_id>``.
+      backend: ``"auto"`` (tensorboardX, else flax with TensorFlow), ``"tensorboardX"``
+        or ``"flax"``; see :func:`available_backend`.
+
+    Thread-safe; use one per worker and :meth:`close` it (or use it as a context
+    manager) when the worker is done.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, worker_id: int, *, backend: Backend = "auto"):
+        self.worker_id = check_worker_id(worker_id)
+        super().__init__(os.path.join(os.fspath(log_dir), f"worker-{worker_id}"), backend)
+
+    def log_eval(
+        self,
+        step: int,
+        value: float,
+        meta_params: Any = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> None:
+        """Writes ``eval/value``, ``eval/<name>`` per metric and ``hparams/<name>`` per
+        numeric hyperparameter of ``meta_params``, all at ``step``."""
+        self.log_scalars(step, worker_scalars(value, meta_params, metrics))
+
+    def log_hparams(self, step: int, meta_params: Any) -> None:
+        """Writes ``hparams/<name>`` per numeric hyperparameter, at ``step`` (for
+        example when the worker switches to a new generation)."""
+        scalars = {f"hparams/{k}": v for k, v in numeric_hparams(meta_params).items()}
+        self.log_scalars(step, scalars)
+
+
+def writers(
+    log_dir: str | os.PathLike, num_workers: int, *, backend: Backend = "auto"
+) -> list[TensorBoardWriter]:
+    """One :class:`TensorBoardWriter` per worker id in ``range(num_workers)``."""
+    return [TensorBoardWriter(log_dir, i, backend=backend) for i in range(num_workers)]
+
+
+def _markdown(columns: list[str], data: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return "" if v is None else f"{v:.5g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in data]
+    return "\n".join(lines)
+
+
+class TensorBoardLogger:
+    """A :class:`~jaxpop.logging.RunLogger` writing TensorBoard event files.
+
+    Args:
+      log_dir: the population's TensorBoard directory: workers write to
+        ``worker-<id>`` below it (as :class:`TensorBoardWriter`), the population's
+        events to ``population``. View with ``tensorboard --logdir LOG_DIR``.
+      backend: see :func:`available_backend` (checked here, so a missing library fails
+        before training starts).
+
+    What it writes: per worker, the scalars of :meth:`TensorBoardWriter.log_eval`; in
+    ``population``, ``exploits/count`` (how many so far, at each exploit's step), a text
+    line per exploit under ``exploits`` (source, and the hyperparameters before and
+    after), and at the end ``best/value`` and the text ``best/schedule`` (a table and
+    the ``jaxpop.schedules`` JSON). Thread-safe; picklable (a copy opens its own
+    writers).
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, *, backend: Backend = "auto"):
+        self.log_dir = os.fspath(log_dir)
+        self.backend = available_backend(backend)
+        self._writers: dict[int, TensorBoardWriter] = {}
+        self._population: _EventDir | None = None
+        self._exploits = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"log_dir": self.log_dir, "backend": self.backend, "exploits": self._exploits}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["log_dir"], backend=state["backend"])  # type: ignore[misc]
+        self._exploits = state["exploits"]
+
+    def _writer(self, worker_id: int) -> TensorBoardWriter:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"this TensorBoardLogger ({self.log_dir}) is closed")
+            if worker_id not in self._writers:
+                self._writers[worker_id] = TensorBoardWriter(
+                    self.log_dir, worker_id, backend=self.backend
+                )
+            return self._writers[worker_id]
+
+    def _population_writer(self) -> _EventDir:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"this TensorBoardLogger ({self.log_dir}) is closed")
+            if self._population is None:
+                self._population = _EventDir(os.path.join(self.log_dir, "population"), self.backend)
+            return self._population
+
+    def log_worker(
+        self,
+        worker_id: int,
+        step: int,
+        value: float,
+        hparams: Any = None,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        generation_id: str | None = None,
+    ) -> None:
+        """Writes the worker's scalars at ``step`` (see :meth:`TensorBoardWriter.log_eval`)."""
+        self._writer(check_worker_id(worker_id)).log_eval(step, value, hparams, metrics)
+
+    def log_exploit(self, event: ExploitEvent) -> None:
+        """Counts the exploit (``exploits/count``) and writes it as a text line."""
+        writer = self._population_writer()
+        with self._lock:
+            self._exploits += 1
+            count = self._exploits
+        row = exploit_record(event)
+        changes = [
+            f"{k[len('after.') :]}: {row.get('before.' + k[len('after.') :])} -> {v}"
+            for k, v in row.items()
+            if k.startswith("after.") and row.get("before." + k[len("after.") :]) != v
+        ]
+        text = (
+            f"generation `{event.generation_id}` copied `{event.source[0]}` at step "
+            f"{event.source[1]} (value {event.source_value}); " + ("; ".join(changes) or "same")
+        )
+        writer.log_scalars(event.step, {"exploits/count": float(count)})
+        writer.log_text(event.step, "exploits", text)
+
+    def log_best(self, best: BestMember) -> None:
+        """Writes ``best/value`` and the text ``best/schedule`` at the best step."""
+        writer = self._population_writer()
+        step = best.checkpoint.step
+        writer.log_scalars(step, {"best/value": float(best.value)})
+        try:
+            document = best.schedule.to_json(indent=1)
+        except (TypeError, ValueError) as e:
+            document = json.dumps({"error": str(e)})
+        text = (
+            f"best member: worker {best.worker}, generation `{best.checkpoint.generation_id}`, "
+            f"step {step}, value {best.value}\n\n"
+            + _markdown(*table(schedule_records(best.schedule)))
+            + "\n\n```json\n"
+            + document
+            + "\n```"
+        )
+        writer.log_text(step, "best/schedule", text)
+
+    def flush(self) -> None:
+        """Makes everything written so far visible to TensorBoard."""
+        with self._lock:
+            writers = [*self._writers.values(), *([self._population] if self._population else [])]
+        for writer in writers:
+            writer.flush()
+
+    def close(self) -> None:
+        """Closes every event file this logger opened. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            writers = [*self._writers.values(), *([self._population] if self._population else [])]
+        for writer in writers:
+            writer.close()

@@ -1,0 +1,124 @@
+"""A live view: re-read a running population every few seconds and refresh its report.
+
+:func:`watch` is the loop behind ``jaxpop report LOGDIR --watch``: it reads the run with
+:func:`~jaxpop.report.load` (no lock, no writes: the run is never disturbed), rewrites
+the report files whenever something changed, and calls back with each read, until the
+run is over (:func:`is_done`), ``max_iterations`` reads have been made, or the caller
+interrupts it (Ctrl-C). The files are rewritten at most every ``write_every`` seconds
+(drawing the plots takes about a second) and once more at the end. No service is
+involved: everything is the run's own files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from jaxpop.core import PopulationState
+from jaxpop.report.data import NotARunError, Report, SeveralRunsError, load
+from jaxpop.report.files import write_report
+
+__all__ = ["Refresh", "fingerprint", "is_done", "watch"]
+
+
+class Refresh(NamedTuple):
+    """One read of a watched run.
+
+    Attributes:
+      iteration: how many reads so far (1 for the first).
+      report: what was read (``None`` while the run is not there yet).
+      changed: whether it differs from the previous read.
+      done: whether the run is over (:func:`is_done`); the last refresh.
+      waiting: why there is no report yet (``None`` once there is one).
+      written: the files rewritten this time (``{}``: none, the run did not change or
+        they were rewritten less than ``write_every`` seconds ago).
+    """
+
+    iteration: int
+    report: Report | None
+    changed: bool
+    done: bool
+    waiting: str | None
+    written: dict[str, str]
+
+
+def is_done(state: PopulationState) -> bool:
+    """Whether a run is over: it has workers and none is active (each finished or gone),
+    as :attr:`jaxpop.PopulationController.done` says."""
+    return bool(state.workers) and not any(w.is_active for w in state.workers)
+
+
+def fingerprint(report: Report) -> tuple[str, int, int]:
+    """What changes whenever the run records anything: ``(run dir, events, checkpoints)``."""
+    return (report.log_dir, report.state.num_events, report.history.num_checkpoints)
+
+
+def watch(
+    log_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    interval: float = 2.0,
+    write_every: float | None = None,
+    max_iterations: int | None = None,
+    log_scale: bool = False,
+    on_refresh: Callable[[Refresh], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> Report | None:
+    """Re-reads the run at ``log_dir`` every ``interval`` seconds and keeps its report
+        up to date in ``out_dir`` (see :func:`~jaxpop.report.write_report`).
+
+        While the directory holds no run yet (missing, empty, not written yet) it waits for
+        one. Each read calls ``on_refresh`` with a :class:`Refresh`. The files (plots take
+        a second or so to draw) are rewritten when the run changed (:func:`fingerprint`),
+        at most every ``write_every`` seconds (default: ``max(interval, 10)``), and always
+        after the last read. ``sleep`` and ``clock`` default to ``time.sleep`` and
+    ``time.monotonic``. Returns the last report read (``None`` if none) once the run
+        is over, or after ``max_iterations`` reads. A ``KeyboardInterrupt`` (Ctrl-C)
+        propagates to the caller.
+
+        Raises:
+          ValueError: ``interval`` is not positive, ``write_every`` or ``max_iterations``
+            is negative; or ``out_dir`` lies inside the run (see
+            :func:`~jaxpop.report.write_report`).
+          SeveralRunsError: ``log_dir`` holds several runs.
+          jaxpop.storage.CorruptLogError: a file of the run is damaged.
+          ImportError: matplotlib is missing (the plots need it).
+    """
+    if not interval > 0:
+        raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+    write_every = max(interval, 10.0) if write_every is None else write_every
+    if not write_every >= 0:
+        raise ValueError(f"write_every must be >= 0 seconds, got {write_every!r}")
+    if max_iterations is not None and max_iterations < 0:
+        raise ValueError(f"max_iterations must be >= 0 (0: no limit), got {max_iterations!r}")
+    sleep = time.sleep if sleep is None else sleep
+    clock = time.monotonic if clock is None else clock
+    last: Report | None = None
+    seen, written_seen, written_at = None, None, -math.inf
+    iteration = 0
+    while True:
+        iteration += 1
+        waiting, written, changed, done = None, {}, False, False
+        try:
+            data = load(log_dir)
+        except SeveralRunsError:
+            raise
+        except (FileNotFoundError, NotARunError) as e:  # not there yet: wait for it
+            data, waiting = None, str(e)
+        final = max_iterations is not None and 0 < max_iterations <= iteration
+        if data is not None:
+            last, done = data, is_done(data.state)
+            changed, seen = fingerprint(data) != seen, fingerprint(data)
+            stale = seen != written_seen
+            if stale and (done or final or clock() - written_at >= write_every):
+                written = write_report(data, out_dir, log_scale=log_scale)
+                written_seen, written_at = seen, clock()
+        if on_refresh is not None:
+            on_refresh(Refresh(iteration, data, changed, done, waiting, written))
+        if done or final:
+            return last
+        sleep(interval)

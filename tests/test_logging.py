@@ -1,0 +1,323 @@
+"""``jaxpop.logging``: the RunLogger interface, the exploit feed, the fan-out, TensorBoard."""
+
+import doctest
+import os
+import pickle
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+import jaxpop.logging
+from conftest import FakeClock
+from jaxpop import History, PopulationController, report
+from jaxpop.logging import base
+from jaxpop.mutators import WinnerTakeAllGenetic, exploit_events
+from jaxpop.schedules import best_final, from_json, from_lineage
+
+WORKERS = 3
+
+
+def _mutate(meta, key):
+    rng = np.random.default_rng(key)
+    return {**meta, "log_lr": meta["log_lr"] + 0.5 * float(rng.normal())}
+
+
+def simulate(logs, n=WORKERS, evals=6, *, clock=None, sync_every=1):
+    """A small PBT run (WinnerTakeAllGenetic every 20 steps) whose simulated workers
+    log each evaluation to ``logs``; the driver syncs exploits every ``sync_every``
+    evaluations and finishes at the end. Returns ``(state, logged, best)`` where
+    ``logged[i]`` lists worker ``i``'s ``(step, value, meta_params, generation_id)``."""
+    initial = [{"log_lr": -2.0 - i, "opt": {"b1": 0.9}, "name": "sgd"} for i in range(n)]
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=20)
+    pop = PopulationController(initial, mutator, seed=0, clock=clock or time.time)
+    gens, steps, logged = [None] * n, [0] * n, [[] for _ in range(n)]
+    for t in range(n * evals):
+        i = t % n
+        data = pop.maybe_get_worker_data(i, gens[i], steps[i], None, None)
+        if data is not None:
+            gens[i], steps[i] = data.generation_id, data.step
+        steps[i] += 10
+        meta = pop.history.meta_params(gens[i])
+        value = (meta["log_lr"] + 3) ** 2 + 10 / steps[i]
+        pop.set_eval(i, gens[i], steps[i], None, value)
+        logs.log_worker(
+            i, steps[i], value, meta, metrics={"accuracy": 1 / (1 + value)}, generation_id=gens[i]
+        )
+        logged[i].append((steps[i], value, meta, gens[i]))
+        if t % sync_every == 0:
+            logs.sync(pop.history)
+    state = pop.state
+    best = logs.finish(state)
+    return state, logged, best
+
+
+class Recorder:
+    """A RunLogger that records every call."""
+
+    def __init__(self, fail=None):
+        self.calls, self.fail = [], fail
+
+    def log_worker(self, worker_id, step, value, hparams=None, *, metrics=None, generation_id=None):
+        self.calls.append(("worker", worker_id, step, value, generation_id))
+        if self.fail == "worker":
+            raise RuntimeError("boom")
+
+    def log_exploit(self, event):
+        self.calls.append(("exploit", event))
+
+    def log_best(self, best):
+        self.calls.append(("best", best))
+
+    def close(self):
+        self.calls.append(("close",))
+        if self.fail == "close":
+            raise OSError("cannot close")
+
+    def of(self, kind):
+        return [c[1:] for c in self.calls if c[0] == kind]
+
+
+def test_the_docstring_examples_run():
+    assert doctest.testmod(jaxpop.logging).failed == 0
+    assert doctest.testmod(base).failed == 0
+
+
+def test_a_logger_sees_every_evaluation_each_exploit_once_and_the_best_member():
+    recorder = Recorder()
+    logs = jaxpop.logging.Loggers([recorder])
+    assert isinstance(recorder, jaxpop.logging.RunLogger) and isinstance(logs, base.RunLogger)
+    state, logged, best = simulate(logs)
+    assert [(w, s, v, g) for w, s, v, g in recorder.of("worker")] == [
+        (t % WORKERS, *logged[t % WORKERS][t // WORKERS][:2], logged[t % WORKERS][t // WORKERS][3])
+        for t in range(WORKERS * 6)
+    ]
+    events = exploit_events(state.history)
+    assert len(events) >= 3
+    assert [e for (e,) in recorder.of("exploit")] == events  # each once, in creation order
+    assert recorder.of("best") == [(best,)] and recorder.calls[-1] == ("close",)
+    # the best member is the best final checkpoint, its schedule the replayable one
+    assert best.checkpoint == best_final(state.history)
+    assert best.schedule == from_lineage(state.history)
+    assert from_json(best.schedule.to_json()) == best.schedule
+    assert best.lineage[-1] == best.checkpoint and best.lineage[0].parent is None
+    member = report.build(state).members[best.worker]
+    assert best.checkpoint.ref in {c.ref for c in member.lineage}
+    assert best.mode == "min" and best.value == best.checkpoint.value
+
+
+def test_best_member_from_a_history_or_before_any_evaluation():
+    state, _, best = simulate(jaxpop.logging.Loggers([]))
+    from_history = jaxpop.logging.best_member(state.history)
+    assert from_history.worker is None and from_history.checkpoint == best.checkpoint
+    assert jaxpop.logging.best_member(History()) is None
+    with pytest.raises(TypeError, match="PopulationState or a History"):
+        jaxpop.logging.best_member({"history": state.history})
+
+
+def test_the_exploit_feed_hands_out_each_event_once_even_at_one_instant():
+    clock = FakeClock()  # never advanced: every event at one instant
+    feed = jaxpop.logging.ExploitFeed()
+    logs = jaxpop.logging.Loggers([])
+    state, _, _ = simulate(logs, clock=clock, sync_every=WORKERS)
+    events = exploit_events(state.history)
+    first = feed.new(state.history)
+    assert first == events and feed.new(state.history) == []
+    copy = pickle.loads(pickle.dumps(feed))  # plain data: a driver restarted with it
+    assert copy.new(state.history) == []
+    assert jaxpop.logging.ExploitFeed().new(state.history) == events
+
+
+def test_every_logger_gets_each_call_even_when_one_fails():
+    failing, other = Recorder(fail="worker"), Recorder(fail="close")
+    logs = jaxpop.logging.Loggers([failing, other])
+    with pytest.raises(RuntimeError, match="boom"):
+        logs.log_worker(0, 10, 1.0, {"lr": 0.1})
+    assert other.of("worker") == [(0, 10, 1.0, None)]
+    with pytest.raises(OSError, match="cannot close"):
+        logs.close()
+    assert failing.calls[-1] == other.calls[-1] == ("close",)
+    with pytest.raises(TypeError, match="not a RunLogger"):
+        jaxpop.logging.Loggers([object()])
+
+
+def test_backend_names_and_clear_errors(monkeypatch, tmp_path):
+    assert jaxpop.logging.parse_backends(["wandb,mlflow", "wandb"]) == ["wandb", "mlflow"]
+    assert jaxpop.logging.parse_backends(None) == []
+    with pytest.raises(ValueError, match="unknown logger 'neptune'"):
+        jaxpop.logging.make_loggers("neptune")
+    with pytest.raises(TypeError, match="strings"):
+        jaxpop.logging.parse_backends([1])
+    with pytest.raises(ValueError, match="needs log_dir"):
+        jaxpop.logging.make_loggers(["tensorboard"])
+    for module, extra in (("wandb", "jaxpop[wandb]"), ("mlflow", "jaxpop[mlflow]")):
+        monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+        with pytest.raises(ImportError, match=extra.replace("[", r"\[").replace("]", r"\]")):
+            jaxpop.logging.make_loggers([module], log_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_the_core_imports_no_logging_library():
+    import subprocess
+
+    code = (
+        "import sys, jaxpop, jaxpop.logging, jaxpop.report; "
+        "names = ('wandb', 'mlflow', 'tensorboardX', 'tensorflow'); "
+        "bad = [n for n in names if sys.modules.get(n) is not None]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# -- TensorBoard ----------------------------------------------------------------------
+def _texts(directory):
+    """``{tag: [(step, text)]}`` of the text summaries in a directory's event files."""
+    import glob
+    import os
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    out = {}
+    for path in sorted(glob.glob(os.path.join(directory, "events.out.tfevents.*"))):
+        data, offset = open(path, "rb").read(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.tensor.string_val:
+                    text = value.tensor.string_val[0].decode()
+                    out.setdefault(value.tag, []).append((event.step, text))
+    return out
+
+
+def test_tensorboard_logger_writes_workers_exploits_and_the_best_schedule(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from test_tensorboard import _events
+
+    logs = jaxpop.logging.make_loggers(["tensorboard"], log_dir=tmp_path)
+    state, logged, best = simulate(logs)
+    root = tmp_path / "tensorboard"
+    assert sorted(p.name for p in root.iterdir()) == [
+        "population",
+        *(f"worker-{i}" for i in range(WORKERS)),
+    ]
+    for i in range(WORKERS):
+        scalars = _events(root / f"worker-{i}")
+        values = [(s, v) for s, tag, v in scalars if tag == "eval/value"]
+        assert values == [(s, pytest.approx(v)) for s, v, _, _ in logged[i]]
+        lrs = [v for _, tag, v in scalars if tag == "hparams/log_lr"]
+        assert lrs == [pytest.approx(m["log_lr"]) for _, _, m, _ in logged[i]]
+        assert {tag for _, tag, _ in scalars} >= {"eval/accuracy", "hparams/opt.b1"}
+    population = _events(root / "population")
+    events = exploit_events(state.history)
+    counts = [(s, v) for s, tag, v in population if tag == "exploits/count"]
+    assert counts == [(e.step, float(k + 1)) for k, e in enumerate(events)]
+    assert [(s, v) for s, tag, v in population if tag == "best/value"] == [
+        (best.checkpoint.step, pytest.approx(best.value))
+    ]
+    texts = _texts(root / "population")
+    lines = texts["exploits/text_summary"]
+    assert len(lines) == len(events)
+    assert all(
+        e.generation_id in text and e.source[0] in text
+        for e, (_, text) in zip(events, lines, strict=True)
+    )
+    ((step, text),) = texts["best/schedule/text_summary"]
+    document = text.split("```json\n")[1].split("\n```")[0]
+    assert step == best.checkpoint.step and from_json(document) == best.schedule
+    with pytest.raises(RuntimeError, match="closed"):
+        logs.log_worker(0, 100, 1.0)
+
+
+def test_a_pickled_tensorboard_logger_writes_on_in_the_same_directories(tmp_path):
+    pytest.importorskip("tensorboardX")
+    from test_tensorboard import _events
+
+    logger = jaxpop.logging.TensorBoardLogger(tmp_path)
+    logger.log_worker(0, 10, 0.5, {"lr": 0.1})
+    copy = pickle.loads(pickle.dumps(jaxpop.logging.Loggers([logger])))  # as Ray ships it
+    copy.log_worker(0, 20, 0.25, {"lr": 0.2})
+    copy.close()
+    logger.close()
+    assert sorted(s for s, tag, _ in _events(tmp_path / "worker-0") if tag == "eval/value") == [
+        10,
+        20,
+    ]
+
+
+def test_jaxpop_tensorboard_still_works_and_says_it_moved():
+    sys.modules.pop("jaxpop.tensorboard", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from jaxpop import tensorboard
+    assert any(
+        issubclass(w.category, DeprecationWarning) and "jaxpop.logging" in str(w.message)
+        for w in caught
+    )
+    assert tensorboard.TensorBoardWriter is jaxpop.logging.TensorBoardWriter
+    assert tensorboard.writers is jaxpop.logging.tensorboard.writers
+
+
+# -- the examples' --log ---------------------------------------------------------------
+def test_the_cnn_example_logs_to_each_backend_it_is_given(tmp_path, monkeypatch):
+    import importlib.util
+
+    from examples.simple_cnn import train as simple_cnn
+
+    backends = [
+        name
+        for name, module in (
+            ("tensorboard", "tensorboardX"),
+            ("wandb", "wandb"),
+            ("mlflow", "mlflow"),
+        )
+        if importlib.util.find_spec(module) is not None
+    ]
+    if not backends:
+        pytest.skip("no logging library is installed")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    argv = ["--steps", "20", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "10"]
+    argv += ["--no-progress", "--log-dir", str(tmp_path / "run"), "--log", *backends]
+    summary = simple_cnn.main(argv)
+    assert summary["exploit_events"] >= 1
+    run = tmp_path / "run"
+    if "tensorboard" in backends:
+        assert sorted(os.listdir(run / "tensorboard")) == ["population", "worker-0", "worker-1"]
+    if "wandb" in backends:
+        offline = [d for d in os.listdir(run / "wandb") if d.startswith("offline-run-")]
+        assert len(offline) == 3  # two workers and the population
+    if "mlflow" in backends:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
+        runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
+        (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert parent.info.run_name == "simple_cnn" and parent.data.params["workers"] == "2"
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert sorted(r.info.run_name for r in children) == ["worker-0", "worker-1"]
+        assert {"best.worker", "best.generation_id", "best.step"} <= set(parent.data.tags)
+
+
+def test_the_cnn_examples_take_log_flags():
+    import argparse
+
+    from examples import population_cnn
+
+    parser = argparse.ArgumentParser()
+    population_cnn.add_flags(parser, steps=1, workers=1, log_dir="x")
+    args = population_cnn.parse(
+        parser, ["--log", "wandb", "mlflow", "--log", "wandb", "--tensorboard"]
+    )
+    assert args.log == ["wandb", "mlflow", "tensorboard"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--log", "neptune"])

@@ -1,0 +1,120 @@
+"""The MLflow logger against a local file store: a parent run, nested worker runs.
+
+No server: the tracking URI is a ``file:`` directory under ``tmp_path`` (MLflow >= 3.7
+keeps that store behind ``MLFLOW_ALLOW_FILE_STORE=true``), read back with
+``MlflowClient``.
+"""
+
+import json
+import pickle
+
+import pytest
+
+pytest.importorskip("mlflow")
+
+from test_logging import WORKERS, simulate
+
+import jaxpop.logging
+from jaxpop.logging.base import exploit_record, lineage_records
+from jaxpop.mutators import exploit_events
+from jaxpop.report import flatten_hparams
+from jaxpop.schedules import from_json
+
+
+@pytest.fixture
+def store(monkeypatch, tmp_path):
+    """A local file store's tracking URI; MLflow's own env settings cleared."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return (tmp_path / "mlruns").as_uri()
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifact(client, run_id, path, tmp_path):
+    local = client.download_artifacts(run_id, path, str(tmp_path / "downloads"))
+    with open(local) as f:
+        return f.read()
+
+
+def test_a_parent_run_with_a_nested_run_per_worker(store, tmp_path):
+    logs = jaxpop.logging.make_loggers(
+        ["mlflow"],
+        name="pbt",
+        config={"workers": WORKERS, "steps": 60},
+        mlflow={"tracking_uri": store, "experiment": "jaxpop-test"},
+    )
+    (logger,) = logs.loggers
+    state, logged, best = simulate(logs)
+    client = _client(store)
+    experiment = client.get_experiment_by_name("jaxpop-test")
+    parent = client.get_run(logger.parent_run_id)
+    assert parent.info.run_name == "pbt" and parent.info.status == "FINISHED"
+    assert parent.data.params == {"workers": str(WORKERS), "steps": "60"}
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{logger.parent_run_id}'",
+    )
+    by_name = {run.info.run_name: run for run in children}
+    assert set(by_name) == {f"worker-{i}" for i in range(WORKERS)}  # nested, MLflow's way
+    for i in range(WORKERS):
+        run = by_name[f"worker-{i}"]
+        assert run.info.status == "FINISHED" and run.info.run_id == logger.worker_run_id(i)
+        assert run.data.params == {k: str(v) for k, v in flatten_hparams(logged[i][0][2]).items()}
+        values = client.get_metric_history(run.info.run_id, "eval/value")
+        assert [(m.step, m.value) for m in values] == [
+            (s, pytest.approx(v)) for s, v, _, _ in logged[i]
+        ]
+        lrs = client.get_metric_history(run.info.run_id, "hparams/log_lr")
+        assert [m.value for m in lrs] == [pytest.approx(m["log_lr"]) for _, _, m, _ in logged[i]]
+        assert len(client.get_metric_history(run.info.run_id, "eval/accuracy")) == len(logged[i])
+        assert run.data.tags["jaxpop.generation_id"] == logged[i][-1][3]
+    events = exploit_events(state.history)
+    counts = client.get_metric_history(logger.parent_run_id, "exploits/count")
+    assert [(m.step, m.value) for m in counts] == [(e.step, k + 1) for k, e in enumerate(events)]
+    exploits = json.loads(_artifact(client, logger.parent_run_id, "exploits.json", tmp_path))
+    assert exploits == [exploit_record(e) for e in events] and len(events) >= 3
+    schedule = _artifact(client, logger.parent_run_id, "best/schedule.json", tmp_path)
+    assert from_json(schedule) == best.schedule  # jaxpop.schedules JSON: replayable
+    summary = json.loads(_artifact(client, logger.parent_run_id, "best/summary.json", tmp_path))
+    assert summary["worker"] == best.worker and summary["step"] == best.checkpoint.step
+    assert summary["worker_run_id"] == by_name[f"worker-{best.worker}"].info.run_id
+    lineage = json.loads(_artifact(client, logger.parent_run_id, "best/lineage.json", tmp_path))
+    assert lineage == lineage_records(best.lineage)
+    tags = parent.data.tags
+    assert (tags["best.worker"], tags["best.step"]) == (str(best.worker), str(best.checkpoint.step))
+    (value,) = client.get_metric_history(logger.parent_run_id, "best/value")
+    assert value.value == pytest.approx(best.value)
+
+
+def test_a_pickled_copy_nests_under_the_same_parent_and_leaves_it_running(store):
+    logger = jaxpop.logging.MlflowLogger("pop", tracking_uri=store)
+    logger.log_worker(0, 10, 0.5, {"lr": 0.1})
+    copy = pickle.loads(pickle.dumps(logger))  # what a Ray worker actor gets
+    copy.log_worker(0, 20, 0.25, {"lr": 0.2})  # finds worker 0's run by its tags
+    copy.log_worker(1, 20, 0.75, {"lr": 0.3})
+    copy.close()
+    client = _client(store)
+    assert client.get_run(logger.parent_run_id).info.status == "RUNNING"  # not the copy's
+    run_id = logger.worker_run_id(0)
+    assert copy.worker_run_id(0) == run_id
+    history = client.get_metric_history(run_id, "eval/value")
+    assert [(m.step, m.value) for m in history] == [(10, 0.5), (20, 0.25)]
+    assert client.get_run(copy.worker_run_id(1)).data.tags["mlflow.parentRunId"] == (
+        logger.parent_run_id
+    )
+    logger.close()
+    assert client.get_run(logger.parent_run_id).info.status == "FINISHED"
+    attached = jaxpop.logging.MlflowLogger(tracking_uri=store, parent_run_id=logger.parent_run_id)
+    attached.log_worker(2, 5, 1.0)
+    attached.close()
+    assert client.get_run(attached.worker_run_id(2)).data.tags["mlflow.parentRunId"] == (
+        logger.parent_run_id
+    )
+    with pytest.raises(RuntimeError, match="closed"):
+        attached.log_worker(2, 6, 1.0)

@@ -1,0 +1,194 @@
+"""The W&B logger, offline: one run per worker in a group, config updates, tables.
+
+Everything is read back from the offline run directories W&B writes
+(``<dir>/wandb/offline-run-*``): each run's ``.wandb`` transaction log (LevelDB log
+framing around protobuf ``Record`` s, parsed here with ``wandb.proto``) and its files.
+``WANDB_MODE=offline``: nothing leaves the machine.
+"""
+
+import glob
+import json
+import os
+import pickle
+import struct
+
+import pytest
+
+pytest.importorskip("wandb")
+
+from test_logging import WORKERS, simulate
+
+import jaxpop.logging
+from jaxpop.logging.base import exploit_record, lineage_records, schedule_records
+from jaxpop.mutators import exploit_events
+from jaxpop.report import flatten_hparams
+from jaxpop.schedules import from_json
+
+_BLOCK, _HEADER = 32768, 7
+
+
+def _records(path):
+    """The protobuf records of a ``.wandb`` file (LevelDB log format, W&B header)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = open(path, "rb").read()
+    assert data[:4] == b":W&B", "not a W&B transaction log"
+    offset, chunks, pending = _HEADER, [], b""
+    while offset + _HEADER <= len(data):
+        left = _BLOCK - offset % _BLOCK
+        if left < _HEADER:  # the block's trailer
+            offset += left
+            continue
+        _checksum, length, kind = struct.unpack_from("<IHB", data, offset)
+        if kind == 0:  # zero padding at the end of a block
+            offset += left
+            continue
+        chunk = data[offset + _HEADER : offset + _HEADER + length]
+        offset += _HEADER + length
+        if kind == 1:  # FULL
+            chunks.append(chunk)
+        elif kind == 2:  # FIRST
+            pending = chunk
+        elif kind == 3:  # MIDDLE
+            pending += chunk
+        else:  # LAST
+            chunks.append(pending + chunk)
+    records = []
+    for chunk in chunks:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(chunk)
+        records.append(record)
+    return records
+
+
+def _key(item):
+    return ".".join(item.nested_key) if item.nested_key else item.key
+
+
+class _Run:
+    """What one offline run recorded."""
+
+    def __init__(self, directory):
+        self.dir = directory
+        (path,) = glob.glob(os.path.join(directory, "*.wandb"))
+        self.history, self.config_updates, self.metrics, self.summary = [], [], [], {}
+        for record in _records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "run":
+                self.run = record.run
+                self.config = {u.key: json.loads(u.value_json) for u in record.run.config.update}
+            elif kind == "history":
+                row = {_key(i): json.loads(i.value_json) for i in record.history.item}
+                self.history.append({k: v for k, v in row.items() if not k.startswith("_")})
+            elif kind == "config":
+                update = {u.key: json.loads(u.value_json) for u in record.config.update}
+                self.config_updates.append(update)
+                self.config.update(update)
+            elif kind == "metric":
+                self.metrics.append(record.metric)
+            elif kind == "summary":
+                for u in record.summary.update:
+                    self.summary[_key(u)] = json.loads(u.value_json)
+
+    def table(self, name):
+        """The rows of the newest version of the logged table ``name``."""
+        pattern = os.path.join(self.dir, "files", "media", "table", f"{name}_*.table.json")
+        newest = max(glob.glob(pattern), key=lambda p: int(p.rsplit("_", 2)[-2]))
+        document = json.load(open(newest))
+        return [dict(zip(document["columns"], row, strict=True)) for row in document["data"]]
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """W&B offline, with every directory it uses under ``tmp_path``."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+    for name in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP", "WANDB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def _runs(log_dir):
+    runs = [_Run(d) for d in sorted(glob.glob(os.path.join(log_dir, "wandb", "offline-run-*")))]
+    return {r.run.display_name: r for r in runs}
+
+
+def test_one_run_per_worker_grouped_with_exploits_and_the_best_schedule(offline):
+    logs = jaxpop.logging.make_loggers(
+        ["wandb"], log_dir=offline, name="pbt", config={"workers": WORKERS}
+    )
+    (logger,) = logs.loggers
+    state, logged, best = simulate(logs)
+    runs = _runs(offline)
+    assert set(runs) == {"population", *(f"worker-{i}" for i in range(WORKERS))}
+    assert logger.group.startswith("pbt-")
+    for name, run in runs.items():  # one group; W&B's job_type tells workers apart
+        assert run.run.run_group == logger.group
+        assert run.run.job_type == ("population" if name == "population" else "worker")
+        assert run.config["population"] == {"workers": WORKERS}
+    for i in range(WORKERS):
+        run = runs[f"worker-{i}"]
+        assert run.run.run_id == logger.run_id(i)
+        # metrics against a step metric of their own: an exploit may move a worker back
+        assert {(m.glob_name, m.step_metric) for m in run.metrics if m.glob_name} >= {
+            ("eval/*", "step"),
+            ("hparams/*", "step"),
+        }
+        assert [(h["step"], h["eval/value"]) for h in run.history] == [
+            (s, pytest.approx(v)) for s, v, _, _ in logged[i]
+        ]
+        assert [h["hparams/log_lr"] for h in run.history] == [
+            pytest.approx(m["log_lr"]) for _, _, m, _ in logged[i]
+        ]
+        assert all("eval/accuracy" in h for h in run.history)
+        # config: the hyperparameters in force, updated at each exploit
+        first = logged[i][0]
+        assert run.config["worker_id"] == i
+        changes = [
+            (flatten_hparams(m), g)
+            for k, (_, _, m, g) in enumerate(logged[i])
+            if k and g != logged[i][k - 1][3]
+        ]
+        assert [(u["hparams"], u["generation_id"]) for u in run.config_updates] == changes
+        assert run.config["hparams"] == flatten_hparams(logged[i][-1][2])
+        assert run.config["generation_id"] == logged[i][-1][3]
+        assert first[3] != logged[i][-1][3] or not changes
+    assert any(runs[f"worker-{i}"].config_updates for i in range(WORKERS))
+    events = exploit_events(state.history)
+    population = runs["population"]
+    rows = population.table("exploits")
+    expected = [exploit_record(e) for e in events]
+    assert [r["generation_id"] for r in rows] == [e.generation_id for e in events]
+    assert rows == [{k: r.get(k) for k in rows[0]} for r in expected]  # before/after each
+    assert [h["exploits/count"] for h in population.history if "exploits/count" in h] == list(
+        range(1, len(events) + 1)
+    )
+    assert population.table("best/schedule") == schedule_records(best.schedule)
+    assert population.table("best/lineage") == [
+        {k: pytest.approx(v) if isinstance(v, float) else v for k, v in r.items()}
+        for r in lineage_records(best.lineage)
+    ]
+    summary = population.summary
+    assert summary["best/value"] == pytest.approx(best.value)
+    assert (summary["best/worker"], summary["best/step"]) == (best.worker, best.checkpoint.step)
+    assert summary["best/worker_run_id"] == logger.run_id(best.worker)
+    document = open(os.path.join(population.dir, "files", "best_schedule.json")).read()
+    assert from_json(document) == best.schedule  # the replayable schedule, as a file
+
+
+def test_a_pickled_logger_continues_the_same_worker_run(offline):
+    logger = jaxpop.logging.WandbLogger("g", dir=offline, project="p")
+    logger.log_worker(0, 10, 0.5, {"lr": 0.1}, generation_id="a")
+    copy = pickle.loads(pickle.dumps(logger))  # a Ray actor's copy, or a restarted one
+    assert (copy.group, copy.run_id(0)) == ("g", logger.run_id(0))
+    logger.close()
+    copy.log_worker(0, 20, 0.25, {"lr": 0.1}, generation_id="a")
+    copy.close()
+    copy.close()  # idempotent
+    runs = [_Run(d) for d in glob.glob(os.path.join(offline, "wandb", "offline-run-*"))]
+    assert {r.run.run_id for r in runs} == {logger.run_id(0)}  # resumed, not a new run
+    assert sorted(h["step"] for r in runs for h in r.history) == [10, 20]
+    with pytest.raises(RuntimeError, match="closed"):
+        copy.log_worker(0, 30, 0.1)
