@@ -354,3 +354,12 @@ def test_host_random_is_uniform_and_reproducible():
     assert big.shape == (3, 100) and 0.4 < big.mean() < 0.6
     with pytest.raises(ValueError):
         HostRandom(key).randrange(0)
+
+
+def test_infinite_or_huge_integers_clip_to_the_space_on_the_host():
+    space = {"batch": ex.randint(8, 257)}
+    key = keys(1)[0]
+    for value, want in ((math.inf, 256), (-math.inf, 8), (1.6e308, 256)):
+        assert ex.clip(space, {"batch": value}) == {"batch": want}
+        assert ex.explore(key, space, {"batch": value}, resample_probability=0.0) == {"batch": want}
+        assert ex.perturb(key, space, {"batch": value}) == {"batch": want}

@@ -698,3 +698,29 @@ def test_decisions_from_the_kept_view_equal_decisions_read_from_scratch(options,
         for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
             assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)
             assert a.history == b.history, (seed, t)
+
+
+def test_a_caller_that_keeps_the_state_but_not_the_copy_gets_a_fresh_answer(monkeypatch):
+    """``update`` is a function of its arguments: after an exploit, a caller may keep
+    the returned state with the old workers (a wrapper that vetoes the copy)."""
+    from jaxpop.mutators import _views
+    from jaxpop.records import ActiveWorker
+
+    def scenario(m):
+        state, _ = population(m)
+        for w, v in ((0, 1.0), (1, 2.0), (2, 3.0)):
+            state = report(state, m, w, 10, v)
+        g3 = state.workers[3].generation_id
+        h = state.history.add(state.history.continuation(g3, 10, "p3", 9.0, 1.0))
+        workers = (*state.workers[:3], ActiveWorker("p3", state.workers[3].meta_params, g3, 10))
+        key = np.array([0, 7], np.uint32)
+        kept, new_workers, starts = m.update(state.mutator_state, workers, h, 1.0, key)
+        assert new_workers[3] is not workers[3] and starts  # worker 3, the worst, copied
+        g0 = workers[0].generation_id
+        h2 = h.add(h.continuation(g0, 20, "p0b", 0.5, 2.0))
+        return m.update(kept, workers, h2, 2.0, key)  # the copy vetoed: old workers
+
+    kept = scenario(make())
+    monkeypatch.setattr(_views.Views, "view", _views.Views.build)
+    fresh = scenario(make())
+    assert (kept[0], kept[1], kept[2]) == (fresh[0], fresh[1], fresh[2])

@@ -72,7 +72,10 @@ class Views:
       columns: the columns' names and numpy dtypes, in ``entry``'s order.
     """
 
-    _SIZE = 8  # views kept (a controller needs one; tests and replays branch)
+    # views kept: a controller needs one. Each holds its history (and so the params it
+    # references) until newer calls push it out, so keep few: a dropped run's history is
+    # freed by the next run's second call, or with the mutator
+    _SIZE = 2
     _LIMIT = 64  # adds followed from one view to the next; past that, read afresh
 
     def __init__(self, entry: EntryFn, columns: Mapping[str, Any]):

@@ -294,7 +294,10 @@ class _Scalars:
 
     floor = staticmethod(math.floor)
     exp = staticmethod(math.exp)
-    round = staticmethod(round)
+
+    @staticmethod
+    def round(x: float) -> float:  # np.round's: a float, infinities kept (clipped later)
+        return float(round(x)) if math.isfinite(x) else x
 
     @staticmethod
     def sign(x: float) -> float:

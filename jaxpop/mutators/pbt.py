@@ -542,7 +542,8 @@ def _update(
         if source is None or (rewind_guard and source.step < own.step):
             last_decision[i] = (gen, _when(config, own))
         else:
-            space_key, fn_key = HostRandom(key, stream=-1 - i).raw_keys(2)
+            # streams -2, -3, ...: -1 is a synchronous round's selection
+            space_key, fn_key = HostRandom(key, stream=-2 - i).raw_keys(2)
             meta = config.explore(source, space_key, fn_key, current, tuple(new_workers))
             worker, start = start_generation(source, meta, key, i, now)
             new_workers[i] = worker
@@ -560,9 +561,13 @@ def _update(
         "last_decision": last_decision,
     }
     if not config.synch:
-        # the next call's history is made from this call's by the core's adds; the
-        # workers replaced here are brought up to date then
+        # the next call's history is made from this call's by the core's adds: label the
+        # view with this call's workers and history, the copiers' entries as they were
+        # for them (the next call brings the replaced workers up to date)
         view.moved_on(new_state, workers, history)
+        for i, (worker, was) in enumerate(zip(new_workers, workers, strict=True)):
+            if worker is not was:
+                view.refresh(i)
         views.keep(view)
     return new_state, tuple(new_workers), tuple(new_checkpoints)
 
