@@ -188,6 +188,8 @@ def train_worker(
     accuracies: dict[tuple[str, int], float] = {}
     reached = until_step - args.steps  # the progress bar counts steps towards until_step
     data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
+    if data is not None and data.status == "finished":  # restarted after the run ended
+        return accuracies
     while True:
         if data is not None:
             generation_id, meta, step = data.generation_id, data.meta_params, data.step

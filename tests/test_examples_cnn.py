@@ -135,3 +135,8 @@ def test_the_worker_loop_stops_when_the_controller_says_finished(tmp_path, monke
     assert [m["step"] for m in summary["members"]] == [20, 20]  # not 60: told to stop at 20
     state = storage.read_state(tmp_path / "population")
     assert [w.status for w in state.workers] == ["finished", "finished"]
+    # started again on the finished run, the workers train nothing and stay finished
+    simple_cnn.main([*argv, "--log-dir", str(tmp_path), "--no-progress"])
+    again = storage.read_state(tmp_path / "population")
+    assert again.history.num_checkpoints == state.history.num_checkpoints
+    assert [w.status for w in again.workers] == ["finished", "finished"]
