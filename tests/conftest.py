@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
 import pytest
 
 from jaxpop import core
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import Mutator
+
+
+# -- counting traces and compilations (public jax APIs, not jit's private caches) --------
+class TraceCounter:
+    """``fn`` counting its traces: under ``jax.jit`` its body runs only while tracing."""
+
+    def __init__(self, fn):
+        self.fn, self.count = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.count += 1
+        return self.fn(*args, **kwargs)
+
+
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compilations():
+    """Yields a list that gets one entry per XLA compilation in the block (public
+    ``jax.monitoring`` events; cached executables compile nothing)."""
+    seen = []
+
+    def listener(event, duration, **kwargs):
+        if event == BACKEND_COMPILE:
+            seen.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield seen
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def noop_mutator() -> Mutator:

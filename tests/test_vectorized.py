@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -16,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import BACKEND_COMPILE, TraceCounter, compilations  # noqa: F401 (re-exported)
 from jaxpop import encoding, storage
 from jaxpop import vectorized as vz
 from jaxpop.checkpointing import ParamStore
@@ -82,37 +82,6 @@ EXPLOIT = jax.jit(
 
 def member(tree, i):
     return jax.tree.map(lambda x: x[i], tree)
-
-
-class TraceCounter:
-    """``fn`` counting its traces: under ``jax.jit`` its body runs only while tracing."""
-
-    def __init__(self, fn):
-        self.fn, self.count = fn, 0
-
-    def __call__(self, *args, **kwargs):
-        self.count += 1
-        return self.fn(*args, **kwargs)
-
-
-BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-@contextlib.contextmanager
-def compilations():
-    """Yields a list that gets one entry per XLA compilation in the block (public
-    ``jax.monitoring`` events; cached executables compile nothing)."""
-    seen = []
-
-    def listener(event, duration, **kwargs):
-        if event == BACKEND_COMPILE:
-            seen.append(duration)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield seen
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_init_shapes_and_hparams_in_optimizer():
