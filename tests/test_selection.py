@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import compilations
 from jaxpop.mutators.selection import (
     canonical_scores,
     num_in_quantile,
@@ -289,13 +290,14 @@ def test_where_compiles_once_per_population_size_and_handles_empty_masks(name):
     n = 11
     scores = np.arange(n, dtype=np.float32)[::-1]
     base.clear_cache()  # what earlier tests compiled does not count
-    for count in range(n + 1):
-        result = host(fn, scores, where=np.arange(n) < count)
-        if count <= 1:  # nobody, or one member alone: nobody copies
-            assert result == list(range(n))
-        elif name == "winner_take_all":
-            assert result == [count - 1] * (count - 1) + list(range(count - 1, n))
-    assert base._cache_size() == 1
+    with compilations() as compiled:
+        for count in range(n + 1):
+            result = host(fn, scores, where=np.arange(n) < count)
+            if count <= 1:  # nobody, or one member alone: nobody copies
+                assert result == list(range(n))
+            elif name == "winner_take_all":
+                assert result == [count - 1] * (count - 1) + list(range(count - 1, n))
+    assert len(compiled) == 1
     with pytest.raises(ValueError, match="where must be a bool array of shape"):
         fn(KEY, scores, where=np.ones(n - 1, bool))
     with pytest.raises(ValueError, match="where must be a bool array of shape"):
