@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from examples import data as data_lib
 from examples.cnn import CNN, accuracy, augment, cross_entropy
+from examples.tables import cell, print_table
 from jaxpop import Controller, PopulationController, PopulationState, report
 from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
@@ -406,12 +407,6 @@ def summarize(state: PopulationState, accuracies: Mapping) -> dict[str, Any]:
     }
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def print_summary(summary: Mapping[str, Any]) -> None:
     """Prints the summary as a small table."""
     keys = list(summary["members"][0]["meta_params"])
@@ -419,24 +414,19 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     rows = [
         [
             f"{m['worker']}{' *' if m is summary['best'] else ''}",
-            _format(m["val_loss"]),
-            _format(m["val_accuracy"]),
-            _format(m["step"]),
-            *(_format(m["meta_params"][k]) for k in keys),
+            cell(m["val_loss"]),
+            cell(m["val_accuracy"]),
+            cell(m["step"]),
+            *(cell(m["meta_params"][k]) for k in keys),
         ]
         for m in summary["members"]
     ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    print_table(header, rows)
     best = summary["best"]
     if best is not None:
         print(
             f"best: worker {best['worker']}, val loss {best['val_loss']:.4f} at step "
-            f"{best['step']}, val accuracy {_format(best['val_accuracy'])}, trained with "
+            f"{best['step']}, val accuracy {cell(best['val_accuracy'])}, trained with "
             f"hyperparameters {best['meta_params']}"
         )
     print(

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from examples.rl.ppo import CONFIGS, Agent, EnvConfig
+from examples.tables import cell, print_table
 from jaxpop import storage
 from jaxpop import vectorized as vz
 from jaxpop.keys import root_key
@@ -188,10 +189,6 @@ def _open_log(logdir: str, overwrite: bool) -> storage.Store:
     return storage.Store(path)
 
 
-def _format(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def print_summary(summary: dict[str, Any]) -> None:
     """Prints every agent's returns and hyperparameters, then the population's."""
     names = list(summary["members"][0]["hparams"])
@@ -200,18 +197,13 @@ def print_summary(summary: dict[str, Any]) -> None:
         [
             str(m["member"]),
             str(m["generation"]),
-            _format(m["eval_return"]),
-            _format(m["train_return"]),
-            *(_format(m["hparams"][k]) for k in names),
+            cell(m["eval_return"]),
+            cell(m["train_return"]),
+            *(cell(m["hparams"][k]) for k in names),
         ]
         for m in summary["members"]
     ]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = "  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))
-    print(line)
-    print("-" * len(line))
-    for row in rows:
-        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    print_table(header, rows)
     print(
         f"{summary['env']} ({summary['mode']}): greedy return over {summary['eval_episodes']} "
         f"episodes per agent after {summary['env_steps']} environment steps per agent: "
