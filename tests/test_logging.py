@@ -1,6 +1,7 @@
 """``jaxpop.logging``: the RunLogger interface, the exploit feed, the fan-out, TensorBoard."""
 
 import doctest
+import importlib
 import os
 import pickle
 import sys
@@ -250,10 +251,12 @@ def test_a_pickled_tensorboard_logger_writes_on_in_the_same_directories(tmp_path
 
 
 def test_jaxpop_tensorboard_still_works_and_says_it_moved():
+    # Another test (the doctest walk) may have imported it already: the package then
+    # holds it as an attribute and `from jaxpop import tensorboard` would not re-run it.
     sys.modules.pop("jaxpop.tensorboard", None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from jaxpop import tensorboard
+        tensorboard = importlib.import_module("jaxpop.tensorboard")
     assert any(
         issubclass(w.category, DeprecationWarning) and "jaxpop.logging" in str(w.message)
         for w in caught
