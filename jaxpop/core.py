@@ -1,45 +1,12 @@
 """The pure state machine of a population: ``PopulationState`` and its transitions.
 
 Every decision the controller makes is one of the functions here, of the form
-``(state, event, now, key, *, mutator) -> (state, reply)``. They never mutate their
-inputs, never read a clock or a global random state, and return the *same* state object
-when an event changes nothing; when it changes something, the reply carries the
-:class:`Changes` it made. A state can be rebuilt two ways: re-applying the events with
-their ``now`` (exact when the mutator's functions are deterministic given their key,
-because each event's key is a function of the run's root key and the event's index,
-see :func:`event_key`), or re-applying the recorded ``Changes`` with :func:`redo`
-(always exact, and runs no user code: what :mod:`jaxpop.storage` journals).
-
-Protocol (what a worker can rely on):
-
-* ``ask`` with ``generation_id`` ``None`` or ``""`` ("I have none yet") returns the
-  worker's assignment.
-* ``ask`` with the worker's current generation returns ``None`` (keep going).
-* ``ask`` with a generation the history does not know returns the assignment (resync)
-  and a warning.
-* ``ask`` with a known generation that is no longer the worker's first records the
-  worker's last ``(generation, step, params)`` as a checkpoint (when that step is not
-  yet in the history), then returns the new assignment.
-* ``report`` for a generation the history does not know changes nothing and returns a
-  warning. Otherwise it records (or replaces) the checkpoint at ``(generation, step)``
-  and runs the mutator's ``update``. A report on the worker's current generation past
-  its assigned step moves the assignment there (``params`` and ``step`` of the report),
-  so a worker that restarts and asks with no generation resumes from its latest
-  reported checkpoint; and the new checkpoint's ``parent`` is the assignment it trained
-  from (not a checkpoint of a run it abandoned when it restarted).
-* A ``worker_id`` outside ``[0, population size)`` raises ``ValueError``; a value that is
-  not a real number raises ``TypeError``. A NaN or infinite value is stored as reported
-  and ranks last in every selection.
-* What is stored is a copy (:func:`jaxpop.boundary.copy_in`): editing the dict or
-  numpy array passed in later changes nothing recorded.
-* ``missing`` (the worker could not load the ``params`` of its assignment) records that
-  those params are gone -- every checkpoint holding them gets ``params=None``, so no
-  exploit hands them out again -- and moves the worker to the newest checkpoint of its
-  lineage that still has params (in its own generation, or a new generation with its
-  hyperparameters started from an ancestor's checkpoint), or to a fresh start at the
-  root of its lineage. It never answers with params known to be missing: a worker
-  that was reassigned since it was sent them gets its current assignment, or, if that
-  one's params were reported missing too, the same way out from it.
+``(state, event, now, key, *, mutator) -> (state, reply)``: :func:`ask`,
+:func:`set_eval`, :func:`missing` and :func:`finish`, dispatched by :func:`transition`.
+They never mutate their inputs, never read a clock or a global random state, and return
+the *same* state when an event changes nothing; otherwise the reply carries the
+:class:`Changes` made, which :func:`redo` re-applies without running user code.
+``docs/protocol.md`` states what a worker can rely on for each event.
 """
 
 from __future__ import annotations
@@ -67,6 +34,7 @@ from jaxpop.records import (
     Checkpoint,
     check_active_worker,
     check_checkpoint,
+    replaced,
 )
 
 __all__ = [
@@ -324,9 +292,9 @@ def _apply_mutator(
                 "the history; a mutator may only add checkpoints, never replace them"
             )
         history = history.add(checkpoint)
-    for i, (worker, was) in enumerate(zip(workers, state.workers, strict=True)):
-        if worker is was:
-            continue
+    changed = replaced(workers, state.workers)
+    for i in changed:
+        worker = workers[i]
         if not isinstance(worker, ActiveWorker):
             raise TypeError(f"{who} returned a {type(worker).__name__} for worker {i}")
         check_active_worker(worker, f"{who}'s worker {i}")
@@ -335,13 +303,10 @@ def _apply_mutator(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "
                 "has no checkpoint in the history; return its starting checkpoint too"
             )
-    unchanged = (
-        mutator_state is state.mutator_state
-        and not new_checkpoints
-        and all(a is b for a, b in zip(workers, state.workers, strict=True))
-    )
-    if unchanged:
+    if mutator_state is state.mutator_state and not new_checkpoints and not changed:
         return state
+    if not changed:
+        workers = state.workers
     return state._with(workers=workers, mutator_state=mutator_state, history=history)
 
 
@@ -352,11 +317,7 @@ def _finish(
     if new is old:
         return old, None
     new = new._with(num_events=old.num_events + 1)
-    workers = tuple(
-        (i, w)
-        for i, (w, was) in enumerate(zip(new.workers, old.workers, strict=True))
-        if w is not was
-    )
+    workers = tuple((i, new.workers[i]) for i in replaced(new.workers, old.workers))
     return new, Changes(tuple(added), workers, new.mutator_state, new.num_events, now)
 
 
@@ -381,7 +342,7 @@ def redo(state: PopulationState, changes: Changes) -> PopulationState:
 def ask(
     state: PopulationState, event: Ask, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
-    """A worker asks for its data; see the module docstring for the protocol."""
+    """A worker asks for its data; ``docs/protocol.md#ask`` states the protocol."""
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
     new, added = state, []
@@ -426,7 +387,7 @@ def ask(
 def report(
     state: PopulationState, event: Eval, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
-    """A worker reports an evaluation; see the module docstring for the protocol."""
+    """A worker records an evaluation; ``docs/protocol.md#eval`` states the protocol."""
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
     value = as_value(event.value)
@@ -480,7 +441,7 @@ def _same_params(history: History, checkpoint: Checkpoint) -> list[Checkpoint]:
 def missing(
     state: PopulationState, event: Missing, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
-    """A worker could not load its assignment; see the module docstring for the protocol."""
+    """A worker could not load its assignment (``docs/protocol.md#a-checkpoint-that-is-gone``)."""
     del mutator  # the mutator is not consulted: this is bookkeeping, not a decision
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)

@@ -9,6 +9,9 @@ means ``record.replace(field=new_value)``, which returns a new record.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Sequence
+from itertools import compress
+from operator import is_not
 from typing import Any
 
 from flax import struct
@@ -24,6 +27,7 @@ __all__ = [
     "CheckpointRef",
     "check_active_worker",
     "check_checkpoint",
+    "replaced",
 ]
 
 #: A worker's ``status``: training, done (``controller.finish``), or silent too long.
@@ -141,3 +145,16 @@ def check_active_worker(w: Any, where: str = "worker") -> None:
     _check_int(w.step, f"{where}.step")
     if w.status not in STATUSES or type(w.status) is not str:
         raise _bad(f"{where}.status", f"one of {STATUSES}", w.status)
+
+
+def replaced(new: Sequence[Any], old: Sequence[Any]) -> list[int]:
+    """The indices where ``new`` holds another object than ``old`` (compared by identity,
+    in C: records are immutable, so an unchanged assignment is the same object).
+
+    >>> a, b = ActiveWorker(None, {}, "g", 0), ActiveWorker(None, {}, "g", 0)
+    >>> replaced((a, a, b), (a, b, b))
+    [1]
+    """
+    if len(new) != len(old):
+        raise ValueError(f"cannot compare {len(new)} assignments with {len(old)}")
+    return list(compress(range(len(new)), map(is_not, new, old)))

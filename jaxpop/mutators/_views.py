@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from jaxpop.history import History
-from jaxpop.records import ActiveWorker
+from jaxpop.records import ActiveWorker, replaced
 
 __all__ = ["View", "Views"]
 
@@ -103,9 +103,7 @@ class Views:
             if ref in refs or old.history.get_checkpoint(*ref) is not None:
                 return self.build(state, workers, history)
             refs.add(ref)
-        changed = [
-            i for i, (a, b) in enumerate(zip(workers, old.workers, strict=True)) if a is not b
-        ]
+        changed = replaced(workers, old.workers)
         by_generation = old.by_generation
         if changed:
             by_generation = dict(by_generation)

@@ -1,60 +1,12 @@
 """``PopulationBasedTraining``: the PBT paper's exploit/explore loop as a jaxpop mutator.
 
-Population based training (Jaderberg et al. 2017, arXiv 1711.09846) trains a population
-of workers and, now and then, lets a worker that is doing badly copy the weights of one
-that is doing well (*exploit*) and move the copied hyperparameters a little (*explore*).
-This mutator implements it with the option names of Ray Tune's ``PopulationBasedTraining``
-where they mean the same thing (``docs/pbt.md`` maps every option).
-
-When a worker decides. A worker is *ready* when its latest evaluation, in its current
-generation, lies at least ``perturbation_interval`` steps (``time_attr="step"``) or
-seconds (``time_attr="time"``) after its last decision -- the start of its current
-generation, or the last time it was ready and kept going -- and, with a
-``burn_in_period``, when that evaluation is at least ``burn_in_period`` steps into
-training (or seconds after the population started).
-
-What it decides. Asynchronous (the default): a ready worker is compared, at once, with
-the latest scores of the other workers -- it never waits for a straggler. Each worker's
-score is its latest value (``metric="last"``) or the mean of its values since its last
-decision (``metric="mean"``). A worker that has just copied keeps, until it reports
-its own, the score of the checkpoint it copied (as Ray Tune keeps a copied trial's last
-score). The ``selection`` (truncation by default, see
-:mod:`jaxpop.mutators.selection`) is taken over the *whole* population and says whether
-the ready worker copies a better one: a worker that has never reported ranks below all
-the others (and is never copied), so a quantile always counts every worker and, while
-some have not reported yet, the bottom is theirs -- the first reporters of a run copy
-nobody, instead of the worse of the first two copying the better and so on down a
-cascade. (A worker that never reports keeps its bottom place until it is finished or
-declared gone.) In asynchronous mode a worker never copies a checkpoint at
-an earlier step than its own latest evaluation (the others' latest checkpoints may be
-older than its own, and the copy would throw its newer training away) unless its own
-score is not finite (there is nothing to lose) or ``allow_rewind=True``. Synchronous
-(``synch=True``): nothing happens until *every* worker is ready; then all decide
-together from one selection. Decisions run on the host in numpy and plain Python
-(:data:`jaxpop.mutators.selection.HOST_SELECTIONS`, hashed draws from the event's key),
-from a view of the population kept between calls (:mod:`jaxpop.mutators._views`).
-
-Exploit and explore. A worker that copies member ``j`` gets ``j``'s latest evaluated
-checkpoint (its ``params`` -- the pytree or handle stored there -- and its ``step``) and
-starts a new generation whose first checkpoint's ``parent`` is exactly that checkpoint,
-with new hyperparameters: the checkpoint's ``meta_params`` explored in
-``hyperparam_space`` (perturbed, or resampled with ``resample_probability``; see
-:mod:`jaxpop.mutators.explore`), then passed to ``custom_explore_fn`` if given, then
-clipped to the space. The new hyperparameters are in the new generation's
-``meta_params``: a worker that restores the copied checkpoint's optimizer state writes
-them into it (``jaxpop.hparams.set_hparams``), so a restored checkpoint can never bring
-the parent's old hyperparameters back. A ready worker that does not copy keeps training
-its generation; only its decision marker moves.
-
-State (plain data, journaled with the run)::
-
-    {"num_exploits": int, "num_decisions": int,
-     "last_decision": {worker_id: (generation_id, step_or_time)},
-     "start_time": float | None}
-
-Exploits are first-class in the history: :func:`exploit_events` lists every one from
-the lineage (which generation copied which checkpoint, hyperparameters before and
-after, step and time).
+Population based training (Jaderberg et al. 2017, arXiv 1711.09846) lets a worker that
+is doing badly copy the weights of one doing well (*exploit*) and move the copied
+hyperparameters a little (*explore*). Options keep the names of Ray Tune's
+``PopulationBasedTraining`` where they mean the same thing. ``docs/pbt.md`` maps every
+option to Ray Tune's and specifies when a worker is ready, how it is scored and
+selected, what an exploit copies, how explore moves, and the mutator's state;
+:func:`exploit_events` lists every exploit from the lineage.
 """
 
 from __future__ import annotations
@@ -471,7 +423,7 @@ def _tiered(keys: np.ndarray) -> np.ndarray:
     """Sort keys as scores a host selection orders exactly as :func:`_ranks` (lower
     better): a non-finite score just after the worst finite one, no score last. Cheaper
     than the ranks (no ``np.unique``), for the built-in selections."""
-    nonfinite = np.isposinf(keys)
+    nonfinite = keys == np.inf
     if not nonfinite.any():
         return keys
     finite = np.isfinite(keys)
@@ -488,19 +440,22 @@ def _compare(config: _Config, view: _views.View, key: Any, draw: int, min_step: 
     source is at least at this step may be copied (the built-in truncation and
     winner-take-all draw from those only).
     """
-    pool = np.flatnonzero(view["active"])
-    out = np.arange(len(view.workers))
-    if not pool.size:
-        return out
-    accept = None
+    active = view["active"]
+    n = len(active)
+    everyone = active.all()
+    pool = None if everyone else np.flatnonzero(active)
+    if pool is not None and not pool.size:
+        return np.arange(n)
+    keys = view["keys"] if pool is None else view["keys"][pool]
+    parents = None
     if min_step is not None:  # asked only if the decider is in the bottom
-        copy_steps = view["copy_steps"]
-
-        def accept(p: int) -> bool:
-            return copy_steps[pool[p]] >= min_step
-
+        copy_steps = view["copy_steps"] if pool is None else view["copy_steps"][pool]
+        parents = copy_steps >= min_step
+    if pool is None:
+        return config.select(key, draw, keys, parents)
     position = -1 if draw < 0 else int(np.searchsorted(pool, draw))
-    out[pool] = pool[config.select(key, position, view["keys"][pool], accept)]
+    out = np.arange(n)
+    out[pool] = pool[config.select(key, position, keys, parents)]
     return out
 
 
@@ -523,7 +478,7 @@ def _update(
     new_workers = list(workers)
     last_decision = dict(state["last_decision"])
     new_checkpoints = []
-    num_exploits = 0
+    copiers = []
     # asynchronous decisions see the earlier ones of this update (their copies and the
     # new generations' first checkpoints, through the view); a synchronous round sees
     # the population as it was before it
@@ -550,13 +505,13 @@ def _update(
             new_checkpoints.append(start)
             current = current.add(start)
             last_decision[i] = (start.generation_id, _when(config, start))
-            num_exploits += 1
+            copiers.append(i)
         if not config.synch:  # the next decision of this update sees this one
             view.moved_on({**state, "last_decision": last_decision}, new_workers, current)
             view.refresh(i)
     new_state = {
         **state,
-        "num_exploits": state["num_exploits"] + num_exploits,
+        "num_exploits": state["num_exploits"] + len(copiers),
         "num_decisions": state["num_decisions"] + len(ready),
         "last_decision": last_decision,
     }
@@ -565,10 +520,11 @@ def _update(
         # view with this call's workers and history, the copiers' entries as they were
         # for them (the next call brings the replaced workers up to date)
         view.moved_on(new_state, workers, history)
-        for i, (worker, was) in enumerate(zip(new_workers, workers, strict=True)):
-            if worker is not was:
-                view.refresh(i)
+        for i in copiers:
+            view.refresh(i)
         views.keep(view)
+    if not copiers:
+        return new_state, workers, ()
     return new_state, tuple(new_workers), tuple(new_checkpoints)
 
 

@@ -1,49 +1,11 @@
 """Selection: which member of a population each member should copy.
 
-Every function here maps a PRNG key and a vector of scores, shape ``(n,)``, to a vector
-of member indices, shape ``(n,)`` and dtype ``int32``: entry ``i`` is the member that
-member ``i`` should copy (its weights and hyperparameters), or ``i`` itself when it keeps
-going. They share three rules:
-
-* **Direction.** ``mode="min"`` (the default, jaxpop's convention: lower is better) or
-  ``mode="max"``.
-* **Non-finite scores rank worst.** NaN, ``+inf`` and ``-inf`` all rank below every
-  finite score, whatever the mode, and a member with a non-finite score is never
-  copied.
-* **Only a strictly better member is copied.** A member never copies one whose score
-  equals its own, so ties (and a population whose scores are all equal) copy nobody,
-  and a population of one never changes.
-* **Members can be left out.** ``where`` (a boolean vector, shape ``(n,)``) marks the
-  members that take part; the others keep going, are never copied and do not count
-  (in the size of a quantile, among the opponents of a tournament). A selection over
-  ``scores[where]`` and one over ``scores`` with ``where`` decide the same things in
-  distribution, but the second compiles once per ``n`` however many members take
-  part (a host controller whose population fills up one report at a time would
-  otherwise compile once per count). ``where=None``: everyone takes part.
-
-The functions are written with ``jax.numpy`` and ``jax.random`` and use no Python
-control flow on values, so they run eagerly on a few host floats (a raw ``uint32[2]``
-numpy key works directly) and inside ``jit`` / ``vmap`` on device arrays. ``mode`` and
-``quantile_fraction`` are static: they are compiled into the function. Each public
-function is already jitted (one compilation per population size), which keeps a host
-call to tens of microseconds.
-
-* :func:`winner_take_all` -- every member copies the best one.
-* :func:`truncation` -- members in the bottom ``quantile_fraction`` copy a member drawn
-  uniformly from the top ``quantile_fraction`` (the PBT paper's "truncation selection",
-  Ray Tune's ``quantile_fraction``).
-* :func:`tournament` -- binary tournament: each member is compared with one other
-  member drawn uniformly, and copies it if it is worse.
-
-Each has a twin for a host controller (:func:`truncation_host`, :func:`tournament_host`,
-:func:`winner_take_all_host`): the same rule in numpy and Python, drawing from a
-``random.Random``, for the members that decide now only, at a few microseconds per
-decision instead of a jitted dispatch's tens.
-
-All three are ordinal: they depend only on the order of the scores and on ties, never on
-their magnitudes. A host caller may therefore pass exact ranks instead of scores (as
-:class:`jaxpop.mutators.pbt.PopulationBasedTraining` does) to keep float64 ties exact
-where ``jax`` computes in float32.
+Each selection maps a PRNG key and scores, shape ``(n,)``, to the member each member
+copies (itself to keep going), ``int32[n]``: :func:`truncation`, :func:`tournament` and
+:func:`copy_best` (every member copies the best), jittable; each has a numpy twin for
+host controllers (:data:`HOST_SELECTIONS`). ``docs/mutators.md#selection`` gives the
+rules they share: direction, non-finite scores rank worst, only a strictly better
+member is copied, and the ``where`` mask.
 """
 
 from __future__ import annotations
@@ -88,6 +50,10 @@ def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
 
     With ``mode="max"`` the scores are negated first; NaN, ``+inf`` and ``-inf`` become
     ``+inf`` in both modes.
+
+    >>> import numpy as np
+    >>> canonical_scores(np.array([2.0, np.nan, -np.inf]), mode="max")
+    Array([-2., inf, inf], dtype=float32)
     """
     _check_mode(mode)
     scores = jnp.asarray(scores)
@@ -111,6 +77,9 @@ def num_in_quantile(n: int, quantile_fraction: float) -> int:
 
     ``ceil(n * quantile_fraction)``, but at most ``n // 2`` so that the top and the
     bottom never overlap: 0 for one member, 1 for two, 1 for four at the default 0.25.
+
+    >>> num_in_quantile(4, 0.25), num_in_quantile(10, 0.25), num_in_quantile(1, 0.25)
+    (1, 3, 0)
     """
     if isinstance(quantile_fraction, bool) or not isinstance(quantile_fraction, numbers.Real):
         raise TypeError(
@@ -283,17 +252,6 @@ def _host_scores(scores: np.ndarray, mode: Mode) -> np.ndarray:
     return np.where(np.isfinite(better), better, np.inf)
 
 
-def _first(order: np.ndarray, accept: Callable[[int], bool], k: int) -> list[int]:
-    """The first ``k`` members of ``order`` that ``accept`` takes (asked lazily)."""
-    found: list[int] = []
-    for j in order:
-        if len(found) == k:
-            break
-        if accept(int(j)):
-            found.append(int(j))
-    return found
-
-
 def _deciding(n: int, members: Sequence[int] | None) -> Sequence[int]:
     return range(n) if members is None else members
 
@@ -304,18 +262,27 @@ def truncation_host(
     *,
     quantile_fraction: float = 0.25,
     mode: Mode = "min",
-    parents: Callable[[int], bool] | None = None,
+    parents: np.ndarray | None = None,
     members: Sequence[int] | None = None,
 ) -> np.ndarray:
     """:func:`truncation` on the host: the bottom ``quantile_fraction`` copies from the top.
 
     Args:
-      rng: a ``random.Random`` (each copier draws its parent with ``randrange``).
+      rng: draws each copier's parent with ``randrange`` (a ``random.Random`` or
+        :class:`jaxpop.mutators._host_random.HostRandom`).
       scores, quantile_fraction, mode: as :func:`truncation`.
-      parents: ``member -> bool``, whether a member may be copied (``None``: all),
-        asked in rank order only until the top is full: the top is the ``k`` best
-        members it accepts, while the bottom is still counted over everyone.
+      parents: ``bool[n]``, which members may be copied (``None``: all). The top is
+        the ``k`` best members it allows, while the bottom is still counted over
+        everyone.
       members: decide for these members only (``None``: all); the others keep going.
+
+    >>> import random
+    >>> scores = np.array([0.1, 0.9, 0.5, 0.3])
+    >>> truncation_host(random.Random(0), scores, quantile_fraction=0.25).tolist()
+    [0, 0, 2, 3]
+    >>> truncation_host(random.Random(0), scores, quantile_fraction=0.25,
+    ...                 parents=np.array([False, True, True, True])).tolist()
+    [0, 3, 2, 3]
     """
     better = _host_scores(scores, mode)
     n = better.shape[0]
@@ -323,7 +290,7 @@ def truncation_host(
     out = np.arange(n)
     if k == 0:
         return out
-    order = top = None
+    top = None
     for i in _deciding(n, members):
         # i's place in the order by score, ties by the lower index (a stable sort):
         # counted, so that a member outside the bottom costs no sort
@@ -333,7 +300,9 @@ def truncation_host(
             continue
         if top is None:
             order = np.argsort(better, kind="stable")
-            top = order[:k].tolist() if parents is None else _first(order, parents, k)
+            if parents is not None:
+                order = order[np.asarray(parents, bool)[order]]
+            top = order[:k].tolist()
         allowed = [j for j in top if better[j] < better[i]]
         if allowed:
             out[i] = allowed[rng.randrange(len(allowed))]
@@ -347,7 +316,12 @@ def tournament_host(
     mode: Mode = "min",
     members: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """:func:`tournament` on the host: each member copies one drawn opponent if better."""
+    """:func:`tournament` on the host: each member copies one drawn opponent if better.
+
+    >>> import random
+    >>> tournament_host(random.Random(0), np.array([0.1, 0.9, 0.5, 0.3])).tolist()
+    [0, 3, 3, 3]
+    """
     better = _host_scores(scores, mode)
     n = better.shape[0]
     out = np.arange(n)
@@ -365,11 +339,15 @@ def winner_take_all_host(
     scores: np.ndarray,
     *,
     mode: Mode = "min",
-    parents: Callable[[int], bool] | None = None,
+    parents: np.ndarray | None = None,
     members: Sequence[int] | None = None,
 ) -> np.ndarray:
     """:func:`winner_take_all` on the host: everyone strictly worse copies the best (of
-    the members ``parents`` accepts, asked in rank order; ``None``: all)."""
+    the members the ``bool[n]`` mask ``parents`` allows; ``None``: all).
+
+    >>> winner_take_all_host(None, np.array([0.4, 0.1, 0.7]), mode="min").tolist()
+    [1, 1, 1]
+    """
     del rng
     better = _host_scores(scores, mode)
     n = better.shape[0]
@@ -377,10 +355,10 @@ def winner_take_all_host(
     if parents is None:
         best = int(np.argmin(better))
     else:
-        found = _first(np.argsort(better, kind="stable"), parents, 1)
-        if not found:
+        allowed = np.flatnonzero(np.asarray(parents, bool))
+        if not allowed.size:
             return out
-        best = found[0]
+        best = int(allowed[np.argmin(better[allowed])])
     for i in _deciding(n, members):
         if better[i] > better[best]:
             out[i] = best
