@@ -221,7 +221,7 @@ def train_worker(
         if step % args.eval_every == 0 or step == until_step:
             loss, acc = (float(x) for x in model.evaluate(state))
             handle = store.save(generation_id, step, state)
-            data = controller.report(worker_id, generation_id, step, handle, loss)
+            data = controller.set_eval_and_ask(worker_id, generation_id, step, handle, loss)
             if logger is not None:
                 logger.log_worker(
                     worker_id,

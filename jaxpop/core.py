@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -51,6 +52,7 @@ __all__ = [
     "missing",
     "redo",
     "report",
+    "set_eval",
     "transition",
 ]
 
@@ -71,6 +73,16 @@ class StopWhen:
 
     A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
     answered with its assignment, status ``"finished"`` -- stop.
+
+    >>> from jaxpop import PopulationController, StopWhen, WinnerTakeAllGenetic
+    >>> mutator = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=100)
+    >>> controller = PopulationController([{"lr": 0.1}], mutator, stop_when=StopWhen(value=0.1))
+    >>> worker = controller.maybe_get_worker_data(0, None, 0, None, None)
+    >>> controller.set_eval(0, worker.generation_id, 7, "params-7", 0.05)  # the target
+    >>> controller.done
+    True
+    >>> controller.maybe_get_worker_data(0, worker.generation_id, 7, None, None).status
+    'finished'
     """
 
     value: float | None = struct.field(pytree_node=False, default=None)
@@ -162,7 +174,7 @@ class Reply(NamedTuple):
 
     Attributes:
       worker: for ``ask``, the assignment to switch to, or ``None`` to keep going.
-      checkpoint: for ``report``, the checkpoint recorded (``None`` if ignored).
+      checkpoint: for ``set_eval``, the checkpoint recorded (``None`` if ignored).
       warning: a message for the caller to log, or ``None``.
       changes: what the event changed (``None`` when it changed nothing).
     """
@@ -346,11 +358,9 @@ def ask(
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
     new, added = state, []
-    if mutator.get_worker_data is not None:
-        result = mutator.get_worker_data(
-            state.mutator_state, state.workers, state.history, event, now, key
-        )
-        new = _apply_mutator(state, *result, who="mutator.get_worker_data")
+    if mutator.ask is not None:
+        result = mutator.ask(state.mutator_state, state.workers, state.history, event, now, key)
+        new = _apply_mutator(state, *result, who="mutator.ask")
         added.extend(result[2])
     assigned = new.workers[worker_id]
     if assigned.status == GONE:  # it asks: it is alive
@@ -384,7 +394,7 @@ def ask(
     return new, Reply(worker=reply_worker, warning=warning, changes=changes)
 
 
-def report(
+def set_eval(
     state: PopulationState, event: Eval, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
     """A worker records an evaluation; ``docs/protocol.md#eval`` states the protocol."""
@@ -423,6 +433,18 @@ def report(
     new = _apply_mutator(new, *result, who="mutator.update")
     new, changes = _finish(state, new, [checkpoint, *result[2]], now)
     return new, Reply(checkpoint=checkpoint, changes=changes)
+
+
+def report(
+    state: PopulationState, event: Eval, now: float, key: np.ndarray, *, mutator: Mutator
+) -> tuple[PopulationState, Reply]:
+    """Deprecated name of :func:`set_eval` ("report" now names only the run report)."""
+    warnings.warn(
+        "jaxpop.core.report is deprecated: use jaxpop.core.set_eval",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return set_eval(state, event, now, key, mutator=mutator)
 
 
 def _same_params(history: History, checkpoint: Checkpoint) -> list[Checkpoint]:
@@ -608,7 +630,7 @@ def transition(
     if isinstance(event, Ask):
         return ask(state, event, now, key, mutator=mutator)
     if isinstance(event, Eval):
-        return report(state, event, now, key, mutator=mutator)
+        return set_eval(state, event, now, key, mutator=mutator)
     if isinstance(event, Missing):
         return missing(state, event, now, key, mutator=mutator)
     if isinstance(event, Finish):

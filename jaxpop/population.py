@@ -22,6 +22,7 @@ import numbers
 import os
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -88,7 +89,7 @@ class Controller(Protocol):
         self, worker_id: int, generation_id: str, step: int, params: Any, value: float
     ) -> None: ...
 
-    def report(
+    def set_eval_and_ask(
         self,
         worker_id: int,
         generation_id: str,
@@ -171,7 +172,21 @@ class PopulationController:
 
     All methods are safe to call from many threads at once. Call :meth:`close` (or use
     the controller as a context manager) to release ``log_dir``; a controller that is
-    garbage collected releases it too.
+    garbage collected releases it too. ``docs/protocol.md`` states what each call does.
+
+    >>> from jaxpop import PopulationController, WinnerTakeAllGenetic
+    >>> mutator = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] / 2}, steps_per_exploit=10)
+    >>> controller = PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator, seed=0)
+    >>> a = controller.maybe_get_worker_data(0, None, 0, None, None)  # worker 0 starts
+    >>> a.params, a.meta_params, a.step
+    (None, {'lr': 0.1}, 0)
+    >>> b = controller.maybe_get_worker_data(1, None, 0, None, None)
+    >>> controller.set_eval(0, a.generation_id, 10, "params-a10", 0.5)
+    >>> new = controller.set_eval_and_ask(1, b.generation_id, 10, "params-b10", 0.3)
+    >>> new.params, new.meta_params, new.step  # the round: each copies the best, mutated
+    ('params-b10', {'lr': 0.1}, 10)
+    >>> controller.maybe_get_worker_data(0, a.generation_id, 10, "params-a10", None).params
+    'params-b10'
     """
 
     def __init__(
@@ -269,7 +284,7 @@ class PopulationController:
         ``step=None`` (accepted, as by the seed) means "not known": the controller
         takes the latest step it recorded for ``generation_id`` (for another generation,
         the worker's assigned step), so nothing new is recorded for it; a mutator's
-        ``get_worker_data`` hook is given that step too, never ``None``.
+        ``ask`` hook is given that step too, never ``None``.
         """
         with self._lock:  # step=None is resolved against the state the ask meets
             if step is None:
@@ -297,7 +312,7 @@ class PopulationController:
         event = Eval(params, worker_id, generation_id, step, core.as_value(value))
         self._apply(event)
 
-    def report(
+    def set_eval_and_ask(
         self,
         worker_id: int,
         generation_id: str,
@@ -314,12 +329,26 @@ class PopulationController:
         would for a worker now at ``(generation_id, step)``: ``None`` to keep going,
         or its new assignment (when the mutator moved it on this report). Through
         :mod:`jaxpop.distributed.ray` it is one round trip instead of two.
-        ``meta_params`` is passed on to the mutator's ``get_worker_data`` hook, as the
+        ``meta_params`` is passed on to the mutator's ``ask`` hook, as the
         ask's would be.
         """
         with self._lock:  # set_eval checks its arguments before anything is recorded
             self.set_eval(worker_id, generation_id, step, params, value)
             return self.maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)
+
+    def report(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        params: Any,
+        value: float,
+        meta_params: Any = None,
+    ) -> ActiveWorker | None:
+        """Deprecated name of :meth:`set_eval_and_ask` ("report" now names only the run
+        report, :mod:`jaxpop.report`)."""
+        _warn_report_renamed()
+        return self.set_eval_and_ask(worker_id, generation_id, step, params, value, meta_params)
 
     def checkpoint_missing(
         self,
@@ -553,6 +582,14 @@ class PopulationController:
         logger.warning(
             "jaxpop: workers %s declared gone (no report for %ss)", gone, self._gone_after_s
         )
+
+
+def _warn_report_renamed() -> None:
+    warnings.warn(
+        "report(...) is deprecated: the same call is set_eval_and_ask(...)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def _copy_out(worker: ActiveWorker | None) -> ActiveWorker | None:

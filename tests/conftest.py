@@ -90,8 +90,8 @@ def assert_is_a_controller(cls: type) -> None:
         "finish",
         "history",
         "maybe_get_worker_data",
-        "report",
         "set_eval",
+        "set_eval_and_ask",
         "state",
     ]
     for name in members:

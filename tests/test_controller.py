@@ -123,7 +123,7 @@ def _twin_runs(use_report: bool) -> tuple[list, PopulationController]:
                 abs(pop.history.meta_params(gens[i])["h"]),
             )
             if use_report:
-                reply = pop.report(*args)
+                reply = pop.set_eval_and_ask(*args)
             else:
                 pop.set_eval(*args)
                 reply = pop.maybe_get_worker_data(*args[:4], None)
@@ -133,7 +133,7 @@ def _twin_runs(use_report: bool) -> tuple[list, PopulationController]:
     return replies, pop
 
 
-def test_report_is_set_eval_then_ask_in_one_call():
+def test_set_eval_and_ask_is_set_eval_then_ask_in_one_call():
     replies, pop = _twin_runs(use_report=True)
     expected, twin = _twin_runs(use_report=False)
     assert replies == expected
@@ -143,7 +143,7 @@ def test_report_is_set_eval_then_ask_in_one_call():
     gen = pop.active_workers[0].generation_id
     before = pop.state
     with pytest.raises(TypeError, match="real number"):
-        pop.report(0, gen, 1000, None, "low")
+        pop.set_eval_and_ask(0, gen, 1000, None, "low")
     assert pop.state is before
 
 

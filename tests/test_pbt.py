@@ -101,7 +101,7 @@ def test_exploiting_worker_is_not_ready_again_until_an_interval_after_the_copied
 
 
 def test_a_member_without_an_evaluation_is_never_a_parent():
-    m = make(selection="winner_take_all")
+    m = make(selection="copy_best")
     state, gens = population(m, n=3)
     # worker 1 never reports (its generation has no evaluated checkpoint)
     state = report(state, m, 2, 10, 1.0)
@@ -207,7 +207,7 @@ def test_synch_waits_for_every_worker():
 
 
 def test_synch_tournament_copies_from_the_population_before_the_round():
-    m = make(synch=True, selection="winner_take_all")
+    m = make(synch=True, selection="copy_best")
     state, gens = population(m, n=3)
     for i, value in ((0, 3.0), (1, 0.5), (2, 2.0)):
         state = report(state, m, i, 10, value)
@@ -227,7 +227,7 @@ def copy_the_best(key, ranks):
 def test_tournament_and_winner_take_all_and_custom_selection():
     for selection in (
         "tournament",
-        "winner_take_all",
+        "copy_best",
         copy_the_best,
     ):
         m = make(selection=selection)
@@ -427,7 +427,7 @@ def test_pbt_beats_the_best_fixed_learning_rate_on_the_toy_problem():
     assert straggler["num_exploits"] >= 5
 
 
-@pytest.mark.parametrize("selection", ["truncation", "tournament", "winner_take_all"])
+@pytest.mark.parametrize("selection", ["truncation", "tournament", "copy_best"])
 def test_host_decisions_dispatch_no_jitted_selection(selection, monkeypatch):
     """A host controller decides in numpy: however the population fills up, the jitted
     selection (for on-device populations) is never compiled or called."""
@@ -675,7 +675,7 @@ def _run_script(m, script, values, n, *, branch_every=0):
         {"metric": "mean", "mode": "max"},
         {"synch": True},
         {"selection": "tournament", "allow_rewind": True},
-        {"selection": "winner_take_all", "quantile_fraction": 0.5},
+        {"selection": "copy_best", "quantile_fraction": 0.5},
         {"time_attr": "time", "perturbation_interval": 3, "burn_in_period": 2},
     ],
 )

@@ -788,7 +788,7 @@ def test_branching_pos_winner_lineage_skips_abandoned_checkpoints():
         max_size=40,
     ),
 )
-def test_report_is_set_eval_then_ask(name, moves):
+def test_set_eval_and_ask_is_set_eval_then_ask(name, moves):
     """``PopulationController.report`` answers and records exactly what ``set_eval``
     followed by ``maybe_get_worker_data`` for the same checkpoint would."""
     from conftest import FakeClock
@@ -806,7 +806,7 @@ def test_report_is_set_eval_then_ask(name, moves):
             steps[w] += advance
             args = (w, gens[w], steps[w], f"p{w}-{steps[w]}", value)
             if use_report:
-                reply = pop.report(*args)
+                reply = pop.set_eval_and_ask(*args)
             else:
                 pop.set_eval(*args)
                 reply = pop.maybe_get_worker_data(*args[:4], None)

@@ -87,7 +87,7 @@ def _script(pop) -> list:
                 steps[i] += 1
                 args = (i, gens[i], steps[i], f"h{i}-{steps[i]}", _loss(i, steps[i]))
                 if i == 2 and k == 1:  # worker 2 ends each round with report (eval + ask)
-                    data = pop.report(*args)
+                    data = pop.set_eval_and_ask(*args)
                     out.append(data)
                     if data is not None:
                         gens[i], steps[i] = data.generation_id, data.step
@@ -99,7 +99,7 @@ def _script(pop) -> list:
         lambda: pop.maybe_get_worker_data(3, None, 0, None, None),
         lambda: pop.set_eval(0, gens[0], 1, None, "nan?"),
         lambda: pop.set_eval(0, gens[0], 1.5, None, 1.0),
-        lambda: pop.report(0, gens[0], 1, None, [1.0]),
+        lambda: pop.set_eval_and_ask(0, gens[0], 1, None, [1.0]),
     ):
         with pytest.raises((ValueError, TypeError)) as info:
             call()

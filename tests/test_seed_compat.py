@@ -203,7 +203,7 @@ def test_describe_gives_the_class_and_its_attributes_when_wrapped():
     mutate._interval = 99  # an instance edited later (the seed's FixedSchedule does)
     assert mutator.describe() == description
     assert pop_mod.SeedMutator(mutate).describe() == description  # as when first wrapped
-    assert pop_mod.SeedMutator(CopyBest(2)).get_worker_data is None  # not overridden
+    assert pop_mod.SeedMutator(CopyBest(2)).ask is None  # not overridden
 
 
 def test_get_worker_data_hook_gets_the_seeds_arguments_and_may_add_generations():

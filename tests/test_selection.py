@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from conftest import compilations
 from jaxpop.mutators.selection import (
     canonical_scores,
+    copy_best,
     num_in_quantile,
     tournament,
     truncation,
-    winner_take_all,
 )
 
 NAN, INF = math.nan, math.inf
@@ -74,11 +74,11 @@ def test_num_in_quantile_never_overlaps_and_rejects_bad_fractions():
     ],
 )
 def test_winner_take_all_exact(scores, expected):
-    assert host(winner_take_all, scores) == expected
+    assert host(copy_best, scores) == expected
 
 
 def test_winner_take_all_max_mode():
-    assert host(winner_take_all, [3.0, 1.0, NAN], mode="max") == [0, 0, 0]
+    assert host(copy_best, [3.0, 1.0, NAN], mode="max") == [0, 0, 0]
 
 
 # -- truncation ---------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_every_selection_copies_only_strictly_better_finite_members(scores, seed
     better = np.asarray(canonical_scores(np.asarray(scores, np.float32), mode))
     # XLA flushes float32 subnormals to zero: on device, 0.0 and 4e-40 are a tie
     better = np.where(np.abs(better) < np.finfo(np.float32).tiny, np.float32(0), better)
-    for fn in (winner_take_all, truncation, tournament):
+    for fn in (copy_best, truncation, tournament):
         result = host(fn, scores, key, mode=mode)
         assert len(result) == len(scores)
         for i, j in enumerate(result):
@@ -207,7 +207,7 @@ def test_every_selection_copies_only_strictly_better_finite_members(scores, seed
 @pytest.mark.parametrize(
     "fn",
     [
-        winner_take_all,
+        copy_best,
         functools.partial(truncation, quantile_fraction=0.5, mode="max"),
         tournament,
     ],
@@ -245,7 +245,7 @@ def test_selection_inside_a_jitted_population_step():
 
 # -- where: members that take part --------------------------------------------------------
 SELECTIONS = {
-    "winner_take_all": winner_take_all,
+    "copy_best": copy_best,
     "truncation": functools.partial(truncation, quantile_fraction=0.25),
     "truncation_half": functools.partial(truncation, quantile_fraction=0.5, mode="max"),
     "tournament": tournament,
@@ -295,7 +295,7 @@ def test_where_compiles_once_per_population_size_and_handles_empty_masks(name):
             result = host(fn, scores, where=np.arange(n) < count)
             if count <= 1:  # nobody, or one member alone: nobody copies
                 assert result == list(range(n))
-            elif name == "winner_take_all":
+            elif name == "copy_best":
                 assert result == [count - 1] * (count - 1) + list(range(count - 1, n))
     assert len(compiled) == 1
     with pytest.raises(ValueError, match="where must be a bool array of shape"):
@@ -304,7 +304,7 @@ def test_where_compiles_once_per_population_size_and_handles_empty_masks(name):
         fn(KEY, scores, where=np.ones(n, np.int32))
 
 
-@pytest.mark.parametrize("fn", [winner_take_all, truncation, tournament])
+@pytest.mark.parametrize("fn", [copy_best, truncation, tournament])
 @pytest.mark.parametrize("scores", [np.float32(1.0), np.zeros((2, 3), np.float32), np.zeros(0)])
 def test_scores_that_are_not_a_vector_are_refused_naming_their_shape(fn, scores):
     key = np.array([0, 1], np.uint32)
@@ -314,4 +314,4 @@ def test_scores_that_are_not_a_vector_are_refused_naming_their_shape(fn, scores)
 
 def test_complex_scores_are_refused():
     with pytest.raises(TypeError, match="real numbers"):
-        winner_take_all(np.array([0, 1], np.uint32), np.array([1 + 1j, 2.0]))
+        copy_best(np.array([0, 1], np.uint32), np.array([1 + 1j, 2.0]))

@@ -131,7 +131,7 @@ def test_exploit_copies_parent_state_exactly_and_writes_hparams():
         functools.partial(
             vz.exploit_explore,
             space=SPACE,
-            selection=selection.winner_take_all,
+            selection=selection.copy_best,
             optimizer_hparams=to_optimizer,
         )
     )
@@ -386,7 +386,7 @@ def test_copies_get_fresh_distinct_prng_keys_instead_of_their_parents():
         functools.partial(
             vz.exploit_explore,
             space=SPACE,
-            selection=selection.winner_take_all,
+            selection=selection.copy_best,
             optimizer_hparams=to_optimizer,
         )
     )
@@ -412,7 +412,7 @@ def test_copies_get_fresh_distinct_prng_keys_instead_of_their_parents():
         scores,
         root_key(1),
         space=SPACE,
-        selection=selection.winner_take_all,
+        selection=selection.copy_best,
         optimizer_hparams=to_optimizer,
         is_key=lambda path, leaf: (
             vz.is_key_leaf(path, leaf) or "seed" in jax.tree_util.keystr(path)

@@ -204,7 +204,7 @@ def test_two_copies_of_one_parent_draw_different_data_and_noise():
                 evaluate,
                 steps_per_round=K,
                 space=SPACE,
-                selection=selection.winner_take_all,
+                selection=selection.copy_best,
                 explore=lambda key, space, hparams: hparams,  # copies keep the parent's
                 optimizer_hparams=to_optimizer,
                 is_key=is_key,

@@ -1,81 +1,11 @@
 """A ``PopulationController`` served as a restartable Ray actor, and workers on Ray.
 
-:func:`serve` starts the controller as a *named* Ray actor on a durable ``log_dir`` and
-returns a :class:`PopulationClient`; :func:`connect` returns a client from any process of
-the cluster (a worker, another driver). The client has the controller's synchronous API
-(``maybe_get_worker_data``, ``set_eval``, ``report``, ``active_workers``, ``history``,
-``state``, ``close``), so worker code is the same in threads and on a cluster::
-
-    from jaxpop.distributed import ray as jaxpop_ray
-
-    client = jaxpop_ray.serve(
-        population, mutator, log_dir="/shared/runs/pbt", name="pbt",
-        stop_when=jaxpop.StopWhen(value=0.05),  # optional: when the run is over
-    )
-    results = jaxpop_ray.run_workers(train, 4, args=(client,), until_done=client)
-    client.close()
-
-    def train(worker_id, client):  # runs in a Ray actor; called again after a restart
-        # "I have nothing": the controller answers with this worker's slot (its latest
-        # report, after a restart)
-        data = client.maybe_get_worker_data(worker_id, None, 0, None, None)
-        while data is None or data.status != "finished":  # "finished": the run is over
-            ...  # load data if not None, train, save a checkpoint, evaluate
-            data = client.report(worker_id, generation_id, step, handle, loss)
-
-Each call is one actor round trip (about a millisecond on one machine), so a worker
-calls once per evaluation: ``report`` is ``set_eval`` and the next ask in one call.
-
-**The end of a run.** With ``stop_when`` (or once every worker has finished or is
-gone) the controller is :attr:`PopulationClient.done`; each worker's next ask is
-answered status ``"finished"``, and its loop returns. ``run_workers(...,
-until_done=client)`` (or ``WorkerGroup.wait(until_done=client)``) then returns too,
-ending (without restart) any worker actor still running ``grace_s`` later.
-
-**Restarts.** The controller actor is started with ``max_restarts`` (default ``-1``:
-always). When its process dies, Ray starts a new one, which builds the controller again
-on the same ``log_dir`` and so resumes exactly the state the old one had acknowledged
-(see :mod:`jaxpop.storage`: every state-changing call is journaled before it returns).
-The dead process's ``flock`` on ``log_dir`` went with it; the new incarnation waits up
-to ``lock_timeout_s`` for it anyway (a lock on a network filesystem can outlive its
-holder for a while). Workers started with :func:`run_workers` / :func:`start_workers`
-are restarted the same way: the new actor calls the worker function again, from the
-start, with the same arguments; the function asks with generation ``None`` and gets its
-slot back -- its assignment, which follows its reports, so it resumes from its latest
-reported checkpoint.
-
-**Retries.** A client call that fails because the controller actor is restarting or
-unreachable (``RayActorError``, ``ActorUnavailableError``, a lost reply) is sent again,
-with exponential backoff, until ``timeout_s`` (default 120 s, counted from the call) has
-passed; then it raises :class:`ControllerUnavailableError`. A call that the controller
-answers with an error (a bad worker id, a value that is not a number, a closed
-controller) raises that error, of the same type as in-process, and is not retried. If
-the actor is gone for good (``max_restarts`` used up, or killed without restart) and no
-other actor serves the name, the call fails at once; if the name is served again (say
-by a new :func:`serve` on the same ``log_dir``), clients switch to the new actor.
-
-**Retries are safe to repeat.** A call whose request reached the controller but whose
-reply was lost (the actor died in between) is sent again to the restarted controller,
-so it may be applied twice. Every call tolerates that (``report`` is the two below):
-``set_eval`` of the same ``(generation_id, step)`` replaces that checkpoint with the
-same params and value (only its ``time`` moves to the later call) and runs the
-mutator's ``update`` once more on an unchanged population (the built-in mutators
-decide nothing new: a worker is ready again only after a *later* step);
-``maybe_get_worker_data`` answers the same assignment and records a worker's last
-checkpoint at most once. The same holds for a call abandoned at
-``timeout_s`` that the controller still executes later. (A ``PopulationBasedTraining``
-with ``time_attr="time"`` measures readiness by the checkpoint's time: a restart longer
-than its ``perturbation_interval`` can make a repeated report count as a new one.)
-
-**What travels.** Arguments and replies travel as Ray objects (Ray's serialization,
-cloudpickle), never to disk: the mutator's user functions and the initial population
-are pickled once to build the controller inside its actor (Ray also keeps them to
-rebuild it on restart); what the controller writes to ``log_dir`` is jaxpop's msgpack
-encoding. Pass parameters as handles (a :class:`jaxpop.checkpointing.ParamStore` path
-on storage every worker can reach), not pytrees.
-
-**Namespaces.** Named actors live in a Ray namespace; :func:`serve` and :func:`connect`
-use ``"jaxpop"`` by default, so any driver or worker of the cluster can connect by name.
+:func:`serve` starts the controller as a named Ray actor on a durable ``log_dir`` and
+returns a :class:`PopulationClient`; :func:`connect` gives any process of the cluster a
+client. The client has the controller's synchronous API, so worker code is the same in
+threads and on a cluster; :func:`run_workers` / :func:`start_workers` run workers as
+restartable actors. ``docs/ray.md`` covers the end of a run, restarts, retries (and why
+repeating a call is safe), what travels over the wire, and running on a cluster.
 """
 
 from __future__ import annotations
@@ -97,7 +27,7 @@ from jaxpop import core, storage
 from jaxpop.core import PopulationState
 from jaxpop.history import History
 from jaxpop.mutators.base import Mutator
-from jaxpop.population import PopulationController
+from jaxpop.population import PopulationController, _warn_report_renamed
 from jaxpop.records import ActiveWorker
 
 __all__ = [
@@ -229,7 +159,7 @@ class _ControllerActor:
     ) -> None:
         self._get().set_eval(worker_id, generation_id, step, params, value)
 
-    def report(
+    def set_eval_and_ask(
         self,
         worker_id: int,
         generation_id: str,
@@ -238,7 +168,7 @@ class _ControllerActor:
         value: float,
         meta: Any,
     ) -> ActiveWorker | None:
-        return self._get().report(worker_id, generation_id, step, params, value, meta)
+        return self._get().set_eval_and_ask(worker_id, generation_id, step, params, value, meta)
 
     def checkpoint_missing(
         self, worker_id: int, generation_id: str, step: int, exists: Any
@@ -289,7 +219,7 @@ class PopulationClient:
     Made by :func:`serve` (which *owns* the controller: its :meth:`close` ends it) or
     :func:`connect` (which does not). A client can be passed to Ray tasks and actors;
     the copies do not own the controller. Every method and property is one call to the
-    actor (about a millisecond on one machine); see the module docstring for retries.
+    actor (about a millisecond on one machine); ``docs/ray.md`` describes its retries.
 
     Attributes:
       name, namespace: the actor's name and Ray namespace.
@@ -336,6 +266,22 @@ class PopulationClient:
         value = core.as_value(value)  # a TypeError here, before anything is sent
         self._call("set_eval", worker_id, generation_id, step, params, value)
 
+    def set_eval_and_ask(
+        self,
+        worker_id: int,
+        generation_id: str,
+        step: int,
+        params: Any,
+        value: float,
+        meta_params: Any = None,
+    ) -> ActiveWorker | None:
+        """As :meth:`jaxpop.PopulationController.set_eval_and_ask`: ``set_eval`` and
+        ``maybe_get_worker_data`` in one round trip. Safe to repeat, as both are."""
+        value = core.as_value(value)
+        return self._call(
+            "set_eval_and_ask", worker_id, generation_id, step, params, value, meta_params
+        )
+
     def report(
         self,
         worker_id: int,
@@ -345,10 +291,9 @@ class PopulationClient:
         value: float,
         meta_params: Any = None,
     ) -> ActiveWorker | None:
-        """As :meth:`jaxpop.PopulationController.report`: ``set_eval`` and
-        ``maybe_get_worker_data`` in one round trip. Safe to repeat, as both are."""
-        value = core.as_value(value)
-        return self._call("report", worker_id, generation_id, step, params, value, meta_params)
+        """Deprecated name of :meth:`set_eval_and_ask`."""
+        _warn_report_renamed()
+        return self.set_eval_and_ask(worker_id, generation_id, step, params, value, meta_params)
 
     def checkpoint_missing(
         self,

@@ -4,8 +4,8 @@ A :class:`Mutator` decides how a population changes. ``init()`` returns its stat
 data). ``update(state, workers, history, now, key)`` runs after every evaluation and
 returns ``(new_state, new_workers, new_checkpoints)``: the assignment of every worker and
 the checkpoints to add to the history (typically the starting point of each new
-generation). The optional ``get_worker_data(state, workers, history, ask, now, key)``
-hook runs when a worker asks for its data and returns the same triple. Neither ever
+generation). The optional ``ask(state, workers, history, ask, now, key)`` hook runs when
+a worker asks for its data and returns the same triple. Neither ever
 mutates its inputs; everything a mutator needs to continue after a restart lives in its
 state.
 
@@ -23,6 +23,7 @@ import inspect
 import math
 import numbers
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -87,12 +88,26 @@ def decision_counts(mutator: Mutator, state: Any) -> DecisionCounts:
 
 
 class UpdateFn(Protocol):
+    """A mutator's ``update``: runs after every evaluation is recorded.
+
+    Gets the mutator's state, every worker's assignment (the evaluating worker's already
+    moved to its new step), the history (holding the new evaluation), the time and the
+    event's raw key; returns ``(new_state, new_workers, new_checkpoints)``. Returning
+    the very same state and workers and no checkpoints means "nothing changed".
+    """
+
     def __call__(
         self, state: Any, workers: Workers, history: History, now: float, key: np.ndarray
     ) -> MutatorResult: ...
 
 
 class AskFn(Protocol):
+    """A mutator's ``ask`` hook: runs when a worker asks for its data.
+
+    As :class:`UpdateFn`, with the :class:`jaxpop.Ask` event; the controller answers
+    from the assignment it returns.
+    """
+
     def __call__(
         self,
         state: Any,
@@ -105,15 +120,16 @@ class AskFn(Protocol):
 
 
 class Mutator(NamedTuple):
-    """A mutator: ``init``, ``update`` and an optional ``get_worker_data`` hook.
+    """A mutator: ``init``, ``update`` and an optional ``ask`` hook.
 
     Attributes:
       init: ``() -> state``. The state must be plain data (numbers, strings, tuples,
         dicts, numpy arrays) so that it can be saved and restored with the run.
       update: called after every evaluation is recorded; see :class:`UpdateFn`.
-      get_worker_data: called when a worker asks for its data, before the controller
-        answers from the (possibly new) assignment; see :class:`AskFn`. ``None``: no
-        hook.
+      ask: called when a worker asks for its data, before the controller answers from
+        the (possibly new) assignment; see :class:`AskFn`. ``None``: no hook. (Called
+        ``get_worker_data`` before; that keyword and attribute still work, with a
+        ``DeprecationWarning``.)
       prepare: ``(population_size) -> None``, called once by a controller when it starts
         (or resumes), before any worker is answered: warm-up work that would otherwise
         stall the first decision, such as compiling the jitted functions ``update``
@@ -136,7 +152,7 @@ class Mutator(NamedTuple):
 
     init: Callable[[], Any]
     update: UpdateFn
-    get_worker_data: AskFn | None = None
+    ask: AskFn | None = None
     prepare: Callable[[int], None] | None = None
     config: Mapping[str, Any] | None = None
     mode: Mode = "min"
@@ -162,7 +178,9 @@ class Mutator(NamedTuple):
         """
         kind = _name(type(self))
         if self.config is None:
-            functions = zip(self._fields[:3], self[:3], strict=True)  # prepare decides nothing
+            # prepare decides nothing; the ask hook keeps its earlier name here, so runs
+            # recorded before the rename resume
+            functions = zip(("init", "update", "get_worker_data"), self[:3], strict=True)
             config = {name: _describe(fn) for name, fn in functions if fn is not None}
         else:
             config = {str(k): _describe(v) for k, v in self.config.items()}
@@ -174,6 +192,16 @@ class Mutator(NamedTuple):
             description["defaults"] = defaults
         return description
 
+    @property
+    def get_worker_data(self) -> AskFn | None:
+        """Deprecated name of :attr:`ask`."""
+        warnings.warn(
+            "Mutator.get_worker_data is deprecated: the hook is Mutator.ask",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.ask
+
     def __reduce__(self) -> tuple[Any, ...]:
         # The seed mutators subclass this tuple with a ``__new__`` that takes *their*
         # arguments, so the default (``cls.__new__(cls, *fields)``) cannot rebuild them;
@@ -183,6 +211,29 @@ class Mutator(NamedTuple):
 
 def _rebuild_mutator(cls: type[Mutator], fields: tuple[Any, ...]) -> Mutator:
     return tuple.__new__(cls, fields)
+
+
+_new_mutator = Mutator.__new__
+_NOT_GIVEN = object()
+
+
+def _new_mutator_accepting_old_names(
+    cls: type[Mutator], *args: Any, get_worker_data: Any = _NOT_GIVEN, **kwargs: Any
+) -> Mutator:
+    if get_worker_data is not _NOT_GIVEN:
+        warnings.warn(
+            "Mutator(get_worker_data=...) is deprecated: pass the hook as ask=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if "ask" in kwargs or len(args) > 2:
+            raise TypeError("Mutator got the ask hook twice (as ask and get_worker_data)")
+        kwargs["ask"] = get_worker_data
+    return _new_mutator(cls, *args, **kwargs)
+
+
+# a NamedTuple's __new__ cannot be defined in its body; set after, it keeps the old keyword
+Mutator.__new__ = staticmethod(_new_mutator_accepting_old_names)  # type: ignore[method-assign]
 
 
 _M = TypeVar("_M", bound=Callable[..., Mutator])

@@ -30,7 +30,7 @@ from jaxpop.mutators.base import (
     start_generation,
 )
 from jaxpop.records import Checkpoint
-from jaxpop.schedules.core import to_host, tree_equal
+from jaxpop.schedules.base import to_host, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
 
 __all__ = ["FixedSchedule"]
@@ -76,6 +76,14 @@ class FixedSchedule(Mutator):
     progress (how many change points -- or grid points -- each worker has passed) lives
     in the mutator state, a tuple with one int per worker, so a restored run continues
     exactly.
+
+    >>> from jaxpop import PopulationController
+    >>> mutator = FixedSchedule({0: {"lr": 0.1}, 10: {"lr": 0.01}})
+    >>> controller = PopulationController([{"lr": 0.1}], mutator)
+    >>> worker = controller.maybe_get_worker_data(0, None, 0, None, None)
+    >>> new = controller.set_eval_and_ask(0, worker.generation_id, 10, "params-10", 0.8)
+    >>> new.params, new.meta_params, new.step  # from step 10: a new generation, lr 0.01
+    ('params-10', {'lr': 0.01}, 10)
     """
 
     __slots__ = ()

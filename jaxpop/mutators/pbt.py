@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -78,6 +79,16 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
     Args:
       history: the run's history (``controller.history`` or ``state.history``).
       since_time: keep only events created at ``time >= since_time``.
+
+    >>> from jaxpop import PopulationController, WinnerTakeAllGenetic
+    >>> mutator = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] / 2}, steps_per_exploit=10)
+    >>> controller = PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator)
+    >>> for worker, value in [(0, 0.5), (1, 0.3)]:  # both reach step 10; worker 1 is best
+    ...     generation_id = controller.active_workers[worker].generation_id
+    ...     controller.set_eval(worker, generation_id, 10, f"params-{worker}", value)
+    >>> [(e.step, e.source_value, e.meta_params_before, e.meta_params_after)
+    ...  for e in exploit_events(controller.history)]
+    [(10, 0.3, {'lr': 0.2}, {'lr': 0.1}), (10, 0.3, {'lr': 0.2}, {'lr': 0.1})]
     """
     events = []
     for generation_id in history:
@@ -123,7 +134,8 @@ class PopulationBasedTraining(Mutator):
       metric: how a worker's score is formed from the values its current generation
         reported since its last decision: ``"last"`` (the latest) or ``"mean"``. (Ray
         Tune's ``metric`` names a reported field; a jaxpop worker reports one value.)
-      selection: ``"truncation"`` (default), ``"tournament"``, ``"winner_take_all"``,
+      selection: ``"truncation"`` (default), ``"tournament"``, ``"copy_best"`` (every
+        worse worker copies the best; ``"winner_take_all"`` is its deprecated name),
         or a function ``(key, ranks) -> indices`` over the exact ranks of the whole
         population (0 best, ties equal; non-finite scores rank after every finite one,
         and workers with no score yet, ``inf``, after those) that returns, for each
@@ -156,6 +168,20 @@ class PopulationBasedTraining(Mutator):
         params at every ask), so it is off by default.
 
     At least one of ``hyperparam_space``, ``custom_explore_fn`` and ``explorer`` is required.
+
+    >>> from jaxpop import PopulationController
+    >>> from jaxpop.mutators import explore
+    >>> space = {"lr": explore.log_uniform(1e-4, 1e-1)}
+    >>> pbt = PopulationBasedTraining(perturbation_interval=10, hyperparam_space=space)
+    >>> controller = PopulationController([{"lr": 0.01}, {"lr": 0.02}], pbt, seed=0)
+    >>> for worker, value in [(1, 0.5), (0, 1.0)]:  # both ready at step 10; 0 is worse
+    ...     generation_id = controller.active_workers[worker].generation_id
+    ...     controller.set_eval(worker, generation_id, 10, f"params-{worker}", value)
+    >>> copier = controller.active_workers[0]  # copied worker 1, explored its lr
+    >>> copier.params, copier.step, 1e-4 <= copier.meta_params["lr"] <= 1e-1
+    ('params-1', 10, True)
+    >>> controller.decision_counts
+    DecisionCounts(decisions=2, copies=1)
     """
 
     __slots__ = ()
@@ -581,6 +607,13 @@ def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., n
             return chosen
 
         return custom
+    if selection == "winner_take_all":
+        warnings.warn(
+            'selection="winner_take_all" is deprecated: the same selection is "copy_best"',
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        selection = "copy_best"
     if selection not in selection_lib.HOST_SELECTIONS:
         raise ValueError(
             f"selection must be one of {sorted(selection_lib.HOST_SELECTIONS)} or a function "
@@ -591,7 +624,7 @@ def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., n
         selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
         select = functools.partial(select, quantile_fraction=float(quantile_fraction))
 
-    takes_parents = selection in ("truncation", "winner_take_all")
+    takes_parents = selection in ("truncation", "copy_best")
 
     def builtin(key: Any, draw: int, keys: np.ndarray, parents: Any = None) -> np.ndarray:
         scores = _tiered(keys)

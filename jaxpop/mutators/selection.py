@@ -14,6 +14,7 @@ import functools
 import math
 import numbers
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -30,6 +31,8 @@ __all__ = [
     "tournament",
     "tournament_host",
     "truncation",
+    "copy_best",
+    "copy_best_host",
     "truncation_host",
     "winner_take_all",
     "winner_take_all_host",
@@ -112,7 +115,7 @@ def _where(where: jax.Array | None, n: int) -> jax.Array | None:
 
 
 @functools.partial(jax.jit, static_argnames=("mode",))
-def winner_take_all(
+def copy_best(
     key: jax.Array, scores: jax.Array, *, mode: Mode = "min", where: jax.Array | None = None
 ) -> jax.Array:
     """Every member strictly worse than the best copies the best.
@@ -334,7 +337,7 @@ def tournament_host(
     return out
 
 
-def winner_take_all_host(
+def copy_best_host(
     rng: random.Random,
     scores: np.ndarray,
     *,
@@ -342,10 +345,10 @@ def winner_take_all_host(
     parents: np.ndarray | None = None,
     members: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """:func:`winner_take_all` on the host: everyone strictly worse copies the best (of
+    """:func:`copy_best` on the host: everyone strictly worse copies the best (of
     the members the ``bool[n]`` mask ``parents`` allows; ``None``: all).
 
-    >>> winner_take_all_host(None, np.array([0.4, 0.1, 0.7]), mode="min").tolist()
+    >>> copy_best_host(None, np.array([0.4, 0.1, 0.7]), mode="min").tolist()
     [1, 1, 1]
     """
     del rng
@@ -369,5 +372,22 @@ def winner_take_all_host(
 HOST_SELECTIONS = {
     "truncation": truncation_host,
     "tournament": tournament_host,
-    "winner_take_all": winner_take_all_host,
+    "copy_best": copy_best_host,
 }
+
+
+def winner_take_all(key: jax.Array, scores: jax.Array, **kwargs) -> jax.Array:
+    """Deprecated name of :func:`copy_best` ("winner take all" names only the seed's
+    :class:`jaxpop.mutators.WinnerTakeAllGenetic`)."""
+    _renamed("selection.winner_take_all", "selection.copy_best")
+    return copy_best(key, scores, **kwargs)
+
+
+def winner_take_all_host(rng: random.Random | None, scores: np.ndarray, **kwargs) -> np.ndarray:
+    """Deprecated name of :func:`copy_best_host`."""
+    _renamed("selection.winner_take_all_host", "selection.copy_best_host")
+    return copy_best_host(rng, scores, **kwargs)
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=3)

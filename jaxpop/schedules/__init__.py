@@ -17,7 +17,7 @@ Each one is jittable where its leaves are numeric. ``FixedSchedule(schedule, eve
 on_ask=True)`` replays it from scratch in a loop that asks for its data every step.
 """
 
-from jaxpop.schedules.core import (
+from jaxpop.schedules.base import (
     Schedule,
     constant,
     host_step,

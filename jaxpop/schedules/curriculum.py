@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxpop.schedules.core import Schedule, constant, join, tree_equal
+from jaxpop.schedules.base import Schedule, constant, join, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
 
 __all__ = ["KINDS", "curriculum"]
@@ -51,6 +51,13 @@ def curriculum(
     Raises:
       ValueError: bad steps (see :func:`jaxpop.schedules.piecewise`), structures that
         differ, or an unknown kind / the wrong number of kinds.
+
+    >>> from jaxpop.schedules import to_host
+    >>> ramp = curriculum({0: {"hue": 0.0}, 100: {"hue": 0.3}})  # linear, then held
+    >>> to_host(ramp(50)), to_host(ramp(1_000))
+    ({'hue': 0.15...}, {'hue': 0.3})
+    >>> curriculum({0: {"hue": 0.0}, 100: {"hue": 0.3}}, kind="step")(99)
+    {'hue': 0.0}
     """
     table = Piecewise(points)
     steps, values = table.steps, table.values

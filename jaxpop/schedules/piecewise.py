@@ -1,32 +1,11 @@
 """Piecewise-constant schedules: the seed's ``{step: meta_params}`` form, as a callable.
 
-``piecewise({0: a, 10: b, 30: c})`` returns ``a`` for steps below 10 (and below 0), ``b``
-for ``10 <= step < 30`` and ``c`` from 30 on. On the host it returns the stored objects
-themselves; with a traced step (numeric leaves, one structure) it selects them with
-``jnp.where``. It is also the form a replayed schedule takes
-(:func:`jaxpop.schedules.from_lineage`) and the one that is exported:
-
-* :meth:`Piecewise.to_json` / :func:`from_json` round-trip exactly: Python ``int``,
-  ``float`` (NaN and infinities included), ``bool``, ``str`` and ``None``; ``list``,
-  ``tuple`` and ``dict`` (any keys those types can be); numpy arrays and scalars of bool,
-  integer and floating dtypes (``bfloat16`` too), dtype and shape kept. A ``jax.Array``
-  is written like a numpy array and reads back as one.
-* :meth:`Piecewise.to_csv`: one row per change point, one column per leaf.
-* :func:`tabulate` samples any schedule into a ``Piecewise`` (keeping only changes), so
-  every schedule can be exported.
-
-The JSON document::
-
-    {"format": "jaxpop.schedules.piecewise", "version": 1,
-     "points": [[step, value], ...]}
-
-Plain JSON stands for itself (objects with string keys, arrays for lists, numbers,
-strings, booleans, null); anything else is an object tagged ``"__jaxpop__"``:
-``{"__jaxpop__": "tuple", "items": [...]}``, ``{"__jaxpop__": "dict", "items": [[key,
-value], ...]}`` (non-string keys, or a key named ``"__jaxpop__"``), ``{"__jaxpop__":
-"float", "value": "nan" | "inf" | "-inf"}``, ``{"__jaxpop__": "ndarray", "dtype": "float32",
-"shape": [2], "data": [...]}`` and ``{"__jaxpop__": "scalar", "dtype": "int8", "value":
-3}``.
+``piecewise({0: a, 10: b, 30: c})`` returns ``a`` below step 10, ``b`` for ``10 <= step <
+30`` and ``c`` from 30 on (jittable with numeric leaves). It is the form a replayed
+schedule takes (:func:`jaxpop.schedules.from_lineage`) and the one that is exported:
+:meth:`Piecewise.to_json` / :func:`from_json` round-trip exactly, :meth:`Piecewise.to_csv`
+writes a table, :func:`tabulate` turns any schedule into one.
+``docs/schedules.md#the-json-document`` specifies the JSON document.
 """
 
 from __future__ import annotations
@@ -44,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpop.schedules.core import Schedule, host_step, is_traced, join, to_host, tree_equal
+from jaxpop.schedules.base import Schedule, host_step, is_traced, join, to_host, tree_equal
 
 __all__ = ["FORMAT", "Piecewise", "from_json", "piecewise", "tabulate"]
 
@@ -117,8 +96,8 @@ class Piecewise:
 
     # -- export ---------------------------------------------------------------------
     def to_json(self, indent: int | None = None) -> str:
-        """The schedule as a JSON document (see the module docstring); :func:`from_json`
-        reads it back exactly.
+        """The schedule as a JSON document (``docs/schedules.md#the-json-document``);
+        :func:`from_json` reads it back exactly.
 
         Raises:
           TypeError: a value holds something the format cannot represent (the message
@@ -164,6 +143,12 @@ def piecewise(points: Mapping[int, Any] | Iterable[tuple[int, Any]]) -> Piecewis
 
     Raises:
       ValueError: no points, a step that is not an int ``>= 0``, or a repeated step.
+
+    >>> schedule = piecewise({0: {"lr": 0.1}, 10: {"lr": 0.01}})
+    >>> schedule(9), schedule(10)
+    ({'lr': 0.1}, {'lr': 0.01})
+    >>> schedule.to_json()[:63]
+    '{"format": "jaxpop.schedules.piecewise", "version": 1, "points"'
     """
     return Piecewise(points)
 
@@ -175,6 +160,9 @@ def tabulate(schedule: Schedule, stop: int, *, start: int = 0, every: int = 1) -
     one (:func:`~jaxpop.schedules.tree_equal`) adds no point. The result is the
     hyperparameters a ``FixedSchedule(schedule, every=every)`` worker trains with, from
     ``start`` up to ``stop``.
+
+    >>> tabulate(lambda step: {"lr": 0.1 if step < 5 else 0.05}, 10)
+    piecewise({0: {'lr': 0.1}, 5: {'lr': 0.05}})
     """
     if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every <= 0:
         raise ValueError(f"every must be a positive int, got {every!r}")
@@ -194,6 +182,10 @@ def from_json(text: str | bytes) -> Piecewise:
     Raises:
       ValueError: not such a document (wrong ``format``, unknown ``version``, a
         malformed value); the message says what.
+
+    >>> schedule = piecewise({0: {"lr": 0.1, "b": (0.9, 0.999)}, 9: {"lr": float("nan"), "b": ()}})
+    >>> from_json(schedule.to_json()) == schedule  # tuples and NaN come back exactly
+    True
     """
     try:
         document = json.loads(text)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from jaxpop.history import History
 from jaxpop.records import Checkpoint
-from jaxpop.schedules.core import tree_equal
+from jaxpop.schedules.base import tree_equal
 from jaxpop.schedules.piecewise import Piecewise
 
 __all__ = ["best_final", "from_lineage"]
@@ -90,6 +90,16 @@ def from_lineage(
       ValueError: ``step`` without ``generation_id``; a history without evaluations and
         no ``generation_id``; or a lineage whose steps go backwards (not one a
         controller makes).
+
+    >>> from jaxpop import PopulationController, WinnerTakeAllGenetic
+    >>> mutator = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] / 2}, steps_per_exploit=10)
+    >>> controller = PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator)
+    >>> for worker, value in [(0, 0.5), (1, 0.3)]:  # at step 10 both copy worker 1
+    ...     generation_id = controller.active_workers[worker].generation_id
+    ...     controller.set_eval(worker, generation_id, 10, f"params-{worker}", value)
+    >>> controller.set_eval(1, controller.active_workers[1].generation_id, 20, "p", 0.2)
+    >>> from_lineage(controller.history)  # what the best final member trained with
+    piecewise({0: {'lr': 0.2}, 10: {'lr': 0.1}})
     """
     if generation_id is None:
         if step is not None:

@@ -1,0 +1,130 @@
+"""Every renamed public name still works, and says what it is called now (issue 18's one
+vocabulary: docs/glossary.md)."""
+
+import importlib
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from jaxpop import PopulationController, core
+from jaxpop.events import Eval
+from jaxpop.mutators import (
+    Mutator,
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+    explore,
+    selection,
+)
+
+SPACE = {"lr": explore.log_uniform(1e-4, 1.0)}
+
+
+def _noop_update(state, workers, history, now, key):
+    return state, workers, ()
+
+
+def _one_warning(caught, *words):
+    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert len(messages) == 1, messages
+    for word in words:
+        assert word in messages[0]
+
+
+def test_controller_report_is_set_eval_and_ask_and_warns():
+    make = lambda: PopulationController(  # noqa: E731
+        [{"lr": 1.0}, {"lr": 2.0}], WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1)
+    )
+    old, new = make(), make()
+    for pop in (old, new):
+        for i in range(2):
+            pop.maybe_get_worker_data(i, None, None, None, None)
+    replies = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i, value in enumerate((3.0, 1.0)):
+            gen = old.active_workers[i].generation_id
+            replies.append(old.report(i, gen, 1, None, value))
+    assert sum(issubclass(w.category, DeprecationWarning) for w in caught) == 2
+    assert "set_eval_and_ask" in str(caught[0].message)
+    for i, value in enumerate((3.0, 1.0)):
+        gen = new.active_workers[i].generation_id
+        reply = new.set_eval_and_ask(i, gen, 1, None, value)
+        assert (reply is None) == (replies[i] is None)
+    assert old.decision_counts == new.decision_counts
+    assert [w.meta_params for w in old.active_workers] == [
+        w.meta_params for w in new.active_workers
+    ]
+
+
+def test_core_report_is_core_set_eval_and_warns():
+    mutator = Mutator(lambda: 0, _noop_update)
+    state = core.init([{"a": 1}], mutator, key=np.zeros(2, np.uint32), now=0.0)
+    event = Eval(None, 0, state.workers[0].generation_id, 1, 0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old, _ = core.report(state, event, 1.0, core.event_key(state), mutator=mutator)
+    _one_warning(caught, "core.set_eval")
+    new, _ = core.set_eval(state, event, 1.0, core.event_key(state), mutator=mutator)
+    assert old.history.latest_evaluated(event.generation_id).value == 0.5
+    assert new.history.latest_evaluated(event.generation_id).value == 0.5
+
+
+def test_the_mutator_ask_hook_keeps_its_old_name_with_a_warning():
+    def hook(state, workers, history, ask, now, key):
+        return state, workers, ()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mutator = Mutator(lambda: 0, _noop_update, get_worker_data=hook)
+    _one_warning(caught, "ask=")
+    assert mutator.ask is hook
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert mutator.get_worker_data is hook
+    _one_warning(caught, "Mutator.ask")
+    with pytest.raises(TypeError, match="twice"):
+        Mutator(lambda: 0, _noop_update, ask=hook, get_worker_data=hook)
+    # a run recorded before the rename describes the hook by its old name, and resumes
+    assert "get_worker_data" in Mutator(lambda: 0, _noop_update, hook).describe()["config"]
+
+
+def test_selection_winner_take_all_is_copy_best_and_warns():
+    scores = np.array([0.4, 0.1, 0.7, 0.1])
+    key = np.zeros(2, np.uint32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = selection.winner_take_all(key, scores)
+        old_host = selection.winner_take_all_host(None, scores)
+    assert sum(issubclass(w.category, DeprecationWarning) for w in caught) == 2
+    assert "copy_best" in str(caught[0].message)
+    np.testing.assert_array_equal(old, selection.copy_best(key, scores))
+    np.testing.assert_array_equal(old_host, selection.copy_best_host(None, scores))
+    assert old.tolist() == [1, 1, 1, 3]
+
+
+def test_pbt_selection_winner_take_all_is_copy_best_and_warns():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        PopulationBasedTraining(
+            perturbation_interval=1, hyperparam_space=SPACE, selection="winner_take_all"
+        )
+    _one_warning(caught, '"copy_best"')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PopulationBasedTraining(
+            perturbation_interval=1, hyperparam_space=SPACE, selection="copy_best"
+        )
+
+
+@pytest.mark.parametrize(("old", "new"), [("jaxpop.schedules.core", "jaxpop.schedules.base")])
+def test_moved_modules_still_import_and_say_where_they_went(old, new):
+    sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    _one_warning(caught, new.rsplit(".", 1)[0])
+    target = importlib.import_module(new)
+    for name in module.__all__:
+        assert getattr(module, name) is getattr(target, name)
