@@ -70,7 +70,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -116,7 +115,7 @@ def _call_loop(worker_id: int, controller: Any, calls: int) -> dict[str, list[in
         controller.set_eval(worker_id, generation_id, step, f"h{step}", 1.0 / step)
         t2 = clock()
         step += 1
-        controller.report(worker_id, generation_id, step, f"h{step}", 1.0 / step)
+        controller.set_eval_and_ask(worker_id, generation_id, step, f"h{step}", 1.0 / step)
         t3 = clock()
         asks.append(t1 - t0)
         evals.append(t2 - t1)
@@ -152,21 +151,6 @@ def _summarize(runs: list[dict[str, list[int]]], seconds: float) -> dict[str, An
     return out
 
 
-def _threads(fn: Any, n: int, *args: Any) -> tuple[list[Any], float]:
-    results: list[Any] = [None] * n
-
-    def target(i: int) -> None:
-        results[i] = fn(i, *args)
-
-    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, time.perf_counter() - start
-
-
 def latency(calls: int) -> dict[str, Any]:
     """``{mode: {concurrency: summary}}``."""
     results: dict[str, Any] = {"in_process": {}, "ray": {}, "ray_noop": {}}
@@ -174,7 +158,7 @@ def latency(calls: int) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as log_dir:
             with PopulationController([{}] * n, _noop_mutator(), log_dir) as controller:
                 _call_loop(0, controller, 100)  # warm up
-                runs, seconds = _threads(_call_loop, n, controller, calls)
+                runs, seconds = common.in_threads(_call_loop, n, controller, calls)
             results["in_process"][n] = _summarize(runs, seconds)
         with (
             tempfile.TemporaryDirectory() as log_dir,
@@ -253,7 +237,7 @@ def _pbt_worker(
             client.set_eval(worker_id, generation_id, step, score, score)
             data = client.maybe_get_worker_data(worker_id, generation_id, step, score, meta)
         else:
-            data = client.report(worker_id, generation_id, step, score, score)
+            data = client.set_eval_and_ask(worker_id, generation_id, step, score, score)
         marks.append((worker_id, time.time(), count, in_objective))
     return {"score": score, "start": start, "marks": marks}
 
@@ -282,7 +266,7 @@ def pbt_threads(iterations: int, seed: int, report_every: int) -> dict[str, Any]
     with tempfile.TemporaryDirectory() as log_dir:
         start = time.perf_counter()
         with PopulationController(population, pbt_toy.pbt(), log_dir, seed=seed) as controller:
-            runs, _ = _threads(
+            runs, _ = common.in_threads(
                 _pbt_worker, pbt_toy.POPULATION, controller, iterations, seed, report_every
             )
             wall = time.perf_counter() - start

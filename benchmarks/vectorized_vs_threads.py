@@ -49,7 +49,6 @@ import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -127,19 +126,15 @@ def run_threads(model_name, dataset, members, steps, eval_every, batch_size, see
                 seed=seed,
             ) as controller,
         ):
-            threads = [
-                threading.Thread(
-                    target=population_cnn.train_worker,
-                    args=(i, controller, store, model, dataset, args),
-                    kwargs={"until_step": steps},
-                    name=f"worker-{i}",
-                )
-                for i in range(members)
-            ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            common.in_threads(
+                functools.partial(population_cnn.train_worker, until_step=steps),
+                members,
+                controller,
+                store,
+                model,
+                dataset,
+                args,
+            )
             store.wait()
             seconds = time.perf_counter() - start
             history = controller.history
@@ -317,9 +312,9 @@ def run_vectorized(model_name, dataset, members, steps, eval_every, batch_size, 
 
 
 def measure(model, dataset, members, steps, eval_every, batch_size, seed, repeats) -> dict:
-    common = (model, dataset, members, steps, eval_every, batch_size, seed, repeats)
-    threads = run_threads(*common)
-    vec = run_vectorized(*common)
+    setting = (model, dataset, members, steps, eval_every, batch_size, seed, repeats)
+    threads = run_threads(*setting)
+    vec = run_vectorized(*setting)
     return {
         "model": model,
         "members": members,
