@@ -499,9 +499,10 @@ def test_a_member_that_just_copied_keeps_its_parents_score_for_ranking():
 
 def test_copies_per_decision_stay_near_the_quantile_when_workers_report_in_turn():
     # 8 workers, truncation at 25%, each reporting in turn: the first reporter must not
-    # be copied by the whole population, and over runs about a quarter of the decisions
-    # copy at most (the bottom quarter, fewer when the others are behind), not half or
-    # more. One run's rate varies a lot with its seed (0.01 to 0.4): average over eight
+    # be copied by the whole population (the old cascade: 6 of 8 copied it), and over
+    # runs at most about a quarter of the decisions copy. The evaluations here are the
+    # signal alone: under noise, inherited (lucky) scores push the rate up, by design
+    # (docs/pbt.md). One run's rate varies with its seed: average over eight
     rates = []
     for seed in range(8):
         m = make(
@@ -515,34 +516,43 @@ def test_copies_per_decision_stay_near_the_quantile_when_workers_report_in_turn(
         for step in range(50, 50 * 31, 50):
             for worker_id in range(8):
                 x = state.workers[worker_id].meta_params["x"]
-                value = x**2 + 1.0 / (1.0 + step / 100) + 0.01 * rng.normal()
-                state = report(state, m, worker_id, step, value)
+                state = report(state, m, worker_id, step, x**2 + 1.0 / (1.0 + step / 100))
             counts.append(m.counts(state.mutator_state))
         first_round = counts[0]
-        assert first_round.decisions == 8 and first_round.copies <= 3
+        assert first_round.decisions == 8 and first_round.copies <= 2  # at most the bottom 2
         assert counts[-1].decisions == 8 * 30
         rates.append(counts[-1].copy_rate)
-    assert 0.05 <= statistics.mean(rates) <= 0.3, rates
+    assert 0.02 <= statistics.mean(rates) <= 0.3, rates
     assert max(rates) < 0.5, rates
 
 
-def test_an_asynchronous_worker_never_copies_a_checkpoint_behind_its_own_progress():
+def test_an_asynchronous_worker_never_copies_a_checkpoint_from_before_its_interval():
     m = make()
     state, gens = population(m, n=2)
     state = report(state, m, 1, 10, 0.1)  # the best, but only at step 10
-    state = report(state, m, 0, 10, 5.0)  # worst at the same step: copies (no rewind)
+    state = report(state, m, 0, 10, 5.0)  # worst at the same step: copies
     assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
+    # behind it, but within the interval it is replacing anyway: copies
     state, gens = population(m, n=2)
     state = report(state, m, 1, 10, 0.1)
-    state = report(state, m, 0, 20, 5.0)  # worst, but at step 20: copying loses 10 steps
+    state = report(state, m, 0, 15, 5.0)  # its interval started at 0: copies 10
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
+    # behind the start of its interval: copying would undo training it decided to keep
+    state, gens = population(m, n=2)
+    state = report(state, m, 1, 10, 0.1)
+    state = report(state, m, 0, 10, 0.05)  # the best now: keeps going from step 10
+    state = report(state, m, 0, 20, 0.08)  # still the best: keeps going from step 20
+    state = report(state, m, 0, 30, 5.0)  # worst, but its interval started at 20
     assert generations(state) == gens
-    assert m.counts(state.mutator_state) == (2, 0)  # both decided, neither copied
-    state = report(state, m, 0, 30, math.nan)  # diverged: nothing to lose, it rewinds
+    assert m.counts(state.mutator_state) == (4, 0)  # every decision kept going
+    state = report(state, m, 0, 40, math.nan)  # diverged: nothing to lose, it rewinds
     assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
     rewinding = make(allow_rewind=True)
     state, gens = population(rewinding, n=2)
     state = report(state, rewinding, 1, 10, 0.1)
-    state = report(state, rewinding, 0, 20, 5.0)
+    state = report(state, rewinding, 0, 10, 0.05)
+    state = report(state, rewinding, 0, 20, 0.08)
+    state = report(state, rewinding, 0, 30, 5.0)
     assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
     with pytest.raises(TypeError, match="allow_rewind"):
         make(allow_rewind="yes")

@@ -158,8 +158,9 @@ class PopulationBasedTraining(Mutator):
       synch: wait until every worker is ready, then decide for all at once. Ray Tune:
         ``synch``.
       allow_rewind: in asynchronous mode, let a worker with a finite score copy a
-        checkpoint at an earlier step than its own latest evaluation (by default such a
-        copy is skipped: the worker keeps going). Synchronous rounds always copy.
+        checkpoint from before the start of its current interval (by default only the
+        workers whose checkpoint is at or past that step may be copied: the training a
+        worker decided to keep is never undone). Synchronous rounds always copy.
       hold: with ``synch=True``, hold a worker that has reached the interval until the
         round is decided, as Ray Tune pauses its trials: its ask is answered with its
         assignment, ``status == "waiting"`` (wait, and ask again), so every worker is
@@ -329,6 +330,18 @@ def _marker(config: _Config, state: dict, history: History, worker_id: int, gene
     if last is not None and last[0] == generation_id:
         return last[1]
     return _when(config, history.first(generation_id))
+
+
+def _interval_start(
+    config: _Config, state: dict, history: History, worker_id: int, generation_id: str
+) -> int:
+    """The step the worker's current interval started at (its last decision, or its
+    generation's start): what it has trained since is what a copy replaces anyway."""
+    marker = _marker(config, state, history, worker_id, generation_id)
+    if config.by_step:
+        return int(marker)
+    window = history.evaluated(generation_id, min_time=marker)
+    return window[0].step if window else history.latest_evaluated(generation_id).step
 
 
 def _is_ready(
@@ -515,12 +528,13 @@ def _update(
         gen = workers[i].generation_id
         own = history.latest_evaluated(gen)
         rewind_guard = not (config.synch or config.allow_rewind) and math.isfinite(own.value)
+        floor = _interval_start(config, state, history, i, gen) if rewind_guard else None
         if not config.synch:
-            parents = _compare(config, view, key, i, own.step if rewind_guard else None)
+            parents = _compare(config, view, key, i, floor)
         parent = int(parents[i])
         pool = workers if config.synch else new_workers
         source = None if parent == i else _copy_source(current, pool[parent])
-        if source is None or (rewind_guard and source.step < own.step):
+        if source is None or (floor is not None and source.step < floor):
             last_decision[i] = (gen, _when(config, own))
         else:
             # streams -2, -3, ...: -1 is a synchronous round's selection
