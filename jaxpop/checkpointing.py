@@ -1,143 +1,10 @@
 """An Orbax parameter store for population workers, with garbage collection by reachability.
 
-A worker saves its parameters (any pytree: params, optimizer state, a flax train state)
-with :meth:`ParamStore.save`, which returns a *handle*: the checkpoint's path, a plain
-``str``. The worker passes that handle as ``params`` to ``PopulationController.set_eval``,
-so the controller's history (and its journal) holds small handles, never arrays. A
-worker that is assigned a handle loads it with :meth:`ParamStore.restore`::
-
-    store = ParamStore("runs/pbt/params")
-    ...
-    new = population.maybe_get_worker_data(worker_id, gen_id, step, handle, meta_params)
-    while new is not None and new.params is not None:
-        try:
-            state = store.restore(new.params, abstract)
-            break
-        except MissingCheckpointError:  # gone: the controller sends the newest that exists
-            new = population.checkpoint_missing(
-                worker_id, new.generation_id, new.step, exists=store.exists
-            )
-    if new is not None and new.params is None:
-        state = init_state()
-    ...
-    handle = store.save(gen_id, step, state)       # returns at once (async_save=True)
-    population.set_eval(worker_id, gen_id, step, handle, loss)
-    ...
-    store.collect_garbage(population, keep_best=5)  # now and then, from any thread
-
-**Layout.** ``directory/<generation>_step<step>_<nonce>/`` is one checkpoint: an Orbax
-``Composite`` with an item ``state`` (``StandardSave`` of the array leaves, keyed
-``a<leaf index>``) and an item ``meta`` (``JsonSave``: format version, generation id,
-step, time, and each leaf's path, kind, shape and dtype). Every save gets a fresh
-random nonce, so a handle names exactly one save and its files never change; saving
-``(generation_id, step)`` twice gives two handles. Orbax writes each checkpoint into
-``<name>.orbax-checkpoint-tmp`` and renames it into place when complete, so a handle
-either names a complete checkpoint or nothing.
-
-**Leaves.** Array leaves (``jax.Array``, numpy arrays and scalars) are saved with their
-exact shape and dtype (bfloat16 included); zero-size arrays (which Orbax refuses to
-save) and Python ``bool``/``int``/``float``/``str`` leaves are kept in ``meta``. The
-tree structure is never stored as such: :meth:`ParamStore.restore` takes the target
-structure (concrete arrays or ``jax.ShapeDtypeStruct``\\ s, e.g. from ``jax.eval_shape``)
-and rebuilds exactly that structure (NamedTuple optimizer states come back as the same
-NamedTuples), after checking that its leaf paths, shapes and dtypes are the saved ones.
-
-**Asynchronous saves.** ``save`` takes a host snapshot of the leaves -- the only part
-the caller waits for: a device-to-host copy, or on CPU a view that keeps the buffer
-alive (JAX then never donates it); numpy leaves are copied, so the caller may overwrite
-them -- then writes it in a background thread and returns the handle at once.
-:meth:`ParamStore.wait` blocks until every save of the store is finalized (atomically
-renamed into place) and raises :class:`CheckpointSaveError` if one failed. ``restore``
-of a handle whose save is still running in this process waits for it first. At most
-``max_pending`` saves are queued; a further ``save`` blocks until one finishes, which
-bounds the host memory held by snapshots. ``async_save=False`` makes ``save`` return
-only once its checkpoint is finalized.
-
-**Several processes.** In a program of several JAX processes (``jax.distributed``), a
-population sharded over all of them is saved and restored *collectively*: every process
-calls :meth:`ParamStore.save` (and :meth:`ParamStore.restore`) in the same order with a
-store on the same shared directory; each process writes and reads the shards on its own
-devices, the handle is the same everywhere, and such a save is synchronous.
-``docs/multihost.md`` has the rules and the launch recipes.
-
-**Threads.** A store is safe to share between threads, and several stores (say one per
-worker thread) may share a directory. Orbax's save path is not thread-safe (it numbers
-operations with process-global counters: two saves running at once in one process can
-corrupt each other or hang), so all saves in the process are serialized behind one lock;
-each save is itself parallel inside Orbax. Restores run concurrently.
-
-**Garbage collection** (:meth:`ParamStore.collect_garbage`). A checkpoint in the
-directory is deleted only if *all* of these hold for the population state it is given
-(``controller.state``, an immutable snapshot, or the controller itself):
-
-1. it is not *retained* (:func:`retained_handles`): it is not
-   (a) the ``params`` of any active worker: what a reassigned worker loads next, and,
-   since an assignment follows its worker's reports, what a restarted worker resumes
-   from;
-   (b) the latest checkpoint, or the latest evaluated one, of a *live* generation (one
-   some active worker is on) -- what exploit copies from;
-   (c) among the ``keep_best`` evaluated checkpoints with the best values (the lowest,
-   or the highest in a run whose ``History.mode`` is ``"max"``; NaN and infinite
-   values rank last; ties go to the earlier in history order);
-   (d) named by a ``(generation_id, step)`` pair (a ``CheckpointRef``) anywhere in the
-   mutator's state (the branch point and ``"pos"`` branch of ``BranchingSingleMachine``,
-   the decision points of ``PopulationBasedTraining``); nor
-   (e) one of the handles passed in ``keep``;
-2. the controller has recorded it: its handle is the ``params`` of a checkpoint in the
-   given history, or was in the history this store saw at an earlier collection (it was
-   replaced since). A checkpoint that no history has recorded -- a save still running,
-   or finished but whose ``set_eval`` has not arrived, from this store, another store or
-   another process -- is never deleted, unless ``orphan_grace_s`` is given and it is
-   older than that (for saves whose report will never come: a worker that crashed);
-3. no save of it is still running and no restore of it is in progress in this process.
-
-A collection does not modify the history: a checkpoint whose files were deleted keeps
-its handle, and restoring it raises :class:`MissingCheckpointError` naming the handle. Deleting is
-a rename into ``directory/.trash-*`` followed by a recursive delete, so a checkpoint is
-never seen half-deleted; trash left by a crash is removed by the next collection.
-
-Why this is safe: the policy keeps everything that the bundled mutators
-(``WinnerTakeAllGenetic``, ``PopulationBasedTraining``, ``FixedSchedule``,
-``BranchingSingleMachine``) can hand out next -- they start new generations from the
-latest (evaluated) checkpoint of a live generation or from a worker's own assignment,
-or return to a checkpoint named in their state -- and whatever is reported
-after the snapshot the collection works from is unknown to that snapshot (rule 2). A
-mutator that may restart from other checkpoints (say, the best ever) is covered up to
-``keep_best``. Between receiving an assignment and calling ``restore`` a worker holds no
-pin: if it was reassigned meanwhile (it had not yet reported on its old generation), its
-old handle may be gone. Within one process, a restore that has started is never
-disturbed; across processes, only retained checkpoints are guaranteed readable.
-
-**Collections that race.** Two threads that each read ``controller.state`` and then
-collect may collect in the other order, the older state last. So a store remembers the
-newest state (of the same run) it was shown, and also keeps what that one retains; and
-given a controller, it reads the controller's state only once it holds its lock. One
-store shared by the worker threads (the README's pattern) therefore never deletes what
-the newest state retains. Stores in other processes know only the states they are
-shown: give each the controller (or a client) rather than an old snapshot.
-
-**A worker whose handle is gone** (deleted by hand, by a store in another process
-working from an old snapshot, or never finished) gets :class:`MissingCheckpointError`
-from ``restore`` and calls ``controller.checkpoint_missing(worker_id, generation_id,
-step, exists=store.exists)`` with its assignment: the controller records the handle as
-gone (its checkpoints get ``params=None``, so no exploit hands it out again), skips the
-older checkpoints of the lineage that ``exists`` says are gone too (collections delete
-most of them), and answers with the newest one that still exists, or a fresh start;
-never a missing handle, so the loop ``restore`` / ``checkpoint_missing`` ends, after one
-call.
-
-After a collection, the directory holds the retained checkpoints (at most
-``3 * population_size + keep_best`` plus the mutator's references plus ``keep``; in
-practice (a) and (b) mostly coincide), the ones not yet reported, and nothing else of
-this store's naming; so disk use stays bounded over a long run. One collection reads
-the history (O(history): about 0.1 s for 100,000 checkpoints) and lists the directory
-once.
-
-Orbax is used through ``ocp.Checkpointer(ocp.CompositeCheckpointHandler())`` with
-``ocp.args.Composite`` / ``StandardSave`` / ``StandardRestore`` / ``JsonSave`` /
-``JsonRestore``. ``CheckpointManager`` does not fit here: it numbers the checkpoints of
-one directory by a single integer step and retains by recency (``preservation_policy``),
-while a population needs ``(generation, step)`` keys and retention by reachability.
+A worker saves its parameters with :meth:`ParamStore.save`, which returns a *handle* (the
+checkpoint's path, a ``str``) to pass to the controller as ``params``; a worker assigned
+a handle loads it with :meth:`ParamStore.restore`; :meth:`ParamStore.collect_garbage`
+deletes only checkpoints that nothing can load again. ``docs/checkpoints.md`` describes
+the layout on disk, asynchronous saves, threads and processes, and the collection policy.
 """
 
 from __future__ import annotations
@@ -464,7 +331,7 @@ class ParamStore:
       max_pending: at most this many saves may be queued or running; a further
         ``save`` blocks until one finishes.
 
-    See the module docstring for the layout, the threading rules and the garbage
+    ``docs/checkpoints.md`` describes the layout, the threading rules and the garbage
     collection policy. Call :meth:`close` (or use the store as a context manager) to
     finish pending saves and stop the background thread.
     """
@@ -840,7 +707,7 @@ class ParamStore:
         keep: Iterable[str] = (),
         orphan_grace_s: float | None = None,
     ) -> GarbageReport:
-        """Deletes the checkpoints that nothing can load any more (see the module docstring).
+        """Deletes the checkpoints that nothing can load any more (``docs/checkpoints.md``).
 
         Args:
           state_or_controller: a ``PopulationState`` or a :class:`jaxpop.Controller`

@@ -1,103 +1,10 @@
 """A safe, versioned, plain-data encoding for jaxpop's records, journals and histories.
 
-``encode(obj) -> bytes`` and ``decode(data) -> obj`` round-trip a fixed set of plain
-data types exactly (same types, same values, same bits). The encoding is built on
-MessagePack and, unlike pickle, decoding can never run code or construct an arbitrary
-class: it only builds plain Python values, numpy / jax arrays of numeric dtypes, and
-instances of classes that were registered under a stable name with
-:func:`register_record`.
-
-Values that round-trip exactly
-------------------------------
-* ``None``, ``bool``, ``int`` in ``[-2**63, 2**64 - 1]`` (a larger ``int`` raises
-  ``TypeError``), ``float`` (bit-exact, including NaN payloads, ``inf`` and ``-0.0``),
-  ``str``, ``bytes``.
-* ``list``, ``tuple`` (decodes as a ``tuple``) and ``dict``. Dict keys may be any
-  encodable hashable value -- ``str``, ``int``, ``float``, ``bool``, ``None``, ``bytes``,
-  tuples of those, ... -- and keep their exact type (a dict with both ``"1"`` and ``1``
-  as keys round-trips); insertion order is preserved.
-* ``numpy.ndarray`` of any bool / integer / floating / complex dtype, including the
-  ``ml_dtypes`` dtypes jax uses (``bfloat16``, ``float8_*``, ``int4``, ...) and 0-d
-  arrays: dtype and shape are exact; the decoded array is a fresh, writable, C-ordered
-  array in native byte order. ``longdouble``, object, string, datetime and structured
-  dtypes are not supported.
-* numpy scalars of those dtypes (``numpy.float32(1.5)`` decodes as ``numpy.float32``).
-* ``jax.Array``: decodes as a ``jax.Array`` with the same dtype and shape, placed on the
-  default device (sharding and weak-typedness are not kept; decoding a 64-bit array with
-  ``jax_enable_x64`` off gives jax's usual 32-bit canonical dtype).
-* typed PRNG key arrays (``jax.random.key``): stored as ``jax.random.key_data`` plus the
-  implementation's name and rebuilt with ``jax.random.wrap_key_data``. Only
-  implementations jax knows by name can be decoded.
-* instances of registered record classes (``flax.struct.dataclass`` or any dataclass,
-  and ``typing.NamedTuple`` classes), see :func:`register_record`.
-
-Only exact types are accepted: subclasses of the built-in containers (``OrderedDict``,
-an unregistered ``NamedTuple``, ...) and other types raise ``TypeError`` naming where the
-value sits (for example ``meta_params['opt'][2]``) and its type. Structures nested more
-than 100 levels deep (including reference cycles) raise ``ValueError``.
-
-Wire format (``FORMAT_VERSION`` 1)
-----------------------------------
-An encoding is exactly one MessagePack array of three elements::
-
-    [bin8 "jaxpop", uint version, payload]
-
-so for version 1 it starts with the 10 bytes ``93 c4 06 6a 61 78 70 6f 70 01``.
-A reader checks the first 9 bytes (``fixarray(3)``, ``bin8`` of length 6, ``jaxpop``),
-then reads ``version`` as a MessagePack unsigned integer (any width) and refuses a version
-it does not know *before* parsing the payload. Nothing may follow the array.
-
-The payload (and the ``ext`` data below) uses these MessagePack types:
-
-* nil, true/false, int (any width), float 64 (writers always write float 64; readers
-  also accept float 32), str (UTF-8) for ``str``, bin for ``bytes``, array for ``list``;
-* map for ``dict``: keys are encoded with the same rules as values, so ``int``,
-  ``float``, ``bool`` and ``None`` keys are native MessagePack keys and a tuple key is an
-  ``ext 1``; entries appear in insertion order;
-* ``ext`` types with the codes below. The data of every ext is itself one complete
-  MessagePack object encoded with these same rules (so exts nest):
-
-  ====  ===================  ======================================================
-  code  value                ext data
-  ====  ===================  ======================================================
-  1     ``tuple``            array of the items
-  2     ``numpy.ndarray``    array ``[dtype, shape, raw]`` (the "array triple")
-  3     numpy scalar         array triple whose ``shape`` is the empty array
-  4     ``jax.Array``        array triple
-  5     jax PRNG key array   array ``[impl, key_data]``: ``impl`` a str (jax's name
-                             for the PRNG implementation, e.g. ``"threefry2x32"``),
-                             ``key_data`` an ``ext 2`` (``jax.random.key_data``)
-  6     registered record    array ``[name, fields]``: ``name`` the str it was
-                             registered under, ``fields`` a map from field name (str)
-                             to value, in field order
-  ====  ===================  ======================================================
-
-  In an array triple, ``dtype`` is a str, one of ``bool``, ``int8``, ``int16``,
-  ``int32``, ``int64``, ``uint8``, ``uint16``, ``uint32``, ``uint64``, ``float16``,
-  ``float32``, ``float64``, ``complex64``, ``complex128`` or an ``ml_dtypes`` type name
-  (``bfloat16``, ``float8_e4m3fn``, ``float8_e5m2``, ``int4``, ...); ``shape`` is an
-  array of non-negative ints; ``raw`` is a bin of exactly ``prod(shape) * itemsize``
-  bytes: the elements in C order, little-endian. ``ml_dtypes`` types narrower than a
-  byte (``int4``, ``float4_e2m1fn``, ...) take one byte per element, as in numpy's
-  memory. Any other ext code, including -1 (MessagePack's timestamp), is invalid.
-
-For a registered dataclass the fields written are those of ``dataclasses.fields`` that
-the constructor takes (``init=True``); fields with ``init=False`` are left to the
-constructor to recompute. For a ``NamedTuple`` they are ``cls._fields``. On decoding,
-the class is looked up by name -- only registered names are ever constructed -- and
-called with the fields as keyword arguments: a field missing from the data takes the
-class's default (so a record class may gain defaulted fields over time), an unknown
-field is an error.
-
-Errors
-------
-``encode`` raises ``TypeError`` for a value it cannot encode (``ValueError`` for too
-deep nesting or a part over MessagePack's 4 GiB size limit); since it returns bytes and
-writes nothing, nothing partial ever escapes.
-``decode`` raises ``ValueError`` for anything that is not a complete, valid jaxpop
-encoding (wrong header, newer format version, truncated or corrupt data, an unknown
-record name or dtype), never a bare msgpack error or a partially decoded value, and
-``TypeError`` when given something other than a bytes-like object.
+:func:`encode` and :func:`decode` round-trip plain Python values, numpy and jax arrays
+and records registered with :func:`register_record` exactly (same types, same values,
+same bits). Built on MessagePack; unlike pickle, decoding never runs code or builds an
+unregistered class. ``docs/encoding.md`` lists the values supported and specifies the
+wire format (``FORMAT_VERSION`` 1) and the errors.
 """
 
 from __future__ import annotations
@@ -545,7 +452,14 @@ _ENCODERS: dict[type, Callable[[Any, int], Any]] = {
 def encode(obj: Any) -> bytes:
     """Encode ``obj`` as bytes in jaxpop's versioned plain-data format.
 
-    See the module docstring for the values supported and the exact format.
+    ``docs/encoding.md`` lists the values supported and specifies the format.
+
+    >>> import numpy as np
+    >>> data = encode({"lr": 0.1, "steps": (1, 2), "w": np.arange(3, dtype=np.int8)})
+    >>> data[:10].hex(" ")  # the header: a 3-array, "jaxpop", format version 1
+    '93 c4 06 6a 61 78 70 6f 70 01'
+    >>> decode(data)
+    {'lr': 0.1, 'steps': (1, 2), 'w': array([0, 1, 2], dtype=int8)}
 
     Args:
       obj: the value to encode.

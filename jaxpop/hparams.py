@@ -1,64 +1,12 @@
 """Online hyperparameters: change them inside a jitted training step without recompiling.
 
-A jitted function is compiled once per *shape, dtype and weak-type* of its array
-arguments, never per value. A hyperparameter that is a Python constant baked into the
-traced function (``optax.adam(0.1)`` built inside or around the step, a ``static``
-argument) is part of the compiled program: each new value retraces and recompiles. A
-hyperparameter carried as an array argument is just data, so PBT can change it every
-step for free. This module keeps hyperparameters on the data side:
-
-* :func:`make_optimizer` builds an optimizer through ``optax.inject_hyperparams``, so
-  its numeric arguments live in the optimizer *state*
-  (``InjectStatefulHyperparamsState.hyperparams``), with a fixed dtype;
-* :func:`set_hparams` / :func:`get_hparams` write and read them in any optimizer state
-  that holds one or more injected states -- at the top level, inside ``optax.chain``,
-  ``optax.MultiSteps``, a flax ``TrainState``, any pytree -- outside or inside ``jit``
-  and under ``vmap`` (a population of stacked states);
-* :func:`select_hparams` maps a worker's ``meta_params`` to optimizer arguments
-  (renaming, ``log_`` transforms), the same way at build time and in the step;
-* :func:`as_traced` turns a pytree of Python / numpy numbers (augmentation strengths,
-  label smoothing, ...) into arrays of one fixed dtype, for any jitted function.
-
-Typical worker step::
-
-    KEYS = {"log_lr": "learning_rate", "b1": "b1"}
-    TRANSFORMS = {"learning_rate": jnp.exp}
-    tx = make_optimizer(optax.adam, meta_params, keys=KEYS, transforms=TRANSFORMS)
-
-    @jax.jit
-    def train_step(params, opt_state, batch, meta):  # meta = as_traced(meta_params)
-        opt_state = set_hparams(opt_state, select_hparams(meta, KEYS, TRANSFORMS))
-        images = augment(batch["images"], meta["aug_strength"])
-        grads = jax.grad(loss_fn)(params, images, batch["labels"])
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
-The weak-type pitfall: a Python scalar passed to a jitted function becomes a *weakly
-typed* ``float32`` (it adopts the dtype of whatever array it meets), a ``jnp`` array is
-*strongly* typed. These are different abstract values, so alternating them -- a Python
-float this step, an array from the optimizer state the next, a ``numpy.float64`` after
-that -- traces and compiles the function once per kind; and a value stored in a state
-with the wrong type is carried around by ``jit`` until the state's structure changes
-again. :func:`set_hparams` therefore always writes ``jnp.asarray(v, dtype=old.dtype)``
-(and keeps a weakly typed integer weak), and :func:`as_traced` converts every leaf to
-one strong dtype. The flip side of strong typing: a ``float32`` strength times a
-``bfloat16`` image is a ``float32`` image; pass ``dtype=`` the data's dtype (or cast in
-the augmentation) to keep low-precision data low-precision.
-
-Facts about ``optax.inject_hyperparams`` (optax 0.2.8) that this module works around:
-
-* its ``hyperparams`` is a plain ``dict`` inside a ``NamedTuple``: assigning into it
-  mutates every state sharing it; :func:`set_hparams` builds a new dict instead;
-* any callable argument (AdamW's ``mask``, even a dtype such as ``mu_dtype=jnp.float32``)
-  is silently taken for a schedule unless listed in ``static_args``;
-  :func:`make_optimizer` refuses such arguments unless they are listed;
-* a scheduled hyperparameter is recomputed from its schedule at every update, so
-  writing it has no effect; :func:`set_hparams` refuses to write it;
-* without ``hyperparam_dtype`` the hyperparameters take the parameters' dtype: with
-  ``bfloat16`` parameters Adam's ``b2=0.999`` rounds to ``1.0``. :func:`make_optimizer`
-  defaults to ``float32``. (With ``bfloat16`` parameters and ``float32``
-  hyperparameters Adam's first moment is promoted to ``float32`` at the first update,
-  which retraces a jitted step once; pass ``mu_dtype="float32"`` to avoid it.)
+A hyperparameter carried as an array is data, not part of the compiled program, so PBT
+can change it every step for free. :func:`make_optimizer` builds an
+``optax.inject_hyperparams`` optimizer; :func:`set_hparams` / :func:`get_hparams` write
+and read its values in any optimizer state (chains, ``MultiSteps``, train states,
+vmapped populations); :func:`select_hparams` maps ``meta_params`` to optimizer
+arguments; :func:`as_traced` makes other hyperparameters arrays. ``docs/hparams.md``
+shows a worker's step and explains the weak-type pitfall and optax's quirks.
 """
 
 from __future__ import annotations
@@ -116,6 +64,11 @@ def select_hparams(
       KeyError: a key is not in ``meta_params``, or a transform names no selected
         argument.
       ValueError: two keys map to the same optimizer argument.
+
+    >>> import jax.numpy as jnp
+    >>> select_hparams({"log_lr": 0.0, "aug": 0.3}, {"log_lr": "learning_rate"},
+    ...                {"learning_rate": jnp.exp})
+    {'learning_rate': Array(1., dtype=float32, weak_type=True)}
     """
     if isinstance(keys, str):
         keys = (keys,)
@@ -186,6 +139,11 @@ def make_optimizer(
         scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
         ``optimizer_fn`` takes ``**kwargs``.
       ValueError: an argument is given both by ``meta_params`` and ``fixed``.
+
+    >>> import jax.numpy as jnp, optax
+    >>> tx = make_optimizer(optax.adam, {"learning_rate": 1e-3, "aug": 0.3}, b1=0.5)
+    >>> sorted(get_hparams(tx.init({"w": jnp.zeros(2)})))  # "aug" is not adam's
+    ['b1', 'b2', 'eps', 'eps_root', 'learning_rate']
     """
     static_args = (static_args,) if isinstance(static_args, str) else tuple(static_args)
     meta_params = {} if meta_params is None else meta_params
@@ -233,6 +191,11 @@ def find_hparam_states(opt_state: Any) -> list[tuple[str, Any]]:
       such as ``"[1]"`` or ``".inner_opt_state"``; ``state`` is an
       ``optax.InjectStatefulHyperparamsState`` (or the deprecated
       ``optax.InjectHyperparamsState``).
+
+    >>> import jax.numpy as jnp, optax
+    >>> tx = optax.chain(optax.clip(1.0), make_optimizer(optax.sgd, learning_rate=0.1))
+    >>> [path for path, _ in find_hparam_states(tx.init({"w": jnp.zeros(2)}))]
+    ['[1]']
     """
     found: list[tuple[str, Any]] = []
 
@@ -258,6 +221,11 @@ def get_hparams(opt_state: Any) -> dict[str, jax.Array]:
       ValueError: ``opt_state`` holds no injected state, or two injected states hold
         the same name (e.g. both branches of ``optax.multi_transform``): read them one
         by one with :func:`find_hparam_states`.
+
+    >>> import jax.numpy as jnp, optax
+    >>> state = make_optimizer(optax.sgd, learning_rate=0.5).init({"w": jnp.zeros(2)})
+    >>> get_hparams(state)
+    {'learning_rate': Array(0.5, dtype=float32)}
     """
     states = _require_states(opt_state)
     out: dict[str, jax.Array] = {}
@@ -303,6 +271,12 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
         be ignored).
       KeyError: a name is held by no injected state; the message lists the names held.
       TypeError: a floating value for an integer hyperparameter.
+
+    >>> import jax.numpy as jnp, optax
+    >>> state = make_optimizer(optax.adam, learning_rate=1e-3).init({"w": jnp.zeros(2)})
+    >>> state = set_hparams(state, {"learning_rate": 0.25})  # a Python float ...
+    >>> get_hparams(state)["learning_rate"]  # ... stored as the float32 it replaces
+    Array(0.25, dtype=float32)
     """
     states = _require_states(opt_state)
     new_hparams = dict(new_hparams)
@@ -341,6 +315,10 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
 
     Raises:
       TypeError: a leaf is not numeric; the message names its path.
+
+    >>> import numpy as np
+    >>> as_traced({"aug": 0.5, "smoothing": np.float64(0.125)})
+    {'aug': Array(0.5, dtype=float32), 'smoothing': Array(0.125, dtype=float32)}
     """
 
     def convert(path: tuple, leaf: Any) -> jax.Array:

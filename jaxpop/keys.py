@@ -28,7 +28,11 @@ _BLOCK = 256
 
 
 def root_key(seed: int) -> np.ndarray:
-    """The raw root key (``uint32[2]``) of a run seeded with ``seed``."""
+    """The raw root key (``uint32[2]``) of a run seeded with ``seed``.
+
+    >>> root_key(0)
+    array([0, 0], dtype=uint32)
+    """
     return np.asarray(jax.random.key_data(jax.random.key(seed)), dtype=np.uint32)
 
 
@@ -53,6 +57,11 @@ def event_key(root: np.ndarray, index: int) -> np.ndarray:
 
     Equal to ``jax.random.key_data(jax.random.fold_in(wrap_key_data(root), index))``
     but amortised over blocks of events. The returned array is read-only.
+
+    >>> import jax
+    >>> root = root_key(0)
+    >>> (event_key(root, 3) == jax.random.fold_in(jax.random.PRNGKey(0), 3)).all()
+    Array(True, dtype=bool)
     """
     if not 0 <= index < 2**32:
         raise ValueError(f"event index must be in [0, 2**32), got {index}")
@@ -77,6 +86,10 @@ def new_generation_id(key: np.ndarray, index: int = 0) -> str:
 
     Ids are 16 hex digits of a hash of the key, so they are reproducible from the run's
     seed and unique with overwhelming probability (the core still checks).
+
+    >>> key = root_key(0)
+    >>> new_generation_id(key), new_generation_id(key, 1)
+    ('5250a507f994740e', 'eb82aaee034ca970')
     """
     data = np.asarray(key, np.uint32).tobytes() + int(index).to_bytes(8, "little")
     return hashlib.blake2b(data, digest_size=8).hexdigest()

@@ -530,7 +530,7 @@ class PopulationController:
         """Worker ``worker_id`` is done: the population stops waiting for it.
 
         Its status becomes ``"finished"`` (``active_workers[worker_id].status``): the
-        mutators leave it out (a synchronous round or a winner-take-all round goes on
+        mutators leave it out (a synchronous round or a WinnerTakeAllGenetic round goes on
         without it; it is never copied), and its checkpoints stay in the history and
         the report. A report from it later makes it active again. Journaled like every
         call.

@@ -1,42 +1,12 @@
 """A whole population in one compiled step: stacked members, exploit and explore on device.
 
-Instead of ``N`` worker threads that each train one model and exchange checkpoints
-through the controller, a :class:`VectorizedPopulation` holds all ``N`` members'
-training states *stacked* along a leading member axis, and every operation on the
-population is a pure function of device arrays that runs inside one ``jax.jit``:
-
-* :func:`init` -- ``N`` members from ``N`` keys, hyperparameters sampled from an explore
-  space (:mod:`jaxpop.mutators.explore`) and written into each member's
-  ``optax.inject_hyperparams`` state.
-* :func:`vmap_train_step` -- a user's single-member ``train_step(state, batch, hparams)
-  -> (state, metrics)`` lifted to the population with ``jax.vmap`` (one batch shared by
-  all members, or one batch per member; ``with_step=True`` also passes the step).
-* :func:`exploit_explore` -- ``parents = selection(key, scores)``; params and optimizer
-  state gathered from the parents along the member axis; the copied members'
-  hyperparameters explored and written into their optimizer state. Hyperparameters are
-  arrays, so nothing recompiles when they change.
-* Across devices: :func:`member_mesh`, :func:`shard` and :func:`constrain` put the member
-  axis on a ``jax.sharding.Mesh`` axis (``NamedSharding(mesh, P("members"))``); under
-  ``jit`` the exploit gather crosses devices where needed and :func:`constrain` keeps the
-  result sharded (without it XLA may return it replicated and the next call retraces).
-* :func:`round_fn` -- a whole PBT round (``K`` training steps in a ``jax.lax.scan``,
-  the evaluation, the exploit and explore) as one pure function, to jit with
-  ``donate_argnums=0``: one dispatch per round instead of one per step. It returns a
-  :class:`RoundResult`, which :func:`record` takes as it is.
-
-Lineage is recorded on the host exactly as in host mode: :func:`lineage_init` and
-:func:`record` maintain a :class:`jaxpop.core.PopulationState` whose history holds one
-:class:`~jaxpop.records.Checkpoint` per member and evaluation and one new generation per
-copied member, so reports, replay and :mod:`jaxpop.storage` work unchanged (``record``
-also returns the :class:`jaxpop.core.Changes` a ``storage.Store`` journals).
-:func:`save_snapshot` / :func:`restore_snapshot` store the stacked population with a
-:class:`jaxpop.checkpointing.ParamStore`; its handle is the ``params`` of the
-checkpoints recorded with it, and a run resumes from the snapshot plus the history.
-
-Generation bookkeeping: every member carries an ``int32`` generation *index*; the initial
-members hold ``0..N-1`` and each copy takes the next free index (``num_generations``).
-Index ``g`` is the jaxpop generation id ``new_generation_id(root_key, g)``
-(:func:`generation_id`), so the host mapping is a pure function of the run's key.
+A :class:`VectorizedPopulation` holds all ``N`` members' training states stacked along
+a leading member axis: :func:`init` builds it, :func:`vmap_train_step` lifts a
+single-member step to it, :func:`exploit_explore` copies and explores on device, and
+:func:`round_fn` runs a whole PBT round as one jitted call. :func:`lineage_init` and
+:func:`record` keep the lineage in a host :class:`~jaxpop.history.History`, as in host
+mode; :func:`member_mesh` / :func:`shard` spread the members over devices.
+``docs/vectorized.md`` is the guide.
 """
 
 from __future__ import annotations
@@ -104,7 +74,9 @@ class VectorizedPopulation:
         with (optimizer arguments and any others, e.g. augmentation strengths).
       scores: ``float32[N]``, the latest evaluation of each member (lower is better;
         ``inf`` before the first).
-      generation: ``int32[N]``, each member's generation index (see the module doc).
+      generation: ``int32[N]``, each member's generation index: the initial members
+        hold ``0..N-1`` and each copy takes the next free index; index ``g`` is the
+        jaxpop generation id ``new_generation_id(root_key, g)`` (:func:`generation_id`).
       num_generations: ``int32[]``, generation indices handed out so far.
       step: ``int32[]``, training steps taken by the population.
       key: raw ``uint32[2]`` PRNG key of the population's own randomness.

@@ -5,7 +5,7 @@
 * :class:`BranchingSingleMachine` -- one worker alternates exploit and two-branch
   explore phases.
 * :class:`PopulationBasedTraining` -- asynchronous (or synchronous) PBT: truncation /
-  tournament / winner-take-all selection (:mod:`~jaxpop.mutators.selection`), explore in
+  tournament / copy-best selection (:mod:`~jaxpop.mutators.selection`), explore in
   a declarative space (:mod:`~jaxpop.mutators.explore`).
 * :class:`FirePBT` -- FIRE PBT: later sub-populations ranked by improvement rate, with
   evaluators that hand better weights over to the sub-population before.

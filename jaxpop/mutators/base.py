@@ -60,7 +60,7 @@ class DecisionCounts(NamedTuple):
     """How often a mutator decided, and how often a decision copied another member.
 
     A *decision* is one worker at one decision point (a ready PBT worker, each worker
-    of a winner-take-all round, a branch comparison); a *copy* is a decision that
+    of a WinnerTakeAllGenetic round, a branch comparison); a *copy* is a decision that
     started the worker from a checkpoint of another member's lineage (an exploit). The
     same form for every mutator, so the copy rate of two searches can be compared.
     """

@@ -1,54 +1,11 @@
 """Explore: declarative hyperparameter spaces and pure, keyed ways to move within them.
 
-A *space* describes where each hyperparameter may live. It is plain, immutable data: a
-leaf is one of
-
-* :func:`uniform` ``(low, high)`` -- a float in ``[low, high]``;
-* :func:`log_uniform` ``(low, high)`` -- a float in ``[low, high]``, ``0 < low``, drawn
-  uniformly in ``log``;
-* :func:`randint` ``(low, high)`` -- an integer in ``[low, high)`` (``high`` excluded,
-  as in ``numpy`` and Ray Tune);
-* :func:`choice` ``(values)`` -- one of ``values`` (numbers, strings, anything);
-* any other value (a number, a string, ``None``) -- a constant;
-
-and a space is a leaf or a ``dict`` of spaces (nested to any depth). A ``meta_params``
-pytree matches a space when it has a value at every key the space names; keys the space
-does not name are left as they are (so a space may cover only the hyperparameters to
-explore).
-
-Operations (each returns a new pytree and never modifies its arguments):
-
-* :func:`sample` ``(key, space)`` -- a fresh draw from the whole space;
-* :func:`perturb` ``(key, space, meta_params)`` -- each numeric value multiplied by a
-  factor drawn from ``perturbation_factors`` (default ``(0.8, 1.2)``); a choice moves to
-  a neighbouring value in its list; a ``randint`` value moves by at least one;
-* :func:`resample` ``(key, space, meta_params)`` -- each value replaced by a fresh draw
-  with probability ``resample_probability``, else kept;
-* :func:`explore` ``(key, space, meta_params)`` -- each value resampled with
-  probability ``resample_probability`` (default 0.25), else perturbed: the PBT paper's
-  and Ray Tune's explore step;
-* :func:`clip` ``(space, meta_params)`` -- each value projected onto its space.
-
-Every result lies inside the declared space: perturbed values are clipped to
-``[low, high]`` (``[low, high - 1]`` for ``randint``), a choice stays in its list, and a
-constant is always its constant. A NaN value has no place in its space: on the host it
-raises ``ValueError``; on device (where nothing can raise) it is replaced by a fresh
-draw, or by ``low`` for :func:`clip`. Results are a pure function of the key.
-
-Host and device: on Python or numpy values with a concrete key, the arithmetic runs in
-numpy float64 and Python scalars come back as Python scalars (``float`` for
-``uniform`` / ``log_uniform``, ``int`` for ``randint``, the list's own element for
-``choice``), so results are plain data for the journal and stay inside the bounds
-exactly; the uniforms come from hashing the key (:class:`HostRandom`, no dispatch to a
-device), so a host explore costs microseconds. When the key is traced or a value is a
-``jax.Array`` (inside ``jit`` /
-``vmap``, or a population of stacked hyperparameters), the same formulas run in
-``jax.numpy`` and return arrays of the value's dtype; there, bounds hold up to the
-dtype's rounding of ``low`` and ``high``, and a ``choice`` needs numeric values (it works
-on indices: the current value's index is that of the nearest value in the list). Values
-may be arrays of any shape; each element draws independently. The two paths apply the
-same rule to different uniforms: one key gives different (equally distributed) draws on
-the host and on device.
+A space is plain data: :func:`uniform`, :func:`log_uniform`, :func:`randint` and
+:func:`choice` leaves, constants, and dicts of spaces. :func:`sample`, :func:`perturb`,
+:func:`resample`, :func:`explore` and :func:`clip` return new values that always lie
+inside the space, as a pure function of the key: in numpy on the host, in ``jax.numpy``
+inside ``jit`` / ``vmap``. ``docs/mutators.md#explore-spaces`` specifies each leaf and
+operation and the host and device paths.
 """
 
 from __future__ import annotations
@@ -144,7 +101,11 @@ def _finite_pair(name: str, low: Any, high: Any) -> tuple[float, float]:
 
 
 def uniform(low: float, high: float) -> Uniform:
-    """A float hyperparameter in ``[low, high]`` (Ray Tune: ``tune.uniform``)."""
+    """A float hyperparameter in ``[low, high]`` (Ray Tune: ``tune.uniform``).
+
+    >>> uniform(0, 1)
+    Uniform(low=0.0, high=1.0)
+    """
     return Uniform(*_finite_pair("uniform", low, high))
 
 
@@ -157,7 +118,10 @@ def log_uniform(low: float, high: float) -> LogUniform:
 
 
 def randint(low: int, high: int) -> RandInt:
-    """An integer hyperparameter in ``[low, high)`` (Ray Tune: ``tune.randint``)."""
+    """An integer hyperparameter in ``[low, high)`` (Ray Tune: ``tune.randint``).
+
+    >>> clip({"layers": randint(1, 5)}, {"layers": 9})  # high is excluded
+    {'layers': 4}"""
     if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (low, high)):
         raise TypeError(f"randint(low, high) takes two ints, got {low!r} and {high!r}")
     if not low < high:
@@ -183,7 +147,11 @@ def choice(values: Sequence[Any]) -> Choice:
 
 
 def is_space(x: Any) -> bool:
-    """Whether ``x`` is a space leaf (``uniform``, ``log_uniform``, ``randint``, ``choice``)."""
+    """Whether ``x`` is a space leaf (``uniform``, ``log_uniform``, ``randint``, ``choice``).
+
+    >>> is_space(choice([32, 64])), is_space(0.5)  # a number in a space is a constant
+    (True, False)
+    """
     return isinstance(x, _LEAVES)
 
 
@@ -582,6 +550,11 @@ def sample(key: Any, space: Any) -> Any:
 
     On the host (a numpy or Python key), numbers come back as Python ``float`` /
     ``int``; with a traced key, as ``jax`` arrays (``float32`` / ``int32`` by default).
+
+    >>> import numpy as np
+    >>> space = {"lr": log_uniform(1e-4, 1e-1), "batch": choice([32, 64, 128]), "wd": 0.0}
+    >>> sample(np.array([0, 0], np.uint32), space)
+    {'lr': 0.0341..., 'batch': 128, 'wd': 0.0}
     """
     return _apply("sample", key, space, _NO_VALUE)
 
@@ -602,6 +575,11 @@ def perturb(
     (each with probability 1/2; at either end, to its only neighbour). A value not in its
     choice's list is first mapped to the nearest number in it (or, for non-numbers,
     replaced by a fresh draw). Constants are set to the constant.
+
+    >>> import numpy as np
+    >>> space = {"x": uniform(0.0, 1.0), "batch": choice([32, 64, 128])}
+    >>> perturb(np.array([0, 0], np.uint32), space, {"x": 0.5, "batch": 64, "name": "a"})
+    {'x': 0.4, 'batch': 128, 'name': 'a'}
     """
     factors = _check_factors(perturbation_factors)
     return _apply("perturb", key, space, meta_params, 0.0, factors)
@@ -611,6 +589,12 @@ def resample(key: Any, space: Any, meta_params: Any, *, resample_probability: fl
     """Each value redrawn from its space with probability ``resample_probability``.
 
     Values that are not redrawn are clipped to their space (see :func:`clip`).
+
+    >>> import numpy as np
+    >>> space = {"x": uniform(0.0, 1.0), "batch": choice([32, 64, 128])}
+    >>> resample(np.array([0, 0], np.uint32), space, {"x": 0.5, "batch": 64},
+    ...          resample_probability=0.5)
+    {'x': 0.844..., 'batch': 64}
     """
     p = _check_probability(resample_probability)
     return _apply("resample", key, space, meta_params, p)
@@ -628,6 +612,11 @@ def explore(
 
     The draw is independent for each value (each hyperparameter, and each element of an
     array value). See :func:`perturb` and :func:`resample`.
+
+    >>> import numpy as np
+    >>> space = {"lr": log_uniform(1e-4, 1e-1), "momentum": choice([0.0, 0.9, 0.99])}
+    >>> explore(np.array([0, 1], np.uint32), space, {"lr": 0.05, "momentum": 0.9})
+    {'lr': 0.06, 'momentum': 0.99}
     """
     p = _check_probability(resample_probability)
     factors = _check_factors(perturbation_factors)
@@ -640,5 +629,9 @@ def clip(space: Any, meta_params: Any) -> Any:
     Floats are clipped to ``[low, high]``; ``randint`` values rounded and clipped to
     ``[low, high - 1]``; a number not in its choice's list becomes the nearest one
     (a non-number not in the list raises ``ValueError``); constants are set.
+
+    >>> space = {"lr": log_uniform(1e-4, 1e-1), "batch": choice([32, 64, 128]), "wd": 0.0}
+    >>> clip(space, {"lr": 3.0, "batch": 100, "wd": 1.0})
+    {'lr': 0.1, 'batch': 128, 'wd': 0.0}
     """
     return _apply("clip", None, space, meta_params)

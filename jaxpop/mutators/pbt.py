@@ -73,7 +73,7 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
 
     An exploit is a generation whose first checkpoint's ``parent`` belongs to another
     generation. For :class:`PopulationBasedTraining` that is exactly one exploit; other
-    mutators' generation changes (a schedule switching, a winner-take-all round) show up
+    mutators' generation changes (a schedule switching, a WinnerTakeAllGenetic round) show up
     the same way. A pure query: O(number of generations).
 
     Args:
@@ -477,7 +477,7 @@ def _compare(config: _Config, view: _views.View, key: Any, draw: int, min_step: 
 
     ``draw``: the deciding worker, or -1 for all. ``min_step``: only workers whose copy
     source is at least at this step may be copied (the built-in truncation and
-    winner-take-all draw from those only).
+    copy_best draw from those only).
     """
     active = view["active"]
     n = len(active)

@@ -245,7 +245,18 @@ def _member(history: History, worker_id: int, worker: Any) -> Member:
 
 
 def build(state: PopulationState, log_dir: str = "") -> Report:
-    """The :class:`Report` of ``state`` (pure: reads nothing, writes nothing)."""
+    """The :class:`Report` of ``state`` (pure: reads nothing, writes nothing).
+
+    >>> from jaxpop import PopulationController, WinnerTakeAllGenetic
+    >>> mutator = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] / 2}, steps_per_exploit=10)
+    >>> controller = PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator)
+    >>> for worker, value in [(0, 0.5), (1, 0.3)]:
+    ...     generation_id = controller.active_workers[worker].generation_id
+    ...     controller.set_eval(worker, generation_id, 10, f"params-{worker}", value)
+    >>> report = build(controller.state)  # both copied worker 1's checkpoint: a tie, 0 wins
+    >>> report.best.worker, report.best.value, report.best.scored.meta_params, len(report.exploits)
+    (0, 0.3, {'lr': 0.2}, 2)
+    """
     history = state.history
     members = tuple(_member(history, i, w) for i, w in enumerate(state.workers))
     scored = [m for m in members if m.scored is not None]
