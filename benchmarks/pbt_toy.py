@@ -180,7 +180,7 @@ def run_controller(
         "final_best": max(score),
         "iterations": count,
         "overhead_us": (total - in_objective) / count * 1e6,
-        "num_exploits": pop.state.mutator_state["num_exploits"],
+        "num_exploits": pop.state.mutator_state.num_exploits,
     }
 
 

@@ -256,7 +256,7 @@ def pbt_jaxpop(iterations: int, seed: int, report_every: int) -> dict[str, Any]:
                 num_cpus=0.5,
             )
             wall = time.perf_counter() - start
-            exploits = client.state.mutator_state["num_exploits"]
+            exploits = client.state.mutator_state.num_exploits
     return _pbt_row(runs, wall, exploits)
 
 
@@ -270,7 +270,7 @@ def pbt_threads(iterations: int, seed: int, report_every: int) -> dict[str, Any]
                 _pbt_worker, pbt_toy.POPULATION, controller, iterations, seed, report_every
             )
             wall = time.perf_counter() - start
-            exploits = controller.state.mutator_state["num_exploits"]
+            exploits = controller.state.mutator_state.num_exploits
     return _pbt_row(runs, wall, exploits)
 
 

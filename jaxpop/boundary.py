@@ -42,7 +42,7 @@ def _copy(x: Any, arrays: bool) -> Any:
     if isinstance(x, (jax.Array, np.generic)):
         return x
     leaves, treedef = jax.tree.flatten(x, is_leaf=lambda leaf: leaf is not x)
-    if treedef.num_nodes == 1:  # a leaf of another type: shared as it is
+    if jax.tree_util.treedef_is_leaf(treedef):  # a leaf of another type: shared as it is
         return x
     return jax.tree.unflatten(treedef, [_copy(leaf, arrays) for leaf in leaves])
 

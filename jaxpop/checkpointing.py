@@ -187,7 +187,7 @@ def _sharding(target_leaf: Any) -> jax.sharding.Sharding | None:
     sharding = getattr(target_leaf, "sharding", None)
     if isinstance(sharding, jax.sharding.Sharding):
         return sharding
-    device = jax.config.jax_default_device
+    device = jax.config.jax_default_device  # type: ignore[attr-defined]  # set at run time
     if not isinstance(device, jax.Device):
         device = jax.devices(device)[0] if isinstance(device, str) else jax.devices()[0]
     return jax.sharding.SingleDeviceSharding(device)
@@ -339,7 +339,7 @@ class ParamStore:
     def __init__(
         self, directory: str | os.PathLike, *, async_save: bool = True, max_pending: int = 8
     ):
-        if isinstance(max_pending, bool) or not isinstance(max_pending, numbers.Integral):
+        if isinstance(max_pending, bool) or not isinstance(max_pending, (int, numbers.Integral)):
             raise TypeError(f"max_pending must be an int, got {type(max_pending).__name__}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
@@ -387,7 +387,7 @@ class ParamStore:
         """
         if not isinstance(generation_id, str):
             raise TypeError(f"generation_id must be a str, got {type(generation_id).__name__}")
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        if isinstance(step, bool) or not isinstance(step, (int, numbers.Integral)):
             raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
         step = int(step)
         collective = jax.process_count() > 1

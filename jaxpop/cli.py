@@ -153,7 +153,8 @@ def _watch(args: argparse.Namespace) -> int:
     """``jaxpop report LOGDIR --watch``: refreshes until Ctrl-C or the run is over."""
     from jaxpop import report, storage
 
-    live, last = None, {"refresh": None}
+    live = None
+    last: dict[str, report.Refresh | None] = {"refresh": None}
     try:
         from rich.console import Console, Group
         from rich.live import Live
@@ -175,7 +176,7 @@ def _watch(args: argparse.Namespace) -> int:
             live.update(Group(*body), refresh=True)
         elif refresh.changed or refresh.done or refresh.iteration == 1:
             print(status, flush=True)
-            if refresh.changed and not args.quiet:
+            if refresh.changed and refresh.report is not None and not args.quiet:
                 report.print_summary(report.summary(refresh.report))
 
     try:

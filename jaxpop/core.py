@@ -250,7 +250,7 @@ def _check_worker(state: PopulationState, worker_id: Any) -> int:
         return worker_id
     if isinstance(worker_id, bool) or not isinstance(worker_id, numbers.Integral):
         raise TypeError(f"worker_id must be an int, got {type(worker_id).__name__}: {worker_id!r}")
-    if not 0 <= worker_id < state.population_size:
+    if not 0 <= int(worker_id) < state.population_size:
         raise ValueError(
             f"worker_id {worker_id} is out of range: this population has "
             f"{state.population_size} workers, so worker ids are 0 to "
@@ -357,7 +357,8 @@ def ask(
     """A worker asks for its data; ``docs/protocol.md#ask`` states the protocol."""
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
-    new, added = state, []
+    new = state
+    added: list[Checkpoint] = []
     if mutator.ask is not None:
         result = mutator.ask(state.mutator_state, state.workers, state.history, event, now, key)
         new = _apply_mutator(state, *result, who="mutator.ask")
@@ -369,13 +370,14 @@ def ask(
         new = new._with(workers=(*workers[:worker_id], assigned, *workers[worker_id + 1 :]))
     generation_id = event.generation_id
     warning = None
+    reply_worker: ActiveWorker | None
     if generation_id is None or generation_id == "":
         reply_worker = assigned
     elif generation_id == assigned.generation_id:
         # keep going -- unless it is finished (told so: status "finished") or held
         reply_worker = None if assigned.status == ACTIVE else assigned
-        held = reply_worker is None and mutator.holds is not None
-        if held and mutator.holds(new.mutator_state, new.workers, new.history, worker_id):
+        holds = None if reply_worker is not None else mutator.holds
+        if holds is not None and holds(new.mutator_state, new.workers, new.history, worker_id):
             reply_worker = assigned.replace(status=WAITING)
     elif generation_id not in new.history:
         reply_worker = assigned
@@ -453,10 +455,11 @@ def _same_params(history: History, checkpoint: Checkpoint) -> list[Checkpoint]:
     so this holds for pytrees decoded from a journal too)."""
     chain = [checkpoint]
     while (parent := checkpoint.parent) is not None and parent[1] == checkpoint.step:
-        checkpoint = history.get_checkpoint(*parent)
-        if checkpoint is None or checkpoint in chain:
+        source = history.get_checkpoint(*parent)
+        if source is None or source in chain:
             break
-        chain.append(checkpoint)
+        chain.append(source)
+        checkpoint = source
     return chain
 
 

@@ -275,7 +275,7 @@ def _wire_list(x: list | tuple, depth: int) -> list:
     depth += 1
     if depth > _MAX_DEPTH:
         raise _too_deep(x)
-    out = []
+    out: list[Any] = []
     append = out.append
     for i, v in enumerate(x):
         if type(v) in _PLAIN:
@@ -412,6 +412,7 @@ def _record_encoder(name: str, fields: tuple[str, ...]) -> Callable[[Any, int], 
 def _find_encoder(x: Any) -> Callable[[Any, int], Any]:
     """The encoder for a type not yet in ``_ENCODERS`` (cached), or an ``_EncodeError``."""
     t = type(x)
+    encoder: Callable[[Any, int], Any]
     if isinstance(x, np.generic):
         encoder = _wire_npscalar
     elif isinstance(x, jax.Array):
@@ -580,7 +581,7 @@ def _read_npscalar(data: bytes) -> np.generic:
     a = _read_array(data)
     if a.ndim:
         raise _DecodeError("a numpy scalar has a non-empty shape")
-    return a[()]
+    return a[()]  # type: ignore[return-value]  # numpy stubs: an array; for 0-d, a scalar
 
 
 def _read_jax_array(data: bytes) -> jax.Array:

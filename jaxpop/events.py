@@ -12,6 +12,8 @@ from typing import Any
 
 from flax import struct
 
+from jaxpop.types import GenerationId, MetaParams, Params, WorkerId
+
 __all__ = ["Ask", "Eval", "Event", "Finish", "Missing"]
 
 
@@ -19,10 +21,10 @@ __all__ = ["Ask", "Eval", "Event", "Finish", "Missing"]
 class Ask:
     """``maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)``."""
 
-    params: Any
-    meta_params: Any
-    worker_id: int = struct.field(pytree_node=False)
-    generation_id: str | None = struct.field(pytree_node=False)
+    params: Params
+    meta_params: MetaParams
+    worker_id: WorkerId = struct.field(pytree_node=False)
+    generation_id: GenerationId | None = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
 
 
@@ -30,9 +32,9 @@ class Ask:
 class Eval:
     """``set_eval(worker_id, generation_id, step, params, value)``; ``value`` is a float."""
 
-    params: Any
-    worker_id: int = struct.field(pytree_node=False)
-    generation_id: str | None = struct.field(pytree_node=False)
+    params: Params
+    worker_id: WorkerId = struct.field(pytree_node=False)
+    generation_id: GenerationId | None = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
     value: float = struct.field(pytree_node=False)
 
@@ -47,8 +49,8 @@ class Missing:
     ``None``: it assumes only the assignment's are.
     """
 
-    worker_id: int = struct.field(pytree_node=False)
-    generation_id: str = struct.field(pytree_node=False)
+    worker_id: WorkerId = struct.field(pytree_node=False)
+    generation_id: GenerationId = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
     exists: Callable[[Any], bool] | None = struct.field(pytree_node=False, default=None)
 
@@ -57,7 +59,7 @@ class Missing:
 class Finish:
     """``finish(worker_id)``: the worker is done; the population stops waiting for it."""
 
-    worker_id: int = struct.field(pytree_node=False)
+    worker_id: WorkerId = struct.field(pytree_node=False)
 
 
 Event = Ask | Eval | Missing | Finish

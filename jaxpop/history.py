@@ -19,17 +19,15 @@ import dataclasses
 import math
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import immutables
 import jax
 
-from jaxpop.records import Checkpoint, CheckpointRef
+from jaxpop.records import Checkpoint
+from jaxpop.types import CheckpointRef, Mode
 
 __all__ = ["GenerationView", "History", "Mode", "check_mode"]
-
-#: Which values are better: ``"min"`` (lower, jaxpop's default) or ``"max"`` (higher).
-Mode = Literal["min", "max"]
 
 
 def check_mode(mode: Any) -> Mode:
@@ -39,7 +37,7 @@ def check_mode(mode: Any) -> Mode:
             f'mode must be "min" (lower values are better) or "max" (higher are better), '
             f"got {mode!r:.40}"
         )
-    return mode
+    return "max" if mode == "max" else "min"
 
 
 # A generation's steps, newest first, as a persistent linked list: ``(step, rest)``.
@@ -66,6 +64,26 @@ class _Generation:
     steps: _Steps  # descending
     first_step: int
     index: int  # creation order among generations
+
+
+_BATCH = 3  # add_all of this many checkpoints or more builds in one pass
+
+
+def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
+    """``checkpoint``'s generation once it holds ``checkpoint``, and whether that replaced
+    a checkpoint at its step; ``generations`` (a map or a map mutation) is only read."""
+    if not isinstance(checkpoint, Checkpoint):
+        raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
+    step = checkpoint.step
+    gen = generations.get(checkpoint.generation_id)
+    if gen is None:
+        gen = _Generation(immutables.Map(), None, step, len(generations))
+    replaced = step in gen.checkpoints
+    steps = gen.steps if replaced else _insert_descending(gen.steps, step)
+    gen = _Generation(
+        gen.checkpoints.set(step, checkpoint), steps, min(step, gen.first_step), gen.index
+    )
+    return gen, replaced
 
 
 class GenerationView(Mapping[int, Checkpoint]):
@@ -185,19 +203,9 @@ class History(Mapping[str, GenerationView]):
         The first checkpoint added for a generation fixes its place in the creation
         order. Costs O(log n); ``self`` is unchanged.
         """
-        if not isinstance(checkpoint, Checkpoint):
-            raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
-        gen_id, step = checkpoint.generation_id, checkpoint.step
-        gen = self._generations.get(gen_id)
-        if gen is None:
-            gen = _Generation(immutables.Map(), None, step, len(self._generations))
-        replaced = step in gen.checkpoints
-        steps = gen.steps if replaced else _insert_descending(gen.steps, step)
-        gen = _Generation(
-            gen.checkpoints.set(step, checkpoint), steps, min(step, gen.first_step), gen.index
-        )
+        gen, replaced = _put(self._generations, checkpoint)
         return History(
-            self._generations.set(gen_id, gen),
+            self._generations.set(checkpoint.generation_id, gen),
             self.num_checkpoints + (0 if replaced else 1),
             self.mode,
             (weakref.ref(self), checkpoint),
@@ -248,11 +256,25 @@ class History(Mapping[str, GenerationView]):
         )
 
     def add_all(self, checkpoints) -> History:
-        """Returns a history that also holds every checkpoint in ``checkpoints``."""
-        history = self
-        for checkpoint in checkpoints:
-            history = history.add(checkpoint)
-        return history
+        """Returns a history that also holds every checkpoint in ``checkpoints``.
+
+        The history :meth:`add` makes of one after the other, built in one pass (a
+        restore adds a whole snapshot at once).
+        """
+        if not isinstance(checkpoints, (list, tuple)):
+            checkpoints = list(checkpoints)
+        if len(checkpoints) < _BATCH:
+            history = self
+            for checkpoint in checkpoints:
+                history = history.add(checkpoint)
+            return history
+        generations, count = self._generations.mutate(), self.num_checkpoints
+        for checkpoint in checkpoints[:-1]:
+            gen, replaced = _put(generations, checkpoint)
+            generations[checkpoint.generation_id] = gen
+            count += 0 if replaced else 1
+        # the last one through add, as at the end of a chain of adds (added_since)
+        return History(generations.finish(), count, self.mode).add(checkpoints[-1])
 
     # -- Mapping over generations ----------------------------------------------------
     def __getitem__(self, generation_id: str) -> GenerationView:
@@ -330,7 +352,7 @@ class History(Mapping[str, GenerationView]):
         self,
         generation_id: str,
         *,
-        min_step: int | None = None,
+        min_step: float | None = None,
         min_time: float | None = None,
     ) -> list[Checkpoint]:
         """Checkpoints of a generation that carry a value, in increasing step order.
@@ -358,7 +380,9 @@ class History(Mapping[str, GenerationView]):
     def latest_evaluated(self, generation_id: str) -> Checkpoint | None:
         """The generation's highest-step checkpoint that carries a value, or ``None``."""
         gen = self._generations.get(generation_id)
-        node = None if gen is None else gen.steps
+        if gen is None:
+            return None
+        node = gen.steps
         while node is not None:
             checkpoint = gen.checkpoints[node[0]]
             if checkpoint.value is not None:
@@ -377,7 +401,9 @@ class History(Mapping[str, GenerationView]):
         records as the new generation's parent.
         """
         gen = self._generations.get(generation_id)
-        node = None if gen is None else gen.steps
+        if gen is None:
+            return None
+        node = gen.steps
         latest = None
         while node is not None:
             checkpoint = gen.checkpoints[node[0]]
@@ -429,7 +455,8 @@ class History(Mapping[str, GenerationView]):
 
 # -- a pytree: its checkpoints are the children -------------------------------------------------
 def _flatten_with_keys(history: History) -> tuple[list[tuple[Any, Checkpoint]], tuple]:
-    children, layout = [], []
+    children: list[tuple[Any, Checkpoint]] = []
+    layout: list[tuple[str, tuple[int, ...]]] = []
     for generation_id in history:
         view = history[generation_id]
         steps = tuple(view)
@@ -444,7 +471,7 @@ def _unflatten(aux: tuple, children: Any) -> History:
     """The same layout holding ``children`` (whatever a tree function made of them)."""
     mode, layout = aux
     children = iter(children)
-    generations = immutables.Map().mutate()
+    generations: immutables.MapMutation[str, _Generation] = immutables.Map().mutate()
     count = 0
     for index, (generation_id, steps) in enumerate(layout):
         checkpoints = immutables.Map({step: next(children) for step in steps})

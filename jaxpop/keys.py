@@ -22,12 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpop.types import GenerationId, RawKey
+
 __all__ = ["event_key", "new_generation_id", "root_key", "split_key"]
 
 _BLOCK = 256
 
 
-def root_key(seed: int) -> np.ndarray:
+def root_key(seed: int) -> RawKey:
     """The raw root key (``uint32[2]``) of a run seeded with ``seed``.
 
     >>> root_key(0)
@@ -52,7 +54,7 @@ def _key_block(root: tuple[int, int], block: int) -> np.ndarray:
     return keys
 
 
-def event_key(root: np.ndarray, index: int) -> np.ndarray:
+def event_key(root: RawKey, index: int) -> RawKey:
     """The raw key of event number ``index`` of the run whose root key is ``root``.
 
     Equal to ``jax.random.key_data(jax.random.fold_in(wrap_key_data(root), index))``
@@ -72,7 +74,7 @@ def event_key(root: np.ndarray, index: int) -> np.ndarray:
 _split = jax.jit(jax.random.split, static_argnums=1)
 
 
-def split_key(key: np.ndarray, num: int) -> np.ndarray:
+def split_key(key: RawKey, num: int) -> np.ndarray:
     """``num`` independent raw keys (shape ``(num, 2)``) derived from a raw ``key``.
 
     The same keys as ``jax.random.split(key, num)``, through a jitted call (a few
@@ -81,7 +83,7 @@ def split_key(key: np.ndarray, num: int) -> np.ndarray:
     return np.asarray(_split(np.asarray(key, np.uint32), num), dtype=np.uint32)
 
 
-def new_generation_id(key: np.ndarray, index: int = 0) -> str:
+def new_generation_id(key: RawKey, index: int = 0) -> GenerationId:
     """A fresh generation id derived from a raw key (and an index, for several per key).
 
     Ids are 16 hex digits of a hash of the key, so they are reproducible from the run's

@@ -215,7 +215,9 @@ class PopulationController:
                 "PopulationController takes one mutator: pass mutator= (or mutate=, the "
                 "seed's name), not " + ("both" if mutator is not None else "neither")
             )
-        self._mutate = mutator if mutate is None else mutate
+        given = mutator if mutate is None else mutate
+        assert given is not None  # exactly one of the two: checked above
+        self._mutate = given
         mutator = SeedMutator(self._mutate) if isinstance(self._mutate, Mutate) else self._mutate
         if not isinstance(mutator, Mutator):
             raise TypeError(
@@ -399,7 +401,9 @@ class PopulationController:
           TypeError: ``generation_id`` is not a str.
         """
         event = Missing(worker_id, generation_id, step, exists)
-        return _copy_out(self._apply(event).worker)
+        worker = _copy_out(self._apply(event).worker)
+        assert worker is not None  # a missing checkpoint always gets an assignment
+        return worker
 
     def serialized_state(self) -> bytes:
         """The whole state (and what run it is) as bytes, in jaxpop's safe encoding.
@@ -545,7 +549,7 @@ class PopulationController:
             if type(now) is not float:
                 now = _as_time(now)
             if self._gone_after_s is not None:
-                self._expire(state, now)
+                self._expire(state, now, self._gone_after_s)
                 state = self._state
             new_state, reply = core.transition(
                 state, event, now, core.event_key(state), mutator=self._mutator
@@ -570,10 +574,10 @@ class PopulationController:
         if self._store is not None:
             self._store.compact_if_due(new_state)
 
-    def _expire(self, state: PopulationState, now: float) -> None:
+    def _expire(self, state: PopulationState, now: float, after_s: float) -> None:
         """Declares silent workers gone, as an event of its own (journaled first)."""
         new_state, changes = core.expire(
-            state, now, core.event_key(state), after_s=self._gone_after_s, mutator=self._mutator
+            state, now, core.event_key(state), after_s=after_s, mutator=self._mutator
         )
         if changes is None:
             return

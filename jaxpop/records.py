@@ -12,9 +12,11 @@ import numbers
 from collections.abc import Sequence
 from itertools import compress
 from operator import is_not
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flax import struct
+
+from jaxpop.types import CheckpointRef, GenerationId, MetaParams, Params
 
 __all__ = [
     "ACTIVE",
@@ -35,9 +37,6 @@ ACTIVE, FINISHED, GONE = "active", "finished", "gone"
 STATUSES = (ACTIVE, FINISHED, GONE)
 #: Only in a reply, never stored: the worker must wait (``Mutator.holds``) and ask again.
 WAITING = "waiting"
-
-#: A reference to one checkpoint in the history: ``(generation_id, step)``.
-CheckpointRef = tuple[str, int]
 
 
 @struct.dataclass
@@ -62,13 +61,17 @@ class Checkpoint:
       time: when the controller recorded it (seconds since the epoch).
     """
 
-    params: Any
-    meta_params: Any
-    generation_id: str = struct.field(pytree_node=False)
+    params: Params
+    meta_params: MetaParams
+    generation_id: GenerationId = struct.field(pytree_node=False)
     value: float | None = struct.field(pytree_node=False)
     parent: CheckpointRef | None = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
     time: float = struct.field(pytree_node=False)
+
+    if TYPE_CHECKING:  # struct.dataclass adds it at run time; type checkers can't see that
+
+        def replace(self, **changes: Any) -> Checkpoint: ...
 
     @property
     def ref(self) -> CheckpointRef:
@@ -91,11 +94,15 @@ class ActiveWorker:
     such a worker makes it active again.
     """
 
-    params: Any
-    meta_params: Any
-    generation_id: str = struct.field(pytree_node=False)
+    params: Params
+    meta_params: MetaParams
+    generation_id: GenerationId = struct.field(pytree_node=False)
     step: int = struct.field(pytree_node=False)
     status: str = struct.field(pytree_node=False, default="active")
+
+    if TYPE_CHECKING:  # struct.dataclass adds it at run time; type checkers can't see that
+
+        def replace(self, **changes: Any) -> ActiveWorker: ...
 
     @property
     def is_active(self) -> bool:
@@ -116,12 +123,37 @@ def _check_generation_id(value: Any, where: str) -> None:
         raise _bad(where, "a generation id (a non-empty str)", value)
 
 
+def _well_formed(c: Checkpoint) -> bool:
+    """Whether ``check_checkpoint`` passes ``c``, in one expression (a restore checks
+    every checkpoint); ``False`` when in doubt, and the field by field checks decide."""
+    parent = c.parent
+    return (
+        type(c.generation_id) is str
+        and c.generation_id != ""
+        and type(c.step) is int
+        and (c.value is None or type(c.value) is float)
+        and type(c.time) is float
+        and (
+            parent is None
+            or (
+                type(parent) is tuple
+                and len(parent) == 2
+                and type(parent[0]) is str
+                and parent[0] != ""
+                and type(parent[1]) is int
+            )
+        )
+    )
+
+
 def check_checkpoint(c: Any, where: str = "checkpoint") -> None:
     """Raises ``ValueError`` naming the field if ``c`` is not a well-formed :class:`Checkpoint`.
 
     What a controller stores and journals, and what storage accepts when it reads a
     file back: the same rules on both sides, so nothing written is refused later.
     """
+    if type(c) is Checkpoint and _well_formed(c):  # the common case: no message to build
+        return
     if type(c) is not Checkpoint:
         raise _bad(where, "a Checkpoint", c)
     _check_generation_id(c.generation_id, f"{where}.generation_id")

@@ -27,6 +27,7 @@ from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage import run as run_lib  # (jaxpop.storage registers the records)
 from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.plain import state_from_plain, state_to_plain
+from jaxpop.types import GenerationId, MutatorState
 
 __all__ = [
     "STATE_FILE",
@@ -43,10 +44,10 @@ __all__ = [
 ]
 
 #: A generation's id (the seed's alias).
-GenerationID = str
+GenerationID = GenerationId
 #: A seed-style mutator's state (the seed's alias): in jaxpop, plain data that
 #: :func:`jaxpop.encoding.encode` can store.
-MutateState = Any
+MutateState = MutatorState
 #: The file ``save_state`` writes in a ``log_dir`` (the seed's was ``population.state``,
 #: a pickle; this one holds jaxpop's safe encoding).
 STATE_FILE = "population.jpstate"

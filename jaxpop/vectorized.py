@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -23,12 +23,13 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxpop.core import Changes, PopulationState
-from jaxpop.history import History, Mode, check_mode
+from jaxpop.history import History, check_mode
 from jaxpop.hparams import find_hparam_states, set_hparams
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
 from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.types import GenerationId, Mode, RawKey
 
 __all__ = [
     "AXIS",
@@ -89,6 +90,10 @@ class VectorizedPopulation:
     num_generations: jax.Array
     step: jax.Array
     key: jax.Array
+
+    if TYPE_CHECKING:  # struct.dataclass adds it at run time; type checkers can't see that
+
+        def replace(self, **changes: Any) -> VectorizedPopulation: ...
 
     @property
     def size(self) -> int:
@@ -657,7 +662,7 @@ def constrain(pop: Any, mesh: Mesh | None, axis: str = AXIS) -> Any:
 
 
 # -- host-side lineage ------------------------------------------------------------------------
-def generation_id(root_key: np.ndarray, index: int) -> str:
+def generation_id(root_key: RawKey, index: int) -> GenerationId:
     """The jaxpop generation id of generation index ``index`` in the run of ``root_key``."""
     return new_generation_id(np.asarray(root_key, np.uint32), int(index))
 
@@ -673,7 +678,7 @@ def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float |
 
 def lineage_init(
     pop: VectorizedPopulation,
-    root_key: np.ndarray,
+    root_key: RawKey,
     *,
     now: float,
     params: Any = None,
@@ -734,7 +739,7 @@ def record(
     if isinstance(scores, RoundResult):
         if exploit is not None:
             raise TypeError("record got a RoundResult and an exploit: its exploit is recorded")
-        step = scores.step if step is None else step
+        step = int(scores.step) if step is None else step
         scores, exploit = scores.scores, scores.exploit
     if step is None:
         raise TypeError("record needs step= (the population's step of the evaluation)")
@@ -747,9 +752,8 @@ def record(
         )
     history, added = state.history, []
     evaluated: list[Checkpoint] = []
-    for worker in state.workers:
-        i = len(evaluated)
-        checkpoint = history.continuation(worker.generation_id, step, params, float(scores[i]), now)
+    for worker, score in zip(state.workers, scores.tolist(), strict=True):
+        checkpoint = history.continuation(worker.generation_id, step, params, score, now)
         history = history.add(checkpoint)
         added.append(checkpoint)
         evaluated.append(checkpoint)

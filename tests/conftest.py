@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import jax
 import pytest
@@ -10,6 +11,19 @@ import pytest
 from jaxpop import core
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import Mutator
+
+# XLA compiling is most of this suite's time on a few CPU cores. Compile with little
+# optimization (LLVM -O0, no expensive passes) and with XLA:CPU's elemental emitters
+# (they compile in half the time of its fusion emitters): the compile-heavy tests take
+# half the CPU time or less. Here and in the processes the tests start (they inherit
+# both variables); set either one yourself to override it. Every comparison in the
+# suite is between programs compiled alike, and XLA:CPU does no fast math either way.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+_optimize_less = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true", "yes")
+jax.config.update("jax_disable_most_optimizations", _optimize_less)
+if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):  # read at first use
+    _flags = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false"
+    os.environ["XLA_FLAGS"] = _flags.strip()
 
 
 # -- counting traces and compilations (public jax APIs, not jit's private caches) --------

@@ -5,6 +5,7 @@ Usage::
     python multihost_run.py OUT --processes 1                      # 1 process, 4 devices
     python multihost_run.py OUT --processes 2 --process-id I --port P [--stop-after R]
     python multihost_run.py OUT --processes 2 --process-id I --port P --resume
+    python multihost_run.py --serve                                # the test's launcher
 
 8 members (a tiny MLP, Adam with injected learning rate and b1, a PRNG key per
 member) sharded over the mesh of all 4 devices: with 2 processes, process 0 holds
@@ -18,6 +19,13 @@ Process 0 writes ``OUT/rounds.jsonl`` (one line per round), and at the end
 ``OUT/result.json`` (lineage) and ``OUT/result.npz`` (the final population's leaves).
 With ``--stop-after R`` every process writes ``OUT/stopped-<id>`` after round ``R`` and
 waits to be killed. ``--resume`` continues from the journal and its latest snapshot.
+
+``--serve`` imports JAX and jaxpop once, before any JAX computation (no JAX thread or
+backend exists yet), then reads launches from stdin, one JSON line each: a list of
+``[log_file, [argument, ...]]``, one per process. It forks a fresh process for each
+(output to its log file; it configures JAX and joins the run as the command line
+would), prints ``PIDS pid ...``, then ``EXIT i code`` as process ``i`` ends (``-9``:
+SIGKILLed). Importing is half of each process's start on 2 cores: the test pays it once.
 """
 
 from __future__ import annotations
@@ -28,13 +36,26 @@ import json
 import os
 import sys
 import time
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxpop import multihost, storage
+from jaxpop import vectorized as vz
+from jaxpop.checkpointing import ParamStore
+from jaxpop.hparams import make_optimizer
+from jaxpop.keys import root_key
+from jaxpop.mutators import explore, selection
 
 ROUNDS = 6
 STEPS_PER_ROUND = 2
 N = 8
 
 
-def parse() -> argparse.Namespace:
+def parse(argv: list[str]) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -45,45 +66,38 @@ def parse() -> argparse.Namespace:
     p.add_argument("--snapshot-every", type=int, default=2)
     p.add_argument("--stop-after", type=int, default=None)
     p.add_argument("--resume", action="store_true")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-ARGS = parse()
+def setup(args: argparse.Namespace) -> None:
+    """Configures JAX's devices and joins the run: before any other JAX call."""
+    if args.processes == 1:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", 4)
+    else:
+        multihost.initialize_cpu(
+            f"localhost:{args.port}",
+            args.processes,
+            args.process_id,
+            local_devices=2,
+            initialization_timeout=60,
+        )
+    optimizer()
 
-import jax  # noqa: E402  (configured before any other JAX call)
-
-from jaxpop import multihost  # noqa: E402
-
-if ARGS.processes == 1:
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", 4)
-else:
-    multihost.initialize_cpu(
-        f"localhost:{ARGS.port}",
-        ARGS.processes,
-        ARGS.process_id,
-        local_devices=2,
-        initialization_timeout=60,
-    )
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from jaxpop import storage  # noqa: E402
-from jaxpop import vectorized as vz  # noqa: E402
-from jaxpop.checkpointing import ParamStore  # noqa: E402
-from jaxpop.hparams import make_optimizer  # noqa: E402
-from jaxpop.keys import root_key  # noqa: E402
-from jaxpop.mutators import explore, selection  # noqa: E402
 
 SPACE = {"log_lr": explore.uniform(-4.0, -1.0), "b1": explore.uniform(0.5, 0.95)}
-TX = make_optimizer(
-    optax.adam,
-    {"log_lr": -3.0, "b1": 0.9},
-    keys={"log_lr": "learning_rate", "b1": "b1"},
-    transforms={"learning_rate": jnp.exp},
-)
+
+
+@functools.cache
+def optimizer() -> optax.GradientTransformation:
+    """Adam with injected learning rate and b1. Made by ``setup`` (it runs on the JAX
+    backend, which must not start before ``setup`` configures it), outside any trace."""
+    return make_optimizer(
+        optax.adam,
+        {"log_lr": -3.0, "b1": 0.9},
+        keys={"log_lr": "learning_rate", "b1": "b1"},
+        transforms={"learning_rate": jnp.exp},
+    )
 
 
 def to_optimizer(h):
@@ -101,7 +115,7 @@ def init_member(key):
         "w2": jax.random.uniform(k2, (8, 3), minval=-1.0, maxval=1.0),
         "b2": jnp.zeros(3),
     }
-    return {"params": params, "opt_state": TX.init(params), "key": jax.random.key_data(k3)}
+    return {"params": params, "opt_state": optimizer().init(params), "key": jax.random.key_data(k3)}
 
 
 def loss_fn(params, x, y):
@@ -114,7 +128,7 @@ def train_step(state, batch, hparams):
     """One member's step (the hyperparameters are in the optimizer state already)."""
     del hparams
     loss, grads = jax.value_and_grad(loss_fn)(state["params"], *batch)
-    updates, opt_state = TX.update(grads, state["opt_state"], state["params"])
+    updates, opt_state = optimizer().update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return {**state, "params": params, "opt_state": opt_state}, loss
 
@@ -137,20 +151,16 @@ def bias(r: int) -> np.ndarray:
     return np.where(low_half if r % 2 == 0 else ~low_half, 10.0, 0.0).astype(np.float32)
 
 
-KEY = root_key(0)
-
-
-def make_pop():
+def make_pop(key):
     """The population before training."""
-    return vz.init(KEY, init_member, SPACE, N, optimizer_hparams=to_optimizer)
+    return vz.init(key, init_member, SPACE, N, optimizer_hparams=to_optimizer)
 
 
-MESH = vz.member_mesh()
 STEP = vz.vmap_train_step(train_step)
 
 
-@jax.jit
-def pbt_round(pop, xs, ys, offsets):
+@functools.partial(jax.jit, static_argnames="mesh")
+def pbt_round(pop, xs, ys, offsets, mesh):
     """Trains ``STEPS_PER_ROUND`` steps, evaluates, exploits and explores."""
     pop = jax.lax.fori_loop(0, STEPS_PER_ROUND, lambda t, p: STEP(p, (xs[t], ys[t]))[0], pop)
     losses = jax.vmap(loss_fn, in_axes=(0, None, None))(pop.train_state["params"], *EVAL)
@@ -162,7 +172,7 @@ def pbt_round(pop, xs, ys, offsets):
         selection=functools.partial(selection.truncation, quantile_fraction=0.25),
         optimizer_hparams=to_optimizer,
     )
-    return vz.constrain(pop, MESH), scores, exploit
+    return vz.constrain(pop, mesh), scores, exploit
 
 
 def strip(lineage) -> list:
@@ -173,41 +183,43 @@ def strip(lineage) -> list:
     ]
 
 
-def main() -> None:
-    out = ARGS.out
+def main(args: argparse.Namespace) -> None:
+    out = args.out
     lead = multihost.is_lead_process()
     assert jax.device_count() == 4, jax.devices()
-    like = jax.eval_shape(make_pop)
+    mesh = vz.member_mesh()
+    key = root_key(0)
+    like = jax.eval_shape(make_pop, key)
     params = ParamStore(os.path.join(out, "params"), async_save=False)
     log = storage.Store(os.path.join(out, "log")) if lead else None
     pending: list = []  # (changes, lineage) recorded but not yet journaled
 
-    if ARGS.resume:
+    if args.resume:
         handle = None
         if lead:
             lineage = log.load()
             log.start(lineage)
             handle = lineage.history.latest(lineage.workers[0].generation_id).params
         handle = multihost.broadcast_from_lead(handle)
-        pop = vz.restore_snapshot(params, handle, like, MESH)
+        pop = vz.restore_snapshot(params, handle, like, mesh)
     else:
-        pop = jax.jit(make_pop, out_shardings=vz.shardings(like, MESH))()
+        pop = jax.jit(make_pop, out_shardings=vz.shardings(like, mesh))(key)
         light = multihost.to_host(pop.replace(train_state=None))
         if lead:
-            lineage = vz.lineage_init(light, KEY, now=0.0)
+            lineage = vz.lineage_init(light, key, now=0.0)
             log.start(lineage)
     start = int(pop.step) // STEPS_PER_ROUND
     shards = pop.scores.addressable_shards
     held = sorted(i for s in shards for i in range(N)[s.index[0]])
 
-    for r in range(start, ARGS.rounds):
+    for r in range(start, args.rounds):
         steps = range(r * STEPS_PER_ROUND, (r + 1) * STEPS_PER_ROUND)
         xs = np.stack([batch(t)[0] for t in steps])
         ys = np.stack([batch(t)[1] for t in steps])
-        pop, scores, exploit = pbt_round(pop, xs, ys, bias(r))
+        pop, scores, exploit = pbt_round(pop, xs, ys, bias(r), mesh)
         scores_h, exploit_h = multihost.to_host((scores, exploit))
         handle = None
-        if (r + 1) % ARGS.snapshot_every == 0:
+        if (r + 1) % args.snapshot_every == 0:
             handle = vz.save_snapshot(params, pop)  # collective, finalized on return
         if lead:
             lineage, changes = vz.record(
@@ -232,7 +244,7 @@ def main() -> None:
             }
             with open(os.path.join(out, "rounds.jsonl"), "a") as f:
                 f.write(json.dumps(line) + "\n")
-        if ARGS.stop_after is not None and r == ARGS.stop_after:
+        if args.stop_after is not None and r == args.stop_after:
             with open(os.path.join(out, f"stopped-{jax.process_index()}"), "w") as f:
                 f.write(str(r))
             time.sleep(600)  # until killed
@@ -257,5 +269,49 @@ def main() -> None:
             json.dump(result, f)
 
 
+def serve() -> None:
+    """Forks the processes of each launch read from stdin (the module docstring)."""
+    for line in sys.stdin:
+        pids = []
+        for log, argv in json.loads(line):
+            pid = os.fork()
+            if pid == 0:  # the child: one process of the run, never back in this loop
+                code = 0
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                try:
+                    args = parse(argv)
+                    setup(args)
+                    main(args)
+                    if args.processes > 1:  # what exiting does (atexit), before os._exit
+                        jax.distributed.shutdown()
+                except SystemExit as e:
+                    code = e.code if isinstance(e.code, int) else 1
+                except BaseException:
+                    traceback.print_exc()
+                    code = 1
+                finally:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    os._exit(code)
+            pids.append(pid)
+        say("PIDS " + " ".join(map(str, pids)))
+        for _ in pids:
+            pid, status = os.waitpid(-1, 0)
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            say(f"EXIT {pids.index(pid)} {code}")
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--serve"]:
+        serve()
+    else:
+        ARGS = parse(sys.argv[1:])
+        setup(ARGS)
+        main(ARGS)

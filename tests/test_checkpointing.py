@@ -326,8 +326,8 @@ def test_retained_handles_follow_mutator_references():
     pos = controller.active_workers[0].generation_id
     controller.set_eval(0, pos, 2, "pos-end", 0.5)  # "neg" branch starts from branch-point
     state = controller.state
-    assert state.mutator_state["pos"] == (pos, 2)
-    assert state.mutator_state["center"] == (gen, 2)
+    assert state.mutator_state.pos == (pos, 2)
+    assert state.mutator_state.center == (gen, 2)
     assert {"branch-point", "center-end", "pos-end"} <= retained_handles(state, keep_best=0)
 
 
@@ -521,7 +521,7 @@ def test_gc_never_deletes_a_reachable_checkpoint(data):
         )
         for handle in reachable(controller.state, keep_best):
             load(handle)
-        event(f"exploits: {min(controller.state.mutator_state['num_exploits'], 3)}+")
+        event(f"exploits: {min(controller.state.mutator_state.num_exploits, 3)}+")
         event(f"deleted: {'none' if not deleted else 'some'}")
         for w in workers:
             for handle in (w["to_load"], w["unreported"] and w["unreported"][2]):

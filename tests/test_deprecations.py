@@ -84,7 +84,7 @@ def test_the_mutator_ask_hook_keeps_its_old_name_with_a_warning():
         warnings.simplefilter("always")
         assert mutator.get_worker_data is hook
     _one_warning(caught, "Mutator.ask")
-    with pytest.raises(TypeError, match="twice"):
+    with pytest.raises(TypeError, match="twice"), pytest.warns(DeprecationWarning):
         Mutator(lambda: 0, _noop_update, ask=hook, get_worker_data=hook)
     # a run recorded before the rename describes the hook by its old name, and resumes
     assert "get_worker_data" in Mutator(lambda: 0, _noop_update, hook).describe()["config"]
@@ -128,3 +128,60 @@ def test_moved_modules_still_import_and_say_where_they_went(old, new):
     target = importlib.import_module(new)
     for name in module.__all__:
         assert getattr(module, name) is getattr(target, name)
+
+
+# -- mutator states: records now, dicts before --------------------------------------------
+def _drive(state, mutator, steps):
+    from conftest import apply
+
+    for step in steps:
+        for i, worker in enumerate(state.workers):
+            value = float((i * 7 + step) % 5)
+            event = Eval(f"p{i}@{step}", i, worker.generation_id, step, value)
+            state, _ = apply(state, event, float(step), mutator)
+    return state
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PopulationBasedTraining(perturbation_interval=2, hyperparam_space=SPACE),
+        lambda: WinnerTakeAllGenetic(lambda m, key: m, steps_per_exploit=2),
+    ],
+    ids=["pbt", "wta"],
+)
+def test_a_run_recorded_with_a_dict_state_goes_on_as_with_the_record(make):
+    from conftest import fresh_state
+
+    mutator = make()
+    state = _drive(fresh_state([{"lr": 0.01 * (i + 1)} for i in range(4)], mutator), mutator, [2])
+    record = state.mutator_state
+    assert type(record).__name__.endswith("State") and hasattr(record, "_asdict")
+    as_dict = {k: (dict(v) if isinstance(v, dict) else v) for k, v in record._asdict().items()}
+    old = state.replace(mutator_state=as_dict)
+    new_from_record = _drive(state, mutator, [4, 6])
+    new_from_dict = _drive(old, mutator, [4, 6])
+    assert new_from_dict.mutator_state == new_from_record.mutator_state
+    assert [w.generation_id for w in new_from_dict.workers] == [
+        w.generation_id for w in new_from_record.workers
+    ]
+    assert mutator.counts(as_dict) == mutator.counts(record)
+
+
+def test_mutator_state_records_round_trip_through_the_encoding_and_warn_on_str_keys():
+    from jaxpop import encoding
+    from jaxpop.mutators import BranchingState, PBTState, WinnerTakeAllState
+
+    for record in (
+        PBTState(3, 1, {0: ("g", 10), 2: ("h", 4.5)}, None),
+        WinnerTakeAllState(2, 6, 4),
+        BranchingState("pos", 1, 10, ("g", 10), ("g", 12), None),
+    ):
+        back = encoding.decode(encoding.encode(record))
+        assert type(back) is type(record) and back == record
+        field = record._fields[1]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert record[field] == getattr(record, field)
+        _one_warning(caught, f"state.{field}")
+        assert record[1] == getattr(record, field)  # still a tuple

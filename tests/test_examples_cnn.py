@@ -56,6 +56,7 @@ def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path, monkeypatch):
     _Bar.bars = []
     monkeypatch.setattr(population_cnn, "tqdm", _Bar)
     argv = ["--steps", "60", "--workers", "3", "--eval-every", "10", "--steps-per-exploit", "20"]
+    argv += ["--batch-size", "16"]  # what is checked does not depend on it
     argv += ["--tensorboard"] if importlib.util.find_spec("tensorboardX") else []
     summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path)])
     assert summary["exploit_events"] >= 3 and summary["compilations"] == 1
@@ -113,6 +114,7 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     from examples.vectorized import train as vectorized
 
     argv = ["--steps", "40", "--workers", "4", "--eval-every", "10", "--no-progress"]
+    argv += ["--batch-size", "16"]
     summary = vectorized.main([*argv, "--log-dir", str(tmp_path)])
     assert summary["exploit_events"] >= 1 and math.isfinite(summary["best"]["val_loss"])
     resumed = vectorized.main(["--steps", "50", *argv[2:], "--log-dir", str(tmp_path)])
@@ -131,6 +133,7 @@ def test_the_worker_loop_stops_when_the_controller_says_finished(tmp_path, monke
         functools.partial(PopulationController, stop_when=StopWhen(step=20)),
     )
     argv = ["--steps", "60", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "100"]
+    argv += ["--batch-size", "16"]
     summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path), "--no-progress"])
     assert [m["step"] for m in summary["members"]] == [20, 20]  # not 60: told to stop at 20
     state = storage.read_state(tmp_path / "population")

@@ -146,3 +146,50 @@ def test_history_key_paths_name_the_checkpoint_and_an_empty_history_round_trips(
     leaves, treedef = jax.tree.flatten(History(mode="max"))
     assert leaves == [] and jax.tree.unflatten(treedef, []) == History(mode="max")
     assert jax.tree.map(lambda x: x, h) == h and jax.tree.map(lambda x: x, h).mode == "max"
+
+
+def _chain(history, checkpoints):
+    for checkpoint in checkpoints:
+        history = history.add(checkpoint)
+    return history
+
+
+def _layout(history):
+    return [
+        (gen, history[gen].steps_descending(), history.first(gen).step, history[gen].values())
+        for gen in history
+    ]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 12])
+def test_add_all_makes_the_history_a_chain_of_adds_makes(count):
+    base = History(mode="max").add_all([ck("a", 0), ck("a", 4, 1.0, ("a", 0)), ck("b", 2)])
+    pool = [  # new generations, steps out of order, replacements, a step below the first
+        ck("c", 7, 0.5, ("a", 4)),
+        ck("a", 9, 2.0, ("a", 4)),
+        ck("a", 4, 3.0, ("a", 0)),
+        ck("c", 3, None, ("a", 4)),
+        ck("d", 0),
+        ck("b", 2, 4.0),
+        ck("c", 11, 0.1, ("c", 7)),
+        ck("a", 1, 0.2, ("a", 0)),
+        ck("e", 5, None, ("d", 0)),
+        ck("d", 0, 9.0),
+        ck("a", 20, 0.3, ("a", 9)),
+        ck("b", 1, 0.4),
+    ]
+    added = pool[:count]
+    batched, chained = base.add_all(iter(added)), _chain(base, added)
+    assert batched == chained and batched.mode == "max"
+    assert batched.num_checkpoints == chained.num_checkpoints
+    assert _layout(batched) == _layout(chained)
+    assert list(batched.checkpoints()) == list(chained.checkpoints())
+    # what an incremental reader gets from it, as after a chain of adds
+    assert batched.added_since(base) == chained.added_since(base)
+    assert batched.added_since(batched) == []
+    assert base.add_all(added[:1]).added_since(base) == added[:1]
+
+
+def test_add_all_refuses_what_is_not_a_checkpoint_as_add_does():
+    with pytest.raises(TypeError, match=r"History\.add takes a Checkpoint, got dict"):
+        History().add_all([ck("a", 0), ck("a", 1), {"step": 2}, ck("a", 3)])

@@ -6,6 +6,8 @@ a coordinator on a free local port) that are SIGKILLed after round 4, then as 2 
 processes that resume from the journal and the last collective snapshot (round 3). The
 8 members are sharded over the 4 devices either way; every exploit copies members
 across the processes. ``docs/multihost.md`` describes the launch on a real cluster.
+Every process is a fresh one, forked by ``multihost_run.py --serve`` (which imported
+JAX once, before any JAX call) instead of a new interpreter each.
 
 Every result is compared bit for bit: the programs are the same SPMD programs over the
 same 4-device mesh, the per-member arithmetic is local to a device and the only
@@ -15,12 +17,15 @@ values without arithmetic, so nothing can round differently.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -44,59 +49,106 @@ def _free_port() -> int:
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
     # the script sets the devices; compiling is most of each run on 2 cores: optimize
-    # less (the same in every run, so the comparisons hold)
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0")
+    # less, with the faster-compiling elemental emitters (the same in every run, so the
+    # comparisons hold)
+    flags = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=flags)
     return env
 
 
-def _start(out: str, env: dict[str, str], *args: str) -> list[subprocess.Popen]:
-    """Starts the 2 processes; each one's output goes to ``out/log-<id>.txt``."""
-    os.makedirs(out, exist_ok=True)
-    port = str(_free_port())
-    procs = []
-    for i in range(2):
-        with open(os.path.join(out, f"log-{i}.txt"), "a") as log:  # a file never fills up
-            command = [sys.executable, SCRIPT, out, "--processes", "2", "--process-id", str(i)]
-            procs.append(
-                subprocess.Popen(
-                    [*command, "--port", port, *args],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+class _Launcher:
+    """``multihost_run.py --serve``: imports JAX once and forks every process the test
+    launches (each a fresh process that configures JAX and joins its run itself)."""
+
+    def __init__(self, tmp_path):
+        with open(tmp_path / "launcher.txt", "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, SCRIPT, "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=_env(),
             )
-    return procs
+        self.lines: queue.Queue = queue.Queue()
+        self.pids: list[int] = []  # the last launch's processes
+        self.running: set[int] = set()  # those not reaped yet
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.split())
+        self.lines.put(None)
+
+    def _next(self, timeout: float) -> list[str]:
+        line = self.lines.get(timeout=max(0.0, timeout))
+        if line is None:
+            raise AssertionError("the launcher ended")
+        return line
+
+    def start(self, out: str, commands: list[list[str]]) -> list[int]:
+        """Starts one process per command; each one's output goes to ``out/log-<i>.txt``."""
+        os.makedirs(out, exist_ok=True)
+        launch = [[os.path.join(out, f"log-{i}.txt"), c] for i, c in enumerate(commands)]
+        self.proc.stdin.write(json.dumps(launch) + "\n")
+        self.proc.stdin.flush()
+        word, *pids = self._next(TIMEOUT_S)
+        assert word == "PIDS", (word, pids)
+        self.pids = [int(p) for p in pids]
+        self.running = set(self.pids)
+        return self.pids
+
+    def exits(self, count: int, deadline: float) -> dict[int, int]:
+        """Process index to exit code (``-9``: SIGKILLed), for ``count`` processes;
+        ``queue.Empty`` at ``deadline``."""
+        codes = {}
+        while len(codes) < count:
+            word, i, code = self._next(deadline - time.monotonic())
+            assert word == "EXIT", word
+            codes[int(i)] = int(code)
+            self.running.discard(self.pids[int(i)])  # reaped: its pid may be reused
+        return codes
+
+    def kill(self) -> None:
+        for pid in sorted(self.running):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        self.kill()
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
-def _kill(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-    for p in procs:
-        p.wait(timeout=30)
+def _two(out: str, *args: str) -> list[list[str]]:
+    """The command lines of the 2 processes, with a coordinator on a free local port."""
+    port = str(_free_port())
+    base = [out, "--processes", "2", "--port", port, *args]
+    return [[*base, "--process-id", str(i)] for i in range(2)]
 
 
-def _finish(out: str, procs: list[subprocess.Popen]) -> None:
-    """Waits for both processes to exit 0 (or kills them after TIMEOUT_S)."""
-    deadline = time.monotonic() + TIMEOUT_S
+def _finish(launcher: _Launcher, out: str) -> None:
+    """Waits for the launched processes to exit 0 (or kills them after TIMEOUT_S)."""
+    count = len(launcher.running)
     try:
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        _kill(procs)
-        pytest.fail("a process of the 2-process run hung:\n" + _tails(out, procs))
-    finally:
-        _kill(procs)
-    if any(p.returncode != 0 for p in procs):
-        pytest.fail("a process of the 2-process run failed:\n" + _tails(out, procs))
+        codes = launcher.exits(count, time.monotonic() + TIMEOUT_S)
+    except queue.Empty:
+        launcher.kill()
+        pytest.fail("a process hung:\n" + _tails(out, count))
+    if any(codes.values()):
+        pytest.fail(f"a process failed ({codes}):\n" + _tails(out, count))
 
 
-def _tails(out: str, procs: list[subprocess.Popen]) -> str:
+def _tails(out: str, count: int) -> str:
     """The end of each process's output."""
     tails = []
-    for i, p in enumerate(procs):
+    for i in range(count):
         with open(os.path.join(out, f"log-{i}.txt")) as f:
-            tails.append(f"--- process {i} (rc {p.returncode}):\n{f.read()[-3000:]}")
+            tails.append(f"--- process {i}:\n{f.read()[-3000:]}")
     return "\n".join(tails)
 
 
@@ -112,40 +164,39 @@ def _result(out: str) -> tuple[dict, dict[str, np.ndarray]]:
         return result, dict(leaves)
 
 
-def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path):
-    env = _env()
+@pytest.fixture
+def launcher(tmp_path):
+    launcher = _Launcher(tmp_path)
+    yield launcher
+    launcher.close()
+
+
+def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path, launcher):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
 
     # the reference: 1 process, 4 devices, uninterrupted
-    proc = subprocess.run(
-        [sys.executable, SCRIPT, one, "--processes", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    launcher.start(one, [[one, "--processes", "1"]])
+    _finish(launcher, one)
     reference = _rounds(one)
     assert [r["round"] for r in reference] == list(range(ROUNDS))
 
     # 2 processes, SIGKILLed (both) once round 4 is done: the journal and the last
     # snapshot hold round 3, round 4 is lost
-    procs = _start(two, env, "--stop-after", str(STOP_AFTER))
+    launcher.start(two, _two(two, "--stop-after", str(STOP_AFTER)))
     deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while not all(os.path.exists(os.path.join(two, f"stopped-{i}")) for i in range(2)):
-            if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
-                _kill(procs)
-                pytest.fail("the 2-process run stopped before round 4:\n" + _tails(two, procs))
-            time.sleep(0.1)
-    finally:
-        _kill(procs)
-    assert [p.returncode for p in procs] == [-signal.SIGKILL] * 2
+    while not all(os.path.exists(os.path.join(two, f"stopped-{i}")) for i in range(2)):
+        if not launcher.lines.empty() or time.monotonic() > deadline:  # one ended (or hung)
+            launcher.kill()
+            pytest.fail("the 2-process run stopped before round 4:\n" + _tails(two, 2))
+        time.sleep(0.1)
+    launcher.kill()
+    assert launcher.exits(2, time.monotonic() + 30) == {0: -signal.SIGKILL, 1: -signal.SIGKILL}
     before = _rounds(two)
     assert [r["round"] for r in before] == list(range(STOP_AFTER + 1))
 
     # 2 fresh processes resume from the journal and the collective snapshot
-    _finish(two, _start(two, env, "--resume"))
+    launcher.start(two, _two(two, "--resume"))
+    _finish(launcher, two)
     after = _rounds(two)[len(before) :]
     assert [r["round"] for r in after] == list(range(STOP_AFTER, ROUNDS))
 

@@ -8,7 +8,13 @@ import pytest
 from conftest import apply, fresh_state
 from jaxpop import PopulationController
 from jaxpop.events import Ask, Eval
-from jaxpop.mutators import BranchingSingleMachine, FixedSchedule, WinnerTakeAllGenetic, explore
+from jaxpop.mutators import (
+    BranchingSingleMachine,
+    FixedSchedule,
+    WinnerTakeAllGenetic,
+    WinnerTakeAllState,
+    explore,
+)
 from jaxpop.mutators.base import Mutator, takes_key
 from jaxpop.mutators.pbt import PopulationBasedTraining
 
@@ -48,7 +54,7 @@ def test_wta_waits_for_every_worker_then_copies_the_best(keep_winner):
     state, _ = apply(state, Eval("p2", 2, gens[2], 5, 0.0), 1.0, m)  # not far enough
     assert [w.generation_id for w in state.workers] == gens
     state, _ = apply(state, Eval("p2", 2, gens[2], 10, 2.0), 1.0, m)
-    assert state.mutator_state == {"num_exploits": 1, "num_decisions": 3, "num_copies": 2}
+    assert state.mutator_state == WinnerTakeAllState(num_exploits=1, num_decisions=3, num_copies=2)
     for i, w in enumerate(state.workers):
         assert w.generation_id not in gens and w.params == "p1" and w.step == 10
         kept = keep_winner and i == 1  # the seed mutates the winner too
@@ -82,7 +88,7 @@ def test_wta_scores_only_the_values_reported_past_the_interval():
     g0, g1 = (w.generation_id for w in state.workers)
     for wid, gen, step, value in ((0, g0, 5, 100.0), (0, g0, 10, 1.0), (1, g1, 10, 2.0)):
         state, _ = apply(state, Eval(f"p{wid}", wid, gen, step, value), 1.0, m)
-    assert state.mutator_state["num_exploits"] == 1
+    assert state.mutator_state.num_exploits == 1
     assert all(w.params == "p0" for w in state.workers)
 
 
@@ -93,12 +99,12 @@ def test_wta_by_seconds(clock):
     clock.advance(30)
     pop.set_eval(0, gens[0], 5, "a", 1.0)
     pop.set_eval(1, gens[1], 5, "b", 0.5)
-    assert pop.state.mutator_state["num_exploits"] == 0
+    assert pop.state.mutator_state.num_exploits == 0
     clock.advance(31)
     pop.set_eval(0, gens[0], 9, "a", 1.0)
-    assert pop.state.mutator_state["num_exploits"] == 0
+    assert pop.state.mutator_state.num_exploits == 0
     pop.set_eval(1, gens[1], 9, "b", 0.5)
-    assert pop.state.mutator_state["num_exploits"] == 1
+    assert pop.state.mutator_state.num_exploits == 1
     assert all(w.params == "b" for w in pop.active_workers)
 
 
@@ -174,7 +180,7 @@ def test_wta_convergence_three_workers():
             steps[i] += 10
             pop.set_eval(i, gens[i], steps[i], None, pop.history.meta_params(gens[i])["h"] ** 2)
     best = min(abs(w.meta_params["h"]) for w in pop.active_workers)
-    assert pop.state.mutator_state["num_exploits"] >= 50
+    assert pop.state.mutator_state.num_exploits >= 50
     assert best < 0.3
 
 
@@ -287,22 +293,22 @@ def test_branching_phases_and_directions():
         return apply(state, Eval(f"p{step}@{gen}", 0, gen, step, value), 1.0, m)[0]
 
     state = ev(state, 10, 5.0)  # exploit phase over: the centre trains on from (g0, 10)
-    assert state.mutator_state["phase"] == "center" and calls == []
+    assert state.mutator_state.phase == "center" and calls == []
     assert state.workers[0].generation_id == g0
     state = ev(state, 15, 3.0)  # centre done -> pos branch from the branch point
-    assert state.mutator_state["phase"] == "pos" and calls == [(0.0, "pos", 0)]
+    assert state.mutator_state.phase == "pos" and calls == [(0.0, "pos", 0)]
     pos_gen = state.workers[0].generation_id
     assert state.workers[0].meta_params == {"h": 1.0} and state.workers[0].step == 10
     state = ev(state, 15, 2.0)  # pos done -> neg branch from the same branch point
-    assert state.mutator_state["phase"] == "neg" and calls[-1] == (0.0, "neg", 0)
+    assert state.mutator_state.phase == "neg" and calls[-1] == (0.0, "neg", 0)
     neg = state.workers[0]
     assert neg.meta_params == {"h": -1.0} and neg.step == 10 and neg.params == f"p10@{g0}"
     assert state.history.branch_point(neg.generation_id) == (g0, 10)
     state = ev(state, 15, 4.0)  # neg worse, pos best of three -> continue pos from its end
     w = state.workers[0]
     assert (w.generation_id, w.step, w.meta_params) == (pos_gen, 15, {"h": 1.0})
-    assert state.mutator_state["phase"] == "exploit"
-    assert state.mutator_state["phase_index"] == 1 and state.mutator_state["phase_start"] == 15
+    assert state.mutator_state.phase == "exploit"
+    assert state.mutator_state.phase_index == 1 and state.mutator_state.phase_start == 15
     # the worker (still on neg) asks: it gets pos back; its neg params are kept
     state, reply = apply(state, Ask("neg17", None, 0, neg.generation_id, 17), 2.0, m)
     assert reply.worker.generation_id == pos_gen
@@ -331,7 +337,7 @@ def test_branching_keeps_the_best_of_centre_and_both_branches(center, pos, neg, 
         state, _ = apply(state, Eval(f"{gen}@{step}", 0, gen, step, value), 1.0, m)
     w = state.workers[0]
     assert w.meta_params == {"h": winner} and w.step == 4
-    assert state.mutator_state["phase"] == "exploit"
+    assert state.mutator_state.phase == "exploit"
 
 
 def test_branching_at_the_optimum_stays_there():
@@ -348,9 +354,9 @@ def test_branching_at_the_optimum_stays_there():
             gen, step, meta = data.generation_id, data.step, data.meta_params
         step += 1
         pop.set_eval(0, gen, step, None, meta["h"] ** 2)
-        if pop.state.mutator_state["phase"] == "exploit":
+        if pop.state.mutator_state.phase == "exploit":
             used.append(pop.active_workers[0].meta_params["h"])
-    assert pop.state.mutator_state["phase_index"] >= 5
+    assert pop.state.mutator_state.phase_index >= 5
     assert set(used) == {0.0}
 
 
@@ -565,10 +571,10 @@ def test_wta_stops_waiting_for_a_finished_worker_and_never_copies_it():
     state, _ = apply(state, Eval("p0", 0, gens[0], 10, 3.0), 1.0, m)
     state, _ = apply(state, Eval("p2", 2, gens[2], 5, 0.0), 1.0, m)  # best so far, done
     state, _ = apply(state, Eval("p1", 1, gens[1], 10, 1.0), 1.0, m)
-    assert state.mutator_state["num_exploits"] == 0  # waits for worker 2
+    assert state.mutator_state.num_exploits == 0  # waits for worker 2
     state, reply = apply(state, Finish(2), 2.0, m)
     assert reply.worker.status == "finished" and reply.changes is not None
-    assert state.mutator_state["num_exploits"] == 1  # the round goes on without it
+    assert state.mutator_state.num_exploits == 1  # the round goes on without it
     assert state.workers[2].generation_id == gens[2]  # keeps its assignment
     assert all(w.params == "p1" for w in state.workers[:2])  # worker 2 (0.0) never won
     # a finished worker that reports again is active again

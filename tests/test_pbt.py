@@ -64,8 +64,8 @@ def test_a_straggler_holds_one_bottom_place_and_does_not_stall_the_others():
     assert state.history.branch_point(w.generation_id) == (gens[j], 10)
     assert w.meta_params != {"lr": 0.01 * (j + 1)} and 1e-4 <= w.meta_params["lr"] <= 1.0
     assert generations(state)[1:] == gens[1:]
-    assert state.mutator_state["num_exploits"] == 1
-    assert state.mutator_state["num_decisions"] == 3
+    assert state.mutator_state.num_exploits == 1
+    assert state.mutator_state.num_decisions == 3
     # the new generation's first checkpoint records the new hyperparameters
     first = state.history.first(w.generation_id)
     assert first.meta_params == w.meta_params and first.value is None
@@ -77,13 +77,13 @@ def test_a_ready_worker_in_the_top_keeps_going_and_does_not_retrigger():
     state = report(state, m, 1, 10, 5.0)
     state = report(state, m, 0, 10, 1.0)  # ready, the better one: keeps going
     assert generations(state) == gens
-    assert state.mutator_state["last_decision"][0] == (gens[0], 10)
-    decisions = state.mutator_state["num_decisions"]
+    assert state.mutator_state.last_decision[0] == (gens[0], 10)
+    decisions = state.mutator_state.num_decisions
     for step in range(11, 20):  # not ready again before step 20
         state = report(state, m, 0, step, 1.0)
-    assert state.mutator_state["num_decisions"] == decisions
+    assert state.mutator_state.num_decisions == decisions
     state = report(state, m, 0, 20, 1.0)
-    assert state.mutator_state["num_decisions"] == decisions + 1
+    assert state.mutator_state.num_decisions == decisions + 1
 
 
 def test_exploiting_worker_is_not_ready_again_until_an_interval_after_the_copied_step():
@@ -95,9 +95,9 @@ def test_exploiting_worker_is_not_ready_again_until_an_interval_after_the_copied
     assert w.step == 30
     state = report(state, m, 1, 35, 0.0)
     assert state.workers[1].generation_id == w.generation_id
-    assert state.mutator_state["num_decisions"] == 2
+    assert state.mutator_state.num_decisions == 2
     state = report(state, m, 1, 40, 0.0)
-    assert state.mutator_state["num_decisions"] == 3
+    assert state.mutator_state.num_decisions == 3
 
 
 def test_a_member_without_an_evaluation_is_never_a_parent():
@@ -111,7 +111,7 @@ def test_a_member_without_an_evaluation_is_never_a_parent():
     m = make()
     state, gens = population(m, n=2)
     state = report(state, m, 0, 10, 5.0)
-    assert generations(state) == gens and state.mutator_state["num_decisions"] == 1
+    assert generations(state) == gens and state.mutator_state.num_decisions == 1
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
@@ -140,7 +140,7 @@ def test_burn_in_is_respected():
     for step in (10, 20, 29):
         state = report(state, m, 0, step, 9.0)
         assert generations(state) == gens
-    assert state.mutator_state["num_decisions"] == 0
+    assert state.mutator_state.num_decisions == 0
     state = report(state, m, 0, 30, 9.0)
     assert state.workers[0].generation_id not in gens
 
@@ -167,12 +167,12 @@ def test_time_attr_time(clock):
     clock.advance(30)
     pop.set_eval(0, gens[0], 100, "a", 1.0)
     pop.set_eval(1, gens[1], 100, "b", 5.0)
-    assert pop.state.mutator_state["num_decisions"] == 0
+    assert pop.state.mutator_state.num_decisions == 0
     clock.advance(31)
     pop.set_eval(1, gens[1], 200, "b", 5.0)
     w = pop.active_workers[1]
     assert w.generation_id not in gens and (w.params, w.step) == ("a", 100)
-    assert pop.state.mutator_state["last_decision"][1] == (w.generation_id, clock.now)
+    assert pop.state.mutator_state.last_decision[1] == (w.generation_id, clock.now)
 
 
 def test_time_burn_in_counts_from_the_population_start(clock):
@@ -182,8 +182,8 @@ def test_time_burn_in_counts_from_the_population_start(clock):
     clock.advance(50)
     pop.set_eval(0, gens[0], 1, "a", 1.0)
     pop.set_eval(1, gens[1], 1, "b", 5.0)
-    assert pop.state.mutator_state["num_decisions"] == 0
-    assert pop.state.mutator_state["start_time"] == clock.now - 50
+    assert pop.state.mutator_state.num_decisions == 0
+    assert pop.state.mutator_state.start_time == clock.now - 50
     clock.advance(50)
     pop.set_eval(1, gens[1], 2, "b", 5.0)
     assert pop.active_workers[1].generation_id not in gens
@@ -197,11 +197,11 @@ def test_synch_waits_for_every_worker():
         state = report(state, m, i, 10, value)
     state = report(state, m, 0, 25, 3.0)
     assert generations(state) == gens  # worker 3 has not reported: everybody waits
-    assert state.mutator_state["num_decisions"] == 0
+    assert state.mutator_state.num_decisions == 0
     state = report(state, m, 3, 10, 1.0)
     # one round: the bottom quarter (worker 0) copies the top quarter (worker 1)
-    assert state.mutator_state["num_decisions"] == 4
-    assert state.mutator_state["num_exploits"] == 1
+    assert state.mutator_state.num_decisions == 4
+    assert state.mutator_state.num_exploits == 1
     assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
     assert generations(state)[1:] == gens[1:]
 
@@ -273,7 +273,7 @@ def test_explored_hyperparameters_stay_inside_the_space_over_many_exploits():
     for step in range(1, 60):
         for i in range(4):
             state = report(state, m, i, step, float(i))  # worker 3 keeps copying
-    assert state.mutator_state["num_exploits"] > 40
+    assert state.mutator_state.num_exploits > 40
     for event in exploit_events(state.history):
         lr = event.meta_params_after["lr"]
         assert 1e-4 <= lr <= 0.02 and event.meta_params_after["momentum"] in (0.0, 0.5, 0.9, 0.99)
@@ -441,10 +441,10 @@ def test_host_decisions_dispatch_no_jitted_selection(selection, monkeypatch):
     monkeypatch.setattr(selection_lib, selection, calls)
     for worker_id in range(n):  # each reports past the interval, the best so far
         state = report(state, m, worker_id, 10, float(n - worker_id))
-    assert state.mutator_state["num_exploits"] == 0
+    assert state.mutator_state.num_exploits == 0
     state = report(state, m, 0, 20, 100.0)  # now the worst of all n
     assert calls.count == 0  # never called (so never compiled)
-    assert state.mutator_state["num_exploits"] >= 1
+    assert state.mutator_state.num_exploits >= 1
 
 
 def test_a_host_exploit_compiles_nothing_and_prepare_compiles_a_custom_selections_split():
@@ -470,7 +470,7 @@ def test_a_host_exploit_compiles_nothing_and_prepare_compiles_a_custom_selection
                 for i in range(n):
                     gen = pop.active_workers[i].generation_id
                     pop.set_eval(i, gen, step, None, float(i))
-        assert pop.state.mutator_state["num_exploits"] >= 1
+        assert pop.state.mutator_state.num_exploits >= 1
         assert len(started) >= at_start  # the event keys' block compiles there too
         assert running == []
 
@@ -566,9 +566,9 @@ def test_finished_and_gone_workers_take_no_part():
     state, gens = population(m)
     for i, value in ((0, 3.0), (1, 0.5), (2, 2.0)):
         state = report(state, m, i, 10, value)
-    assert state.mutator_state["num_decisions"] == 0  # synchronous: waits for worker 3
+    assert state.mutator_state.num_decisions == 0  # synchronous: waits for worker 3
     state, _ = apply(state, Finish(3), 2.0, m)
-    assert state.mutator_state["num_decisions"] == 3  # the round, without worker 3
+    assert state.mutator_state.num_decisions == 3  # the round, without worker 3
     assert state.workers[3].status == "finished" and state.workers[3].generation_id == gens[3]
     # asynchronous: a worker that stopped reporting holds a bottom place until it is gone
     m = make()
@@ -598,7 +598,7 @@ def test_several_workers_ready_at_once_decide_in_turn_seeing_the_earlier_copies(
     new_state, new_workers, added = m.update(
         state.mutator_state, state.workers, state.history, 2.0, np.array([1, 2], np.uint32)
     )
-    assert new_state["num_decisions"] == 4
+    assert new_state.num_decisions == 4
     sources = {c.generation_id: c.parent for c in added}
     assert sources and all(parent in ((gens[3], 10), (gens[2], 10)) for parent in sources.values())
     assert all(
@@ -619,7 +619,7 @@ def test_a_synchronous_round_holds_the_workers_that_reached_the_interval():
     assert reply.worker is None  # not at the interval yet: keeps going
     for i, value in ((1, 0.5), (2, 2.0), (3, 1.0)):
         state = report(state, m, i, 10, value)
-    assert state.mutator_state["num_decisions"] == 4  # the round, all at step 10
+    assert state.mutator_state.num_decisions == 4  # the round, all at step 10
     new_gen = state.workers[0].generation_id  # worker 0 (worst) copied worker 1
     assert state.history.branch_point(new_gen) == (gens[1], 10)
     state, reply = apply(state, Ask("p0@10", None, 0, gens[0], 10), 1.0, m)

@@ -397,8 +397,8 @@ class Checker:
     def check_wta(self, before, event, after):
         k, average = self.wta["steps_per_exploit"], self.wta["average"]
         ha = after.history
-        exploits_before = before.mutator_state["num_exploits"]
-        exploits_after = after.mutator_state["num_exploits"]
+        exploits_before = before.mutator_state.num_exploits
+        exploits_after = after.mutator_state.num_exploits
         # a round starts exactly when every worker's generation is ready
         assert not all(wta_ready(ha, w.generation_id, k) for w in after.workers)
         if exploits_after == exploits_before:  # assignments may only follow their progress
@@ -638,10 +638,10 @@ def test_simulation_reaches_the_interesting_states():
     checker = Checker(has_hook=False, wta={"steps_per_exploit": 2, "average": True})
     mutator = WinnerTakeAllGenetic(keyed_mutate, steps_per_exploit=2)
     state = check_run(mutator, population(3), ops, checker, allow_neg_inf=False)
-    assert state.mutator_state["num_exploits"] >= 3 and checker.stats["rounds"] >= 3
+    assert state.mutator_state.num_exploits >= 3 and checker.stats["rounds"] >= 3
     checker = Checker(has_hook=False)
     state = check_run(BranchingSingleMachine(branch_mutate, 2, 1), population(1), ops, checker)
-    assert state.mutator_state["phase_index"] >= 2
+    assert state.mutator_state.phase_index >= 2
     checker = Checker(has_hook=True)
     mutator = FixedSchedule({0: {"h": 0.0}, 5: {"h": 1.0}, 20: {"h": 2.0}})
     state = check_run(mutator, population(2), ops, checker)
@@ -660,7 +660,7 @@ def test_old_history_objects_keep_their_contents():
         state, _ = core.transition(state, event, float(t), core.event_key(state), mutator=mutator)
         if t % 37 == 0:
             saved.append((state.history, history_contents(state.history)))
-    assert state.mutator_state["num_exploits"] > 50
+    assert state.mutator_state.num_exploits > 50
     for history, contents in saved:
         assert history_contents(history) == contents
 
@@ -678,7 +678,7 @@ def _wta_state_with_values(values, average=True):
     for step, value in enumerate(values, start=1):
         event = Eval({"s": step}, 0, g0, step, value)
         state, _ = core.transition(state, event, 1.0, core.event_key(state), mutator=mutator)
-    assert state.mutator_state["num_exploits"] == 0
+    assert state.mutator_state.num_exploits == 0
     return mutator, state, Eval({}, 1, g1, 1, 0.5)
 
 
@@ -688,7 +688,7 @@ def test_wta_average_survives_plus_and_minus_inf():
     mutator, state, event = _wta_state_with_values([INF, -INF, 1.0])
     assert state.history.get_checkpoint(state.workers[0].generation_id, 2).value == -INF
     new, _ = core.transition(state, event, 3.0, core.event_key(state), mutator=mutator)
-    assert new.mutator_state["num_exploits"] == 1
+    assert new.mutator_state.num_exploits == 1
     # worker 1 (finite score) won: every new generation starts from its checkpoint
     assert {new.history.branch_point(w.generation_id)[0] for w in new.workers} == {
         state.workers[1].generation_id
@@ -698,7 +698,7 @@ def test_wta_average_survives_plus_and_minus_inf():
 def test_wta_average_survives_a_sum_that_overflows():
     mutator, state, event = _wta_state_with_values([1e308, 1e308])
     new, _ = core.transition(state, event, 3.0, core.event_key(state), mutator=mutator)
-    assert new.mutator_state["num_exploits"] == 1
+    assert new.mutator_state.num_exploits == 1
 
 
 def _apply_all(state, events, mutator):

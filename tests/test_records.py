@@ -25,3 +25,26 @@ def test_records_are_pytrees_over_params_and_meta_params():
     assert doubled.generation_id == "g" and doubled.parent == ("p", 3) and doubled.step == 10
     w = ActiveWorker(None, {"lr": 0.1}, "g", 0)
     assert jax.tree.leaves(w) == [0.1]
+
+
+def test_check_checkpoint_accepts_and_refuses_what_it_did_before_its_fast_path():
+    import numpy as np
+
+    from jaxpop.records import check_checkpoint
+
+    good = Checkpoint(None, {}, "g", 0.5, ("f", 3), 7, 1.0)
+    for ok in (good, good.replace(value=None, parent=None), good.replace(time=2)):
+        check_checkpoint(ok)  # an int time: a real number, checked field by field
+    check_checkpoint(good.replace(time=np.float32(1.5)))
+    bad = {
+        "generation_id": "", "step": 7.0, "value": 1, "time": True,
+        "parent": ("f", 3, 0),
+    }  # fmt: skip
+    for field, value in bad.items():
+        with pytest.raises(ValueError, match=rf"c\.{field}"):
+            check_checkpoint(good.replace(**{field: value}), "c")
+    for parent in (("", 3), ("f", 3.0), ["f", 3]):
+        with pytest.raises(ValueError, match=r"c\.parent"):
+            check_checkpoint(good.replace(parent=parent), "c")
+    with pytest.raises(ValueError, match="c is not a Checkpoint"):
+        check_checkpoint(dataclasses.replace, "c")

@@ -593,11 +593,11 @@ def test_recreating_the_controller_on_its_log_dir_in_one_process_continues_the_r
         pop = pop_mod.PopulationController([1.0] * 3, mutator, log_dir=str(tmp_path))
         controllers.append(pop)  # still alive: the new one takes the log_dir over
         assert pop.state.num_events == events
-        assert pop.state.mutator_state["num_exploits"] == exploits
+        assert pop.state.mutator_state.num_exploits == exploits
         for _ in range(3):
             data = _train(pop, 1)
             pop.set_eval(2, "bad_gen_id", data.step + 1, None, 0.0)  # ignored, with a warning
-        events, exploits = pop.state.num_events, pop.state.mutator_state["num_exploits"]
+        events, exploits = pop.state.num_events, pop.state.mutator_state.num_exploits
     assert exploits >= 8 and "bad_gen_id" in caplog.text
     assert pop.active_workers[0].meta_params < 0.9**8
     with pytest.raises(storage.SupersededError):

@@ -427,6 +427,33 @@ def test_snapshots_are_encoded_with_the_cyclic_gc_paused(tmp_path, monkeypatch):
     assert gc.isenabled()
 
 
+def test_a_log_dir_is_read_with_the_cyclic_gc_paused(tmp_path, monkeypatch):
+    """Reading builds the whole history; the full collections its objects set off cost
+    about 15% of a restore at 100k checkpoints (benchmarks/controller_overhead)."""
+    import gc
+
+    pop = PopulationController([{"h": 0.0}], WinnerTakeAllGenetic(lambda m: m, 5), tmp_path)
+    gen = pop.active_workers[0].generation_id
+    for step in range(1, 30):
+        pop.set_eval(0, gen, step, None, float(step))
+    state = pop.state
+    pop.close()
+    seen = []
+    real_redo = storage.store.redo_checked
+
+    def spy(state, changes):
+        seen.append(gc.isenabled())
+        return real_redo(state, changes)
+
+    monkeypatch.setattr(storage.store, "redo_checked", spy)
+    assert storage.read_state(tmp_path).num_events == state.num_events
+    again = PopulationController([{"h": 0.0}], WinnerTakeAllGenetic(lambda m: m, 5), tmp_path)
+    assert again.state.history == state.history
+    again.close()
+    assert len(seen) == 2 * 29 and not any(seen)
+    assert gc.isenabled()
+
+
 def test_gc_pauses_nest_and_keep_a_disabled_collector_disabled():
     import gc
 

@@ -137,7 +137,7 @@ def test_seed_quick_start_runs_in_two_threads():
 
     errors = run_in_threads(worker, 2, timeout=20.0)
     assert not errors, errors
-    assert population.state.mutator_state["num_exploits"] > 0
+    assert population.state.mutator_state.num_exploits > 0
     history = population.history
     for worker_id in (0, 1):
         evaluated = [c for g in reported[worker_id] for c in history.evaluated(g)]
@@ -255,7 +255,7 @@ def test_sixteen_threads_hammering_one_controller(caplog, fast_thread_switching)
     assert total["bad"] > 0 and total["eval"] > 1000 and total["ask"] > 1000, total
     state = controller.state
     history = state.history
-    assert state.mutator_state["num_exploits"] > 0
+    assert state.mutator_state.num_exploits > 0
     check_history_invariants(controller)
     # Every eval is in the history at its (generation, step), with the value of the last
     # report of that step (only its own worker ever reports on a generation).
@@ -307,12 +307,12 @@ def test_winner_take_all_converges_in_threads():
             params = step
             if step % 5 == 0:
                 controller.set_eval(w, gen, step, params, meta["h"] ** 2)
-                if controller.state.mutator_state["num_exploits"] >= target_rounds:
+                if controller.state.mutator_state.num_exploits >= target_rounds:
                     stop.set()
 
     errors = run_in_threads(worker, 3, timeout=time_limit + 5.0)
     assert not errors, errors
-    rounds = controller.state.mutator_state["num_exploits"]
+    rounds = controller.state.mutator_state.num_exploits
     assert rounds >= 30, f"only {rounds} rounds in {time_limit} s"
     best = min(abs(w.meta_params["h"]) for w in controller.active_workers)
     assert best < 0.5, (best, rounds)

@@ -61,12 +61,15 @@ def batch(i, members=None):
     return x, np.tanh(x[..., :3] * 0.7).astype(np.float32)
 
 
+_INIT = jax.jit(
+    functools.partial(
+        vz.init, init_fn=init_fn, space=SPACE, num_members=N, optimizer_hparams=to_optimizer
+    )
+)  # one jitted function: compiled once for every test here
+
+
 def make_pop(seed=0):
-    return jax.jit(
-        functools.partial(
-            vz.init, init_fn=init_fn, space=SPACE, num_members=N, optimizer_hparams=to_optimizer
-        )
-    )(root_key(seed))
+    return _INIT(root_key(seed))
 
 
 STEP = jax.jit(vz.vmap_train_step(train_step))
@@ -344,7 +347,7 @@ _SHARDED_SCRIPT = textwrap.dedent(
 
 def test_sharded_equals_unsharded_on_4_cpu_devices():
     env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     env["JAX_PLATFORMS"] = "cpu"
     script = _SHARDED_SCRIPT.format(tests=os.path.dirname(__file__))
     proc = subprocess.run(
@@ -407,15 +410,13 @@ def test_copies_get_fresh_distinct_prng_keys_instead_of_their_parents():
     def is_key(path, leaf):
         return vz.is_key_leaf(path, leaf) or "seed" in jax.tree_util.keystr(path)
 
-    marked, _ = vz.exploit_explore(
-        pop,
-        scores,
-        root_key(1),
-        space=SPACE,
-        selection=selection.copy_best,
-        optimizer_hparams=to_optimizer,
-        is_key=lambda path, leaf: (
-            vz.is_key_leaf(path, leaf) or "seed" in jax.tree_util.keystr(path)
-        ),
-    )
+    marked, _ = jax.jit(
+        functools.partial(
+            vz.exploit_explore,
+            space=SPACE,
+            selection=selection.copy_best,
+            optimizer_hparams=to_optimizer,
+            is_key=is_key,
+        )
+    )(pop, scores, root_key(1))
     np.testing.assert_array_equal(np.asarray(marked.train_state["seed"]), raw)

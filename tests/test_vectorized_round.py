@@ -387,6 +387,7 @@ def test_the_vectorized_example_compiles_its_round_once(tmp_path):
     from examples.vectorized import train as example
 
     argv = ["--steps", "30", "--workers", "4", "--eval-every", "10", "--no-progress"]
+    argv += ["--batch-size", "16"]  # what is checked does not depend on it
     summary = example.main([*argv, "--log-dir", str(tmp_path)])
     assert summary["compilations"] == 1
     assert summary["exploit_events"] >= 1

@@ -35,7 +35,7 @@ def controller_shape(controller) -> dict[str, int]:
     return {
         "checkpoints": controller.history.num_checkpoints,
         "generations": len(controller.history),
-        "exploit_rounds": controller.state.mutator_state["num_exploits"],
+        "exploit_rounds": controller.state.mutator_state.num_exploits,
     }
 
 

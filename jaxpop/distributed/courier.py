@@ -252,7 +252,7 @@ def start_courier_server(
                 f"population was handed over to the server {original.server!r} already: "
                 f"reach it with get_courier_client({original.server!r})"
             )
-        population._store = _HandedOver(name, namespace)
+        population._store = _HandedOver(name, namespace)  # type: ignore[assignment]  # a stand-in
     temp_dir = None
     try:
         if original is not None:  # it has a log_dir: the actor resumes the run there

@@ -101,7 +101,7 @@ class _ControllerActor:
         clock: Callable[[], float] | None,
         options: _ControllerOptions,
     ):
-        extra = {} if clock is None else {"clock": clock}
+        extra: dict[str, Any] = {} if clock is None else {"clock": clock}
         self._controller: PopulationController | None = None
         self._error: BaseException | None = None
         self._closed = False
@@ -178,7 +178,7 @@ class _ControllerActor:
     def finish(self, worker_id: int) -> None:
         self._get().finish(worker_id)
 
-    def active_workers(self) -> tuple[ActiveWorker, ...]:
+    def active_workers(self) -> list[ActiveWorker]:
         return self._get().active_workers
 
     def done(self) -> bool:
@@ -314,7 +314,7 @@ class PopulationClient:
 
     # -- read-only views ------------------------------------------------------------
     @property
-    def active_workers(self) -> tuple[ActiveWorker, ...]:
+    def active_workers(self) -> list[ActiveWorker]:
         """The current assignment of every worker, indexed by worker id."""
         return self._call("active_workers")
 

@@ -95,7 +95,9 @@ class BestMember(NamedTuple):
     @property
     def value(self) -> float:
         """The best member's evaluation: ``checkpoint.value``."""
-        return self.checkpoint.value
+        value = self.checkpoint.value
+        assert value is not None  # the best member is an evaluated checkpoint
+        return value
 
 
 def best_member(source: PopulationState | History) -> BestMember | None:
@@ -115,7 +117,7 @@ def best_member(source: PopulationState | History) -> BestMember | None:
     (0.5, 10, 0, {'lr': 0.1})
     """
     state = source if isinstance(source, PopulationState) else None
-    history = source.history if state is not None else source
+    history = source.history if isinstance(source, PopulationState) else source
     if not isinstance(history, History):
         raise TypeError(
             f"best_member takes a PopulationState or a History, got {type(source).__name__}"

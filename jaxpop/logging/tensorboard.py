@@ -95,7 +95,7 @@ def _importable(backend: str) -> bool:
     return True
 
 
-def available_backend(backend: Backend = "auto") -> str:
+def available_backend(backend: Backend = "auto") -> Backend:
     """The writer library to use: ``"tensorboardX"`` or ``"flax"``.
 
     ``"auto"`` prefers tensorboardX, then flax (which needs TensorFlow).
@@ -107,7 +107,7 @@ def available_backend(backend: Backend = "auto") -> str:
     """
     if backend not in ("auto", "tensorboardX", "flax"):
         raise ValueError(f'backend must be "auto", "tensorboardX" or "flax", got {backend!r}')
-    candidates = ("tensorboardX", "flax") if backend == "auto" else (backend,)
+    candidates: tuple[Backend, ...] = ("tensorboardX", "flax") if backend == "auto" else (backend,)
     for candidate in candidates:
         if _importable(candidate):
             return candidate

@@ -102,7 +102,7 @@ class WandbLogger:
     ):
         require("wandb", "wandb", "W&B")
         self.group = group or f"jaxpop-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-        self._options = {
+        self._options: dict[str, Any] = {
             "group": self.group,
             "project": project,
             "entity": entity,

@@ -17,7 +17,10 @@
 Every built-in mutator counts its decisions and copies in one form:
 :func:`decision_counts` (``mutator, state -> DecisionCounts``).
 
-Write your own by returning a :class:`Mutator` of ``init`` and ``update`` functions.
+Each keeps its state in a typed record (:class:`PBTState`, :class:`WinnerTakeAllState`,
+:class:`BranchingState`, :class:`FireState`, :class:`MFPBTState`; FixedSchedule's is a
+tuple of phase indices). Write your own by returning a :class:`Mutator` of ``init`` and
+``update`` functions.
 """
 
 from jaxpop.mutators import explore, selection
@@ -31,27 +34,32 @@ from jaxpop.mutators.base import (
     start_generation,
     takes_key,
 )
-from jaxpop.mutators.fire import FirePBT
+from jaxpop.mutators.fire import FirePBT, FireState
 from jaxpop.mutators.fixed_schedule import FixedSchedule
-from jaxpop.mutators.mf_pbt import MultipleFrequenciesPBT
+from jaxpop.mutators.mf_pbt import MFPBTState, MultipleFrequenciesPBT
 from jaxpop.mutators.pb2 import PB2, PB2Explorer, RewardChange, reward_changes
-from jaxpop.mutators.pbt import ExploitEvent, PopulationBasedTraining, exploit_events
-from jaxpop.mutators.single_worker_explore import BranchingSingleMachine
-from jaxpop.mutators.winner_take_all_genetic import WinnerTakeAllGenetic
+from jaxpop.mutators.pbt import ExploitEvent, PBTState, PopulationBasedTraining, exploit_events
+from jaxpop.mutators.single_worker_explore import BranchingSingleMachine, BranchingState
+from jaxpop.mutators.winner_take_all_genetic import WinnerTakeAllGenetic, WinnerTakeAllState
 
 __all__ = [
     "BranchingSingleMachine",
+    "BranchingState",
     "DecisionCounts",
     "ExploitEvent",
     "FirePBT",
+    "FireState",
     "FixedSchedule",
+    "MFPBTState",
     "MultipleFrequenciesPBT",
     "Mutator",
     "PB2",
     "PB2Explorer",
+    "PBTState",
     "PopulationBasedTraining",
     "RewardChange",
     "WinnerTakeAllGenetic",
+    "WinnerTakeAllState",
     "call_mutate_fn",
     "decision_counts",
     "exploit_events",

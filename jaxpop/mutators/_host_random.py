@@ -15,6 +15,8 @@ import struct
 
 import numpy as np
 
+from jaxpop.types import RawKey
+
 __all__ = ["HostRandom"]
 
 _WORDS = struct.Struct("<8Q")
@@ -32,7 +34,7 @@ class HostRandom:
 
     __slots__ = ("_buffer", "_counter", "_prefix")
 
-    def __init__(self, key: np.ndarray, stream: int = 0):
+    def __init__(self, key: RawKey, stream: int = 0):
         self._prefix = np.asarray(key, np.uint32).tobytes() + int(stream).to_bytes(
             8, "little", signed=True
         )

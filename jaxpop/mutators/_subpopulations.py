@@ -17,6 +17,7 @@ import numpy as np
 from jaxpop.history import History
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators.base import check_number
+from jaxpop.types import MetaParams, RawKey
 
 __all__ = [
     "check_factors",
@@ -48,9 +49,10 @@ def check_probability(name: str, value: Any) -> float:
     """``value`` if it is a real number in ``[0, 1]`` (not a bool), else a clear error."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
+    probability = float(value)
+    if not 0.0 <= probability <= 1.0:  # also refuses NaN
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return float(value)
+    return probability
 
 
 def check_factors(factors: Any) -> tuple[float, ...]:
@@ -59,7 +61,10 @@ def check_factors(factors: Any) -> tuple[float, ...]:
         raise TypeError(f"perturbation_factors must be a sequence of numbers, got {factors!r:.40}")
     out = tuple(factors)
     if not out or not all(
-        not isinstance(f, bool) and isinstance(f, numbers.Real) and math.isfinite(f) and f > 0
+        not isinstance(f, bool)
+        and isinstance(f, numbers.Real)
+        and math.isfinite(f)
+        and float(f) > 0
         for f in out
     ):
         raise ValueError(f"perturbation_factors must be positive numbers, got {out!r}")
@@ -101,9 +106,9 @@ def member_score(history: History, generation_id: str) -> float | None:
 
 
 def explore_meta(
-    key: np.ndarray,
+    key: RawKey,
     space: Any,
-    meta_params: Any,
+    meta_params: MetaParams,
     *,
     resample_probability: float,
     perturbation_factors: tuple[float, ...],

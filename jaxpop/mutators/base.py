@@ -34,6 +34,7 @@ from jaxpop.events import Ask
 from jaxpop.history import History, Mode
 from jaxpop.keys import new_generation_id
 from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.types import MetaParams, MutatorResult, MutatorState, RawKey, Workers
 
 __all__ = [
     "AskFn",
@@ -46,14 +47,12 @@ __all__ = [
     "check_callable",
     "check_number",
     "decision_counts",
+    "evaluated_since",
     "rank_value",
     "records_config",
     "takes_key",
+    "window_mean",
 ]
-
-Workers = tuple[ActiveWorker, ...]
-#: ``(new_state, new_workers, new_checkpoints)``.
-MutatorResult = tuple[Any, Workers, Sequence[Checkpoint]]
 
 
 class DecisionCounts(NamedTuple):
@@ -97,7 +96,7 @@ class UpdateFn(Protocol):
     """
 
     def __call__(
-        self, state: Any, workers: Workers, history: History, now: float, key: np.ndarray
+        self, state: MutatorState, workers: Workers, history: History, now: float, key: RawKey
     ) -> MutatorResult: ...
 
 
@@ -110,12 +109,12 @@ class AskFn(Protocol):
 
     def __call__(
         self,
-        state: Any,
+        state: MutatorState,
         workers: Workers,
         history: History,
         ask: Ask,
         now: float,
-        key: np.ndarray,
+        key: RawKey,
     ) -> MutatorResult: ...
 
 
@@ -233,7 +232,7 @@ def _new_mutator_accepting_old_names(
 
 
 # a NamedTuple's __new__ cannot be defined in its body; set after, it keeps the old keyword
-Mutator.__new__ = staticmethod(_new_mutator_accepting_old_names)  # type: ignore[method-assign]
+Mutator.__new__ = staticmethod(_new_mutator_accepting_old_names)  # type: ignore[assignment]
 
 
 _M = TypeVar("_M", bound=Callable[..., Mutator])
@@ -367,14 +366,15 @@ def check_number(
         raise TypeError(
             f"{name} must be {article} {noun}, got {type(value).__name__}: {value!r:.40}"
         )
-    if not math.isfinite(value) or (integer and value != int(value)):
+    # (typeshed's numbers.Real has no __int__; every Real type does)
+    if not math.isfinite(value) or (integer and value != int(value)):  # type: ignore[call-overload]
         raise ValueError(f"{name} must be a finite {noun}, got {value!r}")
     if value < minimum or (value == minimum and not inclusive):
         above = "positive" if minimum == 0 else f"> {minimum:g}"
         raise ValueError(
             f"{name} must be {f'>= {minimum:g}' if inclusive else above}, got {value!r}"
         )
-    return int(value) if integer else value
+    return int(value) if integer else value  # type: ignore[call-overload]
 
 
 def check_callable(name: str, value: Any) -> Callable[..., Any]:
@@ -410,7 +410,7 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
 
 
 def call_mutate_fn(
-    fn: Callable[..., Any], wants_key: bool, args: tuple[Any, ...], key: np.ndarray
+    fn: Callable[..., Any], wants_key: bool, args: tuple[Any, ...], key: RawKey
 ) -> Any:
     """Calls ``fn(*args, key)`` if ``wants_key`` else ``fn(*args)``.
 
@@ -422,6 +422,28 @@ def call_mutate_fn(
     return fn(*args, key) if wants_key else fn(*args)
 
 
+def evaluated_since(
+    history: History, generation_id: str, since: float, *, by_step: bool
+) -> list[Checkpoint]:
+    """A generation's evaluated checkpoints from ``since`` on (a step if ``by_step``, else
+    a time), by step: the window a score is formed over."""
+    if by_step:
+        return history.evaluated(generation_id, min_step=since)
+    return history.evaluated(generation_id, min_time=since)
+
+
+def window_mean(values: Sequence[float]) -> float:
+    """The mean of a window of evaluations, NaN if any is not finite (a worker that
+    diverged inside its window never wins on average).
+
+    >>> window_mean([1.0, 2.0, 3.0]), window_mean([1.0, float("inf")])
+    (2.0, nan)
+    """
+    if not all(map(math.isfinite, values)):
+        return math.nan
+    return math.fsum(v / len(values) for v in values)
+
+
 def rank_value(value: float | None) -> float:
     """A score to minimise: ``None``, NaN and +-inf all become ``inf`` (rank last)."""
     if value is None or not math.isfinite(value):
@@ -430,7 +452,7 @@ def rank_value(value: float | None) -> float:
 
 
 def start_generation(
-    parent: Checkpoint, meta_params: Any, key: np.ndarray, index: int, now: float
+    parent: Checkpoint, meta_params: MetaParams, key: RawKey, index: int, now: float
 ) -> tuple[ActiveWorker, Checkpoint]:
     """Starts a new generation from ``parent`` with ``meta_params``.
 

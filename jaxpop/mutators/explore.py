@@ -82,6 +82,7 @@ class Choice:
 
 
 Space = Uniform | LogUniform | RandInt | Choice
+_Numeric = Uniform | LogUniform | RandInt
 _LEAVES = (Uniform, LogUniform, RandInt, Choice)
 
 
@@ -174,12 +175,10 @@ def _leaves(space: Any, meta: Any, path: Path, out: list) -> None:
                 f"there (keys {list(space)})"
             )
         for k, sub in space.items():
-            if meta is _NO_VALUE:
-                value = _NO_VALUE
-            elif k in meta:
+            if isinstance(meta, Mapping) and k in meta:
                 value = meta[k]
-            elif not _has_leaves(sub):
-                value = _NO_VALUE  # a constant needs no initial value
+            elif meta is _NO_VALUE or not _has_leaves(sub):
+                value = _NO_VALUE  # (a constant needs no initial value)
             else:
                 raise KeyError(
                     f"{_where((*path, k))} is missing: the space explores it; add an initial "
@@ -285,7 +284,7 @@ def _index(x: Any, xp: Any) -> Any:
 
 
 # -- one leaf ---------------------------------------------------------------------------
-def _sample_numeric(space: Space, u: Any, xp: Any) -> Any:
+def _sample_numeric(space: _Numeric, u: Any, xp: Any) -> Any:
     if isinstance(space, Uniform):  # not low + u * (high - low): that overflows for wide spans
         return xp.clip(space.low * (1 - u) + space.high * u, space.low, space.high)
     if isinstance(space, LogUniform):
@@ -302,7 +301,7 @@ def _factor(u: Any, factors: tuple[float, ...], xp: Any) -> Any:
     return xp.asarray(factors, dtype=u.dtype)[index]
 
 
-def _perturb_numeric(space: Space, x: Any, u: Any, factors: tuple[float, ...], xp: Any) -> Any:
+def _perturb_numeric(space: _Numeric, x: Any, u: Any, factors: tuple[float, ...], xp: Any) -> Any:
     f = _factor(u, factors, xp)
     if isinstance(space, RandInt):
         x = xp.round(x)
@@ -313,7 +312,7 @@ def _perturb_numeric(space: Space, x: Any, u: Any, factors: tuple[float, ...], x
     return xp.clip(x * f, space.low, space.high)
 
 
-def _clip_numeric(space: Space, x: Any, xp: Any) -> Any:
+def _clip_numeric(space: _Numeric, x: Any, xp: Any) -> Any:
     if isinstance(space, RandInt):
         return xp.clip(xp.round(x), space.low, space.high - 1)
     return xp.clip(x, space.low, space.high)
@@ -489,7 +488,7 @@ def _apply(
         _check_value(leaf_space, value, path)
     scalars = not _is_traced(key) and all(v is _NO_VALUE or _is_python(v) for _, _, v in leaves)
     device = not scalars and _on_device(key, leaves)
-    xp = jnp if device else _SCALARS if scalars else np
+    xp: Any = jnp if device else _SCALARS if scalars else np
     if scalars:
         shapes: tuple = ((),) * len(leaves)
     else:

@@ -37,13 +37,12 @@ from jaxpop.mutators._subpopulations import (
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
-    MutatorResult,
-    Workers,
     check_number,
     records_config,
     start_generation,
 )
 from jaxpop.records import Checkpoint
+from jaxpop.types import MutatorResult, RawKey, Workers
 
 __all__ = [
     "Curve",
@@ -279,16 +278,16 @@ def fire_fitness(curves: Sequence[Curve | None]) -> list[float | None]:
     >>> fire_fitness([slow, fast, None])
     [-1.0, 1.0, None]
     """
-    valid = [c is not None and len(c) >= 2 for c in curves]
-    finite = [v and bool(np.all(np.isfinite(c.values))) for v, c in zip(valid, curves, strict=True)]
+    valid = [c if c is not None and len(c) >= 2 else None for c in curves]
+    finite = [c is not None and bool(np.all(np.isfinite(c.values))) for c in valid]
     out: list[float | None] = []
-    for i, curve in enumerate(curves):
-        if not valid[i]:
+    for i, curve in enumerate(valid):
+        if curve is None:
             out.append(None)
         elif not finite[i]:
             out.append(math.nan)
         else:
-            others = (c for j, c in enumerate(curves) if finite[j] and j != i)
+            others = (c for j, c in enumerate(valid) if c is not None and finite[j] and j != i)
             out.append(math.fsum(improvement(curve, c) for c in others))
     return out
 
@@ -481,7 +480,7 @@ def _update(
     workers: Workers,
     history: History,
     now: float,
-    key: np.ndarray,
+    key: RawKey,
     *,
     config: _Config,
 ) -> MutatorResult:
@@ -511,7 +510,9 @@ def _curve(history: History, generations: Sequence[str], mode: str) -> Curve:
         points += [
             (c.step, c.value)
             for c in history.evaluated(generation)
-            if (end is None or c.step <= end) and (not points or c.step > points[-1][0])
+            if c.value is not None  # (always: evaluated)
+            and (end is None or c.step <= end)
+            and (not points or c.step > points[-1][0])
         ]
     return Curve.of(points, mode)
 
@@ -663,13 +664,11 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
         return scores, config.mode
     curves: list[Curve | None] = []
     for m in members:
-        evaluated = step.evaluated.get(m)
-        current = (
-            workers[m].is_active
-            and evaluated is not None
-            and evaluated[0] == workers[m].generation_id
-        )
-        curves.append(_curve(history, (evaluated[1],), config.mode) if current else None)
+        evaluated, worker = step.evaluated.get(m), workers[m]
+        if evaluated is None or not worker.is_active or evaluated[0] != worker.generation_id:
+            curves.append(None)
+        else:
+            curves.append(_curve(history, (evaluated[1],), config.mode))
     return fire_fitness(curves), "max"
 
 
@@ -719,7 +718,7 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
 
 
 def _truncation(
-    key: np.ndarray, scores: Sequence[float | None], mode: str, me: int, fraction: float
+    key: RawKey, scores: Sequence[float | None], mode: str, me: int, fraction: float
 ) -> int | None:
     """Truncation selection for member ``me`` among the members with a score: in the
     bottom ``fraction`` it copies a member drawn uniformly from the top ``fraction``

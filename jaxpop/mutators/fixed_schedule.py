@@ -13,9 +13,10 @@ hyperparameters trained which steps.
 from __future__ import annotations
 
 import bisect
+import functools
 import numbers
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -100,62 +101,89 @@ class FixedSchedule(Mutator):
         if not isinstance(on_ask, (bool, np.bool_)):
             raise TypeError(f"on_ask must be a bool, got {type(on_ask).__name__}: {on_ask!r:.40}")
 
-        def init():
-            return ()
-
-        def advance(
-            state: tuple[int, ...],
-            workers: Workers,
-            history: History,
-            worker_id: int,
-            at: Checkpoint,
-            now: float,
-            key: np.ndarray,
-        ) -> MutatorResult:
-            """Moves ``worker_id`` to the schedule entry in force at ``at.step``."""
-            passed = state[worker_id] if worker_id < len(state) else 0
-            index = due(at.step)
-            if index <= passed:
-                return state, workers, ()
-            new_state = list(state) + [0] * (worker_id + 1 - len(state))
-            new_state[worker_id] = index
-            meta_params = value_at(index)
-            if compare and tree_equal(meta_params, at.meta_params):
-                return tuple(new_state), workers, ()
-            new_checkpoints = []
-            if history.get_checkpoint(at.generation_id, at.step) is None:
-                new_checkpoints.append(at)
-            worker, start = start_generation(at, meta_params, key, worker_id, now)
-            new_checkpoints.append(start)
-            new_workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
-            return tuple(new_state), new_workers, tuple(new_checkpoints)
-
-        def update(state, workers, history, now, key):
-            new_checkpoints = []
-            for worker_id, worker in enumerate(workers):
-                latest = history.latest(worker.generation_id)
-                state, workers, added = advance(
-                    state, workers, history, worker_id, latest, now, key
-                )
-                history = history.add_all(added)
-                new_checkpoints.extend(added)
-            return state, workers, tuple(new_checkpoints)
-
-        def get_worker_data(state, workers, history, ask: Ask, now, key):
-            assigned = workers[ask.worker_id]
-            if ask.generation_id == assigned.generation_id:
-                at = history.get_checkpoint(ask.generation_id, ask.step) or history.continuation(
-                    ask.generation_id, ask.step, ask.params, None, now
-                )
-            else:  # the worker is about to receive its assignment: schedule from there
-                at = history.get_checkpoint(
-                    assigned.generation_id, assigned.step
-                ) or history.latest(assigned.generation_id)
-            return advance(state, workers, history, ask.worker_id, at, now, key)
-
+        config = _Config(due, value_at, compare)
         return super().__new__(
-            cls, init, update, get_worker_data if on_ask else None, counts=_counts
+            cls,
+            tuple,
+            functools.partial(_update, config),
+            functools.partial(_ask, config) if on_ask else None,
+            counts=_counts,
         )
+
+
+class _Config(NamedTuple):
+    due: Callable[[int], int]  # how many schedule points are passed at a step
+    value_at: Callable[[int], Any]  # the meta_params of the i-th point (from 1)
+    compare: bool  # skip a point whose value equals the current one
+
+
+def _advance(
+    config: _Config,
+    state: tuple[int, ...],
+    workers: Workers,
+    history: History,
+    worker_id: int,
+    at: Checkpoint,
+    now: float,
+    key: np.ndarray,
+) -> MutatorResult:
+    """Moves ``worker_id`` to the schedule entry in force at ``at.step``."""
+    passed = state[worker_id] if worker_id < len(state) else 0
+    index = config.due(at.step)
+    if index <= passed:
+        return state, workers, ()
+    new_state = list(state) + [0] * (worker_id + 1 - len(state))
+    new_state[worker_id] = index
+    meta_params = config.value_at(index)
+    if config.compare and tree_equal(meta_params, at.meta_params):
+        return tuple(new_state), workers, ()
+    new_checkpoints = []
+    if history.get_checkpoint(at.generation_id, at.step) is None:
+        new_checkpoints.append(at)
+    worker, start = start_generation(at, meta_params, key, worker_id, now)
+    new_checkpoints.append(start)
+    new_workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
+    return tuple(new_state), new_workers, tuple(new_checkpoints)
+
+
+def _update(
+    config: _Config,
+    state: tuple[int, ...],
+    workers: Workers,
+    history: History,
+    now: float,
+    key: np.ndarray,
+) -> MutatorResult:
+    new_checkpoints: list[Checkpoint] = []
+    for worker_id, worker in enumerate(workers):
+        latest = history.latest(worker.generation_id)
+        state, workers, added = _advance(
+            config, state, workers, history, worker_id, latest, now, key
+        )
+        history = history.add_all(added)
+        new_checkpoints.extend(added)
+    return state, workers, tuple(new_checkpoints)
+
+
+def _ask(
+    config: _Config,
+    state: tuple[int, ...],
+    workers: Workers,
+    history: History,
+    ask: Ask,
+    now: float,
+    key: np.ndarray,
+) -> MutatorResult:
+    assigned = workers[ask.worker_id]
+    if ask.generation_id == assigned.generation_id:
+        at = history.get_checkpoint(ask.generation_id, ask.step) or history.continuation(
+            ask.generation_id, ask.step, ask.params, None, now
+        )
+    else:  # the worker is about to receive its assignment: schedule from there
+        at = history.get_checkpoint(assigned.generation_id, assigned.step) or history.latest(
+            assigned.generation_id
+        )
+    return _advance(config, state, workers, history, ask.worker_id, at, now, key)
 
 
 def _counts(state: tuple[int, ...]) -> DecisionCounts:
@@ -185,7 +213,7 @@ def _plan(
             f"step -> meta_params, got {schedule!r:.80}"
         )
     every = 1 if every is None else every
-    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every <= 0:
+    if isinstance(every, bool) or not isinstance(every, (int, numbers.Integral)) or every <= 0:
         raise ValueError(f"FixedSchedule every must be a positive int, got {every!r}")
     every = int(every)
     return (lambda step: step // every + 1), (lambda i: to_host(schedule((i - 1) * every))), True

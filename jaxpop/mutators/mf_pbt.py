@@ -34,12 +34,11 @@ from jaxpop.mutators._subpopulations import (
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
-    MutatorResult,
-    Workers,
     check_number,
     records_config,
     start_generation,
 )
+from jaxpop.types import MutatorResult, RawKey, Workers
 
 __all__ = [
     "MFPBTState",
@@ -307,7 +306,7 @@ def _update(
     workers: Workers,
     history: History,
     now: float,
-    key: np.ndarray,
+    key: RawKey,
     *,
     t_ready: int,
     frequencies: tuple[int, ...],
@@ -334,6 +333,7 @@ def _update(
     new_workers, new_checkpoints = list(workers), []
     for i in np.flatnonzero(parents != np.arange(size)):
         source = history.latest_loadable(workers[parents[i]].generation_id)
+        assert source is not None  # a completed round: every active worker has evaluated
         meta = history.meta_params(workers[hparams_from[i]].generation_id)
         if explore[i]:
             meta = explore_meta(

@@ -94,20 +94,23 @@ def _generation_changes(
     """
     first = history.first(generation_id)
     newest = history.latest(generation_id).step
-    reach = None if limit is None else (limit + 1) * max(min_interval, 1)
+    start = None  # a copy's first interval starts from the copied checkpoint's value
+    if first.value is None and first.parent is not None and first.parent[0] != generation_id:
+        source = history.get_checkpoint(*first.parent)
+        if source is not None and source.value is not None:
+            start = (source.step, source.value)
+    reach = None if limit is None else (limit + 1) * max(math.ceil(min_interval), 1)
     while True:
         since = None if reach is None or newest - reach <= first.step else newest - reach
         points = [(c.step, c.value) for c in history.evaluated(generation_id, min_step=since)]
-        copied = first.parent is not None and first.parent[0] != generation_id
-        if since is None and first.value is None and copied:
-            # a copy: its first interval starts from the copied checkpoint's value
-            source = history.get_checkpoint(*first.parent)
-            starts_before = source is not None and (not points or source.step <= points[0][0])
-            if starts_before and source.value is not None:
-                points.insert(0, (source.step, source.value))
-        points = [(s, v) for s, v in points if math.isfinite(v)]
-        chunks = _chunks(points, min_interval) if points else []
-        if since is None or len(chunks) >= limit:
+        if since is None and start is not None and (not points or start[0] <= points[0][0]):
+            points.insert(0, start)
+        finite = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
+        chunks = _chunks(finite, min_interval) if finite else []
+        if since is None:  # the whole generation was read
+            break
+        assert limit is not None and reach is not None  # since is None without a limit
+        if len(chunks) >= limit:
             break
         reach *= 2
     if limit is not None:
@@ -276,7 +279,7 @@ class _Encoding(NamedTuple):
 
     def decode(self, meta: Any, x: np.ndarray, c: np.ndarray) -> Any:
         for (path, leaf), u in zip(self.numbers, x, strict=True):
-            new = _decode_number(leaf, u)
+            new: Any = _decode_number(leaf, u)
             old = _value_at(meta, path)
             if isinstance(old, np.generic):
                 new = np.asarray(new).astype(old.dtype)[()]

@@ -15,11 +15,12 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from jaxpop import encoding
 from jaxpop.history import History, check_mode
 from jaxpop.keys import split_key
 from jaxpop.mutators import _views
@@ -34,13 +35,15 @@ from jaxpop.mutators.base import (
     call_mutate_fn,
     check_callable,
     check_number,
+    evaluated_since,
     records_config,
     start_generation,
     takes_key,
+    window_mean,
 )
 from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef
 
-__all__ = ["ExploitEvent", "PopulationBasedTraining", "exploit_events"]
+__all__ = ["ExploitEvent", "PBTState", "PopulationBasedTraining", "exploit_events"]
 
 _RAY_TIME_ATTRS = {"training_iteration": "step", "time_total_s": "time"}
 
@@ -207,101 +210,169 @@ class PopulationBasedTraining(Mutator):
         allow_rewind: bool = False,
         hold: bool = False,
     ):
-        interval = check_number("perturbation_interval", perturbation_interval)
-        burn_in = check_number("burn_in_period", burn_in_period, inclusive=True)
-        if custom_explore_fn is not None:
-            check_callable("custom_explore_fn", custom_explore_fn)
-        if explorer is not None:
-            check_callable("explorer", explorer)
-        if time_attr not in ("step", "time"):
-            hint = ""
-            if time_attr in _RAY_TIME_ATTRS:
-                hint = f' (Ray Tune\'s "{time_attr}" is jaxpop\'s "{_RAY_TIME_ATTRS[time_attr]}")'
-            raise ValueError(f'time_attr must be "step" or "time", got {time_attr!r}{hint}')
-        check_mode(mode)
-        if metric not in ("last", "mean"):
-            raise ValueError(
-                f'metric must be "last" or "mean" (how each worker\'s values since its last '
-                f"decision are combined into its score), got {metric!r}; a jaxpop worker "
-                "reports one value with set_eval, so Ray Tune's metric name has no "
-                "counterpart here"
-            )
-        if hyperparam_space is None and custom_explore_fn is None and explorer is None:
-            raise ValueError(
-                "PopulationBasedTraining needs hyperparam_space, custom_explore_fn or "
-                "explorer (how an exploiting worker's hyperparameters change)"
-            )
-        if hyperparam_space is not None:
-            explore_lib.validate_space(hyperparam_space)
-        factors = tuple(perturbation_factors)
-        if not factors or not all(
-            isinstance(f, numbers.Real) and math.isfinite(f) and f > 0 for f in factors
-        ):
-            raise ValueError(f"perturbation_factors must be positive numbers, got {factors!r}")
-        if not isinstance(resample_probability, numbers.Real) or not (
-            0 <= resample_probability <= 1
-        ):
-            raise ValueError(
-                f"resample_probability must be in [0, 1], got {resample_probability!r}"
-            )
-        if not isinstance(allow_rewind, (bool, np.bool_)):
-            raise TypeError(f"allow_rewind must be a bool, got {allow_rewind!r:.40}")
-        if not isinstance(hold, (bool, np.bool_)):
-            raise TypeError(f"hold must be a bool, got {hold!r:.40}")
-        if hold and not synch:
-            raise ValueError("hold=True holds workers for synchronous rounds: pass synch=True")
-        config = _Config(
-            interval=interval,
-            by_step=time_attr == "step",
-            burn_in=burn_in,
-            mode=mode,
-            metric=metric,
-            select=_make_selection(selection, quantile_fraction),
-            synch=bool(synch),
-            allow_rewind=bool(allow_rewind),
-            explore=functools.partial(
-                _new_meta_params,
-                hyperparam_space,
-                float(resample_probability),
-                factors,
-                custom_explore_fn,
-                custom_explore_fn is not None and takes_key(custom_explore_fn, 1),
-                explorer,
-            ),
+        config = _make_config(
+            perturbation_interval,
+            hyperparam_space,
+            time_attr,
+            burn_in_period,
+            mode,
+            metric,
+            selection,
+            quantile_fraction,
+            resample_probability,
+            perturbation_factors,
+            custom_explore_fn,
+            synch,
+            explorer,
+            allow_rewind,
+            hold,
         )
         views = _views.Views(functools.partial(_entry, config), _COLUMNS)
-
-        def init() -> dict:
-            return {"num_exploits": 0, "num_decisions": 0, "last_decision": {}, "start_time": None}
-
-        def update(
-            state: Any, workers: Workers, history: History, now: float, key: np.ndarray
-        ) -> MutatorResult:
-            return _update(config, views, state, workers, history, now, key)
-
-        def prepare(population_size: int) -> None:
-            """Compiles what an exploit runs with a custom selection (the key split) for
-            this population size, so that the first exploit does not stall the controller
-            for the fraction of a second XLA takes; the built-in selections and the
-            explore run in plain numpy."""
-            if callable(selection):
-                split_key(np.zeros(2, np.uint32), population_size)
-
-        def holds(state: dict, workers: Workers, history: History, worker_id: int) -> bool:
-            """A worker waits once it is ready, until every active worker is."""
-            view = views.view(state, workers, history)
-            return bool(view["ready"][worker_id]) and not view["ready"][view["active"]].all()
-
         return super().__new__(
             cls,
-            init,
-            update,
-            None,
-            prepare,
+            init=_init,
+            update=functools.partial(_update, config, views),
+            prepare=functools.partial(_prepare, selection),
             mode=mode,
             counts=_counts,
-            holds=holds if hold else None,
+            holds=functools.partial(_holds, views) if hold else None,
         )
+
+
+class PBTState(NamedTuple):
+    """:class:`PopulationBasedTraining`'s state.
+
+    Attributes:
+      num_decisions: decisions made (a ready worker compared with the population).
+      num_exploits: decisions that copied another worker's checkpoint.
+      last_decision: ``{worker_id: (generation_id, step or time)}``, where each worker's
+        current interval started (its last decision).
+      start_time: when the population started (for a ``burn_in_period`` in seconds),
+        ``None`` until it is needed.
+    """
+
+    num_decisions: int = 0
+    num_exploits: int = 0
+    last_decision: Mapping[int, tuple[str, float]] = {}
+    start_time: float | None = None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):  # the state was a dict before
+            warnings.warn(
+                f'PBTState["{key}"] is deprecated: the state is a record, read state.{key}',
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
+
+
+encoding.register_record(PBTState, "jaxpop.PBTState")
+
+
+def _as_state(state: Any) -> PBTState:
+    """``state`` as a :class:`PBTState` (runs recorded before it kept a dict)."""
+    if type(state) is PBTState:
+        return state
+    return PBTState(**{k: state[k] for k in PBTState._fields if k in state})
+
+
+def _init() -> PBTState:
+    return PBTState()
+
+
+def _prepare(selection: Any, population_size: int) -> None:
+    """Compiles what an exploit runs with a custom selection (the key split) for this
+    population size, so that the first exploit does not stall the controller for the
+    fraction of a second XLA takes; the built-in selections and the explore run in plain
+    numpy."""
+    if callable(selection):
+        split_key(np.zeros(2, np.uint32), population_size)
+
+
+def _holds(
+    views: _views.Views, state: Any, workers: Workers, history: History, worker_id: int
+) -> bool:
+    """A worker waits once it is ready, until every active worker is."""
+    view = views.view(_as_state(state), workers, history)
+    return bool(view["ready"][worker_id]) and not view["ready"][view["active"]].all()
+
+
+def _make_config(
+    perturbation_interval: Any,
+    hyperparam_space: Any,
+    time_attr: Any,
+    burn_in_period: Any,
+    mode: Any,
+    metric: Any,
+    selection: Any,
+    quantile_fraction: Any,
+    resample_probability: Any,
+    perturbation_factors: Any,
+    custom_explore_fn: Any,
+    synch: Any,
+    explorer: Any,
+    allow_rewind: Any,
+    hold: Any,
+) -> _Config:
+    """The constructor's arguments, checked, as a :class:`_Config`."""
+    interval = check_number("perturbation_interval", perturbation_interval)
+    burn_in = check_number("burn_in_period", burn_in_period, inclusive=True)
+    if custom_explore_fn is not None:
+        check_callable("custom_explore_fn", custom_explore_fn)
+    if explorer is not None:
+        check_callable("explorer", explorer)
+    if time_attr not in ("step", "time"):
+        hint = ""
+        if time_attr in _RAY_TIME_ATTRS:
+            hint = f' (Ray Tune\'s "{time_attr}" is jaxpop\'s "{_RAY_TIME_ATTRS[time_attr]}")'
+        raise ValueError(f'time_attr must be "step" or "time", got {time_attr!r}{hint}')
+    check_mode(mode)
+    if metric not in ("last", "mean"):
+        raise ValueError(
+            f'metric must be "last" or "mean" (how each worker\'s values since its last '
+            f"decision are combined into its score), got {metric!r}; a jaxpop worker "
+            "reports one value with set_eval, so Ray Tune's metric name has no "
+            "counterpart here"
+        )
+    if hyperparam_space is None and custom_explore_fn is None and explorer is None:
+        raise ValueError(
+            "PopulationBasedTraining needs hyperparam_space, custom_explore_fn or "
+            "explorer (how an exploiting worker's hyperparameters change)"
+        )
+    if hyperparam_space is not None:
+        explore_lib.validate_space(hyperparam_space)
+    factors = tuple(perturbation_factors)
+    if not factors or not all(
+        isinstance(f, numbers.Real) and math.isfinite(f) and f > 0 for f in factors
+    ):
+        raise ValueError(f"perturbation_factors must be positive numbers, got {factors!r}")
+    if not isinstance(resample_probability, numbers.Real) or not (0 <= resample_probability <= 1):
+        raise ValueError(f"resample_probability must be in [0, 1], got {resample_probability!r}")
+    for name, flag in (("allow_rewind", allow_rewind), ("hold", hold)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {flag!r:.40}")
+    if hold and not synch:
+        raise ValueError("hold=True holds workers for synchronous rounds: pass synch=True")
+    return _Config(
+        interval=interval,
+        by_step=time_attr == "step",
+        burn_in=burn_in,
+        mode=mode,
+        metric=metric,
+        select=_make_selection(selection, quantile_fraction),
+        synch=bool(synch),
+        allow_rewind=bool(allow_rewind),
+        explore=functools.partial(
+            _new_meta_params,
+            hyperparam_space,
+            float(resample_probability),
+            factors,
+            custom_explore_fn,
+            custom_explore_fn is not None and takes_key(custom_explore_fn, 1),
+            explorer,
+        ),
+    )
 
 
 class _Config(NamedTuple):
@@ -323,17 +394,17 @@ def _when(config: _Config, checkpoint: Checkpoint) -> float:
     return checkpoint.step if config.by_step else checkpoint.time
 
 
-def _marker(config: _Config, state: dict, history: History, worker_id: int, generation_id: str):
+def _marker(config: _Config, state: PBTState, history: History, worker_id: int, generation_id: str):
     """Where the worker's current interval started: its last decision in this
     generation, or the generation's start."""
-    last = state["last_decision"].get(worker_id)
+    last = state.last_decision.get(worker_id)
     if last is not None and last[0] == generation_id:
         return last[1]
     return _when(config, history.first(generation_id))
 
 
 def _interval_start(
-    config: _Config, state: dict, history: History, worker_id: int, generation_id: str
+    config: _Config, state: PBTState, history: History, worker_id: int, generation_id: str
 ) -> int:
     """The step the worker's current interval started at (its last decision, or its
     generation's start): what it has trained since is what a copy replaces anyway."""
@@ -345,7 +416,7 @@ def _interval_start(
 
 
 def _is_ready(
-    config: _Config, state: dict, history: History, worker_id: int, worker: ActiveWorker
+    config: _Config, state: PBTState, history: History, worker_id: int, worker: ActiveWorker
 ) -> bool:
     """Whether the worker's latest evaluation ends an interval (and the burn-in)."""
     if not worker.is_active:
@@ -357,14 +428,14 @@ def _is_ready(
     if _when(config, latest) - marker < config.interval:
         return False
     if config.burn_in:
-        since = latest.step if config.by_step else latest.time - state["start_time"]
+        since = latest.step if config.by_step else latest.time - state.start_time
         if since < config.burn_in:
             return False
     return True
 
 
 def _score(
-    config: _Config, state: dict, history: History, worker_id: int, generation_id: str
+    config: _Config, state: PBTState, history: History, worker_id: int, generation_id: str
 ) -> float | None:
     """The worker's score: its own, else that of the checkpoint it copied, else ``None``
     (it has never reported)."""
@@ -375,15 +446,8 @@ def _score(
     if config.metric == "last":
         return latest.value
     since = _marker(config, state, history, worker_id, generation_id)
-    window = (
-        history.evaluated(generation_id, min_step=since)
-        if config.by_step
-        else history.evaluated(generation_id, min_time=since)
-    ) or [latest]
-    values = [c.value for c in window]
-    if not all(map(math.isfinite, values)):
-        return math.nan
-    return math.fsum(v / len(values) for v in values)
+    window = evaluated_since(history, generation_id, since, by_step=config.by_step)
+    return window_mean([c.value for c in window or [latest]])
 
 
 def _new_meta_params(
@@ -430,7 +494,7 @@ _COLUMNS = {"keys": np.float64, "copy_steps": np.int64, "ready": bool, "active":
 
 
 def _entry(
-    config: _Config, state: dict, history: History, worker_id: int, worker: ActiveWorker
+    config: _Config, state: PBTState, history: History, worker_id: int, worker: ActiveWorker
 ) -> tuple[float, int, bool, bool]:
     score = _score(config, state, history, worker_id, worker.generation_id)
     if score is None:
@@ -501,21 +565,22 @@ def _compare(config: _Config, view: _views.View, key: Any, draw: int, min_step: 
 def _update(
     config: _Config,
     views: _views.Views,
-    state: dict,
+    state: PBTState,
     workers: Workers,
     history: History,
     now: float,
     key: np.ndarray,
 ) -> MutatorResult:
-    if config.burn_in and not config.by_step and state["start_time"] is None:
-        state = {**state, "start_time": _start_time(history)}
+    state = _as_state(state)
+    if config.burn_in and not config.by_step and state.start_time is None:
+        state = state._replace(start_time=_start_time(history))
     view = views.view(state, workers, history)
     ready = np.flatnonzero(view["ready"]).tolist()
     if not ready or (config.synch and len(ready) < int(view["active"].sum())):
         views.keep(view)
         return state, workers, ()
     new_workers = list(workers)
-    last_decision = dict(state["last_decision"])
+    last_decision = dict(state.last_decision)
     new_checkpoints = []
     copiers = []
     # asynchronous decisions see the earlier ones of this update (their copies and the
@@ -547,14 +612,13 @@ def _update(
             last_decision[i] = (start.generation_id, _when(config, start))
             copiers.append(i)
         if not config.synch:  # the next decision of this update sees this one
-            view.moved_on({**state, "last_decision": last_decision}, new_workers, current)
+            view.moved_on(state._replace(last_decision=last_decision), new_workers, current)
             view.refresh(i)
-    new_state = {
-        **state,
-        "num_exploits": state["num_exploits"] + len(copiers),
-        "num_decisions": state["num_decisions"] + len(ready),
-        "last_decision": last_decision,
-    }
+    new_state = state._replace(
+        num_decisions=state.num_decisions + len(ready),
+        num_exploits=state.num_exploits + len(copiers),
+        last_decision=last_decision,
+    )
     if not config.synch:
         # the next call's history is made from this call's by the core's adds: label the
         # view with this call's workers and history, the copiers' entries as they were
@@ -587,8 +651,9 @@ def _copy_source(history: History, worker: ActiveWorker) -> Checkpoint | None:
     return source
 
 
-def _counts(state: dict) -> DecisionCounts:
-    return DecisionCounts(state["num_decisions"], state["num_exploits"])
+def _counts(state: Any) -> DecisionCounts:
+    state = _as_state(state)
+    return DecisionCounts(state.num_decisions, state.num_exploits)
 
 
 def _start_time(history: History) -> float:

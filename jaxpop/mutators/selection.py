@@ -13,17 +13,19 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import random
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpop.types import Mode
+
 __all__ = [
     "HOST_SELECTIONS",
+    "HostRng",
     "Mode",
     "SelectionFn",
     "canonical_scores",
@@ -38,9 +40,17 @@ __all__ = [
     "winner_take_all_host",
 ]
 
-Mode = Literal["min", "max"]
 #: ``(key, scores) -> indices``: a selection with its options bound, scores lower-is-better.
 SelectionFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class HostRng(Protocol):
+    """The random source of a host selection: ``random.Random`` or ``HostRandom``.
+
+    A conforming object has ``randrange(n)``, returning a uniform int in ``[0, n)``.
+    """
+
+    def randrange(self, n: int, /) -> int: ...
 
 
 def _check_mode(mode: str) -> None:
@@ -84,7 +94,9 @@ def num_in_quantile(n: int, quantile_fraction: float) -> int:
     >>> num_in_quantile(4, 0.25), num_in_quantile(10, 0.25), num_in_quantile(1, 0.25)
     (1, 3, 0)
     """
-    if isinstance(quantile_fraction, bool) or not isinstance(quantile_fraction, numbers.Real):
+    if isinstance(quantile_fraction, bool) or not isinstance(
+        quantile_fraction, (float, numbers.Real)
+    ):
         raise TypeError(
             f"quantile_fraction must be a number in [0, 0.5], got "
             f"{type(quantile_fraction).__name__}: {quantile_fraction!r:.40}"
@@ -180,7 +192,7 @@ def truncation(
     where = _where(where, n)
     rank = _ranks(better, where)
     if where is None:
-        k = num_in_quantile(n, quantile_fraction)
+        k: int | jax.Array = num_in_quantile(n, quantile_fraction)
         if k == 0:  # static: depends on the population size only
             return jnp.arange(n, dtype=jnp.int32)
         top = rank < k
@@ -260,7 +272,7 @@ def _deciding(n: int, members: Sequence[int] | None) -> Sequence[int]:
 
 
 def truncation_host(
-    rng: random.Random,
+    rng: HostRng,
     scores: np.ndarray,
     *,
     quantile_fraction: float = 0.25,
@@ -313,7 +325,7 @@ def truncation_host(
 
 
 def tournament_host(
-    rng: random.Random,
+    rng: HostRng,
     scores: np.ndarray,
     *,
     mode: Mode = "min",
@@ -338,7 +350,7 @@ def tournament_host(
 
 
 def copy_best_host(
-    rng: random.Random,
+    rng: HostRng | None,
     scores: np.ndarray,
     *,
     mode: Mode = "min",
@@ -369,7 +381,7 @@ def copy_best_host(
 
 
 #: The host twins by the names ``PopulationBasedTraining(selection=...)`` takes.
-HOST_SELECTIONS = {
+HOST_SELECTIONS: dict[str, Callable[..., np.ndarray]] = {
     "truncation": truncation_host,
     "tournament": tournament_host,
     "copy_best": copy_best_host,
@@ -383,7 +395,7 @@ def winner_take_all(key: jax.Array, scores: jax.Array, **kwargs) -> jax.Array:
     return copy_best(key, scores, **kwargs)
 
 
-def winner_take_all_host(rng: random.Random | None, scores: np.ndarray, **kwargs) -> np.ndarray:
+def winner_take_all_host(rng: HostRng | None, scores: np.ndarray, **kwargs) -> np.ndarray:
     """Deprecated name of :func:`copy_best_host`."""
     _renamed("selection.winner_take_all_host", "selection.copy_best_host")
     return copy_best_host(rng, scores, **kwargs)

@@ -13,11 +13,14 @@ phases from 0.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxpop import encoding
 from jaxpop.history import History
 from jaxpop.mutators.base import (
     DecisionCounts,
@@ -32,9 +35,9 @@ from jaxpop.mutators.base import (
     start_generation,
     takes_key,
 )
-from jaxpop.records import ActiveWorker
+from jaxpop.records import ActiveWorker, CheckpointRef
 
-__all__ = ["BranchingSingleMachine"]
+__all__ = ["BranchingSingleMachine", "BranchingState"]
 
 _EXPLOIT, _CENTER, _POS, _NEG = "exploit", "center", "pos", "neg"
 
@@ -53,11 +56,8 @@ class BranchingSingleMachine(Mutator):
     past) the end of each phase. The centre continues the exploit phase's generation;
     each mutated branch is its own generation; the winner's generation continues into
     the next exploit phase. A branch is scored by its latest evaluation at or past its
-    end; NaN and infinite values rank last. The state is plain data: ``{"phase",
-    "phase_index", "phase_start", "branch", "center", "pos"}``, where ``branch``,
-    ``center`` and ``pos`` are ``(generation_id, step)`` references (the branch point,
-    and the ends of the branches trained so far). This mutator drives a population of
-    exactly one worker.
+    end; NaN and infinite values rank last. The state is a :class:`BranchingState`.
+    This mutator drives a population of exactly one worker.
 
     Differences from the seed, on purpose: the first phase is an exploit phase (the
     seed starts by exploring from step 0); NaN never wins (the seed's ``nanargmin``
@@ -72,68 +72,107 @@ class BranchingSingleMachine(Mutator):
         check_callable("mutate_fn", mutate_fn)
         exploit_steps = check_number("exploit_steps", exploit_steps, integer=True)
         explore_steps = check_number("explore_steps", explore_steps, integer=True)
-        wants_key = takes_key(mutate_fn, 3)
+        config = _Config(mutate_fn, takes_key(mutate_fn, 3), exploit_steps, explore_steps)
+        return super().__new__(
+            cls, BranchingState, functools.partial(_update, config), counts=_counts
+        )
 
-        def init():
-            return {
-                "phase": _EXPLOIT,
-                "phase_index": 0,
-                "phase_start": 0,
-                "branch": None,
-                "center": None,
-                "pos": None,
-            }
 
-        def update(
-            state: Any, workers: Workers, history: History, now: float, key: np.ndarray
-        ) -> MutatorResult:
-            if len(workers) != 1:
-                raise ValueError(
-                    f"BranchingSingleMachine drives exactly one worker, got {len(workers)}; "
-                    "use WinnerTakeAllGenetic for a population"
-                )
-            latest = history.latest_evaluated(workers[0].generation_id)
-            if latest is None:
-                return state, workers, ()
-            phase, index = state["phase"], state["phase_index"]
-            if phase == _EXPLOIT:
-                if latest.step < state["phase_start"] + exploit_steps:
-                    return state, workers, ()
-                # the branch point; the centre trains on from it with the same hparams
-                return {**state, "phase": _CENTER, "branch": latest.ref}, workers, ()
-            branch = history.get_checkpoint(*state["branch"])
-            if latest.step < branch.step + explore_steps:
-                return state, workers, ()
-            if phase in (_CENTER, _POS):
-                direction, slot = (_POS, "center") if phase == _CENTER else (_NEG, "pos")
-                meta = call_mutate_fn(
-                    mutate_fn, wants_key, (branch.meta_params, direction, index), key
-                )
-                worker, start = start_generation(branch, meta, key, 0, now)
-                new_state = {**state, "phase": direction, slot: latest.ref}
-                return new_state, (worker,), (start,)
-            ends = [state.get("center"), state["pos"]]  # no centre in a run of jaxpop < 0.2
-            branches = [history.get_checkpoint(*ref) for ref in ends if ref is not None]
-            branches.append(latest)
-            winner = min(branches, key=lambda c: rank_value(c.value))  # ties: the first
-            new_state = {
-                "phase": _EXPLOIT,
-                "phase_index": index + 1,
-                "phase_start": winner.step,
-                "branch": None,
-                "center": None,
-                "pos": None,
-            }
-            if winner is latest:
-                return new_state, workers, ()
-            worker = ActiveWorker(
-                winner.params, winner.meta_params, winner.generation_id, winner.step
+class BranchingState(NamedTuple):
+    """:class:`BranchingSingleMachine`'s state.
+
+    Attributes:
+      phase: ``"exploit"``, then the branch being trained: ``"center"``, ``"pos"``,
+        ``"neg"``.
+      phase_index: explore phases decided so far.
+      phase_start: the step the current exploit phase started at.
+      branch: the branch point, ``(generation_id, step)`` (``None`` while exploiting).
+      center, pos: the ends of the branches trained so far (``None`` until then).
+    """
+
+    phase: str = _EXPLOIT
+    phase_index: int = 0
+    phase_start: int = 0
+    branch: CheckpointRef | None = None
+    center: CheckpointRef | None = None
+    pos: CheckpointRef | None = None
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):  # the state was a dict before
+            warnings.warn(
+                f'BranchingState["{key}"] is deprecated: the state is a record, read state.{key}',
+                DeprecationWarning,
+                stacklevel=2,
             )
-            return new_state, (worker,), ()
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
 
-        return super().__new__(cls, init, update, counts=_counts)
+
+encoding.register_record(BranchingState, "jaxpop.BranchingState")
+
+
+class _Config(NamedTuple):
+    mutate_fn: Callable[..., Any]
+    wants_key: bool
+    exploit_steps: int
+    explore_steps: int
+
+
+def _as_state(state: Any) -> BranchingState:
+    """``state`` as a record (runs recorded before it kept a dict; before jaxpop 0.2,
+    without ``center``)."""
+    if type(state) is BranchingState:
+        return state
+    return BranchingState(**{k: state[k] for k in BranchingState._fields if k in state})
+
+
+def _update(
+    config: _Config,
+    state: Any,
+    workers: Workers,
+    history: History,
+    now: float,
+    key: np.ndarray,
+) -> MutatorResult:
+    if len(workers) != 1:
+        raise ValueError(
+            f"BranchingSingleMachine drives exactly one worker, got {len(workers)}; "
+            "use WinnerTakeAllGenetic for a population"
+        )
+    state = _as_state(state)
+    latest = history.latest_evaluated(workers[0].generation_id)
+    if latest is None:
+        return state, workers, ()
+    if state.phase == _EXPLOIT:
+        if latest.step < state.phase_start + config.exploit_steps:
+            return state, workers, ()
+        # the branch point; the centre trains on from it with the same hparams
+        return state._replace(phase=_CENTER, branch=latest.ref), workers, ()
+    branch = history.get_checkpoint(*state.branch)
+    if latest.step < branch.step + config.explore_steps:
+        return state, workers, ()
+    if state.phase in (_CENTER, _POS):
+        direction, slot = (_POS, "center") if state.phase == _CENTER else (_NEG, "pos")
+        meta = call_mutate_fn(
+            config.mutate_fn,
+            config.wants_key,
+            (branch.meta_params, direction, state.phase_index),
+            key,
+        )
+        worker, start = start_generation(branch, meta, key, 0, now)
+        new_state = state._replace(phase=direction, **{slot: latest.ref})
+        return new_state, (worker,), (start,)
+    ends = [state.center, state.pos]  # no centre in a run of jaxpop < 0.2
+    branches = [history.get_checkpoint(*ref) for ref in ends if ref is not None]
+    branches.append(latest)
+    winner = min(branches, key=lambda c: rank_value(c.value))  # ties: the first
+    new_state = BranchingState(phase_index=state.phase_index + 1, phase_start=winner.step)
+    if winner is latest:
+        return new_state, workers, ()
+    worker = ActiveWorker(winner.params, winner.meta_params, winner.generation_id, winner.step)
+    return new_state, (worker,), ()
 
 
 def _counts(state: Any) -> DecisionCounts:
     """One decision per explore phase decided; one worker never copies another."""
-    return DecisionCounts(state["phase_index"], 0)
+    return DecisionCounts(_as_state(state).phase_index, 0)

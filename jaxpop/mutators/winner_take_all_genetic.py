@@ -13,12 +13,15 @@ This is the seed's simplified form of population based training; see
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxpop import encoding
 from jaxpop.history import History
 from jaxpop.keys import split_key
 from jaxpop.mutators import _views
@@ -30,13 +33,15 @@ from jaxpop.mutators.base import (
     call_mutate_fn,
     check_callable,
     check_number,
+    evaluated_since,
     rank_value,
     records_config,
     start_generation,
     takes_key,
+    window_mean,
 )
 
-__all__ = ["WinnerTakeAllGenetic"]
+__all__ = ["WinnerTakeAllGenetic", "WinnerTakeAllState"]
 
 
 class WinnerTakeAllGenetic(Mutator):
@@ -67,10 +72,9 @@ class WinnerTakeAllGenetic(Mutator):
     Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
     worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
     is non-finite, nobody is copied and each worker mutates its own hyperparameters.
-    The state counts the rounds, the decisions (one per worker per round) and the copies
-    (workers that started from another worker's checkpoint):
-    ``{"num_exploits": rounds, "num_decisions": n, "num_copies": m}``
-    (:func:`jaxpop.mutators.decision_counts`).
+    The state (:class:`WinnerTakeAllState`) counts the rounds, the decisions (one per
+    worker per round) and the copies (workers that started from another worker's
+    checkpoint); :func:`jaxpop.mutators.decision_counts` reads the last two.
     """
 
     __slots__ = ()
@@ -103,73 +107,127 @@ class WinnerTakeAllGenetic(Mutator):
         ):
             if not isinstance(flag, (bool, np.bool_)):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}: {flag!r:.40}")
-        wants_key = takes_key(mutate_fn, 1)
-
-        def init():
-            return {"num_exploits": 0, "num_decisions": 0, "num_copies": 0}
-
-        def counted(history: History, generation_id: str) -> list[float]:
-            """The values a generation reported once its interval had passed, by step."""
-            start = history.first(generation_id)
-            if steps_per_exploit is not None:
-                since = history.evaluated(generation_id, min_step=start.step + steps_per_exploit)
-            else:
-                since = history.evaluated(generation_id, min_time=start.time + seconds_per_exploit)
-            return [c.value for c in since]
-
-        def score(values: list[float]) -> float:
-            if average_over_samples:
-                if not all(map(math.isfinite, values)):
-                    return math.inf
-                return rank_value(math.fsum(v / len(values) for v in values))
-            return rank_value(values[-1])
-
-        def entry(state: Any, history: History, worker_id: int, worker: Any) -> tuple:
-            """Whether the worker has a value past its interval; whether it is active."""
-            return bool(counted(history, worker.generation_id)), worker.is_active
-
+        config = _Config(
+            mutate_fn,
+            takes_key(mutate_fn, 1),
+            steps_per_exploit,
+            seconds_per_exploit,
+            bool(average_over_samples),
+            bool(keep_winner),
+        )
         # which workers are past their interval, kept between calls: a round's check
         # costs O(workers that changed), not O(population) history reads per evaluation
-        views = _views.Views(entry, {"ready": bool, "active": bool})
+        views = _views.Views(functools.partial(_entry, config), {"ready": bool, "active": bool})
+        return super().__new__(
+            cls, _init, functools.partial(_update, config, views), counts=_counts
+        )
 
-        def update(
-            state: Any, workers: Workers, history: History, now: float, key: np.ndarray
-        ) -> MutatorResult:
-            view = views.view(state, workers, history)
-            live = np.flatnonzero(view["active"]).tolist()  # not finished or gone
-            if not live or not view["ready"][live].all():
-                views.keep(view)
-                return state, workers, ()
-            values = [counted(history, workers[i].generation_id) for i in live]
-            scores = [score(v) for v in values]
-            best = live[int(np.argmin(scores))]
-            best_score = min(scores)
-            keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
-            new_workers, new_checkpoints, copies = list(workers), [], 0
-            for i in live:
-                worker = workers[i]
-                if math.isinf(best_score):
-                    source = history.latest_loadable(worker.generation_id)
-                    meta = call_mutate_fn(mutate_fn, wants_key, (source.meta_params,), keys[i])
-                else:
-                    source = history.latest_loadable(workers[best].generation_id)
-                    copies += i != best
-                    meta = source.meta_params
-                    if not (keep_winner and i == best):
-                        meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
-                new_workers[i], start = start_generation(source, meta, key, i, now)
-                new_checkpoints.append(start)
-            new_state = {
-                **state,
-                "num_exploits": state["num_exploits"] + 1,
-                "num_decisions": state.get("num_decisions", 0) + len(live),
-                "num_copies": state.get("num_copies", 0) + copies,
-            }
-            return new_state, tuple(new_workers), tuple(new_checkpoints)
 
-        return super().__new__(cls, init, update, counts=_counts)
+class WinnerTakeAllState(NamedTuple):
+    """:class:`WinnerTakeAllGenetic`'s state: rounds played, decisions (one per worker
+    per round) and copies (workers that started from another worker's checkpoint)."""
+
+    num_exploits: int = 0
+    num_decisions: int = 0
+    num_copies: int = 0
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):  # the state was a dict before
+            warnings.warn(
+                f'WinnerTakeAllState["{key}"] is deprecated: the state is a record, read '
+                f"state.{key}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
+
+
+encoding.register_record(WinnerTakeAllState, "jaxpop.WinnerTakeAllState")
+
+
+class _Config(NamedTuple):
+    mutate_fn: Callable[..., Any]
+    wants_key: bool
+    steps_per_exploit: int | None
+    seconds_per_exploit: float | None
+    average_over_samples: bool
+    keep_winner: bool
+
+
+def _as_state(state: Any) -> WinnerTakeAllState:
+    """``state`` as a record (runs recorded before it kept a dict; the oldest only
+    ``num_exploits``)."""
+    if type(state) is WinnerTakeAllState:
+        return state
+    return WinnerTakeAllState(**{k: state[k] for k in WinnerTakeAllState._fields if k in state})
+
+
+def _init() -> WinnerTakeAllState:
+    return WinnerTakeAllState()
+
+
+def _counted(config: _Config, history: History, generation_id: str) -> list[float]:
+    """The values a generation reported once its interval had passed, by step."""
+    start = history.first(generation_id)
+    by_step = config.steps_per_exploit is not None
+    since = (
+        start.step + config.steps_per_exploit
+        if by_step
+        else start.time + config.seconds_per_exploit
+    )
+    return [c.value for c in evaluated_since(history, generation_id, since, by_step=by_step)]
+
+
+def _score(config: _Config, values: list[float]) -> float:
+    return rank_value(window_mean(values) if config.average_over_samples else values[-1])
+
+
+def _entry(config: _Config, state: Any, history: History, worker_id: int, worker: Any) -> tuple:
+    """Whether the worker has a value past its interval; whether it is active."""
+    return bool(_counted(config, history, worker.generation_id)), worker.is_active
+
+
+def _update(
+    config: _Config,
+    views: _views.Views,
+    state: Any,
+    workers: Workers,
+    history: History,
+    now: float,
+    key: np.ndarray,
+) -> MutatorResult:
+    state = _as_state(state)
+    view = views.view(state, workers, history)
+    live = np.flatnonzero(view["active"]).tolist()  # not finished or gone
+    if not live or not view["ready"][live].all():
+        views.keep(view)
+        return state, workers, ()
+    scores = [_score(config, _counted(config, history, workers[i].generation_id)) for i in live]
+    best = live[int(np.argmin(scores))]
+    best_score = min(scores)
+    mutate_fn, wants_key = config.mutate_fn, config.wants_key
+    keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
+    new_workers, new_checkpoints, copies = list(workers), [], 0
+    for i in live:
+        worker = workers[i]
+        if math.isinf(best_score):  # nobody has a finite score: each mutates its own
+            source = history.latest_loadable(worker.generation_id)
+            meta = call_mutate_fn(mutate_fn, wants_key, (source.meta_params,), keys[i])
+        else:
+            source = history.latest_loadable(workers[best].generation_id)
+            copies += i != best
+            meta = source.meta_params
+            if not (config.keep_winner and i == best):
+                meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
+        new_workers[i], start = start_generation(source, meta, key, i, now)
+        new_checkpoints.append(start)
+    new_state = WinnerTakeAllState(
+        state.num_exploits + 1, state.num_decisions + len(live), state.num_copies + copies
+    )
+    return new_state, tuple(new_workers), tuple(new_checkpoints)
 
 
 def _counts(state: Any) -> DecisionCounts:
-    # runs of jaxpop before these counters have only "num_exploits"
-    return DecisionCounts(state.get("num_decisions", 0), state.get("num_copies", 0))
+    state = _as_state(state)
+    return DecisionCounts(state.num_decisions, state.num_copies)

@@ -82,7 +82,8 @@ def find_run_dir(path: str | os.PathLike) -> str:
     )
     if not os.listdir(path):
         raise NotARunError(f"{path} is empty: no jaxpop run has been written there yet; {hint}")
-    runs, frontier = [], [path]
+    runs: list[str] = []
+    frontier = [path]
     for _ in range(_SEARCH_DEPTH):
         frontier = [d for parent in frontier for d in _subdirs(parent)]
         runs.extend(d for d in frontier if _is_run_dir(d))
@@ -262,7 +263,7 @@ def build(state: PopulationState, log_dir: str = "") -> Report:
     scored = [m for m in members if m.scored is not None]
     best = min(scored, key=lambda m: (_rank(history, m.value), m.worker)) if scored else None
     best_lineage = (
-        () if best is None else tuple(history.lineage(best.scored.generation_id, best.scored.step))
+        () if best is None or best.scored is None else tuple(history.lineage(*best.scored.ref))
     )
     names: dict[str, None] = {}
     for generation_id in history:

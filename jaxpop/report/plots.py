@@ -47,7 +47,7 @@ def _member_colors(n: int) -> list[Any]:
 
     cmap = colormaps["tab10" if n <= 10 else "viridis"]
     if n <= 10:
-        palette = [c for i, c in enumerate(cmap.colors) if i != 3]  # red is the highlight
+        palette = [cmap(i) for i in range(cmap.N) if i != 3]  # red is the highlight
         return [palette[i % len(palette)] for i in range(n)]
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
@@ -175,7 +175,7 @@ def plot_scores(report: Report, *, log_scale: bool = False) -> Figure:
     _legend(ax, report)
     best = report.best
     title = "evaluation over training"
-    if best is not None:
+    if best is not None and best.scored is not None:
         title += f" (best: worker {best.worker}, {_fmt(best.value)} at step {best.scored.step})"
     ax.set_title(title)
     return fig
@@ -208,7 +208,8 @@ def plot_lineage(report: Report) -> Figure:
     ax = fig.add_subplot()
     best_values = []
     for gen in spans:
-        values = [c.value for c in history.evaluated(gen) if math.isfinite(c.value)]
+        evaluated = [c.value for c in history.evaluated(gen)]
+        values = [v for v in evaluated if v is not None and math.isfinite(v)]
         best_values.append(min(values, key=history.rank) if values else math.nan)
     finite = [v for v in best_values if math.isfinite(v)]
     cmap = colormaps["viridis"]
@@ -234,7 +235,7 @@ def plot_lineage(report: Report) -> Figure:
             color="0.45",
             zorder=2,
         )
-    if report.best_lineage:
+    if report.best is not None and report.best_lineage:
         points = [(c.step, spans[c.generation_id][0]) for c in report.best_lineage]
         ax.plot(
             [p[0] for p in points],

@@ -26,7 +26,8 @@ def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
     over all checkpoints, in first-seen order; one named like a fixed column gets the
     prefix ``hparams.``); a missing entry is ``None``.
     """
-    rows, names = [], {}
+    rows: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    names: dict[str, None] = {}  # an ordered set
     for checkpoint in history.checkpoints():
         parent = checkpoint.parent
         row = {
@@ -79,6 +80,7 @@ def summary(report: Report) -> dict[str, Any]:
     history = report.history
     times = [c.time for c in history.checkpoints()]
     best = report.best
+    scored = None if best is None else best.scored
     return {
         "log_dir": report.log_dir,
         "population_size": report.population_size,
@@ -88,13 +90,13 @@ def summary(report: Report) -> dict[str, Any]:
         "num_evaluations": report.num_evaluations,
         "num_exploit_events": len(report.exploits),
         "best": None
-        if best is None
+        if best is None or scored is None
         else {
             "worker": best.worker,
-            "generation_id": best.scored.generation_id,
-            "step": best.scored.step,
+            "generation_id": scored.generation_id,
+            "step": scored.step,
             "value": _json_number(best.value),
-            "hyperparameters": _json_hparams(best.scored.meta_params),
+            "hyperparameters": _json_hparams(scored.meta_params),
             "current_generation_id": best.generation_id,
             "current_hyperparameters": _json_hparams(best.meta_params),
         },

@@ -29,12 +29,14 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxpop.types import MetaParams, Schedule
 
 __all__ = [
     "Schedule",
@@ -47,9 +49,6 @@ __all__ = [
     "to_host",
     "tree_equal",
 ]
-
-#: ``step -> meta_params``: a hyperparameter schedule.
-Schedule: TypeAlias = Callable[[Any], Any]
 
 
 def is_traced(step: Any) -> bool:
@@ -73,7 +72,7 @@ def host_step(step: Any) -> int | float:
     return array.item()
 
 
-def constant(meta_params: Any) -> Schedule:
+def constant(meta_params: MetaParams) -> Schedule:
     """The schedule that returns ``meta_params`` (the same object) at every step.
 
     >>> constant({"lr": 0.1})(12_345)
@@ -244,7 +243,7 @@ def tree_equal(a: Any, b: Any) -> bool:
     if jax.tree_util.treedef_is_leaf(treedef_a):
         return _leaf_equal(a, b)
     leaves_b, treedef_b = jax.tree.flatten(b)  # another registered pytree node
-    return treedef_a == treedef_b and all(
+    return treedef_a == treedef_b and all(  # type: ignore[operator]  # PyTreeDef: no stub
         tree_equal(x, y) for x, y in zip(leaves_a, leaves_b, strict=True)
     )
 
@@ -268,7 +267,7 @@ def _select(before: Any, output: Any, later: Any) -> Any:
     """Leaf by leaf ``where(before, output, later)``; explains a structure mismatch."""
     out_leaves, out_def = jax.tree.flatten(output)
     later_leaves, later_def = jax.tree.flatten(later)
-    if out_def != later_def:
+    if out_def != later_def:  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
         raise TypeError(
             "with a traced step every part of a schedule must return the same structure, "
             f"got {out_def} and {later_def}"

@@ -72,7 +72,7 @@ def curriculum(
         raise ValueError(f"curriculum: unknown kind {unknown}; use one of {list(KINDS)}")
     treedef = jax.tree.structure(values[0])
     for step, value in zip(steps[1:], values[1:], strict=True):
-        if jax.tree.structure(value) != treedef:
+        if jax.tree.structure(value) != treedef:  # type: ignore[operator]  # PyTreeDef: no stub
             raise ValueError(
                 f"curriculum: the point at step {step} has structure "
                 f"{jax.tree.structure(value)}, the first point {treedef}; every point "

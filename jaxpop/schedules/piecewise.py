@@ -46,6 +46,9 @@ class Piecewise:
     """
 
     __slots__ = ("__weakref__", "_joined", "steps", "values")
+    steps: tuple[int, ...]
+    values: tuple[Any, ...]
+    _joined: Schedule | None
 
     def __init__(self, points: Mapping[int, Any] | Iterable[tuple[int, Any]]):
         steps, values = _check_points(points)
@@ -63,10 +66,11 @@ class Piecewise:
         return self.values[max(i - 1, 0)]
 
     def _traced(self) -> Schedule:
-        if self._joined is None:
-            parts = [_constant(v) for v in self.values]
-            object.__setattr__(self, "_joined", join(parts, self.steps[1:]))
-        return self._joined
+        joined = self._joined
+        if joined is None:
+            joined = join([_constant(v) for v in self.values], self.steps[1:])
+            object.__setattr__(self, "_joined", joined)
+        return joined
 
     def items(self) -> list[tuple[int, Any]]:
         """``[(step, meta_params), ...]`` in step order."""
@@ -117,7 +121,8 @@ class Piecewise:
         order of first appearance; a value without that leaf leaves the cell empty.
         Numbers are written exactly (``repr``), arrays as JSON lists.
         """
-        rows, columns = [], {}
+        rows: list[tuple[int, dict[str, str]]] = []
+        columns: dict[str, None] = {}  # an ordered set
         for step, value in self.items():
             row = {}
             for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
@@ -164,7 +169,7 @@ def tabulate(schedule: Schedule, stop: int, *, start: int = 0, every: int = 1) -
     >>> tabulate(lambda step: {"lr": 0.1 if step < 5 else 0.05}, 10)
     piecewise({0: {'lr': 0.1}, 5: {'lr': 0.05}})
     """
-    if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every <= 0:
+    if isinstance(every, bool) or not isinstance(every, (int, numbers.Integral)) or every <= 0:
         raise ValueError(f"every must be a positive int, got {every!r}")
     if stop <= start:
         raise ValueError(f"tabulate needs start < stop, got start={start}, stop={stop}")

@@ -46,13 +46,14 @@ def best_final(history: History) -> Checkpoint:
     Raises:
       ValueError: no checkpoint in ``history`` carries a value.
     """
-    best, best_key = None, None
+    best: Checkpoint | None = None
+    best_key: tuple[int, float] | None = None
     for generation_id in history:
         checkpoint = history.latest_evaluated(generation_id)
         if checkpoint is None:
             continue
         key = (-checkpoint.step, history.rank(checkpoint.value))
-        if best is None or key < best_key:
+        if best_key is None or key < best_key:
             best, best_key = checkpoint, key
     if best is None:
         raise ValueError(

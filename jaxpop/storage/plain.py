@@ -65,7 +65,7 @@ def state_from_plain(plain: Any) -> PopulationState:
     checkpoints = _tuple(plain["checkpoints"], "checkpoints")
     for i, c in enumerate(checkpoints):
         check_checkpoint(c, f"checkpoints[{i}]")
-    history = History(mode=mode).add_all(checkpoints)
+    history = History(mode="max" if mode == "max" else "min").add_all(checkpoints)
     if history.num_checkpoints != len(checkpoints):
         raise ValueError("checkpoints holds the same (generation_id, step) twice")
     _check_parents(checkpoints, history, "checkpoints")
@@ -128,7 +128,7 @@ def redo_checked(state: PopulationState, changes: Any) -> PopulationState:
         check_active_worker(pair[1], f"workers[{i}][1]")
     if _count(changes.num_events, "num_events", low=1) > _MAX_EVENTS:
         raise ValueError(f"num_events is {changes.num_events}, past {_MAX_EVENTS} events")
-    if isinstance(changes.now, bool) or not isinstance(changes.now, numbers.Real):
+    if isinstance(changes.now, bool) or not isinstance(changes.now, (float, numbers.Real)):
         raise _fail("now", "a real number", changes.now)
     state = redo(state, changes)
     _check_parents(changes.checkpoints, state.history, "checkpoints")

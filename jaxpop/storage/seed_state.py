@@ -388,8 +388,10 @@ def _check_opcodes(data: bytes, where: str) -> None:
                     raise refuse("refers to an external object (PERSID)")
                 if type(arg) is int and not -(2**63) <= arg < 2**64:
                     raise refuse(f"holds {_short(arg)}, which jaxpop cannot store")
-                long = isinstance(arg, (str, bytes, bytearray)) and len(arg) >= 64
-                stack.append(_Value(1 + len(arg) // 64, "leaf") if long else _LEAF)
+                if isinstance(arg, (str, bytes, bytearray)) and len(arg) >= 64:
+                    stack.append(_Value(1 + len(arg) // 64, "leaf"))
+                else:
+                    stack.append(_LEAF)
             elif kind == "fill":
                 size = stack.pop().size
                 if name == "APPEND":
@@ -635,7 +637,8 @@ def _to_state(raw: Any, where: str, seed: int) -> PopulationState:
         workers_raw, cache, mutator_state = raw
         if type(workers_raw) not in (list, tuple) or not workers_raw:
             raise SeedStateError("active_workers is not a non-empty list of workers")
-        workers, memo = [], {}
+        workers: list[ActiveWorker] = []
+        memo: dict[int, Any] = {}
         for i, w in enumerate(workers_raw):
             if type(w) is not _SeedActiveWorker:
                 raise SeedStateError(f"active_workers[{i}] is a {type(w).__name__}")

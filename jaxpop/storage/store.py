@@ -249,7 +249,23 @@ def _recorded_mode(run: Mapping[str, Any] | None) -> Any:
 
 
 def _load(log_dir: str) -> _Loaded | None:
-    """Reads a ``log_dir`` (writing nothing); what a crash left is listed in ``repairs``."""
+    """Reads a ``log_dir`` (writing nothing); what a crash left is listed in ``repairs``.
+
+    With the cyclic garbage collector paused (:func:`_gc_paused`): decoding and
+    replaying build the whole history, and the full collections that so many new
+    objects set off would walk every object of the process again and again (about 15%
+    of a restore at 100k checkpoints). Reference counting frees the temporaries; one
+    collection of the young generations at the end ages what was read, here rather
+    than in the first call answered after it (0.13 s at 100k checkpoints).
+    """
+    with _gc_paused():
+        loaded = _read_log_dir(log_dir)
+    if gc.isenabled():  # not while a snapshot is being encoded, nor if the user disabled it
+        gc.collect(1)
+    return loaded
+
+
+def _read_log_dir(log_dir: str) -> _Loaded | None:
     snapshots, journals, repairs = [], [], []
     for name in os.listdir(log_dir):
         if _SNAPSHOT_TMP_RE.fullmatch(name):  # an interrupted snapshot write
