@@ -105,7 +105,7 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
         events.append(
             ExploitEvent(
                 generation_id=generation_id,
-                source=tuple(parent),
+                source=(parent[0], parent[1]),
                 step=first.step,
                 time=first.time,
                 meta_params_before=None if source is None else source.meta_params,
@@ -344,10 +344,12 @@ def _make_config(
         explore_lib.validate_space(hyperparam_space)
     factors = tuple(perturbation_factors)
     if not factors or not all(
-        isinstance(f, numbers.Real) and math.isfinite(f) and f > 0 for f in factors
+        isinstance(f, numbers.Real) and math.isfinite(f) and float(f) > 0 for f in factors
     ):
         raise ValueError(f"perturbation_factors must be positive numbers, got {factors!r}")
-    if not isinstance(resample_probability, numbers.Real) or not (0 <= resample_probability <= 1):
+    if not isinstance(resample_probability, numbers.Real) or not (
+        0 <= float(resample_probability) <= 1
+    ):
         raise ValueError(f"resample_probability must be in [0, 1], got {resample_probability!r}")
     for name, flag in (("allow_rewind", allow_rewind), ("hold", hold)):
         if not isinstance(flag, (bool, np.bool_)):
@@ -412,7 +414,11 @@ def _interval_start(
     if config.by_step:
         return int(marker)
     window = history.evaluated(generation_id, min_time=marker)
-    return window[0].step if window else history.latest_evaluated(generation_id).step
+    if window:
+        return window[0].step
+    latest = history.latest_evaluated(generation_id)
+    assert latest is not None  # only asked of a worker that is ready: it has evaluated
+    return latest.step
 
 
 def _is_ready(
@@ -427,11 +433,12 @@ def _is_ready(
     marker = _marker(config, state, history, worker_id, worker.generation_id)
     if _when(config, latest) - marker < config.interval:
         return False
-    if config.burn_in:
-        since = latest.step if config.by_step else latest.time - state.start_time
-        if since < config.burn_in:
-            return False
-    return True
+    if not config.burn_in:
+        return True
+    if config.by_step:
+        return latest.step >= config.burn_in
+    assert state.start_time is not None  # _update sets it before any worker evaluated
+    return latest.time - state.start_time >= config.burn_in
 
 
 def _score(
@@ -447,7 +454,7 @@ def _score(
         return latest.value
     since = _marker(config, state, history, worker_id, generation_id)
     window = evaluated_since(history, generation_id, since, by_step=config.by_step)
-    return window_mean([c.value for c in window or [latest]])
+    return window_mean([c.value for c in window or [latest] if c.value is not None])
 
 
 def _new_meta_params(
@@ -592,6 +599,7 @@ def _update(
     for i in ready:
         gen = workers[i].generation_id
         own = history.latest_evaluated(gen)
+        assert own is not None and own.value is not None  # ready: it has evaluated
         rewind_guard = not (config.synch or config.allow_rewind) and math.isfinite(own.value)
         floor = _interval_start(config, state, history, i, gen) if rewind_guard else None
         if not config.synch:

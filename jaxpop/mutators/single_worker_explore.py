@@ -35,7 +35,7 @@ from jaxpop.mutators.base import (
     start_generation,
     takes_key,
 )
-from jaxpop.records import ActiveWorker, CheckpointRef
+from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef
 
 __all__ = ["BranchingSingleMachine", "BranchingState"]
 
@@ -126,6 +126,14 @@ def _as_state(state: Any) -> BranchingState:
     return BranchingState(**{k: state[k] for k in BranchingState._fields if k in state})
 
 
+def _checkpoint(history: History, ref: Any) -> Checkpoint:
+    """The checkpoint a phase recorded (the history keeps every checkpoint it held)."""
+    checkpoint = history.get_checkpoint(*ref)
+    if checkpoint is None:
+        raise ValueError(f"BranchingSingleMachine: its state names {ref!r}, not in the history")
+    return checkpoint
+
+
 def _update(
     config: _Config,
     state: Any,
@@ -148,7 +156,7 @@ def _update(
             return state, workers, ()
         # the branch point; the centre trains on from it with the same hparams
         return state._replace(phase=_CENTER, branch=latest.ref), workers, ()
-    branch = history.get_checkpoint(*state.branch)
+    branch = _checkpoint(history, state.branch)
     if latest.step < branch.step + config.explore_steps:
         return state, workers, ()
     if state.phase in (_CENTER, _POS):
@@ -163,7 +171,7 @@ def _update(
         new_state = state._replace(phase=direction, **{slot: latest.ref})
         return new_state, (worker,), (start,)
     ends = [state.center, state.pos]  # no centre in a run of jaxpop < 0.2
-    branches = [history.get_checkpoint(*ref) for ref in ends if ref is not None]
+    branches = [_checkpoint(history, ref) for ref in ends if ref is not None]
     branches.append(latest)
     winner = min(branches, key=lambda c: rank_value(c.value))  # ties: the first
     new_state = BranchingState(phase_index=state.phase_index + 1, phase_start=winner.step)

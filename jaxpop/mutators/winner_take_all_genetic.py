@@ -170,13 +170,15 @@ def _init() -> WinnerTakeAllState:
 def _counted(config: _Config, history: History, generation_id: str) -> list[float]:
     """The values a generation reported once its interval had passed, by step."""
     start = history.first(generation_id)
-    by_step = config.steps_per_exploit is not None
-    since = (
-        start.step + config.steps_per_exploit
-        if by_step
-        else start.time + config.seconds_per_exploit
-    )
-    return [c.value for c in evaluated_since(history, generation_id, since, by_step=by_step)]
+    if config.steps_per_exploit is not None:
+        since: float = start.step + config.steps_per_exploit
+        by_step = True
+    else:
+        assert config.seconds_per_exploit is not None  # the constructor asks for one of them
+        since = start.time + config.seconds_per_exploit
+        by_step = False
+    window = evaluated_since(history, generation_id, since, by_step=by_step)
+    return [c.value for c in window if c.value is not None]
 
 
 def _score(config: _Config, values: list[float]) -> float:
@@ -213,9 +215,11 @@ def _update(
         worker = workers[i]
         if math.isinf(best_score):  # nobody has a finite score: each mutates its own
             source = history.latest_loadable(worker.generation_id)
+            assert source is not None  # every generation starts with a loadable checkpoint
             meta = call_mutate_fn(mutate_fn, wants_key, (source.meta_params,), keys[i])
         else:
             source = history.latest_loadable(workers[best].generation_id)
+            assert source is not None  # every generation starts with a loadable checkpoint
             copies += i != best
             meta = source.meta_params
             if not (config.keep_winner and i == best):

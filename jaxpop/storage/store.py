@@ -360,6 +360,7 @@ def _repair(repairs: list[_Repair]) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(repair.path)
             continue
+        assert repair.torn is not None  # a repair either removes a file or cuts a torn tail
         with open(repair.path, "r+b") as f:
             f.truncate(repair.torn.offset)
             f.flush()
@@ -461,8 +462,8 @@ class Store:
         stat = os.stat(self.log_dir)
         self._key = (stat.st_dev, stat.st_ino)
         with _open_stores_lock:
-            older = _open_stores.get(self._key)
-            older = older() if older is not None else None
+            ref = _open_stores.get(self._key)
+            older = ref() if ref is not None else None
             if older is not None and not older.closed:
                 if self._run is not None:  # a refused newcomer must not stop the live one
                     self._check_resume(_load_live(self.log_dir, attempts=5))
@@ -615,6 +616,7 @@ class Store:
     def _abandon_segment(self) -> None:
         """Closes and removes the open segment (only ever one holding just its header)."""
         fd, self._fd = self._fd, None
+        assert fd is not None and self._segment is not None  # a segment is open
         with contextlib.suppress(OSError):
             os.close(fd)
         with contextlib.suppress(OSError):
@@ -714,6 +716,7 @@ class Store:
         with self._io_lock:
             self.check_open()
             self.wait()  # a background snapshot of an older segment finishes first
+            assert self._segment is not None  # check_open: started
             seq = self._segment + 1
             final = os.path.join(self.log_dir, _snapshot_name(seq))
             try:
@@ -735,11 +738,12 @@ class Store:
             self._broken = None  # whatever an undone write left is in an obsolete segment
 
     def _write_record(self, record: bytes, event: int) -> None:
-        start = self._size
+        start, fd = self._size, self._fd
+        assert fd is not None and self._segment is not None  # check_open: started
         try:
-            _write_all(self._fd, record)
+            _write_all(fd, record)
             if self.durability == "fsync":
-                os.fdatasync(self._fd)
+                os.fdatasync(fd)
         except BaseException as e:
             undone = self._undo(start)
             reason = getattr(e, "strerror", None) or repr(e)
@@ -765,10 +769,12 @@ class Store:
 
     def _undo(self, size: int) -> bool:
         """Cuts the open segment back to ``size`` bytes; whether that worked."""
+        fd = self._fd
+        assert fd is not None  # only after a write to the open segment
         try:
-            os.ftruncate(self._fd, size)
+            os.ftruncate(fd, size)
             if self.durability == "fsync":
-                os.fdatasync(self._fd)
+                os.fdatasync(fd)
         except OSError:
             logger.exception("jaxpop: cannot cut %s back to its last record", self.log_dir)
             return False
@@ -783,6 +789,7 @@ class Store:
         """
         if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
             return  # the previous snapshot is still being written; try again later
+        assert self._segment is not None  # only after a record was written
         try:
             self._open_segment(self._segment + 1)
         except Exception:
