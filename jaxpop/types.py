@@ -36,7 +36,8 @@ PyTree: TypeAlias = Any
 Params: TypeAlias = Any
 #: A member's hyperparameters: any pytree (``{"lr": 0.1}``), the same structure for all.
 MetaParams: TypeAlias = Any
-#: A mutator's state: plain data (numbers, str, tuples, dicts, numpy arrays) saved with a run.
+#: A mutator's state, saved with a run: plain data (numbers, str, tuples, dicts, numpy
+#: arrays) or a record registered with ``jaxpop.encoding`` (``PBTState``, ...).
 MutatorState: TypeAlias = Any
 #: A raw PRNG key: ``numpy.uint32`` of shape ``(2,)`` (``jaxpop.keys``), for jax or numpy.
 RawKey: TypeAlias = npt.NDArray[np.uint32]

@@ -17,6 +17,7 @@ from jaxpop.mutators import (
     explore,
     selection,
 )
+from jaxpop.storage.run import RunMismatchError
 
 SPACE = {"lr": explore.log_uniform(1e-4, 1.0)}
 
@@ -25,11 +26,13 @@ def _noop_update(state, workers, history, now, key):
     return state, workers, ()
 
 
-def _one_warning(caught, *words):
-    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
-    assert len(messages) == 1, messages
+def _one_warning(caught, *words, at_caller=True):
+    found = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert len(found) == 1, [str(w.message) for w in found]
     for word in words:
-        assert word in messages[0]
+        assert word in str(found[0].message)
+    if at_caller:  # it names the line that used the old name (else filters hide it)
+        assert found[0].filename == __file__, found[0].filename
 
 
 def test_controller_report_is_set_eval_and_ask_and_warns():
@@ -118,13 +121,32 @@ def test_pbt_selection_winner_take_all_is_copy_best_and_warns():
         )
 
 
+def test_a_run_started_with_an_old_option_value_resumes_with_the_new_one(tmp_path):
+    def make(selection):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mutator = PopulationBasedTraining(
+                perturbation_interval=1, hyperparam_space=SPACE, selection=selection
+            )
+        return PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator, log_dir=str(tmp_path))
+
+    for old, new in (("winner_take_all", "copy_best"), ("copy_best", "winner_take_all")):
+        pop = make(old)
+        pop.maybe_get_worker_data(0, None, None, None, None)
+        pop.close()
+        make(new).close()  # no RunMismatchError
+    with pytest.raises(RunMismatchError, match="selection"):
+        make("tournament")
+
+
 @pytest.mark.parametrize(("old", "new"), [("jaxpop.schedules.core", "jaxpop.schedules.base")])
 def test_moved_modules_still_import_and_say_where_they_went(old, new):
     sys.modules.pop(old, None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         module = importlib.import_module(old)
-    _one_warning(caught, new.rsplit(".", 1)[0])
+    # an import's warning points into importlib's frames, whatever the stacklevel
+    _one_warning(caught, new.rsplit(".", 1)[0], at_caller=False)
     target = importlib.import_module(new)
     for name in module.__all__:
         assert getattr(module, name) is getattr(target, name)
@@ -185,3 +207,22 @@ def test_mutator_state_records_round_trip_through_the_encoding_and_warn_on_str_k
             assert record[field] == getattr(record, field)
         _one_warning(caught, f"state.{field}")
         assert record[1] == getattr(record, field)  # still a tuple
+        # the rest of what code written for the dict did: each warns, at the caller
+        for read, expected in (
+            (lambda r, f=field: r.get(f), getattr(record, field)),
+            (lambda r: r.get("not_a_field", 7), 7),
+            (lambda r, f=field: f in r, True),
+            (lambda r: "not_a_field" in r, False),
+            (lambda r: dict(r), record._asdict()),
+            (lambda r: {**r}, record._asdict()),
+        ):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                assert read(record) == expected
+            # dict(state) warns for keys() and for each key it then reads
+            assert caught and all(issubclass(w.category, DeprecationWarning) for w in caught)
+            assert {w.filename for w in caught} == {__file__}
+        with pytest.raises(KeyError), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            record["not_a_field"]
+        assert getattr(record, field) in record  # a value's membership is the tuple's

@@ -31,7 +31,16 @@ EntryFn = Callable[[Any, History, int, ActiveWorker], Sequence[Any]]
 class View:
     """The columns of one ``(state, workers, history)``: ``view["name"][worker_id]``."""
 
-    __slots__ = ("_entry", "by_generation", "columns", "history", "state", "workers")
+    __slots__ = (
+        "_arrays",
+        "_entry",
+        "by_generation",
+        "columns",
+        "history",
+        "stale",
+        "state",
+        "workers",
+    )
 
     def __init__(
         self,
@@ -40,14 +49,17 @@ class View:
         workers: Sequence[ActiveWorker],
         history: History,
         columns: dict[str, np.ndarray],
-        by_generation: Mapping[str, tuple[int, ...]],
+        by_generation: dict[str, tuple[int, ...]],
     ):
         self._entry = entry
         self.state = state
         self.workers = tuple(workers)
         self.history = history
         self.columns = columns
+        self._arrays = tuple(columns.values())
         self.by_generation = by_generation
+        #: workers whose entries are out of date: refreshed before the view is next read
+        self.stale: set[int] = set()
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -55,12 +67,12 @@ class View:
     def refresh(self, worker_id: int) -> None:
         """Recomputes one worker's entry from the view's state, workers and history."""
         values = self._entry(self.state, self.history, worker_id, self.workers[worker_id])
-        for column, value in zip(self.columns.values(), values, strict=True):
+        for column, value in zip(self._arrays, values, strict=True):
             column[worker_id] = value
 
     def moved_on(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> None:
         """Re-labels the view as that of ``(state, workers, history)``: the caller has
-        refreshed every entry that differs."""
+        refreshed every entry that differs, or added it to :attr:`stale`."""
         self.state, self.workers, self.history = state, tuple(workers), history
 
 
@@ -89,9 +101,14 @@ class Views:
         return (Views, (self._entry, self._columns))
 
     def view(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> View:
-        """The view of ``(state, workers, history)``, the caller's to change."""
+        """The view of ``(state, workers, history)``, the caller's to change.
+
+        A cached view is taken out of the cache and brought up to date in place (no
+        copy): only the caller holds it until it :meth:`keep` s it again, so a
+        concurrent call with the same state reads afresh rather than share it.
+        """
         with self._lock:
-            old = self._views.get(id(state))
+            old = self._views.pop(id(state), None)
         if old is None or old.state is not state or len(workers) != len(old.workers):
             return self.build(state, workers, history)
         added = history.added_since(old.history, limit=self._LIMIT)
@@ -105,21 +122,19 @@ class Views:
             refs.add(ref)
         changed = replaced(workers, old.workers)
         by_generation = old.by_generation
-        if changed:
-            by_generation = dict(by_generation)
-            for i in changed:
-                before, after = old.workers[i].generation_id, workers[i].generation_id
-                if before != after:
-                    by_generation[before] = tuple(j for j in by_generation[before] if j != i)
-                    by_generation[after] = (*by_generation.get(after, ()), i)
-        touched = set(changed)
+        for i in changed:
+            before, after = old.workers[i].generation_id, workers[i].generation_id
+            if before != after:
+                by_generation[before] = tuple(j for j in by_generation[before] if j != i)
+                by_generation[after] = (*by_generation.get(after, ()), i)
+        touched = set(changed) | old.stale
+        old.stale.clear()
         for generation_id, _ in refs:
             touched.update(by_generation.get(generation_id, ()))
-        columns = {name: column.copy() for name, column in old.columns.items()}
-        new = View(self._entry, state, workers, history, columns, by_generation)
+        old.moved_on(state, workers, history)
         for i in touched:
-            new.refresh(i)
-        return new
+            old.refresh(i)
+        return old
 
     def keep(self, view: View) -> None:
         """Remembers ``view`` for the next call with its state."""

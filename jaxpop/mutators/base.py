@@ -49,6 +49,7 @@ __all__ = [
     "decision_counts",
     "evaluated_since",
     "rank_value",
+    "reads_like_a_dict",
     "records_config",
     "takes_key",
     "window_mean",
@@ -236,6 +237,57 @@ Mutator.__new__ = staticmethod(_new_mutator_accepting_old_names)  # type: ignore
 
 
 _M = TypeVar("_M", bound=Callable[..., Mutator])
+
+
+_R = TypeVar("_R")
+
+
+def reads_like_a_dict(record: type[_R]) -> type[_R]:
+    """Decorates a mutator's state record (a ``NamedTuple``) to still read as the dict
+    the state was before it: ``state["name"]``, ``state.get``, ``"name" in state``,
+    ``keys``, ``dict(state)``, each with a ``DeprecationWarning`` naming the attribute.
+    """
+    name = record.__name__
+
+    def warn(key: str) -> None:
+        warnings.warn(
+            f'{name}["{key}"] is deprecated: the state is a record, read state.{key}',
+            DeprecationWarning,
+            stacklevel=3,
+        )
+
+    def getitem(self: Any, key: Any) -> Any:
+        if isinstance(key, str):
+            warn(key)
+            if key not in self._fields:
+                raise KeyError(key)
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
+
+    def get(self: Any, key: str, default: Any = None) -> Any:
+        warn(key)
+        return getattr(self, key) if key in self._fields else default
+
+    def contains(self: Any, key: Any) -> bool:
+        if isinstance(key, str):
+            warn(key)
+            return key in self._fields
+        return tuple.__contains__(self, key)
+
+    def keys(self: Any) -> tuple[str, ...]:
+        warnings.warn(
+            f"{name}.keys() is deprecated: the state is a record, read its attributes "
+            "(or _asdict())",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._fields
+
+    for attr, fn in (("__getitem__", getitem), ("get", get), ("__contains__", contains)):
+        fn.__name__ = attr
+        setattr(record, attr, fn)
+    record.keys = keys  # type: ignore[attr-defined]
+    return record
 
 
 def records_config(new: _M) -> _M:

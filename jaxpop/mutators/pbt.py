@@ -36,6 +36,7 @@ from jaxpop.mutators.base import (
     check_callable,
     check_number,
     evaluated_since,
+    reads_like_a_dict,
     records_config,
     start_generation,
     takes_key,
@@ -127,7 +128,7 @@ class PopulationBasedTraining(Mutator):
         dict of ``uniform`` / ``log_uniform`` / ``randint`` / ``choice`` leaves and
         constants; keys it does not name are copied unchanged. Ray Tune:
         ``hyperparam_mutations``.
-      time_attr: ``"step"`` (the training step the worker reports) or ``"time"``
+      time_attr: ``"step"`` (the training step of the worker's evaluations) or ``"time"``
         (seconds of the controller's clock). Ray Tune: ``time_attr``
         (``"training_iteration"`` is ``"step"``).
       burn_in_period: no decision before a worker's evaluation at this step (or this
@@ -135,8 +136,9 @@ class PopulationBasedTraining(Mutator):
       mode: ``"min"`` (lower values are better, jaxpop's convention) or ``"max"``. Ray
         Tune: ``mode``.
       metric: how a worker's score is formed from the values its current generation
-        reported since its last decision: ``"last"`` (the latest) or ``"mean"``. (Ray
-        Tune's ``metric`` names a reported field; a jaxpop worker reports one value.)
+        recorded (``set_eval``) since its last decision: ``"last"`` (the latest) or
+        ``"mean"``. (Ray Tune's ``metric`` names a reported field; a jaxpop worker
+        sends one value.)
       selection: ``"truncation"`` (default), ``"tournament"``, ``"copy_best"`` (every
         worse worker copies the best; ``"winner_take_all"`` is its deprecated name),
         or a function ``(key, ranks) -> indices`` over the exact ranks of the whole
@@ -239,6 +241,7 @@ class PopulationBasedTraining(Mutator):
         )
 
 
+@reads_like_a_dict
 class PBTState(NamedTuple):
     """:class:`PopulationBasedTraining`'s state.
 
@@ -253,18 +256,8 @@ class PBTState(NamedTuple):
 
     num_decisions: int = 0
     num_exploits: int = 0
-    last_decision: Mapping[int, tuple[str, float]] = {}
+    last_decision: Mapping[int, tuple[str, float]] = {}  # shared, so never changed in place
     start_time: float | None = None
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):  # the state was a dict before
-            warnings.warn(
-                f'PBTState["{key}"] is deprecated: the state is a record, read state.{key}',
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            return getattr(self, key)
-        return tuple.__getitem__(self, key)
 
 
 encoding.register_record(PBTState, "jaxpop.PBTState")
@@ -295,6 +288,7 @@ def _holds(
 ) -> bool:
     """A worker waits once it is ready, until every active worker is."""
     view = views.view(_as_state(state), workers, history)
+    views.keep(view)  # for the update that follows this worker's next evaluation
     return bool(view["ready"][worker_id]) and not view["ready"][view["active"]].all()
 
 
@@ -445,7 +439,7 @@ def _score(
     config: _Config, state: PBTState, history: History, worker_id: int, generation_id: str
 ) -> float | None:
     """The worker's score: its own, else that of the checkpoint it copied, else ``None``
-    (it has never reported)."""
+    (it has never been evaluated)."""
     latest = history.latest_evaluated(generation_id)
     if latest is None:
         copied = _copied(history, generation_id)
@@ -619,7 +613,7 @@ def _update(
             current = current.add(start)
             last_decision[i] = (start.generation_id, _when(config, start))
             copiers.append(i)
-        if not config.synch:  # the next decision of this update sees this one
+        if not config.synch and i != ready[-1]:  # the next decision here sees this one
             view.moved_on(state._replace(last_decision=last_decision), new_workers, current)
             view.refresh(i)
     new_state = state._replace(
@@ -629,11 +623,10 @@ def _update(
     )
     if not config.synch:
         # the next call's history is made from this call's by the core's adds: label the
-        # view with this call's workers and history, the copiers' entries as they were
-        # for them (the next call brings the replaced workers up to date)
+        # view with this call's workers and history; the deciders' entries changed (their
+        # last decision), and are read again when the view is next used
         view.moved_on(new_state, workers, history)
-        for i in copiers:
-            view.refresh(i)
+        view.stale.update(ready)
         views.keep(view)
     if not copiers:
         return new_state, workers, ()
@@ -650,7 +643,7 @@ def _copied(history: History, generation_id: str) -> Checkpoint | None:
 
 def _copy_source(history: History, worker: ActiveWorker) -> Checkpoint | None:
     """What copying ``worker`` gives: its generation's latest loadable checkpoint, or, for
-    a worker that has not reported since it copied, the checkpoint it copied."""
+    a worker not evaluated since it copied, the checkpoint it copied."""
     source = history.latest_loadable(worker.generation_id)
     if source is None:
         copied = _copied(history, worker.generation_id)
@@ -698,7 +691,7 @@ def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., n
         warnings.warn(
             'selection="winner_take_all" is deprecated: the same selection is "copy_best"',
             DeprecationWarning,
-            stacklevel=4,
+            stacklevel=5,  # the caller of PopulationBasedTraining(...), past records_config
         )
         selection = "copy_best"
     if selection not in selection_lib.HOST_SELECTIONS:

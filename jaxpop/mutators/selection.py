@@ -317,10 +317,10 @@ def truncation_host(
             order = np.argsort(better, kind="stable")
             if parents is not None:
                 order = order[np.asarray(parents, bool)[order]]
-            top = order[:k].tolist()
-        allowed = [j for j in top if better[j] < better[i]]
-        if allowed:
-            out[i] = allowed[rng.randrange(len(allowed))]
+            top = order[:k]
+        allowed = top[better[top] < b]  # in the order of the top, as drawn from
+        if allowed.size:
+            out[i] = allowed[rng.randrange(allowed.size)]
     return out
 
 

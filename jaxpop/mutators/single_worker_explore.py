@@ -14,7 +14,6 @@ phases from 0.
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -31,6 +30,7 @@ from jaxpop.mutators.base import (
     check_callable,
     check_number,
     rank_value,
+    reads_like_a_dict,
     records_config,
     start_generation,
     takes_key,
@@ -78,6 +78,7 @@ class BranchingSingleMachine(Mutator):
         )
 
 
+@reads_like_a_dict
 class BranchingState(NamedTuple):
     """:class:`BranchingSingleMachine`'s state.
 
@@ -97,15 +98,6 @@ class BranchingState(NamedTuple):
     center: CheckpointRef | None = None
     pos: CheckpointRef | None = None
 
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):  # the state was a dict before
-            warnings.warn(
-                f'BranchingState["{key}"] is deprecated: the state is a record, read state.{key}',
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            return getattr(self, key)
-        return tuple.__getitem__(self, key)
 
 
 encoding.register_record(BranchingState, "jaxpop.BranchingState")

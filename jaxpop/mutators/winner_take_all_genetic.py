@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -35,6 +34,7 @@ from jaxpop.mutators.base import (
     check_number,
     evaluated_since,
     rank_value,
+    reads_like_a_dict,
     records_config,
     start_generation,
     takes_key,
@@ -123,6 +123,7 @@ class WinnerTakeAllGenetic(Mutator):
         )
 
 
+@reads_like_a_dict
 class WinnerTakeAllState(NamedTuple):
     """:class:`WinnerTakeAllGenetic`'s state: rounds played, decisions (one per worker
     per round) and copies (workers that started from another worker's checkpoint)."""
@@ -131,16 +132,6 @@ class WinnerTakeAllState(NamedTuple):
     num_decisions: int = 0
     num_copies: int = 0
 
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):  # the state was a dict before
-            warnings.warn(
-                f'WinnerTakeAllState["{key}"] is deprecated: the state is a record, read '
-                f"state.{key}",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            return getattr(self, key)
-        return tuple.__getitem__(self, key)
 
 
 encoding.register_record(WinnerTakeAllState, "jaxpop.WinnerTakeAllState")

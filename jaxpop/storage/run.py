@@ -53,6 +53,9 @@ def differences(recorded: Run, run: Run) -> list[str]:
     defaults = new.get("defaults") or {}
     for name in dict.fromkeys([*old["config"], *new["config"]]):
         was, now = old["config"].get(name, _ABSENT), new["config"].get(name, _ABSENT)
+        renamed = _RENAMED_VALUES.get((new["kind"], name))
+        if renamed is not None and type(was) is str and type(now) is str:
+            was, now = renamed.get(was, was), renamed.get(now, now)
         if was is _ABSENT and name in defaults and defaults[name] == now:
             continue  # an option added since the run started, left at its default
         if was != now:
@@ -62,6 +65,12 @@ def differences(recorded: Run, run: Run) -> list[str]:
 
 
 _ABSENT = "(absent)"
+
+#: (mutator kind, option) -> {deprecated value: its current name}: a run started with
+#: either name resumes with the other.
+_RENAMED_VALUES: dict[tuple[str, str], dict[Any, Any]] = {
+    ("PopulationBasedTraining", "selection"): {"winner_take_all": "copy_best"},
+}
 
 
 def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any]:
