@@ -33,6 +33,8 @@ from jaxpop.records import (
     WAITING,
     ActiveWorker,
     Checkpoint,
+    _active_worker,
+    _with_status,
     check_active_worker,
     check_checkpoint,
     replaced,
@@ -136,13 +138,34 @@ class PopulationState:
         num_events: int | None = None,
     ) -> PopulationState:
         # ``replace`` without ``dataclasses.replace``'s overhead (this is the hot path)
-        return PopulationState(
+        return _population_state(
             self.workers if workers is None else workers,
             self.mutator_state if mutator_state is _KEEP else mutator_state,
             self.key,
             self.history if history is None else history,
             self.num_events if num_events is None else num_events,
         )
+
+
+# Hot-path constructors, as in jaxpop.records: filling a new instance's ``__dict__`` in
+# field order builds the same record as the frozen dataclass's ``__init__`` (which sets
+# each field through ``object.__setattr__``) in a third of the time.
+def _population_state(
+    workers: tuple[ActiveWorker, ...],
+    mutator_state: Any,
+    key: np.ndarray,
+    history: History,
+    num_events: int,
+) -> PopulationState:
+    """``PopulationState(workers, mutator_state, key, history, num_events)``."""
+    state = object.__new__(PopulationState)
+    fields = state.__dict__
+    fields["workers"] = workers
+    fields["mutator_state"] = mutator_state
+    fields["key"] = key
+    fields["history"] = history
+    fields["num_events"] = num_events
+    return state
 
 
 @struct.dataclass
@@ -183,6 +206,25 @@ class Reply(NamedTuple):
     checkpoint: Checkpoint | None = None
     warning: str | None = None
     changes: Changes | None = None
+
+
+def _changes(
+    checkpoints: tuple[Checkpoint, ...],
+    workers: tuple[tuple[int, ActiveWorker], ...],
+    mutator_state: Any,
+    num_events: int,
+    now: float,
+) -> Changes:
+    """``Changes(checkpoints, workers, mutator_state, num_events, now)`` (see
+    :func:`_population_state`)."""
+    changes = object.__new__(Changes)
+    fields = changes.__dict__
+    fields["checkpoints"] = checkpoints
+    fields["workers"] = workers
+    fields["mutator_state"] = mutator_state
+    fields["num_events"] = num_events
+    fields["now"] = now
+    return changes
 
 
 def event_key(state: PopulationState) -> np.ndarray:
@@ -323,14 +365,28 @@ def _apply_mutator(
 
 
 def _finish(
-    old: PopulationState, new: PopulationState, added: list[Checkpoint], now: float
+    old: PopulationState,
+    new: PopulationState,
+    added: list[Checkpoint],
+    now: float,
+    workers: tuple[tuple[int, ActiveWorker], ...] | None = None,
 ) -> tuple[PopulationState, Changes | None]:
-    """Counts the event and describes its changes, if it changed anything."""
+    """Counts the event and describes its changes, if it changed anything.
+
+    ``workers``: the ``(worker_id, assignment)`` of each assignment that changed, when
+    the caller knows them; ``None``: found by comparing ``new.workers`` with ``old``'s.
+    """
     if new is old:
         return old, None
-    new = new._with(num_events=old.num_events + 1)
-    workers = tuple((i, new.workers[i]) for i in replaced(new.workers, old.workers))
-    return new, Changes(tuple(added), workers, new.mutator_state, new.num_events, now)
+    num_events = old.num_events + 1
+    new_workers, mutator_state = new.workers, new.mutator_state
+    new = _population_state(new_workers, mutator_state, new.key, new.history, num_events)
+    if workers is None:
+        if new_workers is old.workers:
+            workers = ()
+        else:
+            workers = tuple([(i, new_workers[i]) for i in replaced(new_workers, old.workers)])
+    return new, _changes(tuple(added), workers, mutator_state, num_events, now)
 
 
 def redo(state: PopulationState, changes: Changes) -> PopulationState:
@@ -365,7 +421,7 @@ def ask(
         added.extend(result[2])
     assigned = new.workers[worker_id]
     if assigned.status == GONE:  # it asks: it is alive
-        assigned = assigned.replace(status=ACTIVE)
+        assigned = _with_status(assigned, ACTIVE)
         workers = new.workers
         new = new._with(workers=(*workers[:worker_id], assigned, *workers[worker_id + 1 :]))
     generation_id = event.generation_id
@@ -378,7 +434,7 @@ def ask(
         reply_worker = None if assigned.status == ACTIVE else assigned
         holds = None if reply_worker is not None else mutator.holds
         if holds is not None and holds(new.mutator_state, new.workers, new.history, worker_id):
-            reply_worker = assigned.replace(status=WAITING)
+            reply_worker = _with_status(assigned, WAITING)
     elif generation_id not in new.history:
         reply_worker = assigned
         warning = (
@@ -404,7 +460,8 @@ def set_eval(
     step = _check_step(event.step)
     value = as_value(event.value)
     generation_id = event.generation_id
-    if generation_id is None or generation_id == "" or generation_id not in state.history:
+    history = state.history
+    if generation_id is None or generation_id == "" or generation_id not in history:
         return state, Reply(
             warning=(
                 f"set_eval from worker {worker_id} for generation {generation_id!r}, which "
@@ -412,29 +469,44 @@ def set_eval(
                 "worker's data first with maybe_get_worker_data)"
             )
         )
-    history, workers = state.history, state.workers
+    workers = state.workers
     assigned = workers[worker_id]
     advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
     params = copy_in(event.params)  # the caller's objects stay the caller's
-    if existing is not None:
-        checkpoint = existing.replace(params=params, value=value, time=now)
+    if existing is not None:  # existing.replace(params=params, value=value, time=now)
+        checkpoint = Checkpoint(
+            params,
+            existing.meta_params,
+            existing.generation_id,
+            value,
+            existing.parent,
+            existing.step,
+            now,
+        )
+    elif advances and history.get_checkpoint(generation_id, assigned.step) is not None:
+        # trained from where the worker was sent, not from an abandoned earlier run
+        parent = (generation_id, assigned.step)
+        meta_params = history.meta_params(generation_id)
+        checkpoint = Checkpoint(params, meta_params, generation_id, value, parent, step, now)
     else:
         checkpoint = history.continuation(generation_id, step, params, value, now)
-        if advances and history.get_checkpoint(generation_id, assigned.step) is not None:
-            # trained from where the worker was sent, not from an abandoned earlier run
-            checkpoint = checkpoint.replace(parent=(generation_id, assigned.step))
+    moved: tuple[tuple[int, ActiveWorker], ...] = ()  # the assignment this report changed
     if advances:  # the worker's assignment follows its progress (and it is active)
-        moved = ActiveWorker(params, assigned.meta_params, generation_id, step)
-        workers = (*workers[:worker_id], moved, *workers[worker_id + 1 :])
+        worker = _active_worker(params, assigned.meta_params, generation_id, step, ACTIVE)
+        moved = ((worker_id, worker),)
+        workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
     elif assigned.status != ACTIVE and assigned.generation_id == generation_id:
-        back = assigned.replace(status=ACTIVE)  # a finished or gone worker reports again
-        workers = (*workers[:worker_id], back, *workers[worker_id + 1 :])
+        worker = _with_status(assigned, ACTIVE)  # a finished or gone worker reports again
+        moved = ((worker_id, worker),)
+        workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
     new = state._with(history=history.add(checkpoint), workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
     new = _apply_mutator(new, *result, who="mutator.update")
-    new, changes = _finish(state, new, [checkpoint, *result[2]], now)
-    return new, Reply(checkpoint=checkpoint, changes=changes)
+    # the mutator kept the assignments it was given: only this report's changed
+    changed = moved if new.workers is workers else None
+    new, changes = _finish(state, new, [checkpoint, *result[2]], now, changed)
+    return new, Reply(None, checkpoint, None, changes)  # (worker, checkpoint, warning, changes)
 
 
 def report(
@@ -558,7 +630,7 @@ def _set_status(
     if not changed:
         return state, None
     workers = tuple(
-        w.replace(status=changed[i]) if i in changed else w for i, w in enumerate(state.workers)
+        _with_status(w, changed[i]) if i in changed else w for i, w in enumerate(state.workers)
     )
     new = state._with(workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)

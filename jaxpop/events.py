@@ -63,3 +63,38 @@ class Finish:
 
 
 Event = Ask | Eval | Missing | Finish
+
+
+# Hot-path constructors for the controller (one event per call): the ``__init__`` of a
+# frozen dataclass sets each field through ``object.__setattr__``; filling the new
+# instance's ``__dict__`` in field order builds the same event in a third of the time.
+def _ask(
+    params: Params,
+    meta_params: MetaParams,
+    worker_id: WorkerId,
+    generation_id: GenerationId | None,
+    step: int,
+) -> Ask:
+    """``Ask(params, meta_params, worker_id, generation_id, step)``."""
+    event = object.__new__(Ask)
+    fields = event.__dict__
+    fields["params"] = params
+    fields["meta_params"] = meta_params
+    fields["worker_id"] = worker_id
+    fields["generation_id"] = generation_id
+    fields["step"] = step
+    return event
+
+
+def _eval(
+    params: Params, worker_id: WorkerId, generation_id: GenerationId | None, step: int, value: float
+) -> Eval:
+    """``Eval(params, worker_id, generation_id, step, value)``."""
+    event = object.__new__(Eval)
+    fields = event.__dict__
+    fields["params"] = params
+    fields["worker_id"] = worker_id
+    fields["generation_id"] = generation_id
+    fields["step"] = step
+    fields["value"] = value
+    return event

@@ -19,7 +19,7 @@ import dataclasses
 import math
 import weakref
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import immutables
 import jax
@@ -58,15 +58,15 @@ def _insert_descending(steps: _Steps, step: int) -> _Steps:
     return result
 
 
-@dataclasses.dataclass(frozen=True)
-class _Generation:
+class _Generation(NamedTuple):  # a tuple: built at every add, cheaper than a dataclass
     checkpoints: immutables.Map  # step -> Checkpoint
     steps: _Steps  # descending
     first_step: int
-    index: int  # creation order among generations
+    order: int  # creation order among generations (not "index": a tuple method)
 
 
 _BATCH = 3  # add_all of this many checkpoints or more builds in one pass
+_NO_CHECKPOINTS: immutables.Map = immutables.Map()  # immutable: new generations share it
 
 
 def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
@@ -77,13 +77,27 @@ def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
     step = checkpoint.step
     gen = generations.get(checkpoint.generation_id)
     if gen is None:
-        gen = _Generation(immutables.Map(), None, step, len(generations))
-    replaced = step in gen.checkpoints
-    steps = gen.steps if replaced else _insert_descending(gen.steps, step)
-    gen = _Generation(
-        gen.checkpoints.set(step, checkpoint), steps, min(step, gen.first_step), gen.index
-    )
-    return gen, replaced
+        checkpoints = _NO_CHECKPOINTS.set(step, checkpoint)
+        return _Generation(checkpoints, (step, None), step, len(generations)), False
+    checkpoints, steps, first_step, order = gen
+    if step in checkpoints:
+        return _Generation(checkpoints.set(step, checkpoint), steps, first_step, order), True
+    steps = _insert_descending(steps, step)
+    first_step = min(step, first_step)
+    return _Generation(checkpoints.set(step, checkpoint), steps, first_step, order), False
+
+
+def _history(generations: Any, num_checkpoints: int, mode: Mode, made_from: Any) -> History:
+    """``History(generations, num_checkpoints, mode, made_from)`` for a ``mode`` already
+    checked, built by filling ``__dict__``: a frozen dataclass's ``__init__`` sets each
+    field through ``object.__setattr__`` and checks the mode, at every event's add."""
+    history = object.__new__(History)
+    fields = history.__dict__
+    fields["_generations"] = generations
+    fields["num_checkpoints"] = num_checkpoints
+    fields["mode"] = mode
+    fields["_made_from"] = made_from
+    return history
 
 
 class GenerationView(Mapping[int, Checkpoint]):
@@ -203,10 +217,11 @@ class History(Mapping[str, GenerationView]):
         The first checkpoint added for a generation fixes its place in the creation
         order. Costs O(log n); ``self`` is unchanged.
         """
-        gen, replaced = _put(self._generations, checkpoint)
-        return History(
-            self._generations.set(checkpoint.generation_id, gen),
-            self.num_checkpoints + (0 if replaced else 1),
+        generations = self._generations
+        gen, replaced = _put(generations, checkpoint)
+        return _history(
+            generations.set(checkpoint.generation_id, gen),
+            self.num_checkpoints if replaced else self.num_checkpoints + 1,
             self.mode,
             (weakref.ref(self), checkpoint),
         )
@@ -243,17 +258,17 @@ class History(Mapping[str, GenerationView]):
         generation's previous checkpoint (or, below the generation's first step, the
         generation's branch point).
         """
-        previous = self.previous(generation_id, step)
-        parent = previous.ref if previous is not None else self.branch_point(generation_id)
-        return Checkpoint(
-            params=params,
-            meta_params=self.meta_params(generation_id),
-            generation_id=generation_id,
-            value=value,
-            parent=parent,
-            step=step,
-            time=time,
-        )
+        # previous(), branch_point() and meta_params() from one lookup of the generation
+        gen = self._generations.get(generation_id)
+        if gen is None:
+            raise KeyError(generation_id)
+        checkpoints, newest = gen.checkpoints, gen.steps
+        node = newest
+        while node is not None and node[0] >= step:
+            node = node[1]
+        parent = checkpoints[gen.first_step].parent if node is None else checkpoints[node[0]].ref
+        meta_params = checkpoints[newest[0]].meta_params
+        return Checkpoint(params, meta_params, generation_id, value, parent, step, time)
 
     def add_all(self, checkpoints) -> History:
         """Returns a history that also holds every checkpoint in ``checkpoints``.
@@ -291,7 +306,7 @@ class History(Mapping[str, GenerationView]):
 
     def __iter__(self) -> Iterator[str]:
         """Generation ids in the order they were created."""
-        items = sorted(self._generations.items(), key=lambda kv: kv[1].index)
+        items = sorted(self._generations.items(), key=lambda kv: kv[1].order)
         return iter([gen_id for gen_id, _ in items])
 
     def __eq__(self, other: object) -> bool:

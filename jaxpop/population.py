@@ -38,7 +38,7 @@ from jaxpop.distributed.courier import (
     start_courier_server,
     uniquify_server_name,
 )
-from jaxpop.events import Ask, Eval, Event, Finish, Missing
+from jaxpop.events import Event, Finish, Missing, _ask, _eval
 from jaxpop.history import History
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import DecisionCounts, Mutator, check_number, decision_counts
@@ -291,7 +291,7 @@ class PopulationController:
         with self._lock:  # step=None is resolved against the state the ask meets
             if step is None:
                 step = self._known_step(worker_id, generation_id)
-            reply = self._apply(Ask(params, meta_params, worker_id, generation_id, step))
+            reply = self._apply(_ask(params, meta_params, worker_id, generation_id, step))
         return _copy_out(reply.worker)
 
     def set_eval(
@@ -311,7 +311,7 @@ class PopulationController:
         is stored but never wins a selection. An evaluation for a generation this
         controller never made is logged as a warning and ignored.
         """
-        event = Eval(params, worker_id, generation_id, step, core.as_value(value))
+        event = _eval(params, worker_id, generation_id, step, core.as_value(value))
         self._apply(event)
 
     def set_eval_and_ask(

@@ -99,7 +99,6 @@ class BranchingState(NamedTuple):
     pos: CheckpointRef | None = None
 
 
-
 encoding.register_record(BranchingState, "jaxpop.BranchingState")
 
 

@@ -133,7 +133,6 @@ class WinnerTakeAllState(NamedTuple):
     num_copies: int = 0
 
 
-
 encoding.register_record(WinnerTakeAllState, "jaxpop.WinnerTakeAllState")
 
 
@@ -192,10 +191,12 @@ def _update(
 ) -> MutatorResult:
     state = _as_state(state)
     view = views.view(state, workers, history)
-    live = np.flatnonzero(view["active"]).tolist()  # not finished or gone
-    if not live or not view["ready"][live].all():
+    active = view["active"]  # not finished or gone
+    # the round ends when every active worker is past its interval (and one is active)
+    if (not view["ready"].all() and (active > view["ready"]).any()) or not active.any():
         views.keep(view)
         return state, workers, ()
+    live = np.flatnonzero(active).tolist()
     scores = [_score(config, _counted(config, history, workers[i].generation_id)) for i in live]
     best = live[int(np.argmin(scores))]
     best_score = min(scores)
