@@ -21,6 +21,8 @@ __all__ = ["HostRandom"]
 
 _WORDS = struct.Struct("<8Q")
 _SCALE = 2.0**-53
+_UINT32 = np.dtype(np.uint32)
+_LITTLE_UINT32 = np.dtype("<u4")
 
 
 class HostRandom:
@@ -32,35 +34,58 @@ class HostRandom:
     True
     """
 
-    __slots__ = ("_buffer", "_counter", "_prefix")
+    __slots__ = ("_block", "_counter", "_next", "_prefix", "_words")
 
     def __init__(self, key: RawKey, stream: int = 0):
-        self._prefix = np.asarray(key, np.uint32).tobytes() + int(stream).to_bytes(
-            8, "little", signed=True
-        )
-        self._counter = 0
-        self._buffer: list[int] = []
+        if type(key) is np.ndarray and key.dtype is _UINT32:  # the usual case: no conversion
+            key_bytes = key.tobytes()
+        else:
+            key_bytes = np.asarray(key, np.uint32).tobytes()
+        self._prefix = key_bytes + int(stream).to_bytes(8, "little", signed=True)
+        self._counter = 0  # blocks hashed so far
+        self._block = b""  # the last one's digest (eight little-endian 64-bit words),
+        self._words: tuple[int, ...] = ()  # the same words as ints,
+        self._next = 0  # of which the first _next are used
+
+    def _refill(self) -> None:
+        data = self._prefix + self._counter.to_bytes(8, "little")
+        self._counter += 1
+        self._block = hashlib.blake2b(data).digest()  # blake2b's default: 64 bytes
+        self._words = _WORDS.unpack(self._block)
+        self._next = 0
 
     def _word(self) -> int:
-        if not self._buffer:
-            block = self._prefix + self._counter.to_bytes(8, "little")
-            self._counter += 1
-            self._buffer = list(_WORDS.unpack(hashlib.blake2b(block, digest_size=64).digest()))
-            self._buffer.reverse()
-        return self._buffer.pop()
+        if self._next == len(self._words):
+            self._refill()
+        i = self._next
+        self._next = i + 1
+        return self._words[i]
 
     def random(self) -> float:
         """One uniform float in ``[0, 1)`` (53 random bits)."""
-        return (self._word() >> 11) * _SCALE
+        if self._next == len(self._words):  # _word(), inlined: this is the hot path
+            self._refill()
+        i = self._next
+        self._next = i + 1
+        return (self._words[i] >> 11) * _SCALE
 
     def randrange(self, n: int) -> int:
         """A uniform integer in ``[0, n)`` (``n`` at most ``2**53``)."""
         if not 0 < n <= 2**53:
             raise ValueError(f"randrange needs 0 < n <= 2**53, got {n}")
-        return min(int(self.random() * n), n - 1)
+        return min(int((self._word() >> 11) * _SCALE * n), n - 1)  # random() * n, one call less
 
     def raw_keys(self, num: int) -> np.ndarray:
         """``num`` raw keys, ``uint32[num, 2]`` (for functions that take a jax key)."""
+        if self._next == len(self._words):
+            self._refill()
+        i = self._next
+        if type(num) is int and 0 < num <= len(self._words) - i:  # the usual case
+            self._next = i + num
+            # key k is word i + k's high 32 bits, then its low 32 bits: read in place from
+            # the digest (a column stride of -4 bytes), then copied
+            view = np.ndarray((num, 2), _LITTLE_UINT32, self._block, 8 * i + 4, (8, -4))
+            return view.astype(np.uint32)
         words = [self._word() for _ in range(num)]
         return np.array([(w >> 32, w & 0xFFFFFFFF) for w in words], np.uint32).reshape(num, 2)
 

@@ -46,8 +46,14 @@ DEFAULT_FACTORS = (0.8, 1.2)
 
 
 # -- the space leaves ---------------------------------------------------------------------
+class _Leaf:
+    """The base of the four leaves below: ``isinstance(x, _Leaf)`` is one quick check."""
+
+    __slots__ = ()
+
+
 @dataclasses.dataclass(frozen=True)
-class Uniform:
+class Uniform(_Leaf):
     """A float in ``[low, high]``, sampled uniformly. Build with :func:`uniform`."""
 
     low: float
@@ -55,7 +61,7 @@ class Uniform:
 
 
 @dataclasses.dataclass(frozen=True)
-class LogUniform:
+class LogUniform(_Leaf):
     """A float in ``[low, high]`` (``low > 0``), sampled uniformly in ``log``."""
 
     low: float
@@ -63,7 +69,7 @@ class LogUniform:
 
 
 @dataclasses.dataclass(frozen=True)
-class RandInt:
+class RandInt(_Leaf):
     """An integer in ``[low, high)``, sampled uniformly. Build with :func:`randint`."""
 
     low: int
@@ -71,7 +77,7 @@ class RandInt:
 
 
 @dataclasses.dataclass(frozen=True)
-class Choice:
+class Choice(_Leaf):
     """One of ``values`` (a tuple), sampled uniformly. Build with :func:`choice`."""
 
     values: tuple
@@ -83,7 +89,6 @@ class Choice:
 
 Space = Uniform | LogUniform | RandInt | Choice
 _Numeric = Uniform | LogUniform | RandInt
-_LEAVES = (Uniform, LogUniform, RandInt, Choice)
 
 
 def _is_number(v: Any) -> bool:
@@ -153,7 +158,7 @@ def is_space(x: Any) -> bool:
     >>> is_space(choice([32, 64])), is_space(0.5)  # a number in a space is a constant
     (True, False)
     """
-    return isinstance(x, _LEAVES)
+    return isinstance(x, _Leaf)
 
 
 # -- walking a space ---------------------------------------------------------------------
@@ -166,16 +171,17 @@ def _where(path: Path) -> str:
 
 def _leaves(space: Any, meta: Any, path: Path, out: list) -> None:
     """Appends ``(path, leaf_space, value)`` for every space leaf, in the space's order."""
-    if isinstance(space, _LEAVES):
+    if isinstance(space, _Leaf):
         out.append((path, space, meta))
-    elif isinstance(space, Mapping):
-        if meta is not _NO_VALUE and not isinstance(meta, Mapping):
+    elif _is_mapping(space):
+        meta_is_mapping = _is_mapping(meta)
+        if meta is not _NO_VALUE and not meta_is_mapping:
             raise TypeError(
                 f"{_where(path)} is a {type(meta).__name__}, but the space has a dict "
                 f"there (keys {list(space)})"
             )
         for k, sub in space.items():
-            if isinstance(meta, Mapping) and k in meta:
+            if meta_is_mapping and k in meta:
                 value = meta[k]
             elif meta is _NO_VALUE or not _has_leaves(sub):
                 value = _NO_VALUE  # (a constant needs no initial value)
@@ -184,7 +190,10 @@ def _leaves(space: Any, meta: Any, path: Path, out: list) -> None:
                     f"{_where((*path, k))} is missing: the space explores it; add an initial "
                     "value to every worker's meta_params (or draw them with sample)"
                 )
-            _leaves(sub, value, (*path, k), out)
+            if isinstance(sub, _Leaf):  # the first branch above, without a call
+                out.append(((*path, k), sub, value))
+            else:
+                _leaves(sub, value, (*path, k), out)
     elif isinstance(space, (list, tuple, set, frozenset)):
         raise TypeError(
             f"the space holds a {type(space).__name__} at {_where(path)}: write choice([...]) "
@@ -192,19 +201,26 @@ def _leaves(space: Any, meta: Any, path: Path, out: list) -> None:
         )
 
 
+def _is_mapping(x: Any) -> bool:
+    return type(x) is dict or isinstance(x, Mapping)  # (a plain dict without the ABC check)
+
+
 def _has_leaves(space: Any) -> bool:
-    if isinstance(space, _LEAVES):
+    if isinstance(space, _Leaf):
         return True
     return isinstance(space, Mapping) and any(_has_leaves(sub) for sub in space.values())
 
 
 def _rebuild(space: Any, meta: Any, new: Any) -> Any:
     """``meta`` with every space leaf replaced by ``next(new)`` and constants set."""
-    if isinstance(space, _LEAVES):
+    if isinstance(space, _Leaf):
         return next(new)
-    if isinstance(space, Mapping):
+    if _is_mapping(space):
         out = {} if meta is _NO_VALUE else dict(meta)
         for k, sub in space.items():
+            if isinstance(sub, _Leaf):  # the first branch above, without a call
+                out[k] = next(new)
+                continue
             value = _NO_VALUE if meta is _NO_VALUE or k not in meta else meta[k]
             out[k] = _rebuild(sub, value, new)
         if meta is not _NO_VALUE and not isinstance(meta, dict):
@@ -229,21 +245,20 @@ def _uniform_draws(key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple
 
 
 def _is_traced(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
+    # a numpy array (the usual host key) never is: no isinstance check for it
+    return type(x) is not np.ndarray and isinstance(x, jax.core.Tracer)
+
+
+_UINT32 = np.dtype(np.uint32)
 
 
 def _host_key(key: Any) -> np.ndarray:
     """A raw ``uint32[2]`` key on the host, from a raw or typed key."""
-    if type(key) is np.ndarray and key.dtype == np.uint32:
+    if type(key) is np.ndarray and key.dtype is _UINT32:  # the usual case
         return key
     if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     return np.asarray(key, np.uint32)
-
-
-def _is_python(value: Any) -> bool:
-    """A Python scalar: a number, or a choice's string, bool or ``None``."""
-    return value is None or isinstance(value, (int, float, str))
 
 
 def _on_device(key: Any, leaves: list) -> bool:
@@ -254,6 +269,8 @@ class _Scalars:
     """The functions the leaf formulas take from numpy, on Python numbers: the usual
     host case (scalar hyperparameters), where numpy's per-call overhead on 0-d values is
     many times the arithmetic. Same IEEE double arithmetic, same rounding (half to even)."""
+
+    __slots__ = ()  # (no instance dict to look in first: quicker ``xp.clip``)
 
     @staticmethod
     def clip(x: float, low: float, high: float) -> float:
@@ -295,9 +312,9 @@ def _sample_numeric(space: _Numeric, u: Any, xp: Any) -> Any:
 
 
 def _factor(u: Any, factors: tuple[float, ...], xp: Any) -> Any:
+    if xp is _SCALARS:  # the line below on a Python float, without the calls through xp
+        return factors[min(max(math.floor(u * len(factors)), 0), len(factors) - 1)]
     index = _index(xp.clip(xp.floor(u * len(factors)), 0, len(factors) - 1), xp)
-    if xp is _SCALARS:
-        return factors[index]
     return xp.asarray(factors, dtype=u.dtype)[index]
 
 
@@ -324,6 +341,10 @@ def _nearest_index(values: Any, x: Any, xp: Any) -> Any:
 
 def _neighbour(index: Any, u: Any, n: int, xp: Any) -> Any:
     """One step left or right (each with probability 1/2), reflected at the ends."""
+    if xp is _SCALARS:  # the lines below on Python ints, without the calls through xp
+        step = -1 if u < 0.5 else 1
+        moved = index + step if 0 <= index + step < n else index - step
+        return min(max(moved, 0), n - 1)
     step = xp.where(u < 0.5, -1, 1)
     moved = index + step
     moved = xp.where((moved < 0) | (moved >= n), index - step, moved)
@@ -332,8 +353,9 @@ def _neighbour(index: Any, u: Any, n: int, xp: Any) -> Any:
 
 def _host_choice_index(space: Choice, value: Any, path: Path) -> int | None:
     """The index of ``value`` in the list (exact match, else nearest number), or None."""
+    value_is_number = _is_number(value)
     for i, v in enumerate(space.values):
-        if _is_number(v) == _is_number(value) and v == value:
+        if _is_number(v) == value_is_number and v == value:
             return i
     if space.numeric and _is_number(value):
         return int(np.argmin([abs(float(v) - float(value)) for v in space.values]))
@@ -367,6 +389,8 @@ def _leaf(
         kept = _perturb_numeric(space, value, u[2], factors, xp)
     if op == "perturb" or probability <= 0:
         return kept
+    if xp is _SCALARS:  # a Python branch: the fresh value is computed only when chosen
+        return _sample_numeric(space, u[1], xp) if u[0] < probability else kept
     return xp.where(u[0] < probability, _sample_numeric(space, u[1], xp), kept)
 
 
@@ -382,7 +406,7 @@ def _choice_leaf(
                 "cannot be sampled with a traced key"
             )
         return fresh
-    if xp is jnp or np.ndim(value) > 0:
+    if xp is jnp or (xp is not _SCALARS and np.ndim(value) > 0):
         if not space.numeric:
             raise TypeError(
                 f"{_where(path)}: a choice between non-numbers ({list(space.values)!r:.80}) "
@@ -413,6 +437,15 @@ def _clip_index(index: Any, n: int, xp: Any) -> Any:
 
 
 # -- turning a leaf's result into the value's own kind -----------------------------------
+def _finish_scalar(space: Space, new: Any, value: Any) -> Any:
+    """:func:`_finish_host` for a Python value (or none): a Python scalar."""
+    if isinstance(value, np.generic):  # np.float64 and np.str_ pass for Python scalars
+        return _finish_host(space, new, value)
+    if isinstance(space, Choice):
+        return space.values[int(new)]
+    return int(new) if isinstance(space, RandInt) else float(new)
+
+
 def _finish_host(space: Space, new: Any, value: Any) -> Any:
     if isinstance(space, Choice):
         if np.ndim(new) == 0 and not isinstance(value, (np.ndarray, np.generic)):
@@ -486,41 +519,68 @@ def _apply(
     _leaves(space, meta, (), leaves)
     for path, leaf_space, value in leaves:
         _check_value(leaf_space, value, path)
-    scalars = not _is_traced(key) and all(v is _NO_VALUE or _is_python(v) for _, _, v in leaves)
-    device = not scalars and _on_device(key, leaves)
-    xp: Any = jnp if device else _SCALARS if scalars else np
-    if scalars:
-        shapes: tuple = ((),) * len(leaves)
+    if not _is_traced(key) and _all_python(leaves):
+        new = _apply_scalars(op, key, leaves, probability, factors)
     else:
-        shapes = tuple(() if v is _NO_VALUE else tuple(np.shape(v)) for _, _, v in leaves)
+        new = _apply_arrays(op, key, leaves, probability, factors)
+    return _rebuild(space, meta, iter(new))
+
+
+def _all_python(leaves: list) -> bool:
+    """Whether every value is absent or a Python scalar: a number, or a choice's string,
+    bool or ``None``."""
+    for _, _, value in leaves:
+        if not (value is _NO_VALUE or value is None or isinstance(value, (int, float, str))):
+            return False
+    return True
+
+
+def _apply_scalars(
+    op: str, key: Any, leaves: list, probability: float, factors: tuple[float, ...]
+) -> list:
+    """The new values of the leaves, all Python values (or none): the usual host case."""
+    # hashed draws, no dispatch (see jaxpop.mutators._host_random): three per leaf, in the
+    # leaves' order (the same draws as drawing them all first: the formulas draw nothing)
+    random = None if op == "clip" or not leaves else HostRandom(_host_key(key)).random
+    new = []
+    for path, leaf_space, value in leaves:
+        u = None if random is None else (random(), random(), random())
+        x = value if value is _NO_VALUE or isinstance(leaf_space, Choice) else float(value)
+        result = _leaf(op, leaf_space, x, u, _SCALARS, path, probability, factors)
+        new.append(_finish_scalar(leaf_space, result, value))
+    return new
+
+
+def _apply_arrays(
+    op: str, key: Any, leaves: list, probability: float, factors: tuple[float, ...]
+) -> list:
+    """The new values of the leaves, some numpy or jax values, or under a traced key."""
+    device = _on_device(key, leaves)
+    xp: Any = jnp if device else np
+    shapes = tuple(() if v is _NO_VALUE else tuple(np.shape(v)) for _, _, v in leaves)
     if op == "clip" or not leaves:
         draws: Sequence[Any] = [None] * len(leaves)
     elif device:
         draws = _uniform_draws(key, shapes)
     else:  # host: hashed draws, no dispatch (see jaxpop.mutators._host_random)
         rng = HostRandom(_host_key(key))
-        if scalars:
-            draws = [(rng.random(), rng.random(), rng.random()) for _ in shapes]
-        else:
-            draws = [rng.uniforms((3, *s)) for s in shapes]
+        draws = [rng.uniforms((3, *s)) for s in shapes]
     new = []
     for (path, leaf_space, value), u in zip(leaves, draws, strict=True):
         x = value
-        if x is _NO_VALUE or isinstance(leaf_space, Choice):
-            pass
-        elif scalars:
-            x = float(x)
-        else:
+        if x is not _NO_VALUE and not isinstance(leaf_space, Choice):
             x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
             if device and not jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(jnp.asarray(0.0).dtype)
         result = _leaf(op, leaf_space, x, u, xp, path, probability, factors)
         finish = _finish_device if device else _finish_host
         new.append(finish(leaf_space, result, value))
-    return _rebuild(space, meta, iter(new))
+    return new
 
 
 def _check_probability(p: float) -> float:
+    if type(p) is float and 0.0 <= p <= 1.0:  # the usual case, checked without the ABC checks
+        return p
     if _is_traced(p) or not _is_number(p) or not 0.0 <= p <= 1.0:
         raise ValueError(f"resample_probability must be a number in [0, 1], got {p!r}")
     return float(p)
@@ -528,7 +588,7 @@ def _check_probability(p: float) -> float:
 
 def _check_factors(factors: Sequence[float]) -> tuple[float, ...]:
     factors = tuple(factors)
-    if factors and all(type(f) is float and 0.0 < f < math.inf for f in factors):
+    if factors and _all_positive_floats(factors):
         return factors  # the usual case, checked without the ABC checks
     if not factors or not all(_is_number(f) and math.isfinite(f) and f > 0 for f in factors):
         raise ValueError(
@@ -536,6 +596,13 @@ def _check_factors(factors: Sequence[float]) -> tuple[float, ...]:
             f"got {factors!r}"
         )
     return tuple(float(f) for f in factors)
+
+
+def _all_positive_floats(xs: tuple) -> bool:
+    for x in xs:  # noqa: SIM110 (all() over a generator costs more than these checks)
+        if not (type(x) is float and 0.0 < x < math.inf):
+            return False
+    return True
 
 
 # -- the public operations ------------------------------------------------------------------
