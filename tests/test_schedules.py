@@ -17,19 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from mutator_registry import MUTATORS, NAMES
 from test_properties import OPS, SETTINGS, Checker, check_run, population
 
+from conftest import FakeClock
 from jaxpop import PopulationController
 from jaxpop import schedules as S
 from jaxpop.history import History
 from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
-from jaxpop.mutators import (
-    BranchingSingleMachine,
-    FixedSchedule,
-    PopulationBasedTraining,
-    WinnerTakeAllGenetic,
-    explore,
-)
+from jaxpop.mutators import FixedSchedule
 from jaxpop.records import Checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -354,7 +350,7 @@ def test_fixed_schedule_callable_properties(n, every, period, restarts, ops):
     def schedule(step):
         return {"h": float((step // period) % 3)}
 
-    checker = Checker(has_hook=True, strict_chain=not restarts)
+    checker = Checker(strict_chain=not restarts)
     check_run(FixedSchedule(schedule, every=every), population(n), ops, checker, restarts=restarts)
 
 
@@ -455,31 +451,14 @@ def test_from_lineage_errors():
 H_VALUES = (0.0, 1.0, 2.0)
 
 
-def keyed_choice(meta, key):
-    return {"h": H_VALUES[int(np.random.default_rng(key).integers(3))]}
-
-
-def branch(meta, direction, phase_index):
-    return {"h": meta["h"] + (1.0 if direction == "pos" else -1.0)}
-
-
-MUTATORS = {
-    "pbt": lambda k: PopulationBasedTraining(
-        perturbation_interval=k, hyperparam_space={"h": explore.choice(H_VALUES)}
-    ),
-    "pbt_synch": lambda k: PopulationBasedTraining(
-        perturbation_interval=k, hyperparam_space={"h": explore.choice(H_VALUES)}, synch=True
-    ),
-    "wta": lambda k: WinnerTakeAllGenetic(keyed_choice, steps_per_exploit=k),
-    "branching": lambda k: BranchingSingleMachine(branch, exploit_steps=k, explore_steps=k),
-}
-
-
 def run_population(mutator, n, order, values, eval_every, seed):
     """Simulated workers whose params are the tuple of meta_params that trained them."""
-    pop = PopulationController([{"h": H_VALUES[i % 3]} for i in range(n)], mutator, seed=seed)
+    clock = FakeClock()  # a second a move (a mutator may decide by the clock)
+    meta = [{"h": H_VALUES[i % 3]} for i in range(n)]
+    pop = PopulationController(meta, mutator, seed=seed, clock=clock)
     sims = [{"gen": None, "step": 0, "params": (), "meta": None} for _ in range(n)]
     for i, w in enumerate(order):
+        clock.advance(1.0)
         w %= n
         sim = sims[w]
         data = pop.maybe_get_worker_data(w, sim["gen"], sim["step"], sim["params"], sim["meta"])
@@ -493,10 +472,10 @@ def run_population(mutator, n, order, values, eval_every, seed):
     return pop
 
 
-@settings(SETTINGS, max_examples=40)
+@pytest.mark.parametrize("name", NAMES)  # every mutator of tests/mutator_registry.py
+@settings(SETTINGS, max_examples=5)
 @given(
-    name=st.sampled_from(sorted(MUTATORS)),
-    n=st.integers(2, 4),
+    n=st.integers(0, 2),
     k=st.integers(1, 4),
     eval_every=st.integers(1, 3),
     seed=st.integers(0, 2**16),
@@ -508,9 +487,9 @@ def run_population(mutator, n, order, values, eval_every, seed):
 def test_from_lineage_matches_every_checkpoints_real_trajectory(
     name, n, k, eval_every, seed, order, values
 ):
-    if name == "branching":
-        n = 1
-    pop = run_population(MUTATORS[name](k), n, order, values, eval_every, seed)
+    spec = MUTATORS[name]
+    n = spec.sizes[n % len(spec.sizes)]
+    pop = run_population(spec.make(k), n, order, values, eval_every, seed)
     history = pop.history
     checked = 0
     for c in history.checkpoints():  # each checkpoint's params record what trained it

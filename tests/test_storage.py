@@ -9,40 +9,15 @@ import zlib
 
 import numpy as np
 import pytest
+from mutator_registry import MUTATORS, NAMES
 
 from conftest import FakeClock
 from jaxpop import PopulationController, encoding, storage
-from jaxpop.mutators import (
-    BranchingSingleMachine,
-    FixedSchedule,
-    PopulationBasedTraining,
-    WinnerTakeAllGenetic,
-    explore,
-)
+from jaxpop.mutators import FixedSchedule, WinnerTakeAllGenetic
 
 
 def _mutate(meta, key):
     return {"h": meta["h"] + 0.3 * float(np.random.default_rng(key).normal())}
-
-
-MUTATORS = {
-    "wta": (lambda: WinnerTakeAllGenetic(_mutate, steps_per_exploit=10), 3),
-    "fixed": (lambda: FixedSchedule({0: {"h": 1.0}, 20: {"h": 0.5}, 60: {"h": 0.1}}), 2),
-    "pbt": (
-        lambda: PopulationBasedTraining(
-            perturbation_interval=10,
-            hyperparam_space={"h": explore.uniform(0.0, 2.0)},
-            quantile_fraction=0.5,
-        ),
-        4,
-    ),
-    "branching": (
-        lambda: BranchingSingleMachine(
-            lambda m, d, i, key: {"h": m["h"] + (0.2 if d == "pos" else -0.2)}, 10, 5
-        ),
-        1,
-    ),
-}
 
 
 def _encoded(state):
@@ -65,14 +40,17 @@ class Workers:
 
 
 def _make(kind, log_dir, clock, **kw):
-    factory, n = MUTATORS[kind]
-    return PopulationController([{"h": 1.0}] * n, factory(), log_dir, seed=5, clock=clock, **kw)
+    spec = MUTATORS[kind]  # the workers report every 5 steps: decide every 10
+    mutator = spec.make(10)
+    return PopulationController(
+        [{"h": 1.0}] * spec.sizes[-1], mutator, log_dir, seed=5, clock=clock, **kw
+    )
 
 
-@pytest.mark.parametrize("kind", sorted(MUTATORS))
+@pytest.mark.parametrize("kind", NAMES)  # every mutator of tests/mutator_registry.py
 @pytest.mark.parametrize("restart_every", [1, 7, 25])
 def test_restart_equivalence(tmp_path, kind, restart_every):
-    n = MUTATORS[kind][1]
+    n = MUTATORS[kind].sizes[-1]
     clock = FakeClock()
     reference = _make(kind, None, clock)
     workers = Workers(n)
