@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import struct
+import time
 
 import pytest
 
@@ -110,9 +111,23 @@ def offline(monkeypatch, tmp_path):
     return tmp_path
 
 
-def _runs(log_dir):
-    runs = [_Run(d) for d in sorted(glob.glob(os.path.join(log_dir, "wandb", "offline-run-*")))]
-    return {r.run.display_name: r for r in runs}
+def _runs(log_dir, timeout_s=30.0):
+    """Every offline run in ``log_dir`` by name, once each one's transaction log holds
+    its run record: W&B's service process may still be writing the file when
+    ``run.finish()`` has returned (seen on a loaded machine)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        dirs = sorted(glob.glob(os.path.join(log_dir, "wandb", "offline-run-*")))
+        try:
+            runs = [_Run(d) for d in dirs]
+            complete = all(hasattr(r, "run") for r in runs)
+        except (ValueError, AssertionError):  # a log file not there, or not begun, yet
+            if time.monotonic() > deadline:
+                raise
+            complete = False
+        if complete or time.monotonic() > deadline:
+            return {r.run.display_name: r for r in runs}
+        time.sleep(0.1)
 
 
 def test_one_run_per_worker_grouped_with_exploits_and_the_best_schedule(offline):
