@@ -506,7 +506,7 @@ def set_eval(
     # the mutator kept the assignments it was given: only this report's changed
     changed = moved if new.workers is workers else None
     new, changes = _finish(state, new, [checkpoint, *result[2]], now, changed)
-    return new, Reply(None, checkpoint, None, changes)  # (worker, checkpoint, warning, changes)
+    return new, Reply(checkpoint=checkpoint, changes=changes)
 
 
 def report(

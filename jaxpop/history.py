@@ -87,6 +87,14 @@ def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
     return _Generation(checkpoints.set(step, checkpoint), steps, first_step, order), False
 
 
+def _step_below(gen: _Generation, step: int) -> int | None:
+    """The generation's highest step below ``step``, or ``None``."""
+    node = gen.steps
+    while node is not None and node[0] >= step:
+        node = node[1]
+    return None if node is None else node[0]
+
+
 def _history(generations: Any, num_checkpoints: int, mode: Mode, made_from: Any) -> History:
     """``History(generations, num_checkpoints, mode, made_from)`` for a ``mode`` already
     checked, built by filling ``__dict__``: a frozen dataclass's ``__init__`` sets each
@@ -262,12 +270,9 @@ class History(Mapping[str, GenerationView]):
         gen = self._generations.get(generation_id)
         if gen is None:
             raise KeyError(generation_id)
-        checkpoints, newest = gen.checkpoints, gen.steps
-        node = newest
-        while node is not None and node[0] >= step:
-            node = node[1]
-        parent = checkpoints[gen.first_step].parent if node is None else checkpoints[node[0]].ref
-        meta_params = checkpoints[newest[0]].meta_params
+        below = _step_below(gen, step)
+        parent = gen.checkpoints[gen.first_step].parent if below is None else (generation_id, below)
+        meta_params = gen.checkpoints[gen.steps[0]].meta_params
         return Checkpoint(params, meta_params, generation_id, value, parent, step, time)
 
     def add_all(self, checkpoints) -> History:
@@ -358,10 +363,8 @@ class History(Mapping[str, GenerationView]):
         gen = self._generations.get(generation_id)
         if gen is None:
             return None
-        node = gen.steps
-        while node is not None and node[0] >= step:
-            node = node[1]
-        return None if node is None else gen.checkpoints[node[0]]
+        below = _step_below(gen, step)
+        return None if below is None else gen.checkpoints[below]
 
     def evaluated(
         self,
