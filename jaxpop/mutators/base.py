@@ -49,6 +49,7 @@ __all__ = [
     "decision_counts",
     "evaluated_since",
     "rank_value",
+    "as_record",
     "reads_like_a_dict",
     "records_config",
     "takes_key",
@@ -240,6 +241,16 @@ _M = TypeVar("_M", bound=Callable[..., Mutator])
 
 
 _R = TypeVar("_R")
+
+
+def as_record(record: type[_R], state: Any) -> _R:
+    """``state`` as a ``record`` (a mutator's state ``NamedTuple``): itself, or, for a run
+    recorded when the state was a dict, the record of the fields the dict holds (the
+    others at their defaults)."""
+    if type(state) is record:
+        return state
+    fields: tuple[str, ...] = record._fields  # type: ignore[attr-defined]
+    return record(**{k: state[k] for k in fields if k in state})
 
 
 def reads_like_a_dict(record: type[_R]) -> type[_R]:

@@ -32,6 +32,7 @@ from jaxpop.mutators.base import (
     Mutator,
     MutatorResult,
     Workers,
+    as_record,
     call_mutate_fn,
     check_callable,
     check_number,
@@ -265,9 +266,7 @@ encoding.register_record(PBTState, "jaxpop.PBTState")
 
 def _as_state(state: Any) -> PBTState:
     """``state`` as a :class:`PBTState` (runs recorded before it kept a dict)."""
-    if type(state) is PBTState:
-        return state
-    return PBTState(**{k: state[k] for k in PBTState._fields if k in state})
+    return as_record(PBTState, state)
 
 
 def _init() -> PBTState:

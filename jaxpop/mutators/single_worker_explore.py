@@ -26,6 +26,7 @@ from jaxpop.mutators.base import (
     Mutator,
     MutatorResult,
     Workers,
+    as_record,
     call_mutate_fn,
     check_callable,
     check_number,
@@ -112,9 +113,7 @@ class _Config(NamedTuple):
 def _as_state(state: Any) -> BranchingState:
     """``state`` as a record (runs recorded before it kept a dict; before jaxpop 0.2,
     without ``center``)."""
-    if type(state) is BranchingState:
-        return state
-    return BranchingState(**{k: state[k] for k in BranchingState._fields if k in state})
+    return as_record(BranchingState, state)
 
 
 def _checkpoint(history: History, ref: Any) -> Checkpoint:

@@ -29,6 +29,7 @@ from jaxpop.mutators.base import (
     Mutator,
     MutatorResult,
     Workers,
+    as_record,
     call_mutate_fn,
     check_callable,
     check_number,
@@ -148,9 +149,7 @@ class _Config(NamedTuple):
 def _as_state(state: Any) -> WinnerTakeAllState:
     """``state`` as a record (runs recorded before it kept a dict; the oldest only
     ``num_exploits``)."""
-    if type(state) is WinnerTakeAllState:
-        return state
-    return WinnerTakeAllState(**{k: state[k] for k in WinnerTakeAllState._fields if k in state})
+    return as_record(WinnerTakeAllState, state)
 
 
 def _init() -> WinnerTakeAllState:
