@@ -70,6 +70,12 @@ def check_sortable_keys(tree: Any, where: str) -> None:
     JAX flattens a dict in sorted key order, so such hyperparameters would fail at the
     first exploit; refuse them where they enter instead.
     """
+    if (  # the usual case: a flat dict of str keys and plain values
+        type(tree) is dict
+        and all(type(k) is str for k in tree)
+        and all(type(v) in _IMMUTABLE for v in tree.values())
+    ):
+        return
     try:
         jax.tree.flatten(tree)
     except (TypeError, ValueError) as e:  # jax raises either, by version

@@ -38,6 +38,7 @@ from jaxpop.records import (
     check_active_worker,
     check_checkpoint,
     replaced,
+    with_replaced,
 )
 
 __all__ = [
@@ -326,10 +327,11 @@ def _apply_mutator(
     workers: Sequence[ActiveWorker],
     new_checkpoints: Sequence[Checkpoint],
     who: str,
-) -> PopulationState:
-    """Folds a mutator's result into ``state``, checking that it is consistent."""
+) -> tuple[PopulationState, list[int]]:
+    """Folds a mutator's result into ``state``, checking that it is consistent; with the
+    ids of the workers whose assignment it replaced."""
     if mutator_state is state.mutator_state and workers is state.workers and not new_checkpoints:
-        return state
+        return state, []
     workers = tuple(workers)
     if len(workers) != state.population_size:
         raise ValueError(
@@ -358,10 +360,10 @@ def _apply_mutator(
                 "has no checkpoint in the history; return its starting checkpoint too"
             )
     if mutator_state is state.mutator_state and not new_checkpoints and not changed:
-        return state
+        return state, changed
     if not changed:
         workers = state.workers
-    return state._with(workers=workers, mutator_state=mutator_state, history=history)
+    return state._with(workers=workers, mutator_state=mutator_state, history=history), changed
 
 
 def _finish(
@@ -396,11 +398,8 @@ def redo(state: PopulationState, changes: Changes) -> PopulationState:
             f"changes of event {changes.num_events - 1} cannot follow a state at event "
             f"{state.num_events}: events are missing or out of order"
         )
-    workers = list(state.workers)
-    for i, worker in changes.workers:
-        workers[i] = worker
     return state._with(
-        workers=tuple(workers),
+        workers=with_replaced(state.workers, changes.workers),
         mutator_state=changes.mutator_state,
         history=state.history.add_all(changes.checkpoints),
         num_events=changes.num_events,
@@ -417,13 +416,13 @@ def ask(
     added: list[Checkpoint] = []
     if mutator.ask is not None:
         result = mutator.ask(state.mutator_state, state.workers, state.history, event, now, key)
-        new = _apply_mutator(state, *result, who="mutator.ask")
+        new, _ = _apply_mutator(state, *result, who="mutator.ask")
         added.extend(result[2])
     assigned = new.workers[worker_id]
     if assigned.status == GONE:  # it asks: it is alive
         assigned = _with_status(assigned, ACTIVE)
         workers = new.workers
-        new = new._with(workers=(*workers[:worker_id], assigned, *workers[worker_id + 1 :]))
+        new = new._with(workers=with_replaced(workers, [(worker_id, assigned)]))
     generation_id = event.generation_id
     warning = None
     reply_worker: ActiveWorker | None
@@ -495,16 +494,21 @@ def set_eval(
     if advances:  # the worker's assignment follows its progress (and it is active)
         worker = _active_worker(params, assigned.meta_params, generation_id, step, ACTIVE)
         moved = ((worker_id, worker),)
-        workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
+        workers = with_replaced(workers, moved)
     elif assigned.status != ACTIVE and assigned.generation_id == generation_id:
         worker = _with_status(assigned, ACTIVE)  # a finished or gone worker reports again
         moved = ((worker_id, worker),)
-        workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
+        workers = with_replaced(workers, moved)
     new = state._with(history=history.add(checkpoint), workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
-    new = _apply_mutator(new, *result, who="mutator.update")
-    # the mutator kept the assignments it was given: only this report's changed
-    changed = moved if new.workers is workers else None
+    new, replaced_ids = _apply_mutator(new, *result, who="mutator.update")
+    # the assignments that changed: this report's and the mutator's
+    changed = moved
+    if replaced_ids:
+        ids = sorted({*replaced_ids, *(i for i, _ in moved)})
+        changed = tuple(
+            [(i, new.workers[i]) for i in ids if new.workers[i] is not state.workers[i]]
+        )
     new, changes = _finish(state, new, [checkpoint, *result[2]], now, changed)
     return new, Reply(checkpoint=checkpoint, changes=changes)
 
@@ -608,7 +612,7 @@ def missing(
         worker = worker.replace(status=assigned.status)
         history = history.add(first)
         added.append(first)
-    workers = (*state.workers[:worker_id], worker, *state.workers[worker_id + 1 :])
+    workers = with_replaced(state.workers, [(worker_id, worker)])
     new = state._with(workers=workers, history=history)
     new, changes = _finish(state, new, added, now)
     return new, Reply(
@@ -634,7 +638,7 @@ def _set_status(
     )
     new = state._with(workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
-    new = _apply_mutator(new, *result, who="mutator.update")
+    new, _ = _apply_mutator(new, *result, who="mutator.update")
     return _finish(state, new, list(result[2]), now)
 
 

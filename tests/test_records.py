@@ -48,3 +48,40 @@ def test_check_checkpoint_accepts_and_refuses_what_it_did_before_its_fast_path()
             check_checkpoint(good.replace(parent=parent), "c")
     with pytest.raises(ValueError, match="c is not a Checkpoint"):
         check_checkpoint(dataclasses.replace, "c")
+
+
+def test_replaced_of_tuples_made_by_with_replaced_equals_comparing_every_entry():
+    """``replaced`` follows the tuples ``with_replaced`` made instead of comparing every
+    entry; over random chains (mixed with plain tuples, put-backs of an old entry,
+    several at once, chains longer than it remembers) its answer is the full compare's."""
+    import random
+    from itertools import compress
+    from operator import is_not
+
+    from jaxpop.records import replaced, with_replaced
+
+    def full(new, old):
+        return list(compress(range(len(new)), map(is_not, new, old)))
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        n = rng.randrange(1, 12)
+        tuples = [tuple(object() for _ in range(n))]
+        for _ in range(rng.randrange(1, 9)):
+            base = rng.choice(tuples[-3:])
+            changes = [
+                (rng.randrange(n), rng.choice([object(), *base, *tuples[0]]))
+                for _ in range(rng.randrange(0, 4))
+            ]
+            if rng.random() < 0.2:  # built by hand: no record of how
+                items = list(base)
+                for i, x in changes:
+                    items[i] = x
+                tuples.append(tuple(items))
+            else:
+                tuples.append(with_replaced(base, changes))
+        for new in tuples:
+            for old in tuples:
+                assert replaced(new, old) == full(new, old), seed
+    with pytest.raises(ValueError, match="cannot compare 2 assignments with 3"):
+        replaced((1, 2), (1, 2, 3))

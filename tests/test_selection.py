@@ -315,3 +315,46 @@ def test_scores_that_are_not_a_vector_are_refused_naming_their_shape(fn, scores)
 def test_complex_scores_are_refused():
     with pytest.raises(TypeError, match="real numbers"):
         copy_best(np.array([0, 1], np.uint32), np.array([1 + 1j, 2.0]))
+
+
+# -- one member's decision (PBT's asynchronous path) -----------------------------------------
+_SORT_KEYS = st.lists(
+    st.one_of(st.sampled_from([1.0, INF, NAN]), st.integers(-20, 20).map(float)), min_size=1
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    keys=_SORT_KEYS.filter(lambda k: not all(math.isnan(x) for x in k)),
+    choice=st.data(),
+    selection=st.sampled_from(["truncation", "tournament", "copy_best"]),
+    fraction=st.sampled_from([0.0, 0.1, 0.25, 0.5]),
+    with_parents=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_one_members_decision_equals_the_host_twins(
+    keys, choice, selection, fraction, with_parents, seed
+):
+    """PBT decides for one member straight from its sort keys (``inf``: a non-finite
+    score, NaN: none), with the per-member pieces of the host twins; the answer is the
+    host twin's for that member on the tiered scores, with the same random draws."""
+    from jaxpop.mutators import pbt
+    from jaxpop.mutators._host_random import HostRandom
+    from jaxpop.mutators.selection import HOST_SELECTIONS
+
+    keys = np.asarray(keys, np.float64)
+    n = len(keys)
+    i = choice.draw(st.sampled_from([j for j in range(n) if not math.isnan(keys[j])]))
+    parents = None
+    if with_parents and selection != "tournament":
+        parents = np.asarray(choice.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    key = np.array([seed & 0xFFFF, seed >> 16], np.uint32)
+    one = pbt._make_selection(selection, fraction).one(key, i, keys, lambda: parents)
+    kwargs = {"members": (i,)}
+    if selection == "truncation":
+        kwargs["quantile_fraction"] = fraction
+    if parents is not None:
+        kwargs["parents"] = parents
+    twin = HOST_SELECTIONS[selection](HostRandom(key, stream=i), pbt._tiered(keys), **kwargs)
+    assert one == twin[i]
+    assert twin[np.arange(n) != i].tolist() == np.arange(n)[np.arange(n) != i].tolist()

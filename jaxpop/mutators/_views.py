@@ -125,7 +125,9 @@ class Views:
         for i in changed:
             before, after = old.workers[i].generation_id, workers[i].generation_id
             if before != after:
-                by_generation[before] = tuple(j for j in by_generation[before] if j != i)
+                left = tuple(j for j in by_generation.pop(before) if j != i)
+                if left:  # a generation no worker is in is dropped: the dict stays small
+                    by_generation[before] = left
                 by_generation[after] = (*by_generation.get(after, ()), i)
         touched = set(changed) | old.stale
         old.stale.clear()

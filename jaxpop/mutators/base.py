@@ -33,7 +33,7 @@ import numpy as np
 from jaxpop.events import Ask
 from jaxpop.history import History, Mode
 from jaxpop.keys import new_generation_id
-from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.records import ACTIVE, ActiveWorker, Checkpoint, _active_worker
 from jaxpop.types import MetaParams, MutatorResult, MutatorState, RawKey, Workers
 
 __all__ = [
@@ -525,12 +525,7 @@ def start_generation(
     ``(key, index)``.
     """
     generation_id = new_generation_id(key, index)
-    worker = ActiveWorker(
-        params=parent.params,
-        meta_params=meta_params,
-        generation_id=generation_id,
-        step=parent.step,
-    )
+    worker = _active_worker(parent.params, meta_params, generation_id, parent.step, ACTIVE)
     start = Checkpoint(
         params=parent.params,
         meta_params=meta_params,

@@ -43,7 +43,7 @@ from jaxpop.mutators.base import (
     takes_key,
     window_mean,
 )
-from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef
+from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef, with_replaced
 
 __all__ = ["ExploitEvent", "PBTState", "PopulationBasedTraining", "exploit_events"]
 
@@ -355,7 +355,7 @@ def _make_config(
         burn_in=burn_in,
         mode=mode,
         metric=metric,
-        select=_make_selection(selection, quantile_fraction),
+        selection=_make_selection(selection, quantile_fraction),
         synch=bool(synch),
         allow_rewind=bool(allow_rewind),
         explore=functools.partial(
@@ -378,7 +378,7 @@ class _Config(NamedTuple):
     burn_in: float
     mode: str
     metric: str
-    select: Callable[..., np.ndarray]
+    selection: _Selection
     synch: bool
     allow_rewind: bool
     # (source, space_key, fn_key, history, workers) -> meta_params
@@ -467,7 +467,7 @@ def _new_meta_params(
     from the source's, then ``custom_explore_fn``, each clipped to the space."""
     meta = source.meta_params
     if explorer is not None:
-        meta = explorer(space_key, source, history, workers)
+        meta = explorer(space_key, source, history, tuple(workers))
         if space is not None:
             meta = explore_lib.clip(space, meta)
     elif space is not None:
@@ -536,30 +536,40 @@ def _tiered(keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def _compare(config: _Config, view: _views.View, key: Any, draw: int, min_step: int | None):
-    """Selection over the active workers: the worker each one copies (itself: keep going).
-
-    ``draw``: the deciding worker, or -1 for all. ``min_step``: only workers whose copy
-    source is at least at this step may be copied (the built-in truncation and
-    copy_best draw from those only).
-    """
+def _pool(view: _views.View) -> np.ndarray | None:
+    """The active workers' ids, or ``None`` when every worker is active."""
     active = view["active"]
-    n = len(active)
-    everyone = active.all()
-    pool = None if everyone else np.flatnonzero(active)
-    if pool is not None and not pool.size:
-        return np.arange(n)
-    keys = view["keys"] if pool is None else view["keys"][pool]
-    parents = None
-    if min_step is not None:  # asked only if the decider is in the bottom
-        copy_steps = view["copy_steps"] if pool is None else view["copy_steps"][pool]
-        parents = copy_steps >= min_step
+    return None if np.count_nonzero(active) == len(active) else active.nonzero()[0]
+
+
+def _round(config: _Config, view: _views.View, key: Any) -> np.ndarray:
+    """A synchronous round: the worker each active worker copies (itself: keep going)."""
+    pool = _pool(view)
     if pool is None:
-        return config.select(key, draw, keys, parents)
-    position = -1 if draw < 0 else int(np.searchsorted(pool, draw))
-    out = np.arange(n)
-    out[pool] = pool[config.select(key, position, keys, parents)]
+        return config.selection.round(key, view["keys"])
+    out = np.arange(len(view["keys"]))
+    if pool.size:
+        out[pool] = pool[config.selection.round(key, view["keys"][pool])]
     return out
+
+
+def _choose(config: _Config, view: _views.View, key: Any, i: int, min_step: int | None) -> int:
+    """An asynchronous decision: the worker that worker ``i`` (active: it is ready)
+    copies, compared with the active workers; itself to keep going. ``min_step``: only
+    workers whose copy source is at least at this step may be copied (the built-in
+    truncation and copy_best draw from those only)."""
+    keys, copy_steps = view["keys"], view["copy_steps"]
+    pool = _pool(view)
+    position = i
+    if pool is not None:
+        keys, copy_steps = keys[pool], copy_steps[pool]
+        position = int(np.searchsorted(pool, i))
+
+    def parents() -> np.ndarray | None:  # asked only if the decider is in the bottom
+        return None if min_step is None else copy_steps >= min_step
+
+    chosen = config.selection.one(key, position, keys, parents)
+    return chosen if pool is None else int(pool[chosen])
 
 
 def _update(
@@ -575,7 +585,7 @@ def _update(
     if config.burn_in and not config.by_step and state.start_time is None:
         state = state._replace(start_time=_start_time(history))
     view = views.view(state, workers, history)
-    ready = np.flatnonzero(view["ready"]).tolist()
+    ready = view["ready"].nonzero()[0].tolist()
     if not ready or (config.synch and len(ready) < int(view["active"].sum())):
         views.keep(view)
         return state, workers, ()
@@ -587,17 +597,15 @@ def _update(
     # new generations' first checkpoints, through the view); a synchronous round sees
     # the population as it was before it
     current = history
-    if config.synch:  # draw -1: everyone decides in one selection
-        parents = _compare(config, view, key, -1, None)
+    if config.synch:  # everyone decides in one selection
+        parents = _round(config, view, key)
     for i in ready:
         gen = workers[i].generation_id
         own = history.latest_evaluated(gen)
         assert own is not None and own.value is not None  # ready: it has evaluated
         rewind_guard = not (config.synch or config.allow_rewind) and math.isfinite(own.value)
         floor = _interval_start(config, state, history, i, gen) if rewind_guard else None
-        if not config.synch:
-            parents = _compare(config, view, key, i, floor)
-        parent = int(parents[i])
+        parent = int(parents[i]) if config.synch else _choose(config, view, key, i, floor)
         pool = workers if config.synch else new_workers
         source = None if parent == i else _copy_source(current, pool[parent])
         if source is None or (floor is not None and source.step < floor):
@@ -605,20 +613,22 @@ def _update(
         else:
             # streams -2, -3, ...: -1 is a synchronous round's selection
             space_key, fn_key = HostRandom(key, stream=-2 - i).raw_keys(2)
-            meta = config.explore(source, space_key, fn_key, current, tuple(new_workers))
+            meta = config.explore(source, space_key, fn_key, current, new_workers)
             worker, start = start_generation(source, meta, key, i, now)
             new_workers[i] = worker
             new_checkpoints.append(start)
-            current = current.add(start)
+            if i != ready[-1]:  # the next decision here sees this one
+                current = current.add(start)
             last_decision[i] = (start.generation_id, _when(config, start))
             copiers.append(i)
         if not config.synch and i != ready[-1]:  # the next decision here sees this one
             view.moved_on(state._replace(last_decision=last_decision), new_workers, current)
             view.refresh(i)
-    new_state = state._replace(
-        num_decisions=state.num_decisions + len(ready),
-        num_exploits=state.num_exploits + len(copiers),
-        last_decision=last_decision,
+    new_state = PBTState(  # state._replace(...), without its generic machinery
+        state.num_decisions + len(ready),
+        state.num_exploits + len(copiers),
+        last_decision,
+        state.start_time,
     )
     if not config.synch:
         # the next call's history is made from this call's by the core's adds: label the
@@ -629,7 +639,11 @@ def _update(
         views.keep(view)
     if not copiers:
         return new_state, workers, ()
-    return new_state, tuple(new_workers), tuple(new_checkpoints)
+    return (
+        new_state,
+        with_replaced(workers, [(i, new_workers[i]) for i in copiers]),
+        tuple(new_checkpoints),
+    )
 
 
 def _copied(history: History, generation_id: str) -> Checkpoint | None:
@@ -661,19 +675,28 @@ def _start_time(history: History) -> float:
     return min(history.first(g).time for g in history)
 
 
-def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., np.ndarray]:
-    """``(key, draw, keys, parents) -> indices`` over the whole population.
+class _Selection(NamedTuple):
+    """A selection over the view's sort keys (lower is better; ``inf`` for a non-finite
+    score, NaN for none: see ``_COLUMNS``).
 
-    ``keys`` are the workers' sort keys (lower is better; ``inf`` for a non-finite
-    score, NaN for none: see ``_COLUMNS``). ``draw`` is the deciding worker (an
-    asynchronous decision: the others keep going), or -1 for a synchronous round, where
-    everyone decides. The built-in selections run
-    on the host, drawing from ``HostRandom(key, draw)``; a user function gets a raw key
-    split from ``key``.
+    ``one(key, i, keys, parents) -> int``: the member that member ``i`` copies (itself to
+    keep going), the others keeping going; ``parents()`` gives the ``bool`` mask of the
+    members that may be copied (``None``: all) and is called only when needed.
+    ``round(key, keys) -> indices``: every member decides at once (a synchronous round).
+    The built-in selections run on the host, member ``i`` drawing from
+    ``HostRandom(key, stream=i)`` and a round from stream -1; a user function gets a raw
+    key split from ``key``.
     """
+
+    one: Callable[[Any, int, np.ndarray, Callable[[], np.ndarray | None]], int]
+    round: Callable[[Any, np.ndarray], np.ndarray]
+
+
+def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
+    """``selection`` (a name or a user function) as a :class:`_Selection`."""
     if callable(selection):
 
-        def custom(key: Any, draw: int, keys: np.ndarray, parents: Any = None) -> np.ndarray:
+        def custom(key: Any, draw: int, keys: np.ndarray) -> np.ndarray:
             n = len(keys)
             chosen = np.asarray(selection(split_key(key, n)[draw], _ranks(keys)))
             if chosen.shape != (n,) or not np.issubdtype(chosen.dtype, np.integer):
@@ -685,7 +708,10 @@ def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., n
                 raise ValueError(f"selection returned indices outside [0, {n}): {chosen}")
             return chosen
 
-        return custom
+        return _Selection(
+            one=lambda key, i, keys, parents: int(custom(key, i, keys)[i]),
+            round=lambda key, keys: custom(key, -1, keys),
+        )
     if selection == "winner_take_all":
         warnings.warn(
             'selection="winner_take_all" is deprecated: the same selection is "copy_best"',
@@ -703,14 +729,30 @@ def _make_selection(selection: Any, quantile_fraction: float) -> Callable[..., n
         selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
         select = functools.partial(select, quantile_fraction=float(quantile_fraction))
 
-    takes_parents = selection in ("truncation", "copy_best")
+    def round_(key: Any, keys: np.ndarray) -> np.ndarray:
+        return select(HostRandom(key, stream=-1), _tiered(keys))
 
-    def builtin(key: Any, draw: int, keys: np.ndarray, parents: Any = None) -> np.ndarray:
-        scores = _tiered(keys)
-        rng = HostRandom(key, stream=draw)
-        members = None if draw < 0 else (draw,)
-        if takes_parents and parents is not None:
-            return select(rng, scores, parents=parents, members=members)
-        return select(rng, scores, members=members)
+    # one member, straight from the sort keys: the order they give (finite, then inf,
+    # then NaN, ties by index) is the host twins' order of _tiered(keys)
+    one = functools.partial(_ONE[selection], float(quantile_fraction))
+    return _Selection(one=one, round=round_)
 
-    return builtin
+
+def _truncation_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
+    k = selection_lib.num_in_quantile(len(keys), fraction)
+    if k == 0 or not selection_lib.in_bottom(keys, i, k):
+        return i
+    top = selection_lib.truncation_top(keys, k, parents())
+    return selection_lib.truncation_parent(HostRandom(key, stream=i), keys, top, i)
+
+
+def _tournament_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
+    return selection_lib.tournament_parent(HostRandom(key, stream=i), keys, i)
+
+
+def _copy_best_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
+    best = selection_lib.best_member(keys, parents())
+    return i if best is None or not keys[i] > keys[best] else best
+
+
+_ONE = {"truncation": _truncation_one, "tournament": _tournament_one, "copy_best": _copy_best_one}

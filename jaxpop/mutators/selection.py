@@ -307,20 +307,11 @@ def truncation_host(
         return out
     top = None
     for i in _deciding(n, members):
-        # i's place in the order by score, ties by the lower index (a stable sort):
-        # counted, so that a member outside the bottom costs no sort
-        b = better[i]
-        place = np.count_nonzero(better < b) + np.count_nonzero(better[:i] == b)
-        if place < n - k:
-            continue
+        if not in_bottom(better, i, k):
+            continue  # counted, so that a member outside the bottom costs no sort
         if top is None:
-            order = np.argsort(better, kind="stable")
-            if parents is not None:
-                order = order[np.asarray(parents, bool)[order]]
-            top = order[:k]
-        allowed = top[better[top] < b]  # in the order of the top, as drawn from
-        if allowed.size:
-            out[i] = allowed[rng.randrange(allowed.size)]
+            top = truncation_top(better, k, parents)
+        out[i] = truncation_parent(rng, better, top, i)
     return out
 
 
@@ -343,9 +334,7 @@ def tournament_host(
     if n < 2:
         return out
     for i in _deciding(n, members):
-        opponent = (i + 1 + rng.randrange(n - 1)) % n
-        if better[opponent] < better[i]:
-            out[i] = opponent
+        out[i] = tournament_parent(rng, better, i)
     return out
 
 
@@ -367,17 +356,60 @@ def copy_best_host(
     better = _host_scores(scores, mode)
     n = better.shape[0]
     out = np.arange(n)
-    if parents is None:
-        best = int(np.argmin(better))
-    else:
-        allowed = np.flatnonzero(np.asarray(parents, bool))
-        if not allowed.size:
-            return out
-        best = int(allowed[np.argmin(better[allowed])])
+    best = best_member(better, None if parents is None else np.asarray(parents, bool))
+    if best is None:
+        return out
     for i in _deciding(n, members):
         if better[i] > better[best]:
             out[i] = best
     return out
+
+
+# -- one member's decision: the host twins decide member by member with these, and a host
+# mutator that decides for one member (an asynchronous PBT decision) calls them directly.
+# ``better`` is lower-is-better; +inf (a non-finite score) ranks after every finite score
+# and NaN (a member with no score, in a mutator's own sort keys) after those. The
+# deciding member's own score is never NaN.
+def in_bottom(better: np.ndarray, i: int, k: int) -> bool:
+    """Whether member ``i`` is among the ``k`` last in the order by score, ties by the
+    lower index (a stable sort), found by counting: no sort."""
+    b = better[i]
+    place = np.count_nonzero(better < b) + np.count_nonzero(better[:i] == b)
+    return bool(place >= better.shape[0] - k)
+
+
+def truncation_top(better: np.ndarray, k: int, parents: np.ndarray | None) -> np.ndarray:
+    """The ``k`` best members (ties by the lower index) that ``parents`` allows, best first."""
+    order = np.argsort(better, kind="stable")
+    if parents is not None:
+        order = order[np.asarray(parents, bool)[order]]
+    return order[:k]
+
+
+def truncation_parent(rng: HostRng, better: np.ndarray, top: np.ndarray, i: int) -> int:
+    """The member of ``top`` that member ``i`` copies, drawn uniformly (in ``top``'s
+    order) from those strictly better than ``i``; ``i`` itself when there is none."""
+    allowed = top[better[top] < better[i]]
+    return int(allowed[rng.randrange(allowed.size)]) if allowed.size else i
+
+
+def tournament_parent(rng: HostRng, better: np.ndarray, i: int) -> int:
+    """Member ``i``'s opponent, drawn from the ``n - 1`` others, if strictly better; else ``i``."""
+    n = better.shape[0]
+    if n < 2:
+        return i
+    opponent = (i + 1 + rng.randrange(n - 1)) % n
+    return opponent if better[opponent] < better[i] else i
+
+
+def best_member(better: np.ndarray, parents: np.ndarray | None) -> int | None:
+    """The best member that ``parents`` allows (the first, on a tie); ``None`` if it
+    allows none."""
+    candidates = better if parents is None else better[parents]
+    if not candidates.size:
+        return None
+    first = int(np.argmax(candidates == np.fmin.reduce(candidates)))  # fmin skips NaN
+    return first if parents is None else int(np.flatnonzero(parents)[first])
 
 
 #: The host twins by the names ``PopulationBasedTraining(selection=...)`` takes.
