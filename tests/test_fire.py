@@ -381,3 +381,53 @@ def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     assert len(data.members) == 10 and data.best is not None
     schedule = schedules.from_lineage(stored.history, data.best.generation_id)
     assert schedule(0) == data.best.lineage[0].meta_params
+
+
+def _random_run(config: dict, seed: int, n_events: int = 60) -> list:
+    """The states of a random script of reports (some NaN) and finishes."""
+    import random
+
+    rng = random.Random(seed)
+    m = FirePBT(hyperparam_space=SPACE, **config)
+    n = sum(config["sub_population_sizes"]) + config["num_evaluators"]
+    state = population(m, n)
+    states = []
+    for t in range(n_events):
+        w = rng.randrange(n)
+        worker = state.workers[w]
+        if rng.random() < 0.03:
+            state, _ = apply(state, Finish(w), float(t), m)
+        else:
+            step = worker.step + rng.choice([1, 1, 2])
+            value = math.nan if rng.random() < 0.03 else rng.random() + step * rng.random()
+            event = Eval(f"p{w}@{step}", w, worker.generation_id, step, value)
+            state, _ = apply(state, event, float(t), m)
+        states.append(state)
+    return states
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"perturbation_interval": 2, "sub_population_sizes": (3, 3), "num_evaluators": 2},
+        {"perturbation_interval": 1, "sub_population_sizes": (4, 3, 3), "num_evaluators": 3},
+    ],
+)
+def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(config, monkeypatch):
+    """FirePBT asks only the members its kept view says are ready, and remembers fitness
+    by the curves' contents; on random scripts every state equals that of a mutator
+    that asks every member and computes every fitness anew."""
+    config = {**config, "max_eval_steps": 4, "mode": "max"}
+    for seed in range(12):
+        kept = _random_run(config, seed)
+        with monkeypatch.context() as patch:
+            # every member is asked whether it decides, every fitness computed anew
+            patch.setattr(
+                fire, "_ready_entry", lambda config, s, h, i, w: (i < config.num_members,)
+            )
+            patch.setattr(fire._FitnessMemo, "__call__", lambda self, curves: fire_fitness(curves))
+            fresh = _random_run(config, seed)
+        for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
+            assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)
+            assert a.history == b.history, (seed, t)
+    assert kept[-1].mutator_state.num_evaluations > 0

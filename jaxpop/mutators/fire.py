@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from jaxpop import encoding
 from jaxpop.history import History, check_mode
-from jaxpop.keys import split_key
+from jaxpop.mutators import _views
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
+from jaxpop.mutators._host_random import HostRandom
 from jaxpop.mutators._subpopulations import (
     check_factors,
     check_population_size,
@@ -41,7 +43,7 @@ from jaxpop.mutators.base import (
     records_config,
     start_generation,
 )
-from jaxpop.records import Checkpoint
+from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.types import MutatorResult, RawKey, Workers
 
 __all__ = [
@@ -278,6 +280,14 @@ def fire_fitness(curves: Sequence[Curve | None]) -> list[float | None]:
     >>> fire_fitness([slow, fast, None])
     [-1.0, 1.0, None]
     """
+    return _fitness(curves, lambda i, j: improvement(curves[i], curves[j]))  # type: ignore[arg-type]
+
+
+def _fitness(
+    curves: Sequence[Curve | None], improvement_of: Callable[[int, int], float]
+) -> list[float | None]:
+    """:func:`fire_fitness`, with ``improvement_of(i, j)`` the improvement of curve ``i``
+    over curve ``j``."""
     valid = [c if c is not None and len(c) >= 2 else None for c in curves]
     finite = [c is not None and bool(np.all(np.isfinite(c.values))) for c in valid]
     out: list[float | None] = []
@@ -287,9 +297,52 @@ def fire_fitness(curves: Sequence[Curve | None]) -> list[float | None]:
         elif not finite[i]:
             out.append(math.nan)
         else:
-            others = (c for j, c in enumerate(valid) if c is not None and finite[j] and j != i)
-            out.append(math.fsum(improvement(curve, c) for c in others))
+            others = (j for j, c in enumerate(valid) if c is not None and finite[j] and j != i)
+            out.append(math.fsum(improvement_of(i, j) for j in others))
     return out
+
+
+class _FitnessMemo:
+    """:func:`fire_fitness` remembered by the curves' contents: a sub-population's
+    fitness is a sum over every pair of its members, and between two decisions most
+    curves (and so most pairs) are unchanged. Exact: a curve is known by its steps and
+    values, so a changed curve (a new point, a value reported again) is a new one."""
+
+    _SIZE = 4096  # pairs kept; a fitness list is kept per sub-population's latest curves
+
+    def __init__(self) -> None:
+        self._pairs: dict[tuple[Any, Any], float] = {}
+        self._fitness: dict[tuple[Any, ...], list[float | None]] = {}
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_FitnessMemo, ())  # a pickled mutator starts with an empty memo
+
+    def __call__(self, curves: Sequence[Curve | None]) -> list[float | None]:
+        keys = tuple(None if c is None else (c.steps.tobytes(), c.values.tobytes()) for c in curves)
+        with self._lock:
+            known = self._fitness.get(keys)
+        if known is not None:
+            return list(known)
+        fitness = _fitness(curves, functools.partial(self._improvement, curves, keys))
+        with self._lock:
+            self._fitness[keys] = fitness
+            while len(self._fitness) > 64:
+                del self._fitness[next(iter(self._fitness))]
+        return list(fitness)
+
+    def _improvement(self, curves: Sequence[Curve | None], keys: tuple, i: int, j: int) -> float:
+        pair = (keys[i], keys[j])
+        value = self._pairs.get(pair)
+        if value is None:
+            a, b = curves[i], curves[j]
+            assert a is not None and b is not None
+            value = improvement(a, b)
+            with self._lock:
+                self._pairs[pair] = value
+                while len(self._pairs) > self._SIZE:
+                    del self._pairs[next(iter(self._pairs))]
+        return value
 
 
 # -- the mutator ----------------------------------------------------------------------------
@@ -402,7 +455,8 @@ class FirePBT(Mutator):
             p_stat=check_probability("p_stat", p_stat),
             mode=check_mode(mode),
         )
-        update = functools.partial(_update, config=config)
+        views = _views.Views(functools.partial(_ready_entry, config), {"ready": bool})
+        update = functools.partial(_update, config=config, views=views, fitness=_FitnessMemo())
         prepare = functools.partial(_prepare, config=config)
         return super().__new__(cls, _init, update, None, prepare, mode=mode, counts=_counts)
 
@@ -427,8 +481,17 @@ def _prepare(population_size: int, *, config: _Config) -> None:
 class _Step:
     """The mutable scratch of one update: copies of the state's dicts and the workers."""
 
-    def __init__(self, state: FireState, workers: Workers, history: History, now: float, key):
+    def __init__(
+        self,
+        state: FireState,
+        workers: Workers,
+        history: History,
+        now: float,
+        key: RawKey,
+        fitness: _FitnessMemo,
+    ):
         self.state, self.history, self.now, self.key = state, history, now, key
+        self.fitness = fitness
         self.old_workers = workers
         self.workers = list(workers)
         self.checkpoints: list[Checkpoint] = []
@@ -441,13 +504,17 @@ class _Step:
         self.counts.append(state.num_evaluations)
         self.changed = False
         self.best: dict[int, int | None] = {}  # _assign's cache: members do not change there
-        self._keys: np.ndarray | None = None
+        self.decided: set[int] = set()  # the members whose last decision changed
 
-    def keys(self, member: int) -> tuple[np.ndarray, np.ndarray]:
-        """Member ``member``'s selection and explore keys (split only when needed)."""
-        if self._keys is None:
-            self._keys = split_key(self.key, 2 * len(self.workers))
-        return self._keys[member], self._keys[len(self.workers) + member]
+    def keys(self, member: int) -> np.ndarray:
+        """Member ``member``'s selection and explore keys, ``uint32[2, 2]`` (hashed from
+        the event's key: no dispatch, see :mod:`jaxpop.mutators._host_random`)."""
+        return HostRandom(self.key, stream=member).raw_keys(2)
+
+    def decision(self, member: int, generation_id: str, at: int) -> None:
+        """Records ``member``'s decision at step ``at`` of ``generation_id``."""
+        self.last_decision[member] = (generation_id, at)
+        self.decided.add(member)
 
     def start(self, index: int, worker: int, source: Checkpoint, meta: Any) -> Checkpoint:
         """Worker ``worker`` starts a new generation from ``source`` with ``meta``."""
@@ -483,16 +550,57 @@ def _update(
     key: RawKey,
     *,
     config: _Config,
+    views: _views.Views,
+    fitness: _FitnessMemo,
 ) -> MutatorResult:
     _check_layout(config, len(workers))
-    step = _Step(state, workers, history, now, key)
+    # which members are ready, kept between calls: only they can decide (judging can
+    # only make a member unready, by handing weights over to it)
+    view = views.view(state, workers, history)
+    step = _Step(state, workers, history, now, key, fitness)
     for evaluator in range(config.num_members, len(workers)):
         _judge(step, config, evaluator)
-    for member in range(config.num_members):
+    for member in view["ready"].nonzero()[0].tolist():
         _decide(step, config, member)
-    for evaluator in range(config.num_members, len(workers)):
-        _assign(step, config, evaluator)
-    return step.result()
+    _assign(step, config)
+    result = step.result()
+    # the next call's history is made from this one by the core's adds; the members
+    # whose last decision changed are read again when the view is next used
+    view.moved_on(result[0], workers, history)
+    view.stale.update(step.decided)
+    views.keep(view)
+    return result
+
+
+def _ready_entry(
+    config: _Config, state: FireState, history: History, worker_id: int, worker: ActiveWorker
+) -> tuple[bool]:
+    if worker_id >= config.num_members:  # an evaluator
+        return (False,)
+    return (_ready(config, state.last_decision, history, worker_id, worker) is not None,)
+
+
+def _ready(
+    config: _Config,
+    last_decision: Mapping[int, tuple[str, int]],
+    history: History,
+    member: int,
+    worker: ActiveWorker,
+) -> Checkpoint | None:
+    """The member's latest evaluation if it is active and ``perturbation_interval``
+    steps past its last decision (or its generation's start), else ``None``."""
+    if not worker.is_active:
+        return None
+    latest = history.latest_evaluated(worker.generation_id)
+    if latest is None:
+        return None
+    marker = last_decision.get(member)
+    since = (
+        marker[1]
+        if marker is not None and marker[0] == worker.generation_id
+        else history.first(worker.generation_id).step
+    )
+    return latest if latest.step - since >= config.interval else None
 
 
 # -- evaluators ---------------------------------------------------------------------------
@@ -515,6 +623,17 @@ def _curve(history: History, generations: Sequence[str], mode: str) -> Curve:
             and (not points or c.step > points[-1][0])
         ]
     return Curve.of(points, mode)
+
+
+def _has_curve(history: History, generations: Sequence[str]) -> bool:
+    """Whether :func:`_curve` of ``generations`` has a point, without building it."""
+    for i, generation in enumerate(generations):
+        if i + 1 == len(generations):
+            return history.latest_evaluated(generation) is not None
+        evaluated = history.evaluated(generation)
+        if evaluated and evaluated[0].step <= history.first(generations[i + 1]).step:
+            return True
+    return False
 
 
 def _judge(step: _Step, config: _Config, evaluator: int) -> None:
@@ -565,16 +684,50 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
         meta = history.meta_params(task.child_generation)
         first = step.start(task.child, task.child, source, meta)
         step.curves[task.child] = (task.generation, first.generation_id)
-        step.last_decision[task.child] = (first.generation_id, first.step)
+        step.decision(task.child, first.generation_id, first.step)
         step.evaluated.pop(task.child, None)
         step.counts[2] += 1
 
 
-def _assign(step: _Step, config: _Config, evaluator: int) -> None:
-    """An idle, active evaluator takes the active member evaluated longest ago that can
-    be evaluated (finished and gone workers neither evaluate nor are evaluated)."""
-    if evaluator in step.evaluations or not step.workers[evaluator].is_active:
+def _assign(step: _Step, config: _Config) -> None:
+    """Each idle, active evaluator, in id order, takes the active member evaluated
+    longest ago that can be evaluated (finished and gone workers neither evaluate nor
+    are evaluated): one that is not being evaluated and whose previous sub-population
+    has a best member (the child)."""
+    idle = [
+        e
+        for e in range(config.num_members, len(step.workers))
+        if e not in step.evaluations and step.workers[e].is_active
+    ]
+    if not idle:
         return
+    # without a child in any sub-population no member can be evaluated: no queue to read.
+    # The children found now are those of before any assignment; those of P2 .. P(n-1)
+    # are found again below, in the queue's order, as an assignment changes the fitness
+    # of its member's sub-population (P1's, by the task's score, stays)
+    previous = [config.sub_population(start) for start in _starts(config)[:-1]]
+    if all(_best(step, config, members) is None for members in previous):
+        return
+    for members in previous[1:]:
+        step.best.pop(members.start, None)
+    # the queue is the same for every idle evaluator but for the members taken before
+    # it, so one pass over it serves them all (a member passed over has no child, and
+    # the children found stay: members do not change here)
+    queue = iter(_queue(step, config))
+    for evaluator in idle:
+        for member, source in queue:
+            child = _best(step, config, _previous(config, member))
+            if child is not None:
+                _evaluate(step, config, evaluator, member, source, child)
+                break
+        else:
+            return  # no member left to evaluate
+
+
+def _queue(step: _Step, config: _Config) -> list[tuple[int, Checkpoint]]:
+    """The members of ``P2 .. Pn`` an evaluator may take, with what it would copy: those
+    active, not being evaluated and with a loadable checkpoint, never evaluated first,
+    then by the step their latest evaluation started, then by id."""
     history = step.history
     busy = {task.member for task in step.evaluations.values()}
     candidates = []
@@ -585,28 +738,40 @@ def _assign(step: _Step, config: _Config, evaluator: int) -> None:
         if source is not None:
             last = step.last_evaluation.get(member)
             candidates.append((last is not None, -1 if last is None else last, member, source))
-    for *_, member, source in sorted(candidates, key=lambda c: c[:3]):
-        child = _best(step, config, _previous(config, member))
-        if child is None:
-            continue
-        child_generation = step.workers[child].generation_id
-        first = step.start(
-            config.num_members + evaluator, evaluator, source, history.meta_params(child_generation)
-        )
-        member_generation = step.workers[member].generation_id
-        step.evaluations[evaluator] = Evaluation(
-            member,
-            member_generation,
-            child,
-            child_generation,
-            first.generation_id,
-            first.step,
-            first.step,
-        )
-        step.evaluated[member] = (member_generation, first.generation_id)
-        step.last_evaluation[member] = first.step
-        step.counts[3] += 1
-        return
+    candidates.sort(key=lambda c: c[:3])
+    return [(member, source) for *_, member, source in candidates]
+
+
+def _evaluate(
+    step: _Step, config: _Config, evaluator: int, member: int, source: Checkpoint, child: int
+) -> None:
+    """``evaluator`` starts training ``member``'s weights (``source``) with ``child``'s
+    hyperparameters."""
+    child_generation = step.workers[child].generation_id
+    first = step.start(
+        config.num_members + evaluator,
+        evaluator,
+        source,
+        step.history.meta_params(child_generation),
+    )
+    member_generation = step.workers[member].generation_id
+    step.evaluations[evaluator] = Evaluation(
+        member,
+        member_generation,
+        child,
+        child_generation,
+        first.generation_id,
+        first.step,
+        first.step,
+    )
+    step.evaluated[member] = (member_generation, first.generation_id)
+    step.last_evaluation[member] = first.step
+    step.counts[3] += 1
+
+
+def _starts(config: _Config) -> list[int]:
+    """The first member of each sub-population."""
+    return [sum(config.sizes[:k]) for k in range(len(config.sizes))]
 
 
 def _previous(config: _Config, member: int) -> range:
@@ -623,14 +788,14 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     eligible = [
         m
         for m in members
-        if step.workers[m].is_active and len(_curve(history, _curve_generations(step, m), "max"))
+        if step.workers[m].is_active and _has_curve(history, _curve_generations(step, m))
     ]
-    scores, mode = _scores(step, config, members)
-    if all(scores[m - members.start] is None for m in eligible):
-        scores = [member_score(history, step.workers[m].generation_id) for m in members]
-        mode = config.mode
     best = None
     if eligible:
+        scores, mode = _scores(step, config, members)
+        if all(scores[m - members.start] is None for m in eligible):
+            scores = [member_score(history, step.workers[m].generation_id) for m in members]
+            mode = config.mode
         ranks = dense_ranks([scores[m - members.start] for m in eligible], mode)
         i = int(np.argmin(ranks))  # ties: the lower worker id
         best = eligible[i] if math.isfinite(ranks[i]) else None
@@ -669,7 +834,7 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
             curves.append(None)
         else:
             curves.append(_curve(history, (evaluated[1],), config.mode))
-    return fire_fitness(curves), "max"
+    return step.fitness(curves), "max"
 
 
 def _decide(step: _Step, config: _Config, member: int) -> None:
@@ -677,21 +842,11 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
     (a finished or gone member decides nothing)."""
     history = step.history
     worker = step.workers[member]
-    if not worker.is_active:
-        return
-    latest = history.latest_evaluated(worker.generation_id)
+    latest = _ready(config, step.last_decision, history, member, worker)
     if latest is None:
         return
-    marker = step.last_decision.get(member)
-    since = (
-        marker[1]
-        if marker is not None and marker[0] == worker.generation_id
-        else history.first(worker.generation_id).step
-    )
-    if latest.step - since < config.interval:
-        return
     step.changed = True
-    step.last_decision[member] = (worker.generation_id, latest.step)
+    step.decision(member, worker.generation_id, latest.step)
     members = config.sub_population(member)
     scores, mode = _scores(step, config, members)
     if scores[member - members.start] is None:
@@ -711,7 +866,7 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
     )
     first = step.start(member, member, source, meta)
     step.curves[member] = (first.generation_id,)
-    step.last_decision[member] = (first.generation_id, first.step)
+    step.decision(member, first.generation_id, first.step)
     step.evaluated.pop(member, None)
     step.last_evaluation[member] = first.step
     step.counts[1] += 1
@@ -734,5 +889,4 @@ def _truncation(
     better = [taking_part[j] for j in order[:k] if ranks[j] < mine]
     if not better:
         return None
-    rng = np.random.default_rng(np.asarray(key, np.uint32))
-    return better[int(rng.integers(len(better)))]
+    return better[HostRandom(key).randrange(len(better))]
