@@ -287,3 +287,43 @@ def test_a_finished_worker_is_not_waited_for_and_never_copied():
     sources = [state.history.branch_point(w.generation_id) for w in state.workers]
     assert sum(s is not None for s in sources) >= 1  # the others evolved
     assert all(s is None or s[0] != finished for s in sources)
+
+
+def test_rounds_read_from_the_kept_view_equal_rounds_read_afresh(monkeypatch):
+    """MF-PBT keeps each worker's last finished round between calls; on random scripts
+    (workers reporting out of turn, skipping rounds, finishing) every state equals that
+    of a mutator that reads every worker afresh at every call."""
+    import random
+
+    from jaxpop.events import Finish
+    from jaxpop.mutators import _views
+
+    def run(seed):
+        rng = random.Random(seed)
+        m = make(t_ready=2)
+        state = fresh_state([{"lr": 0.01 * (i + 1)} for i in range(8)], m)
+        states = []
+        for t in range(120):
+            w = rng.randrange(8)
+            worker = state.workers[w]
+            if rng.random() < 0.02:
+                event = Finish(w)
+            else:
+                step = worker.step + rng.choice([1, 2, 3])
+                event = Eval(f"p{w}@{step}", w, worker.generation_id, step, rng.random())
+            state, _ = apply(state, event, float(t), m)
+            states.append(state)
+        return states
+
+    for seed in range(8):
+        kept = run(seed)
+        with monkeypatch.context() as patch:
+            patch.setattr(_views.Views, "view", _views.Views.build)
+            fresh = run(seed)
+        for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
+            assert (a.workers, a.mutator_state, a.history) == (
+                b.workers,
+                b.mutator_state,
+                b.history,
+            ), (seed, t)
+    assert kept[-1].mutator_state.num_decisions > 0

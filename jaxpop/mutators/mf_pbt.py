@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -22,6 +23,7 @@ import numpy as np
 from jaxpop import encoding
 from jaxpop.history import History, check_mode
 from jaxpop.keys import split_key
+from jaxpop.mutators import _views
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators._subpopulations import (
     check_factors,
@@ -38,6 +40,7 @@ from jaxpop.mutators.base import (
     records_config,
     start_generation,
 )
+from jaxpop.records import ActiveWorker
 from jaxpop.types import MutatorResult, RawKey, Workers
 
 __all__ = [
@@ -204,19 +207,31 @@ def check_layout(population_size: int, frequencies: Sequence[int]) -> int:
     return n
 
 
-def _completed_round(history: History, workers: Workers, t_ready: int) -> int | None:
+def _completed_round(view: _views.View) -> int | None:
     """The last round every active worker has finished (an evaluation at or past
     ``round * t_ready`` in its current generation), or ``None`` before the first.
     Finished and gone workers are not waited for."""
-    rounds = []
-    for worker in workers:
-        if not worker.is_active:
-            continue
-        latest = history.latest_evaluated(worker.generation_id)
-        if latest is None:
-            return None
-        rounds.append(latest.step // t_ready)
-    return min(rounds) if rounds else None
+    completed = view["round"].min()
+    return None if completed < 0 or completed == math.inf else int(completed)
+
+
+def _keeping(views: _views.Views, view: _views.View, state: MFPBTState) -> MFPBTState:
+    """Keeps ``view`` for the next call, which gets ``state`` (its entries do not depend
+    on the state) and a history made from this call's by the core's adds."""
+    view.moved_on(state, view.workers, view.history)
+    views.keep(view)
+    return state
+
+
+def _round_entry(
+    t_ready: int, state: Any, history: History, worker_id: int, worker: ActiveWorker
+) -> tuple[float]:
+    """The last round the worker finished: ``inf`` if it is not active (not waited
+    for), -1 before its current generation's first evaluation."""
+    if not worker.is_active:
+        return (math.inf,)
+    latest = history.latest_evaluated(worker.generation_id)
+    return (-1.0 if latest is None else float(latest.step // t_ready),)
 
 
 def _evolving_between(done: int, completed: int, frequencies: Sequence[int]) -> np.ndarray:
@@ -283,6 +298,7 @@ class MultipleFrequenciesPBT(Mutator):
         check_mode(mode)
         update = functools.partial(
             _update,
+            views=_views.Views(functools.partial(_round_entry, interval), {"round": np.float64}),
             t_ready=interval,
             frequencies=freqs,
             space=hyperparam_space,
@@ -308,6 +324,7 @@ def _update(
     now: float,
     key: RawKey,
     *,
+    views: _views.Views,
     t_ready: int,
     frequencies: tuple[int, ...],
     space: Any,
@@ -317,12 +334,13 @@ def _update(
 ) -> MutatorResult:
     size = len(workers)
     n = check_layout(size, frequencies)
-    completed = _completed_round(history, workers, t_ready)
+    view = views.view(state, workers, history)  # each worker's last round, kept between calls
+    completed = _completed_round(view)
     if completed is None or completed <= state.round:
-        return state, workers, ()
+        return _keeping(views, view, state), workers, ()
     moving = _evolving_between(state.round, completed, frequencies)
     if not moving.any():
-        return state._replace(round=completed), workers, ()
+        return _keeping(views, view, state._replace(round=completed)), workers, ()
     active = np.asarray([w.is_active for w in workers])
     ranks = dense_ranks([member_score(history, w.generation_id) for w in workers], mode)
     ranks = np.where(active, ranks, np.inf).astype(np.float32)  # never copied: not active
@@ -346,13 +364,14 @@ def _update(
         new_workers[i], start = start_generation(source, meta, key, int(i), now)
         new_checkpoints.append(start)
     copied = parents != np.arange(size)
+    new_state = MFPBTState(
+        round=completed,
+        num_decisions=state.num_decisions + n * int(moving.sum()),
+        num_exploits=state.num_exploits + int((copied & explore).sum()),
+        num_migrations=state.num_migrations + int((copied & ~explore).sum()),
+    )
     return (
-        MFPBTState(
-            round=completed,
-            num_decisions=state.num_decisions + n * int(moving.sum()),
-            num_exploits=state.num_exploits + int((copied & explore).sum()),
-            num_migrations=state.num_migrations + int((copied & ~explore).sum()),
-        ),
+        _keeping(views, view, new_state),
         tuple(new_workers),
         tuple(new_checkpoints),
     )
