@@ -1,12 +1,16 @@
 """Section ``decisions``: the latency of a ``set_eval`` that makes a decision.
 
-In-memory controllers of 8, 64 and 256 workers, for PBT (truncation and tournament
-selection) and ``WinnerTakeAllGenetic``. Every worker reports at every step with an
-interval of 1, so each PBT ``set_eval`` decides for its worker (and the winner-take-all
-round ends at each step's last report); the asks are timed too, in the same loop, as
-the reference a decision is compared with (``eval/ask``). ``--decision-rounds`` timed
-rounds (every worker reports once) follow one untimed warm-up round. The values are
-uniform noise.
+In-memory controllers of 8, 64 and 256 workers, for every mutator that searches: PBT
+(asynchronous truncation and tournament selection, and a synchronous round),
+``WinnerTakeAllGenetic``, ``FirePBT`` (two sub-populations of 3/8 of the workers each
+and a quarter of evaluators) and ``MultipleFrequenciesPBT`` (two sub-populations,
+frequencies 1 and 2). Every worker reports at every step with an interval of 1, so each
+asynchronous PBT ``set_eval`` decides for its worker (and a round ends at each step's
+last report); the asks are timed too, in the same loop, as the reference a decision is
+compared with (``eval/ask``). ``us_per_decision`` is the time of the ``set_eval`` s that
+decided divided by the decisions they made: a round decides for many workers in one
+call. ``--decision-rounds`` timed rounds (every worker reports once) follow one untimed
+warm-up round. The values are uniform noise.
 """
 
 from __future__ import annotations
@@ -19,22 +23,41 @@ from typing import Any
 import numpy as np
 
 from jaxpop import PopulationController
-from jaxpop.mutators import PopulationBasedTraining, WinnerTakeAllGenetic, explore
+from jaxpop.mutators import (
+    FirePBT,
+    MultipleFrequenciesPBT,
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+    explore,
+)
 
 SIZES = (8, 64, 256)  # population sizes
 
 
-def mutators() -> dict[str, Callable[[], Any]]:
-    """Name -> a new mutator that decides at every evaluation."""
+def mutators() -> dict[str, Callable[[int], Any]]:
+    """Name -> ``population size -> a new mutator`` that decides at every step."""
     space = {"lr": explore.log_uniform(1e-4, 1.0)}
     return {
-        "pbt_truncation": lambda: PopulationBasedTraining(
+        "pbt_truncation": lambda n: PopulationBasedTraining(
             perturbation_interval=1, hyperparam_space=space
         ),
-        "pbt_tournament": lambda: PopulationBasedTraining(
+        "pbt_tournament": lambda n: PopulationBasedTraining(
             perturbation_interval=1, hyperparam_space=space, selection="tournament"
         ),
-        "wta": lambda: WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1),
+        "pbt_synch": lambda n: PopulationBasedTraining(
+            perturbation_interval=1, hyperparam_space=space, synch=True
+        ),
+        "wta": lambda n: WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1),
+        "fire": lambda n: FirePBT(
+            perturbation_interval=1,
+            sub_population_sizes=(3 * n // 8, 3 * n // 8),
+            num_evaluators=n // 4,
+            max_eval_steps=3,
+            hyperparam_space=space,
+        ),
+        "mf_pbt": lambda n: MultipleFrequenciesPBT(
+            t_ready=1, hyperparam_space=space, frequencies=(1, 2)
+        ),
     }
 
 
@@ -46,10 +69,11 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
     """One row: ``rounds`` timed rounds of ``n`` workers, each asking then reporting."""
     pop = PopulationController([{"lr": 1e-3 * (1 + i % 7)} for i in range(n)], mutator)
     evals, keeps, copies, asks, v = [], [], [], [], 0
+    deciding, timed_decisions = 0.0, 0
     for step in range(1, rounds + 2):
         for i in range(n):
             work = pop.active_workers[i]
-            before = pop.decision_counts.copies
+            before = pop.decision_counts
             t0 = time.perf_counter()
             pop.maybe_get_worker_data(i, work.generation_id, work.step, None, None)
             t1 = time.perf_counter()
@@ -59,7 +83,11 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
             if step > 1:
                 asks.append(t1 - t0)
                 evals.append(t2 - t1)
-                (copies if pop.decision_counts.copies > before else keeps).append(t2 - t1)
+                after = pop.decision_counts
+                (copies if after.copies > before.copies else keeps).append(t2 - t1)
+                if after.decisions > before.decisions:
+                    deciding += t2 - t1
+                    timed_decisions += after.decisions - before.decisions
     counts = pop.decision_counts
     eval_median, ask_median = statistics.median(evals), statistics.median(asks)
     return {
@@ -71,6 +99,7 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
         "eval_over_ask": round(eval_median / ask_median, 1),
         "us_per_keep_median": _median_us(keeps),
         "us_per_copy_median": _median_us(copies),
+        "us_per_decision": round(deciding / timed_decisions * 1e6, 2) if timed_decisions else None,
         "decisions": counts.decisions,
         "copies": counts.copies,
     }
@@ -79,7 +108,7 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
 def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> list[dict]:
     """One row per mutator and population size."""
     return [
-        {"mutator": name, **time_decisions(make(), n, rounds, values)}
+        {"mutator": name, **time_decisions(make(n), n, rounds, values)}
         for name, make in mutators().items()
         for n in sizes
     ]
@@ -88,20 +117,21 @@ def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> l
 def print_table(rows: Sequence[dict]) -> None:
     print()
     print("decisions: median us per set_eval that decides (interval 1), in memory;")
-    print("keep / copy: the medians of the decisions that kept going / that copied;")
+    print("keep / copy: the medians of the set_evals that copied nothing / that copied;")
+    print("per dec.: the time of the set_evals that decided over the decisions they made;")
     print("eval/ask: median set_eval over median ask, in the same loop")
     header = f"{'mutator':<16}{'pop':>6}{'evals':>8}{'eval med':>10}{'eval p99':>10}"
-    header += f"{'keep':>8}{'copy':>8}{'ask med':>9}{'eval/ask':>10}{'copies':>8}"
+    header += f"{'keep':>8}{'copy':>8}{'per dec.':>9}{'ask med':>9}{'eval/ask':>10}{'copies':>8}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        keep, copy_ = (
+        keep, copy_, per = (
             "-" if x is None else f"{x:.1f}"
-            for x in (r["us_per_keep_median"], r["us_per_copy_median"])
+            for x in (r["us_per_keep_median"], r["us_per_copy_median"], r["us_per_decision"])
         )
         print(
             f"{r['mutator']:<16}{r['population']:>6}{r['evals']:>8}"
             f"{r['us_per_eval_median']:>10.1f}{r['us_per_eval_p99']:>10.1f}"
-            f"{keep:>8}{copy_:>8}{r['us_per_ask_median']:>9.1f}"
+            f"{keep:>8}{copy_:>8}{per:>9}{r['us_per_ask_median']:>9.1f}"
             f"{r['eval_over_ask']:>9.1f}x{r['copies']:>8}"
         )
