@@ -7,10 +7,10 @@ and a quarter of evaluators) and ``MultipleFrequenciesPBT`` (two sub-populations
 frequencies 1 and 2). Every worker reports at every step with an interval of 1, so each
 asynchronous PBT ``set_eval`` decides for its worker (and a round ends at each step's
 last report); the asks are timed too, in the same loop, as the reference a decision is
-compared with (``eval/ask``). ``us_per_decision`` is the time of the ``set_eval`` s that
-decided divided by the decisions they made: a round decides for many workers in one
-call. ``--decision-rounds`` timed rounds (every worker reports once) follow one untimed
-warm-up round. The values are uniform noise.
+compared with (``eval/ask``). ``us_per_decision`` is the median, over the ``set_eval`` s
+that decided, of each one's time divided by the decisions it made: a round decides for
+many workers in one call. ``--decision-rounds`` timed rounds (every worker reports
+once) follow one untimed warm-up round. The values are uniform noise.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
     """One row: ``rounds`` timed rounds of ``n`` workers, each asking then reporting."""
     pop = PopulationController([{"lr": 1e-3 * (1 + i % 7)} for i in range(n)], mutator)
     evals, keeps, copies, asks, v = [], [], [], [], 0
-    deciding, timed_decisions = 0.0, 0
+    per_decision = []  # each deciding set_eval's time over the decisions it made
     for step in range(1, rounds + 2):
         for i in range(n):
             work = pop.active_workers[i]
@@ -86,8 +86,7 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
                 after = pop.decision_counts
                 (copies if after.copies > before.copies else keeps).append(t2 - t1)
                 if after.decisions > before.decisions:
-                    deciding += t2 - t1
-                    timed_decisions += after.decisions - before.decisions
+                    per_decision.append((t2 - t1) / (after.decisions - before.decisions))
     counts = pop.decision_counts
     eval_median, ask_median = statistics.median(evals), statistics.median(asks)
     return {
@@ -99,7 +98,7 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
         "eval_over_ask": round(eval_median / ask_median, 1),
         "us_per_keep_median": _median_us(keeps),
         "us_per_copy_median": _median_us(copies),
-        "us_per_decision": round(deciding / timed_decisions * 1e6, 2) if timed_decisions else None,
+        "us_per_decision": _median_us(per_decision),
         "decisions": counts.decisions,
         "copies": counts.copies,
     }
@@ -118,7 +117,7 @@ def print_table(rows: Sequence[dict]) -> None:
     print()
     print("decisions: median us per set_eval that decides (interval 1), in memory;")
     print("keep / copy: the medians of the set_evals that copied nothing / that copied;")
-    print("per dec.: the time of the set_evals that decided over the decisions they made;")
+    print("per dec.: median of (a deciding set_eval's time / the decisions it made);")
     print("eval/ask: median set_eval over median ask, in the same loop")
     header = f"{'mutator':<16}{'pop':>6}{'evals':>8}{'eval med':>10}{'eval p99':>10}"
     header += f"{'keep':>8}{'copy':>8}{'per dec.':>9}{'ask med':>9}{'eval/ask':>10}{'copies':>8}"
