@@ -50,15 +50,22 @@ def test_check_checkpoint_accepts_and_refuses_what_it_did_before_its_fast_path()
         check_checkpoint(dataclasses.replace, "c")
 
 
-def test_replaced_of_tuples_made_by_with_replaced_equals_comparing_every_entry():
+@pytest.mark.parametrize("scan_up_to", [0, 96])
+def test_replaced_of_tuples_made_by_with_replaced_equals_comparing_every_entry(
+    scan_up_to, monkeypatch
+):
     """``replaced`` follows the tuples ``with_replaced`` made instead of comparing every
-    entry; over random chains (mixed with plain tuples, put-backs of an old entry,
-    several at once, chains longer than it remembers) its answer is the full compare's."""
+    entry (past ``_SCAN_UP_TO`` entries); over random chains (mixed with plain tuples,
+    put-backs of an old entry, several at once, chains longer than it remembers) its
+    answer is the full compare's."""
     import random
     from itertools import compress
     from operator import is_not
 
+    from jaxpop import records
     from jaxpop.records import replaced, with_replaced
+
+    monkeypatch.setattr(records, "_SCAN_UP_TO", scan_up_to)
 
     def full(new, old):
         return list(compress(range(len(new)), map(is_not, new, old)))
