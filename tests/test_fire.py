@@ -425,7 +425,7 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
             patch.setattr(
                 fire, "_ready_entry", lambda config, s, h, i, w: (i < config.num_members,)
             )
-            patch.setattr(fire._FitnessMemo, "__call__", lambda self, curves: fire_fitness(curves))
+            patch.setattr(fire._Memo, "fitness", lambda self, curves: fire_fitness(curves))
             fresh = _random_run(config, seed)
         for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
             assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)

@@ -302,13 +302,16 @@ def _fitness(
     return out
 
 
-class _FitnessMemo:
-    """:func:`fire_fitness` remembered by the curves' contents: a sub-population's
-    fitness is a sum over every pair of its members, and between two decisions most
-    curves (and so most pairs) are unchanged. Exact: a curve is known by its steps and
-    values, so a changed curve (a new point, a value reported again) is a new one."""
+class _Memo:
+    """What a :class:`FirePBT` remembers between calls: fitness, by the curves' contents
+    (exact: a curve is known by its steps and values). A sub-population's fitness is a
+    sum over every pair of its members' curves, and between two decisions most curves,
+    and so most pairs, are unchanged. (Nothing that holds checkpoints, and so params, is
+    kept.)
+    """
 
-    _SIZE = 4096  # pairs kept; a fitness list is kept per sub-population's latest curves
+    _PAIRS = 4096  # improvements kept
+    _FITNESS = 64  # fitness lists kept
 
     def __init__(self) -> None:
         self._pairs: dict[tuple[Any, Any], float] = {}
@@ -316,20 +319,23 @@ class _FitnessMemo:
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_FitnessMemo, ())  # a pickled mutator starts with an empty memo
+        return (_Memo, ())  # a pickled mutator starts with an empty memo
 
-    def __call__(self, curves: Sequence[Curve | None]) -> list[float | None]:
+    def _keep(self, table: dict, key: Any, value: Any, size: int) -> None:
+        with self._lock:
+            table[key] = value
+            while len(table) > size:
+                del table[next(iter(table))]
+
+    def fitness(self, curves: Sequence[Curve | None]) -> list[float | None]:
+        """:func:`fire_fitness`, computed again only for the pairs of curves it has not
+        seen."""
         keys = tuple(None if c is None else (c.steps.tobytes(), c.values.tobytes()) for c in curves)
-        with self._lock:
-            known = self._fitness.get(keys)
-        if known is not None:
-            return list(known)
-        fitness = _fitness(curves, functools.partial(self._improvement, curves, keys))
-        with self._lock:
-            self._fitness[keys] = fitness
-            while len(self._fitness) > 64:
-                del self._fitness[next(iter(self._fitness))]
-        return list(fitness)
+        known = self._fitness.get(keys)
+        if known is None:
+            known = _fitness(curves, functools.partial(self._improvement, curves, keys))
+            self._keep(self._fitness, keys, known, self._FITNESS)
+        return list(known)
 
     def _improvement(self, curves: Sequence[Curve | None], keys: tuple, i: int, j: int) -> float:
         pair = (keys[i], keys[j])
@@ -338,10 +344,7 @@ class _FitnessMemo:
             a, b = curves[i], curves[j]
             assert a is not None and b is not None
             value = improvement(a, b)
-            with self._lock:
-                self._pairs[pair] = value
-                while len(self._pairs) > self._SIZE:
-                    del self._pairs[next(iter(self._pairs))]
+            self._keep(self._pairs, pair, value, self._PAIRS)
         return value
 
 
@@ -456,7 +459,7 @@ class FirePBT(Mutator):
             mode=check_mode(mode),
         )
         views = _views.Views(functools.partial(_ready_entry, config), {"ready": bool})
-        update = functools.partial(_update, config=config, views=views, fitness=_FitnessMemo())
+        update = functools.partial(_update, config=config, views=views, memo=_Memo())
         prepare = functools.partial(_prepare, config=config)
         return super().__new__(cls, _init, update, None, prepare, mode=mode, counts=_counts)
 
@@ -488,10 +491,10 @@ class _Step:
         history: History,
         now: float,
         key: RawKey,
-        fitness: _FitnessMemo,
+        memo: _Memo,
     ):
         self.state, self.history, self.now, self.key = state, history, now, key
-        self.fitness = fitness
+        self.memo = memo
         self.old_workers = workers
         self.workers = list(workers)
         self.checkpoints: list[Checkpoint] = []
@@ -551,14 +554,15 @@ def _update(
     *,
     config: _Config,
     views: _views.Views,
-    fitness: _FitnessMemo,
+    memo: _Memo,
 ) -> MutatorResult:
     _check_layout(config, len(workers))
     # which members are ready, kept between calls: only they can decide (judging can
     # only make a member unready, by handing weights over to it)
     view = views.view(state, workers, history)
-    step = _Step(state, workers, history, now, key, fitness)
-    for evaluator in range(config.num_members, len(workers)):
+    step = _Step(state, workers, history, now, key, memo)
+    evaluators = range(config.num_members, len(workers))
+    for evaluator in sorted(e for e in state.evaluations if e in evaluators):  # those at work
         _judge(step, config, evaluator)
     for member in view["ready"].nonzero()[0].tolist():
         _decide(step, config, member)
@@ -834,7 +838,7 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
             curves.append(None)
         else:
             curves.append(_curve(history, (evaluated[1],), config.mode))
-    return step.fitness(curves), "max"
+    return step.memo.fitness(curves), "max"
 
 
 def _decide(step: _Step, config: _Config, member: int) -> None:
@@ -879,14 +883,14 @@ def _truncation(
     bottom ``fraction`` it copies a member drawn uniformly from the top ``fraction``
     that is strictly better; otherwise (or with none such) ``None``."""
     taking_part = [i for i, s in enumerate(scores) if s is not None]
-    ranks = dense_ranks([scores[i] for i in taking_part], mode)
     k = selection_lib.num_in_quantile(len(taking_part), fraction)
-    order = sorted(range(len(taking_part)), key=lambda j: (ranks[j], j))  # ties: lower id
-    position = order.index(taking_part.index(me))
-    if k == 0 or position < len(order) - k:
+    position = taking_part.index(me)
+    # lower is better; a non-finite score ranks last (ties by the lower id, as a rank)
+    sign = -1.0 if mode == "max" else 1.0
+    better = np.array([sign * scores[i] for i in taking_part], np.float64)  # type: ignore[operator]
+    better[~np.isfinite(better)] = np.inf
+    if k == 0 or not selection_lib.in_bottom(better, position, k):
         return None
-    mine = ranks[taking_part.index(me)]
-    better = [taking_part[j] for j in order[:k] if ranks[j] < mine]
-    if not better:
-        return None
-    return better[HostRandom(key).randrange(len(better))]
+    top = selection_lib.truncation_top(better, k, None)
+    parent = selection_lib.truncation_parent(HostRandom(key), better, top, position)
+    return None if parent == position else taking_part[parent]
