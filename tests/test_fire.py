@@ -414,16 +414,25 @@ def _random_run(config: dict, seed: int, n_events: int = 60) -> list:
     ],
 )
 def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(config, monkeypatch):
-    """FirePBT asks only the members its kept view says are ready, and remembers fitness
-    by the curves' contents; on random scripts every state equals that of a mutator
-    that asks every member and computes every fitness anew."""
+    """FirePBT asks only the members its kept view says are ready, reads P1's scores from
+    it, and remembers fitness by the curves' contents; on random scripts every state
+    equals that of a mutator that asks every member and computes every score and
+    fitness anew."""
     config = {**config, "max_eval_steps": 4, "mode": "max"}
     for seed in range(12):
         kept = _random_run(config, seed)
         with monkeypatch.context() as patch:
-            # every member is asked whether it decides, every fitness computed anew
+            # every member is asked whether it decides, every score and fitness computed anew
             patch.setattr(
-                fire, "_ready_entry", lambda config, s, h, i, w: (i < config.num_members,)
+                fire, "_entry", lambda config, s, h, i, w: (i < config.num_members, False, 0.0)
+            )
+            patch.setattr(
+                fire,
+                "_member_scores",
+                lambda step, members: [
+                    _subpopulations.member_score(step.history, step.workers[m].generation_id)
+                    for m in members
+                ],
             )
             patch.setattr(fire._Memo, "fitness", lambda self, curves: fire_fitness(curves))
             fresh = _random_run(config, seed)

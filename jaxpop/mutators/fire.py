@@ -458,7 +458,7 @@ class FirePBT(Mutator):
             p_stat=check_probability("p_stat", p_stat),
             mode=check_mode(mode),
         )
-        views = _views.Views(functools.partial(_ready_entry, config), {"ready": bool})
+        views = _views.Views(functools.partial(_entry, config), _COLUMNS)
         update = functools.partial(_update, config=config, views=views, memo=_Memo())
         prepare = functools.partial(_prepare, config=config)
         return super().__new__(cls, _init, update, None, prepare, mode=mode, counts=_counts)
@@ -492,9 +492,10 @@ class _Step:
         now: float,
         key: RawKey,
         memo: _Memo,
+        view: _views.View,
     ):
         self.state, self.history, self.now, self.key = state, history, now, key
-        self.memo = memo
+        self.memo, self.view = memo, view  # the view: of the update's arguments
         self.old_workers = workers
         self.workers = list(workers)
         self.checkpoints: list[Checkpoint] = []
@@ -508,6 +509,7 @@ class _Step:
         self.changed = False
         self.best: dict[int, int | None] = {}  # _assign's cache: members do not change there
         self.decided: set[int] = set()  # the members whose last decision changed
+        self.started: set[int] = set()  # the workers that started a generation
 
     def keys(self, member: int) -> np.ndarray:
         """Member ``member``'s selection and explore keys, ``uint32[2, 2]`` (hashed from
@@ -522,6 +524,7 @@ class _Step:
     def start(self, index: int, worker: int, source: Checkpoint, meta: Any) -> Checkpoint:
         """Worker ``worker`` starts a new generation from ``source`` with ``meta``."""
         self.workers[worker], first = start_generation(source, meta, self.key, index, self.now)
+        self.started.add(worker)
         self.checkpoints.append(first)
         self.history = self.history.add(first)  # later steps of this update see it
         self.changed = True
@@ -557,10 +560,10 @@ def _update(
     memo: _Memo,
 ) -> MutatorResult:
     _check_layout(config, len(workers))
-    # which members are ready, kept between calls: only they can decide (judging can
-    # only make a member unready, by handing weights over to it)
+    # which members are ready and their scores, kept between calls: only the ready can
+    # decide (judging can only make a member unready, by handing weights over to it)
     view = views.view(state, workers, history)
-    step = _Step(state, workers, history, now, key, memo)
+    step = _Step(state, workers, history, now, key, memo, view)
     evaluators = range(config.num_members, len(workers))
     for evaluator in sorted(e for e in state.evaluations if e in evaluators):  # those at work
         _judge(step, config, evaluator)
@@ -576,12 +579,19 @@ def _update(
     return result
 
 
-def _ready_entry(
+#: The columns of FirePBT's view: whether a member is ready, and its member_score
+#: (``scored``: it has one).
+_COLUMNS = {"ready": bool, "scored": bool, "score": np.float64}
+
+
+def _entry(
     config: _Config, state: FireState, history: History, worker_id: int, worker: ActiveWorker
-) -> tuple[bool]:
+) -> tuple[bool, bool, float]:
     if worker_id >= config.num_members:  # an evaluator
-        return (False,)
-    return (_ready(config, state.last_decision, history, worker_id, worker) is not None,)
+        return False, False, math.nan
+    ready = _ready(config, state.last_decision, history, worker_id, worker) is not None
+    score = member_score(history, worker.generation_id)
+    return ready, score is not None, math.nan if score is None else score
 
 
 def _ready(
@@ -798,7 +808,7 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     if eligible:
         scores, mode = _scores(step, config, members)
         if all(scores[m - members.start] is None for m in eligible):
-            scores = [member_score(history, step.workers[m].generation_id) for m in members]
+            scores = _member_scores(step, members)
             mode = config.mode
         ranks = dense_ranks([scores[m - members.start] for m in eligible], mode)
         i = int(np.argmin(ranks))  # ties: the lower worker id
@@ -819,6 +829,21 @@ def _source(history: History, generation_id: str) -> Checkpoint:
 
 
 # -- members --------------------------------------------------------------------------------
+def _member_scores(step: _Step, members: range) -> list[float | None]:
+    """Each member's :func:`member_score`: kept in the view between calls, read again
+    for a member that started a generation in this update (the only ones whose score
+    can have changed since the view was brought up to date: a new generation's first
+    checkpoint changes no other member's score)."""
+    view = step.view
+    scored = view["scored"][members.start : members.stop].tolist()
+    values = view["score"][members.start : members.stop].tolist()
+    scores: list[float | None] = [v if ok else None for v, ok in zip(values, scored, strict=True)]
+    for m in step.started:
+        if m in members:
+            scores[m - members.start] = member_score(step.history, step.workers[m].generation_id)
+    return scores
+
+
 def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | None], str]:
     """Each member's selection score and its direction: ``P1`` by the task's score, a
     later sub-population by :func:`fire_fitness` (higher is better). A finished or gone
@@ -826,11 +851,10 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
     history = step.history
     workers = step.workers
     if members.start == 0:
-        scores = [
-            member_score(history, workers[m].generation_id) if workers[m].is_active else None
-            for m in members
-        ]
-        return scores, config.mode
+        scores = _member_scores(step, members)
+        return [
+            s if workers[m].is_active else None for m, s in zip(members, scores, strict=True)
+        ], config.mode
     curves: list[Curve | None] = []
     for m in members:
         evaluated, worker = step.evaluated.get(m), workers[m]
