@@ -9,7 +9,6 @@ means ``record.replace(field=new_value)``, which returns a new record.
 from __future__ import annotations
 
 import numbers
-import threading
 from collections.abc import Iterable, Sequence
 from itertools import compress
 from operator import is_not
@@ -216,11 +215,8 @@ def check_active_worker(w: Any, where: str = "worker") -> None:
 
 
 def replaced(new: Sequence[Any], old: Sequence[Any]) -> list[int]:
-    """The indices where ``new`` holds another object than ``old`` (compared by identity:
-    records are immutable, so an unchanged assignment is the same object).
-
-    One pass in C over both; for a large population, O(changes) when ``new`` was made
-    from ``old`` by :func:`with_replaced` (directly or through a few such tuples).
+    """The indices where ``new`` holds another object than ``old`` (compared by identity,
+    in C: records are immutable, so an unchanged assignment is the same object).
 
     >>> a, b = ActiveWorker(None, {}, "g", 0), ActiveWorker(None, {}, "g", 0)
     >>> replaced((a, a, b), (a, b, b))
@@ -230,69 +226,18 @@ def replaced(new: Sequence[Any], old: Sequence[Any]) -> list[int]:
         raise ValueError(f"cannot compare {len(new)} assignments with {len(old)}")
     if new is old:
         return []
-    if len(new) > _SCAN_UP_TO:
-        candidates = _made_from(new, old)
-        if candidates is not None:  # every other index holds the same object in both
-            return [i for i in candidates if new[i] is not old[i]]
     return list(compress(range(len(new)), map(is_not, new, old)))
 
 
 def with_replaced(base: tuple[_T, ...], changes: Iterable[tuple[int, _T]]) -> tuple[_T, ...]:
     """``base`` with ``base[i]`` replaced by ``record`` for each ``(i, record)``: a new tuple.
 
-    The tuple remembers, for a while, which indices it replaced, so that
-    :func:`replaced` of it (or of a tuple made from it) against ``base`` need not
-    compare every entry: a controller of a few hundred workers compares assignments
-    at every event.
-
     >>> a, b = ActiveWorker(None, {}, "g", 0), ActiveWorker(None, {}, "g", 1)
-    >>> base = (a, a, a)
-    >>> new = with_replaced(base, [(2, b)])
-    >>> new[2] is b, replaced(new, base)
+    >>> new = with_replaced((a, a, a), [(2, b)])
+    >>> new[2] is b, replaced(new, (a, a, a))
     (True, [2])
     """
     items = list(base)
-    indices = []
     for i, record in changes:
         items[i] = record
-        indices.append(i)
-    new = tuple(items)
-    if len(new) > _SCAN_UP_TO:
-        with _MADE_LOCK:
-            _MADE[id(new)] = (new, base, sorted(set(indices)))
-            if len(_MADE) > _MADE_SIZE:
-                del _MADE[next(iter(_MADE))]
-    return new
-
-
-# The last few tuples made by with_replaced: id(new) -> (new, base, replaced indices). The
-# entry holds ``new`` (so its id is not reused while the entry lives) and ``base`` (so an
-# id match is the object); a handful are enough for a controller's next events, and keep
-# few assignments (and the params they reference) alive after they are replaced.
-_MADE: dict[int, tuple[tuple[Any, ...], tuple[Any, ...], list[int]]] = {}
-_MADE_SIZE = 4
-_MADE_LOCK = threading.Lock()
-# Up to this many entries a pass in C (about 20 ns an entry) costs less than following
-# the tuples (about 1.5 us); past it, with_replaced remembers what it replaced
-_SCAN_UP_TO = 96
-
-
-def _made_from(new: Sequence[Any], old: Sequence[Any]) -> list[int] | None:
-    """The indices :func:`with_replaced` replaced on the way from ``old`` to ``new``,
-    sorted, or ``None`` if ``new`` was not made from ``old`` that way in the last few
-    steps."""
-    entry = _MADE.get(id(new))
-    if entry is None or entry[0] is not new:
-        return None
-    if entry[1] is old:  # the usual case: one step
-        return entry[2]
-    indices = set(entry[2])
-    for _ in range(_MADE_SIZE - 1):
-        base = entry[1]
-        entry = _MADE.get(id(base))
-        if entry is None or entry[0] is not base:
-            return None
-        indices.update(entry[2])
-        if entry[1] is old:
-            return sorted(indices)
-    return None
+    return tuple(items)

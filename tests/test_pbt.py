@@ -737,3 +737,13 @@ def test_a_caller_that_keeps_the_state_but_not_the_copy_gets_a_fresh_answer(monk
     monkeypatch.setattr(_views.Views, "view", _views.Views.build)
     fresh = scenario(make())
     assert (kept[0], kept[1], kept[2]) == (fresh[0], fresh[1], fresh[2])
+
+
+@pytest.mark.parametrize("selection", ["tournament", "copy_best"])
+def test_selections_other_than_truncation_ignore_the_quantile_fraction(selection):
+    """Only truncation reads ``quantile_fraction``; the others ignore it, whatever it is."""
+    pbt = make(selection=selection, quantile_fraction=None)
+    state, _ = population(pbt)
+    for w, v in ((0, 1.0), (1, 2.0), (2, 3.0), (3, 4.0)):
+        state = report(state, pbt, w, 10, v)
+    assert pbt.counts(state.mutator_state).decisions == 4

@@ -14,6 +14,7 @@ not at hand; the abstract and a public re-implementation's quotations of Section
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -304,10 +305,11 @@ def _fitness(
 
 class _Memo:
     """What a :class:`FirePBT` remembers between calls: fitness, by the curves' contents
-    (exact: a curve is known by its steps and values). A sub-population's fitness is a
-    sum over every pair of its members' curves, and between two decisions most curves,
-    and so most pairs, are unchanged. (Nothing that holds checkpoints, and so params, is
-    kept.)
+    (a curve is known by a 128-bit BLAKE2b digest of its steps and values, so a changed
+    curve is a new one). A sub-population's fitness is a sum over every pair of its
+    members' curves, and between two decisions most curves, and so most pairs, are
+    unchanged. Nothing that holds checkpoints (and so params) is kept, and a key is 16
+    bytes whatever the curve's length.
     """
 
     _PAIRS = 4096  # improvements kept
@@ -330,7 +332,7 @@ class _Memo:
     def fitness(self, curves: Sequence[Curve | None]) -> list[float | None]:
         """:func:`fire_fitness`, computed again only for the pairs of curves it has not
         seen."""
-        keys = tuple(None if c is None else (c.steps.tobytes(), c.values.tobytes()) for c in curves)
+        keys = tuple(None if c is None else _digest(c) for c in curves)
         known = self._fitness.get(keys)
         if known is None:
             known = _fitness(curves, functools.partial(self._improvement, curves, keys))
@@ -346,6 +348,13 @@ class _Memo:
             value = improvement(a, b)
             self._keep(self._pairs, pair, value, self._PAIRS)
         return value
+
+
+def _digest(curve: Curve) -> bytes:
+    """A curve's steps then values (as many of each, 8 bytes each: one way to split)."""
+    digest = hashlib.blake2b(curve.steps.tobytes(), digest_size=16)
+    digest.update(curve.values.tobytes())
+    return digest.digest()
 
 
 # -- the mutator ----------------------------------------------------------------------------

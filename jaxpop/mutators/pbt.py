@@ -734,7 +734,9 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
 
     # one member, straight from the sort keys: the order they give (finite, then inf,
     # then NaN, ties by index) is the host twins' order of _tiered(keys)
-    one = functools.partial(_ONE[selection], float(quantile_fraction))
+    # (the fraction is truncation's alone: the others ignore it, as they always have)
+    fraction = float(quantile_fraction) if selection == "truncation" else 0.0
+    one = functools.partial(_ONE[selection], fraction)
     return _Selection(one=one, round=round_)
 
 
