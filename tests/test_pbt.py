@@ -747,3 +747,49 @@ def test_selections_other_than_truncation_ignore_the_quantile_fraction(selection
     for w, v in ((0, 1.0), (1, 2.0), (2, 3.0), (3, 4.0)):
         state = report(state, pbt, w, 10, v)
     assert pbt.counts(state.mutator_state).decisions == 4
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"metric": "mean", "mode": "max"},
+        {"time_attr": "time", "perturbation_interval": 3, "burn_in_period": 2},
+        {"burn_in_period": 12},
+    ],
+)
+def test_a_views_entry_is_the_workers_score_copy_source_and_readiness(options):
+    """A view's entry reads the history once for what ``_score``, ``_copy_source`` and
+    ``_is_ready`` each read: on every state of random event scripts (lost params,
+    finished workers, non-finite values) it equals what they give."""
+    import random
+
+    from jaxpop.mutators import pbt as pbt_lib
+
+    n = 5
+    m = make(**{"perturbation_interval": 5, **options})
+    config = m.update.args[0]
+    for seed in range(12):
+        rng = random.Random(seed)
+        draws = [(rng.randrange(100), rng.randrange(100), rng.randrange(100)) for _ in range(40)]
+        values, script = _event_script(draws, n)
+        for state in _run_script(m, script, values, n):
+            mstate = pbt_lib._as_state(state.mutator_state)
+            if config.burn_in and not config.by_step and mstate.start_time is None:
+                mstate = mstate._replace(start_time=pbt_lib._start_time(state.history))
+            for i, worker in enumerate(state.workers):
+                h = state.history
+                score = pbt_lib._score(config, mstate, h, i, worker.generation_id)
+                source = pbt_lib._copy_source(h, worker)
+                key, copy_step, ready, active = pbt_lib._entry(config, mstate, h, i, worker)
+                expected_key = (
+                    math.nan
+                    if score is None
+                    else math.inf
+                    if not math.isfinite(score)
+                    else (-score if config.mode == "max" else score)
+                )
+                assert key == expected_key or (math.isnan(key) and math.isnan(expected_key))
+                assert copy_step == (-1 if source is None else source.step)
+                assert ready == pbt_lib._is_ready(config, mstate, h, i, worker)
+                assert active == worker.is_active

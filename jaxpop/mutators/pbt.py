@@ -420,7 +420,20 @@ def _is_ready(
     """Whether the worker's latest evaluation ends an interval (and the burn-in)."""
     if not worker.is_active:
         return False
-    latest = history.latest_evaluated(worker.generation_id)
+    return _ends_interval(
+        config, state, history, worker_id, worker, history.latest_evaluated(worker.generation_id)
+    )
+
+
+def _ends_interval(
+    config: _Config,
+    state: PBTState,
+    history: History,
+    worker_id: int,
+    worker: ActiveWorker,
+    latest: Checkpoint | None,
+) -> bool:
+    """:func:`_is_ready` of an active worker whose latest evaluation is ``latest``."""
     if latest is None:
         return False
     marker = _marker(config, state, history, worker_id, worker.generation_id)
@@ -496,16 +509,29 @@ _COLUMNS = {"keys": np.float64, "copy_steps": np.int64, "ready": bool, "active":
 def _entry(
     config: _Config, state: PBTState, history: History, worker_id: int, worker: ActiveWorker
 ) -> tuple[float, int, bool, bool]:
-    score = _score(config, state, history, worker_id, worker.generation_id)
+    # _score, _copy_source and _is_ready, sharing their reads of the history
+    generation_id = worker.generation_id
+    latest = history.latest_evaluated(generation_id)
+    if latest is None:  # not evaluated since it started: it ranks (and is copied) as its source
+        copied = _copied(history, generation_id)
+        score = None if copied is None else copied.value
+        source = copied if score is not None else None
+    else:
+        if config.metric == "last":
+            score = latest.value
+        else:
+            score = _score(config, state, history, worker_id, generation_id)
+        # (the latest evaluated checkpoint that holds params: this one, if it does)
+        source = latest if latest.params is not None else history.latest_loadable(generation_id)
     if score is None:
         key = math.nan
     elif not math.isfinite(score):
         key = math.inf
     else:
         key = -score if config.mode == "max" else score
-    source = _copy_source(history, worker)
-    ready = _is_ready(config, state, history, worker_id, worker)
-    return key, -1 if source is None else source.step, ready, worker.is_active
+    active = worker.is_active
+    ready = active and _ends_interval(config, state, history, worker_id, worker, latest)
+    return key, -1 if source is None else source.step, ready, active
 
 
 def _ranks(keys: np.ndarray) -> np.ndarray:
