@@ -761,7 +761,7 @@ def test_selections_other_than_truncation_ignore_the_quantile_fraction(selection
 def test_a_views_entry_is_the_workers_score_copy_source_and_readiness(options):
     """A view's entry reads the history once for what ``_score``, ``_copy_source`` and
     ``_is_ready`` each read: on every state of random event scripts (lost params,
-    finished workers, non-finite values) it equals what they give."""
+    finished workers, non-finite values) it equals what they give from scratch."""
     import random
 
     from jaxpop.mutators import pbt as pbt_lib
@@ -791,5 +791,8 @@ def test_a_views_entry_is_the_workers_score_copy_source_and_readiness(options):
                 )
                 assert key == expected_key or (math.isnan(key) and math.isnan(expected_key))
                 assert copy_step == (-1 if source is None else source.step)
-                assert ready == pbt_lib._is_ready(config, mstate, h, i, worker)
+                latest = h.latest_evaluated(worker.generation_id)
+                assert ready == (
+                    worker.is_active and pbt_lib._is_ready(config, mstate, h, i, worker, latest)
+                )
                 assert active == worker.is_active

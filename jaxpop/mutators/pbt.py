@@ -415,17 +415,6 @@ def _interval_start(
 
 
 def _is_ready(
-    config: _Config, state: PBTState, history: History, worker_id: int, worker: ActiveWorker
-) -> bool:
-    """Whether the worker's latest evaluation ends an interval (and the burn-in)."""
-    if not worker.is_active:
-        return False
-    return _ends_interval(
-        config, state, history, worker_id, worker, history.latest_evaluated(worker.generation_id)
-    )
-
-
-def _ends_interval(
     config: _Config,
     state: PBTState,
     history: History,
@@ -433,7 +422,8 @@ def _ends_interval(
     worker: ActiveWorker,
     latest: Checkpoint | None,
 ) -> bool:
-    """:func:`_is_ready` of an active worker whose latest evaluation is ``latest``."""
+    """Whether an active worker whose latest evaluation is ``latest`` is ready: the
+    evaluation ends an interval (and the burn-in)."""
     if latest is None:
         return False
     marker = _marker(config, state, history, worker_id, worker.generation_id)
@@ -530,7 +520,7 @@ def _entry(
     else:
         key = -score if config.mode == "max" else score
     active = worker.is_active
-    ready = active and _ends_interval(config, state, history, worker_id, worker, latest)
+    ready = active and _is_ready(config, state, history, worker_id, worker, latest)
     return key, -1 if source is None else source.step, ready, active
 
 

@@ -15,7 +15,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +28,19 @@ __all__ = [
     "HostRng",
     "Mode",
     "SelectionFn",
+    "best_member",
     "canonical_scores",
+    "in_bottom",
     "num_in_quantile",
     "tournament",
     "tournament_host",
+    "tournament_parent",
     "truncation",
     "copy_best",
     "copy_best_host",
     "truncation_host",
+    "truncation_parent",
+    "truncation_top",
     "winner_take_all",
     "winner_take_all_host",
 ]
@@ -372,14 +377,26 @@ def copy_best_host(
 # deciding member's own score is never NaN.
 def in_bottom(better: np.ndarray, i: int, k: int) -> bool:
     """Whether member ``i`` is among the ``k`` last in the order by score, ties by the
-    lower index (a stable sort), found by counting: no sort."""
+    lower index (a stable sort), found by counting: no sort.
+
+    >>> better = np.array([0.1, 0.9, np.inf, np.nan])  # NaN: no score, ranks last
+    >>> [in_bottom(better, i, 2) for i in range(3)]
+    [False, False, True]
+    """
     b = better[i]
     place = np.count_nonzero(better < b) + np.count_nonzero(better[:i] == b)
     return bool(place >= better.shape[0] - k)
 
 
 def truncation_top(better: np.ndarray, k: int, parents: np.ndarray | None) -> np.ndarray:
-    """The ``k`` best members (ties by the lower index) that ``parents`` allows, best first."""
+    """The ``k`` best members (ties by the lower index) that the ``bool[n]`` mask
+    ``parents`` allows (``None``: all), best first.
+
+    >>> truncation_top(np.array([0.5, 0.1, 0.1, 0.3]), 2, None).tolist()
+    [1, 2]
+    >>> truncation_top(np.array([0.5, 0.1, 0.1, 0.3]), 2, np.array([1, 0, 1, 1], bool)).tolist()
+    [2, 3]
+    """
     order = np.argsort(better, kind="stable")
     if parents is not None:
         order = order[np.asarray(parents, bool)[order]]
@@ -402,9 +419,15 @@ def tournament_parent(rng: HostRng, better: np.ndarray, i: int) -> int:
     return opponent if better[opponent] < better[i] else i
 
 
-def best_member(better: np.ndarray, parents: np.ndarray | None) -> int | None:
-    """The best member that ``parents`` allows (the first, on a tie); ``None`` if it
-    allows none."""
+def best_member(better: np.ndarray, parents: Any) -> int | None:
+    """The best member that the ``bool[n]`` mask ``parents`` allows (the first, on a
+    tie; ``None``: all); ``None`` if it allows none.
+
+    >>> best_member(np.array([0.5, 0.1, 0.1]), None), best_member(np.array([0.5, 0.1]), [1, 0])
+    (1, 0)
+    """
+    if parents is not None:
+        parents = np.asarray(parents, bool)
     candidates = better if parents is None else better[parents]
     if not candidates.size:
         return None
