@@ -64,17 +64,22 @@ def copy_out(tree: Any) -> Any:
     return _copy(tree, arrays=False)
 
 
+def _flat(tree: Any) -> bool:
+    """Whether ``tree`` is a dict of str keys and plain values (its keys sort)."""
+    return (
+        type(tree) is dict
+        and all(type(k) is str for k in tree)
+        and all(type(v) in _IMMUTABLE for v in tree.values())
+    )
+
+
 def check_sortable_keys(tree: Any, where: str) -> None:
     """Raises ``TypeError`` if a dict in ``tree`` has keys JAX cannot sort (``{1: a, "1": b}``).
 
     JAX flattens a dict in sorted key order, so such hyperparameters would fail at the
     first exploit; refuse them where they enter instead.
     """
-    if (  # the usual case: a flat dict of str keys and plain values
-        type(tree) is dict
-        and all(type(k) is str for k in tree)
-        and all(type(v) in _IMMUTABLE for v in tree.values())
-    ):
+    if _flat(tree):  # the usual case
         return
     try:
         jax.tree.flatten(tree)

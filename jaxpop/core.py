@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from flax import struct
 
-from jaxpop.boundary import check_sortable_keys, copy_in
+from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing
 from jaxpop.history import History, check_mode
 from jaxpop.keys import event_key as _event_key
@@ -34,6 +34,8 @@ from jaxpop.records import (
     ActiveWorker,
     Checkpoint,
     _active_worker,
+    _well_formed,
+    _well_formed_worker,
     _with_status,
     check_active_worker,
     check_checkpoint,
@@ -340,8 +342,11 @@ def _apply_mutator(
         )
     history = state.history
     for i, checkpoint in enumerate(new_checkpoints):
-        check_checkpoint(checkpoint, f"{who}'s new checkpoint {i}")  # as storage reads it
-        check_sortable_keys(checkpoint.meta_params, f"the meta_params {who} returned")
+        # as storage reads it (the messages are built only for a record that fails)
+        if not (type(checkpoint) is Checkpoint and _well_formed(checkpoint)):
+            check_checkpoint(checkpoint, f"{who}'s new checkpoint {i}")
+        if not _flat(checkpoint.meta_params):
+            check_sortable_keys(checkpoint.meta_params, f"the meta_params {who} returned")
         if history.get_checkpoint(checkpoint.generation_id, checkpoint.step) is not None:
             raise ValueError(
                 f"{who} returned a checkpoint for {checkpoint.ref}, which is already in "
@@ -353,7 +358,8 @@ def _apply_mutator(
         worker = workers[i]
         if not isinstance(worker, ActiveWorker):
             raise TypeError(f"{who} returned a {type(worker).__name__} for worker {i}")
-        check_active_worker(worker, f"{who}'s worker {i}")
+        if not _well_formed_worker(worker):
+            check_active_worker(worker, f"{who}'s worker {i}")
         if worker.generation_id not in history:
             raise ValueError(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "

@@ -195,16 +195,22 @@ def check_checkpoint(c: Any, where: str = "checkpoint") -> None:
         raise _bad(f"{where}.time", "a real number", c.time)
 
 
-def check_active_worker(w: Any, where: str = "worker") -> None:
-    """Raises ``ValueError`` naming the field if ``w`` is not a well-formed ActiveWorker."""
-    if (  # the common case, in one expression: no message to build
+def _well_formed_worker(w: Any) -> bool:
+    """Whether ``check_active_worker`` passes ``w``, in one expression; ``False`` when in
+    doubt, and the field by field checks decide."""
+    return (
         type(w) is ActiveWorker
         and type(w.generation_id) is str
         and w.generation_id != ""
         and type(w.step) is int
         and type(w.status) is str
         and w.status in STATUSES
-    ):
+    )
+
+
+def check_active_worker(w: Any, where: str = "worker") -> None:
+    """Raises ``ValueError`` naming the field if ``w`` is not a well-formed ActiveWorker."""
+    if _well_formed_worker(w):  # the common case: no message to build
         return
     if type(w) is not ActiveWorker:
         raise _bad(where, "an ActiveWorker", w)

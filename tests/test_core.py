@@ -330,3 +330,25 @@ def test_missing_refuses_a_generation_id_that_is_not_a_str(generation_id):
     state, _, mutator = _missing_state()
     with pytest.raises(TypeError, match="generation_id must be the str"):
         apply(state, Missing(0, generation_id, 2), 1.0, mutator)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"status": "asleep"}, r"mutator\.update's worker 1\.status is not one of"),
+        ({"step": 2.0}, r"mutator\.update's worker 1\.step is not an int"),
+        ({"generation_id": ""}, r"mutator\.update's worker 1\.generation_id is not a generation"),
+    ],
+)
+def test_a_mutator_that_returns_an_ill_formed_worker_is_refused_naming_it(bad, match):
+    """The records a mutator returns are checked as storage reads them, the message
+    naming the worker and the field (built only when a check fails)."""
+
+    def update(state, workers, history, now, key):
+        return state, (workers[0], workers[1].replace(**bad)), ()
+
+    m = Mutator(lambda: 0, update)
+    state = fresh_state([{"lr": 0.1}, {"lr": 0.2}], m)
+    gen = state.workers[0].generation_id
+    with pytest.raises(ValueError, match=match):
+        apply(state, Eval("p", 0, gen, 1, 0.5), 1.0, m)
