@@ -649,9 +649,15 @@ def _update(
     if not config.synch:
         # the next call's history is made from this call's by the core's adds: label the
         # view with this call's workers and history; the deciders' entries changed (their
-        # last decision), and are read again when the view is next used
+        # last decision): a copier's is read again when the view is next used, and one
+        # that kept going is no longer ready (its interval starts at its evaluation, and
+        # with metric="last" nothing else about it changed)
         view.moved_on(new_state, workers, history)
-        view.stale.update(ready)
+        for i in ready:
+            if config.metric == "last" and i not in copiers:
+                view["ready"][i] = False
+            else:
+                view.stale.add(i)
         views.keep(view)
     if not copiers:
         return new_state, workers, ()
