@@ -415,10 +415,16 @@ def _random_run(config: dict, seed: int, n_events: int = 60) -> list:
 )
 def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(config, monkeypatch):
     """FirePBT asks only the members its kept view says are ready, reads P1's scores from
-    it, and remembers fitness by the curves' contents; on random scripts every state
-    equals that of a mutator that asks every member and computes every score and
-    fitness anew."""
+    it, judges only the evaluations whose workers it read again, and remembers fitness by
+    the curves' contents; on random scripts every state equals that of a mutator that
+    asks every member, judges every evaluation and computes every score and fitness
+    anew."""
     config = {**config, "max_eval_steps": 4, "mode": "max"}
+    to_judge = fire._to_judge
+
+    def judge_all(config, state, touched, size):  # every evaluator at work
+        return to_judge(config, state, None, size)
+
     for seed in range(12):
         kept = _random_run(config, seed)
         with monkeypatch.context() as patch:
@@ -435,6 +441,7 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
                 ],
             )
             patch.setattr(fire._Memo, "fitness", lambda self, curves: fire_fitness(curves))
+            patch.setattr(fire, "_to_judge", judge_all)
             fresh = _random_run(config, seed)
         for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
             assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)

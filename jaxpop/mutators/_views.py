@@ -39,6 +39,7 @@ class View:
         "history",
         "stale",
         "state",
+        "touched",
         "workers",
     )
 
@@ -60,6 +61,10 @@ class View:
         self.by_generation = by_generation
         #: workers whose entries are out of date: refreshed before the view is next read
         self.stale: set[int] = set()
+        #: the workers whose entries were read again when the view was last brought up to
+        #: date (their assignment was replaced, their generation got a checkpoint, or they
+        #: were stale); ``None`` for a view read afresh (any worker may have changed)
+        self.touched: set[int] | None = None
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -136,6 +141,7 @@ class Views:
         old.moved_on(state, workers, history)
         for i in touched:
             old.refresh(i)
+        old.touched = touched
         return old
 
     def keep(self, view: View) -> None:

@@ -573,8 +573,7 @@ def _update(
     # decide (judging can only make a member unready, by handing weights over to it)
     view = views.view(state, workers, history)
     step = _Step(state, workers, history, now, key, memo, view)
-    evaluators = range(config.num_members, len(workers))
-    for evaluator in sorted(e for e in state.evaluations if e in evaluators):  # those at work
+    for evaluator in _to_judge(config, state, view.touched, len(workers)):
         _judge(step, config, evaluator)
     for member in view["ready"].nonzero()[0].tolist():
         _decide(step, config, member)
@@ -586,6 +585,26 @@ def _update(
     view.stale.update(step.decided)
     views.keep(view)
     return result
+
+
+def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size: int) -> list[int]:
+    """The evaluators at work whose evaluation may end now, in id order.
+
+    A verdict changes only with a new evaluation of the evaluator's own (its generation
+    got a checkpoint) or when its evaluator, member or child is reassigned or stops being
+    active (its assignment was replaced): either way that worker is one the view read
+    again (``touched``; ``None`` when the view read every worker). A hand-over earlier
+    in the same update changes no other evaluation's verdict: it reassigns an active
+    child, which matters only once that evaluation has a new evaluation of its own.
+    """
+    evaluators = range(config.num_members, size)
+    if touched is None:
+        return sorted(e for e in state.evaluations if e in evaluators)
+    return sorted(
+        e
+        for e, task in state.evaluations.items()
+        if (e in touched or task.member in touched or task.child in touched) and e in evaluators
+    )
 
 
 #: The columns of FirePBT's view: whether a member is ready, and its member_score
