@@ -756,9 +756,11 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
 
     # one member, straight from the sort keys: the order they give (finite, then inf,
     # then NaN, ties by index) is the host twins' order of _tiered(keys)
-    # (the fraction is truncation's alone: the others ignore it, as they always have)
-    fraction = float(quantile_fraction) if selection == "truncation" else 0.0
-    one = functools.partial(_ONE[selection], fraction)
+    one: Callable[..., int]
+    if selection == "truncation":  # (the fraction is truncation's alone: the others ignore it)
+        one = functools.partial(_truncation_one, float(quantile_fraction))
+    else:
+        one = _tournament_one if selection == "tournament" else _copy_best_one
     return _Selection(one=one, round=round_)
 
 
@@ -770,13 +772,10 @@ def _truncation_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents
     return selection_lib.truncation_parent(HostRandom(key, stream=i), keys, top, i)
 
 
-def _tournament_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
+def _tournament_one(key: Any, i: int, keys: np.ndarray, parents) -> int:
     return selection_lib.tournament_parent(HostRandom(key, stream=i), keys, i)
 
 
-def _copy_best_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
+def _copy_best_one(key: Any, i: int, keys: np.ndarray, parents) -> int:
     best = selection_lib.best_member(keys, parents())
     return i if best is None or not keys[i] > keys[best] else best
-
-
-_ONE = {"truncation": _truncation_one, "tournament": _tournament_one, "copy_best": _copy_best_one}
