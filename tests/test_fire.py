@@ -414,11 +414,11 @@ def _random_run(config: dict, seed: int, n_events: int = 60) -> list:
     ],
 )
 def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(config, monkeypatch):
-    """FirePBT asks only the members its kept view says are ready, reads P1's scores from
-    it, judges only the evaluations whose workers it read again, and remembers fitness by
-    the curves' contents; on random scripts every state equals that of a mutator that
-    asks every member, judges every evaluation and computes every score and fitness
-    anew."""
+    """FirePBT asks only the members its kept view says are ready, reads P1's scores and
+    which members have a curve of their own from it, judges only the evaluations whose
+    workers it read again, and remembers curves and fitness by the curves' contents; on
+    random scripts every state equals that of a mutator that asks every member, judges
+    every evaluation and computes every score, curve and fitness anew."""
     config = {**config, "max_eval_steps": 4, "mode": "max"}
     to_judge = fire._to_judge
 
@@ -428,9 +428,10 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
     for seed in range(12):
         kept = _random_run(config, seed)
         with monkeypatch.context() as patch:
-            # every member is asked whether it decides, every score and fitness computed anew
+            # every member is asked whether it decides and has a curve (-1), every score and
+            # fitness computed anew
             patch.setattr(
-                fire, "_entry", lambda config, s, h, i, w: (i < config.num_members, False, 0.0)
+                fire, "_entry", lambda config, s, h, i, w: (i < config.num_members, False, 0.0, -1)
             )
             patch.setattr(
                 fire,
@@ -440,7 +441,12 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
                     for m in members
                 ],
             )
-            patch.setattr(fire._Memo, "fitness", lambda self, curves: fire_fitness(curves))
+            patch.setattr(fire._Memo, "fitness", lambda self, curves, keys: fire_fitness(curves))
+
+            def curve_afresh(step, generation, mode):
+                return fire._curve(step.history, (generation,), mode), None
+
+            patch.setattr(fire, "_evaluation_curve", curve_afresh)
             patch.setattr(fire, "_to_judge", judge_all)
             fresh = _random_run(config, seed)
         for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):

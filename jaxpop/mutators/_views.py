@@ -36,6 +36,7 @@ class View:
         "_entry",
         "by_generation",
         "columns",
+        "derived",
         "history",
         "stale",
         "state",
@@ -65,6 +66,11 @@ class View:
         #: date (their assignment was replaced, their generation got a checkpoint, or they
         #: were stale); ``None`` for a view read afresh (any worker may have changed)
         self.touched: set[int] | None = None
+        #: ``generation_id -> value``: what a mutator derived from one generation's
+        #: checkpoints (a curve, say) and keeps with the view: an entry is dropped when its
+        #: generation gets a checkpoint, and a view read afresh starts with none. The
+        #: mutator bounds its size.
+        self.derived: dict[str, Any] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -136,8 +142,11 @@ class Views:
                 by_generation[after] = (*by_generation.get(after, ()), i)
         touched = set(changed) | old.stale
         old.stale.clear()
+        derived = old.derived
         for generation_id, _ in refs:
             touched.update(by_generation.get(generation_id, ()))
+            if derived:
+                derived.pop(generation_id, None)
         old.moved_on(state, workers, history)
         for i in touched:
             old.refresh(i)

@@ -329,10 +329,11 @@ class _Memo:
             while len(table) > size:
                 del table[next(iter(table))]
 
-    def fitness(self, curves: Sequence[Curve | None]) -> list[float | None]:
+    def fitness(
+        self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...]
+    ) -> list[float | None]:
         """:func:`fire_fitness`, computed again only for the pairs of curves it has not
-        seen."""
-        keys = tuple(None if c is None else _digest(c) for c in curves)
+        seen; ``keys``: each curve's :func:`_digest` (``None`` for no curve)."""
         known = self._fitness.get(keys)
         if known is None:
             known = _fitness(curves, functools.partial(self._improvement, curves, keys))
@@ -583,6 +584,8 @@ def _update(
     # whose last decision changed are read again when the view is next used
     view.moved_on(result[0], workers, history)
     view.stale.update(step.decided)
+    if len(view.derived) > 2 * len(workers):  # curves of evaluations no member holds now
+        view.derived.clear()
     views.keep(view)
     return result
 
@@ -607,19 +610,28 @@ def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size:
     )
 
 
-#: The columns of FirePBT's view: whether a member is ready, and its member_score
-#: (``scored``: it has one).
-_COLUMNS = {"ready": bool, "scored": bool, "score": np.float64}
+#: The columns of FirePBT's view: whether a member is ready, its member_score
+#: (``scored``: it has one), and whether it is active with a curve of its own
+#: (``curve``: 1 yes, 0 no, -1 a curve over several generations, read when needed: it
+#: reads generations other than the member's own, which the view does not follow).
+_COLUMNS = {"ready": bool, "scored": bool, "score": np.float64, "curve": np.int8}
 
 
 def _entry(
     config: _Config, state: FireState, history: History, worker_id: int, worker: ActiveWorker
-) -> tuple[bool, bool, float]:
+) -> tuple[bool, bool, float, int]:
     if worker_id >= config.num_members:  # an evaluator
-        return False, False, math.nan
+        return False, False, math.nan, 0
     ready = _ready(config, state.last_decision, history, worker_id, worker) is not None
     score = member_score(history, worker.generation_id)
-    return ready, score is not None, math.nan if score is None else score
+    generations = _stored_generations(state.curves, worker_id, worker)
+    if not worker.is_active:
+        curve = 0
+    elif len(generations) > 1:
+        curve = -1
+    else:
+        curve = int(history.latest_evaluated(worker.generation_id) is not None)
+    return ready, score is not None, math.nan if score is None else score, curve
 
 
 def _ready(
@@ -647,9 +659,16 @@ def _ready(
 
 # -- evaluators ---------------------------------------------------------------------------
 def _curve_generations(step: _Step, member: int) -> tuple[str, ...]:
-    generation = step.workers[member].generation_id
-    stored = step.curves.get(member)
-    return stored if stored and stored[-1] == generation else (generation,)
+    return _stored_generations(step.curves, member, step.workers[member])
+
+
+def _stored_generations(
+    curves: Mapping[int, tuple[str, ...]], member: int, worker: ActiveWorker
+) -> tuple[str, ...]:
+    """The generations of a member's own curve: those stored for its current generation
+    (a hand-over's child continues the evaluator's curve), else that generation."""
+    stored = curves.get(member)
+    return stored if stored and stored[-1] == worker.generation_id else (worker.generation_id,)
 
 
 def _curve(history: History, generations: Sequence[str], mode: str) -> Curve:
@@ -826,12 +845,7 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     (by the sub-population's own score; by the task's score while none has a fitness)."""
     if members.start in step.best:
         return step.best[members.start]
-    history = step.history
-    eligible = [
-        m
-        for m in members
-        if step.workers[m].is_active and _has_curve(history, _curve_generations(step, m))
-    ]
+    eligible = _with_curves(step, members)
     best = None
     if eligible:
         scores, mode = _scores(step, config, members)
@@ -843,6 +857,28 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
         best = eligible[i] if math.isfinite(ranks[i]) else None
     step.best[members.start] = best
     return best
+
+
+def _with_curves(step: _Step, members: range) -> list[int]:
+    """The active members of a sub-population with a curve of their own, in id order:
+    from the view's ``curve`` column, read afresh for a curve over several generations
+    and for the members that started a generation in this update (the view's entries
+    are those of before it)."""
+    column = step.view["curve"]
+    found = (np.flatnonzero(column[members.start : members.stop]) + members.start).tolist()
+    out = [m for m in found if column[m] == 1 and m not in step.started]
+    for m in found:
+        if column[m] == -1 and m not in step.started and _has_own_curve(step, m):
+            out.append(m)
+    out += [m for m in step.started if m in members and _has_own_curve(step, m)]
+    return sorted(out)
+
+
+def _has_own_curve(step: _Step, member: int) -> bool:
+    """Whether a member is active with a curve of its own, read afresh."""
+    if not step.workers[member].is_active:
+        return False
+    return _has_curve(step.history, _curve_generations(step, member))
 
 
 def _source(history: History, generation_id: str) -> Checkpoint:
@@ -876,7 +912,6 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
     """Each member's selection score and its direction: ``P1`` by the task's score, a
     later sub-population by :func:`fire_fitness` (higher is better). A finished or gone
     member has none: it takes no part (never copied, not compared with)."""
-    history = step.history
     workers = step.workers
     if members.start == 0:
         scores = _member_scores(step, members)
@@ -884,13 +919,28 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
             s if workers[m].is_active else None for m, s in zip(members, scores, strict=True)
         ], config.mode
     curves: list[Curve | None] = []
+    keys: list[bytes | None] = []
     for m in members:
         evaluated, worker = step.evaluated.get(m), workers[m]
         if evaluated is None or not worker.is_active or evaluated[0] != worker.generation_id:
             curves.append(None)
+            keys.append(None)
         else:
-            curves.append(_curve(history, (evaluated[1],), config.mode))
-    return step.memo.fitness(curves), "max"
+            curve, digest = _evaluation_curve(step, evaluated[1], config.mode)
+            curves.append(curve)
+            keys.append(digest)
+    return step.memo.fitness(curves, tuple(keys)), "max"
+
+
+def _evaluation_curve(step: _Step, generation: str, mode: str) -> tuple[Curve, bytes]:
+    """The curve of an evaluation's generation and its :func:`_digest`, kept with the
+    view until the generation gets a checkpoint (see ``View.derived``): most curves a
+    fitness reads are those of evaluations that ended, unchanged from call to call."""
+    known = step.view.derived.get(generation)
+    if known is None:
+        curve = _curve(step.history, (generation,), mode)
+        known = step.view.derived[generation] = (curve, _digest(curve))
+    return known
 
 
 def _decide(step: _Step, config: _Config, member: int) -> None:
