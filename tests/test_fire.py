@@ -83,6 +83,50 @@ def test_fitness_needs_two_points_and_a_diverged_curve_ranks_last():
     assert fitness[0] == 0.0 and math.isnan(fitness[1]) and fitness[2:] == [None, None]
 
 
+def test_fitness_from_the_kept_matrix_equals_fitness_computed_afresh():
+    """The memo recomputes only the rows and columns of the curves that changed since a
+    sub-population's last fitness; over random changes (a new curve, none, one point, a
+    diverged one, the same again) its fitness equals the definition's exactly."""
+    rng = np.random.default_rng(0)
+
+    def random_curve():
+        kind = rng.integers(6)
+        if kind == 0:
+            return None
+        points = [
+            (int(s), float(v)) for s, v in zip(range(0, 50, 10), rng.normal(size=5), strict=True)
+        ]
+        if kind == 1:
+            return Curve.of(points[:1])
+        if kind == 2:
+            points[-1] = (points[-1][0], math.nan)
+        return Curve.of(points[: int(rng.integers(2, 6))])
+
+    def fitness_afresh(curves):  # the definition, one member at a time (as reprs)
+        ok = [c is not None and len(c) >= 2 and np.all(np.isfinite(c.values)) for c in curves]
+        out = []
+        for i, c in enumerate(curves):
+            if c is None or len(c) < 2:
+                out.append(None)
+            elif not ok[i]:
+                out.append("nan")
+            else:
+                others = [improvement(c, d) for j, d in enumerate(curves) if ok[j] and j != i]
+                out.append(repr(math.fsum(others)))
+        return out
+
+    memo = fire._Memo()
+    for slot in (0, 7):  # two sub-populations, each with its own matrix
+        curves = [random_curve() for _ in range(7)]
+        for _ in range(60):
+            for i in rng.choice(7, size=int(rng.integers(1, 4)), replace=False):
+                curves[i] = random_curve()
+            keys = tuple(None if c is None else fire._digest(c) for c in curves)
+            got = memo.fitness(curves, keys, slot)
+            assert [None if x is None else repr(x) for x in got] == fitness_afresh(curves)
+    assert len(memo._matrices) == 2
+
+
 def test_the_verdict_follows_the_papers_criteria():
     child = Curve.of([(10 * j, 1.0 + 0.1 * j) for j in range(12)])
     same = Curve.of([(10 * j, 1.0 + 0.1 * j) for j in range(12)])
@@ -441,7 +485,9 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
                     for m in members
                 ],
             )
-            patch.setattr(fire._Memo, "fitness", lambda self, curves, keys: fire_fitness(curves))
+            patch.setattr(
+                fire._Memo, "fitness", lambda self, curves, keys, slot: fire_fitness(curves)
+            )
 
             def curve_afresh(step, generation, mode):
                 return fire._curve(step.history, (generation,), mode), None

@@ -281,26 +281,50 @@ def fire_fitness(curves: Sequence[Curve | None]) -> list[float | None]:
     >>> fire_fitness([slow, fast, None])
     [-1.0, 1.0, None]
     """
-    return _fitness(curves, lambda i, j: improvement(curves[i], curves[j]))  # type: ignore[arg-type]
+    return _fitness(curves, lambda i, j: improvement(curves[i], curves[j]))[0]  # type: ignore[arg-type]
 
 
 def _fitness(
-    curves: Sequence[Curve | None], improvement_of: Callable[[int, int], float]
-) -> list[float | None]:
+    curves: Sequence[Curve | None],
+    improvement_of: Callable[[int, int], float],
+    known: tuple[np.ndarray, Sequence[bool]] | None = None,
+) -> tuple[list[float | None], np.ndarray]:
     """:func:`fire_fitness`, with ``improvement_of(i, j)`` the improvement of curve ``i``
-    over curve ``j``."""
+    over curve ``j`` (asked for ``i < j`` only: the comparison is antisymmetric); with the
+    matrix of improvements.
+
+    ``known``: the matrix of a call whose curves differ from these only where
+    ``changed`` is true (elsewhere the same curve, or none, at the same position), and
+    ``changed``: only the pairs with a changed curve are asked again. Either way the
+    matrix holds ``improvement_of(i, j)`` at ``[i, j]`` and its negation at ``[j, i]``
+    for every two members that take part, zeros elsewhere, and a fitness is the exact
+    sum (:func:`math.fsum`) of its member's row: the same numbers whatever was known.
+    """
     valid = [c if c is not None and len(c) >= 2 else None for c in curves]
     finite = [c is not None and bool(np.all(np.isfinite(c.values))) for c in valid]
-    out: list[float | None] = []
-    for i, curve in enumerate(valid):
-        if curve is None:
-            out.append(None)
-        elif not finite[i]:
-            out.append(math.nan)
-        else:
-            others = (j for j, c in enumerate(valid) if c is not None and finite[j] and j != i)
-            out.append(math.fsum(improvement_of(i, j) for j in others))
-    return out
+    taking_part = [i for i, c in enumerate(valid) if c is not None and finite[i]]
+    n = len(curves)
+    if known is None:
+        matrix, changed = np.zeros((n, n)), [True] * n
+    else:
+        matrix, changed = known[0].copy(), known[1]
+        out = [i for i in range(n) if changed[i]]  # (an unchanged curve takes part as before)
+        matrix[out, :] = 0.0
+        matrix[:, out] = 0.0
+    for i in taking_part:
+        if not changed[i]:
+            continue
+        for j in taking_part:
+            if j == i or (changed[j] and j < i):  # (that pair was done at j)
+                continue
+            low, high = min(i, j), max(i, j)
+            matrix[low, high] = value = improvement_of(low, high)
+            matrix[high, low] = -value
+    fitness: list[float | None] = [None] * n
+    for i in range(n):
+        if valid[i] is not None:
+            fitness[i] = math.fsum(matrix[i].tolist()) if finite[i] else math.nan
+    return fitness, matrix
 
 
 class _Memo:
@@ -308,8 +332,10 @@ class _Memo:
     (a curve is known by a 128-bit BLAKE2b digest of its steps and values, so a changed
     curve is a new one). A sub-population's fitness is a sum over every pair of its
     members' curves, and between two decisions most curves, and so most pairs, are
-    unchanged. Nothing that holds checkpoints (and so params) is kept, and a key is 16
-    bytes whatever the curve's length.
+    unchanged: the last matrix of improvements of each sub-population is kept, and only
+    the rows and columns of the curves that changed are computed again. Nothing that
+    holds checkpoints (and so params) is kept, and a key is 16 bytes whatever the
+    curve's length.
     """
 
     _PAIRS = 4096  # improvements kept
@@ -318,6 +344,8 @@ class _Memo:
     def __init__(self) -> None:
         self._pairs: dict[tuple[Any, Any], float] = {}
         self._fitness: dict[tuple[Any, ...], list[float | None]] = {}
+        # sub-population (its first member) -> the keys and matrix of its last fitness
+        self._matrices: dict[int, tuple[tuple[Any, ...], np.ndarray]] = {}
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -330,13 +358,21 @@ class _Memo:
                 del table[next(iter(table))]
 
     def fitness(
-        self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...]
+        self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...], slot: int
     ) -> list[float | None]:
-        """:func:`fire_fitness`, computed again only for the pairs of curves it has not
-        seen; ``keys``: each curve's :func:`_digest` (``None`` for no curve)."""
+        """:func:`fire_fitness` of sub-population ``slot``'s curves, computed again only
+        for the pairs of curves it has not seen; ``keys``: each curve's :func:`_digest`
+        (``None`` for no curve)."""
         known = self._fitness.get(keys)
         if known is None:
-            known = _fitness(curves, functools.partial(self._improvement, curves, keys))
+            last = self._matrices.get(slot)
+            start = None
+            if last is not None and len(last[0]) == len(keys):
+                start = (last[1], [a != b for a, b in zip(keys, last[0], strict=True)])
+            improvement_of = functools.partial(self._improvement, curves, keys)
+            known, matrix = _fitness(curves, improvement_of, start)
+            with self._lock:
+                self._matrices[slot] = (keys, matrix)
             self._keep(self._fitness, keys, known, self._FITNESS)
         return list(known)
 
@@ -929,7 +965,7 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
             curve, digest = _evaluation_curve(step, evaluated[1], config.mode)
             curves.append(curve)
             keys.append(digest)
-    return step.memo.fitness(curves, tuple(keys)), "max"
+    return step.memo.fitness(curves, tuple(keys), members.start), "max"
 
 
 def _evaluation_curve(step: _Step, generation: str, mode: str) -> tuple[Curve, bytes]:
