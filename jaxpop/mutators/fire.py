@@ -304,6 +304,7 @@ def _fitness(
     finite = [c is not None and bool(np.all(np.isfinite(c.values))) for c in valid]
     taking_part = [i for i, c in enumerate(valid) if c is not None and finite[i]]
     n = len(curves)
+    changed: Sequence[bool]
     if known is None:
         matrix, changed = np.zeros((n, n)), [True] * n
     else:
