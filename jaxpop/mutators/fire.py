@@ -901,14 +901,16 @@ def _with_curves(step: _Step, members: range) -> list[int]:
     from the view's ``curve`` column, read afresh for a curve over several generations
     and for the members that started a generation in this update (the view's entries
     are those of before it)."""
-    column = step.view["curve"]
-    found = (np.flatnonzero(column[members.start : members.stop]) + members.start).tolist()
-    out = [m for m in found if column[m] == 1 and m not in step.started]
-    for m in found:
-        if column[m] == -1 and m not in step.started and _has_own_curve(step, m):
+    column = step.view["curve"][members.start : members.stop].tolist()
+    started = step.started
+    out = []
+    for m, known in zip(members, column, strict=True):
+        if m in started:
+            if _has_own_curve(step, m):
+                out.append(m)
+        elif known == 1 or (known == -1 and _has_own_curve(step, m)):
             out.append(m)
-    out += [m for m in step.started if m in members and _has_own_curve(step, m)]
-    return sorted(out)
+    return out
 
 
 def _has_own_curve(step: _Step, member: int) -> bool:
