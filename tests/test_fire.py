@@ -11,7 +11,7 @@ import pytest
 from conftest import SimulatedWorkers, apply, fresh_state
 from jaxpop import PopulationController, core, encoding, schedules, storage
 from jaxpop import report as reports
-from jaxpop.events import Eval, Finish
+from jaxpop.events import Ask, Eval, Finish, Missing
 from jaxpop.mutators import _subpopulations, decision_counts, fire
 from jaxpop.mutators import explore as ex
 from jaxpop.mutators.fire import (
@@ -116,15 +116,59 @@ def test_fitness_from_the_kept_matrix_equals_fitness_computed_afresh():
         return out
 
     memo = fire._Memo()
-    for slot in (0, 7):  # two sub-populations, each with its own matrix
-        curves = [random_curve() for _ in range(7)]
-        for _ in range(60):
+    # two sub-populations, each with its own matrix, asked in turn at random; now and
+    # then a sub-population's curves go back to earlier ones (a kept fitness)
+    now = {slot: [random_curve() for _ in range(7)] for slot in (0, 7)}
+    seen: list[list] = []
+    for _ in range(120):
+        slot = int(rng.choice([0, 7]))
+        curves = now[slot]
+        if seen and rng.random() < 0.15:
+            curves[:] = seen[int(rng.integers(len(seen)))]
+        else:
             for i in rng.choice(7, size=int(rng.integers(1, 4)), replace=False):
                 curves[i] = random_curve()
-            keys = tuple(None if c is None else fire._digest(c) for c in curves)
-            got = memo.fitness(curves, keys, slot)
-            assert [None if x is None else repr(x) for x in got] == fitness_afresh(curves)
+        seen.append(list(curves))
+        keys = tuple(None if c is None else fire._digest(c) for c in curves)
+        got = memo.fitness(curves, keys, slot)
+        assert [None if x is None else repr(x) for x in got] == fitness_afresh(curves)
     assert len(memo._matrices) == 2
+
+
+def test_fitness_near_the_float_range_is_the_exact_sum_rounded():
+    """Improvements between values near +-1.8e308 overflow a float: a member's fitness is
+    still its exact sum of improvements, correctly rounded (+-inf only when that sum is
+    beyond a float's range), never an error from summing inf and -inf."""
+    from fractions import Fraction
+
+    big, huge = 1e308, 1.7e308
+    a = Curve.of([(2, -big), (12, big)])
+    b = Curve.of([(14, -huge), (24, 0.0), (34, -huge), (44, big)])
+    c = Curve.of([(8, -big), (18, -big), (28, 1.0), (38, -big)])
+    d = Curve.of([(12, -huge), (22, huge)])
+    curves = [a, b, c, d]
+    # a's improvements over c and d are beyond a float's range, one each way
+    assert improvement(a, c) == math.inf and improvement(a, d) == -math.inf
+
+    def exact(i, j):  # the two values improvement() compares, as exact fractions
+        ours, theirs = fire._compared(curves[i], curves[j])
+        return Fraction(ours) - Fraction(theirs)
+
+    fitness = fire_fitness(curves)
+    for i in range(4):
+        total = sum(exact(i, j) for j in range(4) if j != i)
+        if abs(total) > Fraction(np.finfo(np.float64).max):
+            assert fitness[i] == (math.inf if total > 0 else -math.inf), i
+        else:
+            assert fitness[i] == float(total), i
+    assert math.isfinite(fitness[0])  # (about 3e307)
+    # the same from a kept matrix, after a curve changed
+    memo = fire._Memo()
+    keys = tuple(fire._digest(x) for x in curves)
+    memo.fitness(curves, keys, 0)
+    curves[3] = Curve.of([(0, -huge), (10, 0.0)])
+    changed = (*keys[:3], fire._digest(curves[3]))
+    assert memo.fitness(curves, changed, 0) == fire_fitness(curves)
 
 
 def test_the_verdict_follows_the_papers_criteria():
@@ -427,26 +471,59 @@ def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     assert schedule(0) == data.best.lineage[0].meta_params
 
 
-def _random_run(config: dict, seed: int, n_events: int = 60) -> list:
-    """The states of a random script of reports (some NaN) and finishes."""
+def _random_event(state, m, rng, t):
+    """One random event of a hostile script, applied: mostly reports (some NaN, some
+    again at a step already reported: a replaced checkpoint), and asks, reports for a
+    generation the worker has left, finishes, missing checkpoints (branch-backs) and
+    expiries."""
+    n = len(state.workers)
+    w = rng.randrange(n)
+    worker = state.workers[w]
+    kind = rng.random()
+    if kind < 0.03:
+        return apply(state, Finish(w), float(t), m)[0]
+    if kind < 0.06:
+        after = rng.choice([4.0, 15.0])
+        return core.expire(state, float(t), core.event_key(state), after_s=after, mutator=m)[0]
+    if kind < 0.09 and worker.params is not None:  # (None: nothing to load)
+        event = Missing(w, worker.generation_id, worker.step)
+        return apply(state, event, float(t), m)[0]
+    if kind < 0.14:
+        event = Ask(float(t), worker.meta_params, w, worker.generation_id, worker.step)
+        return apply(state, event, float(t), m)[0]
+    generation, step = worker.generation_id, worker.step + rng.choice([1, 1, 2])
+    if kind < 0.2:  # the same step again
+        step = worker.step
+    elif kind < 0.25:  # a generation the worker has left (or its own)
+        left = [g for g in state.history if g != generation]
+        if left:
+            generation = rng.choice(left)
+            step = state.history.latest(generation).step + rng.choice([0, 1])
+    value = math.nan if rng.random() < 0.03 else rng.random() + step * rng.random()
+    return apply(state, Eval(float(t), w, generation, step, value), float(t), m)[0]
+
+
+def _random_run(
+    config: dict, seed: int, n_events: int = 60, *, shared: bool = False, repickle: int = 0
+) -> list:
+    """The states of a random script of :func:`_random_event`. ``shared``: the mutator
+    serves another script at the same time, event by event; ``repickle``: every that many
+    events the mutator is replaced by a pickled copy of itself (0: never)."""
+    import pickle
     import random
 
-    rng = random.Random(seed)
+    rng, other_rng = random.Random(seed), random.Random(seed + 1000)
     m = FirePBT(hyperparam_space=SPACE, **config)
     n = sum(config["sub_population_sizes"]) + config["num_evaluators"]
-    state = population(m, n)
+    state = other = population(m, n)
     states = []
     for t in range(n_events):
-        w = rng.randrange(n)
-        worker = state.workers[w]
-        if rng.random() < 0.03:
-            state, _ = apply(state, Finish(w), float(t), m)
-        else:
-            step = worker.step + rng.choice([1, 1, 2])
-            value = math.nan if rng.random() < 0.03 else rng.random() + step * rng.random()
-            event = Eval(f"p{w}@{step}", w, worker.generation_id, step, value)
-            state, _ = apply(state, event, float(t), m)
+        if repickle and t % repickle == repickle - 1:
+            m = pickle.loads(pickle.dumps(m))
+        state = _random_event(state, m, rng, t)
         states.append(state)
+        if shared:
+            other = _random_event(other, m, other_rng, t)
     return states
 
 
@@ -461,8 +538,9 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
     """FirePBT asks only the members its kept view says are ready, reads P1's scores and
     which members have a curve of their own from it, judges only the evaluations whose
     workers it read again, and remembers curves and fitness by the curves' contents; on
-    random scripts every state equals that of a mutator that asks every member, judges
-    every evaluation and computes every score, curve and fitness anew."""
+    random hostile scripts (:func:`_random_event`; the mutator shared with another
+    script, or pickled now and then) every state equals that of a mutator that asks every
+    member, judges every evaluation and computes every score, curve and fitness anew."""
     config = {**config, "max_eval_steps": 4, "mode": "max"}
     to_judge = fire._to_judge
 
@@ -470,7 +548,8 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
         return to_judge(config, state, None, size)
 
     for seed in range(12):
-        kept = _random_run(config, seed)
+        # some runs share their mutator with another script, some pickle it now and then
+        kept = _random_run(config, seed, shared=seed % 2 == 1, repickle=7 * (seed % 3 == 0))
         with monkeypatch.context() as patch:
             # every member is asked whether it decides and has a curve (-1), every score and
             # fitness computed anew

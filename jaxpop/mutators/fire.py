@@ -18,6 +18,7 @@ import hashlib
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -193,14 +194,20 @@ def improvement(a: Curve, b: Curve) -> float:
     >>> improvement(fast, slow), improvement(slow, fast)
     (1.0, -1.0)
     """
+    ours, theirs = _compared(a, b)
+    return ours - theirs  # (beyond a float's range: +-inf, as IEEE rounds)
+
+
+def _compared(a: Curve, b: Curve) -> tuple[float, float]:
+    """The values of ``a`` and ``b`` whose difference is :func:`improvement`."""
     shared = overlap(a, b)
     if shared is None:
         if a.values[0] > b.values[0]:  # b never reaches a's first value: a stays ahead
-            return float(a.values[0] - np.max(b.values))
-        return float(np.max(a.values) - b.values[0])  # a never reaches b's: it stays behind
+            return float(a.values[0]), float(np.max(b.values))
+        return float(np.max(a.values)), float(b.values[0])  # a never reaches b's: behind
     in_a = _window(a, shared.a_start, shared.length)
     in_b = _window(b, shared.b_start, shared.length)
-    return float(np.max(a.values[in_a]) - np.max(b.values[in_b]))
+    return float(np.max(a.values[in_a])), float(np.max(b.values[in_b]))
 
 
 def binomial_p_value(a: Curve, b: Curve) -> float:
@@ -297,8 +304,9 @@ def _fitness(
     ``changed`` is true (elsewhere the same curve, or none, at the same position), and
     ``changed``: only the pairs with a changed curve are asked again. Either way the
     matrix holds ``improvement_of(i, j)`` at ``[i, j]`` and its negation at ``[j, i]``
-    for every two members that take part, zeros elsewhere, and a fitness is the exact
-    sum (:func:`math.fsum`) of its member's row: the same numbers whatever was known.
+    for every two members that take part, zeros elsewhere, and a fitness is the sum of
+    its member's row, correctly rounded (:func:`_row_sum`): the same numbers whatever
+    was known.
     """
     valid = [c if c is not None and len(c) >= 2 else None for c in curves]
     finite = [c is not None and bool(np.all(np.isfinite(c.values))) for c in valid]
@@ -308,10 +316,13 @@ def _fitness(
     if known is None:
         matrix, changed = np.zeros((n, n)), [True] * n
     else:
+        # a changed position's row and column are computed again below where its new
+        # curve takes part, and stay zero where it does not (an unchanged curve takes
+        # part as before, so its other entries stand)
         matrix, changed = known[0].copy(), known[1]
-        out = [i for i in range(n) if changed[i]]  # (an unchanged curve takes part as before)
-        matrix[out, :] = 0.0
-        matrix[:, out] = 0.0
+        redo = [i for i in range(n) if changed[i]]
+        matrix[redo, :] = 0.0
+        matrix[:, redo] = 0.0
     for i in taking_part:
         if not changed[i]:
             continue
@@ -324,8 +335,34 @@ def _fitness(
     fitness: list[float | None] = [None] * n
     for i in range(n):
         if valid[i] is not None:
-            fitness[i] = math.fsum(matrix[i].tolist()) if finite[i] else math.nan
+            fitness[i] = _row_sum(matrix[i].tolist(), i, valid) if finite[i] else math.nan
     return fitness, matrix
+
+
+def _row_sum(row: list[float], i: int, curves: Sequence[Curve | None]) -> float:
+    """The exact sum of a fitness row, rounded to a float (+-inf beyond a float's range).
+
+    An improvement itself beyond a float's range (+-inf in the row: values near
+    +-1.8e308) counts at its exact value, from ``curves``, so no row sums inf and -inf,
+    and the result does not depend on the order of the terms.
+    """
+    if all(map(math.isfinite, row)):
+        try:
+            return math.fsum(row)
+        except OverflowError:  # (fsum's partial sums went past a float's range)
+            pass
+    total = Fraction(0)
+    for j, value in enumerate(row):
+        if math.isfinite(value):
+            total += Fraction(value)
+        else:  # the pair's improvement, asked as (low, high), and negated at (high, low)
+            low, high = min(i, j), max(i, j)
+            ours, theirs = _compared(curves[low], curves[high])  # type: ignore[arg-type]
+            total += (Fraction(ours) - Fraction(theirs)) * (1 if i == low else -1)
+    try:
+        return float(total)
+    except OverflowError:
+        return math.inf if total > 0 else -math.inf
 
 
 class _Memo:
@@ -345,7 +382,8 @@ class _Memo:
     def __init__(self) -> None:
         self._pairs: dict[tuple[Any, Any], float] = {}
         self._fitness: dict[tuple[Any, ...], list[float | None]] = {}
-        # sub-population (its first member) -> the keys and matrix of its last fitness
+        # sub-population (its first member) -> the keys and matrix of improvements of
+        # its last computed fitness
         self._matrices: dict[int, tuple[tuple[Any, ...], np.ndarray]] = {}
         self._lock = threading.Lock()
 
@@ -361,9 +399,14 @@ class _Memo:
     def fitness(
         self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...], slot: int
     ) -> list[float | None]:
-        """:func:`fire_fitness` of sub-population ``slot``'s curves, computed again only
-        for the pairs of curves it has not seen; ``keys``: each curve's :func:`_digest`
-        (``None`` for no curve)."""
+        """:func:`fire_fitness` of sub-population ``slot``'s curves; ``keys``: each
+        curve's :func:`_digest` (``None`` for no curve).
+
+        The same curves as a kept fitness: that fitness. Else, from the slot's last
+        computed matrix, only the rows and columns of the positions whose key changed are
+        computed again, and each improvement asked is looked up by its pair of keys first
+        (which helps when curves move between positions, come back, or are shared with
+        another sub-population)."""
         known = self._fitness.get(keys)
         if known is None:
             last = self._matrices.get(slot)
@@ -607,8 +650,9 @@ def _update(
     memo: _Memo,
 ) -> MutatorResult:
     _check_layout(config, len(workers))
-    # which members are ready and their scores, kept between calls: only the ready can
-    # decide (judging can only make a member unready, by handing weights over to it)
+    # kept between calls: which members are ready, their scores, which have a curve of
+    # their own (the _COLUMNS) and the curves of evaluations (view.derived). Only the
+    # ready can decide (judging can only make a member unready, by handing weights over)
     view = views.view(state, workers, history)
     step = _Step(state, workers, history, now, key, memo, view)
     for evaluator in _to_judge(config, state, view.touched, len(workers)):
@@ -621,7 +665,10 @@ def _update(
     # whose last decision changed are read again when the view is next used
     view.moved_on(result[0], workers, history)
     view.stale.update(step.decided)
-    if len(view.derived) > 2 * len(workers):  # curves of evaluations no member holds now
+    # a bound on what the view keeps: entries whose generation got no checkpoint since
+    # (evaluations no member holds now) pile up; clearing drops the live ones too, which
+    # are read again when next needed
+    if len(view.derived) > 2 * len(workers):
         view.derived.clear()
     views.keep(view)
     return result
@@ -667,7 +714,7 @@ def _entry(
     elif len(generations) > 1:
         curve = -1
     else:
-        curve = int(history.latest_evaluated(worker.generation_id) is not None)
+        curve = int(_has_curve(history, generations))
     return ready, score is not None, math.nan if score is None else score, curve
 
 
