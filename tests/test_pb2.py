@@ -132,6 +132,20 @@ def test_the_choice_moves_towards_the_larger_improvement(calls, mode, sign, bett
         assert max(lrs) < 0.25, lrs
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e25, 1e300])
+def test_the_choice_does_not_depend_on_the_scale_of_the_values(calls, scale):
+    """The GP sees standardised changes, computed so that none overflows: values of any
+    finite size (here changes up to 1.4e301 per step) give the same choice."""
+    h = history_of(RATES * scale, meta=lambda r: {"lr": r / scale})
+    explorer = PB2Explorer(SPACE, beta=0.5)
+    workers = workers_at({"lr": 0.5})
+    chosen = [explorer(np.array([0, k], np.uint32), h.latest("g5"), h, workers) for k in range(4)]
+    (_, (_, _, _, y, mask), *_) = calls[0]
+    assert np.all(np.isfinite(y)) and abs(float(np.mean(y[mask]))) < 1e-6
+    assert float(np.std(y[mask])) == pytest.approx(1.0, rel=1e-5)
+    assert min(m["lr"] for m in chosen) > 0.75, chosen
+
+
 def test_pending_points_push_the_choice_away_from_what_is_trained():
     h = History(mode="max")  # lr from 0.45 to 0.55 all improve alike: a flat mean
     for g in range(10):

@@ -348,7 +348,8 @@ def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
 
     ``data = (x, c, t, y, mask)``: the padded observations (coordinates, categories,
     time in units of one interval relative to the end of the interval being chosen,
-    change, which rows hold data); ``pending = (xp, cp, pmask)``: the hyperparameters
+    change standardised by :func:`_standardised`, which rows hold data);
+    ``pending = (xp, cp, pmask)``: the hyperparameters
     being trained now (at time 0); ``start = (x0, c0)``: the copied hyperparameters, one
     more candidate; ``draws``: see :func:`_draws`.
     """
@@ -356,10 +357,6 @@ def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
     xp, cp, pmask = pending
     x0, c0 = start
     dtype, w = x.dtype, x.shape[0]
-    n = jnp.maximum(jnp.sum(mask), 1)
-    mean = jnp.sum(jnp.where(mask, y, 0.0)) / n
-    std = jnp.sqrt(jnp.sum(jnp.where(mask, (y - mean) ** 2, 0.0)) / n)
-    y = jnp.where(mask, (y - mean) / jnp.where(std > 0, std, 1.0), 0.0)
 
     # all points the GP knows: the observations, then the pending points (at time 0)
     xz, cz = jnp.concatenate([x, xp]), jnp.concatenate([c, cp])
@@ -404,6 +401,25 @@ def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
     all_scores = jnp.concatenate([scores, ucb(xl, cl)])
     i = jnp.argmax(jnp.where(jnp.isfinite(all_scores), all_scores, -jnp.inf))
     return all_x[i], all_c[i], (lengthscale, -jnp.expm1(log_decay), noise)
+
+
+def _standardised(changes: np.ndarray) -> np.ndarray:
+    """``(changes - mean) / std`` (zeros when all are equal), as float32 for the GP.
+
+    Computed in float64 on changes first divided by the largest magnitude, so no sum or
+    square overflows whatever their size (in float32, a change past about 1e19 squares
+    to inf and the GP would see no data at all).
+
+    >>> _standardised(np.array([1e30, 3e30])).tolist(), _standardised(np.array([1e300, 1e300]))
+    ([-1.0, 1.0], array([0., 0.], dtype=float32))
+    """
+    largest = float(np.max(np.abs(changes), initial=0.0))
+    if largest == 0.0:
+        return np.zeros(len(changes), np.float32)
+    scaled = changes / largest
+    centred = scaled - np.mean(scaled)
+    std = float(np.sqrt(np.mean(centred**2)))
+    return (centred / std if std > 0 else np.zeros_like(centred)).astype(np.float32)
 
 
 # -- the explorer ------------------------------------------------------------------------------
@@ -567,8 +583,8 @@ class PB2Explorer:
         for i, (change, (xi, ci)) in enumerate(data):
             x[i], c[i] = xi, ci
             t[i] = (change.step - now) / unit
-            y[i] = change.change
             mask[i] = True
+        y[: len(data)] = _standardised(np.array([change.change for change, _ in data]))
         return x, c, t, y, mask
 
     def _pending(self, workers: Workers, encoding: _Encoding):
