@@ -275,18 +275,31 @@ def as_value(value: Any) -> float:
         return value
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         try:
-            return float(value)
+            return _finite_if_finite(float(value), value)
         except OverflowError:
-            raise ValueError(
-                f"set_eval value {value!r:.40} is too large for a float; report a float "
-                "(math.inf if the run diverged: it is stored and never wins)"
-            ) from None
+            raise _too_large(value) from None
     dtype = getattr(value, "dtype", None)
     if dtype is not None and getattr(value, "size", None) == 1 and np.dtype(dtype).kind in "fiu":
-        return float(np.asarray(value).reshape(()))
+        scalar = np.asarray(value).reshape(())[()]
+        return _finite_if_finite(float(scalar), scalar)
     raise TypeError(
         f"set_eval value must be a real number (a float, an int, or a one-element numeric "
         f"array), got {type(value).__name__}: {value!r:.80}"
+    )
+
+
+def _finite_if_finite(converted: float, value: Any) -> float:
+    """``converted``, unless a finite ``value`` (an ``np.longdouble`` past 1.8e308)
+    became inf: then ``ValueError``, as for an int too large for a float."""
+    if math.isinf(converted) and isinstance(value, np.generic) and np.isfinite(value):
+        raise _too_large(value)
+    return converted
+
+
+def _too_large(value: Any) -> ValueError:
+    return ValueError(
+        f"set_eval value {value!r:.40} is too large for a float; report a float "
+        "(math.inf if the run diverged: it is stored and never wins)"
     )
 
 
@@ -304,8 +317,24 @@ def _check_worker(state: PopulationState, worker_id: Any) -> int:
     return int(worker_id)
 
 
+def _as_generation_id(generation_id: Any, who: str) -> str | None:
+    """An event's generation id: a ``str`` (a ``str`` subclass such as ``np.str_``
+    becomes one, as stored and journaled) or ``None``; else ``TypeError``."""
+    if generation_id is None or type(generation_id) is str:
+        return generation_id
+    if isinstance(generation_id, str):
+        return str(generation_id)
+    raise TypeError(
+        f"{who}: generation_id must be a str (the one the controller gave the worker) or "
+        f"None, got {type(generation_id).__name__}: {generation_id!r:.40}"
+    )
+
+
+_MAX_STEP = 2**63 - 1  # steps are stored as int64 (journal, views, on-device records)
+
+
 def _check_step(step: Any) -> int:
-    if type(step) is int:
+    if type(step) is int and 0 <= step <= _MAX_STEP:
         return step
     if isinstance(step, (bool, np.bool_)):
         raise TypeError(f"step must be an int, got a bool: {step!r}")
@@ -320,7 +349,12 @@ def _check_step(step: Any) -> int:
                 f"{type(step).__name__}: {step!r:.40}"
             )
         step = as_int
-    return int(step)
+    step = int(step)
+    if not 0 <= step <= _MAX_STEP:
+        raise ValueError(
+            f"step must be a whole number of training steps in [0, 2**63), got {step!r:.40}"
+        )
+    return step
 
 
 def _apply_mutator(
@@ -429,7 +463,7 @@ def ask(
         assigned = _with_status(assigned, ACTIVE)
         workers = new.workers
         new = new._with(workers=with_replaced(workers, [(worker_id, assigned)]))
-    generation_id = event.generation_id
+    generation_id = _as_generation_id(event.generation_id, "maybe_get_worker_data")
     warning = None
     reply_worker: ActiveWorker | None
     if generation_id is None or generation_id == "":
@@ -464,7 +498,7 @@ def set_eval(
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
     value = as_value(event.value)
-    generation_id = event.generation_id
+    generation_id = _as_generation_id(event.generation_id, "set_eval")
     history = state.history
     if generation_id is None or generation_id == "" or generation_id not in history:
         return state, Reply(

@@ -222,6 +222,30 @@ def test_a_step_that_is_not_a_whole_number_is_refused_and_changes_nothing(step):
             core.transition(state, event, 0.0, core.event_key(state), mutator=noop_mutator())
 
 
+@pytest.mark.parametrize("step", [-1, -(2**62), 2**63, 2**64, np.uint64(2**63)])
+def test_a_step_outside_int64_or_negative_is_refused_and_changes_nothing(step):
+    state = fresh_state([{}, {}], noop_mutator())
+    gen = state.workers[0].generation_id
+    for event in (Eval("p", 0, gen, step, 1.0), Ask("p", None, 0, gen, step)):
+        with pytest.raises(ValueError, match=r"step must be .* in \[0, 2\*\*63\)"):
+            core.transition(state, event, 0.0, core.event_key(state), mutator=noop_mutator())
+    _, reply = apply(state, Eval("p", 0, gen, 2**63 - 1, 1.0), 0.0, noop_mutator())
+    assert reply.checkpoint.step == 2**63 - 1
+
+
+def test_a_generation_id_is_a_str_or_none():
+    state = fresh_state([{}], noop_mutator())
+    gen = state.workers[0].generation_id
+    # a str subclass (np.str_, as read from a numpy array) is stored as a str
+    state, reply = apply(state, Eval("p", 0, np.str_(gen), 3, 1.0), 0.0, noop_mutator())
+    assert type(reply.checkpoint.generation_id) is str
+    assert type(state.workers[0].generation_id) is str
+    for bad in ([gen], {"id": gen}, 7, b"abc"):
+        for event in (Eval("p", 0, bad, 4, 1.0), Ask("p", None, 0, bad, 4)):
+            with pytest.raises(TypeError, match="generation_id must be a str"):
+                apply(state, event, 0.0, noop_mutator())
+
+
 def test_a_whole_float_step_is_taken_as_an_int():
     state = fresh_state([{}], noop_mutator())
     gen = state.workers[0].generation_id
@@ -229,11 +253,17 @@ def test_a_whole_float_step_is_taken_as_an_int():
     assert reply.checkpoint.step == 5 and type(reply.checkpoint.step) is int
 
 
-@pytest.mark.parametrize("value", [10**400, -(10**400)])
+@pytest.mark.parametrize(
+    "value",
+    [10**400, -(10**400), np.longdouble("1e400"), np.array([np.longdouble("-1e400")])],
+)
 def test_a_value_too_large_for_a_float_is_a_value_error_naming_it(value):
+    if np.finfo(np.longdouble).max <= np.finfo(np.float64).max and not isinstance(value, int):
+        pytest.skip("this platform's long double is a float64")
     with pytest.raises(ValueError, match="too large for a float"):
         core.as_value(value)
     assert core.as_value(10**300) == 1e300
+    assert core.as_value(np.longdouble("inf")) == math.inf  # (a diverged run, as reported)
 
 
 @pytest.mark.parametrize("value", [True, np.bool_(True), np.array([True]), "1.0", None, [1.0]])

@@ -81,6 +81,14 @@ def test_non_finite_values_are_skipped():
     assert [(c.step, c.change) for c in reward_changes(h)] == [(10, 0.1)]
 
 
+def test_a_change_between_values_near_the_float_range_is_kept():
+    h = History(mode="max")
+    for step, value in [(0, 1.7e308), (10, -1.7e308), (20, 1.7e308)]:
+        h = h.add(Checkpoint(None, {"lr": 0.1}, "g", value, None, step, 0.0))
+    # the differences overflow a float, the changes per step do not
+    assert [(c.step, c.change) for c in reward_changes(h)] == [(10, -3.4e307), (20, 3.4e307)]
+
+
 @pytest.mark.parametrize("min_interval", [0, 4])
 def test_the_window_keeps_the_most_recent_changes(min_interval):
     h = History(mode="max")

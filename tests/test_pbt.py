@@ -18,6 +18,7 @@ from jaxpop import PopulationController, encoding
 from jaxpop.events import Ask, Eval
 from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
 from jaxpop.mutators import explore as ex
+from jaxpop.mutators import selection as selection_lib
 from jaxpop.mutators.fixed_schedule import FixedSchedule
 from jaxpop.mutators.pbt import PopulationBasedTraining, exploit_events
 
@@ -394,6 +395,11 @@ def test_exploit_copies_optimizer_state_and_the_worker_writes_the_new_hyperparam
         ({"quantile_fraction": 0.7}, ValueError, "quantile_fraction"),
         ({"resample_probability": 2.0}, ValueError, "resample_probability"),
         ({"perturbation_factors": ()}, ValueError, "perturbation_factors"),
+        ({"perturbation_factors": 1.2}, TypeError, "perturbation_factors must be a sequence"),
+        ({"perturbation_factors": (True,)}, ValueError, "perturbation_factors"),
+        ({"resample_probability": True}, TypeError, "resample_probability"),
+        ({"synch": "False"}, TypeError, "synch must be a bool"),  # a truthy string
+        ({"synch": 1}, TypeError, "synch must be a bool"),
         ({"hyperparam_space": None}, ValueError, "hyperparam_space, custom_explore_fn"),
         ({"hyperparam_space": {"lr": [0.1, 0.01]}}, TypeError, "choice"),
     ],
@@ -401,6 +407,18 @@ def test_exploit_copies_optimizer_state_and_the_worker_writes_the_new_hyperparam
 def test_bad_options_are_refused(kwargs, error, match):
     with pytest.raises(error, match=match):
         make(**kwargs)
+
+
+def test_a_float32_quantile_fraction_is_the_fraction_its_user_wrote():
+    """``np.float32(0.1)`` is 0.10000000149... as a Python float: 10 * it rounds up to 2
+    members in the quantile; it is read as 0.1 (1 of 10), as on the device."""
+    for q in (0.1, np.float32(0.1), np.float16(0.3)):
+        assert selection_lib.num_in_quantile(10, q) == math.ceil(10 * float(str(q)) - 1e-9)
+    m = make(perturbation_interval=5, synch=True, quantile_fraction=np.float32(0.1))
+    pop = PopulationController([{"lr": 0.01}] * 10, m)
+    for i in range(10):
+        pop.set_eval(i, pop.active_workers[i].generation_id, 5, f"p{i}", float(i))
+    assert pop.decision_counts == (10, 1)
 
 
 # -- convergence on the toy problem -----------------------------------------------------------

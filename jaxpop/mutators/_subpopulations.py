@@ -8,7 +8,6 @@ over a declarative space.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,9 +19,7 @@ from jaxpop.mutators.base import check_number
 from jaxpop.types import MetaParams, RawKey
 
 __all__ = [
-    "check_factors",
     "check_population_size",
-    "check_probability",
     "check_sizes",
     "dense_ranks",
     "explore_meta",
@@ -43,32 +40,6 @@ def check_sizes(name: str, sizes: Any, *, minimum: int) -> tuple[int, ...]:
     if not out:
         raise ValueError(f"{name} must not be empty")
     return out
-
-
-def check_probability(name: str, value: Any) -> float:
-    """``value`` if it is a real number in ``[0, 1]`` (not a bool), else a clear error."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
-    probability = float(value)
-    if not 0.0 <= probability <= 1.0:  # also refuses NaN
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-    return probability
-
-
-def check_factors(factors: Any) -> tuple[float, ...]:
-    """``perturbation_factors`` as a tuple of positive, finite floats."""
-    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
-        raise TypeError(f"perturbation_factors must be a sequence of numbers, got {factors!r:.40}")
-    out = tuple(factors)
-    if not out or not all(
-        not isinstance(f, bool)
-        and isinstance(f, numbers.Real)
-        and math.isfinite(f)
-        and float(f) > 0
-        for f in out
-    ):
-        raise ValueError(f"perturbation_factors must be positive numbers, got {out!r}")
-    return tuple(float(f) for f in out)
 
 
 def check_population_size(kind: str, expected: int, got: int, layout: str) -> None:

@@ -411,6 +411,32 @@ def _describe(value: Any, depth: int = 0) -> Any:
     return f"{_name(t)}: {text}"
 
 
+def check_probability(name: str, value: Any) -> float:
+    """``value`` if it is a real number in ``[0, 1]`` (not a bool), else a clear error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {type(value).__name__}")
+    probability = float(value)
+    if not 0.0 <= probability <= 1.0:  # also refuses NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return probability
+
+
+def check_factors(factors: Any) -> tuple[float, ...]:
+    """``perturbation_factors`` as a tuple of positive, finite floats."""
+    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+        raise TypeError(f"perturbation_factors must be a sequence of numbers, got {factors!r:.40}")
+    out = tuple(factors)
+    if not out or not all(
+        not isinstance(f, bool)
+        and isinstance(f, numbers.Real)
+        and math.isfinite(f)
+        and float(f) > 0
+        for f in out
+    ):
+        raise ValueError(f"perturbation_factors must be positive numbers, got {out!r}")
+    return tuple(float(f) for f in out)
+
+
 def check_number(
     name: str, value: Any, *, minimum: float = 0.0, inclusive: bool = False, integer: bool = False
 ) -> Any:

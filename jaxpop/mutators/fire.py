@@ -30,9 +30,7 @@ from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
 from jaxpop.mutators._host_random import HostRandom
 from jaxpop.mutators._subpopulations import (
-    check_factors,
     check_population_size,
-    check_probability,
     check_sizes,
     dense_ranks,
     explore_meta,
@@ -41,7 +39,9 @@ from jaxpop.mutators._subpopulations import (
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
+    check_factors,
     check_number,
+    check_probability,
     records_config,
     start_generation,
 )
@@ -541,7 +541,7 @@ class FirePBT(Mutator):
             sizes=sizes,
             num_evaluators=evaluators,
             space=hyperparam_space,
-            quantile_fraction=float(quantile_fraction),
+            quantile_fraction=selection_lib.fraction_as_float(quantile_fraction),
             resample_probability=check_probability("resample_probability", resample_probability),
             factors=check_factors(perturbation_factors),
             max_eval_steps=check_number("max_eval_steps", max_eval_steps, integer=True),

@@ -26,8 +26,6 @@ from jaxpop.keys import split_key
 from jaxpop.mutators import _views
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators._subpopulations import (
-    check_factors,
-    check_probability,
     check_sizes,
     dense_ranks,
     explore_meta,
@@ -36,7 +34,9 @@ from jaxpop.mutators._subpopulations import (
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
+    check_factors,
     check_number,
+    check_probability,
     records_config,
     start_generation,
 )

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxpop.history import History
 from jaxpop.mutators import explore as explore_lib
-from jaxpop.mutators.base import Workers, check_number
+from jaxpop.mutators.base import Workers, check_factors, check_number
 from jaxpop.mutators.pbt import PopulationBasedTraining
 from jaxpop.records import Checkpoint
 
@@ -71,13 +71,18 @@ class RewardChange(NamedTuple):
 
 
 def _chunks(points: list[tuple[int, float]], min_interval: float) -> list[tuple[int, int, float]]:
-    """``(end, span, value change)`` of intervals cut back from the newest point."""
+    """``(end, span, value change per step)`` of intervals cut back from the newest
+    point (the change of finite values is finite: ``(1.7e308 - -1.7e308) / 10`` is
+    computed as ``1.7e308 / 10 - -1.7e308 / 10``)."""
     out = []
     end_step, end_value = points[-1]
     for step, value in reversed(points[:-1]):
         span = end_step - step
         if span > 0 and span >= min_interval:
-            out.append((end_step, span, end_value - value))
+            rate = (end_value - value) / span
+            if math.isinf(rate):  # the difference overflowed, the rate may not
+                rate = end_value / span - value / span
+            out.append((end_step, span, rate))
             end_step, end_value = step, value
     out.reverse()
     return out
@@ -116,7 +121,7 @@ def _generation_changes(
     if limit is not None:
         chunks = chunks[-limit:]
     meta = first.meta_params
-    changes = [(end, span, sign * delta / span) for end, span, delta in chunks]
+    changes = [(end, span, sign * rate) for end, span, rate in chunks]
     return [RewardChange(generation_id, e, n, meta, c) for e, n, c in changes if math.isfinite(c)]
 
 
@@ -497,7 +502,7 @@ class PB2Explorer:
         num_local = check_number("num_local", self.num_local, integer=True, inclusive=True)
         if num_local % _TOP_K:
             raise ValueError(f"num_local must be a multiple of {_TOP_K}, got {num_local}")
-        object.__setattr__(self, "perturbation_factors", tuple(self.perturbation_factors))
+        object.__setattr__(self, "perturbation_factors", check_factors(self.perturbation_factors))
         # the fallback's arguments are checked by a dry run of explore's own checks
         explore_lib.explore(
             np.zeros(2, np.uint32),
@@ -664,7 +669,7 @@ def PB2(
         num_candidates=num_candidates,
         num_local=num_local,
         resample_probability=resample_probability,
-        perturbation_factors=tuple(perturbation_factors),
+        perturbation_factors=check_factors(perturbation_factors),
     )
     mutator = PopulationBasedTraining(
         perturbation_interval=perturbation_interval,

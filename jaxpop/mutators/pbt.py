@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
@@ -35,7 +34,9 @@ from jaxpop.mutators.base import (
     as_record,
     call_mutate_fn,
     check_callable,
+    check_factors,
     check_number,
+    check_probability,
     evaluated_since,
     reads_like_a_dict,
     records_config,
@@ -335,16 +336,9 @@ def _make_config(
         )
     if hyperparam_space is not None:
         explore_lib.validate_space(hyperparam_space)
-    factors = tuple(perturbation_factors)
-    if not factors or not all(
-        isinstance(f, numbers.Real) and math.isfinite(f) and float(f) > 0 for f in factors
-    ):
-        raise ValueError(f"perturbation_factors must be positive numbers, got {factors!r}")
-    if not isinstance(resample_probability, numbers.Real) or not (
-        0 <= float(resample_probability) <= 1
-    ):
-        raise ValueError(f"resample_probability must be in [0, 1], got {resample_probability!r}")
-    for name, flag in (("allow_rewind", allow_rewind), ("hold", hold)):
+    factors = check_factors(perturbation_factors)
+    resample_probability = check_probability("resample_probability", resample_probability)
+    for name, flag in (("synch", synch), ("allow_rewind", allow_rewind), ("hold", hold)):
         if not isinstance(flag, (bool, np.bool_)):
             raise TypeError(f"{name} must be a bool, got {flag!r:.40}")
     if hold and not synch:
@@ -747,9 +741,11 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
             f"(key, ranks) -> indices, got {selection!r}"
         )
     select = selection_lib.HOST_SELECTIONS[selection]
+    fraction = 0.0
     if selection == "truncation":
         selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
-        select = functools.partial(select, quantile_fraction=float(quantile_fraction))
+        fraction = selection_lib.fraction_as_float(quantile_fraction)
+        select = functools.partial(select, quantile_fraction=fraction)
 
     def round_(key: Any, keys: np.ndarray) -> np.ndarray:
         return select(HostRandom(key, stream=-1), _tiered(keys))
@@ -758,7 +754,7 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
     # then NaN, ties by index) is the host twins' order of _tiered(keys)
     one: Callable[..., int]
     if selection == "truncation":  # (the fraction is truncation's alone: the others ignore it)
-        one = functools.partial(_truncation_one, float(quantile_fraction))
+        one = functools.partial(_truncation_one, fraction)
     else:
         one = _tournament_one if selection == "tournament" else _copy_best_one
     return _Selection(one=one, round=round_)

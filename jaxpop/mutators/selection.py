@@ -30,6 +30,7 @@ __all__ = [
     "SelectionFn",
     "best_member",
     "canonical_scores",
+    "fraction_as_float",
     "in_bottom",
     "num_in_quantile",
     "tournament",
@@ -109,7 +110,20 @@ def num_in_quantile(n: int, quantile_fraction: float) -> int:
     if not 0.0 <= quantile_fraction <= 0.5:
         raise ValueError(f"quantile_fraction must be in [0, 0.5], got {quantile_fraction}")
     # the tolerance keeps e.g. 10 * 0.3 == 3.0000000000000004 from rounding up to 4
-    return min(math.ceil(n * quantile_fraction - 1e-9), n // 2)
+    return min(math.ceil(n * fraction_as_float(quantile_fraction) - 1e-9), n // 2)
+
+
+def fraction_as_float(fraction: float) -> float:
+    """A fraction as a Python float; a lower-precision numpy float by its shortest
+    decimal, the number its user wrote (``np.float32(0.1)`` is 0.1, not
+    0.10000000149..., which would put 2 of 10 members in a 10% quantile).
+
+    >>> fraction_as_float(np.float32(0.1)), fraction_as_float(0.25)
+    (0.1, 0.25)
+    """
+    if isinstance(fraction, np.floating) and np.finfo(fraction.dtype).bits < 64:
+        return float(np.format_float_positional(fraction, unique=True))
+    return float(fraction)
 
 
 def _ranks(better: jax.Array, where: jax.Array | None = None) -> jax.Array:
