@@ -434,10 +434,13 @@ def exploit_explore(
     if key is None:
         own_key, key = jax.random.split(pop.key)
     select_key, explore_key = jax.random.split(_raw(key))
+    # host scores that float32 cannot order (past 3.4e38, or distinct but equal in
+    # float32) reach the selection as their ranks; pop.scores stores the float32 values
+    ordered = jnp.asarray(selection_lib.device_scores(scores, np.float32), jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)
     n = scores.shape[0]
     members = jnp.arange(n, dtype=jnp.int32)
-    parents = jnp.asarray(selection(select_key, scores), jnp.int32)
+    parents = jnp.asarray(selection(select_key, ordered), jnp.int32)
     copied = parents != members
 
     gathered = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.train_state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 
 import jax
 import jax.numpy as jnp
@@ -16,9 +17,11 @@ from conftest import compilations
 from jaxpop.mutators.selection import (
     canonical_scores,
     copy_best,
+    copy_best_host,
     num_in_quantile,
     tournament,
     truncation,
+    truncation_host,
 )
 
 NAN, INF = math.nan, math.inf
@@ -201,6 +204,42 @@ def test_every_selection_copies_only_strictly_better_finite_members(scores, seed
     for i, j in enumerate(host(truncation, scores, key, mode=mode)):
         if j != i:
             assert ranks[i] >= n - k and ranks[j] < k
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [
+        [1e39, 1.0, 2.0, 3.0],  # past float32: inf on the device, as if diverged
+        [-1e39, 1.0, 2.0, -3e39],
+        [1.0 + 1e-9, 1.0, 1.0 + 2e-9, 0.5],  # equal in float32
+        [2e-40, 1e-40, 3e-40, 0.0],  # float32 subnormals: flushed to zero by XLA
+        [NAN, 1e300, -INF, 1e-300],
+        np.array([2**40, 1, 2, 2**40 + 1], np.int64),  # an int32 would wrap
+        np.array([16777217, 16777216, 1, 2], np.int64),  # equal in float32
+    ],
+)
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_host_scores_float32_cannot_order_are_ranked_as_on_the_host(scores, mode):
+    """The device selections order host scores exactly as the host does (by their ranks
+    where float32 cannot hold the order), so a member never copies a worse one, and
+    copy_best agrees with its host twin."""
+    scores = np.asarray(scores)
+    key = np.array([1, 2], np.uint32)
+    sign = -1 if mode == "max" else 1
+    as_float = scores.astype(np.float64)
+    value = np.where(np.isfinite(as_float), sign * as_float, INF)  # lower is better
+    for fn in (copy_best, truncation, tournament):
+        parents = np.asarray(fn(key, scores, mode=mode)).tolist()
+        for i, j in enumerate(parents):
+            assert j == i or value[j] < value[i], (fn.__name__, parents)
+    assert np.asarray(copy_best(key, scores, mode=mode)).tolist() == (
+        copy_best_host(None, scores, mode=mode).tolist()
+    )
+    assert any(j != i for i, j in enumerate(np.asarray(copy_best(key, scores, mode=mode))))
+    # a single member per distinct rank: the device's truncation copies as many as the host's
+    copies = np.asarray(truncation(key, scores, mode=mode, quantile_fraction=0.5))
+    host_copies = truncation_host(random.Random(0), scores, mode=mode, quantile_fraction=0.5)
+    assert (copies != np.arange(4)).sum() == (host_copies != np.arange(4)).sum()
 
 
 # -- jit / vmap equivalence -----------------------------------------------------------------

@@ -165,6 +165,17 @@ def test_exploit_copies_parent_state_exactly_and_writes_hparams():
     np.testing.assert_array_equal(new.scores, scores)
 
 
+def test_host_scores_past_float32_are_selected_in_their_host_order():
+    """Called outside jit with float64 scores, exploit_explore hands the selection the
+    host order: 1e39 is the best in "max" mode, not inf (a diverged run)."""
+    scores = np.array([1e39, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    pick = functools.partial(selection.copy_best, mode="max")
+    with pytest.warns(RuntimeWarning, match="overflow"):  # pop.scores is float32: inf
+        new, ex = vz.exploit_explore(make_pop(), scores, root_key(3), space=SPACE, selection=pick)
+    np.testing.assert_array_equal(ex.parents, [0] * N)
+    assert float(new.scores[0]) == np.inf
+
+
 def test_members_that_keep_going_are_untouched():
     pop = make_pop()
     scores = jnp.zeros(N)  # all tied: nobody copies

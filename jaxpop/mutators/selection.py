@@ -30,6 +30,7 @@ __all__ = [
     "SelectionFn",
     "best_member",
     "canonical_scores",
+    "device_scores",
     "fraction_as_float",
     "in_bottom",
     "num_in_quantile",
@@ -75,7 +76,7 @@ def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
     Array([-2., inf, inf], dtype=float32)
     """
     _check_mode(mode)
-    scores = jnp.asarray(scores)
+    scores = jnp.asarray(device_scores(scores))
     if scores.ndim != 1 or scores.shape[0] == 0:
         raise ValueError(
             f"scores must be a non-empty vector with one score per member, shape (n,), got "
@@ -89,6 +90,56 @@ def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
     if mode == "max":
         scores = -scores
     return jnp.where(jnp.isfinite(scores), scores, jnp.inf)
+
+
+def device_scores(scores: Any, dtype: Any = None) -> Any:
+    """Host scores as a device selection must see them to order them as the host does.
+
+    A selection computes in ``dtype`` (default: JAX's float type for them, float32
+    unless x64 is enabled), where finite scores past +-3.4e38 become inf (as if the run
+    had diverged) and distinct scores can become equal (``1.0`` and ``1.0 + 1e-9``;
+    ints past 2**24; subnormals, which XLA flushes to zero). When the cast keeps every
+    distinct finite score distinct and finite, ``scores`` is returned as it is (ints
+    cast to ``dtype``: JAX would wrap an int64 past 2**31 to int32); else their ranks
+    in ``dtype`` (0 for the lowest; NaN for a non-finite score, which ranks last in
+    every selection), which order the members exactly as the scores do, in either mode.
+    A JAX array (or a traced value: scores passed into a jitted function are converted
+    by JAX on the way in) is returned as it is.
+
+    >>> device_scores(np.array([3.0, 1e39, np.nan, 1.0])).tolist()
+    [1.0, 2.0, nan, 0.0]
+    >>> device_scores(np.array([3.0, 1.0])).tolist()  # float32 orders them: unchanged
+    [3.0, 1.0]
+    """
+    if isinstance(scores, jax.Array):
+        return scores
+    host = np.asarray(scores)
+    if host.ndim != 1 or host.dtype.kind not in "iuf":
+        return scores  # (canonical_scores says what is wrong with them)
+    if dtype is None:
+        dtype = jax.dtypes.canonicalize_dtype(host.dtype if host.dtype.kind == "f" else np.float32)
+    finite = np.isfinite(host)
+    distinct = np.unique(host[finite])
+    with np.errstate(over="ignore"):
+        cast = distinct.astype(dtype)
+    cast[np.abs(cast) < np.finfo(dtype).tiny] = 0  # XLA flushes subnormals to zero
+    if np.all(np.isfinite(cast)) and np.all(cast[1:] > cast[:-1]):
+        return scores if host.dtype.kind == "f" else host.astype(dtype)
+    ranks = np.full(host.shape, np.nan, dtype)
+    ranks[finite] = np.searchsorted(distinct, host[finite])
+    return ranks
+
+
+def _keeps_host_order(select: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``select`` (a jitted selection), given :func:`device_scores` of host scores."""
+
+    @functools.wraps(select)
+    def selection(key: jax.Array, scores: jax.Array, **options: Any) -> jax.Array:
+        return select(key, device_scores(scores), **options)
+
+    for name in ("lower", "trace", "eval_shape", "clear_cache"):  # the jitted API
+        setattr(selection, name, getattr(select, name))
+    return selection
 
 
 def num_in_quantile(n: int, quantile_fraction: float) -> int:
@@ -145,6 +196,7 @@ def _where(where: jax.Array | None, n: int) -> jax.Array | None:
     return where
 
 
+@_keeps_host_order
 @functools.partial(jax.jit, static_argnames=("mode",))
 def copy_best(
     key: jax.Array, scores: jax.Array, *, mode: Mode = "min", where: jax.Array | None = None
@@ -176,6 +228,7 @@ def copy_best(
     return jnp.where(copies, best, jnp.arange(n)).astype(jnp.int32)
 
 
+@_keeps_host_order
 @functools.partial(jax.jit, static_argnames=("quantile_fraction", "mode"))
 def truncation(
     key: jax.Array,
@@ -228,6 +281,7 @@ def truncation(
     return jnp.where(allowed.any(axis=1), draws, jnp.arange(n)).astype(jnp.int32)
 
 
+@_keeps_host_order
 @functools.partial(jax.jit, static_argnames=("mode",))
 def tournament(
     key: jax.Array, scores: jax.Array, *, mode: Mode = "min", where: jax.Array | None = None
