@@ -242,6 +242,39 @@ def test_numpy_values_keep_their_dtype():
     assert out["c"].dtype == np.float32 and set(out["c"].tolist()) <= {1.0, 2.0}
 
 
+@pytest.mark.parametrize(
+    ("dtype", "top"), [(np.float32, 0.1), (np.float16, 0.3), (jnp.bfloat16, 0.1)]
+)
+def test_values_of_a_narrow_float_type_stay_inside_bounds_it_cannot_hold(dtype, top):
+    """float32's 0.1 is 0.10000000149 (float16's 0.3 is 0.30005, bfloat16's 0.1 is
+    0.1001), outside a space that ends at 0.1 (0.3): explored values, host and device,
+    step inside instead."""
+    space = {"lr": ex.uniform(1e-4, top)}
+    low, high = np.asarray(1e-4, dtype), np.asarray(top, dtype)
+    assert float(high) > top  # (the case at hand, for each type)
+    host, device = [], []
+    step = jax.jit(jax.vmap(lambda k, m: ex.explore(k, space, m, resample_probability=0.0)))
+    for start in (high, low):
+        for key in keys(40):
+            host.append(ex.explore(key, space, {"lr": start[()]}, resample_probability=0.0))
+        population = {"lr": jnp.full((64,), start, dtype)}
+        device.append(step(jax.random.split(jax.random.key(0), 64), population))
+    values = np.concatenate(
+        [np.array([float(m["lr"]) for m in host])]
+        + [np.asarray(d["lr"], np.float64) for d in device]
+    )
+    assert values.min() >= 1e-4 and values.max() <= top
+    assert {type(m["lr"]) for m in host} == {type(low[()])}  # the value's own type
+    assert all(d["lr"].dtype == dtype for d in device)
+    # at the top, the largest value of the type below the bound is reached (clipped there)
+    assert float(np.max(values)) == float(np.nextafter(high, np.asarray(0, dtype)))
+
+
+def test_a_numpy_integer_scalar_stays_a_numpy_scalar():
+    out = ex.perturb(keys(1)[0], {"n": ex.randint(1, 9)}, {"n": np.int32(4)})
+    assert type(out["n"]) is np.int32
+
+
 # -- on device: jit and vmap ----------------------------------------------------------------------
 NUMERIC = {
     "lr": ex.log_uniform(1e-4, 0.02),

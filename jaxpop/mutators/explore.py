@@ -456,12 +456,32 @@ def _finish_host(space: Space, new: Any, value: Any) -> Any:
     if isinstance(space, RandInt):
         if python:
             return int(new)
-        return np.asarray(new).astype(value.dtype)
+        out = np.asarray(new).astype(value.dtype)
+        return out[()] if isinstance(value, np.generic) else out
     if python:
         return float(new)
-    dtype = value.dtype if np.issubdtype(value.dtype, np.floating) else np.float64
-    out = np.clip(np.asarray(new).astype(dtype), space.low, space.high).astype(dtype)
+    # (jnp.issubdtype: ml_dtypes' bfloat16 is a float too)
+    dtype = value.dtype if jnp.issubdtype(value.dtype, jnp.floating) else np.dtype(np.float64)
+    out = np.clip(np.asarray(new).astype(dtype), *_bounds_in(space, dtype)).astype(dtype)
     return out[()] if isinstance(value, np.generic) else out
+
+
+def _bounds_in(space: _Numeric, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A float space's ``[low, high]`` as values of ``dtype`` that lie inside it: a bound
+    ``dtype`` cannot hold moves one step inwards (``uniform(0, 0.1)`` in float32 ends
+    at 0.099999994, as float32's 0.1 is 0.10000000149). If no value of ``dtype`` lies
+    inside, the bounds as ``dtype`` rounds them.
+
+    >>> [float(b) for b in _bounds_in(uniform(0.0, 0.1), np.dtype(np.float32))]
+    [0.0, 0.09999999403953552]
+    """
+    low, high = np.asarray(space.low, dtype), np.asarray(space.high, dtype)
+    inner_low, inner_high = low, high
+    if float(low) < space.low:
+        inner_low = np.nextafter(low, np.asarray(np.inf, dtype))
+    if float(high) > space.high:
+        inner_high = np.nextafter(high, np.asarray(-np.inf, dtype))
+    return (inner_low, inner_high) if inner_low <= inner_high else (low, high)
 
 
 def _finish_device(space: Space, new: Any, value: Any) -> Any:
@@ -475,7 +495,9 @@ def _finish_device(space: Space, new: Any, value: Any) -> Any:
         dtype = jnp.asarray(value).dtype
         if not isinstance(space, RandInt) and not jnp.issubdtype(dtype, jnp.floating):
             dtype = jnp.asarray(0.0).dtype
-    return new.astype(dtype)
+    if isinstance(space, RandInt):
+        return new.astype(dtype)
+    return jnp.clip(new.astype(dtype), *_bounds_in(space, np.dtype(dtype)))
 
 
 def _nan_message(space: Space, path: Path) -> str:
@@ -495,7 +517,7 @@ def _check_value(space: Space, value: Any, path: Path) -> None:
     if isinstance(value, jax.Array):
         return
     numeric = _is_number(value) or (
-        isinstance(value, (np.ndarray, np.generic)) and np.issubdtype(value.dtype, np.number)
+        isinstance(value, (np.ndarray, np.generic)) and jnp.issubdtype(value.dtype, jnp.number)
     )
     if numeric and np.any(np.isnan(value)):  # no move from NaN lands inside the space
         raise ValueError(_nan_message(space, path))
