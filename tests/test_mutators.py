@@ -580,3 +580,38 @@ def test_wta_stops_waiting_for_a_finished_worker_and_never_copies_it():
     # a finished worker that reports again is active again
     state, _ = apply(state, Eval("p2b", 2, gens[2], 12, 0.5), 3.0, m)
     assert state.workers[2].status == "active"
+
+
+def _searching_mutators(space):
+    from jaxpop.mutators import FirePBT, MultipleFrequenciesPBT
+    from jaxpop.mutators.pb2 import PB2
+
+    return {
+        "pbt": PopulationBasedTraining(perturbation_interval=5, hyperparam_space=space),
+        "pb2": PB2(perturbation_interval=5, hyperparam_space=space),
+        "fire": FirePBT(
+            perturbation_interval=5,
+            sub_population_sizes=(4, 4),
+            num_evaluators=2,
+            max_eval_steps=20,
+            hyperparam_space=space,
+        ),
+        "mf_pbt": MultipleFrequenciesPBT(t_ready=5, hyperparam_space=space, frequencies=(1, 2)),
+    }
+
+
+@pytest.mark.parametrize("name", ["pbt", "pb2", "fire", "mf_pbt"])
+def test_a_nan_hyperparameter_in_the_initial_population_is_refused_naming_the_member(name):
+    """Copying a member whose hyperparameter is NaN can never be explored: before, every
+    later decision that chose it raised, refusing the reporting worker's evaluation."""
+    space = {"lr": explore.uniform(0.0, 1.0)}
+    mutator = _searching_mutators(space)[name]
+    population = [{"lr": 0.5}] * 10
+    with pytest.raises(ValueError, match=r"initial_population\[3\]: meta_params\['lr'\] is NaN"):
+        PopulationController([*population[:3], {"lr": math.nan}, *population[4:]], mutator)
+    with pytest.raises(TypeError, match=r"initial_population\[0\]"):
+        PopulationController([{"lr": "fast"}, *population[1:]], mutator)
+    with pytest.raises(KeyError, match=r"initial_population\[9\]: meta_params\['lr'\] is missing"):
+        PopulationController([*population[:9], {"rate": 0.5}], mutator)
+    # out of the space is fine: copies are clipped into it
+    PopulationController([{"lr": 5.0}, *population[1:]], mutator)

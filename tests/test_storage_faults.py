@@ -1111,10 +1111,14 @@ def test_a_mismatch_message_shows_where_deep_configurations_differ(tmp_path):
         space["h19"] = explore.uniform(0.0, high)
         return PopulationBasedTraining(perturbation_interval=5, hyperparam_space=space)
 
-    _open(tmp_path, pbt(2.0)).close()
+    def open_(mutator):  # every worker has every hyperparameter the space explores
+        population = [{f"h{i}": 1.0 for i in range(20)}] * 2
+        return PopulationController(population, mutator, tmp_path, 3, clock=FakeClock())
+
+    open_(pbt(2.0)).close()
     where = r"hyperparam_space\[\d+\]\[1\]\.fields\.high: 2\.0 in the log_dir, 3\.0 now"
     with pytest.raises(storage.RunMismatchError, match=where):
-        _open(tmp_path, pbt(3.0))
+        open_(pbt(3.0))
 
 
 def test_a_file_system_that_cannot_lock_directories_locks_the_lock_file(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ import numpy as np
 from jaxpop.events import Ask
 from jaxpop.history import History, Mode
 from jaxpop.keys import new_generation_id
+from jaxpop.mutators import explore as explore_lib
 from jaxpop.records import ACTIVE, ActiveWorker, Checkpoint, _active_worker
 from jaxpop.types import MetaParams, MutatorResult, MutatorState, RawKey, Workers
 
@@ -149,6 +150,11 @@ class Mutator(NamedTuple):
         wait before training on (a synchronous round it has reached is not decided
         yet). Its ask on its current generation is then answered with its assignment,
         ``status == "waiting"``: wait, and ask again. ``None``: never.
+      check_population: ``(initial_population) -> None``, called by
+        :func:`jaxpop.core.init` with the initial ``meta_params`` of every worker; raises
+        a clear error for one the mutator could never work with (a NaN where it
+        explores: copying that worker would fail at every later decision). ``None``:
+        every population is accepted.
     """
 
     init: Callable[[], Any]
@@ -159,6 +165,7 @@ class Mutator(NamedTuple):
     mode: Mode = "min"
     counts: Callable[[Any], DecisionCounts] | None = None
     holds: Callable[[Any, Workers, History, int], bool] | None = None
+    check_population: Callable[[Sequence[MetaParams]], None] | None = None
 
     def describe(self) -> dict[str, Any]:
         """This mutator's kind and configuration as plain, comparable data.
@@ -435,6 +442,20 @@ def check_factors(factors: Any) -> tuple[float, ...]:
     ):
         raise ValueError(f"perturbation_factors must be positive numbers, got {out!r}")
     return tuple(float(f) for f in out)
+
+
+def check_in_space(space: Any, population: Sequence[MetaParams]) -> None:
+    """Raises the error :func:`jaxpop.mutators.explore.clip` raises for a member's
+    ``meta_params`` (a NaN, a value of the wrong kind or none, where ``space`` names a
+    hyperparameter), naming the member. ``space=None``: nothing to check."""
+    if space is None:
+        return
+    for i, meta_params in enumerate(population):
+        try:
+            explore_lib.clip(space, meta_params)
+        except (KeyError, TypeError, ValueError) as error:  # (a KeyError: a missing one)
+            message = error.args[0] if error.args else type(error).__name__
+            raise type(error)(f"initial_population[{i}]: {message}") from None
 
 
 def check_number(

@@ -40,6 +40,7 @@ from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
     check_factors,
+    check_in_space,
     check_number,
     check_probability,
     records_config,
@@ -551,7 +552,16 @@ class FirePBT(Mutator):
         views = _views.Views(functools.partial(_entry, config), _COLUMNS)
         update = functools.partial(_update, config=config, views=views, memo=_Memo())
         prepare = functools.partial(_prepare, config=config)
-        return super().__new__(cls, _init, update, None, prepare, mode=mode, counts=_counts)
+        return super().__new__(
+            cls,
+            _init,
+            update,
+            None,
+            prepare,
+            mode=mode,
+            counts=_counts,
+            check_population=functools.partial(check_in_space, hyperparam_space),
+        )
 
 
 def _counts(state: FireState) -> DecisionCounts:

@@ -35,6 +35,7 @@ from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
     check_factors,
+    check_in_space,
     check_number,
     check_probability,
     records_config,
@@ -307,7 +308,16 @@ class MultipleFrequenciesPBT(Mutator):
             mode=mode,
         )
         prepare = functools.partial(_prepare, frequencies=freqs)
-        return super().__new__(cls, MFPBTState, update, None, prepare, mode=mode, counts=_counts)
+        return super().__new__(
+            cls,
+            MFPBTState,
+            update,
+            None,
+            prepare,
+            mode=mode,
+            counts=_counts,
+            check_population=functools.partial(check_in_space, hyperparam_space),
+        )
 
 
 def _prepare(population_size: int, *, frequencies: tuple[int, ...]) -> None:

@@ -35,6 +35,7 @@ from jaxpop.mutators.base import (
     call_mutate_fn,
     check_callable,
     check_factors,
+    check_in_space,
     check_number,
     check_probability,
     evaluated_since,
@@ -240,6 +241,7 @@ class PopulationBasedTraining(Mutator):
             mode=mode,
             counts=_counts,
             holds=functools.partial(_holds, views) if hold else None,
+            check_population=functools.partial(check_in_space, hyperparam_space),
         )
 
 
