@@ -377,6 +377,28 @@ def test_a_run_without_evaluations_reports_what_there_is(tmp_path, capsys):
     assert "no evaluation" in capsys.readouterr().out
 
 
+@needs_matplotlib
+def test_values_past_what_matplotlib_draws_still_give_the_data_files(tmp_path, capsys):
+    """Scores of +-1e308 (a span past a float) break matplotlib's axis layout: the report
+    writes history.csv and summary.json, says which plots it left out, and exits 0."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    run = str(tmp_path / "run")
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=5)
+    with PopulationController([{"lr": 0.1}] * 2, mutator, log_dir=run) as pop:
+        for i, value in enumerate([1e308, -1e308]):
+            pop.set_eval(i, pop.active_workers[i].generation_id, 5, None, value)
+    with pytest.warns(RuntimeWarning, match=r"(scores|lineage)\.png was not drawn"):
+        written = report.write_report(run, tmp_path / "out")
+    assert {"history.csv", "summary.json"} <= set(written) < FILES
+    info = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert info["best"]["value"] == -1e308
+    with pytest.warns(RuntimeWarning, match="was not drawn"):
+        assert cli.main(["report", run, "--out", str(tmp_path / "cli")]) == 0
+    assert "wrote history.csv, summary.json" in capsys.readouterr().out
+
+
 def test_matplotlib_is_imported_lazily(monkeypatch, finished):
     code = "import sys, jaxpop.report; assert 'matplotlib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=120)

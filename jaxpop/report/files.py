@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import warnings
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from jaxpop.report.data import Report, load
 from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
@@ -33,8 +36,11 @@ def write_report(
     *,
     log_scale: bool = False,
 ) -> dict[str, str]:
-    """Writes ``hparams.png``, ``scores.png``, ``lineage.png``, ``history.csv`` and
-    ``summary.json`` into ``out_dir``; returns ``{file name: path}``.
+    """Writes ``history.csv``, ``summary.json``, ``hparams.png``, ``scores.png`` and
+    ``lineage.png`` into ``out_dir``; returns ``{file name: path}``.
+
+    A plot matplotlib cannot draw (values whose range is past a float's, near
+    +-1.8e308) is left out with a ``RuntimeWarning``; the data files are always written.
 
     ``log_dir`` is a run directory (or its parent, see :func:`find_run_dir`) or an
     already loaded :class:`Report`. ``out_dir`` defaults to :func:`default_out_dir`
@@ -61,16 +67,29 @@ def write_report(
         write_atomic(path, data)
         written[name] = path
 
+    text = io.StringIO()
+    write_csv(report.history, text)
+    put("history.csv", text.getvalue().encode())
+    put("summary.json", (json.dumps(summary(report), indent=2, allow_nan=False) + "\n").encode())
     for name, make in (
         ("hparams.png", lambda: plot_hparams(report)),
         ("scores.png", lambda: plot_scores(report, log_scale=log_scale)),
         ("lineage.png", lambda: plot_lineage(report)),
     ):
         buffer = io.BytesIO()
-        make().savefig(buffer, format="png", dpi=110)
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # (said below if it fails)
+                make().savefig(buffer, format="png", dpi=110)
+        except (ValueError, OverflowError) as error:
+            # matplotlib cannot lay out an axis whose span is past a float (values near
+            # +-1.8e308): the data files are written, the plot is not
+            warnings.warn(
+                f"{name} was not drawn: matplotlib failed ({type(error).__name__}: {error}), "
+                "as it does for values whose range is past a float's (near +-1.8e308); "
+                "history.csv and summary.json hold the data",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            continue
         put(name, buffer.getvalue())
-    text = io.StringIO()
-    write_csv(report.history, text)
-    put("history.csv", text.getvalue().encode())
-    put("summary.json", (json.dumps(summary(report), indent=2, allow_nan=False) + "\n").encode())
     return written
