@@ -140,7 +140,8 @@ class PopulationController:
         calls then raise :class:`~jaxpop.storage.SupersededError`. See
         :mod:`jaxpop.storage`. Parameters that workers pass to ``set_eval`` are stored
         too: with a ``log_dir`` pass small handles (paths) rather than large pytrees.
-      seed: seeds the run's root PRNG key. Given the same seed, mutators that use their
+      seed: seeds the run's root PRNG key (an int in ``[-2**31, 2**64)``, each its own
+        run: :func:`jaxpop.keys.root_key`). Given the same seed, mutators that use their
         key (not numpy's global random state) make the same decisions for the same
         sequence of calls.
       durability: ``"process"`` (each record reaches the OS before the call returns:

@@ -41,6 +41,24 @@ def test_same_seed_same_generation_ids_other_seed_other_ids():
     assert a.workers[0].generation_id != c.workers[0].generation_id
 
 
+def test_every_64_bit_seed_is_its_own_run_and_other_seeds_are_refused():
+    from jaxpop.keys import root_key
+
+    # JAX without x64 keeps a seed's low 32 bits: 2**32 was the run of seed 0
+    seeds = [0, 1, 2**31, 2**32 - 1, 2**32, 2**32 + 1, 2**40, 2**63, 2**64 - 1]
+    keys = {tuple(root_key(s).tolist()) for s in seeds}
+    assert len(keys) == len(seeds)
+    assert root_key(0).tolist() == [0, 0] and root_key(7).tolist() == [0, 7]  # as before
+    assert root_key(np.uint64(2**40)).tolist() == root_key(2**40).tolist()
+    assert root_key(-1).tolist() == root_key(2**32 - 1).tolist()  # modulo 2**32, as JAX
+    for seed in (2**64, -(2**31) - 1):
+        with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*31, 2\*\*64\)"):
+            root_key(seed)
+    for seed in (1.0, True, "1", None, math.nan):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            root_key(seed)
+
+
 def test_ask_without_generation_returns_assignment_and_changes_nothing():
     m = noop_mutator()
     state = fresh_state([{"h": 1.0}], m)
