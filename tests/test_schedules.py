@@ -109,6 +109,24 @@ def test_cosine_curriculum_is_half_a_cosine():
     assert close(c(60)["hue"], 0.5) and close(c(35)["hue"], (1 - math.cos(math.pi / 4)) / 2)
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_segment_longer_than_int32_counts_and_jits(kind):
+    """optax counts in int32: a segment of 2**40 steps is counted in fractions of it, on
+    the host at any step and under jit with a traced step (int32 or float32)."""
+    length = 2**40
+    c = S.curriculum({0: {"lr": 1.0}, length: {"lr": 0.0}}, kind=kind)
+
+    def expected(t):  # t: the fraction of the segment done
+        return 1.0 - t if kind == "linear" else 0.5 * (1 + math.cos(math.pi * t))
+
+    for step in (0, 5, 2**31, length // 4, length // 2, length - 1, length, 2**50):
+        assert close(c(step)["lr"], expected(min(step / length, 1.0))), step
+    jitted = jax.jit(c)
+    assert close(jitted(5)["lr"], 1.0)  # an int32 step never reaches the segment's end
+    assert close(jitted(jnp.float32(length // 2))["lr"], expected(0.5))
+    assert close(jitted(jnp.float32(2**41))["lr"], 0.0)
+
+
 def test_step_curriculum_and_mixed_kinds():
     pts = {0: {"s": 0.0}, 10: {"s": 1.0}, 20: {"s": 3.0}, 30: {"s": 2.0}}
     c = S.curriculum(pts, kind="step")

@@ -152,8 +152,14 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
             i = bisect.bisect_right(boundaries, at)
             return schedules[i](at if i == 0 else at - boundaries[i - 1])
         output = schedules[0](step)
+        dtype = jnp.result_type(step)
+        integer = jnp.issubdtype(dtype, jnp.integer)
+        reach = jnp.iinfo(dtype).max if integer else math.inf
         for boundary, later in zip(boundaries, schedules[1:], strict=True):
-            output = _select(step < boundary, output, later(step - boundary))
+            if boundary > reach:  # a traced int32 step never gets there (nor can hold it)
+                break
+            start: int | float = boundary if integer else float(boundary)  # (no int32 parse)
+            output = _select(step < start, output, later(step - start))
         return output
 
     return schedule

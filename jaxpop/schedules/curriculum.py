@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -99,9 +100,25 @@ def _segment(start: Any, end: Any, length: int, kind: str) -> Schedule:
     return schedule
 
 
+# optax counts a schedule's steps in int32 (without x64): a segment longer than that is
+# counted in fractions of it, 2**24 of them (float32 holds each exactly)
+_LONGEST = 2**31 - 1
+_FRACTIONS = 2**24
+
+
 def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
     if kind == "step" or not (_numeric(a) and _numeric(b)) or tree_equal(a, b):
         return lambda step: a
+    if length > _LONGEST:
+        counted = _leaf_schedule(a, b, _FRACTIONS, kind)
+        scale = _FRACTIONS / length
+
+        def long_segment(step: Any) -> Any:
+            if isinstance(step, int):  # (a Python int may be past int32: scale on the host)
+                return counted(step * scale)
+            return counted(jnp.asarray(step, jnp.float32) * scale)
+
+        return long_segment
     if kind == "linear":
         return optax.linear_schedule(a, b, transition_steps=length)
     decay = optax.cosine_decay_schedule(a - b, decay_steps=length)
