@@ -85,11 +85,16 @@ def mf_pbt_round(
             resample_probability=resample_probability,
             perturbation_factors=tuple(perturbation_factors),
         )
+        # a migrant's hyperparameters as they are, inside the space (as every copy)
+        migrated = explore_lib.clip(
+            space,
+            {name: jnp.take(pop.hparams[name], decided.hparams_from, axis=0) for name in inherited},
+        )
         return {
             name: jnp.where(
                 decided.explore,
                 jnp.asarray(explored[name], value.dtype),
-                jnp.take(pop.hparams[name], decided.hparams_from, axis=0),
+                jnp.asarray(migrated[name], value.dtype),
             )
             for name, value in inherited.items()
         }

@@ -152,6 +152,25 @@ def test_a_migrant_keeps_the_hyperparameters_of_its_new_sub_populations_best():
     assert decision_counts(m, state.mutator_state).decisions == 4 + 8
 
 
+def test_a_migrant_takes_hyperparameters_outside_the_space_clipped_into_it():
+    """A population may start outside its space; every copy, a migration too, lands in
+    it (as PBT's copies do): member 6 migrates with member 4's lr of 5.0, clipped to 1.0."""
+    m = make(frequencies=(1, 2), mode="max")
+    population = [{"lr": 0.001 * (i + 1)} for i in range(8)]
+    population[4] = {"lr": 5.0}
+    state = fresh_state(population, m)
+    state = report_all(state, m, 10, [9, 8, 7, 6, 4, 3, 2, 1])
+    state = report_all(state, m, 20, [9, 8, 7, 6, 4, 3, 2, 1])
+    assert state.workers[6].meta_params == {"lr": 1.0}
+    assert state.workers[4].meta_params == {"lr": 5.0}  # nobody copied: untouched
+    # the device round, likewise
+    pop = _population()
+    pop = pop.replace(hparams={"lr": pop.hparams["lr"].at[4].set(5.0)})
+    scores = jnp.asarray([0, 1, 2, 3, 10, 11, 12, 13], jnp.float32)
+    new, exploit = mf_pbt_round(pop, scores, 2, frequencies=(1, 2), space=SPACE)
+    assert int(exploit.parents[6]) == 0 and float(new.hparams["lr"][6]) == 1.0
+
+
 def test_hostile_arguments_give_clear_errors():
     with pytest.raises(ValueError, match="t_ready"):
         make(t_ready=math.nan)

@@ -371,6 +371,8 @@ def _update(
                 resample_probability=resample_probability,
                 perturbation_factors=factors,
             )
+        else:  # a migrant's hyperparameters as they are, inside the space (as every copy)
+            meta = explore_lib.clip(space, meta)
         new_workers[i], start = start_generation(source, meta, key, int(i), now)
         new_checkpoints.append(start)
     copied = parents != np.arange(size)
