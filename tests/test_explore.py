@@ -270,6 +270,17 @@ def test_values_of_a_narrow_float_type_stay_inside_bounds_it_cannot_hold(dtype, 
     assert float(np.max(values)) == float(np.nextafter(high, np.asarray(0, dtype)))
 
 
+def test_a_0d_array_in_a_choice_is_its_number():
+    """np.array(0.9) is 0.9: clipped to itself and perturbed to its neighbour (it was
+    taken for an unknown value: clip refused it, explore drew a fresh one each time)."""
+    space = {"opt": ex.choice([0.0, 0.5, 0.9])}
+    assert ex.clip(space, {"opt": np.array(0.9)})["opt"] == 0.9
+    assert {float(ex.perturb(k, space, {"opt": np.array(0.9)})["opt"]) for k in keys(20)} == {0.5}
+    # a number drawn for a value of another kind stays a number (it became the str "0")
+    drawn = ex.explore(keys(1)[0], space, {"opt": np.array("a")})["opt"]
+    assert float(drawn) in (0.0, 0.5, 0.9)
+
+
 def test_a_numpy_integer_scalar_stays_a_numpy_scalar():
     out = ex.perturb(keys(1)[0], {"n": ex.randint(1, 9)}, {"n": np.int32(4)})
     assert type(out["n"]) is np.int32

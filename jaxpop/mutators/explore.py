@@ -416,6 +416,8 @@ def _choice_leaf(
         values = xp.asarray(space.values, dtype=dtype)
         current = _nearest_index(values, xp.asarray(value, dtype=dtype), xp)
     else:
+        if isinstance(value, np.ndarray):  # 0-d: its scalar (a number, as 0.9 is)
+            value = value[()]
         current = _host_choice_index(space, value, path)
         if current is None:
             if op == "clip":
@@ -451,7 +453,9 @@ def _finish_host(space: Space, new: Any, value: Any) -> Any:
         if np.ndim(new) == 0 and not isinstance(value, (np.ndarray, np.generic)):
             return space.values[int(new)]
         out = np.asarray(space.values)[new]
-        return out if value is _NO_VALUE else out.astype(value.dtype)
+        if value is _NO_VALUE or not _same_kind(out.dtype, value.dtype):
+            return out  # (a number drawn for a str array stays a number, not "0")
+        return out.astype(value.dtype)
     python = value is _NO_VALUE or not isinstance(value, (np.ndarray, np.generic))
     if isinstance(space, RandInt):
         if python:
@@ -482,6 +486,12 @@ def _bounds_in(space: _Numeric, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     if float(high) > space.high:
         inner_high = np.nextafter(high, np.asarray(-np.inf, dtype))
     return (inner_low, inner_high) if inner_low <= inner_high else (low, high)
+
+
+def _same_kind(a: np.dtype, b: np.dtype) -> bool:
+    """Both numbers (``jnp.number``: bfloat16 too), or both of one other kind (str)."""
+    numbers_ = jnp.issubdtype(a, jnp.number), jnp.issubdtype(b, jnp.number)
+    return numbers_[0] and numbers_[1] if any(numbers_) else a.kind == b.kind
 
 
 def _finish_device(space: Space, new: Any, value: Any) -> Any:
