@@ -11,6 +11,7 @@ the *same* state when an event changes nothing; otherwise the reply carries the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -259,15 +260,21 @@ def init(
     workers, history = [], History(mode=check_mode(mutator.mode))
     for i, meta_params in enumerate(population):
         check_sortable_keys(meta_params, f"initial_population[{i}]")
-    check_population = getattr(mutator, "check_population", None)
-    if check_population is not None:
-        check_population(population)
     for i, meta_params in enumerate(population):
         meta_params = copy_in(meta_params)
         generation_id = new_generation_id(key, i)
         workers.append(ActiveWorker(None, meta_params, generation_id, 0))
         history = history.add(Checkpoint(None, meta_params, generation_id, None, None, 0, now))
     return PopulationState(tuple(workers), mutator.init(), key, history, 0)
+
+
+def check_population(initial_population: Sequence[Any], mutator: Mutator) -> None:
+    """Raises the mutator's error for an initial population it cannot work with
+    (``Mutator.check_population``; nothing for a mutator without one). A controller
+    calls it when a run starts afresh, not when it resumes."""
+    check = getattr(mutator, "check_population", None)
+    if check is not None:
+        check(list(initial_population))
 
 
 def as_value(value: Any) -> float:
@@ -456,9 +463,18 @@ def ask(
     """A worker asks for its data; ``docs/protocol.md#ask`` states the protocol."""
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
+    generation_id = _as_generation_id(event.generation_id, "maybe_get_worker_data")
     new = state
     added: list[Checkpoint] = []
     if mutator.ask is not None:
+        if (
+            worker_id is not event.worker_id
+            or generation_id is not event.generation_id
+            or step is not event.step
+        ):  # the hook sees what is recorded: an int step, a str generation id
+            event = dataclasses.replace(
+                event, worker_id=worker_id, generation_id=generation_id, step=step
+            )
         result = mutator.ask(state.mutator_state, state.workers, state.history, event, now, key)
         new, _ = _apply_mutator(state, *result, who="mutator.ask")
         added.extend(result[2])
@@ -467,7 +483,6 @@ def ask(
         assigned = _with_status(assigned, ACTIVE)
         workers = new.workers
         new = new._with(workers=with_replaced(workers, [(worker_id, assigned)]))
-    generation_id = _as_generation_id(event.generation_id, "maybe_get_worker_data")
     warning = None
     reply_worker: ActiveWorker | None
     if generation_id is None or generation_id == "":

@@ -35,26 +35,29 @@ _BLOCK = 1024
 def root_key(seed: int) -> RawKey:
     """The raw root key (``uint32[2]``) of a run seeded with ``seed``.
 
-    ``seed``: an int in ``[-2**31, 2**64)``. JAX (without x64) keeps only a seed's low
-    32 bits, so ``2**32`` would be the run of ``0``: the high 32 bits are folded into the
-    key instead (``fold_in(key(seed % 2**32), seed >> 32)``), the same with or without
-    x64. A negative seed is taken modulo ``2**32``, as JAX does (``-1`` is
-    ``2**32 - 1``).
+    ``seed``: an int in ``[-2**31, 2**64)``. JAX without x64 keeps only a seed's low
+    32 bits, so ``2**32`` would be the run of ``0``: a seed past 32 bits gets its high
+    bits as the key's first word, as JAX with x64 does (``[seed >> 32, seed % 2**32]``
+    for its default threefry key; other key implementations fold them in), so the key is
+    the same with or without x64. Seeds below ``2**32`` are JAX's own; a negative seed
+    is taken modulo ``2**32`` without x64 (``-1`` is then the run of ``2**32 - 1``).
 
-    >>> root_key(0)
-    array([0, 0], dtype=uint32)
-    >>> bool((root_key(2**32) != root_key(0)).any())
-    True
+    >>> root_key(0), root_key(2**32 + 5)
+    (array([0, 0], dtype=uint32), array([1, 5], dtype=uint32))
     """
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r:.40}")
     seed = int(seed)
     if not -(2**31) <= seed < 2**64:
         raise ValueError(f"seed must be an int in [-2**31, 2**64), got {seed}")
-    key = jax.random.key(seed & 0xFFFFFFFF)
-    if seed >= 2**32:
-        key = jax.random.fold_in(key, seed >> 32)
-    return np.asarray(jax.random.key_data(key), dtype=np.uint32)
+    if seed < 2**32:
+        return np.asarray(jax.random.key_data(jax.random.key(seed)), dtype=np.uint32)
+    key = np.array(jax.random.key_data(jax.random.key(seed & 0xFFFFFFFF)), dtype=np.uint32)
+    if key.shape == (2,) and key[0] == 0:  # threefry's [high word, low word]
+        key[0] = seed >> 32
+        return key
+    folded = jax.random.fold_in(jax.random.key(seed & 0xFFFFFFFF), seed >> 32)
+    return np.asarray(jax.random.key_data(folded), dtype=np.uint32)
 
 
 @functools.partial(jax.jit, static_argnums=2)

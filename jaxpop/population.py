@@ -140,10 +140,10 @@ class PopulationController:
         calls then raise :class:`~jaxpop.storage.SupersededError`. See
         :mod:`jaxpop.storage`. Parameters that workers pass to ``set_eval`` are stored
         too: with a ``log_dir`` pass small handles (paths) rather than large pytrees.
-      seed: seeds the run's root PRNG key (an int in ``[-2**31, 2**64)``, each its own
-        run: :func:`jaxpop.keys.root_key`). Given the same seed, mutators that use their
-        key (not numpy's global random state) make the same decisions for the same
-        sequence of calls.
+      seed: seeds the run's root PRNG key (an int in ``[-2**31, 2**64)``; every seed
+        in ``[0, 2**64)`` its own run: :func:`jaxpop.keys.root_key`). Given the same
+        seed, mutators that use their key (not numpy's global random state) make the
+        same decisions for the same sequence of calls.
       durability: ``"process"`` (each record reaches the OS before the call returns:
         survives the death of this process) or ``"fsync"`` (each record is also flushed
         to disk: survives a machine crash, at the cost of one disk flush per call).
@@ -254,12 +254,16 @@ class PopulationController:
                     state = storage.seed_state.adopt_migrated_state(
                         self._in_mode(restored), mutator
                     )
+                else:
+                    core.check_population([w.meta_params for w in state.workers], mutator)
                 store.start(state)
             except BaseException:
                 store.close()
                 raise
             self._store = store
             weakref.finalize(self, store.close)
+        else:
+            core.check_population([w.meta_params for w in state.workers], mutator)
         self._state = state
         if mutator.prepare is not None:
             try:

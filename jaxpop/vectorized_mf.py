@@ -66,7 +66,7 @@ def mf_pbt_round(
     """
     frequencies = tuple(frequencies)
     mf_pbt.check_layout(int(jnp.shape(scores)[0]), frequencies)
-    ranks = selection_lib.canonical_scores(scores, mode)
+    ranks = selection_lib.canonical_scores(selection_lib.device_scores(scores), mode)
     decided = mf_pbt.plan(
         ranks,
         mf_pbt.evolving(round_index, frequencies),

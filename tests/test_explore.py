@@ -281,6 +281,12 @@ def test_a_0d_array_in_a_choice_is_its_number():
     assert float(drawn) in (0.0, 0.5, 0.9)
 
 
+def test_a_str_drawn_for_a_narrower_str_array_is_not_cut():
+    space = {"opt": ex.choice(["adam", "sgd"])}
+    for key in keys(10):
+        assert ex.explore(key, space, {"opt": np.array("x")})["opt"] in ("adam", "sgd")
+
+
 def test_a_numpy_integer_scalar_stays_a_numpy_scalar():
     out = ex.perturb(keys(1)[0], {"n": ex.randint(1, 9)}, {"n": np.int32(4)})
     assert type(out["n"]) is np.int32

@@ -615,3 +615,44 @@ def test_a_nan_hyperparameter_in_the_initial_population_is_refused_naming_the_me
         PopulationController([*population[:9], {"rate": 0.5}], mutator)
     # out of the space is fine: copies are clipped into it
     PopulationController([{"lr": 5.0}, *population[1:]], mutator)
+
+
+def test_the_population_check_passes_what_explore_can_move_and_skips_a_resume(tmp_path):
+    space = {"opt": explore.choice(["adam", "sgd"]), "lr": explore.uniform(0.0, 1.0)}
+    m = PopulationBasedTraining(perturbation_interval=5, hyperparam_space=space)
+    # a value not in its choice's list is redrawn when explored: accepted
+    PopulationController([{"opt": "rmsprop", "lr": 0.5}] * 4, m)
+    # a resumed run's stored state wins over initial_population: not checked again
+    log_dir = str(tmp_path / "run")
+    PopulationController([{"opt": "adam", "lr": 0.5}] * 4, m, log_dir=log_dir).close()
+    with PopulationController([{"opt": "adam", "lr": math.nan}] * 4, m, log_dir=log_dir) as pop:
+        assert pop.active_workers[0].meta_params["lr"] == 0.5
+    with pytest.raises(ValueError, match="is NaN"):
+        PopulationController([{"opt": "adam", "lr": math.nan}] * 4, m, log_dir=str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize(
+    "factors", [np.array([0.8, 1.2]), (f for f in (0.8, 1.2)), [np.float32(0.8), 1.2]]
+)
+def test_perturbation_factors_may_be_any_iterable_of_numbers(factors):
+    space = {"lr": explore.uniform(0.0, 1.0)}
+    m = PopulationBasedTraining(
+        perturbation_interval=5, hyperparam_space=space, perturbation_factors=factors
+    )
+    assert m.describe()["config"]["perturbation_factors"] is not None
+
+
+def test_the_ask_hook_sees_an_int_step_and_a_str_generation_id():
+    for to_id, step in ((np.str_, 12), (str, 12.0), (str, np.int64(12))):
+        schedule = FixedSchedule({0: {"lr": 0.1}, 10: {"lr": 0.01}}, on_ask=True)
+        pop = PopulationController([{"lr": 0.1}], schedule)
+        gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        # the hook starts the step-10 value's generation from the worker's step 12 (it
+        # failed on np.str_ / 12.0 / np.int64, which it was handed as they came)
+        new = pop.maybe_get_worker_data(0, to_id(gen), step, "params", None)
+        assert (new.meta_params, type(new.generation_id), type(new.step)) == (
+            {"lr": 0.01},
+            str,
+            int,
+        )
+        assert new.step == 12 and pop.history.branch_point(new.generation_id) == (gen, 12)

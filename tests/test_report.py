@@ -389,8 +389,11 @@ def test_values_past_what_matplotlib_draws_still_give_the_data_files(tmp_path, c
     with PopulationController([{"lr": 0.1}] * 2, mutator, log_dir=run) as pop:
         for i, value in enumerate([1e308, -1e308]):
             pop.set_eval(i, pop.active_workers[i].generation_id, 5, None, value)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "scores.png").write_bytes(b"an earlier report's")
     with pytest.warns(RuntimeWarning, match=r"(scores|lineage)\.png was not drawn"):
         written = report.write_report(run, tmp_path / "out")
+    assert not (tmp_path / "out" / "scores.png").exists()  # not left to pass for this run's
     assert {"history.csv", "summary.json"} <= set(written) < FILES
     info = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert info["best"]["value"] == -1e308

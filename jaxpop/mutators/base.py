@@ -24,7 +24,7 @@ import math
 import numbers
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jax
@@ -151,7 +151,8 @@ class Mutator(NamedTuple):
         yet). Its ask on its current generation is then answered with its assignment,
         ``status == "waiting"``: wait, and ask again. ``None``: never.
       check_population: ``(initial_population) -> None``, called by
-        :func:`jaxpop.core.init` with the initial ``meta_params`` of every worker; raises
+        :func:`jaxpop.core.check_population` when a run starts afresh (not when it
+        resumes: the stored state wins) with the initial ``meta_params``; raises
         a clear error for one the mutator could never work with (a NaN where it
         explores: copying that worker would fail at every later decision). ``None``:
         every population is accepted.
@@ -429,10 +430,13 @@ def check_probability(name: str, value: Any) -> float:
 
 
 def check_factors(factors: Any) -> tuple[float, ...]:
-    """``perturbation_factors`` as a tuple of positive, finite floats."""
-    if isinstance(factors, (str, bytes)) or not isinstance(factors, Sequence):
+    """``perturbation_factors`` (any iterable of numbers but a str: a tuple, a list, a
+    1-d array, a generator) as a tuple of positive, finite floats."""
+    array = isinstance(factors, np.ndarray)
+    iterable = factors.ndim == 1 if array else isinstance(factors, Iterable)
+    if isinstance(factors, (str, bytes, Mapping)) or not iterable:
         raise TypeError(f"perturbation_factors must be a sequence of numbers, got {factors!r:.40}")
-    out = tuple(factors)
+    out = tuple(f.item() if isinstance(f, np.generic) else f for f in factors)
     if not out or not all(
         not isinstance(f, bool)
         and isinstance(f, numbers.Real)
@@ -445,14 +449,14 @@ def check_factors(factors: Any) -> tuple[float, ...]:
 
 
 def check_in_space(space: Any, population: Sequence[MetaParams]) -> None:
-    """Raises the error :func:`jaxpop.mutators.explore.clip` raises for a member's
-    ``meta_params`` (a NaN, a value of the wrong kind or none, where ``space`` names a
-    hyperparameter), naming the member. ``space=None``: nothing to check."""
+    """Raises the error :func:`jaxpop.mutators.explore.check_values` raises for a
+    member's ``meta_params`` (a NaN, a value of the wrong kind or none, where ``space``
+    explores), naming the member. ``space=None``: nothing to check."""
     if space is None:
         return
     for i, meta_params in enumerate(population):
         try:
-            explore_lib.clip(space, meta_params)
+            explore_lib.check_values(space, meta_params)
         except (KeyError, TypeError, ValueError) as error:  # (a KeyError: a missing one)
             message = error.args[0] if error.args else type(error).__name__
             raise type(error)(f"initial_population[{i}]: {message}") from None

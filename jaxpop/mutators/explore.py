@@ -453,8 +453,10 @@ def _finish_host(space: Space, new: Any, value: Any) -> Any:
         if np.ndim(new) == 0 and not isinstance(value, (np.ndarray, np.generic)):
             return space.values[int(new)]
         out = np.asarray(space.values)[new]
-        if value is _NO_VALUE or not _same_kind(out.dtype, value.dtype):
-            return out  # (a number drawn for a str array stays a number, not "0")
+        if value is _NO_VALUE or not _both_numbers(out.dtype, value.dtype):
+            # the space's own values: a number drawn for a str array stays a number (not
+            # "0"), a str is not cut to the value's width ("adam" in a "<U3" array)
+            return out
         return out.astype(value.dtype)
     python = value is _NO_VALUE or not isinstance(value, (np.ndarray, np.generic))
     if isinstance(space, RandInt):
@@ -488,10 +490,9 @@ def _bounds_in(space: _Numeric, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     return (inner_low, inner_high) if inner_low <= inner_high else (low, high)
 
 
-def _same_kind(a: np.dtype, b: np.dtype) -> bool:
-    """Both numbers (``jnp.number``: bfloat16 too), or both of one other kind (str)."""
-    numbers_ = jnp.issubdtype(a, jnp.number), jnp.issubdtype(b, jnp.number)
-    return numbers_[0] and numbers_[1] if any(numbers_) else a.kind == b.kind
+def _both_numbers(a: np.dtype, b: np.dtype) -> bool:
+    """Whether both are number types (``jnp.issubdtype``: bfloat16 is one too)."""
+    return bool(jnp.issubdtype(a, jnp.number) and jnp.issubdtype(b, jnp.number))
 
 
 def _finish_device(space: Space, new: Any, value: Any) -> Any:
@@ -719,6 +720,20 @@ def explore(
     p = _check_probability(resample_probability)
     factors = _check_factors(perturbation_factors)
     return _apply("explore", key, space, meta_params, p, factors)
+
+
+def check_values(space: Any, meta_params: Any) -> None:
+    """Raises for a value no explore can move into the space: missing (``KeyError``),
+    NaN (``ValueError``) or not a number where the space is numeric (``TypeError``).
+    A value outside the space, or not in its choice's list, passes: explore clips or
+    redraws it.
+
+    >>> check_values({"lr": uniform(0.0, 1.0)}, {"lr": 5.0})  # clipped when explored
+    """
+    leaves: list = []
+    _leaves(space, meta_params, (), leaves)
+    for path, leaf_space, value in leaves:
+        _check_value(leaf_space, value, path)
 
 
 def clip(space: Any, meta_params: Any) -> Any:

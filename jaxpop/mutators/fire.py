@@ -347,11 +347,12 @@ def _row_sum(row: list[float], i: int, curves: Sequence[Curve | None]) -> float:
     +-1.8e308) counts at its exact value, from ``curves``, so no row sums inf and -inf,
     and the result does not depend on the order of the terms.
     """
-    if all(map(math.isfinite, row)):
-        try:
-            return math.fsum(row)
-        except OverflowError:  # (fsum's partial sums went past a float's range)
-            pass
+    try:
+        rounded = math.fsum(row)
+        if math.isfinite(rounded):  # (no inf in the row: a finite sum of finite terms)
+            return rounded
+    except (OverflowError, ValueError):  # partial sums past a float; inf and -inf
+        pass
     total = Fraction(0)
     for j, value in enumerate(row):
         if math.isfinite(value):

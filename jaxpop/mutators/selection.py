@@ -76,7 +76,7 @@ def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
     Array([-2., inf, inf], dtype=float32)
     """
     _check_mode(mode)
-    scores = jnp.asarray(device_scores(scores))
+    scores = jnp.asarray(scores)
     if scores.ndim != 1 or scores.shape[0] == 0:
         raise ValueError(
             f"scores must be a non-empty vector with one score per member, shape (n,), got "
@@ -118,13 +118,18 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
         return scores  # (canonical_scores says what is wrong with them)
     if dtype is None:
         dtype = jax.dtypes.canonicalize_dtype(host.dtype if host.dtype.kind == "f" else np.float32)
+    if host.dtype == dtype:
+        return scores  # (what the device computes in already)
     finite = np.isfinite(host)
-    distinct = np.unique(host[finite])
-    with np.errstate(over="ignore"):
-        cast = distinct.astype(dtype)
-    cast[np.abs(cast) < np.finfo(dtype).tiny] = 0  # XLA flushes subnormals to zero
-    if np.all(np.isfinite(cast)) and np.all(cast[1:] > cast[:-1]):
-        return scores if host.dtype.kind == "f" else host.astype(dtype)
+    ordered = np.sort(host[finite])
+    rises = ordered[1:] > ordered[:-1]  # between distinct scores
+    info = np.finfo(dtype)
+    if not ordered.size or max(abs(float(ordered[0])), abs(float(ordered[-1]))) <= float(info.max):
+        cast = ordered.astype(dtype)
+        cast[np.abs(cast) < info.tiny] = 0  # XLA flushes subnormals to zero
+        if np.all(cast[1:][rises] > cast[:-1][rises]):
+            return scores if host.dtype.kind == "f" else host.astype(dtype)
+    distinct = ordered[np.concatenate([[True], rises])]
     ranks = np.full(host.shape, np.nan, dtype)
     ranks[finite] = np.searchsorted(distinct, host[finite])
     return ranks

@@ -90,6 +90,9 @@ def write_report(
                 RuntimeWarning,
                 stacklevel=2,
             )
+            stale = os.path.join(out_dir, name)  # an earlier report's plot is not this run's
+            if os.path.exists(stale):
+                os.remove(stale)
             continue
         put(name, buffer.getvalue())
     return written
