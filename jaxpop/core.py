@@ -260,7 +260,6 @@ def init(
     workers, history = [], History(mode=check_mode(mutator.mode))
     for i, meta_params in enumerate(population):
         check_sortable_keys(meta_params, f"initial_population[{i}]")
-    for i, meta_params in enumerate(population):
         meta_params = copy_in(meta_params)
         generation_id = new_generation_id(key, i)
         workers.append(ActiveWorker(None, meta_params, generation_id, 0))
