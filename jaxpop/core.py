@@ -40,6 +40,7 @@ from jaxpop.records import (
     _with_status,
     check_active_worker,
     check_checkpoint,
+    forget_made,
     replaced,
     with_replaced,
 )
@@ -764,12 +765,15 @@ def transition(
     state: PopulationState, event: Event, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
     """Applies one event (an :class:`Ask`, an :class:`Eval` or a :class:`Missing`)."""
-    if isinstance(event, Ask):
-        return ask(state, event, now, key, mutator=mutator)
-    if isinstance(event, Eval):
-        return set_eval(state, event, now, key, mutator=mutator)
-    if isinstance(event, Missing):
-        return missing(state, event, now, key, mutator=mutator)
-    if isinstance(event, Finish):
-        return finish(state, event, now, key, mutator=mutator)
-    raise TypeError(f"unknown event type {type(event).__name__}")
+    try:
+        if isinstance(event, Ask):
+            return ask(state, event, now, key, mutator=mutator)
+        if isinstance(event, Eval):
+            return set_eval(state, event, now, key, mutator=mutator)
+        if isinstance(event, Missing):
+            return missing(state, event, now, key, mutator=mutator)
+        if isinstance(event, Finish):
+            return finish(state, event, now, key, mutator=mutator)
+        raise TypeError(f"unknown event type {type(event).__name__}")
+    finally:
+        forget_made()  # no assignment of this event is kept past it (records._LAST)

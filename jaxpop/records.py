@@ -9,6 +9,8 @@ means ``record.replace(field=new_value)``, which returns a new record.
 from __future__ import annotations
 
 import numbers
+import operator
+import threading
 from collections.abc import Iterable, Sequence
 from itertools import compress
 from operator import is_not
@@ -220,18 +222,46 @@ def check_active_worker(w: Any, where: str = "worker") -> None:
         raise _bad(f"{where}.status", f"one of {STATUSES}", w.status)
 
 
+class _LastMade(threading.local):
+    """This thread's latest :func:`with_replaced`: ``(new, base, indices)``, or ``None``."""
+
+    made: tuple[tuple[Any, ...], Sequence[Any], list[int]] | None = None
+
+
+# what lets replaced() of a tuple with_replaced just made read only the indices it
+# replaced (an event's comparisons of the population's assignments would otherwise cost
+# O(population) each): one entry per thread, checked by identity, dropped when used or
+# by forget_made() (the core calls it after every event, so no assignment outlives its
+# event here)
+_LAST = _LastMade()
+
+
+def forget_made() -> None:
+    """Drops this thread's note of its latest :func:`with_replaced` (see ``_LAST``)."""
+    _LAST.made = None
+
+
 def replaced(new: Sequence[Any], old: Sequence[Any]) -> list[int]:
     """The indices where ``new`` holds another object than ``old`` (compared by identity,
     in C: records are immutable, so an unchanged assignment is the same object).
 
+    When ``new`` is the tuple :func:`with_replaced` just made from ``old`` in this
+    thread, only the indices it replaced are compared: O(changes), not O(len(new)).
+
     >>> a, b = ActiveWorker(None, {}, "g", 0), ActiveWorker(None, {}, "g", 0)
     >>> replaced((a, a, b), (a, b, b))
     [1]
+    >>> replaced(with_replaced((a, a, a), [(2, b), (0, a)]), (a, a, a))
+    [2]
     """
     if len(new) != len(old):
         raise ValueError(f"cannot compare {len(new)} assignments with {len(old)}")
     if new is old:
         return []
+    made = _LAST.made
+    if made is not None and made[0] is new and made[1] is old:
+        _LAST.made = None
+        return sorted({i for i in made[2] if new[i] is not old[i]})
     return list(compress(range(len(new)), map(is_not, new, old)))
 
 
@@ -244,6 +274,13 @@ def with_replaced(base: tuple[_T, ...], changes: Iterable[tuple[int, _T]]) -> tu
     (True, [2])
     """
     items = list(base)
+    n = len(items)
+    indices = []
     for i, record in changes:
         items[i] = record
-    return tuple(items)
+        i = operator.index(i)
+        indices.append(i + n if i < 0 else i)
+    new = tuple(items)
+    if type(base) is tuple:  # (a list could change under the note)
+        _LAST.made = (new, base, indices)
+    return new

@@ -757,6 +757,49 @@ def test_a_caller_that_keeps_the_state_but_not_the_copy_gets_a_fresh_answer(monk
     assert (kept[0], kept[1], kept[2]) == (fresh[0], fresh[1], fresh[2])
 
 
+def test_truncation_from_the_kept_order_equals_truncation_over_the_keys():
+    """Asynchronous truncation reads a member's place and the members it may copy from
+    the view's sorted order (a bisection) when every worker takes part; on random sort
+    keys (ties, ``inf`` for a non-finite score, NaN for none) and fractions it decides
+    as the selection over the whole column does, and a kept view's order is that of
+    the column sorted afresh."""
+    import random
+
+    from jaxpop.mutators import _views
+    from jaxpop.mutators import pbt as pbt_lib
+
+    rng = random.Random(0)
+    for trial in range(400):
+        n = rng.randrange(1, 12)
+        keys = np.array([rng.choice([0.5, 1.0, 2.0, -3.0, math.inf, math.nan]) for _ in range(n)])
+        order = sorted(_views.order_entry(k, i) for i, k in enumerate(keys.tolist()))
+        assert [e[2] for e in order] == np.argsort(keys, kind="stable").tolist()
+        fraction = rng.choice([0.0, 0.1, 0.25, 0.5])
+        key = np.array([0, trial], np.uint32)
+        for i in range(n):
+            if math.isnan(keys[i]):
+                continue  # a deciding member has a score
+            entry = _views.order_entry(keys[i], i)
+            ranked = pbt_lib._truncation_ranked(fraction, key, i, order, entry, lambda: None)
+            assert ranked == pbt_lib._truncation_one(fraction, key, i, keys, lambda: None)
+            mask = np.array([rng.random() < 0.8 for _ in range(n)])
+            ranked = pbt_lib._truncation_ranked(fraction, key, i, order, entry, lambda m=mask: m)
+            if ranked is not None:  # (None: decided over the keys, as below)
+                assert mask.all() or ranked == i
+                assert ranked == pbt_lib._truncation_one(fraction, key, i, keys, lambda m=mask: m)
+    m = make()
+    views = m.update.args[1]
+    for seed in range(6):
+        rng = random.Random(seed)
+        draws = [(rng.randrange(100), rng.randrange(100), rng.randrange(100)) for _ in range(40)]
+        values, script = _event_script(draws, 5)
+        for state in _run_script(m, script, values, 5):
+            view = views.view(state.mutator_state, state.workers, state.history)
+            keys = view["keys"].tolist()
+            assert view.order == sorted(_views.order_entry(k, i) for i, k in enumerate(keys))
+            views.keep(view)
+
+
 @pytest.mark.parametrize("selection", ["tournament", "copy_best"])
 def test_selections_other_than_truncation_ignore_the_quantile_fraction(selection):
     """Only truncation reads ``quantile_fraction``; the others ignore it, whatever it is."""

@@ -48,3 +48,41 @@ def test_check_checkpoint_accepts_and_refuses_what_it_did_before_its_fast_path()
             check_checkpoint(good.replace(parent=parent), "c")
     with pytest.raises(ValueError, match="c is not a Checkpoint"):
         check_checkpoint(dataclasses.replace, "c")
+
+
+def test_replaced_of_a_tuple_with_replaced_just_made_reads_only_what_it_replaced():
+    """``replaced`` takes a shortcut for the tuple ``with_replaced`` just made from the
+    one it is compared with; on random changes (the same record again, negative
+    indices, repeats, a list base, an interleaved other tuple) it equals the full
+    comparison, and the note it reads is this thread's and dropped once used."""
+    import random
+    import threading
+
+    from jaxpop import records
+
+    def full(new, old):
+        return [i for i, (a, b) in enumerate(zip(new, old, strict=True)) if a is not b]
+
+    rng = random.Random(0)
+    pool = [ActiveWorker(None, {}, f"g{i}", 0) for i in range(6)]
+    for _ in range(300):
+        n = rng.randrange(1, 7)
+        base = tuple(rng.choice(pool) for _ in range(n))
+        changes = [(rng.randrange(-n, n), rng.choice(pool)) for _ in range(rng.randrange(4))]
+        new = records.with_replaced(base, changes)
+        if rng.random() < 0.2:  # another tuple made in between: no shortcut, same answer
+            records.with_replaced(new, [(0, pool[0])])
+        assert records.replaced(new, base) == full(new, base)
+        assert records.replaced(new, base) == full(new, base)  # (the note was used)
+    base = [pool[0], pool[1]]  # a list may change under a note: none is taken
+    new = records.with_replaced(base, [(0, pool[2])])
+    base[1] = pool[3]
+    assert records.replaced(new, base) == [0, 1]
+    made = records.with_replaced((pool[0],), [(0, pool[1])])
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(records._LAST.made))
+    thread.start()
+    thread.join()
+    assert seen == [None] and records._LAST.made[0] is made
+    records.forget_made()
+    assert records._LAST.made is None

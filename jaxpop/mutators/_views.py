@@ -13,6 +13,8 @@ function of its arguments.
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,10 +24,25 @@ import numpy as np
 from jaxpop.history import History
 from jaxpop.records import ActiveWorker, replaced
 
-__all__ = ["View", "Views"]
+__all__ = ["View", "Views", "order_entry"]
 
 #: ``(state, history, worker_id, worker) -> one value per column``.
 EntryFn = Callable[[Any, History, int, ActiveWorker], Sequence[Any]]
+
+
+def order_entry(key: float, worker_id: int) -> tuple[int, float, int]:
+    """A worker's place in :attr:`View.order`: by sort key (lower first), a key of
+    ``inf`` after every finite one and NaN after those, ties by worker id: the order of a
+    stable ``np.argsort`` of the column.
+
+    >>> sorted([order_entry(math.nan, 0), order_entry(math.inf, 1), order_entry(0.5, 2)])
+    [(0, 0.5, 2), (1, 0.0, 1), (2, 0.0, 0)]
+    """
+    if key != key:
+        return (2, 0.0, worker_id)
+    if key == math.inf:
+        return (1, 0.0, worker_id)
+    return (0, float(key), worker_id)
 
 
 class View:
@@ -34,10 +51,12 @@ class View:
     __slots__ = (
         "_arrays",
         "_entry",
+        "_ordered",
         "by_generation",
         "columns",
         "derived",
         "history",
+        "order",
         "stale",
         "state",
         "touched",
@@ -71,6 +90,17 @@ class View:
         #: generation gets a checkpoint, and a view read afresh starts with none. The
         #: mutator bounds its size.
         self.derived: dict[str, Any] = {}
+        #: with ``Views(..., order_by=name)``: every worker's :func:`order_entry` of that
+        #: column, sorted (kept so by :meth:`refresh`): a worker's place, or the k best,
+        #: found by bisection instead of a sort at every decision; else ``None``
+        self.order: list[tuple[int, float, int]] | None = None
+        self._ordered: int | None = None
+
+    def sort_by(self, column: int) -> None:
+        """Keeps :attr:`order` for the ``column``-th column from now on."""
+        values = self._arrays[column].tolist()
+        self.order = sorted(order_entry(k, i) for i, k in enumerate(values))
+        self._ordered = column
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -78,8 +108,29 @@ class View:
     def refresh(self, worker_id: int) -> None:
         """Recomputes one worker's entry from the view's state, workers and history."""
         values = self._entry(self.state, self.history, worker_id, self.workers[worker_id])
+        if self._ordered is not None:
+            old, new = float(self._arrays[self._ordered][worker_id]), values[self._ordered]
+            if not (old == new or (old != old and new != new)):
+                order = self.order
+                assert order is not None
+                del order[bisect.bisect_left(order, order_entry(old, worker_id))]
+                bisect.insort(order, order_entry(new, worker_id))
         for column, value in zip(self._arrays, values, strict=True):
             column[worker_id] = value
+
+    def reassigned(self, workers: Sequence[ActiveWorker], changed: Sequence[int]) -> None:
+        """Re-labels the view with ``workers``, which differ from its own at the indices
+        ``changed`` (those entries become :attr:`stale`)."""
+        by_generation, old = self.by_generation, self.workers
+        for i in changed:
+            before, after = old[i].generation_id, workers[i].generation_id
+            if before != after:
+                left = tuple(j for j in by_generation.pop(before) if j != i)
+                if left:  # a generation no worker is in is dropped: the dict stays small
+                    by_generation[before] = left
+                by_generation[after] = (*by_generation.get(after, ()), i)
+        self.stale.update(changed)
+        self.workers = tuple(workers)
 
     def moved_on(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> None:
         """Re-labels the view as that of ``(state, workers, history)``: the caller has
@@ -93,6 +144,7 @@ class Views:
     Args:
       entry: ``(state, history, worker_id, worker) -> values``, one per column.
       columns: the columns' names and numpy dtypes, in ``entry``'s order.
+      order_by: a float column the views keep sorted in :attr:`View.order`.
     """
 
     # views kept: a controller needs one. Each holds its history (and so the params it
@@ -101,15 +153,17 @@ class Views:
     _SIZE = 2
     _LIMIT = 64  # adds followed from one view to the next; past that, read afresh
 
-    def __init__(self, entry: EntryFn, columns: Mapping[str, Any]):
+    def __init__(self, entry: EntryFn, columns: Mapping[str, Any], order_by: str | None = None):
         self._entry = entry
         self._columns = dict(columns)
+        self._order_by = order_by
+        self._ordered = None if order_by is None else list(self._columns).index(order_by)
         self._views: dict[int, View] = {}
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
         # a pickled mutator (Ray, multiprocessing) starts with an empty cache
-        return (Views, (self._entry, self._columns))
+        return (Views, (self._entry, self._columns, self._order_by))
 
     def view(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> View:
         """The view of ``(state, workers, history)``, the caller's to change.
@@ -131,18 +185,10 @@ class Views:
             if ref in refs or old.history.get_checkpoint(*ref) is not None:
                 return self.build(state, workers, history)
             refs.add(ref)
-        changed = replaced(workers, old.workers)
-        by_generation = old.by_generation
-        for i in changed:
-            before, after = old.workers[i].generation_id, workers[i].generation_id
-            if before != after:
-                left = tuple(j for j in by_generation.pop(before) if j != i)
-                if left:  # a generation no worker is in is dropped: the dict stays small
-                    by_generation[before] = left
-                by_generation[after] = (*by_generation.get(after, ()), i)
-        touched = set(changed) | old.stale
+        old.reassigned(workers, replaced(workers, old.workers))
+        touched = set(old.stale)
         old.stale.clear()
-        derived = old.derived
+        by_generation, derived = old.by_generation, old.derived
         for generation_id, _ in refs:
             touched.update(by_generation.get(generation_id, ()))
             if derived:
@@ -171,4 +217,6 @@ class Views:
         view = View(self._entry, state, workers, history, columns, by_generation)
         for i in range(n):
             view.refresh(i)
+        if self._ordered is not None:
+            view.sort_by(self._ordered)
         return view

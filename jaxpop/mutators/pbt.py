@@ -11,6 +11,7 @@ selected, what an exploit copies, how explore moves, and the mutator's state;
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import warnings
@@ -232,7 +233,8 @@ class PopulationBasedTraining(Mutator):
             allow_rewind,
             hold,
         )
-        views = _views.Views(functools.partial(_entry, config), _COLUMNS)
+        order_by = None if config.selection.ranked is None else "keys"
+        views = _views.Views(functools.partial(_entry, config), _COLUMNS, order_by)
         return super().__new__(
             cls,
             init=_init,
@@ -580,6 +582,11 @@ def _choose(config: _Config, view: _views.View, key: Any, i: int, min_step: int 
     def parents() -> np.ndarray | None:  # asked only if the decider is in the bottom
         return None if min_step is None else copy_steps >= min_step
 
+    ranked, order = config.selection.ranked, view.order
+    if pool is None and ranked is not None and order is not None:
+        chosen = ranked(key, i, order, _views.order_entry(keys[i], i), parents)
+        if chosen is not None:
+            return chosen
     chosen = config.selection.one(key, position, keys, parents)
     return chosen if pool is None else int(pool[chosen])
 
@@ -642,26 +649,25 @@ def _update(
         last_decision,
         state.start_time,
     )
+    result = workers
+    if copiers:
+        result = with_replaced(workers, [(i, new_workers[i]) for i in copiers])
     if not config.synch:
         # the next call's history is made from this call's by the core's adds: label the
-        # view with this call's workers and history; the deciders' entries changed (their
-        # last decision): a copier's is read again when the view is next used, and one
-        # that kept going is no longer ready (its interval starts at its evaluation, and
-        # with metric="last" nothing else about it changed)
+        # view with this call's history and the workers it returns (the next call's are
+        # made from those); the deciders' entries changed (their last decision): a
+        # copier's is read again when the view is next used, and one that kept going is
+        # no longer ready (its interval starts at its evaluation, and with
+        # metric="last" nothing else about it changed)
         view.moved_on(new_state, workers, history)
+        view.reassigned(result, copiers)
         for i in ready:
             if config.metric == "last" and i not in copiers:
                 view["ready"][i] = False
             else:
                 view.stale.add(i)
         views.keep(view)
-    if not copiers:
-        return new_state, workers, ()
-    return (
-        new_state,
-        with_replaced(workers, [(i, new_workers[i]) for i in copiers]),
-        tuple(new_checkpoints),
-    )
+    return new_state, result, tuple(new_checkpoints)
 
 
 def _copied(history: History, generation_id: str) -> Checkpoint | None:
@@ -708,6 +714,11 @@ class _Selection(NamedTuple):
 
     one: Callable[[Any, int, np.ndarray, Callable[[], np.ndarray | None]], int]
     round: Callable[[Any, np.ndarray], np.ndarray]
+    #: ``ranked(key, i, order, entry, parents) -> int | None``: ``one`` from a view's
+    #: sorted :attr:`~jaxpop.mutators._views.View.order` (``entry``: member ``i``'s
+    #: place in it) when every member takes part; ``None`` when it cannot tell from the
+    #: order (then ``one`` decides). ``ranked`` itself ``None``: not offered.
+    ranked: Callable[[Any, int, list, tuple, Callable[[], Any]], int | None] | None = None
 
 
 def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
@@ -757,8 +768,9 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
     one: Callable[..., int]
     if selection == "truncation":  # (the fraction is truncation's alone: the others ignore it)
         one = functools.partial(_truncation_one, fraction)
-    else:
-        one = _tournament_one if selection == "tournament" else _copy_best_one
+        ranked = functools.partial(_truncation_ranked, fraction)
+        return _Selection(one=one, round=round_, ranked=ranked)
+    one = _tournament_one if selection == "tournament" else _copy_best_one
     return _Selection(one=one, round=round_)
 
 
@@ -768,6 +780,33 @@ def _truncation_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents
         return i
     top = selection_lib.truncation_top(keys, k, parents())
     return selection_lib.truncation_parent(HostRandom(key, stream=i), keys, top, i)
+
+
+@functools.lru_cache(maxsize=256)
+def _quantile_size(n: int, fraction: float) -> int:
+    return selection_lib.num_in_quantile(n, fraction)
+
+
+def _truncation_ranked(
+    fraction: float, key: Any, i: int, order: list, entry: tuple, parents: Callable[[], Any]
+) -> int | None:
+    """:func:`_truncation_one` from the sorted order of the sort keys (every member
+    taking part): bisections, no pass over the population. Member ``i`` is in the
+    bottom if at least ``n - k`` entries precede ``entry``; it then draws, as
+    ``truncation_parent`` does, among the first ``min(k, m)`` entries, ``m`` being the
+    members strictly better than it (those before its key's first place). ``None`` when
+    ``parents()`` leaves a member out (the top is then not the order's first ``k``)."""
+    n = len(order)
+    k = _quantile_size(n, fraction)
+    if k == 0 or bisect.bisect_left(order, entry) < n - k:
+        return i
+    allowed = parents()
+    if allowed is not None and not allowed.all():
+        return None
+    better = min(k, bisect.bisect_left(order, (entry[0], entry[1], -1)))
+    if better == 0:
+        return i
+    return order[HostRandom(key, stream=i).randrange(better)][2]
 
 
 def _tournament_one(key: Any, i: int, keys: np.ndarray, parents) -> int:
