@@ -261,7 +261,11 @@ def replaced(new: Sequence[Any], old: Sequence[Any]) -> list[int]:
     made = _LAST.made
     if made is not None and made[0] is new and made[1] is old:
         _LAST.made = None
-        return sorted({i for i in made[2] if new[i] is not old[i]})
+        indices = made[2]
+        if len(indices) == 1:  # the usual case
+            i = indices[0]
+            return [i] if new[i] is not old[i] else []
+        return sorted({i for i in indices if new[i] is not old[i]})
     return list(compress(range(len(new)), map(is_not, new, old)))
 
 

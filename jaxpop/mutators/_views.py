@@ -52,10 +52,13 @@ class View:
         "_arrays",
         "_entry",
         "_ordered",
+        "_places",
+        "added",
         "by_generation",
         "columns",
         "derived",
         "history",
+        "memo",
         "order",
         "stale",
         "state",
@@ -90,16 +93,24 @@ class View:
         #: generation gets a checkpoint, and a view read afresh starts with none. The
         #: mutator bounds its size.
         self.derived: dict[str, Any] = {}
+        #: the generations that got a checkpoint when the view was last brought up to
+        #: date; ``None`` for a view read afresh
+        self.added: set[str] | None = None
+        #: what else a mutator keeps with the view (a view read afresh starts with none);
+        #: the mutator keeps it up to date from :attr:`touched` and :attr:`added`
+        self.memo: dict[Any, Any] = {}
         #: with ``Views(..., order_by=name)``: every worker's :func:`order_entry` of that
         #: column, sorted (kept so by :meth:`refresh`): a worker's place, or the k best,
         #: found by bisection instead of a sort at every decision; else ``None``
         self.order: list[tuple[int, float, int]] | None = None
         self._ordered: int | None = None
+        self._places: list[tuple[int, float, int]] = []  # each worker's entry in order
 
     def sort_by(self, column: int) -> None:
         """Keeps :attr:`order` for the ``column``-th column from now on."""
         values = self._arrays[column].tolist()
-        self.order = sorted(order_entry(k, i) for i, k in enumerate(values))
+        self._places = [order_entry(k, i) for i, k in enumerate(values)]
+        self.order = sorted(self._places)
         self._ordered = column
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -109,12 +120,13 @@ class View:
         """Recomputes one worker's entry from the view's state, workers and history."""
         values = self._entry(self.state, self.history, worker_id, self.workers[worker_id])
         if self._ordered is not None:
-            old, new = float(self._arrays[self._ordered][worker_id]), values[self._ordered]
-            if not (old == new or (old != old and new != new)):
+            old, new = self._places[worker_id], order_entry(values[self._ordered], worker_id)
+            if old != new:
                 order = self.order
                 assert order is not None
-                del order[bisect.bisect_left(order, order_entry(old, worker_id))]
-                bisect.insort(order, order_entry(new, worker_id))
+                del order[bisect.bisect_left(order, old)]
+                bisect.insort(order, new)
+                self._places[worker_id] = new
         for column, value in zip(self._arrays, values, strict=True):
             column[worker_id] = value
 
@@ -197,6 +209,7 @@ class Views:
         for i in touched:
             old.refresh(i)
         old.touched = touched
+        old.added = {generation_id for generation_id, _ in refs}
         return old
 
     def keep(self, view: View) -> None:

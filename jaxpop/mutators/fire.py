@@ -46,7 +46,7 @@ from jaxpop.mutators.base import (
     records_config,
     start_generation,
 )
-from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.records import ActiveWorker, Checkpoint, with_replaced
 from jaxpop.types import MutatorResult, RawKey, Workers
 
 __all__ = [
@@ -611,6 +611,7 @@ class _Step:
         self.best: dict[int, int | None] = {}  # _assign's cache: members do not change there
         self.decided: set[int] = set()  # the members whose last decision changed
         self.started: set[int] = set()  # the workers that started a generation
+        self.scored: _Scored = view.memo[_Scored]  # (_update fills it in)
 
     def keys(self, member: int) -> np.ndarray:
         """Member ``member``'s selection and explore keys, ``uint32[2, 2]`` (hashed from
@@ -626,10 +627,16 @@ class _Step:
         """Worker ``worker`` starts a new generation from ``source`` with ``meta``."""
         self.workers[worker], first = start_generation(source, meta, self.key, index, self.now)
         self.started.add(worker)
+        self.scored.forget(worker)
         self.checkpoints.append(first)
         self.history = self.history.add(first)  # later steps of this update see it
         self.changed = True
         return first
+
+    def forget_evaluated(self, member: int) -> None:
+        """``member`` is no longer evaluated (or not as it was)."""
+        self.evaluated.pop(member, None)
+        self.scored.forget(member)
 
     def result(self) -> MutatorResult:
         if not self.changed:
@@ -646,7 +653,9 @@ class _Step:
             handovers,
             evaluations,
         )
-        return state, tuple(self.workers), tuple(self.checkpoints)
+        started = sorted(self.started)
+        workers = with_replaced(self.old_workers, [(i, self.workers[i]) for i in started])
+        return state, workers, tuple(self.checkpoints)
 
 
 def _update(
@@ -665,6 +674,7 @@ def _update(
     # their own (the _COLUMNS) and the curves of evaluations (view.derived). Only the
     # ready can decide (judging can only make a member unready, by handing weights over)
     view = views.view(state, workers, history)
+    _Scored.bring_up_to_date(view, config.num_members)
     step = _Step(state, workers, history, now, key, memo, view)
     for evaluator in _to_judge(config, state, view.touched, len(workers)):
         _judge(step, config, evaluator)
@@ -675,6 +685,7 @@ def _update(
     # the next call's history is made from this one by the core's adds; the members
     # whose last decision changed are read again when the view is next used
     view.moved_on(result[0], workers, history)
+    view.reassigned(result[1], sorted(step.started))
     view.stale.update(step.decided)
     # a bound on what the view keeps: entries whose generation got no checkpoint since
     # (evaluations no member holds now) pile up; clearing drops the live ones too, which
@@ -841,7 +852,7 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
         first = step.start(task.child, task.child, source, meta)
         step.curves[task.child] = (task.generation, first.generation_id)
         step.decision(task.child, first.generation_id, first.step)
-        step.evaluated.pop(task.child, None)
+        step.forget_evaluated(task.child)
         step.counts[2] += 1
 
 
@@ -921,6 +932,7 @@ def _evaluate(
         first.step,
     )
     step.evaluated[member] = (member_generation, first.generation_id)
+    step.scored.forget(member)
     step.last_evaluation[member] = first.step
     step.counts[3] += 1
 
@@ -1015,18 +1027,89 @@ def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | 
         return [
             s if workers[m].is_active else None for m, s in zip(members, scores, strict=True)
         ], config.mode
-    curves: list[Curve | None] = []
-    keys: list[bytes | None] = []
-    for m in members:
-        evaluated, worker = step.evaluated.get(m), workers[m]
-        if evaluated is None or not worker.is_active or evaluated[0] != worker.generation_id:
-            curves.append(None)
-            keys.append(None)
-        else:
-            curve, digest = _evaluation_curve(step, evaluated[1], config.mode)
-            curves.append(curve)
-            keys.append(digest)
-    return step.memo.fitness(curves, tuple(keys), members.start), "max"
+    curves, keys = step.scored.curves(step, config, members)
+    return step.memo.fitness(curves, keys, members.start), "max"
+
+
+class _Scored:
+    """Each member of ``P2 .. Pn``'s evaluation curve and its digest (what its fitness
+    is computed from), kept in the view's memo between calls and read again only for a
+    member whose entry may have changed: one whose assignment was replaced or that
+    started a generation, whose evaluation started or ended, or whose evaluation's
+    generation got a checkpoint (:attr:`View.added`). A view read afresh starts empty.
+    """
+
+    __slots__ = ("_by_generation", "_entries", "_lists")
+
+    def __init__(self) -> None:
+        # member -> (evaluation's generation, curve, digest), or None: no curve
+        self._entries: dict[int, tuple[str, Curve, bytes] | None] = {}
+        self._by_generation: dict[str, set[int]] = {}  # evaluation -> its members
+        # sub-population start -> (curves, digests, members to read again)
+        self._lists: dict[int, tuple[list, list, set[int]]] = {}
+
+    @staticmethod
+    def bring_up_to_date(view: _views.View, num_members: int) -> None:
+        """Forgets what changed since the view's kept memo (the view's own columns are
+        already up to date)."""
+        scored = view.memo.get(_Scored)
+        if scored is None or view.touched is None:
+            view.memo[_Scored] = _Scored()
+            return
+        for i in view.touched:
+            if i < num_members:
+                scored.forget(i)
+        for generation_id in view.added or ():
+            for member in list(scored._by_generation.get(generation_id, ())):
+                scored.forget(member)
+
+    def forget(self, member: int) -> None:
+        """``member``'s entry is read again when next needed."""
+        old = self._entries.pop(member, None)
+        if old is not None:
+            members = self._by_generation[old[0]]
+            members.discard(member)
+            if not members:
+                del self._by_generation[old[0]]
+        for start, (_, _, redo) in self._lists.items():
+            if start <= member:  # (a member past this slot's end is never asked for)
+                redo.add(member)
+
+    def curves(
+        self, step: _Step, config: _Config, members: range
+    ) -> tuple[list[Curve | None], tuple[bytes | None, ...]]:
+        """The curves of a sub-population's members and their digests (``None``: no
+        curve): the evaluation of the member's current generation, if it is active."""
+        kept = self._lists.get(members.start)
+        if kept is None:
+            kept = self._lists[members.start] = (
+                [None] * len(members),
+                [None] * len(members),
+                set(members),
+            )
+        curves, digests, redo = kept
+        for m in redo:
+            if m not in members:
+                continue
+            if m not in self._entries:
+                self._entries[m] = entry = _evaluation_entry(step, config, m)
+                if entry is not None:
+                    self._by_generation.setdefault(entry[0], set()).add(m)
+            entry = self._entries[m]
+            curves[m - members.start] = None if entry is None else entry[1]
+            digests[m - members.start] = None if entry is None else entry[2]
+        redo.clear()
+        return curves, tuple(digests)
+
+
+def _evaluation_entry(step: _Step, config: _Config, member: int) -> tuple[str, Curve, bytes] | None:
+    """A member's evaluation (its generation, curve and digest), ``None`` when it has
+    none: not evaluated since it started its generation, or not active."""
+    evaluated, worker = step.evaluated.get(member), step.workers[member]
+    if evaluated is None or not worker.is_active or evaluated[0] != worker.generation_id:
+        return None
+    curve, digest = _evaluation_curve(step, evaluated[1], config.mode)
+    return evaluated[1], curve, digest
 
 
 def _evaluation_curve(step: _Step, generation: str, mode: str) -> tuple[Curve, bytes]:
@@ -1070,7 +1153,7 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
     first = step.start(member, member, source, meta)
     step.curves[member] = (first.generation_id,)
     step.decision(member, first.generation_id, first.step)
-    step.evaluated.pop(member, None)
+    step.forget_evaluated(member)
     step.last_evaluation[member] = first.step
     step.counts[1] += 1
 

@@ -582,9 +582,12 @@ def _choose(config: _Config, view: _views.View, key: Any, i: int, min_step: int 
     def parents() -> np.ndarray | None:  # asked only if the decider is in the bottom
         return None if min_step is None else copy_steps >= min_step
 
+    def every_parent() -> bool:  # whether every worker may be copied
+        return min_step is None or not np.count_nonzero(copy_steps < min_step)
+
     ranked, order = config.selection.ranked, view.order
     if pool is None and ranked is not None and order is not None:
-        chosen = ranked(key, i, order, _views.order_entry(keys[i], i), parents)
+        chosen = ranked(key, i, order, _views.order_entry(keys[i], i), every_parent)
         if chosen is not None:
             return chosen
     chosen = config.selection.one(key, position, keys, parents)
@@ -714,11 +717,12 @@ class _Selection(NamedTuple):
 
     one: Callable[[Any, int, np.ndarray, Callable[[], np.ndarray | None]], int]
     round: Callable[[Any, np.ndarray], np.ndarray]
-    #: ``ranked(key, i, order, entry, parents) -> int | None``: ``one`` from a view's
-    #: sorted :attr:`~jaxpop.mutators._views.View.order` (``entry``: member ``i``'s
-    #: place in it) when every member takes part; ``None`` when it cannot tell from the
-    #: order (then ``one`` decides). ``ranked`` itself ``None``: not offered.
-    ranked: Callable[[Any, int, list, tuple, Callable[[], Any]], int | None] | None = None
+    #: ``ranked(key, i, order, entry, every_parent) -> int | None``: ``one`` from a
+    #: view's sorted :attr:`~jaxpop.mutators._views.View.order` (``entry``: member
+    #: ``i``'s place in it) when every member takes part; ``None`` when it cannot tell
+    #: from the order (then ``one`` decides); ``every_parent()``: whether every member
+    #: may be copied. ``ranked`` itself ``None``: not offered.
+    ranked: Callable[[Any, int, list, tuple, Callable[[], bool]], int | None] | None = None
 
 
 def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
@@ -788,20 +792,19 @@ def _quantile_size(n: int, fraction: float) -> int:
 
 
 def _truncation_ranked(
-    fraction: float, key: Any, i: int, order: list, entry: tuple, parents: Callable[[], Any]
+    fraction: float, key: Any, i: int, order: list, entry: tuple, every_parent: Callable[[], bool]
 ) -> int | None:
     """:func:`_truncation_one` from the sorted order of the sort keys (every member
     taking part): bisections, no pass over the population. Member ``i`` is in the
     bottom if at least ``n - k`` entries precede ``entry``; it then draws, as
     ``truncation_parent`` does, among the first ``min(k, m)`` entries, ``m`` being the
     members strictly better than it (those before its key's first place). ``None`` when
-    ``parents()`` leaves a member out (the top is then not the order's first ``k``)."""
+    a member may not be copied (the top is then not the order's first ``k``)."""
     n = len(order)
     k = _quantile_size(n, fraction)
     if k == 0 or bisect.bisect_left(order, entry) < n - k:
         return i
-    allowed = parents()
-    if allowed is not None and not allowed.all():
+    if not every_parent():
         return None
     better = min(k, bisect.bisect_left(order, (entry[0], entry[1], -1)))
     if better == 0:
