@@ -534,6 +534,58 @@ def _random_run(
         {"perturbation_interval": 1, "sub_population_sizes": (4, 3, 3), "num_evaluators": 3},
     ],
 )
+def test_the_evaluation_curves_kept_with_the_view_are_those_read_afresh(config):
+    """Each member's evaluation curve (what its fitness is computed from) is kept with
+    the view and read again only where something changed; after every event of random
+    hostile scripts, the kept curves of every later sub-population, as the next update
+    would read them, equal the curves read from the state afresh."""
+    import random
+
+    config = {**config, "max_eval_steps": 4, "mode": "max"}
+    n = sum(config["sub_population_sizes"]) + config["num_evaluators"]
+    checked = 0
+    for seed in range(16):
+        rng = random.Random(seed)
+        m = FirePBT(hyperparam_space=SPACE, **config)
+        views, memo, cfg = (m.update.keywords[k] for k in ("views", "memo", "config"))
+        state = population(m, n)
+        for t in range(60):
+            state = _random_event(state, m, rng, t)
+            view = views.view(state.mutator_state, state.workers, state.history)
+            fire._Scored.bring_up_to_date(view, cfg.num_members)
+            step = fire._Step(
+                state.mutator_state, state.workers, state.history, 0.0, None, memo, view
+            )
+            for start in fire._starts(cfg)[1:]:
+                members = cfg.sub_population(start)
+                curves, digests = step.scored.curves(step, cfg, members)
+                for member, curve, digest in zip(members, curves, digests, strict=True):
+                    evaluated = state.mutator_state.evaluated.get(member)
+                    worker = state.workers[member]
+                    if (
+                        evaluated is None
+                        or not worker.is_active
+                        or (evaluated[0] != worker.generation_id)
+                    ):
+                        assert curve is None and digest is None, (seed, t, member)
+                        continue
+                    fresh = fire._curve(state.history, (evaluated[1],), cfg.mode)
+                    assert curve is not None, (seed, t, member)
+                    assert curve.steps.tolist() == fresh.steps.tolist(), (seed, t, member)
+                    np.testing.assert_array_equal(curve.values, fresh.values, (seed, t, member))
+                    assert digest == fire._digest(fresh), (seed, t, member)
+                    checked += 1
+            views.keep(view)
+    assert checked > 100
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"perturbation_interval": 2, "sub_population_sizes": (3, 3), "num_evaluators": 2},
+        {"perturbation_interval": 1, "sub_population_sizes": (4, 3, 3), "num_evaluators": 3},
+    ],
+)
 def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(config, monkeypatch):
     """FirePBT asks only the members its kept view says are ready, reads P1's scores and
     which members have a curve of their own from it, judges only the evaluations whose
@@ -554,18 +606,41 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
             # every member is asked whether it decides and has a curve (-1), every score and
             # fitness computed anew
             patch.setattr(
-                fire, "_entry", lambda config, s, h, i, w: (i < config.num_members, False, 0.0, -1)
-            )
-            patch.setattr(
                 fire,
-                "_member_scores",
-                lambda step, members: [
-                    _subpopulations.member_score(step.history, step.workers[m].generation_id)
-                    for m in members
-                ],
+                "_entry",
+                lambda config, s, h, i, w: (i < config.num_members, 0.0, -1, w.is_active),
             )
+
+            def keys_afresh(values, mode):  # sort keys: lower is better, NaN for no score
+                keys = []
+                for v in values:
+                    if v is None:
+                        keys.append(math.nan)
+                    else:
+                        keys.append((-v if mode == "max" else v) if math.isfinite(v) else math.inf)
+                return np.array(keys)
+
+            def member_keys(step, config, members):
+                return keys_afresh(
+                    [
+                        _subpopulations.member_score(step.history, step.workers[m].generation_id)
+                        if step.workers[m].is_active
+                        else None
+                        for m in members
+                    ],
+                    config.mode,
+                )
+
+            def evaluation_curves(self, step, config, members):
+                entries = [fire._evaluation_entry(step, config, m) for m in members]
+                return [None if e is None else e[1] for e in entries], (None,) * len(members)
+
+            patch.setattr(fire, "_member_keys", member_keys)
+            patch.setattr(fire._Scored, "curves", evaluation_curves)
             patch.setattr(
-                fire._Memo, "fitness", lambda self, curves, keys, slot: fire_fitness(curves)
+                fire._Memo,
+                "sort_keys",
+                lambda self, curves, keys, slot: keys_afresh(fire_fitness(curves), "max"),
             )
 
             def curve_afresh(step, generation, mode):

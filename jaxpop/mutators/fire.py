@@ -32,7 +32,6 @@ from jaxpop.mutators._host_random import HostRandom
 from jaxpop.mutators._subpopulations import (
     check_population_size,
     check_sizes,
-    dense_ranks,
     explore_meta,
     member_score,
 )
@@ -384,6 +383,7 @@ class _Memo:
     def __init__(self) -> None:
         self._pairs: dict[tuple[Any, Any], float] = {}
         self._fitness: dict[tuple[Any, ...], list[float | None]] = {}
+        self._sort_keys: dict[tuple[Any, ...], np.ndarray] = {}
         # sub-population (its first member) -> the keys and matrix of improvements of
         # its last computed fitness
         self._matrices: dict[int, tuple[tuple[Any, ...], np.ndarray]] = {}
@@ -421,6 +421,21 @@ class _Memo:
                 self._matrices[slot] = (keys, matrix)
             self._keep(self._fitness, keys, known, self._FITNESS)
         return list(known)
+
+    def sort_keys(
+        self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...], slot: int
+    ) -> np.ndarray:
+        """:meth:`fitness` as read-only sort keys: ``-fitness`` (lower is better), ``inf``
+        for a non-finite fitness, NaN for none; kept with the fitness they come from."""
+        known = self._sort_keys.get(keys)
+        if known is None:
+            fitness = self.fitness(curves, keys, slot)
+            known = -np.array([math.nan if f is None else f for f in fitness], np.float64)
+            known[~np.isfinite(known)] = np.inf
+            known[[f is None for f in fitness]] = np.nan
+            known.setflags(write=False)
+            self._keep(self._sort_keys, keys, known, self._FITNESS)
+        return known
 
     def _improvement(self, curves: Sequence[Curve | None], keys: tuple, i: int, j: int) -> float:
         pair = (keys[i], keys[j])
@@ -716,18 +731,19 @@ def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size:
     )
 
 
-#: The columns of FirePBT's view: whether a member is ready, its member_score
-#: (``scored``: it has one), and whether it is active with a curve of its own
-#: (``curve``: 1 yes, 0 no, -1 a curve over several generations, read when needed: it
-#: reads generations other than the member's own, which the view does not follow).
-_COLUMNS = {"ready": bool, "scored": bool, "score": np.float64, "curve": np.int8}
+#: The columns of FirePBT's view: whether a member is ready, its member_score as a sort
+#: key (``key``: see :func:`_sort_keys`; NaN for none, or not active), whether it is
+#: active with a curve of its own (``curve``: 1 yes, 0 no, -1 a curve over several
+#: generations, read when needed: it reads generations other than the member's own,
+#: which the view does not follow), and whether a worker (member or evaluator) is active.
+_COLUMNS = {"ready": bool, "key": np.float64, "curve": np.int8, "active": bool}
 
 
 def _entry(
     config: _Config, state: FireState, history: History, worker_id: int, worker: ActiveWorker
-) -> tuple[bool, bool, float, int]:
+) -> tuple[bool, float, int, bool]:
     if worker_id >= config.num_members:  # an evaluator
-        return False, False, math.nan, 0
+        return False, math.nan, 0, worker.is_active
     ready = _ready(config, state.last_decision, history, worker_id, worker) is not None
     score = member_score(history, worker.generation_id)
     generations = _stored_generations(state.curves, worker_id, worker)
@@ -737,7 +753,18 @@ def _entry(
         curve = -1
     else:
         curve = int(_has_curve(history, generations))
-    return ready, score is not None, math.nan if score is None else score, curve
+    key = _sort_key(score, config.mode) if worker.is_active else math.nan
+    return ready, key, curve, worker.is_active
+
+
+def _sort_key(score: float | None, mode: str) -> float:
+    """A score as a sort key: lower is better, ``inf`` for a non-finite score (it ranks
+    last), NaN for none (it takes no part)."""
+    if score is None:
+        return math.nan
+    if not math.isfinite(score):
+        return math.inf
+    return -score if mode == "max" else score
 
 
 def _ready(
@@ -861,11 +888,11 @@ def _assign(step: _Step, config: _Config) -> None:
     longest ago that can be evaluated (finished and gone workers neither evaluate nor
     are evaluated): one that is not being evaluated and whose previous sub-population
     has a best member (the child)."""
-    idle = [
-        e
-        for e in range(config.num_members, len(step.workers))
-        if e not in step.evaluations and step.workers[e].is_active
-    ]
+    if len(step.evaluations) >= config.num_evaluators:
+        return  # every evaluator is at work
+    # (an evaluator's status does not change in an update: the view's column holds)
+    active = np.flatnonzero(step.view["active"][config.num_members :]) + config.num_members
+    idle = [e for e in active.tolist() if e not in step.evaluations]
     if not idle:
         return
     # without a child in any sub-population no member can be evaluated: no queue to read.
@@ -955,13 +982,13 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     eligible = _with_curves(step, members)
     best = None
     if eligible:
-        scores, mode = _scores(step, config, members)
-        if all(scores[m - members.start] is None for m in eligible):
-            scores = _member_scores(step, members)
-            mode = config.mode
-        ranks = dense_ranks([scores[m - members.start] for m in eligible], mode)
-        i = int(np.argmin(ranks))  # ties: the lower worker id
-        best = eligible[i] if math.isfinite(ranks[i]) else None
+        keys = _sort_keys(step, config, members).tolist()
+        if all(keys[m - members.start] != keys[m - members.start] for m in eligible):
+            keys = _member_keys(step, config, members).tolist()  # no fitness yet: the task's
+        # the best finite score; ties: the lower worker id
+        finite = [(keys[m - members.start], m) for m in eligible]
+        finite = [(k, m) for k, m in finite if k == k and k != math.inf]
+        best = min(finite)[1] if finite else None
     step.best[members.start] = best
     return best
 
@@ -1002,33 +1029,31 @@ def _source(history: History, generation_id: str) -> Checkpoint:
 
 
 # -- members --------------------------------------------------------------------------------
-def _member_scores(step: _Step, members: range) -> list[float | None]:
-    """Each member's :func:`member_score`: kept in the view between calls, read again
-    for a member that started a generation in this update (the only ones whose score
-    can have changed since the view was brought up to date: a new generation's first
-    checkpoint changes no other member's score)."""
-    view = step.view
-    scored = view["scored"][members.start : members.stop].tolist()
-    values = view["score"][members.start : members.stop].tolist()
-    scores: list[float | None] = [v if ok else None for v, ok in zip(values, scored, strict=True)]
-    for m in step.started:
-        if m in members:
-            scores[m - members.start] = member_score(step.history, step.workers[m].generation_id)
-    return scores
+def _member_keys(step: _Step, config: _Config, members: range) -> np.ndarray:
+    """Each member's :func:`member_score` as a sort key (see :func:`_sort_keys`): kept
+    in the view between calls, read again for a member that started a generation in
+    this update (the only ones whose score can have changed since the view was brought
+    up to date: a new generation's first checkpoint changes no other member's score)."""
+    keys = step.view["key"][members.start : members.stop]
+    started = [m for m in step.started if m in members]  # (active: they just started)
+    if started:
+        keys = keys.copy()
+        for m in started:
+            score = member_score(step.history, step.workers[m].generation_id)
+            keys[m - members.start] = _sort_key(score, config.mode)
+    return keys
 
 
-def _scores(step: _Step, config: _Config, members: range) -> tuple[list[float | None], str]:
-    """Each member's selection score and its direction: ``P1`` by the task's score, a
-    later sub-population by :func:`fire_fitness` (higher is better). A finished or gone
-    member has none: it takes no part (never copied, not compared with)."""
-    workers = step.workers
+def _sort_keys(step: _Step, config: _Config, members: range) -> np.ndarray:
+    """Each member's selection score as a sort key, lower is better: ``P1`` by the
+    task's score, a later sub-population by :func:`fire_fitness` (higher is better),
+    a non-finite score ``inf`` (it ranks last) and NaN for a member with none (a
+    finished or gone member, or one without a fitness): it takes no part (never
+    copied, not compared with)."""
     if members.start == 0:
-        scores = _member_scores(step, members)
-        return [
-            s if workers[m].is_active else None for m, s in zip(members, scores, strict=True)
-        ], config.mode
+        return _member_keys(step, config, members)
     curves, keys = step.scored.curves(step, config, members)
-    return step.memo.fitness(curves, keys, members.start), "max"
+    return step.memo.sort_keys(curves, keys, members.start)
 
 
 class _Scored:
@@ -1134,12 +1159,12 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
     step.changed = True
     step.decision(member, worker.generation_id, latest.step)
     members = config.sub_population(member)
-    scores, mode = _scores(step, config, members)
-    if scores[member - members.start] is None:
+    keys = _sort_keys(step, config, members)
+    if math.isnan(keys[member - members.start]):
         return  # no fitness yet: it keeps going and takes no part
     step.counts[0] += 1
     select_key, explore_key = step.keys(member)
-    parent = _truncation(select_key, scores, mode, member - members.start, config.quantile_fraction)
+    parent = _truncation(select_key, keys, member - members.start, config.quantile_fraction)
     if parent is None:
         return
     source = _source(history, step.workers[members.start + parent].generation_id)
@@ -1158,21 +1183,22 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
     step.counts[1] += 1
 
 
-def _truncation(
-    key: RawKey, scores: Sequence[float | None], mode: str, me: int, fraction: float
-) -> int | None:
-    """Truncation selection for member ``me`` among the members with a score: in the
-    bottom ``fraction`` it copies a member drawn uniformly from the top ``fraction``
-    that is strictly better; otherwise (or with none such) ``None``."""
-    taking_part = [i for i, s in enumerate(scores) if s is not None]
-    k = selection_lib.num_in_quantile(len(taking_part), fraction)
-    position = taking_part.index(me)
-    # lower is better; a non-finite score ranks last (ties by the lower id, as a rank)
-    sign = -1.0 if mode == "max" else 1.0
-    better = np.array([sign * scores[i] for i in taking_part], np.float64)  # type: ignore[operator]
-    better[~np.isfinite(better)] = np.inf
+def _truncation(key: RawKey, keys: np.ndarray, me: int, fraction: float) -> int | None:
+    """Truncation selection for member ``me`` among the members with a score (sort keys
+    as :func:`_sort_keys` gives them: lower is better, NaN for none): in the bottom
+    ``fraction`` it copies a member drawn uniformly from the top ``fraction`` that is
+    strictly better (ties by the lower id, as a rank); otherwise (or with none such)
+    ``None``."""
+    absent = np.isnan(keys)
+    taking_part = None if not absent.any() else np.flatnonzero(~absent)
+    better, position = keys, me
+    if taking_part is not None:
+        better, position = keys[taking_part], int(np.searchsorted(taking_part, me))
+    k = selection_lib.quantile_size(len(better), fraction)
     if k == 0 or not selection_lib.in_bottom(better, position, k):
         return None
     top = selection_lib.truncation_top(better, k, None)
     parent = selection_lib.truncation_parent(HostRandom(key), better, top, position)
-    return None if parent == position else taking_part[parent]
+    if parent == position:
+        return None
+    return parent if taking_part is None else int(taking_part[parent])

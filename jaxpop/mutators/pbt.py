@@ -779,16 +779,11 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
 
 
 def _truncation_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
-    k = selection_lib.num_in_quantile(len(keys), fraction)
+    k = selection_lib.quantile_size(len(keys), fraction)
     if k == 0 or not selection_lib.in_bottom(keys, i, k):
         return i
     top = selection_lib.truncation_top(keys, k, parents())
     return selection_lib.truncation_parent(HostRandom(key, stream=i), keys, top, i)
-
-
-@functools.lru_cache(maxsize=256)
-def _quantile_size(n: int, fraction: float) -> int:
-    return selection_lib.num_in_quantile(n, fraction)
 
 
 def _truncation_ranked(
@@ -801,7 +796,7 @@ def _truncation_ranked(
     members strictly better than it (those before its key's first place). ``None`` when
     a member may not be copied (the top is then not the order's first ``k``)."""
     n = len(order)
-    k = _quantile_size(n, fraction)
+    k = selection_lib.quantile_size(n, fraction)
     if k == 0 or bisect.bisect_left(order, entry) < n - k:
         return i
     if not every_parent():

@@ -34,6 +34,7 @@ __all__ = [
     "fraction_as_float",
     "in_bottom",
     "num_in_quantile",
+    "quantile_size",
     "tournament",
     "tournament_host",
     "tournament_parent",
@@ -167,6 +168,13 @@ def num_in_quantile(n: int, quantile_fraction: float) -> int:
         raise ValueError(f"quantile_fraction must be in [0, 0.5], got {quantile_fraction}")
     # the tolerance keeps e.g. 10 * 0.3 == 3.0000000000000004 from rounding up to 4
     return min(math.ceil(n * fraction_as_float(quantile_fraction) - 1e-9), n // 2)
+
+
+@functools.lru_cache(maxsize=1024)
+def quantile_size(n: int, quantile_fraction: float) -> int:
+    """:func:`num_in_quantile`, remembered: for the host mutators' hot path, which ask
+    it at every decision with a fraction their constructor checked."""
+    return num_in_quantile(n, quantile_fraction)
 
 
 def fraction_as_float(fraction: float) -> float:
