@@ -38,9 +38,40 @@ def test_a_view_read_afresh_derives_nothing_from_the_old_one():
     view = views.view(state, workers, history)
     view.derived["b"] = "curve of b"
     views.keep(view)
-    # a replaced checkpoint: the view cannot follow it and is read again
-    history = history.add(Checkpoint(None, {}, "b", 3.0, None, 0, 1.0))
+    # a history not made from the view's: the view cannot follow it and is read again
+    history = History().add_all(list(history.checkpoints()))
     fresh = views.view(state, workers, history)
     assert fresh is not view and fresh.derived == {}
     views.keep(view)
     assert views.view(object(), workers, history).derived == {}  # another state
+
+
+def test_a_replaced_checkpoint_is_read_again_by_the_generations_started_from_it():
+    """A report at a step already recorded replaces that checkpoint: the view reads
+    again the workers of its generation and those whose generation started from it (an
+    entry may read its generation's branch point), incrementally, not afresh; every
+    entry then equals one read afresh."""
+
+    def entry(state, history, i, worker):  # the value of the branch point, else -1
+        parent = history.first(worker.generation_id).parent
+        source = None if parent is None else history.get_checkpoint(*parent)
+        latest = history.latest(worker.generation_id)
+        return (-1.0 if source is None or source.value is None else source.value, latest.step)
+
+    views = _views.Views(entry, {"source": np.float64, "step": np.int64})
+    history = History()
+    history = history.add(Checkpoint(None, {}, "a", 1.0, None, 5, 0.0))
+    history = history.add(Checkpoint(None, {}, "b", None, ("a", 5), 5, 1.0))  # copied a@5
+    history = history.add(Checkpoint(None, {}, "c", None, None, 0, 1.0))
+    workers = tuple(ActiveWorker(None, {}, g, 5) for g in ("a", "b", "c"))
+    state = object()
+    view = views.view(state, workers, history)
+    assert view["source"].tolist() == [-1.0, 1.0, -1.0]
+    views.keep(view)
+    history = history.add(Checkpoint(None, {}, "a", 7.0, None, 5, 2.0))  # a@5 replaced
+    again = views.view(state, workers, history)
+    assert again is view and again.touched == {0, 1} and again.added == {"a"}
+    assert again["source"].tolist() == [-1.0, 7.0, -1.0]
+    fresh = views.build(state, workers, history)
+    for name in ("source", "step"):
+        assert again[name].tolist() == fresh[name].tolist()

@@ -5,10 +5,12 @@ what copying it would give). Reading them from the history for every worker at e
 call costs O(population) Python work per evaluation; a :class:`Views` cache keeps them
 in numpy columns and, at the next call, recomputes only the workers that changed: those
 whose assignment was replaced and those whose generation got a checkpoint
-(:meth:`jaxpop.history.History.added_since`). Anything it cannot follow exactly (a
-replaced checkpoint, a history not made from the last one, another state) is read again
-from scratch, so a view always equals one built afresh and the mutator stays a pure
-function of its arguments.
+(:meth:`jaxpop.history.History.added_since`), and, for a checkpoint that replaced one,
+also those whose generation started from it. Anything it cannot follow exactly (a
+history not made from the last one, another state) is read again from scratch, so a
+view always equals one built afresh and the mutator stays a pure function of its
+arguments. An entry may read its worker's generation and the checkpoint that
+generation started from, no other.
 """
 
 from __future__ import annotations
@@ -191,11 +193,11 @@ class Views:
         added = history.added_since(old.history, limit=self._LIMIT)
         if added is None:
             return self.build(state, workers, history)
-        refs = set()
-        for checkpoint in added:  # a replaced checkpoint may change what others read
+        refs, replaced_refs = set(), set()
+        for checkpoint in added:
             ref = (checkpoint.generation_id, checkpoint.step)
             if ref in refs or old.history.get_checkpoint(*ref) is not None:
-                return self.build(state, workers, history)
+                replaced_refs.add(ref)  # (a checkpoint that was there: replaced)
             refs.add(ref)
         old.reassigned(workers, replaced(workers, old.workers))
         touched = set(old.stale)
@@ -205,6 +207,12 @@ class Views:
             touched.update(by_generation.get(generation_id, ()))
             if derived:
                 derived.pop(generation_id, None)
+        if replaced_refs:
+            # a replaced checkpoint is also read by the workers whose generation started
+            # from it (a worker not evaluated since it copied ranks by its source's value)
+            for generation_id, ids in by_generation.items():
+                if history.first(generation_id).parent in replaced_refs:
+                    touched.update(ids)
         old.moved_on(state, workers, history)
         for i in touched:
             old.refresh(i)
