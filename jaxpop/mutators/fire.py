@@ -430,9 +430,7 @@ class _Memo:
         known = self._sort_keys.get(keys)
         if known is None:
             fitness = self.fitness(curves, keys, slot)
-            known = -np.array([math.nan if f is None else f for f in fitness], np.float64)
-            known[~np.isfinite(known)] = np.inf
-            known[[f is None for f in fitness]] = np.nan
+            known = np.array([_sort_key(f, "max") for f in fitness], np.float64)
             known.setflags(write=False)
             self._keep(self._sort_keys, keys, known, self._FITNESS)
         return known
@@ -891,8 +889,9 @@ def _assign(step: _Step, config: _Config) -> None:
     if len(step.evaluations) >= config.num_evaluators:
         return  # every evaluator is at work
     # (an evaluator's status does not change in an update: the view's column holds)
-    active = np.flatnonzero(step.view["active"][config.num_members :]) + config.num_members
-    idle = [e for e in active.tolist() if e not in step.evaluations]
+    active = step.view["active"][config.num_members :].tolist()
+    evaluators = range(config.num_members, len(step.workers))
+    idle = [e for e, a in zip(evaluators, active, strict=True) if a and e not in step.evaluations]
     if not idle:
         return
     # without a child in any sub-population no member can be evaluated: no queue to read.
