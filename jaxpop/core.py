@@ -449,8 +449,10 @@ def redo(state: PopulationState, changes: Changes) -> PopulationState:
             f"changes of event {changes.num_events - 1} cannot follow a state at event "
             f"{state.num_events}: events are missing or out of order"
         )
+    workers = with_replaced(state.workers, changes.workers)
+    forget_made()  # (records._LAST: nothing compares these, and no assignment is kept)
     return state._with(
-        workers=with_replaced(state.workers, changes.workers),
+        workers=workers,
         mutator_state=changes.mutator_state,
         history=state.history.add_all(changes.checkpoints),
         num_events=changes.num_events,

@@ -231,8 +231,8 @@ class _LastMade(threading.local):
 # what lets replaced() of a tuple with_replaced just made read only the indices it
 # replaced (an event's comparisons of the population's assignments would otherwise cost
 # O(population) each): one entry per thread, checked by identity, dropped when used or
-# by forget_made() (the core calls it after every event, so no assignment outlives its
-# event here)
+# by forget_made() (the core calls it after every event and every redo, so none of the
+# core's assignments outlives its event here)
 _LAST = _LastMade()
 
 
@@ -251,7 +251,8 @@ def replaced(new: Sequence[Any], old: Sequence[Any]) -> list[int]:
     >>> a, b = ActiveWorker(None, {}, "g", 0), ActiveWorker(None, {}, "g", 0)
     >>> replaced((a, a, b), (a, b, b))
     [1]
-    >>> replaced(with_replaced((a, a, a), [(2, b), (0, a)]), (a, a, a))
+    >>> base = (a, a, a)
+    >>> replaced(with_replaced(base, [(2, b), (0, a)]), base)  # the shortcut: 2 and 0 read
     [2]
     """
     if len(new) != len(old):
@@ -271,6 +272,10 @@ def replaced(new: Sequence[Any], old: Sequence[Any]) -> list[int]:
 
 def with_replaced(base: tuple[_T, ...], changes: Iterable[tuple[int, _T]]) -> tuple[_T, ...]:
     """``base`` with ``base[i]`` replaced by ``record`` for each ``(i, record)``: a new tuple.
+
+    For a tuple ``base``, this thread keeps a note of the result, ``base`` and the
+    indices (for :func:`replaced`) until it is used, the next call replaces it, or
+    :func:`forget_made` drops it; so both tuples live until then.
 
     >>> a, b = ActiveWorker(None, {}, "g", 0), ActiveWorker(None, {}, "g", 1)
     >>> new = with_replaced((a, a, a), [(2, b)])

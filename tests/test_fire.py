@@ -552,6 +552,9 @@ def test_the_evaluation_curves_kept_with_the_view_are_those_read_afresh(config):
         for t in range(60):
             state = _random_event(state, m, rng, t)
             view = views.view(state.mutator_state, state.workers, state.history)
+            fresh_view = views.build(state.mutator_state, state.workers, state.history)
+            for name, column in fresh_view.columns.items():  # the kept columns, too
+                np.testing.assert_array_equal(view[name], column, err_msg=f"{name} {seed} {t}")
             fire._Scored.bring_up_to_date(view, cfg.num_members)
             step = fire._Step(
                 state.mutator_state, state.workers, state.history, 0.0, None, memo, view

@@ -28,7 +28,10 @@ from jaxpop.records import ActiveWorker, replaced
 
 __all__ = ["View", "Views", "order_entry"]
 
-#: ``(state, history, worker_id, worker) -> one value per column``.
+#: ``(state, history, worker_id, worker) -> one value per column``. It may read the
+#: state, the worker, the checkpoints of the worker's generation and the checkpoint that
+#: generation started from (its branch point), nothing else of the history: those are
+#: what a view follows (anything else is read when needed, outside the view).
 EntryFn = Callable[[Any, History, int, ActiveWorker], Sequence[Any]]
 
 
@@ -156,7 +159,8 @@ class Views:
     """A cache of :class:`View` s, one per recent mutator state.
 
     Args:
-      entry: ``(state, history, worker_id, worker) -> values``, one per column.
+      entry: ``(state, history, worker_id, worker) -> values``, one per column (what it
+        may read: see ``EntryFn``).
       columns: the columns' names and numpy dtypes, in ``entry``'s order.
       order_by: a float column the views keep sorted in :attr:`View.order`.
     """

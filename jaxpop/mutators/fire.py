@@ -382,8 +382,8 @@ class _Memo:
 
     def __init__(self) -> None:
         self._pairs: dict[tuple[Any, Any], float] = {}
-        self._fitness: dict[tuple[Any, ...], list[float | None]] = {}
-        self._sort_keys: dict[tuple[Any, ...], np.ndarray] = {}
+        # curves' keys -> their fitness and its sort keys
+        self._fitness: dict[tuple[Any, ...], tuple[list[float | None], np.ndarray]] = {}
         # sub-population (its first member) -> the keys and matrix of improvements of
         # its last computed fitness
         self._matrices: dict[int, tuple[tuple[Any, ...], np.ndarray]] = {}
@@ -409,6 +409,19 @@ class _Memo:
         computed again, and each improvement asked is looked up by its pair of keys first
         (which helps when curves move between positions, come back, or are shared with
         another sub-population)."""
+        return list(self._known(curves, keys, slot)[0])
+
+    def sort_keys(
+        self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...], slot: int
+    ) -> np.ndarray:
+        """:meth:`fitness` as read-only sort keys (:func:`selection.sort_key
+        <jaxpop.mutators.selection.sort_key>` under ``"max"``: ``-fitness``, ``inf`` for
+        a non-finite one, NaN for none), kept with it."""
+        return self._known(curves, keys, slot)[1]
+
+    def _known(
+        self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...], slot: int
+    ) -> tuple[list[float | None], np.ndarray]:
         known = self._fitness.get(keys)
         if known is None:
             last = self._matrices.get(slot)
@@ -416,23 +429,13 @@ class _Memo:
             if last is not None and len(last[0]) == len(keys):
                 start = (last[1], [a != b for a, b in zip(keys, last[0], strict=True)])
             improvement_of = functools.partial(self._improvement, curves, keys)
-            known, matrix = _fitness(curves, improvement_of, start)
+            fitness, matrix = _fitness(curves, improvement_of, start)
+            order = np.array([selection_lib.sort_key(f, "max") for f in fitness], np.float64)
+            order.setflags(write=False)
+            known = (fitness, order)
             with self._lock:
                 self._matrices[slot] = (keys, matrix)
             self._keep(self._fitness, keys, known, self._FITNESS)
-        return list(known)
-
-    def sort_keys(
-        self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...], slot: int
-    ) -> np.ndarray:
-        """:meth:`fitness` as read-only sort keys: ``-fitness`` (lower is better), ``inf``
-        for a non-finite fitness, NaN for none; kept with the fitness they come from."""
-        known = self._sort_keys.get(keys)
-        if known is None:
-            fitness = self.fitness(curves, keys, slot)
-            known = np.array([_sort_key(f, "max") for f in fitness], np.float64)
-            known.setflags(write=False)
-            self._keep(self._sort_keys, keys, known, self._FITNESS)
         return known
 
     def _improvement(self, curves: Sequence[Curve | None], keys: tuple, i: int, j: int) -> float:
@@ -624,7 +627,7 @@ class _Step:
         self.best: dict[int, int | None] = {}  # _assign's cache: members do not change there
         self.decided: set[int] = set()  # the members whose last decision changed
         self.started: set[int] = set()  # the workers that started a generation
-        self.scored: _Scored = view.memo[_Scored]  # (_update fills it in)
+        self.scored: _Scored = view.memo[_Scored]  # (_Scored.bring_up_to_date puts it there)
 
     def keys(self, member: int) -> np.ndarray:
         """Member ``member``'s selection and explore keys, ``uint32[2, 2]`` (hashed from
@@ -751,18 +754,8 @@ def _entry(
         curve = -1
     else:
         curve = int(_has_curve(history, generations))
-    key = _sort_key(score, config.mode) if worker.is_active else math.nan
+    key = selection_lib.sort_key(score, config.mode) if worker.is_active else math.nan
     return ready, key, curve, worker.is_active
-
-
-def _sort_key(score: float | None, mode: str) -> float:
-    """A score as a sort key: lower is better, ``inf`` for a non-finite score (it ranks
-    last), NaN for none (it takes no part)."""
-    if score is None:
-        return math.nan
-    if not math.isfinite(score):
-        return math.inf
-    return -score if mode == "max" else score
 
 
 def _ready(
@@ -982,11 +975,11 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     best = None
     if eligible:
         keys = _sort_keys(step, config, members).tolist()
-        if all(keys[m - members.start] != keys[m - members.start] for m in eligible):
+        if all(math.isnan(keys[m - members.start]) for m in eligible):
             keys = _member_keys(step, config, members).tolist()  # no fitness yet: the task's
         # the best finite score; ties: the lower worker id
         finite = [(keys[m - members.start], m) for m in eligible]
-        finite = [(k, m) for k, m in finite if k == k and k != math.inf]
+        finite = [(k, m) for k, m in finite if math.isfinite(k)]
         best = min(finite)[1] if finite else None
     step.best[members.start] = best
     return best
@@ -1039,7 +1032,7 @@ def _member_keys(step: _Step, config: _Config, members: range) -> np.ndarray:
         keys = keys.copy()
         for m in started:
             score = member_score(step.history, step.workers[m].generation_id)
-            keys[m - members.start] = _sort_key(score, config.mode)
+            keys[m - members.start] = selection_lib.sort_key(score, config.mode)
     return keys
 
 

@@ -233,7 +233,8 @@ class PopulationBasedTraining(Mutator):
             allow_rewind,
             hold,
         )
-        order_by = None if config.selection.ranked is None else "keys"
+        # (a synchronous round reads no order)
+        order_by = "keys" if config.selection.ranked is not None and not config.synch else None
         views = _views.Views(functools.partial(_entry, config), _COLUMNS, order_by)
         return super().__new__(
             cls,
@@ -511,12 +512,7 @@ def _entry(
             score = _score(config, state, history, worker_id, generation_id)
         # (the latest evaluated checkpoint that holds params: this one, if it does)
         source = latest if latest.params is not None else history.latest_loadable(generation_id)
-    if score is None:
-        key = math.nan
-    elif not math.isfinite(score):
-        key = math.inf
-    else:
-        key = -score if config.mode == "max" else score
+    key = selection_lib.sort_key(score, config.mode)
     active = worker.is_active
     ready = active and _is_ready(config, state, history, worker_id, worker, latest)
     return key, -1 if source is None else source.step, ready, active

@@ -35,6 +35,7 @@ __all__ = [
     "in_bottom",
     "num_in_quantile",
     "quantile_size",
+    "sort_key",
     "tournament",
     "tournament_host",
     "tournament_parent",
@@ -170,11 +171,30 @@ def num_in_quantile(n: int, quantile_fraction: float) -> int:
     return min(math.ceil(n * fraction_as_float(quantile_fraction) - 1e-9), n // 2)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=1024, typed=True)  # (typed: np.float32(0.1) is not 0.1000000015)
 def quantile_size(n: int, quantile_fraction: float) -> int:
     """:func:`num_in_quantile`, remembered: for the host mutators' hot path, which ask
-    it at every decision with a fraction their constructor checked."""
+    it at every decision with a fraction their constructor checked.
+
+    >>> quantile_size(10, 0.25), quantile_size(10, np.float32(0.1))
+    (3, 1)
+    """
     return num_in_quantile(n, quantile_fraction)
+
+
+def sort_key(score: float | None, mode: str = "min") -> float:
+    """A score as a host mutator's sort key: lower is better (``-score`` under
+    ``mode="max"``), ``inf`` for a non-finite score (it ranks after every finite one),
+    NaN for none (it takes no part).
+
+    >>> sort_key(0.5, "max"), sort_key(float("nan")), sort_key(None)
+    (-0.5, inf, nan)
+    """
+    if score is None:
+        return math.nan
+    if not math.isfinite(score):
+        return math.inf
+    return -score if mode == "max" else score
 
 
 def fraction_as_float(fraction: float) -> float:
