@@ -9,8 +9,11 @@ from conftest import apply, fresh_state
 from jaxpop import PopulationController
 from jaxpop.events import Ask, Eval
 from jaxpop.mutators import (
+    PB2,
     BranchingSingleMachine,
+    FirePBT,
     FixedSchedule,
+    MultipleFrequenciesPBT,
     WinnerTakeAllGenetic,
     WinnerTakeAllState,
     explore,
@@ -656,3 +659,61 @@ def test_the_ask_hook_sees_an_int_step_and_a_str_generation_id():
             int,
         )
         assert new.step == 12 and pop.history.branch_point(new.generation_id) == (gen, 12)
+
+
+def _halve(meta_params):
+    return {"lr": meta_params["lr"] / 2}
+
+
+def _decaying(step):
+    return {"lr": 0.1 / (1 + step)}
+
+
+def _branch_lr(meta_params, direction, phase_index):
+    return {"lr": meta_params["lr"] * (1.5 if direction == "pos" else 0.5)}
+
+
+_SPACE = {"lr": explore.log_uniform(1e-4, 1.0)}
+_PICKLED = {
+    "pbt": lambda: PopulationBasedTraining(perturbation_interval=2, hyperparam_space=_SPACE),
+    "pb2": lambda: PB2(perturbation_interval=2, hyperparam_space=_SPACE),
+    "fire": lambda: FirePBT(
+        perturbation_interval=2,
+        sub_population_sizes=(3, 3),
+        num_evaluators=2,
+        max_eval_steps=4,
+        hyperparam_space=_SPACE,
+    ),
+    "mf_pbt": lambda: MultipleFrequenciesPBT(
+        t_ready=2, hyperparam_space=_SPACE, frequencies=(1, 2)
+    ),
+    "wta": lambda: WinnerTakeAllGenetic(_halve, steps_per_exploit=2),
+    "fixed": lambda: FixedSchedule({0: {"lr": 0.1}, 4: {"lr": 0.05}}),
+    "fixed_every": lambda: FixedSchedule(_decaying, every=3),
+    "branching": lambda: BranchingSingleMachine(_branch_lr, 2, 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PICKLED))
+def test_every_mutator_pickles_and_the_copy_decides_as_the_original(name):
+    """``multiprocessing`` ships a mutator with pickle (Ray with cloudpickle): each
+    built-in mutator pickles (no local functions in it) and the copy makes the same
+    decisions as the original on the same reports."""
+    import pickle
+
+    def run(mutator):
+        n = 1 if name == "branching" else 8  # (BranchingSingleMachine drives one worker)
+        population = [{"lr": 0.01 * (i + 1)} for i in range(n)]
+        pop = PopulationController(population, mutator, seed=1, clock=lambda: 0.0)
+        for step in range(1, 9):
+            for i in range(n):
+                work = pop.active_workers[i]
+                pop.maybe_get_worker_data(i, work.generation_id, work.step, None, None)
+                value = math.sin(7.0 * i + 3.0 * step) + 0.1 * step
+                pop.set_eval(i, work.generation_id, step, f"p{i}@{step}", value)
+        return pop.history, pop.active_workers, pop.decision_counts
+
+    made = _PICKLED[name]
+    original, copied = run(made()), run(pickle.loads(pickle.dumps(made())))
+    assert original[0] == copied[0] and original[1] == copied[1]
+    assert original[2] == copied[2]

@@ -760,6 +760,28 @@ def test_a_caller_that_keeps_the_state_but_not_the_copy_gets_a_fresh_answer(monk
     assert (kept[0], kept[1], kept[2]) == (fresh[0], fresh[1], fresh[2])
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"selection": "tournament"}, {"synch": True}, {"selection": copy_the_best}],
+    ids=["truncation", "tournament", "synch", "custom"],
+)
+def test_a_pickled_mutator_decides_as_the_original(options):
+    """A mutator pickles (``multiprocessing`` ships it so; Ray uses cloudpickle), every
+    selection included, and the copy decides as the original on a random event script."""
+    import pickle
+    import random
+
+    rng = random.Random(3)
+    draws = [(rng.randrange(100), rng.randrange(100), rng.randrange(100)) for _ in range(40)]
+    values, script = _event_script(draws, 5)
+    config = {"perturbation_interval": 5, **options}
+    original = _run_script(make(**config), script, values, 5)
+    copied = _run_script(pickle.loads(pickle.dumps(make(**config))), script, values, 5)
+    for a, b in zip(original, copied, strict=True):
+        assert (a.workers, a.mutator_state, a.history) == (b.workers, b.mutator_state, b.history)
+    assert original[-1].mutator_state.num_decisions > 0
+
+
 def test_truncation_from_the_kept_order_equals_truncation_over_the_keys():
     """Asynchronous truncation reads a member's place and the members it may copy from
     the view's sorted order (a bisection) when every worker takes part; on random sort

@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import functools
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -205,8 +205,9 @@ def _plan(
         except ValueError as err:
             raise ValueError(f"FixedSchedule: {err}") from None
     if every is None and isinstance(schedule, Piecewise):
-        steps, values = schedule.steps, schedule.values
-        return (lambda step: bisect.bisect_right(steps, step)), (lambda i: values[i - 1]), False
+        # (module-level functions, bound with partial: a FixedSchedule pickles)
+        due = functools.partial(_points_passed, schedule.steps)
+        return due, functools.partial(_point, schedule.values), False
     if not callable(schedule):
         raise ValueError(
             "FixedSchedule takes a {step: meta_params} mapping or a schedule callable "
@@ -216,7 +217,27 @@ def _plan(
     if isinstance(every, bool) or not isinstance(every, (int, numbers.Integral)) or every <= 0:
         raise ValueError(f"FixedSchedule every must be a positive int, got {every!r}")
     every = int(every)
-    return (lambda step: step // every + 1), (lambda i: to_host(schedule((i - 1) * every))), True
+    return (
+        functools.partial(_periods_passed, every),
+        functools.partial(_at_period, schedule, every),
+        True,
+    )
+
+
+def _points_passed(steps: Sequence[int], step: int) -> int:
+    return bisect.bisect_right(steps, step)
+
+
+def _point(values: Sequence[Any], index: int) -> Any:
+    return values[index - 1]
+
+
+def _periods_passed(every: int, step: int) -> int:
+    return step // every + 1
+
+
+def _at_period(schedule: Callable[[int], Any], every: int, index: int) -> Any:
+    return to_host(schedule((index - 1) * every))
 
 
 def _step_key(key: Any) -> Any:

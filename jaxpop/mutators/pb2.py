@@ -682,11 +682,11 @@ def PB2(
         explorer=explorer,
         **options,
     )
-    pbt_prepare = mutator.prepare
+    return mutator._replace(prepare=functools.partial(_prepare, mutator.prepare, explorer))
 
-    def prepare(population_size: int) -> None:
-        if pbt_prepare is not None:
-            pbt_prepare(population_size)
-        explorer.prepare(population_size)
 
-    return mutator._replace(prepare=prepare)
+def _prepare(pbt_prepare: Callable[[int], None] | None, explorer: PB2Explorer, size: int) -> None:
+    """PBT's compilations, then the explorer's (module level: a PB2 mutator pickles)."""
+    if pbt_prepare is not None:
+        pbt_prepare(size)
+    explorer.prepare(size)

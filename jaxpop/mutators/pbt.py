@@ -722,24 +722,12 @@ class _Selection(NamedTuple):
 
 
 def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
-    """``selection`` (a name or a user function) as a :class:`_Selection`."""
+    """``selection`` (a name or a user function) as a :class:`_Selection` (of module-level
+    functions: a mutator pickles, for ``multiprocessing`` as for Ray)."""
     if callable(selection):
-
-        def custom(key: Any, draw: int, keys: np.ndarray) -> np.ndarray:
-            n = len(keys)
-            chosen = np.asarray(selection(split_key(key, n)[draw], _ranks(keys)))
-            if chosen.shape != (n,) or not np.issubdtype(chosen.dtype, np.integer):
-                raise ValueError(
-                    f"selection returned {chosen.dtype}{chosen.shape} for {n} members; it "
-                    f"must return int indices of shape ({n},)"
-                )
-            if ((chosen < 0) | (chosen >= n)).any():
-                raise ValueError(f"selection returned indices outside [0, {n}): {chosen}")
-            return chosen
-
         return _Selection(
-            one=lambda key, i, keys, parents: int(custom(key, i, keys)[i]),
-            round=lambda key, keys: custom(key, -1, keys),
+            one=functools.partial(_custom_one, selection),
+            round=functools.partial(_custom, selection, draw=-1),
         )
     if selection == "winner_take_all":
         warnings.warn(
@@ -759,10 +747,7 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
         selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
         fraction = selection_lib.fraction_as_float(quantile_fraction)
         select = functools.partial(select, quantile_fraction=fraction)
-
-    def round_(key: Any, keys: np.ndarray) -> np.ndarray:
-        return select(HostRandom(key, stream=-1), _tiered(keys))
-
+    round_ = functools.partial(_host_round, select)
     # one member, straight from the sort keys: the order they give (finite, then inf,
     # then NaN, ties by index) is the host twins' order of _tiered(keys)
     one: Callable[..., int]
@@ -772,6 +757,31 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
         return _Selection(one=one, round=round_, ranked=ranked)
     one = _tournament_one if selection == "tournament" else _copy_best_one
     return _Selection(one=one, round=round_)
+
+
+def _custom(
+    selection: Callable[[Any, Any], Any], key: Any, keys: np.ndarray, draw: int
+) -> np.ndarray:
+    """A user's selection over the exact ranks of the sort keys, its answer checked."""
+    n = len(keys)
+    chosen = np.asarray(selection(split_key(key, n)[draw], _ranks(keys)))
+    if chosen.shape != (n,) or not np.issubdtype(chosen.dtype, np.integer):
+        raise ValueError(
+            f"selection returned {chosen.dtype}{chosen.shape} for {n} members; it "
+            f"must return int indices of shape ({n},)"
+        )
+    if ((chosen < 0) | (chosen >= n)).any():
+        raise ValueError(f"selection returned indices outside [0, {n}): {chosen}")
+    return chosen
+
+
+def _custom_one(selection: Callable[[Any, Any], Any], key: Any, i: int, keys, parents) -> int:
+    return int(_custom(selection, key, keys, draw=i)[i])
+
+
+def _host_round(select: Callable[..., np.ndarray], key: Any, keys: np.ndarray) -> np.ndarray:
+    """A synchronous round of a built-in selection (drawn from stream -1)."""
+    return select(HostRandom(key, stream=-1), _tiered(keys))
 
 
 def _truncation_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
