@@ -656,3 +656,34 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
             assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)
             assert a.history == b.history, (seed, t)
     assert kept[-1].mutator_state.num_evaluations > 0
+
+
+def test_improvements_at_once_are_the_improvements_one_by_one():
+    """A fitness row is computed at once over padded curves (:func:`improvements`); on
+    random curves (ties, plateaus, curves that never meet, one point or many, values near
+    the float range whose differences overflow) every number is exactly
+    ``improvement(a, b)``, and the rows are antisymmetric to the last bit."""
+    rng = np.random.default_rng(5)
+    pool = [0.0, 1.0, -1.0, 2.5, 1e308, -1e308, 1.7e308, -1.7e308, 3.0]
+
+    def random_curve():
+        n = int(rng.integers(1, 7))
+        steps = np.sort(rng.choice(60, size=n, replace=False)) * int(rng.choice([1, 10**17]))
+        if rng.random() < 0.5:
+            values = rng.choice(pool, size=n)
+        else:
+            values = np.round(rng.normal(size=n), int(rng.integers(0, 3)))
+        return Curve(steps.astype(np.int64), values.astype(np.float64))
+
+    checked = 0
+    for _ in range(300):
+        a = random_curve()
+        others = [random_curve() for _ in range(int(rng.integers(1, 9)))]
+        got = fire.improvements(a, others)
+        want = np.array([improvement(a, b) for b in others])
+        np.testing.assert_array_equal(got, want)
+        for b, value in zip(others, got, strict=True):
+            assert improvement(b, a) == -value
+        checked += len(others)
+    assert checked > 1000
+    assert fire.improvements(random_curve(), []).shape == (0,)
