@@ -660,30 +660,37 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
 
 def test_improvements_at_once_are_the_improvements_one_by_one():
     """A fitness row is computed at once over padded curves (:func:`improvements`); on
-    random curves (ties, plateaus, curves that never meet, one point or many, values near
-    the float range whose differences overflow) every number is exactly
-    ``improvement(a, b)``, and the rows are antisymmetric to the last bit."""
+    random curves (ties, plateaus, signed zeros, curves that never meet, one point or
+    many, a curve far longer than the others, steps near 2**63, values near the float
+    range whose differences overflow) every number is ``improvement(a, b)`` to the bit,
+    and ``improvement(b, a)`` is ``0.0 - improvement(a, b)`` to the bit."""
     rng = np.random.default_rng(5)
-    pool = [0.0, 1.0, -1.0, 2.5, 1e308, -1e308, 1.7e308, -1.7e308, 3.0]
+    pool = [0.0, -0.0, 1.0, -1.0, 2.5, 1e308, -1e308, 1.7e308, -1.7e308, 3.0]
 
     def random_curve():
-        n = int(rng.integers(1, 7))
-        steps = np.sort(rng.choice(60, size=n, replace=False)) * int(rng.choice([1, 10**17]))
+        n = int(rng.choice([1, 2, 3, 5, 8, 200])) if rng.random() < 0.1 else int(rng.integers(1, 7))
+        steps = np.sort(rng.choice(10**6, size=n, replace=False)).astype(np.int64)
+        if rng.random() < 0.2:  # steps near the largest a step may be
+            steps = steps + (2**63 - 1 - 10**6)
         if rng.random() < 0.5:
             values = rng.choice(pool, size=n)
         else:
             values = np.round(rng.normal(size=n), int(rng.integers(0, 3)))
-        return Curve(steps.astype(np.int64), values.astype(np.float64))
+        return Curve(steps, values.astype(np.float64))
+
+    def bits(x):
+        return np.asarray(x, np.float64).tobytes()
 
     checked = 0
-    for _ in range(300):
+    for _ in range(400):
         a = random_curve()
         others = [random_curve() for _ in range(int(rng.integers(1, 9)))]
         got = fire.improvements(a, others)
-        want = np.array([improvement(a, b) for b in others])
-        np.testing.assert_array_equal(got, want)
+        assert bits(got) == bits([improvement(a, b) for b in others])
         for b, value in zip(others, got, strict=True):
-            assert improvement(b, a) == -value
+            assert bits(improvement(b, a)) == bits(0.0 - value)
         checked += len(others)
     assert checked > 1000
     assert fire.improvements(random_curve(), []).shape == (0,)
+    with pytest.raises(ValueError, match="at least one point"):
+        fire.improvements(random_curve(), [Curve(np.zeros(0, np.int64), np.zeros(0))])

@@ -20,6 +20,7 @@ from jaxpop.mutators import (
 )
 from jaxpop.mutators.base import Mutator, takes_key
 from jaxpop.mutators.pbt import PopulationBasedTraining
+from jaxpop.schedules import piecewise
 
 
 # -- takes_key ------------------------------------------------------------------------
@@ -690,6 +691,7 @@ _PICKLED = {
     "wta": lambda: WinnerTakeAllGenetic(_halve, steps_per_exploit=2),
     "fixed": lambda: FixedSchedule({0: {"lr": 0.1}, 4: {"lr": 0.05}}),
     "fixed_every": lambda: FixedSchedule(_decaying, every=3),
+    "fixed_piecewise": lambda: FixedSchedule(piecewise({0: {"lr": 0.1}, 4: {"lr": 0.05}})),
     "branching": lambda: BranchingSingleMachine(_branch_lr, 2, 2),
 }
 

@@ -196,7 +196,9 @@ def improvement(a: Curve, b: Curve) -> float:
     (1.0, -1.0)
     """
     ours, theirs = _compared(a, b)
-    return ours - theirs  # (beyond a float's range: +-inf, as IEEE rounds)
+    # (beyond a float's range: +-inf, as IEEE rounds; + 0.0: a tie is +0.0 either way, so
+    # improvement(b, a) is exactly 0.0 - improvement(a, b))
+    return (ours - theirs) + 0.0
 
 
 def _compared(a: Curve, b: Curve) -> tuple[float, float]:
@@ -309,6 +311,18 @@ def improvements(a: Curve, others: Sequence[Curve]) -> np.ndarray:
     if m == 0:
         return np.zeros(0)
     lengths = np.array([len(b) for b in others])
+    if len(a) == 0 or lengths.min() == 0:
+        raise ValueError("improvements compares curves of at least one point each")
+    # padding every curve to the longest costs m x its length: curves much longer than
+    # the others (an evaluation that ran on) are compared one by one instead
+    limit = 4 * int(np.median(lengths)) + 16
+    if lengths.max() > limit:
+        out = np.empty(m)
+        long, short = np.flatnonzero(lengths > limit), np.flatnonzero(lengths <= limit)
+        out[long] = [improvement(a, others[k]) for k in long.tolist()]
+        if short.size:  # (a smaller set: its own median, at most one more split each time)
+            out[short] = improvements(a, [others[k] for k in short.tolist()])
+        return out
     valid = np.arange(lengths.max()) < lengths[:, None]
     steps = np.zeros(valid.shape, np.int64)
     values = np.full(valid.shape, -np.inf)
@@ -335,8 +349,8 @@ def improvements(a: Curve, others: Sequence[Curve]) -> np.ndarray:
     ahead = a0 > b0
     ours = np.where(meet, ours, np.where(ahead, a0, np.max(a.values)))
     theirs = np.where(meet, theirs, np.where(ahead, np.max(values, axis=1), b0))
-    with np.errstate(over="ignore"):  # (beyond a float's range: +-inf, as IEEE rounds)
-        return ours - theirs
+    with np.errstate(over="ignore", invalid="ignore"):  # (as improvement(): IEEE's)
+        return (ours - theirs) + 0.0
 
 
 def _fitness(
@@ -350,11 +364,11 @@ def _fitness(
     ``known``: the matrix of a call whose curves differ from these only where
     ``changed`` is true (elsewhere the same curve, or none, at the same position), and
     ``changed``: only the pairs with a changed curve are asked again. Either way the
-    matrix holds the improvement of ``i`` over ``j`` at ``[i, j]`` and its negation at
-    ``[j, i]`` (the comparison is antisymmetric, exactly: a difference of the same two
-    values either way) for every two members that take part, zeros elsewhere, and a
-    fitness is the sum of its member's row, correctly rounded (:func:`_row_sum`): the
-    same numbers whatever was known.
+    matrix holds the improvement of ``i`` over ``j`` at ``[i, j]`` and ``0.0`` minus it
+    at ``[j, i]`` (which is the improvement of ``j`` over ``i``, to the bit: a difference
+    of the same two values either way, a tie +0.0) for every two members that take
+    part, zeros elsewhere, and a fitness is the sum of its member's row, correctly
+    rounded (:func:`_row_sum`): the same numbers whatever was known.
     """
     valid = [c if c is not None and len(c) >= 2 else None for c in curves]
     finite = [c is not None and bool(np.all(np.isfinite(c.values))) for c in valid]
@@ -379,7 +393,7 @@ def _fitness(
         if others:
             values = np.asarray(row(i, others), np.float64)
             matrix[i, others] = values
-            matrix[others, i] = -values
+            matrix[others, i] = 0.0 - values
     fitness: list[float | None] = [None] * n
     for i in range(n):
         if valid[i] is not None:
@@ -404,10 +418,9 @@ def _row_sum(row: list[float], i: int, curves: Sequence[Curve | None]) -> float:
     for j, value in enumerate(row):
         if math.isfinite(value):
             total += Fraction(value)
-        else:  # the pair's improvement, asked as (low, high), and negated at (high, low)
-            low, high = min(i, j), max(i, j)
-            ours, theirs = _compared(curves[low], curves[high])  # type: ignore[arg-type]
-            total += (Fraction(ours) - Fraction(theirs)) * (1 if i == low else -1)
+        else:  # the improvement of i over j, beyond a float: from its two values
+            ours, theirs = _compared(curves[i], curves[j])  # type: ignore[arg-type]
+            total += Fraction(ours) - Fraction(theirs)
     try:
         return float(total)
     except OverflowError:

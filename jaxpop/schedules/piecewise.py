@@ -59,6 +59,10 @@ class Piecewise:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a Piecewise schedule is immutable")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickled as its points (unpickling by attribute would meet __setattr__)
+        return (Piecewise, (self.items(),))
+
     def __call__(self, step: Any) -> Any:
         if is_traced(step):
             return self._traced()(step)
