@@ -314,8 +314,11 @@ def improvements(a: Curve, others: Sequence[Curve]) -> np.ndarray:
     if len(a) == 0 or lengths.min() == 0:
         raise ValueError("improvements compares curves of at least one point each")
     # padding every curve to the longest costs m x its length: curves much longer than
-    # the others (an evaluation that ran on) are compared one by one instead
+    # the others (an evaluation that ran on) are compared one by one instead, as is a
+    # long ``a`` (its windows are m x its length too)
     limit = 4 * int(np.median(lengths)) + 16
+    if len(a) > limit:
+        return np.array([improvement(a, b) for b in others])
     if lengths.max() > limit:
         out = np.empty(m)
         long, short = np.flatnonzero(lengths > limit), np.flatnonzero(lengths <= limit)
