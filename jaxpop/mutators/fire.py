@@ -310,16 +310,17 @@ def improvements(a: Curve, others: Sequence[Curve]) -> np.ndarray:
     m = len(others)
     if m == 0:
         return np.zeros(0)
-    lengths = np.array([len(b) for b in others])
-    if len(a) == 0 or lengths.min() == 0:
+    sizes = sorted(len(b) for b in others)
+    if len(a) == 0 or sizes[0] == 0:
         raise ValueError("improvements compares curves of at least one point each")
+    lengths = np.array([len(b) for b in others])
     # padding every curve to the longest costs m x its length: curves much longer than
     # the others (an evaluation that ran on) are compared one by one instead, as is a
     # long ``a`` (its windows are m x its length too)
-    limit = 4 * int(np.median(lengths)) + 16
+    limit = 4 * sizes[m // 2] + 16
     if len(a) > limit:
         return np.array([improvement(a, b) for b in others])
-    if lengths.max() > limit:
+    if sizes[-1] > limit:
         out = np.empty(m)
         long, short = np.flatnonzero(lengths > limit), np.flatnonzero(lengths <= limit)
         out[long] = [improvement(a, others[k]) for k in long.tolist()]
