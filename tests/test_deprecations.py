@@ -11,6 +11,7 @@ import pytest
 from jaxpop import PopulationController, core
 from jaxpop.events import Eval
 from jaxpop.mutators import (
+    PB2,
     Mutator,
     PopulationBasedTraining,
     WinnerTakeAllGenetic,
@@ -113,6 +114,10 @@ def test_pbt_selection_winner_take_all_is_copy_best_and_warns():
         PopulationBasedTraining(
             perturbation_interval=1, hyperparam_space=SPACE, selection="winner_take_all"
         )
+    _one_warning(caught, '"copy_best"')
+    with warnings.catch_warnings(record=True) as caught:  # through PB2: at this line too
+        warnings.simplefilter("always")
+        PB2(perturbation_interval=1, hyperparam_space=SPACE, selection="winner_take_all")
     _one_warning(caught, '"copy_best"')
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -23,6 +23,8 @@ import inspect
 import math
 import numbers
 import re
+import sys
+import types
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -417,6 +419,17 @@ def _describe(value: Any, depth: int = 0) -> Any:
     if len(text) > _REPR_LIMIT:
         text = f"{text[:_REPR_LIMIT]}... {_digest(text.encode())}"
     return f"{_name(t)}: {text}"
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning issued by the calling function at the
+    first caller outside jaxpop (a constructor reached through another, ``PB2`` through
+    ``PopulationBasedTraining``, warns at the user's line all the same)."""
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "jaxpop":
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def check_probability(name: str, value: Any) -> float:

@@ -34,6 +34,7 @@ from jaxpop.mutators.base import (
     Workers,
     as_record,
     call_mutate_fn,
+    caller_stacklevel,
     check_callable,
     check_factors,
     check_in_space,
@@ -733,7 +734,7 @@ def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
         warnings.warn(
             'selection="winner_take_all" is deprecated: the same selection is "copy_best"',
             DeprecationWarning,
-            stacklevel=5,  # the caller of PopulationBasedTraining(...), past records_config
+            stacklevel=caller_stacklevel(),
         )
         selection = "copy_best"
     if selection not in selection_lib.HOST_SELECTIONS:
