@@ -9,11 +9,10 @@ means ``record.replace(field=new_value)``, which returns a new record.
 from __future__ import annotations
 
 import numbers
-import operator
 import threading
 from collections.abc import Iterable, Sequence
 from itertools import compress
-from operator import is_not
+from operator import index, is_not
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flax import struct
@@ -287,7 +286,7 @@ def with_replaced(base: tuple[_T, ...], changes: Iterable[tuple[int, _T]]) -> tu
     indices = []
     for i, record in changes:
         items[i] = record
-        i = operator.index(i)
+        i = index(i)
         indices.append(i + n if i < 0 else i)
     new = tuple(items)
     if type(base) is tuple:  # (a list could change under the note)
