@@ -257,6 +257,34 @@ def test_p1_ranks_by_the_tasks_score():
     assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 10)
 
 
+def test_truncation_within_a_sub_population_follows_its_rule_on_random_keys():
+    """``fire._truncation`` against the rule stated plainly: among the members with a
+    key (NaN: none), ordered by key then id, one of the last ``k`` copies one of the
+    first ``k`` strictly better than it, drawn uniformly in that order."""
+    from jaxpop.mutators import selection
+    from jaxpop.mutators._host_random import HostRandom
+
+    rng = np.random.default_rng(0)
+    checked = copies = 0
+    for trial in range(300):
+        n = int(rng.integers(1, 40))
+        keys = rng.choice([0.0, 0.5, 1.0, -2.0, np.inf, np.nan], n)  # many ties
+        keys = np.where(rng.random(n) < 0.4, rng.normal(size=n), keys)
+        fraction = float(rng.choice([0.1, 0.25, 0.5]))
+        key = np.array([trial, 7], np.uint32)
+        ranked = sorted((k, i) for i, k in enumerate(keys.tolist()) if k == k)
+        size = selection.quantile_size(len(ranked), fraction)
+        for place, (mine, me) in enumerate(ranked):
+            better = [i for k, i in ranked[:size] if k < mine]
+            expected = None
+            if size and place >= len(ranked) - size and better:
+                expected = better[HostRandom(key).randrange(len(better))]
+            assert fire._truncation(key, keys, me, fraction) == expected, (trial, me)
+            checked += 1
+            copies += expected is not None
+    assert checked > 3000 and copies > 300  # both outcomes, many times
+
+
 # -- evaluators: hand-over, stopping, the queue ------------------------------------------------
 def _handover_run(evaluator_values):
     """P1 member 1 improves slowly for 12 reports; P2 member 2 is then evaluated with

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -523,18 +524,21 @@ class _Config(NamedTuple):
     max_eval_steps: int
     p_stat: float
     mode: str
-
-    @property
-    def num_members(self) -> int:
-        return sum(self.sizes)
+    num_members: int  # (the next two: from sizes, computed once by _config)
+    sub_populations: tuple[range, ...]  # each sub-population's members
 
     def sub_population(self, member: int) -> range:
-        start = 0
-        for size in self.sizes:
-            if member < start + size:
-                return range(start, start + size)
-            start += size
+        for members in self.sub_populations:
+            if member < members.stop:
+                return members
         raise IndexError(member)
+
+
+def _config(sizes: tuple[int, ...], **options: Any) -> _Config:
+    """A :class:`_Config` with its layout computed from ``sizes``."""
+    starts = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    ranges = tuple(range(a, b) for a, b in itertools.pairwise(starts))
+    return _Config(sizes=sizes, num_members=starts[-1], sub_populations=ranges, **options)
 
 
 class FirePBT(Mutator):
@@ -609,9 +613,9 @@ class FirePBT(Mutator):
             raise ValueError("FirePBT needs a hyperparam_space to explore")
         explore_lib.validate_space(hyperparam_space)
         selection_lib.num_in_quantile(4, quantile_fraction)  # validates the fraction
-        config = _Config(
+        config = _config(
+            sizes,
             interval=interval,
-            sizes=sizes,
             num_evaluators=evaluators,
             space=hyperparam_space,
             quantile_fraction=selection_lib.fraction_as_float(quantile_fraction),
@@ -641,6 +645,8 @@ def _counts(state: FireState) -> DecisionCounts:
 
 
 def _check_layout(config: _Config, population_size: int) -> None:
+    if population_size == config.num_members + config.num_evaluators:
+        return  # (the message below is built only for a population that does not fit)
     check_population_size(
         "FirePBT",
         config.num_members + config.num_evaluators,
@@ -946,7 +952,7 @@ def _assign(step: _Step, config: _Config) -> None:
     # The children found now are those of before any assignment; those of P2 .. P(n-1)
     # are found again below, in the queue's order, as an assignment changes the fitness
     # of its member's sub-population (P1's, by the task's score, stays)
-    previous = [config.sub_population(start) for start in _starts(config)[:-1]]
+    previous = config.sub_populations[:-1]
     if all(_best(step, config, members) is None for members in previous):
         return
     for members in previous[1:]:
@@ -1013,7 +1019,7 @@ def _evaluate(
 
 def _starts(config: _Config) -> list[int]:
     """The first member of each sub-population."""
-    return [sum(config.sizes[:k]) for k in range(len(config.sizes))]
+    return [members.start for members in config.sub_populations]
 
 
 def _previous(config: _Config, member: int) -> range:
@@ -1236,16 +1242,15 @@ def _truncation(key: RawKey, keys: np.ndarray, me: int, fraction: float) -> int 
     ``fraction`` it copies a member drawn uniformly from the top ``fraction`` that is
     strictly better (ties by the lower id, as a rank); otherwise (or with none such)
     ``None``."""
-    absent = np.isnan(keys)
-    taking_part = None if not absent.any() else np.flatnonzero(~absent)
-    better, position = keys, me
-    if taking_part is not None:
-        better, position = keys[taking_part], int(np.searchsorted(taking_part, me))
-    k = selection_lib.quantile_size(len(better), fraction)
-    if k == 0 or not selection_lib.in_bottom(better, position, k):
+    # on the whole column: a NaN is never below, above or equal to a key, and a stable
+    # argsort puts the NaNs last, so the members without a score simply do not count
+    mine = keys[me]
+    n = int(np.count_nonzero(keys == keys))  # the members taking part
+    k = selection_lib.quantile_size(n, fraction)
+    if k == 0 or np.count_nonzero(keys < mine) + np.count_nonzero(keys[:me] == mine) < n - k:
+        return None  # not in the bottom (its place: those better, then ties before it)
+    top = np.argsort(keys, kind="stable")[:k]
+    better = top[keys[top] < mine]
+    if not better.size:
         return None
-    top = selection_lib.truncation_top(better, k, None)
-    parent = selection_lib.truncation_parent(HostRandom(key), better, top, position)
-    if parent == position:
-        return None
-    return parent if taking_part is None else int(taking_part[parent])
+    return int(better[HostRandom(key).randrange(better.size)])
