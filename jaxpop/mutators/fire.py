@@ -806,17 +806,21 @@ def _entry(
 ) -> tuple[bool, float, int, bool]:
     if worker_id >= config.num_members:  # an evaluator
         return False, math.nan, 0, worker.is_active
-    ready = _ready(config, state.last_decision, history, worker_id, worker) is not None
-    score = member_score(history, worker.generation_id)
-    generations = _stored_generations(state.curves, worker_id, worker)
     if not worker.is_active:
-        curve = 0
-    elif len(generations) > 1:
-        curve = -1
+        return False, math.nan, 0, False
+    # _ready, member_score and _has_curve, sharing their read of the latest evaluation
+    generation_id = worker.generation_id
+    latest = history.latest_evaluated(generation_id)
+    if latest is None:
+        ready, score = False, member_score(history, generation_id)
     else:
-        curve = int(_has_curve(history, generations))
-    key = selection_lib.sort_key(score, config.mode) if worker.is_active else math.nan
-    return ready, key, curve, worker.is_active
+        ready = _ready_at(config, state.last_decision, history, worker_id, generation_id, latest)
+        score = latest.value
+    if len(_stored_generations(state.curves, worker_id, worker)) > 1:
+        curve = -1
+    else:  # its own generation's curve: whether it has evaluated
+        curve = 0 if latest is None else 1
+    return ready, selection_lib.sort_key(score, config.mode), curve, True
 
 
 def _ready(
@@ -833,13 +837,27 @@ def _ready(
     latest = history.latest_evaluated(worker.generation_id)
     if latest is None:
         return None
+    ready = _ready_at(config, last_decision, history, member, worker.generation_id, latest)
+    return latest if ready else None
+
+
+def _ready_at(
+    config: _Config,
+    last_decision: Mapping[int, tuple[str, int]],
+    history: History,
+    member: int,
+    generation_id: str,
+    latest: Checkpoint,
+) -> bool:
+    """Whether ``latest``, the member's latest evaluation, is ``perturbation_interval``
+    steps past its last decision (or its generation's start)."""
     marker = last_decision.get(member)
     since = (
         marker[1]
-        if marker is not None and marker[0] == worker.generation_id
-        else history.first(worker.generation_id).step
+        if marker is not None and marker[0] == generation_id
+        else history.first(generation_id).step
     )
-    return latest if latest.step - since >= config.interval else None
+    return latest.step - since >= config.interval
 
 
 # -- evaluators ---------------------------------------------------------------------------
