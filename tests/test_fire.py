@@ -319,6 +319,10 @@ def test_an_evaluator_that_improves_faster_hands_its_weights_over_to_the_child()
     # the evaluated member keeps training its own weights; the evaluator moves on
     assert state.workers[2].generation_id == before.workers[2].generation_id
     assert state.workers[4].generation_id != evaluator_gen
+    # ... in the same update, to member 2 again, with the child that just took the weights
+    # over (P1's best now, its curve the evaluator's: one it has although its generation
+    # started in this update)
+    assert s.evaluations[4].member == 2 and s.evaluations[4].child == 1
     assert decision_counts(m, s) == (1, 1)
 
 

@@ -961,9 +961,8 @@ def _assign(step: _Step, config: _Config) -> None:
     if len(step.evaluations) >= config.num_evaluators:
         return  # every evaluator is at work
     # (an evaluator's status does not change in an update: the view's column holds)
-    active = step.view["active"][config.num_members :].tolist()
-    evaluators = range(config.num_members, len(step.workers))
-    idle = [e for e, a in zip(evaluators, active, strict=True) if a and e not in step.evaluations]
+    active = step.view["active"][config.num_members :].nonzero()[0] + config.num_members
+    idle = [e for e in active.tolist() if e not in step.evaluations]
     if not idle:
         return
     # without a child in any sub-population no member can be evaluated: no queue to read.
@@ -1069,16 +1068,22 @@ def _with_curves(step: _Step, members: range) -> list[int]:
     from the view's ``curve`` column, read afresh for a curve over several generations
     and for the members that started a generation in this update (the view's entries
     are those of before it)."""
-    column = step.view["curve"][members.start : members.stop].tolist()
-    started = step.started
-    out = []
-    for m, known in zip(members, column, strict=True):
-        if m in started:
-            if _has_own_curve(step, m):
-                out.append(m)
-        elif known == 1 or (known == -1 and _has_own_curve(step, m)):
-            out.append(m)
-    return out
+    start, started = members.start, step.started
+    column = step.view["curve"][start : members.stop]
+    known = column.tolist()
+    out = [
+        start + j
+        for j in column.nonzero()[0].tolist()  # (0: no curve)
+        if start + j not in started and (known[j] == 1 or _has_own_curve(step, start + j))
+    ]
+    # a generation started in this update has no evaluation yet: a member that started
+    # one has a curve only if it continues an evaluator's (a hand-over's child)
+    fresh = [
+        m
+        for m in started
+        if m in members and len(step.curves.get(m, ())) > 1 and _has_own_curve(step, m)
+    ]
+    return sorted(out + fresh) if fresh else out
 
 
 def _has_own_curve(step: _Step, member: int) -> bool:
