@@ -72,8 +72,9 @@ class StopWhen:
     """When a run (or a worker) is done; every condition given is checked after each call.
 
     Attributes:
-      value: the run is over once any worker's latest evaluation is at least this good
-        (``<=`` it, or ``>=`` with ``mode="max"``).
+      value: the run is over once a worker reports an evaluation at least this good
+        (``<=`` it, or ``>=`` with ``mode="max"``), or any worker's latest evaluation
+        is (say, after this stop was given to a resumed run).
       step: a worker is done once it has reported at or past this step (a budget of
         steps per worker); the run is over when every worker is.
       seconds: the run is over this many seconds after the population started.
@@ -718,9 +719,20 @@ def finish(
 
 
 def stop(
-    state: PopulationState, now: float, key: np.ndarray, *, when: StopWhen, mutator: Mutator
+    state: PopulationState,
+    now: float,
+    key: np.ndarray,
+    *,
+    when: StopWhen,
+    mutator: Mutator,
+    added: Sequence[Checkpoint] = (),
 ) -> tuple[PopulationState, Changes | None]:
-    """Finishes the workers that ``when`` says are done (see :class:`StopWhen`)."""
+    """Finishes the workers that ``when`` says are done (see :class:`StopWhen`).
+
+    ``added``: the checkpoints the event just applied recorded (its ``Changes``): an
+    evaluation there counts for ``when.value`` even if the mutator then moved its
+    worker on to a new generation (a copy, a ``WinnerTakeAllGenetic`` round).
+    """
     history = state.history
     active = [i for i, w in enumerate(state.workers) if w.status == ACTIVE]
     if not active:
@@ -731,10 +743,10 @@ def stop(
         over = now - start >= when.seconds
     if when.value is not None and not over:
         target = history.rank(when.value)
+        latest = [history.latest_evaluated(w.generation_id) for w in state.workers]
         over = any(
-            (c := history.latest_evaluated(w.generation_id)) is not None
-            and history.rank(c.value) <= target
-            for w in state.workers
+            c is not None and c.value is not None and history.rank(c.value) <= target
+            for c in (*added, *latest)
         )
     if over:
         changed = dict.fromkeys(active, FINISHED)
@@ -751,14 +763,26 @@ def stop(
 
 
 def expire(
-    state: PopulationState, now: float, key: np.ndarray, *, after_s: float, mutator: Mutator
+    state: PopulationState,
+    now: float,
+    key: np.ndarray,
+    *,
+    after_s: float,
+    mutator: Mutator,
+    seen: Mapping[int, float] | None = None,
 ) -> tuple[PopulationState, Changes | None]:
-    """Declares ``"gone"`` every active worker whose newest checkpoint (its last report,
-    or the start of the generation it was sent to) is more than ``after_s`` old."""
+    """Declares ``"gone"`` every active worker not heard from for more than ``after_s``
+    seconds: its newest checkpoint (its last report, or the start of the generation it
+    was sent to) and its last call (``seen``: worker id -> time, as the shell saw its
+    calls; a worker told to wait only asks) are both older than that."""
+    seen = {} if seen is None else seen
+    cutoff = now - after_s
     changed = {
         i: GONE
         for i, w in enumerate(state.workers)
-        if w.status == ACTIVE and state.history.latest(w.generation_id).time < now - after_s
+        if w.status == ACTIVE
+        and state.history.latest(w.generation_id).time < cutoff
+        and seen.get(i, -math.inf) < cutoff
     }
     return _set_status(state, changed, now, key, mutator)
 

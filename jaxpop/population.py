@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import operator
 import os
 import threading
 import time
@@ -153,10 +154,12 @@ class PopulationController:
       reconfigure: resume a ``log_dir`` whose run was started with a mutator of the
         same kind but another configuration (say, a new ``steps_per_exploit``); the
         new configuration is recorded from then on. Without it, that is refused.
-      gone_after_s: declare a worker ``"gone"`` when its newest checkpoint (its last
-        report, or the start of the generation it was sent to) is older than this many
-        seconds, checked at every call: the mutators stop waiting for it and never copy
-        it, until it reports again. ``None`` (default): never. See :meth:`finish`.
+      gone_after_s: declare a worker ``"gone"`` when it has not been heard from for this
+        many seconds: no call of its own (an ask or an eval) and no newer checkpoint (its
+        last report, or the start of the generation it was sent to), checked at every
+        call. The mutators stop waiting for it and never copy it, until it calls again. A
+        worker told to wait (``status == "waiting"``) stays alive by asking. ``None``
+        (default): never. See :meth:`finish`.
       stop_when: a :class:`jaxpop.StopWhen` (a target value, a step budget per worker,
         a time budget): checked after every call, it finishes the workers that are done
         (their next ask is answered with their assignment, status ``"finished"``);
@@ -211,6 +214,9 @@ class PopulationController:
             raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s
         self._stop_when = stop_when
+        # when each worker last called (kept in memory only: after a restart a worker is
+        # judged by its newest checkpoint until it calls again)
+        self._seen: dict[int, float] = {}
         if (mutator is None) == (mutate is None):
             raise TypeError(
                 "PopulationController takes one mutator: pass mutator= (or mutate=, the "
@@ -339,9 +345,13 @@ class PopulationController:
         ``meta_params`` is passed on to the mutator's ``ask`` hook, as the
         ask's would be.
         """
-        with self._lock:  # set_eval checks its arguments before anything is recorded
-            self.set_eval(worker_id, generation_id, step, params, value)
-            return self.maybe_get_worker_data(worker_id, generation_id, step, params, meta_params)
+        # one call: the eval and the ask are journaled together, all or nothing
+        value = core.as_value(value)  # (checked before anything is recorded)
+        reply = self._apply(
+            _eval(params, worker_id, generation_id, step, value),
+            _ask(params, meta_params, worker_id, generation_id, step),
+        )
+        return _copy_out(reply.worker)
 
     def report(
         self,
@@ -546,51 +556,86 @@ class PopulationController:
         """
         self._apply(Finish(worker_id))
 
-    def _apply(self, event: Event) -> core.Reply:
+    def _apply(self, *events: Event) -> core.Reply:
+        """Applies one call's ``events`` (an eval and the ask after it, say) with what
+        they bring about (silent workers declared gone before each, a stop after each),
+        then journals them in one append: the call is recorded whole or not at all.
+        Returns the last event's reply."""
+        replies, gone = [], []
         with self._lock:
             if self._store is not None:
                 self._store.check_open()
             state, now = self._state, self._clock()
             if type(now) is not float:
                 now = _as_time(now)
-            if self._gone_after_s is not None:
-                self._expire(state, now, self._gone_after_s)
-                state = self._state
-            new_state, reply = core.transition(
-                state, event, now, core.event_key(state), mutator=self._mutator
-            )
-            self._take(new_state, reply.changes)
-            if self._stop_when is not None and reply.changes is not None:
-                key = core.event_key(new_state)
-                self._take(
-                    *core.stop(new_state, now, key, when=self._stop_when, mutator=self._mutator)
+            pending: list[core.Changes] = []
+            for event in events:
+                i = _worker_index(event.worker_id, state.population_size)
+                if i is not None:  # a worker that calls is alive
+                    self._seen[i] = now
+                if self._gone_after_s is not None:
+                    state, changes = core.expire(
+                        state,
+                        now,
+                        core.event_key(state),
+                        after_s=self._gone_after_s,
+                        seen=self._seen,
+                        mutator=self._mutator,
+                    )
+                    if changes is not None:
+                        pending.append(changes)
+                        gone += [j for j, w in changes.workers if w.status == "gone"]
+                state, reply = core.transition(
+                    state, event, now, core.event_key(state), mutator=self._mutator
                 )
-        if reply.warning is not None:
-            logger.warning(reply.warning)
-        return reply
+                replies.append(reply)
+                if self._stop_when is not None and reply.changes is not None:
+                    pending.append(reply.changes)
+                    key = core.event_key(state)
+                    state, changes = core.stop(
+                        state,
+                        now,
+                        key,
+                        when=self._stop_when,
+                        mutator=self._mutator,
+                        added=reply.changes.checkpoints,
+                    )
+                    if changes is not None:
+                        pending.append(changes)
+                elif reply.changes is not None:
+                    pending.append(reply.changes)
+            self._take(state, pending)
+        if gone:
+            logger.warning(
+                "jaxpop: workers %s declared gone (not heard from for %ss)",
+                gone,
+                self._gone_after_s,
+            )
+        for reply in replies:
+            if reply.warning is not None:
+                logger.warning(reply.warning)
+        return replies[-1]
 
-    def _take(self, new_state: PopulationState, changes: core.Changes | None) -> None:
-        """Journals ``changes`` (if any), then makes ``new_state`` the state."""
-        if changes is None:
+    def _take(self, new_state: PopulationState, changes: list[core.Changes]) -> None:
+        """Journals ``changes`` (if any) in one append, then makes ``new_state`` the state."""
+        if not changes:
             return
         if self._store is not None:
-            self._store.write(changes)  # if this raises, nothing was journaled
+            self._store.write(*changes)  # if this raises, nothing was journaled
         self._state = new_state  # taken before compacting: an interrupt there keeps it
         if self._store is not None:
             self._store.compact_if_due(new_state)
 
-    def _expire(self, state: PopulationState, now: float, after_s: float) -> None:
-        """Declares silent workers gone, as an event of its own (journaled first)."""
-        new_state, changes = core.expire(
-            state, now, core.event_key(state), after_s=after_s, mutator=self._mutator
-        )
-        if changes is None:
-            return
-        self._take(new_state, changes)
-        gone = [i for i, w in changes.workers if w.status == "gone"]
-        logger.warning(
-            "jaxpop: workers %s declared gone (no report for %ss)", gone, self._gone_after_s
-        )
+
+def _worker_index(worker_id: Any, population_size: int) -> int | None:
+    """``worker_id`` as a worker's index, ``None`` if it names none (the core says why)."""
+    if isinstance(worker_id, bool):
+        return None
+    try:
+        i = operator.index(worker_id)
+    except TypeError:
+        return None
+    return i if 0 <= i < population_size else None
 
 
 def _warn_report_renamed() -> None:

@@ -92,10 +92,10 @@ class ActiveWorker:
     ``generation_id`` and continues counting from ``step``.
 
     ``status`` is ``"active"``, ``"finished"`` (the worker said it is done:
-    ``controller.finish``) or ``"gone"`` (it has not reported for the controller's
-    ``gone_after_s``). Mutators leave finished and gone workers out: they are never
-    copied and never waited for; their checkpoints stay in the history. A report from
-    such a worker makes it active again.
+    ``controller.finish``) or ``"gone"`` (it has not been heard from, by a report or an
+    ask, for the controller's ``gone_after_s``). Mutators leave finished and gone
+    workers out: they are never copied and never waited for; their checkpoints stay in
+    the history. A report from such a worker makes it active again.
     """
 
     params: Params

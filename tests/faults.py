@@ -88,6 +88,6 @@ class FaultyOS:
         self._maybe_fail("ftruncate")
         os.ftruncate(fd, length)
 
-    def replace(self, src: Any, dst: Any) -> None:
+    def replace(self, src: Any, dst: Any, **kw: Any) -> None:
         self._maybe_fail("replace")
-        os.replace(src, dst)
+        os.replace(src, dst, **kw)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeClock, assert_is_a_controller, noop_mutator
-from jaxpop import ActiveWorker, Checkpoint, History, PopulationController
+from jaxpop import ActiveWorker, Checkpoint, History, PopulationController, core
 from jaxpop import population as pop_mod
 from jaxpop.mutators import WinnerTakeAllGenetic
 
@@ -292,6 +292,64 @@ def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, c
             StopWhen(**bad)
     with pytest.raises(TypeError, match="stop_when"):
         PopulationController([{"h": 0.0}], noop_mutator(), stop_when={"step": 3})
+
+
+def test_a_target_reached_by_the_report_that_ends_a_round_stops_the_run():
+    """The report that completes a WinnerTakeAllGenetic round moves every worker to a
+    new generation (with no evaluation yet): the target it reached still ends the run."""
+    from jaxpop import StopWhen
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    pop = PopulationController([{"h": 0.0}, {"h": 1.0}], m, stop_when=StopWhen(value=0.1))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "a", 1.0)
+    pop.set_eval(1, gens[1], 10, "b", 0.05)  # the target, and the round
+    assert pop.decision_counts.decisions == 2  # (a round decides for every worker)
+    assert all(w.generation_id not in gens for w in pop.active_workers)  # all moved on
+    assert pop.done and [w.status for w in pop.active_workers] == ["finished"] * 2
+
+
+def test_a_worker_that_keeps_asking_is_not_declared_gone(clock):
+    """A worker is gone when it has not been heard from, by a report or an ask: one told
+    to wait (a synchronous round with ``hold=True``) only asks, and stays alive, so the
+    round it waits for is decided with it."""
+    from jaxpop.mutators import PopulationBasedTraining, explore
+
+    m = PopulationBasedTraining(
+        perturbation_interval=10,
+        hyperparam_space={"h": explore.uniform(0.0, 2.0)},
+        synch=True,
+        hold=True,
+        quantile_fraction=0.34,
+    )
+    pop = PopulationController([{"h": 0.5 * i} for i in range(3)], m, clock=clock, gone_after_s=5.0)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(1)
+    pop.set_eval(0, gens[0], 10, "w0", 0.9)  # the worst
+    pop.set_eval(1, gens[1], 10, "w1", 0.1)  # the best
+    for t in range(8):  # workers 0 and 1 wait (asking every second); worker 2 trains
+        clock.advance(1)
+        for i in (0, 1):
+            told = pop.maybe_get_worker_data(i, gens[i], 10, f"w{i}", None)
+            assert told is not None and told.status == "waiting"
+        if t % 3 == 2:
+            pop.set_eval(2, gens[2], 3 * (t + 1) // 3, "w2", 0.5)
+    assert [w.status for w in pop.active_workers] == ["active"] * 3
+    pop.set_eval(2, gens[2], 10, "w2", 0.5)  # the round, with all three
+    assert pop.decision_counts == (3, 1)
+    assert pop.history.branch_point(pop.active_workers[0].generation_id) == (gens[1], 10)
+    # the pure function: a worker seen calling within after_s stays, however old its
+    # newest checkpoint; the others go
+    state = pop.state
+    t = clock() + 100.0
+    gone, changes = core.expire(
+        state, t, core.event_key(state), after_s=5.0, mutator=m, seen={0: t - 4.0}
+    )
+    assert changes is not None and [w.status for w in gone.workers] == ["active", "gone", "gone"]
+    clock.advance(6)  # now silent for 6 s: gone at the next call
+    pop.set_eval(1, pop.active_workers[1].generation_id, 20, "w1", 0.1)
+    assert [w.status for w in pop.active_workers] == ["gone", "active", "gone"]
 
 
 def test_a_gone_worker_that_asks_is_active_again(clock):

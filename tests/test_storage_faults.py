@@ -1008,6 +1008,29 @@ def test_a_torn_record_whose_params_hold_a_framed_encoding_is_still_a_torn_tail(
     assert state.history.get_checkpoint(data.generation_id, 100) is None
 
 
+@pytest.mark.parametrize("damaged", [3, -1])
+def test_a_damaged_length_is_corruption_even_with_a_torn_record_after_it(tmp_path, damaged):
+    """A flipped bit in a record's length makes it "run past the end of the file", as a
+    torn write would. Its checksum still matches its bytes up to the next record (or,
+    for the last record, to the end of the file): it was written whole, so the intact
+    records after it are not dropped as a torn tail, even when the last one is torn."""
+    pop = _open(tmp_path, compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 8)
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    offsets, _ = _frame_offsets(path)
+    data = bytearray(open(path, "rb").read())
+    data[offsets[damaged] + 3] ^= 0x40  # bit rot in the length field's high byte
+    if damaged != -1:
+        data = data[:-5]  # and the last record torn (the machine crashed)
+    open(path, "wb").write(bytes(data))
+    for read in (_loaded, storage.read_state):
+        with pytest.raises(storage.CorruptLogError, match="runs past the end"):
+            read(tmp_path)
+    assert open(path, "rb").read() == bytes(data)  # nothing was cut
+
+
 def test_a_journal_segment_from_another_run_is_refused(tmp_path):
     drivers = {}
     for name in ("a", "b"):  # two runs made the same way: same seed, same mutator
@@ -1142,3 +1165,109 @@ def test_a_file_system_that_cannot_lock_directories_locks_the_lock_file(tmp_path
     driver.run(newer, 2)
     newer.close()
     driver.check(storage.read_state(tmp_path))
+
+
+# -- the directory a controller locked is the one it writes --------------------------
+def test_a_relative_log_dir_stays_where_it_was_opened_when_the_process_moves(tmp_path, monkeypatch):
+    """A notebook's ``%cd`` after opening ``"runs/x"``: compactions still write (and
+    delete) in the directory that was locked, never in a same-named one elsewhere."""
+    (tmp_path / "a").mkdir()
+    other = tmp_path / "b" / "runs" / "x"
+    first = _open(other)  # another, finished run at b/runs/x
+    Driver().run(first, 3)
+    first.close()
+    before = {name: (other / name).read_bytes() for name in os.listdir(other) if name != "lock"}
+    monkeypatch.chdir(tmp_path / "a")
+    pop = _open("runs/x", compact_after=2)
+    driver = Driver()
+    driver.run(pop, 2)
+    monkeypatch.chdir(tmp_path / "b")
+    driver.run(pop, 10)  # several compactions after the move
+    pop.close()
+    assert {n: (other / n).read_bytes() for n in os.listdir(other) if n != "lock"} == before
+    driver.check(storage.read_state(tmp_path / "a" / "runs" / "x"))
+
+
+def test_a_log_dir_deleted_and_made_again_under_a_live_controller_is_not_written(tmp_path):
+    """The folder of a live controller deleted and a new run started at the same path:
+    the old controller refuses to write (it would write into a deleted directory, or
+    snapshot into and delete the new run's files), the new run is intact."""
+    old = _open(tmp_path / "run", compact_after=3)
+    Driver().run(old, 3)
+    old._store.wait()  # (its snapshot written: nothing of it in flight as the folder goes)
+    shutil.rmtree(tmp_path / "run")
+    new = _open(tmp_path / "run", compact_after=2)  # another directory: no lock conflict
+    driver = Driver()
+    driver.run(new, 5)
+    for call in (lambda: Driver().run(old, 1), lambda: old.finish(0)):
+        with pytest.raises(storage.LogDirReplacedError, match="replaced by another directory"):
+            call()  # every call, not only the first
+    old.close()
+    driver.run(new, 5)
+    new.close()
+    driver.check(storage.read_state(tmp_path / "run"))
+    # the same when the folder is only deleted
+    gone = _open(tmp_path / "gone")
+    shutil.rmtree(tmp_path / "gone")
+    with pytest.raises(storage.LogDirReplacedError, match="deleted"):
+        Driver().run(gone, 1)
+    gone.close()
+
+
+def test_a_store_dropped_without_close_lets_the_next_one_in(tmp_path):
+    s = storage.Store(str(tmp_path))
+    s.start(_open(tmp_path / "other").state)
+    del s  # never closed: its descriptors (and its lock) go with it
+    s = storage.Store(str(tmp_path))
+    assert s.load() is not None
+    s.close()
+
+
+def test_a_write_that_takes_no_bytes_fails_the_call_instead_of_spinning(tmp_path, monkeypatch):
+    pop = _open(tmp_path)
+    driver = Driver()
+    driver.run(pop, 3)
+    state = pop.state
+
+    class NoRoom(FaultyOS):
+        def write(self, fd, data):
+            return 0  # as some network and FUSE file systems say "full"
+
+    monkeypatch.setattr(store, "os", NoRoom())
+    with pytest.raises(storage.JournalWriteError, match="accepted no bytes"):
+        driver.run(pop, 1)
+    assert pop.state is state
+    monkeypatch.setattr(store, "os", os)
+    driver.run(pop, 2)
+    pop.close()
+    driver.check(storage.read_state(tmp_path))
+
+
+# -- one call, one append ------------------------------------------------------------------
+def test_the_events_of_one_call_are_journaled_all_or_none(tmp_path, faulty):
+    """An eval that meets the target of ``stop_when`` makes two events (the eval, the
+    stop), and a call after a silence three (workers declared gone first): a full disk
+    fails the call whole -- nothing of it in memory or in the files -- and the call made
+    again later records all of them."""
+    from jaxpop import StopWhen
+
+    clock = FakeClock()
+    pop = _open(tmp_path, stop_when=StopWhen(value=0.01), gone_after_s=60.0, clock=clock)
+    driver = Driver()
+    driver.run(pop, 4)
+    (path,) = _files(tmp_path, "journal-")
+    size, state = os.path.getsize(path), pop.state
+    clock.advance(100)  # worker 1 silent: the next call declares it gone first
+    gen = pop.active_workers[0].generation_id
+    faulty.space = 40  # room for part of the first record only
+    with pytest.raises(storage.JournalWriteError, match=r"events \d+-\d+ .* not recorded"):
+        pop.set_eval(0, gen, 100, "best", 0.0)  # gone, eval, stop: three events
+    assert pop.state is state and os.path.getsize(path) == size
+    faulty.heal()
+    pop.set_eval(0, gen, 100, "best", 0.0)
+    assert [w.status for w in pop.active_workers] == ["finished", "gone"] and pop.done
+    assert pop.state.num_events == state.num_events + 3
+    pop.close()
+    with PopulationController([{"h": 1.0}, {"h": 2.0}], pop._mutator, tmp_path, 3) as again:
+        assert again.state.num_events == state.num_events + 3
+        assert again.history.get_checkpoint(gen, 100).params == "best"

@@ -81,23 +81,39 @@ def _check(data: bytes, offset: int) -> tuple[int, str | None]:
 
 
 def _good_frame_after(data: bytes, offset: int) -> bool:
-    """Whether good frames follow ``offset``: a chain of them, from some later position
-    to the end of the file (or to zero bytes only).
+    """Whether the bad frame at ``offset`` is followed by what a torn write cannot leave
+    behind: good frames, found either way below.
 
-    A chain, not one frame: a torn record's own payload may hold bytes that look like a
-    frame (parameters that contain a jaxpop encoding), but the rest of that payload does
-    not go on as frames to the end. Candidates are found by the encoding header every
-    payload starts with, so this is a fast scan; if a hostile file makes it check more
-    than a few times its size, it gives up and answers ``True`` (report corruption
-    rather than drop data).
+    * A chain of good frames from some later position to the end of the file (or to
+      zero bytes only). A chain, not one frame: a torn record's own payload may hold
+      bytes that look like a frame (parameters that contain a jaxpop encoding), but the
+      rest of that payload does not go on as frames to the end.
+    * The bad frame's own checksum matching its bytes up to a later good frame or to the
+      end of the file: that record was written whole and only its length field is
+      damaged (the records after it may end in a torn write of their own). A torn
+      record's checksum is that of bytes never written in full, so its prefix matches
+      it only by a 1-in-2**32 chance.
+
+    Candidates are found by the encoding header every payload starts with, so this is a
+    fast scan; if a hostile file makes it check more than a few times its size, it gives
+    up and answers ``True`` (report corruption rather than drop data).
     """
     budget = 8 * len(data) + (1 << 20)
-    position = offset + _HEADER.size + 1
+    payload = offset + _HEADER.size
+    # the damaged frame's checksum, if it has a header and a payload that starts as one
+    whole = len(data) > payload and data.startswith(_PAYLOAD_START, payload)
+    crc = _HEADER.unpack_from(data, offset)[1] if whole else 0
+    running, done = 0, payload  # the CRC-32 of data[payload:done]
+    position = payload + 1
     while (found := data.find(_PAYLOAD_START, position)) != -1:
         start = found - _HEADER.size
         position = found + 1
         if start <= offset:
             continue
+        if whole and start > payload:  # does the damaged frame end here, whole?
+            running, done = zlib.crc32(data[done:start], running), start
+            if running == crc and _check(data, start)[1] is None:
+                return True
         while start < len(data):  # follow the chain from this candidate
             end, bad = _check(data, start)
             budget -= min(end, len(data)) - start
@@ -108,6 +124,10 @@ def _good_frame_after(data: bytes, offset: int) -> bool:
             start = end
         if start >= len(data) or not any(data[start:]):
             return True
+    if whole:  # the last record, whole, with a damaged length (zeros may follow it)
+        running = zlib.crc32(data[done:], running)
+        content = len(data.rstrip(b"\0"))
+        return running == crc or (payload < content and zlib.crc32(data[payload:content]) == crc)
     return False
 
 

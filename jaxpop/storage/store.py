@@ -43,6 +43,7 @@ __all__ = [
     "Durability",
     "JournalWriteError",
     "LogDirInUseError",
+    "LogDirReplacedError",
     "RunMismatchError",
     "Store",
     "SupersededError",
@@ -75,12 +76,46 @@ class SupersededError(RuntimeError):
     """A newer controller in this process took over this controller's ``log_dir``."""
 
 
+class LogDirReplacedError(RuntimeError):
+    """The ``log_dir`` was deleted, moved or replaced while its controller held it.
+
+    The controller no longer writes there (it would write into another run's files or
+    into a deleted directory): the call that found it out was not recorded, and so is
+    every later one.
+    """
+
+
 class JournalWriteError(OSError):
     """A state-changing call could not be journaled (disk full, I/O error, ...).
 
     Nothing of that call was recorded: the journal ends at its last complete record and
     the controller's state is unchanged. ``errno`` is the failing write's.
     """
+
+
+class _Directory(NamedTuple):
+    """The directory a :class:`Store` locked: every file it writes, renames or deletes
+    is named relative to ``fd``, an open descriptor of that directory, so it lands there
+    even if the process changes its working directory or the path is replaced."""
+
+    path: str  # for messages, and to find out whether the path still names it
+    fd: int
+    key: tuple[int, int]  # (device, inode)
+
+    def check(self) -> None:
+        """Raises :class:`LogDirReplacedError` unless ``path`` still names it."""
+        try:
+            stat = os.stat(self.path)
+            found: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            found = None
+        if found != self.key:
+            what = "deleted" if found is None else "replaced by another directory"
+            raise LogDirReplacedError(
+                f"{self.path} was {what} while this controller held it; this controller "
+                "no longer writes there, and this call was not recorded. Close it; a new "
+                "controller on that path starts from what the path holds now"
+            )
 
 
 def _snapshot_name(seq: int) -> str:
@@ -102,16 +137,10 @@ def _header(kind: str, seq: int, run_id: str | None, **fields: Any) -> bytes:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
-
-
-def _fsync_path(path: str) -> None:
-    """fsync a file or a directory (a directory: its entries) by its path."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        written = os.write(fd, view)
+        if written <= 0:  # (a file system that cannot take more, saying so with 0)
+            raise OSError(errno.ENOSPC, "the file system accepted no bytes of a write")
+        view = view[written:]
 
 
 def _decode(path: str, record: Frame) -> Any:
@@ -181,7 +210,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _write_snapshot(
-    log_dir: str,
+    directory: _Directory,
     seq: int,
     state: PopulationState,
     run: Mapping[str, Any] | None,
@@ -190,29 +219,34 @@ def _write_snapshot(
     """Writes ``snapshot-{seq}`` atomically, then deletes what it makes obsolete.
 
     If anything fails, the temporary file is removed and no other file is touched.
+    Raises :class:`LogDirReplacedError` (before deleting anything) if the directory's
+    path no longer names it.
     """
     with _gc_paused():
         header = _header("snapshot", seq, run_id, run=None if run is None else dict(run))
         data = header + frame(encoding.encode(state_to_plain(state)))
-    final = os.path.join(log_dir, _snapshot_name(seq))
+    final = _snapshot_name(seq)
     tmp = final + ".tmp"
+    directory.check()
+    at = directory.fd
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=at)
         try:
             _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, final)
+        os.replace(tmp, final, src_dir_fd=at, dst_dir_fd=at)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.remove(tmp)
+            os.remove(tmp, dir_fd=at)
         raise
-    _fsync_path(log_dir)
-    for name in os.listdir(log_dir):
+    os.fsync(at)
+    directory.check()
+    for name in os.listdir(at):
         match = _SNAPSHOT_RE.fullmatch(name) or _JOURNAL_RE.fullmatch(name)
         if match and int(match.group(1)) < seq:
-            os.remove(os.path.join(log_dir, name))
+            os.remove(name, dir_fd=at)
 
 
 class _Repair(NamedTuple):
@@ -437,7 +471,8 @@ class Store:
             raise ValueError(f"compact_after must be at least 1, got {compact_after}")
         if run is not None and not run_lib.is_description(run):
             raise TypeError(f"run must be a run description, got {run!r:.100}")
-        self.log_dir = os.fspath(log_dir)
+        # absolute: a relative path would follow the process's working directory
+        self.log_dir = os.path.abspath(os.fspath(log_dir))
         self.durability = durability
         self.compact_after = compact_after
         self._run = None if run is None else dict(run)
@@ -459,17 +494,32 @@ class Store:
         self._compaction_failing = False
         self.snapshot_error: BaseException | None = None
         os.makedirs(self.log_dir, exist_ok=True)
-        stat = os.stat(self.log_dir)
+        self._lock_fd: int | None = None
+        dir_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
+        stat = os.fstat(dir_fd)
         self._key = (stat.st_dev, stat.st_ino)
-        with _open_stores_lock:
-            ref = _open_stores.get(self._key)
-            older = ref() if ref is not None else None
-            if older is not None and not older.closed:
-                if self._run is not None:  # a refused newcomer must not stop the live one
-                    self._check_resume(_load_live(self.log_dir, attempts=5))
-                older._supersede()
-            self._lock_fd: int | None = self._acquire_lock()
-            _open_stores[self._key] = weakref.ref(self)
+        self._dir: _Directory | None = _Directory(self.log_dir, dir_fd, self._key)
+        try:
+            with _open_stores_lock:
+                ref = _open_stores.get(self._key)
+                older = ref() if ref is not None else None
+                if older is not None and not older.closed:
+                    if self._run is not None:  # a refused newcomer must not stop the live one
+                        self._check_resume(_load_live(self.log_dir, attempts=5))
+                    older._supersede()
+                self._lock_fd = self._acquire_lock()
+                _open_stores[self._key] = weakref.ref(self)
+        except BaseException:
+            self._dir = None
+            os.close(dir_fd)
+            raise
+
+    def __del__(self) -> None:
+        # a Store dropped without close(): its descriptors (and with them its lock) go
+        # with it, so a later Store of this process can take the log_dir
+        if getattr(self, "_lock_fd", None) is not None and not self._forked:
+            with contextlib.suppress(Exception):
+                self._release()
 
     def _acquire_lock(self) -> int:
         """Locks the directory itself (an ``flock`` on its descriptor; deleting or
@@ -495,9 +545,12 @@ class Store:
                     holder = f.read().strip() or "unknown"
             except OSError:
                 holder = "unknown"
+            who = f"another live jaxpop controller (pid {holder})"
+            if holder == str(os.getpid()):
+                who = f"another jaxpop controller of this process (pid {holder}) not closed"
             raise LogDirInUseError(
-                f"{self.log_dir} is in use by another live jaxpop controller (pid {holder}); "
-                "close() it first, or give this controller another log_dir"
+                f"{self.log_dir} is in use by {who}; close() it first, or give this "
+                "controller another log_dir"
             ) from None
         try:
             with open(os.path.join(self.log_dir, "lock"), "w") as f:
@@ -506,6 +559,20 @@ class Store:
             os.close(fd)
             raise
         return fd
+
+    @property
+    def _directory(self) -> _Directory:
+        """The locked directory (only while open: ``check_open`` comes first)."""
+        assert self._dir is not None
+        return self._dir
+
+    def _holds(self, name: str) -> bool:
+        """Whether the locked directory holds a file ``name``."""
+        try:
+            os.stat(name, dir_fd=self._directory.fd)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _check_resume(self, loaded: _Loaded | None) -> bool:
         """Whether the run must be recorded anew; raises if it cannot be resumed as ``run``."""
@@ -553,12 +620,12 @@ class Store:
             self._run_id = (loaded and loaded.run_id) or uuid.uuid4().hex
             if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
                 self._run = self._run or {"population_size": state.population_size, "mutator": None}
-                _write_snapshot(self.log_dir, 0, state, self._run, self._run_id)
+                _write_snapshot(self._directory, 0, state, self._run, self._run_id)
                 try:
                     self._open_segment(0)
                 except BaseException:
                     with contextlib.suppress(OSError):
-                        os.remove(os.path.join(self.log_dir, _snapshot_name(0)))
+                        os.remove(_snapshot_name(0), dir_fd=self._directory.fd)
                     raise
                 self._snapshot_size = state.history.num_checkpoints
                 return
@@ -572,14 +639,19 @@ class Store:
                 }
             )
             self._records, self._snapshot_size = loaded.records, loaded.snapshot_size
-            previous = os.path.join(self.log_dir, _journal_name(loaded.next_segment - 1))
-            if os.path.exists(previous):  # what went before reaches the disk before what follows
-                _fsync_path(previous)
+            previous = _journal_name(loaded.next_segment - 1)
+            with contextlib.suppress(FileNotFoundError):  # (none: nothing went before)
+                # what went before reaches the disk before what follows
+                fd = os.open(previous, os.O_RDONLY, dir_fd=self._directory.fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             self._open_segment(loaded.next_segment)
             if record:  # what the run continues as, before anything is appended
                 try:
                     _write_snapshot(
-                        self.log_dir, loaded.next_segment, state, self._run, self._run_id
+                        self._directory, loaded.next_segment, state, self._run, self._run_id
                     )
                 except BaseException:
                     self._abandon_segment()
@@ -594,18 +666,21 @@ class Store:
         """
         if self._fd is not None:
             os.fdatasync(self._fd)
-        path = os.path.join(self.log_dir, _journal_name(seq))
+        directory = self._directory
+        directory.check()
+        name = _journal_name(seq)
         header = _header("journal", seq, self._run_id, first_event=self._num_events)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        fd = os.open(name, flags, 0o644, dir_fd=directory.fd)
         try:
             _write_all(fd, header)
             if self.durability == "fsync":
                 os.fsync(fd)
-                _fsync_path(self.log_dir)
+                os.fsync(directory.fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
-                os.remove(path)
+                os.remove(name, dir_fd=directory.fd)
             raise
         old, self._fd = self._fd, fd
         self._segment, self._size = seq, len(header)
@@ -620,7 +695,7 @@ class Store:
         with contextlib.suppress(OSError):
             os.close(fd)
         with contextlib.suppress(OSError):
-            os.remove(os.path.join(self.log_dir, _journal_name(self._segment)))
+            os.remove(_journal_name(self._segment), dir_fd=self._directory.fd)
         self._segment = None
 
     def check_open(self, *, started: bool = True) -> None:
@@ -655,8 +730,12 @@ class Store:
         self.write(changes)
         self.compact_if_due(state)
 
-    def write(self, changes: Changes) -> None:
+    def write(self, *changes: Changes) -> None:
         """Journals ``changes`` before returning; if it raises, nothing was journaled.
+
+        Several changes (the consecutive events of one call: a worker declared gone, the
+        call's own event, the stop it triggers) are written as one append: they are
+        journaled all or none.
 
         Raises:
           TypeError: the changes cannot be encoded (nothing is written).
@@ -667,7 +746,9 @@ class Store:
           RuntimeError: ``changes`` is not the event after the last one journaled (the
             caller lost track of what was journaled: reopen the ``log_dir``).
         """
-        record = frame(encoding.encode(changes))
+        if not changes:
+            raise TypeError("write() needs at least one Changes")
+        record = b"".join([frame(encoding.encode(c)) for c in changes])
         with self._io_lock:
             self.check_open()
             if self._broken is not None:
@@ -678,15 +759,17 @@ class Store:
                     "create a new one on the same log_dir (it drops the incomplete record "
                     "and resumes with every acknowledged call)",
                 )
-            if changes.num_events != self._num_events + 1:
-                raise RuntimeError(
-                    f"{self.log_dir}: event {changes.num_events - 1} cannot follow event "
-                    f"{self._num_events - 1} in the journal; the journal holds events its "
-                    "writer did not take (was a call interrupted?): reopen the log_dir"
-                )
-            self._write_record(record, changes.num_events)
-            self._num_events = changes.num_events
-            self._records += 1
+            self._directory.check()
+            for before, c in enumerate(changes, start=self._num_events):
+                if c.num_events != before + 1:
+                    raise RuntimeError(
+                        f"{self.log_dir}: event {c.num_events - 1} cannot follow event "
+                        f"{before - 1} in the journal; the journal holds events its writer "
+                        "did not take (was a call interrupted?): reopen the log_dir"
+                    )
+            self._write_record(record, changes[0].num_events, changes[-1].num_events)
+            self._num_events = changes[-1].num_events
+            self._records += len(changes)
 
     def compact_if_due(self, state: PopulationState) -> None:
         """Starts a compaction (new segment, background snapshot of ``state``) if due.
@@ -718,11 +801,12 @@ class Store:
             self.wait()  # a background snapshot of an older segment finishes first
             assert self._segment is not None  # check_open: started
             seq = self._segment + 1
-            final = os.path.join(self.log_dir, _snapshot_name(seq))
             try:
-                _write_snapshot(self.log_dir, seq, state, self._run, self._run_id)
+                _write_snapshot(self._directory, seq, state, self._run, self._run_id)
+            except LogDirReplacedError:
+                raise
             except BaseException:
-                if not os.path.exists(final):
+                if not self._holds(_snapshot_name(seq)):
                     raise
                 # in place; only removing the files it made obsolete failed: harmless
                 logger.exception("jaxpop: cleaning up %s after a snapshot failed", self.log_dir)
@@ -737,7 +821,8 @@ class Store:
             self._records, self._snapshot_size = 0, state.history.num_checkpoints
             self._broken = None  # whatever an undone write left is in an obsolete segment
 
-    def _write_record(self, record: bytes, event: int) -> None:
+    def _write_record(self, record: bytes, first: int, last: int) -> None:
+        """Appends ``record``, the frames of events ``first - 1 .. last - 1``."""
         start, fd = self._size, self._fd
         assert fd is not None and self._segment is not None  # check_open: started
         try:
@@ -748,15 +833,16 @@ class Store:
             undone = self._undo(start)
             reason = getattr(e, "strerror", None) or repr(e)
             path = os.path.join(self.log_dir, _journal_name(self._segment))
+            events = f"event {last - 1}" if first == last else f"events {first - 1}-{last - 1}"
             error = JournalWriteError(
                 getattr(e, "errno", None) or errno.EIO,
-                f"could not journal event {event - 1} ({reason}); the controller's state is "
+                f"could not journal {events} ({reason}); the controller's state is "
                 + (
-                    "unchanged and the event was not recorded"
+                    "unchanged and the call was not recorded"
                     if undone
-                    else "unchanged, but its record could not be cut off the journal either: "
-                    "when the log_dir is reopened the event is dropped if its record is "
-                    "incomplete, or replayed if it was written whole"
+                    else "unchanged, but its records could not be cut off the journal either: "
+                    "when the log_dir is reopened an incomplete record is dropped, and "
+                    "records written whole are replayed"
                 ),
                 path,
             )
@@ -820,7 +906,7 @@ class Store:
         self, seq: int, state: PopulationState, run: Mapping[str, Any] | None, run_id: str | None
     ) -> None:
         try:
-            _write_snapshot(self.log_dir, seq, state, run, run_id)
+            _write_snapshot(self._directory, seq, state, run, run_id)
         except BaseException as e:  # the journal still holds everything: log, go on
             self.snapshot_error = e
             logger.exception("jaxpop: writing snapshot %d in %s failed", seq, self.log_dir)
@@ -846,6 +932,9 @@ class Store:
                     os.close(fd)
             finally:
                 lock_fd, self._lock_fd = self._lock_fd, None
+                directory, self._dir = self._dir, None
+                if directory is not None:
+                    os.close(directory.fd)
                 if lock_fd is not None:
                     os.close(lock_fd)  # releases the flock
 
@@ -877,11 +966,11 @@ class Store:
         self._forked = True
         self._io_lock = threading.Lock()  # it may have been held by a thread at fork time
         self._snapshot_thread = None
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._lock_fd, None if self._dir is None else self._dir.fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._fd = self._lock_fd = None
+        self._fd = self._lock_fd = self._dir = None
 
 
 def _after_fork_in_child() -> None:
