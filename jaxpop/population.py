@@ -570,10 +570,10 @@ class PopulationController:
                 now = _as_time(now)
             pending: list[core.Changes] = []
             for event in events:
-                i = _worker_index(event.worker_id, state.population_size)
-                if i is not None:  # a worker that calls is alive
-                    self._seen[i] = now
                 if self._gone_after_s is not None:
+                    i = _worker_index(event.worker_id, state.population_size)
+                    if i is not None:  # a worker that calls is alive
+                        self._seen[i] = now
                     state, changes = core.expire(
                         state,
                         now,
@@ -589,21 +589,20 @@ class PopulationController:
                     state, event, now, core.event_key(state), mutator=self._mutator
                 )
                 replies.append(reply)
-                if self._stop_when is not None and reply.changes is not None:
-                    pending.append(reply.changes)
-                    key = core.event_key(state)
+                if reply.changes is None:
+                    continue
+                pending.append(reply.changes)
+                if self._stop_when is not None:
                     state, changes = core.stop(
                         state,
                         now,
-                        key,
+                        core.event_key(state),
                         when=self._stop_when,
                         mutator=self._mutator,
                         added=reply.changes.checkpoints,
                     )
                     if changes is not None:
                         pending.append(changes)
-                elif reply.changes is not None:
-                    pending.append(reply.changes)
             self._take(state, pending)
         if gone:
             logger.warning(

@@ -1190,8 +1190,9 @@ def test_a_relative_log_dir_stays_where_it_was_opened_when_the_process_moves(tmp
 
 def test_a_log_dir_deleted_and_made_again_under_a_live_controller_is_not_written(tmp_path):
     """The folder of a live controller deleted and a new run started at the same path:
-    the old controller refuses to write (it would write into a deleted directory, or
-    snapshot into and delete the new run's files), the new run is intact."""
+    the old controller refuses to write (what it wrote would be lost with the deleted
+    folder) and never touches the new run's files; a folder moved away goes on where it
+    is."""
     old = _open(tmp_path / "run", compact_after=3)
     Driver().run(old, 3)
     old._store.wait()  # (its snapshot written: nothing of it in flight as the folder goes)
@@ -1200,18 +1201,21 @@ def test_a_log_dir_deleted_and_made_again_under_a_live_controller_is_not_written
     driver = Driver()
     driver.run(new, 5)
     for call in (lambda: Driver().run(old, 1), lambda: old.finish(0)):
-        with pytest.raises(storage.LogDirReplacedError, match="replaced by another directory"):
+        with pytest.raises(storage.LogDirDeletedError, match="was deleted"):
             call()  # every call, not only the first
     old.close()
     driver.run(new, 5)
     new.close()
     driver.check(storage.read_state(tmp_path / "run"))
-    # the same when the folder is only deleted
-    gone = _open(tmp_path / "gone")
-    shutil.rmtree(tmp_path / "gone")
-    with pytest.raises(storage.LogDirReplacedError, match="deleted"):
-        Driver().run(gone, 1)
-    gone.close()
+    # moved: the run goes on in the directory it locked, at its new path
+    moved = _open(tmp_path / "moved", compact_after=2)
+    driver = Driver()
+    driver.run(moved, 3)
+    os.rename(tmp_path / "moved", tmp_path / "elsewhere")
+    driver.run(moved, 6)  # compactions included
+    moved.close()
+    driver.check(storage.read_state(tmp_path / "elsewhere"))
+    assert not (tmp_path / "moved").exists()
 
 
 def test_a_store_dropped_without_close_lets_the_next_one_in(tmp_path):

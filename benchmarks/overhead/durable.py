@@ -104,10 +104,15 @@ def time_snapshot(state, scratch: str, repeats: int) -> tuple[float, int]:
     best, size = math.inf, 0
     for r in range(repeats):
         os.makedirs(scratch, exist_ok=True)
-        gc.collect()
-        t0 = time.perf_counter()
-        storage.store._write_snapshot(scratch, r, state, None)  # what the background thread runs
-        best = min(best, time.perf_counter() - t0)
+        fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)  # the directory a Store locks
+        try:
+            directory = storage.store._Directory(scratch, fd)
+            gc.collect()
+            t0 = time.perf_counter()
+            storage.store._write_snapshot(directory, r, state, None)  # the background thread's
+            best = min(best, time.perf_counter() - t0)
+        finally:
+            os.close(fd)
         size = os.path.getsize(os.path.join(scratch, f"snapshot-{r:08d}.jpsnap"))
         shutil.rmtree(scratch)
         if best > 0.2:  # large: one is enough

@@ -43,7 +43,7 @@ __all__ = [
     "Durability",
     "JournalWriteError",
     "LogDirInUseError",
-    "LogDirReplacedError",
+    "LogDirDeletedError",
     "RunMismatchError",
     "Store",
     "SupersededError",
@@ -76,13 +76,11 @@ class SupersededError(RuntimeError):
     """A newer controller in this process took over this controller's ``log_dir``."""
 
 
-class LogDirReplacedError(RuntimeError):
-    """The ``log_dir`` was deleted, moved or replaced while its controller held it.
-
-    The controller no longer writes there (it would write into another run's files or
-    into a deleted directory): the call that found it out was not recorded, and so is
-    every later one.
-    """
+class LogDirDeletedError(RuntimeError):
+    """The ``log_dir`` (or its open journal segment) was deleted while its controller
+    held it: what the controller would write there is lost with it, so it writes
+    nothing more; the call that found it out was not recorded, and neither is any later
+    one."""
 
 
 class JournalWriteError(OSError):
@@ -96,26 +94,24 @@ class JournalWriteError(OSError):
 class _Directory(NamedTuple):
     """The directory a :class:`Store` locked: every file it writes, renames or deletes
     is named relative to ``fd``, an open descriptor of that directory, so it lands there
-    even if the process changes its working directory or the path is replaced."""
+    even if the process changes its working directory, or the directory is moved, or
+    another one is made at its path."""
 
-    path: str  # for messages, and to find out whether the path still names it
+    path: str  # (for messages)
     fd: int
-    key: tuple[int, int]  # (device, inode)
 
     def check(self) -> None:
-        """Raises :class:`LogDirReplacedError` unless ``path`` still names it."""
-        try:
-            stat = os.stat(self.path)
-            found: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
-        except FileNotFoundError:
-            found = None
-        if found != self.key:
-            what = "deleted" if found is None else "replaced by another directory"
-            raise LogDirReplacedError(
-                f"{self.path} was {what} while this controller held it; this controller "
-                "no longer writes there, and this call was not recorded. Close it; a new "
-                "controller on that path starts from what the path holds now"
-            )
+        """Raises :class:`LogDirDeletedError` if the directory was deleted."""
+        if os.fstat(self.fd).st_nlink == 0:
+            raise LogDirDeletedError(_deleted(f"{self.path} was deleted"))
+
+
+def _deleted(what: str) -> str:
+    return (
+        f"{what} while this controller held it; this call was not recorded, and this "
+        "controller writes nothing more (it would be lost with it). Close it; a new "
+        "controller on that path starts from what the path holds now"
+    )
 
 
 def _snapshot_name(seq: int) -> str:
@@ -219,8 +215,8 @@ def _write_snapshot(
     """Writes ``snapshot-{seq}`` atomically, then deletes what it makes obsolete.
 
     If anything fails, the temporary file is removed and no other file is touched.
-    Raises :class:`LogDirReplacedError` (before deleting anything) if the directory's
-    path no longer names it.
+    Raises :class:`LogDirDeletedError` (before deleting anything) if the directory was
+    deleted.
     """
     with _gc_paused():
         header = _header("snapshot", seq, run_id, run=None if run is None else dict(run))
@@ -498,7 +494,7 @@ class Store:
         dir_fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
         stat = os.fstat(dir_fd)
         self._key = (stat.st_dev, stat.st_ino)
-        self._dir: _Directory | None = _Directory(self.log_dir, dir_fd, self._key)
+        self._dir: _Directory | None = _Directory(self.log_dir, dir_fd)
         try:
             with _open_stores_lock:
                 ref = _open_stores.get(self._key)
@@ -746,9 +742,12 @@ class Store:
           RuntimeError: ``changes`` is not the event after the last one journaled (the
             caller lost track of what was journaled: reopen the ``log_dir``).
         """
-        if not changes:
+        if len(changes) == 1:  # (the usual case, without the join)
+            record = frame(encoding.encode(changes[0]))
+        elif changes:
+            record = b"".join([frame(encoding.encode(c)) for c in changes])
+        else:
             raise TypeError("write() needs at least one Changes")
-        record = b"".join([frame(encoding.encode(c)) for c in changes])
         with self._io_lock:
             self.check_open()
             if self._broken is not None:
@@ -759,16 +758,22 @@ class Store:
                     "create a new one on the same log_dir (it drops the incomplete record "
                     "and resumes with every acknowledged call)",
                 )
-            self._directory.check()
-            for before, c in enumerate(changes, start=self._num_events):
-                if c.num_events != before + 1:
+            fd, segment = self._fd, self._segment
+            assert fd is not None and segment is not None  # check_open: started
+            if os.fstat(fd).st_nlink == 0:  # (on the descriptor: no path lookup per call)
+                deleted = f"{self.log_dir}'s journal segment {_journal_name(segment)} was deleted"
+                raise LogDirDeletedError(_deleted(deleted))
+            last = self._num_events
+            for c in changes:
+                if c.num_events != last + 1:
                     raise RuntimeError(
                         f"{self.log_dir}: event {c.num_events - 1} cannot follow event "
-                        f"{before - 1} in the journal; the journal holds events its writer "
+                        f"{last - 1} in the journal; the journal holds events its writer "
                         "did not take (was a call interrupted?): reopen the log_dir"
                     )
-            self._write_record(record, changes[0].num_events, changes[-1].num_events)
-            self._num_events = changes[-1].num_events
+                last += 1
+            self._write_record(record, self._num_events + 1, last)
+            self._num_events = last
             self._records += len(changes)
 
     def compact_if_due(self, state: PopulationState) -> None:
@@ -803,7 +808,7 @@ class Store:
             seq = self._segment + 1
             try:
                 _write_snapshot(self._directory, seq, state, self._run, self._run_id)
-            except LogDirReplacedError:
+            except LogDirDeletedError:
                 raise
             except BaseException:
                 if not self._holds(_snapshot_name(seq)):
