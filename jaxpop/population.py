@@ -561,7 +561,8 @@ class PopulationController:
         they bring about (silent workers declared gone before each, a stop after each),
         then journals them in one append: the call is recorded whole or not at all.
         Returns the last event's reply."""
-        replies, gone = [], []
+        gone: list[int] = []
+        said: list[str] = []  # the replies' warnings
         with self._lock:
             if self._store is not None:
                 self._store.check_open()
@@ -588,7 +589,8 @@ class PopulationController:
                 state, reply = core.transition(
                     state, event, now, core.event_key(state), mutator=self._mutator
                 )
-                replies.append(reply)
+                if reply.warning is not None:
+                    said.append(reply.warning)
                 if reply.changes is None:
                     continue
                 pending.append(reply.changes)
@@ -603,22 +605,20 @@ class PopulationController:
                     )
                     if changes is not None:
                         pending.append(changes)
-            self._take(state, pending)
+            if pending:
+                self._take(state, pending)
         if gone:
             logger.warning(
                 "jaxpop: workers %s declared gone (not heard from for %ss)",
                 gone,
                 self._gone_after_s,
             )
-        for reply in replies:
-            if reply.warning is not None:
-                logger.warning(reply.warning)
-        return replies[-1]
+        for warning in said:
+            logger.warning(warning)
+        return reply
 
     def _take(self, new_state: PopulationState, changes: list[core.Changes]) -> None:
-        """Journals ``changes`` (if any) in one append, then makes ``new_state`` the state."""
-        if not changes:
-            return
+        """Journals ``changes`` in one append, then makes ``new_state`` the state."""
         if self._store is not None:
             self._store.write(*changes)  # if this raises, nothing was journaled
         self._state = new_state  # taken before compacting: an interrupt there keeps it
