@@ -343,7 +343,7 @@ class PopulationController:
         or its new assignment (when the mutator moved it on this report). Through
         :mod:`jaxpop.distributed.ray` it is one round trip instead of two.
         ``meta_params`` is passed on to the mutator's ``ask`` hook, as the
-        ask's would be.
+        ask's would be. The two are recorded together: if the call raises, neither was.
         """
         # one call: the eval and the ask are journaled together, all or nothing
         value = core.as_value(value)  # (checked before anything is recorded)
