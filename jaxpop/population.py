@@ -43,7 +43,7 @@ from jaxpop.events import Event, Finish, Missing, _ask, _eval
 from jaxpop.history import History
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import DecisionCounts, Mutator, check_number, decision_counts
-from jaxpop.records import ActiveWorker, Checkpoint
+from jaxpop.records import GONE, ActiveWorker, Checkpoint
 from jaxpop.seed import GenerationID, IntKeyDict, Mutate, MutateState, SeedMutator, make_gen_id
 from jaxpop.storage import run as run_lib
 
@@ -157,7 +157,8 @@ class PopulationController:
       gone_after_s: declare a worker ``"gone"`` when it has not been heard from for this
         many seconds: no call of its own (an ask or an eval) and no newer checkpoint (its
         last report, or the start of the generation it was sent to), checked at every
-        call. The mutators stop waiting for it and never copy it, until it calls again. A
+        call; a controller that starts or resumes counts every worker as heard from then.
+        The mutators stop waiting for it and never copy it, until it calls again. A
         worker told to wait (``status == "waiting"``) stays alive by asking. ``None``
         (default): never. See :meth:`finish`.
       stop_when: a :class:`jaxpop.StopWhen` (a target value, a step budget per worker,
@@ -214,8 +215,7 @@ class PopulationController:
             raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s
         self._stop_when = stop_when
-        # when each worker last called (kept in memory only: after a restart a worker is
-        # judged by its newest checkpoint until it calls again)
+        # when each worker last called (in memory only: see below)
         self._seen: dict[int, float] = {}
         if (mutator is None) == (mutate is None):
             raise TypeError(
@@ -271,6 +271,11 @@ class PopulationController:
         else:
             core.check_population([w.meta_params for w in state.workers], mutator)
         self._state = state
+        if gone_after_s is not None:
+            # a controller just started (or resumed) has heard from no one yet: every
+            # worker has gone_after_s from now to call (workers held waiting when a run
+            # was stopped would otherwise be gone at its first call)
+            self._seen = dict.fromkeys(range(state.population_size), _as_time(clock()))
         if mutator.prepare is not None:
             try:
                 mutator.prepare(state.population_size)
@@ -585,7 +590,7 @@ class PopulationController:
                     )
                     if changes is not None:
                         pending.append(changes)
-                        gone += [j for j, w in changes.workers if w.status == "gone"]
+                        gone += [j for j, w in changes.workers if w.status == GONE]
                 state, reply = core.transition(
                     state, event, now, core.event_key(state), mutator=self._mutator
                 )

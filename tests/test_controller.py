@@ -352,6 +352,58 @@ def test_a_worker_that_keeps_asking_is_not_declared_gone(clock):
     assert [w.status for w in pop.active_workers] == ["gone", "active", "gone"]
 
 
+def test_workers_waiting_when_a_run_stopped_are_not_gone_when_it_resumes(tmp_path, clock):
+    """A controller that resumes has heard from no one yet: each worker has gone_after_s
+    from then to call, so workers held waiting when the run stopped (their newest
+    checkpoint long past) take part in the round decided by the first call."""
+    from jaxpop.mutators import PopulationBasedTraining, explore
+
+    def open_():
+        m = PopulationBasedTraining(
+            perturbation_interval=10,
+            hyperparam_space={"h": explore.uniform(0.0, 2.0)},
+            synch=True,
+            hold=True,
+            quantile_fraction=0.34,
+        )
+        population = [{"h": 0.5 * i} for i in range(3)]
+        return PopulationController(population, m, tmp_path, clock=clock, gone_after_s=5.0)
+
+    pop = open_()
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "w0", 0.9)
+    pop.set_eval(1, gens[1], 10, "w1", 0.1)
+    clock.advance(4)
+    pop.set_eval(2, gens[2], 5, "w2", 0.5)
+    pop.close()
+    clock.advance(4)  # workers 0 and 1 reported 8 s ago (and asked since)
+    pop = open_()
+    pop.set_eval(2, gens[2], 10, "w2", 0.5)  # the first call: the round, with all three
+    assert [w.status for w in pop.active_workers] == ["active"] * 3
+    assert pop.decision_counts == (3, 1)
+    pop.close()
+
+
+def test_set_eval_and_ask_records_both_or_neither():
+    """The eval and the ask of set_eval_and_ask are one call: if the ask fails (here the
+    mutator's ask hook raises), the eval is not recorded either."""
+    from jaxpop.mutators.base import Mutator
+
+    def ask(state, workers, history, event, now, key):
+        if event.step == 20:
+            raise RuntimeError("the ask hook failed")
+        return state, workers, ()
+
+    m = Mutator(init=lambda: 0, update=lambda s, w, h, now, key: (s, w, ()), ask=ask)
+    pop = PopulationController([{"h": 1.0}], m)
+    gen = pop.active_workers[0].generation_id
+    assert pop.set_eval_and_ask(0, gen, 10, "p10", 0.5) is None
+    state = pop.state
+    with pytest.raises(RuntimeError, match="ask hook failed"):
+        pop.set_eval_and_ask(0, gen, 20, "p20", 0.4)
+    assert pop.state is state and pop.history.get_checkpoint(gen, 20) is None
+
+
 def test_a_gone_worker_that_asks_is_active_again(clock):
     pop = PopulationController([{"h": 0.0}] * 2, noop_mutator(), clock=clock, gone_after_s=10.0)
     gens = [w.generation_id for w in pop.active_workers]

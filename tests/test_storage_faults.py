@@ -1008,12 +1008,19 @@ def test_a_torn_record_whose_params_hold_a_framed_encoding_is_still_a_torn_tail(
     assert state.history.get_checkpoint(data.generation_id, 100) is None
 
 
-@pytest.mark.parametrize("damaged", [3, -1])
-def test_a_damaged_length_is_corruption_even_with_a_torn_record_after_it(tmp_path, damaged):
+@pytest.mark.parametrize(
+    "damaged, torn, padding",
+    [(3, True, 0), (-2, True, 0), (-1, False, 0), (-1, False, 64), (3, False, 4096)],
+)
+def test_a_damaged_length_is_corruption_even_with_a_torn_record_after_it(
+    tmp_path, damaged, torn, padding
+):
     """A flipped bit in a record's length makes it "run past the end of the file", as a
     torn write would. Its checksum still matches its bytes up to the next record (or,
-    for the last record, to the end of the file): it was written whole, so the intact
-    records after it are not dropped as a torn tail, even when the last one is torn."""
+    for the last record, to the end of the file, zeros the file system added after it
+    included: its own payload ends in zeros too): it was written whole, so neither it
+    nor the intact records after it are dropped as a torn tail, even when the last one
+    is torn (also when it is the only one after the damage)."""
     pop = _open(tmp_path, compact_after=10_000)
     driver = Driver()
     driver.run(pop, 8)
@@ -1022,8 +1029,9 @@ def test_a_damaged_length_is_corruption_even_with_a_torn_record_after_it(tmp_pat
     offsets, _ = _frame_offsets(path)
     data = bytearray(open(path, "rb").read())
     data[offsets[damaged] + 3] ^= 0x40  # bit rot in the length field's high byte
-    if damaged != -1:
+    if torn:
         data = data[:-5]  # and the last record torn (the machine crashed)
+    data += b"\0" * padding  # zeros a file system may leave at the end after a crash
     open(path, "wb").write(bytes(data))
     for read in (_loaded, storage.read_state):
         with pytest.raises(storage.CorruptLogError, match="runs past the end"):
@@ -1275,3 +1283,80 @@ def test_the_events_of_one_call_are_journaled_all_or_none(tmp_path, faulty):
     with PopulationController([{"h": 1.0}, {"h": 2.0}], pop._mutator, tmp_path, 3) as again:
         assert again.state.num_events == state.num_events + 3
         assert again.history.get_checkpoint(gen, 100).params == "best"
+
+
+def test_a_torn_append_of_one_calls_events_keeps_its_whole_records(tmp_path):
+    """One call's events are one append, but a crash can tear it after its first records:
+    those were written whole and are replayed (each is a state the controller could be
+    in), the torn one is dropped; the call itself was never acknowledged."""
+    from jaxpop import StopWhen
+
+    pop = _open(tmp_path, stop_when=StopWhen(value=0.01), compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 4)
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 100, "best", 0.0)  # the eval and the stop: two records at once
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    offsets, _ = _frame_offsets(path)
+    with open(path, "r+b") as f:
+        f.truncate(offsets[-1] + 20)  # the crash cut the stop's record
+    with pytest.warns(storage.TornRecordWarning):
+        state = _loaded(tmp_path)
+    assert state.history.get_checkpoint(gen, 100).params == "best"
+    assert [w.status for w in state.workers] == ["active", "active"]  # no stop
+    driver.check(state)
+
+
+def test_a_store_collected_in_its_own_snapshot_thread_releases_the_log_dir(tmp_path, monkeypatch):
+    """A Store dropped without close() while its background snapshot runs is collected
+    in that thread, once the thread's reference to it is the last: it must not wait for
+    itself, and its lock must go."""
+    state = _open(tmp_path / "other").state
+    writing, proceed = threading.Event(), threading.Event()
+    real = store._write_snapshot
+
+    def slow(*args, **kwargs):
+        if threading.current_thread().name == "jaxpop-snapshot":
+            writing.set()
+            proceed.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_write_snapshot", slow)
+    s = storage.Store(str(tmp_path / "run"), compact_after=1)
+    s.start(state)
+    s._records = 10  # a compaction is due
+    s.compact_if_due(state)
+    assert writing.wait(10)
+    thread = s._snapshot_thread
+    del s  # the snapshot thread holds the last reference
+    proceed.set()
+    thread.join(10)
+    again = storage.Store(str(tmp_path / "run"))  # not refused: the lock went
+    assert again.load() is not None
+    again.close()
+
+
+def test_a_store_reads_and_repairs_the_directory_it_locked(tmp_path):
+    """The folder moved between locking it and loading it, and another run made at its
+    path: the load reads (and repairs) the locked one, never the other."""
+    pop = _open(tmp_path / "run", compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 4)
+    pop.close()
+    (path,) = _files(tmp_path / "run", "journal-")
+    with open(path, "ab") as f:
+        f.write(b"\x10\x00\x00")  # a torn tail to cut
+    other = _open(tmp_path / "other")
+    Driver().run(other, 3)
+    other.close()
+    s = storage.Store(str(tmp_path / "run"))
+    os.rename(tmp_path / "run", tmp_path / "moved")
+    os.rename(tmp_path / "other", tmp_path / "run")
+    before = {n: (tmp_path / "run" / n).read_bytes() for n in os.listdir(tmp_path / "run")}
+    with pytest.warns(storage.TornRecordWarning):
+        state = s.load()
+    s.close()
+    driver.check(state)
+    assert {n: (tmp_path / "run" / n).read_bytes() for n in os.listdir(tmp_path / "run")} == before
+    driver.check(storage.read_state(tmp_path / "moved"))  # cut there, and whole

@@ -10,6 +10,7 @@ else is corruption, reported with the file and offset and never repaired.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from typing import NamedTuple
@@ -80,40 +81,24 @@ def _check(data: bytes, offset: int) -> tuple[int, str | None]:
     return end, None
 
 
-def _good_frame_after(data: bytes, offset: int) -> bool:
-    """Whether the bad frame at ``offset`` is followed by what a torn write cannot leave
-    behind: good frames, found either way below.
+def _chain_to_end(data: bytes, offset: int) -> bool:
+    """Whether good frames follow the bad frame at ``offset``: a chain of them, from some
+    later position to the end of the file (or to zero bytes only).
 
-    * A chain of good frames from some later position to the end of the file (or to
-      zero bytes only). A chain, not one frame: a torn record's own payload may hold
-      bytes that look like a frame (parameters that contain a jaxpop encoding), but the
-      rest of that payload does not go on as frames to the end.
-    * The bad frame's own checksum matching its bytes up to a later good frame or to the
-      end of the file: that record was written whole and only its length field is
-      damaged (the records after it may end in a torn write of their own). A torn
-      record's checksum is that of bytes never written in full, so its prefix matches
-      it only by a 1-in-2**32 chance.
-
-    Candidates are found by the encoding header every payload starts with, so this is a
-    fast scan; if a hostile file makes it check more than a few times its size, it gives
-    up and answers ``True`` (report corruption rather than drop data).
+    A chain, not one frame: a torn record's own payload may hold bytes that look like a
+    frame (parameters that contain a jaxpop encoding), but the rest of that payload does
+    not go on as frames to the end. Candidates are found by the encoding header every
+    payload starts with, so this is a fast scan; if a hostile file makes it check more
+    than a few times its size, it gives up and answers ``True`` (report corruption
+    rather than drop data).
     """
     budget = 8 * len(data) + (1 << 20)
-    payload = offset + _HEADER.size
-    # the damaged frame's checksum, if it has a header and a payload that starts as one
-    whole = len(data) > payload and data.startswith(_PAYLOAD_START, payload)
-    crc = _HEADER.unpack_from(data, offset)[1] if whole else 0
-    running, done = 0, payload  # the CRC-32 of data[payload:done]
-    position = payload + 1
+    position = offset + _HEADER.size + 1
     while (found := data.find(_PAYLOAD_START, position)) != -1:
         start = found - _HEADER.size
         position = found + 1
         if start <= offset:
             continue
-        if whole and start > payload:  # does the damaged frame end here, whole?
-            running, done = zlib.crc32(data[done:start], running), start
-            if running == crc and _check(data, start)[1] is None:
-                return True
         while start < len(data):  # follow the chain from this candidate
             end, bad = _check(data, start)
             budget -= min(end, len(data)) - start
@@ -124,10 +109,42 @@ def _good_frame_after(data: bytes, offset: int) -> bool:
             start = end
         if start >= len(data) or not any(data[start:]):
             return True
-    if whole:  # the last record, whole, with a damaged length (zeros may follow it)
-        running = zlib.crc32(data[done:], running)
-        content = len(data.rstrip(b"\0"))
-        return running == crc or (payload < content and zlib.crc32(data[payload:content]) == crc)
+    return False
+
+
+#: How many zero bytes a whole last record may end in (its own, not the file system's)
+#: for :func:`_whole_with_damaged_length` to find where it ends among trailing zeros.
+_OWN_ZEROS = 4096
+
+
+def _whole_with_damaged_length(data: bytes, offset: int) -> bool:
+    """Whether the bad frame at ``offset`` was written whole and only its length field is
+    damaged (a flipped bit makes it "run past the end of the file"): its checksum matches
+    its bytes up to where a later frame starts, or up to the end of the file (or of its
+    content, if zeros follow). A torn record's checksum is that of bytes never written
+    in full: a prefix matches it only by a 1-in-2**32 chance at each place tried. The
+    records after a damaged one may end in a torn write of their own; one CRC-32 over
+    the file in all, at most :data:`_OWN_ZEROS` more steps at its end.
+    """
+    payload = offset + _HEADER.size
+    if len(data) <= payload or not data.startswith(_PAYLOAD_START, payload):
+        return False  # no payload that starts as every payload does: no record there
+    crc = _HEADER.unpack_from(data, offset)[1]
+    running, done = 0, payload  # the CRC-32 of data[payload:done]
+    position = payload + 1
+    while (found := data.find(_PAYLOAD_START, position)) != -1:
+        start = found - _HEADER.size
+        position = found + 1
+        if start > done:
+            running, done = zlib.crc32(data[done:start], running), start
+            if running == crc:
+                return True
+    content = max(len(data.rstrip(b"\0")), done)
+    running = zlib.crc32(data[done:content], running)
+    for _ in range(min(len(data) - content, _OWN_ZEROS) + 1):  # its own zeros, then padding
+        if running == crc:
+            return True
+        running = zlib.crc32(b"\0", running)
     return False
 
 
@@ -140,7 +157,9 @@ def _ends_file(data: bytes, end: int) -> bool:
     return end >= len(data) or not any(data[end:])
 
 
-def read_frames(path: str, *, newest: bool) -> tuple[list[Frame], TornTail | None]:
+def read_frames(
+    path: str, *, newest: bool, dir_fd: int | None = None
+) -> tuple[list[Frame], TornTail | None]:
     """The good frames of ``path``, in order, and its torn tail if it has one.
 
     Reads only: a caller that may change the file cuts a torn tail off itself, once
@@ -150,12 +169,15 @@ def read_frames(path: str, *, newest: bool) -> tuple[list[Frame], TornTail | Non
       path: the file.
       newest: whether ``path`` is the newest journal segment, the only file that may end
         in a torn write (see the module docstring).
+      dir_fd: a descriptor of the directory to open the file name of ``path`` in
+        (``None``: open ``path`` itself).
 
     Raises:
       CorruptLogError: any other bad frame, naming the file, the offset and the damage.
     """
     try:
-        with open(path, "rb") as f:
+        name = path if dir_fd is None else os.path.basename(path)
+        with open(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as f:
             data = f.read()
     except (IsADirectoryError, PermissionError) as e:  # not FileNotFoundError: see read_state
         raise CorruptLogError(f"{path} cannot be read as a jaxpop file: {e}") from e
@@ -169,7 +191,7 @@ def read_frames(path: str, *, newest: bool) -> tuple[list[Frame], TornTail | Non
         if newest and _ends_file(data, end):
             # A damaged length field also makes a frame "run past the end", but then the
             # records after it are still there: only a tail with none is torn.
-            if _good_frame_after(data, offset):
+            if _chain_to_end(data, offset) or _whole_with_damaged_length(data, offset):
                 raise CorruptLogError(
                     f"{path} is corrupt: {bad} at offset {offset}, with good records after "
                     "it (a damaged record, not a torn write)"

@@ -278,7 +278,7 @@ def _recorded_mode(run: Mapping[str, Any] | None) -> Any:
     return None if mutator is None else mutator["config"].get("mode")
 
 
-def _load(log_dir: str) -> _Loaded | None:
+def _load(log_dir: str, dir_fd: int | None = None) -> _Loaded | None:
     """Reads a ``log_dir`` (writing nothing); what a crash left is listed in ``repairs``.
 
     With the cyclic garbage collector paused (:func:`_gc_paused`): decoding and
@@ -289,15 +289,17 @@ def _load(log_dir: str) -> _Loaded | None:
     than in the first call answered after it (0.13 s at 100k checkpoints).
     """
     with _gc_paused():
-        loaded = _read_log_dir(log_dir)
+        loaded = _read_log_dir(log_dir, dir_fd)
     if gc.isenabled():  # not while a snapshot is being encoded, nor if the user disabled it
         gc.collect(1)
     return loaded
 
 
-def _read_log_dir(log_dir: str) -> _Loaded | None:
+def _read_log_dir(log_dir: str, dir_fd: int | None) -> _Loaded | None:
+    """:func:`_load`'s reading: of the directory ``dir_fd`` opened, if given (a
+    :class:`Store`'s, whatever ``log_dir`` names now), else of ``log_dir``."""
     snapshots, journals, repairs = [], [], []
-    for name in os.listdir(log_dir):
+    for name in os.listdir(log_dir if dir_fd is None else dir_fd):
         if _SNAPSHOT_TMP_RE.fullmatch(name):  # an interrupted snapshot write
             repairs.append(_Repair(os.path.join(log_dir, name), None, remove=True))
         elif match := _SNAPSHOT_RE.fullmatch(name):
@@ -312,7 +314,7 @@ def _read_log_dir(log_dir: str) -> _Loaded | None:
         return None
     seq = snapshots[-1]
     path = os.path.join(log_dir, _snapshot_name(seq))
-    frames, _ = read_frames(path, newest=False)
+    frames, _ = read_frames(path, newest=False, dir_fd=dir_fd)
     header = _check_header(path, frames, "snapshot", seq)
     if len(frames) != 2:
         raise CorruptLogError(f"{path} has {len(frames)} frames; a snapshot has 2")
@@ -339,7 +341,7 @@ def _read_log_dir(log_dir: str) -> _Loaded | None:
     for s in segments:
         path = os.path.join(log_dir, _journal_name(s))
         newest = s == segments[-1]
-        frames, torn = read_frames(path, newest=newest)
+        frames, torn = read_frames(path, newest=newest, dir_fd=dir_fd)
         if not frames and newest:  # died (or is) creating the segment: it holds nothing
             repairs.append(_Repair(path, torn, remove=True))
             break  # its number is free again
@@ -376,7 +378,8 @@ def _load_live(log_dir: str, attempts: int) -> _Loaded | None:
     raise AssertionError("unreachable")
 
 
-def _repair(repairs: list[_Repair]) -> None:
+def _repair(repairs: list[_Repair], dir_fd: int) -> None:
+    """Applies ``repairs`` in the directory ``dir_fd`` opened (their paths' file names)."""
     for repair in repairs:
         if repair.torn is not None:
             warnings.warn(
@@ -386,15 +389,18 @@ def _repair(repairs: list[_Repair]) -> None:
                 TornRecordWarning,
                 stacklevel=4,  # the caller of PopulationController(...)
             )
+        name = os.path.basename(repair.path)
         if repair.remove:
             with contextlib.suppress(FileNotFoundError):
-                os.remove(repair.path)
+                os.remove(name, dir_fd=dir_fd)
             continue
         assert repair.torn is not None  # a repair either removes a file or cuts a torn tail
-        with open(repair.path, "r+b") as f:
-            f.truncate(repair.torn.offset)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(name, os.O_RDWR, dir_fd=dir_fd)
+        try:
+            os.ftruncate(fd, repair.torn.offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def read_state(log_dir: str | os.PathLike, *, attempts: int = 5) -> PopulationState | None:
@@ -503,7 +509,7 @@ class Store:
                     if self._run is not None:  # a refused newcomer must not stop the live one
                         self._check_resume(_load_live(self.log_dir, attempts=5))
                     older._supersede()
-                self._lock_fd = self._acquire_lock()
+                self._lock_fd = self._acquire_lock(dir_fd)
                 _open_stores[self._key] = weakref.ref(self)
         except BaseException:
             self._dir = None
@@ -517,10 +523,11 @@ class Store:
             with contextlib.suppress(Exception):
                 self._release()
 
-    def _acquire_lock(self) -> int:
-        """Locks the directory itself (an ``flock`` on its descriptor; deleting or
-        replacing a file cannot undo it) and writes this process's pid to ``lock``."""
-        fd = os.open(self.log_dir, os.O_RDONLY | os.O_DIRECTORY)
+    def _acquire_lock(self, dir_fd: int) -> int:
+        """Locks the directory ``dir_fd`` opened (an ``flock`` on a descriptor of its own;
+        deleting or replacing a file cannot undo it) and writes this process's pid to
+        its ``lock`` file."""
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -530,14 +537,14 @@ class Store:
                 # a file system that cannot lock a directory (NFS emulates flock with
                 # write locks): lock the lock file instead
                 os.close(fd)
-                fd = os.open(os.path.join(self.log_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open("lock", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=dir_fd)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             try:
-                with open(os.path.join(self.log_dir, "lock")) as f:
+                with open(os.open("lock", os.O_RDONLY, dir_fd=dir_fd)) as f:
                     holder = f.read().strip() or "unknown"
             except OSError:
                 holder = "unknown"
@@ -549,7 +556,8 @@ class Store:
                 "controller another log_dir"
             ) from None
         try:
-            with open(os.path.join(self.log_dir, "lock"), "w") as f:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            with open(os.open("lock", flags, 0o644, dir_fd=dir_fd), "w") as f:
                 f.write(str(os.getpid()))
         except BaseException:
             os.close(fd)
@@ -589,10 +597,10 @@ class Store:
         Raises:
           CorruptLogError: a file is damaged (nothing is changed then).
         """
-        self._loaded = _load(self.log_dir)
+        self._loaded = _load(self.log_dir, self._directory.fd)
         if self._loaded is None:
             return None
-        _repair(self._loaded.repairs)
+        _repair(self._loaded.repairs, self._directory.fd)
         return self._loaded.state
 
     # -- writing ---------------------------------------------------------------------
@@ -730,8 +738,9 @@ class Store:
         """Journals ``changes`` before returning; if it raises, nothing was journaled.
 
         Several changes (the consecutive events of one call: a worker declared gone, the
-        call's own event, the stop it triggers) are written as one append: they are
-        journaled all or none.
+        call's own event, the stop it triggers) are written as one append: a failed write
+        journals none of them (a crash may still tear the append after its first
+        records, which are then replayed on reopening).
 
         Raises:
           TypeError: the changes cannot be encoded (nothing is written).
@@ -919,7 +928,9 @@ class Store:
     def wait(self) -> None:
         """Waits for a snapshot being written in the background, if any."""
         thread = self._snapshot_thread
-        if thread is not None:
+        # (not from the snapshot thread itself: a Store dropped without close() can be
+        # collected there, once the thread's reference to it is the last)
+        if thread is not None and thread is not threading.current_thread():
             thread.join()
 
     def _supersede(self) -> None:
