@@ -310,19 +310,25 @@ def test_a_target_reached_by_the_report_that_ends_a_round_stops_the_run():
     assert pop.done and [w.status for w in pop.active_workers] == ["finished"] * 2
 
 
-def test_a_worker_that_keeps_asking_is_not_declared_gone(clock):
-    """A worker is gone when it has not been heard from, by a report or an ask: one told
-    to wait (a synchronous round with ``hold=True``) only asks, and stays alive, so the
-    round it waits for is decided with it."""
+def _held_rounds():
+    """Synchronous PBT that holds a worker ready before the others (3 workers: the worst
+    copies the best)."""
     from jaxpop.mutators import PopulationBasedTraining, explore
 
-    m = PopulationBasedTraining(
+    return PopulationBasedTraining(
         perturbation_interval=10,
         hyperparam_space={"h": explore.uniform(0.0, 2.0)},
         synch=True,
         hold=True,
         quantile_fraction=0.34,
     )
+
+
+def test_a_worker_that_keeps_asking_is_not_declared_gone(clock):
+    """A worker is gone when it has not been heard from, by a report or an ask: one told
+    to wait (a synchronous round with ``hold=True``) only asks, and stays alive, so the
+    round it waits for is decided with it."""
+    m = _held_rounds()
     pop = PopulationController([{"h": 0.5 * i} for i in range(3)], m, clock=clock, gone_after_s=5.0)
     gens = [w.generation_id for w in pop.active_workers]
     clock.advance(1)
@@ -356,18 +362,12 @@ def test_workers_waiting_when_a_run_stopped_are_not_gone_when_it_resumes(tmp_pat
     """A controller that resumes has heard from no one yet: each worker has gone_after_s
     from then to call, so workers held waiting when the run stopped (their newest
     checkpoint long past) take part in the round decided by the first call."""
-    from jaxpop.mutators import PopulationBasedTraining, explore
 
     def open_():
-        m = PopulationBasedTraining(
-            perturbation_interval=10,
-            hyperparam_space={"h": explore.uniform(0.0, 2.0)},
-            synch=True,
-            hold=True,
-            quantile_fraction=0.34,
-        )
         population = [{"h": 0.5 * i} for i in range(3)]
-        return PopulationController(population, m, tmp_path, clock=clock, gone_after_s=5.0)
+        return PopulationController(
+            population, _held_rounds(), tmp_path, clock=clock, gone_after_s=5.0
+        )
 
     pop = open_()
     gens = [w.generation_id for w in pop.active_workers]
