@@ -439,11 +439,9 @@ class PopulationController:
         Without a ``log_dir``, does nothing (as the seed). The run itself never needs
         it: every call is journaled in the ``log_dir`` before it returns.
         """
-        if self.log_dir is not None:
+        if self._store is not None:  # (it has a log_dir): in the directory it locked
             with self._lock:
-                if self._store is not None:
-                    self._store.check_open()  # not once superseded or handed over
-                seed_lib.write_state_file(self.log_dir, self.serialized_state())
+                self._store.write_file(seed_lib.STATE_FILE, self.serialized_state())
 
     def load_state(self, data: bytes | None = None) -> bool:
         """Makes a saved state this controller's state; whether there was one to load.
@@ -462,12 +460,12 @@ class PopulationController:
         with self._lock:
             where = "the bytes passed to load_state"
             if data is None:
-                if self.log_dir is None:
+                if self._store is None:  # (no log_dir)
                     return False
-                data = seed_lib.read_state_file(self.log_dir)
+                data = self._store.read_file(seed_lib.STATE_FILE)
                 if data is None:
                     return False
-                where = os.path.join(self.log_dir, seed_lib.STATE_FILE)
+                where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
             state, run = seed_lib.state_from_bytes(data, where)
             run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
             state = self._in_mode(state)

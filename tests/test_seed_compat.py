@@ -552,7 +552,7 @@ def test_save_state_that_fails_leaves_the_previous_file_and_no_temporary(tmp_pat
         saved = open(path, "rb").read()
         pop.set_eval(0, pop.active_workers[0].generation_id, 1, None, 1.0)
 
-        def fail(src, dst):
+        def fail(src, dst, **kwargs):
             raise OSError("disk gone")
 
         monkeypatch.setattr(os, "replace", fail)

@@ -1360,3 +1360,123 @@ def test_a_store_reads_and_repairs_the_directory_it_locked(tmp_path):
     driver.check(state)
     assert {n: (tmp_path / "run" / n).read_bytes() for n in os.listdir(tmp_path / "run")} == before
     driver.check(storage.read_state(tmp_path / "moved"))  # cut there, and whole
+
+
+def test_save_and_load_state_use_the_directory_the_controller_locked(tmp_path, monkeypatch):
+    """save_state's file lands in the locked directory after a chdir; once that folder is
+    deleted (and a new run made at its path), save_state refuses instead of writing
+    into the new run's folder, whose load_state then finds nothing."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    pop = _open("runs/x")
+    Driver().run(pop, 2)
+    monkeypatch.chdir(tmp_path / "b")
+    pop.save_state()
+    assert (tmp_path / "a" / "runs" / "x" / "population.jpstate").exists()
+    assert not (tmp_path / "b" / "runs").exists()
+    pop.close()
+    old = _open(tmp_path / "run")
+    Driver().run(old, 2)
+    shutil.rmtree(tmp_path / "run")
+    new = _open(tmp_path / "run")
+    with pytest.raises(storage.LogDirDeletedError):
+        old.save_state()
+    assert new.load_state() is False  # nothing of the old run's reached it
+    old.close()
+    new.close()
+
+
+def test_a_load_state_that_cannot_start_its_segment_leaves_the_log_dir_as_it_was(tmp_path, faulty):
+    pop = _open(tmp_path, compact_after=10_000)
+    driver = Driver()
+    driver.run(pop, 2)
+    saved = pop.serialized_state()
+    driver.run(pop, 4)
+    state = pop.state
+    faulty.fail("open", after=1, times=1)  # the snapshot's file opens, its segment not
+    with pytest.raises(OSError):
+        pop.load_state(saved)
+    faulty.heal()
+    assert pop.state is state
+    driver.run(pop, 2)  # the journal goes on
+    pop.close()
+    reopened = storage.read_state(tmp_path)
+    driver.check(reopened)
+    assert reopened.num_events > state.num_events
+
+
+def test_a_torn_record_whose_params_hold_many_encodings_is_a_torn_tail(tmp_path):
+    """Every embedded encoding is a candidate frame start that fails at once (its length
+    runs past the end): it must not exhaust the scan's budget and be called corruption."""
+    pop = _open(tmp_path, compact_after=10_000)
+    Driver().run(pop, 2)
+    params = [encoding.encode({"w": 0.1 + k}) for k in range(250)]
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 1000, params, 0.5)
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    data = open(path, "rb").read()
+    offsets, _ = _frame_offsets(path)
+    last = offsets[-1]
+    for cut in range(last + 1, len(data), (len(data) - last) // 40):
+        open(path, "wb").write(data[:cut])
+        with pytest.warns(storage.TornRecordWarning):
+            assert _loaded(tmp_path).history.get_checkpoint(gen, 1000) is None
+
+
+@pytest.mark.parametrize("kept", [1, 8, 16, 17])
+def test_a_damaged_length_before_a_very_short_torn_record_is_corruption(tmp_path, kept):
+    """The torn last record may be too short to show a payload's prefix (a header and a
+    few bytes): the damaged record's checksum still matches up to where it starts."""
+    pop = _open(tmp_path, compact_after=10_000)
+    Driver().run(pop, 6)
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    offsets, _ = _frame_offsets(path)
+    data = bytearray(open(path, "rb").read())
+    data[offsets[-2] + 3] ^= 0x40
+    open(path, "wb").write(bytes(data[: offsets[-1] + kept]))
+    with pytest.raises(storage.CorruptLogError, match="runs past the end"):
+        storage.read_state(tmp_path)
+
+
+def test_a_lock_file_that_cannot_be_opened_is_the_error_and_nothing_is_closed_twice(
+    tmp_path, monkeypatch
+):
+    import fcntl
+    import stat
+
+    real_flock, real_open, opened = fcntl.flock, os.open, []
+
+    def flock(fd, operation):  # as on NFS: no flock on a directory
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+        return real_flock(fd, operation)
+
+    class ReadOnlyLock(FaultyOS):
+        def open(self, path, flags, mode=0o777, **kw):
+            if path == "lock":  # meanwhile another thread opens a file: the freed number
+                opened.append(real_open(tmp_path / "other.txt", os.O_WRONLY | os.O_CREAT))
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+            return real_open(path, flags, mode, **kw)
+
+    monkeypatch.setattr(store.fcntl, "flock", flock)
+    monkeypatch.setattr(store, "os", ReadOnlyLock())
+    with pytest.raises(OSError) as info:
+        storage.Store(str(tmp_path / "run"))
+    assert info.value.errno == errno.EROFS
+    os.fstat(opened[0])  # still open: not closed by the Store's error path
+    os.close(opened[0])
+
+
+def test_a_store_left_open_at_interpreter_exit_exits_quietly(tmp_path):
+    script = f"import jaxpop.storage as s; store = s.Store({str(tmp_path)!r})"
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert result.returncode == 0 and "Exception ignored" not in result.stderr, result.stderr

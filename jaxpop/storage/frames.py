@@ -101,7 +101,9 @@ def _chain_to_end(data: bytes, offset: int) -> bool:
             continue
         while start < len(data):  # follow the chain from this candidate
             end, bad = _check(data, start)
-            budget -= min(end, len(data)) - start
+            # what the check cost: its checksum's bytes (none for a header that is bad
+            # on its own, such as one running past the end of the file)
+            budget -= _HEADER.size + (end - start if end <= len(data) else 0)
             if budget < 0:
                 return True
             if bad is not None:
@@ -139,12 +141,16 @@ def _whole_with_damaged_length(data: bytes, offset: int) -> bool:
             running, done = zlib.crc32(data[done:start], running), start
             if running == crc:
                 return True
-    content = max(len(data.rstrip(b"\0")), done)
-    running = zlib.crc32(data[done:content], running)
-    for _ in range(min(len(data) - content, _OWN_ZEROS) + 1):  # its own zeros, then padding
+    # the end: of the file; of a torn record too short to show the prefix every payload
+    # starts with (a header and a few bytes); or of the record's own zeros before those
+    # a file system may add after a crash. Every place from the first of them on.
+    short = _HEADER.size + len(_PAYLOAD_START)
+    last = max(done, len(data.rstrip(b"\0")) - short)
+    running = zlib.crc32(data[done:last], running)
+    for place in range(last, min(len(data), last + short + _OWN_ZEROS) + 1):
         if running == crc:
             return True
-        running = zlib.crc32(b"\0", running)
+        running = zlib.crc32(data[place : place + 1], running)
     return False
 
 

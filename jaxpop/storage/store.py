@@ -27,6 +27,7 @@ from jaxpop import encoding
 from jaxpop.core import Changes, PopulationState
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage import run as run_lib
+from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.frames import (
     CorruptLogError,
     Frame,
@@ -211,8 +212,11 @@ def _write_snapshot(
     state: PopulationState,
     run: Mapping[str, Any] | None,
     run_id: str | None = None,
+    *,
+    prune: bool = True,
 ) -> None:
-    """Writes ``snapshot-{seq}`` atomically, then deletes what it makes obsolete.
+    """Writes ``snapshot-{seq}`` atomically, then (with ``prune``) deletes what it makes
+    obsolete (:func:`_prune`).
 
     If anything fails, the temporary file is removed and no other file is touched.
     Raises :class:`LogDirDeletedError` (before deleting anything) if the directory was
@@ -238,11 +242,18 @@ def _write_snapshot(
             os.remove(tmp, dir_fd=at)
         raise
     os.fsync(at)
+    if prune:
+        _prune(directory, seq)
+
+
+def _prune(directory: _Directory, seq: int) -> None:
+    """Deletes the snapshots and journal segments before ``seq`` (a snapshot ``seq``
+    holds what they held)."""
     directory.check()
-    for name in os.listdir(at):
+    for name in os.listdir(directory.fd):
         match = _SNAPSHOT_RE.fullmatch(name) or _JOURNAL_RE.fullmatch(name)
         if match and int(match.group(1)) < seq:
-            os.remove(name, dir_fd=at)
+            os.remove(name, dir_fd=directory.fd)
 
 
 class _Repair(NamedTuple):
@@ -518,10 +529,13 @@ class Store:
 
     def __del__(self) -> None:
         # a Store dropped without close(): its descriptors (and with them its lock) go
-        # with it, so a later Store of this process can take the log_dir
-        if getattr(self, "_lock_fd", None) is not None and not self._forked:
-            with contextlib.suppress(Exception):
+        # with it, so a later Store of this process can take the log_dir. (No module
+        # globals here: at interpreter exit they may be gone already.)
+        try:
+            if self._lock_fd is not None and not self._forked:
                 self._release()
+        except Exception:  # (a finalizer has no one to tell)
+            pass
 
     def _acquire_lock(self, dir_fd: int) -> int:
         """Locks the directory ``dir_fd`` opened (an ``flock`` on a descriptor of its own;
@@ -537,10 +551,12 @@ class Store:
                 # a file system that cannot lock a directory (NFS emulates flock with
                 # write locks): lock the lock file instead
                 os.close(fd)
+                fd = -1  # (closed: not again below if the next line fails)
                 fd = os.open("lock", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=dir_fd)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             try:
@@ -570,13 +586,29 @@ class Store:
         assert self._dir is not None
         return self._dir
 
-    def _holds(self, name: str) -> bool:
-        """Whether the locked directory holds a file ``name``."""
-        try:
-            os.stat(name, dir_fd=self._directory.fd)
-        except FileNotFoundError:
-            return False
-        return True
+    def write_file(self, name: str, data: bytes) -> None:
+        """Replaces the file ``name`` of the locked directory with ``data``, atomically
+        and durably (:func:`jaxpop.storage.atomic.write_atomic`).
+
+        Raises:
+          LogDirDeletedError: the directory was deleted.
+          SupersededError: a newer controller of this process took the ``log_dir``.
+        """
+        with self._io_lock:
+            self.check_open(started=False)
+            self._directory.check()
+            write_atomic(name, data, dir_fd=self._directory.fd)
+
+    def read_file(self, name: str) -> bytes | None:
+        """The bytes of the file ``name`` of the locked directory, ``None`` if it has none."""
+        with self._io_lock:
+            self.check_open(started=False)
+            try:
+                fd = os.open(name, os.O_RDONLY, dir_fd=self._directory.fd)
+            except FileNotFoundError:
+                return None
+            with open(fd, "rb") as f:
+                return f.read()
 
     def _check_resume(self, loaded: _Loaded | None) -> bool:
         """Whether the run must be recorded anew; raises if it cannot be resumed as ``run``."""
@@ -801,37 +833,46 @@ class Store:
         """Makes ``state`` the run's whole state, durably, before returning.
 
         For a controller that installs a saved state (``load_state``): a snapshot of
-        ``state`` is written in a new segment (synchronously), which supersedes what the
-        journal held; later records follow it. If it raises before the snapshot is in
-        place, the ``log_dir`` still holds the previous state and the journal goes on.
+        ``state`` is written with a new segment after it (synchronously), which
+        supersede what the journal held; later records follow them. If it raises, the
+        ``log_dir`` still holds the previous state and the journal goes on (or, if even
+        undoing failed, a :class:`JournalWriteError` says the ``log_dir`` holds ``state``
+        and this ``Store`` writes nothing more).
 
         Raises:
           TypeError: ``state`` cannot be encoded (nothing is written).
-          OSError: the snapshot could not be written.
+          OSError: the snapshot or its segment could not be written.
           SupersededError: a newer controller of this process took the ``log_dir``.
         """
         with self._io_lock:
             self.check_open()
             self.wait()  # a background snapshot of an older segment finishes first
             assert self._segment is not None  # check_open: started
-            seq = self._segment + 1
+            seq, directory = self._segment + 1, self._directory
+            events, self._num_events = self._num_events, state.num_events
             try:
-                _write_snapshot(self._directory, seq, state, self._run, self._run_id)
-            except LogDirDeletedError:
+                _write_snapshot(directory, seq, state, self._run, self._run_id, prune=False)
+                self._open_segment(seq)  # (its header: first_event=state.num_events)
+            except BaseException as e:
+                self._num_events = events
+                try:  # the snapshot goes, if it got in: the previous state stays the run's
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(_snapshot_name(seq), dir_fd=directory.fd)
+                    os.fsync(directory.fd)
+                except OSError as undo:
+                    self._broken = JournalWriteError(
+                        errno.EIO,
+                        f"{self.log_dir} now holds the loaded state (its snapshot is in "
+                        f"place, but no journal segment could follow it: {e!r}, and it "
+                        f"could not be removed: {undo!r}); close this controller and "
+                        "reopen the log_dir",
+                    )
+                    raise self._broken from e
                 raise
-            except BaseException:
-                if not self._holds(_snapshot_name(seq)):
-                    raise
-                # in place; only removing the files it made obsolete failed: harmless
+            try:
+                _prune(directory, seq)
+            except Exception:  # in place; only removing what it made obsolete failed
                 logger.exception("jaxpop: cleaning up %s after a snapshot failed", self.log_dir)
-            self._num_events = state.num_events
-            try:
-                self._open_segment(seq)
-            except BaseException as e:  # the old segment is obsolete: nothing may follow
-                self._broken = JournalWriteError(
-                    errno.EIO, f"could not start a journal segment after a new snapshot ({e!r})"
-                )
-                raise
             self._records, self._snapshot_size = 0, state.history.num_checkpoints
             self._broken = None  # whatever an undone write left is in an obsolete segment
 
