@@ -203,6 +203,28 @@ def _like(target_leaf: Any, value: Any) -> Any:
     return jax.device_put(value, sharding)
 
 
+def _value_as(handle: str, spec: Mapping[str, Any], value: Any, dtype: np.dtype) -> np.ndarray:
+    """A saved Python scalar as a 0-d array of the target's ``dtype``, only if that keeps
+    its kind and value: a float into a floating dtype, an int into an integer one it fits
+    (or a floating one), a bool into ``bool``; anything else is a ``ValueError``, as
+    for an array leaf whose dtype is not the saved one."""
+    if dtype == np.bool_:
+        fits = type(value) is bool
+    elif jnp.issubdtype(dtype, jnp.inexact):
+        fits = type(value) in (int, float)
+    elif jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        fits = type(value) is int and int(info.min) <= value <= int(info.max)
+    else:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"checkpoint {handle!r} holds the {type(value).__name__} {value!r:.40} at "
+            f"{spec['path'] or '<root>'}, but the target asks for {dtype} there"
+        )
+    return np.asarray(value, dtype)
+
+
 def _check_leaf(handle: str, spec: Mapping[str, Any], target_leaf: Any) -> None:
     shape, dtype = getattr(target_leaf, "shape", None), getattr(target_leaf, "dtype", None)
     if shape is None or dtype is None:
@@ -649,7 +671,7 @@ class ParamStore:
                             f"{spec['path'] or '<root>'}, but the target has an array of "
                             f"shape {tuple(leaf.shape)} there"
                         )
-                    value = _like(leaf, np.asarray(value, jnp.dtype(leaf.dtype)))
+                    value = _like(leaf, _value_as(handle, spec, value, jnp.dtype(leaf.dtype)))
                 leaves.append(value)
         return jax.tree_util.tree_unflatten(treedef, leaves)
 

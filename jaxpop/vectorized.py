@@ -175,6 +175,22 @@ def write_hparams(
 
 
 # -- initialisation and the vmapped step ------------------------------------------------------
+def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax.Array]:
+    """Given integer hyperparameters as floats where ``space`` samples floats (``-4``
+    written for ``-4.0``): stored as integers, every explored value would be truncated."""
+    if space is None:
+        return hparams
+    sampled = jax.eval_shape(lambda k: explore_lib.sample(k, space), jax.random.key(0))
+    out = dict(hparams)
+    for k, v in hparams.items():
+        want = sampled.get(k) if isinstance(sampled, Mapping) else None
+        if want is None or not jnp.issubdtype(want.dtype, jnp.inexact):
+            continue
+        if not jnp.issubdtype(v.dtype, jnp.inexact):
+            out[k] = v.astype(want.dtype)
+    return out
+
+
 def init_keys(key: jax.Array, num_members: int) -> jax.Array:
     """The keys :func:`init` gives ``init_fn``: ``uint32[num_members, 2]``, one per member.
 
@@ -237,7 +253,7 @@ def init(
     if hparams is not None and not isinstance(hparams, Mapping):
         hparams = _stack_members(hparams)
     if hparams is not None:
-        hparams = {k: jnp.asarray(v) for k, v in hparams.items()}
+        hparams = _as_space_dtypes({k: jnp.asarray(v) for k, v in hparams.items()}, space)
     elif space is None:
         raise TypeError(
             "init needs an explore space to sample the hyperparameters from, or the "
@@ -354,8 +370,9 @@ def vmap_train_step(
 def is_key_leaf(path: Any, leaf: jax.Array) -> bool:
     """Whether a stacked train-state leaf is a PRNG key, for :func:`exploit_explore`.
 
-    A typed key array (``jax.random.key``) always is. A raw key (``uint32``, one key of
-    jax's default implementation per member) is when its name in the train state is
+    A typed key array (``jax.random.key``, one or more keys per member) always is. A raw
+    key array (``uint32[N, ..., 2]``: keys of jax's default implementation, one or more
+    per member, say one per environment) is when its name in the train state is
     ``"key"`` or ``"rng"`` (``state["key"]``, ``state.rng``). Pass another ``is_key`` to
     ``exploit_explore`` to mark keys stored under other names.
     """
@@ -363,25 +380,31 @@ def is_key_leaf(path: Any, leaf: jax.Array) -> bool:
         return True
     last = path[-1] if path else None
     name = getattr(last, "key", None) or getattr(last, "name", None)
-    raw_shape = jax.random.key_data(jax.random.key(0)).shape
+    raw_shape = tuple(jax.random.key_data(jax.random.key(0)).shape)
     return (
         name in ("key", "rng")
         and leaf.dtype == jnp.uint32
-        and tuple(leaf.shape[1:]) == tuple(raw_shape)
+        and leaf.ndim >= 1 + len(raw_shape)
+        and tuple(leaf.shape[leaf.ndim - len(raw_shape) :]) == raw_shape
     )
 
 
 def _refresh_keys(
     state: Any, copied: jax.Array, index: jax.Array, is_key: Callable[[Any, jax.Array], bool]
 ) -> Any:
-    """Each key leaf of a copied member folded in with the member's new generation index."""
+    """Each key of a copied member (all of them, if it has several) folded in with the
+    member's new generation index."""
+
+    def fold(keys: jax.Array, i: jax.Array) -> jax.Array:  # one member's keys, any shape
+        flat = keys.reshape(-1)
+        return jax.vmap(jax.random.fold_in, in_axes=(0, None))(flat, i).reshape(keys.shape)
 
     def refresh(path: Any, leaf: Any) -> Any:
         if not isinstance(leaf, jax.Array) or leaf.ndim == 0 or not is_key(path, leaf):
             return leaf
         typed = jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-        keys = leaf if typed else jax.vmap(jax.random.wrap_key_data)(leaf)
-        fresh = jax.vmap(jax.random.fold_in)(keys, index.astype(jnp.uint32))
+        keys = leaf if typed else jax.random.wrap_key_data(leaf)
+        fresh = jax.vmap(fold)(keys, index.astype(jnp.uint32))
         old_data, new_data = jax.random.key_data(keys), jax.random.key_data(fresh)
         mask = copied.reshape(copied.shape + (1,) * (old_data.ndim - 1))
         data = jnp.where(mask, new_data, old_data)
@@ -446,6 +469,16 @@ def exploit_explore(
     gathered = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.train_state)
     inherited = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.hparams)
     explored = explore(explore_key, space, inherited)
+    for k, v in inherited.items():  # (dtypes are static: this raises while tracing)
+        if jnp.issubdtype(jnp.result_type(explored[k]), jnp.inexact) and not jnp.issubdtype(
+            v.dtype, jnp.inexact
+        ):
+            raise TypeError(
+                f"hyperparameter {k!r} is stored as {v.dtype}, but its explore space gives "
+                f"{jnp.result_type(explored[k])} values, which storing would truncate: "
+                f"initialise it with floats (e.g. {{{k!r}: -4.0}}, not -4), or give init "
+                "the space too"
+            )
     hparams = {
         k: jnp.where(copied, jnp.asarray(explored[k], v.dtype), pop.hparams[k])
         for k, v in inherited.items()

@@ -761,3 +761,20 @@ def test_collect_garbage_reads_a_controllers_state_once(tmp_path):
         assert counting.reads == 1
         with pytest.raises(TypeError, match="PopulationState or a PopulationController"):
             store.collect_garbage(object())
+
+
+def test_a_saved_python_scalar_is_restored_only_into_a_dtype_that_keeps_it(tmp_path):
+    """A float into an integer or bool target, an int that does not fit: a ValueError, as
+    for an array leaf of another dtype; a float into bfloat16, an int into float: kept."""
+    with ParamStore(str(tmp_path), async_save=False) as store:
+        handle = store.save("g", 0, {"lr": 3.7, "n": 100, "flag": True})
+        scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
+        ok = store.restore(
+            handle, {"lr": scalar(jnp.bfloat16), "n": scalar(jnp.float32), "flag": scalar(bool)}
+        )
+        assert float(ok["lr"]) == pytest.approx(3.7, rel=1e-2) and float(ok["n"]) == 100.0
+        for name, dtype in (("lr", jnp.int32), ("n", jnp.int4), ("flag", jnp.int32), ("n", bool)):
+            target = {"lr": scalar(jnp.float32), "n": scalar(jnp.int32), "flag": scalar(bool)}
+            target[name] = scalar(dtype)
+            with pytest.raises(ValueError, match=f"at \\['{name}'\\].*asks for"):
+                store.restore(handle, target)

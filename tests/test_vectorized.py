@@ -385,6 +385,48 @@ def test_record_refuses_a_score_count_other_than_the_population(count):
         vz.record(lineage, np.zeros(count), step=1, now=2.0)
 
 
+def test_members_with_several_keys_get_all_of_them_fresh_when_they_copy():
+    """One key per environment (say, in RL): typed ``(N, E)`` and raw ``uint32[N, E, 2]``
+    under ``"key"``; a copier's keys all differ from its parent's and from each other."""
+    space = {"lr": explore.uniform(0.1, 0.5)}
+    scores = jnp.array([0.0, 1.0, 2.0, 3.0])  # member 0 is best (lower is better)
+
+    def init_fn(k):
+        typed = jax.random.split(jax.random.wrap_key_data(k), 3)
+        return {"w": jnp.zeros(2), "env": typed, "key": jax.random.key_data(typed)}
+
+    pop = vz.init(root_key(0), init_fn, space, 4)
+    new, ex = vz.exploit_explore(
+        pop, scores, root_key(1), space=space, selection=selection.copy_best
+    )
+    assert np.asarray(ex.copied).tolist() == [False, True, True, True]
+    typed = np.asarray(jax.random.key_data(new.train_state["env"]))
+    raw = np.asarray(new.train_state["key"])
+    np.testing.assert_array_equal(typed, raw)  # the same rule for both kinds
+    keys = {tuple(k) for k in typed.reshape(-1, 2)}
+    assert len(keys) == 4 * 3  # no two keys of the population alike
+    before = np.asarray(jax.random.key_data(pop.train_state["env"]))
+    np.testing.assert_array_equal(typed[0], before[0])  # the best keeps its own
+
+
+def test_integer_hyperparameters_for_a_float_space_are_never_truncated():
+    """``-4`` written for ``-4.0``: with the space, init stores floats; without it, the
+    first exploit refuses (storing explored floats as integers would truncate them)."""
+    space = {"log_lr": explore.uniform(-6.0, -1.0), "batch": explore.randint(1, 9)}
+    given = [{"log_lr": -4, "batch": 3}, {"log_lr": -3, "batch": 4}]
+    pop = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, space, hparams=given)
+    assert pop.hparams["log_lr"].dtype == jnp.float32 and pop.hparams["batch"].dtype == jnp.int32
+    new, _ = vz.exploit_explore(
+        pop, jnp.array([1.0, 0.0]), root_key(1), space=space, selection=selection.copy_best
+    )
+    assert new.hparams["log_lr"][0] != jnp.round(new.hparams["log_lr"][0])  # a float again
+    bare = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, hparams=given)
+    with pytest.raises(TypeError, match="'log_lr' is stored as int32"):
+        vz.exploit_explore(
+            bare, jnp.array([1.0, 0.0]), root_key(1), space=space, selection=selection.copy_best
+        )
+
+
 def test_copies_get_fresh_distinct_prng_keys_instead_of_their_parents():
     pop = make_pop()
     keys = jax.random.split(jax.random.key(3), N)
