@@ -194,13 +194,26 @@ def _sharding(target_leaf: Any) -> jax.sharding.Sharding | None:
 
 
 def _like(target_leaf: Any, value: Any) -> Any:
-    """``value`` as the kind of array ``target_leaf`` is (numpy, or jax on its sharding)."""
+    """``value`` as the kind of array ``target_leaf`` is (numpy, or jax on its sharding;
+    weakly typed, as a scalar a Python number made, if the target is: a jitted function
+    it is passed to then does not trace again)."""
     sharding = _sharding(target_leaf)
     if sharding is None:
         return np.asarray(value)
+    if _weakly_typed(target_leaf) and np.shape(value) == ():
+        weak = jnp.asarray(np.asarray(value).item())  # (device_put keeps it weak)
+        if weak.dtype == value.dtype:
+            value = weak
     if isinstance(value, jax.Array) and value.sharding == sharding:
         return value
     return jax.device_put(value, sharding)
+
+
+def _weakly_typed(leaf: Any) -> bool:
+    """Whether a target leaf (an array or a ``jax.ShapeDtypeStruct``) is weakly typed."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return bool(leaf.weak_type)
+    return isinstance(leaf, jax.Array) and bool(jax.typeof(leaf).weak_type)
 
 
 def _value_as(handle: str, spec: Mapping[str, Any], value: Any, dtype: np.dtype) -> np.ndarray:
@@ -652,9 +665,11 @@ class ParamStore:
                 arrays = checkpointer.restore(
                     path, ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )[_STATE]
-            except (FileNotFoundError, ValueError) as e:
+            except (FileNotFoundError, ValueError, KeyError) as e:
                 if not os.path.isdir(path):
                     raise self._missing(handle, path) from e
+                if isinstance(e, KeyError):  # (Orbax's, for a part of the checkpoint gone)
+                    raise ValueError(f"checkpoint {handle!r} is damaged: {e!r}") from e
                 raise
         leaves = []
         for spec, (_, leaf) in zip(specs, flat, strict=True):

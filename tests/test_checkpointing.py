@@ -778,3 +778,36 @@ def test_a_saved_python_scalar_is_restored_only_into_a_dtype_that_keeps_it(tmp_p
             target[name] = scalar(dtype)
             with pytest.raises(ValueError, match=f"at \\['{name}'\\].*asks for"):
                 store.restore(handle, target)
+
+
+def test_a_weakly_typed_scalar_comes_back_weak_and_a_jitted_step_does_not_trace_again(
+    tmp_path,
+):
+    """``optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=1)`` keeps a weakly
+    typed int; restored strong, the step that took the state would trace again."""
+    tx = optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=1)
+    params = {"w": jnp.ones(3)}
+    traces = []
+
+    @jax.jit
+    def step(state):
+        traces.append(1)
+        return tx.update(params, state, params)[1]
+
+    state = step(tx.init(params))
+    with ParamStore(str(tmp_path), async_save=False) as store:
+        handle = store.save("g", 0, state)
+        for target in (jax.eval_shape(lambda: state), state):
+            restored = store.restore(handle, target)
+            assert jax.typeof(restored.hyperparams["max_norm"]).weak_type
+            step(restored)
+    assert len(traces) == 1
+
+
+def test_a_checkpoint_missing_its_arrays_is_a_value_error_naming_it(tmp_path):
+    with ParamStore(str(tmp_path), async_save=False) as store:
+        tree = {"w": jnp.arange(4.0)}
+        handle = store.save("g", 0, tree)
+        shutil.rmtree(os.path.join(handle, "state"))
+        with pytest.raises(ValueError, match="is damaged"):
+            store.restore(handle, jax.eval_shape(lambda: tree))
