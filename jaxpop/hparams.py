@@ -108,9 +108,10 @@ def make_optimizer(
 
     The optimizer is called with ``select_hparams(meta_params, keys, transforms)`` plus
     the ``fixed`` keyword arguments. Every numeric argument, fixed or not, lands in the
-    state's ``hyperparams`` (with dtype ``hyperparam_dtype``), so :func:`set_hparams`
-    can change it later without recompiling; arguments named in ``static_args`` and
-    booleans are baked in.
+    state's ``hyperparams`` (with dtype ``hyperparam_dtype``; a Python int too, such as
+    ``weight_decay=0``, unless the optimizer's own default for that argument is an int),
+    so :func:`set_hparams` can change it later without recompiling; arguments named in
+    ``static_args`` and booleans are baked in.
 
     Args:
       optimizer_fn: an optax optimizer factory, e.g. ``optax.adam``, ``optax.adamw``.
@@ -167,7 +168,12 @@ def make_optimizer(
             raise TypeError(
                 f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
             )
-    for name, value in arguments.items():
+    for name, value in list(arguments.items()):
+        default = parameters[name].default if name in parameters else None
+        if type(value) is int and name not in static_args and type(default) is not int:
+            # a float written as an int (weight_decay=0): injected as an int, it could
+            # never be set to a float
+            arguments[name] = float(value)
         if callable(value) and name not in static_args:
             raise TypeError(
                 f"argument {name!r} is callable, so optax.inject_hyperparams would treat "

@@ -559,3 +559,20 @@ def test_set_hparams_refuses_values_the_cast_would_change():
     )
     inf = hp.set_hparams(state, {"learning_rate": float("inf")})  # an explicit inf is kept
     assert not np.isfinite(float(hp.get_hparams(inf)["learning_rate"]))
+
+
+def test_a_float_argument_written_as_an_int_can_be_set_to_a_float_later():
+    """``weight_decay=0``, ``learning_rate=1``: injected as floats, so PBT can move them;
+    an argument whose optimizer default is an int (adafactor's min_dim_size_to_factor)
+    stays an int."""
+    tx = make_optimizer(optax.adamw, {"learning_rate": 1}, weight_decay=0)
+    state = tx.init({"w": jnp.ones(3)})
+    assert {k: get_hparams(state)[k].dtype for k in ("learning_rate", "weight_decay")} == {
+        "learning_rate": jnp.float32,
+        "weight_decay": jnp.float32,
+    }
+    state = set_hparams(state, {"weight_decay": 1e-4, "learning_rate": 0.5})
+    assert float(get_hparams(state)["weight_decay"]) == pytest.approx(1e-4)
+    factored = make_optimizer(optax.adafactor, {"learning_rate": 1}, min_dim_size_to_factor=64)
+    hparams = get_hparams(factored.init({"w": jnp.ones((3, 3))}))
+    assert hparams["min_dim_size_to_factor"].dtype == jnp.int32
