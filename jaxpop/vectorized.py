@@ -541,7 +541,8 @@ def round_fn(
 
     Args:
       train_step: the member step, as for :func:`vmap_train_step`.
-      eval_fn: ``(state, hparams, eval_data) -> score`` or ``(score, aux)`` of one
+      eval_fn: ``(state, hparams, eval_data) -> score`` or ``(score, aux)`` (a tuple
+        or a list; ``aux`` comes back as ``RoundResult.evaluation``) of one
         member (vmapped; ``eval_data`` is the round's third argument, shared by all
         members). Lower scores are better, as for :func:`exploit_explore`.
       steps_per_round: ``K``.
@@ -619,7 +620,8 @@ def round_fn(
                 draw, pop.replace(key=own_key), None, length=k, unroll=unroll
             )
         evaluated = eval_all(pop.train_state, pop.hparams, eval_data)
-        scores, aux = evaluated if isinstance(evaluated, tuple) else (evaluated, None)
+        paired = isinstance(evaluated, (tuple, list))  # (a score is one number a member)
+        scores, aux = evaluated if paired else (evaluated, None)
         scores = jnp.asarray(scores, jnp.float32)
         pop, exploited = exploit(pop, scores)
         return constrain(pop, mesh), RoundResult(scores, exploited, metrics, aux)

@@ -25,7 +25,7 @@ from test_vectorized import (
 from jaxpop import PopulationBasedTraining, core
 from jaxpop import vectorized as vz
 from jaxpop.keys import root_key
-from jaxpop.mutators import selection
+from jaxpop.mutators import explore, selection
 from jaxpop.vectorized_mf import mf_pbt_round
 
 N = 8
@@ -391,3 +391,24 @@ def test_the_vectorized_example_compiles_its_round_once(tmp_path):
     summary = example.main([*argv, "--log-dir", str(tmp_path)])
     assert summary["compilations"] == 1
     assert summary["exploit_events"] >= 1
+
+
+def test_an_eval_fn_may_return_its_score_and_aux_as_a_list_or_a_tuple():
+    space = {"lr": explore.uniform(0.1, 0.5)}
+
+    def step(state, batch, hparams):
+        return state - hparams["lr"] * state, jnp.sum(state)
+
+    results = []
+    for pack in (tuple, list):
+
+        def evaluate(state, hparams, data, pack=pack):
+            return pack((jnp.sum(state), jnp.max(state)))
+
+        pop = vz.init(root_key(0), lambda k: jax.random.normal(k, (3,)), space, 4)
+        round_ = jax.jit(vz.round_fn(step, evaluate, steps_per_round=1, space=space))
+        _, result = round_(pop, jnp.zeros((1,)))
+        assert result.scores.shape == (4,) and result.evaluation.shape == (4,)
+        results.append((np.asarray(result.scores), np.asarray(result.evaluation)))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
