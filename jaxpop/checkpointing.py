@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import errno
 import heapq
+import math
 import numbers
 import os
 import re
@@ -230,12 +231,22 @@ def _value_as(handle: str, spec: Mapping[str, Any], value: Any, dtype: np.dtype)
         fits = type(value) is int and int(info.min) <= value <= int(info.max)
     else:
         fits = False
-    if not fits:
+    out = None
+    if fits:
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = np.asarray(value, dtype)
+        except OverflowError:
+            out = None
+        # (a float past the dtype's range comes back inf, or NaN in float8: not kept)
+        if out is not None and math.isfinite(value) and not np.isfinite(out.astype(np.float64)):
+            out = None
+    if out is None:
         raise ValueError(
             f"checkpoint {handle!r} holds the {type(value).__name__} {value!r:.40} at "
             f"{spec['path'] or '<root>'}, but the target asks for {dtype} there"
         )
-    return np.asarray(value, dtype)
+    return out
 
 
 def _check_leaf(handle: str, spec: Mapping[str, Any], target_leaf: Any) -> None:

@@ -12,6 +12,7 @@ shows a worker's step and explains the weak-type pitfall and optax's quirks.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
 
@@ -109,7 +110,8 @@ def make_optimizer(
     The optimizer is called with ``select_hparams(meta_params, keys, transforms)`` plus
     the ``fixed`` keyword arguments. Every numeric argument, fixed or not, lands in the
     state's ``hyperparams`` (with dtype ``hyperparam_dtype``; a Python int too, such as
-    ``weight_decay=0``, unless the optimizer's own default for that argument is an int),
+    ``weight_decay=0``, where the optimizer takes a float: a float default or a type
+    hint that admits ``float``; ``seed=0`` stays an int),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
     ``static_args`` and booleans are baked in.
 
@@ -168,9 +170,9 @@ def make_optimizer(
             raise TypeError(
                 f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
             )
+    floats = _float_parameters(optimizer_fn, parameters)
     for name, value in list(arguments.items()):
-        default = parameters[name].default if name in parameters else None
-        if type(value) is int and name not in static_args and type(default) is not int:
+        if type(value) is int and name in floats and name not in static_args:
             # a float written as an int (weight_decay=0): injected as an int, it could
             # never be set to a float
             arguments[name] = float(value)
@@ -184,6 +186,25 @@ def make_optimizer(
         optimizer_fn, static_args=static_args, hyperparam_dtype=hyperparam_dtype
     )
     return inject(**arguments)
+
+
+def _float_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]) -> set[str]:
+    """The parameters of ``optimizer_fn`` that take floats and not ints: a float default,
+    or a type hint that admits ``float`` but not ``int`` (``learning_rate:
+    ScalarOrSchedule``); not ``seed: int`` nor ``key: ArrayLike`` (an int is a key)."""
+    namespace = getattr(inspect.unwrap(optimizer_fn), "__globals__", {})
+    out = set()
+    for name, parameter in parameters.items():
+        hint = parameter.annotation
+        if isinstance(hint, str):  # (postponed annotations, as optax writes them)
+            try:
+                hint = eval(hint, namespace)  # (what typing.get_type_hints does)
+            except Exception:
+                hint = None
+        admitted = (hint, *typing.get_args(hint))
+        if type(parameter.default) is float or (float in admitted and int not in admitted):
+            out.add(name)
+    return out
 
 
 def find_hparam_states(opt_state: Any) -> list[tuple[str, Any]]:

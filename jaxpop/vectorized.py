@@ -178,15 +178,20 @@ def write_hparams(
 def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax.Array]:
     """Given integer hyperparameters as floats where ``space`` samples floats (``-4``
     written for ``-4.0``): stored as integers, every explored value would be truncated."""
-    if space is None:
+    if not isinstance(space, Mapping):
         return hparams
-    sampled = jax.eval_shape(lambda k: explore_lib.sample(k, space), jax.random.key(0))
     out = dict(hparams)
     for k, v in hparams.items():
-        want = sampled.get(k) if isinstance(sampled, Mapping) else None
-        if want is None or not jnp.issubdtype(want.dtype, jnp.inexact):
+        if k not in space or jnp.issubdtype(v.dtype, jnp.inexact):
             continue
-        if not jnp.issubdtype(v.dtype, jnp.inexact):
+        leaf = space[k]
+        try:  # what a draw of this entry gives (constants and nested spaces: skipped)
+            want = jax.eval_shape(
+                lambda key, leaf=leaf: explore_lib.sample(key, leaf), jax.random.key(0)
+            )
+        except Exception:
+            continue
+        if isinstance(want, jax.ShapeDtypeStruct) and jnp.issubdtype(want.dtype, jnp.inexact):
             out[k] = v.astype(want.dtype)
     return out
 

@@ -773,6 +773,10 @@ def test_a_saved_python_scalar_is_restored_only_into_a_dtype_that_keeps_it(tmp_p
             handle, {"lr": scalar(jnp.bfloat16), "n": scalar(jnp.float32), "flag": scalar(bool)}
         )
         assert float(ok["lr"]) == pytest.approx(3.7, rel=1e-2) and float(ok["n"]) == 100.0
+        for step, (value, dtype) in enumerate(((1e300, jnp.float32), (70000, jnp.float16))):
+            too_big = store.save("g", step + 1, {"x": value})  # inf there: not kept
+            with pytest.raises(ValueError, match=r"at \['x'\].*asks for"):
+                store.restore(too_big, {"x": scalar(dtype)})
         for name, dtype in (("lr", jnp.int32), ("n", jnp.int4), ("flag", jnp.int32), ("n", bool)):
             target = {"lr": scalar(jnp.float32), "n": scalar(jnp.int32), "flag": scalar(bool)}
             target[name] = scalar(dtype)

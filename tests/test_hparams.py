@@ -576,3 +576,7 @@ def test_a_float_argument_written_as_an_int_can_be_set_to_a_float_later():
     factored = make_optimizer(optax.adafactor, {"learning_rate": 1}, min_dim_size_to_factor=64)
     hparams = get_hparams(factored.init({"w": jnp.ones((3, 3))}))
     assert hparams["min_dim_size_to_factor"].dtype == jnp.int32
+    for seeded in ({"key": 0},):  # an int by its type hint (ArrayLike): a PRNG seed
+        noisy = make_optimizer(optax.noisy_sgd, learning_rate=0.1, **seeded)
+        params = {"w": jnp.ones(3)}
+        noisy.update(params, noisy.init(params), params)  # (a float seed would raise)

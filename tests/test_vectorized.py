@@ -412,8 +412,8 @@ def test_members_with_several_keys_get_all_of_them_fresh_when_they_copy():
 def test_integer_hyperparameters_for_a_float_space_are_never_truncated():
     """``-4`` written for ``-4.0``: with the space, init stores floats; without it, the
     first exploit refuses (storing explored floats as integers would truncate them)."""
-    space = {"log_lr": explore.uniform(-6.0, -1.0), "batch": explore.randint(1, 9)}
-    given = [{"log_lr": -4, "batch": 3}, {"log_lr": -3, "batch": 4}]
+    space = {"log_lr": explore.uniform(-6.0, -1.0), "batch": explore.randint(1, 9), "net": "cnn"}
+    given = [{"log_lr": -4, "batch": 3}, {"log_lr": -3, "batch": 4}]  # (a constant: skipped)
     pop = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, space, hparams=given)
     assert pop.hparams["log_lr"].dtype == jnp.float32 and pop.hparams["batch"].dtype == jnp.int32
     new, _ = vz.exploit_explore(

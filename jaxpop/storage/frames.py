@@ -93,6 +93,7 @@ def _chain_to_end(data: bytes, offset: int) -> bool:
     rather than drop data).
     """
     budget = 8 * len(data) + (1 << 20)
+    content = len(data.rstrip(b"\0"))  # past it, zeros only (once, not per candidate)
     position = offset + _HEADER.size + 1
     while (found := data.find(_PAYLOAD_START, position)) != -1:
         start = found - _HEADER.size
@@ -109,7 +110,7 @@ def _chain_to_end(data: bytes, offset: int) -> bool:
             if bad is not None:
                 break
             start = end
-        if start >= len(data) or not any(data[start:]):
+        if start >= content:
             return True
     return False
 
