@@ -353,6 +353,14 @@ def test_scores_that_are_not_a_vector_are_refused_naming_their_shape(fn, scores)
         fn(key, scores)
 
 
+def test_a_score_of_shape_one_per_member_is_told_to_be_a_scalar():
+    key = np.array([0, 1], np.uint32)
+    with pytest.raises(ValueError, match=r"shape \(1,\) per member\? return a scalar"):
+        truncation(key, np.zeros((4, 1), np.float32))
+    with pytest.raises(ValueError, match="vmap over populations"):
+        truncation(key, np.zeros((2, 4), np.float32))
+
+
 def test_complex_scores_are_refused():
     with pytest.raises(TypeError, match="real numbers"):
         copy_best(np.array([0, 1], np.uint32), np.array([1 + 1j, 2.0]))

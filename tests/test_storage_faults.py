@@ -1480,3 +1480,24 @@ def test_a_store_left_open_at_interpreter_exit_exits_quietly(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert result.returncode == 0 and "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_a_store_closed_by_a_finalizer_during_a_takeover_does_not_deadlock(tmp_path, monkeypatch):
+    """The garbage collector can run a dropped controller's finalizer (which closes its
+    Store) in the middle of a newer Store's takeover of the same log_dir, in the same
+    thread: here forced, by closing the old Store while the takeover reads the run."""
+    old = _open(tmp_path)
+    Driver().run(old, 2)
+    real = store._load_live
+
+    def load_while_collected(*args, **kwargs):
+        old._store.close()  # what the finalizer does
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_load_live", load_while_collected)
+    done = []
+    thread = threading.Thread(target=lambda: done.append(_open(tmp_path)), daemon=True)
+    thread.start()
+    thread.join(30)
+    assert done, "the takeover deadlocked"
+    done[0].close()

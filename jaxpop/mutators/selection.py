@@ -83,7 +83,13 @@ def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
         raise ValueError(
             f"scores must be a non-empty vector with one score per member, shape (n,), got "
             f"shape {scores.shape}"
-            + (" (vmap over populations instead)" if scores.ndim > 1 else "")
+            + (
+                " (one score of shape (1,) per member? return a scalar score)"
+                if scores.ndim == 2 and scores.shape[1] == 1
+                else " (vmap over populations instead)"
+                if scores.ndim > 1
+                else ""
+            )
         )
     if jnp.issubdtype(scores.dtype, jnp.complexfloating):
         raise TypeError(f"scores must be real numbers, got {scores.dtype}")

@@ -436,7 +436,9 @@ def read_state(log_dir: str | os.PathLike, *, attempts: int = 5) -> PopulationSt
 
 # The live Store of each log_dir opened by this process, by (device, inode).
 _open_stores: dict[tuple[int, int], weakref.ref[Store]] = {}
-_open_stores_lock = threading.Lock()
+# reentrant: a controller's finalizer (closing its Store) can run in the middle of a
+# newer Store's takeover, in the same thread, when the garbage collector runs there
+_open_stores_lock = threading.RLock()
 
 
 class Store:
@@ -1032,7 +1034,7 @@ class Store:
 
 def _after_fork_in_child() -> None:
     global _open_stores_lock
-    _open_stores_lock = threading.Lock()  # it may have been held by a thread at fork time
+    _open_stores_lock = threading.RLock()  # it may have been held by a thread at fork time
     for ref in list(_open_stores.values()):
         store = ref()
         if store is not None:
