@@ -215,8 +215,6 @@ class PopulationController:
             raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s
         self._stop_when = stop_when
-        # when each worker last called (in memory only: see below)
-        self._seen: dict[int, float] = {}
         if (mutator is None) == (mutate is None):
             raise TypeError(
                 "PopulationController takes one mutator: pass mutator= (or mutate=, the "
@@ -271,10 +269,12 @@ class PopulationController:
         else:
             core.check_population([w.meta_params for w in state.workers], mutator)
         self._state = state
+        # when each worker last called, in memory only (with gone_after_s). A controller
+        # just started (or resumed) has heard from no one yet: every worker has
+        # gone_after_s from now to call (workers held waiting when a run was stopped
+        # would otherwise be gone at its first call)
+        self._seen: dict[int, float] = {}
         if gone_after_s is not None:
-            # a controller just started (or resumed) has heard from no one yet: every
-            # worker has gone_after_s from now to call (workers held waiting when a run
-            # was stopped would otherwise be gone at its first call)
             self._seen = dict.fromkeys(range(state.population_size), _as_time(clock()))
         if mutator.prepare is not None:
             try:
