@@ -66,11 +66,12 @@ def copy_out(tree: Any) -> Any:
 
 def _flat(tree: Any) -> bool:
     """Whether ``tree`` is a dict of str keys and plain values (its keys sort)."""
-    return (
-        type(tree) is dict
-        and all(type(k) is str for k in tree)
-        and all(type(v) in _IMMUTABLE for v in tree.values())
-    )
+    if type(tree) is not dict:
+        return False
+    for k, v in tree.items():  # noqa: SIM110 (all() over two generators costs ~5x more)
+        if type(k) is not str or type(v) not in _IMMUTABLE:
+            return False
+    return True
 
 
 def check_sortable_keys(tree: Any, where: str) -> None:

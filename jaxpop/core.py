@@ -567,9 +567,11 @@ def set_eval(
     # the assignments that changed: this report's and the mutator's
     changed = moved
     if replaced_ids:
-        ids = sorted({*replaced_ids, *(i for i, _ in moved)})
+        ids = set(replaced_ids)
+        if moved:
+            ids.add(worker_id)
         changed = tuple(
-            [(i, new.workers[i]) for i in ids if new.workers[i] is not state.workers[i]]
+            [(i, new.workers[i]) for i in sorted(ids) if new.workers[i] is not state.workers[i]]
         )
     new, changes = _finish(state, new, [checkpoint, *result[2]], now, changed)
     return new, Reply(checkpoint=checkpoint, changes=changes)

@@ -413,3 +413,46 @@ def test_infinite_or_huge_integers_clip_to_the_space_on_the_host():
         assert ex.clip(space, {"batch": value}) == {"batch": want}
         assert ex.explore(key, space, {"batch": value}, resample_probability=0.0) == {"batch": want}
         assert ex.perturb(key, space, {"batch": value}) == {"batch": want}
+
+
+def test_a_flat_space_decides_as_the_general_walk(monkeypatch):
+    """A flat space over a dict of Python values takes a shorter path; on random spaces
+    (every kind of leaf, constants, values outside the space, missing, NaN or of another
+    type, which the general path decides or refuses) every operation gives what the
+    general walk gives, or raises the same error."""
+    import random
+
+    rng = random.Random(0)
+    kinds = [
+        lambda: ex.uniform(-1.0, 2.0),
+        lambda: ex.log_uniform(1e-4, 1.0),
+        lambda: ex.randint(0, 9),
+        lambda: ex.choice([32, 64, 128]),
+        lambda: ex.choice(["adam", "sgd", None, True]),
+        lambda: 0.5,  # a constant
+        lambda: "name",
+    ]
+    values = [0.3, -5.0, 7, 1e9, 64, "sgd", "adamw", None, True, math.nan, np.float32(0.1), [1]]
+
+    def outcome(op, key, space, meta):
+        try:
+            return ("ok", ex._apply(op, key, space, meta, 0.4, (0.8, 1.2)))
+        except Exception as e:  # the same error either way
+            return (type(e).__name__, str(e))
+
+    general = ex._apply_flat
+    for trial in range(600):
+        space = {f"h{j}": rng.choice(kinds)() for j in range(rng.randrange(0, 4))}
+        meta = {name: rng.choice(values) for name in space if rng.random() < 0.9}
+        if rng.random() < 0.3:
+            meta["other"] = "kept"
+        key = np.array([trial, 7], np.uint32)
+        for op in ("perturb", "resample", "explore", "clip"):
+            fast = outcome(op, key, space, meta)
+            monkeypatch.setattr(ex, "_apply_flat", lambda *args: None)
+            slow = outcome(op, key, space, meta)
+            monkeypatch.setattr(ex, "_apply_flat", general)
+            assert repr(fast) == repr(slow), (space, meta, op)  # (repr: NaN equals NaN)
+            if fast[0] == "ok":
+                assert [type(v) for v in fast[1].values()] == [type(v) for v in slow[1].values()]
+                assert list(fast[1]) == list(slow[1])

@@ -805,9 +805,13 @@ def test_truncation_from_the_kept_order_equals_truncation_over_the_keys():
             if math.isnan(keys[i]):
                 continue  # a deciding member has a score
             entry = _views.order_entry(keys[i], i)
-            ranked = pbt_lib._truncation_ranked(fraction, key, i, order, entry, lambda: True)
+            steps = np.zeros(n, np.int64)
+            ranked = pbt_lib._truncation_ranked(fraction, key, i, order, entry, steps, None)
             assert ranked == pbt_lib._truncation_one(fraction, key, i, keys, lambda: None)
-            ranked = pbt_lib._truncation_ranked(fraction, key, i, order, entry, lambda: False)
+            ranked = pbt_lib._truncation_ranked(fraction, key, i, order, entry, steps, 0)
+            assert ranked == pbt_lib._truncation_one(fraction, key, i, keys, lambda: None)
+            steps[(i + 1) % n] = -1  # a member whose copy source is behind min_step
+            ranked = pbt_lib._truncation_ranked(fraction, key, i, order, entry, steps, 0)
             k = selection_lib.num_in_quantile(n, fraction)
             in_bottom = k > 0 and selection_lib.in_bottom(keys, i, k)
             # a member may not be copied: one in the bottom is decided over the keys (None)

@@ -58,6 +58,7 @@ class View:
         "_entry",
         "_ordered",
         "_places",
+        "_rows",
         "added",
         "by_generation",
         "columns",
@@ -77,15 +78,18 @@ class View:
         state: Any,
         workers: Sequence[ActiveWorker],
         history: History,
-        columns: dict[str, np.ndarray],
+        rows: np.ndarray,
         by_generation: dict[str, tuple[int, ...]],
     ):
         self._entry = entry
         self.state = state
         self.workers = tuple(workers)
         self.history = history
-        self.columns = columns
-        self._arrays = tuple(columns.values())
+        # one record per worker, a field per column: an entry is written in one
+        # assignment (a column is a view of its field)
+        self._rows = rows
+        self.columns = {name: rows[name] for name in rows.dtype.names or ()}
+        self._arrays = tuple(self.columns.values())
         self.by_generation = by_generation
         #: workers whose entries are out of date: refreshed before the view is next read
         self.stale: set[int] = set()
@@ -118,6 +122,10 @@ class View:
         self.order = sorted(self._places)
         self._ordered = column
 
+    def place(self, worker_id: int) -> tuple[int, float, int]:
+        """The worker's :func:`order_entry` in :attr:`order` (kept only with an order)."""
+        return self._places[worker_id]
+
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
 
@@ -132,8 +140,7 @@ class View:
                 del order[bisect.bisect_left(order, old)]
                 bisect.insort(order, new)
                 self._places[worker_id] = new
-        for column, value in zip(self._arrays, values, strict=True):
-            column[worker_id] = value
+        self._rows[worker_id] = tuple(values)
 
     def reassigned(self, workers: Sequence[ActiveWorker], changed: Sequence[int]) -> None:
         """Re-labels the view with ``workers``, which differ from its own at the indices
@@ -142,9 +149,9 @@ class View:
         for i in changed:
             before, after = old[i].generation_id, workers[i].generation_id
             if before != after:
-                left = tuple(j for j in by_generation.pop(before) if j != i)
-                if left:  # a generation no worker is in is dropped: the dict stays small
-                    by_generation[before] = left
+                ids = by_generation.pop(before)
+                if ids != (i,):  # a generation no worker is in is dropped: the dict stays small
+                    by_generation[before] = tuple([j for j in ids if j != i])
                 by_generation[after] = (*by_generation.get(after, ()), i)
         self.stale.update(changed)
         self.workers = tuple(workers)
@@ -174,6 +181,7 @@ class Views:
     def __init__(self, entry: EntryFn, columns: Mapping[str, Any], order_by: str | None = None):
         self._entry = entry
         self._columns = dict(columns)
+        self._dtype = np.dtype(list(self._columns.items()), align=True)
         self._order_by = order_by
         self._ordered = None if order_by is None else list(self._columns).index(order_by)
         self._views: dict[int, View] = {}
@@ -238,8 +246,8 @@ class Views:
         by_generation: dict[str, tuple[int, ...]] = {}
         for i, worker in enumerate(workers):
             by_generation[worker.generation_id] = (*by_generation.get(worker.generation_id, ()), i)
-        columns = {name: np.empty(n, dtype) for name, dtype in self._columns.items()}
-        view = View(self._entry, state, workers, history, columns, by_generation)
+        rows = np.zeros(n, self._dtype)
+        view = View(self._entry, state, workers, history, rows, by_generation)
         for i in range(n):
             view.refresh(i)
         if self._ordered is not None:

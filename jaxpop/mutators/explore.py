@@ -548,6 +548,10 @@ def _apply(
     probability: float = 0.0,
     factors: tuple[float, ...] = DEFAULT_FACTORS,
 ) -> Any:
+    if type(space) is dict and type(meta) is dict and type(key) is np.ndarray:
+        flat = _apply_flat(op, key, space, meta, probability, factors)
+        if flat is not None:
+            return flat
     leaves: list = []
     _leaves(space, meta, (), leaves)
     for path, leaf_space, value in leaves:
@@ -557,6 +561,54 @@ def _apply(
     else:
         new = _apply_arrays(op, key, leaves, probability, factors)
     return _rebuild(space, meta, iter(new))
+
+
+_PYTHON_NUMBERS = (float, int)
+_PYTHON_CHOICES = (float, int, str, bool, type(None))
+
+
+def _apply_flat(
+    op: str,
+    key: np.ndarray,
+    space: dict,
+    meta: dict,
+    probability: float,
+    factors: tuple[float, ...],
+) -> dict | None:
+    """:func:`_apply` of a flat space (a ``dict`` of leaves and constants) to a ``dict``
+    of Python numbers (strings, bools or ``None`` for a choice): the usual host case,
+    without walking the trees. The same draws, formulas and result as the general
+    path; ``None`` for anything else (then the general path decides, or raises: every
+    value is checked before any is computed)."""
+    out = dict(meta)
+    random = None
+    for name, leaf_space in space.items():
+        if not isinstance(leaf_space, (Uniform, LogUniform, RandInt, Choice)):
+            if isinstance(leaf_space, (_Leaf, Mapping, list, tuple, set, frozenset)):
+                return None  # nested, or not a space: the general path
+            out[name] = leaf_space  # a constant
+            continue
+        value = meta.get(name, _NO_VALUE)
+        choice = isinstance(leaf_space, Choice)
+        if choice:
+            if type(value) not in _PYTHON_CHOICES:
+                return None
+            x = value
+        elif type(value) in _PYTHON_NUMBERS and value == value:
+            x = float(value)
+        else:
+            return None  # missing, NaN, or not a Python number: the general path
+        u = None
+        if op != "clip":
+            if random is None:
+                random = HostRandom(_host_key(key)).random
+            u = (random(), random(), random())
+        try:
+            result = _leaf(op, leaf_space, x, u, _SCALARS, (name,), probability, factors)
+        except (TypeError, ValueError):
+            return None  # the general path raises, for the first leaf at fault
+        out[name] = _finish_scalar(leaf_space, result, value)
+    return out
 
 
 def _all_python(leaves: list) -> bool:

@@ -381,7 +381,7 @@ class _Config(NamedTuple):
     selection: _Selection
     synch: bool
     allow_rewind: bool
-    # (source, space_key, fn_key, history, workers) -> meta_params
+    # (source, keys, history, workers) -> meta_params (see _new_meta_params)
     explore: Callable[..., Any]
 
 
@@ -461,28 +461,28 @@ def _new_meta_params(
     wants_key: bool,
     explorer: Callable[..., Any] | None,
     source: Checkpoint,
-    space_key: np.ndarray,
-    fn_key: np.ndarray,
+    keys: np.ndarray,
     history: History,
     workers: Workers,
 ) -> Any:
     """A copier's hyperparameters: the explorer's (or the space's perturb-or-resample)
-    from the source's, then ``custom_explore_fn``, each clipped to the space."""
+    from the source's, then ``custom_explore_fn``, each clipped to the space. ``keys``:
+    ``uint32[2, 2]``, the space's (or explorer's) raw key, then the function's."""
     meta = source.meta_params
     if explorer is not None:
-        meta = explorer(space_key, source, history, tuple(workers))
+        meta = explorer(keys[0], source, history, tuple(workers))
         if space is not None:
             meta = explore_lib.clip(space, meta)
     elif space is not None:
         meta = explore_lib.explore(
-            space_key,
+            keys[0],
             space,
             meta,
             resample_probability=resample_probability,
             perturbation_factors=factors,
         )
     if custom_explore_fn is not None:
-        meta = call_mutate_fn(custom_explore_fn, wants_key, (meta,), fn_key)
+        meta = call_mutate_fn(custom_explore_fn, wants_key, (meta,), keys[1])
         if space is not None:
             meta = explore_lib.clip(space, meta)
     return meta
@@ -571,24 +571,24 @@ def _choose(config: _Config, view: _views.View, key: Any, i: int, min_step: int 
     truncation and copy_best draw from those only)."""
     keys, copy_steps = view["keys"], view["copy_steps"]
     pool = _pool(view)
+    ranked, order = config.selection.ranked, view.order
+    if pool is None and ranked is not None and order is not None:
+        chosen = ranked(key, i, order, view.place(i), copy_steps, min_step)
+        if chosen is not None:
+            return chosen
     position = i
     if pool is not None:
         keys, copy_steps = keys[pool], copy_steps[pool]
         position = int(np.searchsorted(pool, i))
-
-    def parents() -> np.ndarray | None:  # asked only if the decider is in the bottom
-        return None if min_step is None else copy_steps >= min_step
-
-    def every_parent() -> bool:  # whether every worker may be copied
-        return min_step is None or not np.count_nonzero(copy_steps < min_step)
-
-    ranked, order = config.selection.ranked, view.order
-    if pool is None and ranked is not None and order is not None:
-        chosen = ranked(key, i, order, _views.order_entry(keys[i], i), every_parent)
-        if chosen is not None:
-            return chosen
+    parents = functools.partial(_parents, copy_steps, min_step)
     chosen = config.selection.one(key, position, keys, parents)
     return chosen if pool is None else int(pool[chosen])
+
+
+def _parents(copy_steps: np.ndarray, min_step: int | None) -> np.ndarray | None:
+    """The workers that may be copied (``None``: all): those whose copy source is at
+    ``min_step`` or later."""
+    return None if min_step is None else copy_steps >= min_step
 
 
 def _update(
@@ -631,8 +631,8 @@ def _update(
             last_decision[i] = (gen, _when(config, own))
         else:
             # streams -2, -3, ...: -1 is a synchronous round's selection
-            space_key, fn_key = HostRandom(key, stream=-2 - i).raw_keys(2)
-            meta = config.explore(source, space_key, fn_key, current, new_workers)
+            keys = HostRandom(key, stream=-2 - i).raw_keys(2)  # the space's, the function's
+            meta = config.explore(source, keys, current, new_workers)
             worker, start = start_generation(source, meta, key, i, now)
             new_workers[i] = worker
             new_checkpoints.append(start)
@@ -714,12 +714,12 @@ class _Selection(NamedTuple):
 
     one: Callable[[Any, int, np.ndarray, Callable[[], np.ndarray | None]], int]
     round: Callable[[Any, np.ndarray], np.ndarray]
-    #: ``ranked(key, i, order, entry, every_parent) -> int | None``: ``one`` from a
-    #: view's sorted :attr:`~jaxpop.mutators._views.View.order` (``entry``: member
-    #: ``i``'s place in it) when every member takes part; ``None`` when it cannot tell
-    #: from the order (then ``one`` decides); ``every_parent()``: whether every member
-    #: may be copied. ``ranked`` itself ``None``: not offered.
-    ranked: Callable[[Any, int, list, tuple, Callable[[], bool]], int | None] | None = None
+    #: ``ranked(key, i, order, entry, copy_steps, min_step) -> int | None``: ``one``
+    #: from a view's sorted :attr:`~jaxpop.mutators._views.View.order` (``entry``:
+    #: member ``i``'s place in it) when every member takes part; ``None`` when it cannot
+    #: tell from the order (then ``one`` decides); a member whose ``copy_steps`` is
+    #: below ``min_step`` may not be copied. ``ranked`` itself ``None``: not offered.
+    ranked: Callable[[Any, int, list, tuple, np.ndarray, int | None], int | None] | None = None
 
 
 def _make_selection(selection: Any, quantile_fraction: float) -> _Selection:
@@ -794,19 +794,26 @@ def _truncation_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents
 
 
 def _truncation_ranked(
-    fraction: float, key: Any, i: int, order: list, entry: tuple, every_parent: Callable[[], bool]
+    fraction: float,
+    key: Any,
+    i: int,
+    order: list,
+    entry: tuple,
+    copy_steps: np.ndarray,
+    min_step: int | None,
 ) -> int | None:
     """:func:`_truncation_one` from the sorted order of the sort keys (every member
     taking part): bisections, no pass over the population. Member ``i`` is in the
     bottom if at least ``n - k`` entries precede ``entry``; it then draws, as
     ``truncation_parent`` does, among the first ``min(k, m)`` entries, ``m`` being the
     members strictly better than it (those before its key's first place). ``None`` when
-    a member may not be copied (the top is then not the order's first ``k``)."""
+    a member may not be copied (its copy source is before ``min_step``: the top is then
+    not the order's first ``k``)."""
     n = len(order)
     k = selection_lib.quantile_size(n, fraction)
     if k == 0 or bisect.bisect_left(order, entry) < n - k:
         return i
-    if not every_parent():
+    if min_step is not None and np.count_nonzero(copy_steps < min_step):
         return None
     better = min(k, bisect.bisect_left(order, (entry[0], entry[1], -1)))
     if better == 0:
