@@ -20,6 +20,8 @@ from jaxpop.types import RawKey
 __all__ = ["HostRandom"]
 
 _WORDS = struct.Struct("<8Q")
+_STREAM = struct.Struct("<q")
+_COUNTER = struct.Struct("<Q")
 _SCALE = 2.0**-53
 _UINT32 = np.dtype(np.uint32)
 _LITTLE_UINT32 = np.dtype("<u4")
@@ -41,14 +43,16 @@ class HostRandom:
             key_bytes = key.tobytes()
         else:
             key_bytes = np.asarray(key, np.uint32).tobytes()
-        self._prefix = key_bytes + int(stream).to_bytes(8, "little", signed=True)
+        if type(stream) is not int:
+            stream = int(stream)
+        self._prefix = key_bytes + _STREAM.pack(stream)
         self._counter = 0  # blocks hashed so far
         self._block = b""  # the last one's digest (eight little-endian 64-bit words),
         self._words: tuple[int, ...] = ()  # the same words as ints,
         self._next = 0  # of which the first _next are used
 
     def _refill(self) -> None:
-        data = self._prefix + self._counter.to_bytes(8, "little")
+        data = self._prefix + _COUNTER.pack(self._counter)
         self._counter += 1
         self._block = hashlib.blake2b(data).digest()  # blake2b's default: 64 bytes
         self._words = _WORDS.unpack(self._block)
@@ -73,7 +77,11 @@ class HostRandom:
         """A uniform integer in ``[0, n)`` (``n`` at most ``2**53``)."""
         if not 0 < n <= 2**53:
             raise ValueError(f"randrange needs 0 < n <= 2**53, got {n}")
-        return min(int((self._word() >> 11) * _SCALE * n), n - 1)  # random() * n, one call less
+        if self._next == len(self._words):  # _word(), inlined: this is the hot path
+            self._refill()
+        i = self._next
+        self._next = i + 1
+        return min(int((self._words[i] >> 11) * _SCALE * n), n - 1)  # random() * n
 
     def raw_keys(self, num: int) -> np.ndarray:
         """``num`` raw keys, ``uint32[num, 2]`` (for functions that take a jax key)."""

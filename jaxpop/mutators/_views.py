@@ -205,17 +205,23 @@ class Views:
         added = history.added_since(old.history, limit=self._LIMIT)
         if added is None:
             return self.build(state, workers, history)
-        refs, replaced_refs = set(), set()
-        for checkpoint in added:
-            ref = (checkpoint.generation_id, checkpoint.step)
-            if ref in refs or old.history.get_checkpoint(*ref) is not None:
-                replaced_refs.add(ref)  # (a checkpoint that was there: replaced)
-            refs.add(ref)
-        old.reassigned(workers, replaced(workers, old.workers))
-        touched = set(old.stale)
-        old.stale.clear()
+        old_history = old.history
+        generations = {checkpoint.generation_id for checkpoint in added}
+        replaced_refs = set()
+        if history.num_checkpoints - old_history.num_checkpoints != len(added):
+            # an add replaced a checkpoint (each other add counts one more): find which
+            refs: set[tuple[str, int]] = set()
+            for checkpoint in added:
+                ref = (checkpoint.generation_id, checkpoint.step)
+                if ref in refs or old_history.get_checkpoint(*ref) is not None:
+                    replaced_refs.add(ref)
+                refs.add(ref)
+        changed = replaced(workers, old.workers)
+        if changed:
+            old.reassigned(workers, changed)
+        touched, old.stale = old.stale, set()
         by_generation, derived = old.by_generation, old.derived
-        for generation_id, _ in refs:
+        for generation_id in generations:
             touched.update(by_generation.get(generation_id, ()))
             if derived:
                 derived.pop(generation_id, None)
@@ -229,7 +235,7 @@ class Views:
         for i in touched:
             old.refresh(i)
         old.touched = touched
-        old.added = {generation_id for generation_id, _ in refs}
+        old.added = generations
         return old
 
     def keep(self, view: View) -> None:

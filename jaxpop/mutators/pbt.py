@@ -515,7 +515,11 @@ def _entry(
         source = latest if latest.params is not None else history.latest_loadable(generation_id)
     key = selection_lib.sort_key(score, config.mode)
     active = worker.is_active
-    ready = active and _is_ready(config, state, history, worker_id, worker, latest)
+    ready = (
+        active
+        and latest is not None
+        and _is_ready(config, state, history, worker_id, worker, latest)
+    )
     return key, -1 if source is None else source.step, ready, active
 
 
