@@ -45,7 +45,10 @@ class HostRandom:
             key_bytes = np.asarray(key, np.uint32).tobytes()
         if type(stream) is not int:
             stream = int(stream)
-        self._prefix = key_bytes + _STREAM.pack(stream)
+        try:
+            self._prefix = key_bytes + _STREAM.pack(stream)
+        except struct.error:
+            raise OverflowError(f"stream must fit in 64 signed bits, got {stream}") from None
         self._counter = 0  # blocks hashed so far
         self._block = b""  # the last one's digest (eight little-endian 64-bit words),
         self._words: tuple[int, ...] = ()  # the same words as ints,
