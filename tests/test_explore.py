@@ -456,6 +456,7 @@ def test_a_flat_space_decides_as_the_general_walk(monkeypatch):
         lambda: "name",
     ]
     values = [0.3, -5.0, 7, 1e9, 64, "sgd", "adamw", None, True, math.nan, np.float32(0.1), [1]]
+    values += [10**400, math.inf]  # (an int no float holds: the general path's error)
 
     def outcome(op, key, space, meta):
         try:
@@ -469,7 +470,7 @@ def test_a_flat_space_decides_as_the_general_walk(monkeypatch):
         meta = {name: rng.choice(values) for name in space if rng.random() < 0.9}
         if rng.random() < 0.3:
             meta["other"] = "kept"
-        key = np.array([trial, 7], np.uint32)
+        key = np.array([trial, 7], np.uint32) if trial % 50 else np.array(["x", "y"])
         for op in ("perturb", "resample", "explore", "clip"):
             fast = outcome(op, key, space, meta)
             monkeypatch.setattr(ex, "_apply_flat", lambda *args: None)

@@ -48,7 +48,9 @@ class HostRandom:
         try:
             self._prefix = key_bytes + _STREAM.pack(stream)
         except struct.error:
-            raise OverflowError(f"stream must fit in 64 signed bits, got {stream}") from None
+            raise OverflowError(
+                f"stream must fit in 64 signed bits, got one of {stream.bit_length()} bits"
+            ) from None
         self._counter = 0  # blocks hashed so far
         self._block = b""  # the last one's digest (eight little-endian 64-bit words),
         self._words: tuple[int, ...] = ()  # the same words as ints,

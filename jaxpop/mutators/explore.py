@@ -580,6 +580,20 @@ def _apply_flat(
     without walking the trees. The same draws, formulas and result as the general
     path; ``None`` for anything else (then the general path decides, or raises: every
     value is checked before any is computed)."""
+    try:
+        return _apply_flat_unchecked(op, key, space, meta, probability, factors)
+    except (TypeError, ValueError, OverflowError):
+        return None  # the general path raises, for the first value at fault
+
+
+def _apply_flat_unchecked(
+    op: str,
+    key: np.ndarray,
+    space: dict,
+    meta: dict,
+    probability: float,
+    factors: tuple[float, ...],
+) -> dict | None:
     out = dict(meta)
     random = None
     for name, leaf_space in space.items():
@@ -603,10 +617,7 @@ def _apply_flat(
             if random is None:
                 random = HostRandom(_host_key(key)).random
             u = (random(), random(), random())
-        try:
-            result = _leaf(op, leaf_space, x, u, _SCALARS, (name,), probability, factors)
-        except (TypeError, ValueError):
-            return None  # the general path raises, for the first leaf at fault
+        result = _leaf(op, leaf_space, x, u, _SCALARS, (name,), probability, factors)
         out[name] = _finish_scalar(leaf_space, result, value)
     return out
 
