@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from jaxpop import encoding
+from jaxpop.boundary import copy_out
 from jaxpop.history import History
 from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint
@@ -149,17 +150,51 @@ class Mutate:
         return active_workers
 
 
+def _private(checkpoint: Checkpoint) -> Checkpoint:
+    """A copy of a stored checkpoint for a seed-style mutator: the same record with
+    fresh containers around the same leaves (see :func:`jaxpop.boundary.copy_out`)."""
+    c = checkpoint
+    return Checkpoint(
+        copy_out(c.params),
+        copy_out(c.meta_params),
+        c.generation_id,
+        c.value,
+        c.parent,
+        c.step,
+        c.time,
+    )
+
+
+def _edited(copy: ActiveWorker, stored: ActiveWorker) -> bool:
+    """Whether a mutator edited the ``meta_params`` of its copy of an assignment."""
+    try:
+        return bool(copy.meta_params != stored.meta_params)
+    except Exception:  # (arrays in it compare elementwise: not comparable whole)
+        return False
+
+
+def _private_worker(worker: ActiveWorker) -> ActiveWorker:
+    """:func:`_private` for an assignment."""
+    w = worker
+    return ActiveWorker(
+        copy_out(w.params), copy_out(w.meta_params), w.generation_id, w.step, w.status
+    )
+
+
 class _Cache(MutableMapping):
     """A mutable ``generation_id -> IntKeyDict`` over a :class:`History`, copied lazily.
 
     A generation is copied into an :class:`IntKeyDict` the first time it is read, so a
-    call costs what the mutator reads, not the size of the history.
+    call costs what the mutator reads, not the size of the history. Its checkpoints are
+    copies with fresh containers (:func:`_private`): a mutator that edits a checkpoint's
+    ``meta_params`` or ``params`` dict in place edits its copy, never the history.
     """
 
     def __init__(self, history: History):
         self._history = history
         self._copies: dict[Any, Any] = {}  # generations read or set, in that order
         self._deleted: set[Any] = set()
+        self._given: dict[Any, Checkpoint] = {}  # ref -> the copy handed out
 
     def __getitem__(self, generation_id: Any) -> Any:
         steps = self._copies.get(generation_id)
@@ -167,8 +202,11 @@ class _Cache(MutableMapping):
             return steps
         if generation_id in self._deleted or generation_id not in self._history:
             raise KeyError(generation_id)
-        view = self._history[generation_id]
-        steps = self._copies[generation_id] = IntKeyDict((s, view[s]) for s in view)
+        view, given = self._history[generation_id], self._given
+        steps = IntKeyDict()
+        for s in view:
+            steps[s] = given[(generation_id, s)] = _private(view[s])
+        self._copies[generation_id] = steps
         return steps
 
     def __setitem__(self, generation_id: Any, steps: Any) -> None:
@@ -220,7 +258,7 @@ class _Cache(MutableMapping):
                         f"{who} deleted the checkpoint ({generation_id!r}, {step}) from the "
                         "cache; a mutator may add checkpoints but never delete them"
                     )
-                if steps[step] is not view[step]:
+                if steps[step] is not self._given.get((generation_id, step), view[step]):
                     raise ValueError(
                         f"{who} replaced the checkpoint ({generation_id!r}, {step}) in the "
                         "cache; a mutator may add checkpoints but never replace them"
@@ -343,8 +381,8 @@ class SeedMutator(Mutator):
         def update(state, workers, history, now, key):
             del now, key  # a seed mutator reads the clock and draws its ids itself
             state_in, data_in = _plain_copy(state, f"{name}.update")
-            cache = _Cache(history)
-            result = mutate.update(state_in, list(workers), cache)
+            cache, given = _Cache(history), [_private_worker(w) for w in workers]
+            result = mutate.update(state_in, list(given), cache)
             if not isinstance(result, (tuple, list)) or len(result) != 2:
                 raise TypeError(
                     f"{name}.update must return (state, workers), got {type(result).__name__}"
@@ -352,14 +390,15 @@ class SeedMutator(Mutator):
             new_state, data = _plain_copy(result[0], f"{name}.update")
             if data == data_in:
                 new_state = state  # unchanged: keep the stored object
-            new_workers, added = _result(workers, result[1], cache, history, f"{name}.update")
+            who = f"{name}.update"
+            new_workers, added = _result(workers, given, result[1], cache, history, who)
             return new_state, new_workers, added
 
         def get_worker_data(state, workers, history, ask, now, key):
             del now, key
-            cache = _Cache(history)
+            cache, given = _Cache(history), [_private_worker(w) for w in workers]
             result = mutate.get_worker_data(
-                list(workers),
+                list(given),
                 cache,
                 ask.worker_id,
                 ask.generation_id,
@@ -368,7 +407,7 @@ class SeedMutator(Mutator):
                 ask.meta_params,
             )
             who = f"{name}.get_worker_data"
-            new_workers, added = _result(workers, result, cache, history, who)
+            new_workers, added = _result(workers, given, result, cache, history, who)
             return state, new_workers, added
 
         overridden = type(mutate).get_worker_data is not Mutate.get_worker_data
@@ -393,12 +432,15 @@ class SeedMutator(Mutator):
 
 def _result(
     workers: tuple[ActiveWorker, ...],
+    given: Sequence[ActiveWorker],
     returned: Any,
     cache: _Cache,
     history: History,
     who: str,
 ) -> tuple[tuple[ActiveWorker, ...], list[Checkpoint]]:
-    """The workers and new checkpoints of one call, checked as the seed's rules allow."""
+    """The workers and new checkpoints of one call, checked as the seed's rules allow.
+    ``given``: the copies of ``workers`` the mutator was handed (one returned as it was
+    stands for the stored assignment)."""
     if not isinstance(returned, (list, tuple)):
         raise TypeError(
             f"{who} returned {type(returned).__name__} for the workers; return a list with "
@@ -411,7 +453,17 @@ def _result(
         )
     added = cache.added(who)
     new_generations = {c.generation_id for c in added}
+    returned = list(returned)
     for i, worker in enumerate(returned):
+        if worker is given[i]:
+            if _edited(worker, workers[i]):
+                raise ValueError(
+                    f"{who} edited worker {i}'s meta_params in place; jaxpop's records do "
+                    "not change once made (the history holds them): return a new "
+                    "ActiveWorker with the new meta_params instead"
+                )
+            returned[i] = workers[i]  # unchanged: the stored assignment
+            continue
         if worker is workers[i]:
             continue
         if type(worker) is not ActiveWorker:

@@ -604,3 +604,65 @@ def test_recreating_the_controller_on_its_log_dir_in_one_process_continues_the_r
     assert pop.active_workers[0].meta_params < 0.9**8
     with pytest.raises(storage.SupersededError):
         _train(controllers[0], 1)
+
+
+class _HalveInPlace(pop_mod.Mutate):
+    """Seed-style: edits the last checkpoint's meta_params dict in place, then starts a
+    generation with it (a common pattern in seed mutators)."""
+
+    def update(self, state, workers, cache):
+        w = workers[0]
+        last = cache[w.generation_id].values()[-1]
+        if last.value is None or last.step < 10:
+            return state, workers
+        meta = last.meta_params
+        meta["lr"] = meta["lr"] * 0.5  # in place: on the mutator's copy
+        gen = pop_mod.make_gen_id()
+        cache[gen] = pop_mod.IntKeyDict()
+        cache[gen][last.step] = pop_mod.Checkpoint(
+            params=last.params,
+            meta_params=meta,
+            generation_id=gen,
+            parent=(last.generation_id, last.step),
+            step=last.step,
+            value=None,
+            time=time.time(),
+        )
+        return state, [pop_mod.ActiveWorker(last.params, meta, gen, last.step)]
+
+
+def test_a_seed_mutator_editing_a_cached_checkpoint_in_place_never_changes_the_history(tmp_path):
+    """The cache hands a Mutate copies of the stored checkpoints: editing one's dict in
+    place changes its copy only; the history (live and journaled) keeps what the worker
+    trained with, and the new generation gets the edited values."""
+    for log_dir in (None, tmp_path / "run"):
+        c = pop_mod.PopulationController([{"lr": 1.0}], _HalveInPlace(), log_dir=log_dir)
+        g0 = c.active_workers[0].generation_id
+        c.set_eval(0, g0, 10, "p10", 0.5)
+        assert {s: ck.meta_params for s, ck in c.history[g0].items()} == {
+            0: {"lr": 1.0},
+            10: {"lr": 1.0},
+        }
+        assert c.active_workers[0].meta_params == {"lr": 0.5}
+        c.close()
+    reopened = pop_mod.PopulationController([{"lr": 1.0}], _HalveInPlace(), log_dir=log_dir)
+    assert reopened.history[g0][0].meta_params == {"lr": 1.0}
+    assert reopened.active_workers[0].meta_params == {"lr": 0.5}
+    reopened.close()
+
+
+def test_a_seed_mutator_editing_a_worker_in_place_is_refused_by_name():
+    """A Mutate gets copies of the assignments too: one edited in place and returned as
+    it was would silently change nothing, so it is refused, and nothing is recorded."""
+
+    class EditWorker(pop_mod.Mutate):
+        def update(self, state, workers, cache):
+            workers[1].meta_params["lr"] = 9.0
+            return state, workers
+
+    c = pop_mod.PopulationController([{"lr": 1.0}, {"lr": 2.0}], EditWorker())
+    g = c.active_workers[1].generation_id
+    with pytest.raises(ValueError, match="edited worker 1's meta_params in place"):
+        c.set_eval(1, g, 1, None, 0.5)
+    assert [w.meta_params for w in c.active_workers] == [{"lr": 1.0}, {"lr": 2.0}]
+    assert c.history[g][0].meta_params == {"lr": 2.0}
