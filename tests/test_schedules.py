@@ -438,7 +438,12 @@ def test_best_final_ranks_nan_and_inf_last_and_needs_an_evaluation():
     )
     assert S.best_final(h).generation_id == "c"
     h = h.add(Checkpoint(None, C, "c", nan, ("c", 5), 6, 0.0))  # alone at the final step
-    assert S.best_final(h).ref == ("c", 6)
+    assert S.best_final(h).ref == ("c", 6)  # (no value is finite: the final step's)
+    # a member that diverged at a later step never wins over a finite value
+    h = h.add(Checkpoint(None, A, "a", 0.5, ("a", 0), 4, 0.0))
+    h = h.add(Checkpoint(None, A, "a", 0.7, ("a", 4), 5, 0.0))  # (replaces a's NaN)
+    assert S.best_final(h).ref == ("a", 5)
+    assert S.from_lineage(h).values[-1] == A
     tie = build(
         [
             ("x", 0, A, None, None),

@@ -24,6 +24,8 @@ nothing but fixes the hyperparameters that follow it.
 
 from __future__ import annotations
 
+import math
+
 from jaxpop.history import History
 from jaxpop.records import Checkpoint
 from jaxpop.schedules.base import tree_equal
@@ -35,11 +37,13 @@ __all__ = ["best_final", "from_lineage"]
 def best_final(history: History) -> Checkpoint:
     """The evaluated checkpoint of the best member at the end of a run.
 
-    The *final step* is the highest step at which any checkpoint carries a value; the
-    best final member is the evaluated checkpoint at that step with the best value:
-    the lowest, or the highest when ``history.mode`` is ``"max"`` (a controller records
-    its mutator's ``mode`` there). NaN and infinite values rank last; among equal
-    values the generation created first wins. For a run whose workers all stop at the
+    The *final step* is the highest step at which any checkpoint carries a finite
+    value; the best final member is the evaluated checkpoint at that step with the best
+    value: the lowest, or the highest when ``history.mode`` is ``"max"`` (a controller
+    records its mutator's ``mode`` there); among equal values the generation created
+    first wins. A NaN or infinite value never wins over a finite one (a member that
+    diverged at a later step does not); only when no value is finite do they count,
+    by the same rule. For a run whose workers all stop at the
     same step this is the best worker at the end (with ``BranchingSingleMachine``, the
     better branch of a final explore phase). O(number of generations).
 
@@ -47,12 +51,13 @@ def best_final(history: History) -> Checkpoint:
       ValueError: no checkpoint in ``history`` carries a value.
     """
     best: Checkpoint | None = None
-    best_key: tuple[int, float] | None = None
+    best_key: tuple[bool, int, float] | None = None
     for generation_id in history:
         checkpoint = history.latest_evaluated(generation_id)
         if checkpoint is None:
             continue
-        key = (-checkpoint.step, history.rank(checkpoint.value))
+        rank = history.rank(checkpoint.value)  # inf: NaN or infinite
+        key = (rank == math.inf, -checkpoint.step, rank)
         if best_key is None or key < best_key:
             best, best_key = checkpoint, key
     if best is None:
