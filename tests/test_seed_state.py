@@ -466,3 +466,21 @@ def test_a_migration_that_fails_while_writing_leaves_no_lock_file(seed, tmp_path
     dst.mkdir()
     assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
     assert os.listdir(dst) == []
+
+
+def test_values_stored_as_numpy_arrays_are_migrated_as_set_eval_takes_them(seed, tmp_path):
+    """A seed run whose values are 0-d or one-element numpy arrays (what a jitted loss
+    gives) is migrated, each value as the float a live ``set_eval`` records; an array
+    of several elements is refused by name."""
+    workers, cache, state = _seed_state(seed)
+    cache["gen-a"][5] = cache["gen-a"][5].replace(value=np.array(0.4))
+    cache["gen-b"][5] = cache["gen-b"][5].replace(value=np.array([0.2], np.float32))
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    history = storage.load_seed_state(tmp_path).history
+    assert history["gen-a"][5].value == 0.4
+    assert history["gen-b"][5].value == float(np.float32(0.2))
+    assert type(history["gen-a"][5].value) is float
+    cache["gen-b"][5] = cache["gen-b"][5].replace(value=np.array([0.2, 0.3]))
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.raises(storage.SeedStateError, match=r"gen-b.*value"):
+        storage.load_seed_state(tmp_path)

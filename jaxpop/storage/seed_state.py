@@ -531,6 +531,8 @@ def _int(value: Any, where: str) -> int:
 
 def _checkpoint(record: _SeedCheckpoint, where: str, memo: dict[int, Any]) -> Checkpoint:
     value = record.field("value", where)
+    if type(value) is _Array:  # a numpy array (0-d or one element), as set_eval takes
+        value = value.array
     if value is not None:
         try:
             value = core.as_value(value)
