@@ -664,11 +664,19 @@ def missing(
         if checkpoint.params is not None and is_lost(checkpoint):
             added.append(checkpoint.replace(params=None))
     history, marked = history.add_all(added), len(added)
-    if found is not None and found.generation_id == assigned.generation_id:
+    if (
+        found is not None
+        and found.generation_id == assigned.generation_id
+        and history.latest(found.generation_id).step == found.step
+    ):
         worker = ActiveWorker(
             found.params, assigned.meta_params, found.generation_id, found.step, assigned.status
         )
-    else:  # from an ancestor's checkpoint (or from scratch) with its own hyperparameters
+    else:
+        # from an ancestor's checkpoint (or from scratch) with its own hyperparameters;
+        # from an earlier checkpoint of its own generation too: a generation is one
+        # timeline, and its later (lost) evaluations must not rank the worker or be
+        # taken for its latest evaluation
         root = found or Checkpoint(None, assigned.meta_params, "", None, None, 0, now)
         worker, first = start_generation(root, assigned.meta_params, key, 0, now)
         if found is None:

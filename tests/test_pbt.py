@@ -889,3 +889,25 @@ def test_a_views_entry_is_the_workers_score_copy_source_and_readiness(options):
                     worker.is_active and pbt_lib._is_ready(config, mstate, h, i, worker, latest)
                 )
                 assert active == worker.is_active
+
+
+def test_a_worker_rolled_back_by_checkpoint_missing_ranks_by_its_new_evaluations(caplog):
+    """Worker 0 reports a great value at step 8 whose params are then lost: it goes back
+    to step 5 and does worse. PBT ranks it by what it reports from there (0.9), never by
+    the lost 0.01, so worker 1 (0.3) keeps going instead of copying worker 0's bad
+    checkpoint believing it is the best."""
+    m = PopulationBasedTraining(
+        perturbation_interval=10,
+        hyperparam_space={"lr": ex.uniform(0.0, 1.0)},
+        quantile_fraction=0.5,
+    )
+    c = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, seed=0)
+    g0, g1 = [c.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in range(2)]
+    c.set_eval(0, g0, 5, "w0-5", 0.5)
+    c.set_eval(0, g0, 8, "w0-8", 0.01)
+    moved = c.checkpoint_missing(0, g0, 8, exists=lambda p: p != "w0-8")
+    assert (moved.params, moved.step) == ("w0-5", 5)
+    c.set_eval(0, moved.generation_id, 7, "w0-7", 0.9)
+    c.set_eval(1, g1, 10, "w1-10", 0.3)  # worker 1 decides: it is the better one
+    assert c.active_workers[1].params == "w1-10"
+    assert c.history.latest_evaluated(c.active_workers[0].generation_id).value == 0.9
