@@ -156,3 +156,24 @@ def test_a_controller_with_a_log_dir_is_served_there_to_other_processes(ray_sess
     # the served run is in log_dir: a new controller resumes it
     with population_mod.PopulationController([{}, {}], _wta(), log_dir=log_dir) as resumed:
         assert list(resumed.history.checkpoints()) == checkpoints
+
+
+def test_the_served_controller_keeps_the_controllers_stop_and_gone_settings(ray_session):
+    """A controller built with ``stop_when`` and ``gone_after_s`` is served with them:
+    the run ends on the server as it would in-process (the served one used to drop
+    them, and a run that met its target never ended)."""
+    from jaxpop import StopWhen
+
+    population = population_mod.PopulationController(
+        [{"lr": 0.1}, {"lr": 0.01}],
+        _wta(),
+        stop_when=StopWhen(step=20, value=0.1),
+        gone_after_s=3600.0,
+    )
+    with population_mod.start_courier_server("courier-settings", population) as server:
+        client = server.client
+        gen = client.active_workers[0].generation_id
+        client.set_eval(0, gen, 30, None, 0.01)  # the target value: the run is over
+        assert client.done
+        reply = client.maybe_get_worker_data(0, gen, 30, None, None)
+        assert reply is not None and reply.status == "finished"

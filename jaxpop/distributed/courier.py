@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -204,7 +205,9 @@ def start_courier_server(
       log_dir: for a controller without one, where the served controller keeps its state.
       namespace: the actor's Ray namespace.
       serve_options: more :func:`jaxpop.distributed.ray.serve` options
-        (``durability``, ``max_restarts``, ``detached``, ``timeout_s``, ...).
+        (``max_restarts``, ``detached``, ``timeout_s``, ...). The served controller
+        takes ``population``'s own ``stop_when``, ``gone_after_s``, ``clock`` and (with
+        a ``log_dir``) ``durability`` and ``compact_after``, unless given here.
 
     Raises:
       ImportError: Ray is not installed (``pip install "jaxpop[ray]"``).
@@ -253,6 +256,7 @@ def start_courier_server(
                 f"reach it with get_courier_client({original.server!r})"
             )
         population._store = _HandedOver(name, namespace)  # type: ignore[assignment]  # a stand-in
+    serve_options = {**_settings(population, original), **serve_options}  # (given ones win)
     temp_dir = None
     try:
         if original is not None:  # it has a log_dir: the actor resumes the run there
@@ -279,6 +283,22 @@ def start_courier_server(
         raise
     logger.info("jaxpop: serving the controller as %r, its state in %s", name, target)
     return CourierServer(client, temp_dir, detached=bool(serve_options.get("detached")))
+
+
+def _settings(population: PopulationController, store: Any) -> dict[str, Any]:
+    """The controller's own settings, as :func:`jaxpop.distributed.ray.serve` options:
+    the served controller behaves as ``population`` did (its run ends, its silent workers
+    are declared gone, its journal is as durable)."""
+    settings: dict[str, Any] = {
+        "gone_after_s": population._gone_after_s,
+        "stop_when": population._stop_when,
+    }
+    if population._clock is not time.time:
+        settings["clock"] = population._clock
+    if store is not None:
+        settings["durability"] = store.durability
+        settings["compact_after"] = store.compact_after
+    return settings
 
 
 def _write_state(log_dir: str, state: Any, mutator: Any) -> None:
