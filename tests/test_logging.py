@@ -68,6 +68,8 @@ class Recorder:
 
     def log_exploit(self, event):
         self.calls.append(("exploit", event))
+        if self.fail == "exploit":
+            raise ConnectionError("backend down")
 
     def log_best(self, best):
         self.calls.append(("best", best))
@@ -142,6 +144,28 @@ def test_every_logger_gets_each_call_even_when_one_fails():
     assert failing.calls[-1] == other.calls[-1] == ("close",)
     with pytest.raises(TypeError, match="not a RunLogger"):
         jaxpop.logging.Loggers([object()])
+
+
+def test_a_failing_backend_costs_the_others_no_exploit():
+    """``sync`` hands every new exploit to every logger even when one raises on the
+    first (the first error is raised after the last event): the healthy backend logs
+    them all, and the failing one was offered each."""
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    pop = PopulationController(
+        [{"log_lr": -2.0 - i} for i in range(4)],
+        WinnerTakeAllGenetic(_mutate, steps_per_exploit=10),
+        seed=0,
+    )
+    for i in range(4):
+        pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, float(i))
+    expected = exploit_events(pop.history)
+    assert len(expected) > 1
+    failing, healthy = Recorder(fail="exploit"), Recorder()
+    logs = jaxpop.logging.Loggers([failing, healthy])
+    with pytest.raises(ConnectionError, match="backend down"):
+        logs.sync(pop.history)
+    assert healthy.of("exploit") == failing.of("exploit") == [(e,) for e in expected]
 
 
 def test_backend_names_and_clear_errors(monkeypatch, tmp_path):

@@ -207,3 +207,51 @@ def test_a_pickled_logger_continues_the_same_worker_run(offline):
     assert sorted(h["step"] for r in runs for h in r.history) == [10, 20]
     with pytest.raises(RuntimeError, match="closed"):
         copy.log_worker(0, 30, 0.1)
+
+
+def test_a_close_that_cannot_log_the_exploits_table_finishes_the_workers_and_can_be_retried(
+    offline, monkeypatch
+):
+    """The exploits table failing to upload at close: the worker runs are finished all
+    the same and the error raised; the population run stays open, and a second
+    close() logs the table and finishes it (the table was lost, every run left open)."""
+    from jaxpop.logging.wandb import WandbLogger
+    from jaxpop.mutators import ExploitEvent
+
+    class FakeRun:
+        def __init__(self, name):
+            self.name, self.logged, self.finished = name, [], 0
+
+        def log(self, data):
+            self.logged.append(data)
+
+        def finish(self):
+            self.finished += 1
+
+    runs = {}
+
+    def fake_init(self, **kwargs):
+        run = runs[kwargs["name"]] = FakeRun(kwargs["name"])
+        return run
+
+    monkeypatch.setattr(WandbLogger, "_init", fake_init)
+    logger = WandbLogger(group="g", dir=str(offline), table_every_s=1e9)
+    logger.log_worker(0, 10, 0.5, {"lr": 0.1})
+    logger.log_exploit(ExploitEvent("g1", ("g0", 10), 10, 0.0, {"lr": 0.1}, {"lr": 0.2}, 0.5))
+    published = []
+
+    def flaky():
+        if not published:
+            published.append("failed")
+            raise ConnectionError("upload failed")
+        published.append("table")
+
+    monkeypatch.setattr(logger, "_publish_exploits", flaky)
+    with pytest.raises(ConnectionError, match="upload failed"):
+        logger.close()
+    assert runs["worker-0"].finished == 1 and runs["population"].finished == 0
+    logger.close()
+    assert published == ["failed", "table"]
+    assert runs["worker-0"].finished == 1 and runs["population"].finished == 1
+    logger.close()  # closed: nothing more
+    assert runs["population"].finished == 1

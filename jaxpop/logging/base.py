@@ -258,11 +258,19 @@ class Loggers:
         """Logs the exploits of ``history`` not logged before; returns them.
 
         A driver calls it now and then while the run goes on (each call reads the whole
-        history once: O(generations)).
+        history once: O(generations)). Every event goes to every logger even if some
+        raise (the first error is raised after the last event): a failing backend
+        costs the others nothing.
         """
         events = self.feed.new(history)
+        error: BaseException | None = None
         for event in events:
-            self.log_exploit(event)
+            try:
+                self.log_exploit(event)
+            except Exception as e:  # the next events still go to every logger
+                error = error or e
+        if error is not None:
+            raise error
         return events
 
     def finish(self, source: PopulationState | History) -> BestMember | None:

@@ -276,15 +276,24 @@ class MlflowLogger:
     def close(self) -> None:
         """Writes ``exploits.json`` if it changed, ends the worker runs this logger
         opened in this process, and the parent run if this logger created it.
-        Idempotent."""
+        Idempotent. If ``exploits.json`` cannot be written, the worker runs are still
+        ended and the error raised; the parent run stays open, and the next
+        ``close()`` writes it again and ends it."""
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            error: Exception | None = None
             if self._exploits:
-                self._write_exploits()
-            for run_id in self._runs.values():
+                try:
+                    self._write_exploits()
+                except Exception as e:  # the worker runs are ended all the same
+                    error = e
+            for worker_id, run_id in list(self._runs.items()):
                 self._client.set_terminated(run_id)
+                del self._runs[worker_id]
+            if error is not None:
+                raise error  # the parent run stays open: the next close() writes again
+            self._closed = True
             if self._owner:
                 self._client.set_terminated(self.parent_run_id)
 

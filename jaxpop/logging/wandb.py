@@ -273,18 +273,28 @@ class WandbLogger:
 
     def close(self) -> None:
         """Logs the exploits table if it changed, then finishes every run this logger
-        opened in this process. Idempotent."""
+        opened in this process. Idempotent. If the table cannot be logged, the worker
+        runs are still finished and the error raised; the population run stays open,
+        and the next ``close()`` logs the table again and finishes it."""
+        error: Exception | None = None
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            runs = list(self._runs.values())
             if self._exploits:
-                self._publish_exploits()
-            if self._population is not None:
-                runs.append(self._population)
+                try:
+                    self._publish_exploits()
+                except Exception as e:  # the worker runs are finished all the same
+                    error = e
+            runs = list(self._runs.values())
+            self._runs.clear()
+            if error is None:
+                self._closed = True
+                if self._population is not None:
+                    runs.append(self._population)
         for run in runs:
             run.finish()
+        if error is not None:
+            raise error
 
     def __repr__(self) -> str:
         return f"WandbLogger(group={self.group!r})"
