@@ -72,7 +72,8 @@ def to_host(tree: Any) -> Any:
 
 
 def broadcast_from_lead(value: Any = None) -> Any:
-    """Process 0's ``value`` on every process (JSON data: ``str``, numbers, lists, dicts, ``None``).
+    """Process 0's ``value`` on every process (JSON data: ``str``, numbers, lists, dicts, ``None``;
+    numpy scalars are sent as Python numbers).
 
     Collective: every process calls it; only process 0's ``value`` counts. For the few
     things only the lead knows, e.g. the snapshot handle it reads from the journal when a
@@ -81,22 +82,41 @@ def broadcast_from_lead(value: Any = None) -> Any:
         handle = multihost.broadcast_from_lead(handle if multihost.is_lead_process() else None)
 
     In a program of one process it returns ``value`` (after the same JSON round trip).
+    A value process 0 cannot send is a ``TypeError`` on every process (they all still
+    take part in the collective, so none waits forever).
     """
-    data = np.zeros(0, np.int32)
+    data, error = np.zeros(0, np.int32), None
     if is_lead_process():
         try:
-            text = json.dumps(value, allow_nan=True)
-        except TypeError as e:
-            raise TypeError(
+            text = json.dumps(value, allow_nan=True, default=_plain_number)
+        except (TypeError, ValueError) as e:
+            error = TypeError(
                 f"broadcast_from_lead sends JSON data (str, numbers, lists, dicts, None); "
                 f"got {type(value).__name__}: {e}"
-            ) from None
-        data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
-    size = int(multihost_utils.broadcast_one_to_all(np.asarray(data.size, np.int32)))
+            )
+        else:
+            data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
+    # the size first, -1 when process 0's value cannot be sent: every process takes part
+    # in both collectives or none, so a bad value is an error everywhere, never a hang
+    size = -1 if error is not None else data.size
+    size = int(multihost_utils.broadcast_one_to_all(np.asarray(size, np.int32)))
+    if error is not None:
+        raise error
+    if size < 0:
+        raise TypeError(
+            "broadcast_from_lead: process 0's value is not JSON data (its error says what)"
+        )
     if not is_lead_process():
         data = np.zeros(size, np.int32)
     data = np.asarray(multihost_utils.broadcast_one_to_all(data))
     return json.loads(bytes(data.astype(np.uint8).tolist()).decode())
+
+
+def _plain_number(x: Any) -> Any:
+    """A numpy scalar as its Python number (for ``json.dumps``); anything else refused."""
+    if isinstance(x, np.generic) and not isinstance(x, (np.str_, np.bytes_, np.void)):
+        return x.item()
+    raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
 
 
 def initialize_cpu(
@@ -123,8 +143,12 @@ def initialize_cpu(
       local_devices: CPU devices in each process.
       initialization_timeout: seconds to wait for every process to join before failing.
     """
+    if isinstance(local_devices, bool) or not isinstance(local_devices, int):
+        raise TypeError(f"local_devices must be an int, got {local_devices!r:.40}")
+    if local_devices < 1:
+        raise ValueError(f"local_devices must be at least 1, got {local_devices}")
     jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", int(local_devices))
+    jax.config.update("jax_num_cpu_devices", local_devices)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address,

@@ -249,3 +249,43 @@ def test_in_one_process_the_helpers_are_plain_host_copies():
     assert multihost.broadcast_from_lead(value) == value
     with pytest.raises(TypeError, match="JSON data"):
         multihost.broadcast_from_lead(np.zeros(2))
+
+
+def test_a_value_the_lead_cannot_send_is_an_error_on_every_process_not_a_hang(monkeypatch):
+    """Process 0 with a value that is not JSON data still takes part in the collective
+    (it sends size -1, then raises); another process receives -1 and raises too,
+    instead of waiting forever for a broadcast that never comes. Numpy scalars are
+    sent as numbers."""
+    from jax.experimental import multihost_utils
+
+    sent = []
+
+    def broadcast(x):  # process 0's side of the collective, recorded
+        sent.append(np.asarray(x).tolist())
+        return x
+
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
+    with pytest.raises(TypeError, match="JSON data"):
+        multihost.broadcast_from_lead({"handle": object()})
+    assert sent == [-1]  # it took part: the others learn of the error
+    sent.clear()
+    assert multihost.broadcast_from_lead({"step": np.int64(5), "x": np.float32(0.5)}) == {
+        "step": 5,
+        "x": 0.5,
+    }
+    monkeypatch.setattr(multihost, "is_lead_process", lambda: False)
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.asarray(-1))
+    with pytest.raises(TypeError, match="process 0's value is not JSON data"):
+        multihost.broadcast_from_lead(None)
+
+
+@pytest.mark.parametrize(
+    "bad, error", [(0, ValueError), (-1, ValueError), (2.7, TypeError), (True, TypeError)]
+)
+def test_initialize_cpu_refuses_a_bad_device_count_before_touching_jax(monkeypatch, bad, error):
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(a))
+    with pytest.raises(error, match="local_devices"):
+        multihost.initialize_cpu("localhost:1", 1, 0, local_devices=bad)
+    assert calls == []
