@@ -719,3 +719,15 @@ def test_every_mutator_pickles_and_the_copy_decides_as_the_original(name):
     original, copied = run(made()), run(pickle.loads(pickle.dumps(made())))
     assert original[0] == copied[0] and original[1] == copied[1]
     assert original[2] == copied[2]
+
+
+def test_branching_single_machine_refuses_a_population_where_it_enters():
+    """A controller of two workers with BranchingSingleMachine is refused when it is
+    built (it failed only at the first report)."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import BranchingSingleMachine
+
+    mutator = BranchingSingleMachine(lambda meta: meta, exploit_steps=5, explore_steps=5)
+    with pytest.raises(ValueError, match="drives exactly one worker, got 2"):
+        PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator)
+    PopulationController([{"lr": 0.1}], mutator)  # one worker: fine

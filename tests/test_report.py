@@ -164,6 +164,15 @@ def test_flatten_hparams():
     assert "name" not in report.numeric_hparams(meta)
     assert report.numeric_hparams(meta)["nesterov"] == 1.0
     assert report.flatten_hparams(0.1) == {"value": 0.1}
+    # two leaves whose names join the same: both kept, none dropped
+    clash = {"a.b": 1.0, "a": {"b": 100.0}, "v": np.asarray([1, 2]), "v.0": 3}
+    assert report.flatten_hparams(clash) == {
+        "a.b": 100.0,
+        "a.b#2": 1.0,
+        "v.0": 1,
+        "v.1": 2,
+        "v.0#2": 3,
+    }
 
 
 def test_nan_and_inf_rank_last():

@@ -14,7 +14,7 @@ phases from 0.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -75,7 +75,11 @@ class BranchingSingleMachine(Mutator):
         explore_steps = check_number("explore_steps", explore_steps, integer=True)
         config = _Config(mutate_fn, takes_key(mutate_fn, 3), exploit_steps, explore_steps)
         return super().__new__(
-            cls, BranchingState, functools.partial(_update, config), counts=_counts
+            cls,
+            BranchingState,
+            functools.partial(_update, config),
+            counts=_counts,
+            check_population=_check_one_worker,
         )
 
 
@@ -124,6 +128,19 @@ def _checkpoint(history: History, ref: Any) -> Checkpoint:
     return checkpoint
 
 
+def _check_one_worker(initial_population: Sequence[Any]) -> None:
+    """Refuses a population of several workers where it enters (the controller)."""
+    _check_size(len(initial_population))
+
+
+def _check_size(n: int) -> None:
+    if n != 1:
+        raise ValueError(
+            f"BranchingSingleMachine drives exactly one worker, got {n}; "
+            "use WinnerTakeAllGenetic for a population"
+        )
+
+
 def _update(
     config: _Config,
     state: Any,
@@ -133,10 +150,7 @@ def _update(
     key: np.ndarray,
 ) -> MutatorResult:
     if len(workers) != 1:
-        raise ValueError(
-            f"BranchingSingleMachine drives exactly one worker, got {len(workers)}; "
-            "use WinnerTakeAllGenetic for a population"
-        )
+        _check_size(len(workers))
     state = _as_state(state)
     latest = history.latest_evaluated(workers[0].generation_id)
     if latest is None:

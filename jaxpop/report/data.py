@@ -141,7 +141,9 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
     Dict keys, sequence indices and dataclass fields join with ``"."``; a bare scalar
     is named ``"value"``. Numbers become Python ``int``/``float``/``bool``, strings stay;
     arrays of up to 16 elements become one entry per element (a size-1 array one
-    entry under its own key); larger arrays and other leaves are left out.
+    entry under its own key); larger arrays and other leaves are left out. Two leaves
+    whose names join the same (a key holding a dot) are both kept, the later one as
+    ``name#2``.
     """
     flat: dict[str, Any] = {}
     leaves, _ = jax.tree_util.tree_flatten_with_path(meta_params)
@@ -149,18 +151,28 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
         name = ".".join(_key_name(p) for p in path) or "value"
         value = _scalar(leaf)
         if value is not None:
-            flat[name] = value
+            _put(flat, name, value)
             continue
         if hasattr(leaf, "dtype") and hasattr(leaf, "size") and leaf.size <= _MAX_ARRAY_LEAF:
             array = np.asarray(leaf)
             if array.dtype.kind not in "biuf":
                 continue
             if array.size == 1:
-                flat[name] = array.reshape(()).item()
+                _put(flat, name, array.reshape(()).item())
             else:
                 for i, item in enumerate(array.reshape(-1).tolist()):
-                    flat[f"{name}.{i}"] = item
+                    _put(flat, f"{name}.{i}", item)
     return flat
+
+
+def _put(flat: dict[str, Any], name: str, value: Any) -> None:
+    """``flat[name] = value``; a name taken already (``{"a.b": 1, "a": {"b": 2}}``
+    flattens both to ``"a.b"``) gets ``#2``, ``#3``, ... so no value is dropped."""
+    key, n = name, 1
+    while key in flat:
+        n += 1
+        key = f"{name}#{n}"
+    flat[key] = value
 
 
 def numeric_hparams(meta_params: Any) -> dict[str, float]:
