@@ -502,6 +502,13 @@ def ask(
             f"worker {worker_id} asked with generation {generation_id!r}, which this "
             f"controller never made; resyncing it to {assigned.generation_id!r}"
         )
+    elif step < new.history.first(generation_id).step:
+        reply_worker = assigned  # a stale ask: resynced, nothing recorded
+        warning = (
+            f"worker {worker_id} asked with generation {generation_id!r} at step {step}, "
+            "before that generation started: a stale ask; resyncing it to "
+            f"{(assigned.generation_id, assigned.step)!r}"
+        )
     else:
         reply_worker = assigned
         if new.history.get_checkpoint(generation_id, step) is None:
@@ -528,6 +535,16 @@ def set_eval(
                 f"set_eval from worker {worker_id} for generation {generation_id!r}, which "
                 "this controller never made; the evaluation was ignored (ask for the "
                 "worker's data first with maybe_get_worker_data)"
+            )
+        )
+    first = history.first(generation_id)
+    if step < first.step:
+        return state, Reply(
+            warning=(
+                f"set_eval from worker {worker_id} for generation {generation_id!r} at step "
+                f"{step}, before the generation started (step {first.step}): a stale "
+                "report; the evaluation was ignored (ask for the worker's data first with "
+                "maybe_get_worker_data)"
             )
         )
     workers = state.workers

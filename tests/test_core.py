@@ -143,6 +143,27 @@ def test_report_records_checkpoint_with_generation_meta_params():
     assert newer.history.num_checkpoints == new.history.num_checkpoints
 
 
+def test_a_report_or_ask_before_its_generation_started_records_nothing():
+    """A generation copied at step 10 cannot hold a step-4 checkpoint: a stale report
+    there is ignored with a warning (it became the generation's first checkpoint, with
+    a parent at step 10: exploit events, the interval and from_lineage went wrong), and
+    a stale ask with a generation that is not the worker's is resynced to its assignment
+    without recording one (an ask with its own generation keeps going, as the seed's)."""
+    m = _reassign_mutator()
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], m)
+    gen = state.workers[0].generation_id
+    state, _ = apply(state, Eval("p", 0, gen, 10, 0.5), 1.0, m)
+    copied = state.workers[0]
+    assert copied.generation_id != gen and copied.step == 10
+    new, reply = apply(state, Eval("q", 0, copied.generation_id, 4, 0.1), 2.0, m)
+    assert new is state and reply.checkpoint is None and "before the generation" in reply.warning
+    new, reply = apply(state, Ask("q", None, 1, copied.generation_id, 4), 2.0, m)
+    assert new is state and reply.worker == state.workers[1] and "stale ask" in reply.warning
+    new, reply = apply(state, Ask("q", None, 0, copied.generation_id, 4), 2.0, m)
+    assert new is state and reply.worker is None  # its own generation: keep going
+    assert state.history.first(copied.generation_id).step == 10
+
+
 @pytest.mark.parametrize("gen", [None, "", "never-made"])
 def test_report_for_unknown_generation_is_ignored_with_warning(gen):
     m = noop_mutator()
