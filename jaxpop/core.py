@@ -677,23 +677,27 @@ def missing(
                 break
             lose(checkpoint, checkpoint.params)  # gone too: skip it, and say so
     added = []
+    # the worker goes back within its generation: the lost evaluations after the point
+    # it goes back to are set aside (value None too), so they never rank it as its latest
+    back_to = (
+        found.step if found is not None and found.generation_id == assigned.generation_id else None
+    )
     for checkpoint in history.checkpoints():  # O(history), once per call, on a rare event
         if checkpoint.params is not None and is_lost(checkpoint):
-            added.append(checkpoint.replace(params=None))
+            abandoned = (
+                back_to is not None
+                and checkpoint.generation_id == assigned.generation_id
+                and checkpoint.step > back_to
+            )
+            added.append(
+                checkpoint.replace(params=None, value=None if abandoned else checkpoint.value)
+            )
     history, marked = history.add_all(added), len(added)
-    if (
-        found is not None
-        and found.generation_id == assigned.generation_id
-        and history.latest(found.generation_id).step == found.step
-    ):
+    if found is not None and found.generation_id == assigned.generation_id:
         worker = ActiveWorker(
             found.params, assigned.meta_params, found.generation_id, found.step, assigned.status
         )
-    else:
-        # from an ancestor's checkpoint (or from scratch) with its own hyperparameters;
-        # from an earlier checkpoint of its own generation too: a generation is one
-        # timeline, and its later (lost) evaluations must not rank the worker or be
-        # taken for its latest evaluation
+    else:  # from an ancestor's checkpoint (or from scratch) with its own hyperparameters
         root = found or Checkpoint(None, assigned.meta_params, "", None, None, 0, now)
         worker, first = start_generation(root, assigned.meta_params, key, 0, now)
         if found is None:

@@ -387,10 +387,9 @@ class PopulationController:
         deleted, or never finished). The controller records that those params are gone
         (every checkpoint holding them gets ``params=None``, so no exploit hands them out
         again) and moves the worker to the newest checkpoint of its lineage that still
-        has params -- on a new generation with the same hyperparameters started there,
-        unless it is its own generation's newest checkpoint (a generation is one
-        timeline: the lost evaluations after it stay, but never rank the worker) -- or,
-        if none has, to a fresh start (``params=None``) at the root of its lineage.
+        has params -- in its own generation, or a new generation with the same
+        hyperparameters started from an ancestor's checkpoint -- or, if none has, to a
+        fresh start (``params=None``) at the root of its lineage.
 
         Args:
           worker_id, generation_id, step: the worker and the assignment it could not load.
