@@ -20,6 +20,8 @@ import weakref
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
+import jax
+
 from jaxpop import encoding
 from jaxpop.boundary import copy_out
 from jaxpop.history import History
@@ -150,35 +152,41 @@ class Mutate:
         return active_workers
 
 
-def _private(checkpoint: Checkpoint) -> Checkpoint:
-    """A copy of a stored checkpoint for a seed-style mutator: the same record with
-    fresh containers around the same leaves (see :func:`jaxpop.boundary.copy_out`)."""
-    c = checkpoint
-    return Checkpoint(
-        copy_out(c.params),
-        copy_out(c.meta_params),
-        c.generation_id,
-        c.value,
-        c.parent,
-        c.step,
-        c.time,
-    )
+def _private(checkpoint: Checkpoint, metas: dict[int, Any]) -> Checkpoint:
+    """A copy of a stored checkpoint for a seed-style mutator: the same record with a
+    fresh ``meta_params`` container around the same leaves (see
+    :func:`jaxpop.boundary.copy_out`), one per stored ``meta_params`` object
+    (``metas``: id -> copy; a generation's checkpoints share theirs); ``params`` (a
+    handle, or read-only arrays) shared."""
+    meta = checkpoint.meta_params
+    if type(meta) in _SHARED:
+        return checkpoint  # nothing in it to edit
+    copied = metas.get(id(meta))
+    if copied is None:
+        copied = metas[id(meta)] = copy_out(meta)
+    copy = object.__new__(Checkpoint)
+    copy.__dict__.update(checkpoint.__dict__)
+    copy.__dict__["meta_params"] = copied
+    return copy
+
+
+_SHARED = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
 def _edited(copy: ActiveWorker, stored: ActiveWorker) -> bool:
-    """Whether a mutator edited the ``meta_params`` of its copy of an assignment."""
-    try:
-        return bool(copy.meta_params != stored.meta_params)
-    except Exception:  # (arrays in it compare elementwise: not comparable whole)
-        return False
+    """Whether a mutator edited its copy of an assignment's ``meta_params`` in place:
+    another structure, or another object at some leaf (the copy shares its leaves)."""
+    copied, copied_def = jax.tree.flatten(copy.meta_params)
+    leaves, treedef = jax.tree.flatten(stored.meta_params)
+    return copied_def != treedef or any(a is not b for a, b in zip(copied, leaves, strict=True))
 
 
 def _private_worker(worker: ActiveWorker) -> ActiveWorker:
     """:func:`_private` for an assignment."""
     w = worker
-    return ActiveWorker(
-        copy_out(w.params), copy_out(w.meta_params), w.generation_id, w.step, w.status
-    )
+    if type(w.meta_params) in _SHARED:
+        return w
+    return ActiveWorker(w.params, copy_out(w.meta_params), w.generation_id, w.step, w.status)
 
 
 class _Cache(MutableMapping):
@@ -195,6 +203,7 @@ class _Cache(MutableMapping):
         self._copies: dict[Any, Any] = {}  # generations read or set, in that order
         self._deleted: set[Any] = set()
         self._given: dict[Any, Checkpoint] = {}  # ref -> the copy handed out
+        self._metas: dict[int, Any] = {}  # id of a stored meta_params -> its copy
 
     def __getitem__(self, generation_id: Any) -> Any:
         steps = self._copies.get(generation_id)
@@ -205,7 +214,7 @@ class _Cache(MutableMapping):
         view, given = self._history[generation_id], self._given
         steps = IntKeyDict()
         for s in view:
-            steps[s] = given[(generation_id, s)] = _private(view[s])
+            steps[s] = given[(generation_id, s)] = _private(view[s], self._metas)
         self._copies[generation_id] = steps
         return steps
 

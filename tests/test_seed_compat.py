@@ -666,3 +666,21 @@ def test_a_seed_mutator_editing_a_worker_in_place_is_refused_by_name():
         c.set_eval(1, g, 1, None, 0.5)
     assert [w.meta_params for w in c.active_workers] == [{"lr": 1.0}, {"lr": 2.0}]
     assert c.history[g][0].meta_params == {"lr": 2.0}
+
+
+def test_a_seed_mutator_returning_the_workers_it_was_given_changes_nothing():
+    """The copies a Mutate gets compare as unchanged when returned as they are, whatever
+    their meta_params hold (a NaN, which is not equal to itself; a pytree node without
+    ``__eq__``)."""
+    import math
+
+    class Keep(pop_mod.Mutate):
+        def update(self, state, workers, cache):
+            for g in list(cache):
+                cache[g].values()[-1]
+            return state, workers
+
+    c = pop_mod.PopulationController([{"lr": math.nan, "x": [1, 2]}, 0.5], Keep())
+    for i, w in enumerate(c.active_workers):
+        c.set_eval(i, w.generation_id, 3, None, 1.0)
+    assert [w.step for w in c.active_workers] == [3, 3]
