@@ -178,7 +178,9 @@ def _edited(copy: ActiveWorker, stored: ActiveWorker) -> bool:
     another structure, or another object at some leaf (the copy shares its leaves)."""
     copied, copied_def = jax.tree.flatten(copy.meta_params)
     leaves, treedef = jax.tree.flatten(stored.meta_params)
-    return copied_def != treedef or any(a is not b for a, b in zip(copied, leaves, strict=True))
+    if copied_def != treedef:  # type: ignore[operator]  # (PyTreeDef defines !=)
+        return True
+    return any(a is not b for a, b in zip(copied, leaves, strict=True))
 
 
 def _private_worker(worker: ActiveWorker) -> ActiveWorker:
