@@ -23,6 +23,7 @@ order. ``docs/multihost.md`` shows a whole loop and the launch on GPU nodes and 
 from __future__ import annotations
 
 import json
+import numbers
 from typing import Any
 
 import jax
@@ -143,8 +144,11 @@ def initialize_cpu(
       local_devices: CPU devices in each process.
       initialization_timeout: seconds to wait for every process to join before failing.
     """
-    if isinstance(local_devices, bool) or not isinstance(local_devices, int):
+    if isinstance(local_devices, (bool, np.bool_)) or not isinstance(
+        local_devices, numbers.Integral
+    ):
         raise TypeError(f"local_devices must be an int, got {local_devices!r:.40}")
+    local_devices = int(local_devices)
     if local_devices < 1:
         raise ValueError(f"local_devices must be at least 1, got {local_devices}")
     jax.config.update("jax_platforms", "cpu")

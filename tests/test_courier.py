@@ -177,3 +177,25 @@ def test_the_served_controller_keeps_the_controllers_stop_and_gone_settings(ray_
         assert client.done
         reply = client.maybe_get_worker_data(0, gen, 30, None, None)
         assert reply is not None and reply.status == "finished"
+
+
+def test_a_controller_whose_clock_cannot_be_sent_is_served_with_time_time(ray_session, caplog):
+    """A clock the actor cannot receive (it holds a lock) is replaced by the actor's
+    time.time with a warning; the controller is served (it used to fail and, with a
+    log_dir, be left closed)."""
+    import time as time_mod
+
+    class LockedClock:
+        def __init__(self):
+            self.lock = threading.Lock()
+
+        def __call__(self):
+            with self.lock:
+                return time_mod.time()
+
+    population = population_mod.PopulationController([{"lr": 0.1}], _wta(), clock=LockedClock())
+    with population_mod.start_courier_server("courier-clock", population) as server:
+        gen = server.client.active_workers[0].generation_id
+        server.client.set_eval(0, gen, 1, None, 0.5)
+        assert server.client.history[gen][1].value == 0.5
+    assert "clock cannot be sent" in caplog.text

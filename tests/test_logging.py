@@ -166,6 +166,12 @@ def test_a_failing_backend_costs_the_others_no_exploit():
     with pytest.raises(ConnectionError, match="backend down"):
         logs.sync(pop.history)
     assert healthy.of("exploit") == failing.of("exploit") == [(e,) for e in expected]
+    # finishing: the best member and the close reach every logger all the same
+    failing, healthy = Recorder(fail="exploit"), Recorder()
+    with pytest.raises(ConnectionError, match="backend down"):
+        jaxpop.logging.Loggers([failing, healthy]).finish(pop.state)
+    assert len(healthy.of("best")) == len(failing.of("best")) == 1
+    assert healthy.calls[-1] == failing.calls[-1] == ("close",)
 
 
 def test_backend_names_and_clear_errors(monkeypatch, tmp_path):

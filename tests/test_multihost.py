@@ -289,3 +289,5 @@ def test_initialize_cpu_refuses_a_bad_device_count_before_touching_jax(monkeypat
     with pytest.raises(error, match="local_devices"):
         multihost.initialize_cpu("localhost:1", 1, 0, local_devices=bad)
     assert calls == []
+    multihost.initialize_cpu("localhost:1", 1, 0, local_devices=np.int64(2))  # an integer
+    assert ("jax_num_cpu_devices", 2) in calls

@@ -168,10 +168,10 @@ def test_flatten_hparams():
     clash = {"a.b": 1.0, "a": {"b": 100.0}, "v": np.asarray([1, 2]), "v.0": 3}
     assert report.flatten_hparams(clash) == {
         "a.b": 100.0,
-        "a.b#2": 1.0,
+        "a.b:2": 1.0,
         "v.0": 1,
         "v.1": 2,
-        "v.0#2": 3,
+        "v.0:2": 3,
     }
 
 

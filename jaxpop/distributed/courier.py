@@ -293,8 +293,20 @@ def _settings(population: PopulationController, store: Any) -> dict[str, Any]:
         "gone_after_s": population._gone_after_s,
         "stop_when": population._stop_when,
     }
-    if population._clock is not time.time:
-        settings["clock"] = population._clock
+    clock = population._clock
+    if clock is not time.time:
+        import ray
+
+        try:
+            ray.cloudpickle.dumps(clock)
+        except Exception as e:  # it cannot go to the actor: the actor's time.time serves
+            logger.warning(
+                "jaxpop: the controller's clock cannot be sent to the server (%s); the "
+                "served controller uses time.time (pass clock= to choose another)",
+                e,
+            )
+        else:
+            settings["clock"] = clock
     if store is not None:
         settings["durability"] = store.durability
         settings["compact_after"] = store.compact_after

@@ -276,14 +276,20 @@ class Loggers:
     def finish(self, source: PopulationState | History) -> BestMember | None:
         """The end of a run: :meth:`sync`, :meth:`log_best` (if anything was
         evaluated), then :meth:`close`. Returns the best member."""
+        error: Exception | None = None
         try:
             history = source.history if isinstance(source, PopulationState) else source
-            self.sync(history)
+            try:
+                self.sync(history)
+            except Exception as e:  # a failing backend: the best member is logged all the same
+                error = e
             best = best_member(source)
             if best is not None:
                 self.log_best(best)
         finally:
             self.close()
+        if error is not None:
+            raise error
         return best
 
     def close(self) -> None:

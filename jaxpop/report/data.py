@@ -143,7 +143,7 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
     arrays of up to 16 elements become one entry per element (a size-1 array one
     entry under its own key); larger arrays and other leaves are left out. Two leaves
     whose names join the same (a key holding a dot) are both kept, the later one as
-    ``name#2``.
+    ``name:2``.
     """
     flat: dict[str, Any] = {}
     leaves, _ = jax.tree_util.tree_flatten_with_path(meta_params)
@@ -167,11 +167,12 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
 
 def _put(flat: dict[str, Any], name: str, value: Any) -> None:
     """``flat[name] = value``; a name taken already (``{"a.b": 1, "a": {"b": 2}}``
-    flattens both to ``"a.b"``) gets ``#2``, ``#3``, ... so no value is dropped."""
+    flattens both to ``"a.b"``) gets ``:2``, ``:3``, ... so no value is dropped (a
+    character every logging backend takes in a name, MLflow's included)."""
     key, n = name, 1
     while key in flat:
         n += 1
-        key = f"{name}#{n}"
+        key = f"{name}:{n}"
     flat[key] = value
 
 
