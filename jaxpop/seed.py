@@ -23,7 +23,7 @@ from typing import Any
 import jax
 
 from jaxpop import encoding
-from jaxpop.boundary import copy_out
+from jaxpop.boundary import _IMMUTABLE, copy_out
 from jaxpop.history import History
 from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint
@@ -159,7 +159,7 @@ def _private(checkpoint: Checkpoint, metas: dict[int, Any]) -> Checkpoint:
     (``metas``: id -> copy; a generation's checkpoints share theirs); ``params`` (a
     handle, or read-only arrays) shared."""
     meta = checkpoint.meta_params
-    if type(meta) in _SHARED:
+    if type(meta) in _IMMUTABLE:
         return checkpoint  # nothing in it to edit
     copied = metas.get(id(meta))
     if copied is None:
@@ -168,9 +168,6 @@ def _private(checkpoint: Checkpoint, metas: dict[int, Any]) -> Checkpoint:
     copy.__dict__.update(checkpoint.__dict__)
     copy.__dict__["meta_params"] = copied
     return copy
-
-
-_SHARED = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
 def _edited(copy: ActiveWorker, stored: ActiveWorker) -> bool:
@@ -186,7 +183,7 @@ def _edited(copy: ActiveWorker, stored: ActiveWorker) -> bool:
 def _private_worker(worker: ActiveWorker) -> ActiveWorker:
     """:func:`_private` for an assignment."""
     w = worker
-    if type(w.meta_params) in _SHARED:
+    if type(w.meta_params) in _IMMUTABLE:
         return w
     return ActiveWorker(w.params, copy_out(w.meta_params), w.generation_id, w.step, w.status)
 
@@ -196,8 +193,8 @@ class _Cache(MutableMapping):
 
     A generation is copied into an :class:`IntKeyDict` the first time it is read, so a
     call costs what the mutator reads, not the size of the history. Its checkpoints are
-    copies with fresh containers (:func:`_private`): a mutator that edits a checkpoint's
-    ``meta_params`` or ``params`` dict in place edits its copy, never the history.
+    copies with a fresh ``meta_params`` container (:func:`_private`): a mutator that
+    edits one in place edits its copy, never the history.
     """
 
     def __init__(self, history: History):

@@ -565,6 +565,7 @@ def _apply(
 
 _PYTHON_NUMBERS = (float, int)
 _PYTHON_CHOICES = (float, int, str, bool, type(None))
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 def _apply_flat(
@@ -580,20 +581,6 @@ def _apply_flat(
     without walking the trees. The same draws, formulas and result as the general
     path; ``None`` for anything else (then the general path decides, or raises: every
     value is checked before any is computed)."""
-    try:
-        return _apply_flat_unchecked(op, key, space, meta, probability, factors)
-    except (TypeError, ValueError, OverflowError):
-        return None  # the general path raises, for the first value at fault
-
-
-def _apply_flat_unchecked(
-    op: str,
-    key: np.ndarray,
-    space: dict,
-    meta: dict,
-    probability: float,
-    factors: tuple[float, ...],
-) -> dict | None:
     out = dict(meta)
     random = None
     for name, leaf_space in space.items():
@@ -608,17 +595,22 @@ def _apply_flat_unchecked(
             if type(value) not in _PYTHON_CHOICES:
                 return None
             x = value
-        elif type(value) in _PYTHON_NUMBERS and value == value:
+        elif type(value) in _PYTHON_NUMBERS and value == value and abs(value) <= _FLOAT_MAX:
             x = float(value)
         else:
-            return None  # missing, NaN, or not a Python number: the general path
+            return None  # missing, NaN, no float, or not a Python number: the general path
         u = None
         if op != "clip":
             if random is None:
-                random = HostRandom(_host_key(key)).random
+                if key.dtype != np.uint32:
+                    return None  # (the general path converts it, or says why not)
+                random = HostRandom(key).random
             u = (random(), random(), random())
-        result = _leaf(op, leaf_space, x, u, _SCALARS, (name,), probability, factors)
-        out[name] = _finish_scalar(leaf_space, result, value)
+        try:
+            result = _leaf(op, leaf_space, x, u, _SCALARS, (name,), probability, factors)
+            out[name] = _finish_scalar(leaf_space, result, value)
+        except (TypeError, ValueError, OverflowError):
+            return None  # the general path raises, for the first value at fault
     return out
 
 

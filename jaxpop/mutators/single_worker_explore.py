@@ -128,15 +128,11 @@ def _checkpoint(history: History, ref: Any) -> Checkpoint:
     return checkpoint
 
 
-def _check_one_worker(initial_population: Sequence[Any]) -> None:
-    """Refuses a population of several workers where it enters (the controller)."""
-    _check_size(len(initial_population))
-
-
-def _check_size(n: int) -> None:
-    if n != 1:
+def _check_one_worker(population: Sequence[Any]) -> None:
+    """Refuses a population (initial ``meta_params``, or workers) of several."""
+    if len(population) != 1:
         raise ValueError(
-            f"BranchingSingleMachine drives exactly one worker, got {n}; "
+            f"BranchingSingleMachine drives exactly one worker, got {len(population)}; "
             "use WinnerTakeAllGenetic for a population"
         )
 
@@ -149,8 +145,7 @@ def _update(
     now: float,
     key: np.ndarray,
 ) -> MutatorResult:
-    if len(workers) != 1:
-        _check_size(len(workers))
+    _check_one_worker(workers)
     state = _as_state(state)
     latest = history.latest_evaluated(workers[0].generation_id)
     if latest is None:
