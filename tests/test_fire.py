@@ -347,6 +347,32 @@ def test_the_evaluators_queue_takes_the_member_evaluated_longest_ago():
     assert state.mutator_state.last_evaluation == {2: 10, 3: 10, 4: 10}
 
 
+def test_evaluators_assigned_in_one_update_take_the_child_that_is_best_after_each_other():
+    # three evaluators sharing a child go idle at once (the child finishes); the queue
+    # is P3's member 6, then P2's best member 2 (taken for a new evaluation: no fitness
+    # until its evaluator reports twice), then P3's member 5, whose child must be P2's
+    # best *now* -- member 3 -- not member 2 as it was at the start of the update
+    m = make(sub_population_sizes=(2, 3, 2), num_evaluators=3, max_eval_steps=100)
+    state = population(m, 10)  # P1 = 0, 1; P2 = 2, 3, 4; P3 = 5, 6; evaluators 7, 8, 9
+    state = report(state, m, 0, 10, 0.5)
+    state = report(state, m, 1, 10, 0.1)  # P1's best: member 0
+    for worker, step, value in ((2, 10, 0.3), (5, 10, 0.3), (3, 20, 0.2), (4, 20, 0.2)):
+        state = report(state, m, worker, step, value)
+    state = report(state, m, 8, 20, 0.0)
+    state = report(state, m, 8, 110, 0.0)  # hopeless: evaluator 8 takes member 4
+    state = report(state, m, 6, 10, 0.3)  # P3's member 6 waits, never evaluated
+    state = report(state, m, 7, 15, 1.0)
+    state = report(state, m, 7, 20, 2.0)  # member 2's weights improve fast ...
+    state = report(state, m, 9, 25, 1.0)
+    state = report(state, m, 9, 30, 1.1)  # ... member 3's slowly: 2 is P2's best
+    tasks = state.mutator_state.evaluations
+    assert {e: (t.member, t.child) for e, t in tasks.items()} == {7: (2, 0), 8: (4, 0), 9: (3, 0)}
+    state, _ = apply(state, Finish(0), 2.0, m)  # their child is done: all three idle
+    tasks = state.mutator_state.evaluations
+    assert {e: (t.member, t.child) for e, t in tasks.items()} == {7: (6, 2), 8: (2, 1), 9: (5, 3)}
+    assert state.workers[9].meta_params == state.workers[3].meta_params
+
+
 def test_an_evaluation_whose_child_copies_someone_stops():
     m = make(perturbation_interval=10, quantile_fraction=0.5)
     state = population(m, 5)
@@ -448,6 +474,16 @@ def test_hostile_arguments_give_clear_errors():
         make(p_stat=math.nan)
     with pytest.raises(TypeError, match="p_stat"):
         make(p_stat=True)
+    with pytest.raises(ValueError, match="no p-value is below 0"):
+        make(p_stat=0.0)  # no evaluation could ever hand over
+    make(p_stat=1.0)
+    curve = Curve.of([(0, 1.0), (10, 2.0)])
+    with pytest.raises(ValueError, match="max_eval_steps > 0"):
+        evaluator_verdict(curve, curve, 10, max_eval_steps=0, p_stat=0.01)
+    with pytest.raises(ValueError, match="p_stat in"):
+        evaluator_verdict(curve, curve, 10, max_eval_steps=10, p_stat=math.nan)
+    with pytest.raises(ValueError, match="at least one point"):
+        improvement(Curve.of([]), curve)
     with pytest.raises(ValueError, match="quantile_fraction"):
         make(quantile_fraction=0.7)
     with pytest.raises(ValueError, match="mode"):

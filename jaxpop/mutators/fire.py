@@ -196,6 +196,8 @@ def improvement(a: Curve, b: Curve) -> float:
     >>> improvement(fast, slow), improvement(slow, fast)
     (1.0, -1.0)
     """
+    if not (len(a) and len(b)):
+        raise ValueError("improvement compares curves of at least one point each")
     ours, theirs = _compared(a, b)
     # (beyond a float's range: +-inf, as IEEE rounds; + 0.0: a tie is +0.0 either way, so
     # improvement(b, a) is exactly 0.0 - improvement(a, b))
@@ -266,6 +268,11 @@ def evaluator_verdict(
     >>> evaluator_verdict(child, faster, 110, max_eval_steps=200, p_stat=0.01)
     'stop'
     """
+    if not max_eval_steps > 0 or not 0.0 < p_stat <= 1.0:  # (also refuses NaN)
+        raise ValueError(
+            f"evaluator_verdict needs max_eval_steps > 0 and p_stat in (0, 1], got "
+            f"{max_eval_steps!r} and {p_stat!r}"
+        )
     if not np.all(np.isfinite(evaluator.values)):
         return "stop"
     child = Curve(child.steps[np.isfinite(child.values)], child.values[np.isfinite(child.values)])
@@ -570,7 +577,8 @@ class FirePBT(Mutator):
         evaluation whose curve overlaps the child's falls from 1 + ``p_stat`` to
         ``p_stat`` over this many steps; one whose curve does not overlap stops here.
       hyperparam_space: the explore space (see :mod:`jaxpop.mutators.explore`).
-      p_stat: significance of the binomial test that decides a hand-over. Default 0.01.
+      p_stat: significance of the binomial test that decides a hand-over, in ``(0, 1]``.
+        Default 0.01.
       quantile_fraction: truncation selection within a sub-population: the bottom
         fraction copies from the top fraction. Default 0.25.
       resample_probability, perturbation_factors: the explore step, as in
@@ -622,7 +630,7 @@ class FirePBT(Mutator):
             resample_probability=check_probability("resample_probability", resample_probability),
             factors=check_factors(perturbation_factors),
             max_eval_steps=check_number("max_eval_steps", max_eval_steps, integer=True),
-            p_stat=check_probability("p_stat", p_stat),
+            p_stat=_check_p_stat(p_stat),
             mode=check_mode(mode),
         )
         views = _views.Views(functools.partial(_entry, config), _COLUMNS)
@@ -638,6 +646,16 @@ class FirePBT(Mutator):
             counts=_counts,
             check_population=functools.partial(check_in_space, hyperparam_space),
         )
+
+
+def _check_p_stat(p_stat: Any) -> float:
+    p = check_probability("p_stat", p_stat)
+    if p == 0.0:
+        raise ValueError(
+            "p_stat must be in (0, 1], got 0: a hand-over needs a p-value below p_stat, "
+            "and no p-value is below 0"
+        )
+    return p
 
 
 def _counts(state: FireState) -> DecisionCounts:
@@ -1030,6 +1048,7 @@ def _evaluate(
     )
     step.evaluated[member] = (member_generation, first.generation_id)
     step.scored.forget(member)
+    step.best.pop(config.sub_population(member).start, None)  # its fitness changed
     step.last_evaluation[member] = first.step
     step.counts[3] += 1
 
