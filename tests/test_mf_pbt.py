@@ -308,6 +308,93 @@ def test_a_finished_worker_is_not_waited_for_and_never_copied():
     assert all(s is None or s[0] != finished for s in sources)
 
 
+def test_a_finished_member_takes_no_bracket_place():
+    # sub-population 0 of 4 (lower is better), member 3 finished: the brackets are cut
+    # among 0, 1, 2 -- the worst active member (2) copies the best (0) and member 1 (B3)
+    # meets the migrants; the finished member is neither replaced nor copied
+    ranks = np.array([1, 3, 5, 0, 2, 4, 6, 7], np.float32)
+    active = np.array([True, True, True, False] + [True] * 4)
+    p = plan(ranks, np.array([True, False]), num_sub_populations=2, active=active)
+    assert p.parents[:4].tolist() == [0, 4, 0, 3]  # 1 takes member 4 (rank 2 < 3)
+    assert np.flatnonzero(p.explore).tolist() == [2]
+    for chosen in (p.parents.tolist(), p.hparams_from.tolist()):
+        assert [i for i, j in enumerate(chosen) if j == 3] == [3]  # only itself
+    # every member active: the same plan as without a mask
+    everyone = plan(ranks, np.array([True, True]), num_sub_populations=2, active=np.ones(8, bool))
+    alone = plan(ranks, np.array([True, True]), num_sub_populations=2)
+    assert all((a == b).all() for a, b in zip(everyone, alone, strict=True))
+    # a sub-population down to one active member does not evolve; none at all neither
+    for alive in ([True, False, False, False], [False] * 4):
+        active = np.array(alive + [True] * 4)
+        p = plan(ranks, np.array([True, False]), num_sub_populations=2, active=active)
+        assert p.parents[:4].tolist() == [0, 1, 2, 3]
+
+
+def _reference_plan(ranks, evolving, m, active):
+    """The rule with members that take no part, in plain Python (see ``plan``)."""
+    size = len(ranks)
+    n = size // m
+    r = [math.inf if (x != x or not a) else float(x) for x, a in zip(ranks, active, strict=True)]
+    parents, hparams, explore = list(range(size)), list(range(size)), [False] * size
+    orders = []
+    for k in range(m):
+        part = [i for i in range(k * n, (k + 1) * n) if active[i]]
+        orders.append(sorted(part, key=lambda i: (r[i], i)))
+    for k in range(m):
+        order = orders[k]
+        q = min(n // 4, len(order) // 2)
+        if not evolving[k] or q == 0:
+            continue
+        top, third, bottom = order[:q], order[len(order) - 2 * q : -q], order[-q:]
+        for a, b in zip(top, bottom, strict=True):
+            if r[a] < r[b]:
+                parents[b], hparams[b], explore[b] = a, a, True
+        outside = sorted((i for i in range(size) if i // n != k), key=lambda i: (r[i], i))
+        taken = 0
+        for member in third if outside else ():
+            migrant = outside[taken]
+            if r[migrant] < r[member]:
+                taken += 1
+                parents[member] = migrant
+                hparams[member] = migrant if migrant // n > k else order[0]
+    return parents, hparams, explore
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_plans_with_members_that_take_no_part_follow_the_rule(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        m = int(rng.integers(1, 4))
+        n = int(rng.integers(4, 10))
+        ranks = rng.integers(0, 6, m * n).astype(np.float32)  # ties on purpose
+        ranks[rng.random(m * n) < 0.1] = np.nan
+        active = rng.random(m * n) < 0.75
+        moving = rng.random(m) < 0.7
+        p = plan(ranks, moving, num_sub_populations=m, active=active)
+        expected = _reference_plan(ranks.tolist(), moving.tolist(), m, active.tolist())
+        got = (p.parents.tolist(), p.hparams_from.tolist(), [bool(x) for x in p.explore])
+        assert got == expected, (ranks, active, moving)
+
+
+def test_a_finished_member_leaves_the_worst_active_member_to_be_exploited():
+    from jaxpop.events import Finish
+
+    m = make(mode="max")
+    state = fresh_state([{"lr": 0.001 * (i + 1)} for i in range(8)], m)
+    before = gens(state)
+    state, _ = apply(state, Finish(1), 0.5, m)
+    values = [5.0, 1.0, 3.0, 2.0, 8.0, 7.0, 6.0, 4.0]
+    for i, value in enumerate(values):
+        if i != 1:
+            event = Eval(f"w{i}@10", i, state.workers[i].generation_id, 10, value)
+            state, _ = apply(state, event, 1.0, m)
+    # sub-population 0's active members by score: 0 (5), 2 (3), 3 (2): 3 copies 0
+    assert state.history.branch_point(state.workers[3].generation_id) == (before[0], 10)
+    assert state.workers[1].generation_id == before[1]
+    s = state.mutator_state
+    assert (s.num_decisions, s.num_exploits) == (3, 1)  # the finished member decides nothing
+
+
 def test_rounds_read_from_the_kept_view_equal_rounds_read_afresh(monkeypatch):
     """MF-PBT keeps each worker's last finished round between calls; on random scripts
     (workers reporting out of turn, skipping rounds, finishing) every state equals that

@@ -64,7 +64,7 @@ class MFPBTState(NamedTuple):
     Attributes:
       round: the last round decided: every worker had reported an evaluation at or
         past step ``round * t_ready`` in its current generation.
-      num_decisions: members of evolving sub-populations, summed over rounds.
+      num_decisions: active members of evolving sub-populations, summed over rounds.
       num_exploits: bottom-bracket members that copied a top-bracket member.
       num_migrations: third-bracket members replaced by a better member of another
         sub-population.
@@ -116,7 +116,13 @@ def evolving(round_index: Any, frequencies: Sequence[int]) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("num_sub_populations",))
-def plan(ranks: jax.Array, evolving: jax.Array, *, num_sub_populations: int) -> Plan:
+def plan(
+    ranks: jax.Array,
+    evolving: jax.Array,
+    *,
+    num_sub_populations: int,
+    active: jax.Array | None = None,
+) -> Plan:
     """MF-PBT's exploit and asymmetric migration for one round (Section 3).
 
     Sub-population ``k`` holds members ``[k * n, (k + 1) * n)``, ordered by evolution
@@ -139,54 +145,78 @@ def plan(ranks: jax.Array, evolving: jax.Array, *, num_sub_populations: int) -> 
     may still be copied, from its checkpoint before the round). Only strictly better
     members are copied; a non-finite rank is never copied.
 
+    Members that are not ``active`` (finished or gone workers) take no part: the
+    brackets are cut among a sub-population's active members (``q`` each while ``B1``
+    and ``B4`` fit without overlapping, else half the active members, rounded down), and
+    an inactive member is never copied, migrated or replaced.
+
     Args:
       ranks: ``(N,)``, lower is better (scores or exact ranks; only their order counts).
       evolving: ``bool[M]``, which sub-populations evolve (:func:`evolving`).
       num_sub_populations: ``M``; ``N`` must be a multiple of it.
+      active: ``bool[N]``, the members taking part; ``None``: all of them.
 
     Returns:
       a :class:`Plan`.
     """
-    ranks = jnp.where(jnp.isnan(ranks), jnp.inf, jnp.asarray(ranks))
+    ranks = jnp.asarray(ranks)
     size = ranks.shape[0]
+    taking_part = jnp.ones(size, bool) if active is None else jnp.asarray(active, bool)
+    ranks = jnp.where(jnp.isnan(ranks) | ~taking_part, jnp.inf, ranks)
     m = num_sub_populations
     n = size // m
-    q = n // _BRACKETS
+    q = n // _BRACKETS  # the brackets' size when every member takes part
     members = jnp.arange(size, dtype=jnp.int32)
     sub = members // n
     evolving = jnp.asarray(evolving, bool)
-    order = jnp.argsort(ranks.reshape(m, n), axis=1, stable=True).astype(jnp.int32)
+    # best first, the members taking no part last (NaN sorts after inf)
+    sort_keys = jnp.where(taking_part, ranks, jnp.nan).reshape(m, n)
+    order = jnp.argsort(sort_keys, axis=1, stable=True).astype(jnp.int32)
     order = order + (jnp.arange(m, dtype=jnp.int32) * n)[:, None]  # member ids, best first
-    top, third, bottom = order[:, :q], order[:, n - 2 * q : n - q], order[:, n - q :]
+    counts = taking_part.reshape(m, n).sum(axis=1, dtype=jnp.int32)
+    q_k = jnp.minimum(q, counts // 2)  # B1 and B4 among those taking part, disjoint
+    j = jnp.arange(q, dtype=jnp.int32)
+    in_bracket = j[None, :] < q_k[:, None]  # (M, q): whether a bracket's j-th exists
+
+    def bracket(start: jax.Array) -> jax.Array:  # the members from column ``start`` on
+        columns = jnp.clip(start[:, None] + j[None, :], 0, n - 1)
+        return jnp.take_along_axis(order, columns, axis=1)
+
+    top, third, bottom = order[:, :q], bracket(counts - 2 * q_k), bracket(counts - q_k)
     parents, hparams_from, explore = members, members, jnp.zeros(size, bool)
-    # exploit: B4[j] <- B1[j]
-    copies = evolving[:, None] & (ranks[top] < ranks[bottom])
-    targets, sources = bottom.reshape(-1), jnp.where(copies, top, bottom).reshape(-1)
-    parents = parents.at[targets].set(sources)
-    hparams_from = hparams_from.at[targets].set(sources)
-    explore = explore.at[targets].set(copies.reshape(-1))
+    # exploit: B4[j] <- B1[j]; a bracket's missing places write nowhere (past the end)
+    copies = evolving[:, None] & in_bracket & (ranks[top] < ranks[bottom])
+    targets = jnp.where(in_bracket, bottom, size).reshape(-1)
+    sources = jnp.where(copies, top, bottom).reshape(-1)
+    parents = parents.at[targets].set(sources, mode="drop")
+    hparams_from = hparams_from.at[targets].set(sources, mode="drop")
+    explore = explore.at[targets].set(copies.reshape(-1), mode="drop")
     if m == 1 or q == 0:  # static: no other sub-population to migrate from
         return Plan(parents, hparams_from, explore)
     # migration into B3: a greedy merge of B3 (best first) with the others (best first)
     position = jnp.zeros(size, jnp.int32).at[jnp.argsort(ranks, stable=True)].set(members)
 
-    def migrate(k: jax.Array, third_k: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def migrate(
+        k: jax.Array, third_k: jax.Array, in_bracket_k: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         outside = jnp.argsort(position + size * (sub == k))[: size - n]  # best first
 
-        def meet(taken: jax.Array, member: jax.Array) -> tuple[jax.Array, tuple]:
+        def meet(taken: jax.Array, place: tuple) -> tuple[jax.Array, tuple]:
+            member, exists = place
             migrant = outside[taken]
-            moves = evolving[k] & (ranks[migrant] < ranks[member])
+            moves = evolving[k] & exists & (ranks[migrant] < ranks[member])
             return taken + moves, (jnp.where(moves, migrant, member), moves)
 
-        _, (migrant, moves) = jax.lax.scan(meet, jnp.int32(0), third_k)
+        _, (migrant, moves) = jax.lax.scan(meet, jnp.int32(0), (third_k, in_bracket_k))
         return migrant, moves
 
-    migrant, moves = jax.vmap(migrate)(jnp.arange(m, dtype=jnp.int32), third)
+    migrant, moves = jax.vmap(migrate)(jnp.arange(m, dtype=jnp.int32), third, in_bracket)
     own_best = jnp.broadcast_to(order[:, :1], third.shape)
     from_slower = sub[migrant] > jnp.arange(m, dtype=jnp.int32)[:, None]
     hparams = jnp.where(moves & ~from_slower, own_best, migrant)
-    parents = parents.at[third.reshape(-1)].set(migrant.reshape(-1))
-    hparams_from = hparams_from.at[third.reshape(-1)].set(hparams.reshape(-1))
+    targets = jnp.where(in_bracket, third, size).reshape(-1)
+    parents = parents.at[targets].set(migrant.reshape(-1), mode="drop")
+    hparams_from = hparams_from.at[targets].set(hparams.reshape(-1), mode="drop")
     return Plan(parents, hparams_from, explore)
 
 
@@ -324,7 +354,13 @@ def _prepare(population_size: int, *, frequencies: tuple[int, ...]) -> None:
     """Checks the layout before any worker is answered and compiles :func:`plan`."""
     check_layout(population_size, frequencies)
     m = len(frequencies)
-    plan(np.zeros(population_size, np.float32), np.ones(m, bool), num_sub_populations=m)
+    everyone = np.ones(population_size, bool)
+    plan(
+        np.zeros(population_size, np.float32),
+        np.ones(m, bool),
+        num_sub_populations=m,
+        active=everyone,
+    )
 
 
 def _update(
@@ -353,10 +389,10 @@ def _update(
         return _keeping(views, view, state._replace(round=completed)), workers, ()
     active = np.asarray([w.is_active for w in workers])
     ranks = dense_ranks([member_score(history, w.generation_id) for w in workers], mode)
-    ranks = np.where(active, ranks, np.inf).astype(np.float32)  # never copied: not active
-    decided = plan(ranks, moving, num_sub_populations=len(frequencies))
+    decided = plan(
+        ranks.astype(np.float32), moving, num_sub_populations=len(frequencies), active=active
+    )
     parents, hparams_from, explore = (np.asarray(a) for a in decided)
-    parents = np.where(active, parents, np.arange(size))  # ... and keep their assignment
     keys = split_key(key, size)
     new_workers, new_checkpoints = list(workers), []
     for i in np.flatnonzero(parents != np.arange(size)):
@@ -378,7 +414,7 @@ def _update(
     copied = parents != np.arange(size)
     new_state = MFPBTState(
         round=completed,
-        num_decisions=state.num_decisions + n * int(moving.sum()),
+        num_decisions=state.num_decisions + int(active.reshape(-1, n)[moving].sum()),
         num_exploits=state.num_exploits + int((copied & explore).sum()),
         num_migrations=state.num_migrations + int((copied & ~explore).sum()),
     )
