@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import errno
+import functools
 import heapq
 import math
 import numbers
@@ -201,13 +202,30 @@ def _like(target_leaf: Any, value: Any) -> Any:
     sharding = _sharding(target_leaf)
     if sharding is None:
         return np.asarray(value)
-    if _weakly_typed(target_leaf) and np.shape(value) == ():
-        weak = jnp.asarray(np.asarray(value).item())  # (device_put keeps it weak)
-        if weak.dtype == value.dtype:
-            value = weak
+    if _weakly_typed(target_leaf) and _can_be_weak(value.dtype):
+        if np.shape(value) == ():
+            weak = jnp.asarray(np.asarray(value).item())  # (device_put keeps it weak)
+            if weak.dtype == value.dtype:
+                value = weak
+        else:  # no public constructor: an identity compiled for a weakly typed input
+            spec = jax.ShapeDtypeStruct(np.shape(value), value.dtype, weak_type=True)
+            return _weak_identity(spec, sharding)(value)
     if isinstance(value, jax.Array) and value.sharding == sharding:
         return value
     return jax.device_put(value, sharding)
+
+
+def _can_be_weak(dtype: Any) -> bool:
+    """Whether arrays of ``dtype`` can be weakly typed: those a Python bool, int, float
+    or complex becomes (``float32`` and its kin, or their 64-bit kin under x64)."""
+    return any(jnp.asarray(x).dtype == dtype for x in (0, 0.0, 0j))
+
+
+@functools.lru_cache(maxsize=64)
+def _weak_identity(spec: jax.ShapeDtypeStruct, sharding: Any) -> Any:
+    """An identity on ``spec`` whose result is weakly typed, on ``sharding``."""
+    abstract = jax.ShapeDtypeStruct(spec.shape, spec.dtype, weak_type=True, sharding=sharding)
+    return jax.jit(lambda v: v).lower(abstract).compile()
 
 
 def _weakly_typed(leaf: Any) -> bool:

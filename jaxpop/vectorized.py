@@ -851,10 +851,15 @@ def restore_snapshot(
             "mesh the population is sharded over (mesh=vz.member_mesh()): without it "
             "every process would load the whole population onto its own device"
         )
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype), like)
+    # (a weakly typed leaf, a Python number init_fn returned, comes back weak: else the
+    # resumed run would promote where the uninterrupted one did not)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(jnp.shape(x), x.dtype, weak_type=jax.typeof(x).weak_type),
+        like,
+    )
     if mesh is not None:
         target = jax.tree.map(
-            lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s),
+            lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s, weak_type=t.weak_type),
             target,
             shardings(like, mesh),
         )

@@ -292,6 +292,50 @@ def test_resume_from_snapshot_continues_identically(tmp_path):
     ]
 
 
+def test_a_weakly_typed_leaf_comes_back_weak_so_a_resumed_run_computes_alike(tmp_path):
+    # a Python number from init_fn is weakly typed: bfloat16 weights times it stay
+    # bfloat16. Restored strong, the resumed run computed in float32 (other values) and
+    # the fused round refused its own carry
+    space = {"lr": explore.uniform(0.1, 0.5)}
+
+    def init_fn(key):
+        return {"w": jax.random.normal(key, (3,)).astype(jnp.bfloat16), "scale": 1.0}
+
+    def train_step(state, batch, hparams):
+        w = (
+            state["w"] * state["scale"]
+            - (hparams["lr"] * batch).astype(state["w"].dtype) * state["w"]
+        )
+        return {"w": w, "scale": state["scale"]}, jnp.sum(w).astype(jnp.float32)
+
+    pop = vz.init(root_key(0), init_fn, space, 4)
+    assert jax.typeof(pop.train_state["scale"]).weak_type
+    with ParamStore(tmp_path, async_save=False) as store:
+        handle = vz.save_snapshot(store, pop)
+        restored = vz.restore_snapshot(store, handle, jax.eval_shape(lambda: pop))
+        scalar = vz.restore_snapshot(store, handle, pop)  # a concrete like, too
+    for leaf in (restored.train_state["scale"], scalar.train_state["scale"]):
+        assert jax.typeof(leaf).weak_type and leaf.shape == (4,)
+    step = jax.jit(vz.vmap_train_step(train_step))
+    a, b = pop, restored
+    for t in range(3):
+        a, _ = step(a, jnp.float32(1.0 + t))
+        b, _ = step(b, jnp.float32(1.0 + t))
+    assert b.train_state["w"].dtype == jnp.bfloat16
+    jax.tree.map(np.testing.assert_array_equal, b, a)
+    rounds = jax.jit(
+        vz.round_fn(
+            train_step,
+            lambda s, h, _: jnp.sum(s["w"]).astype(jnp.float32),
+            steps_per_round=2,
+            space=space,
+        )
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal, rounds(restored, jnp.ones(2)), rounds(pop, jnp.ones(2))
+    )
+
+
 _SHARDED_SCRIPT = textwrap.dedent(
     """
     import functools, json, sys
