@@ -64,7 +64,7 @@ def mf_pbt_round(
     Returns:
       ``(population, exploit)`` as :func:`jaxpop.vectorized.exploit_explore` returns them.
     """
-    frequencies = tuple(frequencies)
+    frequencies = mf_pbt.check_frequencies(frequencies)
     mf_pbt.check_layout(int(jnp.shape(scores)[0]), frequencies)
     ranks = selection_lib.canonical_scores(selection_lib.device_scores(scores), mode)
     decided = mf_pbt.plan(
@@ -93,11 +93,11 @@ def mf_pbt_round(
         return {
             name: jnp.where(
                 decided.explore,
-                jnp.asarray(explored[name], value.dtype),
-                jnp.asarray(migrated[name], value.dtype),
+                explored[name],
+                jnp.asarray(migrated[name], jnp.result_type(explored[name])),
             )
-            for name, value in inherited.items()
-        }
+            for name in inherited
+        }  # (in the explored dtype: exploit_explore refuses to truncate floats into ints)
 
     return vectorized.exploit_explore(
         pop,

@@ -290,6 +290,24 @@ def test_the_device_round_refuses_a_population_that_does_not_split():
         mf_pbt_round(_population(6), jnp.zeros(6), 1, frequencies=(1, 2), space=SPACE)
     with pytest.raises(ValueError, match="multiple of 3"):
         mf_pbt_round(_population(8), jnp.zeros(8), 1, frequencies=(1, 2, 3), space=SPACE)
+    # the host mutator's checks: a decreasing order would send hyperparameters from the
+    # fast sub-population to the slow one
+    for frequencies in ((2, 1), (1, 1), (0, 1), (1.5, 2)):
+        with pytest.raises(ValueError, match="frequencies"):
+            mf_pbt_round(_population(8), jnp.zeros(8), 1, frequencies=frequencies, space=SPACE)
+
+
+def test_the_device_round_refuses_to_truncate_explored_floats_into_int_hparams():
+    # hyperparameters written as ints (-4 for -4.0), init given no space: every explored
+    # value would be cut to an int (as exploit_explore refuses, so does the round)
+    space = {"log_lr": ex.uniform(-9.0, -3.0)}
+    pop = vectorized.init(
+        jax.random.PRNGKey(0),
+        lambda k: {"w": jnp.zeros(2)},
+        hparams=[{"log_lr": -4 - i % 3} for i in range(8)],
+    )
+    with pytest.raises(TypeError, match="truncate"):
+        mf_pbt_round(pop, jnp.arange(8.0)[::-1], 1, frequencies=(1, 2), space=space)
 
 
 def test_a_finished_worker_is_not_waited_for_and_never_copied():

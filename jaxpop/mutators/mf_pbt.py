@@ -48,6 +48,7 @@ __all__ = [
     "MFPBTState",
     "MultipleFrequenciesPBT",
     "Plan",
+    "check_frequencies",
     "check_layout",
     "evolving",
     "plan",
@@ -220,6 +221,18 @@ def plan(
     return Plan(parents, hparams_from, explore)
 
 
+def check_frequencies(frequencies: Any) -> tuple[int, ...]:
+    """``frequencies`` as a tuple of positive ints, strictly increasing, or a clear error
+    (a decreasing one would send the fast sub-populations' hyperparameters to the slow)."""
+    freqs = check_sizes("frequencies", frequencies, minimum=1)
+    if any(a >= b for a, b in itertools.pairwise(freqs)):
+        raise ValueError(
+            f"frequencies must be strictly increasing (one sub-population per "
+            f"frequency, the fastest first), got {freqs!r}"
+        )
+    return freqs
+
+
 def check_layout(population_size: int, frequencies: Sequence[int]) -> int:
     """The sub-population size for ``population_size`` members, or a ``ValueError``.
 
@@ -315,12 +328,7 @@ class MultipleFrequenciesPBT(Mutator):
         mode: Literal["min", "max"] = "min",
     ):
         interval = check_number("t_ready", t_ready, integer=True)
-        freqs = check_sizes("frequencies", frequencies, minimum=1)
-        if any(a >= b for a, b in itertools.pairwise(freqs)):
-            raise ValueError(
-                f"frequencies must be strictly increasing (one sub-population per "
-                f"frequency, the fastest first), got {freqs!r}"
-            )
+        freqs = check_frequencies(frequencies)
         if hyperparam_space is None:
             raise ValueError("MultipleFrequenciesPBT needs a hyperparam_space to explore")
         explore_lib.validate_space(hyperparam_space)
