@@ -28,6 +28,7 @@ from jaxpop.hparams import find_hparam_states, set_hparams
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
+from jaxpop.mutators.base import check_number
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.types import GenerationId, Mode, RawKey
 
@@ -176,13 +177,15 @@ def write_hparams(
 
 # -- initialisation and the vmapped step ------------------------------------------------------
 def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax.Array]:
-    """Given integer hyperparameters as floats where ``space`` samples floats (``-4``
-    written for ``-4.0``): stored as integers, every explored value would be truncated."""
+    """Given hyperparameters in the dtype a draw from ``space`` has (float32, int32):
+    integers written where the space samples floats (``-4`` for ``-4.0``) would truncate
+    every explored value, and a narrower dtype (int8, bfloat16) would saturate or round
+    it (an int8 200 is 127). A wider one, or a float for an integer space, stays."""
     if not isinstance(space, Mapping):
         return hparams
     out = dict(hparams)
     for k, v in hparams.items():
-        if k not in space or jnp.issubdtype(v.dtype, jnp.inexact):
+        if k not in space:
             continue
         leaf = space[k]
         try:  # what a draw of this entry gives (constants and nested spaces: skipped)
@@ -191,7 +194,14 @@ def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax
             )
         except Exception:
             continue
-        if isinstance(want, jax.ShapeDtypeStruct) and jnp.issubdtype(want.dtype, jnp.inexact):
+        if not isinstance(want, jax.ShapeDtypeStruct) or want.dtype == v.dtype:
+            continue
+        narrower = v.dtype.itemsize < want.dtype.itemsize
+        if jnp.issubdtype(want.dtype, jnp.inexact):  # an int (or bool) converted, too
+            widen = narrower or not jnp.issubdtype(v.dtype, jnp.inexact)
+        else:  # (a float given for an integer space stays a float)
+            widen = narrower and jnp.issubdtype(v.dtype, jnp.integer)
+        if widen:
             out[k] = v.astype(want.dtype)
     return out
 
@@ -265,7 +275,9 @@ def init(
             "initial hyperparameters: init(key, init_fn, space, n) or init(key, init_fn, "
             "hparams=[{...} for each member])"
         )
-    counts = {} if num_members is None else {"num_members": int(num_members)}
+    counts = {}
+    if num_members is not None:
+        counts["num_members"] = int(check_number("num_members", num_members, integer=True))
     if member_keys is not None:
         counts["len(member_keys)"] = int(jnp.shape(member_keys)[0])
     for name, value in (hparams or {}).items():
@@ -464,9 +476,14 @@ def exploit_explore(
     select_key, explore_key = jax.random.split(_raw(key))
     # host scores that float32 cannot order (past 3.4e38, or distinct but equal in
     # float32) reach the selection as their ranks; pop.scores stores the float32 values
+    if jnp.shape(scores) != (pop.size,):
+        raise ValueError(
+            f"exploit_explore needs one score per member, shape ({pop.size},); got "
+            f"{jnp.shape(scores)}"
+        )
     ordered = jnp.asarray(selection_lib.device_scores(scores, np.float32), jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)
-    n = scores.shape[0]
+    n = pop.size
     members = jnp.arange(n, dtype=jnp.int32)
     parents = jnp.asarray(selection(select_key, ordered), jnp.int32)
     copied = parents != members

@@ -337,6 +337,22 @@ def test_vmap_over_a_population_stays_inside_and_keeps_dtypes():
     assert 0.6 < np.mean(strength == np.float32(0.4)) < 0.9  # the end's only neighbour
 
 
+def test_a_uniform_wider_than_float32_samples_finite_values_on_device():
+    # float32 holds no bound of uniform(-1e39, 1e39): the draw was -inf * (1 - u) + inf * u,
+    # NaN, while the host's float64 draw is finite
+    space = {"x": ex.uniform(-1e39, 1e39), "y": ex.uniform(1e38, 1e39)}
+    keys = jax.random.split(jax.random.PRNGKey(0), 64)
+    out = jax.jit(jax.vmap(lambda k: ex.sample(k, space)))(keys)
+    big = float(np.finfo(np.float32).max)
+    for name in space:
+        values = np.asarray(out[name])
+        assert np.isfinite(values).all() and (np.abs(values) <= big).all(), name
+    assert (np.asarray(out["y"]) >= np.float32(1e38)).all()
+    assert (
+        np.asarray(out["x"], np.float64).std() > 1e37
+    )  # spread over the float32 range, not one end
+
+
 def test_sample_with_a_traced_key():
     out = jax.jit(lambda k: ex.sample(k, NUMERIC))(jax.random.key(3))
     assert float(out["lr"]) >= np.float32(1e-4) and out["layers"].dtype == jnp.int32

@@ -101,6 +101,35 @@ def test_init_shapes_and_hparams_in_optimizer():
     assert not np.allclose(w[0], w[1])  # different keys
 
 
+def test_init_stores_given_hparams_as_the_space_draws_them_and_checks_its_arguments():
+    # an int8 randint(0, 300) hyperparameter perturbed from 100 by 2.0 saturated at 127;
+    # bfloat16 rounded the floats: given hparams are stored as a draw is (int32, float32)
+    space = {"n": explore.randint(0, 300), "x": explore.uniform(0.0, 1.0)}
+    given = {"n": np.full(4, 100, np.int8), "x": np.full(4, 0.3, jnp.bfloat16)}
+    pop = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, space, hparams=given)
+    assert (pop.hparams["n"].dtype, pop.hparams["x"].dtype) == (jnp.int32, jnp.float32)
+    doubled, ex = vz.exploit_explore(
+        pop,
+        jnp.arange(4.0),
+        space=space,
+        selection=functools.partial(selection.truncation, quantile_fraction=0.5),
+        explore=functools.partial(explore.perturb, perturbation_factors=(2.0,)),
+    )
+    assert np.asarray(ex.copied).tolist() == [False, False, True, True]
+    assert np.asarray(doubled.hparams["n"]).tolist() == [100, 100, 200, 200]
+    # a float given for an integer space stays a float (nothing to truncate)
+    floats = vz.init(
+        root_key(0), lambda k: {"w": jnp.zeros(2)}, space, hparams={"n": np.full(4, 3.0)}
+    )
+    assert jnp.issubdtype(floats.hparams["n"].dtype, jnp.floating)
+    for bad, error in ((2.7, ValueError), (True, TypeError), (0, ValueError), (-1, ValueError)):
+        with pytest.raises(error, match="num_members"):
+            vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, space, bad)
+    for scores in (jnp.arange(5.0), jnp.arange(3.0), jnp.float32(1.0)):
+        with pytest.raises(ValueError, match="one score per member"):
+            vz.exploit_explore(pop, scores, space=space)
+
+
 @pytest.mark.parametrize("per_member", [False, True])
 def test_vmap_equals_single_member_runs(per_member):
     pop = make_pop()

@@ -301,9 +301,18 @@ def _index(x: Any, xp: Any) -> Any:
 
 
 # -- one leaf ---------------------------------------------------------------------------
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _sample_numeric(space: _Numeric, u: Any, xp: Any) -> Any:
     if isinstance(space, Uniform):  # not low + u * (high - low): that overflows for wide spans
-        return xp.clip(space.low * (1 - u) + space.high * u, space.low, space.high)
+        low, high = space.low, space.high
+        dtype = getattr(u, "dtype", None)  # (none for a Python float: the host's float64)
+        if dtype is not None and (low < -_FLOAT32_MAX or high > _FLOAT32_MAX):
+            # bounds past the draws' dtype would be +-inf there, and inf - inf is NaN
+            big = float(jnp.finfo(dtype).max)
+            low, high = max(low, -big), min(high, big)
+        return xp.clip(low * (1 - u) + high * u, low, high)
     if isinstance(space, LogUniform):
         lo, hi = math.log(space.low), math.log(space.high)
         return xp.clip(xp.exp(lo + u * (hi - lo)), space.low, space.high)
