@@ -275,6 +275,32 @@ def test_bad_options_are_refused():
         PB2(perturbation_interval=5, hyperparam_space=SPACE, explorer=print)
 
 
+def test_whole_float_sizes_are_stored_as_ints_and_the_gp_runs(calls):
+    # window=128.0 passed the check but was kept a float: the first GP fit then failed
+    h = history_of([0.2, 0.4, 0.6, 0.8])
+    for options in ({"window": 128.0}, {"num_candidates": 256.0}, {"num_local": 64.0}):
+        explorer = PB2Explorer(SPACE, **options)
+        ((name, value),) = options.items()
+        assert type(getattr(explorer, name)) is int and getattr(explorer, name) == value
+        out = explorer(KEY, h.latest("g0"), h, workers_at({"lr": 0.5}))
+        assert 0.0 <= out["lr"] <= 1.0
+    assert len(calls) == 3
+
+
+def test_a_range_too_narrow_for_floats_is_one_point(calls):
+    # uniform(0, 5e-324) halves to a span of 0 and log_uniform(1e10, next float) has equal
+    # logs: encoding them divided by zero
+    for leaf, value in (
+        (ex.uniform(0.0, 5e-324), 0.0),
+        (ex.log_uniform(1e10, math.nextafter(1e10, 1e11)), 1e10),
+    ):
+        space = {"x": leaf}
+        h = history_of([1.0, 2.0, 3.0, 4.0], meta=lambda r, v=value: {"x": v})
+        out = PB2Explorer(space)(KEY, h.latest("g0"), h, workers_at({"x": value}))
+        assert ex.clip(space, out) == out
+    assert len(calls) == 2
+
+
 def test_compiles_once():
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(

@@ -239,12 +239,13 @@ def _choice_index(leaf: explore_lib.Choice, value: Any) -> int | None:
 def _encode_number(leaf: Any, x: float) -> float:
     if isinstance(leaf, explore_lib.LogUniform):
         lo, hi = math.log(leaf.low), math.log(leaf.high)
-        u = (math.log(x) - lo) / (hi - lo) if x > 0 else 0.0
+        offset, span = (math.log(x) - lo if x > 0 else 0.0), hi - lo
     elif isinstance(leaf, explore_lib.RandInt):  # integer k owns the cell around (k + 0.5)
-        u = (round(x) - leaf.low + 0.5) / (leaf.high - leaf.low)
+        offset, span = round(x) - leaf.low + 0.5, leaf.high - leaf.low
     else:  # halved, so that a span of +-1e308 does not overflow
-        u = (x / 2 - leaf.low / 2) / (leaf.high / 2 - leaf.low / 2)
-    return min(1.0, max(0.0, u))
+        offset, span = x / 2 - leaf.low / 2, leaf.high / 2 - leaf.low / 2
+    # (a span too narrow for floats, uniform(0, 5e-324) say, holds one point: the middle)
+    return min(1.0, max(0.0, offset / span)) if span > 0 else 0.5
 
 
 def _decode_number(leaf: Any, u: float) -> float | int:
@@ -493,15 +494,21 @@ class PB2Explorer:
     def __post_init__(self) -> None:
         explore_lib.validate_space(self.hyperparam_space)
         check_number("beta", self.beta, inclusive=True)
-        check_number("window", self.window, integer=True)
-        check_number("min_observations", self.min_observations, integer=True, inclusive=True)
+        sizes = {  # stored as ints: they size arrays (128.0 passed the check, then failed)
+            "window": check_number("window", self.window, integer=True),
+            "min_observations": check_number(
+                "min_observations", self.min_observations, integer=True, inclusive=True
+            ),
+            "num_candidates": check_number(
+                "num_candidates", self.num_candidates, minimum=_TOP_K, inclusive=True, integer=True
+            ),
+            "num_local": check_number("num_local", self.num_local, integer=True, inclusive=True),
+        }
+        for name, size in sizes.items():
+            object.__setattr__(self, name, int(size))
         check_number("min_interval", self.min_interval, inclusive=True)
-        check_number(
-            "num_candidates", self.num_candidates, minimum=_TOP_K, inclusive=True, integer=True
-        )
-        num_local = check_number("num_local", self.num_local, integer=True, inclusive=True)
-        if num_local % _TOP_K:
-            raise ValueError(f"num_local must be a multiple of {_TOP_K}, got {num_local}")
+        if self.num_local % _TOP_K:
+            raise ValueError(f"num_local must be a multiple of {_TOP_K}, got {self.num_local}")
         object.__setattr__(self, "perturbation_factors", check_factors(self.perturbation_factors))
         # the fallback's arguments are checked by a dry run of explore's own checks
         explore_lib.explore(
