@@ -265,6 +265,7 @@ def init(
     >>> pop.size, pop.hparams["lr"].tolist()
     (2, [0.5, 0.25])
     """
+    _check_flat_space(space)
     if hparams is not None and not isinstance(hparams, Mapping):
         hparams = _stack_members(hparams)
     if hparams is not None:
@@ -305,6 +306,24 @@ def _stack_members(members: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray
         if sorted(m) != names:
             raise ValueError(f"hparams[{i}] has names {sorted(m)}, hparams[0] has {names}")
     return {k: np.asarray([m[k] for m in members]) for k in names}
+
+
+def _check_flat_space(space: Any) -> None:
+    """A ``TypeError`` unless ``space`` is ``None`` or a flat dict: the population's
+    hyperparameters are ``{name: (N,)}``, one array per name."""
+    if space is None:
+        return
+    if not isinstance(space, Mapping):
+        raise TypeError(
+            f"a vectorized population's space is a dict {{name: space}}, got {type(space).__name__}"
+        )
+    for name, leaf in space.items():
+        if isinstance(leaf, (Mapping, list, tuple)):
+            raise TypeError(
+                f"a vectorized population's hyperparameters are flat, {{name: (N,)}}: "
+                f"space[{name!r}] is a {type(leaf).__name__}; give each hyperparameter its "
+                f"own name (e.g. '{name}.lr')"
+            )
 
 
 def _init(
@@ -642,13 +661,31 @@ def round_fn(
                 draw, pop.replace(key=own_key), None, length=k, unroll=unroll
             )
         evaluated = eval_all(pop.train_state, pop.hparams, eval_data)
-        paired = isinstance(evaluated, (tuple, list))  # (a score is one number a member)
-        scores, aux = evaluated if paired else (evaluated, None)
-        scores = jnp.asarray(scores, jnp.float32)
+        scores, aux = _scores_and_aux(evaluated, pop.size)
         pop, exploited = exploit(pop, scores)
         return constrain(pop, mesh), RoundResult(scores, exploited, metrics, aux)
 
     return one_round
+
+
+def _scores_and_aux(evaluated: Any, n: int) -> tuple[jax.Array, Any]:
+    """``eval_fn``'s answers for ``n`` members as float32 scores ``(n,)`` and its aux, or
+    a ``TypeError`` that says what an ``eval_fn`` returns."""
+    paired = isinstance(evaluated, (tuple, list))  # (a score is one number a member)
+    if paired and len(evaluated) != 2:
+        raise TypeError(
+            f"eval_fn returned a sequence of {len(evaluated)}; it returns a score, or a "
+            "pair (score, aux)"
+        )
+    scores, aux = evaluated if paired else (evaluated, None)
+    dtype = getattr(scores, "dtype", None)
+    if dtype is None or jnp.shape(scores) != (n,) or jnp.issubdtype(dtype, jnp.complexfloating):
+        got = type(scores).__name__ if dtype is None else f"{dtype}{list(jnp.shape(scores))}"
+        raise TypeError(
+            f"eval_fn must return one real score per member (a number), or (score, aux); "
+            f"got {got} for the {n} members (a dict of metrics: return (metric, metrics))"
+        )
+    return jnp.asarray(scores, jnp.float32), aux
 
 
 def _check_steps(data: Any, steps: int) -> None:

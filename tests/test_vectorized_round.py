@@ -412,3 +412,34 @@ def test_an_eval_fn_may_return_its_score_and_aux_as_a_list_or_a_tuple():
         results.append((np.asarray(result.scores), np.asarray(result.evaluation)))
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_an_eval_fn_that_returns_no_score_per_member_is_told_what_to_return():
+    # a 1- or 3-tuple failed unpacking, a dict of metrics in float(), and a complex score
+    # was silently cut to its real part
+    space = {"lr": explore.uniform(0.1, 0.5)}
+    pop = vz.init(root_key(0), lambda k: jax.random.normal(k, (3,)), space, 4)
+
+    def step(state, batch, hparams):
+        return state - hparams["lr"] * state, jnp.sum(state)
+
+    answers = {
+        "a sequence of 1": lambda s, h, _: (jnp.sum(s),),
+        "a sequence of 3": lambda s, h, _: (jnp.sum(s), 1.0, 2.0),
+        "got dict": lambda s, h, _: {"loss": jnp.sum(s)},
+        "got complex64": lambda s, h, _: jnp.sum(s) + 1j,
+        r"float32\[4, 3\]": lambda s, h, _: s,
+    }
+    for message, evaluate in answers.items():
+        round_ = jax.jit(vz.round_fn(step, evaluate, steps_per_round=1, space=space))
+        with pytest.raises(TypeError, match=message):
+            round_(pop, jnp.zeros((1,)))
+
+
+def test_init_refuses_a_nested_space():
+    with pytest.raises(TypeError, match=r"flat.*space\['opt'\] is a dict"):
+        vz.init(root_key(0), init_fn, {"opt": {"lr": explore.uniform(0.1, 0.5)}}, N)
+    with pytest.raises(TypeError, match=r"space\['lrs'\] is a list"):
+        vz.init(root_key(0), init_fn, {"lrs": [explore.uniform(0.1, 0.5)] * 2}, N)
+    with pytest.raises(TypeError, match="a dict"):
+        vz.init(root_key(0), init_fn, [explore.uniform(0.1, 0.5)], N)

@@ -490,7 +490,8 @@ def _bounds_in(space: _Numeric, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     >>> [float(b) for b in _bounds_in(uniform(0.0, 0.1), np.dtype(np.float32))]
     [0.0, 0.09999999403953552]
     """
-    low, high = np.asarray(space.low, dtype), np.asarray(space.high, dtype)
+    with np.errstate(over="ignore"):  # a bound past dtype's range is +-inf: moved in below
+        low, high = np.asarray(space.low, dtype), np.asarray(space.high, dtype)
     inner_low, inner_high = low, high
     if float(low) < space.low:
         inner_low = np.nextafter(low, np.asarray(np.inf, dtype))
