@@ -12,6 +12,7 @@ mode; :func:`member_mesh` / :func:`shard` spread the members over devices.
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -612,8 +613,11 @@ def round_fn(
     >>> int(pop.step), result.metrics.shape, result.scores.shape
     (3, (3, 4), (4,))
     """
-    if isinstance(steps_per_round, bool) or not isinstance(steps_per_round, int):
+    if isinstance(steps_per_round, (bool, np.bool_)) or not isinstance(
+        steps_per_round, numbers.Integral
+    ):
         raise TypeError(f"steps_per_round must be an int, got {steps_per_round!r}")
+    steps_per_round = int(steps_per_round)  # (a numpy integer too)
     if steps_per_round < 1:
         raise ValueError(f"steps_per_round must be at least 1, got {steps_per_round}")
     if exploit is None:

@@ -283,6 +283,9 @@ def test_round_fn_refuses_bad_arguments():
         vz.round_fn(train_step, evaluate, steps_per_round=0, space=SPACE)
     with pytest.raises(TypeError, match="steps_per_round must be an int"):
         vz.round_fn(train_step, evaluate, steps_per_round=2.0, space=SPACE)
+    with pytest.raises(TypeError, match="steps_per_round must be an int"):
+        vz.round_fn(train_step, evaluate, steps_per_round=np.bool_(True), space=SPACE)
+    vz.round_fn(train_step, evaluate, steps_per_round=np.int64(K), space=SPACE)  # numpy's int
     fused = vz.round_fn(train_step, evaluate, steps_per_round=K, space=SPACE)
     with pytest.raises(ValueError, match=r"leading axis of 3"):
         fused(make_pop(), stacked([batch(0), batch(1)]), EVAL_DATA)  # 2 batches, K = 3
