@@ -349,7 +349,9 @@ def _init(
         hparams = jax.vmap(lambda k: explore_lib.sample(k, space))(
             jax.random.split(hparam_key, num_members)
         )
-    hparams = {k: jnp.asarray(v) for k, v in hparams.items()}
+    # strongly typed, as exploit_explore's explored values are (a weak one would make
+    # the first round's exploit change the population's types: a second trace)
+    hparams = {k: jnp.asarray(v, jnp.asarray(v).dtype) for k, v in hparams.items()}
     return VectorizedPopulation(
         train_state=write_hparams(train_state, hparams, optimizer_hparams),
         hparams=hparams,

@@ -446,3 +446,23 @@ def test_init_refuses_a_nested_space():
         vz.init(root_key(0), init_fn, {"lrs": [explore.uniform(0.1, 0.5)] * 2}, N)
     with pytest.raises(TypeError, match="a dict"):
         vz.init(root_key(0), init_fn, [explore.uniform(0.1, 0.5)], N)
+
+
+def test_weakly_typed_initial_hparams_do_not_make_the_round_trace_twice():
+    # hparams made from a Python number are weakly typed; the first exploit stored its
+    # explored values strongly typed, so the jitted round traced a second time
+    space = {"lr": explore.uniform(0.1, 0.5)}
+    traces = []
+
+    def step(state, batch, hparams):
+        traces.append(1)
+        return state - hparams["lr"] * batch, jnp.sum(state)
+
+    weak = jax.vmap(lambda i: 0.25)(jnp.arange(4))
+    assert jax.typeof(weak).weak_type
+    pop = vz.init(root_key(0), lambda k: jnp.ones(2), space, hparams={"lr": weak})
+    assert not jax.typeof(pop.hparams["lr"]).weak_type
+    round_ = jax.jit(vz.round_fn(step, lambda s, h, _: jnp.sum(s), steps_per_round=2, space=space))
+    for _ in range(3):
+        pop, _ = round_(pop, jnp.ones(2))
+    assert len(traces) == 1
