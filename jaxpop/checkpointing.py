@@ -197,8 +197,8 @@ def _sharding(target_leaf: Any) -> jax.sharding.Sharding | None:
 
 def _like(target_leaf: Any, value: Any) -> Any:
     """``value`` as the kind of array ``target_leaf`` is (numpy, or jax on its sharding;
-    weakly typed, as a scalar a Python number made, if the target is: a jitted function
-    it is passed to then does not trace again)."""
+    weakly typed if the target is, a scalar or an array: a jitted function it is passed
+    to then does not trace again, and computes as it did with the original)."""
     sharding = _sharding(target_leaf)
     if sharding is None:
         return np.asarray(value)
@@ -216,8 +216,9 @@ def _like(target_leaf: Any, value: Any) -> Any:
 
 
 def _can_be_weak(dtype: Any) -> bool:
-    """Whether arrays of ``dtype`` can be weakly typed: those a Python bool, int, float
-    or complex becomes (``float32`` and its kin, or their 64-bit kin under x64)."""
+    """Whether arrays of ``dtype`` can be weakly typed: those a Python int, float or
+    complex becomes (``int32``, ``float32``, ``complex64``, or their 64-bit kin under
+    x64)."""
     return any(jnp.asarray(x).dtype == dtype for x in (0, 0.0, 0j))
 
 

@@ -181,7 +181,8 @@ def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax
     """Given hyperparameters in the dtype a draw from ``space`` has (float32, int32):
     integers written where the space samples floats (``-4`` for ``-4.0``) would truncate
     every explored value, and a narrower dtype (int8, bfloat16) would saturate or round
-    it (an int8 200 is 127). A wider one, or a float for an integer space, stays."""
+    it (an int8 200 is 127). A 32-bit or wider one, or a float for an integer space,
+    stays."""
     if not isinstance(space, Mapping):
         return hparams
     out = dict(hparams)
@@ -197,7 +198,9 @@ def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax
             continue
         if not isinstance(want, jax.ShapeDtypeStruct) or want.dtype == v.dtype:
             continue
-        narrower = v.dtype.itemsize < want.dtype.itemsize
+        # (below 32 bits: under x64 a draw is float64, and a float32 model's float32
+        # hparams stay float32)
+        narrower = v.dtype.itemsize < min(want.dtype.itemsize, 4)
         if jnp.issubdtype(want.dtype, jnp.inexact):  # an int (or bool) converted, too
             widen = narrower or not jnp.issubdtype(v.dtype, jnp.inexact)
         else:  # (a float given for an integer space stays a float)
@@ -622,6 +625,7 @@ def round_fn(
     steps_per_round = int(steps_per_round)  # (a numpy integer too)
     if steps_per_round < 1:
         raise ValueError(f"steps_per_round must be at least 1, got {steps_per_round}")
+    one_score_each = exploit is None  # (an exploit of one's own may take other scores)
     if exploit is None:
         if space is None:
             raise TypeError(
@@ -667,16 +671,16 @@ def round_fn(
                 draw, pop.replace(key=own_key), None, length=k, unroll=unroll
             )
         evaluated = eval_all(pop.train_state, pop.hparams, eval_data)
-        scores, aux = _scores_and_aux(evaluated, pop.size)
+        scores, aux = _scores_and_aux(evaluated, pop.size if one_score_each else None)
         pop, exploited = exploit(pop, scores)
         return constrain(pop, mesh), RoundResult(scores, exploited, metrics, aux)
 
     return one_round
 
 
-def _scores_and_aux(evaluated: Any, n: int) -> tuple[jax.Array, Any]:
-    """``eval_fn``'s answers for ``n`` members as float32 scores ``(n,)`` and its aux, or
-    a ``TypeError`` that says what an ``eval_fn`` returns."""
+def _scores_and_aux(evaluated: Any, n: int | None) -> tuple[jax.Array, Any]:
+    """``eval_fn``'s answers as float32 scores and its aux, or a ``TypeError`` that says
+    what an ``eval_fn`` returns; with ``n``, one real score per member, ``(n,)``."""
     paired = isinstance(evaluated, (tuple, list))  # (a score is one number a member)
     if paired and len(evaluated) != 2:
         raise TypeError(
@@ -684,6 +688,8 @@ def _scores_and_aux(evaluated: Any, n: int) -> tuple[jax.Array, Any]:
             "pair (score, aux)"
         )
     scores, aux = evaluated if paired else (evaluated, None)
+    if n is None:
+        return jnp.asarray(scores, jnp.float32), aux
     dtype = getattr(scores, "dtype", None)
     if dtype is None or jnp.shape(scores) != (n,) or jnp.issubdtype(dtype, jnp.complexfloating):
         got = type(scores).__name__ if dtype is None else f"{dtype}{list(jnp.shape(scores))}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -348,9 +349,19 @@ def test_a_uniform_wider_than_float32_samples_finite_values_on_device():
         values = np.asarray(out[name])
         assert np.isfinite(values).all() and (np.abs(values) <= big).all(), name
     assert (np.asarray(out["y"]) >= np.float32(1e38)).all()
-    assert (
-        np.asarray(out["x"], np.float64).std() > 1e37
-    )  # spread over the float32 range, not one end
+    assert np.asarray(out["x"], np.float64).std() > 1e37  # over the range, not at one end
+    # explored and clipped on device too: finite, and no overflowing constant
+    meta = {"x": jnp.float32(1e38), "y": jnp.float32(3e38)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for p in (0.0, 1.0):
+            moved = jax.jit(lambda k, m, p=p: ex.explore(k, space, m, resample_probability=p))(
+                jax.random.PRNGKey(1), meta
+            )
+            assert all(np.isfinite(float(v)) for v in moved.values())
+        nan = jnp.float32(jnp.nan)
+        clipped = jax.jit(lambda m: ex.clip(space, m))({"x": nan, "y": jnp.float32(1e38)})
+        assert float(clipped["x"]) == -big and 1e38 <= float(clipped["y"]) <= big
 
 
 def test_sample_with_a_traced_key():

@@ -295,6 +295,11 @@ def test_the_device_round_refuses_a_population_that_does_not_split():
     for frequencies in ((2, 1), (1, 1), (0, 1), (1.5, 2)):
         with pytest.raises(ValueError, match="frequencies"):
             mf_pbt_round(_population(8), jnp.zeros(8), 1, frequencies=frequencies, space=SPACE)
+    given = [
+        mf_pbt_round(_population(8), jnp.arange(8.0), 1, frequencies=f, space=SPACE)[1]
+        for f in ((1, 2), np.array([1, 2]), jnp.array([1, 2]))
+    ]  # an array, as before
+    assert all((g.parents == given[0].parents).all() for g in given)
 
 
 def test_the_device_round_refuses_to_truncate_explored_floats_into_int_hparams():
@@ -341,6 +346,20 @@ def test_a_finished_member_takes_no_bracket_place():
     everyone = plan(ranks, np.array([True, True]), num_sub_populations=2, active=np.ones(8, bool))
     alone = plan(ranks, np.array([True, True]), num_sub_populations=2)
     assert all((a == b).all() for a, b in zip(everyone, alone, strict=True))
+    # B3 never reaches into B1: with 4 of 8 active (B1, B4 of 2), and 2 of 4, no
+    # migrant replaces a best member (sub-population 1 has better members to send)
+    ranks8 = np.array([1, 2, 3, 4, 9, 9, 9, 9, 0, 0.5, 5, 6, 7, 8, 9, 9], np.float32)
+    active = np.array([True] * 4 + [False] * 4 + [True] * 8)
+    p = plan(ranks8, np.array([True, False]), num_sub_populations=2, active=active)
+    assert p.parents[:8].tolist() == [0, 1, 0, 1, 4, 5, 6, 7]  # B4 copies B1, no migrants
+    active = np.array([True, True, False, False] + [True] * 4)
+    p = plan(
+        np.array([1, 2, 9, 9, 0, 5, 6, 7], np.float32),
+        np.array([True, False]),
+        num_sub_populations=2,
+        active=active,
+    )
+    assert p.parents[:4].tolist() == [0, 0, 2, 3]
     # a sub-population down to one active member does not evolve; none at all neither
     for alive in ([True, False, False, False], [False] * 4):
         active = np.array(alive + [True] * 4)
@@ -363,7 +382,8 @@ def _reference_plan(ranks, evolving, m, active):
         q = min(n // 4, len(order) // 2)
         if not evolving[k] or q == 0:
             continue
-        top, third, bottom = order[:q], order[len(order) - 2 * q : -q], order[-q:]
+        q3 = min(q, len(order) - 2 * q)  # B3 never reaches into B1
+        top, third, bottom = order[:q], order[len(order) - q - q3 : -q], order[-q:]
         for a, b in zip(top, bottom, strict=True):
             if r[a] < r[b]:
                 parents[b], hparams[b], explore[b] = a, a, True

@@ -117,6 +117,14 @@ def test_init_stores_given_hparams_as_the_space_draws_them_and_checks_its_argume
     )
     assert np.asarray(ex.copied).tolist() == [False, False, True, True]
     assert np.asarray(doubled.hparams["n"]).tolist() == [100, 100, 200, 200]
+    # under x64 a draw is float64 / int64, but float32 and int32 stay (a float32 model's
+    # hparams stay float32): only dtypes below 32 bits are widened
+    with jax.enable_x64(True):
+        given = {"n": np.full(4, 100, np.int32), "x": np.full(4, 0.3, np.float32)}
+        kept = vz.init(
+            root_key(0), lambda k: {"w": jnp.zeros(2, jnp.float32)}, space, hparams=given
+        )
+        assert (kept.hparams["n"].dtype, kept.hparams["x"].dtype) == (jnp.int32, jnp.float32)
     # a float given for an integer space stays a float (nothing to truncate)
     floats = vz.init(
         root_key(0), lambda k: {"w": jnp.zeros(2)}, space, hparams={"n": np.full(4, 3.0)}

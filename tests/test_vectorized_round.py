@@ -438,6 +438,14 @@ def test_an_eval_fn_that_returns_no_score_per_member_is_told_what_to_return():
         with pytest.raises(TypeError, match=message):
             round_(pop, jnp.zeros((1,)))
 
+    # an exploit of one's own takes the scores it wants (two objectives per member, say)
+    def by_first_objective(pop, scores):
+        return vz.exploit_explore(pop, scores[:, 0], space=space)
+
+    round_ = vz.round_fn(step, lambda s, h, _: s[:2], steps_per_round=1, exploit=by_first_objective)
+    _, result = jax.jit(round_)(pop, jnp.zeros((1,)))
+    assert result.scores.shape == (4, 2)
+
 
 def test_init_refuses_a_nested_space():
     with pytest.raises(TypeError, match=r"flat.*space\['opt'\] is a dict"):

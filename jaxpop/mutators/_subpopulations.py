@@ -28,13 +28,16 @@ __all__ = [
 
 
 def check_sizes(name: str, sizes: Any, *, minimum: int) -> tuple[int, ...]:
-    """``sizes`` as a tuple of ints, each at least ``minimum``, or a clear error."""
+    """``sizes`` (a sequence, or a 1-d numpy or jax array) as a tuple of ints, each at
+    least ``minimum``, or a clear error."""
+    if getattr(sizes, "ndim", None) == 1 and hasattr(sizes, "tolist"):
+        sizes = sizes.tolist()
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise TypeError(
             f"{name} must be a sequence of ints, got {type(sizes).__name__}: {sizes!r:.40}"
         )
     out = tuple(
-        check_number(f"{name}[{i}]", s, minimum=minimum, inclusive=True, integer=True)
+        int(check_number(f"{name}[{i}]", s, minimum=minimum, inclusive=True, integer=True))
         for i, s in enumerate(sizes)
     )
     if not out:

@@ -304,14 +304,23 @@ def _index(x: Any, xp: Any) -> Any:
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+def _float_bounds(space: _Numeric, x: Any) -> tuple[float, float]:
+    """A float space's bounds, moved inside the range of ``x``'s float dtype: a bound
+    past it would become +-inf there (and ``inf - inf`` NaN). A Python float (the host's
+    float64, which holds every bound) has them as they are."""
+    low, high = space.low, space.high
+    if low >= -_FLOAT32_MAX and high <= _FLOAT32_MAX:  # the usual case: any float holds them
+        return low, high
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        return low, high
+    big = float(jnp.finfo(dtype).max)
+    return max(low, -big), min(high, big)
+
+
 def _sample_numeric(space: _Numeric, u: Any, xp: Any) -> Any:
     if isinstance(space, Uniform):  # not low + u * (high - low): that overflows for wide spans
-        low, high = space.low, space.high
-        dtype = getattr(u, "dtype", None)  # (none for a Python float: the host's float64)
-        if dtype is not None and (low < -_FLOAT32_MAX or high > _FLOAT32_MAX):
-            # bounds past the draws' dtype would be +-inf there, and inf - inf is NaN
-            big = float(jnp.finfo(dtype).max)
-            low, high = max(low, -big), min(high, big)
+        low, high = _float_bounds(space, u)
         return xp.clip(low * (1 - u) + high * u, low, high)
     if isinstance(space, LogUniform):
         lo, hi = math.log(space.low), math.log(space.high)
@@ -335,13 +344,13 @@ def _perturb_numeric(space: _Numeric, x: Any, u: Any, factors: tuple[float, ...]
         # a small integer times 0.8 or 1.2 rounds back to itself: move by one instead
         moved = xp.where(moved == x, x + xp.sign(f - 1.0), moved)
         return xp.clip(moved, space.low, space.high - 1)
-    return xp.clip(x * f, space.low, space.high)
+    return xp.clip(x * f, *_float_bounds(space, x))
 
 
 def _clip_numeric(space: _Numeric, x: Any, xp: Any) -> Any:
     if isinstance(space, RandInt):
         return xp.clip(xp.round(x), space.low, space.high - 1)
-    return xp.clip(x, space.low, space.high)
+    return xp.clip(x, *_float_bounds(space, x))
 
 
 def _nearest_index(values: Any, x: Any, xp: Any) -> Any:
@@ -388,7 +397,7 @@ def _leaf(
         return _sample_numeric(space, u[1], xp)
     if xp is jnp and jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating):
         # a traced NaN cannot raise (host values do): a fresh draw (clip: low) replaces it
-        fill = space.low if u is None else _sample_numeric(space, u[1], xp)
+        fill = _float_bounds(space, value)[0] if u is None else _sample_numeric(space, u[1], xp)
         value = xp.where(xp.isnan(value), fill, value)
     if op == "clip":
         return _clip_numeric(space, value, xp)

@@ -703,7 +703,8 @@ class _Step:
         self.counts = [state.num_decisions, state.num_exploits, state.num_handovers]
         self.counts.append(state.num_evaluations)
         self.changed = False
-        self.best: dict[int, int | None] = {}  # _assign's cache: members do not change there
+        # _assign's cache, by sub-population: an assignment forgets its member's
+        self.best: dict[int, int | None] = {}
         self.decided: set[int] = set()  # the members whose last decision changed
         self.started: set[int] = set()  # the workers that started a generation
         self.scored: _Scored = view.memo[_Scored]  # (_Scored.bring_up_to_date puts it there)
@@ -993,8 +994,9 @@ def _assign(step: _Step, config: _Config) -> None:
     for members in previous[1:]:
         step.best.pop(members.start, None)
     # the queue is the same for every idle evaluator but for the members taken before
-    # it, so one pass over it serves them all (a member passed over has no child, and
-    # the children found stay: members do not change here)
+    # it, so one pass over it serves them all (a member passed over had no child then:
+    # it is looked at again at the next update); an assignment forgets the cached best
+    # of its member's sub-population, whose fitness it changed (see _evaluate)
     queue = iter(_queue(step, config))
     for evaluator in idle:
         for member, source in queue:

@@ -147,9 +147,10 @@ def plan(
     members are copied; a non-finite rank is never copied.
 
     Members that are not ``active`` (finished or gone workers) take no part: the
-    brackets are cut among a sub-population's active members (``q`` each while ``B1``
-    and ``B4`` fit without overlapping, else half the active members, rounded down), and
-    an inactive member is never copied, migrated or replaced.
+    brackets are cut among a sub-population's active members (``B1`` and ``B4`` of
+    ``q`` each while they fit without overlapping, else of half the active members,
+    rounded down; ``B3`` the ``q`` just above ``B4``, fewer where it would reach into
+    ``B1``), and an inactive member is never copied, migrated or replaced.
 
     Args:
       ranks: ``(N,)``, lower is better (scores or exact ranks; only their order counts).
@@ -177,13 +178,16 @@ def plan(
     counts = taking_part.reshape(m, n).sum(axis=1, dtype=jnp.int32)
     q_k = jnp.minimum(q, counts // 2)  # B1 and B4 among those taking part, disjoint
     j = jnp.arange(q, dtype=jnp.int32)
-    in_bracket = j[None, :] < q_k[:, None]  # (M, q): whether a bracket's j-th exists
+    in_bracket = j[None, :] < q_k[:, None]  # (M, q): whether B1's and B4's j-th exist
+    # B3: the q_k just above B4, fewer if they would reach into B1 (all active: q_k)
+    q3_k = jnp.clip(counts - 2 * q_k, 0, q_k)
+    in_third = j[None, :] < q3_k[:, None]
 
     def bracket(start: jax.Array) -> jax.Array:  # the members from column ``start`` on
         columns = jnp.clip(start[:, None] + j[None, :], 0, n - 1)
         return jnp.take_along_axis(order, columns, axis=1)
 
-    top, third, bottom = order[:, :q], bracket(counts - 2 * q_k), bracket(counts - q_k)
+    top, third, bottom = order[:, :q], bracket(counts - q_k - q3_k), bracket(counts - q_k)
     parents, hparams_from, explore = members, members, jnp.zeros(size, bool)
     # exploit: B4[j] <- B1[j]; a bracket's missing places write nowhere (past the end)
     copies = evolving[:, None] & in_bracket & (ranks[top] < ranks[bottom])
@@ -211,11 +215,11 @@ def plan(
         _, (migrant, moves) = jax.lax.scan(meet, jnp.int32(0), (third_k, in_bracket_k))
         return migrant, moves
 
-    migrant, moves = jax.vmap(migrate)(jnp.arange(m, dtype=jnp.int32), third, in_bracket)
+    migrant, moves = jax.vmap(migrate)(jnp.arange(m, dtype=jnp.int32), third, in_third)
     own_best = jnp.broadcast_to(order[:, :1], third.shape)
     from_slower = sub[migrant] > jnp.arange(m, dtype=jnp.int32)[:, None]
     hparams = jnp.where(moves & ~from_slower, own_best, migrant)
-    targets = jnp.where(in_bracket, third, size).reshape(-1)
+    targets = jnp.where(in_third, third, size).reshape(-1)
     parents = parents.at[targets].set(migrant.reshape(-1), mode="drop")
     hparams_from = hparams_from.at[targets].set(hparams.reshape(-1), mode="drop")
     return Plan(parents, hparams_from, explore)
