@@ -181,10 +181,31 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[
     return arrays, specs
 
 
+def _same_run(a: PopulationState, b: PopulationState) -> bool:
+    """Whether ``a`` and ``b`` are states of one run: the same key, and every handle the
+    older one's workers could load recorded in the newer one's history at the same
+    checkpoint (two runs of one seed share keys and generation ids, not handles)."""
+    if not np.array_equal(a.key, b.key):
+        return False
+    older, newer = (a, b) if a.num_events <= b.num_events else (b, a)
+    for worker in older.workers:
+        source = older.history.latest_loadable(worker.generation_id)
+        if source is not None and isinstance(source.params, str):
+            there = newer.history.get_checkpoint(source.generation_id, source.step)
+            if there is None or there.params != source.params:
+                return False
+    return True
+
+
 def _sharding(target_leaf: Any) -> jax.sharding.Sharding | None:
-    """Where a restored leaf goes: ``None`` (host numpy) for a numpy target leaf, else
-    the target leaf's sharding, or the default device."""
+    """Where a restored leaf goes: ``None`` (host numpy) for a numpy target leaf, or
+    one of a dtype no ``jax.Array`` holds here (64-bit without ``jax_enable_x64``: a jax
+    array would narrow it, silently wrapping the integers); else the target leaf's
+    sharding, or the default device."""
     if isinstance(target_leaf, (np.ndarray, np.generic)):
+        return None
+    dtype = getattr(target_leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.canonicalize_dtype(dtype) != dtype:
         return None
     sharding = getattr(target_leaf, "sharding", None)
     if isinstance(sharding, jax.sharding.Sharding):
@@ -572,7 +593,8 @@ class ParamStore:
           target: the structure to restore: a pytree of arrays or
             ``jax.ShapeDtypeStruct``\\ s (for example ``jax.eval_shape(init_fn)``) with the
             saved leaf paths, shapes and dtypes. Each array comes back as a numpy array
-            where the target has a numpy array, else as a ``jax.Array`` on the target
+            where the target has a numpy array (or a dtype no ``jax.Array`` holds: 64-bit
+            without ``jax_enable_x64``), else as a ``jax.Array`` on the target
             leaf's sharding (or the default device). In a program of several
             processes a restore is collective, like a save: every process calls it,
             and a target leaf with a sharding over all processes' devices (a
@@ -695,12 +717,14 @@ class ParamStore:
                 arrays = checkpointer.restore(
                     path, ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )[_STATE]
-            except (FileNotFoundError, ValueError, KeyError) as e:
+            except Exception as e:  # (TensorStore raises a bare Exception for a lost file)
                 if not os.path.isdir(path):
                     raise self._missing(handle, path) from e
-                if isinstance(e, KeyError):  # (Orbax's, for a part of the checkpoint gone)
-                    raise ValueError(f"checkpoint {handle!r} is damaged: {e!r}") from e
-                raise
+                if isinstance(e, ValueError):
+                    raise
+                # a part of the checkpoint gone or unreadable (Orbax's KeyError, or
+                # TensorStore's error, whose message holds its whole spec: cut short)
+                raise ValueError(f"checkpoint {handle!r} is damaged: {str(e)[:300]}") from e
         leaves = []
         for spec, (_, leaf) in zip(specs, flat, strict=True):
             if spec["kind"] == "array":
@@ -803,11 +827,12 @@ class ParamStore:
             # also keeps what the newest retains, which this store may have seen recorded.
             state = _as_state(state_or_controller)
             newest = self._newest
-            if (
-                newest is None
-                or state.num_events >= newest.num_events
-                or not np.array_equal(state.key, newest.key)  # another run: start over
-            ):
+            if newest is None or not _same_run(state, newest):
+                # another run (or the first): what an earlier one recorded is not this
+                # one's to delete
+                self._newest = newest = state
+                self._seen = set()
+            elif state.num_events >= newest.num_events:
                 self._newest = newest = state
             retained_set = set(retained_handles(state, keep_best=keep_best)) | keep
             if newest is not state:

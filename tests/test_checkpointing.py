@@ -393,6 +393,41 @@ def test_collect_garbage_deletes_replaced_handles(store):
     assert store.collect_garbage(controller, keep_best=1).deleted == (first,)
 
 
+@pytest.mark.parametrize("seeds", [(0, 1), (0, 0)])
+def test_collect_garbage_for_another_run_keeps_what_the_first_run_retains(store, seeds):
+    # one store shared by two runs (a sweep, one after the other): collecting for the
+    # second deleted what the first one's collection had seen recorded, though the first
+    # run still retains it (and with one seed the runs share keys and generation ids)
+    def run(seed, steps):
+        mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+        controller = PopulationController([{"x": 0}], mutator, seed=seed)
+        for step in range(1, steps + 1):
+            gen = controller.active_workers[0].generation_id
+            controller.set_eval(0, gen, step, store.save(gen, step, {"w": np.ones(2)}), 1 / step)
+        store.wait()
+        return controller
+
+    first = run(seeds[0], 1)
+    assert store.collect_garbage(first).deleted == ()
+    second = run(seeds[1], 3)
+    deleted = store.collect_garbage(second, keep_best=0).deleted
+    assert all(store.exists(h) for h in retained_handles(first.state))
+    assert len(deleted) == 2  # the second run's own steps 1 and 2: its history has them
+    assert all(h not in retained_handles(first.state) for h in deleted)
+
+
+def test_restoring_64_bit_leaves_without_x64_gives_numpy_not_narrowed_arrays(store):
+    # a jax.Array holds no int64 / float64 without jax_enable_x64: the values were
+    # silently wrapped to int32 (2**40 became 0) and rounded to float32
+    state = {"seen": np.array([4_209_505_637, 2**40], np.int64), "ema": np.array([0.1], np.float64)}
+    handle = store.save("g", 0, state)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    restored = store.restore(handle, target)
+    for name, saved in state.items():
+        assert isinstance(restored[name], np.ndarray) and restored[name].dtype == saved.dtype
+        np.testing.assert_array_equal(restored[name], saved)
+
+
 def test_collect_garbage_skips_a_restore_in_progress(store):
     mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
     controller = PopulationController([{"x": 0}], mutator)
@@ -815,3 +850,15 @@ def test_a_checkpoint_missing_its_arrays_is_a_value_error_naming_it(tmp_path):
         shutil.rmtree(os.path.join(handle, "state"))
         with pytest.raises(ValueError, match="is damaged"):
             store.restore(handle, jax.eval_shape(lambda: tree))
+        # only the array data file lost or cut short: TensorStore's bare Exception
+        for damage in ("delete", "truncate"):
+            handle = store.save("g", 1, {"w": jnp.arange(1000.0)})
+            data = os.path.join(handle, "state", "ocdbt.process_0", "d")
+            largest = max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
+            if damage == "delete":
+                os.remove(largest)
+            else:
+                os.truncate(largest, os.path.getsize(largest) // 2)
+            with pytest.raises(ValueError, match=f"{handle}' is damaged"):
+                store.restore(handle, jax.eval_shape(lambda: {"w": jnp.arange(1000.0)}))
+            shutil.rmtree(handle)
