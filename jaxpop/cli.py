@@ -245,8 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     top = parser()
     args = top.parse_args(argv)
     if args.command == "report":
-        if not args.interval > 0 or args.max_iterations < 0:
-            top.error("--interval must be positive and --max-iterations at least 0")
+        from jaxpop.report.watch import MAX_INTERVAL_S
+
+        if not 0 < args.interval <= MAX_INTERVAL_S or args.max_iterations < 0:
+            top.error(
+                f"--interval must be positive and at most {MAX_INTERVAL_S} seconds (a "
+                "week), and --max-iterations at least 0"
+            )
         return _report(args)
     if args.command == "migrate-seed-state":
         return _migrate_seed_state(args)

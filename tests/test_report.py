@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -324,6 +325,11 @@ def test_cli_default_out_dir_and_plain_table(finished, tmp_path, capsys, monkeyp
     for name in ("rich", "rich.console", "rich.table", "rich.text"):
         monkeypatch.setitem(sys.modules, name, None)  # rich is optional
     assert cli.main(["report", str(run)]) == 0
+    _check_files(str(run) + "-report", state.history.num_checkpoints)
+    # from inside the run: "." is named by its path (".-report" would lie inside it)
+    shutil.rmtree(str(run) + "-report")
+    monkeypatch.chdir(run)
+    assert cli.main(["report", "."]) == 0
     _check_files(str(run) + "-report", state.history.num_checkpoints)
     out = capsys.readouterr().out
     assert "population size" in out and "wall-clock span" in out and "─" not in out
@@ -655,9 +661,10 @@ def test_cli_watch_errors(tmp_path, finished, capsys):
             (two / name / f).write_bytes((finished[0] / "population" / f).read_bytes())
     assert cli.main(["report", str(two), "--watch", "--max-iterations", "100"]) == 1
     assert "holds 2 jaxpop runs" in capsys.readouterr().err  # at once, not after waiting
-    for bad in (["--interval", "0"], ["--max-iterations", "-1"]):
-        with pytest.raises(SystemExit) as exc:
+    for bad in (["--interval", "0"], ["--max-iterations", "-1"], ["--interval", "inf"]):
+        with pytest.raises(SystemExit) as exc:  # (inf: time.sleep's OverflowError before)
             cli.main(["report", str(two), "--watch", *bad])
         assert exc.value.code == 2
-    with pytest.raises(ValueError, match="interval"):
-        report.watch(two, interval=0)
+    for interval in (0, math.inf, 1e300):
+        with pytest.raises(ValueError, match="interval"):
+            report.watch(two, interval=interval)

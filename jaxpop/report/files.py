@@ -26,8 +26,12 @@ def _inside(path: str, directory: str) -> bool:
 
 
 def default_out_dir(run_dir: str) -> str:
-    """Where ``jaxpop report`` writes by default: ``<run dir>-report``, beside the run."""
-    return os.path.normpath(run_dir) + "-report"
+    """Where ``jaxpop report`` writes by default: ``<run dir>-report``, beside the run
+    (``.`` or ``..`` named by its absolute path: ``.-report`` would lie inside it)."""
+    path = os.path.normpath(run_dir)
+    if os.path.basename(path) in (os.curdir, os.pardir):
+        path = os.path.abspath(path)
+    return path + "-report"
 
 
 def write_report(

@@ -45,6 +45,9 @@ class Refresh(NamedTuple):
     written: dict[str, str]
 
 
+MAX_INTERVAL_S = 7 * 24 * 3600  #: the longest ``interval`` between two reads
+
+
 def is_done(state: PopulationState) -> bool:
     """Whether a run is over: it has workers and none is active (each finished or gone),
     as :attr:`jaxpop.PopulationController.done` says."""
@@ -88,8 +91,11 @@ def watch(
           jaxpop.storage.CorruptLogError: a file of the run is damaged.
           ImportError: matplotlib is missing (the plots need it).
     """
-    if not interval > 0:
-        raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+    if not 0 < interval <= MAX_INTERVAL_S:  # (time.sleep overflows on inf or 1e300)
+        raise ValueError(
+            f"interval must be a positive number of seconds, at most {MAX_INTERVAL_S} (a "
+            f"week), got {interval!r}"
+        )
     write_every = max(interval, 10.0) if write_every is None else write_every
     if not write_every >= 0:
         raise ValueError(f"write_every must be >= 0 seconds, got {write_every!r}")
