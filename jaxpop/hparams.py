@@ -113,7 +113,9 @@ def make_optimizer(
     ``weight_decay=0``, where the optimizer takes a float: a float default or a type
     hint that admits ``float``; ``seed=0`` stays an int),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
-    ``static_args`` and booleans are baked in.
+    ``static_args``, booleans, and arguments whose default is an int (sizes and counts
+    the optimizer reads in Python, such as adafactor's ``min_dim_size_to_factor``:
+    injected, a jitted update fails) unless ``meta_params`` gives them, are baked in.
 
     Args:
       optimizer_fn: an optax optimizer factory, e.g. ``optax.adam``, ``optax.adamw``.
@@ -171,6 +173,16 @@ def make_optimizer(
                 f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
             )
     floats = _float_parameters(optimizer_fn, parameters)
+    # an argument whose default is an int is a size or a count the optimizer reads in
+    # Python (adafactor's min_dim_size_to_factor, lbfgs's memory_size): injected, it is
+    # an array, and a jitted update fails deep in optax; baked in unless meta_params
+    # gives it (to be set online)
+    sizes = [
+        name
+        for name, parameter in parameters.items()
+        if type(parameter.default) is int and name not in floats and name not in selected
+    ]
+    static_args = (*static_args, *[n for n in sizes if n not in static_args])
     for name, value in list(arguments.items()):
         if type(value) is int and name in floats and name not in static_args:
             # a float written as an int (weight_decay=0): injected as an int, it could
@@ -341,7 +353,10 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     them -- or their Python type -- never retraces. Works on traced leaves too.
 
     Raises:
-      TypeError: a leaf is not numeric; the message names its path.
+      TypeError: a leaf is not numeric (or complex, for a real ``dtype``); the message
+        names its path.
+      ValueError: a leaf's value is one ``dtype`` cannot hold (``1e39`` in float32,
+        ``2**40`` in int32), as :func:`set_hparams` refuses it.
 
     >>> import numpy as np
     >>> as_traced({"aug": 0.5, "smoothing": np.float64(0.125)})
@@ -349,13 +364,15 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     """
 
     def convert(path: tuple, leaf: Any) -> jax.Array:
+        where = jax.tree_util.keystr(path) or "<top>"
+        if not isinstance(leaf, jax.core.Tracer):
+            host = np.asarray(leaf)
+            if host.dtype.kind in "biufc":
+                _check_cast(host, dtype, where)
         try:
             return jnp.asarray(leaf, dtype=dtype)
         except (TypeError, ValueError) as err:
-            raise TypeError(
-                f"as_traced: leaf {jax.tree_util.keystr(path) or '<top>'} = {leaf!r} is "
-                f"not a number ({err})"
-            ) from err
+            raise TypeError(f"as_traced: leaf {where} = {leaf!r} is not a number ({err})") from err
 
     return jax.tree_util.tree_map_with_path(convert, tree)
 
@@ -414,7 +431,15 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
 
 def _check_cast(host: np.ndarray, dtype: Any, name: str) -> None:
     """Refuses a concrete value that a cast to ``dtype`` would turn into another value:
-    a complex into a real type, or a finite float that overflows it (1e300 in float32)."""
+    a complex into a real type, a finite float that overflows it (1e300 in float32), or
+    an integer outside an integer type's range (2**40 in int32 wraps to 0)."""
+    if host.dtype.kind in "iu" and jnp.issubdtype(dtype, jnp.integer) and host.size:
+        limits = jnp.iinfo(dtype)
+        if int(host.min()) < limits.min or int(host.max()) > limits.max:
+            raise ValueError(
+                f"hyperparameter {name!r} = {host.tolist()!r:.60} is outside its dtype "
+                f"{jnp.dtype(dtype)} ([{limits.min}, {limits.max}]); it would wrap around"
+            )
     if host.dtype.kind == "c" and not jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(
             f"hyperparameter {name!r} is {dtype}, got a complex value; its imaginary part "

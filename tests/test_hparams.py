@@ -559,12 +559,30 @@ def test_set_hparams_refuses_values_the_cast_would_change():
     )
     inf = hp.set_hparams(state, {"learning_rate": float("inf")})  # an explicit inf is kept
     assert not np.isfinite(float(hp.get_hparams(inf)["learning_rate"]))
+    # as_traced refuses what set_hparams refuses (it gave inf, or wrapped)
+    with pytest.raises(ValueError, match="overflows its dtype float32"):
+        as_traced({"lr": 1e39})
+    with pytest.raises(ValueError, match="outside its dtype int32"):
+        as_traced({"n": 2**40}, jnp.int32)
+    with pytest.raises(TypeError, match="imaginary part"):
+        as_traced({"lr": 1 + 2j})
+    # an int outside an int hyperparameter's range wrapped silently (2**40 into int32: 0)
+    counted = optax.inject_hyperparams(optax.adafactor)(learning_rate=1e-3, decay_offset=3)
+    state = counted.init({"w": jnp.zeros(3)})
+    assert hp.get_hparams(state)["decay_offset"].dtype == jnp.int32
+    for big in (2**40, np.int64(2**40), -(2**31) - 1, np.array(2**33, np.uint64)):
+        with pytest.raises(ValueError, match="outside its dtype int32"):
+            hp.set_hparams(state, {"decay_offset": big})
+    assert (
+        int(hp.get_hparams(hp.set_hparams(state, {"decay_offset": 2**31 - 1}))["decay_offset"])
+        == 2**31 - 1
+    )
 
 
 def test_a_float_argument_written_as_an_int_can_be_set_to_a_float_later():
     """``weight_decay=0``, ``learning_rate=1``: injected as floats, so PBT can move them;
     an argument whose optimizer default is an int (adafactor's min_dim_size_to_factor)
-    stays an int."""
+    is baked in."""
     tx = make_optimizer(optax.adamw, {"learning_rate": 1}, weight_decay=0)
     state = tx.init({"w": jnp.ones(3)})
     assert {k: get_hparams(state)[k].dtype for k in ("learning_rate", "weight_decay")} == {
@@ -573,9 +591,16 @@ def test_a_float_argument_written_as_an_int_can_be_set_to_a_float_later():
     }
     state = set_hparams(state, {"weight_decay": 1e-4, "learning_rate": 0.5})
     assert float(get_hparams(state)["weight_decay"]) == pytest.approx(1e-4)
-    factored = make_optimizer(optax.adafactor, {"learning_rate": 1}, min_dim_size_to_factor=64)
-    hparams = get_hparams(factored.init({"w": jnp.ones((3, 3))}))
-    assert hparams["min_dim_size_to_factor"].dtype == jnp.int32
+    # an argument whose default is an int is a size optax reads in Python: baked in, so
+    # a jitted update works (injected, it was a TracerBoolConversionError inside optax)
+    params = {"w": jnp.ones((4, 300))}
+    for fixed in ({}, {"min_dim_size_to_factor": 64}):
+        factored = make_optimizer(optax.adafactor, {"learning_rate": 1}, **fixed)
+        state = factored.init(params)
+        assert "min_dim_size_to_factor" not in get_hparams(state)
+        jax.jit(lambda s, t=factored: t.update(params, s, params))(state)
+    lbfgs = make_optimizer(optax.lbfgs, {"learning_rate": 0.1})
+    assert "memory_size" not in get_hparams(lbfgs.init(params))
     for seeded in ({"key": 0},):  # an int by its type hint (ArrayLike): a PRNG seed
         noisy = make_optimizer(optax.noisy_sgd, learning_rate=0.1, **seeded)
         params = {"w": jnp.ones(3)}
