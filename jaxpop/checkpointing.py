@@ -182,19 +182,32 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[
 
 
 def _same_run(a: PopulationState, b: PopulationState) -> bool:
-    """Whether ``a`` and ``b`` are states of one run: the same key, and every handle the
-    older one's workers could load recorded in the newer one's history at the same
-    checkpoint (two runs of one seed share keys and generation ids, not handles)."""
+    """Whether ``a`` and ``b`` are states of one run, from positive evidence: the same
+    key, and a handle recorded at the same checkpoint in both histories (a handle's
+    name holds a random nonce: two runs of one seed share keys and generation ids, never
+    handles). The workers' latest handles are compared first; the whole history only
+    when none matches (one was replaced, or lost). Without any handle: one run."""
     if not np.array_equal(a.key, b.key):
         return False
     older, newer = (a, b) if a.num_events <= b.num_events else (b, a)
+    recorded = False
     for worker in older.workers:
         source = older.history.latest_loadable(worker.generation_id)
         if source is not None and isinstance(source.params, str):
-            there = newer.history.get_checkpoint(source.generation_id, source.step)
-            if there is None or there.params != source.params:
-                return False
-    return True
+            recorded = True
+            if _recorded_in(newer.history, source):
+                return True
+    for checkpoint in older.history.checkpoints():
+        if isinstance(checkpoint.params, str):
+            recorded = True
+            if _recorded_in(newer.history, checkpoint):
+                return True
+    return not recorded
+
+
+def _recorded_in(history: History, checkpoint: Any) -> bool:
+    there = history.get_checkpoint(checkpoint.generation_id, checkpoint.step)
+    return there is not None and there.params == checkpoint.params
 
 
 def _sharding(target_leaf: Any) -> jax.sharding.Sharding | None:
@@ -604,7 +617,8 @@ class ParamStore:
         Raises:
           MissingCheckpointError: no complete checkpoint at ``handle`` (deleted by
             garbage collection, never finished, or a wrong path).
-          ValueError: the target's structure, shapes or dtypes differ from the saved ones.
+          ValueError: the target's structure, shapes or dtypes differ from the saved ones,
+            or the checkpoint is damaged (a part of it lost or unreadable).
         """
         if not isinstance(handle, str):
             raise TypeError(
@@ -717,14 +731,15 @@ class ParamStore:
                 arrays = checkpointer.restore(
                     path, ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )[_STATE]
-            except Exception as e:  # (TensorStore raises a bare Exception for a lost file)
+            except Exception as e:
                 if not os.path.isdir(path):
                     raise self._missing(handle, path) from e
-                if isinstance(e, ValueError):
+                # a part of the checkpoint gone or unreadable: Orbax's KeyError, or
+                # TensorStore's bare Exception (its message holds its whole spec: cut
+                # short); anything else (out of memory, a wrong target) is not damage
+                if not (isinstance(e, (FileNotFoundError, KeyError)) or type(e) is Exception):
                     raise
-                # a part of the checkpoint gone or unreadable (Orbax's KeyError, or
-                # TensorStore's error, whose message holds its whole spec: cut short)
-                raise ValueError(f"checkpoint {handle!r} is damaged: {str(e)[:300]}") from e
+                raise ValueError(f"checkpoint {handle!r} is damaged: {str(e)[:200]}...") from e
         leaves = []
         for spec, (_, leaf) in zip(specs, flat, strict=True):
             if spec["kind"] == "array":
@@ -827,14 +842,16 @@ class ParamStore:
             # also keeps what the newest retains, which this store may have seen recorded.
             state = _as_state(state_or_controller)
             newest = self._newest
+            retained_set = set(retained_handles(state, keep_best=keep_best)) | keep
             if newest is None or not _same_run(state, newest):
                 # another run (or the first): what an earlier one recorded is not this
-                # one's to delete
+                # one's to delete, and what it retains stays (this collection too)
+                if newest is not None:
+                    retained_set |= retained_handles(newest, keep_best=keep_best)
                 self._newest = newest = state
                 self._seen = set()
             elif state.num_events >= newest.num_events:
                 self._newest = newest = state
-            retained_set = set(retained_handles(state, keep_best=keep_best)) | keep
             if newest is not state:
                 retained_set |= retained_handles(newest, keep_best=keep_best)
             retained = {n for h in retained_set if (n := self._name_in_directory(h))}

@@ -11,7 +11,9 @@ shows a worker's step and explains the weak-type pitfall and optax's quirks.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeAlias
@@ -108,14 +110,15 @@ def make_optimizer(
     """``optax.inject_hyperparams(optimizer_fn, ...)(**arguments)``, with explicit arguments.
 
     The optimizer is called with ``select_hparams(meta_params, keys, transforms)`` plus
-    the ``fixed`` keyword arguments. Every numeric argument, fixed or not, lands in the
-    state's ``hyperparams`` (with dtype ``hyperparam_dtype``; a Python int too, such as
+    the ``fixed`` keyword arguments. Every numeric argument, fixed or not (but those
+    named below), lands in the state's ``hyperparams`` (with dtype ``hyperparam_dtype``;
+    a Python int too, such as
     ``weight_decay=0``, where the optimizer takes a float: a float default or a type
     hint that admits ``float``; ``seed=0`` stays an int),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
-    ``static_args``, booleans, and arguments whose default is an int (sizes and counts
-    the optimizer reads in Python, such as adafactor's ``min_dim_size_to_factor``:
-    injected, a jitted update fails) unless ``meta_params`` gives them, are baked in.
+    ``static_args``, booleans, and the sizes optax reads in Python (adafactor's
+    ``min_dim_size_to_factor`` and ``decay_offset``, lbfgs's ``memory_size``: injected,
+    a jitted update fails) unless ``meta_params`` gives them, are baked in.
 
     Args:
       optimizer_fn: an optax optimizer factory, e.g. ``optax.adam``, ``optax.adamw``.
@@ -173,16 +176,10 @@ def make_optimizer(
                 f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
             )
     floats = _float_parameters(optimizer_fn, parameters)
-    # an argument whose default is an int is a size or a count the optimizer reads in
-    # Python (adafactor's min_dim_size_to_factor, lbfgs's memory_size): injected, it is
-    # an array, and a jitted update fails deep in optax; baked in unless meta_params
-    # gives it (to be set online)
-    sizes = [
-        name
-        for name, parameter in parameters.items()
-        if type(parameter.default) is int and name not in floats and name not in selected
-    ]
-    static_args = (*static_args, *[n for n in sizes if n not in static_args])
+    # sizes optax reads in Python: injected, each is an array and a jitted update fails
+    # deep in optax; baked in unless meta_params gives them
+    read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
+    static_args = (*static_args, *[n for n in read_in_python if n not in static_args])
     for name, value in list(arguments.items()):
         if type(value) is int and name in floats and name not in static_args:
             # a float written as an int (weight_decay=0): injected as an int, it could
@@ -198,6 +195,11 @@ def make_optimizer(
         optimizer_fn, static_args=static_args, hyperparam_dtype=hyperparam_dtype
     )
     return inject(**arguments)
+
+
+#: optax arguments its optimizers read in Python (a shape test, a ``range``): never
+#: injected unless ``meta_params`` gives them (adafactor's, lbfgs's)
+_READ_IN_PYTHON = ("min_dim_size_to_factor", "decay_offset", "memory_size")
 
 
 def _float_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]) -> set[str]:
@@ -363,16 +365,30 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     {'aug': Array(0.5, dtype=float32), 'smoothing': Array(0.125, dtype=float32)}
     """
 
+    bounds = _bounds(dtype)
+
     def convert(path: tuple, leaf: Any) -> jax.Array:
-        where = jax.tree_util.keystr(path) or "<top>"
-        if not isinstance(leaf, jax.core.Tracer):
+        # host values are checked as set_hparams checks them; a jax array is not read
+        # back (that would wait for the device)
+        kind = type(leaf)
+        if kind is float or kind is int:  # the usual case: no numpy
+            if bounds is not None and not bounds[0] <= leaf <= bounds[1]:
+                if kind is float and bounds[2] and not math.isfinite(leaf):
+                    return jnp.asarray(leaf, dtype=dtype)  # an explicit inf stays
+                raise ValueError(
+                    f"as_traced: leaf {_where(path)} = {leaf!r:.40} is outside the range "
+                    f"of {jnp.dtype(dtype)}; it would be written as another value"
+                )
+        elif kind is complex or isinstance(leaf, (np.ndarray, np.generic)):
             host = np.asarray(leaf)
             if host.dtype.kind in "biufc":
-                _check_cast(host, dtype, where)
+                _check_cast(host, dtype, _where(path), label=f"as_traced: leaf {_where(path)}")
         try:
             return jnp.asarray(leaf, dtype=dtype)
         except (TypeError, ValueError) as err:
-            raise TypeError(f"as_traced: leaf {where} = {leaf!r} is not a number ({err})") from err
+            raise TypeError(
+                f"as_traced: leaf {_where(path)} = {leaf!r} is not a number ({err})"
+            ) from err
 
     return jax.tree_util.tree_map_with_path(convert, tree)
 
@@ -429,21 +445,41 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     return jnp.asarray(value, dtype=old_type.dtype)
 
 
-def _check_cast(host: np.ndarray, dtype: Any, name: str) -> None:
+def _where(path: tuple) -> str:
+    return jax.tree_util.keystr(path) or "<top>"
+
+
+@functools.lru_cache(maxsize=32)
+def _bounds(dtype: Any) -> tuple[float, float, bool] | None:
+    """The range of a real ``dtype`` (and whether it is a float one, which holds
+    infinities), ``None`` for another one (or ``None``)."""
+    if dtype is None:
+        return None
+    if jnp.issubdtype(dtype, jnp.floating):
+        big = float(jnp.finfo(dtype).max)
+        return -big, big, True
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return int(info.min), int(info.max), False
+    return None
+
+
+def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = None) -> None:
     """Refuses a concrete value that a cast to ``dtype`` would turn into another value:
     a complex into a real type, a finite float that overflows it (1e300 in float32), or
-    an integer outside an integer type's range (2**40 in int32 wraps to 0)."""
+    an integer outside an integer type's range (2**40 in int32 wraps to 0). ``label``
+    names the value in the messages (default: the hyperparameter ``name``)."""
+    label = f"hyperparameter {name!r}" if label is None else label
     if host.dtype.kind in "iu" and jnp.issubdtype(dtype, jnp.integer) and host.size:
         limits = jnp.iinfo(dtype)
         if int(host.min()) < limits.min or int(host.max()) > limits.max:
             raise ValueError(
-                f"hyperparameter {name!r} = {host.tolist()!r:.60} is outside its dtype "
+                f"{label} = {host.tolist()!r:.60} is outside its dtype "
                 f"{jnp.dtype(dtype)} ([{limits.min}, {limits.max}]); it would wrap around"
             )
     if host.dtype.kind == "c" and not jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(
-            f"hyperparameter {name!r} is {dtype}, got a complex value; its imaginary part "
-            "would be dropped"
+            f"{label} is {dtype}, got a complex value; its imaginary part would be dropped"
         )
     if jnp.issubdtype(dtype, jnp.inexact) and host.dtype.kind in "fiu":
         with np.errstate(over="ignore"):
@@ -451,7 +487,7 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str) -> None:
         finite = np.isfinite(host)
         if np.any(finite & ~np.isfinite(cast.astype(np.float64))):
             raise ValueError(
-                f"hyperparameter {name!r} = {host.tolist()!r:.60} overflows its dtype "
+                f"{label} = {host.tolist()!r:.60} overflows its dtype "
                 f"{jnp.dtype(dtype)}; it would be written as inf"
             )
 

@@ -416,6 +416,50 @@ def test_collect_garbage_for_another_run_keeps_what_the_first_run_retains(store,
     assert all(h not in retained_handles(first.state) for h in deleted)
 
 
+def test_collect_garbage_for_another_run_whose_workers_all_just_copied(store):
+    # the first run's workers were all just exploited (no loadable checkpoint in their
+    # new generations): one run or two is told by the handles both histories record
+    def run(seed, steps, every):
+        mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=every)
+        controller = PopulationController([{"x": 0}, {"x": 1}], mutator, seed=seed)
+        for _ in range(steps):
+            for i in range(2):
+                worker = controller.state.workers[i]
+                gen, step = worker.generation_id, worker.step + 1
+                handle = store.save(gen, step, {"w": np.ones(2)})
+                controller.set_eval(i, gen, step, handle, 1.0 / (step + i))
+        store.wait()
+        return controller
+
+    first = run(0, 2, 2)
+    store.collect_garbage(first)
+    kept = retained_handles(first.state)
+    second = run(0, 5, 100)
+    store.collect_garbage(second, keep_best=0)
+    assert all(store.exists(h) for h in kept)
+
+
+def test_collections_of_one_run_in_the_other_order_keep_what_the_newest_retains(store):
+    # two threads read snapshots and collect older last; in between, the worker's newest
+    # checkpoint was lost and checkpoint_missing moved it back to step 2
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    controller = PopulationController([{"x": 0}], mutator)
+    gen = controller.active_workers[0].generation_id
+    handles = {}
+    for step in (1, 2, 3):
+        handles[step] = store.save(gen, step, {"a": np.ones(2)})
+        controller.set_eval(0, gen, step, handles[step], float(step))
+    store.wait()
+    older = controller.state
+    shutil.rmtree(handles[3])
+    controller.checkpoint_missing(0, gen, 3, exists=store.exists)
+    newer = controller.state
+    assert handles[2] in retained_handles(newer, keep_best=0)
+    store.collect_garbage(newer, keep_best=0)
+    store.collect_garbage(older, keep_best=0)
+    assert store.exists(handles[2])
+
+
 def test_restoring_64_bit_leaves_without_x64_gives_numpy_not_narrowed_arrays(store):
     # a jax.Array holds no int64 / float64 without jax_enable_x64: the values were
     # silently wrapped to int32 (2**40 became 0) and rounded to float32
@@ -862,3 +906,23 @@ def test_a_checkpoint_missing_its_arrays_is_a_value_error_naming_it(tmp_path):
             with pytest.raises(ValueError, match=f"{handle}' is damaged"):
                 store.restore(handle, jax.eval_shape(lambda: {"w": jnp.arange(1000.0)}))
             shutil.rmtree(handle)
+
+
+def test_an_error_that_is_not_damage_is_not_called_damage(tmp_path, monkeypatch):
+    # out of memory while reading the arrays must not send the user to a good checkpoint
+    import orbax.checkpoint as ocp
+
+    with ParamStore(str(tmp_path), async_save=False) as store:
+        tree = {"w": jnp.arange(4.0)}
+        handle = store.save("g", 0, tree)
+        restore, calls = ocp.Checkpointer.restore, []
+
+        def failing(self, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:  # (the first reads the metadata, the second the arrays)
+                raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory")
+            return restore(self, *args, **kwargs)
+
+        monkeypatch.setattr(ocp.Checkpointer, "restore", failing)
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+            store.restore(handle, jax.eval_shape(lambda: tree))

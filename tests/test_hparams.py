@@ -560,12 +560,18 @@ def test_set_hparams_refuses_values_the_cast_would_change():
     inf = hp.set_hparams(state, {"learning_rate": float("inf")})  # an explicit inf is kept
     assert not np.isfinite(float(hp.get_hparams(inf)["learning_rate"]))
     # as_traced refuses what set_hparams refuses (it gave inf, or wrapped)
-    with pytest.raises(ValueError, match="overflows its dtype float32"):
-        as_traced({"lr": 1e39})
-    with pytest.raises(ValueError, match="outside its dtype int32"):
+    for big in (1e39, 10**39, 2**200):
+        with pytest.raises(ValueError, match=r"\['lr'\] = .* outside the range of float32"):
+            as_traced({"lr": big})
+    with pytest.raises(ValueError, match="outside the range of int32"):
         as_traced({"n": 2**40}, jnp.int32)
+    with pytest.raises(ValueError, match="outside its dtype int32"):
+        as_traced({"n": np.int64(2**40)}, jnp.int32)
     with pytest.raises(TypeError, match="imaginary part"):
         as_traced({"lr": 1 + 2j})
+    kept = as_traced({"a": math.inf, "b": -(2**31), "c": True, "d": 3e38})  # all fit
+    assert float(kept["a"]) == math.inf and float(kept["d"]) == pytest.approx(3e38)
+    assert int(as_traced(-(2**31), jnp.int32)) == -(2**31)
     # an int outside an int hyperparameter's range wrapped silently (2**40 into int32: 0)
     counted = optax.inject_hyperparams(optax.adafactor)(learning_rate=1e-3, decay_offset=3)
     state = counted.init({"w": jnp.zeros(3)})
@@ -581,8 +587,8 @@ def test_set_hparams_refuses_values_the_cast_would_change():
 
 def test_a_float_argument_written_as_an_int_can_be_set_to_a_float_later():
     """``weight_decay=0``, ``learning_rate=1``: injected as floats, so PBT can move them;
-    an argument whose optimizer default is an int (adafactor's min_dim_size_to_factor)
-    is baked in."""
+    a size optax reads in Python (adafactor's min_dim_size_to_factor) is baked in, and
+    other int arguments (apply_every's k) stay injected."""
     tx = make_optimizer(optax.adamw, {"learning_rate": 1}, weight_decay=0)
     state = tx.init({"w": jnp.ones(3)})
     assert {k: get_hparams(state)[k].dtype for k in ("learning_rate", "weight_decay")} == {
@@ -601,6 +607,9 @@ def test_a_float_argument_written_as_an_int_can_be_set_to_a_float_later():
         jax.jit(lambda s, t=factored: t.update(params, s, params))(state)
     lbfgs = make_optimizer(optax.lbfgs, {"learning_rate": 0.1})
     assert "memory_size" not in get_hparams(lbfgs.init(params))
+    every = make_optimizer(optax.apply_every, k=2)  # an int a user may set online
+    state = set_hparams(every.init(params), {"k": 3})
+    assert int(get_hparams(state)["k"]) == 3
     for seeded in ({"key": 0},):  # an int by its type hint (ArrayLike): a PRNG seed
         noisy = make_optimizer(optax.noisy_sgd, learning_rate=0.1, **seeded)
         params = {"w": jnp.ones(3)}
