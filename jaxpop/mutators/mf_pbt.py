@@ -202,7 +202,7 @@ def plan(
     position = jnp.zeros(size, jnp.int32).at[jnp.argsort(ranks, stable=True)].set(members)
 
     def migrate(
-        k: jax.Array, third_k: jax.Array, in_bracket_k: jax.Array
+        k: jax.Array, third_k: jax.Array, in_third_k: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
         outside = jnp.argsort(position + size * (sub == k))[: size - n]  # best first
 
@@ -212,7 +212,7 @@ def plan(
             moves = evolving[k] & exists & (ranks[migrant] < ranks[member])
             return taken + moves, (jnp.where(moves, migrant, member), moves)
 
-        _, (migrant, moves) = jax.lax.scan(meet, jnp.int32(0), (third_k, in_bracket_k))
+        _, (migrant, moves) = jax.lax.scan(meet, jnp.int32(0), (third_k, in_third_k))
         return migrant, moves
 
     migrant, moves = jax.vmap(migrate)(jnp.arange(m, dtype=jnp.int32), third, in_third)
