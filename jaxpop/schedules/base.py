@@ -61,15 +61,23 @@ def host_step(step: Any) -> int | float:
 
     Raises:
       TypeError: ``step`` is traced, or not a scalar number.
+      ValueError: ``step`` is NaN or infinite (it has no place among the boundaries: a
+        NaN step was answered with the last segment's values).
     """
     if is_traced(step):
         raise TypeError("host_step got a traced step; evaluate the traced branch instead")
-    if isinstance(step, (int, float)) and not isinstance(step, bool):
+    if type(step) is int:
         return step
-    array = np.asarray(step)
-    if array.shape != () or array.dtype.kind not in "iuf":
-        raise TypeError(f"a schedule's step must be a scalar number, got {step!r:.80}")
-    return array.item()
+    if isinstance(step, float):
+        value: int | float = float(step)
+    else:
+        array = np.asarray(step)
+        if array.shape != () or array.dtype.kind not in "iuf" or isinstance(step, bool):
+            raise TypeError(f"a schedule's step must be a scalar number, got {step!r:.80}")
+        value = array.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"a schedule's step must be finite, got {step!r}")
+    return value
 
 
 def constant(meta_params: MetaParams) -> Schedule:
