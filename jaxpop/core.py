@@ -345,6 +345,13 @@ def _as_generation_id(generation_id: Any, who: str) -> str | None:
 _MAX_STEP = 2**63 - 1  # steps are stored as int64 (journal, views, on-device records)
 
 
+def check_step(step: Any) -> int:
+    """``step`` as an ``int``: a whole number of training steps in ``[0, 2**63)`` (an
+    integral float or numpy integer too), else the controller's ``TypeError`` (``2.5``,
+    ``"3"``, a bool) or ``ValueError`` (negative, too large)."""
+    return _check_step(step)
+
+
 def _check_step(step: Any) -> int:
     if type(step) is int and 0 <= step <= _MAX_STEP:
         return step

@@ -280,6 +280,25 @@ def test_a_pickled_tensorboard_logger_writes_on_in_the_same_directories(tmp_path
     ]
 
 
+def test_loggers_check_values_and_steps_as_the_controller_does(tmp_path):
+    # "0.5" was logged as 0.5 and step 2.5 as 2
+    pytest.importorskip("tensorboardX")
+    from test_tensorboard import _events
+
+    logger = jaxpop.logging.TensorBoardLogger(tmp_path)
+    with pytest.raises(TypeError, match="value must be a real number"):
+        logger.log_worker(0, 10, "0.5")
+    with pytest.raises(TypeError, match=r"metrics\['acc'\] must be a real number"):
+        logger.log_worker(0, 10, 0.5, metrics={"acc": "0.9"})
+    for step, error in ((2.5, TypeError), ("3", TypeError), (True, TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="step"):
+            logger.log_worker(0, step, 0.5)
+    logger.log_worker(0, 20.0, np.float32(0.25), metrics={"diverged": False})  # all fine
+    logger.close()
+    scalars = _events(tmp_path / "worker-0")
+    assert [(s, tag) for s, tag, _ in scalars] == [(20, "eval/value"), (20, "eval/diverged")]
+
+
 def test_jaxpop_tensorboard_still_works_and_says_it_moved():
     # Another test (the doctest walk) may have imported it already: the package then
     # holds it as an attribute and `from jaxpop import tensorboard` would not re-run it.

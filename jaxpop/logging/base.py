@@ -17,7 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from jaxpop.core import PopulationState
+import numpy as np
+
+from jaxpop.core import PopulationState, as_value
 from jaxpop.history import History
 from jaxpop.mutators import ExploitEvent, exploit_events
 from jaxpop.records import Checkpoint
@@ -331,13 +333,28 @@ def check_worker_id(worker_id: Any) -> int:
 def worker_scalars(
     value: float, hparams: Any, metrics: Mapping[str, float] | None
 ) -> dict[str, float]:
-    """``eval/value``, ``eval/<metric>`` and ``hparams/<name>`` (numeric, dotted names)."""
-    scalars = {"eval/value": float(value)}
+    """``eval/value``, ``eval/<metric>`` and ``hparams/<name>`` (numeric, dotted names).
+
+    ``value`` is checked as ``set_eval`` checks it, a metric as a number (a bool is
+    0 or 1): ``"0.5"`` was logged as 0.5."""
+    scalars = {"eval/value": _number("value", value)}
     for name, metric in (metrics or {}).items():
-        scalars[f"eval/{name}"] = float(metric)
+        if isinstance(metric, (bool, np.bool_)):
+            metric = int(metric)
+        scalars[f"eval/{name}"] = _number(f"metrics[{name!r}]", metric)
     if hparams is not None:
         scalars.update((f"hparams/{k}", v) for k, v in numeric_hparams(hparams).items())
     return scalars
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return as_value(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a real number (a float, an int, or a one-element numeric "
+            f"array), got {type(value).__name__}: {value!r:.60}"
+        ) from None
 
 
 def _cell(value: Any) -> Any:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from jaxpop.core import check_step
 from jaxpop.logging.base import (
     BestMember,
     check_worker_id,
@@ -206,7 +207,7 @@ class MlflowLogger:
                 run_id = self._runs[worker_id] = run.info.run_id
                 if hparams is not None:
                     self._log_params(run_id, flatten_hparams(hparams))
-            now, step = _now_ms(), int(step)
+            now, step = _now_ms(), check_step(step)
             tags = []
             if generation_id is not None and self._generations.get(worker_id) != generation_id:
                 tags.append(RunTag("jaxpop.generation_id", str(generation_id)))

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from jaxpop.core import check_step
 from jaxpop.logging.base import (
     BestMember,
     check_worker_id,
@@ -128,7 +129,7 @@ class _EventDir:
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         """Writes each ``tag: value`` of ``scalars`` at ``step`` (NaN and inf as they are)."""
-        step = int(step)
+        step = check_step(step)
         with self._lock:
             self._check_open()
             for tag, value in scalars.items():
@@ -138,7 +139,7 @@ class _EventDir:
         """Writes a text summary (markdown) under ``tag`` at ``step``."""
         with self._lock:
             self._check_open()
-            self._writer.text(tag, text, int(step))
+            self._writer.text(tag, text, check_step(step))
 
     def _check_open(self) -> None:
         if self._closed:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from jaxpop.core import check_step
 from jaxpop.logging.base import (
     BestMember,
     check_worker_id,
@@ -211,7 +212,7 @@ class WandbLogger:
                     {"hparams": flat, "generation_id": generation_id}, allow_val_change=True
                 )
                 self._hparams[worker_id] = (flat, generation_id)
-            run.log({"step": int(step), **scalars})
+            run.log({"step": check_step(step), **scalars})
 
     def log_exploit(self, event: ExploitEvent) -> None:
         """Adds a row to the ``exploits`` table and logs ``exploits/count`` at its step."""
