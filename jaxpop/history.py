@@ -31,8 +31,9 @@ __all__ = ["GenerationView", "History", "Mode", "check_mode"]
 
 
 def check_mode(mode: Any) -> Mode:
-    """``mode`` if it is ``"min"`` or ``"max"``, else a ``ValueError`` saying so."""
-    if mode not in ("min", "max") or type(mode) is not str:
+    """``"min"`` or ``"max"`` (a ``str`` subclass such as ``np.str_`` read from a
+    config array too, returned as the plain ``str``), else a ``ValueError`` saying so."""
+    if not isinstance(mode, str) or mode not in ("min", "max"):
         raise ValueError(
             f'mode must be "min" (lower values are better) or "max" (higher are better), '
             f"got {mode!r:.40}"
@@ -197,7 +198,7 @@ class History(Mapping[str, GenerationView]):
     _made_from: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        check_mode(self.mode)
+        object.__setattr__(self, "mode", check_mode(self.mode))  # (a str subclass: str)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"_generations": self._generations, "num_checkpoints": self.num_checkpoints,

@@ -49,6 +49,8 @@ def test_the_history_ranks_values_by_its_mode():
             assert History(mode=mode).rank(worst) == math.inf
     with pytest.raises(ValueError, match=r'"min".*"max"'):
         History(mode="maximize")
+    # a str subclass (np.str_, read from a config array) is the plain str
+    assert type(History(mode=np.str_("max")).mode) is str
 
 
 def test_the_controller_records_its_mutators_mode():
@@ -102,6 +104,44 @@ def test_the_mode_survives_a_restart_and_a_mutator_of_another_mode_is_refused(tm
     with PopulationController([{"h": 0.0}] * 3, _pbt("min"), log_dir, reconfigure=True) as pop:
         assert pop.history.mode == "min"
     assert storage.read_state(log_dir).history.mode == "min"
+
+
+def test_a_mode_read_from_a_numpy_array_is_taken_and_journaled(tmp_path):
+    # np.str_("max") was refused; taken raw it would not journal (numpy.str_)
+    from jaxpop.mutators import FirePBT, MultipleFrequenciesPBT, PopulationBasedTraining
+    from jaxpop.mutators import explore as ex
+
+    space = {"lr": ex.uniform(0.1, 0.5)}
+    made = (
+        (
+            PopulationBasedTraining(
+                perturbation_interval=1, hyperparam_space=space, mode=np.str_("max")
+            ),
+            4,
+        ),
+        (
+            FirePBT(
+                perturbation_interval=1,
+                sub_population_sizes=(2, 2),
+                num_evaluators=1,
+                max_eval_steps=3,
+                hyperparam_space=space,
+                mode=np.str_("max"),
+            ),
+            5,
+        ),
+        (
+            MultipleFrequenciesPBT(
+                t_ready=1, hyperparam_space=space, frequencies=(1, 2), mode=np.str_("max")
+            ),
+            8,
+        ),
+    )
+    for i, (mutator, n) in enumerate(made):
+        assert type(mutator.mode) is str and mutator.mode == "max"
+        pop = PopulationController([{"lr": 0.2}] * n, mutator, log_dir=tmp_path / str(i))
+        assert pop.history.mode == "max"
+        pop.close()
 
 
 def test_a_custom_mutator_describes_its_mode():

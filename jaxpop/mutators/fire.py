@@ -47,7 +47,7 @@ from jaxpop.mutators.base import (
     start_generation,
 )
 from jaxpop.records import ActiveWorker, Checkpoint, with_replaced
-from jaxpop.types import MutatorResult, RawKey, Workers
+from jaxpop.types import Mode, MutatorResult, RawKey, Workers
 
 __all__ = [
     "Curve",
@@ -530,7 +530,7 @@ class _Config(NamedTuple):
     factors: tuple[float, ...]
     max_eval_steps: int
     p_stat: float
-    mode: str
+    mode: Mode
     num_members: int  # (the next two: from sizes, computed once by _config)
     sub_populations: tuple[range, ...]  # each sub-population's members
 
@@ -642,7 +642,7 @@ class FirePBT(Mutator):
             update,
             None,
             prepare,
-            mode=mode,
+            mode=config.mode,
             counts=_counts,
             check_population=functools.partial(check_in_space, hyperparam_space),
         )

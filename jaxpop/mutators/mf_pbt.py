@@ -338,7 +338,7 @@ class MultipleFrequenciesPBT(Mutator):
         explore_lib.validate_space(hyperparam_space)
         factors = check_factors(perturbation_factors)
         p = check_probability("resample_probability", resample_probability)
-        check_mode(mode)
+        mode = check_mode(mode)
         update = functools.partial(
             _update,
             views=_views.Views(functools.partial(_round_entry, interval), {"round": np.float64}),

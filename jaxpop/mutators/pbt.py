@@ -48,6 +48,7 @@ from jaxpop.mutators.base import (
     window_mean,
 )
 from jaxpop.records import ActiveWorker, Checkpoint, CheckpointRef, with_replaced
+from jaxpop.types import Mode
 
 __all__ = ["ExploitEvent", "PBTState", "PopulationBasedTraining", "exploit_events"]
 
@@ -242,7 +243,7 @@ class PopulationBasedTraining(Mutator):
             init=_init,
             update=functools.partial(_update, config, views),
             prepare=functools.partial(_prepare, selection),
-            mode=mode,
+            mode=config.mode,
             counts=_counts,
             holds=functools.partial(_holds, views) if hold else None,
             check_population=functools.partial(check_in_space, hyperparam_space),
@@ -327,7 +328,7 @@ def _make_config(
         if time_attr in _RAY_TIME_ATTRS:
             hint = f' (Ray Tune\'s "{time_attr}" is jaxpop\'s "{_RAY_TIME_ATTRS[time_attr]}")'
         raise ValueError(f'time_attr must be "step" or "time", got {time_attr!r}{hint}')
-    check_mode(mode)
+    mode = check_mode(mode)
     if metric not in ("last", "mean"):
         raise ValueError(
             f'metric must be "last" or "mean" (how each worker\'s values since its last '
@@ -376,7 +377,7 @@ class _Config(NamedTuple):
     interval: float
     by_step: bool
     burn_in: float
-    mode: str
+    mode: Mode
     metric: str
     selection: _Selection
     synch: bool
