@@ -143,18 +143,11 @@ def test_curriculum_with_one_point_is_constant_and_arrays_interpolate():
     assert close(c(5)["w"], [0.0, 0.5, 1.0])
 
 
-def test_an_integer_leaf_stays_an_int_and_a_step_that_is_no_number_is_refused():
-    # a batch size ramped 32 -> 64 was 48.0 (and 32.0 at the first point, an int at the
-    # last): now rounded, an int on the host and int32 under jit
-    for kind in ("linear", "cosine"):
-        c = S.curriculum({0: {"bs": 32, "lr": 0.1}, 100: {"bs": 64, "lr": 0.2}}, kind=kind)
-        sizes = [S.to_host(c(step))["bs"] for step in (0, 1, 50, 99, 100, 500)]
-        assert all(type(b) is int for b in sizes) and sizes[0] == 32 and sizes[-2:] == [64, 64]
-        assert sizes[2] == 48
-        assert jax.jit(c)(jnp.int32(50))["bs"].dtype == jnp.int32
-        assert isinstance(S.to_host(c(50))["lr"], float)
+def test_int_ends_ramp_as_floats_and_a_step_that_is_no_number_is_refused():
+    # 0 -> 1 written with ints is a ramp (a probability), not a step at the midpoint
+    c = S.curriculum({0: {"p": 0, "lr": 0.1}, 100: {"p": 1, "lr": 0.2}})
+    assert S.to_host(c(50))["p"] == pytest.approx(0.5)
     # a NaN step was answered with the last point's values; inf has no place either
-    c = S.curriculum({0: {"lr": 0.1}, 100: {"lr": 0.2}})
     for step in (math.nan, math.inf, np.float32(np.nan)):
         with pytest.raises(ValueError, match="finite"):
             c(step)

@@ -11,8 +11,9 @@ consecutive points each numeric leaf follows the segment's ``kind``:
 
 Before the first point the first dict applies, from the last point on the last one.
 A leaf that is the same at both ends of a segment, and every non-numeric leaf (a
-string, a bool), is held exactly as given; an integer leaf at both ends (a batch size)
-is rounded to the nearest integer and stays an int. At each point the curriculum returns that
+string, a bool), is held exactly as given. A numeric leaf is interpolated as a float32
+even where both ends are ints (``0`` to ``1`` is a ramp, not a step): round an integer
+hyperparameter (a batch size) where it is used. At each point the curriculum returns that
 point's values (up to float32 rounding of interpolated leaves).
 
 Jittable when every leaf is numeric: evaluate it with a traced step inside the
@@ -110,10 +111,6 @@ _FRACTIONS = 2**24
 def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
     if kind == "step" or not (_numeric(a) and _numeric(b)) or tree_equal(a, b):
         return lambda step: a
-    if _integral(a) and _integral(b):  # (a batch size ramped 32 -> 64 stays an int)
-        dtype = jnp.result_type(a, b)
-        interpolated = _leaf_schedule(float(a), float(b), length, kind)
-        return lambda step: jnp.round(interpolated(step)).astype(dtype)
     if length > _LONGEST:
         counted = _leaf_schedule(a, b, _FRACTIONS, kind)
         scale = _FRACTIONS / length
@@ -128,12 +125,6 @@ def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], An
         return optax.linear_schedule(a, b, transition_steps=length)
     decay = optax.cosine_decay_schedule(a - b, decay_steps=length)
     return lambda step: decay(step) + b
-
-
-def _integral(leaf: Any) -> bool:
-    """Whether a numeric leaf is an int (a Python int, or of an integer dtype)."""
-    dtype = getattr(leaf, "dtype", None)
-    return type(leaf) is int or (dtype is not None and np.dtype(dtype).kind in "iu")
 
 
 def _numeric(leaf: Any) -> bool:
