@@ -503,6 +503,7 @@ class _DecodeError(Exception):
 class _Nesting(threading.local):
     depth = 0
     c_levels = 8  # set by decode() from the thread stack size in force
+    read_only = False  # set by decode(..., read_only=True) for the value it decodes
 
 
 _nesting = _Nesting()
@@ -573,8 +574,11 @@ def _read_array(data: bytes) -> np.ndarray:
             f"needs {math.prod(shape) * dtype.itemsize}"
         )
     wire_dtype = dtype if dtype.itemsize == 1 else dtype.newbyteorder("<")
-    # astype copies: the result is writable and in native byte order.
-    return np.frombuffer(raw, dtype=wire_dtype).reshape(shape).astype(dtype)
+    # astype copies: the result is writable (unless asked otherwise) and in native order.
+    array = np.frombuffer(raw, dtype=wire_dtype).reshape(shape).astype(dtype)
+    if _nesting.read_only:
+        array.flags.writeable = False
+    return array
 
 
 def _read_npscalar(data: bytes) -> np.generic:
@@ -705,7 +709,7 @@ def _read_header(data: bytes) -> int:
     return offset
 
 
-def decode(data: bytes | bytearray | memoryview) -> Any:
+def decode(data: bytes | bytearray | memoryview, *, read_only: bool = False) -> Any:
     """Decode bytes written by :func:`encode`.
 
     Never runs code named by the data: it builds only plain values, numpy/jax arrays of
@@ -714,6 +718,8 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
 
     Args:
       data: the encoding.
+      read_only: make the decoded numpy arrays read-only (as a controller keeps what it
+        stores: a journal's records are decoded so); else they are fresh and writable.
 
     Returns:
       The decoded value.
@@ -731,6 +737,8 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
     offset = _read_header(data)
     if _nesting.depth == 0:  # not a decode nested in a record's constructor
         _nesting.c_levels = _c_stack_levels()
+    outer_read_only = _nesting.read_only
+    _nesting.read_only = read_only or outer_read_only
     try:
         obj = _unpack(memoryview(data)[offset:])
         if any(marker in data for marker in _TIMESTAMP_MARKERS):
@@ -743,4 +751,6 @@ def decode(data: bytes | bytearray | memoryview) -> Any:
         raise
     except Exception as e:
         raise ValueError(f"truncated or corrupt jaxpop data ({type(e).__name__}: {e})") from e
+    finally:
+        _nesting.read_only = outer_read_only
     return obj

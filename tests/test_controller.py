@@ -203,6 +203,22 @@ def test_callers_cannot_change_the_history_behind_the_controllers_back(tmp_path)
     pop.close()
     on_disk = storage.read_state(tmp_path)
     assert repr(storage.state_to_plain(on_disk)) == repr(storage.state_to_plain(pop.state))
+    # resumed from the journal (and from a snapshot), the stored arrays refuse edits too:
+    # they came back writable and shared, so a worker's in-place edit changed what the
+    # controller handed out next while the journal held the old values
+    for compact_after in (None, 1):
+        options = {} if compact_after is None else {"compact_after": compact_after}
+        resumed = PopulationController(initial, noop_mutator(), str(tmp_path), **options)
+        if compact_after:
+            resumed.set_eval(1, resumed.active_workers[1].generation_id, 1, None, 2.0)
+            resumed.close()
+            resumed = PopulationController(initial, noop_mutator(), str(tmp_path))
+        stored = resumed.history.get_checkpoint(data.generation_id, 5)
+        with pytest.raises(ValueError, match="read-only"):
+            stored.params["w"][1] = 7.0
+        handed = resumed.maybe_get_worker_data(0, data.generation_id, 5, None, None)
+        assert handed is None or not handed.params["w"].flags.writeable
+        resumed.close()
 
 
 def test_meta_params_with_keys_jax_cannot_sort_are_refused_where_they_enter():

@@ -142,7 +142,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _decode(path: str, record: Frame) -> Any:
     try:
-        return encoding.decode(record.payload)
+        return encoding.decode(record.payload, read_only=True)  # (stored: frozen, as copy_in)
     except ValueError as e:
         raise CorruptLogError(
             f"{path}: cannot read the record at offset {record.offset}: {e}"
