@@ -447,8 +447,24 @@ def test_best_final_ranks_nan_and_inf_last_and_needs_an_evaluation():
         for gen, meta, value in (("a", A, nan), ("b", B, inf), ("c", C, 1e9))
     )
     assert S.best_final(h).generation_id == "c"
-    h = h.add(Checkpoint(None, C, "c", nan, ("c", 5), 6, 0.0))  # alone at the final step
-    assert S.best_final(h).ref == ("c", 6)  # (no value is finite: the final step's)
+    h = h.add(Checkpoint(None, C, "c", nan, ("c", 5), 6, 0.0))  # c diverges at step 6
+    assert S.best_final(h).ref == ("c", 5)  # its step-6 NaN does not hide its finite 1e9
+    # both members finite at step 10 diverge at step 20: the best at step 10 (the last
+    # finite step), not the first created at step 20 (it was, with NaN)
+    both = build(
+        [
+            ("x", 0, A, None, None),
+            ("y", 0, B, None, None),
+            ("x", 10, A, 0.9, ("x", 0)),
+            ("y", 10, B, 0.1, ("y", 0)),
+            ("x", 20, A, nan, ("x", 10)),
+            ("y", 20, B, nan, ("y", 10)),
+        ]
+    )
+    assert S.best_final(both).ref == ("y", 10)
+    assert S.from_lineage(both).values[-1] == B
+    only = build([("x", 0, A, nan, None)])  # nothing finite at all: the NaN counts
+    assert S.best_final(only).ref == ("x", 0)
     # a member that diverged at a later step never wins over a finite value
     h = h.add(Checkpoint(None, A, "a", 0.5, ("a", 0), 4, 0.0))
     h = h.add(Checkpoint(None, A, "a", 0.7, ("a", 4), 5, 0.0))  # (replaces a's NaN)

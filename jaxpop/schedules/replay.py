@@ -45,7 +45,8 @@ def best_final(history: History) -> Checkpoint:
     diverged at a later step does not); only when no value is finite do they count,
     by the same rule. For a run whose workers all stop at the
     same step this is the best worker at the end (with ``BranchingSingleMachine``, the
-    better branch of a final explore phase). O(number of generations).
+    better branch of a final explore phase). O(number of generations), plus the
+    evaluations a generation made after its last finite one.
 
     Raises:
       ValueError: no checkpoint in ``history`` carries a value.
@@ -56,6 +57,11 @@ def best_final(history: History) -> Checkpoint:
         checkpoint = history.latest_evaluated(generation_id)
         if checkpoint is None:
             continue
+        if history.rank(checkpoint.value) == math.inf:  # diverged: its last finite value
+            evaluated = history.evaluated(generation_id)
+            finite = [c for c in evaluated if c.value is not None and math.isfinite(c.value)]
+            if finite:  # (a later NaN must not hide it: the final step is the last finite)
+                checkpoint = finite[-1]
         rank = history.rank(checkpoint.value)  # inf: NaN or infinite
         key = (rank == math.inf, -checkpoint.step, rank)
         if best_key is None or key < best_key:
