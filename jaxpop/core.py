@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
@@ -291,13 +292,19 @@ def as_value(value: Any) -> float:
         except OverflowError:
             raise _too_large(value) from None
     dtype = getattr(value, "dtype", None)
-    if dtype is not None and getattr(value, "size", None) == 1 and np.dtype(dtype).kind in "fiu":
+    if dtype is not None and getattr(value, "size", None) == 1 and _real_dtype(dtype):
         scalar = np.asarray(value).reshape(())[()]
         return _finite_if_finite(float(scalar), scalar)
     raise TypeError(
         f"set_eval value must be a real number (a float, an int, or a one-element numeric "
         f"array), got {type(value).__name__}: {value!r:.80}"
     )
+
+
+def _real_dtype(dtype: Any) -> bool:
+    """Integers and floats, ``bfloat16`` and the other ``ml_dtypes`` floats included
+    (numpy files those under kind ``"V"``)."""
+    return np.dtype(dtype).kind in "fiu" or bool(jnp.issubdtype(dtype, jnp.floating))
 
 
 def _finite_if_finite(converted: float, value: Any) -> float:

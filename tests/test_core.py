@@ -2,6 +2,7 @@
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -195,7 +196,14 @@ def test_non_numeric_value_raises_type_error(value):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(1, 1.0), (np.float32(0.5), 0.5), (np.array([2.0]), 2.0), (np.int64(3), 3.0)],
+    [
+        (1, 1.0),
+        (np.float32(0.5), 0.5),
+        (np.array([2.0]), 2.0),
+        (np.int64(3), 3.0),
+        (jnp.bfloat16(0.25), 0.25),  # (numpy files bfloat16 under kind "V": was refused)
+        (np.array([0.5], jnp.bfloat16), 0.5),
+    ],
 )
 def test_numeric_values_become_floats(value, expected):
     out = core.as_value(value)

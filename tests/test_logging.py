@@ -294,9 +294,17 @@ def test_loggers_check_values_and_steps_as_the_controller_does(tmp_path):
         with pytest.raises(error, match="step"):
             logger.log_worker(0, step, 0.5)
     logger.log_worker(0, 20.0, np.float32(0.25), metrics={"diverged": False})  # all fine
+    import jax.numpy as jnp
+
+    nan = jnp.isnan(jnp.float32(1.0))  # a jax bool, and a bfloat16 metric: as before
+    logger.log_worker(0, 30, 0.5, metrics={"diverged": nan, "half": jnp.bfloat16(0.25)})
     logger.close()
     scalars = _events(tmp_path / "worker-0")
-    assert [(s, tag) for s, tag, _ in scalars] == [(20, "eval/value"), (20, "eval/diverged")]
+    assert [(s, tag) for s, tag, _ in scalars][:2] == [(20, "eval/value"), (20, "eval/diverged")]
+    assert {(tag, v) for s, tag, v in scalars if s == 30} >= {
+        ("eval/diverged", 0.0),
+        ("eval/half", 0.25),
+    }
 
 
 def test_jaxpop_tensorboard_still_works_and_says_it_moved():

@@ -137,8 +137,12 @@ def test_a_mode_read_from_a_numpy_array_is_taken_and_journaled(tmp_path):
             8,
         ),
     )
+    from jaxpop.mutators import Mutator
+
+    custom = Mutator(lambda: None, lambda s, w, h, now, key: (s, w, ()), mode=np.str_("max"))
+    made = (*made, (custom, 2))  # a mutator of one's own keeps its mode as given: journaled
     for i, (mutator, n) in enumerate(made):
-        assert type(mutator.mode) is str and mutator.mode == "max"
+        assert mutator.mode == "max"
         pop = PopulationController([{"lr": 0.2}] * n, mutator, log_dir=tmp_path / str(i))
         assert pop.history.mode == "max"
         pop.close()

@@ -339,8 +339,10 @@ def worker_scalars(
     0 or 1): ``"0.5"`` was logged as 0.5."""
     scalars = {"eval/value": _number("value", value)}
     for name, metric in (metrics or {}).items():
-        if isinstance(metric, (bool, np.bool_)):
-            metric = int(metric)
+        if isinstance(metric, (bool, np.bool_)) or (
+            getattr(metric, "dtype", None) == np.bool_ and getattr(metric, "size", 0) == 1
+        ):  # (a Python, numpy or jax bool, jnp.isnan(loss) say: 0 or 1)
+            metric = int(np.asarray(metric).reshape(()))
         scalars[f"eval/{name}"] = _number(f"metrics[{name!r}]", metric)
     if hparams is not None:
         scalars.update((f"hparams/{k}", v) for k, v in numeric_hparams(hparams).items())

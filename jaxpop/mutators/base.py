@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from jaxpop.events import Ask
-from jaxpop.history import History, Mode
+from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.records import ACTIVE, ActiveWorker, Checkpoint, _active_worker
@@ -195,8 +195,8 @@ class Mutator(NamedTuple):
             config = {name: _describe(fn) for name, fn in functions if fn is not None}
         else:
             config = {str(k): _describe(v) for k, v in self.config.items()}
-        if self.mode != "min":
-            config.setdefault("mode", self.mode)
+        if self.mode != "min":  # (as a plain str: np.str_("max") is taken, and journaled)
+            config.setdefault("mode", check_mode(self.mode))
         description = {"kind": kind, "config": config}
         defaults = _defaults(type(self), config)
         if defaults:  # a run recorded before an option existed resumes with its default
