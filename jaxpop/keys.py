@@ -40,7 +40,8 @@ def root_key(seed: int) -> RawKey:
     bits as the key's first word, as JAX with x64 does (``[seed >> 32, seed % 2**32]``
     for its default threefry key; other key implementations fold them in), so the key is
     the same with or without x64. Seeds below ``2**32`` are JAX's own; a negative seed
-    is taken modulo ``2**32`` without x64 (``-1`` is then the run of ``2**32 - 1``).
+    is taken modulo ``2**32`` (``-1`` is the run of ``2**32 - 1``), with or without x64
+    (JAX with x64 extends its sign into the high word instead).
 
     >>> root_key(0), root_key(2**32 + 5)
     (array([0, 0], dtype=uint32), array([1, 5], dtype=uint32))
@@ -50,6 +51,8 @@ def root_key(seed: int) -> RawKey:
     seed = int(seed)
     if not -(2**31) <= seed < 2**64:
         raise ValueError(f"seed must be an int in [-2**31, 2**64), got {seed}")
+    if seed < 0:
+        seed += 2**32
     if seed < 2**32:
         return np.asarray(jax.random.key_data(jax.random.key(seed)), dtype=np.uint32)
     key = np.array(jax.random.key_data(jax.random.key(seed & 0xFFFFFFFF)), dtype=np.uint32)

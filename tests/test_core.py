@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,6 +53,10 @@ def test_every_64_bit_seed_is_its_own_run_and_other_seeds_are_refused():
     assert root_key(0).tolist() == [0, 0] and root_key(7).tolist() == [0, 7]  # as before
     assert root_key(np.uint64(2**40)).tolist() == root_key(2**40).tolist()
     assert root_key(-1).tolist() == root_key(2**32 - 1).tolist()  # modulo 2**32, as JAX
+    with jax.enable_x64(True):  # (JAX with x64 extended the sign: the run of 2**64 - 1)
+        assert root_key(-1).tolist() == [0, 2**32 - 1]
+        assert root_key(-(2**31)).tolist() == root_key(2**31).tolist()
+        assert root_key(2**40 + 3).tolist() == [2**8, 3]
     for seed in (2**64, -(2**31) - 1):
         with pytest.raises(ValueError, match=r"seed must be an int in \[-2\*\*31, 2\*\*64\)"):
             root_key(seed)
