@@ -605,6 +605,24 @@ def test_json_errors():
             '{"format": "jaxpop.schedules.piecewise", "version": 1, '
             '"points": [[0, {"__jaxpop__": "pickle"}]]}'
         )
+    head = '{"format": "jaxpop.schedules.piecewise", "version": 1, "points": [[0, '
+    for value, match in (  # what to_json never writes (a journal could not hold it either)
+        ('{"__jaxpop__": "ndarray", "dtype": "object", "shape": [1], "data": [1]}', "object"),
+        ('{"__jaxpop__": "scalar", "dtype": "datetime64[s]", "value": 1}', "datetime"),
+        ('{"__jaxpop__": "scalar", "dtype": "int8", "value": 300}', "malformed"),
+        ("[" * 100_000 + "]" * 100_000, "nested|not a JSON"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            S.from_json(head + value + "]]}")
+
+
+def test_json_keeps_a_nans_sign_and_payload():
+    negative = -float("nan")
+    payload = np.array([0xFFC00001], np.uint32).view(np.float32)  # a NaN with a payload
+    schedule = S.piecewise({0: {"a": negative, "b": payload, "c": float("nan")}})
+    back = S.from_json(schedule.to_json())(0)
+    assert math.copysign(1.0, back["a"]) == -1.0 and math.isnan(back["c"])
+    assert back["b"].view(np.uint32).tolist() == [0xFFC00001]
 
 
 LEAF = st.one_of(

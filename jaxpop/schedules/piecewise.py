@@ -16,6 +16,7 @@ import io
 import json
 import math
 import numbers
+import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -198,7 +199,7 @@ def from_json(text: str | bytes) -> Piecewise:
     """
     try:
         document = json.loads(text)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"not a JSON schedule: {err}") from err
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f'not a jaxpop schedule: expected "format": "{FORMAT}"')
@@ -210,7 +211,10 @@ def from_json(text: str | bytes) -> Piecewise:
     points = document.get("points")
     if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 for p in points):
         raise ValueError('"points" must be a list of [step, value] pairs')
-    return Piecewise([(step, _from_jsonable(value)) for step, value in points])
+    try:
+        return Piecewise([(step, _from_jsonable(value)) for step, value in points])
+    except RecursionError:
+        raise ValueError("a schedule value is nested too deeply to read") from None
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -245,6 +249,9 @@ def _constant(value: Any) -> Schedule:
     return lambda step: value
 
 
+_FLOAT_BITS = struct.Struct(">d")  # a NaN's 64 bits, as hex in the document
+
+
 def _to_jsonable(x: Any, where: str) -> Any:
     if x is None or isinstance(x, (bool, str)):
         return x
@@ -253,6 +260,8 @@ def _to_jsonable(x: Any, where: str) -> Any:
     if type(x) is float:
         if math.isfinite(x):
             return x
+        if x != x:  # a NaN's sign and payload, kept exactly (its repr is just "nan")
+            return {_TAG: "float", "value": "nan", "bits": _FLOAT_BITS.pack(x).hex()}
         return {_TAG: "float", "value": repr(x)}
     if type(x) is list:
         return [_to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x)]
@@ -301,14 +310,23 @@ def _from_jsonable(x: Any) -> Any:
         if tag == "dict":
             return {_hashable(_from_jsonable(k)): _from_jsonable(v) for k, v in x["items"]}
         if tag == "float":
+            if "bits" in x:
+                (value,) = _FLOAT_BITS.unpack(bytes.fromhex(x["bits"]))
+                return value
             return float(x["value"])
         if tag in ("ndarray", "scalar"):
             dtype = np.dtype(x["dtype"])
+            if not (
+                jnp.issubdtype(dtype, jnp.floating)
+                or jnp.issubdtype(dtype, jnp.integer)
+                or dtype == np.bool_
+            ):  # (what to_json writes: numbers and bools, never objects or strings)
+                raise ValueError(f"an array of dtype {dtype} is not a schedule value")
             if tag == "scalar":
                 return np.asarray(_from_jsonable(x["value"]), dtype=dtype)[()]
             data = [_from_jsonable(v) for v in x["data"]]
             return np.asarray(data, dtype=dtype).reshape(x["shape"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError, struct.error) as err:
         raise ValueError(f"malformed {tag!r} value in a schedule: {err}") from err
     raise ValueError(f"unknown {_TAG} tag {tag!r} in a schedule")
 
