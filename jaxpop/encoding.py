@@ -483,8 +483,44 @@ def encode(obj: Any) -> bytes:
         raise ValueError(
             "cannot encode the value: it is nested too deeply for Python's recursion limit"
         ) from None
+    except UnicodeEncodeError as e:  # (a str msgpack cannot write as UTF-8)
+        path = _bad_str_path(obj, ())
+        where = f"at {_format_path(list(path))}" if path else "at the top level"
+        raise TypeError(
+            f"cannot encode the value {where} (type str): it holds a character UTF-8 cannot "
+            f"encode ({e.reason}, a lone surrogate from os.fsdecode say). Convert it: store "
+            "the bytes, or the text with os.fsencode(...).decode('utf-8', 'replace')."
+        ) from None
     except ValueError as e:  # MessagePack's size limits: 2**32 - 1 bytes per bin or ext
         raise ValueError(f"cannot encode the value: {e}") from e
+
+
+def _bad_str_path(x: Any, path: tuple) -> tuple | None:
+    """The path to the first str (value or key) in ``x`` that UTF-8 cannot encode, through
+    dicts, lists, tuples and records' fields; ``None`` if none is found there."""
+    if isinstance(x, str):
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if _bad_str_path(k, ()) is not None:
+                return (*path, (_KEY, k))
+            found = _bad_str_path(v, (*path, (_ITEM, k)))
+            if found is not None:
+                return found
+        return None
+    if isinstance(x, (list, tuple)):
+        for i, v in enumerate(x):
+            found = _bad_str_path(v, (*path, (_INDEX, i)))
+            if found is not None:
+                return found
+        return None
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return _bad_str_path({f.name: getattr(x, f.name) for f in dataclasses.fields(x)}, path)
+    return None
 
 
 # --------------------------------------------------------------------------- decoding

@@ -454,6 +454,8 @@ class UnregisteredDC:
         ({frozenset(): 1}, "<dict key frozenset()>", "frozenset"),
         ({(1, object()): 1}, "[1]", "object"),
         (object(), "the top level", "object"),
+        ({"opt": ["adam", "x\udcff"]}, "['opt'][1]", "str"),  # a lone surrogate (os.fsdecode)
+        ({"a\udcff": 1}, "<dict key 'a\\udcff'>", "str"),
     ],
 )
 def test_unencodable_value_names_path_type_and_fix(value: Any, path: str, type_name: str) -> None:
