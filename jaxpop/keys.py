@@ -37,17 +37,25 @@ def root_key(seed: int) -> RawKey:
 
     ``seed``: an int in ``[-2**31, 2**64)``. JAX without x64 keeps only a seed's low
     32 bits, so ``2**32`` would be the run of ``0``: a seed past 32 bits gets its high
-    bits as the key's first word, as JAX with x64 does (``[seed >> 32, seed % 2**32]``
-    for its default threefry key; other key implementations fold them in), so the key is
-    the same with or without x64. Seeds below ``2**32`` are JAX's own; a negative seed
-    is taken modulo ``2**32`` (``-1`` is the run of ``2**32 - 1``), with or without x64
-    (JAX with x64 extends its sign into the high word instead).
+    bits as the key's first word, as JAX with x64 does (``[seed >> 32, seed % 2**32]``,
+    threefry's layout), so the key is the same with or without x64. Seeds below
+    ``2**32`` are JAX's own; a negative seed is taken modulo ``2**32`` (``-1`` is the
+    run of ``2**32 - 1``), with or without x64 (JAX with x64 extends its sign into the
+    high word instead). JAX's default key implementation must be threefry (a
+    ``RuntimeError`` says so otherwise).
 
     >>> root_key(0), root_key(2**32 + 5)
     (array([0, 0], dtype=uint32), array([1, 5], dtype=uint32))
     """
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r:.40}")
+    impl = jax.config.jax_default_prng_impl
+    if impl != "threefry2x32":
+        raise RuntimeError(
+            f"jaxpop's keys are raw threefry keys (uint32[2]), but jax_default_prng_impl is "
+            f"{impl!r}: leave it at 'threefry2x32' in the controller's process (a train "
+            f"step may still make keys of its own with jax.random.key(seed, impl={impl!r}))"
+        )
     seed = int(seed)
     if not -(2**31) <= seed < 2**64:
         raise ValueError(f"seed must be an int in [-2**31, 2**64), got {seed}")
@@ -56,11 +64,8 @@ def root_key(seed: int) -> RawKey:
     if seed < 2**32:
         return np.asarray(jax.random.key_data(jax.random.key(seed)), dtype=np.uint32)
     key = np.array(jax.random.key_data(jax.random.key(seed & 0xFFFFFFFF)), dtype=np.uint32)
-    if key.shape == (2,) and key[0] == 0:  # threefry's [high word, low word]
-        key[0] = seed >> 32
-        return key
-    folded = jax.random.fold_in(jax.random.key(seed & 0xFFFFFFFF), seed >> 32)
-    return np.asarray(jax.random.key_data(folded), dtype=np.uint32)
+    key[0] = seed >> 32  # threefry's [high word, low word]
+    return key
 
 
 @functools.partial(jax.jit, static_argnums=2)

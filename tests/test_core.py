@@ -63,6 +63,14 @@ def test_every_64_bit_seed_is_its_own_run_and_other_seeds_are_refused():
     for seed in (1.0, True, "1", None, math.nan):
         with pytest.raises(TypeError, match="seed must be an int"):
             root_key(seed)
+    # another default key implementation: a clear error, not JAX's key-shape error at
+    # the first ask (nor a healthy log_dir called corrupt)
+    jax.config.update("jax_default_prng_impl", "rbg")
+    try:
+        with pytest.raises(RuntimeError, match="jax_default_prng_impl is 'rbg'"):
+            root_key(0)
+    finally:
+        jax.config.update("jax_default_prng_impl", "threefry2x32")
 
 
 def test_ask_without_generation_returns_assignment_and_changes_nothing():
