@@ -270,6 +270,7 @@ def init(
     (2, [0.5, 0.25])
     """
     _check_flat_space(space)
+    _check_raw(key)  # (here: inside jit, a list of floats is a list of tracers)
     if hparams is not None and not isinstance(hparams, Mapping):
         hparams = _stack_members(hparams)
     if hparams is not None:
@@ -937,5 +938,24 @@ def _is_typed(key: Any) -> bool:
 
 
 def _raw(key: Any) -> jax.Array:
-    """A raw ``uint32[2]`` key from a raw or a typed key."""
-    return jax.random.key_data(key) if _is_typed(key) else jnp.asarray(key, jnp.uint32)
+    """A raw ``uint32[2]`` key from a raw or a typed key (a float or bool array is no
+    key: cast, ``[0.5, 1.5]`` would silently be the key ``[0, 1]``)."""
+    if _is_typed(key):
+        return jax.random.key_data(key)
+    _check_raw(key)
+    return jnp.asarray(key, jnp.uint32)
+
+
+def _check_raw(key: Any) -> None:
+    """A ``TypeError`` for a raw key that is not integers (read without a jax operation:
+    an eager one would compile)."""
+    if _is_typed(key):
+        return
+    dtype = getattr(key, "dtype", None)
+    if dtype is None:
+        try:
+            dtype = np.asarray(key).dtype
+        except Exception:  # (a list of tracers: jax says what is wrong when it is used)
+            return
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"a raw key is an array of uint32 (shape (2,)), got {dtype}")

@@ -384,6 +384,9 @@ def test_init_refuses_member_counts_that_disagree():
         vz.init(root_key(0), init_fn, SPACE)
     with pytest.raises(ValueError, match="names"):
         vz.init(root_key(0), init_fn, hparams=[{"lr": 0.1}, {"b1": 0.5}])
+    for key in ([0.5, 1.5], np.array([True, False])):  # (cast, [0.5, 1.5] was [0, 1])
+        with pytest.raises(TypeError, match="a raw key is an array of uint32"):
+            vz.init(key, init_fn, SPACE, N)
 
 
 def test_the_vectorized_example_compiles_its_round_once(tmp_path):
