@@ -253,7 +253,8 @@ def _can_be_weak(dtype: Any) -> bool:
     """Whether arrays of ``dtype`` can be weakly typed: those a Python int, float or
     complex becomes (``int32``, ``float32``, ``complex64``, or their 64-bit kin under
     x64)."""
-    return any(jnp.asarray(x).dtype == dtype for x in (0, 0.0, 0j))
+    canonical = jax.dtypes.canonicalize_dtype
+    return dtype in (canonical(np.int64), canonical(np.float64), canonical(np.complex128))
 
 
 @functools.lru_cache(maxsize=64)

@@ -471,11 +471,11 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
     names the value in the messages (default: the hyperparameter ``name``)."""
     label = f"hyperparameter {name!r}" if label is None else label
     if host.dtype.kind in "iu" and jnp.issubdtype(dtype, jnp.integer) and host.size:
-        limits = jnp.iinfo(dtype)
-        if int(host.min()) < limits.min or int(host.max()) > limits.max:
+        low, high, _ = _bounds(dtype)  # type: ignore[misc]  # (an integer dtype has them)
+        if int(host.min()) < low or int(host.max()) > high:
             raise ValueError(
                 f"{label} = {host.tolist()!r:.60} is outside its dtype "
-                f"{jnp.dtype(dtype)} ([{limits.min}, {limits.max}]); it would wrap around"
+                f"{jnp.dtype(dtype)} ([{low}, {high}]); it would wrap around"
             )
     if host.dtype.kind == "c" and not jnp.issubdtype(dtype, jnp.complexfloating):
         raise TypeError(
