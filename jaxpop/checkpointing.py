@@ -14,14 +14,17 @@ import dataclasses
 import errno
 import functools
 import heapq
+import json
 import math
 import numbers
+import operator
 import os
 import re
 import secrets
 import shutil
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -47,8 +50,11 @@ __all__ = [
     "retained_handles",
 ]
 
-#: The format written in each checkpoint's ``meta`` item.
-FORMAT = "jaxpop.param_store/1"
+#: The format written in each checkpoint's ``meta`` item. Version 2 adds checksums
+#: (``crc32``) of the ``meta`` item and of each array leaf's data; version 1 checkpoints
+#: (without them) are still read, unverified.
+FORMAT = "jaxpop.param_store/2"
+_FORMAT_1 = "jaxpop.param_store/1"
 
 # Orbax's suffix for a checkpoint that is still being written (atomicity_types.TMP_DIR_SUFFIX).
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -130,6 +136,36 @@ def _decode_value(spec: Mapping[str, Any]) -> Any:
     if spec["type"] == "float":
         return float.fromhex(spec["value"])
     return {"bool": bool, "int": int, "str": str}[spec["type"]](spec["value"])
+
+
+def _crc32(array: np.ndarray) -> int:
+    """CRC-32 of an array's data: its elements' bytes in C order, little-endian (the
+    order Orbax writes), so a copy of any layout or byte order has the same one."""
+    data = np.ascontiguousarray(array).reshape(-1)
+    if data.dtype.byteorder == ">":
+        data = data.astype(data.dtype.newbyteorder("<"))
+    return zlib.crc32(data.view(np.uint8).data)
+
+
+def _meta_crc32(meta: Mapping[str, Any]) -> int:
+    """CRC-32 of a ``meta`` item's JSON without its own ``crc32`` (canonical: sorted
+    keys, so it is the same after a JSON round trip)."""
+    body = {k: v for k, v in meta.items() if k != "crc32"}
+    return zlib.crc32(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _with_checksums(
+    meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray | jax.Array]
+) -> dict[str, Any]:
+    """``meta`` with the ``crc32`` of each array leaf held whole here, and its own.
+    (An array spread over several processes has none: no process holds its data.)"""
+    leaves = []
+    for spec in meta["leaves"]:
+        array = arrays.get(spec.get("key")) if spec["kind"] == "array" else None
+        leaves.append({**spec, "crc32": _crc32(array)} if isinstance(array, np.ndarray) else spec)
+    out = {**meta, "leaves": leaves}
+    out["crc32"] = _meta_crc32(out)
+    return out
 
 
 def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[str, Any]]]:
@@ -301,6 +337,68 @@ def _value_as(handle: str, spec: Mapping[str, Any], value: Any, dtype: np.dtype)
             f"{spec['path'] or '<root>'}, but the target asks for {dtype} there"
         )
     return out
+
+
+_KINDS = {"array": ("shape", "dtype", "key"), "empty": ("shape", "dtype"), "value": ()}
+
+
+def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
+    """The leaf specs of a checkpoint's ``meta`` item, checked: its format, its checksum
+    (format 2) and the form of each spec; a ``ValueError`` saying the checkpoint is
+    damaged (or not a ParamStore checkpoint) otherwise."""
+    found = meta.get("format") if isinstance(meta, Mapping) else None
+    if found not in (FORMAT, _FORMAT_1):
+        raise ValueError(
+            f"{handle!r} is not a checkpoint of format {FORMAT!r} (found {found!r:.80}): "
+            "not a ParamStore checkpoint, or a damaged one"
+        )
+    if found == FORMAT and meta.get("crc32") != _meta_crc32(meta):
+        raise ValueError(
+            f"checkpoint {handle!r} is damaged: its meta item does not match its checksum"
+        )
+    specs = meta.get("leaves")
+    try:
+        if type(specs) is not list:
+            raise TypeError("no list of leaves")
+        for spec in specs:
+            if not isinstance(spec["path"], str):
+                raise TypeError(f"a path of type {type(spec['path']).__name__}")
+            for name in _KINDS[spec["kind"]]:
+                spec[name]  # a KeyError if it is missing
+            if spec["kind"] == "value":
+                _decode_value(spec)
+            else:
+                jnp.dtype(spec["dtype"])
+                for n in spec["shape"]:
+                    operator.index(n)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(
+            f"checkpoint {handle!r} is damaged: its meta item does not describe its leaves "
+            f"({type(e).__name__}: {e!s:.80})"
+        ) from e
+    return specs
+
+
+# TensorStore's status codes (its ValueErrors' first word) for data it could not read
+_DAMAGE_CODES = ("DATA_LOSS", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE")
+
+
+def _is_damage(error: Exception) -> bool:
+    """Whether reading a checkpoint's arrays failed for a part of it gone or unreadable
+    (after the target was checked against its meta item): Orbax's ``KeyError`` or
+    ``FileNotFoundError``, TensorStore's bare ``Exception`` or a ``ValueError`` with one
+    of the status codes of damage, or a metadata file that does not parse (Orbax's
+    ``Unknown type``: a type name in one is garbled). Not damage: anything else (out of
+    memory, say), which a good checkpoint can meet too."""
+    if isinstance(error, (FileNotFoundError, KeyError, json.JSONDecodeError, UnicodeError)):
+        return True
+    if type(error) is Exception:
+        return True
+    message = str(error)
+    return isinstance(error, ValueError) and (
+        message.startswith(_DAMAGE_CODES)
+        or message.startswith(('Error opening "', "Unknown type: "))
+    )
 
 
 def _check_leaf(handle: str, spec: Mapping[str, Any], target_leaf: Any) -> None:
@@ -533,11 +631,11 @@ class ParamStore:
         future: concurrent.futures.Future,
     ) -> None:
         """The background job: writes one checkpoint, then settles its future."""
-        items = {_META: ocp.args.JsonSave(meta)}
-        if arrays:  # Orbax refuses an empty item
-            items[_STATE] = ocp.args.StandardSave(arrays)
         error = None
-        try:
+        try:  # (the checksums here, not in save: the caller does not wait for them)
+            items = {_META: ocp.args.JsonSave(_with_checksums(meta, arrays))}
+            if arrays:  # Orbax refuses an empty item
+                items[_STATE] = ocp.args.StandardSave(arrays)
             with _ORBAX_SAVE_LOCK:
                 ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
                     handle, ocp.args.Composite(**items)
@@ -615,11 +713,18 @@ class ParamStore:
             ``NamedSharding`` on a global mesh) comes back sharded that way, each
             process reading only its own shards.
 
+        Each array's data is checked against the CRC-32 recorded when it was saved (read
+        to host memory, checked, then placed on the target's devices), and the leaves'
+        description against its own: a checkpoint damaged on disk is an error, never
+        other values. Arrays spread over several processes are read straight onto their
+        devices, unchecked (no process holds their data whole).
+
         Raises:
           MissingCheckpointError: no complete checkpoint at ``handle`` (deleted by
             garbage collection, never finished, or a wrong path).
           ValueError: the target's structure, shapes or dtypes differ from the saved ones,
-            or the checkpoint is damaged (a part of it lost or unreadable).
+            or the checkpoint is damaged (a part of it lost, unreadable, or not what was
+            saved: its message says "is damaged").
         """
         if not isinstance(handle, str):
             raise TypeError(
@@ -699,13 +804,10 @@ class ParamStore:
         except (FileNotFoundError, ValueError, KeyError) as e:
             if not os.path.isdir(path):
                 raise self._missing(handle, path) from e
-            raise ValueError(f"{handle!r} is not a jaxpop ParamStore checkpoint: {e}") from e
-        if not isinstance(meta, Mapping) or meta.get("format") != FORMAT:
-            found = meta.get("format") if isinstance(meta, Mapping) else None
             raise ValueError(
-                f"{handle!r} is not a checkpoint of format {FORMAT!r} (found {found!r})"
-            )
-        specs = meta["leaves"]
+                f"{handle!r} is not a jaxpop ParamStore checkpoint, or it is damaged: {e}"
+            ) from e
+        specs = _leaf_specs(handle, meta)
         flat, treedef = jax.tree_util.tree_flatten_with_path(target)
         paths = [jax.tree_util.keystr(p) for p, _ in flat]
         saved = [spec["path"] for spec in specs]
@@ -722,9 +824,14 @@ class ParamStore:
         for spec, (_, leaf) in zip(specs, flat, strict=True):
             if spec["kind"] != "value":
                 _check_leaf(handle, spec, leaf)
-            if spec["kind"] == "array":  # Orbax reads straight onto the target's device
+            if spec["kind"] == "array":
+                # read to the host where the data is checked (then placed: _like), else
+                # (an array spread over several processes) straight onto its devices
+                sharding = _sharding(leaf)
+                if "crc32" in spec and (sharding is None or sharding.is_fully_addressable):
+                    sharding = None
                 abstract[spec["key"]] = jax.ShapeDtypeStruct(
-                    tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=_sharding(leaf)
+                    tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=sharding
                 )
         arrays = {}
         if abstract:
@@ -735,12 +842,17 @@ class ParamStore:
             except Exception as e:
                 if not os.path.isdir(path):
                     raise self._missing(handle, path) from e
-                # a part of the checkpoint gone or unreadable: Orbax's KeyError, or
-                # TensorStore's bare Exception (its message holds its whole spec: cut
-                # short); anything else (out of memory, a wrong target) is not damage
-                if not (isinstance(e, (FileNotFoundError, KeyError)) or type(e) is Exception):
+                if not _is_damage(e):  # out of memory, say: the checkpoint may be fine
                     raise
+                # (TensorStore's messages hold its whole spec: cut short)
                 raise ValueError(f"checkpoint {handle!r} is damaged: {str(e)[:200]}...") from e
+        for spec in specs:
+            array = arrays.get(spec.get("key")) if "crc32" in spec else None
+            if isinstance(array, np.ndarray) and _crc32(array) != spec["crc32"]:
+                raise ValueError(
+                    f"checkpoint {handle!r} is damaged: the data of leaf "
+                    f"{spec['path'] or '<root>'} does not match its checksum"
+                )
         leaves = []
         for spec, (_, leaf) in zip(specs, flat, strict=True):
             if spec["kind"] == "array":

@@ -432,6 +432,13 @@ _SHARDED_SCRIPT = textwrap.dedent(
     out["fused_max_diff"] = max(float(jnp.max(jnp.abs(a - b))) for a, b in
                                 zip(jax.tree.leaves(plain), jax.tree.leaves(spread)))
     out["fused_same_generation"] = bool(np.array_equal(plain.generation, spread.generation))
+    # a ParamStore restore onto the mesh: read to the host, checked, then placed
+    import tempfile
+    from jaxpop.checkpointing import ParamStore
+    with ParamStore(tempfile.mkdtemp(), async_save=False) as store:
+        back = store.restore(store.save("g", 0, sharded), sharded)
+    out["restored_same"] = all(a.sharding == b.sharding and bool((a == b).all()) for a, b in
+                               zip(jax.tree.leaves(back), jax.tree.leaves(sharded)))
     print("RESULT" + json.dumps(out))
     """
 )
@@ -457,6 +464,7 @@ def test_sharded_equals_unsharded_on_4_cpu_devices():
     assert "members" in out["fused_spec"]
     assert out["fused_same_generation"]
     assert out["fused_max_diff"] < 1e-5
+    assert out["restored_same"]
 
 
 @pytest.mark.parametrize("count", [N - 1, N + 1])
