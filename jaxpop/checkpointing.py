@@ -126,10 +126,16 @@ def _is_array(leaf: Any) -> bool:
     return isinstance(leaf, (jax.Array, np.ndarray, np.generic))
 
 
-def _encode_value(leaf: Any) -> dict[str, Any]:
+def _encode_value(leaf: bool | int | float | str) -> dict[str, Any]:
+    """A Python scalar leaf as JSON, by its base type (an ``IntEnum`` is stored, and
+    restored, as its int)."""
+    if isinstance(leaf, bool):
+        return {"kind": "value", "type": "bool", "value": bool(leaf)}
+    if isinstance(leaf, int):
+        return {"kind": "value", "type": "int", "value": int(leaf)}
     if isinstance(leaf, float):  # hex keeps every float exact, NaN and inf included
-        return {"kind": "value", "type": "float", "value": leaf.hex()}
-    return {"kind": "value", "type": type(leaf).__name__, "value": leaf}
+        return {"kind": "value", "type": "float", "value": float(leaf).hex()}
+    return {"kind": "value", "type": "str", "value": str.__str__(leaf)}
 
 
 def _decode_value(spec: Mapping[str, Any]) -> Any:
@@ -339,18 +345,18 @@ def _value_as(handle: str, spec: Mapping[str, Any], value: Any, dtype: np.dtype)
     return out
 
 
-_KINDS = {"array": ("shape", "dtype", "key"), "empty": ("shape", "dtype"), "value": ()}
+_SPEC_FIELDS = {"array": ("shape", "dtype", "key"), "empty": ("shape", "dtype"), "value": ()}
 
 
 def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
     """The leaf specs of a checkpoint's ``meta`` item, checked: its format, its checksum
-    (format 2) and the form of each spec; a ``ValueError`` saying the checkpoint is
-    damaged (or not a ParamStore checkpoint) otherwise."""
+    (format 2), and the form of each spec (what format 1, without a checksum, needs); a
+    ``ValueError`` saying the checkpoint is damaged (or not a ParamStore one) otherwise."""
     found = meta.get("format") if isinstance(meta, Mapping) else None
     if found not in (FORMAT, _FORMAT_1):
         raise ValueError(
-            f"{handle!r} is not a checkpoint of format {FORMAT!r} (found {found!r:.80}): "
-            "not a ParamStore checkpoint, or a damaged one"
+            f"{handle!r} is not a checkpoint of format {FORMAT!r} (found {found!r:.80}): it "
+            "is damaged, or not a ParamStore checkpoint"
         )
     if found == FORMAT and meta.get("crc32") != _meta_crc32(meta):
         raise ValueError(
@@ -363,7 +369,7 @@ def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
         for spec in specs:
             if not isinstance(spec["path"], str):
                 raise TypeError(f"a path of type {type(spec['path']).__name__}")
-            for name in _KINDS[spec["kind"]]:
+            for name in _SPEC_FIELDS[spec["kind"]]:
                 spec[name]  # a KeyError if it is missing
             if spec["kind"] == "value":
                 _decode_value(spec)
@@ -379,25 +385,33 @@ def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
     return specs
 
 
-# TensorStore's status codes (its ValueErrors' first word) for data it could not read
-_DAMAGE_CODES = ("DATA_LOSS", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE")
+# TensorStore's status codes (its ValueErrors' first word) of a failure a good checkpoint
+# can meet too: the machine, not the files
+_NOT_DAMAGE_CODES = (
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+    "ABORTED",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+)
 
 
 def _is_damage(error: Exception) -> bool:
-    """Whether reading a checkpoint's arrays failed for a part of it gone or unreadable
-    (after the target was checked against its meta item): Orbax's ``KeyError`` or
-    ``FileNotFoundError``, TensorStore's bare ``Exception`` or a ``ValueError`` with one
-    of the status codes of damage, or a metadata file that does not parse (Orbax's
-    ``Unknown type``: a type name in one is garbled). Not damage: anything else (out of
-    memory, say), which a good checkpoint can meet too."""
-    if isinstance(error, (FileNotFoundError, KeyError, json.JSONDecodeError, UnicodeError)):
+    """Whether reading a checkpoint's arrays failed for a part of it gone or unreadable.
+
+    The target was checked against the (checksummed) meta item before, and Orbax is
+    asked for exactly what that describes, so an error about what it reads is about its
+    files: Orbax's ``KeyError``, ``FileNotFoundError``, ``ValueError`` or ``TypeError``
+    (a metadata file that does not parse, or disagrees), or TensorStore's bare
+    ``Exception`` or ``ValueError`` (``DATA_LOSS``, ...). Not damage: TensorStore's
+    codes of the machine's trouble (out of memory, ...), and any other exception type.
+    """
+    if isinstance(error, (FileNotFoundError, KeyError)) or type(error) is Exception:
         return True
-    if type(error) is Exception:
-        return True
-    message = str(error)
-    return isinstance(error, ValueError) and (
-        message.startswith(_DAMAGE_CODES)
-        or message.startswith(('Error opening "', "Unknown type: "))
+    return isinstance(error, (ValueError, TypeError)) and not str(error).startswith(
+        _NOT_DAMAGE_CODES
     )
 
 
@@ -805,7 +819,7 @@ class ParamStore:
             if not os.path.isdir(path):
                 raise self._missing(handle, path) from e
             raise ValueError(
-                f"{handle!r} is not a jaxpop ParamStore checkpoint, or it is damaged: {e}"
+                f"{handle!r} is damaged, or not a jaxpop ParamStore checkpoint: {e}"
             ) from e
         specs = _leaf_specs(handle, meta)
         flat, treedef = jax.tree_util.tree_flatten_with_path(target)
@@ -820,7 +834,7 @@ class ParamStore:
                 f"in the target: {missing}; in the target but not saved: {extra}"
                 + ("" if missing or extra else "; the leaves are in a different order")
             )
-        abstract = {}
+        abstract, checked = {}, set()
         for spec, (_, leaf) in zip(specs, flat, strict=True):
             if spec["kind"] != "value":
                 _check_leaf(handle, spec, leaf)
@@ -830,6 +844,7 @@ class ParamStore:
                 sharding = _sharding(leaf)
                 if "crc32" in spec and (sharding is None or sharding.is_fully_addressable):
                     sharding = None
+                    checked.add(spec["key"])
                 abstract[spec["key"]] = jax.ShapeDtypeStruct(
                     tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=sharding
                 )
@@ -846,17 +861,17 @@ class ParamStore:
                     raise
                 # (TensorStore's messages hold its whole spec: cut short)
                 raise ValueError(f"checkpoint {handle!r} is damaged: {str(e)[:200]}...") from e
-        for spec in specs:
-            array = arrays.get(spec.get("key")) if "crc32" in spec else None
-            if isinstance(array, np.ndarray) and _crc32(array) != spec["crc32"]:
-                raise ValueError(
-                    f"checkpoint {handle!r} is damaged: the data of leaf "
-                    f"{spec['path'] or '<root>'} does not match its checksum"
-                )
         leaves = []
         for spec, (_, leaf) in zip(specs, flat, strict=True):
             if spec["kind"] == "array":
-                leaves.append(_like(leaf, arrays[spec["key"]]))
+                # one leaf at a time: its host copy is freed once it is placed
+                array = arrays.pop(spec["key"])
+                if spec["key"] in checked and _crc32(np.asarray(array)) != spec["crc32"]:
+                    raise ValueError(
+                        f"checkpoint {handle!r} is damaged: the data of leaf "
+                        f"{spec['path'] or '<root>'} does not match its checksum"
+                    )
+                leaves.append(_like(leaf, array))
             elif spec["kind"] == "empty":
                 leaves.append(_like(leaf, np.zeros(spec["shape"], jnp.dtype(spec["dtype"]))))
             else:
