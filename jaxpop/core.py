@@ -566,18 +566,19 @@ def set_eval(
     advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
     params = copy_in(event.params)  # the caller's objects stay the caller's
+    # trained from where the worker was sent, not from an abandoned earlier run
+    resumed = advances and history.get_checkpoint(generation_id, assigned.step) is not None
     if existing is not None:  # existing.replace(params=params, value=value, time=now)
         checkpoint = Checkpoint(
             params,
             existing.meta_params,
             existing.generation_id,
             value,
-            existing.parent,
+            (generation_id, assigned.step) if resumed else existing.parent,
             existing.step,
             now,
         )
-    elif advances and history.get_checkpoint(generation_id, assigned.step) is not None:
-        # trained from where the worker was sent, not from an abandoned earlier run
+    elif resumed:
         parent = (generation_id, assigned.step)
         meta_params = history.meta_params(generation_id)
         checkpoint = Checkpoint(params, meta_params, generation_id, value, parent, step, now)
@@ -696,17 +697,21 @@ def missing(
     back_to = (
         found.step if found is not None and found.generation_id == assigned.generation_id else None
     )
+    marked = 0
     for checkpoint in history.checkpoints():  # O(history), once per call, on a rare event
+        abandoned = (
+            back_to is not None
+            and checkpoint.generation_id == assigned.generation_id
+            and checkpoint.step > back_to
+        )
         if checkpoint.params is not None and is_lost(checkpoint):
-            abandoned = (
-                back_to is not None
-                and checkpoint.generation_id == assigned.generation_id
-                and checkpoint.step > back_to
-            )
             added.append(
                 checkpoint.replace(params=None, value=None if abandoned else checkpoint.value)
             )
-    history, marked = history.add_all(added), len(added)
+            marked += 1
+        elif abandoned and checkpoint.value is not None:  # an evaluation sent without params
+            added.append(checkpoint.replace(value=None))
+    history = history.add_all(added)
     if found is not None and found.generation_id == assigned.generation_id:
         worker = ActiveWorker(
             found.params, assigned.meta_params, found.generation_id, found.step, assigned.status

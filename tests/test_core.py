@@ -359,6 +359,40 @@ def test_missing_params_step_back_in_the_workers_own_generation():
     assert (reply.worker.params, reply.worker.generation_id, reply.worker.step) == (None, gen, 0)
 
 
+def test_missing_sets_aside_the_evaluations_sent_without_params_after_the_point_too():
+    """An evaluation sent with ``params=None`` (the worker evaluates more often than it
+    saves) after the point the worker goes back to belongs to the abandoned timeline
+    too; kept, it ranked the worker as its latest (a winner on a value of a run that no
+    longer exists)."""
+    state, gen, mutator = _missing_state()
+    state, _ = apply(state, Eval(None, 0, gen, 3, 0.01), 0.0, mutator)
+    state, _ = apply(state, Eval("a4", 0, gen, 4, 4.0), 0.0, mutator)
+    new, reply = apply(state, Missing(0, gen, 4), 1.0, mutator)
+    assert (reply.worker.params, reply.worker.step) == ("a2", 2)
+    assert new.history[gen][3].value is None and new.history[gen][4].value is None
+    assert new.history.latest_evaluated(gen).step == 2
+    assert "1 checkpoint(s) holding params that are gone" in reply.warning
+    assert core.redo(state, reply.changes) == new
+
+
+def test_a_step_reported_again_after_going_back_has_the_new_run_as_its_parent():
+    """A replaced checkpoint kept the parent of the run that was abandoned: 10 -> 20,
+    back to 10, then 15 and 20 again gave 20 the parent 10 (lineage 0, 10, 20)."""
+    mutator = noop_mutator()
+    state = fresh_state([{"h": 1}], mutator)
+    gen = state.workers[0].generation_id
+    for step in (10, 20):
+        state, _ = apply(state, Eval(f"a{step}", 0, gen, step, 1.0), 0.0, mutator)
+    state, _ = apply(state, Missing(0, gen, 20), 1.0, mutator)  # back to step 10
+    for step in (15, 20):
+        state, _ = apply(state, Eval(f"b{step}", 0, gen, step, 0.5), 2.0, mutator)
+    assert state.history[gen][20].parent == (gen, 15)
+    assert [c.step for c in state.history.lineage(gen, 20)] == [0, 10, 15, 20]
+    # the same step reported again in the same run keeps its parent
+    state, _ = apply(state, Eval("c20", 0, gen, 20, 0.4), 3.0, mutator)
+    assert state.history[gen][20].parent == (gen, 15)
+
+
 def test_a_stale_missing_report_gets_the_current_assignment_and_changes_nothing():
     state, gen, mutator = _missing_state()
     new, reply = apply(state, Missing(0, gen, 1), 1.0, mutator)  # it is on step 2 now

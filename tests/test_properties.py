@@ -344,11 +344,18 @@ class Checker:
         for ref in refs_b:
             cb, ca = hb.get_checkpoint(*ref), ha.get_checkpoint(*ref)
             if ref == replaced:  # a re-reported step: new value and params, same place
-                assert (ca.generation_id, ca.step, ca.parent) == (
-                    cb.generation_id,
-                    cb.step,
-                    cb.parent,
+                # (its parent: the same, unless the worker resumed from an earlier
+                # checkpoint of the generation: then where it trained from)
+                w = before.workers[event.worker_id]
+                resumed = (
+                    w.generation_id == event.generation_id
+                    and event.step > w.step
+                    and hb.get_checkpoint(w.generation_id, w.step) is not None
                 )
+                parent = (w.generation_id, w.step) if resumed else cb.parent
+                assert (ca.generation_id, ca.step, ca.parent) == (cb.generation_id, cb.step, parent)
+                if parent != cb.parent:
+                    self.disordered.add(ca.generation_id)  # it abandoned later checkpoints
                 assert canon(ca.meta_params) == canon(cb.meta_params)
             else:
                 assert ca is cb, f"checkpoint {ref} changed without being reported"
