@@ -3,6 +3,7 @@
 import builtins
 import csv
 import importlib.util
+import io
 import json
 import math
 import os
@@ -188,6 +189,20 @@ def test_nan_and_inf_rank_last():
     info = report.summary(data)
     assert [m["value"] for m in info["members"]] == ["nan", 5.0, "inf"]
     json.dumps(info, allow_nan=False)  # strict JSON
+
+
+@pytest.mark.parametrize("scale", [1e3, 1e9])  # a clock in milliseconds, in nanoseconds
+def test_times_of_a_clock_not_in_seconds_are_printed_as_numbers(scale):
+    """The table printed the times as dates: past year 9999 that raised (``ValueError``,
+    or ``OSError``), after the report's files were written."""
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    with PopulationController(_initial(1), mutator, clock=lambda: 1.7e9 * scale) as pop:
+        g = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        pop.set_eval(0, g, 10, None, 0.5)
+        data = report.build(pop.state)
+    out = io.StringIO()
+    report.print_summary(report.summary(data), file=out)
+    assert f"{1.7e9 * scale:.6g}" in out.getvalue()
 
 
 # -- plots ----------------------------------------------------------------------------

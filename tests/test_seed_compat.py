@@ -684,3 +684,40 @@ def test_a_seed_mutator_returning_the_workers_it_was_given_changes_nothing():
     for i, w in enumerate(c.active_workers):
         c.set_eval(i, w.generation_id, 3, None, 1.0)
     assert [w.step for w in c.active_workers] == [3, 3]
+
+
+class _EveryEval(pop_mod.Mutate):
+    """Seed style: at every update, every worker starts a new generation from its latest
+    checkpoint (its ``ActiveWorker`` s are made with the default status)."""
+
+    def update(self, state, workers, cache):
+        new = []
+        for w in workers:
+            last = cache[w.generation_id].values()[-1]
+            gen = pop_mod.make_gen_id()
+            cache[gen] = pop_mod.IntKeyDict()
+            cache[gen][last.step] = pop_mod.Checkpoint(
+                generation_id=gen,
+                params=last.params,
+                meta_params=last.meta_params,
+                parent=(last.generation_id, last.step),
+                step=last.step,
+                value=None,
+                time=time.time(),
+            )
+            new.append(pop_mod.ActiveWorker(last.params, last.meta_params, gen, last.step))
+        return state, new
+
+
+def test_a_seed_mutator_does_not_make_a_finished_worker_active_again():
+    """``finish`` runs the mutator; a seed ``Mutate`` returns ``ActiveWorker`` s with the
+    default status "active", which undid the finish: the worker's next ask got work."""
+    c = pop_mod.PopulationController([{"lr": 0.1}, {"lr": 0.2}], _EveryEval())
+    a = c.maybe_get_worker_data(0, None, 0, None, None)
+    b = c.maybe_get_worker_data(1, None, 0, None, None)
+    c.finish(1)
+    c.set_eval(0, a.generation_id, 10, "a10", 0.5)
+    assert [w.status for w in c.active_workers] == ["active", "finished"]
+    assert c.maybe_get_worker_data(1, b.generation_id, 0, None, None).status == "finished"
+    c.set_eval(1, c.active_workers[1].generation_id, 12, "b12", 0.4)  # its own call
+    assert c.active_workers[1].status == "active"

@@ -130,7 +130,10 @@ def _fmt(value: Any) -> str:
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    utc = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    try:
+        utc = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    except (ValueError, OSError, OverflowError):  # a clock not in seconds since 1970
+        return f"{seconds:.6g}"
     return utc.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
