@@ -15,7 +15,7 @@ import dataclasses
 import math
 import numbers
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ from jaxpop.events import Ask, Eval, Event, Finish, Missing
 from jaxpop.history import History, check_mode
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id
-from jaxpop.mutators.base import Mutator, start_generation
+from jaxpop.mutators.base import Mutator, MutatorResult, start_generation
 from jaxpop.records import (
     ACTIVE,
     FINISHED,
@@ -45,6 +45,7 @@ from jaxpop.records import (
     replaced,
     with_replaced,
 )
+from jaxpop.schedules.base import tree_equal
 
 __all__ = [
     "Changes",
@@ -405,6 +406,14 @@ def _apply_mutator(
         # as storage reads it (the messages are built only for a record that fails)
         if not (type(checkpoint) is Checkpoint and _well_formed(checkpoint)):
             check_checkpoint(checkpoint, f"{who}'s new checkpoint {i}")
+        parent = checkpoint.parent
+        if not 0 <= checkpoint.step <= _MAX_STEP or (
+            parent is not None and not 0 <= parent[1] <= _MAX_STEP
+        ):  # (checked here, where records enter: a journal that holds one still resumes)
+            raise ValueError(
+                f"{who}'s new checkpoint {i} ({checkpoint.ref}, parent {parent}) has a step "
+                "outside [0, 2**63), the steps a worker can send"
+            )
         if not _flat(checkpoint.meta_params):
             check_sortable_keys(checkpoint.meta_params, f"the meta_params {who} returned")
         if history.get_checkpoint(checkpoint.generation_id, checkpoint.step) is not None:
@@ -420,10 +429,24 @@ def _apply_mutator(
             raise TypeError(f"{who} returned a {type(worker).__name__} for worker {i}")
         if not _well_formed_worker(worker):
             check_active_worker(worker, f"{who}'s worker {i}")
+        if not 0 <= worker.step <= _MAX_STEP:
+            raise ValueError(
+                f"{who} assigned worker {i} step {worker.step}, outside [0, 2**63), the "
+                "steps a worker can send"
+            )
         if worker.generation_id not in history:
             raise ValueError(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "
                 "has no checkpoint in the history; return its starting checkpoint too"
+            )
+        recorded = history.meta_params(worker.generation_id)
+        if worker.meta_params is not recorded and not tree_equal(worker.meta_params, recorded):
+            raise ValueError(
+                f"{who} gave worker {i} the meta_params {worker.meta_params!r:.80} in "
+                f"generation {worker.generation_id!r}, whose checkpoints record "
+                f"{recorded!r:.80}: a generation's hyperparameters never change (the "
+                "history would record other values than the worker trains with); start a "
+                "new generation, with its first checkpoint, for new ones"
             )
     if mutator_state is state.mutator_state and not new_checkpoints and not changed:
         return state, changed
@@ -493,6 +516,8 @@ def ask(
                 event, worker_id=worker_id, generation_id=generation_id, step=step
             )
         result = mutator.ask(state.mutator_state, state.workers, state.history, event, now, key)
+        if event.params is not None and any(c.params is event.params for c in result[2]):
+            result = _own_params(result, event.params)
         new, _ = _apply_mutator(state, *result, who="mutator.ask")
         added.extend(result[2])
     assigned = new.workers[worker_id]
@@ -504,6 +529,17 @@ def ask(
     reply_worker: ActiveWorker | None
     if generation_id is None or generation_id == "":
         reply_worker = assigned
+        if _unsaved(new.history, assigned):
+            # a worker that (re)starts cannot resume from an evaluation it sent without
+            # params: it resumes from the newest checkpoint of its lineage that has them
+            new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)
+            added.extend(back)
+            warning = (
+                f"worker {worker_id} asked with no generation (a restart) while its "
+                f"assignment {(assigned.generation_id, assigned.step)} is an evaluation "
+                "sent without params; it resumes from "
+                f"{(reply_worker.generation_id, reply_worker.step)}"
+            )
     elif generation_id == assigned.generation_id:
         # keep going -- unless it is finished (told so: status "finished") or held
         reply_worker = None if assigned.status == ACTIVE else assigned
@@ -532,6 +568,18 @@ def ask(
             added.append(last)
     new, changes = _finish(state, new, added, now)
     return new, Reply(worker=reply_worker, warning=warning, changes=changes)
+
+
+def _own_params(result: MutatorResult, params: Any) -> MutatorResult:
+    """An ask hook's result with the controller's own copy of the ``params`` the worker
+    sent wherever it recorded them (a ``FixedSchedule(on_ask=True)`` starts a generation
+    from them): the worker's objects stay the worker's, as for an eval."""
+    mine = copy_in(params)
+    checkpoints = tuple(c.replace(params=mine) if c.params is params else c for c in result[2])
+    workers = result[1]
+    if any(w.params is params for w in workers):
+        workers = tuple(w.replace(params=mine) if w.params is params else w for w in workers)
+    return result[0], workers, checkpoints
 
 
 def set_eval(
@@ -659,12 +707,49 @@ def missing(
                 f"no longer its assignment; sending it {(assigned.generation_id, assigned.step)}"
             ),
         )
-    if assigned.params is None:
+    if assigned.params is None and not _unsaved(history, assigned):
         raise ValueError(
             f"checkpoint_missing: worker {worker_id}'s assignment "
             f"{(assigned.generation_id, assigned.step)} has params=None, which means "
             "'initialise fresh parameters': there is nothing to load"
         )
+    new, worker, added, marked = _step_back(state, worker_id, now, key, event.exists)
+    new, changes = _finish(state, new, added, now)
+    return new, Reply(
+        worker=worker,
+        changes=changes,
+        warning=(
+            f"worker {worker_id} could not load {assigned.params!r:.200} (the params of "
+            f"{(assigned.generation_id, assigned.step)}); {marked} checkpoint(s) holding "
+            "params that are gone are marked missing in the history, and the worker moved "
+            f"to {(worker.generation_id, worker.step)}"
+        ),
+    )
+
+
+def _unsaved(history: History, worker: ActiveWorker) -> bool:
+    """Whether an assignment is an evaluation sent without params by a worker that saves
+    (past its generation's start): nothing it can load. (``params=None`` at a
+    generation's start, or from a worker that never sends params, means "initialise
+    fresh parameters", or "go on with the params you hold".)"""
+    gen = worker.generation_id
+    return worker.params is None and worker.step > history.first(gen).step and history.saves(gen)
+
+
+def _step_back(
+    state: PopulationState,
+    worker_id: int,
+    now: float,
+    key: np.ndarray,
+    exists: Callable[[Any], bool] | None,
+) -> tuple[PopulationState, ActiveWorker, list[Checkpoint], int]:
+    """Moves a worker whose assignment's params cannot be loaded (gone, or never sent) to
+    the newest checkpoint of its lineage that has params (``exists`` says which still
+    do), or to a fresh start; with the checkpoints added and how many of them record
+    params that are gone."""
+    history = state.history
+    assigned = state.workers[worker_id]
+    at = history.get_checkpoint(assigned.generation_id, assigned.step)
     lost_refs: set = set()
     lost_handles: set[str] = set()
 
@@ -678,7 +763,8 @@ def missing(
         params = checkpoint.params
         return checkpoint.ref in lost_refs or (isinstance(params, str) and params in lost_handles)
 
-    lose(at, assigned.params)
+    if assigned.params is not None:
+        lose(at, assigned.params)
     start = at or history.previous(assigned.generation_id, assigned.step)
     found = None
     for checkpoint in reversed(history.lineage(*start.ref) if start is not None else ()):
@@ -687,13 +773,14 @@ def missing(
                 found = checkpoint
                 break
         elif not is_lost(checkpoint):
-            if event.exists is None or event.exists(checkpoint.params):
+            if exists is None or exists(checkpoint.params):
                 found = checkpoint
                 break
             lose(checkpoint, checkpoint.params)  # gone too: skip it, and say so
     added = []
-    # the worker goes back within its generation: the lost evaluations after the point
-    # it goes back to are set aside (value None too), so they never rank it as its latest
+    # the worker goes back within its generation: the evaluations of its run after the
+    # point it goes back to (their params lost, or never sent) are set aside (value None
+    # too), so they never rank it as its latest
     back_to = (
         found.step if found is not None and found.generation_id == assigned.generation_id else None
     )
@@ -709,7 +796,12 @@ def missing(
                 checkpoint.replace(params=None, value=None if abandoned else checkpoint.value)
             )
             marked += 1
-        elif abandoned and checkpoint.value is not None:  # an evaluation sent without params
+        elif (
+            abandoned
+            and checkpoint.params is None
+            and checkpoint.value is not None
+            and checkpoint.step <= assigned.step
+        ):  # an evaluation of the abandoned run sent without params
             added.append(checkpoint.replace(value=None))
     history = history.add_all(added)
     if found is not None and found.generation_id == assigned.generation_id:
@@ -725,18 +817,7 @@ def missing(
         history = history.add(first)
         added.append(first)
     workers = with_replaced(state.workers, [(worker_id, worker)])
-    new = state._with(workers=workers, history=history)
-    new, changes = _finish(state, new, added, now)
-    return new, Reply(
-        worker=worker,
-        changes=changes,
-        warning=(
-            f"worker {worker_id} could not load {assigned.params!r:.200} (the params of "
-            f"{(assigned.generation_id, assigned.step)}); {marked} checkpoint(s) holding "
-            "params that are gone are marked missing in the history, and the worker moved "
-            f"to {(worker.generation_id, worker.step)}"
-        ),
-    )
+    return state._with(workers=workers, history=history), worker, added, marked
 
 
 def _set_status(

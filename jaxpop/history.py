@@ -433,6 +433,17 @@ class History(Mapping[str, GenerationView]):
             node = node[1]
         return latest
 
+    def saves(self, generation_id: str) -> bool:
+        """Whether the generation's worker saves: its first checkpoint holds params (a
+        copy's start holds its source's), or an evaluated checkpoint does. ``False`` for the
+        generation of a worker that never sends params (``params=None`` throughout),
+        whose evaluations without params are all there is."""
+        first = self.first(generation_id)
+        if first.params is not None:
+            return True
+        loadable = self.latest_loadable(generation_id)
+        return loadable is not None and loadable.params is not None
+
     def branch_point(self, generation_id: str) -> CheckpointRef | None:
         """Where a generation was copied from: its first checkpoint's parent."""
         return self.first(generation_id).parent

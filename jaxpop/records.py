@@ -140,12 +140,9 @@ def _bad(where: str, what: str, value: Any) -> ValueError:
     return ValueError(f"{where} is not {what}: {type(value).__name__} {value!r:.80}")
 
 
-_STEPS_END = 2**63  # steps are int64s in [0, 2**63), as the core checks what workers send
-
-
-def _check_step(value: Any, where: str) -> None:
-    if type(value) is not int or not 0 <= value < _STEPS_END:
-        raise _bad(where, "an int in [0, 2**63)", value)
+def _check_int(value: Any, where: str) -> None:
+    if type(value) is not int:
+        raise _bad(where, "an int", value)
 
 
 def _check_generation_id(value: Any, where: str) -> None:
@@ -161,7 +158,6 @@ def _well_formed(c: Checkpoint) -> bool:
         type(c.generation_id) is str
         and c.generation_id != ""
         and type(c.step) is int
-        and 0 <= c.step < _STEPS_END
         and (c.value is None or type(c.value) is float)
         and type(c.time) is float
         and (
@@ -172,7 +168,6 @@ def _well_formed(c: Checkpoint) -> bool:
                 and type(parent[0]) is str
                 and parent[0] != ""
                 and type(parent[1]) is int
-                and 0 <= parent[1] < _STEPS_END
             )
         )
     )
@@ -189,14 +184,14 @@ def check_checkpoint(c: Any, where: str = "checkpoint") -> None:
     if type(c) is not Checkpoint:
         raise _bad(where, "a Checkpoint", c)
     _check_generation_id(c.generation_id, f"{where}.generation_id")
-    _check_step(c.step, f"{where}.step")
+    _check_int(c.step, f"{where}.step")
     if c.value is not None and type(c.value) is not float:
         raise _bad(f"{where}.value", "None or a float", c.value)
     if c.parent is not None:
         if type(c.parent) is not tuple or len(c.parent) != 2:
             raise _bad(f"{where}.parent", "a (generation_id, step) tuple", c.parent)
         _check_generation_id(c.parent[0], f"{where}.parent[0]")
-        _check_step(c.parent[1], f"{where}.parent[1]")
+        _check_int(c.parent[1], f"{where}.parent[1]")
     if isinstance(c.time, bool) or not isinstance(c.time, numbers.Real):
         raise _bad(f"{where}.time", "a real number", c.time)
 
@@ -209,7 +204,6 @@ def _well_formed_worker(w: Any) -> bool:
         and type(w.generation_id) is str
         and w.generation_id != ""
         and type(w.step) is int
-        and 0 <= w.step < _STEPS_END
         and type(w.status) is str
         and w.status in STATUSES
     )
@@ -222,7 +216,7 @@ def check_active_worker(w: Any, where: str = "worker") -> None:
     if type(w) is not ActiveWorker:
         raise _bad(where, "an ActiveWorker", w)
     _check_generation_id(w.generation_id, f"{where}.generation_id")
-    _check_step(w.step, f"{where}.step")
+    _check_int(w.step, f"{where}.step")
     if w.status not in STATUSES or type(w.status) is not str:
         raise _bad(f"{where}.status", f"one of {STATUSES}", w.status)
 

@@ -26,7 +26,7 @@ from jaxpop import encoding
 from jaxpop.boundary import _IMMUTABLE, copy_out
 from jaxpop.history import History
 from jaxpop.mutators.base import Mutator
-from jaxpop.records import ACTIVE, FINISHED, GONE, ActiveWorker, Checkpoint, _with_status
+from jaxpop.records import ActiveWorker, Checkpoint, _with_status
 from jaxpop.storage import run as run_lib  # (jaxpop.storage registers the records)
 from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.plain import state_from_plain, state_to_plain
@@ -476,9 +476,10 @@ def _result(
             continue
         if type(worker) is not ActiveWorker:
             raise TypeError(f"{who} returned a {type(worker).__name__} for worker {i}")
-        if worker.status == ACTIVE and workers[i].status in (FINISHED, GONE):
-            # a seed mutator knows no status (ActiveWorker's default is "active"): a
-            # finished or gone worker stays so until a call of its own
+        if worker.status != workers[i].status:
+            # a seed mutator knows no status (it makes ActiveWorkers with the default,
+            # "active", or hands a worker another's): each keeps its own, so a finished
+            # or gone worker stays so until a call of its own
             returned[i] = worker = _with_status(worker, workers[i].status)
         gen = worker.generation_id
         if gen not in new_generations and (not isinstance(gen, str) or gen not in history):

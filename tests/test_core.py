@@ -11,6 +11,7 @@ from conftest import apply, fresh_state, noop_mutator
 from jaxpop import core
 from jaxpop.events import Ask, Eval, Missing
 from jaxpop.mutators.base import Mutator, start_generation
+from jaxpop.records import Checkpoint
 
 
 def test_init_makes_one_generation_per_member():
@@ -375,6 +376,27 @@ def test_missing_sets_aside_the_evaluations_sent_without_params_after_the_point_
     assert core.redo(state, reply.changes) == new
 
 
+def test_missing_leaves_the_evaluations_of_another_worker_on_the_generation_alone():
+    """Worker 1 joins worker 0's generation and evaluates at 15 (without params) and 20;
+    worker 0 then goes back from step 10: the set-aside is bounded by worker 0's own run
+    (a first version wiped worker 1's values, params intact included)."""
+
+    def update(state, workers, history, now, key):
+        if state == 0 and workers[0].step >= 10:
+            return 1, (workers[0], workers[0]), ()
+        return state, workers, ()
+
+    m = Mutator(lambda: 0, update)
+    state = fresh_state([{"lr": 0.1}, {"lr": 0.2}], m)
+    gen = state.workers[0].generation_id
+    for event in (Eval("a10", 0, gen, 10, 5.0), Eval(None, 1, gen, 15, 0.5)):
+        state, _ = apply(state, event, 0.0, m)
+    state, _ = apply(state, Eval("b20", 1, gen, 20, 0.4), 0.0, m)
+    state, _ = apply(state, Missing(0, gen, 10), 1.0, m)
+    assert [state.history[gen][s].value for s in (15, 20)] == [0.5, 0.4]
+    assert state.history.latest_evaluated(gen).step == 20
+
+
 def test_a_step_reported_again_after_going_back_has_the_new_run_as_its_parent():
     """A replaced checkpoint kept the parent of the run that was abandoned: 10 -> 20,
     back to 10, then 15 and 20 again gave 20 the parent 10 (lineage 0, 10, 20)."""
@@ -405,6 +427,62 @@ def test_missing_params_of_an_assignment_that_has_none_is_an_error():
     state = fresh_state([{"h": 1}], mutator)
     with pytest.raises(ValueError, match="params=None"):
         apply(state, Missing(0, state.workers[0].generation_id, 0), 1.0, mutator)
+
+
+def _unsaved_state():
+    """Worker 0 saved "a10" at step 10, then evaluated at step 15 without params (it
+    evaluates more often than it saves): its assignment is (gen, 15, params=None)."""
+    mutator = noop_mutator()
+    state = fresh_state([{"h": 1}, {"h": 2}], mutator)
+    gen = state.workers[0].generation_id
+    state, _ = apply(state, Eval("a10", 0, gen, 10, 1.0), 0.0, mutator)
+    state, _ = apply(state, Eval(None, 0, gen, 15, 0.5), 0.0, mutator)
+    assert (state.workers[0].params, state.workers[0].step) == (None, 15)
+    return state, gen, mutator
+
+
+@pytest.mark.parametrize("generation_id", [None, ""])
+def test_a_restart_from_an_evaluation_sent_without_params_resumes_from_the_last_saved(
+    generation_id,
+):
+    """A worker that restarted was answered ``params=None`` at step 15: it initialised
+    fresh parameters and went on as if it were step 15 of its generation."""
+    state, gen, mutator = _unsaved_state()
+    new, reply = apply(state, Ask(None, None, 0, generation_id, 0), 1.0, mutator)
+    assert (reply.worker.params, reply.worker.generation_id, reply.worker.step) == (
+        "a10",
+        gen,
+        10,
+    )
+    assert "it resumes from" in reply.warning and new.workers[0] == reply.worker
+    # the evaluation of the run that was lost is set aside: it never ranks the worker
+    assert new.history[gen][15].value is None and new.history.latest_evaluated(gen).step == 10
+    assert core.redo(state, reply.changes) == new  # journaled like any event
+    # worker 1 (at its generation's start, params None: "initialise fresh") is unchanged
+    same, reply = apply(new, Ask(None, None, 1, None, 0), 2.0, mutator)
+    assert same is new and reply.worker.params is None and reply.warning is None
+
+
+def test_checkpoint_missing_of_an_evaluation_sent_without_params_steps_back_too():
+    state, gen, mutator = _unsaved_state()  # (it was a ValueError: no way out)
+    new, reply = apply(state, Missing(0, gen, 15), 1.0, mutator)
+    assert (reply.worker.params, reply.worker.step) == ("a10", 10)
+    assert new.workers[0] == reply.worker and new.history[gen][15].value is None
+
+
+def test_a_worker_that_never_sends_params_gets_its_assignment_as_it_is():
+    """A loop that keeps its params in memory (``params=None`` throughout, as some of
+    the seed's do) and asks with no generation at every step: its assignment stands."""
+    mutator = noop_mutator()
+    state = fresh_state([{"h": 1}], mutator)
+    gen = state.workers[0].generation_id
+    for step in (10, 15):
+        state, _ = apply(state, Eval(None, 0, gen, step, 1.0), 0.0, mutator)
+    new, reply = apply(state, Ask(None, None, 0, None, 0), 1.0, mutator)
+    assert new is state and reply.warning is None
+    assert (reply.worker.params, reply.worker.generation_id, reply.worker.step) == (None, gen, 15)
+    with pytest.raises(ValueError, match="params=None"):  # nothing to load: as before
+        apply(state, Missing(0, gen, 15), 1.0, mutator)
 
 
 def test_a_copy_whose_params_are_gone_starts_from_an_ancestor_with_its_own_hparams():
@@ -459,12 +537,50 @@ def test_missing_refuses_a_generation_id_that_is_not_a_str(generation_id):
         apply(state, Missing(0, generation_id, 2), 1.0, mutator)
 
 
+def test_a_mutator_that_changes_a_workers_hparams_without_a_new_generation_is_refused():
+    """The worker was told ``lr=999`` while its generation's checkpoints (and so replay
+    and reports) said ``lr=0.1``; equal values made apart pass."""
+
+    def update(state, workers, history, now, key):
+        w = workers[0]
+        return state, (w.replace(meta_params={"lr": float(state)}),), ()
+
+    for lr, ok in ((999.0, False), (0.1, True)):
+        m = Mutator(lambda lr=lr: lr, update)
+        state = fresh_state([{"lr": 0.1}], m)
+        gen = state.workers[0].generation_id
+        if ok:
+            new, _ = apply(state, Eval("p", 0, gen, 1, 0.5), 1.0, m)
+            assert new.workers[0].meta_params == {"lr": 0.1}
+        else:
+            with pytest.raises(ValueError, match=r"hyperparameters never change"):
+                apply(state, Eval("p", 0, gen, 1, 0.5), 1.0, m)
+
+
+@pytest.mark.parametrize("step, parent_step", [(-1, 1), (2**63, 1), (3, -2)])
+def test_a_mutator_that_returns_a_checkpoint_at_a_step_no_worker_can_send_is_refused(
+    step, parent_step
+):
+    def update(state, workers, history, now, key):
+        start = Checkpoint(None, {"lr": 0.5}, "new", None, (gen, parent_step), step, now)
+        return state, workers, (start,)
+
+    m = Mutator(lambda: 0, update)
+    state = fresh_state([{"lr": 0.1}], m)
+    gen = state.workers[0].generation_id
+    with pytest.raises(ValueError, match=r"new checkpoint 0 .* a step outside \[0, 2\*\*63\)"):
+        apply(state, Eval("p", 0, gen, 1, 0.5), 1.0, m)
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [
         ({"status": "asleep"}, r"mutator\.update's worker 1\.status is not one of"),
         ({"step": 2.0}, r"mutator\.update's worker 1\.step is not an int"),
         ({"generation_id": ""}, r"mutator\.update's worker 1\.generation_id is not a generation"),
+        # a step no worker can send: it was journaled, then the worker's own call refused
+        ({"step": -1}, r"mutator\.update assigned worker 1 step -1, outside \[0, 2\*\*63\)"),
+        ({"step": 2**63}, r"assigned worker 1 step 9223372036854775808, outside"),
     ],
 )
 def test_a_mutator_that_returns_an_ill_formed_worker_is_refused_naming_it(bad, match):

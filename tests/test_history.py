@@ -193,3 +193,13 @@ def test_add_all_makes_the_history_a_chain_of_adds_makes(count):
 def test_add_all_refuses_what_is_not_a_checkpoint_as_add_does():
     with pytest.raises(TypeError, match=r"History\.add takes a Checkpoint, got dict"):
         History().add_all([ck("a", 0), ck("a", 1), {"step": 2}, ck("a", 3)])
+
+
+def test_saves_says_whether_a_generations_worker_sends_params():
+    h = History().add(ck("a", 0)).add(ck("a", 10, value=1.0, parent=("a", 0)))
+    assert not h.saves("a")  # params=None throughout
+    assert h.add(ck("a", 15, value=0.5, parent=("a", 10), params="p15")).saves("a")
+    # a copy's start holds its source's params
+    h = h.add(ck("b", 10, parent=("a", 10), params="p10"))
+    assert h.saves("b")
+    assert h.add(ck("a", 12, parent=("a", 10), params="p12")).saves("a") is False  # unevaluated

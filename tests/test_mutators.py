@@ -230,6 +230,38 @@ def test_fixed_schedule_applies_a_change_at_the_eval_of_its_step_as_the_seed():
     assert pop.maybe_get_worker_data(0, gen, 40, 0, C) is None  # an ask changes nothing
 
 
+@pytest.mark.parametrize("on_ask", [False, True])
+def test_fixed_schedule_never_starts_a_generation_from_an_eval_sent_without_params(on_ask):
+    """A worker that saves at 10 and evaluates at 15 without params: the change due at
+    15 handed it ``params=None`` ("initialise fresh parameters"), even when its ask
+    brought its params: its training restarted from scratch, silently."""
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({15: {"lr": 0.01}}, on_ask=on_ask))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 10, "saved-10", 0.9)
+    pop.set_eval(0, gen, 15, None, 0.8)
+    live = np.arange(3.0)  # what the worker holds at step 15
+    new = pop.maybe_get_worker_data(0, gen, 15, live, None)
+    if on_ask:  # the ask brings its params: the new generation starts from them
+        assert (new.meta_params, new.step) == ({"lr": 0.01}, 15)
+        np.testing.assert_array_equal(new.params, live)
+        assert new.params is not live  # the controller's own copy, read-only
+        live[0] = 7.0
+        assert pop.history[new.generation_id][15].params[0] == 0.0
+        assert pop.history[gen][15].params is None  # what the history recorded stays
+    else:  # it waits for the next evaluation with params
+        assert new is None and pop.active_workers[0].generation_id == gen
+        new = pop.set_eval_and_ask(0, gen, 20, "saved-20", 0.7)
+        assert (new.params, new.meta_params, new.step) == ("saved-20", {"lr": 0.01}, 20)
+
+
+def test_fixed_schedule_changes_a_worker_that_never_sends_params_at_its_eval():
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({15: {"lr": 0.01}}))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 10, None, 0.9)
+    new = pop.set_eval_and_ask(0, gen, 15, None, 0.8)
+    assert (new.params, new.meta_params, new.step) == (None, {"lr": 0.01}, 15)
+
+
 def test_fixed_schedule_takes_string_steps_as_the_seed():
     m = FixedSchedule({"0": A, "10": B})
     assert m.describe() == m.describe()

@@ -721,3 +721,37 @@ def test_a_seed_mutator_does_not_make_a_finished_worker_active_again():
     assert c.maybe_get_worker_data(1, b.generation_id, 0, None, None).status == "finished"
     c.set_eval(1, c.active_workers[1].generation_id, 12, "b12", 0.4)  # its own call
     assert c.active_workers[1].status == "active"
+
+
+def test_a_worker_handed_a_finished_workers_assignment_by_a_seed_mutator_stays_active():
+    class TakeWorkerOnes(pop_mod.Mutate):
+        def update(self, state, workers, cache):
+            return state, [workers[1], workers[1]]
+
+    c = pop_mod.PopulationController([{"lr": 0.1}, {"lr": 0.2}], TakeWorkerOnes())
+    a = c.maybe_get_worker_data(0, None, 0, None, None)
+    c.maybe_get_worker_data(1, None, 0, None, None)
+    c.finish(1)
+    assert [w.status for w in c.active_workers] == ["active", "finished"]
+    assert c.maybe_get_worker_data(0, a.generation_id, 0, None, None).status == "active"
+
+
+def test_a_seed_mutator_that_edits_a_generations_hparams_in_place_is_refused():
+    """In the seed, editing a checkpoint's meta_params in place edited the history too;
+    jaxpop's copy is private, so the worker trained with lr 999 while the history said
+    0.1. Such a result is refused: a new generation carries new hyperparameters."""
+
+    class EditInPlace(pop_mod.Mutate):
+        def update(self, state, workers, cache):
+            last = cache[workers[0].generation_id].values()[-1]
+            if last.value is None:
+                return state, workers
+            meta = last.meta_params
+            meta["lr"] = 999.0
+            return state, [pop_mod.ActiveWorker(last.params, meta, last.generation_id, last.step)]
+
+    c = pop_mod.PopulationController([{"lr": 0.1}], EditInPlace())
+    a = c.maybe_get_worker_data(0, None, 0, None, None)
+    with pytest.raises(ValueError, match="hyperparameters never change"):
+        c.set_eval(0, a.generation_id, 10, "p10", 1.0)
+    assert c.active_workers[0].meta_params == {"lr": 0.1}  # unchanged: usable

@@ -78,6 +78,13 @@ class FixedSchedule(Mutator):
     in the mutator state, a tuple with one int per worker, so a restored run continues
     exactly.
 
+    An evaluation sent without params (a worker that evaluates more often than it saves)
+    cannot start a generation: the worker would be told to initialise fresh parameters.
+    The change then waits for the worker's next evaluation with params, or, with
+    ``on_ask=True``, its next ask (which brings its params). A worker that never sends
+    params gets it at the evaluation, and initialises fresh parameters, as a copier of
+    such a worker does.
+
     >>> from jaxpop import PopulationController
     >>> mutator = FixedSchedule({0: {"lr": 0.1}, 10: {"lr": 0.01}})
     >>> controller = PopulationController([{"lr": 0.1}], mutator)
@@ -137,6 +144,8 @@ def _advance(
     meta_params = config.value_at(index)
     if config.compare and tree_equal(meta_params, at.meta_params):
         return tuple(new_state), workers, ()
+    if _unsaved(history, at):
+        return state, workers, ()  # not yet: see _unsaved
     new_checkpoints = []
     if history.get_checkpoint(at.generation_id, at.step) is None:
         new_checkpoints.append(at)
@@ -144,6 +153,17 @@ def _advance(
     new_checkpoints.append(start)
     new_workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
     return tuple(new_state), new_workers, tuple(new_checkpoints)
+
+
+def _unsaved(history: History, at: Checkpoint) -> bool:
+    """Whether ``at`` is an evaluation sent without params (past its generation's start)
+    by a worker that saves: a generation started there would hand the worker
+    ``params=None`` ("initialise fresh parameters"), so the change waits for a
+    checkpoint that has params (with ``on_ask``, the next ask, which carries them). A
+    worker that never saves gets it there, and initialises fresh parameters, as when it
+    is copied."""
+    gen = at.generation_id
+    return at.params is None and at.step > history.first(gen).step and history.saves(gen)
 
 
 def _update(
@@ -179,6 +199,10 @@ def _ask(
         at = history.get_checkpoint(ask.generation_id, ask.step) or history.continuation(
             ask.generation_id, ask.step, ask.params, None, now
         )
+        if at.params is None and ask.params is not None:
+            # an evaluation sent without params: the ask brings the worker's params at
+            # that step (the new generation's start holds them; the history's stays)
+            at = at.replace(params=ask.params)
     else:  # the worker is about to receive its assignment: schedule from there
         at = history.get_checkpoint(assigned.generation_id, assigned.step) or history.latest(
             assigned.generation_id
