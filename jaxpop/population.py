@@ -544,9 +544,8 @@ class PopulationController:
         if isinstance(generation_id, str) and generation_id in history:
             return history.latest(generation_id).step
         workers = self._state.workers
-        if type(worker_id) is int and 0 <= worker_id < len(workers):
-            return workers[worker_id].step
-        return 0  # the core refuses the worker id
+        i = _worker_index(worker_id, len(workers))  # (a numpy int too)
+        return 0 if i is None else workers[i].step  # (0: the core refuses the worker id)
 
     def finish(self, worker_id: int) -> None:
         """Worker ``worker_id`` is done: the population stops waiting for it.

@@ -763,3 +763,26 @@ def test_branching_single_machine_refuses_a_population_where_it_enters():
     with pytest.raises(ValueError, match="drives exactly one worker, got 2"):
         PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator)
     PopulationController([{"lr": 0.1}], mutator)  # one worker: fine
+
+
+def test_a_mutate_fn_that_edits_an_object_hparam_in_place_cannot_change_the_history():
+    """Hyperparameters held in an object that is not a pytree (a ``SimpleNamespace``)
+    were handed to ``mutate_fn`` as they were: editing it in place changed the winner's
+    recorded hparams, and every copier shared the one object, mutated once per copier."""
+    import types
+
+    def mutate_fn(m):
+        m.lr = m.lr * 0.5
+        return m
+
+    pop = PopulationController(
+        [types.SimpleNamespace(lr=0.1), types.SimpleNamespace(lr=0.2)],
+        WinnerTakeAllGenetic(mutate_fn, steps_per_exploit=10),
+    )
+    a = pop.maybe_get_worker_data(0, None, 0, None, None)
+    b = pop.maybe_get_worker_data(1, None, 0, None, None)
+    pop.set_eval(0, a.generation_id, 10, "a10", 0.5)
+    pop.set_eval(1, b.generation_id, 10, "b10", 0.3)  # worker 1 wins
+    assert pop.history[b.generation_id][10].meta_params.lr == 0.2
+    assert [w.meta_params.lr for w in pop.active_workers] == [0.1, 0.1]
+    assert pop.active_workers[0].meta_params is not pop.active_workers[1].meta_params

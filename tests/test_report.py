@@ -140,6 +140,22 @@ def test_load_reads_the_history_from_the_parent_dir(finished):
     assert data.hparam_names == ("log_lr", "opt.momentum")  # "name" is not numeric
 
 
+def test_every_hparam_keeps_a_column_of_its_own_in_the_history_rows():
+    """``value`` (a fixed column's name) became ``hparams.value``, the name of the nested
+    ``{"hparams": {"value": ...}}``: the header had it twice and 2.0 was lost; and a
+    key ``""`` was named ``value``, pushing the user's own ``value`` to ``value:2``."""
+    from jaxpop.history import History
+    from jaxpop.records import Checkpoint
+
+    meta = {"value": 1.0, "hparams": {"value": 2.0}, "x": {"": 3.0}}
+    history = History().add(Checkpoint(None, meta, "g", 0.5, None, 0, 0.0))
+    columns, rows = report.history_rows(history)
+    assert len(set(columns)) == len(columns)
+    assert sorted(v for k, v in rows[0].items() if k not in report.CSV_COLUMNS) == [1.0, 2.0, 3.0]
+    assert report.flatten_hparams({"": 0.3, "value": 0.4}) == {"": 0.3, "value": 0.4}
+    assert report.flatten_hparams(0.5) == {"value": 0.5}  # a bare scalar
+
+
 def test_flatten_hparams():
     import jax.numpy as jnp
 

@@ -9,6 +9,7 @@ import pickle
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from conftest import noop_mutator
@@ -363,7 +364,8 @@ def test_get_worker_data_sees_the_step_the_controller_resolved_for_step_none():
     pop.set_eval(0, gen, 7, None, 1.0)
     pop.maybe_get_worker_data(0, gen, None, None, None)  # the latest step recorded for gen
     pop.maybe_get_worker_data(1, None, None, None, None)  # worker 1's assigned step
-    assert steps == [7, 0]
+    pop.maybe_get_worker_data(np.int64(0), None, None, None, None)  # (it was taken as 0)
+    assert steps == [7, 0, 7]
 
 
 # -- what jaxpop cannot represent is refused by name ----------------------------------------

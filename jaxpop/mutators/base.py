@@ -16,6 +16,7 @@ generation from a checkpoint.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -32,6 +33,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import jax
 import numpy as np
 
+from jaxpop.boundary import _IMMUTABLE
 from jaxpop.events import Ask
 from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
@@ -542,11 +544,19 @@ def call_mutate_fn(
     """Calls ``fn(*args, key)`` if ``wants_key`` else ``fn(*args)``.
 
     The first argument (the ``meta_params`` to mutate) is passed as a fresh copy of its
-    containers, so a function that edits its argument in place cannot corrupt the
-    checkpoints in the history that share it.
+    containers, and of any leaf that may be edited in place (an object that is not a
+    pytree, such as a ``types.SimpleNamespace`` or a plain dataclass: deep-copied), so a
+    function that edits its argument in place cannot corrupt the checkpoints in the
+    history that share it (their numpy arrays are read-only).
     """
-    args = (jax.tree.map(lambda leaf: leaf, args[0]), *args[1:])
+    args = (jax.tree.map(_fresh, args[0]), *args[1:])
     return fn(*args, key) if wants_key else fn(*args)
+
+
+def _fresh(leaf: Any) -> Any:
+    if type(leaf) in _IMMUTABLE or isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+        return leaf
+    return copy.deepcopy(leaf)
 
 
 def evaluated_since(

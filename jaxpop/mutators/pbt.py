@@ -84,7 +84,9 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
     An exploit is a generation whose first checkpoint's ``parent`` belongs to another
     generation. For :class:`PopulationBasedTraining` that is exactly one exploit; other
     mutators' generation changes (a schedule switching, a WinnerTakeAllGenetic round) show up
-    the same way. A pure query: O(number of generations).
+    the same way, and so does a worker moved by ``checkpoint_missing`` to an ancestor's
+    checkpoint in another generation (a new generation with its own hyperparameters,
+    which no mutator decided). A pure query: O(number of generations).
 
     Args:
       history: the run's history (``controller.history`` or ``state.history``).

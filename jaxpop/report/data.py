@@ -148,7 +148,7 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     leaves, _ = jax.tree_util.tree_flatten_with_path(meta_params)
     for path, leaf in leaves:
-        name = ".".join(_key_name(p) for p in path) or "value"
+        name = ".".join(_key_name(p) for p in path) if path else "value"
         value = _scalar(leaf)
         if value is not None:
             _put(flat, name, value)

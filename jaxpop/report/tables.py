@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from jaxpop.history import History
@@ -19,6 +19,25 @@ CSV_COLUMNS = ("generation_id", "parent_generation", "parent_step", "step", "tim
 
 
 # -- tables: CSV rows and the summary -------------------------------------------------
+def _columns(names: Iterable[str]) -> dict[str, str]:
+    """Each hyperparameter's column: its name, or for a name like a fixed column's,
+    ``hparams.<name>`` (then ``:2``, ``:3``, ... past one taken: every value keeps a
+    column of its own)."""
+    used = {*CSV_COLUMNS, *(n for n in names if n not in CSV_COLUMNS)}
+    column = {}
+    for name in names:
+        if name in CSV_COLUMNS:
+            key, n = f"hparams.{name}", 1
+            while key in used:
+                n += 1
+                key = f"hparams.{name}:{n}"
+            used.add(key)
+            column[name] = key
+        else:
+            column[name] = name
+    return column
+
+
 def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
     """``(columns, rows)``: one row per checkpoint, in history order.
 
@@ -42,7 +61,7 @@ def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
         for name in hparams:
             names.setdefault(name)
         rows.append((row, hparams))
-    column = {n: f"hparams.{n}" if n in CSV_COLUMNS else n for n in names}
+    column = _columns(names)
     out = []
     for row, hparams in rows:
         for name in names:
