@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxpop import encoding
 from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing
 from jaxpop.history import History, check_mode
@@ -421,6 +422,14 @@ def _apply_mutator(
                 f"{who} returned a checkpoint for {checkpoint.ref}, which is already in "
                 "the history; a mutator may only add checkpoints, never replace them"
             )
+        if checkpoint.generation_id in history:
+            _check_same_hparams(
+                checkpoint.meta_params,
+                history,
+                checkpoint.generation_id,
+                who,
+                f"a new checkpoint ({checkpoint.ref})",
+            )
         history = history.add(checkpoint)
     changed = replaced(workers, state.workers)
     for i in changed:
@@ -439,20 +448,35 @@ def _apply_mutator(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "
                 "has no checkpoint in the history; return its starting checkpoint too"
             )
-        recorded = history.meta_params(worker.generation_id)
-        if worker.meta_params is not recorded and not tree_equal(worker.meta_params, recorded):
-            raise ValueError(
-                f"{who} gave worker {i} the meta_params {worker.meta_params!r:.80} in "
-                f"generation {worker.generation_id!r}, whose checkpoints record "
-                f"{recorded!r:.80}: a generation's hyperparameters never change (the "
-                "history would record other values than the worker trains with); start a "
-                "new generation, with its first checkpoint, for new ones"
-            )
+        _check_same_hparams(worker.meta_params, history, worker.generation_id, who, f"worker {i}")
     if mutator_state is state.mutator_state and not new_checkpoints and not changed:
         return state, changed
     if not changed:
         workers = state.workers
     return state._with(workers=workers, mutator_state=mutator_state, history=history), changed
+
+
+def _check_same_hparams(
+    meta_params: Any, history: History, generation_id: str, who: str, what: str
+) -> None:
+    """Raises unless ``meta_params`` are those ``generation_id``'s checkpoints record:
+    the same object (the usual case), equal (:func:`jaxpop.schedules.tree_equal`), or of
+    the same encoding (records the journal decoded apart, holding arrays or NaN)."""
+    recorded = history.meta_params(generation_id)
+    if meta_params is recorded or tree_equal(meta_params, recorded):
+        return
+    try:
+        same = encoding.encode(meta_params) == encoding.encode(recorded)
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise ValueError(
+            f"{who} gave {what} the meta_params {meta_params!r:.80} in generation "
+            f"{generation_id!r}, whose checkpoints record {recorded!r:.80}: a generation's "
+            "hyperparameters never change (the history would record other values than the "
+            "worker trains with); start a new generation, with its first checkpoint, for "
+            "new ones"
+        )
 
 
 def _finish(
@@ -529,7 +553,7 @@ def ask(
     reply_worker: ActiveWorker | None
     if generation_id is None or generation_id == "":
         reply_worker = assigned
-        if _unsaved(new.history, assigned):
+        if assigned.status == ACTIVE and _unsaved(new.history, assigned):
             # a worker that (re)starts cannot resume from an evaluation it sent without
             # params: it resumes from the newest checkpoint of its lineage that has them
             new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)

@@ -64,6 +64,7 @@ class _Generation(NamedTuple):  # a tuple: built at every add, cheaper than a da
     steps: _Steps  # descending
     first_step: int
     order: int  # creation order among generations (not "index": a tuple method)
+    with_params: int  # how many of its checkpoints hold params (History.saves)
 
 
 _BATCH = 3  # add_all of this many checkpoints or more builds in one pass
@@ -76,16 +77,23 @@ def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
     if not isinstance(checkpoint, Checkpoint):
         raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
     step = checkpoint.step
+    holds = checkpoint.params is not None
     gen = generations.get(checkpoint.generation_id)
     if gen is None:
         checkpoints = _NO_CHECKPOINTS.set(step, checkpoint)
-        return _Generation(checkpoints, (step, None), step, len(generations)), False
-    checkpoints, steps, first_step, order = gen
-    if step in checkpoints:
-        return _Generation(checkpoints.set(step, checkpoint), steps, first_step, order), True
+        return _Generation(checkpoints, (step, None), step, len(generations), holds), False
+    checkpoints, steps, first_step, order, with_params = gen
+    old = checkpoints.get(step)
+    if old is not None:
+        with_params += holds - (old.params is not None)
+        new = _Generation(checkpoints.set(step, checkpoint), steps, first_step, order, with_params)
+        return new, True
     steps = _insert_descending(steps, step)
     first_step = min(step, first_step)
-    return _Generation(checkpoints.set(step, checkpoint), steps, first_step, order), False
+    new = _Generation(
+        checkpoints.set(step, checkpoint), steps, first_step, order, with_params + holds
+    )
+    return new, False
 
 
 def _step_below(gen: _Generation, step: int) -> int | None:
@@ -434,15 +442,10 @@ class History(Mapping[str, GenerationView]):
         return latest
 
     def saves(self, generation_id: str) -> bool:
-        """Whether the generation's worker saves: its first checkpoint holds params (a
-        copy's start holds its source's), or an evaluated checkpoint does. ``False`` for the
-        generation of a worker that never sends params (``params=None`` throughout),
-        whose evaluations without params are all there is."""
-        first = self.first(generation_id)
-        if first.params is not None:
-            return True
-        loadable = self.latest_loadable(generation_id)
-        return loadable is not None and loadable.params is not None
+        """Whether any checkpoint of the generation holds params (a copy's start holds
+        its source's): its worker sends them. ``False`` for the generation of a worker
+        that never does (``params=None`` throughout). O(1)."""
+        return self._generations[generation_id].with_params > 0
 
     def branch_point(self, generation_id: str) -> CheckpointRef | None:
         """Where a generation was copied from: its first checkpoint's parent."""
@@ -508,7 +511,10 @@ def _unflatten(aux: tuple, children: Any) -> History:
         descending: _Steps = None
         for step in steps:  # increasing: the list ends up newest first
             descending = (step, descending)
-        generations[generation_id] = _Generation(checkpoints, descending, steps[0], index)
+        with_params = sum(getattr(c, "params", None) is not None for c in checkpoints.values())
+        generations[generation_id] = _Generation(
+            checkpoints, descending, steps[0], index, with_params
+        )
         count += len(steps)
     return History(generations.finish(), count, mode)
 

@@ -202,4 +202,11 @@ def test_saves_says_whether_a_generations_worker_sends_params():
     # a copy's start holds its source's params
     h = h.add(ck("b", 10, parent=("a", 10), params="p10"))
     assert h.saves("b")
-    assert h.add(ck("a", 12, parent=("a", 10), params="p12")).saves("a") is False  # unevaluated
+    assert h.add(ck("a", 12, parent=("a", 10), params="p12")).saves("a")
+    # counted as checkpoints are replaced: params marked gone, the generation saves no more
+    h = h.add(ck("c", 0, params="p0")).add(ck("c", 0))
+    assert not h.saves("c")
+    # and the same after a pytree round trip (a restore)
+    import jax
+
+    assert not jax.tree.map(lambda c: c, h).saves("c") and jax.tree.map(lambda c: c, h).saves("b")

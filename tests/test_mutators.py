@@ -254,6 +254,29 @@ def test_fixed_schedule_never_starts_a_generation_from_an_eval_sent_without_para
         assert (new.params, new.meta_params, new.step) == ("saved-20", {"lr": 0.01}, 20)
 
 
+def test_fixed_schedule_goes_by_where_the_worker_is_not_an_abandoned_later_step():
+    """After a restart moved the worker back from an evaluation without params (step 15)
+    to 10, the change due at 12 waited for an eval with params past 15 (review)."""
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({12: {"lr": 0.01}}))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 10, "a10", 1.0)
+    pop.set_eval(0, gen, 15, None, 0.9)
+    assert pop.maybe_get_worker_data(0, None, 0, None, None).step == 10  # a restart
+    new = pop.set_eval_and_ask(0, gen, 12, "a12", 0.8)
+    assert (new.params, new.meta_params, new.step) == ("a12", {"lr": 0.01}, 12)
+
+
+def test_fixed_schedule_on_ask_leaves_a_change_at_an_eval_without_params_to_the_ask():
+    """A loop that sends params at its asks only: the change due at its eval without
+    params was applied there, with ``params=None`` (review)."""
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({15: {"lr": 0.01}}, on_ask=True))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 15, None, 0.8)
+    assert pop.active_workers[0].generation_id == gen
+    new = pop.maybe_get_worker_data(0, gen, 15, "live-15", None)
+    assert (new.params, new.meta_params, new.step) == ("live-15", {"lr": 0.01}, 15)
+
+
 def test_fixed_schedule_changes_a_worker_that_never_sends_params_at_its_eval():
     pop = PopulationController([{"lr": 0.1}], FixedSchedule({15: {"lr": 0.01}}))
     gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id

@@ -80,10 +80,10 @@ class FixedSchedule(Mutator):
 
     An evaluation sent without params (a worker that evaluates more often than it saves)
     cannot start a generation: the worker would be told to initialise fresh parameters.
-    The change then waits for the worker's next evaluation with params, or, with
-    ``on_ask=True``, its next ask (which brings its params). A worker that never sends
-    params gets it at the evaluation, and initialises fresh parameters, as a copier of
-    such a worker does.
+    With ``on_ask=True`` the change is left to the worker's next ask, which brings its
+    params; otherwise it waits for the worker's next evaluation with params, and a
+    worker that never sends params gets it at the evaluation, and initialises fresh
+    parameters, as a copier of such a worker does.
 
     >>> from jaxpop import PopulationController
     >>> mutator = FixedSchedule({0: {"lr": 0.1}, 10: {"lr": 0.01}})
@@ -108,7 +108,7 @@ class FixedSchedule(Mutator):
         if not isinstance(on_ask, (bool, np.bool_)):
             raise TypeError(f"on_ask must be a bool, got {type(on_ask).__name__}: {on_ask!r:.40}")
 
-        config = _Config(due, value_at, compare)
+        config = _Config(due, value_at, compare, bool(on_ask))
         return super().__new__(
             cls,
             tuple,
@@ -122,6 +122,7 @@ class _Config(NamedTuple):
     due: Callable[[int], int]  # how many schedule points are passed at a step
     value_at: Callable[[int], Any]  # the meta_params of the i-th point (from 1)
     compare: bool  # skip a point whose value equals the current one
+    on_ask: bool  # asks apply changes too (an eval without params leaves its change to them)
 
 
 def _advance(
@@ -133,19 +134,20 @@ def _advance(
     at: Checkpoint,
     now: float,
     key: np.ndarray,
+    *,
+    on_ask: bool = False,
 ) -> MutatorResult:
-    """Moves ``worker_id`` to the schedule entry in force at ``at.step``."""
+    """Moves ``worker_id`` to the schedule entry in force at ``at.step`` (``on_ask``: an
+    update of a mutator whose asks apply changes too)."""
     passed = state[worker_id] if worker_id < len(state) else 0
     index = config.due(at.step)
-    if index <= passed:
+    if index <= passed or _waits(history, at, on_ask):
         return state, workers, ()
     new_state = list(state) + [0] * (worker_id + 1 - len(state))
     new_state[worker_id] = index
     meta_params = config.value_at(index)
     if config.compare and tree_equal(meta_params, at.meta_params):
         return tuple(new_state), workers, ()
-    if _unsaved(history, at):
-        return state, workers, ()  # not yet: see _unsaved
     new_checkpoints = []
     if history.get_checkpoint(at.generation_id, at.step) is None:
         new_checkpoints.append(at)
@@ -155,15 +157,17 @@ def _advance(
     return tuple(new_state), new_workers, tuple(new_checkpoints)
 
 
-def _unsaved(history: History, at: Checkpoint) -> bool:
-    """Whether ``at`` is an evaluation sent without params (past its generation's start)
-    by a worker that saves: a generation started there would hand the worker
-    ``params=None`` ("initialise fresh parameters"), so the change waits for a
-    checkpoint that has params (with ``on_ask``, the next ask, which carries them). A
-    worker that never saves gets it there, and initialises fresh parameters, as when it
-    is copied."""
+def _waits(history: History, at: Checkpoint, on_ask: bool) -> bool:
+    """Whether a change due at ``at`` waits: ``at`` is an evaluation sent without params
+    (past its generation's start), so a generation started there would hand the worker
+    ``params=None`` ("initialise fresh parameters"). It waits for the worker's next
+    checkpoint with params, if the worker saves, or (``on_ask``) for its next ask, which
+    brings them. A worker that never sends params gets it there, and initialises fresh
+    parameters, as a copier of such a worker does."""
     gen = at.generation_id
-    return at.params is None and at.step > history.first(gen).step and history.saves(gen)
+    if at.params is not None or at.step <= history.first(gen).step:
+        return False
+    return on_ask or history.saves(gen)
 
 
 def _update(
@@ -176,9 +180,12 @@ def _update(
 ) -> MutatorResult:
     new_checkpoints: list[Checkpoint] = []
     for worker_id, worker in enumerate(workers):
-        latest = history.latest(worker.generation_id)
+        # where the worker is (its assignment follows its evaluations): not a later step
+        # of its generation that a run it abandoned left behind
+        gen = worker.generation_id
+        at = history.get_checkpoint(gen, worker.step) or history.latest(gen)
         state, workers, added = _advance(
-            config, state, workers, history, worker_id, latest, now, key
+            config, state, workers, history, worker_id, at, now, key, on_ask=config.on_ask
         )
         history = history.add_all(added)
         new_checkpoints.extend(added)
