@@ -83,7 +83,8 @@ class FixedSchedule(Mutator):
     With ``on_ask=True`` the change is left to the worker's next ask, which brings its
     params; otherwise it waits for the worker's next evaluation with params, and a
     worker that never sends params gets it at the evaluation, and initialises fresh
-    parameters, as a copier of such a worker does.
+    parameters, as a copier of such a worker does. (A grid point passed meanwhile is
+    counted then too, changed or not.)
 
     >>> from jaxpop import PopulationController
     >>> mutator = FixedSchedule({0: {"lr": 0.1}, 10: {"lr": 0.01}})
@@ -180,8 +181,11 @@ def _update(
 ) -> MutatorResult:
     new_checkpoints: list[Checkpoint] = []
     for worker_id, worker in enumerate(workers):
-        # where the worker is (its assignment follows its evaluations): not a later step
-        # of its generation that a run it abandoned left behind
+        passed = state[worker_id] if worker_id < len(state) else 0
+        if config.due(worker.step) <= passed:
+            continue  # nothing due where it is (the usual case: no lookup)
+        # where the worker is (its assignment follows its evaluations, and is always
+        # recorded): not a later step a run it abandoned left behind
         gen = worker.generation_id
         at = history.get_checkpoint(gen, worker.step) or history.latest(gen)
         state, workers, added = _advance(
