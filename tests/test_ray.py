@@ -290,6 +290,48 @@ def test_errors_are_loud(ray_session, tmp_path):
         assert time.monotonic() - start < 30
 
 
+def test_a_client_never_follows_its_name_to_another_run(ray_session, tmp_path):
+    """The controller is shut down and another run is served under the same name on
+    another log_dir: an old client switched to it, and its evals were acknowledged
+    while in neither run (hostile test). A new serve on the same log_dir is the run."""
+    a = jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "a", name="run")
+    worker = jaxpop_ray.connect("run")
+    gen = worker.maybe_get_worker_data(0, None, 0, None, None).generation_id  # (pins the run)
+    a.shutdown()
+    b = jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "b", name="run", seed=1)
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="now serves another run"):
+        worker.set_eval(0, gen, 5, "ckpt", 0.5)
+    b.shutdown()
+    with jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "a", name="run"):
+        worker.set_eval(0, gen, 5, "ckpt", 0.5)  # its own run again: it goes on
+        assert worker.history[gen][5].value == 0.5
+
+
+def test_serve_passes_rays_own_option_errors_through(ray_session, tmp_path):
+    """Every ValueError of Ray's options was reported as "a Ray actor named ... already
+    exists" (hostile test)."""
+    for options in ({"max_restarts": -2}, {"num_cpus": -1}):
+        with pytest.raises(ValueError) as raised:
+            jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path, name="opt", **options)
+        assert "already exists" not in str(raised.value)
+    with pytest.raises(ValueError, match="timeout_s"):  # refused before any actor exists
+        jaxpop_ray.serve(
+            _population(2), _wta(), log_dir=tmp_path, name="det", detached=True, timeout_s=0
+        )
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError):
+        jaxpop_ray.connect("det")
+
+
+def _exits(worker_id):
+    sys.exit(3)
+
+
+def test_a_worker_function_that_calls_sys_exit_is_an_error_not_a_restart(ray_session):
+    """Ray took ``SystemExit`` for a crash and restarted the worker forever."""
+    with pytest.raises(jaxpop_ray.WorkerError, match=r"sys.exit\(3\)"):
+        jaxpop_ray.run_workers(_exits, 1, timeout_s=60, num_cpus=0)
+
+
 def _fail_on_one(worker_id, release):
     if worker_id == 1:
         raise KeyError("boom")
@@ -367,3 +409,19 @@ def test_a_ray_example_worker_started_after_the_run_is_over_loads_nothing():
 
     result = train.train_worker(0, Over(), argparse.Namespace())  # reads no flag at all
     assert result == {"accuracies": {}, "compilations": 0, "dataset": None}
+
+
+@pytest.mark.parametrize(
+    "timeout_s, expected",
+    [(None, None), (math.inf, None), (2, 2.0), (0.5, 0.5), (1e9, 1e9)]
+    + [(bad, ValueError) for bad in (0, -1.0, math.nan, 1e300, -math.inf)]
+    + [(bad, TypeError) for bad in (True, "5", np.array([1.0]))],
+)
+def test_timeouts_are_seconds_or_forever(timeout_s, expected):
+    """``inf`` or ``1e300`` passed, then every call failed with an OverflowError; ``True``
+    meant one second (hostile test)."""
+    if isinstance(expected, type):
+        with pytest.raises(expected, match="timeout_s"):
+            jaxpop_ray._check_timeout(timeout_s)
+    else:
+        assert jaxpop_ray._check_timeout(timeout_s) == expected

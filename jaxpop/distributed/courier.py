@@ -356,7 +356,7 @@ def get_courier_client(
     """
     jaxpop_ray = _ray()
     client = jaxpop_ray.connect(name, namespace=namespace, timeout_s=timeout_s, wait_s=wait_s)
-    return _client_class()(client.actor, name, namespace, timeout_s=timeout_s)
+    return _client_class()(client.actor, name, namespace, timeout_s=client.timeout_s)
 
 
 @functools.cache
@@ -373,14 +373,21 @@ def _client_class() -> type:
             return _Futures(self)
 
         def __reduce__(self) -> tuple[Any, ...]:
-            return _rebuild, (self.actor, self.name, self.namespace, self.timeout_s)
+            args = (self.actor, self.name, self.namespace, self.timeout_s, self._log_dir)
+            return _rebuild, args
 
     CourierClient.__module__ = __name__
     return CourierClient
 
 
-def _rebuild(actor: Any, name: str, namespace: str | None, timeout_s: float | None) -> Any:
-    return _client_class()(actor, name, namespace, timeout_s=timeout_s)
+def _rebuild(
+    actor: Any,
+    name: str,
+    namespace: str | None,
+    timeout_s: float | None,
+    log_dir: str | None = None,
+) -> Any:
+    return _client_class()(actor, name, namespace, timeout_s=timeout_s, log_dir=log_dir)
 
 
 class _Futures:

@@ -50,6 +50,23 @@ _DONE_POLL_S = 0.2  # how often WorkerGroup.wait(until_done=...) asks whether th
 #: failures after which a call is sent again: the actor restarts, is unreachable, or the
 #: reply was lost with its node
 _RESEND = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+_MAX_TIMEOUT_S = 1e9  # about 31 years: Ray's waits take no more (past it: None, forever)
+
+
+def _check_timeout(timeout_s: Any, what: str = "timeout_s") -> float | None:
+    """``timeout_s`` as seconds: ``None`` or ``inf`` wait forever."""
+    if timeout_s is None:
+        return None
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, got {timeout_s!r:.40}")
+    if timeout_s == math.inf:
+        return None
+    if not 0 < timeout_s <= _MAX_TIMEOUT_S:
+        raise ValueError(
+            f"{what} must be positive seconds, at most 1e9 (None or inf: forever), got "
+            f"{timeout_s!r}"
+        )
+    return float(timeout_s)
 
 
 class ControllerUnavailableError(RuntimeError):
@@ -235,15 +252,16 @@ class PopulationClient:
         *,
         timeout_s: float | None = 120.0,
         owner: bool = False,
+        log_dir: str | None = None,
     ):
-        if timeout_s is not None and not timeout_s > 0:
-            raise ValueError(f"timeout_s must be positive or None, got {timeout_s}")
         self._actor = actor
         self.name = name
         self.namespace = namespace
-        self.timeout_s = timeout_s
+        self.timeout_s = _check_timeout(timeout_s)
         self._owner = owner
-        self._log_dir: str | None = None
+        # the run this client serves: learned at its first answer, and checked when the
+        # name is found to name another actor (a run on another log_dir is not this one)
+        self._log_dir: str | None = log_dir
 
     # -- the seed's API -------------------------------------------------------------
     def maybe_get_worker_data(
@@ -387,7 +405,8 @@ class PopulationClient:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _rebuild_client, (self._actor, self.name, self.namespace, self.timeout_s)
+        args = (self._actor, self.name, self.namespace, self.timeout_s, self._log_dir)
+        return _rebuild_client, args
 
     def __repr__(self) -> str:
         return f"PopulationClient(name={self.name!r}, namespace={self.namespace!r})"
@@ -401,7 +420,10 @@ class PopulationClient:
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                return ray.get(ref, timeout=remaining)
+                result = ray.get(ref, timeout=remaining)
+                if self._log_dir is None:
+                    self._pin()
+                return result
             except ray.exceptions.RayTaskError as e:  # the controller raised: no retry
                 cause = getattr(e, "cause", None)
                 if isinstance(cause, BaseException):
@@ -410,7 +432,7 @@ class PopulationClient:
             except ray.exceptions.GetTimeoutError as e:
                 raise self._unavailable(method, start, e) from e
             except ray.exceptions.ActorDiedError as e:
-                if not self._find_actor():
+                if not self._find_actor(deadline):
                     raise ControllerUnavailableError(
                         f"the controller actor {self.name!r} (namespace {self.namespace!r}) "
                         "died and is not coming back (max_restarts used up, killed without "
@@ -428,12 +450,35 @@ class PopulationClient:
             backoff = min(2 * backoff, _MAX_BACKOFF_S)
             ref = getattr(self._actor, method).remote(*args)
 
-    def _find_actor(self) -> bool:
-        """Looks the name up again: ``False`` if nothing serves it any more."""
+    def _pin(self) -> None:
+        """Learns the run this client serves (its ``log_dir``), once: at its first answer
+        (if the actor does not answer now, at a later one)."""
+        with contextlib.suppress(ray.exceptions.RayError):
+            info = ray.get(self._actor.info.remote(), timeout=self.timeout_s)
+            self._log_dir = info["log_dir"]
+
+    def _find_actor(self, deadline: float | None) -> bool:
+        """Looks the name up again: ``False`` if nothing serves it any more. Another
+        actor under the name (a new ``serve``) is taken only if it serves this client's
+        run (its ``log_dir``); another run's is a :class:`ControllerUnavailableError`."""
         try:
             actor = ray.get_actor(self.name, namespace=self.namespace)
         except ValueError:
             return False
+        if self._log_dir is None or actor._actor_id == self._actor._actor_id:
+            self._actor = actor  # (the same actor, restarted by Ray)
+            return True
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            theirs = ray.get(actor.info.remote(), timeout=remaining)["log_dir"]
+        except ray.exceptions.RayError:
+            return True  # not answering yet: the caller tries again, then asks again
+        if theirs != self._log_dir:
+            raise ControllerUnavailableError(
+                f"the controller actor {self.name!r} (namespace {self.namespace!r}) died, "
+                f"and the name now serves another run (log_dir {theirs!r}), not this "
+                f"client's ({self._log_dir!r}): serve this run again on its log_dir"
+            )
         self._actor = actor
         return True
 
@@ -447,9 +492,13 @@ class PopulationClient:
 
 
 def _rebuild_client(
-    actor: Any, name: str, namespace: str | None, timeout_s: float | None
+    actor: Any,
+    name: str,
+    namespace: str | None,
+    timeout_s: float | None,
+    log_dir: str | None = None,
 ) -> PopulationClient:
-    return PopulationClient(actor, name, namespace, timeout_s=timeout_s)
+    return PopulationClient(actor, name, namespace, timeout_s=timeout_s, log_dir=log_dir)
 
 
 def serve(
@@ -515,6 +564,7 @@ def serve(
         raise ValueError(f"name must be a non-empty str, got {name!r}")
     if stop_when is not None and not isinstance(stop_when, core.StopWhen):
         raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
+    timeout_s = _check_timeout(timeout_s)  # (before the actor exists: none is left behind)
     options = _ControllerOptions(
         os.path.abspath(os.fspath(log_dir)),
         seed,
@@ -540,7 +590,9 @@ def serve(
             .options(**actor_kwargs)
             .remote(list(initial_population), mutator, clock, options)
         )
-    except ValueError as e:  # ray.exceptions.ActorAlreadyExistsError
+    except ValueError as e:
+        if "already taken" not in str(e):  # (ActorAlreadyExistsError's; else Ray's own)
+            raise
         raise ValueError(
             f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
             f"connect({name!r}) to reach it, or shut it down first"
@@ -570,6 +622,7 @@ def connect(
 
     Raises :class:`ControllerUnavailableError` if no actor has that name by then.
     """
+    timeout_s = _check_timeout(timeout_s)
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -592,7 +645,10 @@ class _WorkerActor:
     def run(
         self, fn: Callable[..., Any], worker_id: int, args: tuple, kwargs: dict[str, Any]
     ) -> Any:
-        return fn(worker_id, *args, **kwargs)
+        try:
+            return fn(worker_id, *args, **kwargs)
+        except SystemExit as e:  # raised by the function: an error, not a crash to restart
+            raise RuntimeError(f"worker {worker_id}'s function called sys.exit({e.code!r})") from e
 
 
 @functools.cache
