@@ -413,9 +413,9 @@ def test_a_ray_example_worker_started_after_the_run_is_over_loads_nothing():
 
 @pytest.mark.parametrize(
     "timeout_s, expected",
-    [(None, None), (math.inf, None), (2, 2.0), (0.5, 0.5), (1e9, 1e9)]
-    + [(bad, ValueError) for bad in (0, -1.0, math.nan, 1e300, -math.inf)]
-    + [(bad, TypeError) for bad in (True, "5", np.array([1.0]))],
+    [(None, None), (math.inf, None), (2, 2.0), (0.5, 0.5), (1e9, 1e9), (np.float32(2), 2.0)]
+    + [(bad, ValueError) for bad in (0, -1.0, math.nan, 1e300, -math.inf, 10**400)]
+    + [(bad, TypeError) for bad in (True, np.bool_(True), "5", np.array([1.0]))],
 )
 def test_timeouts_are_seconds_or_forever(timeout_s, expected):
     """``inf`` or ``1e300`` passed, then every call failed with an OverflowError; ``True``

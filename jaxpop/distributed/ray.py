@@ -14,12 +14,14 @@ import contextlib
 import dataclasses
 import functools
 import math
+import numbers
 import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import ray
 import ray.exceptions
 
@@ -57,16 +59,20 @@ def _check_timeout(timeout_s: Any, what: str = "timeout_s") -> float | None:
     """``timeout_s`` as seconds: ``None`` or ``inf`` wait forever."""
     if timeout_s is None:
         return None
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)):
+    if isinstance(timeout_s, (bool, np.bool_)) or not isinstance(timeout_s, numbers.Real):
         raise TypeError(f"{what} must be a number of seconds or None, got {timeout_s!r:.40}")
-    if timeout_s == math.inf:
+    try:
+        seconds = float(timeout_s)
+    except OverflowError:  # an int past float's range: not a timeout either
+        seconds = math.nan
+    if seconds == math.inf:
         return None
-    if not 0 < timeout_s <= _MAX_TIMEOUT_S:
+    if not 0 < seconds <= _MAX_TIMEOUT_S:
         raise ValueError(
             f"{what} must be positive seconds, at most 1e9 (None or inf: forever), got "
             f"{timeout_s!r}"
         )
-    return float(timeout_s)
+    return seconds
 
 
 class ControllerUnavailableError(RuntimeError):
@@ -259,7 +265,7 @@ class PopulationClient:
         self.namespace = namespace
         self.timeout_s = _check_timeout(timeout_s)
         self._owner = owner
-        # the run this client serves: learned at its first answer, and checked when the
+        # the run this client serves: learned before its first call, and checked when the
         # name is found to name another actor (a run on another log_dir is not this one)
         self._log_dir: str | None = log_dir
 
@@ -413,6 +419,10 @@ class PopulationClient:
 
     # -- calls and retries ----------------------------------------------------------
     def _call(self, method: str, *args: Any) -> Any:
+        if self._log_dir is None and method != "info":
+            # the run this client serves, learned before its first call (nothing it sends
+            # can then land in another run: see _find_actor)
+            self._log_dir = self._call("info")["log_dir"]
         start = time.monotonic()
         deadline = None if self.timeout_s is None else start + self.timeout_s
         backoff = _FIRST_BACKOFF_S
@@ -420,10 +430,7 @@ class PopulationClient:
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                result = ray.get(ref, timeout=remaining)
-                if self._log_dir is None:
-                    self._pin()
-                return result
+                return ray.get(ref, timeout=remaining)
             except ray.exceptions.RayTaskError as e:  # the controller raised: no retry
                 cause = getattr(e, "cause", None)
                 if isinstance(cause, BaseException):
@@ -450,13 +457,6 @@ class PopulationClient:
             backoff = min(2 * backoff, _MAX_BACKOFF_S)
             ref = getattr(self._actor, method).remote(*args)
 
-    def _pin(self) -> None:
-        """Learns the run this client serves (its ``log_dir``), once: at its first answer
-        (if the actor does not answer now, at a later one)."""
-        with contextlib.suppress(ray.exceptions.RayError):
-            info = ray.get(self._actor.info.remote(), timeout=self.timeout_s)
-            self._log_dir = info["log_dir"]
-
     def _find_actor(self, deadline: float | None) -> bool:
         """Looks the name up again: ``False`` if nothing serves it any more. Another
         actor under the name (a new ``serve``) is taken only if it serves this client's
@@ -473,7 +473,7 @@ class PopulationClient:
             theirs = ray.get(actor.info.remote(), timeout=remaining)["log_dir"]
         except ray.exceptions.RayError:
             return True  # not answering yet: the caller tries again, then asks again
-        if theirs != self._log_dir:
+        if theirs != self._log_dir and os.path.realpath(theirs) != os.path.realpath(self._log_dir):
             raise ControllerUnavailableError(
                 f"the controller actor {self.name!r} (namespace {self.namespace!r}) died, "
                 f"and the name now serves another run (log_dir {theirs!r}), not this "
@@ -591,7 +591,8 @@ def serve(
             .remote(list(initial_population), mutator, clock, options)
         )
     except ValueError as e:
-        if "already taken" not in str(e):  # (ActorAlreadyExistsError's; else Ray's own)
+        taken = getattr(ray.exceptions, "ActorAlreadyExistsError", None)
+        if not (isinstance(e, taken) if taken else "already taken" in str(e)):
             raise
         raise ValueError(
             f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
@@ -648,6 +649,8 @@ class _WorkerActor:
         try:
             return fn(worker_id, *args, **kwargs)
         except SystemExit as e:  # raised by the function: an error, not a crash to restart
+            if hasattr(e, "ray_terminate_msg"):  # Ray's own exit (SIGTERM): a restart
+                raise
             raise RuntimeError(f"worker {worker_id}'s function called sys.exit({e.code!r})") from e
 
 
