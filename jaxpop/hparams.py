@@ -114,7 +114,9 @@ def make_optimizer(
     named below), lands in the state's ``hyperparams`` (with dtype ``hyperparam_dtype``;
     a Python int too, such as
     ``weight_decay=0``, where the optimizer takes a float: a float default or a type
-    hint that admits ``float``; ``seed=0`` stays an int),
+    hint that admits ``float`` and not ``int``; ``seed=0`` stays an int, and so does
+    ``momentum=0`` for ``optax.sgd``, whose hint admits both: write ``0.0``; numpy
+    scalars are taken as the Python numbers they hold),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
     ``static_args``, booleans, and the sizes optax reads in Python (adafactor's
     ``min_dim_size_to_factor`` and ``decay_offset``, lbfgs's ``memory_size``: injected,
@@ -181,6 +183,10 @@ def make_optimizer(
     read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
     static_args = (*static_args, *[n for n in read_in_python if n not in static_args])
     for name, value in list(arguments.items()):
+        if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+            # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
+            # read from a config) would be baked in, and never change online
+            value = arguments[name] = value.item()
         if type(value) is int and name in floats and name not in static_args:
             # a float written as an int (weight_decay=0): injected as an int, it could
             # never be set to a float
@@ -358,7 +364,8 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
       TypeError: a leaf is not numeric (or complex, for a real ``dtype``); the message
         names its path.
       ValueError: a leaf's value is one ``dtype`` cannot hold (``1e39`` in float32,
-        ``2**40`` in int32), as :func:`set_hparams` refuses it.
+        ``2**40`` in int32, ``0.7``, NaN or inf in an integer dtype), as
+        :func:`set_hparams` refuses it.
 
     >>> import numpy as np
     >>> as_traced({"aug": 0.5, "smoothing": np.float64(0.125)})
@@ -366,11 +373,14 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     """
 
     bounds = _bounds(dtype)
+    integer = bounds is not None and not bounds[2]
 
     def convert(path: tuple, leaf: Any) -> jax.Array:
         # host values are checked as set_hparams checks them; a jax array is not read
         # back (that would wait for the device)
         kind = type(leaf)
+        if integer and (kind is float or isinstance(leaf, (np.ndarray, np.generic))):
+            _check_whole(np.asarray(leaf), dtype, _where(path))
         if kind is float or kind is int:  # the usual case: no numpy
             if bounds is not None and not bounds[0] <= leaf <= bounds[1]:
                 if kind is float and bounds[2] and not math.isfinite(leaf):
@@ -391,6 +401,21 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
             ) from err
 
     return jax.tree_util.tree_map_with_path(convert, tree)
+
+
+def _check_whole(host: np.ndarray, dtype: Any, where: str) -> None:
+    """Refuses a float value an integer ``dtype`` would cut (``0.7`` to ``0``, NaN or inf
+    to ``INT_MIN``)."""
+    if host.dtype.kind == "f" or (
+        host.dtype.kind == "V" and jnp.issubdtype(host.dtype, jnp.floating)
+    ):
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(host) & (np.floor(host) == host)
+        if not np.all(whole):
+            raise ValueError(
+                f"as_traced: leaf {where} = {host.tolist()!r:.60} is not a whole number, "
+                f"which {jnp.dtype(dtype)} would cut; round it first"
+            )
 
 
 def _require_states(opt_state: Any) -> list[tuple[str, Any]]:

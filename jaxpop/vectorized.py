@@ -176,12 +176,31 @@ def write_hparams(
     return set_hparams(train_state, values) if values else train_state
 
 
+def _write_copies(
+    train_state: Any,
+    hparams: Mapping[str, jax.Array],
+    optimizer_hparams: OptimizerHparams | None,
+    copied: jax.Array,
+) -> Any:
+    """:func:`write_hparams` for the members that ``copied`` only: a member that keeps
+    going keeps its optimizer state whole, whatever its train step wrote there."""
+    written = write_hparams(train_state, hparams, optimizer_hparams)
+
+    def select(new: Any, old: Any) -> Any:
+        if new is old:  # (a leaf write_hparams did not touch)
+            return old
+        mask = copied.reshape(copied.shape + (1,) * (jnp.ndim(new) - 1))
+        return jnp.where(mask, new, old)
+
+    return jax.tree.map(select, written, train_state)
+
+
 # -- initialisation and the vmapped step ------------------------------------------------------
 def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax.Array]:
     """Given hyperparameters in the dtype a draw from ``space`` has (float32, int32):
     integers written where the space samples floats (``-4`` for ``-4.0``) would truncate
-    every explored value, and a narrower dtype (int8, bfloat16) would saturate or round
-    it (an int8 200 is 127). A 32-bit or wider one, or a float for an integer space,
+    every explored value, and a narrower dtype (int8, bfloat16, bool) would be refused
+    (an int8 cannot hold 200) or round it. A 32-bit or wider one, or a float for an integer space,
     stays."""
     if not isinstance(space, Mapping):
         return hparams
@@ -203,8 +222,8 @@ def _as_space_dtypes(hparams: dict[str, jax.Array], space: Any) -> dict[str, jax
         narrower = v.dtype.itemsize < min(want.dtype.itemsize, 4)
         if jnp.issubdtype(want.dtype, jnp.inexact):  # an int (or bool) converted, too
             widen = narrower or not jnp.issubdtype(v.dtype, jnp.inexact)
-        else:  # (a float given for an integer space stays a float)
-            widen = narrower and jnp.issubdtype(v.dtype, jnp.integer)
+        else:  # (a float given for an integer space stays a float; a bool is widened)
+            widen = narrower and (jnp.issubdtype(v.dtype, jnp.integer) or v.dtype == bool)
         if widen:
             out[k] = v.astype(want.dtype)
     return out
@@ -535,7 +554,7 @@ def exploit_explore(
     generation = jnp.where(copied, new_index, pop.generation)
     gathered = _refresh_keys(gathered, copied, new_index, is_key or is_key_leaf)
     new_pop = pop.replace(
-        train_state=write_hparams(gathered, hparams, optimizer_hparams),
+        train_state=_write_copies(gathered, hparams, optimizer_hparams, copied),
         hparams=hparams,
         scores=scores,
         generation=generation,
@@ -774,7 +793,8 @@ def constrain(pop: Any, mesh: Mesh | None, axis: str = AXIS) -> Any:
 # -- host-side lineage ------------------------------------------------------------------------
 def generation_id(root_key: RawKey, index: int) -> GenerationId:
     """The jaxpop generation id of generation index ``index`` in the run of ``root_key``."""
-    return new_generation_id(np.asarray(root_key, np.uint32), int(index))
+    raw = _raw(root_key) if _is_typed(root_key) else root_key
+    return new_generation_id(np.asarray(raw, np.uint32), int(index))
 
 
 def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float | int]:
@@ -803,7 +823,8 @@ def lineage_init(
     ``selection`` of :func:`exploit_explore` ranks them (``"max"``: higher), recorded
     in the history for garbage collection, replay and reports.
     """
-    root_key = np.asarray(root_key, np.uint32)
+    # (a typed key too, as init takes one)
+    root_key = np.asarray(_raw(root_key) if _is_typed(root_key) else root_key, np.uint32)
     step = int(pop.step)
     generation = np.asarray(pop.generation)
     workers, history = [], History(mode=check_mode(mode))
@@ -941,7 +962,13 @@ def _raw(key: Any) -> jax.Array:
     """A raw ``uint32[2]`` key from a raw or a typed key (a float or bool array is no
     key: cast, ``[0.5, 1.5]`` would silently be the key ``[0, 1]``)."""
     if _is_typed(key):
-        return jax.random.key_data(key)
+        data = jax.random.key_data(key)
+        if data.shape[-1:] != (2,):  # (rbg, unsafe_rbg: 4 words)
+            raise TypeError(
+                f"a typed key must be a threefry one (jax.random.key(seed)), got one of "
+                f"{jax.random.key_impl(key)}; or pass a raw uint32[2] key"
+            )
+        return data
     _check_raw(key)
     return jnp.asarray(key, jnp.uint32)
 

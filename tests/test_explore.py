@@ -507,3 +507,80 @@ def test_a_flat_space_decides_as_the_general_walk(monkeypatch):
             if fast[0] == "ok":
                 assert [type(v) for v in fast[1].values()] == [type(v) for v in slow[1].values()]
                 assert list(fast[1]) == list(slow[1])
+
+
+# -- values whose dtype cannot hold the space --------------------------------------------------
+@pytest.mark.parametrize(
+    "space, value",
+    [
+        (ex.randint(0, 200), np.int8(120)),  # explored to 144: wrapped to -112
+        (ex.randint(0, 300), np.array([7, 9], np.uint8)),
+        (ex.choice([0.5, 1.0, 2.0]), np.int64(1)),  # 0.5 was cut to 0, not in the list
+        (ex.choice([1, 2, 300]), np.uint8(2)),  # 300 wrapped to 44
+        (ex.randint(0, 2**40), jnp.int32(5)),  # (without x64)
+        (ex.randint(0, 200), jnp.asarray([1, 2], jnp.int8)),
+    ],
+)
+def test_a_dtype_that_cannot_hold_the_space_is_refused(space, value):
+    for op in (
+        lambda: ex.perturb(keys(1)[0], {"n": space}, {"n": value}),
+        lambda: ex.clip({"n": space}, {"n": value}),
+        lambda: ex.check_values({"n": space}, {"n": value}),
+    ):
+        with pytest.raises(ValueError, match="cannot hold every value"):
+            op()
+
+
+def test_a_numpy_dtype_that_holds_the_space_keeps_its_dtype():
+    out = ex.perturb(keys(1)[0], {"n": ex.randint(0, 127)}, {"n": np.int8(120)})
+    assert out["n"].dtype == np.int8 and 0 <= out["n"] <= 126
+    out = ex.explore(keys(1)[0], {"n": ex.choice([1.0, 2.0, 4.0])}, {"n": np.array([1, 4])})
+    assert out["n"].dtype == np.int64 and set(out["n"].tolist()) <= {1, 2, 4}
+
+
+def test_a_controller_refuses_an_initial_value_whose_dtype_cannot_hold_its_space():
+    from jaxpop import PopulationController
+    from jaxpop.mutators import MultipleFrequenciesPBT, PopulationBasedTraining
+
+    for mutator in (
+        PopulationBasedTraining(
+            perturbation_interval=1, hyperparam_space={"n": ex.randint(0, 200)}
+        ),
+        MultipleFrequenciesPBT(t_ready=1, hyperparam_space={"n": ex.randint(0, 200)}),
+    ):
+        with pytest.raises(ValueError, match=r"initial_population\[0\].*int8"):
+            PopulationController([{"n": np.int8(120)}] * 4, mutator)
+
+
+def test_device_randint_past_2_24_stays_inside_the_space():
+    # float32 arithmetic rounds 2**25 - 1 up to 2**25, which is outside [0, 2**25)
+    space = {"n": ex.randint(0, 2**25)}
+    value = {"n": jnp.asarray([2**25 - 1, 2**24 + 1, 3], jnp.int32)}
+    key = jax.random.key(0)
+    for out in (
+        ex.clip(space, value),
+        ex.perturb(key, space, value, perturbation_factors=(1.2,)),
+        ex.resample(key, space, value, resample_probability=1.0),
+        jax.jit(lambda k, v: ex.explore(k, space, v))(key, value),
+    ):
+        assert out["n"].dtype == jnp.int32
+        assert np.all((np.asarray(out["n"]) >= 0) & (np.asarray(out["n"]) < 2**25)), out
+
+
+def test_device_randint_up_to_int32_max_and_a_sample_past_it():
+    space = {"seed": ex.randint(0, 2**31)}  # an int32 holds 2**31 - 1
+    for op in (ex.perturb, ex.resample, ex.explore):
+        out = op(jax.random.key(1), space, {"seed": jnp.int32(7)})  # (raised OverflowError)
+        assert out["seed"].dtype == jnp.int32 and int(out["seed"]) >= 0
+    if not jax.config.jax_enable_x64:
+        with pytest.raises(ValueError, match="cannot hold every value"):
+            jax.jit(lambda k: ex.sample(k, {"seed": ex.randint(0, 2**40)}))(jax.random.key(0))
+
+
+def test_a_python_int_past_float64_and_a_device_bool_are_refused_clearly():
+    with pytest.raises(ValueError, match="float64's range"):
+        ex.check_values({"w": ex.uniform(0.0, 1e300)}, {"w": 2**1100})
+    with pytest.raises(ValueError, match="float64's range"):
+        ex.perturb(keys(1)[0], {"w": ex.choice([1, 2])}, {"w": 10**400})
+    with pytest.raises(TypeError, match="bool array"):  # explored to True / False
+        ex.perturb(jax.random.key(0), {"n": ex.randint(0, 10)}, {"n": jnp.asarray([True])})

@@ -474,6 +474,23 @@ def test_make_optimizer_errors():
         select_hparams({"a": 1, "b": 2}, {"a": "learning_rate", "b": "learning_rate"})
 
 
+def test_make_optimizer_injects_numpy_scalars():
+    """optax injects only ints, floats and arrays: a numpy scalar learning rate (read
+    from a config) was baked in, so set_hparams could never change it."""
+    meta = {"learning_rate": np.float32(0.1), "b1": np.float64(0.5)}
+    state = make_optimizer(
+        optax.adamw, meta, weight_decay=np.int64(0), nesterov=np.bool_(True)
+    ).init(PARAMS)
+    hp = get_hparams(state)
+    assert {"learning_rate", "b1", "weight_decay"} <= set(hp)
+    assert hp["learning_rate"] == jnp.float32(0.1) and hp["b1"] == 0.5
+    assert hp["weight_decay"].dtype == jnp.float32  # an int where adamw takes a float
+    assert "nesterov" not in hp  # a bool is baked in, numpy's too
+    assert float(get_hparams(set_hparams(state, {"learning_rate": 0.2}))["learning_rate"]) == (
+        pytest.approx(0.2)
+    )
+
+
 def test_bf16_params_hparams_stay_float32():
     params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), PARAMS)
     meta = {"learning_rate": 1e-3, "b2": 0.999}
@@ -614,3 +631,13 @@ def test_a_float_argument_written_as_an_int_can_be_set_to_a_float_later():
         noisy = make_optimizer(optax.noisy_sgd, learning_rate=0.1, **seeded)
         params = {"w": jnp.ones(3)}
         noisy.update(params, noisy.init(params), params)  # (a float seed would raise)
+
+
+def test_as_traced_to_an_integer_dtype_refuses_what_it_would_cut():
+    # 0.7 was written as 0, 2.9 as 2, inf and NaN as INT_MIN
+    for value in (0.7, np.float64(2.9), np.array([1.0, np.inf]), np.array(np.nan), math.inf):
+        with pytest.raises(ValueError, match="whole number"):
+            as_traced({"a": value}, dtype=jnp.int32)
+    out = as_traced({"a": 3.0, "b": np.array([1.0, -2.0]), "c": np.int64(4), "d": 5}, jnp.int32)
+    assert {k: v.tolist() for k, v in out.items()} == {"a": 3, "b": [1, -2], "c": 4, "d": 5}
+    assert all(v.dtype == jnp.int32 for v in out.values())

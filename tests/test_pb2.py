@@ -165,6 +165,26 @@ def test_pending_points_push_the_choice_away_from_what_is_trained():
     assert lr > 0.6  # the most uncertain place not already being trained
 
 
+def test_finished_and_gone_workers_are_no_pending_points():
+    # what nobody trains now does not push the choice away (it did, as active workers do)
+    h = History(mode="max")
+    for g in range(10):
+        for step in (0, 5, 10, 15):
+            h = h.add(Checkpoint(None, {"lr": 0.45 + 0.01 * g}, f"g{g}", 0.5 * step, None, step, 0))
+    explorer = PB2Explorer(SPACE, beta=4.0)
+    idle = [
+        ActiveWorker(None, {"lr": lr}, f"f{i}", 0, status)
+        for i, (lr, status) in enumerate(((0.8, "finished"), (0.9, "gone"), (1.0, "finished")))
+    ]
+    base = workers_at({"lr": 0.1}, {"lr": 0.1}, {"lr": 0.1}, {"lr": 0.1})
+    alone = [explorer(np.array([0, k], np.uint32), h.latest("g0"), h, base) for k in range(3)]
+    with_idle = [
+        explorer(np.array([0, k], np.uint32), h.latest("g0"), h, base[:1] + tuple(idle))
+        for k in range(3)
+    ]
+    assert with_idle == alone and min(m["lr"] for m in alone) > 0.6
+
+
 # -- determinism, space, fallback ------------------------------------------------------------
 def test_deterministic_given_the_key():
     h = history_of(RATES)
@@ -273,6 +293,13 @@ def test_bad_options_are_refused():
         PB2Explorer([ex.uniform(0, 1)])
     with pytest.raises(TypeError, match="explorer"):
         PB2(perturbation_interval=5, hyperparam_space=SPACE, explorer=print)
+    # no space: every copier's meta_params became None
+    with pytest.raises(ValueError, match="hyperparam_space"):
+        PB2(perturbation_interval=5, hyperparam_space=None)
+    # the GP sees at most window changes: it never ran, and PB2 was silently PBT
+    with pytest.raises(ValueError, match="min_observations"):
+        PB2(perturbation_interval=5, hyperparam_space=SPACE, window=7, min_observations=8)
+    PB2Explorer(SPACE, window=8, min_observations=8)
 
 
 def test_whole_float_sizes_are_stored_as_ints_and_the_gp_runs(calls):

@@ -143,6 +143,16 @@ def test_curriculum_with_one_point_is_constant_and_arrays_interpolate():
     assert close(c(5)["w"], [0.0, 0.5, 1.0])
 
 
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn])
+def test_low_precision_float_leaves_ramp(dtype, kind):
+    # bfloat16 and float8 are numpy kind "V": they were held at the first point's value
+    c = S.curriculum({0: {"a": dtype(0)}, 10: {"a": dtype(1)}}, kind=kind)
+    assert float(S.to_host(c(5))["a"]) == pytest.approx(0.5)
+    jitted = S.curriculum({0: {"a": jnp.zeros((), dtype)}, 10: {"a": jnp.ones((), dtype)}})
+    assert float(jax.jit(jitted)(jnp.int32(5))["a"]) == pytest.approx(0.5)
+
+
 def test_int_ends_ramp_as_floats_and_a_step_that_is_no_number_is_refused():
     # 0 -> 1 written with ints is a ramp (a probability), not a step at the midpoint
     c = S.curriculum({0: {"p": 0, "lr": 0.1}, 100: {"p": 1, "lr": 0.2}})

@@ -222,6 +222,32 @@ def test_members_that_keep_going_are_untouched():
     jax.tree.map(np.testing.assert_array_equal, new.hparams, pop.hparams)
 
 
+def test_members_that_keep_going_keep_the_optimizer_hparams_their_step_wrote():
+    """A train step that moves the learning rate held in the optimizer state (a decay
+    of its own): the members that keep going keep it; only the copies get their
+    explored hyperparameters written (every member's was overwritten)."""
+    from jaxpop.hparams import set_hparams
+
+    pop = make_pop()
+    halved = set_hparams(
+        pop.train_state["opt_state"],
+        {"learning_rate": get_hparams(pop.train_state["opt_state"])["learning_rate"] / 2},
+    )
+    pop = pop.replace(train_state={**pop.train_state, "opt_state": halved})
+    new, ex = EXPLOIT(pop, jnp.arange(N, dtype=jnp.float32), root_key(3))
+    copied = np.asarray(ex.copied)
+    assert copied.any() and not copied.all()
+    lr = np.asarray(get_hparams(new.train_state["opt_state"])["learning_rate"])
+    held = np.asarray(get_hparams(halved)["learning_rate"])
+    np.testing.assert_array_equal(lr[~copied], held[~copied])
+    np.testing.assert_allclose(
+        lr[copied], np.exp(np.asarray(new.hparams["log_lr"]))[copied], rtol=1e-6
+    )
+    jax.tree.map(
+        np.testing.assert_array_equal, member(new.train_state, 0), member(pop.train_state, 0)
+    )
+
+
 def test_key_none_advances_population_key():
     pop = make_pop()
     new, _ = EXPLOIT(pop, jnp.arange(N, dtype=jnp.float32))
@@ -562,3 +588,32 @@ def test_copies_get_fresh_distinct_prng_keys_instead_of_their_parents():
         )
     )(pop, scores, root_key(1))
     np.testing.assert_array_equal(np.asarray(marked.train_state["seed"]), raw)
+
+
+def test_lineage_init_and_generation_id_take_the_typed_key_init_takes():
+    typed = jax.random.wrap_key_data(jnp.asarray(root_key(0)))
+    pop = make_pop()
+    a, b = vz.lineage_init(pop, typed, now=1.0), vz.lineage_init(pop, root_key(0), now=1.0)
+    assert a.workers == b.workers and np.array_equal(a.key, b.key)
+    assert list(a.history.checkpoints()) == list(b.history.checkpoints())
+    assert vz.generation_id(typed, 3) == vz.generation_id(root_key(0), 3)
+    # a typed key of another implementation is no threefry key: said so, not JAX's shape error
+    with pytest.raises(TypeError, match="threefry"):
+        vz.init(jax.random.key(0, impl="rbg"), init_fn, SPACE, 2)
+
+
+def test_bool_initial_values_of_an_integer_space_are_widened():
+    # kept as bools, every explored integer was stored as True / False
+    space = {"layers": explore.randint(0, 10)}
+    pop = vz.init(
+        root_key(0), lambda k: jnp.zeros(()), space, hparams={"layers": np.array([True, False] * 2)}
+    )
+    assert pop.hparams["layers"].dtype == jnp.int32
+    new, ex = vz.exploit_explore(
+        pop,
+        jnp.arange(4.0),
+        space=space,
+        explore=functools.partial(explore.resample, resample_probability=1.0),
+    )
+    assert new.hparams["layers"].dtype == jnp.int32 and np.asarray(ex.copied).any()
+    assert not set(np.asarray(new.hparams["layers"])[np.asarray(ex.copied)].tolist()) <= {0, 1}

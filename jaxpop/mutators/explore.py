@@ -325,8 +325,9 @@ def _sample_numeric(space: _Numeric, u: Any, xp: Any) -> Any:
     if isinstance(space, LogUniform):
         lo, hi = math.log(space.low), math.log(space.high)
         return xp.clip(xp.exp(lo + u * (hi - lo)), space.low, space.high)
-    # RandInt
-    return xp.clip(xp.floor(space.low + u * (space.high - space.low)), space.low, space.high - 1)
+    # RandInt (as floats: an int past int32, such as 2**31, cannot enter a jnp operation)
+    low, top = float(space.low), float(space.high - 1)
+    return xp.clip(xp.floor(low + u * float(space.high - space.low)), low, top)
 
 
 def _factor(u: Any, factors: tuple[float, ...], xp: Any) -> Any:
@@ -343,13 +344,13 @@ def _perturb_numeric(space: _Numeric, x: Any, u: Any, factors: tuple[float, ...]
         moved = xp.round(x * f)
         # a small integer times 0.8 or 1.2 rounds back to itself: move by one instead
         moved = xp.where(moved == x, x + xp.sign(f - 1.0), moved)
-        return xp.clip(moved, space.low, space.high - 1)
+        return xp.clip(moved, float(space.low), float(space.high - 1))
     return xp.clip(x * f, *_float_bounds(space, x))
 
 
 def _clip_numeric(space: _Numeric, x: Any, xp: Any) -> Any:
     if isinstance(space, RandInt):
-        return xp.clip(xp.round(x), space.low, space.high - 1)
+        return xp.clip(xp.round(x), float(space.low), float(space.high - 1))
     return xp.clip(x, *_float_bounds(space, x))
 
 
@@ -526,7 +527,10 @@ def _finish_device(space: Space, new: Any, value: Any) -> Any:
         if not isinstance(space, RandInt) and not jnp.issubdtype(dtype, jnp.floating):
             dtype = jnp.asarray(0.0).dtype
     if isinstance(space, RandInt):
-        return new.astype(dtype)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            return new.astype(dtype)
+        # computed in float32 (without x64): past 2**24, high - 1 may round up to high
+        return jnp.clip(new.astype(dtype), space.low, space.high - 1).astype(dtype)
     return jnp.clip(new.astype(dtype), *_bounds_in(space, np.dtype(dtype)))
 
 
@@ -537,14 +541,63 @@ def _nan_message(space: Space, path: Path) -> str:
     )
 
 
+def _check_holds(space: Space, dtype: Any, path: Path) -> None:
+    """Raises a ``ValueError`` where values of ``dtype`` cannot hold every value the space
+    gives (``int8`` for ``randint(0, 200)``, ``int32`` for ``randint(0, 2**40)``, an
+    integer array for ``choice([0.5, 1.0])``): a result cast to ``dtype`` would wrap
+    around or be cut, outside the space."""
+    if isinstance(space, RandInt):
+        if not jnp.issubdtype(dtype, jnp.integer):
+            return
+        info = jnp.iinfo(dtype)
+        fits = info.min <= space.low and space.high - 1 <= info.max
+    elif isinstance(space, Choice) and space.numeric and jnp.issubdtype(dtype, jnp.number):
+        fits = all(_holds(dtype, v) for v in space.values)
+    else:
+        return
+    if not fits:
+        raise ValueError(
+            f"{_where(path)} is stored as {np.dtype(dtype)}, which cannot hold every value "
+            f"of its space {space}: an explored value would wrap around or be cut, outside "
+            "the space; store it as a wider type (an int64, or a float for a choice of "
+            "fractions)"
+        )
+
+
+def _holds(dtype: Any, v: Any) -> bool:
+    """Whether ``dtype`` holds the number ``v`` (a float type: up to rounding)."""
+    x = float(v)
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return math.isfinite(x) and v == int(v) and info.min <= int(v) <= info.max
+    if jnp.issubdtype(dtype, jnp.floating):
+        return not math.isfinite(x) or abs(x) <= float(jnp.finfo(dtype).max)
+    return True
+
+
 def _check_value(space: Space, value: Any, path: Path) -> None:
-    if value is _NO_VALUE or isinstance(space, Choice):
+    if value is _NO_VALUE:
         return
     if type(value) is float or type(value) is int:  # the usual case, without numpy
-        if value != value:
+        if value != value and not isinstance(space, Choice):
             raise ValueError(_nan_message(space, path))
+        if (
+            type(value) is int
+            and not -_FLOAT_MAX <= value <= _FLOAT_MAX
+            and not (isinstance(space, Choice) and not space.numeric)  # (matched, not moved)
+        ):
+            raise ValueError(
+                f"{_where(path)} = {value!r:.40} is past float64's range, where every "
+                "explore computes"
+            )
+        return
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):  # (a tracer too: its dtype)
+        _check_holds(space, value.dtype, path)
+    if isinstance(space, Choice):
         return
     if isinstance(value, jax.Array):
+        if value.dtype == bool:  # (numpy's bools are refused below)
+            raise TypeError(f"{_where(path)} is a bool array, but its space {space} needs numbers")
         return
     numeric = _is_number(value) or (
         isinstance(value, (np.ndarray, np.generic)) and jnp.issubdtype(value.dtype, jnp.number)
@@ -679,6 +732,8 @@ def _apply_arrays(
             x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
             if device and not jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(jnp.asarray(0.0).dtype)
+        elif device and isinstance(leaf_space, RandInt):  # a draw: the default int dtype
+            _check_holds(leaf_space, jnp.asarray(0).dtype, path)
         result = _leaf(op, leaf_space, x, u, xp, path, probability, factors)
         finish = _finish_device if device else _finish_host
         new.append(finish(leaf_space, result, value))

@@ -447,11 +447,12 @@ class PB2Explorer:
     intervals count less. Targets are standardised. Lengthscale, ``epsilon`` and noise
     maximise the marginal likelihood over a fixed grid (``LENGTHSCALES``, ``EPSILONS``,
     ``NOISES``). Parallel selection (the paper's batch rule, after GP-BUCB of Desautels
-    et al. 2014): every worker's current hyperparameters are added as pending points at
-    the present time, which shrinks the variance -- not the mean -- around what is
-    already being trained, so copiers spread out. The UCB ``mu + sqrt(beta) sigma`` is
-    maximised over ``num_candidates`` uniform random points (plus the copied
-    hyperparameters) and ``num_local`` Gaussian perturbations of the best 8. Fit and
+    et al. 2014): every active worker's current hyperparameters are added as pending
+    points at the present time, which shrinks the variance -- not the mean -- around
+    what is already being trained, so copiers spread out (a finished or gone worker's
+    are not: nothing trains them). The UCB ``mu + sqrt(beta) sigma`` is maximised over
+    ``num_candidates`` uniform random points (plus the copied hyperparameters) and
+    ``num_local`` Gaussian perturbations of the best 8. Fit and
     search are one jitted function over fixed-size, masked buffers: it compiles once per
     run (population size and ``window``), in the controller's start-up
     (:meth:`prepare`).
@@ -492,6 +493,8 @@ class PB2Explorer:
     perturbation_factors: tuple[float, ...] = explore_lib.DEFAULT_FACTORS
 
     def __post_init__(self) -> None:
+        if self.hyperparam_space is None:  # (a constant space: every copier's would be None)
+            raise ValueError("PB2 needs a hyperparam_space to search")
         explore_lib.validate_space(self.hyperparam_space)
         check_number("beta", self.beta, inclusive=True)
         sizes = {  # stored as ints: they size arrays (128.0 passed the check, then failed)
@@ -506,6 +509,12 @@ class PB2Explorer:
         }
         for name, size in sizes.items():
             object.__setattr__(self, name, int(size))
+        if self.min_observations > self.window:  # the GP sees at most window changes
+            raise ValueError(
+                f"min_observations ({self.min_observations}) must be at most window "
+                f"({self.window}): the bandit would never have enough data, and every "
+                "explore would be PBT's"
+            )
         check_number("min_interval", self.min_interval, inclusive=True)
         if self.num_local % _TOP_K:
             raise ValueError(f"num_local must be a multiple of {_TOP_K}, got {self.num_local}")
@@ -602,6 +611,8 @@ class PB2Explorer:
     def _pending(self, workers: Workers, encoding: _Encoding):
         xp, cp, _, _, pmask = self._zeros(len(workers), encoding)
         for i, worker in enumerate(workers):
+            if not worker.is_active:  # (a finished or gone worker trains nothing now)
+                continue
             point = encoding.encode(worker.meta_params)
             if point is not None:
                 xp[i], cp[i] = point

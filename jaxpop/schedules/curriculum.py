@@ -11,10 +11,11 @@ consecutive points each numeric leaf follows the segment's ``kind``:
 
 Before the first point the first dict applies, from the last point on the last one.
 A leaf that is the same at both ends of a segment, and every non-numeric leaf (a
-string, a bool), is held exactly as given. A numeric leaf is interpolated as a float32
-even where both ends are ints (``0`` to ``1`` is a ramp, not a step): round an integer
-hyperparameter (a batch size) where it is used. At each point the curriculum returns that
-point's values (up to float32 rounding of interpolated leaves).
+string, a bool), is held exactly as given (an 8-bit float, as a float32). A numeric
+leaf is interpolated as a float32 even where both ends are ints (``0`` to ``1`` is a
+ramp, not a step): round an integer hyperparameter (a batch size) where it is used. At
+each point the curriculum returns that point's values (up to float32 rounding of
+interpolated leaves).
 
 Jittable when every leaf is numeric: evaluate it with a traced step inside the
 training step. On the host, only the segment in force is evaluated.
@@ -63,7 +64,9 @@ def curriculum(
     {'hue': 0.0}
     """
     table = Piecewise(points)
-    steps, values = table.steps, table.values
+    # 8-bit floats take part in no implicit promotion (a ramp's float32 with a held
+    # float8, under jit): such leaves are held and ramped as float32
+    steps, values = table.steps, [_widen_float8s(v) for v in table.values]
     kinds = (kind,) * (len(steps) - 1) if isinstance(kind, str) else tuple(kind)
     if len(kinds) != len(steps) - 1:
         raise ValueError(
@@ -127,10 +130,24 @@ def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], An
     return lambda step: decay(step) + b
 
 
+def _is_float8(leaf: Any) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize == 1
+
+
+def _widen_float8s(value: Any) -> Any:
+    """``value`` with its 8-bit float leaves as float32 (``value`` itself if it has none)."""
+    if not any(_is_float8(leaf) for leaf in jax.tree.leaves(value)):
+        return value
+    return jax.tree.map(lambda x: x.astype(np.float32) if _is_float8(x) else x, value)
+
+
 def _numeric(leaf: Any) -> bool:
     if isinstance(leaf, bool | np.bool_):
         return False
     if isinstance(leaf, int | float):
         return True
-    dtype = getattr(leaf, "dtype", None)
-    return dtype is not None and np.dtype(dtype).kind in "iuf"
+    dtype = getattr(leaf, "dtype", None)  # (jnp.issubdtype: bfloat16 and float8 too)
+    return dtype is not None and bool(
+        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    )
