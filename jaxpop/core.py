@@ -78,8 +78,9 @@ class StopWhen:
       value: the run is over once a worker reports an evaluation at least this good
         (``<=`` it, or ``>=`` with ``mode="max"``), or any worker's latest evaluation
         is (say, after this stop was given to a resumed run).
-      step: a worker is done once it has reported at or past this step (a budget of
-        steps per worker); the run is over when every worker is.
+      step: a worker is done once it has reported at or past this step, or is sent
+        there (a copy of a checkpoint at or past it: its lineage spent the budget): a
+        budget of steps per worker; the run is over when every worker is.
       seconds: the run is over this many seconds after the population started.
 
     A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
@@ -638,6 +639,17 @@ def set_eval(
     advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
     params = copy_in(event.params)  # the caller's objects stay the caller's
+    if (
+        existing is not None
+        and not advances
+        and not (assigned.status == GONE and assigned.generation_id == generation_id)
+        and _same_report(existing, params, value)
+    ):
+        # the report recorded already, again: a retry whose reply was lost. Nothing new
+        # to record or decide (run again, update would wake a finished worker, or count
+        # the retry's later time as progress). (A gone worker's goes on below: it is
+        # alive again.)
+        return state, Reply(checkpoint=existing)
     # trained from where the worker was sent, not from an abandoned earlier run
     resumed = advances and history.get_checkpoint(generation_id, assigned.step) is not None
     if existing is not None:  # existing.replace(params=params, value=value, time=now)
@@ -679,6 +691,20 @@ def set_eval(
         )
     new, changes = _finish(state, new, [checkpoint, *result[2]], now, changed)
     return new, Reply(checkpoint=checkpoint, changes=changes)
+
+
+def _same_report(existing: Checkpoint, params: Any, value: float) -> bool:
+    """Whether an evaluation repeats the recorded ``existing``: the same value (NaN
+    repeats NaN) and the same params."""
+    old = existing.value
+    if old is None or not (old == value or (old != old and value != value)):
+        return False
+    if existing.params is params:  # (None, or the same handle)
+        return True
+    try:
+        return tree_equal(existing.params, params)
+    except Exception:  # (params no comparison can read: take it as a new report)
+        return False
 
 
 def report(
@@ -906,11 +932,12 @@ def stop(
     if over:
         changed = dict.fromkeys(active, FINISHED)
     elif when.step is not None:
+        budget = when.step
         changed = {
             i: FINISHED
             for i in active
-            if (c := history.latest_evaluated(state.workers[i].generation_id)) is not None
-            and c.step >= when.step
+            if (w := state.workers[i]).step >= budget
+            or ((c := history.latest_evaluated(w.generation_id)) is not None and c.step >= budget)
         }
     else:
         changed = {}

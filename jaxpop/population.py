@@ -39,7 +39,7 @@ from jaxpop.distributed.courier import (
     start_courier_server,
     uniquify_server_name,
 )
-from jaxpop.events import Event, Finish, Missing, _ask, _eval
+from jaxpop.events import Ask, Event, Finish, Missing, _ask, _eval
 from jaxpop.history import History
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import DecisionCounts, Mutator, check_number, decision_counts
@@ -553,8 +553,8 @@ class PopulationController:
         Its status becomes ``"finished"`` (``active_workers[worker_id].status``): the
         mutators leave it out (a synchronous round or a WinnerTakeAllGenetic round goes on
         without it; it is never copied), and its checkpoints stay in the history and
-        the report. A report from it later makes it active again. Journaled like every
-        call.
+        the report. A new report from it later makes it active again (not the repeat
+        of one recorded). Journaled like every call.
         """
         self._apply(Finish(worker_id))
 
@@ -607,6 +607,8 @@ class PopulationController:
                     )
                     if changes is not None:
                         pending.append(changes)
+                        if isinstance(event, (Ask, Missing)):
+                            reply = _told_to_stop(reply, event, changes)
             if pending:
                 self._take(state, pending)
         if gone:
@@ -626,6 +628,17 @@ class PopulationController:
         self._state = new_state  # taken before compacting: an interrupt there keeps it
         if self._store is not None:
             self._store.compact_if_due(new_state)
+
+
+def _told_to_stop(reply: core.Reply, event: Ask | Missing, stopped: core.Changes) -> core.Reply:
+    """An ask's (or checkpoint_missing's) reply, with the assignment the stop that
+    followed it gave the worker (``"finished"``) if it finished it: the worker stops now,
+    not at its next call."""
+    i = operator.index(event.worker_id)  # (the event applied: a valid worker id)
+    for j, worker in stopped.workers:
+        if j == i:
+            return reply._replace(worker=worker)
+    return reply
 
 
 def _worker_index(worker_id: Any, population_size: int) -> int | None:

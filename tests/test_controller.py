@@ -428,3 +428,79 @@ def test_a_gone_worker_that_asks_is_active_again(clock):
     assert pop.active_workers[1].status == "gone"
     assert pop.maybe_get_worker_data(1, gens[1], 0, None, None) is None  # keeps going
     assert pop.active_workers[1].status == "active"
+
+
+# -- a call applied twice (a retry whose reply was lost) ---------------------------------------
+def test_the_report_that_ended_the_run_sent_again_changes_nothing(clock):
+    """The retry of the report that reached the target: the finished worker was made
+    active, a WinnerTakeAllGenetic round was played with it alone (a copy, an lr it
+    never trained), then it was finished again."""
+    from jaxpop import StopWhen
+
+    m = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] * 1.5}, steps_per_exploit=2)
+    pop = PopulationController(
+        [{"lr": 0.1}, {"lr": 0.2}], m, clock=clock, stop_when=StopWhen(value=0.5)
+    )
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(0, gens[0], 1, "w0-1", 1.0)
+    told = pop.set_eval_and_ask(1, gens[1], 1, "w1-1", 0.4)  # the target: the run is over
+    before = (pop.state.workers, list(pop.history.checkpoints()), pop.decision_counts)
+    clock.advance(5)
+    assert pop.set_eval_and_ask(1, gens[1], 1, "w1-1", 0.4) == told  # the retry
+    assert told.status == "finished" and pop.done
+    assert (pop.state.workers, list(pop.history.checkpoints()), pop.decision_counts) == before
+    # a new evaluation of that step is no retry: it is recorded (and replaces the old)
+    pop.set_eval(1, gens[1], 1, "w1-1b", 0.3)
+    assert pop.history.get_checkpoint(gens[1], 1).value == 0.3
+
+
+def test_a_report_sent_again_later_plays_no_round_a_timed_mutator_now_owes():
+    clock = FakeClock()
+    m = WinnerTakeAllGenetic(lambda meta: meta, seconds_per_exploit=5)
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, clock=clock)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(1)
+    pop.set_eval(0, gens[0], 1, None, 1.0)
+    pop.set_eval(1, gens[1], 1, None, 2.0)
+    clock.advance(4.5)  # the retry comes past the interval
+    pop.set_eval(1, gens[1], 1, None, 2.0)
+    assert pop.decision_counts.decisions == 0
+    assert pop.history.get_checkpoint(gens[1], 1).time == 1001.0  # its first time
+
+
+def test_a_gone_worker_whose_report_is_sent_again_is_active_again(clock):
+    pop = PopulationController([{"h": 0.0}] * 2, noop_mutator(), clock=clock, gone_after_s=10.0)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(1, gens[1], 1, None, 1.0)
+    clock.advance(11)
+    pop.set_eval(0, gens[0], 1, None, 1.0)
+    assert pop.active_workers[1].status == "gone"
+    pop.set_eval(1, gens[1], 1, None, 1.0)  # the same report: it is alive
+    assert pop.active_workers[1].status == "active"
+
+
+def test_an_ask_the_stop_after_it_finishes_is_told_to_stop():
+    """A FixedSchedule(on_ask=True) change at the ask of a worker not told yet that the
+    run is over: it was answered "active" with the new hyperparameters (recorded
+    "finished"), and trained on until its next call."""
+    from jaxpop import StopWhen
+    from jaxpop.mutators import FixedSchedule
+
+    m = FixedSchedule({0: {"h": 0.0}, 3: {"h": 1.0}}, on_ask=True)
+    pop = PopulationController([{"h": 0.0}] * 2, m, stop_when=StopWhen(value=0.5))
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(0, gens[0], 1, "w0-1", 0.4)  # the run is over
+    told = pop.maybe_get_worker_data(1, gens[1], 3, "w1-3", {"h": 0.0})
+    assert told is not None and told.status == "finished" == pop.active_workers[1].status
+
+
+def test_a_step_budget_reached_by_the_report_that_ends_a_round_finishes_every_worker():
+    from jaxpop import StopWhen
+
+    m = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] * 1.5}, steps_per_exploit=2)
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, stop_when=StopWhen(step=2))
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval_and_ask(0, gens[0], 2, "w0-2", 1.0)
+    told = pop.set_eval_and_ask(1, gens[1], 2, "w1-2", 0.5)  # the budget, and the round
+    assert told is not None and told.status == "finished"  # was "active": train on
+    assert pop.done and [w.step for w in pop.active_workers] == [2, 2]

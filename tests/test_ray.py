@@ -261,6 +261,43 @@ def test_a_call_during_a_restart_waits_and_succeeds_or_times_out_clearly(ray_ses
         assert client.active_workers[0].step == 10  # its assignment followed its report
 
 
+def test_a_restart_that_found_the_lock_taken_goes_on_once_it_is_free(ray_session, tmp_path):
+    """A restarted controller whose lock stayed taken past lock_timeout_s answered every
+    call with LogDirInUseError, for good, also once the lock was free (hostile test)."""
+    with jaxpop_ray.serve(
+        _population(2), _wta(), log_dir=tmp_path, name="relock", lock_timeout_s=0.5
+    ) as client:
+        gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        holder = None
+        ray.kill(client.actor, no_restart=False)
+        deadline = time.monotonic() + 30
+        while holder is None:  # take the dead incarnation's lock before the new one does
+            try:
+                holder = PopulationController(_population(2), _wta(), tmp_path)
+            except storage.LogDirInUseError:
+                assert time.monotonic() < deadline
+        time.sleep(1.5)  # past the new incarnation's lock_timeout_s
+        with pytest.raises(storage.LogDirInUseError):
+            client.set_eval(0, gen, 5, "p5", 0.5)
+        holder.close()
+        client.set_eval(0, gen, 5, "p5", 0.5)  # the lock is tried again
+        assert client.history.get_checkpoint(gen, 5).value == 0.5
+
+
+def test_a_served_controller_lives_on_when_the_driver_drops_its_client(ray_session, tmp_path):
+    """Ray ended the actor as soon as serve()'s client was dropped (the driver kept
+    the name, and workers connect by it), not with the driver (hostile test)."""
+    import gc
+
+    name = jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path, name="dropped").name
+    gc.collect()
+    worker = jaxpop_ray.connect(name)
+    assert worker.maybe_get_worker_data(0, None, 0, None, None) is not None
+    worker.shutdown()
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError):
+        jaxpop_ray.connect(name)
+
+
 def test_errors_are_loud(ray_session, tmp_path):
     # the controller cannot take a log_dir another live controller holds
     with PopulationController(_population(2), _wta(), tmp_path) as holder:
@@ -332,9 +369,17 @@ def test_a_worker_function_that_calls_sys_exit_is_an_error_not_a_restart(ray_ses
         jaxpop_ray.run_workers(_exits, 1, timeout_s=60, num_cpus=0)
 
 
-def _fail_on_one(worker_id, release):
+class _TwoArgError(Exception):
+    """An exception Ray cannot rebuild on the driver (its ``__init__`` takes two)."""
+
+    def __init__(self, a, b):
+        super().__init__(a)
+        self.b = b
+
+
+def _fail_on_one(worker_id, release, error=KeyError):
     if worker_id == 1:
-        raise KeyError("boom")
+        raise KeyError("boom") if error is KeyError else _TwoArgError("boom", 2)
     while not os.path.exists(release):
         time.sleep(0.05)
     return worker_id
@@ -350,6 +395,13 @@ def test_a_failing_worker_function_raises_and_ends_the_group(ray_session, tmp_pa
         ray.get(group.actors[0].run.remote(_fail_on_one, 0, (release,), {}), timeout=30)
     with pytest.raises(ValueError, match="num_workers"):
         jaxpop_ray.start_workers(_fail_on_one, 0)
+    # an exception Ray cannot rebuild: its raw UnserializableException, the others running
+    group = jaxpop_ray.start_workers(_fail_on_one, 2, args=(release, None), num_cpus=0.5)
+    with pytest.raises(jaxpop_ray.WorkerError, match="worker 1 failed") as info:
+        group.wait(timeout_s=60)
+    assert info.value.worker_id == 1
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(group.actors[0].run.remote(_fail_on_one, 0, (release,), {}), timeout=30)
 
 
 def test_clients_travel_and_concurrent_calls_are_serialized(ray_session, tmp_path):

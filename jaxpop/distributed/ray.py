@@ -49,6 +49,10 @@ DEFAULT_NAMESPACE = "jaxpop"
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
 _DONE_POLL_S = 0.2  # how often WorkerGroup.wait(until_done=...) asks whether the run is over
+#: actor id -> the handle serve() made, for owning clients dropped before shutdown: Ray
+#: ends a non-detached actor once the handle that created it is gone (the handles that
+#: connect() gets do not count), so the controller would end at once, not with the driver
+_SERVED: dict[Any, Any] = {}
 #: failures after which a call is sent again: the actor restarts, is unreachable, or the
 #: reply was lost with its node
 _RESEND = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
@@ -114,7 +118,8 @@ class _ControllerActor:
 
     A controller that cannot be built (a damaged ``log_dir``, a population of another
     size, a lock that stays taken) is not an actor crash: every call then raises that
-    error, so clients see it with its own type rather than an endless restart.
+    error, so clients see it with its own type rather than an endless restart. (A lock
+    is tried again at every call: the run goes on once whoever held it lets it go.)
     """
 
     def __init__(
@@ -128,29 +133,19 @@ class _ControllerActor:
         self._controller: PopulationController | None = None
         self._error: BaseException | None = None
         self._closed = False
-        deadline = time.monotonic() + options.lock_timeout_s
-        while True:
-            try:
-                self._controller = PopulationController(
-                    initial_population,
-                    mutator,
-                    options.log_dir,
-                    options.seed,
-                    durability=options.durability,
-                    compact_after=options.compact_after,
-                    gone_after_s=options.gone_after_s,
-                    stop_when=options.stop_when,
-                    **extra,
-                )
-                break
-            except storage.LogDirInUseError as e:
-                if time.monotonic() >= deadline:
-                    self._error = e
-                    break
-                time.sleep(0.2)
-            except Exception as e:
-                self._error = e
-                break
+        self._build = functools.partial(
+            PopulationController,
+            initial_population,
+            mutator,
+            options.log_dir,
+            options.seed,
+            durability=options.durability,
+            compact_after=options.compact_after,
+            gone_after_s=options.gone_after_s,
+            stop_when=options.stop_when,
+            **extra,
+        )
+        self._open(time.monotonic() + options.lock_timeout_s)
         controller = self._controller
         self._info = {
             "pid": os.getpid(),
@@ -161,7 +156,27 @@ class _ControllerActor:
             "started_at": time.time(),
         }
 
+    def _open(self, deadline: float) -> None:
+        """Builds the controller, waiting for ``log_dir``'s lock until ``deadline`` (a
+        ``time.monotonic()``); else keeps the error its calls raise."""
+        while True:
+            try:
+                self._controller, self._error = self._build(), None
+                return
+            except storage.LogDirInUseError as e:
+                if time.monotonic() >= deadline:
+                    self._error = e
+                    return
+                time.sleep(0.2)
+            except Exception as e:
+                self._error = e
+                return
+
     def _get(self) -> PopulationController:
+        if isinstance(self._error, storage.LogDirInUseError) and not self._closed:
+            self._open(time.monotonic())  # once more: whoever held the lock may be gone
+            if self._controller is not None and self._error is None:
+                self._info["resumed_at_event"] = self._controller.state.num_events
         if self._error is not None:
             raise self._error.with_traceback(None)
         assert self._controller is not None
@@ -402,6 +417,7 @@ class PopulationClient:
         with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
             ray.get(self._actor.close.remote(), timeout=self.timeout_s)
         ray.kill(self._actor, no_restart=True)
+        _SERVED.pop(self._actor._actor_id, None)
         self._owner = False
 
     def __enter__(self) -> PopulationClient:
@@ -409,6 +425,13 @@ class PopulationClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # an owning client dropped before shutdown: its handle keeps the actor alive
+        # until the driver exits (or a shutdown), as documented
+        if getattr(self, "_owner", False):
+            with contextlib.suppress(Exception):  # (at interpreter exit, say)
+                _SERVED[self._actor._actor_id] = self._actor
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self._actor, self.name, self.namespace, self.timeout_s, self._log_dir)
@@ -542,7 +565,8 @@ def serve(
       max_restarts: how often Ray restarts the actor after its process dies (``-1``:
         always).
       detached: keep the actor alive after this driver exits (end it with
-        :meth:`PopulationClient.shutdown`); otherwise it ends with this driver.
+        :meth:`PopulationClient.shutdown`); otherwise it ends with this driver (or at
+        ``shutdown``), whether or not the driver keeps the returned client.
       num_cpus: CPUs the actor reserves (0: it never keeps a worker from scheduling).
       lock_timeout_s: how long a (re)started actor waits for ``log_dir``'s lock.
       timeout_s: the client's per-call timeout (see :class:`PopulationClient`).
@@ -603,6 +627,7 @@ def serve(
         client._log_dir = client.info()["log_dir"]
     except BaseException:
         ray.kill(actor, no_restart=True)
+        client._owner = False  # (nothing to keep alive)
         raise
     return client
 
@@ -748,6 +773,9 @@ class WorkerGroup:
                 f"{self.max_restarts}): {e}",
                 i,
             ) from e
+        except ray.exceptions.RayError as e:  # (an exception Ray could not rebuild here, say)
+            self.shutdown()
+            raise WorkerError(f"worker {i} failed: {e!r}", i) from e
 
     def kill(self, worker_id: int, *, restart: bool = True) -> None:
         """Kills worker ``worker_id``'s process; Ray restarts it if ``restart`` and allowed."""

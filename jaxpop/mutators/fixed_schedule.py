@@ -30,7 +30,7 @@ from jaxpop.mutators.base import (
     records_config,
     start_generation,
 )
-from jaxpop.records import Checkpoint
+from jaxpop.records import FINISHED, Checkpoint
 from jaxpop.schedules.base import to_host, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
 
@@ -84,7 +84,9 @@ class FixedSchedule(Mutator):
     params; otherwise it waits for the worker's next evaluation with params, and a
     worker that never sends params gets it at the evaluation, and initialises fresh
     parameters, as a copier of such a worker does. (A grid point passed meanwhile is
-    counted then too, changed or not.)
+    counted then too, changed or not.) A finished worker gets no change (it trains
+    nothing; a new generation would make it active again): a report of its own makes it
+    active, and the change applies then.
 
     >>> from jaxpop import PopulationController
     >>> mutator = FixedSchedule({0: {"lr": 0.1}, 10: {"lr": 0.01}})
@@ -142,7 +144,9 @@ def _advance(
     update of a mutator whose asks apply changes too)."""
     passed = state[worker_id] if worker_id < len(state) else 0
     index = config.due(at.step)
-    if index <= passed or _waits(history, at, on_ask):
+    if index <= passed or _waits(history, at, on_ask) or workers[worker_id].status == FINISHED:
+        # (a finished worker trains nothing: the change waits for a report of its own,
+        # which makes it active again; its new generation would have made it active)
         return state, workers, ()
     new_state = list(state) + [0] * (worker_id + 1 - len(state))
     new_state[worker_id] = index
