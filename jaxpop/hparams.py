@@ -183,7 +183,9 @@ def make_optimizer(
     read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
     static_args = (*static_args, *[n for n in read_in_python if n not in static_args])
     for name, value in list(arguments.items()):
-        if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        if isinstance(value, np.generic) and (  # (bfloat16's kind is "V")
+            value.dtype == bool or jnp.issubdtype(value.dtype, jnp.number)
+        ):
             # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
             # read from a config) would be baked in, and never change online
             value = arguments[name] = value.item()
@@ -363,9 +365,10 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     Raises:
       TypeError: a leaf is not numeric (or complex, for a real ``dtype``); the message
         names its path.
-      ValueError: a leaf's value is one ``dtype`` cannot hold (``1e39`` in float32,
-        ``2**40`` in int32, ``0.7``, NaN or inf in an integer dtype), as
-        :func:`set_hparams` refuses it.
+      ValueError: a host leaf's value is one ``dtype`` cannot hold (``1e39`` in
+        float32, ``2**40`` in int32, ``0.7``, NaN or inf in an integer dtype), as
+        :func:`set_hparams` refuses it. (A ``jax.Array`` leaf is converted unchecked:
+        reading it back would wait for the device.)
 
     >>> import numpy as np
     >>> as_traced({"aug": 0.5, "smoothing": np.float64(0.125)})

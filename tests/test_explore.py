@@ -8,6 +8,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -519,6 +520,10 @@ def test_a_flat_space_decides_as_the_general_walk(monkeypatch):
         (ex.choice([1, 2, 300]), np.uint8(2)),  # 300 wrapped to 44
         (ex.randint(0, 2**40), jnp.int32(5)),  # (without x64)
         (ex.randint(0, 200), jnp.asarray([1, 2], jnp.int8)),
+        # floats hold every integer up to 2**(mantissa bits + 1) only: 999 became 1000
+        (ex.randint(0, 1000), np.asarray([999.0], ml_dtypes.bfloat16)),
+        (ex.randint(0, 100_000), np.float16(3.0)),  # clipped to inf
+        (ex.randint(0, 2**25), jnp.asarray([1.0], jnp.float32)),
     ],
 )
 def test_a_dtype_that_cannot_hold_the_space_is_refused(space, value):
@@ -532,6 +537,10 @@ def test_a_dtype_that_cannot_hold_the_space_is_refused(space, value):
 
 
 def test_a_numpy_dtype_that_holds_the_space_keeps_its_dtype():
+    out = ex.perturb(
+        keys(1)[0], {"n": ex.randint(0, 256)}, {"n": np.asarray([255.0], ml_dtypes.bfloat16)}
+    )
+    assert out["n"].dtype == ml_dtypes.bfloat16 and 0 <= float(out["n"][0]) <= 255
     out = ex.perturb(keys(1)[0], {"n": ex.randint(0, 127)}, {"n": np.int8(120)})
     assert out["n"].dtype == np.int8 and 0 <= out["n"] <= 126
     out = ex.explore(keys(1)[0], {"n": ex.choice([1.0, 2.0, 4.0])}, {"n": np.array([1, 4])})
@@ -580,7 +589,20 @@ def test_device_randint_up_to_int32_max_and_a_sample_past_it():
 def test_a_python_int_past_float64_and_a_device_bool_are_refused_clearly():
     with pytest.raises(ValueError, match="float64's range"):
         ex.check_values({"w": ex.uniform(0.0, 1e300)}, {"w": 2**1100})
-    with pytest.raises(ValueError, match="float64's range"):
-        ex.perturb(keys(1)[0], {"w": ex.choice([1, 2])}, {"w": 10**400})
+    # a choice's nearest value (and +-inf's: every distance tied, the first value won)
+    for value, nearest in ((10**400, 3), (-(10**400), 1), (math.inf, 3), (-math.inf, 1)):
+        assert ex.clip({"w": ex.choice([1, 2, 3])}, {"w": value}) == {"w": nearest}
+        assert ex.perturb(keys(1)[0], {"w": ex.choice([1, 2, 3])}, {"w": value}) == {"w": 2}
+    device = ex.clip({"w": ex.choice([1, 2, 3])}, {"w": jnp.asarray([math.inf, -math.inf])})
+    assert device["w"].tolist() == [3, 1]
+    if not jax.config.jax_enable_x64:  # a Python int on device is an int32
+        with pytest.raises(ValueError, match="cannot hold every value"):  # (OverflowError)
+            jax.jit(lambda k: ex.perturb(k, {"n": ex.randint(0, 2**40)}, {"n": 5}))(
+                jax.random.key(0)
+            )
+    with pytest.raises(TypeError, match="bool array"):  # choice([0, 1, 2]): 2 became True
+        ex.perturb(jax.random.key(0), {"n": ex.choice([0, 1, 2])}, {"n": jnp.asarray([True])})
+    out = ex.perturb(jax.random.key(0), {"n": ex.choice([0, 1])}, {"n": jnp.asarray([True])})
+    assert out["n"].dtype == bool  # (what a bool holds)
     with pytest.raises(TypeError, match="bool array"):  # explored to True / False
         ex.perturb(jax.random.key(0), {"n": ex.randint(0, 10)}, {"n": jnp.asarray([True])})

@@ -7,6 +7,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import optax
 import pytest
@@ -477,7 +478,7 @@ def test_make_optimizer_errors():
 def test_make_optimizer_injects_numpy_scalars():
     """optax injects only ints, floats and arrays: a numpy scalar learning rate (read
     from a config) was baked in, so set_hparams could never change it."""
-    meta = {"learning_rate": np.float32(0.1), "b1": np.float64(0.5)}
+    meta = {"learning_rate": np.float32(0.1), "b1": ml_dtypes.bfloat16(0.5)}
     state = make_optimizer(
         optax.adamw, meta, weight_decay=np.int64(0), nesterov=np.bool_(True)
     ).init(PARAMS)

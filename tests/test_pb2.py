@@ -185,6 +185,18 @@ def test_finished_and_gone_workers_are_no_pending_points():
     assert with_idle == alone and min(m["lr"] for m in alone) > 0.6
 
 
+def test_a_float_leaf_stored_as_a_numpy_int_gets_the_bandits_float():
+    # cast to the old value's int64: every proposal was cut (4.74 to 4)
+    h = History(mode="max")
+    for g in range(10):
+        for step in (0, 5, 10, 15):
+            value = 0.5 * step * (1 + g % 3)
+            h = h.add(Checkpoint(None, {"lr": np.int64(g)}, f"g{g}", value, None, step, 0))
+    explorer = PB2Explorer({"lr": ex.uniform(0.0, 10.0)}, beta=4.0)
+    out = [explorer(np.array([0, k], np.uint32), h.latest("g0"), h, ())["lr"] for k in range(3)]
+    assert all(isinstance(x, np.float64) for x in out) and any(x != int(x) for x in out)
+
+
 # -- determinism, space, fallback ------------------------------------------------------------
 def test_deterministic_given_the_key():
     h = history_of(RATES)

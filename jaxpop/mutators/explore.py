@@ -355,7 +355,12 @@ def _clip_numeric(space: _Numeric, x: Any, xp: Any) -> Any:
 
 
 def _nearest_index(values: Any, x: Any, xp: Any) -> Any:
-    return xp.argmin(xp.abs(values - x[..., None]), axis=-1).astype(np.int32)
+    """The index of the value nearest each ``x`` (+-inf: the largest or smallest value,
+    which every distance would tie)."""
+    with np.errstate(invalid="ignore"):  # (inf - inf: replaced below)
+        nearest = xp.argmin(xp.abs(values - x[..., None]), axis=-1)
+    nearest = xp.where(x == np.inf, xp.argmax(values), nearest)
+    return xp.where(x == -np.inf, xp.argmin(values), nearest).astype(np.int32)
 
 
 def _neighbour(index: Any, u: Any, n: int, xp: Any) -> Any:
@@ -376,8 +381,12 @@ def _host_choice_index(space: Choice, value: Any, path: Path) -> int | None:
     for i, v in enumerate(space.values):
         if _is_number(v) == value_is_number and v == value:
             return i
-    if space.numeric and _is_number(value):
-        return int(np.argmin([abs(float(v) - float(value)) for v in space.values]))
+    if space.numeric and _is_number(value):  # (an int past float64 is +-inf here)
+        return int(
+            _nearest_index(
+                np.array([_as_float(v) for v in space.values]), np.array(_as_float(value)), np
+            )
+        )
     return None
 
 
@@ -543,35 +552,61 @@ def _nan_message(space: Space, path: Path) -> str:
 
 def _check_holds(space: Space, dtype: Any, path: Path) -> None:
     """Raises a ``ValueError`` where values of ``dtype`` cannot hold every value the space
-    gives (``int8`` for ``randint(0, 200)``, ``int32`` for ``randint(0, 2**40)``, an
-    integer array for ``choice([0.5, 1.0])``): a result cast to ``dtype`` would wrap
-    around or be cut, outside the space."""
-    if isinstance(space, RandInt):
-        if not jnp.issubdtype(dtype, jnp.integer):
-            return
-        info = jnp.iinfo(dtype)
-        fits = info.min <= space.low and space.high - 1 <= info.max
-    elif isinstance(space, Choice) and space.numeric and jnp.issubdtype(dtype, jnp.number):
-        fits = all(_holds(dtype, v) for v in space.values)
-    else:
-        return
+    gives (``int8`` for ``randint(0, 200)``, ``int32`` for ``randint(0, 2**40)``,
+    ``bfloat16`` for ``randint(0, 1000)``, an integer array for ``choice([0.5, 1.0])``):
+    a result cast to ``dtype`` would wrap around, round or be cut, outside the space."""
+    dtype = np.dtype(dtype)
+    try:
+        fits = _fits(space, dtype)
+    except TypeError:  # (a choice of unhashable values: not cached)
+        fits = _fits.__wrapped__(space, dtype)
     if not fits:
         raise ValueError(
-            f"{_where(path)} is stored as {np.dtype(dtype)}, which cannot hold every value "
-            f"of its space {space}: an explored value would wrap around or be cut, outside "
+            f"{_where(path)} is stored as {dtype}, which cannot hold every value of its "
+            f"space {space}: an explored value would wrap around, round or be cut, outside "
             "the space; store it as a wider type (an int64, or a float for a choice of "
             "fractions)"
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _fits(space: Space, dtype: np.dtype) -> bool:
+    """Whether ``dtype`` holds every value of ``space`` (see :func:`_check_holds`)."""
+    if isinstance(space, RandInt):
+        if jnp.issubdtype(dtype, jnp.integer):
+            info = jnp.iinfo(dtype)
+            return bool(info.min <= space.low and space.high - 1 <= info.max)
+        if jnp.issubdtype(dtype, jnp.floating):  # every integer up to 2**(nmant + 1)
+            return max(abs(space.low), abs(space.high - 1)) <= 2 ** (jnp.finfo(dtype).nmant + 1)
+        return True
+    if isinstance(space, Choice) and space.numeric and jnp.issubdtype(dtype, jnp.number):
+        return all(_holds(dtype, v) for v in space.values)
+    return True
+
+
 def _holds(dtype: Any, v: Any) -> bool:
     """Whether ``dtype`` holds the number ``v`` (a float type: up to rounding)."""
-    x = float(v)
+    x = _as_float(v)
     if jnp.issubdtype(dtype, jnp.integer):
         info = jnp.iinfo(dtype)
         return math.isfinite(x) and v == int(v) and info.min <= int(v) <= info.max
     if jnp.issubdtype(dtype, jnp.floating):
         return not math.isfinite(x) or abs(x) <= float(jnp.finfo(dtype).max)
+    return True
+
+
+def _as_float(v: Any) -> float:
+    """``float(v)``, or +-inf for an int past float64's range."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
+def _numeric_space(space: Space) -> bool:
+    """Whether the space's values are numbers other than 0 and 1 (what a bool holds)."""
+    if isinstance(space, Choice):
+        return space.numeric and not all(v == 0 or v == 1 for v in space.values)
     return True
 
 
@@ -581,10 +616,10 @@ def _check_value(space: Space, value: Any, path: Path) -> None:
     if type(value) is float or type(value) is int:  # the usual case, without numpy
         if value != value and not isinstance(space, Choice):
             raise ValueError(_nan_message(space, path))
-        if (
+        if (  # (a choice matches its values exactly, and finds the nearest with _as_float)
             type(value) is int
+            and not isinstance(space, Choice)
             and not -_FLOAT_MAX <= value <= _FLOAT_MAX
-            and not (isinstance(space, Choice) and not space.numeric)  # (matched, not moved)
         ):
             raise ValueError(
                 f"{_where(path)} = {value!r:.40} is past float64's range, where every "
@@ -593,11 +628,11 @@ def _check_value(space: Space, value: Any, path: Path) -> None:
         return
     if isinstance(value, (np.ndarray, np.generic, jax.Array)):  # (a tracer too: its dtype)
         _check_holds(space, value.dtype, path)
-    if isinstance(space, Choice):
-        return
-    if isinstance(value, jax.Array):
-        if value.dtype == bool:  # (numpy's bools are refused below)
-            raise TypeError(f"{_where(path)} is a bool array, but its space {space} needs numbers")
+    if isinstance(value, jax.Array) and value.dtype == bool and _numeric_space(space):
+        # (explored on device and cast back to bool: 2 would be True; numpy's bools are
+        # refused below, or a choice gives its own values)
+        raise TypeError(f"{_where(path)} is a bool array, but its space {space} needs numbers")
+    if isinstance(space, Choice) or isinstance(value, jax.Array):
         return
     numeric = _is_number(value) or (
         isinstance(value, (np.ndarray, np.generic)) and jnp.issubdtype(value.dtype, jnp.number)
@@ -728,12 +763,13 @@ def _apply_arrays(
     new = []
     for (path, leaf_space, value), u in zip(leaves, draws, strict=True):
         x = value
+        if device and isinstance(leaf_space, RandInt) and not hasattr(value, "dtype"):
+            # a draw, or a Python int: the result is of the default int dtype
+            _check_holds(leaf_space, jnp.asarray(0).dtype, path)
         if x is not _NO_VALUE and not isinstance(leaf_space, Choice):
             x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
             if device and not jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(jnp.asarray(0.0).dtype)
-        elif device and isinstance(leaf_space, RandInt):  # a draw: the default int dtype
-            _check_holds(leaf_space, jnp.asarray(0).dtype, path)
         result = _leaf(op, leaf_space, x, u, xp, path, probability, factors)
         finish = _finish_device if device else _finish_host
         new.append(finish(leaf_space, result, value))

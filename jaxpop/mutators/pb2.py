@@ -287,8 +287,13 @@ class _Encoding(NamedTuple):
         for (path, leaf), u in zip(self.numbers, x, strict=True):
             new: Any = _decode_number(leaf, u)
             old = _value_at(meta, path)
-            if isinstance(old, np.generic):
-                new = np.asarray(new).astype(old.dtype)[()]
+            if isinstance(old, np.generic):  # its dtype, but a float for a float leaf
+                dtype = old.dtype
+                if not isinstance(leaf, explore_lib.RandInt) and not jnp.issubdtype(
+                    dtype, jnp.floating
+                ):
+                    dtype = np.dtype(np.float64)  # (an int64 cut 4.74 to 4, as explore does not)
+                new = np.asarray(new).astype(dtype)[()]
             meta = _with_value(meta, path, new)
         for (path, leaf), i in zip(self.choices, c, strict=True):
             meta = _with_value(meta, path, leaf.values[int(i)])
