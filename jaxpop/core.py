@@ -25,7 +25,7 @@ from flax import struct
 from jaxpop import encoding
 from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing
-from jaxpop.history import History, check_mode
+from jaxpop.history import History, check_mode, start_time
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators.base import Mutator, MutatorResult, start_generation
@@ -78,13 +78,15 @@ class StopWhen:
       value: the run is over once a worker reports an evaluation at least this good
         (``<=`` it, or ``>=`` with ``mode="max"``), or any worker's latest evaluation
         is (say, after this stop was given to a resumed run).
-      step: a worker is done once it has reported at or past this step, or is sent
-        there (a copy of a checkpoint at or past it: its lineage spent the budget): a
-        budget of steps per worker; the run is over when every worker is.
+      step: a worker is done once it has reported at or past this step (also when the
+        decision that report brought copied it back), or copied a checkpoint at or past
+        it (its lineage spent the budget): a budget of steps per worker; the run is over
+        when every worker is.
       seconds: the run is over this many seconds after the population started.
 
     A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
-    answered with its assignment, status ``"finished"`` -- stop.
+    answered with its assignment, status ``"finished"`` -- stop. (An ask that changes
+    nothing is checked against ``seconds`` only: nothing else can have changed.)
 
     >>> from jaxpop import PopulationController, StopWhen, WinnerTakeAllGenetic
     >>> mutator = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=100)
@@ -639,20 +641,17 @@ def set_eval(
     advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
     params = copy_in(event.params)  # the caller's objects stay the caller's
-    if (
-        existing is not None
-        and not advances
-        and not (assigned.status == GONE and assigned.generation_id == generation_id)
-        and _same_report(existing, params, value)
-    ):
-        # the report recorded already, again: a retry whose reply was lost. Nothing new
-        # to record or decide (run again, update would wake a finished worker, or count
-        # the retry's later time as progress). (A gone worker's goes on below: it is
-        # alive again.)
+    # the report recorded already, again (a retry whose reply was lost): nothing new to
+    # record (its later time would count as progress) or decide (a finished worker would
+    # wake); only a gone worker is alive again, and the mutator decides with it
+    repeat = existing is not None and not advances and _same_report(existing, params, value)
+    if repeat and not (assigned.status == GONE and assigned.generation_id == generation_id):
         return state, Reply(checkpoint=existing)
     # trained from where the worker was sent, not from an abandoned earlier run
     resumed = advances and history.get_checkpoint(generation_id, assigned.step) is not None
-    if existing is not None:  # existing.replace(params=params, value=value, time=now)
+    if existing is not None and repeat:
+        checkpoint = existing
+    elif existing is not None:  # existing.replace(params=params, value=value, time=now)
         checkpoint = Checkpoint(
             params,
             existing.meta_params,
@@ -673,11 +672,22 @@ def set_eval(
         worker = _active_worker(params, assigned.meta_params, generation_id, step, ACTIVE)
         moved = ((worker_id, worker),)
         workers = with_replaced(workers, moved)
-    elif assigned.status != ACTIVE and assigned.generation_id == generation_id:
-        worker = _with_status(assigned, ACTIVE)  # a finished or gone worker reports again
+    elif assigned.generation_id == generation_id and (
+        assigned.status != ACTIVE
+        or (step == assigned.step and params is not None and params is not assigned.params)
+    ):
+        # a finished or gone worker reports again; or the worker reports its assigned
+        # step anew, with params: a restart resumes from those (the history's)
+        worker = _active_worker(
+            assigned.params if step != assigned.step or params is None else params,
+            assigned.meta_params,
+            generation_id,
+            assigned.step,
+            ACTIVE,
+        )
         moved = ((worker_id, worker),)
         workers = with_replaced(workers, moved)
-    new = state._with(history=history.add(checkpoint), workers=workers)
+    new = state._with(history=history if repeat else history.add(checkpoint), workers=workers)
     result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
     new, replaced_ids = _apply_mutator(new, *result, who="mutator.update")
     # the assignments that changed: this report's and the mutator's
@@ -689,7 +699,8 @@ def set_eval(
         changed = tuple(
             [(i, new.workers[i]) for i in sorted(ids) if new.workers[i] is not state.workers[i]]
         )
-    new, changes = _finish(state, new, [checkpoint, *result[2]], now, changed)
+    added = list(result[2]) if repeat else [checkpoint, *result[2]]
+    new, changes = _finish(state, new, added, now, changed)
     return new, Reply(checkpoint=checkpoint, changes=changes)
 
 
@@ -907,12 +918,17 @@ def stop(
     when: StopWhen,
     mutator: Mutator,
     added: Sequence[Checkpoint] = (),
+    reported: tuple[int, int] | None = None,
+    start: float | None = None,
 ) -> tuple[PopulationState, Changes | None]:
     """Finishes the workers that ``when`` says are done (see :class:`StopWhen`).
 
     ``added``: the checkpoints the event just applied recorded (its ``Changes``): an
     evaluation there counts for ``when.value`` even if the mutator then moved its
     worker on to a new generation (a copy, a ``WinnerTakeAllGenetic`` round).
+    ``reported``: ``(worker_id, step)`` of the evaluation the event recorded, which
+    counts for ``when.step`` likewise. ``start``: when the population started (``None``:
+    read from the history, O(generations)).
     """
     history = state.history
     active = [i for i, w in enumerate(state.workers) if w.status == ACTIVE]
@@ -920,7 +936,8 @@ def stop(
         return state, None
     over = False
     if when.seconds is not None:
-        start = min(history.first(g).time for g in history)
+        if start is None:
+            start = start_time(history)
         over = now - start >= when.seconds
     if when.value is not None and not over:
         target = history.rank(when.value)
@@ -932,16 +949,24 @@ def stop(
     if over:
         changed = dict.fromkeys(active, FINISHED)
     elif when.step is not None:
-        budget = when.step
+        spent = {reported[0]} if reported is not None and reported[1] >= when.step else set()
         changed = {
             i: FINISHED
             for i in active
-            if (w := state.workers[i]).step >= budget
-            or ((c := history.latest_evaluated(w.generation_id)) is not None and c.step >= budget)
+            if i in spent or _spent(history, state.workers[i], when.step)
         }
     else:
         changed = {}
     return _set_status(state, changed, now, key, mutator)
+
+
+def _spent(history: History, worker: ActiveWorker, budget: int) -> bool:
+    """Whether a worker used its step budget: it reported at or past it, or copied a
+    checkpoint there (its lineage did)."""
+    latest = history.latest_evaluated(worker.generation_id)
+    if latest is not None and latest.step >= budget:
+        return True
+    return worker.step >= budget and history.first(worker.generation_id).parent is not None
 
 
 def expire(

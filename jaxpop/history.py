@@ -487,6 +487,12 @@ class History(Mapping[str, GenerationView]):
 
 
 # -- a pytree: its checkpoints are the children -------------------------------------------------
+def start_time(history: History) -> float:
+    """When the population started: the earliest first checkpoint of a generation
+    (O(generations))."""
+    return min(history.first(g).time for g in history)
+
+
 def _flatten_with_keys(history: History) -> tuple[list[tuple[Any, Checkpoint]], tuple]:
     children: list[tuple[Any, Checkpoint]] = []
     layout: list[tuple[str, tuple[int, ...]]] = []

@@ -40,7 +40,7 @@ from jaxpop.distributed.courier import (
     uniquify_server_name,
 )
 from jaxpop.events import Ask, Event, Finish, Missing, _ask, _eval
-from jaxpop.history import History
+from jaxpop.history import History, start_time
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import DecisionCounts, Mutator, check_number, decision_counts
 from jaxpop.records import GONE, ActiveWorker, Checkpoint
@@ -215,6 +215,7 @@ class PopulationController:
             raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s
         self._stop_when = stop_when
+        self._start: float | None = None  # when the population started (a time budget's)
         if (mutator is None) == (mutate is None):
             raise TypeError(
                 "PopulationController takes one mutator: pass mutator= (or mutate=, the "
@@ -593,17 +594,25 @@ class PopulationController:
                 )
                 if reply.warning is not None:
                     said.append(reply.warning)
-                if reply.changes is None:
-                    continue
-                pending.append(reply.changes)
-                if self._stop_when is not None:
+                if reply.changes is not None:
+                    pending.append(reply.changes)
+                when = self._stop_when
+                # (a call that changed nothing can only reach a time budget)
+                if when is not None and (reply.changes is not None or when.seconds is not None):
+                    if self._start is None:
+                        self._start = start_time(state.history)
+                    checkpoint = reply.checkpoint
                     state, changes = core.stop(
                         state,
                         now,
                         core.event_key(state),
-                        when=self._stop_when,
+                        when=when,
                         mutator=self._mutator,
-                        added=reply.changes.checkpoints,
+                        added=() if reply.changes is None else reply.changes.checkpoints,
+                        reported=None
+                        if checkpoint is None or checkpoint.value is None
+                        else (operator.index(event.worker_id), checkpoint.step),
+                        start=self._start,
                     )
                     if changes is not None:
                         pending.append(changes)

@@ -95,7 +95,8 @@ class ActiveWorker:
     ``controller.finish``) or ``"gone"`` (it has not been heard from, by a report or an
     ask, for the controller's ``gone_after_s``). Mutators leave finished and gone
     workers out: they are never copied and never waited for; their checkpoints stay in
-    the history. A report from such a worker makes it active again.
+    the history. A new report from such a worker (not the repeat of one recorded) makes
+    it active again, and so does any call of a gone one.
     """
 
     params: Params

@@ -504,3 +504,80 @@ def test_a_step_budget_reached_by_the_report_that_ends_a_round_finishes_every_wo
     told = pop.set_eval_and_ask(1, gens[1], 2, "w1-2", 0.5)  # the budget, and the round
     assert told is not None and told.status == "finished"  # was "active": train on
     assert pop.done and [w.step for w in pop.active_workers] == [2, 2]
+
+
+def test_a_gone_workers_repeated_report_keeps_its_time_and_counts_as_no_progress():
+    """The retry of a gone worker's report was recorded anew, at the retry's time: PBT
+    with time_attr="time" took it for an interval's progress and copied (review)."""
+    from jaxpop.mutators import PopulationBasedTraining, explore
+
+    clock = FakeClock()
+    m = PopulationBasedTraining(
+        perturbation_interval=5,
+        hyperparam_space={"lr": explore.uniform(0.0, 1.0)},
+        time_attr="time",
+        quantile_fraction=0.5,
+    )
+    pop = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)], m, clock=clock, gone_after_s=3.0
+    )
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(1)
+    for i in range(4):
+        pop.set_eval(i, gens[i], 1, f"p{i}", float(10 - i))  # worker 0 the worst
+    clock.advance(6.5)
+    for i in (1, 2, 3):
+        pop.maybe_get_worker_data(i, gens[i], 1, None, None)
+    assert pop.active_workers[0].status == "gone"
+    pop.set_eval(0, gens[0], 1, "p0", 10.0)  # the retry
+    assert pop.active_workers[0].status == "active" and pop.decision_counts.decisions == 0
+    assert pop.history.get_checkpoint(gens[0], 1).time == 1001.0
+
+
+def test_a_step_budget_counts_reports_not_starting_points_and_a_report_copied_back():
+    from jaxpop import StopWhen
+    from jaxpop.mutators import PopulationBasedTraining, explore
+
+    pop = PopulationController([{"h": 0.0}] * 2, noop_mutator(), stop_when=StopWhen(step=0))
+    pop.set_eval(0, pop.active_workers[0].generation_id, 0, None, 1.0)
+    assert [w.status for w in pop.active_workers] == ["finished", "active"]  # both were
+    # the report at the budget whose decision copied the worker back to step 40
+    m = PopulationBasedTraining(
+        perturbation_interval=20, hyperparam_space={"lr": explore.uniform(0.0, 1.0)}
+    )
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, stop_when=StopWhen(step=60))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 40, "w0-40", 0.1)
+    pop.set_eval(1, gens[1], 60, "w1-60", 9.0)  # the budget: it copies worker 0's step 40
+    assert pop.active_workers[1].step == 40 and pop.active_workers[1].status == "finished"
+
+
+def test_a_time_budget_is_checked_at_asks_that_change_nothing():
+    """With synch=True, hold=True and a worker that crashed, the held worker was told to
+    wait forever past the time budget (a hostile test): nothing but changes ran the stop."""
+    from jaxpop import StopWhen
+    from jaxpop.mutators import PopulationBasedTraining, explore
+
+    clock = FakeClock()
+    m = PopulationBasedTraining(
+        perturbation_interval=10,
+        hyperparam_space={"lr": explore.uniform(0.0, 1.0)},
+        synch=True,
+        hold=True,
+    )
+    pop = PopulationController(
+        [{"lr": 0.1}, {"lr": 0.2}], m, clock=clock, stop_when=StopWhen(seconds=100)
+    )
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "w0-10", 1.0)
+    assert pop.maybe_get_worker_data(0, gens[0], 10, None, None).status == "waiting"
+    clock.advance(150)
+    told = pop.maybe_get_worker_data(0, gens[0], 10, None, None)
+    assert told.status == "finished" and pop.done
+    # a plain keep-going ask past the budget is told too
+    pop = PopulationController(
+        [{"h": 0.0}], noop_mutator(), clock=clock, stop_when=StopWhen(seconds=60)
+    )
+    clock.advance(61)
+    told = pop.maybe_get_worker_data(0, pop.active_workers[0].generation_id, 3, None, None)
+    assert told is not None and told.status == "finished"

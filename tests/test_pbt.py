@@ -16,6 +16,7 @@ import pytest
 from conftest import TraceCounter, apply, compilations, fresh_state
 from jaxpop import PopulationController, encoding
 from jaxpop.events import Ask, Eval
+from jaxpop.history import start_time
 from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
 from jaxpop.mutators import explore as ex
 from jaxpop.mutators import selection as selection_lib
@@ -869,7 +870,7 @@ def test_a_views_entry_is_the_workers_score_copy_source_and_readiness(options):
         for state in _run_script(m, script, values, n):
             mstate = pbt_lib._as_state(state.mutator_state)
             if config.burn_in and not config.by_step and mstate.start_time is None:
-                mstate = mstate._replace(start_time=pbt_lib._start_time(state.history))
+                mstate = mstate._replace(start_time=start_time(state.history))
             for i, worker in enumerate(state.workers):
                 h = state.history
                 score = pbt_lib._score(config, mstate, h, i, worker.generation_id)

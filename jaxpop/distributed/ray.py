@@ -16,6 +16,7 @@ import functools
 import math
 import numbers
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -133,6 +134,7 @@ class _ControllerActor:
         self._controller: PopulationController | None = None
         self._error: BaseException | None = None
         self._closed = False
+        self._opening = threading.Lock()
         self._build = functools.partial(
             PopulationController,
             initial_population,
@@ -159,6 +161,11 @@ class _ControllerActor:
     def _open(self, deadline: float) -> None:
         """Builds the controller, waiting for ``log_dir``'s lock until ``deadline`` (a
         ``time.monotonic()``); else keeps the error its calls raise."""
+        with self._opening:  # (an actor with max_concurrency > 1: one builder at a time)
+            if self._controller is None:
+                self._open_locked(deadline)
+
+    def _open_locked(self, deadline: float) -> None:
         while True:
             try:
                 self._controller, self._error = self._build(), None
@@ -426,12 +433,15 @@ class PopulationClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
+    def __del__(self, _served: dict[Any, Any] = _SERVED) -> None:
         # an owning client dropped before shutdown: its handle keeps the actor alive
-        # until the driver exits (or a shutdown), as documented
-        if getattr(self, "_owner", False):
-            with contextlib.suppress(Exception):  # (at interpreter exit, say)
-                _SERVED[self._actor._actor_id] = self._actor
+        # until the driver exits (or a shutdown), as documented. (At interpreter exit
+        # the module's globals may be gone: the dict is bound here, and nothing raises.)
+        try:
+            if self._owner:
+                _served[self._actor._actor_id] = self._actor
+        except Exception:
+            pass
 
     def __reduce__(self) -> tuple[Any, ...]:
         args = (self._actor, self.name, self.namespace, self.timeout_s, self._log_dir)

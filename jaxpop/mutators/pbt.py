@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from jaxpop import encoding
-from jaxpop.history import History, check_mode
+from jaxpop.history import History, check_mode, start_time
 from jaxpop.keys import split_key
 from jaxpop.mutators import _views
 from jaxpop.mutators import explore as explore_lib
@@ -609,7 +609,7 @@ def _update(
 ) -> MutatorResult:
     state = _as_state(state)
     if config.burn_in and not config.by_step and state.start_time is None:
-        state = state._replace(start_time=_start_time(history))
+        state = state._replace(start_time=start_time(history))
     view = views.view(state, workers, history)
     ready = view["ready"].nonzero()[0].tolist()
     if not ready or (config.synch and len(ready) < int(view["active"].sum())):
@@ -699,11 +699,6 @@ def _copy_source(history: History, worker: ActiveWorker) -> Checkpoint | None:
 def _counts(state: Any) -> DecisionCounts:
     state = _as_state(state)
     return DecisionCounts(state.num_decisions, state.num_exploits)
-
-
-def _start_time(history: History) -> float:
-    """When the population started: the earliest first checkpoint of any generation."""
-    return min(history.first(g).time for g in history)
 
 
 class _Selection(NamedTuple):
