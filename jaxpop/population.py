@@ -599,8 +599,8 @@ class PopulationController:
                 when = self._stop_when
                 # (a call that changed nothing can only reach a time budget)
                 if when is not None and (reply.changes is not None or when.seconds is not None):
-                    if self._start is None:
-                        self._start = start_time(state.history)
+                    if self._start is None and when.seconds is not None:
+                        self._start = start_time(state.history)  # (once: O(generations))
                     checkpoint = reply.checkpoint
                     state, changes = core.stop(
                         state,
