@@ -421,9 +421,11 @@ class History(Mapping[str, GenerationView]):
         """The checkpoint an exploit copies from ``generation_id``.
 
         The highest-step evaluated checkpoint whose ``params`` is not ``None`` (a worker
-        may evaluate more often than it saves, reporting ``params=None`` in between);
-        if no evaluated checkpoint has params, the latest evaluated one, whose copier
-        then initialises fresh parameters (as with the seed's ``params=None`` loops);
+        may evaluate more often than it saves, reporting ``params=None`` in between). If
+        no evaluated checkpoint has params, the newest checkpoint that has (a copy's
+        start, which holds its source's params, for a copy that has evaluated but not
+        saved since); if none has, the latest evaluated one, whose copier then
+        initialises fresh parameters (as with the seed's ``params=None`` loops).
         ``None`` if the generation has no evaluation. Which one is copied, the lineage
         records as the new generation's parent.
         """
@@ -431,15 +433,17 @@ class History(Mapping[str, GenerationView]):
         if gen is None:
             return None
         node = gen.steps
-        latest = None
+        latest = saved = None
         while node is not None:
             checkpoint = gen.checkpoints[node[0]]
-            if checkpoint.value is not None:
-                if checkpoint.params is not None:
+            if checkpoint.params is not None:
+                if checkpoint.value is not None:
                     return checkpoint
+                saved = saved or checkpoint
+            elif checkpoint.value is not None:
                 latest = latest or checkpoint
             node = node[1]
-        return latest
+        return latest if latest is None or saved is None else saved
 
     def saves(self, generation_id: str) -> bool:
         """Whether any checkpoint of the generation holds params (a copy's start holds

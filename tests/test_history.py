@@ -210,3 +210,20 @@ def test_saves_says_whether_a_generations_worker_sends_params():
     import jax
 
     assert not jax.tree.map(lambda c: c, h).saves("c") and jax.tree.map(lambda c: c, h).saves("b")
+
+
+def test_latest_loadable_of_a_copy_evaluated_without_params_is_its_start():
+    """A copy evaluated at 15 and 20 without params (it saves less often): copying it
+    gave the evaluation at 20 (``params=None``, "initialise fresh") deep in training;
+    the newest checkpoint that holds params is the copy's start (FIRE tester)."""
+    h = History().add(ck("a", 10, value=1.0, params="a10"))
+    h = h.add(ck("b", 10, parent=("a", 10), params="a10"))
+    assert h.latest_loadable("b") is None  # no evaluation yet: as before
+    for step in (15, 20):
+        h = h.add(ck("b", step, value=0.5, parent=("b", step - 5)))
+    assert h.latest_loadable("b") == h["b"][10]
+    # an evaluation with params wins, and the newest evaluation is taken where no
+    # checkpoint holds params (a worker that never sends them)
+    assert h.add(ck("b", 25, value=0.4, params="b25")).latest_loadable("b").step == 25
+    h = History().add(ck("c", 0)).add(ck("c", 10, value=1.0)).add(ck("c", 20, value=0.5))
+    assert h.latest_loadable("c").step == 20

@@ -399,6 +399,38 @@ def test_branching_keeps_the_best_of_centre_and_both_branches(center, pos, neg, 
     assert state.mutator_state.phase == "exploit"
 
 
+def test_branching_ends_a_phase_only_where_a_worker_that_saves_can_be_sent_back():
+    """A worker that evaluates every step and saves every third: the branches started
+    from an evaluation without params ("initialise fresh parameters"), and the winner
+    resumed from one; each phase now ends at the first evaluation past it that holds
+    params."""
+    m = BranchingSingleMachine(lambda meta, d, i: {"h": d}, exploit_steps=2, explore_steps=2)
+    state = fresh_state([{"h": "center"}], m)
+    g0 = state.workers[0].generation_id
+
+    def ev(state, step, value):
+        gen = state.workers[0].generation_id
+        params = f"{gen}@{step}" if step % 3 == 0 or step == 1 else None
+        return apply(state, Eval(params, 0, gen, step, value), 1.0, m)[0]
+
+    state = ev(state, 1, 1.0)
+    state = ev(state, 2, 1.0)  # past the exploit phase, nothing to branch from yet
+    assert state.mutator_state.phase == "exploit"
+    state = ev(state, 3, 1.0)  # the branch point holds params
+    assert state.mutator_state.branch == (g0, 3)
+    state = ev(state, 5, 0.5)  # the centre: its end holds no params, it trains on
+    assert state.mutator_state.phase == "center"
+    state = ev(state, 6, 0.4)
+    pos = state.workers[0]
+    assert state.mutator_state.phase == "pos" and (pos.params, pos.step) == (f"{g0}@3", 3)
+    state = ev(state, 5, 0.1)
+    state = ev(state, 6, 0.2)  # pos ends at 6, with params: it wins; neg starts
+    state = ev(state, 5, 0.9)
+    state = ev(state, 6, 0.9)
+    w = state.workers[0]
+    assert (w.generation_id, w.step, w.params) == (pos.generation_id, 6, f"{pos.generation_id}@6")
+
+
 def test_branching_at_the_optimum_stays_there():
     # with h already optimal, neither mutation is better: h never leaves 0.0
     def mutate(meta, direction, phase_index):

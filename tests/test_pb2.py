@@ -74,6 +74,19 @@ def test_a_copy_counts_its_first_interval_from_the_copied_checkpoint():
     )
 
 
+def test_a_copy_of_an_unevaluated_copy_counts_from_the_value_of_the_params_it_holds():
+    """``copy2`` copied ``copy``'s start (``copy`` had evaluated, but not saved, since
+    it copied g0 at 10): its first interval starts from g0's value at 10, the value of
+    the params both starts hold (it had none, and lost its first interval)."""
+    h = history_of([1.0], steps=(0, 10))
+    h = h.add(Checkpoint("g0@10", {"lr": 0.2}, "copy", None, ("g0", 10), 10, 0.0))
+    h = h.add(Checkpoint(None, {"lr": 0.2}, "copy", 11.0, ("copy", 10), 12, 0.0))
+    h = h.add(Checkpoint("g0@10", {"lr": 0.3}, "copy2", None, ("copy", 10), 10, 0.0))
+    h = h.add(Checkpoint(None, {"lr": 0.3}, "copy2", 14.0, ("copy2", 10), 12, 0.0))
+    (change,) = [c for c in reward_changes(h) if c.generation_id == "copy2"]
+    assert (change.step, change.span, change.change) == (12, 2, 2.0)
+
+
 def test_non_finite_values_are_skipped():
     h = History(mode="max")
     for step, value in [(0, 0.0), (5, math.nan), (10, 1.0), (15, math.inf)]:

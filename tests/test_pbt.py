@@ -495,17 +495,23 @@ def test_a_host_exploit_compiles_nothing_and_prepare_compiles_a_custom_selection
 
 
 # -- the whole population, no cascades, no rewinds ---------------------------------------
-def test_a_member_that_just_copied_keeps_its_parents_score_for_ranking():
-    seen = []
+def _worst_copies_best(seen):
+    """A selection in which the worst-ranked member copies the best; it records in
+    ``seen`` the ranks it is given."""
 
-    def worst_copies_best(key, ranks):  # records the ranks the selection is given
+    def select(key, ranks):
         seen.append(np.asarray(ranks).tolist())
         out = np.arange(len(ranks))
         if np.isfinite(ranks).sum() >= 2:
             out[int(np.argmax(np.where(np.isfinite(ranks), ranks, -1)))] = int(np.argmin(ranks))
         return out
 
-    m = make(selection=worst_copies_best)
+    return select
+
+
+def test_a_member_that_just_copied_keeps_its_parents_score_for_ranking():
+    seen = []
+    m = make(selection=_worst_copies_best(seen))
     state, gens = population(m, n=3)
     state = report(state, m, 1, 10, 0.1)
     assert seen[-1] == [math.inf, 0.0, math.inf]  # the whole population; no score: inf
@@ -514,6 +520,27 @@ def test_a_member_that_just_copied_keeps_its_parents_score_for_ranking():
     state = report(state, m, 2, 10, 0.5)
     # worker 0 has not reported since it copied: it ranks with worker 1's 0.1
     assert seen[-1] == [0.0, 0.0, 1.0]
+
+
+def test_a_copy_of_a_member_that_has_not_saved_since_it_copied_gets_its_start():
+    """Worker 0 copies worker 1 at 10, then evaluates at 15 without params (it saves
+    less often) and is the best when worker 2 copies it: worker 2 got ``params=None``
+    at step 15 ("initialise fresh parameters"). It gets worker 0's start (worker 1's
+    params at 10), and ranks with their value until it reports."""
+    seen = []
+    m = make(selection=_worst_copies_best(seen))
+    state, _ = population(m, n=3)
+    state = report(state, m, 1, 10, 0.1)
+    state = report(state, m, 0, 10, 5.0)  # copies worker 1
+    copy = state.workers[0]
+    assert (copy.params, copy.step) == ("p1@10", 10)
+    state, _ = apply(state, Eval(None, 0, copy.generation_id, 15, 0.05), 1.0, m)
+    state = report(state, m, 2, 10, 9.0)  # the worst: copies worker 0, the best
+    w = state.workers[2]
+    assert (w.params, w.step) == ("p1@10", 10)
+    assert state.history.branch_point(w.generation_id) == (copy.generation_id, 10)
+    state = report(state, m, 1, 20, 0.2)
+    assert seen[-1] == [0.0, 2.0, 1.0]  # worker 2 ranks with 0.1, the value of its params
 
 
 def test_copies_per_decision_stay_near_the_quantile_when_workers_report_in_turn():

@@ -878,3 +878,48 @@ def test_branching_pos_winner_lineage_skips_abandoned_checkpoints():
     )
     lineage = [c.ref for c in state.history.lineage(winner.generation_id, 5)]
     assert (pos, 4) not in lineage, lineage
+
+
+def _saved_by(history, ref) -> bool:
+    """Whether a generation had sent params (or started from some) by the step ``ref``."""
+    view = history[ref[0]]
+    return any(view[step].params is not None for step in view if step <= ref[1])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_copy_of_a_generation_that_evaluates_more_often_than_it_saves_gets_params(name):
+    """Workers evaluate every 2 steps and send params every 6 (the others ``None``); a
+    copy of a generation that had evaluated since its start but not yet saved got
+    ``params=None`` deep in training ("initialise fresh parameters"), and its training
+    started over. It gets the params the generation started from (FIRE tester)."""
+    spec = MUTATORS[name]
+    mutator, size = spec.make(2), spec.sizes[-1]
+    state = core.init(population(size), mutator, key=root_key(7), now=0.0)
+    rng = np.random.default_rng(1)
+    held = [(w.generation_id, w.step) for w in state.workers]
+    copies = 0
+
+    def apply(state, event, now):
+        return core.transition(state, event, now, core.event_key(state), mutator=mutator)
+
+    for t in range(1, 600):
+        w = int(rng.integers(size))
+        gen, step = held[w]
+        state, reply = apply(state, Ask(None, None, w, gen, step), float(t))
+        new = reply.worker
+        if new is not None and new.status != "active":
+            continue
+        if new is not None and (new.generation_id, new.step) != (gen, step):
+            parent = state.history.first(new.generation_id).parent
+            if parent is not None and _saved_by(state.history, parent) and name != "seed":
+                copies += 1  # (the seed's mutator copies what it chooses)
+                assert new.params is not None, (t, w, new)
+            gen, step = new.generation_id, new.step
+        step += 1
+        if step % 2 == 0:
+            params = f"p{w}@{step}" if step % 6 == 0 else None
+            event = Eval(params, w, gen, step, float(rng.normal()))
+            state, _ = apply(state, event, t + 0.5)
+        held[w] = (gen, step)
+    if name not in ("noop", "seed"):
+        assert copies > 0

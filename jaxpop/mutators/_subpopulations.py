@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxpop.history import History
 from jaxpop.mutators import explore as explore_lib
-from jaxpop.mutators.base import check_number
+from jaxpop.mutators.base import check_number, copied_value
 from jaxpop.types import MetaParams, RawKey
 
 __all__ = [
@@ -76,7 +76,7 @@ def member_score(history: History, generation_id: str) -> float | None:
         return latest.value
     parent = history.branch_point(generation_id)
     source = None if parent is None else history.get_checkpoint(*parent)
-    return None if source is None else source.value
+    return None if source is None else copied_value(history, source)
 
 
 def explore_meta(

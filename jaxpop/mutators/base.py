@@ -581,6 +581,24 @@ def window_mean(values: Sequence[float]) -> float:
     return math.fsum(v / len(values) for v in values)
 
 
+def copied_value(history: History, checkpoint: Checkpoint) -> float | None:
+    """The value a copy of ``checkpoint`` ranks with until it reports its own: the
+    checkpoint's value, or, for the unevaluated start of another copy (whose params it
+    holds), the value of what that copy copied, and so on up the lineage."""
+    seen = 0
+    while checkpoint.value is None and seen < len(history):
+        parent = checkpoint.parent
+        if parent is None or parent[0] == checkpoint.generation_id:
+            return None
+        if checkpoint.step != history.first(checkpoint.generation_id).step:
+            return None  # not a generation's start: it holds params of its own
+        found = history.get_checkpoint(*parent)
+        if found is None:
+            return None
+        checkpoint, seen = found, seen + 1
+    return checkpoint.value
+
+
 def rank_value(value: float | None) -> float:
     """A score to minimise: ``None``, NaN and +-inf all become ``inf`` (rank last)."""
     if value is None or not math.isfinite(value):

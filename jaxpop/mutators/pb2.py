@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxpop.history import History
 from jaxpop.mutators import explore as explore_lib
-from jaxpop.mutators.base import Workers, check_factors, check_number
+from jaxpop.mutators.base import Workers, check_factors, check_number, copied_value
 from jaxpop.mutators.pbt import PopulationBasedTraining
 from jaxpop.records import Checkpoint
 
@@ -102,8 +102,9 @@ def _generation_changes(
     start = None  # a copy's first interval starts from the copied checkpoint's value
     if first.value is None and first.parent is not None and first.parent[0] != generation_id:
         source = history.get_checkpoint(*first.parent)
-        if source is not None and source.value is not None:
-            start = (source.step, source.value)
+        value = None if source is None else copied_value(history, source)
+        if source is not None and value is not None:
+            start = (source.step, value)
     reach = None if limit is None else (limit + 1) * max(math.ceil(min_interval), 1)
     while True:
         since = None if reach is None or newest - reach <= first.step else newest - reach

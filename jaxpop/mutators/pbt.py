@@ -40,6 +40,7 @@ from jaxpop.mutators.base import (
     check_in_space,
     check_number,
     check_probability,
+    copied_value,
     evaluated_since,
     reads_like_a_dict,
     records_config,
@@ -448,7 +449,7 @@ def _score(
     latest = history.latest_evaluated(generation_id)
     if latest is None:
         copied = _copied(history, generation_id)
-        return None if copied is None else copied.value
+        return None if copied is None else copied_value(history, copied)
     if config.metric == "last":
         return latest.value
     since = _marker(config, state, history, worker_id, generation_id)
@@ -507,7 +508,7 @@ def _entry(
     latest = history.latest_evaluated(generation_id)
     if latest is None:  # not evaluated since it started: it ranks (and is copied) as its source
         copied = _copied(history, generation_id)
-        score = None if copied is None else copied.value
+        score = None if copied is None else copied_value(history, copied)
         source = copied if score is not None else None
     else:
         if config.metric == "last":
@@ -691,7 +692,7 @@ def _copy_source(history: History, worker: ActiveWorker) -> Checkpoint | None:
     source = history.latest_loadable(worker.generation_id)
     if source is None:
         copied = _copied(history, worker.generation_id)
-        if copied is not None and copied.value is not None:
+        if copied is not None and copied_value(history, copied) is not None:
             source = copied
     return source
 

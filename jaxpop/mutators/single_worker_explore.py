@@ -57,7 +57,11 @@ class BranchingSingleMachine(Mutator):
     past) the end of each phase. The centre continues the exploit phase's generation;
     each mutated branch is its own generation; the winner's generation continues into
     the next exploit phase. A branch is scored by its latest evaluation at or past its
-    end; NaN and infinite values rank last. The state is a :class:`BranchingState`.
+    end; NaN and infinite values rank last. A worker that saves (sends params) less
+    often than it evaluates ends a phase at its first evaluation past the end that
+    holds params: the branches start from the branch point's params, and the winner
+    resumes from its branch's end (an evaluation without params is nothing to load).
+    The state is a :class:`BranchingState`.
     This mutator drives a population of exactly one worker.
 
     Differences from the seed, on purpose: the first phase is an exploit phase (the
@@ -128,6 +132,12 @@ def _checkpoint(history: History, ref: Any) -> Checkpoint:
     return checkpoint
 
 
+def _loadable(history: History, checkpoint: Checkpoint) -> bool:
+    """Whether a phase can end at ``checkpoint``: it holds params, or its generation's
+    worker never sends any (``params=None`` there means "go on with what you hold")."""
+    return checkpoint.params is not None or not history.saves(checkpoint.generation_id)
+
+
 def _check_one_worker(population: Sequence[Any]) -> None:
     """Refuses a population (initial ``meta_params``, or workers) of several."""
     if len(population) != 1:
@@ -148,7 +158,7 @@ def _update(
     _check_one_worker(workers)
     state = _as_state(state)
     latest = history.latest_evaluated(workers[0].generation_id)
-    if latest is None:
+    if latest is None or not _loadable(history, latest):
         return state, workers, ()
     if state.phase == _EXPLOIT:
         if latest.step < state.phase_start + config.exploit_steps:
