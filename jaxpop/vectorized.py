@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -350,6 +351,25 @@ def _check_flat_space(space: Any) -> None:
             )
 
 
+def _warn_if_none_written(train_state: Any, hparams: Mapping[str, Any]) -> None:
+    """Warns when the train state injects hyperparameters and none of ``hparams`` is one
+    of them: by default nothing is then written into the optimizer (a space of
+    ``log_lr`` for an optimizer made with ``keys={"log_lr": "learning_rate"}``), and the
+    lineage records values the optimizer never used."""
+    held = {name for _, s in find_hparam_states(train_state) for name in s.hyperparams}
+    if held and hparams and not held.intersection(hparams):
+        warnings.warn(
+            f"none of the population's hyperparameters {sorted(hparams)} is one the "
+            f"optimizer state injects {sorted(held)}, so with optimizer_hparams=None none "
+            "is written into the optimizer: pass optimizer_hparams, a function from the "
+            "hyperparameters to optimizer arguments (e.g. lambda h: {'learning_rate': "
+            "jnp.exp(h['log_lr'])}), or optimizer_hparams=lambda h: {} where the train "
+            "step reads them itself",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
 def _init(
     key: jax.Array,
     member_keys: jax.Array | None,
@@ -375,6 +395,8 @@ def _init(
     # strongly typed, as exploit_explore's explored values are (a weak one would make
     # the first round's exploit change the population's types: a second trace)
     hparams = {k: jnp.asarray(v, jnp.asarray(v).dtype) for k, v in hparams.items()}
+    if optimizer_hparams is None:
+        _warn_if_none_written(train_state, hparams)
     return VectorizedPopulation(
         train_state=write_hparams(train_state, hparams, optimizer_hparams),
         hparams=hparams,

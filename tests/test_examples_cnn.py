@@ -121,6 +121,41 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     assert resumed["checkpoints"] > summary["checkpoints"]
 
 
+def test_the_vectorized_example_journals_a_snapshot_only_once_it_is_finalized(
+    tmp_path, monkeypatch
+):
+    """The journal named each round's snapshot while its asynchronous save was still
+    being written: a crash then left a run that could not resume (round tester)."""
+    from examples.vectorized import train as vectorized
+    from jaxpop.checkpointing import ParamStore
+
+    stores, pending, collected = [], [], []
+    init = ParamStore.__init__
+
+    def keep(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        stores.append(self)
+
+    append = storage.Store.append
+
+    def check(self, *args, **kwargs):
+        pending.append(sum(s.num_pending for s in stores))
+        return append(self, *args, **kwargs)
+
+    monkeypatch.setattr(ParamStore, "__init__", keep)
+    monkeypatch.setattr(storage.Store, "append", check)
+    collect = ParamStore.collect_garbage
+    monkeypatch.setattr(
+        ParamStore,
+        "collect_garbage",
+        lambda self, *a, **k: collected.append(1) or collect(self, *a, **k),
+    )
+    argv = ["--steps", "40", "--workers", "4", "--eval-every", "10", "--no-progress"]
+    vectorized.main([*argv, "--batch-size", "16", "--gc-every", "2", "--log-dir", str(tmp_path)])
+    assert pending == [0, 0, 0, 0]  # one append per round, every snapshot finalized
+    assert len(collected) == 2  # every second round (--gc-every was ignored: every round)
+
+
 def test_the_worker_loop_stops_when_the_controller_says_finished(tmp_path, monkeypatch):
     import functools
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -220,6 +221,29 @@ def test_members_that_keep_going_are_untouched():
     assert not np.any(ex.copied)
     jax.tree.map(np.testing.assert_array_equal, new.train_state, pop.train_state)
     jax.tree.map(np.testing.assert_array_equal, new.hparams, pop.hparams)
+
+
+def test_init_warns_when_no_hyperparameter_reaches_the_optimizer():
+    """A space of ``log_lr`` for an optimizer made with ``keys={"log_lr":
+    "learning_rate"}`` and no ``optimizer_hparams``: nothing was written into the
+    optimizer, every member trained at init_fn's rate, and the lineage recorded rates
+    never used, silently (round tester)."""
+    space = {"log_lr": explore.uniform(-5.0, -1.0)}
+    with pytest.warns(UserWarning, match=r"none of the population's hyperparameters \['log_lr'\]"):
+        pop = vz.init(root_key(0), init_fn, space, 4)
+    lr = np.asarray(get_hparams(pop.train_state["opt_state"])["learning_rate"])
+    np.testing.assert_allclose(lr, np.exp(-3.0), rtol=1e-6)  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # written: no warning
+        pop = vz.init(root_key(0), init_fn, space, 4, optimizer_hparams=to_optimizer_lr)
+        vz.init(root_key(0), init_fn, SPACE, 4)  # b1 is written by name
+        vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, space, 4)  # no optimizer
+    lr = np.asarray(get_hparams(pop.train_state["opt_state"])["learning_rate"])
+    np.testing.assert_allclose(lr, np.exp(np.asarray(pop.hparams["log_lr"])), rtol=1e-6)
+
+
+def to_optimizer_lr(h):
+    return {"learning_rate": jnp.exp(h["log_lr"])}
 
 
 def test_members_that_keep_going_keep_the_optimizer_hparams_their_step_wrote():

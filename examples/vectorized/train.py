@@ -182,9 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             stacked = jax.tree.map(lambda *b: np.stack(b), *itertools.islice(batches, steps))
             pop, result = model.round(steps)(pop, stacked, model.val)
-            handle = vz.save_snapshot(store, pop)
+            handle = vz.save_snapshot(store, pop)  # written while the round is logged
             lineage, changes = vz.record(lineage, result, now=time.time(), params=handle)
-            log.append(changes, lineage)
             step = int(result.step)
             accs = np.asarray(result.evaluation)
             losses = np.asarray(result.scores)
@@ -204,7 +203,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 acc=f"{float(accs[best]):.3f}",
                 copied=int(np.sum(np.asarray(result.exploit.copied))),
             )
-            store.collect_garbage(lineage, keep_best=args.keep_best)
+            # the journal names the snapshot only once it is finalized: a crash before
+            # then resumes from the round before, whose snapshot is whole
+            store.wait()
+            log.append(changes, lineage)
+            if (step // args.eval_every) % args.gc_every == 0:
+                store.collect_garbage(lineage, keep_best=args.keep_best)
         progress.close()
         store.wait()
         log.close()
