@@ -777,11 +777,25 @@ def shardings(pop: Any, mesh: Mesh, axis: str = AXIS) -> Any:
     ``pop`` is a :class:`VectorizedPopulation` (its counters and key are replicated) or
     any pytree whose leaves all have the member axis first (e.g. an :class:`Exploit`'s
     arrays, per-member metrics); scalar leaves are replicated.
+
+    Raises:
+      ValueError: a member axis the mesh axis does not divide (JAX would replicate or
+        pad it, and recompile the round as the layout changes).
     """
     split, whole = NamedSharding(mesh, P(axis)), NamedSharding(mesh, P())
+    devices = mesh.shape[axis]
 
     def leaf(x: Any) -> NamedSharding:
-        return split if jnp.ndim(x) >= 1 else whole
+        if jnp.ndim(x) == 0:
+            return whole
+        if jnp.shape(x)[0] % devices:
+            raise ValueError(
+                f"a population of {jnp.shape(x)[0]} members cannot be split evenly over "
+                f"the {devices} devices of the mesh axis {axis!r} (a leaf of shape "
+                f"{jnp.shape(x)}): use a number of members divisible by {devices}, or a "
+                "mesh over fewer devices (vz.member_mesh(jax.devices()[:k]))"
+            )
+        return split
 
     if isinstance(pop, VectorizedPopulation):
         return pop.replace(

@@ -489,6 +489,16 @@ _SHARDED_SCRIPT = textwrap.dedent(
         back = store.restore(store.save("g", 0, sharded), sharded)
     out["restored_same"] = all(a.sharding == b.sharding and bool((a == b).all()) for a, b in
                                zip(jax.tree.leaves(back), jax.tree.leaves(sharded)))
+    # 6 members over 4 devices: refused (the round replicated them, recompiling)
+    pop6 = vz.init(root_key(0), t.init_fn, t.SPACE, 6, optimizer_hparams=t.to_optimizer)
+    evaluate = lambda state, hparams, b: jnp.mean(state["params"]["w"] ** 2)
+    uneven = jax.jit(vz.round_fn(t.train_step, evaluate, steps_per_round=1, space=t.SPACE,
+                                 optimizer_hparams=t.to_optimizer, mesh=mesh))
+    try:
+        uneven(pop6, jax.tree.map(lambda x: x[None], t.batch(0)))
+        out["uneven"] = "ran"
+    except ValueError as e:
+        out["uneven"] = str(e)
     print("RESULT" + json.dumps(out))
     """
 )
@@ -515,6 +525,7 @@ def test_sharded_equals_unsharded_on_4_cpu_devices():
     assert out["fused_same_generation"]
     assert out["fused_max_diff"] < 1e-5
     assert out["restored_same"]
+    assert "6 members cannot be split evenly over the 4 devices" in out["uneven"]
 
 
 @pytest.mark.parametrize("count", [N - 1, N + 1])
