@@ -189,6 +189,12 @@ def train_worker(
     accuracies: dict[tuple[str, int], float] = {}
     reached = until_step - args.steps  # the progress bar counts steps towards until_step
     data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
+    while data is not None and data.status == "waiting":  # restarted inside a round
+        time.sleep(0.01)
+        held = data
+        data = controller.maybe_get_worker_data(
+            worker_id, held.generation_id, held.step, held.params, held.meta_params
+        ) or held.replace(status="active")  # (None: the round kept it; load it and go on)
     if data is not None and data.status == "finished":  # restarted after the run ended
         return accuracies
     while True:

@@ -570,9 +570,6 @@ def ask(
     elif generation_id == assigned.generation_id:
         # keep going -- unless it is finished (told so: status "finished") or held
         reply_worker = None if assigned.status == ACTIVE else assigned
-        holds = None if reply_worker is not None else mutator.holds
-        if holds is not None and holds(new.mutator_state, new.workers, new.history, worker_id):
-            reply_worker = _with_status(assigned, WAITING)
     elif generation_id not in new.history:
         reply_worker = assigned
         warning = (
@@ -593,8 +590,22 @@ def ask(
             last = new.history.continuation(generation_id, step, params, None, now)
             new = new._with(history=new.history.add(last))
             added.append(last)
+    if (reply_worker is None or reply_worker is assigned) and _held(mutator, new, worker_id):
+        # held until the round is decided: one that keeps going, and one that restarted
+        # or resyncs to its assignment (told to train, it went past the interval)
+        reply_worker = _with_status(assigned, WAITING)
     new, changes = _finish(state, new, added, now)
     return new, Reply(worker=reply_worker, warning=warning, changes=changes)
+
+
+def _held(mutator: Mutator, state: PopulationState, worker_id: int) -> bool:
+    """Whether the mutator holds an active worker until its round is decided."""
+    holds = mutator.holds
+    return (
+        holds is not None
+        and state.workers[worker_id].status == ACTIVE
+        and holds(state.mutator_state, state.workers, state.history, worker_id)
+    )
 
 
 def _own_params(result: MutatorResult, params: Any) -> MutatorResult:

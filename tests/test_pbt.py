@@ -654,6 +654,28 @@ def test_several_workers_ready_at_once_decide_in_turn_seeing_the_earlier_copies(
     )
 
 
+@pytest.mark.parametrize("asked", [None, "", "stale", "unknown"])
+def test_a_held_worker_that_restarts_or_resyncs_is_held_too(asked):
+    """A held worker whose process restarted (it asks with no generation) or that asks
+    with a generation not its own was told to train on from its assignment: past the
+    interval, which the round then compares at different steps."""
+    m = make(synch=True, hold=True)
+    state, gens = population(m)
+    state = report(state, m, 0, 5, 3.5)
+    state = report(state, m, 0, 10, 3.0)  # worker 0 reached the interval first
+    gen = {"stale": gens[1], "unknown": "no-such-generation"}.get(asked, asked)
+    state, reply = apply(state, Ask(None, None, 0, gen, 0), 1.0, m)
+    w = reply.worker
+    assert w is not None and w.status == "waiting"
+    assert (w.generation_id, w.step, w.params) == (gens[0], 10, "p0@10")
+    assert state.workers[0].status == "active"
+    # once the round is decided it is answered as before
+    for i, value in ((1, 0.5), (2, 2.0), (3, 1.0)):
+        state = report(state, m, i, 10, value)
+    state, reply = apply(state, Ask(None, None, 0, None, 0), 1.0, m)
+    assert reply.worker.status == "active" and reply.worker.generation_id != gens[0]
+
+
 def test_a_synchronous_round_holds_the_workers_that_reached_the_interval():
     m = make(synch=True, hold=True)
     state, gens = population(m)

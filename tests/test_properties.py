@@ -399,14 +399,17 @@ class Checker:
         w = event.worker_id
         assigned = after.workers[w]
         gen = event.generation_id
+        held = reply.worker is not None and reply.worker.status == WAITING
+        if held and assigned.status != WAITING:  # held until the round is decided
+            self.check_held(after, w, reply)
         if gen is None or gen == "":
-            assert reply.worker is assigned and reply.warning is None
+            assert (held or reply.worker is assigned) and reply.warning is None
         elif gen == assigned.generation_id:
             assert reply.warning is None
-            if reply.worker is not None:  # held until the round is decided
+            if reply.worker is not None:
                 self.check_held(after, w, reply)
         else:
-            assert reply.worker is assigned
+            assert held or reply.worker is assigned
             assert (reply.warning is not None) == (gen not in before.history)
         if not self.has_hook:
             assert after.workers is before.workers
