@@ -652,6 +652,10 @@ def set_eval(
     advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
     params = copy_in(event.params)  # the caller's objects stay the caller's
+    if params is None and existing is not None and not advances:
+        # "params=None": the worker holds what it had there (a copy evaluating what it
+        # loaded at its start); only a worker trained there anew says nothing about them
+        params = existing.params
     # the report recorded already, again (a retry whose reply was lost): nothing new to
     # record (its later time would count as progress) or decide (a finished worker would
     # wake); only a gone worker is alive again, and the mutator decides with it

@@ -652,3 +652,33 @@ def test_a_mutator_that_returns_an_ill_formed_worker_is_refused_naming_it(bad, m
     gen = state.workers[0].generation_id
     with pytest.raises(ValueError, match=match):
         apply(state, Eval("p", 0, gen, 1, 0.5), 1.0, m)
+
+
+def test_an_evaluation_without_params_at_a_recorded_step_keeps_the_params_recorded_there():
+    """A copy that evaluates at its start before training (``params=None``: it holds
+    what it loaded) replaced its start's params by ``None``: the history then said its
+    generation never saves, and a copy of it initialised fresh parameters (review)."""
+    from jaxpop import PopulationBasedTraining, PopulationController
+    from jaxpop.mutators import explore
+
+    pbt = PopulationBasedTraining(
+        perturbation_interval=10, hyperparam_space={"h": explore.uniform(0.0, 9.0)}
+    )
+    pop = PopulationController([{"h": 1.0}, {"h": 2.0}], pbt, seed=1)
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(1, gens[1], 10, "p1@10", 0.1)
+    pop.set_eval(0, gens[0], 10, "p0@10", 5.0)
+    copy = pop.maybe_get_worker_data(0, gens[0], 10, "p0@10", None)
+    assert (copy.params, copy.step) == ("p1@10", 10)
+    pop.set_eval(0, copy.generation_id, 10, None, 0.3)  # evaluates what it loaded
+    start = pop.history.get_checkpoint(copy.generation_id, 10)
+    assert (start.params, start.value) == ("p1@10", 0.3)
+    assert pop.history.saves(copy.generation_id)
+    assert pop.history.latest_loadable(copy.generation_id) == start
+    assert pop.history.first(copy.generation_id).parent == (gens[1], 10)
+    # the same report again is a repeat; a later step's None is recorded as None
+    before = pop.history
+    pop.set_eval(0, copy.generation_id, 10, None, 0.3)
+    assert pop.history is before
+    pop.set_eval(0, copy.generation_id, 12, None, 0.2)
+    assert pop.history.get_checkpoint(copy.generation_id, 12).params is None

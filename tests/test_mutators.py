@@ -610,28 +610,58 @@ def test_exploits_copy_the_latest_evaluated_checkpoint_that_has_params():
     from jaxpop import PopulationBasedTraining, PopulationController
     from jaxpop.mutators import explore
 
-    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
     pbt = PopulationBasedTraining(  # the loser rewinds from 10 to the saved step 5
         perturbation_interval=10,
         hyperparam_space={"h": explore.uniform(0.0, 9.0)},
         allow_rewind=True,
     )
-    for mutator in (wta, pbt):
-        pop = PopulationController([{"h": 1.0}, {"h": 2.0}], mutator, seed=1)
-        gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
-        pop.set_eval(0, gens[0], 5, "saved@5", 0.2)  # the winner saves at 5 ...
-        pop.set_eval(0, gens[0], 10, None, 0.1)  # ... and evaluates at 10 without saving
-        pop.set_eval(1, gens[1], 10, "loser@10", 5.0)
-        data = pop.maybe_get_worker_data(1, gens[1], 10, "loser@10", None)
-        assert data is not None and data.params == "saved@5" and data.step == 5
-        assert pop.history.first(data.generation_id).parent == (gens[0], 5)
+    pop = PopulationController([{"h": 1.0}, {"h": 2.0}], pbt, seed=1)
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(0, gens[0], 5, "saved@5", 0.2)  # the winner saves at 5 ...
+    pop.set_eval(0, gens[0], 10, None, 0.1)  # ... and evaluates at 10 without saving
+    pop.set_eval(1, gens[1], 10, "loser@10", 5.0)
+    data = pop.maybe_get_worker_data(1, gens[1], 10, "loser@10", None)
+    assert data is not None and data.params == "saved@5" and data.step == 5
+    assert pop.history.first(data.generation_id).parent == (gens[0], 5)
     # with no saved params at all (the seed's loops), the latest evaluation is copied
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
     pop = PopulationController([{"h": 1.0}, {"h": 2.0}], wta, seed=1)
     gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
     pop.set_eval(0, gens[0], 10, None, 0.1)
     pop.set_eval(1, gens[1], 10, None, 5.0)
     data = pop.maybe_get_worker_data(1, gens[1], 10, None, None)
     assert data.params is None and data.step == 10
+
+
+def test_a_wta_round_waits_for_a_worker_that_saves_to_save_past_its_interval():
+    """A worker that saves at 5 and evaluates at 10 without params: the round copied its
+    checkpoint at 5, behind the interval; with rounds shorter than the save interval,
+    every round sent the population back to the same start (review). The round waits
+    for its save at 12 and copies that."""
+    from jaxpop import PopulationController
+
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    pop = PopulationController([{"h": 1.0}, {"h": 2.0}], wta, seed=1)
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(0, gens[0], 5, "saved@5", 0.2)
+    pop.set_eval(0, gens[0], 10, None, 0.1)
+    pop.set_eval(1, gens[1], 10, "loser@10", 5.0)
+    assert pop.maybe_get_worker_data(1, gens[1], 10, "loser@10", None) is None  # no round
+    pop.set_eval(0, gens[0], 12, "saved@12", 0.15)  # scored by the mean at and past 10
+    data = pop.maybe_get_worker_data(1, gens[1], 10, "loser@10", None)
+    assert data is not None and data.params == "saved@12" and data.step == 12
+    assert pop.history.first(data.generation_id).parent == (gens[0], 12)
+    # by the clock too: the save must come at or after the interval's time
+    wta = WinnerTakeAllGenetic(lambda m: m, seconds_per_exploit=10.0)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("a@5", 0, gens[0], 5, 0.1), 5.0, wta)
+    state, _ = apply(state, Eval(None, 0, gens[0], 6, 0.1), 11.0, wta)
+    state, _ = apply(state, Eval("b@6", 1, gens[1], 6, 5.0), 11.0, wta)
+    assert state.mutator_state.num_exploits == 0
+    state, _ = apply(state, Eval("a@7", 0, gens[0], 7, 0.1), 12.0, wta)
+    assert state.mutator_state.num_exploits == 1
+    assert [w.params for w in state.workers] == ["a@7", "a@7"]
 
 
 # -- decision counts --------------------------------------------------------------------

@@ -54,7 +54,10 @@ class WinnerTakeAllGenetic(Mutator):
         :func:`jaxpop.mutators.base.takes_key` for how the two are told apart). Must not
         modify its argument.
       steps_per_exploit: a worker is ready once it reports an evaluation at least this
-        many steps after its generation started.
+        many steps after its generation started. A worker that evaluates more often than
+        it saves (``params=None`` in between) is ready at its first evaluation past that
+        point that holds params: the round copies the winner from there, so it never
+        sends the population back behind the interval it just trained.
       seconds_per_exploit: a worker is ready once it reports an evaluation at least this
         many seconds after its generation started. Give exactly one of the two.
       average_over_samples: score each worker by the mean of the values its current
@@ -156,18 +159,34 @@ def _init() -> WinnerTakeAllState:
     return WinnerTakeAllState()
 
 
-def _counted(config: _Config, history: History, generation_id: str) -> list[float]:
-    """The values a generation reported once its interval had passed, by step."""
+def _since(config: _Config, history: History, generation_id: str) -> tuple[float, bool]:
+    """Where a generation's interval ends: a step (``True``) or a time (``False``)."""
     start = history.first(generation_id)
     if config.steps_per_exploit is not None:
-        since: float = start.step + config.steps_per_exploit
-        by_step = True
-    else:
-        assert config.seconds_per_exploit is not None  # the constructor asks for one of them
-        since = start.time + config.seconds_per_exploit
-        by_step = False
+        return start.step + config.steps_per_exploit, True
+    assert config.seconds_per_exploit is not None  # the constructor asks for one of them
+    return start.time + config.seconds_per_exploit, False
+
+
+def _counted(config: _Config, history: History, generation_id: str) -> list[float]:
+    """The values a generation reported once its interval had passed, by step."""
+    since, by_step = _since(config, history, generation_id)
     window = evaluated_since(history, generation_id, since, by_step=by_step)
     return [c.value for c in window if c.value is not None]
+
+
+def _saved_past(config: _Config, history: History, generation_id: str) -> bool:
+    """Whether a round may copy the generation now: it has an evaluation past its interval
+    that holds params, or its worker never sends any. (Its latest loadable checkpoint
+    otherwise is from before the interval, often its start: with rounds shorter than the
+    save interval, every round sent the whole population back to the same start.)"""
+    if not history.saves(generation_id):
+        return True
+    source = history.latest_loadable(generation_id)
+    if source is None or source.params is None or source.value is None:
+        return False
+    since, by_step = _since(config, history, generation_id)
+    return (source.step if by_step else source.time) >= since
 
 
 def _score(config: _Config, values: list[float]) -> float:
@@ -175,8 +194,13 @@ def _score(config: _Config, values: list[float]) -> float:
 
 
 def _entry(config: _Config, state: Any, history: History, worker_id: int, worker: Any) -> tuple:
-    """Whether the worker has a value past its interval; whether it is active."""
-    return bool(_counted(config, history, worker.generation_id)), worker.is_active
+    """Whether the worker is ready (it has a value past its interval, and a checkpoint
+    there to copy); whether it is active."""
+    generation_id = worker.generation_id
+    ready = bool(_counted(config, history, generation_id)) and _saved_past(
+        config, history, generation_id
+    )
+    return ready, worker.is_active
 
 
 def _update(
