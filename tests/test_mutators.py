@@ -431,6 +431,23 @@ def test_branching_ends_a_phase_only_where_a_worker_that_saves_can_be_sent_back(
     assert (w.generation_id, w.step, w.params) == (pos.generation_id, 6, f"{pos.generation_id}@6")
 
 
+def test_branching_from_before_the_first_save_starts_its_branches_at_that_save():
+    """A worker whose first save comes after the exploit phase: the branch point was an
+    evaluation without params (the worker looked like one that never saves), and the
+    branches started from it with ``params=None`` (review). They start from the centre's
+    first save after it, and the centre trains ``explore_steps`` from there."""
+    m = BranchingSingleMachine(lambda meta, d, i: {"h": d}, exploit_steps=2, explore_steps=2)
+    state = fresh_state([{"h": "center"}], m)
+    g0 = state.workers[0].generation_id
+    for step, params in ((2, None), (3, "g0@3"), (4, None)):
+        state, _ = apply(state, Eval(params, 0, g0, step, 1.0), 1.0, m)
+    assert state.mutator_state.phase == "center"  # the branch point came at 2
+    assert state.mutator_state.branch == (g0, 3)
+    state, _ = apply(state, Eval("g0@5", 0, g0, 5, 0.5), 1.0, m)
+    pos = state.workers[0]
+    assert state.mutator_state.phase == "pos" and (pos.params, pos.step) == ("g0@3", 3)
+
+
 def test_branching_at_the_optimum_stays_there():
     # with h already optimal, neither mutation is better: h never leaves 0.0
     def mutate(meta, direction, phase_index):

@@ -61,7 +61,8 @@ class BranchingSingleMachine(Mutator):
     often than it evaluates ends a phase at its first evaluation past the end that
     holds params: the branches start from the branch point's params, and the winner
     resumes from its branch's end (an evaluation without params is nothing to load).
-    The state is a :class:`BranchingState`.
+    If its first save comes after the exploit phase ended, the branch point moves to
+    that save (the centre trains ``explore_steps`` from there). The state is a :class:`BranchingState`.
     This mutator drives a population of exactly one worker.
 
     Differences from the seed, on purpose: the first phase is an exploit phase (the
@@ -166,6 +167,14 @@ def _update(
         # the branch point; the centre trains on from it with the same hparams
         return state._replace(phase=_CENTER, branch=latest.ref), workers, ()
     branch = _checkpoint(history, state.branch)
+    if state.phase == _CENTER and not _loadable(history, branch):
+        # the exploit phase ended before the worker's first save (it looked like one that
+        # never saves): the branches start from the centre's first save after it
+        later = history.evaluated(branch.generation_id, min_step=branch.step)
+        branch = next((c for c in later if c.params is not None), None)
+        if branch is None:
+            return state, workers, ()
+        state = state._replace(branch=branch.ref)
     if latest.step < branch.step + config.explore_steps:
         return state, workers, ()
     if state.phase in (_CENTER, _POS):
