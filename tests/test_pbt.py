@@ -16,12 +16,13 @@ import pytest
 from conftest import TraceCounter, apply, compilations, fresh_state
 from jaxpop import PopulationController, encoding
 from jaxpop.events import Ask, Eval
-from jaxpop.history import start_time
+from jaxpop.history import History, start_time
 from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
 from jaxpop.mutators import explore as ex
 from jaxpop.mutators import selection as selection_lib
 from jaxpop.mutators.fixed_schedule import FixedSchedule
 from jaxpop.mutators.pbt import PopulationBasedTraining, exploit_events
+from jaxpop.records import Checkpoint
 
 SPACE = {"lr": ex.log_uniform(1e-4, 1.0)}
 
@@ -351,6 +352,18 @@ def test_exploit_events_see_other_mutators_branches_too():
     (event,) = exploit_events(pop.history)
     assert event.source == (gen, 12)
     assert (event.meta_params_before, event.meta_params_after) == ({"lr": 1.0}, {"lr": 0.5})
+
+
+def test_an_exploit_event_of_a_copy_of_a_copys_start_has_the_value_of_the_params_copied():
+    """``copy2`` copied ``copy``'s start, params g1 held at 10 with value 0.0: its event
+    said ``source_value=None`` (the start is unevaluated), as if nothing was known."""
+    h = History()
+    h = h.add(Checkpoint("g1@10", {"lr": 0.2}, "g1", 0.0, None, 10, 0.0))
+    h = h.add(Checkpoint("g1@10", {"lr": 0.3}, "copy", None, ("g1", 10), 10, 1.0))
+    h = h.add(Checkpoint(None, {"lr": 0.3}, "copy", 0.5, ("copy", 10), 12, 2.0))
+    h = h.add(Checkpoint("g1@10", {"lr": 0.4}, "copy2", None, ("copy", 10), 10, 3.0))
+    events = {e.generation_id: e for e in exploit_events(h)}
+    assert events["copy"].source_value == 0.0 and events["copy2"].source_value == 0.0
 
 
 # -- Ray issue 36660: the new hyperparameters win over the restored optimizer state -----

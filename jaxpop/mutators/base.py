@@ -38,7 +38,7 @@ from jaxpop.events import Ask
 from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
-from jaxpop.records import ACTIVE, ActiveWorker, Checkpoint, _active_worker
+from jaxpop.records import ACTIVE, ActiveWorker, Checkpoint, CheckpointRef, _active_worker
 from jaxpop.types import MetaParams, MutatorResult, MutatorState, RawKey, Workers
 
 __all__ = [
@@ -581,22 +581,42 @@ def window_mean(values: Sequence[float]) -> float:
     return math.fsum(v / len(values) for v in values)
 
 
-def copied_value(history: History, checkpoint: Checkpoint) -> float | None:
+def copied_value(
+    history: History, checkpoint: Checkpoint, memo: dict[CheckpointRef, float | None] | None = None
+) -> float | None:
     """The value a copy of ``checkpoint`` ranks with until it reports its own: the
     checkpoint's value, or, for the unevaluated start of another copy (whose params it
-    holds), the value of what that copy copied, and so on up the lineage."""
+    holds), the value of what that copy copied, and so on up the lineage.
+
+    ``memo``: a dict shared by calls on the same ``history``, which then read each link
+    of a chain of such copies once (reading every generation of a long chain was
+    quadratic in its length)."""
+    walked: list[CheckpointRef] = []
+    value: float | None
     seen = 0
     while checkpoint.value is None and seen < len(history):
+        if memo is not None and checkpoint.ref in memo:
+            value = memo[checkpoint.ref]
+            break
+        walked.append(checkpoint.ref)
         parent = checkpoint.parent
-        if parent is None or parent[0] == checkpoint.generation_id:
-            return None
-        if checkpoint.step != history.first(checkpoint.generation_id).step:
-            return None  # not a generation's start: it holds params of its own
-        found = history.get_checkpoint(*parent)
+        found = None
+        # not a copy, or not a generation's start (it holds params of its own)
+        if (
+            parent is not None
+            and parent[0] != checkpoint.generation_id
+            and checkpoint.step == history.first(checkpoint.generation_id).step
+        ):
+            found = history.get_checkpoint(*parent)
         if found is None:
-            return None
+            value = None
+            break
         checkpoint, seen = found, seen + 1
-    return checkpoint.value
+    else:
+        value = checkpoint.value
+    if memo is not None:
+        memo.update(dict.fromkeys(walked, value))
+    return value
 
 
 def rank_value(value: float | None) -> float:

@@ -28,7 +28,7 @@ from jaxpop.history import History
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators.base import Workers, check_factors, check_number, copied_value
 from jaxpop.mutators.pbt import PopulationBasedTraining
-from jaxpop.records import Checkpoint
+from jaxpop.records import Checkpoint, CheckpointRef
 
 __all__ = ["PB2", "PB2Explorer", "RewardChange", "reward_changes"]
 
@@ -89,7 +89,12 @@ def _chunks(points: list[tuple[int, float]], min_interval: float) -> list[tuple[
 
 
 def _generation_changes(
-    history: History, generation_id: str, sign: float, min_interval: float, limit: int | None
+    history: History,
+    generation_id: str,
+    sign: float,
+    min_interval: float,
+    limit: int | None,
+    memo: dict[CheckpointRef, float | None],
 ) -> list[RewardChange]:
     """The newest ``limit`` (all: ``None``) reward changes of a generation, by step.
 
@@ -102,7 +107,7 @@ def _generation_changes(
     start = None  # a copy's first interval starts from the copied checkpoint's value
     if first.value is None and first.parent is not None and first.parent[0] != generation_id:
         source = history.get_checkpoint(*first.parent)
-        value = None if source is None else copied_value(history, source)
+        value = None if source is None else copied_value(history, source, memo)
         if source is not None and value is not None:
             start = (source.step, value)
     reach = None if limit is None else (limit + 1) * max(math.ceil(min_interval), 1)
@@ -168,12 +173,13 @@ def reward_changes(
     generations = [(history.latest(g).step, i, g) for i, g in enumerate(history)]
     generations.sort(reverse=True)
     kept: list[tuple[int, int, RewardChange]] = []
+    memo: dict[CheckpointRef, float | None] = {}  # (copied values, read once per chain)
     for bound, index, generation_id in generations:
         if window is not None and len(kept) >= window and bound < kept[window - 1][0]:
             break  # every later generation ends before the window's oldest change
         if where is not None and not where(history.first(generation_id).meta_params):
             continue
-        for change in _generation_changes(history, generation_id, sign, min_interval, window):
+        for change in _generation_changes(history, generation_id, sign, min_interval, window, memo):
             kept.append((change.step, index, change))
         if window is not None and len(kept) >= window:
             kept.sort(key=lambda item: (item[0], item[1]), reverse=True)

@@ -67,7 +67,9 @@ class ExploitEvent(NamedTuple):
       meta_params_before: the source checkpoint's hyperparameters (``None`` if the
         source is not in the history).
       meta_params_after: the new generation's hyperparameters.
-      source_value: the source checkpoint's evaluation (``None`` if it has none).
+      source_value: the value of the params copied: the source checkpoint's
+        evaluation, or for the unevaluated start of another copy, the value those params
+        were copied at (:func:`~jaxpop.mutators.base.copied_value`); ``None`` if none.
     """
 
     generation_id: str
@@ -104,6 +106,7 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
     [(10, 0.3, {'lr': 0.2}, {'lr': 0.1}), (10, 0.3, {'lr': 0.2}, {'lr': 0.1})]
     """
     events = []
+    memo: dict[CheckpointRef, float | None] = {}
     for generation_id in history:
         first = history.first(generation_id)
         parent = first.parent
@@ -120,7 +123,7 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
                 time=first.time,
                 meta_params_before=None if source is None else source.meta_params,
                 meta_params_after=first.meta_params,
-                source_value=None if source is None else source.value,
+                source_value=None if source is None else copied_value(history, source, memo),
             )
         )
     return events

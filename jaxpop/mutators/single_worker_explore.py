@@ -62,8 +62,8 @@ class BranchingSingleMachine(Mutator):
     holds params: the branches start from the branch point's params, and the winner
     resumes from its branch's end (an evaluation without params is nothing to load).
     If its first save comes after the exploit phase ended, the branch point moves to
-    that save (the centre trains ``explore_steps`` from there). The state is a :class:`BranchingState`.
-    This mutator drives a population of exactly one worker.
+    that save (the centre trains ``explore_steps`` from there). The state is a
+    :class:`BranchingState`. This mutator drives a population of exactly one worker.
 
     Differences from the seed, on purpose: the first phase is an exploit phase (the
     seed starts by exploring from step 0); NaN never wins (the seed's ``nanargmin``
@@ -171,9 +171,10 @@ def _update(
         # the exploit phase ended before the worker's first save (it looked like one that
         # never saves): the branches start from the centre's first save after it
         later = history.evaluated(branch.generation_id, min_step=branch.step)
-        branch = next((c for c in later if c.params is not None), None)
-        if branch is None:
+        saved = next((c for c in later if c.params is not None), None)
+        if saved is None:
             return state, workers, ()
+        branch = saved
         state = state._replace(branch=branch.ref)
     if latest.step < branch.step + config.explore_steps:
         return state, workers, ()
