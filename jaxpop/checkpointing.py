@@ -37,6 +37,7 @@ from jax.experimental import multihost_utils
 
 from jaxpop.core import PopulationState
 from jaxpop.history import History
+from jaxpop.records import Checkpoint
 
 if TYPE_CHECKING:
     from jaxpop.population import Controller
@@ -113,12 +114,22 @@ class _Registry:
     def __init__(self):
         self.lock = threading.Lock()
         self.saving: dict[str, concurrent.futures.Future] = {}  # handle -> its save
-        self.failed: dict[str, BaseException] = {}  # handle -> why its save failed
+        # handle -> why its save failed, as text: the exception's traceback holds the
+        # frames of the save, the host copy of its arrays with them (kept for good)
+        self.failed: dict[str, str] = {}
         self.reading: Counter[str] = Counter()  # handle -> restores in progress
         self.deleting: set[str] = set()
 
 
 _REGISTRY = _Registry()
+
+
+def _registry_key(path: str) -> str:
+    """The name the registry knows a checkpoint by: its path with symlinks resolved, so
+    two stores on one directory (one through a link) see each other's saves, restores
+    and deletes. Handles themselves keep the path their store was given (a link may
+    resolve differently on other hosts)."""
+    return os.path.realpath(path)
 
 
 # -- leaves --------------------------------------------------------------------------
@@ -615,24 +626,25 @@ class ParamStore:
             "leaves": specs,
         }
         future: concurrent.futures.Future = concurrent.futures.Future()
+        key = _registry_key(handle)
         self._slots.acquire()
         try:
             with self._lock:
                 if self._closed:
                     raise RuntimeError(f"this ParamStore ({self._directory}) was closed")
                 with _REGISTRY.lock:  # registered before any file of it can exist
-                    _REGISTRY.saving[handle] = future
+                    _REGISTRY.saving[key] = future
                 self._mine[handle] = future
                 if not collective:
-                    self._executor.submit(self._run, handle, arrays, meta, future)
+                    self._executor.submit(self._run, handle, key, arrays, meta, future)
         except BaseException as e:
             if handle in self._mine:
-                self._settle(handle, future, e)
+                self._settle(handle, key, future, e)
             else:
                 self._slots.release()
             raise
         if collective:
-            self._run(handle, arrays, meta, future)
+            self._run(handle, key, arrays, meta, future)
         if collective or not self.async_save:
             self._wait_for((handle,))
         return handle
@@ -640,6 +652,7 @@ class ParamStore:
     def _run(
         self,
         handle: str,
+        key: str,
         arrays: dict[str, np.ndarray | jax.Array],
         meta: dict[str, Any],
         future: concurrent.futures.Future,
@@ -657,16 +670,20 @@ class ParamStore:
         except BaseException as e:
             shutil.rmtree(handle + _TMP_SUFFIX, ignore_errors=True)
             error = e
-        self._settle(handle, future, error)
+        self._settle(handle, key, future, error)
 
     def _settle(
-        self, handle: str, future: concurrent.futures.Future, error: BaseException | None
+        self,
+        handle: str,
+        key: str,
+        future: concurrent.futures.Future,
+        error: BaseException | None,
     ) -> None:
         """Records the outcome of a save, then wakes whoever waits for it."""
         with _REGISTRY.lock:
-            _REGISTRY.saving.pop(handle, None)
+            _REGISTRY.saving.pop(key, None)
             if error is not None:
-                _REGISTRY.failed[handle] = error
+                _REGISTRY.failed[key] = f"{type(error).__name__}: {error}"
         with self._lock:
             self._mine.pop(handle, None)
             if error is not None:
@@ -752,27 +769,26 @@ class ParamStore:
                 "(an empty path would read the current directory)"
             )
         path = os.path.abspath(handle)
+        key = _registry_key(path)
         with _REGISTRY.lock:
-            pending = _REGISTRY.saving.get(path)
+            pending = _REGISTRY.saving.get(key)
         if pending is not None:
             concurrent.futures.wait([pending])
         with _REGISTRY.lock:
-            error = _REGISTRY.failed.get(path)
+            error = _REGISTRY.failed.get(key)
         if error is not None:
-            raise MissingCheckpointError(
-                handle, f"its save failed ({type(error).__name__}: {error})"
-            ) from error
+            raise MissingCheckpointError(handle, f"its save failed ({error})")
         with _REGISTRY.lock:
-            if path in _REGISTRY.deleting:
+            if key in _REGISTRY.deleting:
                 raise MissingCheckpointError(handle, "it was deleted by garbage collection")
-            _REGISTRY.reading[path] += 1
+            _REGISTRY.reading[key] += 1
         try:
             return self._read(handle, path, target)
         finally:
             with _REGISTRY.lock:
-                _REGISTRY.reading[path] -= 1
-                if not _REGISTRY.reading[path]:
-                    del _REGISTRY.reading[path]
+                _REGISTRY.reading[key] -= 1
+                if not _REGISTRY.reading[key]:
+                    del _REGISTRY.reading[key]
 
     def exists(self, handle: str) -> bool:
         """Whether ``restore(handle, ...)`` can find a checkpoint (now, or once its save
@@ -787,10 +803,11 @@ class ParamStore:
         if not handle.strip():
             return False
         path = os.path.abspath(handle)
+        key = _registry_key(path)
         with _REGISTRY.lock:
-            if path in _REGISTRY.failed or path in _REGISTRY.deleting:
+            if key in _REGISTRY.failed or key in _REGISTRY.deleting:
                 return False
-            if path in _REGISTRY.saving:
+            if key in _REGISTRY.saving:
                 return True
         return os.path.isdir(path)
 
@@ -933,6 +950,31 @@ class ParamStore:
         shutil.rmtree(trash, ignore_errors=True)
         return True
 
+    def _finished_lineages(self, state: PopulationState, on_disk: set[str]) -> set[str]:
+        """Per worker, the newest checkpoint of its lineage in this directory whose save
+        has finished: what it goes back to if a newer save (still running when the
+        collection looks) fails or its process is killed. (Its newest is usually the one
+        found, at no cost.)"""
+        history, out = state.history, set()
+        for worker in state.workers:
+            if worker.generation_id not in history:
+                continue
+            checkpoint: Checkpoint | None = history.latest(worker.generation_id)
+            for _ in range(history.num_checkpoints):
+                if checkpoint is None:
+                    break
+                params = checkpoint.params
+                if isinstance(params, str):
+                    name = self._name_in_directory(params)
+                    if name is None:
+                        break  # another store's lineage from here on
+                    if name in on_disk:
+                        out.add(name)
+                        break
+                parent = checkpoint.parent
+                checkpoint = None if parent is None else history.get_checkpoint(*parent)
+        return out
+
     def collect_garbage(
         self,
         state_or_controller: PopulationState | Controller,
@@ -985,6 +1027,8 @@ class ParamStore:
             retained = {n for h in retained_set if (n := self._name_in_directory(h))}
             complete, unfinished, trash = self._scan()
             on_disk = set(complete)
+            for shown in (state,) if newest is state else (state, newest):
+                retained |= self._finished_lineages(shown, on_disk)
             recorded = set()
             for checkpoint in state.history.checkpoints():
                 params = checkpoint.params
@@ -1001,7 +1045,6 @@ class ParamStore:
             for name in sorted(on_disk) + unfinished:
                 path = os.path.join(self._directory, name)
                 is_tmp = name.endswith(_TMP_SUFFIX)
-                final = path[: -len(_TMP_SUFFIX)] if is_tmp else path
                 if not is_tmp and name in retained:
                     kept_retained += 1
                     continue
@@ -1013,19 +1056,20 @@ class ParamStore:
                     if orphan_grace_s is None or age < orphan_grace_s:
                         kept_unreported += 1
                         continue
+                key = _registry_key(path[: -len(_TMP_SUFFIX)] if is_tmp else path)
                 with _REGISTRY.lock:
-                    if final in _REGISTRY.saving or _REGISTRY.reading.get(final):
+                    if key in _REGISTRY.saving or _REGISTRY.reading.get(key):
                         busy += 1
                         continue
-                    if final in _REGISTRY.deleting:  # another store is deleting it
+                    if key in _REGISTRY.deleting:  # another store is deleting it
                         continue
-                    _REGISTRY.deleting.add(final)
+                    _REGISTRY.deleting.add(key)
                 try:
                     if self._delete(path) and not is_tmp:
                         deleted.append(path)
                 finally:
                     with _REGISTRY.lock:
-                        _REGISTRY.deleting.discard(final)
+                        _REGISTRY.deleting.discard(key)
                 self._seen.discard(name)
             for name in trash:  # left by a collection that was interrupted
                 shutil.rmtree(os.path.join(self._directory, name), ignore_errors=True)

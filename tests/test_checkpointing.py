@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import gc
 import json
 import math
 import os
@@ -9,6 +11,8 @@ import random
 import shutil
 import tempfile
 import threading
+import weakref
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -241,12 +245,19 @@ def test_unfinished_checkpoint_is_reported(store):
 
 
 def test_failed_save_is_raised_by_wait_and_restore(tmp_path, monkeypatch):
+    class DiskFull(OSError):  # (a subclass can be weakly referenced)
+        pass
+
+    errors = []
+
     class BrokenCheckpointer:
         def __init__(self, *args, **kwargs):
             pass
 
         def save(self, *args, **kwargs):
-            raise OSError("disk full")
+            error = DiskFull("disk full")
+            errors.append(weakref.ref(error))
+            raise error
 
     store = ParamStore(tmp_path)
     monkeypatch.setattr(checkpointing.ocp, "Checkpointer", BrokenCheckpointer)
@@ -255,8 +266,13 @@ def test_failed_save_is_raised_by_wait_and_restore(tmp_path, monkeypatch):
         store.wait()
     assert info.value.handles == (handle,)
     store.wait()  # each failure is raised once
-    with pytest.raises(MissingCheckpointError, match="its save failed"):
+    with pytest.raises(MissingCheckpointError, match=r"its save failed \(DiskFull: disk full"):
         store.restore(handle, {"a": np.ones(2)})
+    # once raised, a failure is not kept: its traceback holds the host copy of the
+    # arrays (every failed save's stayed in memory for good; hostile test)
+    del info
+    gc.collect()
+    assert errors[0]() is None
     sync = ParamStore(tmp_path, async_save=False)
     with pytest.raises(CheckpointSaveError, match="disk full"):
         sync.save("g", 1, {"a": np.ones(2)})
@@ -395,6 +411,37 @@ def test_collect_garbage_deletes_replaced_handles(store):
     assert store.collect_garbage(controller, keep_best=1).deleted == (first,)
 
 
+def test_collect_garbage_keeps_a_lineages_last_finished_save_while_a_newer_one_runs(store):
+    """The worker's save at 20 is still being written when a collection runs: the one at
+    10 was deleted, so when the save at 20 failed (disk full) or its process was killed,
+    the lineage had nothing to go back to (fresh parameters; hostile test). It is kept
+    until the newer save has finished."""
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    controller = PopulationController([{"x": 0}], mutator)
+    gen = controller.active_workers[0].generation_id
+    at10 = store.save(gen, 10, {"a": np.ones(2)})
+    store.wait()
+    controller.set_eval(0, gen, 10, at10, 1.0)
+    with checkpointing._ORBAX_SAVE_LOCK:  # the save at 20 cannot finish yet
+        at20 = store.save(gen, 20, {"a": np.zeros(2)})
+        controller.set_eval(0, gen, 20, at20, 0.5)
+        report = store.collect_garbage(controller, keep_best=0)
+        assert report.deleted == () and store.handles() == [at10]
+    store.wait()
+    assert store.collect_garbage(controller, keep_best=0).deleted == (at10,)
+    # a save that failed: its lineage keeps its last finished one, and a worker sent the
+    # failed handle steps back to it
+    disk_full = OSError(errno.ENOSPC, "No space left on device")
+    with mock.patch.object(checkpointing.ocp.Checkpointer, "save", side_effect=disk_full):
+        at30 = store.save(gen, 30, {"a": np.full(2, 3.0)})
+        controller.set_eval(0, gen, 30, at30, 0.2)
+        with pytest.raises(CheckpointSaveError):
+            store.wait()
+    assert store.collect_garbage(controller, keep_best=0).deleted == ()
+    back = controller.checkpoint_missing(0, gen, 30, exists=store.exists)
+    assert (back.params, back.step) == (at20, 20)
+
+
 @pytest.mark.parametrize("seeds", [(0, 1), (0, 0)])
 def test_collect_garbage_for_another_run_keeps_what_the_first_run_retains(store, seeds):
     # one store shared by two runs (a sweep, one after the other): collecting for the
@@ -491,6 +538,44 @@ def test_collect_garbage_skips_a_restore_in_progress(store):
         with checkpointing._REGISTRY.lock:
             del checkpointing._REGISTRY.reading[old]
     assert store.collect_garbage(controller, keep_best=0).deleted == (old,)
+
+
+def test_a_collection_by_a_store_opened_through_a_symlink_spares_a_restore(tmp_path, monkeypatch):
+    """Two stores on one directory, one opened through a symlink: a collection by one
+    deleted a checkpoint the other was restoring (the process-wide bookkeeping went by
+    the path as given; hostile test)."""
+    os.makedirs(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    store, linked = ParamStore(tmp_path / "real"), ParamStore(tmp_path / "link")
+    controller = PopulationController([{"x": 0}], WinnerTakeAllGenetic(lambda m: m, 100))
+    gen = controller.active_workers[0].generation_id
+    old = store.save(gen, 1, {"a": np.ones(2)})
+    controller.set_eval(0, gen, 1, old, 1.0)
+    controller.set_eval(0, gen, 2, store.save(gen, 2, {"a": np.zeros(2)}), 1.0)
+    store.wait()
+    reading, release = threading.Event(), threading.Event()
+    read = ParamStore._read
+
+    def paused(self, handle, path, target):
+        reading.set()
+        release.wait(30)
+        return read(self, handle, path, target)
+
+    monkeypatch.setattr(ParamStore, "_read", paused)
+    restored = []
+    thread = threading.Thread(target=lambda: restored.append(store.restore(old, {"a": np.ones(2)})))
+    thread.start()
+    try:
+        assert reading.wait(30)
+        report = linked.collect_garbage(controller, keep_best=0)
+    finally:
+        release.set()
+        thread.join(30)
+    assert report.deleted == () and report.busy == 1
+    np.testing.assert_array_equal(restored[0]["a"], np.ones(2))
+    assert len(linked.collect_garbage(controller, keep_best=0).deleted) == 1
+    store.close()
+    linked.close()
 
 
 def test_collect_garbage_removes_leftover_trash(store):
