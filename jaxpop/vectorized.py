@@ -45,6 +45,7 @@ __all__ = [
     "init",
     "init_keys",
     "is_key_leaf",
+    "latest_snapshot",
     "lineage_init",
     "member_hparams",
     "member_mesh",
@@ -942,6 +943,25 @@ def record(
     new_state = PopulationState(tuple(workers), state.mutator_state, state.key, history, num_events)
     changes = Changes(tuple(added), tuple(changed), state.mutator_state, num_events, now)
     return new_state, changes
+
+
+def latest_snapshot(lineage: PopulationState) -> Any:
+    """The snapshot handle of the newest round :func:`record` gave one (``None``: none).
+
+    Where a run resumes whose journal may hold rounds past its newest snapshot (one
+    that snapshots every few rounds, or whose process died between two appends): it
+    restores this snapshot and runs the rounds after it again, recording only those the
+    journal does not hold (``docs/multihost.md``). Follows member 0's lineage back from
+    its newest checkpoint: O(rounds since that snapshot).
+    """
+    history = lineage.history
+    checkpoint: Checkpoint | None = history.latest(lineage.workers[0].generation_id)
+    for _ in range(history.num_checkpoints):
+        if checkpoint is None or checkpoint.params is not None:
+            break
+        parent = checkpoint.parent
+        checkpoint = None if parent is None else history.get_checkpoint(*parent)
+    return None if checkpoint is None else checkpoint.params
 
 
 def save_snapshot(store: Any, pop: VectorizedPopulation, *, name: str = "vectorized") -> str:

@@ -192,18 +192,20 @@ def main(args: argparse.Namespace) -> None:
     like = jax.eval_shape(make_pop, key)
     params = ParamStore(os.path.join(out, "params"), async_save=False)
     log = storage.Store(os.path.join(out, "log")) if lead else None
-    pending: list = []  # (changes, lineage) recorded but not yet journaled
+    recorded = 0  # the rounds the journal holds: run again from the snapshot, not recorded
 
+    handle = None
     if args.resume:
-        handle = None
         if lead:
             lineage = log.load()
             log.start(lineage)
-            handle = lineage.history.latest(lineage.workers[0].generation_id).params
+            handle, recorded = vz.latest_snapshot(lineage), lineage.num_events
         handle = multihost.broadcast_from_lead(handle)
+    if handle is not None:
         pop = vz.restore_snapshot(params, handle, like, mesh)
     else:
         pop = jax.jit(make_pop, out_shardings=vz.shardings(like, mesh))(key)
+    if not args.resume:
         light = multihost.to_host(pop.replace(train_state=None))
         if lead:
             lineage = vz.lineage_init(light, key, now=0.0)
@@ -221,7 +223,7 @@ def main(args: argparse.Namespace) -> None:
         handle = None
         if (r + 1) % args.snapshot_every == 0:
             handle = vz.save_snapshot(params, pop)  # collective, finalized on return
-        if lead:
+        if lead and r >= recorded:
             lineage, changes = vz.record(
                 lineage,
                 scores_h,
@@ -230,11 +232,13 @@ def main(args: argparse.Namespace) -> None:
                 exploit=exploit_h,
                 params=handle,
             )
-            pending.append((changes, lineage))
-            if handle is not None:  # the journal reaches this snapshot, never past it
-                for changes, state in pending:
-                    log.append(changes, state)
-                pending.clear()
+            log.append(changes, lineage)
+        elif lead:  # a round the journal holds, run again from the snapshot: the same
+            step = int(exploit_h.step)
+            gens = [vz.generation_id(key, int(g)) for g in exploit_h.old_generation]
+            journaled = [lineage.history.get_checkpoint(g, step).value for g in gens]
+            assert journaled == np.asarray(scores_h, np.float64).tolist(), (r, journaled)
+        if lead:
             line = {
                 "round": r,
                 "scores": scores_h.tolist(),

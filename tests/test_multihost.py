@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 
 from jaxpop import multihost, storage
+from jaxpop import vectorized as vz
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_run.py")
 ROUNDS, STOP_AFTER, PER_PROCESS = 6, 4, 4  # members 0-3 on process 0, 4-7 on process 1
@@ -180,8 +181,8 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path, laun
     reference = _rounds(one)
     assert [r["round"] for r in reference] == list(range(ROUNDS))
 
-    # 2 processes, SIGKILLed (both) once round 4 is done: the journal and the last
-    # snapshot hold round 3, round 4 is lost
+    # 2 processes, SIGKILLed (both) once round 4 is done: the journal holds round 4,
+    # the last snapshot round 3 (the resumed run reruns round 4 from it, unrecorded)
     launcher.start(two, _two(two, "--stop-after", str(STOP_AFTER)))
     deadline = time.monotonic() + TIMEOUT_S
     while not all(os.path.exists(os.path.join(two, f"stopped-{i}")) for i in range(2)):
@@ -191,6 +192,8 @@ def test_two_processes_equal_one_and_resume_after_both_are_killed(tmp_path, laun
         time.sleep(0.1)
     launcher.kill()
     assert launcher.exits(2, time.monotonic() + 30) == {0: -signal.SIGKILL, 1: -signal.SIGKILL}
+    killed = storage.read_state(os.path.join(two, "log"))
+    assert killed.num_events == STOP_AFTER + 1 and vz.latest_snapshot(killed) is not None
     before = _rounds(two)
     assert [r["round"] for r in before] == list(range(STOP_AFTER + 1))
 

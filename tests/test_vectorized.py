@@ -337,6 +337,23 @@ def test_lineage_records_and_journal(tmp_path):
     assert loaded.workers == lineage.workers
 
 
+def test_latest_snapshot_is_the_newest_round_recorded_with_a_handle():
+    """A journal may hold rounds past its newest snapshot (a run that snapshots every
+    few rounds, a crash between two appends): the resume took the newest round's params,
+    ``None``, and could not restore (docs/multihost.md's recipe)."""
+    pop = make_pop()
+    lineage = vz.lineage_init(pop, root_key(0), now=1.0)
+    assert vz.latest_snapshot(lineage) is None
+    for r in range(4):
+        pop, losses = STEP(pop, batch(r))
+        step = int(pop.step)
+        pop, ex = EXPLOIT(pop, -np.arange(N, dtype=np.float32) if r % 2 else losses)
+        handle = f"snapshot@{step}" if r == 1 else None
+        lineage, _ = vz.record(lineage, losses, step=step, now=2.0 + r, exploit=ex, params=handle)
+        assert vz.latest_snapshot(lineage) == (None if r < 1 else "snapshot@2")
+    assert int(np.asarray(ex.copied).sum()) > 0  # (member 0's lineage crossed copies)
+
+
 def test_resume_from_snapshot_continues_identically(tmp_path):
     def run(pop, lineage, rounds, start, store=None, snapshot_at=None):
         handle = None
