@@ -37,7 +37,6 @@ from jax.experimental import multihost_utils
 
 from jaxpop.core import PopulationState
 from jaxpop.history import History
-from jaxpop.records import Checkpoint
 
 if TYPE_CHECKING:
     from jaxpop.population import Controller
@@ -959,10 +958,7 @@ class ParamStore:
         for worker in state.workers:
             if worker.generation_id not in history:
                 continue
-            checkpoint: Checkpoint | None = history.latest(worker.generation_id)
-            for _ in range(history.num_checkpoints):
-                if checkpoint is None:
-                    break
+            for checkpoint in history.back_from(history.latest(worker.generation_id)):
                 params = checkpoint.params
                 if isinstance(params, str):
                     name = self._name_in_directory(params)
@@ -971,8 +967,6 @@ class ParamStore:
                     if name in on_disk:
                         out.add(name)
                         break
-                parent = checkpoint.parent
-                checkpoint = None if parent is None else history.get_checkpoint(*parent)
         return out
 
     def collect_garbage(

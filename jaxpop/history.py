@@ -480,14 +480,20 @@ class History(Mapping[str, GenerationView]):
         )
         if checkpoint is None:
             raise KeyError((generation_id, step))
-        chain = [checkpoint]
-        while checkpoint.parent is not None:
-            checkpoint = self.get_checkpoint(*checkpoint.parent)
-            if checkpoint is None or len(chain) > self.num_checkpoints:
-                break
-            chain.append(checkpoint)
+        chain = list(self.back_from(checkpoint))
         chain.reverse()
         return chain
+
+    def back_from(self, checkpoint: Checkpoint) -> Iterator[Checkpoint]:
+        """``checkpoint``, then its parent, its parent's parent, ... (newest first),
+        lazily: to the root, or to a parent the history does not hold."""
+        for _ in range(self.num_checkpoints + 1):
+            yield checkpoint
+            parent = checkpoint.parent
+            found = None if parent is None else self.get_checkpoint(*parent)
+            if found is None:
+                return
+            checkpoint = found
 
 
 # -- a pytree: its checkpoints are the children -------------------------------------------------

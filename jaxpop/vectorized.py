@@ -955,13 +955,8 @@ def latest_snapshot(lineage: PopulationState) -> Any:
     its newest checkpoint: O(rounds since that snapshot).
     """
     history = lineage.history
-    checkpoint: Checkpoint | None = history.latest(lineage.workers[0].generation_id)
-    for _ in range(history.num_checkpoints):
-        if checkpoint is None or checkpoint.params is not None:
-            break
-        parent = checkpoint.parent
-        checkpoint = None if parent is None else history.get_checkpoint(*parent)
-    return None if checkpoint is None else checkpoint.params
+    newest = history.latest(lineage.workers[0].generation_id)
+    return next((c.params for c in history.back_from(newest) if c.params is not None), None)
 
 
 def save_snapshot(store: Any, pop: VectorizedPopulation, *, name: str = "vectorized") -> str:
