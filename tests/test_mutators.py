@@ -681,6 +681,68 @@ def test_a_wta_round_waits_for_a_worker_that_saves_to_save_past_its_interval():
     assert [w.params for w in state.workers] == ["a@7", "a@7"]
 
 
+def test_a_wta_round_waits_at_most_one_more_interval_for_the_best_workers_save():
+    """A worker that saves only on improvement, saved at 5, and is best past 10 without
+    saving again: the round waited for its save forever (review). It waits until the
+    worker reports a second interval (20), then copies the best-scoring worker that
+    saved past its interval, or if none did the best one's save at 5, with a warning."""
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+
+    def run(others):
+        state = fresh_state([{"h": float(i)} for i in range(1 + len(others))], wta)
+        gens = [w.generation_id for w in state.workers]
+        state, _ = apply(state, Eval("a@5", 0, gens[0], 5, 0.2), 1.0, wta)
+        for i, events in enumerate(others, 1):
+            for params, step, value in events:
+                state, _ = apply(state, Eval(params, i, gens[i], step, value), 1.0, wta)
+        for step in (10, 15):
+            state, _ = apply(state, Eval(None, 0, gens[0], step, 0.1), 2.0, wta)
+            assert state.mutator_state.num_exploits == 0, step
+        with pytest.warns(RuntimeWarning, match="saved no params at or past its interval"):
+            state, _ = apply(state, Eval(None, 0, gens[0], 20, 0.1), 3.0, wta)
+        assert state.mutator_state.num_exploits == 1
+        return {(w.params, w.step) for w in state.workers}
+
+    # worker 2 (1.0) saved at 3 only; worker 1 (5.0) saved at its interval
+    assert run([[("b@10", 10, 5.0)], [("c@3", 3, 2.0), (None, 10, 1.0)]]) == {("b@10", 10)}
+    assert run([[("c@3", 3, 2.0), (None, 10, 1.0)]]) == {("a@5", 5)}  # none did
+
+
+def test_a_wta_round_does_not_wait_for_a_worker_that_stopped_saving_unless_it_is_best():
+    """Worker 1 saved at 5 and diverged (NaN, no params since): the round waited for it
+    to save past its interval, forever (review). Only the best worker's save is awaited;
+    a NaN is never best."""
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("b@5", 1, gens[1], 5, 1.0), 1.0, wta)
+    state, _ = apply(state, Eval(None, 1, gens[1], 10, float("nan")), 2.0, wta)
+    state, _ = apply(state, Eval("a@10", 0, gens[0], 10, 0.5), 3.0, wta)
+    assert state.mutator_state.num_exploits == 1
+    assert [w.params for w in state.workers] == ["a@10", "a@10"]
+
+
+def test_a_wta_round_does_not_stall_on_a_never_saving_worker_that_copied_a_save():
+    """A worker that never sends params copied a saver's checkpoint: its new generation's
+    start holds params, so it read as a worker that saves, and once it was best its
+    round waited for a save that never comes (review). After a second interval the round
+    copies the best worker that saved past its interval."""
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("a@10", 0, gens[0], 10, 0.5), 1.0, wta)
+    state, _ = apply(state, Eval(None, 1, gens[1], 10, 1.0), 2.0, wta)
+    assert state.mutator_state.num_exploits == 1
+    gens = [w.generation_id for w in state.workers]  # both start from a@10
+    state, _ = apply(state, Eval("a@20", 0, gens[0], 20, 0.5), 3.0, wta)
+    state, _ = apply(state, Eval(None, 1, gens[1], 20, 0.1), 4.0, wta)  # best, no params
+    assert state.mutator_state.num_exploits == 1  # waits for its save past 20
+    with pytest.warns(RuntimeWarning, match="saved no params"):
+        state, _ = apply(state, Eval(None, 1, gens[1], 30, 0.1), 5.0, wta)
+    assert state.mutator_state.num_exploits == 2
+    assert [(w.params, w.step) for w in state.workers] == [("a@20", 20)] * 2
+
+
 # -- decision counts --------------------------------------------------------------------
 def test_every_builtin_mutator_counts_decisions_and_copies_in_one_form():
     from jaxpop.mutators import DecisionCounts, decision_counts

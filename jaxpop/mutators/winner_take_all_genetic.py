@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -54,10 +55,16 @@ class WinnerTakeAllGenetic(Mutator):
         :func:`jaxpop.mutators.base.takes_key` for how the two are told apart). Must not
         modify its argument.
       steps_per_exploit: a worker is ready once it reports an evaluation at least this
-        many steps after its generation started. A worker that evaluates more often than
-        it saves (``params=None`` in between) is ready at its first evaluation past that
-        point that holds params: the round copies the winner from there, so it never
-        sends the population back behind the interval it just trained.
+        many steps after its generation started. If the round's best worker evaluates
+        more often than it saves (``params=None`` in between), the round waits for its
+        first evaluation past that point that holds params and copies it from there, so
+        it does not send the population back behind the interval it just trained. It
+        waits at most one more interval (a worker that saves only on improvement, or has
+        stopped saving): then it copies the best-scoring worker that saved past its
+        interval, or if none did the best one's latest save, with a ``RuntimeWarning``.
+        A worker that has never saved (in its first generation) cannot be told from one
+        that never will: a round before its first save copies its latest evaluation
+        without params, and the copiers initialise fresh parameters, as in the seed.
       seconds_per_exploit: a worker is ready once it reports an evaluation at least this
         many seconds after its generation started. Give exactly one of the two.
       average_over_samples: score each worker by the mean of the values its current
@@ -176,12 +183,7 @@ def _counted(config: _Config, history: History, generation_id: str) -> list[floa
 
 
 def _saved_past(config: _Config, history: History, generation_id: str) -> bool:
-    """Whether a round may copy the generation now: it has an evaluation past its interval
-    that holds params, or its worker never sends any. (Its latest loadable checkpoint
-    otherwise is from before the interval, often its start: with rounds shorter than the
-    save interval, every round sent the whole population back to the same start.)"""
-    if not history.saves(generation_id):
-        return True
+    """Whether the generation has an evaluation past its interval that holds params."""
     source = history.latest_loadable(generation_id)
     if source is None or source.params is None or source.value is None:
         return False
@@ -189,18 +191,63 @@ def _saved_past(config: _Config, history: History, generation_id: str) -> bool:
     return (source.step if by_step else source.time) >= since
 
 
+def _copyable(config: _Config, history: History, generation_id: str) -> bool:
+    """Whether a round may copy the generation now: it saved past its interval, or its
+    worker never sends params. (Its latest loadable checkpoint otherwise is from before
+    the interval, often its start: with rounds shorter than the save interval, every
+    round sent the whole population back to the same start.) A copy's start counts as
+    sending params, which keeps a worker that has not saved yet in its new generation
+    from reading as one that never saves."""
+    return not history.saves(generation_id) or _saved_past(config, history, generation_id)
+
+
+def _waited_out(config: _Config, history: History, generation_id: str) -> bool:
+    """Whether the generation has trained a whole second interval past its first without
+    a save there: a round stops waiting for its save (it saves only on improvement, has
+    stopped saving, or never saved and holds a copied start)."""
+    since, by_step = _since(config, history, generation_id)
+    latest = history.latest_evaluated(generation_id)
+    assert latest is not None  # a ready generation has an evaluation
+    length = config.steps_per_exploit if by_step else config.seconds_per_exploit
+    assert length is not None  # _since read the one given
+    return (latest.step if by_step else latest.time) >= since + length
+
+
+def _winner(
+    config: _Config, history: History, workers: Workers, live: list[int], scores: list[float]
+) -> int | None:
+    """The worker a round copies, ``None`` while it waits: the best-scoring one once it
+    has saved past its interval. After a second interval without such a save (it saves
+    only on improvement, has stopped saving, or never saves and holds a copied start),
+    the best-scoring one that has; if none has, the best one's latest loadable
+    checkpoint, from before the interval."""
+    order = sorted(range(len(live)), key=scores.__getitem__)  # stable: ties go to the first
+    best = live[order[0]]
+    generation_id = workers[best].generation_id
+    if _copyable(config, history, generation_id):
+        return best
+    if not _waited_out(config, history, generation_id):
+        return None
+    warnings.warn(
+        "WinnerTakeAllGenetic: a round's best worker saved no params at or past its "
+        "interval in two intervals; the round copies the best worker that did, or, if "
+        "none did, its latest save from before the interval (send params with an "
+        "evaluation at or past each interval, or make the interval the save interval)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    finite = (live[k] for k in order[1:] if not math.isinf(scores[k]))
+    return next((i for i in finite if _saved_past(config, history, workers[i].generation_id)), best)
+
+
 def _score(config: _Config, values: list[float]) -> float:
     return rank_value(window_mean(values) if config.average_over_samples else values[-1])
 
 
 def _entry(config: _Config, state: Any, history: History, worker_id: int, worker: Any) -> tuple:
-    """Whether the worker is ready (it has a value past its interval, and a checkpoint
-    there to copy); whether it is active."""
-    generation_id = worker.generation_id
-    ready = bool(_counted(config, history, generation_id)) and _saved_past(
-        config, history, generation_id
-    )
-    return ready, worker.is_active
+    """Whether the worker is ready (it has a value past its interval); whether it is
+    active."""
+    return bool(_counted(config, history, worker.generation_id)), worker.is_active
 
 
 def _update(
@@ -221,8 +268,11 @@ def _update(
         return state, workers, ()
     live = np.flatnonzero(active).tolist()
     scores = [_score(config, _counted(config, history, workers[i].generation_id)) for i in live]
-    best = live[int(np.argmin(scores))]
     best_score = min(scores)
+    best = live[0] if math.isinf(best_score) else _winner(config, history, workers, live, scores)
+    if best is None:  # the round waits for the best one's save past its interval
+        views.keep(view)
+        return state, workers, ()
     mutate_fn, wants_key = config.mutate_fn, config.wants_key
     keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
     new_workers, new_checkpoints, copies = list(workers), [], 0
