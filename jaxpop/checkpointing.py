@@ -24,6 +24,7 @@ import secrets
 import shutil
 import threading
 import time
+import traceback
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -124,11 +125,17 @@ _REGISTRY = _Registry()
 
 
 def _registry_key(path: str) -> str:
-    """The name the registry knows a checkpoint by: its path with symlinks resolved, so
-    two stores on one directory (one through a link) see each other's saves, restores
-    and deletes. Handles themselves keep the path their store was given (a link may
-    resolve differently on other hosts)."""
-    return os.path.realpath(path)
+    """The name the registry knows a checkpoint by: the device and inode of its directory
+    and its name, so two stores on one directory (one through a symlink or a bind mount)
+    see each other's saves, restores and deletes; the path with symlinks resolved where
+    the directory does not exist. Handles themselves keep the path their store was
+    given (a link may resolve differently on other hosts)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        info = os.stat(directory)
+    except OSError:
+        return os.path.realpath(path)
+    return f"{info.st_dev}:{info.st_ino}/{name}"
 
 
 # -- leaves --------------------------------------------------------------------------
@@ -541,6 +548,29 @@ def _as_state(state_or_controller: PopulationState | Controller) -> PopulationSt
 
 
 # -- the store -----------------------------------------------------------------------
+def _write(handle: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Writes one checkpoint with Orbax (the checksums here, not in ``save``: its caller
+    does not wait for them)."""
+    items = {_META: ocp.args.JsonSave(_with_checksums(meta, arrays))}
+    if arrays:  # Orbax refuses an empty item
+        items[_STATE] = ocp.args.StandardSave(arrays)
+    with _ORBAX_SAVE_LOCK:
+        ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(handle, ocp.args.Composite(**items))
+
+
+def _without_frames(error: BaseException) -> BaseException:
+    """``error`` with the local variables of its traceback's finished frames, and of
+    those of its causes and contexts, cleared: they hold the arrays a failed save was
+    writing, and the error is kept until ``wait()`` raises it."""
+    seen: set[int] = set()
+    chained: BaseException | None = error
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        traceback.clear_frames(chained.__traceback__)
+        chained = chained.__cause__ or chained.__context__
+    return error
+
+
 class ParamStore:
     """Saves and restores population workers' pytrees with Orbax; deletes unreachable ones.
 
@@ -635,7 +665,9 @@ class ParamStore:
                     _REGISTRY.saving[key] = future
                 self._mine[handle] = future
                 if not collective:
-                    self._executor.submit(self._run, handle, key, arrays, meta, future)
+                    # (in a box _run empties: the pool's frames, which a failure's
+                    # traceback keeps through f_back, then do not hold the arrays)
+                    self._executor.submit(self._run, handle, key, [arrays], meta, future)
         except BaseException as e:
             if handle in self._mine:
                 self._settle(handle, key, future, e)
@@ -643,7 +675,7 @@ class ParamStore:
                 self._slots.release()
             raise
         if collective:
-            self._run(handle, key, arrays, meta, future)
+            self._run(handle, key, [arrays], meta, future)
         if collective or not self.async_save:
             self._wait_for((handle,))
         return handle
@@ -652,23 +684,19 @@ class ParamStore:
         self,
         handle: str,
         key: str,
-        arrays: dict[str, np.ndarray | jax.Array],
+        box: list[dict[str, np.ndarray | jax.Array]],
         meta: dict[str, Any],
         future: concurrent.futures.Future,
     ) -> None:
-        """The background job: writes one checkpoint, then settles its future."""
+        """The background job: writes one checkpoint (the arrays in ``box``, taken out),
+        then settles its future. A failure is kept until ``wait()``: nothing of it may hold
+        the arrays."""
         error = None
-        try:  # (the checksums here, not in save: the caller does not wait for them)
-            items = {_META: ocp.args.JsonSave(_with_checksums(meta, arrays))}
-            if arrays:  # Orbax refuses an empty item
-                items[_STATE] = ocp.args.StandardSave(arrays)
-            with _ORBAX_SAVE_LOCK:
-                ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
-                    handle, ocp.args.Composite(**items)
-                )
+        try:
+            _write(handle, box.pop(), meta)
         except BaseException as e:
             shutil.rmtree(handle + _TMP_SUFFIX, ignore_errors=True)
-            error = e
+            error = _without_frames(e)
         self._settle(handle, key, future, error)
 
     def _settle(

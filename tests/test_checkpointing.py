@@ -9,8 +9,10 @@ import math
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import threading
+import time
 import weakref
 from unittest import mock
 
@@ -281,6 +283,36 @@ def test_failed_save_is_raised_by_wait_and_restore(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # no half-written directories left
 
 
+def test_a_failed_save_lets_go_of_its_arrays_before_wait_raises_it(tmp_path, monkeypatch):
+    """The failure kept for wait() held, through its traceback, the frames that wrote the
+    host copy of the arrays: until wait(), a failing disk kept every save in memory
+    (hostile test). The frames are cleared; the error and its message are kept."""
+    held = []
+
+    class BrokenCheckpointer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def save(self, directory, args):
+            state = args[checkpointing._STATE].item  # a local of a frame in the traceback
+            held.extend(weakref.ref(leaf) for leaf in jax.tree.leaves(state))
+            try:
+                raise KeyError("inner")
+            except KeyError:  # a chained cause, with frames of its own
+                raise OSError(f"disk full writing {len(state)} arrays") from None
+
+    store = ParamStore(tmp_path)
+    monkeypatch.setattr(checkpointing.ocp, "Checkpointer", BrokenCheckpointer)
+    store.save("g", 0, {"a": np.ones(1000), "b": np.zeros(3)})
+    while store.num_pending:
+        time.sleep(0.01)
+    gc.collect()
+    assert held and all(ref() is None for ref in held)
+    with pytest.raises(CheckpointSaveError, match="disk full writing 2 arrays"):
+        store.wait()
+    store.close()
+
+
 def test_target_mismatch_names_the_leaf(store):
     handle = store.save("g", 0, {"w": np.ones((2, 3), np.float32), "b": np.zeros(3)})
     with pytest.raises(ValueError, match=r"float32\[2, 3\] at \['w'\]"):
@@ -530,23 +562,42 @@ def test_collect_garbage_skips_a_restore_in_progress(store):
     controller.set_eval(0, gen, 2, store.save(gen, 2, {"a": np.ones(2)}), 1.0)
     store.wait()
     with checkpointing._REGISTRY.lock:
-        checkpointing._REGISTRY.reading[old] += 1  # as restore() does while it reads
+        checkpointing._REGISTRY.reading[checkpointing._registry_key(old)] += 1  # as restore()
     try:
         report = store.collect_garbage(controller, keep_best=0)
         assert report.deleted == () and report.busy == 1
     finally:
         with checkpointing._REGISTRY.lock:
-            del checkpointing._REGISTRY.reading[old]
+            del checkpointing._REGISTRY.reading[checkpointing._registry_key(old)]
     assert store.collect_garbage(controller, keep_best=0).deleted == (old,)
 
 
-def test_a_collection_by_a_store_opened_through_a_symlink_spares_a_restore(tmp_path, monkeypatch):
-    """Two stores on one directory, one opened through a symlink: a collection by one
-    deleted a checkpoint the other was restoring (the process-wide bookkeeping went by
-    the path as given; hostile test)."""
+@pytest.fixture(params=["symlink", "bind mount"])
+def second_path(request, tmp_path):
+    """``tmp_path / "real"``, and another path to it."""
     os.makedirs(tmp_path / "real")
-    os.symlink(tmp_path / "real", tmp_path / "link")
-    store, linked = ParamStore(tmp_path / "real"), ParamStore(tmp_path / "link")
+    if request.param == "symlink":
+        os.symlink(tmp_path / "real", tmp_path / "link")
+        yield tmp_path / "link"
+        return
+    os.makedirs(tmp_path / "link")
+    mount = ["mount", "--bind", str(tmp_path / "real"), str(tmp_path / "link")]
+    if shutil.which("mount") is None or subprocess.run(mount, capture_output=True).returncode:
+        pytest.skip("no bind mounts here (needs root)")
+    try:
+        yield tmp_path / "link"
+    finally:
+        subprocess.run(["umount", str(tmp_path / "link")], check=True)
+
+
+def test_a_collection_by_a_store_opened_another_way_spares_a_restore(
+    tmp_path, second_path, monkeypatch
+):
+    """Two stores on one directory, one opened through a symlink or a bind mount: a
+    collection by one deleted a checkpoint the other was restoring (the process-wide
+    bookkeeping went by the path as given, then by the path with symlinks resolved;
+    hostile tests)."""
+    store, linked = ParamStore(tmp_path / "real"), ParamStore(second_path)
     controller = PopulationController([{"x": 0}], WinnerTakeAllGenetic(lambda m: m, 100))
     gen = controller.active_workers[0].generation_id
     old = store.save(gen, 1, {"a": np.ones(2)})
@@ -655,7 +706,8 @@ def test_gc_never_deletes_a_reachable_checkpoint(data):
             if action[0] == 0:
                 deleted += len(store.collect_garbage(controller, keep_best=keep_best).deleted)
                 for handle in reachable(controller.state, keep_best):
-                    assert os.path.isdir(handle) or handle in checkpointing._REGISTRY.saving
+                    saving = checkpointing._registry_key(handle) in checkpointing._REGISTRY.saving
+                    assert os.path.isdir(handle) or saving
                 continue
             _, i, value, report_now = action
             w = workers[i]
