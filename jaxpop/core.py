@@ -689,7 +689,7 @@ def set_eval(
         workers = with_replaced(workers, moved)
     elif assigned.generation_id == generation_id and (
         assigned.status != ACTIVE
-        or (step == assigned.step and params is not None and params is not assigned.params)
+        or (step == assigned.step and event.params is not None and params is not assigned.params)
     ):
         # a finished or gone worker reports again; or the worker reports its assigned
         # step anew, with params: a restart resumes from those (the history's)

@@ -682,3 +682,27 @@ def test_an_evaluation_without_params_at_a_recorded_step_keeps_the_params_record
     assert pop.history is before
     pop.set_eval(0, copy.generation_id, 12, None, 0.2)
     assert pop.history.get_checkpoint(copy.generation_id, 12).params is None
+
+
+def test_an_evaluation_without_params_at_a_copys_start_after_a_restore_moves_nothing():
+    """After a restore the worker's assigned params and the history's are equal but not
+    the same object: an evaluation with ``params=None`` at the copy's start read as "its
+    assigned step anew, with params" and journaled a reassignment to the same place."""
+    from jaxpop import WinnerTakeAllGenetic
+
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval(np.ones(2), 0, gens[0], 10, 0.5), 1.0, wta)
+    state, _ = apply(state, Eval(np.zeros(2), 1, gens[1], 10, 1.0), 2.0, wta)
+    assert state.mutator_state.num_exploits == 1
+    copies = tuple(w.replace(params=np.copy(w.params)) for w in state.workers)
+    restored = state._with(workers=copies)
+    worker = restored.workers[1]
+    new, reply = apply(restored, Eval(None, 1, worker.generation_id, worker.step, 0.7), 3.0, wta)
+    assert reply.changes.workers == ()
+    assert new.workers[1] is worker
+    # with params, the report is a restart from them: the worker's assignment follows
+    new, reply = apply(restored, Eval(np.ones(2), 1, worker.generation_id, 10, 0.7), 3.0, wta)
+    assert [i for i, _ in reply.changes.workers] == [1]
+    assert new.workers[1].params is not worker.params
