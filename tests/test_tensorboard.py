@@ -24,8 +24,10 @@ def _events(directory):
         with open(path, "rb") as f:
             data = f.read()
         offset = 0
-        while offset < len(data):
+        while offset + 12 <= len(data):
             (length,) = struct.unpack_from("<Q", data, offset)
+            if offset + 12 + length + 4 > len(data):
+                break  # a torn record: TensorBoard stops reading the file here
             record = data[offset + 12 : offset + 12 + length]
             offset += 12 + length + 4
             event = Event.FromString(record)
@@ -87,3 +89,50 @@ def test_flax_backend_when_tensorflow_is_present(tmp_path):
     with tensorboard.TensorBoardWriter(tmp_path, 3, backend="flax") as tb:
         tb.log_eval(5, 1.5, {"lr": 0.1})
     assert glob.glob(str(tmp_path / "worker-3" / "events.out.tfevents.*"))
+
+
+def test_a_failed_write_raises_in_the_caller_and_later_writes_are_kept(tmp_path, monkeypatch):
+    """A full disk killed tensorboardX's writer thread; its queue filled and the next
+    calls blocked for good, the training loop with them (hostile test). The write is
+    made in the calling thread: the error is raised there, and the next write starts a
+    new event file, past the torn record that ends the old one."""
+    import errno
+    import threading
+
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.record_writer import RecordWriter
+
+    writer = tensorboard.TensorBoardWriter(tmp_path, 0)
+    writer.log_eval(1, 0.5)
+    write, calls = RecordWriter.write, []
+
+    def full_disk(self, data):  # the second record from now: half of it, then no space
+        calls.append(len(data))
+        if len(calls) == 2:
+            self._writer.write(struct.pack("<Q", len(data)) + b"\0" * 4 + data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(self, data)
+
+    monkeypatch.setattr(RecordWriter, "write", full_disk)
+    outcome = []
+
+    def loop():
+        writer.log_eval(2, 0.75)
+        try:
+            writer.log_eval(3, 0.25)
+        except OSError as e:
+            outcome.append(e)
+        for step in range(4, 40):  # more than tensorboardX's queue held
+            writer.log_eval(step, 0.125)
+        writer.close()
+        outcome.append("closed")
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "a write blocked"
+    assert outcome[0].errno == errno.ENOSPC and outcome[1] == "closed"
+    events = _events(tmp_path / "worker-0")
+    assert {(1, "eval/value", 0.5), (2, "eval/value", 0.75)} <= set(events)
+    assert [e for e in events if e[0] >= 3] == [(s, "eval/value", 0.125) for s in range(4, 40)]
+    assert len(glob.glob(str(tmp_path / "worker-0" / "events.out.tfevents.*"))) == 2

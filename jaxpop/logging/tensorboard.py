@@ -15,10 +15,12 @@ Writers come from ``tensorboardX`` when it is installed, else from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -44,26 +46,75 @@ _INSTALL_HINT = (
 )
 
 
+_FLUSH_EVERY_S = 30.0  # TensorBoard shows what was written at most this long ago
+
+
 class _TensorBoardXWriter:
+    """tensorboardX's event file, written in the calling thread.
+
+    (``tensorboardX.SummaryWriter`` writes from a thread of its own: when a write fails
+    there -- a full disk -- that thread dies, its queue fills and the next call blocks
+    for good, the training loop with it.) A failed write raises here, and the next one
+    starts a new event file: TensorBoard stops reading a file at a torn record, and
+    what follows must not be lost with it."""
+
     def __init__(self, path: str):
-        from tensorboardX import SummaryWriter
+        self._path = path
+        self._events: Any = None
+        self._flushed = time.monotonic()
+        self._open()
+
+    def _open(self) -> None:
+        from tensorboardX.event_file_writer import EventsWriter
 
         # a suffix of its own: another writer on this directory (a restarted worker,
-        # another process) started in the same second must not reuse the file name
+        # another process, this one after a failed write) started in the same second
+        # must not reuse the file name
         suffix = f".{os.getpid()}.{secrets.token_hex(3)}"
-        self._writer = SummaryWriter(logdir=path, filename_suffix=suffix)
+        self._events = EventsWriter(os.path.join(self._path, "events"), suffix)
+
+    def _write(self, summary: Any, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        if self._events is None:  # the last write failed
+            self._open()
+        try:
+            self._events.write_event(Event(summary=summary, wall_time=time.time(), step=step))
+        except BaseException:
+            self._drop()
+            raise
+        if time.monotonic() - self._flushed > _FLUSH_EVERY_S:  # as tensorboardX's thread
+            self.flush()
+
+    def _drop(self) -> None:
+        """Forgets the current event file after a failure (closing it as far as it can)."""
+        events, self._events = self._events, None
+        with contextlib.suppress(OSError):
+            events.close()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        self._writer.add_scalar(tag, value, global_step=step)
+        from tensorboardX.summary import scalar
+
+        self._write(scalar(tag, value), step)
 
     def text(self, tag: str, text: str, step: int) -> None:
-        self._writer.add_text(tag, text, global_step=step)
+        from tensorboardX.summary import text as text_summary
+
+        self._write(text_summary(tag, text), step)
 
     def flush(self) -> None:
-        self._writer.flush()
+        self._flushed = time.monotonic()
+        if self._events is not None:
+            try:
+                self._events.flush()
+            except BaseException:
+                self._drop()
+                raise
 
     def close(self) -> None:
-        self._writer.close()
+        if self._events is not None:
+            events, self._events = self._events, None
+            events.close()
 
 
 class _FlaxWriter:
