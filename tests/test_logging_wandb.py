@@ -75,7 +75,9 @@ class _Run:
         self.history, self.config_updates, self.metrics, self.summary = [], [], [], {}
         for record in _records(path):
             kind = record.WhichOneof("record_type")
-            if kind == "run":
+            if kind == "exit":
+                self.exited = True
+            elif kind == "run":
                 self.run = record.run
                 self.config = {u.key: json.loads(u.value_json) for u in record.run.config.update}
             elif kind == "history":
@@ -112,21 +114,26 @@ def offline(monkeypatch, tmp_path):
 
 
 def _runs(log_dir, timeout_s=30.0):
-    """Every offline run in ``log_dir`` by name, once each one's transaction log holds
-    its run record: W&B's service process may still be writing the file when
-    ``run.finish()`` has returned (seen on a loaded machine)."""
+    """Every offline run in ``log_dir`` by name (see `_finished_runs`)."""
+    return {r.run.display_name: r for r in _finished_runs(log_dir, timeout_s)}
+
+
+def _finished_runs(log_dir, timeout_s=30.0):
+    """Every offline run in ``log_dir``, once each one's transaction log holds its run
+    and exit records: W&B's service process may still be writing the file when
+    ``run.finish()`` has returned (seen on a loaded machine, and in CI)."""
     deadline = time.monotonic() + timeout_s
     while True:
         dirs = sorted(glob.glob(os.path.join(log_dir, "wandb", "offline-run-*")))
         try:
             runs = [_Run(d) for d in dirs]
-            complete = all(hasattr(r, "run") for r in runs)
+            complete = all(hasattr(r, "run") and hasattr(r, "exited") for r in runs)
         except (ValueError, AssertionError):  # a log file not there, or not begun, yet
             if time.monotonic() > deadline:
                 raise
             complete = False
         if complete or time.monotonic() > deadline:
-            return {r.run.display_name: r for r in runs}
+            return runs
         time.sleep(0.1)
 
 
@@ -202,7 +209,7 @@ def test_a_pickled_logger_continues_the_same_worker_run(offline):
     copy.log_worker(0, 20, 0.25, {"lr": 0.1}, generation_id="a")
     copy.close()
     copy.close()  # idempotent
-    runs = [_Run(d) for d in glob.glob(os.path.join(offline, "wandb", "offline-run-*"))]
+    runs = _finished_runs(offline)
     assert {r.run.run_id for r in runs} == {logger.run_id(0)}  # resumed, not a new run
     assert sorted(h["step"] for r in runs for h in r.history) == [10, 20]
     with pytest.raises(RuntimeError, match="closed"):
