@@ -126,16 +126,17 @@ _REGISTRY = _Registry()
 
 def _registry_key(path: str) -> str:
     """The name the registry knows a checkpoint by: the device and inode of its directory
-    and its name, so two stores on one directory (one through a symlink or a bind mount)
-    see each other's saves, restores and deletes; the path with symlinks resolved where
-    the directory does not exist. Handles themselves keep the path their store was
-    given (a link may resolve differently on other hosts)."""
-    directory, name = os.path.split(os.path.abspath(path))
+    and its name, symlinks resolved (the checkpoint's own name too), so two stores on one
+    directory (one through a symlink or a bind mount) see each other's saves, restores
+    and deletes; the resolved path where the directory does not exist (a save creates
+    it first, so its key is the one a restore finds). Handles themselves keep the path
+    their store was given (a link may resolve differently on other hosts)."""
+    real = os.path.realpath(path)
     try:
-        info = os.stat(directory)
+        info = os.stat(os.path.dirname(real))
     except OSError:
-        return os.path.realpath(path)
-    return f"{info.st_dev}:{info.st_ino}/{name}"
+        return real
+    return f"{info.st_dev}:{info.st_ino}/{os.path.basename(real)}"
 
 
 # -- leaves --------------------------------------------------------------------------
@@ -559,15 +560,21 @@ def _write(handle: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
 
 
 def _without_frames(error: BaseException) -> BaseException:
-    """``error`` with the local variables of its traceback's finished frames, and of
-    those of its causes and contexts, cleared: they hold the arrays a failed save was
-    writing, and the error is kept until ``wait()`` raises it."""
+    """``error`` with the local variables of its traceback's finished frames cleared, and
+    those of every error it chains to (causes, contexts, an exception group's members):
+    they hold the arrays a failed save was writing, and the error is kept until
+    ``wait()`` raises it."""
     seen: set[int] = set()
-    chained: BaseException | None = error
-    while chained is not None and id(chained) not in seen:
+    pending: list[Any] = [error]
+    while pending:
+        chained = pending.pop()
+        if not isinstance(chained, BaseException) or id(chained) in seen:
+            continue
         seen.add(id(chained))
         traceback.clear_frames(chained.__traceback__)
-        chained = chained.__cause__ or chained.__context__
+        pending += [chained.__cause__, chained.__context__]
+        members = getattr(chained, "exceptions", ())  # an ExceptionGroup's
+        pending += members if isinstance(members, (tuple, list)) else ()
     return error
 
 
@@ -655,6 +662,7 @@ class ParamStore:
             "leaves": specs,
         }
         future: concurrent.futures.Future = concurrent.futures.Future()
+        os.makedirs(self._directory, exist_ok=True)  # (removed since): keyed as it will be
         key = _registry_key(handle)
         self._slots.acquire()
         try:

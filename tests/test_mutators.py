@@ -1,6 +1,7 @@
 """Unit and scenario tests of the seed's three mutators."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -684,8 +685,11 @@ def test_a_wta_round_waits_for_a_worker_that_saves_to_save_past_its_interval():
 def test_a_wta_round_waits_at_most_one_more_interval_for_the_best_workers_save():
     """A worker that saves only on improvement, saved at 5, and is best past 10 without
     saving again: the round waited for its save forever (review). It waits until the
-    worker reports a second interval (20), then copies the best-scoring worker that
-    saved past its interval, or if none did the best one's save at 5, with a warning."""
+    worker has reported a second interval (20), then copies the best-scoring worker that
+    saved past its interval, with a warning. If none did, it never copies a save from
+    before the interval (that sent the population back to the start it had trained
+    from, for good with saves rarer than two intervals): it waits for the first save
+    past an interval, the workers training on."""
     wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
 
     def run(others):
@@ -698,14 +702,78 @@ def test_a_wta_round_waits_at_most_one_more_interval_for_the_best_workers_save()
         for step in (10, 15):
             state, _ = apply(state, Eval(None, 0, gens[0], step, 0.1), 2.0, wta)
             assert state.mutator_state.num_exploits == 0, step
-        with pytest.warns(RuntimeWarning, match="saved no params at or past its interval"):
-            state, _ = apply(state, Eval(None, 0, gens[0], 20, 0.1), 3.0, wta)
-        assert state.mutator_state.num_exploits == 1
-        return {(w.params, w.step) for w in state.workers}
+        return state, gens
 
     # worker 2 (1.0) saved at 3 only; worker 1 (5.0) saved at its interval
-    assert run([[("b@10", 10, 5.0)], [("c@3", 3, 2.0), (None, 10, 1.0)]]) == {("b@10", 10)}
-    assert run([[("c@3", 3, 2.0), (None, 10, 1.0)]]) == {("a@5", 5)}  # none did
+    state, _ = run([[("b@10", 10, 5.0)], [("c@3", 3, 2.0), (None, 10, 1.0)]])
+    with pytest.warns(RuntimeWarning, match="best worker saved no params at or past its"):
+        state, _ = apply(state, Eval(None, 0, state.workers[0].generation_id, 20, 0.1), 3, wta)
+    assert {(w.params, w.step) for w in state.workers} == {("b@10", 10)}
+    # evaluations sparser than the interval: its first one past it is not waited out
+    state = fresh_state([{"h": 0.0}, {"h": 1.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("a@5", 0, gens[0], 5, 0.2), 1.0, wta)
+    state, _ = apply(state, Eval("b@10", 1, gens[1], 10, 5.0), 1.0, wta)
+    state, _ = apply(state, Eval(None, 0, gens[0], 25, 0.1), 2.0, wta)
+    assert state.mutator_state.num_exploits == 0
+    with pytest.warns(RuntimeWarning, match="best worker saved no params"):
+        state, _ = apply(state, Eval(None, 0, gens[0], 40, 0.1), 3.0, wta)
+    assert {(w.params, w.step) for w in state.workers} == {("b@10", 10)}
+    # none did: the round waits, then copies the first save past an interval
+    for saver, expected in ((0, ("a@25", 25)), (1, ("c@25", 25))):
+        state, gens = run([[("c@3", 3, 2.0), (None, 10, 1.0)]])
+        for step in (20, 22):
+            with pytest.warns(RuntimeWarning, match="no worker has saved params at or past"):
+                state, _ = apply(state, Eval(None, 0, gens[0], step, 0.1), 3.0, wta)
+        assert state.mutator_state.num_exploits == 0
+        worker, value = (0, 0.1) if saver == 0 else (1, 1.0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state, _ = apply(state, Eval(expected[0], worker, gens[worker], 25, value), 4, wta)
+        assert len(caught) == (saver == 1)  # worker 1 is not the best: warned
+        assert state.mutator_state.num_exploits == 1
+        assert {(w.params, w.step) for w in state.workers} == {expected}
+
+
+def test_a_wta_round_never_copies_a_save_from_before_the_interval():
+    """Saves every 25 steps, rounds every 10, evaluations every 5: a round that gave up
+    waiting copied the best worker's save from before its interval, the start the
+    population had just trained from, and every round did so again: no worker ever got
+    past step 45 (review). Each round now copies a save at or past its interval, and the
+    population moves on through every save."""
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    local = [[w.generation_id, w.step] for w in state.workers]
+    furthest, t = 0, 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # best without a save: warned
+        for _ in range(60):
+            for i in range(2):
+                local[i][1] += 5
+                generation_id, step = local[i]
+                params = f"w{i}@{step}" if step % 25 == 0 else None
+                t += 1.0
+                state, _ = apply(state, Eval(params, i, generation_id, step, 1 / step + i), t, wta)
+                furthest = max(furthest, step)
+                for j, w in enumerate(state.workers):
+                    if w.generation_id != local[j][0]:
+                        assert w.step >= local[j][1] - 10  # never behind one interval
+                        local[j] = [w.generation_id, w.step]
+    assert furthest >= 250 and state.mutator_state.num_exploits >= 9
+    # with no finite score each worker restarts from its own save past the interval
+    wta = WinnerTakeAllGenetic(lambda m: {"h": m["h"] + 1}, steps_per_exploit=10)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("a@5", 0, gens[0], 5, math.nan), 1.0, wta)
+    for step in (10, 20, 30):
+        state, _ = apply(state, Eval(None, 0, gens[0], step, math.nan), 1.0, wta)
+        state, _ = apply(state, Eval(f"b@{step}", 1, gens[1], step, math.nan), 1.0, wta)
+    assert state.mutator_state.num_exploits == 0  # worker 0 has saved only at 5
+    state, _ = apply(state, Eval("a@35", 0, gens[0], 35, math.nan), 1.0, wta)
+    assert [(w.params, w.step, w.meta_params) for w in state.workers] == [
+        ("a@35", 35, {"h": 2.0}),
+        ("b@30", 30, {"h": 3.0}),
+    ]
 
 
 def test_a_wta_round_does_not_wait_for_a_worker_that_stopped_saving_unless_it_is_best():

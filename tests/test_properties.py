@@ -889,7 +889,7 @@ def _saved_by(history, ref) -> bool:
     return any(view[step].params is not None for step in view if step <= ref[1])
 
 
-@pytest.mark.filterwarnings("ignore:WinnerTakeAllGenetic. a round's best:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:WinnerTakeAllGenetic. :RuntimeWarning")
 @pytest.mark.parametrize("name", NAMES)
 def test_a_copy_of_a_generation_that_evaluates_more_often_than_it_saves_gets_params(name):
     """Workers evaluate every 2 steps and send params every 6 (the others ``None``); a

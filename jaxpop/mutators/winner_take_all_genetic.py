@@ -55,16 +55,18 @@ class WinnerTakeAllGenetic(Mutator):
         :func:`jaxpop.mutators.base.takes_key` for how the two are told apart). Must not
         modify its argument.
       steps_per_exploit: a worker is ready once it reports an evaluation at least this
-        many steps after its generation started. If the round's best worker evaluates
-        more often than it saves (``params=None`` in between), the round waits for its
-        first evaluation past that point that holds params and copies it from there, so
-        it does not send the population back behind the interval it just trained. It
-        waits at most one more interval (a worker that saves only on improvement, or has
-        stopped saving): then it copies the best-scoring worker that saved past its
-        interval, or if none did the best one's latest save, with a ``RuntimeWarning``.
-        A worker that has never saved (in its first generation) cannot be told from one
-        that never will: a round before its first save copies its latest evaluation
-        without params, and the copiers initialise fresh parameters, as in the seed.
+        many steps after its generation started. A round copies only a save made at or
+        past the interval (it never sends the population back behind the interval it
+        just trained): if the best worker evaluates more often than it saves
+        (``params=None`` in between), the round waits for its first evaluation past the
+        interval that holds params and copies from there. Once the best worker has
+        reported twice past its interval, the latest a whole interval past it, without
+        one (it saves only on improvement, or has stopped saving), the round copies the
+        best-scoring worker that saved past its interval, with a ``RuntimeWarning``; if
+        none has, it waits for the first that does, the workers training on. A worker
+        that has never saved (in its first generation) cannot be told from one that
+        never will: a round before its first save copies its latest evaluation without
+        params, and the copiers initialise fresh parameters, as in the seed.
       seconds_per_exploit: a worker is ready once it reports an evaluation at least this
         many seconds after its generation started. Give exactly one of the two.
       average_over_samples: score each worker by the mean of the values its current
@@ -82,7 +84,8 @@ class WinnerTakeAllGenetic(Mutator):
 
     Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
     worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
-    is non-finite, nobody is copied and each worker mutates its own hyperparameters.
+    is non-finite, nobody is copied and each worker mutates its own hyperparameters,
+    from its own save past the interval (which the round waits for).
     The state (:class:`WinnerTakeAllState`) counts the rounds, the decisions (one per
     worker per round) and the copies (workers that started from another worker's
     checkpoint); :func:`jaxpop.mutators.decision_counts` reads the last two.
@@ -126,9 +129,17 @@ class WinnerTakeAllGenetic(Mutator):
             bool(average_over_samples),
             bool(keep_winner),
         )
-        # which workers are past their interval, kept between calls: a round's check
-        # costs O(workers that changed), not O(population) history reads per evaluation
-        views = _views.Views(functools.partial(_entry, config), {"ready": bool, "active": bool})
+        # which workers are past their interval, their scores and saves, kept between
+        # calls: a round's check costs O(workers that changed), not O(population) history
+        # reads per evaluation (nor while a round waits for its winner's save)
+        columns = {
+            "ready": bool,
+            "active": bool,
+            "score": float,
+            "saved_past": bool,
+            "never_saves": bool,
+        }
+        views = _views.Views(functools.partial(_entry, config), columns)
         return super().__new__(
             cls, _init, functools.partial(_update, config, views), counts=_counts
         )
@@ -191,63 +202,75 @@ def _saved_past(config: _Config, history: History, generation_id: str) -> bool:
     return (source.step if by_step else source.time) >= since
 
 
-def _copyable(config: _Config, history: History, generation_id: str) -> bool:
-    """Whether a round may copy the generation now: it saved past its interval, or its
-    worker never sends params. (Its latest loadable checkpoint otherwise is from before
-    the interval, often its start: with rounds shorter than the save interval, every
-    round sent the whole population back to the same start.) A copy's start counts as
-    sending params, which keeps a worker that has not saved yet in its new generation
-    from reading as one that never saves."""
-    return not history.saves(generation_id) or _saved_past(config, history, generation_id)
-
-
 def _waited_out(config: _Config, history: History, generation_id: str) -> bool:
-    """Whether the generation has trained a whole second interval past its first without
-    a save there: a round stops waiting for its save (it saves only on improvement, has
-    stopped saving, or never saved and holds a copied start)."""
+    """Whether the generation has reported twice past its interval, the latest a whole
+    interval past it, without a save there: a round stops waiting for its save (it saves
+    only on improvement, has stopped saving, or never saves and holds a copied start)."""
     since, by_step = _since(config, history, generation_id)
     latest = history.latest_evaluated(generation_id)
-    assert latest is not None  # a ready generation has an evaluation
     length = config.steps_per_exploit if by_step else config.seconds_per_exploit
-    assert length is not None  # _since read the one given
-    return (latest.step if by_step else latest.time) >= since + length
+    assert latest is not None and length is not None  # a ready generation has evaluated
+    return (latest.step if by_step else latest.time) >= since + length and (
+        len(_counted(config, history, generation_id)) >= 2
+    )
 
 
 def _winner(
-    config: _Config, history: History, workers: Workers, live: list[int], scores: list[float]
+    config: _Config, history: History, workers: Workers, view: _views.View, order: np.ndarray
 ) -> int | None:
-    """The worker a round copies, ``None`` while it waits: the best-scoring one once it
-    has saved past its interval. After a second interval without such a save (it saves
-    only on improvement, has stopped saving, or never saves and holds a copied start),
-    the best-scoring one that has; if none has, the best one's latest loadable
-    checkpoint, from before the interval."""
-    order = sorted(range(len(live)), key=scores.__getitem__)  # stable: ties go to the first
-    best = live[order[0]]
-    generation_id = workers[best].generation_id
-    if _copyable(config, history, generation_id):
+    """The worker a round copies, ``None`` while it waits (``order``: the live workers,
+    best score first, some finite). A round copies only a save made at or past its
+    generation's interval, or the evaluation of a worker that never sends params: the
+    best-scoring worker's, once it has one; after it has waited out a second interval
+    without (it saves only on improvement, has stopped saving, or never saves and holds
+    a copied start), the best-scoring worker that has one. A round that copied a save
+    from before the interval sent the whole population back (often to the start it had
+    just trained from: with saves rarer than two intervals, for good)."""
+    best = int(order[0])
+    if view["saved_past"][best] or view["never_saves"][best]:
         return best
-    if not _waited_out(config, history, generation_id):
+    if not _waited_out(config, history, workers[best].generation_id):
         return None
-    warnings.warn(
-        "WinnerTakeAllGenetic: a round's best worker saved no params at or past its "
-        "interval in two intervals; the round copies the best worker that did, or, if "
-        "none did, its latest save from before the interval (send params with an "
-        "evaluation at or past each interval, or make the interval the save interval)",
-        RuntimeWarning,
-        stacklevel=2,
-    )
-    finite = (live[k] for k in order[1:] if not math.isinf(scores[k]))
-    return next((i for i in finite if _saved_past(config, history, workers[i].generation_id)), best)
+    saved = order[1:][view["saved_past"][order[1:]] & np.isfinite(view["score"][order[1:]])]
+    if not saved.size:  # nobody has: the round waits (and the workers keep training)
+        warnings.warn(_NO_SAVE_PAST_INTERVAL, RuntimeWarning, stacklevel=3)
+        return None
+    warnings.warn(_BEST_DID_NOT_SAVE, RuntimeWarning, stacklevel=3)
+    return int(saved[0])
+
+
+_BEST_DID_NOT_SAVE = (
+    "WinnerTakeAllGenetic: a round's best worker saved no params at or past its interval "
+    "in two intervals; the round copies the best-scoring worker that did (send params "
+    "with an evaluation at or past each interval, or make the interval the save interval)"
+)
+_NO_SAVE_PAST_INTERVAL = (
+    "WinnerTakeAllGenetic: no worker has saved params at or past its interval and the "
+    "round's best worker has trained two intervals without; the round waits for the "
+    "first such save, the workers training on (send params with an evaluation at or "
+    "past each interval, or make the interval the save interval)"
+)
 
 
 def _score(config: _Config, values: list[float]) -> float:
+    if not values:
+        return math.inf
     return rank_value(window_mean(values) if config.average_over_samples else values[-1])
 
 
 def _entry(config: _Config, state: Any, history: History, worker_id: int, worker: Any) -> tuple:
     """Whether the worker is ready (it has a value past its interval); whether it is
-    active."""
-    return bool(_counted(config, history, worker.generation_id)), worker.is_active
+    active; its score; whether it saved past its interval; whether it never sends params
+    (a copy's start counts as sending them)."""
+    generation_id = worker.generation_id
+    values = _counted(config, history, generation_id)
+    return (
+        bool(values),
+        worker.is_active,
+        _score(config, values),
+        _saved_past(config, history, generation_id),
+        not history.saves(generation_id),
+    )
 
 
 def _update(
@@ -266,29 +289,27 @@ def _update(
     if (not view["ready"].all() and (active > view["ready"]).any()) or not active.any():
         views.keep(view)
         return state, workers, ()
-    live = np.flatnonzero(active).tolist()
-    scores = [_score(config, _counted(config, history, workers[i].generation_id)) for i in live]
-    best_score = min(scores)
-    best = live[0] if math.isinf(best_score) else _winner(config, history, workers, live, scores)
-    if best is None:  # the round waits for the best one's save past its interval
+    live = np.flatnonzero(active)
+    order = live[np.argsort(view["score"][live], kind="stable")]  # ties go to the first
+    if not math.isinf(view["score"][order[0]]):
+        best = _winner(config, history, workers, view, order)
+        waits = best is None
+    else:  # nobody has a finite score: nobody is copied, each worker mutates its own
+        best = None  # hyperparameters from its own save past the interval (awaited)
+        waits = not (view["saved_past"] | view["never_saves"])[live].all()
+    if waits:
         views.keep(view)
         return state, workers, ()
     mutate_fn, wants_key = config.mutate_fn, config.wants_key
     keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
     new_workers, new_checkpoints, copies = list(workers), [], 0
-    for i in live:
-        worker = workers[i]
-        if math.isinf(best_score):  # nobody has a finite score: each mutates its own
-            source = history.latest_loadable(worker.generation_id)
-            assert source is not None  # every generation starts with a loadable checkpoint
-            meta = call_mutate_fn(mutate_fn, wants_key, (source.meta_params,), keys[i])
-        else:
-            source = history.latest_loadable(workers[best].generation_id)
-            assert source is not None  # every generation starts with a loadable checkpoint
-            copies += i != best
-            meta = source.meta_params
-            if not (config.keep_winner and i == best):
-                meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
+    for i in live.tolist():
+        source = history.latest_loadable(workers[i if best is None else best].generation_id)
+        assert source is not None  # every generation starts with a loadable checkpoint
+        copies += best is not None and i != best
+        meta = source.meta_params
+        if not (config.keep_winner and i == best):
+            meta = call_mutate_fn(mutate_fn, wants_key, (meta,), keys[i])
         new_workers[i], start = start_generation(source, meta, key, i, now)
         new_checkpoints.append(start)
     new_state = WinnerTakeAllState(
