@@ -193,6 +193,75 @@ def test_flatten_hparams():
     }
 
 
+def test_low_precision_jax_dtypes_are_read_as_numbers(tmp_path):
+    """bfloat16, float8 and int4 (numpy's dtype kind ``"V"``) were left out of every table
+    and plot: they are numbers, bfloat16 and float8 as float, int4 as int."""
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    meta = {
+        "lr": jnp.asarray(0.5, jnp.bfloat16),
+        "betas": jnp.asarray([0.25, 0.75], jnp.bfloat16),
+        "f8": jnp.asarray(1.5, jnp.float8_e4m3fn),
+        "f8b": jnp.asarray([2.0, -4.0], jnp.float8_e5m2),
+        "n": jnp.asarray(3, jnp.int4),
+        "ns": jnp.asarray([-2, 7], jnp.int4),
+        "u": ml_dtypes.uint4(5),
+        "nan": jnp.asarray(jnp.nan, jnp.bfloat16),
+    }
+    expected = {
+        "betas.0": 0.25,
+        "betas.1": 0.75,
+        "f8": 1.5,
+        "f8b.0": 2.0,
+        "f8b.1": -4.0,
+        "lr": 0.5,
+        "n": 3,
+        "nan": math.nan,
+        "ns.0": -2,
+        "ns.1": 7,
+        "u": 5,
+    }
+    flat = report.flatten_hparams(meta)
+    assert flat == pytest.approx(expected, nan_ok=True)
+    assert {k: type(v) for k, v in flat.items()} == {
+        k: int if k in ("n", "ns.0", "ns.1", "u") else float for k in expected
+    }
+    # through a stored run, into the report's columns, rows, summary and series
+    run = str(tmp_path / "run")
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    with PopulationController([meta, meta], mutator, run, clock=FakeClock()) as pop:
+        pop.set_eval(0, pop.active_workers[0].generation_id, 10, None, 0.5)
+    data = report.load(run)
+    assert set(data.hparam_names) == set(expected)
+    _, rows = report.history_rows(data.history)
+    assert {k: rows[0][k] for k in expected} == pytest.approx(expected, nan_ok=True)
+    info = report.summary(data)
+    assert info["best"]["hyperparameters"] == {**expected, "nan": "nan"}
+    json.dumps(info, allow_nan=False)
+    assert "0.5" in report.format_summary(info).splitlines()[-2]  # lr in the members table
+    assert {v for s in report.member_series(data, "ns.0") for v in s.values} == {-2.0}
+
+
+def test_an_int_past_a_float_or_a_prng_key_in_hparams_leaves_the_report_whole():
+    """An int past a float's range raised OverflowError, and a JAX PRNG key in
+    ``meta_params`` a TypeError, from every part of the report; now the int is an
+    infinity of its sign wherever numbers are floats, and the key is left out."""
+    import jax
+
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    metas = [{"n": 10**400, "key": jax.random.key(0)}, {"n": -(10**400), "key": jax.random.key(1)}]
+    with PopulationController(metas, mutator, clock=FakeClock()) as pop:
+        for i in range(2):
+            pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, 0.5 + i)
+        data = report.build(pop.state)
+    assert report.numeric_hparams(metas[1]) == {"n": -math.inf}
+    assert data.hparam_names == ("n",)
+    assert [set(s.values) for s in report.member_series(data, "n")] == [{math.inf}, {-math.inf}]
+    assert report.history_rows(data.history)[1][0]["n"] == 10**400  # the CSV keeps the int
+    assert report.summary(data)["best"]["hyperparameters"] == {"n": 10**400}
+
+
 def test_nan_and_inf_rank_last():
     mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
     with PopulationController(_initial(3), mutator, seed=0, clock=FakeClock()) as pop:
@@ -272,6 +341,44 @@ def test_plotted_data_match_the_history(finished):
     rows = {g: i for i, g in enumerate(history)}
     assert list(best.get_xdata()) == best_steps
     assert list(best.get_ydata()) == [rows[g] for g, _ in best_refs]
+
+
+@needs_matplotlib
+def test_plot_hparams_takes_one_name_as_a_str_and_names_unknown_ones(finished):
+    """``names="log_lr"`` drew one empty panel per character ("l", "o", "g", ...)."""
+    data = report.build(finished[1])
+    fig = report.plot_hparams(data, names="log_lr")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["log_lr"]
+    (member, *_) = _lines(fig, "member-")
+    assert np.isfinite(member.get_ydata()).all()
+    fig = report.plot_hparams(data, names=("opt.momentum", "log_lr"))
+    assert [ax.get_ylabel() for ax in fig.axes] == ["opt.momentum", "log_lr"]
+    with pytest.raises(ValueError, match=r"'lr'.*'log_lr', 'opt.momentum'"):
+        report.plot_hparams(data, names="lr")
+    with pytest.raises(ValueError, match="'name'"):  # a str hyperparameter: not plotted
+        report.plot_hparams(data, names=["name"])
+    with pytest.raises(TypeError, match="names holds 3"):
+        report.plot_hparams(data, names=["log_lr", 3])
+
+
+@needs_matplotlib
+def test_plot_hparams_flattens_each_checkpoint_once(finished, monkeypatch):
+    """Each panel flattened every checkpoint's hyperparameters again, several times
+    (all checkpoints, each member's lineage, the best lineage): 5 s for 20,000
+    checkpoints and 7 hyperparameters. Now at most once per checkpoint, however many
+    panels (0.5 s)."""
+    _, state = finished
+    data = report.build(state)
+    calls = []
+    flatten = report.data.numeric_hparams
+    monkeypatch.setattr(report.data, "numeric_hparams", lambda m: calls.append(m) or flatten(m))
+    report.plot_hparams(data)
+    assert len(data.hparam_names) == 2
+    assert 0 < len(calls) <= state.history.num_checkpoints
+    before = len(calls)
+    report.plot_hparams(data, names="log_lr")
+    report.member_series(data, "opt.momentum")
+    assert len(calls) == before  # the report keeps them
 
 
 # -- files and the command line -------------------------------------------------------

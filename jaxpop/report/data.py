@@ -135,15 +135,45 @@ def _scalar(leaf: Any) -> Any:
     return None
 
 
+def _number_kind(dtype: Any) -> str | None:
+    """``"b"``, ``"i"`` or ``"f"`` for a bool, integer or real floating dtype, else ``None``.
+
+    ml_dtypes' ``bfloat16``, ``float8_*``, ``float4_*`` and ``int4``/``uint4`` count
+    (numpy's ``dtype.kind`` calls most of them ``"V"``); a JAX PRNG key's does not.
+    """
+    if dtype == np.bool_:
+        return "b"
+    if jax.dtypes.issubdtype(dtype, np.integer):
+        return "i"
+    if jax.dtypes.issubdtype(dtype, np.floating):
+        return "f"
+    return None
+
+
+def _array_items(leaf: Any, kind: str) -> list[Any]:
+    """The elements of an array ``leaf`` of number kind ``kind`` as Python scalars."""
+    array = np.asarray(leaf).reshape(-1)
+    if kind == "f":  # float64 first: a bfloat16's or a longdouble's item is no float
+        return array.astype(np.float64).tolist()
+    if kind == "b":
+        return array.astype(bool).tolist()
+    return (array if array.dtype.kind in "iu" else array.astype(np.int64)).tolist()
+
+
 def flatten_hparams(meta_params: Any) -> dict[str, Any]:
     """``meta_params`` as ``{dotted key: scalar}``, in the pytree's leaf order.
 
     Dict keys, sequence indices and dataclass fields join with ``"."``; a bare scalar
-    is named ``"value"``. Numbers become Python ``int``/``float``/``bool``, strings stay;
-    arrays of up to 16 elements become one entry per element (a size-1 array one
-    entry under its own key); larger arrays and other leaves are left out. Two leaves
-    whose names join the same (a key holding a dot) are both kept, the later one as
-    ``name:2``.
+    is named ``"value"``. Numbers become Python ``int``/``float``/``bool`` (the
+    ml_dtypes ``bfloat16`` and ``float8_*`` a ``float``, ``int4`` an ``int``), strings
+    stay; arrays of up to 16 elements become one entry per element (a size-1 array one
+    entry under its own key); larger arrays and other leaves (a JAX PRNG key, for one)
+    are left out. Two leaves whose names join the same (a key holding a dot) are both
+    kept, the later one as ``name:2``.
+
+    >>> import jax.numpy as jnp
+    >>> flatten_hparams({"lr": jnp.asarray(0.5, jnp.bfloat16), "opt": {"betas": (0.9, 1)}})
+    {'lr': 0.5, 'opt.betas.0': 0.9, 'opt.betas.1': 1}
     """
     flat: dict[str, Any] = {}
     leaves, _ = jax.tree_util.tree_flatten_with_path(meta_params)
@@ -153,15 +183,17 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
         if value is not None:
             _put(flat, name, value)
             continue
-        if hasattr(leaf, "dtype") and hasattr(leaf, "size") and leaf.size <= _MAX_ARRAY_LEAF:
-            array = np.asarray(leaf)
-            if array.dtype.kind not in "biuf":
-                continue
-            if array.size == 1:
-                _put(flat, name, array.reshape(()).item())
-            else:
-                for i, item in enumerate(array.reshape(-1).tolist()):
-                    _put(flat, f"{name}.{i}", item)
+        if not (hasattr(leaf, "dtype") and hasattr(leaf, "size")) or leaf.size > _MAX_ARRAY_LEAF:
+            continue
+        kind = _number_kind(leaf.dtype)
+        if kind is None:
+            continue
+        items = _array_items(leaf, kind)
+        if len(items) == 1:
+            _put(flat, name, items[0])
+        else:
+            for i, item in enumerate(items):
+                _put(flat, f"{name}.{i}", item)
     return flat
 
 
@@ -176,9 +208,18 @@ def _put(flat: dict[str, Any], name: str, value: Any) -> None:
     flat[key] = value
 
 
+def _float(number: int | float) -> float:
+    """``float(number)``; an int past a float's range is an infinity of its sign."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
 def numeric_hparams(meta_params: Any) -> dict[str, float]:
-    """The numeric entries of :func:`flatten_hparams`, as floats (bools as 0/1)."""
-    return {k: float(v) for k, v in flatten_hparams(meta_params).items() if not isinstance(v, str)}
+    """The numeric entries of :func:`flatten_hparams`, as floats (bools as 0/1, an int
+    past a float's range as an infinity of its sign)."""
+    return {k: _float(v) for k, v in flatten_hparams(meta_params).items() if not isinstance(v, str)}
 
 
 # -- the report data ------------------------------------------------------------------
@@ -220,7 +261,7 @@ class Report:
       best: the best member (``None`` while nothing is evaluated).
       best_lineage: ``history.lineage`` of the best member's scored checkpoint.
       exploits: every exploit event, in the order the generations were created.
-      hparam_names: the numeric hyperparameter names (union over all checkpoints).
+      hparam_names: the numeric hyperparameter names (union over all generations).
     """
 
     log_dir: str
@@ -230,6 +271,10 @@ class Report:
     best_lineage: tuple[Checkpoint, ...]
     exploits: tuple[ExploitEvent, ...]
     hparam_names: tuple[str, ...]
+    # id(meta_params) -> (meta_params, numeric_hparams(meta_params)): see _numeric_of
+    _numeric: dict[int, tuple[Any, dict[str, float]]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def history(self) -> History:
@@ -301,12 +346,27 @@ class Series(NamedTuple):
     values: np.ndarray
 
 
-def _series(label: str, checkpoints: Sequence[Checkpoint], hparam: str | None) -> Series:
+def _numeric_of(report: Report, meta_params: Any) -> dict[str, float]:
+    """:func:`numeric_hparams` of ``meta_params``, flattened once per object for ``report``
+    (a plot of k hyperparameters over n checkpoints flattens n times, not k * n).
+
+    The memo holds ``meta_params`` itself, so its ``id`` stays its own; the dict
+    returned is shared: read it, never change it.
+    """
+    entry = report._numeric.get(id(meta_params))
+    if entry is None:
+        entry = report._numeric[id(meta_params)] = (meta_params, numeric_hparams(meta_params))
+    return entry[1]
+
+
+def _series(
+    report: Report, label: str, checkpoints: Sequence[Checkpoint], hparam: str | None
+) -> Series:
     if hparam is None:
         points = [(c.step, c.value) for c in checkpoints if c.value is not None]
     else:
         points = [
-            (c.step, numeric_hparams(c.meta_params).get(hparam, math.nan)) for c in checkpoints
+            (c.step, _numeric_of(report, c.meta_params).get(hparam, math.nan)) for c in checkpoints
         ]
     steps = np.asarray([p[0] for p in points], dtype=np.float64)
     values = np.asarray([p[1] for p in points], dtype=np.float64)
@@ -319,11 +379,11 @@ def member_series(report: Report, hparam: str | None = None) -> list[Series]:
     ``hparam=None``: its evaluated checkpoints' values; otherwise the hyperparameter
     ``hparam`` at every checkpoint (a copy shows as a jump at the copy step).
     """
-    return [_series(f"worker {m.worker}", m.lineage, hparam) for m in report.members]
+    return [_series(report, f"worker {m.worker}", m.lineage, hparam) for m in report.members]
 
 
 def best_series(report: Report, hparam: str | None = None) -> Series | None:
     """The best lineage as a :class:`Series` (see :func:`member_series`), or ``None``."""
     if report.best is None:
         return None
-    return _series(f"best: worker {report.best.worker}", report.best_lineage, hparam)
+    return _series(report, f"best: worker {report.best.worker}", report.best_lineage, hparam)

@@ -72,7 +72,7 @@ def _mark_exploits(ax: Any, report: Report) -> None:
 
 def _draw_lines(ax: Any, report: Report, hparam: str | None) -> None:
     """Members' lines over the best lineage's wide band, every checkpoint faintly behind."""
-    everything = _series("all checkpoints", tuple(report.history.checkpoints()), hparam)
+    everything = _series(report, "all checkpoints", tuple(report.history.checkpoints()), hparam)
     keep = np.isfinite(everything.values)
     ax.scatter(
         everything.steps[keep],
@@ -120,16 +120,38 @@ def _legend(ax: Any, report: Report) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
 
 
-def plot_hparams(report: Report, names: Iterable[str] | None = None) -> Figure:
+def _hparam_names(report: Report, names: str | Iterable[str] | None) -> list[str]:
+    """The hyperparameters ``plot_hparams`` draws: ``names`` checked (a str is one name)."""
+    if names is None:
+        return list(report.hparam_names)
+    chosen = [names] if isinstance(names, str) else list(names)
+    for name in chosen:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"names holds {name!r} ({type(name).__name__}): pass hyperparameter "
+                "names as str, such as report.hparam_names"
+            )
+        if name not in report.hparam_names:
+            known = ", ".join(map(repr, report.hparam_names)) or "none"
+            raise ValueError(f"no numeric hyperparameter {name!r} in this run; its names: {known}")
+    return chosen
+
+
+def plot_hparams(report: Report, names: str | Iterable[str] | None = None) -> Figure:
     """Each numeric hyperparameter over step: one panel per hyperparameter.
 
     In each panel: one line per member (``gid="member-<w>"``) over a wide band marking
     the best lineage (``gid="best-lineage"``), every checkpoint as a faint dot
     (``gid="all-checkpoints"``) and the exploit steps as dotted vertical lines
     (``gid="exploits"``; a rug along the bottom when there are many). ``names`` picks
-    the hyperparameters (default: all).
+    the hyperparameters, in order (default: all of ``report.hparam_names``); a single
+    str is one name (``names="lr"``).
+
+    Raises:
+      TypeError: ``names`` holds something other than a str.
+      ValueError: a name is not in ``report.hparam_names``.
     """
-    names = list(report.hparam_names if names is None else names)
+    names = _hparam_names(report, names)
     fig = _figure(10.0, 1.0 + 2.3 * max(len(names), 1))
     if not names:
         ax = fig.add_subplot()
