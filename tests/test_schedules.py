@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -21,7 +23,7 @@ from mutator_registry import MUTATORS, NAMES
 from test_properties import OPS, SETTINGS, Checker, check_run, population
 
 from conftest import FakeClock
-from jaxpop import PopulationController
+from jaxpop import PopulationController, WinnerTakeAllGenetic
 from jaxpop import schedules as S
 from jaxpop.history import History
 from jaxpop.hparams import get_hparams, make_optimizer, set_hparams
@@ -177,6 +179,46 @@ def test_curriculum_rejects_bad_input(points, kind):
         S.curriculum(points, kind)
 
 
+def test_int_ends_of_any_size_ramp_without_wrapping_and_unrepresentable_ends_are_refused():
+    # int32 arithmetic (or an int64 held as int32 without x64) wrapped around: the ramp
+    # from 0 to 2**40 was 0.0 at its middle (np.int64) or raised jax's OverflowError
+    for end in (2**40, np.int64(2**40), np.array([2**40])):
+        c = S.curriculum({0: {"a": 0}, 100: {"a": end}})
+        assert close(S.to_host(c(50))["a"], 2**39)
+        assert S.to_host(c(100))["a"] is end or np.array_equal(c(100)["a"], end)  # held
+    extremes = S.curriculum({0: {"a": np.int32(-(2**31))}, 100: {"a": np.int32(2**31 - 1)}})
+    assert abs(S.to_host(extremes(50))["a"]) < 1.0  # (was 2**31: the difference wrapped)
+    up = S.curriculum({0: {"a": np.uint8(10)}, 100: {"a": np.uint8(200)}}, kind="cosine")
+    assert close(S.to_host(up(50))["a"], 105.0)  # (uint8 200 - 10 ... 10 - 200 wrapped)
+    big = 2**70  # past int64, within float32: ramps; held (step), it is returned exactly
+    assert close(S.to_host(S.curriculum({0: {"a": 0}, 10: {"a": big}})(5))["a"], big / 2)
+    assert S.curriculum({0: {"a": big}, 10: {"a": 1}}, kind="step")(5)["a"] == big
+    for end in (2**200, 2**2000, 1e300, np.float64(-1e300)):  # no float32 holds them
+        with pytest.raises(ValueError, match="range"):
+            S.curriculum({0: {"a": 0.0}, 10: {"a": end}})
+    with pytest.raises(ValueError, match="difference"):  # each fits; their difference not
+        S.curriculum({0: {"a": -3e38}, 10: {"a": 3e38}})
+    # under jit a held value must fit the dtype JAX holds it in (it wrapped to 0)
+    held = S.curriculum({0: {"a": np.int64(2**40), "b": 0.0}, 10: {"a": np.int64(2**40), "b": 1.0}})
+    assert held(5)["a"] == 2**40
+    with pytest.raises(ValueError, match="does not fit in int32"):
+        jax.jit(held)(5)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_ramp_to_or_from_inf_returns_each_points_value_at_its_point(kind):
+    inf = math.inf
+    for start, end in [(0.0, inf), (-inf, inf), (1.0, -inf), (1.0, math.nan)]:
+        c = S.curriculum({10: {"a": start}, 20: {"a": end}}, kind=kind)
+        for f in (c, jax.jit(c)):
+            at = {t: float(S.to_host(f(t))["a"]) for t in (0, 10, 15, 20, 30)}
+            # at its first point the ramp gave inf - inf = NaN (or 1 - NaN)
+            assert S.tree_equal(at[0], float(start)) and S.tree_equal(at[10], float(start))
+            assert S.tree_equal(at[20], float(end)) and S.tree_equal(at[30], float(end))
+    # in between, toward an infinite end: NaN (optax's arithmetic, documented)
+    assert math.isnan(S.to_host(S.curriculum({0: {"a": 0.0}, 10: {"a": inf}})(5))["a"])
+
+
 # -- composition ----------------------------------------------------------------------------
 def test_join_counts_steps_from_each_boundary_like_optax():
     parts = [optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, 10), lambda t: 5.0 + t]
@@ -269,6 +311,81 @@ def test_non_numeric_leaves_under_jit_raise_a_clear_error():
     s = S.piecewise({0: {"mode": "a"}, 5: {"mode": "b"}})
     with pytest.raises(TypeError, match="numeric"):
         jax.jit(s)(3)
+
+
+def test_a_step_that_is_nan_in_any_dtype_is_refused_on_the_host():
+    p = S.piecewise({0: A, 10: B})
+    nans = [np.longdouble("nan"), np.longdouble("inf"), jnp.asarray(np.nan, jnp.bfloat16)]
+    for schedule in (p, S.join([S.constant(A), S.constant(B)], [10]), S.curriculum({0: A, 10: B})):
+        for step in nans:  # a longdouble NaN was answered with the last piece
+            with pytest.raises(ValueError, match="finite"):
+                schedule(step)
+    assert p(np.longdouble(9.5)) is A and p(np.longdouble(10)) is B
+    assert S.host_step(np.longdouble(2.5)) == 2.5 and type(S.host_step(np.longdouble(2))) is float
+    for step in (True, np.complex64(1), jnp.asarray(True)):
+        with pytest.raises(TypeError, match="real number"):
+            p(step)
+
+
+@pytest.mark.parametrize(
+    "dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.int8, jnp.uint8, jnp.int32, jnp.uint32]
+)
+def test_a_step_picks_the_same_piece_on_the_host_and_under_jit_in_every_dtype(dtype):
+    """Steps next to boundaries that the dtype cannot all hold exactly: a float32 step
+    16777216.0 is before a boundary at 16777217 (under jit it was rounded onto it), a
+    uint32 step past 2**31 raised OverflowError, and a boundary past the dtype is never
+    reached."""
+    bounds = [0, 3, 100, 255, 256, 2049, 65505, 2**24 + 1, 2**31 + 5, 2**32 + 7, 2**40 + 1]
+    p = S.piecewise({b: {"i": i} for i, b in enumerate(bounds)})
+    j = S.join([S.constant({"i": i}) for i in range(len(bounds))], bounds[1:])
+    c = S.curriculum({b: {"i": float(i)} for i, b in enumerate(bounds)}, kind="step")
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        near = {b + d for b in bounds for d in (-1, 0, 1)} | {int(info.max), int(info.min)}
+        steps = [s for s in near if info.min <= s <= info.max]
+    else:
+        near = {float(b) + d for b in bounds for d in (-1.0, -0.5, 0.0, 0.5, 1.0)}
+        with np.errstate(over="ignore"):  # (past float16's range: inf, left out)
+            steps = sorted({float(x) for x in np.asarray(sorted(near), dtype)})
+        steps = [s for s in steps if math.isfinite(s)]
+    host_steps = np.asarray(steps, dtype)  # the host gets the same (rounded) values
+    jitted = {name: jax.jit(jax.vmap(f)) for name, f in (("p", p), ("j", j), ("c", c))}
+    for name, schedule in (("p", p), ("j", j), ("c", c)):
+        traced = jitted[name](host_steps)["i"]
+        for k, step in enumerate(host_steps):
+            expected = schedule(step)["i"]
+            assert expected == bisect.bisect_right(bounds, math.floor(float(step))) - 1 or (
+                float(step) < 0 and expected == 0
+            ), (name, step)
+            assert int(traced[k]) == expected, (name, dtype, step)
+
+
+def test_a_traced_nan_step_gets_the_last_piece_and_a_bool_is_refused():
+    p = S.piecewise({0: {"i": 0}, 10: {"i": 1}, 20: {"i": 2}})
+    j = S.join([S.constant({"i": 0}), S.constant({"i": 1}), S.constant({"i": 2})], [10, 20])
+    for schedule in (p, j):
+        assert int(jax.jit(schedule)(jnp.float32(np.nan))["i"]) == 2
+        with pytest.raises(TypeError, match="real number"):
+            jax.jit(schedule)(jnp.asarray(True))
+    with pytest.raises(ValueError, match="below 0"):  # the steps counted from it overflow
+        jax.jit(S.join([S.constant(0), S.constant(1)], [-5]))(jnp.uint32(3))
+
+
+def test_piecewise_with_thousands_of_points_compiles_in_well_under_a_second():
+    """One searchsorted over the points: a chain of 4,000 where's took ~20 s to compile."""
+    n = 4000
+    p = S.piecewise({10 * i: {"lr": 1.0 / (i + 1), "w": np.full(2, i, np.int32)} for i in range(n)})
+    start = time.perf_counter()
+    out = jax.block_until_ready(jax.jit(p)(jnp.int32(12_345)))
+    elapsed = time.perf_counter() - start
+    assert float(out["lr"]) == pytest.approx(1 / 1235) and out["w"].tolist() == [1234, 1234]
+    assert elapsed < 5.0, elapsed  # (~0.2 s here; the bound leaves room for a slow machine)
+    steps = jnp.asarray([0, 9, 10, 39_990, 39_999, 40_000, 10**9], jnp.int32)
+    batched = jax.jit(jax.vmap(p))(steps)
+    for k, step in enumerate(steps.tolist()):
+        assert leaves_close(jax.tree.map(lambda x, k=k: x[k], batched), p(step)), step
+    weak = jax.jit(S.piecewise({0: {"lr": 0.1}, 5: {"lr": 1}}))(jnp.int32(7))["lr"]
+    assert weak.dtype == jnp.float32 and weak.weak_type  # as a where of Python numbers
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -394,10 +511,19 @@ def test_fixed_schedule_callable_properties(n, every, period, restarts, ops):
 
 # -- replay ----------------------------------------------------------------------------------
 def build(entries):
-    """A History from ``(gen, step, meta, value, parent)`` rows (params: None)."""
+    """A History from ``(gen, step, meta, value, parent)`` rows, with params as a
+    controller records them for workers that save: a root has none (fresh parameters), a
+    copy holds its source's, any other checkpoint its own handle ``"gen@step"``."""
     history = History()
     for gen, step, meta, value, parent in entries:
-        history = history.add(Checkpoint(None, meta, gen, value, parent, step, 0.0))
+        if parent is None:
+            params = None
+        elif parent[0] != gen:  # a copy: its source's params (None: fresh parameters)
+            source = history.get_checkpoint(*parent)
+            params = None if source is None else source.params
+        else:
+            params = f"{gen}@{step}"
+        history = history.add(Checkpoint(params, meta, gen, value, parent, step, 0.0))
     return history
 
 
@@ -504,6 +630,63 @@ def test_from_lineage_errors():
     )
     with pytest.raises(ValueError, match="back in steps"):
         S.from_lineage(backwards, "b")
+
+
+def test_from_lineage_copies_the_meta_params_it_returns():
+    w = np.zeros(2)  # a writable array, as a hand-built history may hold
+    h = build(
+        [("a", 0, {"lr": 0.1, "w": w}, None, None), ("a", 10, {"lr": 0.1, "w": w}, 1.0, ("a", 0))]
+    )
+    schedule = S.from_lineage(h, "a")
+    schedule.values[0]["lr"] = 99.0  # an edit of the schedule ...
+    schedule.values[0]["w"][0] = 5.0
+    assert [c.meta_params["lr"] for c in h.checkpoints()] == [0.1, 0.1]  # ... stays there
+    assert w.tolist() == [0.0, 0.0]
+    again = S.from_lineage(h, "a")
+    h.latest("a").meta_params["lr"] = 7.0  # and an edit of the history stays there
+    assert again.values[0]["lr"] == 0.1
+    controller = PopulationController([{"lr": 0.1}, {"lr": 0.2}], FixedSchedule({5: A}))
+    gen = controller.active_workers[0].generation_id
+    controller.set_eval(0, gen, 5, "p", 1.0)
+    S.from_lineage(controller.history, gen).values[0]["lr"] = -1.0
+    assert all(c.meta_params["lr"] in (0.1, 0.2, 1.0) for c in controller.history.checkpoints())
+
+
+def test_from_lineage_begins_where_a_copy_handed_no_params_started_fresh():
+    """A copy of an evaluation sent without params is handed params=None: its worker
+    initialises fresh parameters there. The schedule began at the root, with the
+    hyperparameters of steps the member's parameters never trained."""
+    mutator = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] / 2}, steps_per_exploit=10)
+    controller = PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator)
+    for worker, value in [(0, 0.5), (1, 0.3)]:  # no params yet: the round copies without
+        generation_id = controller.active_workers[worker].generation_id
+        controller.set_eval(worker, generation_id, 10, None, value)
+    copy = controller.active_workers[1]
+    assert copy.params is None and copy.step == 10  # "initialise fresh parameters"
+    controller.set_eval(1, copy.generation_id, 20, "p20", 0.2)
+    schedule = S.from_lineage(controller.history)
+    assert schedule.as_dict() == {10: {"lr": 0.1}}  # (was {0: {'lr': 0.2}, 10: ...})
+    # the next round copies it with its params: the copies' schedules begin at 10 too
+    controller.set_eval(0, controller.active_workers[0].generation_id, 20, "p20-0", 0.6)
+    later = controller.active_workers[0]
+    assert later.params == "p20" and later.meta_params == {"lr": 0.05}
+    controller.set_eval(0, later.generation_id, 30, "p30", 0.05)
+    assert S.from_lineage(controller.history).as_dict() == {10: {"lr": 0.1}, 20: {"lr": 0.05}}
+    # by hand: a root's copy at its step that holds params is no fresh start; one without is
+    h = History()
+    for checkpoint in [
+        Checkpoint(None, A, "r", None, None, 0, 0.0),
+        Checkpoint(None, A, "r", 1.0, ("r", 0), 10, 0.0),  # evaluated without params
+        Checkpoint(None, B, "g", None, ("r", 10), 10, 0.0),  # copied: fresh at 10
+        Checkpoint("g15", B, "g", 0.5, ("g", 10), 15, 0.0),
+        Checkpoint(None, C, "h", None, ("g", 15), 15, 0.0),  # source's params marked gone
+        Checkpoint("g15", D, "k", None, ("h", 15), 15, 0.0),  # ... a copy of it holds them
+        Checkpoint("k20", D, "k", 0.1, ("k", 15), 20, 0.0),
+    ]:
+        h = h.add(checkpoint)
+    assert S.from_lineage(h, "g").as_dict() == {10: B}
+    assert S.from_lineage(h, "k").as_dict() == {10: B, 15: D}
+    assert S.from_lineage(h, "r").as_dict() == {0: A}
 
 
 # -- random lineages from real mutators ---------------------------------------------------------
@@ -663,6 +846,67 @@ def test_json_round_trip_is_exact(points):
     schedule = S.piecewise(points)
     assert S.from_json(schedule.to_json()) == schedule
     assert S.Piecewise.from_json(schedule.to_json(indent=2)) == schedule
+
+
+def run_saving_late(mutator, n, order, values, eval_every, save_after, seed):
+    """As :func:`run_population`, but each worker sends ``params=None`` (asking and
+    evaluating) before step ``save_after``, and its params are the ``(step, meta)`` pairs
+    trained since they were last initialised: at a ``params=None`` assignment (fresh).
+    Sent back to an evaluation without params in the middle of a generation (fresh too,
+    which no checkpoint records), they start with ``("?", None)``."""
+    clock = FakeClock()
+    meta = [{"h": H_VALUES[i % 3]} for i in range(n)]
+    pop = PopulationController(meta, mutator, seed=seed, clock=clock)
+    sims = [{"gen": None, "step": 0, "params": (), "meta": None} for _ in range(n)]
+    for i, w in enumerate(order):
+        clock.advance(1.0)
+        w %= n
+        sim = sims[w]
+        sent = sim["params"] if sim["step"] >= save_after else None
+        data = pop.maybe_get_worker_data(w, sim["gen"], sim["step"], sent, sim["meta"])
+        if data is not None:
+            sim.update(gen=data.generation_id, step=data.step, meta=data.meta_params)
+            if data.params is not None:
+                sim["params"] = data.params
+            elif pop.history.first(data.generation_id).step == data.step:
+                sim["params"] = ()
+            else:
+                sim["params"] = (("?", None),)
+        sim["params"] = (*sim["params"], (sim["step"], sim["meta"]))
+        sim["step"] += 1
+        if sim["step"] % eval_every == 0:
+            sent = sim["params"] if sim["step"] >= save_after else None
+            pop.set_eval(w, sim["gen"], sim["step"], sent, values[i % len(values)])
+    return pop
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(SETTINGS, max_examples=5)
+@given(
+    n=st.integers(0, 2),
+    k=st.integers(1, 4),
+    eval_every=st.integers(1, 3),
+    save_after=st.integers(0, 12),
+    seed=st.integers(0, 2**16),
+    order=st.lists(st.integers(0, 3), min_size=20, max_size=160),
+    values=st.lists(st.floats(-5, 5), min_size=1, max_size=20),
+)
+def test_from_lineage_begins_where_a_real_members_parameters_were_initialised(
+    name, n, k, eval_every, save_after, seed, order, values
+):
+    """Workers that send no params at first: a copy of such an evaluation starts fresh,
+    and the schedule of a member descended from it begins there (it began at 0)."""
+    spec = MUTATORS[name]
+    n = spec.sizes[n % len(spec.sizes)]
+    pop = run_saving_late(spec.make(k), n, order, values, eval_every, save_after, seed)
+    for c in pop.history.checkpoints():
+        trained = list(c.params or ())
+        if not trained or trained[0][0] == "?":
+            continue
+        schedule = S.from_lineage(pop.history, c.generation_id, step=c.step)
+        assert schedule.steps[0] == trained[0][0], c.ref
+        assert [(t, schedule(t)) for t, _ in trained] == trained, c.ref
+        assert schedule.values[-1] == c.meta_params
 
 
 # -- the example -------------------------------------------------------------------------------

@@ -15,9 +15,10 @@ Every schedule runs two ways. With a concrete step (a Python or numpy int, a con
 array) it runs on the host and may return any leaves -- strings, Python numbers, the
 very objects it was built from. With a traced step (inside ``jit``, ``vmap`` or
 ``scan``) every branch is evaluated and the result is selected with ``jnp.where``, so
-the leaves must be numeric and every branch must return the same structure; then the
-schedule compiles into the step, and a worker's hyperparameters can be fed to
-``optax.inject_hyperparams`` (:func:`jaxpop.hparams.set_hparams`) without recompiling.
+the leaves must be numeric (fitting the dtype JAX holds them in) and every branch must
+return the same structure; then the schedule compiles into the step, and a worker's
+hyperparameters can be fed to ``optax.inject_hyperparams`` (:func:`jaxpop.hparams.set_hparams`)
+without recompiling. Both place a step of any dtype exactly (a NaN on the host: refused).
 
 Host values may be ``jax.Array`` (optax schedules return them); :func:`to_host` turns
 them into Python scalars and numpy arrays, the plain data a run's journal stores.
@@ -57,27 +58,45 @@ def is_traced(step: Any) -> bool:
 
 
 def host_step(step: Any) -> int | float:
-    """A concrete ``step`` as a Python number (ints stay ints).
+    """A concrete ``step`` as a Python number (ints stay ints, exactly).
+
+    Accepts Python and numpy numbers and 0-d numpy or jax arrays of any real dtype
+    (``bfloat16`` and ``longdouble`` too; a ``longdouble`` becomes the nearest float).
 
     Raises:
-      TypeError: ``step`` is traced, or not a scalar number.
+      TypeError: ``step`` is traced, or not a scalar real number (a bool, a complex).
       ValueError: ``step`` is NaN or infinite (it has no place among the boundaries: a
         NaN step was answered with the last segment's values).
     """
+    return _host_point(step)[1]
+
+
+def _host_point(step: Any) -> tuple[int, int | float]:
+    """``(floor(step), host_step(step))``, the floor exact for every dtype: the piece in
+    force at ``step`` is the one at its floor (boundaries are ints)."""
     if is_traced(step):
         raise TypeError("host_step got a traced step; evaluate the traced branch instead")
     if type(step) is int:
-        return step
-    if isinstance(step, float):
-        value: int | float = float(step)
-    else:
-        array = np.asarray(step)
-        if array.shape != () or array.dtype.kind not in "iuf" or isinstance(step, bool):
-            raise TypeError(f"a schedule's step must be a scalar number, got {step!r:.80}")
-        value = array.item()
-    if isinstance(value, float) and not math.isfinite(value):
+        return step, step
+    if type(step) is float:
+        if not math.isfinite(step):
+            raise ValueError(f"a schedule's step must be finite, got {step!r}")
+        return math.floor(step), step
+    array = np.asarray(step)
+    if isinstance(step, (bool, np.bool_)) or array.shape != () or not _real(array.dtype):
+        raise TypeError(f"a schedule's step must be a scalar real number, got {step!r:.80}")
+    if jnp.issubdtype(array.dtype, jnp.integer):
+        return int(array), int(array)
+    if not np.isfinite(array):
         raise ValueError(f"a schedule's step must be finite, got {step!r}")
-    return value
+    return int(np.floor(array)), float(array)  # (int() of a longdouble is exact)
+
+
+def _real(dtype: Any) -> bool:
+    """Whether ``dtype`` is an integer or real floating dtype (``bfloat16`` included)."""
+    return dtype != np.bool_ and bool(
+        jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)
+    )
 
 
 def constant(meta_params: MetaParams) -> Schedule:
@@ -127,11 +146,16 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
     schedules of whole pytrees (use optax's inside :func:`per_leaf` for one scalar).
 
     On the host only the schedule in force is called; with a traced step all are, and
-    their (numeric, same-structure) results are selected leaf by leaf.
+    their (numeric, same-structure) results are selected leaf by leaf. Both pick the
+    same schedule for every step: a float step by its exact value (a float32
+    ``16777216.0`` is before a boundary at ``16777217``), an unsigned or narrow int step
+    without overflow; a boundary past what the step's dtype holds is never reached. A
+    traced NaN step cannot raise: it gets the last schedule (on the host it raises).
 
     Raises:
       ValueError: ``len(boundaries) != len(schedules) - 1``, or the boundaries are not
-        increasing ints.
+        increasing ints; when called with a traced integer step, a boundary below 0.
+      TypeError: when called, a step that is no real number (a bool, a complex).
 
     >>> decay = lambda step: {"lr": 0.1 / (1 + step)}  # counts from its own start
     >>> schedule = join([constant({"lr": 0.1}), decay], [100])
@@ -156,21 +180,64 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 
     def schedule(step: Any) -> Any:
         if not is_traced(step):
-            at = host_step(step)
-            i = bisect.bisect_right(boundaries, at)
+            floor, at = _host_point(step)
+            i = bisect.bisect_right(boundaries, floor)
             return schedules[i](at if i == 0 else at - boundaries[i - 1])
+        step, reachable = _traced_boundaries(step, boundaries)
         output = schedules[0](step)
-        dtype = jnp.result_type(step)
-        integer = jnp.issubdtype(dtype, jnp.integer)
-        reach = jnp.iinfo(dtype).max if integer else math.inf
-        for boundary, later in zip(boundaries, schedules[1:], strict=True):
-            if boundary > reach:  # a traced int32 step never gets there (nor can hold it)
-                break
-            start: int | float = boundary if integer else float(boundary)  # (no int32 parse)
-            output = _select(step < start, output, later(step - start))
+        for (threshold, start), later in zip(reachable, schedules[1:], strict=False):
+            output = _select(step < threshold, output, later(step - start))
         return output
 
     return schedule
+
+
+def _traced_boundaries(step: Any, boundaries: Sequence[int]) -> tuple[Any, list[tuple[Any, Any]]]:
+    """The boundaries a traced ``step`` can reach, as exact comparisons in its dtype.
+
+    Returns ``step`` (an integer narrower than 32 bits widened to ``int32``) and, for
+    each of the increasing int ``boundaries`` up to the last one its dtype can hold,
+    ``(threshold, start)``: numpy scalars of the step's dtype such that ``step <
+    threshold`` exactly when ``step < boundary`` (a float boundary is rounded up:
+    ``16777217`` is ``16777218.0`` for a float32 step, which holds no value between),
+    and ``start``, the boundary to count steps from (for a float step, the nearest
+    float). The host path compares the exact value of a concrete step, so both agree.
+    A traced NaN step cannot raise: it is below no threshold (the last piece).
+
+    Raises:
+      TypeError: the step is not of an integer or real floating dtype (a bool).
+      ValueError: an integer step and a boundary below 0 (the steps counted from it
+        could overflow the step's dtype).
+    """
+    dtype = np.dtype(jnp.result_type(step))
+    if not _real(dtype):
+        raise TypeError(f"a schedule's step must be a real number, got a traced {dtype} step")
+    reachable: list[tuple[Any, Any]] = []
+    if jnp.issubdtype(dtype, jnp.integer):
+        if dtype.itemsize < 4:  # (every value fits: counting from a boundary cannot wrap)
+            step, dtype = jnp.asarray(step, jnp.int32), np.dtype(np.int32)
+        top = int(jnp.iinfo(dtype).max)
+        for boundary in boundaries:
+            if boundary > top:  # a step of this dtype never gets there (nor can hold it)
+                break
+            if boundary < 0:
+                raise ValueError(
+                    f"join: a traced {dtype} step cannot count steps from boundary "
+                    f"{boundary} (below 0) without overflow; use boundaries >= 0"
+                )
+            exact = np.asarray(boundary, dtype)
+            reachable.append((exact, exact))
+        return step, reachable
+    top = int(float(jnp.finfo(dtype).max))
+    for boundary in boundaries:
+        if boundary > top:
+            break
+        start = np.asarray(boundary, dtype)  # the nearest float
+        threshold = start
+        if int(float(start)) < boundary:  # rounded down: the next float up
+            threshold = np.nextafter(start, np.asarray(np.inf, dtype))
+        reachable.append((threshold, start))
+    return step, reachable
 
 
 def merge(*schedules: Schedule) -> Schedule:
@@ -286,6 +353,8 @@ def _select(before: Any, output: Any, later: Any) -> Any:
             "with a traced step every part of a schedule must return the same structure, "
             f"got {out_def} and {later_def}"
         )
+    for leaf in (*out_leaves, *later_leaves):
+        _check_traceable(leaf)
     try:
         leaves = [jnp.where(before, o, n) for o, n in zip(out_leaves, later_leaves, strict=True)]
     except TypeError as err:
@@ -294,3 +363,40 @@ def _select(before: Any, output: Any, later: Any) -> Any:
             "schedules with strings or other objects on the host (a concrete step)"
         ) from err
     return jax.tree.unflatten(out_def, leaves)
+
+
+def _check_traceable(leaf: Any) -> None:
+    """Raises ``ValueError`` if JAX would change a concrete numeric leaf under ``jit``.
+
+    Without ``jax_enable_x64`` JAX holds an ``int64`` as ``int32`` (``2**40`` wraps to 0)
+    and a ``float64`` as ``float32`` (``1e300`` becomes inf); such a value has no traced
+    equivalent. Rounding a float is not refused. Other leaves (traced, ``jax.Array``,
+    bools, non-numeric) pass.
+    """
+    if is_traced(leaf) or isinstance(leaf, (jax.Array, bool, np.bool_)):
+        return
+    if isinstance(leaf, (int, float)):
+        array = np.asarray(leaf, np.float64 if isinstance(leaf, float) else object)
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(type(leaf)))
+    else:
+        try:
+            array = np.asarray(leaf)
+        except (TypeError, ValueError):
+            return
+        if not _real(array.dtype):
+            return
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(array.dtype))
+        if dtype == array.dtype:
+            return
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        fits = bool(np.all((array >= int(info.min)) & (array <= int(info.max))))
+    else:
+        with np.errstate(over="ignore"):
+            fits = bool(np.all(np.isfinite(array.astype(dtype)) | ~np.isfinite(array)))
+    if not fits:
+        raise ValueError(
+            f"with a traced step a schedule's value {leaf!r:.60} does not fit in {dtype}, "
+            "the dtype JAX holds it in; use a value that fits, or evaluate the schedule "
+            "on the host (a concrete step)"
+        )

@@ -13,9 +13,13 @@ Before the first point the first dict applies, from the last point on the last o
 A leaf that is the same at both ends of a segment, and every non-numeric leaf (a
 string, a bool), is held exactly as given (an 8-bit float, as a float32). A numeric
 leaf is interpolated as a float32 even where both ends are ints (``0`` to ``1`` is a
-ramp, not a step): round an integer hyperparameter (a batch size) where it is used. At
-each point the curriculum returns that point's values (up to float32 rounding of
-interpolated leaves).
+ramp, not a step; ints of any size are converted, never wrapped): round an integer
+hyperparameter (a batch size) where it is used. At each point the curriculum returns
+that point's values (up to float32 rounding of interpolated leaves), an infinite or NaN
+one included; between a finite end and an infinite one a ramp's arithmetic gives NaN
+(or inf), as optax's does. A finite end past float32's range (``2**200``, ``1e300``) is
+refused when the curriculum is built. Under ``jit`` a held value must fit the dtype
+JAX holds it in (an ``int64`` past ``int32`` without x64 raises ``ValueError``).
 
 Jittable when every leaf is numeric: evaluate it with a traced step inside the
 training step. On the host, only the segment in force is evaluated.
@@ -23,6 +27,7 @@ training step. On the host, only the segment in force is evaluated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -54,7 +59,8 @@ def curriculum(
 
     Raises:
       ValueError: bad steps (see :func:`jaxpop.schedules.piecewise`), structures that
-        differ, or an unknown kind / the wrong number of kinds.
+        differ, an unknown kind / the wrong number of kinds, or a ramp with a finite end
+        (or difference of ends) past the range of its float dtype.
 
     >>> from jaxpop.schedules import to_host
     >>> ramp = curriculum({0: {"hue": 0.0}, 100: {"hue": 0.3}})  # linear, then held
@@ -114,8 +120,28 @@ _FRACTIONS = 2**24
 def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
     if kind == "step" or not (_numeric(a) and _numeric(b)) or tree_equal(a, b):
         return lambda step: a
+    a, b = _ramp_end(a), _ramp_end(b)
+    ramp = _ramp(a, b, length, kind)
+    if _finite(a) and _finite(b):
+        with np.errstate(over="ignore"):
+            difference = np.subtract(np.asarray(a), np.asarray(b), dtype=jnp.result_type(a, b))
+        if not _finite(difference):
+            raise ValueError(
+                f"curriculum: a ramp from {a!r:.40} to {b!r:.40} computes their difference, "
+                f"which is past the range of {difference.dtype}; use smaller values"
+            )
+        return ramp
+
+    def from_start(step: Any) -> Any:  # (the ramp's arithmetic gives inf - inf = NaN there)
+        return jnp.where(step <= 0, a, ramp(step))
+
+    return from_start
+
+
+def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
+    """``a`` to ``b`` over ``length`` steps (both ends already as :func:`_ramp_end`)."""
     if length > _LONGEST:
-        counted = _leaf_schedule(a, b, _FRACTIONS, kind)
+        counted = _ramp(a, b, _FRACTIONS, kind)
         scale = _FRACTIONS / length
 
         def long_segment(step: Any) -> Any:
@@ -128,6 +154,38 @@ def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], An
         return optax.linear_schedule(a, b, transition_steps=length)
     decay = optax.cosine_decay_schedule(a - b, decay_steps=length)
     return lambda step: decay(step) + b
+
+
+def _ramp_end(x: Any) -> Any:
+    """A numeric end of a ramp as the ramp computes with it.
+
+    An int (a Python int of any size, a numpy integer scalar or array) becomes a
+    float32 array: in integer arithmetic the ramp wrapped around (``int32``, or an
+    ``int64`` held as ``int32`` without x64). A float is kept as it is.
+
+    Raises:
+      ValueError: a finite end that the ramp's float dtype (float32 for an int; the
+        dtype JAX holds a float in) cannot represent (``2**200``, ``1e300``).
+    """
+    integer = isinstance(x, int) or jnp.issubdtype(np.asarray(x).dtype, jnp.integer)
+    try:
+        exact = np.asarray(x, np.float64)
+    except OverflowError:  # a Python int past float64
+        exact = np.asarray(math.inf)
+    dtype = np.dtype(np.float32 if integer else jax.dtypes.canonicalize_dtype(np.asarray(x).dtype))
+    with np.errstate(over="ignore"):
+        held = exact.astype(dtype)
+    if np.any(np.isfinite(exact) != np.isfinite(held)) or (integer and not _finite(exact)):
+        raise ValueError(
+            f"curriculum: {x!r:.60} is past the range of {dtype}, which a ramp from or to "
+            'it computes in; use a smaller value, or kind="step" (which holds values)'
+        )
+    return held if integer else x
+
+
+def _finite(x: Any) -> bool:
+    """Whether every element of a numeric leaf is finite."""
+    return bool(np.all(np.isfinite(np.asarray(x, np.float64))))
 
 
 def _is_float8(leaf: Any) -> bool:

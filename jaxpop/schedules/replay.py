@@ -2,8 +2,9 @@
 
 PBT finds a schedule online: a member trains with some hyperparameters, is copied by
 (or copies) another member, continues with new ones, and so on. Its parameters at the
-end descend, through the checkpoints' ``parent`` links, from one root; each link was
-trained with the hyperparameters of the checkpoint it leads to. :func:`from_lineage`
+end descend, through the checkpoints' ``parent`` links, from one root (or from a copy
+that was handed no params and started fresh); each link was trained with the
+hyperparameters of the checkpoint it leads to. :func:`from_lineage`
 reads that chain back into a :class:`~jaxpop.schedules.Piecewise` schedule, so that::
 
     schedule = from_lineage(controller.history)          # the best final member
@@ -24,6 +25,7 @@ nothing but fixes the hyperparameters that follow it.
 
 from __future__ import annotations
 
+import copy
 import math
 
 from jaxpop.history import History
@@ -79,11 +81,23 @@ def from_lineage(
 ) -> Piecewise:
     """The piecewise schedule of hyperparameters a member trained with, root to end.
 
-    Walks ``parent`` links from the checkpoint back to the root of its lineage. Before
-    an exploit the schedule is the copied member's (its own history, recursively), from
-    the exploit on the new hyperparameters'. Consecutive equal ``meta_params``
-    (:func:`~jaxpop.schedules.tree_equal`) make one piece. The values are the
-    ``meta_params`` objects stored in the history.
+    Walks ``parent`` links from the checkpoint back to where its parameters were
+    initialised. Before an exploit the schedule is the copied member's (its own
+    history, recursively), from the exploit on the new hyperparameters'. Consecutive
+    equal ``meta_params`` (:func:`~jaxpop.schedules.tree_equal`) make one piece. The
+    values are deep copies of the ``meta_params`` stored in the history: editing one
+    changes neither the other nor the history.
+
+    Parameters start fresh at the root, and at a copy made of an evaluation sent
+    without params (``WinnerTakeAllGenetic``'s rounds before a worker's first save,
+    a ``FixedSchedule`` change for a worker that never saves): its start holds
+    ``params=None``, which tells the copier to initialise fresh parameters. The schedule
+    then begins at that copy's step, with its hyperparameters: the steps before it
+    trained parameters the member does not descend from (a replay trains the first
+    value there, as before any ``Piecewise``'s first step). A copy's start whose params
+    a later copy at its step holds is not such a start. (The history cannot tell a
+    start whose params ``checkpoint_missing`` later marked as gone from one that never
+    had any: it reads both as fresh.)
 
     Args:
       history: a run's history (``controller.history``, or a ``log_dir``'s via
@@ -94,8 +108,9 @@ def from_lineage(
         latest checkpoint (with ``generation_id=None``: the best final checkpoint).
 
     Returns:
-      A :class:`~jaxpop.schedules.Piecewise` whose first step is the root's step (0 in
-      a controller's history) and whose last value is the member's own hyperparameters.
+      A :class:`~jaxpop.schedules.Piecewise` whose first step is where the member's
+      parameters were initialised (the root's step, 0 in a controller's history, or a
+      fresh copy's) and whose last value is the member's own hyperparameters.
 
     Raises:
       KeyError: no such generation or checkpoint.
@@ -120,22 +135,54 @@ def from_lineage(
     elif generation_id not in history:
         raise KeyError(f"from_lineage: no generation {generation_id!r} in the history")
     chain = history.lineage(generation_id, step)
-    points: list[tuple[int, object]] = []
-    for i, checkpoint in enumerate(chain):
-        if i > 0:
-            start = chain[i - 1].step
-        elif checkpoint.parent is not None:  # a parent the history no longer holds
-            start = checkpoint.parent[1]
-        else:
-            start = checkpoint.step
-        if start > checkpoint.step or (points and start < points[-1][0]):
+    starts = [_trained_from(chain, i) for i in range(len(chain))]
+    for i, start in enumerate(starts):
+        if start > chain[i].step or (i > 0 and start < starts[i - 1]):
             raise ValueError(
                 f"from_lineage: the lineage of {(generation_id, step)} goes back in steps at "
-                f"{checkpoint.ref} (trained from step {start}); a controller never makes one"
+                f"{chain[i].ref} (trained from step {start}); a controller never makes one"
             )
+    first = _fresh_start(chain)
+    points: list[tuple[int, object]] = []
+    for i in range(first, len(chain)):
+        checkpoint, start = chain[i], chain[i].step if i == first else starts[i]
         if points and points[-1][0] == start:  # a copy that trained nothing: replaced
             points.pop()
         if points and tree_equal(points[-1][1], checkpoint.meta_params):
             continue
         points.append((start, checkpoint.meta_params))
-    return Piecewise(points)
+    # the schedule's own copies: a schedule edited in place must not change the history
+    # (nor the history, the schedule)
+    return Piecewise([(start, copy.deepcopy(meta_params)) for start, meta_params in points])
+
+
+def _trained_from(chain: list[Checkpoint], i: int) -> int:
+    """The step ``chain[i]``'s parameters were trained from: its parent's step."""
+    checkpoint = chain[i]
+    if i > 0:
+        return chain[i - 1].step
+    if checkpoint.parent is not None:  # a parent the history no longer holds
+        return checkpoint.parent[1]
+    return checkpoint.step
+
+
+def _fresh_start(chain: list[Checkpoint]) -> int:
+    """The index in ``chain`` where the member's parameters were last initialised afresh.
+
+    That is a generation's first checkpoint without params (``params=None`` is what its
+    worker was handed: "initialise fresh parameters"): a root, or a copy of an evaluation
+    sent without params. Not one that a later checkpoint at its step holds params for
+    (a copy of it holding them: it held them then). 0 if there is none.
+    """
+    held_at = None  # the step of the nearest later checkpoint holding params
+    for i in range(len(chain) - 1, -1, -1):
+        checkpoint = chain[i]
+        if checkpoint.params is not None:
+            held_at = checkpoint.step
+            continue
+        starts_generation = (
+            checkpoint.parent is None or checkpoint.parent[0] != checkpoint.generation_id
+        )
+        if starts_generation and held_at != checkpoint.step:
+            return i
+    return 0
