@@ -9,7 +9,9 @@ the layout on disk, asynchronous saves, threads and processes, and the collectio
 
 from __future__ import annotations
 
+import builtins
 import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -124,13 +126,18 @@ class _Registry:
 _REGISTRY = _Registry()
 
 
-def _registry_key(path: str) -> str:
+def _registry_key(path: str, create: bool = False) -> str:
     """The name the registry knows a checkpoint by: the device and inode of its directory
     and its name, symlinks resolved (the checkpoint's own name too), so two stores on one
     directory (one through a symlink or a bind mount) see each other's saves, restores
-    and deletes; the resolved path where the directory does not exist (a save creates
-    it first, so its key is the one a restore finds). Handles themselves keep the path
-    their store was given (a link may resolve differently on other hosts)."""
+    and deletes; the resolved path where the directory does not exist. ``create``: a
+    save's, which first creates a directory removed since its store was opened, so its
+    key is the one a restore finds (a directory it cannot create fails the write, at
+    ``wait()``). Handles themselves keep the path their store was given (a link may
+    resolve differently on other hosts)."""
+    if create:
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     real = os.path.realpath(path)
     try:
         info = os.stat(os.path.dirname(real))
@@ -559,6 +566,9 @@ def _write(handle: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
         ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(handle, ocp.args.Composite(**items))
 
 
+_GROUP = getattr(builtins, "BaseExceptionGroup", None)  # (Python 3.11+)
+
+
 def _without_frames(error: BaseException) -> BaseException:
     """``error`` with the local variables of its traceback's finished frames cleared, and
     those of every error it chains to (causes, contexts, an exception group's members):
@@ -573,8 +583,8 @@ def _without_frames(error: BaseException) -> BaseException:
         seen.add(id(chained))
         traceback.clear_frames(chained.__traceback__)
         pending += [chained.__cause__, chained.__context__]
-        members = getattr(chained, "exceptions", ())  # an ExceptionGroup's
-        pending += members if isinstance(members, (tuple, list)) else ()
+        if _GROUP is not None and isinstance(chained, _GROUP):
+            pending += chained.exceptions
     return error
 
 
@@ -662,13 +672,12 @@ class ParamStore:
             "leaves": specs,
         }
         future: concurrent.futures.Future = concurrent.futures.Future()
-        os.makedirs(self._directory, exist_ok=True)  # (removed since): keyed as it will be
-        key = _registry_key(handle)
         self._slots.acquire()
         try:
             with self._lock:
                 if self._closed:
                     raise RuntimeError(f"this ParamStore ({self._directory}) was closed")
+                key = _registry_key(handle, create=True)
                 with _REGISTRY.lock:  # registered before any file of it can exist
                     _REGISTRY.saving[key] = future
                 self._mine[handle] = future

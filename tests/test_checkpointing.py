@@ -289,7 +289,13 @@ def _fails_holding(state):
     raise KeyError(f"inner {len(state)}")
 
 
-@pytest.mark.parametrize("chain", ["context", "cause and context", "group"])
+class _NotAGroup(OSError):
+    @property
+    def exceptions(self):  # an attribute of that name that is no exception group's
+        raise KeyError("not a group")
+
+
+@pytest.mark.parametrize("chain", ["context", "cause and context", "group", "not a group"])
 def test_a_failed_save_lets_go_of_its_arrays_before_wait_raises_it(tmp_path, monkeypatch, chain):
     """The failure kept for wait() held, through its traceback, the frames that wrote the
     host copy of the arrays: until wait(), a failing disk kept every save in memory
@@ -315,14 +321,18 @@ def test_a_failed_save_lets_go_of_its_arrays_before_wait_raises_it(tmp_path, mon
                     raise OSError(message) from None
                 if chain == "cause and context":
                     raise OSError(message) from ValueError("root cause")
+                if chain == "not a group":  # (reading it raised: the save never settled)
+                    raise _NotAGroup(message) from None
                 errors.append(e)  # a member, not the context (as asyncio.TaskGroup's)
             raise ExceptionGroup(message, errors)  # noqa: F821 (Python 3.11+)
 
     store = ParamStore(tmp_path)
     monkeypatch.setattr(checkpointing.ocp, "Checkpointer", BrokenCheckpointer)
     store.save("g", 0, {"a": np.ones(1000), "b": np.zeros(3)})
-    while store.num_pending:
+    deadline = time.monotonic() + 30
+    while store.num_pending and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert store.num_pending == 0
     gc.collect()
     assert held and all(ref() is None for ref in held)
     with pytest.raises(CheckpointSaveError, match="disk full writing 2 arrays"):
@@ -650,6 +660,23 @@ def test_a_restore_through_a_link_to_the_checkpoint_is_spared_and_a_removed_dire
     threading.Timer(0.2, release.set).start()
     np.testing.assert_array_equal(store.restore(handle, {"a": np.zeros(3)})["a"], np.ones(3))
     store.close()
+
+
+def test_a_save_whose_directory_cannot_be_made_fails_at_wait(tmp_path):
+    """A store on a symlink whose target was removed: save() raised FileExistsError from
+    making the directory, not the documented CheckpointSaveError at wait() (review)."""
+    os.makedirs(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    store = ParamStore(tmp_path / "link")
+    os.rmdir(tmp_path / "real")
+    handle = store.save("g", 1, {"a": np.zeros(3)})
+    with pytest.raises(CheckpointSaveError, match="g_step1"):
+        store.wait()
+    assert not store.exists(handle)
+    store.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        store.save("g", 2, {"a": np.zeros(3)})
+    assert not os.path.exists(tmp_path / "real")  # a closed store makes nothing
 
 
 def _collect_while_restoring(store, collector, restore_path, monkeypatch):

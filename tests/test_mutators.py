@@ -719,6 +719,11 @@ def test_a_wta_round_waits_at_most_one_more_interval_for_the_best_workers_save()
     with pytest.warns(RuntimeWarning, match="best worker saved no params"):
         state, _ = apply(state, Eval(None, 0, gens[0], 40, 0.1), 3.0, wta)
     assert {(w.params, w.step) for w in state.workers} == {("b@10", 10)}
+    # a worker that never sends params is copied too (the copiers start fresh)
+    state, _ = run([[(None, 10, 1.0)]])
+    with pytest.warns(RuntimeWarning, match="best worker saved no params"):
+        state, _ = apply(state, Eval(None, 0, state.workers[0].generation_id, 20, 0.1), 3, wta)
+    assert {(w.params, w.step) for w in state.workers} == {(None, 10)}
     # none did: the round waits, then copies the first save past an interval
     for saver, expected in ((0, ("a@25", 25)), (1, ("c@25", 25))):
         state, gens = run([[("c@3", 3, 2.0), (None, 10, 1.0)]])
@@ -760,19 +765,36 @@ def test_a_wta_round_never_copies_a_save_from_before_the_interval():
                         assert w.step >= local[j][1] - 10  # never behind one interval
                         local[j] = [w.generation_id, w.step]
     assert furthest >= 250 and state.mutator_state.num_exploits >= 9
-    # with no finite score each worker restarts from its own save past the interval
+
+
+def test_a_wta_round_with_no_finite_score_restarts_each_worker_from_its_own_save():
+    """Every score NaN: each worker mutates its own hyperparameters from its own save
+    past the interval, which the round waits for (it restarted each from its own save
+    before the interval, the population never passing its second save: review); one
+    that diverged and stopped saving goes back to its latest save once it has waited
+    out a second interval (it stalled every round for good: review)."""
     wta = WinnerTakeAllGenetic(lambda m: {"h": m["h"] + 1}, steps_per_exploit=10)
     state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
     gens = [w.generation_id for w in state.workers]
     state, _ = apply(state, Eval("a@5", 0, gens[0], 5, math.nan), 1.0, wta)
-    for step in (10, 20, 30):
-        state, _ = apply(state, Eval(None, 0, gens[0], step, math.nan), 1.0, wta)
-        state, _ = apply(state, Eval(f"b@{step}", 1, gens[1], step, math.nan), 1.0, wta)
+    state, _ = apply(state, Eval(None, 0, gens[0], 10, math.nan), 1.0, wta)
+    state, _ = apply(state, Eval("b@10", 1, gens[1], 10, math.nan), 1.0, wta)
+    state, _ = apply(state, Eval(None, 1, gens[1], 12, math.nan), 1.0, wta)
     assert state.mutator_state.num_exploits == 0  # worker 0 has saved only at 5
-    state, _ = apply(state, Eval("a@35", 0, gens[0], 35, math.nan), 1.0, wta)
+    state, _ = apply(state, Eval("a@15", 0, gens[0], 15, math.nan), 1.0, wta)
     assert [(w.params, w.step, w.meta_params) for w in state.workers] == [
-        ("a@35", 35, {"h": 2.0}),
-        ("b@30", 30, {"h": 3.0}),
+        ("a@15", 15, {"h": 2.0}),
+        ("b@10", 10, {"h": 3.0}),
+    ]
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("b@20", 1, gens[1], 20, math.nan), 1.0, wta)
+    for step in (25, 30):  # worker 0 has stopped saving: waited out at 35
+        state, _ = apply(state, Eval(None, 0, gens[0], step, math.nan), 1.0, wta)
+    assert state.mutator_state.num_exploits == 1
+    state, _ = apply(state, Eval(None, 0, gens[0], 35, math.nan), 1.0, wta)
+    assert [(w.params, w.step, w.meta_params) for w in state.workers] == [
+        ("a@15", 15, {"h": 3.0}),
+        ("b@20", 20, {"h": 4.0}),
     ]
 
 

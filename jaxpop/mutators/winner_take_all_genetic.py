@@ -63,10 +63,13 @@ class WinnerTakeAllGenetic(Mutator):
         reported twice past its interval, the latest a whole interval past it, without
         one (it saves only on improvement, or has stopped saving), the round copies the
         best-scoring worker that saved past its interval, with a ``RuntimeWarning``; if
-        none has, it waits for the first that does, the workers training on. A worker
-        that has never saved (in its first generation) cannot be told from one that
-        never will: a round before its first save copies its latest evaluation without
-        params, and the copiers initialise fresh parameters, as in the seed.
+        none has, it waits for the first that does, the workers training on (a
+        population whose workers all save only on improvement has no round while none
+        improves). A worker that never sends params is copied from its latest
+        evaluation, and the copiers initialise fresh parameters, as in the seed; a
+        generation that has not saved *yet* reads the same, so a worker that saves
+        should save at least once per interval (counted from each generation's start),
+        or its rounds start the copiers fresh.
       seconds_per_exploit: a worker is ready once it reports an evaluation at least this
         many seconds after its generation started. Give exactly one of the two.
       average_over_samples: score each worker by the mean of the values its current
@@ -85,7 +88,9 @@ class WinnerTakeAllGenetic(Mutator):
     Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
     worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
     is non-finite, nobody is copied and each worker mutates its own hyperparameters,
-    from its own save past the interval (which the round waits for).
+    from its own save past the interval (which the round waits for, as for a best
+    worker's: one that has waited out a second interval without, having diverged and
+    stopped saving, goes back to its latest save).
     The state (:class:`WinnerTakeAllState`) counts the rounds, the decisions (one per
     worker per round) and the copies (workers that started from another worker's
     checkpoint); :func:`jaxpop.mutators.decision_counts` reads the last two.
@@ -223,15 +228,17 @@ def _winner(
     generation's interval, or the evaluation of a worker that never sends params: the
     best-scoring worker's, once it has one; after it has waited out a second interval
     without (it saves only on improvement, has stopped saving, or never saves and holds
-    a copied start), the best-scoring worker that has one. A round that copied a save
-    from before the interval sent the whole population back (often to the start it had
-    just trained from: with saves rarer than two intervals, for good)."""
+    a copied start), the best-scoring finite worker that has one. A round that copied a
+    save from before the interval sent the whole population back (often to the start it
+    had just trained from: with saves rarer than two intervals, for good)."""
     best = int(order[0])
     if view["saved_past"][best] or view["never_saves"][best]:
         return best
     if not _waited_out(config, history, workers[best].generation_id):
         return None
-    saved = order[1:][view["saved_past"][order[1:]] & np.isfinite(view["score"][order[1:]])]
+    others = order[1:]
+    copyable = view["saved_past"][others] | view["never_saves"][others]
+    saved = others[copyable & np.isfinite(view["score"][others])]
     if not saved.size:  # nobody has: the round waits (and the workers keep training)
         warnings.warn(_NO_SAVE_PAST_INTERVAL, RuntimeWarning, stacklevel=3)
         return None
@@ -294,9 +301,14 @@ def _update(
     if not math.isinf(view["score"][order[0]]):
         best = _winner(config, history, workers, view, order)
         waits = best is None
-    else:  # nobody has a finite score: nobody is copied, each worker mutates its own
-        best = None  # hyperparameters from its own save past the interval (awaited)
-        waits = not (view["saved_past"] | view["never_saves"])[live].all()
+    else:
+        # nobody has a finite score: nobody is copied, each worker mutates its own
+        # hyperparameters from its own save past the interval, which the round waits for;
+        # one that has waited out a second interval without (it diverged and stopped
+        # saving) goes back to its latest save
+        best = None
+        unsaved = live[~(view["saved_past"] | view["never_saves"])[live]].tolist()
+        waits = not all(_waited_out(config, history, workers[i].generation_id) for i in unsaved)
     if waits:
         views.keep(view)
         return state, workers, ()
