@@ -62,14 +62,14 @@ class WinnerTakeAllGenetic(Mutator):
         interval that holds params and copies from there. Once the best worker has
         reported twice past its interval, the latest a whole interval past it, without
         one (it saves only on improvement, or has stopped saving), the round copies the
-        best-scoring worker that saved past its interval, with a ``RuntimeWarning``; if
-        none has, it waits for the first that does, the workers training on (a
-        population whose workers all save only on improvement has no round while none
-        improves). A worker that never sends params is copied from its latest
-        evaluation, and the copiers initialise fresh parameters, as in the seed; a
-        generation that has not saved *yet* reads the same, so a worker that saves
-        should save at least once per interval (counted from each generation's start),
-        or its rounds start the copiers fresh.
+        best-scoring worker that saved past its interval (or never sends params), with a
+        ``RuntimeWarning``; if none has, it waits for the first that does, the workers
+        training on (a population whose workers all save only on improvement has no
+        round while none improves). A worker that never sends params is copied from
+        its latest evaluation, and the copiers initialise fresh parameters, as in the
+        seed; a generation that has not saved *yet* reads the same, so a worker that
+        saves should save at least once per interval (counted from each generation's
+        start), or its rounds start the copiers fresh.
       seconds_per_exploit: a worker is ready once it reports an evaluation at least this
         many seconds after its generation started. Give exactly one of the two.
       average_over_samples: score each worker by the mean of the values its current
@@ -248,7 +248,8 @@ def _winner(
 
 _BEST_DID_NOT_SAVE = (
     "WinnerTakeAllGenetic: a round's best worker saved no params at or past its interval "
-    "in two intervals; the round copies the best-scoring worker that did (send params "
+    "in two intervals; the round copies the best-scoring worker that did, or that never "
+    "sends params (send params "
     "with an evaluation at or past each interval, or make the interval the save interval)"
 )
 _NO_SAVE_PAST_INTERVAL = (
