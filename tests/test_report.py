@@ -193,6 +193,19 @@ def test_flatten_hparams():
     }
 
 
+def test_leaves_numpy_cannot_read_as_arrays_are_left_out():
+    """A leaf with a dtype and a size that is no array (a jax.ShapeDtypeStruct, an
+    object with a float dtype) made flatten_hparams raise, and every part of the report
+    with it; they are left out, as before (review)."""
+    import jax
+
+    class Duck:
+        dtype, size = np.dtype(np.float32), 1
+
+    meta = {"lr": 0.1, "spec": jax.ShapeDtypeStruct((), np.float32), "duck": Duck()}
+    assert report.flatten_hparams(meta) == {"lr": 0.1}
+
+
 def test_low_precision_jax_dtypes_are_read_as_numbers(tmp_path):
     """bfloat16, float8 and int4 (numpy's dtype kind ``"V"``) were left out of every table
     and plot: they are numbers, bfloat16 and float8 as float, int4 as int."""

@@ -371,6 +371,33 @@ def test_a_traced_nan_step_gets_the_last_piece_and_a_bool_is_refused():
         jax.jit(S.join([S.constant(0), S.constant(1)], [-5]))(jnp.uint32(3))
 
 
+def test_piecewise_with_traced_values_or_a_vector_step_runs_under_jit_and_vmap():
+    """A Piecewise built from traced values (inside vmap over a learning rate) raised
+    JAX's TracerArrayConversionError, and a vector step under jit raised from
+    lax.full_like (review): both worked before the searchsorted path."""
+
+    def scheduled(lr, step):
+        return S.piecewise({0: {"lr": lr}, 10: {"lr": lr / 10}})(step)["lr"]
+
+    out = jax.vmap(scheduled)(jnp.asarray([0.1, 0.2]), jnp.asarray([3, 12]))
+    np.testing.assert_allclose(np.asarray(out), [0.1, 0.02], rtol=1e-6)
+    assert float(jax.jit(scheduled)(jnp.float32(0.1), jnp.int32(12))) == pytest.approx(0.01)
+    p = S.piecewise({0: {"lr": 0.1, "w": np.float32(1.0)}, 10: {"lr": 0.2, "w": np.float32(2)}})
+    out = jax.jit(p)(jnp.arange(0, 20, 5))
+    np.testing.assert_allclose(np.asarray(out["lr"]), [0.1, 0.1, 0.2, 0.2], rtol=1e-6)
+    assert np.asarray(out["w"]).tolist() == [1.0, 1.0, 2.0, 2.0]
+
+
+def test_a_ramp_starts_exactly_at_its_first_value():
+    """(a - b) + b rounded a small start away: a ramp from 1e-8 to 1 gave 0.0 at its
+    first step, on the host and under jit (review)."""
+    for kind in ("linear", "cosine"):
+        c = S.curriculum({0: {"x": 1e-8}, 100: {"x": 1.0}}, kind=kind)
+        for out in (c(0), jax.jit(c)(jnp.int32(0))):
+            assert float(out["x"]) == pytest.approx(1e-8, rel=1e-6), kind
+        assert float(c(100)["x"]) == 1.0
+
+
 def test_piecewise_with_thousands_of_points_compiles_in_well_under_a_second():
     """One searchsorted over the points: a chain of 4,000 where's took ~20 s to compile."""
     n = 4000

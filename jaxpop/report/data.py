@@ -185,10 +185,13 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
             continue
         if not (hasattr(leaf, "dtype") and hasattr(leaf, "size")) or leaf.size > _MAX_ARRAY_LEAF:
             continue
-        kind = _number_kind(leaf.dtype)
-        if kind is None:
-            continue
-        items = _array_items(leaf, kind)
+        try:
+            kind = _number_kind(leaf.dtype)
+            if kind is None:
+                continue
+            items = _array_items(leaf, kind)
+        except (TypeError, ValueError):  # a dtype or an array-like numpy cannot read
+            continue  # (a pandas categorical, a jax.ShapeDtypeStruct): left out
         if len(items) == 1:
             _put(flat, name, items[0])
         else:

@@ -130,9 +130,10 @@ def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], An
                 f"curriculum: a ramp from {a!r:.40} to {b!r:.40} computes their difference, "
                 f"which is past the range of {difference.dtype}; use smaller values"
             )
-        return ramp
 
-    def from_start(step: Any) -> Any:  # (the ramp's arithmetic gives inf - inf = NaN there)
+    def from_start(step: Any) -> Any:
+        # the start exactly: the ramp's arithmetic gives inf - inf = NaN there, and
+        # (a - b) + b rounds a small start away (1e-8 to 1 gave 0.0)
         return jnp.where(step <= 0, a, ramp(step))
 
     return from_start

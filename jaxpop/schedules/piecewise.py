@@ -31,6 +31,7 @@ from jaxpop.schedules.base import (
     _host_point,
     _traced_boundaries,
     is_traced,
+    join,
     to_host,
     tree_equal,
 )
@@ -85,6 +86,10 @@ class Piecewise:
             for leaf in jax.tree.leaves(self.values[0]):
                 _check_traceable(leaf)
             return self.values[0]
+        if any(is_traced(leaf) for leaf in jax.tree.leaves(self.values)):
+            # values traced themselves (a Piecewise built inside jit or vmap): selected
+            # by a chain of where's, as join does
+            return join([_constant(v) for v in self.values], self.steps[1:])(step)
         treedef, tables = _stack(self.values)  # (read at each trace: values are live objects)
         if reachable:
             thresholds = np.stack([threshold for threshold, _ in reachable])
@@ -96,6 +101,8 @@ class Piecewise:
         leaves = []
         for table, weak in tables:
             leaf = jnp.asarray(table)[index]
+            # (a Python number's weak type, as a where between them keeps: for a scalar step)
+            weak = weak and leaf.ndim == 0
             leaves.append(lax.full_like(table.dtype.type(0).item(), leaf) if weak else leaf)
         return jax.tree.unflatten(treedef, leaves)
 
@@ -265,6 +272,10 @@ def _check_points(
     if len(set(steps)) != len(steps):
         raise ValueError(f"schedule steps must be distinct, got {list(steps)}")
     return steps, tuple(v for _, v in pairs)
+
+
+def _constant(value: Any) -> Schedule:
+    return lambda step: value
 
 
 def _stack(values: tuple[Any, ...]) -> tuple[Any, list[tuple[np.ndarray, bool]]]:
