@@ -583,6 +583,13 @@ def ask(
             "before that generation started: a stale ask; resyncing it to "
             f"{(assigned.generation_id, assigned.step)!r}"
         )
+    elif (holder := _holder(new, worker_id, generation_id)) is not None:
+        reply_worker = assigned  # nothing recorded: its params are not that worker's
+        warning = (
+            f"worker {worker_id} asked with generation {generation_id!r}, which worker "
+            f"{holder} holds (mixed-up worker ids?); resyncing it to "
+            f"{(assigned.generation_id, assigned.step)!r}"
+        )
     else:
         reply_worker = assigned
         if new.history.get_checkpoint(generation_id, step) is None:
@@ -645,6 +652,15 @@ def set_eval(
                 f"{step}, before the generation started (step {first.step}): a stale "
                 "report; the evaluation was ignored (ask for the worker's data first with "
                 "maybe_get_worker_data)"
+            )
+        )
+    holder = _holder(state, worker_id, generation_id)
+    if holder is not None:
+        return state, Reply(
+            warning=(
+                f"set_eval from worker {worker_id} for generation {generation_id!r}, which "
+                f"worker {holder} holds (mixed-up worker ids?); the evaluation was ignored "
+                "(its params would have been recorded, and copied, as that worker's)"
             )
         )
     workers = state.workers
@@ -800,6 +816,19 @@ def missing(
             "params that are gone are marked missing in the history, and the worker moved "
             f"to {(worker.generation_id, worker.step)}"
         ),
+    )
+
+
+def _holder(state: PopulationState, worker_id: int, generation_id: str) -> int | None:
+    """Another worker whose assignment is ``generation_id``, when the worker's own is
+    not: a report or ask there is another worker's (mixed-up ids), never recorded.
+    O(population), only off the usual path (a report on the worker's own generation)."""
+    workers = state.workers
+    if workers[worker_id].generation_id == generation_id:
+        return None
+    return next(
+        (i for i, w in enumerate(workers) if w.generation_id == generation_id and i != worker_id),
+        None,
     )
 
 

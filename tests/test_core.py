@@ -179,6 +179,22 @@ def test_a_report_or_ask_before_its_generation_started_records_nothing():
     assert state.history.first(copied.generation_id).step == 10
 
 
+def test_a_report_or_ask_into_another_workers_generation_is_ignored_with_warning():
+    """Worker 1 reporting (or asking) with worker 0's generation id (mixed-up ids, an
+    actor restarted under another id): its params were recorded as worker 0's, in worker
+    0's generation, and the next round copied them to everyone (hostile test)."""
+    m = noop_mutator()
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], m)
+    gen = state.workers[0].generation_id
+    new, reply = apply(state, Eval("w1-params", 1, gen, 12, 0.01), 1.0, m)
+    assert new is state and reply.checkpoint is None and "worker 0 holds" in reply.warning
+    new, reply = apply(state, Ask("w1-params", None, 1, gen, 12), 1.0, m)
+    assert reply.worker == state.workers[1] and "worker 0 holds" in reply.warning
+    assert new.history.get_checkpoint(gen, 12) is None  # nothing recorded
+    new, reply = apply(state, Eval("p", 0, gen, 12, 0.5), 1.0, m)  # its own: recorded
+    assert reply.warning is None and new.history.get_checkpoint(gen, 12).params == "p"
+
+
 @pytest.mark.parametrize("gen", [None, "", "never-made"])
 def test_report_for_unknown_generation_is_ignored_with_warning(gen):
     m = noop_mutator()

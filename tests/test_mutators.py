@@ -728,7 +728,7 @@ def test_a_wta_round_waits_at_most_one_more_interval_for_the_best_workers_save()
     for saver, expected in ((0, ("a@25", 25)), (1, ("c@25", 25))):
         state, gens = run([[("c@3", 3, 2.0), (None, 10, 1.0)]])
         for step in (20, 22):
-            with pytest.warns(RuntimeWarning, match="no worker has saved params at or past"):
+            with pytest.warns(RuntimeWarning, match="no worker with a finite score has saved"):
                 state, _ = apply(state, Eval(None, 0, gens[0], step, 0.1), 3.0, wta)
         assert state.mutator_state.num_exploits == 0
         worker, value = (0, 0.1) if saver == 0 else (1, 1.0)
@@ -796,6 +796,42 @@ def test_a_wta_round_with_no_finite_score_restarts_each_worker_from_its_own_save
         ("a@15", 15, {"h": 3.0}),
         ("b@20", 20, {"h": 4.0}),
     ]
+
+
+def test_a_wta_round_never_sends_a_diverged_save_to_anyone():
+    """Workers that diverged and kept saving (the flagship loop saves at every
+    evaluation): the no-finite-score round restarted each from its own NaN save, round
+    after round, though each held a finite save; and a best worker whose latest save
+    was NaN (a finite evaluation without params after it) had that save copied to every
+    worker (hostile test). Each goes back to its latest save with a finite value (then,
+    in the generation that started there, to that start), and a NaN save is never
+    copied."""
+    wta = WinnerTakeAllGenetic(lambda m: {"h": m["h"] / 2}, steps_per_exploit=10)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    for step in (5, 10):
+        for i in (0, 1):
+            value = 0.5 if step < 10 else math.nan
+            gen = state.workers[i].generation_id
+            state, _ = apply(state, Eval(f"w{i}@{step}", i, gen, step, value), 1.0, wta)
+    assert [(w.params, w.step) for w in state.workers] == [("w0@5", 5), ("w1@5", 5)]
+    starts = [w.generation_id for w in state.workers]
+    for i in (0, 1):  # diverged again past the interval (15), still saving
+        state, _ = apply(state, Eval(f"v{i}@15", i, starts[i], 15, math.nan), 2.0, wta)
+    assert state.mutator_state.num_exploits == 2
+    assert [(w.params, w.step, w.meta_params) for w in state.workers] == [
+        ("w0@5", 5, {"h": 0.25}),
+        ("w1@5", 5, {"h": 0.5}),
+    ]
+    # the best's latest save is NaN: never copied; the save past it is
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10, average_over_samples=False)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("a@10", 0, gens[0], 10, math.nan), 1.0, wta)
+    state, _ = apply(state, Eval(None, 0, gens[0], 11, 0.1), 1.0, wta)
+    state, _ = apply(state, Eval("b@10", 1, gens[1], 10, 1.0), 1.0, wta)
+    assert state.mutator_state.num_exploits == 0  # waits for worker 0's finite save
+    state, _ = apply(state, Eval("a@12", 0, gens[0], 12, 0.1), 1.0, wta)
+    assert {w.params for w in state.workers} == {"a@12"}
 
 
 def test_a_wta_round_does_not_wait_for_a_worker_that_stopped_saving_unless_it_is_best():

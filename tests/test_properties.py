@@ -471,9 +471,20 @@ class Checker:
             if self.wta.get("keep_winner"):
                 winner_meta = ha.latest_evaluated(win_gen).meta_params
                 assert canon(after.workers[best].meta_params) == canon(winner_meta)
-        else:  # nobody is finite: each worker continues (mutated) from its own checkpoint
+        else:  # nobody is finite: each worker continues (mutated) from its own checkpoint:
+            # its latest save with a finite value (before it diverged), else its start (a
+            # worker sent back there before) or its latest evaluation
             for w, source in zip(old, sources, strict=True):
-                assert source == ha.latest_evaluated(w.generation_id).ref
+                good = [
+                    c
+                    for c in ha.evaluated(w.generation_id)
+                    if c.params is not None and math.isfinite(c.value)
+                ]
+                if good:
+                    assert source == good[-1].ref
+                else:
+                    gen = w.generation_id
+                    assert source in (ha.first(gen).ref, ha.latest_evaluated(gen).ref)
 
     def check_state(self, state):
         h = state.history

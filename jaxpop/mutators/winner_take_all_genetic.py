@@ -34,6 +34,7 @@ from jaxpop.mutators.base import (
     call_mutate_fn,
     check_callable,
     check_number,
+    copied_value,
     evaluated_since,
     rank_value,
     reads_like_a_dict,
@@ -42,6 +43,7 @@ from jaxpop.mutators.base import (
     takes_key,
     window_mean,
 )
+from jaxpop.records import Checkpoint
 
 __all__ = ["WinnerTakeAllGenetic", "WinnerTakeAllState"]
 
@@ -63,13 +65,14 @@ class WinnerTakeAllGenetic(Mutator):
         reported twice past its interval, the latest a whole interval past it, without
         one (it saves only on improvement, or has stopped saving), the round copies the
         best-scoring worker that saved past its interval (or never sends params), with a
-        ``RuntimeWarning``; if none has, it waits for the first that does, the workers
-        training on (a population whose workers all save only on improvement has no
-        round while none improves). A worker that never sends params is copied from
-        its latest evaluation, and the copiers initialise fresh parameters, as in the
-        seed; a generation that has not saved *yet* reads the same, so a worker that
-        saves should save at least once per interval (counted from each generation's
-        start), or its rounds start the copiers fresh.
+        ``RuntimeWarning``; if no worker with a finite score has, it waits for the
+        first that does, the workers training on (a population whose finite workers all
+        save only on improvement has no round while none improves). A save whose value
+        is not finite is never copied to the population. A worker that never sends
+        params is copied from its latest evaluation, and the copiers initialise fresh
+        parameters, as in the seed; a generation that has not saved *yet* reads the
+        same, so a worker that saves should save at least once per interval (counted
+        from each generation's start), or its rounds start the copiers fresh.
       seconds_per_exploit: a worker is ready once it reports an evaluation at least this
         many seconds after its generation started. Give exactly one of the two.
       average_over_samples: score each worker by the mean of the values its current
@@ -88,9 +91,9 @@ class WinnerTakeAllGenetic(Mutator):
     Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
     worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
     is non-finite, nobody is copied and each worker mutates its own hyperparameters,
-    from its own save past the interval (which the round waits for, as for a best
-    worker's: one that has waited out a second interval without, having diverged and
-    stopped saving, goes back to its latest save).
+    from its own latest save with a finite value (from before it diverged), else from
+    its save past the interval (which the round waits for, as for a best worker's: one
+    that has waited out a second interval without goes back to its latest save).
     The state (:class:`WinnerTakeAllState`) counts the rounds, the decisions (one per
     worker per round) and the copies (workers that started from another worker's
     checkpoint); :func:`jaxpop.mutators.decision_counts` reads the last two.
@@ -142,6 +145,7 @@ class WinnerTakeAllGenetic(Mutator):
             "active": bool,
             "score": float,
             "saved_past": bool,
+            "good_past": bool,
             "never_saves": bool,
         }
         views = _views.Views(functools.partial(_entry, config), columns)
@@ -198,13 +202,28 @@ def _counted(config: _Config, history: History, generation_id: str) -> list[floa
     return [c.value for c in window if c.value is not None]
 
 
-def _saved_past(config: _Config, history: History, generation_id: str) -> bool:
-    """Whether the generation has an evaluation past its interval that holds params."""
+def _saved_past(config: _Config, history: History, generation_id: str) -> tuple[bool, bool]:
+    """Whether the checkpoint a copy of the generation gives is an evaluation past its
+    interval that holds params; and whether its value is also finite (a save of a worker
+    that has diverged is never copied to the population)."""
     source = history.latest_loadable(generation_id)
     if source is None or source.params is None or source.value is None:
-        return False
+        return False, False
     since, by_step = _since(config, history, generation_id)
-    return (source.step if by_step else source.time) >= since
+    past = (source.step if by_step else source.time) >= since
+    return past, past and math.isfinite(source.value)
+
+
+def _last_good(history: History, generation_id: str) -> Checkpoint | None:
+    """The generation's latest save with a finite value; else its start, if that holds
+    params copied at a finite value (a worker sent back there before); else ``None``."""
+    for checkpoint in reversed(history.evaluated(generation_id)):
+        value = checkpoint.value
+        if checkpoint.params is not None and value is not None and math.isfinite(value):
+            return checkpoint
+    start = history.first(generation_id)
+    value = copied_value(history, start) if start.params is not None else None
+    return start if value is not None and math.isfinite(value) else None
 
 
 def _waited_out(config: _Config, history: History, generation_id: str) -> bool:
@@ -224,39 +243,43 @@ def _winner(
     config: _Config, history: History, workers: Workers, view: _views.View, order: np.ndarray
 ) -> int | None:
     """The worker a round copies, ``None`` while it waits (``order``: the live workers,
-    best score first, some finite). A round copies only a save made at or past its
-    generation's interval, or the evaluation of a worker that never sends params: the
-    best-scoring worker's, once it has one; after it has waited out a second interval
-    without (it saves only on improvement, has stopped saving, or never saves and holds
-    a copied start), the best-scoring finite worker that has one. A round that copied a
-    save from before the interval sent the whole population back (often to the start it
-    had just trained from: with saves rarer than two intervals, for good)."""
+    best score first, some finite). A round copies a save made at or past its
+    generation's interval with a finite value, or the evaluation of a worker that never
+    sends params: the best-scoring worker's, once it has one; after it has waited out a
+    second interval without (it saves only on improvement, has stopped saving, or never
+    saves and holds a copied start), the best-scoring finite worker that has one. A
+    round that copied a save from before the interval sent the whole population back
+    (often to the start it had just trained from: with saves rarer than two intervals,
+    for good)."""
     best = int(order[0])
-    if view["saved_past"][best] or view["never_saves"][best]:
+    if view["good_past"][best] or view["never_saves"][best]:
         return best
-    if not _waited_out(config, history, workers[best].generation_id):
+    generation_id = workers[best].generation_id
+    if not _waited_out(config, history, generation_id):
         return None
     others = order[1:]
-    copyable = view["saved_past"][others] | view["never_saves"][others]
+    copyable = view["good_past"][others] | view["never_saves"][others]
     saved = others[copyable & np.isfinite(view["score"][others])]
-    if not saved.size:  # nobody has: the round waits (and the workers keep training)
-        warnings.warn(_NO_SAVE_PAST_INTERVAL, RuntimeWarning, stacklevel=3)
-        return None
-    warnings.warn(_BEST_DID_NOT_SAVE, RuntimeWarning, stacklevel=3)
-    return int(saved[0])
+    if saved.size:
+        warnings.warn(_BEST_DID_NOT_SAVE, RuntimeWarning, stacklevel=3)
+        return int(saved[0])
+    warnings.warn(_NO_SAVE_PAST_INTERVAL, RuntimeWarning, stacklevel=3)
+    return None  # the round waits (and the workers keep training)
 
 
+_ADVICE = (
+    "(send params with an evaluation at or past each interval, or make the interval the "
+    "save interval)"
+)
 _BEST_DID_NOT_SAVE = (
     "WinnerTakeAllGenetic: a round's best worker saved no params at or past its interval "
     "in two intervals; the round copies the best-scoring worker that did, or that never "
-    "sends params (send params "
-    "with an evaluation at or past each interval, or make the interval the save interval)"
+    "sends params " + _ADVICE
 )
 _NO_SAVE_PAST_INTERVAL = (
-    "WinnerTakeAllGenetic: no worker has saved params at or past its interval and the "
-    "round's best worker has trained two intervals without; the round waits for the "
-    "first such save, the workers training on (send params with an evaluation at or "
-    "past each interval, or make the interval the save interval)"
+    "WinnerTakeAllGenetic: no worker with a finite score has saved params at or past its "
+    "interval and the round's best worker has trained two intervals without; the round "
+    "waits for the first such save, the workers training on " + _ADVICE
 )
 
 
@@ -272,11 +295,13 @@ def _entry(config: _Config, state: Any, history: History, worker_id: int, worker
     (a copy's start counts as sending them)."""
     generation_id = worker.generation_id
     values = _counted(config, history, generation_id)
+    saved_past, good_past = _saved_past(config, history, generation_id)
     return (
         bool(values),
         worker.is_active,
         _score(config, values),
-        _saved_past(config, history, generation_id),
+        saved_past,
+        good_past,
         not history.saves(generation_id),
     )
 
@@ -304,9 +329,10 @@ def _update(
         waits = best is None
     else:
         # nobody has a finite score: nobody is copied, each worker mutates its own
-        # hyperparameters from its own save past the interval, which the round waits for;
-        # one that has waited out a second interval without (it diverged and stopped
-        # saving) goes back to its latest save
+        # hyperparameters from its own latest save with a finite value (before it
+        # diverged), else from its save past the interval, which the round waits for;
+        # one that has waited out a second interval without (it stopped saving) goes
+        # back to its latest save
         best = None
         unsaved = live[~(view["saved_past"] | view["never_saves"])[live]].tolist()
         waits = not all(_waited_out(config, history, workers[i].generation_id) for i in unsaved)
@@ -317,7 +343,11 @@ def _update(
     keys = split_key(key, len(workers)) if wants_key else [key] * len(workers)
     new_workers, new_checkpoints, copies = list(workers), [], 0
     for i in live.tolist():
-        source = history.latest_loadable(workers[i if best is None else best].generation_id)
+        if best is None:  # its own latest save with a finite value: back before it diverged
+            generation_id = workers[i].generation_id
+            source = _last_good(history, generation_id) or history.latest_loadable(generation_id)
+        else:
+            source = history.latest_loadable(workers[best].generation_id)
         assert source is not None  # every generation starts with a loadable checkpoint
         copies += best is not None and i != best
         meta = source.meta_params
