@@ -369,7 +369,9 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
         logs.finish(controller.state)  # the last exploits, the best member's schedule
         progress.close()
         store.wait()
-        store.collect_garbage(controller.state, keep_best=args.keep_best)
+        # every save of this run is settled and recorded: what no history holds (a save
+        # a killed earlier run never reported, its temporary directory) goes too
+        store.collect_garbage(controller.state, keep_best=args.keep_best, orphan_grace_s=0)
         summary = summarize(controller.state, accuracies)
     summary.update(
         dataset=dataset.name,

@@ -58,8 +58,12 @@ def test_simple_cnn_runs_and_writes_a_loadable_history(tmp_path, monkeypatch):
     argv = ["--steps", "60", "--workers", "3", "--eval-every", "10", "--steps-per-exploit", "20"]
     argv += ["--batch-size", "16"]  # what is checked does not depend on it
     argv += ["--tensorboard"] if importlib.util.find_spec("tensorboardX") else []
+    # a save a killed earlier run left half written: the run's last collection removes it
+    leftover = tmp_path / "params" / "g_step5_0123456789abcdef.orbax-checkpoint-tmp"
+    leftover.mkdir(parents=True)
     summary = simple_cnn.main([*argv, "--log-dir", str(tmp_path)])
     assert summary["exploit_events"] >= 3 and summary["compilations"] == 1
+    assert not leftover.exists()
     # exploits rewind workers to the winner's step; the bar counts each worker's
     # progress towards its last step, so it ends exactly at its total
     assert [(b.n, b.total) for b in _Bar.bars] == [(180, 180)]
