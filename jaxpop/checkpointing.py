@@ -497,8 +497,9 @@ def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset
     """The handles the garbage collection policy keeps for ``state``.
 
     The ``params`` (when they are ``str`` handles) of: (a) every active worker; (b) the
-    latest checkpoint and the latest evaluated checkpoint of every live generation (one
-    that some active worker is on); (c) the ``keep_best`` distinct handles with the
+    latest checkpoint, the latest evaluated checkpoint, the latest loadable one, the
+    latest save with a finite value and the first checkpoint of every live generation
+    (one that some active worker is on); (c) the ``keep_best`` distinct handles with the
     best evaluated values in the whole history (by ``history.rank``: the lowest, or
     the highest when ``history.mode`` is ``"max"``; NaN and infinite values rank last;
     ties go to the earlier in history order); (d) every checkpoint that the mutator's
@@ -522,6 +523,9 @@ def retained_handles(state: PopulationState, *, keep_best: int = 1) -> frozenset
             for copied in (  # what a worker reloads, and what an exploit would copy
                 history.latest_evaluated(worker.generation_id),
                 history.latest_loadable(worker.generation_id),
+                # where a worker that diverged goes back to (WinnerTakeAllGenetic)
+                history.latest_finite_save(worker.generation_id),
+                history.first(worker.generation_id),
             ):
                 if copied is not None:
                     add(copied.params)

@@ -417,6 +417,21 @@ class History(Mapping[str, GenerationView]):
             node = node[1]
         return None
 
+    def latest_finite_save(self, generation_id: str) -> Checkpoint | None:
+        """The generation's highest-step evaluated checkpoint that holds params and a
+        finite value (a save from before its worker diverged), or ``None``."""
+        gen = self._generations.get(generation_id)
+        if gen is None:
+            return None
+        node = gen.steps
+        while node is not None:
+            checkpoint = gen.checkpoints[node[0]]
+            value = checkpoint.value
+            if checkpoint.params is not None and value is not None and math.isfinite(value):
+                return checkpoint
+            node = node[1]
+        return None
+
     def latest_loadable(self, generation_id: str) -> Checkpoint | None:
         """The checkpoint an exploit copies from ``generation_id``.
 

@@ -834,6 +834,33 @@ def test_a_wta_round_never_sends_a_diverged_save_to_anyone():
     assert {w.params for w in state.workers} == {"a@12"}
 
 
+def test_a_wta_round_copies_the_winners_finite_save_and_the_collection_keeps_it():
+    """The best worker saved 0.2 past its interval, then a NaN save: the round looked at
+    its latest save only, waited and then copied a worse worker; and what a worker that
+    diverged goes back to was not among the handles a collection keeps, so a collection
+    before the round sent it to a fresh start (review)."""
+    from jaxpop.checkpointing import retained_handles
+
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10, average_over_samples=False)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    state, _ = apply(state, Eval("a@10", 0, gens[0], 10, 0.3), 1.0, wta)
+    state, _ = apply(state, Eval("a@12", 0, gens[0], 12, math.nan), 1.0, wta)
+    state, _ = apply(state, Eval(None, 0, gens[0], 13, 0.2), 1.0, wta)
+    assert "a@10" in retained_handles(state, keep_best=0)
+    state, _ = apply(state, Eval("b@10", 1, gens[1], 10, 1.0), 1.0, wta)
+    assert state.mutator_state.num_exploits == 1
+    assert {(w.params, w.step) for w in state.workers} == {("a@10", 10)}
+    # with no finite score each goes back to its finite save: kept until then
+    wta = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    state = fresh_state([{"h": 1.0}, {"h": 2.0}], wta)
+    gens = [w.generation_id for w in state.workers]
+    for i in (0, 1):
+        state, _ = apply(state, Eval(f"w{i}@5", i, gens[i], 5, 0.5), 1.0, wta)
+    state, _ = apply(state, Eval("w0@10", 0, gens[0], 10, math.nan), 1.0, wta)
+    assert {"w0@5", "w1@5"} <= retained_handles(state, keep_best=0)
+
+
 def test_a_wta_round_does_not_wait_for_a_worker_that_stopped_saving_unless_it_is_best():
     """Worker 1 saved at 5 and diverged (NaN, no params since): the round waited for it
     to save past its interval, forever (review). Only the best worker's save is awaited;

@@ -203,24 +203,34 @@ def _counted(config: _Config, history: History, generation_id: str) -> list[floa
 
 
 def _saved_past(config: _Config, history: History, generation_id: str) -> tuple[bool, bool]:
-    """Whether the checkpoint a copy of the generation gives is an evaluation past its
-    interval that holds params; and whether its value is also finite (a save of a worker
-    that has diverged is never copied to the population)."""
-    source = history.latest_loadable(generation_id)
-    if source is None or source.params is None or source.value is None:
-        return False, False
+    """Whether the generation has an evaluation past its interval that holds params
+    (its latest such); and one with a finite value too (:func:`_copied_from`: a save of
+    a worker that has diverged is never copied to the population)."""
     since, by_step = _since(config, history, generation_id)
-    past = (source.step if by_step else source.time) >= since
-    return past, past and math.isfinite(source.value)
+
+    def past(source: Checkpoint | None) -> bool:
+        if source is None or source.params is None or source.value is None:
+            return False
+        return (source.step if by_step else source.time) >= since
+
+    latest = history.latest_loadable(generation_id)
+    return past(latest), past(history.latest_finite_save(generation_id))
+
+
+def _copied_from(history: History, generation_id: str) -> Checkpoint:
+    """What a round copies from the winner's generation: its latest save with a finite
+    value, else (a worker that never sends params) its latest loadable checkpoint."""
+    source = history.latest_finite_save(generation_id) or history.latest_loadable(generation_id)
+    assert source is not None  # every generation starts with a loadable checkpoint
+    return source
 
 
 def _last_good(history: History, generation_id: str) -> Checkpoint | None:
     """The generation's latest save with a finite value; else its start, if that holds
     params copied at a finite value (a worker sent back there before); else ``None``."""
-    for checkpoint in reversed(history.evaluated(generation_id)):
-        value = checkpoint.value
-        if checkpoint.params is not None and value is not None and math.isfinite(value):
-            return checkpoint
+    good = history.latest_finite_save(generation_id)
+    if good is not None:
+        return good
     start = history.first(generation_id)
     value = copied_value(history, start) if start.params is not None else None
     return start if value is not None and math.isfinite(value) else None
@@ -347,7 +357,7 @@ def _update(
             generation_id = workers[i].generation_id
             source = _last_good(history, generation_id) or history.latest_loadable(generation_id)
         else:
-            source = history.latest_loadable(workers[best].generation_id)
+            source = _copied_from(history, workers[best].generation_id)
         assert source is not None  # every generation starts with a loadable checkpoint
         copies += best is not None and i != best
         meta = source.meta_params
