@@ -301,8 +301,8 @@ def _score(config: _Config, values: list[float]) -> float:
 
 def _entry(config: _Config, state: Any, history: History, worker_id: int, worker: Any) -> tuple:
     """Whether the worker is ready (it has a value past its interval); whether it is
-    active; its score; whether it saved past its interval; whether it never sends params
-    (a copy's start counts as sending them)."""
+    active; its score; whether it saved past its interval, and with a finite value;
+    whether it never sends params (a copy's start counts as sending them)."""
     generation_id = worker.generation_id
     values = _counted(config, history, generation_id)
     saved_past, good_past = _saved_past(config, history, generation_id)
