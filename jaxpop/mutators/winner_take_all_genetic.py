@@ -214,6 +214,11 @@ def _saved_past(config: _Config, history: History, generation_id: str) -> tuple[
         return (source.step if by_step else source.time) >= since
 
     latest = history.latest_loadable(generation_id)
+    if latest is None or latest.params is None or latest.value is None:
+        return False, False  # no evaluation holds params (History.latest_loadable)
+    if math.isfinite(latest.value):  # its latest finite save (no walk: the usual case)
+        saved = past(latest)
+        return saved, saved
     return past(latest), past(history.latest_finite_save(generation_id))
 
 
