@@ -330,6 +330,70 @@ def test_fixed_schedule_keeps_progress_in_state_not_in_schedule():
     assert pop.state.mutator_state == (2, 1)
 
 
+def _schedule_script(mutator, draws, n, *, branch_every):
+    """The states of a random event script: reports past change points (with and without
+    params, repeated steps, another worker's generation), asks (old generations too),
+    lost checkpoints and finished workers, sometimes going back to an older state."""
+    from jaxpop.events import Finish, Missing
+
+    state = fresh_state([{"lr": 0.1 * (i + 1)} for i in range(n)], mutator)
+    states = [state]
+    for t, (code, w, b) in enumerate(draws):
+        w %= n
+        if branch_every and t % branch_every == branch_every - 1 and len(states) > 2:
+            state = states[-3]
+        worker = state.workers[w]
+        gen, step = worker.generation_id, worker.step
+        params = None if b % 3 == 0 else f"p{w}@{step + b % 7}"
+        if code <= 3:
+            event = Eval(params, w, gen, step + b % 7, float(b % 5))
+        elif code == 4:
+            event = Ask(params, None, w, gen, step + b % 4)
+        elif code == 5:
+            other = state.workers[(w + 1) % n]
+            event = Eval("x", w, other.generation_id, other.step + 2, 1.0)
+        elif code == 6:
+            old = list(state.history)[b % len(state.history)]
+            event = Ask(None, None, w, old, state.history.latest(old).step + 1)
+        elif code == 7:
+            event = Missing(w, gen, step)
+        else:
+            event = Finish(w)
+        try:
+            state, _ = apply(state, event, float(t + 1), mutator)
+        except ValueError:  # a lost checkpoint that held no params: nothing to load
+            assert isinstance(event, Missing)
+        states.append(state)
+    return states
+
+
+@pytest.mark.parametrize("on_ask", [False, True])
+@pytest.mark.parametrize("every", [None, 3])
+def test_fixed_schedule_from_its_kept_view_equals_one_read_afresh(on_ask, every, monkeypatch):
+    """An update looks only at the workers its kept view says a change is due for; on
+    random event scripts (branching back to older states too) every state equals that
+    of a mutator that looks at every worker afresh at every call."""
+    import random
+
+    from jaxpop.mutators import _views
+
+    schedule = {0: A, 4: B, 9: C, 15: {"lr": 0.0}} if every is None else (lambda s: {"lr": s // 5})
+    n = 4
+    for seed in range(25):
+        rng = random.Random(seed)
+        draws = [(rng.randrange(10), rng.randrange(100), rng.randrange(100)) for _ in range(60)]
+        branch_every = (0, 5, 8)[seed % 3]
+        make = lambda: FixedSchedule(schedule, every, on_ask=on_ask)  # noqa: E731
+        kept = _schedule_script(make(), draws, n, branch_every=branch_every)
+        with monkeypatch.context() as patch:
+            patch.setattr(_views.Views, "view", _views.Views.build)
+            fresh = _schedule_script(make(), draws, n, branch_every=branch_every)
+        for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
+            assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)
+            assert a.history == b.history, (seed, t)
+        assert sum(kept[-1].mutator_state) > n  # points were passed
+
+
 @pytest.mark.parametrize("bad", [{}, {-1: A}, {1.5: A}, [(0, A)]])
 def test_fixed_schedule_rejects_bad_schedules(bad):
     with pytest.raises(ValueError):

@@ -1,10 +1,13 @@
 """Section ``decisions``: the latency of a ``set_eval`` that makes a decision.
 
-In-memory controllers of 8, 64 and 256 workers, for every mutator that searches: PBT
-(asynchronous truncation and tournament selection, and a synchronous round),
-``WinnerTakeAllGenetic``, ``FirePBT`` (two sub-populations of 3/8 of the workers each
-and a quarter of evaluators) and ``MultipleFrequenciesPBT`` (two sub-populations,
-frequencies 1 and 2). Every worker reports at every step with an interval of 1, so each
+In-memory controllers of 8, 64 and 256 workers, for every built-in mutator that decides
+for a population: PBT (asynchronous truncation and tournament selection, and a
+synchronous round), ``WinnerTakeAllGenetic``, ``FirePBT`` (two sub-populations of 3/8
+of the workers each and a quarter of evaluators), ``MultipleFrequenciesPBT`` (two
+sub-populations, frequencies 1 and 2) and a ``FixedSchedule`` whose value changes at
+every step (each report starts a generation; it never copies). PB2 decides as PBT does;
+its explore, a GP fit, is timed by ``benchmarks/pb2_explore.py``.
+Every worker reports at every step with an interval of 1, so each
 asynchronous PBT ``set_eval`` decides for its worker (and a round ends at each step's
 last report); the asks are timed too, in the same loop, as the reference a decision is
 compared with (``eval/ask``). ``us_per_decision`` is the median, over the ``set_eval`` s
@@ -25,6 +28,7 @@ import numpy as np
 from jaxpop import PopulationController
 from jaxpop.mutators import (
     FirePBT,
+    FixedSchedule,
     MultipleFrequenciesPBT,
     PopulationBasedTraining,
     WinnerTakeAllGenetic,
@@ -58,7 +62,13 @@ def mutators() -> dict[str, Callable[[int], Any]]:
         "mf_pbt": lambda n: MultipleFrequenciesPBT(
             t_ready=1, hyperparam_space=space, frequencies=(1, 2)
         ),
+        # a schedule that changes at every step: each report starts a generation
+        "fixed_schedule": lambda n: FixedSchedule(_decaying_lr, every=1),
     }
+
+
+def _decaying_lr(step: int) -> dict[str, float]:
+    return {"lr": 1.0 / (1 + step)}
 
 
 def _median_us(seconds: Sequence[float]) -> float | None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from jaxpop.events import Ask
 from jaxpop.history import History
+from jaxpop.mutators import _views
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
@@ -30,7 +31,7 @@ from jaxpop.mutators.base import (
     records_config,
     start_generation,
 )
-from jaxpop.records import FINISHED, Checkpoint
+from jaxpop.records import FINISHED, ActiveWorker, Checkpoint, with_replaced
 from jaxpop.schedules.base import to_host, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
 
@@ -112,11 +113,12 @@ class FixedSchedule(Mutator):
             raise TypeError(f"on_ask must be a bool, got {type(on_ask).__name__}: {on_ask!r:.40}")
 
         config = _Config(due, value_at, compare, bool(on_ask))
+        views = _views.Views(functools.partial(_entry, config), _COLUMNS)
         return super().__new__(
             cls,
             tuple,
-            functools.partial(_update, config),
-            functools.partial(_ask, config) if on_ask else None,
+            functools.partial(_update, config, views),
+            functools.partial(_ask, config, views) if on_ask else None,
             counts=_counts,
         )
 
@@ -158,7 +160,7 @@ def _advance(
         new_checkpoints.append(at)
     worker, start = start_generation(at, meta_params, key, worker_id, now)
     new_checkpoints.append(start)
-    new_workers = (*workers[:worker_id], worker, *workers[worker_id + 1 :])
+    new_workers = with_replaced(workers, [(worker_id, worker)])
     return tuple(new_state), new_workers, tuple(new_checkpoints)
 
 
@@ -175,33 +177,82 @@ def _waits(history: History, at: Checkpoint, on_ask: bool) -> bool:
     return on_ask or history.saves(gen)
 
 
+#: The column of a worker's view (see :mod:`jaxpop.mutators._views`): ``due``, whether a
+#: schedule point it has not passed lies at or before its step. An update looks at those
+#: workers only: O(changes) per evaluation, not O(population).
+_COLUMNS = {"due": bool}
+
+
+def _entry(
+    config: _Config, state: tuple[int, ...], history: History, worker_id: int, worker: ActiveWorker
+) -> tuple[bool]:
+    passed = state[worker_id] if worker_id < len(state) else 0
+    return (config.due(worker.step) > passed,)
+
+
 def _update(
     config: _Config,
+    views: _views.Views,
     state: tuple[int, ...],
     workers: Workers,
     history: History,
     now: float,
     key: np.ndarray,
 ) -> MutatorResult:
+    view = views.view(state, workers, history)
+    due = view["due"].nonzero()[0].tolist()
+    if not due:  # the usual case
+        views.keep(view)
+        return state, workers, ()
+    new_state, new_workers, new_history = state, workers, history
     new_checkpoints: list[Checkpoint] = []
-    for worker_id, worker in enumerate(workers):
-        passed = state[worker_id] if worker_id < len(state) else 0
-        if config.due(worker.step) <= passed:
-            continue  # nothing due where it is (the usual case: no lookup)
+    for worker_id in due:
         # where the worker is (its assignment follows its evaluations, and is always
         # recorded): not a later step a run it abandoned left behind
+        worker = workers[worker_id]
         gen = worker.generation_id
-        at = history.get_checkpoint(gen, worker.step) or history.latest(gen)
-        state, workers, added = _advance(
-            config, state, workers, history, worker_id, at, now, key, on_ask=config.on_ask
+        at = new_history.get_checkpoint(gen, worker.step) or new_history.latest(gen)
+        new_state, new_workers, added = _advance(
+            config,
+            new_state,
+            new_workers,
+            new_history,
+            worker_id,
+            at,
+            now,
+            key,
+            on_ask=config.on_ask,
         )
-        history = history.add_all(added)
+        new_history = new_history.add_all(added)
         new_checkpoints.extend(added)
-    return state, workers, tuple(new_checkpoints)
+    _follow(views, view, new_state, workers, new_workers, history, due)
+    return new_state, new_workers, tuple(new_checkpoints)
+
+
+def _follow(
+    views: _views.Views,
+    view: _views.View,
+    state: tuple[int, ...],
+    workers: Workers,
+    new_workers: Workers,
+    history: History,
+    looked_at: Sequence[int],
+) -> None:
+    """Labels ``view`` (of ``workers`` and ``history``) with the state and workers a call
+    returns and keeps it for the next call: the core's adds make the next call's history
+    from ``history``, so the new generations' workers are read again then; the workers
+    ``looked_at`` are read again too (their progress in the state may have moved)."""
+    view.moved_on(state, workers, history)
+    changed = [i for i in looked_at if new_workers[i] is not workers[i]]
+    if changed:
+        view.reassigned(new_workers, changed)
+    view.stale.update(looked_at)
+    views.keep(view)
 
 
 def _ask(
     config: _Config,
+    views: _views.Views,
     state: tuple[int, ...],
     workers: Workers,
     history: History,
@@ -222,7 +273,20 @@ def _ask(
         at = history.get_checkpoint(assigned.generation_id, assigned.step) or history.latest(
             assigned.generation_id
         )
-    return _advance(config, state, workers, history, ask.worker_id, at, now, key)
+    new_state, new_workers, added = _advance(
+        config, state, workers, history, ask.worker_id, at, now, key
+    )
+    if new_state is not state:  # the next update follows this state, not a fresh one
+        _follow(
+            views,
+            views.view(state, workers, history),
+            new_state,
+            workers,
+            new_workers,
+            history,
+            (ask.worker_id,),
+        )
+    return new_state, new_workers, added
 
 
 def _counts(state: tuple[int, ...]) -> DecisionCounts:
