@@ -679,8 +679,15 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
             patch.setattr(
                 fire,
                 "_entry",
-                lambda config, s, h, i, w: (i < config.num_members, 0.0, -1, w.is_active),
+                lambda config, s, h, i, w: (
+                    i < config.num_members,
+                    0.0,
+                    -1,
+                    w.is_active,
+                    math.nan,
+                ),
             )
+            patch.setattr(fire, "_order", lambda step, members: None)  # P1's keys afresh
 
             def keys_afresh(values, mode):  # sort keys: lower is better, NaN for no score
                 keys = []
@@ -724,6 +731,73 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
             assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)
             assert a.history == b.history, (seed, t)
     assert kept[-1].mutator_state.num_evaluations > 0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"perturbation_interval": 2, "sub_population_sizes": (5, 3), "num_evaluators": 2},
+        {"perturbation_interval": 1, "sub_population_sizes": (4, 3, 3), "num_evaluators": 3},
+    ],
+)
+def test_p1_truncation_from_the_kept_order_equals_truncation_over_keys_read_afresh(config):
+    """A P1 decision ranks its member by bisection in the view's kept order of P1's keys;
+    after every event of random hostile scripts, for every P1 member and several
+    fractions, what it may copy from the kept order equals what truncation over the
+    members' scores read afresh gives."""
+    import random
+
+    config = {**config, "max_eval_steps": 4, "mode": "min"}
+    n = sum(config["sub_population_sizes"]) + config["num_evaluators"]
+    checked = copies = 0
+    for seed in range(16):
+        rng = random.Random(seed)
+        m = FirePBT(hyperparam_space=SPACE, **config)
+        views, memo, cfg = (m.update.keywords[k] for k in ("views", "memo", "config"))
+        state = population(m, n)
+        for t in range(60):
+            state = _random_event(state, m, rng, t)
+            view = views.view(state.mutator_state, state.workers, state.history)
+            fire._Scored.bring_up_to_date(view, cfg.num_members)
+            step = fire._Step(
+                state.mutator_state, state.workers, state.history, 0.0, None, memo, view
+            )
+            p1 = cfg.sub_populations[0]
+            order = fire._order(step, p1)
+            assert order is not None
+            keys = np.array(
+                [
+                    _score_key_afresh(state, cfg, member)
+                    if state.workers[member].is_active
+                    else math.nan
+                    for member in p1
+                ]
+            )
+            for member in p1:
+                entry = view.place(member)
+                assert (entry[0] == fire._NO_SCORE[0]) == math.isnan(keys[member]), (seed, t)
+                if math.isnan(keys[member]):
+                    continue
+                for fraction in (0.25, 0.5):
+                    kept = fire._ranked_candidates(order, entry, fraction)
+                    fresh = fire._candidates(keys, member, fraction)
+                    fresh = None if fresh is None else fresh.tolist()
+                    assert kept == fresh, (seed, t, member, fraction)
+                    checked += 1
+                    copies += kept is not None
+            # a P1 member that started a generation in the update has a key the order
+            # does not hold yet: P1's decisions then read the keys
+            source = state.history.first(state.workers[0].generation_id)
+            step.key = np.array([seed, t], np.uint32)
+            step.start(0, 0, source, source.meta_params)
+            assert fire._order(step, p1) is None
+            views.keep(view)
+    assert checked > 500 and copies > 50
+
+
+def _score_key_afresh(state, config, member) -> float:
+    score = _subpopulations.member_score(state.history, state.workers[member].generation_id)
+    return fire.selection_lib.sort_key(score, config.mode)
 
 
 def test_improvements_at_once_are_the_improvements_one_by_one():

@@ -13,6 +13,7 @@ not at hand; the abstract and a public re-implementation's quotations of Section
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import itertools
@@ -633,7 +634,7 @@ class FirePBT(Mutator):
             p_stat=_check_p_stat(p_stat),
             mode=check_mode(mode),
         )
-        views = _views.Views(functools.partial(_entry, config), _COLUMNS)
+        views = _views.Views(functools.partial(_entry, config), _COLUMNS, order_by="rank")
         update = functools.partial(_update, config=config, views=views, memo=_Memo())
         prepare = functools.partial(_prepare, config=config)
         return super().__new__(
@@ -678,7 +679,9 @@ def _prepare(population_size: int, *, config: _Config) -> None:
 
 
 class _Step:
-    """The mutable scratch of one update: copies of the state's dicts and the workers."""
+    """The mutable scratch of one update: the state's dicts and the workers, each copied
+    when the update first changes it (:meth:`own`; most updates change one or two), so
+    an unchanged dict is shared by the state and the next (never changed in place)."""
 
     def __init__(
         self,
@@ -693,13 +696,15 @@ class _Step:
         self.state, self.history, self.now, self.key = state, history, now, key
         self.memo, self.view = memo, view  # the view: of the update's arguments
         self.old_workers = workers
-        self.workers = list(workers)
+        self.workers: Sequence[ActiveWorker] = workers  # (a list once one starts)
         self.checkpoints: list[Checkpoint] = []
-        self.last_decision = dict(state.last_decision)
-        self.curves = dict(state.curves)
-        self.evaluations = dict(state.evaluations)
-        self.evaluated = dict(state.evaluated)
-        self.last_evaluation = dict(state.last_evaluation)
+        # read here, changed through own()
+        self.last_decision: dict[int, tuple[str, int]] = state.last_decision
+        self.curves: dict[int, tuple[str, ...]] = state.curves
+        self.evaluations: dict[int, Evaluation] = state.evaluations
+        self.evaluated: dict[int, tuple[str, str]] = state.evaluated
+        self.last_evaluation: dict[int, int] = state.last_evaluation
+        self._owned: set[str] = set()  # the dicts copied so far
         self.counts = [state.num_decisions, state.num_exploits, state.num_handovers]
         self.counts.append(state.num_evaluations)
         self.changed = False
@@ -709,6 +714,14 @@ class _Step:
         self.started: set[int] = set()  # the workers that started a generation
         self.scored: _Scored = view.memo[_Scored]  # (_Scored.bring_up_to_date puts it there)
 
+    def own(self, name: str) -> dict:
+        """The step's own copy of the state's dict ``name`` (one of :class:`FireState`'s
+        five), to change: copied at the update's first change."""
+        if name not in self._owned:
+            self._owned.add(name)
+            setattr(self, name, dict(getattr(self, name)))
+        return getattr(self, name)
+
     def keys(self, member: int) -> np.ndarray:
         """Member ``member``'s selection and explore keys, ``uint32[2, 2]`` (hashed from
         the event's key: no dispatch, see :mod:`jaxpop.mutators._host_random`)."""
@@ -716,12 +729,14 @@ class _Step:
 
     def decision(self, member: int, generation_id: str, at: int) -> None:
         """Records ``member``'s decision at step ``at`` of ``generation_id``."""
-        self.last_decision[member] = (generation_id, at)
+        self.own("last_decision")[member] = (generation_id, at)
         self.decided.add(member)
 
     def start(self, index: int, worker: int, source: Checkpoint, meta: Any) -> Checkpoint:
         """Worker ``worker`` starts a new generation from ``source`` with ``meta``."""
-        self.workers[worker], first = start_generation(source, meta, self.key, index, self.now)
+        workers = self.workers if isinstance(self.workers, list) else list(self.workers)
+        workers[worker], first = start_generation(source, meta, self.key, index, self.now)
+        self.workers = workers
         self.started.add(worker)
         self.scored.forget(worker)
         self.checkpoints.append(first)
@@ -731,7 +746,8 @@ class _Step:
 
     def forget_evaluated(self, member: int) -> None:
         """``member`` is no longer evaluated (or not as it was)."""
-        self.evaluated.pop(member, None)
+        if member in self.evaluated:
+            del self.own("evaluated")[member]
         self.scored.forget(member)
 
     def result(self) -> MutatorResult:
@@ -778,11 +794,15 @@ def _update(
         _decide(step, config, member)
     _assign(step, config)
     result = step.result()
-    # the next call's history is made from this one by the core's adds; the members
-    # whose last decision changed are read again when the view is next used
+    # the next call's history is made from this one by the core's adds; the workers that
+    # started a generation are read again when the view is next used. A member that
+    # decided and kept going is no longer ready (its interval starts at its evaluation,
+    # and perturbation_interval >= 1), and nothing else of its entry changed (its score
+    # and curve are its generation's): written in place, not read again
     view.moved_on(result[0], workers, history)
     view.reassigned(result[1], sorted(step.started))
-    view.stale.update(step.decided)
+    for member in step.decided - step.started:
+        view["ready"][member] = False
     # a bound on what the view keeps: entries whose generation got no checkpoint since
     # (evaluations no member holds now) pile up; clearing drops the live ones too, which
     # are read again when next needed
@@ -816,17 +836,19 @@ def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size:
 #: key (``key``: see :func:`_sort_keys`; NaN for none, or not active), whether it is
 #: active with a curve of its own (``curve``: 1 yes, 0 no, -1 a curve over several
 #: generations, read when needed: it reads generations other than the member's own,
-#: which the view does not follow), and whether a worker (member or evaluator) is active.
-_COLUMNS = {"ready": bool, "key": np.float64, "curve": np.int8, "active": bool}
+#: which the view does not follow), whether a worker (member or evaluator) is active, and
+#: ``rank``: a P1 member's ``key``, NaN for every other worker, kept sorted in the view's
+#: ``order`` (P1's ranking: a P1 decision's truncation by bisection, see :func:`_order`).
+_COLUMNS = {"ready": bool, "key": np.float64, "curve": np.int8, "active": bool, "rank": np.float64}
 
 
 def _entry(
     config: _Config, state: FireState, history: History, worker_id: int, worker: ActiveWorker
-) -> tuple[bool, float, int, bool]:
+) -> tuple[bool, float, int, bool, float]:
     if worker_id >= config.num_members:  # an evaluator
-        return False, math.nan, 0, worker.is_active
+        return False, math.nan, 0, worker.is_active, math.nan
     if not worker.is_active:
-        return False, math.nan, 0, False
+        return False, math.nan, 0, False, math.nan
     # _ready, member_score and _has_curve, sharing their read of the latest evaluation
     generation_id = worker.generation_id
     latest = history.latest_evaluated(generation_id)
@@ -839,7 +861,8 @@ def _entry(
         curve = -1
     else:  # its own generation's curve: whether it has evaluated
         curve = 0 if latest is None else 1
-    return ready, selection_lib.sort_key(score, config.mode), curve, True
+    key = selection_lib.sort_key(score, config.mode)
+    return ready, key, curve, True, key if worker_id < config.sizes[0] else math.nan
 
 
 def _ready(
@@ -932,7 +955,7 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
     history = step.history
     runner = step.workers[evaluator]
     if runner.generation_id != task.generation or not runner.is_active:
-        del step.evaluations[evaluator]  # reassigned elsewhere, or finished or gone
+        del step.own("evaluations")[evaluator]  # reassigned elsewhere, or finished or gone
         step.changed = True
         return
     if not (step.workers[task.member].is_active and step.workers[task.child].is_active):
@@ -956,17 +979,17 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
                 p_stat=config.p_stat,
             )
         if verdict == "continue":
-            step.evaluations[evaluator] = task._replace(checked=latest.step)
+            step.own("evaluations")[evaluator] = task._replace(checked=latest.step)
             step.changed = True
             return
     step.changed = True
-    del step.evaluations[evaluator]
+    del step.own("evaluations")[evaluator]
     step.counts[0] += 1
     if verdict == "success":  # hand-over: the child continues from the evaluator's weights
         source = _source(history, task.generation)
         meta = history.meta_params(task.child_generation)
         first = step.start(task.child, task.child, source, meta)
-        step.curves[task.child] = (task.generation, first.generation_id)
+        step.own("curves")[task.child] = (task.generation, first.generation_id)
         step.decision(task.child, first.generation_id, first.step)
         step.forget_evaluated(task.child)
         step.counts[2] += 1
@@ -979,17 +1002,17 @@ def _assign(step: _Step, config: _Config) -> None:
     has a best member (the child)."""
     if len(step.evaluations) >= config.num_evaluators:
         return  # every evaluator is at work
+    # without a child in any sub-population no member can be evaluated: no idle evaluator
+    # or queue to read. The children found now are those of before any assignment; those
+    # of P2 .. P(n-1) are found again below, in the queue's order, as an assignment
+    # changes the fitness of its member's sub-population (P1's, by the task's score, stays)
+    previous = config.sub_populations[:-1]
+    if all(_best(step, config, members) is None for members in previous):
+        return
     # (an evaluator's status does not change in an update: the view's column holds)
     active = step.view["active"][config.num_members :].nonzero()[0] + config.num_members
     idle = [e for e in active.tolist() if e not in step.evaluations]
     if not idle:
-        return
-    # without a child in any sub-population no member can be evaluated: no queue to read.
-    # The children found now are those of before any assignment; those of P2 .. P(n-1)
-    # are found again below, in the queue's order, as an assignment changes the fitness
-    # of its member's sub-population (P1's, by the task's score, stays)
-    previous = config.sub_populations[:-1]
-    if all(_best(step, config, members) is None for members in previous):
         return
     for members in previous[1:]:
         step.best.pop(members.start, None)
@@ -1039,7 +1062,7 @@ def _evaluate(
         step.history.meta_params(child_generation),
     )
     member_generation = step.workers[member].generation_id
-    step.evaluations[evaluator] = Evaluation(
+    step.own("evaluations")[evaluator] = Evaluation(
         member,
         member_generation,
         child,
@@ -1048,10 +1071,10 @@ def _evaluate(
         first.step,
         first.step,
     )
-    step.evaluated[member] = (member_generation, first.generation_id)
+    step.own("evaluated")[member] = (member_generation, first.generation_id)
     step.scored.forget(member)
     step.best.pop(config.sub_population(member).start, None)  # its fitness changed
-    step.last_evaluation[member] = first.step
+    step.own("last_evaluation")[member] = first.step
     step.counts[3] += 1
 
 
@@ -1256,14 +1279,24 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
     step.changed = True
     step.decision(member, worker.generation_id, latest.step)
     members = config.sub_population(member)
-    keys = _sort_keys(step, config, members)
-    if math.isnan(keys[member - members.start]):
-        return  # no fitness yet: it keeps going and takes no part
+    order = _order(step, members)
+    better: Sequence[int] | np.ndarray | None
+    if order is not None:  # (P1: a member's index in its sub-population is its id)
+        entry = step.view.place(member)
+        if entry[0] == _NO_SCORE[0]:
+            return  # no score: it keeps going and takes no part
+        better = _ranked_candidates(order, entry, config.quantile_fraction)
+    else:
+        keys = _sort_keys(step, config, members)
+        if math.isnan(keys[member - members.start]):
+            return  # no fitness yet: it keeps going and takes no part
+        better = _candidates(keys, member - members.start, config.quantile_fraction)
     step.counts[0] += 1
-    select_key, explore_key = step.keys(member)
-    parent = _truncation(select_key, keys, member - members.start, config.quantile_fraction)
-    if parent is None:
+    if better is None:
         return
+    # (the keys are hashed only for a member that copies: most keep going)
+    select_key, explore_key = step.keys(member)
+    parent = _draw(select_key, better)
     source = _source(history, step.workers[members.start + parent].generation_id)
     meta = explore_meta(
         explore_key,
@@ -1273,10 +1306,10 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
         perturbation_factors=config.factors,
     )
     first = step.start(member, member, source, meta)
-    step.curves[member] = (first.generation_id,)
+    step.own("curves")[member] = (first.generation_id,)
     step.decision(member, first.generation_id, first.step)
     step.forget_evaluated(member)
-    step.last_evaluation[member] = first.step
+    step.own("last_evaluation")[member] = first.step
     step.counts[1] += 1
 
 
@@ -1286,6 +1319,13 @@ def _truncation(key: RawKey, keys: np.ndarray, me: int, fraction: float) -> int 
     ``fraction`` it copies a member drawn uniformly from the top ``fraction`` that is
     strictly better (ties by the lower id, as a rank); otherwise (or with none such)
     ``None``."""
+    better = _candidates(keys, me, fraction)
+    return None if better is None else _draw(key, better)
+
+
+def _candidates(keys: np.ndarray, me: int, fraction: float) -> np.ndarray | None:
+    """The members :func:`_truncation` draws from, best first; ``None`` when ``me``
+    copies no one (the draw needs a key, hashed only for a member that copies)."""
     # on the whole column: a NaN is never below, above or equal to a key, and a stable
     # argsort puts the NaNs last, so the members without a score simply do not count
     mine = keys[me]
@@ -1295,6 +1335,38 @@ def _truncation(key: RawKey, keys: np.ndarray, me: int, fraction: float) -> int 
         return None  # not in the bottom (its place: those better, then ties before it)
     top = np.argsort(keys, kind="stable")[:k]
     better = top[keys[top] < mine]
-    if not better.size:
+    return better if better.size else None
+
+
+#: Where the entries of the workers without a score begin in a view's order (see
+#: :func:`jaxpop.mutators._views.order_entry`: NaN keys sort last).
+_NO_SCORE = (2, -math.inf, -1)
+
+
+def _order(step: _Step, members: range) -> list[tuple[int, float, int]] | None:
+    """P1's ranking, from the view's order of the ``rank`` column, for a decision in
+    ``members``; ``None`` for a later sub-population (ranked by fitness), or when a P1
+    member started a generation in this update (its key changed since the view's)."""
+    if members.start != 0 or any(m < members.stop for m in step.started):
         return None
-    return int(better[HostRandom(key).randrange(better.size)])
+    return step.view.order
+
+
+def _ranked_candidates(
+    order: list[tuple[int, float, int]], entry: tuple[int, float, int], fraction: float
+) -> list[int] | None:
+    """:func:`_candidates` from the sorted order of the keys (``entry``: the member's
+    place in it): bisections instead of a sort. The member is in the bottom if at least
+    ``n - k`` entries precede its own; it copies one of the first ``min(k, m)``, ``m``
+    being the members strictly better than it (those before its key's first place)."""
+    n = bisect.bisect_left(order, _NO_SCORE)  # the members taking part
+    k = selection_lib.quantile_size(n, fraction)
+    if k == 0 or bisect.bisect_left(order, entry) < n - k:
+        return None
+    better = min(k, bisect.bisect_left(order, (entry[0], entry[1], -1)))
+    return [entry[2] for entry in order[:better]] if better else None  # (entry[2]: its id)
+
+
+def _draw(key: RawKey, better: Sequence[int] | np.ndarray) -> int:
+    """One of ``better``, drawn uniformly with ``key``."""
+    return int(better[HostRandom(key).randrange(len(better))])
