@@ -75,3 +75,40 @@ def test_a_replaced_checkpoint_is_read_again_by_the_generations_started_from_it(
     fresh = views.build(state, workers, history)
     for name in ("source", "step"):
         assert again[name].tolist() == fresh[name].tolist()
+
+
+def _step_entry(state, history, i, worker):
+    return (worker.step,)
+
+
+def test_views_whose_entries_read_no_branch_point_skip_the_walk_a_replaced_add_needs(
+    monkeypatch,
+):
+    """A report at a recorded step replaces that checkpoint: views whose entries read
+    branch points walk every generation for the workers started from it; views made
+    with ``reads_branch_points=False`` do not (it would cost O(population) per such
+    report for nothing), and a pickled one keeps the setting."""
+    import pickle
+
+    from jaxpop.history import History as HistoryClass
+
+    calls = []
+    first = HistoryClass.first
+
+    def counting_first(self, generation_id):
+        calls.append(generation_id)
+        return first(self, generation_id)
+
+    for reads, expected in ((True, True), (False, False)):
+        views = _views.Views(_step_entry, {"step": np.int64}, reads_branch_points=reads)
+        views = pickle.loads(pickle.dumps(views))
+        _, history, workers = _setup()
+        state = object()
+        views.keep(views.view(state, workers, history))
+        history = history.add(Checkpoint("new params", {}, "a", 1.0, None, 0, 1.0))  # replaces
+        with monkeypatch.context() as patch:
+            patch.setattr(HistoryClass, "first", counting_first)
+            calls.clear()
+            view = views.view(state, workers, history)
+        assert view.touched == {0}  # (incremental, not read afresh)
+        assert bool(calls) is expected, (reads, calls)

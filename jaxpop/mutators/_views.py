@@ -16,6 +16,7 @@ generation started from, no other.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -170,6 +171,9 @@ class Views:
         may read: see ``EntryFn``).
       columns: the columns' names and numpy dtypes, in ``entry``'s order.
       order_by: a float column the views keep sorted in :attr:`View.order`.
+      reads_branch_points: whether ``entry`` reads the checkpoint its worker's generation
+        started from; ``False`` spares the walk over every generation that finds the
+        workers to read again when such a checkpoint is replaced.
     """
 
     # views kept: a controller needs one. Each holds its history (and so the params it
@@ -178,8 +182,16 @@ class Views:
     _SIZE = 2
     _LIMIT = 64  # adds followed from one view to the next; past that, read afresh
 
-    def __init__(self, entry: EntryFn, columns: Mapping[str, Any], order_by: str | None = None):
+    def __init__(
+        self,
+        entry: EntryFn,
+        columns: Mapping[str, Any],
+        order_by: str | None = None,
+        *,
+        reads_branch_points: bool = True,
+    ):
         self._entry = entry
+        self._reads_branch_points = reads_branch_points
         self._columns = dict(columns)
         self._dtype = np.dtype(list(self._columns.items()), align=True)
         self._order_by = order_by
@@ -189,7 +201,10 @@ class Views:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # a pickled mutator (Ray, multiprocessing) starts with an empty cache
-        return (Views, (self._entry, self._columns, self._order_by))
+        return (
+            functools.partial(Views, reads_branch_points=self._reads_branch_points),
+            (self._entry, self._columns, self._order_by),
+        )
 
     def view(self, state: Any, workers: Sequence[ActiveWorker], history: History) -> View:
         """The view of ``(state, workers, history)``, the caller's to change.
@@ -208,7 +223,9 @@ class Views:
         old_history = old.history
         generations = {checkpoint.generation_id for checkpoint in added}
         replaced_refs = set()
-        if history.num_checkpoints - old_history.num_checkpoints != len(added):
+        if self._reads_branch_points and (
+            history.num_checkpoints - old_history.num_checkpoints != len(added)
+        ):
             # an add replaced a checkpoint (each other add counts one more): find which
             refs: set[tuple[str, int]] = set()
             for checkpoint in added:

@@ -113,7 +113,7 @@ class FixedSchedule(Mutator):
             raise TypeError(f"on_ask must be a bool, got {type(on_ask).__name__}: {on_ask!r:.40}")
 
         config = _Config(due, value_at, compare, bool(on_ask))
-        views = _views.Views(functools.partial(_entry, config), _COLUMNS)
+        views = _views.Views(functools.partial(_entry, config), _COLUMNS, reads_branch_points=False)
         return super().__new__(
             cls,
             tuple,
