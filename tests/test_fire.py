@@ -571,6 +571,24 @@ def _random_event(state, m, rng, t):
     return apply(state, Eval(float(t), w, generation, step, value), float(t), m)[0]
 
 
+def _views_along_random_scripts(config: dict, mode: str, seeds: int = 16, n_events: int = 60):
+    """``(seed, t, state, mutator, view)`` after every event of random scripts of
+    :func:`_random_event`: the view the next update would start from (keep it again
+    with ``views.keep``, as an update does)."""
+    import random
+
+    config = {**config, "max_eval_steps": 4, "mode": mode}
+    n = sum(config["sub_population_sizes"]) + config["num_evaluators"]
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        m = FirePBT(hyperparam_space=SPACE, **config)
+        views = m.update.keywords["views"]
+        state = population(m, n)
+        for t in range(n_events):
+            state = _random_event(state, m, rng, t)
+            yield seed, t, state, m, views.view(state.mutator_state, state.workers, state.history)
+
+
 def _random_run(
     config: dict, seed: int, n_events: int = 60, *, shared: bool = False, repickle: int = 0
 ) -> list:
@@ -607,46 +625,34 @@ def test_the_evaluation_curves_kept_with_the_view_are_those_read_afresh(config):
     the view and read again only where something changed; after every event of random
     hostile scripts, the kept curves of every later sub-population, as the next update
     would read them, equal the curves read from the state afresh."""
-    import random
-
-    config = {**config, "max_eval_steps": 4, "mode": "max"}
-    n = sum(config["sub_population_sizes"]) + config["num_evaluators"]
     checked = 0
-    for seed in range(16):
-        rng = random.Random(seed)
-        m = FirePBT(hyperparam_space=SPACE, **config)
+    for seed, t, state, m, view in _views_along_random_scripts(config, "max"):
         views, memo, cfg = (m.update.keywords[k] for k in ("views", "memo", "config"))
-        state = population(m, n)
-        for t in range(60):
-            state = _random_event(state, m, rng, t)
-            view = views.view(state.mutator_state, state.workers, state.history)
-            fresh_view = views.build(state.mutator_state, state.workers, state.history)
-            for name, column in fresh_view.columns.items():  # the kept columns, too
-                np.testing.assert_array_equal(view[name], column, err_msg=f"{name} {seed} {t}")
-            fire._Scored.bring_up_to_date(view, cfg.num_members)
-            step = fire._Step(
-                state.mutator_state, state.workers, state.history, 0.0, None, memo, view
-            )
-            for start in fire._starts(cfg)[1:]:
-                members = cfg.sub_population(start)
-                curves, digests = step.scored.curves(step, cfg, members)
-                for member, curve, digest in zip(members, curves, digests, strict=True):
-                    evaluated = state.mutator_state.evaluated.get(member)
-                    worker = state.workers[member]
-                    if (
-                        evaluated is None
-                        or not worker.is_active
-                        or (evaluated[0] != worker.generation_id)
-                    ):
-                        assert curve is None and digest is None, (seed, t, member)
-                        continue
-                    fresh = fire._curve(state.history, (evaluated[1],), cfg.mode)
-                    assert curve is not None, (seed, t, member)
-                    assert curve.steps.tolist() == fresh.steps.tolist(), (seed, t, member)
-                    np.testing.assert_array_equal(curve.values, fresh.values, (seed, t, member))
-                    assert digest == fire._digest(fresh), (seed, t, member)
-                    checked += 1
-            views.keep(view)
+        fresh_view = views.build(state.mutator_state, state.workers, state.history)
+        for name, column in fresh_view.columns.items():  # the kept columns, too
+            np.testing.assert_array_equal(view[name], column, err_msg=f"{name} {seed} {t}")
+        fire._Scored.bring_up_to_date(view, cfg.num_members)
+        step = fire._Step(state.mutator_state, state.workers, state.history, 0.0, None, memo, view)
+        for start in fire._starts(cfg)[1:]:
+            members = cfg.sub_population(start)
+            curves, digests = step.scored.curves(step, cfg, members)
+            for member, curve, digest in zip(members, curves, digests, strict=True):
+                evaluated = state.mutator_state.evaluated.get(member)
+                worker = state.workers[member]
+                if (
+                    evaluated is None
+                    or not worker.is_active
+                    or (evaluated[0] != worker.generation_id)
+                ):
+                    assert curve is None and digest is None, (seed, t, member)
+                    continue
+                fresh = fire._curve(state.history, (evaluated[1],), cfg.mode)
+                assert curve is not None, (seed, t, member)
+                assert curve.steps.tolist() == fresh.steps.tolist(), (seed, t, member)
+                np.testing.assert_array_equal(curve.values, fresh.values, (seed, t, member))
+                assert digest == fire._digest(fresh), (seed, t, member)
+                checked += 1
+        views.keep(view)
     assert checked > 100
 
 
@@ -745,53 +751,41 @@ def test_p1_truncation_from_the_kept_order_equals_truncation_over_keys_read_afre
     after every event of random hostile scripts, for every P1 member and several
     fractions, what it may copy from the kept order equals what truncation over the
     members' scores read afresh gives."""
-    import random
-
-    config = {**config, "max_eval_steps": 4, "mode": "min"}
-    n = sum(config["sub_population_sizes"]) + config["num_evaluators"]
     checked = copies = 0
-    for seed in range(16):
-        rng = random.Random(seed)
-        m = FirePBT(hyperparam_space=SPACE, **config)
+    for seed, t, state, m, view in _views_along_random_scripts(config, "min"):
         views, memo, cfg = (m.update.keywords[k] for k in ("views", "memo", "config"))
-        state = population(m, n)
-        for t in range(60):
-            state = _random_event(state, m, rng, t)
-            view = views.view(state.mutator_state, state.workers, state.history)
-            fire._Scored.bring_up_to_date(view, cfg.num_members)
-            step = fire._Step(
-                state.mutator_state, state.workers, state.history, 0.0, None, memo, view
-            )
-            p1 = cfg.sub_populations[0]
-            order = fire._order(step, p1)
-            assert order is not None
-            keys = np.array(
-                [
-                    _score_key_afresh(state, cfg, member)
-                    if state.workers[member].is_active
-                    else math.nan
-                    for member in p1
-                ]
-            )
-            for member in p1:
-                entry = view.place(member)
-                assert (entry[0] == fire._NO_SCORE[0]) == math.isnan(keys[member]), (seed, t)
-                if math.isnan(keys[member]):
-                    continue
-                for fraction in (0.25, 0.5):
-                    kept = fire._ranked_candidates(order, entry, fraction)
-                    fresh = fire._candidates(keys, member, fraction)
-                    fresh = None if fresh is None else fresh.tolist()
-                    assert kept == fresh, (seed, t, member, fraction)
-                    checked += 1
-                    copies += kept is not None
-            # a P1 member that started a generation in the update has a key the order
-            # does not hold yet: P1's decisions then read the keys
-            source = state.history.first(state.workers[0].generation_id)
-            step.key = np.array([seed, t], np.uint32)
-            step.start(0, 0, source, source.meta_params)
-            assert fire._order(step, p1) is None
-            views.keep(view)
+        fire._Scored.bring_up_to_date(view, cfg.num_members)
+        step = fire._Step(state.mutator_state, state.workers, state.history, 0.0, None, memo, view)
+        p1 = cfg.sub_populations[0]
+        order = fire._order(step, p1)
+        assert order is not None
+        keys = np.array(
+            [
+                _score_key_afresh(state, cfg, member)
+                if state.workers[member].is_active
+                else math.nan
+                for member in p1
+            ]
+        )
+        for member in p1:
+            entry = view.place(member)
+            assert (entry[0] == fire._NO_SCORE[0]) == math.isnan(keys[member]), (seed, t)
+            if math.isnan(keys[member]):
+                continue
+            for fraction in (0.25, 0.5):
+                kept = fire._ranked_candidates(order, entry, fraction)
+                fresh = fire._candidates(keys, member, fraction)
+                fresh = None if fresh is None else fresh.tolist()
+                assert kept == fresh, (seed, t, member, fraction)
+                checked += 1
+                copies += kept is not None
+        # a P1 member that started a generation in the update has a key the order
+        # does not hold yet: P1's decisions then read the keys
+        source = state.history.first(state.workers[0].generation_id)
+        step.key = np.array([seed, t], np.uint32)
+        step.start(0, 0, source, source.meta_params)
+        assert fire._order(step, p1) is None
+        views.keep(view)
     assert checked > 500 and copies > 50
 
 
