@@ -12,6 +12,7 @@ from conftest import SimulatedWorkers, apply, fresh_state
 from jaxpop import PopulationController, core, encoding, schedules, storage
 from jaxpop import report as reports
 from jaxpop.events import Ask, Eval, Finish, Missing
+from jaxpop.history import History
 from jaxpop.mutators import _subpopulations, decision_counts, fire
 from jaxpop.mutators import explore as ex
 from jaxpop.mutators.fire import (
@@ -611,6 +612,45 @@ def _random_run(
         if shared:
             other = _random_event(other, m, other_rng, t)
     return states
+
+
+def test_the_evaluators_lazy_queue_lists_what_a_full_reading_lists(monkeypatch):
+    """The evaluators' queue is ordered first and reads each member's checkpoint only
+    when reached; after every event of random hostile scripts, all of it equals the
+    queue read in full: the active members of P2 .. Pn not being evaluated that have a
+    loadable checkpoint, never evaluated first, then by their latest evaluation's start,
+    then by id; and taking its first member reads only the checkpoints of the active
+    members ordered before it, and its own."""
+    config = {"perturbation_interval": 1, "sub_population_sizes": (3, 4, 3), "num_evaluators": 3}
+    reads = []
+    read = History.latest_loadable
+    monkeypatch.setattr(History, "latest_loadable", lambda h, g: reads.append(g) or read(h, g))
+    checked = 0
+    for _, _, state, m, view in _views_along_random_scripts(config, "min"):
+        memo, cfg = m.update.keywords["memo"], m.update.keywords["config"]
+        fire._Scored.bring_up_to_date(view, cfg.num_members)
+        fs, workers = state.mutator_state, state.workers
+        step = fire._Step(fs, workers, state.history, 0.0, None, memo, view)
+        busy = {task.member for task in fs.evaluations.values()}
+        last = fs.last_evaluation
+        ordered = sorted(
+            (j for j in range(cfg.sizes[0], cfg.num_members) if j not in busy),
+            key=lambda j: (j in last, last.get(j, 0), j),
+        )
+        sources = {j: read(state.history, workers[j].generation_id) for j in ordered}
+        expected = [
+            (j, sources[j]) for j in ordered if workers[j].is_active and sources[j] is not None
+        ]
+        assert list(fire._queue(step, cfg)) == expected
+        reads.clear()
+        first = next(iter(fire._queue(step, cfg)), None)
+        assert first == (expected[0] if expected else None)
+        if expected:
+            before = ordered[: ordered.index(first[0]) + 1]
+            assert reads == [workers[j].generation_id for j in before if workers[j].is_active]
+            checked += 1
+        m.update.keywords["views"].keep(view)
+    assert checked > 100
 
 
 @pytest.mark.parametrize(

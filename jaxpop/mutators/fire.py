@@ -19,7 +19,7 @@ import hashlib
 import itertools
 import math
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
 from typing import Any, Literal, NamedTuple
 
@@ -1020,7 +1020,7 @@ def _assign(step: _Step, config: _Config) -> None:
     # it, so one pass over it serves them all (a member passed over had no child then:
     # it is looked at again at the next update); an assignment forgets the cached best
     # of its member's sub-population, whose fitness it changed (see _evaluate)
-    queue = iter(_queue(step, config))
+    queue = _queue(step, config)
     for evaluator in idle:
         for member, source in queue:
             child = _best(step, config, _previous(config, member))
@@ -1031,22 +1031,37 @@ def _assign(step: _Step, config: _Config) -> None:
             return  # no member left to evaluate
 
 
-def _queue(step: _Step, config: _Config) -> list[tuple[int, Checkpoint]]:
+def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     """The members of ``P2 .. Pn`` an evaluator may take, with what it would copy: those
     active, not being evaluated and with a loadable checkpoint, never evaluated first,
-    then by the step their latest evaluation started, then by id."""
-    history = step.history
+    then by the step their latest evaluation started, then by id.
+
+    The members are ordered now (from ``last_evaluation``: dict reads) and each one's
+    checkpoint is read only when the iteration reaches it, from this update's history
+    and workers as they are now (an assignment changes nothing a later member's entry
+    reads: it starts the evaluator's generation). Most updates take the first member or
+    two of all of ``P2 .. Pn``."""
     busy = {task.member for task in step.evaluations.values()}
-    candidates = []
-    for member in range(config.sizes[0], config.num_members):
-        if member in busy or not step.workers[member].is_active:
-            continue
-        source = history.latest_loadable(step.workers[member].generation_id)
-        if source is not None:
-            last = step.last_evaluation.get(member)
-            candidates.append((last is not None, -1 if last is None else last, member, source))
-    candidates.sort(key=lambda c: c[:3])
-    return [(member, source) for *_, member, source in candidates]
+    last_evaluation = step.last_evaluation
+    order = sorted(
+        (last is not None, -1 if last is None else last, member)
+        for member in range(config.sizes[0], config.num_members)
+        if member not in busy
+        for last in (last_evaluation.get(member),)
+    )
+    return _loadable(step.history, tuple(step.workers), [member for *_, member in order])
+
+
+def _loadable(
+    history: History, workers: Sequence[ActiveWorker], members: list[int]
+) -> Iterator[tuple[int, Checkpoint]]:
+    """Each of ``members`` that is active and has a loadable checkpoint, with it."""
+    for member in members:
+        worker = workers[member]
+        if worker.is_active:
+            source = history.latest_loadable(worker.generation_id)
+            if source is not None:
+                yield member, source
 
 
 def _evaluate(
