@@ -1,5 +1,6 @@
 """benchmarks/overhead/decisions.py on the smallest population: every mutator decides in
-it (every search copies too), and each row reports the figures the table prints."""
+it (every search copies too), each row reports the figures the table prints, and
+FirePBT on learning curves decides in each of its parts (evaluations run and end)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ from overhead import decisions
 
 def test_every_mutator_decides_and_is_timed_per_decision():
     rows = decisions.run(rounds=2, values=[0.3, 0.9, 0.1, 0.5, 0.7], sizes=(8,))
-    assert {row["mutator"] for row in rows} == set(decisions.mutators())
+    assert {row["mutator"] for row in rows} == {*decisions.mutators(), "fire_curves"}
     for row in rows:
         assert row["decisions"] > 0, row["mutator"]
         # a schedule never copies; every search does, on these values
         assert (row["copies"] > 0) == (row["mutator"] != "fixed_schedule"), row["mutator"]
         assert row["us_per_decision"] > 0 and row["us_per_eval_median"] > 0, row["mutator"]
+    (curves,) = [row for row in rows if row["mutator"] == "fire_curves"]
+    assert set(curves["by_kind"]) == {"P1", "later", "evaluators"}
+    for kind in curves["by_kind"].values():
+        assert kind["decided"] > 0 and kind["us_median"] > 0
     decisions.print_table(rows)

@@ -14,10 +14,20 @@ compared with (``eval/ask``). ``us_per_decision`` is the median, over the ``set_
 that decided, of each one's time divided by the decisions it made: a round decides for
 many workers in one call. ``--decision-rounds`` timed rounds (every worker reports
 once) follow one untimed warm-up round. The values are uniform noise.
+
+On noise, FIRE's evaluators barely work: a P1 member copies at almost every report (the
+score a copy keeps, its parent's, beats a fresh draw), so P1 has no member with a curve
+of its own to hand to an evaluator. The row ``fire_curves`` times the same FirePBT on
+learning curves instead (:func:`curve_value`: a loss that falls with the step, lowest
+for a learning rate of 1e-2, plus noise; each worker reports the step after its own),
+where evaluations run, end and hand weights over; its ``by_kind`` gives the median of
+the deciding ``set_eval`` s of P1 members, of the later sub-populations' members and of
+the evaluators (judging an evaluation that ended, then handing the evaluator a new one).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,6 +44,7 @@ from jaxpop.mutators import (
     WinnerTakeAllGenetic,
     explore,
 )
+from jaxpop.records import ActiveWorker
 
 SIZES = (8, 64, 256)  # population sizes
 
@@ -71,23 +82,57 @@ def _decaying_lr(step: int) -> dict[str, float]:
     return {"lr": 1.0 / (1 + step)}
 
 
+def curve_value(worker: ActiveWorker, noise: float) -> tuple[int, float]:
+    """A learning curve: the step after the worker's and its loss there, lowest for a
+    learning rate of 1e-2 and falling with the step, ``noise`` added."""
+    step = worker.step + 1
+    return step, abs(math.log10(worker.meta_params["lr"]) + 2) + 1.0 / step + noise
+
+
+def _fire_kind(n: int) -> Callable[[int], str]:
+    """Worker id -> which part of the benchmark's FirePBT of ``n`` workers it is in."""
+    p1 = 3 * n // 8
+    return lambda i: "P1" if i < p1 else "later" if i < 2 * p1 else "evaluators"
+
+
 def _median_us(seconds: Sequence[float]) -> float | None:
     return round(statistics.median(seconds) * 1e6, 2) if seconds else None
 
 
-def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dict[str, Any]:
-    """One row: ``rounds`` timed rounds of ``n`` workers, each asking then reporting."""
-    pop = PopulationController([{"lr": 1e-3 * (1 + i % 7)} for i in range(n)], mutator)
+def time_decisions(
+    mutator,
+    n: int,
+    rounds: int,
+    values: Sequence[float],
+    *,
+    curves: bool = False,
+    kind_of: Callable[[int], str] | None = None,
+) -> dict[str, Any]:
+    """One row: ``rounds`` timed rounds of ``n`` workers, each asking then reporting.
+
+    ``curves``: each worker reports :func:`curve_value` (``values`` are its noise, and
+    the first learning rates span 1e-4 to 1) instead of ``values`` at the round's step.
+    ``kind_of``: worker id -> a group; the row's ``by_kind`` gives each group's deciding
+    ``set_eval`` s (their count and median µs)."""
+    if curves:
+        lrs = [1e-4 * 10 ** (4 * i / max(n - 1, 1)) for i in range(n)]
+    else:
+        lrs = [1e-3 * (1 + i % 7) for i in range(n)]
+    pop = PopulationController([{"lr": lr} for lr in lrs], mutator)
     evals, keeps, copies, asks, v = [], [], [], [], 0
     per_decision = []  # each deciding set_eval's time over the decisions it made
+    by_kind: dict[str, list[float]] = {}
     for step in range(1, rounds + 2):
         for i in range(n):
             work = pop.active_workers[i]
+            at, value = step, values[v % len(values)]
+            if curves:
+                at, value = curve_value(work, value)
             before = pop.decision_counts
             t0 = time.perf_counter()
             pop.maybe_get_worker_data(i, work.generation_id, work.step, None, None)
             t1 = time.perf_counter()
-            pop.set_eval(i, work.generation_id, step, None, values[v % len(values)])
+            pop.set_eval(i, work.generation_id, at, None, value)
             t2 = time.perf_counter()
             v += 1
             if step > 1:
@@ -97,6 +142,8 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
                 (copies if after.copies > before.copies else keeps).append(t2 - t1)
                 if after.decisions > before.decisions:
                     per_decision.append((t2 - t1) / (after.decisions - before.decisions))
+                    if kind_of is not None:
+                        by_kind.setdefault(kind_of(i), []).append(t2 - t1)
     counts = pop.decision_counts
     eval_median, ask_median = statistics.median(evals), statistics.median(asks)
     return {
@@ -111,16 +158,38 @@ def time_decisions(mutator, n: int, rounds: int, values: Sequence[float]) -> dic
         "us_per_decision": _median_us(per_decision),
         "decisions": counts.decisions,
         "copies": counts.copies,
+        **(
+            {}
+            if kind_of is None
+            else {
+                "by_kind": {
+                    kind: {"decided": len(times), "us_median": _median_us(times)}
+                    for kind, times in sorted(by_kind.items())
+                }
+            }
+        ),
     }
 
 
 def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> list[dict]:
-    """One row per mutator and population size."""
-    return [
+    """One row per mutator and population size, then FirePBT's on learning curves
+    (``fire_curves``, timed by kind of decision): its noise is ``values`` scaled to a
+    standard deviation of about 0.05 (uniform values: 0.17 times them, centred)."""
+    rows = [
         {"mutator": name, **time_decisions(make(n), n, rounds, values)}
         for name, make in mutators().items()
         for n in sizes
     ]
+    noise = [0.17 * (x - 0.5) for x in values]
+    make_fire = mutators()["fire"]
+    rows += [
+        {
+            "mutator": "fire_curves",
+            **time_decisions(make_fire(n), n, rounds, noise, curves=True, kind_of=_fire_kind(n)),
+        }
+        for n in sizes
+    ]
+    return rows
 
 
 def print_table(rows: Sequence[dict]) -> None:
@@ -135,8 +204,7 @@ def print_table(rows: Sequence[dict]) -> None:
     print("-" * len(header))
     for r in rows:
         keep, copy_, per = (
-            "-" if x is None else f"{x:.1f}"
-            for x in (r["us_per_keep_median"], r["us_per_copy_median"], r["us_per_decision"])
+            _us(r[name]) for name in ("us_per_keep_median", "us_per_copy_median", "us_per_decision")
         )
         print(
             f"{r['mutator']:<16}{r['population']:>6}{r['evals']:>8}"
@@ -144,3 +212,16 @@ def print_table(rows: Sequence[dict]) -> None:
             f"{keep:>8}{copy_:>8}{per:>9}{r['us_per_ask_median']:>9.1f}"
             f"{r['eval_over_ask']:>9.1f}x{r['copies']:>8}"
         )
+    kinds = [r for r in rows if "by_kind" in r]
+    if kinds:
+        print()
+        print("fire_curves by kind: median us of the deciding set_evals (how many)")
+        for r in kinds:
+            parts = [
+                f"{kind} {_us(k['us_median'])} ({k['decided']})" for kind, k in r["by_kind"].items()
+            ]
+            print(f"{r['population']:>6} workers: " + ", ".join(parts))
+
+
+def _us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
