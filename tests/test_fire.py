@@ -133,6 +133,8 @@ def test_fitness_from_the_kept_matrix_equals_fitness_computed_afresh():
         keys = tuple(None if c is None else fire._digest(c) for c in curves)
         got = memo.fitness(curves, keys, slot)
         assert [None if x is None else repr(x) for x in got] == fitness_afresh(curves)
+        order = [fire.selection_lib.sort_key(x, "max") for x in got]  # (NaN for none)
+        assert memo.sort_keys(curves, keys, slot).tobytes() == np.array(order).tobytes()
     assert len(memo._matrices) == 2
 
 
@@ -835,11 +837,12 @@ def _score_key_afresh(state, config, member) -> float:
 
 
 def test_improvements_at_once_are_the_improvements_one_by_one():
-    """A fitness row is computed at once over padded curves (:func:`improvements`); on
-    random curves (ties, plateaus, signed zeros, curves that never meet, one point or
-    many, a curve far longer than the others, steps near 2**63, values near the float
-    range whose differences overflow) every number is ``improvement(a, b)`` to the bit,
-    and ``improvement(b, a)`` is ``0.0 - improvement(a, b)`` to the bit."""
+    """A fitness row (:func:`improvements`), or several (``_improvement_block``), is
+    computed at once over padded curves; on random curves (ties, plateaus, signed zeros,
+    curves that never meet, one point or many, a curve far longer than the others, steps
+    near 2**63, values near the float range whose differences overflow) every number is
+    ``improvement(a, b)`` to the bit, and ``improvement(b, a)`` is ``0.0 -
+    improvement(a, b)`` to the bit."""
     rng = np.random.default_rng(5)
     pool = [0.0, -0.0, 1.0, -1.0, 2.5, 1e308, -1e308, 1.7e308, -1.7e308, 3.0]
 
@@ -867,6 +870,12 @@ def test_improvements_at_once_are_the_improvements_one_by_one():
             assert bits(improvement(b, a)) == bits(0.0 - value)
         checked += len(others)
     assert checked > 1000
+    for _ in range(200):  # several rows at once, as the memo asks them
+        rows = [random_curve() for _ in range(int(rng.integers(1, 6)))]
+        others = [random_curve() for _ in range(int(rng.integers(1, 9)))]
+        got = fire._improvement_block(rows, others)
+        assert bits(got) == bits([[improvement(a, b) for b in others] for a in rows])
+    assert fire._improvement_block([], [random_curve()]).shape == (0, 1)
     assert fire.improvements(random_curve(), []).shape == (0,)
     with pytest.raises(ValueError, match="at least one point"):
         fire.improvements(random_curve(), [Curve(np.zeros(0, np.int64), np.zeros(0))])

@@ -301,10 +301,10 @@ def fire_fitness(curves: Sequence[Curve | None]) -> list[float | None]:
     [-1.0, 1.0, None]
     """
 
-    def row(i: int, others: list[int]) -> list[float]:
-        return [improvement(curves[i], curves[j]) for j in others]  # type: ignore[arg-type]
+    def rows(asked: list[tuple[int, list[int]]]) -> list[list[float]]:
+        return [[improvement(curves[i], curves[j]) for j in others] for i, others in asked]  # type: ignore[arg-type]
 
-    return _fitness(curves, row)[0]
+    return _fitness(curves, rows)[0].fitness
 
 
 def improvements(a: Curve, others: Sequence[Curve]) -> np.ndarray:
@@ -336,82 +336,146 @@ def improvements(a: Curve, others: Sequence[Curve]) -> np.ndarray:
         if short.size:  # (a smaller set: its own median, at most one more split each time)
             out[short] = improvements(a, [others[k] for k in short.tolist()])
         return out
-    valid = np.arange(lengths.max()) < lengths[:, None]
-    steps = np.zeros(valid.shape, np.int64)
-    values = np.full(valid.shape, -np.inf)
-    steps[valid] = np.concatenate([b.steps for b in others])
-    values[valid] = np.concatenate([b.values for b in others])
-    rows = np.arange(m)
+    return _padded_improvements([a], others)[0]
+
+
+def _improvement_block(rows: Sequence[Curve], others: Sequence[Curve]) -> np.ndarray:
+    """``[improvements(a, others) for a in rows]`` as one ``len(rows) x len(others)``
+    array, computed at once over the curves padded to one length where no curve is much
+    longer than the others' median (else row by row): the same numbers."""
+    m = len(others)
+    if not rows or m == 0:
+        return np.zeros((len(rows), m))
+    limit = 4 * sorted(len(b) for b in others)[m // 2] + 16  # (as improvements())
+    lengths = [len(c) for c in (*rows, *others)]
+    if len(rows) == 1 or max(lengths) > limit or min(lengths) == 0:
+        return np.stack([improvements(a, others) for a in rows])  # (which says what is wrong)
+    return _padded_improvements(rows, others)
+
+
+def _padded_improvements(rows: Sequence[Curve], others: Sequence[Curve]) -> np.ndarray:
+    """:func:`_improvement_block` over padded curves: row ``r`` against column ``k``."""
+
+    def padded(curves: Sequence[Curve]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        lengths = np.array([len(c) for c in curves])
+        valid = np.arange(lengths.max()) < lengths[:, None]
+        steps = np.zeros(valid.shape, np.int64)
+        values = np.full(valid.shape, -np.inf)
+        steps[valid] = np.concatenate([c.steps for c in curves])
+        values[valid] = np.concatenate([c.values for c in curves])
+        return lengths, valid, steps, values
+
+    a_len, a_valid, a_steps, a_values = padded(rows)
+    b_len, b_valid, b_steps, b_values = padded(others)
+    r, k = np.arange(len(rows))[:, None], np.arange(len(others))[None, :]
     # overlap(): the curve that starts lower is followed until its best-so-far value
     # reaches the other's first value (a searchsorted on a running maximum: a count)
-    a_best = np.maximum.accumulate(a.values)
-    a0, b0 = a.values[0], values[:, 0]
+    a0, b0 = a_values[:, :1], b_values[:, 0][None, :]
     a_lower = a0 < b0
-    i = np.where(a_lower, np.searchsorted(a_best, b0), 0)
-    below = (np.maximum.accumulate(values, axis=1) < a0) & valid
-    j = np.where(a_lower, 0, np.count_nonzero(below, axis=1))
-    meet = (i < len(a)) & (j < lengths)
-    a_start = a.steps[np.minimum(i, len(a) - 1)]
-    b_start = steps[rows, np.minimum(j, lengths - 1)]
-    length = np.minimum(a.steps[-1] - a_start, steps[rows, lengths - 1] - b_start)
-    in_a = (a.steps >= a_start[:, None]) & (a.steps <= (a_start + length)[:, None])
-    in_b = valid & (steps >= b_start[:, None]) & (steps <= (b_start + length)[:, None])
-    ours = np.max(np.where(in_a, a.values, -np.inf), axis=1)
-    theirs = np.max(np.where(in_b, values, -np.inf), axis=1)
+    a_best = np.maximum.accumulate(a_values, axis=1)
+    i = np.where(a_lower, np.count_nonzero((a_best[:, :, None] < b0) & a_valid[:, :, None], 1), 0)
+    below = (np.maximum.accumulate(b_values, axis=1)[None] < a0[:, :, None]) & b_valid[None]
+    j = np.where(a_lower, 0, np.count_nonzero(below, axis=2))
+    meet = (i < a_len[:, None]) & (j < b_len[None, :])
+    a_start = a_steps[r, np.minimum(i, a_len[:, None] - 1)]
+    b_start = b_steps[k, np.minimum(j, b_len[None, :] - 1)]
+    length = np.minimum(
+        a_steps[r, a_len[:, None] - 1] - a_start, b_steps[k, b_len[None, :] - 1] - b_start
+    )
+    ours = _window_max(a_valid[:, None], a_steps[:, None], a_values[:, None], a_start, length)
+    theirs = _window_max(b_valid[None], b_steps[None], b_values[None], b_start, length)
     # curves that never meet: the one ahead keeps its first value against the other's best
     ahead = a0 > b0
-    ours = np.where(meet, ours, np.where(ahead, a0, np.max(a.values)))
-    theirs = np.where(meet, theirs, np.where(ahead, np.max(values, axis=1), b0))
+    a_max, b_max = a_values.max(axis=1)[:, None], b_values.max(axis=1)[None, :]
+    ours = np.where(meet, ours, np.where(ahead, a0, a_max))
+    theirs = np.where(meet, theirs, np.where(ahead, b_max, b0))
     with np.errstate(over="ignore", invalid="ignore"):  # (as improvement(): IEEE's)
         return (ours - theirs) + 0.0
 
 
+def _window_max(
+    valid: np.ndarray, steps: np.ndarray, values: np.ndarray, start: np.ndarray, length: np.ndarray
+) -> np.ndarray:
+    """The best value of each padded curve from step ``start`` for ``length`` steps."""
+    inside = valid & (steps >= start[:, :, None]) & (steps <= (start + length)[:, :, None])
+    return np.max(np.where(inside, values, -np.inf), axis=2)
+
+
 def _fitness(
     curves: Sequence[Curve | None],
-    row: Callable[[int, list[int]], Sequence[float] | np.ndarray],
-    known: tuple[np.ndarray, Sequence[bool]] | None = None,
-) -> tuple[list[float | None], np.ndarray]:
-    """:func:`fire_fitness`, with ``row(i, others)`` the improvements of curve ``i`` over
-    each curve of ``others``; with the matrix of improvements.
+    rows: Callable[[list[tuple[int, list[int]]]], Sequence[Sequence[float] | np.ndarray]],
+    known: _Known | None = None,
+) -> tuple[_Known, list[int] | None]:
+    """:func:`fire_fitness`, with ``rows([(i, others), ...])`` the improvements of each
+    curve ``i`` over each curve of its ``others``, all asked at once; with the matrix of
+    improvements and which curves take part, and the positions whose fitness was
+    computed (``None``: all).
 
-    ``known``: the matrix of a call whose curves differ from these only where
-    ``changed`` is true (elsewhere the same curve, or none, at the same position), and
-    ``changed``: only the pairs with a changed curve are asked again. Either way the
-    matrix holds the improvement of ``i`` over ``j`` at ``[i, j]`` and ``0.0`` minus it
-    at ``[j, i]`` (which is the improvement of ``j`` over ``i``, to the bit: a difference
-    of the same two values either way, a tie +0.0) for every two members that take
-    part, zeros elsewhere, and a fitness is the sum of its member's row, correctly
-    rounded (:func:`_row_sum`): the same numbers whatever was known.
+    ``known``: those of a call whose curves differ from these only where ``changed`` is
+    true (elsewhere the same curve, or none, at the same position): only the pairs with
+    a changed curve are asked again, and where no changed curve takes part, now or
+    then, only the changed positions' fitness is computed (every other row is as it
+    was). Either way the matrix holds the improvement of ``i`` over ``j`` at ``[i, j]``
+    and ``0.0`` minus it at ``[j, i]`` (which is the improvement of ``j`` over ``i``, to
+    the bit: a difference of the same two values either way, a tie +0.0) for every two
+    members that take part, zeros elsewhere, and a fitness is the sum of its member's
+    row, correctly rounded (:func:`_row_sum`): the same numbers whatever was known.
     """
-    valid = [c if c is not None and len(c) >= 2 else None for c in curves]
-    finite = [c is not None and bool(np.all(np.isfinite(c.values))) for c in valid]
-    taking_part = [i for i, c in enumerate(valid) if c is not None and finite[i]]
     n = len(curves)
+    valid = [c if c is not None and len(c) >= 2 else None for c in curves]
     changed: Sequence[bool]
     if known is None:
-        matrix, changed = np.zeros((n, n)), [True] * n
+        changed, matrix = [True] * n, np.zeros((n, n))
     else:
+        changed, matrix = known.changed, known.matrix.copy()
+    part = [
+        valid[i] is not None and bool(np.all(np.isfinite(valid[i].values)))  # type: ignore[union-attr]
+        if changed[i]
+        else known.part[i]  # type: ignore[union-attr]
+        for i in range(n)
+    ]
+    taking_part = [i for i in range(n) if part[i]]
+    if known is not None:
         # a changed position's row and column are computed again below where its new
         # curve takes part, and stay zero where it does not (an unchanged curve takes
         # part as before, so its other entries stand)
-        matrix, changed = known[0].copy(), known[1]
         redo = [i for i in range(n) if changed[i]]
         matrix[redo, :] = 0.0
         matrix[:, redo] = 0.0
-    for i in taking_part:
-        if not changed[i]:
-            continue
-        # (a pair with a changed curve of a lower index was done at that one)
-        others = [j for j in taking_part if j != i and not (changed[j] and j < i)]
-        if others:
-            values = np.asarray(row(i, others), np.float64)
-            matrix[i, others] = values
-            matrix[others, i] = 0.0 - values
-    fitness: list[float | None] = [None] * n
-    for i in range(n):
-        if valid[i] is not None:
-            fitness[i] = _row_sum(matrix[i].tolist(), i, valid) if finite[i] else math.nan
-    return fitness, matrix
+    # (a pair with a changed curve of a lower index is done at that one)
+    asked = [
+        (i, others)
+        for i in taking_part
+        if changed[i]
+        for others in ([j for j in taking_part if j != i and not (changed[j] and j < i)],)
+        if others
+    ]
+    for (i, others), row in zip(asked, rows(asked) if asked else (), strict=True):
+        values = np.asarray(row, np.float64)
+        matrix[i, others] = values
+        matrix[others, i] = 0.0 - values
+    refreshed: list[int] | None = None
+    if known is None or any(changed[i] and (part[i] or known.part[i]) for i in range(n)):
+        fitness: list[float | None] = [None] * n
+        todo: Sequence[int] = range(n)
+    else:  # no entry of an unchanged row moved
+        fitness = list(known.fitness)
+        todo = refreshed = [i for i in range(n) if changed[i]]
+    for i in todo:
+        if valid[i] is None:
+            fitness[i] = None
+        else:
+            fitness[i] = _row_sum(matrix[i].tolist(), i, valid) if part[i] else math.nan
+    return _Known(matrix, changed, fitness, part), refreshed
+
+
+class _Known(NamedTuple):
+    """A sub-population's last computed fitness (see :func:`_fitness`)."""
+
+    matrix: np.ndarray  # of improvements: [i, j] of i over j
+    changed: Sequence[bool]  # the positions whose curve changed since the one before
+    fitness: list[float | None]
+    part: list[bool]  # whether each position's curve takes part
 
 
 def _row_sum(row: list[float], i: int, curves: Sequence[Curve | None]) -> float:
@@ -456,9 +520,9 @@ class _Memo:
     def __init__(self) -> None:
         # curves' keys -> their fitness and its sort keys
         self._fitness: dict[tuple[Any, ...], tuple[list[float | None], np.ndarray]] = {}
-        # sub-population (its first member) -> the keys and matrix of improvements of
-        # its last computed fitness
-        self._matrices: dict[int, tuple[tuple[Any, ...], np.ndarray]] = {}
+        # sub-population (its first member) -> the keys, matrix of improvements and sort
+        # keys of its last computed fitness
+        self._matrices: dict[int, tuple[tuple[Any, ...], _Known, np.ndarray]] = {}
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -497,20 +561,34 @@ class _Memo:
             last = self._matrices.get(slot)
             start = None
             if last is not None and len(last[0]) == len(keys):
-                start = (last[1], [a != b for a, b in zip(keys, last[0], strict=True)])
-            row = functools.partial(_improvements_of, curves)
-            fitness, matrix = _fitness(curves, row, start)
-            order = np.array([selection_lib.sort_key(f, "max") for f in fitness], np.float64)
+                changed = [a != b for a, b in zip(keys, last[0], strict=True)]
+                start = last[1]._replace(changed=changed)
+            rows = functools.partial(_improvement_rows, curves)
+            computed, refreshed = _fitness(curves, rows, start)
+            fitness = computed.fitness
+            if refreshed is None or last is None:
+                order = np.array([selection_lib.sort_key(f, "max") for f in fitness], np.float64)
+            else:  # (the other positions' fitness is as it was: their keys too)
+                order = last[2].copy()
+                for i in refreshed:
+                    order[i] = selection_lib.sort_key(fitness[i], "max")
             order.setflags(write=False)
             known = (fitness, order)
             with self._lock:
-                self._matrices[slot] = (keys, matrix)
+                self._matrices[slot] = (keys, computed, order)
             self._keep(self._fitness, keys, known, self._FITNESS)
         return known
 
 
-def _improvements_of(curves: Sequence[Curve | None], i: int, others: list[int]) -> np.ndarray:
-    return improvements(curves[i], [curves[j] for j in others])  # type: ignore[arg-type,misc]
+def _improvement_rows(
+    curves: Sequence[Curve | None], asked: list[tuple[int, list[int]]]
+) -> list[np.ndarray]:
+    """``rows`` for :func:`_fitness`: every row asked, from one :func:`_improvement_block`
+    of the rows' curves against the curves of all their ``others``."""
+    columns = sorted({j for _, others in asked for j in others})
+    where = {j: k for k, j in enumerate(columns)}
+    block = _improvement_block([curves[i] for i, _ in asked], [curves[j] for j in columns])  # type: ignore[misc]
+    return [block[r, [where[j] for j in others]] for r, (_, others) in enumerate(asked)]
 
 
 def _digest(curve: Curve) -> bytes:
