@@ -1120,14 +1120,12 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     reads: it starts the evaluator's generation). Most updates take the first member or
     two of all of ``P2 .. Pn``."""
     busy = {task.member for task in step.evaluations.values()}
-    last_evaluation = step.last_evaluation
-    order = sorted(
-        (last is not None, -1 if last is None else last, member)
-        for member in range(config.sizes[0], config.num_members)
-        if member not in busy
-        for last in (last_evaluation.get(member),)
-    )
-    return _loadable(step.history, tuple(step.workers), [member for *_, member in order])
+    last = step.last_evaluation
+    free = [m for m in range(config.sizes[0], config.num_members) if m not in busy]
+    # (a stable sort of ids in order: ties by id)
+    order = [m for m in free if m not in last]
+    order += sorted([m for m in free if m in last], key=last.__getitem__)
+    return _loadable(step.history, tuple(step.workers), order)
 
 
 def _loadable(
