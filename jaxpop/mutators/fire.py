@@ -1184,6 +1184,11 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     (by the sub-population's own score; by the task's score while none has a fitness)."""
     if members.start in step.best:
         return step.best[members.start]
+    order = _order(step, members)
+    if order is not None:  # P1, ranked in the view: no pass over its members
+        best = _best_ranked(step, order)
+        step.best[members.start] = best
+        return best
     eligible = _with_curves(step, members)
     best = None
     if eligible:
@@ -1196,6 +1201,21 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
         best = min(finite)[1] if finite else None
     step.best[members.start] = best
     return best
+
+
+def _best_ranked(step: _Step, order: list[tuple[int, float, int]]) -> int | None:
+    """:func:`_best` of P1 from the view's order of its keys (see :func:`_order`): the
+    first member with a finite key and a curve of its own (the order's ties are by id,
+    as ``_best``'s; a worker with a non-finite key, or of another sub-population, comes
+    after every finite one)."""
+    curve = step.view["curve"]
+    for tier, _, member in order:
+        if tier != 0:
+            return None
+        has = curve[member]
+        if has == 1 or (has == -1 and _has_own_curve(step, member)):
+            return member
+    return None
 
 
 def _with_curves(step: _Step, members: range) -> list[int]:
