@@ -1185,8 +1185,8 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     if members.start in step.best:
         return step.best[members.start]
     order = _order(step, members)
-    if order is not None:  # P1, ranked in the view: no pass over its members
-        best = _best_ranked(step, order)
+    if order is not None:  # P1, ranked in the view: no sort of its members
+        best = _best_ranked(step, order, members)
         step.best[members.start] = best
         return best
     eligible = _with_curves(step, members)
@@ -1203,12 +1203,12 @@ def _best(step: _Step, config: _Config, members: range) -> int | None:
     return best
 
 
-def _best_ranked(step: _Step, order: list[tuple[int, float, int]]) -> int | None:
-    """:func:`_best` of P1 from the view's order of its keys (see :func:`_order`): the
-    first member with a finite key and a curve of its own (the order's ties are by id,
-    as ``_best``'s; a worker with a non-finite key, or of another sub-population, comes
-    after every finite one)."""
-    curve = step.view["curve"]
+def _best_ranked(step: _Step, order: list[tuple[int, float, int]], members: range) -> int | None:
+    """:func:`_best` of P1 (``members``) from the view's order of its keys (see
+    :func:`_order`): the first member with a finite key and a curve of its own (the
+    order's ties are by id, as ``_best``'s; a worker with a non-finite key, or of
+    another sub-population, comes after every finite one)."""
+    curve = step.view["curve"][: members.stop].tolist()
     for tier, _, member in order:
         if tier != 0:
             return None
