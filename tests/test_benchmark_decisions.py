@@ -14,7 +14,8 @@ from overhead import decisions
 
 def test_every_mutator_decides_and_is_timed_per_decision():
     rows = decisions.run(rounds=2, values=[0.3, 0.9, 0.1, 0.5, 0.7], sizes=(8,))
-    assert {row["mutator"] for row in rows} == {*decisions.mutators(), "fire_curves"}
+    durable = {f"{name}+log" for name in decisions.DURABLE}
+    assert {row["mutator"] for row in rows} == {*decisions.mutators(), "fire_curves", *durable}
     for row in rows:
         assert row["decisions"] > 0, row["mutator"]
         # a schedule never copies; every search does, on these values

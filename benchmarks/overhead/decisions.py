@@ -23,12 +23,16 @@ for a learning rate of 1e-2, plus noise; each worker reports the step after its 
 where evaluations run, end and hand weights over; its ``by_kind`` gives the median of
 the deciding ``set_eval`` s of P1 members, of the later sub-populations' members and of
 the evaluators (judging an evaluation that ended, then handing the evaluator a new one).
+The rows ``pbt_truncation+log`` and ``fire+log`` time the same decisions on a durable
+controller (a ``log_dir`` in a temporary directory, ``durability="process"``): each
+deciding ``set_eval`` also journals its changes.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,6 +51,7 @@ from jaxpop.mutators import (
 from jaxpop.records import ActiveWorker
 
 SIZES = (8, 64, 256)  # population sizes
+DURABLE = ("pbt_truncation", "fire")  # also timed with a log_dir (rows "<name>+log")
 
 
 def mutators() -> dict[str, Callable[[int], Any]]:
@@ -107,18 +112,21 @@ def time_decisions(
     *,
     curves: bool = False,
     kind_of: Callable[[int], str] | None = None,
+    log_dir: str | None = None,
 ) -> dict[str, Any]:
     """One row: ``rounds`` timed rounds of ``n`` workers, each asking then reporting.
 
     ``curves``: each worker reports :func:`curve_value` (``values`` are its noise, and
     the first learning rates span 1e-4 to 1) instead of ``values`` at the round's step.
     ``kind_of``: worker id -> a group; the row's ``by_kind`` gives each group's deciding
-    ``set_eval`` s (their count and median µs)."""
+    ``set_eval`` s (their count and median µs). ``log_dir``: a durable controller
+    (``durability="process"``, no compaction in the timed rounds) journaling there."""
     if curves:
         lrs = [1e-4 * 10 ** (4 * i / max(n - 1, 1)) for i in range(n)]
     else:
         lrs = [1e-3 * (1 + i % 7) for i in range(n)]
-    pop = PopulationController([{"lr": lr} for lr in lrs], mutator)
+    durable = {} if log_dir is None else {"log_dir": log_dir, "compact_after": 10**9}
+    pop = PopulationController([{"lr": lr} for lr in lrs], mutator, **durable)
     evals, keeps, copies, asks, v = [], [], [], [], 0
     per_decision = []  # each deciding set_eval's time over the decisions it made
     by_kind: dict[str, list[float]] = {}
@@ -145,6 +153,7 @@ def time_decisions(
                     if kind_of is not None:
                         by_kind.setdefault(kind_of(i), []).append(t2 - t1)
     counts = pop.decision_counts
+    pop.close()
     eval_median, ask_median = statistics.median(evals), statistics.median(asks)
     return {
         "population": n,
@@ -189,6 +198,11 @@ def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> l
         }
         for n in sizes
     ]
+    for name in DURABLE:  # the same decisions, journaled
+        for n in sizes:
+            with tempfile.TemporaryDirectory() as log_dir:
+                row = time_decisions(mutators()[name](n), n, rounds, values, log_dir=log_dir)
+            rows.append({"mutator": f"{name}+log", **row})
     return rows
 
 

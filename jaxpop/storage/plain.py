@@ -10,6 +10,7 @@ file), so nothing ill-typed ever reaches the core.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any
 
@@ -19,6 +20,7 @@ from jaxpop.core import Changes, PopulationState, redo
 from jaxpop.history import History
 from jaxpop.keys import root_key
 from jaxpop.records import check_active_worker, check_checkpoint
+from jaxpop.storage.delta import StateDelta, applied
 
 __all__ = ["redo_checked", "state_from_plain", "state_to_plain"]
 
@@ -130,6 +132,9 @@ def redo_checked(state: PopulationState, changes: Any) -> PopulationState:
         raise ValueError(f"num_events is {changes.num_events}, past {_MAX_EVENTS} events")
     if isinstance(changes.now, bool) or not isinstance(changes.now, (float, numbers.Real)):
         raise _fail("now", "a real number", changes.now)
+    if type(changes.mutator_state) is StateDelta:  # (storage version 4: see storage.delta)
+        mutator_state = applied(state.mutator_state, changes.mutator_state)
+        changes = dataclasses.replace(changes, mutator_state=mutator_state)
     state = redo(state, changes)
     _check_parents(changes.checkpoints, state.history, "checkpoints")
     for i, worker in changes.workers:

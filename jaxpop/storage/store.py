@@ -10,6 +10,7 @@ file format, the recovery rules and the failure behaviour are in ``docs/storage.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import gc
@@ -28,6 +29,7 @@ from jaxpop.core import Changes, PopulationState
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage import run as run_lib
 from jaxpop.storage.atomic import write_atomic
+from jaxpop.storage.delta import delta
 from jaxpop.storage.frames import (
     CorruptLogError,
     Frame,
@@ -55,8 +57,9 @@ logger = logging.getLogger("jaxpop")
 
 #: The storage format this jaxpop writes; it reads this one and every earlier one.
 #: Version 2 added the run description (population size, mutator) to snapshot headers;
-#: version 3 the direction of better values (``History.mode``) to snapshots.
-STORAGE_VERSION = 3
+#: version 3 the direction of better values (``History.mode``) to snapshots; version 4
+#: journals jaxpop's own mutator states as changes from the state before (``StateDelta``).
+STORAGE_VERSION = 4
 Durability = Literal["process", "fsync"]
 
 encoding.register_record(Checkpoint, "jaxpop.Checkpoint")
@@ -499,6 +502,9 @@ class Store:
         self._size = 0  # bytes in the open segment: where the next record starts
         self._records = 0  # journal records since the last snapshot
         self._num_events = 0  # num_events of the last record journaled (or of the start)
+        # the mutator state a replay holds after the last record (or the start): the next
+        # record's state is journaled as a change from it (storage.delta)
+        self._mutator_state: Any = None
         self._snapshot_size = 0  # checkpoints in the last snapshot
         self._snapshot_thread: threading.Thread | None = None
         self._run_id: str | None = None
@@ -655,6 +661,9 @@ class Store:
                 raise RuntimeError("this Store was started already")
             self._num_events = state.num_events
             loaded = self._loaded
+            # (a resumed state may differ from the one replayed: a migrated seed run's
+            # mutator state; the journal follows the replayed one until a snapshot)
+            self._mutator_state = (loaded.state if loaded is not None else state).mutator_state
             self._run_id = (loaded and loaded.run_id) or uuid.uuid4().hex
             if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
                 self._run = self._run or {"population_size": state.population_size, "mutator": None}
@@ -695,6 +704,7 @@ class Store:
                     self._abandon_segment()
                     raise
                 self._records, self._snapshot_size = 0, state.history.num_checkpoints
+                self._mutator_state = state.mutator_state
 
     def _open_segment(self, seq: int) -> None:
         """Makes ``journal-{seq}`` the open segment; on failure nothing else changes.
@@ -785,12 +795,18 @@ class Store:
           RuntimeError: ``changes`` is not the event after the last one journaled (the
             caller lost track of what was journaled: reopen the ``log_dir``).
         """
-        if len(changes) == 1:  # (the usual case, without the join)
-            record = frame(encoding.encode(changes[0]))
-        elif changes:
-            record = b"".join([frame(encoding.encode(c)) for c in changes])
-        else:
+        if not changes:
             raise TypeError("write() needs at least one Changes")
+        base = self._mutator_state  # (the controller's lock serializes its writes)
+        parts = []
+        for c in changes:
+            written = delta(base, c.mutator_state)
+            journaled = (
+                c if written is c.mutator_state else dataclasses.replace(c, mutator_state=written)
+            )
+            parts.append(frame(encoding.encode(journaled)))
+            base = c.mutator_state
+        record = parts[0] if len(parts) == 1 else b"".join(parts)
         with self._io_lock:
             self.check_open()
             if self._broken is not None:
@@ -817,6 +833,7 @@ class Store:
                 last += 1
             self._write_record(record, self._num_events + 1, last)
             self._num_events = last
+            self._mutator_state = base
             self._records += len(changes)
 
     def compact_if_due(self, state: PopulationState) -> None:
@@ -876,6 +893,7 @@ class Store:
             except Exception:  # in place; only removing what it made obsolete failed
                 logger.exception("jaxpop: cleaning up %s after a snapshot failed", self.log_dir)
             self._records, self._snapshot_size = 0, state.history.num_checkpoints
+            self._mutator_state = state.mutator_state
             self._broken = None  # whatever an undone write left is in an obsolete segment
 
     def _write_record(self, record: bytes, first: int, last: int) -> None:
