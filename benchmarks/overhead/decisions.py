@@ -31,6 +31,7 @@ deciding ``set_eval`` also journals its changes.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -153,7 +154,13 @@ def time_decisions(
                     if kind_of is not None:
                         by_kind.setdefault(kind_of(i), []).append(t2 - t1)
     counts = pop.decision_counts
+    num_events = pop.state.num_events
     pop.close()
+    journal = {}
+    if log_dir is not None:  # (no compaction: every record since the start is there)
+        names = [name for name in os.listdir(log_dir) if name.startswith("journal-")]
+        size = sum(os.path.getsize(os.path.join(log_dir, name)) for name in names)
+        journal = {"journal_bytes_per_event": round(size / num_events)}
     eval_median, ask_median = statistics.median(evals), statistics.median(asks)
     return {
         "population": n,
@@ -167,6 +174,7 @@ def time_decisions(
         "us_per_decision": _median_us(per_decision),
         "decisions": counts.decisions,
         "copies": counts.copies,
+        **journal,
         **(
             {}
             if kind_of is None
@@ -235,6 +243,16 @@ def print_table(rows: Sequence[dict]) -> None:
                 f"{kind} {_us(k['us_median'])} ({k['decided']})" for kind, k in r["by_kind"].items()
             ]
             print(f"{r['population']:>6} workers: " + ", ".join(parts))
+    _print_journals(rows)
+
+
+def _print_journals(rows: Sequence[dict]) -> None:
+    journaled = [r for r in rows if "journal_bytes_per_event" in r]
+    if journaled:
+        print()
+        print("+log rows: journal bytes per event applied")
+        for r in journaled:
+            print(f"  {r['mutator']:<20}{r['population']:>6}{r['journal_bytes_per_event']:>8}")
 
 
 def _us(x: float | None) -> str:
