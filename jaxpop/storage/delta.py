@@ -34,10 +34,9 @@ class StateDelta:
 
     ``fields[i]`` is ``()`` (the same value), ``(value,)`` (a new value) or ``(changed,
     removed)`` for a dict: its entries that are new or differ (``changed``, a dict) and
-    the keys it no longer has (``removed``, a tuple). A dict rebuilt from its change
-    holds the previous one's keys in their order, then the new ones: equal to the
-    state's dict, in another order only where an update deleted a key and put the very
-    same value object back under it (jaxpop's mutators put new records back).
+    the keys it no longer has there (``removed``, a tuple; a key deleted and added again
+    is in both), so that the dict rebuilt from its change has the state's keys in the
+    state's order (its encoding is the same bytes).
     """
 
     fields: tuple
@@ -63,14 +62,35 @@ def delta(before: Any, after: Any) -> Any:
         if new is old:
             fields.append(_SAME)
         elif type(new) is dict and type(old) is dict:
-            changed = {k: v for k, v in new.items() if old.get(k, _MISSING) is not v}
-            kept = len(new) - sum(1 for k in changed if k not in old)
-            # (every key of old is still there when as many are kept as old holds)
-            removed = () if kept == len(old) else tuple([k for k in old if k not in new])
-            fields.append((changed, removed))
+            fields.append(_dict_change(old, new))
         else:
             fields.append((new,))
     return StateDelta(tuple(fields))
+
+
+def _dict_change(old: dict, new: dict) -> tuple[dict, tuple]:
+    """``new`` as ``(changed, removed)`` from ``old``, in its own key order.
+
+    A dict's keys are in insertion order: ``new`` holds a prefix of ``old``'s keys that
+    it kept in place (values changed there stay there), then the keys it added, or
+    deleted and added again, in the order it added them. ``removed`` lists ``old``'s
+    keys that are not in that prefix (gone, or added again), and ``changed`` the
+    prefix's changed entries, then every key after it: :func:`applied` pops the first
+    and updates with the second, which puts every key back where ``new`` has it."""
+    old_keys, new_keys = list(old), list(new)
+    if new_keys[: len(old_keys)] == old_keys:  # the usual: keys only added at the end
+        prefix, removed = len(old_keys), ()
+    else:
+        kept = [k for k in old_keys if k in new]
+        prefix = 0
+        while prefix < len(kept) and new_keys[prefix] == kept[prefix]:
+            prefix += 1
+        moved = [k for k in new_keys[prefix:] if k in old]
+        removed = tuple([k for k in old_keys if k not in new] + moved)
+    changed = {k: new[k] for k in new_keys[:prefix] if new[k] is not old[k]}
+    for k in new_keys[prefix:]:
+        changed[k] = new[k]
+    return changed, removed
 
 
 def applied(before: Any, change: StateDelta) -> Any:
