@@ -113,8 +113,27 @@ _DTYPES: dict[str, np.dtype] = _supported_dtypes()
 _DTYPE_INFO: dict[np.dtype, tuple[str, bool]] = {}
 
 
+_PACKERS = threading.local()  # (a Packer per thread: a snapshot encodes in the background)
+
+
 def _packb(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True, strict_types=True)
+    """``msgpack.packb(obj, use_bin_type=True, strict_types=True)``, with this thread's
+    reused ``Packer`` (a record packs every tuple and record inside it on its own: a
+    new ``Packer`` for each cost more than the packing)."""
+    packer = getattr(_PACKERS, "packer", None)
+    if packer is None:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True, strict_types=True)
+    try:
+        return packer.pack(obj)
+    except BaseException:
+        _PACKERS.packer = None  # (whatever a failed pack left in its buffer goes with it)
+        raise
+
+
+def _ext(code: int, data: bytes) -> msgpack.ExtType:
+    """``msgpack.ExtType(code, data)`` without its argument checks (``code`` is one of
+    the ``_EXT_*`` and ``data`` bytes, always)."""
+    return tuple.__new__(msgpack.ExtType, (code, data))
 
 
 # --------------------------------------------------------------------------- registry
@@ -290,7 +309,7 @@ def _wire_list(x: list | tuple, depth: int) -> list:
 
 
 def _wire_tuple(x: tuple, depth: int) -> msgpack.ExtType:
-    return msgpack.ExtType(_EXT_TUPLE, _packb(_wire_list(x, depth)))
+    return _ext(_EXT_TUPLE, _packb(_wire_list(x, depth)))
 
 
 def _wire_dict(x: dict, depth: int) -> dict:
@@ -361,11 +380,11 @@ def _array_triple(a: np.ndarray, value: Any) -> bytes:
 
 
 def _wire_ndarray(x: np.ndarray, depth: int) -> msgpack.ExtType:
-    return msgpack.ExtType(_EXT_NDARRAY, _array_triple(x, x))
+    return _ext(_EXT_NDARRAY, _array_triple(x, x))
 
 
 def _wire_npscalar(x: np.generic, depth: int) -> msgpack.ExtType:
-    return msgpack.ExtType(_EXT_NPSCALAR, _array_triple(np.asarray(x), x))
+    return _ext(_EXT_NPSCALAR, _array_triple(np.asarray(x), x))
 
 
 def _wire_jax(x: jax.Array, depth: int) -> msgpack.ExtType:
@@ -373,8 +392,8 @@ def _wire_jax(x: jax.Array, depth: int) -> msgpack.ExtType:
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             impl = str(jax.random.key_impl(x))
             data = np.asarray(jax.random.key_data(x))
-            key_data = msgpack.ExtType(_EXT_NDARRAY, _array_triple(data, x))
-            return msgpack.ExtType(_EXT_JAXKEY, _packb([impl, key_data]))
+            key_data = _ext(_EXT_NDARRAY, _array_triple(data, x))
+            return _ext(_EXT_JAXKEY, _packb([impl, key_data]))
         host = np.asarray(x)
     except _EncodeError:
         raise
@@ -385,7 +404,7 @@ def _wire_jax(x: jax.Array, depth: int) -> msgpack.ExtType:
             f"traced inside jit/vmap/grad cannot be encoded",
             "Encode concrete values, outside of jax transformations.",
         ) from None
-    return msgpack.ExtType(_EXT_JAXARRAY, _array_triple(host, x))
+    return _ext(_EXT_JAXARRAY, _array_triple(host, x))
 
 
 def _record_encoder(name: str, fields: tuple[str, ...]) -> Callable[[Any, int], Any]:
@@ -404,7 +423,7 @@ def _record_encoder(name: str, fields: tuple[str, ...]) -> Callable[[Any, int], 
             except _EncodeError as e:
                 e.path.append((_FIELD, field))
                 raise
-        return msgpack.ExtType(_EXT_RECORD, _packb([name, out]))
+        return _ext(_EXT_RECORD, _packb([name, out]))
 
     return encode_record
 

@@ -196,6 +196,45 @@ def test_roundtrip_property(tree: Any) -> None:
     roundtrip(tree)
 
 
+def _reference_encode(x: Any) -> bytes:
+    """``encode`` as it packed before it reused a ``Packer`` per thread and built its
+    ``ExtType`` s unchecked: a new ``packb`` and a checked ``ExtType`` each time."""
+    import unittest.mock
+
+    def packb(obj):
+        return msgpack.packb(obj, use_bin_type=True, strict_types=True)
+
+    with (
+        unittest.mock.patch.object(encoding, "_packb", packb),
+        unittest.mock.patch.object(encoding, "_ext", msgpack.ExtType),
+    ):
+        return encode(x)
+
+
+@SETTINGS
+@given(st.one_of(trees, numpy_arrays, st.lists(numpy_arrays, max_size=3).map(tuple)))
+def test_the_reused_packer_writes_the_bytes_a_new_one_writes(tree: Any) -> None:
+    assert encode(tree) == _reference_encode(tree)
+
+
+def test_a_failed_pack_leaves_the_next_encoding_whole():
+    """A value msgpack refuses midway (a lone surrogate deep inside) fails without
+    leaving bytes in this thread's reused packer; and threads encoding at once each get
+    their own value's bytes."""
+    good = {"a": (1, [2.5, "x"]), "b": np.arange(3)}
+    expected = _reference_encode(good)
+    for bad in (["ok", ("\ud800",)], {"k": Pair(1, "\udc00")}):
+        with pytest.raises(TypeError, match="UTF-8"):
+            encode(bad)
+        assert encode(good) == expected
+    import concurrent.futures
+
+    values = [{"i": i, "t": tuple(range(i % 7)), "a": np.full(i % 5, i)} for i in range(400)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(encode, values))
+    assert got == [_reference_encode(v) for v in values]
+
+
 @SETTINGS
 @given(st.dictionaries(keys, leaves, max_size=6))
 def test_dict_keys_roundtrip_property(d: dict) -> None:
