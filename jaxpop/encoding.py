@@ -297,7 +297,8 @@ def _wire_list(x: list | tuple, depth: int) -> list:
     out: list[Any] = []
     append = out.append
     for i, v in enumerate(x):
-        if type(v) in _PLAIN:
+        t = type(v)
+        if t in _PLAIN or (t is int and _INT_MIN <= v < _INT_END):  # (_wire's, inline)
             append(v)
             continue
         try:
@@ -318,15 +319,17 @@ def _wire_dict(x: dict, depth: int) -> dict:
         raise _too_deep(x)
     out = {}
     for k, v in x.items():
-        if type(k) is not str:
+        t = type(k)
+        if t is str or (t is int and _INT_MIN <= k < _INT_END):
+            k2 = k
+        else:
             try:
                 k2 = _wire(k, depth)
             except _EncodeError as e:
                 e.path.append((_KEY, k))
                 raise
-        else:
-            k2 = k
-        if type(v) in _PLAIN:
+        t = type(v)
+        if t in _PLAIN or (t is int and _INT_MIN <= v < _INT_END):
             out[k2] = v
             continue
         try:
@@ -415,7 +418,8 @@ def _record_encoder(name: str, fields: tuple[str, ...]) -> Callable[[Any, int], 
         out = {}
         for field in fields:
             v = getattr(x, field)
-            if type(v) in _PLAIN:
+            t = type(v)
+            if t in _PLAIN or (t is int and _INT_MIN <= v < _INT_END):
                 out[field] = v
                 continue
             try:

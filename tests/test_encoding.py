@@ -519,6 +519,19 @@ def test_huge_int_raises_type_error(value: int) -> None:
         encode({"n": value})
     with pytest.raises(TypeError, match="64-bit"):
         encode({value: 1})
+    # in a list, a tuple and a record field too (each reads a plain int inline)
+    with pytest.raises(TypeError, match=r"\[1\].*64-bit"):
+        encode([0, value])
+    with pytest.raises(TypeError, match=r"\[0\].*64-bit"):
+        encode((value, "x"))
+    with pytest.raises(TypeError, match=r"at b .*64-bit"):
+        encode(Pair(1, value))
+
+
+def test_ints_at_the_edges_of_the_64_bit_range_roundtrip() -> None:
+    for value in (2**64 - 1, -(2**63), 2**63, 0, True):
+        for tree in ([value], (value,), {value: value}, Pair(value, value)):
+            assert decode(encode(tree)) == tree
 
 
 def test_jax_tracer_raises_type_error() -> None:
