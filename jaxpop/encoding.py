@@ -22,7 +22,7 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "PREFIX", "decode", "encode", "register_record"]
+__all__ = ["FORMAT_VERSION", "PREFIX", "decode", "encode", "record_name", "register_record"]
 
 #: The version of the wire format ``encode`` writes; ``decode`` reads versions up to it.
 FORMAT_VERSION: int = 1
@@ -114,6 +114,9 @@ _DTYPE_INFO: dict[np.dtype, tuple[str, bool]] = {}
 
 
 _PACKERS = threading.local()  # (a Packer per thread: a snapshot encodes in the background)
+#: a packing longer than this drops its Packer: msgpack keeps a Packer's buffer at its
+#: largest size, which would hold a large encoding's memory for the thread's life
+_KEEP_PACKER_BYTES = 1 << 20
 
 
 def _packb(obj: Any) -> bytes:
@@ -124,10 +127,15 @@ def _packb(obj: Any) -> bytes:
     if packer is None:
         packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True, strict_types=True)
     try:
-        return packer.pack(obj)
+        out = packer.pack(obj)
     except BaseException:
-        _PACKERS.packer = None  # (whatever a failed pack left in its buffer goes with it)
+        # (msgpack empties the buffer of a failed pack itself; a new Packer does not
+        # depend on it)
+        _PACKERS.packer = None
         raise
+    if len(out) > _KEEP_PACKER_BYTES:
+        _PACKERS.packer = None
+    return out
 
 
 def _ext(code: int, data: bytes) -> msgpack.ExtType:
@@ -201,6 +209,15 @@ def register_record(cls: _T, name: str) -> _T:
     _RECORD_FIELDS[cls] = fields
     _ENCODERS[cls] = _record_encoder(name, fields)
     return cls
+
+
+def record_name(cls: type) -> str | None:
+    """The name ``cls`` is registered under (:func:`register_record`), or ``None``.
+
+    >>> record_name(dict) is None
+    True
+    """
+    return _RECORD_NAMES.get(cls)
 
 
 # --------------------------------------------------------------------------- encoding

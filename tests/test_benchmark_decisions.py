@@ -14,7 +14,7 @@ from overhead import decisions
 
 def test_every_mutator_decides_and_is_timed_per_decision():
     rows = decisions.run(rounds=2, values=[0.3, 0.9, 0.1, 0.5, 0.7], sizes=(8,))
-    durable = {f"{name}+log" for name in decisions.DURABLE}
+    durable = {f"{name}+log" for name in (*decisions.DURABLE, "fire_curves")}
     assert {row["mutator"] for row in rows} == {*decisions.mutators(), "fire_curves", *durable}
     for row in rows:
         assert row["decisions"] > 0, row["mutator"]
@@ -24,8 +24,9 @@ def test_every_mutator_decides_and_is_timed_per_decision():
     for row in rows:  # a durable row says how much it journaled
         assert ("journal_bytes_per_event" in row) == row["mutator"].endswith("+log")
         assert row.get("journal_bytes_per_event", 1) > 0
-    (curves,) = [row for row in rows if row["mutator"] == "fire_curves"]
-    assert set(curves["by_kind"]) == {"P1", "later", "evaluators"}
-    for kind in curves["by_kind"].values():
-        assert kind["decided"] > 0 and kind["us_median"] > 0
+    for name in ("fire_curves", "fire_curves+log"):
+        (curves,) = [row for row in rows if row["mutator"] == name]
+        assert set(curves["by_kind"]) == {"P1", "later", "evaluators"}, name
+        for kind in curves["by_kind"].values():
+            assert kind["decided"] > 0 and kind["us_median"] > 0, name
     decisions.print_table(rows)

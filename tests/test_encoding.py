@@ -217,10 +217,17 @@ def test_the_reused_packer_writes_the_bytes_a_new_one_writes(tree: Any) -> None:
     assert encode(tree) == _reference_encode(tree)
 
 
+def test_record_name_is_the_name_a_class_is_registered_under():
+    assert encoding.record_name(Pair) == "tests.test_encoding.Pair"
+    assert encoding.record_name(Point) == "tests.test_encoding.Point"
+    assert encoding.record_name(tuple) is None and encoding.record_name(int) is None
+
+
 def test_a_failed_pack_leaves_the_next_encoding_whole():
-    """A value msgpack refuses midway (a lone surrogate deep inside) fails without
-    leaving bytes in this thread's reused packer; and threads encoding at once each get
-    their own value's bytes."""
+    """After a value msgpack refuses midway (a lone surrogate deep inside), the next
+    encoding is whole; threads encoding at once each get their own value's bytes; and a
+    large encoding does not leave its buffer with the thread (msgpack never shrinks a
+    Packer's buffer: the packer that made it is dropped)."""
     good = {"a": (1, [2.5, "x"]), "b": np.arange(3)}
     expected = _reference_encode(good)
     for bad in (["ok", ("\ud800",)], {"k": Pair(1, "\udc00")}):
@@ -233,6 +240,10 @@ def test_a_failed_pack_leaves_the_next_encoding_whole():
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         got = list(pool.map(encode, values))
     assert got == [_reference_encode(v) for v in values]
+    big = {"params": np.ones(2**18)}  # 2 MiB
+    assert encode(big) == _reference_encode(big)
+    assert getattr(encoding._PACKERS, "packer", None) is None
+    assert encode(good) == expected and encoding._PACKERS.packer is not None
 
 
 @SETTINGS
@@ -448,6 +459,7 @@ def test_public_api() -> None:
         "PREFIX",
         "decode",
         "encode",
+        "record_name",
         "register_record",
     ]
     assert encoding.encode(None).startswith(encoding.PREFIX) and len(encoding.PREFIX) == 9

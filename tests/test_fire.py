@@ -616,6 +616,34 @@ def _random_run(
     return states
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_p1s_best_from_the_kept_order_is_the_best_read_by_sorting(mode, monkeypatch):
+    """P1's best member (the child of an evaluation) is found in the view's order of
+    P1's keys; after every event of random hostile scripts (hand-overs make members
+    whose curve runs over several generations) it is the member the sorting path picks
+    from P1's keys and curves read afresh."""
+    config = {"perturbation_interval": 1, "sub_population_sizes": (4, 3), "num_evaluators": 3}
+    order_of = fire._order
+    checked = several = 0
+    for _, _, state, m, view in _views_along_random_scripts(config, mode, seeds=24):
+        memo, cfg = m.update.keywords["memo"], m.update.keywords["config"]
+        fire._Scored.bring_up_to_date(view, cfg.num_members)
+        p1 = cfg.sub_populations[0]
+        step = fire._Step(state.mutator_state, state.workers, state.history, 0.0, None, memo, view)
+        ranked = fire._best(step, cfg, p1)
+        with monkeypatch.context() as patch:
+            patch.setattr(fire, "_order", lambda step, members: None)
+            fresh = fire._Step(
+                state.mutator_state, state.workers, state.history, 0.0, None, memo, view
+            )
+            assert fire._best(fresh, cfg, p1) == ranked
+        assert order_of(step, p1) is not None
+        checked += ranked is not None
+        several += any(view["curve"][p1.start : p1.stop] == -1)
+        m.update.keywords["views"].keep(view)
+    assert checked > 100 and several > 10
+
+
 def test_the_evaluators_lazy_queue_lists_what_a_full_reading_lists(monkeypatch):
     """The evaluators' queue is ordered first and reads each member's checkpoint only
     when reached; after every event of random hostile scripts, all of it equals the
@@ -834,6 +862,32 @@ def test_p1_truncation_from_the_kept_order_equals_truncation_over_keys_read_afre
 def _score_key_afresh(state, config, member) -> float:
     score = _subpopulations.member_score(state.history, state.workers[member].generation_id)
     return fire.selection_lib.sort_key(score, config.mode)
+
+
+def test_rows_asked_together_are_compared_a_few_at_a_time(monkeypatch):
+    """The memo's rows are compared in batches of at most ``_BLOCK_ELEMENTS`` padded
+    elements (rows x columns x points: the arrays of one block), whatever the curves'
+    length, and each row is still ``improvement()`` one by one."""
+    rng = np.random.default_rng(3)
+    curves = [
+        Curve(np.arange(n, dtype=np.int64) * 7, np.cumsum(rng.normal(size=n)))
+        for n in rng.integers(2, 60, size=30)
+    ]
+    asked = [(i, [j for j in range(30) if j > i]) for i in range(29)]
+    shapes = []
+    block = fire._improvement_block
+
+    def recorded(rows, others):
+        shapes.append((len(rows), len(others), max(len(c) for c in (*rows, *others))))
+        return block(rows, others)
+
+    monkeypatch.setattr(fire, "_BLOCK_ELEMENTS", 2000)
+    monkeypatch.setattr(fire, "_improvement_block", recorded)
+    got = fire._improvement_rows(curves, asked)
+    assert len(shapes) > 3 and all(r * c * p <= 2000 or r == 1 for r, c, p in shapes)
+    for (i, others), row in zip(asked, got, strict=True):
+        want = [improvement(curves[i], curves[j]) for j in others]
+        assert np.asarray(row).tobytes() == np.asarray(want, np.float64).tobytes()
 
 
 def test_improvements_at_once_are_the_improvements_one_by_one():

@@ -23,9 +23,9 @@ for a learning rate of 1e-2, plus noise; each worker reports the step after its 
 where evaluations run, end and hand weights over; its ``by_kind`` gives the median of
 the deciding ``set_eval`` s of P1 members, of the later sub-populations' members and of
 the evaluators (judging an evaluation that ended, then handing the evaluator a new one).
-The rows ``pbt_truncation+log`` and ``fire+log`` time the same decisions on a durable
-controller (a ``log_dir`` in a temporary directory, ``durability="process"``): each
-deciding ``set_eval`` also journals its changes.
+The rows ``pbt_truncation+log``, ``fire+log`` and ``fire_curves+log`` time the same
+decisions on a durable controller (a ``log_dir`` in a temporary directory,
+``durability="process"``): each deciding ``set_eval`` also journals its changes.
 """
 
 from __future__ import annotations
@@ -211,6 +211,12 @@ def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> l
             with tempfile.TemporaryDirectory() as log_dir:
                 row = time_decisions(mutators()[name](n), n, rounds, values, log_dir=log_dir)
             rows.append({"mutator": f"{name}+log", **row})
+    for n in sizes:  # FIRE's evaluations starting and ending, journaled
+        with tempfile.TemporaryDirectory() as log_dir:
+            row = time_decisions(
+                make_fire(n), n, rounds, noise, curves=True, kind_of=_fire_kind(n), log_dir=log_dir
+            )
+        rows.append({"mutator": "fire_curves+log", **row})
     return rows
 
 
@@ -242,7 +248,7 @@ def print_table(rows: Sequence[dict]) -> None:
             parts = [
                 f"{kind} {_us(k['us_median'])} ({k['decided']})" for kind, k in r["by_kind"].items()
             ]
-            print(f"{r['population']:>6} workers: " + ", ".join(parts))
+            print(f"{r['mutator']:<16}{r['population']:>6} workers: " + ", ".join(parts))
     _print_journals(rows)
 
 

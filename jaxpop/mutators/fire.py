@@ -405,6 +405,7 @@ def _fitness(
     curves: Sequence[Curve | None],
     rows: Callable[[list[tuple[int, list[int]]]], Sequence[Sequence[float] | np.ndarray]],
     known: _Known | None = None,
+    changed: Sequence[bool] | None = None,
 ) -> tuple[_Known, list[int] | None]:
     """:func:`fire_fitness`, with ``rows([(i, others), ...])`` the improvements of each
     curve ``i`` over each curve of its ``others``, all asked at once; with the matrix of
@@ -412,7 +413,8 @@ def _fitness(
     computed (``None``: all).
 
     ``known``: those of a call whose curves differ from these only where ``changed`` is
-    true (elsewhere the same curve, or none, at the same position): only the pairs with
+    true (elsewhere the same curve, or none, at the same position; both or neither are
+    given): only the pairs with
     a changed curve are asked again, and where no changed curve takes part, now or
     then, only the changed positions' fitness is computed (every other row is as it
     was). Either way the matrix holds the improvement of ``i`` over ``j`` at ``[i, j]``
@@ -423,11 +425,10 @@ def _fitness(
     """
     n = len(curves)
     valid = [c if c is not None and len(c) >= 2 else None for c in curves]
-    changed: Sequence[bool]
-    if known is None:
-        changed, matrix = [True] * n, np.zeros((n, n))
+    if known is None or changed is None:
+        known, changed, matrix = None, [True] * n, np.zeros((n, n))
     else:
-        changed, matrix = known.changed, known.matrix.copy()
+        matrix = known.matrix.copy()
     part = [
         valid[i] is not None and bool(np.all(np.isfinite(valid[i].values)))  # type: ignore[union-attr]
         if changed[i]
@@ -466,14 +467,13 @@ def _fitness(
             fitness[i] = None
         else:
             fitness[i] = _row_sum(matrix[i].tolist(), i, valid) if part[i] else math.nan
-    return _Known(matrix, changed, fitness, part), refreshed
+    return _Known(matrix, fitness, part), refreshed
 
 
 class _Known(NamedTuple):
     """A sub-population's last computed fitness (see :func:`_fitness`)."""
 
     matrix: np.ndarray  # of improvements: [i, j] of i over j
-    changed: Sequence[bool]  # the positions whose curve changed since the one before
     fitness: list[float | None]
     part: list[bool]  # whether each position's curve takes part
 
@@ -542,7 +542,7 @@ class _Memo:
 
         The same curves as a kept fitness: that fitness. Else, from the slot's last
         computed matrix, only the rows and columns of the positions whose key changed are
-        computed again, each row at once (:func:`improvements`)."""
+        computed again, a few rows at once (:func:`_improvement_rows`)."""
         return list(self._known(curves, keys, slot)[0])
 
     def sort_keys(
@@ -559,12 +559,11 @@ class _Memo:
         known = self._fitness.get(keys)
         if known is None:
             last = self._matrices.get(slot)
-            start = None
+            start = changed = None
             if last is not None and len(last[0]) == len(keys):
-                changed = [a != b for a, b in zip(keys, last[0], strict=True)]
-                start = last[1]._replace(changed=changed)
+                start, changed = last[1], [a != b for a, b in zip(keys, last[0], strict=True)]
             rows = functools.partial(_improvement_rows, curves)
-            computed, refreshed = _fitness(curves, rows, start)
+            computed, refreshed = _fitness(curves, rows, start, changed)
             fitness = computed.fitness
             if refreshed is None or last is None:
                 order = np.array([selection_lib.sort_key(f, "max") for f in fitness], np.float64)
@@ -580,15 +579,39 @@ class _Memo:
         return known
 
 
+#: the padded elements (rows x columns x points) one :func:`_improvement_block` may
+#: compare: its arrays are that large, so long curves are compared a few rows at a time
+_BLOCK_ELEMENTS = 1 << 20
+
+
 def _improvement_rows(
     curves: Sequence[Curve | None], asked: list[tuple[int, list[int]]]
 ) -> list[np.ndarray]:
-    """``rows`` for :func:`_fitness`: every row asked, from one :func:`_improvement_block`
-    of the rows' curves against the curves of all their ``others``."""
-    columns = sorted({j for _, others in asked for j in others})
-    where = {j: k for k, j in enumerate(columns)}
-    block = _improvement_block([curves[i] for i, _ in asked], [curves[j] for j in columns])  # type: ignore[misc]
-    return [block[r, [where[j] for j in others]] for r, (_, others) in enumerate(asked)]
+    """``rows`` for :func:`_fitness`: the rows asked, a few at a time (at most
+    ``_BLOCK_ELEMENTS`` padded elements each), each batch one :func:`_improvement_block`
+    of its rows' curves against the curves of all their ``others``."""
+    used = {i for i, _ in asked}.union(*(others for _, others in asked))
+    points = max(len(curves[k]) for k in used)  # type: ignore[arg-type]
+    out: list[np.ndarray] = []
+    batch: list[tuple[int, list[int]]] = []
+    columns: set[int] = set()
+    for i, others in asked:
+        wider = columns.union(others)
+        if batch and (len(batch) + 1) * len(wider) * points > _BLOCK_ELEMENTS:
+            out += _batch_rows(curves, batch, columns)
+            batch, wider = [], set(others)
+        batch.append((i, others))
+        columns = wider
+    return out + _batch_rows(curves, batch, columns)
+
+
+def _batch_rows(
+    curves: Sequence[Curve | None], batch: list[tuple[int, list[int]]], columns: set[int]
+) -> list[np.ndarray]:
+    order = sorted(columns)
+    where = {j: k for k, j in enumerate(order)}
+    block = _improvement_block([curves[i] for i, _ in batch], [curves[j] for j in order])  # type: ignore[misc]
+    return [block[r, [where[j] for j in others]] for r, (_, others) in enumerate(batch)]
 
 
 def _digest(curve: Curve) -> bytes:
@@ -1115,17 +1138,17 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     then by the step their latest evaluation started, then by id.
 
     The members are ordered now (from ``last_evaluation``: dict reads) and each one's
-    checkpoint is read only when the iteration reaches it, from this update's history
-    and workers as they are now (an assignment changes nothing a later member's entry
-    reads: it starts the evaluator's generation). Most updates take the first member or
-    two of all of ``P2 .. Pn``."""
+    checkpoint is read only when the iteration reaches it, from the update's history as
+    it is when this is called, and its workers (an assignment on the way changes
+    nothing a later member's entry reads: it starts an evaluator's generation, past the
+    members). Most updates take the first member or two of all of ``P2 .. Pn``."""
     busy = {task.member for task in step.evaluations.values()}
     last = step.last_evaluation
     free = [m for m in range(config.sizes[0], config.num_members) if m not in busy]
     # (a stable sort of ids in order: ties by id)
     order = [m for m in free if m not in last]
     order += sorted([m for m in free if m in last], key=last.__getitem__)
-    return _loadable(step.history, tuple(step.workers), order)
+    return _loadable(step.history, step.workers, order)
 
 
 def _loadable(

@@ -1,17 +1,12 @@
 """A journal record's mutator state, written as its change from the state before it.
 
-A ``Changes`` record carries the mutator's state after its event. Written whole, a
-state that holds an entry per worker (PBT's ``last_decision``, FIRE's five dicts) costs
-O(population) to encode and to store at every decision: at 256 workers, a PBT state took
-about 0.5 ms to encode, most of a journaled ``set_eval``. A built-in mutator's state
-never changes in place (an update returns a new record that shares what it did not
-change), so the journal writes it as a :class:`StateDelta` from the state journaled
-before it: each field the same (``()``), a dict's changed and removed entries, or a new
-value. Replay (:func:`applied`) rebuilds the state from the one it replayed before.
-
-Only the record types named in ``_BY_FIELD`` are written so: a user's mutator state may
-be changed in place, which a change found by identity would miss, so it is written
-whole, as before.
+jaxpop's own PBT and FIRE states hold an entry per worker; written whole in every
+journal record, they made each decision's record O(population) to encode and store. Their
+mutators never change a state in place (an update returns a new record sharing what it
+did not change), so a record carries a :class:`StateDelta` found by identity from the
+state journaled before it, and replay rebuilds the state (:func:`applied`). Any other
+state, a user's included, is written whole: it may be changed in place, which identity
+would miss. ``docs/storage.md`` has the format.
 """
 
 from __future__ import annotations
@@ -55,7 +50,7 @@ def delta(before: Any, after: Any) -> Any:
     A field (or a dict's entry) is the same when it is the same object: these states
     share what an update did not change, and never change it in place."""
     cls = type(after)
-    if cls is not type(before) or encoding._RECORD_NAMES.get(cls) not in _BY_FIELD:
+    if cls is not type(before) or encoding.record_name(cls) not in _BY_FIELD:
         return after
     fields = []
     for old, new in zip(before, after, strict=True):
@@ -71,22 +66,27 @@ def delta(before: Any, after: Any) -> Any:
 def _dict_change(old: dict, new: dict) -> tuple[dict, tuple]:
     """``new`` as ``(changed, removed)`` from ``old``, in its own key order.
 
-    A dict's keys are in insertion order: ``new`` holds a prefix of ``old``'s keys that
-    it kept in place (values changed there stay there), then the keys it added, or
-    deleted and added again, in the order it added them. ``removed`` lists ``old``'s
-    keys that are not in that prefix (gone, or added again), and ``changed`` the
-    prefix's changed entries, then every key after it: :func:`applied` pops the first
-    and updates with the second, which puts every key back where ``new`` has it."""
+    A dict's keys are in insertion order: ``new`` holds some of ``old``'s keys in their
+    old order (values changed there stay there), then the keys it added, or deleted and
+    added again, in the order it added them. The first part is taken as the longest
+    start of ``new`` whose keys come in ``old``'s order. ``removed`` lists ``old``'s keys
+    that are not in it (gone, or added again), and ``changed`` its changed entries, then
+    every key after it: :func:`applied` pops the first and updates with the second,
+    which puts every key back where ``new`` has it (and a key added again costs one
+    entry, not the keys after its old place)."""
     old_keys, new_keys = list(old), list(new)
     if new_keys[: len(old_keys)] == old_keys:  # the usual: keys only added at the end
         prefix, removed = len(old_keys), ()
     else:
-        kept = [k for k in old_keys if k in new]
-        prefix = 0
-        while prefix < len(kept) and new_keys[prefix] == kept[prefix]:
-            prefix += 1
-        moved = [k for k in new_keys[prefix:] if k in old]
-        removed = tuple([k for k in old_keys if k not in new] + moved)
+        place = {k: i for i, k in enumerate(old_keys)}
+        prefix, last = 0, -1
+        for k in new_keys:
+            i = place.get(k)
+            if i is None or i < last:
+                break
+            prefix, last = prefix + 1, i
+        again = [k for k in new_keys[prefix:] if k in place]
+        removed = tuple([k for k in old_keys if k not in new] + again)
     changed = {k: new[k] for k in new_keys[:prefix] if new[k] is not old[k]}
     for k in new_keys[prefix:]:
         changed[k] = new[k]
@@ -102,7 +102,7 @@ def applied(before: Any, change: StateDelta) -> Any:
         the state it is replayed on.
     """
     cls = type(before)
-    if encoding._RECORD_NAMES.get(cls) not in _BY_FIELD:
+    if encoding.record_name(cls) not in _BY_FIELD:
         raise ValueError(
             f"a mutator state given as a change cannot follow a {cls.__name__} (only "
             f"{sorted(_BY_FIELD)} are journaled so)"
@@ -124,7 +124,9 @@ def applied(before: Any, change: StateDelta) -> Any:
         else:
             changed, removed = field
             if type(old) is not dict or type(changed) is not dict or type(removed) is not tuple:
-                raise ValueError(f"{where}: a dict's change needs a dict before it")
+                raise ValueError(
+                    f"{where}: a dict's change (a dict and a tuple) needs a dict before it"
+                )
             new = dict(old)
             for key in removed:
                 if new.pop(key, _MISSING) is _MISSING:

@@ -797,17 +797,11 @@ class Store:
         """
         if not changes:
             raise TypeError("write() needs at least one Changes")
-        base = self._mutator_state  # (the controller's lock serializes its writes)
-        parts = []
-        for c in changes:
-            written = delta(base, c.mutator_state)
-            journaled = (
-                c if written is c.mutator_state else dataclasses.replace(c, mutator_state=written)
-            )
-            parts.append(frame(encoding.encode(journaled)))
-            base = c.mutator_state
-        record = parts[0] if len(parts) == 1 else b"".join(parts)
+        start = self._mutator_state
+        record, base = self._records_of(changes, start)  # (encoded outside the lock)
         with self._io_lock:
+            if self._mutator_state is not start:  # another write or a replace came first
+                record, base = self._records_of(changes, self._mutator_state)
             self.check_open()
             if self._broken is not None:
                 raise JournalWriteError(
@@ -835,6 +829,20 @@ class Store:
             self._num_events = last
             self._mutator_state = base
             self._records += len(changes)
+
+    @staticmethod
+    def _records_of(changes: tuple[Changes, ...], base: Any) -> tuple[bytes, Any]:
+        """The framed records of ``changes``, each mutator state written as a change from
+        the one before it (the first from ``base``), and the last mutator state."""
+        parts = []
+        for c in changes:
+            written = delta(base, c.mutator_state)
+            journaled = (
+                c if written is c.mutator_state else dataclasses.replace(c, mutator_state=written)
+            )
+            parts.append(frame(encoding.encode(journaled)))
+            base = c.mutator_state
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), base
 
     def compact_if_due(self, state: PopulationState) -> None:
         """Starts a compaction (new segment, background snapshot of ``state``) if due.
