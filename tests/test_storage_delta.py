@@ -4,8 +4,6 @@ with the population, and a damaged change named by the file it is in."""
 
 import os
 import random
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from jaxpop.core import Changes
 from jaxpop.mutators import FirePBT, PopulationBasedTraining, WinnerTakeAllGenetic, explore
 from jaxpop.mutators.fire import Evaluation, FireState
 from jaxpop.mutators.pbt import PBTState
+from jaxpop.storage import frames
 from jaxpop.storage.delta import StateDelta, applied, delta
 
 SPACE = {"lr": explore.log_uniform(1e-4, 1.0)}
@@ -133,13 +132,9 @@ def _records(log_dir):
     out = []
     for name in sorted(os.listdir(log_dir)):
         if name.startswith("journal-"):
-            data = open(os.path.join(log_dir, name), "rb").read()
-            frames = []
-            while data:
-                length = struct.unpack_from("<I", data)[0]
-                frames.append(encoding.decode(data[8 : 8 + length]))
-                data = data[8 + length :]
-            out += frames[1:]  # (the first frame of a segment is its header)
+            good, _ = frames.read_frames(os.path.join(log_dir, name), newest=True)
+            # (the first frame of a segment is its header)
+            out += [encoding.decode(f.payload) for f in good[1:]]
     return out
 
 
@@ -306,9 +301,8 @@ def test_a_change_that_does_not_fit_is_a_corrupt_log_naming_the_record(tmp_path)
     path = os.path.join(tmp_path, journal)
     offset = os.path.getsize(path)
     bad = Changes((), (), StateDelta(((),)), state.num_events + 1, 0.0)
-    payload = encoding.encode(bad)
     with open(path, "ab") as f:
-        f.write(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload)
+        f.write(frames.frame(encoding.encode(bad)))
     with pytest.raises(storage.CorruptLogError, match=rf"{journal}.*offset {offset}.*1 fields"):
         PopulationController(
             [{"lr": 1e-3}] * 4,
