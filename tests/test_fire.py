@@ -263,8 +263,8 @@ def test_p1_ranks_by_the_tasks_score():
 def test_truncation_within_a_sub_population_follows_its_rule_on_random_keys():
     """``fire._truncation`` against the rule stated plainly: among the members with a
     key (NaN: none), ordered by key then id, one of the last ``k`` copies one of the
-    first ``k`` strictly better than it, drawn uniformly in that order."""
-    from jaxpop.mutators import selection
+    first ``k`` strictly better than it, drawn uniformly in that order; a member
+    without a key copies no one."""
     from jaxpop.mutators._host_random import HostRandom
 
     rng = np.random.default_rng(0)
@@ -275,16 +275,16 @@ def test_truncation_within_a_sub_population_follows_its_rule_on_random_keys():
         keys = np.where(rng.random(n) < 0.4, rng.normal(size=n), keys)
         fraction = float(rng.choice([0.1, 0.25, 0.5]))
         key = np.array([trial, 7], np.uint32)
-        ranked = sorted((k, i) for i, k in enumerate(keys.tolist()) if k == k)
-        size = selection.quantile_size(len(ranked), fraction)
-        for place, (mine, me) in enumerate(ranked):
-            better = [i for k, i in ranked[:size] if k < mine]
+        for me in np.flatnonzero(keys == keys).tolist():
+            better = _candidates_by_rule(keys, me, fraction)
             expected = None
-            if size and place >= len(ranked) - size and better:
+            if better is not None:
                 expected = better[HostRandom(key).randrange(len(better))]
             assert fire._truncation(key, keys, me, fraction) == expected, (trial, me)
             checked += 1
             copies += expected is not None
+        for me in np.flatnonzero(keys != keys).tolist():
+            assert fire._truncation(key, keys, me, fraction) is None
     assert checked > 3000 and copies > 300  # both outcomes, many times
 
 
@@ -650,12 +650,13 @@ def test_the_evaluators_lazy_queue_lists_what_a_full_reading_lists(monkeypatch):
     queue read in full: the active members of P2 .. Pn not being evaluated that have a
     loadable checkpoint, never evaluated first, then by their latest evaluation's start,
     then by id; and taking its first member reads only the checkpoints of the active
-    members ordered before it, and its own."""
+    members ordered before it, and its own, that the view does not say have no
+    evaluation."""
     config = {"perturbation_interval": 1, "sub_population_sizes": (3, 4, 3), "num_evaluators": 3}
     reads = []
     read = History.latest_loadable
     monkeypatch.setattr(History, "latest_loadable", lambda h, g: reads.append(g) or read(h, g))
-    checked = 0
+    checked = skipped = 0
     for _, _, state, m, view in _views_along_random_scripts(config, "min"):
         memo, cfg = m.update.keywords["memo"], m.update.keywords["config"]
         fire._Scored.bring_up_to_date(view, cfg.num_members)
@@ -677,10 +678,13 @@ def test_the_evaluators_lazy_queue_lists_what_a_full_reading_lists(monkeypatch):
         assert first == (expected[0] if expected else None)
         if expected:
             before = ordered[: ordered.index(first[0]) + 1]
-            assert reads == [workers[j].generation_id for j in before if workers[j].is_active]
+            # (a member the view says has no evaluation is not read: nothing to load)
+            possible = [j for j in before if workers[j].is_active and view["curve"][j] != 0]
+            assert reads == [workers[j].generation_id for j in possible]
             checked += 1
+            skipped += len(possible) < len([j for j in before if workers[j].is_active])
         m.update.keywords["views"].keep(view)
-    assert checked > 100
+    assert checked > 100 and skipped > 10
 
 
 @pytest.mark.parametrize(
@@ -736,15 +740,16 @@ def test_the_evaluation_curves_kept_with_the_view_are_those_read_afresh(config):
 def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(config, monkeypatch):
     """FirePBT asks only the members its kept view says are ready, reads P1's scores and
     which members have a curve of their own from it, judges only the evaluations whose
-    workers it read again, and remembers curves and fitness by the curves' contents; on
+    workers it read again (found from who each evaluation refers to, kept between
+    calls), and remembers curves, fitness and its ranking by the curves' contents; on
     random hostile scripts (:func:`_random_event`; the mutator shared with another
     script, or pickled now and then) every state equals that of a mutator that asks every
     member, judges every evaluation and computes every score, curve and fitness anew."""
     config = {**config, "max_eval_steps": 4, "mode": "max"}
     to_judge = fire._to_judge
 
-    def judge_all(config, state, touched, size):  # every evaluator at work
-        return to_judge(config, state, None, size)
+    def judge_all(config, state, referents, touched, size):  # every evaluator at work
+        return to_judge(config, state, referents, None, size)
 
     for seed in range(12):
         # some runs share their mutator with another script, some pickle it now and then
@@ -802,6 +807,9 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
 
             patch.setattr(fire, "_evaluation_curve", curve_afresh)
             patch.setattr(fire, "_to_judge", judge_all)
+            # who each evaluation refers to, read afresh at every update; rankings too
+            patch.setattr(fire._Referents, "of", staticmethod(lambda view, ev: fire._Referents(ev)))
+            patch.setattr(fire._Memo, "ranking", lambda self, keys: fire._ranking(keys))
             fresh = _random_run(config, seed)
         for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):
             assert (a.workers, a.mutator_state) == (b.workers, b.mutator_state), (seed, t)
@@ -844,8 +852,7 @@ def test_p1_truncation_from_the_kept_order_equals_truncation_over_keys_read_afre
                 continue
             for fraction in (0.25, 0.5):
                 kept = fire._ranked_candidates(order, entry, fraction)
-                fresh = fire._candidates(keys, member, fraction)
-                fresh = None if fresh is None else fresh.tolist()
+                fresh = _candidates_by_rule(keys, member, fraction)
                 assert kept == fresh, (seed, t, member, fraction)
                 checked += 1
                 copies += kept is not None
@@ -857,6 +864,19 @@ def test_p1_truncation_from_the_kept_order_equals_truncation_over_keys_read_afre
         assert fire._order(step, p1) is None
         views.keep(view)
     assert checked > 500 and copies > 50
+
+
+def _candidates_by_rule(keys, me, fraction):
+    """Truncation's rule stated plainly: among the members with a key (NaN: none),
+    ordered by key then id, one of the last ``k`` may copy those of the first ``k``
+    strictly better than it (``None``: none, or not in the last ``k``)."""
+    from jaxpop.mutators import selection
+
+    ranked = sorted((k, i) for i, k in enumerate(keys.tolist()) if k == k)
+    size = selection.quantile_size(len(ranked), fraction)
+    place = ranked.index((keys[me], me))
+    better = [i for k, i in ranked[:size] if k < keys[me]]
+    return better if size and place >= len(ranked) - size and better else None
 
 
 def _score_key_afresh(state, config, member) -> float:

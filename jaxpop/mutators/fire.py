@@ -523,6 +523,8 @@ class _Memo:
         # sub-population (its first member) -> the keys, matrix of improvements and sort
         # keys of its last computed fitness
         self._matrices: dict[int, tuple[tuple[Any, ...], _Known, np.ndarray]] = {}
+        # id of kept sort keys -> them and their ranking
+        self._rankings: dict[int, tuple[np.ndarray, list[tuple[int, float, int]]]] = {}
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -552,6 +554,14 @@ class _Memo:
         <jaxpop.mutators.selection.sort_key>` under ``"max"``: ``-fitness``, ``inf`` for
         a non-finite one, NaN for none), kept with it."""
         return self._known(curves, keys, slot)[1]
+
+    def ranking(self, sort_keys: np.ndarray) -> list[tuple[int, float, int]]:
+        """:func:`_ranking` of sort keys :meth:`sort_keys` gave, kept with them."""
+        kept = self._rankings.get(id(sort_keys))
+        if kept is None or kept[0] is not sort_keys:
+            kept = (sort_keys, _ranking(sort_keys))
+            self._keep(self._rankings, id(sort_keys), kept, self._FITNESS)
+        return kept[1]
 
     def _known(
         self, curves: Sequence[Curve | None], keys: tuple[bytes | None, ...], slot: int
@@ -814,6 +824,7 @@ class _Step:
         self.decided: set[int] = set()  # the members whose last decision changed
         self.started: set[int] = set()  # the workers that started a generation
         self.scored: _Scored = view.memo[_Scored]  # (_Scored.bring_up_to_date puts it there)
+        self.referents = _Referents.of(view, state.evaluations)
 
     def own(self, name: str) -> dict:
         """The step's own copy of the state's dict ``name`` (one of :class:`FireState`'s
@@ -822,6 +833,15 @@ class _Step:
             self._owned.add(name)
             setattr(self, name, dict(getattr(self, name)))
         return getattr(self, name)
+
+    def set_evaluation(self, evaluator: int, task: Evaluation | None) -> None:
+        """Sets (``None``: ends) ``evaluator``'s evaluation."""
+        evaluations = self.own("evaluations")
+        old = evaluations.pop(evaluator, None) if task is None else evaluations.get(evaluator)
+        if task is not None:
+            evaluations[evaluator] = task
+        self.referents.moved(evaluator, old, task, evaluations)
+        self.changed = True
 
     def keys(self, member: int) -> np.ndarray:
         """Member ``member``'s selection and explore keys, ``uint32[2, 2]`` (hashed from
@@ -889,7 +909,7 @@ def _update(
     view = views.view(state, workers, history)
     _Scored.bring_up_to_date(view, config.num_members)
     step = _Step(state, workers, history, now, key, memo, view)
-    for evaluator in _to_judge(config, state, view.touched, len(workers)):
+    for evaluator in _to_judge(config, state, step.referents, view.touched, len(workers)):
         _judge(step, config, evaluator)
     for member in view["ready"].nonzero()[0].tolist():
         _decide(step, config, member)
@@ -913,7 +933,9 @@ def _update(
     return result
 
 
-def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size: int) -> list[int]:
+def _to_judge(
+    config: _Config, state: FireState, referents: _Referents, touched: set[int] | None, size: int
+) -> list[int]:
     """The evaluators at work whose evaluation may end now, in id order.
 
     A verdict changes only with a new evaluation of the evaluator's own (its generation
@@ -922,15 +944,80 @@ def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size:
     again (``touched``; ``None`` when the view read every worker). A hand-over earlier
     in the same update changes no other evaluation's verdict: it reassigns an active
     child, which matters only once that evaluation has a new evaluation of its own.
+    ``referents``: the evaluations of ``state`` by the workers they refer to.
     """
     evaluators = range(config.num_members, size)
+    evaluations = state.evaluations
     if touched is None:
-        return sorted(e for e in state.evaluations if e in evaluators)
-    return sorted(
-        e
-        for e, task in state.evaluations.items()
-        if (e in touched or task.member in touched or task.child in touched) and e in evaluators
-    )
+        return sorted(e for e in evaluations if e in evaluators)
+    # (from the few workers touched, not a pass over every evaluation)
+    found = {e for e in touched if e in evaluations}
+    by_worker = referents.by_worker
+    for i in touched:
+        found.update(by_worker.get(i, ()))
+    return sorted(e for e in found if e in evaluators)
+
+
+class _Referents:
+    """The workers an update's evaluations refer to (as member or child), by worker:
+    kept in the view's memo with the evaluations dict it was made from, and changed with
+    it through :meth:`_Step.set_evaluation`, so an update finds the evaluations a worker
+    takes part in without a pass over every evaluation."""
+
+    __slots__ = ("by_worker", "evaluations", "members")
+
+    def __init__(self, evaluations: Mapping[int, Evaluation]):
+        self.evaluations = evaluations  # the dict this describes (the same object)
+        self.by_worker: dict[int, set[int]] = {}  # member or child -> evaluators
+        self.members: dict[int, int] = {}  # member -> evaluations of it (the busy ones)
+        for evaluator, task in evaluations.items():
+            self._add(evaluator, task)
+
+    @staticmethod
+    def of(view: _views.View, evaluations: Mapping[int, Evaluation]) -> _Referents:
+        """Those of ``evaluations``: the view's kept ones, or read afresh."""
+        kept = view.memo.get(_Referents)
+        if kept is None or kept.evaluations is not evaluations:
+            kept = view.memo[_Referents] = _Referents(evaluations)
+        return kept
+
+    def _add(self, evaluator: int, task: Evaluation) -> None:
+        self.by_worker.setdefault(task.member, set()).add(evaluator)
+        self.by_worker.setdefault(task.child, set()).add(evaluator)
+        self.members[task.member] = self.members.get(task.member, 0) + 1
+
+    def _remove(self, evaluator: int, task: Evaluation) -> None:
+        for worker in (task.member, task.child):
+            evaluators = self.by_worker.get(worker)
+            if evaluators is not None:
+                evaluators.discard(evaluator)
+                if not evaluators:
+                    del self.by_worker[worker]
+        count = self.members.pop(task.member, 0) - 1
+        if count > 0:
+            self.members[task.member] = count
+
+    def moved(
+        self,
+        evaluator: int,
+        old: Evaluation | None,
+        new: Evaluation | None,
+        evaluations: Mapping[int, Evaluation],
+    ) -> None:
+        """``evaluator``'s evaluation went from ``old`` to ``new`` (``None``: none) in
+        ``evaluations``, the dict this now describes."""
+        self.evaluations = evaluations
+        if (
+            old is not None
+            and new is not None
+            and old.member == new.member
+            and old.child == new.child
+        ):
+            return  # (a verdict to continue: the same workers)
+        if old is not None:
+            self._remove(evaluator, old)
+        if new is not None:
+            self._add(evaluator, new)
 
 
 #: The columns of FirePBT's view: whether a member is ready, its member_score as a sort
@@ -1056,8 +1143,7 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
     history = step.history
     runner = step.workers[evaluator]
     if runner.generation_id != task.generation or not runner.is_active:
-        del step.own("evaluations")[evaluator]  # reassigned elsewhere, or finished or gone
-        step.changed = True
+        step.set_evaluation(evaluator, None)  # reassigned elsewhere, or finished or gone
         return
     if not (step.workers[task.member].is_active and step.workers[task.child].is_active):
         verdict: Verdict = "stop"
@@ -1080,11 +1166,9 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
                 p_stat=config.p_stat,
             )
         if verdict == "continue":
-            step.own("evaluations")[evaluator] = task._replace(checked=latest.step)
-            step.changed = True
+            step.set_evaluation(evaluator, task._replace(checked=latest.step))
             return
-    step.changed = True
-    del step.own("evaluations")[evaluator]
+    step.set_evaluation(evaluator, None)
     step.counts[0] += 1
     if verdict == "success":  # hand-over: the child continues from the evaluator's weights
         source = _source(history, task.generation)
@@ -1141,10 +1225,17 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     checkpoint is read only when the iteration reaches it, from the update's history as
     it is when this is called, and its workers (an assignment on the way changes
     nothing a later member's entry reads: it starts an evaluator's generation, past the
-    members). Most updates take the first member or two of all of ``P2 .. Pn``."""
-    busy = {task.member for task in step.evaluations.values()}
+    members). Most updates take the first member or two of all of ``P2 .. Pn``.
+
+    A member whose generation has no evaluation has nothing to load, and the view's
+    ``curve`` column says so (0) as of the update's start: only the members it does not
+    rule out are read (a member that started a generation since has a new one, with no
+    evaluation either: it is read and passed over)."""
+    busy = step.referents.members
     last = step.last_evaluation
-    free = [m for m in range(config.sizes[0], config.num_members) if m not in busy]
+    start = config.sizes[0]
+    curve = step.view["curve"][start : config.num_members].tolist()
+    free = [start + j for j, has in enumerate(curve) if has and start + j not in busy]
     # (a stable sort of ids in order: ties by id)
     order = [m for m in free if m not in last]
     order += sorted([m for m in free if m in last], key=last.__getitem__)
@@ -1176,15 +1267,9 @@ def _evaluate(
         step.history.meta_params(child_generation),
     )
     member_generation = step.workers[member].generation_id
-    step.own("evaluations")[evaluator] = Evaluation(
-        member,
-        member_generation,
-        child,
-        child_generation,
-        first.generation_id,
-        first.step,
-        first.step,
-    )
+    generation, at = first.generation_id, first.step
+    task = Evaluation(member, member_generation, child, child_generation, generation, at, at)
+    step.set_evaluation(evaluator, task)
     step.own("evaluated")[member] = (member_generation, first.generation_id)
     step.scored.forget(member)
     step.best.pop(config.sub_population(member).start, None)  # its fitness changed
@@ -1232,6 +1317,8 @@ def _best_ranked(step: _Step, order: list[tuple[int, float, int]], members: rang
     order's ties are by id, as ``_best``'s; a worker with a non-finite key, or of
     another sub-population, comes after every finite one)."""
     curve = step.view["curve"][: members.stop].tolist()
+    if not any(curve):
+        return None  # (no member has a curve: no walk over the order)
     for tier, _, member in order:
         if tier != 0:
             return None
@@ -1422,9 +1509,14 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
         better = _ranked_candidates(order, entry, config.quantile_fraction)
     else:
         keys = _sort_keys(step, config, members)
-        if math.isnan(keys[member - members.start]):
+        mine = float(keys[member - members.start])
+        if math.isnan(mine):
             return  # no fitness yet: it keeps going and takes no part
-        better = _candidates(keys, member - members.start, config.quantile_fraction)
+        j = member - members.start
+        entry = (0, mine, j) if mine < math.inf else (1, 0.0, j)  # (its order_entry)
+        # (a later sub-population's keys are the memo's, kept; P1's are read afresh here)
+        ranking = _ranking(keys) if members.start == 0 else step.memo.ranking(keys)
+        better = _ranked_candidates(ranking, entry, config.quantile_fraction)
     step.counts[0] += 1
     if better is None:
         return
@@ -1452,24 +1544,25 @@ def _truncation(key: RawKey, keys: np.ndarray, me: int, fraction: float) -> int 
     as :func:`_sort_keys` gives them: lower is better, NaN for none): in the bottom
     ``fraction`` it copies a member drawn uniformly from the top ``fraction`` that is
     strictly better (ties by the lower id, as a rank); otherwise (or with none such)
-    ``None``."""
-    better = _candidates(keys, me, fraction)
+    ``None``. What a later sub-population's decision does (with a kept ranking)."""
+    mine = float(keys[me])
+    if math.isnan(mine):
+        return None  # no score: it takes no part
+    entry = (0, mine, me) if mine < math.inf else (1, 0.0, me)
+    better = _ranked_candidates(_ranking(keys), entry, fraction)
     return None if better is None else _draw(key, better)
 
 
-def _candidates(keys: np.ndarray, me: int, fraction: float) -> np.ndarray | None:
-    """The members :func:`_truncation` draws from, best first; ``None`` when ``me``
-    copies no one (the draw needs a key, hashed only for a member that copies)."""
-    # on the whole column: a NaN is never below, above or equal to a key, and a stable
-    # argsort puts the NaNs last, so the members without a score simply do not count
-    mine = keys[me]
-    n = int(np.count_nonzero(keys == keys))  # the members taking part
-    k = selection_lib.quantile_size(n, fraction)
-    if k == 0 or np.count_nonzero(keys < mine) + np.count_nonzero(keys[:me] == mine) < n - k:
-        return None  # not in the bottom (its place: those better, then ties before it)
-    top = np.argsort(keys, kind="stable")[:k]
-    better = top[keys[top] < mine]
-    return better if better.size else None
+def _ranking(keys: np.ndarray) -> list[tuple[int, float, int]]:
+    """The :func:`~jaxpop.mutators._views.order_entry` of each position of ``keys``
+    (sort keys) that has one (NaN: none), sorted: the order :func:`_ranked_candidates`
+    reads, as that of P1 in the view."""
+    scored = np.flatnonzero(keys == keys)
+    # (order_entry, inlined: NaN is left out; +inf after every finite key)
+    return sorted(
+        (0, k, j) if k < math.inf else (1, 0.0, j)
+        for j, k in zip(scored.tolist(), keys[scored].tolist(), strict=True)
+    )
 
 
 #: Where the entries of the workers without a score begin in a view's order (see
@@ -1489,8 +1582,9 @@ def _order(step: _Step, members: range) -> list[tuple[int, float, int]] | None:
 def _ranked_candidates(
     order: list[tuple[int, float, int]], entry: tuple[int, float, int], fraction: float
 ) -> list[int] | None:
-    """:func:`_candidates` from the sorted order of the keys (``entry``: the member's
-    place in it): bisections instead of a sort. The member is in the bottom if at least
+    """The members a truncation draws from, best first (``None``: the member copies no
+    one), from the sorted order of the keys (``entry``: the member's place in it):
+    bisections instead of a sort. The member is in the bottom if at least
     ``n - k`` entries precede its own; it copies one of the first ``min(k, m)``, ``m``
     being the members strictly better than it (those before its key's first place)."""
     n = bisect.bisect_left(order, _NO_SCORE)  # the members taking part
