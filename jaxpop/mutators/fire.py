@@ -1195,8 +1195,9 @@ def _assign(step: _Step, config: _Config) -> None:
     if all(_best(step, config, members) is None for members in previous):
         return
     # (an evaluator's status does not change in an update: the view's column holds)
-    active = step.view["active"][config.num_members :].nonzero()[0] + config.num_members
-    idle = [e for e in active.tolist() if e not in step.evaluations]
+    active = step.view["active"][config.num_members :].tolist()
+    evaluators = range(config.num_members, config.num_members + len(active))
+    idle = [e for e in itertools.compress(evaluators, active) if e not in step.evaluations]
     if not idle:
         return
     for members in previous[1:]:
@@ -1233,9 +1234,9 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     evaluation either: it is read and passed over)."""
     busy = step.referents.members
     last = step.last_evaluation
-    start = config.sizes[0]
-    curve = step.view["curve"][start : config.num_members].tolist()
-    free = [start + j for j, has in enumerate(curve) if has and start + j not in busy]
+    start, stop = config.sizes[0], config.num_members
+    has = step.view["curve"][start:stop].tolist()
+    free = [m for m in itertools.compress(range(start, stop), has) if m not in busy]
     # (a stable sort of ids in order: ties by id)
     order = [m for m in free if m not in last]
     order += sorted([m for m in free if m in last], key=last.__getitem__)
