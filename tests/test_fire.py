@@ -740,16 +740,16 @@ def test_the_evaluation_curves_kept_with_the_view_are_those_read_afresh(config):
 def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(config, monkeypatch):
     """FirePBT asks only the members its kept view says are ready, reads P1's scores and
     which members have a curve of their own from it, judges only the evaluations whose
-    workers it read again (found from who each evaluation refers to, kept between
-    calls), and remembers curves, fitness and its ranking by the curves' contents; on
+    workers it read again, and remembers curves, fitness and its ranking by the curves'
+    contents; on
     random hostile scripts (:func:`_random_event`; the mutator shared with another
     script, or pickled now and then) every state equals that of a mutator that asks every
     member, judges every evaluation and computes every score, curve and fitness anew."""
     config = {**config, "max_eval_steps": 4, "mode": "max"}
     to_judge = fire._to_judge
 
-    def judge_all(config, state, referents, touched, size):  # every evaluator at work
-        return to_judge(config, state, referents, None, size)
+    def judge_all(config, state, touched, size):  # every evaluator at work
+        return to_judge(config, state, None, size)
 
     for seed in range(12):
         # some runs share their mutator with another script, some pickle it now and then
@@ -807,8 +807,7 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
 
             patch.setattr(fire, "_evaluation_curve", curve_afresh)
             patch.setattr(fire, "_to_judge", judge_all)
-            # who each evaluation refers to, read afresh at every update; rankings too
-            patch.setattr(fire._Referents, "of", staticmethod(lambda view, ev: fire._Referents(ev)))
+            # rankings of the fitness read afresh
             patch.setattr(fire._Memo, "ranking", lambda self, keys: fire._ranking(keys))
             fresh = _random_run(config, seed)
         for t, (a, b) in enumerate(zip(kept, fresh, strict=True)):

@@ -824,7 +824,6 @@ class _Step:
         self.decided: set[int] = set()  # the members whose last decision changed
         self.started: set[int] = set()  # the workers that started a generation
         self.scored: _Scored = view.memo[_Scored]  # (_Scored.bring_up_to_date puts it there)
-        self.referents = _Referents.of(view, state.evaluations)
 
     def own(self, name: str) -> dict:
         """The step's own copy of the state's dict ``name`` (one of :class:`FireState`'s
@@ -837,10 +836,10 @@ class _Step:
     def set_evaluation(self, evaluator: int, task: Evaluation | None) -> None:
         """Sets (``None``: ends) ``evaluator``'s evaluation."""
         evaluations = self.own("evaluations")
-        old = evaluations.pop(evaluator, None) if task is None else evaluations.get(evaluator)
-        if task is not None:
+        if task is None:
+            del evaluations[evaluator]
+        else:
             evaluations[evaluator] = task
-        self.referents.moved(evaluator, old, task, evaluations)
         self.changed = True
 
     def keys(self, member: int) -> np.ndarray:
@@ -909,7 +908,7 @@ def _update(
     view = views.view(state, workers, history)
     _Scored.bring_up_to_date(view, config.num_members)
     step = _Step(state, workers, history, now, key, memo, view)
-    for evaluator in _to_judge(config, state, step.referents, view.touched, len(workers)):
+    for evaluator in _to_judge(config, state, view.touched, len(workers)):
         _judge(step, config, evaluator)
     for member in view["ready"].nonzero()[0].tolist():
         _decide(step, config, member)
@@ -933,9 +932,7 @@ def _update(
     return result
 
 
-def _to_judge(
-    config: _Config, state: FireState, referents: _Referents, touched: set[int] | None, size: int
-) -> list[int]:
+def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size: int) -> list[int]:
     """The evaluators at work whose evaluation may end now, in id order.
 
     A verdict changes only with a new evaluation of the evaluator's own (its generation
@@ -944,80 +941,15 @@ def _to_judge(
     again (``touched``; ``None`` when the view read every worker). A hand-over earlier
     in the same update changes no other evaluation's verdict: it reassigns an active
     child, which matters only once that evaluation has a new evaluation of its own.
-    ``referents``: the evaluations of ``state`` by the workers they refer to.
     """
     evaluators = range(config.num_members, size)
-    evaluations = state.evaluations
     if touched is None:
-        return sorted(e for e in evaluations if e in evaluators)
-    # (from the few workers touched, not a pass over every evaluation)
-    found = {e for e in touched if e in evaluations}
-    by_worker = referents.by_worker
-    for i in touched:
-        found.update(by_worker.get(i, ()))
-    return sorted(e for e in found if e in evaluators)
-
-
-class _Referents:
-    """The workers an update's evaluations refer to (as member or child), by worker:
-    kept in the view's memo with the evaluations dict it was made from, and changed with
-    it through :meth:`_Step.set_evaluation`, so an update finds the evaluations a worker
-    takes part in without a pass over every evaluation."""
-
-    __slots__ = ("by_worker", "evaluations", "members")
-
-    def __init__(self, evaluations: Mapping[int, Evaluation]):
-        self.evaluations = evaluations  # the dict this describes (the same object)
-        self.by_worker: dict[int, set[int]] = {}  # member or child -> evaluators
-        self.members: dict[int, int] = {}  # member -> evaluations of it (the busy ones)
-        for evaluator, task in evaluations.items():
-            self._add(evaluator, task)
-
-    @staticmethod
-    def of(view: _views.View, evaluations: Mapping[int, Evaluation]) -> _Referents:
-        """Those of ``evaluations``: the view's kept ones, or read afresh."""
-        kept = view.memo.get(_Referents)
-        if kept is None or kept.evaluations is not evaluations:
-            kept = view.memo[_Referents] = _Referents(evaluations)
-        return kept
-
-    def _add(self, evaluator: int, task: Evaluation) -> None:
-        self.by_worker.setdefault(task.member, set()).add(evaluator)
-        self.by_worker.setdefault(task.child, set()).add(evaluator)
-        self.members[task.member] = self.members.get(task.member, 0) + 1
-
-    def _remove(self, evaluator: int, task: Evaluation) -> None:
-        for worker in (task.member, task.child):
-            evaluators = self.by_worker.get(worker)
-            if evaluators is not None:
-                evaluators.discard(evaluator)
-                if not evaluators:
-                    del self.by_worker[worker]
-        count = self.members.pop(task.member, 0) - 1
-        if count > 0:
-            self.members[task.member] = count
-
-    def moved(
-        self,
-        evaluator: int,
-        old: Evaluation | None,
-        new: Evaluation | None,
-        evaluations: Mapping[int, Evaluation],
-    ) -> None:
-        """``evaluator``'s evaluation went from ``old`` to ``new`` (``None``: none) in
-        ``evaluations``, the dict this now describes."""
-        self.evaluations = evaluations
-        if (
-            old is not None
-            and new is not None
-            and old.member == new.member
-            and old.child == new.child
-        ):
-            return  # (a verdict to continue: the same workers)
-        if old is not None:
-            self._remove(evaluator, old)
-        if new is not None:
-            self._add(evaluator, new)
+        return sorted(e for e in state.evaluations if e in evaluators)
+    return sorted(
+        e
+        for e, task in state.evaluations.items()
+        if (e in touched or task.member in touched or task.child in touched) and e in evaluators
+    )
 
 
 #: The columns of FirePBT's view: whether a member is ready, its member_score as a sort
@@ -1232,7 +1164,7 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     ``curve`` column says so (0) as of the update's start: only the members it does not
     rule out are read (a member that started a generation since has a new one, with no
     evaluation either: it is read and passed over)."""
-    busy = step.referents.members
+    busy = {task.member for task in step.evaluations.values()}
     last = step.last_evaluation
     start, stop = config.sizes[0], config.num_members
     has = step.view["curve"][start:stop].tolist()
