@@ -288,6 +288,60 @@ def test_truncation_within_a_sub_population_follows_its_rule_on_random_keys():
     assert checked > 3000 and copies > 300  # both outcomes, many times
 
 
+def test_a_later_sub_population_member_copies_by_the_rule_over_its_own_keys(monkeypatch):
+    """A ready member of a later sub-population decides by truncation over its own
+    sub-population's sort keys, counted from the sub-population's first member: along
+    random scripts, with made-up keys (ties, infinities, members without one), what it
+    may copy is what the rule over those keys gives (:func:`_candidates_by_rule`).
+    (Every member with an evaluation is taken as ready: between two events none is, an
+    update decides for each one that is.)"""
+    config = {
+        "perturbation_interval": 1,
+        "sub_population_sizes": (3, 7, 6),
+        "num_evaluators": 2,
+        "quantile_fraction": 0.5,
+    }
+    rng = np.random.default_rng(3)
+    draw, drawn = fire._draw, []
+    monkeypatch.setattr(
+        fire, "_draw", lambda key, better: drawn.append(list(better)) or draw(key, better)
+    )
+    checked = copies = 0
+    for _, t, state, m, view in _views_along_random_scripts(config, "min", seeds=6):
+        memo, cfg = m.update.keywords["memo"], m.update.keywords["config"]
+        fire._Scored.bring_up_to_date(view, cfg.num_members)
+        for members in cfg.sub_populations[1:]:
+            n = len(members)
+            keys = rng.choice([0.0, -0.0, 1.0, -1.0, np.inf, np.nan], n)
+            keys = np.where(rng.random(n) < 0.4, rng.normal(size=n), keys)
+            keys.setflags(write=False)  # (as the memo's)
+            evaluated = [
+                i
+                for i in members
+                if state.workers[i].is_active
+                and state.history.latest_evaluated(state.workers[i].generation_id) is not None
+            ]
+            for member in evaluated:
+                key = np.array([t, member], np.uint32)
+                args = (state.mutator_state, state.workers, state.history, 0.0, key, memo, view)
+                drawn.clear()
+                with monkeypatch.context() as patch:  # (the scripts' updates read their own)
+                    patch.setattr(fire, "_sort_keys", lambda step, config, ms, k=keys: k)
+                    patch.setattr(
+                        fire, "_ready", lambda c, d, h, i, w: h.latest_evaluated(w.generation_id)
+                    )
+                    fire._decide(fire._Step(*args), cfg, member)
+                me = member - members.start
+                expected = None
+                if not math.isnan(keys[me]):
+                    expected = _candidates_by_rule(keys, me, cfg.quantile_fraction)
+                assert (drawn[0] if drawn else None) == expected, (t, member)
+                checked += 1
+                copies += expected is not None
+        m.update.keywords["views"].keep(view)
+    assert checked > 200 and copies > 50
+
+
 # -- evaluators: hand-over, stopping, the queue ------------------------------------------------
 def _handover_run(evaluator_values):
     """P1 member 1 improves slowly for 12 reports; P2 member 2 is then evaluated with

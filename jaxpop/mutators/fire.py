@@ -510,12 +510,13 @@ class _Memo:
     curve is a new one). A sub-population's fitness is a sum over every pair of its
     members' curves, and between two decisions most curves, and so most pairs, are
     unchanged: the last matrix of improvements of each sub-population is kept, and only
-    the rows and columns of the curves that changed are computed again. Nothing that
+    the rows and columns of the curves that changed are computed again. The ranking of
+    a fitness's sort keys (what a truncation bisects) is kept with them. Nothing that
     holds checkpoints (and so params) is kept, and a key is 16 bytes whatever the
     curve's length.
     """
 
-    _FITNESS = 64  # fitness lists kept
+    _FITNESS = 64  # fitness lists kept (and as many rankings)
 
     def __init__(self) -> None:
         # curves' keys -> their fitness and its sort keys
@@ -524,7 +525,7 @@ class _Memo:
         # keys of its last computed fitness
         self._matrices: dict[int, tuple[tuple[Any, ...], _Known, np.ndarray]] = {}
         # id of kept sort keys -> them and their ranking
-        self._rankings: dict[int, tuple[np.ndarray, list[tuple[int, float, int]]]] = {}
+        self._rankings: dict[int, tuple[np.ndarray, _Ranking]] = {}
         self._lock = threading.Lock()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -555,7 +556,7 @@ class _Memo:
         a non-finite one, NaN for none), kept with it."""
         return self._known(curves, keys, slot)[1]
 
-    def ranking(self, sort_keys: np.ndarray) -> list[tuple[int, float, int]]:
+    def ranking(self, sort_keys: np.ndarray) -> _Ranking:
         """:func:`_ranking` of sort keys :meth:`sort_keys` gave, kept with them."""
         kept = self._rankings.get(id(sort_keys))
         if kept is None or kept[0] is not sort_keys:
@@ -1160,10 +1161,10 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     nothing a later member's entry reads: it starts an evaluator's generation, past the
     members). Most updates take the first member or two of all of ``P2 .. Pn``.
 
-    A member whose generation has no evaluation has nothing to load, and the view's
-    ``curve`` column says so (0) as of the update's start: only the members it does not
-    rule out are read (a member that started a generation since has a new one, with no
-    evaluation either: it is read and passed over)."""
+    A member whose generation has no evaluation has nothing to load: the view's ``curve``
+    column says so (0) as of the update's start, and only the members it does not rule
+    out are read. (A member that started a generation in this update has nothing to load
+    either, whatever its column says: its new generation has no evaluation yet.)"""
     busy = {task.member for task in step.evaluations.values()}
     last = step.last_evaluation
     start, stop = config.sizes[0], config.num_members
@@ -1442,14 +1443,12 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
         better = _ranked_candidates(order, entry, config.quantile_fraction)
     else:
         keys = _sort_keys(step, config, members)
-        mine = float(keys[member - members.start])
-        if math.isnan(mine):
+        me = member - members.start
+        if math.isnan(keys[me]):
             return  # no fitness yet: it keeps going and takes no part
-        j = member - members.start
-        entry = (0, mine, j) if mine < math.inf else (1, 0.0, j)  # (its order_entry)
         # (a later sub-population's keys are the memo's, kept; P1's are read afresh here)
         ranking = _ranking(keys) if members.start == 0 else step.memo.ranking(keys)
-        better = _ranked_candidates(ranking, entry, config.quantile_fraction)
+        better = _sorted_candidates(ranking, me, float(keys[me]), config.quantile_fraction)
     step.counts[0] += 1
     if better is None:
         return
@@ -1477,25 +1476,49 @@ def _truncation(key: RawKey, keys: np.ndarray, me: int, fraction: float) -> int 
     as :func:`_sort_keys` gives them: lower is better, NaN for none): in the bottom
     ``fraction`` it copies a member drawn uniformly from the top ``fraction`` that is
     strictly better (ties by the lower id, as a rank); otherwise (or with none such)
-    ``None``. What a later sub-population's decision does (with a kept ranking)."""
-    mine = float(keys[me])
-    if math.isnan(mine):
+    ``None``. A later sub-population's decision draws from the same
+    :func:`_sorted_candidates`, of a ranking kept with its fitness."""
+    if math.isnan(keys[me]):
         return None  # no score: it takes no part
-    entry = (0, mine, me) if mine < math.inf else (1, 0.0, me)
-    better = _ranked_candidates(_ranking(keys), entry, fraction)
+    better = _sorted_candidates(_ranking(keys), me, float(keys[me]), fraction)
     return None if better is None else _draw(key, better)
 
 
-def _ranking(keys: np.ndarray) -> list[tuple[int, float, int]]:
-    """The :func:`~jaxpop.mutators._views.order_entry` of each position of ``keys``
-    (sort keys) that has one (NaN: none), sorted: the order :func:`_ranked_candidates`
-    reads, as that of P1 in the view."""
+class _Ranking(NamedTuple):
+    """The positions of sort keys that have one (NaN: none), by key then position
+    (``+inf`` after every finite key), and their keys in that order (lists: a decision
+    bisects them)."""
+
+    ids: list[int]
+    keys: list[float]
+
+
+def _ranking(keys: np.ndarray) -> _Ranking:
     scored = np.flatnonzero(keys == keys)
-    # (order_entry, inlined: NaN is left out; +inf after every finite key)
-    return sorted(
-        (0, k, j) if k < math.inf else (1, 0.0, j)
-        for j, k in zip(scored.tolist(), keys[scored].tolist(), strict=True)
-    )
+    ranked = keys[scored]
+    order = np.argsort(ranked, kind="stable")  # (ties stay in position order)
+    return _Ranking(scored[order].tolist(), ranked[order].tolist())
+
+
+def _sorted_candidates(
+    ranking: _Ranking, me: int, mine: float, fraction: float
+) -> list[int] | None:
+    """The members a truncation draws from, best first (``None``: position ``me``, of
+    sort key ``mine``, not NaN, copies no one): bisections in a :class:`_Ranking`, no
+    sort. It is in the bottom if at least ``n - k`` members rank before it (those
+    better, then those tied with a lower position); it copies one of the first
+    ``min(k, m)``, ``m`` being those strictly better."""
+    ids, keys = ranking
+    n = len(keys)
+    k = selection_lib.quantile_size(n, fraction)
+    if k == 0:
+        return None
+    better = bisect.bisect_left(keys, mine)
+    tied = bisect.bisect_right(keys, mine, better)
+    if bisect.bisect_left(ids, me, better, tied) < n - k:  # (its place in the ranking)
+        return None
+    better = min(k, better)
+    return ids[:better] if better else None
 
 
 #: Where the entries of the workers without a score begin in a view's order (see
@@ -1515,11 +1538,11 @@ def _order(step: _Step, members: range) -> list[tuple[int, float, int]] | None:
 def _ranked_candidates(
     order: list[tuple[int, float, int]], entry: tuple[int, float, int], fraction: float
 ) -> list[int] | None:
-    """The members a truncation draws from, best first (``None``: the member copies no
-    one), from the sorted order of the keys (``entry``: the member's place in it):
-    bisections instead of a sort. The member is in the bottom if at least
-    ``n - k`` entries precede its own; it copies one of the first ``min(k, m)``, ``m``
-    being the members strictly better than it (those before its key's first place)."""
+    """:func:`_sorted_candidates` from the view's sorted order of P1's keys (``entry``:
+    the member's place in it; the workers without a key come last): bisections instead
+    of a sort. The member is in the bottom if at least ``n - k`` entries precede its
+    own; it copies one of the first ``min(k, m)``, ``m`` being the members strictly
+    better than it (those before its key's first place)."""
     n = bisect.bisect_left(order, _NO_SCORE)  # the members taking part
     k = selection_lib.quantile_size(n, fraction)
     if k == 0 or bisect.bisect_left(order, entry) < n - k:
