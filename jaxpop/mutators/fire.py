@@ -1494,6 +1494,9 @@ class _Ranking(NamedTuple):
 
 
 def _ranking(keys: np.ndarray) -> _Ranking:
+    if len(keys) <= 32:  # (a sort of Python pairs: the cheaper below about 32)
+        pairs = sorted((k, j) for j, k in enumerate(keys.tolist()) if k == k)
+        return _Ranking([j for _, j in pairs], [k for k, _ in pairs])
     scored = np.flatnonzero(keys == keys)
     ranked = keys[scored]
     order = np.argsort(ranked, kind="stable")  # (ties stay in position order)
