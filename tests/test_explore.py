@@ -307,7 +307,7 @@ def test_jit_applies_the_host_rule_to_the_same_uniforms(monkeypatch):
     meta = {"lr": 0.01, "layers": 3, "strength": 0.2}
     jitted = jax.jit(lambda k, m: ex.explore(k, NUMERIC, m))
     for key in keys(8):
-        leaves = ex._uniform_draws(jnp.asarray(key), ((),) * len(NUMERIC))
+        leaves, _ = ex._uniform_draws(jnp.asarray(key), ((),) * len(NUMERIC))
         draws = iter([float(u) for leaf in leaves for u in leaf])
         with monkeypatch.context() as m:
             m.setattr(ex.HostRandom, "random", lambda self, d=draws: next(d))
@@ -584,6 +584,31 @@ def test_device_randint_up_to_int32_max_and_a_sample_past_it():
     if not jax.config.jax_enable_x64:
         with pytest.raises(ValueError, match="cannot hold every value"):
             jax.jit(lambda k: ex.sample(k, {"seed": ex.randint(0, 2**40)}))(jax.random.key(0))
+
+
+def test_device_randint_past_2_24_keeps_and_draws_integers_exactly():
+    """Past 2**24 float32 rounds integers: on device a value kept (clipped, or not
+    resampled) stays exactly as it was, and a fresh draw reaches every integer of the
+    span, not only float32's (a multiple of 128 near 2**31); in any int32 span."""
+    space = {"seed": ex.randint(0, 2**31 - 1)}
+    inside = jnp.asarray([123456789, 2**31 - 2, 0, 2**24 + 1], jnp.int32)
+    assert np.array_equal(ex.clip(space, {"seed": inside})["seed"], inside)
+    assert int(ex.clip(space, {"seed": jnp.int32(2**31 - 1)})["seed"]) == 2**31 - 2
+    key = jax.random.key(0)
+    kept = jax.jit(lambda k, v: ex.resample(k, space, v, resample_probability=0.0))
+    assert np.array_equal(kept(key, {"seed": inside})["seed"], inside)
+    value = {"seed": jnp.full(4000, 123456789, jnp.int32)}
+    half = ex.resample(key, space, value, resample_probability=0.5)["seed"]
+    assert 0.45 < float(np.mean(np.asarray(half) == 123456789)) < 0.55
+    for span in (space["seed"], ex.randint(-(2**31), 2**31), ex.randint(2**24, 2**24 + 3)):
+        keys = jax.random.split(key, 20000)
+        drawn = np.asarray(jax.vmap(lambda k, sp=span: ex.sample(k, {"x": sp})["x"])(keys))
+        assert drawn.dtype == np.int32
+        assert drawn.min() >= span.low and drawn.max() <= span.high - 1
+        if span.high - span.low > 2**24:
+            assert np.mean(drawn % 128 == 0) < 0.02  # (float32's draws: all of them)
+        else:
+            assert set(drawn.tolist()) == {2**24, 2**24 + 1, 2**24 + 2}
 
 
 def test_a_python_int_past_float64_and_a_device_bool_are_refused_clearly():

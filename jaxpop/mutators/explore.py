@@ -238,10 +238,65 @@ _NO_VALUE = _NoValue()
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _uniform_draws(key: jax.Array, shapes: tuple[tuple[int, ...], ...]) -> tuple[jax.Array, ...]:
-    """Three uniforms in ``[0, 1)`` per element of each leaf: (resample?, sample, move)."""
+def _uniform_draws(
+    key: jax.Array, shapes: tuple[tuple[int, ...], ...]
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """Three uniforms in ``[0, 1)`` per element of each leaf: (resample?, sample, move);
+    and each leaf's key."""
     keys = jax.random.split(key, len(shapes))
-    return tuple(jax.random.uniform(k, (3, *s)) for k, s in zip(keys, shapes, strict=True))
+    draws = tuple(jax.random.uniform(k, (3, *s)) for k, s in zip(keys, shapes, strict=True))
+    return draws, keys
+
+
+#: Every integer up to this is a float32: the device's leaf formulas (float32 without
+#: x64) are exact for a ``randint`` within it.
+_EXACT_IN_FLOAT32 = 2**24
+
+
+def _device_randint(key: jax.Array, shape: tuple[int, ...], space: RandInt, dtype: Any) -> Any:
+    """Uniform integers of ``space`` as ``dtype`` (an integer type that holds them),
+    exact at any span: offsets from ``low`` drawn in the unsigned type of ``dtype``'s
+    width (or 32 bits), added in ``dtype`` (where the sum wraps back into the space)."""
+    bits = max(8 * np.dtype(dtype).itemsize, 32)
+    unsigned = jnp.uint64 if bits == 64 else jnp.uint32
+    span = space.high - space.low
+    if span >= 2**bits:  # every value of the width
+        offset = jax.random.bits(key, shape, unsigned)
+    else:
+        high = np.asarray(span, unsigned)  # (a Python int past int32 is refused)
+        offset = jax.random.randint(key, shape, np.asarray(0, unsigned), high, dtype=unsigned)
+    return offset.astype(dtype) + jnp.asarray(space.low).astype(dtype)
+
+
+def _exact_randint(
+    op: str, space: RandInt, value: Any, out: Any, u: Any, key: Any, probability: float
+) -> Any:
+    """A ``randint`` leaf's result on device, held in an integer type, where the leaf
+    formulas (float32 without x64) would round: past 2**24 a value kept is clipped, and
+    a fresh one drawn (:func:`_device_randint`), in the integer type itself. A perturbed
+    value stays as the formulas give it (a move of 0.8x or 1.2x, to float32's
+    precision)."""
+    dtype = out.dtype
+    if not jnp.issubdtype(dtype, jnp.integer) or (
+        max(abs(space.low), abs(space.high - 1)) <= _EXACT_IN_FLOAT32
+    ):
+        return out
+    top = space.high - 1
+    if value is _NO_VALUE or op == "perturb":
+        inside = out
+    elif isinstance(value, int):  # (a Python int: may be past the type; clipped first)
+        inside = jnp.asarray(min(max(value, space.low), top), dtype)
+    else:
+        inside = jnp.clip(jnp.asarray(value), space.low, top).astype(dtype)
+    if op == "clip":
+        return inside
+    if op == "perturb" or (op != "sample" and probability <= 0):
+        return inside if op == "resample" else out
+    fresh = _device_randint(jax.random.fold_in(key, 1), tuple(np.shape(out)), space, dtype)
+    if op == "sample":
+        return fresh
+    # resample: fresh or the value; explore: fresh or the perturbed value (out's)
+    return jnp.where(u[0] < probability, fresh, inside if op == "resample" else out)
 
 
 def _is_traced(x: Any) -> bool:
@@ -753,15 +808,16 @@ def _apply_arrays(
     device = _on_device(key, leaves)
     xp: Any = jnp if device else np
     shapes = tuple(() if v is _NO_VALUE else tuple(np.shape(v)) for _, _, v in leaves)
+    keys: Sequence[Any] = [None] * len(leaves)  # (each leaf's, on device)
     if op == "clip" or not leaves:
         draws: Sequence[Any] = [None] * len(leaves)
     elif device:
-        draws = _uniform_draws(key, shapes)
+        draws, keys = _uniform_draws(key, shapes)
     else:  # host: hashed draws, no dispatch (see jaxpop.mutators._host_random)
         rng = HostRandom(_host_key(key))
         draws = [rng.uniforms((3, *s)) for s in shapes]
     new = []
-    for (path, leaf_space, value), u in zip(leaves, draws, strict=True):
+    for (path, leaf_space, value), u, leaf_key in zip(leaves, draws, keys, strict=True):
         x = value
         if device and isinstance(leaf_space, RandInt) and not hasattr(value, "dtype"):
             # a draw, or a Python int: the result is of the default int dtype
@@ -772,7 +828,10 @@ def _apply_arrays(
                 x = x.astype(jnp.asarray(0.0).dtype)
         result = _leaf(op, leaf_space, x, u, xp, path, probability, factors)
         finish = _finish_device if device else _finish_host
-        new.append(finish(leaf_space, result, value))
+        out = finish(leaf_space, result, value)
+        if device and isinstance(leaf_space, RandInt):
+            out = _exact_randint(op, leaf_space, value, out, u, leaf_key, probability)
+        new.append(out)
     return new
 
 
