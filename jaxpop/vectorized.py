@@ -185,7 +185,12 @@ def _write_copies(
     copied: jax.Array,
 ) -> Any:
     """:func:`write_hparams` for the members that ``copied`` only: a member that keeps
-    going keeps its optimizer state whole, whatever its train step wrote there."""
+    going keeps its optimizer state whole, whatever its train step wrote there. Warns
+    (while tracing) as :func:`init` does when nothing would be written: a round that
+    forgot the ``optimizer_hparams`` its ``init`` was given would leave every copy
+    training with its parent's values."""
+    if optimizer_hparams is None:
+        _warn_if_none_written(train_state, hparams, stacklevel=4)
     written = write_hparams(train_state, hparams, optimizer_hparams)
 
     def select(new: Any, old: Any) -> Any:
@@ -352,7 +357,9 @@ def _check_flat_space(space: Any) -> None:
             )
 
 
-def _warn_if_none_written(train_state: Any, hparams: Mapping[str, Any]) -> None:
+def _warn_if_none_written(
+    train_state: Any, hparams: Mapping[str, Any], stacklevel: int = 2
+) -> None:
     """Warns when the train state injects hyperparameters and none of ``hparams`` is one
     of them: by default nothing is then written into the optimizer (a space of
     ``log_lr`` for an optimizer made with ``keys={"log_lr": "learning_rate"}``), and the
@@ -367,7 +374,7 @@ def _warn_if_none_written(train_state: Any, hparams: Mapping[str, Any]) -> None:
             "jnp.exp(h['log_lr'])}), or optimizer_hparams=lambda h: {} where the train "
             "step reads them itself",
             UserWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
 
 

@@ -242,6 +242,26 @@ def test_init_warns_when_no_hyperparameter_reaches_the_optimizer():
     np.testing.assert_allclose(lr, np.exp(np.asarray(pop.hparams["log_lr"])), rtol=1e-6)
 
 
+def test_a_round_that_forgot_optimizer_hparams_warns():
+    """``init`` was given ``optimizer_hparams`` but the round was not: every copy would
+    keep training with its parent's learning rate while the lineage records its explored
+    one. exploit_explore (and so round_fn and mf_pbt_round) warns as init does, while
+    tracing (hostile review, helper-87); with the mapping it is silent."""
+    space = {"log_lr": explore.uniform(-5.0, -1.0)}
+    pop = vz.init(root_key(0), init_fn, space, 4, optimizer_hparams=to_optimizer_lr)
+    scores = jnp.arange(4.0)
+    with pytest.warns(UserWarning, match=r"none of the population's hyperparameters \['log_lr'\]"):
+        vz.exploit_explore(pop, scores, root_key(1), space=space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        new, ex = vz.exploit_explore(
+            pop, scores, root_key(1), space=space, optimizer_hparams=to_optimizer_lr
+        )
+    assert np.any(ex.copied)
+    lr = np.asarray(get_hparams(new.train_state["opt_state"])["learning_rate"])
+    np.testing.assert_allclose(lr, np.exp(np.asarray(new.hparams["log_lr"])), rtol=1e-6)
+
+
 def to_optimizer_lr(h):
     return {"learning_rate": jnp.exp(h["log_lr"])}
 
