@@ -611,6 +611,35 @@ def test_device_randint_past_2_24_keeps_and_draws_integers_exactly():
             assert set(drawn.tolist()) == {2**24, 2**24 + 1, 2**24 + 2}
 
 
+def test_a_float_type_that_holds_no_value_of_its_space_is_refused():
+    """float16 holds none of uniform(1e5, 2e5) (inf) or log_uniform(1e-10, 1e-9) (0):
+    an explored value would be outside the space, so the value is refused, on the host
+    and on device (hostile review, helper-86); a space wider than the type is clamped to
+    its range, as before."""
+    for space in (ex.uniform(1e5, 2e5), ex.log_uniform(1e-10, 1e-9)):
+        for value in (np.float16(7), jnp.float16(7), np.ones(3, np.float16)):
+            with pytest.raises(ValueError, match="stored as float16"):
+                ex.clip({"x": space}, {"x": value})
+    assert float(ex.clip({"x": ex.uniform(0, 1e6)}, {"x": np.float16(3)})["x"]) == 3.0
+    wide = ex.clip({"x": ex.uniform(-1e300, 1e300)}, {"x": np.float32(1e38)})["x"]
+    assert wide.dtype == np.float32 and np.isfinite(wide)
+
+
+def test_a_choice_of_numbers_and_strings_keeps_its_values_for_numpy_values():
+    """numpy makes one dtype of [1, "a"] (strings: "1"); a numpy value of a choice of
+    several kinds gets the list's own values back, and an array of strings is refused
+    with a message that says so (hostile review, helper-86)."""
+    key = np.array([0, 0], np.uint32)
+    assert ex.clip({"c": ex.choice([1, "a"])}, {"c": np.int64(1)}) == {"c": 1}
+    assert ex.clip({"c": ex.choice([1, None])}, {"c": np.int64(1)}) == {"c": 1}
+    for _ in range(3):
+        out = ex.perturb(key, {"o": ex.choice(["adam", 2])}, {"o": np.str_("adam")})["o"]
+        assert out in ("adam", 2) and type(out) in (str, int)
+        key = key + np.uint32(1)
+    with pytest.raises(TypeError, match="single values only"):
+        ex.perturb(key, {"o": ex.choice(["adam", "sgd"])}, {"o": np.array(["adam", "sgd"])})
+
+
 def test_a_python_int_past_float64_and_a_device_bool_are_refused_clearly():
     with pytest.raises(ValueError, match="float64's range"):
         ex.check_values({"w": ex.uniform(0.0, 1e300)}, {"w": 2**1100})

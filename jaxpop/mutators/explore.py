@@ -493,7 +493,12 @@ def _choice_leaf(
         if not space.numeric:
             raise TypeError(
                 f"{_where(path)}: a choice between non-numbers ({list(space.values)!r:.80}) "
-                "works on host values only (Python or numpy), not on jax arrays"
+                + (
+                    "works on host values only (Python or numpy), not on jax arrays"
+                    if xp is jnp
+                    else "works on single values only (a Python or numpy scalar), not on "
+                    f"an array of shape {np.shape(value)}"
+                )
             )
         dtype = jnp.asarray(0.0).dtype if xp is jnp else np.float64
         values = xp.asarray(space.values, dtype=dtype)
@@ -531,11 +536,28 @@ def _finish_scalar(space: Space, new: Any, value: Any) -> Any:
     return int(new) if isinstance(space, RandInt) else float(new)
 
 
+def _choice_array(space: Choice) -> np.ndarray:
+    """A choice's values as one array; an array of objects where one dtype would change
+    some of them (numbers with strings: ``np.asarray([1, "a"])`` makes ``"1"``)."""
+    values = np.asarray(space.values)
+    if values.ndim == 1 and (
+        values.dtype.kind not in "US" or all(isinstance(v, str) for v in space.values)
+    ):
+        return values
+    out = np.empty(len(space.values), dtype=object)
+    for i, v in enumerate(space.values):
+        out[i] = v
+    return out
+
+
 def _finish_host(space: Space, new: Any, value: Any) -> Any:
     if isinstance(space, Choice):
         if np.ndim(new) == 0 and not isinstance(value, (np.ndarray, np.generic)):
             return space.values[int(new)]
-        out = np.asarray(space.values)[new]
+        values = _choice_array(space)
+        out = values[new]
+        if values.dtype == object:  # (values of several kinds: each as the list holds it)
+            return out
         if value is _NO_VALUE or not _both_numbers(out.dtype, value.dtype):
             # the space's own values: a number drawn for a str array stays a number (not
             # "0"), a str is not cut to the value's width ("adam" in a "<U3" array)
@@ -618,9 +640,9 @@ def _check_holds(space: Space, dtype: Any, path: Path) -> None:
     if not fits:
         raise ValueError(
             f"{_where(path)} is stored as {dtype}, which cannot hold every value of its "
-            f"space {space}: an explored value would wrap around, round or be cut, outside "
-            "the space; store it as a wider type (an int64, or a float for a choice of "
-            "fractions)"
+            f"space {space}: an explored value would wrap around, round, be cut or become "
+            "inf or 0, outside the space; store it as a wider type (an int64, a float32, "
+            "or a float for a choice of fractions)"
         )
 
 
@@ -636,6 +658,12 @@ def _fits(space: Space, dtype: np.dtype) -> bool:
         return True
     if isinstance(space, Choice) and space.numeric and jnp.issubdtype(dtype, jnp.number):
         return all(_holds(dtype, v) for v in space.values)
+    if isinstance(space, (Uniform, LogUniform)) and jnp.issubdtype(dtype, jnp.floating):
+        # a float type holds some value of the space (a span past its range is clamped
+        # to the range): float16 has none of uniform(1e5, 2e5) (they are inf) or of
+        # log_uniform(1e-10, 1e-9) (they are 0)
+        low, high = (float(b) for b in _bounds_in(space, dtype))
+        return space.low <= low <= high <= space.high
     return True
 
 
