@@ -349,6 +349,13 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="min_observations"):
         PB2(perturbation_interval=5, hyperparam_space=SPACE, window=7, min_observations=8)
     PB2Explorer(SPACE, window=8, min_observations=8)
+    # (hostile review, helper-86) sqrt(1e78) is inf in float32: every bound inf, the
+    # search kept the copied point; a window of 2**40 built, then asked for 4 TiB
+    with pytest.raises(ValueError, match="beta must be at most"):
+        PB2Explorer(SPACE, beta=1e78)
+    with pytest.raises(ValueError, match="window must be at most 4096"):
+        PB2(perturbation_interval=5, hyperparam_space=SPACE, window=2**40)
+    PB2Explorer(SPACE, beta=1e30, window=4096)
 
 
 def test_whole_float_sizes_are_stored_as_ints_and_the_gp_runs(calls):

@@ -47,6 +47,8 @@ _GRID = np.array(
 )  # (lengthscale, log(1 - epsilon), noise) per row
 _JITTER = 1e-5
 _TOP_K = 8  # candidates whose neighbourhoods are searched in the second stage
+_MAX_BETA = 1e30  # sqrt: 1e15, far inside float32
+_MAX_WINDOW = 4096  # reward changes the GP sees
 _LOCAL_SCALE = 0.05  # std of the local perturbations, in normalised units
 
 
@@ -483,8 +485,10 @@ class PB2Explorer:
 
     Attributes:
       hyperparam_space: the space (:mod:`jaxpop.mutators.explore`).
-      beta: the UCB's exploration weight (the paper's ``beta_t``, held constant).
-      window: how many of the most recent reward changes the GP sees.
+      beta: the UCB's exploration weight (the paper's ``beta_t``, held constant; at
+        most 1e30, as the UCB is computed in float32).
+      window: how many of the most recent reward changes the GP sees (at most 4096:
+        its memory grows as window**2, about 0.86 GiB at 2048).
       min_observations: below this many, explore like PBT.
       min_interval: the least length of one interval, in steps (:func:`PB2` sets it to
         the ``perturbation_interval`` when that is in steps).
@@ -509,6 +513,12 @@ class PB2Explorer:
             raise ValueError("PB2 needs a hyperparam_space to search")
         explore_lib.validate_space(self.hyperparam_space)
         check_number("beta", self.beta, inclusive=True)
+        if self.beta > _MAX_BETA:  # (sqrt(beta) * sigma is computed in float32)
+            raise ValueError(
+                f"beta must be at most {_MAX_BETA:g}, got {self.beta!r}: the UCB is computed "
+                "in float32, where a larger weight makes every candidate's bound inf (and "
+                "the search keep the copied point)"
+            )
         sizes = {  # stored as ints: they size arrays (128.0 passed the check, then failed)
             "window": check_number("window", self.window, integer=True),
             "min_observations": check_number(
@@ -521,6 +531,12 @@ class PB2Explorer:
         }
         for name, size in sizes.items():
             object.__setattr__(self, name, int(size))
+        if self.window > _MAX_WINDOW:
+            raise ValueError(
+                f"window must be at most {_MAX_WINDOW}, got {self.window}: the GP's "
+                "memory grows as window**2 (about 200 bytes per pair of reward changes, "
+                "measured: 0.26 GiB at 1024, 0.86 GiB at 2048)"
+            )
         if self.min_observations > self.window:  # the GP sees at most window changes
             raise ValueError(
                 f"min_observations ({self.min_observations}) must be at most window "
