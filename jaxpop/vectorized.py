@@ -301,6 +301,7 @@ def init(
         hparams = _stack_members(hparams)
     if hparams is not None:
         hparams = _as_space_dtypes({k: jnp.asarray(v) for k, v in hparams.items()}, space)
+        _check_no_nan(hparams)
     elif space is None:
         raise TypeError(
             "init needs an explore space to sample the hyperparameters from, or the "
@@ -325,6 +326,21 @@ def init(
         _init, init_fn=init_fn, space=space, num_members=n, optimizer_hparams=optimizer_hparams
     )
     return jax.jit(build)(key, member_keys, hparams)
+
+
+def _check_no_nan(hparams: Mapping[str, Any]) -> None:
+    """Raises for a NaN initial hyperparameter, as host mode's ``core.init`` does (no
+    explore moves a NaN into its space, and it would be written into the optimizer);
+    values being traced (``init`` inside ``jit``) are not checked."""
+    for name, value in hparams.items():
+        if isinstance(value, jax.core.Tracer) or not jnp.issubdtype(value.dtype, jnp.inexact):
+            continue
+        nan = np.flatnonzero(np.isnan(np.asarray(value, np.float64)))
+        if nan.size:
+            raise ValueError(
+                f"hparams[{name!r}][{int(nan[0])}] is NaN, which no explore moves into a "
+                "space (it usually means the run that produced it diverged)"
+            )
 
 
 def _stack_members(members: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -937,7 +953,14 @@ def record(
         parents = np.asarray(exploit.parents)
         copied = np.asarray(exploit.copied)
         generation = np.asarray(exploit.generation)
+        n = state.population_size
         for i in np.flatnonzero(copied):
+            if not 0 <= int(parents[i]) < n:  # (a custom selection's: unchecked on device)
+                raise ValueError(
+                    f"exploit.parents[{int(i)}] is {int(parents[i])}, not a member of a "
+                    f"population of {n}: a selection must return member indices in "
+                    f"[0, {n}) (on device, an index outside reads NaN and zeros)"
+                )
             parent = evaluated[int(parents[i])]
             meta = member_hparams(exploit.hparams, int(i))
             gen_id = generation_id(state.key, int(generation[i]))

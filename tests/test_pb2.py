@@ -126,6 +126,19 @@ def test_a_change_between_values_near_the_float_range_is_kept():
     assert [(c.step, c.change) for c in reward_changes(h)] == [(10, -3.4e307), (20, 3.4e307)]
 
 
+def test_a_window_is_the_newest_of_the_finite_changes_past_an_overflow():
+    """An interval whose rate overflows (-1e308 - 1e308 in one step) is no change; a
+    window of 1 still keeps the newest finite one (hostile review, helper-86: it kept
+    none, the overflowing interval having filled the window before it was dropped)."""
+    h = History(mode="max")
+    for step, value in [(0, 0.0), (5, 1.0), (10, 1e308), (11, -1e308)]:
+        h = h.add(Checkpoint(None, {"lr": 0.1}, "g", value, None, step, 0.0))
+    full = [(c.step, c.change) for c in reward_changes(h)]
+    assert full == [(5, 0.2), (10, pytest.approx(2e307))]
+    for window in (1, 2, 3):
+        assert [(c.step, c.change) for c in reward_changes(h, window=window)] == full[-window:]
+
+
 @pytest.mark.parametrize("min_interval", [0, 4])
 def test_the_window_keeps_the_most_recent_changes(min_interval):
     h = History(mode="max")

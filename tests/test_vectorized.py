@@ -262,6 +262,27 @@ def test_a_round_that_forgot_optimizer_hparams_warns():
     np.testing.assert_allclose(lr, np.exp(np.asarray(new.hparams["log_lr"])), rtol=1e-6)
 
 
+def test_init_refuses_a_nan_hyperparameter_and_record_an_out_of_range_parent():
+    """Host mode refuses a NaN initial hyperparameter; so does init (it was written into
+    the optimizer). A selection's parent outside the population reads NaN on device;
+    record says so instead of an IndexError (hostile review, helper-87)."""
+    with pytest.raises(ValueError, match=r"hparams\['log_lr'\]\[1\] is NaN"):
+        vz.init(root_key(0), init_fn, SPACE, hparams={"log_lr": [-3.0, np.nan], "b1": [0.9] * 2})
+    pop = vz.init(root_key(0), init_fn, SPACE, 4, optimizer_hparams=to_optimizer_lr)
+    lineage = vz.lineage_init(pop, root_key(0), now=0.0)
+    scores = jnp.arange(4.0)
+    _, exploit = vz.exploit_explore(
+        pop,
+        scores,
+        root_key(1),
+        space=SPACE,
+        optimizer_hparams=to_optimizer_lr,
+        selection=lambda key, s: jnp.asarray([4, 1, 2, 3]),
+    )
+    with pytest.raises(ValueError, match=r"exploit.parents\[0\] is 4, not a member"):
+        vz.record(lineage, scores, step=1, now=0.0, exploit=exploit)
+
+
 def to_optimizer_lr(h):
     return {"learning_rate": jnp.exp(h["log_lr"])}
 

@@ -120,6 +120,9 @@ def _generation_changes(
             points.insert(0, start)
         finite = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
         chunks = _chunks(finite, min_interval) if finite else []
+        # (a rate past a float is dropped before the newest ``limit`` are counted: a
+        # window of them is then the newest of all the finite ones)
+        chunks = [chunk for chunk in chunks if math.isfinite(chunk[2])]
         if since is None:  # the whole generation was read
             break
         assert limit is not None and reach is not None  # since is None without a limit
@@ -130,7 +133,7 @@ def _generation_changes(
         chunks = chunks[-limit:]
     meta = first.meta_params
     changes = [(end, span, sign * rate) for end, span, rate in chunks]
-    return [RewardChange(generation_id, e, n, meta, c) for e, n, c in changes if math.isfinite(c)]
+    return [RewardChange(generation_id, e, n, meta, c) for e, n, c in changes]
 
 
 def reward_changes(
