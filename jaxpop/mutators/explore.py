@@ -277,26 +277,22 @@ def _exact_randint(
     value stays as the formulas give it (a move of 0.8x or 1.2x, to float32's
     precision)."""
     dtype = out.dtype
-    if not jnp.issubdtype(dtype, jnp.integer) or (
-        max(abs(space.low), abs(space.high - 1)) <= _EXACT_IN_FLOAT32
-    ):
+    if op == "perturb" or not jnp.issubdtype(dtype, jnp.integer):
         return out
+    if max(abs(space.low), abs(space.high - 1)) <= _EXACT_IN_FLOAT32:
+        return out
+    if op == "sample":
+        return _device_randint(jax.random.fold_in(key, 1), tuple(np.shape(out)), space, dtype)
     top = space.high - 1
-    if value is _NO_VALUE or op == "perturb":
-        inside = out
-    elif isinstance(value, int):  # (a Python int: may be past the type; clipped first)
+    if isinstance(value, int):  # (a Python int: may be past the type; clipped first)
         inside = jnp.asarray(min(max(value, space.low), top), dtype)
     else:
         inside = jnp.clip(jnp.asarray(value), space.low, top).astype(dtype)
-    if op == "clip":
-        return inside
-    if op == "perturb" or (op != "sample" and probability <= 0):
-        return inside if op == "resample" else out
+    kept = inside if op in ("clip", "resample") else out  # (explore: the perturbed value)
+    if op == "clip" or probability <= 0:
+        return kept
     fresh = _device_randint(jax.random.fold_in(key, 1), tuple(np.shape(out)), space, dtype)
-    if op == "sample":
-        return fresh
-    # resample: fresh or the value; explore: fresh or the perturbed value (out's)
-    return jnp.where(u[0] < probability, fresh, inside if op == "resample" else out)
+    return jnp.where(u[0] < probability, fresh, kept)
 
 
 def _is_traced(x: Any) -> bool:
