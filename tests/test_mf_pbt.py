@@ -112,6 +112,41 @@ def test_evolving_follows_the_frequencies():
     ]
 
 
+@pytest.mark.parametrize(
+    ("round_index", "error"),
+    [
+        (0, ValueError),  # counted from 0: every sub-population would evolve
+        (-3, ValueError),
+        (2.5, TypeError),  # none would evolve
+        (True, TypeError),  # round 1
+        (np.bool_(True), TypeError),
+        (jnp.float32(2.0), TypeError),
+        (jnp.arange(2), TypeError),
+        ("2", TypeError),
+    ],
+)
+def test_a_round_index_that_is_not_a_round_is_refused(round_index, error):
+    with pytest.raises(error, match="round_index"):
+        evolving(round_index, (1, 2))
+    pop = vectorized.init(
+        jax.random.PRNGKey(0), lambda k: {"w": jnp.zeros(2)}, hparams=[{"lr": 0.1}] * 8, space=SPACE
+    )
+    with pytest.raises(error, match="round_index"):
+        mf_pbt_round(pop, jnp.arange(8.0), round_index, frequencies=(1, 2), space=SPACE)
+
+
+def test_a_traced_or_numpy_round_index_evolves_as_an_int():
+    traced = jax.jit(lambda r: evolving(r, (1, 2, 3)))
+    for r in (1, 2, 3, 6):
+        expected = evolving(r, (1, 2, 3)).tolist()
+        assert traced(r).tolist() == expected
+        assert evolving(np.int64(r), (1, 2, 3)).tolist() == expected
+    with pytest.raises(TypeError, match="round_index"):
+        jax.jit(lambda r: evolving(r, (1, 2)))(1.0)
+    with pytest.raises(ValueError, match="do not fit"):  # would wrap around in int32
+        evolving(3, (1, 2**40))
+
+
 # -- the host mutator --------------------------------------------------------------------------
 def test_sub_population_k_decides_only_every_k_th_round():
     m = make(frequencies=(1, 2, 3))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -108,12 +109,47 @@ def evolving(round_index: Any, frequencies: Sequence[int]) -> jax.Array:
     """``bool[M]``: which sub-populations evolve after round ``round_index`` (from 1).
 
     Sub-population ``k`` evolves every ``frequencies[k]``-th round (Section 3: every
-    ``delta_k * t_ready`` steps). Works on a traced ``round_index``.
+    ``delta_k * t_ready`` steps). Works on a traced ``round_index`` of an integer dtype;
+    a concrete one must be a whole number >= 1 (round 0, counted from 0, would evolve
+    every sub-population; 2.5 none; ``True`` read as round 1), and a frequency past the
+    round's integer type is refused (it would wrap around).
 
     >>> evolving(10, (1, 10, 25)).tolist()
     [True, True, False]
     """
-    return jnp.asarray(round_index) % jnp.asarray(frequencies) == 0
+    index = _check_round_index(round_index)
+    bound = jnp.iinfo(index.dtype).max
+    if any(f > bound for f in frequencies):
+        raise ValueError(
+            f"frequencies {tuple(frequencies)!r} do not fit the round index's {index.dtype} "
+            f"(at most {bound}; enable jax_enable_x64 for int64)"
+        )
+    return index % jnp.asarray(frequencies, index.dtype) == 0
+
+
+def _check_round_index(round_index: Any) -> jax.Array:
+    """``round_index`` as a jax integer scalar, or a clear error."""
+    dtype = getattr(round_index, "dtype", None)
+    if isinstance(round_index, (bool, np.bool_)) or (
+        dtype is not None and jnp.issubdtype(dtype, jnp.bool_)
+    ):
+        raise TypeError(f"round_index must be an integer (counting from 1), got {round_index!r}")
+    if dtype is None and not isinstance(round_index, numbers.Integral):
+        raise TypeError(
+            f"round_index must be an integer (counting from 1), got "
+            f"{type(round_index).__name__}: {round_index!r:.40}"
+        )
+    if dtype is not None and (not jnp.issubdtype(dtype, jnp.integer) or jnp.ndim(round_index)):
+        raise TypeError(
+            f"round_index must be an integer scalar (counting from 1), got an array of "
+            f"{dtype} with shape {jnp.shape(round_index)}"
+        )
+    if not isinstance(round_index, jax.core.Tracer) and int(round_index) < 1:
+        raise ValueError(
+            f"round_index counts the rounds completed from 1, got {int(round_index)} (a "
+            "loop counting from 0 is one round out of step with the frequencies)"
+        )
+    return jnp.asarray(round_index)
 
 
 @functools.partial(jax.jit, static_argnames=("num_sub_populations",))
