@@ -434,6 +434,14 @@ def _apply_mutator(
                 f"a new checkpoint ({checkpoint.ref})",
             )
         history = history.add(checkpoint)
+    for i, checkpoint in enumerate(new_checkpoints):  # (as a journal's replay checks them)
+        parent = checkpoint.parent
+        if parent is not None and history.get_checkpoint(*parent) is None:
+            raise ValueError(
+                f"{who}'s new checkpoint {i} ({checkpoint.ref}) has parent {parent}, which "
+                "is not in the history; a checkpoint's parent is one recorded (or added "
+                "with it)"
+            )
     changed = replaced(workers, state.workers)
     for i in changed:
         worker = workers[i]

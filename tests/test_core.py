@@ -269,6 +269,48 @@ def test_mutator_may_not_replace_checkpoints():
         apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
 
 
+def _adds_checkpoints(*parents):
+    """A mutator whose first update adds one checkpoint per parent, in order: generation
+    ``"new{i}"`` at step 0, copied from ``parents[i]``."""
+
+    def update(s, workers, history, now, key):
+        if s:
+            return s, workers, ()
+        meta = workers[0].meta_params
+        added = [Checkpoint(None, meta, f"new{i}", None, p, 0, now) for i, p in enumerate(parents)]
+        return 1, workers, tuple(added)
+
+    return Mutator(init=lambda: 0, update=update)
+
+
+def test_a_new_checkpoint_whose_parent_is_not_in_the_history_is_refused(tmp_path):
+    from jaxpop import PopulationController
+
+    m = _adds_checkpoints(("nowhere", 3))
+    state = fresh_state([{}], m)
+    with pytest.raises(ValueError, match=r"parent \('nowhere', 3\), which is not in the history"):
+        apply(state, Eval(None, 0, state.workers[0].generation_id, 1, 1.0), 1.0, m)
+    # durable: refused before it is journaled (it was, and then the run could not resume)
+    with PopulationController([{}], m, str(tmp_path)) as pop:
+        gen = pop.active_workers[0].generation_id
+        with pytest.raises(ValueError, match="not in the history"):
+            pop.set_eval(0, gen, 1, "p", 1.0)
+    with PopulationController([{}], m, str(tmp_path)) as again:
+        assert again.state.num_events == 0  # the eval was not recorded
+        assert again.history.get_checkpoint(gen, 1) is None
+
+
+def test_a_new_checkpoint_may_copy_one_added_with_it(tmp_path):
+    from jaxpop import PopulationController
+
+    m = _adds_checkpoints(("new1", 0), None)  # new0 copies new1, added after it
+    with PopulationController([{}], m, str(tmp_path)) as pop:
+        pop.set_eval(0, pop.active_workers[0].generation_id, 1, "p", 1.0)
+        assert pop.history.first("new0").parent == ("new1", 0)
+    with PopulationController([{}], m, str(tmp_path)) as again:  # the journal replays it
+        assert again.history.first("new0").parent == ("new1", 0)
+
+
 def test_event_keys_differ_per_event_and_are_reproducible():
     m = noop_mutator()
     state = fresh_state([{}], m)
