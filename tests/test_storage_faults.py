@@ -7,7 +7,10 @@ damaged anywhere but at the true end of the newest journal segment is a
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
+import linecache
 import logging
 import os
 import select
@@ -868,6 +871,56 @@ def test_an_interrupted_write_whose_undo_fails_refuses_later_calls(tmp_path, fau
     driver.acked = acknowledged
     driver.check(reopened.state)
     reopened.close()
+
+
+def _interrupted_at_line(k, call):
+    """Runs ``call`` with Ctrl-C (``KeyboardInterrupt``) raised at the ``k``-th line the
+    store module runs in this thread (never, for ``k=0``); how many lines it ran."""
+    seen = [0]
+
+    def local(frame, event, arg):
+        # (not on a ``with`` line: raised there as a with block ends, before ``__exit__``
+        # is called, it leaks the lock; CPython runs a signal handler at calls, past it)
+        if event == "line" and not linecache.getline(
+            store.__file__, frame.f_lineno
+        ).lstrip().startswith("with "):
+            seen[0] += 1
+            if seen[0] == k:
+                raise KeyboardInterrupt
+        return local
+
+    sys.settrace(
+        lambda frame, event, arg: local if frame.f_code.co_filename == store.__file__ else None
+    )
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return seen[0]
+
+
+@pytest.mark.parametrize("durability", ["process", "fsync"])
+def test_ctrl_c_at_any_line_of_a_journaled_call_loses_no_acknowledged_call(tmp_path, durability):
+    # (a Ctrl-C after the record was written, before the store counted it, made the next
+    # call journal the same event again: the log_dir could not be reopened)
+    lines = _interrupted_at_line(0, lambda: Driver().run(_open(tmp_path / "count"), 2))
+    assert lines > 20
+    for k in range(1, lines + 1):
+        log_dir = tmp_path / str(k)
+        driver, pop = Driver(), _open(log_dir, durability=durability)
+        driver.run(pop, 1)
+        with contextlib.suppress(KeyboardInterrupt):
+            _interrupted_at_line(k, functools.partial(driver.step, pop))
+        try:
+            driver.run(pop, 2)
+        except RuntimeError as e:  # the call was journaled, not taken: reopen, as it says
+            assert "reopen the log_dir" in str(e)
+            pop.close()
+            pop = _open(log_dir, durability=durability)
+            driver.run(pop, 2)
+        pop.close()
+        with _open(log_dir) as reopened:
+            driver.check(reopened.state)
 
 
 def test_a_store_taken_over_before_it_started_refuses_to_start(tmp_path):

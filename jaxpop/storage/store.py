@@ -825,10 +825,7 @@ class Store:
                         "did not take (was a call interrupted?): reopen the log_dir"
                     )
                 last += 1
-            self._write_record(record, self._num_events + 1, last)
-            self._num_events = last
-            self._mutator_state = base
-            self._records += len(changes)
+            self._write_record(record, last, base, self._records + len(changes))
 
     @staticmethod
     def _records_of(changes: tuple[Changes, ...], base: Any) -> tuple[bytes, Any]:
@@ -904,15 +901,27 @@ class Store:
             self._mutator_state = state.mutator_state
             self._broken = None  # whatever an undone write left is in an obsolete segment
 
-    def _write_record(self, record: bytes, first: int, last: int) -> None:
-        """Appends ``record``, the frames of events ``first - 1 .. last - 1``."""
-        start, fd = self._size, self._fd
+    def _write_record(self, record: bytes, last: int, base: Any, records: int) -> None:
+        """Appends ``record``, the frames of the events after ``self._num_events`` up to
+        ``last``, and takes them: ``last`` events, ``base`` the last mutator state,
+        ``records`` journal records since the snapshot.
+
+        The record is counted inside the ``try`` whose failure cuts it back, in plain
+        attribute stores (no call, where CPython would run a signal handler): an interrupt
+        leaves the record either cut back and uncounted, or written and counted (counted
+        behind a record on disk, the next write journaled the same event again, and the
+        ``log_dir`` could not be reopened)."""
+        first, start, fd = self._num_events + 1, self._size, self._fd
+        taken = (start + len(record), last, base, records)
+        before = (start, self._num_events, self._mutator_state, self._records)
         assert fd is not None and self._segment is not None  # check_open: started
         try:
             _write_all(fd, record)
             if self.durability == "fsync":
                 os.fdatasync(fd)
+            self._size, self._num_events, self._mutator_state, self._records = taken
         except BaseException as e:
+            self._size, self._num_events, self._mutator_state, self._records = before
             undone = self._undo(start)
             reason = getattr(e, "strerror", None) or repr(e)
             path = os.path.join(self.log_dir, _journal_name(self._segment))
@@ -934,7 +943,6 @@ class Store:
             if not isinstance(e, OSError):
                 raise
             raise error from e
-        self._size = start + len(record)
 
     def _undo(self, size: int) -> bool:
         """Cuts the open segment back to ``size`` bytes; whether that worked."""
