@@ -1106,6 +1106,47 @@ def test_a_journal_segment_from_another_run_is_refused(tmp_path):
         _loaded(tmp_path / "a")
 
 
+@pytest.mark.parametrize("damaged_older", [False, True])
+def test_a_newer_snapshot_from_another_run_is_refused(tmp_path, damaged_older):
+    # run a: snapshot 0 and journal 0; run b (made the same way) compacted to snapshot 1
+    a = _open(tmp_path / "a", compact_after=10_000)
+    driver = Driver()
+    driver.run(a, 3)
+    a.close()
+    b = _open(tmp_path / "b", compact_after=4)
+    Driver().run(b, 8)
+    b.close()
+    newest_b = _files(tmp_path / "b", "snapshot-")[-1]
+    assert os.path.basename(newest_b) > os.path.basename(_files(tmp_path / "a", "snapshot-")[-1])
+    shutil.copy(newest_b, tmp_path / "a")  # an rsync that merged two runs' folders, say
+    if damaged_older:  # an older file whose header cannot be read is not read, as before
+        for older in _files(tmp_path / "a", "journal-") + _files(tmp_path / "a", "snapshot-")[:-1]:
+            open(older, "r+b").write(b"\xff" * 8)
+        with _open(tmp_path / "a"):
+            pass
+        return
+    for read in (_loaded, storage.read_state):
+        with pytest.raises(storage.CorruptLogError, match="holds files of two runs"):
+            read(tmp_path / "a")
+    with pytest.raises(storage.CorruptLogError, match="holds files of two runs"):
+        _open(tmp_path / "a")
+    os.remove(tmp_path / "a" / os.path.basename(newest_b))  # moved out: run a is whole
+    with _open(tmp_path / "a") as again:
+        driver.check(again.state)
+
+
+def test_an_older_file_of_the_same_run_is_no_obstacle(tmp_path):
+    pop = _open(tmp_path, compact_after=4)
+    driver = Driver()
+    driver.run(pop, 8)
+    pop.close()
+    older = tmp_path / "journal-00000000.jpjournal"
+    assert not older.exists()  # pruned; as a crash before the pruning would leave it:
+    shutil.copy(_files(tmp_path, "snapshot-")[-1], tmp_path / "snapshot-00000000.jpsnap")
+    with _open(tmp_path) as again:
+        driver.check(again.state)
+
+
 def test_an_older_segment_cut_at_a_record_boundary_is_named(tmp_path):
     for _ in range(2):  # two segments
         pop = _open(tmp_path)

@@ -24,6 +24,7 @@ __all__ = [
     "TornRecordWarning",
     "TornTail",
     "frame",
+    "read_first_frame",
     "read_frames",
 ]
 
@@ -162,6 +163,24 @@ def _ends_file(data: bytes, end: int) -> bool:
     (a file system may extend a file with zeros in a crash).
     """
     return end >= len(data) or not any(data[end:])
+
+
+def read_first_frame(path: str, *, dir_fd: int | None = None) -> bytes | None:
+    """The payload of ``path``'s first frame (its header), reading only that; ``None``
+    if it has no good first frame or cannot be read."""
+    try:
+        name = path if dir_fd is None else os.path.basename(path)
+        with open(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as f:
+            head = f.read(_HEADER.size)
+            if len(head) < _HEADER.size:
+                return None
+            length, crc = _HEADER.unpack(head)
+            payload = f.read(length)
+    except OSError:
+        return None
+    if not length or len(payload) != length or zlib.crc32(payload) != crc:
+        return None
+    return payload
 
 
 def read_frames(

@@ -36,6 +36,7 @@ from jaxpop.storage.frames import (
     TornRecordWarning,
     TornTail,
     frame,
+    read_first_frame,
     read_frames,
 )
 from jaxpop.storage.plain import redo_checked, state_from_plain, state_to_plain
@@ -309,6 +310,30 @@ def _load(log_dir: str, dir_fd: int | None = None) -> _Loaded | None:
     return loaded
 
 
+def _check_same_run(
+    log_dir: str, dir_fd: int | None, newest: str, run_id: str, names: list[str]
+) -> None:
+    """Raises :class:`CorruptLogError` if a file ``names`` lists (older than the newest
+    snapshot, ``newest``) belongs to another run: one of the two was copied or moved in,
+    and resuming from the newest snapshot would silently take the other run's state (and
+    its next compaction would delete this one's files). An older file whose header cannot
+    be read is left alone, as before: nothing reads it."""
+    for name in names:
+        path = os.path.join(log_dir, name)
+        payload = read_first_frame(path, dir_fd=dir_fd)
+        try:
+            header = None if payload is None else encoding.decode(payload)
+        except ValueError:
+            continue
+        other = header.get("run_id") if type(header) is dict else None
+        if type(other) is str and other != run_id:
+            raise CorruptLogError(
+                f"{log_dir} holds files of two runs: {newest} (run id {run_id}) and {path} "
+                f"(run id {other}); one of them was copied or moved here: move the other "
+                "run's files out"
+            )
+
+
 def _read_log_dir(log_dir: str, dir_fd: int | None) -> _Loaded | None:
     """:func:`_load`'s reading: of the directory ``dir_fd`` opened, if given (a
     :class:`Store`'s, whatever ``log_dir`` names now), else of ``log_dir``."""
@@ -345,6 +370,11 @@ def _read_log_dir(log_dir: str, dir_fd: int | None) -> _Loaded | None:
     if header["storage_version"] < 3 and _recorded_mode(run) == "max":  # no "mode" before 3
         state = state._with(history=state.history.with_mode("max"))
     snapshot_size, records, run_id = state.history.num_checkpoints, 0, header.get("run_id")
+    if run_id is not None:  # (older files are pruned; some remain only after a crash)
+        older = [_snapshot_name(s) for s in snapshots[:-1]]
+        _check_same_run(
+            log_dir, dir_fd, path, run_id, older + [_journal_name(s) for s in journals if s < seq]
+        )
     segments = [s for s in journals if s >= seq]
     if segments and segments != list(range(seq, segments[-1] + 1)):
         raise CorruptLogError(
