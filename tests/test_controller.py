@@ -276,6 +276,56 @@ def test_a_silent_worker_is_declared_gone_and_comes_back_when_it_reports(clock, 
             PopulationController([{"h": 0.0}], m, gone_after_s=bad)
 
 
+@pytest.mark.parametrize("kind", ["wta", "synch_pbt"])
+def test_a_worker_back_after_missing_rounds_never_sends_the_population_back(tmp_path, kind):
+    from jaxpop.mutators import PopulationBasedTraining
+    from jaxpop.mutators import explore as ex
+
+    def make():
+        if kind == "wta":
+            return WinnerTakeAllGenetic(lambda meta: dict(meta), steps_per_exploit=10)
+        return PopulationBasedTraining(
+            perturbation_interval=10,
+            hyperparam_space={"lr": ex.uniform(0.01, 1.0)},
+            synch=True,
+            quantile_fraction=0.5,
+        )
+
+    n, clock = 4, FakeClock()
+
+    def controller():
+        population = [{"lr": 0.1}] * n
+        return PopulationController(
+            population, make(), str(tmp_path), clock=clock, gone_after_s=100
+        )
+
+    pop = controller()
+    late = n - 1
+    late_gen = pop.active_workers[late].generation_id
+    pop.set_eval(late, late_gen, 5, "late@5", 0.9)  # then silent: declared gone
+    for step in (10, 20, 30):
+        clock.advance(60)
+        for i in range(late):
+            pop.set_eval(i, pop.active_workers[i].generation_id, step, f"p{i}@{step}", 0.5 + i / 10)
+    assert pop.active_workers[late].status == "gone"
+    rounds = pop.decision_counts.decisions
+    assert rounds >= 2 * late  # the rounds went on without it
+    pop.close()
+    pop = controller()  # (what it missed is journaled)
+    clock.advance(1)
+    pop.set_eval(late, late_gen, 10, "late@10", 0.01)  # back, with a score from step 10
+    assert pop.active_workers[late].status == "active"
+    clock.advance(1)
+    for i in range(late):  # the next round: every other worker at step 40
+        pop.set_eval(i, pop.active_workers[i].generation_id, 40, f"p{i}@40", 0.3 + i / 10)
+    assert pop.decision_counts.decisions > rounds  # the round was played, with it
+    workers = pop.active_workers
+    assert all(w.step == 40 for w in workers), [(w.params, w.step) for w in workers]
+    assert workers[late].params == "p0@40"  # it copied the round's best
+    assert all(w.params != "late@10" for w in workers)
+    pop.close()
+
+
 def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, clock):
     from jaxpop import StopWhen
 

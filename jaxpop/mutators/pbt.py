@@ -267,12 +267,17 @@ class PBTState(NamedTuple):
         current interval started (its last decision).
       start_time: when the population started (for a ``burn_in_period`` in seconds),
         ``None`` until it is needed.
+      missed: (synchronous) the workers that were finished or gone at the last round.
+        One that is back ranks last in its next round and is never copied there: its
+        score was made on an interval the population has trained past (ranked as it
+        was, it sent the population back there).
     """
 
     num_decisions: int = 0
     num_exploits: int = 0
     last_decision: Mapping[int, tuple[str, float]] = {}  # shared, so never changed in place
     start_time: float | None = None
+    missed: tuple[int, ...] = ()
 
 
 encoding.register_record(PBTState, "jaxpop.PBTState")
@@ -564,14 +569,19 @@ def _pool(view: _views.View) -> np.ndarray | None:
     return None if np.count_nonzero(active) == len(active) else active.nonzero()[0]
 
 
-def _round(config: _Config, view: _views.View, key: Any) -> np.ndarray:
-    """A synchronous round: the worker each active worker copies (itself: keep going)."""
+def _round(config: _Config, view: _views.View, key: Any, missed: tuple[int, ...]) -> np.ndarray:
+    """A synchronous round: the worker each active worker copies (itself: keep going).
+    The ``missed`` workers (finished or gone at the last round) rank last, as no score."""
+    keys = view["keys"]
+    if missed:
+        keys = keys.copy()
+        keys[list(missed)] = np.nan
     pool = _pool(view)
     if pool is None:
-        return config.selection.round(key, view["keys"])
-    out = np.arange(len(view["keys"]))
+        return config.selection.round(key, keys)
+    out = np.arange(len(keys))
     if pool.size:
-        out[pool] = pool[config.selection.round(key, view["keys"][pool])]
+        out[pool] = pool[config.selection.round(key, keys[pool])]
     return out
 
 
@@ -627,8 +637,10 @@ def _update(
     # new generations' first checkpoints, through the view); a synchronous round sees
     # the population as it was before it
     current = history
+    missed = state.missed
     if config.synch:  # everyone decides in one selection
-        parents = _round(config, view, key)
+        parents = _round(config, view, key, missed)
+        missed = tuple(np.flatnonzero(~view["active"]).tolist())
     for i in ready:
         gen = workers[i].generation_id
         own = history.latest_evaluated(gen)
@@ -659,6 +671,7 @@ def _update(
         state.num_exploits + len(copiers),
         last_decision,
         state.start_time,
+        missed,
     )
     result = workers
     if copiers:

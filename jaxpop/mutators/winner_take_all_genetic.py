@@ -86,7 +86,10 @@ class WinnerTakeAllGenetic(Mutator):
         hyperparameters, as in the seed.
 
     A finished or gone worker (``ActiveWorker.status``) is left out of the rounds: they
-    no longer wait for it, it is never the winner, and it keeps its assignment.
+    no longer wait for it, it is never the winner, and it keeps its assignment. Back
+    (a report of its own), it takes part in the next round, ranked after every worker
+    that took part in the last one: it is never that round's winner (its scores were
+    made on a generation the population has trained past) and copies the winner.
 
     Differences from the seed, on purpose: a NaN or infinite score ranks last, so such a
     worker never wins (the seed's ``argmin`` would pick a NaN); if every worker's score
@@ -157,11 +160,15 @@ class WinnerTakeAllGenetic(Mutator):
 @reads_like_a_dict
 class WinnerTakeAllState(NamedTuple):
     """:class:`WinnerTakeAllGenetic`'s state: rounds played, decisions (one per worker
-    per round) and copies (workers that started from another worker's checkpoint)."""
+    per round), copies (workers that started from another worker's checkpoint), and the
+    workers that were finished or gone at the last round (``missed``: one that is back
+    is never the winner of its next round, whose winner it copies: its scores were made
+    on a generation the population has trained past)."""
 
     num_exploits: int = 0
     num_decisions: int = 0
     num_copies: int = 0
+    missed: tuple[int, ...] = ()
 
 
 encoding.register_record(WinnerTakeAllState, "jaxpop.WinnerTakeAllState")
@@ -339,6 +346,9 @@ def _update(
         return state, workers, ()
     live = np.flatnonzero(active)
     order = live[np.argsort(view["score"][live], kind="stable")]  # ties go to the first
+    if state.missed:  # back after missing the last round: ranked after the others
+        behind = np.isin(order, state.missed)
+        order = np.concatenate([order[~behind], order[behind]])
     if not math.isinf(view["score"][order[0]]):
         best = _winner(config, history, workers, view, order)
         waits = best is None
@@ -371,7 +381,10 @@ def _update(
         new_workers[i], start = start_generation(source, meta, key, i, now)
         new_checkpoints.append(start)
     new_state = WinnerTakeAllState(
-        state.num_exploits + 1, state.num_decisions + len(live), state.num_copies + copies
+        state.num_exploits + 1,
+        state.num_decisions + len(live),
+        state.num_copies + copies,
+        tuple(np.flatnonzero(~active).tolist()),
     )
     return new_state, tuple(new_workers), tuple(new_checkpoints)
 
