@@ -93,8 +93,10 @@ def test_a_change_that_does_not_fit_the_state_it_follows_is_refused():
         from jaxpop.mutators.winner_take_all_genetic import WinnerTakeAllState
 
         applied(WinnerTakeAllState(), StateDelta(((),)))
-    with pytest.raises(ValueError, match="1 fields cannot follow a PBTState of 4"):
+    with pytest.raises(ValueError, match="1 fields cannot follow a PBTState of 5"):
         applied(pbt, StateDelta(((),)))
+    with pytest.raises(ValueError, match="6 fields cannot follow a PBTState of 5"):
+        applied(pbt, StateDelta(((),) * 6))
     with pytest.raises(ValueError, match="unknown number"):
         applied(pbt, StateDelta(None))
     with pytest.raises(ValueError, match="removes the key 5"):
@@ -108,6 +110,13 @@ def test_a_change_that_does_not_fit_the_state_it_follows_is_refused():
     assert applied(pbt, StateDelta(((), (), ({1: ("h", 4)}, (0,)), ()))) == PBTState(
         1, 0, {1: ("h", 4)}, None
     )
+
+
+def test_a_change_journaled_before_a_field_was_added_keeps_its_default():
+    # PBTState.missed came after PBT states were journaled as changes of their 4 fields
+    before = PBTState(2, 1, {0: ("g", 3)}, None, missed=(1,))
+    assert applied(before, StateDelta(((3,), (), (), ()))) == before._replace(num_decisions=3)
+    assert applied(before, StateDelta(((), (), (), (), ((),)))) == before._replace(missed=())
 
 
 def _encoded(state):

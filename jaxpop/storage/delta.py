@@ -21,6 +21,9 @@ __all__ = ["StateDelta", "applied", "delta"]
 #: the registered names of the states written as deltas: jaxpop's own, which its
 #: mutators never change in place (see each one's update)
 _BY_FIELD = frozenset({"jaxpop.PBTState", "jaxpop.FireState"})
+#: the fields each had when it was first journaled so: a field added later comes last,
+#: with a default, and a change journaled before it keeps that default
+_FIRST_FIELDS = {"jaxpop.PBTState": 4, "jaxpop.FireState": 9}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,18 +105,21 @@ def applied(before: Any, change: StateDelta) -> Any:
         the state it is replayed on.
     """
     cls = type(before)
-    if encoding.record_name(cls) not in _BY_FIELD:
+    name = encoding.record_name(cls)
+    if name not in _BY_FIELD:
         raise ValueError(
             f"a mutator state given as a change cannot follow a {cls.__name__} (only "
             f"{sorted(_BY_FIELD)} are journaled so)"
         )
-    if type(change.fields) is not tuple or len(change.fields) != len(before):
+    fields = change.fields
+    if type(fields) is not tuple or not _FIRST_FIELDS[name] <= len(fields) <= len(before):
         raise ValueError(
-            f"a change of {_count(change.fields)} fields cannot follow a {cls.__name__} of "
+            f"a change of {_count(fields)} fields cannot follow a {cls.__name__} of "
             f"{len(before)} fields"
         )
+    fields += (_SAME,) * (len(before) - len(fields))  # (journaled before those fields)
     values = []
-    for i, (old, field) in enumerate(zip(before, change.fields, strict=True)):
+    for i, (old, field) in enumerate(zip(before, fields, strict=True)):
         where = f"{cls.__name__}.{cls._fields[i]}"
         if type(field) is not tuple or len(field) > 2:
             raise ValueError(f"{where}: a field's change is (), (value,) or (changed, removed)")
