@@ -63,6 +63,7 @@ __all__ = [
     "redo",
     "report",
     "set_eval",
+    "stays_done",
     "transition",
 ]
 
@@ -86,7 +87,9 @@ class StopWhen:
 
     A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
     answered with its assignment, status ``"finished"`` -- stop. (An ask that changes
-    nothing is checked against ``seconds`` only: nothing else can have changed.)
+    nothing is checked against ``seconds`` only: nothing else can have changed.) Once
+    the run is over (or a worker, at ``step``), a report from a finished or gone worker
+    is recorded without waking it: no decision follows (:func:`stays_done`).
 
     >>> from jaxpop import PopulationController, StopWhen, WinnerTakeAllGenetic
     >>> mutator = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=100)
@@ -636,9 +639,20 @@ def _own_params(result: MutatorResult, params: Any) -> MutatorResult:
 
 
 def set_eval(
-    state: PopulationState, event: Eval, now: float, key: np.ndarray, *, mutator: Mutator
+    state: PopulationState,
+    event: Eval,
+    now: float,
+    key: np.ndarray,
+    *,
+    mutator: Mutator,
+    wake: bool = True,
 ) -> tuple[PopulationState, Reply]:
-    """A worker records an evaluation; ``docs/protocol.md#eval`` states the protocol."""
+    """A worker records an evaluation; ``docs/protocol.md#eval`` states the protocol.
+
+    ``wake=False``: a finished or gone worker's evaluation is recorded, and the worker
+    keeps its status and the mutator does not decide (:func:`stays_done`: the run, or the
+    worker, is over).
+    """
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
     value = as_value(event.value)
@@ -707,10 +721,14 @@ def set_eval(
     else:
         checkpoint = history.continuation(generation_id, step, params, value, now)
     moved: tuple[tuple[int, ActiveWorker], ...] = ()  # the assignment this report changed
+    wake = wake or assigned.status == ACTIVE
     if advances:  # the worker's assignment follows its progress (and it is active)
-        worker = _active_worker(params, assigned.meta_params, generation_id, step, ACTIVE)
+        status = ACTIVE if wake else assigned.status
+        worker = _active_worker(params, assigned.meta_params, generation_id, step, status)
         moved = ((worker_id, worker),)
         workers = with_replaced(workers, moved)
+    elif not wake:
+        pass  # a done worker's report at (or behind) its assignment: recorded, no more
     elif assigned.generation_id == generation_id and (
         assigned.status != ACTIVE
         or (step == assigned.step and event.params is not None and params is not assigned.params)
@@ -727,8 +745,11 @@ def set_eval(
         moved = ((worker_id, worker),)
         workers = with_replaced(workers, moved)
     new = state._with(history=history if repeat else history.add(checkpoint), workers=workers)
-    result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
-    new, replaced_ids = _apply_mutator(new, *result, who="mutator.update")
+    if wake:
+        result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
+        new, replaced_ids = _apply_mutator(new, *result, who="mutator.update")
+    else:
+        result, replaced_ids = (new.mutator_state, new.workers, ()), []
     # the assignments that changed: this report's and the mutator's
     changed = moved
     if replaced_ids:
@@ -1010,6 +1031,41 @@ def stop(
     else:
         changed = {}
     return _set_status(state, changed, now, key, mutator)
+
+
+def stays_done(
+    state: PopulationState, event: Eval, now: float, when: StopWhen, start: float | None
+) -> bool:
+    """Whether an evaluation from a finished or gone worker comes once the run, or that
+    worker, is over by ``when``: it is recorded without waking the worker (woken, the
+    mutator decided with it -- a round played after the run ended -- and the stop
+    finished it again). The run is over past ``when.seconds`` (``start``: when the
+    population started), or once any evaluation recorded, or this one, is at least
+    ``when.value`` (the whole history: a round that copied the one that reached it
+    leaves no worker's latest evaluation there); the worker is, at ``when.step``.
+    O(history), only for a worker that is not active (rarely)."""
+    try:
+        i = _check_worker(state, event.worker_id)
+        step, value = _check_step(event.step), as_value(event.value)
+    except (TypeError, ValueError):
+        return False  # (set_eval refuses the event)
+    if state.workers[i].status == ACTIVE:
+        return False
+    history = state.history
+    if when.seconds is not None:
+        if start is None:
+            start = start_time(history)
+        if now - start >= when.seconds:
+            return True
+    budget = when.step
+    if budget is not None and (step >= budget or _spent(history, state.workers[i], budget)):
+        return True
+    if when.value is None:
+        return False
+    target = history.rank(when.value)
+    if history.rank(value) <= target:
+        return True
+    return any(history.rank(c.value) <= target for c in history.checkpoints())
 
 
 def _spent(history: History, worker: ActiveWorker, budget: int) -> bool:

@@ -39,7 +39,7 @@ from jaxpop.distributed.courier import (
     start_courier_server,
     uniquify_server_name,
 )
-from jaxpop.events import Ask, Event, Finish, Missing, _ask, _eval
+from jaxpop.events import Ask, Eval, Event, Finish, Missing, _ask, _eval
 from jaxpop.history import History, start_time
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import DecisionCounts, Mutator, check_number, decision_counts
@@ -555,7 +555,8 @@ class PopulationController:
         mutators leave it out (a synchronous round or a WinnerTakeAllGenetic round goes on
         without it; it is never copied), and its checkpoints stay in the history and
         the report. A new report from it later makes it active again (not the repeat
-        of one recorded). Journaled like every call.
+        of one recorded), unless ``stop_when`` says the run, or this worker, is over.
+        Journaled like every call.
         """
         self._apply(Finish(worker_id))
 
@@ -589,18 +590,25 @@ class PopulationController:
                     if changes is not None:
                         pending.append(changes)
                         gone += [j for j, w in changes.workers if w.status == GONE]
-                state, reply = core.transition(
-                    state, event, now, core.event_key(state), mutator=self._mutator
-                )
+                when = self._stop_when
+                if (
+                    when is not None
+                    and type(event) is Eval
+                    and core.stays_done(state, event, now, when, self._start_time(state))
+                ):  # (a report in flight when the run ended, say)
+                    state, reply = core.set_eval(
+                        state, event, now, core.event_key(state), mutator=self._mutator, wake=False
+                    )
+                else:
+                    state, reply = core.transition(
+                        state, event, now, core.event_key(state), mutator=self._mutator
+                    )
                 if reply.warning is not None:
                     said.append(reply.warning)
                 if reply.changes is not None:
                     pending.append(reply.changes)
-                when = self._stop_when
                 # (a call that changed nothing can only reach a time budget)
                 if when is not None and (reply.changes is not None or when.seconds is not None):
-                    if self._start is None and when.seconds is not None:
-                        self._start = start_time(state.history)  # (once: O(generations))
                     checkpoint = reply.checkpoint
                     state, changes = core.stop(
                         state,
@@ -612,7 +620,7 @@ class PopulationController:
                         reported=None
                         if checkpoint is None or checkpoint.value is None
                         else (operator.index(event.worker_id), checkpoint.step),
-                        start=self._start,
+                        start=self._start_time(state),
                     )
                     if changes is not None:
                         pending.append(changes)
@@ -629,6 +637,14 @@ class PopulationController:
         for warning in said:
             logger.warning(warning)
         return reply
+
+    def _start_time(self, state: PopulationState) -> float | None:
+        """When the population started, for a time budget (read once: O(generations));
+        ``None`` without one."""
+        when = self._stop_when
+        if self._start is None and when is not None and when.seconds is not None:
+            self._start = start_time(state.history)
+        return self._start
 
     def _take(self, new_state: PopulationState, changes: list[core.Changes]) -> None:
         """Journals ``changes`` in one append, then makes ``new_state`` the state."""

@@ -326,6 +326,85 @@ def test_a_worker_back_after_missing_rounds_never_sends_the_population_back(tmp_
     pop.close()
 
 
+def test_a_report_after_the_run_is_over_is_recorded_and_decides_nothing(tmp_path):
+    from jaxpop import StopWhen
+    from jaxpop.mutators import exploit_events
+
+    def controller(**kw):
+        m = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] * 2}, steps_per_exploit=10)
+        return PopulationController([{"lr": 0.1}] * 2, m, str(tmp_path), **kw)
+
+    pop = controller(stop_when=StopWhen(value=0.1))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 5, "a5", 0.05)  # the target: the run is over
+    assert pop.done
+    pop.set_eval(1, gens[1], 10, "b10", 0.5)  # a report that was in flight
+    assert pop.done and pop.decision_counts.decisions == 0  # (a round was played after it)
+    assert exploit_events(pop.history) == []
+    assert pop.history.get_checkpoint(gens[1], 10).params == "b10"  # recorded
+    worker = pop.active_workers[1]
+    assert (worker.status, worker.generation_id, worker.step) == ("finished", gens[1], 10)
+    state = pop.state
+    pop.close()
+    with controller(stop_when=StopWhen(value=0.1)) as again:
+        assert again.state.workers == state.workers and again.history == state.history
+    # without the stop, the documented rule: a report of its own wakes a finished worker
+    with controller(stop_when=None, reconfigure=True) as free:
+        free.set_eval(1, gens[1], 15, "b15", 0.5)
+        assert free.active_workers[1].status == "active" and not free.done
+
+
+def test_a_report_after_a_round_that_reached_the_target_keeps_the_run_over():
+    from jaxpop import StopWhen
+
+    m = WinnerTakeAllGenetic(lambda meta: dict(meta), steps_per_exploit=10)
+    pop = PopulationController([{"lr": 0.1}] * 2, m, stop_when=StopWhen(value=0.1))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(1, gens[1], 10, "b10", 0.5)
+    pop.set_eval(0, gens[0], 10, "a10", 0.05)  # the target, and the round it completes
+    assert pop.done and pop.decision_counts.decisions == 2
+    moved = pop.active_workers[1]
+    assert moved.generation_id != gens[1]  # no worker's latest evaluation is the target's
+    pop.set_eval(1, moved.generation_id, 15, "b15", 0.4)
+    assert pop.done and pop.active_workers[1].status == "finished"  # (it was active again)
+    assert pop.decision_counts.decisions == 2
+
+
+def test_a_report_past_a_step_budget_keeps_its_worker_finished():
+    from jaxpop import StopWhen
+    from jaxpop.mutators import PopulationBasedTraining
+    from jaxpop.mutators import explore as ex
+
+    m = PopulationBasedTraining(  # asynchronous: a woken worker decided at once
+        perturbation_interval=5, hyperparam_space={"lr": ex.uniform(0.01, 1.0)}
+    )
+    pop = PopulationController([{"lr": 0.1}] * 2, m, stop_when=StopWhen(step=20))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 5, "a5", 1.0)
+    pop.set_eval(1, gens[1], 20, "b20", 0.5)  # worker 1 spent its budget
+    assert pop.active_workers[1].status == "finished" and not pop.done
+    decided = pop.decision_counts.decisions
+    pop.set_eval(1, pop.active_workers[1].generation_id, 25, "b25", 0.4)  # and reports again
+    assert pop.active_workers[1].status == "finished"
+    assert pop.decision_counts.decisions == decided
+
+
+def test_a_report_past_a_time_budget_keeps_the_run_over():
+    from jaxpop import StopWhen
+
+    clock = FakeClock()
+    m = WinnerTakeAllGenetic(lambda meta: dict(meta), steps_per_exploit=10)
+    pop = PopulationController([{"lr": 0.1}] * 2, m, stop_when=StopWhen(seconds=100), clock=clock)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 5, "a5", 1.0)
+    clock.advance(200)
+    pop.set_eval(1, gens[1], 10, "b10", 0.5)  # the budget ended the run at this call
+    assert pop.done
+    pop.set_eval(0, gens[0], 10, "a10", 0.9)  # (with 1, ready, it completed a round)
+    assert pop.done and pop.history.get_checkpoint(gens[0], 10) is not None
+    assert pop.decision_counts.decisions == 0
+
+
 def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, clock):
     from jaxpop import StopWhen
 
