@@ -15,6 +15,7 @@ from jaxpop.events import Ask, Eval, Finish, Missing
 from jaxpop.history import History
 from jaxpop.mutators import _subpopulations, decision_counts, fire
 from jaxpop.mutators import explore as ex
+from jaxpop.mutators.base import copy_source
 from jaxpop.mutators.fire import (
     Curve,
     Evaluation,
@@ -702,10 +703,10 @@ def test_the_evaluators_lazy_queue_lists_what_a_full_reading_lists(monkeypatch):
     """The evaluators' queue is ordered first and reads each member's checkpoint only
     when reached; after every event of random hostile scripts, all of it equals the
     queue read in full: the active members of P2 .. Pn not being evaluated that have a
-    loadable checkpoint, never evaluated first, then by their latest evaluation's start,
-    then by id; and taking its first member reads only the checkpoints of the active
-    members ordered before it, and its own, that the view does not say have no
-    evaluation."""
+    checkpoint that may be copied (``copy_source``), never evaluated first, then by their
+    latest evaluation's start, then by id; and taking its first member reads only the
+    checkpoints of the active members ordered before it, and its own, that the view
+    does not say have no evaluation."""
     config = {"perturbation_interval": 1, "sub_population_sizes": (3, 4, 3), "num_evaluators": 3}
     reads = []
     read = History.latest_loadable
@@ -722,7 +723,7 @@ def test_the_evaluators_lazy_queue_lists_what_a_full_reading_lists(monkeypatch):
             (j for j in range(cfg.sizes[0], cfg.num_members) if j not in busy),
             key=lambda j: (j in last, last.get(j, 0), j),
         )
-        sources = {j: read(state.history, workers[j].generation_id) for j in ordered}
+        sources = {j: copy_source(state.history, workers[j].generation_id) for j in ordered}
         expected = [
             (j, sources[j]) for j in ordered if workers[j].is_active and sources[j] is not None
         ]

@@ -1167,3 +1167,33 @@ def test_a_mutate_fn_that_edits_an_object_hparam_in_place_cannot_change_the_hist
     assert pop.history[b.generation_id][10].meta_params.lr == 0.2
     assert [w.meta_params.lr for w in pop.active_workers] == [0.1, 0.1]
     assert pop.active_workers[0].meta_params is not pop.active_workers[1].meta_params
+
+
+@pytest.mark.parametrize("kind", ["pbt", "pbt_synch", "mf_pbt"])
+def test_a_save_whose_value_is_not_finite_is_never_copied(kind):
+    # worker 0 saved params as it diverged (NaN), then reported its best value without
+    # params: it ranks first, but what copying it gives is that diverged save
+    from jaxpop.mutators import MultipleFrequenciesPBT
+
+    space = {"lr": explore.log_uniform(1e-4, 1.0)}
+    if kind == "mf_pbt":
+        m = MultipleFrequenciesPBT(t_ready=10, hyperparam_space=space, frequencies=(1, 2))
+    else:
+        m = PopulationBasedTraining(
+            perturbation_interval=10, hyperparam_space=space, synch=kind == "pbt_synch"
+        )
+    copied = []
+    for seed in range(4):  # (a synchronous round's copiers draw their parents)
+        pop = PopulationController([{"lr": 0.001 * (i + 1)} for i in range(8)], m, seed=seed)
+        gens = [w.generation_id for w in pop.active_workers]
+        pop.set_eval(0, gens[0], 5, "diverged", math.nan)
+        pop.set_eval(0, gens[0], 12, None, 0.0)
+        for i in range(1, 8):
+            pop.set_eval(i, gens[i], 10, f"p{i}@10", float(i))
+        copied += [
+            pop.history.get_checkpoint(*pop.history.branch_point(w.generation_id))
+            for w in pop.active_workers
+            if w.generation_id not in gens
+        ]
+    assert copied, "nobody copied: the test shows nothing"
+    assert all(c.params != "diverged" and math.isfinite(c.value) for c in copied), copied

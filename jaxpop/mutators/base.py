@@ -581,6 +581,30 @@ def window_mean(values: Sequence[float]) -> float:
     return math.fsum(v / len(values) for v in values)
 
 
+def last_good(history: History, generation_id: str) -> Checkpoint | None:
+    """The generation's latest save with a finite value; else its start, if that holds
+    params copied at a finite value; else ``None``."""
+    good = history.latest_finite_save(generation_id)
+    if good is not None:
+        return good
+    start = history.first(generation_id)
+    value = copied_value(history, start) if start.params is not None else None
+    return start if value is not None and math.isfinite(value) else None
+
+
+def copy_source(history: History, generation_id: str) -> Checkpoint | None:
+    """What copying a generation gives: :meth:`History.latest_loadable`, unless that is
+    a save whose value is not finite (params saved once its worker diverged, as a later
+    evaluation without params ranks it well): then :func:`last_good`, which may be
+    ``None`` (nothing that may be copied). ``None`` too before any evaluation."""
+    source = history.latest_loadable(generation_id)
+    if source is None or source.params is None or source.value is None:
+        return source
+    if math.isfinite(source.value):
+        return source
+    return last_good(history, generation_id)
+
+
 def copied_value(
     history: History, checkpoint: Checkpoint, memo: dict[CheckpointRef, float | None] | None = None
 ) -> float | None:

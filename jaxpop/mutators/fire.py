@@ -44,6 +44,7 @@ from jaxpop.mutators.base import (
     check_in_space,
     check_number,
     check_probability,
+    copy_source,
     records_config,
     start_generation,
 )
@@ -1183,7 +1184,7 @@ def _loadable(
     for member in members:
         worker = workers[member]
         if worker.is_active:
-            source = history.latest_loadable(worker.generation_id)
+            source = copy_source(history, worker.generation_id)
             if source is not None:
                 yield member, source
 
@@ -1293,9 +1294,9 @@ def _has_own_curve(step: _Step, member: int) -> bool:
 
 
 def _source(history: History, generation_id: str) -> Checkpoint:
-    """The checkpoint to copy from a generation: its latest loadable evaluated one, or
-    (before it reports) the checkpoint it started from."""
-    source = history.latest_loadable(generation_id)
+    """The checkpoint to copy from a generation: its :func:`copy_source`, or (before it
+    reports, or with nothing that may be copied) the checkpoint it started from."""
+    source = copy_source(history, generation_id)
     if source is not None:
         return source
     parent = history.branch_point(generation_id)

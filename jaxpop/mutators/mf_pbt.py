@@ -39,6 +39,7 @@ from jaxpop.mutators.base import (
     check_in_space,
     check_number,
     check_probability,
+    copy_source,
     records_config,
     start_generation,
 )
@@ -291,6 +292,16 @@ def check_layout(population_size: int, frequencies: Sequence[int]) -> int:
     return n
 
 
+def _rank_score(history: History, generation_id: str) -> float | None:
+    """A member's score for a round's ranking (:func:`member_score`); ``None`` (it ranks
+    last and is never copied) for a member with nothing that may be copied: its only
+    saves have values that are not finite (:func:`jaxpop.mutators.base.copy_source`)."""
+    score = member_score(history, generation_id)
+    if score is None or not math.isfinite(score):
+        return score
+    return score if copy_source(history, generation_id) is not None else None
+
+
 def _completed_round(view: _views.View) -> int | None:
     """The last round every active worker has finished (an evaluation at or past
     ``round * t_ready`` in its current generation), or ``None`` before the first.
@@ -436,7 +447,7 @@ def _update(
     if not moving.any():
         return _keeping(views, view, state._replace(round=completed)), workers, ()
     active = np.asarray([w.is_active for w in workers])
-    ranks = dense_ranks([member_score(history, w.generation_id) for w in workers], mode)
+    ranks = dense_ranks([_rank_score(history, w.generation_id) for w in workers], mode)
     decided = plan(
         ranks.astype(np.float32), moving, num_sub_populations=len(frequencies), active=active
     )
@@ -444,8 +455,8 @@ def _update(
     keys = split_key(key, size)
     new_workers, new_checkpoints = list(workers), []
     for i in np.flatnonzero(parents != np.arange(size)):
-        source = history.latest_loadable(workers[parents[i]].generation_id)
-        assert source is not None  # a completed round: every active worker has evaluated
+        source = copy_source(history, workers[parents[i]].generation_id)
+        assert source is not None  # a completed round: every parent has, see _rank_score
         meta = history.meta_params(workers[hparams_from[i]].generation_id)
         if explore[i]:
             meta = explore_meta(

@@ -41,6 +41,7 @@ from jaxpop.mutators.base import (
     check_number,
     check_probability,
     copied_value,
+    copy_source,
     evaluated_since,
     reads_like_a_dict,
     records_config,
@@ -523,8 +524,12 @@ def _entry(
             score = latest.value
         else:
             score = _score(config, state, history, worker_id, generation_id)
-        # (the latest evaluated checkpoint that holds params: this one, if it does)
-        source = latest if latest.params is not None else history.latest_loadable(generation_id)
+        # (what copying it gives: this evaluation, if it holds params and a finite value)
+        value = latest.value
+        if latest.params is not None and value is not None and math.isfinite(value):
+            source = latest
+        else:
+            source = copy_source(history, generation_id)
     key = selection_lib.sort_key(score, config.mode)
     active = worker.is_active
     ready = (
@@ -703,10 +708,10 @@ def _copied(history: History, generation_id: str) -> Checkpoint | None:
 
 
 def _copy_source(history: History, worker: ActiveWorker) -> Checkpoint | None:
-    """What copying ``worker`` gives: its generation's latest loadable checkpoint, or, for
-    a worker not evaluated since it copied, the checkpoint it copied."""
-    source = history.latest_loadable(worker.generation_id)
-    if source is None:
+    """What copying ``worker`` gives: its generation's :func:`copy_source`, or, for a
+    worker not evaluated since it copied, the checkpoint it copied."""
+    source = copy_source(history, worker.generation_id)
+    if source is None and history.latest_evaluated(worker.generation_id) is None:
         copied = _copied(history, worker.generation_id)
         if copied is not None and copied_value(history, copied) is not None:
             source = copied

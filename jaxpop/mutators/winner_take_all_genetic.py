@@ -34,8 +34,8 @@ from jaxpop.mutators.base import (
     call_mutate_fn,
     check_callable,
     check_number,
-    copied_value,
     evaluated_since,
+    last_good,
     rank_value,
     reads_like_a_dict,
     records_config,
@@ -237,17 +237,6 @@ def _copied_from(history: History, generation_id: str) -> Checkpoint:
     return source
 
 
-def _last_good(history: History, generation_id: str) -> Checkpoint | None:
-    """The generation's latest save with a finite value; else its start, if that holds
-    params copied at a finite value (a worker sent back there before); else ``None``."""
-    good = history.latest_finite_save(generation_id)
-    if good is not None:
-        return good
-    start = history.first(generation_id)
-    value = copied_value(history, start) if start.params is not None else None
-    return start if value is not None and math.isfinite(value) else None
-
-
 def _waited_out(config: _Config, history: History, generation_id: str) -> bool:
     """Whether the generation has reported twice past its interval, the latest a whole
     interval past it, without a save there: a round stops waiting for its save (it saves
@@ -370,7 +359,7 @@ def _update(
     for i in live.tolist():
         if best is None:  # its own latest save with a finite value: back before it diverged
             generation_id = workers[i].generation_id
-            source = _last_good(history, generation_id) or history.latest_loadable(generation_id)
+            source = last_good(history, generation_id) or history.latest_loadable(generation_id)
         else:
             source = _copied_from(history, workers[best].generation_id)
         assert source is not None  # every generation starts with a loadable checkpoint
