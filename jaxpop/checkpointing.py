@@ -816,7 +816,7 @@ class ParamStore:
                 f"handle {handle!r} is empty; pass what ParamStore.save returned "
                 "(an empty path would read the current directory)"
             )
-        path = os.path.abspath(handle)
+        path = self._located(handle)
         key = _registry_key(path)
         with _REGISTRY.lock:
             pending = _REGISTRY.saving.get(key)
@@ -850,7 +850,7 @@ class ParamStore:
             raise TypeError(f"handle must be a str, got {type(handle).__name__}: {handle!r:.80}")
         if not handle.strip():
             return False
-        path = os.path.abspath(handle)
+        path = self._located(handle)
         key = _registry_key(path)
         with _REGISTRY.lock:
             if key in _REGISTRY.failed or key in _REGISTRY.deleting:
@@ -973,7 +973,9 @@ class ParamStore:
         return complete, unfinished, trash
 
     def _name_in_directory(self, handle: str) -> str | None:
-        """The checkpoint name of ``handle`` if it lies in this directory, else ``None``."""
+        """The checkpoint name of ``handle`` if it lies in this directory, or in one that
+        no longer exists (this store's, moved here: see :meth:`_located`), else ``None``.
+        (Only what a collection keeps is found so: it keeps more, never deletes more.)"""
         parent, name = os.path.split(os.path.normpath(handle))
         if not _NAME_RE.fullmatch(name):
             return None
@@ -981,10 +983,27 @@ class ParamStore:
         if same is None:
             try:
                 same = os.path.samefile(parent, self._directory)
+            except FileNotFoundError:
+                same = True  # (its checkpoints are found here, if they are anywhere)
             except OSError:
                 same = False
             self._same_dir[parent] = same
         return name if same else None
+
+    def _located(self, handle: str) -> str:
+        """The path ``handle`` is read at: itself; or, for a handle into a directory that
+        no longer exists, the checkpoint of its name in this store's directory when there
+        is one: the store was moved (the folder of a run, renamed or copied to another
+        machine), and handles are absolute paths. Names carry a random nonce, so one of
+        another store's is never mistaken for this one's."""
+        path = os.path.abspath(handle)
+        parent, name = os.path.split(path)
+        if parent == self._directory or not _NAME_RE.fullmatch(name):
+            return path
+        moved = os.path.join(self._directory, name)
+        if not os.path.isdir(parent) and os.path.isdir(moved):
+            return moved
+        return path
 
     def _delete(self, path: str) -> bool:
         """Renames ``path`` into the trash, then removes it; ``False`` if it was gone."""

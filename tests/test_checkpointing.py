@@ -456,6 +456,36 @@ def test_collect_garbage_keeps_unreported_saves(store):
     assert report.deleted == (unreported,) and store.handles() == [kept]
 
 
+def test_a_run_folder_moved_elsewhere_still_finds_its_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    with ParamStore(run / "params", async_save=False) as store:
+        controller = PopulationController([{"x": 0}, {"x": 1}], mutator, str(run / "log"))
+        gens = [w.generation_id for w in controller.active_workers]
+        handles = [store.save(g, 5, {"a": np.full(2, i + 0.5)}) for i, g in enumerate(gens)]
+        for i, (g, h) in enumerate(zip(gens, handles, strict=True)):
+            controller.set_eval(i, g, 5, h, 1.0 + i)
+        controller.close()
+    shutil.move(run, tmp_path / "moved")  # (renamed, or copied to another machine)
+    controller = PopulationController([{"x": 0}, {"x": 1}], mutator, str(tmp_path / "moved/log"))
+    with ParamStore(tmp_path / "moved/params") as store:
+        data = controller.maybe_get_worker_data(0, None, None, None, None)  # a restart
+        assert data.params == handles[0] and not os.path.exists(handles[0])
+        assert store.exists(data.params)  # (checkpoint_missing(exists=) lost it all)
+        restored = store.restore(data.params, {"a": np.zeros(2)})
+        np.testing.assert_array_equal(restored["a"], [0.5, 0.5])
+        np.testing.assert_array_equal(store.restore(handles[1], {"a": np.zeros(2)})["a"], [1.5] * 2)
+        report = store.collect_garbage(controller, keep_best=0, orphan_grace_s=0)
+        assert report.deleted == () and len(store.handles()) == 2  # both recorded
+        # a handle into a directory that still exists is that directory's, not this one's
+        other = ParamStore(tmp_path / "other", async_save=False)
+        foreign = other.save(gens[0], 5, {"a": np.ones(2)})
+        other.close()
+        assert not store.exists(os.path.join(store.directory, os.path.basename(foreign)))
+        assert store.exists(foreign)
+    controller.close()
+
+
 def test_collect_garbage_deletes_replaced_handles(store):
     mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
     controller = PopulationController([{"x": 0}], mutator)
