@@ -289,6 +289,28 @@ def test_nan_and_inf_rank_last():
     json.dumps(info, allow_nan=False)  # strict JSON
 
 
+def test_the_members_table_says_which_workers_are_finished_or_gone():
+    clock = FakeClock()
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    with PopulationController(_initial(3), mutator, clock=clock, gone_after_s=60) as pop:
+        gens = [w.generation_id for w in pop.active_workers]
+        pop.set_eval(1, gens[1], 5, None, 0.5)
+        pop.finish(1)
+        clock.advance(100)
+        pop.set_eval(0, gens[0], 5, None, 0.7)  # worker 2, silent, is gone
+        data = report.build(pop.state)
+    assert [m.status for m in data.members] == ["active", "finished", "gone"]
+    info = report.summary(data)
+    assert [m["status"] for m in info["members"]] == ["active", "finished", "gone"]
+    table = report.format_summary(info).splitlines()
+    statuses = {"active", "finished", "gone"}
+    assert [[w for w in line.split() if w in statuses] for line in table[-3:]] == [
+        ["active"],
+        ["finished"],
+        ["gone"],
+    ]
+
+
 @pytest.mark.parametrize("scale", [1e3, 1e9])  # a clock in milliseconds, in nanoseconds
 def test_times_of_a_clock_not_in_seconds_are_printed_as_numbers(scale):
     """The table printed the times as dates: past year 9999 that raised (``ValueError``,

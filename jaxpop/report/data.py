@@ -238,6 +238,8 @@ class Member:
       lineage: the checkpoints its parameters descend from, root first, ending at its
         current position (the newest checkpoint of its current generation).
       scored: its latest evaluated checkpoint along ``lineage`` (``None``: none yet).
+      status: the worker's ``ActiveWorker.status``: ``"active"``, ``"finished"`` or
+        ``"gone"``.
     """
 
     worker: int
@@ -246,6 +248,7 @@ class Member:
     meta_params: Any
     lineage: tuple[Checkpoint, ...]
     scored: Checkpoint | None
+    status: str = "active"
 
     @property
     def value(self) -> float | None:
@@ -303,7 +306,9 @@ def _member(history: History, worker_id: int, worker: Any) -> Member:
     # a worker's generation is always in a consistent history; if not, report the rest
     lineage = tuple(history.lineage(generation_id)) if generation_id in history else ()
     scored = next((c for c in reversed(lineage) if c.value is not None), None)
-    return Member(worker_id, generation_id, worker.step, worker.meta_params, lineage, scored)
+    return Member(
+        worker_id, generation_id, worker.step, worker.meta_params, lineage, scored, worker.status
+    )
 
 
 def build(state: PopulationState, log_dir: str = "") -> Report:

@@ -127,6 +127,7 @@ def summary(report: Report) -> dict[str, Any]:
         "members": [
             {
                 "worker": m.worker,
+                "status": m.status,
                 "generation_id": m.generation_id,
                 "step": m.step,
                 "value": _json_number(m.value),
@@ -193,10 +194,11 @@ def _overview_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     names = list(dict.fromkeys(k for m in info["members"] for k in m["hyperparameters"]))
     best = info["best"]
-    header = ["worker", "value", "at step", "step", "generation", *names]
+    header = ["worker", "status", "value", "at step", "step", "generation", *names]
     rows = [
         [
             f"{m['worker']}{' *' if best is not None and best['worker'] == m['worker'] else ''}",
+            m["status"],
             _fmt(m["value"]),
             _fmt(m["value_step"]),
             _fmt(m["step"]),
