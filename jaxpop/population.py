@@ -16,11 +16,13 @@ look for them; so are its server helpers (``start_courier_server``,
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import numbers
 import operator
 import os
+import secrets
 import threading
 import time
 import warnings
@@ -450,7 +452,10 @@ class PopulationController:
         Reads ``data`` (bytes from :meth:`serialized_state`) or, if it is ``None``, the
         file :meth:`save_state` wrote in ``log_dir`` (``False`` if there is none, or no
         ``log_dir``, as the seed). With a ``log_dir``, the loaded state is made durable
-        there before this returns, and the run continues from it.
+        there before this returns, and the run continues from it. A rewind (this
+        controller made generations the state does not know) gives the run a new random
+        root key: the abandoned generations' ids are never made again, and a worker
+        still on one is refused as unknown.
 
         Raises:
           ValueError: the bytes are damaged or not a saved state; the message names
@@ -469,7 +474,7 @@ class PopulationController:
                 where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
             state, run = seed_lib.state_from_bytes(data, where)
             run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
-            state = self._in_mode(state)
+            state = _rekeyed_if_rewound(self._in_mode(state), self._state)
             if self._store is not None:
                 self._store.check_open()
                 self._store.replace(state)
@@ -653,6 +658,23 @@ class PopulationController:
         self._state = new_state  # taken before compacting: an interrupt there keeps it
         if self._store is not None:
             self._store.compact_if_due(new_state)
+
+
+def _rekeyed_if_rewound(loaded: PopulationState, current: PopulationState) -> PopulationState:
+    """``loaded``, with a new random root key if ``current`` made generations it does not
+    know (a rewind): ids come from (root key, event index), so the rewound run would make
+    the abandoned timeline's ids again, for other assignments, and a worker still on one
+    would have its reports recorded there. With a new key its ids are unknown (its
+    reports are ignored, with a warning) and the run's later randomness is new. A
+    controller that has applied no event abandons nothing: its key is kept."""
+    if current.num_events == 0 or all(g in loaded.history for g in current.history):
+        return loaded
+    salt = secrets.token_bytes(8)
+    digest = hashlib.blake2b(np.asarray(loaded.key, np.uint32).tobytes() + salt, digest_size=8)
+    key = np.frombuffer(digest.digest(), np.uint32).copy()
+    return PopulationState(
+        loaded.workers, loaded.mutator_state, key, loaded.history, loaded.num_events
+    )
 
 
 def _told_to_stop(reply: core.Reply, event: Ask | Missing, stopped: core.Changes) -> core.Reply:

@@ -503,6 +503,43 @@ def test_save_state_writes_atomically_and_load_state_rewinds_durably(tmp_path):
         assert list(again.state.history.checkpoints()) == list(after.history.checkpoints())
 
 
+def test_a_rewound_run_never_makes_an_abandoned_generation_id_again(tmp_path):
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    def mutator():
+        return WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 10}, steps_per_exploit=10)
+
+    pop = pop_mod.PopulationController([{"lr": 1.0}, {"lr": 2.0}], mutator(), str(tmp_path))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.save_state()
+    saved = pop.state
+    pop.set_eval(0, gens[0], 10, "a10", 0.1)
+    pop.set_eval(1, gens[1], 10, "b10", 0.9)  # a round: worker 0 wins
+    abandoned = pop.active_workers[0]
+    assert abandoned.generation_id not in gens
+    for _ in range(2):  # (twice: the second timeline's ids are abandoned too)
+        assert pop.load_state()
+        assert pop.state.workers == saved.workers and pop.history == saved.history
+        assert not np.array_equal(pop.state.key, saved.key)  # a new root key
+        pop.set_eval(1, gens[1], 10, "b10", 0.05)
+        pop.set_eval(0, gens[0], 10, "a10", 0.9)  # the same events: worker 1 wins
+        made = {w.generation_id for w in pop.active_workers}
+        assert abandoned.generation_id not in made
+        # worker 0 still trains the abandoned assignment and reports on it: ignored
+        pop.set_eval(0, abandoned.generation_id, 20, "stale", 0.01)
+        assert abandoned.generation_id not in pop.history
+        abandoned = pop.active_workers[0]
+    state = pop.state
+    pop.close()
+    with pop_mod.PopulationController([{"lr": 1.0}] * 2, mutator(), str(tmp_path)) as again:
+        assert np.array_equal(again.state.key, state.key) and again.history == state.history
+    # a controller that has applied no event keeps the loaded state's key
+    data = pop_mod.PopulationController([{"lr": 1.0}] * 2, mutator()).serialized_state()
+    fresh = pop_mod.PopulationController([{"lr": 1.0}] * 2, mutator(), seed=5)
+    fresh.load_state(data)
+    assert np.array_equal(fresh.state.key, pop_mod.root_key(0))
+
+
 @pytest.mark.parametrize(
     "damage",
     [lambda d: d[:-7], lambda d: d[:20] + b"\xff" + d[21:], lambda d: b"garbage"],
