@@ -133,6 +133,27 @@ def test_the_exploit_feed_hands_out_each_event_once_even_at_one_instant():
     assert jaxpop.logging.ExploitFeed().new(state.history) == events
 
 
+def test_the_exploit_feed_hands_out_an_exploit_older_than_one_handed_out():
+    # (it kept only events at most 1 s older than the newest handed out: an exploit
+    # recorded after the clock stepped back, or a mutator's checkpoint keeping its
+    # source's time, was never logged)
+    clock = FakeClock()
+    mutator = WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] / 2}, steps_per_exploit=10)
+    pop = PopulationController([{"lr": 1.0}, {"lr": 2.0}], mutator, clock=clock)
+    feed, handed = jaxpop.logging.ExploitFeed(), []
+    for step in (10, 20, 30):
+        for w in (0, 1):
+            worker = pop.active_workers[w]
+            pop.set_eval(w, worker.generation_id, step, f"p{w}@{step}", 0.1 * (w + 1))
+        handed += feed.new(pop.history)
+        clock.advance(-5.0)  # the clock steps back between rounds
+    assert handed == exploit_events(pop.history) and len(handed) == 6
+    assert feed.new(pop.history) == []
+    old = pickle.loads(pickle.dumps(feed))
+    old.__setstate__({"seen": [e.generation_id for e in handed[:2]], "since": 1.0})  # older
+    assert old.new(pop.history) == handed[2:]
+
+
 def test_every_logger_gets_each_call_even_when_one_fails():
     failing, other = Recorder(fail="worker"), Recorder(fail="close")
     logs = jaxpop.logging.Loggers([failing, other])
@@ -290,6 +311,8 @@ def test_loggers_check_values_and_steps_as_the_controller_does(tmp_path):
         logger.log_worker(0, 10, "0.5")
     with pytest.raises(TypeError, match=r"metrics\['acc'\] must be a real number"):
         logger.log_worker(0, 10, 0.5, metrics={"acc": "0.9"})
+    with pytest.raises(ValueError, match="may not be named 'value'"):  # (it replaced 0.5)
+        logger.log_worker(0, 10, 0.5, metrics={"value": 0.9})
     for step, error in ((2.5, TypeError), ("3", TypeError), (True, TypeError), (-1, ValueError)):
         with pytest.raises(error, match="step"):
             logger.log_worker(0, step, 0.5)

@@ -155,40 +155,31 @@ class ExploitFeed:
     >>> feed.new(History())
     []
 
-    A feed is plain data (a set of generation ids and a time), so it pickles with the
+    A feed is plain data (the set of generation ids handed out), so it pickles with the
     :class:`Loggers` that holds it.
     """
 
     def __init__(self) -> None:
         self._seen: set[str] = set()
-        self._since: float | None = None
         self._lock = threading.Lock()
 
     def new(self, history: History) -> list[ExploitEvent]:
-        """The exploit events of ``history`` not handed out before (thread-safe)."""
+        """The exploit events of ``history`` not handed out before (thread-safe).
+
+        Found by generation id, not by time: an event whose first checkpoint is older
+        than one handed out (a clock stepped back, or a mutator's checkpoint that kept
+        its source's time) is handed out too. O(generations) set lookups; an event is
+        built only for a generation not handed out before."""
         with self._lock:
-            # since_time skips building old events; the seen set makes it exact even
-            # when a generation's first checkpoint is created at the same time as one
-            # already handed out
-            since = None if self._since is None else self._since - _CLOCK_SLACK_S
-            events = [
-                e
-                for e in exploit_events(history, since_time=since)
-                if e.generation_id not in self._seen
-            ]
-            for event in events:
-                self._seen.add(event.generation_id)
-                self._since = event.time if self._since is None else max(self._since, event.time)
+            events = exploit_events(history, exclude=self._seen)
+            self._seen.update(e.generation_id for e in events)
             return events
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"seen": sorted(self._seen), "since": self._since}
+        return {"seen": sorted(self._seen)}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self._seen, self._since, self._lock = set(state["seen"]), state["since"], threading.Lock()
-
-
-_CLOCK_SLACK_S = 1.0  # a clock stepping back this far still misses no exploit
+    def __setstate__(self, state: dict[str, Any]) -> None:  # (older pickles hold "since")
+        self._seen, self._lock = set(state["seen"]), threading.Lock()
 
 
 class Loggers:
@@ -336,9 +327,16 @@ def worker_scalars(
     """``eval/value``, ``eval/<metric>`` and ``hparams/<name>`` (numeric, dotted names).
 
     ``value`` is checked as ``set_eval`` checks it, a metric as a number (a bool is
-    0 or 1): ``"0.5"`` was logged as 0.5."""
+    0 or 1): ``"0.5"`` was logged as 0.5. A metric may not be named ``"value"``: its
+    tag is the reported value's (it replaced it in every backend)."""
     scalars = {"eval/value": _number("value", value)}
-    for name, metric in (metrics or {}).items():
+    metrics = metrics or {}
+    if "value" in metrics:
+        raise ValueError(
+            "a metric may not be named 'value': eval/value is the value reported with "
+            f"set_eval ({value!r:.40}); rename the metric (say, 'eval_value')"
+        )
+    for name, metric in metrics.items():
         if isinstance(metric, (bool, np.bool_)) or (
             getattr(metric, "dtype", None) == np.bool_ and getattr(metric, "size", 0) == 1
         ):  # (a Python, numpy or jax bool, jnp.isnan(loss) say: 0 or 1)

@@ -15,7 +15,7 @@ import bisect
 import functools
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -82,7 +82,9 @@ class ExploitEvent(NamedTuple):
     source_value: float | None
 
 
-def exploit_events(history: History, *, since_time: float | None = None) -> list[ExploitEvent]:
+def exploit_events(
+    history: History, *, since_time: float | None = None, exclude: Container[str] = ()
+) -> list[ExploitEvent]:
     """Every exploit recorded in ``history``, in the order the generations were created.
 
     An exploit is a generation whose first checkpoint's ``parent`` belongs to another
@@ -95,6 +97,7 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
     Args:
       history: the run's history (``controller.history`` or ``state.history``).
       since_time: keep only events created at ``time >= since_time``.
+      exclude: generation ids to leave out (say, the events already handed out).
 
     >>> from jaxpop import PopulationController, WinnerTakeAllGenetic
     >>> mutator = WinnerTakeAllGenetic(lambda meta: {"lr": meta["lr"] / 2}, steps_per_exploit=10)
@@ -111,7 +114,7 @@ def exploit_events(history: History, *, since_time: float | None = None) -> list
     for generation_id in history:
         first = history.first(generation_id)
         parent = first.parent
-        if parent is None or parent[0] == generation_id:
+        if parent is None or parent[0] == generation_id or generation_id in exclude:
             continue
         if since_time is not None and first.time < since_time:
             continue
