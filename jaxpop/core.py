@@ -1034,21 +1034,22 @@ def stop(
 
 
 def stays_done(
-    state: PopulationState, event: Eval, now: float, when: StopWhen, start: float | None
+    state: PopulationState, event: Eval | Ask, now: float, when: StopWhen, start: float | None
 ) -> bool:
-    """Whether an evaluation from a finished or gone worker comes once the run, or that
-    worker, is over by ``when``: it is recorded without waking the worker (woken, the
-    mutator decided with it -- a round played after the run ended -- and the stop
-    finished it again). The run is over past ``when.seconds`` (``start``: when the
-    population started), or once any evaluation recorded, or this one, is at least
-    ``when.value`` (the whole history: a round that copied the one that reached it
-    leaves no worker's latest evaluation there); the worker is, at ``when.step``.
-    O(history), only for a worker that is not active (rarely)."""
+    """Whether an evaluation or ask from a finished or gone worker comes once the run, or
+    that worker, is over by ``when``: it must not wake the worker (woken, the mutator
+    decided with it -- a round played after the run ended -- and the run was no longer
+    done). The run is over past ``when.seconds`` (``start``: when the population
+    started), or once any evaluation recorded, or this one, is at least ``when.value``
+    (the whole history: a round that copied the one that reached it leaves no worker's
+    latest evaluation there); the worker is, at ``when.step``. O(history), only for a
+    worker that is not active (rarely)."""
     try:
         i = _check_worker(state, event.worker_id)
-        step, value = _check_step(event.step), as_value(event.value)
+        step = None if event.step is None else _check_step(event.step)
+        value = as_value(event.value) if type(event) is Eval else None
     except (TypeError, ValueError):
-        return False  # (set_eval refuses the event)
+        return False  # (the event is refused)
     if state.workers[i].status == ACTIVE:
         return False
     history = state.history
@@ -1058,7 +1059,9 @@ def stays_done(
         if now - start >= when.seconds:
             return True
     budget = when.step
-    if budget is not None and (step >= budget or _spent(history, state.workers[i], budget)):
+    if budget is not None and (
+        (step is not None and step >= budget) or _spent(history, state.workers[i], budget)
+    ):
         return True
     if when.value is None:
         return False

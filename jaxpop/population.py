@@ -596,18 +596,26 @@ class PopulationController:
                         pending.append(changes)
                         gone += [j for j, w in changes.workers if w.status == GONE]
                 when = self._stop_when
-                if (
+                # a call in flight when the run ended (say) wakes no one, decides nothing
+                over = (
                     when is not None
-                    and type(event) is Eval
+                    and isinstance(event, (Eval, Ask))
                     and core.stays_done(state, event, now, when, self._start_time(state))
-                ):  # (a report in flight when the run ended, say)
+                )
+                if over and state.workers[operator.index(event.worker_id)].status == GONE:
+                    finish = Finish(operator.index(event.worker_id))  # done, not gone
+                    state, reply = core.finish(
+                        state, finish, now, core.event_key(state), mutator=self._mutator
+                    )
+                    if reply.changes is not None:
+                        pending.append(reply.changes)
+                key = core.event_key(state)
+                if over and type(event) is Eval:
                     state, reply = core.set_eval(
-                        state, event, now, core.event_key(state), mutator=self._mutator, wake=False
+                        state, event, now, key, mutator=self._mutator, wake=False
                     )
-                else:
-                    state, reply = core.transition(
-                        state, event, now, core.event_key(state), mutator=self._mutator
-                    )
+                else:  # (a finished worker's ask is answered "finished")
+                    state, reply = core.transition(state, event, now, key, mutator=self._mutator)
                 if reply.warning is not None:
                     said.append(reply.warning)
                 if reply.changes is not None:

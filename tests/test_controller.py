@@ -370,6 +370,34 @@ def test_a_report_after_a_round_that_reached_the_target_keeps_the_run_over():
     assert pop.decision_counts.decisions == 2
 
 
+@pytest.mark.parametrize("call", ["ask", "eval_and_ask"])
+def test_a_gone_worker_calling_after_the_run_is_over_is_told_to_stop(call):
+    from jaxpop import StopWhen
+
+    clock = FakeClock()
+    m = WinnerTakeAllGenetic(lambda meta: dict(meta), steps_per_exploit=10)
+    pop = PopulationController(
+        [{"lr": 0.1}] * 3, m, stop_when=StopWhen(value=0.1), clock=clock, gone_after_s=100
+    )
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(2, gens[2], 5, "c5", 0.9)  # then silent
+    clock.advance(60)
+    pop.set_eval(0, gens[0], 5, "a5", 0.9)
+    clock.advance(60)
+    pop.set_eval(1, gens[1], 10, "b10", 0.5)  # worker 2 is declared gone
+    pop.set_eval(0, gens[0], 10, "a10", 0.05)  # the target, in a round that copies it
+    assert pop.done and [w.status for w in pop.active_workers] == ["finished"] * 2 + ["gone"]
+    decided = pop.decision_counts.decisions
+    if call == "ask":
+        told = pop.maybe_get_worker_data(2, gens[2], 5, None, None)
+    else:
+        told = pop.set_eval_and_ask(2, gens[2], 10, "c10", 0.6)
+    assert told is not None and told.status == "finished"  # (it was woken: active)
+    assert pop.done and pop.active_workers[2].status == "finished"
+    pop.set_eval(2, gens[2], 15, "c15", 0.6)
+    assert pop.done and pop.decision_counts.decisions == decided
+
+
 def test_a_report_past_a_step_budget_keeps_its_worker_finished():
     from jaxpop import StopWhen
     from jaxpop.mutators import PopulationBasedTraining
