@@ -326,6 +326,27 @@ def test_a_worker_back_after_missing_rounds_never_sends_the_population_back(tmp_
     pop.close()
 
 
+def test_a_worker_back_after_missing_a_round_is_never_a_wta_rounds_fallback_winner():
+    clock = FakeClock()
+    m = WinnerTakeAllGenetic(lambda meta: dict(meta), steps_per_exploit=10)
+    pop = PopulationController([{"lr": 0.1}] * 3, m, clock=clock, gone_after_s=100)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(2, gens[2], 5, "late@5", 0.9)  # then silent
+    clock.advance(60)
+    pop.set_eval(0, gens[0], 5, "a5", 0.9)
+    pop.set_eval(1, gens[1], 5, "b5", 0.9)
+    clock.advance(60)
+    pop.set_eval(0, gens[0], 10, "a10", 0.5)  # worker 2 is declared gone
+    pop.set_eval(1, gens[1], 10, "b10", 0.6)  # a round without it
+    pop.set_eval(2, gens[2], 10, "late@10", 0.01)  # back, with a saved step-10 score
+    with pytest.warns(RuntimeWarning, match="the round waits"):
+        for step in (20, 30):  # the best worker trains two intervals without saving
+            for i in (0, 1):
+                pop.set_eval(i, pop.active_workers[i].generation_id, step, None, 0.3 + i / 10)
+    assert all(w.params != "late@10" or i == 2 for i, w in enumerate(pop.active_workers))
+    assert [w.step for w in pop.active_workers] == [30, 30, 10]  # nobody was sent back
+
+
 def test_a_report_after_the_run_is_over_is_recorded_and_decides_nothing(tmp_path):
     from jaxpop import StopWhen
     from jaxpop.mutators import exploit_events

@@ -251,10 +251,16 @@ def _waited_out(config: _Config, history: History, generation_id: str) -> bool:
 
 
 def _winner(
-    config: _Config, history: History, workers: Workers, view: _views.View, order: np.ndarray
+    config: _Config,
+    history: History,
+    workers: Workers,
+    view: _views.View,
+    order: np.ndarray,
+    eligible: int,
 ) -> int | None:
     """The worker a round copies, ``None`` while it waits (``order``: the live workers,
-    best score first, some finite). A round copies a save made at or past its
+    best score first, some finite; its first ``eligible`` may win: the others missed
+    the last round). A round copies a save made at or past its
     generation's interval with a finite value, or the evaluation of a worker that never
     sends params: the best-scoring worker's, once it has one; after it has waited out a
     second interval without (it saves only on improvement, has stopped saving, or never
@@ -268,7 +274,7 @@ def _winner(
     generation_id = workers[best].generation_id
     if not _waited_out(config, history, generation_id):
         return None
-    others = order[1:]
+    others = order[1:eligible]
     copyable = view["good_past"][others] | view["never_saves"][others]
     saved = others[copyable & np.isfinite(view["score"][others])]
     if saved.size:
@@ -335,14 +341,16 @@ def _update(
         return state, workers, ()
     live = np.flatnonzero(active)
     order = live[np.argsort(view["score"][live], kind="stable")]  # ties go to the first
-    if state.missed:  # back after missing the last round: ranked after the others
+    eligible = len(order)  # those that may win: back after missing the last round, not
+    if state.missed:
         behind = np.isin(order, state.missed)
+        eligible = int(np.count_nonzero(~behind)) or eligible
         order = np.concatenate([order[~behind], order[behind]])
     if not math.isinf(view["score"][order[0]]):
-        best = _winner(config, history, workers, view, order)
+        best = _winner(config, history, workers, view, order, eligible)
         waits = best is None
     else:
-        # nobody has a finite score: nobody is copied, each worker mutates its own
+        # no worker that may win has a finite score: nobody is copied, each worker mutates its own
         # hyperparameters from its own latest save with a finite value (before it
         # diverged), else from its save past the interval, which the round waits for;
         # one that has waited out a second interval without (it stopped saving) goes
