@@ -1197,3 +1197,45 @@ def test_a_save_whose_value_is_not_finite_is_never_copied(kind):
         ]
     assert copied, "nobody copied: the test shows nothing"
     assert all(c.params != "diverged" and math.isfinite(c.value) for c in copied), copied
+
+
+def test_fire_never_copies_a_member_with_nothing_that_may_be_copied():
+    # (with its only save diverged, its copiers were sent to its start: fresh params at
+    # step 0)
+    from jaxpop.mutators import FirePBT
+
+    m = FirePBT(
+        perturbation_interval=10,
+        sub_population_sizes=(4, 2),
+        num_evaluators=1,
+        max_eval_steps=1000,
+        hyperparam_space={"lr": explore.log_uniform(1e-4, 1.0)},
+        quantile_fraction=0.25,
+    )
+    pop = PopulationController([{"lr": 0.01 * (i + 1)} for i in range(7)], m, seed=0)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 5, "diverged", math.nan)
+    pop.set_eval(0, gens[0], 10, None, 0.01)  # best, without params
+    for i, value in ((1, 0.2), (2, 0.3), (3, 0.9)):
+        pop.set_eval(i, gens[i], 10, f"w{i}@10", value)
+    for i in range(4):
+        worker = pop.active_workers[i]
+        assert worker.params != "diverged"
+        assert worker.step == 10, (i, worker)  # nobody was sent back to a fresh start
+
+
+@pytest.mark.parametrize("synch", [True, False])
+def test_a_pbt_member_with_nothing_that_may_be_copied_ranks_last(synch):
+    # (it ranked first by its evaluation without params: a copier that drew it kept going)
+    space = {"lr": explore.log_uniform(1e-4, 1.0)}
+    m = PopulationBasedTraining(
+        perturbation_interval=10, hyperparam_space=space, synch=synch, allow_rewind=True
+    )
+    pop = PopulationController([{"lr": 0.01 * (i + 1)} for i in range(4)], m, seed=0)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 5, "diverged", math.nan)
+    for i, value in ((1, 0.2), (2, 0.3), (3, 0.9)):
+        pop.set_eval(i, gens[i], 10, f"w{i}@10", value)
+    pop.set_eval(0, gens[0], 10, None, 0.01)  # best, without params: its decision
+    assert pop.active_workers[0].params in ("w1@10", "w2@10")  # it ranks last: it copies
+    assert all(w.params != "diverged" for w in pop.active_workers)

@@ -937,6 +937,8 @@ def test_a_views_entry_is_the_workers_score_copy_source_and_readiness(options):
                 h = state.history
                 score = pbt_lib._score(config, mstate, h, i, worker.generation_id)
                 source = pbt_lib._copy_source(h, worker)
+                if source is None and h.latest_evaluated(worker.generation_id) is not None:
+                    score = math.nan  # nothing that may be copied: ranks as non-finite
                 key, copy_step, ready, active = pbt_lib._entry(config, mstate, h, i, worker)
                 expected_key = (
                     math.nan

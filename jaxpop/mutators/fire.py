@@ -979,6 +979,8 @@ def _entry(
     else:
         ready = _ready_at(config, state.last_decision, history, worker_id, generation_id, latest)
         score = latest.value
+        if latest.params is None and copy_source(history, generation_id) is None:
+            score = math.nan  # nothing that may be copied (saves that diverged): last
     if len(_stored_generations(state.curves, worker_id, worker)) > 1:
         curve = -1
     else:  # its own generation's curve: whether it has evaluated

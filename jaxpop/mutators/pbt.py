@@ -533,6 +533,8 @@ def _entry(
             source = latest
         else:
             source = copy_source(history, generation_id)
+            if source is None:  # nothing that may be copied (saves that diverged)
+                score = math.nan  # ranks as a non-finite score: last, never copied
     key = selection_lib.sort_key(score, config.mode)
     active = worker.is_active
     ready = (
