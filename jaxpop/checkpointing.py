@@ -974,8 +974,9 @@ class ParamStore:
 
     def _name_in_directory(self, handle: str) -> str | None:
         """The checkpoint name of ``handle`` if it lies in this directory, or in one that
-        no longer exists (this store's, moved here: see :meth:`_located`), else ``None``.
-        (Only what a collection keeps is found so: it keeps more, never deletes more.)"""
+        no longer exists (this store's, moved here: see :meth:`_located`; cached per
+        directory), else ``None``: a collection treats such a handle as it treats its own
+        (kept while retained, deleted once recorded and no longer retained)."""
         parent, name = os.path.split(os.path.normpath(handle))
         if not _NAME_RE.fullmatch(name):
             return None

@@ -123,6 +123,8 @@ def test_evolving_follows_the_frequencies():
         (jnp.float32(2.0), TypeError),
         (jnp.arange(2), TypeError),
         ("2", TypeError),
+        (np.int64(2**40), ValueError),  # (wrapped around to 0 in int32: every one evolved)
+        (2**31, ValueError),
     ],
 )
 def test_a_round_index_that_is_not_a_round_is_refused(round_index, error):

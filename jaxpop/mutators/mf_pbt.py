@@ -145,12 +145,20 @@ def _check_round_index(round_index: Any) -> jax.Array:
             f"round_index must be an integer scalar (counting from 1), got an array of "
             f"{dtype} with shape {jnp.shape(round_index)}"
         )
-    if not isinstance(round_index, jax.core.Tracer) and int(round_index) < 1:
+    if isinstance(round_index, jax.core.Tracer):
+        return round_index
+    value = int(round_index)
+    if value < 1:
         raise ValueError(
-            f"round_index counts the rounds completed from 1, got {int(round_index)} (a "
-            "loop counting from 0 is one round out of step with the frequencies)"
+            f"round_index counts the rounds completed from 1, got {value} (a loop counting "
+            "from 0 is one round out of step with the frequencies)"
         )
-    return jnp.asarray(round_index)
+    dtype = jax.dtypes.canonicalize_dtype(np.int64)  # (int32 without x64)
+    if value > jnp.iinfo(dtype).max:  # (jnp.asarray wraps a numpy int64 around to it)
+        raise ValueError(
+            f"round_index {value} does not fit jax's {dtype} (enable jax_enable_x64 for int64)"
+        )
+    return jnp.asarray(value, dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("num_sub_populations",))

@@ -22,7 +22,8 @@ __all__ = ["StateDelta", "applied", "delta"]
 #: mutators never change in place (see each one's update)
 _BY_FIELD = frozenset({"jaxpop.PBTState", "jaxpop.FireState"})
 #: the fields each had when it was first journaled so: a field added later comes last,
-#: with a default, and a change journaled before it keeps that default
+#: with a default, and a change journaled before it leaves it as it was (its default,
+#: in a run whose journal predates it)
 _FIRST_FIELDS = {"jaxpop.PBTState": 4, "jaxpop.FireState": 9}
 
 

@@ -59,8 +59,10 @@ logger = logging.getLogger("jaxpop")
 #: The storage format this jaxpop writes; it reads this one and every earlier one.
 #: Version 2 added the run description (population size, mutator) to snapshot headers;
 #: version 3 the direction of better values (``History.mode``) to snapshots; version 4
-#: journals jaxpop's own mutator states as changes from the state before (``StateDelta``).
-STORAGE_VERSION = 4
+#: journals jaxpop's own mutator states as changes from the state before (``StateDelta``);
+#: version 5 ``PBTState.missed`` and ``WinnerTakeAllState.missed`` (an older jaxpop
+#: cannot build those records: it says the files are newer, not damaged).
+STORAGE_VERSION = 5
 Durability = Literal["process", "fsync"]
 
 encoding.register_record(Checkpoint, "jaxpop.Checkpoint")
