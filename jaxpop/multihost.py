@@ -82,13 +82,16 @@ def broadcast_from_lead(value: Any = None) -> Any:
 
         handle = multihost.broadcast_from_lead(handle if multihost.is_lead_process() else None)
 
-    In a program of one process it returns ``value`` (after the same JSON round trip).
-    A value process 0 cannot send is a ``TypeError`` on every process (they all still
-    take part in the collective, so none waits forever).
+    In a program of one process it returns ``value`` (after the same JSON round trip: a
+    tuple arrives as a list). A value process 0 cannot send is a ``TypeError`` on every
+    process (they all still take part in the collective, so none waits forever); so is a
+    dict with a key that is not a ``str`` (JSON would turn ``{0: "a"}`` into ``{"0":
+    "a"}``).
     """
     data, error = np.zeros(0, np.int32), None
     if is_lead_process():
         try:
+            _check_str_keys(value)
             text = json.dumps(value, allow_nan=True, default=_plain_number)
         except (TypeError, ValueError) as e:
             error = TypeError(
@@ -111,6 +114,26 @@ def broadcast_from_lead(value: Any = None) -> Any:
         data = np.zeros(size, np.int32)
     data = np.asarray(multihost_utils.broadcast_one_to_all(data))
     return json.loads(bytes(data.astype(np.uint8).tolist()).decode())
+
+
+def _check_str_keys(value: Any) -> None:
+    """Raises ``TypeError`` for a dict anywhere in ``value`` with a key not a ``str``."""
+    stack, seen = [value], set()
+    while stack:
+        x = stack.pop()
+        if isinstance(x, (dict, list, tuple)):
+            if id(x) in seen:
+                continue  # (a cycle: json.dumps refuses it)
+            seen.add(id(x))
+        if isinstance(x, dict):
+            for key, item in x.items():
+                if type(key) is not str:
+                    raise TypeError(
+                        f"a dict key {key!r:.40} ({type(key).__name__}) would arrive as a str"
+                    )
+                stack.append(item)
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
 
 
 def _plain_number(x: Any) -> Any:

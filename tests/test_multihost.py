@@ -252,6 +252,13 @@ def test_in_one_process_the_helpers_are_plain_host_copies():
     assert multihost.broadcast_from_lead(value) == value
     with pytest.raises(TypeError, match="JSON data"):
         multihost.broadcast_from_lead(np.zeros(2))
+    for changed in ({0: "a"}, {"a": [{None: 1}]}, [{True: 2}]):  # ({0: 'a'} became {'0': 'a'})
+        with pytest.raises(TypeError, match="would arrive as a str"):
+            multihost.broadcast_from_lead(changed)
+    cycle: list = []
+    cycle.append(cycle)
+    with pytest.raises(TypeError, match="JSON data"):
+        multihost.broadcast_from_lead(cycle)
 
 
 def test_a_value_the_lead_cannot_send_is_an_error_on_every_process_not_a_hang(monkeypatch):
