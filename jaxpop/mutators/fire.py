@@ -979,7 +979,11 @@ def _entry(
     else:
         ready = _ready_at(config, state.last_decision, history, worker_id, generation_id, latest)
         score = latest.value
-        if latest.params is None and copy_source(history, generation_id) is None:
+        if (  # (saves: O(1); a worker that never saves is copied from its evaluation)
+            latest.params is None
+            and history.saves(generation_id)
+            and copy_source(history, generation_id) is None
+        ):
             score = math.nan  # nothing that may be copied (saves that diverged): last
     if len(_stored_generations(state.curves, worker_id, worker)) > 1:
         curve = -1
