@@ -1034,24 +1034,29 @@ def stop(
 
 
 def stays_done(
-    state: PopulationState, event: Eval | Ask, now: float, when: StopWhen, start: float | None
+    state: PopulationState,
+    event: Eval | Ask | Missing,
+    now: float,
+    when: StopWhen,
+    start: float | None,
 ) -> bool:
-    """Whether an evaluation or ask from a finished or gone worker comes once the run, or
-    that worker, is over by ``when``: it must not wake the worker (woken, the mutator
-    decided with it -- a round played after the run ended -- and the run was no longer
-    done). The run is over past ``when.seconds`` (``start``: when the population
-    started), or once any evaluation recorded, or this one, is at least ``when.value``
-    (the whole history: a round that copied the one that reached it leaves no worker's
-    latest evaluation there); the worker is, at ``when.step``. O(history), only for a
-    worker that is not active (rarely)."""
+    """Whether a call that could wake a worker -- an evaluation from a finished or gone
+    worker, any call of a gone one -- comes once the run, or that worker, is over by
+    ``when``: it must not wake it (woken, the mutator decided with it -- a round played
+    after the run ended -- and the run was no longer done). The run is over past
+    ``when.seconds`` (``start``: when the population started), or once any evaluation
+    recorded, or this one, is at least ``when.value`` (the whole history: a round that
+    copied the one that reached it leaves no worker's latest evaluation there); the
+    worker is, at ``when.step``. O(history), only for such a call (rarely)."""
     try:
         i = _check_worker(state, event.worker_id)
         step = None if event.step is None else _check_step(event.step)
         value = as_value(event.value) if type(event) is Eval else None
     except (TypeError, ValueError):
         return False  # (the event is refused)
-    if state.workers[i].status == ACTIVE:
-        return False
+    status = state.workers[i].status
+    if status == ACTIVE or (status != GONE and type(event) is not Eval):
+        return False  # (only a report wakes a finished worker)
     history = state.history
     if when.seconds is not None:
         if start is None:

@@ -127,7 +127,7 @@ def _check_str_keys(value: Any) -> None:
             seen.add(id(x))
         if isinstance(x, dict):
             for key, item in x.items():
-                if type(key) is not str:
+                if not isinstance(key, str):
                     raise TypeError(
                         f"a dict key {key!r:.40} ({type(key).__name__}) would arrive as a str"
                     )

@@ -452,10 +452,10 @@ class PopulationController:
         Reads ``data`` (bytes from :meth:`serialized_state`) or, if it is ``None``, the
         file :meth:`save_state` wrote in ``log_dir`` (``False`` if there is none, or no
         ``log_dir``, as the seed). With a ``log_dir``, the loaded state is made durable
-        there before this returns, and the run continues from it. A rewind (this
-        controller made generations the state does not know) gives the run a new random
-        root key: the abandoned generations' ids are never made again, and a worker
-        still on one is refused as unknown.
+        there before this returns, and the run continues from it, with a new random root
+        key: the generation ids made after the state was saved (by this controller, or
+        by a process that crashed) are never made again, and a worker still on one is
+        refused as unknown.
 
         Raises:
           ValueError: the bytes are damaged or not a saved state; the message names
@@ -474,7 +474,7 @@ class PopulationController:
                 where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
             state, run = seed_lib.state_from_bytes(data, where)
             run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
-            state = _rekeyed_if_rewound(self._in_mode(state), self._state)
+            state = _rekeyed(self._in_mode(state))
             if self._store is not None:
                 self._store.check_open()
                 self._store.replace(state)
@@ -599,7 +599,7 @@ class PopulationController:
                 # a call in flight when the run ended (say) wakes no one, decides nothing
                 over = (
                     when is not None
-                    and isinstance(event, (Eval, Ask))
+                    and isinstance(event, (Eval, Ask, Missing))
                     and core.stays_done(state, event, now, when, self._start_time(state))
                 )
                 if over and state.workers[operator.index(event.worker_id)].status == GONE:
@@ -614,7 +614,7 @@ class PopulationController:
                     state, reply = core.set_eval(
                         state, event, now, key, mutator=self._mutator, wake=False
                     )
-                else:  # (a finished worker's ask is answered "finished")
+                else:  # (a finished worker's ask is answered "finished", its Missing too)
                     state, reply = core.transition(state, event, now, key, mutator=self._mutator)
                 if reply.warning is not None:
                     said.append(reply.warning)
@@ -668,15 +668,12 @@ class PopulationController:
             self._store.compact_if_due(new_state)
 
 
-def _rekeyed_if_rewound(loaded: PopulationState, current: PopulationState) -> PopulationState:
-    """``loaded``, with a new random root key if ``current`` made generations it does not
-    know (a rewind): ids come from (root key, event index), so the rewound run would make
-    the abandoned timeline's ids again, for other assignments, and a worker still on one
-    would have its reports recorded there. With a new key its ids are unknown (its
-    reports are ignored, with a warning) and the run's later randomness is new. A
-    controller that has applied no event abandons nothing: its key is kept."""
-    if current.num_events == 0 or all(g in loaded.history for g in current.history):
-        return loaded
+def _rekeyed(loaded: PopulationState) -> PopulationState:
+    """``loaded`` with a new random root key. Ids come from (root key, event index): a
+    state loaded with its own key would make again the ids this controller -- or a
+    crashed one, or one that loaded it before -- made after the state was saved, for
+    other assignments, and a worker still on one would have its reports recorded there.
+    With a new key such ids are unknown (their reports are ignored, with a warning)."""
     salt = secrets.token_bytes(8)
     digest = hashlib.blake2b(np.asarray(loaded.key, np.uint32).tobytes() + salt, digest_size=8)
     key = np.frombuffer(digest.digest(), np.uint32).copy()

@@ -391,7 +391,7 @@ def test_a_report_after_a_round_that_reached_the_target_keeps_the_run_over():
     assert pop.decision_counts.decisions == 2
 
 
-@pytest.mark.parametrize("call", ["ask", "eval_and_ask"])
+@pytest.mark.parametrize("call", ["ask", "eval_and_ask", "checkpoint_missing"])
 def test_a_gone_worker_calling_after_the_run_is_over_is_told_to_stop(call):
     from jaxpop import StopWhen
 
@@ -411,6 +411,8 @@ def test_a_gone_worker_calling_after_the_run_is_over_is_told_to_stop(call):
     decided = pop.decision_counts.decisions
     if call == "ask":
         told = pop.maybe_get_worker_data(2, gens[2], 5, None, None)
+    elif call == "checkpoint_missing":
+        told = pop.checkpoint_missing(2, gens[2], 5)
     else:
         told = pop.set_eval_and_ask(2, gens[2], 10, "c10", 0.6)
     assert told is not None and told.status == "finished"  # (it was woken: active)

@@ -124,7 +124,7 @@ def test_evolving_follows_the_frequencies():
         (jnp.arange(2), TypeError),
         ("2", TypeError),
         (np.int64(2**40), ValueError),  # (wrapped around to 0 in int32: every one evolved)
-        (2**31, ValueError),
+        (2**32, ValueError),  # (past uint32 without x64)
     ],
 )
 def test_a_round_index_that_is_not_a_round_is_refused(round_index, error):
@@ -147,6 +147,7 @@ def test_a_traced_or_numpy_round_index_evolves_as_an_int():
         jax.jit(lambda r: evolving(r, (1, 2)))(1.0)
     with pytest.raises(ValueError, match="do not fit"):  # would wrap around in int32
         evolving(3, (1, 2**40))
+    assert evolving(np.uint32(3_000_000_000), (1, 7, 25)).tolist() == [True, False, True]
 
 
 # -- the host mutator --------------------------------------------------------------------------

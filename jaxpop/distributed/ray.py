@@ -726,8 +726,9 @@ class WorkerGroup:
         ``grace_s`` seconds after the run was first seen over (and while it still is)
         are ended (no restart) and their result is ``None`` (listed in :attr:`ended`).
         So a worker function that trains forever, or past the run's end, does not keep
-        the group alive. A worker that calls again in the grace period makes it active
-        again: the run goes on, and so does the wait.
+        the group alive. A gone worker that calls again in the grace period makes the run
+        active again (unless the controller's ``stop_when`` ended it: then that worker is
+        finished too): the run goes on, and so does the wait.
 
         Raises :class:`WorkerError` (after ending the other workers) as soon as one
         function raises or its actor dies with no restarts left, and ``TimeoutError`` if

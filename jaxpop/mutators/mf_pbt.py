@@ -112,8 +112,9 @@ def evolving(round_index: Any, frequencies: Sequence[int]) -> jax.Array:
     Sub-population ``k`` evolves every ``frequencies[k]``-th round (Section 3: every
     ``delta_k * t_ready`` steps). Works on a traced ``round_index`` of an integer dtype;
     a concrete one must be a whole number >= 1 (round 0, counted from 0, would evolve
-    every sub-population; 2.5 none; ``True`` read as round 1), and a frequency past the
-    round's integer type is refused (it would wrap around).
+    every sub-population; 2.5 none; ``True`` read as round 1) and is taken as jax's int
+    (or unsigned int, past it); a frequency past the round's integer type is refused (it
+    would wrap around).
 
     >>> evolving(10, (1, 10, 25)).tolist()
     [True, True, False]
@@ -153,12 +154,14 @@ def _check_round_index(round_index: Any) -> jax.Array:
             f"round_index counts the rounds completed from 1, got {value} (a loop counting "
             "from 0 is one round out of step with the frequencies)"
         )
-    dtype = jax.dtypes.canonicalize_dtype(np.int64)  # (int32 without x64)
-    if value > jnp.iinfo(dtype).max:  # (jnp.asarray wraps a numpy int64 around to it)
-        raise ValueError(
-            f"round_index {value} does not fit jax's {dtype} (enable jax_enable_x64 for int64)"
-        )
-    return jnp.asarray(value, dtype)
+    # jax's int (int32 without x64), or its unsigned int past it (jnp.asarray of a numpy
+    # int64 would wrap it around)
+    for dtype in map(jax.dtypes.canonicalize_dtype, (np.int64, np.uint64)):
+        if value <= jnp.iinfo(dtype).max:
+            return jnp.asarray(value, dtype)
+    raise ValueError(
+        f"round_index {value} does not fit jax's integer types (enable jax_enable_x64 for 64 bits)"
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("num_sub_populations",))
