@@ -157,6 +157,11 @@ def make_optimizer(
     """
     static_args = (static_args,) if isinstance(static_args, str) else tuple(static_args)
     meta_params = {} if meta_params is None else meta_params
+    if hyperparam_dtype is not None and not jnp.issubdtype(hyperparam_dtype, jnp.inexact):
+        raise TypeError(
+            f"hyperparam_dtype is the dtype of the floating hyperparameters, got "
+            f"{hyperparam_dtype!r} (learning_rate=1e-3 would be 0)"
+        )
     parameters = inspect.signature(optimizer_fn).parameters
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     if keys is None:
@@ -199,10 +204,25 @@ def make_optimizer(
                 f"it as a schedule: list it in static_args=(..., {name!r}) (a mask, a "
                 "dtype), or build a scheduled optimizer with optax.inject_hyperparams"
             )
+        value = arguments[name]
+        if hyperparam_dtype is not None and name not in static_args and _is_float(value):
+            # as set_hparams writes it later: an overflow refused (1e39 was stored as
+            # inf), an array in hyperparam_dtype too (a float16 array stayed float16)
+            _check_cast(np.asarray(value), hyperparam_dtype, name)
+            if not isinstance(value, float):
+                arguments[name] = jnp.asarray(value, hyperparam_dtype)
     inject = optax.inject_hyperparams(
         optimizer_fn, static_args=static_args, hyperparam_dtype=hyperparam_dtype
     )
     return inject(**arguments)
+
+
+def _is_float(value: Any) -> bool:
+    """Whether an optimizer argument is a floating number or array (what optax injects
+    with ``hyperparam_dtype``)."""
+    if type(value) is float:
+        return True
+    return isinstance(value, (np.ndarray, jax.Array)) and jnp.issubdtype(value.dtype, jnp.floating)
 
 
 #: optax arguments its optimizers read in Python (a shape test, a ``range``): never
@@ -447,7 +467,10 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     """
     old_type = jax.typeof(old)
     if not isinstance(value, jax.core.Tracer):  # concrete: check what the cast would lose
-        _check_cast(np.asarray(value), old_type.dtype, name)
+        host = np.asarray(value)
+        _check_cast(host, old_type.dtype, name)
+        if host.dtype.kind in "iu" and jnp.issubdtype(old_type.dtype, jnp.inexact):
+            value = host.astype(old_type.dtype)  # (jnp.asarray first cuts int64 to int32)
     value = jnp.asarray(value)
     if jnp.issubdtype(value.dtype, jnp.complexfloating) and not jnp.issubdtype(
         old_type.dtype, jnp.complexfloating
@@ -501,6 +524,15 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
     if host.dtype.kind in "iu" and jnp.issubdtype(dtype, jnp.integer) and host.size:
         low, high, _ = _bounds(dtype)  # type: ignore[misc]  # (an integer dtype has them)
         if int(host.min()) < low or int(host.max()) > high:
+            raise ValueError(
+                f"{label} = {host.tolist()!r:.60} is outside its dtype "
+                f"{jnp.dtype(dtype)} ([{low}, {high}]); it would wrap around"
+            )
+    if jnp.issubdtype(host.dtype, jnp.floating) and jnp.issubdtype(dtype, jnp.integer):
+        with np.errstate(invalid="ignore"):
+            finite = host[np.isfinite(host)].astype(np.float64)
+        low, high, _ = _bounds(dtype)  # type: ignore[misc]  # (an integer dtype has them)
+        if finite.size and (finite.min() < low or finite.max() > high):
             raise ValueError(
                 f"{label} = {host.tolist()!r:.60} is outside its dtype "
                 f"{jnp.dtype(dtype)} ([{low}, {high}]); it would wrap around"

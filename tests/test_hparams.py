@@ -475,6 +475,21 @@ def test_make_optimizer_errors():
         select_hparams({"a": 1, "b": 2}, {"a": "learning_rate", "b": "learning_rate"})
 
 
+def test_make_optimizer_writes_what_set_hparams_would():
+    # 1e39 was stored as inf (set_hparams refuses it), hyperparam_dtype=int8 made every
+    # rate 0, and a float16 array argument stayed float16
+    with pytest.raises(ValueError, match="overflows its dtype float32"):
+        make_optimizer(optax.adam, learning_rate=1e39)
+    with pytest.raises(ValueError, match="overflows its dtype float32"):
+        make_optimizer(optax.adam, {"learning_rate": np.array([1e39])})
+    with pytest.raises(TypeError, match="hyperparam_dtype"):
+        make_optimizer(optax.adam, learning_rate=1e-3, hyperparam_dtype=jnp.int8)
+    half = make_optimizer(optax.adam, learning_rate=jnp.asarray(0.1, jnp.float16))
+    assert get_hparams(half.init(PARAMS))["learning_rate"].dtype == jnp.float32
+    kept = get_hparams(make_optimizer(optax.adam, learning_rate=math.inf).init(PARAMS))
+    assert kept["learning_rate"] == math.inf  # an explicit inf, as set_hparams keeps it
+
+
 def test_make_optimizer_injects_numpy_scalars():
     """optax injects only ints, floats and arrays: a numpy scalar learning rate (read
     from a config) was baked in, so set_hparams could never change it."""
@@ -565,6 +580,11 @@ def test_set_hparams_refuses_values_the_cast_would_change():
 
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
     state = opt.init({"w": jnp.zeros(3)})
+    # an int64 past int32 into a float hyperparameter is its float (it was cut to int32
+    # first: 3e9 became -1.29e9, 2**62 became 0)
+    for big in (np.int64(3_000_000_000), np.int64(2**62), 3_000_000_000, np.uint64(2**63)):
+        written = hp.get_hparams(hp.set_hparams(state, {"learning_rate": big}))
+        assert float(written["learning_rate"]) == float(np.float32(int(big)))
     with pytest.raises(TypeError, match="imaginary part would be dropped"):
         hp.set_hparams(state, {"learning_rate": 1e-3 + 2j})
     with pytest.raises(TypeError, match="imaginary part would be dropped"):
@@ -639,6 +659,10 @@ def test_as_traced_to_an_integer_dtype_refuses_what_it_would_cut():
     for value in (0.7, np.float64(2.9), np.array([1.0, np.inf]), np.array(np.nan), math.inf):
         with pytest.raises(ValueError, match="whole number"):
             as_traced({"a": value}, dtype=jnp.int32)
+    # a whole numpy float outside the dtype wrapped (2**40 to INT_MIN, 300 to 44 in int8)
+    for value, dtype in ((np.float64(2**40), jnp.int32), (np.array([300.0]), jnp.int8)):
+        with pytest.raises(ValueError, match="outside its dtype"):
+            as_traced({"a": value}, dtype=dtype)
     out = as_traced({"a": 3.0, "b": np.array([1.0, -2.0]), "c": np.int64(4), "d": 5}, jnp.int32)
     assert {k: v.tolist() for k, v in out.items()} == {"a": 3, "b": [1, -2], "c": 4, "d": 5}
     assert all(v.dtype == jnp.int32 for v in out.values())
