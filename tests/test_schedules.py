@@ -962,3 +962,27 @@ def test_python_dash_m_runs_the_replay_example():
     assert proc.returncode == 0, proc.stderr
     assert "at every step: True" in proc.stdout
     assert "search: best final member's eval loss" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        {0: {"n": 100000}, 10: {"n": np.int8(1)}},  # int8 under jit: -96
+        {0: {"n": -1}, 10: {"n": np.uint32(5)}},  # uint32: 4294967295
+        {0: {"lr": 1e10}, 10: {"lr": np.float16(0.5)}},  # float16: inf
+    ],
+)
+def test_a_traced_schedule_never_wraps_a_value_its_dtype_cannot_hold(parts):
+    schedules = [
+        S.piecewise(parts),
+        S.join([S.constant(v) for v in parts.values()], list(parts)[1:]),
+        S.curriculum(parts, kind="step"),
+    ]
+    for schedule in schedules:
+        host = schedule(0)
+        assert host == parts[0]  # on the host, as given
+        with pytest.raises(ValueError, match="cannot hold"):
+            jax.jit(schedule)(0)
+    # rounding to the narrower float is JAX's promotion, kept: 0.1 in float16
+    mixed = S.piecewise({0: {"lr": 0.1}, 10: {"lr": np.float16(0.5)}})
+    assert float(jax.jit(mixed)(0)["lr"]) == float(np.float16(0.1))

@@ -184,9 +184,14 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
             i = bisect.bisect_right(boundaries, floor)
             return schedules[i](at if i == 0 else at - boundaries[i - 1])
         step, reachable = _traced_boundaries(step, boundaries)
-        output = schedules[0](step)
-        for (threshold, start), later in zip(reachable, schedules[1:], strict=False):
-            output = _select(step < threshold, output, later(step - start))
+        outputs = [schedules[0](step)]
+        outputs += [
+            later(step - start) for (_, start), later in zip(reachable, schedules[1:], strict=False)
+        ]
+        _check_held_together(outputs)
+        output = outputs[0]
+        for (threshold, _), later_output in zip(reachable, outputs[1:], strict=True):
+            output = _select(step < threshold, output, later_output)
         return output
 
     return schedule
@@ -344,6 +349,27 @@ def _leaf_equal(x: Any, y: Any) -> bool:
         return x is y
 
 
+def _check_held_together(outputs: Sequence[Any]) -> None:
+    """Raises ``ValueError`` if the ``where`` s between the parts' outputs would hold a
+    concrete value in a dtype that changes it: the dtype of a leaf's selection is JAX's
+    promotion of all its values (see :func:`_held`). Outputs of different structures
+    are left to :func:`_select` to refuse."""
+    flat = [jax.tree.flatten(output) for output in outputs]
+    if any(treedef != flat[0][1] for _, treedef in flat):  # type: ignore[operator]
+        return
+    for column in zip(*(leaves for leaves, _ in flat), strict=True):
+        for x in column:
+            _check_traceable(x)  # (its own message first: an int64 past int32, say)
+        concrete = [x for x in column if not isinstance(x, jax.Array) and _is_number(x)]
+        if concrete:  # (at trace time only)
+            try:
+                dtype = jax.dtypes.result_type(*column)
+            except TypeError:
+                continue  # (not numeric: _select says so)
+            for x in concrete:
+                _held(x, dtype)
+
+
 def _select(before: Any, output: Any, later: Any) -> Any:
     """Leaf by leaf ``where(before, output, later)``; explains a structure mismatch."""
     out_leaves, out_def = jax.tree.flatten(output)
@@ -363,6 +389,39 @@ def _select(before: Any, output: Any, later: Any) -> Any:
             "schedules with strings or other objects on the host (a concrete step)"
         ) from err
     return jax.tree.unflatten(out_def, leaves)
+
+
+def _held(leaf: Any, dtype: Any) -> np.ndarray:
+    """``leaf`` in the dtype JAX's promotion of a leaf's values gives (a Python number
+    takes a numpy value's narrow type), or a ``ValueError`` where that changes it: an
+    integer that wraps (100000 in int8, -1 in uint32) or a finite float that overflows
+    (1e10 in float16). Rounding to a narrower float is kept, as JAX does it."""
+    host = np.asarray(leaf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        held = host.astype(dtype)
+    if host.dtype.kind != "c" and np.dtype(dtype).kind != "c":
+        before, after = host.astype(np.float64), held.astype(np.float64)
+        if jnp.issubdtype(dtype, jnp.floating):
+            changed = np.isfinite(before) & ~np.isfinite(after)
+        else:
+            changed = (before != after) & ~(np.isnan(before) & np.isnan(after))
+        if np.any(changed):
+            raise ValueError(
+                f"with a traced step a schedule's values of one leaf are held in one dtype "
+                f"(here {np.dtype(dtype)}, JAX's promotion of their types), which cannot "
+                f"hold {leaf!r:.40}: give every part's value of that leaf the same dtype"
+            )
+    return held
+
+
+def _is_number(leaf: Any) -> bool:
+    """A number or a numeric array (bools too): what a traced schedule can return."""
+    if isinstance(leaf, (bool, int, float, complex)):
+        return True
+    dtype = getattr(leaf, "dtype", None)
+    return isinstance(dtype, np.dtype) and (
+        dtype == np.bool_ or bool(jnp.issubdtype(dtype, jnp.number))
+    )
 
 
 def _check_traceable(leaf: Any) -> None:

@@ -28,7 +28,9 @@ from jax import lax
 from jaxpop.schedules.base import (
     Schedule,
     _check_traceable,
+    _held,
     _host_point,
+    _is_number,
     _traced_boundaries,
     is_traced,
     join,
@@ -308,7 +310,7 @@ def _stack(values: tuple[Any, ...]) -> tuple[Any, list[tuple[np.ndarray, bool]]]
                 )
             _check_traceable(leaf)
         dtype, weak = jax.dtypes.result_type(*column, return_weak_type_flag=True)
-        arrays = [np.asarray(leaf).astype(dtype) for leaf in column]  # (checked: no wrap)
+        arrays = [_held(leaf, dtype) for leaf in column]
         try:
             shape = np.broadcast_shapes(*(a.shape for a in arrays))
         except ValueError as err:
@@ -318,16 +320,6 @@ def _stack(values: tuple[Any, ...]) -> tuple[Any, list[tuple[np.ndarray, bool]]]
         table = np.stack([np.broadcast_to(a, shape) for a in arrays])
         tables.append((table, bool(weak) and shape == ()))
     return treedef, tables
-
-
-def _is_number(leaf: Any) -> bool:
-    """A number or a numeric array (bools too): what a traced schedule can return."""
-    if isinstance(leaf, (bool, int, float, complex)):
-        return True
-    dtype = getattr(leaf, "dtype", None)
-    return isinstance(dtype, np.dtype) and (
-        dtype == np.bool_ or bool(jnp.issubdtype(dtype, jnp.number))
-    )
 
 
 _FLOAT_BITS = struct.Struct(">d")  # a NaN's 64 bits, as hex in the document
