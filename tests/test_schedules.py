@@ -986,3 +986,28 @@ def test_a_traced_schedule_never_wraps_a_value_its_dtype_cannot_hold(parts):
     # rounding to the narrower float is JAX's promotion, kept: 0.1 in float16
     mixed = S.piecewise({0: {"lr": 0.1}, 10: {"lr": np.float16(0.5)}})
     assert float(jax.jit(mixed)(0)["lr"]) == float(np.float16(0.1))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"__jaxpop__": "scalar", "dtype": "bool", "value": "false"}',  # was True
+        '{"__jaxpop__": "ndarray", "dtype": "int32", "shape": [1], "data": [0.7]}',  # [0]
+        '{"__jaxpop__": "ndarray", "dtype": "int32", "shape": [1], "data": ["7"]}',  # [7]
+        '{"__jaxpop__": "ndarray", "dtype": "int8", "shape": [1], "data": [300]}',
+        '{"__jaxpop__": "ndarray", "dtype": "int32", "shape": [1], "data": [true]}',
+        '{"__jaxpop__": "scalar", "dtype": "float16", "value": 1e10}',  # inf
+        '{"__jaxpop__": "float", "value": "nan", "bits": "3ff0000000000000"}',  # 1.0
+        '{"__jaxpop__": "float", "value": "1.5"}',
+        '{"__jaxpop__": "tuple", "items": "abc"}',  # ('a', 'b', 'c')
+    ],
+)
+def test_a_hand_edited_json_value_is_refused_rather_than_coerced(value):
+    document = '{"format": "jaxpop.schedules.piecewise", "version": 1, "points": [[0, {"a": %s}]]}'
+    with pytest.raises(ValueError, match="malformed"):
+        S.from_json(document % value)
+
+
+def test_a_json_schedule_of_version_true_is_refused():
+    with pytest.raises(ValueError, match="version True"):
+        S.from_json('{"format": "jaxpop.schedules.piecewise", "version": true, "points": []}')

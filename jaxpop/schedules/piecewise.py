@@ -234,7 +234,7 @@ def from_json(text: str | bytes) -> Piecewise:
         raise ValueError(f"not a JSON schedule: {err}") from err
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ValueError(f'not a jaxpop schedule: expected "format": "{FORMAT}"')
-    if document.get("version") != _VERSION:
+    if type(document.get("version")) is not int or document.get("version") != _VERSION:
         raise ValueError(
             f"schedule format version {document.get('version')!r} is not supported "
             f"(this jaxpop reads version {_VERSION})"
@@ -379,13 +379,19 @@ def _from_jsonable(x: Any) -> Any:
         return {k: _from_jsonable(v) for k, v in x.items()}
     try:
         if tag == "tuple":
-            return tuple(_from_jsonable(v) for v in x["items"])
+            return tuple(_from_jsonable(v) for v in _list(x["items"]))
         if tag == "dict":
-            return {_hashable(_from_jsonable(k)): _from_jsonable(v) for k, v in x["items"]}
-        if tag == "float":
+            return {_hashable(_from_jsonable(k)): _from_jsonable(v) for k, v in _list(x["items"])}
+        if tag == "float":  # (what to_json writes for a float that is not finite)
             if "bits" in x:
                 (value,) = _FLOAT_BITS.unpack(bytes.fromhex(x["bits"]))
+                if x.get("value") != "nan" or value == value:
+                    raise ValueError(f"bits {x['bits']!r} are not those of a NaN")
                 return value
+            if x["value"] not in ("inf", "-inf"):
+                raise ValueError(
+                    f"a float is written here only as inf, -inf or NaN bits, got {x['value']!r}"
+                )
             return float(x["value"])
         if tag in ("ndarray", "scalar"):
             dtype = np.dtype(x["dtype"])
@@ -396,12 +402,46 @@ def _from_jsonable(x: Any) -> Any:
             ):  # (what to_json writes: numbers and bools, never objects or strings)
                 raise ValueError(f"an array of dtype {dtype} is not a schedule value")
             if tag == "scalar":
-                return np.asarray(_from_jsonable(x["value"]), dtype=dtype)[()]
-            data = [_from_jsonable(v) for v in x["data"]]
-            return np.asarray(data, dtype=dtype).reshape(x["shape"])
+                return _elements([x["value"]], dtype)[0][()]
+            return _elements(_list(x["data"]), dtype).reshape(x["shape"])
     except (KeyError, TypeError, ValueError, OverflowError, struct.error) as err:
         raise ValueError(f"malformed {tag!r} value in a schedule: {err}") from err
     raise ValueError(f"unknown {_TAG} tag {tag!r} in a schedule")
+
+
+def _list(items: Any) -> list:
+    if type(items) is not list:
+        raise TypeError(f"expected a list, got {type(items).__name__}: {items!r:.40}")
+    return items
+
+
+def _elements(items: list, dtype: np.dtype) -> np.ndarray:
+    """An array's elements as to_json writes them for ``dtype``, or a ``ValueError``: JSON
+    bools for bool, ints for an integer dtype (in its range), numbers for a floating one
+    (finite ones finite in it; inf and NaN tagged): never a string, nor a value the
+    dtype would change other than by rounding."""
+    values = [_from_jsonable(v) for v in items]
+    if dtype == np.bool_:
+        kinds: tuple[type, ...] = (bool,)
+    elif jnp.issubdtype(dtype, jnp.integer):
+        kinds = (int,)
+    else:
+        kinds = (int, float)
+    for v in values:
+        if type(v) not in kinds:
+            raise ValueError(f"{v!r:.40} is not an element of a {dtype} array")
+    wide = np.asarray(values, dtype=np.float64 if dtype != np.bool_ else np.bool_)
+    with np.errstate(over="ignore", invalid="ignore"):
+        array = np.asarray(values, dtype=object).astype(dtype)
+    if jnp.issubdtype(dtype, jnp.integer) and any(
+        int(a) != v for a, v in zip(array.tolist(), values, strict=True)
+    ):
+        raise ValueError(f"{values!r:.60} is outside the range of {dtype}")
+    if jnp.issubdtype(dtype, jnp.floating) and np.any(
+        np.isfinite(wide) & ~np.isfinite(array.astype(np.float64))
+    ):
+        raise ValueError(f"{values!r:.60} overflows {dtype}")
+    return array
 
 
 def _hashable(key: Any) -> Any:
