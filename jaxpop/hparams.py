@@ -157,10 +157,10 @@ def make_optimizer(
     """
     static_args = (static_args,) if isinstance(static_args, str) else tuple(static_args)
     meta_params = {} if meta_params is None else meta_params
-    if hyperparam_dtype is not None and not jnp.issubdtype(hyperparam_dtype, jnp.inexact):
+    if hyperparam_dtype is not None and not jnp.issubdtype(hyperparam_dtype, jnp.floating):
         raise TypeError(
-            f"hyperparam_dtype is the dtype of the floating hyperparameters, got "
-            f"{hyperparam_dtype!r} (learning_rate=1e-3 would be 0)"
+            f"hyperparam_dtype is the dtype of the floating hyperparameters: a floating "
+            f"dtype (or None), got {hyperparam_dtype!r}"
         )
     parameters = inspect.signature(optimizer_fn).parameters
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -208,9 +208,11 @@ def make_optimizer(
         if hyperparam_dtype is not None and name not in static_args and _is_float(value):
             # as set_hparams writes it later: an overflow refused (1e39 was stored as
             # inf), an array in hyperparam_dtype too (a float16 array stayed float16)
-            _check_cast(np.asarray(value), hyperparam_dtype, name)
+            held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)  # (float32 without x64)
+            if not isinstance(value, jax.core.Tracer):  # (a vmapped population's: unread)
+                _check_cast(np.asarray(value), held, name)
             if not isinstance(value, float):
-                arguments[name] = jnp.asarray(value, hyperparam_dtype)
+                arguments[name] = jnp.asarray(value, held)
     inject = optax.inject_hyperparams(
         optimizer_fn, static_args=static_args, hyperparam_dtype=hyperparam_dtype
     )
@@ -532,7 +534,8 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
         with np.errstate(invalid="ignore"):
             finite = host[np.isfinite(host)].astype(np.float64)
         low, high, _ = _bounds(dtype)  # type: ignore[misc]  # (an integer dtype has them)
-        if finite.size and (finite.min() < low or finite.max() > high):
+        # (high + 1 in float64 is exact; high itself may round up: 2**63 - 1 to 2**63)
+        if finite.size and (finite.min() < low or finite.max() >= float(high + 1)):
             raise ValueError(
                 f"{label} = {host.tolist()!r:.60} is outside its dtype "
                 f"{jnp.dtype(dtype)} ([{low}, {high}]); it would wrap around"
@@ -541,7 +544,9 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
         raise TypeError(
             f"{label} is {dtype}, got a complex value; its imaginary part would be dropped"
         )
-    if jnp.issubdtype(dtype, jnp.inexact) and host.dtype.kind in "fiu":
+    if jnp.issubdtype(dtype, jnp.inexact) and (
+        host.dtype.kind in "iu" or jnp.issubdtype(host.dtype, jnp.floating)  # (bfloat16: "V")
+    ):
         with np.errstate(over="ignore"):
             cast = host.astype(dtype)
         finite = np.isfinite(host)

@@ -488,6 +488,17 @@ def test_make_optimizer_writes_what_set_hparams_would():
     assert get_hparams(half.init(PARAMS))["learning_rate"].dtype == jnp.float32
     kept = get_hparams(make_optimizer(optax.adam, learning_rate=math.inf).init(PARAMS))
     assert kept["learning_rate"] == math.inf  # an explicit inf, as set_hparams keeps it
+    with pytest.raises(ValueError, match="overflows its dtype float16"):  # (a bfloat16 too)
+        make_optimizer(
+            optax.adam, learning_rate=jnp.asarray(1e38, jnp.bfloat16), hyperparam_dtype=jnp.float16
+        )
+    with pytest.raises(TypeError, match="hyperparam_dtype"):
+        make_optimizer(optax.adam, learning_rate=1e-3, hyperparam_dtype=jnp.complex64)
+    # a vmapped population's traced rates are not read (they cannot be), only cast
+    rates = jax.vmap(
+        lambda lr: get_hparams(make_optimizer(optax.adam, {"learning_rate": lr}).init(PARAMS))
+    )(jnp.array([1e-3, 1e-2]))["learning_rate"]
+    np.testing.assert_allclose(rates, [1e-3, 1e-2])
 
 
 def test_make_optimizer_injects_numpy_scalars():

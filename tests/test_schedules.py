@@ -983,6 +983,18 @@ def test_a_traced_schedule_never_wraps_a_value_its_dtype_cannot_hold(parts):
         assert host == parts[0]  # on the host, as given
         with pytest.raises(ValueError, match="cannot hold"):
             jax.jit(schedule)(0)
+    # a join selects part by part: a third part's wider type does not save the first
+    chain = {**parts, 20: {k: np.float32(1) for k in parts[0]}}
+    for schedule in (S.join([S.constant(v) for v in chain.values()], [10, 20]),):
+        with pytest.raises(ValueError, match="cannot hold"):
+            jax.jit(schedule)(0)
+    # a concrete jax array is checked as a number is (3e9 in uint32 beside an int32 part)
+    big = S.join(
+        [S.constant({"n": jnp.asarray(3_000_000_000, jnp.uint32)}), S.constant({"n": np.int32(1)})],
+        [10],
+    )
+    with pytest.raises(ValueError, match="cannot hold"):
+        jax.jit(big)(0)
     # rounding to the narrower float is JAX's promotion, kept: 0.1 in float16
     mixed = S.piecewise({0: {"lr": 0.1}, 10: {"lr": np.float16(0.5)}})
     assert float(jax.jit(mixed)(0)["lr"]) == float(np.float16(0.1))

@@ -351,23 +351,28 @@ def _leaf_equal(x: Any, y: Any) -> bool:
 
 def _check_held_together(outputs: Sequence[Any]) -> None:
     """Raises ``ValueError`` if the ``where`` s between the parts' outputs would hold a
-    concrete value in a dtype that changes it: the dtype of a leaf's selection is JAX's
-    promotion of all its values (see :func:`_held`). Outputs of different structures
-    are left to :func:`_select` to refuse."""
+    concrete value in a dtype that changes it (see :func:`_held`): the ``k``-th
+    selection holds a leaf's values in JAX's promotion of the first ``k + 1`` parts'
+    types. Outputs of different structures are left to :func:`_select` to refuse."""
     flat = [jax.tree.flatten(output) for output in outputs]
     if any(treedef != flat[0][1] for _, treedef in flat):  # type: ignore[operator]
         return
     for column in zip(*(leaves for leaves, _ in flat), strict=True):
         for x in column:
             _check_traceable(x)  # (its own message first: an int64 past int32, say)
-        concrete = [x for x in column if not isinstance(x, jax.Array) and _is_number(x)]
-        if concrete:  # (at trace time only)
+        concrete = [
+            (j, x)
+            for j, x in enumerate(column)
+            if not isinstance(x, jax.core.Tracer) and _is_number(x)
+        ]
+        for k in range(1, len(column) if concrete else 0):  # (at trace time only)
             try:
-                dtype = jax.dtypes.result_type(*column)
+                dtype = jax.dtypes.result_type(*column[: k + 1])
             except TypeError:
-                continue  # (not numeric: _select says so)
-            for x in concrete:
-                _held(x, dtype)
+                break  # (not numeric: _select says so)
+            for j, x in concrete:
+                if j <= k:
+                    _held(x, dtype)
 
 
 def _select(before: Any, output: Any, later: Any) -> Any:
