@@ -674,6 +674,10 @@ def test_as_traced_to_an_integer_dtype_refuses_what_it_would_cut():
     for value, dtype in ((np.float64(2**40), jnp.int32), (np.array([300.0]), jnp.int8)):
         with pytest.raises(ValueError, match="outside its dtype"):
             as_traced({"a": value}, dtype=dtype)
+    with jax.enable_x64(True):  # 2**63 compared equal to int64's top, 2**63 - 1, in float64
+        for value, dtype in ((np.float64(2.0**63), jnp.int64), (np.array([2.0**64]), jnp.uint64)):
+            with pytest.raises(ValueError, match="outside its dtype"):
+                as_traced({"a": value}, dtype=dtype)
     out = as_traced({"a": 3.0, "b": np.array([1.0, -2.0]), "c": np.int64(4), "d": 5}, jnp.int32)
     assert {k: v.tolist() for k, v in out.items()} == {"a": 3, "b": [1, -2], "c": 4, "d": 5}
     assert all(v.dtype == jnp.int32 for v in out.values())
