@@ -1050,13 +1050,13 @@ def stays_done(
     worker is, at ``when.step``. O(history), only for such a call (rarely)."""
     try:
         i = _check_worker(state, event.worker_id)
+        status = state.workers[i].status
+        if status == ACTIVE or (status != GONE and type(event) is not Eval):
+            return False  # (the usual case; only a report wakes a finished worker)
         step = None if event.step is None else _check_step(event.step)
         value = as_value(event.value) if type(event) is Eval else None
     except (TypeError, ValueError):
         return False  # (the event is refused)
-    status = state.workers[i].status
-    if status == ACTIVE or (status != GONE and type(event) is not Eval):
-        return False  # (only a report wakes a finished worker)
     history = state.history
     if when.seconds is not None:
         if start is None:

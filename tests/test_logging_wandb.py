@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("wandb")
 
+from google.protobuf.message import DecodeError  # (wandb's dependency)
 from test_logging import WORKERS, simulate
 
 import jaxpop.logging
@@ -128,7 +129,7 @@ def _finished_runs(log_dir, timeout_s=30.0):
         try:
             runs = [_Run(d) for d in dirs]
             complete = all(hasattr(r, "run") and hasattr(r, "exited") for r in runs)
-        except (ValueError, AssertionError):  # a log file not there, or not begun, yet
+        except (ValueError, AssertionError, DecodeError):  # a log not there, or torn, yet
             if time.monotonic() > deadline:
                 raise
             complete = False
