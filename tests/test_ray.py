@@ -463,6 +463,77 @@ def test_a_ray_example_worker_started_after_the_run_is_over_loads_nothing():
     assert result == {"accuracies": {}, "compilations": 0, "dataset": None}
 
 
+def _sleep_forever(worker_id):
+    time.sleep(3600)
+
+
+def _exits_at_step_10(s, workers, history, now, key):
+    if any(c.step >= 10 for c in history.checkpoints()):
+        raise SystemExit(3)
+    return s, workers, ()
+
+
+def test_a_mutator_that_calls_sys_exit_is_an_error_not_a_restart_loop(ray_session, tmp_path):
+    # (Ray restarted the actor, the client sent the call again, and it exited again, until
+    # the client's timeout said the controller was unavailable)
+    from jaxpop.mutators import Mutator
+
+    mutator = Mutator(init=lambda: 0, update=_exits_at_step_10)
+    with jaxpop_ray.serve(
+        _population(2), mutator, log_dir=tmp_path, name="exits", timeout_s=30
+    ) as client:
+        gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match=r"set_eval called sys.exit\(3\)"):
+            client.set_eval(0, gen, 10, "p10", 0.5)
+        assert time.monotonic() - started < 20
+        assert not client.info()["restarted"]
+        assert client.history.get_checkpoint(gen, 10) is None  # nothing recorded
+
+
+def test_a_start_that_fails_part_way_leaves_no_worker_running(ray_session):
+    # (worker 0 was started and ran on, with no group to wait on or stop it)
+    def wait_gone(name):  # (ray.kill is asynchronous)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ray.get_actor(name, namespace=jaxpop_ray.DEFAULT_NAMESPACE)
+            except ValueError:
+                return
+            assert time.monotonic() < deadline, f"{name} is still alive"
+            time.sleep(0.1)
+
+    blocker = jaxpop_ray.start_workers(_sleep_forever, 2, name="clash", num_cpus=0)
+    blocker.kill(0, restart=False)  # clash-worker-1 still holds its name
+    try:
+        wait_gone("clash-worker-0")
+        with pytest.raises(Exception, match="clash-worker-1"):
+            jaxpop_ray.start_workers(_sleep_forever, 2, name="clash", num_cpus=0)
+        wait_gone("clash-worker-0")  # the new worker 0 was ended
+    finally:
+        blocker.shutdown()
+
+
+@pytest.mark.parametrize("bad", [-1, math.nan, math.inf, None, True, "5"])
+def test_seconds_arguments_are_refused_before_anything_starts(bad, tmp_path):
+    """(grace_s=None failed inside the wait, after the workers had started; NaN waited
+    forever in connect; a timeout_s of inf raised OverflowError in WorkerGroup.wait, and
+    True was one second)"""
+    with pytest.raises((TypeError, ValueError), match="grace_s"):
+        jaxpop_ray.run_workers(_sleep_forever, 2, grace_s=bad)  # (Ray not touched)
+    with pytest.raises((TypeError, ValueError), match="wait_s"):
+        jaxpop_ray.connect("nobody", wait_s=bad)
+    with pytest.raises((TypeError, ValueError), match="lock_timeout_s"):
+        jaxpop_ray.serve(
+            _population(2), _wta(10), log_dir=tmp_path, name="never", lock_timeout_s=bad
+        )
+    empty = jaxpop_ray.WorkerGroup([], [], 0)
+    assert empty.wait(math.inf) == [] and empty.wait(None) == []
+    if bad is not None and bad is not math.inf:
+        with pytest.raises((TypeError, ValueError), match="timeout_s"):
+            empty.wait(bad)
+
+
 @pytest.mark.parametrize(
     "timeout_s, expected",
     [(None, None), (math.inf, None), (2, 2.0), (0.5, 0.5), (1e9, 1e9), (np.float32(2), 2.0)]

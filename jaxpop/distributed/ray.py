@@ -60,6 +60,16 @@ _RESEND = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
 _MAX_TIMEOUT_S = 1e9  # about 31 years: Ray's waits take no more (past it: None, forever)
 
 
+def _check_seconds(seconds: Any, what: str) -> float:
+    """``seconds`` as a finite float >= 0, or a ``TypeError`` / ``ValueError`` naming
+    ``what`` (NaN waited forever, ``None`` failed late inside an actor)."""
+    if isinstance(seconds, (bool, np.bool_)) or not isinstance(seconds, numbers.Real):
+        raise TypeError(f"{what} must be a number of seconds, got {seconds!r:.40}")
+    if not 0 <= float(seconds) < math.inf:
+        raise ValueError(f"{what} must be a finite number >= 0, got {seconds!r}")
+    return float(seconds)
+
+
 def _check_timeout(timeout_s: Any, what: str = "timeout_s") -> float | None:
     """``timeout_s`` as seconds: ``None`` or ``inf`` wait forever."""
     if timeout_s is None:
@@ -112,6 +122,25 @@ class _ControllerOptions:
     lock_timeout_s: float
     gone_after_s: float | None = None
     stop_when: core.StopWhen | None = None
+
+
+def _exit_is_an_error(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A controller call during which user code (a mutator) calls ``sys.exit``: an
+    error for the caller, not a crash (Ray would restart the actor, the client send
+    the call again, and exit it again, until the client's timeout)."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except SystemExit as e:
+            if hasattr(e, "ray_terminate_msg"):  # Ray's own exit (SIGTERM): a restart
+                raise
+            raise RuntimeError(
+                f"the controller's {method.__name__} called sys.exit({e.code!r})"
+            ) from e
+
+    return call
 
 
 class _ControllerActor:
@@ -194,16 +223,19 @@ class _ControllerActor:
             )
         return self._controller
 
+    @_exit_is_an_error
     def maybe_get_worker_data(
         self, worker_id: int, generation_id: str | None, step: int, params: Any, meta: Any
     ) -> ActiveWorker | None:
         return self._get().maybe_get_worker_data(worker_id, generation_id, step, params, meta)
 
+    @_exit_is_an_error
     def set_eval(
         self, worker_id: int, generation_id: str, step: int, params: Any, value: float
     ) -> None:
         self._get().set_eval(worker_id, generation_id, step, params, value)
 
+    @_exit_is_an_error
     def set_eval_and_ask(
         self,
         worker_id: int,
@@ -215,11 +247,13 @@ class _ControllerActor:
     ) -> ActiveWorker | None:
         return self._get().set_eval_and_ask(worker_id, generation_id, step, params, value, meta)
 
+    @_exit_is_an_error
     def checkpoint_missing(
         self, worker_id: int, generation_id: str, step: int, exists: Any
     ) -> ActiveWorker:
         return self._get().checkpoint_missing(worker_id, generation_id, step, exists=exists)
 
+    @_exit_is_an_error
     def finish(self, worker_id: int) -> None:
         self._get().finish(worker_id)
 
@@ -513,6 +547,7 @@ class PopulationClient:
                 f"client's ({self._log_dir!r}): serve this run again on its log_dir"
             )
         self._actor = actor
+        self._owner = False  # (another serve's actor: its close is its own client's)
         return True
 
     def _unavailable(self, method: str, start: float, error: BaseException) -> Exception:
@@ -599,6 +634,7 @@ def serve(
     if stop_when is not None and not isinstance(stop_when, core.StopWhen):
         raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
     timeout_s = _check_timeout(timeout_s)  # (before the actor exists: none is left behind)
+    lock_timeout_s = _check_seconds(lock_timeout_s, "lock_timeout_s")
     options = _ControllerOptions(
         os.path.abspath(os.fspath(log_dir)),
         seed,
@@ -659,7 +695,7 @@ def connect(
     Raises :class:`ControllerUnavailableError` if no actor has that name by then.
     """
     timeout_s = _check_timeout(timeout_s)
-    deadline = time.monotonic() + wait_s
+    deadline = time.monotonic() + _check_seconds(wait_s, "wait_s")
     while True:
         try:
             actor = ray.get_actor(name, namespace=namespace)
@@ -734,8 +770,8 @@ class WorkerGroup:
         function raises or its actor dies with no restarts left, and ``TimeoutError`` if
         they are not all done within ``timeout_s``.
         """
-        if grace_s < 0 or not math.isfinite(grace_s):
-            raise ValueError(f"grace_s must be a finite number >= 0, got {grace_s!r}")
+        timeout_s = _check_timeout(timeout_s)
+        _check_seconds(grace_s, "grace_s")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         index = {ref: i for i, ref in enumerate(self._refs)}
         pending = [ref for i, ref in enumerate(self._refs) if i not in self.ended]
@@ -836,19 +872,25 @@ def start_workers(
         raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
     args, kwargs = tuple(args), dict(kwargs or {})
     actors, refs = [], []
-    for i in range(num_workers):
-        options: dict[str, Any] = {
-            "max_restarts": max_restarts,
-            "max_task_retries": max_restarts,  # run fn again in the restarted actor
-            "num_cpus": num_cpus,
-            "num_gpus": num_gpus,
-        }
-        if name is not None:
-            options.update(name=f"{name}-worker-{i}", namespace=namespace)
-        options.update(actor_options or {})
-        actor = _worker_class().options(**options).remote()
-        actors.append(actor)
-        refs.append(actor.run.remote(fn, i, args, kwargs))
+    try:
+        for i in range(num_workers):
+            options: dict[str, Any] = {
+                "max_restarts": max_restarts,
+                "max_task_retries": max_restarts,  # run fn again in the restarted actor
+                "num_cpus": num_cpus,
+                "num_gpus": num_gpus,
+            }
+            if name is not None:
+                options.update(name=f"{name}-worker-{i}", namespace=namespace)
+            options.update(actor_options or {})
+            actor = _worker_class().options(**options).remote()
+            actors.append(actor)
+            refs.append(actor.run.remote(fn, i, args, kwargs))
+    except BaseException:  # (a name taken, say): no worker runs that no group can stop
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        raise
     return WorkerGroup(actors, refs, max_restarts)
 
 
@@ -868,5 +910,7 @@ def run_workers(
     workers still running ``grace_s`` later (their result: ``None``). ``options`` are
     :func:`start_workers`'s; see :meth:`WorkerGroup.wait`.
     """
+    _check_timeout(timeout_s)  # (before anything starts)
+    _check_seconds(grace_s, "grace_s")
     with start_workers(fn, num_workers, **options) as group:
         return group.wait(timeout_s, until_done=until_done, grace_s=grace_s)
