@@ -136,3 +136,18 @@ def test_a_failed_write_raises_in_the_caller_and_later_writes_are_kept(tmp_path,
     assert {(1, "eval/value", 0.5), (2, "eval/value", 0.75)} <= set(events)
     assert [e for e in events if e[0] >= 3] == [(s, "eval/value", 0.125) for s in range(4, 40)]
     assert len(glob.glob(str(tmp_path / "worker-0" / "events.out.tfevents.*"))) == 2
+
+
+def test_hyperparameters_whose_tags_clean_alike_are_both_written(tmp_path):
+    # ("lr x" and "lr_x" were both written as hparams/lr_x: one value replaced the other)
+    pytest.importorskip("tensorboardX")
+    (tb,) = tensorboard.writers(tmp_path, 1)
+    with tb:
+        tb.log_eval(1, 0.5, {"lr x": 0.1, "lr_x": 0.9})
+    assert sorted(_events(tmp_path / "worker-0")) == sorted(
+        [
+            (1, "eval/value", 0.5),
+            (1, "hparams/lr_x", pytest.approx(0.1)),
+            (1, "hparams/lr_x_2", pytest.approx(0.9)),
+        ]
+    )

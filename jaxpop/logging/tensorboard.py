@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -117,6 +118,22 @@ class _TensorBoardXWriter:
             events.close()
 
 
+_INVALID_TAG_CHARACTERS = re.compile(r"[^-/\w.]")
+
+
+def _clean_tags(scalars: Mapping[str, float]) -> dict[str, float]:
+    """``scalars`` under TensorBoard's cleaned tags, those that collide numbered."""
+    out: dict[str, float] = {}
+    for tag, value in scalars.items():
+        clean = _INVALID_TAG_CHARACTERS.sub("_", tag).lstrip("/")
+        unique, n = clean, 1
+        while unique in out:
+            n += 1
+            unique = f"{clean}_{n}"
+        out[unique] = value
+    return out
+
+
 class _FlaxWriter:
     def __init__(self, path: str):
         from flax.metrics.tensorboard import SummaryWriter
@@ -179,11 +196,16 @@ class _EventDir:
         self._closed = False
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Writes each ``tag: value`` of ``scalars`` at ``step`` (NaN and inf as they are)."""
+        """Writes each ``tag: value`` of ``scalars`` at ``step`` (NaN and inf as they are).
+
+        Tags are cleaned as TensorBoard cleans them (a character other than letters,
+        digits, ``_ - . /`` becomes ``_``); two that clean to the same tag get ``_2``,
+        ``_3``, ... in order, so no value replaces another (``lr x`` and ``lr_x`` were
+        both written as ``lr_x``)."""
         step = check_step(step)
         with self._lock:
             self._check_open()
-            for tag, value in scalars.items():
+            for tag, value in _clean_tags(scalars).items():
                 self._writer.scalar(tag, value, step)
 
     def log_text(self, step: int, tag: str, text: str) -> None:
