@@ -605,6 +605,13 @@ def copy_source(history: History, generation_id: str) -> Checkpoint | None:
     return last_good(history, generation_id)
 
 
+def nothing_to_copy(history: History, generation_id: str) -> bool:
+    """Whether an evaluated generation has nothing that may be copied (its saves all
+    diverged: :func:`copy_source` is ``None``), so it ranks as a non-finite score.
+    O(1) for a generation that never saves: it is copied from its evaluation."""
+    return history.saves(generation_id) and copy_source(history, generation_id) is None
+
+
 def copied_value(
     history: History, checkpoint: Checkpoint, memo: dict[CheckpointRef, float | None] | None = None
 ) -> float | None:

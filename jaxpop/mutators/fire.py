@@ -45,6 +45,7 @@ from jaxpop.mutators.base import (
     check_number,
     check_probability,
     copy_source,
+    nothing_to_copy,
     records_config,
     start_generation,
 )
@@ -979,12 +980,8 @@ def _entry(
     else:
         ready = _ready_at(config, state.last_decision, history, worker_id, generation_id, latest)
         score = latest.value
-        if (  # (saves: O(1); a worker that never saves is copied from its evaluation)
-            latest.params is None
-            and history.saves(generation_id)
-            and copy_source(history, generation_id) is None
-        ):
-            score = math.nan  # nothing that may be copied (saves that diverged): last
+        if latest.params is None and nothing_to_copy(history, generation_id):
+            score = math.nan  # (its saves diverged): last, never copied
     if len(_stored_generations(state.curves, worker_id, worker)) > 1:
         curve = -1
     else:  # its own generation's curve: whether it has evaluated

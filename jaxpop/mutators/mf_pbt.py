@@ -40,6 +40,7 @@ from jaxpop.mutators.base import (
     check_number,
     check_probability,
     copy_source,
+    nothing_to_copy,
     records_config,
     start_generation,
 )
@@ -308,9 +309,9 @@ def _rank_score(history: History, generation_id: str) -> float | None:
     last and is never copied) for a member with nothing that may be copied: its only
     saves have values that are not finite (:func:`jaxpop.mutators.base.copy_source`)."""
     score = member_score(history, generation_id)
-    if score is None or not math.isfinite(score) or not history.saves(generation_id):
-        return score  # (a worker that never saves is copied from its evaluation)
-    return score if copy_source(history, generation_id) is not None else None
+    if score is None or not math.isfinite(score):
+        return score
+    return None if nothing_to_copy(history, generation_id) else score
 
 
 def _completed_round(view: _views.View) -> int | None:
