@@ -519,8 +519,9 @@ def _bounds(dtype: Any) -> tuple[float, float, bool] | None:
 
 def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = None) -> None:
     """Refuses a concrete value that a cast to ``dtype`` would turn into another value:
-    a complex into a real type, a finite float that overflows it (1e300 in float32), or
-    an integer outside an integer type's range (2**40 in int32 wraps to 0). ``label``
+    a complex into a real type, a finite float that overflows it (1e300 in float32) or
+    a non-zero one that underflows it to zero (1e-46 in float32), or an integer outside
+    an integer type's range (2**40 in int32 wraps to 0). ``label``
     names the value in the messages (default: the hyperparameter ``name``)."""
     label = f"hyperparameter {name!r}" if label is None else label
     if host.dtype.kind in "iu" and jnp.issubdtype(dtype, jnp.integer) and host.size:
@@ -547,13 +548,19 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
     if jnp.issubdtype(dtype, jnp.inexact) and (
         host.dtype.kind in "iu" or jnp.issubdtype(host.dtype, jnp.floating)  # (bfloat16: "V")
     ):
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             cast = host.astype(dtype)
         finite = np.isfinite(host)
-        if np.any(finite & ~np.isfinite(cast.astype(np.float64))):
+        wide = cast.astype(np.float64)
+        if np.any(finite & ~np.isfinite(wide)):
             raise ValueError(
                 f"{label} = {host.tolist()!r:.60} overflows its dtype "
                 f"{jnp.dtype(dtype)}; it would be written as inf"
+            )
+        if np.any((host != 0) & (wide == 0)):
+            raise ValueError(
+                f"{label} = {host.tolist()!r:.60} underflows its dtype "
+                f"{jnp.dtype(dtype)}; it would be written as 0"
             )
 
 

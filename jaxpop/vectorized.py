@@ -26,11 +26,11 @@ from jax.sharding import PartitionSpec as P
 
 from jaxpop.core import Changes, PopulationState
 from jaxpop.history import History, check_mode
-from jaxpop.hparams import find_hparam_states, set_hparams
+from jaxpop.hparams import _check_cast, find_hparam_states, set_hparams
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
-from jaxpop.mutators.base import check_number
+from jaxpop.mutators.base import check_in_space, check_number
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.types import GenerationId, Mode, RawKey
 
@@ -273,7 +273,9 @@ def init(
     keys as ``member_keys`` and its initial population (a list of ``meta_params``) as
     ``hparams``: member ``i``'s train state is then ``jax.jit(init_fn)(member_keys[i])``
     bit for bit (an ``init_fn`` run op by op, outside ``jit``, may differ in the last
-    bits) and its hyperparameters are ``hparams[i]`` (stored as float32 / int32 arrays).
+    bits) and its hyperparameters are ``hparams[i]`` (stored as float32 / int32 arrays,
+    or 64-bit ones under x64: a value they cannot hold, an int past int32 or a float
+    float32 would make inf or 0, is refused, as are values ``space`` cannot explore).
 
     Args:
       key: the population's key; the member keys (:func:`init_keys`), the
@@ -300,8 +302,9 @@ def init(
     if hparams is not None and not isinstance(hparams, Mapping):
         hparams = _stack_members(hparams)
     if hparams is not None:
-        hparams = _as_space_dtypes({k: jnp.asarray(v) for k, v in hparams.items()}, space)
+        hparams = _as_space_dtypes({k: _as_array(k, v) for k, v in hparams.items()}, space)
         _check_no_nan(hparams)
+        _check_in_space(space, hparams)
     elif space is None:
         raise TypeError(
             "init needs an explore space to sample the hyperparameters from, or the "
@@ -326,6 +329,31 @@ def init(
         _init, init_fn=init_fn, space=space, num_members=n, optimizer_hparams=optimizer_hparams
     )
     return jax.jit(build)(key, member_keys, hparams)
+
+
+def _as_array(name: str, values: Any) -> jax.Array:
+    """Given initial ``values`` of a hyperparameter as a JAX array, refusing a value the
+    cast to JAX's dtype would change (an int past int32 wraps around without x64, a
+    float past float32 would be inf, a tiny one 0), as ``set_hparams`` does; values
+    being traced (``init`` inside ``jit``) and JAX arrays are taken as they are."""
+    if isinstance(values, jax.Array):
+        return values
+    host = np.asarray(values)
+    if host.dtype.kind in "biuf":
+        dtype = jax.dtypes.canonicalize_dtype(host.dtype)
+        _check_cast(host, dtype, name, label=f"hparams[{name!r}]")
+        return jnp.asarray(host, dtype)
+    return jnp.asarray(host)
+
+
+def _check_in_space(space: Any, hparams: Mapping[str, Any]) -> None:
+    """Raises as host mode's controller does for an initial population ``space`` cannot
+    explore (a name it explores missing, a value of the wrong kind): the first exploit
+    would fail, after a round of training. Values being traced are not checked."""
+    if space is None or any(isinstance(v, jax.core.Tracer) for v in hparams.values()):
+        return
+    n = len(next(iter(hparams.values()))) if hparams else 0
+    check_in_space(space, [member_hparams(hparams, i) for i in range(n)], "hparams")
 
 
 def _check_no_nan(hparams: Mapping[str, Any]) -> None:
@@ -565,8 +593,9 @@ def exploit_explore(
     if key is None:
         own_key, key = jax.random.split(pop.key)
     select_key, explore_key = jax.random.split(_raw(key))
-    # host scores that float32 cannot order (past 3.4e38, or distinct but equal in
-    # float32) reach the selection as their ranks; pop.scores stores the float32 values
+    # scores that float32 cannot order (past 3.4e38, or distinct but equal in float32:
+    # from the host, or float64 under x64) reach the selection as their ranks;
+    # pop.scores stores the float32 values
     if jnp.shape(scores) != (pop.size,):
         raise ValueError(
             f"exploit_explore needs one score per member, shape ({pop.size},); got "
@@ -738,15 +767,17 @@ def round_fn(
             )
         evaluated = eval_all(pop.train_state, pop.hparams, eval_data)
         scores, aux = _scores_and_aux(evaluated, pop.size if one_score_each else None)
-        pop, exploited = exploit(pop, scores)
+        pop, exploited = exploit(pop, scores)  # (in their dtype: float64 ones are ranked)
+        scores = jnp.asarray(scores, jnp.float32)
         return constrain(pop, mesh), RoundResult(scores, exploited, metrics, aux)
 
     return one_round
 
 
 def _scores_and_aux(evaluated: Any, n: int | None) -> tuple[jax.Array, Any]:
-    """``eval_fn``'s answers as float32 scores and its aux, or a ``TypeError`` that says
-    what an ``eval_fn`` returns; with ``n``, one real score per member, ``(n,)``."""
+    """``eval_fn``'s answers as an array of scores (in their dtype) and its aux, or a
+    ``TypeError`` that says what an ``eval_fn`` returns; with ``n``, one real score per
+    member, ``(n,)``."""
     paired = isinstance(evaluated, (tuple, list))  # (a score is one number a member)
     if paired and len(evaluated) != 2:
         raise TypeError(
@@ -755,7 +786,7 @@ def _scores_and_aux(evaluated: Any, n: int | None) -> tuple[jax.Array, Any]:
         )
     scores, aux = evaluated if paired else (evaluated, None)
     if n is None:
-        return jnp.asarray(scores, jnp.float32), aux
+        return jnp.asarray(scores), aux
     dtype = getattr(scores, "dtype", None)
     if dtype is None or jnp.shape(scores) != (n,) or jnp.issubdtype(dtype, jnp.complexfloating):
         got = type(scores).__name__ if dtype is None else f"{dtype}{list(jnp.shape(scores))}"
@@ -763,7 +794,7 @@ def _scores_and_aux(evaluated: Any, n: int | None) -> tuple[jax.Array, Any]:
             f"eval_fn must return one real score per member (a number), or (score, aux); "
             f"got {got} for the {n} members (a dict of metrics: return (metric, metrics))"
         )
-    return jnp.asarray(scores, jnp.float32), aux
+    return jnp.asarray(scores), aux
 
 
 def _check_steps(data: Any, steps: int) -> None:
@@ -857,12 +888,18 @@ def generation_id(root_key: RawKey, index: int) -> GenerationId:
     return new_generation_id(np.asarray(raw, np.uint32), int(index))
 
 
-def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float | int]:
-    """Member ``member``'s hyperparameters as plain Python numbers (journal-safe)."""
-    out: dict[str, float | int] = {}
+def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float | int | bool]:
+    """Member ``member``'s hyperparameters as plain Python numbers (journal-safe): a
+    bool, an int or a float, as its dtype is."""
+    out: dict[str, float | int | bool] = {}
     for name, values in hparams.items():
         value = np.asarray(values)[member]
-        out[name] = int(value) if np.issubdtype(value.dtype, np.integer) else float(value)
+        if value.dtype == bool:
+            out[name] = bool(value)
+        elif np.issubdtype(value.dtype, np.integer):
+            out[name] = int(value)
+        else:
+            out[name] = float(value)
     return out
 
 

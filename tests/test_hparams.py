@@ -494,6 +494,13 @@ def test_make_optimizer_writes_what_set_hparams_would():
         )
     with pytest.raises(TypeError, match="hyperparam_dtype"):
         make_optimizer(optax.adam, learning_rate=1e-3, hyperparam_dtype=jnp.complex64)
+    # a non-zero value float32 cannot hold was written as 0 (a subnormal is kept)
+    with pytest.raises(ValueError, match="underflows its dtype float32"):
+        make_optimizer(optax.adam, learning_rate=1e-46)
+    state = make_optimizer(optax.adam, learning_rate=1e-40).init(PARAMS)
+    assert np.asarray(get_hparams(state)["learning_rate"]) > 0  # (XLA compares it as 0)
+    with pytest.raises(ValueError, match="underflows its dtype float32"):
+        set_hparams(state, {"learning_rate": 1e-46})
     # a vmapped population's traced rates are not read (they cannot be), only cast
     rates = jax.vmap(
         lambda lr: get_hparams(make_optimizer(optax.adam, {"learning_rate": lr}).init(PARAMS))

@@ -463,10 +463,12 @@ def check_factors(factors: Any) -> tuple[float, ...]:
     return tuple(float(f) for f in out)
 
 
-def check_in_space(space: Any, population: Sequence[MetaParams]) -> None:
+def check_in_space(
+    space: Any, population: Sequence[MetaParams], what: str = "initial_population"
+) -> None:
     """Raises the error :func:`jaxpop.mutators.explore.check_values` raises for a
     member's ``meta_params`` (a NaN, a value of the wrong kind or none, where ``space``
-    explores), naming the member. ``space=None``: nothing to check."""
+    explores), naming the member as ``what[i]``. ``space=None``: nothing to check."""
     if space is None:
         return
     for i, meta_params in enumerate(population):
@@ -474,7 +476,7 @@ def check_in_space(space: Any, population: Sequence[MetaParams]) -> None:
             explore_lib.check_values(space, meta_params)
         except (KeyError, TypeError, ValueError) as error:  # (a KeyError: a missing one)
             message = error.args[0] if error.args else type(error).__name__
-            raise type(error)(f"initial_population[{i}]: {message}") from None
+            raise type(error)(f"{what}[{i}]: {message}") from None
 
 
 def check_number(

@@ -111,8 +111,9 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
     cast to ``dtype``: JAX would wrap an int64 past 2**31 to int32); else their ranks
     in ``dtype`` (0 for the lowest; NaN for a non-finite score, which ranks last in
     every selection), which order the members exactly as the scores do, in either mode.
-    A JAX array (or a traced value: scores passed into a jitted function are converted
-    by JAX on the way in) is returned as it is.
+    A JAX array already of ``dtype`` (or any, for ``dtype=None``) is returned as it
+    is; one of another dtype (float64 under x64, int32) is read as host scores are, or,
+    while traced, gets its ranks computed on the device.
 
     >>> device_scores(np.array([3.0, 1e39, np.nan, 1.0])).tolist()
     [1.0, 2.0, nan, 0.0]
@@ -120,7 +121,14 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
     [3.0, 1.0]
     """
     if isinstance(scores, jax.Array):
-        return scores
+        if dtype is None or scores.dtype == dtype or scores.ndim != 1:
+            return scores
+        if not (
+            jnp.issubdtype(scores.dtype, jnp.integer) or jnp.issubdtype(scores.dtype, jnp.floating)
+        ):
+            return scores  # (canonical_scores says what is wrong with them)
+        if isinstance(scores, jax.core.Tracer):
+            return _device_ranks(scores, dtype)
     host = np.asarray(scores)
     if host.ndim != 1 or host.dtype.kind not in "iuf":
         return scores  # (canonical_scores says what is wrong with them)
@@ -141,6 +149,22 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
     ranks = np.full(host.shape, np.nan, dtype)
     ranks[finite] = np.searchsorted(distinct, host[finite])
     return ranks
+
+
+def _device_ranks(scores: jax.Array, dtype: Any) -> jax.Array:
+    """:func:`device_scores`'s ranks computed on the device (for traced scores): 0 for the
+    lowest finite score, one more for each distinct higher one, NaN for a non-finite
+    one."""
+    finite = jnp.isfinite(scores)
+    if jnp.issubdtype(scores.dtype, jnp.floating):
+        scores = jnp.where(finite, scores, jnp.inf)  # (after every finite one)
+    ordered = jnp.sort(scores)
+    rises = jnp.concatenate(
+        [jnp.zeros(1, jnp.int32), (ordered[1:] > ordered[:-1]).astype(jnp.int32)]
+    )
+    dense = jnp.cumsum(rises)  # each sorted place's rank among the distinct scores
+    ranks = dense[jnp.searchsorted(ordered, scores, side="left")]
+    return jnp.where(finite, ranks.astype(dtype), jnp.nan)
 
 
 def _keeps_host_order(select: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
@@ -221,7 +245,8 @@ def _ranks(better: jax.Array, where: jax.Array | None = None) -> jax.Array:
     ``where`` rank after every member inside it."""
     # both sorts are stable: ties keep the index order
     order = jnp.argsort(better, stable=True) if where is None else jnp.lexsort((better, ~where))
-    return jnp.zeros(better.shape[0], jnp.int32).at[order].set(jnp.arange(better.shape[0]))
+    n = better.shape[0]
+    return jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
 
 
 def _where(where: jax.Array | None, n: int) -> jax.Array | None:
