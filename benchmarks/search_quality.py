@@ -497,23 +497,29 @@ def print_table(result: dict[str, Any]) -> None:
     )
 
 
+FULL = {"seeds": 10, "moving_steps": 500, "trap_steps": 1000, "digits_steps": 1000}
 QUICK = {"seeds": 2, "moving_steps": 40, "trap_steps": 150, "digits_steps": 200}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--seeds", type=int, default=10)
+    # (None: the default, or --quick's; a value given explicitly wins over --quick's)
+    parser.add_argument("--seeds", type=int, default=None, help="default 10")
     parser.add_argument("--population", type=int, default=16)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--moving-steps", type=int, default=500)
-    parser.add_argument("--trap-steps", type=int, default=1000)
-    parser.add_argument("--digits-steps", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="2 seeds, tiny runs: a smoke test")
+    parser.add_argument("--moving-steps", type=int, default=None, help="default 500")
+    parser.add_argument("--trap-steps", type=int, default=None, help="default 1000")
+    parser.add_argument("--digits-steps", type=int, default=None, help="default 1000")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="2 seeds, tiny runs: a smoke test (options given explicitly are kept)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
-    if args.quick:
-        for k, v in QUICK.items():
+    for k, v in (QUICK if args.quick else FULL).items():
+        if getattr(args, k) is None:
             setattr(args, k, v)
     if args.population < 8 or args.population % 4:
         parser.error("--population must be a multiple of 4, at least 8 (MF-PBT's layout)")

@@ -18,10 +18,12 @@ why), 2 for bad arguments.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 __all__ = ["main", "parser"]
@@ -244,6 +246,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the status."""
     top = parser()
     args = top.parse_args(argv)
+    with _printable_output():
+        return _run(top, args)
+
+
+@contextlib.contextmanager
+def _printable_output() -> Iterator[None]:
+    """Standard output and error that write what their encoding cannot hold escaped
+    (``\\u03b2``), not raise: a run's names (say, ``β₁``) printed to an ASCII terminal
+    failed the command after its files were written."""
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors == "strict":
+            stream.reconfigure(errors="backslashreplace")
+            changed.append(stream)
+    try:
+        yield
+    finally:
+        for stream in changed:
+            stream.reconfigure(errors="strict")
+
+
+def _run(top: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "report":
         from jaxpop.report.watch import MAX_INTERVAL_S
 

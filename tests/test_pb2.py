@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -245,6 +246,45 @@ def test_a_float_leaf_stored_as_a_numpy_int_gets_the_bandits_float():
     explorer = PB2Explorer({"lr": ex.uniform(0.0, 10.0)}, beta=4.0)
     out = [explorer(np.array([0, k], np.uint32), h.latest("g0"), h, ())["lr"] for k in range(3)]
     assert all(isinstance(x, np.float64) for x in out) and any(x != int(x) for x in out)
+
+
+def test_the_bandit_keeps_the_types_explore_keeps(calls):
+    # the bandit rebuilt the hyperparameters as plain dicts of Python numbers: a worker's
+    # FrozenDict became a dict, and jax scalars Python floats, once PB2 had data (its
+    # fallback, PBT's explore, keeps both)
+    from flax.core import FrozenDict
+
+    space = {"opt": {"lr": ex.uniform(0.0, 1.0), "layers": ex.randint(1, 9)}}
+
+    def meta(rate):
+        inner = {"lr": jnp.asarray(rate, jnp.float32), "layers": jnp.asarray(3, jnp.int32)}
+        return FrozenDict({"opt": inner, "name": "x"})
+
+    h = history_of(RATES, meta=meta)
+    explorer = PB2Explorer(space, min_observations=1)
+    args = (h.latest("g0"), h, workers_at(meta(0.3)))
+    new = explorer(KEY, *args)
+    assert calls  # (the bandit chose, not the fallback)
+    fallback = explorer._fallback(KEY, args[0].meta_params)
+    assert jax.tree.structure(new) == jax.tree.structure(fallback)
+    assert type(new) is FrozenDict and new["name"] == "x"
+    for name, dtype in (("lr", jnp.float32), ("layers", jnp.int32)):
+        assert isinstance(new["opt"][name], jax.Array) and new["opt"][name].dtype == dtype
+
+
+def test_the_time_axis_holds_at_steps_past_2_to_the_53(calls):
+    # the steps were subtracted as floats: past 2**53 every observation's time was one
+    base = History(mode="max")
+    for offset, history in ((0, base), (2**60, base)):
+        for g, rate in enumerate(RATES):
+            for step in (0, 5, 10, 15):
+                value = rate * step
+                c = Checkpoint(None, {"lr": rate}, f"g{g}", value, None, offset + step, 0.0)
+                history = history.add(c)
+        PB2Explorer(SPACE)(KEY, history.latest("g3"), history, workers_at({"lr": 0.3}))
+    times = [np.asarray(args[1][2])[np.asarray(args[1][4])] for args in calls]
+    np.testing.assert_array_equal(times[0], times[1])
+    assert len(set(times[0].tolist())) > 1
 
 
 # -- determinism, space, fallback ------------------------------------------------------------

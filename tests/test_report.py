@@ -508,6 +508,25 @@ def test_cli_default_out_dir_and_plain_table(finished, tmp_path, capsys, monkeyp
     assert "population size" in out and "wall-clock span" in out and "─" not in out
 
 
+@needs_matplotlib
+def test_cli_prints_names_an_ascii_terminal_cannot_show_escaped(tmp_path, monkeypatch):
+    # hyperparameters named "β₁" made the table's print raise UnicodeEncodeError: exit 1,
+    # a traceback, after every file was written
+    run = tmp_path / "run"
+    names = [{"β₁": 0.1 * (i + 1)} for i in range(2)]
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1000)
+    with PopulationController(names, mutator, str(run), clock=FakeClock()) as pop:
+        for i in range(2):
+            w = pop.maybe_get_worker_data(i, None, None, None, None)
+            pop.set_eval(i, w.generation_id, 1, None, float(i))
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", out)
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert out.errors == "strict"  # (as it was, once the command is done)
+    out.flush()
+    assert "\\u03b2\\u2081" in out.buffer.getvalue().decode("ascii")
+
+
 # -- errors ---------------------------------------------------------------------------
 def test_clear_errors(tmp_path, finished, capsys):
     with pytest.raises(FileNotFoundError, match="does not exist"):

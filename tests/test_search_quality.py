@@ -16,12 +16,14 @@ SCRIPT = pathlib.Path(__file__).parent.parent / "benchmarks" / "search_quality.p
 TASKS = {"moving", "trap", "digits"}
 METHODS = {"random", "grid", "wta", "pbt_trunc", "pbt_tourn", "pb2", "fire", "mf_pbt"}
 UNCOUNTED = {"random", "grid"}  # no search, so no decisions to count
+QUICK_ARGS = [sys.executable, str(SCRIPT), "--quick", "--quiet", "--population", "8"]
 
 
 def test_the_quick_benchmark_reports_finite_figures_for_every_task_and_method():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--quiet", "--population", "8"],
+        # (an option given explicitly is kept: --quick's 150 replaced it)
+        [*QUICK_ARGS, "--trap-steps", "100"],
         capture_output=True,
         text=True,
         env=env,
@@ -34,6 +36,7 @@ def test_the_quick_benchmark_reports_finite_figures_for_every_task_and_method():
     assert result["config"]["quick"] is True
     seeds = result["config"]["seeds"]
     assert seeds == 2 and result["config"]["population"] == 8
+    assert result["config"]["tasks"]["trap"]["steps"] == 100
     assert set(result["results"]) == TASKS
     for task, rows in result["results"].items():
         assert set(rows) == METHODS, task

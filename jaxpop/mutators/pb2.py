@@ -215,10 +215,14 @@ def _value_at(meta: Any, path: tuple) -> Any:
 
 
 def _with_value(meta: Any, path: tuple, value: Any) -> Any:
+    """``meta`` with ``value`` at ``path``, each mapping of its own type (a
+    ``FrozenDict`` stays one, as explore keeps it)."""
     if not path:
         return value
     out = dict(meta) if isinstance(meta, Mapping) else {}
     out[path[0]] = _with_value(out.get(path[0], {}), path[1:], value)
+    if isinstance(meta, Mapping) and not isinstance(meta, dict):
+        return type(meta)(out)  # type: ignore[call-arg]  # (as explore rebuilds it)
     return out
 
 
@@ -299,13 +303,21 @@ class _Encoding(NamedTuple):
         for (path, leaf), u in zip(self.numbers, x, strict=True):
             new: Any = _decode_number(leaf, u)
             old = _value_at(meta, path)
-            if isinstance(old, np.generic):  # its dtype, but a float for a float leaf
+            if isinstance(old, (np.generic, np.ndarray, jax.Array)):
+                # its type and dtype, as explore gives them, but a float for a float leaf
                 dtype = old.dtype
                 if not isinstance(leaf, explore_lib.RandInt) and not jnp.issubdtype(
                     dtype, jnp.floating
                 ):
                     dtype = np.dtype(np.float64)  # (an int64 cut 4.74 to 4, as explore does not)
-                new = np.asarray(new).astype(dtype)[()]
+                if jnp.issubdtype(dtype, jnp.floating):  # (clip then keeps it in the space)
+                    big = float(jnp.finfo(dtype).max)
+                    new = min(big, max(-big, new))
+                if isinstance(old, jax.Array):
+                    new = jnp.asarray(new, dtype)
+                else:
+                    new = np.asarray(new).astype(dtype)
+                    new = new[()] if isinstance(old, np.generic) else new
             meta = _with_value(meta, path, new)
         for (path, leaf), i in zip(self.choices, c, strict=True):
             meta = _with_value(meta, path, leaf.values[int(i)])
@@ -467,7 +479,8 @@ class PB2Explorer:
     et al. 2014): every active worker's current hyperparameters are added as pending
     points at the present time, which shrinks the variance -- not the mean -- around
     what is already being trained, so copiers spread out (a finished or gone worker's
-    are not: nothing trains them). The UCB ``mu + sqrt(beta) sigma`` is maximised over
+    are not: nothing trains them; the copier's own are, as it is called before its new
+    ones replace them). The UCB ``mu + sqrt(beta) sigma`` is maximised over
     ``num_candidates`` uniform random points (plus the copied hyperparameters) and
     ``num_local`` Gaussian perturbations of the best 8. Fit and
     search are one jitted function over fixed-size, masked buffers: it compiles once per
@@ -631,10 +644,11 @@ class PB2Explorer:
     def _buffers(self, data, encoding: _Encoding, source_step: int):
         x, c, t, y, mask = self._zeros(self.window, encoding)
         unit = max(float(np.median([change.span for change, _ in data])), 1.0)
-        now = source_step + unit  # the end of the interval being chosen for
         for i, (change, (xi, ci)) in enumerate(data):
             x[i], c[i] = xi, ci
-            t[i] = (change.step - now) / unit
+            # from the end of the interval being chosen for, source_step + unit (the
+            # steps subtracted as ints: past 2**53 a float step loses the difference)
+            t[i] = (change.step - source_step) / unit - 1.0
             mask[i] = True
         y[: len(data)] = _standardised(np.array([change.change for change, _ in data]))
         return x, c, t, y, mask
