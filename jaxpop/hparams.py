@@ -194,6 +194,11 @@ def make_optimizer(
             # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
             # read from a config) would be baked in, and never change online
             value = arguments[name] = value.item()
+        if isinstance(value, (bool, np.bool_)) and name in floats and name not in static_args:
+            raise TypeError(
+                f"argument {name!r} is a float, got a bool (it would be injected as a "
+                "bool, and set_hparams could never write a float there)"
+            )
         if type(value) is int and name in floats and name not in static_args:
             # a float written as an int (weight_decay=0): injected as an int, it could
             # never be set to a float
@@ -341,7 +346,8 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
         follows a schedule (optax recomputes it at every update, a written value would
         be ignored).
       KeyError: a name is held by no injected state; the message lists the names held.
-      TypeError: a floating value for an integer hyperparameter.
+      TypeError: a floating value for an integer hyperparameter, or a bool for a
+        number.
 
     >>> import jax.numpy as jnp, optax
     >>> state = make_optimizer(optax.adam, learning_rate=1e-3).init({"w": jnp.zeros(2)})
@@ -388,8 +394,8 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
       TypeError: a leaf is not numeric (or complex, for a real ``dtype``); the message
         names its path.
       ValueError: a host leaf's value is one ``dtype`` cannot hold (``1e39`` in
-        float32, ``2**40`` in int32, ``0.7``, NaN or inf in an integer dtype), as
-        :func:`set_hparams` refuses it. (A ``jax.Array`` leaf is converted unchecked:
+        float32, ``2**40`` in int32, ``0.7``, NaN or inf in an integer dtype, ``0.5``
+        in bool), as :func:`set_hparams` refuses it. (A ``jax.Array`` leaf is converted unchecked:
         reading it back would wait for the device.)
 
     >>> import numpy as np
@@ -399,6 +405,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
 
     bounds = _bounds(dtype)
     integer = bounds is not None and not bounds[2]
+    to_bool = dtype is not None and jnp.dtype(dtype).kind == "b"
 
     def convert(path: tuple, leaf: Any) -> jax.Array:
         # host values are checked as set_hparams checks them; a jax array is not read
@@ -418,6 +425,8 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
             host = np.asarray(leaf)
             if host.dtype.kind in "biufc":
                 _check_cast(host, dtype, _where(path), label=f"as_traced: leaf {_where(path)}")
+        if to_bool and kind is not bool:
+            _check_truth(leaf, _where(path))
         try:
             return jnp.asarray(leaf, dtype=dtype)
         except (TypeError, ValueError) as err:
@@ -426,6 +435,21 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
             ) from err
 
     return jax.tree_util.tree_map_with_path(convert, tree)
+
+
+def _check_truth(leaf: Any, where: str) -> None:
+    """Refuses a host number a bool would change: anything but 0 and 1 (0.5 is True)."""
+    if isinstance(leaf, jax.Array):
+        return  # (not read back: that would wait for the device)
+    try:
+        host = np.asarray(leaf)
+    except (TypeError, ValueError):
+        return  # (not a number: the conversion says so)
+    if host.dtype.kind in "iufc" and not np.all((host == 0) | (host == 1)):
+        raise ValueError(
+            f"as_traced: leaf {where} = {host.tolist()!r:.60} is not 0 or 1, which bool "
+            "would make True or False"
+        )
 
 
 def _check_whole(host: np.ndarray, dtype: Any, where: str) -> None:
@@ -470,6 +494,11 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     old_type = jax.typeof(old)
     if not isinstance(value, jax.core.Tracer):  # concrete: check what the cast would lose
         host = np.asarray(value)
+        if host.dtype == bool and old_type.dtype != bool:
+            raise TypeError(
+                f"hyperparameter {name!r} is {old_type.dtype}, got a bool (it would be "
+                "written as 1 or 0)"
+            )
         _check_cast(host, old_type.dtype, name)
         if host.dtype.kind in "iu" and jnp.issubdtype(old_type.dtype, jnp.inexact):
             value = host.astype(old_type.dtype)  # (jnp.asarray first cuts int64 to int32)

@@ -688,3 +688,27 @@ def test_as_traced_to_an_integer_dtype_refuses_what_it_would_cut():
     out = as_traced({"a": 3.0, "b": np.array([1.0, -2.0]), "c": np.int64(4), "d": 5}, jnp.int32)
     assert {k: v.tolist() for k, v in out.items()} == {"a": 3, "b": [1, -2], "c": 4, "d": 5}
     assert all(v.dtype == jnp.int32 for v in out.values())
+
+
+def test_a_bool_is_no_number_for_a_float_hyperparameter_and_a_number_no_bool():
+    # set_hparams(learning_rate=True) wrote 1.0, make_optimizer(learning_rate=True)
+    # injected a bool learning rate, and as_traced(0.5, bool) gave True
+    state = make_optimizer(optax.adam, learning_rate=1e-3).init(PARAMS)
+    for flag in (True, np.bool_(False), np.array(True)):
+        with pytest.raises(TypeError, match="got a bool"):
+            set_hparams(state, {"learning_rate": flag})
+    with pytest.raises(TypeError, match="got a bool"):
+        make_optimizer(optax.adam, learning_rate=True)
+    assert (
+        get_hparams(make_optimizer(optax.sgd, learning_rate=0.1, nesterov=True).init(PARAMS))
+        is not None
+    )
+    for bad in (0.5, 2, np.float32(0.5), np.array([0.0, 0.25])):
+        with pytest.raises(ValueError, match="not 0 or 1"):
+            as_traced(bad, bool)
+    assert as_traced({"a": 1.0, "b": 0, "c": True}, bool) == {
+        "a": jnp.asarray(True),
+        "b": jnp.asarray(False),
+        "c": jnp.asarray(True),
+    }
+    assert float(as_traced(True)) == 1.0  # (a flag fed as a float stays lossless)
