@@ -426,7 +426,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
             if host.dtype.kind in "biufc":
                 _check_cast(host, dtype, _where(path), label=f"as_traced: leaf {_where(path)}")
         if to_bool and kind is not bool:
-            _check_truth(leaf, _where(path))
+            _check_truth(leaf, f"as_traced: leaf {_where(path)}")
         try:
             return jnp.asarray(leaf, dtype=dtype)
         except (TypeError, ValueError) as err:
@@ -437,7 +437,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     return jax.tree_util.tree_map_with_path(convert, tree)
 
 
-def _check_truth(leaf: Any, where: str) -> None:
+def _check_truth(leaf: Any, label: str) -> None:
     """Refuses a host number a bool would change: anything but 0 and 1 (0.5 is True)."""
     if isinstance(leaf, jax.Array):
         return  # (not read back: that would wait for the device)
@@ -447,8 +447,7 @@ def _check_truth(leaf: Any, where: str) -> None:
         return  # (not a number: the conversion says so)
     if host.dtype.kind in "iufc" and not np.all((host == 0) | (host == 1)):
         raise ValueError(
-            f"as_traced: leaf {where} = {host.tolist()!r:.60} is not 0 or 1, which bool "
-            "would make True or False"
+            f"{label} = {host.tolist()!r:.60} is not 0 or 1, which bool would make True or False"
         )
 
 
@@ -500,6 +499,8 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
                 "written as 1 or 0)"
             )
         _check_cast(host, old_type.dtype, name)
+        if old_type.dtype == bool:
+            _check_truth(host, f"hyperparameter {name!r}")
         if host.dtype.kind in "iu" and jnp.issubdtype(old_type.dtype, jnp.inexact):
             value = host.astype(old_type.dtype)  # (jnp.asarray first cuts int64 to int32)
     value = jnp.asarray(value)

@@ -712,3 +712,9 @@ def test_a_bool_is_no_number_for_a_float_hyperparameter_and_a_number_no_bool():
         "c": jnp.asarray(True),
     }
     assert float(as_traced(True)) == 1.0  # (a flag fed as a float stays lossless)
+    # an injected bool takes 0 and 1, not 0.5
+    inject = optax.inject_hyperparams(lambda flag, learning_rate: optax.sgd(learning_rate))
+    flagged = inject(flag=jnp.asarray(True), learning_rate=0.1).init(PARAMS)
+    assert not get_hparams(set_hparams(flagged, {"flag": 0}))["flag"]
+    with pytest.raises(ValueError, match="not 0 or 1"):
+        set_hparams(flagged, {"flag": 0.5})
