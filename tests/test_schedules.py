@@ -432,6 +432,11 @@ def test_tabulate_keeps_only_changes():
     t = S.tabulate(c, 12, every=2)
     assert t.steps == (0, 2, 4) and [v["h"] for v in t.values] == [0.0, 0.5, 1.0]
     assert all(type(v["h"]) is float for v in t.values)
+    # start=0.5 was cut to 0, stop=9.5 to 9: a table of steps not asked for
+    for bad in ({"start": 0.5}, {"stop": 9.5}, {"start": True}):
+        with pytest.raises(TypeError, match="must be an int"):
+            S.tabulate(c, **{"stop": 12, **bad})
+    assert S.tabulate(c, np.int64(12), start=np.int32(4)).steps == (4,)
 
 
 # -- FixedSchedule with a callable ---------------------------------------------------------------
