@@ -747,6 +747,7 @@ def test_bool_hparams_are_recorded_as_bools_in_the_lineage():
     assert all(type(w.meta_params["b"]) is bool for w in state.workers)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # (pop.scores)
 def test_float64_scores_under_x64_are_ranked_exactly_in_and_out_of_jit():
     # a concrete float64 jax array skipped device_scores and was cast to float32: 1e39
     # became inf (diverged) and the best member was copied over; traced float64 scores
