@@ -860,3 +860,44 @@ def test_cli_watch_errors(tmp_path, finished, capsys):
     for interval in (0, math.inf, 1e300):
         with pytest.raises(ValueError, match="interval"):
             report.watch(two, interval=interval)
+
+
+def test_the_loggers_and_replay_name_the_best_member_the_report_names():
+    # best_final ranked the step before the value: in an asynchronous run the member
+    # furthest ahead was "best" even with the worst score, and the loggers logged it
+    # (best/value, best_schedule.json) while jaxpop report named another worker
+    from jaxpop.logging import best_member
+    from jaxpop.mutators import PopulationBasedTraining, explore
+    from jaxpop.schedules import best_final, from_lineage
+
+    space = {"lr": explore.uniform(0.0, 1.0)}
+    rng = np.random.default_rng(0)
+    for mode in ("min", "max"):
+        mutator = PopulationBasedTraining(
+            perturbation_interval=3, hyperparam_space=space, mode=mode
+        )
+        pop = PopulationController([{"lr": 0.1 * (i + 1)} for i in range(4)], mutator, seed=1)
+        steps = [0] * 4
+        for _ in range(60):
+            i = int(rng.integers(4))
+            w = pop.maybe_get_worker_data(i, None, None, None, None)
+            steps[i] = w.step + int(rng.integers(1, 3))
+            value = (
+                float(rng.choice([rng.normal(), np.nan])) if rng.random() < 0.1 else rng.normal()
+            )
+            pop.set_eval(i, w.generation_id, steps[i], f"p{i}-{steps[i]}", value)
+            best = report.build(pop.state).best
+            assert best_final(pop.state) == best.scored
+            logged = best_member(pop.state)
+            assert (logged.worker, logged.checkpoint) == (best.worker, best.scored)
+            gen, step = best.scored.ref
+            assert from_lineage(pop.state) == from_lineage(pop.history, gen, step=step)
+    # the case that showed it: worker 0 scores 0.01 at step 10, worker 1 100.0 at step 11
+    mutator = PopulationBasedTraining(perturbation_interval=100, hyperparam_space=space)
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.9}], mutator)
+    for i, (step, value) in enumerate(((10, 0.01), (11, 100.0))):
+        pop.set_eval(i, pop.active_workers[i].generation_id, step, None, value)
+    assert best_member(pop.state).worker == 0 and best_member(pop.state).value == 0.01
+    assert from_lineage(pop.state) == from_lineage(pop.history, pop.active_workers[0].generation_id)
+    with pytest.raises(TypeError, match="a History or a run's state"):
+        best_final({"history": pop.history})

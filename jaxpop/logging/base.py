@@ -25,6 +25,7 @@ from jaxpop.mutators import ExploitEvent, exploit_events
 from jaxpop.records import Checkpoint
 from jaxpop.report.data import flatten_hparams, numeric_hparams
 from jaxpop.schedules import Piecewise, best_final, from_lineage
+from jaxpop.schedules.replay import _best_member
 
 __all__ = [
     "BestMember",
@@ -83,8 +84,8 @@ class BestMember(NamedTuple):
       schedule: the hyperparameters it trained with, step by step
         (:func:`jaxpop.schedules.from_lineage`; ``schedule.to_json()`` is the
         ``jaxpop.schedules`` JSON that :func:`jaxpop.schedules.from_json` reads back).
-      worker: the worker whose current lineage holds ``checkpoint`` (``None`` when only
-        a history was given, or no worker's does).
+      worker: the best worker, whose trajectory ``checkpoint`` scores (``None`` when
+        only a history was given).
       mode: ``"min"`` or ``"max"``: which values are better.
     """
 
@@ -124,27 +125,17 @@ def best_member(source: PopulationState | History) -> BestMember | None:
         raise TypeError(
             f"best_member takes a PopulationState or a History, got {type(source).__name__}"
         )
-    try:
-        checkpoint = best_final(history)
+    worker: int | None = None
+    try:  # (given the state, its members are the workers, ranked as in jaxpop report)
+        if state is None:
+            checkpoint = best_final(history)
+        else:
+            worker, checkpoint = _best_member(history, state.workers)
     except ValueError:  # nothing evaluated yet
         return None
     lineage = tuple(history.lineage(checkpoint.generation_id, checkpoint.step))
     schedule = from_lineage(history, checkpoint.generation_id, step=checkpoint.step)
-    worker = None if state is None else _worker_of(state, checkpoint)
     return BestMember(checkpoint, lineage, schedule, worker, history.mode)
-
-
-def _worker_of(state: PopulationState, checkpoint: Checkpoint) -> int | None:
-    """The worker on ``checkpoint``'s generation, else one whose lineage passes it."""
-    for i, worker in enumerate(state.workers):
-        if worker.generation_id == checkpoint.generation_id:
-            return i
-    for i, worker in enumerate(state.workers):
-        if worker.generation_id in state.history and any(
-            c.ref == checkpoint.ref for c in state.history.lineage(worker.generation_id)
-        ):
-            return i
-    return None
 
 
 class ExploitFeed:

@@ -7,7 +7,7 @@ that was handed no params and started fresh); each link was trained with the
 hyperparameters of the checkpoint it leads to. :func:`from_lineage`
 reads that chain back into a :class:`~jaxpop.schedules.Piecewise` schedule, so that::
 
-    schedule = from_lineage(controller.history)          # the best final member
+    schedule = from_lineage(controller.state)            # the best final member
     replay = PopulationController([schedule(0)], FixedSchedule(schedule, on_ask=True))
 
 trains a single fresh worker with exactly the hyperparameters the member trained with,
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 from jaxpop.history import History
 from jaxpop.records import Checkpoint
@@ -36,23 +37,36 @@ from jaxpop.schedules.piecewise import Piecewise
 __all__ = ["best_final", "from_lineage"]
 
 
-def best_final(history: History) -> Checkpoint:
+def best_final(source: Any) -> Checkpoint:
     """The evaluated checkpoint of the best member at the end of a run.
 
-    The *final step* is the highest step at which any checkpoint carries a finite
-    value; the best final member is the evaluated checkpoint at that step with the best
-    value: the lowest, or the highest when ``history.mode`` is ``"max"`` (a controller
-    records its mutator's ``mode`` there); among equal values the generation created
-    first wins. A NaN or infinite value never wins over a finite one (a member that
-    diverged at a later step does not); only when no value is finite do they count,
-    by the same rule. For a run whose workers all stop at the
-    same step this is the best worker at the end (with ``BranchingSingleMachine``, the
-    better branch of a final explore phase). O(number of generations), plus the
-    evaluations a generation made after its last finite one.
+    Given the run's state (``controller.state``, a :class:`~jaxpop.core.PopulationState`),
+    the members are the workers: each is scored by the latest evaluated checkpoint of
+    its trajectory (its generation's, else the one its generation copied), and the
+    best member is the one whose score is best -- the lowest value, or the highest when
+    ``history.mode`` is ``"max"``; a NaN or infinite score after every finite one;
+    among equals the lowest worker id. This is the best member of ``jaxpop report``
+    and of the loggers.
+
+    Given only a :class:`~jaxpop.history.History`, which does not say which
+    generations the workers are on, the members are taken to be the generations
+    evaluated at the *final step*, the highest step at which any checkpoint carries a
+    finite value: the best is the evaluated checkpoint at that step with the best value
+    (among equal values the generation created first). A NaN or infinite value never
+    wins over a finite one (a member that diverged at a later step does not); only when
+    no value is finite do they count, by the same rule. For a run whose workers all stop
+    at the same step this is the best worker at the end (with
+    ``BranchingSingleMachine``, the better branch of a final explore phase); where they
+    stop at different steps (asynchronous PBT, a time budget), pass the state.
+    O(number of generations), plus the evaluations a generation made after its last
+    finite one.
 
     Raises:
       ValueError: no checkpoint in ``history`` carries a value.
     """
+    history, workers = _history_and_workers(source)
+    if workers is not None:
+        return _best_member(history, workers)[1]
     best: Checkpoint | None = None
     best_key: tuple[bool, int, float] | None = None
     for generation_id in history:
@@ -76,8 +90,48 @@ def best_final(history: History) -> Checkpoint:
     return best
 
 
+def _history_and_workers(source: Any) -> tuple[History, Any]:
+    """``(history, workers)`` of a run's state; ``(history, None)`` of a history."""
+    if isinstance(source, History):
+        return source, None
+    history, workers = getattr(source, "history", None), getattr(source, "workers", None)
+    if not isinstance(history, History) or not isinstance(workers, tuple):
+        raise TypeError(
+            f"expected a History or a run's state (controller.state), got {type(source).__name__}"
+        )
+    return history, workers
+
+
+def _best_member(history: History, workers: tuple[Any, ...]) -> tuple[int, Checkpoint]:
+    """:func:`best_final` of a run's state: its best worker and that worker's scored
+    checkpoint (the rule ``jaxpop report`` ranks its members by)."""
+    best: tuple[int, Checkpoint] | None = None
+    best_key: tuple[int, float] | None = None
+    for i, worker in enumerate(workers):
+        generation_id = worker.generation_id
+        if generation_id not in history:
+            continue  # (not in a consistent state)
+        scored = history.latest_evaluated(generation_id)
+        if scored is None:  # a copy not evaluated yet: the score of what it copied
+            lineage = reversed(history.lineage(generation_id))
+            scored = next((c for c in lineage if c.value is not None), None)
+        if scored is None:
+            continue
+        value = scored.value
+        assert value is not None  # (evaluated)
+        key = (0, history.rank(value)) if math.isfinite(value) else (1, 0.0)
+        if best_key is None or key < best_key:
+            best, best_key = (i, scored), key
+    if best is None:
+        raise ValueError(
+            "no member has an evaluated checkpoint yet, so there is no best member: "
+            "pass generation_id= to from_lineage"
+        )
+    return best
+
+
 def from_lineage(
-    history: History, generation_id: str | None = None, *, step: int | None = None
+    history: Any, generation_id: str | None = None, *, step: int | None = None
 ) -> Piecewise:
     """The piecewise schedule of hyperparameters a member trained with, root to end.
 
@@ -101,9 +155,10 @@ def from_lineage(
 
     Args:
       history: a run's history (``controller.history``, or a ``log_dir``'s via
-        :func:`jaxpop.storage.read_state`).
+        :func:`jaxpop.storage.read_state`), or its state (``controller.state``), which
+        also says which members are the workers' (see :func:`best_final`).
       generation_id: the member's generation; ``None``: the best final member
-        (:func:`best_final`).
+        (:func:`best_final` of ``history``).
       step: the checkpoint of that generation to start from; ``None``: the generation's
         latest checkpoint (with ``generation_id=None``: the best final checkpoint).
 
@@ -128,10 +183,11 @@ def from_lineage(
     >>> from_lineage(controller.history)  # what the best final member trained with
     piecewise({0: {'lr': 0.2}, 10: {'lr': 0.1}})
     """
+    source, (history, _) = history, _history_and_workers(history)
     if generation_id is None:
         if step is not None:
             raise ValueError("from_lineage: step= needs generation_id=")
-        generation_id, step = best_final(history).ref
+        generation_id, step = best_final(source).ref
     elif generation_id not in history:
         raise KeyError(f"from_lineage: no generation {generation_id!r} in the history")
     chain = history.lineage(generation_id, step)
