@@ -578,6 +578,7 @@ def ask(
                 "sent without params; it resumes from "
                 f"{(reply_worker.generation_id, reply_worker.step)}"
             )
+            assigned = reply_worker
     elif generation_id == assigned.generation_id:
         # keep going -- unless it is finished (told so: status "finished") or held
         reply_worker = None if assigned.status == ACTIVE else assigned
@@ -608,6 +609,18 @@ def ask(
             last = new.history.continuation(generation_id, step, params, None, now)
             new = new._with(history=new.history.add(last))
             added.append(last)
+    if reply_worker is assigned and assigned.status == ACTIVE and _lost(new.history, assigned):
+        # told to load its assignment, whose params another worker reported missing:
+        # it goes where checkpoint_missing would send it (never to params known gone)
+        new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)
+        added.extend(back)
+        warning = (
+            f"worker {worker_id} is sent to its assignment "
+            f"{(assigned.generation_id, assigned.step)}, whose params {assigned.params!r:.200} "
+            "were reported missing; it resumes from "
+            f"{(reply_worker.generation_id, reply_worker.step)}"
+        )
+        assigned = reply_worker
     if (reply_worker is None or reply_worker is assigned) and _held(mutator, new, worker_id):
         # held until the round is decided: one that keeps going, and one that restarted
         # or resyncs to its assignment (told to train, it went past the interval)
@@ -818,9 +831,9 @@ def missing(
         )
     history = state.history
     assigned = state.workers[worker_id]
-    at = history.get_checkpoint(assigned.generation_id, assigned.step)
-    known_lost = assigned.params is not None and at is not None and at.params is None
-    if (event.generation_id, step) != (assigned.generation_id, assigned.step) and not known_lost:
+    if (event.generation_id, step) != (assigned.generation_id, assigned.step) and not _lost(
+        history, assigned
+    ):
         return state, Reply(
             worker=assigned,
             warning=(
@@ -859,6 +872,15 @@ def _holder(state: PopulationState, worker_id: int, generation_id: str) -> int |
         (i for i, w in enumerate(workers) if w.generation_id == generation_id and i != worker_id),
         None,
     )
+
+
+def _lost(history: History, worker: ActiveWorker) -> bool:
+    """Whether an assignment's params were reported missing: its checkpoint in the
+    history holds none (``checkpoint_missing`` marked them) while it still does."""
+    if worker.params is None:
+        return False
+    at = history.get_checkpoint(worker.generation_id, worker.step)
+    return at is not None and at.params is None
 
 
 def _unsaved(history: History, worker: ActiveWorker) -> bool:

@@ -480,6 +480,32 @@ def test_a_stale_missing_report_gets_the_current_assignment_and_changes_nothing(
     assert reply.worker == state.workers[0] and "no longer its assignment" in reply.warning
 
 
+def test_no_ask_is_answered_with_params_another_worker_reported_missing():
+    # after a round both workers started from "p1-10"; worker 0 reported it missing, and
+    # worker 1's restart (or resync) was still told to load "p1-10"
+    from jaxpop import PopulationController, WinnerTakeAllGenetic
+
+    wta = WinnerTakeAllGenetic(lambda mp: {"lr": mp["lr"] / 2}, steps_per_exploit=10)
+    for ask_with in (None, "unknown-generation"):
+        pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}], wta)
+        g = [w.generation_id for w in pop.active_workers]
+        for i, value in enumerate((0.5, 0.3, 0.4)):
+            pop.set_eval(i, g[i], 10, f"p{i}-10", value)
+        sent = pop.maybe_get_worker_data(0, g[0], 10, "p0-10", None)
+        assert sent.params == "p1-10"
+        pop.checkpoint_missing(0, sent.generation_id, sent.step)
+        reply = pop.maybe_get_worker_data(1, ask_with, 0, None, None)
+        assert reply is not None and reply.params != "p1-10"
+        assert pop.active_workers[1] == reply and not any(
+            c.params == "p1-10" for gen in pop.history for c in pop.history[gen].values()
+        )
+        # a worker that keeps training on it (it loaded the params before) goes on
+        assert (
+            pop.maybe_get_worker_data(2, pop.active_workers[2].generation_id, 12, None, None)
+            is None
+        )
+
+
 def test_missing_params_of_an_assignment_that_has_none_is_an_error():
     mutator = noop_mutator()
     state = fresh_state([{"h": 1}], mutator)
