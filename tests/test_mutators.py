@@ -1,5 +1,6 @@
 """Unit and scenario tests of the seed's three mutators."""
 
+import functools
 import math
 import warnings
 
@@ -19,7 +20,7 @@ from jaxpop.mutators import (
     WinnerTakeAllState,
     explore,
 )
-from jaxpop.mutators.base import Mutator, takes_key
+from jaxpop.mutators.base import Mutator, call_mutate_fn, takes_key
 from jaxpop.mutators.pbt import PopulationBasedTraining
 from jaxpop.schedules import piecewise
 
@@ -35,6 +36,22 @@ def test_takes_key_tells_seed_and_keyed_forms_apart():
     assert not takes_key(lambda m, d, i: m, 3)
     assert takes_key(lambda m, d, i, key: m, 3)
     assert not takes_key(dict, 1)
+
+    # a keyword-only key (a partial binding an argument before it by keyword): it was
+    # not seen, the function was called without it, and the run failed at its first round
+    def scaled(meta, scale, key):
+        return {"h": meta["h"] * scale + float(np.asarray(key)[1] % 2)}
+
+    def kw_only(meta, *, key):
+        return {"h": meta["h"] + float(np.asarray(key)[1] % 2)}
+
+    for fn in (functools.partial(scaled, scale=0.5), kw_only):
+        assert takes_key(fn, 1)
+        key = np.array([0, 3], np.uint32)
+        assert call_mutate_fn(fn, True, ({"h": 2.0},), key) == fn({"h": 2.0}, key=key)
+        mutator = WinnerTakeAllGenetic(fn, steps_per_exploit=10)
+        state, _ = _wta_round(mutator, [0.3, 0.1, 0.2])
+        assert all(w.step == 10 for w in state.workers)  # (the round ran, with keys)
 
 
 # -- WinnerTakeAllGenetic --------------------------------------------------------------

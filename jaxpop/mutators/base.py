@@ -518,10 +518,12 @@ def check_callable(name: str, value: Any) -> Callable[..., Any]:
 def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
     """Whether a user's mutation function wants a PRNG key after its ``num_args`` arguments.
 
-    A function receives the key when its signature has a parameter named ``key``, or
-    accepts ``*args``, or has ``num_args + 1`` or more positional parameters without
-    defaults. Otherwise it is called without one (the seed's form, which may draw from
-    numpy's global random state).
+    A function receives the key when its signature has a parameter named ``key`` (by
+    name when it is keyword-only: ``def f(meta_params, *, key)``, or a
+    ``functools.partial`` that binds an argument before it by keyword), or accepts
+    ``*args``, or has ``num_args + 1`` or more positional parameters without defaults.
+    Otherwise it is called without one (the seed's form, which may draw from numpy's
+    global random state).
     """
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -532,7 +534,7 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
-    if any(p.name == "key" for p in positional):
+    if any(p.name == "key" for p in positional) or _key_by_name.__wrapped__(fn):
         return True
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return True
@@ -552,7 +554,23 @@ def call_mutate_fn(
     history that share it (their numpy arrays are read-only).
     """
     args = (jax.tree.map(_fresh, args[0]), *args[1:])
-    return fn(*args, key) if wants_key else fn(*args)
+    if not wants_key:
+        return fn(*args)
+    try:
+        by_name = _key_by_name(fn)
+    except TypeError:  # (unhashable: not cached)
+        by_name = _key_by_name.__wrapped__(fn)
+    return fn(*args, key=key) if by_name else fn(*args, key)
+
+
+@functools.lru_cache(maxsize=256)
+def _key_by_name(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn``'s ``key`` parameter is keyword-only (passed by name)."""
+    try:
+        parameter = inspect.signature(fn).parameters.get("key")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def _fresh(leaf: Any) -> Any:
