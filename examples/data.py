@@ -92,9 +92,12 @@ def load(name: str = "digits", *, seed: int = 0, limit: int | None = None) -> Da
 
     Args:
       name: which data set.
-      seed: seeds the digits train/validation split.
-      limit: for CIFAR-10, read at most this many images of each split.
+      seed: seeds the digits train/validation split (the examples keep the default:
+        a run resumed with another seed must validate on the same images).
+      limit: for CIFAR-10, read at most this many images of each split (at least 1).
     """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
     if name == "digits":
         return _load_digits(seed)
     if name == "cifar10":
@@ -107,6 +110,8 @@ def batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled mini-batches of exactly ``batch_size`` examples."""
     n = len(images)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if batch_size > n:
         raise ValueError(f"batch_size {batch_size} is larger than the data set ({n})")
     while True:

@@ -21,6 +21,7 @@ exploits) and ``finish`` at the end (the best member and its schedule).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import math
@@ -254,18 +255,34 @@ def train_worker(
                 return accuracies
 
 
-def add_flags(parser: argparse.ArgumentParser, *, steps: int, workers: int, log_dir: str):
-    """The flags every CNN example takes."""
+def add_flags(
+    parser: argparse.ArgumentParser,
+    *,
+    steps: int,
+    workers: int,
+    log_dir: str,
+    batch_size: bool = True,
+):
+    """The flags every CNN example takes (``--batch-size`` only with ``batch_size``: an
+    example whose hyperparameters hold the batch size has none)."""
     parser.add_argument("--steps", type=int, default=steps, help="training steps per worker")
     parser.add_argument("--workers", type=int, default=workers, help="population size")
     parser.add_argument("--log-dir", default=log_dir, help="controller state and checkpoints")
     parser.add_argument("--dataset", default="digits", choices=data_lib.DATASETS)
     parser.add_argument("--limit", type=int, default=None, help="cifar10: images per split")
-    parser.add_argument("--batch-size", type=int, default=64)
+    if batch_size:
+        parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--keep-best", type=int, default=4, help="checkpoints kept by GC")
     parser.add_argument("--gc-every", type=int, default=8, help="evaluations between GCs")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the hyperparameters, the initialisation and the batches (not the "
+        "digits split, which stays fixed: a run resumed with another seed validates on "
+        "the same images)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--log",
@@ -319,7 +336,7 @@ def _join(threads: Sequence[threading.Thread], logs: Loggers, controller: Contro
 
 def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed)."""
-    dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
+    dataset = data_lib.load(args.dataset, limit=args.limit)  # (the split is the data's)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     model = Model(experiment, dataset, population[0])
     accuracies: dict = {}
@@ -344,20 +361,29 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
         # each worker trains --steps more steps than where it stands (a resumed run goes on)
         until = [w.step + args.steps for w in controller.active_workers]
 
+        failed: dict[int, BaseException] = {}
+
         def work(i: int) -> None:
-            accuracies.update(
-                train_worker(
-                    i,
-                    controller,
-                    store,
-                    model,
-                    dataset,
-                    args,
-                    until_step=until[i],
-                    progress=progress,
-                    logger=logs if len(logs) else None,
+            try:
+                accuracies.update(
+                    train_worker(
+                        i,
+                        controller,
+                        store,
+                        model,
+                        dataset,
+                        args,
+                        until_step=until[i],
+                        progress=progress,
+                        logger=logs if len(logs) else None,
+                    )
                 )
-            )
+            except BaseException as error:  # the run fails (a thread's error would not)
+                failed[i] = error
+                # the others stop waiting for it, and finish their steps (a failure of
+                # the controller itself: the first error says)
+                with contextlib.suppress(Exception):
+                    controller.finish(i)
 
         threads = [
             threading.Thread(target=work, args=(i,), name=f"worker-{i}")
@@ -366,6 +392,9 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
         for t in threads:
             t.start()
         _join(threads, logs, controller)
+        if failed:
+            i = min(failed)
+            raise RuntimeError(f"worker {i} failed: {failed[i]!r}") from failed[i]
         logs.finish(controller.state)  # the last exploits, the best member's schedule
         progress.close()
         store.wait()
@@ -449,5 +478,9 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     args = parser.parse_args(argv)
     if min(args.workers, args.steps, args.eval_every, args.gc_every) < 1:
         parser.error("--workers, --steps, --eval-every and --gc-every must be positive")
+    if getattr(args, "batch_size", 1) < 1 or (args.limit is not None and args.limit < 1):
+        parser.error("--batch-size and --limit must be positive")
+    if args.seed < 0 or args.keep_best < 0:
+        parser.error("--seed and --keep-best must be at least 0")
     args.log = parse_backends([*args.log, *(["tensorboard"] * args.tensorboard)])
     return args

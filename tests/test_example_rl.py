@@ -103,3 +103,15 @@ def test_two_copies_of_one_parent_draw_different_actions_and_environment_noise()
     for a, b in ((0, 2), (0, 3), (2, 3)):
         assert not np.array_equal(obs[a], obs[b]), (a, b)
         assert not np.array_equal(weights[a], weights[b]), (a, b)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--total-steps", "0"], ["--interval", "0"], ["--interval", "-100000"], ["--interval", "100"]],
+)
+def test_steps_out_of_range_are_refused(bad, capsys):
+    # 0 was taken as "unset" (the environment's default ran), a negative or short
+    # interval became one update, silently
+    with pytest.raises(SystemExit):
+        train.parse(bad)
+    assert "must be" in capsys.readouterr().err

@@ -121,8 +121,59 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     argv += ["--batch-size", "16"]
     summary = vectorized.main([*argv, "--log-dir", str(tmp_path)])
     assert summary["exploit_events"] >= 1 and math.isfinite(summary["best"]["val_loss"])
-    resumed = vectorized.main(["--steps", "50", *argv[2:], "--log-dir", str(tmp_path)])
+    # with another --seed: the accuracies were keyed by that seed's generation ids, none
+    # of the run's (every val_acc None)
+    resumed = vectorized.main(
+        ["--steps", "50", *argv[2:], "--log-dir", str(tmp_path), "--seed", "1"]
+    )
     assert resumed["checkpoints"] > summary["checkpoints"]
+    assert all(m["val_accuracy"] is not None for m in resumed["members"] if m["step"] == 50)
+
+
+def test_the_digits_split_does_not_depend_on_the_seed(tmp_path, monkeypatch):
+    # a run resumed with another --seed validated on images it had trained on (80% of
+    # the seed-1 validation set were seed-0 training images)
+    from examples.vectorized import train as vectorized
+
+    asked = []
+
+    def spy(name, **kwargs):
+        asked.append(kwargs.get("seed", 0))
+        raise KeyboardInterrupt  # (enough: the data set is what is checked)
+
+    monkeypatch.setattr(data_lib, "load", spy)
+    for main in (simple_cnn.main, complex_cnn.main, vectorized.main):
+        with pytest.raises(KeyboardInterrupt):
+            main(["--seed", "3", "--log-dir", str(tmp_path)])
+    assert asked == [0, 0, 0]
+
+
+def test_a_worker_that_fails_fails_the_run(tmp_path):
+    # a worker's exception was printed by its thread and the run went on (no exploit
+    # ever again: the others waited for it) and exited 0
+    argv = ["--steps", "20", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "10"]
+    with pytest.raises(RuntimeError, match=r"worker 0 failed.*larger than the data set"):
+        simple_cnn.main([*argv, "--batch-size", "100000", "--log-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [["--batch-size", "-5"], ["--batch-size", "0"], ["--limit", "0"], ["--seed", "-1"]],
+)
+def test_flags_out_of_range_are_refused(bad, capsys):
+    # a negative batch size hung forever (no batch was ever drawn); 0 crashed in range()
+    with pytest.raises(SystemExit):
+        simple_cnn.main(bad)
+    assert "must be" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        next(data_lib.batches(np.zeros((4, 1)), np.zeros(4), -5, np.random.default_rng(0)))
+
+
+def test_complex_cnn_has_no_batch_size_flag(capsys):
+    # its batch size is a hyperparameter: --batch-size was accepted and ignored
+    with pytest.raises(SystemExit):
+        complex_cnn.main(["--batch-size", "16"])
+    assert "unrecognized arguments: --batch-size" in capsys.readouterr().err
 
 
 def test_the_vectorized_example_journals_a_snapshot_only_once_it_is_finalized(

@@ -5,12 +5,12 @@ label smoothing, the strengths of four photometric augmentations (hue, saturatio
 contrast, brightness; hue and saturation act on colour images only, so on the
 grayscale default data set they are carried but change nothing) and the batch size.
 Every ``--seconds-per-exploit`` seconds, once each worker has reported, the workers
-copy the best one (lowest validation loss) and the others perturb every
-hyperparameter: continuous ones by a factor of 0.8 or 1.2 (or a shift, for values near
-1 such as ``b2``), clipped to their range; the batch size moves to a neighbouring
-choice. All numeric hyperparameters reach the compiled step as arrays, so they never
-recompile it; the batch size changes array shapes, so the step compiles once per batch
-size in ``BATCH_SIZES``.
+copy the best one (lowest validation loss) and perturb every hyperparameter (the best
+one too: the seed's rule, ``keep_winner=False``): continuous ones by a factor of 0.8 or
+1.2 (or a shift, for values near 1 such as ``b2``), clipped to their range; the batch
+size moves to a neighbouring choice. All numeric hyperparameters reach the compiled
+step as arrays, so they never recompile it; the batch size changes array shapes, so the
+step compiles once per batch size in ``BATCH_SIZES``.
 
 Run from the repo root::
 
@@ -90,7 +90,9 @@ EXPERIMENT = population_cnn.Experiment(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    population_cnn.add_flags(parser, steps=600, workers=4, log_dir="runs/complex_cnn")
+    population_cnn.add_flags(
+        parser, steps=600, workers=4, log_dir="runs/complex_cnn", batch_size=False
+    )
     parser.add_argument("--seconds-per-exploit", type=float, default=10.0)
     return population_cnn.run(EXPERIMENT, population_cnn.parse(parser, argv))
 

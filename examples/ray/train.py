@@ -88,7 +88,7 @@ def train_worker(
     if slot is not None and slot.status == "finished":  # the run is over: nothing to do
         return {"accuracies": {}, "compilations": 0, "dataset": None}
     log_dir = os.path.abspath(args.log_dir)
-    dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
+    dataset = data_lib.load(args.dataset, limit=args.limit)
     example_meta = EXPERIMENT.initial_population(args.workers, np.random.default_rng(args.seed))
     model = population_cnn.Model(EXPERIMENT, dataset, example_meta[0])
     logger = logs if logs is not None and len(logs) else None

@@ -117,7 +117,7 @@ class Population:
 
         An agent's score is the mean return of the episodes it finished in the round; an
         agent that finished none scores the mean return its running episodes have
-        collected so far (a lower bound on their returns).
+        collected so far (not their returns: the episodes go on).
         """
         step = vz.vmap_train_step(self.agent.train_step)
         pop, metrics = jax.lax.scan(
@@ -219,7 +219,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed unless ``--quiet``)."""
     start = time.time()
     config = CONFIGS[args.env]
-    updates = max(1, round((args.interval or config.interval) / config.steps_per_update))
+    interval = config.interval if args.interval is None else args.interval
+    updates = max(1, round(interval / config.steps_per_update))
     fns = population(
         args.env,
         args.members,
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eval_episodes=args.eval_episodes,
         fast_compile=args.fast_compile,
     )
-    total = args.total_steps or config.total_steps
+    total = config.total_steps if args.total_steps is None else args.total_steps
     rounds = max(1, math.ceil(total / fns.steps_per_round))
     logdir = args.logdir or _default_logdir(args)
     log = _open_log(logdir, args.overwrite)
@@ -331,8 +332,15 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --logdir")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
     args = parser.parse_args(argv)
-    if min(args.members, args.eval_episodes) < 1 or (args.total_steps or 1) < 1:
+    total = 1 if args.total_steps is None else args.total_steps  # (0 was taken as unset)
+    if min(args.members, args.eval_episodes, total) < 1:
         parser.error("--members, --eval-episodes and --total-steps must be positive")
+    update = CONFIGS[args.env].steps_per_update
+    if args.interval is not None and args.interval < update:
+        parser.error(
+            f"--interval must be at least one PPO update, {update} environment steps for "
+            f"{args.env} (it is rounded to whole updates)"
+        )
     if not 0.0 <= args.quantile <= 0.5:
         parser.error("--quantile must be in [0, 0.5]")
     return args

@@ -5,7 +5,8 @@ learn's bundled digits; ``--dataset cifar10`` for CIFAR-10 through tensorflow-da
 saves its parameters and optimizer state with jaxpop's Orbax store every
 ``--eval-every`` steps and reports the held-out validation loss with the checkpoint's
 handle. Every ``--steps-per-exploit`` steps, once every worker has reported, all workers
-copy the best one's checkpoint and the others perturb its log learning rate.
+copy the best one's checkpoint and perturb its log learning rate (the best one too: the
+seed's rule, ``keep_winner=False``).
 
 Run from the repo root::
 

@@ -147,7 +147,7 @@ def _resume(log, store, model, pop):
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed)."""
-    dataset = data_lib.load(args.dataset, seed=args.seed, limit=args.limit)
+    dataset = data_lib.load(args.dataset, limit=args.limit)
     model = _Model(dataset, args, _mesh(args.workers))
     start = time.time()
     key = root_key(args.seed)
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             accs = np.asarray(result.evaluation)
             losses = np.asarray(result.scores)
             for i, gen_index in enumerate(np.asarray(result.exploit.old_generation)):
-                gen = vz.generation_id(key, int(gen_index))
+                gen = vz.generation_id(lineage.key, int(gen_index))  # (the run's key)
                 accuracies[(gen, step)] = float(accs[i])
                 if len(logs):
                     hparams = lineage.history.meta_params(gen)
