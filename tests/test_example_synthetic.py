@@ -67,6 +67,10 @@ def test_both_synthetic_examples_share_their_options_and_reject_bad_steps(capsys
             module.parse_args(["--steps", "0"])
         assert info.value.code == 2
         assert "--steps: must be positive, got 0" in capsys.readouterr().err
+    # fewer steps than the first evaluation: nothing to replay (from_lineage's error)
+    with pytest.raises(SystemExit):
+        replay.parse_args(["--steps", "3"])
+    assert "--steps must be at least 5" in capsys.readouterr().err
 
 
 def test_the_loop_waits_while_held_and_stops_when_finished(monkeypatch, capsys):

@@ -86,7 +86,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "Search with BranchingSingleMachine, then replay the found schedule.",
     )
     parser.add_argument("--export", default=None, help="write schedule.json and schedule.csv here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.steps < train.EVAL_EVERY:  # (no evaluation: nothing to replay)
+        parser.error(f"--steps must be at least {train.EVAL_EVERY}, the first evaluation's step")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -11,7 +11,9 @@ hyperparameters -- one dispatch per round, no host round trip per step, no check
 per exploit. The host records the lineage in the same history as the threaded examples
 (journaled under ``--log-dir``), with an Orbax snapshot of the stacked population every
 round, and resumes from both when restarted on the same ``--log-dir``. With several
-devices the member axis is sharded over all of them.
+devices the member axis is sharded over as many of them as divide ``--workers`` evenly
+(``gcd(workers, devices)``). The round compiles once per length: once, when ``--steps``
+is a multiple of ``--eval-every`` (else a shorter last round compiles again).
 
 Run from the repo root::
 
