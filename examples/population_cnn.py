@@ -251,7 +251,10 @@ def train_worker(
                 progress.set_postfix(worker=worker_id, val_loss=f"{loss:.3f}", acc=f"{acc:.3f}")
             if worker_id == 0 and (step // args.eval_every) % args.gc_every == 0:
                 store.collect_garbage(controller, keep_best=args.keep_best)  # bounded disk
-            if step >= until_step:
+            # done -- unless the report sent it back to a copy below the end (a round it
+            # trained past was decided meanwhile): it trains that copy to the end too, so
+            # every member ends evaluated at until_step, none on an untrained copy
+            if step >= until_step and (data is None or data.step >= until_step):
                 return accuracies
 
 

@@ -148,6 +148,19 @@ def test_the_digits_split_does_not_depend_on_the_seed(tmp_path, monkeypatch):
     assert asked == [0, 0, 0]
 
 
+def test_every_member_ends_evaluated_at_the_last_step(tmp_path):
+    # a worker that trained past a round (WinnerTakeAllGenetic does not hold workers)
+    # and was sent back to a copy by its last report stopped there: the summary scored
+    # it by the copy's parent, an earlier step, and left out work the run had done
+    argv = ["--steps", "20", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "10"]
+    argv += ["--batch-size", "16", "--no-progress", "--log-dir", str(tmp_path)]
+    for end in (20, 40):  # a run, then the same run resumed
+        summary = simple_cnn.main(argv)
+        assert [m["step"] for m in summary["members"]] == [end, end]
+        state = _stored(str(tmp_path), 2)
+        assert all(w.step == end for w in state.workers)
+
+
 def test_a_worker_that_fails_fails_the_run(tmp_path):
     # a worker's exception was printed by its thread and the run went on (no exploit
     # ever again: the others waited for it) and exited 0
