@@ -21,7 +21,6 @@ exploits) and ``finish`` at the end (the best member and its schedule).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib.util
 import math
@@ -172,8 +171,10 @@ def train_worker(
     until_step: int,
     progress: tqdm | None = None,
     logger: RunLogger | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[tuple[str, int], float]:
-    """One worker of the population, until its step reaches ``until_step``.
+    """One worker of the population, until its step reaches ``until_step`` (or ``stop``
+    is set: another worker failed, and the run ends).
 
     ``controller`` is a :class:`jaxpop.PopulationController` (threads) or a
     :class:`jaxpop.distributed.ray.PopulationClient` (Ray), both a
@@ -191,6 +192,8 @@ def train_worker(
     reached = until_step - args.steps  # the progress bar counts steps towards until_step
     data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
     while data is not None and data.status == "waiting":  # restarted inside a round
+        if stop is not None and stop.is_set():
+            return accuracies
         time.sleep(0.01)
         held = data
         data = controller.maybe_get_worker_data(
@@ -216,7 +219,7 @@ def train_worker(
             batch_size = model.experiment.batch_size(meta, args)
             batches = data_lib.batches(dataset.train_images, dataset.train_labels, batch_size, rng)
             data = None
-        if step >= until_step:
+        if step >= until_step or (stop is not None and stop.is_set()):
             return accuracies
         images, labels = next(batches)
         key, step_key = jax.random.split(key)
@@ -239,6 +242,8 @@ def train_worker(
                     generation_id=generation_id,
                 )
             while data is not None and data.status == "waiting":  # a synchronous round
+                if stop is not None and stop.is_set():
+                    return accuracies
                 time.sleep(0.01)
                 data = controller.maybe_get_worker_data(
                     worker_id, generation_id, step, handle, meta
@@ -365,6 +370,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
         until = [w.step + args.steps for w in controller.active_workers]
 
         failed: dict[int, BaseException] = {}
+        stop = threading.Event()  # set when a worker fails: the others end too
 
         def work(i: int) -> None:
             try:
@@ -379,14 +385,14 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
                         until_step=until[i],
                         progress=progress,
                         logger=logs if len(logs) else None,
+                        stop=stop,
                     )
                 )
             except BaseException as error:  # the run fails (a thread's error would not)
+                # the others stop too (a round would wait for this one forever); nothing
+                # is journaled for it, so a resumed run trains it again
                 failed[i] = error
-                # the others stop waiting for it, and finish their steps (a failure of
-                # the controller itself: the first error says)
-                with contextlib.suppress(Exception):
-                    controller.finish(i)
+                stop.set()
 
         threads = [
             threading.Thread(target=work, args=(i,), name=f"worker-{i}")

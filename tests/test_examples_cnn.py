@@ -161,12 +161,27 @@ def test_every_member_ends_evaluated_at_the_last_step(tmp_path):
         assert all(w.step == end for w in state.workers)
 
 
-def test_a_worker_that_fails_fails_the_run(tmp_path):
+def test_a_worker_that_fails_fails_the_run_and_a_resume_trains_it_again(tmp_path, monkeypatch):
     # a worker's exception was printed by its thread and the run went on (no exploit
     # ever again: the others waited for it) and exited 0
+    from examples import population_cnn
+
     argv = ["--steps", "20", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "10"]
-    with pytest.raises(RuntimeError, match=r"worker 0 failed.*larger than the data set"):
-        simple_cnn.main([*argv, "--batch-size", "100000", "--log-dir", str(tmp_path)])
+    argv += ["--batch-size", "16", "--no-progress", "--log-dir", str(tmp_path)]
+    train_worker = population_cnn.train_worker
+
+    def failing(worker_id, *args, **kwargs):
+        if worker_id == 0:
+            raise MemoryError("worker 0 ran out")
+        return train_worker(worker_id, *args, **kwargs)
+
+    monkeypatch.setattr(population_cnn, "train_worker", failing)
+    with pytest.raises(RuntimeError, match="worker 0 failed: MemoryError"):
+        simple_cnn.main(argv)  # (worker 1 stops too: its round would wait for worker 0)
+    assert [w.status for w in _stored(str(tmp_path), 2).workers] == ["active", "active"]
+    monkeypatch.setattr(population_cnn, "train_worker", train_worker)
+    summary = simple_cnn.main(argv)  # the cause fixed, the resumed run trains both
+    assert [m["step"] for m in summary["members"]] == [20, 20]
 
 
 @pytest.mark.parametrize(
