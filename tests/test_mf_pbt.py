@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import functools
 import math
 
 import jax
@@ -321,6 +322,21 @@ def test_the_device_round_follows_the_same_plan_and_records_a_lineage():
     gen6 = lineage.workers[6].generation_id
     assert lineage.history.branch_point(gen6) == (vectorized.generation_id(lineage.key, 0), 10)
     assert lineage.workers[6].meta_params == vectorized.member_hparams(new.hparams, 6)
+
+
+def test_the_device_round_orders_int_scores_float32_cannot_tell_apart():
+    # int32 scores past 2**24 were cast to float32 and tied: member 0, strictly the
+    # worst of its bracket, copied nobody (the host, and numpy scores, copy member 1)
+    big = 2**24
+    values = [big, big + 1, big + 1, big + 1, 0, 0, 0, 0]
+    m = make(frequencies=(1, 2), mode="max")
+    start = fresh_state([{"lr": 0.001 * (i + 1)} for i in range(8)], m)
+    state = report_all(start, m, 10, values)
+    assert state.workers[0].generation_id != start.workers[0].generation_id  # (it copied)
+    round_ = functools.partial(mf_pbt_round, frequencies=(1, 2), space=SPACE, mode="max")
+    for scores in (np.asarray(values, np.int64), jnp.asarray(values, jnp.int32)):
+        for run in (round_, jax.jit(round_, static_argnums=2)):
+            assert run(_population(), scores, 1)[1].parents.tolist()[0] == 1
 
 
 def test_the_device_round_refuses_a_population_that_does_not_split():

@@ -407,3 +407,28 @@ def test_one_members_decision_equals_the_host_twins(
     twin = HOST_SELECTIONS[selection](HostRandom(key, stream=i), pbt._tiered(keys), **kwargs)
     assert one == twin[i]
     assert twin[np.arange(n) != i].tolist() == np.arange(n)[np.arange(n) != i].tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    scores=st.lists(
+        st.one_of(
+            st.sampled_from([NAN, INF, -INF, 0.0, 1.0, 1.0 + 1e-9, 1e39, -1e39, 1e-40, 2.0**30]),
+            st.floats(-1e6, 1e6, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_device_scores_decide_alike_on_the_host_and_in_jit(scores):
+    # float64 scores under x64: the host casts them where float32 orders them, else
+    # ranks them; traced ones were always ranked (a custom selection saw values eagerly
+    # and ranks in jit), and before that were cast (1e39 became inf)
+    from jaxpop.mutators.selection import device_scores
+
+    with jax.enable_x64(True):
+        on_host = np.asarray(device_scores(np.asarray(scores), np.float32), np.float32)
+        traced = jax.jit(lambda s: device_scores(s, np.float32))(jnp.asarray(scores))
+        assert traced.dtype == jnp.float32
+        flushed = np.where(np.abs(on_host) < np.finfo(np.float32).tiny, 0, on_host)  # (as XLA)
+        np.testing.assert_array_equal(np.asarray(traced), flushed)

@@ -111,9 +111,9 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
     cast to ``dtype``: JAX would wrap an int64 past 2**31 to int32); else their ranks
     in ``dtype`` (0 for the lowest; NaN for a non-finite score, which ranks last in
     every selection), which order the members exactly as the scores do, in either mode.
-    A JAX array already of ``dtype`` (or any, for ``dtype=None``) is returned as it
-    is; one of another dtype (float64 under x64, int32) is read as host scores are, or,
-    while traced, gets its ranks computed on the device.
+    A JAX array already of ``dtype`` (by default: a float one of its own) is returned
+    as it is; one of another dtype (float64 under x64 for float32, int32) is read as
+    host scores are, or, while traced, decided the same way on the device.
 
     >>> device_scores(np.array([3.0, 1e39, np.nan, 1.0])).tolist()
     [1.0, 2.0, nan, 0.0]
@@ -121,12 +121,13 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
     [3.0, 1.0]
     """
     if isinstance(scores, jax.Array):
-        if dtype is None or scores.dtype == dtype or scores.ndim != 1:
-            return scores
-        if not (
-            jnp.issubdtype(scores.dtype, jnp.integer) or jnp.issubdtype(scores.dtype, jnp.floating)
-        ):
+        floating = jnp.issubdtype(scores.dtype, jnp.floating)
+        if scores.ndim != 1 or not (floating or jnp.issubdtype(scores.dtype, jnp.integer)):
             return scores  # (canonical_scores says what is wrong with them)
+        if dtype is None:  # (ints: JAX's float, as for host ones)
+            dtype = scores.dtype if floating else jax.dtypes.canonicalize_dtype(np.float32)
+        if scores.dtype == dtype:
+            return scores
         if isinstance(scores, jax.core.Tracer):
             return _device_ranks(scores, dtype)
     host = np.asarray(scores)
@@ -152,19 +153,25 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
 
 
 def _device_ranks(scores: jax.Array, dtype: Any) -> jax.Array:
-    """:func:`device_scores`'s ranks computed on the device (for traced scores): 0 for the
-    lowest finite score, one more for each distinct higher one, NaN for a non-finite
-    one."""
+    """:func:`device_scores` of traced scores, decided on the device as on the host: the
+    scores cast to ``dtype`` where that keeps every distinct finite score distinct and
+    finite; else their ranks (0 for the lowest finite score, one more for each distinct
+    higher one, NaN for a non-finite one)."""
     finite = jnp.isfinite(scores)
+    keyed = scores
     if jnp.issubdtype(scores.dtype, jnp.floating):
-        scores = jnp.where(finite, scores, jnp.inf)  # (after every finite one)
-    ordered = jnp.sort(scores)
-    rises = jnp.concatenate(
-        [jnp.zeros(1, jnp.int32), (ordered[1:] > ordered[:-1]).astype(jnp.int32)]
+        keyed = jnp.where(finite, scores, jnp.inf)  # (after every finite one)
+    ordered = jnp.sort(keyed)
+    rises = ordered[1:] > ordered[:-1]
+    dense = jnp.cumsum(jnp.concatenate([jnp.zeros(1, jnp.int32), rises.astype(jnp.int32)]))
+    ranks = jnp.where(finite, dense[jnp.searchsorted(ordered, keyed)].astype(dtype), jnp.nan)
+    cast = ordered.astype(dtype)
+    cast = jnp.where(jnp.abs(cast) < jnp.finfo(dtype).tiny, 0, cast)  # (XLA flushes them)
+    held = jnp.isfinite(ordered)
+    keeps = jnp.all(~held | jnp.isfinite(cast)) & jnp.all(
+        ~(rises & held[1:]) | (cast[1:] > cast[:-1])
     )
-    dense = jnp.cumsum(rises)  # each sorted place's rank among the distinct scores
-    ranks = dense[jnp.searchsorted(ordered, scores, side="left")]
-    return jnp.where(finite, ranks.astype(dtype), jnp.nan)
+    return jnp.where(keeps, scores.astype(dtype), ranks)
 
 
 def _keeps_host_order(select: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
