@@ -194,7 +194,9 @@ def make_optimizer(
             # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
             # read from a config) would be baked in, and never change online
             value = arguments[name] = value.item()
-        if isinstance(value, (bool, np.bool_)) and name in floats and name not in static_args:
+        kind = getattr(getattr(value, "dtype", None), "kind", None)  # (an array's)
+        is_bool = isinstance(value, (bool, np.bool_)) or kind == "b"
+        if is_bool and name in floats and name not in static_args:
             raise TypeError(
                 f"argument {name!r} is a float, got a bool (it would be injected as a "
                 "bool, and set_hparams could never write a float there)"
@@ -342,9 +344,11 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
       The new state, of the same structure, shapes and dtypes.
 
     Raises:
-      ValueError: no injected state; a shape differs from the stored one; or a name
+      ValueError: no injected state; a shape differs from the stored one; a name
         follows a schedule (optax recomputes it at every update, a written value would
-        be ignored).
+        be ignored); or a value the stored dtype would change: one that overflows it
+        (1e39 in float32) or underflows it to 0 (1e-46), an integer outside it, a
+        number other than 0 or 1 for a bool.
       KeyError: a name is held by no injected state; the message lists the names held.
       TypeError: a floating value for an integer hyperparameter, or a bool for a
         number.

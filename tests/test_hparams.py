@@ -697,8 +697,9 @@ def test_a_bool_is_no_number_for_a_float_hyperparameter_and_a_number_no_bool():
     for flag in (True, np.bool_(False), np.array(True)):
         with pytest.raises(TypeError, match="got a bool"):
             set_hparams(state, {"learning_rate": flag})
-    with pytest.raises(TypeError, match="got a bool"):
-        make_optimizer(optax.adam, learning_rate=True)
+    for flag in (True, np.array(True), jnp.asarray(False)):
+        with pytest.raises(TypeError, match="got a bool"):
+            make_optimizer(optax.adam, learning_rate=flag)
     assert (
         get_hparams(make_optimizer(optax.sgd, learning_rate=0.1, nesterov=True).init(PARAMS))
         is not None
