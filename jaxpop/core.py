@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -614,12 +615,13 @@ def ask(
         # it goes where checkpoint_missing would send it (never to params known gone)
         new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)
         added.extend(back)
-        warning = (
+        lost = (
             f"worker {worker_id} is sent to its assignment "
             f"{(assigned.generation_id, assigned.step)}, whose params {assigned.params!r:.200} "
             "were reported missing; it resumes from "
             f"{(reply_worker.generation_id, reply_worker.step)}"
         )
+        warning = lost if warning is None else f"{warning}; {lost}"
         assigned = reply_worker
     if (reply_worker is None or reply_worker is assigned) and _held(mutator, new, worker_id):
         # held until the round is decided: one that keeps going, and one that restarted
@@ -892,6 +894,11 @@ def _unsaved(history: History, worker: ActiveWorker) -> bool:
     return worker.params is None and worker.step > history.first(gen).step and history.saves(gen)
 
 
+#: Params that name stored ones (a path, a key): equal ones are the same stored params,
+#: so one reported missing is missing wherever a checkpoint holds it.
+_HANDLES = (str, bytes, os.PathLike)
+
+
 def _step_back(
     state: PopulationState,
     worker_id: int,
@@ -907,17 +914,19 @@ def _step_back(
     assigned = state.workers[worker_id]
     at = history.get_checkpoint(assigned.generation_id, assigned.step)
     lost_refs: set = set()
-    lost_handles: set[str] = set()
+    lost_handles: set[Any] = set()  # names of stored params: every copy holding one is lost
 
     def lose(checkpoint: Checkpoint | None, params: Any) -> None:
-        if isinstance(params, str):
+        if isinstance(params, _HANDLES):
             lost_handles.add(params)
         for c in _same_params(history, checkpoint) if checkpoint is not None else ():
             lost_refs.add(c.ref)
 
     def is_lost(checkpoint: Checkpoint) -> bool:
         params = checkpoint.params
-        return checkpoint.ref in lost_refs or (isinstance(params, str) and params in lost_handles)
+        return checkpoint.ref in lost_refs or (
+            isinstance(params, _HANDLES) and params in lost_handles
+        )
 
     if assigned.params is not None:
         lose(at, assigned.params)

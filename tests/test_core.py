@@ -1,6 +1,7 @@
 """Unit tests of the pure transitions on hand-made states."""
 
 import math
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -486,18 +487,19 @@ def test_no_ask_is_answered_with_params_another_worker_reported_missing():
     from jaxpop import PopulationController, WinnerTakeAllGenetic
 
     wta = WinnerTakeAllGenetic(lambda mp: {"lr": mp["lr"] / 2}, steps_per_exploit=10)
-    for ask_with in (None, "unknown-generation"):
+    # (a handle that is a path too: only str handles were matched across copies)
+    for ask_with, handle in ((None, str), ("unknown-generation", str), (None, pathlib.Path)):
         pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}], wta)
         g = [w.generation_id for w in pop.active_workers]
         for i, value in enumerate((0.5, 0.3, 0.4)):
-            pop.set_eval(i, g[i], 10, f"p{i}-10", value)
-        sent = pop.maybe_get_worker_data(0, g[0], 10, "p0-10", None)
-        assert sent.params == "p1-10"
+            pop.set_eval(i, g[i], 10, handle(f"p{i}-10"), value)
+        sent = pop.maybe_get_worker_data(0, g[0], 10, handle("p0-10"), None)
+        assert sent.params == handle("p1-10")
         pop.checkpoint_missing(0, sent.generation_id, sent.step)
         reply = pop.maybe_get_worker_data(1, ask_with, 0, None, None)
-        assert reply is not None and reply.params != "p1-10"
+        assert reply is not None and reply.params != handle("p1-10")
         assert pop.active_workers[1] == reply and not any(
-            c.params == "p1-10" for gen in pop.history for c in pop.history[gen].values()
+            c.params == handle("p1-10") for gen in pop.history for c in pop.history[gen].values()
         )
         # a worker that keeps training on it (it loaded the params before) goes on
         assert (
