@@ -901,3 +901,16 @@ def test_the_loggers_and_replay_name_the_best_member_the_report_names():
     assert from_lineage(pop.state) == from_lineage(pop.history, pop.active_workers[0].generation_id)
     with pytest.raises(TypeError, match="a History or a run's state"):
         best_final({"history": pop.history})
+    # one worker's members are its branches: a BranchingSingleMachine run that ends in an
+    # explore phase logs its better branch, as the history says, not the branch point
+    from jaxpop.mutators import BranchingSingleMachine
+
+    def branch(meta, direction, phase):
+        return {"lr": meta["lr"] * (2 if direction == "pos" else 0.5)}
+
+    pop = PopulationController([{"lr": 0.1}], BranchingSingleMachine(branch, 10, 5))
+    w = pop.maybe_get_worker_data(0, None, 0, None, None)
+    for step, value in ((10, 3.0), (15, 1.0), (15, 0.5)):  # exploit end, centre, pos
+        w = pop.set_eval_and_ask(0, w.generation_id, step, f"p{step}-{value}", value) or w
+    assert best_final(pop.state) == best_final(pop.history)
+    assert (best_member(pop.state).value, best_member(pop.state).worker) == (0.5, 0)

@@ -127,8 +127,9 @@ def best_member(source: PopulationState | History) -> BestMember | None:
         )
     worker: int | None = None
     try:  # (given the state, its members are the workers, ranked as in jaxpop report)
-        if state is None:
-            checkpoint = best_final(history)
+        if state is None or state.population_size == 1:
+            checkpoint = best_final(history)  # (one worker: its best branch)
+            worker = None if state is None else 0
         else:
             worker, checkpoint = _best_member(history, state.workers)
     except ValueError:  # nothing evaluated yet

@@ -20,6 +20,7 @@ from jaxpop.core import PopulationState
 from jaxpop.history import History
 from jaxpop.mutators import ExploitEvent, exploit_events
 from jaxpop.records import Checkpoint
+from jaxpop.schedules.replay import _best_member
 
 if TYPE_CHECKING:
     pass
@@ -295,12 +296,6 @@ class Report:
         return sum(1 for c in self.history.checkpoints() if c.value is not None)
 
 
-def _rank(history: History, value: float | None) -> tuple[int, float]:
-    if value is None:
-        return (2, 0.0)
-    return (0, history.rank(value)) if math.isfinite(value) else (1, 0.0)
-
-
 def _member(history: History, worker_id: int, worker: Any) -> Member:
     generation_id = worker.generation_id
     # a worker's generation is always in a consistent history; if not, report the rest
@@ -326,8 +321,10 @@ def build(state: PopulationState, log_dir: str = "") -> Report:
     """
     history = state.history
     members = tuple(_member(history, i, w) for i, w in enumerate(state.workers))
-    scored = [m for m in members if m.scored is not None]
-    best = min(scored, key=lambda m: (_rank(history, m.value), m.worker)) if scored else None
+    try:  # (the rule jaxpop.schedules.best_final and the loggers rank members by)
+        best: Member | None = members[_best_member(history, state.workers)[0]]
+    except ValueError:  # nothing evaluated yet
+        best = None
     best_lineage = (
         () if best is None or best.scored is None else tuple(history.lineage(*best.scored.ref))
     )

@@ -40,16 +40,17 @@ __all__ = ["best_final", "from_lineage"]
 def best_final(source: Any) -> Checkpoint:
     """The evaluated checkpoint of the best member at the end of a run.
 
-    Given the run's state (``controller.state``, a :class:`~jaxpop.core.PopulationState`),
-    the members are the workers: each is scored by the latest evaluated checkpoint of
-    its trajectory (its generation's, else the one its generation copied), and the
-    best member is the one whose score is best -- the lowest value, or the highest when
-    ``history.mode`` is ``"max"``; a NaN or infinite score after every finite one;
-    among equals the lowest worker id. This is the best member of ``jaxpop report``
-    and of the loggers.
+    Given the run's state (``controller.state``, a :class:`~jaxpop.core.PopulationState`)
+    of several workers, the members are the workers: each is scored by the latest
+    evaluated checkpoint of its trajectory (its generation's, else the one its
+    generation copied), and the best member is the one whose score is best -- the
+    lowest value, or the highest when ``history.mode`` is ``"max"``; a NaN or infinite
+    score after every finite one; among equals the lowest worker id. This is the best
+    member of ``jaxpop report`` and of the loggers.
 
     Given only a :class:`~jaxpop.history.History`, which does not say which
-    generations the workers are on, the members are taken to be the generations
+    generations the workers are on, or the state of a single worker, whose branches
+    (``BranchingSingleMachine``) are its members, the members are taken to be the generations
     evaluated at the *final step*, the highest step at which any checkpoint carries a
     finite value: the best is the evaluated checkpoint at that step with the best value
     (among equal values the generation created first). A NaN or infinite value never
@@ -65,7 +66,7 @@ def best_final(source: Any) -> Checkpoint:
       ValueError: no checkpoint in ``history`` carries a value.
     """
     history, workers = _history_and_workers(source)
-    if workers is not None:
+    if workers is not None and len(workers) > 1:
         return _best_member(history, workers)[1]
     best: Checkpoint | None = None
     best_key: tuple[bool, int, float] | None = None
