@@ -437,6 +437,7 @@ def test_tabulate_keeps_only_changes():
         with pytest.raises(TypeError, match="must be an int"):
             S.tabulate(c, **{"stop": 12, **bad})
     assert S.tabulate(c, np.int64(12), start=np.int32(4)).steps == (4,)
+    assert S.tabulate(c, jnp.asarray(12), start=jnp.asarray(4)).steps == (4,)  # (a pop.step)
 
 
 # -- FixedSchedule with a callable ---------------------------------------------------------------

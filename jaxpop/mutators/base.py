@@ -16,6 +16,7 @@ generation from a checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -27,6 +28,7 @@ import re
 import sys
 import types
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -534,7 +536,7 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
-    if any(p.name == "key" for p in positional) or _key_by_name.__wrapped__(fn):
+    if any(p.name == "key" for p in positional) or _key_by_name(fn):
         return True
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return True
@@ -556,21 +558,27 @@ def call_mutate_fn(
     args = (jax.tree.map(_fresh, args[0]), *args[1:])
     if not wants_key:
         return fn(*args)
-    try:
-        by_name = _key_by_name(fn)
-    except TypeError:  # (unhashable: not cached)
-        by_name = _key_by_name.__wrapped__(fn)
-    return fn(*args, key=key) if by_name else fn(*args, key)
+    return fn(*args, key=key) if _key_by_name(fn) else fn(*args, key)
 
 
-@functools.lru_cache(maxsize=256)
+#: ``fn -> _key_by_name(fn)``, held only as long as ``fn`` is (read at every call).
+_KEY_BY_NAME: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _key_by_name(fn: Callable[..., Any]) -> bool:
     """Whether ``fn``'s ``key`` parameter is keyword-only (passed by name)."""
     try:
+        return _KEY_BY_NAME[fn]
+    except (KeyError, TypeError):  # (TypeError: not weakly referable, or unhashable)
+        pass
+    try:
         parameter = inspect.signature(fn).parameters.get("key")
     except (TypeError, ValueError):
-        return False
-    return parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+        parameter = None
+    by_name = parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    with contextlib.suppress(TypeError):
+        _KEY_BY_NAME[fn] = by_name
+    return by_name
 
 
 def _fresh(leaf: Any) -> Any:

@@ -223,10 +223,14 @@ def _rebuild(space: Any, meta: Any, new: Any) -> Any:
                 continue
             value = _NO_VALUE if meta is _NO_VALUE or k not in meta else meta[k]
             out[k] = _rebuild(sub, value, new)
-        if meta is not _NO_VALUE and not isinstance(meta, dict):
-            return type(meta)(out)
-        return out
+        return out if meta is _NO_VALUE else _mapping_like(meta, out)
     return space  # a constant
+
+
+def _mapping_like(meta: Any, out: dict) -> Any:
+    """``out`` as a mapping of ``meta``'s type (a ``FrozenDict`` stays one): how explore
+    (and PB2's bandit) rebuilds the hyperparameters it changed."""
+    return out if isinstance(meta, dict) else type(meta)(out)
 
 
 class _NoValue:

@@ -221,9 +221,7 @@ def _with_value(meta: Any, path: tuple, value: Any) -> Any:
         return value
     out = dict(meta) if isinstance(meta, Mapping) else {}
     out[path[0]] = _with_value(out.get(path[0], {}), path[1:], value)
-    if isinstance(meta, Mapping) and not isinstance(meta, dict):
-        return type(meta)(out)  # type: ignore[call-arg]  # (as explore rebuilds it)
-    return out
+    return explore_lib._mapping_like(meta, out) if isinstance(meta, Mapping) else out
 
 
 def _scalar(value: Any) -> float | None:

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import numbers
+import operator
 import struct
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -207,10 +208,16 @@ def tabulate(schedule: Schedule, stop: int, *, start: int = 0, every: int = 1) -
     """
     if isinstance(every, bool) or not isinstance(every, (int, numbers.Integral)) or every <= 0:
         raise ValueError(f"every must be a positive int, got {every!r}")
+    steps = []
     for name, value in (("start", start), ("stop", stop)):
         # (int() cut start=0.5 to 0: the table began at a step not asked for)
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an int (a step), got {value!r}")
+        try:
+            if isinstance(value, (bool, np.bool_)):
+                raise TypeError
+            steps.append(operator.index(value))  # (an int, or an integer array's scalar)
+        except TypeError:
+            raise TypeError(f"{name} must be an int (a step), got {value!r}") from None
+    start, stop = steps
     if stop <= start:
         raise ValueError(f"tabulate needs start < stop, got start={start}, stop={stop}")
     points: list[tuple[int, Any]] = []
