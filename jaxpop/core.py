@@ -566,20 +566,9 @@ def ask(
         new = new._with(workers=with_replaced(workers, [(worker_id, assigned)]))
     warning = None
     reply_worker: ActiveWorker | None
-    if generation_id is None or generation_id == "":
+    restart = generation_id is None or generation_id == ""
+    if generation_id is None or generation_id == "":  # (restart, spelled for mypy)
         reply_worker = assigned
-        if assigned.status == ACTIVE and _unsaved(new.history, assigned):
-            # a worker that (re)starts cannot resume from an evaluation it sent without
-            # params: it resumes from the newest checkpoint of its lineage that has them
-            new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)
-            added.extend(back)
-            warning = (
-                f"worker {worker_id} asked with no generation (a restart) while its "
-                f"assignment {(assigned.generation_id, assigned.step)} is an evaluation "
-                "sent without params; it resumes from "
-                f"{(reply_worker.generation_id, reply_worker.step)}"
-            )
-            assigned = reply_worker
     elif generation_id == assigned.generation_id:
         # keep going -- unless it is finished (told so: status "finished") or held
         reply_worker = None if assigned.status == ACTIVE else assigned
@@ -610,19 +599,27 @@ def ask(
             last = new.history.continuation(generation_id, step, params, None, now)
             new = new._with(history=new.history.add(last))
             added.append(last)
-    if reply_worker is assigned and assigned.status == ACTIVE and _lost(new.history, assigned):
-        # told to load its assignment, whose params another worker reported missing:
-        # it goes where checkpoint_missing would send it (never to params known gone)
-        new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)
-        added.extend(back)
-        lost = (
-            f"worker {worker_id} is sent to its assignment "
-            f"{(assigned.generation_id, assigned.step)}, whose params {assigned.params!r:.200} "
-            "were reported missing; it resumes from "
-            f"{(reply_worker.generation_id, reply_worker.step)}"
-        )
-        warning = lost if warning is None else f"{warning}; {lost}"
-        assigned = reply_worker
+    if reply_worker is assigned and assigned.status == ACTIVE:
+        # told to load its assignment, where there is nothing to load: a restart's
+        # evaluation sent without params, or params another worker reported missing; it
+        # goes where checkpoint_missing would send it, the newest checkpoint of its
+        # lineage with params (never to params known gone)
+        at = (assigned.generation_id, assigned.step)
+        if restart and _unsaved(new.history, assigned):
+            why = f"asked with no generation (a restart) while its assignment {at} is an "
+            why += "evaluation sent without params"
+        elif _lost(new.history, assigned):
+            why = f"is sent to its assignment {at}, whose params "
+            why += f"{assigned.params!r:.200} were reported missing"
+        else:
+            why = None
+        if why is not None:
+            new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)
+            added.extend(back)
+            moved = f"worker {worker_id} {why}; it resumes from "
+            moved += f"{(reply_worker.generation_id, reply_worker.step)}"
+            warning = moved if warning is None else f"{warning}; {moved}"
+            assigned = reply_worker
     if (reply_worker is None or reply_worker is assigned) and _held(mutator, new, worker_id):
         # held until the round is decided: one that keeps going, and one that restarted
         # or resyncs to its assignment (told to train, it went past the interval)
