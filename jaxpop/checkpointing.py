@@ -676,6 +676,9 @@ class ParamStore:
             "leaves": specs,
         }
         future: concurrent.futures.Future = concurrent.futures.Future()
+        # a synchronous save's failure is raised here, to its caller only (kept for
+        # wait(), another thread's wait could take it first, and this save return)
+        sync = collective or not self.async_save
         self._slots.acquire()
         try:
             with self._lock:
@@ -688,17 +691,21 @@ class ParamStore:
                 if not collective:
                     # (in a box _run empties: the pool's frames, which a failure's
                     # traceback keeps through f_back, then do not hold the arrays)
-                    self._executor.submit(self._run, handle, key, [arrays], meta, future)
+                    job = (handle, key, [arrays], meta, future, not sync)
+                    self._executor.submit(self._run, *job)
         except BaseException as e:
             if handle in self._mine:
-                self._settle(handle, key, future, e)
+                self._settle(handle, key, future, e, not sync)
             else:
                 self._slots.release()
             raise
         if collective:
-            self._run(handle, key, [arrays], meta, future)
-        if collective or not self.async_save:
-            self._wait_for((handle,))
+            self._run(handle, key, [arrays], meta, future, False)
+        if sync:
+            concurrent.futures.wait([future])
+            error = future.exception()
+            if error is not None:
+                raise CheckpointSaveError({handle: error}) from error
         return handle
 
     def _run(
@@ -708,17 +715,18 @@ class ParamStore:
         box: list[dict[str, np.ndarray | jax.Array]],
         meta: dict[str, Any],
         future: concurrent.futures.Future,
+        keep: bool,
     ) -> None:
         """The background job: writes one checkpoint (the arrays in ``box``, taken out),
-        then settles its future. A failure is kept until ``wait()``: nothing of it may hold
-        the arrays."""
+        then settles its future. A failure is kept until ``wait()`` (``keep``; else its
+        synchronous ``save`` raises it): nothing of it may hold the arrays."""
         error = None
         try:
             _write(handle, box.pop(), meta)
         except BaseException as e:
             shutil.rmtree(handle + _TMP_SUFFIX, ignore_errors=True)
             error = _without_frames(e)
-        self._settle(handle, key, future, error)
+        self._settle(handle, key, future, error, keep)
 
     def _settle(
         self,
@@ -726,15 +734,17 @@ class ParamStore:
         key: str,
         future: concurrent.futures.Future,
         error: BaseException | None,
+        keep: bool,
     ) -> None:
-        """Records the outcome of a save, then wakes whoever waits for it."""
+        """Records the outcome of a save (a failure for ``wait()`` if ``keep``), then
+        wakes whoever waits for it."""
         with _REGISTRY.lock:
             _REGISTRY.saving.pop(key, None)
             if error is not None:
                 _REGISTRY.failed[key] = f"{type(error).__name__}: {error}"
         with self._lock:
             self._mine.pop(handle, None)
-            if error is not None:
+            if error is not None and keep:
                 self._failed[handle] = error
         self._slots.release()
         if error is None:

@@ -284,6 +284,31 @@ def test_failed_save_is_raised_by_wait_and_restore(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # no half-written directories left
 
 
+def test_a_synchronous_save_that_fails_raises_whatever_another_thread_waits(tmp_path, monkeypatch):
+    # the failure was kept for wait(): another thread's wait() (or close()) could take it
+    # first, and the synchronous save returned a handle to a save that never happened
+    def full_disk(handle, arrays, meta):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing, "_write", full_disk)
+    store = ParamStore(tmp_path, async_save=False)
+    waited = []
+    release = store._slots.release
+
+    def release_after_another_threads_wait():  # (the failure is recorded by then)
+        other = threading.Thread(target=lambda: waited.append(store.wait()))
+        other.start()
+        other.join()
+        release()
+
+    monkeypatch.setattr(store._slots, "release", release_after_another_threads_wait)
+    with pytest.raises(CheckpointSaveError, match="No space left"):
+        store.save("g", 1, {"w": np.ones(3, np.float32)})
+    assert waited == [None]  # (the other thread's wait had nothing of its own to raise)
+    monkeypatch.setattr(store._slots, "release", release)
+    store.close()
+
+
 def _fails_holding(state):
     """A finished frame, in a chained error's traceback, that holds the arrays."""
     raise KeyError(f"inner {len(state)}")
