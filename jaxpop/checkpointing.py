@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 import traceback
@@ -560,6 +561,17 @@ def _as_state(state_or_controller: PopulationState | Controller) -> PopulationSt
 
 
 # -- the store -----------------------------------------------------------------------
+def _is_dir(path: str) -> bool:
+    """Whether ``path`` is a directory: ``False`` only when it is not there (nothing at
+    the path, or a file on the way); any other error (permission denied, an I/O error,
+    a stale NFS handle) is raised, never read as "missing": a checkpoint read as
+    missing is marked so in the history, and its lineage stepped back."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def _write(handle: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     """Writes one checkpoint with Orbax (the checksums here, not in ``save``: its caller
     does not wait for them)."""
@@ -630,7 +642,6 @@ class ParamStore:
         self._gc_lock = threading.Lock()
         self._seen: set[str] = set()  # names a history recorded at an earlier collection
         self._newest: PopulationState | None = None  # the newest state a collection was shown
-        self._same_dir: dict[str, bool] = {self._directory: True}
 
     @property
     def directory(self) -> str:
@@ -811,6 +822,8 @@ class ParamStore:
         Raises:
           MissingCheckpointError: no complete checkpoint at ``handle`` (deleted by
             garbage collection, never finished, or a wrong path).
+          OSError: the checkpoint cannot be read now (permission denied, an I/O error):
+            raised as it is, never taken for a missing one.
           ValueError: the target's structure, shapes or dtypes differ from the saved ones,
             or the checkpoint is damaged (a part of it lost, unreadable, or not what was
             saved: its message says "is damaged").
@@ -867,10 +880,10 @@ class ParamStore:
                 return False
             if key in _REGISTRY.saving:
                 return True
-        return os.path.isdir(path)
+        return _is_dir(path)
 
     def _missing(self, handle: str, path: str) -> MissingCheckpointError:
-        if os.path.isdir(path + _TMP_SUFFIX):
+        if _is_dir(path + _TMP_SUFFIX):
             reason = (
                 "its save has not finished: it is still running in another process, or "
                 "it was interrupted"
@@ -883,7 +896,7 @@ class ParamStore:
         return MissingCheckpointError(handle, reason)
 
     def _read(self, handle: str, path: str, target: Any) -> Any:
-        if not os.path.isdir(path):
+        if not _is_dir(path):
             raise self._missing(handle, path)
         checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
         try:
@@ -891,7 +904,7 @@ class ParamStore:
                 _META
             ]
         except (FileNotFoundError, ValueError, KeyError) as e:
-            if not os.path.isdir(path):
+            if not _is_dir(path):
                 raise self._missing(handle, path) from e
             raise ValueError(
                 f"{handle!r} is damaged, or not a jaxpop ParamStore checkpoint: {e}"
@@ -930,7 +943,7 @@ class ParamStore:
                     path, ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
                 )[_STATE]
             except Exception as e:
-                if not os.path.isdir(path):
+                if not _is_dir(path):
                     raise self._missing(handle, path) from e
                 if not _is_damage(e):  # out of memory, say: the checkpoint may be fine
                     raise
@@ -983,38 +996,27 @@ class ParamStore:
         return complete, unfinished, trash
 
     def _name_in_directory(self, handle: str) -> str | None:
-        """The checkpoint name of ``handle`` if it lies in this directory, or in one that
-        no longer exists (this store's, moved here: see :meth:`_located`; cached per
-        directory), else ``None``: a collection treats such a handle as it treats its own
-        (kept while retained, deleted once recorded and no longer retained)."""
-        parent, name = os.path.split(os.path.normpath(handle))
-        if not _NAME_RE.fullmatch(name):
-            return None
-        same = self._same_dir.get(parent)
-        if same is None:
-            try:
-                same = os.path.samefile(parent, self._directory)
-            except FileNotFoundError:
-                same = True  # (its checkpoints are found here, if they are anywhere)
-            except OSError:
-                same = False
-            self._same_dir[parent] = same
-        return name if same else None
+        """The checkpoint name ``handle`` has in this directory (see :meth:`_located`),
+        or ``None`` for a path that names no checkpoint: a collection keeps the
+        checkpoint of that name here while the handle is retained, and deletes it once
+        recorded and no longer retained (a name of another directory's save is none of
+        this one's: names carry a random nonce)."""
+        name = os.path.basename(os.path.normpath(handle))
+        return name if _NAME_RE.fullmatch(name) else None
 
     def _located(self, handle: str) -> str:
-        """The path ``handle`` is read at: itself; or, for a handle into a directory that
-        no longer exists, the checkpoint of its name in this store's directory when there
-        is one: the store was moved (the folder of a run, renamed or copied to another
-        machine), and handles are absolute paths. Names carry a random nonce, so one of
-        another store's is never mistaken for this one's."""
+        """The path ``handle`` is read at: the checkpoint of its name in this store's
+        directory, when there is one; else the handle's own path. Handles are absolute
+        paths, and a run's folder may be moved or copied (renamed, to another machine,
+        its old path reused by a new run or unreadable here): names carry a random
+        nonce, so a checkpoint of that name here is the same save, and one of another
+        store's is never mistaken for this one's."""
         path = os.path.abspath(handle)
         parent, name = os.path.split(path)
         if parent == self._directory or not _NAME_RE.fullmatch(name):
             return path
-        moved = os.path.join(self._directory, name)
-        if not os.path.isdir(parent) and os.path.isdir(moved):
-            return moved
-        return path
+        here = os.path.join(self._directory, name)
+        return here if _is_dir(here) else path
 
     def _delete(self, path: str) -> bool:
         """Renames ``path`` into the trash, then removes it; ``False`` if it was gone."""

@@ -483,14 +483,7 @@ def test_collect_garbage_keeps_unreported_saves(store):
 
 def test_a_run_folder_moved_elsewhere_still_finds_its_checkpoints(tmp_path):
     run = tmp_path / "run"
-    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
-    with ParamStore(run / "params", async_save=False) as store:
-        controller = PopulationController([{"x": 0}, {"x": 1}], mutator, str(run / "log"))
-        gens = [w.generation_id for w in controller.active_workers]
-        handles = [store.save(g, 5, {"a": np.full(2, i + 0.5)}) for i, g in enumerate(gens)]
-        for i, (g, h) in enumerate(zip(gens, handles, strict=True)):
-            controller.set_eval(i, g, 5, h, 1.0 + i)
-        controller.close()
+    mutator, handles = _saved_run(run)
     shutil.move(run, tmp_path / "moved")  # (renamed, or copied to another machine)
     controller = PopulationController([{"x": 0}, {"x": 1}], mutator, str(tmp_path / "moved/log"))
     with ParamStore(tmp_path / "moved/params") as store:
@@ -504,11 +497,75 @@ def test_a_run_folder_moved_elsewhere_still_finds_its_checkpoints(tmp_path):
         assert report.deleted == () and len(store.handles()) == 2  # both recorded
         # a handle into a directory that still exists is that directory's, not this one's
         other = ParamStore(tmp_path / "other", async_save=False)
-        foreign = other.save(gens[0], 5, {"a": np.ones(2)})
+        foreign = other.save("g", 5, {"a": np.ones(2)})
         other.close()
         assert not store.exists(os.path.join(store.directory, os.path.basename(foreign)))
         assert store.exists(foreign)
     controller.close()
+
+
+def _saved_run(run, values=(0.5, 1.5)):
+    """A run of two workers under ``run`` (``log`` and ``params``), one save each."""
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    with ParamStore(run / "params", async_save=False) as store:
+        controller = PopulationController([{"x": 0}, {"x": 1}], mutator, str(run / "log"))
+        gens = [w.generation_id for w in controller.active_workers]
+        handles = [
+            store.save(g, 5, {"a": np.full(2, v)}) for g, v in zip(gens, values, strict=True)
+        ]
+        for i, (g, h) in enumerate(zip(gens, handles, strict=True)):
+            controller.set_eval(i, g, 5, h, 1.0 + i)
+        controller.close()
+    return mutator, handles
+
+
+def test_a_copied_or_moved_run_reads_and_keeps_its_own_copy_of_each_checkpoint(tmp_path):
+    # a copy resumed while the original was still there: a collection cached the
+    # original's directory as "not mine", and once the original was gone deleted the
+    # retained checkpoints; a run moved away with a new run at its old path was read
+    # at the old path (restarting from scratch, its lineage marked missing)
+    mutator, handles = _saved_run(tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    controller = PopulationController([{"x": 0}, {"x": 1}], mutator, str(tmp_path / "copy/log"))
+    with ParamStore(tmp_path / "copy/params") as store:
+        assert store.collect_garbage(controller, keep_best=0, orphan_grace_s=0).deleted == ()
+        shutil.rmtree(tmp_path / "run")
+        assert store.collect_garbage(controller, keep_best=0, orphan_grace_s=0).deleted == ()
+        restored = store.restore(handles[0], {"a": np.zeros(2)})["a"]
+        np.testing.assert_array_equal(restored, [0.5, 0.5])
+    controller.close()
+    # moved away, and a new run at its old path (its params directory there again)
+    shutil.move(tmp_path / "copy", tmp_path / "archive")
+    ParamStore(tmp_path / "run/params").close()
+    controller = PopulationController([{"x": 0}, {"x": 1}], mutator, str(tmp_path / "archive/log"))
+    with ParamStore(tmp_path / "archive/params") as store:
+        data = controller.maybe_get_worker_data(1, None, None, None, None)
+        assert store.exists(data.params)
+        np.testing.assert_array_equal(
+            store.restore(data.params, {"a": np.zeros(2)})["a"], [1.5] * 2
+        )
+    controller.close()
+
+
+def test_a_checkpoint_that_cannot_be_read_now_is_an_error_not_missing(tmp_path, monkeypatch):
+    # permission denied (an NFS hiccup, a chmod) read as "the directory does not exist":
+    # checkpoint_missing then marked the lineage lost and garbage collection deleted it
+    with ParamStore(tmp_path, async_save=False) as store:
+        handle = store.save("g", 1, {"a": np.ones(2)})
+        stat = os.stat
+
+        def denied(path, *args, **kwargs):
+            if os.fspath(path).startswith(handle):
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "stat", denied)
+        with pytest.raises(PermissionError):
+            store.exists(handle)
+        with pytest.raises(PermissionError):
+            store.restore(handle, {"a": np.zeros(2)})
+        monkeypatch.setattr(os, "stat", stat)
+        assert store.exists(handle)
 
 
 def test_collect_garbage_deletes_replaced_handles(store):
