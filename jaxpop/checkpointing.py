@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import concurrent.futures
+import concurrent.futures.thread  # (its exit hook first: _close_at_exit runs before it)
 import contextlib
 import dataclasses
 import errno
@@ -25,9 +26,11 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import threading
 import time
 import traceback
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -71,6 +74,26 @@ _STATE, _META = "state", "meta"
 # once in one process (even through different Checkpointer objects) interfere: saves
 # are serialized behind this lock.
 _ORBAX_SAVE_LOCK = threading.Lock()
+
+#: The stores not closed yet (weakly: one dropped unclosed is no one's to finish).
+_OPEN_STORES: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    """Finishes the pending saves of the stores a program left open as the interpreter
+    exits: run before ``concurrent.futures`` stops taking work (exit hooks of
+    ``threading`` run last registered first), which Orbax's own saving needs; without
+    it such a save failed, the interpreter hung on it, and its checkpoint was lost."""
+    for store in list(_OPEN_STORES):
+        try:
+            store.close()
+        except Exception as error:  # (reported; the others still close)
+            print(f"jaxpop: {store!r} could not finish at exit: {error}", file=sys.stderr)
+
+
+_register_at_exit = getattr(threading, "_register_atexit", None)  # (CPython 3.9+)
+if _register_at_exit is not None:
+    _register_at_exit(_close_at_exit)
 
 
 class MissingCheckpointError(FileNotFoundError):
@@ -642,6 +665,7 @@ class ParamStore:
         self._gc_lock = threading.Lock()
         self._seen: set[str] = set()  # names a history recorded at an earlier collection
         self._newest: PopulationState | None = None  # the newest state a collection was shown
+        _OPEN_STORES.add(self)
 
     @property
     def directory(self) -> str:
@@ -1159,6 +1183,7 @@ class ParamStore:
         """
         with self._lock:
             self._closed = True
+        _OPEN_STORES.discard(self)
         try:
             self.wait()
         finally:

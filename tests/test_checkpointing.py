@@ -309,6 +309,28 @@ def test_a_synchronous_save_that_fails_raises_whatever_another_thread_waits(tmp_
     store.close()
 
 
+def test_a_program_that_ends_without_close_still_finishes_its_saves(tmp_path):
+    # the pending saves failed at interpreter shutdown (Orbax could no longer start its
+    # work), the interpreter hung, and the checkpoints were lost
+    code = (
+        "import sys, numpy as np\n"
+        "from jaxpop.checkpointing import ParamStore\n"
+        "store = ParamStore(sys.argv[1])\n"
+        "for s in range(3): print(store.save('g', s, {'w': np.full(1000, float(s))}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr
+    with ParamStore(tmp_path) as store:
+        for s, handle in enumerate(done.stdout.split()):
+            np.testing.assert_array_equal(store.restore(handle, {"w": np.zeros(1000)})["w"], s)
+
+
 def _fails_holding(state):
     """A finished frame, in a chained error's traceback, that holds the arrays."""
     raise KeyError(f"inner {len(state)}")
