@@ -250,10 +250,18 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[
                 f"cannot save leaf {where or '<root>'}: it is a typed PRNG key; save "
                 "jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data"
             )
-        if np.dtype(leaf.dtype).kind in "OUSMm":  # fail here, not later in the background
+        dtype = np.dtype(leaf.dtype)
+        if dtype.kind in "OUSMm" or (  # fail here, not later in the background
+            dtype.kind == "V" and not jnp.issubdtype(dtype, jnp.number)  # (bfloat16 is V)
+        ):
             raise TypeError(
                 f"cannot save leaf {where or '<root>'}: its dtype {leaf.dtype} is not numeric "
-                "(object, string and datetime arrays are not parameters)"
+                "(object, string, datetime and structured arrays are not parameters)"
+            )
+        if isinstance(leaf, np.ma.MaskedArray):  # (its mask would be dropped)
+            raise TypeError(
+                f"cannot save leaf {where or '<root>'}: a masked array; save its data and "
+                "its mask as two leaves (np.ma.getdata, np.ma.getmaskarray)"
             )
         spec = {"path": where, "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
         if leaf.size == 0:
@@ -996,6 +1004,12 @@ class ParamStore:
                             f"shape {tuple(leaf.shape)} there"
                         )
                     value = _like(leaf, _value_as(handle, spec, value, jnp.dtype(leaf.dtype)))
+                elif type(leaf) in (bool, int, float, str) and type(value) is not type(leaf):
+                    raise ValueError(
+                        f"checkpoint {handle!r} holds a {type(value).__name__} at "
+                        f"{spec['path'] or '<root>'}, but the target has a "
+                        f"{type(leaf).__name__} there"
+                    )
                 leaves.append(value)
         return jax.tree_util.tree_unflatten(treedef, leaves)
 

@@ -331,6 +331,24 @@ def test_a_program_that_ends_without_close_still_finishes_its_saves(tmp_path):
             np.testing.assert_array_equal(store.restore(handle, {"w": np.zeros(1000)})["w"], s)
 
 
+def test_leaves_that_would_come_back_different_are_refused(tmp_path):
+    # a str came back where the target has a float; a masked array lost its mask; a
+    # structured array was accepted and failed in the background
+    with ParamStore(tmp_path, async_save=False) as store:
+        handle = store.save("g", 0, {"lr": "0.1", "n": 1})
+        with pytest.raises(
+            ValueError, match="holds a str at \\['lr'\\], but the target has a float"
+        ):
+            store.restore(handle, {"lr": 0.0, "n": 1})
+        assert store.restore(handle, {"lr": "", "n": 0}) == {"lr": "0.1", "n": 1}
+        with pytest.raises(TypeError, match="masked array"):
+            store.save("g", 1, {"w": np.ma.masked_array([1.0, 2.0], mask=[True, False])})
+        with pytest.raises(TypeError, match="structured"):
+            store.save("g", 2, {"w": np.zeros(2, dtype=[("a", "f4"), ("b", "i4")])})
+        bf16 = np.ones(2, jnp.bfloat16)  # (a "V" dtype that is a number)
+        assert store.restore(store.save("g", 3, {"w": bf16}), {"w": bf16})["w"].dtype == bf16.dtype
+
+
 def _fails_holding(state):
     """A finished frame, in a chained error's traceback, that holds the arrays."""
     raise KeyError(f"inner {len(state)}")
