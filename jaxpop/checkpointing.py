@@ -85,6 +85,8 @@ def _close_at_exit() -> None:
     ``threading`` run last registered first), which Orbax's own saving needs; without
     it such a save failed, the interpreter hung on it, and its checkpoint was lost."""
     for store in list(_OPEN_STORES):
+        if store._pid != os.getpid():
+            continue  # (a forked child's copy: its saves are the parent's to finish)
         try:
             store.close()
         except Exception as error:  # (reported; the others still close)
@@ -673,6 +675,7 @@ class ParamStore:
         self._gc_lock = threading.Lock()
         self._seen: set[str] = set()  # names a history recorded at an earlier collection
         self._newest: PopulationState | None = None  # the newest state a collection was shown
+        self._pid = os.getpid()
         _OPEN_STORES.add(self)
 
     @property

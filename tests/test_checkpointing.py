@@ -309,7 +309,7 @@ def test_a_synchronous_save_that_fails_raises_whatever_another_thread_waits(tmp_
     store.close()
 
 
-def test_a_program_that_ends_without_close_still_finishes_its_saves(tmp_path):
+def test_a_program_that_ends_without_close_still_finishes_its_saves(tmp_path, monkeypatch):
     # the pending saves failed at interpreter shutdown (Orbax could no longer start its
     # work), the interpreter hung, and the checkpoints were lost
     code = (
@@ -329,6 +329,15 @@ def test_a_program_that_ends_without_close_still_finishes_its_saves(tmp_path):
     with ParamStore(tmp_path) as store:
         for s, handle in enumerate(done.stdout.split()):
             np.testing.assert_array_equal(store.restore(handle, {"w": np.zeros(1000)})["w"], s)
+    # a forked child's copy of a store is left alone (its saves are the parent's)
+    monkeypatch.setattr(checkpointing, "_OPEN_STORES", weakref.WeakSet())  # (only this one)
+    store = ParamStore(tmp_path / "forked")
+    store._pid = -1
+    checkpointing._close_at_exit()
+    assert not store._closed
+    store._pid = os.getpid()
+    checkpointing._close_at_exit()
+    assert store._closed
 
 
 def test_leaves_that_would_come_back_different_are_refused(tmp_path):
