@@ -601,8 +601,12 @@ def _is_dir(path: str) -> bool:
     missing is marked so in the history, and its lineage stepped back."""
     try:
         return stat.S_ISDIR(os.stat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # (ValueError: a NUL byte)
         return False
+    except OSError as error:
+        if error.errno in (errno.ENAMETOOLONG, errno.ELOOP):  # (no such checkpoint)
+            return False
+        raise
 
 
 def _write(handle: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -740,8 +744,8 @@ class ParamStore:
                     job = (handle, key, [arrays], meta, future, not sync)
                     self._executor.submit(self._run, *job)
         except BaseException as e:
-            if handle in self._mine:
-                self._settle(handle, key, future, e, not sync)
+            if handle in self._mine:  # (raised here: never again by wait())
+                self._settle(handle, key, future, e, False)
             else:
                 self._slots.release()
             raise
@@ -1057,7 +1061,30 @@ class ParamStore:
         if parent == self._directory or not _NAME_RE.fullmatch(name):
             return path
         here = os.path.join(self._directory, name)
-        return here if _is_dir(here) else path
+        if _is_dir(here) or not self._reachable(parent):
+            return here  # (a folder this process cannot enter: missing here, if not held)
+        return path
+
+    @staticmethod
+    def _reachable(directory: str) -> bool:
+        """Whether another directory can be looked into from here: not an old run
+        folder that is gone or that this process may not enter."""
+        try:
+            os.stat(directory)
+        except OSError:
+            return False
+        return os.access(directory, os.X_OK)
+
+    def _elsewhere(self, handle: str) -> bool:
+        """Whether ``handle`` lies in another directory that is there (another store's
+        checkpoint, not one of this store's, moved or copied here)."""
+        parent = os.path.dirname(os.path.abspath(handle))
+        if parent == self._directory or not self._reachable(parent):
+            return False
+        try:
+            return not os.path.samefile(parent, self._directory)
+        except OSError:
+            return True
 
     def _delete(self, path: str) -> bool:
         """Renames ``path`` into the trash, then removes it; ``False`` if it was gone."""
@@ -1085,10 +1112,12 @@ class ParamStore:
                 if isinstance(params, str):
                     name = self._name_in_directory(params)
                     if name is None:
-                        break  # another store's lineage from here on
+                        break  # (not a checkpoint's path)
                     if name in on_disk:
                         out.add(name)
                         break
+                    if self._elsewhere(params):
+                        break  # another store's lineage from here on
         return out
 
     def collect_garbage(

@@ -284,6 +284,19 @@ def test_failed_save_is_raised_by_wait_and_restore(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []  # no half-written directories left
 
 
+def test_a_save_that_fails_to_start_is_raised_once(tmp_path, monkeypatch):
+    # an asynchronous save that could not be queued raised in save, and again at close
+    store = ParamStore(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot schedule new futures")
+
+    monkeypatch.setattr(store._executor, "submit", refuse)
+    with pytest.raises(RuntimeError, match="cannot schedule"):
+        store.save("g", 1, {"w": np.ones(2)})
+    store.close()  # (nothing left to raise)
+
+
 def test_a_synchronous_save_that_fails_raises_whatever_another_thread_waits(tmp_path, monkeypatch):
     # the failure was kept for wait(): another thread's wait() (or close()) could take it
     # first, and the synchronous save returned a handle to a save that never happened
@@ -594,6 +607,48 @@ def test_a_copied_or_moved_run_reads_and_keeps_its_own_copy_of_each_checkpoint(t
             store.restore(data.params, {"a": np.zeros(2)})["a"], [1.5] * 2
         )
     controller.close()
+
+
+def test_a_moved_runs_old_folder_that_cannot_be_entered_reads_as_missing(tmp_path, monkeypatch):
+    # a handle whose name the new folder no longer holds (collected) was read at the old
+    # path: the permission error there crashed exists, restore and checkpoint_missing
+    _, handles = _saved_run(tmp_path / "run")
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    old = str(tmp_path / "run")
+    stat = os.stat
+
+    def denied(path, *args, **kwargs):
+        if os.fspath(path).startswith(old):
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return stat(path, *args, **kwargs)
+
+    with ParamStore(tmp_path / "copy/params") as store:
+        shutil.rmtree(os.path.join(store.directory, os.path.basename(handles[0])))
+        monkeypatch.setattr(os, "stat", denied)
+        assert not store.exists(handles[0]) and store.exists(handles[1])
+        with pytest.raises(MissingCheckpointError):
+            store.restore(handles[0], {"a": np.zeros(2)})
+
+
+def test_collection_stops_at_another_stores_checkpoints(tmp_path):
+    # one population saving into two directories: a walk back through a lineage went on
+    # past the other directory's saves and kept an ancestor of this one for good
+    mutator = WinnerTakeAllGenetic(lambda m: {"x": m["x"] + 10}, steps_per_exploit=2)
+    pop = PopulationController([{"x": 0}, {"x": 1}], mutator)
+    stores = [ParamStore(tmp_path / f"d{i}", async_save=False) for i in (0, 1)]
+    current = list(pop.active_workers)
+    first = None
+    for step in range(2, 21, 2):
+        for i in (0, 1):
+            handle = stores[i].save(current[i].generation_id, step, {"a": np.ones(1)})
+            first = first or handle  # worker 0's first save: copied by worker 1 at once
+            value = float(i) if step == 2 else 1.0 - i  # then worker 1 is the best
+            reply = pop.set_eval_and_ask(i, current[i].generation_id, step, handle, value)
+            current[i] = reply or current[i]
+    stores[0].collect_garbage(pop, keep_best=0)
+    assert os.path.basename(first) not in os.listdir(stores[0].directory)
+    for store in stores:
+        store.close()
 
 
 def test_a_checkpoint_that_cannot_be_read_now_is_an_error_not_missing(tmp_path, monkeypatch):
