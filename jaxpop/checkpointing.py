@@ -87,6 +87,7 @@ def _close_at_exit() -> None:
     for store in list(_OPEN_STORES):
         if store._pid != os.getpid():
             continue  # (a forked child's copy: its saves are the parent's to finish)
+        store._pid = None  # (a save after this: "closed at interpreter exit")
         try:
             store.close()
         except Exception as error:  # (reported; the others still close)
@@ -96,6 +97,8 @@ def _close_at_exit() -> None:
 _register_at_exit = getattr(threading, "_register_atexit", None)  # (CPython 3.9+)
 if _register_at_exit is not None:
     _register_at_exit(_close_at_exit)
+if hasattr(os, "register_at_fork"):  # a forked child finishes none of its parent's saves
+    os.register_at_fork(after_in_child=_OPEN_STORES.clear)
 
 
 class MissingCheckpointError(FileNotFoundError):
@@ -679,7 +682,7 @@ class ParamStore:
         self._gc_lock = threading.Lock()
         self._seen: set[str] = set()  # names a history recorded at an earlier collection
         self._newest: PopulationState | None = None  # the newest state a collection was shown
-        self._pid = os.getpid()
+        self._pid: int | None = os.getpid()  # (None: closed at interpreter exit)
         _OPEN_STORES.add(self)
 
     @property
@@ -733,7 +736,8 @@ class ParamStore:
         try:
             with self._lock:
                 if self._closed:
-                    raise RuntimeError(f"this ParamStore ({self._directory}) was closed")
+                    when = " at interpreter exit" if self._pid is None else ""
+                    raise RuntimeError(f"this ParamStore ({self._directory}) was closed{when}")
                 key = _registry_key(handle, create=True)
                 with _REGISTRY.lock:  # registered before any file of it can exist
                     _REGISTRY.saving[key] = future

@@ -351,6 +351,8 @@ def test_a_program_that_ends_without_close_still_finishes_its_saves(tmp_path, mo
     store._pid = os.getpid()
     checkpointing._close_at_exit()
     assert store._closed
+    with pytest.raises(RuntimeError, match="closed at interpreter exit"):  # (a late thread)
+        store.save("g", 0, {"w": np.ones(2)})
 
 
 def test_leaves_that_would_come_back_different_are_refused(tmp_path):
