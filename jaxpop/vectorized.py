@@ -304,7 +304,6 @@ def init(
     if hparams is not None:
         hparams = _as_space_dtypes({k: _as_array(k, v) for k, v in hparams.items()}, space)
         _check_no_nan(hparams)
-        _check_in_space(space, hparams)
     elif space is None:
         raise TypeError(
             "init needs an explore space to sample the hyperparameters from, or the "
@@ -325,6 +324,8 @@ def init(
     n = next(iter(counts.values()))
     if any(count != n for count in counts.values()):
         raise ValueError(f"init got different member counts: {counts}")
+    if hparams is not None:
+        _check_in_space(space, hparams)
     build = functools.partial(
         _init, init_fn=init_fn, space=space, num_members=n, optimizer_hparams=optimizer_hparams
     )
