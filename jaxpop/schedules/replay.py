@@ -27,17 +27,20 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxpop.history import History
 from jaxpop.records import Checkpoint
 from jaxpop.schedules.base import tree_equal
 from jaxpop.schedules.piecewise import Piecewise
 
+if TYPE_CHECKING:  # (jaxpop.core imports this package)
+    from jaxpop.core import PopulationState
+
 __all__ = ["best_final", "from_lineage"]
 
 
-def best_final(source: Any) -> Checkpoint:
+def best_final(source: History | PopulationState) -> Checkpoint:
     """The evaluated checkpoint of the best member at the end of a run.
 
     Given the run's state (``controller.state``, a :class:`~jaxpop.core.PopulationState`)
@@ -132,7 +135,10 @@ def _best_member(history: History, workers: tuple[Any, ...]) -> tuple[int, Check
 
 
 def from_lineage(
-    history: Any, generation_id: str | None = None, *, step: int | None = None
+    history: History | PopulationState,
+    generation_id: str | None = None,
+    *,
+    step: int | None = None,
 ) -> Piecewise:
     """The piecewise schedule of hyperparameters a member trained with, root to end.
 
