@@ -96,7 +96,8 @@ def _close_at_exit() -> None:
 
 _register_at_exit = getattr(threading, "_register_atexit", None)  # (CPython 3.9+)
 if _register_at_exit is not None:
-    _register_at_exit(_close_at_exit)
+    with contextlib.suppress(RuntimeError):  # (imported by a thread left after exit)
+        _register_at_exit(_close_at_exit)
 if hasattr(os, "register_at_fork"):  # a forked child finishes none of its parent's saves
     os.register_at_fork(after_in_child=_OPEN_STORES.clear)
 
@@ -716,6 +717,7 @@ class ParamStore:
         if isinstance(step, bool) or not isinstance(step, (int, numbers.Integral)):
             raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
         step = int(step)
+        self._check_process()
         collective = jax.process_count() > 1
         arrays, specs = _flatten(pytree)
         nonce = _agreed_nonce() if collective else secrets.token_hex(8)
@@ -806,6 +808,15 @@ class ParamStore:
         else:
             future.set_exception(error)
 
+    def _check_process(self) -> None:
+        """Refuses to save or wait in a forked child: the copy of the store it holds has
+        no background thread (a save would never be written, a wait never end)."""
+        if self._pid is not None and self._pid != os.getpid():
+            raise RuntimeError(
+                f"this ParamStore ({self._directory}) was opened in process {self._pid}, "
+                "not in this one (a forked child): open a new ParamStore here"
+            )
+
     def _wait_for(self, handles: Iterable[str]) -> None:
         """Waits for these saves of this store; raises for those that failed."""
         handles = list(handles)
@@ -823,6 +834,7 @@ class ParamStore:
         Raises :class:`CheckpointSaveError` naming the saves that failed since the last
         ``wait`` (each failure is raised once).
         """
+        self._check_process()
         with self._lock:
             mine = list(self._mine)
         self._wait_for(mine)
@@ -1057,38 +1069,25 @@ class ParamStore:
         """The path ``handle`` is read at: the checkpoint of its name in this store's
         directory, when there is one; else the handle's own path. Handles are absolute
         paths, and a run's folder may be moved or copied (renamed, to another machine,
-        its old path reused by a new run or unreadable here): names carry a random
-        nonce, so a checkpoint of that name here is the same save, and one of another
-        store's is never mistaken for this one's."""
+        its old path reused by a new run): names carry a random nonce, so a checkpoint
+        of that name here is the same save, and one of another store's is never
+        mistaken for this one's. A handle's path that cannot be read (permission
+        denied, an I/O error) raises: it may be a live store's, never read as gone."""
         path = os.path.abspath(handle)
         parent, name = os.path.split(path)
         if parent == self._directory or not _NAME_RE.fullmatch(name):
             return path
         here = os.path.join(self._directory, name)
-        if _is_dir(here) or not self._reachable(parent):
-            return here  # (a folder this process cannot enter: missing here, if not held)
-        return path
-
-    @staticmethod
-    def _reachable(directory: str) -> bool:
-        """Whether another directory can be looked into from here: not an old run
-        folder that is gone or that this process may not enter."""
-        try:
-            os.stat(directory)
-        except OSError:
-            return False
-        return os.access(directory, os.X_OK)
+        return here if _is_dir(here) else path
 
     def _elsewhere(self, handle: str) -> bool:
-        """Whether ``handle`` lies in another directory that is there (another store's
-        checkpoint, not one of this store's, moved or copied here)."""
+        """Whether another store's directory holds ``handle``'s checkpoint (a
+        checkpoint this one does not hold, and never did, moved or copied here). An
+        error other than "not there" is raised: a collection then deletes nothing."""
         parent = os.path.dirname(os.path.abspath(handle))
-        if parent == self._directory or not self._reachable(parent):
+        if parent == self._directory or not _is_dir(handle):
             return False
-        try:
-            return not os.path.samefile(parent, self._directory)
-        except OSError:
-            return True
+        return not os.path.samefile(parent, self._directory)
 
     def _delete(self, path: str) -> bool:
         """Renames ``path`` into the trash, then removes it; ``False`` if it was gone."""
@@ -1234,6 +1233,8 @@ class ParamStore:
         with self._lock:
             self._closed = True
         _OPEN_STORES.discard(self)
+        if self._pid is not None and self._pid != os.getpid():
+            return  # (a forked child's copy: its saves are the parent's to finish)
         try:
             self.wait()
         finally:

@@ -611,25 +611,66 @@ def test_a_copied_or_moved_run_reads_and_keeps_its_own_copy_of_each_checkpoint(t
     controller.close()
 
 
-def test_a_moved_runs_old_folder_that_cannot_be_entered_reads_as_missing(tmp_path, monkeypatch):
-    # a handle whose name the new folder no longer holds (collected) was read at the old
-    # path: the permission error there crashed exists, restore and checkpoint_missing
+def test_a_handle_into_a_folder_that_cannot_be_read_raises_never_reads_as_missing(
+    tmp_path, monkeypatch
+):
+    # a handle whose name this store does not hold, into a folder that cannot be read
+    # now (an I/O error on a live store's folder, an old run folder not to be entered):
+    # read as missing, a good checkpoint was marked lost and then collected
     _, handles = _saved_run(tmp_path / "run")
     shutil.copytree(tmp_path / "run", tmp_path / "copy")
     old = str(tmp_path / "run")
     stat = os.stat
 
-    def denied(path, *args, **kwargs):
+    def broken(path, *args, **kwargs):
         if os.fspath(path).startswith(old):
-            raise PermissionError(errno.EACCES, "Permission denied", path)
+            raise OSError(errno.EIO, "Input/output error", path)
         return stat(path, *args, **kwargs)
 
     with ParamStore(tmp_path / "copy/params") as store:
         shutil.rmtree(os.path.join(store.directory, os.path.basename(handles[0])))
-        monkeypatch.setattr(os, "stat", denied)
-        assert not store.exists(handles[0]) and store.exists(handles[1])
-        with pytest.raises(MissingCheckpointError):
+        monkeypatch.setattr(os, "stat", broken)
+        assert store.exists(handles[1])  # (held here: read here)
+        with pytest.raises(OSError, match="Input/output error"):
+            store.exists(handles[0])
+        with pytest.raises(OSError, match="Input/output error"):
             store.restore(handles[0], {"a": np.zeros(2)})
+
+
+def test_a_copied_runs_collection_keeps_what_an_interrupted_save_falls_back_to(tmp_path):
+    # copied with the original left in place: the walk back from the interrupted save X
+    # stopped at X (its old folder "another store's") and deleted W, where the worker goes
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=100)
+    run = tmp_path / "run"
+    pop = PopulationController([{"x": 0}, {"x": 1}], mutator, str(run / "log"))
+    with ParamStore(run / "params", async_save=False) as store:
+        g = [w.generation_id for w in pop.active_workers]
+        fallback = store.save(g[0], 2, {"a": np.full(2, 2.0)})
+        pop.set_eval(0, g[0], 2, fallback, 1.0)
+        pop.set_eval(1, g[1], 2, store.save(g[1], 2, {"a": np.ones(2)}), 0.5)
+        interrupted = store.save(g[0], 4, {"a": np.full(2, 4.0)})
+        pop.set_eval(0, g[0], 4, interrupted, 0.9)
+        os.rename(interrupted, interrupted + ".orbax-checkpoint-tmp")  # (killed mid-save)
+    pop.close()
+    shutil.copytree(run, tmp_path / "copy")
+    pop = PopulationController([{"x": 0}, {"x": 1}], mutator, str(tmp_path / "copy/log"))
+    with ParamStore(tmp_path / "copy/params") as store:
+        report = store.collect_garbage(pop, keep_best=0)
+        assert os.path.basename(fallback) not in map(os.path.basename, report.deleted)
+        assert store.exists(fallback)
+    pop.close()
+
+
+def test_a_forked_childs_copy_of_a_store_refuses_to_save_or_wait(tmp_path):
+    # the child's copy has no background thread: a save was never written (no error),
+    # a synchronous one, or a wait, blocked for good
+    store = ParamStore(tmp_path)
+    store._pid = os.getpid() + 1  # (as in a forked child)
+    for call in (lambda: store.save("g", 0, {"w": np.ones(2)}), store.wait):
+        with pytest.raises(RuntimeError, match="forked child"):
+            call()
+    store.close()  # (nothing of the parent's to finish here)
+    assert store._closed
 
 
 def test_collection_stops_at_another_stores_checkpoints(tmp_path):
