@@ -671,6 +671,8 @@ class ParamStore:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._directory = os.path.abspath(os.fspath(directory))
         os.makedirs(self._directory, exist_ok=True)
+        opened = os.stat(self._directory)
+        self._identity = (opened.st_dev, opened.st_ino)  # the directory it leads to now
         self.async_save = bool(async_save)
         self._slots = threading.BoundedSemaphore(int(max_pending))
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -718,6 +720,7 @@ class ParamStore:
             raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
         step = int(step)
         self._check_process()
+        self._check_directory()
         collective = jax.process_count() > 1
         arrays, specs = _flatten(pytree)
         nonce = _agreed_nonce() if collective else secrets.token_hex(8)
@@ -808,6 +811,21 @@ class ParamStore:
         else:
             future.set_exception(error)
 
+    def _check_directory(self) -> None:
+        """Refuses to go on when the store's path leads to another directory than the
+        one it opened (a symlink such as ``latest`` pointed at another run): it would
+        read this run's handles as missing there, save into that run, and collect it."""
+        try:
+            now = os.stat(self._directory)
+        except FileNotFoundError:
+            return  # (gone: what reads and saves there say)
+        if (now.st_dev, now.st_ino) != self._identity:
+            raise RuntimeError(
+                f"this ParamStore's directory {self._directory} now leads to another "
+                "directory than the one it opened (a symlink on the way pointed "
+                "elsewhere?): open a ParamStore on the run's own directory"
+            )
+
     def _check_process(self) -> None:
         """Refuses to save or wait in a forked child: the copy of the store it holds has
         no background thread (a save would never be written, a wait never end)."""
@@ -894,6 +912,7 @@ class ParamStore:
                 f"handle {handle!r} is empty; pass what ParamStore.save returned "
                 "(an empty path would read the current directory)"
             )
+        self._check_directory()
         path = self._located(handle)
         key = _registry_key(path)
         with _REGISTRY.lock:
@@ -928,6 +947,7 @@ class ParamStore:
             raise TypeError(f"handle must be a str, got {type(handle).__name__}: {handle!r:.80}")
         if not handle.strip():
             return False
+        self._check_directory()
         path = self._located(handle)
         key = _registry_key(path)
         with _REGISTRY.lock:
@@ -1155,6 +1175,7 @@ class ParamStore:
         _check_keep_best(keep_best)
         keep = set((keep,) if isinstance(keep, str) else keep)
         with self._gc_lock:
+            self._check_directory()
             # A controller's state is read under the lock (the newest one); an older state
             # than one shown before (a caller that read it before another collection ran)
             # also keeps what the newest retains, which this store may have seen recorded.

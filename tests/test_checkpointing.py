@@ -661,6 +661,35 @@ def test_a_copied_runs_collection_keeps_what_an_interrupted_save_falls_back_to(t
     pop.close()
 
 
+def test_a_store_whose_symlink_is_pointed_at_another_run_refuses_to_go_on(tmp_path):
+    # opened through "latest", which then led to a new run: this run's handles read as
+    # missing there, its saves went there, and its collection deleted the other's
+    for run in ("run1", "run2"):
+        (tmp_path / run / "params").mkdir(parents=True)
+    latest = tmp_path / "latest"
+    latest.symlink_to(tmp_path / "run1")
+    store = ParamStore(latest / "params", async_save=False)
+    handle = store.save("g", 2, {"a": np.ones(2)})
+    latest.unlink()
+    latest.symlink_to(tmp_path / "run2")
+    calls = (
+        lambda: store.save("g", 3, {"a": np.ones(2)}),
+        lambda: store.exists(handle),
+        lambda: store.restore(handle, {"a": np.zeros(2)}),
+        lambda: store.collect_garbage(
+            PopulationController([{"x": 0}], WinnerTakeAllGenetic(lambda m: m, 10)),
+            orphan_grace_s=0,
+        ),
+    )
+    for call in calls:
+        with pytest.raises(RuntimeError, match="now leads to another directory"):
+            call()
+    latest.unlink()
+    latest.symlink_to(tmp_path / "run1")  # (back: it goes on)
+    assert store.exists(handle)
+    store.close()
+
+
 def test_a_forked_childs_copy_of_a_store_refuses_to_save_or_wait(tmp_path):
     # the child's copy has no background thread: a save was never written (no error),
     # a synchronous one, or a wait, blocked for good
