@@ -414,12 +414,14 @@ def test_one_members_decision_equals_the_host_twins(
     scores=st.lists(
         st.one_of(
             st.sampled_from([NAN, INF, -INF, 0.0, 1.0, 1.0 + 1e-9, 1e39, -1e39, 1e-40, 2.0**30]),
-            st.floats(-1e6, 1e6, allow_nan=False),
+            # (float64 subnormals excepted: XLA reads them as 0 in jit, numpy does not)
+            st.floats(-1e6, 1e6, allow_nan=False, allow_subnormal=False),
         ),
         min_size=1,
         max_size=6,
     )
 )
+@example(scores=[INF, 0.0, 1e-300])  # (a float64 normal float32 flushes to 0)
 def test_device_scores_decide_alike_on_the_host_and_in_jit(scores):
     # float64 scores under x64: the host casts them where float32 orders them, else
     # ranks them; traced ones were always ranked (a custom selection saw values eagerly
