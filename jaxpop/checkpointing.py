@@ -85,9 +85,9 @@ def _close_at_exit() -> None:
     ``threading`` run last registered first), which Orbax's own saving needs; without
     it such a save failed, the interpreter hung on it, and its checkpoint was lost."""
     for store in list(_OPEN_STORES):
-        if store._pid != os.getpid():
+        if store._forked():
             continue  # (a forked child's copy: its saves are the parent's to finish)
-        store._pid = None  # (a save after this: "closed at interpreter exit")
+        store._closed_at_exit = True  # (a save after this says so)
         try:
             store.close()
         except Exception as error:  # (reported; the others still close)
@@ -685,7 +685,8 @@ class ParamStore:
         self._gc_lock = threading.Lock()
         self._seen: set[str] = set()  # names a history recorded at an earlier collection
         self._newest: PopulationState | None = None  # the newest state a collection was shown
-        self._pid: int | None = os.getpid()  # (None: closed at interpreter exit)
+        self._pid = os.getpid()  # the process it belongs to
+        self._closed_at_exit = False
         _OPEN_STORES.add(self)
 
     @property
@@ -741,7 +742,7 @@ class ParamStore:
         try:
             with self._lock:
                 if self._closed:
-                    when = " at interpreter exit" if self._pid is None else ""
+                    when = " at interpreter exit" if self._closed_at_exit else ""
                     raise RuntimeError(f"this ParamStore ({self._directory}) was closed{when}")
                 key = _registry_key(handle, create=True)
                 with _REGISTRY.lock:  # registered before any file of it can exist
@@ -826,10 +827,14 @@ class ParamStore:
                 "elsewhere?): open a ParamStore on the run's own directory"
             )
 
+    def _forked(self) -> bool:
+        """Whether this is a forked child's copy of the store (it has no background
+        thread: a save would never be written, a wait never end)."""
+        return self._pid != os.getpid()
+
     def _check_process(self) -> None:
-        """Refuses to save or wait in a forked child: the copy of the store it holds has
-        no background thread (a save would never be written, a wait never end)."""
-        if self._pid is not None and self._pid != os.getpid():
+        """Refuses to save or wait in a forked child (see :meth:`_forked`)."""
+        if self._forked():
             raise RuntimeError(
                 f"this ParamStore ({self._directory}) was opened in process {self._pid}, "
                 "not in this one (a forked child): open a new ParamStore here"
@@ -1254,8 +1259,8 @@ class ParamStore:
         with self._lock:
             self._closed = True
         _OPEN_STORES.discard(self)
-        if self._pid is not None and self._pid != os.getpid():
-            return  # (a forked child's copy: its saves are the parent's to finish)
+        if self._forked():
+            return  # (its saves are the parent's to finish)
         try:
             self.wait()
         finally:
