@@ -671,8 +671,7 @@ class ParamStore:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._directory = os.path.abspath(os.fspath(directory))
         os.makedirs(self._directory, exist_ok=True)
-        opened = os.stat(self._directory)
-        self._identity = (opened.st_dev, opened.st_ino)  # the directory it leads to now
+        self._resolved = os.path.realpath(self._directory)  # where its path leads now
         self.async_save = bool(async_save)
         self._slots = threading.BoundedSemaphore(int(max_pending))
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -815,12 +814,9 @@ class ParamStore:
     def _check_directory(self) -> None:
         """Refuses to go on when the store's path leads to another directory than the
         one it opened (a symlink such as ``latest`` pointed at another run): it would
-        read this run's handles as missing there, save into that run, and collect it."""
-        try:
-            now = os.stat(self._directory)
-        except FileNotFoundError:
-            return  # (gone: what reads and saves there say)
-        if (now.st_dev, now.st_ino) != self._identity:
+        read this run's handles as missing there, save into that run, and collect it.
+        (The same path removed and made again is the same directory.)"""
+        if os.path.realpath(self._directory) != self._resolved:
             raise RuntimeError(
                 f"this ParamStore's directory {self._directory} now leads to another "
                 "directory than the one it opened (a symlink on the way pointed "
