@@ -355,6 +355,116 @@ def test_a_small_file_that_expands_without_bound_is_refused_at_once(seed, tmp_pa
     assert os.listdir(src) == ["population.state"]
 
 
+def _late_fill_bomb(depth):
+    """A pickle of ``L0 = [L1, L1], L1 = [L2, L2], ...``: ``depth + 1`` empty lists made
+    and memoized first, then each filled with references to the next (its size counted
+    when it is referred to: before it is filled). ``2**depth`` values in a few bytes."""
+    lists = b"".join(b"]q" + bytes([i]) + b"0" for i in range(depth + 1))
+    fills = b"".join(
+        b"h" + bytes([i]) + b"h" + bytes([i + 1]) + b"ah" + bytes([i + 1]) + b"a0"
+        for i in range(depth)
+    )
+    return b"\x80\x02" + lists + fills + b"h\x00."
+
+
+def test_a_container_filled_after_it_is_referred_to_is_refused(seed, tmp_path):
+    (tmp_path / "population.state").write_bytes(_late_fill_bomb(60))
+    started = time.monotonic()
+    with pytest.raises(storage.SeedStateError, match="fills a container after referring"):
+        storage.migrate_seed_state(tmp_path)
+    assert time.monotonic() - started < 5
+    assert os.listdir(tmp_path) == ["population.state"]
+    x = []
+    for _ in range(3):
+        x = [x, x]
+    assert pickle.loads(_late_fill_bomb(3)) == x  # (what the bomb holds)
+
+
+@pytest.mark.parametrize("where", ["history", "mutator state"])
+def test_a_value_that_holds_itself_is_refused(seed, tmp_path, where):
+    workers, cache, mutator_state = _seed_state(seed)
+    meta = {"lr": 0.3}
+    record = seed.Checkpoint(None, meta, "gen-a", None, None, 0, 0.0)
+    meta["self"] = record  # (a cycle through a record)
+    if where == "history":
+        cache["gen-a"][0] = record
+    else:
+        mutator_state = {"branch": record}
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, mutator_state)))
+    with pytest.raises(storage.SeedStateError, match="fills a container after referring"):
+        storage.migrate_seed_state(tmp_path)
+    assert os.listdir(tmp_path) == ["population.state"]
+
+
+def test_records_nested_past_the_depth_limit_are_refused(seed, tmp_path):
+    """A chain of records each in the one above's ``meta_params`` (no cycle) counts its
+    depth through the records: refused, not a RecursionError."""
+    workers, cache, _ = _seed_state(seed)
+    chain = None
+    for _ in range(120):
+        chain = seed.Checkpoint(None, {"inner": chain}, "gen-x", None, None, 0, 0.0)
+    data = pickle.dumps((workers, cache, {"chain": chain}))
+    (tmp_path / "population.state").write_bytes(data)
+    with pytest.warns(UserWarning, match="nested more than 100 levels"):
+        storage.migrate_seed_state(tmp_path)  # (the mutator state is dropped with a warning)
+    workers, cache, _ = _seed_state(seed)
+    cache["gen-a"][5] = cache["gen-a"][5].replace(meta_params={"inner": chain})
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, None)))
+    with pytest.raises(storage.SeedStateError, match="nested more than 100 levels"):
+        storage.load_seed_state(tmp_path)
+
+
+def test_a_memo_slot_past_the_next_is_refused_before_anything_is_allocated(tmp_path):
+    (tmp_path / "population.state").write_bytes(b"\x80\x04Nr\x00\x00\x00\x10.")  # 2**28
+    with pytest.raises(storage.SeedStateError, match="memo slot 268435456 of 0"):
+        storage.load_seed_state(tmp_path)
+
+
+def _record_call(*args):
+    _record_call.calls.append(args)
+
+
+_record_call.calls = []
+
+
+def test_a_class_named_by_an_extension_code_is_refused_even_when_cached(tmp_path):
+    """``EXT1`` takes a name from copyreg's registry, and CPython's unpickler from a
+    process-wide cache that an ordinary load filled: it never asks ``find_class``."""
+    import copyreg
+
+    code = 0xF1
+    copyreg.add_extension(__name__, "_record_call", code)
+    try:
+        pickle.loads(b"\x80\x02\x82" + bytes([code]) + b".")  # a trusted load caches it
+        data = b"\x80\x02\x82" + bytes([code]) + b"K\x01\x85R."  # _record_call(1)
+        (tmp_path / "population.state").write_bytes(data)
+        with pytest.raises(storage.SeedStateError, match="extension code"):
+            storage.migrate_seed_state(tmp_path)
+    finally:
+        copyreg.remove_extension(__name__, "_record_call", code)
+        copyreg.clear_extension_cache()
+    assert _record_call.calls == []
+    assert os.listdir(tmp_path) == ["population.state"]
+
+
+@pytest.mark.parametrize("step", [-5, 2**63, np.uint64(2**64 - 1)])
+@pytest.mark.parametrize("where", ["worker", "checkpoint", "parent", "cache key"])
+def test_a_step_a_controller_would_refuse_is_not_migrated(seed, tmp_path, step, where):
+    workers, cache, _ = _seed_state(seed)
+    if where == "worker":
+        workers[1] = workers[1].replace(step=step)
+    elif where == "checkpoint":  # (under a cache key of its own step)
+        cache["gen-b"] = {step: cache["gen-b"][0].replace(step=step)}
+    elif where == "parent":
+        cache["gen-c"][10] = cache["gen-c"][10].replace(parent=("gen-a", step))
+    else:
+        cache["gen-b"][step] = cache["gen-b"].pop(12)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, None)))
+    with pytest.raises(storage.SeedStateError, match=r"in \[0, 2\*\*63\)"):
+        storage.migrate_seed_state(tmp_path)
+    assert os.listdir(tmp_path) == ["population.state"]
+
+
 def test_a_file_that_expands_within_the_budget_is_migrated(seed, tmp_path):
     _write_seed_run(tmp_path, seed, mutator_state=_laughs(10))  # 2**11 values: fine
     storage.migrate_seed_state(tmp_path)
@@ -466,6 +576,48 @@ def test_a_migration_that_fails_while_writing_leaves_no_lock_file(seed, tmp_path
     dst.mkdir()
     assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
     assert os.listdir(dst) == []
+
+
+@pytest.mark.parametrize("failing", ["folder fsync after the snapshot", "seed-migration.json"])
+def test_a_migration_that_fails_late_leaves_nothing_and_can_be_run_again(
+    seed, tmp_path, monkeypatch, failing
+):
+    """A failure after the snapshot was renamed into place, or while writing the
+    migration record, removes the run the call started: a second try migrates."""
+    from jaxpop.storage import store
+
+    _write_seed_run(tmp_path, seed)
+    if failing == "seed-migration.json":
+
+        def fail(path, data, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(seed_state, "write_atomic", fail)
+    else:
+        write_snapshot = store._write_snapshot
+
+        def fail(*args, **kwargs):
+            write_snapshot(*args, **kwargs)
+            raise OSError(5, "I/O error")
+
+        monkeypatch.setattr(store, "_write_snapshot", fail)
+    with pytest.raises(OSError):
+        storage.migrate_seed_state(tmp_path)
+    assert os.listdir(tmp_path) == ["population.state"]
+    monkeypatch.undo()
+    storage.migrate_seed_state(tmp_path)
+    assert storage.read_state(tmp_path).history.num_checkpoints == 9
+
+
+def test_a_destination_holding_another_seed_run_is_refused(seed, tmp_path):
+    src, dst = tmp_path / "seed", tmp_path / "other"
+    _write_seed_run(src, seed)
+    other = _write_seed_run(dst, seed, mutator_state="another run")
+    with pytest.raises(FileExistsError, match="another seed run"):
+        storage.migrate_seed_state(src, dst)
+    assert os.listdir(dst) == ["population.state"]
+    assert (dst / "population.state").read_bytes() == other
+    storage.migrate_seed_state(dst / "population.state", dst)  # (its own: in place)
 
 
 def test_values_stored_as_numpy_arrays_are_migrated_as_set_eval_takes_them(seed, tmp_path):

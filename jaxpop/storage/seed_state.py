@@ -25,7 +25,7 @@ import reprlib
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, cast
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from jaxpop.keys import root_key
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.plain import state_from_plain, state_to_plain
-from jaxpop.storage.store import Store
+from jaxpop.storage.store import Store, _journal_name, _snapshot_name
 
 __all__ = [
     "MIGRATION_FILE",
@@ -304,15 +304,17 @@ _BUDGET_PER_BYTE = 16
 
 
 class _Value:
-    """One value on the stack of :func:`_check_opcodes`: how much it expands to, and how
-    it was made: "data" (a container), "leaf" (a number, str or bytes), "global" (a
-    class or function the file names), "made" (a call's result: the only thing a BUILD
-    may give a state)."""
+    """One value on the stack of :func:`_check_opcodes`: how much it expands to, how it
+    was made: "data" (a container), "leaf" (a number, str or bytes), "global" (a class
+    or function the file names), "made" (a call's result: the only thing a BUILD may
+    give a state), and whether it is ``sealed``: referred to (put in a container, passed
+    to a call, fetched from the memo), so its size has been counted where it is used and
+    it may no longer grow."""
 
-    __slots__ = ("how", "size")
+    __slots__ = ("how", "sealed", "size")
 
     def __init__(self, size: int, how: str = "data"):
-        self.size, self.how = size, how
+        self.size, self.how, self.sealed = size, how, False
 
 
 _LEAF = _Value(1, "leaf")  # every small leaf (never grown: filling a leaf is refused)
@@ -329,7 +331,10 @@ _OPCODE_KINDS: dict[str, str] = {
     **dict.fromkeys(("TUPLE1", "TUPLE2", "TUPLE3"), "tuple"),
     **dict.fromkeys(("LIST", "TUPLE", "DICT", "FROZENSET"), "collect"),
     **dict.fromkeys(("NONE", "NEWTRUE", "NEWFALSE"), "leaf"),
-    **dict.fromkeys(("GLOBAL", "STACK_GLOBAL", "EXT1", "EXT2", "EXT4"), "global"),
+    **dict.fromkeys(("GLOBAL", "STACK_GLOBAL"), "global"),
+    # (a name from copyreg's extension registry: the C unpickler may take it from its
+    # process-wide cache without asking find_class; the seed's files never hold one)
+    **dict.fromkeys(("EXT1", "EXT2", "EXT4"), "extension"),
     **dict.fromkeys(("REDUCE", "NEWOBJ", "NEWOBJ_EX", "INST", "OBJ"), "call"),
     "BUILD": "build",
     "POP": "pop",
@@ -343,7 +348,11 @@ _OPCODE_KINDS: dict[str, str] = {
 def _check_opcodes(data: bytes, where: str) -> None:
     """Walks the pickle's opcodes, building nothing, and refuses it if it would expand
     past the budget, hash keys past the budget, give a state to (BUILD) or fill anything
-    but an object it made, or call something it did not name.
+    but an object it made, fill a container it already referred to (its size was counted
+    where it was used: filling it later would expand every use uncounted), put a value
+    at a memo slot past the next one (the C unpickler allocates every slot up to it),
+    name a class through copyreg's extension registry, or call something it did not
+    name. Python's pickler writes none of these for acyclic data, which the seed's is.
 
     Raises:
       SeedStateError: naming what was refused.
@@ -367,22 +376,36 @@ def _check_opcodes(data: bytes, where: str) -> None:
         nonlocal hashed
         if target.how in ("global", "leaf"):
             raise refuse("changes a value that is not a container or an object it made")
+        if target.sealed:
+            raise refuse(
+                "fills a container after referring to it (a cycle, or values added to "
+                "one already counted where it is used)"
+            )
         target.size += size
         hashed += keys
         if target.size > budget or hashed > budget:
             raise too_big()
 
     def sizes(values: list[_Value]) -> int:
-        return sum([v.size for v in values])
+        """What ``values`` expand to, now that they are used (sealed)."""
+        total = 0
+        for value in values:
+            value.sealed = True
+            total += value.size
+        return total
 
     try:
         for opcode, arg, _ in pickletools.genops(data):
             name = opcode.name
             kind = _OPCODE_KINDS.get(name)
             if kind == "put" or kind == "memoize":
+                if kind == "put" and cast(int, arg) > len(memo):
+                    raise refuse(f"puts a value at memo slot {arg} of {len(memo)} made")
                 memo[len(memo) if kind == "memoize" else arg] = stack[-1]
             elif kind == "get":
-                stack.append(memo[arg])
+                value = memo[arg]
+                value.sealed = True
+                stack.append(value)
             elif kind is None and opcode.arg is not None and not opcode.stack_before:
                 if name == "PERSID":
                     raise refuse("refers to an external object (PERSID)")
@@ -393,11 +416,11 @@ def _check_opcodes(data: bytes, where: str) -> None:
                 else:
                     stack.append(_LEAF)
             elif kind == "fill":
-                size = stack.pop().size
+                size = sizes([stack.pop()])
                 if name == "APPEND":
                     fill(stack[-1], size)
                 else:
-                    key = stack.pop().size
+                    key = sizes([stack.pop()])
                     fill(stack[-1], size + key, key)
             elif kind == "fill_mark":
                 items, stack = stack, marks.pop()
@@ -418,6 +441,8 @@ def _check_opcodes(data: bytes, where: str) -> None:
                 fill(stack[-1], sizes(items), sizes(keys))
             elif kind == "leaf":
                 stack.append(_LEAF)
+            elif kind == "extension":
+                raise refuse(f"names a class by an extension code ({name} {arg})")
             elif kind == "global":
                 if name == "STACK_GLOBAL":
                     del stack[-2:]
@@ -437,7 +462,7 @@ def _check_opcodes(data: bytes, where: str) -> None:
                 state = stack.pop()
                 if stack[-1].how != "made":
                     raise refuse("gives a state to something it did not make (BUILD)")
-                fill(stack[-1], state.size)
+                fill(stack[-1], sizes([state]))
             elif kind == "pop":
                 if stack:
                     stack.pop()
@@ -446,6 +471,7 @@ def _check_opcodes(data: bytes, where: str) -> None:
             elif kind == "pop_mark":
                 stack = marks.pop()
             elif kind == "dup":
+                stack[-1].sealed = True
                 stack.append(stack[-1])
             elif kind == "stop":
                 break
@@ -511,9 +537,9 @@ def _plain(value: Any, where: str, memo: dict[int, Any], depth: int = 0) -> Any:
             at = f"{where}[{_short(k)}]"
             plain[_plain(k, at, memo, depth + 1)] = _plain(v, at, memo, depth + 1)
     elif type(value) is _SeedCheckpoint:
-        plain = _checkpoint(value, where, memo)
+        plain = _checkpoint(value, where, memo, depth + 1)
     elif type(value) is _SeedActiveWorker:
-        plain = _worker(value, where, memo)
+        plain = _worker(value, where, memo, depth + 1)
     else:
         raise SeedStateError(
             f"{where} is a {type(value).__name__} {_short(value)}, which jaxpop cannot store "
@@ -523,13 +549,21 @@ def _plain(value: Any, where: str, memo: dict[int, Any], depth: int = 0) -> Any:
     return plain
 
 
-def _int(value: Any, where: str) -> int:
+def _step(value: Any, where: str) -> int:
+    """A step as an int in ``[0, 2**63)``: what a controller takes from a worker (one
+    outside it would have been refused live, and a worker at such a step could never
+    report again)."""
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
         raise SeedStateError(f"{where} is not an int: {type(value).__name__} {_short(value)}")
-    return int(value)
+    try:
+        return core.check_step(int(value))
+    except ValueError as e:
+        raise SeedStateError(f"{where}: {e}") from None
 
 
-def _checkpoint(record: _SeedCheckpoint, where: str, memo: dict[int, Any]) -> Checkpoint:
+def _checkpoint(
+    record: _SeedCheckpoint, where: str, memo: dict[int, Any], depth: int = 0
+) -> Checkpoint:
     value = record.field("value", where)
     if type(value) is _Array:  # a numpy array (0-d or one element), as set_eval takes
         value = value.array
@@ -544,27 +578,29 @@ def _checkpoint(record: _SeedCheckpoint, where: str, memo: dict[int, Any]) -> Ch
             raise SeedStateError(f"{where}.parent is not (generation_id, step): {_short(parent)}")
         if type(parent[0]) is not str:
             raise SeedStateError(f"{where}.parent[0] is not a generation id: {_short(parent[0])}")
-        parent = (parent[0], _int(parent[1], f"{where}.parent[1]"))
+        parent = (parent[0], _step(parent[1], f"{where}.parent[1]"))
     moment = record.field("time", where)
     if isinstance(moment, bool) or not isinstance(moment, numbers.Real):
         raise SeedStateError(f"{where}.time is not a number: {_short(moment)}")
     return Checkpoint(
-        params=_plain(record.field("params", where), f"{where}.params", memo),
-        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params", memo),
+        params=_plain(record.field("params", where), f"{where}.params", memo, depth),
+        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params", memo, depth),
         generation_id=record.field("generation_id", where),
         value=value,
         parent=parent,
-        step=_int(record.field("step", where), f"{where}.step"),
+        step=_step(record.field("step", where), f"{where}.step"),
         time=float(moment),
     )
 
 
-def _worker(record: _SeedActiveWorker, where: str, memo: dict[int, Any]) -> ActiveWorker:
+def _worker(
+    record: _SeedActiveWorker, where: str, memo: dict[int, Any], depth: int = 0
+) -> ActiveWorker:
     return ActiveWorker(
-        params=_plain(record.field("params", where), f"{where}.params", memo),
-        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params", memo),
+        params=_plain(record.field("params", where), f"{where}.params", memo, depth),
+        meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params", memo, depth),
         generation_id=record.field("generation_id", where),
-        step=_int(record.field("step", where), f"{where}.step"),
+        step=_step(record.field("step", where), f"{where}.step"),
     )
 
 
@@ -582,7 +618,9 @@ def _history(cache: Any, memo: dict[int, Any]) -> list[Checkpoint]:
     for gen_id, steps in cache.items():
         if type(gen_id) is not str or type(steps) not in (dict, _SeedIntKeyDict) or not steps:
             raise SeedStateError(f"cache[{_short(gen_id)}] is not a generation's checkpoints")
-        keyed = [(_int(s, f"cache[{_short(gen_id)}] key {_short(s)}"), c) for s, c in steps.items()]
+        keyed = [
+            (_step(s, f"cache[{_short(gen_id)}] key {_short(s)}"), c) for s, c in steps.items()
+        ]
         generations.append((gen_id, sorted(keyed, key=lambda sc: sc[0])))
     order = {gen_id: i for i, (gen_id, _) in enumerate(generations)}
     known = {(gen_id, step) for gen_id, steps in generations for step, _ in steps}
@@ -730,17 +768,30 @@ def migrate_seed_state(
     if dst_log_dir is None:
         dst_log_dir = os.path.dirname(source) or "."
     dst = os.fspath(dst_log_dir)
-    _refuse_existing_run(dst)
+    _refuse_existing_run(dst, source)
     made_dir, lock = not os.path.isdir(dst), os.path.join(dst, "lock")
     made_lock = not os.path.exists(lock)
     store = Store(dst, run={"population_size": state.population_size, "mutator": None})
-    done = False
+    record = {
+        "source": os.path.abspath(source),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "migrated_at": time.time(),
+        "population_size": state.population_size,
+        "checkpoints": state.history.num_checkpoints,
+    }
+    started = done = False
     try:
         if store.load() is not None:  # appeared since the look above
-            _refuse_existing_run(dst)
+            _refuse_existing_run(dst, source)
         store.start(state)
+        started = True
+        write_atomic(os.path.join(dst, MIGRATION_FILE), json.dumps(record, indent=1).encode())
         done = True
     finally:
+        if started and not done:  # the run this call started, removed under its lock
+            for name in (_journal_name(0), _snapshot_name(0)):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(dst, name))
         store.close()
         if not done:  # leave no trace: the lock file the Store wrote, the folder it made
             if made_lock:
@@ -749,14 +800,6 @@ def migrate_seed_state(
             if made_dir:
                 with contextlib.suppress(OSError):
                     os.rmdir(dst)
-    record = {
-        "source": os.path.abspath(source),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "migrated_at": time.time(),
-        "population_size": state.population_size,
-        "checkpoints": state.history.num_checkpoints,
-    }
-    write_atomic(os.path.join(dst, MIGRATION_FILE), json.dumps(record, indent=1).encode())
     logger.info("jaxpop: migrated %s to %s", source, dst)
     return SeedMigration(dst, source, state)
 
@@ -772,12 +815,29 @@ def _holds_jaxpop_run(log_dir: str) -> bool:
     return False
 
 
-def _refuse_existing_run(dst: str) -> None:
+def _refuse_existing_run(dst: str, source: str) -> None:
+    """Refuses a destination that holds a jaxpop run, or another seed run (a
+    ``population.state`` other than ``source``: a controller there would resume the
+    migrated run and ignore it)."""
     if _holds_jaxpop_run(dst):
         raise FileExistsError(
             f"{dst} already holds a jaxpop run (its snapshot or journal files): nothing "
             "was written. Migrate into another directory, or remove that run first"
         )
+    other = os.path.join(dst, SEED_STATE_FILE)
+    if os.path.lexists(other) and not _same_file(other, source):
+        raise FileExistsError(
+            f"{dst} holds another seed run ({other}), which a controller there would "
+            "ignore once this one is migrated: nothing was written. Migrate into another "
+            "directory"
+        )
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 # -- what a controller does with a log_dir ---------------------------------------------

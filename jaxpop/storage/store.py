@@ -699,10 +699,10 @@ class Store:
             self._run_id = (loaded and loaded.run_id) or uuid.uuid4().hex
             if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
                 self._run = self._run or {"population_size": state.population_size, "mutator": None}
-                _write_snapshot(self._directory, 0, state, self._run, self._run_id)
-                try:
+                try:  # (a snapshot 0 here is this call's: the log_dir held no run)
+                    _write_snapshot(self._directory, 0, state, self._run, self._run_id)
                     self._open_segment(0)
-                except BaseException:
+                except BaseException:  # a failure after the rename (the folder's fsync)
                     with contextlib.suppress(OSError):
                         os.remove(_snapshot_name(0), dir_fd=self._directory.fd)
                     raise
