@@ -7,9 +7,12 @@ reach it with ``get_courier_client``; here they run unchanged on a local Ray ins
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import sys
 import threading
+import time
 import warnings
 
 import pytest
@@ -199,3 +202,70 @@ def test_a_controller_whose_clock_cannot_be_sent_is_served_with_time_time(ray_se
         server.client.set_eval(0, gen, 1, None, 0.5)
         assert server.client.history[gen][1].value == 0.5
     assert "clock cannot be sent" in caplog.text
+
+
+@pytest.mark.parametrize("old_client_follows", [True, False])
+def test_stopping_a_dead_server_leaves_the_run_served_again_on_its_directory(
+    ray_session, caplog, old_client_follows
+):
+    """A served controller without a log_dir runs from a temporary directory. Its actor
+    dies for good, and the run is served again there, as the client's error advises:
+    the old server's ``Stop`` then ends neither the new actor (which the old client
+    follows by the name) nor removes the directory the new one runs on."""
+    from jaxpop.distributed.ray import ControllerUnavailableError
+
+    name = f"served-again-{old_client_follows}"
+    population = population_mod.PopulationController([{"lr": 0.1}, {"lr": 0.2}], _wta())
+    old = population_mod.start_courier_server(name, population)
+    client = population_mod.get_courier_client(name, timeout_s=30)
+    gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    client.set_eval(0, gen, 1, "p1", 0.5)
+    ray_session.kill(old.client.actor, no_restart=True)
+    with pytest.raises(ControllerUnavailableError, match="serve it again on the same log_dir"):
+        client.set_eval(0, gen, 2, "p2", 0.4)
+    deadline = time.monotonic() + 30
+    while True:  # (the dead actor's process releases the lock as it exits)
+        try:
+            resumed = population_mod.PopulationController(
+                [{"lr": 0.1}, {"lr": 0.2}], _wta(), log_dir=old.log_dir
+            )
+            break
+        except storage.LogDirInUseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    new = population_mod.start_courier_server(name, resumed)
+    try:
+        if old_client_follows:  # (it finds the new actor by the name: the same run)
+            assert old.client.history.get_checkpoint(gen, 1) is not None
+        new.client.set_eval(0, gen, 3, "p3", 0.3)
+        with caplog.at_level(logging.WARNING, logger="jaxpop"):
+            old.Stop()
+        assert "not removing" in caplog.text and os.path.isdir(new.log_dir)
+        assert new.client.history.get_checkpoint(gen, 3) is not None  # still serving
+    finally:
+        new.Stop()
+        shutil.rmtree(new.log_dir, ignore_errors=True)
+
+
+def test_a_server_that_does_not_start_leaves_the_given_log_dir_as_it_was(ray_session, tmp_path):
+    """A controller without a log_dir, served on a given one with an option the server
+    refuses: the state written there is removed, so serving again there works."""
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    population = population_mod.PopulationController([{"lr": 0.1}, {"lr": 0.2}], _wta())
+    with pytest.raises(ValueError, match="timeout_s"):
+        population_mod.start_courier_server(
+            "served-after-a-failure", population, log_dir=tmp_path, timeout_s=-1
+        )
+    assert os.listdir(tmp_path) == ["notes.txt"]
+    with population_mod.start_courier_server(
+        "served-after-a-failure", population, log_dir=tmp_path
+    ) as server:
+        assert server.client.active_workers == population.active_workers
+    fresh = tmp_path / "made"
+    another = population_mod.PopulationController([{"lr": 0.3}], _wta())
+    with pytest.raises(ValueError, match="timeout_s"):
+        population_mod.start_courier_server(
+            "served-after-a-failure", another, log_dir=fresh, timeout_s=-1
+        )
+    assert not fresh.exists()

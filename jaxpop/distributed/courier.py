@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
+import fcntl
 import functools
 import hashlib
 import logging
@@ -117,8 +119,11 @@ class CourierServer:
         self.name = client.name
         self.namespace = client.namespace
         self.log_dir = client.log_dir
+        # the actor this server started: the client may come to follow another one (a
+        # new server on this run, after this one's actor died), which is not this one's
+        self._actor = client.actor
         self._stopped = threading.Event()
-        self._cleanup = None if temp_dir is None else functools.partial(_remove, temp_dir)
+        self._cleanup = None if temp_dir is None else functools.partial(_remove_unused, temp_dir)
         if self._cleanup is not None and not detached:  # a detached actor outlives us
             atexit.register(self._cleanup)
 
@@ -126,11 +131,17 @@ class CourierServer:
         """Ends the controller actor (after its writes) and releases its ``log_dir``.
 
         A ``log_dir`` that :func:`start_courier_server` made for a controller without
-        one is removed. Idempotent.
+        one is removed, unless a controller runs on it (this server's actor died and
+        the run was served again there: that server is its own to stop). Idempotent.
         """
         if self._stopped.is_set():
             return
-        self.client.shutdown()
+        if self.client.actor._actor_id == self._actor._actor_id:
+            self.client.shutdown()
+        else:  # the client follows another server's actor now: only this one's is ended
+            import ray
+
+            ray.kill(self._actor, no_restart=True)
         if self._cleanup is not None:
             atexit.unregister(self._cleanup)
             self._cleanup()
@@ -167,6 +178,29 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _remove_unused(path: str) -> None:
+    """Removes the directory ``path`` unless a controller holds its lock (the lock a
+    :class:`jaxpop.storage.Store` takes: an ``flock`` on the directory); then it is left,
+    with a warning."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # gone already
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            logger.warning(
+                "jaxpop: not removing %s: a controller runs on it (the run was served "
+                "again there); remove it once that controller is stopped",
+                path,
+            )
+            return
+        _remove(path)  # (under the lock: no controller starts on it meanwhile)
+    finally:
+        os.close(fd)
+
+
 def start_courier_server(
     name: str,
     population: PopulationController,
@@ -193,7 +227,9 @@ def start_courier_server(
     :func:`get_courier_client` or ``server.client``), and its views (``history``,
     ``active_workers``) show the state as it was handed over. If the actor cannot be
     started, a ``population`` that had a ``log_dir`` stays closed (a new controller on
-    that ``log_dir`` resumes the run) and one that had none is left as it was.
+    that ``log_dir`` resumes the run) and one that had none is left as it was, and so
+    is the ``log_dir`` given for it (what was written there is removed): serving can be
+    tried again.
 
     >>> server = start_courier_server("population", population)  # doctest: +SKIP
     >>> get_courier_client("population").set_eval(0, gen_id, 10, path, 0.3)  # doctest: +SKIP
@@ -258,6 +294,7 @@ def start_courier_server(
         population._store = _HandedOver(name, namespace)  # type: ignore[assignment]  # a stand-in
     serve_options = {**_settings(population, original), **serve_options}  # (given ones win)
     temp_dir = None
+    written: tuple[str, set[str] | None] | None = None  # a run written to the given log_dir
     try:
         if original is not None:  # it has a log_dir: the actor resumes the run there
             target = own
@@ -267,7 +304,10 @@ def start_courier_server(
                 target = temp_dir = tempfile.mkdtemp(prefix="jaxpop-courier-")
             else:
                 target = os.fspath(log_dir)
+                before = set(os.listdir(target)) if os.path.isdir(target) else None
             _write_state(target, state, population.mutator)
+            if temp_dir is None:
+                written = (target, before)
         client = jaxpop_ray.serve(
             [w.meta_params for w in state.workers],
             population.mutator,
@@ -280,6 +320,8 @@ def start_courier_server(
         population._store = original  # closed, if it had a log_dir
         if temp_dir is not None:
             _remove(temp_dir)
+        elif written is not None:  # (the controller still holds the state: try again)
+            _unwrite(*written)
         raise
     logger.info("jaxpop: serving the controller as %r, its state in %s", name, target)
     return CourierServer(client, temp_dir, detached=bool(serve_options.get("detached")))
@@ -328,6 +370,34 @@ def _write_state(log_dir: str, state: Any, mutator: Any) -> None:
         store.start(state)
     finally:
         store.close()
+
+
+def _unwrite(log_dir: str, before: set[str] | None) -> None:
+    """Removes what :func:`_write_state` wrote to ``log_dir`` (which held ``before``;
+    ``None``: it did not exist) for a server that did not start, so serving can be tried
+    again there; left, with a warning, if a controller holds its lock."""
+    try:
+        fd = os.open(log_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            logger.warning(
+                "jaxpop: the server did not start, and a controller holds %s: the state "
+                "written there is left (a controller on it resumes the run)",
+                log_dir,
+            )
+            return
+        if before is None:
+            _remove(log_dir)
+        else:
+            for name in set(os.listdir(log_dir)) - before:
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(log_dir, name))
+    finally:
+        os.close(fd)
 
 
 def get_courier_client(
