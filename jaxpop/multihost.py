@@ -74,7 +74,8 @@ def to_host(tree: Any) -> Any:
 
 def broadcast_from_lead(value: Any = None) -> Any:
     """Process 0's ``value`` on every process (JSON data: ``str``, numbers, lists, dicts, ``None``;
-    numpy scalars are sent as Python numbers).
+    numpy scalars are sent as Python numbers, but a ``longdouble``, which no Python
+    number holds).
 
     Collective: every process calls it; only process 0's ``value`` counts. For the few
     things only the lead knows, e.g. the snapshot handle it reads from the journal when a
@@ -93,7 +94,7 @@ def broadcast_from_lead(value: Any = None) -> Any:
         try:
             _check_str_keys(value)
             text = json.dumps(value, allow_nan=True, default=_plain_number)
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # (a RecursionError too: every process must hear of it)
             error = TypeError(
                 f"broadcast_from_lead sends JSON data (str, numbers, lists, dicts, None); "
                 f"got {type(value).__name__}: {e}"
@@ -139,7 +140,9 @@ def _check_str_keys(value: Any) -> None:
 def _plain_number(x: Any) -> Any:
     """A numpy scalar as its Python number (for ``json.dumps``); anything else refused."""
     if isinstance(x, np.generic) and not isinstance(x, (np.str_, np.bytes_, np.void)):
-        return x.item()
+        item = x.item()
+        if isinstance(item, (bool, int, float)):
+            return item  # (a longdouble's item is a longdouble: no Python number holds it)
     raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
 
 

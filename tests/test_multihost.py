@@ -275,10 +275,15 @@ def test_a_value_the_lead_cannot_send_is_an_error_on_every_process_not_a_hang(mo
         return x
 
     monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
-    with pytest.raises(TypeError, match="JSON data"):
-        multihost.broadcast_from_lead({"handle": object()})
-    assert sent == [-1]  # it took part: the others learn of the error
-    sent.clear()
+    deep: list = []
+    for _ in range(100_000):  # (json.dumps raises RecursionError)
+        deep = [deep]
+    # (a longdouble's item() is a longdouble: json asked for a number forever)
+    for bad in ({"handle": object()}, {"x": np.longdouble(1.5)}, deep):
+        with pytest.raises(TypeError, match="JSON data"):
+            multihost.broadcast_from_lead(bad)
+        assert sent == [-1]  # it took part: the others learn of the error
+        sent.clear()
     assert multihost.broadcast_from_lead({"step": np.int64(5), "x": np.float32(0.5)}) == {
         "step": 5,
         "x": 0.5,
