@@ -602,6 +602,8 @@ def exploit_explore(
             f"exploit_explore needs one score per member, shape ({pop.size},); got "
             f"{jnp.shape(scores)}"
         )
+    if jnp.issubdtype(jnp.result_type(scores), jnp.bool_):  # (as the host refuses bools)
+        raise TypeError("exploit_explore needs scores that are numbers, got bools")
     ordered = jnp.asarray(selection_lib.device_scores(scores, np.float32), jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)
     n = pop.size

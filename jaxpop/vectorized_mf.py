@@ -65,7 +65,11 @@ def mf_pbt_round(
       ``(population, exploit)`` as :func:`jaxpop.vectorized.exploit_explore` returns them.
     """
     frequencies = mf_pbt.check_frequencies(frequencies)
-    mf_pbt.check_layout(int(jnp.shape(scores)[0]), frequencies)
+    if jnp.shape(scores) != (pop.size,):
+        raise ValueError(
+            f"mf_pbt_round needs one score per member, shape ({pop.size},); got {jnp.shape(scores)}"
+        )
+    mf_pbt.check_layout(pop.size, frequencies)
     ranks = selection_lib.canonical_scores(selection_lib.device_scores(scores), mode)
     decided = mf_pbt.plan(
         ranks,

@@ -525,3 +525,30 @@ def test_rounds_read_from_the_kept_view_equal_rounds_read_afresh(monkeypatch):
                 b.history,
             ), (seed, t)
     assert kept[-1].mutator_state.num_decisions > 0
+
+
+def test_the_device_round_refuses_scores_that_do_not_fit_the_population():
+    # 7 scores for 8 members was "got 7 workers; use a multiple of 2"; bools ranked 0/1
+    with pytest.raises(ValueError, match=r"one score per member, shape \(8,\); got \(7,\)"):
+        mf_pbt_round(_population(8), jnp.zeros(7), 1, frequencies=(1, 2), space=SPACE)
+    for scores in (jnp.array([True, False] * 4), np.array([True, False] * 4)):
+        with pytest.raises(TypeError, match="real numbers, got bool"):
+            mf_pbt_round(_population(8), scores, 1, frequencies=(1, 2), space=SPACE)
+    with pytest.raises(TypeError, match="numbers, got bools"):
+        vectorized.exploit_explore(
+            _population(8), jnp.array([True, False] * 4), jax.random.PRNGKey(1), space=SPACE
+        )
+
+
+def test_under_x64_the_round_and_the_host_mutator_give_no_future_warning():
+    # jnp.argsort gives int64 under x64, scattered into the int32 plan: a FutureWarning
+    # that JAX says will become an error (a controller could not be built under -W error)
+    import warnings
+
+    with jax.enable_x64(True), warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        exploit = mf_pbt_round(_population(8), np.arange(8.0), 2, frequencies=(1, 2), space=SPACE)[
+            1
+        ]
+        PopulationController([{"lr": 0.001 * (i + 1)} for i in range(8)], make())
+    assert exploit.parents.dtype == jnp.int32

@@ -253,7 +253,8 @@ def plan(
     def migrate(
         k: jax.Array, third_k: jax.Array, in_third_k: jax.Array
     ) -> tuple[jax.Array, jax.Array]:
-        outside = jnp.argsort(position + size * (sub == k))[: size - n]  # best first
+        # best first (int32 under x64 too: scattered into the int32 plan)
+        outside = jnp.argsort(position + size * (sub == k))[: size - n].astype(jnp.int32)
 
         def meet(taken: jax.Array, place: tuple) -> tuple[jax.Array, tuple]:
             member, exists = place

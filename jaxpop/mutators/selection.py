@@ -91,7 +91,7 @@ def canonical_scores(scores: jax.Array, mode: Mode = "min") -> jax.Array:
                 else ""
             )
         )
-    if jnp.issubdtype(scores.dtype, jnp.complexfloating):
+    if jnp.issubdtype(scores.dtype, jnp.complexfloating) or scores.dtype == bool:
         raise TypeError(f"scores must be real numbers, got {scores.dtype}")
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         scores = scores.astype(jnp.float32)
