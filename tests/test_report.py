@@ -304,11 +304,54 @@ def test_the_members_table_says_which_workers_are_finished_or_gone():
     assert [m["status"] for m in info["members"]] == ["active", "finished", "gone"]
     table = report.format_summary(info).splitlines()
     statuses = {"active", "finished", "gone"}
-    assert [[w for w in line.split() if w in statuses] for line in table[-3:]] == [
+    assert table[-1].startswith("* best; ~ trains with other hyperparameters")
+    assert [[w for w in line.split() if w in statuses] for line in table[-4:-1]] == [
         ["active"],
         ["finished"],
         ["gone"],
     ]
+
+
+def test_each_members_value_is_shown_with_the_hyperparameters_that_scored_it():
+    """Both workers copy the lr=0.2 checkpoint (value 0.3) and mutate to lr=2: the table
+    and summary.json showed "0.3 | lr=2", a pair the run never produced."""
+    mutator = WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 10}, steps_per_exploit=10)
+    with PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator) as pop:
+        for worker, value in ((0, 0.5), (1, 0.3)):
+            pop.set_eval(worker, pop.active_workers[worker].generation_id, 10, "p", value)
+        info = report.summary(report.build(pop.state))
+    for member in info["members"]:
+        assert member["value"] == 0.3 and member["hyperparameters"] == {"lr": 0.2}
+        assert member["current_hyperparameters"] == {"lr": pytest.approx(2.0)}
+    rows = report.format_summary(info).splitlines()[-3:-1]
+    assert all(row.split()[-1] == "0.2" and "~" in row.split()[:3] for row in rows)
+    from rich.console import Console
+
+    console = Console(width=80, record=True)
+    console.print(report.tables.summary_renderable(info))
+    assert "lr=0.2" in console.export_text() and "lr=2" not in console.export_text()
+
+
+def test_the_members_table_cuts_no_number_at_80_columns():
+    """A dozen hyperparameters at 80 columns cut every cell to "…" (a value of 1000 read
+    "1…"); they share one column now, which wraps between them."""
+    names = [f"hyperparameter_{i}" for i in range(12)]
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    initial = [{name: 0.125 * (i + 1) + j for j, name in enumerate(names)} for i in range(3)]
+    with PopulationController(initial, mutator) as pop:
+        for worker in range(3):
+            gen = pop.active_workers[worker].generation_id
+            pop.set_eval(worker, gen, 600, None, 1000.0 + worker)
+        info = report.summary(report.build(pop.state))
+    from rich.console import Console
+
+    console = Console(width=80, record=True)
+    console.print(report.tables.summary_renderable(info))
+    text = console.export_text()
+    assert "…" not in text
+    assert all(f"{1000 + worker}" in text for worker in range(3)) and "600" in text
+    joined = text.replace("\n", "").replace(" ", "")
+    assert all(f"{name}=" in joined for name in names)
 
 
 @pytest.mark.parametrize("scale", [1e3, 1e9])  # a clock in milliseconds, in nanoseconds

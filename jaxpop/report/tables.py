@@ -132,7 +132,11 @@ def summary(report: Report) -> dict[str, Any]:
                 "step": m.step,
                 "value": _json_number(m.value),
                 "value_step": None if m.scored is None else m.scored.step,
-                "hyperparameters": _json_hparams(m.meta_params),
+                # those the value was scored with (the current ones while it has none)
+                "hyperparameters": _json_hparams(
+                    m.meta_params if m.scored is None else m.scored.meta_params
+                ),
+                "current_hyperparameters": _json_hparams(m.meta_params),
             }
             for m in report.members
         ],
@@ -191,13 +195,26 @@ def _overview_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+#: What the members table's marks mean (printed under it).
+_MEMBER_MARKS = (
+    "* best; ~ trains with other hyperparameters since that value was scored (a copy or "
+    "a new generation: summary.json's current_hyperparameters)"
+)
+
+
+_FIXED = 6  # the members table's columns before the hyperparameters
+
+
 def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The members table: each value with the hyperparameters it was scored with."""
     names = list(dict.fromkeys(k for m in info["members"] for k in m["hyperparameters"]))
     best = info["best"]
     header = ["worker", "status", "value", "at step", "step", "generation", *names]
     rows = [
         [
-            f"{m['worker']}{' *' if best is not None and best['worker'] == m['worker'] else ''}",
+            f"{m['worker']}"
+            f"{' *' if best is not None and best['worker'] == m['worker'] else ''}"
+            f"{' ~' if m['current_hyperparameters'] != m['hyperparameters'] else ''}",
             m["status"],
             _fmt(m["value"]),
             _fmt(m["value_step"]),
@@ -222,6 +239,7 @@ def format_summary(info: Mapping[str, Any]) -> str:
     lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     lines.append("-" * len(lines[-1]))
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    lines.append(_MEMBER_MARKS)
     return "\n".join(lines)
 
 
@@ -232,6 +250,7 @@ def summary_renderable(info: Mapping[str, Any], *, title: str = "jaxpop report")
     Raises:
       ImportError: ``rich`` is not installed.
     """
+    from rich import box
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -242,11 +261,21 @@ def summary_renderable(info: Mapping[str, Any], *, title: str = "jaxpop report")
     for key, value in _overview_rows(info):
         overview.add_row(key, Text(value))  # Text: no markup is read from the data
     header, rows = _member_rows(info)
-    members = Table(title="members (* best)")
-    for name in header:
-        members.add_column(name, justify="left" if name == "generation" else "right")
+    names, fixed = header[_FIXED:], header[:_FIXED]
+    members = Table(title="members", caption=_MEMBER_MARKS, box=box.SIMPLE_HEAD)
+    for i, name in enumerate(fixed):
+        if name == "generation":  # (an id may fold onto two lines)
+            members.add_column(name, overflow="fold", min_width=8)
+            continue
+        # never cut (a cut number reads as another one: 1000 as "1…")
+        width = max(len(name), *(len(row[i]) for row in rows)) if rows else len(name)
+        members.add_column(name, justify="right", no_wrap=True, min_width=width)
+    # the hyperparameters as "name=value" in one column, which wraps between them: a
+    # column each would be cut to nothing at 80 columns with a dozen of them
+    members.add_column("hyperparameters", overflow="fold")
     for row in rows:
-        members.add_row(*map(Text, row))
+        hparams = ", ".join(f"{k}={v}" for k, v in zip(names, row[_FIXED:], strict=True))
+        members.add_row(*map(Text, row[:_FIXED]), Text(hparams))
     return Group(overview, members)
 
 
