@@ -316,7 +316,8 @@ def make_loggers(args: argparse.Namespace, name: str) -> Loggers:
 
     Files go under ``--log-dir`` (as an absolute path: Ray actors may start elsewhere):
     TensorBoard's to ``tensorboard/``, W&B's to ``wandb/``; MLflow's to
-    ``MLFLOW_TRACKING_URI`` when set, else to ``sqlite:///<log-dir>/mlflow.db``.
+    ``MLFLOW_TRACKING_URI`` when set, else to ``sqlite:///<log-dir>/mlflow.db``. A
+    backend's failure is logged as a warning and the run goes on (``errors="warn"``).
     """
     log_dir = os.path.abspath(args.log_dir)
     mlflow: dict[str, Any] = {}
@@ -330,7 +331,10 @@ def make_loggers(args: argparse.Namespace, name: str) -> Loggers:
             )
         os.makedirs(log_dir, exist_ok=True)
         mlflow["tracking_uri"] = f"sqlite:///{os.path.join(log_dir, 'mlflow.db')}"
-    return make_run_loggers(args.log, log_dir=log_dir, name=name, config=vars(args), mlflow=mlflow)
+    # a logging failure (a full disk, a service down) is a warning: training goes on
+    return make_run_loggers(
+        args.log, log_dir=log_dir, name=name, config=vars(args), mlflow=mlflow, errors="warn"
+    )
 
 
 def _join(threads: Sequence[threading.Thread], logs: Loggers, controller: Controller) -> None:

@@ -2,6 +2,7 @@
 
 import doctest
 import importlib
+import logging
 import os
 import pickle
 import sys
@@ -193,6 +194,56 @@ def test_a_failing_backend_costs_the_others_no_exploit():
         jaxpop.logging.Loggers([failing, healthy]).finish(pop.state)
     assert len(healthy.of("best")) == len(failing.of("best")) == 1
     assert healthy.calls[-1] == failing.calls[-1] == ("close",)
+
+
+def test_with_errors_warn_a_failing_backend_is_a_warning_and_the_others_log_on(caplog):
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    pop = PopulationController(
+        [{"log_lr": -2.0 - i} for i in range(4)],
+        WinnerTakeAllGenetic(_mutate, steps_per_exploit=10),
+        seed=0,
+    )
+    for i in range(4):
+        pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, float(i))
+    failing, healthy = Recorder(fail="exploit"), Recorder()
+    logs = jaxpop.logging.Loggers([failing, healthy], errors="warn")
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        assert logs.sync(pop.history) == exploit_events(pop.history)  # nothing raised
+        logs.log_worker(0, 20, 1.0)
+        assert logs.finish(pop.state) is not None
+    assert "Recorder.log_exploit failed (the run goes on): ConnectionError" in caplog.text
+    assert len(healthy.of("exploit")) == len(exploit_events(pop.history))
+    assert healthy.calls[-1] == ("close",) and len(healthy.of("best")) == 1
+    restored = pickle.loads(pickle.dumps(logs))
+    assert restored.errors == "warn"
+    for bad in ("ignore", None):
+        with pytest.raises(ValueError, match='errors must be "raise" or "warn"'):
+            jaxpop.logging.Loggers([], errors=bad)
+        with pytest.raises(ValueError, match='errors must be "raise" or "warn"'):
+            jaxpop.logging.make_loggers([], errors=bad)
+
+
+def test_the_cnn_example_trains_on_when_a_logging_backend_fails(tmp_path, monkeypatch):
+    """A backend failing once (a full disk) ended the flagship example at step 20 of
+    300: the driver's sync raised out of its wait and closed the controller under the
+    training threads. Its loggers warn instead."""
+    from examples import population_cnn
+    from examples.simple_cnn import train as simple_cnn
+
+    made = population_cnn.make_loggers
+
+    def with_a_failing_backend(args, name):
+        logs = made(args, name)
+        logs.loggers = (Recorder(fail="exploit"), *logs.loggers)
+        return logs
+
+    monkeypatch.setattr(population_cnn, "make_loggers", with_a_failing_backend)
+    monkeypatch.setattr(population_cnn, "SYNC_EVERY_S", 0.05)
+    argv = ["--steps", "40", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "10"]
+    summary = simple_cnn.main([*argv, "--no-progress", "--log-dir", str(tmp_path)])
+    assert summary["exploit_events"] >= 1
+    assert [m.step for m in jaxpop.report.load(tmp_path).members] == [40, 40]
 
 
 def test_backend_names_and_clear_errors(monkeypatch, tmp_path):

@@ -102,6 +102,7 @@ def make_loggers(
     tensorboard: Mapping[str, Any] | None = None,
     wandb: Mapping[str, Any] | None = None,
     mlflow: Mapping[str, Any] | None = None,
+    errors: str = "raise",
 ) -> Loggers:
     """The loggers ``names`` (see :func:`parse_backends`) behind one :class:`Loggers`.
 
@@ -115,6 +116,8 @@ def make_loggers(
         params.
       tensorboard, wandb, mlflow: more arguments for :class:`TensorBoardLogger`,
         :class:`WandbLogger`, :class:`MlflowLogger` (they win over the ones above).
+      errors: ``"raise"`` or ``"warn"``: what a backend's failure does (see
+        :class:`Loggers`).
 
     >>> make_loggers([])
     Loggers([])
@@ -123,6 +126,8 @@ def make_loggers(
       ValueError: an unknown name, or TensorBoard without ``log_dir``.
       ImportError: a backend's library is missing (the message names the extra).
     """
+    if errors not in ("raise", "warn"):  # (before any backend starts a run)
+        raise ValueError(f'errors must be "raise" or "warn", got {errors!r}')
     loggers: list[RunLogger] = []
     for backend in parse_backends(names):
         if backend == "tensorboard":
@@ -144,4 +149,4 @@ def make_loggers(
         else:
             options = {"name": name, "config": config, **(mlflow or {})}
             loggers.append(MlflowLogger(**options))
-    return Loggers(loggers)
+    return Loggers(loggers, errors=errors)

@@ -11,6 +11,7 @@ several loggers and adds the two calls a driver needs: :meth:`Loggers.sync` and
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +42,8 @@ __all__ = [
     "table",
     "worker_scalars",
 ]
+
+_log = logging.getLogger("jaxpop")
 
 
 @runtime_checkable
@@ -178,7 +181,11 @@ class Loggers:
     """Several :class:`RunLogger` s as one, plus what a driver calls.
 
     Every call goes to each logger in order; if some raise, the others are still
-    called and the first error is raised after. :meth:`sync` logs the exploits that
+    called and the first error is raised after, or, with ``errors="warn"``, each error
+    is logged as a warning (``logging.getLogger("jaxpop")``, naming the backend and the
+    call) and nothing is raised: a run that should not end for a logging hiccup (a full
+    disk, a service down) passes it. An exploit a backend failed to log is not sent to
+    it again. :meth:`sync` logs the exploits that
     happened since the last call; :meth:`finish` logs the rest, the best member, and
     closes. A ``Loggers`` is itself a :class:`RunLogger` (and a context manager that
     closes it).
@@ -190,7 +197,9 @@ class Loggers:
     True
     """
 
-    def __init__(self, loggers: Iterable[RunLogger]):
+    errors: str = "raise"  # (a Loggers pickled before the option had none)
+
+    def __init__(self, loggers: Iterable[RunLogger], *, errors: str = "raise"):
         self.loggers: tuple[RunLogger, ...] = tuple(loggers)
         for logger in self.loggers:
             if not isinstance(logger, RunLogger):
@@ -198,6 +207,9 @@ class Loggers:
                     f"{type(logger).__name__} is not a RunLogger: it needs log_worker, "
                     "log_exploit, log_best and close"
                 )
+        if errors not in ("raise", "warn"):
+            raise ValueError(f'errors must be "raise" or "warn", got {errors!r}')
+        self.errors = errors
         self.feed = ExploitFeed()
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
@@ -206,7 +218,16 @@ class Loggers:
             try:
                 getattr(logger, method)(*args, **kwargs)
             except Exception as e:  # the others still get the call
-                error = error or e
+                if self.errors == "warn":
+                    _log.warning(
+                        "jaxpop: %s.%s failed (the run goes on): %s: %s",
+                        type(logger).__name__,
+                        method,
+                        type(e).__name__,
+                        e,
+                    )
+                else:
+                    error = error or e
         if error is not None:
             raise error
 
