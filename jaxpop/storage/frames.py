@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from typing import NamedTuple
 
 from jaxpop import encoding
@@ -82,16 +83,20 @@ def _check(data: bytes, offset: int) -> tuple[int, str | None]:
     return end, None
 
 
-def _chain_to_end(data: bytes, offset: int) -> bool:
+def _chain_to_end(
+    data: bytes, offset: int, is_record: Callable[[bytes], bool] | None = None
+) -> bool:
     """Whether good frames follow the bad frame at ``offset``: a chain of them, from some
-    later position to the end of the file (or to zero bytes only).
+    later position to the end of the file (or to zero bytes only), each a record
+    (``is_record(payload)``; ``None``: any good frame is).
 
     A chain, not one frame: a torn record's own payload may hold bytes that look like a
     frame (parameters that contain a jaxpop encoding), but the rest of that payload does
-    not go on as frames to the end. Candidates are found by the encoding header every
-    payload starts with, so this is a fast scan; if a hostile file makes it check more
-    than a few times its size, it gives up and answers ``True`` (report corruption
-    rather than drop data).
+    not go on as frames to the end -- unless the write was cut just where such a frame
+    ends, which ``is_record`` tells from the file's own records. Candidates are found by
+    the encoding header every payload starts with, so this is a fast scan; if a hostile
+    file makes it check more than a few times its size, it gives up and answers
+    ``True`` (report corruption rather than drop data).
     """
     budget = 8 * len(data) + (1 << 20)
     content = len(data.rstrip(b"\0"))  # past it, zeros only (once, not per candidate)
@@ -101,6 +106,7 @@ def _chain_to_end(data: bytes, offset: int) -> bool:
         position = found + 1
         if start <= offset:
             continue
+        records = True  # (whether every good frame of the chain is a record)
         while start < len(data):  # follow the chain from this candidate
             end, bad = _check(data, start)
             # what the check cost: its checksum's bytes (none for a header that is bad
@@ -110,8 +116,11 @@ def _chain_to_end(data: bytes, offset: int) -> bool:
                 return True
             if bad is not None:
                 break
+            if is_record is not None and not is_record(data[start + _HEADER.size : end]):
+                records = False
+                break
             start = end
-        if start >= content:
+        if records and start >= content:
             return True
     return False
 
@@ -184,7 +193,11 @@ def read_first_frame(path: str, *, dir_fd: int | None = None) -> bytes | None:
 
 
 def read_frames(
-    path: str, *, newest: bool, dir_fd: int | None = None
+    path: str,
+    *,
+    newest: bool,
+    dir_fd: int | None = None,
+    is_record: Callable[[bytes], bool] | None = None,
 ) -> tuple[list[Frame], TornTail | None]:
     """The good frames of ``path``, in order, and its torn tail if it has one.
 
@@ -197,6 +210,8 @@ def read_frames(
         in a torn write (see the module docstring).
       dir_fd: a descriptor of the directory to open the file name of ``path`` in
         (``None``: open ``path`` itself).
+      is_record: whether a good frame's payload is one of the file's records (``None``:
+        any is): only records after a bad frame make it damage rather than a torn tail.
 
     Raises:
       CorruptLogError: any other bad frame, naming the file, the offset and the damage.
@@ -217,7 +232,7 @@ def read_frames(
         if newest and _ends_file(data, end):
             # A damaged length field also makes a frame "run past the end", but then the
             # records after it are still there: only a tail with none is torn.
-            if _chain_to_end(data, offset) or _whole_with_damaged_length(data, offset):
+            if _chain_to_end(data, offset, is_record) or _whole_with_damaged_length(data, offset):
                 raise CorruptLogError(
                     f"{path} is corrupt: {bad} at offset {offset}, with good records after "
                     "it (a damaged record, not a torn write)"

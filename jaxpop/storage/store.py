@@ -155,6 +155,15 @@ def _decode(path: str, record: Frame) -> Any:
         ) from e
 
 
+def _is_record(payload: bytes) -> bool:
+    """Whether a journal frame's payload is a journal record (a torn record's parameters
+    may hold a whole frame of another encoding)."""
+    try:
+        return type(encoding.decode(payload, read_only=True)) is Changes
+    except ValueError:
+        return False
+
+
 def _check_header(path: str, frames: list[Frame], kind: str, seq: int) -> dict[str, Any]:
     if not frames:
         raise CorruptLogError(f"{path} is empty: it has no {kind} header")
@@ -387,7 +396,7 @@ def _read_log_dir(log_dir: str, dir_fd: int | None) -> _Loaded | None:
     for s in segments:
         path = os.path.join(log_dir, _journal_name(s))
         newest = s == segments[-1]
-        frames, torn = read_frames(path, newest=newest, dir_fd=dir_fd)
+        frames, torn = read_frames(path, newest=newest, dir_fd=dir_fd, is_record=_is_record)
         if not frames and newest:  # died (or is) creating the segment: it holds nothing
             repairs.append(_Repair(path, torn, remove=True))
             break  # its number is free again
