@@ -5,8 +5,12 @@ journal record, they made each decision's record O(population) to encode and sto
 mutators never change a state in place (an update returns a new record sharing what it
 did not change), so a record carries a :class:`StateDelta` found by identity from the
 state journaled before it, and replay rebuilds the state (:func:`applied`). Any other
-state, a user's included, is written whole: it may be changed in place, which identity
-would miss. ``docs/storage.md`` has the format.
+state, a user's included, is written whole (a change found by identity would miss one
+made in place by a mutator that breaks the rule below). Every mutator must return a new
+state rather than change its own: a controller journals an event only when something
+changed, and a state returned as the same object, in an event that changed nothing
+else, is taken as unchanged and never reaches the journal. ``docs/storage.md`` has the
+format.
 """
 
 from __future__ import annotations
