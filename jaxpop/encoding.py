@@ -109,6 +109,22 @@ def _supported_dtypes() -> dict[str, np.dtype]:
 
 #: dtype name on the wire -> native-byte-order numpy dtype.
 _DTYPES: dict[str, np.dtype] = _supported_dtypes()
+
+
+def _narrow_bytes() -> dict[np.dtype, bytes]:
+    """The byte values a dtype of fewer than 8 bits never holds (bool: 2 to 255; int4:
+    16 to 255, ...): such a byte in a file is damage, which numpy would read as a value
+    unequal to every valid one."""
+    out = {np.dtype(np.bool_): bytes(range(2, 256))}
+    for dtype in _DTYPES.values():
+        if dtype.itemsize == 1 and dtype.kind == "V":  # (ml_dtypes' own types)
+            info = ml_dtypes.iinfo(dtype) if "int" in dtype.name else ml_dtypes.finfo(dtype)
+            if info.bits < 8:
+                out[dtype] = bytes(range(2**info.bits, 256))
+    return out
+
+
+_NARROW_BYTES = _narrow_bytes()
 #: dtype -> (wire name, whether the data must be byte-swapped to little-endian).
 _DTYPE_INFO: dict[np.dtype, tuple[str, bool]] = {}
 
@@ -649,6 +665,9 @@ def _read_array(data: bytes) -> np.ndarray:
             f"array data has {len(raw)} bytes, but a {name} array of shape {tuple(shape)} "
             f"needs {math.prod(shape) * dtype.itemsize}"
         )
+    invalid = _NARROW_BYTES.get(dtype)
+    if invalid is not None and len(raw.translate(None, invalid)) != len(raw):
+        raise _DecodeError(f"a {name} array holds bytes no {name} value is stored as")
     wire_dtype = dtype if dtype.itemsize == 1 else dtype.newbyteorder("<")
     # astype copies: the result is writable (unless asked otherwise) and in native order.
     array = np.frombuffer(raw, dtype=wire_dtype).reshape(shape).astype(dtype)

@@ -442,6 +442,25 @@ def test_documented_array_layout_is_readable() -> None:
     assert_same((1, ()), out)
 
 
+@pytest.mark.parametrize(
+    "name, valid, invalid",
+    [("bool", 1, 2), ("int4", 15, 16), ("uint2", 3, 4), ("float4_e2m1fn", 15, 0x80)],
+)
+def test_a_byte_no_narrow_value_is_stored_as_is_corrupt_data(name, valid, invalid) -> None:
+    """A bool array of bytes 02 01 decoded as [True, True] whose sum was 3 and whose
+    encoding differed from a real [True, True]'s."""
+    if name not in encoding._DTYPES:
+        pytest.skip(f"this ml_dtypes has no {name}")
+    assert decode(wrap(ext(2, [name, [2], bytes([0, valid])]))).view(np.uint8).tolist() == [
+        0,
+        valid,
+    ]
+    with pytest.raises(ValueError, match=f"a {name} array holds bytes no {name} value"):
+        decode(wrap(ext(2, [name, [2], bytes([invalid, 1])])))
+    with pytest.raises(ValueError, match=f"a {name} array holds bytes"):
+        decode(wrap(ext(3, [name, [], bytes([invalid])])))  # (a scalar)
+
+
 def test_version_in_any_uint_width_is_accepted() -> None:
     payload = msgpack.packb({"a": 1})
     for version in (
