@@ -56,6 +56,14 @@ def simulate(logs, n=WORKERS, evals=6, *, clock=None, sync_every=1):
     return state, logged, best
 
 
+def wta_rounds(population, steps):
+    """Each of four workers reports at each of ``steps``: a WinnerTakeAllGenetic round."""
+    for step in steps:
+        for i in range(4):
+            gen = population.active_workers[i].generation_id
+            population.set_eval(i, gen, step, None, float((3 * i + step) % 5))
+
+
 class Recorder:
     """A RunLogger that records every call."""
 

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("mlflow")
 
-from test_logging import WORKERS, simulate
+from test_logging import WORKERS, simulate, wta_rounds
 
 import jaxpop.logging
 from jaxpop.logging.base import exploit_record, lineage_records
@@ -118,3 +118,33 @@ def test_a_pickled_copy_nests_under_the_same_parent_and_leaves_it_running(store)
     )
     with pytest.raises(RuntimeError, match="closed"):
         attached.log_worker(2, 6, 1.0)
+
+
+def test_a_driver_resumed_from_its_pickle_keeps_every_exploit_and_ends_the_parent_run(store):
+    """The docs advise pickling the Loggers to log each exploit once after a crash: the
+    resumed copy wrote exploits.json with the exploits since the pickle only, counted
+    exploits/count from 1 again, and never ended the parent run (RUNNING for good)."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    population = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1}, steps_per_exploit=10),
+    )
+    logs = jaxpop.logging.make_loggers(["mlflow"], name="pbt", mlflow={"tracking_uri": store})
+    wta_rounds(population, (10, 20))
+    before = logs.sync(population.history)
+    saved = pickle.dumps(logs)  # kept by the driver, which then crashes (no close)
+    wta_rounds(population, (30, 40))
+    resumed = pickle.loads(saved)
+    resumed.finish(population.state)
+    events = exploit_events(population.history)
+    assert len(before) >= 2 and len(events) > len(before)
+    client = _client(store)
+    parent_id = resumed.loggers[0].parent_run_id
+    local = client.download_artifacts(parent_id, "exploits.json")
+    with open(local) as f:
+        assert json.load(f) == [exploit_record(e) for e in events]
+    counts = client.get_metric_history(parent_id, "exploits/count")
+    assert sorted(m.value for m in counts) == list(range(1, len(events) + 1))
+    assert client.get_run(parent_id).info.status == "FINISHED"

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("wandb")
 
 from google.protobuf.message import DecodeError  # (wandb's dependency)
-from test_logging import WORKERS, simulate
+from test_logging import WORKERS, simulate, wta_rounds
 
 import jaxpop.logging
 from jaxpop.logging.base import exploit_record, lineage_records, schedule_records
@@ -263,3 +263,28 @@ def test_a_close_that_cannot_log_the_exploits_table_finishes_the_workers_and_can
     assert runs["worker-0"].finished == 1 and runs["population"].finished == 1
     logger.close()  # closed: nothing more
     assert runs["population"].finished == 1
+
+
+def test_a_driver_resumed_from_its_pickle_logs_the_exploits_table_whole(offline):
+    """The exploits table is replaced each time it is logged: a Loggers resumed from its
+    pickle (as the docs advise) logged a table of the exploits since the pickle only."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    population = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1}, steps_per_exploit=10),
+    )
+    logs = jaxpop.logging.make_loggers(["wandb"], log_dir=offline, name="pbt")
+    wta_rounds(population, (10, 20))
+    before = logs.sync(population.history)
+    saved = pickle.dumps(logs)  # kept by the driver, which then crashes
+    logs.close()  # (the crashed process's runs end; this process goes on as the new one)
+    wta_rounds(population, (30, 40))
+    resumed = pickle.loads(saved)
+    resumed.finish(population.state)
+    events = exploit_events(population.history)
+    assert len(before) >= 2 and len(events) > len(before)
+    last = [r for r in _finished_runs(offline) if r.run.display_name == "population"][-1]
+    rows = last.table("exploits")
+    assert [r["generation_id"] for r in rows] == [e.generation_id for e in events]

@@ -133,7 +133,7 @@ class MlflowLogger:
         self._exploits: list[dict[str, Any]] = []
         self._written = 0  # exploit rows in the last exploits.json
         self._written_at = 0.0
-        self._owner = False
+        self._owner = False  # (it created the parent run, or logged the best member)
         self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -142,12 +142,18 @@ class MlflowLogger:
             "experiment_id": self.experiment_id,
             "parent_run_id": self.parent_run_id,
             "artifact_every_s": self.artifact_every_s,
+            # the rows of exploits.json so far: a copy that logs exploits (a driver's
+            # resumed from a pickle) rewrites the file with them, not without
+            "exploits": list(self._exploits),
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         require("mlflow", "mlflow", "MLflow")
+        state = dict(state)
+        exploits = state.pop("exploits", [])  # (none in a pickle from before they were kept)
         self.__dict__.update(state)
-        self._setup()  # a copy: never ends the parent run
+        self._setup()  # a copy: ends the parent run only if it logs the best member
+        self._exploits = list(exploits)
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -243,6 +249,7 @@ class MlflowLogger:
         with self._lock:
             self._check_open()
             self._write_exploits()
+            self._owner = True  # the run's end: this copy (a resumed driver's) ends it
             run_id = self.parent_run_id
             self._client.log_metric(
                 run_id, "best/value", best.value, timestamp=_now_ms(), step=checkpoint.step
@@ -276,7 +283,8 @@ class MlflowLogger:
 
     def close(self) -> None:
         """Writes ``exploits.json`` if it changed, ends the worker runs this logger
-        opened in this process, and the parent run if this logger created it.
+        opened in this process, and the parent run if this logger created it or logged
+        the best member (a driver's copy resumed from a pickle).
         Idempotent. If ``exploits.json`` cannot be written, the worker runs are still
         ended and the error raised; the parent run stays open, and the next
         ``close()`` writes it again and ends it."""

@@ -128,11 +128,16 @@ class WandbLogger:
         self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return dict(self._options)
+        # the exploits table's rows so far: a copy that logs exploits (a driver's resumed
+        # from a pickle) logs the table with them, not without (it is replaced each time)
+        return {**self._options, "exploits": list(self._exploits)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._options, self.group = dict(state), state["group"]
+        options = dict(state)
+        exploits = options.pop("exploits", [])  # (none in a pickle from before they were kept)
+        self._options, self.group = options, options["group"]
         self._setup()
+        self._exploits = list(exploits)
 
     # -- runs ---------------------------------------------------------------------------
     def run_id(self, worker_id: int) -> str:
