@@ -148,3 +148,25 @@ def test_a_driver_resumed_from_its_pickle_keeps_every_exploit_and_ends_the_paren
     counts = client.get_metric_history(parent_id, "exploits/count")
     assert sorted(m.value for m in counts) == list(range(1, len(events) + 1))
     assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_hyperparameter_names_mlflow_refuses_are_cleaned_and_nothing_is_lost(store):
+    """A name outside MLflow's characters (or an empty, ``..``, ``/abs`` or over-long
+    one) failed the worker run's params and then every batch with its metric: the run
+    logged no evaluation at all."""
+    names = ["", "x" * 300, "a,b", "a=b", "a_b", "..", "a/../b", "/abs", "new\nline", "β₁", "é😀"]
+    logger = jaxpop.logging.MlflowLogger("pop", tracking_uri=store)
+    for step in (10, 20):
+        logger.log_worker(0, step, 0.5 + step, {name: float(i) for i, name in enumerate(names)})
+    logger.close()
+    run = _client(store).get_run(logger.worker_run_id(0))
+    history = _client(store).get_metric_history(run.info.run_id, "eval/value")
+    assert [(m.step, m.value) for m in history] == [(10, 10.5), (20, 20.5)]
+    params = run.data.params
+    assert len(params) == len(names)  # none lost: names that clean alike are numbered
+    assert params["a_b"] == "2.0" and params["a_b_2"] == "3.0" and params["a_b_3"] == "4.0"
+    assert params["β₁"] == "9.0" and params["_abs"] == "7.0" and params["a_.._b"] == "6.0"
+    assert params["_"] == "0.0" and params["_.."] == "5.0" and params["new_line"] == "8.0"
+    assert sorted(m for m in run.data.metrics if m.startswith("hparams/")) == sorted(
+        f"hparams/{name}" for name in params
+    )

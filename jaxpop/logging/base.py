@@ -14,9 +14,9 @@ import importlib
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -37,6 +37,7 @@ __all__ = [
     "check_worker_id",
     "exploit_record",
     "lineage_records",
+    "renamed",
     "require",
     "schedule_records",
     "table",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger("jaxpop")
+_V = TypeVar("_V")
 
 
 @runtime_checkable
@@ -332,6 +334,21 @@ def check_worker_id(worker_id: Any) -> int:
     if isinstance(worker_id, bool) or not isinstance(worker_id, int) or worker_id < 0:
         raise ValueError(f"worker_id must be a non-negative int, got {worker_id!r}")
     return worker_id
+
+
+def renamed(items: Mapping[str, _V], clean: Callable[[str], str]) -> dict[str, _V]:
+    """``items`` under the names ``clean`` gives their keys, in order; keys that clean
+    alike are numbered (``lr x`` and ``lr_x``: ``lr_x``, ``lr_x_2``), so no value
+    replaces another."""
+    out: dict[str, _V] = {}
+    for key, value in items.items():
+        name = clean(key)
+        unique, n = name, 1
+        while unique in out:
+            n += 1
+            unique = f"{name}_{n}"
+        out[unique] = value
+    return out
 
 
 def worker_scalars(

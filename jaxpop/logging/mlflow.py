@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from jaxpop.logging.base import (
     check_worker_id,
     exploit_record,
     lineage_records,
+    renamed,
     require,
     worker_scalars,
 )
@@ -63,6 +65,33 @@ def _strict_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+#: What MLflow takes in a metric or param name on every platform (its own check adds
+#: ":" off Windows): other characters become "_".
+_INVALID_KEY_CHARACTERS = re.compile(r"[^/\w.\- ]")
+_KEY_LIMIT = 230  # MLflow's is 250: room for "hparams/" and a "_<n>" telling names apart
+
+
+def _key(name: str) -> str:
+    """A param's name as MLflow takes it: its characters, at most 250 of them, and a
+    path that resolves to itself (a name with an empty, ``.`` or ``..`` part is made one
+    part, its ``/`` s as ``_``). MLflow refuses any other name, and the whole batch of a
+    call with it: a worker whose hyperparameters held one logged no evaluation."""
+    clean = _INVALID_KEY_CHARACTERS.sub("_", name)[:_KEY_LIMIT]
+    parts = clean.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        clean = "_".join(parts)
+        if clean in ("", ".", ".."):
+            clean = "_" + clean
+    return clean
+
+
+def _metric_key(key: str) -> str:
+    """A metric's name (``eval/value``, ``hparams/<name>``) as MLflow takes it: the part
+    after its prefix cleaned by :func:`_key`."""
+    prefix, _, name = key.partition("/")
+    return f"{prefix}/{_key(name)}"
 
 
 class MlflowLogger:
@@ -158,7 +187,8 @@ class MlflowLogger:
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k), str(v)[:_PARAM_LIMIT]) for k, v in params.items()]
+        named = renamed({str(k): v for k, v in params.items()}, _key)
+        items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in named.items()]
         for start in range(0, len(items), _BATCH):
             self._client.log_batch(run_id, params=items[start : start + _BATCH])
 
@@ -218,7 +248,8 @@ class MlflowLogger:
             if generation_id is not None and self._generations.get(worker_id) != generation_id:
                 tags.append(RunTag("jaxpop.generation_id", str(generation_id)))
                 self._generations[worker_id] = generation_id
-            batch = [Metric(k, float(v), now, step) for k, v in scalars.items()]
+            named = renamed(scalars, _metric_key)
+            batch = [Metric(k, float(v), now, step) for k, v in named.items()]
             self._client.log_batch(run_id, metrics=batch, tags=tags)
 
     def log_exploit(self, event: ExploitEvent) -> None:

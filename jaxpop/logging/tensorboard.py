@@ -30,6 +30,7 @@ from jaxpop.logging.base import (
     BestMember,
     check_worker_id,
     exploit_record,
+    renamed,
     schedule_records,
     table,
     worker_scalars,
@@ -123,15 +124,7 @@ _INVALID_TAG_CHARACTERS = re.compile(r"[^-/\w.]")
 
 def _clean_tags(scalars: Mapping[str, float]) -> dict[str, float]:
     """``scalars`` under TensorBoard's cleaned tags, those that collide numbered."""
-    out: dict[str, float] = {}
-    for tag, value in scalars.items():
-        clean = _INVALID_TAG_CHARACTERS.sub("_", tag).lstrip("/")
-        unique, n = clean, 1
-        while unique in out:
-            n += 1
-            unique = f"{clean}_{n}"
-        out[unique] = value
-    return out
+    return renamed(scalars, lambda tag: _INVALID_TAG_CHARACTERS.sub("_", tag).lstrip("/"))
 
 
 class _FlaxWriter:
