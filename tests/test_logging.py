@@ -176,10 +176,8 @@ def test_every_logger_gets_each_call_even_when_one_fails():
         jaxpop.logging.Loggers([object()])
 
 
-def test_a_failing_backend_costs_the_others_no_exploit():
-    """``sync`` hands every new exploit to every logger even when one raises on the
-    first (the first error is raised after the last event): the healthy backend logs
-    them all, and the failing one was offered each."""
+def _after_one_round() -> PopulationController:
+    """Four workers after a WinnerTakeAllGenetic round: three exploits."""
     from jaxpop.mutators import WinnerTakeAllGenetic
 
     pop = PopulationController(
@@ -189,6 +187,14 @@ def test_a_failing_backend_costs_the_others_no_exploit():
     )
     for i in range(4):
         pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, float(i))
+    return pop
+
+
+def test_a_failing_backend_costs_the_others_no_exploit():
+    """``sync`` hands every new exploit to every logger even when one raises on the
+    first (the first error is raised after the last event): the healthy backend logs
+    them all, and the failing one was offered each."""
+    pop = _after_one_round()
     expected = exploit_events(pop.history)
     assert len(expected) > 1
     failing, healthy = Recorder(fail="exploit"), Recorder()
@@ -205,15 +211,7 @@ def test_a_failing_backend_costs_the_others_no_exploit():
 
 
 def test_with_errors_warn_a_failing_backend_is_a_warning_and_the_others_log_on(caplog):
-    from jaxpop.mutators import WinnerTakeAllGenetic
-
-    pop = PopulationController(
-        [{"log_lr": -2.0 - i} for i in range(4)],
-        WinnerTakeAllGenetic(_mutate, steps_per_exploit=10),
-        seed=0,
-    )
-    for i in range(4):
-        pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, float(i))
+    pop = _after_one_round()
     failing, healthy = Recorder(fail="exploit"), Recorder()
     logs = jaxpop.logging.Loggers([failing, healthy], errors="warn")
     with caplog.at_level(logging.WARNING, logger="jaxpop"):

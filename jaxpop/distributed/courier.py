@@ -178,24 +178,35 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _remove_unused(path: str) -> None:
-    """Removes the directory ``path`` unless a controller holds its lock (the lock a
-    :class:`jaxpop.storage.Store` takes: an ``flock`` on the directory); then it is left,
-    with a warning."""
+def _lock_unused(path: str) -> int | None:
+    """A descriptor of the directory ``path`` that holds the lock a
+    :class:`jaxpop.storage.Store` takes on it (an ``flock``; close it to release), or
+    ``None``: a controller holds it, or the directory is gone."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        return  # gone already
+        return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_unused(path: str) -> None:
+    """Removes the directory ``path`` unless a controller runs on it (then it is left,
+    with a warning)."""
+    fd = _lock_unused(path)
+    if fd is None:
+        if os.path.isdir(path):
             logger.warning(
                 "jaxpop: not removing %s: a controller runs on it (the run was served "
                 "again there); remove it once that controller is stopped",
                 path,
             )
-            return
+        return
+    try:
         _remove(path)  # (under the lock: no controller starts on it meanwhile)
     finally:
         os.close(fd)
@@ -376,20 +387,16 @@ def _unwrite(log_dir: str, before: set[str] | None) -> None:
     """Removes what :func:`_write_state` wrote to ``log_dir`` (which held ``before``;
     ``None``: it did not exist) for a server that did not start, so serving can be tried
     again there; left, with a warning, if a controller holds its lock."""
-    try:
-        fd = os.open(log_dir, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+    fd = _lock_unused(log_dir)
+    if fd is None:
+        if os.path.isdir(log_dir):
             logger.warning(
                 "jaxpop: the server did not start, and a controller holds %s: the state "
                 "written there is left (a controller on it resumes the run)",
                 log_dir,
             )
-            return
+        return
+    try:
         if before is None:
             _remove(log_dir)
         else:
