@@ -111,20 +111,37 @@ def _supported_dtypes() -> dict[str, np.dtype]:
 _DTYPES: dict[str, np.dtype] = _supported_dtypes()
 
 
-def _narrow_bytes() -> dict[np.dtype, bytes]:
-    """The byte values a dtype of fewer than 8 bits never holds (bool: 2 to 255; int4:
-    16 to 255, ...): such a byte in a file is damage, which numpy would read as a value
-    unequal to every valid one."""
-    out = {np.dtype(np.bool_): bytes(range(2, 256))}
+def _narrow_limits() -> dict[np.dtype, int]:
+    """How many byte values a dtype of fewer than 8 bits stores its values as: 2 for
+    bool, ``2**bits`` for ml_dtypes' narrow types (their bits are a byte's lowest)."""
+    out = {np.dtype(np.bool_): 2}
     for dtype in _DTYPES.values():
         if dtype.itemsize == 1 and dtype.kind == "V":  # (ml_dtypes' own types)
             info = ml_dtypes.iinfo(dtype) if "int" in dtype.name else ml_dtypes.finfo(dtype)
             if info.bits < 8:
-                out[dtype] = bytes(range(2**info.bits, 256))
+                out[dtype] = 2**info.bits
     return out
 
 
-_NARROW_BYTES = _narrow_bytes()
+_NARROW_LIMITS = _narrow_limits()
+
+
+def _canonical(data: bytes, dtype: np.dtype) -> bytes:
+    """The bytes of an array of ``dtype`` as numpy writes its values: a narrow dtype's
+    array made from other bytes (``np.frombuffer(b"\\x02", bool)``, a ``view``) holds a
+    byte numpy reads as a value but never writes (2 reads True): a bool byte other than
+    0 is 1, a narrow type's high bits are cleared, so equal values encode alike. Other
+    dtypes' bytes, and canonical ones (checked without a copy), are returned as they
+    are."""
+    limit = _NARROW_LIMITS.get(dtype)
+    if limit is None or not data:
+        return data
+    octets = np.frombuffer(data, np.uint8)
+    if int(octets.max()) < limit:
+        return data
+    return (octets != 0 if limit == 2 else octets & (limit - 1)).astype(np.uint8).tobytes()
+
+
 #: dtype -> (wire name, whether the data must be byte-swapped to little-endian).
 _DTYPE_INFO: dict[np.dtype, tuple[str, bool]] = {}
 
@@ -412,7 +429,7 @@ def _array_triple(a: np.ndarray, value: Any) -> bytes:
     name, swap = info
     if swap:
         a = a.astype(a.dtype.newbyteorder("<"))
-    return _packb([name, list(a.shape), a.tobytes()])
+    return _packb([name, list(a.shape), _canonical(a.tobytes(), a.dtype)])
 
 
 def _wire_ndarray(x: np.ndarray, depth: int) -> msgpack.ExtType:
@@ -665,9 +682,7 @@ def _read_array(data: bytes) -> np.ndarray:
             f"array data has {len(raw)} bytes, but a {name} array of shape {tuple(shape)} "
             f"needs {math.prod(shape) * dtype.itemsize}"
         )
-    invalid = _NARROW_BYTES.get(dtype)
-    if invalid is not None and len(raw.translate(None, invalid)) != len(raw):
-        raise _DecodeError(f"a {name} array holds bytes no {name} value is stored as")
+    raw = _canonical(raw, dtype)  # (a file an older jaxpop wrote may hold others)
     wire_dtype = dtype if dtype.itemsize == 1 else dtype.newbyteorder("<")
     # astype copies: the result is writable (unless asked otherwise) and in native order.
     array = np.frombuffer(raw, dtype=wire_dtype).reshape(shape).astype(dtype)
