@@ -170,3 +170,34 @@ def test_hyperparameter_names_mlflow_refuses_are_cleaned_and_nothing_is_lost(sto
     assert sorted(m for m in run.data.metrics if m.startswith("hparams/")) == sorted(
         f"hparams/{name}" for name in params
     )
+
+
+def test_a_worker_copy_made_mid_run_and_an_attached_logger_leave_the_parent_to_its_owner(store):
+    """A copy made after exploits were logged (a Ray task started mid-run) rewrote
+    exploits.json with its out-of-date rows when it closed; and a logger attached to the
+    user's own run with parent_run_id= ended it at finish."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    population = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1}, steps_per_exploit=10),
+    )
+    logs = jaxpop.logging.make_loggers(["mlflow"], name="pbt", mlflow={"tracking_uri": store})
+    wta_rounds(population, (10, 20))
+    logs.sync(population.history)
+    worker_copy = pickle.loads(pickle.dumps(logs))
+    worker_copy.log_worker(0, 25, 0.5, {"lr": 0.1})
+    wta_rounds(population, (30, 40))
+    logs.finish(population.state)
+    worker_copy.close()
+    client = _client(store)
+    parent_id = logs.loggers[0].parent_run_id
+    with open(client.download_artifacts(parent_id, "exploits.json")) as f:
+        assert len(json.load(f)) == len(exploit_events(population.history))
+    users = client.create_run(client.get_run(parent_id).info.experiment_id).info.run_id
+    attached = jaxpop.logging.Loggers(
+        [jaxpop.logging.MlflowLogger(tracking_uri=store, parent_run_id=users)]
+    )
+    attached.finish(population.state)
+    assert client.get_run(users).info.status == "RUNNING"  # the user's to end

@@ -285,6 +285,12 @@ def test_a_driver_resumed_from_its_pickle_logs_the_exploits_table_whole(offline)
     resumed.finish(population.state)
     events = exploit_events(population.history)
     assert len(before) >= 2 and len(events) > len(before)
-    last = [r for r in _finished_runs(offline) if r.run.display_name == "population"][-1]
-    rows = last.table("exploits")
+    populations = [r for r in _finished_runs(offline) if r.run.display_name == "population"]
+    rows = populations[-1].table("exploits")
     assert [r["generation_id"] for r in rows] == [e.generation_id for e in events]
+    # a worker's copy (made mid-run, as a Ray task gets one) logs no population run
+    worker_copy = pickle.loads(pickle.dumps(resumed))
+    worker_copy.log_worker(0, 50, 0.5, {"lr": 0.1})
+    worker_copy.close()
+    again = [r for r in _finished_runs(offline) if r.run.display_name == "population"]
+    assert len(again) == len(populations)

@@ -111,7 +111,8 @@ class MlflowLogger:
         goes on, and always at :meth:`log_best` and :meth:`close`.
 
     The parent run is created here, so every pickled copy (a Ray worker actor) nests
-    its workers under the same one; only the logger that created it ends it. A worker's
+    its workers under the same one; only the logger that created it ends it (or a copy
+    of it that logs the best member: a driver resumed from its pickle). A worker's
     run is found again by its tags (a restarted actor continues its run). Thread-safe.
 
     Raises:
@@ -146,7 +147,7 @@ class MlflowLogger:
                 tags={"jaxpop.role": "population", **(tags or {})},
             )
             self.parent_run_id = parent.info.run_id
-            self._owner = True
+            self._owner = self._created = True
             self._log_params(self.parent_run_id, config or {})
         else:
             parent = client.get_run(parent_run_id)  # raises if there is no such run
@@ -162,7 +163,8 @@ class MlflowLogger:
         self._exploits: list[dict[str, Any]] = []
         self._written = 0  # exploit rows in the last exploits.json
         self._written_at = 0.0
-        self._owner = False  # (it created the parent run, or logged the best member)
+        self._owner = False  # (it created the parent run, or is a copy that logged the best)
+        self._created = False  # (it, or the logger it is a copy of, created the parent run)
         self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -174,15 +176,19 @@ class MlflowLogger:
             # the rows of exploits.json so far: a copy that logs exploits (a driver's
             # resumed from a pickle) rewrites the file with them, not without
             "exploits": list(self._exploits),
+            "created": self._created,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         require("mlflow", "mlflow", "MLflow")
         state = dict(state)
         exploits = state.pop("exploits", [])  # (none in a pickle from before they were kept)
+        created = state.pop("created", False)
         self.__dict__.update(state)
-        self._setup()  # a copy: ends the parent run only if it logs the best member
-        self._exploits = list(exploits)
+        # a copy ends the parent run only if it logs the best member of a run its original
+        # created (a resumed driver's); it writes exploits.json only once it logs an exploit
+        self._setup()
+        self._exploits, self._written, self._created = list(exploits), len(exploits), created
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -280,7 +286,7 @@ class MlflowLogger:
         with self._lock:
             self._check_open()
             self._write_exploits()
-            self._owner = True  # the run's end: this copy (a resumed driver's) ends it
+            self._owner = self._created  # the run's end: a resumed driver's copy ends it
             run_id = self.parent_run_id
             self._client.log_metric(
                 run_id, "best/value", best.value, timestamp=_now_ms(), step=checkpoint.step
@@ -314,8 +320,9 @@ class MlflowLogger:
 
     def close(self) -> None:
         """Writes ``exploits.json`` if it changed, ends the worker runs this logger
-        opened in this process, and the parent run if this logger created it or logged
-        the best member (a driver's copy resumed from a pickle).
+        opened in this process, and the parent run if this logger created it, or is a
+        copy of the one that did and logged the best member (a driver resumed from its
+        pickle).
         Idempotent. If ``exploits.json`` cannot be written, the worker runs are still
         ended and the error raised; the parent run stays open, and the next
         ``close()`` writes it again and ends it."""

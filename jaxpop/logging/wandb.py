@@ -137,7 +137,8 @@ class WandbLogger:
         exploits = options.pop("exploits", [])  # (none in a pickle from before they were kept)
         self._options, self.group = options, options["group"]
         self._setup()
-        self._exploits = list(exploits)
+        # (logged whole again only once this copy logs an exploit: a worker's never does)
+        self._exploits, self._published = list(exploits), len(exploits)
 
     # -- runs ---------------------------------------------------------------------------
     def run_id(self, worker_id: int) -> str:
