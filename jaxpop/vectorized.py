@@ -597,12 +597,12 @@ def exploit_explore(
     # scores that float32 cannot order (past 3.4e38, or distinct but equal in float32:
     # from the host, or float64 under x64) reach the selection as their ranks;
     # pop.scores stores the float32 values
-    if jnp.shape(scores) != (pop.size,):
+    if np.shape(scores) != (pop.size,):
         raise ValueError(
             f"exploit_explore needs one score per member, shape ({pop.size},); got "
-            f"{jnp.shape(scores)}"
+            f"{np.shape(scores)}"
         )
-    if jnp.issubdtype(jnp.result_type(scores), jnp.bool_):  # (as the host refuses bools)
+    if jnp.asarray(scores).dtype == jnp.bool_:  # (as the host refuses bools)
         raise TypeError("exploit_explore needs scores that are numbers, got bools")
     ordered = jnp.asarray(selection_lib.device_scores(scores, np.float32), jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxpop import vectorized
 from jaxpop.mutators import explore as explore_lib
@@ -65,9 +66,9 @@ def mf_pbt_round(
       ``(population, exploit)`` as :func:`jaxpop.vectorized.exploit_explore` returns them.
     """
     frequencies = mf_pbt.check_frequencies(frequencies)
-    if jnp.shape(scores) != (pop.size,):
+    if np.shape(scores) != (pop.size,):
         raise ValueError(
-            f"mf_pbt_round needs one score per member, shape ({pop.size},); got {jnp.shape(scores)}"
+            f"mf_pbt_round needs one score per member, shape ({pop.size},); got {np.shape(scores)}"
         )
     mf_pbt.check_layout(pop.size, frequencies)
     ranks = selection_lib.canonical_scores(selection_lib.device_scores(scores), mode)

@@ -534,10 +534,11 @@ def test_the_device_round_refuses_scores_that_do_not_fit_the_population():
     for scores in (jnp.array([True, False] * 4), np.array([True, False] * 4)):
         with pytest.raises(TypeError, match="real numbers, got bool"):
             mf_pbt_round(_population(8), scores, 1, frequencies=(1, 2), space=SPACE)
-    with pytest.raises(TypeError, match="numbers, got bools"):
-        vectorized.exploit_explore(
-            _population(8), jnp.array([True, False] * 4), jax.random.PRNGKey(1), space=SPACE
-        )
+    for scores in (jnp.array([True, False] * 4), [True, False] * 4):
+        with pytest.raises(TypeError, match="numbers, got bools"):
+            vectorized.exploit_explore(_population(8), scores, jax.random.PRNGKey(1), space=SPACE)
+    for scores in ([0.5] * 8, tuple(range(8))):  # a list or tuple of numbers, as before
+        vectorized.exploit_explore(_population(8), scores, jax.random.PRNGKey(1), space=SPACE)
 
 
 def test_under_x64_the_round_and_the_host_mutator_give_no_future_warning():
