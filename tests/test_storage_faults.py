@@ -1064,6 +1064,34 @@ def test_a_torn_record_whose_params_hold_a_framed_encoding_is_still_a_torn_tail(
             assert state.history.get_checkpoint(data.generation_id, 100) is None
 
 
+def test_the_torn_tail_check_reads_each_frame_as_a_record_once(tmp_path):
+    """After a bad frame, every later frame starts a chain to check, and each chain was
+    decoded frame by frame again (a crafted 11 MB segment took 5 s): each frame's
+    verdict is kept, so the frames are decoded once in all."""
+    from jaxpop.storage import store as store_mod
+
+    pop = _open(tmp_path, compact_after=10_000)
+    Driver().run(pop, 3)
+    pop.close()
+    (path,) = _files(tmp_path, "journal-")
+    good, _ = frames.read_frames(path, newest=True)
+    records = [f.payload for f in good[1:]]
+    bad = struct.pack("<II", 2**31, 12345) + encoding.PREFIX + b"x" * 10
+    body = b"".join(frames.frame(records[i % len(records)]) for i in range(300))
+    other = frames.frame(encoding.encode({"not": "a record"}))
+    crafted = tmp_path / "crafted.jpjournal"
+    crafted.write_bytes(frames.frame(good[0].payload) + bad + body + other)
+    calls = []
+
+    def is_record(payload):
+        calls.append(len(payload))
+        return store_mod._is_record(payload)
+
+    with pytest.raises(frames.CorruptLogError):
+        frames.read_frames(str(crafted), newest=True, is_record=is_record)
+    assert 300 <= len(calls) <= 301  # (the chains' frames, each once, and the last one)
+
+
 @pytest.mark.parametrize(
     "damaged, torn, padding",
     [(3, True, 0), (-2, True, 0), (-1, False, 0), (-1, False, 64), (3, False, 4096)],

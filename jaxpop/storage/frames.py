@@ -100,13 +100,14 @@ def _chain_to_end(
     """
     budget = 8 * len(data) + (1 << 20)
     content = len(data.rstrip(b"\0"))  # past it, zeros only (once, not per candidate)
+    records: dict[int, bool] = {}  # frame start -> is_record (chains share their tails)
     position = offset + _HEADER.size + 1
     while (found := data.find(_PAYLOAD_START, position)) != -1:
         start = found - _HEADER.size
         position = found + 1
         if start <= offset:
             continue
-        records = True  # (whether every good frame of the chain is a record)
+        all_records = True  # (whether every good frame of the chain is a record)
         while start < len(data):  # follow the chain from this candidate
             end, bad = _check(data, start)
             # what the check cost: its checksum's bytes (none for a header that is bad
@@ -116,11 +117,15 @@ def _chain_to_end(
                 return True
             if bad is not None:
                 break
-            if is_record is not None and not is_record(data[start + _HEADER.size : end]):
-                records = False
-                break
+            if is_record is not None:
+                known = records.get(start)
+                if known is None:  # (each frame decoded once, however many chains reach it)
+                    known = records[start] = is_record(data[start + _HEADER.size : end])
+                if not known:
+                    all_records = False
+                    break
             start = end
-        if records and start >= content:
+        if all_records and start >= content:
             return True
     return False
 
