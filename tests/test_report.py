@@ -332,6 +332,32 @@ def test_each_members_value_is_shown_with_the_hyperparameters_that_scored_it():
     assert "lr=0.2" in console.export_text() and "lr=2" not in console.export_text()
 
 
+def test_a_worker_sent_back_within_its_generation_is_scored_where_it_is():
+    """checkpoint_missing sends worker 0 back from step 30 to 20; it then reports 0.01
+    at 25. The member ended at the abandoned step-30 checkpoint: scored 0.5 "at step
+    20", plotted without 0.01, yet ranked best by 0.01."""
+    from jaxpop.logging import best_member
+    from jaxpop.mutators import PopulationBasedTraining
+    from jaxpop.schedules import best_final
+
+    mutator = PopulationBasedTraining(perturbation_interval=10**9, hyperparam_space={})
+    with PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator) as pop:
+        g0, g1 = (w.generation_id for w in pop.active_workers)
+        for step, value in ((10, 0.5), (20, 0.5), (30, 0.45)):
+            pop.set_eval(0, g0, step, f"p{step}", value)
+        pop.set_eval(1, g1, 10, "q10", 0.3)
+        assert pop.checkpoint_missing(0, g0, 30).step == 20
+        pop.set_eval(0, g0, 25, "p25", 0.01)
+        data = report.build(pop.state)
+        member = data.members[0]
+        assert [c.step for c in member.lineage] == [0, 10, 20, 25]
+        assert member.scored.ref == (g0, 25) and data.best is member
+        assert best_member(pop.state).checkpoint.ref == best_final(pop.state).ref == (g0, 25)
+        assert report.summary(data)["best"]["value"] == 0.01
+        series = report.member_series(data)[0]
+        assert (series.steps[-1], series.values[-1]) == (25, 0.01)
+
+
 def test_the_members_table_cuts_no_number_at_80_columns():
     """A dozen hyperparameters at 80 columns cut every cell to "…" (a value of 1000 read
     "1…"); they share one column now, which wraps between them."""

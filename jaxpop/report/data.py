@@ -20,7 +20,7 @@ from jaxpop.core import PopulationState
 from jaxpop.history import History
 from jaxpop.mutators import ExploitEvent, exploit_events
 from jaxpop.records import Checkpoint
-from jaxpop.schedules.replay import _best_member
+from jaxpop.schedules.replay import _best_member, _position
 
 if TYPE_CHECKING:
     pass
@@ -237,7 +237,8 @@ class Member:
       step: the worker's current step.
       meta_params: the worker's current hyperparameters.
       lineage: the checkpoints its parameters descend from, root first, ending at its
-        current position (the newest checkpoint of its current generation).
+        current position (the newest checkpoint of its current generation at or below
+        its step).
       scored: its latest evaluated checkpoint along ``lineage`` (``None``: none yet).
       status: the worker's ``ActiveWorker.status``: ``"active"``, ``"finished"`` or
         ``"gone"``.
@@ -299,7 +300,9 @@ class Report:
 def _member(history: History, worker_id: int, worker: Any) -> Member:
     generation_id = worker.generation_id
     # a worker's generation is always in a consistent history; if not, report the rest
-    lineage = tuple(history.lineage(generation_id)) if generation_id in history else ()
+    lineage: tuple[Checkpoint, ...] = ()
+    if generation_id in history:
+        lineage = tuple(reversed(list(history.back_from(_position(history, worker)))))
     scored = next((c for c in reversed(lineage) if c.value is not None), None)
     return Member(
         worker_id, generation_id, worker.step, worker.meta_params, lineage, scored, worker.status

@@ -269,13 +269,15 @@ def plot_lineage(report: Report) -> Figure:
             zorder=3,
         )
     for member in report.members:
-        if member.generation_id in spans:
-            row, _, last = spans[member.generation_id]
-            ax.plot(last, row, "o", color="black", markersize=4, zorder=4)
+        if member.generation_id in spans and member.lineage:
+            row = spans[member.generation_id][0]
+            at = member.lineage[-1].step  # (its position: below its generation's last step
+            # when checkpoint_missing sent it back)
+            ax.plot(at, row, "o", color="black", markersize=4, zorder=4)
             if report.population_size <= 16:
                 ax.annotate(
                     f"w{member.worker}",
-                    (last, row),
+                    (at, row),
                     textcoords="offset points",
                     xytext=(4, 2),
                     fontsize="x-small",

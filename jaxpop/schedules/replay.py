@@ -106,19 +106,31 @@ def _history_and_workers(source: Any) -> tuple[History, Any]:
     return history, workers
 
 
+def _position(history: History, worker: Any) -> Checkpoint:
+    """The checkpoint a worker's parameters are at: its generation's newest at or below
+    its step (a worker sent back within its generation, by ``checkpoint_missing``, has
+    left the checkpoints above it: their lineage is not its own), else the first."""
+    below = history.previous(worker.generation_id, worker.step + 1)
+    return below if below is not None else history.first(worker.generation_id)
+
+
+def _scored(history: History, worker: Any) -> Checkpoint | None:
+    """A worker's score: the latest evaluated checkpoint along its lineage (a copy not
+    evaluated yet is scored by the checkpoint it copied); ``None`` before any."""
+    return next(
+        (c for c in history.back_from(_position(history, worker)) if c.value is not None), None
+    )
+
+
 def _best_member(history: History, workers: tuple[Any, ...]) -> tuple[int, Checkpoint]:
     """:func:`best_final` of a run's state: its best worker and that worker's scored
     checkpoint (the rule ``jaxpop report`` ranks its members by)."""
     best: tuple[int, Checkpoint] | None = None
     best_key: tuple[int, float] | None = None
     for i, worker in enumerate(workers):
-        generation_id = worker.generation_id
-        if generation_id not in history:
+        if worker.generation_id not in history:
             continue  # (not in a consistent state)
-        scored = history.latest_evaluated(generation_id)
-        if scored is None:  # a copy not evaluated yet: the score of what it copied
-            lineage = reversed(history.lineage(generation_id))
-            scored = next((c for c in lineage if c.value is not None), None)
+        scored = _scored(history, worker)
         if scored is None:
             continue
         value = scored.value
