@@ -410,6 +410,8 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     bounds = _bounds(dtype)
     integer = bounds is not None and not bounds[2]
     to_bool = dtype is not None and jnp.dtype(dtype).kind == "b"
+    # below a float dtype's normal range a number may round to 0 (1e-46 in float32)
+    tiny = float(jnp.finfo(dtype).tiny) if bounds is not None and bounds[2] else 0.0
 
     def convert(path: tuple, leaf: Any) -> jax.Array:
         # host values are checked as set_hparams checks them; a jax array is not read
@@ -418,6 +420,8 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
         if integer and (kind is float or isinstance(leaf, (np.ndarray, np.generic))):
             _check_whole(np.asarray(leaf), dtype, _where(path))
         if kind is float or kind is int:  # the usual case: no numpy
+            if kind is float and leaf != 0 and abs(leaf) < tiny:
+                _check_cast(np.asarray(leaf), dtype, "", label=f"as_traced: leaf {_where(path)}")
             if bounds is not None and not bounds[0] <= leaf <= bounds[1]:
                 if kind is float and bounds[2] and not math.isfinite(leaf):
                     return jnp.asarray(leaf, dtype=dtype)  # an explicit inf stays

@@ -719,3 +719,12 @@ def test_a_bool_is_no_number_for_a_float_hyperparameter_and_a_number_no_bool():
     assert not get_hparams(set_hparams(flagged, {"flag": 0}))["flag"]
     with pytest.raises(ValueError, match="not 0 or 1"):
         set_hparams(flagged, {"flag": 0.5})
+
+
+def test_as_traced_refuses_a_python_float_that_underflows_to_zero():
+    # (a numpy float and set_hparams were refused; a Python float was written as 0)
+    for value, dtype in ((1e-46, jnp.float32), (1e-8, jnp.float16), (-1e-46, jnp.float32)):
+        with pytest.raises(ValueError, match="underflows"):
+            as_traced({"x": value}, dtype)
+    assert float(as_traced({"x": 1e-40})["x"]) == pytest.approx(1e-40, rel=1e-3)  # subnormal
+    assert float(as_traced({"x": 0.0})["x"]) == 0.0

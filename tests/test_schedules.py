@@ -1029,3 +1029,27 @@ def test_a_hand_edited_json_value_is_refused_rather_than_coerced(value):
 def test_a_json_schedule_of_version_true_is_refused():
     with pytest.raises(ValueError, match="version True"):
         S.from_json('{"format": "jaxpop.schedules.piecewise", "version": true, "points": []}')
+
+
+def test_zero_and_negative_zero_are_different_hyperparameters():
+    """tree_equal(0.0, -0.0) was True: a member that trained with t=-0.0 from step 10
+    replayed 0.0 (1 / t: inf instead of -inf), and tabulate merged the change away."""
+    from jaxpop.schedules import tabulate, tree_equal
+
+    assert not tree_equal(0.0, -0.0) and tree_equal(-0.0, -0.0)
+    assert not tree_equal(np.array([0.0, 1.0]), np.array([-0.0, 1.0]))
+    assert not tree_equal(np.array([0.0], ml_dtypes.bfloat16), np.array([-0.0], ml_dtypes.bfloat16))
+    assert not tree_equal(np.complex64(complex(0.0, -0.0)), np.complex64(0.0))
+    assert tree_equal(np.array([np.nan, -0.0, 2.0]), np.array([np.nan, -0.0, 2.0]))
+    table = tabulate(lambda step: {"t": 0.0 if step < 10 else -0.0}, 20)
+    assert math.copysign(1.0, table(15)["t"]) == -1.0
+
+
+def test_tabulate_from_a_start_between_samples_is_what_fixed_schedule_trains():
+    """tabulate(start=5, every=10) sampled 5, 15, 25 where FixedSchedule(every=10)
+    trains with the samples at 0, 10, 20: every step differed."""
+    from jaxpop.schedules import tabulate
+
+    table = tabulate(lambda step: {"lr": float(step)}, 40, start=5, every=10)
+    assert [table(step)["lr"] for step in (5, 9, 10, 19, 20, 39)] == [0, 0, 10, 10, 20, 30]
+    assert tabulate(lambda step: {"lr": float(step)}, 40, start=10, every=10)(10)["lr"] == 10

@@ -311,8 +311,9 @@ def tree_equal(a: Any, b: Any) -> bool:
     Same structure (same container types, same dict keys in any order, ``None`` in the
     same places), and leaf by leaf the same type and value: ``1`` and ``1.0`` differ, a
     ``float32`` and a ``float64`` array differ, arrays compare by dtype, shape and
-    elements, and NaN equals NaN (a schedule that holds a NaN is not "changing" at every
-    step). Dicts may have keys of mixed types.
+    elements, ``0.0`` and ``-0.0`` differ (``1 / x`` tells them apart), and NaN equals
+    NaN (a schedule that holds a NaN is not "changing" at every step). Dicts may have
+    keys of mixed types.
 
     >>> tree_equal({"lr": 1}, {"lr": 1.0}), tree_equal({"lr": float("nan")}, {"lr": float("nan")})
     (False, True)
@@ -339,10 +340,22 @@ def _leaf_equal(x: Any, y: Any) -> bool:
         x, y = np.asarray(x), np.asarray(y)
         if x.dtype != y.dtype or x.shape != y.shape:
             return False
-        inexact = jnp.issubdtype(x.dtype, jnp.inexact)
-        return bool(np.array_equal(x, y, equal_nan=inexact))
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            return _leaf_equal(x.real, y.real) and _leaf_equal(x.imag, y.imag)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return bool(np.array_equal(x, y))
+        if not np.array_equal(x, y, equal_nan=True):
+            return False
+        zeros = x == 0  # (0.0 and -0.0 compare equal: 1 / x tells them apart)
+        return not zeros.any() or bool(
+            np.array_equal(
+                np.signbit(x[zeros].astype(np.float32)), np.signbit(y[zeros].astype(np.float32))
+            )
+        )
     if isinstance(x, float):
-        return x == y or (math.isnan(x) and math.isnan(y))
+        if x == y:
+            return x != 0 or math.copysign(1.0, x) == math.copysign(1.0, y)
+        return math.isnan(x) and math.isnan(y)
     try:
         return bool(x == y)
     except (TypeError, ValueError):

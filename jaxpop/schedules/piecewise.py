@@ -196,7 +196,9 @@ def piecewise(points: Mapping[int, Any] | Iterable[tuple[int, Any]]) -> Piecewis
 
 
 def tabulate(schedule: Schedule, stop: int, *, start: int = 0, every: int = 1) -> Piecewise:
-    """``schedule`` sampled at ``start, start + every, ... < stop``, as a :class:`Piecewise`.
+    """``schedule`` sampled at the multiples of ``every`` below ``stop``, from ``start``
+    on, as a :class:`Piecewise`: its value at ``start`` is the sample at the latest
+    multiple at or below it.
 
     Values go through :func:`~jaxpop.schedules.to_host`; a sample equal to the previous
     one (:func:`~jaxpop.schedules.tree_equal`) adds no point. The result is the
@@ -221,8 +223,11 @@ def tabulate(schedule: Schedule, stop: int, *, start: int = 0, every: int = 1) -
     if stop <= start:
         raise ValueError(f"tabulate needs start < stop, got start={start}, stop={stop}")
     points: list[tuple[int, Any]] = []
-    for step in range(int(start), int(stop), int(every)):
-        value = to_host(schedule(step))
+    every = int(every)
+    first = start // every * every  # (a FixedSchedule's sample in force at start)
+    samples = [(start, first), *((g, g) for g in range(first + every, stop, every))]
+    for step, sampled in samples:
+        value = to_host(schedule(sampled))
         if not points or not tree_equal(points[-1][1], value):
             points.append((step, value))
     return Piecewise(points)
