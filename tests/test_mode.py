@@ -203,3 +203,35 @@ def test_a_run_recorded_before_an_option_existed_resumes_with_its_default():
         )
         == []
     )
+
+
+def test_winner_take_all_and_branching_decide_by_their_mode():
+    """Both took the lowest value whatever their mode (set by _replace, the history
+    recorded "max"): the report, the GC and the rounds disagreed on which is best."""
+    from jaxpop.mutators import BranchingSingleMachine
+
+    for mode, winner in (("max", 2), ("min", 0)):
+        wta = WinnerTakeAllGenetic(lambda m: m, 1, mode=mode)
+        assert wta.mode == mode and wta.describe()["config"]["mode"] == mode
+        pop = PopulationController([{"h": float(i)} for i in range(3)], wta)
+        gens = [w.generation_id for w in pop.active_workers]
+        for i in range(3):
+            pop.set_eval(i, gens[i], 1, f"p{i}", float(i))
+        assert {pop.history.first(w.generation_id).parent for w in pop.active_workers} == {
+            (gens[winner], 1)
+        }
+
+    def branch(meta, direction, phase):
+        return {"h": meta["h"] + (1.0 if direction == "pos" else -1.0)}
+
+    for mode, kept in (("max", 2.0), ("min", 0.0)):
+        pop = PopulationController([{"h": 1.0}], BranchingSingleMachine(branch, 1, 1, mode=mode))
+        work = pop.maybe_get_worker_data(0, None, 0, None, None)
+        for _ in range(4):  # exploit, then the centre, pos and neg branches
+            step = work.step + 1
+            value = work.meta_params["h"]  # (the value is the hyperparameter)
+            reply = pop.set_eval_and_ask(0, work.generation_id, step, f"p{step}", value)
+            work = reply or work.replace(step=step)
+        assert pop.active_workers[0].meta_params["h"] == kept
+    with pytest.raises(ValueError, match="mode"):
+        WinnerTakeAllGenetic(lambda m: m, 1, mode="maximum")

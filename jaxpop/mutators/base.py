@@ -678,11 +678,12 @@ def copied_value(
     return value
 
 
-def rank_value(value: float | None) -> float:
-    """A score to minimise: ``None``, NaN and +-inf all become ``inf`` (rank last)."""
+def rank_value(value: float | None, mode: str = "min") -> float:
+    """A score to minimise: ``None``, NaN and +-inf all become ``inf`` (rank last); a
+    finite value is negated under ``mode="max"`` (higher is better)."""
     if value is None or not math.isfinite(value):
         return math.inf
-    return value
+    return -value if mode == "max" else value
 
 
 def start_generation(

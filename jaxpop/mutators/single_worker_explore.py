@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from jaxpop import encoding
-from jaxpop.history import History
+from jaxpop.history import History, check_mode
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
@@ -52,6 +52,7 @@ class BranchingSingleMachine(Mutator):
         to receive a raw PRNG key (see :func:`jaxpop.mutators.base.takes_key`).
       exploit_steps: steps trained with the chosen hyperparameters between explores.
       explore_steps: steps trained on each branch before the branches are compared.
+      mode: ``"min"`` (lower values are better, as in the seed) or ``"max"``.
 
     The phases advance on evaluations: the worker must report an evaluation at (or
     past) the end of each phase. The centre continues the exploit phase's generation;
@@ -74,17 +75,27 @@ class BranchingSingleMachine(Mutator):
     __slots__ = ()
 
     @records_config
-    def __new__(cls, mutate_fn: Callable[..., Any], exploit_steps: int, explore_steps: int):
+    def __new__(
+        cls,
+        mutate_fn: Callable[..., Any],
+        exploit_steps: int,
+        explore_steps: int,
+        *,
+        mode: Literal["min", "max"] = "min",
+    ):
         check_callable("mutate_fn", mutate_fn)
         exploit_steps = check_number("exploit_steps", exploit_steps, integer=True)
         explore_steps = check_number("explore_steps", explore_steps, integer=True)
-        config = _Config(mutate_fn, takes_key(mutate_fn, 3), exploit_steps, explore_steps)
+        config = _Config(
+            mutate_fn, takes_key(mutate_fn, 3), exploit_steps, explore_steps, check_mode(mode)
+        )
         return super().__new__(
             cls,
             BranchingState,
             functools.partial(_update, config),
             counts=_counts,
             check_population=_check_one_worker,
+            mode=config.mode,
         )
 
 
@@ -117,6 +128,7 @@ class _Config(NamedTuple):
     wants_key: bool
     exploit_steps: int
     explore_steps: int
+    mode: Literal["min", "max"]
 
 
 def _as_state(state: Any) -> BranchingState:
@@ -192,7 +204,7 @@ def _update(
     ends = [state.center, state.pos]  # no centre in a run of jaxpop < 0.2
     branches = [_checkpoint(history, ref) for ref in ends if ref is not None]
     branches.append(latest)
-    winner = min(branches, key=lambda c: rank_value(c.value))  # ties: the first
+    winner = min(branches, key=lambda c: rank_value(c.value, config.mode))  # ties: the first
     new_state = BranchingState(phase_index=state.phase_index + 1, phase_start=winner.step)
     if winner is latest:
         return new_state, workers, ()

@@ -17,12 +17,12 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from jaxpop import encoding
-from jaxpop.history import History
+from jaxpop.history import History, check_mode
 from jaxpop.keys import split_key
 from jaxpop.mutators import _views
 from jaxpop.mutators.base import (
@@ -84,6 +84,7 @@ class WinnerTakeAllGenetic(Mutator):
         configuration found so far is always still being trained. Default ``False``:
         every worker, the winner included, gets ``mutate_fn`` of the winner's
         hyperparameters, as in the seed.
+      mode: ``"min"`` (lower values are better, as in the seed) or ``"max"``.
 
     A finished or gone worker (``ActiveWorker.status``) is left out of the rounds: they
     no longer wait for it, it is never the winner, and it keeps its assignment. Back
@@ -113,6 +114,7 @@ class WinnerTakeAllGenetic(Mutator):
         average_over_samples: bool = True,
         *,
         keep_winner: bool = False,
+        mode: Literal["min", "max"] = "min",
     ):
         if (steps_per_exploit is None) == (seconds_per_exploit is None):
             raise ValueError(
@@ -139,6 +141,7 @@ class WinnerTakeAllGenetic(Mutator):
             seconds_per_exploit,
             bool(average_over_samples),
             bool(keep_winner),
+            check_mode(mode),
         )
         # which workers are past their interval, their scores and saves, kept between
         # calls: a round's check costs O(workers that changed), not O(population) history
@@ -153,7 +156,7 @@ class WinnerTakeAllGenetic(Mutator):
         }
         views = _views.Views(functools.partial(_entry, config), columns)
         return super().__new__(
-            cls, _init, functools.partial(_update, config, views), counts=_counts
+            cls, _init, functools.partial(_update, config, views), counts=_counts, mode=config.mode
         )
 
 
@@ -181,6 +184,7 @@ class _Config(NamedTuple):
     seconds_per_exploit: float | None
     average_over_samples: bool
     keep_winner: bool
+    mode: Literal["min", "max"]
 
 
 def _as_state(state: Any) -> WinnerTakeAllState:
@@ -303,7 +307,8 @@ _NO_SAVE_PAST_INTERVAL = (
 def _score(config: _Config, values: list[float]) -> float:
     if not values:
         return math.inf
-    return rank_value(window_mean(values) if config.average_over_samples else values[-1])
+    value = window_mean(values) if config.average_over_samples else values[-1]
+    return rank_value(value, config.mode)
 
 
 def _entry(config: _Config, state: Any, history: History, worker_id: int, worker: Any) -> tuple:
