@@ -660,3 +660,30 @@ def test_a_python_int_past_float64_and_a_device_bool_are_refused_clearly():
     assert out["n"].dtype == bool  # (what a bool holds)
     with pytest.raises(TypeError, match="bool array"):  # explored to True / False
         ex.perturb(jax.random.key(0), {"n": ex.randint(0, 10)}, {"n": jnp.asarray([True])})
+
+
+def test_a_choice_between_tuples_explores_its_values_as_single_values():
+    """choice([(64, 64), (128, 128)]) sampled a tuple, then perturb, explore, resample
+    and clip took it for an array to map over and raised: a PBT run over such a space
+    was accepted, then crashed at its first exploit."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import PopulationBasedTraining
+
+    values = [(32, 32), (64, 64), (128, 128)]
+    space = {"shape": ex.choice(values), "opt": ex.choice(["adam", ("sgd", 0.9)])}
+    meta = {"shape": (64, 64), "opt": ("sgd", 0.9)}
+    key = np.array([0, 7], np.uint32)
+    for op in (ex.perturb, ex.explore, ex.resample, ex.clip):
+        out = op(key, space, meta) if op is not ex.clip else op(space, meta)
+        assert out["shape"] in values and out["opt"] in ("adam", ("sgd", 0.9))
+    assert ex.perturb(key, space, meta)["shape"] in ((32, 32), (128, 128))  # a neighbour
+    mixed = {**meta, "lr": np.float32(0.1)}  # (with a numpy value: the array path)
+    out = ex.explore(key, {**space, "lr": ex.log_uniform(1e-4, 1.0)}, mixed)
+    assert out["shape"] in values
+    pbt = PopulationBasedTraining(perturbation_interval=1, hyperparam_space=space)
+    pop = PopulationController([{"shape": v, "opt": "adam"} for v in values], pbt)
+    for step in range(1, 6):
+        for i in range(3):
+            pop.set_eval(i, pop.active_workers[i].generation_id, step, "p", float(i))
+    assert pop.decision_counts.copies > 0
+    assert all(w.meta_params["shape"] in values for w in pop.active_workers)

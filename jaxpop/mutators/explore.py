@@ -489,7 +489,10 @@ def _choice_leaf(
                 "cannot be sampled with a traced key"
             )
         return fresh
-    if xp is jnp or (xp is not _SCALARS and np.ndim(value) > 0):
+    # element-wise over an array (or a list of numbers); a choice between non-numbers
+    # takes a tuple or list as one of its values
+    elementwise = xp is not _SCALARS and np.ndim(value) > 0 and not _one_choice(space, value)
+    if xp is jnp or elementwise:
         if not space.numeric:
             raise TypeError(
                 f"{_where(path)}: a choice between non-numbers ({list(space.values)!r:.80}) "
@@ -807,10 +810,25 @@ def _apply_flat(
 def _all_python(leaves: list) -> bool:
     """Whether every value is absent or a Python scalar: a number, or a choice's string,
     bool or ``None``."""
-    for _, _, value in leaves:
-        if not (value is _NO_VALUE or value is None or isinstance(value, (int, float, str))):
+    for _, leaf_space, value in leaves:
+        if not (
+            value is _NO_VALUE
+            or value is None
+            or isinstance(value, (int, float, str))
+            or _one_choice(leaf_space, value)
+        ):
             return False
     return True
+
+
+def _one_choice(space: Any, value: Any) -> bool:
+    """Whether ``value`` is one value of a choice between non-numbers (a tuple, a list,
+    a dict), not an array to map the choice over."""
+    return (
+        isinstance(space, Choice)
+        and not space.numeric
+        and not isinstance(value, (np.ndarray, np.generic, jax.Array))
+    )
 
 
 def _apply_scalars(
@@ -835,7 +853,9 @@ def _apply_arrays(
     """The new values of the leaves, some numpy or jax values, or under a traced key."""
     device = _on_device(key, leaves)
     xp: Any = jnp if device else np
-    shapes = tuple(() if v is _NO_VALUE else tuple(np.shape(v)) for _, _, v in leaves)
+    shapes = tuple(
+        () if v is _NO_VALUE or _one_choice(sp, v) else tuple(np.shape(v)) for _, sp, v in leaves
+    )
     keys: Sequence[Any] = [None] * len(leaves)  # (each leaf's, on device)
     if op == "clip" or not leaves:
         draws: Sequence[Any] = [None] * len(leaves)
