@@ -96,6 +96,23 @@ def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
     return new, False
 
 
+def _flat_steps(steps: _Steps) -> tuple[int, ...]:
+    """A generation's steps (descending) as a flat tuple."""
+    out = []
+    while steps is not None:
+        out.append(steps[0])
+        steps = steps[1]
+    return tuple(out)
+
+
+def _linked_steps(flat: tuple[int, ...]) -> _Steps:
+    """:func:`_flat_steps` undone."""
+    steps: _Steps = None
+    for step in reversed(flat):
+        steps = (step, steps)
+    return steps
+
+
 def _step_below(gen: _Generation, step: int) -> int | None:
     """The generation's highest step below ``step``, or ``None``."""
     node = gen.steps
@@ -209,10 +226,26 @@ class History(Mapping[str, GenerationView]):
         object.__setattr__(self, "mode", check_mode(self.mode))  # (a str subclass: str)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_generations": self._generations, "num_checkpoints": self.num_checkpoints,
+        # each generation's steps as a flat tuple: the linked list nests one level per
+        # step, which pickle follows by recursion (a generation of ~1000 checkpoints
+        # raised RecursionError: a Ray client could not fetch such a history)
+        generations = {
+            generation_id: (*gen[:1], _flat_steps(gen.steps), *gen[2:])
+            for generation_id, gen in self._generations.items()
+        }
+        return {"generations": generations, "num_checkpoints": self.num_checkpoints,
                 "mode": self.mode}  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        flat = state.pop("generations", None)
+        if flat is not None:  # (older pickles hold "_generations" as they are)
+            state["_generations"] = immutables.Map(
+                {
+                    generation_id: _Generation(gen[0], _linked_steps(gen[1]), *gen[2:])
+                    for generation_id, gen in flat.items()
+                }
+            )
         for name, value in state.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_made_from", None)

@@ -227,3 +227,20 @@ def test_latest_loadable_of_a_copy_evaluated_without_params_is_its_start():
     assert h.add(ck("b", 25, value=0.4, params="b25")).latest_loadable("b").step == 25
     h = History().add(ck("c", 0)).add(ck("c", 10, value=1.0)).add(ck("c", 20, value=0.5))
     assert h.latest_loadable("c").step == 20
+
+
+def test_a_generation_of_thousands_of_checkpoints_pickles():
+    """Its steps are a linked list, one level per step: pickle (and so a Ray client's
+    ``history`` or ``state``) raised RecursionError past about 990 checkpoints."""
+    import copy
+    import pickle
+
+    history = History()
+    for step in range(5000):
+        parent = None if step == 0 else ("g", step - 1)
+        history = history.add(Checkpoint(None, {"lr": 0.1}, "g", float(step), parent, step, 0.0))
+    for copied in (pickle.loads(pickle.dumps(history)), copy.deepcopy(history)):
+        assert copied == history and copied.latest("g").step == 4999
+        assert copied.previous("g", 100).step == 99 and len(copied.lineage("g")) == 5000
+        grown = copied.add(Checkpoint(None, {"lr": 0.1}, "g", 1.0, ("g", 4999), 5000, 0.0))
+        assert grown.latest("g").step == 5000 and len(grown["g"]) == 5001
