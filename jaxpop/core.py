@@ -446,6 +446,8 @@ def _apply_mutator(
                 "is not in the history; a checkpoint's parent is one recorded (or added "
                 "with it)"
             )
+    if new_checkpoints and any(c.parent is not None for c in new_checkpoints):
+        _check_no_loop(new_checkpoints, who)
     changed = replaced(workers, state.workers)
     for i in changed:
         worker = workers[i]
@@ -469,6 +471,24 @@ def _apply_mutator(
     if not changed:
         workers = state.workers
     return state._with(workers=workers, mutator_state=mutator_state, history=history), changed
+
+
+def _check_no_loop(new_checkpoints: Sequence[Checkpoint], who: str) -> None:
+    """Raises unless the parent links among ``new_checkpoints`` end outside them: one
+    that is its own parent (or a ring of them) would make its lineage loop."""
+    parents = {c.ref: c.parent for c in new_checkpoints}
+    for checkpoint in new_checkpoints:
+        ref = checkpoint.parent
+        for _ in range(len(parents)):
+            if ref not in parents:
+                break
+            if ref == checkpoint.ref:
+                raise ValueError(
+                    f"{who}'s new checkpoint {checkpoint.ref} descends from itself (its "
+                    "parents among the checkpoints added with it loop back to it): its "
+                    "lineage would never end"
+                )
+            ref = parents[ref]
 
 
 def _check_same_hparams(

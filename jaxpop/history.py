@@ -223,6 +223,11 @@ class History(Mapping[str, GenerationView]):
     _made_from: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self._generations, immutables.Map):  # History("max")
+            raise TypeError(
+                f"History() takes its mode by keyword: History(mode={self._generations!r}); "
+                "build a history with add/add_all"
+            )
         object.__setattr__(self, "mode", check_mode(self.mode))  # (a str subclass: str)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -534,7 +539,11 @@ class History(Mapping[str, GenerationView]):
 
     def back_from(self, checkpoint: Checkpoint) -> Iterator[Checkpoint]:
         """``checkpoint``, then its parent, its parent's parent, ... (newest first),
-        lazily: to the root, or to a parent the history does not hold."""
+        lazily: to the root, or to a parent the history does not hold.
+
+        Raises:
+          ValueError: the parents loop (a lineage longer than the history).
+        """
         for _ in range(self.num_checkpoints + 1):
             yield checkpoint
             parent = checkpoint.parent
@@ -542,6 +551,7 @@ class History(Mapping[str, GenerationView]):
             if found is None:
                 return
             checkpoint = found
+        raise ValueError(f"the lineage of {checkpoint.ref!r} has a cycle")
 
 
 # -- a pytree: its checkpoints are the children -------------------------------------------------

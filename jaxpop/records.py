@@ -286,8 +286,8 @@ def with_replaced(base: tuple[_T, ...], changes: Iterable[tuple[int, _T]]) -> tu
     n = len(items)
     indices = []
     for i, record in changes:
+        i = index(i)  # (once: an index's __index__ may answer otherwise a second time)
         items[i] = record
-        i = index(i)
         indices.append(i + n if i < 0 else i)
     new = tuple(items)
     if type(base) is tuple:  # (a list could change under the note)

@@ -244,3 +244,35 @@ def test_a_generation_of_thousands_of_checkpoints_pickles():
         assert copied.previous("g", 100).step == 99 and len(copied.lineage("g")) == 5000
         grown = copied.add(Checkpoint(None, {"lr": 0.1}, "g", 1.0, ("g", 4999), 5000, 0.0))
         assert grown.latest("g").step == 5000 and len(grown["g"]) == 5001
+
+
+def test_a_lineage_that_loops_raises_and_a_mutator_cannot_make_one():
+    """A mutator's new checkpoint could name itself as parent (the core only asked for
+    the parent to exist, "added with it" included): lineage then listed the checkpoint
+    several times, silently."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators.base import Mutator
+
+    looped = History().add(Checkpoint(None, {}, "g", 1.0, ("g", 7), 7, 0.0))
+    with pytest.raises(ValueError, match="cycle"):
+        looped.lineage("g")
+
+    def update(state, workers, history, now, key):
+        first = Checkpoint(None, {"lr": 0.2}, "selfloop", None, ("selfloop", 7), 7, now)
+        return state, workers, (first,)
+
+    pop = PopulationController([{"lr": 0.1}], Mutator(init=lambda: (), update=update))
+    gen = pop.active_workers[0].generation_id
+    with pytest.raises(ValueError, match="descends from itself"):
+        pop.set_eval(0, gen, 1, None, 0.5)
+
+    def ring(state, workers, history, now, key):
+        a = Checkpoint(None, {"lr": 0.2}, "a", None, ("b", 0), 0, now)
+        return state, workers, (a, Checkpoint(None, {"lr": 0.3}, "b", None, ("a", 0), 0, now))
+
+    pop = PopulationController([{"lr": 0.1}], Mutator(init=lambda: (), update=ring))
+    with pytest.raises(ValueError, match="descends from itself"):
+        pop.set_eval(0, pop.active_workers[0].generation_id, 1, None, 0.5)
+    with pytest.raises(TypeError, match="by keyword"):
+        History("max")
+    assert History(mode="max").mode == "max"

@@ -2,6 +2,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxpop import ActiveWorker, Checkpoint
@@ -88,3 +89,38 @@ def test_replaced_of_a_tuple_with_replaced_just_made_reads_only_what_it_replaced
     assert seen == [None] and records._LAST.made[0] is made
     records.forget_made()
     assert records._LAST.made is None
+
+
+def test_with_replaced_reads_each_index_once():
+    from jaxpop.records import replaced, with_replaced
+
+    class Flaky:  # an int-like whose __index__ answers 0, then 1
+        answers = iter([0, 1])
+
+        def __index__(self):
+            return next(self.answers)
+
+    a, b = ActiveWorker(None, {}, "g", 0), ActiveWorker(None, {}, "h", 0)
+    base = (a, a)
+    new = with_replaced(base, [(Flaky(), b)])
+    assert new == (b, a) and replaced(new, base) == [0]
+
+
+def test_key_helpers_take_whole_numbers_only():
+    from jaxpop.keys import event_key, new_generation_id, root_key, split_key
+
+    root = root_key(0)
+    for call in (
+        lambda: event_key(root, 3.7),
+        lambda: event_key(root, True),
+        lambda: new_generation_id(root, 1.5),
+        lambda: new_generation_id(root, True),
+        lambda: split_key(root, 2.0),
+    ):
+        with pytest.raises(TypeError, match="must be an int"):
+            call()
+    for num in (-1, 2**40):  # (2**40 aborted the process inside jax)
+        with pytest.raises(ValueError, match="0 to 2\\*\\*31 - 1 keys"):
+            split_key(root, num)
+    assert (event_key(root, np.int64(3)) == event_key(root, 3)).all()
+    assert new_generation_id(root, np.int32(1)) == new_generation_id(root, 1)
