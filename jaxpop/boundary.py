@@ -7,7 +7,9 @@ gives the controller its own copy (fresh containers, numpy arrays copied and mad
 read-only; immutable values -- numbers, strings, ``jax.Array`` -- shared as they are).
 :func:`copy_out` gives a caller fresh containers around the stored leaves, so editing a
 returned ``meta_params`` dict changes nothing stored, and the read-only arrays refuse
-edits. Both walk the common containers by hand (a ``jax.tree.map`` costs more than the
+edits. (What a caller reads through ``controller.history``, ``active_workers`` or
+``state`` is the stored records themselves, not copies: they are read-only by
+contract.) Both walk the common containers by hand (a ``jax.tree.map`` costs more than the
 rest of a controller call) and fall back to ``jax.tree`` for other pytree nodes.
 """
 

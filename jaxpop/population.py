@@ -486,13 +486,20 @@ class PopulationController:
     def active_workers(self) -> list[ActiveWorker]:
         """The current assignment of every worker, indexed by worker id.
 
-        A new list at each call, as the seed's (editing it changes nothing here).
+        A new list at each call, as the seed's (editing the list changes nothing here),
+        of the controller's own records: read them, never edit a ``meta_params`` or
+        ``params`` in them in place, which would change the live run and not its
+        journal (copying every assignment at each call would cost O(population)). The
+        replies of ``maybe_get_worker_data`` and ``set_eval_and_ask`` are copies.
         """
         return list(self._state.workers)
 
     @property
     def history(self) -> History:
-        """Every checkpoint: ``controller.history[generation_id][step]``."""
+        """Every checkpoint: ``controller.history[generation_id][step]``.
+
+        The controller's own records, not copies: read them, never edit the
+        ``meta_params`` or ``params`` they hold (see :attr:`active_workers`)."""
         return self._state.history
 
     @property
