@@ -162,18 +162,22 @@ def _ramp_end(x: Any) -> Any:
 
     An int (a Python int of any size, a numpy integer scalar or array) becomes a
     float32 array: in integer arithmetic the ramp wrapped around (``int32``, or an
-    ``int64`` held as ``int32`` without x64). A float is kept as it is.
+    ``int64`` held as ``int32`` without x64). So does a float narrower than float32
+    (``float16``, ``bfloat16``): on the host the ramp computed in it, under ``jit`` in
+    float32. A float32 or float64 is kept as it is.
 
     Raises:
       ValueError: a finite end that the ramp's float dtype (float32 for an int; the
         dtype JAX holds a float in) cannot represent (``2**200``, ``1e300``).
     """
-    integer = isinstance(x, int) or jnp.issubdtype(np.asarray(x).dtype, jnp.integer)
+    kind = np.asarray(x).dtype
+    integer = isinstance(x, int) or jnp.issubdtype(kind, jnp.integer)
+    narrow = not integer and jnp.issubdtype(kind, jnp.floating) and kind.itemsize < 4
     try:
         exact = np.asarray(x, np.float64)
     except OverflowError:  # a Python int past float64
         exact = np.asarray(math.inf)
-    dtype = np.dtype(np.float32 if integer else jax.dtypes.canonicalize_dtype(np.asarray(x).dtype))
+    dtype = np.dtype(np.float32 if integer or narrow else jax.dtypes.canonicalize_dtype(kind))
     with np.errstate(over="ignore"):
         held = exact.astype(dtype)
     if np.any(np.isfinite(exact) != np.isfinite(held)) or (integer and not _finite(exact)):
@@ -181,7 +185,7 @@ def _ramp_end(x: Any) -> Any:
             f"curriculum: {x!r:.60} is past the range of {dtype}, which a ramp from or to "
             'it computes in; use a smaller value, or kind="step" (which holds values)'
         )
-    return held if integer else x
+    return held if integer or narrow else x
 
 
 def _finite(x: Any) -> bool:
