@@ -687,3 +687,14 @@ def test_a_choice_between_tuples_explores_its_values_as_single_values():
             pop.set_eval(i, pop.active_workers[i].generation_id, step, "p", float(i))
     assert pop.decision_counts.copies > 0
     assert all(w.meta_params["shape"] in values for w in pop.active_workers)
+
+
+def test_a_small_negative_randint_moves_the_way_its_factor_moves_it():
+    """-2 * 0.8 rounds back to -2, and the move by one went to -3 (away from zero, as
+    for a factor above 1) while -3 * 0.8 went to -2: one factor, two directions."""
+    space, key = {"x": ex.randint(-10, 10)}, np.array([0, 0], np.uint32)
+    for x, down, up in ((-3, -2, -4), (-2, -1, -3), (-1, 0, -2), (0, -1, 1), (2, 1, 3)):
+        for value in (x, np.int32(x), jnp.int32(x)):
+            low = ex.perturb(key, space, {"x": value}, perturbation_factors=(0.8,))["x"]
+            high = ex.perturb(key, space, {"x": value}, perturbation_factors=(1.2,))["x"]
+            assert (int(low), int(high)) == (down, up), (x, type(value))

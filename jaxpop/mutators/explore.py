@@ -397,8 +397,10 @@ def _perturb_numeric(space: _Numeric, x: Any, u: Any, factors: tuple[float, ...]
     if isinstance(space, RandInt):
         x = xp.round(x)
         moved = xp.round(x * f)
-        # a small integer times 0.8 or 1.2 rounds back to itself: move by one instead
-        moved = xp.where(moved == x, x + xp.sign(f - 1.0), moved)
+        # a small integer times 0.8 or 1.2 rounds back to itself: move by one instead, the
+        # way x * f moves (away from 0 for f > 1, towards it for f < 1; 0 up for f > 1)
+        step = xp.sign(f - 1.0) * xp.where(x < 0, -1.0, 1.0)
+        moved = xp.where(moved == x, x + step, moved)
         return xp.clip(moved, float(space.low), float(space.high - 1))
     return xp.clip(x * f, *_float_bounds(space, x))
 
