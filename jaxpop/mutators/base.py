@@ -30,6 +30,7 @@ import types
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from fractions import Fraction
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jax
@@ -606,7 +607,11 @@ def window_mean(values: Sequence[float]) -> float:
     """
     if not all(map(math.isfinite, values)):
         return math.nan
-    return math.fsum(v / len(values) for v in values)
+    if len(values) == 1:
+        return float(values[0])
+    # the exact mean, rounded once: fsum(v / n) rounded each v / n first (a window of
+    # seven equal values averaged below them, and lost a tie to a window of one)
+    return float(sum(map(Fraction, values)) / len(values))
 
 
 def last_good(history: History, generation_id: str) -> Checkpoint | None:
