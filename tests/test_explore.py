@@ -698,3 +698,17 @@ def test_a_small_negative_randint_moves_the_way_its_factor_moves_it():
             low = ex.perturb(key, space, {"x": value}, perturbation_factors=(0.8,))["x"]
             high = ex.perturb(key, space, {"x": value}, perturbation_factors=(1.2,))["x"]
             assert (int(low), int(high)) == (down, up), (x, type(value))
+
+
+def test_under_a_traced_key_a_space_the_default_float_cannot_hold_is_refused():
+    """jit-sampled uniform(1e39, 2e39) gave inf, log_uniform(1e-50, 1e-46) 0.0 and
+    choice([1e39, 2.0]) inf, outside their spaces (randint was refused so already)."""
+    for space in (ex.uniform(1e39, 2e39), ex.log_uniform(1e-50, 1e-46), ex.choice([1e39, 2.0])):
+        with pytest.raises(ValueError, match="cannot hold every value of its space"):
+            jax.jit(lambda key, s=space: ex.sample(key, {"x": s}))(jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="cannot hold every value"):
+        jax.jit(lambda key: ex.resample(key, {"x": ex.log_uniform(1e-50, 1e-46)}, {"x": 5e-47}))(
+            jax.random.PRNGKey(0)
+        )
+    out = jax.jit(lambda key: ex.sample(key, {"x": ex.uniform(0.5, 2.0)}))(jax.random.PRNGKey(0))
+    assert 0.5 <= float(out["x"]) <= 2.0

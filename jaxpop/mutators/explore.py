@@ -869,9 +869,16 @@ def _apply_arrays(
     new = []
     for (path, leaf_space, value), u, leaf_key in zip(leaves, draws, keys, strict=True):
         x = value
-        if device and isinstance(leaf_space, RandInt) and not hasattr(value, "dtype"):
-            # a draw, or a Python int: the result is of the default int dtype
-            _check_holds(leaf_space, jnp.asarray(0).dtype, path)
+        if device and not hasattr(value, "dtype"):
+            # a draw, or a Python number: the result is of the default int (a randint) or
+            # float dtype, which must hold the space (float32 has none of uniform(1e39,
+            # 2e39): every draw was inf)
+            if isinstance(leaf_space, RandInt):
+                _check_holds(leaf_space, jnp.asarray(0).dtype, path)
+            elif isinstance(leaf_space, (Uniform, LogUniform)) or (
+                isinstance(leaf_space, Choice) and leaf_space.numeric
+            ):
+                _check_holds(leaf_space, jnp.asarray(0.0).dtype, path)
         if x is not _NO_VALUE and not isinstance(leaf_space, Choice):
             x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
             if device and not jnp.issubdtype(x.dtype, jnp.floating):
