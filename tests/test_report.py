@@ -983,3 +983,16 @@ def test_the_loggers_and_replay_name_the_best_member_the_report_names():
         w = pop.set_eval_and_ask(0, w.generation_id, step, f"p{step}-{value}", value) or w
     assert best_final(pop.state) == best_final(pop.history)
     assert (best_member(pop.state).value, best_member(pop.state).worker) == (0.5, 0)
+
+
+def test_a_log_scale_with_a_zero_score_stays_logarithmic_above_the_smallest_one():
+    """With a 0 among losses of 1 to 1e-6 the axis was symlog of matplotlib's default
+    linthresh 2: linear from 0 to 2, so 1e-2 ... 1e-6 and 0 drew at the same height."""
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    with PopulationController(_initial(1), mutator) as pop:
+        gen = pop.active_workers[0].generation_id
+        for step, value in enumerate([1.0, 1e-2, 1e-4, 1e-6, 0.0], start=1):
+            pop.set_eval(0, gen, step, None, value)
+        data = report.build(pop.state)
+    axis = report.plot_scores(data, log_scale=True).axes[0]
+    assert axis.get_yscale() == "symlog" and axis.yaxis.get_transform().linthresh == 1e-6

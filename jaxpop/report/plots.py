@@ -173,7 +173,7 @@ def plot_scores(report: Report, *, log_scale: bool = False) -> Figure:
     """Evaluation value over step: one line per member, the best lineage highlighted.
 
     Artists as in :func:`plot_hparams`. ``log_scale``: a log y axis (symmetric log if
-    some value is not positive).
+    some value is not positive, linear only below the smallest non-zero magnitude).
     """
     fig = _figure(10.0, 5.0)
     ax = fig.add_subplot()
@@ -190,7 +190,11 @@ def plot_scores(report: Report, *, log_scale: bool = False) -> Figure:
     if log_scale:
         values = [c.value for c in report.history.checkpoints() if c.value is not None]
         finite = [v for v in values if math.isfinite(v)]
-        ax.set_yscale("log" if finite and min(finite) > 0 else "symlog")
+        if finite and min(finite) > 0:
+            ax.set_yscale("log")
+        else:  # linear only below the smallest magnitude (matplotlib's default: 2)
+            nonzero = [abs(v) for v in finite if v != 0]
+            ax.set_yscale("symlog", linthresh=min(nonzero) if nonzero else 1.0)
     ax.set_xlabel("step")
     ax.set_ylabel(f"evaluation value ({_better(report.history)} is better)")
     ax.grid(alpha=0.3)
