@@ -1064,3 +1064,11 @@ def test_a_ramp_between_narrow_floats_is_a_float32_ramp_on_the_host_and_in_jit(d
     wide = S.curriculum({0: {"x": np.float32(0.0)}, 3000: {"x": np.float32(1.0)}}, kind=kind)
     host, traced = ramp(1234)["x"], jax.jit(ramp)(jnp.int32(1234))["x"]
     assert float(host) == float(traced) == pytest.approx(float(wide(1234)["x"]), rel=1e-6)
+
+
+def test_to_csv_refuses_two_leaves_of_one_column_name():
+    # {"opt.lr": 0.1, "opt": {"lr": 0.2}} wrote one opt.lr column holding 0.1: 0.2 lost
+    for value in ({"opt.lr": 0.1, "opt": {"lr": 0.2}}, {"b": (5.0,), "b.0": 6.0}):
+        with pytest.raises(ValueError, match="both named"):
+            S.piecewise({0: value}).to_csv()
+    assert S.piecewise({0: {"opt": {"lr": 0.2}}}).to_csv() == "step,opt.lr\n0,0.2\n"

@@ -157,6 +157,10 @@ class Piecewise:
         Leaf columns are named by their path (``opt.learning_rate``, ``betas.0``), in
         order of first appearance; a value without that leaf leaves the cell empty.
         Numbers are written exactly (``repr``), arrays as JSON lists.
+
+        Raises:
+          ValueError: two leaves of one value are named alike (``{"opt.lr": ..., "opt":
+            {"lr": ...}}``): one column would hold either (use :meth:`to_json`).
         """
         rows: list[tuple[int, dict[str, str]]] = []
         columns: dict[str, None] = {}  # an ordered set
@@ -164,6 +168,11 @@ class Piecewise:
             row = {}
             for path, leaf in jax.tree_util.tree_flatten_with_path(value)[0]:
                 name = _path_name(path)
+                if name in row:
+                    raise ValueError(
+                        f"to_csv: two hyperparameters of the value at step {step} are both "
+                        f"named {name!r} as a column; write the schedule with to_json"
+                    )
                 columns.setdefault(name, None)
                 row[name] = _csv_cell(leaf)
             rows.append((step, row))
