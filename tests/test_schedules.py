@@ -1072,3 +1072,15 @@ def test_to_csv_refuses_two_leaves_of_one_column_name():
         with pytest.raises(ValueError, match="both named"):
             S.piecewise({0: value}).to_csv()
     assert S.piecewise({0: {"opt": {"lr": 0.2}}}).to_csv() == "step,opt.lr\n0,0.2\n"
+
+
+def test_the_json_document_refuses_what_would_come_back_as_another_type():
+    # a numpy str or a str enum came back a plain str; longdouble came back rounded
+    import enum
+
+    class Kind(str, enum.Enum):
+        A = "a"
+
+    for value in (np.str_("x"), Kind.A, np.longdouble(1) / 3, np.ones(2, np.longdouble)):
+        with pytest.raises(TypeError, match="cannot export"):
+            S.piecewise({0: {"v": value}}).to_json()

@@ -351,7 +351,7 @@ _FLOAT_BITS = struct.Struct(">d")  # a NaN's 64 bits, as hex in the document
 
 
 def _to_jsonable(x: Any, where: str) -> Any:
-    if x is None or isinstance(x, (bool, str)):
+    if x is None or type(x) is bool or type(x) is str:  # (a str subclass: refused below)
         return x
     if type(x) is int:
         return x
@@ -376,7 +376,9 @@ def _to_jsonable(x: Any, where: str) -> Any:
     if isinstance(x, (np.ndarray, np.generic, jax.Array)):
         array = np.asarray(x)
         floating = jnp.issubdtype(array.dtype, jnp.floating)  # bfloat16 & co. too
-        if not (floating or jnp.issubdtype(array.dtype, jnp.integer) or array.dtype == bool):
+        if not (floating or jnp.issubdtype(array.dtype, jnp.integer) or array.dtype == bool) or (
+            floating and array.dtype.itemsize > 8  # (longdouble: float64 would round it)
+        ):
             raise TypeError(f"{where}: cannot export an array of dtype {array.dtype} to JSON")
         exact = array.astype(np.float64) if floating else array  # widening: exact
         flat = [_to_jsonable(v, where) for v in exact.reshape(-1).tolist()]
