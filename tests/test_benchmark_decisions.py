@@ -21,6 +21,9 @@ def test_every_mutator_decides_and_is_timed_per_decision():
         # a schedule never copies; every search does, on these values
         assert (row["copies"] > 0) == (row["mutator"] != "fixed_schedule"), row["mutator"]
         assert row["us_per_decision"] > 0 and row["us_per_eval_median"] > 0, row["mutator"]
+        if row["mutator"].startswith(("pbt_truncation", "pbt_tournament")):
+            # each timed set_eval decides once; the untimed first round's are not counted
+            assert row["decisions"] == row["evals"] == 16, row
     for row in rows:  # a durable row says how much it journaled
         assert ("journal_bytes_per_event" in row) == row["mutator"].endswith("+log")
         assert row.get("journal_bytes_per_event", 1) > 0

@@ -12,8 +12,11 @@ asynchronous PBT ``set_eval`` decides for its worker (and a round ends at each s
 last report); the asks are timed too, in the same loop, as the reference a decision is
 compared with (``eval/ask``). ``us_per_decision`` is the median, over the ``set_eval`` s
 that decided, of each one's time divided by the decisions it made: a round decides for
-many workers in one call. ``--decision-rounds`` timed rounds (every worker reports
-once) follow one untimed warm-up round. The values are uniform noise.
+many workers in one call; ``us_per_keep_median`` and ``us_per_copy_median`` are the
+medians of the deciding ``set_eval`` s that copied nothing and of those that copied
+(one that made no decision is in neither). ``--decision-rounds`` timed rounds (every
+worker reports once) follow one untimed warm-up round; ``decisions`` and ``copies``
+count the timed rounds'. The values are uniform noise.
 
 On noise, FIRE's evaluators barely work: a P1 member copies at almost every report (the
 score a copy keeps, its parent's, beats a fresh draw), so P1 has no member with a curve
@@ -131,7 +134,10 @@ def time_decisions(
     evals, keeps, copies, asks, v = [], [], [], [], 0
     per_decision = []  # each deciding set_eval's time over the decisions it made
     by_kind: dict[str, list[float]] = {}
+    warm = pop.decision_counts  # (replaced by the counts after the untimed first round)
     for step in range(1, rounds + 2):
+        if step == 2:
+            warm = pop.decision_counts
         for i in range(n):
             work = pop.active_workers[i]
             at, value = step, values[v % len(values)]
@@ -148,8 +154,8 @@ def time_decisions(
                 asks.append(t1 - t0)
                 evals.append(t2 - t1)
                 after = pop.decision_counts
-                (copies if after.copies > before.copies else keeps).append(t2 - t1)
-                if after.decisions > before.decisions:
+                if after.decisions > before.decisions:  # (keep: it decided, and kept going)
+                    (copies if after.copies > before.copies else keeps).append(t2 - t1)
                     per_decision.append((t2 - t1) / (after.decisions - before.decisions))
                     if kind_of is not None:
                         by_kind.setdefault(kind_of(i), []).append(t2 - t1)
@@ -172,8 +178,8 @@ def time_decisions(
         "us_per_keep_median": _median_us(keeps),
         "us_per_copy_median": _median_us(copies),
         "us_per_decision": _median_us(per_decision),
-        "decisions": counts.decisions,
-        "copies": counts.copies,
+        "decisions": counts.decisions - warm.decisions,  # (in the timed rounds)
+        "copies": counts.copies - warm.copies,
         **journal,
         **(
             {}
@@ -223,7 +229,7 @@ def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> l
 def print_table(rows: Sequence[dict]) -> None:
     print()
     print("decisions: median us per set_eval that decides (interval 1), in memory;")
-    print("keep / copy: the medians of the set_evals that copied nothing / that copied;")
+    print("keep / copy: the medians of the deciding set_evals that copied nothing / copied;")
     print("per dec.: median of (a deciding set_eval's time / the decisions it made);")
     print("eval/ask: median set_eval over median ask, in the same loop")
     header = f"{'mutator':<16}{'pop':>6}{'evals':>8}{'eval med':>10}{'eval p99':>10}"
