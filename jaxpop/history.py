@@ -4,7 +4,9 @@
 that shares all untouched structure with the old one (an ``immutables.Map`` of
 generations, each an ``immutables.Map`` of steps plus a linked list of its steps in
 descending order), so one event costs O(log n) time and memory however long the run has
-been, and every older ``History`` stays valid and unchanged.
+been (a checkpoint added below its generation's newest step costs O(the steps above it)
+instead, rebuilding that part of the list: rare, a report behind the worker's own), and
+every older ``History`` stays valid and unchanged.
 
 Reading it is like reading a nested dict: ``history[generation_id][step]`` is a
 ``Checkpoint``; iterating ``history`` gives generation ids in creation order, and
@@ -270,7 +272,8 @@ class History(Mapping[str, GenerationView]):
         """Returns a history that also holds ``checkpoint`` (replacing one at its step).
 
         The first checkpoint added for a generation fixes its place in the creation
-        order. Costs O(log n); ``self`` is unchanged.
+        order. Costs O(log n) (O(steps above it) for a checkpoint below its generation's
+        newest step); ``self`` is unchanged.
         """
         generations = self._generations
         gen, replaced = _put(generations, checkpoint)
