@@ -237,8 +237,8 @@ class Member:
       step: the worker's current step.
       meta_params: the worker's current hyperparameters.
       lineage: the checkpoints its parameters descend from, root first, ending at its
-        current position (the newest checkpoint of its current generation at or below
-        its step).
+        current position (the newest checkpoint of its current generation that holds
+        params or a value).
       scored: its latest evaluated checkpoint along ``lineage`` (``None``: none yet).
       status: the worker's ``ActiveWorker.status``: ``"active"``, ``"finished"`` or
         ``"gone"``.

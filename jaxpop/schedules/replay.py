@@ -107,11 +107,17 @@ def _history_and_workers(source: Any) -> tuple[History, Any]:
 
 
 def _position(history: History, worker: Any) -> Checkpoint:
-    """The checkpoint a worker's parameters are at: its generation's newest at or below
-    its step (a worker sent back within its generation, by ``checkpoint_missing``, has
-    left the checkpoints above it: their lineage is not its own), else the first."""
-    below = history.previous(worker.generation_id, worker.step + 1)
-    return below if below is not None else history.first(worker.generation_id)
+    """The checkpoint a worker's parameters are at: its generation's newest that holds
+    params or a value. (``checkpoint_missing`` sends a worker back within its generation
+    and sets aside the checkpoints of the run it left, params and value ``None``: their
+    lineage is no longer its own. A worker's own ``step`` does not say where it is: an
+    on-device population's lineage never moves it.) Its first, if none does."""
+    checkpoint: Checkpoint | None = history.latest(worker.generation_id)
+    while checkpoint is not None:
+        if checkpoint.params is not None or checkpoint.value is not None:
+            return checkpoint
+        checkpoint = history.previous(worker.generation_id, checkpoint.step)
+    return history.first(worker.generation_id)
 
 
 def _scored(history: History, worker: Any) -> Checkpoint | None:
