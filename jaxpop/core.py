@@ -477,18 +477,19 @@ def _check_no_loop(new_checkpoints: Sequence[Checkpoint], who: str) -> None:
     """Raises unless the parent links among ``new_checkpoints`` end outside them: one
     that is its own parent (or a ring of them) would make its lineage loop."""
     parents = {c.ref: c.parent for c in new_checkpoints}
+    ends: set[Any] = set()  # refs whose parents lead out of the new ones (walked once)
     for checkpoint in new_checkpoints:
-        ref = checkpoint.parent
-        for _ in range(len(parents)):
-            if ref not in parents:
-                break
-            if ref == checkpoint.ref:
+        path, ref = {checkpoint.ref}, checkpoint.parent
+        while ref in parents and ref not in ends:
+            if ref in path:
                 raise ValueError(
-                    f"{who}'s new checkpoint {checkpoint.ref} descends from itself (its "
-                    "parents among the checkpoints added with it loop back to it): its "
-                    "lineage would never end"
+                    f"{who}'s new checkpoint {ref} descends from itself (its parents "
+                    "among the checkpoints added with it loop back to it): its lineage "
+                    "would never end"
                 )
+            path.add(ref)
             ref = parents[ref]
+        ends.update(path)
 
 
 def _check_same_hparams(
@@ -734,6 +735,9 @@ def set_eval(
         return state, Reply(checkpoint=existing)
     # trained from where the worker was sent, not from an abandoned earlier run
     resumed = advances and history.get_checkpoint(generation_id, assigned.step) is not None
+    if resumed and existing is not None and _descends_from(history, assigned, existing):
+        resumed = False  # (where it was sent descends from this step: a parent link back
+        # to it would loop; it keeps its own)
     if existing is not None and repeat:
         checkpoint = existing
     elif existing is not None:  # existing.replace(params=params, value=value, time=now)
@@ -794,6 +798,13 @@ def set_eval(
     added = list(result[2]) if repeat else [checkpoint, *result[2]]
     new, changes = _finish(state, new, added, now, changed)
     return new, Reply(checkpoint=checkpoint, changes=changes)
+
+
+def _descends_from(history: History, worker: ActiveWorker, checkpoint: Checkpoint) -> bool:
+    """Whether the checkpoint a worker was sent to descends from ``checkpoint`` (walked
+    only on a rare path: a report of a recorded step after the worker was sent back)."""
+    start = history.get_checkpoint(worker.generation_id, worker.step)
+    return start is not None and any(c.ref == checkpoint.ref for c in history.back_from(start))
 
 
 def _same_report(existing: Checkpoint, params: Any, value: float) -> bool:

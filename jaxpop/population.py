@@ -232,6 +232,13 @@ class PopulationController:
                 "mutator must be a jaxpop Mutator (e.g. WinnerTakeAllGenetic(...)) or a "
                 f"jaxpop.population.Mutate subclass's instance, got {type(mutator).__name__}"
             )
+        built = (mutator.config or {}).get("mode", mutator.mode)
+        if built != mutator.mode:  # (_replace(mode=...) changes what the history records)
+            raise ValueError(
+                f"this {type(mutator).__name__} was built with mode={built!r} but says "
+                f"mode={mutator.mode!r} (set by _replace?), which does not change how it "
+                f"decides: build it with mode={mutator.mode!r} instead"
+            )
         self._mutator = mutator
         self._reconfigure = reconfigure
         self._clock = clock

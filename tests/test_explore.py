@@ -680,6 +680,13 @@ def test_a_choice_between_tuples_explores_its_values_as_single_values():
     mixed = {**meta, "lr": np.float32(0.1)}  # (with a numpy value: the array path)
     out = ex.explore(key, {**space, "lr": ex.log_uniform(1e-4, 1.0)}, mixed)
     assert out["shape"] in values
+    ragged = [("adam", (0.9, 0.999)), ("sgd", (0.9,))]  # (np.ndim of one raises)
+    out = ex.perturb(
+        key,
+        {"opt": ex.choice(ragged), "lr": ex.log_uniform(1e-4, 1.0)},
+        {"opt": ragged[0], "lr": np.float32(1e-3)},
+    )
+    assert out["opt"] in ragged
     pbt = PopulationBasedTraining(perturbation_interval=1, hyperparam_space=space)
     pop = PopulationController([{"shape": v, "opt": "adam"} for v in values], pbt)
     for step in range(1, 6):

@@ -250,8 +250,9 @@ def test_a_lineage_that_loops_raises_and_a_mutator_cannot_make_one():
     """A mutator's new checkpoint could name itself as parent (the core only asked for
     the parent to exist, "added with it" included): lineage then listed the checkpoint
     several times, silently."""
-    from jaxpop import PopulationController
+    from jaxpop import ActiveWorker, PopulationController
     from jaxpop.mutators.base import Mutator
+    from jaxpop.records import with_replaced
 
     looped = History().add(Checkpoint(None, {}, "g", 1.0, ("g", 7), 7, 0.0))
     with pytest.raises(ValueError, match="cycle"):
@@ -273,6 +274,27 @@ def test_a_lineage_that_loops_raises_and_a_mutator_cannot_make_one():
     pop = PopulationController([{"lr": 0.1}], Mutator(init=lambda: (), update=ring))
     with pytest.raises(ValueError, match="descends from itself"):
         pop.set_eval(0, pop.active_workers[0].generation_id, 1, None, 0.5)
+    # a mutator sends the worker to (g, 5), copied from its own (g, 10); the worker then
+    # reports step 10 again: (g, 10) was re-parented to (g, 5), closing a loop
+    done = []
+
+    def back(state, workers, history, now, key):
+        w = workers[0]
+        if done or w.step != 10:
+            return state, workers, ()
+        done.append(1)
+        start = Checkpoint(
+            "p5", w.meta_params, w.generation_id, None, (w.generation_id, 10), 5, now
+        )
+        moved = ActiveWorker("p5", w.meta_params, w.generation_id, 5)
+        return state, with_replaced(workers, [(0, moved)]), (start,)
+
+    pop = PopulationController([{"lr": 0.1}], Mutator(init=lambda: (), update=back))
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 10, "p10", 0.5)
+    pop.set_eval(0, gen, 10, "p10b", 0.4)
+    assert [c.step for c in pop.history.lineage(gen, 5)] == [0, 10, 5]
+    assert [c.step for c in pop.history.lineage(gen, 10)] == [0, 10]
     with pytest.raises(TypeError, match="by keyword"):
         History("max")
     assert History(mode="max").mode == "max"

@@ -235,3 +235,12 @@ def test_winner_take_all_and_branching_decide_by_their_mode():
         assert pop.active_workers[0].meta_params["h"] == kept
     with pytest.raises(ValueError, match="mode"):
         WinnerTakeAllGenetic(lambda m: m, 1, mode="maximum")
+
+
+def test_a_mode_set_by_replace_is_refused_as_it_would_not_change_the_decisions():
+    # WTA built for min, _replace(mode="max"): the history ranked by max, the rounds by min
+    with pytest.raises(ValueError, match="build it with mode='max'"):
+        PopulationController(
+            [{"h": 1.0}], WinnerTakeAllGenetic(lambda m: m, 1)._replace(mode="max")
+        )
+    PopulationController([{"h": 1.0}], WinnerTakeAllGenetic(lambda m: m, 1, mode="max"))

@@ -996,3 +996,31 @@ def test_a_log_scale_with_a_zero_score_stays_logarithmic_above_the_smallest_one(
         data = report.build(pop.state)
     axis = report.plot_scores(data, log_scale=True).axes[0]
     assert axis.get_yscale() == "symlog" and axis.yaxis.get_transform().linthresh == 1e-6
+    with PopulationController(_initial(1), mutator) as pop:  # (a subnormal: a blank plot)
+        gen = pop.active_workers[0].generation_id
+        for step, value in enumerate([1.0, 5e-324, 0.0], start=1):
+            pop.set_eval(0, gen, step, None, value)
+        axis = report.plot_scores(report.build(pop.state), log_scale=True).axes[0]
+    assert axis.yaxis.get_transform().linthresh == 1e-100 and axis.get_ylim()[1] >= 1.0
+
+
+def test_an_on_device_lineage_ranks_members_by_their_latest_round():
+    """vectorized.record never moves a worker that kept going (its step stays at 0): a
+    position read from the worker's step scored the members at their roots."""
+    import types
+
+    from jaxpop import vectorized
+    from jaxpop.keys import root_key
+    from jaxpop.logging import best_member
+    from jaxpop.schedules import best_final
+
+    pop = types.SimpleNamespace(
+        step=0, generation=np.arange(2), hparams={"lr": np.array([0.1, 0.2], np.float32)}, size=2
+    )
+    lineage = vectorized.lineage_init(pop, root_key(0), now=0.0)
+    for step, scores in ((10, [0.9, 0.5]), (20, [0.1, 0.4])):
+        lineage, _ = vectorized.record(lineage, np.array(scores), step=step, now=float(step))
+    best = best_member(lineage)
+    assert (best.worker, best.value, best.checkpoint.step) == (0, pytest.approx(0.1), 20)
+    assert best_final(lineage).ref == best.checkpoint.ref
+    assert report.build(lineage).best.scored.ref == best.checkpoint.ref

@@ -493,7 +493,7 @@ def _choice_leaf(
         return fresh
     # element-wise over an array (or a list of numbers); a choice between non-numbers
     # takes a tuple or list as one of its values
-    elementwise = xp is not _SCALARS and np.ndim(value) > 0 and not _one_choice(space, value)
+    elementwise = xp is not _SCALARS and not _one_choice(space, value) and np.ndim(value) > 0
     if xp is jnp or elementwise:
         if not space.numeric:
             raise TypeError(

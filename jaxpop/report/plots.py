@@ -194,7 +194,7 @@ def plot_scores(report: Report, *, log_scale: bool = False) -> Figure:
             ax.set_yscale("log")
         else:  # linear only below the smallest magnitude (matplotlib's default: 2)
             nonzero = [abs(v) for v in finite if v != 0]
-            ax.set_yscale("symlog", linthresh=min(nonzero) if nonzero else 1.0)
+            ax.set_yscale("symlog", linthresh=max(min(nonzero), 1e-100) if nonzero else 1.0)
     ax.set_xlabel("step")
     ax.set_ylabel(f"evaluation value ({_better(report.history)} is better)")
     ax.grid(alpha=0.3)

@@ -112,11 +112,12 @@ def _position(history: History, worker: Any) -> Checkpoint:
     and sets aside the checkpoints of the run it left, params and value ``None``: their
     lineage is no longer its own. A worker's own ``step`` does not say where it is: an
     on-device population's lineage never moves it.) Its first, if none does."""
-    checkpoint: Checkpoint | None = history.latest(worker.generation_id)
-    while checkpoint is not None:
+    latest = history.latest(worker.generation_id)
+    if latest.params is not None or latest.value is not None:
+        return latest  # (the usual case: O(1))
+    for checkpoint in reversed(history[worker.generation_id].values()):  # (one walk)
         if checkpoint.params is not None or checkpoint.value is not None:
             return checkpoint
-        checkpoint = history.previous(worker.generation_id, checkpoint.step)
     return history.first(worker.generation_id)
 
 
