@@ -446,7 +446,9 @@ def _apply_mutator(
                 "is not in the history; a checkpoint's parent is one recorded (or added "
                 "with it)"
             )
-    if new_checkpoints and any(c.parent is not None for c in new_checkpoints):
+    if len(new_checkpoints) > 1 or (  # (one: a loop only if it is its own parent)
+        new_checkpoints and new_checkpoints[0].parent == new_checkpoints[0].ref
+    ):
         _check_no_loop(new_checkpoints, who)
     changed = replaced(workers, state.workers)
     for i in changed:
