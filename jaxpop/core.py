@@ -479,6 +479,8 @@ def _check_no_loop(new_checkpoints: Sequence[Checkpoint], who: str) -> None:
     """Raises unless the parent links among ``new_checkpoints`` end outside them: one
     that is its own parent (or a ring of them) would make its lineage loop."""
     parents = {c.ref: c.parent for c in new_checkpoints}
+    if not any(parent in parents for parent in parents.values()):
+        return  # (the usual case: every parent is a recorded checkpoint)
     ends: set[Any] = set()  # refs whose parents lead out of the new ones (walked once)
     for checkpoint in new_checkpoints:
         path, ref = {checkpoint.ref}, checkpoint.parent
