@@ -178,10 +178,11 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _lock_unused(path: str) -> int | None:
+def _lock_unused(path: str, busy: str) -> int | None:
     """A descriptor of the directory ``path`` that holds the lock a
     :class:`jaxpop.storage.Store` takes on it (an ``flock``; close it to release), or
-    ``None``: a controller holds it, or the directory is gone."""
+    ``None``: the directory is gone, or a controller holds it (logged: ``busy``, with
+    ``%s`` for the path)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -190,6 +191,7 @@ def _lock_unused(path: str) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
+        logger.warning(busy, path)
         return None
     return fd
 
@@ -197,14 +199,12 @@ def _lock_unused(path: str) -> int | None:
 def _remove_unused(path: str) -> None:
     """Removes the directory ``path`` unless a controller runs on it (then it is left,
     with a warning)."""
-    fd = _lock_unused(path)
+    fd = _lock_unused(
+        path,
+        "jaxpop: not removing %s: a controller runs on it (the run was served again "
+        "there); remove it once that controller is stopped",
+    )
     if fd is None:
-        if os.path.isdir(path):
-            logger.warning(
-                "jaxpop: not removing %s: a controller runs on it (the run was served "
-                "again there); remove it once that controller is stopped",
-                path,
-            )
         return
     try:
         _remove(path)  # (under the lock: no controller starts on it meanwhile)
@@ -387,14 +387,12 @@ def _unwrite(log_dir: str, before: set[str] | None) -> None:
     """Removes what :func:`_write_state` wrote to ``log_dir`` (which held ``before``;
     ``None``: it did not exist) for a server that did not start, so serving can be tried
     again there; left, with a warning, if a controller holds its lock."""
-    fd = _lock_unused(log_dir)
+    fd = _lock_unused(
+        log_dir,
+        "jaxpop: the server did not start, and a controller holds %s: the state written "
+        "there is left (a controller on it resumes the run)",
+    )
     if fd is None:
-        if os.path.isdir(log_dir):
-            logger.warning(
-                "jaxpop: the server did not start, and a controller holds %s: the state "
-                "written there is left (a controller on it resumes the run)",
-                log_dir,
-            )
         return
     try:
         if before is None:
