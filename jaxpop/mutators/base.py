@@ -600,7 +600,8 @@ def evaluated_since(
 def window_mean(values: Sequence[float]) -> float:
     """The mean of a window of evaluations, NaN if any is not finite (a worker that
     diverged inside its window never wins on average): the values over their count,
-    summed exactly (``math.fsum``), so within an ulp of the exact mean; a window of
+    summed exactly (``math.fsum``): within an ulp of the exact mean for values of one
+    sign (with mixed signs, within about 1e-16 of their mean magnitude); a window of
     equal values averages to that value.
 
     >>> window_mean([1.0, 2.0, 3.0]), window_mean([1.0, float("inf")])
@@ -611,10 +612,11 @@ def window_mean(values: Sequence[float]) -> float:
     low, high = min(values), max(values)
     if low == high:  # (equal values: n * round(v / n) may not be v, and a tie was lost)
         return float(low)
-    # each v / n rounded, then summed exactly: within an ulp of the exact mean, in C (an
-    # exact mean rounded once costs several times more, on every report of a window)
+    # each v / n rounded (in float64: a numpy float32 would divide in float32), then
+    # summed exactly, in C (an exact mean rounded once costs several times more, on
+    # every report of a window)
     n = len(values)
-    return math.fsum(v / n for v in values)
+    return math.fsum(float(v) / n for v in values)
 
 
 def last_good(history: History, generation_id: str) -> Checkpoint | None:
