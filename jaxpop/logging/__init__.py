@@ -35,6 +35,7 @@ from jaxpop.logging.base import (
     Loggers,
     RunLogger,
     best_member,
+    check_errors,
     exploit_record,
     lineage_records,
     schedule_records,
@@ -126,8 +127,7 @@ def make_loggers(
       ValueError: an unknown name, or TensorBoard without ``log_dir``.
       ImportError: a backend's library is missing (the message names the extra).
     """
-    if errors not in ("raise", "warn"):  # (before any backend starts a run)
-        raise ValueError(f'errors must be "raise" or "warn", got {errors!r}')
+    check_errors(errors)  # (before any backend starts a run)
     loggers: list[RunLogger] = []
     for backend in parse_backends(names):
         if backend == "tensorboard":

@@ -34,6 +34,7 @@ __all__ = [
     "Loggers",
     "RunLogger",
     "best_member",
+    "check_errors",
     "check_worker_id",
     "exploit_record",
     "lineage_records",
@@ -209,9 +210,7 @@ class Loggers:
                     f"{type(logger).__name__} is not a RunLogger: it needs log_worker, "
                     "log_exploit, log_best and close"
                 )
-        if errors not in ("raise", "warn"):
-            raise ValueError(f'errors must be "raise" or "warn", got {errors!r}')
-        self.errors = errors
+        self.errors = check_errors(errors)
         self.feed = ExploitFeed()
 
     def _each(self, method: str, *args: Any, **kwargs: Any) -> None:
@@ -334,6 +333,14 @@ def check_worker_id(worker_id: Any) -> int:
     if isinstance(worker_id, bool) or not isinstance(worker_id, int) or worker_id < 0:
         raise ValueError(f"worker_id must be a non-negative int, got {worker_id!r}")
     return worker_id
+
+
+def check_errors(errors: Any) -> str:
+    """``errors`` if it is ``"raise"`` or ``"warn"`` (see :class:`Loggers`), else
+    ``ValueError``."""
+    if errors not in ("raise", "warn"):
+        raise ValueError(f'errors must be "raise" or "warn", got {errors!r}')
+    return errors
 
 
 def renamed(items: Mapping[str, _V], clean: Callable[[str], str]) -> dict[str, _V]:

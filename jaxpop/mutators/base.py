@@ -40,6 +40,7 @@ from jaxpop.events import Ask
 from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
+from jaxpop.mutators import selection as selection_lib
 from jaxpop.records import ACTIVE, ActiveWorker, Checkpoint, CheckpointRef, _active_worker
 from jaxpop.types import MetaParams, MutatorResult, MutatorState, RawKey, Workers
 
@@ -691,9 +692,7 @@ def copied_value(
 def rank_value(value: float | None, mode: str = "min") -> float:
     """A score to minimise: ``None``, NaN and +-inf all become ``inf`` (rank last); a
     finite value is negated under ``mode="max"`` (higher is better)."""
-    if value is None or not math.isfinite(value):
-        return math.inf
-    return -value if mode == "max" else value
+    return math.inf if value is None else selection_lib.sort_key(value, mode)
 
 
 def start_generation(
