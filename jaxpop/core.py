@@ -29,7 +29,7 @@ from jaxpop.events import Ask, Eval, Event, Finish, Missing
 from jaxpop.history import History, check_mode, start_time
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id
-from jaxpop.mutators.base import Mutator, MutatorResult, start_generation
+from jaxpop.mutators.base import Mutator, MutatorResult, is_finite, start_generation
 from jaxpop.records import (
     ACTIVE,
     FINISHED,
@@ -84,7 +84,9 @@ class StopWhen:
         decision that report brought copied it back), or copied a checkpoint at or past
         it (its lineage spent the budget): a budget of steps per worker; the run is over
         when every worker is.
-      seconds: the run is over this many seconds after the population started.
+      seconds: the run is over this many seconds after it began (a ``log_dir``
+        records when: a resumed run counts from its first start, and loading a saved
+        state does not restart the count).
 
     A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
     answered with its assignment, status ``"finished"`` -- stop. (An ask that changes
@@ -112,8 +114,11 @@ class StopWhen:
             x = getattr(self, name)
             if x is None:
                 continue
-            if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
-                raise ValueError(f"StopWhen {name} must be a finite number or None, got {x!r:.40}")
+            if isinstance(x, bool) or not isinstance(x, numbers.Real) or not is_finite(x):
+                raise ValueError(
+                    f"StopWhen {name} must be a finite number (within float64's range) or "
+                    f"None, got {x!r:.40}"
+                )
         if self.step is not None and (self.step != int(self.step) or self.step < 0):
             raise ValueError(f"StopWhen step must be a whole number >= 0, got {self.step!r}")
         if self.seconds is not None and self.seconds < 0:
@@ -735,7 +740,7 @@ def set_eval(
     # record (its later time would count as progress) or decide (a finished worker would
     # wake); only a gone worker is alive again, and the mutator decides with it
     repeat = existing is not None and not advances and _same_report(existing, params, value)
-    if repeat and not (assigned.status == GONE and assigned.generation_id == generation_id):
+    if repeat and assigned.status != GONE:
         return state, Reply(checkpoint=existing)
     # trained from where the worker was sent, not from an abandoned earlier run
     resumed = advances and history.get_checkpoint(generation_id, assigned.step) is not None
@@ -783,6 +788,9 @@ def set_eval(
             ACTIVE,
         )
         moved = ((worker_id, worker),)
+        workers = with_replaced(workers, moved)
+    elif assigned.status == GONE:  # reporting on an earlier generation: it is alive
+        moved = ((worker_id, _with_status(assigned, ACTIVE)),)
         workers = with_replaced(workers, moved)
     new = state._with(history=history if repeat else history.add(checkpoint), workers=workers)
     if wake:
@@ -865,11 +873,17 @@ def missing(
         )
     history = state.history
     assigned = state.workers[worker_id]
+    called = state
+    if assigned.status == GONE:  # it calls: it is alive (as at an ask)
+        assigned = _with_status(assigned, ACTIVE)
+        state = state._with(workers=with_replaced(state.workers, [(worker_id, assigned)]))
     if (event.generation_id, step) != (assigned.generation_id, assigned.step) and not _lost(
         history, assigned
     ):
+        state, changes = _finish(called, state, [], now)
         return state, Reply(
             worker=assigned,
+            changes=changes,
             warning=(
                 f"worker {worker_id} could not load {(event.generation_id, step)}, which is "
                 f"no longer its assignment; sending it {(assigned.generation_id, assigned.step)}"
@@ -882,7 +896,7 @@ def missing(
             "'initialise fresh parameters': there is nothing to load"
         )
     new, worker, added, marked = _step_back(state, worker_id, now, key, event.exists)
-    new, changes = _finish(state, new, added, now)
+    new, changes = _finish(called, new, added, now)
     return new, Reply(
         worker=worker,
         changes=changes,

@@ -217,7 +217,6 @@ class PopulationController:
             raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s
         self._stop_when = stop_when
-        self._start: float | None = None  # when the population started (a time budget's)
         if (mutator is None) == (mutate is None):
             raise TypeError(
                 "PopulationController takes one mutator: pass mutator= (or mutate=, the "
@@ -244,7 +243,10 @@ class PopulationController:
         self._clock = clock
         self._lock = threading.RLock()
         self.log_dir = log_dir
-        state = core.init(initial_population, mutator, key=root_key(seed), now=clock())
+        now = _as_time(clock())
+        state = core.init(initial_population, mutator, key=root_key(seed), now=now)
+        # when the run began, for a time budget: now, or what its log_dir recorded
+        self._start = now
         self._run = {"population_size": state.population_size, "mutator": mutator.describe()}
         self._store: storage.Store | None = None
         if log_dir is not None:
@@ -268,9 +270,12 @@ class PopulationController:
                     state = storage.seed_state.adopt_migrated_state(
                         self._in_mode(restored), mutator
                     )
+                    # (a run recorded before jaxpop kept its start: its earliest record)
+                    recorded = store.started
+                    self._start = start_time(restored.history) if recorded is None else recorded
                 else:
                     core.check_population([w.meta_params for w in state.workers], mutator)
-                store.start(state)
+                store.start(state, started=self._start)
             except BaseException:
                 store.close()
                 raise
@@ -286,12 +291,13 @@ class PopulationController:
         self._seen: dict[int, float] = {}
         if gone_after_s is not None:
             self._seen = dict.fromkeys(range(state.population_size), _as_time(clock()))
-        if mutator.prepare is not None:
-            try:
+        try:
+            if mutator.prepare is not None:
                 mutator.prepare(state.population_size)
-            except BaseException:
-                self.close()
-                raise
+            self._stop_if_over()
+        except BaseException:
+            self.close()
+            raise
 
     # -- the seed's API -------------------------------------------------------------
     def maybe_get_worker_data(
@@ -486,6 +492,7 @@ class PopulationController:
                 self._store.check_open()
                 self._store.replace(state)
             self._state = state
+            self._stop_if_over()
             return True
 
     # -- read-only views ------------------------------------------------------------
@@ -590,7 +597,7 @@ class PopulationController:
             if self._store is not None:
                 self._store.check_open()
             state, now = self._state, self._clock()
-            if type(now) is not float:
+            if type(now) is not float or now - now != 0.0:  # (not finite: NaN or inf)
                 now = _as_time(now)
             pending: list[core.Changes] = []
             for event in events:
@@ -614,7 +621,7 @@ class PopulationController:
                 over = (
                     when is not None
                     and isinstance(event, (Eval, Ask, Missing))
-                    and core.stays_done(state, event, now, when, self._start_time(state))
+                    and core.stays_done(state, event, now, when, self._start)
                 )
                 if over and state.workers[operator.index(event.worker_id)].status == GONE:
                     finish = Finish(operator.index(event.worker_id))  # done, not gone
@@ -647,7 +654,7 @@ class PopulationController:
                         reported=None
                         if checkpoint is None or checkpoint.value is None
                         else (operator.index(event.worker_id), checkpoint.step),
-                        start=self._start_time(state),
+                        start=self._start,
                     )
                     if changes is not None:
                         pending.append(changes)
@@ -665,13 +672,27 @@ class PopulationController:
             logger.warning(warning)
         return reply
 
-    def _start_time(self, state: PopulationState) -> float | None:
-        """When the population started, for a time budget (read once: O(generations));
-        ``None`` without one."""
+    def _stop_if_over(self) -> None:
+        """Applies ``stop_when`` to the state as it stands (a run resumed, or a state
+        loaded, with a condition that already holds), journaling what it finishes."""
         when = self._stop_when
-        if self._start is None and when is not None and when.seconds is not None:
-            self._start = start_time(state.history)
-        return self._start
+        if when is None:
+            return
+        with self._lock:
+            state = self._state
+            # every evaluation recorded counts: the run's calls so far were not checked
+            # against this condition
+            state, changes = core.stop(
+                state,
+                _as_time(self._clock()),
+                core.event_key(state),
+                when=when,
+                mutator=self._mutator,
+                added=tuple(state.history.checkpoints()) if when.value is not None else (),
+                start=self._start,
+            )
+            if changes is not None:
+                self._take(state, [changes])
 
     def _take(self, new_state: PopulationState, changes: list[core.Changes]) -> None:
         """Journals ``changes`` in one append, then makes ``new_state`` the state."""

@@ -94,7 +94,9 @@ class Mutate:
     Subclass it as for the seed and pass an instance to ``PopulationController``:
 
     * ``init()`` returns the initial state.
-    * ``update(state, current_workers, cache)`` runs after every evaluation. ``cache``
+    * ``update(state, current_workers, cache)`` runs after every evaluation, and
+      after a worker's status changes (``finish``, a worker declared gone, a stop: the
+      workers left must go on without it; jaxpop's own, ``status`` tells). ``cache``
       maps each generation id to an :class:`IntKeyDict` of ``step -> Checkpoint``; add a
       generation with ``cache[gen_id] = IntKeyDict()`` and its starting checkpoint with
       ``cache[gen_id][step] = Checkpoint(...)``. Return ``(state, workers)``, one

@@ -1,5 +1,6 @@
 """The controller shell: seed API, errors, warnings, views, reproducibility."""
 
+import functools
 import logging
 import math
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import FakeClock, assert_is_a_controller, noop_mutator
 from jaxpop import ActiveWorker, Checkpoint, History, PopulationController, core
 from jaxpop import population as pop_mod
+from jaxpop.keys import root_key
 from jaxpop.mutators import WinnerTakeAllGenetic
 
 
@@ -761,3 +763,155 @@ def test_a_time_budget_is_checked_at_asks_that_change_nothing():
     clock.advance(61)
     told = pop.maybe_get_worker_data(0, pop.active_workers[0].generation_id, 3, None, None)
     assert told is not None and told.status == "finished"
+
+
+def _two_at_step_zero(pop):
+    """Both workers of ``pop`` evaluate their starting point (step 0)."""
+    gens = [w.generation_id for w in pop.active_workers]
+    for i, gen in enumerate(gens):
+        pop.set_eval(i, gen, 0, f"p{i}", 1.0 + i)
+    return gens
+
+
+def test_a_time_budget_counts_from_the_run_start_across_resumes(tmp_path):
+    """An evaluation at step 0 replaces the starting checkpoints (and their times): a
+    resumed controller read the start from the history and counted the budget from that
+    evaluation, 90 s late (a hostile test)."""
+    from jaxpop import StopWhen
+
+    clock = FakeClock(0.0)
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=1000)
+    make = functools.partial(
+        PopulationController,
+        [{"lr": 0.1}, {"lr": 0.2}],
+        m,
+        str(tmp_path),
+        clock=clock,
+        stop_when=StopWhen(seconds=100),
+    )
+    pop = make()
+    clock.advance(90)
+    gens = _two_at_step_zero(pop)
+    pop.close()
+    clock.advance(30)  # 120 s after the run began
+    with make() as again:
+        again.set_eval(0, gens[0], 5, "p0-5", 0.9)
+        assert again.done
+    # a state loaded later does not restart the clock, live or reopened
+    blob = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, clock=FakeClock(0.0))
+    blob = blob.serialized_state()
+    clock.now = 1000.0
+    later = tmp_path / "later"
+    make = functools.partial(make.func, *make.args[:2], str(later), **make.keywords)
+    pop = make()
+    pop.maybe_get_worker_data(0, None, 0, None, None)
+    pop.load_state(blob)
+    clock.now = 1050.0
+    assert pop.maybe_get_worker_data(0, None, 0, None, None).status == "active"
+    pop.close()
+    with make() as again:
+        assert again.maybe_get_worker_data(0, None, 0, None, None).status == "active"
+        clock.now = 1101.0
+        assert again.maybe_get_worker_data(0, None, 0, None, None).status == "finished"
+
+
+def test_a_run_recorded_without_its_start_falls_back_to_its_history(tmp_path):
+    """A log_dir written before jaxpop recorded the run's start: the earliest starting
+    checkpoint is the start, recorded at the first resume."""
+    from jaxpop import StopWhen, storage
+
+    clock = FakeClock(0.0)
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=1000)
+    store = storage.Store(str(tmp_path), run={"population_size": 2, "mutator": m.describe()})
+    store.start(core.init([{"lr": 0.1}, {"lr": 0.2}], m, key=root_key(0), now=10.0))
+    store.close()
+    assert store.started is None
+    clock.now = 100.0
+    make = functools.partial(PopulationController, [{"lr": 0.1}] * 2, m, str(tmp_path), clock=clock)
+    with make(stop_when=StopWhen(seconds=85)) as pop:
+        assert pop.done  # 90 s after 10.0
+    with make() as pop:
+        _two_at_step_zero(pop)  # (the starting times are replaced; the start is not)
+    again = storage.Store(str(tmp_path))
+    again.load()
+    assert again.started == 10.0
+    again.close()
+
+
+def test_a_stop_given_to_a_resumed_run_applies_at_once(tmp_path):
+    """A stop_when given when a run is reopened, that the run already meets, was applied
+    only at the next report: asks were told to keep going (a hostile test)."""
+    from jaxpop import StopWhen
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=1000)
+    init = [{"lr": 0.1}, {"lr": 0.2}]
+    with PopulationController(init, m, str(tmp_path)) as pop:
+        gens = [w.generation_id for w in pop.active_workers]
+        pop.set_eval(0, gens[0], 50, "p0", 0.01)
+        pop.set_eval(1, gens[1], 50, "p1", 0.5)
+    for when in (StopWhen(value=0.1), StopWhen(step=40)):
+        pop = PopulationController(init, m, str(tmp_path), stop_when=when, reconfigure=True)
+        assert pop.done
+        assert pop.maybe_get_worker_data(1, gens[1], 50, None, None).status == "finished"
+        assert pop.maybe_get_worker_data(1, None, 0, None, None).status == "finished"
+        pop.close()
+    with PopulationController(init, m, str(tmp_path)) as pop:  # (journaled)
+        assert [w.status for w in pop.active_workers] == ["finished"] * 2
+    # a target met by an evaluation no worker is on any more (a round copied past it)
+    pop = PopulationController(init, m)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "a", 0.05)
+    blob = pop.serialized_state()
+    pop = PopulationController(init, m, stop_when=StopWhen(value=0.1))
+    pop.load_state(blob)
+    assert pop.done
+
+
+def test_the_clock_is_checked_at_construction_and_at_every_call():
+    """A float NaN or inf from the clock was taken as a time (and a NaN start turned a
+    time budget off); the construction's value was never checked (a hostile test)."""
+    from jaxpop import StopWhen
+
+    for bad in (math.nan, math.inf, True, "1"):
+        with pytest.raises(TypeError, match="clock"):
+            PopulationController([{"h": 0.0}], noop_mutator(), clock=lambda bad=bad: bad)
+    clock = FakeClock(0.0)
+    pop = PopulationController(
+        [{"h": 0.0}], noop_mutator(), clock=clock, stop_when=StopWhen(seconds=10)
+    )
+    assert type(pop.history.first(pop.active_workers[0].generation_id).time) is float
+    for bad in (math.nan, -math.inf):
+        clock.now = bad
+        with pytest.raises(TypeError, match="clock"):
+            pop.set_eval(0, pop.active_workers[0].generation_id, 1, None, 1.0)
+    clock.now = np.int64(5)
+    pop.set_eval(0, pop.active_workers[0].generation_id, 1, None, 1.0)
+    assert pop.history.latest(pop.active_workers[0].generation_id).time == 5.0
+    for name, huge in (("value", 10**400), ("seconds", 10**400)):
+        with pytest.raises(ValueError, match=f"StopWhen {name} must be a finite"):
+            StopWhen(**{name: huge})
+    with pytest.raises(ValueError, match="gone_after_s must be a finite"):
+        PopulationController([{"h": 0.0}], noop_mutator(), gone_after_s=10**400)
+
+
+@pytest.mark.parametrize("call", ["checkpoint_missing", "set_eval"])
+def test_any_call_of_a_gone_worker_makes_it_active(call):
+    """checkpoint_missing from a gone worker, or its report on the generation it had
+    before a round moved it, left it gone: the reply said "gone" (a hostile test)."""
+    clock = FakeClock(0.0)
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, clock=clock, gone_after_s=30)
+    a, b = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, a, 10, "a10", 0.5)
+    pop.set_eval(1, b, 10, "b10", 0.3)  # a round: worker 0 copies b10
+    moved = pop.active_workers[0]
+    clock.advance(100)
+    pop.set_eval(1, pop.active_workers[1].generation_id, 15, "b15", 0.2)
+    assert pop.active_workers[0].status == "gone"
+    if call == "checkpoint_missing":
+        reply = pop.checkpoint_missing(0, moved.generation_id, moved.step)
+        assert reply.status == "active"
+    else:
+        pop.set_eval(0, a, 15, "a15", 0.4)
+        assert pop.history.get_checkpoint(a, 15).value == 0.4
+    assert pop.active_workers[0].status == "active"

@@ -1,5 +1,6 @@
 """Durable controller state: restart equivalence, damaged files, locking, durability."""
 
+import math
 import os
 import struct
 import subprocess
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 from mutator_registry import MUTATORS, NAMES
 
-from conftest import FakeClock
-from jaxpop import PopulationController, encoding, storage
+from conftest import FakeClock, noop_mutator
+from jaxpop import PopulationController, core, encoding, storage
+from jaxpop.keys import root_key
 from jaxpop.mutators import FixedSchedule, WinnerTakeAllGenetic
 
 
@@ -451,3 +453,29 @@ def test_gc_pauses_nest_and_keep_a_disabled_collector_disabled():
     with pytest.raises(KeyError), storage.store._gc_paused():
         raise KeyError("boom")
     assert gc.isenabled()
+
+
+def test_the_run_start_is_recorded_once_and_checked(tmp_path):
+    """``Store.start(started=)`` records when the run began; a resume keeps the recorded
+    time; a damaged one is refused as a damaged run description."""
+    from jaxpop.storage.run import is_description
+
+    run = {"population_size": 1, "mutator": None}
+    state = core.init([{"h": 0.0}], noop_mutator(), key=root_key(0), now=0.0)
+    store = storage.Store(str(tmp_path), run=run)
+    assert store.load() is None and store.started is None
+    for bad in (math.nan, math.inf, True, "0"):
+        with pytest.raises(ValueError, match="started"):
+            store.start(state, started=bad)
+    store.start(state, started=5.0)
+    assert store.started == 5.0
+    store.close()
+    again = storage.Store(str(tmp_path), run=run)
+    again.load()
+    assert again.started == 5.0
+    again.start(state, started=99.0)  # a run begins once
+    assert again.started == 5.0
+    again.close()
+    assert not is_description({**run, "started": math.nan})
+    assert not is_description({**run, "started": 1})
+    assert is_description({**run, "started": 1.0})

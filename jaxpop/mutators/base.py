@@ -56,6 +56,7 @@ __all__ = [
     "check_number",
     "decision_counts",
     "evaluated_since",
+    "is_finite",
     "rank_value",
     "as_record",
     "reads_like_a_dict",
@@ -501,14 +502,24 @@ def check_number(
             f"{name} must be {article} {noun}, got {type(value).__name__}: {value!r:.40}"
         )
     # (typeshed's numbers.Real has no __int__; every Real type does)
-    if not math.isfinite(value) or (integer and value != int(value)):  # type: ignore[call-overload]
-        raise ValueError(f"{name} must be a finite {noun}, got {value!r}")
+    if not is_finite(value) or (integer and value != int(value)):  # type: ignore[call-overload]
+        raise ValueError(
+            f"{name} must be a finite {noun} (within float64's range), got {value!r:.40}"
+        )
     if value < minimum or (value == minimum and not inclusive):
         above = "positive" if minimum == 0 else f"> {minimum:g}"
         raise ValueError(
             f"{name} must be {f'>= {minimum:g}' if inclusive else above}, got {value!r}"
         )
     return int(value) if integer else value  # type: ignore[call-overload]
+
+
+def is_finite(value: Any) -> bool:
+    """``math.isfinite``, ``False`` for an int past float64's range (which it raises on)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_callable(name: str, value: Any) -> Callable[..., Any]:

@@ -2,14 +2,17 @@
 
 A run description is plain data, ``{"population_size": n, "mutator": description}``,
 where the description comes from :meth:`jaxpop.Mutator.describe` (``None``: not known,
-as for a ``Store`` used directly). Snapshots record it; :func:`check_resume` refuses to
-resume a run as another one. An option the mutator gained after a run started (absent
-from the recorded configuration) matches when it is left at its default.
+as for a ``Store`` used directly), and, in a ``log_dir``, ``"started"``: when the run
+began (a time budget counts from it; never compared). Snapshots record it;
+:func:`check_resume` refuses to resume a run as another one. An option the mutator
+gained after a run started (absent from the recorded configuration) matches when it is
+left at its default.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +30,9 @@ class RunMismatchError(ValueError):
 def is_description(run: Any) -> bool:
     """Whether ``run`` has the shape of a run description."""
     if type(run) is not dict or type(run.get("population_size")) is not int:
+        return False
+    started = run.get("started", 0.0)  # (when the run began: recorded, never compared)
+    if type(started) is not float or not math.isfinite(started):
         return False
     mutator = run.get("mutator")
     return mutator is None or (

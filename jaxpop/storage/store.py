@@ -15,6 +15,7 @@ import errno
 import fcntl
 import gc
 import logging
+import math
 import os
 import re
 import threading
@@ -549,6 +550,7 @@ class Store:
         self._snapshot_size = 0  # checkpoints in the last snapshot
         self._snapshot_thread: threading.Thread | None = None
         self._run_id: str | None = None
+        self._started_run = False  # start() made self._run what the log_dir records
         self._broken: JournalWriteError | None = None
         self._superseded = False
         self._forked = False  # this is a forked child's copy of a Store
@@ -685,17 +687,34 @@ class Store:
         return self._loaded.state
 
     # -- writing ---------------------------------------------------------------------
-    def start(self, state: PopulationState) -> None:
+    @property
+    def started(self) -> float | None:
+        """When the run began (seconds since the epoch), as the ``log_dir`` records it:
+        after :meth:`load`, the recorded time (``None`` for a new ``log_dir`` or a run
+        recorded without one); after :meth:`start`, the time it keeps recording."""
+        run = self._run if self._started_run else self._loaded and self._loaded.run
+        return None if run is None else run.get("started")
+
+    def start(self, state: PopulationState, *, started: float | None = None) -> None:
         """Checks the run against the one recorded, then opens a journal segment.
 
         Args:
           state: the state to continue from (what :meth:`load` returned, or a fresh one).
+          started: when the run began (seconds since the epoch), recorded with the run
+            if the ``log_dir`` records no such time yet (a new run, or one recorded
+            before jaxpop kept it); a recorded time is kept (see :attr:`started`).
 
         Raises:
           RunMismatchError: the ``log_dir`` holds a run started with another population
             size or mutator (or another configuration, without ``reconfigure``).
           SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
         """
+        if started is not None and (
+            isinstance(started, bool)
+            or not isinstance(started, float | int)
+            or not math.isfinite(started)
+        ):
+            raise ValueError(f"started must be a finite time in seconds, got {started!r:.40}")
         with self._io_lock:
             self.check_open(started=False)
             if self._segment is not None:
@@ -708,6 +727,10 @@ class Store:
             self._run_id = (loaded and loaded.run_id) or uuid.uuid4().hex
             if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
                 self._run = self._run or {"population_size": state.population_size, "mutator": None}
+                self._run.pop("started", None)
+                if started is not None:
+                    self._run["started"] = float(started)
+                self._started_run = True
                 try:  # (a snapshot 0 here is this call's: the log_dir held no run)
                     _write_snapshot(self._directory, 0, state, self._run, self._run_id)
                     self._open_segment(0)
@@ -718,7 +741,7 @@ class Store:
                 self._snapshot_size = state.history.num_checkpoints
                 return
             record = self._check_resume(loaded) or loaded.run_id is None
-            self._run = (
+            self._run = dict(
                 self._run
                 or loaded.run
                 or {
@@ -726,6 +749,14 @@ class Store:
                     "mutator": None,
                 }
             )
+            self._run.pop("started", None)
+            recorded = None if loaded.run is None else loaded.run.get("started")
+            if recorded is not None:  # a run begins once
+                self._run["started"] = recorded
+            elif started is not None:  # recorded now (a run written before jaxpop kept it)
+                self._run["started"] = float(started)
+                record = True
+            self._started_run = True
             self._records, self._snapshot_size = loaded.records, loaded.snapshot_size
             previous = _journal_name(loaded.next_segment - 1)
             with contextlib.suppress(FileNotFoundError):  # (none: nothing went before)
