@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -43,8 +44,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
 
 
 def test_a_short_run_learns_cartpole_and_reports_finite_returns(run):
-    summary, _ = run
+    summary, logdir = run
     assert summary["env_steps"] == TOTAL and summary["rounds"] == TOTAL // INTERVAL
+    assert json.loads((logdir / "summary.json").read_text()) == summary  # (--quiet too)
     returns = [m["eval_return"] for m in summary["members"]]
     assert all(math.isfinite(r) for r in returns)
     assert all(math.isfinite(m["train_return"]) for m in summary["members"])
@@ -107,7 +109,19 @@ def test_two_copies_of_one_parent_draw_different_actions_and_environment_noise()
 
 @pytest.mark.parametrize(
     "bad",
-    [["--total-steps", "0"], ["--interval", "0"], ["--interval", "-100000"], ["--interval", "100"]],
+    [
+        ["--total-steps", "0"],
+        ["--interval", "0"],
+        ["--interval", "-100000"],
+        ["--interval", "100"],
+        # one round or less (no exploit ever), or not whole rounds (rounded up: 976x the
+        # total asked for with this interval)
+        ["--total-steps", "10240"],
+        ["--total-steps", "2048"],
+        ["--total-steps", "9600", "--interval", "3200"],
+        ["--total-steps", "1024", "--interval", "1000000"],
+        ["--seed", str(2**63 - 1)],
+    ],
 )
 def test_steps_out_of_range_are_refused(bad, capsys):
     # 0 was taken as "unset" (the environment's default ran), a negative or short

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
+import json
 import os
 import shutil
 import time
@@ -174,6 +174,12 @@ def _population(
     )
 
 
+def _updates_per_round(config: EnvConfig, interval: int | None) -> int:
+    """PPO updates per round: ``interval`` (default: the environment's) in whole updates."""
+    interval = config.interval if interval is None else interval
+    return max(1, round(interval / config.steps_per_update))
+
+
 def _default_logdir(args: argparse.Namespace) -> str:
     return os.path.join("runs", "rl", f"{args.env.lower()}-{'fixed' if args.fixed else 'pbt'}")
 
@@ -216,11 +222,11 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Trains the population; returns the summary (also printed unless ``--quiet``)."""
+    """Trains the population; returns the summary (also written to
+    ``LOGDIR/summary.json``, and printed unless ``--quiet``)."""
     start = time.time()
     config = CONFIGS[args.env]
-    interval = config.interval if args.interval is None else args.interval
-    updates = max(1, round(interval / config.steps_per_update))
+    updates = _updates_per_round(config, args.interval)
     fns = population(
         args.env,
         args.members,
@@ -231,7 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fast_compile=args.fast_compile,
     )
     total = config.total_steps if args.total_steps is None else args.total_steps
-    rounds = max(1, math.ceil(total / fns.steps_per_round))
+    rounds = max(1, total // fns.steps_per_round)  # (parse: a whole number, at least two)
     logdir = args.logdir or _default_logdir(args)
     log = _open_log(logdir, args.overwrite)
     try:
@@ -289,6 +295,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "logdir": logdir,
         "seconds": round(time.time() - start, 1),
     }
+    with open(os.path.join(logdir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
     if not args.quiet:
         print_summary(summary)
     return summary
@@ -332,15 +340,29 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --logdir")
     parser.add_argument("--quiet", action="store_true", help="print nothing")
     args = parser.parse_args(argv)
-    total = 1 if args.total_steps is None else args.total_steps  # (0 was taken as unset)
-    if min(args.members, args.eval_episodes, total) < 1:
+    config = CONFIGS[args.env]
+    total = config.total_steps if args.total_steps is None else args.total_steps
+    if min(args.members, args.eval_episodes, total) < 1:  # (0 was once taken as unset)
         parser.error("--members, --eval-episodes and --total-steps must be positive")
-    update = CONFIGS[args.env].steps_per_update
+    update = config.steps_per_update
     if args.interval is not None and args.interval < update:
         parser.error(
             f"--interval must be at least one PPO update, {update} environment steps for "
             f"{args.env} (it is rounded to whole updates)"
         )
+    # a total of one round or less ran a whole round and never exploited (the last round
+    # is evaluated as it is), and a total between rounds was rounded up: 976x the request
+    per_round = _updates_per_round(config, args.interval) * update
+    if total < 2 * per_round or total % per_round:
+        below = max(2, total // per_round) * per_round
+        parser.error(
+            f"--total-steps must be a whole number of rounds, at least two (PBT exploits "
+            f"between rounds): a round is {per_round} environment steps per agent here "
+            f"(--interval rounded to whole PPO updates of {update}); {below} or "
+            f"{below + per_round}, say"
+        )
+    if not -(2**31) <= args.seed < 2**63 - 1:  # (the evaluation's seed is seed + 1, an int64)
+        parser.error("--seed must be in [-2**31, 2**63 - 1)")
     if not 0.0 <= args.quantile <= 0.5:
         parser.error("--quantile must be in [0, 0.5]")
     return args
