@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from jax.experimental import multihost_utils
 
 from jaxpop.core import PopulationState
@@ -98,8 +99,36 @@ _register_at_exit = getattr(threading, "_register_atexit", None)  # (CPython 3.9
 if _register_at_exit is not None:
     with contextlib.suppress(RuntimeError):  # (imported by a thread left after exit)
         _register_at_exit(_close_at_exit)
-if hasattr(os, "register_at_fork"):  # a forked child finishes none of its parent's saves
-    os.register_at_fork(after_in_child=_OPEN_STORES.clear)
+#: Whether this process wrote or read a checkpoint (TensorStore's threads started), and
+#: whether it was forked from one that had: TensorStore aborts the process (SIGABRT) at
+#: its first use in such a child, so such a child is refused a save or restore.
+_TENSORSTORE_USED = False
+_FORKED_AFTER_USE = False
+
+
+def _after_fork_in_child() -> None:
+    """A forked child finishes none of its parent's saves: they leave its bookkeeping
+    (their futures would never settle here, and a restore of one would wait forever),
+    and the save lock, which a parent's save may have held, is a new one."""
+    global _REGISTRY, _ORBAX_SAVE_LOCK, _FORKED_AFTER_USE
+    _OPEN_STORES.clear()
+    _REGISTRY = _Registry()
+    _ORBAX_SAVE_LOCK = threading.Lock()
+    _FORKED_AFTER_USE = _FORKED_AFTER_USE or _TENSORSTORE_USED
+
+
+def _use_tensorstore() -> None:
+    """Marks TensorStore used in this process; refuses in a child forked after its
+    parent used it (TensorStore would abort the process)."""
+    global _TENSORSTORE_USED
+    if _FORKED_AFTER_USE:
+        raise RuntimeError(
+            "this process was forked from one that had saved or restored checkpoints: "
+            "TensorStore (which Orbax writes and reads with) aborts in such a process. "
+            "Start processes that save or restore with multiprocessing's 'spawn' or "
+            "'forkserver' start method (or fork before the first save or restore)"
+        )
+    _TENSORSTORE_USED = True
 
 
 class MissingCheckpointError(FileNotFoundError):
@@ -154,6 +183,8 @@ class _Registry:
 
 
 _REGISTRY = _Registry()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _registry_key(path: str, create: bool = False) -> str:
@@ -229,6 +260,17 @@ def _with_checksums(
     return out
 
 
+@functools.cache
+def _storable(dtype: np.dtype) -> bool:
+    """Whether TensorStore writes arrays of ``dtype`` (it refuses uint4, float6 and
+    ``longdouble``, among others: such a save failed only in the background)."""
+    try:
+        ts.dtype(dtype)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[str, Any]]]:
     """Host copies of the array leaves (keyed ``a<i>``; arrays spread over several
     processes are kept as they are) and a spec of every leaf."""
@@ -263,6 +305,12 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[
             raise TypeError(
                 f"cannot save leaf {where or '<root>'}: its dtype {leaf.dtype} is not numeric "
                 "(object, string, datetime and structured arrays are not parameters)"
+            )
+        if not _storable(dtype):
+            raise TypeError(
+                f"cannot save leaf {where or '<root>'}: its dtype {dtype} is not one "
+                "TensorStore (Orbax's storage) can write; cast it to one it can (a wider "
+                "or signed type: uint4 to int8, say)"
             )
         if isinstance(leaf, np.ma.MaskedArray):  # (its mask would be dropped)
             raise TypeError(
@@ -613,6 +661,24 @@ def _is_dir(path: str) -> bool:
         raise
 
 
+def _raise_if_unreadable(path: str) -> None:
+    """Raises the ``OSError`` (permission denied, say) that keeps a folder or file of the
+    checkpoint at ``path`` from being read: Orbax reports an unreadable item folder as a
+    missing item, which would read as damage (and a good checkpoint be given up)."""
+
+    def fail(error: OSError) -> None:
+        if not isinstance(error, (FileNotFoundError, NotADirectoryError)):
+            raise error
+
+    for folder, _, files in os.walk(path, onerror=fail):
+        for name in files:
+            try:
+                with open(os.path.join(folder, name), "rb"):
+                    pass
+            except OSError as error:
+                fail(error)
+
+
 def _write(handle: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     """Writes one checkpoint with Orbax (the checksums here, not in ``save``: its caller
     does not wait for them)."""
@@ -673,7 +739,8 @@ class ParamStore:
         os.makedirs(self._directory, exist_ok=True)
         self._resolved = os.path.realpath(self._directory)  # where its path leads now
         self.async_save = bool(async_save)
-        self._slots = threading.BoundedSemaphore(int(max_pending))
+        self._max_pending = int(max_pending)
+        self._slots = threading.BoundedSemaphore(self._max_pending)
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="jaxpop-param-store"
         )
@@ -721,6 +788,7 @@ class ParamStore:
         step = int(step)
         self._check_process()
         self._check_directory()
+        _use_tensorstore()
         collective = jax.process_count() > 1
         arrays, specs = _flatten(pytree)
         nonce = _agreed_nonce() if collective else secrets.token_hex(8)
@@ -833,19 +901,10 @@ class ParamStore:
         if self._forked():
             raise RuntimeError(
                 f"this ParamStore ({self._directory}) was opened in process {self._pid}, "
-                "not in this one (a forked child): open a new ParamStore here"
+                "not in this one (a forked child): open a new ParamStore here (a child "
+                "forked after its parent saved or restored cannot save or restore at all: "
+                "start it with the 'spawn' or 'forkserver' method)"
             )
-
-    def _wait_for(self, handles: Iterable[str]) -> None:
-        """Waits for these saves of this store; raises for those that failed."""
-        handles = list(handles)
-        with self._lock:  # a save leaves _mine and enters _failed in one step
-            futures = [f for h in handles if (f := self._mine.get(h)) is not None]
-        concurrent.futures.wait(futures)  # settled only after their bookkeeping
-        with self._lock:
-            failures = {h: self._failed.pop(h) for h in handles if h in self._failed}
-        if failures:
-            raise CheckpointSaveError(failures) from next(iter(failures.values()))
 
     def wait(self) -> None:
         """Blocks until every save of this store is finalized.
@@ -855,9 +914,9 @@ class ParamStore:
         """
         self._check_process()
         with self._lock:
-            mine = list(self._mine)
-        self._wait_for(mine)
-        with self._lock:
+            futures = list(self._mine.values())
+        concurrent.futures.wait(futures)  # (settled after their bookkeeping)
+        with self._lock:  # every failure since the last wait, of these saves or earlier
             failures, self._failed = self._failed, {}
         if failures:
             raise CheckpointSaveError(failures) from next(iter(failures.values()))
@@ -914,6 +973,7 @@ class ParamStore:
                 "(an empty path would read the current directory)"
             )
         self._check_directory()
+        _use_tensorstore()
         path = self._located(handle)
         key = _registry_key(path)
         with _REGISTRY.lock:
@@ -982,6 +1042,7 @@ class ParamStore:
         except (FileNotFoundError, ValueError, KeyError) as e:
             if not _is_dir(path):
                 raise self._missing(handle, path) from e
+            _raise_if_unreadable(path)
             raise ValueError(
                 f"{handle!r} is damaged, or not a jaxpop ParamStore checkpoint: {e}"
             ) from e
@@ -990,8 +1051,9 @@ class ParamStore:
         paths = [jax.tree_util.keystr(p) for p, _ in flat]
         saved = [spec["path"] for spec in specs]
         if paths != saved:
-            missing = [p for p in saved if p not in set(paths)][:5]
-            extra = [p for p in paths if p not in set(saved)][:5]
+            in_target, in_saved = set(paths), set(saved)
+            missing = [p for p in saved if p not in in_target][:5]
+            extra = [p for p in paths if p not in in_saved][:5]
             raise ValueError(
                 f"the target's structure differs from checkpoint {handle!r} "
                 f"({len(saved)} saved leaves, {len(paths)} in the target); saved but not "
@@ -1023,6 +1085,7 @@ class ParamStore:
                     raise self._missing(handle, path) from e
                 if not _is_damage(e):  # out of memory, say: the checkpoint may be fine
                     raise
+                _raise_if_unreadable(path)
                 # (TensorStore's messages hold its whole spec: cut short)
                 raise ValueError(f"checkpoint {handle!r} is damaged: {str(e)[:200]}...") from e
         leaves = []
@@ -1218,7 +1281,10 @@ class ParamStore:
                 if not is_tmp and name in retained:
                     kept_retained += 1
                     continue
-                if is_tmp or name not in self._seen:
+                key = _registry_key(path[: -len(_TMP_SUFFIX)] if is_tmp else path)
+                if (is_tmp or name not in self._seen) and not (
+                    is_tmp and key in _REGISTRY.failed  # (its save failed here: left over)
+                ):
                     try:
                         age = now - os.stat(path).st_mtime
                     except FileNotFoundError:
@@ -1226,7 +1292,6 @@ class ParamStore:
                     if orphan_grace_s is None or age < orphan_grace_s:
                         kept_unreported += 1
                         continue
-                key = _registry_key(path[: -len(_TMP_SUFFIX)] if is_tmp else path)
                 with _REGISTRY.lock:
                     if key in _REGISTRY.saving or _REGISTRY.reading.get(key):
                         busy += 1
@@ -1270,3 +1335,21 @@ class ParamStore:
 
     def __repr__(self) -> str:
         return f"ParamStore({self._directory!r}, async_save={self.async_save})"
+
+    def __reduce__(self) -> tuple[Any, tuple[str, bool, int]]:
+        # a copy (in another process: a Ray actor's checkpoint_missing(exists=store.exists))
+        # is a store on the same directory; the saves in flight stay this one's
+        return _reopened, (self._directory, self.async_save, self._max_pending)
+
+
+def _reopened(directory: str, async_save: bool, max_pending: int) -> ParamStore:
+    """An unpickled :class:`ParamStore`: a new store on ``directory``, which must exist
+    where it is unpickled (a store made there would read every checkpoint as missing)."""
+    if not _is_dir(directory):
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"a ParamStore was unpickled in a process that does not see its directory "
+            f"{directory} (on another machine, without the shared filesystem?)",
+            directory,
+        )
+    return ParamStore(directory, async_save=async_save, max_pending=max_pending)

@@ -1568,3 +1568,161 @@ def test_a_checkpoint_of_format_1_without_checksums_is_still_read(tmp_path, monk
         meta = json.load(open(os.path.join(handle, "meta", "metadata")))
         assert meta["format"] == "jaxpop.param_store/1" and "crc32" not in meta
         assert _exactly(store.restore(handle, tree), tree)
+
+
+def test_wait_names_every_failure_since_the_last_wait(tmp_path, monkeypatch):
+    """A save that failed before wait() began, while another was still pending, was
+    left out of wait()'s error (and, at close(), never reported) (a hostile test)."""
+    write = checkpointing._write
+    release = threading.Event()
+
+    def failing(handle, arrays, meta):
+        if meta["generation_id"] == "late":
+            release.wait(30)
+        if meta["generation_id"] in ("bad", "late"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(handle, arrays, meta)
+
+    monkeypatch.setattr(checkpointing, "_write", failing)
+    for how in ("wait", "close"):
+        release.clear()
+        store = ParamStore(tmp_path / how)
+        first = store.save("bad", 1, {"w": np.ones(3)})
+        while store.num_pending:  # (it failed)
+            time.sleep(0.01)
+        second = store.save("late", 2, {"w": np.ones(3)})
+        threading.Timer(0.2, release.set).start()
+        with pytest.raises(CheckpointSaveError) as failed:
+            getattr(store, how)()
+        assert set(failed.value.handles) == {first, second}
+        store.close()  # (each failure is raised once)
+
+
+@pytest.mark.parametrize("dtype", ["uint4", "uint2", "float6_e2m3fn", "longdouble"])
+def test_a_dtype_tensorstore_cannot_write_is_refused_at_save(tmp_path, dtype):
+    """Such a save was accepted and failed only in the background: in the worker loop
+    each copy of it read as missing, and checkpoint_missing sent the worker back to a
+    fresh start (a hostile test)."""
+    import ml_dtypes
+
+    kind = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    with ParamStore(tmp_path) as store:
+        with pytest.raises(TypeError, match=f"dtype {kind} is not one TensorStore"):
+            store.save("g", 1, {"w": np.zeros(3, kind)})
+        assert os.listdir(tmp_path) == []
+        handle = store.save("g", 1, {"w": np.zeros(3, ml_dtypes.int4)})  # (one it writes)
+        store.wait()
+        assert store.restore(handle, {"w": np.ones(3, ml_dtypes.int4)})["w"].dtype == "int4"
+
+
+def test_a_store_pickles_as_a_store_on_its_directory(tmp_path):
+    """checkpoint_missing(..., exists=store.exists) through a Ray client pickles the
+    bound method: a ParamStore (locks, a thread pool) could not be pickled, and the
+    documented way out of a missing checkpoint crashed the worker (a hostile test)."""
+    import pickle
+
+    with ParamStore(tmp_path / "run", async_save=False, max_pending=3) as store:
+        handle = store.save("g", 1, {"w": np.ones(3)})
+        exists = pickle.loads(pickle.dumps(store.exists))
+        assert exists(handle) and not exists(handle + "x")
+        copy = exists.__self__
+        assert copy is not store and copy.directory == store.directory
+        assert (copy.async_save, copy._max_pending) == (False, 3)
+        copy.close()
+        data = pickle.dumps(store)
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="does not see its directory"):
+        pickle.loads(data)
+
+
+def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
+    """TensorStore aborts (SIGABRT) a process forked after its parent used it; the
+    store's advice was "open a new ParamStore here", and a child restoring a save in
+    flight at the fork waited forever (a hostile test)."""
+    code = (
+        "import multiprocessing as mp, os, sys, numpy as np\n"
+        "from jaxpop.checkpointing import ParamStore\n"
+        "def child(directory, handle):\n"
+        "    store = ParamStore(directory)\n"
+        "    for call in (lambda: store.restore(handle, {'w': np.zeros(3)}),\n"
+        "                 lambda: store.save('c', 1, {'w': np.ones(3)})):\n"
+        "        try:\n"
+        "            call()\n"
+        "        except RuntimeError as e:\n"
+        "            assert 'spawn' in str(e), e\n"
+        "        else:\n"
+        "            sys.exit(3)\n"
+        "if __name__ == '__main__':\n"
+        "    store = ParamStore(sys.argv[1])\n"
+        "    handle = store.save('g', 1, {'w': np.ones(3)})\n"
+        "    store.wait()\n"
+        "    p = mp.get_context('fork').Process(target=child, args=(sys.argv[1], handle))\n"
+        "    p.start(); p.join(60)\n"
+        "    print(p.exitcode)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"], done.stderr  # (-6: aborted; None: hung)
+
+
+def test_a_failed_saves_leftover_is_collected(tmp_path, monkeypatch):
+    """A save that failed on a full disk could leave its temporary folder (TensorStore
+    still writing while it was removed): collect_garbage kept it for good, without an
+    orphan_grace_s (a hostile test)."""
+
+    def full_disk(handle, arrays, meta):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing, "_write", full_disk)
+    pop = PopulationController([{"h": 0.0}], noop_mutator())
+    with ParamStore(tmp_path) as store:
+        handle = store.save("g", 1, {"w": np.ones(3)})
+        with pytest.raises(CheckpointSaveError):
+            store.wait()
+        leftover = handle + checkpointing._TMP_SUFFIX
+        os.makedirs(leftover)  # (written after the failed save removed it)
+        open(os.path.join(leftover, "d"), "wb").close()
+        other = tmp_path / ("x_step1_" + "0" * 16 + checkpointing._TMP_SUFFIX)
+        other.mkdir()  # (another process's save in progress: kept)
+        store.collect_garbage(pop)
+        assert not os.path.exists(leftover) and other.exists()
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="as root, needs setpriv to drop the permission override",
+)
+def test_a_checkpoint_that_cannot_be_read_now_is_not_called_damaged(tmp_path):
+    """Orbax reports an item folder it may not read (meta/ or state/) as missing: the
+    store said "is damaged", and a user could delete a good checkpoint (a hostile test)."""
+    with ParamStore(tmp_path, async_save=False) as store:
+        handle = store.save("g", 1, {"a": np.arange(5, dtype=np.float32)})
+    code = (
+        "import os, sys, numpy as np\n"
+        "from jaxpop.checkpointing import ParamStore\n"
+        "store = ParamStore(os.path.dirname(sys.argv[1]))\n"
+        "for item in ('meta', 'state'):\n"
+        "    os.chmod(os.path.join(sys.argv[1], item), 0)\n"
+        "    try:\n"
+        "        store.restore(sys.argv[1], {'a': np.zeros(5, np.float32)})\n"
+        "    except PermissionError:\n"
+        "        print(item, 'PermissionError')\n"
+        "    os.chmod(os.path.join(sys.argv[1], item), 0o755)\n"
+        "print(store.restore(sys.argv[1], {'a': np.zeros(5, np.float32)})['a'].sum())\n"
+    )
+    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    done = subprocess.run(
+        [*(drop if os.geteuid() == 0 else []), sys.executable, "-c", code, handle],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:3] == ["meta PermissionError", "state PermissionError", "10.0"]

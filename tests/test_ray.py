@@ -548,3 +548,21 @@ def test_timeouts_are_seconds_or_forever(timeout_s, expected):
             jaxpop_ray._check_timeout(timeout_s)
     else:
         assert jaxpop_ray._check_timeout(timeout_s) == expected
+
+
+def test_checkpoint_missing_takes_a_param_stores_exists(ray_session, tmp_path):
+    """The documented way out of a missing checkpoint, checkpoint_missing(...,
+    exists=store.exists), pickles the store to the controller's actor: it could not be
+    pickled, and the worker crashed (a hostile test)."""
+    from jaxpop.checkpointing import ParamStore
+
+    with ParamStore(tmp_path / "params", async_save=False) as store:
+        kept = store.save("g", 1, {"w": np.ones(2)})
+        with jaxpop_ray.serve(
+            _population(1), _wta(100), log_dir=tmp_path / "run", name="exists"
+        ) as client:
+            gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+            client.set_eval(0, gen, 1, kept, 1.0)
+            client.set_eval(0, gen, 2, kept + "-gone", 0.5)
+            moved = client.checkpoint_missing(0, gen, 2, exists=store.exists)
+            assert (moved.params, moved.step) == (kept, 1)  # back to the one that exists

@@ -385,7 +385,8 @@ class PopulationClient:
     ) -> ActiveWorker:
         """As :meth:`jaxpop.PopulationController.checkpoint_missing`; ``exists`` travels
         to the controller's actor and runs there (``ParamStore.exists`` works where the
-        actor sees the store's directory)."""
+        actor sees the store's directory: the store travels as a new store on it, and
+        one unpickled where the directory does not exist raises ``FileNotFoundError``)."""
         return self._call("checkpoint_missing", worker_id, generation_id, step, exists)
 
     def finish(self, worker_id: int) -> None:
