@@ -24,7 +24,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxpop.core import Changes, PopulationState
+from jaxpop.core import Changes, PopulationState, check_step
 from jaxpop.history import History, check_mode
 from jaxpop.hparams import _check_cast, find_hparam_states, set_hparams
 from jaxpop.keys import new_generation_id
@@ -133,7 +133,8 @@ class RoundResult:
     :func:`record` takes it as it is (``record(lineage, result, now=...)``).
 
     Attributes:
-      scores: ``float32[N]``, the evaluation the exploit ranked (lower is better).
+      scores: ``float32[N]``, the evaluation the exploit ranked (by the selection's
+        mode: lower is better under the default ``"min"``).
       exploit: the :class:`Exploit` that followed the evaluation; ``exploit.step`` is
         the population's step at the evaluation.
       metrics: what the member train step returned, every leaf with leading axes
@@ -344,6 +345,11 @@ def _as_array(name: str, values: Any) -> jax.Array:
         dtype = jax.dtypes.canonicalize_dtype(host.dtype)
         _check_cast(host, dtype, name, label=f"hparams[{name!r}]")
         return jnp.asarray(host, dtype)
+    if not jnp.issubdtype(host.dtype, jnp.number):  # (bfloat16's kind is "V")
+        raise TypeError(
+            f"hparams[{name!r}] holds values of dtype {host.dtype} ({host.ravel()[:1]!r:.40}"
+            "...): on device a hyperparameter is an array of numbers"
+        )
     return jnp.asarray(host)
 
 
@@ -399,6 +405,13 @@ def _check_flat_space(space: Any) -> None:
                 f"a vectorized population's hyperparameters are flat, {{name: (N,)}}: "
                 f"space[{name!r}] is a {type(leaf).__name__}; give each hyperparameter its "
                 f"own name (e.g. '{name}.lr')"
+            )
+        if isinstance(leaf, explore_lib.Choice) and not leaf.numeric:
+            raise TypeError(
+                f"space[{name!r}] is {leaf}, a choice between non-numbers: on device a "
+                "hyperparameter is an array of numbers; choose between numbers instead "
+                "(choice([0, 1]) for a bool, read as h > 0 in the train step; an index "
+                "into a tuple of options for strings)"
             )
 
 
@@ -602,8 +615,11 @@ def exploit_explore(
             f"exploit_explore needs one score per member, shape ({pop.size},); got "
             f"{np.shape(scores)}"
         )
-    if jnp.asarray(scores).dtype == jnp.bool_:  # (as the host refuses bools)
+    kind = jnp.asarray(scores).dtype if not isinstance(scores, np.ndarray) else scores.dtype
+    if kind == jnp.bool_:  # (as the host refuses bools)
         raise TypeError("exploit_explore needs scores that are numbers, got bools")
+    if not (jnp.issubdtype(kind, jnp.integer) or jnp.issubdtype(kind, jnp.floating)):
+        raise TypeError(f"exploit_explore needs real-number scores, got {kind} scores")
     ordered = jnp.asarray(selection_lib.device_scores(scores, np.float32), jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)
     n = pop.size
@@ -974,13 +990,14 @@ def record(
         scores, exploit = scores.scores, scores.exploit
     if step is None:
         raise TypeError("record needs step= (the population's step of the evaluation)")
-    step = int(step)
+    step = check_step(step if isinstance(step, int) else np.asarray(step).item())
     scores = np.asarray(scores, np.float64)
-    if scores.shape != (state.population_size,):
+    n = state.population_size
+    if scores.shape != (n,):
         raise ValueError(
-            f"record takes one score per member: shape ({state.population_size},), got "
-            f"shape {scores.shape}"
+            f"record takes one score per member: shape ({n},), got shape {scores.shape}"
         )
+    _check_follows(state, step, exploit)
     history, added = state.history, []
     evaluated: list[Checkpoint] = []
     for worker, score in zip(state.workers, scores.tolist(), strict=True):
@@ -993,7 +1010,6 @@ def record(
         parents = np.asarray(exploit.parents)
         copied = np.asarray(exploit.copied)
         generation = np.asarray(exploit.generation)
-        n = state.population_size
         for i in np.flatnonzero(copied):
             if not 0 <= int(parents[i]) < n:  # (a custom selection's: unchecked on device)
                 raise ValueError(
@@ -1009,10 +1025,67 @@ def record(
             added.append(start)
             workers[i] = ActiveWorker(params, meta, gen_id, step)
             changed.append((int(i), workers[i]))
+        _check_copies_rank(history, scores, parents, copied)
     num_events = state.num_events + 1
     new_state = PopulationState(tuple(workers), state.mutator_state, state.key, history, num_events)
     changes = Changes(tuple(added), tuple(changed), state.mutator_state, num_events, now)
     return new_state, changes
+
+
+def _check_follows(state: PopulationState, step: int, exploit: Exploit | None) -> None:
+    """Raises unless this round follows the last one ``state`` recorded: each member's
+    generation before the exploit is the one the lineage holds (a round exploited and
+    not recorded, or recorded twice, journaled copies that never happened and missed
+    ones that did), and the step is past each member's newest evaluation."""
+    n = state.population_size
+    history = state.history
+    for i, worker in enumerate(state.workers):
+        latest = history.latest(worker.generation_id)
+        if step < latest.step or (step == latest.step and latest.value is not None):
+            raise ValueError(
+                f"record at step {step}, but member {i}'s generation already has "
+                f"{'an evaluation' if latest.value is not None else 'a checkpoint'} at step "
+                f"{latest.step}: rounds are recorded once each, in order"
+            )
+    if exploit is None:
+        return
+    arrays = {
+        name: np.asarray(getattr(exploit, name))
+        for name in ("parents", "copied", "old_generation", "generation")
+    }
+    for name, array in arrays.items():
+        if array.shape != (n,):
+            raise ValueError(f"exploit.{name} has shape {array.shape}, not ({n},): one per member")
+    for i, (worker, old) in enumerate(
+        zip(state.workers, arrays["old_generation"].tolist(), strict=True)
+    ):
+        if generation_id(state.key, int(old)) != worker.generation_id:
+            raise ValueError(
+                f"the exploit does not follow the lineage: member {i} was generation "
+                f"{old} before it, but the lineage holds it on another (a round "
+                "exploited and not recorded, or recorded twice?); record every round "
+                "once, in order"
+            )
+
+
+def _check_copies_rank(
+    history: History, scores: np.ndarray, parents: np.ndarray, copied: np.ndarray
+) -> None:
+    """Warns when every copy of a round took a parent whose score ranks below the
+    copier's under the lineage's mode: the selection ranked the other way (its mode
+    is not the lineage's, say a selection left at "min" for accuracies)."""
+    copiers = np.flatnonzero(copied).tolist()
+    if not copiers:
+        return
+    rank = history.rank
+    if all(rank(scores[int(parents[i])]) > rank(scores[i]) for i in copiers):
+        warnings.warn(
+            f"every copy of this round took a member scoring worse than the copier under "
+            f"the lineage's mode {history.mode!r} (member {copiers[0]} copied member "
+            f"{int(parents[copiers[0]])}): is the selection's mode the lineage's "
+            "(lineage_init(..., mode=...))?",
+            stacklevel=3,
+        )
 
 
 def latest_snapshot(lineage: PopulationState) -> Any:

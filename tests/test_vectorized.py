@@ -783,3 +783,66 @@ def test_float64_scores_under_x64_are_ranked_exactly_in_and_out_of_jit():
         _, result = jax.jit(fused)(pop, jnp.zeros(1))
         assert np.asarray(result.exploit.copied).tolist() == [False, False, False, True]
         assert result.scores.dtype == jnp.float32
+
+
+def test_record_refuses_a_round_that_does_not_follow_the_lineage():
+    """record journaled whatever exploit it got: a round exploited and not recorded
+    left copies out of the lineage and branched later copies from the wrong generation;
+    a round recorded twice, a step going back and a negative step were taken (a hostile
+    test, helper-121)."""
+    pop = vz.init(root_key(0), init_fn, SPACE, 4, optimizer_hparams=to_optimizer_lr)
+    lineage = vz.lineage_init(pop, root_key(0), now=0.0)
+    exploit = functools.partial(vz.exploit_explore, space=SPACE, optimizer_hparams=to_optimizer_lr)
+    scores = jnp.arange(4.0)  # (member 3 copies member 0, mode "min")
+    pop, first = exploit(pop, scores, root_key(1))
+    assert np.asarray(first.copied).any()
+    pop, second = exploit(pop, scores, root_key(2))
+    with pytest.raises(ValueError, match="does not follow the lineage"):
+        vz.record(lineage, scores, step=2, now=0.0, exploit=second)  # (first not recorded)
+    recorded, _ = vz.record(lineage, scores, step=1, now=0.0, exploit=first)
+    for step, ex in ((1, second), (0, second)):  # recorded twice; a step going back
+        with pytest.raises(ValueError, match="recorded once each, in order"):
+            vz.record(recorded, scores, step=step, now=0.0, exploit=ex)
+    with pytest.raises(ValueError, match=r"step must be .* \[0, 2\*\*63\)"):
+        vz.record(lineage, scores, step=-2147483648, now=0.0)  # (an int32 step wrapped)
+    short = first.replace(copied=first.copied[:3])
+    with pytest.raises(ValueError, match=r"exploit.copied has shape \(3,\)"):
+        vz.record(lineage, scores, step=1, now=0.0, exploit=short)
+    vz.record(recorded, scores, step=2, now=0.0, exploit=second)  # in order: fine
+
+
+def test_record_warns_when_the_selection_ranks_against_the_lineage():
+    """A selection left at mode "min" for accuracies copied the worst member over the
+    best, and a lineage made with mode="max" recorded it without a word (a hostile
+    test, helper-121)."""
+    pop = vz.init(root_key(0), init_fn, SPACE, 4, optimizer_hparams=to_optimizer_lr)
+    accuracies = jnp.asarray([0.9, 0.5, 0.6, 0.1])
+    _, ex = vz.exploit_explore(
+        pop, accuracies, root_key(1), space=SPACE, optimizer_hparams=to_optimizer_lr
+    )
+    lineage = vz.lineage_init(pop, root_key(0), now=0.0, mode="max")
+    with pytest.warns(UserWarning, match="is the selection's mode the lineage's"):
+        vz.record(lineage, accuracies, step=1, now=0.0, exploit=ex)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vz.record(
+            vz.lineage_init(pop, root_key(0), now=0.0), accuracies, step=1, now=0.0, exploit=ex
+        )
+
+
+def test_hyperparameters_on_device_are_numbers():
+    """A choice between bools passed init and failed at the first round; strings failed
+    inside init with JAX's internal error; complex scores were ranked by their real
+    part (a hostile test, helper-121)."""
+    for space in ({"flag": explore.choice([False, True])}, {"opt": explore.choice(["a", "b"])}):
+        with pytest.raises(TypeError, match="a choice between non-numbers"):
+            vz.init(root_key(0), init_fn, space, 2)
+    with pytest.raises(TypeError, match="on device a hyperparameter is an array of numbers"):
+        vz.init(root_key(0), init_fn, hparams={"opt": ["adam", "sgd"]})
+    pop = vz.init(
+        root_key(0), init_fn, hparams={"flag": [True, False]}, optimizer_hparams=lambda h: {}
+    )  # (no space: kept)
+    assert pop.hparams["flag"].dtype == jnp.bool_
+    pop = vz.init(root_key(0), init_fn, SPACE, 2)
+    with pytest.raises(TypeError, match="real-number scores, got complex"):
+        vz.exploit_explore(pop, np.asarray([5j, 2.0]), root_key(1), space=SPACE)
