@@ -117,10 +117,15 @@ def _after_fork_in_child() -> None:
     _FORKED_AFTER_USE = _FORKED_AFTER_USE or _TENSORSTORE_USED
 
 
-def _use_tensorstore() -> None:
-    """Marks TensorStore used in this process; refuses in a child forked after its
-    parent used it (TensorStore would abort the process)."""
+def _mark_tensorstore_used() -> None:
+    """Called right before Orbax reads or writes: a child forked from here on is refused."""
     global _TENSORSTORE_USED
+    _TENSORSTORE_USED = True
+
+
+def _refuse_if_forked_after_use() -> None:
+    """Refuses a save or restore in a child forked after its parent used TensorStore
+    (TensorStore would abort the process)."""
     if _FORKED_AFTER_USE:
         raise RuntimeError(
             "this process was forked from one that had saved or restored checkpoints: "
@@ -128,7 +133,6 @@ def _use_tensorstore() -> None:
             "Start processes that save or restore with multiprocessing's 'spawn' or "
             "'forkserver' start method (or fork before the first save or restore)"
         )
-    _TENSORSTORE_USED = True
 
 
 class MissingCheckpointError(FileNotFoundError):
@@ -306,21 +310,21 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[
                 f"cannot save leaf {where or '<root>'}: its dtype {leaf.dtype} is not numeric "
                 "(object, string, datetime and structured arrays are not parameters)"
             )
-        if not _storable(dtype):
-            raise TypeError(
-                f"cannot save leaf {where or '<root>'}: its dtype {dtype} is not one "
-                "TensorStore (Orbax's storage) can write; cast it to one it can (a wider "
-                "or signed type: uint4 to int8, say)"
-            )
         if isinstance(leaf, np.ma.MaskedArray):  # (its mask would be dropped)
             raise TypeError(
                 f"cannot save leaf {where or '<root>'}: a masked array; save its data and "
                 "its mask as two leaves (np.ma.getdata, np.ma.getmaskarray)"
             )
         spec = {"path": where, "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
-        if leaf.size == 0:
+        if leaf.size == 0:  # (kept in meta: any dtype)
             specs.append({**spec, "kind": "empty"})
             continue
+        if not _storable(dtype):
+            raise TypeError(
+                f"cannot save leaf {where or '<root>'}: its dtype {dtype} is not one "
+                "TensorStore (Orbax's storage) can write; cast it to one it can (a wider "
+                "or signed type: uint4 to int8, say)"
+            )
         # a jax array is immutable: np.asarray gives a host copy, or (on CPU) a view that
         # keeps its buffer alive; a numpy array may be overwritten later: copy it. An
         # array spread over several processes stays as it is: Orbax writes each
@@ -686,6 +690,7 @@ def _write(handle: str, arrays: dict[str, Any], meta: dict[str, Any]) -> None:
     if arrays:  # Orbax refuses an empty item
         items[_STATE] = ocp.args.StandardSave(arrays)
     with _ORBAX_SAVE_LOCK:
+        _mark_tensorstore_used()
         ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(handle, ocp.args.Composite(**items))
 
 
@@ -788,7 +793,7 @@ class ParamStore:
         step = int(step)
         self._check_process()
         self._check_directory()
-        _use_tensorstore()
+        _refuse_if_forked_after_use()
         collective = jax.process_count() > 1
         arrays, specs = _flatten(pytree)
         nonce = _agreed_nonce() if collective else secrets.token_hex(8)
@@ -973,7 +978,7 @@ class ParamStore:
                 "(an empty path would read the current directory)"
             )
         self._check_directory()
-        _use_tensorstore()
+        _refuse_if_forked_after_use()
         path = self._located(handle)
         key = _registry_key(path)
         with _REGISTRY.lock:
@@ -1035,6 +1040,7 @@ class ParamStore:
         if not _is_dir(path):
             raise self._missing(handle, path)
         checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+        _mark_tensorstore_used()
         try:
             meta = checkpointer.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore()))[
                 _META
@@ -1339,6 +1345,12 @@ class ParamStore:
     def __reduce__(self) -> tuple[Any, tuple[str, bool, int]]:
         # a copy (in another process: a Ray actor's checkpoint_missing(exists=store.exists))
         # is a store on the same directory; the saves in flight stay this one's
+        if type(self) is not ParamStore:  # (a copy would lose what the subclass changes)
+            raise TypeError(
+                f"a {type(self).__name__} (a ParamStore subclass) pickles only with a "
+                "__reduce__ of its own"
+            )
+        self._check_directory()  # (a path now leading elsewhere: the copy would go there)
         return _reopened, (self._directory, self.async_save, self._max_pending)
 
 

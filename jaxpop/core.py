@@ -85,8 +85,8 @@ class StopWhen:
         it (its lineage spent the budget): a budget of steps per worker; the run is over
         when every worker is.
       seconds: the run is over this many seconds after it began (a ``log_dir``
-        records when: a resumed run counts from its first start, and loading a saved
-        state does not restart the count).
+        records when, and so do the bytes of ``serialized_state``: a resumed run, or a
+        saved state loaded with ``load_state``, counts from its run's first start).
 
     A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
     answered with its assignment, status ``"finished"`` -- stop. (An ask that changes

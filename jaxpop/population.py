@@ -271,8 +271,7 @@ class PopulationController:
                         self._in_mode(restored), mutator
                     )
                     # (a run recorded before jaxpop kept its start: its earliest record)
-                    recorded = store.started
-                    self._start = start_time(restored.history) if recorded is None else recorded
+                    self._start = _run_start(store.started, restored.history, now)
                 else:
                     core.check_population([w.meta_params for w in state.workers], mutator)
                 store.start(state, started=self._start)
@@ -447,7 +446,7 @@ class PopulationController:
         What :meth:`load_state` takes back. Unlike the seed's (a pickle, and ``None``
         without a ``log_dir``), it is always bytes, and decoding it never runs code.
         """
-        return seed_lib.state_to_bytes(self._state, self._run)
+        return seed_lib.state_to_bytes(self._state, {**self._run, "started": self._start})
 
     def save_state(self) -> None:
         """Writes :meth:`serialized_state` to ``log_dir/population.jpstate``, atomically.
@@ -488,11 +487,15 @@ class PopulationController:
             state, run = seed_lib.state_from_bytes(data, where)
             run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
             state = _rekeyed(self._in_mode(state))
+            # the run it is a state of began when its bytes say (a state saved before
+            # jaxpop wrote it: this run's start stays); a stop it already meets is
+            # applied before anything is written, so that nothing changes on failure
+            start = run.get("started", self._start)
+            state, _ = self._stopped(state, start)
             if self._store is not None:
                 self._store.check_open()
-                self._store.replace(state)
-            self._state = state
-            self._stop_if_over()
+                self._store.replace(state, started=start)
+            self._state, self._start = state, start
             return True
 
     # -- read-only views ------------------------------------------------------------
@@ -673,26 +676,30 @@ class PopulationController:
         return reply
 
     def _stop_if_over(self) -> None:
-        """Applies ``stop_when`` to the state as it stands (a run resumed, or a state
-        loaded, with a condition that already holds), journaling what it finishes."""
-        when = self._stop_when
-        if when is None:
-            return
+        """Applies ``stop_when`` to a resumed run (a condition given now may already
+        hold), journaling what it finishes."""
         with self._lock:
-            state = self._state
-            # every evaluation recorded counts: the run's calls so far were not checked
-            # against this condition
-            state, changes = core.stop(
-                state,
-                _as_time(self._clock()),
-                core.event_key(state),
-                when=when,
-                mutator=self._mutator,
-                added=tuple(state.history.checkpoints()) if when.value is not None else (),
-                start=self._start,
-            )
+            state, changes = self._stopped(self._state, self._start)
             if changes is not None:
                 self._take(state, [changes])
+
+    def _stopped(
+        self, state: PopulationState, start: float
+    ) -> tuple[PopulationState, core.Changes | None]:
+        """``state`` with ``stop_when`` applied to everything it recorded (the run's
+        calls so far were not checked against this condition), and the changes."""
+        when = self._stop_when
+        if when is None:
+            return state, None
+        return core.stop(
+            state,
+            _as_time(self._clock()),
+            core.event_key(state),
+            when=when,
+            mutator=self._mutator,
+            added=tuple(state.history.checkpoints()) if when.value is not None else (),
+            start=start,
+        )
 
     def _take(self, new_state: PopulationState, changes: list[core.Changes]) -> None:
         """Journals ``changes`` in one append, then makes ``new_state`` the state."""
@@ -760,9 +767,22 @@ def _copy_out(worker: ActiveWorker | None) -> ActiveWorker | None:
     )
 
 
+def _run_start(recorded: float | None, history: History, now: float) -> float:
+    """When a resumed run began: as its ``log_dir`` recorded it; else (recorded before
+    jaxpop kept it) its earliest checkpoint's time, if finite (a clock once gave NaN or
+    inf), else ``now``."""
+    if recorded is not None:
+        return recorded
+    earliest = start_time(history)
+    return earliest if math.isfinite(earliest) else now
+
+
 def _as_time(now: Any) -> float:
     if isinstance(now, (numbers.Real, np.floating, np.integer)) and not isinstance(now, bool):
-        now = float(now)
+        try:
+            now = float(now)
+        except OverflowError:  # (an int past float64's range)
+            now = math.inf
         if math.isfinite(now):
             return now
     raise TypeError(f"the controller's clock must return seconds as a finite float, got {now!r}")

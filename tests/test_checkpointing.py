@@ -1610,9 +1610,11 @@ def test_a_dtype_tensorstore_cannot_write_is_refused_at_save(tmp_path, dtype):
         with pytest.raises(TypeError, match=f"dtype {kind} is not one TensorStore"):
             store.save("g", 1, {"w": np.zeros(3, kind)})
         assert os.listdir(tmp_path) == []
+        empty = store.save("g", 2, {"w": np.zeros(0, kind)})  # (kept in meta: any dtype)
         handle = store.save("g", 1, {"w": np.zeros(3, ml_dtypes.int4)})  # (one it writes)
         store.wait()
         assert store.restore(handle, {"w": np.ones(3, ml_dtypes.int4)})["w"].dtype == "int4"
+        assert store.restore(empty, {"w": np.zeros(0, kind)})["w"].dtype == kind
 
 
 def test_a_store_pickles_as_a_store_on_its_directory(tmp_path):
@@ -1633,6 +1635,21 @@ def test_a_store_pickles_as_a_store_on_its_directory(tmp_path):
     shutil.rmtree(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="does not see its directory"):
         pickle.loads(data)
+    # a store whose path now leads elsewhere would send its copy there; a subclass's
+    # copy would lose what it changes (helper-120)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    os.symlink(tmp_path / "a", tmp_path / "latest")
+    linked = ParamStore(tmp_path / "latest")
+    os.remove(tmp_path / "latest")
+    os.symlink(tmp_path / "b", tmp_path / "latest")
+    with pytest.raises(RuntimeError, match="leads to another directory"):
+        pickle.dumps(linked.exists)
+
+    class Mine(ParamStore):
+        pass
+
+    with pytest.raises(TypeError, match="pickles only with a __reduce__ of its own"):
+        pickle.dumps(Mine(tmp_path / "a"))
 
 
 def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
@@ -1652,13 +1669,27 @@ def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
         "            assert 'spawn' in str(e), e\n"
         "        else:\n"
         "            sys.exit(3)\n"
-        "if __name__ == '__main__':\n"
-        "    store = ParamStore(sys.argv[1])\n"
-        "    handle = store.save('g', 1, {'w': np.ones(3)})\n"
-        "    store.wait()\n"
-        "    p = mp.get_context('fork').Process(target=child, args=(sys.argv[1], handle))\n"
+        "def fine(directory):\n"
+        "    store = ParamStore(directory, async_save=False)\n"
+        "    store.restore(store.save('f', 1, {'w': np.ones(3)}), {'w': np.zeros(3)})\n"
+        "def fork(target, *args):\n"
+        "    p = mp.get_context('fork').Process(target=target, args=args)\n"
         "    p.start(); p.join(60)\n"
         "    print(p.exitcode)\n"
+        "if __name__ == '__main__':\n"
+        "    store = ParamStore(sys.argv[1])\n"
+        "    try:\n"
+        "        store.save('g', 0, {'w': np.zeros(3, 'V2')})\n"
+        "    except TypeError:\n"
+        "        pass\n"
+        "    try:\n"
+        "        store.restore(sys.argv[1] + '/nothing', {'w': np.zeros(3)})\n"
+        "    except FileNotFoundError:\n"
+        "        pass\n"
+        "    fork(fine, sys.argv[1])  # (TensorStore not used yet: fine)\n"
+        "    handle = store.save('g', 1, {'w': np.ones(3)})\n"
+        "    store.wait()\n"
+        "    fork(child, sys.argv[1], handle)\n"
     )
     done = subprocess.run(
         [sys.executable, "-W", "ignore", "-c", code, str(tmp_path)],
@@ -1668,7 +1699,7 @@ def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
         env={**os.environ, "JAX_PLATFORMS": "cpu"},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0"], done.stderr  # (-6: aborted; None: hung)
+    assert done.stdout.split() == ["0", "0"], done.stderr  # (-6: aborted; None: hung)
 
 
 def test_a_failed_saves_leftover_is_collected(tmp_path, monkeypatch):

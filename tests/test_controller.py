@@ -797,22 +797,73 @@ def test_a_time_budget_counts_from_the_run_start_across_resumes(tmp_path):
     with make() as again:
         again.set_eval(0, gens[0], 5, "p0-5", 0.9)
         assert again.done
-    # a state loaded later does not restart the clock, live or reopened
-    blob = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, clock=FakeClock(0.0))
-    blob = blob.serialized_state()
+    # a state loaded later counts from its run's start (its bytes carry it), live or
+    # reopened, with a log_dir or without (a preemptible job's save and load)
+    saved = PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, clock=FakeClock(0.0))
+    blob = saved.serialized_state()
+    clock.now = 50.0
+    unsaved = make.func(*make.args[:2], clock=clock, stop_when=StopWhen(seconds=100))
+    unsaved.load_state(blob)
+    assert not unsaved.done
     clock.now = 1000.0
     later = tmp_path / "later"
     make = functools.partial(make.func, *make.args[:2], str(later), **make.keywords)
     pop = make()
-    pop.maybe_get_worker_data(0, None, 0, None, None)
-    pop.load_state(blob)
-    clock.now = 1050.0
     assert pop.maybe_get_worker_data(0, None, 0, None, None).status == "active"
+    pop.load_state(blob)  # (a run that began at 0: over)
+    assert pop.done
     pop.close()
     with make() as again:
-        assert again.maybe_get_worker_data(0, None, 0, None, None).status == "active"
-        clock.now = 1101.0
+        assert again.done
         assert again.maybe_get_worker_data(0, None, 0, None, None).status == "finished"
+    assert unsaved.maybe_get_worker_data(0, None, 0, None, None).status == "finished"
+
+
+def test_load_state_changes_nothing_when_its_stop_check_fails(tmp_path):
+    """load_state applied stop_when after it had installed (and journaled) the loaded
+    state: a failing stop left it loaded, though its docs say nothing changes
+    (helper-120)."""
+    from jaxpop import StopWhen
+
+    clock = FakeClock(0.0)
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=1000)
+    blob = PopulationController([{"lr": 0.1}], m, clock=FakeClock(0.0)).serialized_state()
+    pop = PopulationController(
+        [{"lr": 0.1}], m, str(tmp_path), clock=clock, stop_when=StopWhen(seconds=10)
+    )
+    before = pop.state
+    clock.now = math.nan
+    with pytest.raises(TypeError, match="clock"):
+        pop.load_state(blob)
+    assert pop.state is before
+    pop.close()
+    clock.now = 1.0
+    with PopulationController([{"lr": 0.1}], m, str(tmp_path), clock=clock) as again:
+        assert again.state.key.tolist() == before.key.tolist()
+
+
+def test_a_run_whose_clock_once_gave_nan_still_opens(tmp_path):
+    """A run recorded before the clock was checked, with NaN times and no recorded
+    start, could no longer be opened (its fallback start was refused as not finite)
+    (helper-120)."""
+    from jaxpop import storage
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=1000)
+    store = storage.Store(str(tmp_path), run={"population_size": 1, "mutator": m.describe()})
+    store.start(core.init([{"lr": 0.1}], m, key=root_key(0), now=math.nan))
+    store.close()
+    with PopulationController([{"lr": 0.1}], m, str(tmp_path), clock=FakeClock(7.0)):
+        pass
+    again = storage.Store(str(tmp_path))
+    again.load()
+    assert again.started == 7.0
+    again.close()
+    with pytest.raises(ValueError, match="started must be a finite"):
+        storage.Store(str(tmp_path / "x")).start(
+            core.init([{"lr": 0.1}], m, key=root_key(0), now=0.0), started=10**400
+        )
+    with pytest.raises(TypeError, match="clock"):
+        PopulationController([{"lr": 0.1}], m, clock=lambda: 10**400)
 
 
 def test_a_run_recorded_without_its_start_falls_back_to_its_history(tmp_path):

@@ -129,3 +129,17 @@ def test_steps_out_of_range_are_refused(bad, capsys):
     with pytest.raises(SystemExit):
         train.parse(bad)
     assert "must be" in capsys.readouterr().err
+
+
+def test_fixed_runs_may_be_one_round_and_run_checks_its_steps(tmp_path):
+    """--fixed never exploits: one round is a run (it was refused with PBT's reason);
+    run() itself checks the total (it ran a whole round for a total below one); a
+    replaced run's summary.json does not outlive it (helper-120)."""
+    args = train.parse(["--fixed", "--total-steps", "10240"])
+    assert args.total_steps == 10240
+    args.total_steps, args.logdir = 100, str(tmp_path)
+    with pytest.raises(ValueError, match="whole number of rounds"):
+        train.run(args)
+    (tmp_path / "summary.json").write_text("{}")
+    train._open_log(str(tmp_path), overwrite=False).close()
+    assert not (tmp_path / "summary.json").exists()

@@ -23,6 +23,7 @@ Run from the repo root::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -180,6 +181,27 @@ def _updates_per_round(config: EnvConfig, interval: int | None) -> int:
     return max(1, round(interval / config.steps_per_update))
 
 
+def _steps_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--total-steps`` for the round length, or ``None``: a total of
+    one round or less ran a whole round and never exploited (the last round is
+    evaluated as it is), and a total between rounds was rounded up (976x the request
+    with a large interval)."""
+    config = CONFIGS[args.env]
+    total = config.total_steps if args.total_steps is None else args.total_steps
+    update = config.steps_per_update
+    per_round = _updates_per_round(config, args.interval) * update
+    least = 1 if args.fixed else 2
+    if total >= least * per_round and total % per_round == 0:
+        return None
+    below = max(least, total // per_round) * per_round
+    return (
+        "--total-steps must be a whole number of rounds"
+        + ("" if args.fixed else ", at least two (PBT exploits between rounds)")
+        + f": a round is {per_round} environment steps per agent here (--interval "
+        f"rounded to whole PPO updates of {update}); {below} or {below + per_round}, say"
+    )
+
+
 def _default_logdir(args: argparse.Namespace) -> str:
     return os.path.join("runs", "rl", f"{args.env.lower()}-{'fixed' if args.fixed else 'pbt'}")
 
@@ -192,6 +214,8 @@ def _open_log(logdir: str, overwrite: bool) -> storage.Store:
                 f"{logdir} already holds a run; pass --overwrite to replace it, or another --logdir"
             )
         shutil.rmtree(path)
+    with contextlib.suppress(FileNotFoundError):  # (the replaced run's: not this one's)
+        os.remove(os.path.join(logdir, "summary.json"))
     return storage.Store(path)
 
 
@@ -225,6 +249,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also written to
     ``LOGDIR/summary.json``, and printed unless ``--quiet``)."""
     start = time.time()
+    problem = _steps_problem(args)
+    if problem is not None:
+        raise ValueError(problem)
     config = CONFIGS[args.env]
     updates = _updates_per_round(config, args.interval)
     fns = population(
@@ -295,8 +322,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "logdir": logdir,
         "seconds": round(time.time() - start, 1),
     }
-    with open(os.path.join(logdir, "summary.json"), "w") as f:
+    path = os.path.join(logdir, "summary.json")
+    with open(path + ".tmp", "w") as f:  # (whole or not at all)
         json.dump(summary, f, indent=1)
+    os.replace(path + ".tmp", path)
     if not args.quiet:
         print_summary(summary)
     return summary
@@ -350,17 +379,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"--interval must be at least one PPO update, {update} environment steps for "
             f"{args.env} (it is rounded to whole updates)"
         )
-    # a total of one round or less ran a whole round and never exploited (the last round
-    # is evaluated as it is), and a total between rounds was rounded up: 976x the request
-    per_round = _updates_per_round(config, args.interval) * update
-    if total < 2 * per_round or total % per_round:
-        below = max(2, total // per_round) * per_round
-        parser.error(
-            f"--total-steps must be a whole number of rounds, at least two (PBT exploits "
-            f"between rounds): a round is {per_round} environment steps per agent here "
-            f"(--interval rounded to whole PPO updates of {update}); {below} or "
-            f"{below + per_round}, say"
-        )
+    problem = _steps_problem(args)
+    if problem is not None:
+        parser.error(problem)
     if not -(2**31) <= args.seed < 2**63 - 1:  # (the evaluation's seed is seed + 1, an int64)
         parser.error("--seed must be in [-2**31, 2**63 - 1)")
     if not 0.0 <= args.quantile <= 0.5:

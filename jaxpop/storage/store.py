@@ -486,6 +486,17 @@ _open_stores: dict[tuple[int, int], weakref.ref[Store]] = {}
 _open_stores_lock = threading.RLock()
 
 
+def _check_started(started: Any) -> None:
+    """Raises unless ``started`` is ``None`` or a finite time in seconds."""
+    if started is None:
+        return
+    if not isinstance(started, bool) and isinstance(started, float | int):
+        with contextlib.suppress(OverflowError):  # (an int past float64's range)
+            if math.isfinite(started):
+                return
+    raise ValueError(f"started must be a finite time in seconds, got {started!r:.40}")
+
+
 class Store:
     """The files of one ``log_dir``: lock, journal segments and snapshots.
 
@@ -709,12 +720,7 @@ class Store:
             size or mutator (or another configuration, without ``reconfigure``).
           SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
         """
-        if started is not None and (
-            isinstance(started, bool)
-            or not isinstance(started, float | int)
-            or not math.isfinite(started)
-        ):
-            raise ValueError(f"started must be a finite time in seconds, got {started!r:.40}")
+        _check_started(started)
         with self._io_lock:
             self.check_open(started=False)
             if self._segment is not None:
@@ -925,8 +931,9 @@ class Store:
             ):
                 self._compact(state)
 
-    def replace(self, state: PopulationState) -> None:
-        """Makes ``state`` the run's whole state, durably, before returning.
+    def replace(self, state: PopulationState, *, started: float | None = None) -> None:
+        """Makes ``state`` the run's whole state, durably, before returning; ``started``
+        (if given): when the run it is a state of began, recorded with it.
 
         For a controller that installs a saved state (``load_state``): a snapshot of
         ``state`` is written with a new segment after it (synchronously), which
@@ -940,14 +947,18 @@ class Store:
           OSError: the snapshot or its segment could not be written.
           SupersededError: a newer controller of this process took the ``log_dir``.
         """
+        _check_started(started)
         with self._io_lock:
             self.check_open()
             self.wait()  # a background snapshot of an older segment finishes first
             assert self._segment is not None  # check_open: started
             seq, directory = self._segment + 1, self._directory
             events, self._num_events = self._num_events, state.num_events
+            run = self._run
+            if started is not None and run is not None:
+                run = {**run, "started": float(started)}
             try:
-                _write_snapshot(directory, seq, state, self._run, self._run_id, prune=False)
+                _write_snapshot(directory, seq, state, run, self._run_id, prune=False)
                 self._open_segment(seq)  # (its header: first_event=state.num_events)
             except BaseException as e:
                 self._num_events = events
@@ -971,6 +982,7 @@ class Store:
                 logger.exception("jaxpop: cleaning up %s after a snapshot failed", self.log_dir)
             self._records, self._snapshot_size = 0, state.history.num_checkpoints
             self._mutator_state = state.mutator_state
+            self._run = run  # (later snapshots record the start too)
             self._broken = None  # whatever an undone write left is in an obsolete segment
 
     def _write_record(self, record: bytes, last: int, base: Any, records: int) -> None:
