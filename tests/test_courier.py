@@ -221,8 +221,11 @@ def test_stopping_a_dead_server_leaves_the_run_served_again_on_its_directory(
     gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
     client.set_eval(0, gen, 1, "p1", 0.5)
     ray_session.kill(old.client.actor, no_restart=True)
+    deadline = time.monotonic() + 60
     with pytest.raises(ControllerUnavailableError, match="serve it again on the same log_dir"):
-        client.set_eval(0, gen, 2, "p2", 0.4)
+        while time.monotonic() < deadline:  # (the old process, until the kill lands)
+            client.set_eval(0, gen, 2, "p2", 0.4)
+            time.sleep(0.1)
     deadline = time.monotonic() + 30
     while True:  # (the dead actor's process releases the lock as it exits)
         try:
@@ -269,3 +272,31 @@ def test_a_server_that_does_not_start_leaves_the_given_log_dir_as_it_was(ray_ses
             "served-after-a-failure", another, log_dir=fresh, timeout_s=-1
         )
     assert not fresh.exists()
+
+
+def test_a_server_not_stopped_removes_its_directory_at_exit():
+    """The seed's usage ends the process without Stop(): the exit hook ran before
+    ray.init's, while the actor still held its lock, and left the temporary directory
+    (a hostile test, helper-122)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ray\n"
+        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "from jaxpop import PopulationController, WinnerTakeAllGenetic, population\n"
+        "pop = PopulationController([{'h': 0.0}], WinnerTakeAllGenetic(lambda m: m, "
+        "steps_per_exploit=2))\n"
+        "server = population.start_courier_server('exit-test', pop)\n"
+        "print(server.log_dir, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr
+    log_dir = done.stdout.split()[-1]
+    assert "jaxpop-courier" in log_dir and not os.path.exists(log_dir), done.stderr

@@ -7,6 +7,7 @@ the next.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -566,3 +567,107 @@ def test_checkpoint_missing_takes_a_param_stores_exists(ray_session, tmp_path):
             client.set_eval(0, gen, 2, kept + "-gone", 0.5)
             moved = client.checkpoint_missing(0, gen, 2, exists=store.exists)
             assert (moved.params, moved.step) == (kept, 1)  # back to the one that exists
+
+
+def test_a_restart_that_finds_no_run_in_its_log_dir_is_an_error(ray_session, tmp_path):
+    """A controller Ray restarted where its log_dir holds no run (another node, a local
+    path) started a new run: the acknowledged evaluations were gone and the workers'
+    next reports went into it (a hostile test, helper-122)."""
+    with jaxpop_ray.serve(
+        _population(2), _wta(100), log_dir=tmp_path / "run", name="moved", timeout_s=60
+    ) as client:
+        gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        client.set_eval(0, gen, 1, "ckpt-1", 1.0)
+        os.rename(tmp_path / "run", tmp_path / "elsewhere")  # (the new node sees none)
+        ray.kill(client.actor, no_restart=False)
+        deadline = time.monotonic() + 60
+        with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="holds no run"):
+            while time.monotonic() < deadline:  # (the old process, until the kill lands)
+                client.set_eval(0, gen, 2, "ckpt-2", 0.5)
+                time.sleep(0.1)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_controller_dead_for_good_or_never_built_fails_fast(ray_session, tmp_path):
+    """A connect() client of a controller whose restarts were used up retried for its
+    whole timeout, and serving the run again was refused (the dead actor kept the
+    name); a controller whose mutator its actor cannot import, or whose mutator calls
+    sys.exit while it is built, blocked serve for timeout_s and blamed a restart (a
+    hostile test, helper-122)."""
+    owner = jaxpop_ray.serve(
+        _population(2), _wta(), log_dir=tmp_path / "a", name="dead", max_restarts=0
+    )
+    other = jaxpop_ray.connect("dead", timeout_s=60)
+    other.maybe_get_worker_data(0, None, 0, None, None)
+    ray.kill(owner.actor, no_restart=False)
+    start = time.monotonic()
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="not coming back"):
+        while time.monotonic() - start < 60:  # (the old process, until the kill lands)
+            other.maybe_get_worker_data(0, None, 0, None, None)
+            time.sleep(0.1)
+    assert time.monotonic() - start < 30
+    with jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "a", name="dead") as again:
+        assert again.maybe_get_worker_data(0, None, 0, None, None).status == "active"
+    (tmp_path / "hidden").mkdir()
+    (tmp_path / "hidden" / "only_here.py").write_text("def mutate(meta, key):\n    return meta\n")
+    sys.path.insert(0, str(tmp_path / "hidden"))
+    try:
+        import only_here
+
+        start = time.monotonic()
+        with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="could not be built"):
+            jaxpop_ray.serve(
+                _population(2),
+                WinnerTakeAllGenetic(only_here.mutate, steps_per_exploit=2),
+                log_dir=tmp_path / "b",
+                name="unbuildable",
+                timeout_s=60,
+            )
+        assert time.monotonic() - start < 30
+    finally:
+        sys.path.remove(str(tmp_path / "hidden"))
+        sys.modules.pop("only_here", None)
+
+    def leave():
+        sys.exit("bad config")
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"sys.exit\('bad config'\)"):
+        jaxpop_ray.serve(
+            _population(2),
+            Mutator(init=leave, update=lambda s, w, h, now, key: (s, w, ())),
+            log_dir=tmp_path / "c",
+            name="exits",
+            timeout_s=60,
+        )
+    assert time.monotonic() - start < 30
+
+
+def test_shutdown_ends_a_controller_stuck_in_its_mutator(ray_session, tmp_path, monkeypatch):
+    """shutdown() waited for the controller's close for timeout_s (forever with None)
+    while a call hung in the mutator (a hostile test, helper-122)."""
+
+    def hang(s, workers, history, now, key):
+        if any(c.value == 13.0 for c in history.checkpoints()):
+            time.sleep(10**6)
+        return s, workers, ()
+
+    monkeypatch.setattr(jaxpop_ray, "_CLOSE_WAIT_S", 1.0)
+    client = jaxpop_ray.serve(
+        _population(2),
+        Mutator(init=lambda: 0, update=hang),
+        log_dir=tmp_path,
+        name="stuck",
+        timeout_s=None,
+    )
+    gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+
+    def stuck_call():
+        with contextlib.suppress(Exception):  # (ended by the shutdown)
+            client.set_eval(0, gen, 1, "h", 13.0)
+
+    threading.Thread(target=stuck_call, daemon=True).start()
+    time.sleep(1)
+    start = time.monotonic()
+    client.shutdown()
+    assert time.monotonic() - start < 20

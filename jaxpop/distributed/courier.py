@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -125,7 +126,9 @@ class CourierServer:
         self._stopped = threading.Event()
         self._cleanup = None if temp_dir is None else functools.partial(_remove_unused, temp_dir)
         if self._cleanup is not None and not detached:  # a detached actor outlives us
-            atexit.register(self._cleanup)
+            # (a Stop: removing the directory while the actor still holds its lock would
+            # be refused; this runs before ray.init's own exit hook, registered earlier)
+            atexit.register(self._stop_at_exit)
 
     def Stop(self) -> None:  # the seed's name
         """Ends the controller actor (after its writes) and releases its ``log_dir``.
@@ -143,9 +146,15 @@ class CourierServer:
 
             ray.kill(self._actor, no_restart=True)
         if self._cleanup is not None:
-            atexit.unregister(self._cleanup)
+            atexit.unregister(self._stop_at_exit)
             self._cleanup()
         self._stopped.set()
+
+    def _stop_at_exit(self) -> None:
+        try:
+            self.Stop()
+        except Exception as error:  # (reported; the interpreter goes on exiting)
+            print(f"jaxpop: stopping {self!r} at exit failed: {error}", file=sys.stderr)
 
     def Join(self, timeout: float | None = None) -> bool:  # the seed's name
         """Waits until the server stops (:meth:`Stop`, from another thread, or its actor

@@ -57,6 +57,8 @@ _SERVED: dict[Any, Any] = {}
 #: failures after which a call is sent again: the actor restarts, is unreachable, or the
 #: reply was lost with its node
 _RESEND = (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError)
+_NAME_RELEASE_S = 5.0  # how long shutdown waits for a killed actor to leave its name
+_CLOSE_WAIT_S = 10.0  # how long shutdown waits for the controller to close cleanly
 _MAX_TIMEOUT_S = 1e9  # about 31 years: Ray's waits take no more (past it: None, forever)
 
 
@@ -110,6 +112,16 @@ def _was_restarted() -> bool:
     with warnings.catch_warnings():  # Ray 2.60 warns about its own use of actor_id here
         warnings.simplefilter("ignore")
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+def _holds_run(log_dir: str) -> bool:
+    """Whether ``log_dir`` holds a jaxpop run (a damaged one too: opening it says so)."""
+    try:
+        return storage.read_state(log_dir) is not None
+    except FileNotFoundError:  # (no such directory)
+        return False
+    except Exception:
+        return True
 
 
 # -- the controller actor ---------------------------------------------------------------
@@ -195,6 +207,19 @@ class _ControllerActor:
                 self._open_locked(deadline)
 
     def _open_locked(self, deadline: float) -> None:
+        log_dir = self._build.args[2]
+        if _was_restarted() and not _holds_run(log_dir):
+            # a new run here would take the restarted run's place: its acknowledged
+            # evaluations lost, and the same seed's generation ids taking its workers'
+            # reports as if nothing happened
+            self._error = ControllerUnavailableError(
+                f"the controller actor restarted on node "
+                f"{ray.get_runtime_context().get_node_id()}, where its log_dir "
+                f"{log_dir} holds no run: the log_dir must be storage every node sees "
+                "(or pin the controller to one node); serve the run again where its "
+                "log_dir is"
+            )
+            return
         while True:
             try:
                 self._controller, self._error = self._build(), None
@@ -204,6 +229,13 @@ class _ControllerActor:
                     self._error = e
                     return
                 time.sleep(0.2)
+            except SystemExit as e:  # (a mutator's init or prepare): an error, not a crash
+                if hasattr(e, "ray_terminate_msg"):  # Ray's own exit (SIGTERM): a restart
+                    raise
+                self._error = RuntimeError(
+                    f"building the controller called sys.exit({e.code!r})"
+                ).with_traceback(None)
+                return
             except Exception as e:
                 self._error = e
                 return
@@ -454,11 +486,27 @@ class PopulationClient:
 
     def shutdown(self) -> None:
         """Closes the controller (finishes its writes, releases ``log_dir``) and ends its
-        actor for every client, whoever started it. Idempotent."""
+        actor for every client, whoever started it. Idempotent. A controller that does
+        not close within 10 s (stuck in its mutator, say) is killed: its journal holds
+        every call it acknowledged."""
         # a dead or unreachable controller: its lock went with its process
+        # (a controller stuck in its mutator is killed after a while: timeout_s=None
+        # would wait for good)
+        wait_s = _CLOSE_WAIT_S if self.timeout_s is None else min(self.timeout_s, _CLOSE_WAIT_S)
         with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
-            ray.get(self._actor.close.remote(), timeout=self.timeout_s)
+            ray.get(self._actor.close.remote(), timeout=wait_s)
         ray.kill(self._actor, no_restart=True)
+        # (a kill lands a moment later: until then the name still finds the actor, and
+        # a connect() right after this would reach a controller being killed)
+        deadline = time.monotonic() + _NAME_RELEASE_S
+        while time.monotonic() < deadline:
+            try:
+                named = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                break
+            if named._actor_id != self._actor._actor_id:
+                break
+            time.sleep(0.05)
         _SERVED.pop(self._actor._actor_id, None)
         self._owner = False
 
@@ -507,6 +555,12 @@ class PopulationClient:
             except ray.exceptions.GetTimeoutError as e:
                 raise self._unavailable(method, start, e) from e
             except ray.exceptions.ActorDiedError as e:
+                if getattr(e, "actor_init_failed", False):  # (Ray retries it for good)
+                    raise ControllerUnavailableError(
+                        f"the controller actor {self.name!r} (namespace "
+                        f"{self.namespace!r}) could not be built (its arguments could not "
+                        f"be unpickled there: a module its nodes cannot import?): {e}"
+                    ) from e
                 if not self._find_actor(deadline):
                     raise ControllerUnavailableError(
                         f"the controller actor {self.name!r} (namespace {self.namespace!r}) "
@@ -526,15 +580,19 @@ class PopulationClient:
             ref = getattr(self._actor, method).remote(*args)
 
     def _find_actor(self, deadline: float | None) -> bool:
-        """Looks the name up again: ``False`` if nothing serves it any more. Another
-        actor under the name (a new ``serve``) is taken only if it serves this client's
-        run (its ``log_dir``); another run's is a :class:`ControllerUnavailableError`."""
+        """After Ray said the actor died (a restarting one is unavailable, not dead),
+        looks the name up again: ``False`` if nothing serves it any more (the same dead
+        actor under the name: Ray keeps its name until it is killed). Another actor
+        under the name (a new ``serve``) is taken only if it serves this client's run
+        (its ``log_dir``); another run's is a :class:`ControllerUnavailableError`."""
         try:
             actor = ray.get_actor(self.name, namespace=self.namespace)
         except ValueError:
             return False
-        if self._log_dir is None or actor._actor_id == self._actor._actor_id:
-            self._actor = actor  # (the same actor, restarted by Ray)
+        if actor._actor_id == self._actor._actor_id:
+            return False
+        if self._log_dir is None:
+            self._actor = actor
             return True
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
@@ -655,20 +713,29 @@ def serve(
     if detached:
         actor_kwargs["lifetime"] = "detached"
     actor_kwargs.update(actor_options or {})
-    try:
-        actor = (
-            _controller_class()
-            .options(**actor_kwargs)
-            .remote(list(initial_population), mutator, clock, options)
-        )
-    except ValueError as e:
-        taken = getattr(ray.exceptions, "ActorAlreadyExistsError", None)
-        if not (isinstance(e, taken) if taken else "already taken" in str(e)):
-            raise
-        raise ValueError(
-            f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
-            f"connect({name!r}) to reach it, or shut it down first"
-        ) from e
+    for attempt in range(_NAME_TRIES):
+        try:
+            actor = (
+                _controller_class()
+                .options(**actor_kwargs)
+                .remote(list(initial_population), mutator, clock, options)
+            )
+            break
+        except ValueError as e:
+            taken = getattr(ray.exceptions, "ActorAlreadyExistsError", None)
+            if not (isinstance(e, taken) if taken else "already taken" in str(e)):
+                raise
+            # a controller dead for good keeps its name until it is killed: serving the
+            # run again, as its clients are told to, frees it
+            if attempt == 0 and _free_if_dead(name, namespace):
+                continue
+            if attempt > 0 and attempt < _NAME_TRIES - 1:
+                time.sleep(0.2)  # (the name of an actor just killed is freed soon)
+                continue
+            raise ValueError(
+                f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
+                f"connect({name!r}) to reach it, or shut it down first"
+            ) from e
     client = PopulationClient(actor, name, namespace, timeout_s=timeout_s, owner=True)
     try:
         client._log_dir = client.info()["log_dir"]
@@ -677,6 +744,23 @@ def serve(
         client._owner = False  # (nothing to keep alive)
         raise
     return client
+
+
+_NAME_TRIES = 25  # creating the actor while a dead one's name is freed (0.2 s apart)
+
+
+def _free_if_dead(name: str, namespace: str | None) -> bool:
+    """Kills the actor ``name`` if it is dead for good (its restarts used up, or it
+    could not be built); whether it did."""
+    try:
+        actor = ray.get_actor(name, namespace=namespace)
+        ray.get(actor.info.remote(), timeout=10.0)
+    except ray.exceptions.ActorDiedError:
+        ray.kill(actor, no_restart=True)
+        return True
+    except (ValueError, ray.exceptions.RayError):  # gone already, or alive (restarting)
+        return False
+    return False
 
 
 def connect(
