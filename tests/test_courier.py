@@ -274,7 +274,8 @@ def test_a_server_that_does_not_start_leaves_the_given_log_dir_as_it_was(ray_ses
     assert not fresh.exists()
 
 
-def test_a_server_not_stopped_removes_its_directory_at_exit():
+@pytest.mark.parametrize("shut_down", [False, True])
+def test_a_server_not_stopped_removes_its_directory_at_exit(shut_down):
     """The seed's usage ends the process without Stop(): the exit hook ran before
     ray.init's, while the actor still held its lock, and left the temporary directory
     (a hostile test, helper-122)."""
@@ -289,6 +290,7 @@ def test_a_server_not_stopped_removes_its_directory_at_exit():
         "steps_per_exploit=2))\n"
         "server = population.start_courier_server('exit-test', pop)\n"
         "print(server.log_dir, flush=True)\n"
+        + ("ray.shutdown()\n" if shut_down else "")  # (Ray ended the actor: no call)
     )
     done = subprocess.run(
         [sys.executable, "-c", code],
@@ -300,3 +302,4 @@ def test_a_server_not_stopped_removes_its_directory_at_exit():
     assert done.returncode == 0, done.stderr
     log_dir = done.stdout.split()[-1]
     assert "jaxpop-courier" in log_dir and not os.path.exists(log_dir), done.stderr
+    assert "at exit failed" not in done.stderr

@@ -585,7 +585,43 @@ def test_a_restart_that_finds_no_run_in_its_log_dir_is_an_error(ray_session, tmp
             while time.monotonic() < deadline:  # (the old process, until the kill lands)
                 client.set_eval(0, gen, 2, "ckpt-2", 0.5)
                 time.sleep(0.1)
-    assert not (tmp_path / "run").exists()
+        assert not (tmp_path / "run").exists()
+        # served again where its log_dir is, under the name the actor that found no run
+        # kept (it was refused: "already exists"; helper-123)
+        os.rename(tmp_path / "elsewhere", tmp_path / "run")
+        with jaxpop_ray.serve(
+            _population(2), _wta(100), log_dir=tmp_path / "run", name="moved"
+        ) as again:
+            assert again.history.get_checkpoint(gen, 1) is not None
+
+
+def test_a_controller_killed_while_first_built_starts_its_run(ray_session, tmp_path):
+    """Killed before it wrote anything (nothing acknowledged), its restart found no run
+    and serve failed with "holds no run" (helper-123)."""
+    marker = tmp_path / "building"
+
+    def init():
+        if not marker.exists():  # (the first incarnation is slow to build, and dies)
+            marker.touch()
+            time.sleep(30)
+        return 0
+
+    def kill_while_building():
+        while not marker.exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        ray.kill(ray.get_actor("early", namespace=jaxpop_ray.DEFAULT_NAMESPACE), no_restart=False)
+
+    threading.Thread(target=kill_while_building, daemon=True).start()
+    with jaxpop_ray.serve(
+        _population(2),
+        Mutator(init=init, update=lambda s, w, h, now, key: (s, w, ())),
+        log_dir=tmp_path / "run",
+        name="early",
+        timeout_s=60,
+    ) as client:
+        assert client.info()["restarted"]
+        assert client.maybe_get_worker_data(0, None, 0, None, None).status == "active"
 
 
 def test_a_controller_dead_for_good_or_never_built_fails_fast(ray_session, tmp_path):

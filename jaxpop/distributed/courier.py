@@ -151,10 +151,16 @@ class CourierServer:
         self._stopped.set()
 
     def _stop_at_exit(self) -> None:
+        import ray
+
         try:
-            self.Stop()
+            if ray.is_initialized():  # (else Ray ended the actor: a call would start Ray)
+                self.Stop()
         except Exception as error:  # (reported; the interpreter goes on exiting)
             print(f"jaxpop: stopping {self!r} at exit failed: {error}", file=sys.stderr)
+        finally:
+            if not self._stopped.is_set() and self._cleanup is not None:
+                self._cleanup()
 
     def Join(self, timeout: float | None = None) -> bool:  # the seed's name
         """Waits until the server stops (:meth:`Stop`, from another thread, or its actor

@@ -96,6 +96,10 @@ class ControllerUnavailableError(RuntimeError):
     """The controller actor did not answer within the client's ``timeout_s``, or is gone."""
 
 
+class _NoRunError(ControllerUnavailableError):
+    """A restarted controller found no run in its ``log_dir``."""
+
+
 class WorkerError(RuntimeError):
     """A worker function raised, or its actor died with no restarts left.
 
@@ -188,6 +192,9 @@ class _ControllerActor:
             stop_when=options.stop_when,
             **extra,
         )
+        self._lock_timeout_s = options.lock_timeout_s
+        # (once per incarnation: it reads the whole journal)
+        self._no_run = _was_restarted() and not _holds_run(options.log_dir)
         self._open(time.monotonic() + options.lock_timeout_s)
         controller = self._controller
         self._info = {
@@ -207,17 +214,16 @@ class _ControllerActor:
                 self._open_locked(deadline)
 
     def _open_locked(self, deadline: float) -> None:
-        log_dir = self._build.args[2]
-        if _was_restarted() and not _holds_run(log_dir):
+        if self._no_run:
             # a new run here would take the restarted run's place: its acknowledged
             # evaluations lost, and the same seed's generation ids taking its workers'
             # reports as if nothing happened
-            self._error = ControllerUnavailableError(
+            self._error = _NoRunError(
                 f"the controller actor restarted on node "
                 f"{ray.get_runtime_context().get_node_id()}, where its log_dir "
-                f"{log_dir} holds no run: the log_dir must be storage every node sees "
-                "(or pin the controller to one node); serve the run again where its "
-                "log_dir is"
+                f"{self._build.args[2]} holds no run: the log_dir must be storage every "
+                "node sees (or pin the controller to one node); serve the run again "
+                "where its log_dir is (serve under the name ends this actor)"
             )
             return
         while True:
@@ -239,6 +245,13 @@ class _ControllerActor:
             except Exception as e:
                 self._error = e
                 return
+
+    def start_afresh(self) -> None:
+        """``serve``'s, when this actor restarted before it ever answered (killed while
+        it was first built): nothing was acknowledged, so a new run is safe."""
+        if isinstance(self._error, _NoRunError):
+            self._no_run, self._error = False, None
+            self._open(time.monotonic() + self._lock_timeout_s)
 
     def _get(self) -> PopulationController:
         if isinstance(self._error, storage.LogDirInUseError) and not self._closed:
@@ -738,7 +751,11 @@ def serve(
             ) from e
     client = PopulationClient(actor, name, namespace, timeout_s=timeout_s, owner=True)
     try:
-        client._log_dir = client.info()["log_dir"]
+        try:
+            client._log_dir = client.info()["log_dir"]
+        except _NoRunError:  # (restarted before its first answer: nothing acknowledged)
+            ray.get(actor.start_afresh.remote(), timeout=client.timeout_s)
+            client._log_dir = client.info()["log_dir"]
     except BaseException:
         ray.kill(actor, no_restart=True)
         client._owner = False  # (nothing to keep alive)
@@ -751,13 +768,19 @@ _NAME_TRIES = 25  # creating the actor while a dead one's name is freed (0.2 s a
 
 def _free_if_dead(name: str, namespace: str | None) -> bool:
     """Kills the actor ``name`` if it is dead for good (its restarts used up, or it
-    could not be built); whether it did."""
+    could not be built) or serves no run (restarted where its log_dir holds none);
+    whether it did."""
     try:
         actor = ray.get_actor(name, namespace=namespace)
         ray.get(actor.info.remote(), timeout=10.0)
     except ray.exceptions.ActorDiedError:
         ray.kill(actor, no_restart=True)
         return True
+    except ray.exceptions.RayTaskError as e:  # (a restart that found no run serves none)
+        if isinstance(getattr(e, "cause", None), _NoRunError):
+            ray.kill(actor, no_restart=True)
+            return True
+        return False
     except (ValueError, ray.exceptions.RayError):  # gone already, or alive (restarting)
         return False
     return False
