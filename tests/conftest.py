@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
+from collections.abc import Sequence
 
 import jax
 import pytest
@@ -141,3 +144,17 @@ class SimulatedWorkers:
                 quality += self.gain(quality, a.meta_params["lr"])
                 pop.set_eval(w, a.generation_id, a.step + step, quality, quality)
                 self.at[w] = a.replace(params=quality, step=a.step + step)
+
+
+def run_python(
+    code: str, *args: str, timeout: float = 120, prefix: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
+    """``python -c code *args`` in a new process on the CPU (after ``prefix``, a command
+    such as ``setpriv ... --``), its output captured as text."""
+    return subprocess.run(
+        [*prefix, sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )

@@ -26,7 +26,7 @@ from flax import struct
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import noop_mutator
+from conftest import noop_mutator, run_python
 from jaxpop import PopulationController, checkpointing
 from jaxpop.checkpointing import (
     CheckpointSaveError,
@@ -331,13 +331,7 @@ def test_a_program_that_ends_without_close_still_finishes_its_saves(tmp_path, mo
         "store = ParamStore(sys.argv[1])\n"
         "for s in range(3): print(store.save('g', s, {'w': np.full(1000, float(s))}))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    done = run_python(code, str(tmp_path))
     assert done.returncode == 0, done.stderr
     with ParamStore(tmp_path) as store:
         for s, handle in enumerate(done.stdout.split()):
@@ -1657,7 +1651,8 @@ def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
     store's advice was "open a new ParamStore here", and a child restoring a save in
     flight at the fork waited forever (a hostile test)."""
     code = (
-        "import multiprocessing as mp, os, sys, numpy as np\n"
+        "import multiprocessing as mp, os, sys, warnings, numpy as np\n"
+        "warnings.simplefilter('ignore')\n"
         "from jaxpop.checkpointing import ParamStore\n"
         "def child(directory, handle):\n"
         "    store = ParamStore(directory)\n"
@@ -1691,13 +1686,7 @@ def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
         "    store.wait()\n"
         "    fork(child, sys.argv[1], handle)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    done = run_python(code, str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "0"], done.stderr  # (-6: aborted; None: hung)
 
@@ -1748,12 +1737,6 @@ def test_a_checkpoint_that_cannot_be_read_now_is_not_called_damaged(tmp_path):
         "print(store.restore(sys.argv[1], {'a': np.zeros(5, np.float32)})['a'].sum())\n"
     )
     drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    done = subprocess.run(
-        [*(drop if os.geteuid() == 0 else []), sys.executable, "-c", code, handle],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    done = run_python(code, handle, prefix=drop if os.geteuid() == 0 else ())
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["meta PermissionError", "state PermissionError", "10.0"]

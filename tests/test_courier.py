@@ -17,6 +17,7 @@ import warnings
 
 import pytest
 
+from conftest import run_python
 from jaxpop import population as population_mod
 from jaxpop import storage
 from jaxpop.mutators import WinnerTakeAllGenetic
@@ -279,9 +280,6 @@ def test_a_server_not_stopped_removes_its_directory_at_exit(shut_down):
     """The seed's usage ends the process without Stop(): the exit hook ran before
     ray.init's, while the actor still held its lock, and left the temporary directory
     (a hostile test, helper-122)."""
-    import subprocess
-    import sys
-
     code = (
         "import ray\n"
         "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
@@ -292,13 +290,7 @@ def test_a_server_not_stopped_removes_its_directory_at_exit(shut_down):
         "print(server.log_dir, flush=True)\n"
         + ("ray.shutdown()\n" if shut_down else "")  # (Ray ended the actor: no call)
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    done = run_python(code, timeout=180)
     assert done.returncode == 0, done.stderr
     log_dir = done.stdout.split()[-1]
     assert "jaxpop-courier" in log_dir and not os.path.exists(log_dir), done.stderr

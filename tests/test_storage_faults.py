@@ -33,7 +33,7 @@ from faults import FaultyOS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FakeClock
+from conftest import FakeClock, run_python
 from jaxpop import PopulationController, cli, encoding, storage
 from jaxpop.core import Changes
 from jaxpop.mutators import FixedSchedule, PopulationBasedTraining, WinnerTakeAllGenetic, explore
@@ -1218,13 +1218,7 @@ def test_deleting_the_lock_file_does_not_let_a_second_process_in(tmp_path):
     pop = _open(tmp_path)
     Driver().run(pop, 2)
     os.remove(tmp_path / "lock")
-    out = subprocess.run(
-        [sys.executable, "-c", _OPEN_IN_A_CHILD, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    out = run_python(_OPEN_IN_A_CHILD, str(tmp_path))
     assert out.stdout.startswith("refused:"), out.stdout + out.stderr
     pop.close()
 
@@ -1597,13 +1591,7 @@ def test_a_lock_file_that_cannot_be_opened_is_the_error_and_nothing_is_closed_tw
 
 def test_a_store_left_open_at_interpreter_exit_exits_quietly(tmp_path):
     script = f"import jaxpop.storage as s; store = s.Store({str(tmp_path)!r})"
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    result = run_python(script)
     assert result.returncode == 0 and "Exception ignored" not in result.stderr, result.stderr
 
 
