@@ -44,7 +44,13 @@ from jaxpop.distributed.courier import (
 from jaxpop.events import Ask, Eval, Event, Finish, Missing, _ask, _eval
 from jaxpop.history import History, start_time
 from jaxpop.keys import root_key
-from jaxpop.mutators.base import DecisionCounts, Mutator, check_number, decision_counts
+from jaxpop.mutators.base import (
+    DecisionCounts,
+    Mutator,
+    check_number,
+    decision_counts,
+    is_finite,
+)
 from jaxpop.records import GONE, ActiveWorker, Checkpoint
 from jaxpop.seed import GenerationID, IntKeyDict, Mutate, MutateState, SeedMutator, make_gen_id
 from jaxpop.storage import run as run_lib
@@ -778,11 +784,10 @@ def _run_start(recorded: float | None, history: History, now: float) -> float:
 
 
 def _as_time(now: Any) -> float:
-    if isinstance(now, (numbers.Real, np.floating, np.integer)) and not isinstance(now, bool):
-        try:
-            now = float(now)
-        except OverflowError:  # (an int past float64's range)
-            now = math.inf
-        if math.isfinite(now):
-            return now
+    if (
+        isinstance(now, (numbers.Real, np.floating, np.integer))
+        and not isinstance(now, bool)
+        and is_finite(now)  # (False for an int past float64's range too)
+    ):
+        return float(now)
     raise TypeError(f"the controller's clock must return seconds as a finite float, got {now!r}")

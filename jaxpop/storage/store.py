@@ -15,7 +15,6 @@ import errno
 import fcntl
 import gc
 import logging
-import math
 import os
 import re
 import threading
@@ -27,6 +26,7 @@ from typing import Any, Literal, NamedTuple
 
 from jaxpop import encoding
 from jaxpop.core import Changes, PopulationState
+from jaxpop.mutators.base import is_finite
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage import run as run_lib
 from jaxpop.storage.atomic import write_atomic
@@ -490,10 +490,8 @@ def _check_started(started: Any) -> None:
     """Raises unless ``started`` is ``None`` or a finite time in seconds."""
     if started is None:
         return
-    if not isinstance(started, bool) and isinstance(started, float | int):
-        with contextlib.suppress(OverflowError):  # (an int past float64's range)
-            if math.isfinite(started):
-                return
+    if not isinstance(started, bool) and isinstance(started, float | int) and is_finite(started):
+        return
     raise ValueError(f"started must be a finite time in seconds, got {started!r:.40}")
 
 
