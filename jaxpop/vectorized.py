@@ -997,7 +997,7 @@ def record(
         raise ValueError(
             f"record takes one score per member: shape ({n},), got shape {scores.shape}"
         )
-    _check_follows(state, step, exploit)
+    arrays = _check_follows(state, step, exploit)
     history, added = state.history, []
     evaluated: list[Checkpoint] = []
     for worker, score in zip(state.workers, scores.tolist(), strict=True):
@@ -1007,9 +1007,7 @@ def record(
         evaluated.append(checkpoint)
     workers, changed = list(state.workers), []
     if exploit is not None:
-        parents = np.asarray(exploit.parents)
-        copied = np.asarray(exploit.copied)
-        generation = np.asarray(exploit.generation)
+        parents, copied, generation = arrays["parents"], arrays["copied"], arrays["generation"]
         for i in np.flatnonzero(copied):
             if not 0 <= int(parents[i]) < n:  # (a custom selection's: unchecked on device)
                 raise ValueError(
@@ -1032,11 +1030,14 @@ def record(
     return new_state, changes
 
 
-def _check_follows(state: PopulationState, step: int, exploit: Exploit | None) -> None:
+def _check_follows(
+    state: PopulationState, step: int, exploit: Exploit | None
+) -> dict[str, np.ndarray]:
     """Raises unless this round follows the last one ``state`` recorded: each member's
     generation before the exploit is the one the lineage holds (a round exploited and
     not recorded, or recorded twice, journaled copies that never happened and missed
-    ones that did), and the step is past each member's newest evaluation."""
+    ones that did), and the step is past each member's newest evaluation. Returns the
+    exploit's per-member arrays on the host (none without an exploit)."""
     n = state.population_size
     history = state.history
     for i, worker in enumerate(state.workers):
@@ -1048,7 +1049,7 @@ def _check_follows(state: PopulationState, step: int, exploit: Exploit | None) -
                 f"{latest.step}: rounds are recorded once each, in order"
             )
     if exploit is None:
-        return
+        return {}
     arrays = {
         name: np.asarray(getattr(exploit, name))
         for name in ("parents", "copied", "old_generation", "generation")
@@ -1066,6 +1067,7 @@ def _check_follows(state: PopulationState, step: int, exploit: Exploit | None) -
                 "exploited and not recorded, or recorded twice?); record every round "
                 "once, in order"
             )
+    return arrays
 
 
 def _check_copies_rank(
