@@ -508,18 +508,7 @@ class PopulationClient:
         wait_s = _CLOSE_WAIT_S if self.timeout_s is None else min(self.timeout_s, _CLOSE_WAIT_S)
         with contextlib.suppress(ray.exceptions.RayError, TimeoutError):
             ray.get(self._actor.close.remote(), timeout=wait_s)
-        ray.kill(self._actor, no_restart=True)
-        # (a kill lands a moment later: until then the name still finds the actor, and
-        # a connect() right after this would reach a controller being killed)
-        deadline = time.monotonic() + _NAME_RELEASE_S
-        while time.monotonic() < deadline:
-            try:
-                named = ray.get_actor(self.name, namespace=self.namespace)
-            except ValueError:
-                break
-            if named._actor_id != self._actor._actor_id:
-                break
-            time.sleep(0.05)
+        _kill(self._actor, self.name, self.namespace)
         _SERVED.pop(self._actor._actor_id, None)
         self._owner = False
 
@@ -726,7 +715,7 @@ def serve(
     if detached:
         actor_kwargs["lifetime"] = "detached"
     actor_kwargs.update(actor_options or {})
-    for attempt in range(_NAME_TRIES):
+    for attempt in range(2):
         try:
             actor = (
                 _controller_class()
@@ -741,9 +730,6 @@ def serve(
             # a controller dead for good keeps its name until it is killed: serving the
             # run again, as its clients are told to, frees it
             if attempt == 0 and _free_if_dead(name, namespace):
-                continue
-            if attempt > 0 and attempt < _NAME_TRIES - 1:
-                time.sleep(0.2)  # (the name of an actor just killed is freed soon)
                 continue
             raise ValueError(
                 f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
@@ -763,7 +749,20 @@ def serve(
     return client
 
 
-_NAME_TRIES = 25  # creating the actor while a dead one's name is freed (0.2 s apart)
+def _kill(actor: Any, name: str, namespace: str | None) -> None:
+    """Kills ``actor`` (no restart) and waits, a few seconds at most, for its name to be
+    free: a kill lands a moment later, and until then the name still finds the actor
+    (a connect() or a serve() under it would reach one being killed)."""
+    ray.kill(actor, no_restart=True)
+    deadline = time.monotonic() + _NAME_RELEASE_S
+    while time.monotonic() < deadline:
+        try:
+            named = ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        if named._actor_id != actor._actor_id:
+            return
+        time.sleep(0.05)
 
 
 def _free_if_dead(name: str, namespace: str | None) -> bool:
@@ -774,11 +773,11 @@ def _free_if_dead(name: str, namespace: str | None) -> bool:
         actor = ray.get_actor(name, namespace=namespace)
         ray.get(actor.info.remote(), timeout=10.0)
     except ray.exceptions.ActorDiedError:
-        ray.kill(actor, no_restart=True)
+        _kill(actor, name, namespace)
         return True
     except ray.exceptions.RayTaskError as e:  # (a restart that found no run serves none)
         if isinstance(getattr(e, "cause", None), _NoRunError):
-            ray.kill(actor, no_restart=True)
+            _kill(actor, name, namespace)
             return True
         return False
     except (ValueError, ray.exceptions.RayError):  # gone already, or alive (restarting)
