@@ -276,13 +276,13 @@ def test_a_server_that_does_not_start_leaves_the_given_log_dir_as_it_was(ray_ses
 
 
 @pytest.mark.parametrize("shut_down", [False, True])
-def test_a_server_not_stopped_removes_its_directory_at_exit(shut_down):
+def test_a_server_not_stopped_removes_its_directory_at_exit(ray_session, shut_down):
     """The seed's usage ends the process without Stop(): the exit hook ran before
     ray.init's, while the actor still held its lock, and left the temporary directory
     (a hostile test, helper-122)."""
     code = (
-        "import ray\n"
-        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "import sys, ray\n"
+        "ray.init(address=sys.argv[1], log_to_driver=False)  # (this test's cluster)\n"
         "from jaxpop import PopulationController, WinnerTakeAllGenetic, population\n"
         "pop = PopulationController([{'h': 0.0}], WinnerTakeAllGenetic(lambda m: m, "
         "steps_per_exploit=2))\n"
@@ -290,7 +290,7 @@ def test_a_server_not_stopped_removes_its_directory_at_exit(shut_down):
         "print(server.log_dir, flush=True)\n"
         + ("ray.shutdown()\n" if shut_down else "")  # (Ray ended the actor: no call)
     )
-    done = run_python(code, timeout=180)
+    done = run_python(code, ray_session.get_runtime_context().gcs_address, timeout=180)
     assert done.returncode == 0, done.stderr
     log_dir = done.stdout.split()[-1]
     assert "jaxpop-courier" in log_dir and not os.path.exists(log_dir), done.stderr

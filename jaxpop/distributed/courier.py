@@ -103,6 +103,9 @@ class _HandedOver:
         self.check_open()
 
 
+_EXIT_WAIT_S = 10.0  # at exit, how long to wait for the actor to release the directory
+
+
 class CourierServer:
     """A controller served by :func:`start_courier_server` (the seed's ``courier.Server``).
 
@@ -160,7 +163,8 @@ class CourierServer:
             print(f"jaxpop: stopping {self!r} at exit failed: {error}", file=sys.stderr)
         finally:
             if not self._stopped.is_set() and self._cleanup is not None:
-                self._cleanup()
+                # (after ray.shutdown() a cluster ends this driver's actor a moment later)
+                self._cleanup(wait_s=_EXIT_WAIT_S)
 
     def Join(self, timeout: float | None = None) -> bool:  # the seed's name
         """Waits until the server stops (:meth:`Stop`, from another thread, or its actor
@@ -193,31 +197,36 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _lock_unused(path: str, busy: str) -> int | None:
+def _lock_unused(path: str, busy: str, wait_s: float = 0.0) -> int | None:
     """A descriptor of the directory ``path`` that holds the lock a
     :class:`jaxpop.storage.Store` takes on it (an ``flock``; close it to release), or
-    ``None``: the directory is gone, or a controller holds it (logged: ``busy``, with
-    ``%s`` for the path)."""
+    ``None``: the directory is gone, or a controller holds it for ``wait_s`` more
+    seconds (logged: ``busy``, with ``%s`` for the path)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        logger.warning(busy, path)
-        return None
-    return fd
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                logger.warning(busy, path)
+                return None
+            time.sleep(0.1)
 
 
-def _remove_unused(path: str) -> None:
+def _remove_unused(path: str, wait_s: float = 0.0) -> None:
     """Removes the directory ``path`` unless a controller runs on it (then it is left,
-    with a warning)."""
+    with a warning), waiting ``wait_s`` seconds for one ending."""
     fd = _lock_unused(
         path,
         "jaxpop: not removing %s: a controller runs on it (the run was served again "
         "there); remove it once that controller is stopped",
+        wait_s,
     )
     if fd is None:
         return
