@@ -9,6 +9,8 @@ checkpoint of one :class:`jaxpop.checkpointing.ParamStore` on ``--tmpdir``:
 
 * ``sync``: ``ParamStore(async_save=False).save`` -- returns once the checkpoint is
   finalized (written and atomically renamed into place);
+* ``sync_fsync``: the same with ``durability="fsync"`` (every file and folder of the
+  checkpoint flushed to disk before ``save`` returns), timed alternating with ``sync``;
 * ``async``: ``ParamStore(async_save=True).save`` then ``wait()``; ``blocked`` is what
   ``save`` itself took (the caller's training step waits only for that: the host copy of
   the arrays), ``total`` is until ``wait()`` returned (durable);
@@ -81,16 +83,21 @@ def run(repeats: int, burst: int, tmpdir: str) -> dict:
     results: dict = {}
     try:
         sync_store = ParamStore(os.path.join(root, "sync"), async_save=False)
+        fsync_store = ParamStore(os.path.join(root, "fsync"), async_save=False, durability="fsync")
         async_store = ParamStore(os.path.join(root, "async"), max_pending=max(burst, 1))
         handle = sync_store.save("warmup", 0, params)
         jax.block_until_ready(sync_store.restore(handle, abstract))
 
-        times = []
-        for i in range(repeats):
-            start = time.perf_counter()
-            handle = sync_store.save("sync", i, params)
-            times.append(time.perf_counter() - start)
-        results["sync"] = _stats(times, nbytes)
+        fsync_store.save("warmup", 0, params)
+        times: dict[str, list[float]] = {"sync": [], "sync_fsync": []}
+        for i in range(repeats):  # (alternating: the disk's state drifts)
+            for name, store in (("sync", sync_store), ("sync_fsync", fsync_store)):
+                start = time.perf_counter()
+                store.save(name, i, params)
+                times[name].append(time.perf_counter() - start)
+        results["sync"] = _stats(times["sync"], nbytes)
+        results["sync_fsync"] = _stats(times["sync_fsync"], nbytes)
+        fsync_store.close()
 
         blocked, totals = [], []
         for i in range(repeats):
@@ -121,12 +128,12 @@ def run(repeats: int, burst: int, tmpdir: str) -> dict:
             "blocked_max_ms": round(1e3 * max(blocked), 2),
         }
 
-        times = []
+        restores = []
         for _ in range(repeats):
             start = time.perf_counter()
             jax.block_until_ready(async_store.restore(handle, abstract))
-            times.append(time.perf_counter() - start)
-        results["restore"] = _stats(times, nbytes)
+            restores.append(time.perf_counter() - start)
+        results["restore"] = _stats(restores, nbytes)
         restored = async_store.restore(handle, abstract)
         exact = all(
             np.array_equal(np.asarray(a), np.asarray(b))
@@ -151,12 +158,12 @@ def run(repeats: int, burst: int, tmpdir: str) -> dict:
             "blocked_median_ms": round(1e3 * statistics.median(blocked), 2),
             "blocked_max_ms": round(1e3 * max(blocked), 2),
         }
-        times = []
+        restores = []
         for _ in range(repeats):
             start = time.perf_counter()
             jax.block_until_ready(checkpointer.restore(path, abstract))
-            times.append(time.perf_counter() - start)
-        results["orbax_restore"] = _stats(times, nbytes)
+            restores.append(time.perf_counter() - start)
+        results["orbax_restore"] = _stats(restores, nbytes)
         checkpointer.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -45,6 +45,8 @@ from jax.experimental import multihost_utils
 
 from jaxpop.core import PopulationState
 from jaxpop.history import History
+from jaxpop.storage.atomic import sync_tree
+from jaxpop.storage.store import Durability, check_durability
 
 if TYPE_CHECKING:
     from jaxpop.population import Controller
@@ -727,6 +729,14 @@ class ParamStore:
         the checkpoint is finalized (and raises if the save failed).
       max_pending: at most this many saves may be queued or running; a further
         ``save`` blocks until one finishes.
+      durability: ``"process"`` (default): a save is finalized once Orbax renamed it into
+        place (the files reach the operating system; a machine crash soon after may
+        leave it damaged or missing, which a restore reports); ``"fsync"``: also once
+        every file and folder of it, and the store's directory, is flushed to disk,
+        so a save ``wait()`` saw finish survives a power loss (in a program of several
+        processes, process 0 flushes a collective save). A flush that fails fails the
+        save, which is removed (it reads as missing). As the controller's
+        ``durability``: a journal flushed to disk is worth most with checkpoints that are.
 
     ``docs/checkpoints.md`` describes the layout, the threading rules and the garbage
     collection policy. Call :meth:`close` (or use the store as a context manager) to
@@ -734,8 +744,14 @@ class ParamStore:
     """
 
     def __init__(
-        self, directory: str | os.PathLike, *, async_save: bool = True, max_pending: int = 8
+        self,
+        directory: str | os.PathLike,
+        *,
+        async_save: bool = True,
+        max_pending: int = 8,
+        durability: Durability = "process",
     ):
+        self.durability = check_durability(durability)
         if isinstance(max_pending, bool) or not isinstance(max_pending, (int, numbers.Integral)):
             raise TypeError(f"max_pending must be an int, got {type(max_pending).__name__}")
         if max_pending < 1:
@@ -855,10 +871,22 @@ class ParamStore:
         error = None
         try:
             _write(handle, box.pop(), meta)
+            if self.durability == "fsync" and jax.process_index() == 0:
+                self._flush(handle)
         except BaseException as e:
             shutil.rmtree(handle + _TMP_SUFFIX, ignore_errors=True)
             error = _without_frames(e)
         self._settle(handle, key, future, error, keep)
+
+    def _flush(self, handle: str) -> None:
+        """Flushes a finished checkpoint to disk (``durability="fsync"``); one that could
+        not be is removed (a save that failed is missing, never half durable)."""
+        try:
+            sync_tree(handle)
+        except BaseException:
+            with contextlib.suppress(OSError):  # (the flush's error is the one to raise)
+                self._delete(handle)
+            raise
 
     def _settle(
         self,
@@ -1340,9 +1368,12 @@ class ParamStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"ParamStore({self._directory!r}, async_save={self.async_save})"
+        return (
+            f"ParamStore({self._directory!r}, async_save={self.async_save}, "
+            f"durability={self.durability!r})"
+        )
 
-    def __reduce__(self) -> tuple[Any, tuple[str, bool, int]]:
+    def __reduce__(self) -> tuple[Any, tuple[str, bool, int, Durability]]:
         # a copy (in another process: a Ray actor's checkpoint_missing(exists=store.exists))
         # is a store on the same directory; the saves in flight stay this one's
         if type(self) is not ParamStore:  # (a copy would lose what the subclass changes)
@@ -1351,10 +1382,13 @@ class ParamStore:
                 "__reduce__ of its own"
             )
         self._check_directory()  # (a path now leading elsewhere: the copy would go there)
-        return _reopened, (self._directory, self.async_save, self._max_pending)
+        args = (self._directory, self.async_save, self._max_pending, self.durability)
+        return _reopened, args
 
 
-def _reopened(directory: str, async_save: bool, max_pending: int) -> ParamStore:
+def _reopened(
+    directory: str, async_save: bool, max_pending: int, durability: Durability
+) -> ParamStore:
     """An unpickled :class:`ParamStore`: a new store on ``directory``, which must exist
     where it is unpickled (a store made there would read every checkpoint as missing)."""
     if not _is_dir(directory):
@@ -1364,4 +1398,6 @@ def _reopened(directory: str, async_save: bool, max_pending: int) -> ParamStore:
             f"{directory} (on another machine, without the shared filesystem?)",
             directory,
         )
-    return ParamStore(directory, async_save=async_save, max_pending=max_pending)
+    return ParamStore(
+        directory, async_save=async_save, max_pending=max_pending, durability=durability
+    )

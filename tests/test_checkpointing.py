@@ -1623,7 +1623,7 @@ def test_a_store_pickles_as_a_store_on_its_directory(tmp_path):
         assert exists(handle) and not exists(handle + "x")
         copy = exists.__self__
         assert copy is not store and copy.directory == store.directory
-        assert (copy.async_save, copy._max_pending) == (False, 3)
+        assert (copy.async_save, copy._max_pending, copy.durability) == (False, 3, "process")
         copy.close()
         data = pickle.dumps(store)
     shutil.rmtree(tmp_path / "run")
@@ -1740,3 +1740,67 @@ def test_a_checkpoint_that_cannot_be_read_now_is_not_called_damaged(tmp_path):
     done = run_python(code, handle, prefix=drop if os.geteuid() == 0 else ())
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["meta PermissionError", "state PermissionError", "10.0"]
+
+
+def _fsynced_paths(monkeypatch) -> list[str]:
+    """Records the path of every descriptor ``os.fsync`` is given from now on."""
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_store_with_durability_fsync_flushes_every_file_and_folder_of_a_save(
+    tmp_path, monkeypatch, async_save
+):
+    """Orbax renames a finished save into place without flushing it: a power loss could
+    leave a checkpoint the journal (flushed with durability="fsync") names damaged."""
+    synced = _fsynced_paths(monkeypatch)
+    with ParamStore(tmp_path / "p", async_save=async_save, durability="fsync") as store:
+        handle = store.save("g", 3, {"w": np.arange(4.0), "n": 7})
+        store.wait()
+        made = [handle]
+        for folder, folders, files in os.walk(handle):
+            made += [os.path.join(folder, name) for name in folders + files]
+        assert set(made) | {store.directory} <= {os.path.realpath(p) for p in synced}
+        assert store.restore(handle, {"w": np.zeros(4), "n": 0})["n"] == 7
+    synced.clear()
+    with ParamStore(tmp_path / "q", async_save=async_save) as plain:  # "process": no flush
+        handle = plain.save("g", 3, {"w": np.arange(4.0)})
+        plain.wait()
+    assert not [p for p in synced if p.startswith(handle)]
+
+
+def test_a_save_whose_flush_fails_fails_and_reads_as_missing(tmp_path, monkeypatch):
+    def fsync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with ParamStore(tmp_path / "p", durability="fsync") as store:
+        monkeypatch.setattr(os, "fsync", fsync)
+        handle = store.save("g", 1, {"w": np.ones(2)})
+        with pytest.raises(CheckpointSaveError, match="Input/output error"):
+            store.wait()
+        monkeypatch.undo()
+        assert not store.exists(handle)  # never a save that may not survive a crash
+        with pytest.raises(MissingCheckpointError):
+            store.restore(handle, {"w": np.zeros(2)})
+        assert store.restore(store.save("g", 2, {"w": np.ones(2)}), {"w": np.zeros(2)})["w"][0] == 1
+    with pytest.raises(ValueError, match='durability must be "process" or "fsync"'):
+        ParamStore(tmp_path / "p", durability="FSYNC")
+    with pytest.raises(ValueError, match='durability must be "process" or "fsync"'):
+        ParamStore(tmp_path / "p", durability=True)
+
+
+def test_a_pickled_store_keeps_its_durability(tmp_path):
+    import pickle
+
+    with ParamStore(tmp_path / "p", durability="fsync") as store:
+        copy = pickle.loads(pickle.dumps(store))
+        assert copy.durability == "fsync" and "durability='fsync'" in repr(copy)
+        copy.close()

@@ -30,6 +30,7 @@ from jaxpop.storage.store import (
     RunMismatchError,
     Store,
     SupersededError,
+    check_durability,
     read_state,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "Store",
     "SupersededError",
     "TornRecordWarning",
+    "check_durability",
     "load_seed_state",
     "migrate_seed_state",
     "read_state",

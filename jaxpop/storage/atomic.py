@@ -1,4 +1,5 @@
-"""Writing a whole file atomically and durably: readers see the old file or the new one."""
+"""Writing a whole file atomically and durably (readers see the old file or the new one),
+and flushing a finished folder to disk."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import contextlib
 import os
 import uuid
 
-__all__ = ["write_atomic"]
+__all__ = ["sync_tree", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = None) -> None:
@@ -39,7 +40,34 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = N
     if dir_fd is not None:
         os.fsync(dir_fd)
         return
-    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(os.path.dirname(path) or ".", directory=True)
+
+
+def sync_tree(path: str | os.PathLike) -> None:
+    """Flushes a finished folder to disk: every file and folder under ``path``, ``path``
+    itself and the folder that holds it (where a rename put it). Raises the first
+    ``OSError`` (a folder that cannot be listed included).
+
+    >>> import tempfile
+    >>> folder = os.path.join(tempfile.mkdtemp(), "ckpt")
+    >>> os.makedirs(os.path.join(folder, "item"))
+    >>> write_atomic(os.path.join(folder, "item", "data"), b"x")
+    >>> sync_tree(folder)
+    """
+    path = os.fspath(path)
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    for folder, _, files in os.walk(path, onerror=fail):
+        for name in files:
+            _fsync(os.path.join(folder, name), directory=False)
+        _fsync(folder, directory=True)  # (its entries: those files and sub-folders)
+    _fsync(os.path.dirname(os.path.abspath(path)), directory=True)
+
+
+def _fsync(path: str, *, directory: bool) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
     finally:

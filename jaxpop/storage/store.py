@@ -52,6 +52,7 @@ __all__ = [
     "RunMismatchError",
     "Store",
     "SupersededError",
+    "check_durability",
     "read_state",
 ]
 
@@ -65,6 +66,14 @@ logger = logging.getLogger("jaxpop")
 #: cannot build those records: it says the files are newer, not damaged).
 STORAGE_VERSION = 5
 Durability = Literal["process", "fsync"]
+
+
+def check_durability(durability: Any) -> Durability:
+    """``durability`` if it is ``"process"`` or ``"fsync"``; else ``ValueError``."""
+    if not isinstance(durability, str) or durability not in ("process", "fsync"):
+        raise ValueError(f'durability must be "process" or "fsync", got {durability!r:.80}')
+    return "fsync" if durability == "fsync" else "process"
+
 
 encoding.register_record(Checkpoint, "jaxpop.Checkpoint")
 encoding.register_record(ActiveWorker, "jaxpop.ActiveWorker")
@@ -532,8 +541,7 @@ class Store:
         durability: Durability = "process",
         compact_after: int = 1000,
     ):
-        if durability not in ("process", "fsync"):
-            raise ValueError(f'durability must be "process" or "fsync", got {durability!r}')
+        check_durability(durability)
         if isinstance(compact_after, bool) or not isinstance(compact_after, int):
             raise TypeError(f"compact_after must be an int, got {compact_after!r}")
         if compact_after < 1:
