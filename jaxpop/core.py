@@ -25,7 +25,7 @@ from flax import struct
 
 from jaxpop import encoding
 from jaxpop.boundary import _flat, check_sortable_keys, copy_in
-from jaxpop.events import Ask, Eval, Event, Finish, Missing
+from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate
 from jaxpop.history import History, check_mode, start_time
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id
@@ -92,7 +92,9 @@ class StopWhen:
     answered with its assignment, status ``"finished"`` -- stop. (An ask that changes
     nothing is checked against ``seconds`` only: nothing else can have changed.) Once
     the run is over (or a worker, at ``step``), a report from a finished or gone worker
-    is recorded without waking it: no decision follows (:func:`stays_done`).
+    is recorded without waking it: no decision follows (:func:`stays_done`). A run
+    reopened with a condition it no longer meets goes on for the workers
+    ``reactivate`` d (``PopulationController.reactivate``).
 
     >>> from jaxpop import PopulationController, StopWhen, WinnerTakeAllGenetic
     >>> mutator = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=100)
@@ -1060,6 +1062,19 @@ def finish(
     return new, Reply(worker=new.workers[worker_id], changes=changes)
 
 
+def reactivate(
+    state: PopulationState, event: Reactivate, now: float, key: np.ndarray, *, mutator: Mutator
+) -> tuple[PopulationState, Reply]:
+    """A finished or gone worker is ``"active"`` again, and the mutator decides with it
+    (it is waited for, compared and copied again); an active worker changes nothing.
+    Whether the run allows it (``stop_when``) is the caller's to check: see
+    :func:`over_for`."""
+    worker_id = _check_worker(state, event.worker_id)
+    changed = {} if state.workers[worker_id].status == ACTIVE else {worker_id: ACTIVE}
+    new, changes = _set_status(state, changed, now, key, mutator)
+    return new, Reply(worker=new.workers[worker_id], changes=changes)
+
+
 def stop(
     state: PopulationState,
     now: float,
@@ -1134,23 +1149,36 @@ def stays_done(
         value = as_value(event.value) if type(event) is Eval else None
     except (TypeError, ValueError):
         return False  # (the event is refused)
+    if step is not None and when.step is not None and step >= when.step:
+        return True
+    target = None if when.value is None else state.history.rank(when.value)
+    if target is not None and state.history.rank(value) <= target:
+        return True
+    return over_for(state, i, now, when, start) is not None
+
+
+def over_for(
+    state: PopulationState, worker_id: int, now: float, when: StopWhen, start: float | None
+) -> str | None:
+    """Why ``when`` says the run, or worker ``worker_id``, is over (``None``: it is
+    not): past ``when.seconds`` since ``start`` (``None``: read from the history), an
+    evaluation recorded at ``when.value`` or better, the worker's ``when.step`` used.
+    O(history)."""
     history = state.history
     if when.seconds is not None:
         if start is None:
             start = start_time(history)
         if now - start >= when.seconds:
-            return True
+            return f"its time budget ({when.seconds} s) is spent"
     budget = when.step
-    if budget is not None and (
-        (step is not None and step >= budget) or _spent(history, state.workers[i], budget)
-    ):
-        return True
+    if budget is not None and _spent(history, state.workers[worker_id], budget):
+        return f"worker {worker_id} used its step budget ({budget} steps)"
     if when.value is None:
-        return False
+        return None
     target = history.rank(when.value)
-    if history.rank(value) <= target:
-        return True
-    return any(history.rank(c.value) <= target for c in history.checkpoints())
+    if any(history.rank(c.value) <= target for c in history.checkpoints()):
+        return f"an evaluation reached its target value ({when.value})"
+    return None
 
 
 def _spent(history: History, worker: ActiveWorker, budget: int) -> bool:
@@ -1190,7 +1218,8 @@ def expire(
 def transition(
     state: PopulationState, event: Event, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
-    """Applies one event (an :class:`Ask`, an :class:`Eval` or a :class:`Missing`)."""
+    """Applies one event (an :class:`Ask`, an :class:`Eval`, a :class:`Missing`, a
+    :class:`Finish` or a :class:`Reactivate`)."""
     try:
         if isinstance(event, Ask):
             return ask(state, event, now, key, mutator=mutator)
@@ -1200,6 +1229,8 @@ def transition(
             return missing(state, event, now, key, mutator=mutator)
         if isinstance(event, Finish):
             return finish(state, event, now, key, mutator=mutator)
+        if isinstance(event, Reactivate):
+            return reactivate(state, event, now, key, mutator=mutator)
         raise TypeError(f"unknown event type {type(event).__name__}")
     finally:
         forget_made()  # no assignment of this event is kept past it (records._LAST)

@@ -1,5 +1,6 @@
 """The events a worker sends: ``Ask`` (for its data), ``Eval`` (a score), ``Missing``
-(its checkpoint is gone) and ``Finish`` (it is done).
+(its checkpoint is gone) and ``Finish`` (it is done); and ``Reactivate`` (a finished
+worker trains on), which the program driving the run sends.
 
 Events are immutable records of exactly what a worker said. The pure transitions in
 :mod:`jaxpop.core` consume them, and durable storage can journal and replay them.
@@ -14,7 +15,7 @@ from flax import struct
 
 from jaxpop.types import GenerationId, MetaParams, Params, WorkerId
 
-__all__ = ["Ask", "Eval", "Event", "Finish", "Missing"]
+__all__ = ["Ask", "Eval", "Event", "Finish", "Missing", "Reactivate"]
 
 
 @struct.dataclass
@@ -62,7 +63,14 @@ class Finish:
     worker_id: WorkerId = struct.field(pytree_node=False)
 
 
-Event = Ask | Eval | Missing | Finish
+@struct.dataclass
+class Reactivate:
+    """``reactivate(worker_id)``: a finished (or gone) worker takes part again."""
+
+    worker_id: WorkerId = struct.field(pytree_node=False)
+
+
+Event = Ask | Eval | Missing | Finish | Reactivate
 
 
 # Hot-path constructors for the controller (one event per call): the ``__init__`` of a

@@ -41,7 +41,7 @@ from jaxpop.distributed.courier import (
     start_courier_server,
     uniquify_server_name,
 )
-from jaxpop.events import Ask, Eval, Event, Finish, Missing, _ask, _eval
+from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate, _ask, _eval
 from jaxpop.history import History, start_time
 from jaxpop.keys import root_key
 from jaxpop.mutators.base import (
@@ -51,7 +51,7 @@ from jaxpop.mutators.base import (
     decision_counts,
     is_finite,
 )
-from jaxpop.records import GONE, ActiveWorker, Checkpoint
+from jaxpop.records import ACTIVE, GONE, ActiveWorker, Checkpoint
 from jaxpop.seed import GenerationID, IntKeyDict, Mutate, MutateState, SeedMutator, make_gen_id
 from jaxpop.storage import run as run_lib
 
@@ -119,6 +119,8 @@ class Controller(Protocol):
 
     def finish(self, worker_id: int) -> None: ...
 
+    def reactivate(self, worker_id: int) -> None: ...
+
     @property
     def active_workers(self) -> list[ActiveWorker]: ...
 
@@ -172,7 +174,9 @@ class PopulationController:
       stop_when: a :class:`jaxpop.StopWhen` (a target value, a step budget per worker,
         a time budget): checked after every call, it finishes the workers that are done
         (their next ask is answered with their assignment, status ``"finished"``);
-        :attr:`done` says when no worker is active any more.
+        :attr:`done` says when no worker is active any more. A run it ended goes on
+        when reopened with a condition it no longer meets (a larger budget): then
+        :meth:`reactivate` the workers that are to go on.
 
     Raises:
       storage.LogDirInUseError: a live controller in another process holds ``log_dir``.
@@ -595,6 +599,23 @@ class PopulationController:
         """
         self._apply(Finish(worker_id))
 
+    def reactivate(self, worker_id: int) -> None:
+        """Worker ``worker_id``, finished (or gone), takes part again: its status becomes
+        ``"active"``, its next ask is answered as an active worker's, and the mutators
+        wait for it, compare it and copy it again. Nothing changes for an active worker.
+
+        To go on with a run ``stop_when`` ended: reopen it (same ``log_dir``) with a
+        ``stop_when`` it no longer meets (a larger budget, or none), then reactivate
+        each worker that is to train on; a worker whose loop has ended (it called
+        :meth:`finish`) is better left finished (a synchronous round would wait for
+        it). Journaled like every call.
+
+        Raises:
+          ValueError: ``stop_when`` says the run, or this worker, is over (the worker
+            would be finished again at once); nothing is recorded.
+        """
+        self._apply(Reactivate(worker_id))
+
     def _apply(self, *events: Event) -> core.Reply:
         """Applies one call's ``events`` (an eval and the ask after it, say) with what
         they bring about (silent workers declared gone before each, a stop after each),
@@ -610,6 +631,8 @@ class PopulationController:
                 now = _as_time(now)
             pending: list[core.Changes] = []
             for event in events:
+                if type(event) is Reactivate:
+                    self._refuse_if_over(state, event, now)
                 if self._gone_after_s is not None:
                     i = _worker_index(event.worker_id, state.population_size)
                     if i is not None:  # a worker that calls is alive
@@ -680,6 +703,20 @@ class PopulationController:
         for warning in said:
             logger.warning(warning)
         return reply
+
+    def _refuse_if_over(self, state: PopulationState, event: Reactivate, now: float) -> None:
+        """Refuses to reactivate a worker ``stop_when`` would finish again at once."""
+        when = self._stop_when
+        i = _worker_index(event.worker_id, state.population_size)
+        if when is None or i is None or state.workers[i].status == ACTIVE:
+            return  # (a bad worker id is refused by the event)
+        why = core.over_for(state, i, now, when, self._start)
+        if why is not None:
+            raise ValueError(
+                f"cannot reactivate worker {i}: the run's stop_when ({when}) says the run "
+                f"or the worker is over ({why}); reopen the run with a stop_when it does "
+                "not meet yet (a larger budget, or none) to go on"
+            )
 
     def _stop_if_over(self) -> None:
         """Applies ``stop_when`` to a resumed run (a condition given now may already

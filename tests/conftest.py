@@ -107,6 +107,7 @@ def assert_is_a_controller(cls: type) -> None:
         "finish",
         "history",
         "maybe_get_worker_data",
+        "reactivate",
         "set_eval",
         "set_eval_and_ask",
         "state",

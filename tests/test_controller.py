@@ -966,3 +966,62 @@ def test_any_call_of_a_gone_worker_makes_it_active(call):
         pop.set_eval(0, a, 15, "a15", 0.4)
         assert pop.history.get_checkpoint(a, 15).value == 0.4
     assert pop.active_workers[0].status == "active"
+
+
+def test_a_run_stop_when_ended_goes_on_for_the_workers_reactivated(tmp_path):
+    """A run a budget ended could not be extended: reopened with a larger budget, its
+    workers were answered "finished" at every ask, and nothing could wake them."""
+    from jaxpop import StopWhen
+
+    clock = FakeClock(0.0)
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=20)
+    init = [{"lr": 0.1}, {"lr": 0.2}]
+
+    def reopen(**stop):
+        return PopulationController(init, m, str(tmp_path), clock=clock, **stop)
+
+    pop = reopen(stop_when=StopWhen(seconds=100))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "p0", 0.5)
+    clock.advance(150)
+    pop.set_eval(1, gens[1], 10, "p1", 0.4)
+    assert pop.done
+    with pytest.raises(ValueError, match=r"cannot reactivate worker 0.*time budget"):
+        pop.reactivate(0)  # the budget is spent: it would be finished again at once
+    events = pop.state.num_events
+    pop.close()
+    pop = reopen(stop_when=StopWhen(seconds=300), reconfigure=True)
+    assert pop.state.num_events == events  # (the refused call recorded nothing)
+    assert pop.maybe_get_worker_data(0, gens[0], 10, None, None).status == "finished"
+    pop.reactivate(0)
+    pop.reactivate(0)  # an active worker: nothing changes
+    told = pop.maybe_get_worker_data(0, gens[0], 10, None, None)
+    assert told is None and pop.active_workers[0].status == "active" and not pop.done
+    pop.reactivate(1)
+    pop.set_eval(0, gens[0], 20, "p0-20", 0.3)
+    assert pop.decision_counts.decisions == 0  # the round waits for worker 1 again
+    pop.set_eval(1, gens[1], 20, "p1-20", 0.2)
+    assert pop.decision_counts == (2, 1)  # and plays with it: worker 0 copies it
+    pop.close()
+    with reopen(stop_when=StopWhen(seconds=300), reconfigure=True) as again:  # journaled
+        assert [w.status for w in again.active_workers] == ["active"] * 2
+        clock.advance(200)  # 350 s after the run began: over again
+        again.maybe_get_worker_data(0, None, 0, None, None)
+        assert again.done
+    # a gone worker comes back; a worker past its step budget, or a run past its target
+    # value, stays over; a worker id out of range is refused as by finish
+    pop = PopulationController(init, m, clock=clock, gone_after_s=10.0)
+    clock.advance(20)
+    pop.maybe_get_worker_data(0, None, 0, None, None)
+    assert pop.active_workers[1].status == "gone"
+    pop.reactivate(1)
+    assert pop.active_workers[1].status == "active"
+    for when, why in ((StopWhen(step=10), "step budget"), (StopWhen(value=0.45), "target")):
+        pop = PopulationController(init, m, stop_when=when)
+        gens = [w.generation_id for w in pop.active_workers]
+        pop.set_eval(0, gens[0], 10, "p0", 0.4)
+        assert pop.active_workers[0].status == "finished"
+        with pytest.raises(ValueError, match=why):
+            pop.reactivate(0)
+    with pytest.raises(ValueError, match="out of range"):
+        pop.reactivate(5)

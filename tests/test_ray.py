@@ -105,6 +105,9 @@ def _script(pop) -> list:
         with pytest.raises((ValueError, TypeError)) as info:
             call()
         out.append((type(info.value), str(info.value)))
+    pop.finish(1)
+    out.append(pop.active_workers[1].status)
+    pop.reactivate(1)
     out.append(pop.active_workers)
     return out
 
@@ -225,6 +228,8 @@ def test_workers_end_when_the_controller_says_the_run_is_done(ray_session, tmp_p
         assert results[0]["step"] == 20  # returned at its first ask past the budget
         assert results[1] is None and group.ended == {1}  # ended by the group
         assert client.done and [w.status for w in client.state.workers] == ["finished"] * 2
+        with pytest.raises(ValueError, match="used its step budget"):
+            client.reactivate(0)  # (it would be finished again at once)
         with pytest.raises(ray.exceptions.RayActorError):  # ended for good, not restarted
             ray.get(group.actors[1].run.remote(_train, 1, (client, 1), {}), timeout=30)
 

@@ -302,6 +302,10 @@ class _ControllerActor:
     def finish(self, worker_id: int) -> None:
         self._get().finish(worker_id)
 
+    @_exit_is_an_error
+    def reactivate(self, worker_id: int) -> None:
+        self._get().reactivate(worker_id)
+
     def active_workers(self) -> list[ActiveWorker]:
         return self._get().active_workers
 
@@ -437,6 +441,10 @@ class PopulationClient:
     def finish(self, worker_id: int) -> None:
         """As :meth:`jaxpop.PopulationController.finish`."""
         self._call("finish", worker_id)
+
+    def reactivate(self, worker_id: int) -> None:
+        """As :meth:`jaxpop.PopulationController.reactivate`."""
+        self._call("reactivate", worker_id)
 
     # -- read-only views ------------------------------------------------------------
     @property
