@@ -798,3 +798,35 @@ def test_a_seed_mutator_that_edits_a_generations_hparams_in_place_is_refused():
     with pytest.raises(ValueError, match="hyperparameters never change"):
         c.set_eval(0, a.generation_id, 10, "p10", 1.0)
     assert c.active_workers[0].meta_params == {"lr": 0.1}  # unchanged: usable
+
+
+def test_a_seed_mutate_fn_behind_a_plain_decorator_or_keeping_its_result_works():
+    """A decorator's wrapper without functools.wraps (``*args``) was handed a PRNG key
+    the seed's one-argument mutate_fn could not take: the round that ended the first
+    interval raised, and so did every later one. A mutate_fn that kept the dict it
+    returned and edited it later changed the history (not the journal: a reopened run
+    differed). Both found by a hostile test."""
+    from jaxpop import PopulationController
+
+    def logged(fn):
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    kept = []
+
+    @logged
+    def mutate_fn(meta):  # the seed's form
+        kept.append({"lr": meta["lr"] * 0.5})
+        return kept[-1]
+
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}], WinnerTakeAllGenetic(mutate_fn, 10))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "a", 0.3)
+    pop.set_eval(1, gens[1], 10, "b", 0.1)  # the round: both take lr 0.2 * 0.5
+    assert [w.meta_params for w in pop.active_workers] == [{"lr": 0.1}] * 2
+    for meta in kept:
+        meta["lr"] = 999.0
+    assert [w.meta_params for w in pop.active_workers] == [{"lr": 0.1}] * 2
+    assert all(c.meta_params["lr"] != 999.0 for c in pop.history.checkpoints())

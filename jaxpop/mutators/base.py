@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import jax
 import numpy as np
 
-from jaxpop.boundary import _IMMUTABLE
+from jaxpop.boundary import _IMMUTABLE, copy_in
 from jaxpop.events import Ask
 from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
@@ -534,10 +534,15 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
 
     A function receives the key when its signature has a parameter named ``key`` (by
     name when it is keyword-only: ``def f(meta_params, *, key)``, or a
-    ``functools.partial`` that binds an argument before it by keyword), or accepts
-    ``*args``, or has ``num_args + 1`` or more positional parameters without defaults.
-    Otherwise it is called without one (the seed's form, which may draw from numpy's
-    global random state).
+    ``functools.partial`` that binds an argument before it by keyword), or has
+    ``num_args + 1`` or more positional parameters without defaults. Otherwise it is
+    called without one (the seed's form, which may draw from numpy's global random
+    state), also when it takes ``*args``: a decorator's wrapper that does not use
+    ``functools.wraps`` (``def wrapper(*args, **kwargs)``) passes on what it gets to a
+    function of the seed's form.
+
+    >>> takes_key(lambda meta, key: meta, 1), takes_key(lambda *args: args[0], 1)
+    (True, False)
     """
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -549,8 +554,6 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
     if any(p.name == "key" for p in positional) or _key_by_name(fn):
-        return True
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return True
     required = [p for p in positional if p.default is inspect.Parameter.empty]
     return len(required) > num_args
@@ -569,8 +572,8 @@ def call_mutate_fn(
     """
     args = (jax.tree.map(_fresh, args[0]), *args[1:])
     if not wants_key:
-        return fn(*args)
-    return fn(*args, key=key) if _key_by_name(fn) else fn(*args, key)
+        return copy_in(fn(*args))
+    return copy_in(fn(*args, key=key) if _key_by_name(fn) else fn(*args, key))
 
 
 #: ``fn -> _key_by_name(fn)``, held only as long as ``fn`` is (read at every call).
