@@ -18,6 +18,7 @@ import errno
 import functools
 import heapq
 import json
+import logging
 import math
 import numbers
 import operator
@@ -45,7 +46,7 @@ from jax.experimental import multihost_utils
 
 from jaxpop.core import PopulationState
 from jaxpop.history import History
-from jaxpop.storage.atomic import sync_tree
+from jaxpop.storage.atomic import sync_dir, sync_tree
 from jaxpop.storage.store import Durability, check_durability
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ __all__ = [
 #: (without them) are still read, unverified.
 FORMAT = "jaxpop.param_store/2"
 _FORMAT_1 = "jaxpop.param_store/1"
+
+logger = logging.getLogger("jaxpop")
 
 # Orbax's suffix for a checkpoint that is still being written (atomicity_types.TMP_DIR_SUFFIX).
 _TMP_SUFFIX = ".orbax-checkpoint-tmp"
@@ -735,7 +738,9 @@ class ParamStore:
         every file and folder of it, and the store's directory, is flushed to disk,
         so a save ``wait()`` saw finish survives a power loss (in a program of several
         processes, process 0 flushes a collective save). A flush that fails fails the
-        save, which is removed (it reads as missing). As the controller's
+        save, which is removed (it reads as missing; a warning names one that could not
+        be). With ``async_save``, a handle passed to ``set_eval`` before ``wait()`` may
+        name a save not yet on disk. As the controller's
         ``durability``: a journal flushed to disk is worth most with checkpoints that are.
 
     ``docs/checkpoints.md`` describes the layout, the threading rules and the garbage
@@ -758,6 +763,8 @@ class ParamStore:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._directory = os.path.abspath(os.fspath(directory))
         os.makedirs(self._directory, exist_ok=True)
+        if self.durability == "fsync":  # (its entry, if it was just made)
+            sync_dir(os.path.dirname(self._directory))
         self._resolved = os.path.realpath(self._directory)  # where its path leads now
         self.async_save = bool(async_save)
         self._max_pending = int(max_pending)
@@ -871,22 +878,40 @@ class ParamStore:
         error = None
         try:
             _write(handle, box.pop(), meta)
-            if self.durability == "fsync" and jax.process_index() == 0:
-                self._flush(handle)
+            if self.durability == "fsync":
+                self._flush(handle, collective=jax.process_count() > 1)
         except BaseException as e:
             shutil.rmtree(handle + _TMP_SUFFIX, ignore_errors=True)
             error = _without_frames(e)
         self._settle(handle, key, future, error, keep)
 
-    def _flush(self, handle: str) -> None:
+    def _flush(self, handle: str, *, collective: bool) -> None:
         """Flushes a finished checkpoint to disk (``durability="fsync"``); one that could
-        not be is removed (a save that failed is missing, never half durable)."""
-        try:
-            sync_tree(handle)
-        except BaseException:
-            with contextlib.suppress(OSError):  # (the flush's error is the one to raise)
-                self._delete(handle)
-            raise
+        not be is removed (a save that failed is missing, never half durable). A
+        collective save is flushed by process 0, which tells every process how it went
+        (a collective call, as the save: all of them return, or all raise)."""
+        error: BaseException | None = None
+        if not collective or jax.process_index() == 0:
+            try:
+                sync_tree(handle)
+            except BaseException as e:
+                error = e
+                try:
+                    self._delete(handle)
+                except OSError as gone_wrong:  # (the flush's error is the one to raise)
+                    logger.warning(
+                        "jaxpop: checkpoint %s could not be flushed to disk (%s) nor removed "
+                        "(%s): it stays, and may not survive a machine crash",
+                        handle,
+                        e,
+                        gone_wrong,
+                    )
+        if collective:
+            failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+            if error is None and int(failed):
+                error = OSError(errno.EIO, f"process 0 could not flush checkpoint {handle} to disk")
+        if error is not None:
+            raise error
 
     def _settle(
         self,
@@ -1387,7 +1412,7 @@ class ParamStore:
 
 
 def _reopened(
-    directory: str, async_save: bool, max_pending: int, durability: Durability
+    directory: str, async_save: bool, max_pending: int, durability: Durability = "process"
 ) -> ParamStore:
     """An unpickled :class:`ParamStore`: a new store on ``directory``, which must exist
     where it is unpickled (a store made there would read every checkpoint as missing)."""

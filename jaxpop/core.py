@@ -93,8 +93,8 @@ class StopWhen:
     nothing is checked against ``seconds`` only: nothing else can have changed.) Once
     the run is over (or a worker, at ``step``), a report from a finished or gone worker
     is recorded without waking it: no decision follows (:func:`stays_done`). A run
-    reopened with a condition it no longer meets goes on for the workers
-    ``reactivate`` d (``PopulationController.reactivate``).
+    reopened with a condition it no longer meets goes on for the workers made active
+    again (``PopulationController.reactivate``).
 
     >>> from jaxpop import PopulationController, StopWhen, WinnerTakeAllGenetic
     >>> mutator = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=100)
@@ -1056,10 +1056,7 @@ def finish(
     Its assignment and checkpoints stay; it is never copied and never waited for. A
     worker that is finished already changes nothing.
     """
-    worker_id = _check_worker(state, event.worker_id)
-    changed = {} if state.workers[worker_id].status == FINISHED else {worker_id: FINISHED}
-    new, changes = _set_status(state, changed, now, key, mutator)
-    return new, Reply(worker=new.workers[worker_id], changes=changes)
+    return _give_status(state, event.worker_id, FINISHED, now, key, mutator)
 
 
 def reactivate(
@@ -1069,10 +1066,22 @@ def reactivate(
     (it is waited for, compared and copied again); an active worker changes nothing.
     Whether the run allows it (``stop_when``) is the caller's to check: see
     :func:`over_for`."""
-    worker_id = _check_worker(state, event.worker_id)
-    changed = {} if state.workers[worker_id].status == ACTIVE else {worker_id: ACTIVE}
+    return _give_status(state, event.worker_id, ACTIVE, now, key, mutator)
+
+
+def _give_status(
+    state: PopulationState,
+    worker_id: Any,
+    status: str,
+    now: float,
+    key: np.ndarray,
+    mutator: Mutator,
+) -> tuple[PopulationState, Reply]:
+    """One worker's status becomes ``status`` (nothing changes if it has it)."""
+    i = _check_worker(state, worker_id)
+    changed = {} if state.workers[i].status == status else {i: status}
     new, changes = _set_status(state, changed, now, key, mutator)
-    return new, Reply(worker=new.workers[worker_id], changes=changes)
+    return new, Reply(worker=new.workers[i], changes=changes)
 
 
 def stop(
@@ -1162,8 +1171,9 @@ def over_for(
 ) -> str | None:
     """Why ``when`` says the run, or worker ``worker_id``, is over (``None``: it is
     not): past ``when.seconds`` since ``start`` (``None``: read from the history), an
-    evaluation recorded at ``when.value`` or better, the worker's ``when.step`` used.
-    O(history)."""
+    evaluation recorded at ``when.value`` or better, the worker's ``when.step`` used (as
+    its assignment shows it: a worker that a decision copied back below the budget, off
+    a lineage that had spent it, has not). O(history)."""
     history = state.history
     if when.seconds is not None:
         if start is None:

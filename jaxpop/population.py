@@ -610,9 +610,13 @@ class PopulationController:
         :meth:`finish`) is better left finished (a synchronous round would wait for
         it). Journaled like every call.
 
+        At a step budget, whether the worker used it is read from its assignment: one
+        that a report's decision copied back below the budget (``allow_rewind``) may go
+        on from there.
+
         Raises:
           ValueError: ``stop_when`` says the run, or this worker, is over (the worker
-            would be finished again at once); nothing is recorded.
+            would be finished again at once), whatever its status; nothing is recorded.
         """
         self._apply(Reactivate(worker_id))
 
@@ -635,7 +639,11 @@ class PopulationController:
                     self._refuse_if_over(state, event, now)
                 if self._gone_after_s is not None:
                     i = _worker_index(event.worker_id, state.population_size)
-                    if i is not None:  # a worker that calls is alive
+                    # a worker that calls is alive; one reactivated counts from now
+                    # (the driver's call on an active one says nothing of it)
+                    if i is not None and (
+                        type(event) is not Reactivate or state.workers[i].status != ACTIVE
+                    ):
                         self._seen[i] = now
                     state, changes = core.expire(
                         state,
@@ -708,7 +716,7 @@ class PopulationController:
         """Refuses to reactivate a worker ``stop_when`` would finish again at once."""
         when = self._stop_when
         i = _worker_index(event.worker_id, state.population_size)
-        if when is None or i is None or state.workers[i].status == ACTIVE:
+        if when is None or i is None:
             return  # (a bad worker id is refused by the event)
         why = core.over_for(state, i, now, when, self._start)
         if why is not None:

@@ -1768,7 +1768,8 @@ def test_a_store_with_durability_fsync_flushes_every_file_and_folder_of_a_save(
         made = [handle]
         for folder, folders, files in os.walk(handle):
             made += [os.path.join(folder, name) for name in folders + files]
-        assert set(made) | {store.directory} <= {os.path.realpath(p) for p in synced}
+        made += [store.directory, str(tmp_path)]  # (the store's own entry: it was made)
+        assert set(made) <= {os.path.realpath(p) for p in synced}
         assert store.restore(handle, {"w": np.zeros(4), "n": 0})["n"] == 7
     synced.clear()
     with ParamStore(tmp_path / "q", async_save=async_save) as plain:  # "process": no flush
@@ -1777,7 +1778,7 @@ def test_a_store_with_durability_fsync_flushes_every_file_and_folder_of_a_save(
     assert not [p for p in synced if p.startswith(handle)]
 
 
-def test_a_save_whose_flush_fails_fails_and_reads_as_missing(tmp_path, monkeypatch):
+def test_a_save_whose_flush_fails_fails_and_reads_as_missing(tmp_path, monkeypatch, caplog):
     def fsync(fd):
         raise OSError(errno.EIO, "Input/output error")
 
@@ -1791,6 +1792,18 @@ def test_a_save_whose_flush_fails_fails_and_reads_as_missing(tmp_path, monkeypat
         with pytest.raises(MissingCheckpointError):
             store.restore(handle, {"w": np.zeros(2)})
         assert store.restore(store.save("g", 2, {"w": np.ones(2)}), {"w": np.zeros(2)})["w"][0] == 1
+    # a failed save that cannot be removed either is named in a warning (it stays)
+    with ParamStore(tmp_path / "w", durability="fsync") as store:
+        monkeypatch.setattr(os, "fsync", fsync)
+        undeletable = mock.patch.object(
+            store, "_delete", side_effect=PermissionError(errno.EACCES, "no")
+        )
+        with undeletable, caplog.at_level("WARNING", "jaxpop"):
+            handle = store.save("g", 1, {"w": np.ones(2)})
+            with pytest.raises(CheckpointSaveError):
+                store.wait()
+        monkeypatch.undo()
+        assert "could not be flushed to disk" in caplog.text and handle in caplog.text
     with pytest.raises(ValueError, match='durability must be "process" or "fsync"'):
         ParamStore(tmp_path / "p", durability="FSYNC")
     with pytest.raises(ValueError, match='durability must be "process" or "fsync"'):
@@ -1804,3 +1817,41 @@ def test_a_pickled_store_keeps_its_durability(tmp_path):
         copy = pickle.loads(pickle.dumps(store))
         assert copy.durability == "fsync" and "durability='fsync'" in repr(copy)
         copy.close()
+
+
+def test_a_collective_saves_flush_ends_alike_on_every_process(tmp_path, monkeypatch):
+    """Process 0 flushes a collective save; the others returned before it and kept a
+    handle to a save process 0 had removed (its flush failed), and a collective call
+    succeeded on some processes and failed on others (helper-126)."""
+    from jax.experimental import multihost_utils
+
+    sent = []
+
+    def broadcast(x):  # process 0's side of the collective, recorded
+        sent.append(int(x))
+        return x
+
+    monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", broadcast)
+    with ParamStore(tmp_path / "p", async_save=False) as store:
+        handle = store.save("g", 1, {"w": np.ones(2)})
+        store._flush(handle, collective=True)  # process 0, flushed
+        assert sent == [0] and store.exists(handle)
+        monkeypatch.setattr(os, "fsync", mock.Mock(side_effect=OSError(errno.EIO, "EIO")))
+        with pytest.raises(OSError, match="EIO"):
+            store._flush(handle, collective=True)  # process 0, failed: says so, removes it
+        assert sent == [0, 1] and not store.exists(handle)
+        monkeypatch.undo()
+        handle = store.save("g", 2, {"w": np.ones(2)})
+        monkeypatch.setattr(jax, "process_index", lambda: 1)
+        monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.int32(1))
+        with pytest.raises(OSError, match="process 0 could not flush"):
+            store._flush(handle, collective=True)  # another process learns of it
+        monkeypatch.setattr(multihost_utils, "broadcast_one_to_all", lambda x: np.int32(0))
+        store._flush(handle, collective=True)
+
+
+def test_a_store_pickled_by_an_earlier_jaxpop_still_loads(tmp_path):
+    (tmp_path / "p").mkdir()
+    copy = checkpointing._reopened(str(tmp_path / "p"), True, 8)  # (no durability then)
+    assert copy.durability == "process"
+    copy.close()

@@ -109,7 +109,10 @@ def _twin_runs(use_report: bool) -> tuple[list, PopulationController]:
         return {"h": meta["h"] + float(np.random.default_rng(key).normal())}
 
     pop = PopulationController(
-        [{"h": float(i)} for i in range(4)], WinnerTakeAllGenetic(mutate, 5), clock=FakeClock()
+        [{"h": float(i)} for i in range(4)],
+        WinnerTakeAllGenetic(mutate, 5),
+        seed=0,
+        clock=FakeClock(),
     )
     data = [pop.maybe_get_worker_data(i, None, 0, None, None) for i in range(4)]
     gens, steps = [d.generation_id for d in data], [0] * 4
@@ -298,7 +301,7 @@ def test_a_worker_back_after_missing_rounds_never_sends_the_population_back(tmp_
     def controller():
         population = [{"lr": 0.1}] * n
         return PopulationController(
-            population, make(), str(tmp_path), clock=clock, gone_after_s=100
+            population, make(), str(tmp_path), seed=0, clock=clock, gone_after_s=100
         )
 
     pop = controller()
@@ -1025,3 +1028,18 @@ def test_a_run_stop_when_ended_goes_on_for_the_workers_reactivated(tmp_path):
             pop.reactivate(0)
     with pytest.raises(ValueError, match="out of range"):
         pop.reactivate(5)
+    # an active worker of a run that is over is refused too (the stop after the call
+    # finished it: it returned normally with the run ended); the driver's reactivate
+    # of an active worker does not count as the worker heard from (helper-126)
+    clock = FakeClock(0.0)
+    pop = PopulationController(init, m, clock=clock, stop_when=StopWhen(seconds=10))
+    clock.advance(11)
+    with pytest.raises(ValueError, match="time budget"):
+        pop.reactivate(0)
+    assert pop.state.num_events == 0 and not pop.done
+    pop = PopulationController(init, m, clock=clock, gone_after_s=10.0)
+    clock.advance(8)
+    pop.reactivate(0)  # active: nothing changes, its silence included
+    clock.advance(3)
+    pop.maybe_get_worker_data(1, None, 0, None, None)
+    assert pop.active_workers[0].status == "gone"

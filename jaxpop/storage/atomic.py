@@ -7,7 +7,7 @@ import contextlib
 import os
 import uuid
 
-__all__ = ["sync_tree", "write_atomic"]
+__all__ = ["sync_dir", "sync_tree", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = None) -> None:
@@ -40,7 +40,12 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = N
     if dir_fd is not None:
         os.fsync(dir_fd)
         return
-    _fsync(os.path.dirname(path) or ".", directory=True)
+    sync_dir(os.path.dirname(path) or ".")
+
+
+def sync_dir(path: str | os.PathLike) -> None:
+    """Flushes a folder's entries (the names in it) to disk."""
+    _fsync(os.fspath(path), directory=True)
 
 
 def sync_tree(path: str | os.PathLike) -> None:
@@ -62,8 +67,8 @@ def sync_tree(path: str | os.PathLike) -> None:
     for folder, _, files in os.walk(path, onerror=fail):
         for name in files:
             _fsync(os.path.join(folder, name), directory=False)
-        _fsync(folder, directory=True)  # (its entries: those files and sub-folders)
-    _fsync(os.path.dirname(os.path.abspath(path)), directory=True)
+        sync_dir(folder)  # (its entries: those files and sub-folders)
+    sync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def _fsync(path: str, *, directory: bool) -> None:

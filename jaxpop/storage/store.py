@@ -541,7 +541,7 @@ class Store:
         durability: Durability = "process",
         compact_after: int = 1000,
     ):
-        check_durability(durability)
+        durability = check_durability(durability)
         if isinstance(compact_after, bool) or not isinstance(compact_after, int):
             raise TypeError(f"compact_after must be an int, got {compact_after!r}")
         if compact_after < 1:
