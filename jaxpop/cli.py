@@ -98,7 +98,10 @@ def parser() -> argparse.ArgumentParser:
         "goes on working)",
     )
     migrate.add_argument(
-        "--seed", type=int, default=0, help="seeds the jaxpop run's PRNG key (default 0)"
+        "--seed",
+        type=int,
+        default=None,
+        help="seeds the jaxpop run's PRNG key (default: a random one)",
     )
     return top
 

@@ -19,6 +19,7 @@ import functools
 import hashlib
 import numbers
 import operator
+import secrets
 from typing import Any
 
 import jax
@@ -34,10 +35,11 @@ __all__ = ["event_key", "new_generation_id", "root_key", "split_key"]
 _BLOCK = 1024
 
 
-def root_key(seed: int) -> RawKey:
+def root_key(seed: int | None) -> RawKey:
     """The raw root key (``uint32[2]``) of a run seeded with ``seed``.
 
-    ``seed``: an int in ``[-2**31, 2**64)``. JAX without x64 keeps only a seed's low
+    ``seed``: an int in ``[-2**31, 2**64)``, or ``None`` for a random one (a run of its
+    own: the generation ids it makes are no other run's). JAX without x64 keeps only a seed's low
     32 bits, so ``2**32`` would be the run of ``0``: a seed past 32 bits gets its high
     bits as the key's first word, as JAX with x64 does (``[seed >> 32, seed % 2**32]``,
     threefry's layout), so the key is the same with or without x64. Seeds below
@@ -49,8 +51,10 @@ def root_key(seed: int) -> RawKey:
     >>> root_key(0), root_key(2**32 + 5)
     (array([0, 0], dtype=uint32), array([1, 5], dtype=uint32))
     """
+    if seed is None:
+        seed = secrets.randbits(64)
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}: {seed!r:.40}")
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}: {seed!r:.40}")
     impl = jax.config.jax_default_prng_impl
     if impl != "threefry2x32":
         raise RuntimeError(

@@ -146,15 +146,20 @@ class PopulationController:
         created on a ``log_dir`` that holds a run continues that run exactly where it
         stopped (the stored state wins over ``initial_population`` and ``seed``; the
         population size and the mutator, see :meth:`Mutator.describe`, must be those
-        the run was started with). A new controller on the ``log_dir`` of a live one in
-        this process (a re-run notebook cell) takes the run over, and the older one's
-        calls then raise :class:`~jaxpop.storage.SupersededError`. See
+        the run was started with); one that holds no run but the file
+        :meth:`save_state` writes (copied there) starts from that state, as the seed's
+        controller does (:meth:`load_state`). A new controller on the ``log_dir`` of a
+        live one in this process (a re-run notebook cell) takes the run over, and the
+        older one's calls then raise :class:`~jaxpop.storage.SupersededError`. See
         :mod:`jaxpop.storage`. Parameters that workers pass to ``set_eval`` are stored
         too: with a ``log_dir`` pass small handles (paths) rather than large pytrees.
       seed: seeds the run's root PRNG key (an int in ``[-2**31, 2**64)``; every seed
         in ``[0, 2**64)`` its own run: :func:`jaxpop.keys.root_key`). Given the same
         seed, mutators that use their key (not numpy's global random state) make the
-        same decisions for the same sequence of calls.
+        same decisions for the same sequence of calls, and the same generation ids: a
+        worker of one run that reports to another run of its seed is taken for that
+        run's. ``None`` (default): a random seed, so each run's ids are its own (as the
+        seed's uuids): a worker of another run is refused as unknown.
       durability: ``"process"`` (each record reaches the OS before the call returns:
         survives the death of this process) or ``"fsync"`` (each record is also flushed
         to disk: survives a machine crash, at the cost of one disk flush per call).
@@ -211,7 +216,7 @@ class PopulationController:
         initial_population: Sequence[Any],
         mutator: Mutator | Mutate | None = None,
         log_dir: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         *,
         mutate: Mutator | Mutate | None = None,
         durability: storage.Durability = "process",
@@ -284,6 +289,14 @@ class PopulationController:
                     self._start = _run_start(store.started, restored.history, now)
                 else:
                     core.check_population([w.meta_params for w in state.workers], mutator)
+                    # a log_dir that holds only a saved state (copied there, as a seed
+                    # user copies population.state): the run goes on from it, as the
+                    # seed's controller loads it
+                    saved = store.read_file(seed_lib.STATE_FILE)
+                    if saved is not None:
+                        where = os.path.join(store.log_dir, seed_lib.STATE_FILE)
+                        state, self._start = self._state_to_load(saved, where)
+                        logger.info("jaxpop: %s holds no journal: starting from %s", log_dir, where)
                 store.start(state, started=self._start)
             except BaseException:
                 store.close()
@@ -494,19 +507,23 @@ class PopulationController:
                 if data is None:
                     return False
                 where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
-            state, run = seed_lib.state_from_bytes(data, where)
-            run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
-            state = _rekeyed(self._in_mode(state))
-            # the run it is a state of began when its bytes say (a state saved before
-            # jaxpop wrote it: this run's start stays); a stop it already meets is
-            # applied before anything is written, so that nothing changes on failure
-            start = run.get("started", self._start)
+            state, start = self._state_to_load(data, where)
+            # a stop it already meets is applied before anything is written, so that
+            # nothing changes on failure
             state, _ = self._stopped(state, start)
             if self._store is not None:
                 self._store.check_open()
                 self._store.replace(state, started=start)
             self._state, self._start = state, start
             return True
+
+    def _state_to_load(self, data: bytes, where: str) -> tuple[PopulationState, float]:
+        """The state saved as ``data`` (read from ``where``), checked against this run,
+        with a new random root key (see :meth:`load_state`), and when its run began (as
+        its bytes say; a state saved before jaxpop wrote it: this run's start)."""
+        state, run = seed_lib.state_from_bytes(data, where)
+        run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
+        return _rekeyed(self._in_mode(state)), run.get("started", self._start)
 
     # -- read-only views ------------------------------------------------------------
     @property

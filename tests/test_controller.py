@@ -1043,3 +1043,25 @@ def test_a_run_stop_when_ended_goes_on_for_the_workers_reactivated(tmp_path):
     clock.advance(3)
     pop.maybe_get_worker_data(1, None, 0, None, None)
     assert pop.active_workers[0].status == "gone"
+
+
+def test_a_worker_of_another_run_is_unknown_unless_both_runs_share_a_seed(tmp_path, caplog):
+    """Every run was seed 0 by default, so runs made the same generation ids: a worker
+    left over from one run (its id kept in its own checkpoint) reported to a fresh run
+    and was recorded as that run's, under the other run's hyperparameters, and its ask
+    said keep going (a hostile test, helper-125)."""
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=1000)
+    old = PopulationController([{"lr": 0.1}], m, str(tmp_path / "a"))
+    stale = old.active_workers[0].generation_id
+    old.close()
+    new = PopulationController([{"lr": 0.5}], m, str(tmp_path / "b"))
+    assert new.active_workers[0].generation_id != stale
+    new.set_eval(0, stale, 120, "a/ckpt-120", 0.01)
+    assert "never made" in caplog.text and new.history.num_checkpoints == 1
+    told = new.maybe_get_worker_data(0, stale, 120, "a/ckpt-120", {"lr": 0.1})
+    assert told is not None and told.meta_params == {"lr": 0.5}  # resynced
+    # the same seed is the same run's randomness, ids included (documented)
+    a, b = (PopulationController([{"lr": 0.1}], m, seed=7) for _ in range(2))
+    assert a.active_workers == b.active_workers
+    with pytest.raises(TypeError, match="seed must be an int or None"):
+        PopulationController([{"lr": 0.1}], m, seed=1.5)

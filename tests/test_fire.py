@@ -579,7 +579,9 @@ def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
         workers = simulated_workers(10)
         for rounds in splits:
             log_dir = str(tmp_path / name)
-            with PopulationController(population_, m, log_dir=log_dir, clock=lambda: 0.0) as pop:
+            with PopulationController(
+                population_, m, log_dir=log_dir, clock=lambda: 0.0, seed=0
+            ) as pop:
                 workers.run(pop, rounds)
                 runs[name] = _fingerprint(pop)
     assert runs["resumed"] == runs["whole"]

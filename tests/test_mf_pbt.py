@@ -255,13 +255,19 @@ def _fingerprint(pop):
 def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     population = [{"lr": 0.02 * (i + 1)} for i in range(8)]
     m = make(mode="max", frequencies=(1, 3))
-    with PopulationController(population, m, log_dir=str(tmp_path / "a"), clock=lambda: 0.0) as pop:
+    with PopulationController(
+        population, m, log_dir=str(tmp_path / "a"), clock=lambda: 0.0, seed=0
+    ) as pop:
         simulated_workers(8).run(pop, 24)
         whole = _fingerprint(pop)
     workers = simulated_workers(8)
-    with PopulationController(population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0) as pop:
+    with PopulationController(
+        population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0, seed=0
+    ) as pop:
         workers.run(pop, 11)
-    with PopulationController(population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0) as pop:
+    with PopulationController(
+        population, m, log_dir=str(tmp_path / "b"), clock=lambda: 0.0, seed=0
+    ) as pop:
         workers.run(pop, 13)
         resumed = _fingerprint(pop)
         counts = pop.decision_counts

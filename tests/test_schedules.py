@@ -498,11 +498,13 @@ def test_fixed_schedule_callable_restarts_exactly(tmp_path):
 
     def run(log_dir, restart_at):
         gen, meta, step, used = None, None, 0, []
-        pop = PopulationController([{"lr": 1.0}], FixedSchedule(schedule, every=3), log_dir)
+        pop = PopulationController([{"lr": 1.0}], FixedSchedule(schedule, every=3), log_dir, seed=0)
         while step < 40:
             if step == restart_at:  # the controller restarts; the worker keeps going
                 pop.close()
-                pop = PopulationController([{"lr": 1.0}], FixedSchedule(schedule, every=3), log_dir)
+                pop = PopulationController(
+                    [{"lr": 1.0}], FixedSchedule(schedule, every=3), log_dir, seed=0
+                )
             data = pop.maybe_get_worker_data(0, gen, step, None, meta)
             if data is not None:
                 gen, meta, step = data.generation_id, data.meta_params, data.step

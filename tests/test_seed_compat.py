@@ -830,3 +830,35 @@ def test_a_seed_mutate_fn_behind_a_plain_decorator_or_keeping_its_result_works()
         meta["lr"] = 999.0
     assert [w.meta_params for w in pop.active_workers] == [{"lr": 0.1}] * 2
     assert all(c.meta_params["lr"] != 999.0 for c in pop.history.checkpoints())
+
+
+def test_a_log_dir_holding_only_a_saved_state_starts_from_it(tmp_path):
+    """A seed user copies the state file into a new log_dir, as with the seed's
+    population.state: the seed's constructor loads it; jaxpop started a fresh run
+    there, silently (helper-125)."""
+    import shutil
+
+    from jaxpop import PopulationController
+    from jaxpop.seed import STATE_FILE
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    with PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, str(tmp_path / "a")) as pop:
+        gens = [w.generation_id for w in pop.active_workers]
+        pop.set_eval(0, gens[0], 10, "p0", 0.3)
+        pop.set_eval(1, gens[1], 10, "p1", 0.1)  # a round
+        pop.save_state()
+        saved = pop.state
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / STATE_FILE, tmp_path / "b" / STATE_FILE)
+    for _ in range(2):  # (made durable there at once: the second one resumes the journal)
+        with PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, str(tmp_path / "b")) as pop:
+            assert pop.state.workers == saved.workers and pop.history == saved.history
+            assert pop.decision_counts == (2, 1)
+    # a saved state of another run is refused, and nothing is written
+    (tmp_path / "c").mkdir()
+    shutil.copy(tmp_path / "a" / STATE_FILE, tmp_path / "c" / STATE_FILE)
+    with pytest.raises(storage.RunMismatchError):
+        PopulationController([{"lr": 0.1}] * 3, m, str(tmp_path / "c"))
+    assert set(os.listdir(tmp_path / "c")) <= {STATE_FILE, "lock"}  # (no run written)
+    with PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, str(tmp_path / "c")) as pop:
+        assert pop.history == saved.history

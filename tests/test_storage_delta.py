@@ -212,7 +212,9 @@ def test_a_fire_run_reopened_anywhere_restores_the_state_it_acknowledged(
     def controller(log_dir, clock):
         lrs = [1e-4 * 10 ** (4 * i / (n - 1)) for i in range(n)]
         kw = {} if log_dir is None else {"compact_after": 5}
-        return PopulationController([{"lr": lr} for lr in lrs], make(), log_dir, clock=clock, **kw)
+        return PopulationController(
+            [{"lr": lr} for lr in lrs], make(), log_dir, 0, clock=clock, **kw
+        )
 
     n = sum(sizes) + 2
 

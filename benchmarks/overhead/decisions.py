@@ -130,7 +130,7 @@ def time_decisions(
     else:
         lrs = [1e-3 * (1 + i % 7) for i in range(n)]
     durable = {} if log_dir is None else {"log_dir": log_dir, "compact_after": 10**9}
-    pop = PopulationController([{"lr": lr} for lr in lrs], mutator, **durable)
+    pop = PopulationController([{"lr": lr} for lr in lrs], mutator, seed=0, **durable)
     evals, keeps, copies, asks, v = [], [], [], [], 0
     per_decision = []  # each deciding set_eval's time over the decisions it made
     by_kind: dict[str, list[float]] = {}

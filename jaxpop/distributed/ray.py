@@ -132,7 +132,7 @@ def _holds_run(log_dir: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class _ControllerOptions:
     log_dir: str
-    seed: int
+    seed: int | None
     durability: storage.Durability
     compact_after: int
     lock_timeout_s: float
@@ -645,7 +645,7 @@ def serve(
     log_dir: str | os.PathLike,
     name: str,
     namespace: str | None = DEFAULT_NAMESPACE,
-    seed: int = 0,
+    seed: int | None = None,
     durability: storage.Durability = "process",
     compact_after: int = 1000,
     clock: Callable[[], float] | None = None,

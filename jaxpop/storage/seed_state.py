@@ -667,7 +667,7 @@ def _marker_state(seed_state: Any, where: str, memo: dict[int, Any]) -> dict[str
     return {_MARKER: 1, "seed_mutator_state": plain, "representable": representable}
 
 
-def _to_state(raw: Any, where: str, seed: int) -> PopulationState:
+def _to_state(raw: Any, where: str, seed: int | None) -> PopulationState:
     try:
         if type(raw) is not tuple or len(raw) != 3:
             raise SeedStateError(
@@ -703,12 +703,13 @@ def _source(path: str | os.PathLike) -> str:
     return os.path.join(path, SEED_STATE_FILE) if os.path.isdir(path) else path
 
 
-def load_seed_state(path: str | os.PathLike, *, seed: int = 0) -> PopulationState:
+def load_seed_state(path: str | os.PathLike, *, seed: int | None = None) -> PopulationState:
     """Reads the seed's ``population.state`` as a jaxpop state, running nothing from it.
 
     Args:
       path: the seed's ``log_dir``, or its ``population.state`` file.
-      seed: seeds the root PRNG key of the jaxpop run (the seed's state has none).
+      seed: seeds the root PRNG key of the jaxpop run (the seed's state has none);
+        ``None`` (default): a random one (see :class:`jaxpop.PopulationController`).
 
     The records become jaxpop's ``Checkpoint`` and ``ActiveWorker``: values as floats,
     steps as ints, and a checkpoint the seed gave itself as parent gets the previous
@@ -732,7 +733,10 @@ def load_seed_state(path: str | os.PathLike, *, seed: int = 0) -> PopulationStat
 
 
 def migrate_seed_state(
-    src_dir: str | os.PathLike, dst_log_dir: str | os.PathLike | None = None, *, seed: int = 0
+    src_dir: str | os.PathLike,
+    dst_log_dir: str | os.PathLike | None = None,
+    *,
+    seed: int | None = None,
 ) -> SeedMigration:
     """Turns the seed's ``src_dir/population.state`` into a jaxpop ``log_dir``.
 
@@ -752,7 +756,7 @@ def migrate_seed_state(
       src_dir: the seed's ``log_dir`` (or its ``population.state`` file).
       dst_log_dir: where to write the jaxpop run; ``None``: ``src_dir`` itself, so the
         program runs on unchanged with the same ``log_dir``.
-      seed: seeds the jaxpop run's root PRNG key.
+      seed: seeds the jaxpop run's root PRNG key (``None``: a random one).
 
     Raises:
       FileNotFoundError: there is no ``population.state``.
