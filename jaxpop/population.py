@@ -148,7 +148,8 @@ class PopulationController:
         population size and the mutator, see :meth:`Mutator.describe`, must be those
         the run was started with); one that holds no run but the file
         :meth:`save_state` writes (copied there) starts from that state, as the seed's
-        controller does (:meth:`load_state`). A new controller on the ``log_dir`` of a
+        controller does (:meth:`load_state`; ``seed`` is not used, and a file that
+        cannot be loaded raises ``ValueError``). A new controller on the ``log_dir`` of a
         live one in this process (a re-run notebook cell) takes the run over, and the
         older one's calls then raise :class:`~jaxpop.storage.SupersededError`. See
         :mod:`jaxpop.storage`. Parameters that workers pass to ``set_eval`` are stored
@@ -259,6 +260,9 @@ class PopulationController:
         self._lock = threading.RLock()
         self.log_dir = log_dir
         now = _as_time(clock())
+        if seed is None:  # (each run its own ids: a worker of another run is unknown here)
+            seed = secrets.randbits(64)
+            logger.info("jaxpop: a new controller drew seed %d (seed=None)", seed)
         state = core.init(initial_population, mutator, key=root_key(seed), now=now)
         # when the run began, for a time budget: now, or what its log_dir recorded
         self._start = now
@@ -292,10 +296,19 @@ class PopulationController:
                     # a log_dir that holds only a saved state (copied there, as a seed
                     # user copies population.state): the run goes on from it, as the
                     # seed's controller loads it
+                    where = os.path.join(store.log_dir, seed_lib.STATE_FILE)
                     saved = store.read_file(seed_lib.STATE_FILE)
                     if saved is not None:
-                        where = os.path.join(store.log_dir, seed_lib.STATE_FILE)
-                        state, self._start = self._state_to_load(saved, where)
+                        try:
+                            state, self._start = self._state_to_load(saved, where)
+                        except storage.RunMismatchError:
+                            raise  # (it says what differs, and what to do)
+                        except ValueError as e:
+                            raise ValueError(
+                                f"{log_dir} holds no run but a saved state that cannot be "
+                                f"loaded ({e}); a controller there starts from it: remove "
+                                "or rename it to start a fresh run"
+                            ) from e
                         logger.info("jaxpop: %s holds no journal: starting from %s", log_dir, where)
                 store.start(state, started=self._start)
             except BaseException:
@@ -656,11 +669,8 @@ class PopulationController:
                     self._refuse_if_over(state, event, now)
                 if self._gone_after_s is not None:
                     i = _worker_index(event.worker_id, state.population_size)
-                    # a worker that calls is alive; one reactivated counts from now
-                    # (the driver's call on an active one says nothing of it)
-                    if i is not None and (
-                        type(event) is not Reactivate or state.workers[i].status != ACTIVE
-                    ):
+                    reactivating = type(event) is Reactivate
+                    if i is not None and not reactivating:  # a worker that calls is alive
                         self._seen[i] = now
                     state, changes = core.expire(
                         state,
@@ -673,6 +683,10 @@ class PopulationController:
                     if changes is not None:
                         pending.append(changes)
                         gone += [j for j, w in changes.workers if w.status == GONE]
+                    # one reactivated counts from now (the driver's call on an active
+                    # one says nothing of it)
+                    if i is not None and reactivating and state.workers[i].status != ACTIVE:
+                        self._seen[i] = now
                 when = self._stop_when
                 # a call in flight when the run ended (say) wakes no one, decides nothing
                 over = (

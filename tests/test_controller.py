@@ -1043,6 +1043,14 @@ def test_a_run_stop_when_ended_goes_on_for_the_workers_reactivated(tmp_path):
     clock.advance(3)
     pop.maybe_get_worker_data(1, None, 0, None, None)
     assert pop.active_workers[0].status == "gone"
+    # one silent past gone_after_s is declared gone by the call itself, and reactivated:
+    # it counts from now (helper-127)
+    pop = PopulationController(init, m, clock=clock, gone_after_s=10.0)
+    clock.advance(15)  # worker 0 active, silent past gone_after_s
+    pop.reactivate(0)  # gone at this call's check, then reactivated: counts from now
+    clock.advance(2)
+    pop.maybe_get_worker_data(1, None, 0, None, None)
+    assert pop.active_workers[0].status == "active"
 
 
 def test_a_worker_of_another_run_is_unknown_unless_both_runs_share_a_seed(tmp_path, caplog):

@@ -8,6 +8,7 @@ import os
 import pickle
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -831,6 +832,34 @@ def test_a_seed_mutate_fn_behind_a_plain_decorator_or_keeping_its_result_works()
     assert [w.meta_params for w in pop.active_workers] == [{"lr": 0.1}] * 2
     assert all(c.meta_params["lr"] != 999.0 for c in pop.history.checkpoints())
 
+    @logged
+    def keyed(meta, key):  # jaxpop's form, behind the same decorator: given its key
+        return {"lr": meta["lr"] + float(np.asarray(key)[1] % 2)}
+
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}], WinnerTakeAllGenetic(keyed, 10))
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "a", 0.3)
+    pop.set_eval(1, gens[1], 10, "b", 0.1)
+    assert pop.decision_counts == (2, 1)  # (the round ran, with keys)
+    # what PBT's explorer returns is copied in too (helper-127)
+    from jaxpop.mutators import PopulationBasedTraining
+
+    results = []
+
+    def explorer(key, source, history, workers):
+        results.append({"lr": source.meta_params["lr"] * 2, "note": types.SimpleNamespace()})
+        return results[-1]
+
+    pbt = PopulationBasedTraining(perturbation_interval=1, explorer=explorer)
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.2}], pbt)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(1, gens[1], 1, "b", 0.1)
+    pop.set_eval(0, gens[0], 1, "a", 0.9)  # bottom: copies worker 1
+    assert results and pop.active_workers[0].meta_params["lr"] == 0.4
+    results[-1]["lr"], results[-1]["note"].x = 999.0, 1
+    assert pop.active_workers[0].meta_params["lr"] == 0.4
+    assert not hasattr(pop.active_workers[0].meta_params["note"], "x")
+
 
 def test_a_log_dir_holding_only_a_saved_state_starts_from_it(tmp_path):
     """A seed user copies the state file into a new log_dir, as with the seed's
@@ -862,3 +891,13 @@ def test_a_log_dir_holding_only_a_saved_state_starts_from_it(tmp_path):
     assert set(os.listdir(tmp_path / "c")) <= {STATE_FILE, "lock"}  # (no run written)
     with PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, str(tmp_path / "c")) as pop:
         assert pop.history == saved.history
+    # a damaged one says so, and how to start afresh; a folder of its name is no file
+    # (helper-127: a directory read as "Is a directory: 5")
+    (tmp_path / "d" / STATE_FILE).mkdir(parents=True)
+    with pytest.raises(OSError, match="is not a regular file"):
+        PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, str(tmp_path / "d"))
+    (tmp_path / "e").mkdir()
+    data = (tmp_path / "a" / STATE_FILE).read_bytes()
+    (tmp_path / "e" / STATE_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="remove or rename it to start a fresh run"):
+        PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, str(tmp_path / "e"))

@@ -216,8 +216,8 @@ class _ControllerActor:
     def _open_locked(self, deadline: float) -> None:
         if self._no_run:
             # a new run here would take the restarted run's place: its acknowledged
-            # evaluations lost, and the same seed's generation ids taking its workers'
-            # reports as if nothing happened
+            # evaluations lost (and, with a seed given, the same seed's generation ids
+            # taking its workers' reports as if nothing happened)
             self._error = _NoRunError(
                 f"the controller actor restarted on node "
                 f"{ray.get_runtime_context().get_node_id()}, where its log_dir "

@@ -57,6 +57,7 @@ __all__ = [
     "decision_counts",
     "evaluated_since",
     "is_finite",
+    "own_result",
     "rank_value",
     "as_record",
     "reads_like_a_dict",
@@ -537,11 +538,12 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
     ``functools.partial`` that binds an argument before it by keyword), or has
     ``num_args + 1`` or more positional parameters without defaults. Otherwise it is
     called without one (the seed's form, which may draw from numpy's global random
-    state), also when it takes ``*args``: a decorator's wrapper that does not use
-    ``functools.wraps`` (``def wrapper(*args, **kwargs)``) passes on what it gets to a
-    function of the seed's form.
+    state). A signature that takes the rest as ``*args`` says neither: a decorator's
+    wrapper without ``functools.wraps`` (``def wrapper(*args, **kwargs)``) is read
+    through the one function it wraps (the one callable its closure holds); where
+    there is no such function the seed's form is taken, with a warning.
 
-    >>> takes_key(lambda meta, key: meta, 1), takes_key(lambda *args: args[0], 1)
+    >>> takes_key(lambda meta, key: meta, 1), takes_key(lambda meta: meta, 1)
     (True, False)
     """
     try:
@@ -556,7 +558,32 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
     if any(p.name == "key" for p in positional) or _key_by_name(fn):
         return True
     required = [p for p in positional if p.default is inspect.Parameter.empty]
-    return len(required) > num_args
+    if len(required) > num_args:
+        return True
+    if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return False
+    wrapped = _wrapped_by_closure(fn)
+    if wrapped is not None:
+        return takes_key(wrapped, num_args)
+    warnings.warn(
+        f"{getattr(fn, '__qualname__', type(fn).__name__)} takes *args: jaxpop cannot tell "
+        "whether it wants a PRNG key, and calls it without one (the seed's form); name a "
+        "parameter 'key' to be given one, or wrap the function with functools.wraps",
+        stacklevel=caller_stacklevel(),
+    )
+    return False
+
+
+def _wrapped_by_closure(fn: Any) -> Callable[..., Any] | None:
+    """The one callable a wrapper function's closure holds (what a decorator without
+    ``functools.wraps`` wraps), or ``None``."""
+    closure = getattr(getattr(fn, "__func__", fn), "__closure__", None) or ()
+    found = []
+    for cell in closure:
+        with contextlib.suppress(ValueError):  # (an empty cell)
+            if callable(cell.cell_contents) and not isinstance(cell.cell_contents, type):
+                found.append(cell.cell_contents)
+    return found[0] if len(found) == 1 and found[0] is not fn else None
 
 
 def call_mutate_fn(
@@ -572,8 +599,17 @@ def call_mutate_fn(
     """
     args = (jax.tree.map(_fresh, args[0]), *args[1:])
     if not wants_key:
-        return copy_in(fn(*args))
-    return copy_in(fn(*args, key=key) if _key_by_name(fn) else fn(*args, key))
+        return own_result(fn(*args))
+    return own_result(fn(*args, key=key) if _key_by_name(fn) else fn(*args, key))
+
+
+def own_result(tree: Any) -> Any:
+    """What a user's function returned, as the mutator's own: fresh containers, read-only
+    copies of numpy arrays, deep copies of leaves that may be edited in place; the
+    function may keep and edit what it returned."""
+    with contextlib.suppress(TypeError, ValueError):  # (keys JAX cannot sort: the core says so)
+        tree = jax.tree.map(_fresh, tree)
+    return copy_in(tree)
 
 
 #: ``fn -> _key_by_name(fn)``, held only as long as ``fn`` is (read at every call).

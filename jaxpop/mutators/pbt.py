@@ -43,6 +43,7 @@ from jaxpop.mutators.base import (
     copied_value,
     copy_source,
     evaluated_since,
+    own_result,
     reads_like_a_dict,
     records_config,
     start_generation,
@@ -486,7 +487,7 @@ def _new_meta_params(
     ``uint32[2, 2]``, the space's (or explorer's) raw key, then the function's."""
     meta = source.meta_params
     if explorer is not None:
-        meta = explorer(keys[0], source, history, tuple(workers))
+        meta = own_result(explorer(keys[0], source, history, tuple(workers)))
         if space is not None:
             meta = explore_lib.clip(space, meta)
     elif space is not None:

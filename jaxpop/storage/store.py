@@ -17,6 +17,7 @@ import gc
 import logging
 import os
 import re
+import stat
 import threading
 import uuid
 import warnings
@@ -671,10 +672,14 @@ class Store:
         """The bytes of the file ``name`` of the locked directory, ``None`` if it has none."""
         with self._io_lock:
             self.check_open(started=False)
-            try:
-                fd = os.open(name, os.O_RDONLY, dir_fd=self._directory.fd)
+            try:  # (non-blocking: a FIFO there would block the open, lock held)
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=self._directory.fd)
             except FileNotFoundError:
                 return None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                path = os.path.join(self.log_dir, name)
+                raise OSError(errno.EINVAL, f"{path} is not a regular file", path)
             with open(fd, "rb") as f:
                 return f.read()
 
