@@ -15,26 +15,27 @@ rest of a controller call) and fall back to ``jax.tree`` for other pytree nodes.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["check_sortable_keys", "copy_in", "copy_out"]
+__all__ = ["check_sortable_keys", "copy_in", "copy_out", "deep_copy_or_share"]
 
 _IMMUTABLE = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
-def _copy(x: Any, arrays: bool) -> Any:
+def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
     t = type(x)
     if t in _IMMUTABLE:
         return x
     if t is dict:
-        return {k: _copy(v, arrays) for k, v in x.items()}
+        return {k: _copy(v, arrays, deep) for k, v in x.items()}
     if t is list:
-        return [_copy(v, arrays) for v in x]
+        return [_copy(v, arrays, deep) for v in x]
     if t is tuple:
-        return tuple(_copy(v, arrays) for v in x)
+        return tuple(_copy(v, arrays, deep) for v in x)
     if t is np.ndarray:
         if not arrays:
             return x
@@ -44,13 +45,15 @@ def _copy(x: Any, arrays: bool) -> Any:
     if isinstance(x, (jax.Array, np.generic)):
         return x
     leaves, treedef = jax.tree.flatten(x, is_leaf=lambda leaf: leaf is not x)
-    if jax.tree_util.treedef_is_leaf(treedef):  # a leaf of another type: shared as it is
-        return x
-    return jax.tree.unflatten(treedef, [_copy(leaf, arrays) for leaf in leaves])
+    if jax.tree_util.treedef_is_leaf(treedef):  # a leaf of another type
+        return deep_copy_or_share(x) if deep else x
+    return jax.tree.unflatten(treedef, [_copy(leaf, arrays, deep) for leaf in leaves])
 
 
-def copy_in(tree: Any) -> Any:
-    """``tree`` with fresh containers and read-only copies of its numpy arrays.
+def copy_in(tree: Any, *, deep: bool = False) -> Any:
+    """``tree`` with fresh containers and read-only copies of its numpy arrays; with
+    ``deep``, leaves of other types (objects that may be edited in place) are deep
+    copies too, where they can be copied (:func:`deep_copy_or_share`).
 
     >>> meta = {"lr": 0.1}
     >>> stored = copy_in(meta)
@@ -58,7 +61,16 @@ def copy_in(tree: Any) -> Any:
     >>> stored
     {'lr': 0.1}
     """
-    return _copy(tree, arrays=True)
+    return _copy(tree, arrays=True, deep=deep)
+
+
+def deep_copy_or_share(leaf: Any) -> Any:
+    """``copy.deepcopy(leaf)``, or ``leaf`` itself if it cannot be copied (a lock, a
+    generator, an object whose copy raises)."""
+    try:
+        return copy.deepcopy(leaf)
+    except Exception:  # (whatever its __deepcopy__ raises: shared, as it always was)
+        return leaf
 
 
 def copy_out(tree: Any) -> Any:

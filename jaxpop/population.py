@@ -260,9 +260,9 @@ class PopulationController:
         self._lock = threading.RLock()
         self.log_dir = log_dir
         now = _as_time(clock())
-        if seed is None:  # (each run its own ids: a worker of another run is unknown here)
+        drawn = seed is None  # (each run its own ids: a worker of another run is unknown here)
+        if drawn:
             seed = secrets.randbits(64)
-            logger.info("jaxpop: a new controller drew seed %d (seed=None)", seed)
         state = core.init(initial_population, mutator, key=root_key(seed), now=now)
         # when the run began, for a time budget: now, or what its log_dir recorded
         self._start = now
@@ -316,8 +316,11 @@ class PopulationController:
                 raise
             self._store = store
             weakref.finalize(self, store.close)
+            drawn = drawn and restored is None and saved is None
         else:
             core.check_population([w.meta_params for w in state.workers], mutator)
+        if drawn:  # (a run started here, not one resumed or loaded)
+            logger.info("jaxpop: a new run with seed %d (drawn: seed=None)", seed)
         self._state = state
         # when each worker last called, in memory only (with gone_after_s). A controller
         # just started (or resumed) has heard from no one yet: every worker has
@@ -510,6 +513,7 @@ class PopulationController:
             them. Nothing changes.
           storage.RunMismatchError: the state is of a run with another population size
             or mutator (or configuration, unless ``reconfigure``). Nothing changes.
+          OSError: the file cannot be read (or is no regular file). Nothing changes.
         """
         with self._lock:
             where = "the bytes passed to load_state"

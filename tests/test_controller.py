@@ -1059,9 +1059,14 @@ def test_a_worker_of_another_run_is_unknown_unless_both_runs_share_a_seed(tmp_pa
     and was recorded as that run's, under the other run's hyperparameters, and its ask
     said keep going (a hostile test, helper-125)."""
     m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=1000)
-    old = PopulationController([{"lr": 0.1}], m, str(tmp_path / "a"))
-    stale = old.active_workers[0].generation_id
-    old.close()
+    with caplog.at_level(logging.INFO, "jaxpop"):
+        old = PopulationController([{"lr": 0.1}], m, str(tmp_path / "a"))
+        stale = old.active_workers[0].generation_id
+        old.close()
+        assert "a new run with seed" in caplog.text  # (the seed drawn: to run it again)
+        caplog.clear()
+        PopulationController([{"lr": 0.1}], m, str(tmp_path / "a")).close()
+        assert "a new run with seed" not in caplog.text  # (resumed: its key is its own)
     new = PopulationController([{"lr": 0.5}], m, str(tmp_path / "b"))
     assert new.active_workers[0].generation_id != stale
     new.set_eval(0, stale, 120, "a/ckpt-120", 0.01)

@@ -2,6 +2,7 @@
 
 import functools
 import math
+import types
 import warnings
 
 import numpy as np
@@ -1293,3 +1294,72 @@ def test_the_window_mean_is_within_an_ulp_and_equal_values_average_to_themselves
     float32s = [np.float32(0.1), np.float32(0.2), np.float32(0.7)]  # (divided in float64)
     exact = float(sum(Fraction(float(v)) for v in float32s) / 3)
     assert abs(window_mean(float32s) - exact) <= math.ulp(exact)
+
+
+def test_takes_key_reads_through_wrappers_by_the_names_of_parameters_only():
+    """A wrapper may pass on more arguments than it gets: reading the wrapped function's
+    arity handed a seed-form function a key (every round raised); a keyword-only key
+    behind a wrapper was passed positionally; a cycle of closures recursed without end
+    (helper-128)."""
+
+    def adds(extra):  # a decorator that passes its own argument on
+        def decorate(fn):
+            def wrapper(*args):
+                return fn(*args, extra)
+
+            return wrapper
+
+        return decorate
+
+    @adds(0.5)
+    def scaled(meta, scale):  # the seed's form, behind it
+        return {"h": meta["h"] * scale}
+
+    def plain(fn):
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    @plain
+    def kw_only(meta, *, key):
+        return {"h": meta["h"] + float(np.asarray(key)[1] % 2)}
+
+    def a(*args):
+        return b(*args)
+
+    def b(*args):
+        return a(*args)
+
+    with pytest.warns(UserWarning, match="cannot tell"):
+        assert not takes_key(scaled, 1)  # (an arity through a wrapper says nothing)
+    assert takes_key(kw_only, 1) and takes_key(functools.partial(plain(kw_only)), 1)
+    key = np.array([0, 3], np.uint32)
+    assert call_mutate_fn(kw_only, True, ({"h": 2.0},), key) == {"h": 3.0}
+    with pytest.warns(UserWarning, match="cannot tell"):
+        assert not takes_key(a, 1)  # (not a RecursionError)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not takes_key(plain(lambda meta: meta), 1)  # certain: no warning
+        state, _ = _wta_round(WinnerTakeAllGenetic(kw_only, 10), [0.3, 0.1, 0.2])
+        assert all(w.step == 10 for w in state.workers)  # (the round ran, with its key)
+    with pytest.warns(UserWarning, match="cannot tell"):
+        mutator = WinnerTakeAllGenetic(scaled, 10)
+    state, _ = _wta_round(mutator, [0.3, 0.1, 0.2])  # called the seed's way: it runs
+    assert all(w.step == 10 for w in state.workers)
+
+
+def test_what_a_mutation_function_returns_is_copied_where_it_can_be_and_keeps_its_order():
+    class Handle:
+        def __deepcopy__(self, memo):
+            raise RuntimeError("cannot be copied")
+
+    note = types.SimpleNamespace(x=1)
+    out = call_mutate_fn(
+        lambda meta: {"wd": 0.1, "lr": 0.2, "h": Handle(), "n": note},
+        False,
+        ({"h": 1.0},),
+        np.zeros(2, np.uint32),
+    )
+    assert list(out) == ["wd", "lr", "h", "n"]  # (the function's order, not sorted)
+    assert isinstance(out["h"], Handle) and out["n"] is not note and out["n"].x == 1

@@ -17,7 +17,6 @@ generation from a checkpoint.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -35,7 +34,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import jax
 import numpy as np
 
-from jaxpop.boundary import _IMMUTABLE, copy_in
+from jaxpop.boundary import _IMMUTABLE, copy_in, deep_copy_or_share
 from jaxpop.events import Ask
 from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
@@ -540,12 +539,31 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
     called without one (the seed's form, which may draw from numpy's global random
     state). A signature that takes the rest as ``*args`` says neither: a decorator's
     wrapper without ``functools.wraps`` (``def wrapper(*args, **kwargs)``) is read
-    through the one function it wraps (the one callable its closure holds); where
-    there is no such function the seed's form is taken, with a warning.
+    through the function it wraps (the one function its closure holds), by the name
+    of its parameters only (a wrapper may pass on more arguments than it gets): one
+    named ``key`` gets the key; one that takes no more than ``num_args`` arguments is
+    the seed's form. Where that cannot tell, the seed's form, with a warning.
 
     >>> takes_key(lambda meta, key: meta, 1), takes_key(lambda meta: meta, 1)
     (True, False)
     """
+    verdict = _wants_key(fn, num_args, through=False, seen=set())
+    if verdict is None:
+        warnings.warn(
+            f"{getattr(fn, '__qualname__', type(fn).__name__)} takes *args: jaxpop cannot "
+            "tell whether it wants a PRNG key, and calls it without one (the seed's form); "
+            "name a parameter 'key' to be given one, or wrap the function with "
+            "functools.wraps",
+            stacklevel=caller_stacklevel(),
+        )
+        return False
+    return verdict
+
+
+def _wants_key(fn: Any, num_args: int, *, through: bool, seen: set[int]) -> bool | None:
+    """:func:`takes_key` of ``fn`` (``through``: reached through a wrapper, whose arity
+    says nothing); ``None`` where its signature cannot tell."""
+    seen.add(id(fn))
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature: the seed's form
@@ -559,30 +577,28 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
         return True
     required = [p for p in positional if p.default is inspect.Parameter.empty]
     if len(required) > num_args:
-        return True
+        return None if through else True
     if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         return False
-    wrapped = _wrapped_by_closure(fn)
-    if wrapped is not None:
-        return takes_key(wrapped, num_args)
-    warnings.warn(
-        f"{getattr(fn, '__qualname__', type(fn).__name__)} takes *args: jaxpop cannot tell "
-        "whether it wants a PRNG key, and calls it without one (the seed's form); name a "
-        "parameter 'key' to be given one, or wrap the function with functools.wraps",
-        stacklevel=caller_stacklevel(),
-    )
-    return False
+    wrapped = _wrapped(fn)
+    if wrapped is None or id(wrapped) in seen:
+        return None
+    return _wants_key(wrapped, num_args, through=True, seen=seen)
 
 
-def _wrapped_by_closure(fn: Any) -> Callable[..., Any] | None:
-    """The one callable a wrapper function's closure holds (what a decorator without
-    ``functools.wraps`` wraps), or ``None``."""
+def _wrapped(fn: Any) -> Callable[..., Any] | None:
+    """The function a wrapper that takes ``*args`` passes them on to: a partial's, or
+    the one function (not a class, not a builtin) a decorator's wrapper closes over;
+    ``None`` if there is no such one."""
+    if isinstance(fn, functools.partial):
+        return fn.func
     closure = getattr(getattr(fn, "__func__", fn), "__closure__", None) or ()
     found = []
     for cell in closure:
         with contextlib.suppress(ValueError):  # (an empty cell)
-            if callable(cell.cell_contents) and not isinstance(cell.cell_contents, type):
-                found.append(cell.cell_contents)
+            inner = cell.cell_contents
+            if callable(inner) and not isinstance(inner, (type, types.BuiltinFunctionType)):
+                found.append(inner)
     return found[0] if len(found) == 1 and found[0] is not fn else None
 
 
@@ -607,9 +623,7 @@ def own_result(tree: Any) -> Any:
     """What a user's function returned, as the mutator's own: fresh containers, read-only
     copies of numpy arrays, deep copies of leaves that may be edited in place; the
     function may keep and edit what it returned."""
-    with contextlib.suppress(TypeError, ValueError):  # (keys JAX cannot sort: the core says so)
-        tree = jax.tree.map(_fresh, tree)
-    return copy_in(tree)
+    return copy_in(tree, deep=True)
 
 
 #: ``fn -> _key_by_name(fn)``, held only as long as ``fn`` is (read at every call).
@@ -617,16 +631,26 @@ _KEY_BY_NAME: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _key_by_name(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn``'s ``key`` parameter is keyword-only (passed by name)."""
+    """Whether ``fn``'s ``key`` parameter is keyword-only (passed by name), read through
+    the wrappers that take ``*args`` (see :func:`takes_key`)."""
     try:
         return _KEY_BY_NAME[fn]
     except (KeyError, TypeError):  # (TypeError: not weakly referable, or unhashable)
         pass
-    try:
-        parameter = inspect.signature(fn).parameters.get("key")
-    except (TypeError, ValueError):
-        parameter = None
-    by_name = parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    by_name, seen = False, set()
+    inner: Callable[..., Any] | None = fn
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        try:
+            params = inspect.signature(inner).parameters
+        except (TypeError, ValueError):
+            break
+        if "key" in params:
+            by_name = params["key"].kind is inspect.Parameter.KEYWORD_ONLY
+            break
+        if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
+            break
+        inner = _wrapped(inner)
     with contextlib.suppress(TypeError):
         _KEY_BY_NAME[fn] = by_name
     return by_name
@@ -635,7 +659,7 @@ def _key_by_name(fn: Callable[..., Any]) -> bool:
 def _fresh(leaf: Any) -> Any:
     if type(leaf) in _IMMUTABLE or isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
         return leaf
-    return copy.deepcopy(leaf)
+    return deep_copy_or_share(leaf)
 
 
 def evaluated_since(

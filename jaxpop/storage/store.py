@@ -679,7 +679,9 @@ class Store:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 path = os.path.join(self.log_dir, name)
-                raise OSError(errno.EINVAL, f"{path} is not a regular file", path)
+                raise OSError(
+                    errno.EINVAL, f"{path} is not a regular file (remove or rename it)", path
+                )
             with open(fd, "rb") as f:
                 return f.read()
 
