@@ -34,7 +34,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import jax
 import numpy as np
 
-from jaxpop.boundary import _IMMUTABLE, copy_in, deep_copy_or_share
+from jaxpop.boundary import copy_in
 from jaxpop.events import Ask
 from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
@@ -613,16 +613,16 @@ def call_mutate_fn(
     function that edits its argument in place cannot corrupt the checkpoints in the
     history that share it (their numpy arrays are read-only).
     """
-    args = (jax.tree.map(_fresh, args[0]), *args[1:])
+    args = (own_result(args[0]), *args[1:])
     if not wants_key:
         return own_result(fn(*args))
     return own_result(fn(*args, key=key) if _key_by_name(fn) else fn(*args, key))
 
 
 def own_result(tree: Any) -> Any:
-    """What a user's function returned, as the mutator's own: fresh containers, read-only
-    copies of numpy arrays, deep copies of leaves that may be edited in place; the
-    function may keep and edit what it returned."""
+    """What a user's function returned (or is given), as the receiver's own: fresh
+    containers, read-only copies of numpy arrays, deep copies of leaves that may be
+    edited in place; the other side may keep and edit its object."""
     return copy_in(tree, deep=True)
 
 
@@ -654,12 +654,6 @@ def _key_by_name(fn: Callable[..., Any]) -> bool:
     with contextlib.suppress(TypeError):
         _KEY_BY_NAME[fn] = by_name
     return by_name
-
-
-def _fresh(leaf: Any) -> Any:
-    if type(leaf) in _IMMUTABLE or isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
-        return leaf
-    return deep_copy_or_share(leaf)
 
 
 def evaluated_since(
