@@ -39,7 +39,8 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
     if t is np.ndarray:
         if not arrays:
             return x
-        frozen = x.copy()
+        # (deep: an object array's elements are objects that may be edited in place)
+        frozen = deep_copy_or_share(x) if deep and x.dtype == object else x.copy()
         frozen.flags.writeable = False
         return frozen
     if isinstance(x, (jax.Array, np.generic)):

@@ -1349,17 +1349,49 @@ def test_takes_key_reads_through_wrappers_by_the_names_of_parameters_only():
     assert all(w.step == 10 for w in state.workers)
 
 
-def test_what_a_mutation_function_returns_is_copied_where_it_can_be_and_keeps_its_order():
+def test_a_mutation_functions_result_keeps_its_order_and_objects_its_argument_is_a_copy():
+    """Containers and arrays of a result are copied (key order kept); other objects keep
+    their identity (a choice between objects: ``meta["act"] in CHOICES``), and one whose
+    copy would raise never fails a round. The argument is a deep copy, an object
+    array's elements included (helper-128, helper-129)."""
+
     class Handle:
         def __deepcopy__(self, memo):
             raise RuntimeError("cannot be copied")
 
-    note = types.SimpleNamespace(x=1)
+    note, handle = types.SimpleNamespace(x=1), Handle()
     out = call_mutate_fn(
-        lambda meta: {"wd": 0.1, "lr": 0.2, "h": Handle(), "n": note},
+        lambda meta: {"wd": 0.1, "lr": 0.2, "h": handle, "n": note, "a": np.ones(2)},
         False,
         ({"h": 1.0},),
         np.zeros(2, np.uint32),
     )
-    assert list(out) == ["wd", "lr", "h", "n"]  # (the function's order, not sorted)
-    assert isinstance(out["h"], Handle) and out["n"] is not note and out["n"].x == 1
+    assert list(out) == ["wd", "lr", "h", "n", "a"]  # (the function's order, not sorted)
+    assert out["h"] is handle and out["n"] is note and not out["a"].flags.writeable
+    boxed = np.empty(1, object)
+    boxed[0] = {"width": 1}
+    seen = []
+
+    def edits(meta):
+        seen.append(meta)
+        meta["b"][0]["width"] = 999
+        return meta
+
+    call_mutate_fn(edits, False, ({"b": boxed, "n": note},), np.zeros(2, np.uint32))
+    assert boxed[0] == {"width": 1} and seen[0]["n"] is not note  # (the history's, intact)
+
+
+def test_a_keyword_only_key_behind_a_wrapper_without_kwargs_is_not_passed_by_name():
+    def args_only(fn):
+        def wrapper(*args):
+            return fn(*args)
+
+        return wrapper
+
+    @args_only
+    def mutate(meta, *, key=None):
+        return meta
+
+    with pytest.warns(UserWarning, match="cannot tell"):
+        assert not takes_key(mutate, 1)
+    assert call_mutate_fn(mutate, False, ({"h": 1.0},), np.zeros(2, np.uint32)) == {"h": 1.0}

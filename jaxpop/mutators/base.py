@@ -552,17 +552,21 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
         warnings.warn(
             f"{getattr(fn, '__qualname__', type(fn).__name__)} takes *args: jaxpop cannot "
             "tell whether it wants a PRNG key, and calls it without one (the seed's form); "
-            "name a parameter 'key' to be given one, or wrap the function with "
-            "functools.wraps",
+            "name a parameter 'key' to be given one, and make a decorator's wrapper show "
+            "the function it wraps (functools.wraps, or functools.update_wrapper(self, fn) "
+            "in a class)",
             stacklevel=caller_stacklevel(),
         )
         return False
     return verdict
 
 
-def _wants_key(fn: Any, num_args: int, *, through: bool, seen: set[int]) -> bool | None:
+def _wants_key(
+    fn: Any, num_args: int, *, through: bool, seen: set[int], by_name: bool = True
+) -> bool | None:
     """:func:`takes_key` of ``fn`` (``through``: reached through a wrapper, whose arity
-    says nothing); ``None`` where its signature cannot tell."""
+    says nothing; ``by_name``: the wrappers on the way pass keywords on); ``None`` where
+    its signature cannot tell."""
     seen.add(id(fn))
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -573,8 +577,10 @@ def _wants_key(fn: Any, num_args: int, *, through: bool, seen: set[int]) -> bool
         for p in params
         if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
-    if any(p.name == "key" for p in positional) or _key_by_name(fn):
+    if any(p.name == "key" for p in positional):
         return True
+    if any(p.name == "key" and p.kind is inspect.Parameter.KEYWORD_ONLY for p in params):
+        return True if by_name else None  # (None: a wrapper could not pass it by name)
     required = [p for p in positional if p.default is inspect.Parameter.empty]
     if len(required) > num_args:
         return None if through else True
@@ -583,7 +589,8 @@ def _wants_key(fn: Any, num_args: int, *, through: bool, seen: set[int]) -> bool
     wrapped = _wrapped(fn)
     if wrapped is None or id(wrapped) in seen:
         return None
-    return _wants_key(wrapped, num_args, through=True, seen=seen)
+    by_name = by_name and any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    return _wants_key(wrapped, num_args, through=True, by_name=by_name, seen=seen)
 
 
 def _wrapped(fn: Any) -> Callable[..., Any] | None:
@@ -613,17 +620,18 @@ def call_mutate_fn(
     function that edits its argument in place cannot corrupt the checkpoints in the
     history that share it (their numpy arrays are read-only).
     """
-    args = (own_result(args[0]), *args[1:])
+    args = (copy_in(args[0], deep=True), *args[1:])
     if not wants_key:
         return own_result(fn(*args))
     return own_result(fn(*args, key=key) if _key_by_name(fn) else fn(*args, key))
 
 
 def own_result(tree: Any) -> Any:
-    """What a user's function returned (or is given), as the receiver's own: fresh
-    containers, read-only copies of numpy arrays, deep copies of leaves that may be
-    edited in place; the other side may keep and edit its object."""
-    return copy_in(tree, deep=True)
+    """What a user's function returned, as the mutator's own: fresh containers and
+    read-only copies of numpy arrays (:func:`jaxpop.boundary.copy_in`), so the function
+    may keep and edit those; other objects (a choice between objects, say) stay the
+    objects it returned, their identity included."""
+    return copy_in(tree)
 
 
 #: ``fn -> _key_by_name(fn)``, held only as long as ``fn`` is (read at every call).
@@ -648,6 +656,8 @@ def _key_by_name(fn: Callable[..., Any]) -> bool:
         if "key" in params:
             by_name = params["key"].kind is inspect.Parameter.KEYWORD_ONLY
             break
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            break  # (a key by name could not pass this wrapper)
         if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
             break
         inner = _wrapped(inner)
