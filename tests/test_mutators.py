@@ -1395,3 +1395,77 @@ def test_a_keyword_only_key_behind_a_wrapper_without_kwargs_is_not_passed_by_nam
     with pytest.warns(UserWarning, match="cannot tell"):
         assert not takes_key(mutate, 1)
     assert call_mutate_fn(mutate, False, ({"h": 1.0},), np.zeros(2, np.uint32)) == {"h": 1.0}
+
+
+def test_a_mutator_told_whether_its_function_takes_a_key_calls_it_so():
+    # what no signature tells: a seed-era adapter that supplies its own key (*args,
+    # closing over a keyed function: read as keyed, so handed a second key, it raised
+    # every round), and a wrapper closing over a function and a logger (the seed's form
+    # with a warning, so a keyed function behind it raised every round)
+    def keyed(meta, key):
+        return {"h": meta["h"] + float(np.asarray(key)[1] % 3)}
+
+    def adapter(*args):
+        return keyed(*args, np.array([0, 7], np.uint32))
+
+    calls = []
+
+    def logged(fn):
+        def wrapper(*args):
+            calls.append(len(args))
+            return fn(*args)
+
+        return wrapper
+
+    keyed_and_logged = logged(keyed)  # (its closure holds fn and calls)
+
+    for fn, given in ((adapter, False), (keyed_and_logged, True)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # told: no warning
+            wta = WinnerTakeAllGenetic(fn, steps_per_exploit=10, mutate_fn_takes_key=given)
+        assert wta.config["mutate_fn_takes_key"] is given
+        state, gens = _wta_round(wta, [0.3, 0.1, 0.2])
+        assert all(w.step == 10 and w.generation_id not in gens for w in state.workers)
+        pbt = PopulationBasedTraining(
+            perturbation_interval=10, custom_explore_fn=fn, custom_explore_fn_takes_key=given
+        )
+        state = fresh_state([{"h": 0.0}, {"h": 1.0}], pbt)
+        for i, value in ((1, 0.1), (0, 0.9)):  # worker 0, the worse, copies
+            gen = state.workers[i].generation_id
+            state, _ = apply(state, Eval(f"p{i}", i, gen, 10, value), 1.0, pbt)
+        assert state.workers[0].params == "p1"
+
+    branching = []
+
+    def branch(*args):  # (meta, direction, phase_index[, key])
+        branching.append(len(args))
+        return args[0]
+
+    for given, arity in ((True, 4), (False, 3)):
+        branching.clear()
+        m = BranchingSingleMachine(branch, 1, 1, mutate_fn_takes_key=given)
+        state = fresh_state([{}], m)
+        for step in (1, 2):
+            gen = state.workers[0].generation_id
+            state, _ = apply(state, Eval(None, 0, gen, step, 1.0), 1.0, m)
+        assert branching == [arity]  # (the "pos" branch's start)
+    assert calls and set(calls) == {2}  # the logged wrapper got the key
+
+    for bad in ("yes", 1, 0.0):
+        with pytest.raises(TypeError, match="True, False or None"):
+            WinnerTakeAllGenetic(keyed, steps_per_exploit=1, mutate_fn_takes_key=bad)
+        with pytest.raises(TypeError, match="True, False or None"):
+            BranchingSingleMachine(keyed, 1, 1, mutate_fn_takes_key=bad)
+        with pytest.raises(TypeError, match="True, False or None"):
+            PopulationBasedTraining(
+                perturbation_interval=1, custom_explore_fn=keyed, custom_explore_fn_takes_key=bad
+            )
+    with pytest.raises(ValueError, match="custom_explore_fn, which was not given"):
+        PopulationBasedTraining(
+            perturbation_interval=1,
+            hyperparam_space={"h": explore.uniform(0.0, 1.0)},
+            custom_explore_fn_takes_key=True,
+        )
+    # the warning names the way out
+    with pytest.warns(UserWarning, match="mutate_fn_takes_key"):
+        WinnerTakeAllGenetic(lambda *a: a[0], steps_per_exploit=1)

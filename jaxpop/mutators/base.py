@@ -529,7 +529,7 @@ def check_callable(name: str, value: Any) -> Callable[..., Any]:
     return value
 
 
-def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
+def takes_key(fn: Callable[..., Any], num_args: int, given: bool | None = None) -> bool:
     """Whether a user's mutation function wants a PRNG key after its ``num_args`` arguments.
 
     A function receives the key when its signature has a parameter named ``key`` (by
@@ -544,9 +544,23 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
     named ``key`` gets the key; one that takes no more than ``num_args`` arguments is
     the seed's form. Where that cannot tell, the seed's form, with a warning.
 
+    ``given``: the answer, when the caller was told it (a mutator's
+    ``mutate_fn_takes_key`` or ``custom_explore_fn_takes_key``): ``True`` or ``False``
+    is returned as it is, the signature unread (any other value: ``TypeError``);
+    ``None`` (the default) reads the signature.
+
     >>> takes_key(lambda meta, key: meta, 1), takes_key(lambda meta: meta, 1)
     (True, False)
+    >>> takes_key(lambda *args: args[0], 1, given=True)
+    True
     """
+    if given is not None:
+        if not isinstance(given, (bool, np.bool_)):
+            raise TypeError(
+                f"whether the function takes a key must be True, False or None (read "
+                f"from its signature), got {type(given).__name__}: {given!r:.40}"
+            )
+        return bool(given)
     verdict = _wants_key(fn, num_args, through=False, seen=set())
     if verdict is None:
         warnings.warn(
@@ -554,7 +568,8 @@ def takes_key(fn: Callable[..., Any], num_args: int) -> bool:
             "tell whether it wants a PRNG key, and calls it without one (the seed's form); "
             "name a parameter 'key' to be given one, and make a decorator's wrapper show "
             "the function it wraps (functools.wraps, or functools.update_wrapper(self, fn) "
-            "in a class)",
+            "in a class), or tell the mutator (mutate_fn_takes_key=True or False; "
+            "custom_explore_fn_takes_key for PopulationBasedTraining)",
             stacklevel=caller_stacklevel(),
         )
         return False

@@ -172,6 +172,10 @@ class PopulationBasedTraining(Mutator):
       custom_explore_fn: ``fn(meta_params) -> meta_params`` or
         ``fn(meta_params, key) -> meta_params``, applied after the space's explore (the
         result is clipped to the space). Ray Tune: ``custom_explore_fn``.
+      custom_explore_fn_takes_key: whether ``custom_explore_fn`` takes the key (``True``:
+        called ``fn(meta_params, key)``, or with ``key=`` if that parameter is
+        keyword-only); ``None`` (default): read from its signature (see
+        :func:`jaxpop.mutators.base.takes_key`).
       explorer: ``fn(key, source, history, workers) -> meta_params``, the whole explore
         step in place of the space's perturb-or-resample: ``source`` is the copied
         checkpoint, ``history`` and ``workers`` the population as the decision sees
@@ -228,6 +232,7 @@ class PopulationBasedTraining(Mutator):
         explorer: Callable[[Any, Checkpoint, History, Workers], Any] | None = None,
         allow_rewind: bool = False,
         hold: bool = False,
+        custom_explore_fn_takes_key: bool | None = None,
     ):
         config = _make_config(
             perturbation_interval,
@@ -245,6 +250,7 @@ class PopulationBasedTraining(Mutator):
             explorer,
             allow_rewind,
             hold,
+            custom_explore_fn_takes_key,
         )
         # (a synchronous round reads no order)
         order_by = "keys" if config.selection.ranked is not None and not config.synch else None
@@ -331,12 +337,17 @@ def _make_config(
     explorer: Any,
     allow_rewind: Any,
     hold: Any,
+    custom_explore_fn_takes_key: Any = None,
 ) -> _Config:
     """The constructor's arguments, checked, as a :class:`_Config`."""
     interval = check_number("perturbation_interval", perturbation_interval)
     burn_in = check_number("burn_in_period", burn_in_period, inclusive=True)
     if custom_explore_fn is not None:
         check_callable("custom_explore_fn", custom_explore_fn)
+    elif custom_explore_fn_takes_key is not None:
+        raise ValueError(
+            "custom_explore_fn_takes_key says how to call custom_explore_fn, which was not given"
+        )
     if explorer is not None:
         check_callable("explorer", explorer)
     if time_attr not in ("step", "time"):
@@ -381,7 +392,8 @@ def _make_config(
             float(resample_probability),
             factors,
             custom_explore_fn,
-            custom_explore_fn is not None and takes_key(custom_explore_fn, 1),
+            custom_explore_fn is not None
+            and takes_key(custom_explore_fn, 1, custom_explore_fn_takes_key),
             explorer,
         ),
     )

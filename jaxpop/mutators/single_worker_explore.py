@@ -49,10 +49,14 @@ class BranchingSingleMachine(Mutator):
     Args:
       mutate_fn: ``mutate_fn(meta_params, direction, phase_index) -> meta_params`` with
         ``direction`` ``"pos"`` or ``"neg"``; or the same with a fourth ``key`` argument
-        to receive a raw PRNG key (see :func:`jaxpop.mutators.base.takes_key`).
+        to receive a raw PRNG key (see :func:`jaxpop.mutators.base.takes_key`, and
+        ``mutate_fn_takes_key`` to say it).
       exploit_steps: steps trained with the chosen hyperparameters between explores.
       explore_steps: steps trained on each branch before the branches are compared.
       mode: ``"min"`` (lower values are better, as in the seed) or ``"max"``.
+      mutate_fn_takes_key: whether ``mutate_fn`` takes the key as its fourth argument
+        (or as ``key=``, if that parameter is keyword-only); ``None`` (default): read
+        from its signature.
 
     The phases advance on evaluations: the worker must report an evaluation at (or
     past) the end of each phase. The centre continues the exploit phase's generation;
@@ -82,12 +86,17 @@ class BranchingSingleMachine(Mutator):
         explore_steps: int,
         *,
         mode: Literal["min", "max"] = "min",
+        mutate_fn_takes_key: bool | None = None,
     ):
         check_callable("mutate_fn", mutate_fn)
         exploit_steps = check_number("exploit_steps", exploit_steps, integer=True)
         explore_steps = check_number("explore_steps", explore_steps, integer=True)
         config = _Config(
-            mutate_fn, takes_key(mutate_fn, 3), exploit_steps, explore_steps, check_mode(mode)
+            mutate_fn,
+            takes_key(mutate_fn, 3, mutate_fn_takes_key),
+            exploit_steps,
+            explore_steps,
+            check_mode(mode),
         )
         return super().__new__(
             cls,

@@ -54,8 +54,9 @@ class WinnerTakeAllGenetic(Mutator):
     Args:
       mutate_fn: ``mutate_fn(meta_params) -> meta_params``, or
         ``mutate_fn(meta_params, key) -> meta_params`` to receive a raw PRNG key (see
-        :func:`jaxpop.mutators.base.takes_key` for how the two are told apart). Must not
-        modify its argument.
+        :func:`jaxpop.mutators.base.takes_key` for how the two are told apart, and
+        ``mutate_fn_takes_key`` to say it). Gets a copy of the winner's
+        hyperparameters.
       steps_per_exploit: a worker is ready once it reports an evaluation at least this
         many steps after its generation started. A round copies only a save made at or
         past the interval (it never sends the population back behind the interval it
@@ -85,6 +86,9 @@ class WinnerTakeAllGenetic(Mutator):
         every worker, the winner included, gets ``mutate_fn`` of the winner's
         hyperparameters, as in the seed.
       mode: ``"min"`` (lower values are better, as in the seed) or ``"max"``.
+      mutate_fn_takes_key: whether ``mutate_fn`` takes the key (``True``: it is called
+        ``mutate_fn(meta_params, key)``, or with ``key=`` if that parameter is
+        keyword-only); ``None`` (default): read from its signature.
 
     A finished or gone worker (``ActiveWorker.status``) is left out of the rounds: they
     no longer wait for it, it is never the winner, and it keeps its assignment. Back
@@ -115,6 +119,7 @@ class WinnerTakeAllGenetic(Mutator):
         *,
         keep_winner: bool = False,
         mode: Literal["min", "max"] = "min",
+        mutate_fn_takes_key: bool | None = None,
     ):
         if (steps_per_exploit is None) == (seconds_per_exploit is None):
             raise ValueError(
@@ -136,7 +141,7 @@ class WinnerTakeAllGenetic(Mutator):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}: {flag!r:.40}")
         config = _Config(
             mutate_fn,
-            takes_key(mutate_fn, 1),
+            takes_key(mutate_fn, 1, mutate_fn_takes_key),
             steps_per_exploit,
             seconds_per_exploit,
             bool(average_over_samples),
