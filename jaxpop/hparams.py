@@ -11,6 +11,7 @@ shows a worker's step and explains the weak-type pitfall and optax's quirks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -147,8 +148,10 @@ def make_optimizer(
         not listed in ``static_args`` (optax would take it for a schedule; build
         scheduled optimizers with ``optax.inject_hyperparams`` directly -- their
         scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
-        ``optimizer_fn`` takes ``**kwargs``.
-      ValueError: an argument is given both by ``meta_params`` and ``fixed``.
+        ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex.
+      ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
+        value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0), the
+        defaults left to optax included (adam's ``eps=1e-8`` in ``float16``).
 
     >>> import jax.numpy as jnp, optax
     >>> tx = make_optimizer(optax.adam, {"learning_rate": 1e-3, "aug": 0.3}, b1=0.5)
@@ -188,12 +191,26 @@ def make_optimizer(
     read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
     static_args = (*static_args, *[n for n in read_in_python if n not in static_args])
     for name, value in list(arguments.items()):
-        if isinstance(value, np.generic) and (  # (bfloat16's kind is "V")
-            value.dtype == bool or jnp.issubdtype(value.dtype, jnp.number)
-        ):
+        if isinstance(value, np.generic):
             # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
-            # read from a config) would be baked in, and never change online
-            value = arguments[name] = value.item()
+            # read from a config) would be baked in, and never change online (.item()
+            # keeps a longdouble a longdouble; bfloat16's kind is "V")
+            if value.dtype == bool:
+                value = arguments[name] = bool(value)
+            elif jnp.issubdtype(value.dtype, jnp.integer):
+                value = arguments[name] = int(value)
+            elif jnp.issubdtype(value.dtype, jnp.floating):
+                value = arguments[name] = float(value)
+        if (
+            name in floats
+            and name not in static_args
+            and isinstance(value, (str, bytes, complex, np.complexfloating))
+        ):
+            # optax would bake it in, and the first update fail far from here
+            hint = " (a number read as text? convert it with float())" * isinstance(value, str)
+            raise TypeError(
+                f"argument {name!r} is a float, got {type(value).__name__}: {value!r:.40}{hint}"
+            )
         kind = getattr(getattr(value, "dtype", None), "kind", None)  # (an array's)
         is_bool = isinstance(value, (bool, np.bool_)) or kind == "b"
         if is_bool and name in floats and name not in static_args:
@@ -220,10 +237,36 @@ def make_optimizer(
                 _check_cast(np.asarray(value), held, name)
             if not isinstance(value, float):
                 arguments[name] = jnp.asarray(value, held)
+    if hyperparam_dtype is not None:
+        _check_defaults(optimizer_fn, parameters, arguments, static_args, hyperparam_dtype)
     inject = optax.inject_hyperparams(
         optimizer_fn, static_args=static_args, hyperparam_dtype=hyperparam_dtype
     )
     return inject(**arguments)
+
+
+def _check_defaults(
+    optimizer_fn: Callable[..., Any],
+    parameters: Mapping[str, inspect.Parameter],
+    arguments: Mapping[str, Any],
+    static_args: tuple[str, ...],
+    hyperparam_dtype: Any,
+) -> None:
+    """Refuses a float default the optimizer's call leaves to optax that
+    ``hyperparam_dtype`` cannot hold: optax injects the defaults too, cast (adam's
+    ``eps=1e-8`` is 0 in float16, and a parameter with no gradient gets NaN updates)."""
+    held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)
+    for name, parameter in parameters.items():
+        default = parameter.default
+        if type(default) is not float or name in arguments or name in static_args:
+            continue
+        try:
+            _check_cast(np.asarray(default), held, name, label=f"the default {name}")
+        except ValueError as err:
+            raise ValueError(
+                f"{_name(optimizer_fn)}: {err}: pass {name}= a value {held} holds, or a "
+                "wider hyperparam_dtype"
+            ) from None
 
 
 def _is_float(value: Any) -> bool:
@@ -417,6 +460,10 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
         # host values are checked as set_hparams checks them; a jax array is not read
         # back (that would wait for the device)
         kind = type(leaf)
+        if isinstance(leaf, (str, bytes)):  # (numpy would parse "False" as True)
+            raise TypeError(
+                f"as_traced: leaf {_where(path)} = {leaf!r:.40} is a {kind.__name__}, not a number"
+            )
         if integer and (kind is float or isinstance(leaf, (np.ndarray, np.generic))):
             _check_whole(np.asarray(leaf), dtype, _where(path))
         if kind is float or kind is int:  # the usual case: no numpy
@@ -501,6 +548,8 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     old_type = jax.typeof(old)
     if not isinstance(value, jax.core.Tracer):  # concrete: check what the cast would lose
         host = np.asarray(value)
+        if host.dtype == object and isinstance(value, int):  # (past 64 bits)
+            value = host = _wide_int(value, old_type.dtype, name)
         if host.dtype == bool and old_type.dtype != bool:
             raise TypeError(
                 f"hyperparameter {name!r} is {old_type.dtype}, got a bool (it would be "
@@ -534,6 +583,20 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     if old_type.weak_type and value.ndim == 0:
         return jax.lax.full_like(old, value)
     return jnp.asarray(value, dtype=old_type.dtype)
+
+
+def _wide_int(value: int, dtype: Any, name: str) -> np.ndarray:
+    """A Python int no 64-bit integer holds, as the float64 a float ``dtype`` is cast
+    from (checked next); for an integer ``dtype``, or past float64, a ``ValueError``."""
+    if jnp.issubdtype(dtype, jnp.inexact):
+        with contextlib.suppress(OverflowError):
+            return np.asarray(float(value))
+        problem = "overflows"
+    else:
+        problem = "is outside"
+    raise ValueError(
+        f"hyperparameter {name!r} = {value!r:.40} {problem} its dtype {jnp.dtype(dtype)}"
+    )
 
 
 def _where(path: tuple) -> str:

@@ -728,3 +728,55 @@ def test_as_traced_refuses_a_python_float_that_underflows_to_zero():
             as_traced({"x": value}, dtype)
     assert float(as_traced({"x": 1e-40})["x"]) == pytest.approx(1e-40, rel=1e-3)  # subnormal
     assert float(as_traced({"x": 0.0})["x"]) == 0.0
+
+
+def test_text_is_no_number_for_as_traced_nor_make_optimizer():
+    # numpy parses text: "False" became True, "1e39" inf (past the range check), and a
+    # learning rate read from a config as "1e-3" was baked in, to fail at the update
+    for leaf in ("False", "0", b"1", np.str_("1e39")):
+        with pytest.raises(TypeError, match="not a number"):
+            as_traced({"flag": leaf}, jnp.bool_)
+        with pytest.raises(TypeError, match="not a number"):
+            as_traced({"x": leaf})
+    with pytest.raises(TypeError, match=r"learning_rate.*float.*str.*text"):
+        make_optimizer(optax.adam, {"learning_rate": "1e-3"})
+    for value in (1e-3 + 0j, np.complex64(1e-3)):
+        with pytest.raises(TypeError, match=r"learning_rate.*float.*complex"):
+            make_optimizer(optax.adam, {"learning_rate": value})
+
+
+def test_a_numpy_scalar_of_any_width_is_injected():
+    # .item() kept a longdouble a longdouble, which optax baked in (set_hparams then
+    # found no learning_rate)
+    for value in (np.longdouble(1e-3), np.float16(1e-3), ml_dtypes.bfloat16(1e-3)):
+        state = make_optimizer(optax.adam, {"learning_rate": value}).init({"w": jnp.zeros(2)})
+        assert "learning_rate" in get_hparams(state)
+        state = set_hparams(state, {"learning_rate": 0.5})
+        assert float(get_hparams(state)["learning_rate"]) == 0.5
+
+
+def test_a_default_the_hyperparameter_dtype_cannot_hold_is_refused():
+    # adam's eps=1e-8, left to optax, was injected as 0 in float16: a parameter with no
+    # gradient got NaN updates
+    with pytest.raises(ValueError, match=r"adam: the default eps .*underflows.*pass eps="):
+        make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.float16)
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3}, eps=1e-4, hyperparam_dtype=jnp.float16)
+    params = {"w": jnp.zeros(3)}
+    updates, _ = tx.update({"w": jnp.array([1.0, 0.0, 0.0])}, tx.init(params), params)
+    assert np.isfinite(np.asarray(updates["w"])).all()
+    # float32 (the default) and bfloat16 hold adam's defaults
+    for dtype in (jnp.float32, jnp.bfloat16):
+        make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=dtype)
+
+
+def test_set_hparams_takes_a_python_int_past_64_bits_as_the_float_it_is():
+    state = make_optimizer(optax.adam, {"learning_rate": 1e-3}).init({"w": jnp.zeros(2)})
+    written = get_hparams(set_hparams(state, {"learning_rate": 2**70}))["learning_rate"]
+    assert written.dtype == jnp.float32 and float(written) == float(np.float32(2.0**70))
+    for value in (2**200, 2**2000):  # (it raised OverflowError naming int32)
+        with pytest.raises(ValueError, match=r"learning_rate.*overflows its dtype float32"):
+            set_hparams(state, {"learning_rate": value})
+    tx = make_optimizer(optax.noisy_sgd, {"learning_rate": 1e-3}, key=0)
+    state = tx.init({"w": jnp.zeros(2)})
+    with pytest.raises(ValueError, match=r"'key' = .* is outside its dtype"):
+        set_hparams(state, {"key": 2**70})
