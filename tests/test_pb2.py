@@ -272,6 +272,38 @@ def test_the_bandit_keeps_the_types_explore_keeps(calls):
         assert isinstance(new["opt"][name], jax.Array) and new["opt"][name].dtype == dtype
 
 
+def test_the_bandit_keeps_the_types_of_choices_explore_keeps(calls):
+    # a choice was written as the list's Python number: with only choices searched (no
+    # later clip to bring the types back) a jitted step compiled again
+    space = {"bs": ex.choice([32, 64, 128]), "wd": ex.choice([0.0, 0.1])}
+
+    def meta(rate):
+        i = int(rate * 10)
+        return {
+            "bs": jnp.asarray([32, 64, 128][i % 3], jnp.int32),
+            "wd": np.float32([0.0, 0.1][i % 2]),
+        }
+
+    h = history_of(RATES, meta=meta)
+    explorer = PB2Explorer(space, min_observations=1)
+    new = explorer(KEY, h.latest("g0"), h, workers_at(meta(0.3)))
+    assert calls  # (the bandit chose)
+    fallback = explorer._fallback(KEY, meta(0.3))  # (PBT's explore)
+    for name, dtype in (("bs", jnp.int32), ("wd", jnp.float32)):
+        assert type(new[name]) is type(fallback[name]) and new[name].dtype == dtype
+    # where the dtype would change the value, the list's value
+    from jaxpop.mutators.pb2 import _choice_like
+
+    assert _choice_like(np.int32(1), 0.5) == 0.5 and _choice_like(np.int8(1), 300) == 300
+    assert type(_choice_like(np.int64(1), 2.0)) is np.int64 and _choice_like(1.0, 2) == 2
+
+
+def test_pb2_names_the_interval_it_was_given():
+    for bad in (-1, math.nan, math.inf, "4", None):
+        with pytest.raises((TypeError, ValueError), match="perturbation_interval"):
+            PB2(perturbation_interval=bad, hyperparam_space=SPACE)
+
+
 def test_the_time_axis_holds_at_steps_past_2_to_the_53(calls):
     # the steps were subtracted as floats: past 2**53 every observation's time was one
     base = History(mode="max")

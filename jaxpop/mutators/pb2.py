@@ -318,8 +318,32 @@ class _Encoding(NamedTuple):
                     new = new[()] if isinstance(old, np.generic) else new
             meta = _with_value(meta, path, new)
         for (path, leaf), i in zip(self.choices, c, strict=True):
-            meta = _with_value(meta, path, leaf.values[int(i)])
+            new = _choice_like(_value_at(meta, path), leaf.values[int(i)])
+            meta = _with_value(meta, path, new)
         return meta
+
+
+def _choice_like(old: Any, value: Any) -> Any:
+    """A choice's number with the type and dtype of the scalar it replaces (a numpy or
+    jax one), as explore gives it (a jitted step sees one abstract value); the value
+    itself where that dtype would change it (0.5 in an int32) or ``old`` is no number."""
+    if (
+        not isinstance(old, (np.generic, np.ndarray, jax.Array))
+        or np.ndim(old) != 0
+        or not jnp.issubdtype(old.dtype, jnp.number)
+        or isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+    ):
+        return value
+    if jnp.issubdtype(old.dtype, jnp.integer):
+        info = jnp.iinfo(old.dtype)
+        whole = float(value)
+        if not (whole.is_integer() and info.min <= whole <= info.max):
+            return value
+    if isinstance(old, jax.Array):
+        return jnp.asarray(value, old.dtype)
+    new = np.asarray(value).astype(old.dtype)
+    return new[()] if isinstance(old, np.generic) else new
 
 
 def _encoding(space: Any) -> _Encoding:
@@ -721,6 +745,8 @@ def PB2(
     """
     if "explorer" in options:
         raise TypeError("PB2 builds its own explorer; use PopulationBasedTraining(explorer=...)")
+    # (checked here, not as the explorer's min_interval, an option the caller never named)
+    perturbation_interval = check_number("perturbation_interval", perturbation_interval)
     explorer = PB2Explorer(
         hyperparam_space,
         beta=beta,
