@@ -582,7 +582,10 @@ def exploit_explore(
     Args:
       pop: the population.
       scores: ``(N,)``, lower is better (for ``mode="max"`` bind it in ``selection``);
-        non-finite scores rank worst. Stored as ``pop.scores``.
+        non-finite scores rank worst. Stored as ``pop.scores``. Without x64, host
+        scores passed into a ``jit`` of your own are converted by JAX on the way in,
+        float64 to float32 and int64 to int32, which wraps past 2**31 without a word:
+        pass float32 scores (or call this function outside your ``jit``).
       key: a PRNG key; ``None``: split ``pop.key`` (and advance it).
       space: the explore space of the hyperparameters (see
         :mod:`jaxpop.mutators.explore`).
@@ -603,6 +606,11 @@ def exploit_explore(
       member is its parent's key folded in with the member's new generation index, so
       copies differ from their parent and from each other.
     """
+    if space is None and pop.hparams:
+        raise TypeError(
+            f"exploit_explore needs the explore space (space=...) of the hyperparameters "
+            f"{sorted(pop.hparams)}"
+        )
     own_key = pop.key
     if key is None:
         own_key, key = jax.random.split(pop.key)
@@ -615,7 +623,8 @@ def exploit_explore(
             f"exploit_explore needs one score per member, shape ({pop.size},); got "
             f"{np.shape(scores)}"
         )
-    kind = jnp.asarray(scores).dtype if not isinstance(scores, np.ndarray) else scores.dtype
+    # (a list's dtype as numpy reads it: jnp.asarray raised OverflowError past int32)
+    kind = scores.dtype if hasattr(scores, "dtype") else np.asarray(scores).dtype
     if kind == jnp.bool_:  # (as the host refuses bools)
         raise TypeError("exploit_explore needs scores that are numbers, got bools")
     if not (jnp.issubdtype(kind, jnp.integer) or jnp.issubdtype(kind, jnp.floating)):
@@ -1182,3 +1191,9 @@ def _check_raw(key: Any) -> None:
             return
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"a raw key is an array of uint32 (shape (2,)), got {dtype}")
+    shape = np.shape(key)
+    if not shape or shape[-1] != 2:  # (an int seed passed as the key, say)
+        raise TypeError(
+            f"a raw key is an array of uint32 of shape (2,) (jaxpop.keys.root_key(seed), or "
+            f"jax.random.key(seed)), got one of shape {shape}"
+        )

@@ -625,6 +625,36 @@ def test_a_float_type_that_holds_no_value_of_its_space_is_refused():
     assert wide.dtype == np.float32 and np.isfinite(wide)
 
 
+def test_on_device_a_space_below_the_smallest_normal_number_is_refused_or_clipped_into():
+    """XLA flushes float32's (and bfloat16's) subnormal numbers to 0: every value of a
+    space below the smallest normal number was explored to 0, outside the space; one
+    reaching below it gave some 0s (hostile review, helper-130). On the host (numpy) a
+    subnormal number is kept."""
+    key = np.array([0, 5], np.uint32)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        space = {"a": ex.log_uniform(1e-44, 1e-39)}
+        with pytest.raises(ValueError, match="smallest normal number"):
+            ex.explore(key, space, {"a": jnp.full(4, 1e-40, dtype)})
+        with pytest.raises(ValueError, match="smallest normal number"):
+            jax.jit(lambda k, a, s=space: ex.explore(k, s, {"a": a}))(
+                key, jnp.full(4, 1e-40, dtype)
+            )
+    space = {"a": ex.log_uniform(1e-40, 1e-30)}  # a fifth of it below float32's 1.2e-38
+    negative = {"a": ex.uniform(-1e-37, -1e-40)}  # a tenth of it above -1.2e-38
+    for bounds, value in ((space, 1e-35), (negative, -5e-38)):
+        values = {"a": jnp.full(256, value, jnp.float32)}
+        out = np.asarray(ex.explore(key, bounds, values, resample_probability=1.0)["a"])
+        low, high = bounds["a"].low, bounds["a"].high
+        assert (out != 0).all() and (low <= out).all() and (out <= high).all()
+    host = ex.explore(key, space, {"a": np.full(256, 1e-35, np.float32)}, resample_probability=1.0)
+    assert (host["a"] < np.finfo(np.float32).tiny).any()  # (kept on the host)
+    # float16's subnormal numbers are float32 normals: kept on device too
+    small = ex.explore(
+        key, {"a": ex.log_uniform(1e-7, 1e-6)}, {"a": jnp.full(8, 3e-7, jnp.float16)}
+    )
+    assert (np.asarray(small["a"], np.float64) > 0).all()
+
+
 def test_a_choice_of_numbers_and_strings_keeps_its_values_for_numpy_values():
     """numpy makes one dtype of [1, "a"] (strings: "1"); a numpy value of a choice of
     several kinds gets the list's own values back, and an array of strings is refused

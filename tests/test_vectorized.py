@@ -846,3 +846,26 @@ def test_hyperparameters_on_device_are_numbers():
     pop = vz.init(root_key(0), init_fn, SPACE, 2)
     with pytest.raises(TypeError, match="real-number scores, got complex"):
         vz.exploit_explore(pop, np.asarray([5j, 2.0]), root_key(1), space=SPACE)
+
+
+def test_exploit_explore_says_what_is_wrong_with_its_space_key_and_scores():
+    # they failed with "'NoneType' object is not subscriptable", jax's "invalid PRNG key
+    # data" and an OverflowError from a dtype check (hostile review, helper-130)
+    from jaxpop.vectorized_mf import mf_pbt_round
+
+    hparams = {"lr": np.linspace(0.1, 0.8, 8).astype(np.float32)}
+    pop = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, hparams=hparams)
+    space = {"lr": explore.uniform(0.0, 1.0)}
+    scores = jnp.arange(8.0)
+    with pytest.raises(TypeError, match=r"needs the explore space \(space=...\).*\['lr'\]"):
+        vz.exploit_explore(pop, scores, space=None)
+    with pytest.raises(TypeError, match="needs the explore space"):
+        mf_pbt_round(pop, scores, 1, frequencies=(1, 2), space=None)
+    for key in (5, np.uint32(5), np.zeros(3, np.uint32)):
+        with pytest.raises(TypeError, match=r"raw key .* of shape \(2,\)"):
+            vz.exploit_explore(pop, scores, key, space=space)
+    # a list of Python ints past int32: ranked as the host ranks them (the worst two,
+    # members 0 and 7, copy the best two)
+    _, exploit = vz.exploit_explore(pop, [2**40, *range(7)], space=space)
+    parents = np.asarray(exploit.parents)
+    assert set(parents[[0, 7]]) <= {1, 2} and (parents[1:7] == np.arange(1, 7)).all()

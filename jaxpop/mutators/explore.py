@@ -622,7 +622,40 @@ def _finish_device(space: Space, new: Any, value: Any) -> Any:
             return new.astype(dtype)
         # computed in float32 (without x64): past 2**24, high - 1 may round up to high
         return jnp.clip(new.astype(dtype), space.low, space.high - 1).astype(dtype)
-    return jnp.clip(new.astype(dtype), *_bounds_in(space, np.dtype(dtype)))
+    return jnp.clip(new.astype(dtype), *_device_bounds(space, np.dtype(dtype)))
+
+
+def _device_bounds(space: _Numeric, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_bounds_in` for a computation on device, where a subnormal number is 0
+    (XLA flushes those of float32, and of bfloat16 and float64, which share or pass its
+    exponent range; float16's are float32 normals): a bound between 0 and the smallest
+    normal number moves to it, so a flushed draw is clipped back into a space that
+    excludes 0 (``log_uniform(1e-40, 1e-30)`` in float32 gave 0)."""
+    low, high = _bounds_in(space, dtype)
+    info = jnp.finfo(dtype)
+    if info.minexp > jnp.finfo(np.float32).minexp:
+        return low, high
+    tiny = np.asarray(info.tiny, dtype)
+    if space.low > 0 and low < tiny:
+        low = tiny
+    if space.high < 0 and high > -tiny:
+        high = -tiny
+    return low, high
+
+
+def _check_device_holds(space: Space, dtype: Any, path: Path) -> None:
+    """Raises a ``ValueError`` where a float space excludes 0 and holds no normal number
+    of ``dtype``: on device every value there is 0 (see :func:`_device_bounds`)."""
+    if not isinstance(space, (Uniform, LogUniform)) or not jnp.issubdtype(dtype, jnp.floating):
+        return
+    low, high = (float(b) for b in _device_bounds(space, np.dtype(dtype)))
+    if not space.low <= low <= high <= space.high:
+        raise ValueError(
+            f"{_where(path)} is stored as {np.dtype(dtype)}, whose smallest normal number "
+            f"({float(jnp.finfo(dtype).tiny):.3g}) is past its space {space}: on device a "
+            "number below it is 0, outside the space; store it as a wider type (float64 "
+            "with x64) or rescale the hyperparameter"
+        )
 
 
 def _nan_message(space: Space, path: Path) -> str:
@@ -883,6 +916,8 @@ def _apply_arrays(
             x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
             if device and not jnp.issubdtype(x.dtype, jnp.floating):
                 x = x.astype(jnp.asarray(0.0).dtype)
+            if device:
+                _check_device_holds(leaf_space, x.dtype, path)
         result = _leaf(op, leaf_space, x, u, xp, path, probability, factors)
         finish = _finish_device if device else _finish_host
         out = finish(leaf_space, result, value)
