@@ -1094,7 +1094,8 @@ def _check_copies_rank(
             f"every copy of this round took a member scoring worse than the copier under "
             f"the lineage's mode {history.mode!r} (member {copiers[0]} copied member "
             f"{int(parents[copiers[0]])}): is the selection's mode the lineage's "
-            "(lineage_init(..., mode=...))?",
+            "(lineage_init(..., mode=...))? Or did it see other scores (int64 scores "
+            "passed into a jit wrap around as int32)?",
             stacklevel=3,
         )
 
