@@ -3,6 +3,7 @@
 import doctest
 import importlib
 import logging
+import math
 import os
 import pickle
 import sys
@@ -340,6 +341,21 @@ def test_tensorboard_logger_writes_workers_exploits_and_the_best_schedule(tmp_pa
     assert step == best.checkpoint.step and from_json(document) == best.schedule
     with pytest.raises(RuntimeError, match="closed"):
         logs.log_worker(0, 100, 1.0)
+
+
+def test_an_exploit_line_lists_only_the_hyperparameters_that_changed(tmp_path):
+    """A NaN that stayed NaN was listed as changed ("wd: nan -> nan"; hostile review,
+    helper-132), and an array compared element by element."""
+    pytest.importorskip("tensorboardX")
+    from jaxpop.mutators import ExploitEvent
+
+    logger = jaxpop.logging.make_loggers(["tensorboard"], log_dir=tmp_path)
+    before = {"lr": 0.2, "wd": math.nan, "betas": np.array([0.9, 0.99])}
+    after = {"lr": 0.1, "wd": math.nan, "betas": np.array([0.9, 0.99])}
+    logger.log_exploit(ExploitEvent("g1", ("g0", 10), 10, 1.0, before, after, 0.3))
+    logger.close()
+    ((_, text),) = _texts(tmp_path / "tensorboard" / "population")["exploits/text_summary"]
+    assert "lr: 0.2 -> 0.1" in text and "wd" not in text and "betas" not in text
 
 
 def test_a_pickled_tensorboard_logger_writes_on_in_the_same_directories(tmp_path):

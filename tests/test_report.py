@@ -380,6 +380,53 @@ def test_the_members_table_cuts_no_number_at_80_columns():
     assert all(f"{name}=" in joined for name in names)
 
 
+def _members_text(initial, width):
+    from rich.console import Console
+
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    with PopulationController(initial, mutator) as pop:
+        for worker in range(len(initial)):
+            gen = pop.active_workers[worker].generation_id
+            pop.set_eval(worker, gen, 600, None, 1000.0 + worker)
+        info = report.summary(report.build(pop.state))
+    console = Console(width=width, record=True, file=io.StringIO(), force_terminal=True)
+    console.print(report.tables.summary_renderable(info))
+    return console.export_text(styles=False), console.file.getvalue(), info
+
+
+@pytest.mark.parametrize("width", [72, 80, 100])
+def test_the_members_table_folds_no_value_across_lines(width):
+    """Dotted names longer than the column were folded with their values: a learning
+    rate of 0.00012346 read "0.0001" on one line and "2346," on the next (hostile review,
+    helper-132); a value is a word of its own now, and the column as wide as a number."""
+    hp = {"optimizer": {"learning_rate": 0.00012345678, "weight_decay": -0.000987654e-300}}
+    text, _, _ = _members_text([hp, hp], width)
+    members = text.split("members", 1)[1]
+    for value in ("0.00012346,", "-9.8765e-304"):
+        assert value in members  # whole, on one line
+
+
+def test_the_report_escapes_control_characters_from_the_run():
+    """A string hyperparameter reached the terminal raw: ESC[2J cleared it (hostile
+    review, helper-132)."""
+    hp = {"tag": "ok\x1b[2J\x1b[31mEVIL\rX\nY\x9b", "lr": 0.1, "a\x07b": 1.0}
+    text, raw, info = _members_text([hp], 100)
+    assert "\x1b[2J" not in raw and "\x07" not in raw and "\x9b" not in raw and "\r" not in raw
+    assert "\\x1b[2J\\x1b[31mEVIL\\x0dX\\x0aY\\x9b" in text.replace("\n", "").replace(" ", "")
+    assert "a\\x07b" in text
+    plain = report.tables.format_summary(info)
+    assert (
+        "\x1b" not in plain
+        and "\\x1b[2J" in plain
+        and len(plain.splitlines())
+        == len(
+            report.tables.format_summary(
+                {**info, "members": [{**m, "hyperparameters": {}} for m in info["members"]]}
+            ).splitlines()
+        )
+    )
+
+
 @pytest.mark.parametrize("scale", [1e3, 1e9])  # a clock in milliseconds, in nanoseconds
 def test_times_of_a_clock_not_in_seconds_are_printed_as_numbers(scale):
     """The table printed the times as dates: past year 9999 that raised (``ValueError``,
@@ -537,6 +584,38 @@ def test_write_report_files(finished, tmp_path):
     }
     with pytest.raises(ValueError, match="inside the run's directory"):
         report.write_report(base, base / "population" / "report")
+
+
+@needs_matplotlib
+@pytest.mark.parametrize("failing", ["history.csv", "scores.png", "lineage.png"])
+def test_a_report_that_cannot_be_written_whole_leaves_the_earlier_one(
+    finished, tmp_path, monkeypatch, failing
+):
+    """A full disk left the folder holding some new files and some of an earlier report,
+    with an error that named no file (hostile review, helper-132)."""
+    from jaxpop.storage import atomic
+
+    base, _ = finished
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in FILES:
+        (out / name).write_bytes(b"earlier " + name.encode())
+    real = atomic._write_temporary
+
+    def full(path, data, **kw):
+        if os.path.basename(path) == failing:
+            with open(f"{path}.tmp-partial", "wb") as f:  # (a write that ran out of space)
+                f.write(data[:10])
+            os.remove(f"{path}.tmp-partial")
+            raise OSError(28, "No space left on device")
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(atomic, "_write_temporary", full)
+    with pytest.raises(OSError, match=f"No space left on device: '.*{failing}'"):
+        report.write_report(base, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        name: b"earlier " + name.encode() for name in FILES
+    }
 
 
 @needs_matplotlib

@@ -37,6 +37,7 @@ from jaxpop.logging.base import (
 )
 from jaxpop.mutators import ExploitEvent
 from jaxpop.report.data import numeric_hparams
+from jaxpop.schedules import tree_equal
 
 __all__ = ["Backend", "TensorBoardLogger", "TensorBoardWriter", "available_backend", "writers"]
 
@@ -354,10 +355,10 @@ class TensorBoardLogger:
             self._exploits += 1
             count = self._exploits
         row = exploit_record(event)
-        changes = [
+        changes = [  # (tree_equal: a NaN that stayed NaN, or an array, did not change)
             f"{k[len('after.') :]}: {row.get('before.' + k[len('after.') :])} -> {v}"
             for k, v in row.items()
-            if k.startswith("after.") and row.get("before." + k[len("after.") :]) != v
+            if k.startswith("after.") and not tree_equal(row.get("before." + k[len("after.") :]), v)
         ]
         text = (
             f"generation `{event.generation_id}` copied `{event.source[0]}` at step "

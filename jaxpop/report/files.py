@@ -13,7 +13,7 @@ import numpy as np
 from jaxpop.report.data import Report, load
 from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
 from jaxpop.report.tables import summary, write_csv
-from jaxpop.storage.atomic import write_atomic
+from jaxpop.storage.atomic import write_all_atomic
 
 if TYPE_CHECKING:
     pass
@@ -49,8 +49,9 @@ def write_report(
     ``log_dir`` is a run directory (or its parent, see :func:`find_run_dir`) or an
     already loaded :class:`Report`. ``out_dir`` defaults to :func:`default_out_dir`
     and is created if needed; it may not lie inside the run's directory, which is never
-    written to. Each file is written to a temporary name and renamed into place
-    (:func:`jaxpop.storage.atomic.write_atomic`).
+    written to. The files are written to temporary names and renamed into place, all
+    or none (:func:`jaxpop.storage.atomic.write_all_atomic`): a write that fails (a
+    full disk) leaves the folder as it was and its ``OSError`` names the file.
     """
     report = log_dir if isinstance(log_dir, Report) else load(log_dir)
     if out_dir is None:
@@ -64,17 +65,14 @@ def write_report(
             "report never writes there: choose another out_dir"
         )
     os.makedirs(out_dir, exist_ok=True)
-    written: dict[str, str] = {}
-
-    def put(name: str, data: bytes) -> None:
-        path = os.path.join(out_dir, name)
-        write_atomic(path, data)
-        written[name] = path
-
+    contents: dict[str, bytes] = {}
     text = io.StringIO()
     write_csv(report.history, text)
-    put("history.csv", text.getvalue().encode())
-    put("summary.json", (json.dumps(summary(report), indent=2, allow_nan=False) + "\n").encode())
+    contents["history.csv"] = text.getvalue().encode()
+    contents["summary.json"] = (
+        json.dumps(summary(report), indent=2, allow_nan=False) + "\n"
+    ).encode()
+    undrawn = []
     for name, make in (
         ("hparams.png", lambda: plot_hparams(report)),
         ("scores.png", lambda: plot_scores(report, log_scale=log_scale)),
@@ -94,9 +92,14 @@ def write_report(
                 RuntimeWarning,
                 stacklevel=2,
             )
-            stale = os.path.join(out_dir, name)  # an earlier report's plot is not this run's
-            if os.path.exists(stale):
-                os.remove(stale)
+            undrawn.append(name)
             continue
-        put(name, buffer.getvalue())
+        contents[name] = buffer.getvalue()
+    # all the files or none (a full disk leaves the earlier report as it was)
+    written = {name: os.path.join(out_dir, name) for name in contents}
+    write_all_atomic({written[name]: data for name, data in contents.items()})
+    for name in undrawn:  # an earlier report's plot is not this run's
+        stale = os.path.join(out_dir, name)
+        if os.path.exists(stale):
+            os.remove(stale)
     return written

@@ -161,7 +161,22 @@ def _fmt_time(seconds: float | None) -> str:
     return utc.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+#: control characters (C0, DEL, C1) shown as escapes: a run's strings reach a terminal
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped (``"\\x1b"``): a value from a run's
+    data cannot clear, recolour or rewrite the terminal the report is printed on."""
+    return text.translate(_CONTROL)
+
+
 def _overview_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The overview table's (name, value) rows, printable."""
+    return [(k, _printable(v)) for k, v in _overview(info)]
+
+
+def _overview(info: Mapping[str, Any]) -> list[tuple[str, str]]:
     best, clock = info["best"], info["wall_clock"]
     rows = [
         ("log_dir", info["log_dir"] or "-"),
@@ -203,6 +218,7 @@ _MEMBER_MARKS = (
 
 
 _FIXED = 6  # the members table's columns before the hyperparameters
+_NUMBER_WIDTH = 13  # the widest number _fmt writes: "-1.2346e-308"
 
 
 def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -224,7 +240,7 @@ def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
         ]
         for m in info["members"]
     ]
-    return header, rows
+    return [_printable(h) for h in header], [[_printable(c) for c in r] for r in rows]
 
 
 def format_summary(info: Mapping[str, Any]) -> str:
@@ -270,11 +286,15 @@ def summary_renderable(info: Mapping[str, Any], *, title: str = "jaxpop report")
         # never cut (a cut number reads as another one: 1000 as "1…")
         width = max(len(name), *(len(row[i]) for row in rows)) if rows else len(name)
         members.add_column(name, justify="right", no_wrap=True, min_width=width)
-    # the hyperparameters as "name=value" in one column, which wraps between them: a
-    # column each would be cut to nothing at 80 columns with a dozen of them
-    members.add_column("hyperparameters", overflow="fold")
+    # the hyperparameters as "name = value" in one column, which wraps between them: a
+    # column each would be cut to nothing at 80 columns with a dozen of them. A word
+    # wider than the column is folded: the value is a word of its own, and the column
+    # as wide as a number's (a learning rate folded as "0.0001" and "2346")
+    values = [v for row in rows for v in row[_FIXED:]]
+    widest = max((len(v) + 1 for v in values if len(v) <= _NUMBER_WIDTH), default=1)
+    members.add_column("hyperparameters", overflow="fold", min_width=widest)
     for row in rows:
-        hparams = ", ".join(f"{k}={v}" for k, v in zip(names, row[_FIXED:], strict=True))
+        hparams = ", ".join(f"{k} = {v}" for k, v in zip(names, row[_FIXED:], strict=True))
         members.add_row(*map(Text, row[:_FIXED]), Text(hparams))
     return Group(overview, members)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Mapping
 
-__all__ = ["sync_dir", "sync_tree", "write_atomic"]
+__all__ = ["sync_dir", "sync_tree", "write_all_atomic", "write_atomic"]
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = None) -> None:
@@ -25,13 +26,8 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = N
     b'{}'
     """
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    tmp = _write_temporary(path, data, dir_fd=dir_fd)
     try:
-        with open(os.open(tmp, flags, 0o644, dir_fd=dir_fd), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -41,6 +37,55 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = N
         os.fsync(dir_fd)
         return
     sync_dir(os.path.dirname(path) or ".")
+
+
+def write_all_atomic(files: Mapping[str, bytes]) -> None:
+    """Replaces each ``path`` in ``files`` with its data, as :func:`write_atomic` does,
+    and all of them or none: every file is written to a temporary name and flushed
+    first; if one of those writes fails (a full disk), every temporary file is removed,
+    every path is left as it was, and the ``OSError`` names the file. Then all are
+    renamed into place and their folders flushed (a crash among the renames may leave
+    some renamed: each file whole).
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> write_all_atomic({os.path.join(folder, n): b"1" for n in ("a", "b")})
+    >>> sorted(os.listdir(folder))
+    ['a', 'b']
+    """
+    written: list[tuple[str, str]] = []  # (temporary, path)
+    try:
+        for path, data in files.items():
+            try:
+                written.append((_write_temporary(path, data), path))
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, path) from error
+        for tmp, path in written:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in written:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+        raise
+    for folder in dict.fromkeys(os.path.dirname(path) or "." for path in files):
+        sync_dir(folder)
+
+
+def _write_temporary(path: str, data: bytes, *, dir_fd: int | None = None) -> str:
+    """Writes ``data`` to a new temporary file beside ``path`` and flushes it; returns its
+    name (removed again if the write fails)."""
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        with open(os.open(tmp, flags, 0o644, dir_fd=dir_fd), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp, dir_fd=dir_fd)
+        raise
+    return tmp
 
 
 def sync_dir(path: str | os.PathLike) -> None:
