@@ -365,11 +365,41 @@ class History(Mapping[str, GenerationView]):
         return iter([gen_id for gen_id, _ in items])
 
     def __eq__(self, other: object) -> bool:
+        """Equal by contents, like a dict of its generations (in any order), each
+        checkpoint compared field by field, its params and hyperparameters as
+        :func:`jaxpop.schedules.tree_equal` compares them: arrays by dtype, shape and
+        elements (``==`` raised on arrays), NaN equal to NaN (a copy of a history that
+        holds one was unequal to it), ``0.0`` and ``-0.0`` apart."""
         if not isinstance(other, History):
             return NotImplemented
-        return self.mode == other.mode and (
-            self._generations is other._generations or super().__eq__(other)
-        )
+        if self.mode != other.mode:
+            return False
+        if self._generations is other._generations:
+            return True
+        if self.num_checkpoints != other.num_checkpoints or self.keys() != other.keys():
+            return False
+        from jaxpop.schedules.base import tree_equal  # (jaxpop.schedules imports this module)
+
+        for generation_id, generation in self._generations.items():
+            theirs = other._generations[generation_id].checkpoints
+            mine = generation.checkpoints
+            if len(mine) != len(theirs):
+                return False
+            for step, checkpoint in mine.items():
+                their = theirs.get(step)
+                if checkpoint is not their and not (
+                    their is not None
+                    and type(checkpoint) is type(their)
+                    and (checkpoint.generation_id, checkpoint.step, checkpoint.parent)
+                    == (their.generation_id, their.step, their.parent)
+                    and tree_equal(
+                        (checkpoint.value, checkpoint.time, checkpoint.meta_params),
+                        (their.value, their.time, their.meta_params),
+                    )
+                    and tree_equal(checkpoint.params, their.params)
+                ):
+                    return False
+        return True
 
     __hash__ = None  # type: ignore[assignment]  # equal by contents, like a dict
 

@@ -298,3 +298,20 @@ def test_a_lineage_that_loops_raises_and_a_mutator_cannot_make_one():
     with pytest.raises(TypeError, match="by keyword"):
         History("max")
     assert History(mode="max").mode == "max"
+
+
+def test_histories_are_equal_by_contents_arrays_and_nan_values_included():
+    # == raised on array params ("truth value ... ambiguous"), and a history holding a
+    # NaN value was unequal to its own copy (hostile review, helper-135)
+    import pickle
+
+    import numpy as np
+
+    h = History().add(Checkpoint({"w": np.zeros(3)}, {"lr": 0.1}, "g", 1.0, None, 10, 0.0))
+    h = h.add(Checkpoint("p", {"lr": 0.1}, "g", float("nan"), None, 20, 1.0))
+    assert h == pickle.loads(pickle.dumps(h)) and h == h
+    other = History().add(Checkpoint({"w": np.ones(3)}, {"lr": 0.1}, "g", 1.0, None, 10, 0.0))
+    assert h != other and other != History()
+    changed = h.add(Checkpoint("p", {"lr": 0.1}, "g", -0.0, None, 20, 1.0))
+    assert changed != h and changed.add(h.get_checkpoint("g", 20)) == h
+    assert History(mode="max") != History() and History() == History()

@@ -1086,3 +1086,22 @@ def test_the_json_document_refuses_what_would_come_back_as_another_type():
     for value in (np.str_("x"), Kind.A, np.longdouble(1) / 3, np.ones(2, np.longdouble)):
         with pytest.raises(TypeError, match="cannot export"):
             S.piecewise({0: {"v": value}}).to_json()
+
+
+def test_tree_equal_tells_apart_dict_keys_that_compare_equal():
+    # keys were compared with ==: 1, 1.0 and True were one key, and from_lineage merged
+    # a generation that trained with {1.0: 0.1} into one with {1: 0.1} (hostile review,
+    # helper-135)
+    from jaxpop.records import Checkpoint
+
+    tree_equal = S.tree_equal
+    assert not tree_equal({1: 0.1}, {1.0: 0.1}) and not tree_equal({1: 0.1}, {True: 0.1})
+    assert not tree_equal({0.0: 1}, {-0.0: 1}) and not tree_equal({"a": 1}, {np.str_("a"): 1})
+    assert tree_equal({1: 0.1, "a": {2.5: 1}}, {"a": {2.5: 1}, 1: 0.1})
+    h = History()
+    for g, (step, key) in enumerate(((0, 1), (10, 1.0))):
+        parent = None if g == 0 else ("g0", step)
+        h = h.add(Checkpoint(None, {"sched": {key: 0.1}}, f"g{g}", 1.0, parent, step, 0.0))
+        h = h.add(Checkpoint(None, {"sched": {key: 0.1}}, f"g{g}", 1.0, parent, step + 10, 0.0))
+    schedule = S.from_lineage(h, "g1")
+    assert type(next(iter(schedule(15)["sched"]))) is float

@@ -308,8 +308,9 @@ def to_host(tree: Any) -> Any:
 def tree_equal(a: Any, b: Any) -> bool:
     """Whether two hyperparameter pytrees are exactly the same.
 
-    Same structure (same container types, same dict keys in any order, ``None`` in the
-    same places), and leaf by leaf the same type and value: ``1`` and ``1.0`` differ, a
+    Same structure (same container types, the same dict keys in any order, keys of the
+    same type and value too, ``None`` in the same places), and leaf by leaf the same
+    type and value: ``1`` and ``1.0`` differ, a
     ``float32`` and a ``float64`` array differ, arrays compare by dtype, shape and
     elements, ``0.0`` and ``-0.0`` differ (``1 / x`` tells them apart), and NaN equals
     NaN (a schedule that holds a NaN is not "changing" at every step). Dicts may have
@@ -321,7 +322,14 @@ def tree_equal(a: Any, b: Any) -> bool:
     if type(a) is not type(b):
         return False
     if isinstance(a, Mapping):
-        return a.keys() == b.keys() and all(tree_equal(a[k], b[k]) for k in a)
+        if a.keys() != b.keys():
+            return False
+        if not (all(type(k) is str for k in a) and all(type(k) is str for k in b)):
+            # keys == says equal that differ: 1, 1.0 and True; 0.0 and -0.0
+            theirs = {k: k for k in b}
+            if not all(type(k) is type(theirs[k]) and _leaf_equal(k, theirs[k]) for k in a):
+                return False
+        return all(tree_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(tree_equal(x, y) for x, y in zip(a, b, strict=True))
     if a is None:
