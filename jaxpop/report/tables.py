@@ -161,8 +161,12 @@ def _fmt_time(seconds: float | None) -> str:
     return utc.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-#: control characters (C0, DEL, C1) shown as escapes: a run's strings reach a terminal
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+#: control characters (C0, DEL, C1) and the bidirectional formatting ones (which reorder
+#: what a line shows) as escapes: a run's strings reach a terminal
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
+    c: f"\\u{c:04x}" for c in _BIDI
+}
 
 
 def _printable(text: str) -> str:
@@ -198,7 +202,7 @@ def _overview(info: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("best value", _fmt(best["value"])),
             (
                 "its hyperparameters",
-                ", ".join(f"{k}={_fmt(v)}" for k, v in best["hyperparameters"].items()) or "-",
+                ", ".join(f"{k} = {_fmt(v)}" for k, v in best["hyperparameters"].items()) or "-",
             ),
         ]
     rows.append(
@@ -218,7 +222,20 @@ _MEMBER_MARKS = (
 
 
 _FIXED = 6  # the members table's columns before the hyperparameters
-_NUMBER_WIDTH = 13  # the widest number _fmt writes: "-1.2346e-308"
+_NUMBER_WIDTH = 13  # numbers up to this wide are never folded: every float _fmt writes
+
+
+def _is_number(text: str) -> bool:
+    """Whether a cell is a number no wider than ``_NUMBER_WIDTH`` (a wider one, an
+    integer of 14 digits or more, would crowd the table out at 80 columns: it may
+    fold)."""
+    if len(text) > _NUMBER_WIDTH:
+        return False
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -273,7 +290,7 @@ def summary_renderable(info: Mapping[str, Any], *, title: str = "jaxpop report")
 
     overview = Table(title=title, show_header=False)
     overview.add_column(style="bold")
-    overview.add_column()
+    overview.add_column(overflow="fold")  # (a value is a word of its own: see members)
     for key, value in _overview_rows(info):
         overview.add_row(key, Text(value))  # Text: no markup is read from the data
     header, rows = _member_rows(info)
@@ -291,7 +308,7 @@ def summary_renderable(info: Mapping[str, Any], *, title: str = "jaxpop report")
     # wider than the column is folded: the value is a word of its own, and the column
     # as wide as a number's (a learning rate folded as "0.0001" and "2346")
     values = [v for row in rows for v in row[_FIXED:]]
-    widest = max((len(v) + 1 for v in values if len(v) <= _NUMBER_WIDTH), default=1)
+    widest = max((len(v) + 1 for v in values if _is_number(v)), default=1)
     members.add_column("hyperparameters", overflow="fold", min_width=widest)
     for row in rows:
         hparams = ", ".join(f"{k} = {v}" for k, v in zip(names, row[_FIXED:], strict=True))
