@@ -1614,3 +1614,23 @@ def test_a_store_closed_by_a_finalizer_during_a_takeover_does_not_deadlock(tmp_p
     thread.join(30)
     assert done, "the takeover deadlocked"
     done[0].close()
+
+
+def test_write_all_atomic_writes_all_or_none(tmp_path, monkeypatch):
+    # a folder in the way of the second of three files: the first was renamed into place
+    # already when the second failed (helper-133)
+    from jaxpop.storage import atomic
+
+    paths = [str(tmp_path / name) for name in ("a", "b", "c")]
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(b"old")
+    os.remove(paths[1])
+    os.mkdir(paths[1])
+    with pytest.raises(IsADirectoryError, match=r"folder is in the way.*'.*b'"):
+        atomic.write_all_atomic({path: b"new" for path in paths})
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c"]
+    assert [open(p, "rb").read() for p in (paths[0], paths[2])] == [b"old", b"old"]
+    os.rmdir(paths[1])
+    atomic.write_all_atomic({path: b"new" for path in paths})
+    assert [open(p, "rb").read() for p in paths] == [b"new"] * 3

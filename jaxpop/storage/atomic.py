@@ -4,6 +4,7 @@ and flushing a finished folder to disk."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Mapping
@@ -42,9 +43,10 @@ def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = N
 def write_all_atomic(files: Mapping[str, bytes]) -> None:
     """Replaces each ``path`` in ``files`` with its data, as :func:`write_atomic` does,
     and all of them or none: every file is written to a temporary name and flushed
-    first; if one of those writes fails (a full disk), every temporary file is removed,
-    every path is left as it was, and the ``OSError`` names the file. Then all are
-    renamed into place and their folders flushed (a crash among the renames may leave
+    first; if one of those writes fails (a full disk), or a path is a folder, every
+    temporary file is removed, every path is left as it was, and the ``OSError`` names
+    the file. Then all are renamed into place and their folders flushed (a crash, or a
+    rename that fails for another reason, say a file busy on some systems, may leave
     some renamed: each file whole).
 
     >>> import tempfile
@@ -56,6 +58,8 @@ def write_all_atomic(files: Mapping[str, bytes]) -> None:
     written: list[tuple[str, str]] = []  # (temporary, path)
     try:
         for path, data in files.items():
+            if os.path.isdir(path):  # (found before anything is renamed)
+                raise IsADirectoryError(errno.EISDIR, "a folder is in the way", path)
             try:
                 written.append((_write_temporary(path, data), path))
             except OSError as error:
