@@ -478,6 +478,10 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
                 )
         elif kind is complex or isinstance(leaf, (np.ndarray, np.generic)):
             host = np.asarray(leaf)
+            if host.dtype.kind in "US":  # (numpy parses text: "False" is True)
+                raise TypeError(
+                    f"as_traced: leaf {_where(path)} holds text ({host.dtype}): not a number"
+                )
             if host.dtype.kind in "biufc":
                 _check_cast(host, dtype, _where(path), label=f"as_traced: leaf {_where(path)}")
         if to_bool and kind is not bool:
@@ -550,6 +554,9 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
         host = np.asarray(value)
         if host.dtype == object and isinstance(value, int):  # (past 64 bits)
             value = host = _wide_int(value, old_type.dtype, name)
+        elif host.dtype.kind in "fc" and host.dtype.itemsize > 8 * (1 + (host.dtype.kind == "c")):
+            # a longdouble, which jax cannot read: as the float64 it rounds to (checked next)
+            value = host = host.astype(np.float64 if host.dtype.kind == "f" else np.complex128)
         if host.dtype == bool and old_type.dtype != bool:
             raise TypeError(
                 f"hyperparameter {name!r} is {old_type.dtype}, got a bool (it would be "

@@ -606,11 +606,8 @@ def exploit_explore(
       member is its parent's key folded in with the member's new generation index, so
       copies differ from their parent and from each other.
     """
-    if space is None and pop.hparams:
-        raise TypeError(
-            f"exploit_explore needs the explore space (space=...) of the hyperparameters "
-            f"{sorted(pop.hparams)}"
-        )
+    if _explores_a_space(explore):
+        check_space_given(space, pop, "exploit_explore")
     own_key = pop.key
     if key is None:
         own_key, key = jax.random.split(pop.key)
@@ -1164,6 +1161,24 @@ def _is_typed(key: Any) -> bool:
     return hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
 
 
+def check_space_given(space: Any, pop: VectorizedPopulation, who: str) -> None:
+    """A ``TypeError`` naming ``who`` if the population has hyperparameters to explore
+    and ``space`` is ``None``."""
+    if space is None and pop.hparams:
+        raise TypeError(
+            f"{who} needs the explore space (space=...) of the hyperparameters "
+            f"{sorted(pop.hparams)}"
+        )
+
+
+def _explores_a_space(explore: Any) -> bool:
+    """Whether ``explore`` is jaxpop's (or a ``functools.partial`` of one), which reads
+    the space; a function of one's own may need none."""
+    while isinstance(explore, functools.partial):
+        explore = explore.func
+    return getattr(explore, "__module__", None) == explore_lib.__name__
+
+
 def _raw(key: Any) -> jax.Array:
     """A raw ``uint32[2]`` key from a raw or a typed key (a float or bool array is no
     key: cast, ``[0.5, 1.5]`` would silently be the key ``[0, 1]``)."""
@@ -1193,8 +1208,8 @@ def _check_raw(key: Any) -> None:
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"a raw key is an array of uint32 (shape (2,)), got {dtype}")
     shape = np.shape(key)
-    if not shape or shape[-1] != 2:  # (an int seed passed as the key, say)
+    if not shape or shape[-1] not in (2, 4):  # (an int seed passed as the key, say)
         raise TypeError(
-            f"a raw key is an array of uint32 of shape (2,) (jaxpop.keys.root_key(seed), or "
-            f"jax.random.key(seed)), got one of shape {shape}"
+            f"a raw key is an array of uint32 of shape (2,) (jaxpop.keys.root_key(seed)), "
+            f"got one of shape {shape}"
         )

@@ -66,6 +66,7 @@ def mf_pbt_round(
       ``(population, exploit)`` as :func:`jaxpop.vectorized.exploit_explore` returns them.
     """
     frequencies = mf_pbt.check_frequencies(frequencies)
+    vectorized.check_space_given(space, pop, "mf_pbt_round")
     if np.shape(scores) != (pop.size,):
         raise ValueError(
             f"mf_pbt_round needs one score per member, shape ({pop.size},); got {np.shape(scores)}"

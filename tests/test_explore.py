@@ -639,6 +639,8 @@ def test_on_device_a_space_below_the_smallest_normal_number_is_refused_or_clippe
             jax.jit(lambda k, a, s=space: ex.explore(k, s, {"a": a}))(
                 key, jnp.full(4, 1e-40, dtype)
             )
+    with pytest.raises(ValueError, match="smallest normal number"):  # (a draw: all 0)
+        jax.jit(lambda k, s=space: ex.sample(k, s))(key)
     space = {"a": ex.log_uniform(1e-40, 1e-30)}  # a fifth of it below float32's 1.2e-38
     negative = {"a": ex.uniform(-1e-37, -1e-40)}  # a tenth of it above -1.2e-38
     for bounds, value in ((space, 1e-35), (negative, -5e-38)):

@@ -733,7 +733,7 @@ def test_as_traced_refuses_a_python_float_that_underflows_to_zero():
 def test_text_is_no_number_for_as_traced_nor_make_optimizer():
     # numpy parses text: "False" became True, "1e39" inf (past the range check), and a
     # learning rate read from a config as "1e-3" was baked in, to fail at the update
-    for leaf in ("False", "0", b"1", np.str_("1e39")):
+    for leaf in ("False", "0", b"1", np.str_("1e39"), np.array("1e39"), np.array([b"0.5"])):
         with pytest.raises(TypeError, match="not a number"):
             as_traced({"flag": leaf}, jnp.bool_)
         with pytest.raises(TypeError, match="not a number"):
@@ -753,6 +753,8 @@ def test_a_numpy_scalar_of_any_width_is_injected():
         assert "learning_rate" in get_hparams(state)
         state = set_hparams(state, {"learning_rate": 0.5})
         assert float(get_hparams(state)["learning_rate"]) == 0.5
+        state = set_hparams(state, {"learning_rate": np.longdouble("0.25")})
+        assert float(get_hparams(state)["learning_rate"]) == 0.25
 
 
 def test_a_default_the_hyperparameter_dtype_cannot_hold_is_refused():

@@ -1451,6 +1451,20 @@ def test_a_mutator_told_whether_its_function_takes_a_key_calls_it_so():
         assert branching == [arity]  # (the "pos" branch's start)
     assert calls and set(calls) == {2}  # the logged wrapper got the key
 
+    # said to take a key, a function with no parameter for it takes it in **kwargs (a
+    # positional key raised: helper-133); one with a free positional slot there
+    def in_kwargs(meta, **kw):
+        return {"h": meta["h"] + float(np.asarray(kw["key"])[1] % 3)}
+
+    def second(meta, extra, **kw):
+        assert not kw
+        return {"h": meta["h"] + float(np.asarray(extra)[1] % 3)}
+
+    for fn in (in_kwargs, second):
+        wta = WinnerTakeAllGenetic(fn, steps_per_exploit=10, mutate_fn_takes_key=True)
+        state, gens = _wta_round(wta, [0.3, 0.1, 0.2])
+        assert all(w.generation_id not in gens for w in state.workers)
+
     for bad in ("yes", 1, 0.0):
         with pytest.raises(TypeError, match="True, False or None"):
             WinnerTakeAllGenetic(keyed, steps_per_exploit=1, mutate_fn_takes_key=bad)

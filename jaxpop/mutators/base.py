@@ -587,11 +587,7 @@ def _wants_key(
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # builtins without a signature: the seed's form
         return False
-    positional = [
-        p
-        for p in params
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = _positional(params)
     if any(p.name == "key" for p in positional):
         return True
     if any(p.name == "key" and p.kind is inspect.Parameter.KEYWORD_ONLY for p in params):
@@ -638,7 +634,7 @@ def call_mutate_fn(
     args = (copy_in(args[0], deep=True), *args[1:])
     if not wants_key:
         return own_result(fn(*args))
-    return own_result(fn(*args, key=key) if _key_by_name(fn) else fn(*args, key))
+    return own_result(fn(*args, key=key) if _key_by_name(fn, len(args)) else fn(*args, key))
 
 
 def own_result(tree: Any) -> Any:
@@ -649,15 +645,20 @@ def own_result(tree: Any) -> Any:
     return copy_in(tree)
 
 
-#: ``fn -> _key_by_name(fn)``, held only as long as ``fn`` is (read at every call).
+#: ``fn -> (num_args, _key_by_name(fn, num_args))``, held only as long as ``fn`` is
+#: (read at every call).
 _KEY_BY_NAME: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _key_by_name(fn: Callable[..., Any]) -> bool:
-    """Whether ``fn``'s ``key`` parameter is keyword-only (passed by name), read through
-    the wrappers that take ``*args`` (see :func:`takes_key`)."""
+def _key_by_name(fn: Callable[..., Any], num_args: int) -> bool:
+    """Whether ``fn`` takes the key by name after ``num_args`` arguments: its ``key``
+    parameter is keyword-only, or it has none and no room for another positional
+    argument but takes ``**kwargs`` (a function said to take a key); read through the
+    wrappers that take ``*args`` (see :func:`takes_key`)."""
     try:
-        return _KEY_BY_NAME[fn]
+        known, answer = _KEY_BY_NAME[fn]
+        if known == num_args:
+            return answer
     except (KeyError, TypeError):  # (TypeError: not weakly referable, or unhashable)
         pass
     by_name, seen = False, set()
@@ -674,11 +675,19 @@ def _key_by_name(fn: Callable[..., Any]) -> bool:
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             break  # (a key by name could not pass this wrapper)
         if not any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params.values()):
+            # only **kwargs can take it where the positional parameters are all taken
+            by_name = len(_positional(params.values())) <= num_args
             break
         inner = _wrapped(inner)
     with contextlib.suppress(TypeError):
-        _KEY_BY_NAME[fn] = by_name
+        _KEY_BY_NAME[fn] = (num_args, by_name)
     return by_name
+
+
+def _positional(params: Iterable[inspect.Parameter]) -> list[inspect.Parameter]:
+    """The parameters an argument can be passed to by position (not ``*args``)."""
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p for p in params if p.kind in kinds]
 
 
 def evaluated_since(

@@ -912,6 +912,7 @@ def _apply_arrays(
                 isinstance(leaf_space, Choice) and leaf_space.numeric
             ):
                 _check_holds(leaf_space, jnp.asarray(0.0).dtype, path)
+                _check_device_holds(leaf_space, jnp.asarray(0.0).dtype, path)
         if x is not _NO_VALUE and not isinstance(leaf_space, Choice):
             x = xp.asarray(x, dtype=xp.asarray(x).dtype if device else np.float64)
             if device and not jnp.issubdtype(x.dtype, jnp.floating):

@@ -174,8 +174,8 @@ class PopulationBasedTraining(Mutator):
         result is clipped to the space). Ray Tune: ``custom_explore_fn``.
       custom_explore_fn_takes_key: whether ``custom_explore_fn`` takes the key (``True``:
         called ``fn(meta_params, key)``, or with ``key=`` if that parameter is
-        keyword-only); ``None`` (default): read from its signature (see
-        :func:`jaxpop.mutators.base.takes_key`).
+        keyword-only, or if ``**kwargs`` is the only place for it); ``None``
+        (default): read from its signature (see :func:`jaxpop.mutators.base.takes_key`).
       explorer: ``fn(key, source, history, workers) -> meta_params``, the whole explore
         step in place of the space's perturb-or-resample: ``source`` is the copied
         checkpoint, ``history`` and ``workers`` the population as the decision sees

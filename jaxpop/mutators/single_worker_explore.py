@@ -55,7 +55,8 @@ class BranchingSingleMachine(Mutator):
       explore_steps: steps trained on each branch before the branches are compared.
       mode: ``"min"`` (lower values are better, as in the seed) or ``"max"``.
       mutate_fn_takes_key: whether ``mutate_fn`` takes the key as its fourth argument
-        (or as ``key=``, if that parameter is keyword-only); ``None`` (default): read
+        (or as ``key=``, if that parameter is keyword-only or ``**kwargs`` is the only
+        place for it); ``None`` (default): read
         from its signature.
 
     The phases advance on evaluations: the worker must report an evaluation at (or

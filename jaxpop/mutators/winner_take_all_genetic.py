@@ -88,7 +88,8 @@ class WinnerTakeAllGenetic(Mutator):
       mode: ``"min"`` (lower values are better, as in the seed) or ``"max"``.
       mutate_fn_takes_key: whether ``mutate_fn`` takes the key (``True``: it is called
         ``mutate_fn(meta_params, key)``, or with ``key=`` if that parameter is
-        keyword-only); ``None`` (default): read from its signature.
+        keyword-only, or if ``**kwargs`` is the only place for it); ``None``
+        (default): read from its signature.
 
     A finished or gone worker (``ActiveWorker.status``) is left out of the rounds: they
     no longer wait for it, it is never the winner, and it keeps its assignment. Back
