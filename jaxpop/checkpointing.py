@@ -27,6 +27,7 @@ import re
 import secrets
 import shutil
 import stat
+import struct
 import sys
 import threading
 import time
@@ -228,14 +229,24 @@ def _encode_value(leaf: bool | int | float | str) -> dict[str, Any]:
         return {"kind": "value", "type": "bool", "value": bool(leaf)}
     if isinstance(leaf, int):
         return {"kind": "value", "type": "int", "value": int(leaf)}
-    if isinstance(leaf, float):  # hex keeps every float exact, NaN and inf included
+    if isinstance(leaf, float):  # hex keeps every float exact, inf included
+        bits = _BITS.unpack(_FLOAT.pack(leaf))[0]
+        if leaf != leaf and bits != _NAN_BITS:  # (hex writes every NaN "nan")
+            return {"kind": "value", "type": "float", "value": f"nan:{bits:016x}"}
         return {"kind": "value", "type": "float", "value": float(leaf).hex()}
     return {"kind": "value", "type": "str", "value": str.__str__(leaf)}
 
 
+_FLOAT, _BITS = struct.Struct("<d"), struct.Struct("<Q")
+_NAN_BITS = _BITS.unpack(_FLOAT.pack(math.nan))[0]  # float("nan"): written "nan"
+
+
 def _decode_value(spec: Mapping[str, Any]) -> Any:
     if spec["type"] == "float":
-        return float.fromhex(spec["value"])
+        value = spec["value"]
+        if isinstance(value, str) and value.startswith("nan:"):  # a NaN's sign and payload
+            return _FLOAT.unpack(_BITS.pack(int(value[4:], 16)))[0]
+        return float.fromhex(value)
     return {"bool": bool, "int": int, "str": str}[spec["type"]](spec["value"])
 
 
@@ -397,7 +408,8 @@ def _like(target_leaf: Any, value: Any) -> Any:
     to then does not trace again, and computes as it did with the original)."""
     sharding = _sharding(target_leaf)
     if sharding is None:
-        return np.asarray(value)
+        # (a numpy scalar target gets a numpy scalar: a 0-d array is another type)
+        return np.asarray(value)[()] if isinstance(target_leaf, np.generic) else np.asarray(value)
     if _weakly_typed(target_leaf) and _can_be_weak(value.dtype):
         if np.shape(value) == ():
             weak = jnp.asarray(np.asarray(value).item())  # (device_put keeps it weak)
@@ -435,9 +447,10 @@ def _weakly_typed(leaf: Any) -> bool:
 
 def _value_as(handle: str, spec: Mapping[str, Any], value: Any, dtype: np.dtype) -> np.ndarray:
     """A saved Python scalar as a 0-d array of the target's ``dtype``, only if that keeps
-    its kind and value: a float into a floating dtype, an int into an integer one it fits
-    (or a floating one), a bool into ``bool``; anything else is a ``ValueError``, as
-    for an array leaf whose dtype is not the saved one."""
+    its kind and value: a float into a floating dtype (rounded to it; not one it
+    overflows, nor underflows to 0), an int into an integer one it fits or a floating
+    one that holds it exactly (257 is 256 in bfloat16), a bool into ``bool``; anything
+    else is a ``ValueError``, as for an array leaf whose dtype is not the saved one."""
     if dtype == np.bool_:
         fits = type(value) is bool
     elif jnp.issubdtype(dtype, jnp.inexact):
@@ -457,6 +470,10 @@ def _value_as(handle: str, spec: Mapping[str, Any], value: Any, dtype: np.dtype)
         # (a float past the dtype's range comes back inf, or NaN in float8: not kept)
         if out is not None and math.isfinite(value) and not np.isfinite(out.astype(np.float64)):
             out = None
+        elif out is not None and jnp.issubdtype(dtype, jnp.inexact):
+            back = out.astype(np.complex128 if out.dtype.kind == "c" else np.float64).item()
+            if (type(value) is int and back != value) or (value != 0 and back == 0):
+                out = None  # (an int rounded: 2**24 + 1 in float32; a float gone to 0)
     if out is None:
         raise ValueError(
             f"checkpoint {handle!r} holds the {type(value).__name__} {value!r:.40} at "

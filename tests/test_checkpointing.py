@@ -1369,6 +1369,36 @@ def test_a_saved_python_scalar_is_restored_only_into_a_dtype_that_keeps_it(tmp_p
                 store.restore(handle, target)
 
 
+def test_a_saved_int_comes_back_into_a_float_only_exactly_and_a_nan_keeps_its_bits(tmp_path):
+    """An int a float dtype rounds (257 in bfloat16 is 256) or a float it underflows to
+    0 came back changed; a Python NaN lost its sign (hex writes every NaN "nan"); a numpy
+    scalar target got a 0-d array (hostile review, helper-134)."""
+    import struct
+
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
+    bits = lambda x: struct.unpack("<Q", struct.pack("<d", x))[0]  # noqa: E731
+    with ParamStore(str(tmp_path), async_save=False) as store:
+        cases = (
+            (257, jnp.bfloat16),
+            (2**24 + 1, jnp.float32),
+            (2**53 + 1, np.float64),
+            (2049, jnp.float16),
+            (1e-50, jnp.float32),
+        )
+        for step, (value, dtype) in enumerate(cases):
+            handle = store.save("g", step, {"x": value})
+            with pytest.raises(ValueError, match=r"at \['x'\].*asks for"):
+                store.restore(handle, {"x": scalar(dtype)})
+        handle = store.save("g", 10, {"x": 256, "y": 0.1})  # held exactly; rounded
+        out = store.restore(handle, {"x": scalar(jnp.bfloat16), "y": scalar(jnp.float32)})
+        assert float(out["x"]) == 256 and float(out["y"]) == float(np.float32(0.1))
+        odd_nan = struct.unpack("<d", struct.pack("<Q", 0xFFF8000000000123))[0]
+        handle = store.save("g", 11, {"a": -math.nan, "b": odd_nan, "c": math.nan, "d": 1.5})
+        out = store.restore(handle, {"a": 0.0, "b": 0.0, "c": 0.0, "d": np.float32(0)})
+        assert [bits(out[k]) for k in "abc"] == [bits(-math.nan), bits(odd_nan), bits(math.nan)]
+        assert type(out["d"]) is np.float32 and out["d"] == 1.5
+
+
 def test_a_weakly_typed_scalar_comes_back_weak_and_a_jitted_step_does_not_trace_again(
     tmp_path,
 ):
