@@ -1,20 +1,24 @@
 """The immutable records a population is made of: ``Checkpoint`` and ``ActiveWorker``.
 
-Both are ``flax.struct.dataclass`` pytrees. Their ``params`` and ``meta_params`` are pytree
-children (so ``jax.tree.map`` reaches the arrays inside them); the bookkeeping fields
-(ids, steps, values, times) are static metadata. Records are frozen: "updating" one
+Both are frozen dataclasses and pytrees (``ActiveWorker`` a ``flax.struct.dataclass``).
+Their ``params`` and ``meta_params`` are pytree children (so ``jax.tree.map`` reaches the
+arrays inside them); the bookkeeping fields (ids, steps, values, times) are static
+metadata. Records are frozen: "updating" one
 means ``record.replace(field=new_value)``, which returns a new record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
+import struct as struct_module
 import threading
 from collections.abc import Iterable, Sequence
 from itertools import compress
 from operator import index, is_not
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import jax
 from flax import struct
 
 from jaxpop.types import CheckpointRef, GenerationId, MetaParams, Params
@@ -43,7 +47,7 @@ STATUSES = (ACTIVE, FINISHED, GONE)
 WAITING = "waiting"
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class Checkpoint:
     """One saved point of one generation: its parameters, hyperparameters and score.
 
@@ -67,20 +71,57 @@ class Checkpoint:
 
     params: Params
     meta_params: MetaParams
-    generation_id: GenerationId = struct.field(pytree_node=False)
-    value: float | None = struct.field(pytree_node=False)
-    parent: CheckpointRef | None = struct.field(pytree_node=False)
-    step: int = struct.field(pytree_node=False)
-    time: float = struct.field(pytree_node=False)
+    generation_id: GenerationId
+    value: float | None
+    parent: CheckpointRef | None
+    step: int
+    time: float
 
-    if TYPE_CHECKING:  # struct.dataclass adds it at run time; type checkers can't see that
-
-        def replace(self, **changes: Any) -> Checkpoint: ...
+    def replace(self, **changes: Any) -> Checkpoint:
+        """A new checkpoint with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def ref(self) -> CheckpointRef:
         """This checkpoint's ``(generation_id, step)``."""
         return (self.generation_id, self.step)
+
+
+# A pytree of ``params`` and ``meta_params``; the other fields are its static metadata,
+# which ``jit`` compares with ``==`` to find a compiled function: a float there is held
+# by its bits, so 0.0 and -0.0 are two (a jitted function returned the first's) and a
+# NaN equals itself (each call compiled again; a tree function over two copies raised)
+_FLOAT, _BITS = struct_module.Struct("<d"), struct_module.Struct("<Q")
+_PARAMS, _META = jax.tree_util.GetAttrKey("params"), jax.tree_util.GetAttrKey("meta_params")
+
+
+def _exact(x: Any) -> Any:
+    return (float, _BITS.unpack(_FLOAT.pack(x))[0]) if type(x) is float else (type(x), x)
+
+
+def _inexact(held: Any) -> Any:
+    kind, x = held
+    return _FLOAT.unpack(_BITS.pack(x))[0] if kind is float else x
+
+
+def _checkpoint_aux(c: Checkpoint) -> tuple[Any, ...]:
+    return (c.generation_id, _exact(c.value), c.parent, c.step, _exact(c.time))
+
+
+def _checkpoint_unflatten(aux: tuple[Any, ...], children: Any) -> Checkpoint:
+    generation_id, value, parent, step, time = aux
+    params, meta_params = children
+    return Checkpoint(
+        params, meta_params, generation_id, _inexact(value), parent, step, _inexact(time)
+    )
+
+
+jax.tree_util.register_pytree_with_keys(
+    Checkpoint,
+    lambda c: (((_PARAMS, c.params), (_META, c.meta_params)), _checkpoint_aux(c)),
+    _checkpoint_unflatten,
+    flatten_func=lambda c: ((c.params, c.meta_params), _checkpoint_aux(c)),
+)
 
 
 @struct.dataclass

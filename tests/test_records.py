@@ -124,3 +124,33 @@ def test_key_helpers_take_whole_numbers_only():
             split_key(root, num)
     assert (event_key(root, np.int64(3)) == event_key(root, 3)).all()
     assert new_generation_id(root, np.int32(1)) == new_generation_id(root, 1)
+
+
+def test_jit_tells_apart_values_that_compare_equal_and_a_nan_equals_itself():
+    # a value is static metadata, which jit compared with ==: a function jitted over a
+    # checkpoint of value -0.0 returned the 0.0 of its first call; a NaN value compiled
+    # again at every call, and a tree function over two copies of a NaN-valued history
+    # raised (hostile review, helper-135)
+    import math
+    import pickle
+
+    from jaxpop import History
+
+    traces = []
+
+    def double(c):
+        traces.append(1)
+        return c.replace(params=c.params * 2)
+
+    f = jax.jit(double)
+    for value in (0.0, -0.0, math.nan, math.nan, math.nan):
+        out = f(Checkpoint(jnp.ones(2), {"lr": 0.1}, "g", value, None, 10, 1.5))
+        assert math.copysign(1.0, out.value) == math.copysign(1.0, value) or math.isnan(value)
+        assert out.time == 1.5 and out.ref == ("g", 10)
+    assert len(traces) == 3  # 0.0, -0.0, NaN: each NaN call after the first is cached
+    h = History().add(Checkpoint(jnp.ones(2), {"lr": 0.1}, "g", math.nan, None, 10, 0.0))
+    both = jax.tree.map(lambda a, b: a + b, h, pickle.loads(pickle.dumps(h)))
+    assert math.isnan(both["g"][10].value) and float(both["g"][10].params[0]) == 2.0
+    assert jax.tree_util.tree_flatten_with_path(h)[0][0][0][-1] == jax.tree_util.GetAttrKey(
+        "params"
+    )
