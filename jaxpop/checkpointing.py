@@ -230,23 +230,27 @@ def _encode_value(leaf: bool | int | float | str) -> dict[str, Any]:
     if isinstance(leaf, int):
         return {"kind": "value", "type": "int", "value": int(leaf)}
     if isinstance(leaf, float):  # hex keeps every float exact, inf included
-        bits = _BITS.unpack(_FLOAT.pack(leaf))[0]
-        if leaf != leaf and bits != _NAN_BITS:  # (hex writes every NaN "nan")
-            return {"kind": "value", "type": "float", "value": f"nan:{bits:016x}"}
-        return {"kind": "value", "type": "float", "value": float(leaf).hex()}
+        spec = {"kind": "value", "type": "float", "value": float(leaf).hex()}
+        if leaf != leaf:  # hex writes every NaN "nan": its sign and payload beside it
+            spec["bits"] = f"{_BITS.unpack(_FLOAT.pack(leaf))[0]:016x}"  # (earlier jaxpop: "nan")
+        return spec
     return {"kind": "value", "type": "str", "value": str.__str__(leaf)}
 
 
 _FLOAT, _BITS = struct.Struct("<d"), struct.Struct("<Q")
-_NAN_BITS = _BITS.unpack(_FLOAT.pack(math.nan))[0]  # float("nan"): written "nan"
 
 
 def _decode_value(spec: Mapping[str, Any]) -> Any:
     if spec["type"] == "float":
-        value = spec["value"]
-        if isinstance(value, str) and value.startswith("nan:"):  # a NaN's sign and payload
-            return _FLOAT.unpack(_BITS.pack(int(value[4:], 16)))[0]
-        return float.fromhex(value)
+        value = float.fromhex(spec["value"])
+        if value != value and "bits" in spec:
+            bits = int(spec["bits"], 16)
+            if not 0 <= bits < 2**64:
+                raise ValueError(f"the bits of a NaN, {spec['bits']!r:.40}, are not 64 bits")
+            value = _FLOAT.unpack(_BITS.pack(bits))[0]
+            if value == value:
+                raise ValueError(f"the bits {spec['bits']!r:.40} are not a NaN's")
+        return value
     return {"bool": bool, "int": int, "str": str}[spec["type"]](spec["value"])
 
 

@@ -556,7 +556,7 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
             value = host = _wide_int(value, old_type.dtype, name)
         elif host.dtype.kind in "fc" and host.dtype.itemsize > 8 * (1 + (host.dtype.kind == "c")):
             # a longdouble, which jax cannot read: as the float64 it rounds to (checked next)
-            value = host = host.astype(np.float64 if host.dtype.kind == "f" else np.complex128)
+            value = host = _as_float64(host, name)
         if host.dtype == bool and old_type.dtype != bool:
             raise TypeError(
                 f"hyperparameter {name!r} is {old_type.dtype}, got a bool (it would be "
@@ -590,6 +590,20 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     if old_type.weak_type and value.ndim == 0:
         return jax.lax.full_like(old, value)
     return jnp.asarray(value, dtype=old_type.dtype)
+
+
+def _as_float64(host: np.ndarray, name: str) -> np.ndarray:
+    """A longdouble (or its complex) as float64 (complex128), or a ``ValueError`` where
+    that cast overflows or underflows it to 0."""
+    wide = np.float64 if host.dtype.kind == "f" else np.complex128
+    with np.errstate(over="ignore", under="ignore"):
+        out = host.astype(wide)
+    if np.any(np.isfinite(host) & ~np.isfinite(out)) or np.any((host != 0) & (out == 0)):
+        raise ValueError(
+            f"hyperparameter {name!r} = {host!s:.40} is outside float64's range, where "
+            "jax reads it: it would be written as inf or 0"
+        )
+    return out
 
 
 def _wide_int(value: int, dtype: Any, name: str) -> np.ndarray:

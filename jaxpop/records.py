@@ -19,7 +19,8 @@ from operator import index, is_not
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import jax
-from flax import struct
+import numpy as np
+from flax import serialization, struct
 
 from jaxpop.types import CheckpointRef, GenerationId, MetaParams, Params
 
@@ -96,12 +97,17 @@ _PARAMS, _META = jax.tree_util.GetAttrKey("params"), jax.tree_util.GetAttrKey("m
 
 
 def _exact(x: Any) -> Any:
-    return (float, _BITS.unpack(_FLOAT.pack(x))[0]) if type(x) is float else (type(x), x)
+    if isinstance(x, (float, np.floating)):  # (np.float64 and np.float32 too)
+        return (True, type(x), _BITS.unpack(_FLOAT.pack(x))[0])
+    return (False, type(x), x)
 
 
 def _inexact(held: Any) -> Any:
-    kind, x = held
-    return _FLOAT.unpack(_BITS.pack(x))[0] if kind is float else x
+    bits, kind, x = held
+    if not bits:
+        return x
+    value = _FLOAT.unpack(_BITS.pack(x))[0]
+    return value if kind is float else kind(value)
 
 
 def _checkpoint_aux(c: Checkpoint) -> tuple[Any, ...]:
@@ -121,6 +127,20 @@ jax.tree_util.register_pytree_with_keys(
     lambda c: (((_PARAMS, c.params), (_META, c.meta_params)), _checkpoint_aux(c)),
     _checkpoint_unflatten,
     flatten_func=lambda c: ((c.params, c.meta_params), _checkpoint_aux(c)),
+)
+# flax.serialization reads it as it read the flax struct it was: its two children
+serialization.register_serialization_state(
+    Checkpoint,
+    lambda c: {
+        "params": serialization.to_state_dict(c.params),
+        "meta_params": serialization.to_state_dict(c.meta_params),
+    },
+    lambda c, state: c.replace(
+        params=serialization.from_state_dict(c.params, state["params"], name="params"),
+        meta_params=serialization.from_state_dict(
+            c.meta_params, state["meta_params"], name="meta_params"
+        ),
+    ),
 )
 
 

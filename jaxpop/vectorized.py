@@ -1208,8 +1208,10 @@ def _check_raw(key: Any) -> None:
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"a raw key is an array of uint32 (shape (2,)), got {dtype}")
     shape = np.shape(key)
-    if not shape or shape[-1] not in (2, 4):  # (an int seed passed as the key, say)
+    # (2 words for threefry, jaxpop's; 4 under jax_default_prng_impl="rbg")
+    words = 4 if "rbg" in str(jax.config.jax_default_prng_impl) else 2  # type: ignore[attr-defined]
+    if not shape or shape[-1] != words:  # (an int seed passed as the key, say)
         raise TypeError(
-            f"a raw key is an array of uint32 of shape (2,) (jaxpop.keys.root_key(seed)), "
-            f"got one of shape {shape}"
+            f"a raw key is an array of uint32 of shape ({words},) "
+            f"(jaxpop.keys.root_key(seed)), got one of shape {shape}"
         )

@@ -1396,6 +1396,10 @@ def test_a_saved_int_comes_back_into_a_float_only_exactly_and_a_nan_keeps_its_bi
         handle = store.save("g", 11, {"a": -math.nan, "b": odd_nan, "c": math.nan, "d": 1.5})
         out = store.restore(handle, {"a": 0.0, "b": 0.0, "c": 0.0, "d": np.float32(0)})
         assert [bits(out[k]) for k in "abc"] == [bits(-math.nan), bits(odd_nan), bits(math.nan)]
+        # (the sign and payload beside "nan", which a jaxpop before them reads)
+        meta = json.load(open(os.path.join(handle, "meta", "metadata")))
+        spec = next(s for s in meta["leaves"] if s["path"] == "['a']")
+        assert spec["value"] == "nan" and int(spec["bits"], 16) == bits(-math.nan)
         assert type(out["d"]) is np.float32 and out["d"] == 1.5
 
 

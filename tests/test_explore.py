@@ -751,3 +751,19 @@ def test_under_a_traced_key_a_space_the_default_float_cannot_hold_is_refused():
         )
     out = jax.jit(lambda key: ex.sample(key, {"x": ex.uniform(0.5, 2.0)}))(jax.random.PRNGKey(0))
     assert 0.5 <= float(out["x"]) <= 2.0
+
+
+def test_no_space_is_an_error_not_a_constant():
+    # a top-level None was taken as a constant space: explore returned None for the
+    # hyperparameters, and the caller failed far away (helper-136)
+    key = np.array([0, 1], np.uint32)
+    for call in (
+        lambda: ex.explore(key, None, {"lr": 0.1}),
+        lambda: ex.perturb(key, None, {"lr": 0.1}),
+        lambda: ex.resample(key, None, {"lr": 0.1}),
+        lambda: ex.clip(None, {"lr": 0.1}),
+        lambda: ex.sample(key, None),
+    ):
+        with pytest.raises(TypeError, match=r"needs a space .* got None"):
+            call()
+    assert ex.explore(key, {"c": None}, {"c": 1}) == {"c": None}  # (a constant inside)

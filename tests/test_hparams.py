@@ -755,6 +755,9 @@ def test_a_numpy_scalar_of_any_width_is_injected():
         assert float(get_hparams(state)["learning_rate"]) == 0.5
         state = set_hparams(state, {"learning_rate": np.longdouble("0.25")})
         assert float(get_hparams(state)["learning_rate"]) == 0.25
+        for outside in ("1e400", "1e-400"):  # (past float64: inf and 0 were written)
+            with pytest.raises(ValueError, match="outside float64's range"):
+                set_hparams(state, {"learning_rate": np.longdouble(outside)})
 
 
 def test_a_default_the_hyperparameter_dtype_cannot_hold_is_refused():

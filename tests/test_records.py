@@ -142,6 +142,12 @@ def test_jit_tells_apart_values_that_compare_equal_and_a_nan_equals_itself():
         traces.append(1)
         return c.replace(params=c.params * 2)
 
+    g = jax.jit(double)
+    for value in (np.float64(0.0), np.float64(-0.0)):  # (a float subclass)
+        out = g(Checkpoint(jnp.ones(2), {"lr": 0.1}, "g", value, None, 10, np.float32(1.5)))
+        assert type(out.value) is np.float64 and np.signbit(out.value) == np.signbit(value)
+        assert type(out.time) is np.float32
+    traces.clear()
     f = jax.jit(double)
     for value in (0.0, -0.0, math.nan, math.nan, math.nan):
         out = f(Checkpoint(jnp.ones(2), {"lr": 0.1}, "g", value, None, 10, 1.5))
@@ -154,3 +160,15 @@ def test_jit_tells_apart_values_that_compare_equal_and_a_nan_equals_itself():
     assert jax.tree_util.tree_flatten_with_path(h)[0][0][0][-1] == jax.tree_util.GetAttrKey(
         "params"
     )
+
+
+def test_a_checkpoint_serializes_with_flax_as_the_flax_struct_it_was():
+    from flax import serialization
+
+    c = Checkpoint({"w": np.arange(3.0)}, {"lr": 0.1}, "g", 0.5, None, 10, 1.0)
+    assert serialization.to_state_dict(c) == {
+        "params": {"w": c.params["w"]},
+        "meta_params": {"lr": 0.1},
+    }
+    back = serialization.from_bytes(c.replace(params={"w": np.zeros(3)}), serialization.to_bytes(c))
+    assert back.ref == c.ref and np.array_equal(back.params["w"], c.params["w"])

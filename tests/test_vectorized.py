@@ -867,7 +867,7 @@ def test_exploit_explore_says_what_is_wrong_with_its_space_key_and_scores():
     halve = lambda key, space, hparams: {k: v / 2 for k, v in hparams.items()}  # noqa: E731
     new, _ = vz.exploit_explore(pop, scores, space=None, explore=halve)
     assert np.isclose(float(new.hparams["lr"][-1]), float(hparams["lr"][0]) / 2)
-    for key in (5, np.uint32(5), np.zeros(3, np.uint32)):
+    for key in (5, np.uint32(5), np.zeros(3, np.uint32), np.zeros(4, np.uint32)):
         with pytest.raises(TypeError, match=r"raw key .* of shape \(2,\)"):
             vz.exploit_explore(pop, scores, key, space=space)
     # a list of Python ints past int32: ranked as the host ranks them (the worst two,

@@ -776,6 +776,11 @@ def _apply(
     probability: float = 0.0,
     factors: tuple[float, ...] = DEFAULT_FACTORS,
 ) -> Any:
+    if space is None:  # (taken as a constant, it replaced the hyperparameters by None)
+        raise TypeError(
+            f"{op} needs a space (a dict of uniform / log_uniform "
+            "/ randint / choice leaves and constants), got None"
+        )
     if type(space) is dict and type(meta) is dict and type(key) is np.ndarray:
         flat = _apply_flat(op, key, space, meta, probability, factors)
         if flat is not None:
