@@ -46,6 +46,7 @@ from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparam
 from jaxpop.logging import BACKENDS, Loggers, RunLogger, parse_backends
 from jaxpop.logging import make_loggers as make_run_loggers
 from jaxpop.mutators.base import Mutator
+from jaxpop.storage import RunMismatchError
 
 __all__ = [
     "Experiment",
@@ -270,10 +271,22 @@ def add_flags(
     workers: int,
     log_dir: str,
     batch_size: bool = True,
+    steps_until: bool = False,
+    reconfigure: bool = True,
 ):
     """The flags every CNN example takes (``--batch-size`` only with ``batch_size``: an
-    example whose hyperparameters hold the batch size has none)."""
-    parser.add_argument("--steps", type=int, default=steps, help="training steps per worker")
+    example whose hyperparameters hold the batch size has none; ``steps_until``: its
+    workers train until their step reaches ``--steps``, not ``--steps`` more;
+    ``--reconfigure`` only with ``reconfigure``: an example that runs the controller
+    with :func:`run`)."""
+    more = "this many more steps than where it stands (a rerun on the same --log-dir goes on)"
+    until = "until its step reaches this (a rerun on the same --log-dir finishes what is left)"
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=steps,
+        help=f"each worker trains {until if steps_until else more}",
+    )
     parser.add_argument("--workers", type=int, default=workers, help="population size")
     parser.add_argument("--log-dir", default=log_dir, help="controller state and checkpoints")
     parser.add_argument("--dataset", default="digits", choices=data_lib.DATASETS)
@@ -292,6 +305,13 @@ def add_flags(
         "the same images)",
     )
     parser.add_argument("--no-progress", action="store_true")
+    if reconfigure:
+        parser.add_argument(
+            "--reconfigure",
+            action="store_true",
+            help="resume a --log-dir's run with other mutator settings (say another "
+            "--steps-per-exploit); without it that is refused",
+        )
     parser.add_argument(
         "--log",
         nargs="+",
@@ -354,67 +374,80 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     accuracies: dict = {}
     logs = make_loggers(args, experiment.name)
     start = time.time()
-    with (
-        logs,  # closed however the run ends
-        ParamStore(os.path.join(args.log_dir, "params")) as store,
-        PopulationController(
-            population,
-            experiment.mutator(args),
-            os.path.join(args.log_dir, "population"),
-            seed=args.seed,
-        ) as controller,
-    ):
-        progress = tqdm(
-            total=args.workers * args.steps,
-            desc=experiment.name,
-            unit="step",
-            disable=args.no_progress,
-        )
-        # each worker trains --steps more steps than where it stands (a resumed run goes on)
-        until = [w.step + args.steps for w in controller.active_workers]
+    try:
+        with (
+            logs,  # closed however the run ends
+            ParamStore(os.path.join(args.log_dir, "params")) as store,
+            PopulationController(
+                population,
+                experiment.mutator(args),
+                os.path.join(args.log_dir, "population"),
+                seed=args.seed,
+                reconfigure=args.reconfigure,
+            ) as controller,
+        ):
+            progress = tqdm(
+                total=args.workers * args.steps,
+                desc=experiment.name,
+                unit="step",
+                disable=args.no_progress,
+            )
+            # each worker trains --steps more steps than where it stands (a resumed run goes on)
+            until = [w.step + args.steps for w in controller.active_workers]
 
-        failed: dict[int, BaseException] = {}
-        stop = threading.Event()  # set when a worker fails: the others end too
+            failed: dict[int, BaseException] = {}
+            stop = threading.Event()  # set when a worker fails: the others end too
 
-        def work(i: int) -> None:
-            try:
-                accuracies.update(
-                    train_worker(
-                        i,
-                        controller,
-                        store,
-                        model,
-                        dataset,
-                        args,
-                        until_step=until[i],
-                        progress=progress,
-                        logger=logs if len(logs) else None,
-                        stop=stop,
+            def work(i: int) -> None:
+                try:
+                    accuracies.update(
+                        train_worker(
+                            i,
+                            controller,
+                            store,
+                            model,
+                            dataset,
+                            args,
+                            until_step=until[i],
+                            progress=progress,
+                            logger=logs if len(logs) else None,
+                            stop=stop,
+                        )
                     )
-                )
-            except BaseException as error:  # the run fails (a thread's error would not)
-                # the others stop too (a round would wait for this one forever); nothing
-                # is journaled for it, so a resumed run trains it again
-                failed[i] = error
-                stop.set()
+                except BaseException as error:  # the run fails (a thread's error would not)
+                    # the others stop too (a round would wait for this one forever); nothing
+                    # is journaled for it, so a resumed run trains it again
+                    failed[i] = error
+                    stop.set()
 
-        threads = [
-            threading.Thread(target=work, args=(i,), name=f"worker-{i}")
-            for i in range(args.workers)
-        ]
-        for t in threads:
-            t.start()
-        _join(threads, logs, controller)
-        if failed:
-            i = min(failed)
-            raise RuntimeError(f"worker {i} failed: {failed[i]!r}") from failed[i]
-        logs.finish(controller.state)  # the last exploits, the best member's schedule
-        progress.close()
-        store.wait()
-        # every save of this run is settled and recorded: what no history holds (a save
-        # a killed earlier run never reported, its temporary directory) goes too
-        store.collect_garbage(controller.state, keep_best=args.keep_best, orphan_grace_s=0)
-        summary = summarize(controller.state, accuracies)
+            threads = [
+                threading.Thread(target=work, args=(i,), name=f"worker-{i}")
+                for i in range(args.workers)
+            ]
+            for t in threads:
+                t.start()
+            try:
+                _join(threads, logs, controller)
+            except KeyboardInterrupt:  # the workers end at their next step; all is journaled
+                stop.set()
+                for t in threads:
+                    t.join()
+                progress.close()
+                raise SystemExit(
+                    "interrupted: rerun the same command (the same --log-dir) to resume"
+                ) from None
+            if failed:
+                i = min(failed)
+                raise RuntimeError(f"worker {i} failed: {failed[i]!r}") from failed[i]
+            logs.finish(controller.state)  # the last exploits, the best member's schedule
+            progress.close()
+            store.wait()
+            # every save of this run is settled and recorded: what no history holds (a save
+            # a killed earlier run never reported, its temporary directory) goes too
+            store.collect_garbage(controller.state, keep_best=args.keep_best, orphan_grace_s=0)
+            summary = summarize(controller.state, accuracies)
+    except RunMismatchError as error:  # (a traceback says no more, and names no flag)
+        raise SystemExit(f"{error}\n(on the command line: --reconfigure)") from None
     summary.update(
         dataset=dataset.name,
         seconds=round(time.time() - start, 1),
@@ -445,6 +478,8 @@ def summarize(state: PopulationState, accuracies: Mapping) -> dict[str, Any]:
                 "val_loss": math.inf if scored is None else scored.value,
                 "val_accuracy": None if scored is None else accuracies.get(scored.ref),
                 "meta_params": {k: v if isinstance(v, int) else float(v) for k, v in meta.items()},
+                # it copied (or started a generation) since that value was scored
+                "moved_on": scored is not None and member.meta_params is not scored.meta_params,
             }
         )
     best = None if built.best is None else members[built.best.worker]
@@ -463,7 +498,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     header = ["worker", "val_loss", "val_acc", "step", *keys]
     rows = [
         [
-            f"{m['worker']}{' *' if m is summary['best'] else ''}",
+            f"{m['worker']}{' *' if m is summary['best'] else ''}"
+            f"{' ~' if m.get('moved_on') else ''}",
             cell(m["val_loss"]),
             cell(m["val_accuracy"]),
             cell(m["step"]),
@@ -472,6 +508,11 @@ def print_summary(summary: Mapping[str, Any]) -> None:
         for m in summary["members"]
     ]
     print_table(header, rows)
+    if any(m.get("moved_on") for m in summary["members"]):
+        print(
+            "~ trains with other hyperparameters since that value was scored (it copied "
+            "a better member; `jaxpop report` shows both)"
+        )
     best = summary["best"]
     if best is not None:
         print(

@@ -7,7 +7,10 @@ from typing import Any
 
 
 def cell(value: Any) -> str:
-    """A table cell: floats to 4 significant digits, anything else as ``str``."""
+    """A table cell: floats to 4 significant digits, ``None`` (not measured in this run:
+    a resumed run that trained no more) as ``-``, anything else as ``str``."""
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

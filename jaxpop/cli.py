@@ -214,7 +214,7 @@ def _watch(args: argparse.Namespace) -> int:
         print(f"jaxpop report: error: no jaxpop run appeared at {args.log_dir}", file=sys.stderr)
         return 1
     out_dir = os.path.normpath(args.out) if args.out else report.default_out_dir(data.log_dir)
-    print(f"the report in {out_dir} is as of {data.state.num_events} events")
+    print(f"the report in {out_dir} is as of the run's event {data.state.num_events}")
     return 0
 
 

@@ -261,3 +261,20 @@ def test_the_worker_loop_stops_when_the_controller_says_finished(tmp_path, monke
     again = storage.read_state(tmp_path / "population")
     assert again.history.num_checkpoints == state.history.num_checkpoints
     assert [w.status for w in again.workers] == ["finished", "finished"]
+
+
+def test_a_rerun_with_other_settings_says_its_flag_and_copies_are_marked(tmp_path, capsys):
+    # a resume with another --steps-per-exploit ended in a traceback whose advice,
+    # reconfigure=True, no flag gave; the table showed the last round's fresh copies as
+    # if trained (every row the winner's) with nothing to say so (helper-137)
+    argv = ["--workers", "2", "--eval-every", "10", "--batch-size", "16", "--no-progress"]
+    argv += ["--log-dir", str(tmp_path)]
+    summary = simple_cnn.main(["--steps", "20", "--steps-per-exploit", "20", *argv])
+    out = capsys.readouterr().out
+    moved = [m for m in summary["members"] if m["moved_on"]]
+    assert moved and "~ trains with other hyperparameters" in out
+    assert all(f"{m['worker']}{' *' if m is summary['best'] else ''} ~" in out for m in moved)
+    with pytest.raises(SystemExit, match=r"(?s)steps_per_exploit.*--reconfigure"):
+        simple_cnn.main(["--steps", "10", "--steps-per-exploit", "10", *argv])
+    again = simple_cnn.main(["--steps", "10", "--steps-per-exploit", "10", "--reconfigure", *argv])
+    assert again["checkpoints"] > summary["checkpoints"]

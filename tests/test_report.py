@@ -951,7 +951,7 @@ def test_cli_watch_refreshes_until_the_run_is_over(tmp_path, capsys, monkeypatch
     out = capsys.readouterr().out
     assert "the run is over" in out and "population size" in out
     assert out.count("events,") >= 2  # a status line per change
-    assert f"as of {final.num_events} events" in out
+    assert f"as of the run's event {final.num_events}" in out
     _check_files(tmp_path / "out", final.history.num_checkpoints)
 
 

@@ -89,7 +89,9 @@ EXPERIMENT = population_cnn.Experiment(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.complex_cnn", description=__doc__.split("\n\n")[0]
+    )
     population_cnn.add_flags(
         parser, steps=600, workers=4, log_dir="runs/complex_cnn", batch_size=False
     )

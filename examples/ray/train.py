@@ -219,8 +219,12 @@ def _wait(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    population_cnn.add_flags(parser, steps=1000, workers=4, log_dir="runs/ray")
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.ray", description=__doc__.split("\n\n")[0]
+    )
+    population_cnn.add_flags(
+        parser, steps=1000, workers=4, log_dir="runs/ray", steps_until=True, reconfigure=False
+    )
     parser.add_argument("--steps-per-exploit", type=int, default=100)
     parser.add_argument(
         "--address", default=None, help="a Ray cluster to join (e.g. auto); default: local"

@@ -333,7 +333,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line of ``python -m examples.rl``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.rl", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--env", default="CartPole-v1", choices=sorted(CONFIGS))
     parser.add_argument("--members", type=int, default=8, help="population size")
     parser.add_argument(
@@ -364,7 +366,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "slower (for short runs)",
     )
     parser.add_argument(
-        "--logdir", default=None, help="where the lineage goes (default runs/rl/<env>-<mode>)"
+        "--logdir",
+        "--log-dir",
+        dest="logdir",
+        default=None,
+        help="where the lineage goes (default runs/rl/<env>-<mode>, lowercased)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace a run in --logdir")
     parser.add_argument("--quiet", action="store_true", help="print nothing")

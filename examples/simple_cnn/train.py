@@ -53,7 +53,9 @@ EXPERIMENT = population_cnn.Experiment(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.simple_cnn", description=__doc__.split("\n\n")[0]
+    )
     population_cnn.add_flags(parser, steps=1000, workers=4, log_dir="runs/simple_cnn")
     parser.add_argument("--steps-per-exploit", type=int, default=100)
     return population_cnn.run(EXPERIMENT, population_cnn.parse(parser, argv))

@@ -226,8 +226,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    population_cnn.add_flags(parser, steps=500, workers=16, log_dir="runs/vectorized")
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.vectorized", description=__doc__.split("\n\n")[0]
+    )
+    population_cnn.add_flags(
+        parser,
+        steps=500,
+        workers=16,
+        log_dir="runs/vectorized",
+        steps_until=True,
+        reconfigure=False,
+    )
     parser.add_argument(
         "--model",
         default="mlp",

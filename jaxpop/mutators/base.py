@@ -92,7 +92,9 @@ def decision_counts(mutator: Mutator, state: Any) -> DecisionCounts:
     """
     if mutator.counts is None:
         raise TypeError(
-            f"{type(mutator).__name__} does not count its decisions (its counts is None)"
+            f"{type(mutator).__name__} does not count its decisions (its counts is None): "
+            "give it counts=lambda state: DecisionCounts(decisions, copies) read from its "
+            "state (jaxpop.mutators.DecisionCounts)"
         )
     return mutator.counts(state)
 
