@@ -21,10 +21,12 @@ exploits) and ``finish`` at the end (the best member and its schedule).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -431,11 +433,17 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
             except KeyboardInterrupt:  # the workers end at their next step; all is journaled
                 stop.set()
                 for t in threads:
-                    t.join()
+                    while t.is_alive():
+                        # (another Ctrl-C waits too: each worker is one step from its end)
+                        with contextlib.suppress(KeyboardInterrupt):
+                            t.join()
                 progress.close()
-                raise SystemExit(
-                    "interrupted: rerun the same command (the same --log-dir) to resume"
-                ) from None
+                if not failed:  # (a worker's failure first: it is what ended the run)
+                    print(
+                        "interrupted: rerun the same command (the same --log-dir) to resume",
+                        file=sys.stderr,
+                    )
+                    raise SystemExit(130) from None  # (the status of a SIGINT)
             if failed:
                 i = min(failed)
                 raise RuntimeError(f"worker {i} failed: {failed[i]!r}") from failed[i]
@@ -447,7 +455,10 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
             store.collect_garbage(controller.state, keep_best=args.keep_best, orphan_grace_s=0)
             summary = summarize(controller.state, accuracies)
     except RunMismatchError as error:  # (a traceback says no more, and names no flag)
-        raise SystemExit(f"{error}\n(on the command line: --reconfigure)") from None
+        hint = ""
+        if "reconfigure=True" in str(error) and not args.reconfigure:
+            hint = "\n(on the command line: --reconfigure)"
+        raise SystemExit(f"{error}{hint}") from None
     summary.update(
         dataset=dataset.name,
         seconds=round(time.time() - start, 1),
@@ -479,7 +490,7 @@ def summarize(state: PopulationState, accuracies: Mapping) -> dict[str, Any]:
                 "val_accuracy": None if scored is None else accuracies.get(scored.ref),
                 "meta_params": {k: v if isinstance(v, int) else float(v) for k, v in meta.items()},
                 # it copied (or started a generation) since that value was scored
-                "moved_on": scored is not None and member.meta_params is not scored.meta_params,
+                "moved_on": scored is not None and scored.generation_id != member.generation_id,
             }
         )
     best = None if built.best is None else members[built.best.worker]
@@ -510,8 +521,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     print_table(header, rows)
     if any(m.get("moved_on") for m in summary["members"]):
         print(
-            "~ trains with other hyperparameters since that value was scored (it copied "
-            "a better member; `jaxpop report` shows both)"
+            "~ trains with other hyperparameters since that value was scored (it copied, "
+            "or started a new generation; `jaxpop report` shows both)"
         )
     best = summary["best"]
     if best is not None:

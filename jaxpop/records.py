@@ -96,8 +96,13 @@ _FLOAT, _BITS = struct_module.Struct("<d"), struct_module.Struct("<Q")
 _PARAMS, _META = jax.tree_util.GetAttrKey("params"), jax.tree_util.GetAttrKey("meta_params")
 
 
+#: the float types held by their bits: each a float64 exactly (a longdouble, or a float
+#: subclass of one's own, is held as itself)
+_BY_BITS = frozenset({float, np.float64, np.float32, np.float16})
+
+
 def _exact(x: Any) -> Any:
-    if isinstance(x, (float, np.floating)):  # (np.float64 and np.float32 too)
+    if type(x) in _BY_BITS:
         return (True, type(x), _BITS.unpack(_FLOAT.pack(x))[0])
     return (False, type(x), x)
 

@@ -635,7 +635,8 @@ def exploit_explore(
 
     gathered = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.train_state)
     inherited = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.hparams)
-    explored = explore(explore_key, space, inherited)
+    # (no hyperparameters: nothing to explore, and no space needed)
+    explored = explore(explore_key, space, inherited) if inherited else {}
     for k, v in inherited.items():  # (dtypes are static: this raises while tracing)
         if jnp.issubdtype(jnp.result_type(explored[k]), jnp.inexact) and not jnp.issubdtype(
             v.dtype, jnp.inexact
@@ -1187,7 +1188,7 @@ def _raw(key: Any) -> jax.Array:
         if data.shape[-1:] != (2,):  # (rbg, unsafe_rbg: 4 words)
             raise TypeError(
                 f"a typed key must be a threefry one (jax.random.key(seed)), got one of "
-                f"{jax.random.key_impl(key)}; or pass a raw uint32[2] key"
+                f"{jax.random.key_impl(key)}; or pass a raw key (its key_data)"
             )
         return data
     _check_raw(key)
@@ -1212,6 +1213,6 @@ def _check_raw(key: Any) -> None:
     words = 4 if "rbg" in str(jax.config.jax_default_prng_impl) else 2  # type: ignore[attr-defined]
     if not shape or shape[-1] != words:  # (an int seed passed as the key, say)
         raise TypeError(
-            f"a raw key is an array of uint32 of shape ({words},) "
-            f"(jaxpop.keys.root_key(seed)), got one of shape {shape}"
+            f"a raw key is an array of uint32 of shape ({words},), the default PRNG's "
+            f"(jaxpop.keys.root_key(seed) under threefry), got one of shape {shape}"
         )

@@ -1400,6 +1400,11 @@ def test_a_saved_int_comes_back_into_a_float_only_exactly_and_a_nan_keeps_its_bi
         meta = json.load(open(os.path.join(handle, "meta", "metadata")))
         spec = next(s for s in meta["leaves"] if s["path"] == "['a']")
         assert spec["value"] == "nan" and int(spec["bits"], 16) == bits(-math.nan)
+        # (as two development commits wrote it: "nan:<bits>")
+        from jaxpop.checkpointing import _decode_value
+
+        old = {"kind": "value", "type": "float", "value": f"nan:{bits(-math.nan):016x}"}
+        assert bits(_decode_value(old)) == bits(-math.nan)
         assert type(out["d"]) is np.float32 and out["d"] == 1.5
 
 

@@ -266,15 +266,23 @@ def test_the_worker_loop_stops_when_the_controller_says_finished(tmp_path, monke
 def test_a_rerun_with_other_settings_says_its_flag_and_copies_are_marked(tmp_path, capsys):
     # a resume with another --steps-per-exploit ended in a traceback whose advice,
     # reconfigure=True, no flag gave; the table showed the last round's fresh copies as
-    # if trained (every row the winner's) with nothing to say so (helper-137)
+    # if trained (every row the winner's) with nothing to say so; a resumed run marked
+    # members that never copied (helper-137, helper-138)
     argv = ["--workers", "2", "--eval-every", "10", "--batch-size", "16", "--no-progress"]
     argv += ["--log-dir", str(tmp_path)]
-    summary = simple_cnn.main(["--steps", "20", "--steps-per-exploit", "20", *argv])
-    out = capsys.readouterr().out
-    moved = [m for m in summary["members"] if m["moved_on"]]
-    assert moved and "~ trains with other hyperparameters" in out
-    assert all(f"{m['worker']}{' *' if m is summary['best'] else ''} ~" in out for m in moved)
+    for _ in range(2):  # the run, then a resume: no exploit, no mark
+        summary = simple_cnn.main(["--steps", "10", "--steps-per-exploit", "1000", *argv])
+        assert summary["exploit_events"] == 0 and not any(m["moved_on"] for m in summary["members"])
+        assert "~" not in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"(?s)steps_per_exploit.*--reconfigure"):
-        simple_cnn.main(["--steps", "10", "--steps-per-exploit", "10", *argv])
-    again = simple_cnn.main(["--steps", "10", "--steps-per-exploit", "10", "--reconfigure", *argv])
-    assert again["checkpoints"] > summary["checkpoints"]
+        simple_cnn.main(["--steps", "10", "--steps-per-exploit", "20", *argv])
+    with pytest.raises(SystemExit) as refused:  # (--reconfigure cannot help: not named)
+        simple_cnn.main(["--steps", "10", "--workers", "3", *argv[2:], "--reconfigure"])
+    assert "population size" in str(refused.value) and "--reconfigure" not in str(refused.value)
+    capsys.readouterr()
+    # a round at the last step: every member is a fresh copy, marked
+    again = simple_cnn.main(["--steps", "10", "--steps-per-exploit", "20", "--reconfigure", *argv])
+    out = capsys.readouterr().out
+    moved = [m for m in again["members"] if m["moved_on"]]
+    assert again["exploit_events"] > 0 and moved and "~ trains with other hyperparameters" in out
+    assert all(f"{m['worker']}{' *' if m is again['best'] else ''} ~" in out for m in moved)

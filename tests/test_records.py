@@ -147,6 +147,10 @@ def test_jit_tells_apart_values_that_compare_equal_and_a_nan_equals_itself():
         out = g(Checkpoint(jnp.ones(2), {"lr": 0.1}, "g", value, None, 10, np.float32(1.5)))
         assert type(out.value) is np.float64 and np.signbit(out.value) == np.signbit(value)
         assert type(out.time) is np.float32
+    # a float no float64 holds (a longdouble), or a float subclass, is held as itself
+    wide = np.longdouble("1.0000000000000000001")
+    back = jax.tree.map(lambda x: x, Checkpoint(None, {}, "g", wide, None, 1, 0.0))
+    assert back.value == wide and type(back.value) is np.longdouble
     traces.clear()
     f = jax.jit(double)
     for value in (0.0, -0.0, math.nan, math.nan, math.nan):

@@ -863,6 +863,11 @@ def test_exploit_explore_says_what_is_wrong_with_its_space_key_and_scores():
         mf_pbt_round(pop, scores, 1, frequencies=(1, 2), space=None)
     with pytest.raises(TypeError, match="needs the explore space"):
         vz.exploit_explore(pop, scores, space=None, explore=functools.partial(explore.perturb))
+    # a population with no hyperparameters needs no space (helper-138: explore raised)
+    bare = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, hparams={}, num_members=8)
+    _, exploit = vz.exploit_explore(bare, scores, space=None)
+    assert (np.asarray(exploit.parents) != np.arange(8)).any()
+    _, exploit = mf_pbt_round(bare, scores, 1, frequencies=(1, 2), space=None)
     # an explore of one's own may need no space (helper-133: it was refused)
     halve = lambda key, space, hparams: {k: v / 2 for k, v in hparams.items()}  # noqa: E731
     new, _ = vz.exploit_explore(pop, scores, space=None, explore=halve)
