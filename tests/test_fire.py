@@ -405,6 +405,28 @@ def test_the_evaluators_queue_takes_the_member_evaluated_longest_ago():
     assert state.mutator_state.last_evaluation == {2: 10, 3: 10, 4: 10}
 
 
+def test_a_member_handed_weights_over_counts_as_just_evaluated_in_the_queue():
+    # a hand-over (counted as a copy) left the child's place in the evaluators' queue
+    # where its old weights' evaluation had put it (hostile review, helper-139)
+    m = make(sub_population_sizes=(2, 2, 2), num_evaluators=1, max_eval_steps=100, p_stat=0.5)
+    s = population(m, 7)  # P1 0, 1; P2 2, 3; P3 4, 5; evaluator 6
+    s = report(s, m, 0, 10, 1.0)
+    s = report(s, m, 2, 10, 0.10)  # the evaluator takes P2's member 2
+    s = report(s, m, 4, 5, 0.0)
+    for j, step in enumerate((20, 30, 40, 50)):
+        s = report(s, m, 2, step, 0.11 + 0.01 * j)
+    s = report(s, m, 6, 15, 0.0)
+    s = report(s, m, 6, 110, 0.0)  # stops; takes P3's member 4, child 2
+    assert (s.mutator_state.evaluations[6].member, s.mutator_state.evaluations[6].child) == (4, 2)
+    for k in (1, 2):
+        s = report(s, m, 6, 5 + 10 * k, 0.1 + 0.3 * k)  # better than the child: hand-over
+    assert s.mutator_state.num_handovers == 1
+    assert s.mutator_state.last_evaluation[2] == s.workers[2].step == 25
+    for bad in (0, -0.1, math.nan, 1.5):  # (the message said [0, 1] for all but 0)
+        with pytest.raises(ValueError, match=r"p_stat must be in \(0, 1\]"):
+            make(p_stat=bad)
+
+
 def test_evaluators_assigned_in_one_update_take_the_child_that_is_best_after_each_other():
     # three evaluators sharing a child go idle at once (the child finishes); the queue
     # is P3's member 6, then P2's best member 2 (taken for a new evaluation: no fitness

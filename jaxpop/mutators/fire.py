@@ -764,12 +764,13 @@ class FirePBT(Mutator):
 
 
 def _check_p_stat(p_stat: Any) -> float:
-    p = check_probability("p_stat", p_stat)
+    why = "a hand-over needs a p-value below p_stat, and no p-value is below 0"
+    try:
+        p = check_probability("p_stat", p_stat)
+    except ValueError:  # (its range is (0, 1], not [0, 1])
+        raise ValueError(f"p_stat must be in (0, 1], got {p_stat!r:.40}: {why}") from None
     if p == 0.0:
-        raise ValueError(
-            "p_stat must be in (0, 1], got 0: a hand-over needs a p-value below p_stat, "
-            "and no p-value is below 0"
-        )
+        raise ValueError(f"p_stat must be in (0, 1], got 0: {why}")
     return p
 
 
@@ -1114,6 +1115,8 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
         step.own("curves")[task.child] = (task.generation, first.generation_id)
         step.decision(task.child, first.generation_id, first.step)
         step.forget_evaluated(task.child)
+        # new weights: it counts as just evaluated in the evaluators' queue, as a copy
+        step.own("last_evaluation")[task.child] = first.step
         step.counts[2] += 1
 
 
