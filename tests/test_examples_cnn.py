@@ -279,10 +279,14 @@ def test_a_rerun_with_other_settings_says_its_flag_and_copies_are_marked(tmp_pat
     with pytest.raises(SystemExit) as refused:  # (--reconfigure cannot help: not named)
         simple_cnn.main(["--steps", "10", "--workers", "3", *argv[2:], "--reconfigure"])
     assert "population size" in str(refused.value) and "--reconfigure" not in str(refused.value)
-    capsys.readouterr()
-    # a round at the last step: every member is a fresh copy, marked
     again = simple_cnn.main(["--steps", "10", "--steps-per-exploit", "20", "--reconfigure", *argv])
+    assert again["checkpoints"] > summary["checkpoints"]
+    capsys.readouterr()
+    # a round at the last step (both workers report step 20, the second's report decides):
+    # every member is a fresh copy, marked
+    fresh = [*argv[:-1], str(tmp_path / "fresh")]
+    last = simple_cnn.main(["--steps", "20", "--steps-per-exploit", "20", *fresh])
     out = capsys.readouterr().out
-    moved = [m for m in again["members"] if m["moved_on"]]
-    assert again["exploit_events"] > 0 and moved and "~ trains with other hyperparameters" in out
-    assert all(f"{m['worker']}{' *' if m is again['best'] else ''} ~" in out for m in moved)
+    moved = [m for m in last["members"] if m["moved_on"]]
+    assert last["exploit_events"] > 0 and moved and "~ trains with other hyperparameters" in out
+    assert all(f"{m['worker']}{' *' if m is last['best'] else ''} ~" in out for m in moved)
