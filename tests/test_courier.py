@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -295,3 +296,39 @@ def test_a_server_not_stopped_removes_its_directory_at_exit(ray_session, shut_do
     log_dir = done.stdout.split()[-1]
     assert "jaxpop-courier" in log_dir and not os.path.exists(log_dir), done.stderr
     assert "at exit failed" not in done.stderr
+
+
+def test_a_server_whose_actor_died_for_good_is_joined_and_served_again(ray_session, tmp_path):
+    """Ray keeps a dead actor's name until it is killed: Join never returned, and
+    start_courier_server under the name said "running already", the way out the dead
+    server's client advises refused (hostile review, helper-141)."""
+    name = "died-for-good"
+    log_dir = str(tmp_path / "run")
+    population = population_mod.PopulationController(
+        [{"lr": 0.1}, {"lr": 0.2}], _wta(), log_dir=log_dir
+    )
+    old = population_mod.start_courier_server(name, population, max_restarts=0)
+    client = population_mod.get_courier_client(name, timeout_s=30)
+    gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    client.set_eval(0, gen, 1, "p1", 0.5)
+    os.kill(client.info()["pid"], signal.SIGKILL)
+    start = time.monotonic()
+    assert old.Join(timeout=30) and time.monotonic() - start < 20
+    deadline = time.monotonic() + 30
+    while True:  # (the dead actor's process releases the lock as it exits)
+        try:
+            resumed = population_mod.PopulationController(
+                [{"lr": 0.1}, {"lr": 0.2}], _wta(), log_dir=log_dir
+            )
+            break
+        except storage.LogDirInUseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    new = population_mod.start_courier_server(name, resumed)
+    try:
+        assert new.client.history.get_checkpoint(gen, 1) is not None
+        assert not new.Join(timeout=1.5)  # (alive: Join waits)
+    finally:
+        new.Stop()
+        old.Stop()

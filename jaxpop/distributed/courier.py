@@ -169,7 +169,6 @@ class CourierServer:
     def Join(self, timeout: float | None = None) -> bool:  # the seed's name
         """Waits until the server stops (:meth:`Stop`, from another thread, or its actor
         is gone for good); whether it did within ``timeout`` seconds (``None``: forever)."""
-        import ray
 
         waited = 0.0
         while timeout is None or waited < timeout:
@@ -177,11 +176,29 @@ class CourierServer:
             if self._stopped.wait(step):
                 return True
             waited += step
-            try:
-                ray.get_actor(self.name, namespace=self.namespace)
-            except ValueError:
+            if self._actor_gone():
                 return True
         return self._stopped.is_set()
+
+    def _actor_gone(self) -> bool:
+        """Whether this server's actor is gone for good: its name is free or another's
+        (a new server on the run), or it died with no restart left (Ray keeps a dead
+        actor's name until it is killed: the name alone never said so)."""
+        import ray
+
+        try:
+            named = ray.get_actor(self.name, namespace=self.namespace)
+        except ValueError:
+            return True
+        if named._actor_id != self._actor._actor_id:
+            return True
+        try:
+            ray.get(self._actor.info.remote(), timeout=0.5)
+        except ray.exceptions.ActorDiedError:
+            return True
+        except ray.exceptions.RayError:  # busy, or restarting
+            return False
+        return False
 
     def __enter__(self) -> CourierServer:
         return self
@@ -308,10 +325,13 @@ def start_courier_server(
     except ValueError:
         pass  # the name is free
     else:
-        raise ValueError(
-            f"a server named {name!r} is running already (namespace {namespace!r}): reach it "
-            f"with get_courier_client({name!r}), or stop it first"
-        )
+        # an actor dead for good keeps its name until it is killed: freed, the run is
+        # served again there (as a dead server's client advises)
+        if not jaxpop_ray._free_if_dead(name, namespace):
+            raise ValueError(
+                f"a server named {name!r} is running already (namespace {namespace!r}): "
+                f"reach it with get_courier_client({name!r}), or stop it first"
+            )
     own = population.log_dir
     if own is not None and log_dir is not None and os.path.abspath(log_dir) != os.path.abspath(own):
         raise ValueError(
