@@ -521,8 +521,8 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     print_table(header, rows)
     if any(m.get("moved_on") for m in summary["members"]):
         print(
-            "~ trains with other hyperparameters since that value was scored (it copied, "
-            "or started a new generation; `jaxpop report` shows both)"
+            "~ copied, or started a new generation, since that value was scored (`jaxpop "
+            "report` shows the hyperparameters of both)"
         )
     best = summary["best"]
     if best is not None:

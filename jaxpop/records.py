@@ -96,20 +96,24 @@ _FLOAT, _BITS = struct_module.Struct("<d"), struct_module.Struct("<Q")
 _PARAMS, _META = jax.tree_util.GetAttrKey("params"), jax.tree_util.GetAttrKey("meta_params")
 
 
-#: the float types held by their bits: each a float64 exactly (a longdouble, or a float
-#: subclass of one's own, is held as itself)
+#: the float types held by their bits: each a float64 exactly (a longdouble is held by its
+#: bytes, a float subclass of one's own as itself)
 _BY_BITS = frozenset({float, np.float64, np.float32, np.float16})
 
 
 def _exact(x: Any) -> Any:
     if type(x) in _BY_BITS:
-        return (True, type(x), _BITS.unpack(_FLOAT.pack(x))[0])
-    return (False, type(x), x)
+        return ("f", type(x), _BITS.unpack(_FLOAT.pack(x))[0])
+    if isinstance(x, np.floating):  # (a longdouble: its own bytes)
+        return ("b", type(x), x.tobytes())
+    return ("", type(x), x)
 
 
 def _inexact(held: Any) -> Any:
-    bits, kind, x = held
-    if not bits:
+    how, kind, x = held
+    if how == "b":
+        return np.frombuffer(x, kind)[0]
+    if how != "f":
         return x
     value = _FLOAT.unpack(_BITS.pack(x))[0]
     return value if kind is float else kind(value)

@@ -288,5 +288,27 @@ def test_a_rerun_with_other_settings_says_its_flag_and_copies_are_marked(tmp_pat
     last = simple_cnn.main(["--steps", "20", "--steps-per-exploit", "20", *fresh])
     out = capsys.readouterr().out
     moved = [m for m in last["members"] if m["moved_on"]]
-    assert last["exploit_events"] > 0 and moved and "~ trains with other hyperparameters" in out
+    assert last["exploit_events"] > 0 and moved and "~ copied, or started a new generation" in out
     assert all(f"{m['worker']}{' *' if m is last['best'] else ''} ~" in out for m in moved)
+
+
+def test_the_ray_example_says_a_changed_run_needs_another_log_dir(monkeypatch):
+    # it ended in a traceback advising reconfigure=True, which serve does not take
+    # (helper-140)
+    pytest.importorskip("ray")
+    from examples.ray import train as ray_train
+    from jaxpop.storage import RunMismatchError
+
+    def mismatch(args):
+        raise RunMismatchError(
+            "D holds a run started differently:\n  mutator steps_per_exploit: 10 in the "
+            "log_dir, 20 now\npass reconfigure=True to resume it with the new "
+            "configuration, or use another log_dir"
+        )
+
+    monkeypatch.setattr(ray_train, "run", mismatch)
+    with pytest.raises(SystemExit) as ended:
+        ray_train.main(["--steps", "10"])
+    message = str(ended.value)
+    assert "steps_per_exploit: 10 in the log_dir, 20 now" in message
+    assert "reconfigure" not in message and "use another --log-dir" in message

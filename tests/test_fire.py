@@ -422,8 +422,8 @@ def test_a_member_handed_weights_over_counts_as_just_evaluated_in_the_queue():
         s = report(s, m, 6, 5 + 10 * k, 0.1 + 0.3 * k)  # better than the child: hand-over
     assert s.mutator_state.num_handovers == 1
     assert s.mutator_state.last_evaluation[2] == s.workers[2].step == 25
-    for bad in (0, -0.1, math.nan, 1.5):  # (the message said [0, 1] for all but 0)
-        with pytest.raises(ValueError, match=r"p_stat must be in \(0, 1\]"):
+    for bad in (0, -0.1, math.nan, 1.5, "0.5", None, True):  # (it said [0, 1] for all but 0)
+        with pytest.raises((ValueError, TypeError), match=r"p_stat must be .*in \(0, 1\]"):
             make(p_stat=bad)
 
 

@@ -151,6 +151,9 @@ def test_jit_tells_apart_values_that_compare_equal_and_a_nan_equals_itself():
     wide = np.longdouble("1.0000000000000000001")
     back = jax.tree.map(lambda x: x, Checkpoint(None, {}, "g", wide, None, 1, 0.0))
     assert back.value == wide and type(back.value) is np.longdouble
+    minus = g(Checkpoint(jnp.ones(2), {}, "g", np.longdouble("-0.0"), None, 1, 0.0))
+    plus = g(Checkpoint(jnp.ones(2), {}, "g", np.longdouble("0.0"), None, 1, 0.0))
+    assert np.signbit(minus.value) and not np.signbit(plus.value)  # (held by its bytes)
     traces.clear()
     f = jax.jit(double)
     for value in (0.0, -0.0, math.nan, math.nan, math.nan):

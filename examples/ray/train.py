@@ -61,6 +61,7 @@ from examples.simple_cnn.train import EXPERIMENT
 from jaxpop.checkpointing import ParamStore
 from jaxpop.distributed import ray as jaxpop_ray
 from jaxpop.logging import Loggers
+from jaxpop.storage import RunMismatchError
 
 __all__ = ["main", "run", "train_worker"]
 
@@ -248,7 +249,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metavar="SECONDS",
         help="kill worker 0 and the controller once, this long after the first evaluation",
     )
-    return run(population_cnn.parse(parser, argv))
+    try:
+        return run(population_cnn.parse(parser, argv))
+    except RunMismatchError as error:  # (serve cannot reconfigure a run: no flag helps)
+        differences = "\n".join(str(error).splitlines()[:-1])  # (not its reconfigure=True)
+        raise SystemExit(
+            f"{differences}\nthe Ray example resumes a run only as it started: use another "
+            "--log-dir"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -769,6 +769,8 @@ def _check_p_stat(p_stat: Any) -> float:
         p = check_probability("p_stat", p_stat)
     except ValueError:  # (its range is (0, 1], not [0, 1])
         raise ValueError(f"p_stat must be in (0, 1], got {p_stat!r:.40}: {why}") from None
+    except TypeError:
+        raise TypeError(f"p_stat must be a number in (0, 1], got {p_stat!r:.40}") from None
     if p == 0.0:
         raise ValueError(f"p_stat must be in (0, 1], got 0: {why}")
     return p
