@@ -332,3 +332,22 @@ def test_a_server_whose_actor_died_for_good_is_joined_and_served_again(ray_sessi
     finally:
         new.Stop()
         old.Stop()
+
+
+def test_a_state_that_cannot_be_written_leaves_the_given_log_dir_as_it_was(ray_session, tmp_path):
+    """A failed write (params the journal cannot encode) left a lock file in the log_dir
+    given, and made it where there was none (hostile review, helper-141)."""
+    import pathlib
+
+    population = population_mod.PopulationController([{"lr": 0.1}, {"lr": 0.2}], _wta())
+    gen = population.active_workers[0].generation_id
+    population.set_eval(0, gen, 1, pathlib.Path("/ckpt/0/1"), 0.5)  # (in memory: taken)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    for target in (tmp_path / "new", existing):
+        with pytest.raises(TypeError, match="cannot encode"):
+            population_mod.start_courier_server("unwritable", population, log_dir=str(target))
+    assert not (tmp_path / "new").exists()
+    assert sorted(os.listdir(existing)) == ["notes.txt"]
+    population.set_eval(0, gen, 2, "/ckpt/0/2", 0.4)  # (still the caller's)

@@ -360,9 +360,9 @@ def start_courier_server(
             else:
                 target = os.fspath(log_dir)
                 before = set(os.listdir(target)) if os.path.isdir(target) else None
-            _write_state(target, state, population.mutator)
-            if temp_dir is None:
+                # (set first: a write that fails part way, its lock file made, is undone)
                 written = (target, before)
+            _write_state(target, state, population.mutator)
         client = jaxpop_ray.serve(
             [w.meta_params for w in state.workers],
             population.mutator,
