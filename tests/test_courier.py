@@ -64,6 +64,11 @@ def _mutate(meta):
     return {"lr": meta["lr"] * 0.7}
 
 
+def _slow_mutate(meta):
+    time.sleep(8)  # (a mutator busy past the server's close wait)
+    return meta
+
+
 def _wta() -> WinnerTakeAllGenetic:
     return WinnerTakeAllGenetic(_mutate, steps_per_exploit=4)
 
@@ -351,3 +356,22 @@ def test_a_state_that_cannot_be_written_leaves_the_given_log_dir_as_it_was(ray_s
     assert not (tmp_path / "new").exists()
     assert sorted(os.listdir(existing)) == ["notes.txt"]
     population.set_eval(0, gen, 2, "/ckpt/0/2", 0.4)  # (still the caller's)
+
+
+def test_stopping_a_busy_server_removes_its_directory(ray_session, caplog):
+    """Its actor, killed while busy in its mutator, still held the temporary directory's
+    lock when Stop looked: the directory was left, with a warning that a run was served
+    again there (hostile review, helper-141)."""
+    population = population_mod.PopulationController(
+        [{"lr": 0.1}, {"lr": 0.2}], WinnerTakeAllGenetic(_slow_mutate, steps_per_exploit=4)
+    )
+    server = population_mod.start_courier_server("busy", population, timeout_s=5)
+    client = population_mod.get_courier_client("busy", timeout_s=30)
+    g0 = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    g1 = client.maybe_get_worker_data(1, None, 0, None, None).generation_id
+    client.set_eval(0, g0, 4, "a", 0.5)
+    client.futures.set_eval_and_ask(1, g1, 4, "b", 0.3)  # the round: 8 s in the mutator
+    time.sleep(1)
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        server.Stop()
+    assert not os.path.exists(server.log_dir) and "not removing" not in caplog.text

@@ -142,16 +142,30 @@ class CourierServer:
         """
         if self._stopped.is_set():
             return
+        import ray
+
+        served_again = self._served_again()
         if self.client.actor._actor_id == self._actor._actor_id:
             self.client.shutdown()
         else:  # the client follows another server's actor now: only this one's is ended
-            import ray
-
             ray.kill(self._actor, no_restart=True)
         if self._cleanup is not None:
             atexit.unregister(self._stop_at_exit)
-            self._cleanup()
+            # the actor just ended may hold the directory's lock a moment longer (killed
+            # while its mutator was busy: it was left, with a false warning); a run
+            # served there again holds it for good
+            self._cleanup(wait_s=0.0 if served_again else _EXIT_WAIT_S)
         self._stopped.set()
+
+    def _served_again(self) -> bool:
+        """Whether the name serves another actor than this server's (a new server)."""
+        import ray
+
+        try:
+            named = ray.get_actor(self.name, namespace=self.namespace)
+        except ValueError:
+            return False
+        return named._actor_id != self._actor._actor_id
 
     def _stop_at_exit(self) -> None:
         import ray
@@ -187,10 +201,10 @@ class CourierServer:
         import ray
 
         try:
-            named = ray.get_actor(self.name, namespace=self.namespace)
+            ray.get_actor(self.name, namespace=self.namespace)
         except ValueError:
             return True
-        if named._actor_id != self._actor._actor_id:
+        if self._served_again():
             return True
         try:
             ray.get(self._actor.info.remote(), timeout=0.5)
