@@ -73,6 +73,21 @@ def _wta() -> WinnerTakeAllGenetic:
     return WinnerTakeAllGenetic(_mutate, steps_per_exploit=4)
 
 
+def _resumed_once_free(log_dir: str) -> population_mod.PopulationController:
+    """The run in ``log_dir`` resumed in this process, once a dead actor's process has
+    released its lock (as it exits)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return population_mod.PopulationController(
+                [{"lr": 0.1}, {"lr": 0.2}], _wta(), log_dir=log_dir
+            )
+        except storage.LogDirInUseError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _train_one(worker_id: int, server_name: str, steps: int = 12) -> list[str]:
     """A worker written for the seed (its complex_cnn example's loop); its generations."""
     population = population_mod.get_courier_client(server_name)
@@ -233,17 +248,7 @@ def test_stopping_a_dead_server_leaves_the_run_served_again_on_its_directory(
         while time.monotonic() < deadline:  # (the old process, until the kill lands)
             client.set_eval(0, gen, 2, "p2", 0.4)
             time.sleep(0.1)
-    deadline = time.monotonic() + 30
-    while True:  # (the dead actor's process releases the lock as it exits)
-        try:
-            resumed = population_mod.PopulationController(
-                [{"lr": 0.1}, {"lr": 0.2}], _wta(), log_dir=old.log_dir
-            )
-            break
-        except storage.LogDirInUseError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    resumed = _resumed_once_free(old.log_dir)
     new = population_mod.start_courier_server(name, resumed)
     try:
         if old_client_follows:  # (it finds the new actor by the name: the same run)
@@ -319,17 +324,7 @@ def test_a_server_whose_actor_died_for_good_is_joined_and_served_again(ray_sessi
     os.kill(client.info()["pid"], signal.SIGKILL)
     start = time.monotonic()
     assert old.Join(timeout=30) and time.monotonic() - start < 20
-    deadline = time.monotonic() + 30
-    while True:  # (the dead actor's process releases the lock as it exits)
-        try:
-            resumed = population_mod.PopulationController(
-                [{"lr": 0.1}, {"lr": 0.2}], _wta(), log_dir=log_dir
-            )
-            break
-        except storage.LogDirInUseError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    resumed = _resumed_once_free(log_dir)
     new = population_mod.start_courier_server(name, resumed)
     try:
         assert new.client.history.get_checkpoint(gen, 1) is not None
