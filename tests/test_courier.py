@@ -255,7 +255,10 @@ def test_stopping_a_dead_server_leaves_the_run_served_again_on_its_directory(
             assert old.client.history.get_checkpoint(gen, 1) is not None
         new.client.set_eval(0, gen, 3, "p3", 0.3)
         with caplog.at_level(logging.WARNING, logger="jaxpop"):
+            start = time.monotonic()
             old.Stop()
+        # (at once: the run served again holds the directory for good, nothing to wait for)
+        assert time.monotonic() - start < 5
         assert "not removing" in caplog.text and os.path.isdir(new.log_dir)
         assert new.client.history.get_checkpoint(gen, 3) is not None  # still serving
     finally:
@@ -318,6 +321,12 @@ def test_a_server_whose_actor_died_for_good_is_joined_and_served_again(ray_sessi
         [{"lr": 0.1}, {"lr": 0.2}], _wta(), log_dir=log_dir
     )
     old = population_mod.start_courier_server(name, population, max_restarts=0)
+    start = time.monotonic()
+    with pytest.raises(ValueError, match="running already"):  # (at once: it is alive)
+        population_mod.start_courier_server(
+            name, population_mod.PopulationController([{"lr": 0.1}], _wta())
+        )
+    assert time.monotonic() - start < 5
     client = population_mod.get_courier_client(name, timeout_s=30)
     gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
     client.set_eval(0, gen, 1, "p1", 0.5)

@@ -128,6 +128,8 @@ class CourierServer:
         self._actor = client.actor
         self._stopped = threading.Event()
         self._cleanup = None if temp_dir is None else functools.partial(_remove_unused, temp_dir)
+        # the actor's process, which Stop lets exit (and release the directory's lock)
+        self._pid = None if temp_dir is None else client.info()["pid"]
         if self._cleanup is not None and not detached:  # a detached actor outlives us
             # (a Stop: removing the directory while the actor still holds its lock would
             # be refused; this runs before ray.init's own exit hook, registered earlier)
@@ -151,10 +153,12 @@ class CourierServer:
             ray.kill(self._actor, no_restart=True)
         if self._cleanup is not None:
             atexit.unregister(self._stop_at_exit)
-            # the actor just ended may hold the directory's lock a moment longer (killed
-            # while its mutator was busy: it was left, with a false warning); a run
-            # served there again holds it for good
-            self._cleanup(wait_s=0.0 if served_again else _EXIT_WAIT_S)
+            if not served_again:
+                # the actor just ended holds the directory's lock until its process
+                # exits (killed while its mutator was busy: the directory was left, with
+                # a false warning); a run served there again holds it for good
+                _wait_for_exit(self._pid, _EXIT_WAIT_S)
+            self._cleanup()
         self._stopped.set()
 
     def _served_again(self) -> bool:
@@ -184,13 +188,12 @@ class CourierServer:
         """Waits until the server stops (:meth:`Stop`, from another thread, or its actor
         is gone for good); whether it did within ``timeout`` seconds (``None``: forever)."""
 
-        waited = 0.0
-        while timeout is None or waited < timeout:
-            step = 1.0 if timeout is None else min(1.0, timeout - waited)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            step = 1.0 if deadline is None else min(1.0, max(deadline - time.monotonic(), 0.0))
             if self._stopped.wait(step):
                 return True
-            waited += step
-            if self._actor_gone():
+            if (deadline is None or time.monotonic() < deadline) and self._actor_gone():
                 return True
         return self._stopped.is_set()
 
@@ -222,6 +225,17 @@ class CourierServer:
 
     def __repr__(self) -> str:
         return f"CourierServer(name={self.name!r}, log_dir={self.log_dir!r})"
+
+
+def _wait_for_exit(pid: int | None, wait_s: float) -> None:
+    """Waits, ``wait_s`` seconds at most, for the local process ``pid`` to end."""
+    deadline = time.monotonic() + wait_s
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:  # (gone; or not ours to signal: not waited for)
+            return
+        time.sleep(0.05)
 
 
 def _remove(path: str) -> None:
@@ -341,7 +355,7 @@ def start_courier_server(
     else:
         # an actor dead for good keeps its name until it is killed: freed, the run is
         # served again there (as a dead server's client advises)
-        if not jaxpop_ray._free_if_dead(name, namespace):
+        if not jaxpop_ray._free_if_dead(name, namespace, timeout_s=0.5):  # (busy: alive)
             raise ValueError(
                 f"a server named {name!r} is running already (namespace {namespace!r}): "
                 f"reach it with get_courier_client({name!r}), or stop it first"
@@ -385,12 +399,14 @@ def start_courier_server(
             namespace=namespace,
             **serve_options,
         )
-    except BaseException:
+    except BaseException as error:
+        from jaxpop.storage import LogDirInUseError
+
         population._store = original  # closed, if it had a log_dir
         if temp_dir is not None:
             _remove(temp_dir)
-        elif written is not None:  # (the controller still holds the state: try again)
-            _unwrite(*written)
+        elif written is not None and not isinstance(error, LogDirInUseError):
+            _unwrite(*written)  # (the controller still holds the state: try again)
         raise
     logger.info("jaxpop: serving the controller as %r, its state in %s", name, target)
     return CourierServer(client, temp_dir, detached=bool(serve_options.get("detached")))

@@ -773,13 +773,16 @@ def _kill(actor: Any, name: str, namespace: str | None) -> None:
         time.sleep(0.05)
 
 
-def _free_if_dead(name: str, namespace: str | None) -> bool:
+def _free_if_dead(name: str, namespace: str | None, timeout_s: float = 10.0) -> bool:
     """Kills the actor ``name`` if it is dead for good (its restarts used up, or it
     could not be built) or serves no run (restarted where its log_dir holds none);
-    whether it did."""
+    whether it did. One that does not answer within ``timeout_s`` (busy, restarting) or
+    is not a controller is left."""
     try:
         actor = ray.get_actor(name, namespace=namespace)
-        ray.get(actor.info.remote(), timeout=10.0)
+        ray.get(actor.info.remote(), timeout=timeout_s)
+    except AttributeError:  # (another kind of actor under the name: alive, not ours)
+        return False
     except ray.exceptions.ActorDiedError:
         _kill(actor, name, namespace)
         return True
