@@ -648,8 +648,7 @@ def _check_device_holds(space: Space, dtype: Any, path: Path) -> None:
     of ``dtype``: on device every value there is 0 (see :func:`_device_bounds`)."""
     if not isinstance(space, (Uniform, LogUniform)) or not jnp.issubdtype(dtype, jnp.floating):
         return
-    low, high = (float(b) for b in _device_bounds(space, np.dtype(dtype)))
-    if not space.low <= low <= high <= space.high:
+    if not _device_fits(space, np.dtype(dtype)):  # (cached: read at every device explore)
         raise ValueError(
             f"{_where(path)} is stored as {np.dtype(dtype)}, whose smallest normal number "
             f"({float(jnp.finfo(dtype).tiny):.3g}) is past its space {space}: on device a "
@@ -682,6 +681,14 @@ def _check_holds(space: Space, dtype: Any, path: Path) -> None:
             "inf or 0, outside the space; store it as a wider type (an int64, a float32, "
             "or a float for a choice of fractions)"
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _device_fits(space: _Numeric, dtype: np.dtype) -> bool:
+    """Whether a float space holds a normal number of ``dtype`` (see
+    :func:`_check_device_holds`). Spaces are frozen dataclasses: hashable."""
+    low, high = (float(b) for b in _device_bounds(space, dtype))
+    return space.low <= low <= high <= space.high
 
 
 @functools.lru_cache(maxsize=256)
