@@ -427,6 +427,77 @@ def test_fixed_schedule_from_its_kept_view_equals_one_read_afresh(on_ask, every,
         assert sum(kept[-1].mutator_state) > n  # points were passed
 
 
+def test_fixed_schedule_copies_values_as_they_enter():
+    """A mapping's values (and a callable's arrays) were the user's objects: editing them
+    later rewrote the history in memory, not the journal (review)."""
+    b = {"lr": 0.01}
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({0: {"lr": 0.1}, 10: b}))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    new = pop.set_eval_and_ask(0, gen, 10, "p10", 0.5)
+    b["lr"] = 999.0
+    assert new.meta_params == {"lr": 0.01} == pop.active_workers[0].meta_params
+    assert pop.history.meta_params(new.generation_id) == {"lr": 0.01}
+    shared = np.array([1.0, 2.0])
+    schedule = lambda s: {"w": shared if s >= 5 else np.zeros(2)}  # noqa: E731
+    pop = PopulationController([{"w": np.zeros(2)}], FixedSchedule(schedule, every=5))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    new = pop.set_eval_and_ask(0, gen, 5, "p5", 0.5)
+    shared[:] = 9.0
+    stored = pop.history.meta_params(new.generation_id)["w"]
+    np.testing.assert_array_equal(stored, [1.0, 2.0])
+    assert not stored.flags.writeable
+
+
+@pytest.mark.parametrize("every", [None, 1, 3, 5])
+def test_fixed_schedule_on_a_grid_keeps_the_initial_entry_until_the_first_point(every):
+    """With ``every``, a mapping was called as a Piecewise, which gives its first value
+    before its first step: {10: b} applied b from step 1 (review)."""
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({10: {"lr": 0.01}}, every=every))
+    used = _follow(pop, 0, 16, eval_every=1)
+    first = 10 if every is None else -(-10 // every) * every  # the grid point at or past 10
+    assert [m["lr"] for _, m in used] == [0.1] * first + [0.01] * (16 - first)
+    assert len(pop.history) == 2  # one change: no generation before it
+
+
+@pytest.mark.parametrize("on_ask", [False, True])
+@pytest.mark.parametrize("every", [None, 5])
+def test_a_worker_sent_back_before_a_point_trains_those_steps_as_scheduled(on_ask, every):
+    """checkpoint_missing sent a worker back from step 10 (lr 0.01 from there) to step 5
+    with lr 0.01, and the schedule never gave it 0.1 again: steps 5 to 9 were trained
+    with the later value, silently (review)."""
+    schedule = {10: {"lr": 0.01}, 20: {"lr": 0.001}}
+    if every is not None:
+        schedule = piecewise({0: {"lr": 0.1}, **schedule})
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule(schedule, every, on_ask=on_ask))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 5, "p5", 1.0)
+    gen = pop.set_eval_and_ask(0, gen, 10, "p10", 1.0).generation_id
+    back = pop.checkpoint_missing(0, gen, 10, exists=lambda p: p != "p10")
+    assert (back.step, back.params, back.meta_params) == (5, "p5", {"lr": 0.01})
+    new = pop.maybe_get_worker_data(0, back.generation_id, 5, "p5", back.meta_params)
+    assert (new.step, new.params, new.meta_params) == (5, "p5", {"lr": 0.1})
+    assert pop.history.branch_point(new.generation_id) == (back.generation_id, 5)
+    gen, used = new.generation_id, []
+    for step in range(6, 13):
+        data = pop.set_eval_and_ask(0, gen, step, f"q{step}", 1.0)
+        used.append((step, pop.active_workers[0].meta_params["lr"]))
+        gen = data.generation_id if data is not None else gen
+    assert used == [(s, 0.1) for s in range(6, 10)] + [(s, 0.01) for s in range(10, 13)]
+
+
+def test_a_worker_sent_back_is_sent_back_in_the_schedule_at_its_eval_too():
+    """A worker that reports without asking first gets the entry in force at its step
+    at that evaluation."""
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({10: {"lr": 0.01}}))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 5, "p5", 1.0)
+    gen = pop.set_eval_and_ask(0, gen, 10, "p10", 1.0).generation_id
+    back = pop.checkpoint_missing(0, gen, 10, exists=lambda p: p != "p10")
+    new = pop.set_eval_and_ask(0, back.generation_id, 6, "r6", 1.0)
+    assert (new.step, new.params, new.meta_params) == (6, "r6", {"lr": 0.1})
+    assert pop.state.mutator_state == (0,)
+
+
 @pytest.mark.parametrize("bad", [{}, {-1: A}, {1.5: A}, [(0, A)]])
 def test_fixed_schedule_rejects_bad_schedules(bad):
     with pytest.raises(ValueError):

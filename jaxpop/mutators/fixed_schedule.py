@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from jaxpop.boundary import copy_in
 from jaxpop.events import Ask
 from jaxpop.history import History
 from jaxpop.mutators import _views
@@ -28,6 +29,7 @@ from jaxpop.mutators.base import (
     Mutator,
     MutatorResult,
     Workers,
+    own_result,
     records_config,
     start_generation,
 )
@@ -47,7 +49,8 @@ class FixedSchedule(Mutator):
         schedule callable ``step -> meta_params``.
       every: for a callable, how often it is re-evaluated: at steps ``0, every,
         2 * every, ...`` (default 1, every step). Given with a mapping or a ``Piecewise``,
-        they are evaluated as callables on that grid too.
+        they are evaluated on that grid too (a change point takes effect at the first
+        grid point at or past it; before the first one, the initial entry holds).
 
       on_ask: also apply a change when a worker *asks* for its data at or past its
         step (see below), not only when it reports an evaluation there.
@@ -70,9 +73,21 @@ class FixedSchedule(Mutator):
       step, the worker gets ``to_host(schedule(g))`` (jax arrays become Python scalars
       or numpy arrays, the plain data the journal stores), and a new generation only
       when that differs (:func:`jaxpop.schedules.tree_equal`) from the hyperparameters
-      it has. Start workers with ``schedule(0)`` as their population entry to avoid a
-      generation at step 0. Each grid point a worker passes updates the mutator state
-      (with a ``log_dir``, one small journal record), so a coarser ``every`` costs less.
+      it has. Start workers with ``to_host(schedule(0))`` as their population entry to
+      avoid a generation at step 0 (``schedule(0)`` itself may be a jax array, which
+      is not the plain value the worker is compared with). Each grid point a worker
+      passes updates the mutator state (with a ``log_dir``, one small journal record),
+      so a coarser ``every`` costs less.
+
+    A worker sent back to an earlier step (``checkpoint_missing``: the params it saved
+    later are gone) is sent back in the schedule too: at its next ask or evaluation it
+    gets the entry in force at that step (a new generation there, if that differs from
+    the hyperparameters it was sent back with), so the steps it trains again are
+    trained as scheduled.
+
+    The schedule's values are copied as they enter (a mapping's when the mutator is
+    made, a callable's as it returns them), so editing them afterwards changes nothing
+    recorded.
 
     Differences from the seed, on purpose: the schedule itself is never modified; the
     progress (how many change points -- or grid points -- each worker has passed) lives
@@ -118,14 +133,15 @@ class FixedSchedule(Mutator):
             cls,
             tuple,
             functools.partial(_update, config, views),
-            functools.partial(_ask, config, views) if on_ask else None,
+            # (asks also send back in the schedule a worker that was sent back in steps)
+            functools.partial(_ask, config, views),
             counts=_counts,
         )
 
 
 class _Config(NamedTuple):
     due: Callable[[int], int]  # how many schedule points are passed at a step
-    value_at: Callable[[int], Any]  # the meta_params of the i-th point (from 1)
+    value_at: Callable[[int], Any]  # the meta_params of the i-th point (from 1), or _INITIAL
     compare: bool  # skip a point whose value equals the current one
     on_ask: bool  # asks apply changes too (an eval without params leaves its change to them)
 
@@ -143,17 +159,26 @@ def _advance(
     on_ask: bool = False,
 ) -> MutatorResult:
     """Moves ``worker_id`` to the schedule entry in force at ``at.step`` (``on_ask``: an
-    update of a mutator whose asks apply changes too)."""
+    update of a mutator whose asks apply changes too): one past points it has not passed
+    yet, or, for a worker sent back to an earlier step (``checkpoint_missing``), one
+    before points it had passed."""
     passed = state[worker_id] if worker_id < len(state) else 0
     index = config.due(at.step)
-    if index <= passed or _waits(history, at, on_ask) or workers[worker_id].status == FINISHED:
+    if index == passed or _waits(history, at, on_ask) or workers[worker_id].status == FINISHED:
         # (a finished worker trains nothing: the change waits for a report of its own,
         # which makes it active again; its new generation would have made it active)
         return state, workers, ()
     new_state = list(state) + [0] * (worker_id + 1 - len(state))
     new_state[worker_id] = index
-    meta_params = config.value_at(index)
-    if config.compare and tree_equal(meta_params, at.meta_params):
+    back = index < passed
+    meta_params = config.value_at(index) if index else _INITIAL
+    if meta_params is _INITIAL:  # before the first change point: the initial entry
+        if not back:
+            return tuple(new_state), workers, ()  # (what the worker has had all along)
+        meta_params = history.meta_params(history.ancestry(at.generation_id)[0])
+    else:
+        meta_params = own_result(meta_params)
+    if (config.compare or back) and tree_equal(meta_params, at.meta_params):
         return tuple(new_state), workers, ()
     new_checkpoints = []
     if history.get_checkpoint(at.generation_id, at.step) is None:
@@ -178,8 +203,9 @@ def _waits(history: History, at: Checkpoint, on_ask: bool) -> bool:
 
 
 #: The column of a worker's view (see :mod:`jaxpop.mutators._views`): ``due``, whether a
-#: schedule point it has not passed lies at or before its step. An update looks at those
-#: workers only: O(changes) per evaluation, not O(population).
+#: schedule point it has not passed lies at or before its step, or it was sent back
+#: before one it had passed. An update looks at those workers only: O(changes) per
+#: evaluation, not O(population).
 _COLUMNS = {"due": bool}
 
 
@@ -187,7 +213,7 @@ def _entry(
     config: _Config, state: tuple[int, ...], history: History, worker_id: int, worker: ActiveWorker
 ) -> tuple[bool]:
     passed = state[worker_id] if worker_id < len(state) else 0
-    return (config.due(worker.step) > passed,)
+    return (config.due(worker.step) != passed,)
 
 
 def _update(
@@ -260,8 +286,16 @@ def _ask(
     now: float,
     key: np.ndarray,
 ) -> MutatorResult:
-    assigned = workers[ask.worker_id]
-    if ask.generation_id == assigned.generation_id:
+    worker_id = ask.worker_id
+    assigned = workers[worker_id]
+    if not config.on_ask:
+        # only a worker sent back before a schedule point it had passed: it gets the
+        # entry in force there before it trains again (the usual ask: nothing to do)
+        passed = state[worker_id] if worker_id < len(state) else 0
+        if config.due(assigned.step) >= passed:
+            return state, workers, ()
+        at = history.get_checkpoint(assigned.generation_id, assigned.step)
+    elif ask.generation_id == assigned.generation_id:
         at = history.get_checkpoint(ask.generation_id, ask.step) or history.continuation(
             ask.generation_id, ask.step, ask.params, None, now
         )
@@ -270,11 +304,10 @@ def _ask(
             # that step (the new generation's start holds them; the history's stays)
             at = at.replace(params=ask.params)
     else:  # the worker is about to receive its assignment: schedule from there
-        at = history.get_checkpoint(assigned.generation_id, assigned.step) or history.latest(
-            assigned.generation_id
-        )
+        at = history.get_checkpoint(assigned.generation_id, assigned.step)
+    at = at or history.latest(assigned.generation_id)
     new_state, new_workers, added = _advance(
-        config, state, workers, history, ask.worker_id, at, now, key
+        config, state, workers, history, worker_id, at, now, key
     )
     if new_state is not state:  # the next update follows this state, not a fresh one
         _follow(
@@ -284,13 +317,14 @@ def _ask(
             workers,
             new_workers,
             history,
-            (ask.worker_id,),
+            (worker_id,),
         )
     return new_state, new_workers, added
 
 
 def _counts(state: tuple[int, ...]) -> DecisionCounts:
-    """One decision per schedule point a worker passed; a schedule never copies."""
+    """One decision per schedule point each worker is past (a worker sent back before
+    one counts it no more); a schedule never copies."""
     return DecisionCounts(sum(state), 0)
 
 
@@ -302,7 +336,8 @@ def _plan(
     if isinstance(schedule, Mapping) and not isinstance(schedule, Piecewise):
         if not schedule:
             raise ValueError("FixedSchedule takes a non-empty {step: meta_params} mapping, got {}")
-        pairs = [(_step_key(k), v) for k, v in schedule.items()]  # pairs: "10" and 10 clash
+        # (pairs: "10" and 10 clash; the values copied: the schedule is as given)
+        pairs = [(_step_key(k), copy_in(v)) for k, v in schedule.items()]
         try:
             schedule = Piecewise(pairs)
         except ValueError as err:
@@ -335,12 +370,19 @@ def _point(values: Sequence[Any], index: int) -> Any:
     return values[index - 1]
 
 
+#: What a schedule gives before its first change point: the worker's initial entry.
+_INITIAL = object()
+
+
 def _periods_passed(every: int, step: int) -> int:
     return step // every + 1
 
 
 def _at_period(schedule: Callable[[int], Any], every: int, index: int) -> Any:
-    return to_host(schedule((index - 1) * every))
+    step = (index - 1) * every
+    if isinstance(schedule, Piecewise) and step < schedule.steps[0]:
+        return _INITIAL  # (called, a Piecewise gives its first value before its first step)
+    return to_host(schedule(step))
 
 
 def _step_key(key: Any) -> Any:
