@@ -99,11 +99,25 @@ def parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=None,
         help="seeds the jaxpop run's PRNG key (default: a random one)",
     )
     return top
+
+
+def _seed(text: str) -> int:
+    """``--seed``: an int a run's root key takes (told as a usage error, not blamed on
+    the file being migrated)."""
+    from jaxpop.keys import root_key
+
+    try:
+        seed = int(text)
+        root_key(seed)
+    except ValueError as e:
+        why = str(e) if "seed" in str(e) else f"not an int: {text!r}"
+        raise argparse.ArgumentTypeError(why) from None
+    return seed
 
 
 def _report_error(args: argparse.Namespace, error: BaseException) -> int:

@@ -63,6 +63,7 @@ __all__ = [
     "missing",
     "redo",
     "report",
+    "same_hparams",
     "set_eval",
     "stays_done",
     "transition",
@@ -506,17 +507,10 @@ def _check_no_loop(new_checkpoints: Sequence[Checkpoint], who: str) -> None:
 def _check_same_hparams(
     meta_params: Any, history: History, generation_id: str, who: str, what: str
 ) -> None:
-    """Raises unless ``meta_params`` are those ``generation_id``'s checkpoints record:
-    the same object (the usual case), equal (:func:`jaxpop.schedules.tree_equal`), or of
-    the same encoding (records the journal decoded apart, holding arrays or NaN)."""
+    """Raises unless ``meta_params`` are those ``generation_id``'s checkpoints record
+    (:func:`same_hparams`)."""
     recorded = history.meta_params(generation_id)
-    if meta_params is recorded or tree_equal(meta_params, recorded):
-        return
-    try:
-        same = encoding.encode(meta_params) == encoding.encode(recorded)
-    except (TypeError, ValueError):
-        same = False
-    if not same:
+    if not same_hparams(meta_params, recorded):
         raise ValueError(
             f"{who} gave {what} the meta_params {meta_params!r:.80} in generation "
             f"{generation_id!r}, whose checkpoints record {recorded!r:.80}: a generation's "
@@ -524,6 +518,18 @@ def _check_same_hparams(
             "worker trains with); start a new generation, with its first checkpoint, for "
             "new ones"
         )
+
+
+def same_hparams(a: Any, b: Any) -> bool:
+    """Whether two hyperparameter trees are one generation's: the same object (the usual
+    case), equal (:func:`jaxpop.schedules.tree_equal`), or of the same encoding (records
+    the journal decoded apart, holding arrays or NaN)."""
+    if a is b or tree_equal(a, b):
+        return True
+    try:
+        return encoding.encode(a) == encoding.encode(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _finish(

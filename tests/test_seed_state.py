@@ -277,7 +277,7 @@ def test_a_truncated_file_is_a_clear_error_and_nothing_is_written(seed, tmp_path
         ({"not": "the seed's tuple"}, "does not hold the seed's"),
         ("extra", "bytes follow"),
         ("set", r"meta_params\['tags'\] is a set"),
-        ("object array", "dtype"),
+        ("object array", r"meta_params\['a'\] is a numpy array or scalar of dtype"),
     ],
 )
 def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
@@ -636,3 +636,74 @@ def test_values_stored_as_numpy_arrays_are_migrated_as_set_eval_takes_them(seed,
     (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
     with pytest.raises(storage.SeedStateError, match=r"gen-b.*value"):
         storage.load_seed_state(tmp_path)
+
+
+def test_jax_arrays_are_read_as_numpy_arrays(seed, tmp_path):
+    """The seed's own example gives set_eval a jitted loss, a jax array; the reader
+    refused the file, saying the seed never holds one (review)."""
+    import jax.numpy as jnp
+
+    workers, cache, state = _seed_state(seed)
+    cache["gen-a"][5] = cache["gen-a"][5].replace(value=jnp.float32(0.25))
+    meta = {"lr": jnp.asarray([0.1, 0.2]), "steps": jnp.int32(7)}
+    cache["gen-e"] = seed.IntKeyDict({0: seed.Checkpoint(None, meta, "gen-e", None, None, 0, 1.0)})
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    history = storage.load_seed_state(tmp_path).history
+    assert history["gen-a"][5].value == 0.25 and type(history["gen-a"][5].value) is float
+    lr, steps = history.meta_params("gen-e")["lr"], history.meta_params("gen-e")["steps"]
+    assert type(lr) is np.ndarray and lr.dtype == np.float32
+    np.testing.assert_array_equal(lr, np.float32([0.1, 0.2]))
+    assert steps.dtype == np.int32 and steps == 7
+
+
+def test_an_object_array_in_the_mutator_state_is_dropped_with_it(seed, tmp_path):
+    """It failed the whole migration while the reader was still unpickling, where a value
+    jaxpop cannot store in the mutator state drops that state with a warning (review)."""
+    _write_seed_run(tmp_path, seed, mutator_state={"a": np.array([None, 1])})
+    with pytest.warns(UserWarning, match=r"mutator state\['a'\] is a numpy array"):
+        state = storage.load_seed_state(tmp_path)
+    assert state.history.num_checkpoints == 9
+
+
+def test_a_worker_with_other_hyperparameters_than_its_generation_goes_on_in_its_own(seed, tmp_path):
+    """A seed Mutate could send a worker other hyperparameters than its generation's: the
+    history then recorded the generation's for what it trained with others (review)."""
+    workers, cache, state = _seed_state(seed)
+    workers[1] = seed.ActiveWorker("/ckpt/gen-b/10", {"lr": 0.5}, "gen-b", 10)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.warns(UserWarning, match=r"active_workers\[1\] holds the hyperparameters"):
+        storage.migrate_seed_state(tmp_path, seed=0)
+    with PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)) as c:
+        worker = c.active_workers[1]
+        assert worker.meta_params == {"lr": 0.5} and worker.generation_id != "gen-b"
+        assert c.history.branch_point(worker.generation_id) == ("gen-b", 10)
+        c.set_eval(1, worker.generation_id, 15, "/ckpt/15", 0.05)
+        assert c.history[worker.generation_id][15].meta_params == {"lr": 0.5}
+        assert c.active_workers[0].generation_id == "gen-c"  # the others as they were
+
+
+def test_the_migration_record_is_written_before_the_run(seed, tmp_path, monkeypatch):
+    """Written after the snapshot, a migration killed between the two left a complete
+    run that a controller then said was 'not migrated here' (review)."""
+    _write_seed_run(tmp_path, seed)
+    start, seen = seed_state.Store.start, []
+
+    def start_after_record(self, state, **kwargs):
+        seen.append(os.path.exists(tmp_path / seed_state.MIGRATION_FILE))
+        return start(self, state, **kwargs)
+
+    monkeypatch.setattr(seed_state.Store, "start", start_after_record)
+    storage.migrate_seed_state(tmp_path)
+    assert seen == [True]
+
+
+def test_a_bad_seed_is_a_usage_error_not_the_files(seed, tmp_path, capsys):
+    _write_seed_run(tmp_path, seed)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["migrate-seed-state", str(tmp_path), "--seed", str(10**23)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --seed: seed must be an int" in err and "population.state" not in err
+    with pytest.raises(ValueError, match=r"^seed must be an int"):
+        storage.migrate_seed_state(tmp_path, seed=-(2**40))
+    assert os.listdir(tmp_path) == ["population.state"]

@@ -31,11 +31,11 @@ import numpy as np
 
 from jaxpop import core, encoding
 from jaxpop.core import PopulationState
-from jaxpop.keys import root_key
+from jaxpop.keys import new_generation_id, root_key
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.plain import state_from_plain, state_to_plain
-from jaxpop.storage.store import Store, _journal_name, _snapshot_name
+from jaxpop.storage.store import Store
 
 __all__ = [
     "MIGRATION_FILE",
@@ -165,19 +165,40 @@ class _SeedIntKeyDict(dict):
 _DTYPE_STATE_TAIL = (None, None, None, -1, -1, 0)  # how numpy pickles a numeric dtype
 
 
+class _Unstorable(SeedStateError):
+    """A well-formed value jaxpop cannot store (an object array): the reader goes on,
+    holding a :class:`_Refused` in its place, so :func:`_plain` names where it sits (and
+    one in the mutator state is dropped with that state, not fatal)."""
+
+
+class _Refused:
+    """Stands for a value read as :class:`_Unstorable`; nothing of it is built."""
+
+    def __init__(self, why: str):
+        self.why = why
+
+
 class _Dtype:
     """A numeric numpy dtype as a pickle describes it: ``numpy.dtype(spec)``, then its
-    byte order from the state the pickle gives it."""
+    byte order from the state the pickle gives it. Another dtype is only ``refused``
+    (why), and never given a state."""
+
+    refused: str | None = None
 
     def __init__(self, spec: Any, align: Any = False, copy: Any = True):
         if type(spec) is not str or type(align) is not bool or type(copy) is not bool:
             raise SeedStateError(
                 f"a numpy dtype built from {_short(spec)} (not how numpy pickles one)"
             )
-        self._base = _numeric_dtype(np.dtype(spec, align, True))
+        try:
+            self._base: np.dtype | None = _numeric_dtype(np.dtype(spec, align, True))
+        except _Unstorable as e:
+            self._base, self.refused = None, str(e)
         self.dtype: np.dtype | None = None
 
     def __setstate__(self, state: Any) -> None:
+        if self.refused is not None:
+            return  # (its state, an object dtype's flags, is never used)
         base = getattr(self, "_base", None)
         if (
             base is None
@@ -193,16 +214,20 @@ class _Dtype:
 
 def _numeric_dtype(dtype: Any) -> np.dtype:
     if type(dtype) is _Dtype:
+        if dtype.refused is not None:
+            raise _Unstorable(dtype.refused)
         dtype = dtype.dtype
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biufc":
-        raise SeedStateError(f"a numpy array or scalar of dtype {_short(dtype)} (not plain data)")
+        raise _Unstorable(f"a numpy array or scalar of dtype {_short(dtype)} (not plain data)")
     return dtype
 
 
 class _Array:
-    """A numpy array as a pickle describes it; built from its state once that is checked."""
+    """A numpy array as a pickle describes it; built from its state once that is checked
+    (or ``refused``: why, for one of a dtype jaxpop cannot store)."""
 
     array: np.ndarray | None = None
+    refused: str | None = None
 
     def __setstate__(self, state: Any) -> None:
         if type(state) is not tuple or len(state) != 5 or state[0] != 1:
@@ -210,7 +235,20 @@ class _Array:
         _, shape, dtype, fortran, raw = state
         if type(fortran) is not bool:
             raise SeedStateError(f"a numpy array with the state {_short(state)}")
-        self.array = _array(raw, dtype, shape, "F" if fortran else "C")
+        try:
+            self.array = _array(raw, dtype, shape, "F" if fortran else "C")
+        except _Unstorable as e:
+            self.refused = str(e)
+
+
+def _array_of(value: _Array, where: str) -> np.ndarray:
+    """The numpy array a reader's ``_Array`` holds, or the SeedStateError saying where
+    it sits and why it has none."""
+    if value.refused is not None:
+        raise SeedStateError(f"{where} is {value.refused}")
+    if value.array is None:
+        raise SeedStateError(f"{where} is a numpy array without its data")
+    return value.array
 
 
 def _array(raw: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
@@ -242,18 +280,47 @@ def _reconstruct(subtype: Any, shape: Any, typecode: Any) -> _Array:
 
 def _frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> _Array:
     made = _Array()
-    made.array = _array(buffer, dtype, shape, order)
+    try:
+        made.array = _array(buffer, dtype, shape, order)
+    except _Unstorable as e:
+        made.refused = str(e)
     return made
 
 
 def _scalar(dtype: Any, data: Any) -> Any:
-    dtype = _numeric_dtype(dtype)
+    try:
+        dtype = _numeric_dtype(dtype)
+    except _Unstorable as e:
+        return _Refused(str(e))
     if type(data) is not bytes or len(data) != dtype.itemsize:
         raise SeedStateError(f"a numpy scalar built from {_short(data)}")
     return _SCALAR(dtype, data)
 
 
 _SCALAR = np.float64(0).__reduce__()[0]  # numpy 1 and 2 name its module differently
+
+#: What a pickled ``jax.Array`` records about its abstract value, besides its numpy data.
+_JAX_AVAL_FIELDS = frozenset({"weak_type", "named_shape"})
+
+
+def _jax_array(fun: Any, args: Any, array_state: Any, aval_state: Any) -> _Array:
+    """A pickled ``jax.Array`` (what a jitted loss gives ``set_eval``, and the seed's own
+    example passes it): jax pickles its numpy value (``fun(*args)`` given
+    ``array_state``) and its weak type; read as that numpy array."""
+    if (
+        fun is not _reconstruct
+        or type(args) is not tuple
+        or len(args) != 3
+        or type(aval_state) is not dict
+        or not set(aval_state) <= _JAX_AVAL_FIELDS
+    ):
+        raise SeedStateError(
+            f"a jax array made as {_short((fun, args, aval_state))} (not how jax pickles one)"
+        )
+    made = _reconstruct(*args)
+    made.__setstate__(array_state)
+    return made
+
 
 _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     (SEED_MODULE, "Checkpoint"): _SeedCheckpoint,
@@ -264,6 +331,7 @@ _ALLOWED: dict[tuple[str, str], Callable[..., Any]] = {
     **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
     **{(f"numpy.{core}.multiarray", "scalar"): _scalar for core in ("core", "_core")},
     **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
+    ("jax._src.array", "_reconstruct_array"): _jax_array,
 }
 
 
@@ -285,7 +353,7 @@ class _Unpickler(pickle.Unpickler):
                 f"{self._where} refers to {module[:100]}.{name[:100]}, which a seed "
                 "population state does not hold; refusing it (nothing in the file was "
                 "run). Only the seed's Checkpoint, ActiveWorker and IntKeyDict, plain "
-                "containers, numbers, strings and numeric numpy arrays are read"
+                "containers, numbers, strings and numeric numpy and jax arrays are read"
             )
         return allowed
 
@@ -523,9 +591,9 @@ def _plain(value: Any, where: str, memo: dict[int, Any], depth: int = 0) -> Any:
     if depth > 100:
         raise SeedStateError(f"{where} is nested more than 100 levels deep")
     if type(value) is _Array:
-        if value.array is None:
-            raise SeedStateError(f"{where} is a numpy array without its data")
-        plain: Any = value.array
+        plain: Any = _array_of(value, where)
+    elif type(value) is _Refused:
+        raise SeedStateError(f"{where} is {value.why}")
     elif isinstance(value, np.generic) and value.dtype.kind in "biufc":
         plain = value
     elif type(value) in (list, tuple):
@@ -566,7 +634,9 @@ def _checkpoint(
 ) -> Checkpoint:
     value = record.field("value", where)
     if type(value) is _Array:  # a numpy array (0-d or one element), as set_eval takes
-        value = value.array
+        value = _array_of(value, f"{where}.value")
+    elif type(value) is _Refused:
+        raise SeedStateError(f"{where}.value is {value.why}")
     if value is not None:
         try:
             value = core.as_value(value)
@@ -667,7 +737,44 @@ def _marker_state(seed_state: Any, where: str, memo: dict[int, Any]) -> dict[str
     return {_MARKER: 1, "seed_mutator_state": plain, "representable": representable}
 
 
-def _to_state(raw: Any, where: str, seed: int | None) -> PopulationState:
+def _own_generations(state: PopulationState, where: str) -> PopulationState:
+    """``state`` with each worker whose hyperparameters are not its generation's (a seed
+    ``Mutate`` could send a worker other ones; the seed kept recording its generation's)
+    moved to a new generation of its own, started at its step with its hyperparameters:
+    jaxpop records what a worker trains with, and refuses a generation whose
+    hyperparameters change. A warning names each."""
+    history, workers = state.history, list(state.workers)
+    for i, worker in enumerate(workers):
+        gen, step = worker.generation_id, worker.step
+        recorded = history.meta_params(gen)
+        if core.same_hparams(worker.meta_params, recorded):
+            continue
+        parent = history.get_checkpoint(gen, step) or history.previous(gen, step)
+        index = i
+        while (new := new_generation_id(state.key, index)) in history:
+            index += len(workers)  # (ids of the migration's own, never the run's events')
+        start = Checkpoint(
+            worker.params,
+            worker.meta_params,
+            new,
+            None,
+            None if parent is None else parent.ref,
+            step,
+            history.first(gen).time if parent is None else parent.time,
+        )
+        history = history.add(start)
+        workers[i] = worker.replace(generation_id=new)
+        warnings.warn(
+            f"{where}: active_workers[{i}] holds the hyperparameters "
+            f"{_short(worker.meta_params)}, not those of its generation {_short(gen)} "
+            f"({_short(recorded)}), which the seed kept recording: it goes on in a new "
+            f"generation {new!r}, started at its step {step} with its own",
+            stacklevel=4,
+        )
+    return state._with(history=history, workers=tuple(workers))
+
+
+def _to_state(raw: Any, where: str, key: np.ndarray) -> PopulationState:
     try:
         if type(raw) is not tuple or len(raw) != 3:
             raise SeedStateError(
@@ -686,13 +793,13 @@ def _to_state(raw: Any, where: str, seed: int | None) -> PopulationState:
         plain = {
             "workers": tuple(workers),
             "mutator_state": _marker_state(mutator_state, f"{where}: the mutator state", memo),
-            "key": np.asarray(root_key(seed), dtype=np.uint32),
+            "key": key,
             "num_events": 0,
             "checkpoints": tuple(_history(cache, memo)),
             "mode": "min",
         }
-        state = state_from_plain(plain)  # every check a stored state passes
-        encoding.encode(state_to_plain(state))  # what the snapshot will hold
+        state = _own_generations(state_from_plain(plain), where)  # every check a stored
+        encoding.encode(state_to_plain(state))  # state passes; what the snapshot will hold
     except (SeedStateError, TypeError, ValueError) as e:
         raise SeedStateError(f"{where} cannot be migrated: {e}") from None
     return state
@@ -726,10 +833,11 @@ def load_seed_state(path: str | os.PathLike, *, seed: int | None = None) -> Popu
         or holds a value jaxpop cannot store in a record (one in the mutator state is
         dropped with a warning instead: see :func:`_marker_state`).
     """
+    key = root_key(seed)  # (a bad seed is the caller's, not the file's)
     source = _source(path)
     with open(source, "rb") as f:
         data = f.read()
-    return _to_state(_unpickle(data, source), source, seed)
+    return _to_state(_unpickle(data, source), source, key)
 
 
 def migrate_seed_state(
@@ -765,10 +873,11 @@ def migrate_seed_state(
       FileExistsError: ``dst_log_dir`` already holds a jaxpop run; nothing is written.
       storage.LogDirInUseError: a live controller holds ``dst_log_dir``.
     """
+    key = root_key(seed)  # (a bad seed is the caller's, not the file's)
     source = _source(src_dir)
     with open(source, "rb") as f:
         data = f.read()
-    state = _to_state(_unpickle(data, source), source, seed)
+    state = _to_state(_unpickle(data, source), source, key)
     if dst_log_dir is None:
         dst_log_dir = os.path.dirname(source) or "."
     dst = os.fspath(dst_log_dir)
@@ -783,19 +892,23 @@ def migrate_seed_state(
         "population_size": state.population_size,
         "checkpoints": state.history.num_checkpoints,
     }
-    started = done = False
+    record_path = os.path.join(dst, MIGRATION_FILE)
+    recorded = done = False
     try:
         if store.load() is not None:  # appeared since the look above
             _refuse_existing_run(dst, source)
+        # the record first: a migration killed once its snapshot is in place is complete,
+        # with its record (a controller there names population.state as migrated); one
+        # killed before leaves a record and no run, which a controller refuses (the seed
+        # run is still to migrate) and the next migration replaces
+        write_atomic(record_path, json.dumps(record, indent=1).encode())
+        recorded = True
         store.start(state)
-        started = True
-        write_atomic(os.path.join(dst, MIGRATION_FILE), json.dumps(record, indent=1).encode())
         done = True
     finally:
-        if started and not done:  # the run this call started, removed under its lock
-            for name in (_journal_name(0), _snapshot_name(0)):
-                with contextlib.suppress(OSError):
-                    os.remove(os.path.join(dst, name))
+        if recorded and not done:  # (store.start removes what it wrote when it fails)
+            with contextlib.suppress(OSError):
+                os.remove(record_path)
         store.close()
         if not done:  # leave no trace: the lock file the Store wrote, the folder it made
             if made_lock:
