@@ -24,8 +24,10 @@ import argparse
 import contextlib
 import dataclasses
 import importlib.util
+import logging
 import math
 import os
+import pickle
 import sys
 import threading
 import time
@@ -55,13 +57,16 @@ __all__ = [
     "Model",
     "TrainState",
     "add_flags",
+    "keep_loggers",
     "make_loggers",
     "run",
     "summarize",
+    "sync_loggers",
     "train_worker",
 ]
 
 SYNC_EVERY_S = 2.0  # how often the driver hands new exploits to the loggers
+LOGGERS_FILE = "loggers.pickle"  # in --log-dir: the loggers a rerun goes on with
 
 
 @struct.dataclass
@@ -334,7 +339,8 @@ def add_flags(
 
 def make_loggers(args: argparse.Namespace, name: str) -> Loggers:
     """The loggers ``--log`` names (:func:`jaxpop.logging.make_loggers`), for population
-    ``name``, with the command line as their config.
+    ``name``, with the command line as their config; on a rerun on the same
+    ``--log-dir``, the loggers of the run before (:func:`keep_loggers`).
 
     Files go under ``--log-dir`` (as an absolute path: Ray actors may start elsewhere):
     TensorBoard's to ``tensorboard/``, W&B's to ``wandb/``; MLflow's to
@@ -342,6 +348,9 @@ def make_loggers(args: argparse.Namespace, name: str) -> Loggers:
     backend's failure is logged as a warning and the run goes on (``errors="warn"``).
     """
     log_dir = os.path.abspath(args.log_dir)
+    kept = _kept_loggers(log_dir, args.log)
+    if kept is not None:
+        return kept
     mlflow: dict[str, Any] = {}
     if "mlflow" in args.log and not os.environ.get("MLFLOW_TRACKING_URI"):
         if importlib.util.find_spec("sqlalchemy") is None:
@@ -354,18 +363,76 @@ def make_loggers(args: argparse.Namespace, name: str) -> Loggers:
         os.makedirs(log_dir, exist_ok=True)
         mlflow["tracking_uri"] = f"sqlite:///{os.path.join(log_dir, 'mlflow.db')}"
     # a logging failure (a full disk, a service down) is a warning: training goes on
-    return make_run_loggers(
+    logs = make_run_loggers(
         args.log, log_dir=log_dir, name=name, config=vars(args), mlflow=mlflow, errors="warn"
     )
+    keep_loggers(logs, args.log, log_dir)
+    return logs
 
 
-def _join(threads: Sequence[threading.Thread], logs: Loggers, controller: Controller) -> None:
+def keep_loggers(logs: Loggers, backends: Sequence[str], log_dir: str) -> None:
+    """Keeps ``logs`` (a pickle, ``<log_dir>/loggers.pickle``) for a rerun on the same
+    ``log_dir``: it logs no exploit a run before it logged (TensorBoard's
+    ``exploits/count`` went 1..8, then 1..12 again), to the same W&B group and MLflow
+    parent run. Called when they are made and after each sync that logged something;
+    a failure to write it is a warning (the run goes on; a rerun may log again what was
+    logged since the last write, never less)."""
+    if not backends:
+        return
+    path = os.path.join(log_dir, LOGGERS_FILE)
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            pickle.dump({"backends": list(backends), "loggers": logs}, f)
+        os.replace(path + ".tmp", path)
+    except OSError as error:
+        logging.getLogger("jaxpop").warning(
+            "jaxpop: could not keep the loggers in %s: %s", path, error
+        )
+
+
+def _kept_loggers(log_dir: str, backends: Sequence[str]) -> Loggers | None:
+    """The loggers :func:`keep_loggers` kept in ``log_dir`` for ``backends``; ``None``
+    when there are none (or, with a note, when they were for other backends)."""
+    path = os.path.join(log_dir, LOGGERS_FILE)
+    if not backends or not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            kept = pickle.load(f)
+    except Exception as error:  # (a library gone, a torn file: say which file)
+        raise SystemExit(
+            f"--log: cannot read the loggers of the run before ({path}: {error!r}); "
+            "delete the file to start new ones (they log the run's exploits again)"
+        ) from None
+    if kept["backends"] != list(backends):
+        print(
+            f"--log {' '.join(backends)}: new loggers (the run before logged to "
+            f"{' '.join(kept['backends'])}); its exploits are logged again",
+            file=sys.stderr,
+        )
+        return None
+    return kept["loggers"]
+
+
+def sync_loggers(logs: Loggers, history: Any, args: argparse.Namespace) -> None:
+    """Hands the new exploits of ``history`` to ``logs`` and keeps the loggers for a
+    rerun (:func:`keep_loggers`) when there were some."""
+    if len(logs) and logs.sync(history):
+        keep_loggers(logs, args.log, os.path.abspath(args.log_dir))
+
+
+def _join(
+    threads: Sequence[threading.Thread],
+    logs: Loggers,
+    controller: Controller,
+    args: argparse.Namespace,
+) -> None:
     """Waits for ``threads``, handing new exploits to ``logs`` every few seconds."""
     for thread in threads:
         while thread.is_alive():
             thread.join(timeout=SYNC_EVERY_S)
-            if len(logs):
-                logs.sync(controller.history)
+            sync_loggers(logs, controller.history, args)
 
 
 def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
@@ -429,7 +496,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
             for t in threads:
                 t.start()
             try:
-                _join(threads, logs, controller)
+                _join(threads, logs, controller, args)
             except KeyboardInterrupt:  # the workers end at their next step; all is journaled
                 stop.set()
                 for t in threads:
@@ -448,6 +515,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
                 i = min(failed)
                 raise RuntimeError(f"worker {i} failed: {failed[i]!r}") from failed[i]
             logs.finish(controller.state)  # the last exploits, the best member's schedule
+            keep_loggers(logs, args.log, os.path.abspath(args.log_dir))  # (a rerun goes on)
             progress.close()
             store.wait()
             # every save of this run is settled and recorded: what no history holds (a save

@@ -238,7 +238,7 @@ def test_a_close_that_cannot_log_the_exploits_table_finishes_the_workers_and_can
 
     runs = {}
 
-    def fake_init(self, **kwargs):
+    def fake_init(self, key, **kwargs):
         run = runs[kwargs["name"]] = FakeRun(kwargs["name"])
         return run
 

@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             with group:
                 results = _wait(group, client, args, logs)
             logs.finish(client.state)  # the last exploits, the best member's schedule
+            population_cnn.keep_loggers(logs, args.log, log_dir)  # (a rerun goes on)
             with ParamStore(os.path.join(log_dir, "params")) as store:
                 # every worker is done: a save nobody reported (cut off by a kill) is garbage
                 store.collect_garbage(client.state, keep_best=args.keep_best, orphan_grace_s=0)
@@ -205,7 +206,7 @@ def _wait(
             reached[i] = max(reached[i], min(worker.step, args.steps))
         progress.update(sum(reached) - progress.n)
         if len(logs) and time.monotonic() - synced >= population_cnn.SYNC_EVERY_S:
-            logs.sync(client.history)  # one round trip: the whole history
+            population_cnn.sync_loggers(logs, client.history, args)  # (one round trip)
             synced = time.monotonic()
         if start is None and sum(reached):
             start = time.monotonic()

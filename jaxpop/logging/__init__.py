@@ -25,6 +25,7 @@ of jaxpop never imports this package. See ``docs/logging.md``.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -138,7 +139,8 @@ def make_loggers(
                 options["log_dir"] = os.path.join(os.fspath(log_dir), "tensorboard")
             loggers.append(TensorBoardLogger(**options))
         elif backend == "wandb":
-            stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid() % 10000:04d}"
+            # (random: two populations started in one second share no group)
+            stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
             options = {
                 "group": None if name is None else f"{name}-{stamp}",
                 "dir": None if log_dir is None else os.fspath(log_dir),

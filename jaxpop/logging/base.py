@@ -10,6 +10,7 @@ several loggers and adds the two calls a driver needs: :meth:`Loggers.sync` and
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
 import math
@@ -36,6 +37,7 @@ __all__ = [
     "best_member",
     "check_errors",
     "check_worker_id",
+    "clean_name",
     "exploit_record",
     "lineage_records",
     "renamed",
@@ -268,7 +270,12 @@ class Loggers:
         history once: O(generations)). Every event goes to every logger even if some
         raise (the first error is raised after the last event): a failing backend
         costs the others nothing.
+
+        Raises:
+          TypeError: ``history`` is not a :class:`~jaxpop.History` (a controller's is
+            ``controller.history``).
         """
+        _check_source(history, History, "sync", "history")
         events = self.feed.new(history)
         error: BaseException | None = None
         for event in events:
@@ -285,6 +292,7 @@ class Loggers:
         evaluated), then :meth:`close`. Returns the best member."""
         error: Exception | None = None
         try:
+            _check_source(source, (PopulationState, History), "finish", "state")
             history = source.history if isinstance(source, PopulationState) else source
             try:
                 self.sync(history)
@@ -316,6 +324,14 @@ class Loggers:
         return f"Loggers([{', '.join(type(x).__name__ for x in self.loggers)}])"
 
 
+def _check_source(source: Any, kinds: type | tuple[type, ...], call: str, field: str) -> None:
+    """A ``TypeError`` unless ``source`` is one of ``kinds``, naming what to pass."""
+    if not isinstance(source, kinds):
+        hint = f" (pass its .{field})" if hasattr(source, field) else ""
+        names = " or a ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+        raise TypeError(f"Loggers.{call} takes a {names}, got {type(source).__name__}{hint}")
+
+
 # -- shared helpers for the backends --------------------------------------------------
 def require(module: str, extra: str, what: str) -> ModuleType:
     """Imports ``module`` or raises an ``ImportError`` naming ``pip install 'jaxpop[extra]'``."""
@@ -329,10 +345,17 @@ def require(module: str, extra: str, what: str) -> ModuleType:
 
 
 def check_worker_id(worker_id: Any) -> int:
-    """``worker_id`` if it is a non-negative ``int``, else a ``ValueError``."""
-    if isinstance(worker_id, bool) or not isinstance(worker_id, int) or worker_id < 0:
+    """``worker_id`` as an ``int`` if it is a non-negative integer (a numpy one too, as
+    the controller takes; not a bool), else a ``ValueError``.
+
+    >>> check_worker_id(np.int64(1))
+    1
+    """
+    if isinstance(worker_id, (bool, np.bool_)) or not isinstance(worker_id, (int, np.integer)):
         raise ValueError(f"worker_id must be a non-negative int, got {worker_id!r}")
-    return worker_id
+    if worker_id < 0:
+        raise ValueError(f"worker_id must be a non-negative int, got {worker_id!r}")
+    return int(worker_id)
 
 
 def check_errors(errors: Any) -> str:
@@ -343,19 +366,45 @@ def check_errors(errors: Any) -> str:
     return errors
 
 
-def renamed(items: Mapping[str, _V], clean: Callable[[str], str]) -> dict[str, _V]:
-    """``items`` under the names ``clean`` gives their keys, in order; keys that clean
-    alike are numbered (``lr x`` and ``lr_x``: ``lr_x``, ``lr_x_2``), so no value
-    replaces another."""
+def renamed(items: Mapping[str, _V], name: Callable[[str], str]) -> dict[str, _V]:
+    """``items`` under the names ``name`` gives their keys (a backend's
+    :func:`clean_name`), in order.
+
+    >>> underscored = lambda key: key.replace(" ", "_")
+    >>> renamed({"lr x": 1.0, "lr_x": 2.0}, lambda key: clean_name(key, underscored))
+    {'lr_x-daaca835': 1.0, 'lr_x': 2.0}
+
+    Raises:
+      ValueError: two keys would be written under one name (a key that is itself
+        another's cleaned name, hash and all): no value replaces another.
+    """
     out: dict[str, _V] = {}
+    origin: dict[str, str] = {}
     for key, value in items.items():
-        name = clean(key)
-        unique, n = name, 1
-        while unique in out:
-            n += 1
-            unique = f"{name}_{n}"
-        out[unique] = value
+        new = name(key)
+        if new in out:
+            raise ValueError(
+                f"{key!r} and {origin[new]!r} would both be logged as {new!r}: rename one"
+            )
+        out[new], origin[new] = value, key
     return out
+
+
+def clean_name(key: str, clean: Callable[[str], str]) -> str:
+    """``key``'s name in a backend whose names ``clean`` makes valid: ``key`` itself if
+    ``clean`` leaves it as it is, else ``clean(key)`` ending in ``-`` and eight hex
+    digits of a hash of ``key``. The same in every call and every process, so a
+    hyperparameter keeps its tag whatever the other keys of a call (``lr x`` was
+    ``lr_x`` or ``lr_x_2`` as ``lr_x`` came with it or not).
+
+    >>> clean_name("lr", str.lower), clean_name("LR", str.lower)
+    ('lr', 'lr-195ffac0')
+    """
+    cleaned = clean(key)
+    if cleaned == key:
+        return key
+    digest = hashlib.blake2s(key.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+    return f"{cleaned}-{digest}"  # ("-" and hex digits: every backend takes them)
 
 
 def worker_scalars(

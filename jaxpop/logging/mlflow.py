@@ -25,6 +25,7 @@ store needs ``MLFLOW_ALLOW_FILE_STORE=true`` on MLflow >= 3.7), as is the experi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -37,6 +38,7 @@ from jaxpop.core import check_step
 from jaxpop.logging.base import (
     BestMember,
     check_worker_id,
+    clean_name,
     exploit_record,
     lineage_records,
     renamed,
@@ -51,7 +53,9 @@ __all__ = ["MlflowLogger"]
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
 WORKER_TAG = "jaxpop.worker"
 _PARAM_LIMIT = 500  # characters of a param value every MLflow version accepts
+_CUT = "…"  # ends a param value cut to MLflow's limit
 _BATCH = 100  # params per log_batch call (MLflow's limit)
+_log = logging.getLogger("jaxpop")
 
 
 def _strict(value: Any) -> Any:
@@ -70,7 +74,7 @@ def _now_ms() -> int:
 #: What MLflow takes in a metric or param name on every platform (its own check adds
 #: ":" off Windows): other characters become "_".
 _INVALID_KEY_CHARACTERS = re.compile(r"[^/\w.\- ]")
-_KEY_LIMIT = 230  # MLflow's is 250: room for "hparams/" and a "_<n>" telling names apart
+_KEY_LIMIT = 230  # MLflow's is 250: room for "hparams/" and "-<hash>" (base.clean_name)
 
 
 def _key(name: str) -> str:
@@ -87,11 +91,36 @@ def _key(name: str) -> str:
     return clean
 
 
+def _param_limit() -> int:
+    """The longest param value the installed MLflow takes (500 where it does not say)."""
+    try:
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+    except ImportError:
+        return _PARAM_LIMIT
+    return int(MAX_PARAM_VAL_LENGTH)
+
+
+def _param_value(value: Any, limit: int) -> tuple[str, bool]:
+    """``str(value)`` as a param value: cut to ``limit`` characters, the last one
+    ``…``, when longer; and whether it was cut."""
+    text = str(value)
+    if len(text) <= limit:
+        return text, False
+    return text[: limit - len(_CUT)] + _CUT, True
+
+
+def _param_key(name: str) -> str:
+    """A param's name in MLflow: ``name`` if MLflow takes it, else cleaned by
+    :func:`_key` and ending in a hash of it (:func:`~jaxpop.logging.base.clean_name`)."""
+    return clean_name(name, _key)
+
+
 def _metric_key(key: str) -> str:
-    """A metric's name (``eval/value``, ``hparams/<name>``) as MLflow takes it: the part
-    after its prefix cleaned by :func:`_key`."""
+    """A metric's name (``eval/value``, ``hparams/<name>``) in MLflow: the part after its
+    prefix named as a param (:func:`_param_key`), so ``hparams/<name>`` matches the
+    param."""
     prefix, _, name = key.partition("/")
-    return f"{prefix}/{_key(name)}"
+    return f"{prefix}/{_param_key(name)}"
 
 
 class MlflowLogger:
@@ -159,13 +188,15 @@ class MlflowLogger:
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         self._lock = threading.RLock()
         self._runs: dict[int, str] = {}
-        self._generations: dict[int, str | None] = {}
+        self._generations: dict[int, str | None] = {}  # the tag each worker's run holds
+        self._params: dict[int, dict[str, Any]] = {}  # a new run's params not sent yet
         self._exploits: list[dict[str, Any]] = []
         self._written = 0  # exploit rows in the last exploits.json
         self._written_at = 0.0
         self._owner = False  # (it created the parent run, or is a copy that logged the best)
         self._created = False  # (it, or the logger it is a copy of, created the parent run)
         self._closed = False
+        self._warned_cut = False  # (a param value cut to MLflow's limit)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -191,10 +222,25 @@ class MlflowLogger:
         self._exploits, self._written, self._created = list(exploits), len(exploits), created
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Logs ``params`` (cleaned names); a value longer than MLflow takes is cut,
+        ends in ``…``, and is warned about (once per logger)."""
         from mlflow.entities import Param
 
-        named = renamed({str(k): v for k, v in params.items()}, _key)
-        items = [Param(k, str(v)[:_PARAM_LIMIT]) for k, v in named.items()]
+        named = renamed({str(k): v for k, v in params.items()}, _param_key)
+        limit, items, cut = _param_limit(), [], []
+        for name, value in named.items():
+            text, was_cut = _param_value(value, limit)
+            items.append(Param(name, text))
+            if was_cut:
+                cut.append(name)
+        if cut and not self._warned_cut:
+            self._warned_cut = True
+            _log.warning(
+                "jaxpop: MLflow takes param values of at most %d characters: %s cut "
+                "(ending in '…'; warned once)",
+                limit,
+                ", ".join(cut),
+            )
         for start in range(0, len(items), _BATCH):
             self._client.log_batch(run_id, params=items[start : start + _BATCH])
 
@@ -247,16 +293,20 @@ class MlflowLogger:
                     tags={PARENT_TAG: self.parent_run_id, WORKER_TAG: str(worker_id)},
                 )
                 run_id = self._runs[worker_id] = run.info.run_id
-                if hparams is not None:
-                    self._log_params(run_id, flatten_hparams(hparams))
+                if hparams is not None:  # (the starting ones: sent until a request succeeds)
+                    self._params[worker_id] = flatten_hparams(hparams)
+            if worker_id in self._params:
+                self._log_params(run_id, self._params[worker_id])
+                del self._params[worker_id]
             now, step = _now_ms(), check_step(step)
             tags = []
             if generation_id is not None and self._generations.get(worker_id) != generation_id:
                 tags.append(RunTag("jaxpop.generation_id", str(generation_id)))
-                self._generations[worker_id] = generation_id
             named = renamed(scalars, _metric_key)
             batch = [Metric(k, float(v), now, step) for k, v in named.items()]
             self._client.log_batch(run_id, metrics=batch, tags=tags)
+            if generation_id is not None:  # (only once the tag is sent: else sent again)
+                self._generations[worker_id] = generation_id
 
     def log_exploit(self, event: ExploitEvent) -> None:
         """Logs ``exploits/count`` at the exploit's step and adds it to ``exploits.json``."""
@@ -314,7 +364,9 @@ class MlflowLogger:
             try:
                 document = best.schedule.to_json(indent=1)
             except (TypeError, ValueError) as e:  # hyperparameters JSON cannot hold
-                self._client.set_tag(run_id, "best.schedule_error", str(e)[:_PARAM_LIMIT])
+                self._client.set_tag(
+                    run_id, "best.schedule_error", _param_value(e, _PARAM_LIMIT)[0]
+                )
             else:
                 self._client.log_text(run_id, document + "\n", "best/schedule.json")
 

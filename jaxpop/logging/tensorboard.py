@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import os
 import re
 import secrets
+import socket
+import struct
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
 
 from jaxpop.core import check_step
 from jaxpop.logging.base import (
     BestMember,
     check_worker_id,
+    clean_name,
     exploit_record,
     renamed,
     schedule_records,
@@ -43,89 +50,134 @@ __all__ = ["Backend", "TensorBoardLogger", "TensorBoardWriter", "available_backe
 
 Backend = Literal["auto", "tensorboardX", "flax"]
 
+_log = logging.getLogger("jaxpop")
 _INSTALL_HINT = (
     "jaxpop's TensorBoard hook needs a TensorBoard writer: pip install tensorboardX "
     "(or install tensorflow to use flax.metrics.tensorboard)"
 )
 
 
-_FLUSH_EVERY_S = 30.0  # TensorBoard shows what was written at most this long ago
-
-
 class _TensorBoardXWriter:
-    """tensorboardX's event file, written in the calling thread.
+    """An event file in tensorboardX's format, written in the calling thread.
 
     (``tensorboardX.SummaryWriter`` writes from a thread of its own: when a write fails
     there -- a full disk -- that thread dies, its queue fills and the next call blocks
-    for good, the training loop with it.) A failed write raises here, and the next one
-    starts a new event file: TensorBoard stops reading a file at a torn record, and
-    what follows must not be lost with it."""
+    for good, the training loop with it.) :meth:`flush` hands what was written to the
+    OS (a killed process loses none of it); :meth:`close` also syncs it to disk. A
+    failed write raises here, and the next one starts a new event file: TensorBoard
+    stops reading a file at a torn record, and what follows must not be lost with it."""
 
     def __init__(self, path: str):
         self._path = path
-        self._events: Any = None
-        self._flushed = time.monotonic()
+        self._file: BinaryIO | None = None
         self._open()
 
     def _open(self) -> None:
-        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
 
         # a suffix of its own: another writer on this directory (a restarted worker,
         # another process, this one after a failed write) started in the same second
         # must not reuse the file name
-        suffix = f".{os.getpid()}.{secrets.token_hex(3)}"
-        self._events = EventsWriter(os.path.join(self._path, "events"), suffix)
+        name = (
+            f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
+            f".{os.getpid()}.{secrets.token_hex(3)}"
+        )
+        self._file = open(os.path.join(self._path, name), "xb")  # noqa: SIM115 (kept open)
+        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
 
-    def _write(self, summary: Any, step: int) -> None:
-        from tensorboardX.proto.event_pb2 import Event
-
-        if self._events is None:  # the last write failed
+    def _write(self, event: Any) -> None:
+        if self._file is None:  # the last write failed
             self._open()
+        assert self._file is not None
         try:
-            self._events.write_event(Event(summary=summary, wall_time=time.time(), step=step))
+            self._file.write(_record(event.SerializeToString()))
         except BaseException:
             self._drop()
             raise
-        if time.monotonic() - self._flushed > _FLUSH_EVERY_S:  # as tensorboardX's thread
-            self.flush()
+
+    def _event(self, summary: Any, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+
+        self._write(Event(summary=summary, wall_time=time.time(), step=step))
 
     def _drop(self) -> None:
         """Forgets the current event file after a failure (closing it as far as it can)."""
-        events, self._events = self._events, None
-        with contextlib.suppress(OSError):
-            events.close()
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
     def scalar(self, tag: str, value: float, step: int) -> None:
-        from tensorboardX.summary import scalar
+        from tensorboardX.proto.summary_pb2 import Summary
 
-        self._write(scalar(tag, value), step)
+        self._event(Summary(value=[Summary.Value(tag=tag, simple_value=value)]), step)
 
     def text(self, tag: str, text: str, step: int) -> None:
         from tensorboardX.summary import text as text_summary
 
-        self._write(text_summary(tag, text), step)
+        self._event(text_summary(tag, text), step)
 
     def flush(self) -> None:
-        self._flushed = time.monotonic()
-        if self._events is not None:
+        if self._file is not None:
             try:
-                self._events.flush()
+                self._file.flush()
             except BaseException:
                 self._drop()
                 raise
 
     def close(self) -> None:
-        if self._events is not None:
-            events, self._events = self._events, None
-            events.close()
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.flush()
+                os.fsync(file.fileno())
+            finally:
+                file.close()
+
+
+def _record(data: bytes) -> bytes:
+    """``data`` framed as a TFRecord: its length, the length's masked CRC, the data and
+    its masked CRC (what TensorBoard reads)."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    header = struct.pack("<Q", len(data))
+    crc = struct.pack("<I", masked_crc32c(header))
+    return header + crc + data + struct.pack("<I", masked_crc32c(data))
 
 
 _INVALID_TAG_CHARACTERS = re.compile(r"[^-/\w.]")
 
 
+def _clean_tag(tag: str) -> str:
+    """``tag`` as TensorBoard cleans it: a character other than letters, digits,
+    ``_ - . /`` as ``_``, no leading ``/``."""
+    return _INVALID_TAG_CHARACTERS.sub("_", tag).lstrip("/")
+
+
+def _tag(name: str) -> str:
+    """``name`` as a TensorBoard tag: itself if valid, else cleaned and ending in a hash
+    of it (:func:`~jaxpop.logging.base.clean_name`)."""
+    return clean_name(name, _clean_tag)
+
+
 def _clean_tags(scalars: Mapping[str, float]) -> dict[str, float]:
-    """``scalars`` under TensorBoard's cleaned tags, those that collide numbered."""
-    return renamed(scalars, lambda tag: _INVALID_TAG_CHARACTERS.sub("_", tag).lstrip("/"))
+    """``scalars`` under their tags (:func:`_tag`)."""
+    return renamed(scalars, _tag)
+
+
+def _float32(value: float) -> float:
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
+
+
+def _float32_changes(value: float) -> bool:
+    """Whether TensorBoard's 32-bit float shows ``value`` as another number entirely: a
+    finite value as an infinity, a non-zero one as 0, an integer as another integer
+    (rounding a fraction is no change)."""
+    shown = _float32(value)
+    if not math.isfinite(value) or shown == value:
+        return False
+    return math.isinf(shown) or shown == 0.0 or (value.is_integer() and abs(value) <= 2**53)
 
 
 class _FlaxWriter:
@@ -188,38 +240,52 @@ class _EventDir:
         self._writer = factory(self.path)
         self._lock = threading.Lock()
         self._closed = False
+        self._warned: set[str] = set()  # tags warned about (float32)
 
     def log_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-        """Writes each ``tag: value`` of ``scalars`` at ``step`` (NaN and inf as they are).
+        """Writes each ``tag: value`` of ``scalars`` at ``step`` (NaN and inf as they are)
+        and hands them to the OS before it returns.
 
-        Tags are cleaned as TensorBoard cleans them (a character other than letters,
-        digits, ``_ - . /`` becomes ``_``); two that clean to the same tag get ``_2``,
-        ``_3``, ... in order, so no value replaces another (``lr x`` and ``lr_x`` were
-        both written as ``lr_x``)."""
+        Tags are cleaned as TensorBoard cleans them (see :func:`_clean_tags`). TensorBoard
+        keeps a scalar as a 32-bit float: a value it would show as another number (a
+        finite one as inf, a tiny one as 0, an integer as another) is written all the
+        same, with a warning (once per tag) on the ``jaxpop`` logger."""
         step = check_step(step)
         with self._lock:
             self._check_open()
             for tag, value in _clean_tags(scalars).items():
+                if tag not in self._warned and _float32_changes(value):
+                    self._warned.add(tag)
+                    _log.warning(
+                        "jaxpop: TensorBoard stores %s as a 32-bit float: %r is shown as %r "
+                        "(%s; warned once per tag)",
+                        tag,
+                        value,
+                        _float32(value),
+                        self.path,
+                    )
                 self._writer.scalar(tag, value, step)
+            self._writer.flush()
 
     def log_text(self, step: int, tag: str, text: str) -> None:
-        """Writes a text summary (markdown) under ``tag`` at ``step``."""
+        """Writes a text summary (markdown) under ``tag`` at ``step`` and hands it to the OS."""
         with self._lock:
             self._check_open()
             self._writer.text(tag, text, check_step(step))
+            self._writer.flush()
 
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError(f"this {type(self).__name__} ({self.path}) is closed")
 
     def flush(self) -> None:
-        """Makes everything written so far visible to TensorBoard."""
+        """Hands everything written so far to the OS (each call already has)."""
         with self._lock:
             if not self._closed:
                 self._writer.flush()
 
     def close(self) -> None:
-        """Flushes and closes the event file. Idempotent."""
+        """Flushes, syncs and closes the event file. Idempotent."""
         with self._lock:
             if not self._closed:
                 self._closed = True
@@ -387,18 +453,25 @@ class TensorBoardLogger:
         writer.log_text(step, "best/schedule", text)
 
     def flush(self) -> None:
-        """Makes everything written so far visible to TensorBoard."""
+        """Hands everything written so far to the OS (each call already has)."""
         with self._lock:
             writers = [*self._writers.values(), *([self._population] if self._population else [])]
         for writer in writers:
             writer.flush()
 
     def close(self) -> None:
-        """Closes every event file this logger opened. Idempotent."""
+        """Closes every event file this logger opened, even when one fails (its error is
+        raised after the others are closed). Idempotent."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             writers = [*self._writers.values(), *([self._population] if self._population else [])]
+        error: Exception | None = None
         for writer in writers:
-            writer.close()
+            try:
+                writer.close()
+            except Exception as e:  # the others are closed all the same
+                error = error or e
+        if error is not None:
+            raise error

@@ -120,6 +120,7 @@ class WandbLogger:
     def _setup(self) -> None:
         self._lock = threading.RLock()
         self._runs: dict[int, Any] = {}
+        self._failed: dict[str, int] = {}  # failed wandb.init calls per run (this process)
         self._hparams: dict[int, tuple[Any, Any]] = {}
         self._population: Any = None
         self._exploits: list[dict[str, Any]] = []
@@ -142,24 +143,47 @@ class WandbLogger:
 
     # -- runs ---------------------------------------------------------------------------
     def run_id(self, worker_id: int) -> str:
-        """The W&B run id of worker ``worker_id``'s run."""
-        return f"{_slug(self.group)}-{self._options['token']}-w{worker_id}"
+        """The W&B run id of worker ``worker_id``'s run (after a failed start in this
+        process, the id of the next start: ``<id>-r<n>``)."""
+        return self._run_id(f"w{worker_id}")
 
-    def _init(self, **kwargs: Any) -> Any:
+    def _run_id(self, key: str) -> str:
+        run_id = f"{_slug(self.group)}-{self._options['token']}-{key}"
+        failed = self._failed.get(key, 0)
+        return f"{run_id}-r{failed}" if failed else run_id
+
+    def _init(self, key: str, **kwargs: Any) -> Any:
+        """Starts (or resumes) run ``key`` (``w<worker id>`` or ``population``).
+
+        A failed ``wandb.init`` (the service down) leaves its run id taken in W&B's
+        service process for good: every later start with it failed ("run ID ... is in
+        use"), and that worker logged nothing more. The next start after a failure uses
+        a new id (``<id>-r<n>``): the worker's later evaluations go to a run of the
+        same name."""
         wandb = require("wandb", "wandb", "W&B")
         options = self._options
         if options["dir"] is not None:
             os.makedirs(options["dir"], exist_ok=True)
-        run = wandb.init(
-            project=options["project"],
-            entity=options["entity"],
-            dir=options["dir"],
-            mode=options["mode"],
-            group=self.group,
-            tags=options["tags"],
-            reinit="create_new",  # one run per worker, side by side in one process
-            **{"settings": wandb.Settings(console="off"), **options["init_kwargs"], **kwargs},
-        )
+        run_id = self._run_id(key)
+        try:
+            run = wandb.init(
+                project=options["project"],
+                entity=options["entity"],
+                dir=options["dir"],
+                mode=options["mode"],
+                group=self.group,
+                tags=options["tags"],
+                reinit="create_new",  # one run per worker, side by side in one process
+                id=run_id,
+                resume="allow",
+                **{"settings": wandb.Settings(console="off"), **options["init_kwargs"], **kwargs},
+            )
+        except Exception as e:
+            self._failed[key] = self._failed.get(key, 0) + 1
+            raise RuntimeError(
+                f"wandb.init of run {run_id} failed ({type(e).__name__}: {e}); the next "
+                f"call starts it again as run {self._run_id(key)}"
+            ) from e
         run.define_metric("step")
         for pattern in _STEP_METRICS:
             run.define_metric(pattern, step_metric="step")
@@ -172,10 +196,9 @@ class WandbLogger:
     def _population_run(self) -> Any:
         if self._population is None:
             self._population = self._init(
+                "population",
                 name="population",
                 job_type="population",
-                id=f"{_slug(self.group)}-{self._options['token']}-population",
-                resume="allow",
                 config={"population": self._options["config"]},
             )
         return self._population
@@ -201,10 +224,9 @@ class WandbLogger:
             run = self._runs.get(worker_id)
             if run is None:
                 run = self._runs[worker_id] = self._init(
+                    f"w{worker_id}",
                     name=f"worker-{worker_id}",
                     job_type="worker",
-                    id=self.run_id(worker_id),
-                    resume="allow",
                     config={
                         "worker_id": worker_id,
                         "generation_id": generation_id,

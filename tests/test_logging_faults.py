@@ -1,0 +1,263 @@
+"""The loggers under faults a hostile review found: a killed process, a failed request,
+names that clean alike, a rerun on the same log directory, a service down at a run's
+start, values a backend cannot hold, and arguments the controller takes."""
+
+import argparse
+import errno
+import logging
+import os
+import re
+import time
+
+import numpy as np
+import pytest
+from test_logging import _after_one_round, wta_rounds
+from test_tensorboard import _events
+
+import jaxpop.logging
+from jaxpop import PopulationController
+from jaxpop.mutators import ExploitEvent, FixedSchedule, exploit_events
+from jaxpop.schedules import constant
+
+
+@pytest.fixture
+def mlflow_store(monkeypatch, tmp_path):
+    """A local MLflow file store's tracking URI; MLflow's own env settings cleared."""
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    return (tmp_path / "mlruns").as_uri()
+
+
+def _wandb_home(monkeypatch, tmp_path):
+    for name in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home" / name.lower()))
+    for name in ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP", "WANDB_RUN_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+# -- TensorBoard ----------------------------------------------------------------------
+def test_what_a_call_wrote_is_in_the_event_file_when_it_returns(tmp_path):
+    """Evaluations stayed in a buffer until a write 30 s later: a killed process lost
+    them, and the last one was never shown (hostile review)."""
+    pytest.importorskip("tensorboardX")
+    logger = jaxpop.logging.TensorBoardLogger(tmp_path)
+    logger.log_worker(0, 10, 0.5, {"lr": 0.1})
+    assert (10, "eval/value", 0.5) in _events(tmp_path / "worker-0")  # (read as another process)
+    logger.log_exploit(ExploitEvent("g1", ("g0", 10), 10, 0.0, {"lr": 0.1}, {"lr": 0.2}, 0.5))
+    assert (10, "exploits/count", 1.0) in _events(tmp_path / "population")
+    logger.close()
+
+
+def test_a_close_that_fails_for_one_writer_closes_the_others_and_raises(tmp_path):
+    """One event file that could not be flushed at close left the other writers open
+    (and a second close did nothing)."""
+    pytest.importorskip("tensorboardX")
+    logger = jaxpop.logging.TensorBoardLogger(tmp_path)
+    for worker in range(3):
+        logger.log_worker(worker, 10, 0.5 + worker, {"lr": 0.1})
+    writers = dict(logger._writers)
+
+    def full_disk():
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writers[0]._writer.close = full_disk
+    with pytest.raises(OSError, match=r"No space left"):
+        logger.close()
+    assert writers[1]._closed and writers[2]._closed
+    for worker in range(3):
+        assert (10, "eval/value", 0.5 + worker) in _events(tmp_path / f"worker-{worker}")
+
+
+def test_a_value_tensorboard_shows_as_another_number_is_written_with_a_warning(tmp_path, caplog):
+    """TensorBoard keeps 32-bit floats: a finite 1e39 loss showed as inf, lr 1e-46 as 0
+    and seed 100000001 as 100000000, without a word."""
+    pytest.importorskip("tensorboardX")
+    logger = jaxpop.logging.TensorBoardLogger(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        for step in (1, 2):  # (warned once per tag)
+            logger.log_worker(0, step, 1e39, {"seed": 100_000_001, "lr": 1e-46, "b1": 0.9})
+    logger.close()
+    warned = [r.getMessage() for r in caplog.records if "32-bit float" in r.getMessage()]
+    assert len(warned) == 3
+    for tag in ("eval/value", "hparams/seed", "hparams/lr"):
+        assert sum(f" {tag} " in message for message in warned) == 1
+    assert any("100000001" in m and "100000000" in m for m in warned)
+
+
+def test_names_that_clean_alike_keep_their_tags_from_call_to_call(tmp_path, mlflow_store):
+    """Cleaned names were numbered by the keys of one call: ``{"a b", "a_b", "a_b_2"}``
+    wrote "a b" under ``a_b`` and "a_b" under ``a_b_2``, and ``lr_x`` moved to another
+    tag in a call that also had ``lr x``."""
+    pytest.importorskip("tensorboardX")
+    logs = jaxpop.logging.make_loggers(
+        ["tensorboard", "mlflow"], log_dir=tmp_path, mlflow={"tracking_uri": mlflow_store}
+    )
+    logs.log_worker(0, 1, 0.5, {"a b": 2.0, "a_b": 3.0, "a_b_2": 4.0})
+    logs.log_worker(0, 2, 0.5, {"lr_x": 1.0})
+    logs.log_worker(0, 3, 0.5, {"lr x": 5.0, "lr_x": 1.0})
+    logs.close()
+    scalars = _events(tmp_path / "tensorboard" / "worker-0")
+    by_tag = {}
+    for _, tag, value in scalars:
+        by_tag.setdefault(tag, []).append(value)
+    assert by_tag["hparams/a_b"] == [3.0] and by_tag["hparams/a_b_2"] == [4.0]
+    assert by_tag["hparams/lr_x"] == [1.0, 1.0]
+    (cleaned,) = [t for t in by_tag if t.startswith("hparams/a_b-")]
+    assert by_tag[cleaned] == [2.0]
+    (mlflow,) = [x for x in logs.loggers if isinstance(x, jaxpop.logging.MlflowLogger)]
+    from mlflow.tracking import MlflowClient
+
+    params = MlflowClient(tracking_uri=mlflow_store).get_run(mlflow.worker_run_id(0)).data.params
+    assert params == {"a b": "2.0", "a_b": "3.0", "a_b_2": "4.0"}  # (MLflow takes spaces)
+
+
+def test_a_key_equal_to_another_keys_cleaned_name_is_an_error_not_a_lost_value():
+    from jaxpop.logging.base import clean_name, renamed
+
+    def underscored(key):
+        return key.replace(" ", "_")
+
+    collides = clean_name("a b", underscored)
+    with pytest.raises(ValueError, match=r"'a b'.*would both be logged as"):
+        renamed({collides: 1.0, "a b": 2.0}, lambda k: clean_name(k, underscored))
+
+
+# -- MLflow ---------------------------------------------------------------------------
+def test_mlflow_sends_what_a_failed_request_did_not(mlflow_store):
+    """After one failed request a worker's params were never sent, and after a failed
+    request for an exploit the generation tag stayed the old one (hostile review)."""
+    logger = jaxpop.logging.MlflowLogger("pbt", tracking_uri=mlflow_store)
+    real, failures = logger._client.log_batch, []
+
+    def flaky(run_id, metrics=(), params=(), tags=()):
+        if failures:
+            failures.pop()
+            raise ConnectionError("service down")
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    logger._client.log_batch = flaky
+    failures.append(1)  # worker 0: the params of its first evaluation
+    with pytest.raises(ConnectionError):
+        logger.log_worker(0, 1, 0.5, {"lr": 0.1}, generation_id="g0")
+    logger.log_worker(0, 2, 0.4, {"lr": 0.1}, generation_id="g0")
+    logger.log_worker(1, 1, 0.5, {"lr": 0.2}, generation_id="g1")
+    failures.append(1)  # worker 1: the evaluation after an exploit
+    with pytest.raises(ConnectionError):
+        logger.log_worker(1, 2, 0.3, {"lr": 0.3}, generation_id="g2")
+    logger.log_worker(1, 3, 0.2, {"lr": 0.3}, generation_id="g2")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_store)
+    zero, one = (client.get_run(logger.worker_run_id(w)).data for w in (0, 1))
+    assert zero.params == {"lr": "0.1"} and zero.tags["jaxpop.generation_id"] == "g0"
+    assert one.params == {"lr": "0.2"} and one.tags["jaxpop.generation_id"] == "g2"
+    logger.close()
+
+
+def test_a_long_mlflow_param_is_cut_at_mlflows_own_limit_and_marked(mlflow_store, caplog):
+    """Values were cut at 500 characters without a mark, though MLflow took 6000."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    arch = ",".join(f"conv{i}:64" for i in range(100))  # 989 characters
+    huge = "x" * (MAX_PARAM_VAL_LENGTH + 10)
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        logger = jaxpop.logging.MlflowLogger("pbt", tracking_uri=mlflow_store)
+        logger.log_worker(0, 1, 0.5, {"arch": arch, "huge": huge})
+    from mlflow.tracking import MlflowClient
+
+    params = MlflowClient(tracking_uri=mlflow_store).get_run(logger.worker_run_id(0)).data.params
+    assert params["arch"] == arch
+    assert len(params["huge"]) == MAX_PARAM_VAL_LENGTH and params["huge"].endswith("…")
+    assert any("huge" in r.getMessage() and "cut" in r.getMessage() for r in caplog.records)
+    logger.close()
+
+
+# -- W&B ------------------------------------------------------------------------------
+def test_a_worker_logs_on_after_a_failed_wandb_start(monkeypatch, tmp_path):
+    """After a failed ``wandb.init`` (the service down) its run id stayed taken in W&B's
+    service ("run ID ... is in use"): that worker logged nothing more. The next start
+    uses a new id. (Online against a closed port for the failure, then offline: no
+    network.)"""
+    wandb = pytest.importorskip("wandb")
+    _wandb_home(monkeypatch, tmp_path)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    settings = wandb.Settings(console="off", init_timeout=1)
+    logger = jaxpop.logging.WandbLogger(
+        "pbt", dir=str(tmp_path), mode="online", init_kwargs={"settings": settings}
+    )
+    first = logger.run_id(0)
+    with pytest.raises(
+        RuntimeError, match=r"(?s)wandb\.init of run .* failed .* again as run .*-r1"
+    ):
+        logger.log_worker(0, 1, 0.5, {"lr": 0.1})
+    logger._options["mode"] = "offline"  # the service is back (offline: no network needed)
+    for step in (2, 3):
+        logger.log_worker(0, step, 0.5, {"lr": 0.1})
+    logger.close()
+    assert logger.run_id(0) == f"{first}-r1"
+    runs = [p for p in os.listdir(tmp_path / "wandb") if p.startswith("offline-run-")]
+    assert [p for p in runs if p.endswith(f"{first}-r1")], runs
+
+
+def test_two_populations_made_in_one_second_get_two_wandb_groups(monkeypatch):
+    """The group was ``<name>-<time>-<pid % 10000>``: two populations started in the same
+    second of one process shared it."""
+    pytest.importorskip("wandb")
+    monkeypatch.setattr(time, "strftime", lambda *args: "20260101-000000")
+    a, b = (jaxpop.logging.make_loggers(["wandb"], name="pbt").loggers[0] for _ in range(2))
+    assert a.group != b.group
+    assert re.fullmatch(r"pbt-20260101-000000-[0-9a-f]{6}", a.group)
+
+
+# -- arguments ------------------------------------------------------------------------
+def test_a_numpy_worker_id_is_taken_as_the_controller_takes_it(tmp_path):
+    """``np.int64(1)`` was refused: with errors="warn" every evaluation was dropped."""
+    pytest.importorskip("tensorboardX")
+    pop = PopulationController([{"lr": 0.1}] * 2, FixedSchedule(constant({"lr": 0.1})))
+    worker = np.arange(2)[1]
+    data = pop.maybe_get_worker_data(worker, None, 0, None, None)
+    pop.set_eval(worker, data.generation_id, 10, None, 0.5)
+    logger = jaxpop.logging.TensorBoardLogger(tmp_path)
+    logger.log_worker(worker, 10, 0.5, data.meta_params)
+    logger.close()
+    assert (10, "eval/value", 0.5) in _events(tmp_path / "worker-1")
+    for bad in (np.bool_(True), True, -1, np.int64(-1), 1.0):
+        with pytest.raises(ValueError, match=r"worker_id must be a non-negative int"):
+            jaxpop.logging.base.check_worker_id(bad)
+
+
+def test_sync_and_finish_given_the_controller_say_what_to_pass():
+    pop = _after_one_round()
+    logs = jaxpop.logging.Loggers([])
+    with pytest.raises(TypeError, match=r"Loggers\.sync takes a History.*pass its \.history"):
+        logs.sync(pop)
+    with pytest.raises(TypeError, match=r"Loggers\.finish takes a .*pass its \.state"):
+        logs.finish(pop)
+
+
+# -- a rerun on the same log directory ------------------------------------------------
+def test_a_rerun_of_the_cnn_example_logs_no_exploit_twice(tmp_path):
+    """Each run made new loggers, which logged every exploit of the history again:
+    TensorBoard's ``exploits/count`` went 1..8, then 1..12 again."""
+    pytest.importorskip("tensorboardX")
+    from examples import population_cnn
+
+    args = argparse.Namespace(log=["tensorboard"], log_dir=str(tmp_path))
+    pop = _after_one_round()
+    logs = population_cnn.make_loggers(args, "pbt")
+    population_cnn.sync_loggers(logs, pop.history, args)
+    logs.close()  # (the run is killed)
+    first = len(exploit_events(pop.history))
+    wta_rounds(pop, [20])  # (the rerun goes on)
+    rerun = population_cnn.make_loggers(args, "pbt")
+    population_cnn.sync_loggers(rerun, pop.history, args)
+    rerun.close()
+    total = len(exploit_events(pop.history))
+    assert 0 < first < total
+    population = _events(tmp_path / "tensorboard" / "population")
+    counts = [v for _, tag, v in population if tag == "exploits/count"]
+    assert sorted(counts) == [float(k) for k in range(1, total + 1)]  # (each once)
