@@ -252,7 +252,16 @@ def _changes(
 
 
 def event_key(state: PopulationState) -> np.ndarray:
-    """The key of the next event applied to ``state``."""
+    """The key of the next event applied to ``state``.
+
+    Raises:
+      ValueError: ``state`` holds the last of the ``2**32`` events a run can number.
+    """
+    if state.num_events >= 2**32:  # (the keys of events 0 to 2**32 - 1: a uint32 index)
+        raise ValueError(
+            f"this run has used all 2**32 events its keys can number (num_events is "
+            f"{state.num_events}): no further event can be applied; start a new run"
+        )
     return _event_key(state.key, state.num_events)
 
 

@@ -21,7 +21,7 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
 
 
 def _snapshot_in_flight(log_dir):
-    return any(n.endswith(".tmp") for n in os.listdir(log_dir))
+    return any(".jpsnap.tmp" in n for n in os.listdir(log_dir))
 
 
 def _acks(lines, acked):

@@ -301,7 +301,7 @@ def test_a_failed_snapshot_leaves_no_temporary_file_and_loses_nothing(tmp_path, 
     driver.run(pop, 12)
     pop._store.wait()
     assert isinstance(pop._store.snapshot_error, OSError)
-    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(tmp_path) if ".jpsnap.tmp" in n]
     faulty.heal()
     pop.close()
     driver.check(storage.read_state(tmp_path))
@@ -494,7 +494,7 @@ def _plain_with(state, **changes):
         (lambda s: _plain_with(s, key=np.zeros(2, np.float32)), "key"),
         (lambda s: _plain_with(s, key=np.zeros(1, np.uint32)), "key"),
         (lambda s: _plain_with(s, key=np.zeros(5, np.uint32)), "key"),
-        (lambda s: _plain_with(s, num_events=2**32), "past"),
+        (lambda s: _plain_with(s, num_events=2**32 + 1), "past"),
         (lambda s: {"workers": s.workers}, "is not a map"),
         (lambda s: [1, 2, 3], "is not a map"),
     ],
@@ -1582,6 +1582,7 @@ def test_a_lock_file_that_cannot_be_opened_is_the_error_and_nothing_is_closed_tw
 
     monkeypatch.setattr(store.fcntl, "flock", flock)
     monkeypatch.setattr(store, "os", ReadOnlyLock())
+    monkeypatch.setattr(frames, "os", ReadOnlyLock())  # (the lock is opened by frames)
     with pytest.raises(OSError) as info:
         storage.Store(str(tmp_path / "run"))
     assert info.value.errno == errno.EROFS

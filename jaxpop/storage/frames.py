@@ -10,7 +10,9 @@ else is corruption, reported with the file and offset and never repaired.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import struct
 import zlib
 from collections.abc import Callable
@@ -25,6 +27,7 @@ __all__ = [
     "TornRecordWarning",
     "TornTail",
     "frame",
+    "open_regular",
     "read_first_frame",
     "read_frames",
 ]
@@ -179,12 +182,70 @@ def _ends_file(data: bytes, end: int) -> bool:
     return end >= len(data) or not any(data[end:])
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+# what refuses os.open with O_NOFOLLOW | O_NONBLOCK, by its errno
+_OPEN_ERRORS = {
+    errno.ELOOP: "a symbolic link",
+    errno.EISDIR: "a directory",  # (opened to write)
+    errno.ENXIO: "a FIFO or a device",  # (a FIFO with no reader, opened to write)
+}
+
+
+def open_regular(path: str, flags: int = os.O_RDONLY, *, dir_fd: int | None = None) -> int:
+    """A descriptor of the regular file ``path`` (its file name in the directory
+    ``dir_fd`` opened, if given), opened with ``flags`` (and mode ``0o644`` if it creates
+    it).
+
+    Anything else in its place is refused, without blocking on it or following it: a
+    FIFO or a device would hang the reader (holding the ``log_dir``'s lock) or feed it
+    bytes without end (``/dev/zero``), and a symbolic link would have jaxpop read, cut or
+    write a file outside the ``log_dir``.
+
+    Raises:
+      CorruptLogError: ``path`` is not a regular file (a symbolic link, even one to a
+        regular file, a directory, a FIFO, a device or a socket); the message names it.
+      OSError: it cannot be opened (``FileNotFoundError`` if it is missing).
+    """
+    name = path if dir_fd is None else os.path.basename(path)
+    try:  # (non-blocking: opening a FIFO waits for its other end)
+        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=dir_fd)
+    except OSError as e:
+        kind = _OPEN_ERRORS.get(e.errno or 0)
+        if kind is None:
+            raise
+        raise CorruptLogError(_not_regular(path, kind)) from e
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((k for is_kind, k in _KINDS if is_kind(mode)), "something else")
+        raise CorruptLogError(_not_regular(path, kind))
+    return fd
+
+
+def _not_regular(path: str, kind: str) -> str:
+    follow = " (jaxpop does not follow links in a log_dir)" if kind == "a symbolic link" else ""
+    return (
+        f"{path} cannot be read as a jaxpop file: it is not a regular file but {kind}"
+        f"{follow}; remove or rename it"
+    )
+
+
 def read_first_frame(path: str, *, dir_fd: int | None = None) -> bytes | None:
     """The payload of ``path``'s first frame (its header), reading only that; ``None``
-    if it has no good first frame or cannot be read."""
+    if it has no good first frame or cannot be read.
+
+    Raises:
+      CorruptLogError: ``path`` is not a regular file (:func:`open_regular`).
+    """
     try:
-        name = path if dir_fd is None else os.path.basename(path)
-        with open(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as f:
+        with open(open_regular(path, dir_fd=dir_fd), "rb") as f:
             head = f.read(_HEADER.size)
             if len(head) < _HEADER.size:
                 return None
@@ -219,11 +280,11 @@ def read_frames(
         any is): only records after a bad frame make it damage rather than a torn tail.
 
     Raises:
-      CorruptLogError: any other bad frame, naming the file, the offset and the damage.
+      CorruptLogError: any other bad frame, naming the file, the offset and the damage;
+        or ``path`` is not a regular file (:func:`open_regular`).
     """
     try:
-        name = path if dir_fd is None else os.path.basename(path)
-        with open(os.open(name, os.O_RDONLY, dir_fd=dir_fd), "rb") as f:
+        with open(open_regular(path, dir_fd=dir_fd), "rb") as f:
             data = f.read()
     except (IsADirectoryError, PermissionError) as e:  # not FileNotFoundError: see read_state
         raise CorruptLogError(f"{path} cannot be read as a jaxpop file: {e}") from e

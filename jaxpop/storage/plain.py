@@ -26,7 +26,9 @@ __all__ = ["redo_checked", "state_from_plain", "state_to_plain"]
 
 _STATE_FIELDS = ("workers", "mutator_state", "key", "num_events", "checkpoints", "mode")
 _STATE_FIELDS_V2 = _STATE_FIELDS[:-1]  # storage versions 1 and 2: every run was "min"
-_MAX_EVENTS = 2**32 - 1  # event keys are folded in from a uint32 event index
+# event keys are folded in from a uint32 event index: the last event, 2**32 - 1, leaves
+# a state of 2**32 events (jaxpop.core.event_key refuses any event after it)
+_MAX_EVENTS = 2**32
 
 
 def state_to_plain(state: PopulationState) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from jaxpop.storage.frames import (
     TornRecordWarning,
     TornTail,
     frame,
+    open_regular,
     read_first_frame,
     read_frames,
 )
@@ -83,7 +84,8 @@ encoding.register_record(Changes, "jaxpop.Changes")
 # fullmatch, ASCII digits only; names grow past 8 digits after segment 99999999
 _SNAPSHOT_RE = re.compile(r"snapshot-([0-9]{8,})\.jpsnap")
 _JOURNAL_RE = re.compile(r"journal-([0-9]{8,})\.jpjournal")
-_SNAPSHOT_TMP_RE = re.compile(r"snapshot-[0-9]{8,}\.jpsnap\.tmp")
+# an interrupted snapshot write (a plain ``.tmp``: written by an earlier jaxpop)
+_SNAPSHOT_TMP_RE = re.compile(r"snapshot-[0-9]{8,}\.jpsnap\.tmp(-[0-9a-f]{32})?")
 
 
 class LogDirInUseError(RuntimeError):
@@ -252,11 +254,13 @@ def _write_snapshot(
         header = _header("snapshot", seq, run_id, run=None if run is None else dict(run))
         data = header + frame(encoding.encode(state_to_plain(state)))
     final = _snapshot_name(seq)
-    tmp = final + ".tmp"
+    # a new file of a name no one can know beforehand: never one put in its place
+    tmp = f"{final}.tmp-{uuid.uuid4().hex}"
     directory.check()
     at = directory.fd
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=at)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(tmp, flags, 0o644, dir_fd=at)
         try:
             _write_all(fd, data)
             os.fsync(fd)
@@ -461,7 +465,7 @@ def _repair(repairs: list[_Repair], dir_fd: int) -> None:
                 os.remove(name, dir_fd=dir_fd)
             continue
         assert repair.torn is not None  # a repair either removes a file or cuts a torn tail
-        fd = os.open(name, os.O_RDWR, dir_fd=dir_fd)
+        fd = open_regular(repair.path, os.O_RDWR, dir_fd=dir_fd)
         try:
             os.ftruncate(fd, repair.torn.offset)
             os.fsync(fd)
@@ -571,6 +575,7 @@ class Store:
         self._started_run = False  # start() made self._run what the log_dir records
         self._broken: JournalWriteError | None = None
         self._superseded = False
+        self._recorded = 0  # times start() or replace() wrote the run (see _take_over)
         self._forked = False  # this is a forked child's copy of a Store
         self._pid = os.getpid()
         self._compaction_failing = False
@@ -586,15 +591,33 @@ class Store:
                 ref = _open_stores.get(self._key)
                 older = ref() if ref is not None else None
                 if older is not None and not older.closed:
-                    if self._run is not None:  # a refused newcomer must not stop the live one
-                        self._check_resume(_load_live(self.log_dir, attempts=5))
-                    older._supersede()
+                    self._take_over(older)
                 self._lock_fd = self._acquire_lock(dir_fd)
                 _open_stores[self._key] = weakref.ref(self)
         except BaseException:
             self._dir = None
             os.close(dir_fd)
             raise
+
+    def _take_over(self, older: Store) -> None:
+        """Supersedes ``older``, the live ``Store`` of this ``log_dir`` in this process,
+        unless ``run`` cannot resume the run the ``log_dir`` holds: a refused newcomer
+        must not stop the live one.
+
+        The check reads the ``log_dir`` before taking ``older``'s lock (with it held, a
+        finalizer closing ``older`` in this thread would wait for itself); if ``older``
+        wrote its run meanwhile (it was starting, say writing its snapshot 0), the check
+        is made again.
+
+        Raises:
+          RunMismatchError: ``run`` does not match the run the ``log_dir`` holds.
+        """
+        while True:
+            recorded = older._recorded
+            if self._run is not None:
+                self._check_resume(_load_live(self.log_dir, attempts=5))
+            if older._supersede(recorded):
+                return
 
     def __del__(self) -> None:
         # a Store dropped without close(): its descriptors (and with them its lock) go
@@ -609,7 +632,13 @@ class Store:
     def _acquire_lock(self, dir_fd: int) -> int:
         """Locks the directory ``dir_fd`` opened (an ``flock`` on a descriptor of its own;
         deleting or replacing a file cannot undo it) and writes this process's pid to
-        its ``lock`` file."""
+        its ``lock`` file.
+
+        Raises:
+          LogDirInUseError: another controller holds the lock.
+          CorruptLogError: ``lock`` is not a regular file (a symbolic link, a FIFO, ...).
+        """
+        lock = os.path.join(self.log_dir, "lock")  # (opened in dir_fd by its name)
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=dir_fd)
         try:
             try:
@@ -621,7 +650,7 @@ class Store:
                 # write locks): lock the lock file instead
                 os.close(fd)
                 fd = -1  # (closed: not again below if the next line fails)
-                fd = os.open("lock", os.O_RDWR | os.O_CREAT, 0o644, dir_fd=dir_fd)
+                fd = open_regular(lock, os.O_RDWR | os.O_CREAT, dir_fd=dir_fd)
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if fd >= 0:
@@ -629,9 +658,9 @@ class Store:
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             try:
-                with open(os.open("lock", os.O_RDONLY, dir_fd=dir_fd)) as f:
-                    holder = f.read().strip() or "unknown"
-            except OSError:
+                with open(open_regular(lock, dir_fd=dir_fd)) as f:
+                    holder = f.read(64).strip() or "unknown"
+            except (OSError, CorruptLogError, ValueError):  # (ValueError: not text)
                 holder = "unknown"
             who = f"another live jaxpop controller (pid {holder})"
             if holder == str(os.getpid()):
@@ -640,9 +669,9 @@ class Store:
                 f"{self.log_dir} is in use by {who}; close() it first, or give this "
                 "controller another log_dir"
             ) from None
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-            with open(os.open("lock", flags, 0o644, dir_fd=dir_fd), "w") as f:
+        try:  # (a regular file only: never through a link, nor into a FIFO or a device)
+            with open(open_regular(lock, os.O_WRONLY | os.O_CREAT, dir_fd=dir_fd), "w") as f:
+                f.truncate(0)
                 f.write(str(os.getpid()))
         except BaseException:
             os.close(fd)
@@ -734,7 +763,7 @@ class Store:
           SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
         """
         _check_started(started)
-        with self._io_lock:
+        with self._recording():
             self.check_open(started=False)
             if self._segment is not None:
                 raise RuntimeError("this Store was started already")
@@ -780,7 +809,8 @@ class Store:
             previous = _journal_name(loaded.next_segment - 1)
             with contextlib.suppress(FileNotFoundError):  # (none: nothing went before)
                 # what went before reaches the disk before what follows
-                fd = os.open(previous, os.O_RDONLY, dir_fd=self._directory.fd)
+                path = os.path.join(self.log_dir, previous)
+                fd = open_regular(path, dir_fd=self._directory.fd)
                 try:
                     os.fsync(fd)
                 finally:
@@ -961,7 +991,7 @@ class Store:
           SupersededError: a newer controller of this process took the ``log_dir``.
         """
         _check_started(started)
-        with self._io_lock:
+        with self._recording():
             self.check_open()
             self.wait()  # a background snapshot of an older segment finishes first
             assert self._segment is not None  # check_open: started
@@ -1107,11 +1137,27 @@ class Store:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
-    def _supersede(self) -> None:
-        """Called by the newer ``Store`` (holding ``_open_stores_lock``)."""
+    def _supersede(self, recorded: int) -> bool:
+        """Called by the newer ``Store`` (holding ``_open_stores_lock``), which read the
+        ``log_dir`` after this one had written its run ``recorded`` times: supersedes
+        this one, unless it wrote its run since (then ``False``: read it again)."""
         with self._io_lock:
+            if self._recorded != recorded:
+                return False
             self._superseded = True
         self._release()
+        return True
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """The I/O lock held, to write the run (:meth:`start`, :meth:`replace`): counted
+        when it ends, so that a newer ``Store`` that read the ``log_dir`` meanwhile checks
+        its run again before it takes over (:meth:`_take_over`)."""
+        with self._io_lock:
+            try:
+                yield
+            finally:
+                self._recorded += 1
 
     def _release(self) -> None:
         self.wait()

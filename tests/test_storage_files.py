@@ -1,0 +1,245 @@
+"""What a log_dir may hold in place of its files (links, FIFOs), the event limit, and a
+takeover of a controller that is still starting."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import FakeClock
+from jaxpop import PopulationController, encoding, storage
+from jaxpop.mutators import WinnerTakeAllGenetic
+from jaxpop.storage import store
+
+
+def _mutate(meta, key):
+    return {"h": meta["h"] + 0.3 * float(np.random.default_rng(key).normal())}
+
+
+def _open(log_dir, n=2, **kw):
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10)
+    kw.setdefault("clock", FakeClock())
+    return PopulationController([{"h": 1.0 + i} for i in range(n)], mutator, log_dir, 3, **kw)
+
+
+def _evals(pop, steps):
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    for step in steps:
+        pop.set_eval(0, gen, step, f"p@{step}", float(step))
+    return gen
+
+
+def _encoded(state):
+    return encoding.encode(storage.state_to_plain(state))
+
+
+def _files(log_dir, prefix):
+    return sorted(n for n in os.listdir(log_dir) if n.startswith(prefix))
+
+
+def _within(seconds, fn):
+    """What ``fn()`` raised (``None`` if nothing); fails the test if it does not return
+    within ``seconds`` (a daemon thread: a hung open or read cannot hold up pytest)."""
+    outcome = []
+
+    def call():
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"{fn} did not return within {seconds} s"
+    return outcome[0]
+
+
+# -- 1. links are never followed when writing -----------------------------------------
+def test_a_symlink_planted_as_the_lock_file_is_refused_and_its_target_left_alone(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's data\n")
+    log_dir = tmp_path / "run"
+    log_dir.mkdir()
+    os.symlink(victim, log_dir / "lock")
+    with pytest.raises(storage.CorruptLogError, match=r"lock .*not a regular file but a symbolic"):
+        _open(log_dir)
+    assert victim.read_text() == "someone else's data\n"
+    os.remove(log_dir / "lock")
+    _open(log_dir).close()  # nothing else was changed: the run starts once it is gone
+
+
+def test_a_symlink_at_a_snapshots_temporary_name_is_neither_written_nor_kept(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's data\n")
+    log_dir = tmp_path / "run"
+    pop = _open(log_dir, compact_after=1)
+    for seq in range(1, 12):  # every name a snapshot of the next compactions could take
+        os.symlink(victim, log_dir / f"snapshot-{seq:08d}.jpsnap.tmp")
+    _evals(pop, range(5, 30, 5))
+    before = _encoded(pop.state)
+    pop.close()
+    assert victim.read_text() == "someone else's data\n"
+    (snapshot,) = [n for n in _files(log_dir, "snapshot-") if n.endswith(".jpsnap")]
+    assert snapshot != "snapshot-00000000.jpsnap" and not os.path.islink(log_dir / snapshot)
+    with _open(log_dir) as reopened:  # the planted names are removed (not their target)
+        assert _encoded(reopened.state) == before
+    assert not [n for n in os.listdir(log_dir) if ".tmp" in n]
+    assert victim.read_text() == "someone else's data\n"
+
+
+@pytest.mark.parametrize("suffix", [".tmp", ".tmp-" + "0123456789abcdef" * 2])
+def test_an_interrupted_snapshots_temporary_file_of_either_naming_is_removed(tmp_path, suffix):
+    pop = _open(tmp_path)
+    _evals(pop, [5, 10])
+    before = _encoded(pop.state)
+    pop.close()
+    (tmp_path / f"snapshot-00000009.jpsnap{suffix}").write_bytes(b"half")
+    assert _encoded(storage.read_state(tmp_path)) == before  # (reading removes nothing)
+    assert (tmp_path / f"snapshot-00000009.jpsnap{suffix}").exists()
+    with _open(tmp_path) as reopened:
+        assert _encoded(reopened.state) == before
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+# -- 2. a FIFO, a device or a link in place of a file is refused, not read ------------
+@pytest.mark.parametrize("which", ["journal", "snapshot", "older journal", "lock"])
+def test_a_fifo_in_place_of_a_file_is_refused_instead_of_hanging(tmp_path, which):
+    pop = _open(tmp_path, compact_after=2)
+    _evals(pop, range(5, 30, 5))
+    pop.close()
+    snapshot = _files(tmp_path, "snapshot-")[-1]
+    seq = int(snapshot[9:17])
+    name = {
+        "journal": _files(tmp_path, "journal-")[-1],
+        "snapshot": snapshot,
+        "older journal": f"journal-{seq - 1:08d}.jpjournal",  # (read for its run id only)
+        "lock": "lock",
+    }[which]
+    if (tmp_path / name).exists():
+        os.remove(tmp_path / name)
+    os.mkfifo(tmp_path / name)
+    message = rf"{name} cannot be read as a jaxpop file: it is not a regular file but a FIFO"
+    reads = [lambda: _open(tmp_path)]
+    if which != "lock":  # (read_state does not lock)
+        reads.append(lambda: storage.read_state(tmp_path, attempts=2))
+    for read in reads:
+        error = _within(10, read)
+        assert isinstance(error, storage.CorruptLogError), error
+        assert re.search(message, str(error)), error
+    os.remove(tmp_path / name)
+    if which == "lock":  # the refused controller left the log_dir unlocked
+        _open(tmp_path).close()
+
+
+@pytest.mark.parametrize("target", ["fifo", "missing", "file"])
+def test_a_symlink_in_place_of_a_journal_segment_is_refused_naming_it(tmp_path, target):
+    """A link is not followed (one to ``/dev/zero`` would be read until memory runs
+    out): a dangling one, or one to another file, is refused the same way."""
+    pop = _open(tmp_path)
+    _evals(pop, [5, 10])
+    pop.close()
+    journal = tmp_path / _files(tmp_path, "journal-")[-1]
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    if target == "file":
+        os.replace(journal, outside)  # the segment itself, moved out and linked back
+    else:
+        os.remove(journal)
+    if target == "fifo":
+        os.mkfifo(outside)
+    os.symlink(outside, journal)
+    message = rf"{journal.name} cannot be read as a jaxpop file: .* but a symbolic link"
+    for read in (lambda: _open(tmp_path), lambda: storage.read_state(tmp_path, attempts=2)):
+        error = _within(10, read)
+        assert isinstance(error, storage.CorruptLogError), error
+        assert re.search(message, str(error)) and str(tmp_path) in str(error), error
+    assert os.path.islink(journal)  # nothing was repaired or removed
+
+
+# -- 3. the last event a run can number ------------------------------------------------
+def _at_event(pop, num_events):
+    """``pop`` with its state moved to ``num_events`` (through ``load_state``)."""
+    outer = encoding.decode(pop.serialized_state())
+    plain = encoding.decode(outer["payload"])
+    plain["state"]["num_events"] = num_events
+    payload = encoding.encode(plain)
+    digest = hashlib.sha256(payload).digest()
+    assert pop.load_state(encoding.encode({**outer, "payload": payload, "sha256": digest}))
+
+
+def test_the_last_of_2_32_events_is_journaled_and_reopens_and_the_next_is_refused(tmp_path):
+    pop = _open(tmp_path)
+    _at_event(pop, 2**32 - 1)
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 5, "p@5", 1.0)  # event 2**32 - 1, the last: acknowledged
+    assert pop.state.num_events == 2**32
+    pop.close()
+    with _open(tmp_path) as reopened:
+        assert reopened.state.num_events == 2**32
+        assert reopened.history.get_checkpoint(gen, 5).value == 1.0
+        files = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
+        with pytest.raises(ValueError, match=r"this run has used all 2\*\*32 events"):
+            reopened.set_eval(0, gen, 10, "p@10", 2.0)
+        with pytest.raises(ValueError, match=r"this run has used all 2\*\*32 events"):
+            reopened.maybe_get_worker_data(1, None, 0, None, None)
+        assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == files
+        assert reopened.state.num_events == 2**32
+    assert storage.read_state(tmp_path).num_events == 2**32
+
+
+# -- 4. a takeover of a controller that is still starting -----------------------------
+def _slow_first_snapshot(monkeypatch):
+    """Makes the thread named "live" write its snapshots slowly; the Event is set once
+    it is writing one."""
+    real, writing = store._write_snapshot, threading.Event()
+
+    def slow(*args, **kwargs):
+        if threading.current_thread().name == "live":
+            writing.set()
+            time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_write_snapshot", slow)
+    return writing
+
+
+def _start_live(tmp_path, monkeypatch):
+    writing, live = _slow_first_snapshot(monkeypatch), []
+    thread = threading.Thread(target=lambda: live.append(_open(tmp_path)), name="live")
+    thread.start()
+    assert writing.wait(10)  # the live controller is writing its snapshot 0 now
+    return thread, live
+
+
+def test_a_newcomer_refused_while_the_live_controller_starts_leaves_it_running(
+    tmp_path, monkeypatch
+):
+    thread, live = _start_live(tmp_path, monkeypatch)
+    with pytest.raises(storage.RunMismatchError, match="population"):
+        _open(tmp_path, n=3)  # another population size: refused before taking over
+    thread.join()
+    (pop,) = live
+    _evals(pop, [5, 10])  # still the writer
+    state = pop.state
+    pop.close()
+    assert _encoded(storage.read_state(tmp_path)) == _encoded(state)
+
+
+def test_a_newcomer_that_matches_takes_over_a_controller_that_was_starting(tmp_path, monkeypatch):
+    thread, live = _start_live(tmp_path, monkeypatch)
+    newer = _open(tmp_path)
+    thread.join()
+    (old,) = live
+    with pytest.raises(storage.SupersededError):
+        old.maybe_get_worker_data(0, None, 0, None, None)
+    _evals(newer, [5, 10])
+    state = newer.state
+    newer.close()
+    assert _encoded(storage.read_state(tmp_path)) == _encoded(state)
