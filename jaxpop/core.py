@@ -28,7 +28,7 @@ from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate
 from jaxpop.history import History, check_mode, start_time
 from jaxpop.keys import event_key as _event_key
-from jaxpop.keys import new_generation_id
+from jaxpop.keys import new_generation_id, split_key
 from jaxpop.mutators.base import Mutator, MutatorResult, is_finite, start_generation
 from jaxpop.records import (
     ACTIVE,
@@ -880,7 +880,6 @@ def missing(
     state: PopulationState, event: Missing, now: float, key: np.ndarray, *, mutator: Mutator
 ) -> tuple[PopulationState, Reply]:
     """A worker could not load its assignment (``docs/protocol.md#a-checkpoint-that-is-gone``)."""
-    del mutator  # the mutator is not consulted: this is bookkeeping, not a decision
     worker_id = _check_worker(state, event.worker_id)
     step = _check_step(event.step)
     if not isinstance(event.generation_id, str):
@@ -913,6 +912,17 @@ def missing(
             "'initialise fresh parameters': there is nothing to load"
         )
     new, worker, added, marked = _step_back(state, worker_id, now, key, event.exists)
+    if mutator.ask is not None:
+        # the worker loads what this reply gives it, as it would an ask's: the mutator's
+        # ask hook sees it there (a FixedSchedule gives a worker sent back before a point
+        # the entry in force there); a key of its own (_step_back's new generation took
+        # this event's)
+        at = Ask(None, None, worker_id, worker.generation_id, worker.step)
+        hook_key = split_key(key, 2)[1]
+        result = mutator.ask(new.mutator_state, new.workers, new.history, at, now, hook_key)
+        new, _ = _apply_mutator(new, *result, who="mutator.ask")
+        added.extend(result[2])
+        worker = new.workers[worker_id]
     new, changes = _finish(called, new, added, now)
     return new, Reply(
         worker=worker,

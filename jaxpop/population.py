@@ -468,7 +468,10 @@ class PopulationController:
 
         A worker that was reassigned after it was sent ``(generation_id, step)`` gets
         its current assignment (or, if another worker already reported that one's params
-        missing, the way out from it). The mutator is not consulted.
+        missing, the way out from it). The mutator decides nothing, but its ask hook
+        (:attr:`Mutator.ask <jaxpop.mutators.Mutator.ask>`) sees the worker ask at where
+        it is sent, as at its next ask (a ``FixedSchedule`` gives a worker sent back
+        before a change point the hyperparameters in force there).
 
         Raises:
           ValueError: the assignment has ``params=None`` (nothing to load: initialise).

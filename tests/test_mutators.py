@@ -459,6 +459,15 @@ def test_fixed_schedule_on_a_grid_keeps_the_initial_entry_until_the_first_point(
     assert len(pop.history) == 2  # one change: no generation before it
 
 
+def _sent_back(pop):
+    """Worker 0 evaluates at 5 and 10 (a change point: a new generation), then cannot
+    load step 10's params: checkpoint_missing sends it back to step 5."""
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 5, "p5", 1.0)
+    gen = pop.set_eval_and_ask(0, gen, 10, "p10", 1.0).generation_id
+    return pop.checkpoint_missing(0, gen, 10, exists=lambda p: p != "p10")
+
+
 @pytest.mark.parametrize("on_ask", [False, True])
 @pytest.mark.parametrize("every", [None, 5])
 def test_a_worker_sent_back_before_a_point_trains_those_steps_as_scheduled(on_ask, every):
@@ -469,15 +478,10 @@ def test_a_worker_sent_back_before_a_point_trains_those_steps_as_scheduled(on_as
     if every is not None:
         schedule = piecewise({0: {"lr": 0.1}, **schedule})
     pop = PopulationController([{"lr": 0.1}], FixedSchedule(schedule, every, on_ask=on_ask))
-    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
-    pop.set_eval(0, gen, 5, "p5", 1.0)
-    gen = pop.set_eval_and_ask(0, gen, 10, "p10", 1.0).generation_id
-    back = pop.checkpoint_missing(0, gen, 10, exists=lambda p: p != "p10")
-    assert (back.step, back.params, back.meta_params) == (5, "p5", {"lr": 0.01})
-    new = pop.maybe_get_worker_data(0, back.generation_id, 5, "p5", back.meta_params)
-    assert (new.step, new.params, new.meta_params) == (5, "p5", {"lr": 0.1})
-    assert pop.history.branch_point(new.generation_id) == (back.generation_id, 5)
-    gen, used = new.generation_id, []
+    back = _sent_back(pop)  # (the reply: the ask hook sees the worker where it is sent)
+    assert (back.step, back.params, back.meta_params) == (5, "p5", {"lr": 0.1})
+    assert pop.maybe_get_worker_data(0, back.generation_id, 5, "p5", back.meta_params) is None
+    gen, used = back.generation_id, []
     for step in range(6, 13):
         data = pop.set_eval_and_ask(0, gen, step, f"q{step}", 1.0)
         used.append((step, pop.active_workers[0].meta_params["lr"]))
@@ -485,17 +489,28 @@ def test_a_worker_sent_back_before_a_point_trains_those_steps_as_scheduled(on_as
     assert used == [(s, 0.1) for s in range(6, 10)] + [(s, 0.01) for s in range(10, 13)]
 
 
-def test_a_worker_sent_back_is_sent_back_in_the_schedule_at_its_eval_too():
-    """A worker that reports without asking first gets the entry in force at its step
-    at that evaluation."""
+def test_a_worker_sent_back_that_reports_at_once_trained_as_scheduled():
+    """Corrected only at the next ask or eval, a worker that trained on from the reply
+    and reported at the point again had trained steps 5 to 9 with the later value
+    (review): the reply itself gives the value in force."""
     pop = PopulationController([{"lr": 0.1}], FixedSchedule({10: {"lr": 0.01}}))
+    back = _sent_back(pop)
+    new = pop.set_eval_and_ask(0, back.generation_id, 10, "r10", 1.0)
+    assert pop.history[back.generation_id][10].meta_params == {"lr": 0.1}
+    assert (new.step, new.params, new.meta_params) == (10, "r10", {"lr": 0.01})
+    assert pop.state.mutator_state == (1,)
+
+
+def test_a_stale_ask_does_not_send_a_worker_back_in_the_schedule():
+    """An ask at a step before the worker's (a stale one) was taken for a send-back: it
+    recorded a checkpoint before its generation's start and a new generation (review)."""
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule({10: {"lr": 0.01}}, on_ask=True))
     gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
-    pop.set_eval(0, gen, 5, "p5", 1.0)
-    gen = pop.set_eval_and_ask(0, gen, 10, "p10", 1.0).generation_id
-    back = pop.checkpoint_missing(0, gen, 10, exists=lambda p: p != "p10")
-    new = pop.set_eval_and_ask(0, back.generation_id, 6, "r6", 1.0)
-    assert (new.step, new.params, new.meta_params) == (6, "r6", {"lr": 0.1})
-    assert pop.state.mutator_state == (0,)
+    new = pop.set_eval_and_ask(0, gen, 10, "p10", 1.0)
+    before = pop.state
+    pop.maybe_get_worker_data(0, new.generation_id, 4, "p4", new.meta_params)
+    assert pop.state.history == before.history and pop.state.mutator_state == (1,)
+    assert tuple(pop.active_workers) == before.workers
 
 
 @pytest.mark.parametrize("bad", [{}, {-1: A}, {1.5: A}, [(0, A)]])

@@ -707,3 +707,72 @@ def test_a_bad_seed_is_a_usage_error_not_the_files(seed, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"^seed must be an int"):
         storage.migrate_seed_state(tmp_path, seed=-(2**40))
     assert os.listdir(tmp_path) == ["population.state"]
+
+
+class _StatedScalar:
+    """Pickles as numpy's scalar of an object dtype, then a state for what that made."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def __reduce__(self):
+        return np.float64(0).__reduce__()[0], (np.dtype("O"), b"\0" * 8), self.state
+
+
+def test_a_refused_value_takes_no_state_from_the_file(seed, tmp_path):
+    """What an object-dtype scalar is read as took any state a BUILD gave it, its
+    message included: a 68 KB file made a 188 MB error message (review)."""
+    _write_seed_run(tmp_path, seed, meta_extra={"x": _StatedScalar({"why": ["x" * 4096] * 64})})
+    with pytest.raises(storage.SeedStateError, match="a state given to a refused value") as e:
+        storage.migrate_seed_state(tmp_path)
+    assert len(str(e.value)) < 2000
+    assert os.listdir(tmp_path) == ["population.state"]
+
+
+def test_a_migration_that_stopped_before_its_run_is_refused_not_started_afresh(
+    seed, tmp_path, monkeypatch
+):
+    """Killed between the migration record and the snapshot, a migration into another
+    directory left the record alone there, and a controller started a fresh run beside
+    it (review): it is refused until the migration is run again."""
+    src, dst = tmp_path / "seed", tmp_path / "out"
+    _write_seed_run(src, seed)
+    dst.mkdir()
+    (dst / seed_state.MIGRATION_FILE).write_text("{}")  # what such a kill leaves
+    with pytest.raises(storage.SeedStateError, match=r"a migration into it did not finish"):
+        PopulationController([{}] * 2, noop_mutator(), log_dir=str(dst))
+    assert os.listdir(dst) == [seed_state.MIGRATION_FILE]
+    storage.migrate_seed_state(src, dst)
+    with PopulationController([{}] * 2, noop_mutator(), log_dir=str(dst)) as c:
+        assert c.history.num_checkpoints == 9
+
+
+def test_a_worker_with_other_params_than_its_step_s_checkpoint_is_not_its_child(seed, tmp_path):
+    """Its new generation started at its step with the checkpoint there as parent, which
+    holds other params: a start at its parent's step stands for the parent's params, so
+    reporting the worker's own missing also lost the parent's (review)."""
+    workers, cache, state = _seed_state(seed)
+    workers[1] = seed.ActiveWorker("/ckpt/elsewhere", {"lr": 0.5}, "gen-b", 10)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.warns(UserWarning, match=r"active_workers\[1\]"):
+        migrated = storage.load_seed_state(tmp_path, seed=0)
+    gen = migrated.workers[1].generation_id
+    assert migrated.history.branch_point(gen) == ("gen-b", 5)  # (the one before its step)
+
+
+def test_a_fixed_schedule_sends_a_copied_worker_back_to_its_own_hyperparameters(seed, tmp_path):
+    """A seed PBT run (gen-c, lr 0.11, copied from gen-a's step 10, lr 0.1) resumed with a
+    FixedSchedule: a worker sent back before its first point got gen-a's 0.1, the root
+    of its lineage, which it never had there (review)."""
+    from jaxpop.mutators import FixedSchedule
+
+    _write_seed_run(tmp_path, seed)
+    storage.migrate_seed_state(tmp_path)
+    with PopulationController(
+        [{}] * 2, FixedSchedule({20: {"lr": 0.01}}), log_dir=str(tmp_path)
+    ) as c:
+        c.set_eval(0, "gen-c", 15, "c15", 0.5)
+        new = c.set_eval_and_ask(0, "gen-c", 20, "c20", 0.4)
+        assert new.meta_params == {"lr": 0.01}
+        back = c.checkpoint_missing(0, new.generation_id, 20, exists=lambda p: p != "c20")
+        assert (back.step, back.params, back.meta_params) == (15, "c15", {"lr": 0.11})

@@ -139,7 +139,9 @@ class Mutator(NamedTuple):
         dicts, numpy arrays) so that it can be saved and restored with the run.
       update: called after every evaluation is recorded; see :class:`UpdateFn`.
       ask: called when a worker asks for its data, before the controller answers from
-        the (possibly new) assignment; see :class:`AskFn`. ``None``: no hook. (Called
+        the (possibly new) assignment, and when ``checkpoint_missing`` sends a worker
+        elsewhere (as the ask at its new assignment); see :class:`AskFn`. ``None``: no
+        hook. (Called
         ``get_worker_data`` before; that keyword and attribute still work, with a
         ``DeprecationWarning``.)
       prepare: ``(population_size) -> None``, called once by a controller when it starts

@@ -164,18 +164,23 @@ def _advance(
     before points it had passed."""
     passed = state[worker_id] if worker_id < len(state) else 0
     index = config.due(at.step)
-    if index == passed or _waits(history, at, on_ask) or workers[worker_id].status == FINISHED:
+    back = index < passed
+    if (
+        index == passed
+        or (back and at.step < workers[worker_id].step)  # a stale ask, behind the worker
+        or _waits(history, at, on_ask)
+        or workers[worker_id].status == FINISHED
+    ):
         # (a finished worker trains nothing: the change waits for a report of its own,
         # which makes it active again; its new generation would have made it active)
         return state, workers, ()
     new_state = list(state) + [0] * (worker_id + 1 - len(state))
     new_state[worker_id] = index
-    back = index < passed
     meta_params = config.value_at(index) if index else _INITIAL
-    if meta_params is _INITIAL:  # before the first change point: the initial entry
+    if meta_params is _INITIAL:  # before the first change point: what the lineage had
         if not back:
             return tuple(new_state), workers, ()  # (what the worker has had all along)
-        meta_params = history.meta_params(history.ancestry(at.generation_id)[0])
+        meta_params = _lineage_hparams(history, at)
     else:
         meta_params = own_result(meta_params)
     if (config.compare or back) and tree_equal(meta_params, at.meta_params):
@@ -187,6 +192,22 @@ def _advance(
     new_checkpoints.append(start)
     new_workers = with_replaced(workers, [(worker_id, worker)])
     return tuple(new_state), new_workers, tuple(new_checkpoints)
+
+
+def _lineage_hparams(history: History, at: Checkpoint) -> Any:
+    """The hyperparameters the lineage trained with from ``at``, for a worker sent back
+    there before the schedule's first point: those of the checkpoint it was sent back
+    to, the parent of a generation started at its parent's step (``checkpoint_missing``
+    starts one with the worker's later hyperparameters), else ``at``'s own. (A worker
+    sent back to the very start of a generation a copy began takes the copy source's:
+    the history does not tell the two kinds of start apart.)"""
+    first = history.first(at.generation_id)
+    parent = first.parent
+    if parent is None or not parent[1] == at.step == first.step:
+        return at.meta_params
+    if parent[0] != at.generation_id and parent[0] in history:
+        return history.meta_params(parent[0])
+    return at.meta_params
 
 
 def _waits(history: History, at: Checkpoint, on_ask: bool) -> bool:

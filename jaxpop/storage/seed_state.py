@@ -177,6 +177,9 @@ class _Refused:
     def __init__(self, why: str):
         self.why = why
 
+    def __setstate__(self, state: Any) -> None:  # (a file must not write its message)
+        raise SeedStateError(f"a state given to a refused value: {_short(state)}")
+
 
 class _Dtype:
     """A numeric numpy dtype as a pickle describes it: ``numpy.dtype(spec)``, then its
@@ -749,7 +752,10 @@ def _own_generations(state: PopulationState, where: str) -> PopulationState:
         recorded = history.meta_params(gen)
         if core.same_hparams(worker.meta_params, recorded):
             continue
-        parent = history.get_checkpoint(gen, step) or history.previous(gen, step)
+        parent = history.get_checkpoint(gen, step)
+        if parent is None or not _same_handle(parent.params, worker.params):
+            # (a start at its parent's step holds its parent's params: see core.missing)
+            parent = history.previous(gen, step)
         index = i
         while (new := new_generation_id(state.key, index)) in history:
             index += len(workers)  # (ids of the migration's own, never the run's events')
@@ -772,6 +778,12 @@ def _own_generations(state: PopulationState, where: str) -> PopulationState:
             stacklevel=4,
         )
     return state._with(history=history, workers=tuple(workers))
+
+
+def _same_handle(a: Any, b: Any) -> bool:
+    """Whether two params are the same stored ones: the same object, or equal names of
+    them (paths, keys)."""
+    return a is b or (isinstance(a, (str, bytes)) and type(a) is type(b) and a == b)
 
 
 def _to_state(raw: Any, where: str, key: np.ndarray) -> PopulationState:
@@ -959,7 +971,8 @@ def _same_file(a: str, b: str) -> bool:
 
 # -- what a controller does with a log_dir ---------------------------------------------
 def check_not_seed_run(log_dir: str | os.PathLike) -> None:
-    """Refuses a ``log_dir`` that holds the seed's state but no jaxpop run.
+    """Refuses a ``log_dir`` that holds the seed's state but no jaxpop run (or the record
+    of a migration into it, ``seed-migration.json``, and no run: one that did not finish).
 
     Called by ``PopulationController`` before it touches ``log_dir``, so a seed run is
     never silently ignored (nor a fresh run started beside it). A ``log_dir`` that was
@@ -972,6 +985,14 @@ def check_not_seed_run(log_dir: str | os.PathLike) -> None:
     log_dir = os.fspath(log_dir)
     path = os.path.join(log_dir, SEED_STATE_FILE)
     if not os.path.isfile(path):
+        if os.path.lexists(os.path.join(log_dir, MIGRATION_FILE)) and not _holds_jaxpop_run(
+            log_dir
+        ):  # (written before the run: a migration into log_dir stopped between them)
+            raise SeedStateError(
+                f"{log_dir} holds {MIGRATION_FILE} and no jaxpop run: a migration into it "
+                "did not finish; run it again (`jaxpop migrate-seed-state SRC --out "
+                f"{log_dir}`), or remove {MIGRATION_FILE} to start a fresh run here"
+            )
         return
     if not _holds_jaxpop_run(log_dir):
         raise SeedStateError(
