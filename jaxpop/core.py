@@ -254,15 +254,23 @@ def _changes(
 def event_key(state: PopulationState) -> np.ndarray:
     """The key of the next event applied to ``state``.
 
-    Raises:
-      ValueError: ``state`` holds the last of the ``2**32`` events a run can number.
+    A run that applied all of its :data:`MAX_EVENTS` events gets the last one's key:
+    :func:`_finish` refuses any further event that would change its state.
     """
-    if state.num_events >= 2**32:  # (the keys of events 0 to 2**32 - 1: a uint32 index)
+    return _event_key(state.key, min(state.num_events, MAX_EVENTS - 1))
+
+
+#: How many events a run can apply: event keys are folded in from a uint32 index.
+MAX_EVENTS = 2**32
+
+
+def check_events_left(state: PopulationState) -> None:
+    """Raises ``ValueError`` if ``state`` has applied the last event a run can number."""
+    if state.num_events >= MAX_EVENTS:
         raise ValueError(
             f"this run has used all 2**32 events its keys can number (num_events is "
-            f"{state.num_events}): no further event can be applied; start a new run"
+            f"{state.num_events}): no further change can be applied; start a new run"
         )
-    return _event_key(state.key, state.num_events)
 
 
 def init(
@@ -555,6 +563,7 @@ def _finish(
     """
     if new is old:
         return old, None
+    check_events_left(old)
     num_events = old.num_events + 1
     new_workers, mutator_state = new.workers, new.mutator_state
     new = _population_state(new_workers, mutator_state, new.key, new.history, num_events)
@@ -663,6 +672,7 @@ def ask(
         if why is not None:
             new, reply_worker, back, _ = _step_back(new, worker_id, now, key, None)
             added.extend(back)
+            new, reply_worker = _asks_where_sent(new, worker_id, now, key, mutator, added)
             moved = f"worker {worker_id} {why}; it resumes from "
             moved += f"{(reply_worker.generation_id, reply_worker.step)}"
             warning = moved if warning is None else f"{warning}; {moved}"
@@ -912,17 +922,7 @@ def missing(
             "'initialise fresh parameters': there is nothing to load"
         )
     new, worker, added, marked = _step_back(state, worker_id, now, key, event.exists)
-    if mutator.ask is not None:
-        # the worker loads what this reply gives it, as it would an ask's: the mutator's
-        # ask hook sees it there (a FixedSchedule gives a worker sent back before a point
-        # the entry in force there); a key of its own (_step_back's new generation took
-        # this event's)
-        at = Ask(None, None, worker_id, worker.generation_id, worker.step)
-        hook_key = split_key(key, 2)[1]
-        result = mutator.ask(new.mutator_state, new.workers, new.history, at, now, hook_key)
-        new, _ = _apply_mutator(new, *result, who="mutator.ask")
-        added.extend(result[2])
-        worker = new.workers[worker_id]
+    new, worker = _asks_where_sent(new, worker_id, now, key, mutator, added)
     new, changes = _finish(called, new, added, now)
     return new, Reply(
         worker=worker,
@@ -934,6 +934,30 @@ def missing(
             f"to {(worker.generation_id, worker.step)}"
         ),
     )
+
+
+def _asks_where_sent(
+    state: PopulationState,
+    worker_id: int,
+    now: float,
+    key: np.ndarray,
+    mutator: Mutator,
+    added: list[Checkpoint],
+) -> tuple[PopulationState, ActiveWorker]:
+    """``state`` after the mutator's ask hook saw a worker that :func:`_step_back` sent
+    elsewhere ask there (the worker loads what it is sent, as it would an ask's answer:
+    a ``FixedSchedule`` gives a worker sent back before a point the entry in force
+    there), with its assignment; the checkpoints the hook added go to ``added``. The
+    hook gets a key of its own: ``_step_back``'s new generation took the event's."""
+    worker = state.workers[worker_id]
+    if mutator.ask is None:
+        return state, worker
+    at = Ask(None, None, worker_id, worker.generation_id, worker.step)
+    hook_key = split_key(key, 2)[1]
+    result = mutator.ask(state.mutator_state, state.workers, state.history, at, now, hook_key)
+    new, _ = _apply_mutator(state, *result, who="mutator.ask")
+    added.extend(result[2])
+    return new, new.workers[worker_id]
 
 
 def _holder(state: PopulationState, worker_id: int, generation_id: str) -> int | None:

@@ -24,7 +24,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxpop.core import Changes, PopulationState, check_step
+from jaxpop.core import Changes, PopulationState, check_events_left, check_step
 from jaxpop.history import History, check_mode
 from jaxpop.hparams import _check_cast, find_hparam_states, set_hparams
 from jaxpop.keys import new_generation_id
@@ -997,6 +997,7 @@ def record(
         scores, exploit = scores.scores, scores.exploit
     if step is None:
         raise TypeError("record needs step= (the population's step of the evaluation)")
+    check_events_left(state)  # (before anything: a round past the last event is refused)
     step = check_step(step if isinstance(step, int) else np.asarray(step).item())
     scores = np.asarray(scores, np.float64)
     n = state.population_size

@@ -501,6 +501,22 @@ def test_a_worker_sent_back_that_reports_at_once_trained_as_scheduled():
     assert pop.state.mutator_state == (1,)
 
 
+@pytest.mark.parametrize("on_ask", [False, True])
+def test_a_worker_a_restart_sends_back_before_a_point_trains_as_scheduled(on_ask):
+    """A restart onto params another worker reported missing (a handle both held) sends
+    the worker back through the ask's own step back, which skipped the ask hook: it
+    trained steps 5 to 10 with the later value (review)."""
+    schedule = FixedSchedule({10: {"lr": 0.01}}, on_ask=on_ask)
+    pop = PopulationController([{"lr": 0.1}, {"lr": 0.1}], schedule, seed=1)
+    gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in (0, 1)]
+    pop.set_eval(0, gens[0], 5, "w0p5", 1.0)
+    for i in (0, 1):
+        gens[i] = pop.set_eval_and_ask(i, gens[i], 10, "shared/ckpt-10", 1.0).generation_id
+    pop.checkpoint_missing(1, gens[1], 10, exists=lambda p: p != "shared/ckpt-10")
+    restart = pop.maybe_get_worker_data(0, None, 0, None, None)
+    assert (restart.step, restart.params, restart.meta_params) == (5, "w0p5", {"lr": 0.1})
+
+
 def test_a_stale_ask_does_not_send_a_worker_back_in_the_schedule():
     """An ask at a step before the worker's (a stale one) was taken for a send-back: it
     recorded a checkpoint before its generation's start and a new generation (review)."""

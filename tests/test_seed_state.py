@@ -776,3 +776,15 @@ def test_a_fixed_schedule_sends_a_copied_worker_back_to_its_own_hyperparameters(
         assert new.meta_params == {"lr": 0.01}
         back = c.checkpoint_missing(0, new.generation_id, 20, exists=lambda p: p != "c20")
         assert (back.step, back.params, back.meta_params) == (15, "c15", {"lr": 0.11})
+
+
+def test_a_worker_at_its_generation_s_start_with_other_params_keeps_its_lineage(seed, tmp_path):
+    """At a copy's start (gen-c, step 10, copied from gen-a's step 10) with other params
+    than that start, the worker's new generation became a root: its lineage was cut and
+    checkpoint_missing then sent it to a fresh start (review)."""
+    workers, cache, state = _seed_state(seed)
+    workers[0] = seed.ActiveWorker("/ckpt/elsewhere", {"lr": 0.5}, "gen-c", 10)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.warns(UserWarning, match=r"active_workers\[0\]"):
+        migrated = storage.load_seed_state(tmp_path, seed=0)
+    assert migrated.history.branch_point(migrated.workers[0].generation_id) == ("gen-a", 5)

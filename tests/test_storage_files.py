@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import FakeClock
-from jaxpop import PopulationController, encoding, storage
+from jaxpop import PopulationController, StopWhen, encoding, storage
 from jaxpop.mutators import WinnerTakeAllGenetic
 from jaxpop.storage import store
 
@@ -139,28 +139,45 @@ def test_a_fifo_in_place_of_a_file_is_refused_instead_of_hanging(tmp_path, which
         _open(tmp_path).close()
 
 
-@pytest.mark.parametrize("target", ["fifo", "missing", "file"])
-def test_a_symlink_in_place_of_a_journal_segment_is_refused_naming_it(tmp_path, target):
-    """A link is not followed (one to ``/dev/zero`` would be read until memory runs
-    out): a dangling one, or one to another file, is refused the same way."""
+@pytest.mark.parametrize(
+    ("target", "kind"), [("fifo", "a FIFO"), ("missing", "a symbolic link to nothing")]
+)
+def test_a_symlink_in_place_of_a_journal_segment_is_refused_naming_it(tmp_path, target, kind):
+    """A link read is followed only to a regular file (one to a FIFO hung the reader,
+    one to ``/dev/zero`` read until memory ran out); a dangling one is named."""
     pop = _open(tmp_path)
     _evals(pop, [5, 10])
     pop.close()
     journal = tmp_path / _files(tmp_path, "journal-")[-1]
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
-    if target == "file":
-        os.replace(journal, outside)  # the segment itself, moved out and linked back
-    else:
-        os.remove(journal)
+    os.remove(journal)
     if target == "fifo":
         os.mkfifo(outside)
     os.symlink(outside, journal)
-    message = rf"{journal.name} cannot be read as a jaxpop file: .* but a symbolic link"
+    message = rf"{journal.name} cannot be read as a jaxpop file: .* but {kind}"
     for read in (lambda: _open(tmp_path), lambda: storage.read_state(tmp_path, attempts=2)):
         error = _within(10, read)
         assert isinstance(error, storage.CorruptLogError), error
         assert re.search(message, str(error)) and str(tmp_path) in str(error), error
     assert os.path.islink(journal)  # nothing was repaired or removed
+
+
+def test_a_run_mirrored_as_links_reads_as_the_run(tmp_path):
+    """Reads follow a link to a regular file: a mirror made of links (``cp -rs``, a
+    git-annex or DVC cache) read as the run before the reads refused links (review);
+    a controller on it goes on, writing its own files (none through a link)."""
+    run, mirror = tmp_path / "run", tmp_path / "mirror"
+    pop = _open(run)
+    _evals(pop, [5, 10])
+    before = _encoded(pop.state)
+    pop.close()
+    mirror.mkdir()
+    for name in os.listdir(run):
+        if name != "lock":
+            os.symlink(run / name, mirror / name)
+    assert _encoded(storage.read_state(mirror)) == before
+    with _open(mirror) as reopened:
+        assert _encoded(reopened.state) == before
 
 
 # -- 3. the last event a run can number ------------------------------------------------
@@ -187,11 +204,26 @@ def test_the_last_of_2_32_events_is_journaled_and_reopens_and_the_next_is_refuse
         files = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
         with pytest.raises(ValueError, match=r"this run has used all 2\*\*32 events"):
             reopened.set_eval(0, gen, 10, "p@10", 2.0)
-        with pytest.raises(ValueError, match=r"this run has used all 2\*\*32 events"):
-            reopened.maybe_get_worker_data(1, None, 0, None, None)
+        # (a call that changes nothing is answered: a restart's ask of its assignment)
+        assert reopened.maybe_get_worker_data(1, None, 0, None, None).step == 0
         assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == files
         assert reopened.state.num_events == 2**32
     assert storage.read_state(tmp_path).num_events == 2**32
+    # stop_when takes a key after every call and when a run opens: it opens (it
+    # raised, and so did the last event taken with it: review)
+    with _open(tmp_path, stop_when=StopWhen(step=1000)) as reopened:
+        assert reopened.state.num_events == 2**32
+
+
+def test_a_vectorized_round_past_the_last_event_is_refused_before_it_is_journaled(tmp_path):
+    """vectorized.record counted past the last event, and the journal took it: the
+    log_dir could no longer be opened (review)."""
+    from jaxpop import vectorized
+
+    with _open(tmp_path) as pop:
+        state = pop.state._with(num_events=2**32)
+    with pytest.raises(ValueError, match=r"this run has used all 2\*\*32 events"):
+        vectorized.record(state, np.zeros(2), step=5, now=1.0)
 
 
 # -- 4. a takeover of a controller that is still starting -----------------------------

@@ -198,24 +198,34 @@ _OPEN_ERRORS = {
 }
 
 
-def open_regular(path: str, flags: int = os.O_RDONLY, *, dir_fd: int | None = None) -> int:
+def open_regular(
+    path: str, flags: int = os.O_RDONLY, *, dir_fd: int | None = None, follow: bool = False
+) -> int:
     """A descriptor of the regular file ``path`` (its file name in the directory
     ``dir_fd`` opened, if given), opened with ``flags`` (and mode ``0o644`` if it creates
     it).
 
-    Anything else in its place is refused, without blocking on it or following it: a
-    FIFO or a device would hang the reader (holding the ``log_dir``'s lock) or feed it
-    bytes without end (``/dev/zero``), and a symbolic link would have jaxpop read, cut or
-    write a file outside the ``log_dir``.
+    Anything else in its place is refused, without blocking on it: a FIFO or a device
+    would hang the reader (holding the ``log_dir``'s lock) or feed it bytes without end
+    (``/dev/zero``). A symbolic link is refused too, unless ``follow`` (a read only: a
+    mirror of a run made of links, ``cp -rs``, reads as the run), where the file it
+    leads to must be regular: jaxpop never cuts or writes a file outside the ``log_dir``
+    through one.
 
     Raises:
-      CorruptLogError: ``path`` is not a regular file (a symbolic link, even one to a
-        regular file, a directory, a FIFO, a device or a socket); the message names it.
+      CorruptLogError: ``path`` is not a regular file (a symbolic link, unless
+        ``follow``; a directory, a FIFO, a device or a socket; a link to none); the
+        message names it.
       OSError: it cannot be opened (``FileNotFoundError`` if it is missing).
     """
     name = path if dir_fd is None else os.path.basename(path)
+    nofollow = 0 if follow else os.O_NOFOLLOW
     try:  # (non-blocking: opening a FIFO waits for its other end)
-        fd = os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644, dir_fd=dir_fd)
+        fd = os.open(name, flags | nofollow | os.O_NONBLOCK, 0o644, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if follow and _is_link(name, dir_fd):
+            raise CorruptLogError(_not_regular(path, "a symbolic link to nothing")) from None
+        raise
     except OSError as e:
         kind = _OPEN_ERRORS.get(e.errno or 0)
         if kind is None:
@@ -229,8 +239,15 @@ def open_regular(path: str, flags: int = os.O_RDONLY, *, dir_fd: int | None = No
     return fd
 
 
+def _is_link(name: str, dir_fd: int | None) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
 def _not_regular(path: str, kind: str) -> str:
-    follow = " (jaxpop does not follow links in a log_dir)" if kind == "a symbolic link" else ""
+    follow = " (jaxpop writes through no link in a log_dir)" if kind == "a symbolic link" else ""
     return (
         f"{path} cannot be read as a jaxpop file: it is not a regular file but {kind}"
         f"{follow}; remove or rename it"
@@ -245,7 +262,7 @@ def read_first_frame(path: str, *, dir_fd: int | None = None) -> bytes | None:
       CorruptLogError: ``path`` is not a regular file (:func:`open_regular`).
     """
     try:
-        with open(open_regular(path, dir_fd=dir_fd), "rb") as f:
+        with open(open_regular(path, dir_fd=dir_fd, follow=True), "rb") as f:
             head = f.read(_HEADER.size)
             if len(head) < _HEADER.size:
                 return None
@@ -284,7 +301,7 @@ def read_frames(
         or ``path`` is not a regular file (:func:`open_regular`).
     """
     try:
-        with open(open_regular(path, dir_fd=dir_fd), "rb") as f:
+        with open(open_regular(path, dir_fd=dir_fd, follow=True), "rb") as f:
             data = f.read()
     except (IsADirectoryError, PermissionError) as e:  # not FileNotFoundError: see read_state
         raise CorruptLogError(f"{path} cannot be read as a jaxpop file: {e}") from e

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxpop.core import Changes, PopulationState, redo
+from jaxpop.core import MAX_EVENTS, Changes, PopulationState, redo
 from jaxpop.history import History
 from jaxpop.keys import root_key
 from jaxpop.records import check_active_worker, check_checkpoint
@@ -26,9 +26,7 @@ __all__ = ["redo_checked", "state_from_plain", "state_to_plain"]
 
 _STATE_FIELDS = ("workers", "mutator_state", "key", "num_events", "checkpoints", "mode")
 _STATE_FIELDS_V2 = _STATE_FIELDS[:-1]  # storage versions 1 and 2: every run was "min"
-# event keys are folded in from a uint32 event index: the last event, 2**32 - 1, leaves
-# a state of 2**32 events (jaxpop.core.event_key refuses any event after it)
-_MAX_EVENTS = 2**32
+_MAX_EVENTS = MAX_EVENTS  # (a state may hold them all: no further one is applied)
 
 
 def state_to_plain(state: PopulationState) -> dict[str, Any]:

@@ -752,10 +752,17 @@ def _own_generations(state: PopulationState, where: str) -> PopulationState:
         recorded = history.meta_params(gen)
         if core.same_hparams(worker.meta_params, recorded):
             continue
-        parent = history.get_checkpoint(gen, step)
-        if parent is None or not _same_handle(parent.params, worker.params):
-            # (a start at its parent's step holds its parent's params: see core.missing)
-            parent = history.previous(gen, step)
+        # the newest checkpoint of its lineage before its step, or at it holding its
+        # params (a start at its parent's step stands for the parent's params)
+        at = history.get_checkpoint(gen, step) or history.previous(gen, step)
+        parent = next(
+            (
+                c
+                for c in history.back_from(at or history.first(gen))
+                if c.step < step or _same_handle(c.params, worker.params)
+            ),
+            None,
+        )
         index = i
         while (new := new_generation_id(state.key, index)) in history:
             index += len(workers)  # (ids of the migration's own, never the run's events')

@@ -810,7 +810,7 @@ class Store:
             with contextlib.suppress(FileNotFoundError):  # (none: nothing went before)
                 # what went before reaches the disk before what follows
                 path = os.path.join(self.log_dir, previous)
-                fd = open_regular(path, dir_fd=self._directory.fd)
+                fd = open_regular(path, dir_fd=self._directory.fd, follow=True)
                 try:
                     os.fsync(fd)
                 finally:
