@@ -788,3 +788,14 @@ def test_a_worker_at_its_generation_s_start_with_other_params_keeps_its_lineage(
     with pytest.warns(UserWarning, match=r"active_workers\[0\]"):
         migrated = storage.load_seed_state(tmp_path, seed=0)
     assert migrated.history.branch_point(migrated.workers[0].generation_id) == ("gen-a", 5)
+
+
+def test_a_worker_before_its_generation_s_start_is_not_the_start_s_child(seed, tmp_path):
+    """At step 3 of gen-c (which starts at step 10) with gen-c's start's params, its new
+    generation took gen-c's step 10 as parent: a lineage going back in steps (review)."""
+    workers, cache, state = _seed_state(seed)
+    workers[0] = seed.ActiveWorker("/ckpt/gen-a/10", {"lr": 0.5}, "gen-c", 3)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.warns(UserWarning, match=r"active_workers\[0\]"):
+        migrated = storage.load_seed_state(tmp_path, seed=0)
+    assert migrated.history.branch_point(migrated.workers[0].generation_id) == ("gen-a", 0)

@@ -180,6 +180,62 @@ def test_a_run_mirrored_as_links_reads_as_the_run(tmp_path):
         assert _encoded(reopened.state) == before
 
 
+def test_a_linked_segment_with_a_torn_tail_is_refused_saying_not_to_remove_it(tmp_path):
+    """The cut of a torn tail goes through no link: the error said the segment "cannot
+    be read" and to remove it, which lost its acknowledged records (review)."""
+    run, mirror = tmp_path / "run", tmp_path / "mirror"
+    pop = _open(run)
+    _evals(pop, [5, 10])
+    pop.close()
+    segment = _files(run, "journal-")[-1]
+    with open(run / segment, "ab") as f:
+        f.write(b"\x10\x00\x00\x00torn")  # a torn final write
+    target = (run / segment).read_bytes()
+    mirror.mkdir()
+    for name in os.listdir(run):
+        if name != "lock":
+            os.symlink(run / name, mirror / name)
+    with (
+        pytest.warns(storage.TornRecordWarning),
+        pytest.raises(storage.CorruptLogError, match=r"ends in a torn record .* Do not remove it"),
+    ):
+        _open(mirror)
+    assert os.path.islink(mirror / segment) and (run / segment).read_bytes() == target
+
+
+def test_a_link_loop_and_a_dangling_link_to_an_obsolete_file_read_as_they_are(tmp_path):
+    run, mirror = tmp_path / "run", tmp_path / "mirror"
+    pop = _open(run, compact_after=2)
+    _evals(pop, [5, 10, 15])
+    pop.close()
+    mirror.mkdir()
+    for name in os.listdir(run):
+        if name != "lock":
+            os.symlink(run / name, mirror / name)
+    old = "snapshot-00000000.jpsnap"  # compacted away: a link to it leads nowhere
+    assert old not in os.listdir(run)
+    os.symlink(run / old, mirror / old)
+    assert storage.read_state(mirror).num_events == storage.read_state(run).num_events
+    newest = _files(mirror, "journal-")[-1]
+    os.remove(mirror / newest)
+    os.symlink(mirror / newest, mirror / newest)  # a link to itself
+    with pytest.raises(storage.CorruptLogError, match=r"a loop of symbolic links"):
+        storage.read_state(mirror, attempts=1)
+
+
+def test_a_fifo_as_the_migration_record_does_not_hang_the_controller(tmp_path, caplog):
+    """check_not_seed_run opened seed-migration.json with a plain open: a FIFO there
+    hung the controller, a link to /dev/zero filled memory (review)."""
+    from jaxpop.storage import seed_state
+
+    _open(tmp_path).close()
+    (tmp_path / seed_state.SEED_STATE_FILE).write_bytes(b"the seed's state")
+    os.mkfifo(tmp_path / seed_state.MIGRATION_FILE)
+    with caplog.at_level("WARNING", logger="jaxpop"):
+        assert _within(10, lambda: _open(tmp_path).close()) is None
+    assert "was not migrated here" in caplog.text
+
+
 # -- 3. the last event a run can number ------------------------------------------------
 def _at_event(pop, num_events):
     """``pop`` with its state moved to ``num_events`` (through ``load_state``)."""

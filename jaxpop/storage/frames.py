@@ -214,8 +214,8 @@ def open_regular(
 
     Raises:
       CorruptLogError: ``path`` is not a regular file (a symbolic link, unless
-        ``follow``; a directory, a FIFO, a device or a socket; a link to none); the
-        message names it.
+        ``follow``; a directory, a FIFO, a device or a socket); the message names it.
+        :class:`DanglingLinkError` for a link to nothing.
       OSError: it cannot be opened (``FileNotFoundError`` if it is missing).
     """
     name = path if dir_fd is None else os.path.basename(path)
@@ -224,12 +224,14 @@ def open_regular(
         fd = os.open(name, flags | nofollow | os.O_NONBLOCK, 0o644, dir_fd=dir_fd)
     except FileNotFoundError:
         if follow and _is_link(name, dir_fd):
-            raise CorruptLogError(_not_regular(path, "a symbolic link to nothing")) from None
+            raise DanglingLinkError(_not_regular(path, "a symbolic link to nothing")) from None
         raise
     except OSError as e:
         kind = _OPEN_ERRORS.get(e.errno or 0)
         if kind is None:
             raise
+        if follow and e.errno == errno.ELOOP:
+            kind = "a loop of symbolic links"
         raise CorruptLogError(_not_regular(path, kind)) from e
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
@@ -237,6 +239,10 @@ def open_regular(
         kind = next((k for is_kind, k in _KINDS if is_kind(mode)), "something else")
         raise CorruptLogError(_not_regular(path, kind))
     return fd
+
+
+class DanglingLinkError(CorruptLogError):
+    """A file of a ``log_dir`` is a symbolic link to nothing (:func:`open_regular`)."""
 
 
 def _is_link(name: str, dir_fd: int | None) -> bool:
@@ -259,7 +265,8 @@ def read_first_frame(path: str, *, dir_fd: int | None = None) -> bytes | None:
     if it has no good first frame or cannot be read.
 
     Raises:
-      CorruptLogError: ``path`` is not a regular file (:func:`open_regular`).
+      CorruptLogError: ``path`` is not a regular file (:func:`open_regular`; a link to
+        nothing reads as a missing file: ``None``).
     """
     try:
         with open(open_regular(path, dir_fd=dir_fd, follow=True), "rb") as f:
@@ -268,7 +275,7 @@ def read_first_frame(path: str, *, dir_fd: int | None = None) -> bytes | None:
                 return None
             length, crc = _HEADER.unpack(head)
             payload = f.read(length)
-    except OSError:
+    except (OSError, DanglingLinkError):
         return None
     if not length or len(payload) != length or zlib.crc32(payload) != crc:
         return None

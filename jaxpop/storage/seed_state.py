@@ -34,6 +34,7 @@ from jaxpop.core import PopulationState
 from jaxpop.keys import new_generation_id, root_key
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage.atomic import write_atomic
+from jaxpop.storage.frames import CorruptLogError, open_regular
 from jaxpop.storage.plain import state_from_plain, state_to_plain
 from jaxpop.storage.store import Store
 
@@ -759,7 +760,7 @@ def _own_generations(state: PopulationState, where: str) -> PopulationState:
             (
                 c
                 for c in history.back_from(at or history.first(gen))
-                if c.step < step or _same_handle(c.params, worker.params)
+                if c.step < step or (c.step == step and _same_handle(c.params, worker.params))
             ),
             None,
         )
@@ -977,6 +978,9 @@ def _same_file(a: str, b: str) -> bool:
 
 
 # -- what a controller does with a log_dir ---------------------------------------------
+_MAX_RECORD_BYTES = 1 << 20  # far more than a seed-migration.json holds
+
+
 def check_not_seed_run(log_dir: str | os.PathLike) -> None:
     """Refuses a ``log_dir`` that holds the seed's state but no jaxpop run (or the record
     of a migration into it, ``seed-migration.json``, and no run: one that did not finish).
@@ -1011,12 +1015,13 @@ def check_not_seed_run(log_dir: str | os.PathLike) -> None:
             f"jaxpop.storage.migrate_seed_state({log_dir!r}). To start a fresh run "
             "instead, use another log_dir"
         )
-    try:
-        with open(os.path.join(log_dir, MIGRATION_FILE)) as f:
-            migrated = json.load(f)["sha256"]
-        with open(path, "rb") as f:
+    try:  # (regular files only: a FIFO there hung the controller, /dev/zero filled memory)
+        record = os.path.join(log_dir, MIGRATION_FILE)
+        with open(open_regular(record, follow=True), "rb") as f:
+            migrated = json.loads(f.read(_MAX_RECORD_BYTES))["sha256"]
+        with open(open_regular(path, follow=True), "rb") as f:
             current = hashlib.sha256(f.read()).hexdigest()
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, CorruptLogError):
         migrated, current = None, "unknown"
     if migrated != current:
         logger.warning(

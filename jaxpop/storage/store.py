@@ -465,6 +465,14 @@ def _repair(repairs: list[_Repair], dir_fd: int) -> None:
                 os.remove(name, dir_fd=dir_fd)
             continue
         assert repair.torn is not None  # a repair either removes a file or cuts a torn tail
+        if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
+            raise CorruptLogError(
+                f"{repair.path} ends in a torn record (at offset {repair.torn.offset}), which "
+                f"a controller cuts off, but it is a symbolic link (to "
+                f"{os.readlink(name, dir_fd=dir_fd)!r}) and jaxpop writes through no link: "
+                "replace the link by a copy of the file it leads to (cp --remove-destination) "
+                "and open the run again. Do not remove it: its records would be lost"
+            )
         fd = open_regular(repair.path, os.O_RDWR, dir_fd=dir_fd)
         try:
             os.ftruncate(fd, repair.torn.offset)
