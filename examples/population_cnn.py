@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import sys
 import threading
 import time
@@ -374,16 +375,25 @@ def keep_loggers(logs: Loggers, backends: Sequence[str], log_dir: str) -> None:
     """Keeps ``logs`` (a pickle, ``<log_dir>/loggers.pickle``) for a rerun on the same
     ``log_dir``: it logs no exploit a run before it logged (TensorBoard's
     ``exploits/count`` went 1..8, then 1..12 again), to the same W&B group and MLflow
-    parent run. Called when they are made and after each sync that logged something;
-    a failure to write it is a warning (the run goes on; a rerun may log again what was
-    logged since the last write, never less)."""
+    parent run. Beside them: the backends, the absolute ``log_dir`` and the
+    ``MLFLOW_TRACKING_URI`` they were made for (:func:`_kept_loggers` starts new ones
+    where these changed). Called when they are made and after each sync that logged
+    something; a failure to write it is a warning (the run goes on; a rerun may log
+    again what was logged since the last write, never less)."""
     if not backends:
         return
+    log_dir = os.path.abspath(log_dir)
     path = os.path.join(log_dir, LOGGERS_FILE)
+    kept = {
+        "backends": list(backends),
+        "loggers": logs,
+        "log_dir": log_dir,
+        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI") or None,
+    }
     try:
         os.makedirs(log_dir, exist_ok=True)
         with open(path + ".tmp", "wb") as f:
-            pickle.dump({"backends": list(backends), "loggers": logs}, f)
+            pickle.dump(kept, f)
         os.replace(path + ".tmp", path)
     except OSError as error:
         logging.getLogger("jaxpop").warning(
@@ -391,28 +401,77 @@ def keep_loggers(logs: Loggers, backends: Sequence[str], log_dir: str) -> None:
         )
 
 
+def _unreadable(path: str, error: Exception) -> str:
+    """Why the loggers kept in ``path`` cannot be read, and what to do."""
+    settings = sorted(set(re.findall(r"\b(?:MLFLOW|WANDB)_[A-Z0-9_]+", str(error))))
+    if isinstance(error, ImportError):
+        cause = (
+            "a package the run before logged with is missing: install it (pip install "
+            "'jaxpop[mlflow]' or 'jaxpop[wandb]', as the error says), or "
+        )
+    elif settings:
+        cause = (
+            f"set {', '.join(settings)} as the run before had it (for a file: MLflow "
+            "store, MLFLOW_ALLOW_FILE_STORE=true), or "
+        )
+    elif isinstance(error, (EOFError, pickle.UnpicklingError)):
+        cause = "the file is torn: "
+    else:
+        cause = (
+            "run with the packages and environment settings the run before had "
+            "(MLFLOW_TRACKING_URI, MLFLOW_ALLOW_FILE_STORE=true for a file: store, "
+            "WANDB_*), or "
+        )
+    return (
+        f"--log: cannot read the loggers of the run before ({path}: {error!r}); {cause}"
+        "delete the file to start new ones (they log the run's exploits again)"
+    )
+
+
+def _same_dir(kept: str | None, log_dir: str) -> bool:
+    if kept == log_dir:
+        return True
+    try:  # (the same directory through another path: a link)
+        return kept is not None and os.path.samefile(kept, log_dir)
+    except OSError:  # (gone: the folder was moved)
+        return False
+
+
 def _kept_loggers(log_dir: str, backends: Sequence[str]) -> Loggers | None:
     """The loggers :func:`keep_loggers` kept in ``log_dir`` for ``backends``; ``None``
-    when there are none (or, with a note, when they were for other backends)."""
+    when there are none, or, with a note on stderr, when they were made for other
+    backends (in any order, the same), another folder (``log_dir`` copied or moved:
+    they would log into the original's), or another ``MLFLOW_TRACKING_URI``."""
     path = os.path.join(log_dir, LOGGERS_FILE)
     if not backends or not os.path.exists(path):
         return None
     try:
         with open(path, "rb") as f:
             kept = pickle.load(f)
-    except Exception as error:  # (a library gone, a torn file: say which file)
-        raise SystemExit(
-            f"--log: cannot read the loggers of the run before ({path}: {error!r}); "
-            "delete the file to start new ones (they log the run's exploits again)"
-        ) from None
-    if kept["backends"] != list(backends):
-        print(
-            f"--log {' '.join(backends)}: new loggers (the run before logged to "
-            f"{' '.join(kept['backends'])}); its exploits are logged again",
-            file=sys.stderr,
+    except Exception as error:  # (a library gone, a setting unset, a torn file)
+        raise SystemExit(_unreadable(path, error)) from None
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+    if set(kept["backends"]) != set(backends):
+        why = f"the run before logged to {' '.join(kept['backends'])}"
+    elif "log_dir" not in kept:
+        why = "an older jaxpop kept them without the --log-dir they were made for"
+    elif not _same_dir(kept["log_dir"], log_dir):
+        why = (
+            f"they were made for --log-dir {kept['log_dir']}: a copied or moved folder; "
+            "they would log into that run's"
         )
-        return None
-    return kept["loggers"]
+    elif "mlflow" in backends and kept.get("tracking_uri") != uri:
+        why = (
+            f"they were made for MLFLOW_TRACKING_URI={kept['tracking_uri'] or '(unset)'}, "
+            f"now {uri or '(unset)'}"
+        )
+    else:
+        return kept["loggers"]
+    print(
+        f"--log {' '.join(backends)}: new loggers ({why}); the run's exploits are logged again",
+        file=sys.stderr,
+    )
+    return None
 
 
 def sync_loggers(logs: Loggers, history: Any, args: argparse.Namespace) -> None:

@@ -312,3 +312,21 @@ def test_the_ray_example_says_a_changed_run_needs_another_log_dir(monkeypatch):
     message = str(ended.value)
     assert "steps_per_exploit: 10 in the log_dir, 20 now" in message
     assert "reconfigure" not in message and "use another --log-dir" in message
+
+
+def test_a_rerun_of_the_vectorized_example_logs_no_exploit_twice(tmp_path):
+    # it synced and finished its loggers itself, never keeping them: a rerun on the same
+    # --log-dir made new ones, which logged every exploit of the history again
+    pytest.importorskip("tensorboardX")
+    from test_tensorboard import _events
+
+    from examples.vectorized import train as vectorized
+
+    argv = ["--workers", "4", "--eval-every", "10", "--no-progress", "--batch-size", "16"]
+    argv += ["--log-dir", str(tmp_path), "--log", "tensorboard"]
+    vectorized.main(["--steps", "40", *argv])
+    summary = vectorized.main(["--steps", "50", *argv])
+    population = _events(tmp_path / "tensorboard" / "population")
+    counts = [v for _, tag, v in population if tag == "exploits/count"]
+    assert summary["exploit_events"] >= 1
+    assert sorted(counts) == [float(k) for k in range(1, summary["exploit_events"] + 1)]

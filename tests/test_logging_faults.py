@@ -15,6 +15,7 @@ from test_logging import _after_one_round, wta_rounds
 from test_tensorboard import _events
 
 import jaxpop.logging
+from conftest import run_python
 from jaxpop import PopulationController
 from jaxpop.mutators import ExploitEvent, FixedSchedule, exploit_events
 from jaxpop.schedules import constant
@@ -140,7 +141,7 @@ def test_mlflow_sends_what_a_failed_request_did_not(mlflow_store):
 
     logger._client.log_batch = flaky
     failures.append(1)  # worker 0: the params of its first evaluation
-    with pytest.raises(ConnectionError):
+    with pytest.raises(RuntimeError, match=r"params \(ConnectionError: service down\)"):
         logger.log_worker(0, 1, 0.5, {"lr": 0.1}, generation_id="g0")
     logger.log_worker(0, 2, 0.4, {"lr": 0.1}, generation_id="g0")
     logger.log_worker(1, 1, 0.5, {"lr": 0.2}, generation_id="g1")
@@ -176,31 +177,38 @@ def test_a_long_mlflow_param_is_cut_at_mlflows_own_limit_and_marked(mlflow_store
 
 
 # -- W&B ------------------------------------------------------------------------------
+_FAILED_WANDB_START = """
+import os, sys, pytest, wandb, jaxpop.logging
+tmp = sys.argv[1]
+settings = wandb.Settings(console="off", init_timeout=1)
+logger = jaxpop.logging.WandbLogger(
+    "pbt", dir=tmp, mode="online", init_kwargs={"settings": settings}
+)
+first = logger.run_id(0)
+with pytest.raises(RuntimeError, match=r"(?s)wandb\\.init of run .* failed .* again as run .*-r1"):
+    logger.log_worker(0, 1, 0.5, {"lr": 0.1})
+logger._options["mode"] = "offline"  # the service is back (offline: no network needed)
+for step in (2, 3):
+    logger.log_worker(0, step, 0.5, {"lr": 0.1})
+logger.close()
+assert logger.run_id(0) == f"{first}-r1"
+runs = [p for p in os.listdir(os.path.join(tmp, "wandb")) if p.startswith("offline-run-")]
+assert [p for p in runs if p.endswith(f"{first}-r1")], runs
+"""
+
+
 def test_a_worker_logs_on_after_a_failed_wandb_start(monkeypatch, tmp_path):
     """After a failed ``wandb.init`` (the service down) its run id stayed taken in W&B's
     service ("run ID ... is in use"): that worker logged nothing more. The next start
     uses a new id. (Online against a closed port for the failure, then offline: no
-    network.)"""
-    wandb = pytest.importorskip("wandb")
+    network; in a process of its own, as the failed start leaves W&B's service process
+    unusable for the W&B tests a pytest worker runs after it.)"""
+    pytest.importorskip("wandb")
     _wandb_home(monkeypatch, tmp_path)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    settings = wandb.Settings(console="off", init_timeout=1)
-    logger = jaxpop.logging.WandbLogger(
-        "pbt", dir=str(tmp_path), mode="online", init_kwargs={"settings": settings}
-    )
-    first = logger.run_id(0)
-    with pytest.raises(
-        RuntimeError, match=r"(?s)wandb\.init of run .* failed .* again as run .*-r1"
-    ):
-        logger.log_worker(0, 1, 0.5, {"lr": 0.1})
-    logger._options["mode"] = "offline"  # the service is back (offline: no network needed)
-    for step in (2, 3):
-        logger.log_worker(0, step, 0.5, {"lr": 0.1})
-    logger.close()
-    assert logger.run_id(0) == f"{first}-r1"
-    runs = [p for p in os.listdir(tmp_path / "wandb") if p.startswith("offline-run-")]
-    assert [p for p in runs if p.endswith(f"{first}-r1")], runs
+    result = run_python(_FAILED_WANDB_START, str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_two_populations_made_in_one_second_get_two_wandb_groups(monkeypatch):
@@ -261,3 +269,178 @@ def test_a_rerun_of_the_cnn_example_logs_no_exploit_twice(tmp_path):
     population = _events(tmp_path / "tensorboard" / "population")
     counts = [v for _, tag, v in population if tag == "exploits/count"]
     assert sorted(counts) == [float(k) for k in range(1, total + 1)]  # (each once)
+
+
+# -- MLflow params it refuses -----------------------------------------------------------
+def _history(store, run_id, key="eval/value"):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def test_a_name_mlflows_path_rule_refuses_is_cleaned_and_the_worker_logs_on(mlflow_store):
+    """``..warmup`` passed the cleaning but MLflow refuses every name whose path starts
+    with ``..``: the params were sent again before each evaluation, so the worker
+    logged no evaluation at all (hostile review)."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.utils.validation import _validate_param_name
+
+    logger = jaxpop.logging.MlflowLogger("pbt", tracking_uri=mlflow_store)
+    hparams = {"lr": 0.1, "..warmup": 3, "a/../b": 1, ".": 2, "/abs": 4}
+    for step in (1, 2, 3):
+        logger.log_worker(0, step, 1.0 / step, hparams)
+    run_id = logger.worker_run_id(0)
+    assert _history(mlflow_store, run_id) == [(s, pytest.approx(1.0 / s)) for s in (1, 2, 3)]
+    params = MlflowClient(tracking_uri=mlflow_store).get_run(run_id).data.params
+    assert sorted(params.values()) == sorted(str(v) for v in hparams.values())
+    for name in params:
+        _validate_param_name(name)  # (raises for a name MLflow refuses)
+    logger.close()
+
+
+def test_params_mlflow_refuses_for_good_are_dropped_with_one_warning_and_metrics_go_out(
+    mlflow_store, caplog
+):
+    """A param MLflow refuses whatever the retry (INVALID_PARAMETER_VALUE, a 400) was
+    kept and sent again before every metrics batch: that worker logged nothing more."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+    from mlflow.tracking import MlflowClient
+
+    logger = jaxpop.logging.MlflowLogger("pbt", tracking_uri=mlflow_store)
+    real, sent = logger._client.log_batch, []
+
+    def server(run_id, metrics=(), params=(), tags=()):
+        sent.append([p.key for p in params])
+        if any(p.key == "bad" for p in params):
+            raise MlflowException("the server refuses 'bad'", INVALID_PARAMETER_VALUE)
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    logger._client.log_batch = server
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        for step in (1, 2, 3):
+            logger.log_worker(0, step, 1.0 / step, {"lr": 0.1, "bad": 1, "momentum": 0.9})
+    run_id = logger.worker_run_id(0)
+    assert _history(mlflow_store, run_id) == [(s, pytest.approx(1.0 / s)) for s in (1, 2, 3)]
+    params = MlflowClient(tracking_uri=mlflow_store).get_run(run_id).data.params
+    assert params == {"lr": "0.1", "momentum": "0.9"}  # (only the refused one is lost)
+    assert sum("bad" in keys for keys in sent) == 2  # the batch, then alone: never again
+    warnings = [r.getMessage() for r in caplog.records if "refused the params" in r.getMessage()]
+    assert len(warnings) == 1 and "'bad'" in warnings[0] and "'lr'" not in warnings[0]
+    logger.close()
+
+
+def test_params_a_transient_failure_kept_go_out_later_and_the_metrics_at_once(mlflow_store):
+    """A failure that may pass (a 503, a connection error) keeps the params for the next
+    call; the evaluation of the call is logged all the same, and the error raised."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+    from mlflow.tracking import MlflowClient
+
+    logger = jaxpop.logging.MlflowLogger("pbt", tracking_uri=mlflow_store)
+    real, down = logger._client.log_batch, [MlflowException("down", TEMPORARILY_UNAVAILABLE)]
+
+    def server(run_id, metrics=(), params=(), tags=()):
+        if params and down:
+            raise down.pop()
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    logger._client.log_batch = server
+    with pytest.raises(RuntimeError, match=r"params \(MlflowException: down\).*logged.*again"):
+        logger.log_worker(0, 1, 0.5, {"lr": 0.1})
+    run_id = logger.worker_run_id(0)
+    assert _history(mlflow_store, run_id) == [(1, 0.5)]
+    assert MlflowClient(tracking_uri=mlflow_store).get_run(run_id).data.params == {}
+    logger.log_worker(0, 2, 0.4, {"lr": 0.1})
+    assert MlflowClient(tracking_uri=mlflow_store).get_run(run_id).data.params == {"lr": "0.1"}
+    assert _history(mlflow_store, run_id) == [(1, 0.5), (2, pytest.approx(0.4))]
+    logger.close()
+
+
+# -- the loggers kept in --log-dir ------------------------------------------------------
+def _example_args(log_dir, *backends):
+    return argparse.Namespace(log=list(backends), log_dir=str(log_dir))
+
+
+def _parent(logs):
+    (mlflow,) = [x for x in logs.loggers if isinstance(x, jaxpop.logging.MlflowLogger)]
+    return mlflow.parent_run_id, mlflow.tracking_uri
+
+
+def test_kept_loggers_are_new_for_a_copied_or_moved_log_dir(tmp_path, capsys):
+    """The kept loggers hold absolute folders: a copied --log-dir logged into the
+    original run's, and a moved one into a folder no longer there (hostile review)."""
+    pytest.importorskip("tensorboardX")
+    import shutil
+
+    from examples import population_cnn
+
+    first = population_cnn.make_loggers(_example_args(tmp_path / "run", "tensorboard"), "pbt")
+    first.close()
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    capsys.readouterr()
+    linked = population_cnn.make_loggers(_example_args(tmp_path / "link", "tensorboard"), "pbt")
+    assert linked.loggers[0].log_dir == first.loggers[0].log_dir  # (the same folder)
+    assert capsys.readouterr().err == ""
+    for name in ("copy", "moved"):
+        if name == "moved":
+            os.rename(tmp_path / "run", tmp_path / "moved")
+        logs = population_cnn.make_loggers(_example_args(tmp_path / name, "tensorboard"), "pbt")
+        assert logs.loggers[0].log_dir == str(tmp_path / name / "tensorboard")
+        err = capsys.readouterr().err
+        assert "new loggers" in err and str(tmp_path / "run") in err and "copied or moved" in err
+        logs.close()
+
+
+def test_kept_loggers_are_new_for_another_tracking_uri_and_the_same_for_another_log_order(
+    tmp_path, mlflow_store, monkeypatch, capsys
+):
+    """A rerun ignored a changed ``MLFLOW_TRACKING_URI`` (it logged to the store of the
+    run before), and ``--log mlflow tensorboard`` after ``--log tensorboard mlflow``
+    started new loggers that logged every exploit again (hostile review)."""
+    pytest.importorskip("tensorboardX")
+    from examples import population_cnn
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    first = population_cnn.make_loggers(_example_args(tmp_path, "tensorboard", "mlflow"), "pbt")
+    first.close()
+    capsys.readouterr()
+    again = population_cnn.make_loggers(_example_args(tmp_path, "mlflow", "tensorboard"), "pbt")
+    assert _parent(again) == _parent(first) and capsys.readouterr().err == ""
+    other = (tmp_path / "other-store").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    moved = population_cnn.make_loggers(_example_args(tmp_path, "mlflow", "tensorboard"), "pbt")
+    assert _parent(moved)[1] == other and _parent(moved)[0] != _parent(first)[0]
+    err = capsys.readouterr().err
+    assert "new loggers" in err and f"MLFLOW_TRACKING_URI={mlflow_store}" in err and other in err
+    moved.close()
+
+
+def test_kept_loggers_that_cannot_be_read_say_what_to_do(tmp_path, mlflow_store, monkeypatch):
+    """The message said only to delete the file, though the likely cause is a setting or
+    a package the run before had."""
+    pytest.importorskip("tensorboardX")
+    from examples import population_cnn
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store)
+    args = _example_args(tmp_path, "mlflow")
+    population_cnn.make_loggers(args, "pbt").close()
+    import mlflow.tracking
+    from mlflow.exceptions import MlflowException
+
+    def refused(tracking_uri=None, **kwargs):  # (MLflow >= 3.7 without the setting; its
+        # clients of a URI are cached for the process, so the refusal is made here)
+        raise MlflowException(
+            "The filesystem tracking backend (e.g., './mlruns') is in maintenance mode "
+            "... set `MLFLOW_ALLOW_FILE_STORE=true` to opt out of this exception."
+        )
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", refused)
+    with pytest.raises(SystemExit, match=r"(?s)set MLFLOW_ALLOW_FILE_STORE.*delete the file"):
+        population_cnn.make_loggers(args, "pbt")
+    with open(tmp_path / population_cnn.LOGGERS_FILE, "wb") as f:
+        f.write(b"cjaxpop_no_such_module\nLogger\n.")  # (a pickle of a package not here)
+    with pytest.raises(SystemExit, match=r"(?s)package .* is missing: install it.*delete the file"):
+        population_cnn.make_loggers(args, "pbt")

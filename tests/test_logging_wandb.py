@@ -294,3 +294,33 @@ def test_a_driver_resumed_from_its_pickle_logs_the_exploits_table_whole(offline)
     worker_copy.close()
     again = [r for r in _finished_runs(offline) if r.run.display_name == "population"]
     assert len(again) == len(populations)
+
+
+def test_a_pickled_copy_logs_on_to_the_run_a_failed_start_moved_a_worker_to(offline, monkeypatch):
+    """The count of failed starts was not pickled: after a failed ``wandb.init`` a worker
+    logged to ``<id>-r1``, and a copy (a rerun from ``loggers.pickle``, a restarted
+    actor) went back to ``<id>``, splitting its curve over two runs."""
+    import wandb
+
+    logger = jaxpop.logging.WandbLogger("g", dir=offline, project="p")
+    real, started = wandb.init, []
+
+    def flaky(*args, **kwargs):
+        started.append(kwargs["id"])
+        if len(started) == 1:
+            raise wandb.errors.CommError("service down")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", flaky)
+    with pytest.raises(RuntimeError, match=r"again as run .*-r1"):
+        logger.log_worker(0, 1, 0.5, {"lr": 0.1})
+    logger.log_worker(0, 2, 0.4, {"lr": 0.1})
+    copy = pickle.loads(pickle.dumps(logger))
+    logger.close()
+    assert copy.run_id(0) == logger.run_id(0) == f"{started[0]}-r1"
+    copy.log_worker(0, 3, 0.3, {"lr": 0.1})
+    copy.close()
+    assert started == [started[0], f"{started[0]}-r1", f"{started[0]}-r1"]
+    runs = _finished_runs(offline)
+    assert {r.run.run_id for r in runs} == {f"{started[0]}-r1"}
+    assert sorted(h["step"] for r in runs for h in r.history) == [2, 3]

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     metrics = {"accuracy": float(accs[i])}
                     value = float(losses[i])
                     logs.log_worker(i, step, value, hparams, metrics=metrics, generation_id=gen)
-            logs.sync(lineage.history)
+            population_cnn.sync_loggers(logs, lineage.history, args)  # (and keeps them)
             best = int(np.argmin(losses))
             progress.update(args.workers * steps)
             progress.set_postfix(
@@ -214,7 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress.close()
         store.wait()
         log.close()
-        logs.finish(lineage)
+        logs.finish(lineage)  # the last exploits, the best member's schedule
+        population_cnn.keep_loggers(logs, args.log, args.log_dir)  # (a rerun goes on)
     summary = population_cnn.summarize(lineage, accuracies)
     summary.update(
         dataset=dataset.name,

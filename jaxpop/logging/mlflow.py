@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import posixpath
 import re
 import threading
 import time
@@ -77,18 +78,45 @@ _INVALID_KEY_CHARACTERS = re.compile(r"[^/\w.\- ]")
 _KEY_LIMIT = 230  # MLflow's is 250: room for "hparams/" and "-<hash>" (base.clean_name)
 
 
+def _path_not_unique(name: str) -> bool:
+    """MLflow's own rule (``mlflow.utils.validation.path_not_unique``; this copy where an
+    MLflow does not have it): a name is refused unless it is a path that resolves to
+    itself and does not start with ``/``, ``.`` alone or ``..``."""
+    try:
+        from mlflow.utils.validation import path_not_unique
+    except ImportError:
+        norm = posixpath.normpath(name)
+        return norm != name or norm == "." or norm.startswith(("..", "/"))
+    return bool(path_not_unique(name))
+
+
 def _key(name: str) -> str:
     """A param's name as MLflow takes it: its characters, at most 250 of them, and a
-    path that resolves to itself (a name with an empty, ``.`` or ``..`` part is made one
-    part, its ``/`` s as ``_``). MLflow refuses any other name, and the whole batch of a
-    call with it: a worker whose hyperparameters held one logged no evaluation."""
+    path MLflow's rule takes (:func:`_path_not_unique`: a name with an empty, ``.`` or
+    ``..`` part is made one part, its ``/`` s as ``_``; one that then starts with ``..``
+    or is ``.`` starts with ``_``). MLflow refuses any other name, and the whole batch
+    of a call with it."""
     clean = _INVALID_KEY_CHARACTERS.sub("_", name)[:_KEY_LIMIT]
-    parts = clean.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        clean = "_".join(parts)
-        if clean in ("", ".", ".."):
+    if _path_not_unique(clean):
+        clean = clean.replace("/", "_")
+        if _path_not_unique(clean):  # ("", "." or a name starting with "..")
             clean = "_" + clean
     return clean
+
+
+def _refused_for_good(error: Exception) -> bool:
+    """Whether MLflow refused a request in a way no retry changes: an ``MlflowException``
+    whose HTTP status is a 4xx (``INVALID_PARAMETER_VALUE`` is 400), but for 401, 403
+    (credentials can be renewed), 408, 409 and 429 (a conflict or a limit passes). A
+    connection error or a 5xx may succeed later."""
+    status = getattr(error, "get_http_status_code", None)
+    if not callable(status):
+        return False
+    try:
+        code = int(status())
+    except Exception:
+        return False
+    return 400 <= code < 500 and code not in (401, 403, 408, 409, 429, 499)
 
 
 def _param_limit() -> int:
@@ -177,7 +205,7 @@ class MlflowLogger:
             )
             self.parent_run_id = parent.info.run_id
             self._owner = self._created = True
-            self._log_params(self.parent_run_id, config or {})
+            self._log_params(self.parent_run_id, dict(config or {}))
         else:
             parent = client.get_run(parent_run_id)  # raises if there is no such run
             self.experiment_id, self.parent_run_id = parent.info.experiment_id, parent_run_id
@@ -221,12 +249,20 @@ class MlflowLogger:
         self._setup()
         self._exploits, self._written, self._created = list(exploits), len(exploits), created
 
-    def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        """Logs ``params`` (cleaned names); a value longer than MLflow takes is cut,
-        ends in ``…``, and is warned about (once per logger)."""
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Logs ``params`` (cleaned names), taking each param out of the dict once it is
+        sent; a value longer than MLflow takes is cut, ends in ``…``, and is warned
+        about (once per logger).
+
+        Params MLflow refuses for good (:func:`_refused_for_good`: a name or value it
+        never takes) are taken out too, with one warning naming them: a batch it refuses
+        is sent again a param at a time, so only those are lost. A request that may
+        succeed later (the service down) raises, leaving the params not sent in
+        ``params``."""
         from mlflow.entities import Param
 
         named = renamed({str(k): v for k, v in params.items()}, _param_key)
+        origin = dict(zip(named, params, strict=True))  # a cleaned name's key in params
         limit, items, cut = _param_limit(), [], []
         for name, value in named.items():
             text, was_cut = _param_value(value, limit)
@@ -241,8 +277,39 @@ class MlflowLogger:
                 limit,
                 ", ".join(cut),
             )
-        for start in range(0, len(items), _BATCH):
-            self._client.log_batch(run_id, params=items[start : start + _BATCH])
+        refused: list[tuple[str, Exception]] = []
+        try:
+            for start in range(0, len(items), _BATCH):
+                batch = items[start : start + _BATCH]
+                try:
+                    self._client.log_batch(run_id, params=batch)
+                except Exception as e:
+                    if not _refused_for_good(e):
+                        raise
+                    if len(batch) == 1:
+                        refused.append((batch[0].key, e))
+                    else:  # one param refuses the whole batch: send them one by one
+                        for item in batch:
+                            try:
+                                self._client.log_batch(run_id, params=[item])
+                            except Exception as error:
+                                if not _refused_for_good(error):
+                                    raise
+                                refused.append((item.key, error))
+                            params.pop(origin[item.key])
+                        continue
+                for item in batch:
+                    params.pop(origin[item.key])
+        finally:
+            for key, _ in refused:
+                params.pop(origin[key], None)
+            if refused:
+                _log.warning(
+                    "jaxpop: MLflow refused the params %s of run %s (%s): not sent again",
+                    ", ".join(repr(key) for key, _ in refused),
+                    run_id,
+                    "; ".join(f"{type(e).__name__}: {e}" for _, e in refused),
+                )
 
     def _check_open(self) -> None:
         if self._closed:
@@ -278,7 +345,12 @@ class MlflowLogger:
     ) -> None:
         """Logs ``eval/value``, ``eval/<metric>`` and ``hparams/<name>`` at ``step`` to
         the worker's nested run (created on its first call, with the hyperparameters as
-        params)."""
+        params).
+
+        The metrics go out even when the params fail: params MLflow refuses for good
+        are dropped with a warning naming them; after a failure that may pass (a
+        connection error, a 5xx) they are kept for the next call, and a
+        ``RuntimeError`` saying so is raised once the metrics are logged."""
         from mlflow.entities import Metric, RunTag
 
         worker_id = check_worker_id(worker_id)
@@ -294,10 +366,15 @@ class MlflowLogger:
                 )
                 run_id = self._runs[worker_id] = run.info.run_id
                 if hparams is not None:  # (the starting ones: sent until a request succeeds)
-                    self._params[worker_id] = flatten_hparams(hparams)
-            if worker_id in self._params:
-                self._log_params(run_id, self._params[worker_id])
-                del self._params[worker_id]
+                    self._params[worker_id] = dict(flatten_hparams(hparams))
+            params_error: Exception | None = None
+            if worker_id in self._params:  # (the metrics go out even when these fail)
+                try:
+                    self._log_params(run_id, self._params[worker_id])
+                except Exception as e:  # kept: sent again with the next call
+                    params_error = e
+                if not self._params[worker_id]:
+                    del self._params[worker_id]
             now, step = _now_ms(), check_step(step)
             tags = []
             if generation_id is not None and self._generations.get(worker_id) != generation_id:
@@ -307,6 +384,13 @@ class MlflowLogger:
             self._client.log_batch(run_id, metrics=batch, tags=tags)
             if generation_id is not None:  # (only once the tag is sent: else sent again)
                 self._generations[worker_id] = generation_id
+            if params_error is not None:
+                failed = params_error
+                raise RuntimeError(
+                    f"MLflow did not take worker {worker_id}'s params "
+                    f"({type(failed).__name__}: {failed}); its evaluation was logged, the "
+                    "params are sent again with its next call"
+                ) from failed
 
     def log_exploit(self, event: ExploitEvent) -> None:
         """Logs ``exploits/count`` at the exploit's step and adds it to ``exploits.json``."""

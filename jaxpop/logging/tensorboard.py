@@ -16,6 +16,8 @@ Writers come from ``tensorboardX`` when it is installed, else from
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import logging
 import math
@@ -27,7 +29,7 @@ import struct
 import threading
 import time
 from collections.abc import Mapping
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -62,19 +64,21 @@ class _TensorBoardXWriter:
 
     (``tensorboardX.SummaryWriter`` writes from a thread of its own: when a write fails
     there -- a full disk -- that thread dies, its queue fills and the next call blocks
-    for good, the training loop with it.) :meth:`flush` hands what was written to the
-    OS (a killed process loses none of it); :meth:`close` also syncs it to disk. A
-    failed write raises here, and the next one starts a new event file: TensorBoard
-    stops reading a file at a torn record, and what follows must not be lost with it."""
+    for good, the training loop with it.) Each record goes to the OS as it is written
+    (unbuffered: a killed process loses none of it); :meth:`close` also syncs it to
+    disk. A failed write raises here, and the file is cut back to its last whole
+    record (TensorBoard stops reading a file at a torn record, and what follows must
+    not be lost with it), so the next write goes on in the same file: a full disk
+    leaves one file, not one per failed call. Only where the cut fails does the next
+    write start a new event file."""
 
     def __init__(self, path: str):
         self._path = path
-        self._file: BinaryIO | None = None
+        self._file: io.FileIO | None = None
+        self._size = 0  # bytes of the file's whole records
         self._open()
 
     def _open(self) -> None:
-        from tensorboardX.proto.event_pb2 import Event
-
         # a suffix of its own: another writer on this directory (a restarted worker,
         # another process, this one after a failed write) started in the same second
         # must not reuse the file name
@@ -82,18 +86,42 @@ class _TensorBoardXWriter:
             f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}"
             f".{os.getpid()}.{secrets.token_hex(3)}"
         )
-        self._file = open(os.path.join(self._path, name), "xb")  # noqa: SIM115 (kept open)
-        self._write(Event(wall_time=time.time(), file_version="brain.Event:2"))
+        self._file = open(os.path.join(self._path, name), "xb", buffering=0)  # noqa: SIM115
+        self._size = 0
+        self._append(_version_event())
 
     def _write(self, event: Any) -> None:
-        if self._file is None:  # the last write failed
+        if self._file is None:  # the last write failed, and so did cutting its record
             self._open()
-        assert self._file is not None
+        elif self._size == 0:  # (the file's first record failed: it starts again)
+            self._append(_version_event())
+        self._append(event)
+
+    def _append(self, event: Any) -> None:
+        file = self._file
+        assert file is not None
+        record = _record(event.SerializeToString())
         try:
-            self._file.write(_record(event.SerializeToString()))
+            done = 0
+            while done < len(record):  # (a write may take part: a full disk the rest)
+                written = file.write(memoryview(record)[done:])
+                if not written:
+                    raise OSError(errno.EIO, f"no byte written to {file.name}")
+                done += written
         except BaseException:
-            self._drop()
+            self._cut()
             raise
+        self._size += len(record)
+
+    def _cut(self) -> None:
+        """Cuts the file back to its whole records after a failed write, or, failing
+        that, forgets it (closing it as far as it can)."""
+        try:
+            assert self._file is not None
+            os.ftruncate(self._file.fileno(), self._size)
+            self._file.seek(self._size)
+        except OSError:
+            self._drop()
 
     def _event(self, summary: Any, step: int) -> None:
         from tensorboardX.proto.event_pb2 import Event
@@ -135,6 +163,13 @@ class _TensorBoardXWriter:
                 file.close()
 
 
+def _version_event() -> Any:
+    """The event that starts every event file."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    return Event(wall_time=time.time(), file_version="brain.Event:2")
+
+
 def _record(data: bytes) -> bytes:
     """``data`` framed as a TFRecord: its length, the length's masked CRC, the data and
     its masked CRC (what TensorBoard reads)."""
@@ -173,7 +208,8 @@ def _float32(value: float) -> float:
 def _float32_changes(value: float) -> bool:
     """Whether TensorBoard's 32-bit float shows ``value`` as another number entirely: a
     finite value as an infinity, a non-zero one as 0, an integer as another integer
-    (rounding a fraction is no change)."""
+    (rounding a fraction is no change). An int is taken as the float it is written as."""
+    value = float(value)  # (int.is_integer exists only from Python 3.12)
     shown = _float32(value)
     if not math.isfinite(value) or shown == value:
         return False

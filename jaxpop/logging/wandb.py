@@ -120,7 +120,7 @@ class WandbLogger:
     def _setup(self) -> None:
         self._lock = threading.RLock()
         self._runs: dict[int, Any] = {}
-        self._failed: dict[str, int] = {}  # failed wandb.init calls per run (this process)
+        self._failed: dict[str, int] = {}  # failed wandb.init calls per run (pickled)
         self._hparams: dict[int, tuple[Any, Any]] = {}
         self._population: Any = None
         self._exploits: list[dict[str, Any]] = []
@@ -131,20 +131,25 @@ class WandbLogger:
     def __getstate__(self) -> dict[str, Any]:
         # the exploits table's rows so far: a copy that logs exploits (a driver's resumed
         # from a pickle) logs the table with them, not without (it is replaced each time)
-        return {**self._options, "exploits": list(self._exploits)}
+        # and the failed starts per run: a copy (a rerun, a restarted actor) logs on to
+        # the run its original last started (<id>-r<n>), not back to <id>
+        return {**self._options, "exploits": list(self._exploits), "failed": dict(self._failed)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         options = dict(state)
         exploits = options.pop("exploits", [])  # (none in a pickle from before they were kept)
+        failed = options.pop("failed", {})
         self._options, self.group = options, options["group"]
         self._setup()
+        self._failed.update(failed)
         # (logged whole again only once this copy logs an exploit: a worker's never does)
         self._exploits, self._published = list(exploits), len(exploits)
 
     # -- runs ---------------------------------------------------------------------------
     def run_id(self, worker_id: int) -> str:
-        """The W&B run id of worker ``worker_id``'s run (after a failed start in this
-        process, the id of the next start: ``<id>-r<n>``)."""
+        """The W&B run id of worker ``worker_id``'s run (after a failed start by this
+        logger, or by the logger it was pickled from, the id of the next start:
+        ``<id>-r<n>``)."""
         return self._run_id(f"w{worker_id}")
 
     def _run_id(self, key: str) -> str:
