@@ -8,6 +8,7 @@ import os
 import re
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -182,7 +183,8 @@ def test_a_run_mirrored_as_links_reads_as_the_run(tmp_path):
 
 def test_a_linked_segment_with_a_torn_tail_is_refused_saying_not_to_remove_it(tmp_path):
     """The cut of a torn tail goes through no link: the error said the segment "cannot
-    be read" and to remove it, which lost its acknowledged records (review)."""
+    be read" and to remove it, which lost its acknowledged records (review); it is
+    refused before any other repair, with the file the link leads to (review)."""
     run, mirror = tmp_path / "run", tmp_path / "mirror"
     pop = _open(run)
     _evals(pop, [5, 10])
@@ -194,13 +196,44 @@ def test_a_linked_segment_with_a_torn_tail_is_refused_saying_not_to_remove_it(tm
     mirror.mkdir()
     for name in os.listdir(run):
         if name != "lock":
-            os.symlink(run / name, mirror / name)
-    with (
-        pytest.warns(storage.TornRecordWarning),
-        pytest.raises(storage.CorruptLogError, match=r"ends in a torn record .* Do not remove it"),
-    ):
-        _open(mirror)
+            os.symlink(os.path.relpath(run / name, mirror), mirror / name)
+    interrupted = mirror / ("snapshot-00000000.jpsnap.tmp-" + "ab" * 16)  # a repair too
+    interrupted.write_bytes(b"half a snapshot")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no "dropping a torn record": nothing is dropped)
+        error = _within(10, lambda: _open(mirror))
+    assert isinstance(error, storage.CorruptLogError), error
+    assert re.search(r"ends in a torn record .* Do not remove it", str(error)), error
+    assert repr(str(run / segment)) in str(error)  # where the link leads, not the link text
     assert os.path.islink(mirror / segment) and (run / segment).read_bytes() == target
+    assert interrupted.exists()  # nothing changed
+
+
+def test_a_dangling_link_to_the_segment_before_an_empty_one_opens(tmp_path):
+    """A segment emptied by a crash is removed, and the one before it, obsolete, was
+    synced through a dangling link in a mirror: the controller refused a run that
+    read_state reads (review)."""
+    run, mirror = tmp_path / "run", tmp_path / "mirror"
+    pop = _open(run, compact_after=2)
+    _evals(pop, [5, 10, 15])
+    pop.close()
+    files = sorted(os.listdir(run))
+    n = int(_files(run, "snapshot-")[-1][len("snapshot-") : -len(".jpsnap")])
+    mirror.mkdir()
+    for name in files:
+        if name != "lock":
+            os.symlink(run / name, mirror / name)
+    segment = f"journal-{n:08d}.jpjournal"
+    os.remove(mirror / segment)
+    (mirror / segment).write_bytes(b"")  # the controller died creating it
+    previous = f"journal-{n - 1:08d}.jpjournal"
+    assert previous not in files
+    os.symlink(run / previous, mirror / previous)  # compacted away: it dangles
+    expected = storage.read_state(mirror, attempts=1).num_events
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with _open(mirror) as reopened:
+            assert reopened.state.num_events == expected
 
 
 def test_a_link_loop_and_a_dangling_link_to_an_obsolete_file_read_as_they_are(tmp_path):
@@ -223,14 +256,18 @@ def test_a_link_loop_and_a_dangling_link_to_an_obsolete_file_read_as_they_are(tm
         storage.read_state(mirror, attempts=1)
 
 
-def test_a_fifo_as_the_migration_record_does_not_hang_the_controller(tmp_path, caplog):
+@pytest.mark.parametrize("record", ["fifo", "nested"])
+def test_a_fifo_as_the_migration_record_does_not_hang_the_controller(tmp_path, caplog, record):
     """check_not_seed_run opened seed-migration.json with a plain open: a FIFO there
     hung the controller, a link to /dev/zero filled memory (review)."""
     from jaxpop.storage import seed_state
 
     _open(tmp_path).close()
     (tmp_path / seed_state.SEED_STATE_FILE).write_bytes(b"the seed's state")
-    os.mkfifo(tmp_path / seed_state.MIGRATION_FILE)
+    if record == "fifo":
+        os.mkfifo(tmp_path / seed_state.MIGRATION_FILE)
+    else:  # (json raised RecursionError, which failed the controller: review)
+        (tmp_path / seed_state.MIGRATION_FILE).write_text("[" * 100_000)
     with caplog.at_level("WARNING", logger="jaxpop"):
         assert _within(10, lambda: _open(tmp_path).close()) is None
     assert "was not migrated here" in caplog.text

@@ -26,7 +26,9 @@ __all__ = [
     "Frame",
     "TornRecordWarning",
     "TornTail",
+    "DanglingLinkError",
     "frame",
+    "is_link",
     "open_regular",
     "read_first_frame",
     "read_frames",
@@ -223,7 +225,7 @@ def open_regular(
     try:  # (non-blocking: opening a FIFO waits for its other end)
         fd = os.open(name, flags | nofollow | os.O_NONBLOCK, 0o644, dir_fd=dir_fd)
     except FileNotFoundError:
-        if follow and _is_link(name, dir_fd):
+        if follow and is_link(name, dir_fd):
             raise DanglingLinkError(_not_regular(path, "a symbolic link to nothing")) from None
         raise
     except OSError as e:
@@ -245,7 +247,8 @@ class DanglingLinkError(CorruptLogError):
     """A file of a ``log_dir`` is a symbolic link to nothing (:func:`open_regular`)."""
 
 
-def _is_link(name: str, dir_fd: int | None) -> bool:
+def is_link(name: str, dir_fd: int | None = None) -> bool:
+    """Whether ``name`` (in the directory ``dir_fd`` opened, if given) is a symbolic link."""
     try:
         return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
     except OSError:

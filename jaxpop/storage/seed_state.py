@@ -1019,10 +1019,13 @@ def check_not_seed_run(log_dir: str | os.PathLike) -> None:
         record = os.path.join(log_dir, MIGRATION_FILE)
         with open(open_regular(record, follow=True), "rb") as f:
             migrated = json.loads(f.read(_MAX_RECORD_BYTES))["sha256"]
+        digest = hashlib.sha256()
         with open(open_regular(path, follow=True), "rb") as f:
-            current = hashlib.sha256(f.read()).hexdigest()
-    except (OSError, ValueError, KeyError, TypeError, CorruptLogError):
-        migrated, current = None, "unknown"
+            while chunk := f.read(1 << 20):  # (in pieces: it may be large)
+                digest.update(chunk)
+        current = digest.hexdigest()
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, CorruptLogError):
+        migrated, current = None, "unknown"  # (RecursionError: a record nested deep)
     if migrated != current:
         logger.warning(
             "jaxpop: %s holds a jaxpop run and the seed's %s, which %s; the jaxpop run is "

@@ -34,10 +34,12 @@ from jaxpop.storage.atomic import write_atomic
 from jaxpop.storage.delta import delta
 from jaxpop.storage.frames import (
     CorruptLogError,
+    DanglingLinkError,
     Frame,
     TornRecordWarning,
     TornTail,
     frame,
+    is_link,
     open_regular,
     read_first_frame,
     read_frames,
@@ -449,7 +451,22 @@ def _load_live(log_dir: str, attempts: int) -> _Loaded | None:
 
 
 def _repair(repairs: list[_Repair], dir_fd: int) -> None:
-    """Applies ``repairs`` in the directory ``dir_fd`` opened (their paths' file names)."""
+    """Applies ``repairs`` in the directory ``dir_fd`` opened (their paths' file names).
+
+    Raises:
+      CorruptLogError: a torn tail to cut is in a symbolic link (jaxpop writes through
+        none); nothing is changed then.
+    """
+    for repair in repairs:  # (before any change: all or nothing)
+        name = os.path.basename(repair.path)
+        if repair.torn is not None and not repair.remove and is_link(name, dir_fd):
+            raise CorruptLogError(
+                f"{repair.path} ends in a torn record (at offset {repair.torn.offset}), which "
+                "a controller cuts off, but it is a symbolic link (to "
+                f"{os.path.realpath(repair.path)!r}) and jaxpop writes through no link: "
+                "replace the link by a copy of the file it leads to (cp --remove-destination) "
+                "and open the run again. Do not remove it: its records would be lost"
+            )
     for repair in repairs:
         if repair.torn is not None:
             warnings.warn(
@@ -465,14 +482,6 @@ def _repair(repairs: list[_Repair], dir_fd: int) -> None:
                 os.remove(name, dir_fd=dir_fd)
             continue
         assert repair.torn is not None  # a repair either removes a file or cuts a torn tail
-        if stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
-            raise CorruptLogError(
-                f"{repair.path} ends in a torn record (at offset {repair.torn.offset}), which "
-                f"a controller cuts off, but it is a symbolic link (to "
-                f"{os.readlink(name, dir_fd=dir_fd)!r}) and jaxpop writes through no link: "
-                "replace the link by a copy of the file it leads to (cp --remove-destination) "
-                "and open the run again. Do not remove it: its records would be lost"
-            )
         fd = open_regular(repair.path, os.O_RDWR, dir_fd=dir_fd)
         try:
             os.ftruncate(fd, repair.torn.offset)
@@ -815,7 +824,8 @@ class Store:
             self._started_run = True
             self._records, self._snapshot_size = loaded.records, loaded.snapshot_size
             previous = _journal_name(loaded.next_segment - 1)
-            with contextlib.suppress(FileNotFoundError):  # (none: nothing went before)
+            # (none, or a link to none in a mirror: nothing went before, or it is obsolete)
+            with contextlib.suppress(FileNotFoundError, DanglingLinkError):
                 # what went before reaches the disk before what follows
                 path = os.path.join(self.log_dir, previous)
                 fd = open_regular(path, dir_fd=self._directory.fd, follow=True)
