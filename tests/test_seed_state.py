@@ -747,19 +747,6 @@ def test_a_migration_that_stopped_before_its_run_is_refused_not_started_afresh(
         assert c.history.num_checkpoints == 9
 
 
-def test_a_worker_with_other_params_than_its_step_s_checkpoint_is_not_its_child(seed, tmp_path):
-    """Its new generation started at its step with the checkpoint there as parent, which
-    holds other params: a start at its parent's step stands for the parent's params, so
-    reporting the worker's own missing also lost the parent's (review)."""
-    workers, cache, state = _seed_state(seed)
-    workers[1] = seed.ActiveWorker("/ckpt/elsewhere", {"lr": 0.5}, "gen-b", 10)
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
-    with pytest.warns(UserWarning, match=r"active_workers\[1\]"):
-        migrated = storage.load_seed_state(tmp_path, seed=0)
-    gen = migrated.workers[1].generation_id
-    assert migrated.history.branch_point(gen) == ("gen-b", 5)  # (the one before its step)
-
-
 def test_a_fixed_schedule_sends_a_copied_worker_back_to_its_own_hyperparameters(seed, tmp_path):
     """A seed PBT run (gen-c, lr 0.11, copied from gen-a's step 10, lr 0.1) resumed with a
     FixedSchedule: a worker sent back before its first point got gen-a's 0.1, the root
@@ -778,24 +765,29 @@ def test_a_fixed_schedule_sends_a_copied_worker_back_to_its_own_hyperparameters(
         assert (back.step, back.params, back.meta_params) == (15, "c15", {"lr": 0.11})
 
 
-def test_a_worker_at_its_generation_s_start_with_other_params_keeps_its_lineage(seed, tmp_path):
-    """At a copy's start (gen-c, step 10, copied from gen-a's step 10) with other params
-    than that start, the worker's new generation became a root: its lineage was cut and
-    checkpoint_missing then sent it to a fresh start (review)."""
+@pytest.mark.parametrize(
+    ("worker", "parent"),
+    [
+        # other params than its step's checkpoint: a start at its parent's step stands for
+        # the parent's params, so reporting its own missing also lost the parent's
+        ((1, "/ckpt/elsewhere", "gen-b", 10), ("gen-b", 5)),
+        # at a copy's start with other params: its new generation became a root (lineage
+        # cut: checkpoint_missing then sent it to a fresh start)
+        ((0, "/ckpt/elsewhere", "gen-c", 10), ("gen-a", 5)),
+        # before its generation's start, with that start's params: a parent at a later step
+        ((0, "/ckpt/gen-a/10", "gen-c", 3), ("gen-a", 0)),
+    ],
+)
+def test_a_migrated_worker_s_own_generation_descends_from_its_lineage_before_it(
+    seed, tmp_path, worker, parent
+):
+    """The new generation of a worker whose hyperparameters are not its generation's
+    starts from the newest checkpoint of its lineage before its step, or at it holding
+    its params (reviews)."""
+    i, params, gen, step = worker
     workers, cache, state = _seed_state(seed)
-    workers[0] = seed.ActiveWorker("/ckpt/elsewhere", {"lr": 0.5}, "gen-c", 10)
+    workers[i] = seed.ActiveWorker(params, {"lr": 0.5}, gen, step)
     (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
-    with pytest.warns(UserWarning, match=r"active_workers\[0\]"):
+    with pytest.warns(UserWarning, match=rf"active_workers\[{i}\]"):
         migrated = storage.load_seed_state(tmp_path, seed=0)
-    assert migrated.history.branch_point(migrated.workers[0].generation_id) == ("gen-a", 5)
-
-
-def test_a_worker_before_its_generation_s_start_is_not_the_start_s_child(seed, tmp_path):
-    """At step 3 of gen-c (which starts at step 10) with gen-c's start's params, its new
-    generation took gen-c's step 10 as parent: a lineage going back in steps (review)."""
-    workers, cache, state = _seed_state(seed)
-    workers[0] = seed.ActiveWorker("/ckpt/gen-a/10", {"lr": 0.5}, "gen-c", 3)
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
-    with pytest.warns(UserWarning, match=r"active_workers\[0\]"):
-        migrated = storage.load_seed_state(tmp_path, seed=0)
-    assert migrated.history.branch_point(migrated.workers[0].generation_id) == ("gen-a", 0)
+    assert migrated.history.branch_point(migrated.workers[i].generation_id) == parent
