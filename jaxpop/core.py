@@ -251,6 +251,10 @@ def _changes(
     return changes
 
 
+#: How many events a run can apply: event keys are folded in from a uint32 index.
+MAX_EVENTS = 2**32
+
+
 def event_key(state: PopulationState) -> np.ndarray:
     """The key of the next event applied to ``state``.
 
@@ -258,10 +262,6 @@ def event_key(state: PopulationState) -> np.ndarray:
     :func:`_finish` refuses any further event that would change its state.
     """
     return _event_key(state.key, min(state.num_events, MAX_EVENTS - 1))
-
-
-#: How many events a run can apply: event keys are folded in from a uint32 index.
-MAX_EVENTS = 2**32
 
 
 def check_events_left(state: PopulationState) -> None:
