@@ -50,6 +50,7 @@ from jaxpop.checkpointing import MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.logging import BACKENDS, Loggers, RunLogger, parse_backends
 from jaxpop.logging import make_loggers as make_run_loggers
+from jaxpop.logging.mlflow import resolve_tracking_uri
 from jaxpop.mutators.base import Mutator
 from jaxpop.storage import RunMismatchError
 
@@ -376,10 +377,11 @@ def keep_loggers(logs: Loggers, backends: Sequence[str], log_dir: str) -> None:
     ``log_dir``: it logs no exploit a run before it logged (TensorBoard's
     ``exploits/count`` went 1..8, then 1..12 again), to the same W&B group and MLflow
     parent run. Beside them: the backends, the absolute ``log_dir`` and the
-    ``MLFLOW_TRACKING_URI`` they were made for (:func:`_kept_loggers` starts new ones
-    where these changed). Called when they are made and after each sync that logged
-    something; a failure to write it is a warning (the run goes on; a rerun may log
-    again what was logged since the last write, never less)."""
+    ``MLFLOW_TRACKING_URI`` (a relative path in it made absolute) they were made for
+    (:func:`_kept_loggers` starts new ones where these changed). Called when they are
+    made and after each sync that logged something; a failure to write it is a warning
+    (the run goes on; a rerun may log again what was logged since the last write, never
+    less)."""
     if not backends:
         return
     log_dir = os.path.abspath(log_dir)
@@ -388,7 +390,7 @@ def keep_loggers(logs: Loggers, backends: Sequence[str], log_dir: str) -> None:
         "backends": list(backends),
         "loggers": logs,
         "log_dir": log_dir,
-        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI") or None,
+        "tracking_uri": _tracking_uri(),
     }
     try:
         os.makedirs(log_dir, exist_ok=True)
@@ -428,6 +430,29 @@ def _unreadable(path: str, error: Exception) -> str:
     )
 
 
+def _tracking_uri() -> str | None:
+    """``MLFLOW_TRACKING_URI`` (``None`` when unset), a relative path in it made absolute
+    as :class:`~jaxpop.logging.MlflowLogger` makes it (the same string from another
+    working directory is another store)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return resolve_tracking_uri(uri) if uri else None
+
+
+def _kept_log_dir(kept: Mapping[str, Any]) -> str | None:
+    """The ``--log-dir`` the kept loggers were made for: as kept beside them, or, in a
+    pickle from before it was, the folder above the one a kept logger writes to
+    (TensorBoard's ``<log-dir>/tensorboard``, W&B's ``<log-dir>/wandb``)."""
+    if "log_dir" in kept:
+        return kept["log_dir"]
+    for logger in getattr(kept["loggers"], "loggers", ()):
+        folder = getattr(logger, "log_dir", None)  # (TensorBoardLogger's)
+        if folder is None:  # (WandbLogger's)
+            folder = getattr(logger, "_options", {}).get("dir")
+        if isinstance(folder, str) and os.path.basename(folder) in ("tensorboard", "wandb"):
+            return os.path.dirname(os.path.abspath(folder))
+    return None
+
+
 def _same_dir(kept: str | None, log_dir: str) -> bool:
     if kept == log_dir:
         return True
@@ -450,14 +475,14 @@ def _kept_loggers(log_dir: str, backends: Sequence[str]) -> Loggers | None:
             kept = pickle.load(f)
     except Exception as error:  # (a library gone, a setting unset, a torn file)
         raise SystemExit(_unreadable(path, error)) from None
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or None
+    uri, kept_dir = _tracking_uri(), _kept_log_dir(kept)
     if set(kept["backends"]) != set(backends):
         why = f"the run before logged to {' '.join(kept['backends'])}"
-    elif "log_dir" not in kept:
+    elif kept_dir is None:
         why = "an older jaxpop kept them without the --log-dir they were made for"
-    elif not _same_dir(kept["log_dir"], log_dir):
+    elif not _same_dir(kept_dir, log_dir):
         why = (
-            f"they were made for --log-dir {kept['log_dir']}: a copied or moved folder; "
+            f"they were made for --log-dir {kept_dir}: a copied or moved folder; "
             "they would log into that run's"
         )
     elif "mlflow" in backends and kept.get("tracking_uri") != uri:

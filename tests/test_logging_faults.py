@@ -444,3 +444,123 @@ def test_kept_loggers_that_cannot_be_read_say_what_to_do(tmp_path, mlflow_store,
         f.write(b"cjaxpop_no_such_module\nLogger\n.")  # (a pickle of a package not here)
     with pytest.raises(SystemExit, match=r"(?s)package .* is missing: install it.*delete the file"):
         population_cnn.make_loggers(args, "pbt")
+
+
+def test_params_a_proxy_refuses_as_a_batch_go_out_one_at_a_time(mlflow_store):
+    """A proxy's 413 (too large a body) comes from MLflow's REST client as a 500, so the
+    batch was taken for a transient failure, never split: no param was ever logged and
+    every evaluation raised (hostile review)."""
+    from mlflow.exceptions import MlflowException, get_error_code
+    from mlflow.tracking import MlflowClient
+
+    logger = jaxpop.logging.MlflowLogger("pbt", tracking_uri=mlflow_store)
+    real, sent = logger._client.log_batch, []
+
+    def proxy(run_id, metrics=(), params=(), tags=()):
+        sent.append(len(params))
+        if len(params) > 1:
+            raise MlflowException("error code 413 != 200", error_code=get_error_code(413))
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    logger._client.log_batch = proxy
+    for step in (1, 2):
+        logger.log_worker(0, step, 0.5, {"lr": 0.1, "momentum": 0.9})
+    params = MlflowClient(tracking_uri=mlflow_store).get_run(logger.worker_run_id(0)).data.params
+    assert params == {"lr": "0.1", "momentum": "0.9"}
+    assert [n for n in sent if n] == [2, 1, 1]  # (then never again)
+    logger.close()
+
+
+def test_params_kept_after_a_transient_failure_are_pickled_and_named_at_close(mlflow_store, caplog):
+    """Params kept for the next call were not pickled (a rerun's kept loggers, a
+    restarted actor never sent them) and close() ended the run without a word."""
+    import pickle
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+    from mlflow.tracking import MlflowClient
+
+    logger = jaxpop.logging.MlflowLogger("pbt", tracking_uri=mlflow_store)
+    real = logger._client.log_batch
+
+    def down(run_id, metrics=(), params=(), tags=()):
+        if params:
+            raise MlflowException("down", TEMPORARILY_UNAVAILABLE)
+        return real(run_id, metrics=metrics, params=params, tags=tags)
+
+    logger._client.log_batch = down
+    with pytest.raises(RuntimeError, match=r"sent again"):
+        logger.log_worker(0, 1, 0.5, {"lr": 0.1, "wd": 0.01})
+    copy = pickle.loads(pickle.dumps(logger))
+    copy.log_worker(0, 2, 0.4, {"lr": 0.1, "wd": 0.01})
+    run = MlflowClient(tracking_uri=mlflow_store).get_run(logger.worker_run_id(0))
+    assert run.data.params == {"lr": "0.1", "wd": "0.01"}
+    copy.close()
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        logger.close()
+        logger.close()
+    warnings = [r.getMessage() for r in caplog.records if "never got the params" in r.getMessage()]
+    assert len(warnings) == 1 and "'lr', 'wd'" in warnings[0] and "worker 0" in warnings[0]
+
+
+def test_a_relative_tracking_uri_is_kept_absolute_so_a_rerun_elsewhere_is_not_lost(
+    tmp_path, mlflow_store, monkeypatch, capsys
+):
+    """``MLFLOW_TRACKING_URI=mlruns`` was kept as written: a rerun from another working
+    directory reused the kept loggers, whose client then opened another store, where
+    the parent run is not (every MLflow call failed; hostile review)."""
+    pytest.importorskip("tensorboardX")
+    from examples import population_cnn
+    from jaxpop.logging.mlflow import resolve_tracking_uri
+
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+    args = _example_args(tmp_path / "run", "mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "mlruns")
+    monkeypatch.chdir(tmp_path / "a")
+    first = population_cnn.make_loggers(args, "pbt")
+    first.close()
+    assert _parent(first)[1] == str(tmp_path / "a" / "mlruns")
+    capsys.readouterr()
+    assert _parent(population_cnn.make_loggers(args, "pbt")) == _parent(first)  # (kept)
+    monkeypatch.chdir(tmp_path / "b")
+    again = population_cnn.make_loggers(args, "pbt")
+    assert _parent(again)[1] == str(tmp_path / "b" / "mlruns")
+    assert _parent(again)[0] != _parent(first)[0] and "new loggers" in capsys.readouterr().err
+    again.log_worker(0, 1, 0.5)  # (errors="warn": would only warn)
+    assert _history(_parent(again)[1], again.loggers[0].worker_run_id(0)) == [(1, 0.5)]
+    again.close()
+    cwd = str(tmp_path / "b")
+    assert resolve_tracking_uri("file:mlruns") == f"file://{cwd}/mlruns"
+    assert resolve_tracking_uri("./mlruns") == f"{cwd}/mlruns"
+    assert resolve_tracking_uri("sqlite:///m.db?x=1") == f"sqlite:///{cwd}/m.db?x=1"
+    for uri in ("sqlite:////abs/m.db", "file:///abs", "http://host:5000", "databricks"):
+        assert resolve_tracking_uri(uri) == uri
+
+
+def test_kept_loggers_from_before_the_log_dir_was_kept_are_kept_by_their_own_folder(
+    tmp_path, capsys
+):
+    """A loggers.pickle without the --log-dir beside them always gave new loggers,
+    logging every exploit again, though TensorBoard's kept logger names its folder."""
+    pytest.importorskip("tensorboardX")
+    import pickle
+
+    from examples import population_cnn
+
+    args = _example_args(tmp_path / "run", "tensorboard")
+    first = population_cnn.make_loggers(args, "pbt")
+    first.log_exploit(ExploitEvent("g1", ("g0", 10), 10, 0.0, {"lr": 0.1}, {"lr": 0.2}, 0.5))
+    population_cnn.keep_loggers(first, args.log, args.log_dir)
+    first.close()
+    path = tmp_path / "run" / population_cnn.LOGGERS_FILE
+    kept = pickle.loads(path.read_bytes())
+    path.write_bytes(pickle.dumps({"backends": kept["backends"], "loggers": kept["loggers"]}))
+    capsys.readouterr()
+    again = population_cnn.make_loggers(args, "pbt")
+    assert again.loggers[0]._exploits == 1 and capsys.readouterr().err == ""
+    again.close()
+    os.rename(tmp_path / "run", tmp_path / "moved")  # (its folder gone: new loggers)
+    moved = population_cnn.make_loggers(_example_args(tmp_path / "moved", "tensorboard"), "pbt")
+    assert moved.loggers[0]._exploits == 0 and "copied or moved" in capsys.readouterr().err
+    moved.close()

@@ -181,3 +181,36 @@ def test_an_int_tensorboard_shows_as_another_integer_is_written_with_a_warning(t
     assert _events(tmp_path / "worker-0") == [(1, "small", 3.0), (2, "examples_seen", 16777216.0)]
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "examples_seen" in warning and "16777217" in warning
+
+
+def test_a_worker_whose_first_write_meets_a_full_disk_keeps_one_event_file(tmp_path, monkeypatch):
+    """At a disk full from a worker's first write, the writer that failed writing its
+    file's version record was not kept: each call made another empty event file
+    (hostile review: 200 calls, 200 files)."""
+    import errno
+
+    pytest.importorskip("tensorboardX")
+    full = [True]
+
+    class Disk:  # no byte taken while the disk is full
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, data):
+            if full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):  # flush, close, fileno, seek
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(tensorboard, "open", lambda *a, **k: Disk(open(*a, **k)), raising=False)
+    logger = tensorboard.TensorBoardLogger(tmp_path)
+    for step in range(1, 21):
+        with pytest.raises(OSError, match=r"No space"):
+            logger.log_worker(0, step, 0.5)
+    full.clear()
+    logger.log_worker(0, 21, 0.25)
+    logger.close()
+    assert len(glob.glob(str(tmp_path / "worker-0" / "events.out.tfevents.*"))) == 1
+    assert (21, "eval/value", 0.25) in _events(tmp_path / "worker-0")

@@ -19,7 +19,8 @@ actors share one population.
 
 The tracking URI is MLflow's to resolve (``MLFLOW_TRACKING_URI``; since MLflow 3.7 the
 default is ``sqlite:///mlflow.db``, which needs the full ``mlflow`` package; a ``file:``
-store needs ``MLFLOW_ALLOW_FILE_STORE=true`` on MLflow >= 3.7), as is the experiment
+store needs ``MLFLOW_ALLOW_FILE_STORE=true`` on MLflow >= 3.7), a relative path in it
+made absolute when the logger is made (:func:`resolve_tracking_uri`), as is the experiment
 (``MLFLOW_EXPERIMENT_NAME``, else ``Default``). Needs ``pip install 'jaxpop[mlflow]'``.
 """
 
@@ -49,7 +50,7 @@ from jaxpop.logging.base import (
 from jaxpop.mutators import ExploitEvent
 from jaxpop.report.data import flatten_hparams
 
-__all__ = ["MlflowLogger"]
+__all__ = ["MlflowLogger", "resolve_tracking_uri"]
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
 WORKER_TAG = "jaxpop.worker"
@@ -104,11 +105,39 @@ def _key(name: str) -> str:
     return clean
 
 
+#: ``sqlite:///<path>`` with a relative path (``sqlite:////<path>`` is an absolute one).
+_SQLITE_RELATIVE = re.compile(r"^(sqlite(?:\+\w+)?:///)(?!/)([^?]+)(.*)$", re.DOTALL)
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """``uri`` with a relative path in it made absolute against the working directory:
+    a path (``mlruns``, ``./mlruns``), a ``file:`` URI (``file:mlruns``) or a SQLite
+    one (``sqlite:///mlflow.db``); any other URI as it is. (A copy of the logger, or a
+    rerun, started in another directory must open the same store.)
+
+    >>> import os
+    >>> resolve_tracking_uri("sqlite:///mlflow.db") == f"sqlite:///{os.getcwd()}/mlflow.db"
+    True
+    >>> resolve_tracking_uri("http://localhost:5000")
+    'http://localhost:5000'
+    """
+    sqlite = _SQLITE_RELATIVE.match(uri)
+    if sqlite is not None:
+        scheme, path, rest = sqlite.groups()
+        return uri if path == ":memory:" else f"{scheme}{os.path.abspath(path)}{rest}"
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        return "file://" + os.path.abspath(uri[len("file:") :])
+    if uri in ("", "databricks") or re.match(r"^[A-Za-z][\w+.-]*:", uri):
+        return uri  # (MLflow's "databricks", or a URI: http:, databricks://, ...)
+    return os.path.abspath(uri)  # (a path)
+
+
 def _refused_for_good(error: Exception) -> bool:
     """Whether MLflow refused a request in a way no retry changes: an ``MlflowException``
     whose HTTP status is a 4xx (``INVALID_PARAMETER_VALUE`` is 400), but for 401, 403
-    (credentials can be renewed), 408, 409 and 429 (a conflict or a limit passes). A
-    connection error or a 5xx may succeed later."""
+    (credentials can be renewed), 409, 429 and 499 (a conflict, a limit or a cancel
+    passes). A connection error or a 5xx may succeed later. (MLflow's REST client gives
+    a status it does not map, a proxy's 413 among them, as a 500.)"""
     status = getattr(error, "get_http_status_code", None)
     if not callable(status):
         return False
@@ -116,7 +145,7 @@ def _refused_for_good(error: Exception) -> bool:
         code = int(status())
     except Exception:
         return False
-    return 400 <= code < 500 and code not in (401, 403, 408, 409, 429, 499)
+    return 400 <= code < 500 and code not in (401, 403, 409, 429, 499)
 
 
 def _param_limit() -> int:
@@ -156,7 +185,8 @@ class MlflowLogger:
 
     Args:
       name: the parent run's name (default ``"population"``).
-      tracking_uri: where MLflow stores runs (default: MLflow's resolution).
+      tracking_uri: where MLflow stores runs (default: MLflow's resolution); a relative
+        path in it is made absolute here (:func:`resolve_tracking_uri`).
       experiment: the experiment's name (default: ``MLFLOW_EXPERIMENT_NAME``, else
         MLflow's ``Default``); created if missing.
       parent_run_id: attach to this existing parent run instead of creating one (for
@@ -188,7 +218,7 @@ class MlflowLogger:
         artifact_every_s: float = 30.0,
     ):
         mlflow = require("mlflow", "mlflow", "MLflow")
-        self.tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+        self.tracking_uri = resolve_tracking_uri(tracking_uri or mlflow.get_tracking_uri())
         self.artifact_every_s = float(artifact_every_s)
         self._setup()
         client = self._client
@@ -236,6 +266,8 @@ class MlflowLogger:
             # resumed from a pickle) rewrites the file with them, not without
             "exploits": list(self._exploits),
             "created": self._created,
+            # params a transient failure kept: a copy (a rerun, a restarted actor) sends them
+            "params": {worker: dict(params) for worker, params in self._params.items()},
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -243,22 +275,25 @@ class MlflowLogger:
         state = dict(state)
         exploits = state.pop("exploits", [])  # (none in a pickle from before they were kept)
         created = state.pop("created", False)
+        params = state.pop("params", {})
         self.__dict__.update(state)
         # a copy ends the parent run only if it logs the best member of a run its original
         # created (a resumed driver's); it writes exploits.json only once it logs an exploit
         self._setup()
         self._exploits, self._written, self._created = list(exploits), len(exploits), created
+        self._params.update({worker: dict(kept) for worker, kept in params.items()})
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Logs ``params`` (cleaned names), taking each param out of the dict once it is
         sent; a value longer than MLflow takes is cut, ends in ``…``, and is warned
         about (once per logger).
 
-        Params MLflow refuses for good (:func:`_refused_for_good`: a name or value it
-        never takes) are taken out too, with one warning naming them: a batch it refuses
-        is sent again a param at a time, so only those are lost. A request that may
-        succeed later (the service down) raises, leaving the params not sent in
-        ``params``."""
+        A batch that fails (whatever the error: MLflow gives a proxy's 413 as a 500) is
+        sent again a param at a time, once. Params MLflow then refuses for good
+        (:func:`_refused_for_good`: a name or value it never takes) are taken out too,
+        with one warning naming them, so only those are lost. A param whose request may
+        succeed later (the service down) raises, leaving it and the params not sent
+        after it in ``params``."""
         from mlflow.entities import Param
 
         named = renamed({str(k): v for k, v in params.items()}, _param_key)
@@ -284,20 +319,12 @@ class MlflowLogger:
                 try:
                     self._client.log_batch(run_id, params=batch)
                 except Exception as e:
+                    if len(batch) > 1:  # (one param, or the batch's size, refused it)
+                        self._log_params_alone(run_id, batch, params, origin, refused)
+                        continue
                     if not _refused_for_good(e):
                         raise
-                    if len(batch) == 1:
-                        refused.append((batch[0].key, e))
-                    else:  # one param refuses the whole batch: send them one by one
-                        for item in batch:
-                            try:
-                                self._client.log_batch(run_id, params=[item])
-                            except Exception as error:
-                                if not _refused_for_good(error):
-                                    raise
-                                refused.append((item.key, error))
-                            params.pop(origin[item.key])
-                        continue
+                    refused.append((batch[0].key, e))
                 for item in batch:
                     params.pop(origin[item.key])
         finally:
@@ -310,6 +337,26 @@ class MlflowLogger:
                     run_id,
                     "; ".join(f"{type(e).__name__}: {e}" for _, e in refused),
                 )
+
+    def _log_params_alone(
+        self,
+        run_id: str,
+        batch: list[Any],
+        params: dict[str, Any],
+        origin: dict[str, str],
+        refused: list[tuple[str, Exception]],
+    ) -> None:
+        """Sends the params of a failed ``batch`` a request each, taking each one sent or
+        refused for good (added to ``refused``) out of ``params``; raises at the first
+        that may succeed later."""
+        for item in batch:
+            try:
+                self._client.log_batch(run_id, params=[item])
+            except Exception as error:
+                if not _refused_for_good(error):
+                    raise
+                refused.append((item.key, error))
+            params.pop(origin[item.key])
 
     def _check_open(self) -> None:
         if self._closed:
@@ -461,10 +508,20 @@ class MlflowLogger:
         pickle).
         Idempotent. If ``exploits.json`` cannot be written, the worker runs are still
         ended and the error raised; the parent run stays open, and the next
-        ``close()`` writes it again and ends it."""
+        ``close()`` writes it again and ends it. Params a transient failure kept and no
+        later call sent are named in a warning."""
         with self._lock:
             if self._closed:
                 return
+            for worker_id, unsent in sorted(self._params.items()):
+                _log.warning(
+                    "jaxpop: MLflow never got the params %s of worker %d (run %s): a "
+                    "request for them failed and no later call of the worker sent them",
+                    ", ".join(repr(name) for name in unsent),
+                    worker_id,
+                    self._runs.get(worker_id, "not looked up"),
+                )
+            self._params.clear()  # (warned once)
             error: Exception | None = None
             if self._exploits:
                 try:

@@ -70,13 +70,19 @@ class _TensorBoardXWriter:
     record (TensorBoard stops reading a file at a torn record, and what follows must
     not be lost with it), so the next write goes on in the same file: a full disk
     leaves one file, not one per failed call. Only where the cut fails does the next
-    write start a new event file."""
+    write start a new event file.
+
+    The file is made here, its version record written if the disk takes it: if not,
+    the writer is kept all the same and its first write starts it again (a writer not
+    made at a full disk left an empty file per call)."""
 
     def __init__(self, path: str):
         self._path = path
         self._file: io.FileIO | None = None
         self._size = 0  # bytes of the file's whole records
         self._open()
+        with contextlib.suppress(OSError):  # (raised by the first write, made next)
+            self._append(_version_event())
 
     def _open(self) -> None:
         # a suffix of its own: another writer on this directory (a restarted worker,
@@ -88,12 +94,11 @@ class _TensorBoardXWriter:
         )
         self._file = open(os.path.join(self._path, name), "xb", buffering=0)  # noqa: SIM115
         self._size = 0
-        self._append(_version_event())
 
     def _write(self, event: Any) -> None:
         if self._file is None:  # the last write failed, and so did cutting its record
             self._open()
-        elif self._size == 0:  # (the file's first record failed: it starts again)
+        if self._size == 0:  # a new file, or its first record failed: it starts again
             self._append(_version_event())
         self._append(event)
 
