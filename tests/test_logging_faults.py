@@ -564,3 +564,24 @@ def test_kept_loggers_from_before_the_log_dir_was_kept_are_kept_by_their_own_fol
     moved = population_cnn.make_loggers(_example_args(tmp_path / "moved", "tensorboard"), "pbt")
     assert moved.loggers[0]._exploits == 0 and "copied or moved" in capsys.readouterr().err
     moved.close()
+
+
+@pytest.mark.parametrize("folder", ["run#1", "p%41q", "a?b", "a b"])
+def test_a_relative_file_uri_resolves_to_the_working_directory_whatever_its_name(
+    monkeypatch, tmp_path, folder
+):
+    """A "#", "?" or "%xx" in the working directory's name went into the URI unescaped:
+    MLflow read the store as another, sibling folder (review)."""
+    pytest.importorskip("mlflow")
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    from jaxpop.logging.mlflow import resolve_tracking_uri
+
+    (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / folder)
+    here = str(tmp_path / folder)
+    assert local_file_uri_to_path(resolve_tracking_uri("file:mlruns")) == f"{here}/mlruns"
+    assert local_file_uri_to_path(resolve_tracking_uri("file:my%20runs")) == f"{here}/my runs"
+    sqlite = resolve_tracking_uri("sqlite:///m.db")
+    assert sqlite in ("sqlite:///m.db", f"sqlite:///{here}/m.db")  # (as given if it cannot)
+    assert "?" not in sqlite.split("m.db")[0] and "#" not in sqlite

@@ -29,10 +29,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pathlib
 import posixpath
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,9 +126,14 @@ def resolve_tracking_uri(uri: str) -> str:
     sqlite = _SQLITE_RELATIVE.match(uri)
     if sqlite is not None:
         scheme, path, rest = sqlite.groups()
-        return uri if path == ":memory:" else f"{scheme}{os.path.abspath(path)}{rest}"
+        absolute = os.path.abspath(path)
+        if path == ":memory:" or any(c in absolute for c in "?#%"):
+            return uri  # (a sqlite URL cannot hold such a path: left as it was given)
+        return f"{scheme}{absolute}{rest}"
     if uri.startswith("file:") and not uri.startswith("file:/"):
-        return "file://" + os.path.abspath(uri[len("file:") :])
+        # (escaped: a "#", "?" or "%xx" in the directory's name is part of the path)
+        path = urllib.parse.unquote(uri[len("file:") :])  # (a URI's path is escaped)
+        return pathlib.Path(os.path.abspath(path)).as_uri()
     if uri in ("", "databricks") or re.match(r"^[A-Za-z][\w+.-]*:", uri):
         return uri  # (MLflow's "databricks", or a URI: http:, databricks://, ...)
     return os.path.abspath(uri)  # (a path)
