@@ -53,6 +53,7 @@ from jaxpop.logging import make_loggers as make_run_loggers
 from jaxpop.logging.mlflow import resolve_tracking_uri
 from jaxpop.mutators.base import Mutator
 from jaxpop.storage import RunMismatchError
+from jaxpop.storage.atomic import write_atomic
 
 __all__ = [
     "Experiment",
@@ -394,9 +395,7 @@ def keep_loggers(logs: Loggers, backends: Sequence[str], log_dir: str) -> None:
     }
     try:
         os.makedirs(log_dir, exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
-            pickle.dump(kept, f)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, pickle.dumps(kept))
     except OSError as error:
         logging.getLogger("jaxpop").warning(
             "jaxpop: could not keep the loggers in %s: %s", path, error

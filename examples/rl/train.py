@@ -42,6 +42,7 @@ from jaxpop import storage
 from jaxpop import vectorized as vz
 from jaxpop.keys import root_key
 from jaxpop.mutators import selection
+from jaxpop.storage.atomic import write_atomic
 
 __all__ = ["Population", "main", "population", "run"]
 
@@ -322,10 +323,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "logdir": logdir,
         "seconds": round(time.time() - start, 1),
     }
-    path = os.path.join(logdir, "summary.json")
-    with open(path + ".tmp", "w") as f:  # (whole or not at all)
-        json.dump(summary, f, indent=1)
-    os.replace(path + ".tmp", path)
+    # (whole or not at all)
+    write_atomic(os.path.join(logdir, "summary.json"), json.dumps(summary, indent=1).encode())
     if not args.quiet:
         print_summary(summary)
     return summary
