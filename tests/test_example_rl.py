@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import sys
@@ -12,13 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("gymnax", reason="the RL example needs gymnax: pip install -e '.[rl]'")
+# (a mark, not importorskip: gymnax is imported only by the test process that runs these)
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("gymnax") is None,
+    reason="the RL example needs gymnax: pip install -e '.[rl]'",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `examples` is a top-level package of the repo, not installed
     sys.path.insert(0, str(ROOT))
 
-from examples.rl import train  # noqa: E402
 from jaxpop import report, storage  # noqa: E402
 from jaxpop import vectorized as vz  # noqa: E402
 from jaxpop.keys import root_key  # noqa: E402
@@ -30,7 +34,15 @@ ARGV += ["--eval-episodes", str(EVAL_EPISODES), "--quantile", "0.5", "--seed", "
 ARGV += ["--fast-compile", "--quiet"]
 
 
-def _population() -> train.Population:
+@pytest.fixture(scope="module")
+def train():
+    """``examples.rl.train`` (it imports gymnax)."""
+    from examples.rl import train
+
+    return train
+
+
+def _population(train):
     """The example's compiled functions for ARGV (shared with the run below)."""
     return train.population(
         "CartPole-v1", MEMBERS, 10, quantile=0.5, eval_episodes=EVAL_EPISODES, fast_compile=True
@@ -38,7 +50,7 @@ def _population() -> train.Population:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+def run(train, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     logdir = tmp_path_factory.mktemp("rl")
     return train.main([*ARGV, "--logdir", str(logdir)]), logdir
 
@@ -72,16 +84,16 @@ def test_the_lineage_is_written_and_jaxpop_report_reads_it(run):
     )
 
 
-def test_the_agent_key_is_the_one_key_leaf_exploit_explore_refreshes():
-    fns = _population()
+def test_the_agent_key_is_the_one_key_leaf_exploit_explore_refreshes(train):
+    fns = _population(train)
     pop = fns.init(root_key(0))
     leaves = jax.tree_util.tree_leaves_with_path(pop.train_state)
     keys = [jax.tree_util.keystr(p) for p, leaf in leaves if vz.is_key_leaf(p, leaf)]
     assert keys == ["['key']"]
 
 
-def test_two_copies_of_one_parent_draw_different_actions_and_environment_noise():
-    fns = _population()
+def test_two_copies_of_one_parent_draw_different_actions_and_environment_noise(train):
+    fns = _population(train)
     pop, _ = fns.train_round(fns.init(root_key(0)))
     before = pop.hparams
     # truncation with half the population copying: members 2 and 3 (tied last) may
@@ -123,7 +135,7 @@ def test_two_copies_of_one_parent_draw_different_actions_and_environment_noise()
         ["--seed", str(2**63 - 1)],
     ],
 )
-def test_steps_out_of_range_are_refused(bad, capsys):
+def test_steps_out_of_range_are_refused(train, bad, capsys):
     # 0 was taken as "unset" (the environment's default ran), a negative or short
     # interval became one update, silently
     with pytest.raises(SystemExit):
@@ -131,7 +143,7 @@ def test_steps_out_of_range_are_refused(bad, capsys):
     assert "must be" in capsys.readouterr().err
 
 
-def test_fixed_runs_may_be_one_round_and_run_checks_its_steps(tmp_path):
+def test_fixed_runs_may_be_one_round_and_run_checks_its_steps(train, tmp_path):
     """--fixed never exploits: one round is a run (it was refused with PBT's reason);
     run() itself checks the total (it ran a whole round for a total below one); a
     replaced run's summary.json does not outlive it (helper-120)."""

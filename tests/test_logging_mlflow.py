@@ -5,14 +5,12 @@ keeps that store behind ``MLFLOW_ALLOW_FILE_STORE=true``), read back with
 ``MlflowClient``.
 """
 
+import importlib.util
 import json
 import pickle
 import re
 
 import pytest
-
-pytest.importorskip("mlflow")
-
 from test_logging import WORKERS, simulate, wta_rounds
 
 import jaxpop.logging
@@ -21,6 +19,9 @@ from jaxpop.logging.mlflow import _param_key
 from jaxpop.mutators import exploit_events
 from jaxpop.report import flatten_hparams
 from jaxpop.schedules import from_json
+
+# (a mark, not importorskip: MLflow is imported only by the test process that runs these)
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="no mlflow")
 
 
 @pytest.fixture

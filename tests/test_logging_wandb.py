@@ -7,6 +7,7 @@ framing around protobuf ``Record`` s, parsed here with ``wandb.proto``) and its 
 """
 
 import glob
+import importlib.util
 import json
 import os
 import pickle
@@ -14,10 +15,6 @@ import struct
 import time
 
 import pytest
-
-pytest.importorskip("wandb")
-
-from google.protobuf.message import DecodeError  # (wandb's dependency)
 from test_logging import WORKERS, simulate, wta_rounds
 
 import jaxpop.logging
@@ -25,6 +22,9 @@ from jaxpop.logging.base import exploit_record, lineage_records, schedule_record
 from jaxpop.mutators import exploit_events
 from jaxpop.report import flatten_hparams
 from jaxpop.schedules import from_json
+
+# (a mark, not importorskip: W&B is imported only by the test process that runs these)
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="no wandb")
 
 _BLOCK, _HEADER = 32768, 7
 
@@ -123,6 +123,8 @@ def _finished_runs(log_dir, timeout_s=30.0):
     """Every offline run in ``log_dir``, once each one's transaction log holds its run
     and exit records: W&B's service process may still be writing the file when
     ``run.finish()`` has returned (seen on a loaded machine, and in CI)."""
+    from google.protobuf.message import DecodeError  # (wandb's dependency)
+
     deadline = time.monotonic() + timeout_s
     while True:
         dirs = sorted(glob.glob(os.path.join(log_dir, "wandb", "offline-run-*")))
