@@ -36,7 +36,7 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
         return [_copy(v, arrays, deep) for v in x]
     if t is tuple:
         return tuple(_copy(v, arrays, deep) for v in x)
-    if t is np.ndarray:
+    if isinstance(x, np.ndarray):  # (a subclass too: a masked array, a memmap)
         if not arrays:
             return x
         # (deep: an object array's elements are objects that may be edited in place)

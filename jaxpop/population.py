@@ -258,6 +258,7 @@ class PopulationController:
         self._reconfigure = reconfigure
         self._clock = clock
         self._lock = threading.RLock()
+        self._in_call = False  # (a call is being applied: see _enter_call)
         self.log_dir = log_dir
         now = _as_time(clock())
         drawn = seed is None  # (each run its own ids: a worker of another run is unknown here)
@@ -519,23 +520,30 @@ class PopulationController:
           OSError: the file cannot be read (or is no regular file). Nothing changes.
         """
         with self._lock:
-            where = "the bytes passed to load_state"
+            self._enter_call()  # (applying a stop calls the mutator)
+            try:
+                return self._load_state_locked(data)
+            finally:
+                self._in_call = False
+
+    def _load_state_locked(self, data: bytes | None) -> bool:
+        where = "the bytes passed to load_state"
+        if data is None:
+            if self._store is None:  # (no log_dir)
+                return False
+            data = self._store.read_file(seed_lib.STATE_FILE)
             if data is None:
-                if self._store is None:  # (no log_dir)
-                    return False
-                data = self._store.read_file(seed_lib.STATE_FILE)
-                if data is None:
-                    return False
-                where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
-            state, start = self._state_to_load(data, where)
-            # a stop it already meets is applied before anything is written, so that
-            # nothing changes on failure
-            state, _ = self._stopped(state, start)
-            if self._store is not None:
-                self._store.check_open()
-                self._store.replace(state, started=start)
-            self._state, self._start = state, start
-            return True
+                return False
+            where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
+        state, start = self._state_to_load(data, where)
+        # a stop it already meets is applied before anything is written, so that
+        # nothing changes on failure
+        state, _ = self._stopped(state, start)
+        if self._store is not None:
+            self._store.check_open()
+            self._store.replace(state, started=start)
+        self._state, self._start = state, start
+        return True
 
     def _state_to_load(self, data: bytes, where: str) -> tuple[PopulationState, float]:
         """The state saved as ``data`` (read from ``where``), checked against this run,
@@ -604,6 +612,15 @@ class PopulationController:
     def __enter__(self) -> PopulationController:
         return self
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise TypeError(
+            "a PopulationController cannot be pickled (it holds a lock, and with a "
+            "log_dir the directory's): serve it to other processes "
+            "(jaxpop.distributed.ray.serve or population.start_courier_server) and pass "
+            "the client, which pickles; or pass controller.serialized_state() and "
+            "load_state() it in a new controller"
+        )
+
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
@@ -665,81 +682,11 @@ class PopulationController:
         gone: list[int] = []
         said: list[str] = []  # the replies' warnings
         with self._lock:
-            if self._store is not None:
-                self._store.check_open()
-            state, now = self._state, self._clock()
-            if type(now) is not float or now - now != 0.0:  # (not finite: NaN or inf)
-                now = _as_time(now)
-            pending: list[core.Changes] = []
-            for event in events:
-                if type(event) is Reactivate:
-                    self._refuse_if_over(state, event, now)
-                if self._gone_after_s is not None:
-                    i = _worker_index(event.worker_id, state.population_size)
-                    reactivating = type(event) is Reactivate
-                    if i is not None and not reactivating:  # a worker that calls is alive
-                        self._seen[i] = now
-                    state, changes = core.expire(
-                        state,
-                        now,
-                        core.event_key(state),
-                        after_s=self._gone_after_s,
-                        seen=self._seen,
-                        mutator=self._mutator,
-                    )
-                    if changes is not None:
-                        pending.append(changes)
-                        gone += [j for j, w in changes.workers if w.status == GONE]
-                    # one reactivated counts from now (the driver's call on an active
-                    # one says nothing of it)
-                    if i is not None and reactivating and state.workers[i].status != ACTIVE:
-                        self._seen[i] = now
-                when = self._stop_when
-                # a call in flight when the run ended (say) wakes no one, decides nothing
-                over = (
-                    when is not None
-                    and isinstance(event, (Eval, Ask, Missing))
-                    and core.stays_done(state, event, now, when, self._start)
-                )
-                if over and state.workers[operator.index(event.worker_id)].status == GONE:
-                    finish = Finish(operator.index(event.worker_id))  # done, not gone
-                    state, reply = core.finish(
-                        state, finish, now, core.event_key(state), mutator=self._mutator
-                    )
-                    if reply.changes is not None:
-                        pending.append(reply.changes)
-                key = core.event_key(state)
-                if over and type(event) is Eval:
-                    state, reply = core.set_eval(
-                        state, event, now, key, mutator=self._mutator, wake=False
-                    )
-                else:  # (a finished worker's ask is answered "finished", its Missing too)
-                    state, reply = core.transition(state, event, now, key, mutator=self._mutator)
-                if reply.warning is not None:
-                    said.append(reply.warning)
-                if reply.changes is not None:
-                    pending.append(reply.changes)
-                # (a call that changed nothing can only reach a time budget)
-                if when is not None and (reply.changes is not None or when.seconds is not None):
-                    checkpoint = reply.checkpoint
-                    state, changes = core.stop(
-                        state,
-                        now,
-                        core.event_key(state),
-                        when=when,
-                        mutator=self._mutator,
-                        added=() if reply.changes is None else reply.changes.checkpoints,
-                        reported=None
-                        if checkpoint is None or checkpoint.value is None
-                        else (operator.index(event.worker_id), checkpoint.step),
-                        start=self._start,
-                    )
-                    if changes is not None:
-                        pending.append(changes)
-                        if isinstance(event, (Ask, Missing)):
-                            reply = _told_to_stop(reply, event, changes)
-            if pending:
-                self._take(state, pending)
+            self._enter_call()
+            try:
+                reply = self._apply_locked(events, gone, said)
+            finally:
+                self._in_call = False
         if gone:
             logger.warning(
                 "jaxpop: workers %s declared gone (not heard from for %ss)",
@@ -748,6 +695,102 @@ class PopulationController:
             )
         for warning in said:
             logger.warning(warning)
+        return reply
+
+    def _enter_call(self) -> None:
+        """Marks a call as being applied (the lock held); refuses one made from inside
+        another by the same thread (the lock is reentrant): a mutator's function, the
+        clock or ``checkpoint_missing``'s ``exists`` calling the controller would have
+        its call overwritten by the outer one's result (or, with a log_dir, the outer
+        one refused by the journal)."""
+        if self._in_call:
+            raise RuntimeError(
+                "the controller was called from inside one of its own calls (by a "
+                "mutator's function, the clock, or checkpoint_missing's exists=): the "
+                "inner call's change would be lost; call it after the outer call returns"
+            )
+        self._in_call = True
+
+    def _apply_locked(
+        self, events: tuple[Event, ...], gone: list[int], said: list[str]
+    ) -> core.Reply:
+        """:meth:`_apply`'s work, under the lock; the workers declared gone and the
+        replies' warnings go to ``gone`` and ``said``."""
+        if self._store is not None:
+            self._store.check_open()
+        state, now = self._state, self._clock()
+        if type(now) is not float or now - now != 0.0:  # (not finite: NaN or inf)
+            now = _as_time(now)
+        pending: list[core.Changes] = []
+        for event in events:
+            if type(event) is Reactivate:
+                self._refuse_if_over(state, event, now)
+            if self._gone_after_s is not None:
+                i = _worker_index(event.worker_id, state.population_size)
+                reactivating = type(event) is Reactivate
+                if i is not None and not reactivating:  # a worker that calls is alive
+                    self._seen[i] = now
+                state, changes = core.expire(
+                    state,
+                    now,
+                    core.event_key(state),
+                    after_s=self._gone_after_s,
+                    seen=self._seen,
+                    mutator=self._mutator,
+                )
+                if changes is not None:
+                    pending.append(changes)
+                    gone += [j for j, w in changes.workers if w.status == GONE]
+                # one reactivated counts from now (the driver's call on an active
+                # one says nothing of it)
+                if i is not None and reactivating and state.workers[i].status != ACTIVE:
+                    self._seen[i] = now
+            when = self._stop_when
+            # a call in flight when the run ended (say) wakes no one, decides nothing
+            over = (
+                when is not None
+                and isinstance(event, (Eval, Ask, Missing))
+                and core.stays_done(state, event, now, when, self._start)
+            )
+            if over and state.workers[operator.index(event.worker_id)].status == GONE:
+                finish = Finish(operator.index(event.worker_id))  # done, not gone
+                state, reply = core.finish(
+                    state, finish, now, core.event_key(state), mutator=self._mutator
+                )
+                if reply.changes is not None:
+                    pending.append(reply.changes)
+            key = core.event_key(state)
+            if over and type(event) is Eval:
+                state, reply = core.set_eval(
+                    state, event, now, key, mutator=self._mutator, wake=False
+                )
+            else:  # (a finished worker's ask is answered "finished", its Missing too)
+                state, reply = core.transition(state, event, now, key, mutator=self._mutator)
+            if reply.warning is not None:
+                said.append(reply.warning)
+            if reply.changes is not None:
+                pending.append(reply.changes)
+            # (a call that changed nothing can only reach a time budget)
+            if when is not None and (reply.changes is not None or when.seconds is not None):
+                checkpoint = reply.checkpoint
+                state, changes = core.stop(
+                    state,
+                    now,
+                    core.event_key(state),
+                    when=when,
+                    mutator=self._mutator,
+                    added=() if reply.changes is None else reply.changes.checkpoints,
+                    reported=None
+                    if checkpoint is None or checkpoint.value is None
+                    else (operator.index(event.worker_id), checkpoint.step),
+                    start=self._start,
+                )
+                if changes is not None:
+                    pending.append(changes)
+                    if isinstance(event, (Ask, Missing)):
+                        reply = _told_to_stop(reply, event, changes)
+        if pending:
+            self._take(state, pending)
         return reply
 
     def _refuse_if_over(self, state: PopulationState, event: Reactivate, now: float) -> None:

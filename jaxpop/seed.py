@@ -23,7 +23,7 @@ from typing import Any
 import jax
 
 from jaxpop import encoding
-from jaxpop.boundary import _IMMUTABLE, copy_out
+from jaxpop.boundary import _IMMUTABLE, copy_in, copy_out
 from jaxpop.history import History
 from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint, _with_status
@@ -492,7 +492,46 @@ def _result(
             )
     if not added and all(a is b for a, b in zip(returned, workers, strict=True)):
         return workers, added  # the same tuple: nothing changed
-    return tuple(returned), added
+    return _owned(workers, returned, added, history)
+
+
+def _owned(
+    workers: tuple[ActiveWorker, ...],
+    returned: list[ActiveWorker],
+    added: list[Checkpoint],
+    history: History,
+) -> tuple[tuple[ActiveWorker, ...], list[Checkpoint]]:
+    """The new assignments and checkpoints with the controller's own copies of their
+    ``meta_params`` and ``params`` (:func:`jaxpop.boundary.copy_in`), as the built-in
+    mutators' results: a seed mutator keeps its objects and may edit them later. A
+    value stored already (the params of a checkpoint it was handed) is shared, not
+    copied again; one object copied once (a new generation's start and its worker
+    share theirs)."""
+    copies: dict[int, Any] = {}
+    stored = {id(w.params) for w in workers} | {id(w.meta_params) for w in workers}
+
+    def own(value: Any) -> Any:
+        if type(value) in _IMMUTABLE or id(value) in stored:
+            return value
+        mine = copies.get(id(value))
+        if mine is None:
+            mine = copies[id(value)] = copy_in(value)
+        return mine
+
+    def stored_at(ref: Any) -> None:
+        if isinstance(ref, tuple) and len(ref) == 2:
+            known = history.get_checkpoint(*ref)
+            if known is not None:
+                stored.update((id(known.params), id(known.meta_params)))
+
+    for c in added:
+        stored_at(c.parent)
+    owned = [c.replace(params=own(c.params), meta_params=own(c.meta_params)) for c in added]
+    for i, w in enumerate(returned):
+        if w is not workers[i]:
+            stored_at((w.generation_id, w.step))
+            returned[i] = w.replace(params=own(w.params), meta_params=own(w.meta_params))
+    return tuple(returned), owned
 
 
 # -- saved states (serialized_state / save_state / load_state) ---------------------------

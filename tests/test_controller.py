@@ -226,6 +226,100 @@ def test_callers_cannot_change_the_history_behind_the_controllers_back(tmp_path)
         resumed.close()
 
 
+def test_params_of_an_ndarray_subclass_are_copied_too():
+    """A masked array or another ndarray subclass was stored as the caller's own object
+    (only exact ndarrays were copied): the caller's edit changed the history (helper-158)."""
+
+    class Tagged(np.ndarray):
+        pass
+
+    pop = PopulationController([{"h": 1.0}], noop_mutator())
+    gen = pop.active_workers[0].generation_id
+    masked = np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0])
+    tagged = np.zeros(3).view(Tagged)
+    pop.set_eval(0, gen, 1, {"m": masked, "t": tagged}, 1.0)
+    masked[0], tagged[1] = 99.0, 7.0
+    stored = pop.history.get_checkpoint(gen, 1).params
+    assert type(stored["m"]) is np.ma.MaskedArray and type(stored["t"]) is Tagged
+    np.testing.assert_array_equal(stored["m"].data, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(stored["t"], [0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="read-only"):
+        stored["t"][0] = 1.0
+
+
+def _calls_back(call):
+    """A WinnerTakeAllGenetic whose mutate_fn calls ``call(controller)`` once; the
+    controller is set on the returned list."""
+    box = []
+
+    def mutate(meta):
+        if box and len(box) == 1:
+            box.append(call(box[0]))
+        return {"h": meta["h"] * 0.5}
+
+    return box, WinnerTakeAllGenetic(mutate, steps_per_exploit=10)
+
+
+@pytest.mark.parametrize("with_log_dir", [False, True])
+def test_a_callback_that_calls_its_controller_is_refused_and_nothing_is_lost(
+    tmp_path, with_log_dir
+):
+    """A mutator's function calling the controller (finish(2), say) had its call
+    overwritten by the outer call's result without a log_dir, and with one the outer
+    call was refused as "a journal that holds events its writer did not take"
+    (helper-158). The inner call raises; the outer one fails as a whole, and the
+    controller goes on."""
+    box, mutator = _calls_back(lambda c: c.finish(2))
+    log_dir = tmp_path / "run" if with_log_dir else None
+    pop = PopulationController([{"h": 0.1}, {"h": 0.2}, {"h": 0.3}], mutator, log_dir=log_dir)
+    box.append(pop)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "p0", 0.5)
+    pop.set_eval(1, gens[1], 10, "p1", 0.4)
+    before = pop.state
+    with pytest.raises(RuntimeError, match="called from inside one of its own calls"):
+        pop.set_eval(2, gens[2], 10, "p2", 0.3)  # the round: mutate_fn runs
+    assert pop.state is before
+    assert [w.status for w in pop.active_workers] == ["active"] * 3
+    box.pop()  # (the callback is done calling)
+    pop.finish(2)  # the controller goes on
+    pop.set_eval(1, gens[1], 11, "p1b", 0.4)
+    assert pop.active_workers[2].status == "finished"
+    pop.close()
+    if with_log_dir:
+        again = PopulationController([{"h": 0.1}, {"h": 0.2}, {"h": 0.3}], mutator, log_dir=log_dir)
+        assert again.state.history.num_checkpoints == pop.state.history.num_checkpoints
+        assert again.active_workers[2].status == "finished"
+        again.close()
+
+
+def test_checkpoint_missing_exists_that_calls_the_controller_is_refused():
+    pop = PopulationController([{"h": 0.1}, {"h": 0.2}], noop_mutator())
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 3, "p3", 0.6)  # (exists is asked of the older params)
+    pop.set_eval(0, gen, 5, "p5", 0.5)
+
+    def exists(params):
+        pop.finish(1)
+        return False
+
+    with pytest.raises(RuntimeError, match="called from inside one of its own calls"):
+        pop.checkpoint_missing(0, gen, 5, exists=exists)
+    assert [w.status for w in pop.active_workers] == ["active", "active"]
+    assert pop.active_workers[0].step == 5  # nothing sent back
+
+
+@pytest.mark.parametrize("with_log_dir", [False, True])
+def test_a_controller_refuses_to_be_pickled_and_says_what_to_pass(tmp_path, with_log_dir):
+    import pickle
+
+    log_dir = tmp_path / "run" if with_log_dir else None
+    pop = PopulationController([{"h": 0.1}], noop_mutator(), log_dir=log_dir)
+    with pytest.raises(TypeError, match=r"cannot be pickled.*serialized_state"):
+        pickle.dumps(pop)
+    pop.close()
+
+
 def test_meta_params_with_keys_jax_cannot_sort_are_refused_where_they_enter():
     with pytest.raises(TypeError, match=r"initial_population\[1\].*keys cannot be sorted"):
         PopulationController([{"a": 1.0}, {1: 0.1, "1": 0.2}], noop_mutator())

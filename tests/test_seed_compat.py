@@ -902,3 +902,74 @@ def test_a_log_dir_holding_only_a_saved_state_starts_from_it(tmp_path):
     (tmp_path / "e" / STATE_FILE).write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="remove or rename it to start a fresh run"):
         PopulationController([{"lr": 0.1}, {"lr": 0.2}], m, str(tmp_path / "e"))
+
+
+class _KeepsItsDict(pop_mod.Mutate):
+    """Halves one dict it keeps on itself, in place, and hands it to every copy it makes
+    (helper-158: the history held the mutator's dict, so its next edit rewrote it)."""
+
+    def __init__(self):
+        self.meta = {"lr": 1.0}
+
+    def update(self, state, current_workers, cache):
+        workers = list(current_workers)
+        for i, w in enumerate(workers):
+            steps = cache[w.generation_id]
+            last = steps.values()[-1]
+            if last.value is not None and last.step - steps.keys()[0] >= 10:
+                self.meta["lr"] *= 0.5
+                params = np.full(2, last.step, np.float32)  # (an array it keeps too)
+                self.params = params
+                gen = pop_mod.make_gen_id()
+                cache[gen] = pop_mod.IntKeyDict()
+                ref = (w.generation_id, last.step)
+                cache[gen][last.step] = pop_mod.Checkpoint(
+                    params, self.meta, gen, None, ref, last.step, 0.0
+                )
+                workers[i] = pop_mod.ActiveWorker(params, self.meta, gen, last.step)
+        return state, workers
+
+
+class _AdoptsTheAsk(pop_mod.Mutate):
+    """Starts a generation with the meta_params a worker sends in its ask."""
+
+    def update(self, state, current_workers, cache):
+        return state, current_workers
+
+    def get_worker_data(self, active_workers, cache, worker_id, generation_id, step, params, meta):
+        if meta is None or generation_id is None:
+            return active_workers
+        gen = pop_mod.make_gen_id()
+        cache[gen] = pop_mod.IntKeyDict()
+        cache[gen][step] = pop_mod.Checkpoint(params, meta, gen, None, None, step, 0.0)
+        out = list(active_workers)
+        out[worker_id] = pop_mod.ActiveWorker(params, meta, gen, step)
+        return out
+
+
+def test_what_a_seed_mutator_returns_is_the_controllers_own_copy(tmp_path):
+    for log_dir in (None, tmp_path / "run"):
+        mutate = _KeepsItsDict()
+        c = pop_mod.PopulationController([{"lr": 1.0}], mutate, log_dir=log_dir, seed=0)
+        c.set_eval(0, c.active_workers[0].generation_id, 10, "p10", 0.5)
+        g1 = c.active_workers[0].generation_id
+        c.set_eval(0, g1, 20, "p20", 0.4)  # the mutator halves its dict again
+        assert mutate.meta == {"lr": 0.25}
+        assert c.history[g1][10].meta_params == {"lr": 0.5}
+        mutate.params[:] = -1.0  # and edits the array it handed out
+        np.testing.assert_array_equal(c.history[g1][10].params, [10.0, 10.0])
+        # a new generation's start and its worker share the one copy made
+        g2 = c.active_workers[0].generation_id
+        assert c.active_workers[0].params is c.history[g2][20].params
+        c.close()
+    reopened = pop_mod.PopulationController([{"lr": 1.0}], _KeepsItsDict(), log_dir=log_dir)
+    assert reopened.history[g1][10].meta_params == {"lr": 0.5}
+    reopened.close()
+
+    c = pop_mod.PopulationController([{"lr": 1.0}], _AdoptsTheAsk(), seed=0)
+    first = c.maybe_get_worker_data(0, None, 0, None, None)
+    mine = {"lr": 0.3}
+    reply = c.maybe_get_worker_data(0, first.generation_id, 0, None, mine)
+    mine["lr"] = 999.0  # the worker edits its own dict after the call
+    assert c.history[reply.generation_id][0].meta_params == {"lr": 0.3}
+    assert c.active_workers[0].meta_params == {"lr": 0.3}
