@@ -46,12 +46,17 @@ def parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "log_dir",
+        type=_path,
         metavar="LOGDIR",
         help="the run's log_dir, or a directory holding exactly one run "
         "(e.g. the --log-dir of a CNN example)",
     )
     report.add_argument(
-        "--out", metavar="DIR", default=None, help="output folder (default: <run dir>-report)"
+        "--out",
+        type=_path,
+        metavar="DIR",
+        default=None,
+        help="output folder (default: <run dir>-report)",
     )
     report.add_argument(
         "--log-scale", action="store_true", help="log scale for the evaluation values"
@@ -65,14 +70,14 @@ def parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--interval",
-        type=float,
+        type=_interval,
         default=2.0,
         metavar="S",
         help="with --watch: seconds between reads (default 2)",
     )
     report.add_argument(
         "--max-iterations",
-        type=int,
+        type=_iterations,
         default=0,
         metavar="N",
         help="with --watch: stop after N reads (default 0: no limit)",
@@ -88,10 +93,14 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     migrate.add_argument(
-        "src_dir", metavar="DIR", help="the seed's log_dir (or its population.state file)"
+        "src_dir",
+        type=_path,
+        metavar="DIR",
+        help="the seed's log_dir (or its population.state file)",
     )
     migrate.add_argument(
         "--out",
+        type=_path,
         metavar="LOGDIR",
         default=None,
         help="where to write the jaxpop run (default: DIR itself, so the same log_dir "
@@ -104,6 +113,40 @@ def parser() -> argparse.ArgumentParser:
         help="seeds the jaxpop run's PRNG key (default: a random one)",
     )
     return top
+
+
+def _path(text: str) -> str:
+    """A file or folder argument: an empty one is a usage error (it read as a run that
+    cannot be read or written, exit 1)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file or folder")
+    return text
+
+
+def _interval(text: str) -> float:
+    """``--interval``: seconds, positive and at most a week."""
+    from jaxpop.report.watch import MAX_INTERVAL_S
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= MAX_INTERVAL_S:
+        raise argparse.ArgumentTypeError(
+            f"must be positive and at most {MAX_INTERVAL_S} seconds (a week), got {text}"
+        )
+    return seconds
+
+
+def _iterations(text: str) -> int:
+    """``--max-iterations``: a count, at least 0."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an int: {text!r}") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {count}")
+    return count
 
 
 def _seed(text: str) -> int:
@@ -261,10 +304,9 @@ def _migrate_seed_state(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the status."""
-    top = parser()
-    args = top.parse_args(argv)
+    args = parser().parse_args(argv)
     with _printable_output():
-        return _run(top, args)
+        return _run(args)
 
 
 @contextlib.contextmanager
@@ -284,15 +326,8 @@ def _printable_output() -> Iterator[None]:
             stream.reconfigure(errors="strict")
 
 
-def _run(top: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     if args.command == "report":
-        from jaxpop.report.watch import MAX_INTERVAL_S
-
-        if not 0 < args.interval <= MAX_INTERVAL_S or args.max_iterations < 0:
-            top.error(
-                f"--interval must be positive and at most {MAX_INTERVAL_S} seconds (a "
-                "week), and --max-iterations at least 0"
-            )
         return _report(args)
     if args.command == "migrate-seed-state":
         return _migrate_seed_state(args)

@@ -429,6 +429,10 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
     return _map_states(rewrite, opt_state)
 
 
+_NUMBERS = (float, int, complex)  # (a subclass of one is taken as it)
+_PLAIN = (bool, *_NUMBERS)
+
+
 def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     """``tree`` with every leaf converted to a ``jnp`` array of ``dtype``.
 
@@ -460,6 +464,11 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
         # host values are checked as set_hparams checks them; a jax array is not read
         # back (that would wait for the device)
         kind = type(leaf)
+        if kind not in _PLAIN and isinstance(leaf, _NUMBERS) and not isinstance(leaf, np.generic):
+            # a subclass (a YAML loader's float, an IntEnum): checked as its plain value
+            plain: Any = next(t for t in _NUMBERS if isinstance(leaf, t))
+            leaf = plain(leaf)
+            kind = type(leaf)
         if isinstance(leaf, (str, bytes)):  # (numpy would parse "False" as True)
             raise TypeError(
                 f"as_traced: leaf {_where(path)} = {leaf!r:.40} is a {kind.__name__}, not a number"

@@ -785,3 +785,27 @@ def test_set_hparams_takes_a_python_int_past_64_bits_as_the_float_it_is():
     state = tx.init({"w": jnp.zeros(2)})
     with pytest.raises(ValueError, match=r"'key' = .* is outside its dtype"):
         set_hparams(state, {"key": 2**70})
+
+
+def test_as_traced_checks_a_subclass_of_float_or_int_as_its_plain_value():
+    """A float subclass (a YAML loader's) skipped every check: 1e39 became inf, 2.5 was
+    cut to 2 in int32, 1e-46 became 0; an IntEnum out of range raised OverflowError
+    (helper-159)."""
+    import enum
+
+    class Loaded(float):
+        pass
+
+    class Big(enum.IntEnum):
+        HUGE = 2**40
+
+    for leaf, dtype in [
+        (Loaded(1e39), jnp.float32),
+        (Loaded(1e-46), jnp.float32),
+        (Loaded(2.5), jnp.int32),
+        (Big.HUGE, jnp.int32),
+    ]:
+        with pytest.raises(ValueError, match=r"as_traced: leaf \['x'\]"):
+            as_traced({"x": leaf}, dtype)
+    assert as_traced({"x": Loaded(0.5)})["x"].dtype == jnp.float32
+    assert float(as_traced({"x": Big.HUGE})["x"]) == 2.0**40  # (float32 holds it)

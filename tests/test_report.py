@@ -1008,6 +1008,20 @@ def test_cli_watch_errors(tmp_path, finished, capsys):
         with pytest.raises(SystemExit) as exc:  # (inf: time.sleep's OverflowError before)
             cli.main(["report", str(two), "--watch", *bad])
         assert exc.value.code == 2
+        # the report command's usage, not the top level's (helper-159)
+        assert "usage: jaxpop report" in capsys.readouterr().err
+    # an empty path is a usage error (exit 2), not a run that cannot be read (exit 1)
+    for argv in (
+        ["report", str(two), "--out", ""],
+        ["report", str(two), "--watch", "--out", ""],
+        ["report", ""],
+        ["migrate-seed-state", ""],
+        ["migrate-seed-state", str(two), "--out", ""],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 2, argv
+        assert "an empty path names no file or folder" in capsys.readouterr().err
     for interval in (0, math.inf, 1e300):
         with pytest.raises(ValueError, match="interval"):
             report.watch(two, interval=interval)

@@ -215,8 +215,49 @@ def test_a_ramp_to_or_from_inf_returns_each_points_value_at_its_point(kind):
             # at its first point the ramp gave inf - inf = NaN (or 1 - NaN)
             assert S.tree_equal(at[0], float(start)) and S.tree_equal(at[10], float(start))
             assert S.tree_equal(at[20], float(end)) and S.tree_equal(at[30], float(end))
-    # in between, toward an infinite end: NaN (optax's arithmetic, documented)
-    assert math.isnan(S.to_host(S.curriculum({0: {"a": 0.0}, 10: {"a": inf}})(5))["a"])
+    # in between, a finite and an infinite end: the infinite value, either way (optax's
+    # arithmetic gave NaN toward inf and inf from it); between -inf and inf: NaN
+    between = {
+        (0.0, inf): inf,
+        (inf, 0.0): inf,
+        (1.0, -inf): -inf,
+        (-inf, 1.0): -inf,
+        (-inf, inf): math.nan,
+        (1.0, math.nan): math.nan,
+    }
+    for (start, end), expected in between.items():
+        c = S.curriculum({0: {"a": start}, 10: {"a": end}}, kind=kind)
+        for f in (c, jax.jit(c)):
+            assert S.tree_equal(float(S.to_host(f(5))["a"]), expected), (start, end)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize(
+    "start, end, length",
+    [
+        (1e-8, 1.0, 2**25),  # linear: step 1 gave 0.0, below both ends
+        (1e-3, 3.0, 1_000_000),  # cosine: steps 1-3 gave 0.00099993, below the start
+        (1e-6, 1.0, 100_000),  # cosine: 1.3% off at step 1
+        (-0.2098, -1.0, 2**31 + 5),  # (counted in fractions: past int32)
+        (3.0, 1e-3, 1_000_000),
+    ],
+)
+def test_a_long_ramp_starts_at_its_start_and_stays_between_its_ends(kind, start, end, length):
+    """optax's arithmetic, (a - b) * (1 - w) + b, rounds a small start away once 1 - w
+    rounds to 1: the first steps of a long segment left the range of its ends (found by
+    helper-159). A ramp is counted from its start and kept between its ends."""
+    c = S.curriculum({0: {"a": start}, length: {"a": end}}, kind=kind)
+    low, high = np.float32(min(start, end)), np.float32(max(start, end))
+    steps = [1, 2, 3, 10, length // 2, length - 1]
+    for f, at in ((c, steps), (jax.jit(c), [t for t in steps if t < 2**31])):  # (int32)
+        values = [float(S.to_host(f(t))["a"]) for t in at]
+        assert all(low <= v <= high for v in values), values
+        # the first steps move by about (end - start) * their share of the way
+        share = 1 / length if kind == "linear" else (math.pi / 2 / length) ** 2
+        expected = start + (end - start) * share
+        assert values[0] == pytest.approx(expected, rel=1e-3, abs=1e-12)
+        ordered = values if end > start else values[::-1]
+        assert ordered == sorted(ordered)
 
 
 # -- composition ----------------------------------------------------------------------------
@@ -1105,3 +1146,18 @@ def test_tree_equal_tells_apart_dict_keys_that_compare_equal():
         h = h.add(Checkpoint(None, {"sched": {key: 0.1}}, f"g{g}", 1.0, parent, step + 10, 0.0))
     schedule = S.from_lineage(h, "g1")
     assert type(next(iter(schedule(15)["sched"]))) is float
+
+
+def test_curriculum_names_a_bad_kind_and_a_leaf_whose_shapes_differ():
+    """kind=None raised "'NoneType' object is not iterable", and array leaves of two
+    shapes numpy's broadcast error, naming neither leaf nor step (helper-159)."""
+    points = {0: {"a": 0.0}, 10: {"a": 1.0}}
+    with pytest.raises(TypeError, match=r"kind must be one of .* got NoneType"):
+        S.curriculum(points, kind=None)
+    with pytest.raises(ValueError, match=r"unknown kind \[1\]"):
+        S.curriculum(points, kind=[1])
+    shapes = {0: {"w": {"a": np.zeros(2)}}, 5: {"w": {"a": np.ones(3)}}}
+    with pytest.raises(ValueError, match=r"\['w'\]\['a'\] has shape \(3,\) at step 5 and \(2,\)"):
+        S.curriculum(shapes)
+    broadcast = S.curriculum({0: {"a": np.zeros(1)}, 10: {"a": np.ones(3)}})  # (still taken)
+    np.testing.assert_allclose(S.to_host(broadcast(5))["a"], [0.5, 0.5, 0.5])

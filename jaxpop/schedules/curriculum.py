@@ -4,10 +4,15 @@
 augmentation strength up over the first 5,000 steps and holds it there. Between two
 consecutive points each numeric leaf follows the segment's ``kind``:
 
-* ``"linear"`` -- ``optax.linear_schedule`` from one point's value to the next;
-* ``"cosine"`` -- half a cosine from one value to the next (``optax.cosine_decay_schedule``
-  of the difference, shifted): slow at both ends, fastest in the middle;
+* ``"linear"`` -- a straight line from one point's value to the next (the values of
+  ``optax.linear_schedule``);
+* ``"cosine"`` -- half a cosine from one value to the next (the values of
+  ``optax.cosine_decay_schedule`` of the difference, shifted): slow at both ends,
+  fastest in the middle;
 * ``"step"`` -- hold the first value until the next point (piecewise constant).
+
+A ramp's values never leave the range between its two ends (optax's own arithmetic,
+counted from the end, rounds a small start away on long segments: see ``_ramp``).
 
 Before the first point the first dict applies, from the last point on the last one.
 A leaf that is the same at both ends of a segment, and every non-numeric leaf (a
@@ -16,8 +21,9 @@ leaf is interpolated as a float32 even where both ends are ints (``0`` to ``1`` 
 ramp, not a step; ints of any size are converted, never wrapped): round an integer
 hyperparameter (a batch size) where it is used. At each point the curriculum returns
 that point's values (up to float32 rounding of interpolated leaves), an infinite or NaN
-one included; between a finite end and an infinite one a ramp's arithmetic gives NaN
-(or inf), as optax's does. A finite end past float32's range (``2**200``, ``1e300``) is
+one included; between a finite end and an infinite one a ramp is at the infinite value
+until the finite end's point, and between ``-inf`` and ``inf`` (or a NaN end) it is NaN.
+A finite end past float32's range (``2**200``, ``1e300``) is
 refused when the curriculum is built. Under ``jit`` a held value must fit the dtype
 JAX holds it in (an ``int64`` past ``int32`` without x64 raises ``ValueError``).
 
@@ -34,7 +40,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxpop.schedules.base import Schedule, constant, join, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
@@ -73,16 +78,25 @@ def curriculum(
     # 8-bit floats take part in no implicit promotion (a ramp's float32 with a held
     # float8, under jit): such leaves are held and ramped as float32
     steps, values = table.steps, [_widen_float8s(v) for v in table.values]
-    kinds = (kind,) * (len(steps) - 1) if isinstance(kind, str) else tuple(kind)
+    if isinstance(kind, str):
+        kinds: tuple[Any, ...] = (kind,) * (len(steps) - 1)
+    elif isinstance(kind, Iterable):
+        kinds = tuple(kind)
+    else:
+        raise TypeError(
+            f"curriculum: kind must be one of {list(KINDS)} or a sequence of them (one per "
+            f"segment), got {type(kind).__name__}"
+        )
     if len(kinds) != len(steps) - 1:
         raise ValueError(
             f"curriculum: {len(steps)} points make {len(steps) - 1} segments, got "
             f"{len(kinds)} kinds"
         )
-    unknown = sorted({k for k in kinds if k not in KINDS})
+    unknown = [k for k in kinds if not isinstance(k, str) or k not in KINDS]
     if unknown:
-        raise ValueError(f"curriculum: unknown kind {unknown}; use one of {list(KINDS)}")
+        raise ValueError(f"curriculum: unknown kind {unknown!r:.80}; use one of {list(KINDS)}")
     treedef = jax.tree.structure(values[0])
+    first = jax.tree_util.tree_leaves_with_path(values[0])
     for step, value in zip(steps[1:], values[1:], strict=True):
         if jax.tree.structure(value) != treedef:  # type: ignore[operator]  # PyTreeDef: no stub
             raise ValueError(
@@ -90,6 +104,15 @@ def curriculum(
                 f"{jax.tree.structure(value)}, the first point {treedef}; every point "
                 "must name the same hyperparameters"
             )
+        for (path, a), b in zip(first, jax.tree.leaves(value), strict=True):
+            try:
+                np.broadcast_shapes(np.shape(a), np.shape(b))
+            except ValueError:
+                raise ValueError(
+                    f"curriculum: {jax.tree_util.keystr(path)} has shape {np.shape(b)} at "
+                    f"step {step} and {np.shape(a)} at step {steps[0]}; a leaf's values "
+                    "must have one shape (or shapes that broadcast)"
+                ) from None
     segments = [
         _segment(values[i], values[i + 1], steps[i + 1] - steps[i], kinds[i])
         for i in range(len(steps) - 1)
@@ -111,12 +134,6 @@ def _segment(start: Any, end: Any, length: int, kind: str) -> Schedule:
     return schedule
 
 
-# optax counts a schedule's steps in int32 (without x64): a segment longer than that is
-# counted in fractions of it, 2**24 of them (float32 holds each exactly)
-_LONGEST = 2**31 - 1
-_FRACTIONS = 2**24
-
-
 def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
     if kind == "step" or not (_numeric(a) and _numeric(b)) or tree_equal(a, b):
         return lambda step: a
@@ -132,29 +149,35 @@ def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], An
             )
 
     def from_start(step: Any) -> Any:
-        # the start exactly: the ramp's arithmetic gives inf - inf = NaN there, and
-        # (a - b) + b rounds a small start away (1e-8 to 1 gave 0.0)
+        # the start exactly: inf - inf = NaN there
         return jnp.where(step <= 0, a, ramp(step))
 
     return from_start
 
 
 def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
-    """``a`` to ``b`` over ``length`` steps (both ends already as :func:`_ramp_end`)."""
-    if length > _LONGEST:
-        counted = _ramp(a, b, _FRACTIONS, kind)
-        scale = _FRACTIONS / length
+    """``a`` to ``b`` over ``length`` steps (both ends already as :func:`_ramp_end`):
+    ``a + (b - a) * w``, ``w`` the share of the way done, ``step / length`` (linear) or
+    ``sin(pi / 2 * step / length) ** 2`` (cosine: optax's half cosine
+    ``(1 - cos(pi * step / length)) / 2``, without its cancellation near 0), the result
+    kept between the ends. Counted from the start, not as optax's
+    ``(a - b) * (1 - w) + b``: once ``1 - w`` rounds to 1 (a cosine segment of 10,000
+    steps, a linear one of 2**24) that gives ``(a - b) + b``, which rounds a small start
+    away or past itself (1e-8 to 1 gave 0.0 at step 1)."""
+    dtype = jnp.result_type(a, b)
+    low, high = jnp.minimum(a, b), jnp.maximum(a, b)
 
-        def long_segment(step: Any) -> Any:
-            if isinstance(step, int):  # (a Python int may be past int32: scale on the host)
-                return counted(step * scale)
-            return counted(jnp.asarray(step, jnp.float32) * scale)
+    def ramp(step: Any) -> Any:
+        done = jnp.clip(jnp.asarray(step, dtype) / float(length), 0, 1)  # (a float: past int32)
+        if kind == "cosine":
+            done = jnp.sin(jnp.pi / 2 * done) ** 2
+        between = a + (b - a) * done
+        # (from an infinite start to a finite end the line stays at the start: a + (b - a)
+        # computes inf - inf)
+        between = jnp.where(jnp.isinf(a) & jnp.isfinite(b), a, between)
+        return jnp.clip(between, low, high)
 
-        return long_segment
-    if kind == "linear":
-        return optax.linear_schedule(a, b, transition_steps=length)
-    decay = optax.cosine_decay_schedule(a - b, decay_steps=length)
-    return lambda step: decay(step) + b
+    return ramp
 
 
 def _ramp_end(x: Any) -> Any:
