@@ -42,6 +42,11 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
         # (deep: an object array's elements are objects that may be edited in place)
         frozen = deep_copy_or_share(x) if deep and x.dtype == object else x.copy()
         frozen.flags.writeable = False
+        if t is not np.ndarray and isinstance(frozen, np.ma.MaskedArray):
+            # its mask too: masking an element writes the mask, not the data
+            mask = np.ma.getmaskarray(frozen).copy()
+            mask.flags.writeable = False
+            frozen._mask = mask  # type: ignore[attr-defined]  # (the mask setter copies into it)
         return frozen
     if isinstance(x, (jax.Array, np.generic)):
         return x

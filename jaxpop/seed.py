@@ -244,6 +244,11 @@ class _Cache(MutableMapping):
     def __repr__(self) -> str:
         return f"<cache of {len(self)} generations>"
 
+    def handed_out(self) -> Iterator[Checkpoint]:
+        """The copies of stored checkpoints the mutator was given (their ``params`` are
+        the stored objects)."""
+        return iter(self._given.values())
+
     def added(self, who: str) -> list[Checkpoint]:
         """The checkpoints added to the copy, in order; raises on anything else."""
         for generation_id in self._deleted:
@@ -492,7 +497,7 @@ def _result(
             )
     if not added and all(a is b for a, b in zip(returned, workers, strict=True)):
         return workers, added  # the same tuple: nothing changed
-    return _owned(workers, returned, added, history)
+    return _owned(workers, returned, added, history, cache)
 
 
 def _owned(
@@ -500,15 +505,17 @@ def _owned(
     returned: list[ActiveWorker],
     added: list[Checkpoint],
     history: History,
+    cache: _Cache,
 ) -> tuple[tuple[ActiveWorker, ...], list[Checkpoint]]:
     """The new assignments and checkpoints with the controller's own copies of their
     ``meta_params`` and ``params`` (:func:`jaxpop.boundary.copy_in`), as the built-in
     mutators' results: a seed mutator keeps its objects and may edit them later. A
-    value stored already (the params of a checkpoint it was handed) is shared, not
-    copied again; one object copied once (a new generation's start and its worker
-    share theirs)."""
+    value stored already (the params of a checkpoint it was handed, by the cache or
+    in a worker) is shared, not copied again; one object copied once (a new
+    generation's start and its worker share theirs)."""
     copies: dict[int, Any] = {}
     stored = {id(w.params) for w in workers} | {id(w.meta_params) for w in workers}
+    stored.update(id(c.params) for c in cache.handed_out())
 
     def own(value: Any) -> Any:
         if type(value) in _IMMUTABLE or id(value) in stored:

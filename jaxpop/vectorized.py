@@ -1129,14 +1129,19 @@ def save_snapshot(store: Any, pop: VectorizedPopulation, *, name: str = "vectori
 
 
 def restore_snapshot(
-    store: Any, handle: str, like: VectorizedPopulation, mesh: Mesh | None = None
+    store: Any,
+    handle: str,
+    like: VectorizedPopulation,
+    mesh: Mesh | None = None,
+    axis: str = AXIS,
 ) -> VectorizedPopulation:
     """Loads a snapshot saved by :func:`save_snapshot` into the structure of ``like``.
 
     ``like`` may be abstract (``jax.eval_shape`` of the :func:`init` call). With ``mesh``
-    the arrays come back sharded over it. With several processes, ``mesh`` (over all
-    processes' devices) is required and the restore is collective: every process calls
-    it, and reads only the members on its own devices.
+    the arrays come back sharded over it, the member axis over its axis ``axis`` (as
+    :func:`shardings`). With several processes, ``mesh`` (over all processes' devices)
+    is required and the restore is collective: every process calls it, and reads only
+    the members on its own devices.
     """
     if mesh is None and jax.process_count() > 1:
         raise ValueError(
@@ -1154,7 +1159,7 @@ def restore_snapshot(
         target = jax.tree.map(
             lambda t, s: jax.ShapeDtypeStruct(t.shape, t.dtype, sharding=s, weak_type=t.weak_type),
             target,
-            shardings(like, mesh),
+            shardings(like, mesh, axis),
         )
     return store.restore(handle, target)
 

@@ -245,6 +245,13 @@ def test_params_of_an_ndarray_subclass_are_copied_too():
     np.testing.assert_array_equal(stored["t"], [0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="read-only"):
         stored["t"][0] = 1.0
+    for edit in (  # a masked array's mask is stored read-only too (helper-160)
+        lambda m: m.__setitem__(0, np.ma.masked),
+        lambda m: m.mask.__setitem__(0, True),
+    ):
+        with pytest.raises(ValueError, match="read-only"):
+            edit(stored["m"])
+    assert stored["m"].mask.tolist() == [False, True, False]
 
 
 def _calls_back(call):

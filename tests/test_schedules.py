@@ -1157,7 +1157,58 @@ def test_curriculum_names_a_bad_kind_and_a_leaf_whose_shapes_differ():
     with pytest.raises(ValueError, match=r"unknown kind \[1\]"):
         S.curriculum(points, kind=[1])
     shapes = {0: {"w": {"a": np.zeros(2)}}, 5: {"w": {"a": np.ones(3)}}}
-    with pytest.raises(ValueError, match=r"\['w'\]\['a'\] has shape \(3,\) at step 5 and \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"\['w'\]\['a'\] has shape \(2,\) at step 0 and \(3,\) at step 5"
+    ):
         S.curriculum(shapes)
+    # (1,) to (3,) broadcasts, (3,) to (2,) does not: named too, with its segment's steps
+    chain = {0: {"a": np.zeros(1)}, 10: {"a": np.ones(3)}, 20: {"a": np.ones(2) * 2}}
+    with pytest.raises(
+        ValueError, match=r"\['a'\] has shape \(3,\) at step 10 and \(2,\) at step 20"
+    ):
+        S.curriculum(chain)
     broadcast = S.curriculum({0: {"a": np.zeros(1)}, 10: {"a": np.ones(3)}})  # (still taken)
     np.testing.assert_allclose(S.to_host(broadcast(5))["a"], [0.5, 0.5, 0.5])
+    # a held value may change its shape at a point: nothing is interpolated (the check's
+    # first version refused these, helper-160)
+    grows = S.curriculum(
+        {0: {"widths": np.array([64, 64])}, 10: {"widths": np.array([64, 64, 128])}}, kind="step"
+    )
+    assert S.to_host(grows(12))["widths"].tolist() == [64, 64, 128]
+    mixed = S.curriculum(
+        {0: {"w": np.zeros(2)}, 10: {"w": np.zeros(1)}, 20: {"w": np.ones(3)}},
+        kind=["step", "linear"],
+    )
+    np.testing.assert_allclose(S.to_host(mixed(15))["w"], [0.5, 0.5, 0.5])
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_a_ramp_between_python_floats_is_weakly_typed_as_the_values_around_it(kind):
+    """A ramp made its values strongly typed float32 (the held values around it are
+    Python floats): a bfloat16 computation scaled by it became float32 during ramps only,
+    and a jitted step given its values compiled again when a ramp ended (helper-160)."""
+    c = S.curriculum({0: {"s": 0.0}, 100: {"s": 1.0}}, kind=kind)
+    x = jnp.ones(2, jnp.bfloat16)
+    for step in (0, 50, 150):
+        assert (x * c(step)["s"]).dtype == jnp.bfloat16, step
+    assert jax.jit(lambda t: x * c(t)["s"])(jnp.int32(50)).dtype == jnp.bfloat16
+    traces = []
+
+    @jax.jit
+    def scaled(s):
+        traces.append(1)
+        return x * s
+
+    for step in range(0, 200, 10):
+        scaled(c(step)["s"])
+    assert len(traces) == 1
+
+
+def test_a_ramp_counts_a_python_int_step_of_any_size_exactly():
+    """A step past float32's range became inf (NaN of the way), a length past float64's
+    an OverflowError (helper-160)."""
+    huge = S.curriculum({0: {"x": 0.0}, 2**200: {"x": 1.0}})
+    assert S.to_host(huge(2**130))["x"] == pytest.approx(2.0**-70)
+    assert S.to_host(huge(2**199))["x"] == pytest.approx(0.5)
+    past = S.curriculum({0: {"x": 0.0}, 2**1100: {"x": 1.0}})
+    assert S.to_host(past(4))["x"] == 0.0 and S.to_host(past(2**1100))["x"] == 1.0

@@ -973,3 +973,32 @@ def test_what_a_seed_mutator_returns_is_the_controllers_own_copy(tmp_path):
     mine["lr"] = 999.0  # the worker edits its own dict after the call
     assert c.history[reply.generation_id][0].meta_params == {"lr": 0.3}
     assert c.active_workers[0].meta_params == {"lr": 0.3}
+
+
+class _ExploitsTheBest(pop_mod.Mutate):
+    """Moves worker 1 onto worker 0's step-10 checkpoint (worker 0 is past it), read
+    from the cache, as a new generation whose start names no parent."""
+
+    def update(self, state, current_workers, cache):
+        w0, w1 = current_workers
+        if w1.step < 10 or w0.step < 20:  # (an older checkpoint than worker 0's own)
+            return state, current_workers
+        best = cache[w0.generation_id][10]
+        gen = pop_mod.make_gen_id()
+        cache[gen] = pop_mod.IntKeyDict()
+        cache[gen][10] = pop_mod.Checkpoint(best.params, {"lr": 0.5}, gen, None, None, 10, 0.0)
+        return state, [w0, pop_mod.ActiveWorker(best.params, {"lr": 0.5}, gen, 10)]
+
+
+def test_params_a_seed_mutator_passes_on_from_the_cache_are_not_copied_again():
+    """Stored params handed out by the cache are the controller's already: the first
+    copying fix copied them again unless a parent named them (100 MB params took 277 ms
+    instead of 20 per exploit; helper-160)."""
+    c = pop_mod.PopulationController([{"lr": 0.1}, {"lr": 0.2}], _ExploitsTheBest(), seed=0)
+    g0, g1 = (w.generation_id for w in c.active_workers)
+    c.set_eval(0, g0, 10, {"w": np.ones(3)}, 0.1)
+    c.set_eval(0, g0, 20, {"w": np.full(3, 2.0)}, 0.2)
+    c.set_eval(1, g1, 10, {"w": np.zeros(3)}, 0.9)
+    stored = c.history[g0][10].params
+    assert c.active_workers[1].params is stored
+    assert c.history[c.active_workers[1].generation_id][10].params is stored

@@ -479,3 +479,42 @@ def test_the_run_start_is_recorded_once_and_checked(tmp_path):
     assert not is_description({**run, "started": math.nan})
     assert not is_description({**run, "started": 1})
     assert is_description({**run, "started": 1.0})
+
+
+@pytest.mark.parametrize("compact_after", [1000, 2])
+def test_a_new_run_started_without_load_never_touches_a_run_there(tmp_path, compact_after):
+    """Store.start with a fresh state, load() not called, on a log_dir holding a run:
+    it replaced the run's snapshot 0 and then, failing on its journal, removed it (the
+    run could no longer be read); on a compacted run it wrote a second run beside it
+    (helper-157). It is refused, and nothing is written; start(None), what load()
+    returns for no run, names that."""
+    run = {"population_size": 1, "mutator": None}
+
+    def fresh(seed):
+        return core.init([{"h": float(seed)}], noop_mutator(), key=root_key(seed), now=0.0)
+
+    store = storage.Store(str(tmp_path), run=run, compact_after=compact_after)
+    state = fresh(0)
+    store.start(state)
+    for step in range(1, 6):  # (compacted along the way with compact_after=2)
+        gen = state.workers[0].generation_id
+        state, reply = core.set_eval(
+            state, core.Eval(None, 0, gen, step, 1.0), 0.0, root_key(1), mutator=noop_mutator()
+        )
+        store.append(reply.changes, state)
+        store.compact_if_due(state)
+    store.close()
+    files = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    again = storage.Store(str(tmp_path), run=run, compact_after=compact_after)
+    with pytest.raises(
+        FileExistsError, match=r"holds a run \(.*start\(\) the state load\(\) returns"
+    ):
+        again.start(fresh(1))
+    again.close()
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == files
+    assert storage.read_state(tmp_path).num_events == state.num_events
+    empty = storage.Store(str(tmp_path / "empty"), run=run)
+    assert empty.load() is None
+    with pytest.raises(TypeError, match=r"load\(\) returns None for a log_dir that holds no run"):
+        empty.start(None)
+    empty.close()

@@ -550,6 +550,16 @@ _SHARDED_SCRIPT = textwrap.dedent(
         back = store.restore(store.save("g", 0, sharded), sharded)
     out["restored_same"] = all(a.sharding == b.sharding and bool((a == b).all()) for a, b in
                                zip(jax.tree.leaves(back), jax.tree.leaves(sharded)))
+    # a snapshot restored onto a mesh whose axis has another name (helper-157: restore
+    # took the axis "members", which the mesh did not have)
+    named = vz.member_mesh(axis="pop")
+    on_pop = vz.shard(sharded, named, axis="pop")
+    with ParamStore(tempfile.mkdtemp(), async_save=False) as store:
+        handle = vz.save_snapshot(store, on_pop)
+        back = vz.restore_snapshot(store, handle, jax.eval_shape(lambda: on_pop), named, "pop")
+    out["restored_on_axis"] = all(
+        a.sharding == b.sharding and bool((a == b).all())
+        for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(on_pop)))
     # 6 members over 4 devices: refused (the round replicated them, recompiling)
     pop6 = vz.init(root_key(0), t.init_fn, t.SPACE, 6, optimizer_hparams=t.to_optimizer)
     evaluate = lambda state, hparams, b: jnp.mean(state["params"]["w"] ** 2)
@@ -586,6 +596,7 @@ def test_sharded_equals_unsharded_on_4_cpu_devices():
     assert out["fused_same_generation"]
     assert out["fused_max_diff"] < 1e-5
     assert out["restored_same"]
+    assert out["restored_on_axis"]
     assert "6 members cannot be split evenly over the 4 devices" in out["uneven"]
 
 

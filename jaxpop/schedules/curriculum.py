@@ -40,8 +40,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from jaxpop.schedules.base import Schedule, constant, join, tree_equal
+from jaxpop.schedules.base import Schedule, constant, is_traced, join, tree_equal
 from jaxpop.schedules.piecewise import Piecewise
 
 __all__ = ["KINDS", "curriculum"]
@@ -96,7 +97,6 @@ def curriculum(
     if unknown:
         raise ValueError(f"curriculum: unknown kind {unknown!r:.80}; use one of {list(KINDS)}")
     treedef = jax.tree.structure(values[0])
-    first = jax.tree_util.tree_leaves_with_path(values[0])
     for step, value in zip(steps[1:], values[1:], strict=True):
         if jax.tree.structure(value) != treedef:  # type: ignore[operator]  # PyTreeDef: no stub
             raise ValueError(
@@ -104,28 +104,21 @@ def curriculum(
                 f"{jax.tree.structure(value)}, the first point {treedef}; every point "
                 "must name the same hyperparameters"
             )
-        for (path, a), b in zip(first, jax.tree.leaves(value), strict=True):
-            try:
-                np.broadcast_shapes(np.shape(a), np.shape(b))
-            except ValueError:
-                raise ValueError(
-                    f"curriculum: {jax.tree_util.keystr(path)} has shape {np.shape(b)} at "
-                    f"step {step} and {np.shape(a)} at step {steps[0]}; a leaf's values "
-                    "must have one shape (or shapes that broadcast)"
-                ) from None
     segments = [
-        _segment(values[i], values[i + 1], steps[i + 1] - steps[i], kinds[i])
+        _segment(values[i], values[i + 1], (steps[i], steps[i + 1]), kinds[i])
         for i in range(len(steps) - 1)
     ]
     return join([constant(values[0]), *segments, constant(values[-1])], steps)
 
 
-def _segment(start: Any, end: Any, length: int, kind: str) -> Schedule:
-    """The schedule of one segment, counting steps from its start."""
-    start_leaves, treedef = jax.tree.flatten(start)
+def _segment(start: Any, end: Any, at: tuple[int, int], kind: str) -> Schedule:
+    """The schedule of one segment, from step ``at[0]`` to ``at[1]``, counting steps from
+    its start."""
+    start_leaves, treedef = jax.tree_util.tree_flatten_with_path(start)
     end_leaves = jax.tree.leaves(end)
     leaf_fns = [
-        _leaf_schedule(a, b, length, kind) for a, b in zip(start_leaves, end_leaves, strict=True)
+        _leaf_schedule(a, b, at, kind, jax.tree_util.keystr(path))
+        for (path, a), b in zip(start_leaves, end_leaves, strict=True)
     ]
 
     def schedule(step: Any) -> Any:
@@ -134,11 +127,21 @@ def _segment(start: Any, end: Any, length: int, kind: str) -> Schedule:
     return schedule
 
 
-def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
+def _leaf_schedule(
+    a: Any, b: Any, at: tuple[int, int], kind: str, where: str
+) -> Callable[[Any], Any]:
     if kind == "step" or not (_numeric(a) and _numeric(b)) or tree_equal(a, b):
-        return lambda step: a
+        return lambda step: a  # (held: its shape may change at the next point)
+    try:
+        np.broadcast_shapes(np.shape(a), np.shape(b))
+    except ValueError:
+        raise ValueError(
+            f"curriculum: {where} has shape {np.shape(a)} at step {at[0]} and "
+            f"{np.shape(b)} at step {at[1]}; a ramp between them needs one shape (or "
+            'shapes that broadcast), or kind="step" to hold each'
+        ) from None
     a, b = _ramp_end(a), _ramp_end(b)
-    ramp = _ramp(a, b, length, kind)
+    ramp = _ramp(a, b, at[1] - at[0], kind)
     if _finite(a) and _finite(b):
         with np.errstate(over="ignore"):
             difference = np.subtract(np.asarray(a), np.asarray(b), dtype=jnp.result_type(a, b))
@@ -150,6 +153,8 @@ def _leaf_schedule(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], An
 
     def from_start(step: Any) -> Any:
         # the start exactly: inf - inf = NaN there
+        if isinstance(step, int):  # (a Python int: on the host, no where to compute)
+            return a if step <= 0 else ramp(step)
         return jnp.where(step <= 0, a, ramp(step))
 
     return from_start
@@ -163,19 +168,43 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
     kept between the ends. Counted from the start, not as optax's
     ``(a - b) * (1 - w) + b``: once ``1 - w`` rounds to 1 (a cosine segment of 10,000
     steps, a linear one of 2**24) that gives ``(a - b) + b``, which rounds a small start
-    away or past itself (1e-8 to 1 gave 0.0 at step 1)."""
+    away or past itself (1e-8 to 1 gave 0.0 at step 1). Two Python floats give a weakly
+    typed value, as the held values around the ramp are (a ``bfloat16`` computation
+    scaled by it stays one)."""
     dtype = jnp.result_type(a, b)
-    low, high = jnp.minimum(a, b), jnp.maximum(a, b)
+    weak = type(a) is float and type(b) is float  # (ints were made float32 arrays)
+    start, end = np.asarray(a, dtype), np.asarray(b, dtype)
+    with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf: NaN, as it is)
+        way = end - start
+    low, high = np.minimum(start, end), np.maximum(start, end)
+    # from an infinite start to a finite end the line stays at the start (start + way
+    # computes inf - inf)
+    held = np.isinf(start) & np.isfinite(end)
+    try:
+        span = float(length)
+    except OverflowError:  # (past float64: any step short of it is 0 of the way)
+        span = math.inf
+    half_pi = dtype.type(np.pi / 2)
 
     def ramp(step: Any) -> Any:
-        done = jnp.clip(jnp.asarray(step, dtype) / float(length), 0, 1)  # (a float: past int32)
-        if kind == "cosine":
-            done = jnp.sin(jnp.pi / 2 * done) ** 2
-        between = a + (b - a) * done
-        # (from an infinite start to a finite end the line stays at the start: a + (b - a)
-        # computes inf - inf)
-        between = jnp.where(jnp.isinf(a) & jnp.isfinite(b), a, between)
-        return jnp.clip(between, low, high)
+        if is_traced(step):
+            done = jnp.clip(jnp.asarray(step, dtype) / span, 0, 1)
+            if kind == "cosine":
+                done = jnp.sin(jnp.pi / 2 * done) ** 2
+            value = jnp.clip(jnp.where(held, start, start + way * done), low, high)
+            return lax.full_like(dtype.type(0).item(), value) if weak else value
+        # on the host in numpy, the same float32 (or float64) operations: the same bits,
+        # without a device round trip per operation
+        if isinstance(step, int) and not -(2**31) <= step < 2**31:
+            # a Python int past int32 (of any size): its share, exactly
+            share = np.asarray(min(max(step / length, 0.0), 1.0), dtype)
+        else:
+            share = np.clip(np.asarray(step, dtype) / dtype.type(span), 0, 1)
+        if kind == "cosine":  # (XLA's sin: numpy's differs in the last bit now and then)
+            share = np.asarray(jnp.sin(half_pi * share)) ** 2
+        with np.errstate(invalid="ignore", over="ignore"):
+            at = np.clip(np.where(held, start, start + way * share), low, high)
+        return float(at) if weak else at
 
     return ramp
 

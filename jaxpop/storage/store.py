@@ -765,6 +765,23 @@ class Store:
         run = self._run if self._started_run else self._loaded and self._loaded.run
         return None if run is None else run.get("started")
 
+    def _refuse_a_run_not_loaded(self) -> None:
+        """Raises ``FileExistsError`` if the ``log_dir`` holds a run that :meth:`load`
+        did not return (it was not called): a new run there overwrote its snapshot 0,
+        or wrote a second run beside it."""
+        held = sorted(
+            name
+            for name in os.listdir(self._directory.fd)
+            if _SNAPSHOT_RE.fullmatch(name) or _JOURNAL_RE.fullmatch(name)
+        )
+        if held:
+            raise FileExistsError(
+                f"{self.log_dir} holds a run ({', '.join(held[:2])}"
+                f"{', ...' if len(held) > 2 else ''}): to go on with it, start() the state "
+                "load() returns; for a new run, use another log_dir (or remove this run's "
+                "files)"
+            )
+
     def start(self, state: PopulationState, *, started: float | None = None) -> None:
         """Checks the run against the one recorded, then opens a journal segment.
 
@@ -777,9 +794,23 @@ class Store:
         Raises:
           RunMismatchError: the ``log_dir`` holds a run started with another population
             size or mutator (or another configuration, without ``reconfigure``).
+          FileExistsError: :meth:`load` was not called and the ``log_dir`` holds a run
+            (a new run would overwrite it). Nothing is written.
+          TypeError: ``state`` is not a state (``None``: what :meth:`load` returns for
+            a ``log_dir`` with no run).
           SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
         """
         _check_started(started)
+        if not isinstance(state, PopulationState):
+            raise TypeError(
+                f"start takes the state to continue from, got {type(state).__name__}"
+                + (
+                    ": load() returns None for a log_dir that holds no run yet; start "
+                    "a fresh state there (vectorized.lineage_init, say)"
+                    if state is None
+                    else ""
+                )
+            )
         with self._recording():
             self.check_open(started=False)
             if self._segment is not None:
@@ -791,6 +822,7 @@ class Store:
             self._mutator_state = (loaded.state if loaded is not None else state).mutator_state
             self._run_id = (loaded and loaded.run_id) or uuid.uuid4().hex
             if loaded is None:  # an empty log_dir: snapshot 0 first, then its journal
+                self._refuse_a_run_not_loaded()
                 self._run = self._run or {"population_size": state.population_size, "mutator": None}
                 self._run.pop("started", None)
                 if started is not None:
