@@ -10,6 +10,8 @@ host side, and these helpers cover it:
   scores, an :class:`~jaxpop.vectorized.Exploit`), what ``record`` takes. Collective.
 * :func:`broadcast_from_lead` -- small plain data (a snapshot handle read from the
   journal on resume) from process 0 to every process. Collective.
+* :func:`on_lead` -- what process 0 does alone (record, journal), with a failure there
+  made an error on every process (not a wait until a collective's timeout). Collective.
 * :func:`initialize_cpu` -- ``jax.distributed.initialize`` with the settings a run of
   several processes on CPU needs (tests, CPU clusters).
 
@@ -24,13 +26,16 @@ from __future__ import annotations
 
 import json
 import numbers
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-__all__ = ["broadcast_from_lead", "initialize_cpu", "is_lead_process", "to_host"]
+__all__ = ["broadcast_from_lead", "initialize_cpu", "is_lead_process", "on_lead", "to_host"]
+
+T = TypeVar("T")
 
 
 def is_lead_process() -> bool:
@@ -115,6 +120,36 @@ def broadcast_from_lead(value: Any = None) -> Any:
         data = np.zeros(size, np.int32)
     data = np.asarray(multihost_utils.broadcast_one_to_all(data))
     return json.loads(bytes(data.astype(np.uint8).tolist()).decode())
+
+
+def on_lead(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``fn(*args, **kwargs)`` on process 0, with every process told whether it failed.
+
+    Collective: every process calls it; only process 0 runs ``fn``. What process 0 does
+    alone between collectives (recording lineage, writing the journal) can fail, and
+    then the other processes waited in their next collective until JAX's distributed
+    timeout (minutes), with an error naming no cause. Run it through ``on_lead`` and a
+    failure is an error on every process at once: process 0 raises its own exception,
+    the others a ``RuntimeError`` that quotes it. One small broadcast per call.
+
+    Returns ``fn``'s result on process 0, ``None`` on the others (send what they need
+    with :func:`broadcast_from_lead`)::
+
+        multihost.on_lead(log.append, changes, lineage)
+    """
+    result, failure = None, None
+    if is_lead_process():
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:  # (Ctrl-C too: the others must hear of it)
+            failure = e
+    said = broadcast_from_lead(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if said is not None:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        raise RuntimeError(f"process 0 failed in on_lead({name}): {said}")
+    return result
 
 
 def _check_str_keys(value: Any) -> None:

@@ -12,13 +12,17 @@ member) sharded over the mesh of all 4 devices: with 2 processes, process 0 hold
 members 0-3 and process 1 members 4-7. Each round trains 2 steps, evaluates, and runs
 truncation selection (bottom quarter copies the top quarter) on scores biased so that
 every copy's parent lives on the other process. A snapshot (collective ParamStore save)
-every ``--snapshot-every`` rounds; process 0 records lineage and journals a round only
-once the snapshot that follows it is saved, so journal and snapshot always agree.
+every ``--snapshot-every`` rounds; process 0 records lineage and journals every round at
+once, so after a kill the journal may hold rounds past the newest snapshot: a resumed
+run reruns them from it without recording them again. What process 0 does alone runs
+through ``multihost.on_lead``; ``--fail-at R`` makes it fail in round ``R`` (both
+processes must then end with an error, not wait for a collective's timeout).
 
 Process 0 writes ``OUT/rounds.jsonl`` (one line per round), and at the end
 ``OUT/result.json`` (lineage) and ``OUT/result.npz`` (the final population's leaves).
 With ``--stop-after R`` every process writes ``OUT/stopped-<id>`` after round ``R`` and
-waits to be killed. ``--resume`` continues from the journal and its latest snapshot.
+waits to be killed. ``--resume`` continues from the journal and its latest snapshot
+(a log_dir with no run yet: a new run).
 
 ``--serve`` imports JAX and jaxpop once, before any JAX computation (no JAX thread or
 backend exists yet), then reads launches from stdin, one JSON line each: a list of
@@ -66,6 +70,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--snapshot-every", type=int, default=2)
     p.add_argument("--stop-after", type=int, default=None)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--fail-at", type=int, default=None, help="process 0 fails at round R")
     return p.parse_args(argv)
 
 
@@ -193,26 +198,67 @@ def main(args: argparse.Namespace) -> None:
     params = ParamStore(os.path.join(out, "params"), async_save=False)
     log = storage.Store(os.path.join(out, "log")) if lead else None
     recorded = 0  # the rounds the journal holds: run again from the snapshot, not recorded
+    lineage = None  # process 0's
+    # what process 0 does alone goes through multihost.on_lead: a failure there is an
+    # error on every process, not a wait in the next collective until its timeout
 
-    handle = None
+    def resume():
+        nonlocal lineage
+        lineage = log.load()
+        if lineage is None:  # no run recorded yet (the first attempt ended before start)
+            return None
+        log.start(lineage)
+        return [vz.latest_snapshot(lineage), lineage.num_events]
+
+    found = None
     if args.resume:
-        if lead:
-            lineage = log.load()
-            log.start(lineage)
-            handle, recorded = vz.latest_snapshot(lineage), lineage.num_events
-        handle = multihost.broadcast_from_lead(handle)
+        found = multihost.broadcast_from_lead(multihost.on_lead(resume))
+    handle, recorded = found if found is not None else (None, 0)
     if handle is not None:
         pop = vz.restore_snapshot(params, handle, like, mesh)
     else:
         pop = jax.jit(make_pop, out_shardings=vz.shardings(like, mesh))(key)
-    if not args.resume:
+    if found is None:  # a new run (a --resume that found none starts one too)
         light = multihost.to_host(pop.replace(train_state=None))
-        if lead:
+
+        def begin():
+            nonlocal lineage
             lineage = vz.lineage_init(light, key, now=0.0)
             log.start(lineage)
+
+        multihost.on_lead(begin)
     start = int(pop.step) // STEPS_PER_ROUND
     shards = pop.scores.addressable_shards
     held = sorted(i for s in shards for i in range(N)[s.index[0]])
+
+    def record(r, scores_h, exploit_h, handle):
+        nonlocal lineage
+        if r == args.fail_at:
+            raise RuntimeError(f"--fail-at {r}: process 0 fails recording round {r}")
+        if r >= recorded:
+            lineage, changes = vz.record(
+                lineage,
+                scores_h,
+                step=int(exploit_h.step),
+                now=float(r + 1),
+                exploit=exploit_h,
+                params=handle,
+            )
+            log.append(changes, lineage)
+        else:  # a round the journal holds, run again from the snapshot: the same
+            step = int(exploit_h.step)
+            gens = [vz.generation_id(key, int(g)) for g in exploit_h.old_generation]
+            journaled = [lineage.history.get_checkpoint(g, step).value for g in gens]
+            assert journaled == np.asarray(scores_h, np.float64).tolist(), (r, journaled)
+        line = {
+            "round": r,
+            "scores": scores_h.tolist(),
+            "parents": exploit_h.parents.tolist(),
+            "copied": exploit_h.copied.tolist(),
+            "held_by_lead": held,
+        }
+        with open(os.path.join(out, "rounds.jsonl"), "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     for r in range(start, args.rounds):
         steps = range(r * STEPS_PER_ROUND, (r + 1) * STEPS_PER_ROUND)
@@ -223,31 +269,7 @@ def main(args: argparse.Namespace) -> None:
         handle = None
         if (r + 1) % args.snapshot_every == 0:
             handle = vz.save_snapshot(params, pop)  # collective, finalized on return
-        if lead and r >= recorded:
-            lineage, changes = vz.record(
-                lineage,
-                scores_h,
-                step=int(exploit_h.step),
-                now=float(r + 1),
-                exploit=exploit_h,
-                params=handle,
-            )
-            log.append(changes, lineage)
-        elif lead:  # a round the journal holds, run again from the snapshot: the same
-            step = int(exploit_h.step)
-            gens = [vz.generation_id(key, int(g)) for g in exploit_h.old_generation]
-            journaled = [lineage.history.get_checkpoint(g, step).value for g in gens]
-            assert journaled == np.asarray(scores_h, np.float64).tolist(), (r, journaled)
-        if lead:
-            line = {
-                "round": r,
-                "scores": scores_h.tolist(),
-                "parents": exploit_h.parents.tolist(),
-                "copied": exploit_h.copied.tolist(),
-                "held_by_lead": held,
-            }
-            with open(os.path.join(out, "rounds.jsonl"), "a") as f:
-                f.write(json.dumps(line) + "\n")
+        multihost.on_lead(record, r, scores_h, exploit_h, handle)
         if args.stop_after is not None and r == args.stop_after:
             with open(os.path.join(out, f"stopped-{jax.process_index()}"), "w") as f:
                 f.write(str(r))

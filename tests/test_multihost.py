@@ -294,6 +294,47 @@ def test_a_value_the_lead_cannot_send_is_an_error_on_every_process_not_a_hang(mo
         multihost.broadcast_from_lead(None)
 
 
+def test_a_failure_on_process_0_alone_ends_both_processes_at_once(tmp_path, launcher):
+    """Process 0's failure in what it does alone (recording a round) left process 1
+    waiting in its next collective, and process 0 in JAX's shutdown barrier, until the
+    distributed timeout (5 minutes; helper-157). Through multihost.on_lead both end
+    with the error at once. (And --resume on a log_dir with no run starts one: the
+    documented resume failed on load() returning None.)"""
+    out = str(tmp_path / "fails")
+    launcher.start(out, _two(out, "--resume", "--fail-at", "1"))
+    started = time.monotonic()
+    try:
+        codes = launcher.exits(2, started + 90)
+    except queue.Empty:
+        launcher.kill()
+        pytest.fail("a process waited on:\n" + _tails(out, 2))
+    assert codes[0] != 0 and codes[1] != 0, codes
+    logs = _tails(out, 2)
+    assert "--fail-at 1: process 0 fails recording round 1" in logs
+    assert "process 0 failed in on_lead(main.<locals>.record)" in logs
+    assert [r["round"] for r in _rounds(out)] == [0]
+    assert storage.read_state(os.path.join(out, "log")).num_events == 1
+
+
+def test_on_lead_runs_on_process_0_only_and_tells_the_others_of_a_failure(monkeypatch):
+    calls = []
+    assert multihost.on_lead(lambda x, y=0: calls.append((x, y)) or "done", 1, y=2) == "done"
+    assert calls == [(1, 2)]
+    with pytest.raises(ZeroDivisionError):  # (one process: the broadcast is its own)
+        multihost.on_lead(lambda: 1 / 0)
+    monkeypatch.setattr(multihost, "is_lead_process", lambda: False)
+    monkeypatch.setattr(multihost, "broadcast_from_lead", lambda v: "KeyError: 'lr'")
+
+    def record():
+        calls.append("ran")
+
+    with pytest.raises(RuntimeError, match=r"process 0 failed in on_lead\(.*record\): KeyError"):
+        multihost.on_lead(record)
+    assert calls == [(1, 2)]  # not run on another process
+    monkeypatch.setattr(multihost, "broadcast_from_lead", lambda v: None)
+    assert multihost.on_lead(record) is None and calls == [(1, 2)]
+
+
 @pytest.mark.parametrize(
     "bad, error", [(0, ValueError), (-1, ValueError), (2.7, TypeError), (True, TypeError)]
 )

@@ -2,30 +2,16 @@
 
 ``curriculum({0: {"hue": 0.0, "crop": 0.0}, 5_000: {"hue": 0.3, "crop": 0.2}})`` ramps
 augmentation strength up over the first 5,000 steps and holds it there. Between two
-consecutive points each numeric leaf follows the segment's ``kind``:
-
-* ``"linear"`` -- a straight line from one point's value to the next (the values of
-  ``optax.linear_schedule``);
-* ``"cosine"`` -- half a cosine from one value to the next (the values of
-  ``optax.cosine_decay_schedule`` of the difference, shifted): slow at both ends,
-  fastest in the middle;
-* ``"step"`` -- hold the first value until the next point (piecewise constant).
-
-A ramp's values never leave the range between its two ends (optax's own arithmetic,
-counted from the end, rounds a small start away on long segments: see ``_ramp``).
-
-Before the first point the first dict applies, from the last point on the last one.
-A leaf that is the same at both ends of a segment, and every non-numeric leaf (a
-string, a bool), is held exactly as given (an 8-bit float, as a float32). A numeric
-leaf is interpolated as a float32 even where both ends are ints (``0`` to ``1`` is a
-ramp, not a step; ints of any size are converted, never wrapped): round an integer
-hyperparameter (a batch size) where it is used. At each point the curriculum returns
-that point's values (up to float32 rounding of interpolated leaves), an infinite or NaN
-one included; between a finite end and an infinite one a ramp is at the infinite value
-until the finite end's point, and between ``-inf`` and ``inf`` (or a NaN end) it is NaN.
-A finite end past float32's range (``2**200``, ``1e300``) is
-refused when the curriculum is built. Under ``jit`` a held value must fit the dtype
-JAX holds it in (an ``int64`` past ``int32`` without x64 raises ``ValueError``).
+consecutive points each numeric leaf follows the segment's ``kind``: ``"linear"`` (the
+values of ``optax.linear_schedule``), ``"cosine"`` (half a cosine, as
+``optax.cosine_decay_schedule`` of the difference, shifted) or ``"step"`` (hold the
+first value until the next point). A ramp never leaves the range between its two ends
+(counted from its start: optax's arithmetic, counted from the end, rounds a small start
+away on long segments). Before the first point the first dict applies, from the last
+point on the last one. Numeric leaves are interpolated as float32 (ints too, never
+wrapped); other leaves, and leaves equal at both ends, are held as given.
+``docs/schedules.md`` specifies the types, the infinite and NaN ends, and what ``jit``
+refuses.
 
 Jittable when every leaf is numeric: evaluate it with a traced step inside the
 training step. On the host, only the segment in force is evaluated.
