@@ -614,8 +614,8 @@ class PopulationController:
 
     def __reduce__(self) -> tuple[Any, ...]:
         raise TypeError(
-            "a PopulationController cannot be pickled (it holds a lock, and with a "
-            "log_dir the directory's): serve it to other processes "
+            "a PopulationController cannot be pickled or copied (it holds a lock, and "
+            "with a log_dir the directory's): serve it to other processes "
             "(jaxpop.distributed.ray.serve or population.start_courier_server) and pass "
             "the client, which pickles; or pass controller.serialized_state() and "
             "load_state() it in a new controller"

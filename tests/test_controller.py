@@ -318,12 +318,15 @@ def test_checkpoint_missing_exists_that_calls_the_controller_is_refused():
 
 @pytest.mark.parametrize("with_log_dir", [False, True])
 def test_a_controller_refuses_to_be_pickled_and_says_what_to_pass(tmp_path, with_log_dir):
+    import copy
     import pickle
 
     log_dir = tmp_path / "run" if with_log_dir else None
     pop = PopulationController([{"h": 0.1}], noop_mutator(), log_dir=log_dir)
-    with pytest.raises(TypeError, match=r"cannot be pickled.*serialized_state"):
+    with pytest.raises(TypeError, match=r"cannot be pickled or copied.*serialized_state"):
         pickle.dumps(pop)
+    with pytest.raises(TypeError, match=r"cannot be pickled or copied"):
+        copy.copy(pop)  # (a copy shared the lock, the log_dir's store and more)
     pop.close()
 
 
