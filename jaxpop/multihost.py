@@ -24,6 +24,7 @@ order. ``docs/multihost.md`` shows a whole loop and the launch on GPU nodes and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 from collections.abc import Callable
@@ -137,13 +138,15 @@ def on_lead(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
 
         multihost.on_lead(log.append, changes, lineage)
     """
-    result, failure = None, None
+    result, failure, message = None, None, None
     if is_lead_process():
         try:
             result = fn(*args, **kwargs)
         except BaseException as e:  # (Ctrl-C too: the others must hear of it)
-            failure = e
-    said = broadcast_from_lead(None if failure is None else f"{type(failure).__name__}: {failure}")
+            failure, message = e, type(e).__name__
+            with contextlib.suppress(BaseException):  # (a str() that raises: the type)
+                message = f"{message}: {e}"
+    said = broadcast_from_lead(message)
     if failure is not None:
         raise failure
     if said is not None:

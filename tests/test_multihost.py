@@ -322,6 +322,20 @@ def test_on_lead_runs_on_process_0_only_and_tells_the_others_of_a_failure(monkey
     assert calls == [(1, 2)]
     with pytest.raises(ZeroDivisionError):  # (one process: the broadcast is its own)
         multihost.on_lead(lambda: 1 / 0)
+    sent = []
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise ValueError("no str")
+
+    def unprintable():
+        raise Unprintable
+
+    real = multihost.broadcast_from_lead
+    monkeypatch.setattr(multihost, "broadcast_from_lead", lambda v: sent.append(v) or real(v))
+    with pytest.raises(Unprintable):  # (its message failed before the broadcast: helper-161)
+        multihost.on_lead(unprintable)
+    assert sent == ["Unprintable"]  # the others still hear of it
     monkeypatch.setattr(multihost, "is_lead_process", lambda: False)
     monkeypatch.setattr(multihost, "broadcast_from_lead", lambda v: "KeyError: 'lr'")
 

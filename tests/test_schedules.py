@@ -1212,3 +1212,33 @@ def test_a_ramp_counts_a_python_int_step_of_any_size_exactly():
     assert S.to_host(huge(2**199))["x"] == pytest.approx(0.5)
     past = S.curriculum({0: {"x": 0.0}, 2**1100: {"x": 1.0}})
     assert S.to_host(past(4))["x"] == 0.0 and S.to_host(past(2**1100))["x"] == 1.0
+
+
+def test_a_curriculum_on_the_host_gives_fresh_jax_values_in_the_ramps_shape():
+    """helper-161, of the first numpy host path: a cosine ramp called with a Python step
+    inside jit raised TracerArrayConversionError; step 0 handed out the curriculum's own
+    start array (an in-place edit changed every later value, jitted ones too) in its own
+    shape (not the ramp's); to_host gave numpy float32s that json cannot write."""
+    c = S.curriculum(
+        {0: {"batch": 32, "w": 0.0, "lr": 0.1}, 100: {"batch": 256, "w": np.ones(3), "lr": 0.01}},
+        kind="cosine",
+    )
+    assert float(jax.jit(lambda: c(50)["lr"])()) == pytest.approx(0.055, rel=1e-6)
+    first = c(0)
+    assert first["w"].shape == (3,)
+    # jax arrays (nothing to edit in place), fresh at each call
+    assert isinstance(first["batch"], jax.Array) and isinstance(first["w"], jax.Array)
+    assert c(0)["batch"] is not first["batch"]
+    assert float(c(50)["batch"]) == float(jax.jit(lambda t: c(t)["batch"])(50)) == 144.0
+    host = S.to_host(c(50))
+    assert type(host["batch"]) is float and type(host["lr"]) is float
+    json.dumps({k: v for k, v in host.items() if k != "w"})
+
+
+def test_a_held_value_whose_shape_changes_is_named_when_traced():
+    c = S.curriculum({0: {"w": np.zeros(2)}, 10: {"w": np.ones(3)}}, kind="step")
+    assert c(5)["w"].shape == (2,) and c(15)["w"].shape == (3,)  # on the host, as given
+    with pytest.raises(
+        ValueError, match=r"\['w'\] has shapes \[.*\(2,\).*\(3,\)\].*do not broadcast"
+    ):
+        jax.jit(c)(5)

@@ -378,7 +378,19 @@ def _check_held_together(outputs: Sequence[Any]) -> None:
     flat = [jax.tree.flatten(output) for output in outputs]
     if any(treedef != flat[0][1] for _, treedef in flat):  # type: ignore[operator]
         return
-    for column in zip(*(leaves for leaves, _ in flat), strict=True):
+    paths = [
+        jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(outputs[0])
+    ]
+    for path, column in zip(paths, zip(*(leaves for leaves, _ in flat), strict=True), strict=True):
+        shapes = [np.shape(x) for x in column]
+        try:
+            np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise ValueError(
+                f"a traced schedule selects between its parts leaf by leaf: {path} has "
+                f"shapes {shapes} in them, which do not broadcast (on the host each "
+                "part's value is used as it is); give the leaf one shape to trace it"
+            ) from None
         for x in column:
             _check_traceable(x)  # (its own message first: an int64 past int32, say)
         concrete = [

@@ -137,13 +137,7 @@ def _leaf_schedule(
                 f"which is past the range of {difference.dtype}; use smaller values"
             )
 
-    def from_start(step: Any) -> Any:
-        # the start exactly: inf - inf = NaN there
-        if isinstance(step, int):  # (a Python int: on the host, no where to compute)
-            return a if step <= 0 else ramp(step)
-        return jnp.where(step <= 0, a, ramp(step))
-
-    return from_start
+    return ramp
 
 
 def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
@@ -151,26 +145,31 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
     ``a + (b - a) * w``, ``w`` the share of the way done, ``step / length`` (linear) or
     ``sin(pi / 2 * step / length) ** 2`` (cosine: optax's half cosine
     ``(1 - cos(pi * step / length)) / 2``, without its cancellation near 0), the result
-    kept between the ends. Counted from the start, not as optax's
-    ``(a - b) * (1 - w) + b``: once ``1 - w`` rounds to 1 (a cosine segment of 10,000
-    steps, a linear one of 2**24) that gives ``(a - b) + b``, which rounds a small start
-    away or past itself (1e-8 to 1 gave 0.0 at step 1). Two Python floats give a weakly
-    typed value, as the held values around the ramp are (a ``bfloat16`` computation
-    scaled by it stays one)."""
+    kept between the ends, and the start exactly at step 0 (where ``inf - inf`` would
+    be NaN). Counted from the start, not as optax's ``(a - b) * (1 - w) + b``: once
+    ``1 - w`` rounds to 1 (a cosine segment of 10,000 steps, a linear one of 2**24) that
+    gives ``(a - b) + b``, which rounds a small start away or past itself (1e-8 to 1
+    gave 0.0 at step 1). Two Python floats give a weakly typed value, as the held values
+    around the ramp are (a ``bfloat16`` computation scaled by it stays one)."""
     dtype = jnp.result_type(a, b)
     weak = type(a) is float and type(b) is float  # (ints were made float32 arrays)
-    start, end = np.asarray(a, dtype), np.asarray(b, dtype)
+    # (copies, read-only: what a call returns is never these arrays themselves)
+    start, end = np.array(a, dtype), np.array(b, dtype)
     with np.errstate(invalid="ignore", over="ignore"):  # (inf - inf: NaN, as it is)
-        way = end - start
-    low, high = np.minimum(start, end), np.maximum(start, end)
+        way = np.array(np.subtract(np.asarray(b), np.asarray(a)), dtype)  # (the ends' precision)
+    low, high = np.array(np.minimum(start, end)), np.array(np.maximum(start, end))
     # from an infinite start to a finite end the line stays at the start (start + way
     # computes inf - inf)
-    held = np.isinf(start) & np.isfinite(end)
+    held = np.array(np.isinf(start) & np.isfinite(end))
+    shape = np.broadcast_shapes(start.shape, end.shape)
+    for array in (start, end, way, low, high, held):
+        array.flags.writeable = False
     try:
         span = float(length)
     except OverflowError:  # (past float64: any step short of it is 0 of the way)
         span = math.inf
     half_pi = dtype.type(np.pi / 2)
+    zero = dtype.type(0).item()
 
     def ramp(step: Any) -> Any:
         if is_traced(step):
@@ -178,19 +177,26 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
             if kind == "cosine":
                 done = jnp.sin(jnp.pi / 2 * done) ** 2
             value = jnp.clip(jnp.where(held, start, start + way * done), low, high)
-            return lax.full_like(dtype.type(0).item(), value) if weak else value
-        # on the host in numpy, the same float32 (or float64) operations: the same bits,
-        # without a device round trip per operation
-        if isinstance(step, int) and not -(2**31) <= step < 2**31:
-            # a Python int past int32 (of any size): its share, exactly
-            share = np.asarray(min(max(step / length, 0.0), 1.0), dtype)
+            value = jnp.where(step <= 0, start, value)
+            return lax.full_like(zero, value) if weak else value
+        # a concrete step (on the host, or a Python number inside a trace): the same
+        # operations in numpy, one JAX call at the end instead of one per operation
+        # (under jit XLA may fuse the multiply-add: the last bit may differ, as it did
+        # with optax's arithmetic)
+        if step <= 0:
+            at = np.broadcast_to(start, shape)
         else:
-            share = np.clip(np.asarray(step, dtype) / dtype.type(span), 0, 1)
-        if kind == "cosine":  # (XLA's sin: numpy's differs in the last bit now and then)
-            share = np.asarray(jnp.sin(half_pi * share)) ** 2
-        with np.errstate(invalid="ignore", over="ignore"):
-            at = np.clip(np.where(held, start, start + way * share), low, high)
-        return float(at) if weak else at
+            if isinstance(step, int) and step >= 2**31:
+                # a Python int past int32 (of any size): its share, exactly
+                share = np.asarray(min(step / length, 1.0), dtype)
+            else:
+                share = np.clip(np.asarray(step, dtype) / dtype.type(span), 0, 1)
+            if kind == "cosine":  # (XLA's sin: numpy's differs in the last bit now and then)
+                with jax.ensure_compile_time_eval():  # (a value, even inside a trace)
+                    share = np.asarray(jnp.sin(half_pi * share)) ** 2
+            with np.errstate(invalid="ignore", over="ignore"):
+                at = np.clip(np.where(held, start, start + way * share), low, high)
+        return lax.full_like(zero, at) if weak else jnp.asarray(at)
 
     return ramp
 
