@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -1242,3 +1243,27 @@ def test_a_held_value_whose_shape_changes_is_named_when_traced():
         ValueError, match=r"\['w'\] has shapes \[.*\(2,\).*\(3,\)\].*do not broadcast"
     ):
         jax.jit(c)(5)
+
+
+def test_a_ramp_takes_a_traced_array_of_steps_and_float_steps_past_float32():
+    """helper-162: a traced array of steps raised "full must be called with scalar
+    fill_value" (the weak type was kept for an array too); a float step or segment past
+    float32's range gave NaN, and every host call of such a segment warned."""
+    c = S.curriculum({0: {"lr": 0.1}, 10: {"lr": 0.01}})
+    np.testing.assert_allclose(
+        jax.jit(c)(jnp.arange(0, 12, 3))["lr"], [0.1, 0.073, 0.046, 0.019], rtol=1e-6
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huge = S.curriculum({0: {"x": 0.0}, 2**200: {"x": 1.0}})
+        for step in (2**199, float(2**199)):
+            assert S.to_host(huge(step))["x"] == 0.5
+        assert S.to_host(huge(5))["x"] == 0.0
+        long = S.curriculum({0: {"x": 0.0}, 2**130: {"x": 1.0}})
+        assert S.to_host(long(2.0**129))["x"] == S.to_host(long(2**129))["x"] == 0.5
+
+
+def test_a_non_numeric_held_leaf_is_named_as_not_numeric_when_traced():
+    schedule = S.join([S.constant({"k": range(2)}), S.constant({"k": range(3)})], [3])
+    with pytest.raises(TypeError, match="leaves must be numeric"):
+        jax.jit(schedule)(5)

@@ -382,7 +382,7 @@ def _check_held_together(outputs: Sequence[Any]) -> None:
         jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(outputs[0])
     ]
     for path, column in zip(paths, zip(*(leaves for leaves, _ in flat), strict=True), strict=True):
-        shapes = [np.shape(x) for x in column]
+        shapes = [np.shape(x) for x in column if is_traced(x) or _is_number(x)]
         try:
             np.broadcast_shapes(*shapes)
         except ValueError:

@@ -168,8 +168,13 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
         span = float(length)
     except OverflowError:  # (past float64: any step short of it is 0 of the way)
         span = math.inf
+    largest = float(np.finfo(dtype).max)
+    span_held = dtype.type(span) if span <= largest else None  # (the ramp's float, if it fits)
     half_pi = dtype.type(np.pi / 2)
     zero = dtype.type(0).item()
+
+    def weakly(value: Any) -> Any:  # (a scalar, as Piecewise keeps a Python number's type)
+        return lax.full_like(zero, value) if weak and jnp.ndim(value) == 0 else value
 
     def ramp(step: Any) -> Any:
         if is_traced(step):
@@ -178,7 +183,7 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
                 done = jnp.sin(jnp.pi / 2 * done) ** 2
             value = jnp.clip(jnp.where(held, start, start + way * done), low, high)
             value = jnp.where(step <= 0, start, value)
-            return lax.full_like(zero, value) if weak else value
+            return weakly(value)
         # a concrete step (on the host, or a Python number inside a trace): the same
         # operations in numpy, one JAX call at the end instead of one per operation
         # (under jit XLA may fuse the multiply-add: the last bit may differ, as it did
@@ -189,14 +194,17 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
             if isinstance(step, int) and step >= 2**31:
                 # a Python int past int32 (of any size): its share, exactly
                 share = np.asarray(min(step / length, 1.0), dtype)
+            elif span_held is None or not step <= largest:
+                # a segment or step past the ramp's float (float32: 3.4e38): in float64
+                share = np.asarray(min(float(step) / span, 1.0), dtype)
             else:
-                share = np.clip(np.asarray(step, dtype) / dtype.type(span), 0, 1)
+                share = np.clip(np.asarray(step, dtype) / span_held, 0, 1)
             if kind == "cosine":  # (XLA's sin: numpy's differs in the last bit now and then)
                 with jax.ensure_compile_time_eval():  # (a value, even inside a trace)
                     share = np.asarray(jnp.sin(half_pi * share)) ** 2
             with np.errstate(invalid="ignore", over="ignore"):
                 at = np.clip(np.where(held, start, start + way * share), low, high)
-        return lax.full_like(zero, at) if weak else jnp.asarray(at)
+        return weakly(at) if weak else jnp.asarray(at)
 
     return ramp
 
