@@ -38,22 +38,28 @@ def make(name: str, leaves: int):
     return schedules.curriculum({0: start, 10_000: end}, kind=name.split("_")[1])
 
 
+def measure(leaves: int, calls: int, repeats: int) -> list[dict]:
+    """One row per schedule: its name and ``us_per_call``."""
+    rows = []
+    for name in ("curriculum_linear", "curriculum_cosine", "piecewise"):
+        schedule = make(name, leaves)
+
+        def loop(schedule=schedule):
+            for _ in range(calls):
+                schedule(5_000)
+
+        seconds = common.best_of(loop, repeats)
+        rows.append({"schedule": name, "us_per_call": round(seconds / calls * 1e6, 1)})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--leaves", type=int, default=4)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    rows = []
-    for name in ("curriculum_linear", "curriculum_cosine", "piecewise"):
-        schedule = make(name, args.leaves)
-
-        def calls(schedule=schedule):
-            for _ in range(args.calls):
-                schedule(5_000)
-
-        seconds = common.best_of(calls, args.repeats)
-        rows.append({"schedule": name, "us_per_call": round(seconds / args.calls * 1e6, 1)})
+    rows = measure(args.leaves, args.calls, args.repeats)
     result = {
         "benchmark": "schedule_eval",
         "config": vars(args),
