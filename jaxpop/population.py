@@ -543,6 +543,8 @@ class PopulationController:
             self._store.check_open()
             self._store.replace(state, started=start)
         self._state, self._start = state, start
+        if self._gone_after_s is not None:  # (every worker heard from now, as at a start)
+            self._seen = dict.fromkeys(range(state.population_size), _as_time(self._clock()))
         return True
 
     def _state_to_load(self, data: bytes, where: str) -> tuple[PopulationState, float]:
@@ -722,6 +724,21 @@ class PopulationController:
         if type(now) is not float or now - now != 0.0:  # (not finite: NaN or inf)
             now = _as_time(now)
         pending: list[core.Changes] = []
+        when = self._stop_when
+        if when is not None and when.seconds is not None and now - self._start >= when.seconds:
+            # the time budget is spent: the run ends before this call's events, as a
+            # controller opened now ends it, so that none of them plays a round (a late
+            # report, a finish or a worker declared gone decided one, live only)
+            state, changes = core.stop(
+                state,
+                now,
+                core.event_key(state),
+                when=when,
+                mutator=self._mutator,
+                start=self._start,
+            )
+            if changes is not None:
+                pending.append(changes)
         for event in events:
             if type(event) is Reactivate:
                 self._refuse_if_over(state, event, now)
@@ -745,7 +762,6 @@ class PopulationController:
                 # one says nothing of it)
                 if i is not None and reactivating and state.workers[i].status != ACTIVE:
                     self._seen[i] = now
-            when = self._stop_when
             # a call in flight when the run ended (say) wakes no one, decides nothing
             over = (
                 when is not None

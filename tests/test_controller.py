@@ -1182,3 +1182,61 @@ def test_a_worker_of_another_run_is_unknown_unless_both_runs_share_a_seed(tmp_pa
     assert a.active_workers == b.active_workers
     with pytest.raises(TypeError, match="seed must be an int or None"):
         PopulationController([{"lr": 0.1}], m, seed=1.5)
+
+
+def _after_the_budget(tmp_path, resume, last):
+    """Two WinnerTakeAllGenetic workers (rounds every 10 steps) under a 10 s budget:
+    worker 0 reports at t=5, then ``last(controller, gens)`` runs at t=20, on the same
+    controller or (``resume``) one opened on its log_dir then."""
+    from jaxpop import StopWhen
+
+    clock = FakeClock(0.0)
+    options = {"seed": 0, "clock": clock, "stop_when": StopWhen(seconds=10)}
+    args = ([{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}], WinnerTakeAllGenetic(lambda m: m, 10))
+    log_dir = tmp_path / ("resumed" if resume else "live")
+    pop = PopulationController(*args, log_dir=log_dir, **options)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.now = 5.0
+    pop.set_eval(0, gens[0], 10, "a10", 0.5)
+    pop.set_eval(1, gens[1], 10, "b10", 0.4)
+    clock.now = 20.0
+    if resume:
+        pop.close()
+        pop = PopulationController(*args, log_dir=log_dir, **options)
+    last(pop, gens)
+    pop.close()
+    return [(w.generation_id, w.status) for w in pop.active_workers], pop.decision_counts
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        lambda pop, gens: pop.set_eval(2, gens[2], 10, "c10", 0.3),  # the round's last report
+        lambda pop, gens: pop.finish(2),  # the one the round waited for finishes
+    ],
+    ids=["report", "finish"],
+)
+def test_a_call_after_the_time_budget_plays_no_round_live_as_after_a_resume(tmp_path, last):
+    """The budget was checked only after a call's event: the first call past it still
+    decided a round (worker 0 was copied over onto a generation it never trained),
+    while a controller resumed at that moment ended the run first (helper-164)."""
+    live = _after_the_budget(tmp_path, False, last)
+    assert live == _after_the_budget(tmp_path, True, last)
+    workers, counts = live
+    assert counts.decisions == 0 and all(status == "finished" for _, status in workers)
+
+
+def test_load_state_gives_every_worker_gone_after_s_from_then():
+    """gone_after_s counted from the controller's start, not from load_state: a load
+    later than gone_after_s declared every other worker gone at the first call, and a
+    round was decided without them (helper-164)."""
+    clock = FakeClock(1000.0)
+    args = ([{"lr": 0.1}, {"lr": 0.2}, {"lr": 0.3}], WinnerTakeAllGenetic(lambda m: m, 10))
+    saved = PopulationController(*args, seed=0, clock=clock).serialized_state()
+    pop = PopulationController(*args, seed=1, clock=clock, gone_after_s=60)
+    clock.now = 1100.0
+    assert pop.load_state(saved)
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 10, "p0", 0.5)
+    assert [w.status for w in pop.active_workers] == ["active"] * 3
+    assert pop.decision_counts.decisions == 0
