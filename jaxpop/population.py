@@ -527,6 +527,7 @@ class PopulationController:
                 self._in_call = False
 
     def _load_state_locked(self, data: bytes | None) -> bool:
+        now = _as_time(self._clock())  # (read first: a clock that fails changes nothing)
         where = "the bytes passed to load_state"
         if data is None:
             if self._store is None:  # (no log_dir)
@@ -538,13 +539,13 @@ class PopulationController:
         state, start = self._state_to_load(data, where)
         # a stop it already meets is applied before anything is written, so that
         # nothing changes on failure
-        state, _ = self._stopped(state, start)
+        state, _ = self._stopped(state, start, now)
         if self._store is not None:
             self._store.check_open()
             self._store.replace(state, started=start)
         self._state, self._start = state, start
         if self._gone_after_s is not None:  # (every worker heard from now, as at a start)
-            self._seen = dict.fromkeys(range(state.population_size), _as_time(self._clock()))
+            self._seen = dict.fromkeys(range(state.population_size), now)
         return True
 
     def _state_to_load(self, data: bytes, where: str) -> tuple[PopulationState, float]:
@@ -737,8 +738,8 @@ class PopulationController:
                 mutator=self._mutator,
                 start=self._start,
             )
-            if changes is not None:
-                pending.append(changes)
+            if changes is not None:  # (taken now: it stands even if the event is refused)
+                self._take(state, [changes])
         for event in events:
             if type(event) is Reactivate:
                 self._refuse_if_over(state, event, now)
@@ -832,16 +833,17 @@ class PopulationController:
                 self._take(state, [changes])
 
     def _stopped(
-        self, state: PopulationState, start: float
+        self, state: PopulationState, start: float, now: float | None = None
     ) -> tuple[PopulationState, core.Changes | None]:
         """``state`` with ``stop_when`` applied to everything it recorded (the run's
-        calls so far were not checked against this condition), and the changes."""
+        calls so far were not checked against this condition), and the changes, at
+        ``now`` (``None``: the clock's time)."""
         when = self._stop_when
         if when is None:
             return state, None
         return core.stop(
             state,
-            _as_time(self._clock()),
+            _as_time(self._clock()) if now is None else now,
             core.event_key(state),
             when=when,
             mutator=self._mutator,
