@@ -738,8 +738,8 @@ class PopulationController:
                 mutator=self._mutator,
                 start=self._start,
             )
-            if changes is not None:  # (taken now: it stands even if the event is refused)
-                self._take(state, [changes])
+            if changes is not None:  # (with the events: a call refused records nothing)
+                pending.append(changes)
         for event in events:
             if type(event) is Reactivate:
                 self._refuse_if_over(state, event, now)

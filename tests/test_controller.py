@@ -1242,21 +1242,6 @@ def test_load_state_gives_every_worker_gone_after_s_from_then():
     assert pop.decision_counts.decisions == 0
 
 
-def test_a_refused_call_after_the_time_budget_still_ends_the_run():
-    """reactivate refused past the budget left the run looking unstopped (done False)
-    until the next call a controller took, where one reopened then was done (helper-166)."""
-    from jaxpop import StopWhen
-
-    clock = FakeClock(0.0)
-    pop = PopulationController(
-        [{"lr": 0.1}, {"lr": 0.2}], noop_mutator(), clock=clock, stop_when=StopWhen(seconds=10)
-    )
-    clock.now = 20.0
-    with pytest.raises(ValueError, match="cannot reactivate worker 0"):
-        pop.reactivate(0)
-    assert pop.done and [w.status for w in pop.active_workers] == ["finished", "finished"]
-
-
 def test_a_load_state_whose_clock_fails_changes_nothing(tmp_path):
     """load_state read the clock (for gone_after_s) after it had made the loaded state
     the run's and journaled it: a failing clock raised with the load done (helper-166)."""
