@@ -527,7 +527,6 @@ class PopulationController:
                 self._in_call = False
 
     def _load_state_locked(self, data: bytes | None) -> bool:
-        now = _as_time(self._clock())  # (read first: a clock that fails changes nothing)
         where = "the bytes passed to load_state"
         if data is None:
             if self._store is None:  # (no log_dir)
@@ -538,13 +537,15 @@ class PopulationController:
             where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
         state, start = self._state_to_load(data, where)
         # a stop it already meets is applied before anything is written, so that
-        # nothing changes on failure
+        # nothing changes on failure (the clock's too: read only if needed)
+        timed = self._stop_when is not None or self._gone_after_s is not None
+        now = _as_time(self._clock()) if timed else None
         state, _ = self._stopped(state, start, now)
         if self._store is not None:
             self._store.check_open()
             self._store.replace(state, started=start)
         self._state, self._start = state, start
-        if self._gone_after_s is not None:  # (every worker heard from now, as at a start)
+        if now is not None and self._gone_after_s is not None:  # (heard from now, as a start)
             self._seen = dict.fromkeys(range(state.population_size), now)
         return True
 

@@ -1244,11 +1244,13 @@ def test_load_state_gives_every_worker_gone_after_s_from_then():
 
 def test_a_load_state_whose_clock_fails_changes_nothing(tmp_path):
     """load_state read the clock (for gone_after_s) after it had made the loaded state
-    the run's and journaled it: a failing clock raised with the load done (helper-166)."""
+    the run's and journaled it: a failing clock raised with the load done (helper-166);
+    then it read the clock at every load, failing loads that need no time (helper-167)."""
     clock = FakeClock(1000.0)
     args = ([{"lr": 0.1}, {"lr": 0.2}], WinnerTakeAllGenetic(lambda m: m, 10))
     saved = PopulationController(*args, seed=0, clock=clock).serialized_state()
     pop = PopulationController(*args, seed=1, clock=clock, gone_after_s=60, log_dir=tmp_path)
+    plain = PopulationController(*args, seed=2, clock=clock)  # (no stop_when, no gone_after_s)
     before = pop.state
     clock.now = math.nan
     with pytest.raises(TypeError, match="clock"):
@@ -1258,3 +1260,8 @@ def test_a_load_state_whose_clock_fails_changes_nothing(tmp_path):
     from jaxpop import storage
 
     assert storage.read_state(tmp_path).workers == before.workers
+    assert plain.load_state(saved)  # a controller that needs no time reads no clock
+    assert [w.generation_id for w in plain.active_workers] == [
+        w.generation_id
+        for w in PopulationController(*args, seed=0, clock=FakeClock()).active_workers
+    ]
