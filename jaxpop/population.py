@@ -731,14 +731,7 @@ class PopulationController:
             # the time budget is spent: the run ends before this call's events, as a
             # controller opened now ends it, so that none of them plays a round (a late
             # report, a finish or a worker declared gone decided one, live only)
-            state, changes = core.stop(
-                state,
-                now,
-                core.event_key(state),
-                when=when,
-                mutator=self._mutator,
-                start=self._start,
-            )
+            state, changes = self._stop(state, now, self._start)
             if changes is not None:  # (with the events: a call refused records nothing)
                 pending.append(changes)
         for event in events:
@@ -791,17 +784,14 @@ class PopulationController:
             # (a call that changed nothing can only reach a time budget)
             if when is not None and (reply.changes is not None or when.seconds is not None):
                 checkpoint = reply.checkpoint
-                state, changes = core.stop(
+                state, changes = self._stop(
                     state,
                     now,
-                    core.event_key(state),
-                    when=when,
-                    mutator=self._mutator,
+                    self._start,
                     added=() if reply.changes is None else reply.changes.checkpoints,
                     reported=None
                     if checkpoint is None or checkpoint.value is None
                     else (operator.index(event.worker_id), checkpoint.step),
-                    start=self._start,
                 )
                 if changes is not None:
                     pending.append(changes)
@@ -842,14 +832,22 @@ class PopulationController:
         when = self._stop_when
         if when is None:
             return state, None
-        return core.stop(
+        return self._stop(
             state,
             _as_time(self._clock()) if now is None else now,
-            core.event_key(state),
-            when=when,
-            mutator=self._mutator,
+            start,
             added=tuple(state.history.checkpoints()) if when.value is not None else (),
-            start=start,
+        )
+
+    def _stop(
+        self, state: PopulationState, now: float, start: float, **recorded: Any
+    ) -> tuple[PopulationState, core.Changes | None]:
+        """:func:`jaxpop.core.stop` with this controller's ``stop_when`` (set) and
+        mutator; ``recorded``: what the call just recorded (``added``, ``reported``)."""
+        assert self._stop_when is not None
+        key = core.event_key(state)
+        return core.stop(
+            state, now, key, when=self._stop_when, mutator=self._mutator, start=start, **recorded
         )
 
     def _take(self, new_state: PopulationState, changes: list[core.Changes]) -> None:

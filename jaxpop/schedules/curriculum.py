@@ -176,14 +176,15 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
     def weakly(value: Any) -> Any:  # (a scalar, as Piecewise keeps a Python number's type)
         return lax.full_like(zero, value) if weak and jnp.ndim(value) == 0 else value
 
+    def along(xp: Any, share: Any) -> Any:  # (xp: jnp traced, np on the host)
+        return xp.clip(xp.where(held, start, start + way * share), low, high)
+
     def ramp(step: Any) -> Any:
         if is_traced(step):
             done = jnp.clip(jnp.asarray(step, dtype) / span, 0, 1)
             if kind == "cosine":
                 done = jnp.sin(jnp.pi / 2 * done) ** 2
-            value = jnp.clip(jnp.where(held, start, start + way * done), low, high)
-            value = jnp.where(step <= 0, start, value)
-            return weakly(value)
+            return weakly(jnp.where(step <= 0, start, along(jnp, done)))
         # a concrete step (on the host, or a Python number inside a trace): the same
         # operations in numpy, one JAX call at the end instead of one per operation
         # (under jit XLA may fuse the multiply-add: the last bit may differ, as it did
@@ -203,7 +204,7 @@ def _ramp(a: Any, b: Any, length: int, kind: str) -> Callable[[Any], Any]:
                 with jax.ensure_compile_time_eval():  # (a value, even inside a trace)
                     share = np.asarray(jnp.sin(half_pi * share)) ** 2
             with np.errstate(invalid="ignore", over="ignore"):
-                at = np.clip(np.where(held, start, start + way * share), low, high)
+                at = along(np, share)
         return weakly(at) if weak else jnp.asarray(at)
 
     return ramp
