@@ -306,7 +306,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line with ``argv`` (default ``sys.argv[1:]``); returns the status."""
     args = parser().parse_args(argv)
     with _printable_output():
-        return _run(args)
+        try:
+            return _run(args)
+        except OSError as error:  # (the commands catch their files' errors)
+            return _output_failed(args, error)
+
+
+def _output_failed(args: argparse.Namespace, error: OSError) -> int:
+    """Standard output could not be written (``| head -1`` closed it, a full disk):
+    says so, unless the reader left (a broken pipe), and silences the flush at exit
+    (a second traceback). The files were written before anything was printed."""
+    try:  # what is left unwritten goes nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, io.UnsupportedOperation):  # (no file descriptor: a test's)
+        pass
+    if not isinstance(error, BrokenPipeError):
+        print(f"jaxpop {args.command}: error: cannot write the output: {error}", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager

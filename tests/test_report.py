@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -619,6 +620,98 @@ def test_a_report_that_cannot_be_written_whole_leaves_the_earlier_one(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {
         name: b"earlier " + name.encode() for name in FILES
     }
+
+
+@needs_matplotlib
+def test_a_full_disk_leaves_no_folder_made_for_the_report(finished, tmp_path, monkeypatch):
+    """A failed write into a new --out a/b/c left the empty folders a/b/c behind, where
+    the docs say the folder is left as it was (hostile review, helper-169)."""
+    from jaxpop.storage import atomic
+
+    def full(path, data, **kw):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic, "_write_temporary", full)
+    with pytest.raises(OSError, match=r"No space left on device"):
+        report.write_report(finished[0], tmp_path / "a" / "b" / "c")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()  # a folder that was there stays
+    with pytest.raises(OSError, match=r"No space left on device"):
+        report.write_report(finished[0], tmp_path / "a" / "b")
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and not any((tmp_path / "a").iterdir())
+
+
+@needs_matplotlib
+def test_hyperparameter_names_are_drawn_as_written(tmp_path):
+    """A "$" in a name was read as matplotlib's math mode: "budget_$per_step$" drawn with
+    a subscript, and a name it could not parse ("$\\bogus$") dropped hparams.png with a
+    warning blaming values past a float's range (hostile review, helper-169)."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    names = ["budget_$per_step$", "$\\bogus$"]
+    run = str(tmp_path / "run")
+    initial = [{names[0]: 1.0, names[1]: 2.0}, {names[0]: 2.0, names[1]: 3.0}]
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    with PopulationController(initial, mutator, log_dir=run, seed=0) as pop:
+        for i in range(2):
+            pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, float(i))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no plot left out)
+        written = report.write_report(run, tmp_path / "out")
+    assert set(written) == FILES
+    fig = report.plot_hparams(report.load(run))
+    labels = [ax.yaxis.label for ax in fig.axes]
+    assert sorted(label.get_text() for label in labels) == sorted(names)
+    assert not any(label.get_parse_math() for label in labels)  # drawn as the text it is
+
+
+@needs_matplotlib
+def test_a_plot_that_fails_without_huge_values_raises(finished, tmp_path, monkeypatch):
+    """Only values near a float's range explain a plot matplotlib cannot draw: any other
+    failure is raised, not passed off as that with a warning (helper-169)."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("not a limit of matplotlib's")
+
+    monkeypatch.setattr(report.files, "plot_lineage", broken)
+    with pytest.raises(ValueError, match=r"not a limit of matplotlib's"):
+        report.write_report(finished[0], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@needs_matplotlib
+def test_output_that_cannot_be_written_is_an_error_not_a_traceback(
+    finished, tmp_path, monkeypatch, capsys
+):
+    """A closed pipe or a full device on standard output ended the command with a
+    traceback (after its files were written: nothing lost; hostile review, helper-169)."""
+    base, state = finished
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run(
+                [sys.executable, "-m", "jaxpop", "report", str(base), "--out", str(tmp_path / "a")],
+                cwd=ROOT,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
+        assert proc.returncode == 1
+        assert "cannot write the output" in proc.stderr and "Traceback" not in proc.stderr
+        _check_files(tmp_path / "a", state.history.num_checkpoints)
+    read, write = os.pipe()
+    os.close(read)  # the reader left (`jaxpop report RUN | head -1`)
+    with open(write, "w") as closed:
+        monkeypatch.setattr(sys, "stdout", closed)
+        try:
+            code = cli.main(["report", str(base), "--out", str(tmp_path / "b")])
+        except SystemExit as exit:  # (rich's own answer to a closed pipe, where it prints)
+            code = exit.code
+        monkeypatch.undo()
+    assert code == 1
+    assert capsys.readouterr().err == ""  # (nothing to tell a reader that left)
+    _check_files(tmp_path / "b", state.history.num_checkpoints)
 
 
 @needs_matplotlib

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxpop.report.data import Report, load
+from jaxpop.report.data import Report, load, numeric_hparams
 from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
 from jaxpop.report.tables import summary, write_csv
 from jaxpop.storage.atomic import write_all_atomic
 
 if TYPE_CHECKING:
     pass
+
+#: A magnitude past which matplotlib's axis layout may overflow (a span of two values of
+#: opposite signs near a float's largest, 1.8e308, is no float)
+_NEAR_FLOAT_LIMIT = 1e300
 
 
 # -- files ----------------------------------------------------------------------------
@@ -45,13 +50,15 @@ def write_report(
 
     A plot matplotlib cannot draw (values whose range is past a float's, near
     +-1.8e308) is left out with a ``RuntimeWarning``; the data files are always written.
+    (A plot that fails without such values raises: no known limit explains it.)
 
     ``log_dir`` is a run directory (or its parent, see :func:`find_run_dir`) or an
     already loaded :class:`Report`. ``out_dir`` defaults to :func:`default_out_dir`
     and is created if needed; it may not lie inside the run's directory, which is never
     written to. The files are written to temporary names and renamed into place, all
     or none (:func:`jaxpop.storage.atomic.write_all_atomic`): a write that fails (a
-    full disk) leaves the folder as it was and its ``OSError`` names the file.
+    full disk) leaves the folder as it was (a folder made for it is removed again) and its
+    ``OSError`` names the file.
     """
     report = log_dir if isinstance(log_dir, Report) else load(log_dir)
     if out_dir is None:
@@ -64,7 +71,6 @@ def write_report(
             f"out_dir {out_dir} lies inside the run's directory {report.log_dir}; the "
             "report never writes there: choose another out_dir"
         )
-    os.makedirs(out_dir, exist_ok=True)
     contents: dict[str, bytes] = {}
     text = io.StringIO()
     write_csv(report.history, text)
@@ -84,7 +90,10 @@ def write_report(
                 make().savefig(buffer, format="png", dpi=110)
         except (ValueError, OverflowError) as error:
             # matplotlib cannot lay out an axis whose span is past a float (values near
-            # +-1.8e308): the data files are written, the plot is not
+            # +-1.8e308): the data files are written, the plot is not; a failure with
+            # no such value is no known limit of matplotlib's, and is not hidden
+            if not _near_float_limit(report):
+                raise
             warnings.warn(
                 f"{name} was not drawn: matplotlib failed ({type(error).__name__}: {error}), "
                 "as it does for values whose range is past a float's (near +-1.8e308); "
@@ -95,11 +104,47 @@ def write_report(
             undrawn.append(name)
             continue
         contents[name] = buffer.getvalue()
-    # all the files or none (a full disk leaves the earlier report as it was)
+    # all the files or none (a full disk leaves the earlier report as it was, and no
+    # folder made for it)
     written = {name: os.path.join(out_dir, name) for name in contents}
-    write_all_atomic({written[name]: data for name, data in contents.items()})
+    missing = _missing_dirs(out_dir)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        write_all_atomic({written[name]: data for name, data in contents.items()})
+    except BaseException:
+        for directory in reversed(missing):  # innermost first
+            try:
+                os.rmdir(directory)
+            except FileNotFoundError:  # (never made)
+                continue
+            except OSError:  # (not empty: something else wrote there meanwhile)
+                break
+        raise
     for name in undrawn:  # an earlier report's plot is not this run's
         stale = os.path.join(out_dir, name)
         if os.path.exists(stale):
             os.remove(stale)
     return written
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would make, outermost first."""
+    missing = []
+    head = os.path.abspath(path)
+    while not os.path.exists(head):
+        missing.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    return missing[::-1]
+
+
+def _near_float_limit(report: Report) -> bool:
+    """Whether a value or a numeric hyperparameter of the run has a finite magnitude
+    past :data:`_NEAR_FLOAT_LIMIT`."""
+    history = report.history
+    values = [c.value for c in history.checkpoints() if c.value is not None]
+    for generation_id in history:
+        values += numeric_hparams(history.first(generation_id).meta_params).values()
+    return any(math.isfinite(v) and abs(v) > _NEAR_FLOAT_LIMIT for v in values)

@@ -161,7 +161,7 @@ def plot_hparams(report: Report, names: str | Iterable[str] | None = None) -> Fi
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name in zip(axes, names, strict=True):
         _draw_lines(ax, report, name)
-        ax.set_ylabel(name)
+        ax.set_ylabel(name, parse_math=False)  # a name is text: "$" is no math mode
         ax.grid(alpha=0.3)
     _legend(axes[0], report)
     axes[-1].set_xlabel("step")
