@@ -375,6 +375,66 @@ def test_a_worker_function_that_calls_sys_exit_is_an_error_not_a_restart(ray_ses
         jaxpop_ray.run_workers(_exits, 1, timeout_s=60, num_cpus=0)
 
 
+def _yields(worker_id):
+    yield worker_id  # (progress, say)
+    time.sleep(3600)
+
+
+def test_a_worker_function_that_is_a_generator_is_an_error(ray_session):
+    """Ray streamed a generator's values: the group's result was the first one, and the
+    function stopped at its first yield, silently (hostile review, helper-168)."""
+    with pytest.raises(jaxpop_ray.WorkerError, match=r"is a generator") as info:
+        jaxpop_ray.run_workers(_yields, 1, timeout_s=60, num_cpus=0)
+    assert isinstance(info.value.__cause__, TypeError)
+
+
+@ray.remote
+class _NotAController:
+    def ping(self):
+        return "pong"
+
+
+def test_a_name_held_by_another_kind_of_actor_is_unavailable_not_an_attribute_error(
+    ray_session,
+):
+    """(the client's first call raised "'ActorHandle' object has no attribute 'info'")"""
+    other = _NotAController.options(name="not-a-controller", namespace="jaxpop").remote()
+    try:
+        client = jaxpop_ray.connect("not-a-controller")
+        with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="not a jaxpop controller"):
+            client.info()
+    finally:
+        ray.kill(other)
+
+
+def _slow_copy(meta):
+    time.sleep(5)
+    return meta
+
+
+def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is_busy(
+    ray_session, tmp_path
+):
+    """Asking whether the run was over took the client's own timeout (120 s by default):
+    wait(timeout_s=...) overran its deadline by as long as the controller was busy (in a
+    mutator, restarting, waiting for its lock; hostile review, helper-168)."""
+    mutator = WinnerTakeAllGenetic(_slow_copy, steps_per_exploit=1)
+    with jaxpop_ray.serve(_population(1), mutator, log_dir=tmp_path, name="busy") as client:
+        group = jaxpop_ray.start_workers(_sleep_forever, 1, num_cpus=0)
+        try:
+            gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
+            busy = threading.Thread(target=client.set_eval, args=(0, gen, 1, "p", 1.0))
+            busy.start()  # the controller is in the mutator for 5 s
+            time.sleep(0.5)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                group.wait(timeout_s=0.5, until_done=client)
+            assert time.monotonic() - started < 3.0
+            busy.join()
+        finally:
+            group.shutdown()
+
+
 class _TwoArgError(Exception):
     """An exception Ray cannot rebuild on the driver (its ``__init__`` takes two)."""
 
@@ -520,11 +580,13 @@ def test_a_start_that_fails_part_way_leaves_no_worker_running(ray_session):
         blocker.shutdown()
 
 
-@pytest.mark.parametrize("bad", [-1, math.nan, math.inf, None, True, "5"])
+@pytest.mark.parametrize(
+    "bad", [-1, math.nan, math.inf, None, True, "5", pytest.param(10**400, id="10**400")]
+)
 def test_seconds_arguments_are_refused_before_anything_starts(bad, tmp_path):
     """(grace_s=None failed inside the wait, after the workers had started; NaN waited
     forever in connect; a timeout_s of inf raised OverflowError in WorkerGroup.wait, and
-    True was one second)"""
+    True was one second; 10**400 raised an OverflowError naming no argument)"""
     with pytest.raises((TypeError, ValueError), match="grace_s"):
         jaxpop_ray.run_workers(_sleep_forever, 2, grace_s=bad)  # (Ray not touched)
     with pytest.raises((TypeError, ValueError), match="wait_s"):

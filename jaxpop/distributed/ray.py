@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import numbers
 import os
@@ -67,9 +68,13 @@ def _check_seconds(seconds: Any, what: str) -> float:
     ``what`` (NaN waited forever, ``None`` failed late inside an actor)."""
     if isinstance(seconds, (bool, np.bool_)) or not isinstance(seconds, numbers.Real):
         raise TypeError(f"{what} must be a number of seconds, got {seconds!r:.40}")
-    if not 0 <= float(seconds) < math.inf:
-        raise ValueError(f"{what} must be a finite number >= 0, got {seconds!r}")
-    return float(seconds)
+    try:
+        as_float = float(seconds)
+    except OverflowError:  # an int past float's range
+        as_float = math.inf
+    if not 0 <= as_float < math.inf:
+        raise ValueError(f"{what} must be a finite number >= 0, got {seconds!r:.40}")
+    return as_float
 
 
 def _check_timeout(timeout_s: Any, what: str = "timeout_s") -> float | None:
@@ -544,15 +549,26 @@ class PopulationClient:
         return f"PopulationClient(name={self.name!r}, namespace={self.namespace!r})"
 
     # -- calls and retries ----------------------------------------------------------
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, method: str, *args: Any, until: float | None = None) -> Any:
+        """Calls the controller's ``method``, resending it through restarts, for at most
+        ``timeout_s`` (and until ``time.monotonic()`` reaches ``until``, if given)."""
         if self._log_dir is None and method != "info":
             # the run this client serves, learned before its first call (nothing it sends
             # can then land in another run: see _find_actor)
-            self._log_dir = self._call("info")["log_dir"]
+            self._log_dir = self._call("info", until=until)["log_dir"]
         start = time.monotonic()
         deadline = None if self.timeout_s is None else start + self.timeout_s
+        if until is not None:
+            deadline = until if deadline is None else min(deadline, until)
         backoff = _FIRST_BACKOFF_S
-        ref = getattr(self._actor, method).remote(*args)
+        try:
+            remote = getattr(self._actor, method)
+        except AttributeError:  # (an actor of another kind under the name)
+            raise ControllerUnavailableError(
+                f"the actor named {self.name!r} (namespace {self.namespace!r}) is not a "
+                f"jaxpop controller (it has no method {method!r})"
+            ) from None
+        ref = remote.remote(*args)
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
@@ -836,11 +852,20 @@ class _WorkerActor:
         self, fn: Callable[..., Any], worker_id: int, args: tuple, kwargs: dict[str, Any]
     ) -> Any:
         try:
-            return fn(worker_id, *args, **kwargs)
+            result = fn(worker_id, *args, **kwargs)
         except SystemExit as e:  # raised by the function: an error, not a crash to restart
             if hasattr(e, "ray_terminate_msg"):  # Ray's own exit (SIGTERM): a restart
                 raise
             raise RuntimeError(f"worker {worker_id}'s function called sys.exit({e.code!r})") from e
+        if inspect.isgenerator(result) or inspect.isasyncgen(result):
+            # (Ray would stream it: the group's result was its first value, and the
+            # function stopped there, silently)
+            raise TypeError(
+                f"worker {worker_id}'s function {getattr(fn, '__name__', fn)!r} is a "
+                "generator: it would run only to its first yield; a worker function runs "
+                "to its end and returns its result (report progress through the client)"
+            )
+        return result
 
 
 @functools.cache
@@ -895,7 +920,7 @@ class WorkerGroup:
         pending = [ref for i, ref in enumerate(self._refs) if i not in self.ended]
         results: list[Any] = [None] * len(self._refs)
         while pending:
-            if until_done is not None and self._run_over(until_done, grace_s):
+            if until_done is not None and self._run_over(until_done, grace_s, deadline):
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
                 for ref in ready:
                     results[index[ref]] = self._result(index[ref], ref)
@@ -914,9 +939,25 @@ class WorkerGroup:
                 results[index[ref]] = self._result(index[ref], ref)
         return results
 
-    def _run_over(self, client: PopulationClient, grace_s: float) -> bool:
-        """Whether the run has been over for ``grace_s`` (and still is)."""
-        if not client.done:
+    def _run_over(self, client: PopulationClient, grace_s: float, deadline: float | None) -> bool:
+        """Whether the run has been over for ``grace_s`` (and still is); asked by
+        ``deadline`` (a busy or restarting controller: ``TimeoutError`` then)."""
+        # (the wait's deadline comes first: a call that finds no answer by then is the
+        # wait's timeout, not the client's)
+        first = deadline is not None and (
+            client.timeout_s is None or deadline < time.monotonic() + client.timeout_s
+        )
+        try:
+            done = client._call("done", until=deadline)
+        except ControllerUnavailableError as e:
+            if first:
+                running = len(self._refs) - len(self.ended)
+                raise TimeoutError(
+                    f"worker(s) still running at the timeout, and the controller did not "
+                    f"say whether the run is over ({running} worker(s) in the group)"
+                ) from e
+            raise
+        if not done:
             self._done_since = None
             return False
         now = time.monotonic()
@@ -982,6 +1023,8 @@ def start_workers(
     Args:
       fn: the worker function; it and ``args``/``kwargs`` (a :class:`PopulationClient`
         among them, typically) are pickled with cloudpickle and shipped to the actors.
+        It runs to its end and returns its result (a generator function is an error:
+        the group's result would be its first value, its work stopped there).
       num_cpus, num_gpus: what each worker actor reserves.
       name: if given, the actors are named ``f"{name}-worker-{i}"`` in ``namespace``.
       actor_options: more ``ActorClass.options`` for every worker.
