@@ -216,7 +216,7 @@ def _watch(args: argparse.Namespace) -> int:
     from jaxpop import report, storage
 
     live = None
-    last: dict[str, report.Refresh | None] = {"refresh": None}
+    last: dict[str, report.Report | None] = {"report": None}  # the newest read
     try:
         from rich.console import Console, Group
         from rich.live import Live
@@ -229,7 +229,8 @@ def _watch(args: argparse.Namespace) -> int:
         pass
 
     def show(refresh: report.Refresh) -> None:
-        last["refresh"] = refresh
+        if refresh.report is not None:
+            last["report"] = refresh.report
         status = _status(refresh, args.interval)
         if live is not None:
             body = [Text(status)]
@@ -257,8 +258,7 @@ def _watch(args: argparse.Namespace) -> int:
             if live is not None:
                 live.stop()
     except KeyboardInterrupt:
-        refresh = last["refresh"]
-        data = None if refresh is None else refresh.report
+        data = last["report"]
         print("stopped watching")
         if data is not None:  # what was read last, in the files too
             try:

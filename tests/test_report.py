@@ -1074,6 +1074,79 @@ def test_cli_watch_stops_after_max_iterations_or_ctrl_c(finished, tmp_path, caps
     _check_files(out, state.history.num_checkpoints)
 
 
+def _vanishing_run(tmp_path):
+    """A run that records more between the first and the second read, then is moved
+    away before the third: ``(sleep for watch, the run's events at the second read)``."""
+    run = tmp_path / "run"
+    pop = PopulationController(_initial(2), WinnerTakeAllGenetic(_mutate, 100), str(run), seed=0)
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, None, 1.0)
+    reads = []
+
+    def sleep(seconds):
+        reads.append(seconds)
+        if len(reads) == 1:
+            pop.set_eval(1, gens[1], 10, None, 0.5)
+        elif len(reads) == 2:
+            pop.close()
+            shutil.move(str(run), str(tmp_path / "moved"))
+
+    return sleep, pop
+
+
+def _written_evaluations(out):
+    """The evaluations the report files in ``out`` count (summary and CSV alike)."""
+    with open(out / "history.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row["value"]]
+    info = json.loads((out / "summary.json").read_text())
+    assert info["num_evaluations"] == len(rows) and set(os.listdir(out)) == FILES
+    return len(rows)
+
+
+@needs_matplotlib
+def test_watch_ends_with_the_newest_report_read_even_if_the_run_is_gone(tmp_path):
+    """The last read found the run moved away: the files kept an older read's report
+    (the newer one was read less than write_every before), while the command said they
+    held the newer one (hostile review, helper-169)."""
+    sleep, _ = _vanishing_run(tmp_path)
+    refreshes = []
+    newest = report.watch(
+        tmp_path / "run",
+        tmp_path / "out",
+        max_iterations=3,
+        on_refresh=refreshes.append,
+        sleep=sleep,
+        write_every=100,
+    )
+    assert [bool(r.written) for r in refreshes] == [True, False, True]
+    assert refreshes[2].report is None and refreshes[2].changed  # (gone: a change)
+    assert newest is refreshes[1].report
+    assert _written_evaluations(tmp_path / "out") == 2
+
+
+@needs_matplotlib
+def test_cli_watch_stopped_after_the_run_vanished_writes_the_newest_report(
+    tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C after a read that found nothing said "no jaxpop run appeared" (the run had
+    been read twice) and wrote neither read (hostile review, helper-169)."""
+    sleep, pop = _vanishing_run(tmp_path)
+    calls = []
+
+    def interrupt(seconds):  # Ctrl-C after the third read, which found nothing
+        calls.append(seconds)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", interrupt)
+    argv = ["report", str(tmp_path / "run"), "--watch", "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped watching" in out and f"event {pop.state.num_events}" in out
+    assert _written_evaluations(tmp_path / "out") == 2
+
+
 def test_cli_watch_errors(tmp_path, finished, capsys):
     assert (
         cli.main(

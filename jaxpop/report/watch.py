@@ -72,24 +72,25 @@ def watch(
     clock: Callable[[], float] | None = None,
 ) -> Report | None:
     """Re-reads the run at ``log_dir`` every ``interval`` seconds and keeps its report
-        up to date in ``out_dir`` (see :func:`~jaxpop.report.write_report`).
+    up to date in ``out_dir`` (see :func:`~jaxpop.report.write_report`).
 
-        While the directory holds no run yet (missing, empty, not written yet) it waits for
-        one. Each read calls ``on_refresh`` with a :class:`Refresh`. The files (plots take
-        a second or so to draw) are rewritten when the run changed (:func:`fingerprint`),
-        at most every ``write_every`` seconds (default: ``max(interval, 10)``), and always
-        after the last read. ``sleep`` and ``clock`` default to ``time.sleep`` and
-    ``time.monotonic``. Returns the last report read (``None`` if none) once the run
-        is over, or after ``max_iterations`` reads. A ``KeyboardInterrupt`` (Ctrl-C)
-        propagates to the caller.
+    While the directory holds no run yet (missing, empty, not written yet) it waits for
+    one. Each read calls ``on_refresh`` with a :class:`Refresh`. The files (plots take
+    a second or so to draw) are rewritten when the run changed (:func:`fingerprint`),
+    at most every ``write_every`` seconds (default: ``max(interval, 10)``), and always
+    after the last read: they then hold the newest report read, even if the run was
+    gone at that last read (a folder moved away). ``sleep`` and ``clock`` default to
+    ``time.sleep`` and ``time.monotonic``. Returns the newest report read (``None`` if
+    none) once the run is over, or after ``max_iterations`` reads. A
+    ``KeyboardInterrupt`` (Ctrl-C) propagates to the caller.
 
-        Raises:
-          ValueError: ``interval`` is not positive, ``write_every`` or ``max_iterations``
-            is negative; or ``out_dir`` lies inside the run (see
-            :func:`~jaxpop.report.write_report`).
-          SeveralRunsError: ``log_dir`` holds several runs.
-          jaxpop.storage.CorruptLogError: a file of the run is damaged.
-          ImportError: matplotlib is missing (the plots need it).
+    Raises:
+      ValueError: ``interval`` is not positive, ``write_every`` or ``max_iterations``
+        is negative; or ``out_dir`` lies inside the run (see
+        :func:`~jaxpop.report.write_report`).
+      SeveralRunsError: ``log_dir`` holds several runs.
+      jaxpop.storage.CorruptLogError: a file of the run is damaged.
+      ImportError: matplotlib is missing (the plots need it).
     """
     if not 0 < interval <= MAX_INTERVAL_S:  # (time.sleep overflows on inf or 1e300)
         raise ValueError(
@@ -119,10 +120,14 @@ def watch(
         if data is not None:
             last, done = data, is_done(data.state)
             changed, seen = fingerprint(data) != seen, fingerprint(data)
-            stale = seen != written_seen
-            if stale and (done or final or clock() - written_at >= write_every):
-                written = write_report(data, out_dir, log_scale=log_scale)
-                written_seen, written_at = seen, clock()
+        else:  # (a run read before and gone now has changed too)
+            changed, seen = seen is not None, None
+        # the newest report read, if the files do not hold it: at the end (even when the
+        # run is gone at that read), else when read and write_every has passed
+        due = done or final or (data is not None and clock() - written_at >= write_every)
+        if due and last is not None and fingerprint(last) != written_seen:
+            written = write_report(last, out_dir, log_scale=log_scale)
+            written_seen, written_at = fingerprint(last), clock()
         if on_refresh is not None:
             on_refresh(Refresh(iteration, data, changed, done, waiting, written))
         if done or final:
