@@ -194,6 +194,37 @@ def test_flatten_hparams():
     }
 
 
+def test_a_column_is_one_hyperparameter_in_every_row(tmp_path):
+    """Two leaves whose names join the same ("a.b" and a["b"]) are named by the order a
+    tree holds them: once a mutation dropped a["b"], the column "a.b" switched from
+    a["b"] to the key "a.b" in the CSV, the plotted series and the summary, showing a
+    change that never happened (hostile review, helper-169)."""
+    mutator = WinnerTakeAllGenetic(lambda m: {"a.b": m["a.b"]}, steps_per_exploit=10)
+    with PopulationController([{"a.b": 1.0, "a": {"b": 2.0}}], mutator, str(tmp_path)) as pop:
+        first = pop.active_workers[0].generation_id
+        pop.set_eval(0, first, 10, "p", 1.0)
+        second = pop.maybe_get_worker_data(0, first, 10, "p", None).generation_id
+        assert second != first
+        pop.set_eval(0, second, 20, "q", 0.5)
+    data = report.load(tmp_path)
+    text = io.StringIO()
+    report.write_csv(data.history, text)
+    rows = list(csv.DictReader(io.StringIO(text.getvalue())))
+    old = [(r["a.b"], r["a.b:2"]) for r in rows if r["generation_id"] == first]
+    new = [(r["a.b"], r["a.b:2"]) for r in rows if r["generation_id"] != first]
+    assert old == [("2.0", "1.0")] * len(old) and new == [("", "1.0")] * len(new)
+    assert old and new
+    assert data.hparam_names == ("a.b", "a.b:2")
+    lineage = report.best_series(data, "a.b:2").values.tolist()
+    assert lineage == [1.0] * len(lineage)
+    series = report.best_series(data, "a.b").values
+    mixed = np.isnan(series)
+    assert mixed.any() and (series[~mixed] == 2.0).all()
+    best = report.summary(data)["best"]
+    assert best["hyperparameters"] == {"a.b:2": 1.0}
+    assert report.flatten_hparams({"a.b": 1.0}) == {"a.b": 1.0}  # alone: its plain name
+
+
 def test_leaves_numpy_cannot_read_as_arrays_are_left_out():
     """A leaf with a dtype and a size that is no array (a jax.ShapeDtypeStruct, an
     object with a float dtype) made flatten_hparams raise, and every part of the report
@@ -525,8 +556,10 @@ def test_plot_hparams_flattens_each_checkpoint_once(finished, monkeypatch):
     _, state = finished
     data = report.build(state)
     calls = []
-    flatten = report.data.numeric_hparams
-    monkeypatch.setattr(report.data, "numeric_hparams", lambda m: calls.append(m) or flatten(m))
+    flatten = report.data._Names.numeric
+    monkeypatch.setattr(
+        report.data._Names, "numeric", lambda self, m: calls.append(m) or flatten(self, m)
+    )
     report.plot_hparams(data)
     assert len(data.hparam_names) == 2
     assert 0 < len(calls) <= state.history.num_checkpoints

@@ -176,13 +176,21 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
     >>> flatten_hparams({"lr": jnp.asarray(0.5, jnp.bfloat16), "opt": {"betas": (0.9, 1)}})
     {'lr': 0.5, 'opt.betas.0': 0.9, 'opt.betas.1': 1}
     """
-    flat: dict[str, Any] = {}
+    return _Names().flatten(meta_params)
+
+
+def _entries(meta_params: Any) -> list[tuple[str, tuple[str, int], Any]]:
+    """``(name, where, scalar)`` per entry of :func:`flatten_hparams`, in its order;
+    ``where`` (the leaf's path, and the element of an array) tells apart two leaves
+    whose names join the same."""
+    out = []
     leaves, _ = jax.tree_util.tree_flatten_with_path(meta_params)
     for path, leaf in leaves:
         name = ".".join(_key_name(p) for p in path) if path else "value"
+        where = jax.tree_util.keystr(path)
         value = _scalar(leaf)
         if value is not None:
-            _put(flat, name, value)
+            out.append((name, (where, -1), value))
             continue
         if not (hasattr(leaf, "dtype") and hasattr(leaf, "size")) or leaf.size > _MAX_ARRAY_LEAF:
             continue
@@ -194,22 +202,41 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
         except (TypeError, ValueError):  # a dtype or an array-like numpy cannot read
             continue  # (a pandas categorical, a jax.ShapeDtypeStruct): left out
         if len(items) == 1:
-            _put(flat, name, items[0])
+            out.append((name, (where, -1), items[0]))
         else:
-            for i, item in enumerate(items):
-                _put(flat, f"{name}.{i}", item)
-    return flat
+            out += [(f"{name}.{i}", (where, i), item) for i, item in enumerate(items)]
+    return out
 
 
-def _put(flat: dict[str, Any], name: str, value: Any) -> None:
-    """``flat[name] = value``; a name taken already (``{"a.b": 1, "a": {"b": 2}}``
-    flattens both to ``"a.b"``) gets ``:2``, ``:3``, ... so no value is dropped (a
-    character every logging backend takes in a name, MLflow's included)."""
-    key, n = name, 1
-    while key in flat:
-        n += 1
-        key = f"{name}:{n}"
-    flat[key] = value
+class _Names:
+    """The names :func:`flatten_hparams` gives, kept across trees: a leaf keeps the
+    name it was first given, so a column means one leaf throughout a run (where a key
+    holding a dot makes two leaves' names join the same, which one is ``name:2`` would
+    otherwise depend on which others a tree holds)."""
+
+    def __init__(self) -> None:
+        self._of: dict[tuple[str, int], str] = {}  # where -> name
+        self._taken: set[str] = set()
+
+    def flatten(self, meta_params: Any) -> dict[str, Any]:
+        flat: dict[str, Any] = {}
+        for name, where, value in _entries(meta_params):
+            key = self._of.get(where)
+            if key is None:
+                # a name taken already gets :2, :3, ... so no value is dropped (a
+                # character every logging backend takes in a name, MLflow's included)
+                key, n = name, 1
+                while key in self._taken:
+                    n += 1
+                    key = f"{name}:{n}"
+                self._of[where] = key
+                self._taken.add(key)
+            flat[key] = value
+        return flat
+
+    def numeric(self, meta_params: Any) -> dict[str, float]:
+        """:meth:`flatten`'s numeric entries, as :func:`numeric_hparams` gives them."""
+        return _as_floats(self.flatten(meta_params))
 
 
 def _float(number: int | float) -> float:
@@ -223,7 +250,11 @@ def _float(number: int | float) -> float:
 def numeric_hparams(meta_params: Any) -> dict[str, float]:
     """The numeric entries of :func:`flatten_hparams`, as floats (bools as 0/1, an int
     past a float's range as an infinity of its sign)."""
-    return {k: _float(v) for k, v in flatten_hparams(meta_params).items() if not isinstance(v, str)}
+    return _as_floats(flatten_hparams(meta_params))
+
+
+def _as_floats(flat: dict[str, Any]) -> dict[str, float]:
+    return {k: _float(v) for k, v in flat.items() if not isinstance(v, str)}
 
 
 # -- the report data ------------------------------------------------------------------
@@ -279,7 +310,9 @@ class Report:
     best_lineage: tuple[Checkpoint, ...]
     exploits: tuple[ExploitEvent, ...]
     hparam_names: tuple[str, ...]
-    # id(meta_params) -> (meta_params, numeric_hparams(meta_params)): see _numeric_of
+    # the run's hyperparameter names (a column is one leaf throughout: see _Names)
+    _names: _Names = dataclasses.field(default_factory=_Names, repr=False)
+    # id(meta_params) -> (meta_params, its numeric hyperparameters): see _numeric_of
     _numeric: dict[int, tuple[Any, dict[str, float]]] = dataclasses.field(
         default_factory=dict, init=False, repr=False
     )
@@ -331,9 +364,10 @@ def build(state: PopulationState, log_dir: str = "") -> Report:
     best_lineage = (
         () if best is None or best.scored is None else tuple(history.lineage(*best.scored.ref))
     )
+    run_names = _Names()  # (every generation named in creation order, as the CSV is)
     names: dict[str, None] = {}
     for generation_id in history:
-        for name in numeric_hparams(history.first(generation_id).meta_params):
+        for name in run_names.numeric(history.first(generation_id).meta_params):
             names.setdefault(name)
     return Report(
         log_dir=log_dir,
@@ -343,6 +377,7 @@ def build(state: PopulationState, log_dir: str = "") -> Report:
         best_lineage=best_lineage,
         exploits=tuple(exploit_events(history)),
         hparam_names=tuple(names),
+        _names=run_names,
     )
 
 
@@ -355,15 +390,17 @@ class Series(NamedTuple):
 
 
 def _numeric_of(report: Report, meta_params: Any) -> dict[str, float]:
-    """:func:`numeric_hparams` of ``meta_params``, flattened once per object for ``report``
-    (a plot of k hyperparameters over n checkpoints flattens n times, not k * n).
+    """:func:`numeric_hparams` of ``meta_params`` under the run's names, flattened once per
+    object for ``report`` (a plot of k hyperparameters over n checkpoints flattens n
+    times, not k * n).
 
     The memo holds ``meta_params`` itself, so its ``id`` stays its own; the dict
     returned is shared: read it, never change it.
     """
     entry = report._numeric.get(id(meta_params))
     if entry is None:
-        entry = report._numeric[id(meta_params)] = (meta_params, numeric_hparams(meta_params))
+        entry = (meta_params, report._names.numeric(meta_params))
+        report._numeric[id(meta_params)] = entry
     return entry[1]
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from jaxpop.history import History
-from jaxpop.report.data import Report, flatten_hparams
+from jaxpop.report.data import Report, _Names
 
 if TYPE_CHECKING:
     pass
@@ -43,10 +43,13 @@ def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
 
     Columns are :data:`CSV_COLUMNS` then every flattened hyperparameter (the union
     over all checkpoints, in first-seen order; one named like a fixed column gets the
-    prefix ``hparams.``); a missing entry is ``None``.
+    prefix ``hparams.``; a column is one leaf in every row, even where a key holding a
+    dot joins two leaves' names: see :func:`~jaxpop.report.flatten_hparams`); a missing
+    entry is ``None``.
     """
     rows: list[tuple[dict[str, Any], dict[str, Any]]] = []
     names: dict[str, None] = {}  # an ordered set
+    leaf_names = _Names()  # (a column is one leaf throughout, as the report's names)
     for checkpoint in history.checkpoints():
         parent = checkpoint.parent
         row = {
@@ -57,7 +60,7 @@ def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
             "time": checkpoint.time,
             "value": checkpoint.value,
         }
-        hparams = flatten_hparams(checkpoint.meta_params)
+        hparams = leaf_names.flatten(checkpoint.meta_params)
         for name in hparams:
             names.setdefault(name)
         rows.append((row, hparams))
@@ -86,8 +89,8 @@ def _json_number(value: Any) -> Any:
     return value
 
 
-def _json_hparams(meta_params: Any) -> dict[str, Any]:
-    return {k: _json_number(v) for k, v in flatten_hparams(meta_params).items()}
+def _json_hparams(meta_params: Any, names: _Names) -> dict[str, Any]:
+    return {k: _json_number(v) for k, v in names.flatten(meta_params).items()}
 
 
 def summary(report: Report) -> dict[str, Any]:
@@ -98,6 +101,7 @@ def summary(report: Report) -> dict[str, Any]:
     """
     history = report.history
     times = [c.time for c in history.checkpoints()]
+    names = report._names
     best = report.best
     scored = None if best is None else best.scored
     return {
@@ -115,9 +119,9 @@ def summary(report: Report) -> dict[str, Any]:
             "generation_id": scored.generation_id,
             "step": scored.step,
             "value": _json_number(best.value),
-            "hyperparameters": _json_hparams(scored.meta_params),
+            "hyperparameters": _json_hparams(scored.meta_params, names),
             "current_generation_id": best.generation_id,
-            "current_hyperparameters": _json_hparams(best.meta_params),
+            "current_hyperparameters": _json_hparams(best.meta_params, names),
         },
         "wall_clock": {
             "start": min(times) if times else None,
@@ -134,9 +138,9 @@ def summary(report: Report) -> dict[str, Any]:
                 "value_step": None if m.scored is None else m.scored.step,
                 # those the value was scored with (the current ones while it has none)
                 "hyperparameters": _json_hparams(
-                    m.meta_params if m.scored is None else m.scored.meta_params
+                    m.meta_params if m.scored is None else m.scored.meta_params, names
                 ),
-                "current_hyperparameters": _json_hparams(m.meta_params),
+                "current_hyperparameters": _json_hparams(m.meta_params, names),
             }
             for m in report.members
         ],
