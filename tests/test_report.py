@@ -440,6 +440,34 @@ def test_the_members_table_folds_no_value_across_lines(width):
         assert value in members and value in overview  # whole, on one line
 
 
+@pytest.mark.parametrize(
+    "width, digits, value, status", [(80, 7, -1.2345e-300, "finished"), (72, 8, 0.5, "active")]
+)
+def test_the_members_table_shows_every_number_whole_at_the_documented_widths(
+    width, digits, value, status
+):
+    """docs/report.md said "from about 72 columns up" for any steps and values: 9-digit
+    steps, or a value of 12 characters, at 72 columns cut a hyperparameter off (hostile
+    review, helper-169); the claim now names what it holds for, checked here."""
+    from rich.console import Console
+
+    step = int("9" * digits)
+    hp = {"lr": -1.2345678e-05, "momentum": 0.9}
+    member = {"status": status, "generation_id": "0123456789abcdef", "step": step}
+    member |= {"value": value, "value_step": step, "hyperparameters": hp}
+    info = {"log_dir": "/r", "population_size": 2, "mode": "min", "num_checkpoints": 4}
+    info |= {"num_generations": 2, "num_evaluations": 2, "num_exploit_events": 0, "best": None}
+    info["wall_clock"] = {"start": 0.0, "end": 1.0, "seconds": 1.0}
+    info["members"] = [
+        {**member, "worker": 10 + i, "current_hyperparameters": {**hp, "lr": 1.0}} for i in range(2)
+    ]
+    console = Console(file=io.StringIO(), width=width)
+    console.print(report.summary_renderable(info))
+    text = console.file.getvalue()
+    for number in ("-1.2346e-05", "0.9", str(step), f"{value:.5g}"):
+        assert number in text
+
+
 def test_the_report_escapes_control_characters_from_the_run():
     """A string hyperparameter reached the terminal raw: ESC[2J cleared it (hostile
     review, helper-132)."""
