@@ -211,6 +211,15 @@ def _status(refresh: Any, interval: float) -> str:
     return f"{now}  {counts}  ({tail})"
 
 
+class _OutputError(Exception):
+    """Standard output failed while ``--watch`` printed (carried out of the watch as
+    what it is, not one of the report's file errors)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
 def _watch(args: argparse.Namespace) -> int:
     """``jaxpop report LOGDIR --watch``: refreshes until Ctrl-C or the run is over."""
     from jaxpop import report, storage
@@ -238,9 +247,12 @@ def _watch(args: argparse.Namespace) -> int:
                 body.append(report.summary_renderable(report.summary(refresh.report)))
             live.update(Group(*body), refresh=True)
         elif refresh.changed or refresh.done or refresh.iteration == 1:
-            print(status, flush=True)
-            if refresh.changed and refresh.report is not None and not args.quiet:
-                report.print_summary(report.summary(refresh.report))
+            try:
+                print(status, flush=True)
+                if refresh.changed and refresh.report is not None and not args.quiet:
+                    report.print_summary(report.summary(refresh.report))
+            except OSError as error:  # (out of the watch: not a file of the report's)
+                raise _OutputError(error) from error
 
     try:
         if live is not None:
@@ -265,6 +277,8 @@ def _watch(args: argparse.Namespace) -> int:
                 report.write_report(data, args.out, log_scale=args.log_scale)
             except (OSError, ValueError, ImportError) as e:
                 return _report_error(args, e)
+    except _OutputError as e:
+        return _output_failed(args, e.error)
     except (OSError, ValueError, ImportError, storage.CorruptLogError) as e:
         return _report_error(args, e)
     if data is None:
@@ -308,8 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _printable_output():
         try:
             return _run(args)
-        except OSError as error:  # (the commands catch their files' errors)
-            return _output_failed(args, error)
+        except OSError as error:  # (the commands catch their files' errors: what is
+            return _output_failed(args, error)  # left is printing's)
 
 
 def _output_failed(args: argparse.Namespace, error: OSError) -> int:

@@ -435,6 +435,40 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
             group.shutdown()
 
 
+def _times_ten(worker_id):
+    return worker_id * 10
+
+
+def test_waiting_until_done_says_what_happened_to_the_controller(ray_session, tmp_path):
+    """helper-172, on the previous fix: a wait whose results were all in raised
+    TimeoutError when little time was left (it asked the controller first); a controller
+    dead for good was a TimeoutError "at the timeout", at once; a client whose dead
+    controller's name another kind of actor took raised a bare AttributeError."""
+    with jaxpop_ray.serve(
+        _population(2), _wta(10), log_dir=tmp_path, name="dies", max_restarts=0, timeout_s=10
+    ) as client:
+        group = jaxpop_ray.start_workers(_times_ten, 2, num_cpus=0)
+        ray.get(list(group._refs))  # every worker has returned
+        assert group.wait(0.001, until_done=client) == [0, 10]
+        group = jaxpop_ray.start_workers(_sleep_forever, 1, num_cpus=0)
+        try:
+            assert not client.done
+            ray.kill(client._actor, no_restart=True)  # gone for good
+            started = time.monotonic()
+            with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="not coming back"):
+                group.wait(30, until_done=client)
+            assert time.monotonic() - started < 20
+        finally:
+            group.shutdown()
+        other = _NotAController.options(name="dies", namespace="jaxpop").remote()
+        try:
+            ray.get(other.ping.remote(), timeout=30)
+            with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="not a jaxpop"):
+                _ = client.done
+        finally:
+            ray.kill(other)
+
+
 class _TwoArgError(Exception):
     """An exception Ray cannot rebuild on the driver (its ``__init__`` takes two)."""
 

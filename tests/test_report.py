@@ -700,6 +700,10 @@ def test_a_full_disk_leaves_no_folder_made_for_the_report(finished, tmp_path, mo
     with pytest.raises(OSError, match=r"No space left on device"):
         report.write_report(finished[0], tmp_path / "a" / "b")
     assert [p.name for p in tmp_path.iterdir()] == ["a"] and not any((tmp_path / "a").iterdir())
+    # (makedirs makes "x", "x/y" and "x/c" of "x/y/../c": helper-172)
+    with pytest.raises(OSError, match=r"No space left on device"):
+        report.write_report(finished[0], os.path.join(tmp_path, "x", "y", "..", "c"))
+    assert [p.name for p in tmp_path.iterdir()] == ["a"]
 
 
 @needs_matplotlib
@@ -761,6 +765,19 @@ def test_output_that_cannot_be_written_is_an_error_not_a_traceback(
         assert proc.returncode == 1
         assert "cannot write the output" in proc.stderr and "Traceback" not in proc.stderr
         _check_files(tmp_path / "a", state.history.num_checkpoints)
+    if os.path.exists("/dev/full"):  # the same while watching (helper-172)
+        with open("/dev/full", "w") as full:
+            watch = ["--watch", "--max-iterations", "1", "--out", str(tmp_path / "w")]
+            proc = subprocess.run(
+                [sys.executable, "-m", "jaxpop", "report", str(base), *watch],
+                cwd=ROOT,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.startswith("jaxpop report: error: cannot write the output")
     read, write = os.pipe()
     os.close(read)  # the reader left (`jaxpop report RUN | head -1`)
     with open(write, "w") as closed:

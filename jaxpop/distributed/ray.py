@@ -101,6 +101,10 @@ class ControllerUnavailableError(RuntimeError):
     """The controller actor did not answer within the client's ``timeout_s``, or is gone."""
 
 
+class _NoAnswer(ControllerUnavailableError):
+    """The controller gave no answer in time (restarting, waiting for its lock, busy)."""
+
+
 class _NoRunError(ControllerUnavailableError):
     """A restarted controller found no run in its ``log_dir``."""
 
@@ -561,14 +565,7 @@ class PopulationClient:
         if until is not None:
             deadline = until if deadline is None else min(deadline, until)
         backoff = _FIRST_BACKOFF_S
-        try:
-            remote = getattr(self._actor, method)
-        except AttributeError:  # (an actor of another kind under the name)
-            raise ControllerUnavailableError(
-                f"the actor named {self.name!r} (namespace {self.namespace!r}) is not a "
-                f"jaxpop controller (it has no method {method!r})"
-            ) from None
-        ref = remote.remote(*args)
+        ref = self._remote(method).remote(*args)
         while True:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
@@ -603,7 +600,18 @@ class PopulationClient:
             pause = backoff if deadline is None else min(backoff, deadline - now)
             time.sleep(pause)
             backoff = min(2 * backoff, _MAX_BACKOFF_S)
-            ref = getattr(self._actor, method).remote(*args)
+            ref = self._remote(method).remote(*args)
+
+    def _remote(self, method: str) -> Any:
+        """The actor's ``method`` (a :class:`ControllerUnavailableError` if the actor
+        under the name is of another kind)."""
+        try:
+            return getattr(self._actor, method)
+        except AttributeError:
+            raise ControllerUnavailableError(
+                f"the actor named {self.name!r} (namespace {self.namespace!r}) is not a "
+                f"jaxpop controller (it has no method {method!r})"
+            ) from None
 
     def _find_actor(self, deadline: float | None) -> bool:
         """After Ray said the actor died (a restarting one is unavailable, not dead),
@@ -617,6 +625,11 @@ class PopulationClient:
             return False
         if actor._actor_id == self._actor._actor_id:
             return False
+        if not hasattr(actor, "info"):  # (an actor of another kind took the name)
+            raise ControllerUnavailableError(
+                f"the controller actor {self.name!r} (namespace {self.namespace!r}) died, "
+                "and the name now holds an actor that is not a jaxpop controller"
+            )
         if self._log_dir is None:
             self._actor = actor
             return True
@@ -636,7 +649,7 @@ class PopulationClient:
         return True
 
     def _unavailable(self, method: str, start: float, error: BaseException) -> Exception:
-        return ControllerUnavailableError(
+        return _NoAnswer(
             f"no answer to {method} from the controller actor {self.name!r} (namespace "
             f"{self.namespace!r}) within {time.monotonic() - start:.1f} s (timeout_s="
             f"{self.timeout_s}): it is restarting, waiting for its log_dir's lock, or its "
@@ -920,6 +933,12 @@ class WorkerGroup:
         pending = [ref for i, ref in enumerate(self._refs) if i not in self.ended]
         results: list[Any] = [None] * len(self._refs)
         while pending:
+            if until_done is not None:  # (results already in count before the run's state)
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                for ref in ready:
+                    results[index[ref]] = self._result(index[ref], ref)
+                if not pending:
+                    break
             if until_done is not None and self._run_over(until_done, grace_s, deadline):
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
                 for ref in ready:
@@ -949,7 +968,7 @@ class WorkerGroup:
         )
         try:
             done = client._call("done", until=deadline)
-        except ControllerUnavailableError as e:
+        except _NoAnswer as e:
             if first:
                 running = len(self._refs) - len(self.ended)
                 raise TimeoutError(

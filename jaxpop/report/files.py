@@ -128,16 +128,19 @@ def write_report(
 
 
 def _missing_dirs(path: str) -> list[str]:
-    """The folders ``os.makedirs(path)`` would make, outermost first."""
-    missing = []
-    head = os.path.abspath(path)
-    while not os.path.exists(head):
-        missing.append(head)
-        parent = os.path.dirname(head)
-        if parent == head:
-            break
-        head = parent
-    return missing[::-1]
+    """The folders ``os.makedirs(path)`` would make, outermost first: each prefix of
+    ``path`` as written (``a/b/../c`` makes ``a``, ``a/b`` and ``a/c``) that is not
+    there, but those ending in ``..`` or ``.`` (another folder, named again)."""
+    prefixes = []
+    head = path
+    while head and head not in prefixes:
+        prefixes.append(head)
+        head = os.path.dirname(head)
+    return [
+        p
+        for p in reversed(prefixes)
+        if os.path.basename(p) not in (os.curdir, os.pardir) and not os.path.exists(p)
+    ]
 
 
 def _near_float_limit(report: Report) -> bool:
