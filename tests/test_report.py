@@ -725,10 +725,13 @@ def test_hyperparameter_names_are_drawn_as_written(tmp_path):
         warnings.simplefilter("error")  # (no plot left out)
         written = report.write_report(run, tmp_path / "out")
     assert set(written) == FILES
-    fig = report.plot_hparams(report.load(run))
+    data = report.load(run)
+    fig = report.plot_hparams(data)
     labels = [ax.yaxis.label for ax in fig.axes]
     assert sorted(label.get_text() for label in labels) == sorted(names)
     assert not any(label.get_parse_math() for label in labels)  # drawn as the text it is
+    ticks = report.plot_lineage(data).axes[0].get_yticklabels()  # (generation ids: text)
+    assert ticks and not any(tick.get_parse_math() for tick in ticks)
 
 
 @needs_matplotlib

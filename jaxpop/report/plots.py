@@ -295,7 +295,9 @@ def plot_lineage(report: Report) -> Figure:
             label=f"best value in generation ({_better(history)} is better)",
         )
     if len(spans) <= 40:
-        ax.set_yticks(range(len(spans)), [gen[:8] for gen in spans], fontsize="x-small")
+        ax.set_yticks(  # (an id is text: a migrated seed run's may hold "$")
+            range(len(spans)), [gen[:8] for gen in spans], fontsize="x-small", parse_math=False
+        )
         ax.set_ylabel("generation")
     else:
         ax.set_ylabel("generation (creation order)")
