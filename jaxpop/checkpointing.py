@@ -1348,12 +1348,13 @@ class ParamStore:
             recorded = set()
             for checkpoint in state.history.checkpoints():
                 params = checkpoint.params
-                if (  # the cheap test first: this runs once per checkpoint in the history
-                    isinstance(params, str)
-                    and params.rpartition(os.sep)[2] in on_disk
-                    and self._name_in_directory(params) is not None
-                ):
-                    recorded.add(params.rpartition(os.sep)[2])
+                if not isinstance(params, str):
+                    continue
+                # the cheap test first: this runs once per checkpoint in the history
+                # (a handle written with a trailing separator names its folder too)
+                name = params.rpartition(os.sep)[2] or self._name_in_directory(params)
+                if name in on_disk and self._name_in_directory(params) is not None:
+                    recorded.add(name)
             self._seen = (self._seen | recorded) & on_disk
             now = time.time()
             kept_retained = kept_unreported = busy = 0

@@ -526,6 +526,25 @@ def test_collect_garbage_deletes_only_unreachable(store):
     assert store.collect_garbage(controller.state, keep_best=1).deleted == ()
 
 
+def test_handles_written_with_a_trailing_separator_are_collected_too(store):
+    """A handle reported as ``.../name/`` was never counted as recorded: its checkpoint
+    was kept for good once no longer retained (a disk leak; hostile review, helper-170)."""
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1)
+    controller = PopulationController([{"x": 0}, {"x": 1}], mutator)
+    saved = []
+    for r in range(3):
+        for i, value in enumerate([1.0 + r, 2.0 - r]):
+            work = controller.active_workers[i]
+            handle = store.save(work.generation_id, work.step + 1, {"w": np.ones(2)})
+            saved.append(handle)
+            controller.set_eval(i, work.generation_id, work.step + 1, handle + os.sep, value)
+    store.wait()
+    report = store.collect_garbage(controller, keep_best=1)
+    retained = {h.rstrip(os.sep) for h in retained_handles(controller.state, keep_best=1)}
+    assert report.deleted and set(report.deleted) == set(saved) - retained
+    assert set(store.handles()) == retained and report.unreported == 0
+
+
 def test_collect_garbage_keeps_unreported_saves(store):
     mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=1)
     controller = PopulationController([{"x": 0}], mutator)
