@@ -419,8 +419,10 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
     wait(timeout_s=...) overran its deadline by as long as the controller was busy (in a
     mutator, restarting, waiting for its lock; hostile review, helper-168)."""
     mutator = WinnerTakeAllGenetic(_slow_copy, steps_per_exploit=1)
+    release = str(tmp_path / "release")
     with jaxpop_ray.serve(_population(1), mutator, log_dir=tmp_path, name="busy") as client:
         group = jaxpop_ray.start_workers(_sleep_forever, 1, num_cpus=0)
+        ending = jaxpop_ray.start_workers(_fail_on_one, 1, args=(release,), num_cpus=0)
         try:
             gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
             busy = threading.Thread(target=client.set_eval, args=(0, gen, 1, "p", 1.0))
@@ -430,9 +432,14 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
             with pytest.raises(TimeoutError):
                 group.wait(timeout_s=0.5, until_done=client)
             assert time.monotonic() - started < 3.0
+            # a worker that ends while the wait asks the busy controller: its result, not
+            # "still running" (helper-173)
+            threading.Timer(0.5, lambda: open(release, "w").close()).start()
+            assert ending.wait(timeout_s=2.0, until_done=client) == [0]
             busy.join()
         finally:
             group.shutdown()
+            ending.shutdown()
 
 
 def _times_ten(worker_id):

@@ -183,7 +183,12 @@ def test_flatten_hparams():
     assert "name" not in report.numeric_hparams(meta)
     assert report.numeric_hparams(meta)["nesterov"] == 1.0
     assert report.flatten_hparams(0.1) == {"value": 0.1}
-    # two leaves whose names join the same: both kept, none dropped
+    # two leaves whose names join the same: both kept, none dropped (two NaN keys print
+    # alike: helper-173)
+    assert report.flatten_hparams({"x": {float("nan"): 1.0, float("nan"): 2.0}}) == {
+        "x.nan": 1.0,
+        "x.nan:2": 2.0,
+    }
     clash = {"a.b": 1.0, "a": {"b": 100.0}, "v": np.asarray([1, 2]), "v.0": 3}
     assert report.flatten_hparams(clash) == {
         "a.b": 100.0,
@@ -704,6 +709,10 @@ def test_a_full_disk_leaves_no_folder_made_for_the_report(finished, tmp_path, mo
     with pytest.raises(OSError, match=r"No space left on device"):
         report.write_report(finished[0], os.path.join(tmp_path, "x", "y", "..", "c"))
     assert [p.name for p in tmp_path.iterdir()] == ["a"]
+    # ("new/../a" is "a", which was there: kept, empty as it is; helper-173)
+    with pytest.raises(OSError, match=r"No space left on device"):
+        report.write_report(finished[0], os.path.join(tmp_path, "new", "..", "a", "sub"))
+    assert [p.name for p in tmp_path.iterdir()] == ["a"] and not any((tmp_path / "a").iterdir())
 
 
 @needs_matplotlib
@@ -1203,6 +1212,32 @@ def test_watch_ends_with_the_newest_report_read_even_if_the_run_is_gone(tmp_path
     assert refreshes[2].report is None and refreshes[2].changed  # (gone: a change)
     assert newest is refreshes[1].report
     assert _written_evaluations(tmp_path / "out") == 2
+
+
+@needs_matplotlib
+def test_watch_ends_with_the_report_of_a_run_that_replaced_the_one_it_read(tmp_path):
+    """Another run of as many events and checkpoints replaced the run in its folder: the
+    files kept the first run's report while watch returned the second's (helper-173)."""
+
+    def run(log_dir, value, now):
+        mutator = WinnerTakeAllGenetic(_mutate, 100)
+        with PopulationController(
+            _initial(2), mutator, str(log_dir), seed=0, clock=lambda: now
+        ) as pop:
+            for i in range(2):
+                pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, value + i)
+
+    run(tmp_path / "run", 1.0, 100.0)
+    run(tmp_path / "other", 5.0, 200.0)
+
+    def replace(seconds):
+        shutil.rmtree(tmp_path / "run")
+        shutil.move(str(tmp_path / "other"), str(tmp_path / "run"))
+
+    out = tmp_path / "out"
+    newest = report.watch(tmp_path / "run", out, max_iterations=2, sleep=replace, write_every=100)
+    assert newest.best.value == 5.0
+    assert json.loads((out / "summary.json").read_text())["best"]["value"] == 5.0
 
 
 @needs_matplotlib

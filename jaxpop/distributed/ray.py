@@ -939,7 +939,16 @@ class WorkerGroup:
                     results[index[ref]] = self._result(index[ref], ref)
                 if not pending:
                     break
-            if until_done is not None and self._run_over(until_done, grace_s, deadline):
+            try:
+                over = until_done is not None and self._run_over(until_done, grace_s, deadline)
+            except TimeoutError:  # (the workers may have ended while it was asked)
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+                for ref in ready:
+                    results[index[ref]] = self._result(index[ref], ref)
+                if not pending:
+                    break
+                raise
+            if over:
                 ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
                 for ref in ready:
                     results[index[ref]] = self._result(index[ref], ref)

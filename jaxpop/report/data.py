@@ -179,15 +179,19 @@ def flatten_hparams(meta_params: Any) -> dict[str, Any]:
     return _Names().flatten(meta_params)
 
 
-def _entries(meta_params: Any) -> list[tuple[str, tuple[str, int], Any]]:
+def _entries(meta_params: Any) -> list[tuple[str, tuple[tuple[str, int], int], Any]]:
     """``(name, where, scalar)`` per entry of :func:`flatten_hparams`, in its order;
-    ``where`` (the leaf's path, and the element of an array) tells apart two leaves
-    whose names join the same."""
+    ``where`` (the leaf's path as text, how many leaves before it print the same -- two
+    NaN keys --, and the element of an array) tells apart two leaves whose names join
+    the same."""
     out = []
     leaves, _ = jax.tree_util.tree_flatten_with_path(meta_params)
+    printed: dict[str, int] = {}
     for path, leaf in leaves:
         name = ".".join(_key_name(p) for p in path) if path else "value"
-        where = jax.tree_util.keystr(path)
+        text = jax.tree_util.keystr(path)
+        printed[text] = printed.get(text, -1) + 1
+        where = (text, printed[text])
         value = _scalar(leaf)
         if value is not None:
             out.append((name, (where, -1), value))
@@ -215,7 +219,7 @@ class _Names:
     otherwise depend on which others a tree holds)."""
 
     def __init__(self) -> None:
-        self._of: dict[tuple[str, int], str] = {}  # where -> name
+        self._of: dict[tuple[tuple[str, int], int], str] = {}  # where -> name
         self._taken: set[str] = set()
 
     def flatten(self, meta_params: Any) -> dict[str, Any]:

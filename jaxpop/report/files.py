@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -113,12 +114,8 @@ def write_report(
         write_all_atomic({written[name]: data for name, data in contents.items()})
     except BaseException:
         for directory in reversed(missing):  # innermost first
-            try:
+            with contextlib.suppress(OSError):  # (never made, or not empty: another's)
                 os.rmdir(directory)
-            except FileNotFoundError:  # (never made)
-                continue
-            except OSError:  # (not empty: something else wrote there meanwhile)
-                break
         raise
     for name in undrawn:  # an earlier report's plot is not this run's
         stale = os.path.join(out_dir, name)
@@ -128,19 +125,17 @@ def write_report(
 
 
 def _missing_dirs(path: str) -> list[str]:
-    """The folders ``os.makedirs(path)`` would make, outermost first: each prefix of
-    ``path`` as written (``a/b/../c`` makes ``a``, ``a/b`` and ``a/c``) that is not
-    there, but those ending in ``..`` or ``.`` (another folder, named again)."""
+    """The folders ``os.makedirs(path)`` would make, as real paths, outermost first: each
+    prefix of ``path`` as written (``a/b/../c`` makes ``a``, ``a/b`` and ``a/c``) whose
+    real path is not there (``new/../existing`` names ``existing``, which is)."""
     prefixes = []
     head = path
     while head and head not in prefixes:
         prefixes.append(head)
         head = os.path.dirname(head)
-    return [
-        p
-        for p in reversed(prefixes)
-        if os.path.basename(p) not in (os.curdir, os.pardir) and not os.path.exists(p)
-    ]
+    missing = {os.path.realpath(p) for p in prefixes}
+    missing = {p for p in missing if not os.path.exists(p)}
+    return sorted(missing, key=lambda p: p.count(os.sep))
 
 
 def _near_float_limit(report: Report) -> bool:

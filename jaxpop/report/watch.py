@@ -54,9 +54,13 @@ def is_done(state: PopulationState) -> bool:
     return bool(state.workers) and not any(w.is_active for w in state.workers)
 
 
-def fingerprint(report: Report) -> tuple[str, int, int]:
-    """What changes whenever the run records anything: ``(run dir, events, checkpoints)``."""
-    return (report.log_dir, report.state.num_events, report.history.num_checkpoints)
+def fingerprint(report: Report) -> tuple[str, int, int, float | None]:
+    """What changes whenever the run records anything: ``(run dir, events, checkpoints,
+    newest checkpoint's time)`` (the time tells apart another run of as many events that
+    replaced it in the same folder)."""
+    times = [c.time for c in report.history.checkpoints()]
+    newest = max(times) if times else None
+    return (report.log_dir, report.state.num_events, report.history.num_checkpoints, newest)
 
 
 def watch(
