@@ -492,6 +492,15 @@ def _apply_mutator(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "
                 "has no checkpoint in the history; return its starting checkpoint too"
             )
+        start = history.first(worker.generation_id).step
+        if worker.step < start:  # (its reports there would be ignored as stale, for good)
+            raise ValueError(
+                f"{who} assigned worker {i} step {worker.step} of generation "
+                f"{worker.generation_id!r}, before the generation starts (its first "
+                f"checkpoint is at step {start}): a worker trains on from a checkpoint of "
+                "its generation; start the generation at the worker's step, or send the "
+                f"worker to step {start}"
+            )
         _check_same_hparams(worker.meta_params, history, worker.generation_id, who, f"worker {i}")
     if mutator_state is state.mutator_state and not new_checkpoints and not changed:
         return state, changed

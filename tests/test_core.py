@@ -741,6 +741,26 @@ def test_a_mutator_that_returns_an_ill_formed_worker_is_refused_naming_it(bad, m
         apply(state, Eval("p", 0, gen, 1, 0.5), 1.0, m)
 
 
+def test_a_worker_assigned_before_its_generations_start_is_refused():
+    """A mutator (a seed-style Mutate, say) started a generation at step 10 and sent a
+    worker to its step 0: accepted, then every report the worker sent below step 10 was
+    dropped as stale, with only a warning, and asking again changed nothing (hostile
+    review, helper-174)."""
+
+    def update(state, workers, history, now, key):
+        if state:
+            return state, workers, ()
+        source = history.latest(workers[0].generation_id)
+        worker, start = start_generation(source, {"lr": 9.0}, key, 0, now)
+        return 1, (worker.replace(step=source.step - 5), workers[1]), (start,)
+
+    m = Mutator(lambda: 0, update)
+    state = fresh_state([{"lr": 0.1}, {"lr": 0.2}], m)
+    gen = state.workers[0].generation_id
+    with pytest.raises(ValueError, match=r"assigned worker 0 step 5 of generation .* first "):
+        apply(state, Eval("p", 0, gen, 10, 0.5), 1.0, m)
+
+
 def test_an_evaluation_without_params_at_a_recorded_step_keeps_the_params_recorded_there():
     """A copy that evaluates at its start before training (``params=None``: it holds
     what it loaded) replaced its start's params by ``None``: the history then said its
