@@ -407,6 +407,13 @@ def test_a_name_held_by_another_kind_of_actor_is_unavailable_not_an_attribute_er
         ray.kill(other)
 
 
+def _start_then_wait(worker_id, started, release):
+    open(started, "w").close()
+    while not os.path.exists(release):
+        time.sleep(0.05)
+    return worker_id
+
+
 def _slow_copy(meta):
     time.sleep(5)
     return meta
@@ -419,11 +426,14 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
     wait(timeout_s=...) overran its deadline by as long as the controller was busy (in a
     mutator, restarting, waiting for its lock; hostile review, helper-168)."""
     mutator = WinnerTakeAllGenetic(_slow_copy, steps_per_exploit=1)
-    release = str(tmp_path / "release")
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
     with jaxpop_ray.serve(_population(1), mutator, log_dir=tmp_path, name="busy") as client:
         group = jaxpop_ray.start_workers(_sleep_forever, 1, num_cpus=0)
-        ending = jaxpop_ray.start_workers(_fail_on_one, 1, args=(release,), num_cpus=0)
+        ending = jaxpop_ray.start_workers(_start_then_wait, 1, args=(started, release), num_cpus=0)
         try:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(started) and time.monotonic() < deadline:
+                time.sleep(0.05)  # (its actor is up before the controller is made busy)
             gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
             busy = threading.Thread(target=client.set_eval, args=(0, gen, 1, "p", 1.0))
             busy.start()  # the controller is in the mutator for 5 s

@@ -56,11 +56,17 @@ def is_done(state: PopulationState) -> bool:
 
 def fingerprint(report: Report) -> tuple[str, int, int, float | None]:
     """What changes whenever the run records anything: ``(run dir, events, checkpoints,
-    newest checkpoint's time)`` (the time tells apart another run of as many events that
-    replaced it in the same folder)."""
-    times = [c.time for c in report.history.checkpoints()]
+    time)``, the time the newest of the workers' latest checkpoints was recorded (it
+    tells apart another run of as many events that replaced it in the same folder).
+    O(population), not O(history)."""
+    history = report.history
+    times = [
+        history.latest(w.generation_id).time
+        for w in report.state.workers
+        if w.generation_id in history
+    ]
     newest = max(times) if times else None
-    return (report.log_dir, report.state.num_events, report.history.num_checkpoints, newest)
+    return (report.log_dir, report.state.num_events, history.num_checkpoints, newest)
 
 
 def watch(
@@ -109,7 +115,8 @@ def watch(
     sleep = time.sleep if sleep is None else sleep
     clock = time.monotonic if clock is None else clock
     last: Report | None = None
-    seen, written_seen, written_at = None, None, -math.inf
+    last_seen = seen = written_seen = None  # fingerprints: the newest read, this read's
+    written_at = -math.inf
     iteration = 0
     while True:
         iteration += 1
@@ -122,16 +129,17 @@ def watch(
             data, waiting = None, str(e)
         final = max_iterations is not None and 0 < max_iterations <= iteration
         if data is not None:
-            last, done = data, is_done(data.state)
-            changed, seen = fingerprint(data) != seen, fingerprint(data)
+            now_seen = fingerprint(data)
+            last, last_seen, done = data, now_seen, is_done(data.state)
+            changed, seen = now_seen != seen, now_seen
         else:  # (a run read before and gone now has changed too)
             changed, seen = seen is not None, None
         # the newest report read, if the files do not hold it: at the end (even when the
         # run is gone at that read), else when read and write_every has passed
         due = done or final or (data is not None and clock() - written_at >= write_every)
-        if due and last is not None and fingerprint(last) != written_seen:
+        if due and last is not None and last_seen != written_seen:
             written = write_report(last, out_dir, log_scale=log_scale)
-            written_seen, written_at = fingerprint(last), clock()
+            written_seen, written_at = last_seen, clock()
         if on_refresh is not None:
             on_refresh(Refresh(iteration, data, changed, done, waiting, written))
         if done or final:
