@@ -617,6 +617,57 @@ def test_an_asynchronous_worker_never_copies_a_checkpoint_from_before_its_interv
         make(allow_rewind="yes")
 
 
+def test_with_time_attr_time_a_generations_first_interval_starts_at_its_start():
+    """In time mode the rewind guard started a generation's first interval at its first
+    evaluation, not at its start: a worker that evaluates once per interval never
+    copied anything behind its own step (hostile review, helper-176; 57% of decisions
+    copied on noise where step mode copied 91%)."""
+    m = make(time_attr="time", perturbation_interval=100, quantile_fraction=0.5)
+    state, gens = population(m, n=2)
+    state = report(state, m, 1, 30, 0.1, now=10.0)  # the best, at step 30
+    state = report(state, m, 0, 50, 5.0, now=110.0)  # ready, worst: its interval began at 0
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 30)
+    # a copier's interval starts where it copied (step 30), not at its first report (60)
+    copier = state.workers[0].generation_id
+    state = report(state, m, 1, 40, 0.2, now=120.0)  # worker 1 copies (gens[1], 30) back
+    state = report(state, m, 0, 60, 9.0, now=230.0)  # ready again, the worst: copies it
+    assert copier != state.workers[0].generation_id
+    assert state.history.branch_point(state.workers[0].generation_id) == (gens[1], 30)
+
+
+def test_a_synchronous_round_never_copies_a_member_without_a_finite_score():
+    """A worker back from missing a round (it ranks last, as no score) copied a member
+    whose score is NaN: the round's keys gave a non-finite score a finite key just after
+    the worst (hostile review, helper-176)."""
+    from jaxpop.events import Finish, Reactivate
+
+    for seed in range(8):
+        for selection in ("truncation", "tournament", "copy_best"):
+            m = make(synch=True, quantile_fraction=0.5, selection=selection)
+            state, _ = population(m, seed=seed)
+            state, _ = apply(state, Finish(3), 1.0, m)  # worker 3 misses round 1
+            for i, value in ((0, 1.0), (1, 1.1), (2, 3.0)):
+                state = report(state, m, i, 10, value)
+            state, _ = apply(state, Reactivate(3), 1.0, m)
+            state = report(state, m, 3, 10, 0.5)  # back: it ranks last in round 2
+            diverged = {state.workers[i].generation_id for i in (0, 1)}
+            for i in (0, 1, 2):
+                step = state.workers[i].step + 10
+                state = report(state, m, i, step, math.nan if i < 2 else 1.5)
+            parent = state.history.branch_point(state.workers[3].generation_id)
+            assert parent is None or parent[0] not in diverged, (seed, selection, parent)
+
+
+def test_arguments_given_as_iterators_are_recorded_as_their_values():
+    """Factors given as a generator were checked (read once) and recorded as the
+    generator itself: a run resumed with other factors passed the log_dir's check
+    (hostile review, helper-176)."""
+    given = make(perturbation_factors=(f for f in (0.8, 1.2)))
+    assert given.config["perturbation_factors"] == (0.8, 1.2)
+    assert given.describe() == make(perturbation_factors=(0.8, 1.2)).describe()
+    assert given.describe() != make(perturbation_factors=iter((0.5, 2.0))).describe()
+
+
 def test_finished_and_gone_workers_take_no_part():
     from jaxpop import core
     from jaxpop.events import Finish

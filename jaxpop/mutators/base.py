@@ -28,7 +28,7 @@ import sys
 import types
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jax
@@ -331,6 +331,10 @@ def records_config(new: _M) -> _M:
 
     @functools.wraps(new)
     def with_config(cls: type, *args: Any, **kwargs: Any) -> Mutator:
+        # an iterator (a generator of factors, say) is read once, by the constructor's
+        # checks: recorded as it was, a run resumed with other values could not tell
+        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in args)
+        kwargs = {k: tuple(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
         mutator = new(cls, *args, **kwargs)
         bound = signature.bind(cls, *args, **kwargs)
         bound.apply_defaults()

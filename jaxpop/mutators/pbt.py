@@ -435,6 +435,9 @@ def _interval_start(
     marker = _marker(config, state, history, worker_id, generation_id)
     if config.by_step:
         return int(marker)
+    start = history.first(generation_id)
+    if marker <= start.time:  # (the interval began with the generation: at its start's
+        return start.step  # step, which has no evaluation for the window below to find)
     window = history.evaluated(generation_id, min_time=marker)
     if window:
         return window[0].step
@@ -823,8 +826,14 @@ def _custom_one(selection: Callable[[Any, Any], Any], key: Any, i: int, keys, pa
 
 
 def _host_round(select: Callable[..., np.ndarray], key: Any, keys: np.ndarray) -> np.ndarray:
-    """A synchronous round of a built-in selection (drawn from stream -1)."""
-    return select(HostRandom(key, stream=-1), _tiered(keys))
+    """A synchronous round of a built-in selection (drawn from stream -1). A member
+    whose parent has no finite score keeps going: the built-in selections copy only
+    finite-scored members (``_tiered`` gives a non-finite score a finite key just
+    after the worst, which a member with no score -- one that missed the last round --
+    would find better)."""
+    parents = select(HostRandom(key, stream=-1), _tiered(keys))
+    own = np.arange(len(keys))
+    return np.where(np.isfinite(keys[parents]), parents, own)
 
 
 def _truncation_one(fraction: float, key: Any, i: int, keys: np.ndarray, parents) -> int:
