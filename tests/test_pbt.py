@@ -666,6 +666,25 @@ def test_arguments_given_as_iterators_are_recorded_as_their_values():
     assert given.config["perturbation_factors"] == (0.8, 1.2)
     assert given.describe() == make(perturbation_factors=(0.8, 1.2)).describe()
     assert given.describe() != make(perturbation_factors=iter((0.5, 2.0))).describe()
+    # a callable iterator is a function (a mock), and a user's mutator gets its iterator
+    # as given, to read lazily (helper-177, on the first version of this)
+    import itertools
+    from unittest import mock
+
+    from jaxpop.mutators import Mutator, WinnerTakeAllGenetic, records_config
+
+    function = mock.MagicMock()
+    wta = WinnerTakeAllGenetic(function, steps_per_exploit=1, mutate_fn_takes_key=False)
+    assert wta.config["mutate_fn"] is function
+
+    class Noisy(Mutator):
+        @records_config
+        def __new__(cls, noise):
+            assert type(noise) is itertools.count  # (never read whole: it is endless)
+            return super().__new__(cls, lambda: 0, lambda *a: (a[0], a[1], ()))
+
+    endless = itertools.count()
+    assert Noisy(endless).config["noise"] is endless
 
 
 def test_finished_and_gone_workers_take_no_part():

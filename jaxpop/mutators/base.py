@@ -331,10 +331,13 @@ def records_config(new: _M) -> _M:
 
     @functools.wraps(new)
     def with_config(cls: type, *args: Any, **kwargs: Any) -> Mutator:
-        # an iterator (a generator of factors, say) is read once, by the constructor's
-        # checks: recorded as it was, a run resumed with other values could not tell
-        args = tuple(tuple(a) if isinstance(a, Iterator) else a for a in args)
-        kwargs = {k: tuple(v) if isinstance(v, Iterator) else v for k, v in kwargs.items()}
+        if cls.__module__.startswith("jaxpop."):
+            # a built-in mutator reads an iterator given for a sequence (a generator of
+            # factors, say) once, in its checks: recorded as it was, a run resumed with
+            # other values could not tell. Its values are passed and recorded instead
+            # (a user's mutator may read one lazily: passed as given)
+            args = tuple(_values(a) for a in args)
+            kwargs = {k: _values(v) for k, v in kwargs.items()}
         mutator = new(cls, *args, **kwargs)
         bound = signature.bind(cls, *args, **kwargs)
         bound.apply_defaults()
@@ -342,6 +345,13 @@ def records_config(new: _M) -> _M:
         return mutator._replace(config=dict(arguments))
 
     return with_config  # type: ignore[return-value]
+
+
+def _values(argument: Any) -> Any:
+    """An iterator's values as a tuple (a callable one, a mock say, is a function)."""
+    if isinstance(argument, Iterator) and not callable(argument):
+        return tuple(argument)
+    return argument
 
 
 def _defaults(cls: type, config: Mapping[str, Any]) -> dict[str, Any]:
