@@ -65,7 +65,7 @@ def _mutate(meta):
 
 
 def _slow_mutate(meta):
-    time.sleep(8)  # (a mutator busy past the server's close wait)
+    time.sleep(10)  # (a mutator busy past the server's close wait)
     return meta
 
 
@@ -369,12 +369,13 @@ def test_stopping_a_busy_server_removes_its_directory(ray_session, caplog):
     population = population_mod.PopulationController(
         [{"lr": 0.1}, {"lr": 0.2}], WinnerTakeAllGenetic(_slow_mutate, steps_per_exploit=4)
     )
-    server = population_mod.start_courier_server("busy", population, timeout_s=5)
+    # (7.5 s: its actor's start, under load, counts against the first call's timeout)
+    server = population_mod.start_courier_server("busy", population, timeout_s=7.5)
     client = population_mod.get_courier_client("busy", timeout_s=30)
     g0 = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
     g1 = client.maybe_get_worker_data(1, None, 0, None, None).generation_id
     client.set_eval(0, g0, 4, "a", 0.5)
-    client.futures.set_eval_and_ask(1, g1, 4, "b", 0.3)  # the round: 8 s in the mutator
+    client.futures.set_eval_and_ask(1, g1, 4, "b", 0.3)  # the round: 10 s in the mutator
     time.sleep(1)
     with caplog.at_level(logging.WARNING, logger="jaxpop"):
         server.Stop()
