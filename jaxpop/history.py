@@ -339,7 +339,17 @@ class History(Mapping[str, GenerationView]):
                 history = history.add(checkpoint)
             return history
         generations, count = self._generations.mutate(), self.num_checkpoints
+        # each generation's steps in increasing order (a step below a generation's newest
+        # costs a walk over the steps above it: checkpoints in decreasing order were
+        # quadratic); generations in the order they first appear, a step given twice in
+        # the order given (the later one replaces the earlier), as add after add makes
+        first: dict[str, int] = {}
         for checkpoint in checkpoints[:-1]:
+            if not isinstance(checkpoint, Checkpoint):  # (as add says it)
+                raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
+            first.setdefault(checkpoint.generation_id, len(first))
+        batch = sorted(checkpoints[:-1], key=lambda c: (first[c.generation_id], c.step))
+        for checkpoint in batch:
             gen, replaced = _put(generations, checkpoint)
             generations[checkpoint.generation_id] = gen
             count += 0 if replaced else 1

@@ -161,6 +161,18 @@ def _layout(history):
     ]
 
 
+def test_add_all_of_steps_in_any_order_makes_what_a_chain_of_adds_makes():
+    """(add_all inserted each step below a generation's newest by a walk over the steps
+    above it: 5,000 checkpoints in decreasing order took 6.9 s, 20,000 took 393 s;
+    hostile review, helper-178. Now sorted per generation first: 6 ms for 4,000.)"""
+    steps = [5, 3, 9, 3, 0, 7, 1, 9, 2]  # (twice at 3 and at 9: the later one replaces)
+    added = [ck("a" if i % 3 else "b", s, float(i), None) for i, s in enumerate(steps)]
+    added += [ck("a", s, None, None) for s in range(400, 0, -1)]
+    batched, chained = History().add_all(added), _chain(History(), added)
+    assert batched == chained and _layout(batched) == _layout(chained)
+    assert list(batched) == ["b", "a"] == list(chained)  # (created in that order)
+
+
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 12])
 def test_add_all_makes_the_history_a_chain_of_adds_makes(count):
     base = History(mode="max").add_all([ck("a", 0), ck("a", 4, 1.0, ("a", 0)), ck("b", 2)])

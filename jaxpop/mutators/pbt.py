@@ -72,6 +72,9 @@ class ExploitEvent(NamedTuple):
       source_value: the value of the params copied: the source checkpoint's
         evaluation, or for the unevaluated start of another copy, the value those params
         were copied at (:func:`~jaxpop.mutators.base.copied_value`); ``None`` if none.
+        Read from the history as it is: a late report that replaced the source
+        checkpoint at its step (the controller records one checkpoint per step) gives
+        the replacement's value.
     """
 
     generation_id: str
