@@ -685,6 +685,21 @@ def test_arguments_given_as_iterators_are_recorded_as_their_values():
 
     endless = itertools.count()
     assert Noisy(endless).config["noise"] is endless
+    # a user's subclass of a built-in one: the built-in constructor reads it (helper-179)
+
+    class MyPBT(PopulationBasedTraining):
+        __slots__ = ()
+
+    mine = MyPBT(
+        perturbation_interval=10, hyperparam_space=SPACE, perturbation_factors=iter((0.5, 2.0))
+    )
+    assert mine.config["perturbation_factors"] == (0.5, 2.0)
+    from jaxpop.mutators import PB2
+
+    pb2 = PB2(
+        perturbation_interval=10, hyperparam_space=SPACE, perturbation_factors=iter((0.5, 2.0))
+    )
+    assert pb2.config["perturbation_factors"] == (0.5, 2.0)
 
 
 def test_finished_and_gone_workers_take_no_part():

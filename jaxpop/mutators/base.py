@@ -331,11 +331,12 @@ def records_config(new: _M) -> _M:
 
     @functools.wraps(new)
     def with_config(cls: type, *args: Any, **kwargs: Any) -> Mutator:
-        if cls.__module__.startswith("jaxpop."):
-            # a built-in mutator reads an iterator given for a sequence (a generator of
-            # factors, say) once, in its checks: recorded as it was, a run resumed with
-            # other values could not tell. Its values are passed and recorded instead
-            # (a user's mutator may read one lazily: passed as given)
+        if new.__module__.startswith("jaxpop."):
+            # a built-in constructor (a user's subclass's too) reads an iterator given
+            # for a sequence (a generator of factors, say) once, in its checks: recorded
+            # as it was, a run resumed with other values could not tell. Its values are
+            # passed and recorded instead (a user's own constructor may read one lazily:
+            # passed as given)
             args = tuple(_values(a) for a in args)
             kwargs = {k: _values(v) for k, v in kwargs.items()}
         mutator = new(cls, *args, **kwargs)

@@ -747,6 +747,7 @@ def PB2(
         raise TypeError("PB2 builds its own explorer; use PopulationBasedTraining(explorer=...)")
     # (checked here, not as the explorer's min_interval, an option the caller never named)
     perturbation_interval = check_number("perturbation_interval", perturbation_interval)
+    factors = check_factors(perturbation_factors)  # (read once: an iterator, say)
     explorer = PB2Explorer(
         hyperparam_space,
         beta=beta,
@@ -756,7 +757,7 @@ def PB2(
         num_candidates=num_candidates,
         num_local=num_local,
         resample_probability=resample_probability,
-        perturbation_factors=check_factors(perturbation_factors),
+        perturbation_factors=factors,
     )
     mutator = PopulationBasedTraining(
         perturbation_interval=perturbation_interval,
@@ -765,7 +766,7 @@ def PB2(
         mode=mode,
         quantile_fraction=quantile_fraction,
         resample_probability=resample_probability,
-        perturbation_factors=perturbation_factors,
+        perturbation_factors=factors,
         explorer=explorer,
         **options,
     )
