@@ -932,39 +932,41 @@ class WorkerGroup:
         index = {ref: i for i, ref in enumerate(self._refs)}
         pending = [ref for i, ref in enumerate(self._refs) if i not in self.ended]
         results: list[Any] = [None] * len(self._refs)
+
+        def collect(pending: list[Any], wait_s: float | None = 0.0) -> list[Any]:
+            """Records the results in (waiting ``wait_s`` for one); returns the rest."""
+            num = len(pending) if wait_s == 0.0 else 1
+            ready, pending = ray.wait(pending, num_returns=num, timeout=wait_s)
+            for ref in ready:
+                results[index[ref]] = self._result(index[ref], ref)
+            return pending
+
         while pending:
-            if until_done is not None:  # (results already in count before the run's state)
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
-                for ref in ready:
-                    results[index[ref]] = self._result(index[ref], ref)
+            if until_done is not None:
+                pending = collect(pending)  # (results already in count before the run's)
                 if not pending:
                     break
-            try:
-                over = until_done is not None and self._run_over(until_done, grace_s, deadline)
-            except TimeoutError:  # (the workers may have ended while it was asked)
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
-                for ref in ready:
-                    results[index[ref]] = self._result(index[ref], ref)
-                if not pending:
+                try:
+                    over = self._run_over(until_done, grace_s, deadline)
+                except TimeoutError:  # (the workers may have ended while it was asked)
+                    pending = collect(pending)
+                    if not pending:
+                        break
+                    raise
+                if over:
+                    pending = collect(pending)
+                    self.ended |= {index[ref] for ref in pending}
+                    for ref in pending:
+                        ray.kill(self.actors[index[ref]], no_restart=True)
                     break
-                raise
-            if over:
-                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
-                for ref in ready:
-                    results[index[ref]] = self._result(index[ref], ref)
-                self.ended |= {index[ref] for ref in pending}
-                for ref in pending:
-                    ray.kill(self.actors[index[ref]], no_restart=True)
-                break
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             poll = remaining
             if until_done is not None:
                 poll = _DONE_POLL_S if remaining is None else min(remaining, _DONE_POLL_S)
-            ready, pending = ray.wait(pending, num_returns=1, timeout=poll)
-            if not ready and deadline is not None and time.monotonic() >= deadline:
+            before = len(pending)
+            pending = collect(pending, poll)
+            if len(pending) == before and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"{len(pending)} worker(s) still running after {timeout_s} s")
-            for ref in ready:
-                results[index[ref]] = self._result(index[ref], ref)
         return results
 
     def _run_over(self, client: PopulationClient, grace_s: float, deadline: float | None) -> bool:
