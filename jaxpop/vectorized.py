@@ -974,7 +974,8 @@ def record(
     generation at ``step`` with value ``scores[i]``; then, for each member that
     ``exploit`` says copied another, a new generation starts from the parent's
     checkpoint just recorded (as :func:`jaxpop.mutators.base.start_generation` does in
-    host mode), with the member's new hyperparameters.
+    host mode), with the member's new hyperparameters. Every member's assignment moves
+    to ``step`` and ``params`` (the report's current step, what a resume stands on).
 
     Args:
       state: the lineage (from :func:`lineage_init` or a previous ``record``).
@@ -1013,7 +1014,14 @@ def record(
         history = history.add(checkpoint)
         added.append(checkpoint)
         evaluated.append(checkpoint)
-    workers, changed = list(state.workers), []
+    # every member stands at this round's checkpoint now (its assignment follows its
+    # progress, as a host worker's follows its reports): the report's current step,
+    # and the snapshot a collection keeps for it, are this round's
+    workers = [
+        ActiveWorker(params, w.meta_params, w.generation_id, step, w.status)
+        for w in state.workers
+    ]
+    changed = list(enumerate(workers))
     if exploit is not None:
         parents, copied, generation = arrays["parents"], arrays["copied"], arrays["generation"]
         for i in np.flatnonzero(copied):
@@ -1030,7 +1038,7 @@ def record(
             history = history.add(start)
             added.append(start)
             workers[i] = ActiveWorker(params, meta, gen_id, step)
-            changed.append((int(i), workers[i]))
+            changed[i] = (int(i), workers[i])
         _check_copies_rank(history, scores, parents, copied)
     num_events = state.num_events + 1
     new_state = PopulationState(tuple(workers), state.mutator_state, state.key, history, num_events)

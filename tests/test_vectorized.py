@@ -398,6 +398,26 @@ def test_latest_snapshot_is_the_newest_round_recorded_with_a_handle():
     assert int(np.asarray(ex.copied).sum()) > 0  # (member 0's lineage crossed copies)
 
 
+def test_every_member_stands_at_the_newest_round_recorded():
+    """A member no round copied kept the step and snapshot handle of its last copy:
+    `jaxpop report` showed it at an old step (hostile review, helper-180)."""
+    from jaxpop import report
+
+    pop = make_pop()
+    lineage = vz.lineage_init(pop, root_key(0), now=1.0)
+    for r in range(3):
+        pop, losses = STEP(pop, batch(r))
+        step = int(pop.step)
+        pop, ex = EXPLOIT(pop, losses) if r == 0 else (pop, None)  # copies in round 0 only
+        handle = f"snapshot@{step}"
+        lineage, changes = vz.record(
+            lineage, losses, step=step, now=2.0 + r, exploit=ex, params=handle
+        )
+        assert [(w.step, w.params) for w in lineage.workers] == [(step, handle)] * N
+        assert len(changes.workers) == N  # (journaled: a resume stands there too)
+    assert {m.step for m in report.build(lineage).members} == {step}
+
+
 def test_resume_from_snapshot_continues_identically(tmp_path):
     def run(pop, lineage, rounds, start, store=None, snapshot_at=None):
         handle = None
