@@ -80,7 +80,9 @@ def _load_cifar10(limit: int | None) -> Dataset:
     try:
         train_images, train_labels = _tfds_split("cifar10", "train", limit)
         val_images, val_labels = _tfds_split("cifar10", "test", limit)
-    except ImportError as e:
+    except ModuleNotFoundError as e:
+        if e.name != "tensorflow_datasets":  # (tfds itself failed: preparing the data, say)
+            raise
         raise ImportError(
             "--dataset cifar10 needs tensorflow-datasets: pip install 'jaxpop[examples]'"
         ) from e

@@ -18,7 +18,8 @@ Differences from the threaded example, each because a worker may now be restarte
   reported, so a worker killed mid-save never leaves the controller a handle to a
   checkpoint that was never finished;
 * each worker loads the data set and compiles its training step itself (one
-  compilation per worker process; the summary counts them all).
+  compilation per worker process; the summary counts those of the processes that
+  finished, so a worker restarted after a kill counts once, as do its accuracies).
 
 ``--kill-after S`` kills worker 0's actor and the controller's actor once, ``S`` seconds
 after the first evaluation (as a crash would: Ray restarts both; the controller resumes from its

@@ -213,6 +213,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 store.collect_garbage(lineage, keep_best=args.keep_best)
         progress.close()
         store.wait()
+        # every save of this run is settled and recorded: what no history holds (a save
+        # a killed earlier run never finished, its temporary directory) goes too
+        store.collect_garbage(lineage, keep_best=args.keep_best, orphan_grace_s=0)
         log.close()
         logs.finish(lineage)  # the last exploits, the best member's schedule
         population_cnn.keep_loggers(logs, args.log, args.log_dir)  # (a rerun goes on)
