@@ -1018,8 +1018,7 @@ def record(
     # progress, as a host worker's follows its reports): the report's current step,
     # and the snapshot a collection keeps for it, are this round's
     workers = [
-        ActiveWorker(params, w.meta_params, w.generation_id, step, w.status)
-        for w in state.workers
+        ActiveWorker(params, w.meta_params, w.generation_id, step, w.status) for w in state.workers
     ]
     changed = list(enumerate(workers))
     if exploit is not None:

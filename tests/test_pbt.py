@@ -700,6 +700,10 @@ def test_arguments_given_as_iterators_are_recorded_as_their_values():
         perturbation_interval=10, hyperparam_space=SPACE, perturbation_factors=iter((0.5, 2.0))
     )
     assert pb2.config["perturbation_factors"] == (0.5, 2.0)
+    # (an array is recorded as before: a run started with one resumes; helper-181)
+    factors = np.array([0.5, 2.0])
+    array = PB2(perturbation_interval=10, hyperparam_space=SPACE, perturbation_factors=factors)
+    assert isinstance(array.config["perturbation_factors"], np.ndarray)
 
 
 def test_finished_and_gone_workers_take_no_part():

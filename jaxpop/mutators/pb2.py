@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -748,6 +748,9 @@ def PB2(
     # (checked here, not as the explorer's min_interval, an option the caller never named)
     perturbation_interval = check_number("perturbation_interval", perturbation_interval)
     factors = check_factors(perturbation_factors)  # (read once: an iterator, say)
+    # (PBT records what it is given: an array as an array, as before; an iterator, read
+    # here, as its values)
+    given = factors if isinstance(perturbation_factors, Iterator) else perturbation_factors
     explorer = PB2Explorer(
         hyperparam_space,
         beta=beta,
@@ -766,7 +769,7 @@ def PB2(
         mode=mode,
         quantile_fraction=quantile_fraction,
         resample_probability=resample_probability,
-        perturbation_factors=factors,
+        perturbation_factors=given,
         explorer=explorer,
         **options,
     )

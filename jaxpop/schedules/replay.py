@@ -110,8 +110,9 @@ def _position(history: History, worker: Any) -> Checkpoint:
     """The checkpoint a worker's parameters are at: its generation's newest that holds
     params or a value. (``checkpoint_missing`` sends a worker back within its generation
     and sets aside the checkpoints of the run it left, params and value ``None``: their
-    lineage is no longer its own. A worker's own ``step`` does not say where it is: an
-    on-device population's lineage never moves it.) Its first, if none does."""
+    lineage is no longer its own. A worker's own ``step`` does not say where it is: a
+    lineage an on-device population recorded before it moved its members did not move
+    them.) Its first, if none does."""
     latest = history.latest(worker.generation_id)
     if latest.params is not None or latest.value is not None:
         return latest  # (the usual case: O(1))
