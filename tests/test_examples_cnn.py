@@ -150,6 +150,9 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     )
     assert not leftover.exists()
     assert resumed["checkpoints"] > summary["checkpoints"]
+    # another --workers: said, not a shape error's traceback (helper-180)
+    with pytest.raises(SystemExit, match=r"has 4 members, not --workers 2"):
+        vectorized.main(["--steps", "60", "--workers", "2", *argv[4:], "--log-dir", str(tmp_path)])
     assert all(m["val_accuracy"] is not None for m in resumed["members"] if m["step"] == 50)
 
 

@@ -140,10 +140,23 @@ def _resume(log, store, model, pop):
     lineage = log.load()
     if lineage is None:
         return None
+    workers = int(pop.generation.shape[0])  # (this command's --workers)
+    if lineage.population_size != workers:
+        raise SystemExit(
+            f"the run in this --log-dir has {lineage.population_size} members, not "
+            f"--workers {workers}: rerun with --workers {lineage.population_size}, or use "
+            "another --log-dir"
+        )
     latest = lineage.history.latest(lineage.workers[0].generation_id)
     if not isinstance(latest.params, str):
         return None
-    pop = vz.restore_snapshot(store, latest.params, jax.eval_shape(lambda: pop), model.mesh)
+    try:
+        pop = vz.restore_snapshot(store, latest.params, jax.eval_shape(lambda: pop), model.mesh)
+    except ValueError as error:  # (its arrays' shapes are another model's)
+        raise SystemExit(
+            f"the snapshot in this --log-dir does not fit this population (another "
+            f"--model?): rerun with the run's flags, or use another --log-dir ({error})"
+        ) from None
     return lineage, pop
 
 
