@@ -646,6 +646,11 @@ def test_seconds_arguments_are_refused_before_anything_starts(bad, tmp_path):
         jaxpop_ray.serve(
             _population(2), _wta(10), log_dir=tmp_path, name="never", lock_timeout_s=bad
         )
+    if bad is not None and bad is not math.inf:
+        with pytest.raises((TypeError, ValueError), match="start_timeout_s"):
+            jaxpop_ray.serve(
+                _population(2), _wta(10), log_dir=tmp_path, name="never", start_timeout_s=bad
+            )
     empty = jaxpop_ray.WorkerGroup([], [], 0)
     assert empty.wait(math.inf) == [] and empty.wait(None) == []
     if bad is not None and bad is not math.inf:
@@ -667,6 +672,21 @@ def test_timeouts_are_seconds_or_forever(timeout_s, expected):
             jaxpop_ray._check_timeout(timeout_s)
     else:
         assert jaxpop_ray._check_timeout(timeout_s) == expected
+
+
+def test_the_start_is_waited_for_apart_from_the_call_timeout(ray_session, tmp_path):
+    """serve's first call, which waits for the actor's process to start and import
+    jaxpop, counted against the per-call timeout_s: a timeout_s shorter than a start
+    (a second, on a busy node) failed every serve."""
+    with jaxpop_ray.serve(
+        _population(2), _wta(), log_dir=tmp_path / "a", name="quick-calls", timeout_s=1.0
+    ) as client:
+        assert client.timeout_s == 1.0
+        assert client.maybe_get_worker_data(0, None, 0, None, None).step == 0
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError, match=r"start_timeout_s=0\.01"):
+        jaxpop_ray.serve(
+            _population(2), _wta(), log_dir=tmp_path / "b", name="slow-start", start_timeout_s=0.01
+        )
 
 
 def test_checkpoint_missing_takes_a_param_stores_exists(ray_session, tmp_path):

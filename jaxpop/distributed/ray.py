@@ -686,6 +686,7 @@ def serve(
     lock_timeout_s: float = 60.0,
     timeout_s: float | None = 120.0,
     actor_options: dict[str, Any] | None = None,
+    start_timeout_s: float | None = 300.0,
 ) -> PopulationClient:
     """Starts a ``PopulationController`` on ``log_dir`` as the Ray actor ``name``.
 
@@ -712,9 +713,14 @@ def serve(
         ``shutdown``), whether or not the driver keeps the returned client.
       num_cpus: CPUs the actor reserves (0: it never keeps a worker from scheduling).
       lock_timeout_s: how long a (re)started actor waits for ``log_dir``'s lock.
-      timeout_s: the client's per-call timeout (see :class:`PopulationClient`).
+      timeout_s: the client's per-call timeout (see :class:`PopulationClient`), from
+        the controller's first answer on.
       actor_options: more ``ActorClass.options`` (``resources``, ``scheduling_strategy``
         to pin the controller to a node, ``runtime_env``, ...).
+      start_timeout_s: how long to wait for that first answer: the actor's scheduling,
+        its process's start and imports, ``log_dir``'s lock (up to ``lock_timeout_s``)
+        and the run's resume (``None``: forever). A start that takes longer raises
+        :class:`ControllerUnavailableError` and ends the actor.
 
     Returns the owning client: once the controller is up, or raising what kept it from
     starting (``storage.LogDirInUseError``, ``storage.CorruptLogError``, ``ValueError``,
@@ -732,6 +738,7 @@ def serve(
     if stop_when is not None and not isinstance(stop_when, core.StopWhen):
         raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
     timeout_s = _check_timeout(timeout_s)  # (before the actor exists: none is left behind)
+    start_timeout_s = _check_timeout(start_timeout_s, "start_timeout_s")
     lock_timeout_s = _check_seconds(lock_timeout_s, "lock_timeout_s")
     options = _ControllerOptions(
         os.path.abspath(os.fspath(log_dir)),
@@ -772,17 +779,25 @@ def serve(
                 f"a Ray actor named {name!r} already exists in namespace {namespace!r}: use "
                 f"connect({name!r}) to reach it, or shut it down first"
             ) from e
-    client = PopulationClient(actor, name, namespace, timeout_s=timeout_s, owner=True)
+    # (the start is waited for apart from the calls: a short timeout_s, for calls, would
+    # otherwise have to cover a process start and imports on a busy node)
+    client = PopulationClient(actor, name, namespace, timeout_s=start_timeout_s, owner=True)
     try:
         try:
             client._log_dir = client.info()["log_dir"]
         except _NoRunError:  # (restarted before its first answer: nothing acknowledged)
             ray.get(actor.start_afresh.remote(), timeout=client.timeout_s)
             client._log_dir = client.info()["log_dir"]
-    except BaseException:
+    except BaseException as error:
         ray.kill(actor, no_restart=True)
         client._owner = False  # (nothing to keep alive)
+        if isinstance(error, _NoAnswer):
+            raise ControllerUnavailableError(
+                f"the controller actor {name!r} (namespace {namespace!r}) did not start "
+                f"within start_timeout_s={start_timeout_s} s: {error}"
+            ) from error
         raise
+    client.timeout_s = timeout_s
     return client
 
 
