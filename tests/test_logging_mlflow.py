@@ -153,6 +153,35 @@ def test_a_driver_resumed_from_its_pickle_keeps_every_exploit_and_ends_the_paren
     assert client.get_run(parent_id).info.status == "FINISHED"
 
 
+def test_a_resumed_driver_writes_the_exploits_its_original_had_not_written(store):
+    """exploits.json is written at most every artifact_every_s: a copy resumed from its
+    pickle took every row as written, so its finish, with no exploit since, left the
+    rows of the last 30 s out of the file for good (hostile review, helper-183)."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    population = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1}, steps_per_exploit=10),
+    )
+    logs = jaxpop.logging.make_loggers(["mlflow"], name="pbt", mlflow={"tracking_uri": store})
+    wta_rounds(population, (10, 20))
+    events = logs.sync(population.history)  # the first written at once, the rest kept
+    saved = pickle.dumps(logs)  # kept by the driver, which then crashes (no close)
+    parent_id = logs.loggers[0].parent_run_id
+
+    def rows():
+        with open(_client(store).download_artifacts(parent_id, "exploits.json")) as f:
+            return json.load(f)
+
+    assert len(events) >= 2 and len(rows()) < len(events)
+    worker_copy = pickle.loads(saved)  # a worker's copy writes no exploits.json
+    worker_copy.close()
+    assert len(rows()) < len(events)
+    pickle.loads(saved).finish(population.state)  # the rerun: no exploit since
+    assert rows() == [exploit_record(e) for e in events]
+
+
 def test_hyperparameter_names_mlflow_refuses_are_cleaned_and_nothing_is_lost(store):
     """A name outside MLflow's characters (or an empty, ``..``, ``/abs`` or over-long
     one) failed the worker run's params and then every batch with its metric: the run

@@ -298,6 +298,29 @@ def test_a_driver_resumed_from_its_pickle_logs_the_exploits_table_whole(offline)
     assert len(again) == len(populations)
 
 
+def test_a_resumed_driver_logs_the_exploits_its_original_had_not_logged(offline):
+    """The table is logged at most every table_every_s: a copy resumed from its pickle
+    took every row as logged, so its finish, with no exploit since, left the rows of
+    the last 30 s out of the table for good (hostile review, helper-183)."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    population = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1}, steps_per_exploit=10),
+    )
+    logs = jaxpop.logging.make_loggers(["wandb"], log_dir=offline, name="pbt")
+    wta_rounds(population, (10, 20))
+    events = logs.sync(population.history)  # the first logged at once, the rest kept
+    saved = pickle.dumps(logs)  # kept by the driver, which then crashes
+    logs.close()  # (the crashed process's runs end: this process goes on as the new one)
+    assert len(events) >= 2
+    pickle.loads(saved).finish(population.state)  # the rerun: no exploit since
+    populations = [r for r in _finished_runs(offline) if r.run.display_name == "population"]
+    rows = populations[-1].table("exploits")
+    assert [r["generation_id"] for r in rows] == [e.generation_id for e in events]
+
+
 def test_a_pickled_copy_logs_on_to_the_run_a_failed_start_moved_a_worker_to(offline, monkeypatch):
     """The count of failed starts was not pickled: after a failed ``wandb.init`` a worker
     logged to ``<id>-r1``, and a copy (a rerun from ``loggers.pickle``, a restarted

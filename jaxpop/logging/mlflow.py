@@ -258,6 +258,10 @@ class MlflowLogger:
         self._exploits: list[dict[str, Any]] = []
         self._written = 0  # exploit rows in the last exploits.json
         self._written_at = 0.0
+        # rows the logger this is a copy of had not written (within artifact_every_s):
+        # written by the copy that logs the best member (a resumed driver's), never by
+        # a worker's copy (its rows may be older than the file by then)
+        self._inherited_unwritten = False
         self._owner = False  # (it created the parent run, or is a copy that logged the best)
         self._created = False  # (it, or the logger it is a copy of, created the parent run)
         self._closed = False
@@ -272,6 +276,7 @@ class MlflowLogger:
             # the rows of exploits.json so far: a copy that logs exploits (a driver's
             # resumed from a pickle) rewrites the file with them, not without
             "exploits": list(self._exploits),
+            "written": self._written,
             "created": self._created,
             # params a transient failure kept: a copy (a rerun, a restarted actor) sends them
             "params": {worker: dict(params) for worker, params in self._params.items()},
@@ -281,6 +286,7 @@ class MlflowLogger:
         require("mlflow", "mlflow", "MLflow")
         state = dict(state)
         exploits = state.pop("exploits", [])  # (none in a pickle from before they were kept)
+        written = state.pop("written", len(exploits))
         created = state.pop("created", False)
         params = state.pop("params", {})
         self.__dict__.update(state)
@@ -288,6 +294,7 @@ class MlflowLogger:
         # created (a resumed driver's); it writes exploits.json only once it logs an exploit
         self._setup()
         self._exploits, self._written, self._created = list(exploits), len(exploits), created
+        self._inherited_unwritten = written < len(exploits)
         self._params.update({worker: dict(kept) for worker, kept in params.items()})
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
@@ -461,11 +468,15 @@ class MlflowLogger:
             if time.monotonic() - self._written_at >= self.artifact_every_s:
                 self._write_exploits()
 
-    def _write_exploits(self) -> None:
-        if self._written == len(self._exploits) and self._written:
+    def _write_exploits(self, *, inherited: bool = False) -> None:
+        """Writes ``exploits.json`` if rows were added since it was last written (or,
+        with ``inherited``, if the logger this is a copy of had rows it never wrote)."""
+        current = self._written == len(self._exploits) and self._written
+        if current and not (inherited and self._inherited_unwritten):
             return
         self._client.log_dict(self.parent_run_id, _strict_rows(self._exploits), "exploits.json")
         self._written, self._written_at = len(self._exploits), time.monotonic()
+        self._inherited_unwritten = False
 
     def log_best(self, best: BestMember) -> None:
         """Logs ``best/value``, the ``best.*`` tags and the ``best/`` artifacts (the
@@ -473,7 +484,7 @@ class MlflowLogger:
         checkpoint = best.checkpoint
         with self._lock:
             self._check_open()
-            self._write_exploits()
+            self._write_exploits(inherited=True)
             self._owner = self._created  # the run's end: a resumed driver's copy ends it
             run_id = self.parent_run_id
             self._client.log_metric(

@@ -126,6 +126,10 @@ class WandbLogger:
         self._exploits: list[dict[str, Any]] = []
         self._published = 0  # exploit rows in the last logged table
         self._published_at = 0.0
+        # rows the logger this is a copy of had not logged (within table_every_s): logged
+        # by the copy that logs the best member (a resumed driver's), never by a
+        # worker's copy (its rows may be older than the run's table by then)
+        self._inherited_unpublished = False
         self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -133,17 +137,25 @@ class WandbLogger:
         # from a pickle) logs the table with them, not without (it is replaced each time)
         # and the failed starts per run: a copy (a rerun, a restarted actor) logs on to
         # the run its original last started (<id>-r<n>), not back to <id>
-        return {**self._options, "exploits": list(self._exploits), "failed": dict(self._failed)}
+        return {
+            **self._options,
+            "exploits": list(self._exploits),
+            "published": self._published,
+            "failed": dict(self._failed),
+        }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         options = dict(state)
         exploits = options.pop("exploits", [])  # (none in a pickle from before they were kept)
+        published = options.pop("published", len(exploits))
         failed = options.pop("failed", {})
         self._options, self.group = options, options["group"]
         self._setup()
         self._failed.update(failed)
-        # (logged whole again only once this copy logs an exploit: a worker's never does)
+        # (logged whole again once this copy logs an exploit, or the best member if its
+        # original had rows to log: a worker's copy does neither)
         self._exploits, self._published = list(exploits), len(exploits)
+        self._inherited_unpublished = published < len(exploits)
 
     # -- runs ---------------------------------------------------------------------------
     def run_id(self, worker_id: int) -> str:
@@ -257,8 +269,11 @@ class WandbLogger:
             if time.monotonic() - self._published_at >= self._options["table_every_s"]:
                 self._publish_exploits()
 
-    def _publish_exploits(self) -> None:
-        if self._published == len(self._exploits) and self._published:
+    def _publish_exploits(self, *, inherited: bool = False) -> None:
+        """Logs the exploits table if rows were added since it was last logged (or, with
+        ``inherited``, if the logger this is a copy of had rows it never logged)."""
+        current = self._published == len(self._exploits) and self._published
+        if current and not (inherited and self._inherited_unpublished):
             return
         wandb = require("wandb", "wandb", "W&B")
         columns, data = table(self._exploits, finite_only=True)
@@ -267,6 +282,7 @@ class WandbLogger:
         exploits = wandb.Table(columns=columns, data=data, log_mode="MUTABLE")
         self._population_run().log({"exploits": exploits})
         self._published, self._published_at = len(self._exploits), time.monotonic()
+        self._inherited_unpublished = False
 
     def log_best(self, best: BestMember) -> None:
         """Logs the exploits table, the ``best/schedule`` and ``best/lineage`` tables,
@@ -275,7 +291,7 @@ class WandbLogger:
         with self._lock:
             self._check_open()
             run = self._population_run()
-            self._publish_exploits()
+            self._publish_exploits(inherited=True)
             tables = {}
             for name, rows in (
                 ("best/schedule", schedule_records(best.schedule)),
