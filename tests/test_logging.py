@@ -477,3 +477,34 @@ def test_the_cnn_examples_take_log_flags():
     assert args.log == ["wandb", "mlflow", "tensorboard"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--log", "neptune"])
+
+
+def test_a_hyperparameter_named_like_a_table_column_keeps_a_column_of_its_own():
+    """``best/lineage`` and ``best/schedule`` put the hyperparameters after their own
+    columns in one dict: a bare scalar (named ``value``) showed as every checkpoint's
+    score, and a hyperparameter named ``step`` as every row's step (hostile review,
+    helper-183)."""
+    from jaxpop.records import Checkpoint
+    from jaxpop.schedules import piecewise
+
+    lineage = [
+        Checkpoint(None, 0.1, "g0", None, None, 0, 1.0),
+        Checkpoint("p", 0.1, "g0", 0.5, ("g0", 0), 10, 2.0),
+        Checkpoint("q", 0.2, "g1", 0.25, ("g0", 10), 20, 3.0),
+    ]
+    assert base.lineage_records(lineage) == [
+        {"step": 0, "generation_id": "g0", "value": None, "hparams.value": 0.1},
+        {"step": 10, "generation_id": "g0", "value": 0.5, "hparams.value": 0.1},
+        {"step": 20, "generation_id": "g1", "value": 0.25, "hparams.value": 0.2},
+    ]
+    named = [c.replace(meta_params={"lr": c.meta_params, "step": 7}) for c in lineage]
+    assert [(r["step"], r["hparams.step"], r["lr"]) for r in base.lineage_records(named)] == [
+        (0, 7, 0.1),
+        (10, 7, 0.1),
+        (20, 7, 0.2),
+    ]
+    schedule = piecewise({0: {"step": 1, "hparams.step": 2}, 30: {"step": 3, "hparams.step": 4}})
+    assert base.schedule_records(schedule) == [
+        {"step": 0, "hparams.step:2": 1, "hparams.step": 2},
+        {"step": 30, "hparams.step:2": 3, "hparams.step": 4},
+    ]

@@ -25,7 +25,7 @@ from jaxpop.core import PopulationState, as_value
 from jaxpop.history import History
 from jaxpop.mutators import ExploitEvent, exploit_events
 from jaxpop.records import Checkpoint
-from jaxpop.report.data import flatten_hparams, numeric_hparams
+from jaxpop.report.data import flatten_hparams, numeric_hparams, with_hparams
 from jaxpop.schedules import Piecewise, best_final, from_lineage
 from jaxpop.schedules.replay import _best_member
 
@@ -468,22 +468,18 @@ def exploit_record(event: ExploitEvent) -> dict[str, Any]:
 
 
 def schedule_records(schedule: Piecewise) -> list[dict[str, Any]]:
-    """A schedule's pieces as rows: ``step`` (where it starts) and each hyperparameter."""
-    return [{"step": step, **flatten_hparams(meta)} for step, meta in schedule.items()]
+    """A schedule's pieces as rows: ``step`` (where it starts) and each hyperparameter
+    (one named ``step`` as ``hparams.step``: see :func:`~jaxpop.report.data.with_hparams`)."""
+    items = list(schedule.items())
+    return with_hparams([{"step": step} for step, _ in items], [meta for _, meta in items])[1]
 
 
 def lineage_records(lineage: Sequence[Checkpoint]) -> list[dict[str, Any]]:
     """A lineage's checkpoints as rows: ``step``, ``generation_id``, ``value`` and each
-    hyperparameter."""
-    return [
-        {
-            "step": c.step,
-            "generation_id": c.generation_id,
-            "value": c.value,
-            **flatten_hparams(c.meta_params),
-        }
-        for c in lineage
-    ]
+    hyperparameter (one named like those, a bare scalar's ``value`` among them, as
+    ``hparams.<name>``: see :func:`~jaxpop.report.data.with_hparams`)."""
+    rows = [{"step": c.step, "generation_id": c.generation_id, "value": c.value} for c in lineage]
+    return with_hparams(rows, [c.meta_params for c in lineage])[1]
 
 
 def table(

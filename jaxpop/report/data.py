@@ -9,7 +9,7 @@ import dataclasses
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -241,6 +241,42 @@ class _Names:
     def numeric(self, meta_params: Any) -> dict[str, float]:
         """:meth:`flatten`'s numeric entries, as :func:`numeric_hparams` gives them."""
         return _as_floats(self.flatten(meta_params))
+
+
+def with_hparams(
+    rows: Sequence[Mapping[str, Any]], meta_params: Sequence[Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """``rows`` with each one's hyperparameters (``meta_params[i]``'s, for ``rows[i]``)
+    as flat columns after its own: ``(the hyperparameter columns, the rows)``.
+
+    A column is one leaf in every row (the names given across the trees, as the
+    report's: see :func:`flatten_hparams`), in first-seen order; a hyperparameter named
+    like one of the rows' own columns is ``hparams.<name>`` (then ``hparams.<name>:2``,
+    ... past one taken): every value keeps a column of its own.
+
+    >>> with_hparams([{"step": 0, "value": 0.5}], [0.1])  # a bare scalar is "value"
+    (['hparams.value'], [{'step': 0, 'value': 0.5, 'hparams.value': 0.1}])
+    """
+    leaf_names = _Names()
+    flat = [leaf_names.flatten(tree) for tree in meta_params]
+    names = list(dict.fromkeys(name for entries in flat for name in entries))
+    own = {key for row in rows for key in row}
+    used = own | {name for name in names if name not in own}
+    column = {}
+    for name in names:
+        key = name
+        if name in own:
+            key, n = f"hparams.{name}", 1
+            while key in used:
+                n += 1
+                key = f"hparams.{name}:{n}"
+            used.add(key)
+        column[name] = key
+    out = [
+        {**row, **{column[name]: value for name, value in entries.items()}}
+        for row, entries in zip(rows, flat, strict=True)
+    ]
+    return [column[name] for name in names], out
 
 
 def _float(number: int | float) -> float:

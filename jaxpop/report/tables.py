@@ -5,11 +5,11 @@ from __future__ import annotations
 import csv
 import datetime
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from jaxpop.history import History
-from jaxpop.report.data import Report, _Names
+from jaxpop.report.data import Report, _Names, with_hparams
 
 if TYPE_CHECKING:
     pass
@@ -19,25 +19,6 @@ CSV_COLUMNS = ("generation_id", "parent_generation", "parent_step", "step", "tim
 
 
 # -- tables: CSV rows and the summary -------------------------------------------------
-def _columns(names: Iterable[str]) -> dict[str, str]:
-    """Each hyperparameter's column: its name, or for a name like a fixed column's,
-    ``hparams.<name>`` (then ``:2``, ``:3``, ... past one taken: every value keeps a
-    column of its own)."""
-    used = {*CSV_COLUMNS, *(n for n in names if n not in CSV_COLUMNS)}
-    column = {}
-    for name in names:
-        if name in CSV_COLUMNS:
-            key, n = f"hparams.{name}", 1
-            while key in used:
-                n += 1
-                key = f"hparams.{name}:{n}"
-            used.add(key)
-            column[name] = key
-        else:
-            column[name] = name
-    return column
-
-
 def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
     """``(columns, rows)``: one row per checkpoint, in history order.
 
@@ -47,30 +28,23 @@ def history_rows(history: History) -> tuple[list[str], list[dict[str, Any]]]:
     dot joins two leaves' names: see :func:`~jaxpop.report.flatten_hparams`); a missing
     entry is ``None``.
     """
-    rows: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    names: dict[str, None] = {}  # an ordered set
-    leaf_names = _Names()  # (a column is one leaf throughout, as the report's names)
-    for checkpoint in history.checkpoints():
+    checkpoints = list(history.checkpoints())
+    rows = []
+    for checkpoint in checkpoints:
         parent = checkpoint.parent
-        row = {
-            "generation_id": checkpoint.generation_id,
-            "parent_generation": None if parent is None else parent[0],
-            "parent_step": None if parent is None else parent[1],
-            "step": checkpoint.step,
-            "time": checkpoint.time,
-            "value": checkpoint.value,
-        }
-        hparams = leaf_names.flatten(checkpoint.meta_params)
-        for name in hparams:
-            names.setdefault(name)
-        rows.append((row, hparams))
-    column = _columns(names)
-    out = []
-    for row, hparams in rows:
-        for name in names:
-            row[column[name]] = hparams.get(name)
-        out.append(row)
-    return [*CSV_COLUMNS, *column.values()], out
+        rows.append(
+            {
+                "generation_id": checkpoint.generation_id,
+                "parent_generation": None if parent is None else parent[0],
+                "parent_step": None if parent is None else parent[1],
+                "step": checkpoint.step,
+                "time": checkpoint.time,
+                "value": checkpoint.value,
+            }
+        )
+    names, rows = with_hparams(rows, [c.meta_params for c in checkpoints])
+    columns = [*CSV_COLUMNS, *names]
+    return columns, [{column: row.get(column) for column in columns} for row in rows]
 
 
 def write_csv(history: History, file: TextIO) -> int:
