@@ -781,6 +781,8 @@ def test_a_refused_new_controller_leaves_the_live_one_running(tmp_path):
 
 _DESCRIBE_MODULE = """
 import json
+import optax
+from jaxpop import schedules
 from jaxpop.mutators import FixedSchedule, Mutator, WinnerTakeAllGenetic
 
 def mutate(meta):
@@ -795,6 +797,14 @@ def describe():
         Tagged(mutate, seconds_per_exploit=2.5).describe(),
         FixedSchedule({0: {"tags": frozenset({"lr", "wd", "mom", "b1", "b2"})}}).describe(),
         Mutator(dict, mutate).describe(),
+        FixedSchedule(schedules.curriculum({0: {"a": 0.0}, 9: {"a": 1.0}}, "cosine")).describe(),
+        FixedSchedule(schedules.piecewise({i: {"a": i / 3} for i in range(9)})).describe(),
+        FixedSchedule(
+            schedules.merge(
+                schedules.per_leaf({"lr": optax.cosine_decay_schedule(0.1, 100), "b": 0.9}),
+                schedules.join([schedules.constant({"c": 1}), lambda s: {"c": s}], [5]),
+            )
+        ).describe(),
     ]
 
 if __name__ == "__main__":
@@ -821,6 +831,51 @@ def test_a_mutator_describes_itself_the_same_as_a_script_or_imported(tmp_path, m
     as_script = json.loads(out.stdout)
     assert as_script == json.loads(json.dumps(imported))  # json: tuples as lists
     assert imported[1]["kind"] == "Tagged"
+
+
+def test_a_schedule_built_otherwise_is_another_configuration(tmp_path):
+    """A Piecewise was described by its repr, which shows four points, and jaxpop's
+    schedules (a curriculum, per_leaf, join, merge, constant) and optax's by their
+    functions' names: a run resumed with another schedule went on under it silently
+    (hostile review, helper-182). A run recorded that way still resumes as before."""
+    import optax
+
+    from jaxpop import schedules
+    from jaxpop.storage.run import differences
+
+    def fixed(schedule):
+        return FixedSchedule(schedule, every=10)
+
+    long = {i * 10: {"h": float(i)} for i in range(6)}
+    ramp = {0: {"h": 0.0}, 100: {"h": 0.3}}
+    for started, other in [
+        (schedules.piecewise(long), schedules.piecewise({**long, 50: {"h": 9.0}})),
+        (schedules.curriculum(ramp), schedules.curriculum(ramp, kind="cosine")),
+        (schedules.curriculum(ramp), schedules.curriculum({**ramp, 100: {"h": 0.4}})),
+        (
+            schedules.per_leaf({"h": optax.linear_schedule(0.0, 1.0, 10)}),
+            schedules.per_leaf({"h": optax.linear_schedule(0.0, 2.0, 10)}),
+        ),
+    ]:
+        log_dir = tmp_path / str(len(os.listdir(tmp_path)))
+        PopulationController([{"h": 0.0}], fixed(started), log_dir=log_dir).close()
+        PopulationController([{"h": 0.0}], fixed(started), log_dir=log_dir).close()  # the same
+        with pytest.raises(storage.RunMismatchError, match="mutator schedule"):
+            PopulationController([{"h": 0.0}], fixed(other), log_dir=log_dir)
+    # as a run recorded before the fuller descriptions has them
+    for schedule, older, otherwise in [
+        (schedules.curriculum(ramp), "join.<locals>.schedule", "merge.<locals>.schedule"),
+        (
+            schedules.piecewise(long),
+            f"Piecewise: {schedules.piecewise(long)!r}",
+            f"Piecewise: {schedules.piecewise({**long, 0: {'h': 7.0}})!r}",
+        ),
+    ]:
+        now = {"population_size": 1, "mutator": fixed(schedule).describe()}
+        for recorded_as, same in ((older, True), (otherwise, False)):
+            config = {**now["mutator"]["config"], "schedule": recorded_as}
+            recorded = {**now, "mutator": {**now["mutator"], "config": config}}
+            assert (differences(recorded, now) == []) == same
 
 
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):

@@ -421,6 +421,10 @@ def _describe(value: Any, depth: int = 0) -> Any:
         }
     if inspect.ismethod(value):  # its object may hold configuration
         return {"method": _name(value), "of": _describe(value.__self__, depth)}
+    if inspect.isfunction(value) and value.__closure__ and _builds_schedules(value):
+        # (a schedule of jaxpop's or optax's: what it was built from is its configuration)
+        contents = [_cell_contents(cell) for cell in value.__closure__]
+        return {"function": _name(value), "closure": _compact(_describe(contents, depth))}
     if callable(value) and hasattr(value, "__qualname__"):
         return _name(value)
     if hasattr(value, "__array__") and hasattr(value, "dtype"):
@@ -440,10 +444,51 @@ def _describe(value: Any, depth: int = 0) -> Any:
             return {"array": str(array.dtype), "shape": array.shape, "values": values}
     if hasattr(value, "__dict__") and not isinstance(value, type):  # e.g. a callable object
         return {"type": _name(t), "fields": _describe(dict(vars(value)), depth)}
+    slots = _slots(t)
+    if slots and not isinstance(value, type):  # (a Piecewise: its points, not its repr's few)
+        fields = {name: getattr(value, name) for name in slots if hasattr(value, name)}
+        fields = _compact(_describe(fields, depth))
+        return {"type": _name(t), "fields": fields, "older": _text(value)}
+    return _text(value)
+
+
+def _text(value: Any) -> str:
+    """``value`` described by its type's name and its repr (a digest past a length)."""
     text = _ADDRESS.sub("", repr(value))
     if len(text) > _REPR_LIMIT:
         text = f"{text[:_REPR_LIMIT]}... {_digest(text.encode())}"
-    return f"{_name(t)}: {text}"
+    return f"{_name(type(value))}: {text}"
+
+
+def _compact(described: Any) -> Any:
+    """A description too long to keep whole as a digest of its text (equal descriptions
+    print alike: they are plain data)."""
+    text = repr(described)
+    return _digest(text.encode()) if len(text) > _REPR_LIMIT else described
+
+
+def _slots(cls: type) -> tuple[str, ...]:
+    """The data slots of ``cls`` and its bases (not ``__weakref__`` / ``__dict__``)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        declared = klass.__dict__.get("__slots__", ())
+        for name in (declared,) if isinstance(declared, str) else declared:
+            if name not in ("__weakref__", "__dict__") and name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+def _builds_schedules(function: Any) -> bool:
+    """Whether ``function`` is defined in jaxpop or optax (whose closures are schedules,
+    built from numbers and other schedules; a user's closure is described by its name)."""
+    return (getattr(function, "__module__", None) or "").split(".")[0] in ("jaxpop", "optax")
+
+
+def _cell_contents(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # (an empty cell)
+        return None
 
 
 def caller_stacklevel() -> int:

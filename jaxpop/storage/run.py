@@ -64,7 +64,7 @@ def differences(recorded: Run, run: Run) -> list[str]:
             was, now = renamed.get(was, was), renamed.get(now, now)
         if was is _ABSENT and name in defaults and defaults[name] == now:
             continue  # an option added since the run started, left at its default
-        if was != now:
+        if not _same(was, now):
             where, was, now = _first_difference(was, now, name)
             lines.append(f"mutator {where}: {was!r:.120} in the log_dir, {now!r:.120} now")
     return lines
@@ -77,6 +77,22 @@ _ABSENT = "(absent)"
 _RENAMED_VALUES: dict[tuple[str, str], dict[Any, Any]] = {
     ("PopulationBasedTraining", "selection"): {"winner_take_all": "copy_best"},
 }
+
+
+def _same(was: Any, now: Any) -> bool:
+    """Whether a recorded value describes what ``now`` does. Where a description once
+    was a name or a repr (a jaxpop or optax schedule's closure, a ``Piecewise``), a run
+    recorded that way matches the fuller description now given when that name or repr
+    does (as it matched before: upgrading jaxpop refuses no resume)."""
+    if was == now:
+        return True
+    if type(was) is str and type(now) is dict:
+        return was in (now.get("function"), now.get("older"))
+    if type(was) is dict and type(now) is dict and was.keys() == now.keys():
+        return all(_same(was[k], now[k]) for k in was)
+    if type(was) is tuple and type(now) is tuple and len(was) == len(now):
+        return all(_same(a, b) for a, b in zip(was, now, strict=True))
+    return False
 
 
 def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any]:
