@@ -254,7 +254,8 @@ def _check_defaults(
 ) -> None:
     """Refuses a float default the optimizer's call leaves to optax that
     ``hyperparam_dtype`` cannot hold: optax injects the defaults too, cast (adam's
-    ``eps=1e-8`` is 0 in float16, and a parameter with no gradient gets NaN updates)."""
+    ``eps=1e-8`` is 0 in float16, and a parameter with no gradient gets NaN updates;
+    its ``b2=0.999`` is 1 in bfloat16, and every update is NaN)."""
     held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)
     for name, parameter in parameters.items():
         default = parameter.default
@@ -262,6 +263,9 @@ def _check_defaults(
             continue
         try:
             _check_cast(np.asarray(default), held, name, label=f"the default {name}")
+            rounded = float(np.asarray(default).astype(held))
+            if 0 < abs(default) < 1 and abs(rounded) == 1:  # (a decay rate that never decays)
+                raise ValueError(f"the default {name}={default} is {rounded} in {held}")
         except ValueError as err:
             raise ValueError(
                 f"{_name(optimizer_fn)}: {err}: pass {name}= a value {held} holds, or a "
@@ -454,11 +458,14 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     {'aug': Array(0.5, dtype=float32), 'smoothing': Array(0.125, dtype=float32)}
     """
 
-    bounds = _bounds(dtype)
+    # the values are checked against the dtype the array gets: float64 is float32, and
+    # int64 int32, without jax_enable_x64 (JAX warns, and converts to those)
+    held = None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
+    bounds = _bounds(held)
     integer = bounds is not None and not bounds[2]
-    to_bool = dtype is not None and jnp.dtype(dtype).kind == "b"
+    to_bool = held is not None and held.kind == "b"
     # below a float dtype's normal range a number may round to 0 (1e-46 in float32)
-    tiny = float(jnp.finfo(dtype).tiny) if bounds is not None and bounds[2] else 0.0
+    tiny = float(jnp.finfo(held).tiny) if bounds is not None and bounds[2] else 0.0
 
     def convert(path: tuple, leaf: Any) -> jax.Array:
         # host values are checked as set_hparams checks them; a jax array is not read
@@ -474,16 +481,16 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
                 f"as_traced: leaf {_where(path)} = {leaf!r:.40} is a {kind.__name__}, not a number"
             )
         if integer and (kind is float or isinstance(leaf, (np.ndarray, np.generic))):
-            _check_whole(np.asarray(leaf), dtype, _where(path))
+            _check_whole(np.asarray(leaf), held, _where(path))
         if kind is float or kind is int:  # the usual case: no numpy
             if kind is float and leaf != 0 and abs(leaf) < tiny:
-                _check_cast(np.asarray(leaf), dtype, "", label=f"as_traced: leaf {_where(path)}")
+                _check_cast(np.asarray(leaf), held, "", label=f"as_traced: leaf {_where(path)}")
             if bounds is not None and not bounds[0] <= leaf <= bounds[1]:
                 if kind is float and bounds[2] and not math.isfinite(leaf):
                     return jnp.asarray(leaf, dtype=dtype)  # an explicit inf stays
                 raise ValueError(
                     f"as_traced: leaf {_where(path)} = {leaf!r:.40} is outside the range "
-                    f"of {jnp.dtype(dtype)}; it would be written as another value"
+                    f"of {held}; it would be written as another value"
                 )
         elif kind is complex or isinstance(leaf, (np.ndarray, np.generic)):
             host = np.asarray(leaf)
@@ -492,7 +499,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
                     f"as_traced: leaf {_where(path)} holds text ({host.dtype}): not a number"
                 )
             if host.dtype.kind in "biufc":
-                _check_cast(host, dtype, _where(path), label=f"as_traced: leaf {_where(path)}")
+                _check_cast(host, held, _where(path), label=f"as_traced: leaf {_where(path)}")
         if to_bool and kind is not bool:
             _check_truth(leaf, f"as_traced: leaf {_where(path)}")
         try:
@@ -596,8 +603,13 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
             f"hyperparameter {name!r} is {old_type.dtype}, got a {value.dtype} value; "
             "round it first"
         )
-    if old_type.weak_type and value.ndim == 0:
-        return jax.lax.full_like(old, value)
+    if old_type.weak_type:
+        # (full_like takes a scalar: a stacked population's array is filled element by
+        # element, as vmap(set_hparams) fills it, and stays weak as it does)
+        fill = jax.lax.full_like
+        for _ in range(value.ndim):
+            fill = jax.vmap(fill)
+        return fill(old, value)
     return jnp.asarray(value, dtype=old_type.dtype)
 
 

@@ -312,7 +312,7 @@ def test_deprecated_inject_state_class():
 
 # -- values: dtype, weak type, no mutation -------------------------------------------------
 def test_written_values_keep_dtype_and_strong_type_and_nothing_is_mutated():
-    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.bfloat16)
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3}, b2=0.99, hyperparam_dtype=jnp.bfloat16)
     state = tx.init(PARAMS)
     before = dict(state.hyperparams)
     hp_dict = state.hyperparams
@@ -769,9 +769,14 @@ def test_a_default_the_hyperparameter_dtype_cannot_hold_is_refused():
     params = {"w": jnp.zeros(3)}
     updates, _ = tx.update({"w": jnp.array([1.0, 0.0, 0.0])}, tx.init(params), params)
     assert np.isfinite(np.asarray(updates["w"])).all()
-    # float32 (the default) and bfloat16 hold adam's defaults
-    for dtype in (jnp.float32, jnp.bfloat16):
-        make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=dtype)
+    # float32 (the default) holds adam's defaults
+    make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.float32)
+    # bfloat16 rounds b2=0.999 to 1: every update was NaN (hostile review, helper-182)
+    with pytest.raises(ValueError, match=r"adam: the default b2=0.999 is 1.0 in bfloat16.*b2="):
+        make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.bfloat16)
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3}, b2=0.99, hyperparam_dtype=jnp.bfloat16)
+    updates, _ = tx.update({"w": jnp.array([1.0, 0.0, 0.0])}, tx.init(params), params)
+    assert np.isfinite(np.asarray(updates["w"])).all()
 
 
 def test_set_hparams_takes_a_python_int_past_64_bits_as_the_float_it_is():
@@ -809,3 +814,47 @@ def test_as_traced_checks_a_subclass_of_float_or_int_as_its_plain_value():
             as_traced({"x": leaf}, dtype)
     assert as_traced({"x": Loaded(0.5)})["x"].dtype == jnp.float32
     assert float(as_traced({"x": Big.HUGE})["x"]) == 2.0**40  # (float32 holds it)
+
+
+@pytest.mark.skipif(jax.config.jax_enable_x64, reason="the 64-bit dtypes are 32-bit without x64")
+@pytest.mark.filterwarnings("ignore:Explicitly requested dtype")
+@pytest.mark.parametrize(
+    "leaf, dtype",
+    [
+        (1e300, jnp.float64),
+        (1e-300, jnp.float64),
+        (np.int64(2**40), jnp.int64),
+        (np.uint64(2**32 + 5), jnp.uint64),
+        (2**40, jnp.int64),
+    ],
+)
+def test_as_traced_checks_a_64_bit_dtype_as_the_32_bits_it_is_without_x64(leaf, dtype):
+    """Without x64, JAX makes a float64 array float32 (int64 int32): the values were
+    checked against the 64-bit range, then came back inf, 0 or wrapped (5 for 2**32 + 5)
+    with only JAX's dtype warning (hostile review, helper-182)."""
+    with pytest.raises(ValueError, match="as_traced"):
+        as_traced({"a": leaf}, dtype)
+    assert float(as_traced({"a": 0.5}, jnp.float64)["a"]) == 0.5
+
+
+def test_set_hparams_on_a_stacked_population_keeps_an_integer_weak_as_vmap_does():
+    """A weakly typed integer stayed weak only when it was a scalar: set_hparams on a
+    stacked population made it strong, and the jitted step traced again (vmap of
+    set_hparams kept it weak; hostile review, helper-182)."""
+    tx = make_optimizer(optax.apply_every, k=2)  # an int hyperparameter
+    states = jax.vmap(lambda _: tx.init({"w": jnp.zeros(3)}))(jnp.arange(4))
+    traces = []
+
+    @jax.jit
+    def step(states):
+        traces.append(1)
+        return jax.vmap(tx.update)({"w": jnp.ones((4, 3))}, states)[1]
+
+    states = step(states)
+    k = jnp.array([1, 2, 3, 4])
+    stacked, mapped = set_hparams(states, {"k": k}), jax.vmap(set_hparams)(states, {"k": k})
+    assert jax.typeof(get_hparams(stacked)["k"]) == jax.typeof(get_hparams(mapped)["k"])
+    assert jax.typeof(get_hparams(stacked)["k"]).weak_type
+    assert get_hparams(stacked)["k"].tolist() == [1, 2, 3, 4]
+    step(mapped), step(stacked)
+    assert len(traces) == 1
