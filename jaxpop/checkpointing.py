@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FORMAT",
     "CheckpointSaveError",
+    "DamagedCheckpointError",
     "GarbageReport",
     "MissingCheckpointError",
     "ParamStore",
@@ -151,6 +152,12 @@ class MissingCheckpointError(FileNotFoundError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint on disk is damaged: a part of it lost, unreadable, or not what was
+    saved (its message says "is damaged"). A ``ValueError``, as a target that does not
+    fit is: catch this one to tell the two apart."""
 
 
 class CheckpointSaveError(RuntimeError):
@@ -495,15 +502,15 @@ _SPEC_FIELDS = {"array": ("shape", "dtype", "key"), "empty": ("shape", "dtype"),
 def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
     """The leaf specs of a checkpoint's ``meta`` item, checked: its format, its checksum
     (format 2), and the form of each spec (what format 1, without a checksum, needs); a
-    ``ValueError`` saying the checkpoint is damaged (or not a ParamStore one) otherwise."""
+    :class:`DamagedCheckpointError` (or not a ParamStore one) otherwise."""
     found = meta.get("format") if isinstance(meta, Mapping) else None
     if found not in (FORMAT, _FORMAT_1):
-        raise ValueError(
+        raise DamagedCheckpointError(
             f"{handle!r} is not a checkpoint of format {FORMAT!r} (found {found!r:.80}): it "
             "is damaged, or not a ParamStore checkpoint"
         )
     if found == FORMAT and meta.get("crc32") != _meta_crc32(meta):
-        raise ValueError(
+        raise DamagedCheckpointError(
             f"checkpoint {handle!r} is damaged: its meta item does not match its checksum"
         )
     specs = meta.get("leaves")
@@ -522,7 +529,7 @@ def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
                 for n in spec["shape"]:
                     operator.index(n)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(
+        raise DamagedCheckpointError(
             f"checkpoint {handle!r} is damaged: its meta item does not describe its leaves "
             f"({type(e).__name__}: {e!s:.80})"
         ) from e
@@ -1039,9 +1046,9 @@ class ParamStore:
             garbage collection, never finished, or a wrong path).
           OSError: the checkpoint cannot be read now (permission denied, an I/O error):
             raised as it is, never taken for a missing one.
-          ValueError: the target's structure, shapes or dtypes differ from the saved ones,
-            or the checkpoint is damaged (a part of it lost, unreadable, or not what was
-            saved: its message says "is damaged").
+          DamagedCheckpointError: the checkpoint is damaged (a part of it lost,
+            unreadable, or not what was saved; a ``ValueError``).
+          ValueError: the target's structure, shapes or dtypes differ from the saved ones.
         """
         if not isinstance(handle, str):
             raise TypeError(
@@ -1126,7 +1133,7 @@ class ParamStore:
             if not _is_dir(path):
                 raise self._missing(handle, path) from e
             _raise_if_unreadable(path)
-            raise ValueError(
+            raise DamagedCheckpointError(
                 f"{handle!r} is damaged, or not a jaxpop ParamStore checkpoint: {e}"
             ) from e
         specs = _leaf_specs(handle, meta)
@@ -1170,14 +1177,16 @@ class ParamStore:
                     raise
                 _raise_if_unreadable(path)
                 # (TensorStore's messages hold its whole spec: cut short)
-                raise ValueError(f"checkpoint {handle!r} is damaged: {str(e)[:200]}...") from e
+                raise DamagedCheckpointError(
+                    f"checkpoint {handle!r} is damaged: {str(e)[:200]}..."
+                ) from e
         leaves = []
         for spec, (_, leaf) in zip(specs, flat, strict=True):
             if spec["kind"] == "array":
                 # one leaf at a time: its host copy is freed once it is placed
                 array = arrays.pop(spec["key"])
                 if spec["key"] in checked and _crc32(np.asarray(array)) != spec["crc32"]:
-                    raise ValueError(
+                    raise DamagedCheckpointError(
                         f"checkpoint {handle!r} is damaged: the data of leaf "
                         f"{spec['path'] or '<root>'} does not match its checksum"
                     )

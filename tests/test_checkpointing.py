@@ -30,6 +30,7 @@ from conftest import noop_mutator, run_python
 from jaxpop import PopulationController, checkpointing
 from jaxpop.checkpointing import (
     CheckpointSaveError,
+    DamagedCheckpointError,
     MissingCheckpointError,
     ParamStore,
     retained_handles,
@@ -1456,7 +1457,7 @@ def test_a_checkpoint_missing_its_arrays_is_a_value_error_naming_it(tmp_path):
         tree = {"w": jnp.arange(4.0)}
         handle = store.save("g", 0, tree)
         shutil.rmtree(os.path.join(handle, "state"))
-        with pytest.raises(ValueError, match="is damaged"):
+        with pytest.raises(DamagedCheckpointError, match="is damaged"):
             store.restore(handle, jax.eval_shape(lambda: tree))
         # only the array data file lost or cut short: TensorStore's bare Exception
         for damage in ("delete", "truncate"):
@@ -1467,7 +1468,7 @@ def test_a_checkpoint_missing_its_arrays_is_a_value_error_naming_it(tmp_path):
                 os.remove(largest)
             else:
                 os.truncate(largest, os.path.getsize(largest) // 2)
-            with pytest.raises(ValueError, match=f"{handle}' is damaged"):
+            with pytest.raises(DamagedCheckpointError, match=f"{handle}' is damaged"):
                 store.restore(handle, jax.eval_shape(lambda: {"w": jnp.arange(1000.0)}))
             shutil.rmtree(handle)
 
@@ -1521,6 +1522,7 @@ def test_one_flipped_bit_anywhere_restores_exactly_or_is_the_damage_error(tmp_pa
                 try:
                     back = store.restore(handle, tree)
                 except ValueError as e:
+                    assert isinstance(e, DamagedCheckpointError), (path, place, e)
                     assert "is damaged" in str(e), (path, place, e)
                     outcomes["error"] += 1
                 else:

@@ -12,6 +12,7 @@ from examples import data as data_lib
 from examples.complex_cnn import train as complex_cnn
 from examples.simple_cnn import train as simple_cnn
 from jaxpop import report, storage
+from jaxpop.checkpointing import DamagedCheckpointError
 
 
 def _stored(log_dir, workers):
@@ -150,10 +151,24 @@ def test_vectorized_example_runs_and_resumes(tmp_path):
     )
     assert not leftover.exists()
     assert resumed["checkpoints"] > summary["checkpoints"]
-    # another --workers: said, not a shape error's traceback (helper-180)
+    assert all(m["val_accuracy"] is not None for m in resumed["members"] if m["step"] == 50)
+    # another --workers, or --model: said, not a shape error's traceback (helper-180)
     with pytest.raises(SystemExit, match=r"has 4 members, not --workers 2"):
         vectorized.main(["--steps", "60", "--workers", "2", *argv[4:], "--log-dir", str(tmp_path)])
-    assert all(m["val_accuracy"] is not None for m in resumed["members"] if m["step"] == 50)
+    with pytest.raises(SystemExit, match=r"does not fit this population \(another --model"):
+        vectorized.main(["--steps", "60", *argv[2:], "--model", "cnn", "--log-dir", str(tmp_path)])
+    # a damaged snapshot is said to be damaged, not blamed on the flags (helper-184)
+    lineage = storage.Store(str(tmp_path / "population")).load()
+    handle = lineage.history.latest(lineage.workers[0].generation_id).params
+    files = [os.path.join(d, n) for d, _, names in os.walk(handle) for n in names]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.seek(os.path.getsize(largest) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(DamagedCheckpointError, match="is damaged"):
+        vectorized.main(["--steps", "60", *argv[2:], "--log-dir", str(tmp_path)])
 
 
 def test_the_digits_split_does_not_depend_on_the_seed(tmp_path, monkeypatch):

@@ -19,7 +19,9 @@ Differences from the threaded example, each because a worker may now be restarte
   checkpoint that was never finished;
 * each worker loads the data set and compiles its training step itself (one
   compilation per worker process; the summary counts those of the processes that
-  finished, so a worker restarted after a kill counts once, as do its accuracies).
+  finished, so a worker restarted after a kill counts once, and the validation
+  accuracies its killed process measured are not in the summary: those checkpoints
+  show none).
 
 ``--kill-after S`` kills worker 0's actor and the controller's actor once, ``S`` seconds
 after the first evaluation (as a crash would: Ray restarts both; the controller resumes from its

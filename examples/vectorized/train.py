@@ -42,7 +42,7 @@ from examples import population_cnn
 from examples.cnn import MODELS, accuracy, augment, cross_entropy
 from jaxpop import storage
 from jaxpop import vectorized as vz
-from jaxpop.checkpointing import ParamStore
+from jaxpop.checkpointing import DamagedCheckpointError, ParamStore
 from jaxpop.hparams import make_optimizer
 from jaxpop.keys import root_key
 from jaxpop.mutators import explore, selection
@@ -152,10 +152,13 @@ def _resume(log, store, model, pop):
         return None
     try:
         pop = vz.restore_snapshot(store, latest.params, jax.eval_shape(lambda: pop), model.mesh)
-    except ValueError as error:  # (its arrays' shapes are another model's)
+    except DamagedCheckpointError:
+        raise  # (not a flag to change: its message says which file, and how)
+    except ValueError as error:  # (its arrays' shapes are another model's, or images')
         raise SystemExit(
             f"the snapshot in this --log-dir does not fit this population (another "
-            f"--model?): rerun with the run's flags, or use another --log-dir ({error})"
+            f"--model or --dataset?): rerun with the run's flags, or use another --log-dir "
+            f"({error})"
         ) from None
     return lineage, pop
 

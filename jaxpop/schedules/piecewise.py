@@ -212,7 +212,10 @@ def tabulate(schedule: Schedule, stop: int, *, start: int = 0, every: int = 1) -
     Values go through :func:`~jaxpop.schedules.to_host`; a sample equal to the previous
     one (:func:`~jaxpop.schedules.tree_equal`) adds no point. The result is the
     hyperparameters a ``FixedSchedule(schedule, every=every)`` worker trains with, from
-    ``start`` up to ``stop``.
+    ``start`` up to ``stop``, once the schedule has applied: given a mapping or a
+    ``Piecewise`` whose first point is past 0, such a worker trains with its initial
+    hyperparameters until the first grid point at or past that point, where the table
+    holds the first point's values from ``start`` on, as the ``Piecewise`` does.
 
     >>> tabulate(lambda step: {"lr": 0.1 if step < 5 else 0.05}, 10)
     piecewise({0: {'lr': 0.1}, 5: {'lr': 0.05}})
