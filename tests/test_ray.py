@@ -8,6 +8,7 @@ the next.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -414,8 +415,11 @@ def _start_then_wait(worker_id, started, release):
     return worker_id
 
 
-def _slow_copy(meta):
-    time.sleep(5)
+def _slow_copy(release, meta):
+    """Busy until ``release`` exists (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return meta
 
 
@@ -425,7 +429,8 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
     """Asking whether the run was over took the client's own timeout (120 s by default):
     wait(timeout_s=...) overran its deadline by as long as the controller was busy (in a
     mutator, restarting, waiting for its lock; hostile review, helper-168)."""
-    mutator = WinnerTakeAllGenetic(_slow_copy, steps_per_exploit=1)
+    idle = str(tmp_path / "idle")
+    mutator = WinnerTakeAllGenetic(functools.partial(_slow_copy, idle), steps_per_exploit=1)
     started, release = str(tmp_path / "started"), str(tmp_path / "release")
     with jaxpop_ray.serve(_population(1), mutator, log_dir=tmp_path, name="busy") as client:
         group = jaxpop_ray.start_workers(_sleep_forever, 1, num_cpus=0)
@@ -436,7 +441,7 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
                 time.sleep(0.05)  # (its actor is up before the controller is made busy)
             gen = client.maybe_get_worker_data(0, None, 0, None, None).generation_id
             busy = threading.Thread(target=client.set_eval, args=(0, gen, 1, "p", 1.0))
-            busy.start()  # the controller is in the mutator for 5 s
+            busy.start()  # the controller is in the mutator until the file "idle" exists
             time.sleep(0.5)
             started = time.monotonic()
             with pytest.raises(TimeoutError):
@@ -446,8 +451,10 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
             # "still running" (helper-173)
             threading.Timer(0.5, lambda: open(release, "w").close()).start()
             assert ending.wait(timeout_s=2.0, until_done=client) == [0]
+            open(idle, "w").close()
             busy.join()
         finally:
+            open(idle, "w").close()
             group.shutdown()
             ending.shutdown()
 
@@ -522,11 +529,12 @@ def test_a_failing_worker_function_raises_and_ends_the_group(ray_session, tmp_pa
 
 
 def test_clients_travel_and_concurrent_calls_are_serialized(ray_session, tmp_path):
-    with jaxpop_ray.serve(_population(4), _wta(10), log_dir=tmp_path, name="travel") as client:
+    # (two worker actors: each start imports jaxpop, seconds of the suite's time)
+    with jaxpop_ray.serve(_population(2), _wta(10), log_dir=tmp_path, name="travel") as client:
         results = jaxpop_ray.run_workers(
-            _train, 4, args=(client, 30), kwargs={"pause": 0.0}, num_cpus=0.25
+            _train, 2, args=(client, 30), kwargs={"pause": 0.0}, num_cpus=0.25
         )
-        assert [r["first_step"] for r in results] == [0, 0, 0, 0]
+        assert [r["first_step"] for r in results] == [0, 0]
         assert all(r["step"] >= 30 for r in results)
         state = client.state
         for i, result in enumerate(results):
