@@ -846,6 +846,12 @@ def test_a_schedule_built_otherwise_is_another_configuration(tmp_path):
     def fixed(schedule):
         return FixedSchedule(schedule, every=10)
 
+    def nested(peak, levels=4):
+        schedule = schedules.per_leaf({"h": optax.cosine_onecycle_schedule(100, peak)})
+        for _ in range(levels):
+            schedule = schedules.join([schedules.merge(schedule), schedule], [50])
+        return schedule
+
     long = {i * 10: {"h": float(i)} for i in range(6)}
     ramp = {0: {"h": 0.0}, 100: {"h": 0.3}}
     for started, other in [
@@ -856,6 +862,7 @@ def test_a_schedule_built_otherwise_is_another_configuration(tmp_path):
             schedules.per_leaf({"h": optax.linear_schedule(0.0, 1.0, 10)}),
             schedules.per_leaf({"h": optax.linear_schedule(0.0, 2.0, 10)}),
         ),
+        (nested(1e-3), nested(1.0)),  # (past the 20 levels described before: helper-185)
     ]:
         log_dir = tmp_path / str(len(os.listdir(tmp_path)))
         PopulationController([{"h": 0.0}], fixed(started), log_dir=log_dir).close()
@@ -876,6 +883,28 @@ def test_a_schedule_built_otherwise_is_another_configuration(tmp_path):
             config = {**now["mutator"]["config"], "schedule": recorded_as}
             recorded = {**now, "mutator": {**now["mutator"], "config": config}}
             assert (differences(recorded, now) == []) == same
+
+
+def test_only_jaxpops_objects_are_described_by_their_slots_and_a_repr_compares_once():
+    """Any object with __slots__ was described by them (for a Piecewise's points): a
+    pathlib.Path's lazily filled caches, its hash among them, made one path describe
+    differently after use and in another process; and two new descriptions of one
+    Piecewise differed where numpy's print options made their reprs differ (helper-185)."""
+    import pathlib
+
+    from jaxpop import schedules
+    from jaxpop.mutators.base import _describe
+    from jaxpop.storage.run import differences
+
+    path = pathlib.Path("/data/curriculum.json")
+    before = _describe(path)
+    hash(path), str(path), path.parts
+    assert _describe(path) == before == "PosixPath: PosixPath('/data/curriculum.json')"
+    schedule = schedules.piecewise({0: {"h": np.arange(3) / 3}, 10: {"h": np.ones(3)}})
+    run = {"population_size": 1, "mutator": FixedSchedule(schedule).describe()}
+    with np.printoptions(precision=3):
+        again = {"population_size": 1, "mutator": FixedSchedule(schedule).describe()}
+    assert again != run and differences(run, again) == []
 
 
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):

@@ -782,12 +782,17 @@ def serve(
     # (the start is waited for apart from the calls: a short timeout_s, for calls, would
     # otherwise have to cover a process start and imports on a busy node)
     client = PopulationClient(actor, name, namespace, timeout_s=start_timeout_s, owner=True)
+    until = None if start_timeout_s is None else time.monotonic() + start_timeout_s
     try:
         try:
-            client._log_dir = client.info()["log_dir"]
+            client._log_dir = client._call("info", until=until)["log_dir"]
         except _NoRunError:  # (restarted before its first answer: nothing acknowledged)
-            ray.get(actor.start_afresh.remote(), timeout=client.timeout_s)
-            client._log_dir = client.info()["log_dir"]
+            left = None if until is None else max(until - time.monotonic(), 0.0)
+            try:
+                ray.get(actor.start_afresh.remote(), timeout=left)
+            except ray.exceptions.GetTimeoutError as e:
+                raise _NoAnswer(f"no answer to start_afresh: {e}") from e
+            client._log_dir = client._call("info", until=until)["log_dir"]
     except BaseException as error:
         ray.kill(actor, no_restart=True)
         client._owner = False  # (nothing to keep alive)

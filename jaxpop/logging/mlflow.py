@@ -276,7 +276,8 @@ class MlflowLogger:
             # the rows of exploits.json so far: a copy that logs exploits (a driver's
             # resumed from a pickle) rewrites the file with them, not without
             "exploits": list(self._exploits),
-            "written": self._written,
+            # (rows this copy inherited unwritten stay so in its own copies, until written)
+            "written": 0 if self._inherited_unwritten else self._written,
             "created": self._created,
             # params a transient failure kept: a copy (a rerun, a restarted actor) sends them
             "params": {worker: dict(params) for worker, params in self._params.items()},

@@ -140,7 +140,8 @@ class WandbLogger:
         return {
             **self._options,
             "exploits": list(self._exploits),
-            "published": self._published,
+            # (rows this copy inherited unlogged stay so in its own copies, until logged)
+            "published": 0 if self._inherited_unpublished else self._published,
             "failed": dict(self._failed),
         }
 

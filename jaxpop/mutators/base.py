@@ -377,7 +377,9 @@ def _name(obj: Any) -> str:
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 _ARRAY_VALUES_LIMIT = 64  # larger arrays are described by a digest of their bytes
 _REPR_LIMIT = 200  # longer reprs are described by a digest too
-_DESCRIBE_DEPTH = 20  # deeper structures are cut off (configurations are shallow)
+# deeper structures are cut off (configurations are shallow, but a schedule built of
+# schedules takes about three levels a combinator)
+_DESCRIBE_DEPTH = 100
 
 
 def _digest(data: bytes) -> str:
@@ -444,7 +446,7 @@ def _describe(value: Any, depth: int = 0) -> Any:
             return {"array": str(array.dtype), "shape": array.shape, "values": values}
     if hasattr(value, "__dict__") and not isinstance(value, type):  # e.g. a callable object
         return {"type": _name(t), "fields": _describe(dict(vars(value)), depth)}
-    slots = _slots(t)
+    slots = _slots(t) if _builds_schedules(t) else ()
     if slots and not isinstance(value, type):  # (a Piecewise: its points, not its repr's few)
         fields = {name: getattr(value, name) for name in slots if hasattr(value, name)}
         fields = _compact(_describe(fields, depth))
@@ -478,10 +480,11 @@ def _slots(cls: type) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _builds_schedules(function: Any) -> bool:
-    """Whether ``function`` is defined in jaxpop or optax (whose closures are schedules,
-    built from numbers and other schedules; a user's closure is described by its name)."""
-    return (getattr(function, "__module__", None) or "").split(".")[0] in ("jaxpop", "optax")
+def _builds_schedules(obj: Any) -> bool:
+    """Whether a function or class is defined in jaxpop or optax (whose closures and
+    slotted objects are schedules, built from numbers and other schedules; a user's
+    closure is described by its name, any other object by its fields or its repr)."""
+    return (getattr(obj, "__module__", None) or "").split(".")[0] in ("jaxpop", "optax")
 
 
 def _cell_contents(cell: Any) -> Any:
