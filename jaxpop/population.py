@@ -554,7 +554,9 @@ class PopulationController:
         with a new random root key (see :meth:`load_state`), and when its run began (as
         its bytes say; a state saved before jaxpop wrote it: this run's start)."""
         state, run = seed_lib.state_from_bytes(data, where)
-        run_lib.check_resume(where, run, self._run, state.population_size, self._reconfigure)
+        run_lib.check_resume(
+            where, run, self._run, state.population_size, self._reconfigure, saved_state=True
+        )
         return _rekeyed(self._in_mode(state)), run.get("started", self._start)
 
     # -- read-only views ------------------------------------------------------------

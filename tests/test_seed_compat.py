@@ -1002,3 +1002,17 @@ def test_params_a_seed_mutator_passes_on_from_the_cache_are_not_copied_again():
     stored = c.history[g0][10].params
     assert c.active_workers[1].params is stored
     assert c.history[c.active_workers[1].generation_id][10].params is stored
+
+
+def test_a_saved_state_of_another_run_is_said_to_be_one():
+    """load_state's mismatch blamed "the log_dir" (there is none) and advised another
+    one (helper-186)."""
+
+    def controller(n):
+        return pop_mod.PopulationController([1.0] * n, CopyBest(2), seed=0)
+
+    with pytest.raises(storage.RunMismatchError) as info:
+        controller(2).load_state(controller(3).serialized_state())
+    message = str(info.value)
+    assert "population size: 3 in the saved state, 2 now" in message
+    assert "log_dir" not in message and "load a state this run saved" in message

@@ -278,6 +278,10 @@ def test_a_truncated_file_is_a_clear_error_and_nothing_is_written(seed, tmp_path
         ("extra", "bytes follow"),
         ("set", r"meta_params\['tags'\] is a set"),
         ("object array", r"meta_params\['a'\] is a numpy array or scalar of dtype"),
+        # (migrated, the run failed at its first exploit, on every retry: helper-186)
+        ("mixed keys", r"\]\.meta_params has a dict whose keys cannot be sorted"),
+        # (the message showed the reader's internal object: helper-186)
+        ("numpy str id", r"cache\[<a numpy array or scalar of dtype dtype\('<U5'\)"),
     ],
 )
 def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
@@ -289,12 +293,46 @@ def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
         data = _write_seed_run(src, seed, meta_extra={"tags": {"a"}})
     elif content == "object array":
         data = _write_seed_run(src, seed, meta_extra={"a": np.array([None, 1])})
+    elif content == "mixed keys":
+        data = _write_seed_run(src, seed, meta_extra={0: 2})
+    elif content == "numpy str id":
+        workers, cache, mutator_state = _seed_state(seed)
+        cache[np.str_("gen-x")] = cache.pop("gen-c")
+        data = pickle.dumps((workers, cache, mutator_state))
     else:
         data = pickle.dumps(content)
     (src / "population.state").write_bytes(data)
     with pytest.raises(storage.SeedStateError, match=match):
         storage.migrate_seed_state(src)
     assert os.listdir(src) == ["population.state"]
+
+
+def test_a_seed_file_that_is_no_regular_file_is_refused_without_blocking(tmp_path):
+    """A FIFO as population.state hung the migration (and the command) for good, a link
+    to /dev/zero read until memory ran out; the controller's own check refused both
+    (helper-186)."""
+    import threading
+
+    src = tmp_path / "seed"
+    src.mkdir()
+    os.mkfifo(src / "population.state")
+    errors = []
+
+    def migrate():
+        try:
+            storage.migrate_seed_state(src)
+        except Exception as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=migrate, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the migration blocked on a FIFO"
+    assert isinstance(errors[0], storage.SeedStateError) and "FIFO" in str(errors[0])
+    os.remove(src / "population.state")
+    os.symlink("/dev/zero", src / "population.state")
+    with pytest.raises(storage.SeedStateError, match="cannot be migrated"):
+        seed_state.load_seed_state(src)
 
 
 def test_numeric_numpy_arrays_are_read_in_every_layout_and_protocol(seed, tmp_path):

@@ -42,19 +42,20 @@ def is_description(run: Any) -> bool:
     )
 
 
-def differences(recorded: Run, run: Run) -> list[str]:
-    """What differs between two descriptions, one line each (a mutator ``None`` matches any)."""
+def differences(recorded: Run, run: Run, *, recorded_in: str = "in the log_dir") -> list[str]:
+    """What differs between two descriptions, one line each (a mutator ``None`` matches
+    any); ``recorded_in`` says where ``recorded`` was read, in the lines."""
     lines = []
     if recorded["population_size"] != run["population_size"]:
         lines.append(
-            f"population size: {recorded['population_size']} in the log_dir, "
+            f"population size: {recorded['population_size']} {recorded_in}, "
             f"{run['population_size']} now"
         )
     old, new = recorded.get("mutator"), run.get("mutator")
     if old is None or new is None:
         return lines
     if old["kind"] != new["kind"]:
-        lines.append(f"mutator: {old['kind']} in the log_dir, {new['kind']} now")
+        lines.append(f"mutator: {old['kind']} {recorded_in}, {new['kind']} now")
         return lines
     defaults = new.get("defaults") or {}
     for name in dict.fromkeys([*old["config"], *new["config"]]):
@@ -66,7 +67,7 @@ def differences(recorded: Run, run: Run) -> list[str]:
             continue  # an option added since the run started, left at its default
         if not _same(was, now):
             where, was, now = _first_difference(was, now, name)
-            lines.append(f"mutator {where}: {was!r:.120} in the log_dir, {now!r:.120} now")
+            lines.append(f"mutator {where}: {was!r:.120} {recorded_in}, {now!r:.120} now")
     return lines
 
 
@@ -112,7 +113,13 @@ def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any]:
 
 
 def check_resume(
-    log_dir: str, recorded: Run | None, run: Run, population_size: int, reconfigure: bool
+    log_dir: str,
+    recorded: Run | None,
+    run: Run,
+    population_size: int,
+    reconfigure: bool,
+    *,
+    saved_state: bool = False,
 ) -> bool:
     """Refuses to resume the run ``log_dir`` holds as ``run``; says whether to record ``run``.
 
@@ -123,6 +130,8 @@ def check_resume(
       run: what the run is resumed as.
       population_size: the stored state's population size.
       reconfigure: accept another configuration of the same mutator kind.
+      saved_state: ``log_dir`` names a saved state (``load_state``'s), not a run's
+        ``log_dir`` (for messages).
 
     Returns:
       Whether ``run`` should be recorded (it says more than, or differs from, what is).
@@ -132,7 +141,10 @@ def check_resume(
         configuration without ``reconfigure``; the message lists what differs.
     """
     known = recorded or {"population_size": population_size, "mutator": None}
-    lines = differences(known, run)
+    recorded_in, elsewhere = "in the log_dir", "use another log_dir"
+    if saved_state:
+        recorded_in, elsewhere = "in the saved state", "load a state this run saved"
+    lines = differences(known, run, recorded_in=recorded_in)
     if not lines:
         return recorded is None or (recorded.get("mutator") is None and run["mutator"] is not None)
     same_kind = known["population_size"] == run["population_size"] and not any(
@@ -142,9 +154,9 @@ def check_resume(
         logger.warning("jaxpop: resuming %s reconfigured: %s", log_dir, "; ".join(lines))
         return True
     fix = (
-        "pass reconfigure=True to resume it with the new configuration, or use another log_dir"
+        f"pass reconfigure=True to resume it with the new configuration, or {elsewhere}"
         if same_kind
-        else "a run cannot change its population size or mutator kind: use another log_dir"
+        else f"a run cannot change its population size or mutator kind: {elsewhere}"
     )
     raise RunMismatchError(
         f"{log_dir} holds a run started differently:\n  " + "\n  ".join(lines) + f"\n{fix}"

@@ -30,6 +30,7 @@ from typing import Any, ClassVar, NamedTuple, cast
 import numpy as np
 
 from jaxpop import core, encoding
+from jaxpop.boundary import check_sortable_keys
 from jaxpop.core import PopulationState
 from jaxpop.keys import new_generation_id, root_key
 from jaxpop.records import ActiveWorker, Checkpoint
@@ -98,6 +99,8 @@ class _BoundedRepr(reprlib.Repr):
     def repr1(self, x: Any, level: int) -> str:
         if isinstance(x, _SeedRecord):
             return f"<a seed {x.kind}>"
+        if isinstance(x, _Refused):
+            return f"<{x.why}>"
         if type(x) is int and x.bit_length() > 64:
             return f"<an int of {x.bit_length()} bits>"
         if isinstance(x, (bytes, bytearray)) and len(x) > self.maxstring:
@@ -820,6 +823,13 @@ def _to_state(raw: Any, where: str, key: np.ndarray) -> PopulationState:
         }
         state = _own_generations(state_from_plain(plain), where)  # every check a stored
         encoding.encode(state_to_plain(state))  # state passes; what the snapshot will hold
+        # (a live controller refuses these where they enter: migrated, the run failed at
+        # its first exploit, on every retry)
+        for i, worker in enumerate(state.workers):
+            check_sortable_keys(worker.meta_params, f"active_workers[{i}].meta_params")
+        for checkpoint in state.history.checkpoints():
+            at = f"cache[{_short(checkpoint.generation_id)}][{checkpoint.step}].meta_params"
+            check_sortable_keys(checkpoint.meta_params, at)
     except (SeedStateError, TypeError, ValueError) as e:
         raise SeedStateError(f"{where} cannot be migrated: {e}") from None
     return state
@@ -855,9 +865,19 @@ def load_seed_state(path: str | os.PathLike, *, seed: int | None = None) -> Popu
     """
     key = root_key(seed)  # (a bad seed is the caller's, not the file's)
     source = _source(path)
-    with open(source, "rb") as f:
-        data = f.read()
+    data = _read(source)
     return _to_state(_unpickle(data, source), source, key)
+
+
+def _read(source: str) -> bytes:
+    """The bytes of the seed's file: a regular one (a FIFO there hung the reader, and
+    ``/dev/zero`` filled its memory)."""
+    try:
+        fd = open_regular(source, follow=True)
+    except CorruptLogError as e:
+        raise SeedStateError(f"{source} cannot be migrated: {e}") from None
+    with open(fd, "rb") as f:
+        return f.read()
 
 
 def migrate_seed_state(
@@ -895,8 +915,7 @@ def migrate_seed_state(
     """
     key = root_key(seed)  # (a bad seed is the caller's, not the file's)
     source = _source(src_dir)
-    with open(source, "rb") as f:
-        data = f.read()
+    data = _read(source)
     state = _to_state(_unpickle(data, source), source, key)
     if dst_log_dir is None:
         dst_log_dir = os.path.dirname(source) or "."
