@@ -301,7 +301,9 @@ class PopulationController:
                     saved = store.read_file(seed_lib.STATE_FILE)
                     if saved is not None:
                         try:
-                            state, self._start = self._state_to_load(saved, where)
+                            state, self._start = self._state_to_load(
+                                saved, where, f"remove or rename {where}, or use another log_dir"
+                            )
                         except storage.RunMismatchError:
                             raise  # (it says what differs, and what to do)
                         except ValueError as e:
@@ -535,7 +537,7 @@ class PopulationController:
             if data is None:
                 return False
             where = os.path.join(self._store.log_dir, seed_lib.STATE_FILE)
-        state, start = self._state_to_load(data, where)
+        state, start = self._state_to_load(data, where, "load a state this run saved")
         # a stop it already meets is applied before anything is written, so that
         # nothing changes on failure (the clock's too: read only if needed)
         timed = self._stop_when is not None or self._gone_after_s is not None
@@ -549,13 +551,22 @@ class PopulationController:
             self._seen = dict.fromkeys(range(state.population_size), now)
         return True
 
-    def _state_to_load(self, data: bytes, where: str) -> tuple[PopulationState, float]:
-        """The state saved as ``data`` (read from ``where``), checked against this run,
+    def _state_to_load(
+        self, data: bytes, where: str, elsewhere: str
+    ) -> tuple[PopulationState, float]:
+        """The state saved as ``data`` (read from ``where``), checked against this run
+        (``elsewhere``: what a mismatch's message advises instead),
         with a new random root key (see :meth:`load_state`), and when its run began (as
         its bytes say; a state saved before jaxpop wrote it: this run's start)."""
         state, run = seed_lib.state_from_bytes(data, where)
         run_lib.check_resume(
-            where, run, self._run, state.population_size, self._reconfigure, saved_state=True
+            where,
+            run,
+            self._run,
+            state.population_size,
+            self._reconfigure,
+            recorded_in="in the saved state",
+            elsewhere=elsewhere,
         )
         return _rekeyed(self._in_mode(state)), run.get("started", self._start)
 

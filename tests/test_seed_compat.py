@@ -1016,3 +1016,15 @@ def test_a_saved_state_of_another_run_is_said_to_be_one():
     message = str(info.value)
     assert "population size: 3 in the saved state, 2 now" in message
     assert "log_dir" not in message and "load a state this run saved" in message
+
+
+def test_a_log_dir_holding_only_another_runs_saved_state_says_what_to_do(tmp_path):
+    """A controller made on a log_dir holding only a saved state of another run was told
+    to load another state (helper-187): it can remove or rename the file."""
+    saved = pop_mod.PopulationController([1.0] * 3, CopyBest(2), seed=0).serialized_state()
+    (tmp_path / "population.jpstate").write_bytes(saved)
+    with pytest.raises(storage.RunMismatchError) as info:
+        pop_mod.PopulationController([1.0] * 2, CopyBest(2), str(tmp_path))
+    message = str(info.value)
+    assert "population size: 3 in the saved state, 2 now" in message
+    assert "remove or rename" in message and "load a state" not in message

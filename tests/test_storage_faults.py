@@ -846,7 +846,7 @@ def test_a_schedule_built_otherwise_is_another_configuration(tmp_path):
     def fixed(schedule):
         return FixedSchedule(schedule, every=10)
 
-    def nested(peak, levels=4):
+    def nested(peak, levels=8):
         schedule = schedules.per_leaf({"h": optax.cosine_onecycle_schedule(100, peak)})
         for _ in range(levels):
             schedule = schedules.join([schedules.merge(schedule), schedule], [50])
@@ -862,7 +862,9 @@ def test_a_schedule_built_otherwise_is_another_configuration(tmp_path):
             schedules.per_leaf({"h": optax.linear_schedule(0.0, 1.0, 10)}),
             schedules.per_leaf({"h": optax.linear_schedule(0.0, 2.0, 10)}),
         ),
-        (nested(1e-3), nested(1.0)),  # (past the 20 levels described before: helper-185)
+        # (past the 20 levels described before: helper-185; each level shares a schedule
+        # with the next, which doubled the work a level: helper-187)
+        (nested(1e-3), nested(1.0)),
     ]:
         log_dir = tmp_path / str(len(os.listdir(tmp_path)))
         PopulationController([{"h": 0.0}], fixed(started), log_dir=log_dir).close()
@@ -905,6 +907,40 @@ def test_only_jaxpops_objects_are_described_by_their_slots_and_a_repr_compares_o
     with np.printoptions(precision=3):
         again = {"population_size": 1, "mutator": FixedSchedule(schedule).describe()}
     assert again != run and differences(run, again) == []
+
+
+class _Ring:
+    """A user's callable schedule that refers to itself (twice)."""
+
+    def __init__(self, lr):
+        self.lr, self.prev, self.next = lr, self, self
+
+    def __call__(self, step):
+        return {"lr": self.lr}
+
+
+class _Slotted:
+    """A user's slotted callable schedule without a repr of its own."""
+
+    __slots__ = ("lr",)
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def __call__(self, step):
+        return {"lr": self.lr}
+
+
+def test_a_config_that_refers_to_itself_or_has_slots_is_described_by_its_values(tmp_path):
+    """A config object that refers to itself twice doubled describe()'s work at each
+    level: past 20 levels it never finished (helper-187); a user's slotted object was
+    described by its repr, the same for any values (helper-187)."""
+    for make in (_Ring, _Slotted):
+        log_dir = tmp_path / make.__name__
+        PopulationController([{"lr": 0.1}], FixedSchedule(make(0.1)), log_dir=log_dir).close()
+        PopulationController([{"lr": 0.1}], FixedSchedule(make(0.1)), log_dir=log_dir).close()
+        with pytest.raises(storage.RunMismatchError, match=r"schedule\.fields"):
+            PopulationController([{"lr": 0.1}], FixedSchedule(make(0.2)), log_dir=log_dir)
 
 
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):

@@ -386,11 +386,15 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
 
 
-def _describe(value: Any, depth: int = 0) -> Any:
-    """``value`` as plain data that compares equal for equal configurations."""
+def _describe(value: Any, depth: int = 0, memo: dict[int, Any] | None = None) -> Any:
+    """``value`` as plain data that compares equal for equal configurations.
+
+    ``memo``: what one description has described so far, by ``id`` (each object kept
+    alive with it): an object met again is described once (a schedule shared by two
+    others), and one met inside itself is ``"<cycle>"`` (a config that refers to itself
+    twice doubled the work at each level)."""
     if depth > _DESCRIBE_DEPTH:
         return "..."
-    depth += 1
     t = type(value)
     if value is None or t in (bool, str, bytes):
         return value
@@ -398,35 +402,54 @@ def _describe(value: Any, depth: int = 0) -> Any:
         return value if -(2**63) <= value < 2**63 else str(value)
     if t is float:
         return value if math.isfinite(value) else repr(value)
+    if memo is None:
+        memo = {}
+    known = memo.get(id(value))
+    if known is not None:
+        return _CYCLE if known[1] is _BEING_DESCRIBED else known[1]
+    memo[id(value)] = (value, _BEING_DESCRIBED)
+    described = _describe_object(value, depth + 1, memo)
+    memo[id(value)] = (value, described)
+    return described
+
+
+_BEING_DESCRIBED = object()
+_CYCLE = "<cycle>"
+
+
+def _describe_object(value: Any, depth: int, memo: dict[int, Any]) -> Any:
+    """:func:`_describe` of anything but ``None``, a bool, a str, bytes, an int or a float."""
+    t = type(value)
     if isinstance(value, Mutator):
         return value.describe()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {
-            f.name: _describe(getattr(value, f.name), depth) for f in dataclasses.fields(value)
+            field.name: _describe(getattr(value, field.name), depth, memo)
+            for field in dataclasses.fields(value)
         }
         return {"type": _name(t), "fields": fields}
     if isinstance(value, tuple) and hasattr(value, "_fields"):
-        fields = {f: _describe(getattr(value, f), depth) for f in value._fields}
+        fields = {f: _describe(getattr(value, f), depth, memo) for f in value._fields}
         return {"type": _name(t), "fields": fields}
     if isinstance(value, (list, tuple)):
-        return tuple(_describe(v, depth) for v in value)
+        return tuple(_describe(v, depth, memo) for v in value)
     if isinstance(value, (set, frozenset)):  # iteration order depends on the hash seed
-        return {"set": tuple(sorted((_describe(v, depth) for v in value), key=repr))}
+        return {"set": tuple(sorted((_describe(v, depth, memo) for v in value), key=repr))}
     if isinstance(value, Mapping):
-        items = [(_describe(k, depth), _describe(v, depth)) for k, v in value.items()]
+        items = [(_describe(k, depth, memo), _describe(v, depth, memo)) for k, v in value.items()]
         return tuple(sorted(items, key=lambda kv: repr(kv[0])))
     if isinstance(value, functools.partial):
         return {
-            "partial": _describe(value.func, depth),
-            "args": _describe(value.args, depth),
-            "keywords": _describe(value.keywords, depth),
+            "partial": _describe(value.func, depth, memo),
+            "args": _describe(value.args, depth, memo),
+            "keywords": _describe(value.keywords, depth, memo),
         }
     if inspect.ismethod(value):  # its object may hold configuration
-        return {"method": _name(value), "of": _describe(value.__self__, depth)}
+        return {"method": _name(value), "of": _describe(value.__self__, depth, memo)}
     if inspect.isfunction(value) and value.__closure__ and _builds_schedules(value):
         # (a schedule of jaxpop's or optax's: what it was built from is its configuration)
         contents = [_cell_contents(cell) for cell in value.__closure__]
-        return {"function": _name(value), "closure": _compact(_describe(contents, depth))}
+        return {"function": _name(value), "closure": _compact(_describe(contents, depth, memo))}
     if callable(value) and hasattr(value, "__qualname__"):
         return _name(value)
     if hasattr(value, "__array__") and hasattr(value, "dtype"):
@@ -437,19 +460,22 @@ def _describe(value: Any, depth: int = 0) -> Any:
         except Exception:  # an array-like numpy cannot read: described by its repr below
             array = None
         if array is not None and array.ndim == 0:
-            return _describe(array.item(), depth)  # np.int64(10) is 10
+            return _describe(array.item(), depth, memo)  # np.int64(10) is 10
         if array is not None:
             if array.size <= _ARRAY_VALUES_LIMIT:
-                values = _describe(array.tolist(), depth)
+                values = _describe(array.tolist(), depth, memo)
             else:
                 values = _digest(np.ascontiguousarray(array).tobytes())
             return {"array": str(array.dtype), "shape": array.shape, "values": values}
     if hasattr(value, "__dict__") and not isinstance(value, type):  # e.g. a callable object
-        return {"type": _name(t), "fields": _describe(dict(vars(value)), depth)}
-    slots = _slots(t) if _builds_schedules(t) else ()
-    if slots and not isinstance(value, type):  # (a Piecewise: its points, not its repr's few)
+        return {"type": _name(t), "fields": _describe(dict(vars(value)), depth, memo)}
+    # a slotted object by its slots: jaxpop's and optax's (a Piecewise: its points, not
+    # its repr's few), and one whose repr says nothing of it; another by its own repr (a
+    # pathlib.Path fills slots of caches as it is used, its hash among them)
+    slots = _slots(t) if _builds_schedules(t) or t.__repr__ is object.__repr__ else ()
+    if slots and not isinstance(value, type):
         fields = {name: getattr(value, name) for name in slots if hasattr(value, name)}
-        fields = _compact(_describe(fields, depth))
+        fields = _compact(_describe(fields, depth, memo))
         return {"type": _name(t), "fields": fields, "older": _text(value)}
     return _text(value)
 

@@ -119,7 +119,8 @@ def check_resume(
     population_size: int,
     reconfigure: bool,
     *,
-    saved_state: bool = False,
+    recorded_in: str = "in the log_dir",
+    elsewhere: str = "use another log_dir",
 ) -> bool:
     """Refuses to resume the run ``log_dir`` holds as ``run``; says whether to record ``run``.
 
@@ -130,8 +131,8 @@ def check_resume(
       run: what the run is resumed as.
       population_size: the stored state's population size.
       reconfigure: accept another configuration of the same mutator kind.
-      saved_state: ``log_dir`` names a saved state (``load_state``'s), not a run's
-        ``log_dir`` (for messages).
+      recorded_in, elsewhere: for messages: where ``recorded`` was read, and what to do
+        instead (for a saved state: ``"in the saved state"``, and load another).
 
     Returns:
       Whether ``run`` should be recorded (it says more than, or differs from, what is).
@@ -141,9 +142,6 @@ def check_resume(
         configuration without ``reconfigure``; the message lists what differs.
     """
     known = recorded or {"population_size": population_size, "mutator": None}
-    recorded_in, elsewhere = "in the log_dir", "use another log_dir"
-    if saved_state:
-        recorded_in, elsewhere = "in the saved state", "load a state this run saved"
     lines = differences(known, run, recorded_in=recorded_in)
     if not lines:
         return recorded is None or (recorded.get("mutator") is None and run["mutator"] is not None)

@@ -856,7 +856,8 @@ def load_seed_state(path: str | os.PathLike, *, seed: int | None = None) -> Popu
 
     Raises:
       FileNotFoundError: there is no such file.
-      SeedStateError: the file is truncated or damaged, refers to anything but the
+      SeedStateError: the file is no regular file (a FIFO, a device, a link to nothing),
+        is truncated or damaged, refers to anything but the
         seed's records and plain data (named in the message; none of it is imported or
         run), would expand past :data:`_MIN_BUDGET` plus :data:`_BUDGET_PER_BYTE` values
         per byte of it (shared references), gives a state to anything it did not make,
@@ -874,8 +875,9 @@ def _read(source: str) -> bytes:
     ``/dev/zero`` filled its memory)."""
     try:
         fd = open_regular(source, follow=True)
-    except CorruptLogError as e:
-        raise SeedStateError(f"{source} cannot be migrated: {e}") from None
+    except CorruptLogError as e:  # ("<source> cannot be read as a jaxpop file: <why>")
+        why = str(e).removeprefix(f"{source} cannot be read as a jaxpop file: ")
+        raise SeedStateError(f"{source} cannot be migrated: {why}") from None
     with open(fd, "rb") as f:
         return f.read()
 
@@ -908,8 +910,8 @@ def migrate_seed_state(
 
     Raises:
       FileNotFoundError: there is no ``population.state``.
-      SeedStateError: it cannot be read safely or represented (see
-        :func:`load_seed_state`); nothing is written.
+      SeedStateError: it is no regular file, or cannot be read safely or represented
+        (see :func:`load_seed_state`); nothing is written.
       FileExistsError: ``dst_log_dir`` already holds a jaxpop run; nothing is written.
       storage.LogDirInUseError: a live controller holds ``dst_log_dir``.
     """
