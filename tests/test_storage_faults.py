@@ -943,6 +943,39 @@ def test_a_config_that_refers_to_itself_or_has_slots_is_described_by_its_values(
             PopulationController([{"lr": 0.1}], FixedSchedule(make(0.2)), log_dir=log_dir)
 
 
+def test_a_description_does_not_depend_on_which_copy_of_an_object_is_met_first():
+    """An object described once and reused (helper-187's fix) gave, met first past the
+    depth limit or inside a cycle, its cut-off description everywhere: two configs that
+    differed described alike, and one config in another key order differently
+    (helper-188)."""
+    from jaxpop.mutators import base
+
+    class Node:
+        def __init__(self, name):
+            self.name, self.peer = name, None
+
+    def nest(inner, levels):
+        for _ in range(levels):
+            inner = [inner]
+        return inner
+
+    for x in ([0.1], [0.9]):
+        deep_first = {"a": nest(x, base._DESCRIBE_DEPTH - 2), "b": x}
+        shallow_first = {"b": x, "a": nest(x, base._DESCRIBE_DEPTH - 2)}
+        assert base._describe(deep_first) == base._describe(shallow_first)
+    assert base._describe({"a": nest([0.1], 98), "b": [0.1]}) != base._describe(
+        {"a": nest([0.9], 98), "b": [0.9]}
+    )
+    a, b = Node("a"), Node("b")
+    a.peer, b.peer = b, a
+    assert base._describe({"x": a, "y": b}) == base._describe({"y": b, "x": a})
+    # a run recorded cut off at a depth, or nested where a cycle is met now, resumes
+    from jaxpop.storage.run import _same
+
+    assert _same(("...",), ((("deep",),),)) and _same({"peer": {"t": 1}}, {"peer": "<cycle>"})
+    assert not _same(("...", 1), ((("deep",),), 2))
+
+
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):
     from jaxpop.mutators import Mutator
     from jaxpop.mutators.base import start_generation

@@ -386,14 +386,21 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()[:32]
 
 
-def _describe(value: Any, depth: int = 0, memo: dict[int, Any] | None = None) -> Any:
+def _describe(value: Any, depth: int = 0, memo: dict[Any, Any] | None = None) -> Any:
     """``value`` as plain data that compares equal for equal configurations.
 
     ``memo``: what one description has described so far, by ``id`` (each object kept
-    alive with it): an object met again is described once (a schedule shared by two
-    others), and one met inside itself is ``"<cycle>"`` (a config that refers to itself
-    twice doubled the work at each level)."""
+    alive with it): an object met inside itself is ``"<cycle>"`` (a config that refers
+    to itself twice doubled the work at each level), and one met again is described
+    once (a schedule shared by two others) where that gives what describing it there
+    would: if its description is whole (one cut off past the depth, ``"..."``, or
+    holding a ``"<cycle>"`` depends on where it was met) and fits below the depth
+    there."""
+    if memo is None:
+        memo = {_PARTS_CUT: 0, _DEEPEST: 0}
+    memo[_DEEPEST] = max(memo[_DEEPEST], depth)
     if depth > _DESCRIBE_DEPTH:
+        memo[_PARTS_CUT] += 1
         return "..."
     t = type(value)
     if value is None or t in (bool, str, bytes):
@@ -402,22 +409,35 @@ def _describe(value: Any, depth: int = 0, memo: dict[int, Any] | None = None) ->
         return value if -(2**63) <= value < 2**63 else str(value)
     if t is float:
         return value if math.isfinite(value) else repr(value)
-    if memo is None:
-        memo = {}
     known = memo.get(id(value))
     if known is not None:
-        return _CYCLE if known[1] is _BEING_DESCRIBED else known[1]
-    memo[id(value)] = (value, _BEING_DESCRIBED)
+        if known[1] is _BEING_DESCRIBED:
+            memo[_PARTS_CUT] += 1
+            return _CYCLE
+        _, described, height = known
+        if depth + height <= _DESCRIBE_DEPTH:
+            memo[_DEEPEST] = max(memo[_DEEPEST], depth + height)
+            return described
+    memo[id(value)] = (value, _BEING_DESCRIBED, 0)
+    cut, deepest = memo[_PARTS_CUT], memo[_DEEPEST]
+    memo[_DEEPEST] = depth
     described = _describe_object(value, depth + 1, memo)
-    memo[id(value)] = (value, described)
+    height = memo[_DEEPEST] - depth
+    memo[_DEEPEST] = max(deepest, memo[_DEEPEST])
+    if memo[_PARTS_CUT] == cut:
+        memo[id(value)] = (value, described, height)
+    else:  # (not whole: described again where it is met again)
+        del memo[id(value)]
     return described
 
 
 _BEING_DESCRIBED = object()
 _CYCLE = "<cycle>"
+_PARTS_CUT = "parts cut"  # memo keys: descriptions cut off or cycles met so far, and
+_DEEPEST = "deepest"  # the deepest level the description has reached
 
 
-def _describe_object(value: Any, depth: int, memo: dict[int, Any]) -> Any:
+def _describe_object(value: Any, depth: int, memo: dict[Any, Any]) -> Any:
     """:func:`_describe` of anything but ``None``, a bool, a str, bytes, an int or a float."""
     t = type(value)
     if isinstance(value, Mutator):

@@ -87,6 +87,10 @@ def _same(was: Any, now: Any) -> bool:
     does (as it matched before: upgrading jaxpop refuses no resume)."""
     if was == now:
         return True
+    if was == "..." or now == "<cycle>":
+        # (recorded cut off at a depth, or nested until cut off where an object met
+        # inside itself is a cycle now: as it matched before)
+        return True
     if type(was) is str and type(now) is dict:
         return was in (now.get("function"), now.get("older"))
     if type(was) is dict and type(now) is dict and was.keys() == now.keys():
