@@ -441,6 +441,12 @@ def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="window must be at most 4096"):
         PB2(perturbation_interval=5, hyperparam_space=SPACE, window=2**40)
     PB2Explorer(SPACE, beta=1e30, window=4096)
+    # (helper-189) 2**40 candidates passed, then failed the controller's start with
+    # numpy's MemoryError, naming no argument
+    for name in ("num_candidates", "num_local"):
+        with pytest.raises(ValueError, match=f"{name} must be at most 1048576"):
+            PB2(perturbation_interval=5, hyperparam_space=SPACE, **{name: 2**40})
+    PB2Explorer(SPACE, num_candidates=2**20, num_local=2**20)
 
 
 def test_whole_float_sizes_are_stored_as_ints_and_the_gp_runs(calls):

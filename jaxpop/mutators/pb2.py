@@ -49,6 +49,7 @@ _JITTER = 1e-5
 _TOP_K = 8  # candidates whose neighbourhoods are searched in the second stage
 _MAX_BETA = 1e30  # sqrt: 1e15, far inside float32
 _MAX_WINDOW = 4096  # reward changes the GP sees
+_MAX_CANDIDATES = 2**20  # points the UCB search scores in each stage (arrays of that many)
 _LOCAL_SCALE = 0.05  # std of the local perturbations, in normalised units
 
 
@@ -530,8 +531,8 @@ class PB2Explorer:
       min_observations: below this many, explore like PBT.
       min_interval: the least length of one interval, in steps (:func:`PB2` sets it to
         the ``perturbation_interval`` when that is in steps).
-      num_candidates: random candidates of the UCB search.
-      num_local: local candidates around the best 8 (a multiple of 8).
+      num_candidates: random candidates of the UCB search (at most 2**20).
+      num_local: local candidates around the best 8 (a multiple of 8, at most 2**20).
       resample_probability: the fallback's probability of a fresh draw.
       perturbation_factors: the fallback's perturbation factors.
     """
@@ -575,6 +576,13 @@ class PB2Explorer:
                 "memory grows as window**2 (about 200 bytes per pair of reward changes, "
                 "measured: 0.26 GiB at 1024, 0.86 GiB at 2048)"
             )
+        for name in ("num_candidates", "num_local"):
+            if getattr(self, name) > _MAX_CANDIDATES:  # (2**40 failed at the controller's
+                # start, as numpy's MemoryError for 4 TiB, naming nothing)
+                raise ValueError(
+                    f"{name} must be at most {_MAX_CANDIDATES}, got {getattr(self, name)}: "
+                    "each explore scores that many points (arrays of that many, per dimension)"
+                )
         if self.min_observations > self.window:  # the GP sees at most window changes
             raise ValueError(
                 f"min_observations ({self.min_observations}) must be at most window "
