@@ -267,7 +267,7 @@ class PopulationController:
         state = core.init(initial_population, mutator, key=root_key(seed), now=now)
         # when the run began, for a time budget: now, or what its log_dir recorded
         self._start = now
-        self._run = {"population_size": state.population_size, "mutator": mutator.describe()}
+        self._run = run_lib.describe_run(state.population_size, mutator)
         self._store: storage.Store | None = None
         if log_dir is not None:
             storage.seed_state.check_not_seed_run(log_dir)  # a seed run: refuse, say how to migrate

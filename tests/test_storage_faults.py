@@ -969,11 +969,25 @@ def test_a_description_does_not_depend_on_which_copy_of_an_object_is_met_first()
     a, b = Node("a"), Node("b")
     a.peer, b.peer = b, a
     assert base._describe({"x": a, "y": b}) == base._describe({"y": b, "x": a})
-    # a run recorded cut off at a depth, or nested where a cycle is met now, resumes
-    from jaxpop.storage.run import _same
+    # a run recorded (before the description format) cut off at a depth, or nested where
+    # a cycle is met now, resumes; one recorded now matches only an equal description:
+    # "..." and "<cycle>" are strings a config may hold (helper-190)
+    from jaxpop.storage.run import DESCRIPTION_FORMAT, _same, check_resume, describe_run
 
-    assert _same(("...",), ((("deep",),),)) and _same({"peer": {"t": 1}}, {"peer": "<cycle>"})
-    assert not _same(("...", 1), ((("deep",),), 2))
+    older = True
+    assert _same(("...",), ((("deep",),),), older)
+    assert _same({"peer": {"t": 1}}, {"peer": "<cycle>"}, older)
+    assert not _same(("...", 1), ((("deep",),), 2), older)
+    assert not _same(("...",), ((("deep",),),), not older)
+    assert not _same({"peer": {"t": 1}}, {"peer": "<cycle>"}, not older)
+    run = describe_run(1, FixedSchedule({0: {"note": "..."}}))
+    assert run["description_format"] == DESCRIPTION_FORMAT
+    other = describe_run(1, FixedSchedule({0: {"note": ["x", 0.5]}}))
+    with pytest.raises(storage.RunMismatchError, match=r"'\.\.\.' in the log_dir, \('x', 0\.5\)"):
+        check_resume("here", run, other, 1, False)
+    # a record of the older format is made anew, strict from then on
+    assert check_resume("here", {**run, "description_format": 1}, run, 1, False) is True
+    assert check_resume("here", run, run, 1, False) is False
 
 
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):

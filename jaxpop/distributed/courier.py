@@ -444,7 +444,7 @@ def _write_state(log_dir: str, state: Any, mutator: Any) -> None:
     """Makes ``log_dir`` hold ``state`` as a run that a controller resumes."""
     from jaxpop import storage
 
-    run = {"population_size": state.population_size, "mutator": mutator.describe()}
+    run = storage.run.describe_run(state.population_size, mutator)
     store = storage.Store(log_dir, run=run)
     try:
         if store.load() is not None:

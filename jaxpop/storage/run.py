@@ -16,7 +16,21 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RunMismatchError", "check_resume", "differences", "is_description"]
+__all__ = [
+    "DESCRIPTION_FORMAT",
+    "RunMismatchError",
+    "check_resume",
+    "describe_run",
+    "differences",
+    "is_description",
+]
+
+#: How ``Mutator.describe()`` describes configurations. A run description without it
+#: was recorded by an older jaxpop, which described some objects by less (a schedule by
+#: its function's name, a ``Piecewise`` by its repr, a deep structure cut off at a
+#: depth): such a record matches what the fuller description stands for (as it matched
+#: before), a record with it only an equal description.
+DESCRIPTION_FORMAT = 2
 
 logger = logging.getLogger("jaxpop")
 
@@ -25,6 +39,15 @@ Run = Mapping[str, Any]
 
 class RunMismatchError(ValueError):
     """A ``log_dir`` holds a run started with another population size or mutator."""
+
+
+def describe_run(population_size: int, mutator: Any) -> dict[str, Any]:
+    """The description of a run of ``population_size`` workers driven by ``mutator``."""
+    return {
+        "population_size": population_size,
+        "mutator": mutator.describe(),
+        "description_format": DESCRIPTION_FORMAT,
+    }
 
 
 def is_description(run: Any) -> bool:
@@ -57,6 +80,7 @@ def differences(recorded: Run, run: Run, *, recorded_in: str = "in the log_dir")
     if old["kind"] != new["kind"]:
         lines.append(f"mutator: {old['kind']} {recorded_in}, {new['kind']} now")
         return lines
+    older = recorded.get("description_format") != DESCRIPTION_FORMAT
     defaults = new.get("defaults") or {}
     for name in dict.fromkeys([*old["config"], *new["config"]]):
         was, now = old["config"].get(name, _ABSENT), new["config"].get(name, _ABSENT)
@@ -65,8 +89,8 @@ def differences(recorded: Run, run: Run, *, recorded_in: str = "in the log_dir")
             was, now = renamed.get(was, was), renamed.get(now, now)
         if was is _ABSENT and name in defaults and defaults[name] == now:
             continue  # an option added since the run started, left at its default
-        if not _same(was, now):
-            where, was, now = _first_difference(was, now, name)
+        if not _same(was, now, older):
+            where, was, now = _first_difference(was, now, name, older)
             lines.append(f"mutator {where}: {was!r:.120} {recorded_in}, {now!r:.120} now")
     return lines
 
@@ -80,39 +104,40 @@ _RENAMED_VALUES: dict[tuple[str, str], dict[Any, Any]] = {
 }
 
 
-def _same(was: Any, now: Any) -> bool:
-    """Whether a recorded value describes what ``now`` does. Where a description once
-    was a name or a repr (a jaxpop or optax schedule's closure, a ``Piecewise``), a run
-    recorded that way matches the fuller description now given when that name or repr
-    does (as it matched before: upgrading jaxpop refuses no resume)."""
+def _same(was: Any, now: Any, older: bool) -> bool:
+    """Whether a recorded value describes what ``now`` does. ``older``: recorded before
+    :data:`DESCRIPTION_FORMAT`, where a description was a name or a repr (a jaxpop or
+    optax schedule's closure, a ``Piecewise``), or cut off at a depth (``"..."``, also
+    where an object met inside itself is a ``"<cycle>"`` now): such a record matches
+    the fuller description now given where that name or repr does, and anything where
+    it was cut off (as it matched before: upgrading jaxpop refuses no resume)."""
     if was == now:
         return True
-    if was == "..." or now == "<cycle>":
-        # (recorded cut off at a depth, or nested until cut off where an object met
-        # inside itself is a cycle now: as it matched before)
+    if older and (was == "..." or now == "<cycle>"):
         return True
-    if type(was) is str and type(now) is dict:
+    if older and type(was) is str and type(now) is dict:
         return was in (now.get("function"), now.get("older"))
     if type(was) is dict and type(now) is dict and was.keys() == now.keys():
         # ("older", the repr, only matches a run recorded by it: the fields say more, and
         # a repr may change with numpy's print options)
         keys = [k for k in was if not (k == "older" and "fields" in was)]
-        return all(_same(was[k], now[k]) for k in keys)
+        return all(_same(was[k], now[k], older) for k in keys)
     if type(was) is tuple and type(now) is tuple and len(was) == len(now):
-        return all(_same(a, b) for a, b in zip(was, now, strict=True))
+        return all(_same(a, b, older) for a, b in zip(was, now, strict=True))
     return False
 
 
-def _first_difference(a: Any, b: Any, where: str) -> tuple[str, Any, Any]:
+def _first_difference(a: Any, b: Any, where: str, older: bool) -> tuple[str, Any, Any]:
     """The innermost place where two described values differ (so a message shows it)."""
     if type(a) is dict and type(b) is dict:
         for k in dict.fromkeys([*a, *b]):
-            if not _same(a.get(k, _ABSENT), b.get(k, _ABSENT)):
-                return _first_difference(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{where}.{k}")
+            x, y = a.get(k, _ABSENT), b.get(k, _ABSENT)
+            if not _same(x, y, older):
+                return _first_difference(x, y, f"{where}.{k}", older)
     if type(a) is tuple and type(b) is tuple and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            if not _same(x, y):
-                return _first_difference(x, y, f"{where}[{i}]")
+            if not _same(x, y, older):
+                return _first_difference(x, y, f"{where}[{i}]", older)
     return where, a, b
 
 
@@ -147,8 +172,12 @@ def check_resume(
     """
     known = recorded or {"population_size": population_size, "mutator": None}
     lines = differences(known, run, recorded_in=recorded_in)
-    if not lines:
-        return recorded is None or (recorded.get("mutator") is None and run["mutator"] is not None)
+    if not lines:  # (a record of an older description format is made anew: strict from now)
+        return (
+            recorded is None
+            or (recorded.get("mutator") is None and run["mutator"] is not None)
+            or recorded.get("description_format") != run.get("description_format")
+        )
     same_kind = known["population_size"] == run["population_size"] and not any(
         line.startswith("mutator:") for line in lines
     )
