@@ -2,7 +2,8 @@
 
 A run description is plain data, ``{"population_size": n, "mutator": description}``,
 where the description comes from :meth:`jaxpop.Mutator.describe` (``None``: not known,
-as for a ``Store`` used directly), and, in a ``log_dir``, ``"started"``: when the run
+as for a ``Store`` used directly), ``"description_format"`` (:data:`DESCRIPTION_FORMAT`,
+absent from runs recorded before it) and, in a ``log_dir``, ``"started"``: when the run
 began (a time budget counts from it; never compared). Snapshots record it;
 :func:`check_resume` refuses to resume a run as another one. An option the mutator
 gained after a run started (absent from the recorded configuration) matches when it is
