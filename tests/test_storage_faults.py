@@ -988,6 +988,10 @@ def test_a_description_does_not_depend_on_which_copy_of_an_object_is_met_first()
     # a record of the older format is made anew, strict from then on
     assert check_resume("here", {**run, "description_format": 1}, run, 1, False) is True
     assert check_resume("here", run, run, 1, False) is False
+    # never the other way: a run described without the format (a Store used directly)
+    # rewrote a record of it, and the leniency came back (helper-191)
+    keyless = {k: v for k, v in run.items() if k != "description_format"}
+    assert check_resume("here", run, keyless, 1, False) is False
 
 
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):

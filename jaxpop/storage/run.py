@@ -173,11 +173,13 @@ def check_resume(
     """
     known = recorded or {"population_size": population_size, "mutator": None}
     lines = differences(known, run, recorded_in=recorded_in)
-    if not lines:  # (a record of an older description format is made anew: strict from now)
+    if not lines:  # (a record of an older description format is made anew: strict from now;
+        # never the other way, by a run described without the format: a Store used directly)
+        current = run.get("description_format") == DESCRIPTION_FORMAT
         return (
             recorded is None
             or (recorded.get("mutator") is None and run["mutator"] is not None)
-            or recorded.get("description_format") != run.get("description_format")
+            or (current and recorded.get("description_format") != DESCRIPTION_FORMAT)
         )
     same_kind = known["population_size"] == run["population_size"] and not any(
         line.startswith("mutator:") for line in lines
