@@ -117,13 +117,21 @@ class StopWhen:
             x = getattr(self, name)
             if x is None:
                 continue
-            if isinstance(x, bool) or not isinstance(x, numbers.Real) or not is_finite(x):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+                raise TypeError(
+                    f"StopWhen {name} must be a number or None, got {type(x).__name__}: {x!r:.40}"
+                )
+            if not is_finite(x):
                 raise ValueError(
                     f"StopWhen {name} must be a finite number (within float64's range) or "
                     f"None, got {x!r:.40}"
                 )
-        if self.step is not None and (self.step != int(self.step) or self.step < 0):
-            raise ValueError(f"StopWhen step must be a whole number >= 0, got {self.step!r}")
+        if self.step is not None and (
+            self.step != int(self.step) or not 0 <= self.step < 2**63
+        ):  # (a step no worker can report, 2**63 or more, would never end the run)
+            raise ValueError(
+                f"StopWhen step must be a whole number in [0, 2**63), got {self.step!r:.40}"
+            )
         if self.seconds is not None and self.seconds < 0:
             raise ValueError(f"StopWhen seconds must be >= 0, got {self.seconds!r}")
 

@@ -592,7 +592,7 @@ def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, c
     clock.advance(61)
     pop.set_eval(0, pop.active_workers[0].generation_id, 3, None, 5.0)
     assert pop.done
-    for bad in ({"step": -1}, {"step": 2.5}, {"value": math.nan}, {"seconds": True}):
+    for bad in ({"step": -1}, {"step": 2.5}, {"value": math.nan}, {"seconds": -0.5}):
         with pytest.raises(ValueError, match="StopWhen"):
             StopWhen(**bad)
     with pytest.raises(TypeError, match="stop_when"):
@@ -1050,6 +1050,14 @@ def test_the_clock_is_checked_at_construction_and_at_every_call():
             StopWhen(**{name: huge})
     with pytest.raises(ValueError, match="gone_after_s must be a finite"):
         PopulationController([{"h": 0.0}], noop_mutator(), gone_after_s=10**400)
+    # a wrong type is a TypeError naming it ("True must be a finite number" said nothing
+    # of what was wrong), and a step budget no worker can report is refused (helper-192)
+    for name, bad in (("step", True), ("value", "0.1"), ("seconds", np.bool_(True))):
+        with pytest.raises(TypeError, match=f"StopWhen {name} must be a number or None, got"):
+            StopWhen(**{name: bad})
+    with pytest.raises(ValueError, match=r"StopWhen step must be a whole number in \[0, 2\*\*63\)"):
+        StopWhen(step=2**63)
+    assert StopWhen(step=2**63 - 1).step == 2**63 - 1
 
 
 @pytest.mark.parametrize("call", ["checkpoint_missing", "set_eval"])
