@@ -92,6 +92,18 @@ def filesystem_of(path: str) -> str:
     return f"{path} ({best[1]} on {best[2]})" if best[2] else path
 
 
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a positive int (``0``, a negative or a non-int is a usage
+    error naming the flag, not a traceback or an empty result later)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}")
+    return value
+
+
 def int_list(
     parser: argparse.ArgumentParser, flag: str, text: str, allow_empty: bool = False
 ) -> list[int]:

@@ -155,9 +155,13 @@ def run_loop(mode: str, steps: dict, state: dict, n: int, lrs) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="steps per timed loop")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--naive-steps", type=int, default=10, help="recompiling steps")
+    parser.add_argument(
+        "--steps", type=common.positive_int, default=50, help="steps per timed loop"
+    )
+    parser.add_argument("--repeats", type=common.positive_int, default=10)
+    parser.add_argument(
+        "--naive-steps", type=common.positive_int, default=10, help="recompiling steps"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
 

@@ -210,8 +210,8 @@ def print_table(result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--burst", type=int, default=4)
+    parser.add_argument("--repeats", type=common.positive_int, default=5)
+    parser.add_argument("--burst", type=common.positive_int, default=4)
     parser.add_argument("--tmpdir", default=None, help="where to write (default: system tmp)")
     args = parser.parse_args(argv)
     result = run(args.repeats, args.burst, args.tmpdir)

@@ -100,9 +100,9 @@ def timings(fn: Callable[[int], Any], repeats: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--population", type=int, default=16)
+    parser.add_argument("--population", type=common.positive_int, default=16)
     parser.add_argument("--observations", default="500,2000,8000")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=common.positive_int, default=50)
     args = parser.parse_args()
     sizes = [int(s) for s in args.observations.split(",")]
 

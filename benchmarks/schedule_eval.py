@@ -55,9 +55,9 @@ def measure(leaves: int, calls: int, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--leaves", type=int, default=4)
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--leaves", type=common.positive_int, default=4)
+    parser.add_argument("--calls", type=common.positive_int, default=300)
+    parser.add_argument("--repeats", type=common.positive_int, default=5)
     args = parser.parse_args()
     rows = measure(args.leaves, args.calls, args.repeats)
     result = {

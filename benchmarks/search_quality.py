@@ -504,8 +504,10 @@ QUICK = {"seeds": 2, "moving_steps": 40, "trap_steps": 150, "digits_steps": 200}
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     # (None: the default, or --quick's; a value given explicitly wins over --quick's)
-    parser.add_argument("--seeds", type=int, default=None, help=f"default {FULL['seeds']}")
-    parser.add_argument("--population", type=int, default=16)
+    parser.add_argument(
+        "--seeds", type=common.positive_int, default=None, help=f"default {FULL['seeds']}"
+    )
+    parser.add_argument("--population", type=common.positive_int, default=16)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--methods", default=",".join(METHODS))
     for task in ("moving", "trap", "digits"):

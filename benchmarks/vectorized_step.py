@@ -315,12 +315,16 @@ def _kib(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--members", type=common.positive_int, nargs="+", default=[8, 16])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--steps-per-round", type=int, default=10, help="K")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per timed run")
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed step run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps-per-round", type=common.positive_int, default=10, help="K")
+    parser.add_argument(
+        "--rounds", type=common.positive_int, default=5, help="rounds per timed run"
+    )
+    parser.add_argument(
+        "--steps", type=common.positive_int, default=20, help="steps per timed step run"
+    )
+    parser.add_argument("--repeats", type=common.positive_int, default=3)
     parser.add_argument("--row", nargs=2, metavar=("MODEL", "MEMBERS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.row is not None:  # one row, in a process of its own

@@ -338,12 +338,18 @@ def measure(model, dataset, members, steps, eval_every, batch_size, seed, repeat
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--members", type=common.positive_int, nargs="+", default=[8, 16])
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=list(MODELS))
-    parser.add_argument("--steps", type=int, default=60, help="training steps per member")
-    parser.add_argument("--eval-every", type=int, default=20, help="steps between exploits")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3, help="timings of an exploit round")
+    parser.add_argument(
+        "--steps", type=common.positive_int, default=60, help="training steps per member"
+    )
+    parser.add_argument(
+        "--eval-every", type=common.positive_int, default=20, help="steps between exploits"
+    )
+    parser.add_argument("--batch-size", type=common.positive_int, default=64)
+    parser.add_argument(
+        "--repeats", type=common.positive_int, default=3, help="timings of an exploit round"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(*args.members, args.steps, args.eval_every, args.batch_size, args.repeats) < 1:

@@ -228,7 +228,8 @@ def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> l
 
 def print_table(rows: Sequence[dict]) -> None:
     print()
-    print("decisions: median us per set_eval that decides (interval 1), in memory;")
+    print("decisions (interval 1; in memory, the +log rows with a log_dir): eval med / p99:")
+    print("every set_eval's time (deciding or not), us;")
     print("keep / copy: the medians of the deciding set_evals that copied nothing / copied;")
     print("per dec.: median of (a deciding set_eval's time / the decisions it made);")
     print("eval/ask: median set_eval over median ask, in the same loop")
