@@ -144,6 +144,9 @@ def main() -> None:
         stage["pb2"] = timings(pb2, args.repeats)
         stage["data"] = timings(data, args.repeats)
         stage["pbt"] = timings(pbt, args.repeats)
+        # (the ratio the README promises: PB2's explore against PBT's, same run)
+        pbt_median = stage["pbt"]["median"]
+        stage["pb2_x_pbt"] = round(stage["pb2"]["median"] / pbt_median, 1) if pbt_median else None
         stages.append(stage)
 
     print(
@@ -165,14 +168,15 @@ def main() -> None:
     head += "".join(
         f" {name + ' ' + s:>13}" for name in ("pb2", "data", "pbt") for s in ("min", "med")
     )
-    head += f" {'pb2 p90':>8}"
+    head += f" {'pb2 p90':>8} {'pb2/pbt':>8}"
     print(head)
     for s in stages:
         first = f"{s['first_ms']:8.0f}" if "first_ms" in s else f"{'':>8}"
         row = f"{s['observations']:8d} {s['checkpoints']:7d} {first}"
         for name in ("pb2", "data", "pbt"):
             row += f" {s[name]['min']:13.2f} {s[name]['median']:13.2f}"
-        row += f" {s['pb2']['p90']:8.2f}"
+        ratio = "-" if s["pb2_x_pbt"] is None else f"{s['pb2_x_pbt']:.1f}"
+        row += f" {s['pb2']['p90']:8.2f} {ratio:>8}"
         print(row)
 
 
