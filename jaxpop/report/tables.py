@@ -6,13 +6,10 @@ import csv
 import datetime
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from jaxpop.history import History
 from jaxpop.report.data import Report, _Names, with_hparams
-
-if TYPE_CHECKING:
-    pass
 
 #: The fixed leading columns of ``history.csv``; flattened hyperparameters follow.
 CSV_COLUMNS = ("generation_id", "parent_generation", "parent_step", "step", "time", "value")
