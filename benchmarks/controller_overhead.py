@@ -191,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             args.tmpdir,
         )
     if "decisions" in args.modes:
-        result["decisions"] = timed("decisions", decisions.run, args.decision_rounds, values)
+        result["decisions"] = timed(
+            "decisions", decisions.run, args.decision_rounds, values, args.tmpdir
+        )
     if run_seed:
         result["seed"] = timed(
             "seed",

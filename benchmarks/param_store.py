@@ -176,8 +176,17 @@ def run(repeats: int, burst: int, tmpdir: str) -> dict:
         "burst": burst,
         "exact_round_trip": exact,
         "results": results,
+        # jaxpop's store against plain Orbax on the same tree, in the same run (medians)
+        "ratios": {
+            "sync_save_over_orbax_save": _ratio(results["sync"], results["orbax_save"]),
+            "restore_over_orbax_restore": _ratio(results["restore"], results["orbax_restore"]),
+        },
         **common.environment(ocp),
     }
+
+
+def _ratio(ours: dict, orbax: dict) -> float:
+    return round(ours["median_s"] / orbax["median_s"], 2)
 
 
 def print_table(result: dict) -> None:
@@ -205,6 +214,12 @@ def print_table(result: dict) -> None:
         "(restores);\nblocked: what the caller's save() call took (for async saves, the "
         f"host copy only); async_burst: {result['burst']} saves back to back, total for all."
         f"\nexact round trip: {result['exact_round_trip']}"
+    )
+    ratios = result["ratios"]
+    print(
+        f"against plain Orbax (median time over its median): sync save "
+        f"{ratios['sync_save_over_orbax_save']:.2f}x, restore "
+        f"{ratios['restore_over_orbax_restore']:.2f}x"
     )
 
 

@@ -101,10 +101,14 @@ def timings(fn: Callable[[int], Any], repeats: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--population", type=common.positive_int, default=16)
-    parser.add_argument("--observations", default="500,2000,8000")
+    parser.add_argument(
+        "--observations",
+        default="500,2000,8000",
+        help="reward changes in the history at each stage, comma separated (default: %(default)s)",
+    )
     parser.add_argument("--repeats", type=common.positive_int, default=50)
     args = parser.parse_args()
-    sizes = [int(s) for s in args.observations.split(",")]
+    sizes = common.int_list(parser, "--observations", args.observations)  # (grown in order)
 
     rng = np.random.default_rng(0)
     keys = jax.random.split(jax.random.key(0), args.population)
@@ -158,7 +162,7 @@ def main() -> None:
                 "space": sorted(SPACE),
                 "repeats": args.repeats,
                 "stages": stages,
-                "environment": common.environment(),
+                **common.environment(),
             }
         )
     )

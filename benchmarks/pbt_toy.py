@@ -109,6 +109,9 @@ def train_iteration(score: float, lr: float, rng: np.random.Generator) -> float:
 
 
 # -- simulated asynchronous workers ---------------------------------------------------
+SCENARIOS = ("equal", "straggler")  # every worker as fast; one worker four times slower
+
+
 def _speeds(scenario: str) -> list[float]:
     if scenario == "equal":
         return [1.0] * POPULATION
@@ -362,9 +365,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--seeds", type=common.positive_int, default=5)
     parser.add_argument("--iterations", type=common.positive_int, default=500)
-    parser.add_argument("--scenarios", default="equal,straggler")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma separated, of %(default)s (default: all)",
+    )
     args = parser.parse_args()
-    scenarios = [s for s in args.scenarios.split(",") if s]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown or not scenarios:
+        parser.error(
+            f"--scenarios must name some of {', '.join(SCENARIOS)}, got {args.scenarios!r}"
+        )
     start = time.perf_counter()
     results = run(args.seeds, args.iterations, scenarios)
     result = {

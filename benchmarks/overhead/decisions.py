@@ -194,10 +194,17 @@ def time_decisions(
     }
 
 
-def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> list[dict]:
+def run(
+    rounds: int,
+    values: Sequence[float],
+    tmpdir: str | None = None,
+    sizes: Sequence[int] = SIZES,
+) -> list[dict]:
     """One row per mutator and population size, then FirePBT's on learning curves
     (``fire_curves``, timed by kind of decision): its noise is ``values`` scaled to a
-    standard deviation of about 0.05 (uniform values: 0.17 times them, centred)."""
+    standard deviation of about 0.05 (uniform values: 0.17 times them, centred). The
+    ``+log`` rows' log_dirs go in ``tmpdir`` (``None``: the system's temporary
+    directory)."""
     rows = [
         {"mutator": name, **time_decisions(make(n), n, rounds, values)}
         for name, make in mutators().items()
@@ -214,11 +221,11 @@ def run(rounds: int, values: Sequence[float], sizes: Sequence[int] = SIZES) -> l
     ]
     for name in DURABLE:  # the same decisions, journaled
         for n in sizes:
-            with tempfile.TemporaryDirectory() as log_dir:
+            with tempfile.TemporaryDirectory(prefix="jaxpop-bench-dec-", dir=tmpdir) as log_dir:
                 row = time_decisions(mutators()[name](n), n, rounds, values, log_dir=log_dir)
             rows.append({"mutator": f"{name}+log", **row})
     for n in sizes:  # FIRE's evaluations starting and ending, journaled
-        with tempfile.TemporaryDirectory() as log_dir:
+        with tempfile.TemporaryDirectory(prefix="jaxpop-bench-dec-", dir=tmpdir) as log_dir:
             row = time_decisions(
                 make_fire(n), n, rounds, noise, curves=True, kind_of=_fire_kind(n), log_dir=log_dir
             )
