@@ -943,6 +943,34 @@ def test_a_config_that_refers_to_itself_or_has_slots_is_described_by_its_values(
             PopulationController([{"lr": 0.1}], FixedSchedule(make(0.2)), log_dir=log_dir)
 
 
+def test_a_config_that_holds_its_own_mutator_is_described_and_resumes(tmp_path):
+    """A mutator met in its own configuration started a fresh description each time it
+    was met: RecursionError (a left-alone item of the last notes). It is described in the
+    description it is met in, so the object met inside itself is "<cycle>", and a
+    changed configuration still shows."""
+
+    class Holder:  # a mutate_fn that keeps the mutator it belongs to
+        def __init__(self, scale):
+            self.scale, self.mutator = scale, None
+
+        def __call__(self, meta):
+            return {"lr": meta["lr"] * self.scale}
+
+    def make(scale):
+        holder = Holder(scale)
+        holder.mutator = WinnerTakeAllGenetic(holder, steps_per_exploit=1)
+        return holder.mutator
+
+    description = make(0.5).describe()
+    assert "<cycle>" in repr(description)
+    assert description == make(0.5).describe() != make(0.7).describe()
+    log_dir = tmp_path / "run"
+    PopulationController([{"lr": 0.1}], make(0.5), log_dir=log_dir).close()
+    PopulationController([{"lr": 0.1}], make(0.5), log_dir=log_dir).close()
+    with pytest.raises(storage.RunMismatchError, match="0.5 in the log_dir, 0.7 now"):
+        PopulationController([{"lr": 0.1}], make(0.7), log_dir=log_dir)
+
+
 def test_a_description_does_not_depend_on_which_copy_of_an_object_is_met_first():
     """An object described once and reused (helper-187's fix) gave, met first past the
     depth limit or inside a cycle, its cut-off description everywhere: two configs that

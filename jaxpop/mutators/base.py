@@ -197,14 +197,20 @@ class Mutator(NamedTuple):
         >>> description["config"]["mutate_fn"], description["config"]["steps_per_exploit"]
         ('abs', 10)
         """
+        return self._description(0, None)
+
+    def _description(self, depth: int, memo: dict[Any, Any] | None) -> dict[str, Any]:
+        """:meth:`describe`, at ``depth`` within a description whose ``memo`` is given
+        (a mutator in another's configuration, or in its own: then ``"<cycle>"``), or
+        each part on its own (``memo=None``)."""
         kind = _name(type(self))
         if self.config is None:
             # prepare decides nothing; the ask hook keeps its earlier name here, so runs
             # recorded before the rename resume
             functions = zip(("init", "update", "get_worker_data"), self[:3], strict=True)
-            config = {name: _describe(fn) for name, fn in functions if fn is not None}
+            config = {name: _describe(fn, depth, memo) for name, fn in functions if fn is not None}
         else:
-            config = {str(k): _describe(v) for k, v in self.config.items()}
+            config = {str(k): _describe(v, depth, memo) for k, v in self.config.items()}
         if self.mode != "min":  # (as a plain str: np.str_("max") is taken, and journaled)
             config.setdefault("mode", check_mode(self.mode))
         description = {"kind": kind, "config": config}
@@ -441,7 +447,9 @@ def _describe_object(value: Any, depth: int, memo: dict[Any, Any]) -> Any:
     """:func:`_describe` of anything but ``None``, a bool, a str, bytes, an int or a float."""
     t = type(value)
     if isinstance(value, Mutator):
-        return value.describe()
+        if type(value).describe is not Mutator.describe:  # (a subclass describes itself)
+            return value.describe()
+        return value._description(depth, memo)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {
             field.name: _describe(getattr(value, field.name), depth, memo)
