@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import os
 import pickle
 import sys
@@ -503,6 +504,36 @@ def test_a_step_a_controller_would_refuse_is_not_migrated(seed, tmp_path, step, 
     with pytest.raises(storage.SeedStateError, match=r"in \[0, 2\*\*63\)"):
         storage.migrate_seed_state(tmp_path)
     assert os.listdir(tmp_path) == ["population.state"]
+
+
+@pytest.mark.parametrize("where", ["worker", "checkpoint", "cache key"])
+def test_steps_are_migrated_or_refused_as_a_controller_takes_them(seed, tmp_path, where):
+    """A whole float step (``12.0``: the seed kept what its worker sent, and a controller
+    takes it as 12) was refused, so the run could not be migrated; a bool, ``12.5`` or
+    NaN are refused, naming where, as a controller refuses them live."""
+
+    def write(step, into):
+        workers, cache, _ = _seed_state(seed)
+        if where == "worker":
+            workers[1] = workers[1].replace(step=step)
+        elif where == "checkpoint":
+            cache["gen-b"][12] = cache["gen-b"][12].replace(step=step)
+        else:
+            cache["gen-b"][step] = cache["gen-b"].pop(12)
+        into.mkdir()
+        (into / "population.state").write_bytes(pickle.dumps((workers, cache, None)))
+        return into
+
+    for i, step in enumerate([12.0, np.float64(12.0), np.int16(12)]):
+        run = storage.migrate_seed_state(write(step, tmp_path / f"whole{i}"))
+        state = storage.read_state(run.log_dir)
+        steps = [w.step for w in state.workers] + [c.step for c in state.history.checkpoints()]
+        assert all(type(s) is int for s in steps) and 12 in steps
+    for i, step in enumerate([True, 12.5, math.nan, math.inf, "12"]):
+        src = write(step, tmp_path / f"refused{i}")
+        with pytest.raises(storage.SeedStateError, match="is not an int"):
+            storage.migrate_seed_state(src)
+        assert os.listdir(src) == ["population.state"]
 
 
 def test_a_file_that_expands_within_the_budget_is_migrated(seed, tmp_path):

@@ -625,13 +625,18 @@ def _plain(value: Any, where: str, memo: dict[int, Any], depth: int = 0) -> Any:
 
 
 def _step(value: Any, where: str) -> int:
-    """A step as an int in ``[0, 2**63)``: what a controller takes from a worker (one
-    outside it would have been refused live, and a worker at such a step could never
-    report again)."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise SeedStateError(f"{where} is not an int: {type(value).__name__} {_short(value)}")
+    """A step as an int in ``[0, 2**63)``, as a controller takes it from a worker (a
+    whole float such as ``5.0`` too: the seed kept what its worker sent); one it would
+    have refused live (a bool, ``5.5``, a step outside the range: a worker there could
+    never report again) is refused."""
+    if type(value) is _Array or type(value) is _Refused:  # (never a step in the seed)
+        raise SeedStateError(f"{where} is not an int: {_short(value)}")
     try:
-        return core.check_step(int(value))
+        return core.check_step(value)
+    except TypeError:
+        raise SeedStateError(
+            f"{where} is not an int: {type(value).__name__} {_short(value)}"
+        ) from None
     except ValueError as e:
         raise SeedStateError(f"{where}: {e}") from None
 
