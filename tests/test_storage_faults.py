@@ -967,7 +967,7 @@ def test_a_config_that_holds_its_own_mutator_is_described_and_resumes(tmp_path):
     log_dir = tmp_path / "run"
     PopulationController([{"lr": 0.1}], make(0.5), log_dir=log_dir).close()
     PopulationController([{"lr": 0.1}], make(0.5), log_dir=log_dir).close()
-    with pytest.raises(storage.RunMismatchError, match="0.5 in the log_dir, 0.7 now"):
+    with pytest.raises(storage.RunMismatchError, match=r"0\.5 in the log_dir, 0\.7 now"):
         PopulationController([{"lr": 0.1}], make(0.7), log_dir=log_dir)
 
 
