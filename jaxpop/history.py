@@ -502,7 +502,7 @@ class History(Mapping[str, GenerationView]):
         """The generation's highest-step evaluated checkpoint that holds params and a
         finite value (a save from before its worker diverged), or ``None``."""
         gen = self._generations.get(generation_id)
-        if gen is None:
+        if gen is None or not gen.with_params:  # (none holds params: no walk to the root)
             return None
         node = gen.steps
         while node is not None:
@@ -528,6 +528,8 @@ class History(Mapping[str, GenerationView]):
         gen = self._generations.get(generation_id)
         if gen is None:
             return None
+        if not gen.with_params:  # the walk below would find no save: stop at the latest
+            return self.latest_evaluated(generation_id)  # evaluation, not at the root
         node = gen.steps
         latest = saved = None
         while node is not None:

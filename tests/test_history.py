@@ -1,3 +1,6 @@
+import math
+import random
+
 import pytest
 
 from jaxpop import Checkpoint, History
@@ -327,3 +330,57 @@ def test_histories_are_equal_by_contents_arrays_and_nan_values_included():
     changed = h.add(Checkpoint("p", {"lr": 0.1}, "g", -0.0, None, 20, 1.0))
     assert changed != h and changed.add(h.get_checkpoint("g", 20)) == h
     assert History(mode="max") != History() and History() == History()
+
+
+def _loadable_by_reading_all(checkpoints):
+    """History.latest_loadable and latest_finite_save by their docstrings, read from
+    every checkpoint of one generation (newest first)."""
+    newest = sorted(checkpoints, key=lambda c: -c.step)
+    evaluated = [c for c in newest if c.value is not None]
+    saves = [c for c in newest if c.params is not None]
+    finite = [c for c in evaluated if c.params is not None and math.isfinite(c.value)]
+    loadable = None
+    if evaluated:
+        loadable = next((c for c in evaluated if c.params is not None), None)
+        loadable = loadable or (saves[0] if saves else evaluated[0])
+    return loadable, finite[0] if finite else None
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_checkpoint_a_copy_takes_is_found_as_by_reading_every_one(seed):
+    """latest_loadable and latest_finite_save skip the walk for a generation that holds
+    no params (helper-196); a generation with and without saves, evaluations, NaN and
+    replaced checkpoints, against reading them all."""
+    rng = random.Random(seed)
+    history = History()
+    for _ in range(rng.randrange(1, 40)):
+        step = rng.randrange(0, 30)
+        value = rng.choice([None, 0.5, 1.5, math.nan, math.inf])
+        params = f"p{step}" if rng.random() < [0.0, 0.1, 0.7][seed % 3] else None
+        history = history.add(ck("g", step, value=value, params=params))
+        expected = _loadable_by_reading_all(history["g"].values())
+        assert (history.latest_loadable("g"), history.latest_finite_save("g")) == expected
+
+
+def test_a_generation_that_holds_no_params_is_not_walked_to_its_root():
+    """A worker that never sends params (the seed's params=None loops) and is never
+    copied over: every decision walked its whole generation for a save it never made,
+    O(the generation's length) per evaluation (897 us per call at 12,500 checkpoints,
+    against 67 with string handles; helper-196)."""
+    from jaxpop import history as history_mod
+
+    history = History().add_all(ck("g", s, value=1.0) for s in range(1000))
+    reads = []
+
+    class Counted(dict):  # the generation's step -> checkpoint map, counting reads
+        def __getitem__(self, step):
+            reads.append(step)
+            return super().__getitem__(step)
+
+    gen = history._generations["g"]
+    counted = gen._replace(checkpoints=Counted(gen.checkpoints.items()))
+    history = history_mod._history(
+        history._generations.set("g", counted), history.num_checkpoints, "min", None
+    )
+    assert history.latest_loadable("g").step == 999 and history.latest_finite_save("g") is None
+    assert len(reads) <= 2
