@@ -67,6 +67,10 @@ class _Generation(NamedTuple):  # a tuple: built at every add, cheaper than a da
     first_step: int
     order: int  # creation order among generations (not "index": a tuple method)
     with_params: int  # how many of its checkpoints hold params (History.saves)
+    # whether its checkpoints' times never decrease with the step (all finite): then a
+    # walk down from the newest for those recorded since a time stops at the first one
+    # before it (History.evaluated). False where unknown (a pickle from before it)
+    times_ordered: bool = False
 
 
 _BATCH = 3  # add_all of this many checkpoints or more builds in one pass
@@ -80,22 +84,42 @@ def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
         raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
     step = checkpoint.step
     holds = checkpoint.params is not None
+    time = checkpoint.time
     gen = generations.get(checkpoint.generation_id)
     if gen is None:
         checkpoints = _NO_CHECKPOINTS.set(step, checkpoint)
-        return _Generation(checkpoints, (step, None), step, len(generations), holds), False
-    checkpoints, steps, first_step, order, with_params = gen
+        ordered = _finite(time)
+        new = _Generation(checkpoints, (step, None), step, len(generations), holds, ordered)
+        return new, False
+    checkpoints, steps, first_step, order, with_params, ordered = gen
+    assert steps is not None  # (a generation holds a checkpoint)
     old = checkpoints.get(step)
     if old is not None:
         with_params += holds - (old.params is not None)
-        new = _Generation(checkpoints.set(step, checkpoint), steps, first_step, order, with_params)
+        # (the newest replaced: ordered if not before the one below it; else unknown)
+        below = steps[1]
+        ordered = (
+            ordered
+            and step == steps[0]
+            and _finite(time)
+            and (below is None or time >= checkpoints[below[0]].time)
+        )
+        new = _Generation(
+            checkpoints.set(step, checkpoint), steps, first_step, order, with_params, ordered
+        )
         return new, True
+    # (a new newest step: ordered if not before the newest so far; one below it: unknown)
+    ordered = ordered and step > steps[0] and _finite(time) and time >= checkpoints[steps[0]].time
     steps = _insert_descending(steps, step)
     first_step = min(step, first_step)
     new = _Generation(
-        checkpoints.set(step, checkpoint), steps, first_step, order, with_params + holds
+        checkpoints.set(step, checkpoint), steps, first_step, order, with_params + holds, ordered
     )
     return new, False
+
+
+def _finite(time: Any) -> bool:
+    return type(time) is float and time - time == 0.0  # (not NaN or inf, nor another type)
 
 
 def _flat_steps(steps: _Steps) -> tuple[int, ...]:
@@ -470,16 +494,23 @@ class History(Mapping[str, GenerationView]):
           min_step: keep only checkpoints with ``step >= min_step``. The walk starts at
             the newest step and stops at ``min_step``, so the cost is the number of
             checkpoints returned, not the generation's length.
-          min_time: keep only checkpoints recorded at ``time >= min_time``.
+          min_time: keep only checkpoints recorded at ``time >= min_time``. Where the
+            generation's times never decrease with the step (a worker's own reports), the
+            walk stops at the first one recorded before it, so this too costs the
+            checkpoints returned.
         """
         gen = self._generations.get(generation_id)
         if gen is None:
             return []
         out = []
         node = gen.steps
+        stops = min_time is not None and gen.times_ordered
         while node is not None and (min_step is None or node[0] >= min_step):
             checkpoint = gen.checkpoints[node[0]]
-            if checkpoint.value is not None and (min_time is None or checkpoint.time >= min_time):
+            if min_time is not None and not checkpoint.time >= min_time:
+                if stops:  # (every one below was recorded before it)
+                    break
+            elif checkpoint.value is not None:
                 out.append(checkpoint)
             node = node[1]
         out.reverse()
