@@ -507,11 +507,12 @@ class History(Mapping[str, GenerationView]):
         stops = min_time is not None and gen.times_ordered
         while node is not None and (min_step is None or node[0] >= min_step):
             checkpoint = gen.checkpoints[node[0]]
-            if min_time is not None and not checkpoint.time >= min_time:
-                if stops:  # (every one below was recorded before it)
-                    break
-            elif checkpoint.value is not None:
+            if checkpoint.value is None:  # (its time is not compared: it is not kept)
+                pass
+            elif min_time is None or checkpoint.time >= min_time:
                 out.append(checkpoint)
+            elif stops:  # (every one below was recorded before it)
+                break
             node = node[1]
         out.reverse()
         return out

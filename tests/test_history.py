@@ -439,3 +439,14 @@ def test_a_time_window_reads_only_what_it_returns_in_a_generation_reported_in_or
     history = history.add(ck("g", 5, value=2.0, time=2000.0))
     assert not history._generations["g"].times_ordered
     assert [c.step for c in history.evaluated("g", min_time=995.0)] == [5, 995, 996, 997, 998, 999]
+
+
+def test_a_time_window_compares_only_evaluated_checkpoints_times():
+    """The walk that stops early compared every checkpoint's time, so a min_time that
+    cannot be compared with a time raised where only evaluated checkpoints' times were
+    compared before (an unevaluated start and min_time="x" gave []; helper-197)."""
+    history = History().add(ck("g", 0, time=100.0))
+    assert history.evaluated("g", min_time="x") == []
+    history = history.add(ck("g", 5, value=1.0, time=101.0))
+    with pytest.raises(TypeError):
+        history.evaluated("g", min_time="x")
