@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bucket", type=common.positive_int, default=50_000)
     parser.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.evals <= args.bucket:  # (the figure is past the first bucket)
+        parser.error(f"--evals must be more than --bucket ({args.bucket}), got {args.evals}")
     if args.child:  # one variant, its figures as a JSON line
         every = args.freeze_every if args.child == "freeze" else 0
         print(json.dumps(run_variant(args.evals, args.workers, every, args.bucket)))

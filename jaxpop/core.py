@@ -404,8 +404,11 @@ def check_step(step: Any) -> int:
 def _check_step(step: Any) -> int:
     if type(step) is int and 0 <= step <= _MAX_STEP:
         return step
-    if isinstance(step, (bool, np.bool_)):
-        raise TypeError(f"step must be an int, got a bool: {step!r}")
+    kind = getattr(getattr(step, "dtype", None), "kind", None)  # (a numpy or jax array's)
+    if isinstance(step, (bool, np.bool_)) or kind == "b":  # (np.array(True) was step 1)
+        raise TypeError(f"step must be an int, got a bool: {step!r:.40}")
+    if isinstance(step, (complex, np.complexfloating)) or kind == "c":  # (12+0j was 12)
+        raise TypeError(f"step must be an int, got a complex number: {step!r:.40}")
     if not isinstance(step, numbers.Integral):
         try:
             as_int = int(step)

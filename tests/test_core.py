@@ -333,7 +333,12 @@ def test_transition_rejects_unknown_events():
 
 
 @pytest.mark.parametrize(
-    "step", [True, np.bool_(False), math.inf, -math.inf, math.nan, 2.5, "3", None]
+    "step",
+    [
+        *(True, np.bool_(False), math.inf, -math.inf, math.nan, 2.5, "3", None),
+        # (a bool array was step 1, a complex 12+0j step 12: helper-198)
+        *(np.array(True), jnp.array(True), 12 + 0j, np.complex128(12)),
+    ],
 )
 def test_a_step_that_is_not_a_whole_number_is_refused_and_changes_nothing(step):
     state = fresh_state([{}, {}], noop_mutator())

@@ -524,12 +524,14 @@ def test_steps_are_migrated_or_refused_as_a_controller_takes_them(seed, tmp_path
         (into / "population.state").write_bytes(pickle.dumps((workers, cache, None)))
         return into
 
-    for i, step in enumerate([12.0, np.float64(12.0), np.int16(12)]):
+    arrays = [] if where == "cache key" else [np.array(12), np.array(12.0)]  # (unhashable)
+    for i, step in enumerate([12.0, np.float64(12.0), np.int16(12), *arrays]):
         run = storage.migrate_seed_state(write(step, tmp_path / f"whole{i}"))
         state = storage.read_state(run.log_dir)
         steps = [w.step for w in state.workers] + [c.step for c in state.history.checkpoints()]
         assert all(type(s) is int for s in steps) and 12 in steps
-    for i, step in enumerate([True, 12.5, math.nan, math.inf, "12"]):
+    arrays = [] if where == "cache key" else [np.array(True), np.array(12.5)]
+    for i, step in enumerate([True, 12.5, math.nan, math.inf, "12", *arrays]):
         src = write(step, tmp_path / f"refused{i}")
         with pytest.raises(storage.SeedStateError, match="is not an int"):
             storage.migrate_seed_state(src)

@@ -971,6 +971,30 @@ def test_a_config_that_holds_its_own_mutator_is_described_and_resumes(tmp_path):
         PopulationController([{"lr": 0.1}], make(0.7), log_dir=log_dir)
 
 
+def test_a_mutator_in_a_configuration_is_described_as_on_its_own():
+    """The first fix described a mutator met in a configuration within the enclosing
+    description's depth, so a deep configuration nested a few levels in was cut off
+    ("..."): two such configurations described alike, and a run recorded before did not
+    resume (helper-198); and its method's name was an attribute of SeedMutator."""
+    from jaxpop.mutators import Mutator, base
+    from jaxpop.seed import Mutate, SeedMutator
+
+    def nest(x, levels):
+        for _ in range(levels):
+            x = [x]
+        return x
+
+    def outer(deep):
+        inner = Mutator(abs, abs, config={"deep": nest(deep, base._DESCRIBE_DEPTH - 5)})
+        return Mutator(abs, abs, config={"inner": nest(inner, 5)}), inner
+
+    a, inner = outer(1)
+    assert "..." not in repr(a.describe())
+    assert a.describe()["config"]["inner"] == base._describe(nest(inner, 5))
+    assert a.describe() != outer(2)[0].describe()
+    assert Mutator.describe(SeedMutator(Mutate()))["kind"] == "SeedMutator"
+
+
 def test_a_description_does_not_depend_on_which_copy_of_an_object_is_met_first():
     """An object described once and reused (helper-187's fix) gave, met first past the
     depth limit or inside a cycle, its cut-off description everywhere: two configs that

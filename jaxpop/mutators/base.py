@@ -197,20 +197,25 @@ class Mutator(NamedTuple):
         >>> description["config"]["mutate_fn"], description["config"]["steps_per_exploit"]
         ('abs', 10)
         """
-        return self._description(0, None)
+        return self._describe_within(None)
 
-    def _description(self, depth: int, memo: dict[Any, Any] | None) -> dict[str, Any]:
-        """:meth:`describe`, at ``depth`` within a description whose ``memo`` is given
-        (a mutator in another's configuration, or in its own: then ``"<cycle>"``), or
-        each part on its own (``memo=None``)."""
+    def _describe_within(self, memo: dict[Any, Any] | None) -> dict[str, Any]:
+        """:meth:`describe`, each part from depth 0 with ``memo`` (a copy of it for each
+        part; ``None``: a fresh one): a mutator met in a configuration is described
+        with what is being described around it, so one met inside itself is
+        ``"<cycle>"``, and otherwise as on its own."""
         kind = _name(type(self))
         if self.config is None:
             # prepare decides nothing; the ask hook keeps its earlier name here, so runs
             # recorded before the rename resume
             functions = zip(("init", "update", "get_worker_data"), self[:3], strict=True)
-            config = {name: _describe(fn, depth, memo) for name, fn in functions if fn is not None}
+            parts = {name: fn for name, fn in functions if fn is not None}
         else:
-            config = {str(k): _describe(v, depth, memo) for k, v in self.config.items()}
+            parts = {str(k): v for k, v in self.config.items()}
+        config = {
+            name: _describe(value, 0, None if memo is None else dict(memo))
+            for name, value in parts.items()
+        }
         if self.mode != "min":  # (as a plain str: np.str_("max") is taken, and journaled)
             config.setdefault("mode", check_mode(self.mode))
         description = {"kind": kind, "config": config}
@@ -449,7 +454,14 @@ def _describe_object(value: Any, depth: int, memo: dict[Any, Any]) -> Any:
     if isinstance(value, Mutator):
         if type(value).describe is not Mutator.describe:  # (a subclass describes itself)
             return value.describe()
-        return value._description(depth, memo)
+        # described as on its own (from depth 0, each part afresh), knowing only what
+        # encloses it: met again inside itself, it is "<cycle>" there (and what encloses
+        # it is not reused elsewhere: where it is met decides)
+        around = {k: v for k, v in memo.items() if type(v) is tuple and v[1] is _BEING_DESCRIBED}
+        described = value._describe_within({_PARTS_CUT: 0, _DEEPEST: 0, **around})
+        if _CYCLE in repr(described):
+            memo[_PARTS_CUT] += 1
+        return described
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {
             field.name: _describe(getattr(value, field.name), depth, memo)

@@ -629,8 +629,10 @@ def _step(value: Any, where: str) -> int:
     whole float such as ``5.0`` too: the seed kept what its worker sent); one it would
     have refused live (a bool, ``5.5``, a step outside the range: a worker there could
     never report again) is refused."""
-    if type(value) is _Array or type(value) is _Refused:  # (never a step in the seed)
-        raise SeedStateError(f"{where} is not an int: {_short(value)}")
+    if type(value) is _Refused:
+        raise SeedStateError(f"{where} is {value.why}")
+    if type(value) is _Array:  # (a 0-d array: taken as a controller takes it)
+        value = _array_of(value, where)
     try:
         return core.check_step(value)
     except TypeError:
