@@ -994,6 +994,24 @@ def test_a_mutator_in_a_configuration_is_described_as_on_its_own():
     assert a.describe() != outer(2)[0].describe()
     assert Mutator.describe(SeedMutator(Mutate()))["kind"] == "SeedMutator"
 
+    # a loop back to an object around a mutator, longer than the depth, is cut off there
+    # as before ("...", not "<cycle>": helper-199); a subclass that describes itself and
+    # holds itself is "<cycle>" too (it raised RecursionError)
+    hole: list = []
+    around = nest(hole, 59)
+    hole.append(Mutator(abs, abs, config={"lr": 0.1, "x": nest(around, 50)}))
+    text = repr(Mutator(abs, abs, config={"x": around}).describe())
+    assert "..." in text and "<cycle>" not in text
+
+    class Tagged(Mutator):
+        def describe(self):
+            return {**super().describe(), "tag": 1}
+
+    held: list = []
+    tagged = Tagged(abs, abs, config={"fn": held})
+    held.append(tagged)
+    assert tagged.describe()["config"]["fn"] == ("<cycle>",)
+
 
 def test_a_description_does_not_depend_on_which_copy_of_an_object_is_met_first():
     """An object described once and reused (helper-187's fix) gave, met first past the

@@ -25,6 +25,7 @@ import math
 import numbers
 import re
 import sys
+import threading
 import types
 import warnings
 import weakref
@@ -197,13 +198,16 @@ class Mutator(NamedTuple):
         >>> description["config"]["mutate_fn"], description["config"]["steps_per_exploit"]
         ('abs', 10)
         """
-        return self._describe_within(None)
+        describing = _describing()  # (a mutator met again inside itself is "<cycle>")
+        describing[id(self)] = describing.get(id(self), 0) + 1
+        try:
+            return self._own_description()
+        finally:
+            describing[id(self)] -= 1
+            if not describing[id(self)]:
+                del describing[id(self)]
 
-    def _describe_within(self, memo: dict[Any, Any] | None) -> dict[str, Any]:
-        """:meth:`describe`, each part from depth 0 with ``memo`` (a copy of it for each
-        part; ``None``: a fresh one): a mutator met in a configuration is described
-        with what is being described around it, so one met inside itself is
-        ``"<cycle>"``, and otherwise as on its own."""
+    def _own_description(self) -> dict[str, Any]:
         kind = _name(type(self))
         if self.config is None:
             # prepare decides nothing; the ask hook keeps its earlier name here, so runs
@@ -212,10 +216,7 @@ class Mutator(NamedTuple):
             parts = {name: fn for name, fn in functions if fn is not None}
         else:
             parts = {str(k): v for k, v in self.config.items()}
-        config = {
-            name: _describe(value, 0, None if memo is None else dict(memo))
-            for name, value in parts.items()
-        }
+        config = {name: _describe(value) for name, value in parts.items()}
         if self.mode != "min":  # (as a plain str: np.str_("max") is taken, and journaled)
             config.setdefault("mode", check_mode(self.mode))
         description = {"kind": kind, "config": config}
@@ -443,6 +444,16 @@ def _describe(value: Any, depth: int = 0, memo: dict[Any, Any] | None = None) ->
 
 
 _BEING_DESCRIBED = object()
+_DESCRIBING = threading.local()  # .ids: id -> count of the mutators being described
+
+
+def _describing() -> dict[int, int]:
+    ids = getattr(_DESCRIBING, "ids", None)
+    if ids is None:
+        ids = _DESCRIBING.ids = {}
+    return ids
+
+
 _CYCLE = "<cycle>"
 _PARTS_CUT = "parts cut"  # memo keys: descriptions cut off or cycles met so far, and
 _DEEPEST = "deepest"  # the deepest level the description has reached
@@ -452,13 +463,13 @@ def _describe_object(value: Any, depth: int, memo: dict[Any, Any]) -> Any:
     """:func:`_describe` of anything but ``None``, a bool, a str, bytes, an int or a float."""
     t = type(value)
     if isinstance(value, Mutator):
-        if type(value).describe is not Mutator.describe:  # (a subclass describes itself)
-            return value.describe()
-        # described as on its own (from depth 0, each part afresh), knowing only what
-        # encloses it: met again inside itself, it is "<cycle>" there (and what encloses
-        # it is not reused elsewhere: where it is met decides)
-        around = {k: v for k, v in memo.items() if type(v) is tuple and v[1] is _BEING_DESCRIBED}
-        described = value._describe_within({_PARTS_CUT: 0, _DEEPEST: 0, **around})
+        # described as on its own (from depth 0, each part afresh); met inside its own
+        # description, "<cycle>" (and what holds that is not reused elsewhere: where it
+        # is met decides)
+        if id(value) in _describing():
+            memo[_PARTS_CUT] += 1
+            return _CYCLE
+        described = value.describe()
         if _CYCLE in repr(described):
             memo[_PARTS_CUT] += 1
         return described
