@@ -405,6 +405,10 @@ def _check_step(step: Any) -> int:
     if type(step) is int and 0 <= step <= _MAX_STEP:
         return step
     kind = getattr(getattr(step, "dtype", None), "kind", None)  # (a numpy or jax array's)
+    if kind == "O" and getattr(step, "shape", None) == ():  # (a 0-d array of objects)
+        return _check_step(step.item())
+    if kind in ("m", "M"):  # (np.timedelta64(12) was step 12)
+        raise TypeError(f"step must be an int, got a {step.dtype} value: {step!r:.40}")
     if isinstance(step, (bool, np.bool_)) or kind == "b":  # (np.array(True) was step 1)
         raise TypeError(f"step must be an int, got a bool: {step!r:.40}")
     if isinstance(step, (complex, np.complexfloating)) or kind == "c":  # (12+0j was 12)

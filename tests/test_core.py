@@ -338,6 +338,7 @@ def test_transition_rejects_unknown_events():
         *(True, np.bool_(False), math.inf, -math.inf, math.nan, 2.5, "3", None),
         # (a bool array was step 1, a complex 12+0j step 12: helper-198)
         *(np.array(True), jnp.array(True), 12 + 0j, np.complex128(12)),
+        *(np.array(True, dtype=object), np.timedelta64(12), np.datetime64(12, "s")),
     ],
 )
 def test_a_step_that_is_not_a_whole_number_is_refused_and_changes_nothing(step):
