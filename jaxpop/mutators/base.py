@@ -444,19 +444,18 @@ def _describe(value: Any, depth: int = 0, memo: dict[Any, Any] | None = None) ->
 
 
 _BEING_DESCRIBED = object()
+_CYCLE = "<cycle>"
+_PARTS_CUT = "parts cut"  # memo keys: descriptions cut off or cycles met so far, and
+_DEEPEST = "deepest"  # the deepest level the description has reached
 _DESCRIBING = threading.local()  # .ids: id -> count of the mutators being described
 
 
 def _describing() -> dict[int, int]:
+    """This thread's mutators being described (``Mutator.describe``), by ``id``."""
     ids = getattr(_DESCRIBING, "ids", None)
     if ids is None:
         ids = _DESCRIBING.ids = {}
     return ids
-
-
-_CYCLE = "<cycle>"
-_PARTS_CUT = "parts cut"  # memo keys: descriptions cut off or cycles met so far, and
-_DEEPEST = "deepest"  # the deepest level the description has reached
 
 
 def _describe_object(value: Any, depth: int, memo: dict[Any, Any]) -> Any:
