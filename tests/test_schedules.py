@@ -469,6 +469,36 @@ def test_to_host_and_tree_equal():
     assert S.tree_equal(np.arange(3), np.arange(3)) and not S.tree_equal({"a": 1}, {"b": 1})
 
 
+def test_tree_equal_and_to_host_on_plain_values_as_on_any_pytree():
+    """The direct paths for Python scalars and flat dicts (no ``jax.tree`` walk) answer
+    as the general one: types differ, -0.0 is not 0.0, NaN is NaN, keys in JAX's order."""
+    same = [0.5, -0.0, math.nan, math.inf, 1, 2**70, True, "x", None, {"lr": math.nan, "o": None}]
+    for value in same:
+        assert S.tree_equal(value, value) and S.tree_equal([value], [value])
+    differ = [
+        (0.0, -0.0),
+        (1, 1.0),
+        (1, True),
+        (0, False),
+        ("1", 1),
+        (None, 0.0),
+        (math.nan, 1.0),
+        ({"lr": 0.0}, {"lr": -0.0}),
+        ({"lr": 1}, {"lr": True}),
+        ({"a": None}, {"a": 0}),
+        ({"a": 1.0}, {"a": 1.0, "b": 1.0}),
+        ({"a": 1.0}, {"a": np.float64(1.0)}),
+    ]
+    for a, b in differ:
+        assert not S.tree_equal(a, b) and not S.tree_equal(b, a), (a, b)
+    flat = {"wd": 0.1, "lr": 2, "name": "adam", "off": None, "z": 1j}
+    out = S.to_host(flat)
+    assert out == flat and out is not flat and list(out) == list(jax.tree.map(lambda x: x, flat))
+    assert all(out[k] is flat[k] for k in flat)
+    nested = S.to_host({"b": {"x": jnp.float32(1.5)}, "a": 1})  # (the general path)
+    assert list(nested) == ["a", "b"] and type(nested["b"]["x"]) is float
+
+
 def test_tabulate_keeps_only_changes():
     c = S.curriculum({0: {"h": 0.0}, 4: {"h": 1.0}}, kind="linear")
     t = S.tabulate(c, 12, every=2)

@@ -270,7 +270,8 @@ def _update(
             key,
             on_ask=config.on_ask,
         )
-        new_history = new_history.add_all(added)
+        if worker_id != due[-1]:  # (the next one here sees these; the core adds them)
+            new_history = new_history.add_all(added)
         new_checkpoints.extend(added)
     _follow(views, view, new_state, workers, new_workers, history, due)
     return new_state, new_workers, tuple(new_checkpoints)

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpop.boundary import _flat
 from jaxpop.types import MetaParams, Schedule
 
 __all__ = [
@@ -292,6 +293,9 @@ def to_host(tree: Any) -> Any:
     {'lr': 0.5, 'w': array([0., 0.], dtype=float32)}
     """
 
+    if _flat(tree):  # (the usual result: str keys, plain values; as JAX orders them)
+        return {k: tree[k] for k in sorted(tree)}
+
     def convert(leaf: Any) -> Any:
         if is_traced(leaf):
             raise TypeError(
@@ -319,9 +323,14 @@ def tree_equal(a: Any, b: Any) -> bool:
     >>> tree_equal({"lr": 1}, {"lr": 1.0}), tree_equal({"lr": float("nan")}, {"lr": float("nan")})
     (False, True)
     """
-    if type(a) is not type(b):
+    kind = type(a)
+    if kind is not type(b):
         return False
-    if isinstance(a, Mapping):
+    if kind in _SCALARS:  # (the usual leaves: what the general path below finds, cheaply)
+        if kind is float:
+            return _float_equal(a, b)
+        return a is None or bool(a == b)
+    if kind is dict or isinstance(a, Mapping):
         if a.keys() != b.keys():
             return False
         if not (all(type(k) is str for k in a) and all(type(k) is str for k in b)):
@@ -343,6 +352,17 @@ def tree_equal(a: Any, b: Any) -> bool:
     )
 
 
+#: Leaf types :func:`tree_equal` compares directly (JAX flattens each to itself).
+_SCALARS = frozenset({float, int, bool, str, type(None)})
+
+
+def _float_equal(x: float, y: Any) -> bool:
+    """``x == y`` for a float, except that ``0.0`` and ``-0.0`` differ and NaN equals NaN."""
+    if x == y:
+        return x != 0 or math.copysign(1.0, x) == math.copysign(1.0, y)
+    return math.isnan(x) and math.isnan(y)
+
+
 def _leaf_equal(x: Any, y: Any) -> bool:
     if isinstance(x, (np.ndarray, np.generic, jax.Array)):
         x, y = np.asarray(x), np.asarray(y)
@@ -361,9 +381,7 @@ def _leaf_equal(x: Any, y: Any) -> bool:
             )
         )
     if isinstance(x, float):
-        if x == y:
-            return x != 0 or math.copysign(1.0, x) == math.copysign(1.0, y)
-        return math.isnan(x) and math.isnan(y)
+        return _float_equal(x, y)
     try:
         return bool(x == y)
     except (TypeError, ValueError):
