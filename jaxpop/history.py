@@ -17,6 +17,7 @@ step or time, lineage back to the root) are methods.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import weakref
@@ -147,16 +148,85 @@ def _step_below(gen: _Generation, step: int) -> int | None:
     return None if node is None else node[0]
 
 
-def _history(generations: Any, num_checkpoints: int, mode: Mode, made_from: Any) -> History:
-    """``History(generations, num_checkpoints, mode, made_from)`` for a ``mode`` already
-    checked, built by filling ``__dict__``: a frozen dataclass's ``__init__`` sets each
-    field through ``object.__setattr__`` and checks the mode, at every event's add."""
+# -- generations by latest step, kept along adds (History.by_latest_step) ---------------------
+#: An entry of the index: ``(latest step, creation order, generation id)``.
+_Entry = tuple[int, int, str]
+_CHUNK = 256  # entries per chunk when built; a chunk past twice this splits in two
+
+
+class _ByLatest(NamedTuple):
+    """Every generation's :data:`_Entry`, ascending, in sorted chunks: moving one entry
+    copies one chunk and the tables (O(generations / _CHUNK + _CHUNK)), so each history
+    keeps its own index and the one it was made from stays valid."""
+
+    chunks: tuple[tuple[_Entry, ...], ...]
+    firsts: tuple[_Entry, ...]  # each chunk's first entry
+
+
+def _entry(gen: _Generation, generation_id: str) -> _Entry:
+    assert gen.steps is not None  # (a generation holds a checkpoint)
+    return (gen.steps[0], gen.order, generation_id)
+
+
+def _by_latest(generations: Any) -> _ByLatest:
+    """The index of ``generations`` read afresh: O(generations log generations)."""
+    entries = sorted(_entry(gen, gid) for gid, gen in generations.items())
+    chunks = tuple(tuple(entries[i : i + _CHUNK]) for i in range(0, len(entries), _CHUNK))
+    return _ByLatest(chunks, tuple(chunk[0] for chunk in chunks))
+
+
+def _moved(index: _ByLatest, old: _Entry | None, new: _Entry) -> _ByLatest:
+    """``index`` with the entry ``old`` (``None``: a new generation) replaced by ``new``."""
+    chunks, firsts = index.chunks, index.firsts
+    if not chunks:
+        return _ByLatest(((new,),), (new,))
+    c = max(bisect.bisect_right(firsts, new) - 1, 0)  # the chunk ``new`` goes in
+    if old is not None and bisect.bisect_right(firsts, old) - 1 == c:  # (the usual move:
+        entries = list(chunks[c])  # a generation's latest step grows within one chunk)
+        del entries[bisect.bisect_left(entries, old)]
+    else:
+        if old is not None:  # out of its chunk (dropped if it empties), then into c
+            o = bisect.bisect_right(firsts, old) - 1
+            entries = list(chunks[o])
+            del entries[bisect.bisect_left(entries, old)]
+            if entries:
+                chunks = (*chunks[:o], tuple(entries), *chunks[o + 1 :])
+                firsts = (*firsts[:o], entries[0], *firsts[o + 1 :])
+            else:
+                chunks, firsts = chunks[:o] + chunks[o + 1 :], firsts[:o] + firsts[o + 1 :]
+            if not chunks:
+                return _ByLatest(((new,),), (new,))
+            c = max(bisect.bisect_right(firsts, new) - 1, 0)
+        entries = list(chunks[c])
+    bisect.insort(entries, new)
+    parts: tuple[tuple[_Entry, ...], ...]
+    heads: tuple[_Entry, ...]
+    if len(entries) > 2 * _CHUNK:
+        half = len(entries) // 2
+        parts, heads = (tuple(entries[:half]), tuple(entries[half:])), (entries[0], entries[half])
+    else:
+        parts, heads = (tuple(entries),), (entries[0],)
+    if len(parts) == 1 and heads[0] == firsts[c]:  # (the usual case: the same first entry)
+        return _ByLatest((*chunks[:c], *parts, *chunks[c + 1 :]), firsts)
+    return _ByLatest(
+        (*chunks[:c], *parts, *chunks[c + 1 :]), (*firsts[:c], *heads, *firsts[c + 1 :])
+    )
+
+
+def _history(
+    generations: Any, num_checkpoints: int, mode: Mode, made_from: Any, by_latest: Any = None
+) -> History:
+    """``History(generations, num_checkpoints, mode, made_from, by_latest)`` for a
+    ``mode`` already checked, built by filling ``__dict__``: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__`` and checks the mode, at
+    every event's add."""
     history = object.__new__(History)
     fields = history.__dict__
     fields["_generations"] = generations
     fields["num_checkpoints"] = num_checkpoints
     fields["mode"] = mode
     fields["_made_from"] = made_from
+    fields["_by_latest"] = by_latest
     return history
 
 
@@ -247,6 +317,9 @@ class History(Mapping[str, GenerationView]):
     # how this history was made: (a weak reference to the history it was added to, the
     # checkpoint added), for :meth:`added_since`; never pickled, never compared
     _made_from: Any = dataclasses.field(default=None, repr=False, compare=False)
+    # the generations by latest step (a _ByLatest), once by_latest_step was asked of this
+    # history or one it was made from by adds (each add keeps it); never pickled
+    _by_latest: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self._generations, immutables.Map):  # History("max")
@@ -280,6 +353,7 @@ class History(Mapping[str, GenerationView]):
         for name, value in state.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "_made_from", None)
+        object.__setattr__(self, "_by_latest", None)
 
     def rank(self, value: float | None) -> float:
         """A sort key for ``value`` under :attr:`mode`: smaller is better.
@@ -301,11 +375,20 @@ class History(Mapping[str, GenerationView]):
         """
         generations = self._generations
         gen, replaced = _put(generations, checkpoint)
+        generation_id = checkpoint.generation_id
+        by_latest = self._by_latest
+        if by_latest is not None:
+            old = generations.get(generation_id)
+            before = None if old is None else _entry(old, generation_id)
+            after = _entry(gen, generation_id)
+            if before != after:  # (its latest step moved)
+                by_latest = _moved(by_latest, before, after)
         return _history(
-            generations.set(checkpoint.generation_id, gen),
+            generations.set(generation_id, gen),
             self.num_checkpoints if replaced else self.num_checkpoints + 1,
             self.mode,
             (weakref.ref(self), checkpoint),
+            by_latest,
         )
 
     def added_since(self, base: History, limit: int = 16) -> list[Checkpoint] | None:
@@ -467,6 +550,23 @@ class History(Mapping[str, GenerationView]):
         if gen is None:
             raise KeyError(generation_id)
         return gen.checkpoints[gen.steps[0]]
+
+    def by_latest_step(self) -> Iterator[tuple[int, int, str]]:
+        """``(latest step, creation order, generation id)`` of every generation, the
+        latest step first (on a tie, the later-created first); the creation order is an
+        int that orders generations as ``iter(history)`` does.
+
+        The first call reads every generation (O(g log g) for g generations); the
+        histories :meth:`add` makes from this one keep the order up to date (each add
+        costs O(g / 256 + 256) more from then on), so a reader that stops after the
+        first few -- PB2's window of recent reward changes -- pays for those only.
+        """
+        index = self._by_latest
+        if index is None:
+            index = _by_latest(self._generations)
+            object.__setattr__(self, "_by_latest", index)  # (the same for every reader)
+        for chunk in reversed(index.chunks):
+            yield from reversed(chunk)
 
     def meta_params(self, generation_id: str) -> Any:
         """The hyperparameters of a generation (those of its latest checkpoint)."""

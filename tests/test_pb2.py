@@ -524,6 +524,29 @@ def test_pb2_runs_through_a_controller_journals_and_resumes(tmp_path, calls):
         assert pop.history.num_checkpoints > history.num_checkpoints
 
 
+def test_a_pb2_run_sorts_its_generations_by_latest_step_once(monkeypatch, calls):
+    """Each explore read every generation's latest step and sorted them (32 ms per
+    decision at 7,369 generations, helper-196): now the order is read at the first
+    explore and kept by the adds after it, in memory as through a log_dir's journal."""
+    from jaxpop import history as history_mod
+
+    built = []
+    read = history_mod._by_latest
+    monkeypatch.setattr(
+        history_mod, "_by_latest", lambda gens: built.append(len(gens)) or read(gens)
+    )
+    m = PB2(perturbation_interval=2, hyperparam_space=SPACE, min_observations=2)
+    initial = [{"lr": lr} for lr in (0.1, 0.05, 0.02, 0.01)]
+    with PopulationController(initial, m, seed=1) as pop:
+        run_quadratic(pop, {}, 60)
+        copies = decision_counts(m, pop.state.mutator_state).copies
+        expected = sorted(
+            ((pop.history.latest(g).step, i, g) for i, g in enumerate(pop.history)), reverse=True
+        )
+        assert list(pop.history.by_latest_step()) == expected
+    assert copies > 10 and len(calls) > 10 and len(built) == 1
+
+
 def test_pb2_describes_its_options():
     a = PB2(perturbation_interval=4, hyperparam_space=SPACE).describe()
     b = PB2(perturbation_interval=4, hyperparam_space=SPACE, beta=1.0).describe()

@@ -158,9 +158,11 @@ def reward_changes(
     Args:
       history: the run's history.
       window: keep only the ``window`` most recent changes (largest end step; ties go to
-        the later-created generation). Generations are visited newest end first and the
-        walk stops once no older one can enter the window, so the cost is one look at
-        each generation's latest step plus the checkpoints of the generations read.
+        the later-created generation). Generations are visited newest end first
+        (:meth:`~jaxpop.history.History.by_latest_step`) and the walk stops once no older
+        one can enter the window, so the cost is the checkpoints of the generations read
+        (the first call on a history, or one not made by adds from one already asked,
+        also sorts every generation by its latest step).
       min_interval: the least length, in steps, of one interval.
       where: keep only generations whose ``meta_params`` pass this test (applied before
         the window).
@@ -176,11 +178,9 @@ def reward_changes(
     if window is not None:
         window = check_number("window", window, integer=True)
     sign = -1.0 if history.mode == "min" else 1.0
-    generations = [(history.latest(g).step, i, g) for i, g in enumerate(history)]
-    generations.sort(reverse=True)
     kept: list[tuple[int, int, RewardChange]] = []
     memo: dict[CheckpointRef, float | None] = {}  # (copied values, read once per chain)
-    for bound, index, generation_id in generations:
+    for bound, index, generation_id in history.by_latest_step():
         if window is not None and len(kept) >= window and bound < kept[window - 1][0]:
             break  # every later generation ends before the window's oldest change
         if where is not None and not where(history.first(generation_id).meta_params):
