@@ -809,6 +809,40 @@ def test_the_evaluation_curves_kept_with_the_view_are_those_read_afresh(config):
     assert checked > 100
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_the_judged_curves_kept_with_the_view_are_those_read_afresh(mode, monkeypatch):
+    """The curves an evaluator's report compares (its evaluation's, the child's, over
+    several generations after a hand-over) are kept with the view and grow by the points
+    reported since; after every event of random hostile scripts (NaN values, reports
+    again at a step, reports for a generation left, branch-backs), each one as the next
+    update would read it equals the curve read from the history afresh, and most were
+    brought up to date by appending (helper-196: each report rebuilt both curves, O(their
+    length))."""
+    config = {"perturbation_interval": 1, "sub_population_sizes": (3, 3), "num_evaluators": 2}
+    appended, read = [], []
+    append, curve_of = fire._Growing.append, fire._curve
+    monkeypatch.setattr(
+        fire._Growing, "append", lambda self, *a: appended.append(1) or append(self, *a)
+    )
+    monkeypatch.setattr(fire, "_curve", lambda *a: read.append(1) or curve_of(*a))
+    checked = 0
+    for seed, t, state, m, view in _views_along_random_scripts(config, mode, n_events=120):
+        views, memo, cfg = (m.update.keywords[k] for k in ("views", "memo", "config"))
+        fire._Scored.bring_up_to_date(view, cfg.num_members)
+        fire._Curves.bring_up_to_date(view, cfg.mode)
+        step = fire._Step(state.mutator_state, state.workers, state.history, 0.0, None, memo, view)
+        for task in state.mutator_state.evaluations.values():
+            for generations in ((task.generation,), fire._curve_generations(step, task.child)):
+                kept = fire._Curves.curve(step, generations, cfg.mode)
+                fresh = curve_of(state.history, generations, cfg.mode)
+                assert kept.steps.tolist() == fresh.steps.tolist(), (seed, t, generations)
+                np.testing.assert_array_equal(kept.values, fresh.values, (seed, t))
+                assert not kept.values.flags.writeable
+                checked += 1
+        views.keep(view)
+    assert checked > 300 and len(appended) > 100 and len(read) < checked
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -885,6 +919,10 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
                 return fire._curve(step.history, (generation,), mode), None
 
             patch.setattr(fire, "_evaluation_curve", curve_afresh)
+            judged_afresh = staticmethod(
+                lambda step, gens, mode: fire._curve(step.history, gens, mode)
+            )
+            patch.setattr(fire._Curves, "curve", judged_afresh)  # (the judged curves afresh)
             patch.setattr(fire, "_to_judge", judge_all)
             # rankings of the fitness read afresh
             patch.setattr(fire._Memo, "ranking", lambda self, keys: fire._ranking(keys))

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from jaxpop.history import History
-from jaxpop.records import ActiveWorker, replaced
+from jaxpop.records import ActiveWorker, Checkpoint, replaced
 
 __all__ = ["View", "Views", "order_entry"]
 
@@ -61,6 +61,7 @@ class View:
         "_places",
         "_rows",
         "added",
+        "added_checkpoints",
         "by_generation",
         "columns",
         "derived",
@@ -106,6 +107,9 @@ class View:
         #: the generations that got a checkpoint when the view was last brought up to
         #: date; ``None`` for a view read afresh
         self.added: set[str] | None = None
+        #: the checkpoints behind :attr:`added`, in the order they were added; ``None``
+        #: for a view read afresh
+        self.added_checkpoints: list[Checkpoint] | None = None
         #: what else a mutator keeps with the view (a view read afresh starts with none);
         #: the mutator keeps it up to date from :attr:`touched` and :attr:`added`
         self.memo: dict[Any, Any] = {}
@@ -253,6 +257,7 @@ class Views:
             old.refresh(i)
         old.touched = touched
         old.added = generations
+        old.added_checkpoints = added
         return old
 
     def keep(self, view: View) -> None:
