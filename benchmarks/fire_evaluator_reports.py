@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=common.positive_int, default=50)
     parser.add_argument("--buckets", type=common.positive_int, default=5)
     args = parser.parse_args(argv)
-    if args.workers < 4:
-        parser.error("--workers must be at least 4 (two sub-populations and an evaluator)")
+    if args.workers < 6:  # (3 * 6 // 8 = 2: the least a sub-population holds)
+        parser.error("--workers must be at least 6 (two sub-populations of 2 and evaluators)")
     if args.rounds < args.buckets:
         parser.error(f"--rounds must be at least --buckets ({args.buckets})")
     rows = {v: run(args.workers, args.rounds, args.interval, args.buckets, v) for v in VARIANTS}

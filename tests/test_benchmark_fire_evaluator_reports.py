@@ -15,8 +15,8 @@ from jaxpop.mutators import fire
 
 
 def test_the_variants_time_the_same_run_and_restore_the_kept_curves():
-    kept = bench.run(workers=4, rounds=60, interval=5, buckets=3, variant="kept")
-    afresh = bench.run(workers=4, rounds=60, interval=5, buckets=3, variant="afresh")
+    kept = bench.run(workers=6, rounds=60, interval=5, buckets=3, variant="kept")
+    afresh = bench.run(workers=6, rounds=60, interval=5, buckets=3, variant="afresh")
     assert fire._Curves.curve.__qualname__ == "_Curves.curve"  # (put back after the run)
     assert kept["reports"] == afresh["reports"] and sum(kept["reports"]) > 10
     assert (kept["evaluations"], kept["handovers"]) == (afresh["evaluations"], afresh["handovers"])
@@ -24,6 +24,6 @@ def test_the_variants_time_the_same_run_and_restore_the_kept_curves():
 
 
 def test_too_few_workers_or_rounds_are_usage_errors():
-    for argv in (["--workers", "3"], ["--rounds", "2", "--buckets", "5"]):
+    for argv in (["--workers", "5"], ["--rounds", "2", "--buckets", "5"]):
         with pytest.raises(SystemExit):
             bench.main(argv)
