@@ -41,7 +41,7 @@ VARIANTS = ("kept", "afresh")
 def run(workers: int, rounds: int, interval: int, buckets: int, variant: str) -> dict:
     """One variant's run: per bucket of rounds, the number of evaluator reports timed and
     their median µs; with the run's evaluation and hand-over counts."""
-    kept = fire._Curves.curve
+    kept = fire._Curves.__dict__["curve"]  # (the staticmethod itself, to put back)
     if variant == "afresh":  # (what every report did before: both curves from the history)
         fire._Curves.curve = staticmethod(
             lambda step, generations, mode: fire._curve(step.history, generations, mode)
@@ -63,10 +63,11 @@ def run(workers: int, rounds: int, interval: int, buckets: int, variant: str) ->
             for i in range(workers):
                 work = pop.active_workers[i]
                 step, value = curve_value(work, 0.02 * float(rng.normal()))
+                judged = i >= 2 * members and i in pop.state.mutator_state.evaluations
                 t0 = time.perf_counter()
                 pop.set_eval(i, work.generation_id, step, None, value)
                 seconds = time.perf_counter() - t0
-                if i >= 2 * members and i in pop.state.mutator_state.evaluations:
+                if judged:  # (an evaluator evaluating when it reports: its report is judged)
                     times[r * buckets // rounds].append(seconds)
         state = pop.state.mutator_state
     finally:
