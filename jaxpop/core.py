@@ -223,6 +223,11 @@ class Changes:
     num_events: int
     now: float
 
+    def with_mutator_state(self, mutator_state: Any) -> Changes:
+        """``self.replace(mutator_state=mutator_state)``, without ``dataclasses.replace``'s
+        overhead (storage journals every event's state as a change from the last)."""
+        return _changes(self.checkpoints, self.workers, mutator_state, self.num_events, self.now)
+
 
 class Reply(NamedTuple):
     """What a transition answers.

@@ -12,7 +12,7 @@ from conftest import apply, fresh_state, noop_mutator
 from jaxpop import core
 from jaxpop.events import Ask, Eval, Finish, Missing
 from jaxpop.mutators.base import Mutator, start_generation
-from jaxpop.records import Checkpoint
+from jaxpop.records import ActiveWorker, Checkpoint
 
 
 def test_init_makes_one_generation_per_member():
@@ -819,3 +819,14 @@ def test_an_evaluation_without_params_at_a_copys_start_after_a_restore_moves_not
     new, reply = apply(restored, Eval(np.ones(2), 1, worker.generation_id, 10, 0.7), 3.0, wta)
     assert [i for i, _ in reply.changes.workers] == [1]
     assert new.workers[1].params is not worker.params
+
+
+def test_changes_with_another_mutator_state_are_those_dataclasses_replace_makes():
+    import dataclasses
+
+    from jaxpop.core import Changes
+
+    c = Changes((), ((0, ActiveWorker(None, {"lr": 0.1}, "g", 3)),), {"n": 1}, 7, 2.5)
+    other = c.with_mutator_state({"n": 2})
+    assert other == dataclasses.replace(c, mutator_state={"n": 2}) and other is not c
+    assert c.mutator_state == {"n": 1} and type(other) is Changes

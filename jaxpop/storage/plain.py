@@ -10,7 +10,6 @@ file), so nothing ill-typed ever reaches the core.
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from typing import Any
 
@@ -134,7 +133,7 @@ def redo_checked(state: PopulationState, changes: Any) -> PopulationState:
         raise _fail("now", "a real number", changes.now)
     if type(changes.mutator_state) is StateDelta:  # (storage version 4: see storage.delta)
         mutator_state = applied(state.mutator_state, changes.mutator_state)
-        changes = dataclasses.replace(changes, mutator_state=mutator_state)
+        changes = changes.with_mutator_state(mutator_state)
     state = redo(state, changes)
     _check_parents(changes.checkpoints, state.history, "checkpoints")
     for i, worker in changes.workers:

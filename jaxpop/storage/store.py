@@ -10,7 +10,6 @@ file format, the recovery rules and the failure behaviour are in ``docs/storage.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fcntl
 import gc
@@ -1005,9 +1004,7 @@ class Store:
         parts = []
         for c in changes:
             written = delta(base, c.mutator_state)
-            journaled = (
-                c if written is c.mutator_state else dataclasses.replace(c, mutator_state=written)
-            )
+            journaled = c if written is c.mutator_state else c.with_mutator_state(written)
             parts.append(frame(encoding.encode(journaled)))
             base = c.mutator_state
         return (parts[0] if len(parts) == 1 else b"".join(parts)), base
