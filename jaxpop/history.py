@@ -181,12 +181,12 @@ def _moved(index: _ByLatest, old: _Entry | None, new: _Entry) -> _ByLatest:
     if not chunks:
         return _ByLatest(((new,),), (new,))
     c = max(bisect.bisect_right(firsts, new) - 1, 0)  # the chunk ``new`` goes in
-    if old is not None and bisect.bisect_right(firsts, old) - 1 == c:  # (the usual move:
-        entries = list(chunks[c])  # a generation's latest step grows within one chunk)
+    o = -1 if old is None else bisect.bisect_right(firsts, old) - 1  # and ``old``'s
+    if old is not None and o == c:  # (the usual move: a latest step grows in its chunk)
+        entries = list(chunks[c])
         del entries[bisect.bisect_left(entries, old)]
     else:
         if old is not None:  # out of its chunk (dropped if it empties), then into c
-            o = bisect.bisect_right(firsts, old) - 1
             entries = list(chunks[o])
             del entries[bisect.bisect_left(entries, old)]
             if entries:
