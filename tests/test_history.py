@@ -500,7 +500,7 @@ def test_generations_by_latest_step_are_kept_along_adds_as_read_afresh(seed, chu
         assert list(history.by_latest_step()) == _by_latest_afresh(history)
 
 
-def test_generations_by_latest_step_are_read_once_then_kept():
+def test_generations_by_latest_step_are_read_once_then_kept(monkeypatch):
     """The histories adds make from one asked for its generations by latest step keep the
     order: PB2 read every generation's latest step and sorted them at every explore
     (32 ms per decision at 7,369 generations, helper-196)."""
@@ -510,14 +510,11 @@ def test_generations_by_latest_step_are_read_once_then_kept():
     assert next(history.by_latest_step()) == (30, 496, "g496")
     built = []
     original = history_mod._by_latest
-    history_mod._by_latest = lambda generations: built.append(1) or original(generations)
-    try:
-        for step in range(31, 231):
-            history = history.add(ck(f"g{step % 500}", step, value=1.0))
-            history = history.add(ck(f"c{step}", step, parent=(f"g{step % 500}", step)))
-            latest = list(history.by_latest_step())[:3]
-            assert latest == _by_latest_afresh(history)[:3]
-        assert built == []
-        assert latest[0] == (230, 699, "c230") and latest[1] == (230, 230, "g230")
-    finally:
-        history_mod._by_latest = original
+    monkeypatch.setattr(history_mod, "_by_latest", lambda gens: built.append(1) or original(gens))
+    for step in range(31, 231):
+        history = history.add(ck(f"g{step % 500}", step, value=1.0))
+        history = history.add(ck(f"c{step}", step, parent=(f"g{step % 500}", step)))
+        latest = list(history.by_latest_step())[:3]
+        assert latest == _by_latest_afresh(history)[:3]
+    assert built == []
+    assert latest[0] == (230, 699, "c230") and latest[1] == (230, 230, "g230")

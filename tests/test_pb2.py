@@ -524,10 +524,11 @@ def test_pb2_runs_through_a_controller_journals_and_resumes(tmp_path, calls):
         assert pop.history.num_checkpoints > history.num_checkpoints
 
 
-def test_a_pb2_run_sorts_its_generations_by_latest_step_once(monkeypatch, calls):
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_pb2_run_sorts_its_generations_by_latest_step_once(monkeypatch, calls, durable, tmp_path):
     """Each explore read every generation's latest step and sorted them (32 ms per
     decision at 7,369 generations, helper-196): now the order is read at the first
-    explore and kept by the adds after it, in memory as through a log_dir's journal."""
+    explore and kept by the adds after it, in memory as with a log_dir."""
     from jaxpop import history as history_mod
 
     built = []
@@ -537,7 +538,8 @@ def test_a_pb2_run_sorts_its_generations_by_latest_step_once(monkeypatch, calls)
     )
     m = PB2(perturbation_interval=2, hyperparam_space=SPACE, min_observations=2)
     initial = [{"lr": lr} for lr in (0.1, 0.05, 0.02, 0.01)]
-    with PopulationController(initial, m, seed=1) as pop:
+    log_dir = {"log_dir": str(tmp_path), "compact_after": 50} if durable else {}
+    with PopulationController(initial, m, seed=1, **log_dir) as pop:
         run_quadratic(pop, {}, 60)
         copies = decision_counts(m, pop.state.mutator_state).copies
         expected = sorted(
