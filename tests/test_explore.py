@@ -611,6 +611,30 @@ def test_device_randint_past_2_24_keeps_and_draws_integers_exactly():
             assert set(drawn.tolist()) == {2**24, 2**24 + 1, 2**24 + 2}
 
 
+def test_device_choice_of_ints_past_2_24_moves_to_the_right_neighbour():
+    """A choice of ints past 2**24 stored as int32: on device its value's place in the
+    list was found in float32, where neighbours round alike, so a copy holding B + 2
+    always moved to B + 1 and one holding B + 1 never moved (hostile review, helper-202);
+    now in-list values are found exactly, on device as on the host and in numpy arrays."""
+    big = 2**25
+    space = {"c": ex.choice([big, big + 1, big + 2, big + 3, big + 4])}
+    keys = jax.random.split(jax.random.key(0), 400)
+    for held, neighbours in ((big + 2, {big + 1, big + 3}), (big + 1, {big, big + 2})):
+        value = {"c": jnp.asarray(held, jnp.int32)}
+        moved = jax.jit(jax.vmap(lambda k, v=value: ex.perturb(k, space, v)["c"]))(keys)
+        assert moved.dtype == jnp.int32 and set(np.asarray(moved).tolist()) == neighbours
+        host = {ex.perturb(np.array([0, i], np.uint32), space, {"c": held})["c"] for i in range(40)}
+        assert host == neighbours
+        array = ex.perturb(np.array([0, 1], np.uint32), space, {"c": np.full(50, held, np.int32)})
+        assert set(array["c"].tolist()) == neighbours
+    inside = jnp.asarray([big, big + 3, big + 4], jnp.int32)
+    assert np.array_equal(jax.jit(lambda v: ex.clip(space, {"c": v}))(inside)["c"], inside)
+    with warnings.catch_warnings():  # (a Python int under a traced key: int32, no warning)
+        warnings.simplefilter("error")
+        moved = jax.jit(lambda k: ex.perturb(k, space, {"c": big + 2})["c"])(keys[0])
+    assert int(moved) in {big + 1, big + 3}
+
+
 def test_a_float_type_that_holds_no_value_of_its_space_is_refused():
     """float16 holds none of uniform(1e5, 2e5) (inf) or log_uniform(1e-10, 1e-9) (0):
     an explored value would be outside the space, so the value is refused, on the host

@@ -508,6 +508,7 @@ def _choice_leaf(
         dtype = jnp.asarray(0.0).dtype if xp is jnp else np.float64
         values = xp.asarray(space.values, dtype=dtype)
         current = _nearest_index(values, xp.asarray(value, dtype=dtype), xp)
+        current = _exact_choice_index(space, value, current, np.dtype(dtype), xp)
     else:
         if isinstance(value, np.ndarray):  # 0-d: its scalar (a number, as 0.9 is)
             value = value[()]
@@ -525,6 +526,28 @@ def _choice_leaf(
     if op == "perturb" or probability <= 0:
         return kept
     return xp.where(u[0] < probability, fresh, kept)
+
+
+def _exact_choice_index(
+    space: Choice, value: Any, current: Any, float_type: np.dtype, xp: Any
+) -> Any:
+    """``current`` (the index of the value nearest ``value`` in ``float_type``), or, for
+    an integer-typed ``value`` and a choice of ints that type holds, some of which
+    ``float_type`` rounds (past 2**24 in float32: neighbours looked alike, and a copy
+    moved to the wrong one), the index found by exact comparison where ``value`` is one
+    of the choice's values (the nearest by float where it is not)."""
+    value_type = np.dtype((jnp if xp is jnp else np).asarray(value).dtype)
+    if not np.issubdtype(value_type, np.integer):
+        return current
+    ints = space.values
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ints):
+        return current
+    info, exact = np.iinfo(value_type), 2 ** (np.finfo(float_type).nmant + 1)
+    if not all(info.min <= v <= info.max for v in ints) or all(abs(v) <= exact for v in ints):
+        return current
+    matches = xp.asarray(ints, dtype=value_type) == xp.asarray(value)[..., None]
+    found = xp.argmax(matches, axis=-1).astype(np.int32)
+    return xp.where(matches.any(axis=-1), found, current)
 
 
 def _clip_index(index: Any, n: int, xp: Any) -> Any:
