@@ -189,8 +189,9 @@ def _keeps_host_order(select: Callable[..., jax.Array]) -> Callable[..., jax.Arr
 def num_in_quantile(n: int, quantile_fraction: float) -> int:
     """How many members the top (and the bottom) ``quantile_fraction`` of ``n`` holds.
 
-    ``ceil(n * quantile_fraction)``, but at most ``n // 2`` so that the top and the
-    bottom never overlap: 0 for one member, 1 for two, 1 for four at the default 0.25.
+    ``ceil(n * quantile_fraction - 1e-9)`` (the tolerance: ``10 * 0.3`` is 3 members,
+    not 4), but at most ``n // 2`` so that the top and the bottom never overlap: 0 for
+    one member, 1 for two, 1 for four at the default 0.25.
 
     >>> num_in_quantile(4, 0.25), num_in_quantile(10, 0.25), num_in_quantile(1, 0.25)
     (1, 3, 0)
