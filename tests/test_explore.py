@@ -633,6 +633,11 @@ def test_device_choice_of_ints_past_2_24_moves_to_the_right_neighbour():
         warnings.simplefilter("error")
         moved = jax.jit(lambda k: ex.perturb(k, space, {"c": big + 2})["c"])(keys[0])
     assert int(moved) in {big + 1, big + 3}
+    lowest = {"c": ex.choice([np.int64(-(2**63)), 0, 1])}  # (abs() of it overflows)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        array = ex.perturb(np.array([0, 1], np.uint32), lowest, {"c": np.asarray([0, 1])})
+    assert set(array["c"].tolist()) <= {-(2**63), 0, 1}
 
 
 def test_a_float_type_that_holds_no_value_of_its_space_is_refused():

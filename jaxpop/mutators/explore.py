@@ -543,7 +543,8 @@ def _exact_choice_index(
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ints):
         return current
     info, exact = np.iinfo(value_type), 2 ** (np.finfo(float_type).nmant + 1)
-    if not all(info.min <= v <= info.max for v in ints) or all(abs(v) <= exact for v in ints):
+    # (as Python ints: abs() of numpy's lowest int64 overflows, with a warning)
+    if not all(info.min <= v <= info.max for v in ints) or all(abs(int(v)) <= exact for v in ints):
         return current
     matches = xp.asarray(ints, dtype=value_type) == xp.asarray(value)[..., None]
     found = xp.argmax(matches, axis=-1).astype(np.int32)
