@@ -539,12 +539,12 @@ def _exact_choice_index(
     value_type = np.dtype((jnp if xp is jnp else np).asarray(value).dtype)
     if not np.issubdtype(value_type, np.integer):
         return current
-    ints = space.values
-    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ints):
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in space.values):
         return current
-    info, exact = np.iinfo(value_type), 2 ** (np.finfo(float_type).nmant + 1)
     # (as Python ints: abs() of numpy's lowest int64 overflows, with a warning)
-    if not all(info.min <= v <= info.max for v in ints) or all(abs(int(v)) <= exact for v in ints):
+    ints = [int(v) for v in space.values]
+    info, exact = np.iinfo(value_type), 2 ** (np.finfo(float_type).nmant + 1)
+    if not all(info.min <= v <= info.max for v in ints) or all(abs(v) <= exact for v in ints):
         return current
     matches = xp.asarray(ints, dtype=value_type) == xp.asarray(value)[..., None]
     found = xp.argmax(matches, axis=-1).astype(np.int32)
