@@ -511,6 +511,20 @@ def test_times_of_a_clock_not_in_seconds_are_printed_as_numbers(scale):
 
 # -- plots ----------------------------------------------------------------------------
 @needs_matplotlib
+@pytest.mark.parametrize("n", [1, 9, 10, 11, 30])
+def test_every_member_has_its_own_colour_and_none_is_the_highlight_red(n):
+    """tab10 without red has nine colours: at ten members worker 9 took worker 0's
+    (hostile review, helper-204)."""
+    from matplotlib import colormaps, colors
+
+    from jaxpop.report import plots
+
+    member_colors = [colors.to_hex(c) for c in plots._member_colors(n)]
+    assert len(member_colors) == n and len(set(member_colors)) == n
+    assert colors.to_hex(colormaps["tab10"](3)) not in member_colors
+
+
+@needs_matplotlib
 def test_plotted_data_match_the_history(finished):
     _, state = finished
     data = report.build(state, "run")

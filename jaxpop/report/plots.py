@@ -43,13 +43,17 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _member_colors(n: int) -> list[Any]:
+    """A colour per member, each its own: tab10's nine without red (the best lineage's
+    highlight) up to nine members, viridis past that (tab10 cycled, worker 9 took
+    worker 0's colour)."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if n <= 10 else "viridis"]
-    if n <= 10:
-        palette = [cmap(i) for i in range(cmap.N) if i != 3]  # red is the highlight
-        return [palette[i % len(palette)] for i in range(n)]
-    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+    tab10 = colormaps["tab10"]
+    palette = [tab10(i) for i in range(tab10.N) if i != 3]  # red is the highlight
+    if n <= len(palette):
+        return palette[:n]
+    viridis = colormaps["viridis"]
+    return [viridis(i / max(n - 1, 1)) for i in range(n)]
 
 
 def _mark_exploits(ax: Any, report: Report) -> None:
