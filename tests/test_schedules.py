@@ -499,6 +499,26 @@ def test_tree_equal_and_to_host_on_plain_values_as_on_any_pytree():
     assert list(nested) == ["a", "b"] and type(nested["b"]["x"]) is float
 
 
+def test_a_jitted_join_counts_float32_steps_past_2_24_from_the_exact_boundary():
+    """float32 holds 16777217 as 16777216: a traced step was counted from there, a whole
+    step ahead of the host's count, so a ramp after such a point ran a step ahead under
+    jit (hostile review, helper-205); now the rounding is taken off the count."""
+    ramp = S.join(
+        [S.constant({"c": jnp.float32(-1)}), lambda s: {"c": jnp.asarray(s, jnp.float32)}],
+        [16777217],
+    )
+    curriculum = S.curriculum({0: {"a": 0.0}, 16777217: {"a": 1.0}, 16777227: {"a": 2.0}})
+    steps = np.array([16777216, 16777218, 16777220, 16777224, 16777228], np.float32)
+    for schedule in (ramp, curriculum):
+        traced = S.to_host(jax.jit(jax.vmap(schedule))(steps))
+        for i, step in enumerate(steps):
+            host = S.to_host(schedule(step))
+            assert {k: float(v[i]) for k, v in traced.items()} == host, (step, host)
+    # a boundary float32 holds exactly is counted from as before (no correction)
+    exact = S.join([S.constant({"c": 0.0}), lambda s: {"c": s}], [16777216])
+    assert float(jax.jit(exact)(np.float32(16777220.0))["c"]) == 4.0
+
+
 def test_tabulate_keeps_only_changes():
     c = S.curriculum({0: {"h": 0.0}, 4: {"h": 1.0}}, kind="linear")
     t = S.tabulate(c, 12, every=2)

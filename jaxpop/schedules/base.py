@@ -187,7 +187,10 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         step, reachable = _traced_boundaries(step, boundaries)
         outputs = [schedules[0](step)]
         outputs += [
-            later(step - start) for (_, start), later in zip(reachable, schedules[1:], strict=False)
+            later(_since(step, start, boundary))
+            for (_, start), boundary, later in zip(
+                reachable, boundaries, schedules[1:], strict=False
+            )
         ]
         _check_held_together(outputs)
         output = outputs[0]
@@ -196,6 +199,20 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
         return output
 
     return schedule
+
+
+def _since(step: Any, start: Any, boundary: int) -> Any:
+    """The steps from ``boundary`` to a traced ``step``, in the step's dtype: counted
+    from ``start`` (the boundary as that dtype holds it), less what rounding moved it
+    (a float32 step counted from 16777217, which float32 holds as 16777216, was a step
+    ahead of the host's count: a ramp a whole step off). Exact wherever the count is
+    one the dtype holds."""
+    moved = boundary - int(start)
+    if moved == 0:
+        return step - start
+    # (the barrier keeps XLA from folding the two subtractions into one of their sum,
+    # which float32 rounds back to the boundary as it holds it)
+    return jax.lax.optimization_barrier(step - start) - np.asarray(moved, start.dtype)
 
 
 def _traced_boundaries(step: Any, boundaries: Sequence[int]) -> tuple[Any, list[tuple[Any, Any]]]:
