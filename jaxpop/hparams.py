@@ -116,8 +116,10 @@ def make_optimizer(
     a Python int too, such as
     ``weight_decay=0``, where the optimizer takes a float: a float default or a type
     hint that admits ``float`` and not ``int``; ``seed=0`` stays an int, and so does
-    ``momentum=0`` for ``optax.sgd``, whose hint admits both: write ``0.0``; numpy
-    scalars are taken as the Python numbers they hold),
+    ``momentum=0`` for ``optax.sgd``, whose hint admits both: write ``0.0``; an
+    integer array, a vmapped population's included, likewise; numpy scalars are taken
+    as the Python numbers they hold; a callable default the call leaves to optax, such
+    as adafactor's ``dtype_momentum``, is baked in),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
     ``static_args``, booleans, and the sizes optax reads in Python (adafactor's
     ``min_dim_size_to_factor`` and ``decay_offset``, lbfgs's ``memory_size``: injected,
@@ -150,8 +152,9 @@ def make_optimizer(
         scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
         ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex.
       ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
-        value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0), the
-        defaults left to optax included (adam's ``eps=1e-8`` in ``float16``).
+        value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0, or a
+        rate below 1 rounds to 1), the defaults left to optax included (adam's
+        ``eps=1e-8`` in ``float16``, its ``b2=0.999`` in ``bfloat16``).
 
     >>> import jax.numpy as jnp, optax
     >>> tx = make_optimizer(optax.adam, {"learning_rate": 1e-3, "aug": 0.3}, b1=0.5)
@@ -189,7 +192,16 @@ def make_optimizer(
     # sizes optax reads in Python: injected, each is an array and a jitted update fails
     # deep in optax; baked in unless meta_params gives them
     read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
-    static_args = (*static_args, *[n for n in read_in_python if n not in static_args])
+    # a callable default (adafactor's dtype_momentum=jnp.float32) that the call leaves to
+    # optax: injected, optax would take it for a schedule (and init fail once another
+    # argument, momentum, is given): baked in as the optimizer's own
+    callable_defaults = [
+        n
+        for n, p in parameters.items()
+        if n not in arguments and p.default is not inspect.Parameter.empty and callable(p.default)
+    ]
+    baked = [*read_in_python, *callable_defaults]
+    static_args = (*static_args, *[n for n in baked if n not in static_args])
     for name, value in list(arguments.items()):
         if isinstance(value, np.generic):
             # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
@@ -222,6 +234,12 @@ def make_optimizer(
             # a float written as an int (weight_decay=0): injected as an int, it could
             # never be set to a float
             arguments[name] = float(value)
+        elif kind in ("i", "u") and name in floats and name not in static_args:
+            # an integer array (np.array(0), or a vmapped population's ints, traced) as
+            # the Python int above: a float of the dtype it gets
+            arguments[name] = jnp.asarray(value).astype(
+                jnp.result_type(float) if hyperparam_dtype is None else hyperparam_dtype
+            )
         if callable(value) and name not in static_args:
             raise TypeError(
                 f"argument {name!r} is callable, so optax.inject_hyperparams would treat "
@@ -235,6 +253,8 @@ def make_optimizer(
             held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)  # (float32 without x64)
             if not isinstance(value, jax.core.Tracer):  # (a vmapped population's: unread)
                 _check_cast(np.asarray(value), held, name)
+                advice = f"pass {name}= a value {held} holds, or a wider hyperparam_dtype"
+                _check_rate(np.asarray(value), held, f"{_name(optimizer_fn)}: {name}", advice)
             if not isinstance(value, float):
                 arguments[name] = jnp.asarray(value, held)
     if hyperparam_dtype is not None:
@@ -261,16 +281,28 @@ def _check_defaults(
         default = parameter.default
         if type(default) is not float or name in arguments or name in static_args:
             continue
+        advice = f"pass {name}= a value {held} holds, or a wider hyperparam_dtype"
         try:
             _check_cast(np.asarray(default), held, name, label=f"the default {name}")
-            rounded = float(np.asarray(default).astype(held))
-            if 0 < abs(default) < 1 and abs(rounded) == 1:  # (a decay rate that never decays)
-                raise ValueError(f"the default {name}={default} is {rounded} in {held}")
         except ValueError as err:
-            raise ValueError(
-                f"{_name(optimizer_fn)}: {err}: pass {name}= a value {held} holds, or a "
-                "wider hyperparam_dtype"
-            ) from None
+            raise ValueError(f"{_name(optimizer_fn)}: {err}: {advice}") from None
+        _check_rate(np.asarray(default), held, f"{_name(optimizer_fn)}: the default {name}", advice)
+
+
+def _check_rate(host: np.ndarray, dtype: Any, label: str, advice: str) -> None:
+    """Refuses a concrete value strictly between -1 and 1 that ``dtype`` rounds to 1 (or
+    -1): a decay rate that never decays (adam's ``b2=0.999`` is 1 in bfloat16, and every
+    update is NaN). ``advice`` ends the message."""
+    if not (jnp.issubdtype(dtype, jnp.floating) and jnp.issubdtype(host.dtype, jnp.floating)):
+        return
+    inside = np.abs(host) < 1
+    if np.any(inside & (np.abs(host.astype(dtype).astype(np.float64)) == 1)):
+        below = float(np.nextafter(np.asarray(1, dtype), np.asarray(0, dtype)))
+        raise ValueError(
+            f"{label} = {host.tolist()!r:.60} is 1 in {jnp.dtype(dtype)}, a rate below 1 "
+            f"that would never decay (adam's b2: every update NaN); the closest below 1 "
+            f"that {jnp.dtype(dtype)} holds is {below}: {advice}"
+        )
 
 
 def _is_float(value: Any) -> bool:
@@ -394,11 +426,12 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
       ValueError: no injected state; a shape differs from the stored one; a name
         follows a schedule (optax recomputes it at every update, a written value would
         be ignored); or a value the stored dtype would change: one that overflows it
-        (1e39 in float32) or underflows it to 0 (1e-46), an integer outside it, a
-        number other than 0 or 1 for a bool.
+        (1e39 in float32) or underflows it to 0 (1e-46), a rate below 1 it rounds to
+        1 (0.9999 in bfloat16), an integer outside it, a number other than 0 or 1 for
+        a bool.
       KeyError: a name is held by no injected state; the message lists the names held.
-      TypeError: a floating value for an integer hyperparameter, or a bool for a
-        number.
+      TypeError: a floating value for an integer hyperparameter, or a bool (concrete
+        or traced) for a number.
 
     >>> import jax.numpy as jnp, optax
     >>> state = make_optimizer(optax.adam, learning_rate=1e-3).init({"w": jnp.zeros(2)})
@@ -579,11 +612,17 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
                 "written as 1 or 0)"
             )
         _check_cast(host, old_type.dtype, name)
+        _check_rate(host, old_type.dtype, f"hyperparameter {name!r}", "write one it holds")
         if old_type.dtype == bool:
             _check_truth(host, f"hyperparameter {name!r}")
         if host.dtype.kind in "iu" and jnp.issubdtype(old_type.dtype, jnp.inexact):
             value = host.astype(old_type.dtype)  # (jnp.asarray first cuts int64 to int32)
     value = jnp.asarray(value)
+    if value.dtype == bool and old_type.dtype != bool:  # (a traced one too: 1.0 was written)
+        raise TypeError(
+            f"hyperparameter {name!r} is {old_type.dtype}, got a bool (it would be written "
+            "as 1 or 0)"
+        )
     if jnp.issubdtype(value.dtype, jnp.complexfloating) and not jnp.issubdtype(
         old_type.dtype, jnp.complexfloating
     ):

@@ -772,7 +772,7 @@ def test_a_default_the_hyperparameter_dtype_cannot_hold_is_refused():
     # float32 (the default) holds adam's defaults
     make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.float32)
     # bfloat16 rounds b2=0.999 to 1: every update was NaN (hostile review, helper-182)
-    with pytest.raises(ValueError, match=r"adam: the default b2=0.999 is 1.0 in bfloat16.*b2="):
+    with pytest.raises(ValueError, match=r"adam: the default b2 = 0.999 is 1 in bfloat16.*b2="):
         make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.bfloat16)
     tx = make_optimizer(optax.adam, {"learning_rate": 1e-3}, b2=0.99, hyperparam_dtype=jnp.bfloat16)
     updates, _ = tx.update({"w": jnp.array([1.0, 0.0, 0.0])}, tx.init(params), params)
@@ -858,3 +858,67 @@ def test_set_hparams_on_a_stacked_population_keeps_an_integer_weak_as_vmap_does(
     assert get_hparams(stacked)["k"].tolist() == [1, 2, 3, 4]
     step(mapped), step(stacked)
     assert len(traces) == 1
+
+
+def test_a_rate_below_1_that_the_dtype_rounds_to_1_is_refused_given_or_set():
+    """The default b2=0.999 was refused in bfloat16 (it is 1 there: every update NaN),
+    but the same value passed explicitly, or written by set_hparams (a PBT explore of
+    b1 or b2 near 1), was stored as 1 without a word (hostile review, helper-205)."""
+    params = {"w": jnp.ones(3, jnp.bfloat16)}
+    with pytest.raises(ValueError, match=r"adam: b2 = 0.999 is 1 in bfloat16.*0.99609375.*b2="):
+        make_optimizer(optax.adam, learning_rate=1e-3, b2=0.999, hyperparam_dtype=jnp.bfloat16)
+    tx = make_optimizer(optax.adam, learning_rate=1e-3, b2=0.99, hyperparam_dtype=jnp.bfloat16)
+    state = tx.init(params)
+    for name in ("b1", "b2"):
+        with pytest.raises(ValueError, match=rf"hyperparameter '{name}' = 0.9999 is 1 in bfloat16"):
+            set_hparams(state, {name: 0.9999})
+    with pytest.raises(ValueError, match="is 1 in bfloat16"):  # (a population's values too)
+        set_hparams(
+            jax.vmap(tx.init)({"w": jnp.ones((2, 3), jnp.bfloat16)}),
+            {"b1": np.array([0.5, 0.9999])},
+        )
+    kept = set_hparams(state, {"b2": 0.99609375, "learning_rate": 1.0, "eps": -0.0})
+    updates, _ = tx.update({"w": jnp.full(3, 0.5, jnp.bfloat16)}, kept, params)
+    assert np.isfinite(np.asarray(updates["w"], np.float32)).all()
+    # float32 (the default) holds them: nothing refused
+    set_hparams(make_optimizer(optax.adam, learning_rate=1e-3).init(params), {"b2": 0.9999})
+
+
+def test_a_traced_bool_for_a_float_hyperparameter_is_refused_as_a_concrete_one():
+    """A concrete bool was refused, a traced one written as 1.0 (helper-205)."""
+    state = make_optimizer(optax.adam, learning_rate=0.1).init({"w": jnp.ones(3)})
+    for call in (lambda s, v: set_hparams(s, {"learning_rate": v}),):
+        with pytest.raises(TypeError, match="got a bool"):
+            call(state, jnp.array(True))
+        with pytest.raises(TypeError, match="got a bool"):
+            jax.jit(call)(state, jnp.array(True))
+
+
+def test_an_integer_array_for_a_float_argument_is_stored_as_a_float():
+    """A Python int for a float argument (weight_decay=0) was stored as a float, a 0-d
+    integer array (or a vmapped population's ints) as int32, where set_hparams could
+    never write a float again (helper-205)."""
+    params = {"w": jnp.ones(3)}
+    for zero in (0, np.int64(0), np.array(0), jnp.array(0), np.array(0, np.uint8)):
+        tx = make_optimizer(optax.adamw, {"learning_rate": 1e-3, "weight_decay": zero})
+        state = tx.init(params)
+        assert get_hparams(state)["weight_decay"].dtype == jnp.float32, zero
+        assert get_hparams(set_hparams(state, {"weight_decay": 1e-4}))["weight_decay"] > 0
+
+    def init(wd):
+        return make_optimizer(optax.adamw, {"learning_rate": 1e-3, "weight_decay": wd}).init(params)
+
+    stacked = jax.vmap(init)(jnp.array([0, 1]))
+    assert get_hparams(stacked)["weight_decay"].dtype == jnp.float32
+    tx = make_optimizer(optax.sgd, {"learning_rate": 0.1}, momentum=np.array(0))  # (int or float)
+    assert get_hparams(tx.init(params))["momentum"].dtype == jnp.int32  # as momentum=0 stays
+
+
+def test_a_callable_default_is_baked_in_not_taken_for_a_schedule():
+    """adafactor's dtype_momentum=jnp.float32 default was injected as a schedule: init
+    failed (unhashable) once momentum was given, and get_hparams listed it (helper-205)."""
+    params = {"w": jnp.ones((4, 130))}
+    for kwargs in ({}, {"momentum": 0.9}):
+        state = make_optimizer(optax.adafactor, learning_rate=0.1, **kwargs).init(params)
+        assert "dtype_momentum" not in get_hparams(state)
+        assert ("momentum" in get_hparams(state)) == bool(kwargs)
