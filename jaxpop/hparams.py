@@ -153,7 +153,7 @@ def make_optimizer(
         ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex.
       ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
         value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0, or a
-        rate below 1 rounds to 1), the defaults left to optax included (adam's
+        decay rate below 1 rounds to 1), the defaults left to optax included (adam's
         ``eps=1e-8`` in ``float16``, its ``b2=0.999`` in ``bfloat16``).
 
     >>> import jax.numpy as jnp, optax
@@ -236,10 +236,14 @@ def make_optimizer(
             arguments[name] = float(value)
         elif kind in ("i", "u") and name in floats and name not in static_args:
             # an integer array (np.array(0), or a vmapped population's ints, traced) as
-            # the Python int above: a float of the dtype it gets
-            arguments[name] = jnp.asarray(value).astype(
-                jnp.result_type(float) if hyperparam_dtype is None else hyperparam_dtype
-            )
+            # the Python int above: a float (a host one as float64, which holds an int64
+            # jnp.asarray would cut to int32, and is checked below as a float is)
+            if isinstance(value, jax.core.Tracer):
+                arguments[name] = value.astype(
+                    jnp.result_type(float) if hyperparam_dtype is None else hyperparam_dtype
+                )
+            else:
+                arguments[name] = np.asarray(value).astype(np.float64)
         if callable(value) and name not in static_args:
             raise TypeError(
                 f"argument {name!r} is callable, so optax.inject_hyperparams would treat "
@@ -253,8 +257,9 @@ def make_optimizer(
             held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)  # (float32 without x64)
             if not isinstance(value, jax.core.Tracer):  # (a vmapped population's: unread)
                 _check_cast(np.asarray(value), held, name)
-                advice = f"pass {name}= a value {held} holds, or a wider hyperparam_dtype"
-                _check_rate(np.asarray(value), held, f"{_name(optimizer_fn)}: {name}", advice)
+                if name in _DECAY_RATES:
+                    advice = f"pass {name}= a value {held} holds, or a wider hyperparam_dtype"
+                    _check_rate(np.asarray(value), held, f"{_name(optimizer_fn)}: {name}", advice)
             if not isinstance(value, float):
                 arguments[name] = jnp.asarray(value, held)
     if hyperparam_dtype is not None:
@@ -289,19 +294,28 @@ def _check_defaults(
         _check_rate(np.asarray(default), held, f"{_name(optimizer_fn)}: the default {name}", advice)
 
 
+#: optax's decay rates (adam's and lion's ``b1``, ``b2``, ademamix's ``b3``, rmsprop's
+#: ``decay``, adafactor's ``decay_rate``, adadelta's ``rho``, a ``momentum``): at 1 they
+#: never decay (adam's ``b2=1``: every update NaN)
+_DECAY_RATES = frozenset({"b1", "b2", "b3", "decay", "decay_rate", "rho", "momentum"})
+
+
 def _check_rate(host: np.ndarray, dtype: Any, label: str, advice: str) -> None:
-    """Refuses a concrete value strictly between -1 and 1 that ``dtype`` rounds to 1 (or
-    -1): a decay rate that never decays (adam's ``b2=0.999`` is 1 in bfloat16, and every
-    update is NaN). ``advice`` ends the message."""
+    """Refuses a concrete rate strictly between 0 and 1 that ``dtype`` rounds to 1: a
+    decay that never decays (adam's ``b2=0.999`` is 1 in bfloat16, and every update is
+    NaN). ``advice`` ends the message."""
     if not (jnp.issubdtype(dtype, jnp.floating) and jnp.issubdtype(host.dtype, jnp.floating)):
         return
-    inside = np.abs(host) < 1
-    if np.any(inside & (np.abs(host.astype(dtype).astype(np.float64)) == 1)):
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero((host > 0) & (host < 1) & (host.astype(dtype).astype(np.float64) == 1))
+    if bad.size:
+        at = "" if host.ndim == 0 else f"[{bad[0]}]"  # (the first member that rounds)
+        value = host.reshape(-1)[bad[0]].item()
         below = float(np.nextafter(np.asarray(1, dtype), np.asarray(0, dtype)))
         raise ValueError(
-            f"{label} = {host.tolist()!r:.60} is 1 in {jnp.dtype(dtype)}, a rate below 1 "
-            f"that would never decay (adam's b2: every update NaN); the closest below 1 "
-            f"that {jnp.dtype(dtype)} holds is {below}: {advice}"
+            f"{label}{at} = {value!r} is 1 in {jnp.dtype(dtype)}: a decay rate that would "
+            f"never decay (adam's b2 at 1: every update NaN); the closest below 1 that "
+            f"{jnp.dtype(dtype)} holds is {below}: {advice}"
         )
 
 
@@ -426,9 +440,9 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
       ValueError: no injected state; a shape differs from the stored one; a name
         follows a schedule (optax recomputes it at every update, a written value would
         be ignored); or a value the stored dtype would change: one that overflows it
-        (1e39 in float32) or underflows it to 0 (1e-46), a rate below 1 it rounds to
-        1 (0.9999 in bfloat16), an integer outside it, a number other than 0 or 1 for
-        a bool.
+        (1e39 in float32) or underflows it to 0 (1e-46), a decay rate (``b1``, ``b2``,
+        ...) below 1 it rounds to 1 (0.9999 in bfloat16), an integer outside it, a
+        number other than 0 or 1 for a bool.
       KeyError: a name is held by no injected state; the message lists the names held.
       TypeError: a floating value for an integer hyperparameter, or a bool (concrete
         or traced) for a number.
@@ -612,7 +626,8 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
                 "written as 1 or 0)"
             )
         _check_cast(host, old_type.dtype, name)
-        _check_rate(host, old_type.dtype, f"hyperparameter {name!r}", "write one it holds")
+        if name in _DECAY_RATES:
+            _check_rate(host, old_type.dtype, f"hyperparameter {name!r}", "write one it holds")
         if old_type.dtype == bool:
             _check_truth(host, f"hyperparameter {name!r}")
         if host.dtype.kind in "iu" and jnp.issubdtype(old_type.dtype, jnp.inexact):

@@ -872,11 +872,14 @@ def test_a_rate_below_1_that_the_dtype_rounds_to_1_is_refused_given_or_set():
     for name in ("b1", "b2"):
         with pytest.raises(ValueError, match=rf"hyperparameter '{name}' = 0.9999 is 1 in bfloat16"):
             set_hparams(state, {name: 0.9999})
-    with pytest.raises(ValueError, match="is 1 in bfloat16"):  # (a population's values too)
-        set_hparams(
-            jax.vmap(tx.init)({"w": jnp.ones((2, 3), jnp.bfloat16)}),
-            {"b1": np.array([0.5, 0.9999])},
-        )
+    stacked = jax.vmap(tx.init)({"w": jnp.ones((2, 3), jnp.bfloat16)})
+    with pytest.raises(ValueError, match=r"'b1'\[1\] = 0.9999 is 1 in bfloat16"):  # (a member)
+        set_hparams(stacked, {"b1": np.array([0.5, 0.9999])})
+    # only decay rates: a learning rate (or a negative value) near 1 is rounded as before
+    # (helper-207: every float near 1 was refused)
+    sgd = make_optimizer(optax.sgd, learning_rate=0.999, hyperparam_dtype=jnp.bfloat16)
+    assert float(get_hparams(sgd.init(params))["learning_rate"]) == 1.0
+    assert float(get_hparams(set_hparams(state, {"learning_rate": -0.999}))["learning_rate"]) == -1
     kept = set_hparams(state, {"b2": 0.99609375, "learning_rate": 1.0, "eps": -0.0})
     updates, _ = tx.update({"w": jnp.full(3, 0.5, jnp.bfloat16)}, kept, params)
     assert np.isfinite(np.asarray(updates["w"], np.float32)).all()
@@ -910,6 +913,14 @@ def test_an_integer_array_for_a_float_argument_is_stored_as_a_float():
 
     stacked = jax.vmap(init)(jnp.array([0, 1]))
     assert get_hparams(stacked)["weight_decay"].dtype == jnp.float32
+    # checked as the Python int is: an overflow refused (inf was written), an int64 read
+    # whole (it was cut to int32 first; helper-207)
+    for big in (70000, np.array(70000)):
+        with pytest.raises(ValueError, match="overflows its dtype float16"):
+            make_optimizer(optax.sgd, learning_rate=big, hyperparam_dtype=jnp.float16)
+    for f_min in (-(2**32) - 5, np.array(-(2**32) - 5)):
+        held = get_hparams(make_optimizer(optax.polyak_sgd, f_min=f_min).init(params))["f_min"]
+        assert float(held) == float(np.float32(-(2**32) - 5)), f_min
     tx = make_optimizer(optax.sgd, {"learning_rate": 0.1}, momentum=np.array(0))  # (int or float)
     assert get_hparams(tx.init(params))["momentum"].dtype == jnp.int32  # as momentum=0 stays
 

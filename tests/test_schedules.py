@@ -517,6 +517,16 @@ def test_a_jitted_join_counts_float32_steps_past_2_24_from_the_exact_boundary():
     # a boundary float32 holds exactly is counted from as before (no correction)
     exact = S.join([S.constant({"c": 0.0}), lambda s: {"c": s}], [16777216])
     assert float(jax.jit(exact)(np.float32(16777220.0))["c"]) == 4.0
+    # a negative one is counted from where the dtype holds it, as before: there the count
+    # is a sum that rounds, and a correction after it rounded twice (helper-207)
+    behind = S.join([S.constant({"c": np.float16(0)}), lambda s: {"c": s}], [-2049])
+    for step in (np.float16(1.5), np.float16(1.0009766)):
+        assert jax.jit(behind)(step)["c"] == step - np.float16(-2049), step
+    # one below the step dtype's range cannot be counted from: said, not OverflowError
+    far = S.join([S.constant({"c": 0.0}), lambda s: {"c": s}], [-100001])
+    assert S.to_host(far(np.float16(3.0))) == {"c": 100004.0}  # (the host counts exactly)
+    with pytest.raises(ValueError, match="below the range of float16"):
+        jax.jit(far)(jnp.float16(3.0))
 
 
 def test_tabulate_keeps_only_changes():

@@ -202,13 +202,14 @@ def join(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
 
 
 def _since(step: Any, start: Any, boundary: int) -> Any:
-    """The steps from ``boundary`` to a traced ``step``, in the step's dtype: counted
-    from ``start`` (the boundary as that dtype holds it), less what rounding moved it
-    (a float32 step counted from 16777217, which float32 holds as 16777216, was a step
-    ahead of the host's count: a ramp a whole step off). Exact wherever the count is
-    one the dtype holds."""
+    """The steps from ``boundary`` to a traced ``step`` at or past it, in the step's
+    dtype: counted from ``start`` (the boundary as that dtype holds it), less what
+    rounding moved a positive boundary (a float32 step counted from 16777217, which
+    float32 holds as 16777216, was a step ahead of the host's count: a ramp a whole step
+    off). A negative boundary is counted from ``start`` as it is: there ``step - start``
+    is a sum that rounds, and a correction after it rounded a second time."""
     moved = boundary - int(start)
-    if moved == 0:
+    if moved == 0 or boundary < 0:
         return step - start
     # (the barrier keeps XLA from folding the two subtractions into one of their sum,
     # which float32 rounds back to the boundary as it holds it)
@@ -255,6 +256,11 @@ def _traced_boundaries(step: Any, boundaries: Sequence[int]) -> tuple[Any, list[
     for boundary in boundaries:
         if boundary > top:
             break
+        if boundary < -top:  # (it would be -inf: no step could count from it)
+            raise ValueError(
+                f"join: a traced {dtype} step cannot count steps from boundary {boundary}, "
+                f"below the range of {dtype}; use a wider step dtype or a boundary within it"
+            )
         start = np.asarray(boundary, dtype)  # the nearest float
         threshold = start
         if int(float(start)) < boundary:  # rounded down: the next float up
