@@ -257,7 +257,9 @@ def make_optimizer(
             held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)  # (float32 without x64)
             if not isinstance(value, jax.core.Tracer):  # (a vmapped population's: unread)
                 _check_cast(np.asarray(value), held, name)
-                if name in _DECAY_RATES:
+                default = parameters[name].default if name in parameters else None
+                # (optimistic_gradient_descent's beta, default 1, is no decay rate)
+                if name in _DECAY_RATES and not (type(default) is float and default >= 1):
                     advice = f"pass {name}= a value {held} holds, or a wider hyperparam_dtype"
                     _check_rate(np.asarray(value), held, f"{_name(optimizer_fn)}: {name}", advice)
             if not isinstance(value, float):
@@ -294,10 +296,13 @@ def _check_defaults(
         _check_rate(np.asarray(default), held, f"{_name(optimizer_fn)}: the default {name}", advice)
 
 
-#: optax's decay rates (adam's and lion's ``b1``, ``b2``, ademamix's ``b3``, rmsprop's
-#: ``decay``, adafactor's ``decay_rate``, adadelta's ``rho``, a ``momentum``): at 1 they
-#: never decay (adam's ``b2=1``: every update NaN)
-_DECAY_RATES = frozenset({"b1", "b2", "b3", "decay", "decay_rate", "rho", "momentum"})
+#: optax's decay rates, by name (adam's and lion's ``b1``, ``b2``, ademamix's ``b3``,
+#: muon's ``adam_b1``, ``adam_b2`` and ``beta``, signum's and momo's ``beta``, rmsprop's
+#: ``decay``, adadelta's ``rho``, a ``momentum``): at 1 they never decay (adam's
+#: ``b2=1``: every update NaN). Not adafactor's ``decay_rate``: an exponent, fine at 1.
+_DECAY_RATES = frozenset(
+    {"b1", "b2", "b3", "beta", "beta1", "beta2", "adam_b1", "adam_b2", "decay", "rho", "momentum"}
+)
 
 
 def _check_rate(host: np.ndarray, dtype: Any, label: str, advice: str) -> None:
@@ -309,7 +314,8 @@ def _check_rate(host: np.ndarray, dtype: Any, label: str, advice: str) -> None:
     with np.errstate(invalid="ignore"):
         bad = np.flatnonzero((host > 0) & (host < 1) & (host.astype(dtype).astype(np.float64) == 1))
     if bad.size:
-        at = "" if host.ndim == 0 else f"[{bad[0]}]"  # (the first member that rounds)
+        # (the first member that rounds, by its index in the population's shape)
+        at = "".join(f"[{i}]" for i in np.unravel_index(bad[0], host.shape))
         value = host.reshape(-1)[bad[0]].item()
         below = float(np.nextafter(np.asarray(1, dtype), np.asarray(0, dtype)))
         raise ValueError(

@@ -875,6 +875,29 @@ def test_a_rate_below_1_that_the_dtype_rounds_to_1_is_refused_given_or_set():
     stacked = jax.vmap(tx.init)({"w": jnp.ones((2, 3), jnp.bfloat16)})
     with pytest.raises(ValueError, match=r"'b1'\[1\] = 0.9999 is 1 in bfloat16"):  # (a member)
         set_hparams(stacked, {"b1": np.array([0.5, 0.9999])})
+    deep = jax.vmap(jax.vmap(tx.init))({"w": jnp.ones((2, 2, 3), jnp.bfloat16)})
+    with pytest.raises(ValueError, match=r"'b1'\[1\]\[1\] = 0.9999"):  # (its index, not a flat one)
+        set_hparams(deep, {"b1": np.array([[0.5, 0.5], [0.5, 0.9999]])})
+    # decay rates of other names too: muon's adam_b2, signum's beta (helper-208)
+    with pytest.raises(ValueError, match=r"muon: adam_b2 = 0\.999 is 1 in bfloat16"):
+        make_optimizer(
+            optax.contrib.muon, learning_rate=0.1, adam_b2=0.999, hyperparam_dtype=jnp.bfloat16
+        )
+    with pytest.raises(ValueError, match=r"signum: beta = 0\.9999 is 1 in bfloat16"):
+        make_optimizer(optax.signum, learning_rate=0.1, beta=0.9999, hyperparam_dtype=jnp.bfloat16)
+    # optimistic gradient descent's beta (default 1) is no decay rate: rounded as before
+    tx_og = make_optimizer(
+        optax.optimistic_gradient_descent,
+        learning_rate=0.1,
+        beta=0.9999,
+        hyperparam_dtype=jnp.bfloat16,
+    )
+    assert float(get_hparams(tx_og.init(params))["beta"]) == 1.0
+    # adafactor's decay_rate is an exponent (1 - t**-decay_rate), fine at 1: not refused
+    ada = make_optimizer(
+        optax.adafactor, learning_rate=0.1, decay_rate=0.9999, hyperparam_dtype=jnp.bfloat16
+    )
+    assert float(get_hparams(ada.init(params))["decay_rate"]) == 1.0
     # only decay rates: a learning rate (or a negative value) near 1 is rounded as before
     # (helper-207: every float near 1 was refused)
     sgd = make_optimizer(optax.sgd, learning_rate=0.999, hyperparam_dtype=jnp.bfloat16)

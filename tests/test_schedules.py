@@ -527,6 +527,16 @@ def test_a_jitted_join_counts_float32_steps_past_2_24_from_the_exact_boundary():
     assert S.to_host(far(np.float16(3.0))) == {"c": 100004.0}  # (the host counts exactly)
     with pytest.raises(ValueError, match="below the range of float16"):
         jax.jit(far)(jnp.float16(3.0))
+    for boundary in (-(10**400), -(2**1100)):  # (past float64's range too)
+        with pytest.raises(ValueError, match="below the range of float16"):
+            jax.jit(S.join([S.constant({"c": 0.0}), S.constant({"c": 1.0})], [boundary]))(
+                jnp.float16(3.0)
+            )
+    # one float16 rounds to its lowest finite value is counted from as before (helper-208)
+    edge = S.join(
+        [S.constant({"c": 0.0}), S.constant({"c": 1.0}), S.constant({"c": 2.0})], [-65505, 10]
+    )
+    assert float(jax.jit(edge)(np.float16(20.0))["c"]) == 2.0
 
 
 def test_tabulate_keeps_only_changes():

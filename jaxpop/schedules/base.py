@@ -256,12 +256,16 @@ def _traced_boundaries(step: Any, boundaries: Sequence[int]) -> tuple[Any, list[
     for boundary in boundaries:
         if boundary > top:
             break
-        if boundary < -top:  # (it would be -inf: no step could count from it)
+        try:
+            with np.errstate(over="ignore"):
+                start = np.asarray(boundary, dtype)  # the nearest float
+        except OverflowError:  # (past float64's range)
+            start = np.asarray(-np.inf, dtype)
+        if not np.isfinite(start):  # (-inf: no step could count from it)
             raise ValueError(
                 f"join: a traced {dtype} step cannot count steps from boundary {boundary}, "
                 f"below the range of {dtype}; use a wider step dtype or a boundary within it"
             )
-        start = np.asarray(boundary, dtype)  # the nearest float
         threshold = start
         if int(float(start)) < boundary:  # rounded down: the next float up
             threshold = np.nextafter(start, np.asarray(np.inf, dtype))
