@@ -257,9 +257,7 @@ def make_optimizer(
             held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)  # (float32 without x64)
             if not isinstance(value, jax.core.Tracer):  # (a vmapped population's: unread)
                 _check_cast(np.asarray(value), held, name)
-                default = parameters[name].default if name in parameters else None
-                # (optimistic_gradient_descent's beta, default 1, is no decay rate)
-                if name in _DECAY_RATES and not (type(default) is float and default >= 1):
+                if name in _DECAY_RATES:
                     advice = f"pass {name}= a value {held} holds, or a wider hyperparam_dtype"
                     _check_rate(np.asarray(value), held, f"{_name(optimizer_fn)}: {name}", advice)
             if not isinstance(value, float):
@@ -297,11 +295,13 @@ def _check_defaults(
 
 
 #: optax's decay rates, by name (adam's and lion's ``b1``, ``b2``, ademamix's ``b3``,
-#: muon's ``adam_b1``, ``adam_b2`` and ``beta``, signum's and momo's ``beta``, rmsprop's
-#: ``decay``, adadelta's ``rho``, a ``momentum``): at 1 they never decay (adam's
-#: ``b2=1``: every update NaN). Not adafactor's ``decay_rate``: an exponent, fine at 1.
+#: prodigy's ``beta3``, muon's ``adam_b1``, ``adam_b2`` and ``beta``, signum's and momo's
+#: ``beta``, rmsprop's ``decay``, adadelta's ``rho``, a ``momentum``): at 1 they never
+#: decay (adam's ``b2=1``: every update NaN). Not adafactor's ``decay_rate``: an
+#: exponent, fine at 1. (A name means the same for every optimizer: optimistic gradient
+#: descent's ``beta``, default 1, is refused near 1 too, where the dtype rounds it.)
 _DECAY_RATES = frozenset(
-    {"b1", "b2", "b3", "beta", "beta1", "beta2", "adam_b1", "adam_b2", "decay", "rho", "momentum"}
+    {"b1", "b2", "b3", "beta", "beta3", "adam_b1", "adam_b2", "decay", "rho", "momentum"}
 )
 
 
@@ -619,6 +619,7 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     integer (a Python ``int`` argument, which optax passes through unchanged) stays weak.
     """
     old_type = jax.typeof(old)
+    host = None  # (a concrete value's host array)
     if not isinstance(value, jax.core.Tracer):  # concrete: check what the cast would lose
         host = np.asarray(value)
         if host.dtype == object and isinstance(value, int):  # (past 64 bits)
@@ -632,8 +633,6 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
                 "written as 1 or 0)"
             )
         _check_cast(host, old_type.dtype, name)
-        if name in _DECAY_RATES:
-            _check_rate(host, old_type.dtype, f"hyperparameter {name!r}", "write one it holds")
         if old_type.dtype == bool:
             _check_truth(host, f"hyperparameter {name!r}")
         if host.dtype.kind in "iu" and jnp.issubdtype(old_type.dtype, jnp.inexact):
@@ -656,6 +655,8 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
             f"hyperparameter {name!r} has shape {old_type.shape}, got a value of shape "
             f"{value.shape}"
         )
+    if name in _DECAY_RATES and host is not None:  # (after the shape: its index in it)
+        _check_rate(host, old_type.dtype, f"hyperparameter {name!r}", "write one it holds")
     if jnp.issubdtype(old_type.dtype, jnp.inexact):
         return jnp.asarray(value, dtype=old_type.dtype)
     if jnp.issubdtype(value.dtype, jnp.inexact):

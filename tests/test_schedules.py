@@ -532,6 +532,11 @@ def test_a_jitted_join_counts_float32_steps_past_2_24_from_the_exact_boundary():
             jax.jit(S.join([S.constant({"c": 0.0}), S.constant({"c": 1.0})], [boundary]))(
                 jnp.float16(3.0)
             )
+    # bfloat16 (ml_dtypes) takes no int past int64: such a boundary within its range works
+    wide = S.join(
+        [S.constant({"c": 0.0}), S.constant({"c": 1.0}), S.constant({"c": 2.0})], [-(2**64), 10]
+    )
+    assert float(jax.jit(wide)(jnp.bfloat16(20.0))["c"]) == 2.0 == wide(jnp.bfloat16(20.0))["c"]
     # one float16 rounds to its lowest finite value is counted from as before (helper-208)
     edge = S.join(
         [S.constant({"c": 0.0}), S.constant({"c": 1.0}), S.constant({"c": 2.0})], [-65505, 10]

@@ -259,8 +259,12 @@ def _traced_boundaries(step: Any, boundaries: Sequence[int]) -> tuple[Any, list[
         try:
             with np.errstate(over="ignore"):
                 start = np.asarray(boundary, dtype)  # the nearest float
-        except OverflowError:  # (past float64's range)
-            start = np.asarray(-np.inf, dtype)
+        except (OverflowError, TypeError):  # past float64; past int64 for ml_dtypes' floats
+            try:
+                with np.errstate(over="ignore"):
+                    start = np.asarray(float(boundary), dtype)
+            except OverflowError:  # (past float64's range: below it, as top bounds it)
+                start = np.asarray(-np.inf, dtype)
         if not np.isfinite(start):  # (-inf: no step could count from it)
             raise ValueError(
                 f"join: a traced {dtype} step cannot count steps from boundary {boundary}, "
