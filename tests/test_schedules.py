@@ -537,6 +537,15 @@ def test_a_jitted_join_counts_float32_steps_past_2_24_from_the_exact_boundary():
         [S.constant({"c": 0.0}), S.constant({"c": 1.0}), S.constant({"c": 2.0})], [-(2**64), 10]
     )
     assert float(jax.jit(wide)(jnp.bfloat16(20.0))["c"]) == 2.0 == wide(jnp.bfloat16(20.0))["c"]
+    # ... nor a rounding past int64, and its host steps past 2**63 are placed (int()
+    # wrapped them to -2**63: the first piece; helper-210)
+    far_up = S.join([S.constant({"c": 0.0}), lambda t: {"c": t}], [2**72 + 2**63])
+    step = jnp.bfloat16(2.0**73)
+    assert float(jax.jit(far_up)(step)["c"]) == float(jnp.bfloat16(2.0**73 - 2**72 - 2**63))
+    pieces = S.join([S.constant({"c": 0}), S.constant({"c": 1})], [100])
+    assert (
+        pieces(jnp.bfloat16(2.0**63))["c"] == 1 == int(jax.jit(pieces)(jnp.bfloat16(2.0**63))["c"])
+    )
     # one float16 rounds to its lowest finite value is counted from as before (helper-208)
     edge = S.join(
         [S.constant({"c": 0.0}), S.constant({"c": 1.0}), S.constant({"c": 2.0})], [-65505, 10]

@@ -90,6 +90,8 @@ def _host_point(step: Any) -> tuple[int, int | float]:
         return int(array), int(array)
     if not np.isfinite(array):
         raise ValueError(f"a schedule's step must be finite, got {step!r}")
+    if array.dtype.itemsize <= 8:  # (as float64, exactly: bfloat16's int() wraps past 2**63)
+        array = array.astype(np.float64)
     return int(np.floor(array)), float(array)  # (int() of a longdouble is exact)
 
 
@@ -213,7 +215,8 @@ def _since(step: Any, start: Any, boundary: int) -> Any:
         return step - start
     # (the barrier keeps XLA from folding the two subtractions into one of their sum,
     # which float32 rounds back to the boundary as it holds it)
-    return jax.lax.optimization_barrier(step - start) - np.asarray(moved, start.dtype)
+    # (as a float: ml_dtypes' bfloat16 takes no int past int64, a rounding past 2**71 is)
+    return jax.lax.optimization_barrier(step - start) - np.asarray(float(moved), start.dtype)
 
 
 def _traced_boundaries(step: Any, boundaries: Sequence[int]) -> tuple[Any, list[tuple[Any, Any]]]:
