@@ -291,7 +291,9 @@ def _check_defaults(
             _check_cast(np.asarray(default), held, name, label=f"the default {name}")
         except ValueError as err:
             raise ValueError(f"{_name(optimizer_fn)}: {err}: {advice}") from None
-        _check_rate(np.asarray(default), held, f"{_name(optimizer_fn)}: the default {name}", advice)
+        if name in _DECAY_RATES:  # (as an explicit one is: by name)
+            label = f"{_name(optimizer_fn)}: the default {name}"
+            _check_rate(np.asarray(default), held, label, advice)
 
 
 #: optax's decay rates, by name (adam's and lion's ``b1``, ``b2``, ademamix's ``b3``,
@@ -334,8 +336,9 @@ def _is_float(value: Any) -> bool:
 
 
 #: optax arguments its optimizers read in Python (a shape test, a ``range``): never
-#: injected unless ``meta_params`` gives them (adafactor's, lbfgs's)
-_READ_IN_PYTHON = ("min_dim_size_to_factor", "decay_offset", "memory_size")
+#: injected unless ``meta_params`` gives them (adafactor's, lbfgs's, galore's ``rank``:
+#: injected, ``init`` failed, "rank must be an int")
+_READ_IN_PYTHON = ("min_dim_size_to_factor", "decay_offset", "memory_size", "rank")
 
 
 def _float_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]) -> set[str]:

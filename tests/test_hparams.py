@@ -950,6 +950,23 @@ def test_an_integer_array_for_a_float_argument_is_stored_as_a_float():
     assert get_hparams(tx.init(params))["momentum"].dtype == jnp.int32  # as momentum=0 stays
 
 
+def test_galores_rank_is_read_in_python_and_a_default_is_checked_by_name():
+    """galore's rank, injected, failed init ("rank must be an int"); a custom default
+    near 1 that is no decay rate by name was refused, where the same value given was
+    taken (helper-210)."""
+    params = {"w": jnp.ones((8, 8))}
+    tx = make_optimizer(optax.contrib.galore, learning_rate=0.1)
+    state = tx.init(params)
+    jax.jit(tx.update)({"w": jnp.ones((8, 8))}, state, params)
+    assert "rank" not in get_hparams(state)
+
+    def my_sgd(learning_rate: float, keep: float = 0.9999):
+        return optax.sgd(learning_rate * keep)
+
+    kept = make_optimizer(my_sgd, learning_rate=0.1, hyperparam_dtype=jnp.bfloat16)
+    assert float(get_hparams(kept.init(params))["keep"]) == 1.0
+
+
 def test_a_callable_default_is_baked_in_not_taken_for_a_schedule():
     """adafactor's dtype_momentum=jnp.float32 default was injected as a schedule: init
     failed (unhashable) once momentum was given, and get_hparams listed it (helper-205)."""
