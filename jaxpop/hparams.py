@@ -122,8 +122,9 @@ def make_optimizer(
     as adafactor's ``dtype_momentum``, is baked in),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
     ``static_args``, booleans, and the sizes optax reads in Python (adafactor's
-    ``min_dim_size_to_factor`` and ``decay_offset``, lbfgs's ``memory_size``: injected,
-    a jitted update fails) unless ``meta_params`` gives them, are baked in.
+    ``min_dim_size_to_factor`` and ``decay_offset``, lbfgs's ``memory_size``, galore's
+    ``rank``: injected, a jitted update fails) unless ``meta_params`` gives them, are
+    baked in.
 
     Args:
       optimizer_fn: an optax optimizer factory, e.g. ``optax.adam``, ``optax.adamw``.
