@@ -214,8 +214,8 @@ def _since(step: Any, start: Any, boundary: int) -> Any:
     if moved == 0 or boundary < 0:
         return step - start
     # (the barrier keeps XLA from folding the two subtractions into one of their sum,
-    # which float32 rounds back to the boundary as it holds it)
-    # (as a float: ml_dtypes' bfloat16 takes no int past int64, a rounding past 2**71 is)
+    # which float32 rounds back to the boundary as it holds it; ``moved`` as a float:
+    # ml_dtypes' bfloat16 takes no int past int64, and a rounding past 2**71 is one)
     return jax.lax.optimization_barrier(step - start) - np.asarray(float(moved), start.dtype)
 
 
@@ -259,15 +259,14 @@ def _traced_boundaries(step: Any, boundaries: Sequence[int]) -> tuple[Any, list[
     for boundary in boundaries:
         if boundary > top:
             break
+        # the nearest float, through float64 as numpy converts an int (ml_dtypes' types
+        # take none past int64); past float64's range it is below it (top bounds it)
         try:
-            with np.errstate(over="ignore"):
-                start = np.asarray(boundary, dtype)  # the nearest float
-        except (OverflowError, TypeError):  # past float64; past int64 for ml_dtypes' floats
-            try:
-                with np.errstate(over="ignore"):
-                    start = np.asarray(float(boundary), dtype)
-            except OverflowError:  # (past float64's range: below it, as top bounds it)
-                start = np.asarray(-np.inf, dtype)
+            wide = float(boundary)
+        except OverflowError:
+            wide = -math.inf
+        with np.errstate(over="ignore"):
+            start = np.asarray(wide, dtype)
         if not np.isfinite(start):  # (-inf: no step could count from it)
             raise ValueError(
                 f"join: a traced {dtype} step cannot count steps from boundary {boundary}, "
