@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import numbers
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -91,14 +92,15 @@ def broadcast_from_lead(value: Any = None) -> Any:
 
     In a program of one process it returns ``value`` (after the same JSON round trip: a
     tuple arrives as a list). A value process 0 cannot send is a ``TypeError`` on every
-    process (they all still take part in the collective, so none waits forever); so is a
-    dict with a key that is not a ``str`` (JSON would turn ``{0: "a"}`` into ``{"0":
-    "a"}``).
+    process (they all still take part in the collective, so none waits forever); so is
+    what JSON would bring back changed: a dict with a key that is not a ``str`` (``{0:
+    "a"}`` became ``{"0": "a"}``), a ``str`` holding a surrogate pair (two code points
+    became one; a lone surrogate, as in a name ``os.fsdecode`` made, arrives as sent).
     """
     data, error = np.zeros(0, np.int32), None
     if is_lead_process():
         try:
-            _check_str_keys(value)
+            _check_sendable(value)
             text = json.dumps(value, allow_nan=True, default=_plain_number)
         except Exception as e:  # (a RecursionError too: every process must hear of it)
             error = TypeError(
@@ -134,9 +136,15 @@ def on_lead(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     the others a ``RuntimeError`` that quotes it. One small broadcast per call.
 
     Returns ``fn``'s result on process 0, ``None`` on the others (send what they need
-    with :func:`broadcast_from_lead`)::
+    with :func:`broadcast_from_lead`). ``args`` are evaluated on every process before
+    the call: what exists on process 0 alone (its journal, a round's changes) goes in a
+    closure, which only process 0 calls (``log.append`` on another process's ``log =
+    None`` failed there at once, and process 0 waited in the broadcast)::
 
-        multihost.on_lead(log.append, changes, lineage)
+        multihost.on_lead(lambda: log.append(changes, lineage))
+
+    If telling the others fails as well (a process died), process 0 still raises its
+    own exception (on Python 3.11+ with a note naming the broadcast's error).
     """
     result, failure, message = None, None, None
     if is_lead_process():
@@ -146,7 +154,17 @@ def on_lead(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
             failure, message = e, type(e).__name__
             with contextlib.suppress(BaseException):  # (a str() that raises: the type)
                 message = f"{message}: {e}"
-    said = broadcast_from_lead(message)
+    said = None
+    try:
+        said = broadcast_from_lead(message)
+    except Exception as e:
+        if failure is None:
+            raise
+        # process 0's own error is what went wrong: the broadcast's goes in a note (raised
+        # out here, not in this handler, its own __context__ stays fn's)
+        with contextlib.suppress(Exception):  # (a str() that raises: no note)
+            note = f"(telling the other processes failed too: {type(e).__name__}: {e})"
+            failure.add_note(note)  # type: ignore[attr-defined]  # (Python 3.11+)
     if failure is not None:
         raise failure
     if said is not None:
@@ -155,12 +173,16 @@ def on_lead(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     return result
 
 
-def _check_str_keys(value: Any) -> None:
-    """Raises ``TypeError`` for a dict anywhere in ``value`` with a key not a ``str``."""
+def _check_sendable(value: Any) -> None:
+    """Raises ``TypeError`` for what JSON would bring back changed: a dict key that is
+    not a ``str``, or a ``str`` holding a surrogate pair (``"\\ud83d\\ude00"``, two code
+    points, arrived as one)."""
     stack, seen = [value], set()
     while stack:
         x = stack.pop()
-        if isinstance(x, (dict, list, tuple)):
+        if isinstance(x, str):
+            _check_text(x)
+        elif isinstance(x, (dict, list, tuple)):
             if id(x) in seen:
                 continue  # (a cycle: json.dumps refuses it)
             seen.add(id(x))
@@ -170,9 +192,22 @@ def _check_str_keys(value: Any) -> None:
                     raise TypeError(
                         f"a dict key {key!r:.40} ({type(key).__name__}) would arrive as a str"
                     )
+                _check_text(key)
                 stack.append(item)
         elif isinstance(x, (list, tuple)):
             stack.extend(x)
+
+
+#: a high surrogate then a low one: two code points JSON's escapes bring back as one (a
+#: lone surrogate, as ``os.fsdecode`` makes of a name's undecodable bytes, comes back)
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _check_text(text: str) -> None:
+    if _SURROGATE_PAIR.search(text):
+        raise TypeError(
+            f"a str holding a surrogate pair ({text!r:.40}) would arrive as one code point"
+        )
 
 
 def _plain_number(x: Any) -> Any:
@@ -213,8 +248,8 @@ def initialize_cpu(
     ):
         raise TypeError(f"local_devices must be an int, got {local_devices!r:.40}")
     local_devices = int(local_devices)
-    if local_devices < 1:
-        raise ValueError(f"local_devices must be at least 1, got {local_devices}")
+    if not 1 <= local_devices < 2**31:  # (past int32, jax's CPU client failed to bind it)
+        raise ValueError(f"local_devices must be in [1, 2**31), got {local_devices}")
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", local_devices)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -259,6 +259,13 @@ def test_in_one_process_the_helpers_are_plain_host_copies():
     cycle.append(cycle)
     with pytest.raises(TypeError, match="JSON data"):
         multihost.broadcast_from_lead(cycle)
+    # a surrogate pair came back as one code point (helper-212); a lone surrogate (a
+    # name os.fsdecode made of undecodable bytes) and any real text arrive as sent
+    for pair in ("\ud83d\ude00", {"k\udbff\udc00": 1}, ["x", {"a": "\ud800\udfff!"}]):
+        with pytest.raises(TypeError, match="surrogate pair"):
+            multihost.broadcast_from_lead(pair)
+    for text in ("\udcff", "a\udcffb\ud800", "\udc00\ud800", "é😀", {"\udce9": ["\ud83d"]}):
+        assert multihost.broadcast_from_lead(text) == text
 
 
 def test_a_value_the_lead_cannot_send_is_an_error_on_every_process_not_a_hang(monkeypatch):
@@ -349,8 +356,36 @@ def test_on_lead_runs_on_process_0_only_and_tells_the_others_of_a_failure(monkey
     assert multihost.on_lead(record) is None and calls == [(1, 2)]
 
 
+def test_on_lead_raises_process_0s_own_error_when_telling_the_others_fails_too(monkeypatch):
+    """A process died while process 0's fn failed: the broadcast's network error took the
+    place of fn's (helper-212). Now fn's error is raised, its own context kept, with a
+    note naming the broadcast's (Python 3.11+); fn's success with a failed broadcast
+    still raises the broadcast's error."""
+
+    def lost(value):
+        raise RuntimeError("Gloo all-reduce failed: Connection closed by peer")
+
+    monkeypatch.setattr(multihost, "broadcast_from_lead", lost)
+
+    def journal():
+        try:
+            raise KeyError("inner")
+        except KeyError:
+            raise OSError("No space left on device") from None
+
+    with pytest.raises(OSError, match="No space left") as raised:
+        multihost.on_lead(journal)
+    assert isinstance(raised.value.__context__, KeyError)  # (fn's, not the broadcast's)
+    assert raised.value.__suppress_context__
+    if sys.version_info >= (3, 11):
+        assert any("Gloo all-reduce failed" in note for note in raised.value.__notes__)
+    with pytest.raises(RuntimeError, match="Gloo"):
+        multihost.on_lead(lambda: "fine")
+
+
 @pytest.mark.parametrize(
-    "bad, error", [(0, ValueError), (-1, ValueError), (2.7, TypeError), (True, TypeError)]
+    "bad, error",
+    [(0, ValueError), (-1, ValueError), (2**31, ValueError), (2.7, TypeError), (True, TypeError)],
 )
 def test_initialize_cpu_refuses_a_bad_device_count_before_touching_jax(monkeypatch, bad, error):
     calls = []
