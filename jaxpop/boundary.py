@@ -39,8 +39,10 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
     if isinstance(x, np.ndarray):  # (a subclass too: a masked array, a memmap)
         if not arrays:
             return x
-        # (deep: an object array's elements are objects that may be edited in place)
-        frozen = deep_copy_or_share(x) if deep and x.dtype == object else x.copy()
+        if x.dtype == object:  # its elements are objects that may be edited in place
+            frozen = deep_copy_or_share(x) if deep else _copy_elements(x)
+        else:
+            frozen = x.copy()
         frozen.flags.writeable = False
         if t is not np.ndarray and isinstance(frozen, np.ma.MaskedArray):
             # its mask too: masking an element writes the mask, not the data
@@ -54,6 +56,19 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
     if jax.tree_util.treedef_is_leaf(treedef):  # a leaf of another type
         return deep_copy_or_share(x) if deep else x
     return jax.tree.unflatten(treedef, [_copy(leaf, arrays, deep) for leaf in leaves])
+
+
+def _copy_elements(x: np.ndarray) -> np.ndarray:
+    """A copy of an object array whose elements are copied as a tree's leaves are (a
+    dict in it was the caller's own: an edit of it changed the history)."""
+    out = x.copy()
+    flat = out.view(np.ndarray).reshape(-1)  # (a view: the copy is contiguous)
+    for i in range(flat.size):
+        item = flat[i]
+        copied = _copy(item, arrays=True)
+        if copied is not item:
+            flat[i] = copied
+    return out
 
 
 def copy_in(tree: Any, *, deep: bool = False) -> Any:

@@ -437,6 +437,23 @@ def _check_step(step: Any) -> int:
     return step
 
 
+def _result(result: Any, who: str) -> tuple[Any, Any, Any]:
+    """A mutator's ``(state, workers, new_checkpoints)``, or ``TypeError`` naming what it
+    returned instead (``None`` raised "Value after * must be an iterable")."""
+    if type(result) is tuple and len(result) == 3:  # (the usual case)
+        return result
+    try:
+        items = tuple(result)
+    except TypeError:
+        items = None
+    if items is None or len(items) != 3:
+        raise TypeError(
+            f"{who} returned {type(result).__name__} {result!r:.80}; a mutator returns "
+            "(state, workers, new_checkpoints)"
+        )
+    return items
+
+
 def _apply_mutator(
     state: PopulationState,
     mutator_state: Any,
@@ -522,6 +539,22 @@ def _apply_mutator(
                 f"worker to step {start}"
             )
         _check_same_hparams(worker.meta_params, history, worker.generation_id, who, f"worker {i}")
+        at = history.get_checkpoint(worker.generation_id, worker.step)
+        if (
+            at is not None
+            and at.params is not None
+            and worker.params is not None
+            and worker.params is not at.params
+            and not _equal_params(worker.params, at.params)
+        ):
+            raise ValueError(
+                f"{who} assigned worker {i} params {worker.params!r:.60} at {at.ref}, where "
+                f"the history records {at.params!r:.60}: the worker would load other "
+                "params than the history says it trained from; assign the checkpoint's "
+                "params, or start a new generation (with its first checkpoint) for new ones"
+            )
+    if changed:
+        _check_one_holder(workers, state, changed, who)
     if mutator_state is state.mutator_state and not new_checkpoints and not changed:
         return state, changed
     if not changed:
@@ -640,6 +673,7 @@ def ask(
                 event, worker_id=worker_id, generation_id=generation_id, step=step
             )
         result = mutator.ask(state.mutator_state, state.workers, state.history, event, now, key)
+        result = _result(result, "mutator.ask")
         if event.params is not None and any(c.params is event.params for c in result[2]):
             result = _own_params(result, event.params)
         new, _ = _apply_mutator(state, *result, who="mutator.ask")
@@ -850,7 +884,9 @@ def set_eval(
         workers = with_replaced(workers, moved)
     new = state._with(history=history if repeat else history.add(checkpoint), workers=workers)
     if wake:
-        result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
+        result = _result(
+            mutator.update(new.mutator_state, new.workers, new.history, now, key), "mutator.update"
+        )
         new, replaced_ids = _apply_mutator(new, *result, who="mutator.update")
     else:
         result, replaced_ids = (new.mutator_state, new.workers, ()), []
@@ -984,9 +1020,50 @@ def _asks_where_sent(
     at = Ask(None, None, worker_id, worker.generation_id, worker.step)
     hook_key = split_key(key, 2)[1]
     result = mutator.ask(state.mutator_state, state.workers, state.history, at, now, hook_key)
+    result = _result(result, "mutator.ask")
     new, _ = _apply_mutator(state, *result, who="mutator.ask")
     added.extend(result[2])
     return new, new.workers[worker_id]
+
+
+def _equal_params(a: Any, b: Any) -> bool:
+    """Whether two params (a handle, or a pytree) are the same: equal, array by array
+    (a mutator made its assignment from the checkpoint's params, not the same object)."""
+    try:
+        return tree_equal(a, b)
+    except Exception:  # (what cannot be compared is not known to be the same)
+        return False
+
+
+def _check_one_holder(
+    workers: tuple[ActiveWorker, ...], state: PopulationState, changed: list[int], who: str
+) -> None:
+    """Raises ``ValueError`` if a mutator's result puts two workers on one generation:
+    each would record its reports over the other's (and every report or ask would be
+    refused as another worker's generation). Each generation has one holder before; only
+    the changed assignments are checked, all of them in O(changes) unless one moves to a
+    generation the history held already."""
+    moved_to: dict[str, int] = {}
+    for i in changed:
+        generation_id = workers[i].generation_id
+        other = moved_to.setdefault(generation_id, i)
+        if other == i and (
+            generation_id == state.workers[i].generation_id  # (it held it, alone)
+            or generation_id not in state.history  # (new: no worker held it)
+        ):
+            continue
+        if other == i:
+            other = next(
+                (j for j, w in enumerate(workers) if j != i and w.generation_id == generation_id),
+                i,
+            )
+        if other != i:
+            raise ValueError(
+                f"{who} assigned workers {min(i, other)} and {max(i, other)} the same "
+                f"generation {generation_id!r}: each worker trains a generation of its "
+                "own (their reports would be recorded over each other's); start a new "
+                "generation, with its first checkpoint, for each worker"
+            )
 
 
 def _holder(state: PopulationState, worker_id: int, generation_id: str) -> int | None:
@@ -1121,7 +1198,9 @@ def _set_status(
         _with_status(w, changed[i]) if i in changed else w for i, w in enumerate(state.workers)
     )
     new = state._with(workers=workers)
-    result = mutator.update(new.mutator_state, new.workers, new.history, now, key)
+    result = _result(
+        mutator.update(new.mutator_state, new.workers, new.history, now, key), "mutator.update"
+    )
     new, _ = _apply_mutator(new, *result, who="mutator.update")
     return _finish(state, new, list(result[2]), now)
 

@@ -357,9 +357,10 @@ class PopulationController:
         and continues at its ``step`` under its ``generation_id``.
 
         ``step=None`` (accepted, as by the seed) means "not known": the controller
-        takes the latest step it recorded for ``generation_id`` (for another generation,
-        the worker's assigned step), so nothing new is recorded for it; a mutator's
-        ``ask`` hook is given that step too, never ``None``.
+        takes the worker's assigned step if ``generation_id`` is the generation it is
+        assigned, else the latest step it recorded for ``generation_id`` (for one it
+        never made, the worker's assigned step), so nothing new is recorded for it; a
+        mutator's ``ask`` hook is given that step too, never ``None``.
         """
         with self._lock:  # step=None is resolved against the state the ask meets
             if step is None:
@@ -650,13 +651,19 @@ class PopulationController:
         return state._with(history=state.history.with_mode(self._mutator.mode))
 
     def _known_step(self, worker_id: Any, generation_id: Any) -> int:
-        """The step a worker that asks with ``step=None`` is taken to be at."""
-        history = self._state.history
-        if isinstance(generation_id, str) and generation_id in history:
-            return history.latest(generation_id).step
-        workers = self._state.workers
+        """The step a worker that asks with ``step=None`` is taken to be at: where it
+        was sent in its assigned generation (a later step of that generation may be
+        left from a run it abandoned when it was sent back)."""
+        history, workers = self._state.history, self._state.workers
         i = _worker_index(worker_id, len(workers))  # (a numpy int too)
-        return 0 if i is None else workers[i].step  # (0: the core refuses the worker id)
+        if i is None:
+            return 0  # (the core refuses the worker id)
+        assigned = workers[i]
+        if generation_id == assigned.generation_id or not (
+            isinstance(generation_id, str) and generation_id in history
+        ):
+            return assigned.step
+        return history.latest(generation_id).step
 
     def finish(self, worker_id: int) -> None:
         """Worker ``worker_id`` is done: the population stops waiting for it.
@@ -732,7 +739,28 @@ class PopulationController:
         self, events: tuple[Event, ...], gone: list[int], said: list[str]
     ) -> core.Reply:
         """:meth:`_apply`'s work, under the lock; the workers declared gone and the
-        replies' warnings go to ``gone`` and ``said``."""
+        replies' warnings go to ``gone`` and ``said``. A call that raises leaves the
+        controller as it was, the times workers were last heard from included (a refused
+        call kept a silent worker from being declared gone)."""
+        undo: list[tuple[int, float | None]] = []  # (worker, when last heard from before)
+        try:
+            return self._apply_events(events, gone, said, undo)
+        except BaseException:
+            for i, when in reversed(undo):
+                if when is None:
+                    self._seen.pop(i, None)
+                else:
+                    self._seen[i] = when
+            raise
+
+    def _apply_events(
+        self,
+        events: tuple[Event, ...],
+        gone: list[int],
+        said: list[str],
+        undo: list[tuple[int, float | None]],
+    ) -> core.Reply:
+        """:meth:`_apply_locked`'s work; each change to ``_seen`` noted in ``undo``."""
         if self._store is not None:
             self._store.check_open()
         state, now = self._state, self._clock()
@@ -754,6 +782,7 @@ class PopulationController:
                 i = _worker_index(event.worker_id, state.population_size)
                 reactivating = type(event) is Reactivate
                 if i is not None and not reactivating:  # a worker that calls is alive
+                    undo.append((i, self._seen.get(i)))
                     self._seen[i] = now
                 state, changes = core.expire(
                     state,
@@ -769,6 +798,7 @@ class PopulationController:
                 # one reactivated counts from now (the driver's call on an active
                 # one says nothing of it)
                 if i is not None and reactivating and state.workers[i].status != ACTIVE:
+                    undo.append((i, self._seen.get(i)))
                     self._seen[i] = now
             # a call in flight when the run ended (say) wakes no one, decides nothing
             over = (

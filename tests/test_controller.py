@@ -254,6 +254,43 @@ def test_params_of_an_ndarray_subclass_are_copied_too():
     assert stored["m"].mask.tolist() == [False, True, False]
 
 
+def test_the_objects_in_an_object_array_are_copied_too():
+    """A dict inside a ``dtype=object`` params array stayed the caller's: editing it after
+    set_eval changed the history in memory (helper-215)."""
+    pop = PopulationController([{"h": 1.0}], noop_mutator())
+    gen = pop.active_workers[0].generation_id
+    params = np.empty(2, dtype=object)
+    params[0], params[1] = {"w": [1.0, 2.0]}, np.zeros(2)
+    pop.set_eval(0, gen, 5, params, 1.0)
+    params[0]["w"][0], params[1][0] = 999.0, 7.0
+    stored = pop.history.get_checkpoint(gen, 5).params
+    assert stored[0] == {"w": [1.0, 2.0]} and stored[1].tolist() == [0.0, 0.0]
+    assert not stored.flags.writeable and not stored[1].flags.writeable
+
+
+def test_a_refused_call_does_not_count_as_hearing_from_the_worker(clock):
+    """protocol.md: after any error the controller is unchanged. A call refused for a
+    bad argument set the worker's last-heard time first: a silent worker was kept from
+    being declared gone (helper-215)."""
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    status = []
+    for refused in (False, True):
+        start = clock()
+        m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+        pop = PopulationController([{"h": 0.0}, {"h": 1.0}], m, clock=clock, gone_after_s=100)
+        gens = [w.generation_id for w in pop.active_workers]
+        clock.advance(90)
+        if refused:
+            with pytest.raises(TypeError):
+                pop.set_eval(0, gens[0], 3.5, "p", 1.0)  # (a step must be a whole number)
+        clock.advance(60)
+        pop.maybe_get_worker_data(1, gens[1], 0, None, None)  # any call applies gone_after_s
+        status.append(pop.active_workers[0].status)
+        assert clock() - start == 150
+    assert status == ["gone", "gone"]
+
+
 def _calls_back(call):
     """A WinnerTakeAllGenetic whose mutate_fn calls ``call(controller)`` once; the
     controller is set on the returned list."""

@@ -369,6 +369,32 @@ def test_get_worker_data_sees_the_step_the_controller_resolved_for_step_none():
     assert steps == [7, 0, 7]
 
 
+def test_step_none_after_a_step_back_is_where_the_worker_was_sent():
+    """A worker sent back to its last save (nothing to load at its later evaluation)
+    asked with step=None: the controller took the abandoned run's later step, moved it
+    there with the earlier step's params and a change of hyperparameters due only later
+    (helper-215). It is the step it was sent to."""
+    from jaxpop import FixedSchedule
+
+    def controller():
+        return pop_mod.PopulationController(
+            [{"lr": 0.1}], FixedSchedule({0: {"lr": 0.1}, 15: {"lr": 0.01}}, on_ask=True), seed=0
+        )
+
+    replies = []
+    for step in (None, 10):
+        pop = controller()
+        gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        pop.set_eval(0, gen, 10, "params@10", 0.5)
+        pop.set_eval(0, gen, 16, None, 0.4)  # evaluated, not saved
+        back = pop.maybe_get_worker_data(0, None, 0, None, None)  # it restarts
+        assert (back.generation_id, back.step, back.params) == (gen, 10, "params@10")
+        generations = len(pop.history)
+        replies.append(pop.maybe_get_worker_data(0, gen, step, back.params, back.meta_params))
+        assert pop.active_workers[0].step == 10 and len(pop.history) == generations
+    assert replies == [None, None]  # (it was the step-16 timeline's new generation)
+
+
 # -- what jaxpop cannot represent is refused by name ----------------------------------------
 class _Hostile(pop_mod.Mutate):
     def update(self, state, current_workers, cache):
@@ -767,17 +793,22 @@ def test_a_seed_mutator_does_not_make_a_finished_worker_active_again():
     assert c.active_workers[1].status == "active"
 
 
-def test_a_worker_handed_a_finished_workers_assignment_by_a_seed_mutator_stays_active():
+def test_a_seed_mutator_handing_a_worker_another_workers_generation_is_refused():
+    """Two workers on one generation record their reports over each other's (a report
+    at a step the other reported replaced it, silently: helper-215); the seed let a
+    Mutate do it, jaxpop refuses it by name, and the controller stays as it was."""
+
     class TakeWorkerOnes(pop_mod.Mutate):
         def update(self, state, workers, cache):
             return state, [workers[1], workers[1]]
 
     c = pop_mod.PopulationController([{"lr": 0.1}, {"lr": 0.2}], TakeWorkerOnes())
-    a = c.maybe_get_worker_data(0, None, 0, None, None)
+    c.maybe_get_worker_data(0, None, 0, None, None)
     c.maybe_get_worker_data(1, None, 0, None, None)
-    c.finish(1)
-    assert [w.status for w in c.active_workers] == ["active", "finished"]
-    assert c.maybe_get_worker_data(0, a.generation_id, 0, None, None).status == "active"
+    before = c.state
+    with pytest.raises(ValueError, match=r"assigned workers 0 and 1 the same generation"):
+        c.finish(1)
+    assert c.state is before and [w.status for w in c.active_workers] == ["active", "active"]
 
 
 def test_a_seed_mutator_that_edits_a_generations_hparams_in_place_is_refused():
