@@ -163,11 +163,14 @@ def _seed(text: str) -> int:
     return seed
 
 
-def _report_error(args: argparse.Namespace, error: BaseException) -> int:
+def _report_error(args: argparse.Namespace, error: BaseException | str) -> int:
     from jaxpop import storage
+    from jaxpop.storage.seed_state import holds_unmigrated_seed_run
 
     print(f"jaxpop report: error: {error}", file=sys.stderr)
-    if os.path.isfile(os.path.join(args.log_dir, storage.SEED_STATE_FILE)):
+    # (only for a run not migrated yet: one migrated in place holds population.state too,
+    # and migrating it again fails)
+    if holds_unmigrated_seed_run(args.log_dir):
         print(
             f"{args.log_dir} holds learned_optimization's {storage.SEED_STATE_FILE}: "
             f"migrate it first with `jaxpop migrate-seed-state {args.log_dir}`",
@@ -223,7 +226,10 @@ class _OutputError(Exception):
 def _watch(args: argparse.Namespace) -> int:
     """``jaxpop report LOGDIR --watch``: refreshes until Ctrl-C or the run is over."""
     from jaxpop import report, storage
+    from jaxpop.storage.seed_state import holds_unmigrated_seed_run
 
+    if holds_unmigrated_seed_run(args.log_dir):  # (no run will appear: it waited forever)
+        return _report_error(args, f"{args.log_dir} is not a jaxpop run")
     live = None
     last: dict[str, report.Report | None] = {"report": None}  # the newest read
     try:
@@ -282,8 +288,7 @@ def _watch(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ImportError, storage.CorruptLogError) as e:
         return _report_error(args, e)
     if data is None:
-        print(f"jaxpop report: error: no jaxpop run appeared at {args.log_dir}", file=sys.stderr)
-        return 1
+        return _report_error(args, f"no jaxpop run appeared at {args.log_dir}")
     out_dir = os.path.normpath(args.out) if args.out else report.default_out_dir(data.log_dir)
     print(f"the report in {out_dir} is as of the run's event {data.state.num_events}")
     return 0

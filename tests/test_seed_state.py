@@ -173,6 +173,24 @@ def test_migration_into_another_directory_and_from_the_command_line(seed, tmp_pa
         PopulationController([{}] * 2, noop_mutator(), log_dir=str(src))
     assert cli.main(["report", str(src)]) == 1
     assert f"jaxpop migrate-seed-state {src}" in capsys.readouterr().err
+    # watching it said "waiting for a run" for ever, with no word of migrating (helper-213)
+    watch = ["report", str(src), "--watch", "--interval", "0.2", "--max-iterations", "3"]
+    assert cli.main(watch) == 1
+    err = capsys.readouterr().err
+    assert f"jaxpop migrate-seed-state {src}" in err and "waiting" not in err
+
+
+def test_a_report_error_on_a_run_migrated_in_place_does_not_say_migrate_it(seed, tmp_path, capsys):
+    """A folder migrated in place holds population.state and the jaxpop run: every report
+    error there said "migrate it first", which then failed (helper-213)."""
+    _write_seed_run(tmp_path, seed)
+    assert cli.main(["migrate-seed-state", str(tmp_path)]) == 0
+    (tmp_path.parent / "a-file").write_text("")
+    capsys.readouterr()
+    assert cli.main(["report", str(tmp_path), "--out", str(tmp_path.parent / "a-file")]) == 1
+    err = capsys.readouterr().err
+    assert "jaxpop report: error:" in err and "migrate" not in err
+    assert cli.main(["report", str(tmp_path), "--out", str(tmp_path.parent / "out")]) == 0
 
 
 def test_a_seed_style_mutator_gets_the_seeds_mutator_state_back(seed, tmp_path):
@@ -646,21 +664,41 @@ def test_a_migration_that_fails_while_writing_leaves_no_lock_file(seed, tmp_path
     monkeypatch.setattr(seed_state.Store, "start", fail)
     assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
     assert not dst.exists()
+    # the folders above it that the migration made go too (the first was left: helper-213)
+    nested = tmp_path / "made" / "for" / "it"
+    assert cli.main(["migrate-seed-state", str(src), "--out", str(nested)]) == 1
+    assert not (tmp_path / "made").exists()
     dst.mkdir()
     assert cli.main(["migrate-seed-state", str(src), "--out", str(dst)]) == 1
     assert os.listdir(dst) == []
 
 
-@pytest.mark.parametrize("failing", ["folder fsync after the snapshot", "seed-migration.json"])
+@pytest.mark.parametrize(
+    "failing",
+    [
+        "folder fsync after the snapshot",
+        "seed-migration.json",
+        "folder fsync after seed-migration.json",
+    ],
+)
 def test_a_migration_that_fails_late_leaves_nothing_and_can_be_run_again(
     seed, tmp_path, monkeypatch, failing
 ):
     """A failure after the snapshot was renamed into place, or while writing the
-    migration record, removes the run the call started: a second try migrates."""
+    migration record (before or after its rename: the record was left then, helper-213),
+    removes the run the call started: a second try migrates."""
     from jaxpop.storage import store
 
     _write_seed_run(tmp_path, seed)
-    if failing == "seed-migration.json":
+    if failing == "folder fsync after seed-migration.json":
+        write_atomic = seed_state.write_atomic
+
+        def fail(path, data, **kwargs):
+            write_atomic(path, data, **kwargs)
+            raise OSError(5, "I/O error")
+
+        monkeypatch.setattr(seed_state, "write_atomic", fail)
+    elif failing == "seed-migration.json":
 
         def fail(path, data, **kwargs):
             raise OSError(28, "No space left on device")

@@ -930,7 +930,7 @@ def migrate_seed_state(
         dst_log_dir = os.path.dirname(source) or "."
     dst = os.fspath(dst_log_dir)
     _refuse_existing_run(dst, source)
-    made_dir, lock = not os.path.isdir(dst), os.path.join(dst, "lock")
+    made_dirs, lock = _missing_dirs(dst), os.path.join(dst, "lock")
     made_lock = not os.path.exists(lock)
     store = Store(dst, run={"population_size": state.population_size, "mutator": None})
     record = {
@@ -941,7 +941,7 @@ def migrate_seed_state(
         "checkpoints": state.history.num_checkpoints,
     }
     record_path = os.path.join(dst, MIGRATION_FILE)
-    recorded = done = False
+    done = False
     try:
         if store.load() is not None:  # appeared since the look above
             _refuse_existing_run(dst, source)
@@ -950,23 +950,46 @@ def migrate_seed_state(
         # killed before leaves a record and no run, which a controller refuses (the seed
         # run is still to migrate) and the next migration replaces
         write_atomic(record_path, json.dumps(record, indent=1).encode())
-        recorded = True
         store.start(state)
         done = True
     finally:
-        if recorded and not done:  # (store.start removes what it wrote when it fails)
+        if not done:  # (store.start removes what it wrote when it fails)
+            # the record, if written (write_atomic can fail after its rename, syncing the
+            # folder); one there before is a failed migration's (a run beside it was
+            # refused above), and the lock held makes it no other's
             with contextlib.suppress(OSError):
                 os.remove(record_path)
         store.close()
-        if not done:  # leave no trace: the lock file the Store wrote, the folder it made
+        if not done:  # leave no trace: the lock file the Store wrote, the folders it made
             if made_lock:
                 with contextlib.suppress(OSError):
                     os.remove(lock)
-            if made_dir:
+            for made in made_dirs:  # (deepest first; a folder something else wrote into stays)
                 with contextlib.suppress(OSError):
-                    os.rmdir(dst)
+                    os.rmdir(made)
     logger.info("jaxpop: migrated %s to %s", source, dst)
     return SeedMigration(dst, source, state)
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The folders of ``path`` that do not exist yet (``path`` first, then its missing
+    parents, up to the first that exists): what making it would create."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def holds_unmigrated_seed_run(log_dir: str | os.PathLike) -> bool:
+    """Whether ``log_dir`` holds the seed's ``population.state`` and no jaxpop run
+    (one migrated in place holds both)."""
+    log_dir = os.fspath(log_dir)
+    return os.path.isfile(os.path.join(log_dir, SEED_STATE_FILE)) and not _holds_jaxpop_run(log_dir)
 
 
 def _holds_jaxpop_run(log_dir: str) -> bool:
