@@ -160,7 +160,7 @@ def test_the_gp_sees_at_most_window_changes(calls):
     explorer = PB2Explorer(SPACE)
     h = history_of(np.linspace(0.1, 0.9, 50))  # 150 changes
     explorer(KEY, h.latest("g0"), h, workers_at({"lr": 0.5}))
-    (_, (x, _, t, _, mask), *_) = calls[0]
+    (_, (x, _, t, _, _, mask), *_) = calls[0]
     assert x.shape == (explorer.window, 1) == (128, 1) and mask.sum() == 128
     assert t.max() <= 0  # times are counted back from the end of the chosen interval
 
@@ -199,41 +199,116 @@ def test_the_choice_does_not_depend_on_the_scale_of_the_values(calls, scale):
     explorer = PB2Explorer(SPACE, beta=0.5)
     workers = workers_at({"lr": 0.5})
     chosen = [explorer(np.array([0, k], np.uint32), h.latest("g5"), h, workers) for k in range(4)]
-    (_, (_, _, _, y, mask), *_) = calls[0]
+    (_, (_, _, _, _, y, mask), *_) = calls[0]
     assert np.all(np.isfinite(y)) and abs(float(np.mean(y[mask]))) < 1e-6
     assert float(np.std(y[mask])) == pytest.approx(1.0, rel=1e-5)
     assert min(m["lr"] for m in chosen) > 0.75, chosen
 
 
-def test_pending_points_push_the_choice_away_from_what_is_trained():
-    h = History(mode="max")  # lr from 0.45 to 0.55 all improve alike: a flat mean
-    for g in range(10):
+def flat_history(generations=10):
+    """lr from 0.45 to 0.54, all improving alike: a flat mean, equally unsure at 0 and 1."""
+    h = History(mode="max")
+    for g in range(generations):
         for step in (0, 5, 10, 15):
             h = h.add(Checkpoint(None, {"lr": 0.45 + 0.01 * g}, f"g{g}", 0.5 * step, None, step, 0))
+    return h
+
+
+def chosen_lrs(explorer, source, h, workers, keys=4):
+    return [explorer(np.array([0, k], np.uint32), source, h, workers)["lr"] for k in range(keys)]
+
+
+def test_pending_points_push_the_choice_away_from_what_is_trained():
+    """GP-BUCB: what is being trained counts as observed for the variance. On a flat
+    mean the most uncertain place wins; the workers training near 1 make the other end
+    the more uncertain one (without pending points the choice is near 1: helper-214
+    found the old version of this test passing either way)."""
+    h = flat_history()
     explorer = PB2Explorer(SPACE, beta=4.0)
-    crowded = workers_at({"lr": 0.1}, {"lr": 0.15}, {"lr": 0.2}, {"lr": 0.25})
-    lr = explorer(KEY, h.latest("g0"), h, crowded)["lr"]
-    assert lr > 0.6  # the most uncertain place not already being trained
+    crowded = workers_at({"lr": 0.8}, {"lr": 0.85}, {"lr": 0.9}, {"lr": 1.0})
+    assert max(chosen_lrs(explorer, h.latest("g0"), h, crowded)) < 0.4
+    elsewhere = workers_at({"lr": 0.0}, {"lr": 0.05}, {"lr": 0.1}, {"lr": 0.2})
+    assert min(chosen_lrs(explorer, h.latest("g0"), h, elsewhere)) > 0.6
 
 
 def test_finished_and_gone_workers_are_no_pending_points():
     # what nobody trains now does not push the choice away (it did, as active workers do)
-    h = History(mode="max")
-    for g in range(10):
-        for step in (0, 5, 10, 15):
-            h = h.add(Checkpoint(None, {"lr": 0.45 + 0.01 * g}, f"g{g}", 0.5 * step, None, step, 0))
+    h = flat_history()
     explorer = PB2Explorer(SPACE, beta=4.0)
-    idle = [
+    idle = tuple(
         ActiveWorker(None, {"lr": lr}, f"f{i}", 0, status)
-        for i, (lr, status) in enumerate(((0.8, "finished"), (0.9, "gone"), (1.0, "finished")))
-    ]
-    base = workers_at({"lr": 0.1}, {"lr": 0.1}, {"lr": 0.1}, {"lr": 0.1})
-    alone = [explorer(np.array([0, k], np.uint32), h.latest("g0"), h, base) for k in range(3)]
-    with_idle = [
-        explorer(np.array([0, k], np.uint32), h.latest("g0"), h, base[:1] + tuple(idle))
-        for k in range(3)
-    ]
-    assert with_idle == alone and min(m["lr"] for m in alone) > 0.6
+        for i, (lr, status) in enumerate(((0.0, "finished"), (0.1, "gone"), (0.2, "finished")))
+    )
+    active = workers_at({"lr": 0.8}, {"lr": 0.85}, {"lr": 0.9}, {"lr": 1.0})
+    alone = chosen_lrs(explorer, h.latest("g0"), h, active, keys=3)
+    with_idle = chosen_lrs(explorer, h.latest("g0"), h, active[:1] + idle, keys=3)
+    assert with_idle == alone and max(alone) < 0.4
+
+
+def test_the_choice_follows_the_recent_intervals_when_the_best_moved():
+    """The time-varying kernel: intervals up to step 100 improved faster with a larger
+    lr, the newer ones (steps 100 to 130) with a smaller one. Old data outnumber the new,
+    and without the time factor the choice is a large lr."""
+    h = History(mode="max")
+    rates = np.linspace(0.05, 0.95, 8)
+    for g, lr in enumerate(rates):
+        for step in range(0, 101, 10):
+            h = h.add(Checkpoint(None, {"lr": float(lr)}, f"old{g}", lr * step, None, step, 0))
+        for step in range(100, 131, 10):
+            h = h.add(
+                Checkpoint(None, {"lr": float(lr)}, f"new{g}", (1 - lr) * step, None, step, 0)
+            )
+    workers = workers_at({"lr": 0.5})
+    explorer = PB2Explorer(SPACE, beta=0.5, min_interval=10)
+    assert max(chosen_lrs(explorer, h.latest("new3"), h, workers, keys=5)) < 0.25
+
+
+def test_the_category_whose_intervals_improved_more_is_chosen():
+    space = {"lr": ex.uniform(0.0, 1.0), "opt": ex.choice(["sgd", "adam", "rms"])}
+    h = History(mode="max")
+    for g in range(12):
+        opt = ["sgd", "adam", "rms"][g % 3]
+        rate = 1.0 if opt == "adam" else 0.1
+        meta = {"lr": 0.3 + 0.03 * g, "opt": opt}
+        for step in (0, 5, 10, 15):
+            h = h.add(Checkpoint(None, meta, f"g{g}", rate * step, None, step, 0))
+    workers = workers_at({"lr": 0.5, "opt": "sgd"})
+    explorer = PB2Explorer(space, beta=0.5)
+    source = h.latest("g0")  # an sgd member: the copied category is not the answer
+    chosen = [explorer(np.array([0, k], np.uint32), source, h, workers)["opt"] for k in range(8)]
+    assert chosen == ["adam"] * 8
+
+
+def test_the_reward_level_an_interval_started_from_is_an_input(calls):
+    """The authors' code models the change as a function of the level an interval
+    started from too (``R_before``): early in training (values near 0) a larger lr
+    improved faster, late (values near 10) a smaller one, over the same steps. A copy of
+    weights at the low level gets a large lr, one at the high level a small one (without
+    the level both got the same: helper-214)."""
+    h = History(mode="max")
+    for g, lr in enumerate(np.linspace(0.05, 0.95, 16)):
+        late = g % 2 == 1
+        rate, base = (1 - lr, 10.0) if late else (lr, 0.0)
+        for step in range(0, 101, 10):
+            h = h.add(
+                Checkpoint(None, {"lr": lr}, f"g{g}", base + 0.01 * rate * step, None, step, 0)
+            )
+    explorer = PB2Explorer(SPACE, beta=0.5, min_interval=10)
+    workers = workers_at({"lr": 0.5})
+    low = Checkpoint("a", {"lr": 0.5}, "g0", 0.5, None, 100, 0.0)
+    high = Checkpoint("b", {"lr": 0.5}, "g1", 10.5, None, 100, 0.0)
+    assert min(chosen_lrs(explorer, low, h, workers)) > 0.75
+    assert max(chosen_lrs(explorer, high, h, workers)) < 0.25
+    (_, (_, _, _, level, _, mask), _, start, *_) = calls[-1]
+    assert level[mask].min() == 0.0 and level[mask].max() == 1.0 and 0.9 < start[2] < 1.0
+    # a copied level past every level seen is held at the top (not extrapolated to)
+    explorer(KEY, high.replace(value=50.0), h, workers)
+    assert calls[-1][3][2] == 1.0
+    # an unknown copied level (a start nothing was copied into) tells the model nothing
+    unknown = Checkpoint("c", {"lr": 0.5}, "g1", None, None, 100, 0.0)
+    explorer(KEY, unknown, h, workers)
+    (_, (_, _, _, level, _, _), _, start, *_) = calls[-1]
+    assert not level.any() and start[2] == 0.0
 
 
 def test_a_float_leaf_stored_as_a_numpy_int_gets_the_bandits_float():
@@ -241,9 +316,9 @@ def test_a_float_leaf_stored_as_a_numpy_int_gets_the_bandits_float():
     h = History(mode="max")
     for g in range(10):
         for step in (0, 5, 10, 15):
-            value = 0.5 * step * (1 + g % 3)
+            value = step * (1 - abs(g - 4.6) / 5)  # the best lr is between two ints
             h = h.add(Checkpoint(None, {"lr": np.int64(g)}, f"g{g}", value, None, step, 0))
-    explorer = PB2Explorer({"lr": ex.uniform(0.0, 10.0)}, beta=4.0)
+    explorer = PB2Explorer({"lr": ex.uniform(0.0, 10.0)}, beta=0.5)
     out = [explorer(np.array([0, k], np.uint32), h.latest("g0"), h, ())["lr"] for k in range(3)]
     assert all(isinstance(x, np.float64) for x in out) and any(x != int(x) for x in out)
 
@@ -314,7 +389,7 @@ def test_the_time_axis_holds_at_steps_past_2_to_the_53(calls):
                 c = Checkpoint(None, {"lr": rate}, f"g{g}", value, None, offset + step, 0.0)
                 history = history.add(c)
         PB2Explorer(SPACE)(KEY, history.latest("g3"), history, workers_at({"lr": 0.3}))
-    times = [np.asarray(args[1][2])[np.asarray(args[1][4])] for args in calls]
+    times = [np.asarray(args[1][2])[np.asarray(args[1][5])] for args in calls]
     np.testing.assert_array_equal(times[0], times[1])
     assert len(set(times[0].tolist())) > 1
 
@@ -377,7 +452,7 @@ def test_the_output_is_inside_the_space_for_every_leaf_kind(calls):
         assert 1e-300 <= out["log"] <= 1e300 and 0.0 <= out["nested"]["u"] <= 1.0
         assert out["mixed"] in ("a", 1, None) and out["single"] == 0.5
     assert len(calls) == 5
-    (_, (x, _, _, _, mask), *_) = calls[0]
+    (_, (x, _, _, _, _, mask), *_) = calls[0]
     assert mask.sum() == 2 * 8  # two changes from each of the 8 well-formed generations
     assert np.all((x >= 0) & (x <= 1))
     # a copied NaN or missing value: PBT's explore, which says what is wrong

@@ -367,7 +367,9 @@ class MultipleFrequenciesPBT(Mutator):
     Args:
       t_ready: the base interval, in steps (the paper's ``t_ready``; jaxpop PBT's
         ``perturbation_interval``).
-      hyperparam_space: the explore space (see :mod:`jaxpop.mutators.explore`).
+      hyperparam_space: the explore space (see :mod:`jaxpop.mutators.explore`): the
+        bounds a run may reach (explored and migrated values are clipped to it; the
+        authors' code bounds only the first draw).
       frequencies: the paper's ``delta_k``: sub-population ``k`` evolves every
         ``frequencies[k] * t_ready`` steps; strictly increasing positive ints. Default
         ``(1, 10, 25, 50)``, the paper's.

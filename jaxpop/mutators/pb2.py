@@ -64,6 +64,9 @@ class RewardChange(NamedTuple):
       meta_params: the hyperparameters it trained with.
       change: the improvement per step, ``(end value - start value) / span``, with the
         sign that makes larger better (negated when the history's mode is ``"min"``).
+      start_value: the value the interval started from, as reported: the reward level
+        the change was made from, an input of the bandit's model (as in the authors'
+        code, where it is ``R_before``).
     """
 
     generation_id: str
@@ -71,12 +74,15 @@ class RewardChange(NamedTuple):
     span: int
     meta_params: Any
     change: float
+    start_value: float
 
 
-def _chunks(points: list[tuple[int, float]], min_interval: float) -> list[tuple[int, int, float]]:
-    """``(end, span, value change per step)`` of intervals cut back from the newest
-    point (the change of finite values is finite: ``(1.7e308 - -1.7e308) / 10`` is
-    computed as ``1.7e308 / 10 - -1.7e308 / 10``)."""
+def _chunks(
+    points: list[tuple[int, float]], min_interval: float
+) -> list[tuple[int, int, float, float]]:
+    """``(end, span, value change per step, start value)`` of intervals cut back from the
+    newest point (the change of finite values is finite: ``(1.7e308 - -1.7e308) / 10``
+    is computed as ``1.7e308 / 10 - -1.7e308 / 10``)."""
     out = []
     end_step, end_value = points[-1]
     for step, value in reversed(points[:-1]):
@@ -85,7 +91,7 @@ def _chunks(points: list[tuple[int, float]], min_interval: float) -> list[tuple[
             rate = (end_value - value) / span
             if math.isinf(rate):  # the difference overflowed, the rate may not
                 rate = end_value / span - value / span
-            out.append((end_step, span, rate))
+            out.append((end_step, span, rate, value))
             end_step, end_value = step, value
     out.reverse()
     return out
@@ -133,8 +139,10 @@ def _generation_changes(
     if limit is not None:
         chunks = chunks[-limit:]
     meta = first.meta_params
-    changes = [(end, span, sign * rate) for end, span, rate in chunks]
-    return [RewardChange(generation_id, e, n, meta, c) for e, n, c in changes]
+    return [
+        RewardChange(generation_id, end, span, meta, sign * rate, start)
+        for end, span, rate, start in chunks
+    ]
 
 
 def reward_changes(
@@ -149,9 +157,10 @@ def reward_changes(
     Each generation's evaluated checkpoints are cut into consecutive intervals of at
     least ``min_interval`` steps (0: between every two evaluations), back from its
     newest evaluation; an interval's change is the improvement of the value per step
-    over it. A copied generation's oldest interval may start at the checkpoint it copied
-    (so the change measures its new hyperparameters from the copied weights). What is
-    left at a generation's start, shorter than ``min_interval``, is not used.
+    over it, and its ``start_value`` the value it started from. A copied generation's
+    oldest interval may start at the checkpoint it copied (so the change measures its
+    new hyperparameters from the copied weights). What is left at a generation's start,
+    shorter than ``min_interval``, is not used.
     Non-finite values are skipped. The sign follows ``history.mode``: with ``"min"`` a
     falling value is a positive change.
 
@@ -373,20 +382,25 @@ def _draws(key: Any, num_candidates: int, num_local: int, dims: int, num_choices
 class _Geometry(NamedTuple):
     """What the kernel needs of every pair of points, computed once for all GP fits."""
 
-    sq_distance: jax.Array  # squared distance of the unit-cube coordinates
+    sq_distance: jax.Array  # squared distance of the unit-cube coordinates and levels
     mismatches: jax.Array  # number of categorical hyperparameters that differ
     time_gap: jax.Array  # |t - t'|, in intervals
 
 
-def _geometry(xa, ca, ta, xb, cb, tb) -> _Geometry:
+def _geometry(xa, ca, ta, la, xb, cb, tb, lb) -> _Geometry:
+    """The geometry of points ``(x, c, t, l)``: unit-cube coordinates, categories, time
+    and reward level (in ``[0, 1]``, a coordinate of the squared exponential as the
+    hyperparameters are)."""
     sq_distance = jnp.sum((xa[:, None, :] - xb[None, :, :]) ** 2, axis=-1)
+    sq_distance = sq_distance + (la[:, None] - lb[None, :]) ** 2
     mismatches = jnp.sum(ca[:, None, :] != cb[None, :, :], axis=-1).astype(sq_distance.dtype)
     return _Geometry(sq_distance, mismatches, jnp.abs(ta[:, None] - tb[None, :]))
 
 
 def _kernel(g: _Geometry, lengthscale, log_decay):
     """The paper's time-varying kernel (Sec. 4, TV-GP-UCB of Bogunovic et al. 2016):
-    ``exp(-|x - x'|^2 / (2 l^2)) * (1 - epsilon) ** (|t - t'| / 2)``, times
+    ``exp(-|z - z'|^2 / (2 l^2)) * (1 - epsilon) ** (|t - t'| / 2)`` (``z``: the
+    hyperparameters' coordinates and the reward level), times
     ``CATEGORY_CORRELATION ** (number of differing categories)``. ``log_decay`` is
     ``log(1 - epsilon)``."""
     log_k = -0.5 * g.sq_distance / lengthscale**2 + 0.5 * log_decay * g.time_gap
@@ -404,23 +418,26 @@ def _gram(mask, k, noise):
 def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
     """The UCB-maximising point: ``(x, c, (lengthscale, epsilon, noise))``.
 
-    ``data = (x, c, t, y, mask)``: the padded observations (coordinates, categories,
+    ``data = (x, c, t, l, y, mask)``: the padded observations (coordinates, categories,
     time in units of one interval relative to the end of the interval being chosen,
-    change standardised by :func:`_standardised`, which rows hold data);
-    ``pending = (xp, cp, pmask)``: the hyperparameters
-    being trained now (at time 0); ``start = (x0, c0)``: the copied hyperparameters, one
-    more candidate; ``draws``: see :func:`_draws`.
+    the reward level each started from, change standardised by :func:`_standardised`,
+    which rows hold data); ``pending = (xp, cp, pmask)``: the hyperparameters being
+    trained now; ``start = (x0, c0, l0)``: the copied hyperparameters, one more
+    candidate, and the copied weights' level. Candidates and pending points are at time
+    0 and level ``l0``: the search is over the hyperparameters alone (as the authors'
+    code fixes time and level to the copied agent's).
     """
-    x, c, t, y, mask = data
+    x, c, t, level, y, mask = data
     xp, cp, pmask = pending
-    x0, c0 = start
+    x0, c0, l0 = start
     dtype, w = x.dtype, x.shape[0]
 
-    # all points the GP knows: the observations, then the pending points (at time 0)
+    # all points the GP knows: the observations, then the pending points
     xz, cz = jnp.concatenate([x, xp]), jnp.concatenate([c, cp])
     tz = jnp.concatenate([t, jnp.zeros(xp.shape[0], dtype)])
+    lz = jnp.concatenate([level, jnp.full(xp.shape[0], l0, dtype)])
     mz = jnp.concatenate([mask, pmask])
-    gz = _geometry(xz, cz, tz, xz, cz, tz)
+    gz = _geometry(xz, cz, tz, lz, xz, cz, tz, lz)
     g_data = jax.tree.map(lambda a: a[:w, :w], gz)
 
     def log_likelihood(params):
@@ -441,8 +458,9 @@ def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
     inverse_z = jax.scipy.linalg.cho_solve((chol_z, True), jnp.eye(mz.shape[0], dtype=dtype))
 
     def ucb(xs, cs):
-        ts = jnp.zeros(xs.shape[0], dtype)
-        k = jnp.where(mz, _kernel(_geometry(xs, cs, ts, xz, cz, tz), lengthscale, log_decay), 0.0)
+        ts, ls = jnp.zeros(xs.shape[0], dtype), jnp.full(xs.shape[0], l0, dtype)
+        g = _geometry(xs, cs, ts, ls, xz, cz, tz, lz)
+        k = jnp.where(mz, _kernel(g, lengthscale, log_decay), 0.0)
         variance = jnp.maximum(1.0 - jnp.sum((k @ inverse_z) * k, axis=1), 1e-9)
         return k @ alpha + sqrt_beta * jnp.sqrt(variance)
 
@@ -462,7 +480,9 @@ def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
 
 
 def _standardised(changes: np.ndarray) -> np.ndarray:
-    """``(changes - mean) / std`` (zeros when all are equal), as float32 for the GP.
+    """``(changes - mean) / std`` (zeros when all are equal), capped to ``[-2, 2]`` (as
+    the authors' code and Ray Tune's do: one outlying interval, a jump right after a
+    copy say, weighs as a large change, not as many), as float32 for the GP.
 
     Computed in float64 on changes first divided by the largest magnitude, so no sum or
     square overflows whatever their size (in float32, a change past about 1e19 squares
@@ -470,6 +490,8 @@ def _standardised(changes: np.ndarray) -> np.ndarray:
 
     >>> _standardised(np.array([1e30, 3e30])).tolist(), _standardised(np.array([1e300, 1e300]))
     ([-1.0, 1.0], array([0., 0.], dtype=float32))
+    >>> float(_standardised(np.array([0.0] * 15 + [1.0])).max())  # (3.87 uncapped)
+    2.0
     """
     largest = float(np.max(np.abs(changes), initial=0.0))
     if largest == 0.0:
@@ -477,7 +499,33 @@ def _standardised(changes: np.ndarray) -> np.ndarray:
     scaled = changes / largest
     centred = scaled - np.mean(scaled)
     std = float(np.sqrt(np.mean(centred**2)))
-    return (centred / std if std > 0 else np.zeros_like(centred)).astype(np.float32)
+    if std == 0:
+        return np.zeros(len(changes), np.float32)
+    return np.clip(centred / std, -_CAP, _CAP).astype(np.float32)
+
+
+_CAP = 2.0  # standardised changes are capped to [-_CAP, _CAP]
+
+
+def _levels(starts: np.ndarray, source: float | None) -> tuple[np.ndarray, float]:
+    """The observations' reward levels (the values their intervals started from) in
+    ``[0, 1]`` over their range, and the copied weights' level on that scale, clipped
+    into it (a copied member is often past every level seen: it is a best one; the
+    model would extrapolate there). All zero when the levels are all one value or the
+    copied one is unknown: the level then tells the model nothing.
+
+    >>> _levels(np.array([0.0, 5.0, 10.0]), 12.0)
+    (array([0. , 0.5, 1. ], dtype=float32), 1.0)
+    """
+    none = np.zeros(len(starts), np.float32), 0.0
+    if not len(starts) or source is None or not math.isfinite(source):
+        return none
+    lo, hi = float(np.min(starts)), float(np.max(starts))
+    span = hi / 2 - lo / 2  # (halved: a span of +-1e308 does not overflow)
+    if not span > 0:
+        return none
+    levels = np.clip((starts / 2 - lo / 2) / span, 0.0, 1.0).astype(np.float32)
+    return levels, min(1.0, max(0.0, (source / 2 - lo / 2) / span))
 
 
 # -- the explorer ------------------------------------------------------------------------------
@@ -493,19 +541,26 @@ class PB2Explorer:
 
     The model (PB2 paper, Sec. 4): inputs are the hyperparameters, each mapped to
     ``[0, 1]`` (log scale for ``log_uniform``; ``randint`` integer ``k`` to the centre of
-    its cell), and time, in units of the median interval; the kernel is a
-    squared-exponential over the hyperparameters times the time-varying factor
-    ``(1 - epsilon) ** (|t - t'| / 2)`` (TV-GP-UCB, Bogunovic et al. 2016), so old
-    intervals count less. Targets are standardised. Lengthscale, ``epsilon`` and noise
-    maximise the marginal likelihood over a fixed grid (``LENGTHSCALES``, ``EPSILONS``,
-    ``NOISES``). Parallel selection (the paper's batch rule, after GP-BUCB of Desautels
-    et al. 2014): every active worker's current hyperparameters are added as pending
-    points at the present time, which shrinks the variance -- not the mean -- around
-    what is already being trained, so copiers spread out (a finished or gone worker's
-    are not: nothing trains them; the copier's own are, as it is called before its new
-    ones replace them). The UCB ``mu + sqrt(beta) sigma`` is maximised over
-    ``num_candidates`` uniform random points (plus the copied hyperparameters) and
-    ``num_local`` Gaussian perturbations of the best 8. Fit and
+    its cell), the reward level each interval started from (mapped to ``[0, 1]`` over
+    the window's levels: the authors' code's ``R_before``; how fast a model improves
+    depends on where it is in training), and time, in units of the median interval; the
+    kernel is a squared-exponential over the hyperparameters and the level times the
+    time-varying factor ``(1 - epsilon) ** (|t - t'| / 2)`` (TV-GP-UCB, Bogunovic et al.
+    2016), so old intervals count less. Targets are standardised and capped to ``[-2,
+    2]``, as the authors' code does. Lengthscale, ``epsilon`` and noise maximise the
+    marginal likelihood over a fixed grid (``LENGTHSCALES``, ``EPSILONS``, ``NOISES``).
+    The search holds time at the present and the level at the copied checkpoint's value
+    (clipped into the window's levels), and chooses the hyperparameters. Parallel
+    selection (GP-BUCB of Desautels et al. 2014, which the paper uses for a batch):
+    every active worker's current hyperparameters are added as pending points at the
+    present time and the copied level, which shrinks the variance -- not the mean --
+    around what is already being trained, so copiers spread out (a finished or gone
+    worker's are not: nothing trains them; the copier's own are, as it is called before
+    its new ones replace them). In an asynchronous run jaxpop takes every worker
+    training now as the batch; the authors' code and Ray Tune's count only the
+    configurations chosen since the data last moved. The UCB ``mu + sqrt(beta) sigma``
+    is maximised over ``num_candidates`` uniform random points (plus the copied
+    hyperparameters) and ``num_local`` Gaussian perturbations of the best 8. Fit and
     search are one jitted function over fixed-size, masked buffers: it compiles once per
     run (population size and ``window``), in the controller's start-up
     (:meth:`prepare`).
@@ -615,11 +670,13 @@ class PB2Explorer:
         data = self._data(history, encoding) if point is not None else []
         if len(data) < max(self.min_observations, 1):
             return self._fallback(key, meta)
+        assert point is not None  # (no data without it)
+        buffers, level = self._buffers(data, encoding, source.step, copied_value(history, source))
         new_x, new_c, _ = _propose(
             self._draws(key),
-            self._buffers(data, encoding, source.step),
+            buffers,
             self._pending(workers, encoding),
-            point,
+            (*point, np.float32(level)),
             np.float32(math.sqrt(self.beta)),
             sizes=encoding.sizes,
         )
@@ -632,8 +689,8 @@ class PB2Explorer:
         if not encoding.numbers and not encoding.choices:
             return
         data = self._zeros(self.window, encoding)
-        xp, cp, _, _, pmask = self._zeros(population_size, encoding)
-        start = (data[0][0], data[1][0])
+        xp, cp, _, _, _, pmask = self._zeros(population_size, encoding)
+        start = (data[0][0], data[1][0], np.float32(0.0))
         draws = self._draws(np.zeros(2, np.uint32))
         _propose(draws, data, (xp, cp, pmask), start, np.float32(1.0), sizes=encoding.sizes)
 
@@ -668,11 +725,14 @@ class PB2Explorer:
             np.zeros((n, len(encoding.choices)), np.int32),
             np.zeros(n, np.float32),
             np.zeros(n, np.float32),
+            np.zeros(n, np.float32),
             np.zeros(n, bool),
         )
 
-    def _buffers(self, data, encoding: _Encoding, source_step: int):
-        x, c, t, y, mask = self._zeros(self.window, encoding)
+    def _buffers(self, data, encoding: _Encoding, source_step: int, source_value: float | None):
+        """The GP's padded observations ``(x, c, t, l, y, mask)``, and the copied weights'
+        level (``source_value``'s, see :func:`_levels`)."""
+        x, c, t, level, y, mask = self._zeros(self.window, encoding)
         unit = max(float(np.median([change.span for change, _ in data])), 1.0)
         for i, (change, (xi, ci)) in enumerate(data):
             x[i], c[i] = xi, ci
@@ -681,10 +741,12 @@ class PB2Explorer:
             t[i] = (change.step - source_step) / unit - 1.0
             mask[i] = True
         y[: len(data)] = _standardised(np.array([change.change for change, _ in data]))
-        return x, c, t, y, mask
+        starts = np.array([change.start_value for change, _ in data], np.float64)
+        level[: len(data)], source_level = _levels(starts, source_value)
+        return (x, c, t, level, y, mask), source_level
 
     def _pending(self, workers: Workers, encoding: _Encoding):
-        xp, cp, _, _, pmask = self._zeros(len(workers), encoding)
+        xp, cp, _, _, _, pmask = self._zeros(len(workers), encoding)
         for i, worker in enumerate(workers):
             if not worker.is_active:  # (a finished or gone worker trains nothing now)
                 continue
