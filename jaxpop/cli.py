@@ -228,8 +228,12 @@ def _watch(args: argparse.Namespace) -> int:
     from jaxpop import report, storage
     from jaxpop.storage.seed_state import holds_unmigrated_seed_run
 
-    if holds_unmigrated_seed_run(args.log_dir):  # (no run will appear: it waited forever)
-        return _report_error(args, f"{args.log_dir} is not a jaxpop run")
+    if holds_unmigrated_seed_run(args.log_dir):  # (said once: the run appears when migrated)
+        print(
+            f"{args.log_dir} holds learned_optimization's {storage.SEED_STATE_FILE}: migrate "
+            f"it with `jaxpop migrate-seed-state {args.log_dir}` (watching for the run)",
+            file=sys.stderr,
+        )
     live = None
     last: dict[str, report.Report | None] = {"report": None}  # the newest read
     try:

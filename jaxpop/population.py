@@ -743,9 +743,12 @@ class PopulationController:
         controller as it was, the times workers were last heard from included (a refused
         call kept a silent worker from being declared gone)."""
         undo: list[tuple[int, float | None]] = []  # (worker, when last heard from before)
+        before = self._state
         try:
             return self._apply_events(events, gone, said, undo)
         except BaseException:
+            if self._state is not before:  # taken (an interrupt while compacting): it stands
+                raise
             for i, when in reversed(undo):
                 if when is None:
                     self._seen.pop(i, None)

@@ -105,8 +105,8 @@ class Mutate:
       meta_params)`` runs when a worker asks for its data and returns the workers
       (the base class returns ``active_workers``); it may add to ``cache`` too. For a
       worker that asks with ``step=None`` it gets the step the controller resolved
-      (the latest recorded for ``generation_id``, else the worker's assigned step),
-      never ``None``.
+      (the worker's assigned step in its own generation, the latest recorded for
+      another ``generation_id``, else the assigned step), never ``None``.
 
     What jaxpop adds to the seed's rules: the cache is a private copy, and only *adding*
     checkpoints is allowed (deleting or replacing one, or a generation, raises); every

@@ -291,6 +291,37 @@ def test_a_refused_call_does_not_count_as_hearing_from_the_worker(clock):
     assert status == ["gone", "gone"]
 
 
+def test_a_call_taken_before_an_interrupt_while_compacting_counts_as_hearing_from_the_worker(
+    tmp_path, clock
+):
+    """The undo of a raising call's last-heard times also ran after the call was taken
+    (an interrupt while compacting keeps it): a worker that had just come back was
+    declared gone again at the next call (helper-216)."""
+    pop = PopulationController(
+        [{"h": 0.0}, {"h": 1.0}], noop_mutator(), str(tmp_path), clock=clock, gone_after_s=100
+    )
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.advance(150)
+    pop.maybe_get_worker_data(1, gens[1], 0, None, None)  # worker 0 is declared gone
+    assert pop.active_workers[0].status == "gone"
+    clock.advance(10)
+    store = pop._store
+    compact = store.compact_if_due
+
+    def interrupted(state):
+        store.compact_if_due = compact
+        raise KeyboardInterrupt
+
+    store.compact_if_due = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        pop.maybe_get_worker_data(0, gens[0], 0, None, None)  # worker 0 is back
+    assert pop.active_workers[0].status == "active"
+    clock.advance(1)
+    pop.maybe_get_worker_data(1, gens[1], 0, None, None)
+    assert pop.active_workers[0].status == "active"
+    pop.close()
+
+
 def _calls_back(call):
     """A WinnerTakeAllGenetic whose mutate_fn calls ``call(controller)`` once; the
     controller is set on the returned list."""

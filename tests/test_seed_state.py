@@ -13,6 +13,7 @@ import math
 import os
 import pickle
 import sys
+import threading
 import time
 import types
 import warnings
@@ -176,8 +177,58 @@ def test_migration_into_another_directory_and_from_the_command_line(seed, tmp_pa
     # watching it said "waiting for a run" for ever, with no word of migrating (helper-213)
     watch = ["report", str(src), "--watch", "--interval", "0.2", "--max-iterations", "3"]
     assert cli.main(watch) == 1
-    err = capsys.readouterr().err
-    assert f"jaxpop migrate-seed-state {src}" in err and "waiting" not in err
+    assert f"jaxpop migrate-seed-state {src}" in capsys.readouterr().err
+
+
+def test_watching_a_seed_run_says_to_migrate_it_and_reports_it_once_migrated(
+    seed, tmp_path, capsys
+):
+    """--watch on a seed folder waited with no word of migrating (helper-213); told at
+    once, it goes on watching, and the run a migration in place makes is reported (the
+    first fix returned at once: helper-216)."""
+    _write_seed_run(tmp_path, seed)
+
+    def migrate_soon():
+        time.sleep(0.5)
+        storage.migrate_seed_state(tmp_path)
+
+    thread = threading.Thread(target=migrate_soon)
+    thread.start()
+    out = str(tmp_path.parent / "out")
+    watch = ["report", str(tmp_path), "--watch", "--interval", "0.2", "--max-iterations", "15"]
+    try:
+        assert cli.main([*watch, "--out", out, "--quiet"]) == 0
+    finally:
+        thread.join()
+    assert f"jaxpop migrate-seed-state {tmp_path}" in capsys.readouterr().err
+    assert os.path.isfile(os.path.join(out, "summary.json"))
+
+
+def test_a_migration_refused_for_a_run_that_appeared_keeps_that_runs_record(
+    seed, tmp_path, monkeypatch, caplog
+):
+    """Two migrations of one folder: the one that finds the other's run once it holds the
+    lock is refused, and removed the winner's seed-migration.json on its way out (then
+    every controller there warned that population.state was not migrated: helper-216)."""
+    _write_seed_run(tmp_path, seed)
+    refuse = seed_state._refuse_existing_run
+    raced = []
+
+    def racing(dst, source):
+        refuse(dst, source)
+        if not raced:  # another process migrates the folder right after this look
+            raced.append(True)
+            storage.migrate_seed_state(tmp_path)
+
+    monkeypatch.setattr(seed_state, "_refuse_existing_run", racing)
+    with pytest.raises(FileExistsError, match="already holds a jaxpop run"):
+        storage.migrate_seed_state(tmp_path)
+    record = tmp_path / seed_state.MIGRATION_FILE
+    assert record.is_file()
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING):
+        PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)).close()
+    assert "not migrated here" not in caplog.text
 
 
 def test_a_report_error_on_a_run_migrated_in_place_does_not_say_migrate_it(seed, tmp_path, capsys):

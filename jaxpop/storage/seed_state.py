@@ -941,7 +941,7 @@ def migrate_seed_state(
         "checkpoints": state.history.num_checkpoints,
     }
     record_path = os.path.join(dst, MIGRATION_FILE)
-    done = False
+    writing = done = False
     try:
         if store.load() is not None:  # appeared since the look above
             _refuse_existing_run(dst, source)
@@ -949,14 +949,15 @@ def migrate_seed_state(
         # with its record (a controller there names population.state as migrated); one
         # killed before leaves a record and no run, which a controller refuses (the seed
         # run is still to migrate) and the next migration replaces
+        writing = True  # (from here the record may be in place: write_atomic can fail
+        # after its rename, syncing the folder)
         write_atomic(record_path, json.dumps(record, indent=1).encode())
         store.start(state)
         done = True
     finally:
-        if not done:  # (store.start removes what it wrote when it fails)
-            # the record, if written (write_atomic can fail after its rename, syncing the
-            # folder); one there before is a failed migration's (a run beside it was
-            # refused above), and the lock held makes it no other's
+        if writing and not done:  # (store.start removes what it wrote when it fails)
+            # this call's record, the lock held (one there before, a run appeared beside,
+            # is another migration's: it stays)
             with contextlib.suppress(OSError):
                 os.remove(record_path)
         store.close()
