@@ -309,6 +309,28 @@ def test_the_reward_level_an_interval_started_from_is_an_input(calls):
     explorer(KEY, unknown, h, workers)
     (_, (_, _, _, level, _, _), _, start, *_) = calls[-1]
     assert not level.any() and start[2] == 0.0
+    # a source from elsewhere (a direct call): its own value, or none (it raised KeyError
+    # reading a lineage not in the history: helper-217)
+    elsewhere = Checkpoint("d", {"lr": 0.5}, "not-in-h", None, ("g1", 100), 110, 0.0)
+    explorer(KEY, elsewhere, h, workers)
+    assert calls[-1][3][2] == 0.0
+    explorer(KEY, elsewhere.replace(value=10.5), h, workers)
+    assert calls[-1][3][2] > 0.9
+
+
+def test_the_copied_level_is_computed_in_float64_whatever_the_values_type():
+    """A float32 value halved the level's range in float32: past 3.4e38 it overflowed
+    and the level was 0, and a narrow range lost its precision (helper-217)."""
+    wide = np.array([-1e300, 0.0, 1e300])
+    assert pb2._levels(wide, np.float32(0.0))[1] == 0.5 == pb2._levels(wide, 0.0)[1]
+    narrow = np.array([0.1, 0.1 + 1e-7])
+    value = np.float32(0.1)
+    assert pb2._levels(narrow, value)[1] == pb2._levels(narrow, float(value))[1] > 0.01
+
+
+def test_a_reward_change_made_with_five_fields_has_no_start_value():
+    change = pb2.RewardChange("g", 5, 5, {"lr": 0.1}, 0.2)
+    assert math.isnan(change.start_value)
 
 
 def test_a_float_leaf_stored_as_a_numpy_int_gets_the_bandits_float():

@@ -2,11 +2,12 @@
 
 PB2 (Parker-Holder, Nguyen and Roberts, NeurIPS 2020, arXiv 2002.02518) keeps PBT's
 exploit (a bad member copies a good one's weights) and replaces its random explore by a
-bandit: a Gaussian process over (time, hyperparameters) fitted to the *reward change*
-each interval of training produced, and the copier's new hyperparameters maximise the
-upper confidence bound (UCB) of the next change. :func:`PB2` builds it as a
-:class:`~jaxpop.mutators.pbt.PopulationBasedTraining` with ``explorer=``
-:class:`PB2Explorer`, so lineage, journal, replay, reports and decision counts are PBT's.
+bandit: a Gaussian process over (time, reward level, hyperparameters) fitted to the
+*reward change* each interval of training produced, and the copier's new
+hyperparameters maximise the upper confidence bound (UCB) of the next change.
+:func:`PB2` builds it as a :class:`~jaxpop.mutators.pbt.PopulationBasedTraining` with
+``explorer=`` :class:`PB2Explorer`, so lineage, journal, replay, reports and decision
+counts are PBT's.
 :func:`reward_changes` is the data the bandit reads from the history. ``docs/pbt.md``
 ("PB2") says what jaxpop chose where the paper leaves a choice.
 """
@@ -33,7 +34,8 @@ from jaxpop.records import Checkpoint, CheckpointRef
 __all__ = ["PB2", "PB2Explorer", "RewardChange", "reward_changes"]
 
 # The GP's hyperparameters are chosen by marginal likelihood over this grid (all
-# combinations): squared-exponential lengthscale on [0, 1]-normalised hyperparameters,
+# combinations): squared-exponential lengthscale on [0, 1]-normalised hyperparameters and
+# reward level,
 # the time kernel's forgetting rate epsilon, and the noise variance of standardised
 # targets (the signal variance is 1).
 LENGTHSCALES = (0.1, 0.2, 0.4, 0.8)
@@ -74,7 +76,7 @@ class RewardChange(NamedTuple):
     span: int
     meta_params: Any
     change: float
-    start_value: float
+    start_value: float = math.nan  # (a default: made with the five fields before it, NaN)
 
 
 def _chunks(
@@ -520,6 +522,7 @@ def _levels(starts: np.ndarray, source: float | None) -> tuple[np.ndarray, float
     none = np.zeros(len(starts), np.float32), 0.0
     if not len(starts) or source is None or not math.isfinite(source):
         return none
+    source = float(source)  # (a float32 one overflowed halving the range: level 0)
     lo, hi = float(np.min(starts)), float(np.max(starts))
     span = hi / 2 - lo / 2  # (halved: a span of +-1e308 does not overflow)
     if not span > 0:
@@ -671,7 +674,9 @@ class PB2Explorer:
         if len(data) < max(self.min_observations, 1):
             return self._fallback(key, meta)
         assert point is not None  # (no data without it)
-        buffers, level = self._buffers(data, encoding, source.step, copied_value(history, source))
+        # (a source from elsewhere, as a direct call may give: its own value, if any)
+        value = copied_value(history, source) if source.generation_id in history else source.value
+        buffers, level = self._buffers(data, encoding, source.step, value)
         new_x, new_c, _ = _propose(
             self._draws(key),
             buffers,
