@@ -1043,20 +1043,18 @@ def _check_one_holder(
     refused as another worker's generation). Each generation has one holder before; only
     the changed assignments are checked, all of them in O(changes) unless one moves to a
     generation the history held already."""
-    moved_to: dict[str, int] = {}
+    moved_to: dict[str, int] = {}  # generation -> the first changed worker sent there
     for i in changed:
         generation_id = workers[i].generation_id
         other = moved_to.setdefault(generation_id, i)
-        if other == i and (
-            generation_id == state.workers[i].generation_id  # (it held it, alone)
-            or generation_id not in state.history  # (new: no worker held it)
-        ):
-            continue
-        if other == i:
-            other = next(
-                (j for j, w in enumerate(workers) if j != i and w.generation_id == generation_id),
-                i,
-            )
+        if other == i:  # (the first: is another, unchanged, worker on it?)
+            if (
+                generation_id == state.workers[i].generation_id  # (it held it, alone)
+                or generation_id not in state.history  # (new: no worker held it)
+            ):
+                continue
+            on_it = (j for j, w in enumerate(workers) if w.generation_id == generation_id)
+            other = next((j for j in on_it if j != i), i)
         if other != i:
             raise ValueError(
                 f"{who} assigned workers {min(i, other)} and {max(i, other)} the same "

@@ -35,9 +35,8 @@ __all__ = ["PB2", "PB2Explorer", "RewardChange", "reward_changes"]
 
 # The GP's hyperparameters are chosen by marginal likelihood over this grid (all
 # combinations): squared-exponential lengthscale on [0, 1]-normalised hyperparameters and
-# reward level,
-# the time kernel's forgetting rate epsilon, and the noise variance of standardised
-# targets (the signal variance is 1).
+# reward level, the time kernel's forgetting rate epsilon, and the noise variance of
+# standardised targets (the signal variance is 1).
 LENGTHSCALES = (0.1, 0.2, 0.4, 0.8)
 EPSILONS = (0.01, 0.1, 0.3)
 NOISES = (0.1, 0.5)
