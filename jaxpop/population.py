@@ -604,8 +604,19 @@ class PopulationController:
 
     @property
     def done(self) -> bool:
-        """Whether the run is over: no worker is active (all finished, or gone)."""
+        """Whether the run is over: no worker is active (all finished, or gone). Reads
+        no clock: a spent time budget or a silent worker counts from the next call (or
+        :meth:`poll`)."""
         return not any(w.is_active for w in self._state.workers)
+
+    def poll(self) -> bool:
+        """Applies what the clock says now, as every call does, and returns :attr:`done`:
+        a spent ``stop_when`` time budget ends the run, workers not heard from for
+        ``gone_after_s`` are declared gone (journaled as any change). For a driver that
+        waits for the run to end while no worker calls (all of them hung or dead), where
+        ``done`` would wait on."""
+        self._apply()
+        return self.done
 
     @property
     def decision_counts(self) -> DecisionCounts:
@@ -778,6 +789,19 @@ class PopulationController:
             state, changes = self._stop(state, now, self._start)
             if changes is not None:  # (with the events: a call refused records nothing)
                 pending.append(changes)
+        reply = core.Reply()  # (a poll's: no event)
+        if not events and self._gone_after_s is not None:  # a poll: the silent are gone
+            state, changes = core.expire(
+                state,
+                now,
+                core.event_key(state),
+                after_s=self._gone_after_s,
+                seen=self._seen,
+                mutator=self._mutator,
+            )
+            if changes is not None:
+                pending.append(changes)
+                gone += [j for j, w in changes.workers if w.status == GONE]
         for event in events:
             if type(event) is Reactivate:
                 self._refuse_if_over(state, event, now)

@@ -322,6 +322,40 @@ def test_a_call_taken_before_an_interrupt_while_compacting_counts_as_hearing_fro
     pop.close()
 
 
+def test_poll_applies_the_clock_with_no_worker_calling(tmp_path, clock):
+    """done reads no clock: a driver waiting on it while every worker is hung waited for
+    ever. poll() applies what a call would: the time budget, gone_after_s; journaled."""
+    from jaxpop import StopWhen
+
+    pop = PopulationController(
+        [{"h": 0.0}, {"h": 1.0}],
+        noop_mutator(),
+        str(tmp_path / "a"),
+        clock=clock,
+        stop_when=StopWhen(seconds=100),
+    )
+    assert not pop.poll()
+    clock.advance(150)
+    assert not pop.done and pop.poll() and pop.done
+    assert {w.status for w in pop.active_workers} == {"finished"}
+    pop.close()
+    silent = PopulationController(
+        [{"h": 0.0}, {"h": 1.0}],
+        noop_mutator(),
+        str(tmp_path / "b"),
+        clock=clock,
+        gone_after_s=60,
+    )
+    clock.advance(30)
+    assert not silent.poll()
+    clock.advance(40)
+    assert silent.poll() and {w.status for w in silent.active_workers} == {"gone"}
+    silent.close()
+    again = PopulationController([{"h": 0.0}, {"h": 1.0}], noop_mutator(), str(tmp_path / "b"))
+    assert again.done  # (journaled)
+    again.close()
+
+
 def _calls_back(call):
     """A WinnerTakeAllGenetic whose mutate_fn calls ``call(controller)`` once; the
     controller is set on the returned list."""

@@ -459,6 +459,49 @@ def test_waiting_until_the_run_is_done_keeps_its_timeout_while_the_controller_is
             ending.shutdown()
 
 
+def _ask_then_hang(worker_id, client):
+    client.maybe_get_worker_data(worker_id, None, 0, None, None)
+    time.sleep(10_000)  # a training step that never returns: it calls no more
+
+
+def test_waiting_until_done_ends_a_run_whose_workers_all_stopped_calling(ray_session, tmp_path):
+    """A spent time budget, or workers silent past gone_after_s, counted only at a
+    worker's call: with every worker hung the run was never over and wait(until_done)
+    waited for ever (helper-219). It polls the controller, which applies its clock."""
+    from jaxpop import StopWhen
+
+    for name, options in (
+        ("budget", {"stop_when": StopWhen(seconds=1.0)}),
+        ("silent", {"gone_after_s": 1.0}),
+    ):
+        with jaxpop_ray.serve(
+            _population(2), _wta(100), log_dir=tmp_path / name, name=name, **options
+        ) as client:
+            group = jaxpop_ray.start_workers(_ask_then_hang, 2, args=(client,), num_cpus=0)
+            try:
+                started = time.monotonic()
+                assert group.wait(60, until_done=client, grace_s=0.2) == [None, None]
+                assert time.monotonic() - started < 30 and group.ended == {0, 1}
+                statuses = {w.status for w in client.active_workers}
+                assert statuses == ({"finished"} if name == "budget" else {"gone"})
+            finally:
+                group.shutdown()
+
+
+def test_a_wait_that_times_out_says_the_workers_are_still_running(ray_session, tmp_path):
+    """A poll begun a moment before the deadline got no answer in time: the wait said
+    "the controller did not say whether the run is over" though it answered at once
+    (helper-219)."""
+    with jaxpop_ray.serve(_population(1), _wta(), log_dir=tmp_path, name="answers") as client:
+        group = jaxpop_ray.start_workers(_sleep_forever, 1, num_cpus=0)
+        try:
+            for _ in range(6):
+                with pytest.raises(TimeoutError, match=r"still running after 0.5 s"):
+                    group.wait(0.5, until_done=client)
+        finally:
+            group.shutdown()
+
+
 def _times_ten(worker_id):
     return worker_id * 10
 

@@ -321,6 +321,10 @@ class _ControllerActor:
     def done(self) -> bool:
         return self._get().done
 
+    @_exit_is_an_error
+    def poll(self) -> bool:
+        return self._get().poll()
+
     def history(self) -> History:
         return self._get().history
 
@@ -466,6 +470,11 @@ class PopulationClient:
         """As :attr:`jaxpop.PopulationController.done`: no worker is active any more
         (all finished -- ``stop_when`` -- or gone), so the run is over."""
         return self._call("done")
+
+    def poll(self) -> bool:
+        """As :meth:`jaxpop.PopulationController.poll`: applies what the clock says now
+        (a spent time budget, workers silent past ``gone_after_s``), then :attr:`done`."""
+        return self._call("poll")
 
     @property
     def history(self) -> History:
@@ -997,8 +1006,12 @@ class WorkerGroup:
         first = deadline is not None and (
             client.timeout_s is None or deadline < time.monotonic() + client.timeout_s
         )
+        if deadline is not None and deadline - time.monotonic() < _DONE_POLL_S:
+            return False  # (a question cut short is no answer: the wait's timeout says why)
         try:
-            done = client._call("done", until=deadline)
+            # poll, not done: the clock's conditions count with no worker calling (a time
+            # budget spent, or every worker silent: hung, or dead, the run never ended)
+            done = client._call("poll", until=deadline)
         except _NoAnswer as e:
             if first:
                 running = len(self._refs) - len(self.ended)
