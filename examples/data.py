@@ -68,7 +68,15 @@ def _load_digits(seed: int) -> Dataset:
 def _tfds_split(name: str, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     import tensorflow_datasets as tfds
 
-    source = tfds.data_source(name, split=split)
+    try:  # (never a download here: preparing needs TensorFlow and the network)
+        source = tfds.data_source(name, split=split, download=False)
+    except KeyError as e:  # (tfds: "`splits` is empty ... not been generated yet")
+        raise FileNotFoundError(
+            f"--dataset {name}: the data is not prepared in the TFDS data directory "
+            "(~/tensorflow_datasets, or $TFDS_DATA_DIR); prepare it once, with the network "
+            'and TensorFlow: pip install tensorflow && python -c "import tensorflow_datasets '
+            f"as tfds; tfds.builder('{name}').download_and_prepare()\""
+        ) from e
     n = len(source) if limit is None else min(limit, len(source))
     records = [source[i] for i in range(n)]
     images = np.stack([r["image"] for r in records]).astype(np.float32) / 255.0

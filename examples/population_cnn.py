@@ -590,7 +590,8 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
                 progress.close()
                 if not failed:  # (a worker's failure first: it is what ended the run)
                     print(
-                        "interrupted: rerun the same command (the same --log-dir) to resume",
+                        "interrupted: rerun the same command (the same --log-dir) to go on: "
+                        "each worker trains --steps more steps from where it stopped",
                         file=sys.stderr,
                     )
                     raise SystemExit(130) from None  # (the status of a SIGINT)
@@ -698,5 +699,10 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
         parser.error("--batch-size and --limit must be positive")
     if args.seed < 0 or args.keep_best < 0:
         parser.error("--seed and --keep-best must be at least 0")
+    if getattr(args, "steps_per_exploit", 1) < 1:  # (simple_cnn, the Ray example)
+        parser.error("--steps-per-exploit must be positive")
+    seconds = getattr(args, "seconds_per_exploit", 1.0)  # (complex_cnn)
+    if not (0 < seconds < float("inf")):
+        parser.error(f"--seconds-per-exploit must be a positive number of seconds, got {seconds}")
     args.log = parse_backends([*args.log, *(["tensorboard"] * args.tensorboard)])
     return args

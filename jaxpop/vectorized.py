@@ -52,6 +52,7 @@ __all__ = [
     "record",
     "restore_snapshot",
     "round_fn",
+    "run_description",
     "save_snapshot",
     "shard",
     "shardings",
@@ -927,6 +928,33 @@ def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float |
         else:
             out[name] = float(value)
     return out
+
+
+#: The mutator kind a vectorized population's journal records (:func:`run_description`).
+VECTORIZED_KIND = "jaxpop.vectorized"
+
+
+def run_description(population_size: int) -> dict[str, Any]:
+    """What a vectorized population's journal records as its run:
+    ``storage.Store(log_dir, run=vz.run_description(n))``.
+
+    It names the population size and the kind ``"jaxpop.vectorized"``, so a
+    ``PopulationController`` opened on that ``log_dir`` refuses it (a run recorded with
+    no description was taken over by a controller, which recorded its own mutator there
+    and failed on the population's params), and the population resumed with another
+    size is refused too. A journal recorded without one takes it at its next start.
+
+    >>> run_description(8)["mutator"]
+    {'kind': 'jaxpop.vectorized', 'config': {}}
+    """
+    from jaxpop.storage.run import DESCRIPTION_FORMAT
+
+    size = check_number("population_size", population_size, integer=True)
+    return {
+        "population_size": int(size),
+        "mutator": {"kind": VECTORIZED_KIND, "config": {}},
+        "description_format": DESCRIPTION_FORMAT,
+    }
 
 
 def lineage_init(

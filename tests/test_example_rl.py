@@ -153,5 +153,5 @@ def test_fixed_runs_may_be_one_round_and_run_checks_its_steps(train, tmp_path):
     with pytest.raises(ValueError, match="whole number of rounds"):
         train.run(args)
     (tmp_path / "summary.json").write_text("{}")
-    train._open_log(str(tmp_path), overwrite=False).close()
+    train._open_log(str(tmp_path), overwrite=False, members=8).close()
     assert not (tmp_path / "summary.json").exists()

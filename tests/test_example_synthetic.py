@@ -67,6 +67,9 @@ def test_both_synthetic_examples_share_their_options_and_reject_bad_steps(capsys
             module.parse_args(["--steps", "0"])
         assert info.value.code == 2
         assert "--steps: must be positive, got 0" in capsys.readouterr().err
+        with pytest.raises(SystemExit):  # (it named an internal function: helper-218)
+            module.parse_args(["--steps", "1e3"])
+        assert "--steps: not a whole number: '1e3'" in capsys.readouterr().err
     # fewer steps than the first evaluation: nothing to replay (from_lineage's error)
     with pytest.raises(SystemExit):
         replay.parse_args(["--steps", "3"])

@@ -133,6 +133,24 @@ def test_cifar10_says_what_is_missing(monkeypatch):
         data_lib.load("cifar10")
 
 
+def test_cifar10_not_prepared_says_how_to_prepare_it_and_downloads_nothing(monkeypatch, tmp_path):
+    """tfds started a download (the docstring says the data must be prepared), then
+    failed deep inside on a module preparing needs, naming neither (helper-218)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    asked = []
+    real = tfds.data_source
+
+    def data_source(*args, **kwargs):
+        asked.append(kwargs.get("download", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    with pytest.raises(FileNotFoundError, match=r"not prepared .*download_and_prepare"):
+        data_lib.load("cifar10", limit=10)
+    assert asked == [False] and not any(tmp_path.rglob("*.tfrecord*"))
+
+
 def test_vectorized_example_runs_and_resumes(tmp_path):
     from examples.vectorized import train as vectorized
 
@@ -178,13 +196,16 @@ def test_the_digits_split_does_not_depend_on_the_seed(tmp_path, monkeypatch):
 
     asked = []
 
+    class Enough(Exception):  # (the data set is what is checked)
+        pass
+
     def spy(name, **kwargs):
         asked.append(kwargs.get("seed", 0))
-        raise KeyboardInterrupt  # (enough: the data set is what is checked)
+        raise Enough
 
     monkeypatch.setattr(data_lib, "load", spy)
     for main in (simple_cnn.main, complex_cnn.main, vectorized.main):
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Enough):
             main(["--seed", "3", "--log-dir", str(tmp_path)])
     assert asked == [0, 0, 0]
 
@@ -236,6 +257,40 @@ def test_flags_out_of_range_are_refused(bad, capsys):
     assert "must be" in capsys.readouterr().err
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         next(data_lib.batches(np.zeros((4, 1)), np.zeros(4), -5, np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize(
+    "main, bad",
+    [
+        ("simple", ["--steps-per-exploit", "0"]),
+        ("simple", ["--steps-per-exploit", "-5"]),
+        ("complex", ["--seconds-per-exploit", "nan"]),
+        ("complex", ["--seconds-per-exploit", "inf"]),
+        ("complex", ["--seconds-per-exploit", "0"]),
+    ],
+)
+def test_exploit_intervals_out_of_range_are_usage_errors(main, bad, capsys, tmp_path):
+    """A traceback from the mutator's check, after the params folder was made (helper-218)."""
+    module = simple_cnn if main == "simple" else complex_cnn
+    with pytest.raises(SystemExit) as refused:
+        module.main([*bad, "--log-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and f"{bad[0]} must be" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_vectorized_run_says_how_to_resume(monkeypatch, capsys):
+    """Ctrl-C printed a bare KeyboardInterrupt traceback (helper-218)."""
+    from examples.vectorized import train as vectorized
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vectorized, "run", interrupted)
+    with pytest.raises(SystemExit) as ended:
+        vectorized.main(["--steps", "10"])
+    assert ended.value.code == 130
+    assert "rerun the same command (the same --log-dir) to resume" in capsys.readouterr().err
 
 
 def test_complex_cnn_has_no_batch_size_flag(capsys):

@@ -381,6 +381,41 @@ def test_lineage_records_and_journal(tmp_path):
     assert loaded.workers == lineage.workers
 
 
+def test_a_journal_that_records_its_run_as_vectorized_is_not_taken_over(tmp_path):
+    """A vectorized population journaled without a run description was taken over by a
+    PopulationController on the same log_dir (another example's): it recorded its own
+    mutator there and failed on the population's params (helper-218). With
+    run_description the controller is refused; an older journal takes it at its next
+    start, and the population resumed with another size is refused too."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    def controller(path):
+        mutator = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+        return PopulationController([{"lr": 0.1}] * N, mutator, str(path))
+
+    lineage = vz.lineage_init(make_pop(), root_key(0), now=1.0)
+    for path, described in ((tmp_path / "new", True), (tmp_path / "old", False)):
+        log = storage.Store(str(path), run=vz.run_description(N) if described else None)
+        log.start(lineage)
+        log.close()
+        if not described:  # (an older journal: its next start records the description)
+            log = storage.Store(str(path), run=vz.run_description(N))
+            assert log.load() is not None
+            log.start(lineage)
+            log.close()
+        with pytest.raises(storage.RunMismatchError, match=r"jaxpop\.vectorized in the log_dir"):
+            controller(path)
+    other = storage.Store(str(tmp_path / "new"), run=vz.run_description(N + 1))
+    with pytest.raises(storage.RunMismatchError, match="population size"):
+        other.load()
+        other.start(lineage)
+    other.close()
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises((TypeError, ValueError), match="population_size"):
+            vz.run_description(bad)
+
+
 def test_latest_snapshot_is_the_newest_round_recorded_with_a_handle():
     """A journal may hold rounds past its newest snapshot (a run that snapshots every
     few rounds, a crash between two appends): the resume took the newest round's params,

@@ -207,7 +207,7 @@ def _default_logdir(args: argparse.Namespace) -> str:
     return os.path.join("runs", "rl", f"{args.env.lower()}-{'fixed' if args.fixed else 'pbt'}")
 
 
-def _open_log(logdir: str, overwrite: bool) -> storage.Store:
+def _open_log(logdir: str, overwrite: bool, members: int) -> storage.Store:
     path = os.path.join(logdir, "population")
     if os.path.isdir(path) and storage.read_state(path) is not None:
         if not overwrite:
@@ -217,7 +217,7 @@ def _open_log(logdir: str, overwrite: bool) -> storage.Store:
         shutil.rmtree(path)
     with contextlib.suppress(FileNotFoundError):  # (the replaced run's: not this one's)
         os.remove(os.path.join(logdir, "summary.json"))
-    return storage.Store(path)
+    return storage.Store(path, run=vz.run_description(members))
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = config.total_steps if args.total_steps is None else args.total_steps
     rounds = max(1, total // fns.steps_per_round)  # (parse: a whole number, at least two)
     logdir = args.logdir or _default_logdir(args)
-    log = _open_log(logdir, args.overwrite)
+    log = _open_log(logdir, args.overwrite, args.members)
     try:
         key = root_key(args.seed)
         pop = fns.init(key)

@@ -27,6 +27,7 @@ import functools
 import itertools
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -173,7 +174,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if model.mesh is not None:
         pop = vz.shard(pop, model.mesh)
     accuracies: dict = {}
-    log = storage.Store(os.path.join(args.log_dir, "population"))
+    log = storage.Store(
+        os.path.join(args.log_dir, "population"), run=vz.run_description(args.workers)
+    )
     logs = population_cnn.make_loggers(args, "vectorized")
     with logs, ParamStore(os.path.join(args.log_dir, "params")) as store:
         resumed = _resume(log, store, model, pop)
@@ -264,7 +267,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="mlp (default: vmaps well on CPU) or cnn (vmapped convolutions are slow on "
         "XLA:CPU, see benchmarks/vectorized_vs_threads.py; fine on GPU/TPU)",
     )
-    return run(population_cnn.parse(parser, argv))
+    args = population_cnn.parse(parser, argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # (a traceback said nothing of resuming)
+        print(
+            "interrupted: rerun the same command (the same --log-dir) to resume from the "
+            "last snapshot",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None  # (the status of a SIGINT)
 
 
 if __name__ == "__main__":
