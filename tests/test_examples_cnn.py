@@ -377,6 +377,15 @@ def test_a_rerun_with_other_settings_says_its_flag_and_copies_are_marked(tmp_pat
     with pytest.raises(SystemExit) as refused:  # (--reconfigure cannot help: not named)
         simple_cnn.main(["--steps", "10", "--workers", "3", *argv[2:], "--reconfigure"])
     assert "population size" in str(refused.value) and "--reconfigure" not in str(refused.value)
+    # another example's run: refused by what its workers train with, --reconfigure or not
+    # (the refusal named only the mutators' settings; --reconfigure took the run over,
+    # rewrote its record and failed on a hyperparameter it lacks: helper-218)
+    before = sorted(os.listdir(tmp_path / "population"))
+    other = ["--steps", "10", "--workers", "2", "--no-progress", "--log-dir", str(tmp_path)]
+    for extra in ([], ["--reconfigure"]):
+        with pytest.raises(SystemExit, match=r"holds another example's run: .*'b1'"):
+            complex_cnn.main([*other, *extra])
+    assert sorted(os.listdir(tmp_path / "population")) == before
     again = simple_cnn.main(["--steps", "10", "--steps-per-exploit", "20", "--reconfigure", *argv])
     assert again["checkpoints"] > summary["checkpoints"]
     capsys.readouterr()
