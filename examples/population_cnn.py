@@ -522,7 +522,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed)."""
     dataset = data_lib.load(args.dataset, limit=args.limit)  # (the split is the data's)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
-    _refuse_another_examples_run(os.path.join(args.log_dir, "population"), population[0])
+    refuse_another_examples_run(os.path.join(args.log_dir, "population"), population[0])
     model = Model(experiment, dataset, population[0])
     accuracies: dict = {}
     logs = make_loggers(args, experiment.name)
@@ -621,7 +621,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-def _refuse_another_examples_run(log_dir: str, meta_params: Mapping[str, Any]) -> None:
+def refuse_another_examples_run(log_dir: str, meta_params: Mapping[str, Any]) -> None:
     """Exits when ``log_dir`` holds a run whose workers train with other hyperparameters
     (another example's): its refusal named only the mutators' settings, and
     ``--reconfigure`` resumed it here, rewrote its record and failed on a missing
@@ -636,12 +636,13 @@ def _refuse_another_examples_run(log_dir: str, meta_params: Mapping[str, Any]) -
         return
     names = sorted(meta_params)
     for worker in state.workers:
-        theirs = sorted(worker.meta_params) if isinstance(worker.meta_params, Mapping) else None
+        meta = worker.meta_params
+        theirs = sorted(meta) if isinstance(meta, Mapping) else None
         if theirs != names:
+            what = f"the hyperparameters {theirs}" if theirs is not None else repr(meta)[:60]
             raise SystemExit(
                 f"{os.path.dirname(log_dir) or '.'} holds another example's run: its workers "
-                f"train with the hyperparameters {theirs}, this example with {names}; use "
-                "another --log-dir"
+                f"train with {what}, this example with {names}; use another --log-dir"
             )
 
 

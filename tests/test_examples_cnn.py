@@ -385,6 +385,13 @@ def test_a_rerun_with_other_settings_says_its_flag_and_copies_are_marked(tmp_pat
     for extra in ([], ["--reconfigure"]):
         with pytest.raises(SystemExit, match=r"holds another example's run: .*'b1'"):
             complex_cnn.main([*other, *extra])
+    # the vectorized example: refused the same way (it advised --workers 2, then raised
+    # RunMismatchError with --workers 2: helper-220)
+    from examples.vectorized import train as vectorized
+
+    for workers in ("4", "2"):
+        with pytest.raises(SystemExit, match=r"holds another example's run"):
+            vectorized.main([*other[:2], "--workers", workers, *other[4:]])
     assert sorted(os.listdir(tmp_path / "population")) == before
     again = simple_cnn.main(["--steps", "10", "--steps-per-exploit", "20", "--reconfigure", *argv])
     assert again["checkpoints"] > summary["checkpoints"]

@@ -498,6 +498,11 @@ def test_a_wait_that_times_out_says_the_workers_are_still_running(ray_session, t
             for _ in range(6):
                 with pytest.raises(TimeoutError, match=r"still running after 0.5 s"):
                     group.wait(0.5, until_done=client)
+            # a wait shorter than the poll interval still asks once (the first fix never
+            # asked: a run over waited for ever in a loop of short waits, helper-220)
+            client.finish(0)
+            assert group.wait(0.15, until_done=client, grace_s=0) == [None]
+            assert group.ended == {0}
         finally:
             group.shutdown()
 

@@ -174,9 +174,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if model.mesh is not None:
         pop = vz.shard(pop, model.mesh)
     accuracies: dict = {}
-    log = storage.Store(
-        os.path.join(args.log_dir, "population"), run=vz.run_description(args.workers)
-    )
+    journal = os.path.join(args.log_dir, "population")
+    # another example's run, by what its workers train with (before its size is advised)
+    population_cnn.refuse_another_examples_run(journal, vz.member_hparams(pop.hparams, 0))
+    log = storage.Store(journal, run=vz.run_description(args.workers))
     logs = population_cnn.make_loggers(args, "vectorized")
     with logs, ParamStore(os.path.join(args.log_dir, "params")) as store:
         resumed = _resume(log, store, model, pop)
@@ -184,7 +185,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lineage = vz.lineage_init(pop, key, now=time.time())
         else:
             lineage, pop = resumed
-        log.start(lineage)
+        try:
+            log.start(lineage)
+        except storage.RunMismatchError as error:  # (a traceback says no more)
+            raise SystemExit(str(error)) from None
         done = int(pop.step)
         progress = tqdm(
             total=args.workers * args.steps,

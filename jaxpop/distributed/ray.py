@@ -961,6 +961,7 @@ class WorkerGroup:
         index = {ref: i for i, ref in enumerate(self._refs)}
         pending = [ref for i, ref in enumerate(self._refs) if i not in self.ended]
         results: list[Any] = [None] * len(self._refs)
+        answered = False  # whether the controller answered this wait yet
 
         def collect(pending: list[Any], wait_s: float | None = 0.0) -> list[Any]:
             """Records the results in (waiting ``wait_s`` for one); returns the rest."""
@@ -976,7 +977,8 @@ class WorkerGroup:
                 if not pending:
                     break
                 try:
-                    over = self._run_over(until_done, grace_s, deadline)
+                    over = self._run_over(until_done, grace_s, deadline, answered)
+                    answered = True
                 except TimeoutError:  # (the workers may have ended while it was asked)
                     pending = collect(pending)
                     if not pending:
@@ -998,15 +1000,19 @@ class WorkerGroup:
                 raise TimeoutError(f"{len(pending)} worker(s) still running after {timeout_s} s")
         return results
 
-    def _run_over(self, client: PopulationClient, grace_s: float, deadline: float | None) -> bool:
+    def _run_over(
+        self, client: PopulationClient, grace_s: float, deadline: float | None, answered: bool
+    ) -> bool:
         """Whether the run has been over for ``grace_s`` (and still is); asked by
-        ``deadline`` (a busy or restarting controller: ``TimeoutError`` then)."""
+        ``deadline`` (a busy or restarting controller: ``TimeoutError`` then).
+        ``answered``: the controller answered this wait before (then a question too near
+        the deadline is not asked: cut short, it would read as no answer)."""
         # (the wait's deadline comes first: a call that finds no answer by then is the
         # wait's timeout, not the client's)
         first = deadline is not None and (
             client.timeout_s is None or deadline < time.monotonic() + client.timeout_s
         )
-        if deadline is not None and deadline - time.monotonic() < _DONE_POLL_S:
+        if answered and deadline is not None and deadline - time.monotonic() < _DONE_POLL_S:
             return False  # (a question cut short is no answer: the wait's timeout says why)
         try:
             # poll, not done: the clock's conditions count with no worker calling (a time
