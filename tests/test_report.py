@@ -326,6 +326,18 @@ def test_nan_and_inf_rank_last():
     json.dumps(info, allow_nan=False)  # strict JSON
 
 
+def test_a_hyperparameter_named_as_a_fixed_column_is_told_apart():
+    """Hyperparameters named step and value made the plain table's header "... value at
+    step step generation step value" (helper-222); history.csv names them hparams.*."""
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    with PopulationController([{"value": 9.0, "step": 7, "lr": 0.1}], mutator) as pop:
+        pop.set_eval(0, pop.active_workers[0].generation_id, 10, None, 0.3)
+        info = report.summary(report.build(pop.state))
+    header = report.format_summary(info).splitlines()[-4].split()
+    assert sorted(header[-3:]) == ["hparams.step", "hparams.value", "lr"]
+    assert header.count("value") == 1  # (the fixed column: "at step" and "step" are its)
+
+
 def test_the_members_table_says_which_workers_are_finished_or_gone():
     clock = FakeClock()
     mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)

@@ -217,7 +217,9 @@ def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The members table: each value with the hyperparameters it was scored with."""
     names = list(dict.fromkeys(k for m in info["members"] for k in m["hyperparameters"]))
     best = info["best"]
-    header = ["worker", "status", "value", "at step", "step", "generation", *names]
+    fixed = ["worker", "status", "value", "at step", "step", "generation"]
+    # (a hyperparameter named as a fixed column, "step" say, as history.csv names it)
+    header = [*fixed, *(f"hparams.{k}" if k in fixed else k for k in names)]
     rows = [
         [
             f"{m['worker']}"
