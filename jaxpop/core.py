@@ -832,22 +832,6 @@ def set_eval(
     repeat = existing is not None and not advances and _same_report(existing, params, value)
     if repeat and assigned.status != GONE:
         return state, Reply(checkpoint=existing)
-    if (
-        existing is not None
-        and existing.params is not None
-        and params is not existing.params
-        and (copy := _copy_of(history, existing)) is not None
-        and not _equal_params(params, existing.params)
-    ):
-        return state, Reply(
-            warning=(
-                f"set_eval from worker {worker_id} for generation {generation_id!r} at step "
-                f"{step} with other params than those recorded there, which generation "
-                f"{copy!r} copied: the evaluation was ignored (the copy's lineage would "
-                "name params it never loaded, and rank it by their value); ask for the "
-                "worker's data first with maybe_get_worker_data"
-            )
-        )
     # trained from where the worker was sent, not from an abandoned earlier run
     resumed = advances and history.get_checkpoint(generation_id, assigned.step) is not None
     if resumed and existing is not None and _descends_from(history, assigned, existing):
@@ -1040,16 +1024,6 @@ def _asks_where_sent(
     new, _ = _apply_mutator(state, *result, who="mutator.ask")
     added.extend(result[2])
     return new, new.workers[worker_id]
-
-
-def _copy_of(history: History, checkpoint: Checkpoint) -> str | None:
-    """A generation copied from ``checkpoint`` (its first checkpoint's parent), if any.
-    O(generations): asked only for a report that would replace a checkpoint's params."""
-    ref = checkpoint.ref
-    for generation_id in history:
-        if generation_id != ref[0] and history.first(generation_id).parent == ref:
-            return generation_id
-    return None
 
 
 def _equal_params(a: Any, b: Any) -> bool:

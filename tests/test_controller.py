@@ -322,38 +322,6 @@ def test_a_call_taken_before_an_interrupt_while_compacting_counts_as_hearing_fro
     pop.close()
 
 
-def test_a_report_that_would_replace_a_copied_checkpoints_params_is_ignored(tmp_path):
-    """Worker 0 reported step 10 again with other params after worker 1 copied it: the
-    checkpoint was replaced, so worker 1's lineage named params it never loaded and it
-    ranked, and the report scored it, by their value (0.95 where its params scored 0.1:
-    helper-222). Such a report is ignored with a warning; a re-report of the same
-    params (a value only) or of a checkpoint nobody copied is recorded as before."""
-    from jaxpop import report
-    from jaxpop.mutators import PopulationBasedTraining, explore
-
-    pbt = PopulationBasedTraining(
-        perturbation_interval=10,
-        hyperparam_space={"lr": explore.uniform(0, 10)},
-        quantile_fraction=0.5,
-    )
-    c = PopulationController([{"lr": 1.0}, {"lr": 2.0}], pbt, str(tmp_path), seed=0)
-    a = c.maybe_get_worker_data(0, None, 0, None, None)
-    b = c.maybe_get_worker_data(1, None, 0, None, None)
-    c.set_eval(0, a.generation_id, 10, "p0-10a", 0.1)
-    assert c.set_eval_and_ask(1, b.generation_id, 10, "p1-10", 0.9).params == "p0-10a"
-    before = c.state
-    c.set_eval(0, a.generation_id, 10, "p0-10b", 0.95)
-    assert c.state is before and c.active_workers[1].params == "p0-10a"
-    c.set_eval(0, a.generation_id, 10, "p0-10a", 0.2)  # the same params, evaluated again
-    assert c.history[a.generation_id][10].value == 0.2
-    c.set_eval(1, b.generation_id, 5, "p1-5", 0.7)  # (nobody copied worker 1's old run)
-    c.set_eval(1, b.generation_id, 5, "p1-5b", 0.6)
-    assert c.history[b.generation_id][5].params == "p1-5b"
-    c.close()
-    member = report.load(tmp_path).members[1]
-    assert (member.scored.params, member.value) == ("p0-10a", 0.2)
-
-
 def test_poll_applies_the_clock_with_no_worker_calling(tmp_path, clock):
     """done reads no clock: a driver waiting on it while every worker is hung waited for
     ever. poll() applies what a call would: the time budget, gone_after_s; journaled."""

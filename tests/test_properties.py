@@ -436,19 +436,6 @@ class Checker:
         if gen is None or gen == "" or gen not in before.history:
             assert after is before and reply.checkpoint is None and reply.warning is not None
             return
-        existing = before.history.get_checkpoint(gen, event.step)
-        if (  # other params than a checkpoint another generation copied: ignored
-            existing is not None
-            and existing.params is not None
-            and event.params is not None
-            and event.params != existing.params
-            and any(
-                g != gen and before.history.first(g).parent == existing.ref for g in before.history
-            )
-        ):
-            assert after is before and reply.checkpoint is None and "copied" in reply.warning
-            self.stats["copied_replaced"] = self.stats.get("copied_replaced", 0) + 1
-            return
         stored = after.history.get_checkpoint(gen, event.step)
         assert reply.checkpoint is stored and reply.warning is None
         assert stored.params == event.params  # a copy (jaxpop.boundary): equal, not shared
