@@ -500,6 +500,9 @@ def test_a_wait_that_times_out_says_the_workers_are_still_running(ray_session, t
                     group.wait(0.5, until_done=client)
             # a wait shorter than the poll interval still asks once (the first fix never
             # asked: a run over waited for ever in a loop of short waits, helper-220)
+            for short in (0.001, 0.003):  # (shorter than an answer takes: helper-226)
+                with pytest.raises(TimeoutError, match=rf"still running after {short} s"):
+                    group.wait(short, until_done=client)
             client.finish(0)
             assert group.wait(0.15, until_done=client, grace_s=0) == [None]
             assert group.ended == {0}

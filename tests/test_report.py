@@ -336,6 +336,22 @@ def test_a_hyperparameter_named_as_a_fixed_column_is_told_apart():
     header = report.format_summary(info).splitlines()[-4].split()
     assert sorted(header[-3:]) == ["hparams.step", "hparams.value", "lr"]
     assert header.count("value") == 1  # (the fixed column: "at step" and "step" are its)
+    # the names history.csv gives, a taken one included (helper-226)
+    meta = {"step": 7, "hparams.step": 8, "time": 3}
+    with PopulationController([meta], mutator) as pop:
+        pop.set_eval(0, pop.active_workers[0].generation_id, 10, None, 0.3)
+        info = report.summary(report.build(pop.state))
+        columns, _ = report.history_rows(pop.state.history)
+    header = report.format_summary(info).splitlines()[-4].split()
+    assert (
+        sorted(header[-3:])
+        == sorted(columns[-3:])
+        == [
+            "hparams.step",
+            "hparams.step:2",
+            "hparams.time",
+        ]
+    )
 
 
 def test_the_members_table_says_which_workers_are_finished_or_gone():

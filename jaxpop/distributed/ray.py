@@ -1012,13 +1012,16 @@ class WorkerGroup:
         first = deadline is not None and (
             client.timeout_s is None or deadline < time.monotonic() + client.timeout_s
         )
-        if answered and deadline is not None and deadline - time.monotonic() < _DONE_POLL_S:
+        given = None if deadline is None else deadline - time.monotonic()  # (to answer)
+        if answered and given is not None and given < _DONE_POLL_S:
             return False  # (a question cut short is no answer: the wait's timeout says why)
         try:
             # poll, not done: the clock's conditions count with no worker calling (a time
             # budget spent, or every worker silent: hung, or dead, the run never ended)
             done = client._call("poll", until=deadline)
         except _NoAnswer as e:
+            if given is not None and given < _DONE_POLL_S:
+                return False  # (a wait too short for an answer: its timeout says so)
             if first:
                 running = len(self._refs) - len(self.ended)
                 raise TimeoutError(

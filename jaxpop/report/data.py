@@ -9,7 +9,7 @@ import dataclasses
 import math
 import numbers
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -260,8 +260,22 @@ def with_hparams(
     leaf_names = _Names()
     flat = [leaf_names.flatten(tree) for tree in meta_params]
     names = list(dict.fromkeys(name for entries in flat for name in entries))
-    own = {key for row in rows for key in row}
-    used = own | {name for name in names if name not in own}
+    column = hparam_columns(names, {key for row in rows for key in row})
+    out = [
+        {**row, **{column[name]: value for name, value in entries.items()}}
+        for row, entries in zip(rows, flat, strict=True)
+    ]
+    return [column[name] for name in names], out
+
+
+def hparam_columns(names: Sequence[str], own: Collection[str]) -> dict[str, str]:
+    """``name -> column`` for hyperparameters shown beside the columns ``own``: a name
+    that is one of those is ``hparams.<name>`` (``hparams.<name>:2``, ... past one taken).
+
+    >>> hparam_columns(["step", "hparams.step", "lr"], {"step", "value"})
+    {'step': 'hparams.step:2', 'hparams.step': 'hparams.step', 'lr': 'lr'}
+    """
+    used = set(own) | {name for name in names if name not in own}
     column = {}
     for name in names:
         key = name
@@ -272,11 +286,7 @@ def with_hparams(
                 key = f"hparams.{name}:{n}"
             used.add(key)
         column[name] = key
-    out = [
-        {**row, **{column[name]: value for name, value in entries.items()}}
-        for row, entries in zip(rows, flat, strict=True)
-    ]
-    return [column[name] for name in names], out
+    return column
 
 
 def _float(number: int | float) -> float:

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from jaxpop.history import History
-from jaxpop.report.data import Report, _Names, with_hparams
+from jaxpop.report.data import Report, _Names, hparam_columns, with_hparams
 
 #: The fixed leading columns of ``history.csv``; flattened hyperparameters follow.
 CSV_COLUMNS = ("generation_id", "parent_generation", "parent_step", "step", "time", "value")
@@ -218,8 +218,10 @@ def _member_rows(info: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     names = list(dict.fromkeys(k for m in info["members"] for k in m["hyperparameters"]))
     best = info["best"]
     fixed = ["worker", "status", "value", "at step", "step", "generation"]
-    # (a hyperparameter named as a fixed column, "step" say, as history.csv names it)
-    header = [*fixed, *(f"hparams.{k}" if k in fixed else k for k in names)]
+    # a hyperparameter named as a column here or in history.csv ("step", "time") is
+    # named as history.csv names it (hparams.step, hparams.step:2, ...)
+    columns = hparam_columns(names, {*CSV_COLUMNS, *fixed})
+    header = [*fixed, *(columns[k] for k in names)]
     rows = [
         [
             f"{m['worker']}"
