@@ -791,17 +791,7 @@ class PopulationController:
                 pending.append(changes)
         reply = core.Reply()  # (a poll's: no event)
         if not events and self._gone_after_s is not None:  # a poll: the silent are gone
-            state, changes = core.expire(
-                state,
-                now,
-                core.event_key(state),
-                after_s=self._gone_after_s,
-                seen=self._seen,
-                mutator=self._mutator,
-            )
-            if changes is not None:
-                pending.append(changes)
-                gone += [j for j, w in changes.workers if w.status == GONE]
+            state = self._expire(state, now, pending, gone)
         for event in events:
             if type(event) is Reactivate:
                 self._refuse_if_over(state, event, now)
@@ -811,17 +801,7 @@ class PopulationController:
                 if i is not None and not reactivating:  # a worker that calls is alive
                     undo.append((i, self._seen.get(i)))
                     self._seen[i] = now
-                state, changes = core.expire(
-                    state,
-                    now,
-                    core.event_key(state),
-                    after_s=self._gone_after_s,
-                    seen=self._seen,
-                    mutator=self._mutator,
-                )
-                if changes is not None:
-                    pending.append(changes)
-                    gone += [j for j, w in changes.workers if w.status == GONE]
+                state = self._expire(state, now, pending, gone)
                 # one reactivated counts from now (the driver's call on an active
                 # one says nothing of it)
                 if i is not None and reactivating and state.workers[i].status != ACTIVE:
@@ -870,6 +850,25 @@ class PopulationController:
         if pending:
             self._take(state, pending)
         return reply
+
+    def _expire(
+        self, state: PopulationState, now: float, pending: list[core.Changes], gone: list[int]
+    ) -> PopulationState:
+        """``state`` with the workers silent past ``gone_after_s`` declared gone; their
+        changes go to ``pending``, their ids to ``gone``."""
+        assert self._gone_after_s is not None
+        state, changes = core.expire(
+            state,
+            now,
+            core.event_key(state),
+            after_s=self._gone_after_s,
+            seen=self._seen,
+            mutator=self._mutator,
+        )
+        if changes is not None:
+            pending.append(changes)
+            gone += [j for j, w in changes.workers if w.status == GONE]
+        return state
 
     def _refuse_if_over(self, state: PopulationState, event: Reactivate, now: float) -> None:
         """Refuses to reactivate a worker ``stop_when`` would finish again at once."""
