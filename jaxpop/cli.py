@@ -168,6 +168,8 @@ def _report_error(args: argparse.Namespace, error: BaseException | str) -> int:
     from jaxpop.storage.seed_state import holds_unmigrated_seed_run
 
     print(f"jaxpop report: error: {error}", file=sys.stderr)
+    for note in getattr(error, "__notes__", ()):  # (a watch says what its files hold)
+        print(f"jaxpop report: {note}", file=sys.stderr)
     # (only for a run not migrated yet: one migrated in place holds population.state too,
     # and migrating it again fails)
     if holds_unmigrated_seed_run(args.log_dir):

@@ -1282,6 +1282,64 @@ def test_watch_ends_with_the_report_of_a_run_that_replaced_the_one_it_read(tmp_p
     assert json.loads((out / "summary.json").read_text())["best"]["value"] == 5.0
 
 
+def _run_joined_by_another(tmp_path):
+    """A run in ``tmp_path / "base"`` that records more between the first and the second
+    read, then gets a second run beside it (the folder then names no one run):
+    ``(sleep for watch, the first run's events at the second read)``."""
+    base = tmp_path / "base"
+    pop = PopulationController(
+        _initial(2), WinnerTakeAllGenetic(_mutate, 100), str(base / "population"), seed=0
+    )
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, None, 1.0)
+    reads = []
+
+    def sleep(seconds):
+        reads.append(seconds)
+        if len(reads) == 1:
+            pop.set_eval(1, gens[1], 10, None, 0.5)  # a better evaluation
+        else:
+            PopulationController(
+                _initial(1), WinnerTakeAllGenetic(_mutate, 100), str(base / "other")
+            ).close()
+
+    events = pop.state.num_events + 1
+    return sleep, events, pop
+
+
+@needs_matplotlib
+def test_watch_ended_by_an_error_first_writes_the_newest_report_read(tmp_path):
+    """A read that raised (a second run appeared) ended the watch with the files an
+    older read's, which the screen had shown replaced (hostile review, helper-228)."""
+    sleep, events, pop = _run_joined_by_another(tmp_path)
+    refreshes = []
+    with pytest.raises(report.SeveralRunsError) as raised:
+        report.watch(
+            tmp_path / "base",
+            tmp_path / "out",
+            max_iterations=5,
+            on_refresh=refreshes.append,
+            sleep=sleep,
+            write_every=100,
+        )
+    pop.close()
+    assert [bool(r.written) for r in refreshes] == [True, False]
+    assert _written_evaluations(tmp_path / "out") == 2
+    assert raised.value.__notes__ == [f"the report files hold the run as of its event {events}"]
+
+
+@needs_matplotlib
+def test_cli_watch_ended_by_an_error_says_what_its_files_hold(tmp_path, capsys, monkeypatch):
+    sleep, events, pop = _run_joined_by_another(tmp_path)
+    monkeypatch.setattr(time, "sleep", sleep)
+    argv = ["report", str(tmp_path / "base"), "--watch", "--out", str(tmp_path / "out")]
+    assert cli.main([*argv, "--quiet"]) == 1
+    pop.close()
+    err = capsys.readouterr().err
+    assert "holds 2 jaxpop runs" in err and f"as of its event {events}" in err
+    assert _written_evaluations(tmp_path / "out") == 2
+
+
 @needs_matplotlib
 def test_cli_watch_stopped_after_the_run_vanished_writes_the_newest_report(
     tmp_path, capsys, monkeypatch

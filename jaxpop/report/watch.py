@@ -69,6 +69,21 @@ def fingerprint(report: Report) -> tuple[str, int, int, float | None]:
     return (report.log_dir, report.state.num_events, history.num_checkpoints, newest)
 
 
+def _write_before_raising(
+    error: Exception, last: Report, out_dir: str | os.PathLike | None, log_scale: bool
+) -> None:
+    """Writes ``last``'s report as a watch ends by ``error``, and notes on ``error``
+    (``__notes__``) which event the files now hold, or why they could not be written."""
+    try:
+        write_report(last, out_dir, log_scale=log_scale)
+        note = f"the report files hold the run as of its event {last.state.num_events}"
+    except Exception as write_error:  # (the read's error is the one to raise)
+        note = f"writing the newest report read failed too: {type(write_error).__name__}: "
+        note += str(write_error)
+    # (Python 3.10 has no add_note: the attribute it writes, which the CLI prints)
+    error.__notes__ = [*getattr(error, "__notes__", ()), note]
+
+
 def watch(
     log_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -92,7 +107,9 @@ def watch(
     gone at that last read (a folder moved away). ``sleep`` and ``clock`` default to
     ``time.sleep`` and ``time.monotonic``. Returns the newest report read (``None`` if
     none) once the run is over, or after ``max_iterations`` reads. A
-    ``KeyboardInterrupt`` (Ctrl-C) propagates to the caller.
+    ``KeyboardInterrupt`` (Ctrl-C) propagates to the caller. A read that raises (below)
+    ends the watch too: the files first take the newest report read, if they do not
+    hold it yet.
 
     Raises:
       ValueError: ``interval`` is not positive, ``write_every`` or ``max_iterations``
@@ -123,10 +140,15 @@ def watch(
         waiting, written, changed, done = None, {}, False, False
         try:
             data = load(log_dir)
-        except SeveralRunsError:
-            raise
-        except (FileNotFoundError, NotARunError) as e:  # not there yet: wait for it
-            data, waiting = None, str(e)
+        except Exception as e:
+            if isinstance(e, (FileNotFoundError, NotARunError)) and not isinstance(
+                e, SeveralRunsError
+            ):  # not there yet: wait for it
+                data, waiting = None, str(e)
+            else:  # the watch ends here: the files first take the newest report read
+                if last is not None and last_seen != written_seen:
+                    _write_before_raising(e, last, out_dir, log_scale)
+                raise
         final = max_iterations is not None and 0 < max_iterations <= iteration
         if data is not None:
             now_seen = fingerprint(data)
