@@ -81,7 +81,7 @@ def _write_before_raising(
         note = f"writing the newest report read failed too: {type(write_error).__name__}: "
         note += str(write_error)
     # (Python 3.10 has no add_note: the attribute it writes, which the CLI prints)
-    error.__notes__ = [*getattr(error, "__notes__", ()), note]
+    error.__notes__ = [*getattr(error, "__notes__", ()), note]  # type: ignore[attr-defined]
 
 
 def watch(
