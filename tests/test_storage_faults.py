@@ -1064,6 +1064,22 @@ def test_a_description_does_not_depend_on_which_copy_of_an_object_is_met_first()
     assert check_resume("here", run, keyless, 1, False) is False
 
 
+@pytest.mark.parametrize(("was", "now"), [(1, True), (1, 1.0), (0.0, -0.0), (True, 1.0)])
+def test_a_configuration_equal_only_by_python_equality_is_another_one(tmp_path, was, now):
+    """A schedule of 1 resumed as True (or 1.0; 0.0 as -0.0) was taken as the same
+    configuration, and the history held both types from the resume on (hostile review,
+    helper-230); a record of an older description format keeps ``==``."""
+    from jaxpop.storage.run import _same, check_resume, describe_run
+
+    PopulationController([{"h": was}], FixedSchedule({0: {"h": was}}), str(tmp_path)).close()
+    with pytest.raises(storage.RunMismatchError, match=rf"{was!r} in the log_dir, {now!r} now"):
+        PopulationController([{"h": now}], FixedSchedule({0: {"h": now}}), str(tmp_path))
+    recorded = describe_run(1, FixedSchedule({0: {"h": was}}))
+    again = describe_run(1, FixedSchedule({0: {"h": now}}))
+    assert check_resume("here", {**recorded, "description_format": 1}, again, 1, False) is True
+    assert _same(({"h": was},), ({"h": was},), False) and not _same((was,), (now,), False)
+
+
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):
     from jaxpop.mutators import Mutator
     from jaxpop.mutators.base import start_generation

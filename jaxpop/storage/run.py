@@ -112,7 +112,7 @@ def _same(was: Any, now: Any, older: bool) -> bool:
     where an object met inside itself is a ``"<cycle>"`` now): such a record matches
     the fuller description now given where that name or repr does, and anything where
     it was cut off (as it matched before: upgrading jaxpop refuses no resume)."""
-    if was == now:
+    if was == now and (older or _exactly(was, now)):
         return True
     if older and (was == "..." or now == "<cycle>"):
         return True
@@ -126,6 +126,22 @@ def _same(was: Any, now: Any, older: bool) -> bool:
     if type(was) is tuple and type(now) is tuple and len(was) == len(now):
         return all(_same(a, b, older) for a, b in zip(was, now, strict=True))
     return False
+
+
+def _exactly(was: Any, now: Any) -> bool:
+    """Whether two equal descriptions are the same: ``==`` takes ``True`` for ``1`` and
+    ``1.0``, and ``0.0`` for ``-0.0``, where a run given one journals the other's type or
+    sign from the resume on (for a description recorded by an older jaxpop, ``==`` is
+    kept: upgrading refuses no resume)."""
+    if type(was) is not type(now):
+        return False
+    if type(was) is float:
+        return math.copysign(1.0, was) == math.copysign(1.0, now)
+    if type(was) is dict:
+        return all(_exactly(v, now[k]) for k, v in was.items())
+    if type(was) is tuple:
+        return all(map(_exactly, was, now))
+    return True
 
 
 def _first_difference(a: Any, b: Any, where: str, older: bool) -> tuple[str, Any, Any]:
