@@ -71,10 +71,12 @@ def _copy_elements(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def copy_in(tree: Any, *, deep: bool = False) -> Any:
+def copy_in(tree: Any, *, deep: bool = False, where: str = "a value") -> Any:
     """``tree`` with fresh containers and read-only copies of its numpy arrays; with
     ``deep``, leaves of other types (objects that may be edited in place) are deep
-    copies too, where they can be copied (:func:`deep_copy_or_share`).
+    copies too, where they can be copied (:func:`deep_copy_or_share`). A tree nested
+    past Python's recursion limit, or one that holds itself, raises ``ValueError``
+    naming it as ``where``.
 
     >>> meta = {"lr": 0.1}
     >>> stored = copy_in(meta)
@@ -82,7 +84,14 @@ def copy_in(tree: Any, *, deep: bool = False) -> Any:
     >>> stored
     {'lr': 0.1}
     """
-    return _copy(tree, arrays=True, deep=deep)
+    try:
+        return _copy(tree, arrays=True, deep=deep)
+    except RecursionError:
+        raise _too_deep(where) from None
+
+
+def _too_deep(where: str) -> ValueError:
+    return ValueError(f"{where} is nested too deep, or holds itself (a reference cycle)")
 
 
 def deep_copy_or_share(leaf: Any) -> Any:
@@ -110,7 +119,8 @@ def _flat(tree: Any) -> bool:
 
 
 def check_sortable_keys(tree: Any, where: str) -> None:
-    """Raises ``TypeError`` if a dict in ``tree`` has keys JAX cannot sort (``{1: a, "1": b}``).
+    """Raises ``TypeError`` if a dict in ``tree`` has keys JAX cannot sort (``{1: a, "1": b}``),
+    ``ValueError`` if ``tree`` is nested past the recursion limit or holds itself.
 
     JAX flattens a dict in sorted key order, so such hyperparameters would fail at the
     first exploit; refuse them where they enter instead.
@@ -124,3 +134,7 @@ def check_sortable_keys(tree: Any, where: str) -> None:
             f"{where} has a dict whose keys cannot be sorted ({e}); JAX orders dict keys, "
             "so use keys of one type (e.g. all str)"
         ) from None
+    except (RecursionError, SystemError) as e:  # (jax's C++ flatten: a SystemError of one)
+        if isinstance(e, RecursionError) or isinstance(e.__cause__, RecursionError):
+            raise _too_deep(where) from None
+        raise

@@ -714,7 +714,7 @@ def ask(
     else:
         reply_worker = assigned
         if new.history.get_checkpoint(generation_id, step) is None:
-            params = copy_in(event.params)
+            params = copy_in(event.params, where="the params of the ask")
             last = new.history.continuation(generation_id, step, params, None, now)
             new = new._with(history=new.history.add(last))
             added.append(last)
@@ -762,7 +762,7 @@ def _own_params(result: MutatorResult, params: Any) -> MutatorResult:
     """An ask hook's result with the controller's own copy of the ``params`` the worker
     sent wherever it recorded them (a ``FixedSchedule(on_ask=True)`` starts a generation
     from them): the worker's objects stay the worker's, as for an eval."""
-    mine = copy_in(params)
+    mine = copy_in(params, where="the params of the ask")
     checkpoints = tuple(c.replace(params=mine) if c.params is params else c for c in result[2])
     workers = result[1]
     if any(w.params is params for w in workers):
@@ -821,7 +821,7 @@ def set_eval(
     assigned = workers[worker_id]
     advances = assigned.generation_id == generation_id and step > assigned.step
     existing = history.get_checkpoint(generation_id, step)
-    params = copy_in(event.params)  # the caller's objects stay the caller's
+    params = copy_in(event.params, where="set_eval params")  # (the caller's stay the caller's)
     if params is None and existing is not None and not advances:
         # "params=None": the worker holds what it had there (a copy evaluating what it
         # loaded at its start); only a worker trained there anew says nothing about them

@@ -3,6 +3,8 @@
 import functools
 import logging
 import math
+import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -444,6 +446,29 @@ def test_meta_params_with_keys_jax_cannot_sort_are_refused_where_they_enter():
     pop.set_eval(0, gens[0], 1, None, 1.0)
     with pytest.raises(TypeError, match=r"mutator\.update returned has a dict whose keys cannot"):
         pop.set_eval(1, gens[1], 1, None, 2.0)
+
+
+@pytest.mark.parametrize("with_log_dir", [False, True])
+def test_values_that_hold_themselves_or_nest_too_deep_are_refused_by_name(tmp_path, with_log_dir):
+    """A SystemError from jax's flatten, or a bare RecursionError, where the docs promise
+    a ValueError (hostile review, helper-230); the controller goes on."""
+    cycle: list = []
+    cycle.append(cycle)
+    deep: Any = 0
+    for _ in range(2 * sys.getrecursionlimit()):
+        deep = [deep]
+    log_dir = tmp_path / "run" if with_log_dir else None
+    for value in (cycle, deep):
+        with pytest.raises(ValueError, match=r"initial_population\[0\] is nested too deep"):
+            PopulationController([{"h": value}], noop_mutator(), log_dir=log_dir)
+    pop = PopulationController([{"h": 1.0}], noop_mutator(), log_dir=log_dir)
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    for value in (cycle, deep):
+        with pytest.raises(ValueError, match=r"set_eval params is nested too deep, or holds"):
+            pop.set_eval(0, gen, 5, value, 0.5)
+    pop.set_eval(0, gen, 5, "params", 0.5)
+    assert pop.history.num_checkpoints == 2
+    pop.close()
 
 
 # -- workers that stop ----------------------------------------------------------------------
