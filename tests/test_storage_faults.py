@@ -33,7 +33,7 @@ from faults import FaultyOS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FakeClock, run_python
+from conftest import FakeClock, noop_mutator, run_python
 from jaxpop import PopulationController, cli, encoding, storage
 from jaxpop.core import Changes
 from jaxpop.mutators import FixedSchedule, PopulationBasedTraining, WinnerTakeAllGenetic, explore
@@ -1078,6 +1078,34 @@ def test_a_configuration_equal_only_by_python_equality_is_another_one(tmp_path, 
     again = describe_run(1, FixedSchedule({0: {"h": now}}))
     assert check_resume("here", {**recorded, "description_format": 1}, again, 1, False) is True
     assert _same(({"h": was},), ({"h": was},), False) and not _same((was,), (now,), False)
+
+
+def test_hyperparameters_a_journal_record_cannot_hold_are_refused_at_the_start(tmp_path):
+    """96 levels deep fit the snapshot, not a journal record (which nests an assignment
+    two levels deeper): the run started, then every call that journaled an assignment
+    failed (hostile review, helper-230)."""
+
+    def nested(depth):
+        x = 0.5
+        for _ in range(depth):
+            x = [x]
+        return x
+
+    depths = {}
+    for depth in range(90, 101):
+        log_dir = tmp_path / str(depth)
+        try:
+            pop = PopulationController([{"h": nested(depth)}], noop_mutator(), str(log_dir))
+        except ValueError as e:
+            assert "nested more than 100 levels" in str(e)
+            assert not [f for f in os.listdir(log_dir) if f != "lock"]  # nothing written
+            depths[depth] = "refused"
+            continue
+        gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+        pop.set_eval(0, gen, 10, "params", 0.5)  # journals the moved assignment
+        pop.close()
+        depths[depth] = "runs"
+    assert "refused" in depths.values() and "runs" in depths.values()
 
 
 def test_a_mutator_that_returns_ill_typed_records_fails_the_call_not_the_restart(tmp_path):

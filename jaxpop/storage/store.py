@@ -797,6 +797,8 @@ class Store:
             (a new run would overwrite it). Nothing is written.
           TypeError: ``state`` is not a state (``None``: what :meth:`load` returns for
             a ``log_dir`` with no run).
+          ValueError, TypeError: an assignment a journal record cannot hold (nested too
+            deep for one; see :func:`jaxpop.encoding.encode`). Nothing is written.
           SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
         """
         _check_started(started)
@@ -810,6 +812,9 @@ class Store:
                     else ""
                 )
             )
+        # a journal record nests an assignment deeper than the snapshot does: one that
+        # fits only the snapshot is refused here, not at each call that journals it
+        encoding.encode(Changes((), tuple(enumerate(state.workers)), None, 0, 0.0))
         with self._recording():
             self.check_open(started=False)
             if self._segment is not None:
