@@ -26,7 +26,7 @@ from flax import struct
 from jaxpop import encoding
 from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate
-from jaxpop.history import History, check_mode, start_time
+from jaxpop.history import KEPT_MARK, History, check_mode, start_time
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id, split_key
 from jaxpop.mutators.base import Mutator, MutatorResult, is_finite, start_generation
@@ -837,9 +837,11 @@ def set_eval(
     if resumed and existing is not None and _descends_from(history, assigned, existing):
         resumed = False  # (where it was sent descends from this step: a parent link back
         # to it would loop; it keeps its own)
+    kept: list[Checkpoint] = []  # the replaced params, kept for the copies of them
     if existing is not None and repeat:
         checkpoint = existing
     elif existing is not None:  # existing.replace(params=params, value=value, time=now)
+        kept = _keep_for_copies(history, existing, params, key)
         checkpoint = Checkpoint(
             params,
             existing.meta_params,
@@ -882,7 +884,10 @@ def set_eval(
     elif assigned.status == GONE:  # reporting on an earlier generation: it is alive
         moved = ((worker_id, _with_status(assigned, ACTIVE)),)
         workers = with_replaced(workers, moved)
-    new = state._with(history=history if repeat else history.add(checkpoint), workers=workers)
+    if not repeat:
+        for added_checkpoint in (*kept, checkpoint):  # (one add each: see History.added_since)
+            history = history.add(added_checkpoint)
+    new = state._with(history=history, workers=workers)
     if wake:
         result = _result(
             mutator.update(new.mutator_state, new.workers, new.history, now, key), "mutator.update"
@@ -899,9 +904,46 @@ def set_eval(
         changed = tuple(
             [(i, new.workers[i]) for i in sorted(ids) if new.workers[i] is not state.workers[i]]
         )
-    added = list(result[2]) if repeat else [checkpoint, *result[2]]
+    added = list(result[2]) if repeat else [*kept, checkpoint, *result[2]]
     new, changes = _finish(state, new, added, now, changed)
     return new, Reply(checkpoint=checkpoint, changes=changes)
+
+
+# the index of a kept generation's fresh id, new_generation_id(key, _KEPT_INDEX): the
+# largest new_generation_id takes, far past the worker (or member) index a mutator
+# passes with the same event key, so the event's mutator never makes the same id (nor
+# could it: no id new_generation_id makes holds KEPT_MARK)
+_KEPT_INDEX = 2**64 - 1
+
+
+def _keep_for_copies(
+    history: History, existing: Checkpoint, params: Any, key: np.ndarray
+) -> list[Checkpoint]:
+    """Before a rerun's ``params`` replace ``existing`` (its generation's checkpoint at
+    its step), the checkpoints that keep ``existing``'s params for the generations
+    copied from it: ``existing`` as the one checkpoint of a new, kept generation
+    (:func:`jaxpop.history.is_kept`), then each copy's start pointing at that instead.
+    Empty when the params stay (no copy then holds params other than its parent's), or
+    nothing was copied from ``existing``.
+
+    The walk over every generation that finds the copies runs only here, once the params
+    differ: a rerun replacing params, which is rare (``docs/protocol.md#eval``).
+    """
+    old = existing.params
+    if old is None or old is params or _equal_params(old, params):
+        return []
+    ref = existing.ref
+    copies = [
+        first
+        for generation_id in history
+        if (first := history.first(generation_id)).parent == ref
+        and generation_id != existing.generation_id
+    ]
+    if not copies:
+        return []
+    kept_id = f"{existing.generation_id}{KEPT_MARK}{new_generation_id(key, _KEPT_INDEX)}"
+    keeper = existing.replace(generation_id=kept_id)
+    return [keeper, *[first.replace(parent=keeper.ref) for first in copies]]
 
 
 def _descends_from(history: History, worker: ActiveWorker, checkpoint: Checkpoint) -> bool:

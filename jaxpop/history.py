@@ -30,7 +30,7 @@ import jax
 from jaxpop.records import Checkpoint
 from jaxpop.types import CheckpointRef, Mode
 
-__all__ = ["GenerationView", "History", "Mode", "check_mode"]
+__all__ = ["KEPT_MARK", "GenerationView", "History", "Mode", "check_mode", "is_kept"]
 
 
 def check_mode(mode: Any) -> Mode:
@@ -42,6 +42,18 @@ def check_mode(mode: Any) -> Mode:
             f"got {mode!r:.40}"
         )
     return "max" if mode == "max" else "min"
+
+
+# in a kept generation's id, "<the generation it was kept from>~<a fresh id>": no id
+# that new_generation_id or the seed (uuid4 strings) makes holds it
+KEPT_MARK = "~"
+
+
+def is_kept(generation_id: str) -> bool:
+    """Whether a generation only keeps the former content of a checkpoint that a rerun
+    replaced, for the generations copied from it (``docs/protocol.md#eval``): one
+    checkpoint, no worker, and no exploit of its own."""
+    return KEPT_MARK in generation_id
 
 
 # A generation's steps, newest first, as a persistent linked list: ``(step, rest)``.

@@ -895,6 +895,117 @@ def test_a_gone_worker_whose_report_is_sent_again_is_active_again(clock):
     assert pop.active_workers[1].status == "active"
 
 
+# -- a rerun that replaces a checkpoint another generation copied ---------------------------
+def _copied_then_rerun(log_dir=None, **kwargs):
+    """Worker 1 copies worker 0's step 10 ("p0-10a", scored 0.1); then worker 0 reports
+    step 10 again with other params ("p0-10b", 0.95): it retrained that step."""
+    from jaxpop.mutators import PopulationBasedTraining, explore
+
+    m = PopulationBasedTraining(
+        perturbation_interval=10,
+        hyperparam_space={"lr": explore.uniform(0, 10)},
+        quantile_fraction=0.5,
+    )
+    pop = PopulationController(
+        [{"lr": 1.0}, {"lr": 2.0}, {"lr": 3.0}], m, log_dir=log_dir, seed=0, **kwargs
+    )
+    gens = [w.generation_id for w in pop.active_workers]
+    pop.set_eval(0, gens[0], 10, "p0-10a", 0.1)
+    pop.set_eval(2, gens[2], 10, "p2-10", 0.5)
+    assert pop.set_eval_and_ask(1, gens[1], 10, "p1-10", 0.9).params == "p0-10a"  # a copy
+    assert pop.set_eval_and_ask(0, gens[0], 10, "p0-10b", 0.95) is None  # the rerun
+    return pop, gens
+
+
+def _check_kept_for_the_copy(history, workers, gens):
+    """The copy's start names a kept generation holding the params it loaded, with their
+    value; worker 0's step 10 holds the rerun; the kept generation is no member and no
+    exploit."""
+    from jaxpop.mutators import exploit_events
+
+    copy = workers[1].generation_id
+    assert workers[1].params == "p0-10a" and copy != gens[1]
+    kept = history.get_checkpoint(*history.first(copy).parent)
+    assert (kept.params, kept.value, kept.step, kept.parent) == ("p0-10a", 0.1, 10, (gens[0], 0))
+    from jaxpop.history import is_kept  # (here: the params above are what a test is for)
+
+    assert is_kept(kept.generation_id) and kept.generation_id.startswith(gens[0] + "~")
+    assert list(history[kept.generation_id]) == [10]  # its one checkpoint
+    rerun = history.get_checkpoint(gens[0], 10)
+    assert (rerun.params, rerun.value, rerun.parent) == ("p0-10b", 0.95, (gens[0], 0))
+    (event,) = exploit_events(history)
+    assert (event.generation_id, event.source, event.source_value) == (copy, kept.ref, 0.1)
+    assert all(w.generation_id != kept.generation_id for w in workers)
+    return kept
+
+
+def test_a_rerun_replacing_a_copied_checkpoint_keeps_the_copied_params_for_the_copy():
+    """Worker 1 holds the params it copied ("p0-10a", 0.1) after worker 0 retrained and
+    reported that step again ("p0-10b", 0.95): its lineage named the rerun's params, and
+    it ranked (in PBT's selection, in ``jaxpop report``) by their 0.95."""
+    from jaxpop.report import build
+
+    pop, gens = _copied_then_rerun()
+    kept = _check_kept_for_the_copy(pop.history, pop.active_workers, gens)
+    members = build(pop.state).members
+    assert [m.value for m in members] == [0.95, 0.1, 0.5]
+    assert kept.generation_id not in {m.generation_id for m in members}
+    lineage = [(c.generation_id, c.params) for c in members[1].lineage]
+    assert lineage[-2:] == [(kept.generation_id, "p0-10a"), (members[1].generation_id, "p0-10a")]
+    # PBT ranks worker 1 by 0.1: worker 2, now the worst, copies what worker 1 holds
+    assert pop.set_eval_and_ask(2, gens[2], 20, "p2-20", 0.99).params == "p0-10a"
+    assert pop.history.first(pop.active_workers[2].generation_id).parent == kept.ref
+
+
+@pytest.mark.parametrize("compact_after", [1000, 1])
+def test_a_kept_copied_checkpoint_is_journaled_and_restored(tmp_path, compact_after):
+    from jaxpop import report
+
+    pop, gens = _copied_then_rerun(str(tmp_path), compact_after=compact_after)
+    history, workers = pop.history, pop.active_workers
+    pop.close()
+    with PopulationController([{"lr": 1.0}] * 3, pop.mutator, log_dir=str(tmp_path)) as again:
+        assert again.history == history and again.active_workers == workers
+        _check_kept_for_the_copy(again.history, again.active_workers, gens)
+    loaded = report.load(str(tmp_path))
+    _check_kept_for_the_copy(loaded.state.history, loaded.state.workers, gens)
+    assert loaded.members[1].value == 0.1 and len(loaded.exploits) == 1
+
+
+def test_a_rerun_of_a_step_nobody_copied_or_a_repeat_keeps_nothing():
+    """Only the rerun of a copied step kept a generation (one); a rerun of a step nobody
+    copied, a new value for the same params, and a repeat keep none."""
+    pop, gens = _copied_then_rerun()
+    generations = list(pop.history)
+    assert len(generations) == 3 + 1 + 1  # the roots, the copy, and the kept one
+    pop.set_eval(2, gens[2], 10, "p2-10b", 0.4)  # replaces params nobody copied
+    assert pop.history.get_checkpoint(gens[2], 10).params == "p2-10b"
+    pop.set_eval(0, gens[0], 10, "p0-10b", 0.9)  # the same params: a new value only
+    pop.set_eval(0, gens[0], 10, "p0-10b", 0.9)  # a repeat
+    assert list(pop.history) == generations
+
+
+def test_a_second_rerun_of_a_copied_step_keeps_only_what_was_copied_since():
+    """The copy already names the kept params; a second rerun keeps nothing more, unless
+    a new copy of the step happened in between."""
+    pop, gens = _copied_then_rerun()
+    kept = pop.history.first(pop.active_workers[1].generation_id).parent
+    generations = list(pop.history)
+    pop.set_eval(0, gens[0], 10, "p0-10c", 0.3)
+    assert list(pop.history) == generations
+    assert pop.history.first(pop.active_workers[1].generation_id).parent == kept
+    # worker 2 (the worst at step 20) copies worker 0's step 10 ("p0-10d", the best)
+    pop.set_eval(0, gens[0], 10, "p0-10d", 0.01)
+    assert pop.set_eval_and_ask(2, gens[2], 20, "p2-20", 0.99).params == "p0-10d"
+    copy2 = pop.active_workers[2].generation_id
+    assert pop.history.first(copy2).parent == (gens[0], 10)
+    pop.set_eval(0, gens[0], 10, "p0-10e", 0.5)  # a third rerun: keeps "p0-10d" for copy2
+    kept2 = pop.history.get_checkpoint(*pop.history.first(copy2).parent)
+    assert kept2.ref != kept and (kept2.params, kept2.value) == ("p0-10d", 0.01)
+    assert pop.history.first(pop.active_workers[1].generation_id).parent == kept
+    assert len(pop.history) == len(generations) + 2  # copy2 and its kept source
+
+
 def test_an_ask_the_stop_after_it_finishes_is_told_to_stop():
     """A FixedSchedule(on_ask=True) change at the ask of a worker not told yet that the
     run is over: it was answered "active" with the new hyperparameters (recorded

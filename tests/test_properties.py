@@ -35,7 +35,7 @@ from mutator_registry import MUTATORS, NAMES, branch_mutate, keyed_mutate, noop_
 
 from jaxpop import core
 from jaxpop.events import Ask, Eval
-from jaxpop.history import History
+from jaxpop.history import History, is_kept
 from jaxpop.keys import root_key
 from jaxpop.mutators import (
     BranchingSingleMachine,
@@ -308,7 +308,7 @@ class Checker:
         self.roots: set = set()
         self.disordered: set = set()  # generations where a step was inserted mid-way
         self.old: list = []  # (History, its contents when it was current)
-        self.stats = {"events": 0, "rounds": 0, "new_generations": 0}
+        self.stats = {"events": 0, "rounds": 0, "new_generations": 0, "kept": 0}
 
     def start(self, state, mutator):
         self.mutator = mutator
@@ -341,9 +341,14 @@ class Checker:
         assert refs_b <= refs_a, f"checkpoints lost: {refs_b - refs_a}"
         assert ha.num_checkpoints == len(refs_a) == len(list(ha.checkpoints()))
         replaced = (event.generation_id, event.step) if isinstance(event, Eval) else None
+        kept = self.check_kept(hb, after, replaced)
         for ref in refs_b:
             cb, ca = hb.get_checkpoint(*ref), ha.get_checkpoint(*ref)
-            if ref == replaced:  # a re-reported step: new value and params, same place
+            if kept is not None and cb.parent == replaced and cb is hb.first(ref[0]):
+                # a copy of the checkpoint the eval replaced: it starts from the kept one
+                assert (ca.parent, ca.step, ca.value) == (kept.ref, cb.step, cb.value)
+                assert ca.params is cb.params and ca.meta_params is cb.meta_params
+            elif ref == replaced:  # a re-reported step: new value and params, same place
                 # (its parent: the same, unless the worker resumed from an earlier
                 # checkpoint of the generation: then where it trained from)
                 w = before.workers[event.worker_id]
@@ -370,9 +375,45 @@ class Checker:
             self.check_wta(before, event, after)
         self.check_state(after)
 
+    def check_kept(self, hb: History, after, replaced) -> Any:
+        """The checkpoint an eval kept for the copies of the one it replaced (the one
+        checkpoint of a new kept generation: the replaced one as it was), checked; ``None``
+        where it keeps none: nothing was replaced, its params stay, or nobody copied it."""
+        ha = after.history
+        existing = None if replaced is None else hb.get_checkpoint(*replaced)
+        stored = None if replaced is None else ha.get_checkpoint(*replaced)
+        copies = []
+        if (
+            existing is not None
+            and existing.params is not None
+            and stored is not existing
+            and stored.params is not existing.params
+            and canon(stored.params) != canon(existing.params)
+        ):
+            copies = [g for g in hb if hb.first(g).parent == replaced]
+        new_kept = [g for g in ha if is_kept(g) and g not in hb]
+        if not copies:
+            assert not new_kept, f"{new_kept} kept, but nothing copied was replaced"
+            return None
+        (gen,) = new_kept
+        assert gen.startswith(replaced[0] + "~") and list(ha[gen]) == [replaced[1]]
+        kept = ha.first(gen)
+        assert kept.params is existing.params and kept.meta_params is existing.meta_params
+        assert (kept.parent, kept.step, kept.time) == (
+            existing.parent,
+            existing.step,
+            existing.time,
+        )
+        assert same_value(kept.value, existing.value)
+        assert all(w.generation_id != gen for w in after.workers)
+        self.stats["kept"] += 1
+        return kept
+
     def check_new_checkpoint(self, before, event, ha: History, ref):
         hb = before.history
         gen, step = ref
+        if is_kept(gen):  # (check_kept checked it)
+            return
         c = ha.get_checkpoint(*ref)
         if gen in hb:  # continues a known generation
             previous = hb.previous(gen, step)
@@ -506,22 +547,22 @@ class Checker:
         for c in h.checkpoints():
             first = h.first(c.generation_id)
             if c.parent is None:
-                assert c.ref in self.roots, f"{c.ref} has no parent but is not a root"
+                assert c.ref in self.roots or is_kept(c.generation_id), f"{c.ref}: no parent"
                 resolved.add(c.ref)
                 continue
             parent = h.get_checkpoint(*c.parent)
             assert parent is not None, f"{c.ref} has a dangling parent {c.parent}"
             if c.parent[0] == c.generation_id:
                 assert parent.step < c.step and c is not first
-            else:
-                assert c is first and parent.step == c.step
+            else:  # (a kept generation's one checkpoint keeps the parent it had)
+                assert c is first and (parent.step == c.step or is_kept(c.generation_id))
         for c in h.checkpoints():
             path, ref = [], c.ref
             while ref not in resolved:
                 assert ref not in path, f"cycle through {ref}"
                 path.append(ref)
                 ref = h.get_checkpoint(*ref).parent
-                assert ref is not None or path[-1] in self.roots
+                assert ref is not None or path[-1] in self.roots or is_kept(path[-1][0])
                 if ref is None:
                     break
             resolved.update(path)

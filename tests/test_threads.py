@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxpop import PopulationController
+from jaxpop.history import is_kept
 from jaxpop.mutators import WinnerTakeAllGenetic
 
 
@@ -62,9 +63,9 @@ def check_history_invariants(controller: PopulationController) -> None:
         assert parent is not None, f"{c.ref} has a dangling parent {c.parent}"
         if c.parent[0] == c.generation_id:
             assert parent.step < c.step and c is not first
-        else:
-            assert c is first and parent.step == c.step
-    assert len(roots) == state.population_size
+        else:  # (a kept generation's one checkpoint keeps the parent it had)
+            assert c is first and (parent.step == c.step or is_kept(c.generation_id))
+    assert len([r for r in roots if not is_kept(r[0])]) == state.population_size
     reaches_root = set(roots)
     for c in checkpoints:
         path, ref = [], c.ref

@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from jaxpop import encoding
-from jaxpop.history import History, check_mode, start_time
+from jaxpop.history import History, check_mode, is_kept, start_time
 from jaxpop.keys import split_key
 from jaxpop.mutators import _views
 from jaxpop.mutators import explore as explore_lib
@@ -72,9 +72,9 @@ class ExploitEvent(NamedTuple):
       source_value: the value of the params copied: the source checkpoint's
         evaluation, or for the unevaluated start of another copy, the value those params
         were copied at (:func:`~jaxpop.mutators.base.copied_value`); ``None`` if none.
-        Read from the history as it is: a late report that replaced the source
-        checkpoint at its step (the controller records one checkpoint per step) gives
-        the replacement's value.
+        A rerun that later replaced the source's params at its step leaves the copy's
+        ``source`` naming a kept generation that holds the params copied
+        (:func:`~jaxpop.history.is_kept`), with their value.
     """
 
     generation_id: str
@@ -92,9 +92,10 @@ def exploit_events(
     """Every exploit recorded in ``history``, in the order the generations were created.
 
     An exploit is a generation whose first checkpoint's ``parent`` belongs to another
-    generation. For :class:`PopulationBasedTraining` that is exactly one exploit; other
-    mutators' generation changes (a schedule switching, a WinnerTakeAllGenetic round) show up
-    the same way, and so does a worker moved by ``checkpoint_missing`` to an ancestor's
+    generation, unless it is a kept one (:func:`~jaxpop.history.is_kept`). For
+    :class:`PopulationBasedTraining` that is exactly one exploit; other mutators'
+    generation changes (a schedule switching, a WinnerTakeAllGenetic round) show up the
+    same way, and so does a worker moved by ``checkpoint_missing`` to an ancestor's
     checkpoint in another generation (a new generation with its own hyperparameters,
     which no mutator decided). A pure query: O(number of generations).
 
@@ -119,6 +120,8 @@ def exploit_events(
         first = history.first(generation_id)
         parent = first.parent
         if parent is None or parent[0] == generation_id or generation_id in exclude:
+            continue
+        if is_kept(generation_id):  # (the former content of a checkpoint a rerun replaced)
             continue
         if since_time is not None and first.time < since_time:
             continue
