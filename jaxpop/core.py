@@ -499,6 +499,12 @@ def _apply_mutator(
                 who,
                 f"a new checkpoint ({checkpoint.ref})",
             )
+        elif KEPT_MARK in checkpoint.generation_id:
+            raise ValueError(
+                f"{who} started a generation {checkpoint.generation_id!r}: a generation id "
+                f"holding {KEPT_MARK!r} names a kept generation (jaxpop.history.is_kept), "
+                "which only the controller makes; use jaxpop.keys.new_generation_id"
+            )
         history = history.add(checkpoint)
     for i, checkpoint in enumerate(new_checkpoints):  # (as a journal's replay checks them)
         parent = checkpoint.parent

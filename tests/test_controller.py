@@ -921,14 +921,13 @@ def _check_kept_for_the_copy(history, workers, gens):
     """The copy's start names a kept generation holding the params it loaded, with their
     value; worker 0's step 10 holds the rerun; the kept generation is no member and no
     exploit."""
+    from jaxpop.history import is_kept
     from jaxpop.mutators import exploit_events
 
     copy = workers[1].generation_id
     assert workers[1].params == "p0-10a" and copy != gens[1]
     kept = history.get_checkpoint(*history.first(copy).parent)
     assert (kept.params, kept.value, kept.step, kept.parent) == ("p0-10a", 0.1, 10, (gens[0], 0))
-    from jaxpop.history import is_kept  # (here: the params above are what a test is for)
-
     assert is_kept(kept.generation_id) and kept.generation_id.startswith(gens[0] + "~")
     assert list(history[kept.generation_id]) == [10]  # its one checkpoint
     rerun = history.get_checkpoint(gens[0], 10)
@@ -1004,6 +1003,26 @@ def test_a_second_rerun_of_a_copied_step_keeps_only_what_was_copied_since():
     assert kept2.ref != kept and (kept2.params, kept2.value) == ("p0-10d", 0.01)
     assert pop.history.first(pop.active_workers[1].generation_id).parent == kept
     assert len(pop.history) == len(generations) + 2  # copy2 and its kept source
+
+
+def test_a_mutator_may_not_name_a_generation_as_a_kept_one():
+    """A kept generation's id holds "~" (only the controller makes one): a mutator's
+    generation named so would be left out of the exploits as one."""
+    from jaxpop.mutators.base import start_generation
+
+    def update(state, workers, history, now, key):
+        latest = history.latest(workers[0].generation_id)
+        if latest.value is None or state:
+            return state, workers, ()
+        worker, start = start_generation(latest, {"h": 0.5}, key, 0, now)
+        start = start.replace(generation_id="mine~1")
+        return 1, (worker.replace(generation_id="mine~1"),), (start,)
+
+    pop = PopulationController([{"h": 1.0}], noop_mutator()._replace(init=lambda: 0, update=update))
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    with pytest.raises(ValueError, match=r"'mine~1'.*names a kept generation"):
+        pop.set_eval(0, gen, 10, "params", 0.5)
+    assert pop.history.get_checkpoint(gen, 10) is None  # (the call changed nothing)
 
 
 def test_an_ask_the_stop_after_it_finishes_is_told_to_stop():
