@@ -1005,6 +1005,29 @@ def test_a_second_rerun_of_a_copied_step_keeps_only_what_was_copied_since():
     assert len(pop.history) == len(generations) + 2  # copy2 and its kept source
 
 
+def test_a_kept_save_without_a_value_gives_its_copies_no_value():
+    """A kept checkpoint holds params of its own, trained from its parent at an earlier
+    step: a copy of an unevaluated save (an ask's, started from by FixedSchedule with
+    on_ask) ranked, after a rerun of that step, by the value of the step before
+    (helper-231)."""
+    from jaxpop.mutators import FixedSchedule, exploit_events
+    from jaxpop.mutators.base import copied_value
+
+    schedule = FixedSchedule({0: {"h": 0.0}, 3: {"h": 1.0}}, on_ask=True)
+    pop = PopulationController([{"h": 0.0}], schedule, seed=0)
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    pop.set_eval(0, gen, 2, "p2", 0.5)
+    pop.maybe_get_worker_data(0, gen, 3, "p3", {"h": 0.0})  # a save at the switch
+    copy = pop.active_workers[0].generation_id
+    assert pop.history.first(copy).parent == (gen, 3)
+    pop.set_eval(0, gen, 3, "p3b", 0.7)  # step 3 retrained, reported late
+    history = pop.history
+    kept = history.get_checkpoint(*history.first(copy).parent)
+    assert (kept.params, kept.value, kept.parent) == ("p3", None, (gen, 2))
+    assert copied_value(history, history.first(copy)) is None
+    assert [e.source_value for e in exploit_events(history) if e.generation_id == copy] == [None]
+
+
 def test_a_mutator_may_not_name_a_generation_as_a_kept_one():
     """A kept generation's id holds "~" (only the controller makes one): a mutator's
     generation named so would be left out of the exploits as one."""

@@ -916,10 +916,12 @@ def copied_value(
         walked.append(checkpoint.ref)
         parent = checkpoint.parent
         found = None
-        # not a copy, or not a generation's start (it holds params of its own)
+        # not a copy, or not a generation's start at its source's step (it holds params
+        # of its own: a kept generation's start, say, of a save trained from its parent)
         if (
             parent is not None
             and parent[0] != checkpoint.generation_id
+            and parent[1] == checkpoint.step
             and checkpoint.step == history.first(checkpoint.generation_id).step
         ):
             found = history.get_checkpoint(*parent)
