@@ -451,16 +451,18 @@ def test_meta_params_with_keys_jax_cannot_sort_are_refused_where_they_enter():
 @pytest.mark.parametrize("with_log_dir", [False, True])
 def test_values_that_hold_themselves_or_nest_too_deep_are_refused_by_name(tmp_path, with_log_dir):
     """A SystemError from jax's flatten, or a bare RecursionError, where the docs promise
-    a ValueError (hostile review, helper-230); the controller goes on."""
+    a ValueError (hostile reviews, helpers 230 and 231); the controller goes on."""
     cycle: list = []
     cycle.append(cycle)
     deep: Any = 0
     for _ in range(2 * sys.getrecursionlimit()):
         deep = [deep]
+    holds_itself: dict = {"h": 1.0}
+    holds_itself["self"] = holds_itself  # (jax's flatten of it broke the interpreter)
     log_dir = tmp_path / "run" if with_log_dir else None
-    for value in (cycle, deep):
+    for meta in ({"h": cycle}, {"h": deep}, holds_itself):
         with pytest.raises(ValueError, match=r"initial_population\[0\] is nested too deep"):
-            PopulationController([{"h": value}], noop_mutator(), log_dir=log_dir)
+            PopulationController([meta], noop_mutator(), log_dir=log_dir)
     pop = PopulationController([{"h": 1.0}], noop_mutator(), log_dir=log_dir)
     gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
     for value in (cycle, deep):
