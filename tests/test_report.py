@@ -1308,9 +1308,12 @@ def _run_joined_by_another(tmp_path):
 
 
 @needs_matplotlib
-def test_watch_ended_by_an_error_first_writes_the_newest_report_read(tmp_path):
+@pytest.mark.parametrize("write_every", [100, 0])
+def test_watch_ended_by_an_error_first_writes_the_newest_report_read(tmp_path, write_every):
     """A read that raised (a second run appeared) ended the watch with the files an
-    older read's, which the screen had shown replaced (hostile review, helper-228)."""
+    older read's, which the screen had shown replaced (hostile review, helper-228); the
+    error says which event they hold, also when they held the newest read already
+    (helper-231)."""
     sleep, events, pop = _run_joined_by_another(tmp_path)
     refreshes = []
     with pytest.raises(report.SeveralRunsError) as raised:
@@ -1320,10 +1323,10 @@ def test_watch_ended_by_an_error_first_writes_the_newest_report_read(tmp_path):
             max_iterations=5,
             on_refresh=refreshes.append,
             sleep=sleep,
-            write_every=100,
+            write_every=write_every,
         )
     pop.close()
-    assert [bool(r.written) for r in refreshes] == [True, False]
+    assert [bool(r.written) for r in refreshes] == [True, write_every == 0]
     assert _written_evaluations(tmp_path / "out") == 2
     assert raised.value.__notes__ == [f"the report files hold the run as of its event {events}"]
 

@@ -70,13 +70,15 @@ def fingerprint(report: Report) -> tuple[str, int, int, float | None]:
 
 
 def _write_before_raising(
-    error: Exception, last: Report, out_dir: str | os.PathLike | None, log_scale: bool
+    error: Exception, last: Report, out_dir: str | os.PathLike | None, log_scale: bool, due: bool
 ) -> None:
-    """Writes ``last``'s report as a watch ends by ``error``, and notes on ``error``
-    (``__notes__``) which event the files now hold, or why they could not be written."""
+    """As a watch ends by ``error``: writes ``last``'s report if ``due`` (the files hold
+    an older read), and notes on ``error`` (``__notes__``) which event the files hold, or
+    why they could not be written."""
+    note = f"the report files hold the run as of its event {last.state.num_events}"
     try:
-        write_report(last, out_dir, log_scale=log_scale)
-        note = f"the report files hold the run as of its event {last.state.num_events}"
+        if due:
+            write_report(last, out_dir, log_scale=log_scale)
     except Exception as write_error:  # (the read's error is the one to raise)
         note = f"writing the newest report read failed too: {type(write_error).__name__}: "
         note += str(write_error)
@@ -146,8 +148,8 @@ def watch(
             ):  # not there yet: wait for it
                 data, waiting = None, str(e)
             else:  # the watch ends here: the files first take the newest report read
-                if last is not None and last_seen != written_seen:
-                    _write_before_raising(e, last, out_dir, log_scale)
+                if last is not None:
+                    _write_before_raising(e, last, out_dir, log_scale, last_seen != written_seen)
                 raise
         final = max_iterations is not None and 0 < max_iterations <= iteration
         if data is not None:
