@@ -13,7 +13,7 @@ from conftest import FakeClock, assert_is_a_controller, noop_mutator
 from jaxpop import ActiveWorker, Checkpoint, History, PopulationController, core
 from jaxpop import population as pop_mod
 from jaxpop.keys import root_key
-from jaxpop.mutators import WinnerTakeAllGenetic
+from jaxpop.mutators import FixedSchedule, WinnerTakeAllGenetic
 
 
 def test_seed_names_are_importable_from_population_module():
@@ -471,6 +471,8 @@ def test_values_that_hold_themselves_or_nest_too_deep_are_refused_by_name(tmp_pa
     pop.set_eval(0, gen, 5, "params", 0.5)
     assert pop.history.num_checkpoints == 2
     pop.close()
+    with pytest.raises(ValueError, match=r"schedule\[10\] is nested too deep, or holds"):
+        FixedSchedule({0: {"h": 1.0}, 10: {"h": cycle}})
 
 
 # -- workers that stop ----------------------------------------------------------------------

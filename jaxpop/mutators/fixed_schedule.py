@@ -359,7 +359,7 @@ def _plan(
         if not schedule:
             raise ValueError("FixedSchedule takes a non-empty {step: meta_params} mapping, got {}")
         # (pairs: "10" and 10 clash; the values copied: the schedule is as given)
-        pairs = [(_step_key(k), copy_in(v)) for k, v in schedule.items()]
+        pairs = [(_step_key(k), copy_in(v, where=f"schedule[{k!r}]")) for k, v in schedule.items()]
         try:
             schedule = Piecewise(pairs)
         except ValueError as err:
