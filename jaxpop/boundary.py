@@ -127,11 +127,10 @@ def check_sortable_keys(tree: Any, where: str) -> None:
     """
     if _flat(tree):  # the usual case
         return
-    try:  # a Python walk first: jax's flatten of a dict that holds itself raised a
-        _copy(tree, arrays=False)  # TypeError and left the interpreter unable to recurse
-    except RecursionError:
-        raise _too_deep(where) from None
     try:
+        # a Python walk first: jax's flatten of a dict that holds itself raised a
+        # TypeError and left the interpreter unable to recurse
+        _copy(tree, arrays=False)
         jax.tree.flatten(tree)
     except (TypeError, ValueError) as e:  # jax raises either, by version
         raise TypeError(

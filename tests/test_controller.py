@@ -1,5 +1,6 @@
 """The controller shell: seed API, errors, warnings, views, reproducibility."""
 
+import collections
 import functools
 import logging
 import math
@@ -437,6 +438,9 @@ def test_a_controller_refuses_to_be_pickled_and_says_what_to_pass(tmp_path, with
 def test_meta_params_with_keys_jax_cannot_sort_are_refused_where_they_enter():
     with pytest.raises(TypeError, match=r"initial_population\[1\].*keys cannot be sorted"):
         PopulationController([{"a": 1.0}, {1: 0.1, "1": 0.2}], noop_mutator())
+    mixed = collections.defaultdict(float, {1: 0.1, "1": 0.2})  # (sorted by the first walk)
+    with pytest.raises(TypeError, match=r"initial_population\[0\].*keys cannot be sorted"):
+        PopulationController([{"opt": mixed}], noop_mutator())
 
     def mutate(meta):
         return {1: meta["h"], "1": meta["h"]}
