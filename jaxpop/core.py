@@ -491,6 +491,12 @@ def _apply_mutator(
                 f"{who} returned a checkpoint for {checkpoint.ref}, which is already in "
                 "the history; a mutator may only add checkpoints, never replace them"
             )
+        if KEPT_MARK in checkpoint.generation_id:
+            raise ValueError(
+                f"{who} returned a checkpoint for {checkpoint.ref}: a generation id holding "
+                f"{KEPT_MARK!r} names a kept generation (jaxpop.history.is_kept), which only "
+                "the controller makes and adds to; use jaxpop.keys.new_generation_id"
+            )
         if checkpoint.generation_id in history:
             _check_same_hparams(
                 checkpoint.meta_params,
@@ -498,12 +504,6 @@ def _apply_mutator(
                 checkpoint.generation_id,
                 who,
                 f"a new checkpoint ({checkpoint.ref})",
-            )
-        elif KEPT_MARK in checkpoint.generation_id:
-            raise ValueError(
-                f"{who} started a generation {checkpoint.generation_id!r}: a generation id "
-                f"holding {KEPT_MARK!r} names a kept generation (jaxpop.history.is_kept), "
-                "which only the controller makes; use jaxpop.keys.new_generation_id"
             )
         history = history.add(checkpoint)
     for i, checkpoint in enumerate(new_checkpoints):  # (as a journal's replay checks them)
@@ -534,6 +534,12 @@ def _apply_mutator(
             raise ValueError(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "
                 "has no checkpoint in the history; return its starting checkpoint too"
+            )
+        if KEPT_MARK in worker.generation_id:
+            raise ValueError(
+                f"{who} assigned worker {i} to the kept generation {worker.generation_id!r} "
+                "(jaxpop.history.is_kept), which no worker holds: start a generation from "
+                "its checkpoint instead"
             )
         start = history.first(worker.generation_id).step
         if worker.step < start:  # (its reports there would be ignored as stale, for good)
@@ -802,6 +808,14 @@ def set_eval(
                 f"set_eval from worker {worker_id} for generation {generation_id!r}, which "
                 "this controller never made; the evaluation was ignored (ask for the "
                 "worker's data first with maybe_get_worker_data)"
+            )
+        )
+    if KEPT_MARK in generation_id:
+        return state, Reply(
+            warning=(
+                f"set_eval from worker {worker_id} for generation {generation_id!r}, a kept "
+                "generation no worker holds (jaxpop.history.is_kept); the evaluation was "
+                "ignored"
             )
         )
     first = history.first(generation_id)

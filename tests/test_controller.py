@@ -1056,6 +1056,25 @@ def test_a_mutator_may_not_name_a_generation_as_a_kept_one():
     assert pop.history.get_checkpoint(gen, 10) is None  # (the call changed nothing)
 
 
+def test_no_worker_holds_or_reports_on_a_kept_generation(caplog):
+    """A mutator's assignment to a kept generation, or a report on one, recorded a
+    worker's checkpoints there (helper-232): refused, and ignored."""
+    pop, _ = _copied_then_rerun()
+    kept = pop.history.first(pop.active_workers[1].generation_id).parent
+    events = pop.state.num_events
+    with caplog.at_level(logging.WARNING, logger="jaxpop"):
+        pop.set_eval(2, kept[0], 20, "p2-20", 0.3)
+    assert "a kept generation no worker holds" in caplog.text
+    assert pop.state.num_events == events and list(pop.history[kept[0]]) == [10]
+    first, state = pop.history.get_checkpoint(*kept), pop.state
+    moved = (ActiveWorker(first.params, first.meta_params, kept[0], 10), *state.workers[1:])
+    with pytest.raises(ValueError, match=r"worker 0 to the kept generation"):
+        core._apply_mutator(state, state.mutator_state, moved, (), who="a mutator")
+    more = first.replace(step=20, parent=kept)
+    with pytest.raises(ValueError, match=r"checkpoint for .*~.*20\): a generation id holding"):
+        core._apply_mutator(state, state.mutator_state, state.workers, (more,), who="a mutator")
+
+
 def test_an_ask_the_stop_after_it_finishes_is_told_to_stop():
     """A FixedSchedule(on_ask=True) change at the ask of a worker not told yet that the
     run is over: it was answered "active" with the new hyperparameters (recorded
