@@ -111,8 +111,9 @@ class Mutate:
     What jaxpop adds to the seed's rules: the cache is a private copy, and only *adding*
     checkpoints is allowed (deleting or replacing one, or a generation, raises); every
     worker must be assigned to a generation with a checkpoint, at or after its first
-    one (a step before it, where its reports would be dropped as stale, raises); the
-    state must be plain
+    one (a step before it, where its reports would be dropped as stale, raises); a
+    generation id may not hold ``"~"`` (the mark of a kept generation,
+    ``docs/protocol.md#eval``; ``make_gen_id()`` never makes one); the state must be plain
     data (numbers, strings, tuples, lists, dicts, numpy arrays, ``Checkpoint`` and
     ``ActiveWorker`` records; an :class:`IntKeyDict` in it is stored, and comes back, as
     a plain dict sorted by key) and each call gets its own copy of it (so keep it small:

@@ -352,6 +352,8 @@ def test_a_truncated_file_is_a_clear_error_and_nothing_is_written(seed, tmp_path
         ("mixed keys", r"\]\.meta_params has a dict whose keys cannot be sorted"),
         # (the message showed the reader's internal object: helper-186)
         ("numpy str id", r"cache\[<a numpy array or scalar of dtype dtype\('<U5'\)"),
+        # (the mark of jaxpop's kept generations: its exploit went missing: helper-232)
+        ("kept id", r"cache\['gen-c~1'\]: a generation id holding '~' names a kept"),
     ],
 )
 def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
@@ -368,6 +370,11 @@ def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
     elif content == "numpy str id":
         workers, cache, mutator_state = _seed_state(seed)
         cache[np.str_("gen-x")] = cache.pop("gen-c")
+        data = pickle.dumps((workers, cache, mutator_state))
+    elif content == "kept id":
+        workers, cache, mutator_state = _seed_state(seed)
+        cache["gen-c~1"] = {10: cache.pop("gen-c")[10].replace(generation_id="gen-c~1")}
+        workers[0] = workers[0].replace(generation_id="gen-c~1")
         data = pickle.dumps((workers, cache, mutator_state))
     else:
         data = pickle.dumps(content)

@@ -32,6 +32,7 @@ import numpy as np
 from jaxpop import core, encoding
 from jaxpop.boundary import check_sortable_keys
 from jaxpop.core import PopulationState
+from jaxpop.history import KEPT_MARK, is_kept
 from jaxpop.keys import new_generation_id, root_key
 from jaxpop.records import ActiveWorker, Checkpoint
 from jaxpop.storage.atomic import write_atomic
@@ -837,6 +838,13 @@ def _to_state(raw: Any, where: str, key: np.ndarray) -> PopulationState:
         for checkpoint in state.history.checkpoints():
             at = f"cache[{_short(checkpoint.generation_id)}][{checkpoint.step}].meta_params"
             check_sortable_keys(checkpoint.meta_params, at)
+        for generation_id in state.history:
+            if is_kept(generation_id):  # (the seed's ids are uuid4 strings)
+                raise SeedStateError(
+                    f"cache[{_short(generation_id)}]: a generation id holding {KEPT_MARK!r} "
+                    "names a kept generation in jaxpop (jaxpop.history.is_kept), which no "
+                    "worker holds and no exploit counts"
+                )
     except (SeedStateError, TypeError, ValueError) as e:
         raise SeedStateError(f"{where} cannot be migrated: {e}") from None
     return state
