@@ -1206,10 +1206,10 @@ def test_cli_watch_stops_after_max_iterations_or_ctrl_c(finished, tmp_path, caps
     _check_files(out, state.history.num_checkpoints)
 
 
-def _vanishing_run(tmp_path):
-    """A run that records more between the first and the second read, then is moved
-    away before the third: ``(sleep for watch, the run's events at the second read)``."""
-    run = tmp_path / "run"
+def _run_that_changes(run, then):
+    """A run at ``run`` that records a better evaluation between a watch's first and
+    second read, and calls ``then(controller)`` between the second and the third:
+    ``(sleep for watch, the controller)``."""
     pop = PopulationController(_initial(2), WinnerTakeAllGenetic(_mutate, 100), str(run), seed=0)
     gens = [w.generation_id for w in pop.active_workers]
     pop.set_eval(0, gens[0], 10, None, 1.0)
@@ -1220,10 +1220,20 @@ def _vanishing_run(tmp_path):
         if len(reads) == 1:
             pop.set_eval(1, gens[1], 10, None, 0.5)
         elif len(reads) == 2:
-            pop.close()
-            shutil.move(str(run), str(tmp_path / "moved"))
+            then(pop)
 
     return sleep, pop
+
+
+def _vanishing_run(tmp_path):
+    """A run that records more between the first and the second read, then is moved
+    away before the third: ``(sleep for watch, the controller)``."""
+
+    def move(pop):
+        pop.close()
+        shutil.move(str(tmp_path / "run"), str(tmp_path / "moved"))
+
+    return _run_that_changes(tmp_path / "run", move)
 
 
 def _written_evaluations(out):
@@ -1285,26 +1295,16 @@ def test_watch_ends_with_the_report_of_a_run_that_replaced_the_one_it_read(tmp_p
 def _run_joined_by_another(tmp_path):
     """A run in ``tmp_path / "base"`` that records more between the first and the second
     read, then gets a second run beside it (the folder then names no one run):
-    ``(sleep for watch, the first run's events at the second read)``."""
+    ``(sleep for watch, the first run's events at the second read, its controller)``."""
     base = tmp_path / "base"
-    pop = PopulationController(
-        _initial(2), WinnerTakeAllGenetic(_mutate, 100), str(base / "population"), seed=0
-    )
-    gens = [w.generation_id for w in pop.active_workers]
-    pop.set_eval(0, gens[0], 10, None, 1.0)
-    reads = []
 
-    def sleep(seconds):
-        reads.append(seconds)
-        if len(reads) == 1:
-            pop.set_eval(1, gens[1], 10, None, 0.5)  # a better evaluation
-        else:
-            PopulationController(
-                _initial(1), WinnerTakeAllGenetic(_mutate, 100), str(base / "other")
-            ).close()
+    def another(pop):
+        PopulationController(
+            _initial(1), WinnerTakeAllGenetic(_mutate, 100), str(base / "other")
+        ).close()
 
-    events = pop.state.num_events + 1
-    return sleep, events, pop
+    sleep, pop = _run_that_changes(base / "population", another)
+    return sleep, pop.state.num_events + 1, pop
 
 
 @needs_matplotlib
