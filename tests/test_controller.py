@@ -463,13 +463,15 @@ def test_values_that_hold_themselves_or_nest_too_deep_are_refused_by_name(tmp_pa
         deep = [deep]
     holds_itself: dict = {"h": 1.0}
     holds_itself["self"] = holds_itself  # (jax's flatten of it broke the interpreter)
+    subclass = collections.defaultdict(float, h=1.0)
+    subclass["self"] = subclass  # (so did that of a dict subclass: helper-233)
     log_dir = tmp_path / "run" if with_log_dir else None
-    for meta in ({"h": cycle}, {"h": deep}, holds_itself):
+    for meta in ({"h": cycle}, {"h": deep}, holds_itself, {"opt": subclass}):
         with pytest.raises(ValueError, match=r"initial_population\[0\] is nested too deep"):
             PopulationController([meta], noop_mutator(), log_dir=log_dir)
-    pop = PopulationController([{"h": 1.0}], noop_mutator(), log_dir=log_dir)
+    pop = PopulationController([{"h": 1.0, "opt": {"b": [1, 2]}}], noop_mutator(), log_dir=log_dir)
     gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
-    for value in (cycle, deep):
+    for value in (cycle, deep, subclass):
         with pytest.raises(ValueError, match=r"set_eval params is nested too deep, or holds"):
             pop.set_eval(0, gen, 5, value, 0.5)
     pop.set_eval(0, gen, 5, "params", 0.5)
