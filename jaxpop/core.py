@@ -709,6 +709,13 @@ def ask(
             f"worker {worker_id} asked with generation {generation_id!r}, which this "
             f"controller never made; resyncing it to {assigned.generation_id!r}"
         )
+    elif KEPT_MARK in generation_id:  # (not the worker's: no worker holds a kept one)
+        reply_worker = assigned  # nothing recorded: a kept generation takes no checkpoint
+        warning = (
+            f"worker {worker_id} asked with generation {generation_id!r}, a kept generation "
+            "no worker holds (jaxpop.history.is_kept); resyncing it to "
+            f"{assigned.generation_id!r}"
+        )
     elif step < new.history.first(generation_id).step:
         reply_worker = assigned  # a stale ask: resynced, nothing recorded
         warning = (
@@ -810,7 +817,9 @@ def set_eval(
                 "worker's data first with maybe_get_worker_data)"
             )
         )
-    if KEPT_MARK in generation_id:
+    if KEPT_MARK in generation_id and state.workers[worker_id].generation_id != generation_id:
+        # (a worker's own generation of this name, from a mutator of a run recorded before
+        # kept generations took "~", records as before)
         return state, Reply(
             warning=(
                 f"set_eval from worker {worker_id} for generation {generation_id!r}, a kept "

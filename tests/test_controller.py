@@ -1066,7 +1066,10 @@ def test_no_worker_holds_or_reports_on_a_kept_generation(caplog):
     events = pop.state.num_events
     with caplog.at_level(logging.WARNING, logger="jaxpop"):
         pop.set_eval(2, kept[0], 20, "p2-20", 0.3)
-    assert "a kept generation no worker holds" in caplog.text
+        assert "set_eval from worker 2" in caplog.text and "a kept generation" in caplog.text
+        # an ask with it (read from the history, say) recorded a checkpoint there
+        assert pop.maybe_get_worker_data(2, kept[0], 20, "p2-20", None) is not None
+        assert "asked with generation" in caplog.text
     assert pop.state.num_events == events and list(pop.history[kept[0]]) == [10]
     first, state = pop.history.get_checkpoint(*kept), pop.state
     moved = (ActiveWorker(first.params, first.meta_params, kept[0], 10), *state.workers[1:])
@@ -1075,6 +1078,24 @@ def test_no_worker_holds_or_reports_on_a_kept_generation(caplog):
     more = first.replace(step=20, parent=kept)
     with pytest.raises(ValueError, match=r"checkpoint for .*~.*20\): a generation id holding"):
         core._apply_mutator(state, state.mutator_state, state.workers, (more,), who="a mutator")
+
+
+def test_a_generation_a_worker_holds_records_its_reports_whatever_its_name():
+    """A generation of a run recorded before kept generations took "~" (a mutator of
+    one's own named it so), still held by its worker: its reports were ignored as a kept
+    generation's, and the worker trained on with nothing recorded (helper-233)."""
+    from jaxpop.events import Eval
+
+    mutator = noop_mutator()
+    state = core.init([{"h": 1.0}], mutator, key=root_key(0), now=0.0)
+    start = Checkpoint(None, {"h": 1.0}, "mine~1", None, None, 0, 0.0)
+    state = state._with(
+        workers=(ActiveWorker(None, {"h": 1.0}, "mine~1", 0),), history=state.history.add(start)
+    )
+    key = core.event_key(state)
+    state, reply = core.set_eval(state, Eval("p", 0, "mine~1", 10, 0.5), 1.0, key, mutator=mutator)
+    assert reply.warning is None and list(state.history["mine~1"]) == [0, 10]
+    assert state.workers[0].step == 10
 
 
 def test_an_ask_the_stop_after_it_finishes_is_told_to_stop():
