@@ -54,10 +54,11 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
         return x
     # one level: x's children are leaves here (walked below, in Python), x itself among
     # them too (jax's own walk of a node that holds itself used up the recursion limit
-    # for good); is_leaf is asked of x first
+    # for good): of x, is_leaf says no the first time only
     first = iter((False,))
-    leaves, treedef = jax.tree.flatten(x, is_leaf=lambda leaf: next(first, True))
-    if jax.tree_util.treedef_is_leaf(treedef):  # a leaf of another type
+    leaves, treedef = jax.tree.flatten(x, is_leaf=lambda leaf: leaf is not x or next(first, True))
+    if jax.tree_util.treedef_is_leaf(treedef) and leaves and leaves[0] is x:
+        # a leaf of another type (an empty node has no leaves: made anew below, not shared)
         return deep_copy_or_share(x) if deep else x
     return jax.tree.unflatten(treedef, [_copy(leaf, arrays, deep) for leaf in leaves])
 

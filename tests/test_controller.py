@@ -229,6 +229,21 @@ def test_callers_cannot_change_the_history_behind_the_controllers_back(tmp_path)
         resumed.close()
 
 
+def test_an_empty_container_of_another_pytree_type_is_copied_too():
+    """An empty OrderedDict (or defaultdict) passed in was stored as the caller's own
+    object (jax gives an empty node no leaves, read as "a leaf"): an edit after the
+    report changed the history (helper-234)."""
+    pop = PopulationController([{"h": 1.0}], noop_mutator())
+    gen = pop.active_workers[0].generation_id
+    params = {"w": 1.0, "opt": collections.OrderedDict(), "d": collections.defaultdict(list)}
+    pop.set_eval(0, gen, 5, params, 0.5)
+    params["opt"]["m"] = "edited"
+    params["d"]["x"].append(1)
+    stored = pop.history.get_checkpoint(gen, 5).params
+    assert stored == {"w": 1.0, "opt": collections.OrderedDict(), "d": {}}
+    assert type(stored["d"]) is collections.defaultdict and stored["d"].default_factory is list
+
+
 def test_params_of_an_ndarray_subclass_are_copied_too():
     """A masked array or another ndarray subclass was stored as the caller's own object
     (only exact ndarrays were copied): the caller's edit changed the history (helper-158)."""
