@@ -605,6 +605,23 @@ def test_plotted_data_match_the_history(finished):
 
 
 @needs_matplotlib
+def test_the_lineage_plot_draws_a_kept_generation_as_no_copy():
+    """A kept generation (a copied checkpoint a rerun replaced) was drawn with a copy's
+    arrow from its origin's step 0, and its row labelled as its origin's (helper-235)."""
+    from test_controller import _copied_then_rerun
+
+    pop, gens = _copied_then_rerun()
+    data = report.build(pop.state)
+    ax = report.plot_lineage(data).axes[0]
+    (links,) = [c for c in ax.collections if c.get_gid() == "links"]
+    assert len(links.get_segments()) == len(data.exploits) == 1
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    kept = next(g for g in pop.history if "~" in g)
+    assert len(set(labels)) == len(labels) and f"{gens[0][:8]}~{kept[-16:][:4]}" in labels
+    assert ax.get_title() == "lineage: 5 generations (1 kept), 1 exploit events"
+
+
+@needs_matplotlib
 def test_plot_hparams_takes_one_name_as_a_str_and_names_unknown_ones(finished):
     """``names="log_lr"`` drew one empty panel per character ("l", "o", "g", ...)."""
     data = report.build(finished[1])

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jaxpop.history import History
+from jaxpop.history import KEPT_MARK, History, is_kept
 from jaxpop.report.data import Report, _series, best_series, member_series
 from jaxpop.report.tables import _fmt
 
@@ -251,7 +251,9 @@ def plot_lineage(report: Report) -> Figure:
     links = []
     for gen, (row, first, _) in spans.items():
         parent = history.branch_point(gen)
-        if parent is not None and parent[0] in spans and parent[0] != gen:
+        # (a kept generation copied nothing: its parent is what its one checkpoint was
+        # trained from, in the generation it was kept from)
+        if parent is not None and parent[0] in spans and parent[0] != gen and not is_kept(gen):
             links.append([(parent[1], spans[parent[0]][0]), (first, row)])
     if links:
         ax.add_collection(
@@ -300,7 +302,10 @@ def plot_lineage(report: Report) -> Figure:
         )
     if len(spans) <= 40:
         ax.set_yticks(  # (an id is text: a migrated seed run's may hold "$")
-            range(len(spans)), [gen[:8] for gen in spans], fontsize="x-small", parse_math=False
+            range(len(spans)),
+            [_row_label(gen) for gen in spans],
+            fontsize="x-small",
+            parse_math=False,
         )
         ax.set_ylabel("generation")
     else:
@@ -310,9 +315,21 @@ def plot_lineage(report: Report) -> Figure:
     ax.set_xlabel("step")
     if report.best_lineage:
         ax.legend(loc="lower left", fontsize="small")
-    ax.set_title(f"lineage: {len(spans)} generations, {len(report.exploits)} exploit events")
+    kept = sum(map(is_kept, spans))
+    generations = f"{len(spans)} generations" + (f" ({kept} kept)" if kept else "")
+    ax.set_title(f"lineage: {generations}, {len(report.exploits)} exploit events")
     ax.grid(axis="x", alpha=0.3)
     return fig
+
+
+def _row_label(generation_id: str) -> str:
+    """A generation's row in the lineage plot: its id's first 8 characters; a kept
+    generation's (``<generation>~<id>``) those of both parts, which tell it from the
+    generation it was kept from."""
+    if not is_kept(generation_id):
+        return generation_id[:8]
+    origin, _, own = generation_id.rpartition(KEPT_MARK)
+    return f"{origin[:8]}{KEPT_MARK}{own[:4]}"
 
 
 def _scalar_mappable(cmap: Any, norm: Any) -> Any:
