@@ -123,6 +123,17 @@ def _flat(tree: Any) -> bool:
     return True
 
 
+def _plain(tree: Any, depth: int = 0) -> bool:
+    """Whether ``tree`` is a dict of str keys and plain values or such dicts, at most a
+    few levels deep (so its keys sort, and it cannot hold itself)."""
+    if type(tree) is not dict or depth > 4:
+        return False
+    for k, v in tree.items():
+        if type(k) is not str or (type(v) not in _IMMUTABLE and not _plain(v, depth + 1)):
+            return False
+    return True
+
+
 def check_sortable_keys(tree: Any, where: str) -> None:
     """Raises ``TypeError`` if a dict in ``tree`` has keys JAX cannot sort (``{1: a, "1": b}``),
     ``ValueError`` if ``tree`` is nested past the recursion limit or holds itself.
@@ -130,7 +141,7 @@ def check_sortable_keys(tree: Any, where: str) -> None:
     JAX flattens a dict in sorted key order, so such hyperparameters would fail at the
     first exploit; refuse them where they enter instead.
     """
-    if _flat(tree):  # the usual case
+    if _plain(tree):  # the usual case: nothing to walk
         return
     try:
         # a Python walk first: jax's flatten of a dict that holds itself raised a

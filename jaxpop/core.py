@@ -26,7 +26,7 @@ from flax import struct
 from jaxpop import encoding
 from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate
-from jaxpop.history import KEPT_MARK, History, check_mode, start_time
+from jaxpop.history import KEPT_MARK, History, check_mode, is_kept, start_time
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id, split_key
 from jaxpop.mutators.base import Mutator, MutatorResult, is_finite, start_generation
@@ -491,7 +491,7 @@ def _apply_mutator(
                 f"{who} returned a checkpoint for {checkpoint.ref}, which is already in "
                 "the history; a mutator may only add checkpoints, never replace them"
             )
-        if KEPT_MARK in checkpoint.generation_id:
+        if is_kept(checkpoint.generation_id):
             raise ValueError(
                 f"{who} returned a checkpoint for {checkpoint.ref}: a generation id holding "
                 f"{KEPT_MARK!r} names a kept generation (jaxpop.history.is_kept), which only "
@@ -535,7 +535,7 @@ def _apply_mutator(
                 f"{who} assigned worker {i} to generation {worker.generation_id!r}, which "
                 "has no checkpoint in the history; return its starting checkpoint too"
             )
-        if KEPT_MARK in worker.generation_id:
+        if is_kept(worker.generation_id):
             raise ValueError(
                 f"{who} assigned worker {i} to the kept generation {worker.generation_id!r} "
                 "(jaxpop.history.is_kept), which no worker holds: start a generation from "
@@ -709,7 +709,7 @@ def ask(
             f"worker {worker_id} asked with generation {generation_id!r}, which this "
             f"controller never made; resyncing it to {assigned.generation_id!r}"
         )
-    elif KEPT_MARK in generation_id:  # (not the worker's: no worker holds a kept one)
+    elif is_kept(generation_id):  # (not the worker's: no worker holds a kept one)
         reply_worker = assigned  # nothing recorded: a kept generation takes no checkpoint
         warning = (
             f"worker {worker_id} asked with generation {generation_id!r}, a kept generation "
@@ -817,7 +817,7 @@ def set_eval(
                 "worker's data first with maybe_get_worker_data)"
             )
         )
-    if KEPT_MARK in generation_id and state.workers[worker_id].generation_id != generation_id:
+    if is_kept(generation_id) and state.workers[worker_id].generation_id != generation_id:
         # (a worker's own generation of this name, from a mutator of a run recorded before
         # kept generations took "~", records as before)
         return state, Reply(
