@@ -117,8 +117,10 @@ def make_optimizer(
     ``weight_decay=0``, where the optimizer takes a float: a float default or a type
     hint that admits ``float`` and not ``int``; ``seed=0`` stays an int, and so does
     ``momentum=0`` for ``optax.sgd``, whose hint admits both: write ``0.0``; an
-    integer array, a vmapped population's included, likewise; numpy scalars are taken
-    as the Python numbers they hold; a callable default the call leaves to optax, such
+    integer array, a vmapped population's included, likewise; numpy scalars, and a 0-d
+    bool array for a flag, are taken as the Python numbers they hold; a whole float for
+    an argument that takes an int (muon's ``ns_steps=5.0``, from a PBT perturb) as that
+    int; a callable default the call leaves to optax, such
     as adafactor's ``dtype_momentum``, is baked in),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
     ``static_args``, booleans, and the sizes optax reads in Python (adafactor's
@@ -151,9 +153,12 @@ def make_optimizer(
         not listed in ``static_args`` (optax would take it for a schedule; build
         scheduled optimizers with ``optax.inject_hyperparams`` directly -- their
         scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
-        ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex.
+        ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex; or
+        an int argument (an int default, or a hint of ``int`` and not ``float``) is a
+        float that is not whole; or a flag is a traced bool.
       ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
-        value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0, or a
+        value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0 or to a
+        subnormal XLA computes with as 0, or a
         decay rate below 1 rounds to 1), the defaults left to optax included (adam's
         ``eps=1e-8`` in ``float16``, its ``b2=0.999`` in ``bfloat16``).
 
@@ -203,7 +208,17 @@ def make_optimizer(
     ]
     baked = [*read_in_python, *callable_defaults]
     static_args = (*static_args, *[n for n in baked if n not in static_args])
+    ints = _int_parameters(optimizer_fn, parameters)
     for name, value in list(arguments.items()):
+        if isinstance(value, (np.ndarray, jax.Array)) and value.dtype == bool and not value.ndim:
+            # a flag (nesterov=np.array(True)): optax bakes in a bool, but injects an
+            # array, and the first jitted update fails on a traced flag
+            if isinstance(value, jax.core.Tracer):
+                raise TypeError(
+                    f"argument {name!r} is a traced bool: a flag chooses the optimizer's "
+                    "code and is baked in, so it must be concrete (a Python bool)"
+                )
+            value = arguments[name] = bool(value)
         if isinstance(value, np.generic):
             # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
             # read from a config) would be baked in, and never change online (.item()
@@ -231,6 +246,8 @@ def make_optimizer(
                 f"argument {name!r} is a float, got a bool (it would be injected as a "
                 "bool, and set_hparams could never write a float there)"
             )
+        if name in ints and name not in static_args:
+            value = arguments[name] = _as_int_argument(name, value)
         if type(value) is int and name in floats and name not in static_args:
             # a float written as an int (weight_decay=0): injected as an int, it could
             # never be set to a float
@@ -349,16 +366,59 @@ def _float_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str,
     namespace = getattr(inspect.unwrap(optimizer_fn), "__globals__", {})
     out = set()
     for name, parameter in parameters.items():
-        hint = parameter.annotation
-        if isinstance(hint, str):  # (postponed annotations, as optax writes them)
-            try:
-                hint = eval(hint, namespace)  # (what typing.get_type_hints does)
-            except Exception:
-                hint = None
+        hint = _hint(parameter.annotation, namespace)
         admitted = (hint, *typing.get_args(hint))
         if type(parameter.default) is float or (float in admitted and int not in admitted):
             out.add(name)
     return out
+
+
+def _hint(annotation: Any, namespace: dict[str, Any]) -> Any:
+    """A parameter's type hint, a postponed (string) one evaluated as
+    ``typing.get_type_hints`` does; ``None`` where it cannot be."""
+    if not isinstance(annotation, str):  # (optax writes postponed annotations)
+        return annotation
+    try:
+        return eval(annotation, namespace)
+    except Exception:
+        return None
+
+
+def _int_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]) -> set[str]:
+    """The parameters of ``optimizer_fn`` that take ints: an int default (not a bool:
+    muon's ``ns_steps=5``, hinted as an ``ArrayLike``), or a type hint that admits
+    ``int`` but not ``float`` and no float default; never one whose hint admits
+    ``float`` but not ``int`` (``weight_decay: float = 0``)."""
+    namespace = getattr(inspect.unwrap(optimizer_fn), "__globals__", {})
+    out = set()
+    for name, parameter in parameters.items():
+        hint = _hint(parameter.annotation, namespace)
+        admitted = (hint, *typing.get_args(hint))
+        default, floats, ints = parameter.default, float in admitted, int in admitted
+        if floats and not ints:
+            continue  # (weight_decay: float = 0)
+        # (an int default, not a bool: muon's ns_steps, hinted as an ArrayLike)
+        if type(default) is int or (ints and not floats and type(default) is not float):
+            out.add(name)
+    return out
+
+
+def _as_int_argument(name: str, value: Any) -> Any:
+    """An int argument given as a whole float (``5.0``, a PBT perturb of a count) as
+    the int it holds; ``TypeError`` for another float (optax would inject it as a float,
+    and the first jitted update fail, or run with a count cut); other values as they are
+    (a traced one unread)."""
+    if type(value) is float or (
+        isinstance(value, (np.ndarray, jax.Array))
+        and not isinstance(value, jax.core.Tracer)
+        and not value.ndim
+        and jnp.issubdtype(value.dtype, jnp.floating)
+    ):
+        number = float(value)
+        if not (math.isfinite(number) and number.is_integer()):
+            raise TypeError(f"argument {name!r} is an int, got {value!r:.40}")
+        return int(number)
+    return value
 
 
 def find_hparam_states(opt_state: Any) -> list[tuple[str, Any]]:
@@ -450,12 +510,13 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
       ValueError: no injected state; a shape differs from the stored one; a name
         follows a schedule (optax recomputes it at every update, a written value would
         be ignored); or a value the stored dtype would change: one that overflows it
-        (1e39 in float32) or underflows it to 0 (1e-46), a decay rate (``b1``, ``b2``,
+        (1e39 in float32) or underflows it to 0 (1e-46) or to a subnormal (1e-40, which
+        XLA computes with as 0), a decay rate (``b1``, ``b2``,
         ...) below 1 it rounds to 1 (0.9999 in bfloat16), an integer outside it, a
         number other than 0 or 1 for a bool.
       KeyError: a name is held by no injected state; the message lists the names held.
-      TypeError: a floating value for an integer hyperparameter, or a bool (concrete
-        or traced) for a number.
+      TypeError: a value that is not a number (``None``, text); a floating value for
+        an integer hyperparameter, or a bool (concrete or traced) for a number.
 
     >>> import jax.numpy as jnp, optax
     >>> state = make_optimizer(optax.adam, learning_rate=1e-3).init({"w": jnp.zeros(2)})
@@ -506,9 +567,14 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
       TypeError: a leaf is not numeric (or complex, for a real ``dtype``); the message
         names its path.
       ValueError: a host leaf's value is one ``dtype`` cannot hold (``1e39`` in
-        float32, ``2**40`` in int32, ``0.7``, NaN or inf in an integer dtype, ``0.5``
-        in bool), as :func:`set_hparams` refuses it. (A ``jax.Array`` leaf is converted unchecked:
-        reading it back would wait for the device.)
+        float32, ``1e-40`` (a subnormal, which XLA computes with as 0), ``2**40`` in
+        int32, ``0.7``, NaN or inf in an integer dtype, ``0.5`` in bool), as
+        :func:`set_hparams` refuses it; or a leaf named as a decay rate (``b1``,
+        ``b2``, ...: the names :func:`set_hparams` knows) below 1 that ``dtype`` rounds
+        to 1. A value traced inside ``jit`` cannot be checked, so the rates a jitted
+        step writes with :func:`set_hparams` are checked here, by name. (A
+        ``jax.Array`` leaf is converted unchecked: reading it back would wait for the
+        device.)
 
     >>> import numpy as np
     >>> as_traced({"aug": 0.5, "smoothing": np.float64(0.125)})
@@ -521,6 +587,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     bounds = _bounds(held)
     integer = bounds is not None and not bounds[2]
     to_bool = held is not None and held.kind == "b"
+    rates = bounds is not None and bounds[2]  # (a float dtype: decay rates are checked)
     # below a float dtype's normal range a number may round to 0 (1e-46 in float32)
     tiny = float(jnp.finfo(held).tiny) if bounds is not None and bounds[2] else 0.0
 
@@ -557,6 +624,15 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
                 )
             if host.dtype.kind in "biufc":
                 _check_cast(host, held, _where(path), label=f"as_traced: leaf {_where(path)}")
+        if rates and _leaf_name(path) in _DECAY_RATES and not isinstance(leaf, jax.Array):
+            # (a rate set_hparams writes traced inside jit is not checked there: the
+            # value is checked here, where it is still on the host)
+            _check_rate(
+                np.asarray(leaf),
+                held,
+                f"as_traced: leaf {_where(path)}",
+                "pass a wider dtype=, or keep the rate in the range it holds",
+            )
         if to_bool and kind is not bool:
             _check_truth(leaf, f"as_traced: leaf {_where(path)}")
         try:
@@ -625,7 +701,7 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     old_type = jax.typeof(old)
     host = None  # (a concrete value's host array)
     if not isinstance(value, jax.core.Tracer):  # concrete: check what the cast would lose
-        host = np.asarray(value)
+        host = _host_number(value, name)
         if host.dtype == object and isinstance(value, int):  # (past 64 bits)
             value = host = _wide_int(value, old_type.dtype, name)
         elif host.dtype.kind in "fc" and host.dtype.itemsize > 8 * (1 + (host.dtype.kind == "c")):
@@ -666,7 +742,8 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
     if jnp.issubdtype(value.dtype, jnp.inexact):
         raise TypeError(
             f"hyperparameter {name!r} is {old_type.dtype}, got a {value.dtype} value; "
-            "round it first"
+            "round it first (as_traced makes every leaf float32 unless given dtype=None, "
+            "which keeps an int an int)"
         )
     if old_type.weak_type:
         # (full_like takes a scalar: a stacked population's array is filled element by
@@ -676,6 +753,22 @@ def _cast_like(old: Any, value: Any, name: str) -> jax.Array:
             fill = jax.vmap(fill)
         return fill(old, value)
     return jnp.asarray(value, dtype=old_type.dtype)
+
+
+def _host_number(value: Any, name: str) -> np.ndarray:
+    """A concrete value as a numpy array, or a ``TypeError`` naming the hyperparameter
+    for one that is not a number (``None``, text, a dict: jax's own error named none)."""
+    try:
+        host = np.asarray(value)
+    except (TypeError, ValueError) as err:  # (a ragged list, say)
+        raise TypeError(f"hyperparameter {name!r}: {value!r:.40} is not a number ({err})") from None
+    numeric = host.dtype.kind in "biufc" or jnp.issubdtype(host.dtype, jnp.floating)
+    if not numeric and not (host.dtype == object and isinstance(value, int)):
+        raise TypeError(
+            f"hyperparameter {name!r} takes a number (or an array of numbers), got "
+            f"{type(value).__name__}: {value!r:.40}"
+        )
+    return host
 
 
 def _as_float64(host: np.ndarray, name: str) -> np.ndarray:
@@ -710,6 +803,14 @@ def _where(path: tuple) -> str:
     return jax.tree_util.keystr(path) or "<top>"
 
 
+def _leaf_name(path: tuple) -> Any:
+    """The name a leaf has in its container (a dict key, an attribute), or ``None``."""
+    if not path:
+        return None
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None))
+
+
 @functools.lru_cache(maxsize=32)
 def _bounds(dtype: Any) -> tuple[float, float, bool] | None:
     """The range of a real ``dtype`` (and whether it is a float one, which holds
@@ -728,7 +829,8 @@ def _bounds(dtype: Any) -> tuple[float, float, bool] | None:
 def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = None) -> None:
     """Refuses a concrete value that a cast to ``dtype`` would turn into another value:
     a complex into a real type, a finite float that overflows it (1e300 in float32) or
-    a non-zero one that underflows it to zero (1e-46 in float32), or an integer outside
+    a non-zero one that underflows it to zero (1e-46 in float32) or to a subnormal XLA
+    flushes to zero (1e-40 in float32: :func:`_subnormal_below`), or an integer outside
     an integer type's range (2**40 in int32 wraps to 0). ``label``
     names the value in the messages (default: the hyperparameter ``name``)."""
     label = f"hyperparameter {name!r}" if label is None else label
@@ -770,6 +872,24 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
                 f"{label} = {host.tolist()!r:.60} underflows its dtype "
                 f"{jnp.dtype(dtype)}; it would be written as 0"
             )
+        tiny = _subnormal_below(dtype)
+        if tiny and np.any((wide != 0) & (np.abs(wide) < tiny)):
+            raise ValueError(
+                f"{label} = {host.tolist()!r:.60} underflows its dtype "
+                f"{jnp.dtype(dtype)} to a subnormal (below {tiny:g}), which XLA computes "
+                "with as 0"
+            )
+
+
+@functools.lru_cache(maxsize=32)
+def _subnormal_below(dtype: Any) -> float:
+    """The smallest normal number of a floating ``dtype`` whose subnormals XLA flushes to
+    zero when it computes (float32, bfloat16, float64: a comparison ``> 0`` is false, a
+    division by one gives inf); 0.0 for another dtype. float16 is exempt: XLA computes
+    it in float32 on the host, where its subnormals are normal."""
+    if not jnp.issubdtype(dtype, jnp.floating) or jnp.dtype(dtype) == jnp.float16:
+        return 0.0
+    return float(jnp.finfo(dtype).tiny)
 
 
 def _name(fn: Callable) -> str:

@@ -494,11 +494,11 @@ def test_make_optimizer_writes_what_set_hparams_would():
         )
     with pytest.raises(TypeError, match="hyperparam_dtype"):
         make_optimizer(optax.adam, learning_rate=1e-3, hyperparam_dtype=jnp.complex64)
-    # a non-zero value float32 cannot hold was written as 0 (a subnormal is kept)
+    # a non-zero value float32 cannot hold was written as 0 (a subnormal: see
+    # test_a_subnormal_hyperparameter_is_refused)
     with pytest.raises(ValueError, match="underflows its dtype float32"):
         make_optimizer(optax.adam, learning_rate=1e-46)
-    state = make_optimizer(optax.adam, learning_rate=1e-40).init(PARAMS)
-    assert np.asarray(get_hparams(state)["learning_rate"]) > 0  # (XLA compares it as 0)
+    state = make_optimizer(optax.adam, learning_rate=1e-30).init(PARAMS)
     with pytest.raises(ValueError, match="underflows its dtype float32"):
         set_hparams(state, {"learning_rate": 1e-46})
     # a vmapped population's traced rates are not read (they cannot be), only cast
@@ -726,7 +726,10 @@ def test_as_traced_refuses_a_python_float_that_underflows_to_zero():
     for value, dtype in ((1e-46, jnp.float32), (1e-8, jnp.float16), (-1e-46, jnp.float32)):
         with pytest.raises(ValueError, match="underflows"):
             as_traced({"x": value}, dtype)
-    assert float(as_traced({"x": 1e-40})["x"]) == pytest.approx(1e-40, rel=1e-3)  # subnormal
+    with pytest.raises(ValueError, match="to a subnormal"):  # (XLA computes with it as 0)
+        as_traced({"x": 1e-40})
+    # a float16 subnormal is kept: XLA computes float16 in float32 on the host
+    assert float(as_traced({"x": 1e-7}, jnp.float16)["x"]) == pytest.approx(1e-7, rel=0.2)
     assert float(as_traced({"x": 0.0})["x"]) == 0.0
 
 
@@ -975,3 +978,89 @@ def test_a_callable_default_is_baked_in_not_taken_for_a_schedule():
         state = make_optimizer(optax.adafactor, learning_rate=0.1, **kwargs).init(params)
         assert "dtype_momentum" not in get_hparams(state)
         assert ("momentum" in get_hparams(state)) == bool(kwargs)
+
+
+def test_a_subnormal_hyperparameter_is_refused():
+    # XLA flushes a float32 (bfloat16, float64) subnormal to 0 when it computes: Adam's
+    # eps=1e-39 gave NaN updates where a gradient is 0, and 1e-40 written by
+    # set_hparams with x64 on was stored as 0
+    for build in (
+        lambda: make_optimizer(optax.adam, learning_rate=1e-3, eps=1e-39),
+        lambda: make_optimizer(optax.adam, learning_rate=1e-40),
+        lambda: make_optimizer(
+            optax.adam, learning_rate=1e-3, eps=1e-39, hyperparam_dtype=jnp.bfloat16, b2=0.99
+        ),
+    ):
+        with pytest.raises(ValueError, match=r"to a subnormal .* XLA computes with as 0"):
+            build()
+    state = make_optimizer(optax.adam, learning_rate=1e-3).init(PARAMS)
+    for value in (1e-40, -1e-40, np.float32(1e-40), np.array(1e-45)):
+        with pytest.raises(ValueError, match="to a subnormal"):
+            set_hparams(state, {"eps": value})
+    # the smallest normal float32 is kept as it is
+    tiny = float(jnp.finfo(jnp.float32).tiny)
+    assert float(get_hparams(set_hparams(state, {"eps": tiny}))["eps"]) == tiny
+    # float16 subnormals stay (computed in float32 on the host: the same value)
+    half = make_optimizer(optax.sgd, learning_rate=1e-7, hyperparam_dtype=jnp.float16)
+    assert float(get_hparams(half.init(PARAMS))["learning_rate"]) > 0
+
+
+def test_as_traced_checks_a_decay_rate_by_its_name():
+    # the documented step converts meta_params with as_traced and writes them with
+    # set_hparams inside jit, where a traced value cannot be checked: b2=0.99999999
+    # became 1.0 in float32 and every parameter NaN
+    with pytest.raises(ValueError, match=r"as_traced: leaf \['b2'\] = 0.99999999 is 1 in float32"):
+        as_traced({"log_lr": -7.0, "b2": 0.99999999})
+    with pytest.raises(ValueError, match="is 1 in bfloat16"):
+        as_traced({"opt": {"b1": np.float64(0.999)}}, jnp.bfloat16)
+    with pytest.raises(ValueError, match="is 1 in float32"):
+        as_traced({"momentum": np.array([0.9, 0.99999999])})
+    # a rate the dtype holds, another name rounded to 1, and 1 itself pass
+    out = as_traced({"b2": 0.999, "aug": 0.99999999, "b1": 1.0})
+    assert float(out["aug"]) == 1.0 and float(out["b1"]) == 1.0
+
+
+def test_set_hparams_names_the_hyperparameter_of_a_value_that_is_not_a_number():
+    # jax's own errors named none ("None is not a valid value for jnp.array")
+    state = make_optimizer(optax.adam, learning_rate=1e-3).init(PARAMS)
+    for value in (None, "0.1", {"x": 0.1}, np.datetime64("2020-01-01"), [0.1, [0.2]]):
+        with pytest.raises(TypeError, match="hyperparameter 'learning_rate'"):
+            set_hparams(state, {"learning_rate": value})
+
+
+def test_make_optimizer_takes_a_whole_float_for_an_int_argument_and_refuses_others():
+    # muon's ns_steps=5.0 (a PBT perturb of a count) was injected as a float and the
+    # first jitted update failed in fori_loop
+    import optax.contrib
+
+    muon = optax.contrib.muon
+    params = {"w": jnp.ones((4, 3))}
+    grads = {"w": jnp.full((4, 3), 0.1)}
+    for steps in (5.0, np.float64(5.0), np.array(5.0), jnp.asarray(5.0), 5):
+        tx = make_optimizer(muon, {"learning_rate": 0.1, "ns_steps": steps})
+        state = tx.init(params)
+        jax.jit(tx.update)(grads, state, params)
+        assert int(get_hparams(state)["ns_steps"]) == 5
+    for steps in (5.5, math.nan, math.inf):
+        with pytest.raises(TypeError, match="argument 'ns_steps' is an int"):
+            make_optimizer(muon, {"learning_rate": 0.1, "ns_steps": steps})
+    # an argument that takes floats too is not cut (sgd's momentum: an ArrayLike, None)
+    tx = make_optimizer(optax.sgd, learning_rate=0.1, momentum=0.5)
+    assert float(get_hparams(tx.init(params))["momentum"]) == 0.5
+
+
+def test_a_0d_bool_array_flag_is_baked_in():
+    # nesterov=np.array(True) was injected, and the first jitted update failed on a
+    # traced flag (TracerBoolConversionError)
+    grads = jax.tree.map(jnp.ones_like, PARAMS)
+    for flag in (np.array(True), jnp.array(True), np.array(False)):
+        tx = make_optimizer(optax.sgd, {"learning_rate": 0.1}, momentum=0.9, nesterov=flag)
+        state = tx.init(PARAMS)
+        assert "nesterov" not in get_hparams(state)
+        jax.jit(tx.update)(grads, state, PARAMS)
+    with pytest.raises(TypeError, match="traced bool"):
+        jax.vmap(
+            lambda flag: make_optimizer(
+                optax.sgd, {"learning_rate": 0.1}, momentum=0.9, nesterov=flag
+            ).init(PARAMS)
+        )(jnp.array([True, False]))
