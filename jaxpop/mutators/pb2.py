@@ -64,7 +64,9 @@ class RewardChange(NamedTuple):
       span: the interval's length in steps.
       meta_params: the hyperparameters it trained with.
       change: the improvement per step, ``(end value - start value) / span``, with the
-        sign that makes larger better (negated when the history's mode is ``"min"``).
+        sign that makes larger better (negated when the history's mode is ``"min"``);
+        ``-inf``, in either mode, for the interval in which a generation diverged (its
+        end value, and every later one, NaN or infinite).
       start_value: the value the interval started from, as reported: the reward level
         the change was made from, an input of the bandit's model (as in the authors'
         code, where it is ``R_before``).
@@ -98,6 +100,33 @@ def _chunks(
     return out
 
 
+def _is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _divergence(
+    points: list[tuple[int, float | None]],
+) -> tuple[list[tuple[int, float]], tuple[int, int, float, float] | None]:
+    """The finite points of a generation (by step), and its diverged interval: ``(end,
+    span, -inf, start value)`` from its last finite point to the first non-finite one
+    after it, when its newest point is non-finite (``None`` otherwise, or when no point
+    is finite: nothing to start from).
+
+    A run that ended in NaN or inf must leave an observation, the worst one (such a
+    value never wins a selection), or its hyperparameters look unexplored to the bandit,
+    which then sends copies there. A non-finite value followed by finite ones is skipped.
+
+    >>> _divergence([(0, 1.0), (4, float("nan")), (8, 2.0), (12, float("nan")), (16, None)])
+    ([(0, 1.0), (8, 2.0)], (12, 4, -inf, 2.0))
+    """
+    finite = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
+    if not finite or _is_finite(points[-1][1]):
+        return finite, None
+    last = max(i for i, (_, v) in enumerate(points) if _is_finite(v))
+    (start, value), end = finite[-1], points[last + 1][0]
+    return finite, (end, end - start, -math.inf, value)
+
+
 def _generation_changes(
     history: History,
     generation_id: str,
@@ -108,9 +137,11 @@ def _generation_changes(
 ) -> list[RewardChange]:
     """The newest ``limit`` (all: ``None``) reward changes of a generation, by step.
 
-    Intervals are cut back from the newest evaluation, so reading only the newest part
-    of a long generation (the evaluations since ``newest - reach``, ``reach`` doubled
-    until ``limit`` changes are found) gives the same newest intervals as reading it all.
+    Intervals are cut back from the newest finite evaluation, after the diverged
+    interval if any (:func:`_divergence`), so reading only the newest part of a long
+    generation (the evaluations since ``newest - reach``, ``reach`` doubled until
+    ``limit`` changes are found) gives the same newest intervals as reading it all: a
+    read that holds a finite value holds the last one and everything after it.
     """
     first = history.first(generation_id)
     newest = history.latest(generation_id).step
@@ -126,11 +157,15 @@ def _generation_changes(
         points = [(c.step, c.value) for c in history.evaluated(generation_id, min_step=since)]
         if since is None and start is not None and (not points or start[0] <= points[0][0]):
             points.insert(0, start)
-        finite = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
+        finite, diverged = _divergence(points)
         chunks = _chunks(finite, min_interval) if finite else []
         # (a rate past a float is dropped before the newest ``limit`` are counted: a
         # window of them is then the newest of all the finite ones)
-        chunks = [chunk for chunk in chunks if math.isfinite(chunk[2])]
+        chunks = [
+            (end, span, sign * rate, v) for end, span, rate, v in chunks if math.isfinite(rate)
+        ]
+        if diverged is not None:
+            chunks.append(diverged)
         if since is None:  # the whole generation was read
             break
         assert limit is not None and reach is not None  # since is None without a limit
@@ -141,8 +176,8 @@ def _generation_changes(
         chunks = chunks[-limit:]
     meta = first.meta_params
     return [
-        RewardChange(generation_id, end, span, meta, sign * rate, start)
-        for end, span, rate, start in chunks
+        RewardChange(generation_id, end, span, meta, change, start)
+        for end, span, change, start in chunks
     ]
 
 
@@ -162,8 +197,13 @@ def reward_changes(
     oldest interval may start at the checkpoint it copied (so the change measures its
     new hyperparameters from the copied weights). What is left at a generation's start,
     shorter than ``min_interval``, is not used.
-    Non-finite values are skipped. The sign follows ``history.mode``: with ``"min"`` a
-    falling value is a positive change.
+    A generation whose newest value is NaN or infinite after a finite one diverged: it
+    gives one more change, ``-inf`` (the worst, in either mode, as such a value never
+    wins a selection), over the interval from its last finite value (or the copied
+    checkpoint's) to the first non-finite one after it, whatever its length, so the
+    bandit learns that its hyperparameters fail. Other non-finite values are skipped.
+    The sign follows ``history.mode``: with ``"min"`` a falling value is a positive
+    change.
 
     Args:
       history: the run's history.
@@ -184,6 +224,10 @@ def reward_changes(
     ...     h = h.add(Checkpoint(None, {"lr": 0.1}, "g", value, None, step, 0.0))
     >>> [(c.step, c.change) for c in reward_changes(h)]
     [(5, 0.2), (10, 0.4)]
+    >>> for step, value in [(15, float("nan")), (20, float("nan"))]:  # it diverged at 15
+    ...     h = h.add(Checkpoint(None, {"lr": 0.1}, "g", value, None, step, 0.0))
+    >>> [(c.step, c.span, c.change) for c in reward_changes(h)]
+    [(5, 5, 0.2), (10, 5, 0.4), (15, 5, -inf)]
     """
     if window is not None:
         window = check_number("window", window, integer=True)
@@ -481,17 +525,32 @@ def _propose(draws, data, pending, start, sqrt_beta, *, sizes):
 
 
 def _standardised(changes: np.ndarray) -> np.ndarray:
+    """The GP's targets: the finite changes standardised and capped by
+    :func:`_capped_scores`, and ``-_CAP``, the worst target, for a ``-inf`` change (a
+    diverged interval: the statistics are the finite changes', which one infinite
+    value would make NaN), as float32.
+
+    >>> _standardised(np.array([1.0, 3.0, -np.inf])).tolist()
+    [-1.0, 1.0, -2.0]
+    """
+    finite = np.isfinite(changes)
+    targets = np.full(len(changes), -_CAP, np.float32)
+    targets[finite] = _capped_scores(changes[finite])
+    return targets
+
+
+def _capped_scores(changes: np.ndarray) -> np.ndarray:
     """``(changes - mean) / std`` (zeros when all are equal), capped to ``[-2, 2]`` (as
     the authors' code and Ray Tune's do: one outlying interval, a jump right after a
-    copy say, weighs as a large change, not as many), as float32 for the GP.
+    copy say, weighs as a large change, not as many), as float32.
 
     Computed in float64 on changes first divided by the largest magnitude, so no sum or
     square overflows whatever their size (in float32, a change past about 1e19 squares
     to inf and the GP would see no data at all).
 
-    >>> _standardised(np.array([1e30, 3e30])).tolist(), _standardised(np.array([1e300, 1e300]))
+    >>> _capped_scores(np.array([1e30, 3e30])).tolist(), _capped_scores(np.array([1e300, 1e300]))
     ([-1.0, 1.0], array([0., 0.], dtype=float32))
-    >>> float(_standardised(np.array([0.0] * 15 + [1.0])).max())  # (3.87 uncapped)
+    >>> float(_capped_scores(np.array([0.0] * 15 + [1.0])).max())  # (3.87 uncapped)
     2.0
     """
     largest = float(np.max(np.abs(changes), initial=0.0))
@@ -549,7 +608,8 @@ class PB2Explorer:
     kernel is a squared-exponential over the hyperparameters and the level times the
     time-varying factor ``(1 - epsilon) ** (|t - t'| / 2)`` (TV-GP-UCB, Bogunovic et al.
     2016), so old intervals count less. Targets are standardised and capped to ``[-2,
-    2]``, as the authors' code does. Lengthscale, ``epsilon`` and noise maximise the
+    2]``, as the authors' code does; a diverged interval's ``-inf`` is the worst target,
+    -2 (:func:`_standardised`). Lengthscale, ``epsilon`` and noise maximise the
     marginal likelihood over a fixed grid (``LENGTHSCALES``, ``EPSILONS``, ``NOISES``).
     The search holds time at the present and the level at the copied checkpoint's value
     (clipped into the window's levels), and chooses the hyperparameters. Parallel
