@@ -530,8 +530,8 @@ def _standardised(changes: np.ndarray) -> np.ndarray:
     diverged interval: the statistics are the finite changes', which one infinite
     value would make NaN), as float32.
 
-    >>> _standardised(np.array([1.0, 3.0, -np.inf])).tolist()
-    [-1.0, 1.0, -2.0]
+    >>> _standardised(np.array([5.0, 5.0, -np.inf])).tolist()
+    [0.0, 0.0, -2.0]
     """
     finite = np.isfinite(changes)
     targets = np.full(len(changes), -_CAP, np.float32)
@@ -540,28 +540,40 @@ def _standardised(changes: np.ndarray) -> np.ndarray:
 
 
 def _capped_scores(changes: np.ndarray) -> np.ndarray:
-    """``(changes - mean) / std`` (zeros when all are equal), capped to ``[-2, 2]`` (as
-    the authors' code and Ray Tune's do: one outlying interval, a jump right after a
-    copy say, weighs as a large change, not as many), as float32.
+    """``(changes - median) / (1.4826 * MAD)`` (MAD: the median absolute deviation from
+    the median; 1.4826 makes it the standard deviation of normal data), capped to
+    ``[-2, 2]``, as float32. Where the MAD is 0 (more than half the changes equal),
+    ``(changes - mean) / std``, capped; zeros when all are equal.
 
-    Computed in float64 on changes first divided by the largest magnitude, so no sum or
-    square overflows whatever their size (in float32, a change past about 1e19 squares
-    to inf and the GP would see no data at all).
+    The authors' code and Ray Tune's standardise by the mean and standard deviation,
+    then cap: jaxpop's median and MAD are those of the typical intervals, so one
+    outlying interval (a loss jumping from 1 to 1e6) is capped alone instead of
+    inflating the standard deviation and squashing every other target to one value.
 
-    >>> _capped_scores(np.array([1e30, 3e30])).tolist(), _capped_scores(np.array([1e300, 1e300]))
-    ([-1.0, 1.0], array([0., 0.], dtype=float32))
-    >>> float(_capped_scores(np.array([0.0] * 15 + [1.0])).max())  # (3.87 uncapped)
+    Computed in float64 on changes first divided by the largest magnitude, so no sum,
+    square or quotient overflows whatever their size (in float32, a change past about
+    1e19 squares to inf and the GP would see no data at all).
+
+    >>> [round(float(z), 2) for z in _capped_scores(np.array([1e30, 2e30, 3e30, 4e30, 1e36]))]
+    [-1.35, -0.67, 0.0, 0.67, 2.0]
+    >>> _capped_scores(np.array([1e300, 1e300])).tolist()
+    [0.0, 0.0]
+    >>> float(_capped_scores(np.array([0.0] * 15 + [1.0])).max())  # (mean, std: 3.87 uncapped)
     2.0
     """
     largest = float(np.max(np.abs(changes), initial=0.0))
     if largest == 0.0:
         return np.zeros(len(changes), np.float32)
     scaled = changes / largest
-    centred = scaled - np.mean(scaled)
-    std = float(np.sqrt(np.mean(centred**2)))
-    if std == 0:
+    centred = scaled - np.median(scaled)
+    scale = 1.4826 * float(np.median(np.abs(centred)))
+    if scale == 0:  # (more than half the changes equal)
+        centred = scaled - np.mean(scaled)
+        scale = float(np.sqrt(np.mean(centred**2)))
+    if scale == 0:
         return np.zeros(len(changes), np.float32)
-    return np.clip(centred / std, -_CAP, _CAP).astype(np.float32)
+    # (capped before the division: a tiny MAD would overflow it)
+    return (np.clip(centred, -_CAP * scale, _CAP * scale) / scale).astype(np.float32)
 
 
 _CAP = 2.0  # standardised changes are capped to [-_CAP, _CAP]
@@ -607,9 +619,11 @@ class PB2Explorer:
     depends on where it is in training), and time, in units of the median interval; the
     kernel is a squared-exponential over the hyperparameters and the level times the
     time-varying factor ``(1 - epsilon) ** (|t - t'| / 2)`` (TV-GP-UCB, Bogunovic et al.
-    2016), so old intervals count less. Targets are standardised and capped to ``[-2,
-    2]``, as the authors' code does; a diverged interval's ``-inf`` is the worst target,
-    -2 (:func:`_standardised`). Lengthscale, ``epsilon`` and noise maximise the
+    2016), so old intervals count less. Targets are centred on their median, scaled by
+    ``1.4826 * MAD`` and capped to ``[-2, 2]`` (the authors' code and Ray Tune's scale
+    by mean and standard deviation, then cap: one outlying interval then squashed every
+    other target to one value); a diverged interval's ``-inf`` is the worst target, -2
+    (:func:`_standardised`). Lengthscale, ``epsilon`` and noise maximise the
     marginal likelihood over a fixed grid (``LENGTHSCALES``, ``EPSILONS``, ``NOISES``).
     The search holds time at the present and the level at the copied checkpoint's value
     (clipped into the window's levels), and chooses the hyperparameters. Parallel
