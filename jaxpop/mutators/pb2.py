@@ -635,11 +635,11 @@ class PB2Explorer:
     its new ones replace them). In an asynchronous run jaxpop takes every worker
     training now as the batch; the authors' code and Ray Tune's count only the
     configurations chosen since the data last moved. The UCB ``mu + sqrt(beta) sigma``
-    is maximised over ``num_candidates`` uniform random points (plus the copied
-    hyperparameters) and ``num_local`` Gaussian perturbations of the best 8. Fit and
-    search are one jitted function over fixed-size, masked buffers: it compiles once per
-    run (population size and ``window``), in the controller's start-up
-    (:meth:`prepare`).
+    is maximised over ``num_candidates`` first candidates, the copied hyperparameters and
+    ``num_candidates - 1`` uniform random points, then ``num_local`` Gaussian
+    perturbations of the best 8. Fit and search are one jitted function over fixed-size,
+    masked buffers: it compiles once per run (population size and ``window``), in the
+    controller's start-up (:meth:`prepare`).
 
     Categorical hyperparameters (``choice``) are inputs of the same GP through an overlap
     factor ``CATEGORY_CORRELATION ** (number of differing categories)`` and are chosen by
@@ -662,7 +662,8 @@ class PB2Explorer:
       min_observations: below this many, explore like PBT.
       min_interval: the least length of one interval, in steps (:func:`PB2` sets it to
         the ``perturbation_interval`` when that is in steps).
-      num_candidates: random candidates of the UCB search (at most 2**20).
+      num_candidates: first candidates of the UCB search, the copied hyperparameters
+        and ``num_candidates - 1`` random points (at most 2**20).
       num_local: local candidates around the best 8 (a multiple of 8, at most 2**20).
       resample_probability: the fallback's probability of a fresh draw.
       perturbation_factors: the fallback's perturbation factors.
