@@ -78,8 +78,9 @@ class VectorizedPopulation:
         leaf with leading axis ``N``.
       hparams: ``{name: array of shape (N,)}``, the hyperparameters each member trains
         with (optimizer arguments and any others, e.g. augmentation strengths).
-      scores: ``float32[N]``, the latest evaluation of each member (lower is better;
-        ``inf`` before the first).
+      scores: ``float32[N]``, the latest evaluation of each member, as the evaluation
+        gave it (ranked by the selection's mode: lower is better under ``"min"``,
+        higher under ``"max"``); ``inf`` before the first.
       generation: ``int32[N]``, each member's generation index: the initial members
         hold ``0..N-1`` and each copy takes the next free index; index ``g`` is the
         jaxpop generation id ``new_generation_id(root_key, g)`` (:func:`generation_id`).
@@ -316,6 +317,7 @@ def init(
     if num_members is not None:
         counts["num_members"] = int(check_number("num_members", num_members, integer=True))
     if member_keys is not None:
+        member_keys = _as_member_keys(member_keys)
         counts["len(member_keys)"] = int(jnp.shape(member_keys)[0])
     for name, value in (hparams or {}).items():
         if value.ndim != 1:
@@ -683,6 +685,7 @@ def round_fn(
     per_member_batch: bool = False,
     with_step: bool = False,
     mesh: Mesh | None = None,
+    axis: str = AXIS,
     unroll: int | bool = 1,
 ) -> Callable[..., tuple[VectorizedPopulation, RoundResult]]:
     """A whole PBT round as one pure function: ``K`` steps, the evaluation, the exploit.
@@ -723,6 +726,7 @@ def round_fn(
       data_fn: ``(key, step, data) -> batch``, see above.
       per_member_batch, with_step: as for :func:`vmap_train_step`.
       mesh: the member mesh to keep the population sharded over (see :func:`constrain`).
+      axis: the mesh axis the members are sharded over (as :func:`member_mesh`'s).
       unroll: ``jax.lax.scan``'s ``unroll`` (``True``: all ``K`` steps inlined). Measured
         on XLA:CPU, a vmapped convolutional net ran 3-9x slower per step inside the
         scan's loop than dispatched step by step, and unrolled a little faster than step
@@ -768,7 +772,7 @@ def round_fn(
 
     def train(pop: VectorizedPopulation, batch: Any) -> tuple[VectorizedPopulation, Any]:
         pop, metrics = step_all(pop, batch)
-        return constrain(pop, mesh), metrics
+        return constrain(pop, mesh, axis), metrics
 
     def one_round(
         pop: VectorizedPopulation, data: Any, eval_data: Any = None
@@ -796,7 +800,7 @@ def round_fn(
         scores, aux = _scores_and_aux(evaluated, pop.size if one_score_each else None)
         pop, exploited = exploit(pop, scores)  # (in their dtype: float64 ones are ranked)
         scores = jnp.asarray(scores, jnp.float32)
-        return constrain(pop, mesh), RoundResult(scores, exploited, metrics, aux)
+        return constrain(pop, mesh, axis), RoundResult(scores, exploited, metrics, aux)
 
     return one_round
 
@@ -1009,7 +1013,9 @@ def record(
       state: the lineage (from :func:`lineage_init` or a previous ``record``).
       scores: ``(N,)``, the scores ``exploit_explore`` was given (host or device array);
         or a :class:`RoundResult`, which brings its scores, exploit and step.
-      step: the population's step of the evaluation (taken from a ``RoundResult``).
+      step: the step of the evaluation (taken from a ``RoundResult``): the
+        population's step as a rule, or a count of one's own (the RL example records
+        environment steps); ``exploit.step`` is not compared with it.
       now: the time to record.
       exploit: what :func:`exploit_explore` returned, or ``None`` for an evaluation
         without exploit.
@@ -1028,6 +1034,7 @@ def record(
         raise TypeError("record needs step= (the population's step of the evaluation)")
     check_events_left(state)  # (before anything: a round past the last event is refused)
     step = check_step(step if isinstance(step, int) else np.asarray(step).item())
+
     scores = np.asarray(scores, np.float64)
     n = state.population_size
     if scores.shape != (n,):
@@ -1066,6 +1073,7 @@ def record(
             added.append(start)
             workers[i] = ActiveWorker(params, meta, gen_id, step)
             changed[i] = (int(i), workers[i])
+        _check_kept_hparams(state, exploit, copied)
         _check_copies_rank(history, scores, parents, copied)
     num_events = state.num_events + 1
     new_state = PopulationState(tuple(workers), state.mutator_state, state.key, history, num_events)
@@ -1111,6 +1119,29 @@ def _check_follows(
                 "once, in order"
             )
     return arrays
+
+
+def _check_kept_hparams(state: PopulationState, exploit: Exploit, copied: np.ndarray) -> None:
+    """Raises when the exploit changed the hyperparameters of a member that copied no one
+    (a custom ``exploit=``'s): the lineage would go on recording the old ones, which the
+    member no longer trains with."""
+    host = {name: np.asarray(values) for name, values in exploit.hparams.items()}
+    changed = np.array([set(w.meta_params) != set(host) for w in state.workers])
+    for name, values in host.items():  # (one pass per name: no dict per member)
+        recorded = [w.meta_params.get(name, np.nan) for w in state.workers]
+        same = np.asarray(recorded, values.dtype) == values
+        if values.dtype.kind == "f":  # (NaN is refused at init, but a custom exploit's)
+            same |= np.isnan(np.asarray(recorded, np.float64)) & np.isnan(values)
+        changed |= ~same
+    for i in np.flatnonzero(changed & ~copied.astype(bool))[:1].tolist():
+        old, new = state.workers[i].meta_params, member_hparams(host, i)
+        raise ValueError(
+            f"the exploit changed member {i}'s hyperparameters ({old!r:.60} -> "
+            f"{new!r:.60}) without a copy (exploit.copied[{i}] is False): the lineage "
+            "would record values the member does not train with. A member whose "
+            f"hyperparameters change starts a new generation: set copied[{i}] with "
+            f"parents[{i}] = {i} (a copy of itself) and a new generation index"
+        )
 
 
 def _check_copies_rank(
@@ -1236,6 +1267,37 @@ def _raw(key: Any) -> jax.Array:
     return jnp.asarray(key, jnp.uint32)
 
 
+def _as_member_keys(keys: Any) -> Any:
+    """``init``'s ``member_keys`` checked: ``N`` typed threefry keys (shape ``(N,)``),
+    or raw integer ones (shape ``(N, 2)``, a nested list too, as ``uint32``); a
+    ``TypeError`` saying what was given instead (a single key, a flat list, floats)."""
+    if _is_typed(keys):
+        if jnp.ndim(keys) != 1:
+            raise TypeError(
+                f"member_keys are N typed keys, shape (N,): got shape {jnp.shape(keys)} "
+                "(one key for the population is key=; jax.random.split(key, N) gives N)"
+            )
+        _raw(keys)  # (refuses rbg keys, as key= does)
+        return keys
+    if not isinstance(keys, jax.Array):  # (a list, a numpy array)
+        keys = np.asarray(keys)
+    if not jnp.issubdtype(keys.dtype, jnp.integer):
+        raise TypeError(f"member_keys are N raw keys, integers, got dtype {keys.dtype}")
+    words = _raw_words()
+    if jnp.ndim(keys) != 2 or jnp.shape(keys)[1] != words:
+        raise TypeError(
+            f"member_keys are N raw keys, shape (N, {words}) (or N typed keys, shape "
+            f"(N,)): got shape {jnp.shape(keys)}"
+        )
+    return keys if isinstance(keys, jax.Array) else jnp.asarray(keys.astype(np.uint32))
+
+
+def _raw_words() -> int:
+    """The words of a raw key of the default PRNG: 2 for threefry, jaxpop's; 4 under
+    ``jax_default_prng_impl="rbg"``."""
+    return 4 if "rbg" in str(jax.config.jax_default_prng_impl) else 2  # type: ignore[attr-defined]
+
+
 def _check_raw(key: Any) -> None:
     """A ``TypeError`` for a raw key that is not integers (read without a jax operation:
     an eager one would compile)."""
@@ -1250,8 +1312,7 @@ def _check_raw(key: Any) -> None:
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"a raw key is an array of uint32 (shape (2,)), got {dtype}")
     shape = np.shape(key)
-    # (2 words for threefry, jaxpop's; 4 under jax_default_prng_impl="rbg")
-    words = 4 if "rbg" in str(jax.config.jax_default_prng_impl) else 2  # type: ignore[attr-defined]
+    words = _raw_words()
     if not shape or shape[-1] != words:  # (an int seed passed as the key, say)
         raise TypeError(
             f"a raw key is an array of uint32 of shape ({words},), the default PRNG's "

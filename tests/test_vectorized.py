@@ -615,6 +615,13 @@ _SHARDED_SCRIPT = textwrap.dedent(
     out["restored_on_axis"] = all(
         a.sharding == b.sharding and bool((a == b).all())
         for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(on_pop)))
+    # a fused round on that mesh (round_fn constrained to the axis "members": it failed
+    # while tracing, helper-241)
+    evaluate = lambda state, hparams, b: jnp.mean(state["params"]["w"] ** 2)
+    on_axis = jax.jit(vz.round_fn(t.train_step, evaluate, steps_per_round=1, space=t.SPACE,
+                                  optimizer_hparams=t.to_optimizer, mesh=named, axis="pop"))
+    after, _ = on_axis(on_pop, jax.tree.map(lambda x: x[None], t.batch(0)))
+    out["round_on_axis"] = str(after.train_state["params"]["w"].sharding.spec)
     # 6 members over 4 devices: refused (the round replicated them, recompiling)
     pop6 = vz.init(root_key(0), t.init_fn, t.SPACE, 6, optimizer_hparams=t.to_optimizer)
     evaluate = lambda state, hparams, b: jnp.mean(state["params"]["w"] ** 2)
@@ -652,6 +659,7 @@ def test_sharded_equals_unsharded_on_4_cpu_devices():
     assert out["fused_max_diff"] < 1e-5
     assert out["restored_same"]
     assert out["restored_on_axis"]
+    assert "pop" in out["round_on_axis"]
     assert "6 members cannot be split evenly over the 4 devices" in out["uneven"]
 
 
@@ -948,3 +956,56 @@ def test_exploit_explore_says_what_is_wrong_with_its_space_key_and_scores():
     _, exploit = vz.exploit_explore(pop, [2**40, *range(7)], space=space)
     parents = np.asarray(exploit.parents)
     assert set(parents[[0, 7]]) <= {1, 2} and (parents[1:7] == np.arange(1, 7)).all()
+
+
+def test_record_refuses_an_exploit_that_changed_hyperparameters_without_a_copy():
+    """A custom exploit= that changed a member's hyperparameters and copied no one was
+    recorded with the old ones: the lineage named values the member no longer trained
+    with (helper-241). A change marked as a copy of itself starts a generation."""
+    pop = vz.init(root_key(0), init_fn, SPACE, 4, optimizer_hparams=to_optimizer_lr)
+    lineage = vz.lineage_init(pop, root_key(0), now=0.0)
+    scores = jnp.arange(4.0)
+    _, ex = vz.exploit_explore(
+        pop, scores, root_key(1), space=SPACE, optimizer_hparams=to_optimizer_lr
+    )
+    halved = {**ex.hparams, "log_lr": ex.hparams["log_lr"] - 1.0}
+    kept = np.flatnonzero(~np.asarray(ex.copied))[0]
+    with pytest.raises(
+        ValueError, match=f"changed member {kept}'s hyperparameters .* without a copy"
+    ):
+        vz.record(lineage, scores, step=1, now=0.0, exploit=ex.replace(hparams=halved))
+    nothing_copied = ex.replace(copied=jnp.zeros(4, bool), parents=jnp.arange(4))
+    with pytest.raises(ValueError, match="changed member 0's hyperparameters"):
+        vz.record(lineage, scores, step=1, now=0.0, exploit=nothing_copied.replace(hparams=halved))
+    # every member a copy of itself, with new generation indices: each starts a generation
+    own = nothing_copied.replace(
+        hparams=halved, copied=jnp.ones(4, bool), generation=jnp.arange(4, 8, dtype=jnp.int32)
+    )
+    recorded, _ = vz.record(lineage, scores, step=1, now=0.0, exploit=own)
+    for i, worker in enumerate(recorded.workers):
+        assert worker.meta_params == vz.member_hparams(halved, i)
+        assert recorded.history.first(worker.generation_id).parent == (
+            lineage.workers[i].generation_id,
+            1,
+        )
+    # an exploit that changes nothing for those who kept going is recorded as before
+    vz.record(lineage, scores, step=1, now=0.0, exploit=ex)
+
+
+def test_init_says_what_is_wrong_with_member_keys():
+    # a nested list raised IndexError inside jax.lax.map, a single typed key IndexError
+    # while counting the members (helper-241)
+    f = lambda key: {"w": jax.random.normal(key, (2,))}  # noqa: E731
+    space = {"lr": explore.uniform(0.01, 0.5)}
+    listed = vz.init(root_key(1), f, space, member_keys=[[0, 1], [2, 3]])
+    arrayed = vz.init(root_key(1), f, space, member_keys=np.array([[0, 1], [2, 3]], np.uint32))
+    np.testing.assert_array_equal(listed.train_state["w"], arrayed.train_state["w"])
+    for keys, match in (
+        (jax.random.key(0), r"N typed keys, shape \(N,\): got shape \(\)"),
+        (jnp.zeros((3,), jnp.uint32), r"shape \(N, 2\) .* got shape \(3,\)"),
+        (jnp.zeros((3, 4), jnp.uint32), r"got shape \(3, 4\)"),
+        (np.zeros((3, 2)), "integers"),
+        (jax.random.split(jax.random.key(0, impl="rbg"), 3), "threefry"),
+    ):
+        with pytest.raises(TypeError, match=match):
+            vz.init(root_key(1), f, space, member_keys=keys)
