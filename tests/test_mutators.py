@@ -446,6 +446,41 @@ def test_fixed_schedule_copies_values_as_they_enter():
     stored = pop.history.meta_params(new.generation_id)["w"]
     np.testing.assert_array_equal(stored, [1.0, 2.0])
     assert not stored.flags.writeable
+    # a Piecewise's value trees too (they were taken as they were: helper-242)
+    b = {"lr": 0.2}
+    schedule = piecewise({0: {"lr": 0.1}, 5: b})
+    pop = PopulationController([{"lr": 0.1}], FixedSchedule(schedule))
+    b["lr"] = 999.0
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    assert pop.set_eval_and_ask(0, gen, 5, "p5", 0.5).meta_params == {"lr": 0.2}
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {0: {"lr": 0.1}, 10: {"lr": 0.01}},
+        piecewise({0: {"lr": 0.1}, 10: {"lr": 0.01}}),
+        FixedSchedule(lambda t: {"lr": 0.1 if t < 10 else 0.01}, every=5),
+    ],
+)
+def test_fixed_schedule_changes_a_worker_at_its_own_evaluation_not_anothers(schedule):
+    """Another worker's evaluation started a generation for a worker that had asked at
+    step 0 and trained on without reporting: at its stale assignment (step 0, fresh
+    params), so its next ask sent it back there to initialise afresh, its training lost
+    (helper-242)."""
+    mutator = schedule if isinstance(schedule, FixedSchedule) else FixedSchedule(schedule)
+    start = {"lr": 0.5} if isinstance(schedule, FixedSchedule) else {"lr": 0.1}
+    pop = PopulationController([start, start], mutator, seed=0)
+    g0 = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    g1 = pop.maybe_get_worker_data(1, None, 0, None, None).generation_id
+    pop.set_eval(0, g0, 1, "w0@1", 0.5)  # worker 1 trains steps 0-3 meanwhile
+    assert pop.maybe_get_worker_data(1, g1, 3, "w1@3", start) is None  # keep going
+    assert pop.active_workers[1].generation_id == g1
+    # its own evaluation passes the point at 0: a generation from its own params there
+    new = pop.set_eval_and_ask(1, g1, 3, "w1@3", 0.4)
+    assert (new.params, new.step, new.meta_params) == ("w1@3", 3, {"lr": 0.1})
+    first = pop.history.first(new.generation_id)
+    assert (first.step, first.params, first.parent) == (3, "w1@3", (g1, 3))
 
 
 @pytest.mark.parametrize("every", [None, 1, 3, 5])

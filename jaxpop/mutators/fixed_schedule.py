@@ -85,9 +85,9 @@ class FixedSchedule(Mutator):
     the hyperparameters it was sent back with), so the steps it trains again are
     trained as scheduled.
 
-    The schedule's values are copied as they enter (a mapping's when the mutator is
-    made, a callable's as it returns them), so editing them afterwards changes nothing
-    recorded.
+    The schedule's values are copied as they enter (a mapping's or a ``Piecewise``'s
+    when the mutator is made, a callable's as it returns them), so editing them
+    afterwards changes nothing recorded.
 
     Differences from the seed, on purpose: the schedule itself is never modified; the
     progress (how many change points -- or grid points -- each worker has passed) lives
@@ -97,9 +97,13 @@ class FixedSchedule(Mutator):
     An evaluation sent without params (a worker that evaluates more often than it saves)
     cannot start a generation: the worker would be told to initialise fresh parameters.
     With ``on_ask=True`` the change is left to the worker's next ask, which brings its
-    params; otherwise it waits for the worker's next evaluation with params, and a
-    worker that never sends params gets it at the evaluation, and initialises fresh
-    parameters, as a copier of such a worker does. (A grid point passed meanwhile is
+    params; otherwise it waits for the worker's next evaluation with params if the
+    worker saves (its generation holds params already, as ``docs/protocol.md`` reads
+    "saves"), and a worker that never sends params gets it at the evaluation, and
+    initialises fresh parameters, as a copier of such a worker does. So does a worker
+    that saves, at a change before its generation's first save: nothing tells it from
+    one that never will (the seed started every such change from ``params=None``);
+    ``on_ask=True`` keeps its params. (A grid point passed meanwhile is
     counted then too, changed or not.) A finished worker gets no change (it trains
     nothing; a new generation would make it active again): a report of its own makes it
     active, and the change applies then.
@@ -224,9 +228,9 @@ def _waits(history: History, at: Checkpoint, on_ask: bool) -> bool:
 
 
 #: The column of a worker's view (see :mod:`jaxpop.mutators._views`): ``due``, whether a
-#: schedule point it has not passed lies at or before its step, or it was sent back
-#: before one it had passed. An update looks at those workers only: O(changes) per
-#: evaluation, not O(population).
+#: schedule point it has not passed lies at or before the step it evaluated at, or it
+#: was sent back before one it had passed. An update looks at those workers only:
+#: O(changes) per evaluation, not O(population).
 _COLUMNS = {"due": bool}
 
 
@@ -234,7 +238,14 @@ def _entry(
     config: _Config, state: tuple[int, ...], history: History, worker_id: int, worker: ActiveWorker
 ) -> tuple[bool]:
     passed = state[worker_id] if worker_id < len(state) else 0
-    return (config.due(worker.step) != passed,)
+    index = config.due(worker.step)
+    if index <= passed:  # (nothing new; or sent back: its next ask or evaluation says)
+        return (index < passed,)
+    # a point passed only at an evaluation of the worker's own: an assignment that is
+    # not one (a root, a generation's start) is where the worker was sent, and it may
+    # have trained past it since (another worker's evaluation sent it back there, fresh)
+    at = history.get_checkpoint(worker.generation_id, worker.step)
+    return (at is not None and at.value is not None,)
 
 
 def _update(
@@ -364,6 +375,10 @@ def _plan(
             schedule = Piecewise(pairs)
         except ValueError as err:
             raise ValueError(f"FixedSchedule: {err}") from None
+    elif isinstance(schedule, Piecewise):  # (its value trees are the caller's objects)
+        schedule = Piecewise(
+            [(k, copy_in(v, where=f"schedule[{k!r}]")) for k, v in schedule.items()]
+        )
     if every is None and isinstance(schedule, Piecewise):
         # (module-level functions, bound with partial: a FixedSchedule pickles)
         due = functools.partial(_points_passed, schedule.steps)

@@ -51,8 +51,10 @@ class Piecewise:
     """A piecewise-constant schedule: ``values[i]`` from ``steps[i]`` on.
 
     Build one with :func:`piecewise`. Before ``steps[0]`` it returns ``values[0]``; past
-    the last step, the last value. Immutable; two are ``==`` when their steps are equal
-    and their values are :func:`~jaxpop.schedules.tree_equal`.
+    the last step, the last value. Its steps and values cannot be reassigned (the value
+    trees themselves are the objects it was built with: ``FixedSchedule`` copies them);
+    two are ``==`` when their steps are equal and their values are
+    :func:`~jaxpop.schedules.tree_equal`.
 
     Attributes:
       steps: the change points, increasing ints ``>= 0``.

@@ -178,7 +178,10 @@ def from_lineage(
     value there, as before any ``Piecewise``'s first step). A copy's start whose params
     a later copy at its step holds is not such a start. (The history cannot tell a
     start whose params ``checkpoint_missing`` later marked as gone from one that never
-    had any: it reads both as fresh.)
+    had any: it reads both as fresh. Nor does it record a worker that restarted after an
+    evaluation sent without params, before its generation's first save: answered that
+    evaluation (``params=None``), it initialised fresh parameters there, in the middle
+    of its generation, and the schedule still begins at the generation's start.)
 
     Args:
       history: a run's history (``controller.history``, or a ``log_dir``'s via
@@ -192,7 +195,10 @@ def from_lineage(
     Returns:
       A :class:`~jaxpop.schedules.Piecewise` whose first step is where the member's
       parameters were initialised (the root's step, 0 in a controller's history, or a
-      fresh copy's) and whose last value is the member's own hyperparameters.
+      fresh copy's) and whose last value is the hyperparameters of the checkpoint it
+      ends at (with ``generation_id=None``, the best final member's scored checkpoint:
+      for a member that copied and has not evaluated since, the copied checkpoint, so
+      the copy's new hyperparameters, which trained nothing yet, are not in it).
 
     Raises:
       KeyError: no such generation or checkpoint.
