@@ -7,6 +7,7 @@ reach it with ``get_courier_client``; here they run unchanged on a local Ray ins
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -64,7 +65,8 @@ def _mutate(meta):
     return {"lr": meta["lr"] * 0.7}
 
 
-def _slow_mutate(meta):
+def _slow_mutate(began, meta):
+    open(began, "w").close()
     time.sleep(10)  # (a mutator busy past the server's close wait)
     return meta
 
@@ -362,12 +364,14 @@ def test_a_state_that_cannot_be_written_leaves_the_given_log_dir_as_it_was(ray_s
     population.set_eval(0, gen, 2, "/ckpt/0/2", 0.4)  # (still the caller's)
 
 
-def test_stopping_a_busy_server_removes_its_directory(ray_session, caplog):
+def test_stopping_a_busy_server_removes_its_directory(ray_session, caplog, tmp_path):
     """Its actor, killed while busy in its mutator, still held the temporary directory's
     lock when Stop looked: the directory was left, with a warning that a run was served
     again there (hostile review, helper-141)."""
+    began = tmp_path / "busy"
     population = population_mod.PopulationController(
-        [{"lr": 0.1}, {"lr": 0.2}], WinnerTakeAllGenetic(_slow_mutate, steps_per_exploit=4)
+        [{"lr": 0.1}, {"lr": 0.2}],
+        WinnerTakeAllGenetic(functools.partial(_slow_mutate, str(began)), steps_per_exploit=4),
     )
     # (Stop waits timeout_s for the busy controller to close, then kills it)
     server = population_mod.start_courier_server("busy", population, timeout_s=1.0)
@@ -376,7 +380,10 @@ def test_stopping_a_busy_server_removes_its_directory(ray_session, caplog):
     g1 = client.maybe_get_worker_data(1, None, 0, None, None).generation_id
     client.set_eval(0, g0, 4, "a", 0.5)
     client.futures.set_eval_and_ask(1, g1, 4, "b", 0.3)  # the round: 10 s in the mutator
-    time.sleep(1)
+    deadline = time.monotonic() + 60
+    while not began.exists():  # (until the call is in the mutator)
+        assert time.monotonic() < deadline, "the round never began"
+        time.sleep(0.05)
     with caplog.at_level(logging.WARNING, logger="jaxpop"):
         server.Stop()
     assert not os.path.exists(server.log_dir) and "not removing" not in caplog.text
