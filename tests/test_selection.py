@@ -409,6 +409,14 @@ def test_one_members_decision_equals_the_host_twins(
     assert twin[np.arange(n) != i].tolist() == np.arange(n)[np.arange(n) != i].tolist()
 
 
+@jax.jit
+def _device_scores_in_jit(scores):
+    """``device_scores`` traced: one jit for every example (a new one each compiled anew)."""
+    from jaxpop.mutators.selection import device_scores
+
+    return device_scores(scores, np.float32)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     scores=st.lists(
@@ -430,7 +438,7 @@ def test_device_scores_decide_alike_on_the_host_and_in_jit(scores):
 
     with jax.enable_x64(True):
         on_host = np.asarray(device_scores(np.asarray(scores), np.float32), np.float32)
-        traced = jax.jit(lambda s: device_scores(s, np.float32))(jnp.asarray(scores))
+        traced = _device_scores_in_jit(jnp.asarray(scores))
         assert traced.dtype == jnp.float32
         flushed = np.where(np.abs(on_host) < np.finfo(np.float32).tiny, 0, on_host)  # (as XLA)
         np.testing.assert_array_equal(np.asarray(traced), flushed)
