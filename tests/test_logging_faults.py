@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from test_logging import _after_one_round, wta_rounds
+from test_logging import Recorder, _after_one_round, wta_rounds
 from test_tensorboard import _events
 
 import jaxpop.logging
@@ -245,6 +245,28 @@ def test_sync_and_finish_given_the_controller_say_what_to_pass():
         logs.sync(pop)
     with pytest.raises(TypeError, match=r"Loggers\.finish takes a .*pass its \.state"):
         logs.finish(pop)
+    # ... and a wrong argument closes nothing: the call made again as the message says
+    # logs the best member (it closed every logger first, helper-244)
+    recorder = Recorder()
+    logs = jaxpop.logging.Loggers([recorder])
+    with pytest.raises(TypeError):
+        logs.finish(pop)
+    assert recorder.calls == []
+    assert logs.finish(pop.state) is not None
+    assert [c[0] for c in recorder.calls][-2:] == ["best", "close"]
+
+
+def test_finish_raises_its_first_failure_and_says_the_others():
+    # a failing log_best dropped the sync's error, and a failing close replaced both
+    pop = _after_one_round()
+    failing = Recorder(fail="exploit")
+    closing = Recorder(fail="close")
+    logs = jaxpop.logging.Loggers([failing, closing])
+    with pytest.raises(ConnectionError, match="backend down") as raised:
+        logs.finish(pop.state)
+    notes = "\n".join(getattr(raised.value, "__notes__", []))
+    assert "OSError: cannot close" in notes
+    assert [c[0] for c in failing.calls][-2:] == ["best", "close"]  # (each step ran)
 
 
 # -- a rerun on the same log directory ------------------------------------------------

@@ -236,3 +236,38 @@ def test_a_worker_copy_made_mid_run_and_an_attached_logger_leave_the_parent_to_i
     )
     attached.finish(population.state)
     assert client.get_run(users).info.status == "RUNNING"  # the user's to end
+
+
+@pytest.mark.parametrize("listed", [True, False])
+def test_a_logger_attached_to_a_resumed_runs_parent_logs_no_exploit_twice(store, listed):
+    """A new Loggers over a resumed population logs the history's exploits again: one
+    attached with parent_run_id= to the run it continues counted exploits/count from 1
+    again and listed them twice (helper-244). ``listed``: exploits.json was written
+    before the driver died (else only the count was: it is written every
+    artifact_every_s)."""
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    population = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1}, steps_per_exploit=10),
+    )
+    every = 0.0 if listed else 1e9
+    first = jaxpop.logging.make_loggers(
+        ["mlflow"], mlflow={"tracking_uri": store, "artifact_every_s": every}
+    )
+    wta_rounds(population, (10, 20))
+    before = first.sync(population.history)  # (the driver then dies: no close)
+    parent_id = first.loggers[0].parent_run_id
+    wta_rounds(population, (30,))
+    resumed = jaxpop.logging.make_loggers(
+        ["mlflow"], mlflow={"tracking_uri": store, "parent_run_id": parent_id}
+    )
+    resumed.finish(population.state)
+    events = exploit_events(population.history)
+    assert len(before) >= 2 and len(events) > len(before)
+    client = _client(store)
+    counts = client.get_metric_history(parent_id, "exploits/count")
+    assert sorted(m.value for m in counts) == list(range(1, len(events) + 1))
+    with open(client.download_artifacts(parent_id, "exploits.json")) as f:
+        assert json.load(f) == [exploit_record(e) for e in events]

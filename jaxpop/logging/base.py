@@ -290,21 +290,33 @@ class Loggers:
     def finish(self, source: PopulationState | History) -> BestMember | None:
         """The end of a run: :meth:`sync`, :meth:`log_best` (if anything was
         evaluated), then :meth:`close`. Returns the best member."""
-        error: Exception | None = None
+        # (checked first: a wrong argument closes nothing, so the call can be made again)
+        _check_source(source, (PopulationState, History), "finish", "state")
+        history = source.history if isinstance(source, PopulationState) else source
+        errors: list[Exception] = []  # a failing step: the next ones run all the same
+        best = None
         try:
-            _check_source(source, (PopulationState, History), "finish", "state")
-            history = source.history if isinstance(source, PopulationState) else source
             try:
                 self.sync(history)
-            except Exception as e:  # a failing backend: the best member is logged all the same
-                error = e
-            best = best_member(source)
-            if best is not None:
-                self.log_best(best)
+            except Exception as e:
+                errors.append(e)
+            try:
+                best = best_member(source)
+                if best is not None:
+                    self.log_best(best)
+            except Exception as e:
+                errors.append(e)
         finally:
-            self.close()
-        if error is not None:
-            raise error
+            try:
+                self.close()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            first = errors[0]  # (raised; the others said with it, as notes)
+            notes = [f"Loggers.finish also failed: {type(e).__name__}: {e}" for e in errors[1:]]
+            if notes:  # (Python 3.10 has no add_note: the attribute it writes)
+                first.__notes__ = [*getattr(first, "__notes__", ()), *notes]  # type: ignore[attr-defined]
+            raise first
         return best
 
     def close(self) -> None:

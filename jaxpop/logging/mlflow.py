@@ -26,12 +26,14 @@ made absolute when the logger is made (:func:`resolve_tracking_uri`), as is the 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import pathlib
 import posixpath
 import re
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -197,7 +199,9 @@ class MlflowLogger:
       experiment: the experiment's name (default: ``MLFLOW_EXPERIMENT_NAME``, else
         MLflow's ``Default``); created if missing.
       parent_run_id: attach to this existing parent run instead of creating one (for
-        example to continue a resumed population in the same MLflow run).
+        example to continue a resumed population in the same MLflow run: the exploits
+        it already holds, in ``exploits.json`` and ``exploits/count``, are not logged
+        again; the run is left to its owner to end).
       config: the population's config (e.g. the command line), logged as the parent
         run's params.
       tags: extra tags for the parent run.
@@ -246,6 +250,7 @@ class MlflowLogger:
         else:
             parent = client.get_run(parent_run_id)  # raises if there is no such run
             self.experiment_id, self.parent_run_id = parent.info.experiment_id, parent_run_id
+            self._take_logged_exploits()
 
     def _setup(self) -> None:
         from mlflow.tracking import MlflowClient
@@ -256,6 +261,10 @@ class MlflowLogger:
         self._generations: dict[int, str | None] = {}  # the tag each worker's run holds
         self._params: dict[int, dict[str, Any]] = {}  # a new run's params not sent yet
         self._exploits: list[dict[str, Any]] = []
+        # exploits an earlier logger of an attached parent run logged (by generation id),
+        # and how many more it counted than exploits.json lists: not logged again
+        self._logged: set[Any] = set()
+        self._counted_unlisted = 0
         self._written = 0  # exploit rows in the last exploits.json
         self._written_at = 0.0
         # rows the logger this is a copy of had not written (within artifact_every_s):
@@ -266,6 +275,28 @@ class MlflowLogger:
         self._created = False  # (it, or the logger it is a copy of, created the parent run)
         self._closed = False
         self._warned_cut = False  # (a param value cut to MLflow's limit)
+
+    def _take_logged_exploits(self) -> None:
+        """Takes up the exploits an earlier logger logged to the parent run (a resumed
+        population's new ``Loggers`` feeds the history's exploits again): their rows of
+        ``exploits.json``, and how many ``exploits/count`` reached, which may be past the
+        rows (the file is written every ``artifact_every_s``). The feed gives exploits in
+        the history's order, so the ones past the rows are the next that are not in them."""
+        history = self._client.get_metric_history(self.parent_run_id, "exploits/count")
+        counted = int(max((m.value for m in history), default=0))
+        if not counted:
+            return
+        rows: list[dict[str, Any]] = []
+        try:
+            with tempfile.TemporaryDirectory() as scratch:
+                path = self._client.download_artifacts(self.parent_run_id, "exploits.json", scratch)
+                with open(path) as f:
+                    rows = json.load(f)
+        except Exception:  # (none written yet: every exploit counted is past the rows)
+            rows = []
+        self._exploits, self._written = list(rows), len(rows)
+        self._logged = {row.get("generation_id") for row in rows}
+        self._counted_unlisted = max(counted - len(rows), 0)
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -458,7 +489,12 @@ class MlflowLogger:
         """Logs ``exploits/count`` at the exploit's step and adds it to ``exploits.json``."""
         with self._lock:
             self._check_open()
+            if event.generation_id in self._logged:  # (an earlier logger's: listed)
+                return
             self._exploits.append(exploit_record(event))
+            if self._counted_unlisted:  # (an earlier logger's: counted, not yet listed)
+                self._counted_unlisted -= 1
+                return
             self._client.log_metric(
                 self.parent_run_id,
                 "exploits/count",
