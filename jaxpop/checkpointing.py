@@ -345,7 +345,8 @@ def _flatten(pytree: Any) -> tuple[dict[str, np.ndarray | jax.Array], list[dict[
                 f"cannot save leaf {where or '<root>'}: a masked array; save its data and "
                 "its mask as two leaves (np.ma.getdata, np.ma.getmaskarray)"
             )
-        spec = {"path": where, "shape": list(leaf.shape), "dtype": str(np.dtype(leaf.dtype))}
+        # (in native byte order: the data is read back so, and jax has no other)
+        spec = {"path": where, "shape": list(leaf.shape), "dtype": str(_native(leaf.dtype))}
         if leaf.size == 0:  # (kept in meta: any dtype)
             specs.append({**spec, "kind": "empty"})
             continue
@@ -422,19 +423,27 @@ def _like(target_leaf: Any, value: Any) -> Any:
     to then does not trace again, and computes as it did with the original)."""
     sharding = _sharding(target_leaf)
     if sharding is None:
-        # (a numpy scalar target gets a numpy scalar: a 0-d array is another type)
-        return np.asarray(value)[()] if isinstance(target_leaf, np.generic) else np.asarray(value)
+        # (a numpy scalar target gets a numpy scalar: a 0-d array is another type; a
+        # big-endian target its byte order)
+        out = np.asarray(value).astype(target_leaf.dtype, copy=False)
+        return out[()] if isinstance(target_leaf, np.generic) else out
     if _weakly_typed(target_leaf) and _can_be_weak(value.dtype):
-        if np.shape(value) == ():
-            weak = jnp.asarray(np.asarray(value).item())  # (device_put keeps it weak)
-            if weak.dtype == value.dtype:
-                value = weak
-        else:  # no public constructor: an identity compiled for a weakly typed input
+        host = np.asarray(value)
+        weak = jnp.asarray(host.item()) if host.shape == () else None  # (device_put keeps
+        # it weak; through a Python number, a signaling NaN came back quiet: bits checked)
+        if weak is not None and weak.dtype == value.dtype and _same_bits(weak, host):
+            value = weak
+        elif weak is None or weak.dtype == value.dtype:
+            # no public constructor: an identity compiled for a weakly typed input
             spec = jax.ShapeDtypeStruct(np.shape(value), value.dtype, weak_type=True)
             return _weak_identity(spec, sharding)(value)
     if isinstance(value, jax.Array) and value.sharding == sharding:
         return value
     return jax.device_put(value, sharding)
+
+
+def _same_bits(array: Any, host: np.ndarray) -> bool:
+    return np.asarray(array).tobytes() == host.tobytes()
 
 
 def _can_be_weak(dtype: Any) -> bool:
@@ -566,6 +575,17 @@ def _is_damage(error: Exception) -> bool:
     )
 
 
+def _native(dtype: Any) -> np.dtype:
+    """``dtype`` in native byte order (``>f4`` is ``float32``)."""
+    return np.dtype(jnp.dtype(dtype)).newbyteorder("=")
+
+
+def _spec_dtype(spec: Mapping[str, Any]) -> np.dtype:
+    """A saved leaf's dtype, native (a save made before dtypes were recorded so could
+    say ``>f4``: its data is read back native all the same)."""
+    return _native(spec["dtype"])
+
+
 def _check_leaf(handle: str, spec: Mapping[str, Any], target_leaf: Any) -> None:
     shape, dtype = getattr(target_leaf, "shape", None), getattr(target_leaf, "dtype", None)
     if shape is None or dtype is None:
@@ -574,7 +594,7 @@ def _check_leaf(handle: str, spec: Mapping[str, Any], target_leaf: Any) -> None:
             f"({spec['dtype']}{spec['shape']}), but the target has a "
             f"{type(target_leaf).__name__} there; pass arrays or jax.ShapeDtypeStructs"
         )
-    if tuple(shape) != tuple(spec["shape"]) or jnp.dtype(dtype) != jnp.dtype(spec["dtype"]):
+    if tuple(shape) != tuple(spec["shape"]) or _native(dtype) != _spec_dtype(spec):
         raise ValueError(
             f"checkpoint {handle!r} holds {spec['dtype']}{list(spec['shape'])} at "
             f"{spec['path'] or '<root>'}, but the target asks for "
@@ -1162,7 +1182,7 @@ class ParamStore:
                     sharding = None
                     checked.add(spec["key"])
                 abstract[spec["key"]] = jax.ShapeDtypeStruct(
-                    tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=sharding
+                    tuple(spec["shape"]), _spec_dtype(spec), sharding=sharding
                 )
         arrays = {}
         if abstract:
@@ -1192,7 +1212,7 @@ class ParamStore:
                     )
                 leaves.append(_like(leaf, array))
             elif spec["kind"] == "empty":
-                leaves.append(_like(leaf, np.zeros(spec["shape"], jnp.dtype(spec["dtype"]))))
+                leaves.append(_like(leaf, np.zeros(spec["shape"], _spec_dtype(spec))))
             else:
                 value = _decode_value(spec)
                 if _is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct):

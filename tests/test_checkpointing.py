@@ -1452,6 +1452,36 @@ def test_a_weakly_typed_scalar_comes_back_weak_and_a_jitted_step_does_not_trace_
     assert len(traces) == 1
 
 
+def test_a_weakly_typed_nan_scalar_keeps_its_bits(tmp_path):
+    # rebuilt weak through a Python float, a signaling NaN came back quiet (helper-243)
+    bits = [0x7F800001, 0xFFC12345, 0x7FC00000]
+    target = {"x": jax.ShapeDtypeStruct((), jnp.float32, weak_type=True)}
+    with ParamStore(str(tmp_path), async_save=False) as store:
+        for step, word in enumerate(bits):
+            x = jnp.asarray(np.array(word, np.uint32).view(np.float32))
+            restored = store.restore(store.save("g", step, {"x": x}), target)["x"]
+            assert int(np.asarray(restored).view(np.uint32)) == word
+            assert jax.typeof(restored).weak_type
+
+
+def test_a_big_endian_leaf_is_saved_as_its_native_dtype(tmp_path):
+    # recorded as ">f4", it was refused by every native target (jax has no other), with
+    # a message about ">f4" and float32 (helper-243)
+    tree = {"a": np.array([1.0, 2.5], ">f4"), "b": np.array([7], ">i4")}
+    abstract = {
+        "a": jax.ShapeDtypeStruct((2,), jnp.float32),
+        "b": jax.ShapeDtypeStruct((1,), jnp.int32),
+    }
+    with ParamStore(str(tmp_path), async_save=False) as store:
+        handle = store.save("g", 0, tree)
+        native = store.restore(handle, abstract)
+        np.testing.assert_array_equal(native["a"], [1.0, 2.5])
+        assert native["a"].dtype == np.float32
+        back = store.restore(handle, tree)  # (a numpy target: its own byte order)
+        assert back["a"].dtype == np.dtype(">f4") and back["b"].dtype == np.dtype(">i4")
+        np.testing.assert_array_equal(back["b"], [7])
+
+
 def test_a_checkpoint_missing_its_arrays_is_a_value_error_naming_it(tmp_path):
     with ParamStore(str(tmp_path), async_save=False) as store:
         tree = {"w": jnp.arange(4.0)}
