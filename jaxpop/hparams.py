@@ -119,8 +119,8 @@ def make_optimizer(
     ``momentum=0`` for ``optax.sgd``, whose hint admits both: write ``0.0``; an
     integer array, a vmapped population's included, likewise; numpy scalars, and a 0-d
     bool array for a flag, are taken as the Python numbers they hold; a whole float for
-    an argument that takes an int (muon's ``ns_steps=5.0``, from a PBT perturb) as that
-    int; a callable default the call leaves to optax, such
+    an argument hinted as taking an int (muon's ``ns_steps=5.0``, from a PBT perturb) as
+    that int; a callable default the call leaves to optax, such
     as adafactor's ``dtype_momentum``, is baked in),
     so :func:`set_hparams` can change it later without recompiling; arguments named in
     ``static_args``, booleans, and the sizes optax reads in Python (adafactor's
@@ -154,8 +154,8 @@ def make_optimizer(
         scheduled optimizers with ``optax.inject_hyperparams`` directly -- their
         scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
         ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex; or
-        an int argument (an int default, or a hint of ``int`` and not ``float``) is a
-        float that is not whole; or a flag is a traced bool.
+        an int argument (hinted so: :func:`_int_parameters`) is a float that is not
+        whole; or a flag is a traced bool.
       ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
         value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0 or to a
         subnormal XLA computes with as 0, or a
@@ -385,20 +385,21 @@ def _hint(annotation: Any, namespace: dict[str, Any]) -> Any:
 
 
 def _int_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]) -> set[str]:
-    """The parameters of ``optimizer_fn`` that take ints: an int default (not a bool:
-    muon's ``ns_steps=5``, hinted as an ``ArrayLike``), or a type hint that admits
-    ``int`` but not ``float`` and no float default; never one whose hint admits
-    ``float`` but not ``int`` (``weight_decay: float = 0``)."""
+    """The parameters of ``optimizer_fn`` that take ints: a type hint that admits
+    ``int``, with an int default (not a bool: muon's ``ns_steps: ArrayLike = 5``) or
+    without ``float`` and a float default. Never one whose hint admits ``float`` but not
+    ``int`` (``weight_decay: float = 0``), nor one without a hint, whose int default
+    says nothing of what it takes (``def my_adamw(learning_rate, weight_decay=0)``)."""
     namespace = getattr(inspect.unwrap(optimizer_fn), "__globals__", {})
     out = set()
     for name, parameter in parameters.items():
         hint = _hint(parameter.annotation, namespace)
         admitted = (hint, *typing.get_args(hint))
         default, floats, ints = parameter.default, float in admitted, int in admitted
-        if floats and not ints:
-            continue  # (weight_decay: float = 0)
+        if not ints:
+            continue  # (weight_decay: float = 0; no hint: def f(lr, weight_decay=0))
         # (an int default, not a bool: muon's ns_steps, hinted as an ArrayLike)
-        if type(default) is int or (ints and not floats and type(default) is not float):
+        if type(default) is int or (not floats and type(default) is not float):
             out.add(name)
     return out
 

@@ -1124,17 +1124,15 @@ def _check_follows(
 def _check_kept_hparams(state: PopulationState, exploit: Exploit, copied: np.ndarray) -> None:
     """Raises when the exploit changed the hyperparameters of a member that copied no one
     (a custom ``exploit=``'s): the lineage would go on recording the old ones, which the
-    member no longer trains with."""
-    host = {name: np.asarray(values) for name, values in exploit.hparams.items()}
-    changed = np.array([set(w.meta_params) != set(host) for w in state.workers])
-    for name, values in host.items():  # (one pass per name: no dict per member)
-        recorded = [w.meta_params.get(name, np.nan) for w in state.workers]
-        same = np.asarray(recorded, values.dtype) == values
-        if values.dtype.kind == "f":  # (NaN is refused at init, but a custom exploit's)
-            same |= np.isnan(np.asarray(recorded, np.float64)) & np.isnan(values)
-        changed |= ~same
-    for i in np.flatnonzero(changed & ~copied.astype(bool))[:1].tolist():
-        old, new = state.workers[i].meta_params, member_hparams(host, i)
+    member no longer trains with. Compared as the lineage records them
+    (:func:`member_hparams`: a bool, an int or a float each, NaN equal to NaN)."""
+    host = {name: _plain(np.asarray(values)) for name, values in exploit.hparams.items()}
+    kept = np.flatnonzero(~copied.astype(bool)).tolist()
+    for i in kept:
+        old = state.workers[i].meta_params
+        if set(old) == set(host) and all(_same_plain(old[k], v[i]) for k, v in host.items()):
+            continue
+        new = member_hparams(exploit.hparams, i)
         raise ValueError(
             f"the exploit changed member {i}'s hyperparameters ({old!r:.60} -> "
             f"{new!r:.60}) without a copy (exploit.copied[{i}] is False): the lineage "
@@ -1142,6 +1140,18 @@ def _check_kept_hparams(state: PopulationState, exploit: Exploit, copied: np.nda
             f"hyperparameters change starts a new generation: set copied[{i}] with "
             f"parents[{i}] = {i} (a copy of itself) and a new generation index"
         )
+
+
+def _plain(values: np.ndarray) -> list[Any]:
+    """An ``(N,)`` array as :func:`member_hparams` gives each value: Python bools, ints
+    or floats (one ``tolist`` for all: no dict per member)."""
+    if values.dtype == bool or np.issubdtype(values.dtype, np.integer):
+        return values.tolist()
+    return values.astype(np.float64).tolist()  # (bfloat16 too: its kind is "V")
+
+
+def _same_plain(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and (a == b or (a != a and b != b))
 
 
 def _check_copies_rank(

@@ -1044,6 +1044,14 @@ def test_make_optimizer_takes_a_whole_float_for_an_int_argument_and_refuses_othe
     for steps in (5.5, math.nan, math.inf):
         with pytest.raises(TypeError, match="argument 'ns_steps' is an int"):
             make_optimizer(muon, {"learning_rate": 0.1, "ns_steps": steps})
+
+    # an argument with no hint and an int default takes a float as before (a user's
+    # own optimizer: it was refused, helper-246)
+    def my_sgd(learning_rate, weight_decay=0):
+        return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate))
+
+    tx = make_optimizer(my_sgd, {"learning_rate": 0.1, "weight_decay": 1e-4})
+    assert float(get_hparams(tx.init(params))["weight_decay"]) == pytest.approx(1e-4)
     # an argument that takes floats too is not cut (sgd's momentum: an ArrayLike, None)
     tx = make_optimizer(optax.sgd, learning_rate=0.1, momentum=0.5)
     assert float(get_hparams(tx.init(params))["momentum"]) == 0.5

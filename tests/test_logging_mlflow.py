@@ -263,6 +263,8 @@ def test_a_logger_attached_to_a_resumed_runs_parent_logs_no_exploit_twice(store,
     resumed = jaxpop.logging.make_loggers(
         ["mlflow"], mlflow={"tracking_uri": store, "parent_run_id": parent_id}
     )
+    # (kept pickled, as the docs advise: the copy knows what the run held too)
+    resumed = pickle.loads(pickle.dumps(resumed))
     resumed.finish(population.state)
     events = exploit_events(population.history)
     assert len(before) >= 2 and len(events) > len(before)

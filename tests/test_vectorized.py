@@ -990,6 +990,32 @@ def test_record_refuses_an_exploit_that_changed_hyperparameters_without_a_copy()
         )
     # an exploit that changes nothing for those who kept going is recorded as before
     vz.record(lineage, scores, step=1, now=0.0, exploit=ex)
+    # a hyperparameter added for one who kept going: said so (a numpy error before)
+    added = {**ex.hparams, "k": jnp.full(4, 3, jnp.int32)}
+    with pytest.raises(ValueError, match="without a copy"):
+        vz.record(lineage, scores, step=1, now=0.0, exploit=ex.replace(hparams=added))
+
+
+def test_record_takes_a_kept_nan_hyperparameter_of_any_float_dtype_as_unchanged():
+    # bfloat16's kind is "V": its NaN was taken as a change without a copy (helper-246)
+    for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
+        pop = vz.init(root_key(0), init_fn, hparams={"x": jnp.asarray([1.0, 2.0, 3.0], dtype)})
+        lineage = vz.lineage_init(pop, root_key(0), now=0.0)
+        nan = jnp.asarray([jnp.nan, 2.0, 3.0], dtype)  # (a custom exploit's, kept at NaN)
+        workers = tuple(
+            w.replace(meta_params=vz.member_hparams({"x": nan}, i))
+            for i, w in enumerate(lineage.workers)
+        )
+        lineage = lineage._with(workers=workers)
+        exploit = vz.Exploit(
+            parents=jnp.arange(3),
+            copied=jnp.zeros(3, bool),
+            old_generation=pop.generation,
+            generation=pop.generation,
+            hparams={"x": nan},
+            step=pop.step,
+        )
+        vz.record(lineage, jnp.arange(3.0), step=1, now=0.0, exploit=exploit)
 
 
 def test_init_says_what_is_wrong_with_member_keys():

@@ -189,6 +189,9 @@ def _metric_key(key: str) -> str:
     return f"{prefix}/{_param_key(name)}"
 
 
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
 class MlflowLogger:
     """A :class:`~jaxpop.logging.RunLogger` writing MLflow runs (see the module docstring).
 
@@ -287,6 +290,9 @@ class MlflowLogger:
         if not counted:
             return
         rows: list[dict[str, Any]] = []
+        ours = _PROGRESS_BAR not in os.environ  # (no tqdm bar, unless the user asks one)
+        if ours:
+            os.environ[_PROGRESS_BAR] = "false"
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 path = self._client.download_artifacts(self.parent_run_id, "exploits.json", scratch)
@@ -294,6 +300,9 @@ class MlflowLogger:
                     rows = json.load(f)
         except Exception:  # (none written yet: every exploit counted is past the rows)
             rows = []
+        finally:
+            if ours:
+                os.environ.pop(_PROGRESS_BAR, None)
         self._exploits, self._written = list(rows), len(rows)
         self._logged = {row.get("generation_id") for row in rows}
         self._counted_unlisted = max(counted - len(rows), 0)
@@ -312,6 +321,10 @@ class MlflowLogger:
             "created": self._created,
             # params a transient failure kept: a copy (a rerun, a restarted actor) sends them
             "params": {worker: dict(params) for worker, params in self._params.items()},
+            # the exploits an earlier logger of an attached parent run logged (a pickled
+            # driver's copy would log them again)
+            "logged": sorted(self._logged, key=str),
+            "counted_unlisted": self._counted_unlisted,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -321,6 +334,8 @@ class MlflowLogger:
         written = state.pop("written", len(exploits))
         created = state.pop("created", False)
         params = state.pop("params", {})
+        logged = state.pop("logged", [])  # (none in a pickle from before they were kept)
+        counted_unlisted = state.pop("counted_unlisted", 0)
         self.__dict__.update(state)
         # a copy ends the parent run only if it logs the best member of a run its original
         # created (a resumed driver's); it writes exploits.json only once it logs an exploit
@@ -328,6 +343,7 @@ class MlflowLogger:
         self._exploits, self._written, self._created = list(exploits), len(exploits), created
         self._inherited_unwritten = written < len(exploits)
         self._params.update({worker: dict(kept) for worker, kept in params.items()})
+        self._logged, self._counted_unlisted = set(logged), counted_unlisted
 
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         """Logs ``params`` (cleaned names), taking each param out of the dict once it is
