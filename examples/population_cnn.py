@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from examples import data as data_lib
 from examples.cnn import CNN, accuracy, augment, cross_entropy
+from examples.log_dirs import log_dir_arg, log_dir_problem
 from examples.tables import cell, print_table
 from jaxpop import Controller, PopulationController, PopulationState, report
 from jaxpop.checkpointing import MissingCheckpointError, ParamStore
@@ -298,7 +299,12 @@ def add_flags(
         help=f"each worker trains {until if steps_until else more}",
     )
     parser.add_argument("--workers", type=int, default=workers, help="population size")
-    parser.add_argument("--log-dir", default=log_dir, help="controller state and checkpoints")
+    parser.add_argument(
+        "--log-dir",
+        type=log_dir_arg,
+        default=log_dir,
+        help="controller state (in <log-dir>/population) and checkpoints",
+    )
     parser.add_argument("--dataset", default="digits", choices=data_lib.DATASETS)
     parser.add_argument("--limit", type=int, default=None, help="cifar10: images per split")
     if batch_size:
@@ -730,5 +736,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
     seconds = getattr(args, "seconds_per_exploit", 1.0)  # (complex_cnn)
     if not (0 < seconds < float("inf")):
         parser.error(f"--seconds-per-exploit must be a positive number of seconds, got {seconds}")
+    problem = log_dir_problem(args.log_dir)  # (before anything is written there)
+    if problem is not None:
+        parser.error(problem)
     args.log = parse_backends([*args.log, *(["tensorboard"] * args.tensorboard)])
     return args

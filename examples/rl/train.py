@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from examples.log_dirs import log_dir_arg, log_dir_problem
 from examples.rl.ppo import CONFIGS, Agent, EnvConfig
 from examples.tables import cell, print_table
 from jaxpop import storage
@@ -368,6 +369,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--logdir",
         "--log-dir",
         dest="logdir",
+        type=log_dir_arg,
         default=None,
         help="where the lineage goes (default runs/rl/<env>-<mode>, lowercased)",
     )
@@ -391,6 +393,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--seed must be in [-2**31, 2**63 - 1)")
     if not 0.0 <= args.quantile <= 0.5:
         parser.error("--quantile must be in [0, 0.5]")
+    problem = log_dir_problem(args.logdir or _default_logdir(args))
+    if problem is not None:
+        parser.error(problem)
     return args
 
 

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
+from examples.log_dirs import log_dir_arg, log_dir_problem
 from jaxpop import population as pop_mod
 from jaxpop.mutators import single_worker_explore
 
@@ -122,8 +123,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "python -m examples.synthetic",
         "Tune the target of a quadratic online with BranchingSingleMachine.",
     )
-    parser.add_argument("--log-dir", default=None, help="keep the controller's state here")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--log-dir", type=log_dir_arg, default=None, help="keep the controller's state here"
+    )
+    args = parser.parse_args(argv)
+    problem = None if args.log_dir is None else log_dir_problem(args.log_dir, run_below=False)
+    if problem is not None:
+        parser.error(problem)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
