@@ -61,6 +61,7 @@ __all__ = [
     "Model",
     "TrainState",
     "add_flags",
+    "data_streams",
     "keep_loggers",
     "make_loggers",
     "run",
@@ -195,11 +196,10 @@ def train_worker(
     ``report`` records the checkpoint and says whether to switch to other work. Worker 0
     also collects the store's garbage every ``args.gc_every`` evaluations. With a
     ``logger`` (:mod:`jaxpop.logging`) each evaluation is logged: the validation loss,
-    the accuracy and the hyperparameters, at the step. Returns the validation accuracy
-    of each checkpoint it evaluated.
+    the accuracy and the hyperparameters, at the step. Its batches and key come from
+    :func:`data_streams`, seeded by the step it starts at (a resumed run draws new
+    batches). Returns the validation accuracy of each checkpoint it evaluated.
     """
-    rng = np.random.default_rng([args.seed, worker_id])
-    key = jax.random.key(args.seed * 1009 + worker_id)
     accuracies: dict[tuple[str, int], float] = {}
     reached = until_step - args.steps  # the progress bar counts steps towards until_step
     data = controller.maybe_get_worker_data(worker_id, None, 0, None, None)
@@ -213,6 +213,7 @@ def train_worker(
         ) or held.replace(status="active")  # (None: the round kept it; load it and go on)
     if data is not None and data.status == "finished":  # restarted after the run ended
         return accuracies
+    rng, key = data_streams(args.seed, worker_id, 0 if data is None else data.step)
     while True:
         if data is not None:
             generation_id, meta, step = data.generation_id, data.meta_params, data.step
@@ -275,6 +276,17 @@ def train_worker(
                 return accuracies
 
 
+def data_streams(seed: int, worker_id: int, step: int) -> tuple[np.random.Generator, jax.Array]:
+    """The batches' generator and the JAX key (initialisation, augmentation) of a worker
+    that starts at ``step``: a fresh run's (``step`` 0) are those of ``(seed,
+    worker_id)``; a resumed run's also depend on the step it resumes at, so it goes on
+    with batches it has not drawn (it replayed the fresh run's first ones)."""
+    key = jax.random.key(seed * 1009 + worker_id)
+    if step == 0:
+        return np.random.default_rng([seed, worker_id]), key
+    return np.random.default_rng([seed, worker_id, step]), jax.random.fold_in(key, step)
+
+
 def add_flags(
     parser: argparse.ArgumentParser,
     *,
@@ -316,8 +328,9 @@ def add_flags(
         "--seed",
         type=int,
         default=0,
-        help="seeds the hyperparameters, the initialisation and the batches (not the "
-        "digits split, which stays fixed: a run resumed with another seed validates on "
+        help="seeds the hyperparameters, the initialisation and the batches (a resumed "
+        "worker's batches also by the step it resumes at: it draws new ones), not the "
+        "digits split, which stays fixed (a run resumed with another seed validates on "
         "the same images)",
     )
     parser.add_argument("--no-progress", action="store_true")

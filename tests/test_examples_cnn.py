@@ -3,8 +3,10 @@
 import importlib.util
 import math
 import os
+import threading
 import typing
 
+import jax
 import numpy as np
 import pytest
 
@@ -444,3 +446,37 @@ def test_a_rerun_of_the_vectorized_example_logs_no_exploit_twice(tmp_path):
     counts = [v for _, tag, v in population if tag == "exploits/count"]
     assert summary["exploit_events"] >= 1
     assert sorted(counts) == [float(k) for k in range(1, summary["exploit_events"] + 1)]
+
+
+def test_a_resumed_run_draws_new_batches_and_a_fresh_run_the_same_as_before(tmp_path, monkeypatch):
+    # a resumed run's workers were seeded by (seed, worker) alone: each rerun trained on
+    # the fresh run's first batches again (3 reruns of 10 steps saw a third of the images
+    # one run of 30 saw)
+    from examples import population_cnn
+
+    drawn: dict[str, list] = {}
+    batches = data_lib.batches
+
+    def spy(images, labels, batch_size, rng):
+        for x, y in batches(images, labels, batch_size, rng):
+            drawn.setdefault(threading.current_thread().name, []).append(y.tobytes())
+            yield x, y
+
+    monkeypatch.setattr(population_cnn.data_lib, "batches", spy)
+    argv = ["--steps", "5", "--workers", "1", "--eval-every", "5", "--batch-size", "16"]
+    argv += ["--steps-per-exploit", "1000", "--no-progress", "--log-dir", str(tmp_path)]
+    simple_cnn.main(argv)
+    fresh = drawn.pop("worker-0")
+    # a fresh run's stream is (seed, worker)'s, as before: the README's figures stand
+    ds = data_lib.load("digits")
+    rng = np.random.default_rng([0, 0])
+    stream = batches(ds.train_images, ds.train_labels, 16, rng)
+    expected = [next(stream)[1].tobytes() for _ in range(5)]
+    assert fresh == expected
+    simple_cnn.main(argv)  # resumed at step 5
+    resumed = drawn.pop("worker-0")
+    assert len(resumed) == 5 and not set(resumed) & set(fresh)
+    # and its key too (the initialisation, the augmentations); a resumed one's differs
+    key_data = [jax.random.key_data(population_cnn.data_streams(3, 1, s)[1]) for s in (0, 5)]
+    assert np.array_equal(key_data[0], jax.random.key_data(jax.random.key(3 * 1009 + 1)))
+    assert not np.array_equal(key_data[0], key_data[1])
