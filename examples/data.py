@@ -12,8 +12,10 @@ held-out validation set.
   population of CNNs on 2 CPU cores in a few minutes. A seeded, stratified 80/20 split
   gives 1,438 training and 359 validation images.
 * ``"cifar10"``: CIFAR-10 through tensorflow-datasets (``tfds.data_source``, which reads
-  the prepared ArrayRecord files without TensorFlow): the 50,000 ``train`` images for
-  training and the 10,000 ``test`` images for validation. The data must already be
+  the prepared ArrayRecord files without TensorFlow): its 50,000 ``train`` images, split
+  as the digits are (seeded, stratified) into 45,000 for training and 5,000 (a tenth of
+  each class) for validation, which the search selects on. The 10,000 ``test`` images
+  are never read: they stay untouched for a final evaluation. The data must already be
   prepared in the TFDS data directory (``~/tensorflow_datasets`` or ``$TFDS_DATA_DIR``);
   preparing it the first time downloads it, which needs the network and TensorFlow
   (``pip install tensorflow``; then ``tfds build cifar10`` or
@@ -44,12 +46,17 @@ class Dataset:
     num_classes: int
 
 
-def _stratified_split(labels: np.ndarray, fraction: float, seed: int):
+CIFAR10_VAL_FRACTION = 0.1  # of each class of its train split, held out for validation
+
+
+def _stratified_split(labels: np.ndarray, fraction: float, seed: int, *, min_per_class: int = 0):
+    """Indices of the training and the validation images: ``fraction`` of each class
+    (at least ``min_per_class``) held out, chosen by ``seed``."""
     rng = np.random.default_rng(seed)
     train, val = [], []
     for label in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == label))
-        cut = round(len(idx) * fraction)
+        cut = max(min_per_class, round(len(idx) * fraction))
         val.append(idx[:cut])
         train.append(idx[cut:])
     return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(val))
@@ -84,17 +91,17 @@ def _tfds_split(name: str, split: str, limit: int | None) -> tuple[np.ndarray, n
     return images, labels
 
 
-def _load_cifar10(limit: int | None) -> Dataset:
-    try:
-        train_images, train_labels = _tfds_split("cifar10", "train", limit)
-        val_images, val_labels = _tfds_split("cifar10", "test", limit)
+def _load_cifar10(limit: int | None, seed: int) -> Dataset:
+    try:  # (not the test split: selecting on it would leave no unseen images to report)
+        images, labels = _tfds_split("cifar10", "train", limit)
     except ModuleNotFoundError as e:
         if e.name != "tensorflow_datasets":  # (tfds itself failed: preparing the data, say)
             raise
         raise ImportError(
             "--dataset cifar10 needs tensorflow-datasets: pip install 'jaxpop[examples]'"
         ) from e
-    return Dataset("cifar10", train_images, train_labels, val_images, val_labels, 10)
+    train, val = _stratified_split(labels, CIFAR10_VAL_FRACTION, seed, min_per_class=1)
+    return Dataset("cifar10", images[train], labels[train], images[val], labels[val], 10)
 
 
 def load(name: str = "digits", *, seed: int = 0, limit: int | None = None) -> Dataset:
@@ -102,16 +109,17 @@ def load(name: str = "digits", *, seed: int = 0, limit: int | None = None) -> Da
 
     Args:
       name: which data set.
-      seed: seeds the digits train/validation split (the examples keep the default:
-        a run resumed with another seed must validate on the same images).
-      limit: for CIFAR-10, read at most this many images of each split (at least 1).
+      seed: seeds the train/validation split (the examples keep the default: a run
+        resumed with another seed must validate on the same images).
+      limit: for CIFAR-10, read at most this many images of its train split (at least
+        1), a tenth of each class of them held out for validation.
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
     if name == "digits":
         return _load_digits(seed)
     if name == "cifar10":
-        return _load_cifar10(limit)
+        return _load_cifar10(limit, seed)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 

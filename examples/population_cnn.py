@@ -318,7 +318,12 @@ def add_flags(
         help="controller state (in <log-dir>/population) and checkpoints",
     )
     parser.add_argument("--dataset", default="digits", choices=data_lib.DATASETS)
-    parser.add_argument("--limit", type=int, default=None, help="cifar10: images per split")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="cifar10: images read from its train split (a tenth held out for validation)",
+    )
     if batch_size:
         parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=25)
@@ -330,8 +335,8 @@ def add_flags(
         default=0,
         help="seeds the hyperparameters, the initialisation and the batches (a resumed "
         "worker's batches also by the step it resumes at: it draws new ones), not the "
-        "digits split, which stays fixed (a run resumed with another seed validates on "
-        "the same images)",
+        "train/validation split, which stays fixed (a run resumed with another seed "
+        "validates on the same images)",
     )
     parser.add_argument("--no-progress", action="store_true")
     if reconfigure:

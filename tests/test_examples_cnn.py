@@ -110,11 +110,36 @@ def test_cifar10_path_through_tfds_offline(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=64):
         ds = data_lib.load("cifar10")
-        assert ds.train_images.shape == (64, 32, 32, 3) and ds.val_images.shape[0] == 64
+        assert ds.train_images.shape[1:] == (32, 32, 3) and len(ds.val_images) >= 1
+        assert len(ds.train_images) + len(ds.val_images) == 64  # all from the train split
         argv = ["--dataset", "cifar10", "--steps", "20", "--workers", "2", "--eval-every", "10"]
         argv += ["--batch-size", "16", "--log-dir", str(tmp_path), "--no-progress"]
         summary = simple_cnn.main(argv)
     assert summary["dataset"] == "cifar10" and summary["checkpoints"] > 2
+
+
+def test_cifar10_validates_on_a_fixed_part_of_its_train_split(monkeypatch):
+    # the search selected on the test split (the only unseen images left to report on)
+    read = []
+
+    def split(name, split, limit):
+        read.append(split)
+        n = 1000 if limit is None else limit
+        labels = np.arange(n, dtype=np.int32) % 10
+        images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)  # (each its index)
+        return images, labels
+
+    monkeypatch.setattr(data_lib, "_tfds_split", split)
+    ds = data_lib.load("cifar10")
+    assert read == ["train"]  # the test split is never read
+    train, val = ds.train_images.ravel(), ds.val_images.ravel()
+    assert len(val) == 100 and len(train) == 900 and not set(train) & set(val)
+    assert np.array_equal(np.bincount(ds.val_labels), [10] * 10)  # a tenth of each class
+    assert np.array_equal(ds.val_labels, val.astype(np.int32) % 10)  # labels kept with images
+    again = data_lib.load("cifar10")  # the same images each run (a resume validates alike)
+    assert np.array_equal(again.val_images, ds.val_images)
+    small = data_lib.load("cifar10", limit=12)  # every class still validated on
+    assert len(small.val_images) == 10 and len(small.train_images) == 2
 
 
 def test_cifar10_says_what_is_missing(monkeypatch):
