@@ -461,6 +461,18 @@ def _tracking_uri() -> str | None:
     return resolve_tracking_uri(uri) if uri else None
 
 
+def _is_kept(kept: Any) -> bool:
+    """Whether ``kept`` is what :func:`keep_loggers` pickles (from any jaxpop version)."""
+    return (
+        isinstance(kept, dict)
+        and isinstance(kept.get("backends"), list)
+        and all(isinstance(b, str) for b in kept["backends"])
+        and isinstance(kept.get("loggers"), Loggers)
+        and isinstance(kept.get("log_dir", ""), str)
+        and isinstance(kept.get("tracking_uri", ""), str | None)
+    )
+
+
 def _kept_log_dir(kept: Mapping[str, Any]) -> str | None:
     """The ``--log-dir`` the kept loggers were made for: as kept beside them, or, in a
     pickle from before it was, the folder above the one a kept logger writes to
@@ -498,6 +510,13 @@ def _kept_loggers(log_dir: str, backends: Sequence[str]) -> Loggers | None:
             kept = pickle.load(f)
     except Exception as error:  # (a library gone, a setting unset, a torn file)
         raise SystemExit(_unreadable(path, error)) from None
+    if not _is_kept(kept):  # (another program's pickle: a TypeError deep in reading it)
+        raise SystemExit(
+            f"--log: {path} is not the loggers an example keeps (it holds a "
+            f"{type(kept).__name__}); delete the file to start new ones (they log the run's "
+            "exploits again), and pass --log-dir only folders you trust: the file is "
+            "loaded with pickle, which runs code"
+        )
     uri, kept_dir = _tracking_uri(), _kept_log_dir(kept)
     if set(kept["backends"]) != set(backends):
         why = f"the run before logged to {' '.join(kept['backends'])}"

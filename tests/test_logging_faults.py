@@ -560,6 +560,22 @@ def test_a_relative_tracking_uri_is_kept_absolute_so_a_rerun_elsewhere_is_not_lo
         assert resolve_tracking_uri(uri) == uri
 
 
+@pytest.mark.parametrize(
+    "kept",
+    [0, ["tensorboard"], {"backends": ["tensorboard"]}, {"backends": 1, "loggers": None}],
+)
+def test_a_loggers_file_the_example_did_not_write_is_refused_with_a_message(tmp_path, kept):
+    """A pickle of another kind ended in a TypeError from deep inside the reading
+    (``0`` is not subscriptable), saying nothing of the file (hostile review)."""
+    import pickle
+
+    from examples import population_cnn
+
+    (tmp_path / population_cnn.LOGGERS_FILE).write_bytes(pickle.dumps(kept))
+    with pytest.raises(SystemExit, match=r"is not the loggers an example keeps .*delete the file"):
+        population_cnn.make_loggers(_example_args(tmp_path, "tensorboard"), "pbt")
+
+
 def test_kept_loggers_from_before_the_log_dir_was_kept_are_kept_by_their_own_folder(
     tmp_path, capsys
 ):
