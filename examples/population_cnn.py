@@ -64,6 +64,7 @@ __all__ = [
     "data_streams",
     "keep_loggers",
     "make_loggers",
+    "refuse_large_batches",
     "run",
     "summarize",
     "sync_loggers",
@@ -566,6 +567,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     dataset = data_lib.load(args.dataset, limit=args.limit)  # (the split is the data's)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     refuse_another_examples_run(os.path.join(args.log_dir, "population"), population[0])
+    refuse_large_batches([experiment.batch_size(m, args) for m in population], dataset)
     model = Model(experiment, dataset, population[0])
     accuracies: dict = {}
     logs = make_loggers(args, experiment.name)
@@ -689,6 +691,18 @@ def refuse_another_examples_run(log_dir: str, meta_params: Mapping[str, Any]) ->
             )
 
 
+def refuse_large_batches(batch_sizes: Sequence[int], dataset: data_lib.Dataset) -> None:
+    """Exits, before any worker starts, when a batch is larger than the training set
+    (each worker failed with a traceback)."""
+    largest, images = max(batch_sizes), len(dataset.train_images)
+    if largest > images:
+        raise SystemExit(
+            f"a batch of {largest} images is larger than the training set ({images} images "
+            f"of {dataset.name}): pass a smaller --batch-size"
+            + (" or a larger --limit" if dataset.name == "cifar10" else "")
+        )
+
+
 def summarize(state: PopulationState, accuracies: Mapping) -> dict[str, Any]:
     """Best member, every member's score and the exploit count, as ``jaxpop report``.
 
@@ -768,6 +782,9 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
         parser.error("--batch-size and --limit must be positive")
     if args.seed < 0 or args.keep_best < 0:
         parser.error("--seed and --keep-best must be at least 0")
+    largest_seed = (2**63 - args.workers) // 1009  # (worker i's key: seed * 1009 + i, an int64)
+    if args.seed > largest_seed:
+        parser.error(f"--seed must be at most {largest_seed} with --workers {args.workers}")
     if getattr(args, "steps_per_exploit", 1) < 1:  # (simple_cnn, the Ray example)
         parser.error("--steps-per-exploit must be positive")
     seconds = getattr(args, "seconds_per_exploit", 1.0)  # (complex_cnn)

@@ -275,7 +275,15 @@ def test_a_worker_that_fails_fails_the_run_and_a_resume_trains_it_again(tmp_path
 
 @pytest.mark.parametrize(
     "bad",
-    [["--batch-size", "-5"], ["--batch-size", "0"], ["--limit", "0"], ["--seed", "-1"]],
+    [
+        ["--batch-size", "-5"],
+        ["--batch-size", "0"],
+        ["--limit", "0"],
+        ["--seed", "-1"],
+        ["--seed", "18446744073709551615"],  # (these failed in each worker: an overflow)
+        ["--seed", "99999999999999999999"],
+        ["--seed", str((2**63 - 4) // 1009 + 1)],  # (the first too large for 4 workers)
+    ],
 )
 def test_flags_out_of_range_are_refused(bad, capsys):
     # a negative batch size hung forever (no batch was ever drawn); 0 crashed in range()
@@ -284,6 +292,34 @@ def test_flags_out_of_range_are_refused(bad, capsys):
     assert "must be" in capsys.readouterr().err
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         next(data_lib.batches(np.zeros((4, 1)), np.zeros(4), -5, np.random.default_rng(0)))
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_before_workers_start(tmp_path):
+    # each worker failed with a traceback from the batch generator
+    from examples import population_cnn
+    from examples.vectorized import train as vectorized
+
+    for main in (simple_cnn.main, vectorized.main):
+        log_dir = tmp_path / main.__module__
+        with pytest.raises(
+            SystemExit,
+            match=r"batch of 5000 images is larger than the training "
+            r"set \(1438 images of digits\): pass a smaller --batch-size",
+        ):
+            main(["--batch-size", "5000", "--log-dir", str(log_dir)])
+        assert not log_dir.exists()
+    largest = str((2**63 - 4) // 1009)  # (the largest seed 4 workers take is no refusal)
+    assert population_cnn.parse(_parser(), ["--seed", largest]).seed == int(largest)
+
+
+def _parser():
+    import argparse
+
+    from examples import population_cnn
+
+    parser = argparse.ArgumentParser()
+    population_cnn.add_flags(parser, steps=1, workers=4, log_dir="unused")
+    return parser
 
 
 @pytest.mark.parametrize(
