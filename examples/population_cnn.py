@@ -47,7 +47,7 @@ from examples.cnn import CNN, accuracy, augment, cross_entropy
 from examples.log_dirs import log_dir_arg, log_dir_problem
 from examples.tables import cell, print_table
 from jaxpop import Controller, PopulationController, PopulationState, report
-from jaxpop.checkpointing import MissingCheckpointError, ParamStore
+from jaxpop.checkpointing import DamagedCheckpointError, MissingCheckpointError, ParamStore
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.logging import BACKENDS, Loggers, RunLogger, parse_backends
 from jaxpop.logging import make_loggers as make_run_loggers
@@ -59,6 +59,7 @@ from jaxpop.storage.atomic import write_atomic
 __all__ = [
     "Experiment",
     "Model",
+    "RunFlagsError",
     "TrainState",
     "add_flags",
     "data_streams",
@@ -73,6 +74,11 @@ __all__ = [
 
 SYNC_EVERY_S = 2.0  # how often the driver hands new exploits to the loggers
 LOGGERS_FILE = "loggers.pickle"  # in --log-dir: the loggers a rerun goes on with
+
+
+class RunFlagsError(ValueError):
+    """The run in ``--log-dir`` was started with other flags than this command's: its
+    checkpoints do not fit the model (the message says which flag to check)."""
 
 
 @struct.dataclass
@@ -229,6 +235,14 @@ def train_worker(
                         worker_id, generation_id, step, exists=store.exists
                     )
                     continue
+                except DamagedCheckpointError:
+                    raise  # (not a flag to change: its message says which file, and how)
+                except ValueError as error:  # (its shapes are another data set's images')
+                    raise RunFlagsError(
+                        "the checkpoints in this --log-dir do not fit this model (another "
+                        "--dataset?): rerun with the run's flags, or use another --log-dir "
+                        f"({error})"
+                    ) from None
             hp = model.experiment.traced(meta)
             batch_size = model.experiment.batch_size(meta, args)
             batches = data_lib.batches(dataset.train_images, dataset.train_labels, batch_size, rng)
@@ -643,6 +657,8 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
                     raise SystemExit(130) from None  # (the status of a SIGINT)
             if failed:
                 i = min(failed)
+                if isinstance(failed[i], RunFlagsError):  # (a traceback says no more)
+                    raise SystemExit(str(failed[i])) from None
                 raise RuntimeError(f"worker {i} failed: {failed[i]!r}") from failed[i]
             logs.finish(controller.state)  # the last exploits, the best member's schedule
             keep_loggers(logs, args.log, os.path.abspath(args.log_dir))  # (a rerun goes on)

@@ -142,6 +142,22 @@ def test_cifar10_validates_on_a_fixed_part_of_its_train_split(monkeypatch):
     assert len(small.val_images) == 10 and len(small.train_images) == 2
 
 
+def test_a_run_resumed_with_another_dataset_names_the_flag(tmp_path, monkeypatch):
+    # a worker failed on a checkpoint's shapes (float32[3, 3, 1, 32] ... asks for
+    # float32[3, 3, 3, 32]), naming no flag; the vectorized example asks "another --dataset?"
+    argv = ["--steps", "5", "--workers", "1", "--eval-every", "5", "--batch-size", "8"]
+    argv += ["--no-progress", "--log-dir", str(tmp_path)]
+    simple_cnn.main(argv)
+
+    def split(name, split, limit):  # (CIFAR-10's shapes, without tensorflow-datasets)
+        rng = np.random.default_rng(0)
+        return rng.random((40, 32, 32, 3), dtype=np.float32), np.arange(40, dtype=np.int32) % 10
+
+    monkeypatch.setattr(data_lib, "_tfds_split", split)
+    with pytest.raises(SystemExit, match=r"do not fit this model \(another --dataset\?\)"):
+        simple_cnn.main([*argv, "--dataset", "cifar10"])
+
+
 def test_cifar10_says_what_is_missing(monkeypatch):
     """Any ImportError inside tensorflow-datasets (preparing the data needed a module
     that was not there) was reported as tensorflow-datasets missing (helper-180)."""
