@@ -337,7 +337,7 @@ def add_flags(
         "--limit",
         type=int,
         default=None,
-        help="cifar10: images read from its train split (a tenth held out for validation)",
+        help="cifar10 only: images read from its train split (a tenth held out for validation)",
     )
     if batch_size:
         parser.add_argument("--batch-size", type=int, default=64)
@@ -796,6 +796,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
         parser.error("--workers, --steps, --eval-every and --gc-every must be positive")
     if getattr(args, "batch_size", 1) < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--batch-size and --limit must be positive")
+    if args.limit is not None and args.dataset != "cifar10":  # (it was ignored)
+        parser.error(f"--limit must be left out with --dataset {args.dataset}: it reads cifar10")
     if args.seed < 0 or args.keep_best < 0:
         parser.error("--seed and --keep-best must be at least 0")
     largest_seed = (2**63 - args.workers) // 1009  # (worker i's key: seed * 1009 + i, an int64)

@@ -295,6 +295,7 @@ def test_a_worker_that_fails_fails_the_run_and_a_resume_trains_it_again(tmp_path
         ["--batch-size", "-5"],
         ["--batch-size", "0"],
         ["--limit", "0"],
+        ["--limit", "100"],  # (digits: it was accepted and ignored)
         ["--seed", "-1"],
         ["--seed", "18446744073709551615"],  # (these failed in each worker: an overflow)
         ["--seed", "99999999999999999999"],
