@@ -581,7 +581,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     dataset = data_lib.load(args.dataset, limit=args.limit)  # (the split is the data's)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     refuse_another_examples_run(os.path.join(args.log_dir, "population"), population[0])
-    refuse_large_batches([experiment.batch_size(m, args) for m in population], dataset)
+    refuse_large_batches([experiment.batch_size(m, args) for m in population], dataset, args)
     model = Model(experiment, dataset, population[0])
     accuracies: dict = {}
     logs = make_loggers(args, experiment.name)
@@ -707,15 +707,18 @@ def refuse_another_examples_run(log_dir: str, meta_params: Mapping[str, Any]) ->
             )
 
 
-def refuse_large_batches(batch_sizes: Sequence[int], dataset: data_lib.Dataset) -> None:
+def refuse_large_batches(
+    batch_sizes: Sequence[int], dataset: data_lib.Dataset, args: argparse.Namespace
+) -> None:
     """Exits, before any worker starts, when a batch is larger than the training set
     (each worker failed with a traceback)."""
     largest, images = max(batch_sizes), len(dataset.train_images)
     if largest > images:
+        remedies = ["a smaller --batch-size"] if hasattr(args, "batch_size") else []
+        remedies += ["a larger --limit"] if dataset.name == "cifar10" else []
         raise SystemExit(
             f"a batch of {largest} images is larger than the training set ({images} images "
-            f"of {dataset.name}): pass a smaller --batch-size"
-            + (" or a larger --limit" if dataset.name == "cifar10" else "")
+            f"of {dataset.name}): pass {' or '.join(remedies)}"
         )
 
 

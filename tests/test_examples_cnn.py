@@ -311,7 +311,9 @@ def test_flags_out_of_range_are_refused(bad, capsys):
         next(data_lib.batches(np.zeros((4, 1)), np.zeros(4), -5, np.random.default_rng(0)))
 
 
-def test_a_batch_larger_than_the_training_set_is_refused_before_workers_start(tmp_path):
+def test_a_batch_larger_than_the_training_set_is_refused_before_workers_start(
+    tmp_path, monkeypatch
+):
     # each worker failed with a traceback from the batch generator
     from examples import population_cnn
     from examples.vectorized import train as vectorized
@@ -325,6 +327,14 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_workers_start(tm
         ):
             main(["--batch-size", "5000", "--log-dir", str(log_dir)])
         assert not log_dir.exists()
+    # complex_cnn's batch sizes are hyperparameters (up to 128): CIFAR-10 with a --limit
+
+    def split(name, split, limit):
+        return np.zeros((limit, 32, 32, 3), np.float32), np.arange(limit, dtype=np.int32) % 10
+
+    monkeypatch.setattr(data_lib, "_tfds_split", split)
+    with pytest.raises(SystemExit, match=r"\(20 images of cifar10\): pass a larger --limit$"):
+        complex_cnn.main(["--dataset", "cifar10", "--limit", "30", "--log-dir", str(log_dir)])
     largest = str((2**63 - 4) // 1009)  # (the largest seed 4 workers take is no refusal)
     assert population_cnn.parse(_parser(), ["--seed", largest]).seed == int(largest)
 

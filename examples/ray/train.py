@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log_dir = os.path.abspath(args.log_dir)
     if args.dataset == "digits" or args.limit is not None:  # (loaded here only when small)
         dataset = data_lib.load(args.dataset, limit=args.limit)
-        population_cnn.refuse_large_batches([args.batch_size], dataset)
+        population_cnn.refuse_large_batches([args.batch_size], dataset, args)
     logs = population_cnn.make_loggers(args, "ray")  # made here, shipped to each worker
     started_ray = _init_ray(args)
     start = time.time()

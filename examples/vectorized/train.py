@@ -167,7 +167,7 @@ def _resume(log, store, model, pop):
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed)."""
     dataset = data_lib.load(args.dataset, limit=args.limit)
-    population_cnn.refuse_large_batches([args.batch_size], dataset)
+    population_cnn.refuse_large_batches([args.batch_size], dataset, args)
     model = _Model(dataset, args, _mesh(args.workers))
     start = time.time()
     key = root_key(args.seed)
