@@ -209,6 +209,10 @@ def test_max_eval_steps_ends_only_an_evaluation_whose_curve_does_not_overlap():
     close = Curve.of([(10 * j, 1.0 + 0.1 * j + (0.05 if j else 0.0)) for j in range(20)])
     assert fire.binomial_p_value(close, child) < 0.01 and improvement(close, child) < 0
     assert evaluator_verdict(close, child, 250, **kwargs) == "continue"
+    # ... up to twice max_eval_steps: jaxpop's bound (by the quoted rules it went on for
+    # good, holding its evaluator and the queue: helper-248)
+    assert evaluator_verdict(close, child, 399, **kwargs) == "continue"
+    assert evaluator_verdict(close, child, 400, **kwargs) == "stop"
     # a curve that never reaches the child's first value stops at max_eval_steps ...
     behind = Curve.of([(10 * j, 0.1 + 0.01 * j) for j in range(12)])
     assert evaluator_verdict(behind, child, 199, **kwargs) == "continue"
@@ -1069,3 +1073,25 @@ def test_improvements_at_once_are_the_improvements_one_by_one():
     assert fire.improvements(random_curve(), []).shape == (0,)
     with pytest.raises(ValueError, match="at least one point"):
         fire.improvements(random_curve(), [Curve(np.zeros(0, np.int64), np.zeros(0))])
+
+
+def test_a_fitness_past_a_float_ranks_first_and_a_long_curves_p_value_is_quick():
+    # _row_sum gives inf for a sum of improvements past a float: its sort key was inf,
+    # "non-finite: last", and the best member copied a diverging one (helper-248)
+    assert fire._fitness_key(math.inf) < fire._fitness_key(1e308) < fire._fitness_key(0.0)
+    assert fire._fitness_key(-math.inf) > fire._fitness_key(-1e308)
+    assert fire._fitness_key(-math.inf) < fire._fitness_key(math.nan)
+    assert math.isnan(fire._fitness_key(None))  # (no fitness: last, after NaN's inf)
+    # the exact binomial tail took seconds past a few thousand aligned points (52 s at
+    # 20,000); past _EXACT_TRIALS it is scipy's, the same to float64's precision
+    rng = np.random.default_rng(0)
+    for n in (fire._EXACT_TRIALS, fire._EXACT_TRIALS + 1, 20_000):
+        steps = np.arange(n) * 10
+        a = Curve(steps, np.cumsum(rng.normal(size=n)))
+        b = Curve(steps, np.cumsum(rng.normal(size=n)))
+        shared = fire.overlap(a, b)
+        in_a = fire._window(a, shared.a_start, shared.length)
+        at = np.searchsorted(b.steps, shared.b_start + a.steps[in_a] - shared.a_start, "right") - 1
+        wins, trials = int(np.sum(a.values[in_a] > b.values[at])), int(in_a.sum())
+        exact = sum(math.comb(trials, j) for j in range(wins, trials + 1)) / 2**trials
+        assert fire.binomial_p_value(a, b) == pytest.approx(exact, rel=1e-9, abs=1e-300)

@@ -559,3 +559,11 @@ def test_under_x64_the_round_and_the_host_mutator_give_no_future_warning():
         ]
         PopulationController([{"lr": 0.001 * (i + 1)} for i in range(8)], make())
     assert exploit.parents.dtype == jnp.int32
+
+
+def test_plan_never_copies_a_rank_of_minus_infinity():
+    # only NaN and inactive members were taken as no rank: -inf was the best, copied
+    # and taken as a migrant, against the docstring (helper-248)
+    ranks = jnp.asarray([-jnp.inf, 1.0, 2.0, 3.0])
+    parents = np.asarray(plan(ranks, jnp.asarray([True]), num_sub_populations=1).parents)
+    assert 0 not in parents[1:].tolist()

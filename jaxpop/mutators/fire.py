@@ -239,8 +239,17 @@ def binomial_p_value(a: Curve, b: Curve) -> float:
     at = np.searchsorted(b.steps, shared.b_start + offsets, side="right") - 1
     wins = int(np.sum(a.values[in_a] > b.values[at]))
     trials = int(in_a.sum())
+    if trials > _EXACT_TRIALS:  # (the exact sum costs seconds past a few thousand points)
+        from scipy.special import bdtrc  # (P(X > k): here P(X >= wins))
+
+        return float(bdtrc(wins - 1, trials, 0.5)) if wins > 0 else 1.0
     tail = sum(math.comb(trials, j) for j in range(wins, trials + 1))
     return tail / 2**trials
+
+
+#: Up to this many aligned points the binomial tail is summed exactly; past it, from
+#: the regularized incomplete beta function (scipy), to float64's precision.
+_EXACT_TRIALS = 512
 
 
 Verdict = Literal["success", "stop", "continue"]
@@ -262,7 +271,10 @@ def evaluator_verdict(
       (it diverged).
     * ``"continue"``: otherwise. So ``max_eval_steps`` is no hard limit for curves that
       overlap: past it, one goes on while its p-value stays at most ``p_stat`` without
-      an improvement yet.
+      an improvement yet -- but not past ``2 * max_eval_steps`` (jaxpop's bound, where
+      the quoted rules leave none: an evaluator that wins the aligned points but never
+      reaches a spike of the child's best score went on for good, holding its evaluator
+      and every member waiting for one).
 
     >>> child = Curve.of([(10 * j, 1.0 + 0.1 * j) for j in range(12)])
     >>> faster = Curve.of([(10 * j, 1.0 + j) for j in range(12)])  # 11 wins of 12
@@ -283,7 +295,7 @@ def evaluator_verdict(
         p = binomial_p_value(evaluator, child)
         if p < p_stat and improvement(evaluator, child) > 0:
             return "success"
-        if overlap(evaluator, child) is not None:
+        if overlap(evaluator, child) is not None and elapsed < 2 * max_eval_steps:
             bar = p_stat + max(0.0, 1.0 - elapsed / max_eval_steps)
             return "stop" if p > bar else "continue"
     return "stop" if elapsed >= max_eval_steps else "continue"
@@ -506,6 +518,18 @@ def _row_sum(row: list[float], i: int, curves: Sequence[Curve | None]) -> float:
         return math.inf if total > 0 else -math.inf
 
 
+def _fitness_key(fitness: float | None) -> float:
+    """A fitness as a sort key (lower first): a fitness past a float (an infinite sum
+    of improvements, :func:`_row_sum`) ranks first or last among the finite ones, not
+    as a non-finite score, which ranks last whatever its sign; NaN and ``None`` last."""
+    if fitness is not None and math.isinf(fitness):
+        fitness = math.copysign(_FLOAT_MAX, fitness)
+    return selection_lib.sort_key(fitness, "max")
+
+
+_FLOAT_MAX = float(np.finfo(np.float64).max)
+
+
 class _Memo:
     """What a :class:`FirePBT` remembers between calls: fitness, by the curves' contents
     (a curve is known by a 128-bit BLAKE2b digest of its steps and values, so a changed
@@ -579,11 +603,11 @@ class _Memo:
             computed, refreshed = _fitness(curves, rows, start, changed)
             fitness = computed.fitness
             if refreshed is None or last is None:
-                order = np.array([selection_lib.sort_key(f, "max") for f in fitness], np.float64)
+                order = np.array([_fitness_key(f) for f in fitness], np.float64)
             else:  # (the other positions' fitness is as it was: their keys too)
                 order = last[2].copy()
                 for i in refreshed:
-                    order[i] = selection_lib.sort_key(fitness[i], "max")
+                    order[i] = _fitness_key(fitness[i])
             order.setflags(write=False)
             known = (fitness, order)
             with self._lock:
@@ -672,9 +696,10 @@ class FirePBT(Mutator):
     sub-population, copies a better member by truncation selection and explores (PBT's
     exploit and explore): in ``P1`` ranked by score, in a later ``Pi`` by
     :func:`fire_fitness` over evaluator curves. An idle evaluator takes the member of
-    ``P2 .. Pn`` evaluated longest ago and trains its weights with the hyperparameters of
-    the best member of the sub-population before it; :func:`evaluator_verdict` ends the
-    evaluation, handing the weights over to that member on success.
+    ``P2 .. Pn`` whose last evaluation began at the lowest step and trains its weights
+    with the hyperparameters of the best member of the sub-population before it;
+    :func:`evaluator_verdict` ends the evaluation, handing the weights over to that
+    member on success.
 
     A finished or gone worker (``ActiveWorker.status``) takes no part: it is never
     copied, ranked, evaluated or handed weights over, an evaluator that is not active

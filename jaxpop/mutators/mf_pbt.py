@@ -213,7 +213,7 @@ def plan(
     ranks = jnp.asarray(ranks)
     size = ranks.shape[0]
     taking_part = jnp.ones(size, bool) if active is None else jnp.asarray(active, bool)
-    ranks = jnp.where(jnp.isnan(ranks) | ~taking_part, jnp.inf, ranks)
+    ranks = jnp.where(~jnp.isfinite(ranks) | ~taking_part, jnp.inf, ranks)  # (-inf too)
     m = num_sub_populations
     n = size // m
     q = n // _BRACKETS  # the brackets' size when every member takes part
