@@ -695,20 +695,28 @@ def test_compiles_once():
 
 
 # -- through a controller ------------------------------------------------------------------------
-def run_quadratic(pop, local, steps):
-    """Each worker minimises ``(x - 3)^2`` by gradient steps of size ``lr``; ``local``
-    holds each worker's ``(generation, step, x, meta_params)`` between calls."""
+def run_workers(pop, local, steps, start, train, value):
+    """Each worker trains a number ``x`` (``start`` when fresh) by ``train(x, meta_params)``
+    at each step and reports ``value(x)``; ``local`` holds each worker's ``(generation,
+    step, x, meta_params)`` between calls."""
     for _ in range(steps):
         for i in range(POPULATION):
             gen, step, x, meta = local.get(i, (None, None, None, None))
             data = pop.maybe_get_worker_data(i, gen, step, x, meta)
             if data is not None:
-                x = 0.0 if data.params is None else data.params
+                x = start if data.params is None else data.params
                 gen, step, meta = data.generation_id, data.step, data.meta_params
-            x = x - meta["lr"] * 2 * (x - 3.0)
+            x = train(x, meta)
             step += 1
-            pop.set_eval(i, gen, step, x, (x - 3.0) ** 2)
+            pop.set_eval(i, gen, step, x, value(x))
             local[i] = (gen, step, x, meta)
+
+
+def run_quadratic(pop, local, steps):
+    """Each worker minimises ``(x - 3)^2`` by gradient steps of size ``lr``."""
+    run_workers(
+        pop, local, steps, 0.0, lambda x, m: x - m["lr"] * 2 * (x - 3.0), lambda x: (x - 3.0) ** 2
+    )
 
 
 def test_pb2_runs_through_a_controller_journals_and_resumes(tmp_path, calls):
@@ -742,18 +750,15 @@ def test_the_bandit_stops_choosing_hyperparameters_whose_runs_diverge(monkeypatc
     monkeypatch.setattr(pb2, "_propose", spy)
     m = PB2(perturbation_interval=4, hyperparam_space=SPACE, min_observations=4)
     initial = [{"lr": lr} for lr in np.linspace(0.1, 0.6, POPULATION)]
-    local: dict = {}
     with PopulationController(initial, m, seed=0) as pop:
-        for _ in range(60):
-            for i in range(POPULATION):
-                gen, step, x, meta = local.get(i, (None, None, None, None))
-                data = pop.maybe_get_worker_data(i, gen, step, x, meta)
-                if data is not None:
-                    x = 10.0 if data.params is None else data.params
-                    gen, step, meta = data.generation_id, data.step, data.meta_params
-                x = math.nan if meta["lr"] > 0.6 else x * (1 - 0.1 * meta["lr"])
-                pop.set_eval(i, gen, step + 1, x, x)
-                local[i] = (gen, step + 1, x, meta)
+        run_workers(
+            pop,
+            {},
+            60,
+            10.0,
+            lambda x, meta: math.nan if meta["lr"] > 0.6 else x * (1 - 0.1 * meta["lr"]),
+            lambda x: x,
+        )
     assert len(chosen) >= 10
     assert np.mean(np.array(chosen) > 0.6) < 0.5, chosen
 
