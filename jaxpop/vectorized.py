@@ -1034,7 +1034,6 @@ def record(
         raise TypeError("record needs step= (the population's step of the evaluation)")
     check_events_left(state)  # (before anything: a round past the last event is refused)
     step = check_step(step if isinstance(step, int) else np.asarray(step).item())
-
     scores = np.asarray(scores, np.float64)
     n = state.population_size
     if scores.shape != (n,):
