@@ -999,7 +999,8 @@ def test_record_refuses_an_exploit_that_changed_hyperparameters_without_a_copy()
 def test_record_takes_a_kept_nan_hyperparameter_of_any_float_dtype_as_unchanged():
     # bfloat16's kind is "V": its NaN was taken as a change without a copy (helper-246)
     for dtype in (jnp.float32, jnp.float16, jnp.bfloat16):
-        pop = vz.init(root_key(0), init_fn, hparams={"x": jnp.asarray([1.0, 2.0, 3.0], dtype)})
+        x = {"x": jnp.asarray([1.0, 2.0, 3.0], dtype)}  # (read by no optimizer: none written)
+        pop = vz.init(root_key(0), init_fn, hparams=x, optimizer_hparams=lambda h: {})
         lineage = vz.lineage_init(pop, root_key(0), now=0.0)
         nan = jnp.asarray([jnp.nan, 2.0, 3.0], dtype)  # (a custom exploit's, kept at NaN)
         workers = tuple(
