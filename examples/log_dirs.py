@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from jaxpop.report.data import NotARunError, find_run_dir
+from jaxpop.report.data import NotARunError, SeveralRunsError, find_run_dir
 
 __all__ = ["log_dir_arg", "log_dir_problem"]
 
@@ -36,7 +36,14 @@ def log_dir_problem(log_dir: str, *, run_below: bool = True) -> str | None:
         return f"--log-dir {log_dir} is a file: pass a folder (a new one starts a run)"
     try:
         run_dir = find_run_dir(log_dir)
-    except (OSError, NotARunError):  # (none, several: nothing of this kind to tell)
+    except SeveralRunsError:  # (runs below: the synthetic example's would go beside them)
+        if run_below:
+            return None
+        return (
+            f"--log-dir {log_dir} holds several runs (other examples' --log-dirs): this "
+            "example keeps its run in --log-dir itself, beside them; use another --log-dir"
+        )
+    except (OSError, NotARunError):  # (none: nothing of this kind to tell)
         return None
     itself = run_dir == os.fspath(log_dir)
     if run_below and itself:

@@ -101,6 +101,9 @@ class Experiment:
       optimizer_transforms: e.g. ``{"learning_rate": jnp.exp}`` for a log learning rate.
       augmentation_keys: the ``meta_params`` entries that are augmentation strengths.
       batch_size: ``(meta_params, args) -> int``.
+      largest_batch_size: ``args -> int``, the largest batch a member may come to train
+        with (an explore may move a batch size past the initial ones); ``None``: the
+        initial members' largest.
       label_smoothing_key: the ``meta_params`` entry holding label smoothing, if any.
     """
 
@@ -115,6 +118,7 @@ class Experiment:
     batch_size: Callable[[Mapping[str, Any], argparse.Namespace], int] = lambda meta, args: (
         args.batch_size
     )
+    largest_batch_size: Callable[[argparse.Namespace], int] | None = None
     label_smoothing_key: str | None = None
 
     def traced(self, meta_params: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -581,7 +585,10 @@ def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     dataset = data_lib.load(args.dataset, limit=args.limit)  # (the split is the data's)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     refuse_another_examples_run(os.path.join(args.log_dir, "population"), population[0])
-    refuse_large_batches([experiment.batch_size(m, args) for m in population], dataset, args)
+    sizes = [experiment.batch_size(m, args) for m in population]
+    if experiment.largest_batch_size is not None:
+        sizes.append(experiment.largest_batch_size(args))
+    refuse_large_batches(sizes, dataset, args)
     model = Model(experiment, dataset, population[0])
     accuracies: dict = {}
     logs = make_loggers(args, experiment.name)
@@ -793,7 +800,18 @@ def print_summary(summary: Mapping[str, Any]) -> None:
     )
 
 
-def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+def largest_seed(workers: int) -> int:
+    """The largest ``--seed`` whose worker keys (worker ``i``'s: ``seed * 1009 + i``,
+    :func:`data_streams`) an int64 holds."""
+    return (2**63 - workers) // 1009
+
+
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, worker_keys: bool = True
+) -> argparse.Namespace:
+    """The examples' flags, checked. ``worker_keys``: the example makes worker keys from
+    the seed (:func:`largest_seed`; the vectorized example takes its key from
+    ``root_key(seed)``, any seed below 2**64)."""
     args = parser.parse_args(argv)
     if min(args.workers, args.steps, args.eval_every, args.gc_every) < 1:
         parser.error("--workers, --steps, --eval-every and --gc-every must be positive")
@@ -803,9 +821,11 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpar
         parser.error(f"--limit must be left out with --dataset {args.dataset}: it reads cifar10")
     if args.seed < 0 or args.keep_best < 0:
         parser.error("--seed and --keep-best must be at least 0")
-    largest_seed = (2**63 - args.workers) // 1009  # (worker i's key: seed * 1009 + i, an int64)
-    if args.seed > largest_seed:
-        parser.error(f"--seed must be at most {largest_seed} with --workers {args.workers}")
+    most = largest_seed(args.workers)
+    if worker_keys and args.seed > most:
+        parser.error(f"--seed must be at most {most} with --workers {args.workers}")
+    elif args.seed >= 2**64:
+        parser.error("--seed must be below 2**64")
     if getattr(args, "steps_per_exploit", 1) < 1:  # (simple_cnn, the Ray example)
         parser.error("--steps-per-exploit must be positive")
     seconds = getattr(args, "seconds_per_exploit", 1.0)  # (complex_cnn)

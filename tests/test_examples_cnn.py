@@ -335,8 +335,19 @@ def test_a_batch_larger_than_the_training_set_is_refused_before_workers_start(
     monkeypatch.setattr(data_lib, "_tfds_split", split)
     with pytest.raises(SystemExit, match=r"\(20 images of cifar10\): pass a larger --limit$"):
         complex_cnn.main(["--dataset", "cifar10", "--limit", "30", "--log-dir", str(log_dir)])
+    # ... and a batch size an explore moves to (128) past the data, though the initial
+    # members' are smaller (only those were checked: a worker failed mid-run)
+    # (seed 2, 2 workers: batch sizes 32 and 64)
+    argv = ["--workers", "2", "--seed", "2", "--dataset", "cifar10", "--limit", "110"]
+    with pytest.raises(SystemExit, match=r"batch of 128 images .* \(100 images of cifar10\)"):
+        complex_cnn.main([*argv, "--log-dir", str(log_dir)])
     largest = str((2**63 - 4) // 1009)  # (the largest seed 4 workers take is no refusal)
     assert population_cnn.parse(_parser(), ["--seed", largest]).seed == int(largest)
+    # the vectorized example's key is root_key(seed): any seed below 2**64 (helper-249)
+    huge = ["--seed", str(2**63 - 1)]
+    assert population_cnn.parse(_parser(), huge, worker_keys=False).seed == 2**63 - 1
+    with pytest.raises(SystemExit):
+        population_cnn.parse(_parser(), ["--seed", str(2**64)], worker_keys=False)
 
 
 def _parser():

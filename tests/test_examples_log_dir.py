@@ -71,6 +71,11 @@ def test_the_synthetic_example_refuses_a_folder_that_holds_a_run_below(tmp_path,
     assert f"holds a run in {example / 'population'}" in err
     assert sorted(os.listdir(example)) == ["population"]
     assert log_dir_problem(str(_run(tmp_path / "own")), run_below=False) is None  # resumed
+    # ... and one that holds several runs below (taken as "nothing to tell": helper-249)
+    _run(example / "other")
+    err = _refused(synthetic.main, ["--log-dir", str(example)], capsys)
+    assert "holds several runs" in err
+    assert log_dir_problem(str(example)) is None  # (a CNN example's run goes below them)
 
 
 @pytest.mark.parametrize("which", ["empty", "file"])

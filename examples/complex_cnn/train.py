@@ -84,6 +84,7 @@ EXPERIMENT = population_cnn.Experiment(
     optimizer_transforms={"learning_rate": jnp.exp},
     augmentation_keys=("hue", "saturation", "contrast", "brightness"),
     batch_size=lambda meta, args: int(meta["batch_size"]),
+    largest_batch_size=lambda args: max(BATCH_SIZES),  # (mutate_fn moves it up to that)
     label_smoothing_key="label_smoothing",
 )
 

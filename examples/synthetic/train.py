@@ -127,6 +127,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--log-dir", type=log_dir_arg, default=None, help="keep the controller's state here"
     )
     args = parser.parse_args(argv)
+    if not -(2**63) <= args.seed < 2**63:  # (jax.random.key's: an OverflowError)
+        parser.error("--seed must fit in 64 signed bits")
     problem = None if args.log_dir is None else log_dir_problem(args.log_dir, run_below=False)
     if problem is not None:
         parser.error(problem)

@@ -272,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="mlp (default: vmaps well on CPU) or cnn (vmapped convolutions are slow on "
         "XLA:CPU, see benchmarks/vectorized_vs_threads.py; fine on GPU/TPU)",
     )
-    args = population_cnn.parse(parser, argv)
+    args = population_cnn.parse(parser, argv, worker_keys=False)  # (its key: root_key(seed))
     try:
         return run(args)
     except KeyboardInterrupt:  # (a traceback said nothing of resuming)
