@@ -25,9 +25,11 @@ order. ``docs/multihost.md`` shows a whole loop and the launch on GPU nodes and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import numbers
 import re
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -219,6 +221,48 @@ def _plain_number(x: Any) -> Any:
     raise TypeError(f"Object of type {type(x).__name__} is not JSON serializable")
 
 
+def _count(name: str, value: Any, least: int) -> int:
+    """``value`` as an int of at least ``least`` (a whole float too), or the error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, float)):
+        raise TypeError(f"{name} must be an int, got {value!r:.40}")
+    if isinstance(value, float) and not value.is_integer():
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    number = int(value)
+    if not least <= number < 2**31:
+        raise ValueError(f"{name} must be in [{least}, 2**31), got {value!r:.40}")
+    return number
+
+
+def _port(coordinator_address: str) -> int:
+    """The port of ``"host:port"``, or a ``ValueError`` saying the address needs one."""
+    if not isinstance(coordinator_address, str):
+        raise TypeError(f"coordinator_address must be a str, got {coordinator_address!r:.40}")
+    _, colon, port = coordinator_address.rpartition(":")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"coordinator_address must be 'host:port' (port 1 to 65535), got "
+            f"{coordinator_address!r:.60}"
+        )
+    return int(port)
+
+
+def _check_free(coordinator_address: str, port: int) -> None:
+    """An ``OSError`` naming the address if process 0 cannot listen on ``port`` (taken
+    by another program: JAX's coordinator then ended the process with SIGSEGV)."""
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT is free)
+        try:
+            probe.bind(("", port))
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:  # (another trouble: JAX's own error says it)
+                return
+            raise OSError(
+                err.errno,
+                f"the coordinator's port {port} ({coordinator_address}) cannot be listened "
+                f"on from process 0: {err.strerror} (another program holds it?)",
+            ) from None
+
+
 def initialize_cpu(
     coordinator_address: str,
     num_processes: int,
@@ -242,6 +286,13 @@ def initialize_cpu(
       process_id: this process's index, ``0 .. num_processes - 1``.
       local_devices: CPU devices in each process.
       initialization_timeout: seconds to wait for every process to join before failing.
+
+    Raises:
+      TypeError, ValueError: an argument out of its range (an address without a port,
+        ``process_id`` not below ``num_processes``, a timeout that is not a positive
+        whole number), before JAX's configuration is changed.
+      OSError: on process 0, the coordinator's port is taken (JAX's coordinator ended
+        the process with a segmentation fault).
     """
     if isinstance(local_devices, (bool, np.bool_)) or not isinstance(
         local_devices, numbers.Integral
@@ -250,6 +301,15 @@ def initialize_cpu(
     local_devices = int(local_devices)
     if not 1 <= local_devices < 2**31:  # (past int32, jax's CPU client failed to bind it)
         raise ValueError(f"local_devices must be in [1, 2**31), got {local_devices}")
+    # (all checked before JAX's global config changes: a refused call changes nothing)
+    num_processes = _count("num_processes", num_processes, 1)
+    process_id = _count("process_id", process_id, 0)
+    if process_id >= num_processes:
+        raise ValueError(f"process_id must be in [0, {num_processes}), got {process_id}")
+    initialization_timeout = _count("initialization_timeout", initialization_timeout, 1)
+    port = _port(coordinator_address)
+    if process_id == 0:  # (a busy port made JAX's coordinator crash the process: SIGSEGV)
+        _check_free(coordinator_address, port)
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", local_devices)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -396,3 +396,45 @@ def test_initialize_cpu_refuses_a_bad_device_count_before_touching_jax(monkeypat
     assert calls == []
     multihost.initialize_cpu("localhost:1", 1, 0, local_devices=np.int64(2))  # an integer
     assert ("jax_num_cpu_devices", 2) in calls
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (("localhost", 2, 0), ValueError, "host:port"),
+        (("localhost:0", 2, 0), ValueError, "host:port"),
+        (("localhost:1", 2, 2), ValueError, r"process_id must be in \[0, 2\)"),
+        (("localhost:1", 2, -1), ValueError, "process_id"),
+        (("localhost:1", 0, 0), ValueError, "num_processes"),
+        (("localhost:1", 2, True), TypeError, "process_id"),
+        (("localhost:1", 2, 0, 2.5), TypeError, "initialization_timeout"),
+        (("localhost:1", 2, 0, -1), ValueError, "initialization_timeout"),
+    ],
+)
+def test_initialize_cpu_checks_every_argument_before_touching_jax(monkeypatch, args, error, match):
+    # (an address without a port was an IndexError, a fractional timeout a nanobind
+    # TypeError, a bool process id taken; JAX's config had changed first: helper-250)
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(a))
+    address, count, pid, *timeout = args
+    kwargs = {"initialization_timeout": timeout[0]} if timeout else {}
+    with pytest.raises(error, match=match):
+        multihost.initialize_cpu(address, count, pid, **kwargs)
+    assert calls == []
+
+
+def test_initialize_cpu_says_the_coordinators_port_is_taken(monkeypatch):
+    # JAX's coordinator ended process 0 with SIGSEGV on a port another program held
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(a))
+    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(OSError, match=f"port {port} .* cannot be listened on"):
+            multihost.initialize_cpu(f"localhost:{port}", 2, 0)
+        assert calls == []
+        multihost.initialize_cpu(f"localhost:{port}", 2, 1)  # (process 1 only connects)
+    assert calls
