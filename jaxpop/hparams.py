@@ -154,7 +154,7 @@ def make_optimizer(
         scheduled optimizers with ``optax.inject_hyperparams`` directly -- their
         scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
         ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex; or
-        an int argument (hinted so: :func:`_int_parameters`) is a float that is not
+        an int argument (hinted so: :func:`_numeric_parameters`) is a float that is not
         whole; or a flag is a traced bool.
       ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
         value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0 or to a
@@ -194,7 +194,7 @@ def make_optimizer(
             raise TypeError(
                 f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
             )
-    floats = _float_parameters(optimizer_fn, parameters)
+    floats, ints = _numeric_parameters(optimizer_fn, parameters)
     # sizes optax reads in Python: injected, each is an array and a jitted update fails
     # deep in optax; baked in unless meta_params gives them
     read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
@@ -208,7 +208,6 @@ def make_optimizer(
     ]
     baked = [*read_in_python, *callable_defaults]
     static_args = (*static_args, *[n for n in baked if n not in static_args])
-    ints = _int_parameters(optimizer_fn, parameters)
     for name, value in list(arguments.items()):
         if isinstance(value, (np.ndarray, jax.Array)) and value.dtype == bool and not value.ndim:
             # a flag (nesterov=np.array(True)): optax bakes in a bool, but injects an
@@ -359,18 +358,31 @@ def _is_float(value: Any) -> bool:
 _READ_IN_PYTHON = ("min_dim_size_to_factor", "decay_offset", "memory_size", "rank")
 
 
-def _float_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]) -> set[str]:
-    """The parameters of ``optimizer_fn`` that take floats and not ints: a float default,
-    or a type hint that admits ``float`` but not ``int`` (``learning_rate:
-    ScalarOrSchedule``); not ``seed: int`` nor ``key: ArrayLike`` (an int is a key)."""
+def _numeric_parameters(
+    optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]
+) -> tuple[set[str], set[str]]:
+    """The parameters of ``optimizer_fn`` that take floats, and those that take ints,
+    from their type hints (each read once) and defaults.
+
+    Floats and not ints: a float default, or a hint that admits ``float`` but not
+    ``int`` (``learning_rate: ScalarOrSchedule``); not ``seed: int`` nor ``key:
+    ArrayLike`` (an int is a key). Ints: a hint that admits ``int``, with an int default
+    (not a bool: muon's ``ns_steps: ArrayLike = 5``) or without ``float`` and a float
+    default; never one whose hint admits ``float`` but not ``int`` (``weight_decay:
+    float = 0``), nor one without a hint, whose int default says nothing of what it
+    takes (``def my_adamw(learning_rate, weight_decay=0)``)."""
     namespace = getattr(inspect.unwrap(optimizer_fn), "__globals__", {})
-    out = set()
+    floats, ints = set(), set()
     for name, parameter in parameters.items():
         hint = _hint(parameter.annotation, namespace)
         admitted = (hint, *typing.get_args(hint))
-        if type(parameter.default) is float or (float in admitted and int not in admitted):
-            out.add(name)
-    return out
+        default, takes_float, takes_int = parameter.default, float in admitted, int in admitted
+        if type(default) is float or (takes_float and not takes_int):
+            floats.add(name)
+        # (an int default, not a bool: muon's ns_steps, hinted as an ArrayLike)
+        if takes_int and (type(default) is int or (not takes_float and type(default) is not float)):
+            ints.add(name)
+    return floats, ints
 
 
 def _hint(annotation: Any, namespace: dict[str, Any]) -> Any:
@@ -382,26 +394,6 @@ def _hint(annotation: Any, namespace: dict[str, Any]) -> Any:
         return eval(annotation, namespace)
     except Exception:
         return None
-
-
-def _int_parameters(optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]) -> set[str]:
-    """The parameters of ``optimizer_fn`` that take ints: a type hint that admits
-    ``int``, with an int default (not a bool: muon's ``ns_steps: ArrayLike = 5``) or
-    without ``float`` and a float default. Never one whose hint admits ``float`` but not
-    ``int`` (``weight_decay: float = 0``), nor one without a hint, whose int default
-    says nothing of what it takes (``def my_adamw(learning_rate, weight_decay=0)``)."""
-    namespace = getattr(inspect.unwrap(optimizer_fn), "__globals__", {})
-    out = set()
-    for name, parameter in parameters.items():
-        hint = _hint(parameter.annotation, namespace)
-        admitted = (hint, *typing.get_args(hint))
-        default, floats, ints = parameter.default, float in admitted, int in admitted
-        if not ints:
-            continue  # (weight_decay: float = 0; no hint: def f(lr, weight_decay=0))
-        # (an int default, not a bool: muon's ns_steps, hinted as an ArrayLike)
-        if type(default) is int or (not floats and type(default) is not float):
-            out.add(name)
-    return out
 
 
 def _as_int_argument(name: str, value: Any) -> Any:

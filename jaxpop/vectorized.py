@@ -922,16 +922,7 @@ def generation_id(root_key: RawKey, index: int) -> GenerationId:
 def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float | int | bool]:
     """Member ``member``'s hyperparameters as plain Python numbers (journal-safe): a
     bool, an int or a float, as its dtype is."""
-    out: dict[str, float | int | bool] = {}
-    for name, values in hparams.items():
-        value = np.asarray(values)[member]
-        if value.dtype == bool:
-            out[name] = bool(value)
-        elif np.issubdtype(value.dtype, np.integer):
-            out[name] = int(value)
-        else:
-            out[name] = float(value)
-    return out
+    return {name: _plain(np.asarray(values)[[member]])[0] for name, values in hparams.items()}
 
 
 #: The mutator kind a vectorized population's journal records (:func:`run_description`).
@@ -1142,8 +1133,8 @@ def _check_kept_hparams(state: PopulationState, exploit: Exploit, copied: np.nda
 
 
 def _plain(values: np.ndarray) -> list[Any]:
-    """An ``(N,)`` array as :func:`member_hparams` gives each value: Python bools, ints
-    or floats (one ``tolist`` for all: no dict per member)."""
+    """An array's values as the lineage records them (:func:`member_hparams`): Python
+    bools, ints or floats, as its dtype is (one ``tolist`` for all)."""
     if values.dtype == bool or np.issubdtype(values.dtype, np.integer):
         return values.tolist()
     return values.astype(np.float64).tolist()  # (bfloat16 too: its kind is "V")
