@@ -960,3 +960,58 @@ def test_a_migrated_worker_s_own_generation_descends_from_its_lineage_before_it(
     with pytest.warns(UserWarning, match=rf"active_workers\[{i}\]"):
         migrated = storage.load_seed_state(tmp_path, seed=0)
     assert migrated.history.branch_point(migrated.workers[i].generation_id) == parent
+
+
+def test_a_step_the_seed_recorded_with_a_worker_s_hyperparameters_takes_its_generation_s(
+    seed, tmp_path
+):
+    """The seed's ask on an older generation records the hyperparameters the worker
+    passed (None in its quick start): migrated, the generation's history said None for
+    a generation that trained with others (review)."""
+    workers, cache, state = _seed_state(seed)
+    cache["gen-b"][12] = seed.Checkpoint(
+        "/ckpt/gen-b/12", None, "gen-b", None, ("gen-b", 12), 12, 1.0
+    )
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.warns(
+        UserWarning, match=r"cache\['gen-b'\] records other hyperparameters at steps \[12\]"
+    ):
+        storage.migrate_seed_state(tmp_path, seed=0)
+    with PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)) as c:
+        assert c.history["gen-b"][12].meta_params == {"lr": 0.2}
+        assert c.history.meta_params("gen-b") == {"lr": 0.2}
+        assert [w.generation_id for w in c.active_workers] == ["gen-c", "gen-d"]
+
+
+def test_two_workers_on_one_generation_go_on_in_generations_of_their_own(seed, tmp_path):
+    """The seed let two workers on one generation overwrite each other's reports; jaxpop
+    refuses that of a mutator, and a migrated run had it (review): the second goes on in
+    a generation of its own, from the checkpoint it holds."""
+    workers, cache, state = _seed_state(seed)
+    workers[1] = seed.ActiveWorker("/ckpt/gen-a/10", {"lr": 0.11}, "gen-c", 10)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.warns(UserWarning, match=r"active_workers\[1\] is on generation 'gen-c', which "):
+        storage.migrate_seed_state(tmp_path, seed=0)
+    with PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)) as c:
+        first, second = c.active_workers
+        assert first.generation_id == "gen-c" and second.generation_id != "gen-c"
+        assert second.meta_params == {"lr": 0.11} and second.step == 10
+        assert c.history.branch_point(second.generation_id) == ("gen-c", 10)
+        c.set_eval(0, "gen-c", 15, "/p0/15", 0.5)
+        c.set_eval(1, second.generation_id, 15, "/p1/15", 0.7)
+        assert c.history["gen-c"][15].params == "/p0/15"
+        assert c.history[second.generation_id][15].params == "/p1/15"
+
+
+def test_a_worker_before_its_generation_s_first_checkpoint_is_refused(seed, tmp_path):
+    """Its reports would be dropped as stale until it passed the start; the live API
+    refuses such an assignment (review)."""
+    workers, cache, state = _seed_state(seed)
+    workers[0] = seed.ActiveWorker("/x", {"lr": 0.11}, "gen-c", 3)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.raises(
+        storage.SeedStateError,
+        match=r"active_workers\[0\] is at step 3 .*first checkpoint is at step 10",
+    ):
+        storage.migrate_seed_state(tmp_path, seed=0)
+    assert sorted(os.listdir(tmp_path)) == ["population.state"]

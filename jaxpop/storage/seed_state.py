@@ -689,13 +689,15 @@ def _worker(
     )
 
 
-def _history(cache: Any, memo: dict[int, Any]) -> list[Checkpoint]:
+def _history(cache: Any, memo: dict[int, Any], where: str) -> list[Checkpoint]:
     """The seed's cache as checkpoints in creation order, with jaxpop's parent links.
 
     The seed gives a checkpoint it records for a running generation itself as parent;
     jaxpop links it to the generation's previous checkpoint (its first, to where it was
     copied from, as in the seed). A parent must come earlier (an earlier step of its
-    generation, or an earlier generation), so lineages never loop.
+    generation, or an earlier generation), so lineages never loop. Every checkpoint of a
+    generation takes its first one's hyperparameters (a warning names the steps that
+    recorded others).
     """
     if type(cache) is not dict:
         raise SeedStateError(f"the cache is a {type(cache).__name__}, not a dict of generations")
@@ -711,7 +713,8 @@ def _history(cache: Any, memo: dict[int, Any]) -> list[Checkpoint]:
     known = {(gen_id, step) for gen_id, steps in generations for step, _ in steps}
     checkpoints = []
     for gen_id, steps in generations:
-        previous = None
+        previous = first = None
+        retold: list[int] = []  # steps recorded with other hyperparameters than the first's
         for step, record in steps:
             at = f"cache[{_short(gen_id)}][{step}]"
             if type(record) is not _SeedCheckpoint:
@@ -719,6 +722,14 @@ def _history(cache: Any, memo: dict[int, Any]) -> list[Checkpoint]:
             c = _checkpoint(record, at, memo)
             if c.ref != (gen_id, step):
                 raise SeedStateError(f"{at} holds the checkpoint of {_short(c.ref)}")
+            if first is None:
+                first = c
+            elif not core.same_hparams(c.meta_params, first.meta_params):
+                # the seed's ask recorded the hyperparameters the worker passed (None in
+                # its quick start) at a step of an older generation; its set_eval, and
+                # jaxpop, take the generation's: its first checkpoint's
+                c = c.replace(meta_params=first.meta_params)
+                retold.append(step)
             parent = c.parent
             if parent == c.ref:  # the seed's "continues itself"
                 parent = None if previous is None else previous.ref
@@ -730,6 +741,14 @@ def _history(cache: Any, memo: dict[int, Any]) -> list[Checkpoint]:
                     raise SeedStateError(f"{at}.parent {_short(parent)} does not come before it")
             checkpoints.append(c.replace(parent=parent))
             previous = c
+        if retold:
+            warnings.warn(
+                f"{where}: cache[{_short(gen_id)}] records other hyperparameters at steps "
+                f"{_short(retold)} than at its first, {_short(first.meta_params)} (the "
+                "seed's ask recorded those the worker passed): they are migrated with the "
+                "generation's own",
+                stacklevel=4,
+            )
     return checkpoints
 
 
@@ -754,15 +773,20 @@ def _marker_state(seed_state: Any, where: str, memo: dict[int, Any]) -> dict[str
 
 def _own_generations(state: PopulationState, where: str) -> PopulationState:
     """``state`` with each worker whose hyperparameters are not its generation's (a seed
-    ``Mutate`` could send a worker other ones; the seed kept recording its generation's)
-    moved to a new generation of its own, started at its step with its hyperparameters:
-    jaxpop records what a worker trains with, and refuses a generation whose
-    hyperparameters change. A warning names each."""
+    ``Mutate`` could send a worker other ones; the seed kept recording its generation's),
+    and each worker after the first on a generation another holds (the seed let their
+    reports overwrite each other's), moved to a new generation of its own, started at
+    its step with its hyperparameters: jaxpop records what a worker trains with, refuses
+    a generation whose hyperparameters change, and records one worker's reports per
+    generation. A warning names each."""
     history, workers = state.history, list(state.workers)
+    held: dict[str, int] = {}  # generation -> the worker that keeps it
     for i, worker in enumerate(workers):
         gen, step = worker.generation_id, worker.step
         recorded = history.meta_params(gen)
-        if core.same_hparams(worker.meta_params, recorded):
+        holder, same = held.get(gen), core.same_hparams(worker.meta_params, recorded)
+        if holder is None and same:
+            held[gen] = i
             continue
         # the newest checkpoint of its lineage before its step, or at it holding its
         # params (a start at its parent's step stands for the parent's params)
@@ -789,11 +813,20 @@ def _own_generations(state: PopulationState, where: str) -> PopulationState:
         )
         history = history.add(start)
         workers[i] = worker.replace(generation_id=new)
+        held[new] = i
+        if not same:
+            why = (
+                f"holds the hyperparameters {_short(worker.meta_params)}, not those of its "
+                f"generation {_short(gen)} ({_short(recorded)}), which the seed kept recording"
+            )
+        else:
+            why = (
+                f"is on generation {_short(gen)}, which active_workers[{holder}] holds too "
+                "(the seed recorded both workers' reports there, each replacing the other's)"
+            )
         warnings.warn(
-            f"{where}: active_workers[{i}] holds the hyperparameters "
-            f"{_short(worker.meta_params)}, not those of its generation {_short(gen)} "
-            f"({_short(recorded)}), which the seed kept recording: it goes on in a new "
-            f"generation {new!r}, started at its step {step} with its own",
+            f"{where}: active_workers[{i}] {why}: it goes on in a new generation {new!r}, "
+            f"started at its step {step} with its own hyperparameters",
             stacklevel=4,
         )
     return state._with(history=history, workers=tuple(workers))
@@ -826,11 +859,20 @@ def _to_state(raw: Any, where: str, key: np.ndarray) -> PopulationState:
             "mutator_state": _marker_state(mutator_state, f"{where}: the mutator state", memo),
             "key": key,
             "num_events": 0,
-            "checkpoints": tuple(_history(cache, memo)),
+            "checkpoints": tuple(_history(cache, memo, where)),
             "mode": "min",
         }
         state = _own_generations(state_from_plain(plain), where)  # every check a stored
         encoding.encode(state_to_plain(state))  # state passes; what the snapshot will hold
+        for i, worker in enumerate(state.workers):
+            start = state.history.first(worker.generation_id).step
+            if worker.step < start:  # (its reports would be dropped as stale, for good)
+                raise SeedStateError(
+                    f"active_workers[{i}] is at step {worker.step} of generation "
+                    f"{_short(worker.generation_id)}, before the generation starts (its "
+                    f"first checkpoint is at step {start}); jaxpop refuses a mutator's "
+                    "assignment before its generation's start"
+                )
         # (a live controller refuses these where they enter: migrated, the run failed at
         # its first exploit, on every retry)
         for i, worker in enumerate(state.workers):
