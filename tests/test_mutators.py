@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import apply, fresh_state
+from conftest import FakeClock, apply, fresh_state
 from jaxpop import PopulationController
 from jaxpop.events import Ask, Eval
 from jaxpop.mutators import (
@@ -130,8 +130,16 @@ def test_wta_scores_only_the_values_reported_past_the_interval():
     assert all(w.params == "p0" for w in state.workers)
 
 
-def test_wta_by_seconds(clock):
-    m = WinnerTakeAllGenetic(lambda meta: meta, seconds_per_exploit=60)
+@pytest.mark.parametrize(
+    "seconds, start",
+    [(60, 1000.0), (np.float32(60.0), 1.7e9), (np.float16(60.0), 1.7e9)],
+    ids=["int", "float32 at a unix time", "float16 at a unix time"],
+)
+def test_wta_by_seconds(seconds, start):
+    # a numpy float32 interval made the times it was added to float32 (1.7e9 + 60 s
+    # rounded to 1.7e9: a round at every report), a float16 one inf (review)
+    clock = FakeClock(start)
+    m = WinnerTakeAllGenetic(lambda meta: meta, seconds_per_exploit=seconds)
     pop = PopulationController([{"h": 0.0}, {"h": 1.0}], m, clock=clock)
     gens = [w.generation_id for w in pop.active_workers]
     clock.advance(30)

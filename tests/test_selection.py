@@ -442,3 +442,35 @@ def test_device_scores_decide_alike_on_the_host_and_in_jit(scores):
         assert traced.dtype == jnp.float32
         flushed = np.where(np.abs(on_host) < np.finfo(np.float32).tiny, 0, on_host)  # (as XLA)
         np.testing.assert_array_equal(np.asarray(traced), flushed)
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [
+        np.array([1e-45, 0.0], np.float32),
+        np.array([1e-40, 0.0], np.float32),
+        np.array([1e-39, 0.0], jnp.bfloat16),
+    ],
+    ids=["float32 1e-45", "float32 1e-40", "bfloat16 1e-39"],
+)
+def test_host_subnormal_scores_of_the_device_dtype_are_ordered_as_the_host_twins_do(scores):
+    """Host scores already of the device's dtype skipped the subnormal check, and numpy
+    bfloat16 ones every check: the device read 1e-45 as 0 (a tie) where the host twin
+    has member 0 worse, and copied nothing (review)."""
+    from jaxpop.mutators.selection import copy_best, copy_best_host, device_scores, truncation
+
+    key = jax.random.PRNGKey(0)
+    ranked = np.asarray(device_scores(scores))
+    assert ranked[0] > ranked[1]
+    host = np.asarray(scores, np.float64)
+    assert copy_best(key, scores).tolist() == copy_best_host(None, host).tolist() == [1, 1]
+    assert truncation(key, scores, quantile_fraction=0.5).tolist() == [1, 1]
+
+
+def test_host_scores_of_the_device_dtype_that_order_alike_are_returned_as_they_are():
+    from jaxpop.mutators.selection import device_scores
+
+    scores = np.array([3.0, 1.0, np.nan], np.float32)
+    assert device_scores(scores) is scores
+    widened = device_scores(np.array([3.0, 1.0], jnp.bfloat16))
+    assert widened.dtype == np.float32 and widened.tolist() == [3.0, 1.0]

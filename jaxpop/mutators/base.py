@@ -629,14 +629,19 @@ def check_in_space(
 def check_number(
     name: str, value: Any, *, minimum: float = 0.0, inclusive: bool = False, integer: bool = False
 ) -> Any:
-    """``value`` if it is a finite real number above ``minimum`` (an int, if ``integer``).
+    """``value`` if it is a finite real number above ``minimum``, as a Python ``int`` (any
+    integral value; required if ``integer``) or ``float``.
 
     For mutator constructors: a bool, a string or ``None`` is a ``TypeError``; NaN, an
     infinity, a fraction where an int is due, or a number not above ``minimum`` (or below
-    it, if ``inclusive``) is a ``ValueError``. Both messages name the argument.
+    it, if ``inclusive``) is a ``ValueError``. Both messages name the argument. A numpy
+    scalar comes back as Python's number: ``np.float32(60.0)`` added to a time of 1.7e9
+    would compute in float32 (the 60 s rounded away), ``np.float16`` overflow to inf.
 
     >>> check_number("steps_per_exploit", 10, integer=True)
     10
+    >>> check_number("seconds_per_exploit", np.float32(60.0))
+    60.0
     """
     noun = "int" if integer else "number"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
@@ -654,7 +659,9 @@ def check_number(
         raise ValueError(
             f"{name} must be {f'>= {minimum:g}' if inclusive else above}, got {value!r}"
         )
-    return int(value) if integer else value  # type: ignore[call-overload]
+    if integer or isinstance(value, numbers.Integral):
+        return int(value)  # type: ignore[call-overload]
+    return float(value)
 
 
 def is_finite(value: Any) -> bool:

@@ -111,6 +111,8 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
     cast to ``dtype``: JAX would wrap an int64 past 2**31 to int32); else their ranks
     in ``dtype`` (0 for the lowest; NaN for a non-finite score, which ranks last in
     every selection), which order the members exactly as the scores do, in either mode.
+    Host scores of ``dtype`` itself are checked as well (their subnormals), and numpy
+    ``bfloat16`` scores are read as float32 (by default computed in float32).
     A JAX array already of ``dtype`` (by default: a float one of its own) is returned
     as it is; one of another dtype (float64 under x64 for float32, int32) is read as
     host scores are, or, while traced, decided the same way on the device.
@@ -131,12 +133,14 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
         if isinstance(scores, jax.core.Tracer):
             return _device_ranks(scores, dtype)
     host = np.asarray(scores)
+    widened = host.dtype.kind == "V" and jnp.issubdtype(host.dtype, jnp.floating)
+    if widened:  # bfloat16 (and ml_dtypes' other floats): exact in float32, read as it
+        host = host.astype(np.float32)
     if host.ndim != 1 or host.dtype.kind not in "iuf":
         return scores  # (canonical_scores says what is wrong with them)
     if dtype is None:
         dtype = jax.dtypes.canonicalize_dtype(host.dtype if host.dtype.kind == "f" else np.float32)
-    if host.dtype == dtype:
-        return scores  # (what the device computes in already)
+    # (scores already of dtype are checked too: their subnormals would become zero)
     finite = np.isfinite(host)
     ordered = np.sort(host[finite])
     rises = ordered[1:] > ordered[:-1]  # between distinct scores
@@ -145,7 +149,7 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
         cast = ordered.astype(dtype)
         cast[np.abs(cast) < info.tiny] = 0  # XLA flushes subnormals to zero
         if np.all(cast[1:][rises] > cast[:-1][rises]):
-            return scores if host.dtype.kind == "f" else host.astype(dtype)
+            return scores if host.dtype.kind == "f" and not widened else host.astype(dtype)
     distinct = ordered[np.concatenate([[True], rises])]
     ranks = np.full(host.shape, np.nan, dtype)
     ranks[finite] = np.searchsorted(distinct, host[finite])
