@@ -281,8 +281,10 @@ def _watch(args: argparse.Namespace) -> int:
         finally:
             if live is not None:
                 live.stop()
-    except KeyboardInterrupt:
-        data = last["report"]
+    except KeyboardInterrupt as interrupt:
+        # the newest read (the callback's may be one behind: Ctrl-C while writing)
+        data = interrupt.report if isinstance(interrupt, report.WatchInterrupted) else None
+        data = data or last["report"]
         print("stopped watching")
         if data is not None:  # what was read last, in the files too
             try:

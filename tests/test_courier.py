@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import sys
@@ -30,6 +31,16 @@ def test_uniquify_server_name_is_the_seeds():
     assert name.endswith("__population_controller") and len(name) == 20 + 2 + 21
     assert name == population_mod.uniquify_server_name("/runs/a", "population_controller")
     assert name != population_mod.uniquify_server_name("/runs/b", "population_controller")
+    # a path as bytes or a PathLike, and a folder name that is no UTF-8 (an
+    # AttributeError and a UnicodeEncodeError: hostile review, helper-252)
+    path = pathlib.Path("/runs/a")
+    for same in (b"/runs/a", path):
+        assert population_mod.uniquify_server_name(same, "population_controller") == name
+    odd = os.fsdecode(b"/runs/caf\xe9")
+    named = population_mod.uniquify_server_name(odd, "c")
+    assert named == population_mod.uniquify_server_name(b"/runs/caf\xe9", "c")
+    with pytest.raises(TypeError, match="shared_str"):
+        population_mod.uniquify_server_name(3, "c")
 
 
 def test_without_ray_the_helpers_name_the_extra(monkeypatch):
@@ -282,13 +293,13 @@ def test_a_server_that_does_not_start_leaves_the_given_log_dir_as_it_was(ray_ses
         "served-after-a-failure", population, log_dir=tmp_path
     ) as server:
         assert server.client.active_workers == population.active_workers
-    fresh = tmp_path / "made"
+    fresh = tmp_path / "made" / "deeper" / "run"  # (the folders made above it too: review)
     another = population_mod.PopulationController([{"lr": 0.3}], _wta())
     with pytest.raises(ValueError, match="timeout_s"):
         population_mod.start_courier_server(
             "served-after-a-failure", another, log_dir=fresh, timeout_s=-1
         )
-    assert not fresh.exists()
+    assert not (tmp_path / "made").exists()
 
 
 @pytest.mark.parametrize("shut_down", [False, True])

@@ -473,19 +473,29 @@ def test_the_members_table_folds_no_value_across_lines(width):
         assert value in members and value in overview  # whole, on one line
 
 
+_WIDE = {"hyper_param_0": -3.7052e-291, "hyper_param_1": -3.6712e62}  # (12 characters)
+
+
 @pytest.mark.parametrize(
-    "width, digits, value, status", [(80, 7, -1.2345e-300, "finished"), (72, 8, 0.5, "active")]
+    "width, digits, value, status, hp",
+    [
+        (80, 7, -1.2345e-300, "finished", None),
+        (72, 8, 0.5, "active", None),
+        (80, 7, -1.2345e-300, "finished", _WIDE),
+    ],
 )
 def test_the_members_table_shows_every_number_whole_at_the_documented_widths(
-    width, digits, value, status
+    width, digits, value, status, hp
 ):
     """docs/report.md said "from about 72 columns up" for any steps and values: 9-digit
     steps, or a value of 12 characters, at 72 columns cut a hyperparameter off (hostile
-    review, helper-169); the claim now names what it holds for, checked here."""
+    review, helper-169); the claim now names what it holds for, checked here. A value
+    of 12 characters among the hyperparameters too: the table was one column too wide
+    at 80, cropped, -3.6712e+62 shown as -3.6712e+6 (helper-252)."""
     from rich.console import Console
 
     step = int("9" * digits)
-    hp = {"lr": -1.2345678e-05, "momentum": 0.9}
+    hp = hp or {"lr": -1.2345678e-05, "momentum": 0.9}
     member = {"status": status, "generation_id": "0123456789abcdef", "step": step}
     member |= {"value": value, "value_step": step, "hyperparameters": hp}
     info = {"log_dir": "/r", "population_size": 2, "mode": "min", "num_checkpoints": 4}
@@ -497,8 +507,10 @@ def test_the_members_table_shows_every_number_whole_at_the_documented_widths(
     console = Console(file=io.StringIO(), width=width)
     console.print(report.summary_renderable(info))
     text = console.file.getvalue()
-    for number in ("-1.2346e-05", "0.9", str(step), f"{value:.5g}"):
+    assert max(map(len, text.splitlines())) <= width
+    for number in (*(f"{v:.5g}" for v in hp.values()), str(step), f"{value:.5g}"):
         assert number in text
+    assert "hyper_param_1" in text if hp is _WIDE else "-1.2346e-05" in text
 
 
 def test_the_report_escapes_control_characters_from_the_run():
@@ -1522,3 +1534,61 @@ def test_an_on_device_lineage_ranks_members_by_their_latest_round():
     assert (best.worker, best.value, best.checkpoint.step) == (0, pytest.approx(0.1), 20)
     assert best_final(lineage).ref == best.checkpoint.ref
     assert report.build(lineage).best.scored.ref == best.checkpoint.ref
+
+
+@needs_matplotlib
+@pytest.mark.parametrize("during", ["the first write", "a later write"])
+def test_cli_watch_stopped_while_writing_writes_the_newest_report_read(
+    during, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C while the files of a read were written (drawing the plots takes seconds)
+    found the callback's report one read behind: "no jaxpop run appeared" and no files at
+    the first read, files one read old at a later one (hostile review, helper-252)."""
+    run = tmp_path / "run"
+    pop = _controller(str(run), n=2)
+    pop.set_eval(0, pop.active_workers[0].generation_id, 10, "p0", 1.0)
+    writes = []
+    real_write = sys.modules["jaxpop.report.watch"].write_report
+
+    def write_then_interrupt(data, *args, **kwargs):
+        writes.append(data.state.num_events)
+        if during == "a later write" and len(writes) == 1:
+            return real_write(data, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    def record_between_reads(seconds):  # (and end the run: its files are written at once)
+        pop.set_eval(1, pop.active_workers[1].generation_id, 10, "p1", 0.5)
+        pop.finish(0)
+        pop.finish(1)
+
+    monkeypatch.setattr(sys.modules["jaxpop.report.watch"], "write_report", write_then_interrupt)
+    monkeypatch.setattr(time, "sleep", record_between_reads)
+    argv = ["report", str(run), "--watch", "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    newest = pop.state.num_events if during == "a later write" else writes[0]
+    assert "stopped watching" in out and f"as of the run's event {newest}" in out
+    assert _written_evaluations(tmp_path / "out") == (2 if during == "a later write" else 1)
+    pop.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"max_iterations": 2.5}, TypeError),
+        ({"max_iterations": True}, TypeError),
+        ({"max_iterations": math.nan}, TypeError),
+        ({"interval": True}, TypeError),
+        ({"write_every": True}, TypeError),
+        ({"write_every": math.nan}, ValueError),
+    ],
+)
+def test_watch_refuses_counts_and_seconds_that_are_not(kwargs, error, tmp_path):
+    """max_iterations=2.5 made 3 reads, True one, NaN never stopped (helper-252)."""
+    from jaxpop import report
+
+    def looped(seconds):  # (without the check, a watch that never stopped)
+        raise AssertionError("the watch went on")
+
+    with pytest.raises(error):
+        report.watch(tmp_path / "none", sleep=looped, **kwargs)

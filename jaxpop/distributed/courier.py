@@ -23,6 +23,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from jaxpop.storage.atomic import missing_dirs, remove_dirs
+
 if TYPE_CHECKING:
     from jaxpop.distributed.ray import PopulationClient
     from jaxpop.population import PopulationController
@@ -59,16 +61,24 @@ def _ray() -> Any:
     return jaxpop_ray
 
 
-def uniquify_server_name(shared_str: str, name: str) -> str:
+def uniquify_server_name(shared_str: str | bytes | os.PathLike, name: str) -> str:
     """A server name that is the same in every process that knows ``shared_str``.
 
-    As the seed's: the first 20 hex digits of ``shared_str``'s SHA-256, ``"__"``, then
-    ``name``; a run's directory makes a good ``shared_str``.
+    As the seed's: the first 20 hex digits of ``shared_str``'s SHA-256 (of its UTF-8
+    bytes), ``"__"``, then ``name``; a run's directory makes a good ``shared_str``: a
+    path (``str``, ``bytes`` or ``os.PathLike``) is hashed as the file system names it
+    (a folder name that is no UTF-8, which the seed's could not encode, included).
 
     >>> uniquify_server_name("abc", "population_controller")
     'ba7816bf8f01cfea4141__population_controller'
     """
-    digest = hashlib.sha256(shared_str.encode("utf-8")).hexdigest()
+    if isinstance(shared_str, str):  # (os.fsencode: a name's own bytes, escapes undone)
+        data = shared_str.encode("utf-8", "surrogateescape")
+    elif isinstance(shared_str, (bytes, os.PathLike)):
+        data = os.fsencode(shared_str)
+    else:
+        raise TypeError(f"shared_str must be a str or a path, got {type(shared_str).__name__}")
+    digest = hashlib.sha256(data).hexdigest()
     return f"{digest[:20]}__{name}"
 
 
@@ -377,7 +387,8 @@ def start_courier_server(
         population._store = _HandedOver(name, namespace)  # type: ignore[assignment]  # a stand-in
     serve_options = {**_settings(population, original), **serve_options}  # (given ones win)
     temp_dir = None
-    written: tuple[str, set[str] | None] | None = None  # a run written to the given log_dir
+    # a run written to the given log_dir: (it, what it held, the folders made for it)
+    written: tuple[str, set[str] | None, list[str]] | None = None
     try:
         if original is not None:  # it has a log_dir: the actor resumes the run there
             target = own
@@ -389,7 +400,7 @@ def start_courier_server(
                 target = os.fspath(log_dir)
                 before = set(os.listdir(target)) if os.path.isdir(target) else None
                 # (set first: a write that fails part way, its lock file made, is undone)
-                written = (target, before)
+                written = (target, before, missing_dirs(target))
             _write_state(target, state, population.mutator)
         client = jaxpop_ray.serve(
             [w.meta_params for w in state.workers],
@@ -457,10 +468,11 @@ def _write_state(log_dir: str, state: Any, mutator: Any) -> None:
         store.close()
 
 
-def _unwrite(log_dir: str, before: set[str] | None) -> None:
+def _unwrite(log_dir: str, before: set[str] | None, made: list[str]) -> None:
     """Removes what :func:`_write_state` wrote to ``log_dir`` (which held ``before``;
-    ``None``: it did not exist) for a server that did not start, so serving can be tried
-    again there; left, with a warning, if a controller holds its lock."""
+    ``None``: it did not exist, nor did the folders ``made`` for it) for a server that
+    did not start, so serving can be tried again there; left, with a warning, if a
+    controller holds its lock."""
     fd = _lock_unused(
         log_dir,
         "jaxpop: the server did not start, and a controller holds %s: the state written "
@@ -471,6 +483,7 @@ def _unwrite(log_dir: str, before: set[str] | None) -> None:
     try:
         if before is None:
             _remove(log_dir)
+            remove_dirs(made)  # (those above it: log_dir itself is gone)
         else:
             for name in set(os.listdir(log_dir)) - before:
                 with contextlib.suppress(OSError):

@@ -36,7 +36,7 @@ from jaxpop.report.tables import (
     summary_renderable,
     write_csv,
 )
-from jaxpop.report.watch import Refresh, fingerprint, is_done, watch
+from jaxpop.report.watch import Refresh, WatchInterrupted, fingerprint, is_done, watch
 
 __all__ = [
     "CSV_COLUMNS",
@@ -64,6 +64,7 @@ __all__ = [
     "print_summary",
     "summary",
     "summary_renderable",
+    "WatchInterrupted",
     "watch",
     "write_csv",
     "write_report",

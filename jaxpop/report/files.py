@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -15,7 +14,7 @@ import numpy as np
 from jaxpop.report.data import Report, load, numeric_hparams
 from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
 from jaxpop.report.tables import summary, write_csv
-from jaxpop.storage.atomic import write_all_atomic
+from jaxpop.storage.atomic import missing_dirs, remove_dirs, write_all_atomic
 
 if TYPE_CHECKING:
     pass
@@ -108,34 +107,18 @@ def write_report(
     # all the files or none (a full disk leaves the earlier report as it was, and no
     # folder made for it)
     written = {name: os.path.join(out_dir, name) for name in contents}
-    missing = _missing_dirs(out_dir)
+    missing = missing_dirs(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         write_all_atomic({written[name]: data for name, data in contents.items()})
     except BaseException:
-        for directory in reversed(missing):  # innermost first
-            with contextlib.suppress(OSError):  # (never made, or not empty: another's)
-                os.rmdir(directory)
+        remove_dirs(missing)
         raise
     for name in undrawn:  # an earlier report's plot is not this run's
         stale = os.path.join(out_dir, name)
         if os.path.exists(stale):
             os.remove(stale)
     return written
-
-
-def _missing_dirs(path: str) -> list[str]:
-    """The folders ``os.makedirs(path)`` would make, as real paths, outermost first: each
-    prefix of ``path`` as written (``a/b/../c`` makes ``a``, ``a/b`` and ``a/c``) whose
-    real path is not there (``new/../existing`` names ``existing``, which is)."""
-    prefixes = []
-    head = path
-    while head and head not in prefixes:
-        prefixes.append(head)
-        head = os.path.dirname(head)
-    missing = {os.path.realpath(p) for p in prefixes}
-    missing = {p for p in missing if not os.path.exists(p)}
-    return sorted(missing, key=lambda p: p.count(os.sep))
 
 
 def _near_float_limit(report: Report) -> bool:

@@ -274,7 +274,11 @@ def summary_renderable(info: Mapping[str, Any], *, title: str = "jaxpop report")
         overview.add_row(key, Text(value))  # Text: no markup is read from the data
     header, rows = _member_rows(info)
     names, fixed = header[_FIXED:], header[:_FIXED]
-    members = Table(title="members", caption=_MEMBER_MARKS, box=box.SIMPLE_HEAD)
+    # (collapsed padding: one space between columns, not two; with two, a value of 12
+    # characters among the hyperparameters had no room at 80 columns, and was cropped)
+    members = Table(
+        title="members", caption=_MEMBER_MARKS, box=box.SIMPLE_HEAD, collapse_padding=True
+    )
     for i, name in enumerate(fixed):
         if name == "generation":  # (an id may fold onto two lines)
             members.add_column(name, overflow="fold", min_width=8)

@@ -12,6 +12,7 @@ involved: everything is the run's own files.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from jaxpop.core import PopulationState
 from jaxpop.report.data import NotARunError, Report, SeveralRunsError, load
 from jaxpop.report.files import write_report
 
-__all__ = ["Refresh", "fingerprint", "is_done", "watch"]
+__all__ = ["Refresh", "WatchInterrupted", "fingerprint", "is_done", "watch"]
 
 
 class Refresh(NamedTuple):
@@ -43,6 +44,17 @@ class Refresh(NamedTuple):
     done: bool
     waiting: str | None
     written: dict[str, str]
+
+
+class WatchInterrupted(KeyboardInterrupt):
+    """The ``KeyboardInterrupt`` (Ctrl-C) that ended a :func:`watch`, with the newest
+    report it read as :attr:`report` (``None`` if none): an interrupt while the files
+    are written, or before the ``on_refresh`` callback saw the read, leaves them behind
+    that read. Caught by ``except KeyboardInterrupt`` as any Ctrl-C."""
+
+    def __init__(self, report: Report | None):
+        super().__init__()
+        self.report = report
 
 
 MAX_INTERVAL_S = 7 * 24 * 3600  #: the longest ``interval`` between two reads
@@ -109,11 +121,15 @@ def watch(
     gone at that last read (a folder moved away). ``sleep`` and ``clock`` default to
     ``time.sleep`` and ``time.monotonic``. Returns the newest report read (``None`` if
     none) once the run is over, or after ``max_iterations`` reads. A
-    ``KeyboardInterrupt`` (Ctrl-C) propagates to the caller. A read that raises (below)
+    ``KeyboardInterrupt`` (Ctrl-C) propagates to the caller as a
+    :class:`WatchInterrupted`, which holds the newest report read (the files may hold an
+    older one: the caller writes it, as ``jaxpop report --watch`` does). A read that raises (below)
     ends the watch too: the files first take the newest report read, if they do not
     hold it yet.
 
     Raises:
+      TypeError: ``interval`` or ``write_every`` is not a number (a bool included), or
+        ``max_iterations`` not an int.
       ValueError: ``interval`` is not positive, ``write_every`` or ``max_iterations``
         is negative; or ``out_dir`` lies inside the run (see
         :func:`~jaxpop.report.write_report`).
@@ -121,6 +137,13 @@ def watch(
       jaxpop.storage.CorruptLogError: a file of the run is damaged.
       ImportError: matplotlib is missing (the plots need it).
     """
+    for name, value in (("interval", interval), ("write_every", write_every)):
+        if isinstance(value, bool) or not (value is None or isinstance(value, numbers.Real)):
+            raise TypeError(f"{name} must be a number of seconds, got {value!r:.40}")
+    if max_iterations is not None and (
+        isinstance(max_iterations, bool) or not isinstance(max_iterations, numbers.Integral)
+    ):  # (2.5 made 3 reads, True one, NaN never stopped)
+        raise TypeError(f"max_iterations must be an int or None, got {max_iterations!r:.40}")
     if not 0 < interval <= MAX_INTERVAL_S:  # (time.sleep overflows on inf or 1e300)
         raise ValueError(
             f"interval must be a positive number of seconds, at most {MAX_INTERVAL_S} (a "
@@ -133,6 +156,40 @@ def watch(
         raise ValueError(f"max_iterations must be >= 0 (0: no limit), got {max_iterations!r}")
     sleep = time.sleep if sleep is None else sleep
     clock = time.monotonic if clock is None else clock
+    newest: list[Report | None] = [None]  # the newest report read, for an interrupt
+    try:
+        return _watch(
+            log_dir,
+            out_dir,
+            interval,
+            write_every,
+            max_iterations,
+            log_scale,
+            on_refresh,
+            sleep,
+            clock,
+            newest,
+        )
+    except KeyboardInterrupt as interrupt:
+        if isinstance(interrupt, WatchInterrupted):
+            raise
+        raise WatchInterrupted(newest[0]) from interrupt
+
+
+def _watch(
+    log_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None,
+    interval: float,
+    write_every: float,
+    max_iterations: int | None,
+    log_scale: bool,
+    on_refresh: Callable[[Refresh], None] | None,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    newest: list[Report | None],
+) -> Report | None:
+    """:func:`watch`'s loop, its arguments checked; ``newest[0]``: the newest report
+    read, kept up to date for an interrupt."""
     last: Report | None = None
     last_seen = seen = written_seen = None  # fingerprints: the newest read, this read's
     written_at = -math.inf
@@ -155,6 +212,7 @@ def watch(
         if data is not None:
             now_seen = fingerprint(data)
             last, last_seen, done = data, now_seen, is_done(data.state)
+            newest[0] = last
             changed, seen = now_seen != seen, now_seen
         else:  # (a run read before and gone now has changed too)
             changed, seen = seen is not None, None

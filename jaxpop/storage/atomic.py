@@ -1,5 +1,5 @@
 """Writing a whole file atomically and durably (readers see the old file or the new one),
-and flushing a finished folder to disk."""
+flushing a finished folder to disk, and undoing the folders a failed write made."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import os
 import uuid
 from collections.abc import Mapping
 
-__all__ = ["sync_dir", "sync_tree", "write_all_atomic", "write_atomic"]
+__all__ = [
+    "missing_dirs",
+    "remove_dirs",
+    "sync_dir",
+    "sync_tree",
+    "write_all_atomic",
+    "write_atomic",
+]
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, *, dir_fd: int | None = None) -> None:
@@ -126,3 +133,26 @@ def _fsync(path: str, *, directory: bool) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def missing_dirs(path: str | os.PathLike) -> list[str]:
+    """The folders ``os.makedirs(path)`` would make, as real paths, outermost first: each
+    prefix of ``path`` as written (``a/b/../c`` makes ``a``, ``a/b`` and ``a/c``) whose
+    real path is not there (``new/../existing`` names ``existing``, which is). Taken
+    before a write, for :func:`remove_dirs` to undo them if it fails."""
+    prefixes = []
+    head = os.fspath(path)
+    while head and head not in prefixes:
+        prefixes.append(head)
+        head = os.path.dirname(head)
+    missing = {os.path.realpath(p) for p in prefixes}
+    missing = {p for p in missing if not os.path.exists(p)}
+    return sorted(missing, key=lambda p: p.count(os.sep))
+
+
+def remove_dirs(made: list[str]) -> None:
+    """Removes the folders :func:`missing_dirs` listed, innermost first, each only if it
+    is empty (a folder something else wrote into stays)."""
+    for directory in reversed(made):
+        with contextlib.suppress(OSError):  # (never made, or not empty)
+            os.rmdir(directory)

@@ -35,7 +35,7 @@ from jaxpop.core import PopulationState
 from jaxpop.history import KEPT_MARK, is_kept
 from jaxpop.keys import new_generation_id, root_key
 from jaxpop.records import ActiveWorker, Checkpoint
-from jaxpop.storage.atomic import write_atomic
+from jaxpop.storage.atomic import missing_dirs, remove_dirs, write_atomic
 from jaxpop.storage.frames import CorruptLogError, open_regular
 from jaxpop.storage.plain import state_from_plain, state_to_plain
 from jaxpop.storage.store import Store
@@ -742,6 +742,7 @@ def _history(cache: Any, memo: dict[int, Any], where: str) -> list[Checkpoint]:
             checkpoints.append(c.replace(parent=parent))
             previous = c
         if retold:
+            assert first is not None  # (retold holds steps after the first)
             warnings.warn(
                 f"{where}: cache[{_short(gen_id)}] records other hyperparameters at steps "
                 f"{_short(retold)} than at its first, {_short(first.meta_params)} (the "
@@ -980,7 +981,7 @@ def migrate_seed_state(
         dst_log_dir = os.path.dirname(source) or "."
     dst = os.fspath(dst_log_dir)
     _refuse_existing_run(dst, source)
-    made_dirs, lock = _missing_dirs(dst), os.path.join(dst, "lock")
+    made_dirs, lock = missing_dirs(dst), os.path.join(dst, "lock")
     made_lock = not os.path.exists(lock)
     store = Store(dst, run={"population_size": state.population_size, "mutator": None})
     record = {
@@ -1015,25 +1016,9 @@ def migrate_seed_state(
             if made_lock:
                 with contextlib.suppress(OSError):
                     os.remove(lock)
-            for made in made_dirs:  # (deepest first; a folder something else wrote into stays)
-                with contextlib.suppress(OSError):
-                    os.rmdir(made)
+            remove_dirs(made_dirs)
     logger.info("jaxpop: migrated %s to %s", source, dst)
     return SeedMigration(dst, source, state)
-
-
-def _missing_dirs(path: str) -> list[str]:
-    """The folders of ``path`` that do not exist yet (``path`` first, then its missing
-    parents, up to the first that exists): what making it would create."""
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return missing
 
 
 def holds_unmigrated_seed_run(log_dir: str | os.PathLike) -> bool:
