@@ -409,6 +409,48 @@ def test_the_evaluators_queue_takes_the_member_evaluated_longest_ago():
     assert state.mutator_state.last_evaluation == {2: 10, 3: 10, 4: 10}
 
 
+def test_the_evaluators_queue_goes_by_when_an_evaluation_started_not_by_its_step():
+    """Ordered by the step their last evaluation started, a fast worker's member
+    (evaluated at a high step) waited until every slower one passed that step: one 100
+    times faster was evaluated twice against a slow one's 298 times (helper-248). The
+    queue follows the order the evaluations started in."""
+    m = make(sub_population_sizes=(2, 3), num_evaluators=1, max_eval_steps=20)
+    state = population(m, 6)  # P1 0, 1; P2 2, 3, 4; evaluator 5
+    state = report(state, m, 1, 10, 1.0)
+    for member, step in ((2, 10), (3, 1000), (4, 10)):  # member 3's worker is fast
+        state = report(state, m, member, step, 1.0)
+    taken = []
+    for _ in range(6):  # each evaluation stops after 20 steps: the next one starts
+        task = state.mutator_state.evaluations[5]
+        taken.append(task.member)
+        state = report(state, m, 5, task.step + 20, 1.0)
+    assert taken == [2, 3, 4, 2, 3, 4]  # (by step: 2, 3, 4, 2, 2, 2: 4 ties 2, by id)
+    assert state.mutator_state.last_evaluation == {2: 10, 3: 1000, 4: 10}
+
+
+def test_a_run_recorded_before_the_evaluation_order_takes_its_members_first_by_step():
+    """A FireState journaled before ``evaluation_order`` (decoded with none): its members
+    were evaluated before any the resumed run evaluates, and keep their order by step."""
+    m = make(sub_population_sizes=(2, 3), num_evaluators=1, max_eval_steps=20)
+    state = population(m, 6)
+    state = report(state, m, 1, 10, 1.0)
+    for member, step in ((2, 10), (3, 1000), (4, 10)):
+        state = report(state, m, member, step, 1.0)
+    for _ in range(2):
+        state = report(state, m, 5, state.mutator_state.evaluations[5].step + 20, 1.0)
+    fs = state.mutator_state
+    assert fs.evaluations[5].member == 4 and fs.evaluation_order == {2: 1, 3: 2, 4: 3}
+    plain = {name: getattr(fs, name) for name in fs._fields if name != "evaluation_order"}
+    old = encoding.decode(encoding.encode(fire.FireState(**plain)))
+    assert old.evaluation_order == {}
+    state = state._with(mutator_state=old)
+    state = report(state, m, 5, fs.evaluations[5].step + 20, 1.0)  # 2 next (by step)
+    assert state.mutator_state.evaluations[5].member == 2
+    assert state.mutator_state.evaluation_order == {2: 1}
+    state = report(state, m, 5, state.mutator_state.evaluations[5].step + 20, 1.0)
+    assert state.mutator_state.evaluations[5].member == 4  # at step 10: before 3's 1000
+
+
 def test_a_member_handed_weights_over_counts_as_just_evaluated_in_the_queue():
     # a hand-over (counted as a copy) left the child's place in the evaluators' queue
     # where its old weights' evaluation had put it (hostile review, helper-139)
@@ -746,10 +788,11 @@ def test_the_evaluators_lazy_queue_lists_what_a_full_reading_lists(monkeypatch):
         fs, workers = state.mutator_state, state.workers
         step = fire._Step(fs, workers, state.history, 0.0, None, memo, view)
         busy = {task.member for task in fs.evaluations.values()}
-        last = fs.last_evaluation
+        last, sequence = fs.last_evaluation, fs.evaluation_order
+        assert set(sequence) == set(last)  # (a run of this version: each one is listed)
         ordered = sorted(
             (j for j in range(cfg.sizes[0], cfg.num_members) if j not in busy),
-            key=lambda j: (j in last, last.get(j, 0), j),
+            key=lambda j: (j in last, sequence.get(j, 0), j),
         )
         sources = {j: copy_source(state.history, workers[j].generation_id) for j in ordered}
         expected = [

@@ -102,12 +102,17 @@ class FireState(NamedTuple):
       evaluations: ``{evaluator worker: Evaluation}``, the evaluators at work.
       evaluated: ``{member: (member generation, evaluator generation)}``, the latest
         evaluation of each member's current weights (its FIRE fitness curve).
-      last_evaluation: ``{member: step}``, where its latest evaluation started (the
-        evaluators' queue: the longest unevaluated member goes first).
+      last_evaluation: ``{member: step}``, where its latest evaluation started (a
+        copy or a hand-over counts as one, at its new generation's start).
       num_decisions: member decisions plus evaluator verdicts.
       num_exploits: members that copied a better member of their sub-population.
       num_handovers: evaluators whose weights were handed over to their child.
       num_evaluations: evaluations started.
+      evaluation_order: ``{member: n}``, the order in which the members' latest
+        evaluations started, as ``last_evaluation`` counts them (1 for the first, one
+        more for each later one): the evaluators' queue, the member evaluated longest
+        ago first, whatever its workers' speeds. A run recorded before this field has
+        none: its members count, by step, as evaluated before any listed here.
     """
 
     last_decision: dict
@@ -119,6 +124,7 @@ class FireState(NamedTuple):
     num_exploits: int = 0
     num_handovers: int = 0
     num_evaluations: int = 0
+    evaluation_order: dict = {}  # noqa: RUF012  (never changed in place: _Step.own copies)
 
 
 def _init() -> FireState:
@@ -848,6 +854,7 @@ class _Step:
         self.evaluations: dict[int, Evaluation] = state.evaluations
         self.evaluated: dict[int, tuple[str, str]] = state.evaluated
         self.last_evaluation: dict[int, int] = state.last_evaluation
+        self.evaluation_order: dict[int, int] = state.evaluation_order
         self._owned: set[str] = set()  # the dicts copied so far
         self.counts = [state.num_decisions, state.num_exploits, state.num_handovers]
         self.counts.append(state.num_evaluations)
@@ -860,7 +867,7 @@ class _Step:
 
     def own(self, name: str) -> dict:
         """The step's own copy of the state's dict ``name`` (one of :class:`FireState`'s
-        five), to change: copied at the update's first change."""
+        six), to change: copied at the update's first change."""
         if name not in self._owned:
             self._owned.add(name)
             setattr(self, name, dict(getattr(self, name)))
@@ -897,6 +904,13 @@ class _Step:
         self.changed = True
         return first
 
+    def mark_evaluated(self, member: int, at: int) -> None:
+        """``member``'s latest evaluation starts now, at step ``at``: it goes to the end
+        of the evaluators' queue."""
+        self.own("last_evaluation")[member] = at
+        order = self.own("evaluation_order")
+        order[member] = max(order.values(), default=0) + 1
+
     def forget_evaluated(self, member: int) -> None:
         """``member`` is no longer evaluated (or not as it was)."""
         if member in self.evaluated:
@@ -917,6 +931,7 @@ class _Step:
             exploits,
             handovers,
             evaluations,
+            self.evaluation_order,
         )
         started = sorted(self.started)
         workers = with_replaced(self.old_workers, [(i, self.workers[i]) for i in started])
@@ -1247,7 +1262,7 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
         step.decision(task.child, first.generation_id, first.step)
         step.forget_evaluated(task.child)
         # new weights: it counts as just evaluated in the evaluators' queue, as a copy
-        step.own("last_evaluation")[task.child] = first.step
+        step.mark_evaluated(task.child, first.step)
         step.counts[2] += 1
 
 
@@ -1291,7 +1306,9 @@ def _assign(step: _Step, config: _Config) -> None:
 def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     """The members of ``P2 .. Pn`` an evaluator may take, with what it would copy: those
     active, not being evaluated and with a loadable checkpoint, never evaluated first,
-    then by the step their latest evaluation started, then by id.
+    then in the order their latest evaluations started (``evaluation_order``; a run
+    recorded before it: its members by the step theirs started, before the others),
+    then by id.
 
     The members are ordered now (from ``last_evaluation``: dict reads) and each one's
     checkpoint is read only when the iteration reaches it, from the update's history as
@@ -1308,9 +1325,11 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     start, stop = config.sizes[0], config.num_members
     has = step.view["curve"][start:stop].tolist()
     free = [m for m in itertools.compress(range(start, stop), has) if m not in busy]
+    sequence = step.evaluation_order
     # (a stable sort of ids in order: ties by id)
     order = [m for m in free if m not in last]
-    order += sorted([m for m in free if m in last], key=last.__getitem__)
+    order += sorted([m for m in free if m in last and m not in sequence], key=last.__getitem__)
+    order += sorted([m for m in free if m in sequence], key=sequence.__getitem__)
     return _loadable(step.history, step.workers, order)
 
 
@@ -1345,7 +1364,7 @@ def _evaluate(
     step.own("evaluated")[member] = (member_generation, first.generation_id)
     step.scored.forget(member)
     step.best.pop(config.sub_population(member).start, None)  # its fitness changed
-    step.own("last_evaluation")[member] = first.step
+    step.mark_evaluated(member, first.step)
     step.counts[3] += 1
 
 
@@ -1605,7 +1624,7 @@ def _decide(step: _Step, config: _Config, member: int) -> None:
     step.own("curves")[member] = (first.generation_id,)
     step.decision(member, first.generation_id, first.step)
     step.forget_evaluated(member)
-    step.own("last_evaluation")[member] = first.step
+    step.mark_evaluated(member, first.step)
     step.counts[1] += 1
 
 
