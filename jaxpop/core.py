@@ -29,7 +29,13 @@ from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate
 from jaxpop.history import KEPT_MARK, History, check_mode, is_kept, start_time
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id, split_key
-from jaxpop.mutators.base import Mutator, MutatorResult, is_finite, start_generation
+from jaxpop.mutators.base import (
+    Mutator,
+    MutatorResult,
+    check_number,
+    is_finite,
+    start_generation,
+)
 from jaxpop.records import (
     ACTIVE,
     FINISHED,
@@ -126,12 +132,19 @@ class StopWhen:
                     f"StopWhen {name} must be a finite number (within float64's range) or "
                     f"None, got {x!r:.40}"
                 )
+            # Python's number: a numpy scalar computes in its own type (a np.uint8 target
+            # negated under mode="max" wrapped to 166, a np.float16 budget of seconds
+            # rounded the time spent, a np.float32 step budget the step reported)
+            plain = int(x) if isinstance(x, numbers.Integral) else float(x)
+            object.__setattr__(self, name, plain)
         if self.step is not None and (
             self.step != int(self.step) or not 0 <= self.step < 2**63
         ):  # (a step no worker can report, 2**63 or more, would never end the run)
             raise ValueError(
                 f"StopWhen step must be a whole number in [0, 2**63), got {self.step!r:.40}"
             )
+        if self.step is not None:
+            object.__setattr__(self, "step", int(self.step))
         if self.seconds is not None and self.seconds < 0:
             raise ValueError(f"StopWhen seconds must be >= 0, got {self.seconds!r}")
 
@@ -1436,10 +1449,11 @@ def expire(
     seen: Mapping[int, float] | None = None,
 ) -> tuple[PopulationState, Changes | None]:
     """Declares ``"gone"`` every active worker not heard from for more than ``after_s``
-    seconds: its newest checkpoint (its last report, or the start of the generation it
-    was sent to) and its last call (``seen``: worker id -> time, as the shell saw its
-    calls; a worker told to wait only asks) are both older than that."""
+    seconds (positive): its newest checkpoint (its last report, or the start of the
+    generation it was sent to) and its last call (``seen``: worker id -> time, as the
+    shell saw its calls; a worker told to wait only asks) are both older than that."""
     seen = {} if seen is None else seen
+    after_s = check_number("after_s", after_s)  # (a numpy scalar: its precision, not time's)
     cutoff = now - after_s
     changed = {
         i: GONE

@@ -717,6 +717,45 @@ def test_a_report_past_a_time_budget_keeps_the_run_over():
     assert pop.decision_counts.decisions == 0
 
 
+def test_stop_when_takes_numpy_numbers_as_python_s(clock):
+    """StopWhen kept a numpy scalar, which computed in its own type (helper-254): a
+    np.uint8 target under mode="max" negated to 166 (the run over at its first report),
+    np.float32(0.25) reached by 0.25000001, a np.float32 step budget by a step below
+    it, a np.float16 budget of 60000 s spent at 59985 s."""
+    from jaxpop import StopWhen
+
+    when = StopWhen(value=np.uint8(90), step=np.float32(5e7), seconds=np.float16(60000))
+    assert (when.value, when.step, when.seconds) == (90, 50_000_000, 60000.0)
+    assert [type(x) for x in (when.value, when.step, when.seconds)] == [int, int, float]
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10**9, mode="max")
+    pop = PopulationController([{"lr": 0.1}], m, stop_when=when, clock=clock)
+    gen = pop.active_workers[0].generation_id
+    pop.set_eval(0, gen, 49_999_998, "p", 3.0)  # below the value and the step budget
+    clock.advance(59_985)
+    pop.set_eval(0, gen, 49_999_999, "p", 3.0)
+    assert not pop.done
+    pop.set_eval(0, gen, 50_000_000, "p", 3.0)
+    assert pop.done
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10**9)
+    pop = PopulationController([{"lr": 0.1}], m, stop_when=StopWhen(value=np.float32(0.25)))
+    pop.set_eval(0, pop.active_workers[0].generation_id, 1, "p", 0.25000001)
+    assert not pop.done
+
+
+@pytest.mark.parametrize("after_s", [np.float32(60.0), np.float16(60.0)])
+def test_expire_takes_a_numpy_number_of_seconds_as_python_s(after_s):
+    """core.expire computed now - after_s in the scalar's type: at a unix time, a
+    float32 cutoff on a 128 s grid, a float16 one inf (never gone) (helper-254)."""
+    t0 = 1.7e9
+    m = noop_mutator()
+    state = core.init([{"lr": 0.1}], m, key=root_key(0), now=t0)
+    for silent, gone in ((59.0, False), (61.0, True)):
+        new, _ = core.expire(state, t0 + silent, core.event_key(state), after_s=after_s, mutator=m)
+        assert (new.workers[0].status == "gone") is gone
+    with pytest.raises(ValueError, match="after_s"):
+        core.expire(state, t0, core.event_key(state), after_s=0.0, mutator=m)
+
+
 def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, clock):
     from jaxpop import StopWhen
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -18,6 +19,7 @@ import threading
 import time
 import warnings
 
+import numpy as np
 import pytest
 
 from conftest import run_python
@@ -41,6 +43,32 @@ def test_uniquify_server_name_is_the_seeds():
     assert named == population_mod.uniquify_server_name(b"/runs/caf\xe9", "c")
     with pytest.raises(TypeError, match="shared_str"):
         population_mod.uniquify_server_name(3, "c")
+
+
+def test_join_takes_a_numpy_timeout_as_seconds(monkeypatch):
+    """Join added a np.float16 timeout to time.monotonic() in float16: past 65504 s of
+    uptime the deadline was inf, ``inf < inf`` false, and Join returned False at once
+    (helper-254). A server whose actor is alive, stopped from another thread."""
+    from jaxpop.distributed import courier
+
+    real = time.monotonic
+    monkeypatch.setattr(courier.time, "monotonic", lambda: real() + 1e5)  # a day up
+    server = object.__new__(courier.CourierServer)
+    server._stopped = threading.Event()
+    server._actor_gone = lambda: False
+    stopper = threading.Timer(0.2, server._stopped.set)
+    stopper.start()
+    assert server.Join(np.float16(5.0))
+    stopper.join()
+    for bad, error in (
+        (True, TypeError),
+        ("1", TypeError),
+        (-1.0, ValueError),
+        (math.nan, ValueError),
+    ):
+        with pytest.raises(error, match="timeout"):
+            server.Join(bad)
+    assert server.Join(0) and server.Join(math.inf)  # (stopped: at once)
 
 
 def test_without_ray_the_helpers_name_the_extra(monkeypatch):

@@ -793,3 +793,11 @@ def test_pb2_describes_its_options():
     b = PB2(perturbation_interval=4, hyperparam_space=SPACE, beta=1.0).describe()
     assert a != b and a["kind"] == "PopulationBasedTraining"
     assert a["config"]["explorer"]["fields"]["min_interval"] == 4
+
+
+def test_the_explorer_keeps_numpy_numbers_as_python_s():
+    """beta and min_interval were checked and kept as given: a numpy scalar computed in
+    its own type (helper-254's sweep); the sizes were ints already."""
+    explorer = PB2Explorer(SPACE, beta=np.float32(0.5), min_interval=np.float16(2.0))
+    assert (explorer.beta, explorer.min_interval) == (0.5, 2.0)
+    assert type(explorer.beta) is float and type(explorer.min_interval) is float

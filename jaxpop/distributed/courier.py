@@ -15,6 +15,8 @@ import fcntl
 import functools
 import hashlib
 import logging
+import math
+import numbers
 import os
 import shutil
 import sys
@@ -196,8 +198,14 @@ class CourierServer:
 
     def Join(self, timeout: float | None = None) -> bool:  # the seed's name
         """Waits until the server stops (:meth:`Stop`, from another thread, or its actor
-        is gone for good); whether it did within ``timeout`` seconds (``None``: forever)."""
-
+        is gone for good); whether it did within ``timeout`` seconds (``None`` or
+        ``inf``: forever; 0: whether it has)."""
+        if timeout is not None:  # (a numpy float16 deadline past 65504 s of uptime: inf)
+            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+                raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r:.40}")
+            if not float(timeout) >= 0:
+                raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r:.40}")
+            timeout = None if float(timeout) == math.inf else float(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
             step = 1.0 if deadline is None else min(1.0, max(deadline - time.monotonic(), 0.0))

@@ -956,7 +956,7 @@ class WorkerGroup:
         they are not all done within ``timeout_s``.
         """
         timeout_s = _check_timeout(timeout_s)
-        _check_seconds(grace_s, "grace_s")
+        grace_s = _check_seconds(grace_s, "grace_s")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         index = {ref: i for i, ref in enumerate(self._refs)}
         pending = [ref for i, ref in enumerate(self._refs) if i not in self.ended]

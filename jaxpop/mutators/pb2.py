@@ -683,7 +683,7 @@ class PB2Explorer:
         if self.hyperparam_space is None:  # (a constant space: every copier's would be None)
             raise ValueError("PB2 needs a hyperparam_space to search")
         explore_lib.validate_space(self.hyperparam_space)
-        check_number("beta", self.beta, inclusive=True)
+        object.__setattr__(self, "beta", check_number("beta", self.beta, inclusive=True))
         if self.beta > _MAX_BETA:  # (sqrt(beta) * sigma is computed in float32)
             raise ValueError(
                 f"beta must be at most {_MAX_BETA:g}, got {self.beta!r}: the UCB is computed "
@@ -721,7 +721,8 @@ class PB2Explorer:
                 f"({self.window}): the bandit would never have enough data, and every "
                 "explore would be PBT's"
             )
-        check_number("min_interval", self.min_interval, inclusive=True)
+        min_interval = check_number("min_interval", self.min_interval, inclusive=True)
+        object.__setattr__(self, "min_interval", min_interval)  # (Python's number)
         if self.num_local % _TOP_K:
             raise ValueError(f"num_local must be a multiple of {_TOP_K}, got {self.num_local}")
         object.__setattr__(self, "perturbation_factors", check_factors(self.perturbation_factors))
