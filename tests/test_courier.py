@@ -321,13 +321,14 @@ def test_a_server_that_does_not_start_leaves_the_given_log_dir_as_it_was(ray_ses
         "served-after-a-failure", population, log_dir=tmp_path
     ) as server:
         assert server.client.active_workers == population.active_workers
-    fresh = tmp_path / "made" / "deeper" / "run"  # (the folders made above it too: review)
+    # the folders made above it too, and through a missing one and ".." as Store takes it
+    fresh = tmp_path / "n4" / ".." / "made" / "deeper" / "run"  # (reviews)
     another = population_mod.PopulationController([{"lr": 0.3}], _wta())
     with pytest.raises(ValueError, match="timeout_s"):
         population_mod.start_courier_server(
             "served-after-a-failure", another, log_dir=fresh, timeout_s=-1
         )
-    assert not (tmp_path / "made").exists()
+    assert not (tmp_path / "made").exists() and not (tmp_path / "n4").exists()
 
 
 @pytest.mark.parametrize("shut_down", [False, True])

@@ -1572,6 +1572,28 @@ def test_cli_watch_stopped_while_writing_writes_the_newest_report_read(
     pop.close()
 
 
+def test_watch_takes_a_whole_float_count_and_passes_a_callers_own_interrupt_on(tmp_path):
+    """3.0 reads are 3 (review); a KeyboardInterrupt subclass the caller raises from its
+    callback is theirs to catch, not turned into WatchInterrupted (review)."""
+    from jaxpop import report
+
+    sleeps = []
+    assert report.watch(tmp_path / "none", max_iterations=3.0, sleep=sleeps.append) is None
+    assert len(sleeps) == 2
+
+    class StopWatching(KeyboardInterrupt):
+        pass
+
+    def stop(refresh):
+        raise StopWatching("enough")
+
+    with pytest.raises(StopWatching, match="enough"):
+        report.watch(tmp_path / "none", on_refresh=stop, sleep=sleeps.append)
+    with pytest.raises(report.WatchInterrupted) as caught:
+        report.watch(tmp_path / "none", sleep=lambda s: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert caught.value.report is None and isinstance(caught.value, KeyboardInterrupt)
+
+
 @pytest.mark.parametrize(
     "kwargs, error",
     [
@@ -1579,6 +1601,7 @@ def test_cli_watch_stopped_while_writing_writes_the_newest_report_read(
         ({"max_iterations": True}, TypeError),
         ({"max_iterations": math.nan}, TypeError),
         ({"interval": True}, TypeError),
+        ({"interval": None}, TypeError),
         ({"write_every": True}, TypeError),
         ({"write_every": math.nan}, ValueError),
     ],

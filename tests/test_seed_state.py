@@ -1003,15 +1003,49 @@ def test_two_workers_on_one_generation_go_on_in_generations_of_their_own(seed, t
         assert c.history[second.generation_id][15].params == "/p1/15"
 
 
-def test_a_worker_before_its_generation_s_first_checkpoint_is_refused(seed, tmp_path):
-    """Its reports would be dropped as stale until it passed the start; the live API
-    refuses such an assignment (review)."""
+def test_a_worker_before_its_generation_s_first_checkpoint_goes_on_in_its_own(seed, tmp_path):
+    """Its reports would be dropped as stale until it passed the start (the live API
+    refuses such an assignment); it goes on in a generation of its own, from its
+    lineage before its step (reviews)."""
     workers, cache, state = _seed_state(seed)
     workers[0] = seed.ActiveWorker("/x", {"lr": 0.11}, "gen-c", 3)
     (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
-    with pytest.raises(
-        storage.SeedStateError,
-        match=r"active_workers\[0\] is at step 3 .*first checkpoint is at step 10",
+    with pytest.warns(UserWarning, match=r"active_workers\[0\] is at step 3 .*first checkpoint"):
+        migrated = storage.load_seed_state(tmp_path, seed=0)
+    worker = migrated.workers[0]
+    assert worker.generation_id != "gen-c" and worker.step == 3 and worker.params == "/x"
+    assert migrated.history.branch_point(worker.generation_id) == ("gen-a", 0)
+
+
+def test_of_two_workers_on_one_generation_the_one_whose_report_it_holds_keeps_it(seed, tmp_path):
+    """The first worker kept the generation whose checkpoint at its step held the other's
+    report: ranked by the other's score, copied as the other's params (review)."""
+    workers, cache, state = _seed_state(seed)
+    cache["gen-c"][15] = seed.Checkpoint(
+        "/p1/15", {"lr": 0.11}, "gen-c", 0.3, ("gen-c", 15), 15, 1.0
+    )
+    workers[0] = seed.ActiveWorker("/p0/15", {"lr": 0.11}, "gen-c", 15)
+    workers[1] = seed.ActiveWorker("/p1/15", {"lr": 0.11}, "gen-c", 15)
+    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    with pytest.warns(
+        UserWarning, match=r"active_workers\[0\] is on generation 'gen-c', .* other's\)"
     ):
-        storage.migrate_seed_state(tmp_path, seed=0)
-    assert sorted(os.listdir(tmp_path)) == ["population.state"]
+        migrated = storage.load_seed_state(tmp_path, seed=0)
+    first, second = migrated.workers
+    assert second.generation_id == "gen-c" and first.generation_id != "gen-c"
+    assert migrated.history.branch_point(first.generation_id) == ("gen-c", 10)
+    assert migrated.history[first.generation_id][15].params == "/p0/15"
+
+
+def test_a_destination_through_a_missing_folder_and_dotdot_is_the_folder_store_writes(
+    seed, tmp_path
+):
+    """Store takes "n4/../n5/out" as "n5/out" (made without n4); the migration's record
+    and lock went through the missing n4: a FileNotFoundError, and a lock left (review)."""
+    _write_seed_run(tmp_path / "src", seed)
+    dst = os.path.join(tmp_path, "n4", "..", "n5", "out")
+    done = storage.migrate_seed_state(tmp_path / "src", dst, seed=0)
+    assert done.log_dir == dst and not (tmp_path / "n4").exists()
+    assert seed_state.MIGRATION_FILE in os.listdir(tmp_path / "n5" / "out")
+    with PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path / "n5" / "out")) as c:
+        assert c.history.num_checkpoints == done.state.history.num_checkpoints

@@ -474,3 +474,8 @@ def test_host_scores_of_the_device_dtype_that_order_alike_are_returned_as_they_a
     assert device_scores(scores) is scores
     widened = device_scores(np.array([3.0, 1.0], jnp.bfloat16))
     assert widened.dtype == np.float32 and widened.tolist() == [3.0, 1.0]
+    # computed in bfloat16 itself: numpy's finfo knows no bfloat16 (review)
+    same = device_scores(np.array([3.0, 1.0], jnp.bfloat16), jnp.bfloat16)
+    assert np.asarray(same, np.float32).tolist() == [3.0, 1.0]
+    ranked = device_scores(np.array([3.0, 1.0, 1.001], np.float32), jnp.bfloat16)
+    assert ranked.dtype == jnp.bfloat16 and np.asarray(ranked, np.float32).tolist() == [2, 0, 1]

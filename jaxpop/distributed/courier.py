@@ -405,7 +405,8 @@ def start_courier_server(
             if log_dir is None:
                 target = temp_dir = tempfile.mkdtemp(prefix="jaxpop-courier-")
             else:
-                target = os.fspath(log_dir)
+                # (as Store takes it: "new/../out" is "out", made without "new")
+                target = os.path.abspath(os.fspath(log_dir))
                 before = set(os.listdir(target)) if os.path.isdir(target) else None
                 # (set first: a write that fails part way, its lock file made, is undone)
                 written = (target, before, missing_dirs(target))

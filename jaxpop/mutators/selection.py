@@ -144,10 +144,10 @@ def device_scores(scores: Any, dtype: Any = None) -> Any:
     finite = np.isfinite(host)
     ordered = np.sort(host[finite])
     rises = ordered[1:] > ordered[:-1]  # between distinct scores
-    info = np.finfo(dtype)
+    info = jnp.finfo(dtype)  # (numpy's knows no bfloat16)
     if not ordered.size or max(abs(float(ordered[0])), abs(float(ordered[-1]))) <= float(info.max):
-        cast = ordered.astype(dtype)
-        cast[np.abs(cast) < info.tiny] = 0  # XLA flushes subnormals to zero
+        cast = ordered.astype(dtype).astype(np.float64)  # (exact: compared in float64)
+        cast[np.abs(cast) < float(info.tiny)] = 0  # XLA flushes subnormals to zero
         if np.all(cast[1:][rises] > cast[:-1][rises]):
             return scores if host.dtype.kind == "f" and not widened else host.astype(dtype)
     distinct = ordered[np.concatenate([[True], rises])]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from jaxpop.core import PopulationState
+from jaxpop.mutators.base import is_finite
 from jaxpop.report.data import NotARunError, Report, SeveralRunsError, load
 from jaxpop.report.files import write_report
 
@@ -122,14 +123,15 @@ def watch(
     ``time.sleep`` and ``time.monotonic``. Returns the newest report read (``None`` if
     none) once the run is over, or after ``max_iterations`` reads. A
     ``KeyboardInterrupt`` (Ctrl-C) propagates to the caller as a
-    :class:`WatchInterrupted`, which holds the newest report read (the files may hold an
-    older one: the caller writes it, as ``jaxpop report --watch`` does). A read that raises (below)
-    ends the watch too: the files first take the newest report read, if they do not
-    hold it yet.
+    :class:`WatchInterrupted`, which holds the newest report read: the files may hold
+    an older one, for the caller to write as ``jaxpop report --watch`` does (a subclass
+    of ``KeyboardInterrupt`` that ``on_refresh`` or ``sleep`` raises propagates as it
+    is). A read that raises (below) ends the watch too: the files first take the newest
+    report read, if they do not hold it yet.
 
     Raises:
       TypeError: ``interval`` or ``write_every`` is not a number (a bool included), or
-        ``max_iterations`` not an int.
+        ``max_iterations`` not a whole number.
       ValueError: ``interval`` is not positive, ``write_every`` or ``max_iterations``
         is negative; or ``out_dir`` lies inside the run (see
         :func:`~jaxpop.report.write_report`).
@@ -138,12 +140,15 @@ def watch(
       ImportError: matplotlib is missing (the plots need it).
     """
     for name, value in (("interval", interval), ("write_every", write_every)):
-        if isinstance(value, bool) or not (value is None or isinstance(value, numbers.Real)):
+        if isinstance(value, bool) or not (
+            isinstance(value, numbers.Real) or (value is None and name == "write_every")
+        ):
             raise TypeError(f"{name} must be a number of seconds, got {value!r:.40}")
-    if max_iterations is not None and (
-        isinstance(max_iterations, bool) or not isinstance(max_iterations, numbers.Integral)
-    ):  # (2.5 made 3 reads, True one, NaN never stopped)
-        raise TypeError(f"max_iterations must be an int or None, got {max_iterations!r:.40}")
+    if max_iterations is not None:  # (2.5 made 3 reads, True one, NaN never stopped)
+        whole = isinstance(max_iterations, numbers.Real) and not isinstance(max_iterations, bool)
+        if not whole or not is_finite(max_iterations) or max_iterations != int(max_iterations):
+            raise TypeError(f"max_iterations must be an int or None, got {max_iterations!r:.40}")
+        max_iterations = int(max_iterations)
     if not 0 < interval <= MAX_INTERVAL_S:  # (time.sleep overflows on inf or 1e300)
         raise ValueError(
             f"interval must be a positive number of seconds, at most {MAX_INTERVAL_S} (a "
@@ -171,7 +176,7 @@ def watch(
             newest,
         )
     except KeyboardInterrupt as interrupt:
-        if isinstance(interrupt, WatchInterrupted):
+        if type(interrupt) is not KeyboardInterrupt:  # (a caller's own kind: theirs)
             raise
         raise WatchInterrupted(newest[0]) from interrupt
 

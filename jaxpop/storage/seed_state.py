@@ -773,21 +773,38 @@ def _marker_state(seed_state: Any, where: str, memo: dict[int, Any]) -> dict[str
 
 
 def _own_generations(state: PopulationState, where: str) -> PopulationState:
-    """``state`` with each worker whose hyperparameters are not its generation's (a seed
-    ``Mutate`` could send a worker other ones; the seed kept recording its generation's),
-    and each worker after the first on a generation another holds (the seed let their
-    reports overwrite each other's), moved to a new generation of its own, started at
-    its step with its hyperparameters: jaxpop records what a worker trains with, refuses
-    a generation whose hyperparameters change, and records one worker's reports per
-    generation. A warning names each."""
+    """``state`` with each worker jaxpop would not take on its generation moved to a new
+    generation of its own, started at its step with its hyperparameters, with a warning
+    naming it: a worker whose hyperparameters are not its generation's (a seed
+    ``Mutate`` could send a worker other ones; the seed kept recording its
+    generation's), one at a step before its generation's first checkpoint (its reports
+    would be dropped as stale), and all but one of the workers on one generation (the
+    seed recorded their reports there, each replacing the other's). That one, the
+    keeper, is the one whose params the checkpoint at its step holds (the report the
+    seed kept), else the first. jaxpop records what a worker trains with, never changes
+    a generation's hyperparameters and records one worker's reports per generation."""
     history, workers = state.history, list(state.workers)
-    held: dict[str, int] = {}  # generation -> the worker that keeps it
+
+    def fits(worker: ActiveWorker) -> bool:
+        gen = worker.generation_id
+        return worker.step >= history.first(gen).step and core.same_hparams(
+            worker.meta_params, history.meta_params(gen)
+        )
+
+    def reported(worker: ActiveWorker) -> bool:  # (the seed kept its report at its step)
+        at = history.get_checkpoint(worker.generation_id, worker.step)
+        return at is not None and _same_handle(at.params, worker.params)
+
+    keepers: dict[str, int] = {}  # generation -> the worker that keeps it
+    for i, worker in enumerate(workers):
+        gen = worker.generation_id
+        if fits(worker) and (
+            gen not in keepers or (reported(worker) and not reported(workers[keepers[gen]]))
+        ):
+            keepers[gen] = i
     for i, worker in enumerate(workers):
         gen, step = worker.generation_id, worker.step
-        recorded = history.meta_params(gen)
-        holder, same = held.get(gen), core.same_hparams(worker.meta_params, recorded)
-        if holder is None and same:
-            held[gen] = i
+        if keepers.get(gen) == i:
             continue
         # the newest checkpoint of its lineage before its step, or at it holding its
         # params (a start at its parent's step stands for the parent's params)
@@ -812,18 +829,25 @@ def _own_generations(state: PopulationState, where: str) -> PopulationState:
             step,
             history.first(gen).time if parent is None else parent.time,
         )
+        recorded, first = history.meta_params(gen), history.first(gen).step
         history = history.add(start)
         workers[i] = worker.replace(generation_id=new)
-        held[new] = i
-        if not same:
+        if not core.same_hparams(worker.meta_params, recorded):
             why = (
                 f"holds the hyperparameters {_short(worker.meta_params)}, not those of its "
                 f"generation {_short(gen)} ({_short(recorded)}), which the seed kept recording"
             )
-        else:
+        elif step < first:
             why = (
-                f"is on generation {_short(gen)}, which active_workers[{holder}] holds too "
-                "(the seed recorded both workers' reports there, each replacing the other's)"
+                f"is at step {step} of generation {_short(gen)}, before its first checkpoint "
+                f"(step {first}), where its reports would be dropped as stale"
+            )
+        else:
+            keeper = keepers[gen]
+            why = (
+                f"is on generation {_short(gen)}, which active_workers[{keeper}] holds too "
+                "(the seed recorded both workers' reports there, each replacing the other's"
+                + ("; the one at its step is the other's)" if reported(workers[keeper]) else ")")
             )
         warnings.warn(
             f"{where}: active_workers[{i}] {why}: it goes on in a new generation {new!r}, "
@@ -865,15 +889,6 @@ def _to_state(raw: Any, where: str, key: np.ndarray) -> PopulationState:
         }
         state = _own_generations(state_from_plain(plain), where)  # every check a stored
         encoding.encode(state_to_plain(state))  # state passes; what the snapshot will hold
-        for i, worker in enumerate(state.workers):
-            start = state.history.first(worker.generation_id).step
-            if worker.step < start:  # (its reports would be dropped as stale, for good)
-                raise SeedStateError(
-                    f"active_workers[{i}] is at step {worker.step} of generation "
-                    f"{_short(worker.generation_id)}, before the generation starts (its "
-                    f"first checkpoint is at step {start}); jaxpop refuses a mutator's "
-                    "assignment before its generation's start"
-                )
         # (a live controller refuses these where they enter: migrated, the run failed at
         # its first exploit, on every retry)
         for i, worker in enumerate(state.workers):
@@ -980,10 +995,12 @@ def migrate_seed_state(
     if dst_log_dir is None:
         dst_log_dir = os.path.dirname(source) or "."
     dst = os.fspath(dst_log_dir)
-    _refuse_existing_run(dst, source)
-    made_dirs, lock = missing_dirs(dst), os.path.join(dst, "lock")
+    # every file by the path Store takes ("new/../out" is "out", made without "new")
+    where = os.path.abspath(dst)
+    _refuse_existing_run(where, source)
+    made_dirs, lock = missing_dirs(where), os.path.join(where, "lock")
     made_lock = not os.path.exists(lock)
-    store = Store(dst, run={"population_size": state.population_size, "mutator": None})
+    store = Store(where, run={"population_size": state.population_size, "mutator": None})
     record = {
         "source": os.path.abspath(source),
         "sha256": hashlib.sha256(data).hexdigest(),
@@ -991,11 +1008,11 @@ def migrate_seed_state(
         "population_size": state.population_size,
         "checkpoints": state.history.num_checkpoints,
     }
-    record_path = os.path.join(dst, MIGRATION_FILE)
+    record_path = os.path.join(where, MIGRATION_FILE)
     writing = done = False
     try:
         if store.load() is not None:  # appeared since the look above
-            _refuse_existing_run(dst, source)
+            _refuse_existing_run(where, source)
         # the record first: a migration killed once its snapshot is in place is complete,
         # with its record (a controller there names population.state as migrated); one
         # killed before leaves a record and no run, which a controller refuses (the seed
