@@ -147,7 +147,9 @@ def watch(
     if max_iterations is not None:  # (2.5 made 3 reads, True one, NaN never stopped)
         whole = isinstance(max_iterations, numbers.Real) and not isinstance(max_iterations, bool)
         if not whole or not is_finite(max_iterations) or max_iterations != int(max_iterations):
-            raise TypeError(f"max_iterations must be an int or None, got {max_iterations!r:.40}")
+            raise TypeError(
+                f"max_iterations must be a whole number or None, got {max_iterations!r:.40}"
+            )
         max_iterations = int(max_iterations)
     if not 0 < interval <= MAX_INTERVAL_S:  # (time.sleep overflows on inf or 1e300)
         raise ValueError(
