@@ -93,7 +93,9 @@ class StopWhen:
         when every worker is.
       seconds: the run is over this many seconds after it began (a ``log_dir``
         records when, and so do the bytes of ``serialized_state``: a resumed run, or a
-        saved state loaded with ``load_state``, counts from its run's first start).
+        saved state loaded with ``load_state``, counts from its run's first start), by
+        the latest time the controller's clock gave (a clock stepping back does not
+        reopen a run it ended).
 
     A done worker becomes ``"finished"`` (``ActiveWorker.status``): its next ask is
     answered with its assignment, status ``"finished"`` -- stop. (An ask that changes

@@ -259,8 +259,12 @@ class PopulationController:
         self._clock = clock
         self._lock = threading.RLock()
         self._in_call = False  # (a call is being applied: see _enter_call)
+        _CONTROLLERS.add(self)  # (a forked child's copy gets a lock of its own)
         self.log_dir = log_dir
         now = _as_time(clock())
+        # the latest time the clock gave: a time budget is spent by it, so that a clock
+        # stepping back (an NTP correction) does not make a run it ended go on
+        self._latest = now
         drawn = seed is None  # (each run its own ids: a worker of another run is unknown here)
         if drawn:
             seed = secrets.randbits(64)
@@ -543,7 +547,7 @@ class PopulationController:
         # nothing changes on failure (the clock's too: read only if needed)
         timed = self._stop_when is not None or self._gone_after_s is not None
         now = _as_time(self._clock()) if timed else None
-        state, _ = self._stopped(state, start, now)
+        state, _ = self._stopped(state, start, None if now is None else max(now, self._latest))
         if self._store is not None:
             self._store.check_open()
             self._store.replace(state, started=start)
@@ -782,11 +786,12 @@ class PopulationController:
             now = _as_time(now)
         pending: list[core.Changes] = []
         when = self._stop_when
-        if when is not None and when.seconds is not None and now - self._start >= when.seconds:
+        latest = max(now, self._latest)  # (what the time budget is measured by)
+        if when is not None and when.seconds is not None and latest - self._start >= when.seconds:
             # the time budget is spent: the run ends before this call's events, as a
             # controller opened now ends it, so that none of them plays a round (a late
             # report, a finish or a worker declared gone decided one, live only)
-            state, changes = self._stop(state, now, self._start)
+            state, changes = self._stop(state, latest, self._start)
             if changes is not None:  # (with the events: a call refused records nothing)
                 pending.append(changes)
         reply = core.Reply()  # (a poll's: no event)
@@ -794,7 +799,7 @@ class PopulationController:
             state = self._expire(state, now, pending, gone)
         for event in events:
             if type(event) is Reactivate:
-                self._refuse_if_over(state, event, now)
+                self._refuse_if_over(state, event, latest)
             if self._gone_after_s is not None:
                 i = _worker_index(event.worker_id, state.population_size)
                 reactivating = type(event) is Reactivate
@@ -811,7 +816,7 @@ class PopulationController:
             over = (
                 when is not None
                 and isinstance(event, (Eval, Ask, Missing))
-                and core.stays_done(state, event, now, when, self._start)
+                and core.stays_done(state, event, latest, when, self._start)
             )
             if over and state.workers[operator.index(event.worker_id)].status == GONE:
                 finish = Finish(operator.index(event.worker_id))  # done, not gone
@@ -836,7 +841,7 @@ class PopulationController:
                 checkpoint = reply.checkpoint
                 state, changes = self._stop(
                     state,
-                    now,
+                    latest,
                     self._start,
                     added=() if reply.changes is None else reply.changes.checkpoints,
                     reported=None
@@ -849,6 +854,7 @@ class PopulationController:
                         reply = _told_to_stop(reply, event, changes)
         if pending:
             self._take(state, pending)
+        self._latest = latest
         return reply
 
     def _expire(
@@ -993,6 +999,23 @@ def _run_start(recorded: float | None, history: History, now: float) -> float:
         return recorded
     earliest = start_time(history)
     return earliest if math.isfinite(earliest) else now
+
+
+# every controller of this process, for _after_fork_in_child
+_CONTROLLERS: weakref.WeakSet[PopulationController] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child's copies of the controllers start with a lock of their own: one
+    held by another thread of the parent at the fork (a call in flight) would never be
+    released here, and every call would wait for good instead of being answered (with a
+    log_dir: refused, as a child may not write its parent's run)."""
+    for controller in list(_CONTROLLERS):
+        controller._lock = threading.RLock()
+        controller._in_call = False
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _as_time(now: Any) -> float:

@@ -756,6 +756,26 @@ def test_expire_takes_a_numpy_number_of_seconds_as_python_s(after_s):
         core.expire(state, t0, core.event_key(state), after_s=0.0, mutator=m)
 
 
+def test_a_clock_stepping_back_does_not_reopen_a_run_its_time_budget_ended():
+    """The budget was measured by each call's clock: set back under it (an NTP step),
+    in-flight reports woke the finished workers and the mutator decided after the end,
+    journaled (helper-256). It is measured by the latest time the clock gave."""
+    from jaxpop import StopWhen
+
+    clock = FakeClock(1000.0)
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=2)
+    pop = PopulationController([{"lr": 0.1}] * 2, m, stop_when=StopWhen(seconds=10), clock=clock)
+    gens = [w.generation_id for w in pop.active_workers]
+    clock.now = 1011.0
+    assert pop.poll()
+    clock.now = 1004.0
+    for i in (0, 1):
+        pop.set_eval(i, gens[i], 2, f"p{i}", 0.5)
+    assert pop.done and pop.decision_counts.decisions == 0
+    assert pop.maybe_get_worker_data(0, gens[0], 2, None, None).status == "finished"
+    assert pop.history[gens[0]][2].time == 1004.0  # (a report's time is the clock's)
+
+
 def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, clock):
     from jaxpop import StopWhen
 

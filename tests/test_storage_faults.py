@@ -1540,6 +1540,47 @@ def test_a_forked_child_neither_keeps_the_lock_nor_writes(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_a_child_forked_during_a_call_is_refused_not_left_waiting(tmp_path):
+    """Forked while another thread's call held the controller's lock, the child's copy
+    waited for good on that lock, never released in the child (helper-256)."""
+    pop = _open(tmp_path)
+    Driver().run(pop, 2)
+    holding, release = threading.Event(), threading.Event()
+
+    def a_call_in_flight():
+        with pop._lock:  # (as a call whose mutator function is slow)
+            holding.set()
+            release.wait(60)
+
+    thread = threading.Thread(target=a_call_in_flight)
+    thread.start()
+    assert holding.wait(10)
+    to_parent = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            Driver().step(pop)
+            code = 1
+        except RuntimeError as e:
+            code = 0 if "forked child" in str(e) else 2
+        os.write(to_parent[1], b"x")
+        os._exit(code)
+    try:
+        ready, _, _ = select.select([to_parent[0]], [], [], 20)
+        if not ready:
+            os.kill(child, signal.SIGKILL)
+        _, status = os.waitpid(child, 0)
+    finally:
+        release.set()
+        thread.join()
+        for fd in to_parent:
+            os.close(fd)
+    assert ready and os.waitstatus_to_exitcode(status) == 0
+    Driver().run(pop, 2)  # the parent goes on
+    pop.close()
+
+
 def test_a_mismatch_message_shows_where_deep_configurations_differ(tmp_path):
     def pbt(high):
         space = {f"h{i}": explore.uniform(0.0, 2.0) for i in range(20)}

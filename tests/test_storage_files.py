@@ -357,6 +357,49 @@ def test_a_newcomer_refused_while_the_live_controller_starts_leaves_it_running(
     assert _encoded(storage.read_state(tmp_path)) == _encoded(state)
 
 
+def test_a_newcomer_takes_over_a_controller_loading_its_run_only_once_it_has_read_it(
+    tmp_path, monkeypatch
+):
+    """Two controllers made at once on one log_dir: the newer one closed the older's
+    directory while the older read and repaired the run through it (AssertionError,
+    EBADF, or ENOTDIR from a reused descriptor, where a repair could remove another
+    folder's files: helper-256). The older now finishes reading, then is superseded."""
+    with _open(tmp_path) as pop:
+        _evals(pop, [5, 10])
+        state = pop.state
+    real, reading = store._load, threading.Event()
+
+    def slow(*args, **kwargs):
+        loaded = real(*args, **kwargs)
+        if threading.current_thread().name == "live":
+            reading.set()
+            time.sleep(0.3)  # (the newer one takes over meanwhile)
+        return loaded
+
+    monkeypatch.setattr(store, "_load", slow)
+    opened = []
+
+    def open_live():
+        try:
+            opened.append(_open(tmp_path))
+        except Exception as e:  # superseded before it started, or (before) broken
+            opened.append(e)
+
+    thread = threading.Thread(target=open_live, name="live")
+    thread.start()
+    assert reading.wait(10)
+    newer = _open(tmp_path)
+    thread.join()
+    (older,) = opened
+    if isinstance(older, PopulationController):  # (it started first: superseded since)
+        with pytest.raises(storage.SupersededError):
+            older.maybe_get_worker_data(0, None, 0, None, None)
+    else:
+        assert isinstance(older, storage.SupersededError), repr(older)
+    assert _encoded(newer.state) == _encoded(state)
+    newer.close()
+
+
 def test_a_newcomer_that_matches_takes_over_a_controller_that_was_starting(tmp_path, monkeypatch):
     thread, live = _start_live(tmp_path, monkeypatch)
     newer = _open(tmp_path)

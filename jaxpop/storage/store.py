@@ -748,12 +748,18 @@ class Store:
 
         Raises:
           CorruptLogError: a file is damaged (nothing is changed then).
+          SupersededError: a newer ``Store`` of this process took the ``log_dir`` over.
         """
-        self._loaded = _load(self.log_dir, self._directory.fd)
-        if self._loaded is None:
-            return None
-        _repair(self._loaded.repairs, self._directory.fd)
-        return self._loaded.state
+        # under the I/O lock: a newer Store taking the log_dir over (two controllers made
+        # at once) closes this one's directory only between reads, never under them (its
+        # descriptor's number, reused, could name another file: a repair there)
+        with self._io_lock:
+            self.check_open(started=False)
+            self._loaded = _load(self.log_dir, self._directory.fd)
+            if self._loaded is None:
+                return None
+            _repair(self._loaded.repairs, self._directory.fd)
+            return self._loaded.state
 
     # -- writing ---------------------------------------------------------------------
     @property
