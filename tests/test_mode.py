@@ -244,3 +244,29 @@ def test_a_mode_set_by_replace_is_refused_as_it_would_not_change_the_decisions()
             [{"h": 1.0}], WinnerTakeAllGenetic(lambda m: m, 1)._replace(mode="max")
         )
     PopulationController([{"h": 1.0}], WinnerTakeAllGenetic(lambda m: m, 1, mode="max"))
+
+
+def test_a_fixed_schedule_takes_the_run_s_mode():
+    """FixedSchedule had no mode: a replay of a mode="max" run's schedule ranked
+    accuracies as losses, its report naming the worst member best and StopWhen(value=)
+    ending at a worse accuracy (helper-257)."""
+    from jaxpop import StopWhen
+    from jaxpop.mutators import FixedSchedule
+
+    schedule = {0: {"lr": 0.1}, 10: {"lr": 0.01}}
+    pop = PopulationController([{"lr": 0.1}] * 3, FixedSchedule(schedule, mode="max"))
+    for worker, value in enumerate([0.30, 0.95, 0.60]):
+        gen = pop.maybe_get_worker_data(worker, None, 0, None, None).generation_id
+        pop.set_eval(worker, gen, 1, f"p{worker}", value)
+    assert pop.history.mode == "max"
+    assert report.summary(report.build(pop.state))["best"]["worker"] == 1
+    one = PopulationController(
+        [{"lr": 0.1}], FixedSchedule(schedule, mode="max"), stop_when=StopWhen(value=0.9)
+    )
+    gen = one.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    one.set_eval(0, gen, 1, "p", 0.2)
+    assert not one.done
+    one.set_eval(0, gen, 2, "p", 0.93)
+    assert one.done
+    with pytest.raises(ValueError, match="mode"):
+        FixedSchedule(schedule, mode="up")

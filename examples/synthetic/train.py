@@ -32,6 +32,7 @@ Run it from the repo root::
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -200,9 +201,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     final_loss = float(eval_loss(params))
 
     history = population.history
-    best = min(
-        (c for c in history.checkpoints() if c.value is not None),
-        key=lambda c: c.value,
+    best = min(  # (history.rank: a NaN or inf loss ranks last, never best)
+        (c for c in history.checkpoints() if c.value is not None and math.isfinite(c.value)),
+        key=lambda c: history.rank(c.value),
         default=None,
     )
     result = {

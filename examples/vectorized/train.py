@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     value = float(losses[i])
                     logs.log_worker(i, step, value, hparams, metrics=metrics, generation_id=gen)
             population_cnn.sync_loggers(logs, lineage.history, args)  # (and keeps them)
-            best = int(np.argmin(losses))
+            # (a NaN loss, a diverged member, is never shown as the best)
+            best = 0 if np.isnan(losses).all() else int(np.nanargmin(losses))
             progress.update(args.workers * steps)
             progress.set_postfix(
                 val_loss=f"{float(losses[best]):.3f}",

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxpop.boundary import copy_in
 from jaxpop.events import Ask
-from jaxpop.history import History
+from jaxpop.history import History, Mode, check_mode
 from jaxpop.mutators import _views
 from jaxpop.mutators.base import (
     DecisionCounts,
@@ -54,6 +54,11 @@ class FixedSchedule(Mutator):
 
       on_ask: also apply a change when a worker *asks* for its data at or past its
         step (see below), not only when it reports an evaluation there.
+      mode: which evaluation values are better, ``"min"`` (lower, the default) or
+        ``"max"``. The schedule decides nothing by them; the run records it
+        (``History.mode``), so the report's best member, ``StopWhen(value=...)`` and
+        checkpointing's ``keep_best`` rank as they should: replaying a ``mode="max"``
+        run's schedule, pass ``mode="max"``.
 
     A change takes effect when a worker reports an evaluation at or past the change's
     step, as in the seed: that checkpoint becomes the start of a new generation with the
@@ -126,10 +131,12 @@ class FixedSchedule(Mutator):
         every: int | None = None,
         *,
         on_ask: bool = False,
+        mode: Mode = "min",
     ):
         due, value_at, compare = _plan(schedule, every)
         if not isinstance(on_ask, (bool, np.bool_)):
             raise TypeError(f"on_ask must be a bool, got {type(on_ask).__name__}: {on_ask!r:.40}")
+        mode = check_mode(mode)
 
         config = _Config(due, value_at, compare, bool(on_ask))
         views = _views.Views(functools.partial(_entry, config), _COLUMNS, reads_branch_points=False)
@@ -140,6 +147,7 @@ class FixedSchedule(Mutator):
             # (asks also send back in the schedule a worker that was sent back in steps)
             functools.partial(_ask, config, views),
             counts=_counts,
+            mode=mode,
         )
 
 
