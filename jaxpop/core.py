@@ -1389,22 +1389,44 @@ def stays_done(
     ``when.seconds`` (``start``: when the population started), or once any evaluation
     recorded, or this one, is at least ``when.value`` (the whole history: a round that
     copied the one that reached it leaves no worker's latest evaluation there); the
-    worker is, at ``when.step``. O(history), only for such a call (rarely)."""
+    worker is, at ``when.step``. "This one" only if the controller records it: a call
+    it ignores (a generation it never made, another worker's) says nothing of the run.
+    O(history), only for such a call (rarely)."""
     try:
         i = _check_worker(state, event.worker_id)
         status = state.workers[i].status
         if status == ACTIVE or (status != GONE and type(event) is not Eval):
             return False  # (the usual case; only a report wakes a finished worker)
-        step = None if event.step is None else _check_step(event.step)
+        step: int | None = None if event.step is None else _check_step(event.step)
         value = as_value(event.value) if type(event) is Eval else None
+        generation_id = _as_generation_id(event.generation_id, "the call")
     except (TypeError, ValueError):
         return False  # (the event is refused)
+    if not _recorded_on(state, i, generation_id, step):
+        step = value = None  # (ignored: its step and value say nothing of the run)
     if step is not None and when.step is not None and step >= when.step:
         return True
     target = None if when.value is None else state.history.rank(when.value)
     if target is not None and state.history.rank(value) <= target:
         return True
     return over_for(state, i, now, when, start) is not None
+
+
+def _recorded_on(
+    state: PopulationState, worker_id: int, generation_id: str | None, step: int | None
+) -> bool:
+    """Whether a call of ``worker_id`` on ``generation_id`` at ``step`` is one the
+    controller records (set_eval's checks): not a generation it never made, a kept one
+    the worker does not hold, a step before the generation started or a generation
+    another worker holds (mixed-up ids), which are ignored."""
+    history = state.history
+    if not generation_id or generation_id not in history:
+        return False
+    if is_kept(generation_id) and state.workers[worker_id].generation_id != generation_id:
+        return False
+    if step is not None and step < history.first(generation_id).step:
+        return False
+    return _holder(state, worker_id, generation_id) is None
 
 
 def over_for(

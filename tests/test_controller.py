@@ -776,6 +776,32 @@ def test_a_clock_stepping_back_does_not_reopen_a_run_its_time_budget_ended():
     assert pop.history[gens[0]][2].time == 1004.0  # (a report's time is the clock's)
 
 
+def test_a_report_the_controller_ignores_does_not_finish_a_gone_worker(clock):
+    """stays_done read an ignored call's own value and step as the run's: a gone
+    worker's report on a generation the controller never made, or one another worker
+    holds, finished it (for good, its loop told to stop) in a run that went on
+    (helper-258). Such a call changes nothing; the worker's next call wakes it."""
+    from jaxpop import StopWhen
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10**6)
+    for when, call in (
+        (StopWhen(value=0.01), lambda pop, gens: ("deadbeefdeadbeef", 10, 0.001)),
+        (StopWhen(step=100), lambda pop, gens: (gens[0], 150, 0.3)),  # worker 0's
+    ):
+        pop = PopulationController(
+            [{"lr": 0.1}] * 3, m, stop_when=when, gone_after_s=50, clock=clock
+        )
+        gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in range(3)]
+        clock.advance(60)
+        pop.set_eval(0, gens[0], 10, "p0", 0.5)
+        assert pop.poll() is False
+        assert [w.status for w in pop.active_workers] == ["active", "gone", "gone"]
+        pop.set_eval(2, *call(pop, gens)[:2], "x", call(pop, gens)[2])
+        assert [w.status for w in pop.active_workers] == ["active", "gone", "gone"]
+        assert pop.maybe_get_worker_data(2, gens[2], 0, None, None) is None  # woken
+        assert pop.active_workers[2].status == "active" and not pop.done
+
+
 def test_stop_when_finishes_workers_and_tells_them_at_their_next_ask(tmp_path, clock):
     from jaxpop import StopWhen
 
