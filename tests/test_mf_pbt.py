@@ -391,6 +391,34 @@ def test_a_finished_worker_is_not_waited_for_and_never_copied():
     assert all(s is None or s[0] != finished for s in sources)
 
 
+def test_a_worker_back_after_missed_rounds_is_not_waited_for_and_copies():
+    """A worker that came back (reactivated) was waited for at the step it stopped at:
+    no round until it had trained up to the others' (helper-258: no decision in 19
+    rounds). It is not waited for while behind, ranks last, and copies when its
+    sub-population evolves, as PBT's synchronous rounds have it."""
+    from jaxpop.events import Finish, Reactivate
+
+    m = make()
+    state = fresh_state([{"lr": 0.01}] * 8, m)
+    state = report_all(state, m, 10, [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    assert state.mutator_state.round == 1
+    state, _ = apply(state, Finish(7), 2.0, m)
+    for step in range(20, 110, 10):  # rounds 2 .. 10 without worker 7
+        state = report_all(state, m, step, [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0], now=step)
+    assert state.mutator_state.round == 10 and state.mutator_state.missed == (7,)
+    state, _ = apply(state, Reactivate(7), 200.0, m)
+    old = state.workers[7].generation_id
+    state, _ = apply(state, Eval("w7@20", 7, old, 20, 0.5), 201.0, m)  # behind, and best
+    for step in (110, 120):  # rounds 11 and 12 (sub-population 1 evolves at 12)
+        state = report_all(state, m, step, [8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0], now=step)
+    assert state.mutator_state.round == 12  # not waited for
+    worker = state.workers[7]
+    assert worker.generation_id != old and worker.step >= 110  # it copied: caught up
+    assert state.mutator_state.missed == ()
+    sources = [state.history.branch_point(w.generation_id) for w in state.workers[:7]]
+    assert all(s is None or s[0] != old for s in sources)  # never copied from
+
+
 def test_a_finished_member_takes_no_bracket_place():
     # sub-population 0 of 4 (lower is better), member 3 finished: the brackets are cut
     # among 0, 1, 2 -- the worst active member (2) copies the best (0) and member 1 (B3)

@@ -72,12 +72,16 @@ class MFPBTState(NamedTuple):
       num_exploits: bottom-bracket members that copied a top-bracket member.
       num_migrations: third-bracket members replaced by a better member of another
         sub-population.
+      missed: the workers a round was played without (finished or gone then), still
+        behind it: one that comes back is not waited for, and ranks last (it copies,
+        if its bracket does), until it copies or catches up.
     """
 
     round: int = 0
     num_decisions: int = 0
     num_exploits: int = 0
     num_migrations: int = 0
+    missed: tuple[int, ...] = ()
 
 
 encoding.register_record(MFPBTState, "jaxpop.MFPBTState")
@@ -315,12 +319,33 @@ def _rank_score(history: History, generation_id: str) -> float | None:
     return None if nothing_to_copy(history, generation_id) else score
 
 
-def _completed_round(view: _views.View) -> int | None:
+def _behind(view: _views.View, state: MFPBTState) -> list[int]:
+    """The workers that missed a round and, back, are still behind the rounds played
+    (not waited for; they rank last)."""
+    rounds = view["round"]
+    return [i for i in state.missed if i < len(rounds) and rounds[i] < state.round]
+
+
+def _completed_round(view: _views.View, behind: list[int]) -> int | None:
     """The last round every active worker has finished (an evaluation at or past
     ``round * t_ready`` in its current generation), or ``None`` before the first.
-    Finished and gone workers are not waited for."""
-    completed = view["round"].min()
+    Finished and gone workers are not waited for, nor those ``behind``."""
+    rounds = view["round"]
+    if behind:
+        rounds = rounds.copy()
+        rounds[behind] = math.inf
+    completed = rounds.min()
     return None if completed < 0 or completed == math.inf else int(completed)
+
+
+def _missed(
+    view: _views.View, active: np.ndarray, behind: list[int], copied: np.ndarray, completed: int
+) -> tuple[int, ...]:
+    """After round ``completed``: the workers not active, and those ``behind`` that did
+    not copy and have not caught up."""
+    rounds = view["round"]
+    still = {i for i in behind if not copied[i] and rounds[i] < completed}
+    return tuple(i for i in range(len(active)) if not active[i] or i in still)
 
 
 def _keeping(views: _views.Views, view: _views.View, state: MFPBTState) -> MFPBTState:
@@ -455,14 +480,19 @@ def _update(
     size = len(workers)
     n = check_layout(size, frequencies)
     view = views.view(state, workers, history)  # each worker's last round, kept between calls
-    completed = _completed_round(view)
+    behind = _behind(view, state)
+    completed = _completed_round(view, behind)
     if completed is None or completed <= state.round:
         return _keeping(views, view, state), workers, ()
     moving = _evolving_between(state.round, completed, frequencies)
-    if not moving.any():
-        return _keeping(views, view, state._replace(round=completed)), workers, ()
     active = np.asarray([w.is_active for w in workers])
-    ranks = dense_ranks([_rank_score(history, w.generation_id) for w in workers], mode)
+    if not moving.any():
+        missed = _missed(view, active, behind, np.zeros(size, bool), completed)
+        return _keeping(views, view, state._replace(round=completed, missed=missed)), workers, ()
+    scores = [_rank_score(history, w.generation_id) for w in workers]
+    for late in behind:  # (ranks last, never copied: its score is of a round long gone)
+        scores[late] = None
+    ranks = dense_ranks(scores, mode)
     decided = plan(
         ranks.astype(np.float32), moving, num_sub_populations=len(frequencies), active=active
     )
@@ -491,6 +521,7 @@ def _update(
         num_decisions=state.num_decisions + int(active.reshape(-1, n)[moving].sum()),
         num_exploits=state.num_exploits + int((copied & explore).sum()),
         num_migrations=state.num_migrations + int((copied & ~explore).sum()),
+        missed=_missed(view, active, behind, copied, completed),
     )
     return (
         _keeping(views, view, new_state),
