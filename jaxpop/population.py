@@ -547,11 +547,12 @@ class PopulationController:
         # nothing changes on failure (the clock's too: read only if needed)
         timed = self._stop_when is not None or self._gone_after_s is not None
         now = _as_time(self._clock()) if timed else None
-        state, _ = self._stopped(state, start, None if now is None else max(now, self._latest))
+        latest = self._latest if now is None else max(now, self._latest)
+        state, _ = self._stopped(state, start, latest)
         if self._store is not None:
             self._store.check_open()
             self._store.replace(state, started=start)
-        self._state, self._start = state, start
+        self._state, self._start, self._latest = state, start, latest
         if now is not None and self._gone_after_s is not None:  # (heard from now, as a start)
             self._seen = dict.fromkeys(range(state.population_size), now)
         return True
@@ -894,22 +895,27 @@ class PopulationController:
         """Applies ``stop_when`` to a resumed run (a condition given now may already
         hold), journaling what it finishes."""
         with self._lock:
-            state, changes = self._stopped(self._state, self._start)
+            if self._stop_when is None:
+                return
+            latest = max(_as_time(self._clock()), self._latest)
+            state, changes = self._stopped(self._state, self._start, latest)
             if changes is not None:
                 self._take(state, [changes])
+            self._latest = latest
 
     def _stopped(
-        self, state: PopulationState, start: float, now: float | None = None
+        self, state: PopulationState, start: float, now: float
     ) -> tuple[PopulationState, core.Changes | None]:
         """``state`` with ``stop_when`` applied to everything it recorded (the run's
         calls so far were not checked against this condition), and the changes, at
-        ``now`` (``None``: the clock's time)."""
+        ``now`` (the latest time the clock gave: the caller keeps it as such once the
+        changes are taken)."""
         when = self._stop_when
         if when is None:
             return state, None
         return self._stop(
             state,
-            _as_time(self._clock()) if now is None else now,
+            now,
             start,
             added=tuple(state.history.checkpoints()) if when.value is not None else (),
         )

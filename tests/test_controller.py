@@ -774,6 +774,39 @@ def test_a_clock_stepping_back_does_not_reopen_a_run_its_time_budget_ended():
     assert pop.done and pop.decision_counts.decisions == 0
     assert pop.maybe_get_worker_data(0, gens[0], 2, None, None).status == "finished"
     assert pop.history[gens[0]][2].time == 1004.0  # (a report's time is the clock's)
+    # a budget spent by load_state's reading of the clock counts too (review)
+    clock.now = 1000.0
+    again = PopulationController([{"lr": 0.1}] * 2, m, stop_when=StopWhen(seconds=10), clock=clock)
+    gens = [again.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in range(2)]
+    saved = again.serialized_state()
+    clock.now = 1011.0
+    again.load_state(saved)
+    clock.now = 1004.0
+    again.set_eval(0, gens[0], 2, "p0", 0.5)
+    assert again.done and [w.status for w in again.active_workers] == ["finished"] * 2
+
+
+def test_a_run_a_time_budget_ended_at_its_opening_stays_ended_if_the_clock_steps_back(tmp_path):
+    """Opening a run, the budget was applied by a second reading of the clock, which the
+    latest time was not updated with: a clock stepping back then reopened it (review)."""
+    from jaxpop import StopWhen
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=2)
+    clock = FakeClock(1000.0)
+    with PopulationController([{"lr": 0.1}] * 2, m, log_dir=tmp_path, clock=clock, seed=0) as pop:
+        gens = [pop.maybe_get_worker_data(i, None, 0, None, None).generation_id for i in range(2)]
+    readings = iter([1009.0, 1011.0])  # at its construction, then as it applies the stop
+
+    def stepping_back():
+        return next(readings, 1005.0)
+
+    pop = PopulationController(
+        [{"lr": 0.1}] * 2, m, log_dir=tmp_path, clock=stepping_back, stop_when=StopWhen(seconds=10)
+    )
+    assert pop.done
+    pop.set_eval(0, gens[0], 2, "p0", 0.5)
+    assert pop.done and [w.status for w in pop.active_workers] == ["finished"] * 2
+    pop.close()
 
 
 def test_a_report_the_controller_ignores_does_not_finish_a_gone_worker(clock):

@@ -400,6 +400,69 @@ def test_a_newcomer_takes_over_a_controller_loading_its_run_only_once_it_has_rea
     newer.close()
 
 
+def test_closing_a_store_never_waits_for_the_registry_lock(tmp_path):
+    """close() runs in finalizers, which the garbage collector can run in a thread that
+    holds a Store's I/O lock (reading its run) while a newer Store of that log_dir holds
+    the registry's lock and waits for that I/O lock: both waited for good (review)."""
+    opened = store.Store(tmp_path)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_registry():
+        with store._open_stores_lock:
+            holding.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold_the_registry, daemon=True)
+    holder.start()
+    assert holding.wait(10)
+    closer = threading.Thread(target=opened.close, daemon=True)
+    closer.start()
+    closer.join(10)
+    closed_in_time = not closer.is_alive()
+    release.set()
+    holder.join(10)
+    assert closed_in_time and opened.closed
+    store.Store(tmp_path).close()  # (its entry, left behind, takes nothing over)
+
+
+def test_a_store_taken_over_lets_a_compaction_it_started_finish_first(tmp_path, monkeypatch):
+    """A compaction started between _release's wait and its I/O lock (a call journaled
+    just before a takeover) wrote its snapshot through the directory descriptor after it
+    was closed (and, reused, could name another folder: review)."""
+    pop = _open(tmp_path, compact_after=1)
+    gen = _evals(pop, [5])
+    live = pop._store
+    first_wait, in_compaction = threading.Event(), threading.Event()
+    real_wait, real_write = store.Store.wait, store._write_snapshot
+    closed_under_it = []
+
+    def wait(self):
+        real_wait(self)
+        if threading.current_thread().name == "closer" and not first_wait.is_set():
+            first_wait.set()
+            assert in_compaction.wait(10)  # the compaction starts now, lock not yet taken
+
+    def write(directory, seq, *args, **kwargs):
+        if threading.current_thread().name == "jaxpop-snapshot":
+            in_compaction.set()
+            time.sleep(0.3)  # (the closer takes the lock meanwhile)
+            closed_under_it.append(live._dir is None)
+        return real_write(directory, seq, *args, **kwargs)
+
+    monkeypatch.setattr(store.Store, "wait", wait)
+    monkeypatch.setattr(store, "_write_snapshot", write)
+    closer = threading.Thread(target=live.close, name="closer")
+    closer.start()
+    assert first_wait.wait(10)
+    live._records = max(live.compact_after, live._snapshot_size)  # (a compaction is due)
+    live.compact_if_due(pop.state)
+    closer.join(10)
+    assert not closer.is_alive() and closed_under_it == [False]
+    monkeypatch.undo()
+    with _open(tmp_path) as reopened:
+        assert reopened.history.get_checkpoint(gen, 5) is not None
+
+
 def test_a_newcomer_that_matches_takes_over_a_controller_that_was_starting(tmp_path, monkeypatch):
     thread, live = _start_live(tmp_path, monkeypatch)
     newer = _open(tmp_path)

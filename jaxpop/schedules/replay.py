@@ -11,10 +11,12 @@ reads that chain back into a :class:`~jaxpop.schedules.Piecewise` schedule, so t
     replay = PopulationController([schedule(0)], FixedSchedule(schedule, on_ask=True))
 
 trains a single fresh worker with exactly the hyperparameters the member trained with,
-step by step (what Ray Tune calls PBT replay) -- provided the worker asks for its data
-at every step (or at least at each of the schedule's steps), as the Quick Start loop
-does. (``on_ask=True`` applies each change at the ask at its step; by default, as in the
-seed, ``FixedSchedule`` applies it at the first evaluation at or past it.)
+step by step (what Ray Tune calls PBT replay; a ``mode="max"`` run's replay takes
+``FixedSchedule(..., mode="max")``, so that it ranks as the run did) -- provided the
+worker asks for its data at every step (or at least at each of the schedule's steps),
+as the Quick Start loop does. (``on_ask=True`` applies each change at the ask at its
+step; by default, as in the seed, ``FixedSchedule`` applies it at the first evaluation
+at or past it.)
 
 Steps count updates: the value of a schedule at step ``t`` is the ``meta_params`` of the
 update that takes the parameters from step ``t`` to step ``t + 1``. A checkpoint at

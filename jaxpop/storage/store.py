@@ -1220,6 +1220,11 @@ class Store:
     def _release(self) -> None:
         self.wait()
         with self._io_lock:
+            # a compaction started since (a call journaled just before a takeover) ends
+            # first: its snapshot writes through the directory closed below, whose
+            # number, reused, could name another folder (the snapshot thread takes no
+            # I/O lock, and none starts once the journal is closed here)
+            self.wait()
             fd, self._fd = self._fd, None
             try:
                 if fd is not None:
@@ -1235,10 +1240,19 @@ class Store:
     def close(self) -> None:
         """Waits for background work, closes the journal and releases the lock."""
         self._release()
-        with _open_stores_lock:
+        # never waits for the registry's lock: close() runs in finalizers too, which the
+        # garbage collector can run in a thread holding a Store's I/O lock (reading its
+        # run, say) while a newer Store holds this lock and waits for that I/O lock: a
+        # deadlock. A closed Store's entry left behind is harmless (it is closed: the
+        # next Store of its log_dir takes nothing over) and goes with the next one's.
+        if not _open_stores_lock.acquire(blocking=False):
+            return
+        try:
             current = _open_stores.get(self._key)
             if current is not None and current() is self:
                 del _open_stores[self._key]
+        finally:
+            _open_stores_lock.release()
 
     @property
     def closed(self) -> bool:
