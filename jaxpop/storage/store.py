@@ -66,8 +66,9 @@ logger = logging.getLogger("jaxpop")
 #: version 3 the direction of better values (``History.mode``) to snapshots; version 4
 #: journals jaxpop's own mutator states as changes from the state before (``StateDelta``);
 #: version 5 ``PBTState.missed`` and ``WinnerTakeAllState.missed`` (an older jaxpop
-#: cannot build those records: it says the files are newer, not damaged).
-STORAGE_VERSION = 5
+#: cannot build those records: it says the files are newer, not damaged); version 6
+#: ``FireState.evaluation_order`` and ``MFPBTState.missed`` (the same).
+STORAGE_VERSION = 6
 Durability = Literal["process", "fsync"]
 
 
@@ -1026,9 +1027,11 @@ class Store:
         ``state`` is the state after the last record written. Never raises an
         ``Exception``: a failed compaction is logged and tried again later.
         """
-        with self._io_lock:
-            if self._fd is not None and self._records >= max(
-                self.compact_after, self._snapshot_size
+        with self._io_lock:  # (a superseded Store's run is the newer one's now)
+            if (
+                self._fd is not None
+                and not self._superseded
+                and self._records >= max(self.compact_after, self._snapshot_size)
             ):
                 self._compact(state)
 
@@ -1219,17 +1222,19 @@ class Store:
 
     def _release(self) -> None:
         self.wait()
-        with self._io_lock:
-            # a compaction started since (a call journaled just before a takeover) ends
-            # first: its snapshot writes through the directory closed below, whose
-            # number, reused, could name another folder (the snapshot thread takes no
-            # I/O lock, and none starts once the journal is closed here)
-            self.wait()
+        with self._io_lock:  # the journal first: no compaction starts once it is closed
             fd, self._fd = self._fd, None
-            try:
-                if fd is not None:
-                    os.close(fd)
-            finally:
+        try:
+            if fd is not None:
+                os.close(fd)
+        finally:
+            # then a compaction started meanwhile (a call journaled just before a
+            # takeover) ends, before the directory its snapshot writes through is closed
+            # (its number, reused, could name another folder). Waited for without the
+            # I/O lock: the snapshot thread can need it (a finalizer the garbage
+            # collector runs there, closing this Store)
+            self.wait()
+            with self._io_lock:
                 lock_fd, self._lock_fd = self._lock_fd, None
                 directory, self._dir = self._dir, None
                 if directory is not None:
