@@ -463,6 +463,23 @@ def test_a_store_taken_over_lets_a_compaction_it_started_finish_first(tmp_path, 
         assert reopened.history.get_checkpoint(gen, 5) is not None
 
 
+def test_a_store_waits_for_its_snapshot_thread_without_holding_its_io_lock(tmp_path, monkeypatch):
+    """Joined under the I/O lock, a snapshot thread whose garbage collection ran a
+    finalizer closing the same Store waited for that lock: a deadlock (review)."""
+    pop = _open(tmp_path)
+    _evals(pop, [5])
+    held = []
+    real_wait = store.Store.wait
+
+    def wait(self):
+        held.append(self._io_lock.locked())
+        real_wait(self)
+
+    monkeypatch.setattr(store.Store, "wait", wait)
+    pop.close()
+    assert held and not any(held)
+
+
 def test_a_newcomer_that_matches_takes_over_a_controller_that_was_starting(tmp_path, monkeypatch):
     thread, live = _start_live(tmp_path, monkeypatch)
     newer = _open(tmp_path)
