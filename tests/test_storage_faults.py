@@ -1581,6 +1581,157 @@ def test_a_child_forked_during_a_call_is_refused_not_left_waiting(tmp_path):
     pop.close()
 
 
+def _fork_and_wait(child_code, seconds=20):
+    """Forks; the child runs ``child_code()`` (its exit status); the parent waits for it
+    (killed past ``seconds``) and returns the status (None if it hung)."""
+    child = os.fork()
+    if child == 0:
+        code = 3
+        try:
+            code = child_code()
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(child, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    return None
+
+
+def test_a_compaction_writes_through_its_own_descriptor_of_the_directory(tmp_path):
+    """A finalizer the garbage collector ran in the snapshot thread closed the Store, and
+    with it the directory the thread was writing through: another log_dir opened then
+    got its number, and the snapshot went there, pruning that run's files (review)."""
+    pop = _open(tmp_path / "a", compact_after=1)
+    live = pop._store
+    real_write = store._write_snapshot
+    others = []
+
+    def write(directory, seq, *args, **kwargs):
+        if threading.current_thread().name == "jaxpop-snapshot" and not others:
+            live.close()  # (a finalizer run here: the waits are skipped in this thread)
+            others.append(None)
+            others[0] = _open(tmp_path / "b")  # (a descriptor number freed: reused)
+        return real_write(directory, seq, *args, **kwargs)
+
+    store._write_snapshot = write
+    try:
+        Driver().run(pop, 2)
+        live.wait()
+    finally:
+        store._write_snapshot = real_write
+    assert live.snapshot_error is None
+    (other,) = others
+    assert sorted(os.listdir(tmp_path / "b")) == [
+        "journal-00000000.jpjournal",
+        "lock",
+        "snapshot-00000000.jpsnap",
+    ]
+    Driver().run(other, 2)  # (its run intact)
+    other.close()
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_a_child_forked_just_after_a_store_took_its_lock_does_not_keep_it(tmp_path, monkeypatch):
+    """Forked after the flock was taken but before the Store was registered (or in the
+    middle of its release), the child kept its copy of the locked descriptor: the
+    parent's close no longer released the log_dir while the child lived (review)."""
+    real_acquire = store.Store._acquire_lock
+    children = []
+
+    def acquire(self, dir_fd):
+        fd = real_acquire(self, dir_fd)
+        read, write = os.pipe()
+        ready_read, ready_write = os.pipe()
+        child = os.fork()
+        if child == 0:  # (past its fork handlers) alive until the parent reopened
+            os.close(write)
+            os.write(ready_write, b"r")
+            os.read(read, 1)
+            os._exit(0)
+        os.close(read)
+        os.close(ready_write)
+        assert os.read(ready_read, 1) == b"r"
+        os.close(ready_read)
+        children.append((child, write))
+        return fd
+
+    monkeypatch.setattr(store.Store, "_acquire_lock", acquire)
+    opened = store.Store(tmp_path)
+    monkeypatch.undo()
+    try:
+        opened.close()
+        store.Store(tmp_path).close()  # (LogDirInUseError while the child lived)
+    finally:
+        for child, write in children:
+            os.write(write, b"x")
+            os.close(write)
+            os.waitpid(child, 0)
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
+def test_a_child_forked_while_the_collector_is_paused_gets_it_back():
+    """A fork while another thread paused the garbage collector (a snapshot being
+    encoded, a run being read) left the child's collector off for good (review)."""
+    import gc
+
+    paused, resume = threading.Event(), threading.Event()
+
+    def pause():
+        with store._gc_paused():
+            paused.set()
+            resume.wait(30)
+
+    was_enabled = gc.isenabled()
+    thread = threading.Thread(target=pause)
+    thread.start()
+    assert paused.wait(10)
+    try:
+        status = _fork_and_wait(lambda: 0 if gc.isenabled() == was_enabled else 1)
+    finally:
+        resume.set()
+        thread.join()
+    assert status == 0 and gc.isenabled() == was_enabled
+
+
+def test_a_store_being_closed_starts_nothing(tmp_path, monkeypatch):
+    """start() between the two halves of a close (the journal closed, the directory
+    not yet) wrote a snapshot and opened a journal that nothing closed (review)."""
+    opened = store.Store(tmp_path)
+    halfway, go_on = threading.Event(), threading.Event()
+    real_wait = store.Store.wait
+
+    def wait(self):
+        real_wait(self)
+        if threading.current_thread().name == "closer" and self._releasing:
+            halfway.set()
+            assert go_on.wait(10)
+
+    monkeypatch.setattr(store.Store, "wait", wait)
+    closer = threading.Thread(target=opened.close, name="closer")
+    closer.start()
+    assert halfway.wait(10)
+    state = core_init_state()
+    try:
+        with pytest.raises(RuntimeError, match="was closed"):
+            opened.start(state)
+    finally:
+        go_on.set()
+        closer.join(10)
+    assert opened.closed and opened._fd is None and os.listdir(tmp_path) == ["lock"]
+
+
+def core_init_state():
+    from jaxpop import core
+    from jaxpop.keys import root_key
+
+    return core.init([{"h": 1.0}], noop_mutator(), key=root_key(0), now=0.0)
+
+
 def test_a_mismatch_message_shows_where_deep_configurations_differ(tmp_path):
     def pbt(high):
         space = {f"h{i}": explore.uniform(0.0, 2.0) for i in range(20)}

@@ -231,7 +231,7 @@ def _gc_paused() -> Iterator[None]:
         yield
     finally:
         with _gc_pause_lock:
-            _gc_pauses -= 1
+            _gc_pauses = max(_gc_pauses - 1, 0)  # (a pause that began before a fork, in it)
             if _gc_pauses == 0 and _gc_was_enabled:
                 gc.enable()
 
@@ -594,6 +594,7 @@ class Store:
         self._superseded = False
         self._recorded = 0  # times start() or replace() wrote the run (see _take_over)
         self._forked = False  # this is a forked child's copy of a Store
+        self._releasing = False  # _release has begun: nothing more is written
         self._pid = os.getpid()
         self._compaction_failing = False
         self.snapshot_error: BaseException | None = None
@@ -609,7 +610,8 @@ class Store:
                 older = ref() if ref is not None else None
                 if older is not None and not older.closed:
                     self._take_over(older)
-                self._lock_fd = self._acquire_lock(dir_fd)
+                with _lock_fds_lock:  # (no fork between the lock and its note)
+                    self._lock_fd = self._acquire_lock(dir_fd)
                 _open_stores[self._key] = weakref.ref(self)
         except BaseException:
             self._dir = None
@@ -693,6 +695,7 @@ class Store:
         except BaseException:
             os.close(fd)
             raise
+        _lock_fds.add(fd)  # (a forked child closes its copy: _after_fork_in_child)
         return fd
 
     @property
@@ -947,7 +950,7 @@ class Store:
                 f"its log_dir {self.log_dir!r}: create the controller in the process that uses "
                 "it (or reach it through jaxpop.distributed)"
             )
-        if self._lock_fd is None or (started and self._fd is None):
+        if self._lock_fd is None or self._releasing or (started and self._fd is None):
             raise RuntimeError(f"this controller's log_dir {self.log_dir!r} was closed")
 
     def append(self, changes: Changes, state: PopulationState) -> None:
@@ -1169,26 +1172,41 @@ class Store:
         self._compaction_failing = False
         self._records = 0
         self._snapshot_size = state.history.num_checkpoints
+        directory: _Directory | None = None
         try:
+            # its own descriptor of the directory, closed when it ends: a finalizer the
+            # garbage collector runs in that thread may close this Store, whose number,
+            # reused, could name another folder
+            directory = _Directory(self._directory.path, os.dup(self._directory.fd))
             self._snapshot_thread = threading.Thread(
                 target=self._snapshot,
-                args=(self._segment, state, self._run, self._run_id),
+                args=(directory, self._segment, state, self._run, self._run_id),
                 name="jaxpop-snapshot",
             )
             self._snapshot_thread.start()
         except Exception as e:  # e.g. no thread can be started: the journal has it all
+            if directory is not None:  # (the thread never started: its descriptor)
+                with contextlib.suppress(OSError):
+                    os.close(directory.fd)
             self._snapshot_thread = None
             self.snapshot_error = e
             logger.exception("jaxpop: cannot start writing a snapshot of %s", self.log_dir)
 
     def _snapshot(
-        self, seq: int, state: PopulationState, run: Mapping[str, Any] | None, run_id: str | None
+        self,
+        directory: _Directory,
+        seq: int,
+        state: PopulationState,
+        run: Mapping[str, Any] | None,
+        run_id: str | None,
     ) -> None:
         try:
-            _write_snapshot(self._directory, seq, state, run, run_id)
+            _write_snapshot(directory, seq, state, run, run_id)
         except BaseException as e:  # the journal still holds everything: log, go on
             self.snapshot_error = e
             logger.exception("jaxpop: writing snapshot %d in %s failed", seq, self.log_dir)
+        finally:
+            os.close(directory.fd)
 
     def wait(self) -> None:
         """Waits for a snapshot being written in the background, if any."""
@@ -1224,6 +1242,7 @@ class Store:
         self.wait()
         with self._io_lock:  # the journal first: no compaction starts once it is closed
             fd, self._fd = self._fd, None
+            self._releasing = True  # (and nothing else is done here from now: check_open)
         try:
             if fd is not None:
                 os.close(fd)
@@ -1240,7 +1259,9 @@ class Store:
                 if directory is not None:
                     os.close(directory.fd)
                 if lock_fd is not None:
-                    os.close(lock_fd)  # releases the flock
+                    with _lock_fds_lock:  # (no fork between the close and its note)
+                        _lock_fds.discard(lock_fd)
+                        os.close(lock_fd)  # releases the flock
 
     def close(self) -> None:
         """Waits for background work, closes the journal and releases the lock."""
@@ -1279,21 +1300,53 @@ class Store:
         self._forked = True
         self._io_lock = threading.Lock()  # it may have been held by a thread at fork time
         self._snapshot_thread = None
-        for fd in (self._fd, self._lock_fd, None if self._dir is None else self._dir.fd):
+        for fd in (self._fd, None if self._dir is None else self._dir.fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._fd = self._lock_fd = self._dir = None
+        self._fd = self._lock_fd = self._dir = None  # (its lock: _after_fork_in_child)
+
+
+# Every lock descriptor a Store of this process holds, with the lock that keeps a fork
+# out of the moments one is taken or closed: a forked child closes its copies of them
+# all (a Store in the middle of _release, or of __init__ before it is registered, would
+# otherwise leave the child holding the flock after the parent closed it)
+_lock_fds: set[int] = set()
+_lock_fds_lock = threading.RLock()
+
+
+def _before_fork() -> None:
+    _lock_fds_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _lock_fds_lock.release()
 
 
 def _after_fork_in_child() -> None:
-    global _open_stores_lock
+    global _open_stores_lock, _lock_fds_lock, _gc_pause_lock, _gc_pauses
     _open_stores_lock = threading.RLock()  # it may have been held by a thread at fork time
     for ref in list(_open_stores.values()):
         store = ref()
         if store is not None:
             store._forget_after_fork()
     _open_stores.clear()
+    for fd in _lock_fds:  # (the parent's flocks stay the parent's: it holds its own)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
+    _lock_fds_lock = threading.RLock()  # (held by the fork: _before_fork)
+    # a pause of the garbage collector by another thread (a snapshot being encoded, a
+    # run read) would never end here: the child's collector would stay off for good
+    _gc_pause_lock = threading.Lock()
+    if _gc_pauses:
+        _gc_pauses = 0
+        if _gc_was_enabled:
+            gc.enable()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
