@@ -1556,27 +1556,20 @@ def test_a_child_forked_during_a_call_is_refused_not_left_waiting(tmp_path):
     thread = threading.Thread(target=a_call_in_flight)
     thread.start()
     assert holding.wait(10)
-    to_parent = os.pipe()
-    child = os.fork()
-    if child == 0:
+
+    def refused():
         try:
             Driver().step(pop)
-            code = 1
+            return 1
         except RuntimeError as e:
-            code = 0 if "forked child" in str(e) else 2
-        os.write(to_parent[1], b"x")
-        os._exit(code)
+            return 0 if "forked child" in str(e) else 2
+
     try:
-        ready, _, _ = select.select([to_parent[0]], [], [], 20)
-        if not ready:
-            os.kill(child, signal.SIGKILL)
-        _, status = os.waitpid(child, 0)
+        status = _fork_and_wait(refused)  # (None: it waited for good)
     finally:
         release.set()
         thread.join()
-        for fd in to_parent:
-            os.close(fd)
-    assert ready and os.waitstatus_to_exitcode(status) == 0
+    assert status == 0
     Driver().run(pop, 2)  # the parent goes on
     pop.close()
 
