@@ -1667,6 +1667,47 @@ def test_a_child_forked_just_after_a_store_took_its_lock_does_not_keep_it(tmp_pa
 
 
 @pytest.mark.filterwarnings("ignore:os.fork")
+def test_a_store_whose_construction_a_fork_split_neither_writes_nor_closes_others_files(
+    tmp_path, monkeypatch
+):
+    """Forked in the constructing thread after the lock was taken (a finalizer, a signal
+    handler), the child's Store was registered after the fork handler closed its lock:
+    it could write, and its close closed whatever reused the number (review)."""
+    parent = os.getpid()
+    real_acquire = store.Store._acquire_lock
+    children = []
+
+    def acquire(self, dir_fd):
+        fd = real_acquire(self, dir_fd)
+        child = os.fork()
+        if child:
+            children.append(child)
+        return fd
+
+    monkeypatch.setattr(store.Store, "_acquire_lock", acquire)
+    opened = store.Store(tmp_path)
+    if os.getpid() != parent:  # the child: its Store refuses; its close spares others
+        code = 1
+        try:
+            try:
+                opened.check_open(started=False)
+            except RuntimeError as e:
+                code = 0 if "forked child" in str(e) else 2
+            other = os.open(os.devnull, os.O_RDONLY)  # (the lock's number, freed)
+            opened.close()
+            os.fstat(other)
+        except BaseException:
+            code = 3
+        finally:
+            os._exit(code)
+    monkeypatch.undo()
+    (child,) = children
+    _, status = os.waitpid(child, 0)
+    opened.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.filterwarnings("ignore:os.fork")
 def test_a_child_forked_while_the_collector_is_paused_gets_it_back():
     """A fork while another thread paused the garbage collector (a snapshot being
     encoded, a run being read) left the child's collector off for good (review)."""

@@ -944,7 +944,7 @@ class Store:
                 "run over, with everything this one acknowledged; this one no longer "
                 "writes there: use the newer one"
             )
-        if self._forked:
+        if self._forked or self._pid != os.getpid():  # (forked before it was registered)
             raise RuntimeError(
                 f"this controller belongs to process {self._pid}; a forked child cannot write "
                 f"its log_dir {self.log_dir!r}: create the controller in the process that uses "
@@ -1260,8 +1260,9 @@ class Store:
                     os.close(directory.fd)
                 if lock_fd is not None:
                     with _lock_fds_lock:  # (no fork between the close and its note)
-                        _lock_fds.discard(lock_fd)
-                        os.close(lock_fd)  # releases the flock
+                        if lock_fd in _lock_fds:  # (else a fork's child closed it already:
+                            _lock_fds.discard(lock_fd)  # its number may be another's)
+                            os.close(lock_fd)  # releases the flock
 
     def close(self) -> None:
         """Waits for background work, closes the journal and releases the lock."""
@@ -1315,12 +1316,20 @@ _lock_fds: set[int] = set()
 _lock_fds_lock = threading.RLock()
 
 
+_forking = threading.local()  # whether this thread's fork holds _lock_fds_lock
+
+
 def _before_fork() -> None:
-    _lock_fds_lock.acquire()
+    # (bounded: a fork from a finalizer or a signal handler while the thread that holds
+    # the lock waits for something the forking thread holds would otherwise never end;
+    # past the bound the fork goes on, as before the lock was kept)
+    _forking.held = _lock_fds_lock.acquire(timeout=1.0)
 
 
 def _after_fork_in_parent() -> None:
-    _lock_fds_lock.release()
+    if getattr(_forking, "held", False):
+        _forking.held = False
+        _lock_fds_lock.release()
 
 
 def _after_fork_in_child() -> None:
