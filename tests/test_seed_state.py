@@ -111,6 +111,11 @@ def _write_seed_run(path, seed, **kwargs) -> bytes:
     return data
 
 
+def _write_state(path, workers, cache, state) -> None:
+    """Writes ``population.state`` holding the seed's ``(workers, cache, state)``."""
+    (path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+
+
 def _mutate(meta, key):
     return {"lr": meta["lr"] * 1.1}
 
@@ -796,13 +801,13 @@ def test_values_stored_as_numpy_arrays_are_migrated_as_set_eval_takes_them(seed,
     workers, cache, state = _seed_state(seed)
     cache["gen-a"][5] = cache["gen-a"][5].replace(value=np.array(0.4))
     cache["gen-b"][5] = cache["gen-b"][5].replace(value=np.array([0.2], np.float32))
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     history = storage.load_seed_state(tmp_path).history
     assert history["gen-a"][5].value == 0.4
     assert history["gen-b"][5].value == float(np.float32(0.2))
     assert type(history["gen-a"][5].value) is float
     cache["gen-b"][5] = cache["gen-b"][5].replace(value=np.array([0.2, 0.3]))
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     with pytest.raises(storage.SeedStateError, match=r"gen-b.*value"):
         storage.load_seed_state(tmp_path)
 
@@ -816,7 +821,7 @@ def test_jax_arrays_are_read_as_numpy_arrays(seed, tmp_path):
     cache["gen-a"][5] = cache["gen-a"][5].replace(value=jnp.float32(0.25))
     meta = {"lr": jnp.asarray([0.1, 0.2]), "steps": jnp.int32(7)}
     cache["gen-e"] = seed.IntKeyDict({0: seed.Checkpoint(None, meta, "gen-e", None, None, 0, 1.0)})
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     history = storage.load_seed_state(tmp_path).history
     assert history["gen-a"][5].value == 0.25 and type(history["gen-a"][5].value) is float
     lr, steps = history.meta_params("gen-e")["lr"], history.meta_params("gen-e")["steps"]
@@ -839,7 +844,7 @@ def test_a_worker_with_other_hyperparameters_than_its_generation_goes_on_in_its_
     history then recorded the generation's for what it trained with others (review)."""
     workers, cache, state = _seed_state(seed)
     workers[1] = seed.ActiveWorker("/ckpt/gen-b/10", {"lr": 0.5}, "gen-b", 10)
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     with pytest.warns(UserWarning, match=r"active_workers\[1\] holds the hyperparameters"):
         storage.migrate_seed_state(tmp_path, seed=0)
     with PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)) as c:
@@ -956,7 +961,7 @@ def test_a_migrated_worker_s_own_generation_descends_from_its_lineage_before_it(
     i, params, gen, step = worker
     workers, cache, state = _seed_state(seed)
     workers[i] = seed.ActiveWorker(params, {"lr": 0.5}, gen, step)
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     with pytest.warns(UserWarning, match=rf"active_workers\[{i}\]"):
         migrated = storage.load_seed_state(tmp_path, seed=0)
     assert migrated.history.branch_point(migrated.workers[i].generation_id) == parent
@@ -972,7 +977,7 @@ def test_a_step_the_seed_recorded_with_a_worker_s_hyperparameters_takes_its_gene
     cache["gen-b"][12] = seed.Checkpoint(
         "/ckpt/gen-b/12", None, "gen-b", None, ("gen-b", 12), 12, 1.0
     )
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     with pytest.warns(
         UserWarning, match=r"cache\['gen-b'\] records other hyperparameters at steps \[12\]"
     ):
@@ -989,7 +994,7 @@ def test_two_workers_on_one_generation_go_on_in_generations_of_their_own(seed, t
     a generation of its own, from the checkpoint it holds."""
     workers, cache, state = _seed_state(seed)
     workers[1] = seed.ActiveWorker("/ckpt/gen-a/10", {"lr": 0.11}, "gen-c", 10)
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     with pytest.warns(UserWarning, match=r"active_workers\[1\] is on generation 'gen-c', which "):
         storage.migrate_seed_state(tmp_path, seed=0)
     with PopulationController([{}] * 2, noop_mutator(), log_dir=str(tmp_path)) as c:
@@ -1009,7 +1014,7 @@ def test_a_worker_before_its_generation_s_first_checkpoint_goes_on_in_its_own(se
     lineage before its step (reviews)."""
     workers, cache, state = _seed_state(seed)
     workers[0] = seed.ActiveWorker("/x", {"lr": 0.11}, "gen-c", 3)
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     with pytest.warns(UserWarning, match=r"active_workers\[0\] is at step 3 .*first checkpoint"):
         migrated = storage.load_seed_state(tmp_path, seed=0)
     worker = migrated.workers[0]
@@ -1026,7 +1031,7 @@ def test_of_two_workers_on_one_generation_the_one_whose_report_it_holds_keeps_it
     )
     workers[0] = seed.ActiveWorker("/p0/15", {"lr": 0.11}, "gen-c", 15)
     workers[1] = seed.ActiveWorker("/p1/15", {"lr": 0.11}, "gen-c", 15)
-    (tmp_path / "population.state").write_bytes(pickle.dumps((workers, cache, state)))
+    _write_state(tmp_path, workers, cache, state)
     with pytest.warns(
         UserWarning, match=r"active_workers\[0\] is on generation 'gen-c', .* other's\)"
     ):
