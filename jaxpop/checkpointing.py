@@ -15,6 +15,7 @@ import concurrent.futures.thread  # (its exit hook first: _close_at_exit runs be
 import contextlib
 import dataclasses
 import errno
+import fnmatch
 import functools
 import heapq
 import json
@@ -772,6 +773,32 @@ def _without_frames(error: BaseException) -> BaseException:
     return error
 
 
+def _check_directory(path: str) -> str:
+    """``path`` (absolute), or ``ValueError`` for one Orbax cannot save under: it would
+    write there and report success, but the checkpoint could not be restored."""
+    # a component a glob pattern does not match itself: one holding a "[...]" class
+    if not all(fnmatch.fnmatchcase(part, part) for part in path.split(os.sep)):
+        raise ValueError(
+            f"ParamStore's directory {path!r} holds a '[...]': Orbax finds a save's files "
+            "by a glob pattern, which reads it as a character class, so saves would be "
+            "finalized without their data; choose a directory without brackets"
+        )
+    if "\\" in path:
+        raise ValueError(
+            f"ParamStore's directory {path!r} holds a backslash, which TensorStore reads as "
+            "a path separator (a save's data would be written elsewhere); choose a "
+            "directory without one"
+        )
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"ParamStore's directory {path!r} is not valid UTF-8, which TensorStore cannot "
+            "write under; choose a directory whose name is"
+        ) from None
+    return path
+
+
 class ParamStore:
     """Saves and restores population workers' pytrees with Orbax; deletes unreachable ones.
 
@@ -812,7 +839,7 @@ class ParamStore:
             raise TypeError(f"max_pending must be an int, got {type(max_pending).__name__}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
-        self._directory = os.path.abspath(os.fspath(directory))
+        self._directory = _check_directory(os.path.abspath(os.fsdecode(directory)))
         os.makedirs(self._directory, exist_ok=True)
         if self.durability == "fsync":  # (its entry, if it was just made)
             sync_dir(os.path.dirname(self._directory))

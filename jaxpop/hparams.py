@@ -12,12 +12,14 @@ shows a worker's step and explains the weak-type pitfall and optax's quirks.
 from __future__ import annotations
 
 import contextlib
+import decimal
+import fractions
 import functools
 import inspect
 import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
@@ -153,9 +155,11 @@ def make_optimizer(
         not listed in ``static_args`` (optax would take it for a schedule; build
         scheduled optimizers with ``optax.inject_hyperparams`` directly -- their
         scheduled values cannot be set online anyway); or ``keys`` is ``None`` and
-        ``optimizer_fn`` takes ``**kwargs``; or a float argument is text or complex; or
-        an int argument (hinted so: :func:`_numeric_parameters`) is a float that is not
-        whole; or a flag is a traced bool.
+        ``optimizer_fn`` takes ``**kwargs``; or a float argument is text, complex, a
+        ``Fraction``, a ``Decimal`` or a list; or an int argument (hinted so:
+        :func:`_numeric_parameters`) is a float that is not whole; or a flag (a bool
+        default, or a ``bool`` hint) is not a bool (``nesterov=1``, ``"False"``) or is
+        a traced one.
       ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
         value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0 or to a
         subnormal XLA computes with as 0, or a
@@ -194,7 +198,7 @@ def make_optimizer(
             raise TypeError(
                 f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
             )
-    floats, ints = _numeric_parameters(optimizer_fn, parameters)
+    floats, ints, flags = _numeric_parameters(optimizer_fn, parameters)
     # sizes optax reads in Python: injected, each is an array and a jitted update fails
     # deep in optax; baked in unless meta_params gives them
     read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
@@ -228,12 +232,16 @@ def make_optimizer(
                 value = arguments[name] = int(value)
             elif jnp.issubdtype(value.dtype, jnp.floating):
                 value = arguments[name] = float(value)
-        if (
-            name in floats
-            and name not in static_args
-            and isinstance(value, (str, bytes, complex, np.complexfloating))
-        ):
-            # optax would bake it in, and the first update fail far from here
+        if name in flags and name not in static_args and not isinstance(value, (bool, type(None))):
+            # optax would inject a number (a config's 1) and the first jitted update fail
+            # on the traced flag; text ("False") would be baked in as True
+            raise TypeError(
+                f"argument {name!r} is a flag, got {type(value).__name__}: {value!r:.40}; "
+                "pass True or False"
+            )
+        if name in floats and name not in static_args and isinstance(value, _NOT_FLOATS):
+            # optax would bake it in, and the first update fail far from here (a Fraction
+            # or a list too: not injected, then "unsupported operand type(s)")
             hint = " (a number read as text? convert it with float())" * isinstance(value, str)
             raise TypeError(
                 f"argument {name!r} is a float, got {type(value).__name__}: {value!r:.40}{hint}"
@@ -352,6 +360,18 @@ def _is_float(value: Any) -> bool:
     return isinstance(value, (np.ndarray, jax.Array)) and jnp.issubdtype(value.dtype, jnp.floating)
 
 
+#: what a float argument is never given as (optax would bake it in, not inject it)
+_NOT_FLOATS = (
+    str,
+    bytes,
+    complex,
+    np.complexfloating,
+    decimal.Decimal,
+    fractions.Fraction,
+    list,
+    tuple,
+)
+
 #: optax arguments its optimizers read in Python (a shape test, a ``range``): never
 #: injected unless ``meta_params`` gives them (adafactor's, lbfgs's, galore's ``rank``:
 #: injected, ``init`` failed, "rank must be an int")
@@ -360,9 +380,10 @@ _READ_IN_PYTHON = ("min_dim_size_to_factor", "decay_offset", "memory_size", "ran
 
 def _numeric_parameters(
     optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]
-) -> tuple[set[str], set[str]]:
-    """The parameters of ``optimizer_fn`` that take floats, and those that take ints,
-    from their type hints (each read once) and defaults.
+) -> tuple[set[str], set[str], set[str]]:
+    """The parameters of ``optimizer_fn`` that take floats, those that take ints, and
+    its flags (a bool default, or a hint of ``bool`` alone), from their type hints (each
+    read once) and defaults.
 
     Floats and not ints: a float default, or a hint that admits ``float`` but not
     ``int`` (``learning_rate: ScalarOrSchedule``); not ``seed: int`` nor ``key:
@@ -372,7 +393,7 @@ def _numeric_parameters(
     float = 0``), nor one without a hint, whose int default says nothing of what it
     takes (``def my_adamw(learning_rate, weight_decay=0)``)."""
     namespace = getattr(inspect.unwrap(optimizer_fn), "__globals__", {})
-    floats, ints = set(), set()
+    floats, ints, flags = set(), set(), set()
     for name, parameter in parameters.items():
         hint = _hint(parameter.annotation, namespace)
         admitted = (hint, *typing.get_args(hint))
@@ -382,7 +403,9 @@ def _numeric_parameters(
         # (an int default, not a bool: muon's ns_steps, hinted as an ArrayLike)
         if takes_int and (type(default) is int or (not takes_float and type(default) is not float)):
             ints.add(name)
-    return floats, ints
+        if type(default) is bool or (bool in admitted and not takes_float and not takes_int):
+            flags.add(name)
+    return floats, ints, flags
 
 
 def _hint(annotation: Any, namespace: dict[str, Any]) -> Any:
@@ -549,7 +572,8 @@ _PLAIN = (bool, *_NUMBERS)
 
 
 def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
-    """``tree`` with every leaf converted to a ``jnp`` array of ``dtype``.
+    """``tree`` with every leaf converted to a ``jnp`` array of ``dtype`` (``None``: each
+    leaf's own, as ``jnp.asarray`` gives it: a Python float's float32, an int's int32).
 
     For values fed to a jitted function as arguments (augmentation strengths, label
     smoothing, the ``meta_params`` a worker gets): Python floats, numpy scalars and
@@ -575,14 +599,9 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
     """
 
     # the values are checked against the dtype the array gets: float64 is float32, and
-    # int64 int32, without jax_enable_x64 (JAX warns, and converts to those)
-    held = None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
-    bounds = _bounds(held)
-    integer = bounds is not None and not bounds[2]
-    to_bool = held is not None and held.kind == "b"
-    rates = bounds is not None and bounds[2]  # (a float dtype: decay rates are checked)
-    # below a float dtype's normal range a number may round to 0 (1e-46 in float32)
-    tiny = float(jnp.finfo(held).tiny) if bounds is not None and bounds[2] else 0.0
+    # int64 int32, without jax_enable_x64 (JAX warns, and converts to those); with
+    # dtype=None, each leaf's own (a Python float's float32, an int's int32)
+    fixed = None if dtype is None else _target(jax.dtypes.canonicalize_dtype(dtype))
 
     def convert(path: tuple, leaf: Any) -> jax.Array:
         # host values are checked as set_hparams checks them; a jax array is not read
@@ -593,6 +612,9 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
             plain: Any = next(t for t in _NUMBERS if isinstance(leaf, t))
             leaf = plain(leaf)
             kind = type(leaf)
+        elif isinstance(leaf, (decimal.Decimal, fractions.Fraction)):
+            leaf, kind = float(leaf), float  # (checked as the float it is converted to)
+        held, bounds, integer, to_bool, rates, tiny = fixed or _target(_own_dtype(leaf))
         if isinstance(leaf, (str, bytes)):  # (numpy would parse "False" as True)
             raise TypeError(
                 f"as_traced: leaf {_where(path)} = {leaf!r:.40} is a {kind.__name__}, not a number"
@@ -604,7 +626,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
                 _check_cast(np.asarray(leaf), held, "", label=f"as_traced: leaf {_where(path)}")
             if bounds is not None and not bounds[0] <= leaf <= bounds[1]:
                 if kind is float and bounds[2] and not math.isfinite(leaf):
-                    return jnp.asarray(leaf, dtype=dtype)  # an explicit inf stays
+                    return jnp.asarray(leaf, dtype=held)  # an explicit inf stays
                 raise ValueError(
                     f"as_traced: leaf {_where(path)} = {leaf!r:.40} is outside the range "
                     f"of {held}; it would be written as another value"
@@ -629,13 +651,58 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
         if to_bool and kind is not bool:
             _check_truth(leaf, f"as_traced: leaf {_where(path)}")
         try:
-            return jnp.asarray(leaf, dtype=dtype)
+            return jnp.asarray(leaf, dtype=held)  # (strongly typed, dtype=None too)
         except (TypeError, ValueError) as err:
             raise TypeError(
                 f"as_traced: leaf {_where(path)} = {leaf!r} is not a number ({err})"
             ) from err
 
     return jax.tree_util.tree_map_with_path(convert, tree)
+
+
+class _Target(NamedTuple):
+    """What :func:`as_traced` checks a leaf against: the dtype its array gets."""
+
+    dtype: Any  # (canonical; None: unknown, then nothing is checked)
+    bounds: tuple[float, float, bool] | None  # (see _bounds)
+    integer: bool
+    to_bool: bool
+    rates: bool  # (a float dtype: decay rates are checked)
+    tiny: float  # below a float dtype's normal range a number may round to 0
+
+
+@functools.lru_cache(maxsize=32)
+def _target(held: Any) -> _Target:
+    bounds = _bounds(held)
+    floating = bounds is not None and bounds[2]
+    return _Target(
+        held,
+        bounds,
+        bounds is not None and not bounds[2],
+        held is not None and held.kind == "b",
+        floating,
+        float(jnp.finfo(held).tiny) if floating else 0.0,
+    )
+
+
+def _own_dtype(leaf: Any) -> Any:
+    """The dtype ``jnp.asarray(leaf)`` gives (canonical: float32 for a Python float or a
+    float64, int32 for an int), ``None`` if it has none."""
+    kind = type(leaf)
+    if kind is bool or kind is int or kind is float or kind is complex:
+        own = np.dtype(
+            {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}[kind]
+        )
+    else:
+        own = getattr(leaf, "dtype", None)
+        if not isinstance(own, np.dtype):
+            try:
+                own = np.result_type(leaf)
+            except (TypeError, ValueError):
+                return None
+    if own.kind in "biufc" or jnp.issubdtype(own, jnp.inexact):  # (bfloat16's kind is "V")
+        return jax.dtypes.canonicalize_dtype(own)
+    return None
 
 
 def _check_truth(leaf: Any, label: str) -> None:
@@ -797,11 +864,13 @@ def _where(path: tuple) -> str:
 
 
 def _leaf_name(path: tuple) -> Any:
-    """The name a leaf has in its container (a dict key, an attribute), or ``None``."""
-    if not path:
-        return None
-    last = path[-1]
-    return getattr(last, "key", getattr(last, "name", None))
+    """The name a leaf has in its container (a dict key, an attribute), or ``None``; a
+    leaf of a list or tuple has its container's (``{"b2": [0.9, 0.99]}``: two rates)."""
+    for entry in reversed(path):
+        name = getattr(entry, "key", getattr(entry, "name", None))
+        if name is not None:
+            return name
+    return None
 
 
 @functools.lru_cache(maxsize=32)

@@ -1960,3 +1960,27 @@ def test_orbax_names_an_unfinished_save_as_this_module_reads_it():
 
     final = epath.Path("/run/params/g0_step10_" + "0" * 16)
     assert atomicity._get_tmp_directory(final).name == final.name + checkpointing._TMP_SUFFIX
+
+
+def _under(folder, name: str | bytes):
+    return os.fsencode(folder) + b"/" + name if isinstance(name, bytes) else folder / name
+
+
+@pytest.mark.parametrize("name", ["run[lr=0.1]", "brack[1]", "[!a]", "a\\b", b"x\xff"])
+def test_a_directory_orbax_would_save_under_but_not_restore_from_is_refused(tmp_path, name):
+    # Orbax finds a save's files by a glob of its path ("[...]" reads as a class) and
+    # TensorStore splits a path at a backslash: the save was finalized without its data
+    # (restore: DamagedCheckpointError); a name that is not UTF-8 failed at wait()
+    directory = _under(tmp_path, name)
+    with pytest.raises(ValueError, match="ParamStore's directory"):
+        ParamStore(directory)
+    assert os.listdir(tmp_path) == []  # (refused before anything was made)
+
+
+@pytest.mark.parametrize("name", ["run[]", "a*b?", "x[", "y]", "{a,b}", b"bytes"])
+def test_a_directory_whose_name_only_looks_like_a_glob_saves_and_restores(tmp_path, name):
+    with ParamStore(_under(tmp_path, name)) as store:
+        handle = store.save("g", 0, {"w": np.arange(3.0)})
+        restored = store.restore(handle, {"w": np.zeros(3)})
+    np.testing.assert_array_equal(restored["w"], np.arange(3.0))
+    assert store.directory == os.path.join(str(tmp_path), os.fsdecode(name))

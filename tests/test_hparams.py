@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import fractions
 import itertools
 import math
 
@@ -1072,3 +1074,60 @@ def test_a_0d_bool_array_flag_is_baked_in():
                 optax.sgd, {"learning_rate": 0.1}, momentum=0.9, nesterov=flag
             ).init(PARAMS)
         )(jnp.array([True, False]))
+
+
+def test_a_flag_given_as_a_number_or_text_is_refused():
+    # nesterov=1 (a config's) was injected as an int and the first jitted update failed
+    # on the traced flag; nesterov="False" was baked in as True
+    for flag in (1, 0, np.float32(1.0), 1.0, "False", np.array(1)):
+        with pytest.raises(TypeError, match="argument 'nesterov' is a flag"):
+            make_optimizer(optax.sgd, {"learning_rate": 0.1}, momentum=0.9, nesterov=flag)
+    for flag in (True, np.bool_(False)):
+        tx = make_optimizer(optax.sgd, {"learning_rate": 0.1}, momentum=0.9, nesterov=flag)
+        assert "nesterov" not in get_hparams(tx.init(PARAMS))
+
+
+def test_a_float_argument_given_as_a_fraction_decimal_or_list_is_refused():
+    # left out of the injected hyperparameters, and the first update failed with
+    # "unsupported operand type(s) for *: 'Fraction' and 'DynamicJaxprTracer'"
+    for value in (fractions.Fraction(1, 10), decimal.Decimal("0.1"), [0.1], (0.1,)):
+        with pytest.raises(TypeError, match="argument 'learning_rate' is a float"):
+            make_optimizer(optax.adam, {"learning_rate": value})
+
+
+def test_as_traced_with_dtype_none_checks_each_leaf_against_its_own_dtype():
+    # dtype=None (the docs' advice for a meta_params holding an int) skipped every check:
+    # b2=0.999999999 became 1.0 (every update NaN) and 1e39 inf; the arrays were weakly
+    # typed, so a float64 explored next traced the step again
+    with pytest.raises(ValueError, match="is 1 in float32"):
+        as_traced({"b2": 0.999999999, "ns_steps": 5}, dtype=None)
+    with pytest.raises(ValueError, match="outside the range of float32"):
+        as_traced({"aug": 1e39, "ns_steps": 5}, dtype=None)
+    with pytest.raises(ValueError, match="outside the range of int32"):
+        as_traced({"ns_steps": 2**40}, dtype=None)
+    out = as_traced({"b2": 0.99, "ns_steps": 5, "flag": True}, dtype=None)
+    assert [(x.dtype, x.weak_type) for x in (out["b2"], out["ns_steps"], out["flag"])] == [
+        (jnp.float32, False),
+        (jnp.int32, False),
+        (jnp.bool_, False),
+    ]
+    traces = []
+
+    @jax.jit
+    def step(meta):
+        traces.append(1)
+        return meta["b2"] * meta["ns_steps"]
+
+    step(as_traced({"b2": 0.99, "ns_steps": 5}, dtype=None))
+    step(as_traced({"b2": np.float64(0.9), "ns_steps": np.int64(3)}, dtype=None))
+    assert len(traces) == 1
+
+
+def test_as_traced_checks_a_rate_in_a_list_and_a_decimal_or_fraction():
+    # a list's elements were named by their index, not "b2": [0.9, 0.9999] became
+    # [0.9, 1.0] in float16; Decimal("1e39") became inf
+    with pytest.raises(ValueError, match=r"leaf \['b2'\]\[1\] = 0.9999 is 1 in float16"):
+        as_traced({"b2": [0.9, 0.9999]}, dtype=jnp.float16)
+    with pytest.raises(ValueError, match="outside the range of float32"):
+        as_traced({"aug": decimal.Decimal("1e39")})
+    assert float(as_traced({"aug": fractions.Fraction(1, 4)})["aug"]) == 0.25
