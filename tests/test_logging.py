@@ -211,6 +211,28 @@ def test_a_failing_backend_costs_the_others_no_exploit():
     assert healthy.calls[-1] == failing.calls[-1] == ("close",)
 
 
+def test_a_ctrl_c_in_sync_leaves_the_exploits_not_tried_yet_to_the_next_sync():
+    # every exploit of the sync was marked handed out before any was logged: a Ctrl-C
+    # (a slow request interrupted) lost the rest, which finish() never offered again
+    pop = _after_one_round()
+    expected = exploit_events(pop.history)
+    assert len(expected) > 2
+
+    class Interrupted(Recorder):
+        def log_exploit(self, event):
+            super().log_exploit(event)
+            if len(self.of("exploit")) == 1:
+                raise KeyboardInterrupt
+
+    backend = Interrupted()
+    logs = jaxpop.logging.Loggers([backend])
+    with pytest.raises(KeyboardInterrupt):
+        logs.sync(pop.history)
+    # the one interrupted is not sent again (as a failed one), the others are
+    assert logs.sync(pop.history) == expected[1:]
+    assert backend.of("exploit") == [(e,) for e in expected]
+
+
 def test_with_errors_warn_a_failing_backend_is_a_warning_and_the_others_log_on(caplog):
     pop = _after_one_round()
     failing, healthy = Recorder(fail="exploit"), Recorder()
@@ -372,6 +394,33 @@ def test_a_pickled_tensorboard_logger_writes_on_in_the_same_directories(tmp_path
         10,
         20,
     ]
+
+
+def test_a_pickled_logger_made_with_a_relative_directory_writes_where_it_was_made(
+    tmp_path, monkeypatch
+):
+    # the docs' make_loggers(..., log_dir="runs/pbt") kept the path relative: a copy in
+    # a Ray actor started in another working directory wrote its workers there
+    pytest.importorskip("tensorboardX")
+    (tmp_path / "driver").mkdir()
+    (tmp_path / "actor").mkdir()
+    monkeypatch.chdir(tmp_path / "driver")
+    logs = jaxpop.logging.make_loggers(["tensorboard"], log_dir="runs/pbt")
+    logs.log_worker(0, 10, 0.5, {"lr": 0.1})
+    copy = pickle.loads(pickle.dumps(logs))
+    monkeypatch.chdir(tmp_path / "actor")
+    copy.log_worker(1, 10, 0.25, {"lr": 0.2})
+    copy.close()
+    logs.close()
+    assert sorted(os.listdir(tmp_path / "driver/runs/pbt/tensorboard")) == ["worker-0", "worker-1"]
+    assert os.listdir(tmp_path / "actor") == []
+
+
+def test_a_tensorboard_table_cell_holding_a_bar_or_a_line_break_stays_one_cell():
+    from jaxpop.logging.tensorboard import _markdown
+
+    text = _markdown(["step", "act", "lr"], [[0, "relu|gelu", 0.1], [1, "a\nb", None]])
+    assert text.splitlines()[2:] == ["| 0 | relu\\|gelu | 0.1 |", "| 1 | a b |  |"]
 
 
 def test_loggers_check_values_and_steps_as_the_controller_does(tmp_path):

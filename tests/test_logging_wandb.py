@@ -350,3 +350,35 @@ def test_a_pickled_copy_logs_on_to_the_run_a_failed_start_moved_a_worker_to(offl
     runs = _finished_runs(offline)
     assert {r.run.run_id for r in runs} == {f"{started[0]}-r1"}
     assert sorted(h["step"] for r in runs for h in r.history) == [2, 3]
+
+
+def test_a_hyperparameter_whose_type_changes_at_an_exploit_is_logged_with_the_best(offline):
+    # "warmup": False, then 0.05 once explored: W&B refused the exploits table's rows
+    # ("Data row contained incompatible types"), and every later publish with them: the
+    # best member was never logged and the population run never finished
+    from jaxpop import PopulationController
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    pop = PopulationController(
+        [{"lr": 0.1, "warmup": False}, {"lr": 0.2, "warmup": False}],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1, "warmup": 0.05}, steps_per_exploit=10),
+        seed=0,
+    )
+    logs = jaxpop.logging.make_loggers(
+        ["wandb"], log_dir=offline, name="pbt", wandb={"table_every_s": 0.0}
+    )
+    for step in (10, 20):
+        for i in range(2):
+            gen = pop.active_workers[i].generation_id
+            pop.set_eval(i, gen, step, None, float(i + step))
+        logs.sync(pop.history)
+    best = logs.finish(pop.state)
+    run = _runs(offline)["population"]
+    assert run.summary["best/value"] == best.value == 20.0
+    rows = run.table("exploits")
+    assert [(row["before.warmup"], row["after.warmup"]) for row in rows] == [
+        (False, 0.05),
+        (False, 0.05),
+        (0.05, 0.05),
+        (0.05, 0.05),
+    ]

@@ -175,6 +175,11 @@ class ExploitFeed:
             self._seen.update(e.generation_id for e in events)
             return events
 
+    def put_back(self, events: Iterable[ExploitEvent]) -> None:
+        """Hands ``events`` out again at the next :meth:`new` (ones not logged after all)."""
+        with self._lock:
+            self._seen.difference_update(e.generation_id for e in events)
+
     def __getstate__(self) -> dict[str, Any]:
         return {"seen": sorted(self._seen)}
 
@@ -190,7 +195,8 @@ class Loggers:
     is logged as a warning (``logging.getLogger("jaxpop")``, naming the backend and the
     call) and nothing is raised: a run that should not end for a logging hiccup (a full
     disk, a service down) passes it. An exploit a backend failed to log is not sent to
-    it again. :meth:`sync` logs the exploits that
+    it again (nor one a Ctrl-C interrupted; the exploits that :meth:`sync` had not tried
+    yet are logged by the next one, or by :meth:`finish`). :meth:`sync` logs the exploits that
     happened since the last call; :meth:`finish` logs the rest, the best member, and
     closes. A ``Loggers`` is itself a :class:`RunLogger` (and a context manager that
     closes it).
@@ -278,11 +284,14 @@ class Loggers:
         _check_source(history, History, "sync", "history")
         events = self.feed.new(history)
         error: BaseException | None = None
-        for event in events:
+        for index, event in enumerate(events):
             try:
                 self.log_exploit(event)
             except Exception as e:  # the next events still go to every logger
                 error = error or e
+            except BaseException:  # (a Ctrl-C): the events not tried yet are offered again
+                self.feed.put_back(events[index + 1 :])
+                raise
         if error is not None:
             raise error
         return events

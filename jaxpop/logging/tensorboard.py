@@ -383,9 +383,11 @@ def writers(
 
 def _markdown(columns: list[str], data: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
-        return "" if v is None else f"{v:.5g}" if isinstance(v, float) else str(v)
+        text = "" if v is None else f"{v:.5g}" if isinstance(v, float) else str(v)
+        # (a "|" would split the cell, a line break end the row: "relu|gelu" in two columns)
+        return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(cell, columns)) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in data]
     return "\n".join(lines)
 
@@ -409,7 +411,8 @@ class TensorBoardLogger:
     """
 
     def __init__(self, log_dir: str | os.PathLike, *, backend: Backend = "auto"):
-        self.log_dir = os.fspath(log_dir)
+        # (absolute: a pickled copy, in a Ray actor started elsewhere, writes here too)
+        self.log_dir = os.path.abspath(os.fspath(log_dir))
         self.backend = available_backend(backend)
         self._writers: dict[int, TensorBoardWriter] = {}
         self._population: _EventDir | None = None

@@ -107,7 +107,8 @@ class WandbLogger:
             "group": self.group,
             "project": project,
             "entity": entity,
-            "dir": None if dir is None else os.fspath(dir),
+            # (absolute: a pickled copy, in a Ray actor started elsewhere, writes here too)
+            "dir": None if dir is None else os.path.abspath(os.fspath(dir)),
             "mode": mode,
             "config": dict(config or {}),
             "tags": None if tags is None else list(tags),
@@ -280,7 +281,11 @@ class WandbLogger:
         columns, data = table(self._exploits, finite_only=True)
         if not columns:
             columns = ["step", "generation_id", "source_generation", "source_step"]
-        exploits = wandb.Table(columns=columns, data=data, log_mode="MUTABLE")
+        # (mixed types: a hyperparameter False in one generation and 0.05 in the next;
+        # refused, every later publish failed, log_best and close with it)
+        exploits = wandb.Table(
+            columns=columns, data=data, log_mode="MUTABLE", allow_mixed_types=True
+        )
         self._population_run().log({"exploits": exploits})
         self._published, self._published_at = len(self._exploits), time.monotonic()
         self._inherited_unpublished = False
@@ -299,7 +304,7 @@ class WandbLogger:
                 ("best/lineage", lineage_records(best.lineage)),
             ):
                 columns, data = table(rows, finite_only=True)
-                tables[name] = wandb.Table(columns=columns, data=data)
+                tables[name] = wandb.Table(columns=columns, data=data, allow_mixed_types=True)
             run.log(tables)
             checkpoint = best.checkpoint
             run.summary.update(
