@@ -25,7 +25,7 @@ from jaxpop.report.data import (
     member_series,
     numeric_hparams,
 )
-from jaxpop.report.files import default_out_dir, write_report
+from jaxpop.report.files import MAX_HPARAM_PANELS, default_out_dir, report_hparams, write_report
 from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
 from jaxpop.report.tables import (
     CSV_COLUMNS,
@@ -40,6 +40,7 @@ from jaxpop.report.watch import Refresh, WatchInterrupted, fingerprint, is_done,
 
 __all__ = [
     "CSV_COLUMNS",
+    "MAX_HPARAM_PANELS",
     "Member",
     "NotARunError",
     "Report",
@@ -62,6 +63,7 @@ __all__ = [
     "plot_lineage",
     "plot_scores",
     "print_summary",
+    "report_hparams",
     "summary",
     "summary_renderable",
     "WatchInterrupted",

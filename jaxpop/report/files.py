@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxpop.report.data import Report, load, numeric_hparams
+from jaxpop.mutators.base import caller_stacklevel
+from jaxpop.report.data import Report, _numeric_of, load, numeric_hparams
 from jaxpop.report.plots import plot_hparams, plot_lineage, plot_scores
 from jaxpop.report.tables import summary, write_csv
 from jaxpop.storage.atomic import missing_dirs, remove_dirs, write_all_atomic
@@ -37,6 +38,42 @@ def default_out_dir(run_dir: str) -> str:
     if os.path.basename(path) in (os.curdir, os.pardir):
         path = os.path.abspath(path)
     return path + "-report"
+
+
+#: the most hyperparameters ``hparams.png`` shows: a panel each, past a few dozen the
+#: figure is too tall to read, and slow to draw (300 took 107 s and 915 MB)
+MAX_HPARAM_PANELS = 24
+
+
+def report_hparams(report: Report) -> list[str]:
+    """The hyperparameters :func:`write_report` draws in ``hparams.png``: every one of
+    ``report.hparam_names`` when they are at most :data:`MAX_HPARAM_PANELS`; else that
+    many, those that took more than one value in the run first (in the run's order), with
+    a ``RuntimeWarning`` saying how many were left out (``plot_hparams(report, names)``
+    draws any).
+    """
+    names = list(report.hparam_names)
+    if len(names) <= MAX_HPARAM_PANELS:
+        return names
+    history = report.history
+    values = [_numeric_of(report, history.first(g).meta_params) for g in history]
+    first: dict[str, float] = {}
+    varying = set()
+    for numbers in values:
+        for name, number in numbers.items():
+            seen = first.setdefault(name, number)
+            if not (seen == number or (seen != seen and number != number)):
+                varying.add(name)
+    chosen = [n for n in names if n in varying] + [n for n in names if n not in varying]
+    chosen = chosen[:MAX_HPARAM_PANELS]
+    warnings.warn(
+        f"hparams.png shows {MAX_HPARAM_PANELS} of the run's {len(names)} numeric "
+        "hyperparameters (those that changed first); history.csv holds them all, and "
+        "jaxpop.report.plot_hparams(report, names) draws any",
+        RuntimeWarning,
+        stacklevel=caller_stacklevel(),
+    )
+    return [n for n in names if n in chosen]
 
 
 def write_report(
@@ -80,7 +117,7 @@ def write_report(
     ).encode()
     undrawn = []
     for name, make in (
-        ("hparams.png", lambda: plot_hparams(report)),
+        ("hparams.png", lambda: plot_hparams(report, report_hparams(report))),
         ("scores.png", lambda: plot_scores(report, log_scale=log_scale)),
         ("lineage.png", lambda: plot_lineage(report)),
     ):
