@@ -689,6 +689,7 @@ def _own_dtype(leaf: Any) -> Any:
     """The dtype ``jnp.asarray(leaf)`` gives (canonical: float32 for a Python float or a
     float64, int32 for an int), ``None`` if it has none."""
     kind = type(leaf)
+    own: Any
     if kind is bool or kind is int or kind is float or kind is complex:
         own = np.dtype(
             {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}[kind]
