@@ -382,8 +382,8 @@ def _numeric_parameters(
     optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]
 ) -> tuple[set[str], set[str], set[str]]:
     """The parameters of ``optimizer_fn`` that take floats, those that take ints, and
-    its flags (a bool default, or a hint of ``bool`` alone), from their type hints (each
-    read once) and defaults.
+    its flags (hinted ``bool``, or ``bool | None``), from their type hints (each read
+    once) and defaults.
 
     Floats and not ints: a float default, or a hint that admits ``float`` but not
     ``int`` (``learning_rate: ScalarOrSchedule``); not ``seed: int`` nor ``key:
@@ -403,7 +403,9 @@ def _numeric_parameters(
         # (an int default, not a bool: muon's ns_steps, hinted as an ArrayLike)
         if takes_int and (type(default) is int or (not takes_float and type(default) is not float)):
             ints.add(name)
-        if type(default) is bool or (bool in admitted and not takes_float and not takes_int):
+        # (by the hint alone: lars's weight_decay_mask=True takes a mask too)
+        hinted = typing.get_args(hint) or (hint,)
+        if bool in hinted and all(t is bool or t is type(None) for t in hinted):
             flags.add(name)
     return floats, ints, flags
 
@@ -613,7 +615,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
             leaf = plain(leaf)
             kind = type(leaf)
         elif isinstance(leaf, (decimal.Decimal, fractions.Fraction)):
-            leaf, kind = float(leaf), float  # (checked as the float it is converted to)
+            leaf, kind = _exact_float(leaf, _where(path)), float  # (then checked as one)
         held, bounds, integer, to_bool, rates, tiny = fixed or _target(_own_dtype(leaf))
         if isinstance(leaf, (str, bytes)):  # (numpy would parse "False" as True)
             raise TypeError(
@@ -685,6 +687,22 @@ def _target(held: Any) -> _Target:
     )
 
 
+def _exact_float(leaf: decimal.Decimal | fractions.Fraction, where: str) -> float:
+    """``leaf`` as a float, or ``ValueError`` naming it where the float is another value
+    (``Decimal("1e400")`` is inf, ``Fraction(1, 10**400)`` 0) or there is none."""
+    try:
+        number = float(leaf)
+    except (OverflowError, ValueError) as err:  # (Fraction(10**400), Decimal("sNaN"))
+        raise ValueError(f"as_traced: leaf {where} = {leaf!r:.40} has no float: {err}") from None
+    finite = not isinstance(leaf, decimal.Decimal) or leaf.is_finite()
+    if finite and (math.isinf(number) or (number == 0 and leaf != 0)):
+        raise ValueError(
+            f"as_traced: leaf {where} = {leaf!r:.40} is outside the range of a float; it "
+            f"would be written as {number}"
+        )
+    return number
+
+
 def _own_dtype(leaf: Any) -> Any:
     """The dtype ``jnp.asarray(leaf)`` gives (canonical: float32 for a Python float or a
     float64, int32 for an int), ``None`` if it has none."""
@@ -696,7 +714,9 @@ def _own_dtype(leaf: Any) -> Any:
         )
     else:
         own = getattr(leaf, "dtype", None)
-        if not isinstance(own, np.dtype):
+        if own is not None and not isinstance(own, np.dtype):
+            return None  # (a typed PRNG key's: converted as it is)
+        if own is None:
             try:
                 own = np.result_type(leaf)
             except (TypeError, ValueError):

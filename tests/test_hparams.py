@@ -6,6 +6,7 @@ import decimal
 import fractions
 import itertools
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -1131,3 +1132,38 @@ def test_as_traced_checks_a_rate_in_a_list_and_a_decimal_or_fraction():
     with pytest.raises(ValueError, match="outside the range of float32"):
         as_traced({"aug": decimal.Decimal("1e39")})
     assert float(as_traced({"aug": fractions.Fraction(1, 4)})["aug"]) == 0.25
+
+
+def test_a_mask_whose_default_is_true_is_no_flag():
+    # lars's weight_decay_mask=True (hinted MaskOrFn) was taken for a flag: a pytree mask
+    # was refused ("pass True or False")
+    params = {"w": jnp.ones((3, 3)), "b": jnp.ones(3)}
+    tx = make_optimizer(optax.lars, learning_rate=0.1, weight_decay_mask={"w": True, "b": False})
+    state = tx.init(params)
+    jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [
+        decimal.Decimal("1e400"),
+        decimal.Decimal("1e-400"),
+        fractions.Fraction(1, 10**400),
+        fractions.Fraction(10**400),
+        decimal.Decimal("sNaN"),
+    ],
+)
+def test_as_traced_names_a_decimal_or_fraction_that_no_float_holds(leaf):
+    # converted first: Decimal("1e400") became inf and 1e-400 0, unchecked; the others
+    # raised errors that named no leaf
+    for dtype in (jnp.float32, None):
+        with pytest.raises(ValueError, match=r"as_traced: leaf \['lr'\]"):
+            as_traced({"lr": leaf}, dtype)
+
+
+def test_as_traced_with_dtype_none_takes_a_typed_key_as_it_is():
+    key = jax.random.key(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (np.result_type(key) warned, deprecated)
+        out = as_traced({"key": key, "lr": 0.1}, dtype=None)
+    assert out["key"].dtype == key.dtype and out["lr"].dtype == jnp.float32
