@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxpop.core import Changes, PopulationState, check_events_left, check_step
 from jaxpop.history import History, check_mode
-from jaxpop.hparams import _check_cast, find_hparam_states, set_hparams
+from jaxpop.hparams import _DECAY_RATES, _check_cast, _check_rate, find_hparam_states, set_hparams
 from jaxpop.keys import new_generation_id
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
@@ -307,7 +307,9 @@ def init(
     if hparams is not None:
         hparams = _as_space_dtypes({k: _as_array(k, v) for k, v in hparams.items()}, space)
         _check_no_nan(hparams)
-    elif space is None:
+    elif isinstance(space, Mapping):  # (drawn from it: its constants too)
+        _check_space_constants(space)
+    else:
         raise TypeError(
             "init needs an explore space to sample the hyperparameters from, or the "
             "initial hyperparameters: init(key, init_fn, space, n) or init(key, init_fn, "
@@ -333,24 +335,37 @@ def init(
     build = functools.partial(
         _init, init_fn=init_fn, space=space, num_members=n, optimizer_hparams=optimizer_hparams
     )
-    return jax.jit(build)(key, member_keys, hparams)
+    pop = jax.jit(build)(key, member_keys, hparams)
+    if hparams is not None and optimizer_hparams is None:  # (as the space's, in _init)
+        held = {
+            name: jnp.result_type(value)
+            for _, state in find_hparam_states(pop.train_state)
+            for name, value in state.hyperparams.items()
+        }
+        for name in sorted(_DECAY_RATES & held.keys() & hparams.keys()):
+            if not isinstance(hparams[name], jax.core.Tracer):  # (init inside jit: unread)
+                _check_rate(
+                    np.asarray(hparams[name]), held[name], f"init: hparams[{name!r}]", _RATE_ADVICE
+                )
+    return pop
 
 
-def _as_array(name: str, values: Any) -> jax.Array:
+def _as_array(name: str, values: Any, where: str = "hparams") -> jax.Array:
     """Given initial ``values`` of a hyperparameter as a JAX array, refusing a value the
     cast to JAX's dtype would change (an int past int32 wraps around without x64, a
     float past float32 would be inf, a tiny one 0), as ``set_hparams`` does; values
-    being traced (``init`` inside ``jit``) and JAX arrays are taken as they are."""
+    being traced (``init`` inside ``jit``) and JAX arrays are taken as they are.
+    ``where`` names them in the messages (``space``: a space's constant)."""
     if isinstance(values, jax.Array):
         return values
     host = np.asarray(values)
     if host.dtype.kind in "biuf":
         dtype = jax.dtypes.canonicalize_dtype(host.dtype)
-        _check_cast(host, dtype, name, label=f"hparams[{name!r}]")
+        _check_cast(host, dtype, name, label=f"{where}[{name!r}]")
         return jnp.asarray(host, dtype)
     if not jnp.issubdtype(host.dtype, jnp.number):  # (bfloat16's kind is "V")
         raise TypeError(
-            f"hparams[{name!r}] holds values of dtype {host.dtype} ({host.ravel()[:1]!r:.40}"
+            f"{where}[{name!r}] holds values of dtype {host.dtype} ({host.ravel()[:1]!r:.40}"
             "...): on device a hyperparameter is an array of numbers"
         )
     return jnp.asarray(host)
@@ -418,6 +433,77 @@ def _check_flat_space(space: Any) -> None:
             )
 
 
+_RATE_ADVICE = "keep the space below it, or make the optimizer with a wider hyperparam_dtype"
+
+
+def _check_space_rates(
+    train_state: Any,
+    hparams: Mapping[str, Any],
+    space: Any,
+    optimizer_hparams: OptimizerHparams | None,
+    who: str,
+) -> None:
+    """Refuses, while tracing, a decay rate (adam's ``b2``, ...) that ``space`` can give
+    below 1 where the optimizer's hyperparameter dtype holds it as 1 (``0.9999`` in
+    bfloat16): the optimizer would train with a rate that never decays (NaN updates)
+    while the lineage records the value drawn. Host mode's ``set_hparams`` refuses such
+    a value; a traced one cannot be checked where it is written, so the space is. Rates
+    written through ``optimizer_hparams`` are not checked (what reaches the optimizer is
+    its function's)."""
+    if optimizer_hparams is not None or not isinstance(space, Mapping):
+        return
+    held = {
+        name: jnp.result_type(value)
+        for _, state in find_hparam_states(train_state)
+        for name, value in state.hyperparams.items()
+    }
+    for name in sorted(_DECAY_RATES & held.keys() & space.keys() & hparams.keys()):
+        top = _top_below_one(space[name], jnp.result_type(hparams[name]))
+        if top is not None:
+            label = f"{who}: the largest value below 1 of space[{name!r}] ({space[name]})"
+            _check_rate(top, held[name], label, _RATE_ADVICE)
+
+
+def _top_below_one(leaf: Any, stored: Any) -> np.ndarray | None:
+    """The largest value below 1 a hyperparameter of ``leaf`` (a space, or a constant)
+    stored as ``stored`` can hold, as a 0-d array of that dtype; ``None`` if none."""
+    if not jnp.issubdtype(stored, jnp.floating):
+        return None
+    one, zero = np.asarray(1, stored), np.asarray(0, stored)
+    below = np.nextafter(one, zero)
+    if isinstance(leaf, (explore_lib.Uniform, explore_lib.LogUniform)):
+        top = np.asarray(min(leaf.high, 1.0), stored)
+        top = below if top >= one else top
+        return top if float(top) >= leaf.low else None
+    if isinstance(leaf, explore_lib.Choice):
+        candidates = [leaf.values] if not leaf.numeric else leaf.values
+    elif isinstance(leaf, explore_lib._Leaf):
+        return None  # (randint: no rate)
+    else:
+        candidates = [leaf]
+    try:
+        values = [np.asarray(v, stored) for v in candidates]
+    except (TypeError, ValueError):
+        return None
+    values = [v for v in values if v.ndim == 0 and v < one]
+    return max(values, key=float) if values else None
+
+
+def _check_space_constants(space: Any) -> None:
+    """Refuses a constant of ``space`` that members drawn from it could not hold: not a
+    number (JAX's "'adam' is not a valid JAX type"), or one their dtype would change
+    (``1e39`` stored as inf), as given hyperparameters are refused."""
+    for name, leaf in space.items():
+        if isinstance(leaf, (explore_lib._Leaf, jax.Array)):
+            continue
+        if isinstance(leaf, (str, bytes)) or leaf is None:
+            raise TypeError(
+                f"space[{name!r}] is the constant {leaf!r:.40}: on device a hyperparameter "
+                "is an array of numbers; keep it out of the space (or pass hparams=)"
+            )
+        _as_array(name, [leaf], "space")
+
+
 def _warn_if_none_written(
     train_state: Any, hparams: Mapping[str, Any], stacklevel: int = 2
 ) -> None:
@@ -464,6 +550,7 @@ def _init(
     # strongly typed, as exploit_explore's explored values are (a weak one would make
     # the first round's exploit change the population's types: a second trace)
     hparams = {k: jnp.asarray(v, jnp.asarray(v).dtype) for k, v in hparams.items()}
+    _check_space_rates(train_state, hparams, space, optimizer_hparams, "init")
     if optimizer_hparams is None:
         _warn_if_none_written(train_state, hparams)
     return VectorizedPopulation(
@@ -636,6 +723,10 @@ def exploit_explore(
     parents = jnp.asarray(selection(select_key, ordered), jnp.int32)
     copied = parents != members
 
+    if _explores_a_space(explore):  # (dtypes are static: this raises while tracing)
+        _check_space_rates(
+            pop.train_state, pop.hparams, space, optimizer_hparams, "exploit_explore"
+        )
     gathered = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.train_state)
     inherited = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.hparams)
     # (no hyperparameters: nothing to explore, and no space needed)

@@ -796,3 +796,14 @@ def test_no_space_is_an_error_not_a_constant():
         with pytest.raises(TypeError, match=r"needs a space .* got None"):
             call()
     assert ex.explore(key, {"c": None}, {"c": 1}) == {"c": None}  # (a constant inside)
+
+
+def test_a_log_uniform_past_float32_draws_within_what_float32_holds():
+    # exp overflowed: 63 of 64 float32 draws of log_uniform(1e30, 1e300) were float32's max
+    leaf = ex.log_uniform(1e30, 1e300)
+    draws = np.asarray(
+        jax.vmap(lambda k: ex.sample(k, leaf))(jax.random.split(jax.random.key(0), 64))
+    )
+    assert draws.dtype == np.float32 and np.isfinite(draws).all()
+    assert len(set(draws.tolist())) == 64 and draws.min() >= 1e30
+    assert np.log10(draws).min() < 35  # (spread over 1e30 .. 3.4e38, not piled at the top)

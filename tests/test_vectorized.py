@@ -1036,3 +1036,40 @@ def test_init_says_what_is_wrong_with_member_keys():
     ):
         with pytest.raises(TypeError, match=match):
             vz.init(root_key(1), f, space, member_keys=keys)
+
+
+def _adam_state(dtype):
+    tx = make_optimizer(optax.adam, {"learning_rate": 1e-3, "b2": 0.99}, hyperparam_dtype=dtype)
+    return lambda k: {"params": {"w": jnp.zeros(3)}, "opt": tx.init({"w": jnp.zeros(3)})}
+
+
+def test_a_decay_rate_the_optimizers_dtype_holds_as_1_is_refused_while_tracing():
+    # a space drawing b2 up to 0.9999 for an optimizer of bfloat16 hyperparameters: the
+    # optimizer trained with b2 = 1 (NaN params) while the lineage recorded 0.9988
+    # (host mode's set_hparams refuses the value; traced, it was cast unchecked)
+    bad = {"b2": explore.uniform(0.98, 0.9999)}
+    with pytest.raises(ValueError, match=r"init: the largest value below 1 of space\['b2'\]"):
+        vz.init(root_key(0), _adam_state(jnp.bfloat16), bad, 4)
+    with pytest.raises(ValueError, match=r"init: hparams\['b2'\]\[1\] = 0.9998.* is 1 in bfloat16"):
+        vz.init(root_key(0), _adam_state(jnp.bfloat16), hparams={"b2": [0.99, 0.9999]})
+    good = {"b2": explore.uniform(0.98, 0.99)}
+    pop = vz.init(root_key(0), _adam_state(jnp.bfloat16), good, 4)
+    with pytest.raises(ValueError, match="exploit_explore: the largest value below 1"):
+        vz.exploit_explore(pop, jnp.arange(4.0), root_key(1), space=bad)
+    # float32 hyperparameters hold the space (and a choice of values below 1 is read too)
+    vz.init(root_key(0), _adam_state(jnp.float32), bad, 4)
+    with pytest.raises(ValueError, match="is 1 in bfloat16"):
+        vz.init(root_key(0), _adam_state(jnp.bfloat16), {"b2": explore.choice([0.9, 0.9995])}, 4)
+
+
+def test_a_space_constant_members_cannot_hold_is_refused_as_given_hparams_are():
+    # 1e39 was stored (and recorded) as inf, 1e-46 as 0; a str failed inside vmap with
+    # "'cnn' is not a valid JAX type"
+    lr = explore.uniform(0.1, 0.5)
+    for constant, error in ((1e39, "overflows"), (1e-46, "underflows"), (2**31, "outside")):
+        with pytest.raises(ValueError, match=rf"space\['c'\] = .* {error}"):
+            vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, {"lr": lr, "c": constant}, 2)
+    with pytest.raises(TypeError, match=r"space\['net'\] is the constant 'cnn'"):
+        vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, {"lr": lr, "net": "cnn"}, 2)
+    pop = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, {"lr": lr, "c": 3, "d": 0.5}, 2)
+    assert pop.hparams["c"].tolist() == [3, 3] and pop.hparams["d"].tolist() == [0.5, 0.5]

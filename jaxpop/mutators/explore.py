@@ -377,9 +377,10 @@ def _sample_numeric(space: _Numeric, u: Any, xp: Any) -> Any:
     if isinstance(space, Uniform):  # not low + u * (high - low): that overflows for wide spans
         low, high = _float_bounds(space, u)
         return xp.clip(low * (1 - u) + high * u, low, high)
-    if isinstance(space, LogUniform):
-        lo, hi = math.log(space.low), math.log(space.high)
-        return xp.clip(xp.exp(lo + u * (hi - lo)), space.low, space.high)
+    if isinstance(space, LogUniform):  # (within the dtype's range too: past it, exp is inf)
+        low, high = _float_bounds(space, u)
+        lo, hi = math.log(low), math.log(high)
+        return xp.clip(xp.exp(lo + u * (hi - lo)), low, high)
     # RandInt (as floats: an int past int32, such as 2**31, cannot enter a jnp operation)
     low, top = float(space.low), float(space.high - 1)
     return xp.clip(xp.floor(low + u * float(space.high - space.low)), low, top)
