@@ -1351,3 +1351,29 @@ def test_a_non_numeric_held_leaf_is_named_as_not_numeric_when_traced():
     schedule = S.join([S.constant({"k": range(2)}), S.constant({"k": range(3)})], [3])
     with pytest.raises(TypeError, match="leaves must be numeric"):
         jax.jit(schedule)(5)
+
+
+def _document(value) -> str:
+    points = [[0, {"lr": 0.1}], [10, {"lr": value}]]
+    return json.dumps({"format": "jaxpop.schedules.piecewise", "version": 1, "points": points})
+
+
+def test_a_nan_written_without_its_bits_still_reads_as_a_nan():
+    # jaxpop wrote a NaN as {"value": "nan"} (same version) before the bits were added:
+    # those files (the loggers' best_schedule.json) were refused
+    nan = {"__jaxpop__": "float", "value": "nan"}
+    assert math.isnan(S.from_json(_document(nan)).as_dict()[10]["lr"])
+    array = {"__jaxpop__": "ndarray", "dtype": "float32", "shape": [2], "data": [1.0, nan]}
+    assert np.isnan(S.from_json(_document(array)).as_dict()[10]["lr"]).tolist() == [False, True]
+    with pytest.raises(ValueError, match="only as inf, -inf or NaN"):
+        S.from_json(_document({"__jaxpop__": "float", "value": "1.5"}))
+
+
+@pytest.mark.parametrize("field, value", [("dtype", None), ("shape", None), ("shape", [-1])])
+def test_a_damaged_array_dtype_or_shape_is_an_error_not_another_value(field, value):
+    # "dtype": null read a uint64 2**64-1 as a float64 (rounded); "shape": null or [-1]
+    # flattened a (2, 2) array
+    array = {"__jaxpop__": "ndarray", "dtype": "float32", "shape": [2, 2], "data": [1.0] * 4}
+    with pytest.raises(ValueError, match="malformed 'ndarray' value"):
+        S.from_json(_document({**array, field: value}))
+    assert S.from_json(_document(array)).as_dict()[10]["lr"].shape == (2, 2)

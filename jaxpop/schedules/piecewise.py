@@ -420,12 +420,14 @@ def _from_jsonable(x: Any) -> Any:
                 if x.get("value") != "nan" or value == value:
                     raise ValueError(f"bits {x['bits']!r} are not those of a NaN")
                 return value
-            if x["value"] not in ("inf", "-inf"):
+            if x["value"] not in ("inf", "-inf", "nan"):  # ("nan" without bits: older files)
                 raise ValueError(
-                    f"a float is written here only as inf, -inf or NaN bits, got {x['value']!r}"
+                    f"a float is written here only as inf, -inf or NaN, got {x['value']!r}"
                 )
             return float(x["value"])
         if tag in ("ndarray", "scalar"):
+            if type(x["dtype"]) is not str:  # (np.dtype(None) is float64)
+                raise ValueError(f"dtype {x['dtype']!r:.40} is not a dtype's name")
             dtype = np.dtype(x["dtype"])
             if not (
                 jnp.issubdtype(dtype, jnp.floating)
@@ -435,7 +437,10 @@ def _from_jsonable(x: Any) -> Any:
                 raise ValueError(f"an array of dtype {dtype} is not a schedule value")
             if tag == "scalar":
                 return _elements([x["value"]], dtype)[0][()]
-            return _elements(_list(x["data"]), dtype).reshape(x["shape"])
+            shape = _list(x["shape"])
+            if not all(type(n) is int and n >= 0 for n in shape):  # (None or -1 reshaped it)
+                raise ValueError(f"shape {shape!r:.40} is not a list of sizes")
+            return _elements(_list(x["data"]), dtype).reshape(shape)
     except (KeyError, TypeError, ValueError, OverflowError, struct.error) as err:
         raise ValueError(f"malformed {tag!r} value in a schedule: {err}") from err
     raise ValueError(f"unknown {_TAG} tag {tag!r} in a schedule")
