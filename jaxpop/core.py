@@ -26,7 +26,7 @@ from flax import struct
 from jaxpop import encoding
 from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate
-from jaxpop.history import KEPT_MARK, History, check_mode, is_kept, start_time
+from jaxpop.history import KEPT_MARK, History, check_mode, is_kept, kept_from, start_time
 from jaxpop.keys import event_key as _event_key
 from jaxpop.keys import new_generation_id, split_key
 from jaxpop.mutators.base import (
@@ -891,7 +891,7 @@ def set_eval(
             existing.meta_params,
             existing.generation_id,
             value,
-            (generation_id, assigned.step) if resumed else existing.parent,
+            (generation_id, assigned.step) if resumed else _own_parent(existing),
             existing.step,
             now,
         )
@@ -983,11 +983,24 @@ def _keep_for_copies(
         if (first := history.first(generation_id)).parent == ref
         and generation_id != existing.generation_id
     ]
+    # and the generation's own later checkpoints trained from it (a rerun of step 10
+    # after step 20: (g, 20) descends from the old params, not the rerun's)
+    copies += [c for c in history[existing.generation_id].values() if c.parent == ref]
     if not copies:
         return []
     kept_id = f"{existing.generation_id}{KEPT_MARK}{new_generation_id(key, _KEPT_INDEX)}"
     keeper = existing.replace(generation_id=kept_id)
     return [keeper, *[first.replace(parent=keeper.ref) for first in copies]]
+
+
+def _own_parent(checkpoint: Checkpoint) -> tuple[str, int] | None:
+    """The parent a rerun of ``checkpoint`` trains from: its own, or, where that was
+    moved to a kept generation of ``checkpoint``'s (:func:`_keep_for_copies`: the step
+    below was rerun), the generation's checkpoint at that step again (the rerun's)."""
+    parent = checkpoint.parent
+    if parent is not None and kept_from(parent[0]) == checkpoint.generation_id:
+        return (checkpoint.generation_id, parent[1])
+    return parent
 
 
 def _descends_from(history: History, worker: ActiveWorker, checkpoint: Checkpoint) -> bool:

@@ -30,7 +30,7 @@ import jax
 from jaxpop.records import Checkpoint
 from jaxpop.types import CheckpointRef, Mode
 
-__all__ = ["KEPT_MARK", "GenerationView", "History", "Mode", "check_mode", "is_kept"]
+__all__ = ["KEPT_MARK", "GenerationView", "History", "Mode", "check_mode", "is_kept", "kept_from"]
 
 
 def check_mode(mode: Any) -> Mode:
@@ -51,9 +51,21 @@ KEPT_MARK = "~"
 
 def is_kept(generation_id: str) -> bool:
     """Whether a generation only keeps the former content of a checkpoint that a rerun
-    replaced, for the generations copied from it (``docs/protocol.md#eval``): one
-    checkpoint, no worker, and no exploit of its own."""
+    replaced, for the generations copied from it and its own generation's later
+    checkpoints trained from it (``docs/protocol.md#eval``): one checkpoint, no worker,
+    and no exploit of its own."""
     return KEPT_MARK in generation_id
+
+
+def kept_from(generation_id: str) -> str | None:
+    """The generation a kept generation (:func:`is_kept`) was kept from; ``None`` for
+    one that is not kept. A checkpoint whose parent is in a kept generation of its own
+    generation's was trained from a step of its generation that was rerun since.
+
+    >>> kept_from("a1b2~c3d4"), kept_from("a1b2")
+    ('a1b2', None)
+    """
+    return generation_id.split(KEPT_MARK, 1)[0] if KEPT_MARK in generation_id else None
 
 
 # A generation's steps, newest first, as a persistent linked list: ``(step, rest)``.

@@ -1736,3 +1736,37 @@ def test_a_load_state_whose_clock_fails_changes_nothing(tmp_path):
         w.generation_id
         for w in PopulationController(*args, seed=0, clock=FakeClock()).active_workers
     ]
+
+
+def test_a_rerun_step_keeps_the_old_params_for_the_later_steps_trained_from_them(tmp_path):
+    # worker 0 reports step 10, then 20 (trained from it), then step 10 again with other
+    # params: (A, 20) and worker 1's copy of it named the rerun's params in their lineage,
+    # which they were never trained from; the old (A, 10) is kept for them now
+    mutator = WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] / 2}, steps_per_exploit=20)
+    clock = iter(range(1, 100)).__next__
+    c = PopulationController(
+        [{"lr": 0.1}, {"lr": 0.2}], mutator, seed=0, clock=clock, log_dir=tmp_path
+    )
+    a = c.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    b = c.maybe_get_worker_data(1, None, 0, None, None).generation_id
+    c.set_eval(0, a, 10, "A10", 0.5)
+    c.set_eval(0, a, 20, "A20", 0.1)
+    copy = c.set_eval_and_ask(1, b, 20, "B20", 0.9).generation_id  # copies (A, 20)
+    c.set_eval(0, a, 10, "A10-rerun", 0.45)
+
+    def lineage(controller, *ref):
+        return [checkpoint.params for checkpoint in controller.history.lineage(*ref)]
+
+    assert lineage(c, a, 10) == [None, "A10-rerun"]
+    assert lineage(c, a, 20) == [None, "A10", "A20"]
+    assert lineage(c, copy) == [None, "A10", "A20", "A20"]
+    # the worker goes on from its rerun: step 20 again, then 30
+    c.set_eval(0, a, 20, "A20-rerun", 0.05)
+    c.set_eval(0, a, 30, "A30", 0.04)
+    assert lineage(c, a, 30) == [None, "A10-rerun", "A20-rerun", "A30"]
+    assert lineage(c, copy) == [None, "A10", "A20", "A20"]
+    assert lineage(c, a, 10) == [None, "A10-rerun"]
+    c.close()
+    resumed = PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator, log_dir=tmp_path)
+    assert resumed.history == c.history  # (journaled and replayed)
+    resumed.close()

@@ -35,7 +35,7 @@ from mutator_registry import MUTATORS, NAMES, branch_mutate, keyed_mutate, noop_
 
 from jaxpop import core
 from jaxpop.events import Ask, Eval
-from jaxpop.history import History, is_kept
+from jaxpop.history import History, is_kept, kept_from
 from jaxpop.keys import root_key
 from jaxpop.mutators import (
     BranchingSingleMachine,
@@ -344,8 +344,9 @@ class Checker:
         kept = self.check_kept(hb, after, replaced)
         for ref in refs_b:
             cb, ca = hb.get_checkpoint(*ref), ha.get_checkpoint(*ref)
-            if kept is not None and cb.parent == replaced and cb is hb.first(ref[0]):
-                # a copy of the checkpoint the eval replaced: it starts from the kept one
+            if kept is not None and cb.parent == replaced:
+                # a copy of the checkpoint the eval replaced, or a later checkpoint of its
+                # generation trained from it: it descends from the kept one
                 assert (ca.parent, ca.step, ca.value) == (kept.ref, cb.step, cb.value)
                 assert ca.params is cb.params and ca.meta_params is cb.meta_params
             elif ref == replaced:  # a re-reported step: new value and params, same place
@@ -357,7 +358,10 @@ class Checker:
                     and event.step > w.step
                     and hb.get_checkpoint(w.generation_id, w.step) is not None
                 )
-                parent = (w.generation_id, w.step) if resumed else cb.parent
+                parent = cb.parent
+                if parent is not None and kept_from(parent[0]) == cb.generation_id:
+                    parent = (cb.generation_id, parent[1])  # (kept when its step was rerun)
+                parent = (w.generation_id, w.step) if resumed else parent
                 assert (ca.generation_id, ca.step, ca.parent) == (cb.generation_id, cb.step, parent)
                 if parent != cb.parent:
                     self.disordered.add(ca.generation_id)  # it abandoned later checkpoints
@@ -391,6 +395,7 @@ class Checker:
             and canon(stored.params) != canon(existing.params)
         ):
             copies = [g for g in hb if hb.first(g).parent == replaced]
+            copies += [c for c in hb[replaced[0]].values() if c.parent == replaced]
         new_kept = [g for g in ha if is_kept(g) and g not in hb]
         if not copies:
             assert not new_kept, f"{new_kept} kept, but nothing copied was replaced"
@@ -552,7 +557,8 @@ class Checker:
                 continue
             parent = h.get_checkpoint(*c.parent)
             assert parent is not None, f"{c.ref} has a dangling parent {c.parent}"
-            if c.parent[0] == c.generation_id:
+            if c.parent[0] == c.generation_id or kept_from(c.parent[0]) == c.generation_id:
+                # (within its generation, or to a step of it that was rerun since: kept)
                 assert parent.step < c.step and c is not first
             else:  # (a kept generation's one checkpoint keeps the parent it had)
                 assert c is first and (parent.step == c.step or is_kept(c.generation_id))
@@ -572,7 +578,10 @@ class Checker:
                 continue
             steps = list(h[gen])
             for lower, upper in itertools.pairwise(steps):
-                assert h[gen][upper].parent == (gen, lower), (gen, steps, h[gen][upper].parent)
+                parent = h[gen][upper].parent
+                if parent is not None and kept_from(parent[0]) == gen:
+                    parent = (gen, parent[1])  # (the step below was rerun since: kept)
+                assert parent == (gen, lower), (gen, steps, h[gen][upper].parent)
 
     def finish(self, state):
         # 2. every older History still holds exactly what it held (structural sharing)

@@ -31,7 +31,7 @@ import copy
 import math
 from typing import TYPE_CHECKING, Any
 
-from jaxpop.history import History
+from jaxpop.history import History, kept_from
 from jaxpop.records import Checkpoint
 from jaxpop.schedules.base import tree_equal
 from jaxpop.schedules.piecewise import Piecewise
@@ -271,8 +271,10 @@ def _fresh_start(chain: list[Checkpoint]) -> int:
         if checkpoint.params is not None:
             held_at = checkpoint.step
             continue
-        starts_generation = (
-            checkpoint.parent is None or checkpoint.parent[0] != checkpoint.generation_id
+        parent = checkpoint.parent  # (one kept when its step was rerun: still its own)
+        starts_generation = parent is None or (
+            parent[0] != checkpoint.generation_id
+            and kept_from(parent[0]) != checkpoint.generation_id
         )
         if starts_generation and held_at != checkpoint.step:
             return i
