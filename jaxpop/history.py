@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import immutables
 import jax
 
-from jaxpop.records import Checkpoint
+from jaxpop.records import Checkpoint, _well_formed, check_place
 from jaxpop.types import CheckpointRef, Mode
 
 __all__ = ["KEPT_MARK", "GenerationView", "History", "Mode", "check_mode", "is_kept", "kept_from"]
@@ -102,11 +102,20 @@ _BATCH = 3  # add_all of this many checkpoints or more builds in one pass
 _NO_CHECKPOINTS: immutables.Map = immutables.Map()  # immutable: new generations share it
 
 
+def _check_added(checkpoint: Any) -> None:
+    """``TypeError`` for what is no Checkpoint, ``ValueError`` for one whose place in a
+    history is malformed (a float step replaced the int one it equals; a str parent was
+    unpacked as one); a value or time of another type is taken as it is."""
+    if not isinstance(checkpoint, Checkpoint):
+        raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
+    check_place(checkpoint, "History.add(checkpoint)")
+
+
 def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
     """``checkpoint``'s generation once it holds ``checkpoint``, and whether that replaced
     a checkpoint at its step; ``generations`` (a map or a map mutation) is only read."""
-    if not isinstance(checkpoint, Checkpoint):
-        raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
+    if not (type(checkpoint) is Checkpoint and _well_formed(checkpoint)):
+        _check_added(checkpoint)
     step = checkpoint.step
     holds = checkpoint.params is not None
     time = checkpoint.time
@@ -476,8 +485,8 @@ class History(Mapping[str, GenerationView]):
         # the order given (the later one replaces the earlier), as add after add makes
         first: dict[str, int] = {}
         for checkpoint in checkpoints[:-1]:
-            if not isinstance(checkpoint, Checkpoint):  # (as add says it)
-                raise TypeError(f"History.add takes a Checkpoint, got {type(checkpoint).__name__}")
+            if not (type(checkpoint) is Checkpoint and _well_formed(checkpoint)):
+                _check_added(checkpoint)  # (as add says it, before the sort by step)
             first.setdefault(checkpoint.generation_id, len(first))
         batch = sorted(checkpoints[:-1], key=lambda c: (first[c.generation_id], c.step))
         for checkpoint in batch:

@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointRef",
     "check_active_worker",
     "check_checkpoint",
+    "check_place",
     "replaced",
     "with_replaced",
 ]
@@ -254,17 +255,24 @@ def check_checkpoint(c: Any, where: str = "checkpoint") -> None:
         return
     if type(c) is not Checkpoint:
         raise _bad(where, "a Checkpoint", c)
-    _check_generation_id(c.generation_id, f"{where}.generation_id")
-    _check_int(c.step, f"{where}.step")
+    check_place(c, where)
     if c.value is not None and type(c.value) is not float:
         raise _bad(f"{where}.value", "None or a float", c.value)
+    if isinstance(c.time, bool) or not isinstance(c.time, numbers.Real):
+        raise _bad(f"{where}.time", "a real number", c.time)
+
+
+def check_place(c: Checkpoint, where: str = "checkpoint") -> None:
+    """Raises ``ValueError`` naming the field unless ``c``'s place in a history is well
+    formed: its generation id, step and parent link (what :class:`~jaxpop.History`
+    indexes and walks by; a float step would replace the int one it equals)."""
+    _check_generation_id(c.generation_id, f"{where}.generation_id")
+    _check_int(c.step, f"{where}.step")
     if c.parent is not None:
         if type(c.parent) is not tuple or len(c.parent) != 2:
             raise _bad(f"{where}.parent", "a (generation_id, step) tuple", c.parent)
         _check_generation_id(c.parent[0], f"{where}.parent[0]")
         _check_int(c.parent[1], f"{where}.parent[1]")
-    if isinstance(c.time, bool) or not isinstance(c.time, numbers.Real):
-        raise _bad(f"{where}.time", "a real number", c.time)
 
 
 def _well_formed_worker(w: Any) -> bool:

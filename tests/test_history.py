@@ -518,3 +518,20 @@ def test_generations_by_latest_step_are_read_once_then_kept(monkeypatch):
         assert latest == _by_latest_afresh(history)[:3]
     assert built == []
     assert latest[0] == (230, 699, "c230") and latest[1] == (230, 230, "g230")
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("step", 1.0), ("step", True), ("parent", "ab"), ("parent", "a"), ("generation_id", None)],
+)
+def test_a_checkpoint_whose_place_is_malformed_is_refused_by_add_and_add_all(field, value):
+    # a float step replaced the checkpoint at the int step it equals; a str parent was
+    # unpacked: ancestry named generation "a", lineage a root (or a TypeError naming
+    # no field)
+    good = Checkpoint(None, {}, "g", None, None, 1, 0.0)
+    bad = good.replace(step=2, **{field: value}) if field != "step" else good.replace(step=value)
+    for add in (lambda h: h.add(bad), lambda h: h.add_all([good, bad, good.replace(step=5)])):
+        with pytest.raises(ValueError, match=rf"History.add\(checkpoint\).{field}"):
+            add(History().add(good))
+    # a value or time of another type is taken as it is (a history built by hand)
+    assert History().add(good.replace(value=1, time=0)).latest("g").value == 1
