@@ -382,8 +382,8 @@ def _numeric_parameters(
     optimizer_fn: Callable[..., Any], parameters: Mapping[str, Any]
 ) -> tuple[set[str], set[str], set[str]]:
     """The parameters of ``optimizer_fn`` that take floats, those that take ints, and
-    its flags (hinted ``bool``, or ``bool | None``), from their type hints (each read
-    once) and defaults.
+    its flags (hinted ``bool`` or ``bool | None``, or a bool default without a hint),
+    from their type hints (each read once) and defaults.
 
     Floats and not ints: a float default, or a hint that admits ``float`` but not
     ``int`` (``learning_rate: ScalarOrSchedule``); not ``seed: int`` nor ``key:
@@ -403,9 +403,12 @@ def _numeric_parameters(
         # (an int default, not a bool: muon's ns_steps, hinted as an ArrayLike)
         if takes_int and (type(default) is int or (not takes_float and type(default) is not float)):
             ints.add(name)
-        # (by the hint alone: lars's weight_decay_mask=True takes a mask too)
+        # (by the hint where there is one: lars's weight_decay_mask=True takes a mask too)
         hinted = typing.get_args(hint) or (hint,)
-        if bool in hinted and all(t is bool or t is type(None) for t in hinted):
+        unhinted = hint is None or hint is inspect.Parameter.empty
+        if (unhinted and type(default) is bool) or (
+            bool in hinted and all(t is bool or t is type(None) for t in hinted)
+        ):
             flags.add(name)
     return floats, ints, flags
 

@@ -337,16 +337,12 @@ def init(
     )
     pop = jax.jit(build)(key, member_keys, hparams)
     if hparams is not None and optimizer_hparams is None:  # (as the space's, in _init)
-        held = {
-            name: jnp.result_type(value)
-            for _, state in find_hparam_states(pop.train_state)
-            for name, value in state.hyperparams.items()
-        }
-        for name in sorted(_DECAY_RATES & held.keys() & hparams.keys()):
+        held = _rate_dtypes(pop.train_state)
+        for name in sorted(held.keys() & hparams.keys()):
             if not isinstance(hparams[name], jax.core.Tracer):  # (init inside jit: unread)
-                _check_rate(
-                    np.asarray(hparams[name]), held[name], f"init: hparams[{name!r}]", _RATE_ADVICE
-                )
+                for dtype in held[name]:
+                    label = f"init: hparams[{name!r}]"
+                    _check_rate(np.asarray(hparams[name]), dtype, label, _RATE_ADVICE)
     return pop
 
 
@@ -444,49 +440,64 @@ def _check_space_rates(
     who: str,
 ) -> None:
     """Refuses, while tracing, a decay rate (adam's ``b2``, ...) that ``space`` can give
-    below 1 where the optimizer's hyperparameter dtype holds it as 1 (``0.9999`` in
-    bfloat16): the optimizer would train with a rate that never decays (NaN updates)
-    while the lineage records the value drawn. Host mode's ``set_hparams`` refuses such
-    a value; a traced one cannot be checked where it is written, so the space is. Rates
-    written through ``optimizer_hparams`` are not checked (what reaches the optimizer is
-    its function's)."""
+    below 1 where it is stored, or where an injected state of the optimizer holds it, as 1
+    (``0.9999`` in bfloat16): the optimizer would train with a rate that never decays
+    (NaN updates) while the lineage records the value drawn. Host mode's ``set_hparams``
+    refuses such a value; a traced one cannot be checked where it is written, so the
+    space is. A space that reaches 1 admits 1 and is not checked; rates written through
+    ``optimizer_hparams`` are not either (what reaches the optimizer is its function's)."""
     if optimizer_hparams is not None or not isinstance(space, Mapping):
         return
-    held = {
-        name: jnp.result_type(value)
-        for _, state in find_hparam_states(train_state)
-        for name, value in state.hyperparams.items()
-    }
-    for name in sorted(_DECAY_RATES & held.keys() & space.keys() & hparams.keys()):
-        top = _top_below_one(space[name], jnp.result_type(hparams[name]))
-        if top is not None:
-            label = f"{who}: the largest value below 1 of space[{name!r}] ({space[name]})"
-            _check_rate(top, held[name], label, _RATE_ADVICE)
+    held = _rate_dtypes(train_state)
+    for name in sorted(held.keys() & space.keys() & hparams.keys()):
+        stored = jnp.result_type(hparams[name])
+        for value in _values_below_one(space[name], stored):
+            label = f"{who}: space[{name!r}] ({space[name]}) gives a value"
+            for dtype in (stored, *held[name]):
+                _check_rate(value, dtype, label, _RATE_ADVICE)
 
 
-def _top_below_one(leaf: Any, stored: Any) -> np.ndarray | None:
-    """The largest value below 1 a hyperparameter of ``leaf`` (a space, or a constant)
-    stored as ``stored`` can hold, as a 0-d array of that dtype; ``None`` if none."""
+def _rate_dtypes(train_state: Any) -> dict[str, list[Any]]:
+    """Each decay rate the optimizer injects (``hparams._DECAY_RATES``): the dtypes of the
+    injected states that hold it (a chain of optimizers may hold it in several)."""
+    held: dict[str, list[Any]] = {}
+    for _, state in find_hparam_states(train_state):
+        for name, value in state.hyperparams.items():
+            if name in _DECAY_RATES:
+                held.setdefault(name, []).append(jnp.result_type(value))
+    return held
+
+
+def _values_below_one(leaf: Any, stored: Any) -> list[np.ndarray]:
+    """The values below 1 of ``leaf`` (a space, or a constant) that decide whether a rate
+    stored as ``stored`` is held as 1 somewhere, as float64 0-d arrays: a uniform's
+    largest draw (its draws are in ``stored``, clipped to its bounds), a choice's values
+    and a constant as given (stored, they are rounded). None for a space that reaches 1
+    (it admits 1) or a dtype that is no float."""
     if not jnp.issubdtype(stored, jnp.floating):
-        return None
-    one, zero = np.asarray(1, stored), np.asarray(0, stored)
-    below = np.nextafter(one, zero)
+        return []
     if isinstance(leaf, (explore_lib.Uniform, explore_lib.LogUniform)):
-        top = np.asarray(min(leaf.high, 1.0), stored)
-        top = below if top >= one else top
-        return top if float(top) >= leaf.low else None
+        if leaf.high >= 1:
+            return []
+        top = np.asarray(leaf.high, stored)
+        if top > leaf.high:  # (rounded up: the draws are clipped below it)
+            top = np.nextafter(top, np.asarray(0, stored))
+        return [np.asarray(top, np.float64)] if top >= leaf.low else []
     if isinstance(leaf, explore_lib.Choice):
-        candidates = [leaf.values] if not leaf.numeric else leaf.values
+        candidates = list(leaf.values) if leaf.numeric else []
     elif isinstance(leaf, explore_lib._Leaf):
-        return None  # (randint: no rate)
+        return []  # (randint: no rate)
     else:
         candidates = [leaf]
-    try:
-        values = [np.asarray(v, stored) for v in candidates]
-    except (TypeError, ValueError):
-        return None
-    values = [v for v in values if v.ndim == 0 and v < one]
-    return max(values, key=float) if values else None
+    values = []
+    for value in candidates:
+        try:
+            number = np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            continue
+        if number.ndim == 0 and 0 < number < 1:
+            values.append(number)
+    return values
 
 
 def _check_space_constants(space: Any) -> None:
@@ -723,10 +734,8 @@ def exploit_explore(
     parents = jnp.asarray(selection(select_key, ordered), jnp.int32)
     copied = parents != members
 
-    if _explores_a_space(explore):  # (dtypes are static: this raises while tracing)
-        _check_space_rates(
-            pop.train_state, pop.hparams, space, optimizer_hparams, "exploit_explore"
-        )
+    # (dtypes are static: this raises while tracing; whatever explores, mf_pbt_round's too)
+    _check_space_rates(pop.train_state, pop.hparams, space, optimizer_hparams, "exploit_explore")
     gathered = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.train_state)
     inherited = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.hparams)
     # (no hyperparameters: nothing to explore, and no space needed)

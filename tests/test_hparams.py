@@ -1167,3 +1167,15 @@ def test_as_traced_with_dtype_none_takes_a_typed_key_as_it_is():
         warnings.simplefilter("error")  # (np.result_type(key) warned, deprecated)
         out = as_traced({"key": key, "lr": 0.1}, dtype=None)
     assert out["key"].dtype == key.dtype and out["lr"].dtype == jnp.float32
+
+
+def test_an_unhinted_parameter_with_a_bool_default_is_a_flag():
+    # (flags were read from the hint alone for a moment: a user's unhinted nesterov=1
+    # failed in the first jitted update again, and "False" was True)
+    def my_sgd(learning_rate, momentum=0.9, nesterov=False):
+        return optax.sgd(learning_rate, momentum, nesterov)
+
+    for flag in (1, "False"):
+        with pytest.raises(TypeError, match="argument 'nesterov' is a flag"):
+            make_optimizer(my_sgd, {"learning_rate": 0.1}, nesterov=flag)
+    make_optimizer(my_sgd, {"learning_rate": 0.1}, nesterov=True)

@@ -1048,13 +1048,13 @@ def test_a_decay_rate_the_optimizers_dtype_holds_as_1_is_refused_while_tracing()
     # optimizer trained with b2 = 1 (NaN params) while the lineage recorded 0.9988
     # (host mode's set_hparams refuses the value; traced, it was cast unchecked)
     bad = {"b2": explore.uniform(0.98, 0.9999)}
-    with pytest.raises(ValueError, match=r"init: the largest value below 1 of space\['b2'\]"):
+    with pytest.raises(ValueError, match=r"init: space\['b2'\] .* gives a value"):
         vz.init(root_key(0), _adam_state(jnp.bfloat16), bad, 4)
     with pytest.raises(ValueError, match=r"init: hparams\['b2'\]\[1\] = 0.9998.* is 1 in bfloat16"):
         vz.init(root_key(0), _adam_state(jnp.bfloat16), hparams={"b2": [0.99, 0.9999]})
     good = {"b2": explore.uniform(0.98, 0.99)}
     pop = vz.init(root_key(0), _adam_state(jnp.bfloat16), good, 4)
-    with pytest.raises(ValueError, match="exploit_explore: the largest value below 1"):
+    with pytest.raises(ValueError, match=r"exploit_explore: space\[.b2.\] .* gives a value"):
         vz.exploit_explore(pop, jnp.arange(4.0), root_key(1), space=bad)
     # float32 hyperparameters hold the space (and a choice of values below 1 is read too)
     vz.init(root_key(0), _adam_state(jnp.float32), bad, 4)
@@ -1073,3 +1073,30 @@ def test_a_space_constant_members_cannot_hold_is_refused_as_given_hparams_are():
         vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, {"lr": lr, "net": "cnn"}, 2)
     pop = vz.init(root_key(0), lambda k: {"w": jnp.zeros(2)}, {"lr": lr, "c": 3, "d": 0.5}, 2)
     assert pop.hparams["c"].tolist() == [3, 3] and pop.hparams["d"].tolist() == [0.5, 0.5]
+
+
+def test_the_rate_check_reads_every_injected_state_admits_1_and_covers_mf_rounds():
+    # a chain of a bfloat16 and a float32 adam was checked against the last state's
+    # dtype only; a space reaching 1 was refused under x64 alone (it admits 1); a
+    # choice stored as bfloat16 was rounded before the check; mf_pbt_round's explore was
+    # not checked at all
+    def chained(first, second):
+        make = functools.partial(make_optimizer, optax.adam, {"learning_rate": 1e-3, "b2": 0.99})
+        tx = optax.chain(make(hyperparam_dtype=first), make(hyperparam_dtype=second))
+        return lambda k: {"w": jnp.zeros(3), "opt": tx.init({"w": jnp.zeros(3)})}
+
+    bad = {"b2": explore.uniform(0.98, 0.9999)}
+    for order in ((jnp.bfloat16, jnp.float32), (jnp.float32, jnp.bfloat16)):
+        with pytest.raises(ValueError, match="is 1 in bfloat16"):
+            vz.init(root_key(0), chained(*order), bad, 4)
+    vz.init(root_key(0), _adam_state(jnp.float32), {"b2": explore.uniform(0.9, 1.0)}, 4)
+    pop = vz.init(root_key(0), _adam_state(jnp.bfloat16), hparams={"b2": [0.98, 0.98]})
+    with pytest.raises(ValueError, match=r"0\.9995 is 1 in bfloat16"):
+        vz.exploit_explore(pop, jnp.arange(2.0), space={"b2": explore.choice([0.98, 0.9995])})
+    from jaxpop import vectorized_mf
+
+    good = vz.init(root_key(0), _adam_state(jnp.bfloat16), {"b2": explore.uniform(0.98, 0.99)}, 4)
+    with pytest.raises(ValueError, match="is 1 in bfloat16"):
+        vectorized_mf.mf_pbt_round(
+            good, jnp.arange(4.0), 1, root_key(1), space=bad, frequencies=(1,)
+        )
