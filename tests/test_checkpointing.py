@@ -764,12 +764,20 @@ def test_collect_garbage_deletes_replaced_handles(store):
     gen = controller.active_workers[0].generation_id
     first = store.save(gen, 1, {"a": np.ones(2)})
     controller.set_eval(0, gen, 1, first, 1.0)
-    controller.set_eval(0, gen, 2, store.save(gen, 2, {"a": np.ones(2)}), 3.0)
+    second = store.save(gen, 2, {"a": np.ones(2)})
+    controller.set_eval(0, gen, 2, second, 3.0)
     store.wait()
     assert store.collect_garbage(controller, keep_best=1).deleted == ()  # first is the best
-    controller.set_eval(0, gen, 1, store.save(gen, 1, {"a": np.ones(2)}), 2.0)  # re-report
+    controller.set_eval(0, gen, 2, store.save(gen, 2, {"a": np.ones(2)}), 2.0)  # re-report
     store.wait()
-    assert store.collect_garbage(controller, keep_best=1).deleted == (first,)
+    assert store.collect_garbage(controller, keep_best=1).deleted == (second,)
+    # a re-report of step 1, which step 2 was trained from: the old one stays in the
+    # history (a kept generation: step 2's lineage), and is kept as the best
+    rerun = store.save(gen, 1, {"a": np.ones(2)})
+    controller.set_eval(0, gen, 1, rerun, 2.5)
+    store.wait()
+    assert store.collect_garbage(controller, keep_best=1).deleted == (rerun,)
+    assert [c.params for c in controller.history.lineage(gen, 2)][1] == first
 
 
 def test_collect_garbage_keeps_a_lineages_last_finished_save_while_a_newer_one_runs(store):

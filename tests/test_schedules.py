@@ -1377,3 +1377,21 @@ def test_a_damaged_array_dtype_or_shape_is_an_error_not_another_value(field, val
     with pytest.raises(ValueError, match="malformed 'ndarray' value"):
         S.from_json(_document({**array, field: value}))
     assert S.from_json(_document(array)).as_dict()[10]["lr"].shape == (2, 2)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # (checkpoint_missing says what it did)
+def test_a_step_rerun_and_then_missing_is_no_fresh_start_of_the_steps_trained_from_it():
+    # after step 10 was rerun, (A, 20)'s parent is the kept old (A, 10); once that one's
+    # params were reported missing, from_lineage read it as a generation's fresh start:
+    # the schedule began at step 10, not 0
+    mutator = WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] / 2}, steps_per_exploit=10)
+    c = PopulationController([{"lr": 0.1}, {"lr": 0.2}], mutator, seed=0)
+    a = c.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    b = c.maybe_get_worker_data(1, None, 0, None, None).generation_id
+    c.set_eval(0, a, 10, "A10", 0.1)
+    copy = c.set_eval_and_ask(1, b, 10, "B10", 0.9)  # worker 1 copies (A, 10)
+    c.set_eval(0, a, 20, "A20", 0.05)
+    c.set_eval(0, a, 10, "A10-rerun", 0.08)  # worker 0 reran step 10
+    c.checkpoint_missing(1, copy.generation_id, copy.step)  # "A10" is gone
+    assert [x.params for x in c.history.lineage(a, 20)] == [None, None, "A20"]
+    assert S.from_lineage(c.history, a, step=20).as_dict() == {0: {"lr": 0.1}}

@@ -257,6 +257,12 @@ def _trained_from(chain: list[Checkpoint], i: int) -> int:
     return checkpoint.step
 
 
+def _own(generation_id: str) -> str:
+    """The generation whose training ``generation_id``'s checkpoints are: its own, or,
+    for a kept generation, the one it was kept from."""
+    return kept_from(generation_id) or generation_id
+
+
 def _fresh_start(chain: list[Checkpoint]) -> int:
     """The index in ``chain`` where the member's parameters were last initialised afresh.
 
@@ -271,11 +277,10 @@ def _fresh_start(chain: list[Checkpoint]) -> int:
         if checkpoint.params is not None:
             held_at = checkpoint.step
             continue
-        parent = checkpoint.parent  # (one kept when its step was rerun: still its own)
-        starts_generation = parent is None or (
-            parent[0] != checkpoint.generation_id
-            and kept_from(parent[0]) != checkpoint.generation_id
-        )
+        # (a kept generation, kept when a step was rerun, counts as the one it was kept
+        # from: a link between the two is within one generation's training)
+        parent = checkpoint.parent
+        starts_generation = parent is None or _own(parent[0]) != _own(checkpoint.generation_id)
         if starts_generation and held_at != checkpoint.step:
             return i
     return 0
