@@ -801,3 +801,49 @@ def test_the_explorer_keeps_numpy_numbers_as_python_s():
     explorer = PB2Explorer(SPACE, beta=np.float32(0.5), min_interval=np.float16(2.0))
     assert (explorer.beta, explorer.min_interval) == (0.5, 2.0)
     assert type(explorer.beta) is float and type(explorer.min_interval) is float
+
+
+def _train_quadratic(pop, rounds=40, workers=4):
+    """Workers minimising (x - 3)^2 by gradient steps of size lr, asking and reporting."""
+    local = {}
+    for _ in range(rounds):
+        for i in range(workers):
+            gen, step, x, meta = local.get(i, (None, None, 0.0, None))
+            work = pop.maybe_get_worker_data(i, gen, step, x, meta)
+            if work is not None:
+                x = 0.0 if work.params is None else work.params
+                gen, step, meta = work.generation_id, work.step, work.meta_params
+            x, step = x - meta["lr"] * 2 * (x - 3.0), step + 1
+            pop.set_eval(i, gen, step, x, (x - 3.0) ** 2)
+            local[i] = (gen, step, x, meta)
+
+
+def test_a_choice_between_arrays_is_explores_clear_error_not_numpys():
+    # PB2's bandit compared a choice's arrays with ==: "The truth value of an array with
+    # more than one element is ambiguous", before explore could say what is wrong
+    a, b = np.array([1, 2]), np.array([3, 4])
+    space = {"lr": ex.uniform(0.0, 1.0), "c": ex.choice([a, b])}
+    initial = [{"lr": 0.1 * (i + 1), "c": [a, b][i % 2]} for i in range(4)]
+    mutator = PB2(perturbation_interval=4, hyperparam_space=space, min_observations=1)
+    with pytest.raises(TypeError, match="works on single values only"):
+        _train_quadratic(PopulationController(initial, mutator, seed=0))
+
+
+def test_an_int_past_a_float_in_a_numeric_choice_is_its_nearest_value_not_an_overflow():
+    # PB2 read a worker's width=10**400 (clip takes it, as the nearest choice, 3) with
+    # float(): a bare OverflowError at every later report, the run stuck
+    space = {"lr": ex.uniform(0.0, 1.0), "width": ex.choice([1, 2, 3])}
+    initial = [{"lr": 0.1 * (i + 1), "width": 2} for i in range(4)]
+    initial[3]["width"] = 10**400
+    pop = PopulationController(
+        initial, PB2(perturbation_interval=4, hyperparam_space=space, min_observations=4), seed=0
+    )
+    _train_quadratic(pop)
+    assert pop.decision_counts.copies > 0
+    assert all(w.meta_params["width"] in (1, 2, 3, 10**400) for w in pop.active_workers)
+
+
+def test_reward_changes_checks_min_interval():
+    for bad, error in ((math.nan, ValueError), (math.inf, ValueError), ("5", TypeError)):
+        with pytest.raises(error, match="min_interval"):
+            reward_changes(History(), min_interval=bad)

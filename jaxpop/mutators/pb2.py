@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -231,6 +232,7 @@ def reward_changes(
     """
     if window is not None:
         window = check_number("window", window, integer=True)
+    min_interval = check_number("min_interval", min_interval, inclusive=True)
     sign = -1.0 if history.mode == "min" else 1.0
     kept: list[tuple[int, int, RewardChange]] = []
     memo: dict[CheckpointRef, float | None] = {}  # (copied values, read once per chain)
@@ -286,7 +288,7 @@ def _scalar(value: Any) -> float | None:
     if isinstance(value, numbers.Real) or (np.ndim(value) == 0 and hasattr(value, "dtype")):
         try:
             x = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # (an int past a float: no number)
             return None
         return x if math.isfinite(x) else None
     return None
@@ -296,13 +298,36 @@ def _choice_index(leaf: explore_lib.Choice, value: Any) -> int | None:
     if value is _MISSING:
         return None
     number = _scalar(value)
+    if number is None and leaf.numeric and _is_int(value):
+        number = _clamped(value)  # (an int past a float: nearest the largest, as clip)
     for i, v in enumerate(leaf.values):
         is_number = isinstance(v, numbers.Real) and not isinstance(v, bool)
-        if is_number == (number is not None) and (v == value if number is None else v == number):
+        if is_number == (number is not None) and _same(v, value if number is None else number):
             return i
     if leaf.numeric and number is not None:
-        return int(np.argmin([abs(float(v) - number) for v in leaf.values]))
+        return int(np.argmin([abs(_clamped(v) - number) for v in leaf.values]))
     return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _clamped(value: Any) -> float:
+    """``float(value)``, an int past a float's range as the largest float of its sign."""
+    try:
+        return float(value)
+    except OverflowError:
+        return sys.float_info.max if value > 0 else -sys.float_info.max
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` as one bool; ``False`` where it is none (arrays of several elements:
+    explore says what is wrong with such a choice)."""
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
 
 
 def _encode_number(leaf: Any, x: float) -> float:
