@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from jaxpop.checkpointing import check_directory
 from jaxpop.report.data import NotARunError, SeveralRunsError, find_run_dir
 
 __all__ = ["log_dir_arg", "log_dir_problem"]
@@ -24,16 +25,22 @@ def log_dir_arg(text: str) -> str:
     return text
 
 
-def log_dir_problem(log_dir: str, *, run_below: bool = True) -> str | None:
+def log_dir_problem(log_dir: str, *, run_below: bool = True, params: bool = False) -> str | None:
     """Why ``log_dir`` cannot be an example's ``--log-dir`` (what to pass instead), or
     ``None`` when it can (a new folder, or one holding the example's own run).
 
     ``run_below``: the example keeps its run in ``<log-dir>/population``; else in
     ``log_dir`` itself. Runs are found as ``jaxpop report`` finds them
-    (:func:`jaxpop.report.data.find_run_dir`).
+    (:func:`jaxpop.report.data.find_run_dir`). ``params``: it keeps checkpoints in
+    ``<log-dir>/params`` (a ``ParamStore``: :func:`jaxpop.checkpointing.check_directory`).
     """
     if os.path.exists(log_dir) and not os.path.isdir(log_dir):
         return f"--log-dir {log_dir} is a file: pass a folder (a new one starts a run)"
+    if params:
+        try:
+            check_directory(os.path.abspath(os.path.join(log_dir, "params")))
+        except ValueError as e:
+            return f"--log-dir {log_dir}: {e}"
     try:
         run_dir = find_run_dir(log_dir)
     except SeveralRunsError:  # (runs below: the synthetic example's would go beside them)

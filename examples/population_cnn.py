@@ -363,7 +363,7 @@ def add_flags(
             "--reconfigure",
             action="store_true",
             help="resume a --log-dir's run with other mutator settings (say another "
-            "--steps-per-exploit); without it that is refused",
+            "exploit interval); without it that is refused",
         )
     parser.add_argument(
         "--log",
@@ -831,7 +831,7 @@ def parse(
     seconds = getattr(args, "seconds_per_exploit", 1.0)  # (complex_cnn)
     if not (0 < seconds < float("inf")):
         parser.error(f"--seconds-per-exploit must be a positive number of seconds, got {seconds}")
-    problem = log_dir_problem(args.log_dir)  # (before anything is written there)
+    problem = log_dir_problem(args.log_dir, params=True)  # (before anything is written there)
     if problem is not None:
         parser.error(problem)
     args.log = parse_backends([*args.log, *(["tensorboard"] * args.tensorboard)])

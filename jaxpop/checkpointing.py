@@ -61,6 +61,7 @@ __all__ = [
     "GarbageReport",
     "MissingCheckpointError",
     "ParamStore",
+    "check_directory",
     "retained_handles",
 ]
 
@@ -773,9 +774,15 @@ def _without_frames(error: BaseException) -> BaseException:
     return error
 
 
-def _check_directory(path: str) -> str:
-    """``path`` (absolute), or ``ValueError`` for one Orbax cannot save under: it would
-    write there and report success, but the checkpoint could not be restored."""
+def check_directory(path: str) -> str:
+    """``path`` (absolute), or ``ValueError`` for a directory Orbax cannot save under: it
+    would write there and report success, but the checkpoint could not be restored (a
+    glob character class such as ``run[lr=0.1]``, a backslash, a name not UTF-8).
+    :class:`ParamStore` checks its directory so; call it to check a path up front.
+
+    >>> check_directory("/tmp/runs/lr-0.1")
+    '/tmp/runs/lr-0.1'
+    """
     # a component a glob pattern does not match itself: one holding a "[...]" class
     if not all(fnmatch.fnmatchcase(part, part) for part in path.split(os.sep)):
         raise ValueError(
@@ -839,7 +846,7 @@ class ParamStore:
             raise TypeError(f"max_pending must be an int, got {type(max_pending).__name__}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
-        self._directory = _check_directory(os.path.abspath(os.fsdecode(directory)))
+        self._directory = check_directory(os.path.abspath(os.fsdecode(directory)))
         os.makedirs(self._directory, exist_ok=True)
         if self.durability == "fsync":  # (its entry, if it was just made)
             sync_dir(os.path.dirname(self._directory))

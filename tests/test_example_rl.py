@@ -155,3 +155,37 @@ def test_fixed_runs_may_be_one_round_and_run_checks_its_steps(train, tmp_path):
     (tmp_path / "summary.json").write_text("{}")
     train._open_log(str(tmp_path), overwrite=False, members=8).close()
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_overwrite_never_deletes_a_run_another_process_is_writing(train, run, tmp_path):
+    # --overwrite removed the folder while the first run trained on: that run died
+    # (LogDirDeletedError) and its history was gone
+    import shutil
+    import subprocess
+
+    _, logdir = run
+    shutil.copytree(logdir / "population", tmp_path / "population")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "population")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit, match="in use by another live jaxpop controller"):
+            train._open_log(str(tmp_path), True, MEMBERS)
+        assert storage.read_state(tmp_path / "population") is not None  # (untouched)
+    finally:
+        holder.kill()
+        holder.wait()
+    train._open_log(str(tmp_path), True, MEMBERS).close()  # free now: replaced
+    assert storage.read_state(tmp_path / "population") is None
+
+
+HOLD = """
+import sys, time
+from jaxpop import storage
+store = storage.Store(sys.argv[1])
+print("held", flush=True)
+time.sleep(600)
+"""

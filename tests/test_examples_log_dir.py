@@ -92,3 +92,15 @@ def test_an_empty_log_dir_or_a_file_is_a_usage_error(which, tmp_path, capsys, mo
         expected = "an empty path names no folder" if which == "empty" else "is a file"
         assert expected in err
     assert sorted(os.listdir(tmp_path)) == ([] if which == "empty" else ["a_file"])
+
+
+@pytest.mark.parametrize("name", ["run[lr=0.1]", "a\\b"])
+def test_a_log_dir_orbax_cannot_restore_from_is_a_usage_error_before_anything_is_written(
+    tmp_path, name, capsys
+):
+    # the CNN examples made the run's folder, then raised ParamStore's ValueError as a
+    # traceback (the vectorized one left a lock file behind)
+    log_dir = tmp_path / name
+    for main in (simple_cnn.main, complex_cnn.main, vectorized.main):
+        assert "ParamStore's directory" in _refused(main, ["--log-dir", str(log_dir)], capsys)
+    assert not log_dir.exists()
