@@ -18,8 +18,8 @@ def test_every_mutator_decides_and_is_timed_per_decision():
     assert {row["mutator"] for row in rows} == {*decisions.mutators(), "fire_curves", *durable}
     for row in rows:
         assert row["decisions"] > 0, row["mutator"]
-        # a schedule never copies; every search does, on these values
-        assert (row["copies"] > 0) == (row["mutator"] != "fixed_schedule"), row["mutator"]
+        # a schedule (and the keeping floor) never copies; every search does, on these values
+        assert (row["copies"] > 0) == (row["mutator"] not in ("fixed_schedule", "floor_keep"))
         assert row["us_per_decision"] > 0 and row["us_per_eval_median"] > 0, row["mutator"]
         if row["mutator"].startswith(("pbt_truncation", "pbt_tournament")):
             # each timed set_eval decides once; the untimed first round's are not counted

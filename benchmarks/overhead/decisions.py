@@ -5,7 +5,10 @@ for a population: PBT (asynchronous truncation and tournament selection, and a
 synchronous round), ``WinnerTakeAllGenetic``, ``FirePBT`` (two sub-populations of 3/8
 of the workers each and a quarter of evaluators), ``MultipleFrequenciesPBT`` (two
 sub-populations, frequencies 1 and 2) and a ``FixedSchedule`` whose value changes at
-every step (each report starts a generation; it never copies). PB2 decides as PBT does;
+every step (each report starts a generation; it never copies), and two floors: mutators
+with no logic of their own that count a decision per report and keep going
+(``floor_keep``) or start a generation from the reporter's evaluation (``floor_copy``):
+what any decision costs through the controller. PB2 decides as PBT does;
 its explore, a GP fit, is timed by ``benchmarks/pb2_explore.py``.
 Every worker reports at every step with an interval of 1, so each
 asynchronous PBT ``set_eval`` decides for its worker (and a round ends at each step's
@@ -33,6 +36,7 @@ decisions on a durable controller (a ``log_dir`` in a temporary directory,
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
@@ -52,7 +56,8 @@ from jaxpop.mutators import (
     WinnerTakeAllGenetic,
     explore,
 )
-from jaxpop.records import ActiveWorker
+from jaxpop.mutators.base import DecisionCounts, Mutator, start_generation
+from jaxpop.records import ActiveWorker, with_replaced
 
 SIZES = (8, 64, 256)  # population sizes
 DURABLE = ("pbt_truncation", "fire")  # also timed with a log_dir (rows "<name>+log")
@@ -84,7 +89,36 @@ def mutators() -> dict[str, Callable[[int], Any]]:
         ),
         # a schedule that changes at every step: each report starts a generation
         "fixed_schedule": lambda n: FixedSchedule(_decaying_lr, every=1),
+        # the floors: what a decision costs through the controller with no logic of its
+        # own, counting one decision per report and keeping going, or copying itself
+        "floor_keep": lambda n: Mutator(init=int, update=_count, counts=_kept),
+        "floor_copy": lambda n: Mutator(
+            init=int, update=functools.partial(_copy_reporter, n), counts=_copied
+        ),
     }
+
+
+def _count(count, workers, history, now, key):
+    return count + 1, workers, ()
+
+
+def _kept(count: int) -> DecisionCounts:
+    return DecisionCounts(count, 0)
+
+
+def _copied(count: int) -> DecisionCounts:
+    return DecisionCounts(count, count)
+
+
+def _copy_reporter(n, count, workers, history, now, key):
+    """Starts a generation from the reporter's evaluation, with its hyperparameters: the
+    reporter of the benchmark's ``count``-th report is worker ``count % n`` (they report
+    in turn)."""
+    i = count % n
+    worker, start = start_generation(
+        history.latest_evaluated(workers[i].generation_id), workers[i].meta_params, key, i, now
+    )
+    return count + 1, with_replaced(workers, [(i, worker)]), (start,)
 
 
 def _decaying_lr(step: int) -> dict[str, float]:
