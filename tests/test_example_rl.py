@@ -182,6 +182,25 @@ def test_overwrite_never_deletes_a_run_another_process_is_writing(train, run, tm
     assert storage.read_state(tmp_path / "population") is None
 
 
+def test_a_refused_open_leaves_the_run_and_its_live_store_as_they_were(train, run, tmp_path):
+    # (the first fix read the run through a Store of its own: a refused second main() in
+    # this process took the first one's run over, and repaired a torn journal it refused)
+    import shutil
+
+    _, logdir = run
+    shutil.copytree(logdir / "population", tmp_path / "population")
+    live = storage.Store(tmp_path / "population")
+    live.start(live.load())
+    files = {p.name: p.read_bytes() for p in (tmp_path / "population").iterdir()}
+    with pytest.raises(SystemExit, match="already holds a run"):
+        train._open_log(str(tmp_path), False, MEMBERS)
+    live.write_file("probe", b"x")  # (not superseded)
+    assert not live.superseded
+    live.close()
+    for name, data in files.items():
+        assert (tmp_path / "population" / name).read_bytes() == data, name
+
+
 HOLD = """
 import sys, time
 from jaxpop import storage

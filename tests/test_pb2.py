@@ -847,3 +847,8 @@ def test_reward_changes_checks_min_interval():
     for bad, error in ((math.nan, ValueError), (math.inf, ValueError), ("5", TypeError)):
         with pytest.raises(error, match="min_interval"):
             reward_changes(History(), min_interval=bad)
+
+
+def test_a_choice_of_ints_past_a_float_finds_each_by_its_exact_value():
+    leaf = ex.choice([10**400, 10**401, 3])
+    assert [pb2._choice_index(leaf, v) for v in (10**400, 10**401, 3)] == [0, 1, 2]

@@ -211,30 +211,30 @@ def _default_logdir(args: argparse.Namespace) -> str:
 def _open_log(logdir: str, overwrite: bool, members: int) -> storage.Store:
     path = os.path.join(logdir, "population")
     if os.path.isdir(path):
-        # held (its lock) while it is read and replaced: a run another process is still
-        # writing is never deleted under it
-        try:
-            old = storage.Store(path)
-        except storage.LogDirInUseError as e:
-            raise SystemExit(f"{logdir}: {e}") from None
-        try:
-            try:
-                held = old.load() is not None
-            except storage.CorruptLogError as e:
-                if not overwrite:
-                    raise SystemExit(
-                        f"{logdir} holds a damaged run ({e}); pass --overwrite to replace it"
-                    ) from None
-                held = True
-            if held and not overwrite:
+        try:  # (read as jaxpop report reads it: no lock taken, nothing written)
+            held = storage.read_state(path) is not None
+        except storage.CorruptLogError as e:
+            if not overwrite:
                 raise SystemExit(
-                    f"{logdir} already holds a run; pass --overwrite to replace it, or another "
-                    "--logdir"
-                )
-            if held:
+                    f"{logdir} holds a damaged run ({e}); pass --overwrite to replace it"
+                ) from None
+            held = True
+        if held and not overwrite:
+            raise SystemExit(
+                f"{logdir} already holds a run; pass --overwrite to replace it, or another --logdir"
+            )
+        if held:  # replaced under its lock: a run another process still writes never is
+            try:
+                old = storage.Store(path)
+            except storage.LogDirInUseError as e:
+                raise SystemExit(f"{logdir}: {e}") from None
+            except storage.CorruptLogError:  # (its lock is no regular file: none holds it)
+                old = None
+            try:
                 shutil.rmtree(path)
-        finally:
-            old.close()
+            finally:
+                if old is not None:
+                    old.close()
     with contextlib.suppress(FileNotFoundError):  # (the replaced run's: not this one's)
         os.remove(os.path.join(logdir, "summary.json"))
     return storage.Store(path, run=vz.run_description(members))

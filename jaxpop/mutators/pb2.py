@@ -298,11 +298,12 @@ def _choice_index(leaf: explore_lib.Choice, value: Any) -> int | None:
     if value is _MISSING:
         return None
     number = _scalar(value)
+    exact = value if number is None else number
     if number is None and leaf.numeric and _is_int(value):
         number = _clamped(value)  # (an int past a float: nearest the largest, as clip)
     for i, v in enumerate(leaf.values):
         is_number = isinstance(v, numbers.Real) and not isinstance(v, bool)
-        if is_number == (number is not None) and _same(v, value if number is None else number):
+        if is_number == (number is not None) and _same(v, exact):
             return i
     if leaf.numeric and number is not None:
         return int(np.argmin([abs(_clamped(v) - number) for v in leaf.values]))
