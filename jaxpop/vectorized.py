@@ -472,7 +472,7 @@ def _values_below_one(leaf: Any, stored: Any) -> list[np.ndarray]:
     """The values below 1 of ``leaf`` (a space, or a constant) that decide whether a rate
     stored as ``stored`` is held as 1 somewhere, as float64 0-d arrays: a uniform's
     largest draw (its draws are in ``stored``, clipped to its bounds), a choice's values
-    and a constant as given (stored, they are rounded). None for a space that reaches 1
+    and a constant as given (stored, they are rounded). Empty for a space that reaches 1
     (it admits 1) or a dtype that is no float."""
     if not jnp.issubdtype(stored, jnp.floating):
         return []
