@@ -128,7 +128,9 @@ def make_optimizer(
     ``static_args``, booleans, and the sizes optax reads in Python (adafactor's
     ``min_dim_size_to_factor`` and ``decay_offset``, lbfgs's ``memory_size``, galore's
     ``rank``: injected, a jitted update fails) unless ``meta_params`` gives them, are
-    baked in.
+    baked in, and so are the arguments optax copies into its state at ``init`` (momo's
+    ``lower_bound``, adagrad's ``initial_accumulator_value``, ...: a written value would
+    change nothing), which ``meta_params`` may not give.
 
     Args:
       optimizer_fn: an optax optimizer factory, e.g. ``optax.adam``, ``optax.adamw``.
@@ -160,7 +162,8 @@ def make_optimizer(
         :func:`_numeric_parameters`) is a float that is not whole; or a flag (a bool
         default, or a ``bool`` hint) is not a bool (``nesterov=1``, ``"False"``) or is
         a traced one.
-      ValueError: an argument is given both by ``meta_params`` and ``fixed``; or a
+      ValueError: an argument is given both by ``meta_params`` and ``fixed``, or by
+        ``meta_params`` where optax reads it only at ``init``; or a
         value ``hyperparam_dtype`` cannot hold (it overflows, or underflows to 0 or to a
         subnormal XLA computes with as 0, or a
         decay rate below 1 rounds to 1), the defaults left to optax included (adam's
@@ -202,6 +205,19 @@ def make_optimizer(
     # sizes optax reads in Python: injected, each is an array and a jitted update fails
     # deep in optax; baked in unless meta_params gives them
     read_in_python = [n for n in _READ_IN_PYTHON if n in parameters and n not in selected]
+    # arguments optax copies into its own state at init (momo's lower_bound): injected, a
+    # value set_hparams wrote would be read back but never used; baked in, and refused
+    # where meta_params gives them (a perturbed value would change nothing)
+    where = (getattr(optimizer_fn, "__module__", ""), getattr(optimizer_fn, "__qualname__", ""))
+    read_at_init = _READ_AT_INIT.get(where, ())
+    for name in read_at_init:
+        if name in selected:
+            raise ValueError(
+                f"{_name(optimizer_fn)} reads {name!r} only when its state is made (optax "
+                "keeps a copy in the state): set_hparams could never change it; pass it as "
+                "a fixed argument, not in meta_params"
+            )
+    read_in_python += [n for n in read_at_init if n in parameters]
     # a callable default (adafactor's dtype_momentum=jnp.float32) that the call leaves to
     # optax: injected, optax would take it for a schedule (and init fail once another
     # argument, momentum, is given): baked in as the optimizer's own
@@ -371,6 +387,17 @@ _NOT_FLOATS = (
     list,
     tuple,
 )
+
+#: ``(module, name) -> arguments`` an optax optimizer copies into its state at ``init``
+#: and never reads again: injected, a value :func:`set_hparams` wrote would change nothing
+_READ_AT_INIT: dict[tuple[str, str], tuple[str, ...]] = {
+    ("optax._src.alias", "adagrad"): ("initial_accumulator_value",),
+    ("optax._src.alias", "rmsprop"): ("initial_scale",),
+    ("optax.contrib._dadapt_adamw", "dadapt_adamw"): ("estim_lr0",),
+    ("optax.contrib._prodigy", "prodigy"): ("estim_lr0",),
+    ("optax.contrib._momo", "momo"): ("lower_bound",),
+    ("optax.contrib._momo", "momo_adam"): ("lower_bound",),
+}
 
 #: optax arguments its optimizers read in Python (a shape test, a ``range``): never
 #: injected unless ``meta_params`` gives them (adafactor's, lbfgs's, galore's ``rank``:

@@ -1179,3 +1179,21 @@ def test_an_unhinted_parameter_with_a_bool_default_is_a_flag():
         with pytest.raises(TypeError, match="argument 'nesterov' is a flag"):
             make_optimizer(my_sgd, {"learning_rate": 0.1}, nesterov=flag)
     make_optimizer(my_sgd, {"learning_rate": 0.1}, nesterov=True)
+
+
+def test_an_argument_optax_reads_only_at_init_is_baked_in_and_refused_from_meta_params():
+    # momo's lower_bound (kept in MomoState.lb at init): set_hparams wrote 0.5, read it
+    # back, and the update went on with 0.0
+    import optax.contrib
+
+    tx = make_optimizer(optax.contrib.momo, learning_rate=1.0, lower_bound=0.5)
+    state = tx.init(PARAMS)
+    assert "lower_bound" not in get_hparams(state)
+    with pytest.raises(KeyError, match="lower_bound"):
+        set_hparams(state, {"lower_bound": 0.1})
+    for fn, name in (
+        (optax.contrib.momo, "lower_bound"),
+        (optax.adagrad, "initial_accumulator_value"),
+    ):
+        with pytest.raises(ValueError, match=f"reads '{name}' only when its state is made"):
+            make_optimizer(fn, {"learning_rate": 0.1, name: 0.5})
