@@ -210,6 +210,9 @@ def make_optimizer(
     # where meta_params gives them (a perturbed value would change nothing)
     where = (getattr(optimizer_fn, "__module__", ""), getattr(optimizer_fn, "__qualname__", ""))
     read_at_init = _READ_AT_INIT.get(where, ())
+    adapts = arguments.get("adapt_lower_bound", False)
+    if isinstance(adapts, (bool, np.bool_)) and adapts:  # (momo reads lower_bound each update)
+        read_at_init = tuple(n for n in read_at_init if n != "lower_bound")
     for name in read_at_init:
         if name in selected:
             raise ValueError(
@@ -395,7 +398,7 @@ _READ_AT_INIT: dict[tuple[str, str], tuple[str, ...]] = {
     ("optax._src.alias", "rmsprop"): ("initial_scale",),
     ("optax.contrib._dadapt_adamw", "dadapt_adamw"): ("estim_lr0",),
     ("optax.contrib._prodigy", "prodigy"): ("estim_lr0",),
-    ("optax.contrib._momo", "momo"): ("lower_bound",),
+    ("optax.contrib._momo", "momo"): ("lower_bound",),  # (unless adapt_lower_bound=True)
     ("optax.contrib._momo", "momo_adam"): ("lower_bound",),
 }
 

@@ -1197,3 +1197,16 @@ def test_an_argument_optax_reads_only_at_init_is_baked_in_and_refused_from_meta_
     ):
         with pytest.raises(ValueError, match=f"reads '{name}' only when its state is made"):
             make_optimizer(fn, {"learning_rate": 0.1, name: 0.5})
+
+
+def test_momo_adapting_its_lower_bound_keeps_it_injected():
+    # (with adapt_lower_bound=True momo reads the injected lower_bound at every update:
+    # the init-only rule refused a hyperparameter that worked, helper-276)
+    import optax.contrib
+
+    for adapts in (True, np.bool_(True)):
+        tx = make_optimizer(
+            optax.contrib.momo, {"lower_bound": 0.0}, learning_rate=1.0, adapt_lower_bound=adapts
+        )
+        state = set_hparams(tx.init(PARAMS), {"lower_bound": 5.0})
+        assert float(get_hparams(state)["lower_bound"]) == 5.0
