@@ -211,6 +211,8 @@ def make_optimizer(
     where = (getattr(optimizer_fn, "__module__", ""), getattr(optimizer_fn, "__qualname__", ""))
     read_at_init = _READ_AT_INIT.get(where, ())
     adapts = arguments.get("adapt_lower_bound", False)
+    if isinstance(adapts, (np.ndarray, jax.Array)) and not isinstance(adapts, jax.core.Tracer):
+        adapts = adapts.item() if adapts.dtype == bool and not adapts.ndim else False
     if isinstance(adapts, (bool, np.bool_)) and adapts:  # (momo reads lower_bound each update)
         read_at_init = tuple(n for n in read_at_init if n != "lower_bound")
     for name in read_at_init:

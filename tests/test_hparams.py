@@ -1204,7 +1204,7 @@ def test_momo_adapting_its_lower_bound_keeps_it_injected():
     # the init-only rule refused a hyperparameter that worked, helper-276)
     import optax.contrib
 
-    for adapts in (True, np.bool_(True)):
+    for adapts in (True, np.bool_(True), np.array(True), jnp.array(True)):
         tx = make_optimizer(
             optax.contrib.momo, {"lower_bound": 0.0}, learning_rate=1.0, adapt_lower_bound=adapts
         )
