@@ -116,6 +116,11 @@ def _put(generations: Any, checkpoint: Any) -> tuple[_Generation, bool]:
     a checkpoint at its step; ``generations`` (a map or a map mutation) is only read."""
     if not (type(checkpoint) is Checkpoint and _well_formed(checkpoint)):
         _check_added(checkpoint)
+    return _put_checked(generations, checkpoint)
+
+
+def _put_checked(generations: Any, checkpoint: Checkpoint) -> tuple[_Generation, bool]:
+    """:func:`_put` of a checkpoint already checked."""
     step = checkpoint.step
     holds = checkpoint.params is not None
     time = checkpoint.time
@@ -490,7 +495,7 @@ class History(Mapping[str, GenerationView]):
             first.setdefault(checkpoint.generation_id, len(first))
         batch = sorted(checkpoints[:-1], key=lambda c: (first[c.generation_id], c.step))
         for checkpoint in batch:
-            gen, replaced = _put(generations, checkpoint)
+            gen, replaced = _put_checked(generations, checkpoint)
             generations[checkpoint.generation_id] = gen
             count += 0 if replaced else 1
         # the last one through add, as at the end of a chain of adds (added_since)

@@ -210,9 +210,7 @@ def make_optimizer(
     # where meta_params gives them (a perturbed value would change nothing)
     where = (getattr(optimizer_fn, "__module__", ""), getattr(optimizer_fn, "__qualname__", ""))
     read_at_init = _READ_AT_INIT.get(where, ())
-    adapts = arguments.get("adapt_lower_bound", False)
-    if isinstance(adapts, (np.ndarray, jax.Array)) and not isinstance(adapts, jax.core.Tracer):
-        adapts = adapts.item() if adapts.dtype == bool and not adapts.ndim else False
+    adapts = _concrete_flag("adapt_lower_bound", arguments.get("adapt_lower_bound", False))
     if isinstance(adapts, (bool, np.bool_)) and adapts:  # (momo reads lower_bound each update)
         read_at_init = tuple(n for n in read_at_init if n != "lower_bound")
     for name in read_at_init:
@@ -234,15 +232,7 @@ def make_optimizer(
     baked = [*read_in_python, *callable_defaults]
     static_args = (*static_args, *[n for n in baked if n not in static_args])
     for name, value in list(arguments.items()):
-        if isinstance(value, (np.ndarray, jax.Array)) and value.dtype == bool and not value.ndim:
-            # a flag (nesterov=np.array(True)): optax bakes in a bool, but injects an
-            # array, and the first jitted update fails on a traced flag
-            if isinstance(value, jax.core.Tracer):
-                raise TypeError(
-                    f"argument {name!r} is a traced bool: a flag chooses the optimizer's "
-                    "code and is baked in, so it must be concrete (a Python bool)"
-                )
-            value = arguments[name] = bool(value)
+        value = arguments[name] = _concrete_flag(name, value)
         if isinstance(value, np.generic):
             # optax injects int, float and arrays only: a numpy scalar (np.float32(0.1)
             # read from a config) would be baked in, and never change online (.item()
@@ -408,6 +398,20 @@ _READ_AT_INIT: dict[tuple[str, str], tuple[str, ...]] = {
 #: injected unless ``meta_params`` gives them (adafactor's, lbfgs's, galore's ``rank``:
 #: injected, ``init`` failed, "rank must be an int")
 _READ_IN_PYTHON = ("min_dim_size_to_factor", "decay_offset", "memory_size", "rank")
+
+
+def _concrete_flag(name: str, value: Any) -> Any:
+    """``value`` as a Python bool if it is a 0-d bool array (``nesterov=np.array(True)``:
+    optax bakes in a bool but injects an array, and the first jitted update fails on a
+    traced flag), else as it is; a traced one is refused (a flag chooses the code)."""
+    if isinstance(value, (np.ndarray, jax.Array)) and value.dtype == bool and not value.ndim:
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(
+                f"argument {name!r} is a traced bool: a flag chooses the optimizer's "
+                "code and is baked in, so it must be concrete (a Python bool)"
+            )
+        return bool(value)
+    return value
 
 
 def _numeric_parameters(
