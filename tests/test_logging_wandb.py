@@ -267,6 +267,44 @@ def test_a_close_that_cannot_log_the_exploits_table_finishes_the_workers_and_can
     assert runs["population"].finished == 1
 
 
+def test_log_best_logs_the_summary_before_a_table_that_fails(offline, monkeypatch):
+    """The exploits table failing at log_best (an upload, a value W&B refuses) cost the
+    best member's summary: it was published first, and its error left the summary out."""
+    from jaxpop import PopulationController
+    from jaxpop.logging.base import best_member
+    from jaxpop.logging.wandb import WandbLogger
+    from jaxpop.mutators import WinnerTakeAllGenetic
+
+    class FakeRun:
+        def __init__(self):
+            self.summary, self.dir = {}, str(offline)
+
+        def log(self, data):
+            pass
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(WandbLogger, "_init", lambda self, key, **kwargs: FakeRun())
+    population = PopulationController(
+        [{"lr": 0.1 * (i + 1)} for i in range(4)],
+        WinnerTakeAllGenetic(lambda m: {"lr": m["lr"] * 1.1}, steps_per_exploit=10),
+    )
+    wta_rounds(population, (10, 20))
+    logger = WandbLogger(group="g", dir=str(offline))
+
+    def refused(**kwargs):
+        raise ConnectionError("upload failed")
+
+    monkeypatch.setattr(logger, "_publish_exploits", refused)
+    best = best_member(population.state)
+    with pytest.raises(ConnectionError, match="upload failed"):
+        logger.log_best(best)
+    summary = logger._population_run().summary
+    assert summary["best/value"] == best.value
+    assert summary["best/generation_id"] == best.checkpoint.generation_id
+
+
 def test_a_driver_resumed_from_its_pickle_logs_the_exploits_table_whole(offline):
     """The exploits table is replaced each time it is logged: a Loggers resumed from its
     pickle (as the docs advise) logged a table of the exploits since the pickle only."""

@@ -291,22 +291,16 @@ class WandbLogger:
         self._inherited_unpublished = False
 
     def log_best(self, best: BestMember) -> None:
-        """Logs the exploits table, the ``best/schedule`` and ``best/lineage`` tables,
-        the best member's summary and ``best_schedule.json`` to the population run."""
+        """Logs the best member's summary, the exploits table, the ``best/schedule`` and
+        ``best/lineage`` tables and ``best_schedule.json`` to the population run (the
+        summary first: a table that fails to log raises with the summary logged)."""
         wandb = require("wandb", "wandb", "W&B")
         with self._lock:
             self._check_open()
             run = self._population_run()
-            self._publish_exploits(inherited=True)
-            tables = {}
-            for name, rows in (
-                ("best/schedule", schedule_records(best.schedule)),
-                ("best/lineage", lineage_records(best.lineage)),
-            ):
-                columns, data = table(rows, finite_only=True)
-                tables[name] = wandb.Table(columns=columns, data=data, allow_mixed_types=True)
-            run.log(tables)
             checkpoint = best.checkpoint
+            # the summary first: a table that fails to log (an upload, a value W&B
+            # refuses) costs the tables, not the best member's summary
             run.summary.update(
                 {
                     "best/value": best.value,
@@ -317,6 +311,15 @@ class WandbLogger:
                     "best/hparams": _json_safe(flatten_hparams(checkpoint.meta_params)),
                 }
             )
+            self._publish_exploits(inherited=True)
+            tables = {}
+            for name, rows in (
+                ("best/schedule", schedule_records(best.schedule)),
+                ("best/lineage", lineage_records(best.lineage)),
+            ):
+                columns, data = table(rows, finite_only=True)
+                tables[name] = wandb.Table(columns=columns, data=data, allow_mixed_types=True)
+            run.log(tables)
             try:
                 document = best.schedule.to_json(indent=1)
             except (TypeError, ValueError) as e:  # hyperparameters JSON cannot hold
