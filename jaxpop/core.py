@@ -27,8 +27,8 @@ from jaxpop import encoding
 from jaxpop.boundary import _flat, check_sortable_keys, copy_in
 from jaxpop.events import Ask, Eval, Event, Finish, Missing, Reactivate
 from jaxpop.history import KEPT_MARK, History, check_mode, is_kept, kept_from, start_time
+from jaxpop.keys import as_raw_key, new_generation_id, split_key
 from jaxpop.keys import event_key as _event_key
-from jaxpop.keys import new_generation_id, split_key
 from jaxpop.mutators.base import (
     Mutator,
     MutatorResult,
@@ -321,7 +321,7 @@ def init(
             "initial_population is empty: pass one meta_params pytree per worker, "
             'e.g. [{"log_lr": -4.0}, {"log_lr": -3.0}]'
         )
-    key = np.asarray(key, dtype=np.uint32)
+    key = as_raw_key(key)
     workers, history = [], History(mode=check_mode(mutator.mode))
     for i, meta_params in enumerate(population):
         check_sortable_keys(meta_params, f"initial_population[{i}]")
@@ -1275,7 +1275,10 @@ def _step_back(
         )
     else:  # from an ancestor's checkpoint (or from scratch) with its own hyperparameters
         root = found or Checkpoint(None, assigned.meta_params, "", None, None, 0, now)
-        worker, first = start_generation(root, assigned.meta_params, key, 0, now)
+        index = 0  # (the event's key may have made an id already: an ask hook's)
+        while new_generation_id(key, index) in history:
+            index += 1
+        worker, first = start_generation(root, assigned.meta_params, key, index, now)
         if found is None:
             first = first.replace(parent=None)
         worker = worker.replace(status=assigned.status)

@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxpop.types import GenerationId, RawKey
 
-__all__ = ["event_key", "new_generation_id", "root_key", "split_key"]
+__all__ = ["as_raw_key", "event_key", "new_generation_id", "root_key", "split_key"]
 
 # keys per cached block (8 KiB): one jitted call costs about as much for 1024 keys as for
 # 256 (60-100 us on a CPU), so this amortises it to ~0.1 us per event
@@ -74,6 +74,46 @@ def root_key(seed: int | None) -> RawKey:
     return key
 
 
+def as_raw_key(key: Any, name: str = "key") -> RawKey:
+    """``key`` as a raw key: a ``uint32`` numpy array of shape ``(2,)``.
+
+    Integer arrays of that shape with values in ``[0, 2**32)`` are taken (converted);
+    anything else is refused, since reading part of it would silently give another
+    key's run (a key of 4 words, rbg's, read as its first 2; floats cut to ints).
+
+    Raises:
+      TypeError: a typed key (``jax.random.key(0)``: pass
+        ``jax.random.key_data(key)``), not integers, or not of shape ``(2,)``.
+      ValueError: a word outside ``[0, 2**32)``.
+
+    >>> as_raw_key([0, 7])
+    array([0, 7], dtype=uint32)
+    """
+    if type(key) is np.ndarray and key.dtype == np.uint32 and key.shape == (2,):
+        return key
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError(
+            f"{name} must be a raw key (uint32[2], jaxpop.keys.root_key(seed)), got a typed "
+            f"key ({key.dtype}); pass jax.random.key_data(key) for a threefry key"
+        )
+    try:
+        array = np.asarray(key)
+    except Exception as e:
+        raise TypeError(f"{name} must be a raw key (uint32[2]), got {type(key).__name__}") from e
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer):
+        raise TypeError(
+            f"{name} must be a raw key: an array of integers (uint32[2]), got {array.dtype}"
+        )
+    if array.shape != (2,):
+        raise TypeError(
+            f"{name} must be a raw key of threefry's shape (2,) (jaxpop.keys.root_key(seed)), "
+            f"got one of shape {array.shape}"
+        )
+    if ((array < 0) | (array > 0xFFFFFFFF)).any():
+        raise ValueError(f"{name}'s words must be in [0, 2**32), got {array.tolist()}")
+    return array.astype(np.uint32)
+
+
 @functools.partial(jax.jit, static_argnums=2)
 def _fold_in_range(root: jax.Array, start: jax.Array, size: int) -> jax.Array:
     key = jax.random.wrap_key_data(root)
@@ -105,6 +145,8 @@ def event_key(root: RawKey, index: int) -> RawKey:
         index = _index(index, "event index")
     if not 0 <= index < 2**32:
         raise ValueError(f"event index must be in [0, 2**32), got {index}")
+    if type(root) is not np.ndarray or root.dtype != np.uint32 or root.shape != (2,):
+        root = as_raw_key(root, "root")
     block, offset = divmod(index, _BLOCK)
     return _key_block((int(root[0]), int(root[1])), block)[offset]
 
@@ -121,7 +163,7 @@ def split_key(key: RawKey, num: int) -> np.ndarray:
     num = _index(num, "num")
     if not 0 <= num < 2**31:  # (jax aborts the process for 2**40)
         raise ValueError(f"split_key makes 0 to 2**31 - 1 keys, got num={num}")
-    return np.asarray(_split(np.asarray(key, np.uint32), num), dtype=np.uint32)
+    return np.asarray(_split(as_raw_key(key), num), dtype=np.uint32)
 
 
 def new_generation_id(key: RawKey, index: int = 0) -> GenerationId:
@@ -136,7 +178,9 @@ def new_generation_id(key: RawKey, index: int = 0) -> GenerationId:
     """
     if type(index) is not int:  # (1.5 and True gave index 1's id)
         index = _index(index, "index")
-    data = np.asarray(key, np.uint32).tobytes() + index.to_bytes(8, "little")
+    if not 0 <= index < 2**64:
+        raise ValueError(f"index must be in [0, 2**64), got {index}")
+    data = as_raw_key(key).tobytes() + index.to_bytes(8, "little")
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 

@@ -907,3 +907,81 @@ def test_changes_with_another_mutator_state_are_those_dataclasses_replace_makes(
     other = c.with_mutator_state({"n": 2})
     assert other == dataclasses.replace(c, mutator_state={"n": 2}) and other is not c
     assert c.mutator_state == {"n": 1} and type(other) is Changes
+
+
+def test_a_step_back_after_an_ask_hook_that_started_a_generation_takes_a_fresh_id():
+    """An ask's step-back (its worker's assignment reported missing) made its new
+    generation from the event's key at index 0, as an ask hook may have just done: the
+    two got one id, the hook's generation replaced in the history and two workers
+    assigned the same generation."""
+    from jaxpop import PopulationController
+
+    hooked = []  # (once: the ask's hook is called again where the step-back sent it)
+
+    def ask(state, workers, history, event, now, key):
+        if event.worker_id != 1 or hooked:
+            return state, workers, ()
+        hooked.append(key)
+        worker, first = start_generation(
+            history.latest(workers[0].generation_id), {"lr": 0.5}, key, 0, now
+        )
+        return state, (worker, *workers[1:]), (first,)
+
+    def update(count, workers, history, now, key):  # the second report: 1 copies 0
+        if count != 1:
+            return count + 1, workers, ()
+        worker, first = start_generation(
+            history.latest(workers[0].generation_id), {"lr": 0.2}, key, 1, now
+        )
+        return count + 1, (workers[0], worker), (first,)
+
+    pop = PopulationController(
+        [{"lr": 0.1}, {"lr": 0.2}], Mutator(init=int, update=update, ask=ask), seed=0
+    )
+    g0, g1 = (w.generation_id for w in pop.active_workers)
+    pop.set_eval(0, g0, 10, "params/0", 0.4)
+    pop.set_eval(1, g1, 10, "params/1", 0.5)
+    copied = pop.active_workers[1]
+    assert copied.params == "params/0"
+    pop.checkpoint_missing(0, g0, 10)  # gone for worker 1's assignment too
+    reply = pop.maybe_get_worker_data(1, g1, 10, None, None)  # to load its copy
+    workers = pop.active_workers
+    assert reply is not None and reply.generation_id == workers[1].generation_id
+    assert workers[0].generation_id != workers[1].generation_id
+    assert pop.history.first(workers[0].generation_id).meta_params == {"lr": 0.5}
+    assert pop.history.first(workers[1].generation_id).meta_params == {"lr": 0.2}
+
+
+@pytest.mark.parametrize(
+    "key, error",
+    [
+        (np.array([0, 0, 7, 9], np.uint32), TypeError),  # (rbg's layout: read as [0, 0])
+        (np.array([0.9, 0.2]), TypeError),  # (cut to [0, 0]: seed 0's run)
+        (np.array([True, False]), TypeError),
+        (np.array([[0, 1]], np.uint32), TypeError),
+        (jax.random.key(0), TypeError),
+        (np.array([-1, 0]), ValueError),
+        ([2**32, 0], ValueError),
+    ],
+)
+def test_a_malformed_root_key_is_refused(key, error):
+    from jaxpop import keys
+
+    with pytest.raises(error):
+        core.init([{"lr": 1.0}], noop_mutator(), key=key, now=0.0)
+    with pytest.raises(error):
+        keys.event_key(key, 3)
+    with pytest.raises(error):
+        keys.new_generation_id(key)
+    with pytest.raises(error):
+        keys.split_key(key, 2)
+
+
+def test_a_root_key_of_other_integers_is_the_same_key():
+    from jaxpop import keys
+
+    state = core.init([{"lr": 1.0}], noop_mutator(), key=np.array([3, 4], np.int64), now=0.0)
+    assert state.key.dtype == np.uint32 and state.key.tolist() == [3, 4]
+    assert (keys.event_key([3, 4], 5) == keys.event_key(np.array([3, 4], np.uint32), 5)).all()
+    with pytest.raises(ValueError, match="index"):
+        keys.new_generation_id(state.key, -1)
