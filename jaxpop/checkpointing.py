@@ -46,6 +46,7 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
+from jaxpop import multihost
 from jaxpop.core import PopulationState
 from jaxpop.history import History
 from jaxpop.storage.atomic import sync_dir, sync_tree
@@ -903,6 +904,8 @@ class ParamStore:
         self._check_directory()
         _refuse_if_forked_after_use()
         collective = jax.process_count() > 1
+        if collective:
+            multihost._refuse_alone("ParamStore.save (with several processes)")
         arrays, specs = _flatten(pytree)
         nonce = _agreed_nonce() if collective else secrets.token_hex(8)
         name = f"{_UNSAFE_RE.sub('-', generation_id)[:64]}_step{step}_{nonce}"
@@ -1115,6 +1118,8 @@ class ParamStore:
                 f"handle {handle!r} is empty; pass what ParamStore.save returned "
                 "(an empty path would read the current directory)"
             )
+        if jax.process_count() > 1:
+            multihost._refuse_alone("ParamStore.restore (with several processes)")
         self._check_directory()
         _refuse_if_forked_after_use()
         path = self._located(handle)

@@ -30,6 +30,7 @@ import json
 import numbers
 import re
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,6 +41,23 @@ from jax.experimental import multihost_utils
 __all__ = ["broadcast_from_lead", "initialize_cpu", "is_lead_process", "on_lead", "to_host"]
 
 T = TypeVar("T")
+
+
+#: ``running.fn``: set while this thread runs an :func:`on_lead` ``fn`` (process 0 alone)
+_alone = threading.local()
+
+
+def _refuse_alone(what: str) -> None:
+    """A ``RuntimeError`` for a collective call made inside an :func:`on_lead` ``fn``:
+    process 0 alone would make it, and the other processes pair it with their next
+    collective (``on_lead``'s own broadcast: a wrong value there, then a hang)."""
+    if getattr(_alone, "fn", None) is not None:
+        raise RuntimeError(
+            f"{what} is collective (every process calls it) but was called inside "
+            f"on_lead({_alone.fn}), which runs on process 0 alone: the other processes "
+            "would pair it with another collective (a wrong value, then a hang); call it "
+            "before or after on_lead, on every process"
+        )
 
 
 def is_lead_process() -> bool:
@@ -59,7 +77,8 @@ def to_host(tree: Any) -> Any:
 
     A leaf sharded over several processes' devices is gathered from all of them
     (``jax.experimental.multihost_utils.process_allgather``); other array leaves are
-    copied as they are. Collective when some leaf spans processes: every process calls
+    copied as they are (a typed PRNG key is refused by JAX: pass its
+    ``jax.random.key_data``). Collective when some leaf spans processes: every process calls
     it with a tree of the same structure and shardings. Meant for small per-member
     arrays (scores, an ``Exploit``, the population without its train state)::
 
@@ -68,14 +87,16 @@ def to_host(tree: Any) -> Any:
     """
     leaves, treedef = jax.tree.flatten(tree)
     spanning = [i for i, leaf in enumerate(leaves) if _spans_processes(leaf)]
+    if spanning:
+        _refuse_alone("to_host of arrays sharded over processes")
     gathered = (
         multihost_utils.process_allgather([leaves[i] for i in spanning], tiled=True)
         if spanning
         else []
     )
     whole = dict(zip(spanning, gathered, strict=True))
-    out = [
-        np.asarray(whole.get(i, leaf)) if isinstance(leaf, (jax.Array, np.ndarray)) else leaf
+    out = [  # (copies: a numpy leaf, or a device array's read-only view, is not returned)
+        np.array(whole.get(i, leaf)) if isinstance(leaf, (jax.Array, np.ndarray)) else leaf
         for i, leaf in enumerate(leaves)
     ]
     return jax.tree.unflatten(treedef, out)
@@ -99,6 +120,7 @@ def broadcast_from_lead(value: Any = None) -> Any:
     "a"}`` became ``{"0": "a"}``), a ``str`` holding a surrogate pair (two code points
     became one; a lone surrogate, as in a name ``os.fsdecode`` made, arrives as sent).
     """
+    _refuse_alone("broadcast_from_lead")
     data, error = np.zeros(0, np.int32), None
     if is_lead_process():
         try:
@@ -111,6 +133,10 @@ def broadcast_from_lead(value: Any = None) -> Any:
             )
         else:
             data = np.frombuffer(text.encode(), np.uint8).astype(np.int32)
+            if data.size >= 2**31:  # (its size is sent as an int32)
+                error = ValueError(
+                    f"broadcast_from_lead sends less than 2**31 bytes, got {data.size}"
+                )
     # the size first, -1 when process 0's value cannot be sent: every process takes part
     # in both collectives or none, so a bad value is an error everywhere, never a hang
     size = -1 if error is not None else data.size
@@ -147,15 +173,26 @@ def on_lead(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
 
     If telling the others fails as well (a process died), process 0 still raises its
     own exception (on Python 3.11+ with a note naming the broadcast's error).
+
+    ``fn`` must make no collective call: :func:`broadcast_from_lead`, :func:`to_host`
+    of sharded arrays, ``on_lead``, a snapshot's save or restore are refused there (a
+    ``RuntimeError`` on every process); nor compute on arrays sharded over the
+    processes (``jnp.max(scores)`` on the global scores waits for the others, which
+    never join: hand ``fn`` host copies, :func:`to_host`'s, instead).
     """
+    _refuse_alone("on_lead")
     result, failure, message = None, None, None
+    name = getattr(fn, "__qualname__", type(fn).__name__)
     if is_lead_process():
+        _alone.fn = name
         try:
             result = fn(*args, **kwargs)
         except BaseException as e:  # (Ctrl-C too: the others must hear of it)
             failure, message = e, type(e).__name__
             with contextlib.suppress(BaseException):  # (a str() that raises: the type)
-                message = f"{message}: {e}"
+                message = _sendable_text(f"{message}: {e}")
+        finally:
+            _alone.fn = None
     said = None
     try:
         said = broadcast_from_lead(message)
@@ -170,7 +207,6 @@ def on_lead(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
     if failure is not None:
         raise failure
     if said is not None:
-        name = getattr(fn, "__qualname__", type(fn).__name__)
         raise RuntimeError(f"process 0 failed in on_lead({name}): {said}")
     return result
 
@@ -212,6 +248,17 @@ def _check_text(text: str) -> None:
         )
 
 
+def _sendable_text(text: str) -> str:
+    """``text`` as :func:`broadcast_from_lead` can send it: a surrogate pair joined into
+    its code point (an exception's message quoting a name), else escaped."""
+    if not _SURROGATE_PAIR.search(text):
+        return text
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeError:  # (a lone surrogate too: every one escaped)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _plain_number(x: Any) -> Any:
     """A numpy scalar as its Python number (for ``json.dumps``); anything else refused."""
     if isinstance(x, np.generic) and not isinstance(x, (np.str_, np.bytes_, np.void)):
@@ -238,7 +285,7 @@ def _port(coordinator_address: str) -> int:
     if not isinstance(coordinator_address, str):
         raise TypeError(f"coordinator_address must be a str, got {coordinator_address!r:.40}")
     _, colon, port = coordinator_address.rpartition(":")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536:
+    if not colon or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(
             f"coordinator_address must be 'host:port' (port 1 to 65535), got "
             f"{coordinator_address!r:.60}"
@@ -249,7 +296,14 @@ def _port(coordinator_address: str) -> int:
 def _check_free(coordinator_address: str, port: int) -> None:
     """An ``OSError`` naming the address if process 0 cannot listen on ``port`` (taken
     by another program: JAX's coordinator then ended the process with SIGSEGV)."""
-    with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+    try:
+        probe = socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET)
+    except OSError:  # (IPv6 disabled in the kernel: EAFNOSUPPORT)
+        try:
+            probe = socket.socket(socket.AF_INET)
+        except OSError:  # (a check only: JAX's own error says what is wrong)
+            return
+    with probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT is free)
         try:
             probe.bind(("", port))

@@ -196,11 +196,16 @@ def main(args: argparse.Namespace) -> None:
     key = root_key(0)
     like = jax.eval_shape(make_pop, key)
     params = ParamStore(os.path.join(out, "params"), async_save=False)
-    log = storage.Store(os.path.join(out, "log"), run=vz.run_description(N)) if lead else None
     recorded = 0  # the rounds the journal holds: run again from the snapshot, not recorded
-    lineage = None  # process 0's
+    log = lineage = None  # process 0's
     # what process 0 does alone goes through multihost.on_lead: a failure there is an
     # error on every process, not a wait in the next collective until its timeout
+
+    def open_log():  # (a log_dir in use: LogDirInUseError on every process at once)
+        nonlocal log
+        log = storage.Store(os.path.join(out, "log"), run=vz.run_description(N))
+
+    multihost.on_lead(open_log)
 
     def resume():
         nonlocal lineage

@@ -356,6 +356,79 @@ def test_on_lead_runs_on_process_0_only_and_tells_the_others_of_a_failure(monkey
     assert multihost.on_lead(record) is None and calls == [(1, 2)]
 
 
+def test_a_collective_call_inside_on_lead_is_refused(monkeypatch, tmp_path):
+    """on_lead's fn runs on process 0 alone: a collective there (a broadcast, even a
+    helper's) was paired with on_lead's own broadcast on the other processes: a wrong
+    value there (a handle read as None: the run started over), then a hang (hostile
+    review, helper-277). Refused on process 0, so every process hears of it."""
+    from jaxpop.checkpointing import ParamStore
+
+    sent = []
+    real = multihost.broadcast_from_lead
+    monkeypatch.setattr(multihost, "broadcast_from_lead", lambda v: sent.append(v) or real(v))
+
+    def helper_that_broadcasts():
+        return real(None)
+
+    refused = r"broadcast_from_lead is collective .* inside on_lead\(.*resume\)"
+
+    def resume():
+        helper_that_broadcasts()
+        return "/shared/params/vectorized_step8_abc"
+
+    with pytest.raises(RuntimeError, match=refused):
+        multihost.on_lead(resume)
+    assert len(sent) == 1 and "RuntimeError: broadcast_from_lead is collective" in sent[0]
+    with pytest.raises(RuntimeError, match="on_lead is collective"):
+        multihost.on_lead(lambda: multihost.on_lead(lambda: 1))
+    local = multihost.on_lead(lambda: multihost.to_host({"a": jnp.ones(2)}))  # (not collective)
+    np.testing.assert_array_equal(local["a"], np.ones(2))
+    monkeypatch.setattr(multihost, "_spans_processes", lambda leaf: True)
+    sharded = "to_host of arrays sharded over processes is collective"
+    with pytest.raises(RuntimeError, match=sharded):
+        multihost.on_lead(lambda: multihost.to_host({"a": jnp.ones(2)}))
+    monkeypatch.undo()
+    store = ParamStore(str(tmp_path / "params"), async_save=False)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(RuntimeError, match=r"ParamStore.save \(with several processes\)"):
+        multihost.on_lead(lambda: store.save("g", 1, {"w": np.ones(2)}))
+    with pytest.raises(RuntimeError, match=r"ParamStore.restore \(with several processes\)"):
+        multihost.on_lead(lambda: store.restore("/nowhere/x", {"w": np.ones(2)}))
+    monkeypatch.undo()
+    # after on_lead (its fn failed or not), collectives are this thread's again
+    assert multihost.broadcast_from_lead("after") == "after"
+    assert multihost.on_lead(lambda: "fine") == "fine"
+
+
+def test_on_lead_sends_a_message_holding_a_surrogate_pair_as_text(monkeypatch):
+    """A failure whose message held a surrogate pair (a name quoted in it) could not be
+    sent: the other processes got "process 0's value is not JSON data" instead of the
+    error (helper-277)."""
+    sent = []
+    real = multihost.broadcast_from_lead
+    monkeypatch.setattr(multihost, "broadcast_from_lead", lambda v: sent.append(v) or real(v))
+
+    def fails(message):
+        def fn():
+            raise ValueError(message)
+
+        return fn
+
+    with pytest.raises(ValueError):
+        multihost.on_lead(fails("bad name \ud83d\ude00"))
+    with pytest.raises(ValueError):
+        multihost.on_lead(fails("pair \ud83d\ude00, lone \udcff"))
+    assert sent == ["ValueError: bad name 😀", "ValueError: pair \\ud83d\\ude00, lone \\udcff"]
+
+
+def test_to_host_returns_copies():
+    host = np.ones(2)
+    out = multihost.to_host({"host": host, "device": jnp.ones(2)})
+    assert out["host"] is not host
+    out["host"][0] = out["device"][0] = 5.0  # (a device array's view was read-only)
+    assert host[0] == 1.0
+
+
 def test_on_lead_raises_process_0s_own_error_when_telling_the_others_fails_too(monkeypatch):
     """A process died while process 0's fn failed: the broadcast's network error took the
     place of fn's (helper-212). Now fn's error is raised, its own context kept, with a
@@ -409,6 +482,8 @@ def test_initialize_cpu_refuses_a_bad_device_count_before_touching_jax(monkeypat
         (("localhost:1", 2, True), TypeError, "process_id"),
         (("localhost:1", 2, 0, 2.5), TypeError, "initialization_timeout"),
         (("localhost:1", 2, 0, -1), ValueError, "initialization_timeout"),
+        (("localhost:\uff12\uff13\uff14\uff15\uff16", 2, 0), ValueError, "host:port"),
+        (("localhost:²", 2, 0), ValueError, "host:port"),  # (a bare int() error)
     ],
 )
 def test_initialize_cpu_checks_every_argument_before_touching_jax(monkeypatch, args, error, match):
@@ -437,4 +512,31 @@ def test_initialize_cpu_says_the_coordinators_port_is_taken(monkeypatch):
             multihost.initialize_cpu(f"localhost:{port}", 2, 0)
         assert calls == []
         multihost.initialize_cpu(f"localhost:{port}", 2, 1)  # (process 1 only connects)
+    assert calls
+
+
+def test_initialize_cpu_checks_the_port_where_ipv6_is_disabled(monkeypatch):
+    """A kernel without IPv6 (EAFNOSUPPORT for an AF_INET6 socket, though Python was
+    built with it): the port check itself failed process 0 (helper-277)."""
+    import errno
+
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(a))
+    real = socket.socket
+
+    def no_ipv6(family=socket.AF_INET, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    with real(socket.AF_INET) as held:
+        held.bind(("", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(OSError, match=f"port {port} .* cannot be listened on"):
+            multihost.initialize_cpu(f"localhost:{port}", 2, 0)
+    assert calls == []
+    multihost.initialize_cpu(f"localhost:{port}", 2, 0)  # free again: checked, then joined
     assert calls
