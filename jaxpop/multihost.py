@@ -121,7 +121,8 @@ def broadcast_from_lead(value: Any = None) -> Any:
     became one; a lone surrogate, as in a name ``os.fsdecode`` made, arrives as sent).
     """
     _refuse_alone("broadcast_from_lead")
-    data, error = np.zeros(0, np.int32), None
+    data = np.zeros(0, np.int32)
+    error: Exception | None = None
     if is_lead_process():
         try:
             _check_sendable(value)
