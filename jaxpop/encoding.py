@@ -792,9 +792,15 @@ def _read_header(data: bytes) -> int:
             raise ValueError("not jaxpop-encoded data: the input is empty")
         if len(data) < len(_HEADER) and _HEADER.startswith(data):
             raise ValueError("truncated jaxpop data: it ends inside the header")
+        seed = (
+            "; it starts as a pickle does: a state of learned_optimization's controller "
+            "(population.state) is migrated by `python -m jaxpop migrate-seed-state DIR`"
+            if data[:1] == b"\x80"  # (pickle protocol 2 and later)
+            else ""
+        )
         raise ValueError(
             "not jaxpop-encoded data: it does not start with the jaxpop header "
-            "(msgpack [b'jaxpop', version, payload])"
+            f"(msgpack [b'jaxpop', version, payload]){seed}"
         )
     if len(data) < 10:
         raise ValueError("truncated jaxpop data: it ends inside the header")

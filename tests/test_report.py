@@ -549,6 +549,22 @@ def test_times_of_a_clock_not_in_seconds_are_printed_as_numbers(scale):
     assert f"{1.7e9 * scale:.6g}" in out.getvalue()
 
 
+def test_a_summary_leaves_out_times_no_clock_gives():
+    """A history holding an infinite time (built by hand, or a damaged seed state
+    migrated) failed every summary.json: "Out of range float values are not JSON
+    compliant" (helper-278)."""
+    mutator = WinnerTakeAllGenetic(_mutate, steps_per_exploit=10_000)
+    with PopulationController(_initial(1), mutator, clock=lambda: 10.0) as pop:
+        state = pop.state
+    g = state.workers[0].generation_id
+    history = state.history
+    for step, when in ((5, math.inf), (7, math.nan), (9, 25.0)):
+        history = history.add(history.continuation(g, step, None, 1.0, when))
+    info = report.summary(report.build(state._with(history=history)))
+    assert info["wall_clock"] == {"start": 10.0, "end": 25.0, "seconds": 15.0}
+    json.dumps(info, allow_nan=False)
+
+
 # -- plots ----------------------------------------------------------------------------
 @needs_matplotlib
 @pytest.mark.parametrize("n", [1, 9, 10, 11, 30])

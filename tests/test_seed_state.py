@@ -129,6 +129,16 @@ def test_a_controller_refuses_a_seed_log_dir_and_says_how_to_migrate(seed, tmp_p
     assert os.listdir(tmp_path) == ["population.state"]  # nothing written beside it
 
 
+def test_load_state_of_a_seed_pickle_says_how_to_migrate(seed, tmp_path):
+    # (it said only "not jaxpop-encoded data": helper-278)
+    data = _write_seed_run(tmp_path, seed)
+    pop = PopulationController([{"lr": 0.1}] * 2, noop_mutator())
+    with pytest.raises(ValueError, match="migrate-seed-state"):
+        pop.load_state(data)
+    with pytest.raises(ValueError, match=r"jaxpop header \(msgpack .*\)$"):
+        pop.load_state(b"not a state")
+
+
 def test_a_migrated_run_resumes_where_the_seed_stopped(seed, tmp_path):
     _write_seed_run(tmp_path, seed)
     done = storage.migrate_seed_state(tmp_path)  # in place: the same log_dir goes on
@@ -359,6 +369,9 @@ def test_a_truncated_file_is_a_clear_error_and_nothing_is_written(seed, tmp_path
         ("numpy str id", r"cache\[<a numpy array or scalar of dtype dtype\('<U5'\)"),
         # (the mark of jaxpop's kept generations: its exploit went missing: helper-232)
         ("kept id", r"cache\['gen-c~1'\]: a generation id holding '~' names a kept"),
+        # (migrated without a word, then jaxpop report failed on every run: helper-278)
+        ("inf time", r"cache\['gen-a'\]\[5\]\.time is not a finite number of seconds"),
+        ("nan time", r"cache\['gen-a'\]\[5\]\.time is not a finite number of seconds"),
     ],
 )
 def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
@@ -380,6 +393,10 @@ def test_what_jaxpop_cannot_represent_is_named(seed, tmp_path, content, match):
         workers, cache, mutator_state = _seed_state(seed)
         cache["gen-c~1"] = {10: cache.pop("gen-c")[10].replace(generation_id="gen-c~1")}
         workers[0] = workers[0].replace(generation_id="gen-c~1")
+        data = pickle.dumps((workers, cache, mutator_state))
+    elif isinstance(content, str) and content.endswith(" time"):
+        workers, cache, mutator_state = _seed_state(seed)
+        cache["gen-a"][5] = cache["gen-a"][5].replace(time=float(content.split()[0]))
         data = pickle.dumps((workers, cache, mutator_state))
     else:
         data = pickle.dumps(content)

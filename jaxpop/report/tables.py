@@ -54,6 +54,10 @@ def write_csv(history: History, file: TextIO) -> int:
     return len(rows)
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _json_number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # "nan", "inf", "-inf": strict JSON has no such numbers
@@ -71,7 +75,8 @@ def summary(report: Report) -> dict[str, Any]:
     is ``None`` while nothing is evaluated.
     """
     history = report.history
-    times = [c.time for c in history.checkpoints()]
+    # (a history built by hand, or migrated, may hold a time no clock gave: inf, NaN)
+    times = [t for c in history.checkpoints() if _finite_number(t := c.time)]
     names = report._names
     best = report.best
     scored = None if best is None else best.scored

@@ -667,6 +667,8 @@ def _checkpoint(
     moment = record.field("time", where)
     if isinstance(moment, bool) or not isinstance(moment, numbers.Real):
         raise SeedStateError(f"{where}.time is not a number: {_short(moment)}")
+    if not math.isfinite(moment):  # (a clock gives none: a damaged file; report failed)
+        raise SeedStateError(f"{where}.time is not a finite number of seconds: {moment!r}")
     return Checkpoint(
         params=_plain(record.field("params", where), f"{where}.params", memo, depth),
         meta_params=_plain(record.field("meta_params", where), f"{where}.meta_params", memo, depth),
