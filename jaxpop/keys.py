@@ -33,6 +33,7 @@ __all__ = ["as_raw_key", "event_key", "new_generation_id", "root_key", "split_ke
 # keys per cached block (8 KiB): one jitted call costs about as much for 1024 keys as for
 # 256 (60-100 us on a CPU), so this amortises it to ~0.1 us per event
 _BLOCK = 1024
+_UINT32 = np.dtype(np.uint32)  # (compared by identity: a raw key's, checked at each call)
 
 
 def root_key(seed: int | None) -> RawKey:
@@ -89,7 +90,7 @@ def as_raw_key(key: Any, name: str = "key") -> RawKey:
     >>> as_raw_key([0, 7])
     array([0, 7], dtype=uint32)
     """
-    if type(key) is np.ndarray and key.dtype == np.uint32 and key.shape == (2,):
+    if type(key) is np.ndarray and key.dtype is _UINT32 and key.shape == (2,):
         return key
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         raise TypeError(
@@ -145,7 +146,7 @@ def event_key(root: RawKey, index: int) -> RawKey:
         index = _index(index, "event index")
     if not 0 <= index < 2**32:
         raise ValueError(f"event index must be in [0, 2**32), got {index}")
-    if type(root) is not np.ndarray or root.dtype != np.uint32 or root.shape != (2,):
+    if type(root) is not np.ndarray or root.dtype is not _UINT32 or root.shape != (2,):
         root = as_raw_key(root, "root")
     block, offset = divmod(index, _BLOCK)
     return _key_block((int(root[0]), int(root[1])), block)[offset]

@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from jaxpop.core import Changes, PopulationState, check_events_left, check_step
 from jaxpop.history import History, check_mode
 from jaxpop.hparams import _DECAY_RATES, _check_cast, _check_rate, find_hparam_states, set_hparams
-from jaxpop.keys import new_generation_id
+from jaxpop.keys import as_raw_key, new_generation_id
 from jaxpop.mutators import explore as explore_lib
 from jaxpop.mutators import selection as selection_lib
 from jaxpop.mutators.base import check_in_space, check_number
@@ -1016,7 +1016,7 @@ def constrain(pop: Any, mesh: Mesh | None, axis: str = AXIS) -> Any:
 def generation_id(root_key: RawKey, index: int) -> GenerationId:
     """The jaxpop generation id of generation index ``index`` in the run of ``root_key``."""
     raw = _raw(root_key) if _is_typed(root_key) else root_key
-    return new_generation_id(np.asarray(raw, np.uint32), int(index))
+    return new_generation_id(as_raw_key(raw, "root_key"), int(index))
 
 
 def member_hparams(hparams: Mapping[str, Any], member: int) -> dict[str, float | int | bool]:
@@ -1070,7 +1070,7 @@ def lineage_init(
     in the history for garbage collection, replay and reports.
     """
     # (a typed key too, as init takes one)
-    root_key = np.asarray(_raw(root_key) if _is_typed(root_key) else root_key, np.uint32)
+    root_key = as_raw_key(_raw(root_key) if _is_typed(root_key) else root_key, "root_key")
     step = int(pop.step)
     generation = np.asarray(pop.generation)
     workers, history = [], History(mode=check_mode(mode))

@@ -5,6 +5,7 @@ with the population, and a damaged change named by the file it is in."""
 import math
 import os
 import random
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -75,20 +76,28 @@ def test_a_state_rebuilt_from_its_change_is_the_state(start):
     assert delta(before, before).fields == ((),) * len(before)
 
 
-@pytest.mark.parametrize("change", ["remove", "change", "tuple"])
+class _Point(NamedTuple):
+    x: float
+
+
+encoding.register_record(_Point, "tests.delta.Point")
+
+
+@pytest.mark.parametrize("change", ["remove", "change", "tuple", "record"])
 def test_a_dict_changed_at_a_key_not_equal_to_itself_is_written_whole(change):
     """A NaN key is found again only as the same object, which decoding never gives: a
     change removing one could not be replayed (the log_dir did not reopen), one
-    changing its value replayed to a dict holding both (hostile review, helper-279)."""
-    before = PBTState(1, 0, {math.nan: 1, 0: 2, (1, math.nan): 3})
-    nan, pair = (k for k in before.last_decision if k != 0)  # (the state's own objects)
+    changing its value replayed to a dict holding both (hostile review, helper-279; a
+    record holding NaN, helper-280)."""
+    before = PBTState(1, 0, {math.nan: 1, 0: 2, (1, math.nan): 3, _Point(math.nan): 4})
+    nan, pair, point = (k for k in before.last_decision if k != 0)  # (the state's own)
     new = dict(before.last_decision)
     if change == "remove":
         del new[nan]
     elif change == "change":
         new[nan] = 5
     else:
-        new[pair] = 5
+        new[pair if change == "tuple" else point] = 5
     after = before._replace(last_decision=new)
     written = encoding.decode(encoding.encode(delta(before, after)))
     rebuilt = applied(encoding.decode(encoding.encode(before)), written)  # (as replayed)

@@ -770,6 +770,13 @@ def test_lineage_init_and_generation_id_take_the_typed_key_init_takes():
     # a typed key of another implementation is no threefry key: said so, not JAX's shape error
     with pytest.raises(TypeError, match="threefry"):
         vz.init(jax.random.key(0, impl="rbg"), init_fn, SPACE, 2)
+    # a raw key that is not uint32[2] integers, as core.init says (floats were cut to
+    # ints: another key's ids; a negative word wrapped; helper-280)
+    for bad, error in ((np.array([0.5, 7.9]), TypeError), (np.array([-1, 7]), ValueError)):
+        with pytest.raises(error, match="root_key"):
+            vz.generation_id(bad, 0)
+        with pytest.raises(error, match="root_key"):
+            vz.lineage_init(pop, bad, now=1.0)
 
 
 def test_bool_initial_values_of_an_integer_space_are_widened():
