@@ -68,9 +68,16 @@ def make_subjects(steps_per_exploit: int) -> list[Subject]:
     population, mutator = make_population(steps_per_exploit)
     jaxpop_controller = PopulationController(population, mutator, seed=0)
     baseline = DictController(population, mutate_fn, steps_per_exploit)
-    # copy.copy is O(1): the controller's state is immutable, so the copy is independent
+
+    def fork(controller: PopulationController) -> PopulationController:
+        # (a controller cannot be copied; its state is immutable, so a new controller
+        # given it is independent of the first: O(1))
+        twin = PopulationController(population, mutator, seed=0)
+        twin._state = controller.state
+        return twin
+
     return [
-        Subject("jaxpop", jaxpop_controller, copy.copy, controller_shape),
+        Subject("jaxpop", jaxpop_controller, fork, controller_shape),
         Subject("baseline", baseline, DictController.clone, DictController.shape),
     ]
 
