@@ -15,12 +15,12 @@ The same protocol is timed, in the same run and interleaved with jaxpop, on
 lock, the same winner-take-all rule): timings on a shared machine are noisy, so compare
 the jaxpop/baseline ratios.
 
-Every repeat starts from the same state: jaxpop's state is persistent (immutable), so
-``copy.copy(controller)`` is an O(1) snapshot; the baseline is copied container by
-container, outside the timed region. So during each repeat the history grows from N to
-N + calls. ``us/pair`` times the whole loop (the driver's own bookkeeping included, the
-same for both); ``us/ask`` and ``us/eval`` come from a second pass that times each call
-on its own.
+Every repeat starts from the same state: jaxpop's state is persistent (immutable), so a
+new controller given it is an O(1) snapshot (a controller itself cannot be copied); the
+baseline is copied container by container, outside the timed region. So during each
+repeat the history grows from N to N + calls. ``us/pair`` times the whole loop (the
+driver's own bookkeeping included, the same for both); ``us/ask`` and ``us/eval`` come
+from a second pass that times each call on its own.
 """
 
 from __future__ import annotations
