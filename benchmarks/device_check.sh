@@ -55,7 +55,7 @@ cat "$OUT/env.txt"
 if [ "${QUICK:-0}" = 1 ]; then
     step_args=(--members 2 --models tiny mlp --steps-per-round 2 --rounds 2 --steps 2 --repeats 1)
     threads_args=(--members 2 --models mlp --steps 10 --eval-every 5 --repeats 1)
-    rl_args=(--members 2 --total-steps 4096)
+    rl_args=(--members 2 --total-steps 1024 --interval 512)  # (two rounds: whole rounds)
 else
     step_args=(--members 8 16 64 --steps-per-round 10 --rounds 10 --steps 20 --repeats 3)
     threads_args=(--members 8 16 --steps 60 --repeats 3)

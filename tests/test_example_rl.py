@@ -143,6 +143,20 @@ def test_steps_out_of_range_are_refused(train, bad, capsys):
     assert "must be" in capsys.readouterr().err
 
 
+def test_the_device_checks_rl_arguments_are_taken(train, tmp_path):
+    """benchmarks/device_check.sh's QUICK dry run passed a total of less than a round,
+    which examples.rl refused once it asked for whole rounds (helper-282)."""
+    import re
+    import shlex
+
+    script = (Path(__file__).parent.parent / "benchmarks" / "device_check.sh").read_text()
+    settings = re.findall(r"^\s*rl_args=\(([^)]*)\)", script, re.MULTILINE)
+    assert len(settings) == 2  # QUICK's and the GPU run's
+    for setting in settings:
+        for fixed in ([], ["--fixed"]):
+            train.parse([*shlex.split(setting), *fixed, "--logdir", str(tmp_path / "rl")])
+
+
 def test_fixed_runs_may_be_one_round_and_run_checks_its_steps(train, tmp_path):
     """--fixed never exploits: one round is a run (it was refused with PBT's reason);
     run() itself checks the total (it ran a whole round for a total below one); a

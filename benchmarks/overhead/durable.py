@@ -18,8 +18,10 @@ then
 3. starts one compaction (a snapshot of the whole state, O(N), written by a background
    thread) and keeps driving pairs until it is written: ``cmp_s`` is what it added to
    the callers' time (elapsed minus those pairs at the ``journal`` rate), contention
-   for the GIL included. This step reaches into the controller's private ``Store``
-   (``_compact``, ``_snapshot_thread``) to start the compaction at a known moment.
+   for the GIL included: a difference of two timings, below zero when a small snapshot
+   costs less than their noise (``compact`` counts it as 0). This step reaches into the
+   controller's private ``Store`` (``_compact``, ``_snapshot_thread``) to start the
+   compaction at a known moment.
 
 The policy compacts once every ``max(compact_after, N)`` journal records, so its share
 per pair is ``compact`` = ``cmp_s`` / ``max(compact_after, N)`` * (journal records per
@@ -328,7 +330,8 @@ def print_tables(durable: dict[str, Any]) -> None:
         "restore_s: seconds to construct a controller on a copy of the closed log_dir (best);\n"
         "us/pair = journal + compact; journal: one maybe_get_worker_data + one set_eval with "
         "compaction off\n(best repeat); cmp_s: time one compaction (snapshot of this size) "
-        "added to callers that kept\ncalling while it ran (best repeat); compact = cmp_s / "
+        "added to callers that kept\ncalling while it ran (best repeat; below 0: within the "
+        "noise); compact = cmp_s / "
         "max(compact_after, size) * rec/pair, the\namortized cost of compaction; us/call = "
         "us/pair / 2; us/ask, us/eval: journal only, each call\ntimed alone; max_us, p99_us: "
         "single-call latencies, compaction off; cmp_max_ms: slowest call\nwhile a compaction "
