@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["main", "parser"]
 
@@ -163,17 +163,25 @@ def _seed(text: str) -> int:
     return seed
 
 
+def _say(text: str, file: TextIO | None = None) -> None:
+    """Prints ``text`` with its control characters escaped: a path or an error quoting
+    a run's names cannot clear, retitle or recolour the terminal."""
+    from jaxpop.report.tables import _printable
+
+    print(_printable(text), file=file)
+
+
 def _report_error(args: argparse.Namespace, error: BaseException | str) -> int:
     from jaxpop import storage
     from jaxpop.storage.seed_state import holds_unmigrated_seed_run
 
-    print(f"jaxpop report: error: {error}", file=sys.stderr)
+    _say(f"jaxpop report: error: {error}", file=sys.stderr)
     for note in getattr(error, "__notes__", ()):  # (a watch says what its files hold)
-        print(f"jaxpop report: {note}", file=sys.stderr)
+        _say(f"jaxpop report: {note}", file=sys.stderr)
     # (only for a run not migrated yet: one migrated in place holds population.state too,
     # and migrating it again fails)
     if holds_unmigrated_seed_run(args.log_dir):
-        print(
+        _say(
             f"{args.log_dir} holds learned_optimization's {storage.SEED_STATE_FILE}: "
             f"migrate it first with `jaxpop migrate-seed-state {args.log_dir}`",
             file=sys.stderr,
@@ -201,7 +209,7 @@ def _report(args: argparse.Namespace) -> int:
         if data.best is None:
             print("no evaluation has been reported yet: the report shows what there is")
     out_dir = os.path.dirname(next(iter(written.values())))
-    print(f"wrote {', '.join(written)} to {out_dir}")
+    _say(f"wrote {', '.join(written)} to {out_dir}")
     return 0
 
 
@@ -209,7 +217,9 @@ def _status(refresh: Any, interval: float) -> str:
     """The line above the live tables: what was read, when, and how to stop."""
     now = time.strftime("%H:%M:%S")
     if refresh.report is None:
-        return f"{now}  waiting for a run: {refresh.waiting}  (Ctrl-C to stop)"
+        from jaxpop.report.tables import _printable
+
+        return f"{now}  waiting for a run: {_printable(refresh.waiting)}  (Ctrl-C to stop)"
     state = refresh.report.state
     tail = "the run is over" if refresh.done else f"every {interval:g} s, Ctrl-C to stop"
     counts = f"{state.num_events} events, {state.history.num_checkpoints} checkpoints"
@@ -231,7 +241,7 @@ def _watch(args: argparse.Namespace) -> int:
     from jaxpop.storage.seed_state import holds_unmigrated_seed_run
 
     if holds_unmigrated_seed_run(args.log_dir):  # (said once: the run appears when migrated)
-        print(
+        _say(
             f"{args.log_dir} holds learned_optimization's {storage.SEED_STATE_FILE}: migrate "
             f"it with `jaxpop migrate-seed-state {args.log_dir}` (watching for the run)",
             file=sys.stderr,
@@ -291,6 +301,11 @@ def _watch(args: argparse.Namespace) -> int:
                 report.write_report(data, args.out, log_scale=args.log_scale)
             except (OSError, ValueError, ImportError) as e:
                 return _report_error(args, e)
+            except KeyboardInterrupt:  # (again: each file is whole, of this read or before)
+                print(
+                    "interrupted again while writing the report: its files may hold an earlier read"
+                )
+                return 130
     except _OutputError as e:
         return _output_failed(args, e.error)
     except (OSError, ValueError, ImportError, storage.CorruptLogError) as e:
@@ -298,7 +313,7 @@ def _watch(args: argparse.Namespace) -> int:
     if data is None:
         return _report_error(args, f"no jaxpop run appeared at {args.log_dir}")
     out_dir = os.path.normpath(args.out) if args.out else report.default_out_dir(data.log_dir)
-    print(f"the report in {out_dir} is as of the run's event {data.state.num_events}")
+    _say(f"the report in {out_dir} is as of the run's event {data.state.num_events}")
     return 0
 
 
@@ -314,14 +329,14 @@ def _migrate_seed_state(args: argparse.Namespace) -> int:
         storage.CorruptLogError,
         storage.RunMismatchError,
     ) as e:
-        print(f"jaxpop migrate-seed-state: error: {e}", file=sys.stderr)
+        _say(f"jaxpop migrate-seed-state: error: {e}", file=sys.stderr)
         return 1
     state = done.state
-    print(
+    _say(
         f"migrated {done.source}: {state.population_size} workers, "
         f"{len(state.history)} generations, {state.history.num_checkpoints} checkpoints"
     )
-    print(
+    _say(
         f"wrote a jaxpop run to {done.log_dir}: resume it with "
         f"PopulationController(..., log_dir={done.log_dir!r}) and a population of "
         f"{state.population_size}"

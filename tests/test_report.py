@@ -1343,20 +1343,22 @@ def test_watch_ends_with_the_newest_report_read_even_if_the_run_is_gone(tmp_path
 
 
 @needs_matplotlib
-def test_watch_ends_with_the_report_of_a_run_that_replaced_the_one_it_read(tmp_path):
+@pytest.mark.parametrize("other", ["later", "same clock, other seed", "same clock and seed"])
+def test_watch_ends_with_the_report_of_a_run_that_replaced_the_one_it_read(tmp_path, other):
     """Another run of as many events and checkpoints replaced the run in its folder: the
-    files kept the first run's report while watch returned the second's (helper-173)."""
+    files kept the first run's report while watch returned the second's (helper-173);
+    so they did for runs on a fixed clock, the same times in both (helper-283)."""
 
-    def run(log_dir, value, now):
+    def run(log_dir, value, now, seed):
         mutator = WinnerTakeAllGenetic(_mutate, 100)
         with PopulationController(
-            _initial(2), mutator, str(log_dir), seed=0, clock=lambda: now
+            _initial(2), mutator, str(log_dir), seed=seed, clock=lambda: now
         ) as pop:
             for i in range(2):
                 pop.set_eval(i, pop.active_workers[i].generation_id, 10, None, value + i)
 
-    run(tmp_path / "run", 1.0, 100.0)
-    run(tmp_path / "other", 5.0, 200.0)
+    run(tmp_path / "run", 1.0, 100.0, 0)
+    run(tmp_path / "other", 5.0, 200.0 if other == "later" else 100.0, int("other" in other))
 
     def replace(seconds):
         shutil.rmtree(tmp_path / "run")
@@ -1366,6 +1368,69 @@ def test_watch_ends_with_the_report_of_a_run_that_replaced_the_one_it_read(tmp_p
     newest = report.watch(tmp_path / "run", out, max_iterations=2, sleep=replace, write_every=100)
     assert newest.best.value == 5.0
     assert json.loads((out / "summary.json").read_text())["best"]["value"] == 5.0
+
+
+@needs_matplotlib
+def test_watch_ended_by_a_failed_write_says_what_its_files_hold(tmp_path, monkeypatch):
+    """A write that failed (a full disk) ended the watch saying nothing of the files,
+    which held an older read than the screen showed (helper-283)."""
+    run = tmp_path / "run"
+    pop = _controller(str(run), n=2)
+    pop.set_eval(0, pop.active_workers[0].generation_id, 10, "p0", 1.0)
+    written = pop.state.num_events
+    real_write = sys.modules["jaxpop.report.watch"].write_report
+
+    def full_at_the_second(data, *args, **kwargs):
+        if data.state.num_events != written:
+            raise OSError(28, "No space left on device")
+        return real_write(data, *args, **kwargs)
+
+    def record(seconds):
+        pop.set_eval(1, pop.active_workers[1].generation_id, 10, "p1", 0.5)
+
+    monkeypatch.setattr(sys.modules["jaxpop.report.watch"], "write_report", full_at_the_second)
+    with pytest.raises(OSError, match="No space") as raised:
+        report.watch(run, tmp_path / "out", max_iterations=3, sleep=record, write_every=0)
+    note = f"the report files hold the run as of its event {written} (writing its event"
+    assert raised.value.__notes__[0].startswith(note)
+    pop.close()
+
+
+def test_cli_messages_escape_the_control_characters_of_paths(tmp_path, capsys):
+    """A run folder named with terminal escapes: the CLI printed it raw in its errors and
+    its last line (it retitled and cleared the terminal; helper-283)."""
+    evil = "a\x1b]0;PWNED\x07\x1b[2J"
+    for name in (evil, "b"):
+        _controller(str(tmp_path / "par" / name), n=1).close()
+    assert cli.main(["report", str(tmp_path / "par")]) == 1
+    err = capsys.readouterr().err
+    assert "holds 2 jaxpop runs" in err and "\x1b" not in err and "\\x1b]0;PWNED" in err
+    assert cli.main(["migrate-seed-state", str(tmp_path / "par" / evil)]) == 1  # (no seed run)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+
+
+@needs_matplotlib
+def test_cli_watch_interrupted_again_while_writing_ends_without_a_traceback(
+    finished, tmp_path, capsys, monkeypatch
+):
+    """A second Ctrl-C while the report of the first was written dumped chained
+    tracebacks (helper-283): it ends with status 130 and a line saying so."""
+    base, state = finished
+    data = report.build(state, str(base / "population"))
+
+    def interrupted(*args, **kwargs):
+        raise report.WatchInterrupted(data)
+
+    def interrupted_again(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "watch", interrupted)
+    monkeypatch.setattr(report, "write_report", interrupted_again)
+    argv = ["report", str(base / "population"), "--watch", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 130
+    out = capsys.readouterr().out
+    assert "stopped watching" in out and "interrupted again" in out
 
 
 def _run_joined_by_another(tmp_path):

@@ -16,7 +16,7 @@ import numbers
 import os
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from jaxpop.core import PopulationState
 from jaxpop.mutators.base import is_finite
@@ -67,19 +67,33 @@ def is_done(state: PopulationState) -> bool:
     return bool(state.workers) and not any(w.is_active for w in state.workers)
 
 
-def fingerprint(report: Report) -> tuple[str, int, int, float | None]:
-    """What changes whenever the run records anything: ``(run dir, events, checkpoints,
-    time)``, the time the newest of the workers' latest checkpoints was recorded (it
-    tells apart another run of as many events that replaced it in the same folder).
+def fingerprint(report: Report) -> tuple[Any, ...]:
+    """What changes whenever the run records anything, and tells two runs apart: ``(run
+    dir, root key, events, checkpoints, time, latest)``: ``time`` the time the newest of
+    the workers' latest checkpoints was recorded, ``latest`` each worker's latest
+    checkpoint (generation, step, value). Another run that replaced the run in the same
+    folder differs by its key, its values or its times, even at as many events (runs
+    of one seed on a fixed clock were taken for one: the files kept the first).
     O(population), not O(history)."""
     history = report.history
-    times = [
-        history.latest(w.generation_id).time
-        for w in report.state.workers
-        if w.generation_id in history
+    latest = [
+        history.latest(w.generation_id) for w in report.state.workers if w.generation_id in history
     ]
+    times = [c.time for c in latest]
     newest = max(times) if times else None
-    return (report.log_dir, report.state.num_events, history.num_checkpoints, newest)
+    # (a NaN value compared equal to itself: a run holding one is not "changed" at each read)
+    checkpoints = tuple(
+        (c.generation_id, c.step, "nan" if c.value != c.value else c.value) for c in latest
+    )
+    state = report.state
+    return (
+        report.log_dir,
+        state.key.tobytes(),
+        state.num_events,
+        history.num_checkpoints,
+        newest,
+        checkpoints,
+    )
 
 
 def _write_before_raising(
@@ -200,6 +214,7 @@ def _watch(
     last: Report | None = None
     last_seen = seen = written_seen = None  # fingerprints: the newest read, this read's
     written_at = -math.inf
+    written_events: int | None = None  # the event of the read the files hold
     iteration = 0
     while True:
         iteration += 1
@@ -227,8 +242,18 @@ def _watch(
         # run is gone at that read), else when read and write_every has passed
         due = done or final or (data is not None and clock() - written_at >= write_every)
         if due and last is not None and last_seen != written_seen:
-            written = write_report(last, out_dir, log_scale=log_scale)
+            try:
+                written = write_report(last, out_dir, log_scale=log_scale)
+            except Exception as e:  # (a full disk: the files are whole, but of which read?)
+                held = "none of this watch's reads"
+                if written_events is not None:
+                    held = f"the run as of its event {written_events}"
+                note = f"the report files hold {held} (writing its event "
+                note += f"{last.state.num_events} failed)"
+                e.__notes__ = [*getattr(e, "__notes__", ()), note]  # type: ignore[attr-defined]
+                raise
             written_seen, written_at = last_seen, clock()
+            written_events = last.state.num_events
         if on_refresh is not None:
             on_refresh(Refresh(iteration, data, changed, done, waiting, written))
         if done or final:
