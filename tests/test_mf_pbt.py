@@ -595,3 +595,46 @@ def test_plan_never_copies_a_rank_of_minus_infinity():
     ranks = jnp.asarray([-jnp.inf, 1.0, 2.0, 3.0])
     parents = np.asarray(plan(ranks, jnp.asarray([True]), num_sub_populations=1).parents)
     assert 0 not in parents[1:].tolist()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        # one flag for two sub-populations was broadcast: sub-population 1 evolved
+        ({"evolving": [True]}, r"evolving must be bool\[2\]"),
+        ({"evolving": [True, False, True]}, r"evolving must be bool\[2\]"),
+        ({"evolving": True}, r"evolving must be bool\[2\]"),
+        ({"evolving": [0.5, 0.0]}, r"evolving must be bool\[2\]"),  # (cast to bool)
+        ({"active": [True]}, r"active must be bool\[8\]"),
+        ({"ranks": np.zeros((8, 1))}, r"ranks must be \(N,\)"),
+        ({"ranks": np.zeros(7)}, r"ranks must be \(N,\)"),
+        ({"num_sub_populations": 0, "evolving": []}, "num_sub_populations must be"),
+        ({"num_sub_populations": True, "evolving": [True]}, "num_sub_populations must be"),
+    ],
+)
+def test_plan_refuses_arguments_of_the_wrong_shape(kwargs, match):
+    # (broadcast, or failed in a reshape naming none of them: helper-284)
+    args = {"ranks": np.arange(8.0)[::-1], "evolving": [True, False], "num_sub_populations": 2}
+    args.update(kwargs)
+    ranks, flags = args.pop("ranks"), args.pop("evolving")
+    with pytest.raises(ValueError, match=match):
+        plan(ranks, np.asarray(flags), **args)
+
+
+def test_a_huge_frequency_and_a_worker_far_ahead_decide_at_once(monkeypatch):
+    """Which sub-populations had a round in the rounds jumped was found by a loop over
+    them: minutes in one call for a huge frequency (helper-284). No loop over the rounds
+    now (a range in the module fails the test)."""
+    between = mf_pbt._evolving_between
+
+    def no_loop_over_rounds(*args):
+        raise AssertionError(f"range{args}: a loop over the rounds jumped")
+
+    monkeypatch.setattr(mf_pbt, "range", no_loop_over_rounds, raising=False)
+    assert between(0, 2 * 10**9, (1, 10**12)).tolist() == [True, False]
+    assert between(10**12 - 1, 10**12, (1, 10**12)).tolist() == [True, True]
+    monkeypatch.undo()
+    for done in range(0, 13):  # the same as the loop over the rounds
+        for completed in range(done, 25):
+            loop = [any(r % f == 0 for r in range(done + 1, completed + 1)) for f in (1, 2, 5)]
+            assert between(done, completed, (1, 2, 5)).tolist() == loop

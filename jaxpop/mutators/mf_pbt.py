@@ -169,6 +169,28 @@ def _check_round_index(round_index: Any) -> jax.Array:
     )
 
 
+def _check_plan(ranks: jax.Array, evolving: jax.Array, m: Any, active: jax.Array | None) -> None:
+    """:func:`plan`'s arguments, checked by their shapes (static under ``jit``): a
+    wrong-sized ``evolving`` was broadcast (one flag for every sub-population)."""
+    if isinstance(m, (bool, np.bool_)) or not isinstance(m, (int, np.integer)) or m < 1:
+        raise ValueError(f"num_sub_populations must be an int >= 1, got {m!r:.40}")
+    if ranks.ndim != 1 or ranks.shape[0] < m or ranks.shape[0] % m:
+        raise ValueError(
+            f"ranks must be (N,) with N a multiple of num_sub_populations={m}, got shape "
+            f"{ranks.shape}"
+        )
+    if evolving.shape != (m,) or evolving.dtype != bool:
+        raise ValueError(
+            f"evolving must be bool[{m}] (one flag per sub-population), got "
+            f"{evolving.dtype}{list(evolving.shape)}"
+        )
+    if active is not None and active.shape != ranks.shape:
+        raise ValueError(
+            f"active must be bool{list(ranks.shape)} (one flag per member), got shape "
+            f"{active.shape}"
+        )
+
+
 @functools.partial(jax.jit, static_argnames=("num_sub_populations",))
 def plan(
     ranks: jax.Array,
@@ -214,16 +236,16 @@ def plan(
     Returns:
       a :class:`Plan`.
     """
-    ranks = jnp.asarray(ranks)
+    ranks, evolving, m = jnp.asarray(ranks), jnp.asarray(evolving), num_sub_populations
+    active = None if active is None else jnp.asarray(active)
+    _check_plan(ranks, evolving, m, active)
     size = ranks.shape[0]
-    taking_part = jnp.ones(size, bool) if active is None else jnp.asarray(active, bool)
+    taking_part = jnp.ones(size, bool) if active is None else active.astype(bool)
     ranks = jnp.where(~jnp.isfinite(ranks) | ~taking_part, jnp.inf, ranks)  # (-inf too)
-    m = num_sub_populations
     n = size // m
     q = n // _BRACKETS  # the brackets' size when every member takes part
     members = jnp.arange(size, dtype=jnp.int32)
     sub = members // n
-    evolving = jnp.asarray(evolving, bool)
     # best first, the members taking no part last (NaN sorts after inf)
     sort_keys = jnp.where(taking_part, ranks, jnp.nan).reshape(m, n)
     order = jnp.argsort(sort_keys, axis=1, stable=True).astype(jnp.int32)
@@ -370,9 +392,9 @@ def _round_entry(
 def _evolving_between(done: int, completed: int, frequencies: Sequence[int]) -> np.ndarray:
     """Which sub-populations have a round in ``(done, completed]`` (workers that report
     rarely can finish several rounds at once; a sub-population then evolves once)."""
-    return np.asarray(
-        [any(r % f == 0 for r in range(done + 1, completed + 1)) for f in frequencies]
-    )
+    # (a multiple of f in the range: O(1), where a loop over the rounds jumped took
+    # minutes for a worker far ahead and a huge frequency)
+    return np.asarray([completed // f > done // f for f in frequencies])
 
 
 def _counts(state: MFPBTState) -> DecisionCounts:
