@@ -168,7 +168,7 @@ def _say(text: str, file: TextIO | None = None) -> None:
     a run's names cannot clear, retitle or recolour the terminal."""
     from jaxpop.report.tables import _printable
 
-    print(_printable(text), file=file)
+    print(_printable(text, lines=True), file=file)
 
 
 def _report_error(args: argparse.Namespace, error: BaseException | str) -> int:

@@ -621,6 +621,13 @@ def test_plan_refuses_arguments_of_the_wrong_shape(kwargs, match):
         plan(ranks, np.asarray(flags), **args)
 
 
+def test_plan_takes_flags_given_as_zeros_and_ones():
+    ranks = np.arange(8.0)[::-1]
+    ones = plan(ranks, np.array([1, 0]), num_sub_populations=2)
+    flags = plan(ranks, np.array([True, False]), num_sub_populations=2)
+    np.testing.assert_array_equal(ones.parents, flags.parents)
+
+
 def test_a_huge_frequency_and_a_worker_far_ahead_decide_at_once(monkeypatch):
     """Which sub-populations had a round in the rounds jumped was found by a loop over
     them: minutes in one call for a huge frequency (helper-284). No loop over the rounds

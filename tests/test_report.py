@@ -1408,6 +1408,8 @@ def test_cli_messages_escape_the_control_characters_of_paths(tmp_path, capsys):
     assert cli.main(["migrate-seed-state", str(tmp_path / "par" / evil)]) == 1  # (no seed run)
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
+    cli._say("two\n\tlines\x1b[2J")  # (a message of several lines keeps them: helper-285)
+    assert capsys.readouterr().out == "two\n\tlines\\x1b[2J\n"
 
 
 @needs_matplotlib

@@ -179,7 +179,8 @@ def _check_plan(ranks: jax.Array, evolving: jax.Array, m: Any, active: jax.Array
             f"ranks must be (N,) with N a multiple of num_sub_populations={m}, got shape "
             f"{ranks.shape}"
         )
-    if evolving.shape != (m,) or evolving.dtype != bool:
+    flags = evolving.dtype == bool or jnp.issubdtype(evolving.dtype, jnp.integer)  # (0 / 1)
+    if evolving.shape != (m,) or not flags:
         raise ValueError(
             f"evolving must be bool[{m}] (one flag per sub-population), got "
             f"{evolving.dtype}{list(evolving.shape)}"
@@ -242,6 +243,7 @@ def plan(
     size = ranks.shape[0]
     taking_part = jnp.ones(size, bool) if active is None else active.astype(bool)
     ranks = jnp.where(~jnp.isfinite(ranks) | ~taking_part, jnp.inf, ranks)  # (-inf too)
+    evolving = evolving.astype(bool)
     n = size // m
     q = n // _BRACKETS  # the brackets' size when every member takes part
     members = jnp.arange(size, dtype=jnp.int32)

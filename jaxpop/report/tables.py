@@ -149,10 +149,14 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))} | {
 }
 
 
-def _printable(text: str) -> str:
+_CONTROL_BUT_LINES = {c: e for c, e in _CONTROL.items() if c not in (0x09, 0x0A)}
+
+
+def _printable(text: str, *, lines: bool = False) -> str:
     """``text`` with control characters escaped (``"\\x1b"``): a value from a run's
-    data cannot clear, recolour or rewrite the terminal the report is printed on."""
-    return text.translate(_CONTROL)
+    data cannot clear, recolour or rewrite the terminal the report is printed on.
+    ``lines``: newlines and tabs are kept (a message of several lines)."""
+    return text.translate(_CONTROL_BUT_LINES if lines else _CONTROL)
 
 
 def _overview_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
