@@ -395,6 +395,46 @@ def test_a_hopeless_evaluation_stops_and_the_evaluator_takes_the_next_member():
     assert s.evaluations[4].member == 2  # member 3 has no evaluation: 2 again
 
 
+def test_an_evaluator_waits_for_a_members_first_save_in_a_run_that_saves():
+    """A member that evaluated before its first save was given to an evaluator with no
+    weights to load: it trained from scratch, and its curve was taken for the member's
+    fitness (hostile review, helper-286). It waits for the member's save."""
+    m = make(mode="max")
+    state = population(m, 5)
+    state = report(state, m, 0, 10, 0.0)
+    for j in range(3):
+        state = report(state, m, 1, 10 * (j + 1), 0.10 + 0.01 * j)
+    gen = state.workers[2].generation_id
+    state, _ = apply(state, Eval(None, 2, gen, 5, 0.05), 1.0, m)  # (evaluated, not saved)
+    assert state.mutator_state.evaluations == {}
+    state = report(state, m, 2, 10, 0.06)  # its first save
+    task = state.mutator_state.evaluations[4]
+    assert task.member == 2 and state.workers[4].params == "w2@10"
+
+
+def test_an_evaluation_from_no_weights_ends_once_its_member_has_some():
+    """A run whose workers never sent params evaluates from fresh starts (every copy is
+    one); once the member sends params, that evaluation no longer measures its weights:
+    it ends, and the member is evaluated again from them."""
+    m = make(mode="max")
+    state = population(m, 5)
+
+    def no_params(state, worker, step, value):
+        gen = state.workers[worker].generation_id
+        return apply(state, Eval(None, worker, gen, step, value), 1.0, m)[0]
+
+    state = no_params(state, 0, 10, 0.0)
+    for j in range(3):
+        state = no_params(state, 1, 10 * (j + 1), 0.10 + 0.01 * j)
+    state = no_params(state, 2, 5, 0.05)
+    first = state.mutator_state.evaluations[4]
+    assert first.member == 2 and state.workers[4].params is None  # (nothing saves yet)
+    state = report(state, m, 2, 15, 0.06)  # the member saves
+    state = no_params(state, 4, 15, 0.2)  # the evaluator reports: its evaluation is void
+    again = state.mutator_state.evaluations[4]
+    assert again.generation != first.generation and state.workers[4].params == "w2@15"
+
+
 def test_the_evaluators_queue_takes_the_member_evaluated_longest_ago():
     m = make(sub_population_sizes=(2, 3), num_evaluators=1, max_eval_steps=20)
     state = population(m, 6)

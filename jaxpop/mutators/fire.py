@@ -703,8 +703,10 @@ class FirePBT(Mutator):
     sub-population, copies a better member by truncation selection and explores (PBT's
     exploit and explore): in ``P1`` ranked by score, in a later ``Pi`` by
     :func:`fire_fitness` over evaluator curves. An idle evaluator takes the member of
-    ``P2 .. Pn`` whose last evaluation began at the lowest step and trains its weights
-    with the hyperparameters of the best member of the sub-population before it;
+    ``P2 .. Pn`` whose last evaluation started longest ago (one never evaluated first;
+    a copy or a hand-over counts as just evaluated), among those with weights to load,
+    and trains its weights with the hyperparameters of the best member of the
+    sub-population before it;
     :func:`evaluator_verdict` ends the evaluation, handing the weights over to that
     member on success.
 
@@ -1238,6 +1240,7 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
         lost = (
             step.workers[task.member].generation_id != task.member_generation
             or step.workers[task.child].generation_id != task.child_generation
+            or _unfounded(history, task)
         )
         if lost:
             verdict = "stop"
@@ -1336,13 +1339,34 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
 def _loadable(
     history: History, workers: Sequence[ActiveWorker], members: list[int]
 ) -> Iterator[tuple[int, Checkpoint]]:
-    """Each of ``members`` that is active and has a loadable checkpoint, with it."""
+    """Each of ``members`` that is active and has a loadable checkpoint, with it.
+
+    A checkpoint without params is a fresh start, which measures nothing of the
+    member's weights: it is taken only in a run whose workers never send params (where
+    every copy is one); in any other, the member waits for its first save (an evaluator
+    trained from scratch, and its curve was taken for the member's fitness)."""
+    run_saves = None
     for member in members:
         worker = workers[member]
         if worker.is_active:
             source = copy_source(history, worker.generation_id)
-            if source is not None:
-                yield member, source
+            if source is None:
+                continue
+            if source.params is None:
+                if run_saves is None:  # (once, and only here: O(population))
+                    run_saves = any(history.saves(w.generation_id) for w in workers)
+                if run_saves:
+                    continue
+            yield member, source
+
+
+def _unfounded(history: History, task: Evaluation) -> bool:
+    """Whether an evaluation began from no weights (a fresh start) while its member now
+    has some to load: the evaluation measures a network that is not the member's."""
+    if history.first(task.generation).params is not None:
+        return False
+    source = copy_source(history, task.member_generation)
+    return source is not None and source.params is not None
 
 
 def _evaluate(
