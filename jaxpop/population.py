@@ -385,9 +385,11 @@ class PopulationController:
         Lower values are better, unless the mutator's ``mode`` is ``"max"``
         (``history.mode``).
 
-        Raises ``TypeError`` if ``value`` is not a real number. A NaN or infinite value
-        is stored but never wins a selection. An evaluation for a generation this
-        controller never made is logged as a warning and ignored.
+        Raises ``TypeError`` if ``value`` is not a real number (``ValueError`` for one
+        no float holds, such as ``10**400``). A NaN or infinite value is stored but never
+        wins a selection. An evaluation for a generation this controller never made, a
+        kept one, another worker's, or at a step before its generation started is logged
+        as a warning and ignored (``docs/protocol.md#eval``).
         """
         event = _eval(params, worker_id, generation_id, step, core.as_value(value))
         self._apply(event)
