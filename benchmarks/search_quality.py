@@ -37,8 +37,9 @@ interval``); every other option is the mutator's default.
   **Mechanism**: the noise floor of the stiff directions is proportional to ``lr``, so
   *lowering* the learning rate lowers the loss within a few steps -- while the flat
   directions, which need a large rate for many steps, stall. Whoever is judged on the
-  loss a short interval ahead prefers the smaller rate at every decision (the
-  "short-horizon bias" of Wu et al. 2018): greedy decisions decay the rate far too early,
+  loss a short interval ahead comes to prefer the smaller rate once the fast early
+  progress is over (the "short-horizon bias" of Wu et al. 2018; at the very start a
+  larger rate still wins): greedy decisions decay the rate far too early,
   and the final loss ends up above that of the best *fixed* rate, which is in turn well
   above that of a large rate decayed late. ``lr`` in ``log_uniform(1e-3, 1.9)``,
   evaluation every 5 steps with 5% log-normal noise, interval 25. Score: the chosen
@@ -526,6 +527,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.population < 8 or args.population % 4:
         parser.error("--population must be a multiple of 4, at least 8 (MF-PBT's layout)")
     methods = [m for m in args.methods.split(",") if m]
+    if not methods:
+        parser.error(f"--methods names no method; choose from {','.join(METHODS)}")
     for m in methods:
         if m not in METHODS:
             parser.error(f"unknown method {m!r}; choose from {','.join(METHODS)}")
@@ -540,6 +543,8 @@ def main(argv: list[str] | None = None) -> None:
                 f"--{name}-steps must be a multiple of {tasks[name].report_every} and at least "
                 f"{2 * tasks[name].interval}"
             )
+    if not tasks:
+        parser.error(f"--tasks names no task; choose from {','.join(TASKS)}")
 
     def log(line: str) -> None:
         if not args.quiet:

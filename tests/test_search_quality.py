@@ -56,3 +56,12 @@ def test_the_quick_benchmark_reports_finite_figures_for_every_task_and_method():
     # the readable table follows the JSON line and names every method
     text = "\n".join(table)
     assert all(method in text for method in METHODS)
+
+
+def test_an_empty_list_of_methods_or_tasks_is_a_usage_error():
+    # (an IndexError traceback for --methods ",", an empty table for --tasks ",": helper-287)
+    for option in ("--methods", "--tasks"):
+        done = subprocess.run(
+            [*QUICK_ARGS, option, ","], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 2 and f"{option} names no" in done.stderr, done.stderr
