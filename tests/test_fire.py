@@ -429,10 +429,59 @@ def test_an_evaluation_from_no_weights_ends_once_its_member_has_some():
     state = no_params(state, 2, 5, 0.05)
     first = state.mutator_state.evaluations[4]
     assert first.member == 2 and state.workers[4].params is None  # (nothing saves yet)
+    assert state.mutator_state.evaluated[2][1] == first.generation
     state = report(state, m, 2, 15, 0.06)  # the member saves
     state = no_params(state, 4, 15, 0.2)  # the evaluator reports: its evaluation is void
     again = state.mutator_state.evaluations[4]
     assert again.generation != first.generation and state.workers[4].params == "w2@15"
+    assert state.mutator_state.evaluated[2][1] == again.generation  # (not the void one's)
+
+
+def test_a_void_evaluation_leaves_no_fitness_behind():
+    """An evaluation begun from no weights, ended once its member saved: its curve, a
+    network not the member's, stayed the member's fitness until another evaluation of
+    it replaced it (here the evaluator moves on to a member never evaluated)."""
+    m = make(mode="max", sub_population_sizes=(2, 3))
+    state = population(m, 6)
+
+    def no_params(state, worker, step, value):
+        gen = state.workers[worker].generation_id
+        return apply(state, Eval(None, worker, gen, step, value), 1.0, m)[0]
+
+    state = no_params(state, 0, 10, 0.0)
+    for j in range(3):
+        state = no_params(state, 1, 10 * (j + 1), 0.10 + 0.01 * j)
+    state = no_params(state, 2, 5, 0.05)
+    first = state.mutator_state.evaluations[5]
+    assert first.member == 2
+    state = report(state, m, 2, 15, 0.06)  # member 2 saves
+    state = report(state, m, 3, 15, 0.07)  # member 3, never evaluated, saves
+    state = no_params(state, 5, 15, 0.2)  # the evaluation of 2 is void: ended
+    assert state.mutator_state.evaluations[5].member == 3
+    assert 2 not in state.mutator_state.evaluated
+
+
+def test_in_a_run_where_only_some_workers_save_the_others_are_not_evaluated():
+    """A member whose worker never sends params, in a run whose other workers do: an
+    evaluator has nothing of it to load (from scratch it would measure a network not
+    the member's); an evaluation begun before anyone saved ends at the first save of
+    the member, its fitness forgotten."""
+    m = make(mode="max")
+    state = population(m, 5)
+
+    def no_params(state, worker, step, value):
+        gen = state.workers[worker].generation_id
+        return apply(state, Eval(None, worker, gen, step, value), 1.0, m)[0]
+
+    state = report(state, m, 0, 10, 0.0)
+    for j in range(3):
+        state = report(state, m, 1, 10 * (j + 1), 0.10 + 0.01 * j)
+    for step in (5, 15, 25):
+        state = no_params(state, 2, step, 0.05)
+        state = no_params(state, 3, step, 0.05)
+    assert state.mutator_state.evaluations == {}
+    state = report(state, m, 3, 35, 0.06)  # member 3 saves: it is evaluated
+    assert state.mutator_state.evaluations[4].member == 3
 
 
 def test_the_evaluators_queue_takes_the_member_evaluated_longest_ago():
@@ -966,6 +1015,7 @@ def test_decisions_from_kept_readiness_and_remembered_fitness_equal_fresh_ones(c
                     -1,
                     w.is_active,
                     math.nan,
+                    h.saves(w.generation_id),
                 ),
             )
             patch.setattr(fire, "_order", lambda step, members: None)  # P1's keys afresh

@@ -1010,17 +1010,27 @@ def _to_judge(config: _Config, state: FireState, touched: set[int] | None, size:
 #: generations, read when needed: it reads generations other than the member's own,
 #: which the view does not follow), whether a worker (member or evaluator) is active, and
 #: ``rank``: a P1 member's ``key``, NaN for every other worker, kept sorted in the view's
-#: ``order`` (P1's ranking: a P1 decision's truncation by bisection, see :func:`_order`).
-_COLUMNS = {"ready": bool, "key": np.float64, "curve": np.int8, "active": bool, "rank": np.float64}
+#: ``order`` (P1's ranking: a P1 decision's truncation by bisection, see :func:`_order`),
+#: and ``saves``: whether the worker's generation holds params (:meth:`History.saves`:
+#: whether the run saves at all, see :func:`_loadable`).
+_COLUMNS = {
+    "ready": bool,
+    "key": np.float64,
+    "curve": np.int8,
+    "active": bool,
+    "rank": np.float64,
+    "saves": bool,
+}
 
 
 def _entry(
     config: _Config, state: FireState, history: History, worker_id: int, worker: ActiveWorker
-) -> tuple[bool, float, int, bool, float]:
+) -> tuple[bool, float, int, bool, float, bool]:
+    saves = history.saves(worker.generation_id)
     if worker_id >= config.num_members:  # an evaluator
-        return False, math.nan, 0, worker.is_active, math.nan
+        return False, math.nan, 0, worker.is_active, math.nan, saves
     if not worker.is_active:
-        return False, math.nan, 0, False, math.nan
+        return False, math.nan, 0, False, math.nan, saves
     # _ready, member_score and _has_curve, sharing their read of the latest evaluation
     generation_id = worker.generation_id
     latest = history.latest_evaluated(generation_id)
@@ -1036,7 +1046,7 @@ def _entry(
     else:  # its own generation's curve: whether it has evaluated
         curve = 0 if latest is None else 1
     key = selection_lib.sort_key(score, config.mode)
-    return ready, key, curve, True, key if worker_id < config.sizes[0] else math.nan
+    return ready, key, curve, True, key if worker_id < config.sizes[0] else math.nan, saves
 
 
 def _ready(
@@ -1240,8 +1250,11 @@ def _judge(step: _Step, config: _Config, evaluator: int) -> None:
         lost = (
             step.workers[task.member].generation_id != task.member_generation
             or step.workers[task.child].generation_id != task.child_generation
-            or _unfounded(history, task)
         )
+        if _unfounded(history, task):  # measured a network not the member's: no fitness
+            lost = True
+            if step.evaluated.get(task.member, (None, None))[1] == task.generation:
+                step.forget_evaluated(task.member)
         if lost:
             verdict = "stop"
         else:
@@ -1333,31 +1346,27 @@ def _queue(step: _Step, config: _Config) -> Iterator[tuple[int, Checkpoint]]:
     order = [m for m in free if m not in last]
     order += sorted([m for m in free if m in last and m not in sequence], key=last.__getitem__)
     order += sorted([m for m in free if m in sequence], key=sequence.__getitem__)
-    return _loadable(step.history, step.workers, order)
+    run_saves = bool(step.view["saves"].any())  # (as of the update's start)
+    return _loadable(step.history, step.workers, order, run_saves)
 
 
 def _loadable(
-    history: History, workers: Sequence[ActiveWorker], members: list[int]
+    history: History, workers: Sequence[ActiveWorker], members: list[int], run_saves: bool
 ) -> Iterator[tuple[int, Checkpoint]]:
     """Each of ``members`` that is active and has a loadable checkpoint, with it.
 
     A checkpoint without params is a fresh start, which measures nothing of the
-    member's weights: it is taken only in a run whose workers never send params (where
-    every copy is one); in any other, the member waits for its first save (an evaluator
-    trained from scratch, and its curve was taken for the member's fitness)."""
-    run_saves = None
+    member's weights: it is taken only where no worker of the run holds params
+    (``run_saves`` false: where every copy is a fresh start too); else the member waits
+    for a save of its own (an evaluator trained from scratch, and its curve was taken
+    for the member's fitness). A member whose worker never sends params, in a run whose
+    other workers do, is so never evaluated: an evaluator has nothing of it to load."""
     for member in members:
         worker = workers[member]
         if worker.is_active:
             source = copy_source(history, worker.generation_id)
-            if source is None:
-                continue
-            if source.params is None:
-                if run_saves is None:  # (once, and only here: O(population))
-                    run_saves = any(history.saves(w.generation_id) for w in workers)
-                if run_saves:
-                    continue
-            yield member, source
+            if source is not None and (source.params is not None or not run_saves):
+                yield member, source
 
 
 def _unfounded(history: History, task: Evaluation) -> bool:
