@@ -1374,6 +1374,8 @@ def _unfounded(history: History, task: Evaluation) -> bool:
     has some to load: the evaluation measures a network that is not the member's."""
     if history.first(task.generation).params is not None:
         return False
+    if not history.saves(task.member_generation):  # (O(1): a run that never saves)
+        return False
     source = copy_source(history, task.member_generation)
     return source is not None and source.params is not None
 
