@@ -180,6 +180,25 @@ def test_curriculum_rejects_bad_input(points, kind):
         S.curriculum(points, kind)
 
 
+def test_an_int_a_float32_cannot_hold_is_refused_in_a_ramped_leaf():
+    """Under jit a ramped leaf comes back in the ramp's float32 at every step, its held
+    ints too: 16,777,217 before the first point came back as 16,777,216, 20,000,001 held
+    between equal points as 20,000,000, while the host gave them as given (hostile
+    review, helper-291). Refused; held alone (kind="step"), such an int is exact."""
+    for points, kind in (
+        ({5: {"n": 16_777_217}, 10: {"n": 33_554_435}}, "linear"),
+        ({0: {"n": 100}, 10: {"n": 20_000_001}, 20: {"n": 20_000_001}}, "linear"),
+        ({0: {"n": 100}, 10: {"n": 200}, 20: {"n": 20_000_001}}, ["linear", "step"]),
+        ({0: {"n": np.array([1, 2**31 - 1])}, 10: {"n": np.array([2, 3])}}, "cosine"),
+    ):
+        with pytest.raises(ValueError, match="an int a float32 does not hold exactly"):
+            S.curriculum(points, kind)
+    held = S.curriculum({5: {"n": 16_777_217}, 10: {"n": 33_554_435}}, kind="step")
+    assert int(jax.jit(held)(jnp.int32(0))["n"]) == 16_777_217
+    fine = S.curriculum({0: {"n": 16_777_216, "lr": 0.1}, 10: {"n": 2**30, "lr": 0.2}})
+    assert int(jax.jit(fine)(jnp.int32(10))["n"]) == 2**30 == S.to_host(fine(10))["n"]
+
+
 def test_int_ends_of_any_size_ramp_without_wrapping_and_unrepresentable_ends_are_refused():
     # int32 arithmetic (or an int64 held as int32 without x64) wrapped around: the ramp
     # from 0 to 2**40 was 0.0 at its middle (np.int64) or raised jax's OverflowError
@@ -187,7 +206,8 @@ def test_int_ends_of_any_size_ramp_without_wrapping_and_unrepresentable_ends_are
         c = S.curriculum({0: {"a": 0}, 100: {"a": end}})
         assert close(S.to_host(c(50))["a"], 2**39)
         assert S.to_host(c(100))["a"] is end or np.array_equal(c(100)["a"], end)  # held
-    extremes = S.curriculum({0: {"a": np.int32(-(2**31))}, 100: {"a": np.int32(2**31 - 1)}})
+    # (2**31 - 128: the largest int32 a float32 holds exactly; their difference wraps)
+    extremes = S.curriculum({0: {"a": np.int32(-(2**31))}, 100: {"a": np.int32(2**31 - 128)}})
     assert abs(S.to_host(extremes(50))["a"]) < 1.0  # (was 2**31: the difference wrapped)
     up = S.curriculum({0: {"a": np.uint8(10)}, 100: {"a": np.uint8(200)}}, kind="cosine")
     assert close(S.to_host(up(50))["a"], 105.0)  # (uint8 200 - 10 ... 10 - 200 wrapped)
@@ -968,6 +988,31 @@ def test_json_errors():
     ):
         with pytest.raises(ValueError, match=match):
             S.from_json(head + value + "]]}")
+
+
+def test_json_that_to_json_never_writes_is_refused_not_read_as_another_schedule():
+    """Duplicate keys (the last one was taken), bare NaN / Infinity and 1e400 (read as
+    floats, 1e400 as inf) came back as a schedule other than the document's (hostile
+    review, helper-291)."""
+    head = '{"format": "jaxpop.schedules.piecewise", "version": 1, "points": '
+    for body, match in (
+        ('[[0, {"lr": 0.1, "lr": 0.2}]]}', "'lr' appears twice"),
+        ('[[0, 1]], "points": [[0, 2]]}', "'points' appears twice"),
+        ('[[0, {"__jaxpop__": "dict", "items": [[1, "a"], [1, "b"]]}]]}', "one key twice"),
+        ('[[0, {"lr": 1e400}]]}', "past a float's range"),
+        ('[[0, {"lr": NaN}]]}', "NaN"),
+        ('[[0, {"lr": -Infinity}]]}', "Infinity"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            S.from_json(head + body)
+    # and what it cannot write faithfully is refused at export
+    with pytest.raises(TypeError, match="masked array"):
+        S.piecewise({0: {"a": np.ma.array([1.0, 2.0], mask=[False, True])}}).to_json()
+    for key in (math.nan, (1, math.nan)):
+        with pytest.raises(TypeError, match="read back unequal"):
+            S.piecewise({0: {key: 6}}).to_json()
+    odd_keys = {0: {1: "a", (2, 3): "b", None: "c", math.inf: "d", np.int64(4): "e"}}
+    assert S.from_json(S.piecewise(odd_keys).to_json()) == S.piecewise(odd_keys)
 
 
 def test_json_keeps_a_nans_sign_and_payload():

@@ -94,7 +94,51 @@ def curriculum(
         _segment(values[i], values[i + 1], (steps[i], steps[i + 1]), kinds[i])
         for i in range(len(steps) - 1)
     ]
+    _check_ints_held_exactly(steps, values, kinds)
     return join([constant(values[0]), *segments, constant(values[-1])], steps)
+
+
+def _check_ints_held_exactly(steps: Sequence[int], values: Sequence[Any], kinds: Any) -> None:
+    """Refuses an int that a float32 cannot hold exactly, in a leaf some segment ramps:
+    under ``jit`` every part of such a leaf comes back in the ramp's float32 (the parts
+    are chosen with ``jnp.where``), so 16,777,217 held before the first point came back
+    as 16,777,216 while the host gave it as given."""
+    flat = [jax.tree_util.tree_flatten_with_path(v)[0] for v in values]
+    for j, (path, _) in enumerate(flat[0]):
+        column = [leaves[j][1] for leaves in flat]
+        ramped = any(
+            kinds[i] != "step"
+            and _numeric(column[i])
+            and _numeric(column[i + 1])
+            and not tree_equal(column[i], column[i + 1])
+            for i in range(len(kinds))
+        )
+        for step, x in zip(steps, column, strict=True) if ramped else ():
+            if _integer(x) and not _float32_exact(x):
+                raise ValueError(
+                    f"curriculum: {jax.tree_util.keystr(path)} is {x!r:.40} at step {step}, "
+                    "an int a float32 does not hold exactly, in a leaf a segment ramps "
+                    "(under jit the ramp's float32 holds it, rounded): use smaller ints, or "
+                    'kind="step" for its segments'
+                )
+
+
+def _integer(x: Any) -> bool:
+    if isinstance(x, bool | np.bool_):
+        return False
+    dtype = getattr(x, "dtype", None)
+    return isinstance(x, int) or (dtype is not None and jnp.issubdtype(dtype, jnp.integer))
+
+
+def _float32_exact(x: Any) -> bool:
+    """Whether every element of an int leaf is a float32 exactly."""
+    for element in np.ravel(np.asarray(x, dtype=object if isinstance(x, int) else None)):
+        try:
+            if int(np.float32(element)) != int(element):
+                return False
+        except (OverflowError, ValueError):  # (past float32: inf)
+            return False
+    return True
 
 
 def _segment(start: Any, end: Any, at: tuple[int, int], kind: str) -> Schedule:

@@ -259,7 +259,12 @@ def from_json(text: str | bytes) -> Piecewise:
     True
     """
     try:
-        document = json.loads(text)
+        document = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
     except (json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"not a JSON schedule: {err}") from err
     if not isinstance(document, dict) or document.get("format") != FORMAT:
@@ -279,6 +284,28 @@ def from_json(text: str | bytes) -> Piecewise:
 
 
 # -- helpers ----------------------------------------------------------------------------
+# what to_json never writes, refused as it is read (json takes the last of duplicate keys,
+# and NaN, Infinity or 1e400 as floats: a damaged document read as another schedule)
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"not a schedule document: the key {twice[0]!r:.40} appears twice")
+    return document
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"not a schedule document: {name} (to_json writes no such number)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"not a schedule document: {text:.40} is past a float's range")
+    return value
+
+
 def _check_points(
     points: Mapping[int, Any] | Iterable[tuple[int, Any]],
 ) -> tuple[tuple[int, ...], tuple[Any, ...]]:
@@ -377,7 +404,13 @@ def _to_jsonable(x: Any, where: str) -> Any:
             [_to_jsonable(k, f"{where} key {k!r}"), _to_jsonable(v, f"{where}[{k!r}]")]
             for k, v in x.items()
         ]
+        for k, (written, _) in zip(x, items, strict=True):
+            if type(k) is not str and _hashable(_from_jsonable(written)) != k:
+                # (NaN, or a tuple holding one: read back, no key is equal to it)
+                raise TypeError(f"{where}: a dict key that is read back unequal ({k!r:.40})")
         return {_TAG: "dict", "items": items}
+    if isinstance(x, np.ma.MaskedArray):  # (its mask would be dropped: masked values back)
+        raise TypeError(f"{where}: cannot export a masked array to JSON; fill it first")
     if isinstance(x, (np.ndarray, np.generic, jax.Array)):
         array = np.asarray(x)
         floating = jnp.issubdtype(array.dtype, jnp.floating)  # bfloat16 & co. too
@@ -413,7 +446,13 @@ def _from_jsonable(x: Any) -> Any:
         if tag == "tuple":
             return tuple(_from_jsonable(v) for v in _list(x["items"]))
         if tag == "dict":
-            return {_hashable(_from_jsonable(k)): _from_jsonable(v) for k, v in _list(x["items"])}
+            items = [
+                (_hashable(_from_jsonable(k)), _from_jsonable(v)) for k, v in _list(x["items"])
+            ]
+            read = dict(items)
+            if len(read) != len(items):  # (the last one was taken)
+                raise ValueError("a dict's items hold one key twice")
+            return read
         if tag == "float":  # (what to_json writes for a float that is not finite)
             if "bits" in x:
                 (value,) = _FLOAT_BITS.unpack(bytes.fromhex(x["bits"]))
