@@ -560,7 +560,9 @@ def test_copies_per_decision_stay_near_the_quantile_when_workers_report_in_turn(
     # 8 workers, truncation at 25%, each reporting in turn: the first reporter must not
     # be copied by the whole population (the old cascade: 6 of 8 copied it), and over
     # runs at most about a quarter of the decisions copy. The evaluations here are the
-    # signal alone: under noise, inherited (lucky) scores push the rate up, by design
+    # signal plus training progress (a falling term all workers share, as a loss curve):
+    # without it (a run at its plateau) or under noise, a copier's first own eval ranks
+    # below the inherited scores and the rate rises to about a half, by design
     # (docs/pbt.md). One run's rate varies with its seed: average over eight
     rates = []
     for seed in range(8):
