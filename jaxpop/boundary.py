@@ -38,19 +38,33 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
         return tuple(_copy(v, arrays, deep) for v in x)
     if isinstance(x, np.ndarray):  # (a subclass too: a masked array, a memmap)
         if not arrays:
-            return x
+            # (objects in it may be edited in place: a reply gets its own copies of them)
+            return _frozen(_copy_elements(x)) if x.dtype == object else x
         if x.dtype == object:  # its elements are objects that may be edited in place
             frozen = deep_copy_or_share(x) if deep else _copy_elements(x)
+        elif x.dtype.hasobject:  # (a structured dtype with an object field)
+            frozen = copy.deepcopy(x)
         else:
             frozen = x.copy()
-        frozen.flags.writeable = False
         if t is not np.ndarray and isinstance(frozen, np.ma.MaskedArray):
+            frozen.flags.writeable = False
             # its mask too: masking an element writes the mask, not the data
             mask = np.ma.getmaskarray(frozen).copy()
             mask.flags.writeable = False
             frozen._mask = mask  # type: ignore[attr-defined]  # (the mask setter copies into it)
-        return frozen
-    if isinstance(x, (jax.Array, np.generic)):
+            return frozen
+        return _frozen(frozen)
+    if isinstance(x, np.void):  # a structured scalar: a view into the caller's array
+        # (out too: a reply's edit would write the history; np.array(x) still views it)
+        return copy.deepcopy(x) if x.dtype.hasobject else x.copy()
+    if isinstance(x, jax.Array):
+        if arrays and x.is_deleted():
+            raise TypeError(
+                "a deleted jax.Array (donated to a jitted call, or deleted): the history "
+                "would hold an array no worker can load; pass a live array, or a handle"
+            )
+        return x
+    if isinstance(x, np.generic):
         return x
     # one level: x's children are leaves here (walked below, in Python), x itself among
     # them too (jax's own walk of a node that holds itself used up the recursion limit
@@ -61,6 +75,16 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
         # a leaf of another type (an empty node has no leaves: made anew below, not shared)
         return deep_copy_or_share(x) if deep else x
     return jax.tree.unflatten(treedef, [_copy(leaf, arrays, deep) for leaf in leaves])
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    """``array`` (owned here) read-only for good: a view of it, read-only too (numpy lets
+    an array that owns its data be made writable again; a view of a read-only base
+    refuses)."""
+    array.flags.writeable = False
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _copy_elements(x: np.ndarray) -> np.ndarray:

@@ -286,6 +286,48 @@ def test_the_objects_in_an_object_array_are_copied_too():
     assert not stored.flags.writeable and not stored[1].flags.writeable
 
 
+def test_what_a_reply_holds_and_structured_scalars_are_the_callers_own():
+    """Hostile review, helper-293: a dict inside a stored object array was handed out
+    itself (editing a reply's changed the history); a structured scalar (``arr[0]``, a
+    view into the caller's array) and a structured array's object field were shared; a
+    stored array could be made writable again (numpy lets the owner of its data)."""
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=10)
+    pop = PopulationController([{"h": 0.0}, {"h": 1.0}], m, seed=0)
+    g0, g1 = (w.generation_id for w in pop.active_workers)
+    objects = np.empty(1, dtype=object)
+    objects[0] = {"k": 1}
+    record = np.zeros(2, dtype=[("w", "f8"), ("n", "i8")])
+    fields = np.empty(1, dtype=[("d", object), ("x", "f4")])
+    fields[0]["d"] = {"k": 1}
+    pop.set_eval(0, g0, 10, {"o": objects, "r": record[0], "f": fields}, 0.0)
+    record[0]["w"], fields[0]["d"]["k"] = 42.0, 99
+    copied = pop.set_eval_and_ask(1, g1, 10, "p1", 9.0)  # worker 1 copies worker 0
+    copied.params["o"][0]["k"] = -7
+    copied.params["r"]["w"] = -1.0
+    stored = pop.history.get_checkpoint(g0, 10).params
+    assert stored["o"][0] == {"k": 1} and stored["r"]["w"] == 0.0
+    assert stored["f"][0]["d"] == {"k": 1}
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        stored["f"].flags.writeable = True
+
+
+def test_a_deleted_jax_array_is_refused_where_it_enters():
+    """A donated (deleted) jax array was stored: the worker that copied it got an array
+    that failed when used (helper-293)."""
+    import jax
+    import jax.numpy as jnp
+
+    pop = PopulationController([{"h": 1.0}], noop_mutator())
+    gen = pop.active_workers[0].generation_id
+    params = {"w": jnp.ones(3)}
+    jax.jit(lambda p: p, donate_argnums=0)(params)  # (donated: deleted on CPU too)
+    if not params["w"].is_deleted():
+        params["w"].delete()
+    with pytest.raises(TypeError, match=r"deleted jax\.Array"):
+        pop.set_eval(0, gen, 1, params, 1.0)
+    assert pop.history.get_checkpoint(gen, 1) is None
+
+
 def test_a_refused_call_does_not_count_as_hearing_from_the_worker(clock):
     """protocol.md: after any error the controller is unchanged. A call refused for a
     bad argument set the worker's last-heard time first: a silent worker was kept from
