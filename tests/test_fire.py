@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import random
 
 import numpy as np
 import pytest
@@ -1228,3 +1229,62 @@ def test_a_fitness_past_a_float_ranks_first_and_a_long_curves_p_value_is_quick()
         wins, trials = int(np.sum(a.values[in_a] > b.values[at])), int(in_a.sum())
         exact = sum(math.comb(trials, j) for j in range(wins, trials + 1)) / 2**trials
         assert fire.binomial_p_value(a, b) == pytest.approx(exact, rel=1e-9, abs=1e-300)
+
+
+def _copy_chain_event(state, m, rng, t, nosave):
+    """A random event of a run whose workers save now and then (or never: ``nosave``),
+    report missing params, finish, go silent: copies of copies' unevaluated starts form."""
+    n = len(state.workers)
+    w = rng.randrange(n)
+    worker = state.workers[w]
+    kind = rng.random()
+    if kind < 0.03:
+        return apply(state, Finish(w), float(t), m)[0]
+    if kind < 0.06:
+        key, after = core.event_key(state), rng.choice([4.0, 15.0])
+        return core.expire(state, float(t), key, after_s=after, mutator=m)[0]
+    if kind < 0.15 and worker.params is not None:
+        return apply(state, Missing(w, worker.generation_id, worker.step), float(t), m)[0]
+    if kind < 0.2:
+        ask = Ask(float(t), worker.meta_params, w, worker.generation_id, worker.step)
+        return apply(state, ask, float(t), m)[0]
+    step = worker.step + rng.choice([1, 1, 2])
+    if kind < 0.25:
+        step = worker.step  # (a step reported again: its checkpoint replaced)
+    params = None if (w in nosave or rng.random() < 0.5) else f"p{w}@{t}"
+    value = rng.random() + step * rng.random()
+    return apply(state, Eval(params, w, worker.generation_id, step, value), float(t), m)[0]
+
+
+@pytest.mark.parametrize(
+    "config, seed, events",
+    [  # (seeds whose scripts replace a checkpoint a copy of a copy ranks by)
+        ({"perturbation_interval": 2, "sub_population_sizes": (3, 3), "num_evaluators": 2}, 28, 40),
+        (
+            {"perturbation_interval": 1, "sub_population_sizes": (4, 3, 3), "num_evaluators": 3},
+            33,
+            45,
+        ),
+    ],
+)
+def test_the_kept_view_rereads_a_copy_of_a_copy_whose_source_was_replaced(config, seed, events):
+    """A copy of a copy ranks by the value of its source's source (the middle copy's start
+    has none); when that checkpoint was replaced (a step reported again), the kept view
+    re-read only the copies started right from it: P1 ranked a member by the old value
+    until it reported again, and a resumed run (a view built afresh) decided otherwise
+    (helper-292). Each state's kept view equals one built afresh."""
+    rng = random.Random(seed)
+    nosave = set(rng.sample(range(6), rng.choice([0, 2, 6])))
+    m = FirePBT(hyperparam_space=SPACE, max_eval_steps=4, mode="max", **config)
+    views = m.update.keywords["views"]
+    state = population(m, sum(config["sub_population_sizes"]) + config["num_evaluators"])
+    for t in range(events):
+        try:
+            state = _copy_chain_event(state, m, rng, t, nosave)
+        except ValueError:  # (a refused event: the script goes on)
+            continue
+        view = views.view(state.mutator_state, state.workers, state.history)
+        fresh = views.build(state.mutator_state, state.workers, state.history)
+        for name, column in fresh.columns.items():
+            assert np.array_equal(view[name], column, equal_nan=True), (name, t)
+        views.keep(view)

@@ -51,6 +51,30 @@ def order_entry(key: float, worker_id: int) -> tuple[int, float, int]:
     return (0, float(key), worker_id)
 
 
+def _reads_replaced(history: History, ref: Any, replaced: set) -> bool:
+    """Whether a copy started from ``ref`` reads a checkpoint in ``replaced`` for its
+    score: ``ref``, or, while ``ref`` is the unevaluated start of another copy, what that
+    copied, up the lineage (the walk of :func:`jaxpop.mutators.base.copied_value`: a
+    copy of a copy ranks by the value of the first evaluated checkpoint up its chain)."""
+    seen = 0
+    while ref is not None and seen <= len(history):
+        if ref in replaced:
+            return True
+        checkpoint = history.get_checkpoint(*ref)
+        if checkpoint is None or checkpoint.value is not None:
+            return False
+        parent = checkpoint.parent
+        if (
+            parent is None
+            or parent[0] == ref[0]
+            or parent[1] != ref[1]
+            or ref[1] != history.first(ref[0]).step
+        ):
+            return False
+        ref, seen = parent, seen + 1
+    return False
+
+
 class View:
     """The columns of one ``(state, workers, history)``: ``view["name"][worker_id]``."""
 
@@ -248,9 +272,10 @@ class Views:
                 derived.pop(generation_id, None)
         if replaced_refs:
             # a replaced checkpoint is also read by the workers whose generation started
-            # from it (a worker not evaluated since it copied ranks by its source's value)
+            # from it (a worker not evaluated since it copied ranks by its source's value),
+            # or from the unevaluated start of a copy of it, and so on up the lineage
             for generation_id, ids in by_generation.items():
-                if history.first(generation_id).parent in replaced_refs:
+                if _reads_replaced(history, history.first(generation_id).parent, replaced_refs):
                     touched.update(ids)
         old.moved_on(state, workers, history)
         for i in touched:

@@ -131,8 +131,18 @@ def _integer(x: Any) -> bool:
 
 
 def _float32_exact(x: Any) -> bool:
-    """Whether every element of an int leaf is a float32 exactly."""
-    for element in np.ravel(np.asarray(x, dtype=object if isinstance(x, int) else None)):
+    """Whether every element of an int leaf is a float32 exactly (an array compared
+    whole; one past 2**53, which a float64 rounds too, element by element)."""
+    if isinstance(x, int):
+        elements: Any = [x]
+    else:
+        array = np.asarray(x)
+        wide = array.astype(np.float64)
+        beyond = np.abs(wide) > 2**53
+        if not np.array_equal(array[~beyond].astype(np.float32), wide[~beyond]):
+            return False
+        elements = array[beyond].tolist()
+    for element in elements:
         try:
             if int(np.float32(element)) != int(element):
                 return False
