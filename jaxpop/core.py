@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -1018,10 +1019,36 @@ def _same_report(existing: Checkpoint, params: Any, value: float) -> bool:
         return False
     if existing.params is params:  # (None, or the same handle)
         return True
-    try:
-        return tree_equal(existing.params, params)
-    except Exception:  # (params no comparison can read: take it as a new report)
-        return False
+    for same in (
+        lambda: tree_equal(existing.params, params),
+        # (then both as a journal gives them back: a retry after a restart)
+        lambda: tree_equal(_as_journaled(existing.params), _as_journaled(params)),
+    ):
+        try:
+            if same():
+                return True
+        except Exception:  # (params no comparison can read: take it as a new report)
+            pass
+    return False
+
+
+def _as_journaled(params: Any) -> Any:
+    """``params`` in the form a journal gives them back (:mod:`jaxpop.encoding`): arrays
+    in native byte order, numpy scalars as their dtype's own type (``np.longlong`` as
+    ``np.int64``), typed PRNG keys as their implementation and data, so that a report
+    repeated after a restart is a repeat of the one recorded before it (it was taken
+    as a new one: a new time, the mutator called again, a kept generation made)."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return ("typed key", str(jax.random.key_impl(x)), np.asarray(jax.random.key_data(x)))
+        if isinstance(x, np.ndarray) and not x.dtype.isnative:
+            return x.astype(x.dtype.newbyteorder("="))
+        if isinstance(x, np.generic) and x.dtype.kind in "biufc":
+            return np.dtype(x.dtype.str).type(x)
+        return x
+
+    return jax.tree.map(leaf, params)
 
 
 def report(

@@ -311,6 +311,39 @@ def test_what_a_reply_holds_and_structured_scalars_are_the_callers_own():
         stored["f"].flags.writeable = True
 
 
+@pytest.mark.parametrize(
+    "params",
+    [
+        lambda: {"w": np.ones(2, dtype=">f4")},  # (weights read from a big-endian file)
+        lambda: {"n": np.longlong(5), "u": np.ulonglong(7)},
+        lambda: {"w": np.ones(2), "rng": __import__("jax").random.key(0)},  # a typed key
+    ],
+)
+def test_a_report_repeated_after_a_restart_is_a_repeat(params, tmp_path):
+    """A report whose reply was lost, sent again to a controller resumed on the same
+    log_dir (a Ray actor restarted), was taken as a new report when its params came
+    back from the journal in another form (native byte order, np.int64) or could not be
+    compared (a typed key, even without a restart): a new time, the mutator called
+    again, a kept generation made (helper-295)."""
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=4)
+
+    def controller():
+        return PopulationController([{"h": 0.1}, {"h": 0.2}], m, log_dir=str(tmp_path))
+
+    pop = controller()
+    g0, g1 = (w.generation_id for w in pop.active_workers)
+    pop.set_eval(0, g0, 4, params(), 0.1)
+    pop.set_eval(1, g1, 4, params(), 0.9)  # (worker 1 copies worker 0's checkpoint)
+    for restart in (False, True):
+        if restart:
+            pop.close()
+            pop = controller()
+        before = pop.state
+        pop.set_eval(0, g0, 4, params(), 0.1)  # the resend
+        assert pop.state.num_events == before.num_events and pop.history == before.history
+    pop.close()
+
+
 def test_a_deleted_jax_array_is_refused_where_it_enters():
     """A donated (deleted) jax array was stored: the worker that copied it got an array
     that failed when used (helper-293)."""

@@ -45,6 +45,28 @@ def test_uniquify_server_name_is_the_seeds():
         population_mod.uniquify_server_name(3, "c")
 
 
+def test_futures_of_a_property_are_refused_without_making_the_call():
+    """``client.futures.history``: reading the property through the client was the remote
+    call itself, made and waited for, before "no method" (helper-295)."""
+    from jaxpop.distributed.courier import _Futures
+
+    calls = []
+
+    class Client:
+        @property
+        def history(self):
+            calls.append("history")
+
+        def set_eval(self, *args):
+            return ("set_eval", args)
+
+    futures = _Futures(Client())
+    with pytest.raises(AttributeError, match="no method 'history'"):
+        futures.history  # noqa: B018
+    assert calls == []
+    assert futures.set_eval(1, 2).result(timeout=30) == ("set_eval", (1, 2))
+
+
 def test_join_takes_a_numpy_timeout_as_seconds(monkeypatch):
     """Join added a np.float16 timeout to time.monotonic() in float16: past 65504 s of
     uptime the deadline was inf, ``inf < inf`` false, and Join returned False at once

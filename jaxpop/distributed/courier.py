@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import inspect
 import logging
 import math
 import numbers
@@ -568,9 +569,12 @@ class _Futures:
         self._client = client
 
     def __getattr__(self, method: str) -> Any:
-        call = getattr(self._client, method)
-        if method.startswith("_") or not callable(call):
+        # looked up on the class first: a property (history, state) read through the
+        # instance is itself the remote call, made here and waited for
+        found = inspect.getattr_static(type(self._client), method, None)
+        if method.startswith("_") or not inspect.isfunction(found):
             raise AttributeError(f"a courier client has no method {method!r}")
+        call = getattr(self._client, method)
 
         def submit(*args: Any, **kwargs: Any) -> concurrent.futures.Future:
             return _executor().submit(call, *args, **kwargs)
