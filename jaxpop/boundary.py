@@ -38,22 +38,25 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
         return tuple(_copy(v, arrays, deep) for v in x)
     if isinstance(x, np.ndarray):  # (a subclass too: a masked array, a memmap)
         if not arrays:
-            # (objects in it may be edited in place: a reply gets its own copies of them)
-            return _frozen(_copy_elements(x)) if x.dtype == object else x
+            if not x.dtype.hasobject:
+                return x
+            # objects in it may be edited in place: a reply gets its own copies of them
+            out = _copy_elements(x) if x.dtype == object else copy.deepcopy(x)
+            out.flags.writeable = False
+            return out
         if x.dtype == object:  # its elements are objects that may be edited in place
             frozen = deep_copy_or_share(x) if deep else _copy_elements(x)
         elif x.dtype.hasobject:  # (a structured dtype with an object field)
             frozen = copy.deepcopy(x)
         else:
             frozen = x.copy()
+        frozen.flags.writeable = False
         if t is not np.ndarray and isinstance(frozen, np.ma.MaskedArray):
-            frozen.flags.writeable = False
             # its mask too: masking an element writes the mask, not the data
             mask = np.ma.getmaskarray(frozen).copy()
             mask.flags.writeable = False
             frozen._mask = mask  # type: ignore[attr-defined]  # (the mask setter copies into it)
-            return frozen
-        return _frozen(frozen)
+        return frozen
     if isinstance(x, np.void):  # a structured scalar: a view into the caller's array
         # (out too: a reply's edit would write the history; np.array(x) still views it)
         return copy.deepcopy(x) if x.dtype.hasobject else x.copy()
@@ -75,16 +78,6 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
         # a leaf of another type (an empty node has no leaves: made anew below, not shared)
         return deep_copy_or_share(x) if deep else x
     return jax.tree.unflatten(treedef, [_copy(leaf, arrays, deep) for leaf in leaves])
-
-
-def _frozen(array: np.ndarray) -> np.ndarray:
-    """``array`` (owned here) read-only for good: a view of it, read-only too (numpy lets
-    an array that owns its data be made writable again; a view of a read-only base
-    refuses)."""
-    array.flags.writeable = False
-    view = array.view()
-    view.flags.writeable = False
-    return view
 
 
 def _copy_elements(x: np.ndarray) -> np.ndarray:

@@ -190,6 +190,11 @@ def test_an_int_a_float32_cannot_hold_is_refused_in_a_ramped_leaf():
         ({0: {"n": 100}, 10: {"n": 20_000_001}, 20: {"n": 20_000_001}}, "linear"),
         ({0: {"n": 100}, 10: {"n": 200}, 20: {"n": 20_000_001}}, ["linear", "step"]),
         ({0: {"n": np.array([1, 2**31 - 1])}, 10: {"n": np.array([2, 3])}}, "cosine"),
+        # (2**53 + 1: a float64 rounds it to 2**53 too, helper-294)
+        (
+            {0: {"n": np.array([2**53 + 1, 0], np.int64)}, 10: {"n": np.zeros(2, np.int64)}},
+            "linear",
+        ),
     ):
         with pytest.raises(ValueError, match="an int a float32 does not hold exactly"):
             S.curriculum(points, kind)

@@ -138,7 +138,7 @@ def _float32_exact(x: Any) -> bool:
     else:
         array = np.asarray(x)
         wide = array.astype(np.float64)
-        beyond = np.abs(wide) > 2**53
+        beyond = np.abs(wide) >= 2**53  # (2**53 + 1 is 2**53 in a float64)
         if not np.array_equal(array[~beyond].astype(np.float32), wide[~beyond]):
             return False
         elements = array[beyond].tolist()
