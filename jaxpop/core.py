@@ -1017,31 +1017,37 @@ def _same_report(existing: Checkpoint, params: Any, value: float) -> bool:
     old = existing.value
     if old is None or not (old == value or (old != old and value != value)):
         return False
-    if existing.params is params:  # (None, or the same handle)
-        return True
-    for same in (
-        lambda: tree_equal(existing.params, params),
-        # (then both as a journal gives them back: a retry after a restart)
-        lambda: tree_equal(_as_journaled(existing.params), _as_journaled(params)),
-    ):
-        try:
-            if same():
-                return True
-        except Exception:  # (params no comparison can read: take it as a new report)
-            pass
-    return False
+    return existing.params is params or _equal_params(existing.params, params)
+
+
+class _TypedKey:
+    """A typed PRNG key as :func:`_as_journaled` compares it: its implementation and
+    data (a key is no array numpy can compare; no user value equals one of these)."""
+
+    __slots__ = ("data", "impl")
+
+    def __init__(self, key: jax.Array):
+        self.impl, self.data = str(jax.random.key_impl(key)), np.asarray(jax.random.key_data(key))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is _TypedKey
+            and self.impl == other.impl
+            and self.data.shape == other.data.shape
+            and bool(np.array_equal(self.data, other.data))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def _as_journaled(params: Any) -> Any:
     """``params`` in the form a journal gives them back (:mod:`jaxpop.encoding`): arrays
     in native byte order, numpy scalars as their dtype's own type (``np.longlong`` as
-    ``np.int64``), typed PRNG keys as their implementation and data, so that a report
-    repeated after a restart is a repeat of the one recorded before it (it was taken
-    as a new one: a new time, the mutator called again, a kept generation made)."""
+    ``np.int64``), typed PRNG keys as their implementation and data."""
 
     def leaf(x: Any) -> Any:
         if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return ("typed key", str(jax.random.key_impl(x)), np.asarray(jax.random.key_data(x)))
+            return _TypedKey(x)
         if isinstance(x, np.ndarray) and not x.dtype.isnative:
             return x.astype(x.dtype.newbyteorder("="))
         if isinstance(x, np.generic) and x.dtype.kind in "biufc":
@@ -1154,11 +1160,21 @@ def _asks_where_sent(
 
 def _equal_params(a: Any, b: Any) -> bool:
     """Whether two params (a handle, or a pytree) are the same: equal, array by array
-    (a mutator made its assignment from the checkpoint's params, not the same object)."""
-    try:
-        return tree_equal(a, b)
-    except Exception:  # (what cannot be compared is not known to be the same)
-        return False
+    (a mutator made its assignment from the checkpoint's params, not the same object),
+    or equal as a journal gives them back (:func:`_as_journaled`: a report repeated
+    after a restart, whose params came back in native byte order, was taken as a new
+    one: a new time, the mutator called again, a kept generation made; and params
+    holding a typed key, which no comparison could read, always were)."""
+    for same in (
+        lambda: tree_equal(a, b),
+        lambda: tree_equal(_as_journaled(a), _as_journaled(b)),
+    ):
+        try:
+            if same():
+                return True
+        except Exception:  # (what cannot be compared is not known to be the same)
+            pass
+    return False
 
 
 def _check_one_holder(

@@ -343,6 +343,27 @@ def test_a_report_repeated_after_a_restart_is_a_repeat(params, tmp_path):
     pop.close()
 
 
+def test_params_compared_as_journaled_keep_other_params_apart(tmp_path):
+    """The comparison as a journal gives params back keeps apart what the journal keeps
+    apart: a tuple that reads like a typed key is another report (it was taken for a
+    repeat and lost, helper-296); a rerun with equal params holding a typed key makes
+    no kept generation (equal params: helper-296)."""
+    import jax
+
+    m = WinnerTakeAllGenetic(lambda meta: meta, steps_per_exploit=4)
+    pop = PopulationController([{"h": 0.1}, {"h": 0.2}], m, log_dir=str(tmp_path))
+    g0, g1 = (w.generation_id for w in pop.active_workers)
+    pop.set_eval(0, g0, 4, {"k": jax.random.key(0)}, 0.1)
+    lookalike = {"k": ("typed key", "threefry2x32", np.zeros(2, np.uint32))}
+    pop.set_eval(0, g0, 4, lookalike, 0.1)
+    assert type(pop.history.get_checkpoint(g0, 4).params["k"]) is tuple
+    pop.set_eval(0, g0, 4, {"k": jax.random.key(0)}, 0.1)
+    pop.set_eval(1, g1, 4, "p1", 0.9)  # (worker 1 copies worker 0's checkpoint)
+    pop.set_eval(0, g0, 4, {"k": jax.random.key(0)}, 0.2)  # a rerun: equal params
+    assert not any("~" in g for g in pop.history)
+    pop.close()
+
+
 def test_a_deleted_jax_array_is_refused_where_it_enters():
     """A donated (deleted) jax array was stored: the worker that copied it got an array
     that failed when used (helper-293)."""
