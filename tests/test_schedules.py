@@ -1020,6 +1020,16 @@ def test_json_that_to_json_never_writes_is_refused_not_read_as_another_schedule(
     assert S.from_json(S.piecewise(odd_keys).to_json()) == S.piecewise(odd_keys)
 
 
+def test_tree_equal_compares_a_masked_arrays_mask():
+    # (its data alone was compared: a report with another mask was taken for a repeat
+    # and dropped, helper-296)
+    a = np.ma.array([1.0, 2.0], mask=[False, True])
+    assert S.tree_equal(a, np.ma.array([1.0, 2.0], mask=[False, True]))
+    assert not S.tree_equal(a, np.ma.array([1.0, 2.0], mask=[True, False]))
+    assert not S.tree_equal(a, np.array([1.0, 2.0]))
+    assert not S.tree_equal(np.array([1.0, 2.0]), a)
+
+
 def test_json_keeps_a_nans_sign_and_payload():
     negative = -float("nan")
     payload = np.array([0xFFC00001], np.uint32).view(np.float32)  # a NaN with a payload

@@ -397,6 +397,13 @@ def _float_equal(x: float, y: Any) -> bool:
 
 
 def _leaf_equal(x: Any, y: Any) -> bool:
+    if isinstance(x, np.ma.MaskedArray) or isinstance(y, np.ma.MaskedArray):
+        # (np.asarray reads the data alone: two masks over the same data were equal)
+        if type(x) is not type(y) or not np.array_equal(
+            np.ma.getmaskarray(x), np.ma.getmaskarray(y)
+        ):
+            return False
+        x, y = np.ma.getdata(x), np.ma.getdata(y)
     if isinstance(x, (np.ndarray, np.generic, jax.Array)):
         x, y = np.asarray(x), np.asarray(y)
         if x.dtype != y.dtype or x.shape != y.shape:
