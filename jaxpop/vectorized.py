@@ -694,7 +694,10 @@ def exploit_explore(
         ``functools.partial(selection.truncation, quantile_fraction=0.2)``.
       explore: ``(key, space, hparams) -> hparams``, applied elementwise to the stacked
         hyperparameters (default :func:`jaxpop.mutators.explore.explore`; pass e.g.
-        ``functools.partial(explore.perturb, perturbation_factors=(0.5, 2.0))``).
+        ``functools.partial(explore.perturb, perturbation_factors=(0.5, 2.0))``). A
+        function of one's own must return the hyperparameters it is given, each of its
+        shape (else a ``TypeError`` / ``ValueError``); with a ``space`` its result is
+        projected onto it (:func:`jaxpop.mutators.explore.clip`), as host PBT does.
       optimizer_hparams: see :func:`write_hparams`.
       is_key: ``(path, leaf) -> bool``, which train-state leaves are PRNG keys (see
         below); default :func:`is_key_leaf`.
@@ -740,6 +743,8 @@ def exploit_explore(
     inherited = jax.tree.map(lambda x: jnp.take(x, parents, axis=0), pop.hparams)
     # (no hyperparameters: nothing to explore, and no space needed)
     explored = explore(explore_key, space, inherited) if inherited else {}
+    if inherited and not _explores_a_space(explore):
+        explored = _checked_explored(explored, inherited, space)
     for k, v in inherited.items():  # (dtypes are static: this raises while tracing)
         if jnp.issubdtype(jnp.result_type(explored[k]), jnp.inexact) and not jnp.issubdtype(
             v.dtype, jnp.inexact
@@ -1342,6 +1347,27 @@ def check_space_given(space: Any, pop: VectorizedPopulation, who: str) -> None:
             f"{who} needs the explore space (space=...) of the hyperparameters "
             f"{sorted(pop.hparams)}"
         )
+
+
+def _checked_explored(explored: Any, inherited: dict[str, Any], space: Any) -> Any:
+    """A custom explore's result, checked as it is stored: the hyperparameters it was
+    given (a missing key failed as a bare ``KeyError``, an extra one was dropped), each
+    of their shape (a scalar was broadcast: every copy given member 0's value), and,
+    with a space, projected onto it (:func:`jaxpop.mutators.explore.clip`, as host PBT
+    does: ``h * 100`` was stored past the space's bounds)."""
+    if not isinstance(explored, Mapping) or set(explored) != set(inherited):
+        got = sorted(explored) if isinstance(explored, Mapping) else type(explored).__name__
+        raise TypeError(
+            f"explore must return the hyperparameters it was given, a dict of "
+            f"{sorted(inherited)}; got {got}"
+        )
+    for k, v in inherited.items():  # (shapes are static: this raises while tracing)
+        if jnp.shape(explored[k]) != v.shape:
+            raise ValueError(
+                f"explore returned hyperparameter {k!r} of shape {jnp.shape(explored[k])}, "
+                f"given {v.shape} (one value per member)"
+            )
+    return explored if space is None else explore_lib.clip(space, dict(explored))
 
 
 def _explores_a_space(explore: Any) -> bool:

@@ -1107,3 +1107,24 @@ def test_the_rate_check_reads_every_injected_state_admits_1_and_covers_mf_rounds
         vectorized_mf.mf_pbt_round(
             good, jnp.arange(4.0), 1, root_key(1), space=bad, frequencies=(1,)
         )
+
+
+def test_a_custom_explores_result_is_checked_and_projected_onto_the_space():
+    """A custom explore's result was stored as it came (helper-299): ``h * 100`` past the
+    space's bounds, a scalar broadcast to every copy, a missing key a bare KeyError."""
+    pop = make_pop()
+    scores = jnp.arange(float(pop.size))  # (the last members copy the first ones)
+    times_100 = lambda key, space, h: {k: v * 100 for k, v in h.items()}  # noqa: E731
+    new, ex = vz.exploit_explore(pop, scores, space=SPACE, explore=times_100)
+    copied = np.asarray(ex.copied)
+    assert copied.any()
+    for name, dimension in SPACE.items():
+        values = np.asarray(new.hparams[name])[copied]
+        assert ((values >= dimension.low) & (values <= dimension.high)).all(), name
+    for bad, error, match in (
+        (lambda key, space, h: {k: v[0] for k, v in h.items()}, ValueError, "shape"),
+        (lambda key, space, h: {"log_lr": h["log_lr"]}, TypeError, "hyperparameters it was"),
+        (lambda key, space, h: [h], TypeError, "a dict of"),
+    ):
+        with pytest.raises(error, match=match):
+            vz.exploit_explore(pop, scores, space=SPACE, explore=bad)
