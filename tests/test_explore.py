@@ -807,3 +807,18 @@ def test_a_log_uniform_past_float32_draws_within_what_float32_holds():
     assert draws.dtype == np.float32 and np.isfinite(draws).all()
     assert len(set(draws.tolist())) == 64 and draws.min() >= 1e30
     assert np.log10(draws).min() < 35  # (spread over 1e30 .. 3.4e38, not piled at the top)
+
+
+def test_a_nan_value_of_a_numeric_choice_is_refused_on_the_host():
+    """A NaN value of a numeric choice was taken as its first value (clip) or moved to
+    the second (perturb), where every other space refuses NaN on the host; a NaN among
+    a choice's values made host and device pick differently (helper-299)."""
+    space = {"c": ex.choice([1.0, 2.0, 3.0])}
+    for value in (math.nan, np.float64("nan"), np.array([1.0, np.nan])):
+        with pytest.raises(ValueError, match="NaN"):
+            ex.clip(space, {"c": value})
+        with pytest.raises(ValueError, match="NaN"):
+            ex.perturb(np.array([0, 1], np.uint32), space, {"c": value})
+    with pytest.raises(ValueError, match="must not be NaN"):
+        ex.choice([1.0, math.nan, 3.0])
+    assert ex.clip({"c": ex.choice(["a", None])}, {"c": None}) == {"c": None}

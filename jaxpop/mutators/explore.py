@@ -149,6 +149,10 @@ def choice(values: Sequence[Any]) -> Choice:
         raise TypeError(f"choice takes a list or tuple of values, got {values!r:.80}")
     if not values:
         raise ValueError("choice needs at least one value")
+    if any(_is_number(v) and v != v for v in values):  # (host and device told it apart)
+        raise ValueError(
+            f"choice values must not be NaN (no value is nearest one), got {values!r:.80}"
+        )
     return Choice(tuple(values))
 
 
@@ -767,7 +771,8 @@ def _check_value(space: Space, value: Any, path: Path) -> None:
     if value is _NO_VALUE:
         return
     if type(value) is float or type(value) is int:  # the usual case, without numpy
-        if value != value and not isinstance(space, Choice):
+        if value != value and (not isinstance(space, Choice) or space.numeric):
+            # (a numeric choice mapped NaN to its first value: no value is nearest NaN)
             raise ValueError(_nan_message(space, path))
         if (  # (a choice matches its values exactly, and finds the nearest with _as_float)
             type(value) is int
@@ -785,11 +790,19 @@ def _check_value(space: Space, value: Any, path: Path) -> None:
         # (explored on device and cast back to bool: 2 would be True; numpy's bools are
         # refused below, or a choice gives its own values)
         raise TypeError(f"{_where(path)} is a bool array, but its space {space} needs numbers")
-    if isinstance(space, Choice) or isinstance(value, jax.Array):
-        return
     numeric = _is_number(value) or (
         isinstance(value, (np.ndarray, np.generic)) and jnp.issubdtype(value.dtype, jnp.number)
     )
+    if (  # (a numeric choice mapped NaN to its first value)
+        isinstance(space, Choice)
+        and space.numeric
+        and numeric
+        and not isinstance(value, jax.Array)
+        and np.any(np.isnan(np.asarray(value, np.float64)))
+    ):
+        raise ValueError(_nan_message(space, path))
+    if isinstance(space, Choice) or isinstance(value, jax.Array):
+        return
     if numeric and np.any(np.isnan(value)):  # no move from NaN lands inside the space
         raise ValueError(_nan_message(space, path))
     if numeric:
@@ -857,8 +870,8 @@ def _apply_flat(
         value = meta.get(name, _NO_VALUE)
         choice = isinstance(leaf_space, Choice)
         if choice:
-            if type(value) not in _PYTHON_CHOICES:
-                return None
+            if type(value) not in _PYTHON_CHOICES or value != value:
+                return None  # (NaN: the general path refuses it for a numeric choice)
             x = value
         elif type(value) in _PYTHON_NUMBERS and value == value and abs(value) <= _FLOAT_MAX:
             x = float(value)
