@@ -822,3 +822,10 @@ def test_a_nan_value_of_a_numeric_choice_is_refused_on_the_host():
     with pytest.raises(ValueError, match="must not be NaN"):
         ex.choice([1.0, math.nan, 3.0])
     assert ex.clip({"c": ex.choice(["a", None])}, {"c": None}) == {"c": None}
+
+
+def test_a_host_key_that_is_not_uint32_words_is_refused():
+    # (a float key was cut to ints: [0.2, 0] drew as [0.9, 0]; a (3,) key was taken)
+    for key in (np.array([0.2, 0.0]), np.array([1, 2, 3], np.uint32)):
+        with pytest.raises(TypeError, match="raw key"):
+            ex.perturb(key, {"a": ex.uniform(0.0, 1.0)}, {"a": 0.5})

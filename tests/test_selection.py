@@ -479,3 +479,16 @@ def test_host_scores_of_the_device_dtype_that_order_alike_are_returned_as_they_a
     assert np.asarray(same, np.float32).tolist() == [3.0, 1.0]
     ranked = device_scores(np.array([3.0, 1.0, 1.001], np.float32), jnp.bfloat16)
     assert ranked.dtype == jnp.bfloat16 and np.asarray(ranked, np.float32).tolist() == [2, 0, 1]
+
+
+def test_host_selections_order_big_ints_exactly_and_refuse_what_is_no_real_number():
+    """float64 made int64 scores past 2**53 ties (copy_best_host kept both, the device
+    copied the better); complex scores lost their imaginary part, bools were 0 / 1 and
+    strings were parsed, where the device refuses them (helper-299)."""
+    rng = np.random.default_rng(0)
+    scores = np.array([2**62, 2**62 + 1], np.int64)
+    assert copy_best_host(rng, scores, mode="max").tolist() == [1, 1]
+    assert copy_best_host(rng, scores, mode="min").tolist() == [0, 0]
+    for bad in (np.array([1 + 5j, 2]), np.array([True, False]), np.array(["1", "2"])):
+        with pytest.raises(TypeError, match="real numbers"):
+            copy_best_host(rng, bad)

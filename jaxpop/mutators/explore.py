@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpop.keys import as_raw_key
 from jaxpop.mutators._host_random import HostRandom
 
 __all__ = [
@@ -313,11 +314,11 @@ _UINT32 = np.dtype(np.uint32)
 
 def _host_key(key: Any) -> np.ndarray:
     """A raw ``uint32[2]`` key on the host, from a raw or typed key."""
-    if type(key) is np.ndarray and key.dtype is _UINT32:  # the usual case
+    if type(key) is np.ndarray and key.dtype is _UINT32 and key.shape == (2,):  # the usual case
         return key
     if hasattr(key, "dtype") and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
-    return np.asarray(key, np.uint32)
+    return as_raw_key(key)  # (a float key was cut to ints: [0.2, 0] drew as [0.9, 0])
 
 
 def _on_device(key: Any, leaves: list) -> bool:
@@ -880,7 +881,7 @@ def _apply_flat(
         u = None
         if op != "clip":
             if random is None:
-                if key.dtype != np.uint32:
+                if key.dtype != np.uint32 or key.shape != (2,):
                     return None  # (the general path converts it, or says why not)
                 random = HostRandom(key).random
             u = (random(), random(), random())

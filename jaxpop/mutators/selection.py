@@ -405,7 +405,14 @@ def tournament(
 def _host_scores(scores: np.ndarray, mode: Mode) -> np.ndarray:
     """:func:`canonical_scores` in numpy (float64: exact for host values)."""
     _check_mode(mode)
-    better = np.asarray(scores, dtype=np.float64)
+    raw = np.asarray(scores)
+    if raw.dtype.kind not in "iuf":  # (as the device refuses them: a complex score lost
+        # its imaginary part, a bool was 0 / 1, a string was parsed)
+        raise TypeError(f"scores must be real numbers, got {raw.dtype} scores")
+    if raw.dtype.kind in "iu" and raw.ndim == 1:
+        # (int64 past 2**53 are ties in float64: their exact order, as dense ranks)
+        raw = np.unique(raw, return_inverse=True)[1].reshape(raw.shape)
+    better = raw.astype(np.float64)
     if better.ndim != 1 or better.shape[0] == 0:
         raise ValueError(
             f"scores must be a non-empty vector with one score per member, shape (n,), got "
