@@ -1351,23 +1351,36 @@ def check_space_given(space: Any, pop: VectorizedPopulation, who: str) -> None:
 
 def _checked_explored(explored: Any, inherited: dict[str, Any], space: Any) -> Any:
     """A custom explore's result, checked as it is stored: the hyperparameters it was
-    given (a missing key failed as a bare ``KeyError``, an extra one was dropped), each
-    of their shape (a scalar was broadcast: every copy given member 0's value), and,
-    with a space, projected onto it (:func:`jaxpop.mutators.explore.clip`, as host PBT
-    does: ``h * 100`` was stored past the space's bounds)."""
-    if not isinstance(explored, Mapping) or set(explored) != set(inherited):
+    given (a missing key failed as a bare ``KeyError``), each of their shape (a scalar
+    was broadcast: every copy given member 0's value), and, with a space, projected onto
+    it (:func:`jaxpop.mutators.explore.clip`, as host PBT does: ``h * 100`` was stored
+    past the space's bounds). A constant of the space may come back as a scalar, or
+    for a key the population does not hold (what jaxpop's own explores give)."""
+    constants = (
+        {k for k, v in space.items() if not explore_lib.is_space(v)}
+        if isinstance(space, Mapping)
+        else set()
+    )
+    if not isinstance(explored, Mapping) or not (
+        set(inherited) <= set(explored) <= set(inherited) | constants
+    ):
         got = sorted(explored) if isinstance(explored, Mapping) else type(explored).__name__
         raise TypeError(
             f"explore must return the hyperparameters it was given, a dict of "
             f"{sorted(inherited)}; got {got}"
         )
+    explored = {k: explored[k] for k in inherited}
     for k, v in inherited.items():  # (shapes are static: this raises while tracing)
-        if jnp.shape(explored[k]) != v.shape:
+        shape = jnp.shape(explored[k])
+        if shape != v.shape and not (k in constants and shape == ()):
             raise ValueError(
-                f"explore returned hyperparameter {k!r} of shape {jnp.shape(explored[k])}, "
-                f"given {v.shape} (one value per member)"
+                f"explore returned hyperparameter {k!r} of shape {shape}, given {v.shape} "
+                "(one value per member)"
             )
-    return explored if space is None else explore_lib.clip(space, dict(explored))
+    if space is None:
+        return explored
+    clipped = explore_lib.clip(space, explored)
+    return {k: clipped[k] for k in inherited}
 
 
 def _explores_a_space(explore: Any) -> bool:

@@ -1128,3 +1128,21 @@ def test_a_custom_explores_result_is_checked_and_projected_onto_the_space():
     ):
         with pytest.raises(error, match=match):
             vz.exploit_explore(pop, scores, space=SPACE, explore=bad)
+
+
+@pytest.mark.filterwarnings("ignore:none of the population's hyperparameters")
+def test_a_custom_explore_wrapping_jaxpops_may_give_the_spaces_constants_as_scalars():
+    """A wrapper around jaxpop's explore gives a space's constant as a scalar, or for a
+    key the population does not hold: the first version of the check refused both
+    (helper-300)."""
+    space = {"a": explore.uniform(0.0, 1.0), "wd": 0.0}
+    wrapped = lambda k, s, h: explore.perturb(k, s, h, perturbation_factors=(0.5, 2.0))  # noqa: E731
+    scores = jnp.arange(4.0)
+    for given in (None, {"a": jnp.full(4, 0.5)}):
+        pop = vz.init(root_key(0), init_fn, space, 4, hparams=given)
+        new, _ = vz.exploit_explore(pop, scores, space=space, explore=wrapped)
+        assert set(new.hparams) == set(pop.hparams)
+        if "wd" in new.hparams:
+            assert np.asarray(new.hparams["wd"]).tolist() == [0.0] * 4
+        a = np.asarray(new.hparams["a"])
+        assert ((a >= 0.0) & (a <= 1.0)).all()
