@@ -54,6 +54,22 @@ def report(state, m, worker, step, value, now=1.0):
     return state
 
 
+def report_no_params(state, m, worker, step, value):
+    """:func:`report` of an evaluation sent without params (nothing saved)."""
+    gen = state.workers[worker].generation_id
+    return apply(state, Eval(None, worker, gen, step, value), 1.0, m)[0]
+
+
+def _evaluated_before_any_save(m, n):
+    """P1 members 0 and 1 and member 2 evaluate, none saving: an evaluator takes member
+    2 from a fresh start (nothing in the run saves yet)."""
+    state = population(m, n)
+    state = report_no_params(state, m, 0, 10, 0.0)
+    for j in range(3):
+        state = report_no_params(state, m, 1, 10 * (j + 1), 0.10 + 0.01 * j)
+    return report_no_params(state, m, 2, 5, 0.05)
+
+
 def test_module_examples_run():
     assert doctest.testmod(fire).failed == 0
     assert doctest.testmod(_subpopulations).failed == 0
@@ -418,21 +434,12 @@ def test_an_evaluation_from_no_weights_ends_once_its_member_has_some():
     one); once the member sends params, that evaluation no longer measures its weights:
     it ends, and the member is evaluated again from them."""
     m = make(mode="max")
-    state = population(m, 5)
-
-    def no_params(state, worker, step, value):
-        gen = state.workers[worker].generation_id
-        return apply(state, Eval(None, worker, gen, step, value), 1.0, m)[0]
-
-    state = no_params(state, 0, 10, 0.0)
-    for j in range(3):
-        state = no_params(state, 1, 10 * (j + 1), 0.10 + 0.01 * j)
-    state = no_params(state, 2, 5, 0.05)
+    state = _evaluated_before_any_save(m, 5)
     first = state.mutator_state.evaluations[4]
     assert first.member == 2 and state.workers[4].params is None  # (nothing saves yet)
     assert state.mutator_state.evaluated[2][1] == first.generation
     state = report(state, m, 2, 15, 0.06)  # the member saves
-    state = no_params(state, 4, 15, 0.2)  # the evaluator reports: its evaluation is void
+    state = report_no_params(state, m, 4, 15, 0.2)  # the evaluator reports: its evaluation is void
     again = state.mutator_state.evaluations[4]
     assert again.generation != first.generation and state.workers[4].params == "w2@15"
     assert state.mutator_state.evaluated[2][1] == again.generation  # (not the void one's)
@@ -443,21 +450,12 @@ def test_a_void_evaluation_leaves_no_fitness_behind():
     network not the member's, stayed the member's fitness until another evaluation of
     it replaced it (here the evaluator moves on to a member never evaluated)."""
     m = make(mode="max", sub_population_sizes=(2, 3))
-    state = population(m, 6)
-
-    def no_params(state, worker, step, value):
-        gen = state.workers[worker].generation_id
-        return apply(state, Eval(None, worker, gen, step, value), 1.0, m)[0]
-
-    state = no_params(state, 0, 10, 0.0)
-    for j in range(3):
-        state = no_params(state, 1, 10 * (j + 1), 0.10 + 0.01 * j)
-    state = no_params(state, 2, 5, 0.05)
+    state = _evaluated_before_any_save(m, 6)
     first = state.mutator_state.evaluations[5]
     assert first.member == 2
     state = report(state, m, 2, 15, 0.06)  # member 2 saves
     state = report(state, m, 3, 15, 0.07)  # member 3, never evaluated, saves
-    state = no_params(state, 5, 15, 0.2)  # the evaluation of 2 is void: ended
+    state = report_no_params(state, m, 5, 15, 0.2)  # the evaluation of 2 is void: ended
     assert state.mutator_state.evaluations[5].member == 3
     assert 2 not in state.mutator_state.evaluated
 
@@ -465,21 +463,15 @@ def test_a_void_evaluation_leaves_no_fitness_behind():
 def test_in_a_run_where_only_some_workers_save_the_others_are_not_evaluated():
     """A member whose worker never sends params, in a run whose other workers do: an
     evaluator has nothing of it to load (from scratch it would measure a network not
-    the member's); an evaluation begun before anyone saved ends at the first save of
-    the member, its fitness forgotten."""
+    the member's); it is evaluated once it saves."""
     m = make(mode="max")
     state = population(m, 5)
-
-    def no_params(state, worker, step, value):
-        gen = state.workers[worker].generation_id
-        return apply(state, Eval(None, worker, gen, step, value), 1.0, m)[0]
-
     state = report(state, m, 0, 10, 0.0)
     for j in range(3):
         state = report(state, m, 1, 10 * (j + 1), 0.10 + 0.01 * j)
     for step in (5, 15, 25):
-        state = no_params(state, 2, step, 0.05)
-        state = no_params(state, 3, step, 0.05)
+        state = report_no_params(state, m, 2, step, 0.05)
+        state = report_no_params(state, m, 3, step, 0.05)
     assert state.mutator_state.evaluations == {}
     state = report(state, m, 3, 35, 0.06)  # member 3 saves: it is evaluated
     assert state.mutator_state.evaluations[4].member == 3
@@ -757,20 +749,25 @@ def test_a_resumed_run_continues_exactly_like_an_uninterrupted_one(tmp_path):
     assert schedule(0) == data.best.lineage[0].meta_params
 
 
+def _finished_or_expired(state, m, rng, t, w, kind):
+    """The random scripts' rarest events: worker ``w`` finishes (``kind < 0.03``), or
+    the workers silent past 4 or 15 s are declared gone."""
+    if kind < 0.03:
+        return apply(state, Finish(w), float(t), m)[0]
+    after = rng.choice([4.0, 15.0])
+    return core.expire(state, float(t), core.event_key(state), after_s=after, mutator=m)[0]
+
+
 def _random_event(state, m, rng, t):
     """One random event of a hostile script, applied: mostly reports (some NaN, some
     again at a step already reported: a replaced checkpoint), and asks, reports for a
     generation the worker has left, finishes, missing checkpoints (branch-backs) and
     expiries."""
-    n = len(state.workers)
-    w = rng.randrange(n)
+    w = rng.randrange(len(state.workers))
     worker = state.workers[w]
     kind = rng.random()
-    if kind < 0.03:
-        return apply(state, Finish(w), float(t), m)[0]
     if kind < 0.06:
-        after = rng.choice([4.0, 15.0])
-        return core.expire(state, float(t), core.event_key(state), after_s=after, mutator=m)[0]
+        return _finished_or_expired(state, m, rng, t, w, kind)
     if kind < 0.09 and worker.params is not None:  # (None: nothing to load)
         event = Missing(w, worker.generation_id, worker.step)
         return apply(state, event, float(t), m)[0]
@@ -1234,15 +1231,11 @@ def test_a_fitness_past_a_float_ranks_first_and_a_long_curves_p_value_is_quick()
 def _copy_chain_event(state, m, rng, t, nosave):
     """A random event of a run whose workers save now and then (or never: ``nosave``),
     report missing params, finish, go silent: copies of copies' unevaluated starts form."""
-    n = len(state.workers)
-    w = rng.randrange(n)
+    w = rng.randrange(len(state.workers))
     worker = state.workers[w]
     kind = rng.random()
-    if kind < 0.03:
-        return apply(state, Finish(w), float(t), m)[0]
     if kind < 0.06:
-        key, after = core.event_key(state), rng.choice([4.0, 15.0])
-        return core.expire(state, float(t), key, after_s=after, mutator=m)[0]
+        return _finished_or_expired(state, m, rng, t, w, kind)
     if kind < 0.15 and worker.params is not None:
         return apply(state, Missing(w, worker.generation_id, worker.step), float(t), m)[0]
     if kind < 0.2:

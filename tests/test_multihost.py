@@ -499,17 +499,29 @@ def test_initialize_cpu_checks_every_argument_before_touching_jax(monkeypatch, a
     assert calls == []
 
 
-def test_initialize_cpu_says_the_coordinators_port_is_taken(monkeypatch):
-    # JAX's coordinator ended process 0 with SIGSEGV on a port another program held
-    calls = []
+def _recorded_jax_calls(monkeypatch) -> list:
+    """JAX's config updates and distributed initialize, recorded instead of made."""
+    calls: list = []
     monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
     monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(a))
+    return calls
+
+
+def _refused_while_held(held: socket.socket) -> int:
+    """``held`` listening on a free port, which process 0's initialize_cpu refuses."""
+    held.bind(("", 0))
+    held.listen()
+    port = held.getsockname()[1]
+    with pytest.raises(OSError, match=f"port {port} .* cannot be listened on"):
+        multihost.initialize_cpu(f"localhost:{port}", 2, 0)
+    return port
+
+
+def test_initialize_cpu_says_the_coordinators_port_is_taken(monkeypatch):
+    # JAX's coordinator ended process 0 with SIGSEGV on a port another program held
+    calls = _recorded_jax_calls(monkeypatch)
     with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as held:
-        held.bind(("", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        with pytest.raises(OSError, match=f"port {port} .* cannot be listened on"):
-            multihost.initialize_cpu(f"localhost:{port}", 2, 0)
+        port = _refused_while_held(held)
         assert calls == []
         multihost.initialize_cpu(f"localhost:{port}", 2, 1)  # (process 1 only connects)
     assert calls
@@ -520,9 +532,7 @@ def test_initialize_cpu_checks_the_port_where_ipv6_is_disabled(monkeypatch):
     built with it): the port check itself failed process 0 (helper-277)."""
     import errno
 
-    calls = []
-    monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
-    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(a))
+    calls = _recorded_jax_calls(monkeypatch)
     real = socket.socket
 
     def no_ipv6(family=socket.AF_INET, *args, **kwargs):
@@ -532,11 +542,7 @@ def test_initialize_cpu_checks_the_port_where_ipv6_is_disabled(monkeypatch):
 
     monkeypatch.setattr(socket, "socket", no_ipv6)
     with real(socket.AF_INET) as held:
-        held.bind(("", 0))
-        held.listen()
-        port = held.getsockname()[1]
-        with pytest.raises(OSError, match=f"port {port} .* cannot be listened on"):
-            multihost.initialize_cpu(f"localhost:{port}", 2, 0)
+        port = _refused_while_held(held)
     assert calls == []
     multihost.initialize_cpu(f"localhost:{port}", 2, 0)  # free again: checked, then joined
     assert calls
