@@ -43,7 +43,7 @@ __all__ = ["broadcast_from_lead", "initialize_cpu", "is_lead_process", "on_lead"
 T = TypeVar("T")
 
 
-#: ``running.fn``: set while this thread runs an :func:`on_lead` ``fn`` (process 0 alone)
+#: ``_alone.fn``: the name of the :func:`on_lead` ``fn`` this thread runs (process 0 alone)
 _alone = threading.local()
 
 
