@@ -15,7 +15,14 @@ from mutator_registry import MUTATORS, NAMES
 from conftest import FakeClock, noop_mutator
 from jaxpop import PopulationController, core, encoding, storage
 from jaxpop.keys import root_key
-from jaxpop.mutators import FixedSchedule, WinnerTakeAllGenetic
+from jaxpop.mutators import (
+    FirePBT,
+    FixedSchedule,
+    MultipleFrequenciesPBT,
+    PopulationBasedTraining,
+    WinnerTakeAllGenetic,
+    explore,
+)
 
 
 def _mutate(meta, key):
@@ -518,3 +525,50 @@ def test_a_new_run_started_without_load_never_touches_a_run_there(tmp_path, comp
     with pytest.raises(TypeError, match=r"load\(\) returns None for a log_dir that holds no run"):
         empty.start(None)
     empty.close()
+
+
+_SPACE_FOR_LOCKED = {"lr": explore.log_uniform(1e-4, 1.0)}
+
+
+@pytest.mark.parametrize(
+    "make, changed, option",
+    [
+        (
+            lambda v: PopulationBasedTraining(
+                perturbation_interval=10, hyperparam_space=_SPACE_FOR_LOCKED, time_attr=v
+            ),
+            ("time", "step"),
+            "time_attr",
+        ),
+        (
+            lambda v: MultipleFrequenciesPBT(
+                t_ready=v, hyperparam_space=_SPACE_FOR_LOCKED, frequencies=(1, 2)
+            ),
+            (10, 20),
+            "t_ready",
+        ),
+        (
+            lambda v: FirePBT(
+                perturbation_interval=5,
+                sub_population_sizes=v[0],
+                num_evaluators=v[1],
+                max_eval_steps=10,
+                hyperparam_space=_SPACE_FOR_LOCKED,
+            ),
+            (((2, 4), 2), ((2, 3), 3)),
+            "num_evaluators, sub_population_sizes",
+        ),
+    ],
+)
+def test_reconfigure_cannot_change_what_the_mutator_state_is_recorded_in(
+    tmp_path, make, changed, option
+):
+    """A PBT run resumed with time_attr "step" for "time" read its recorded decision
+    times (seconds) as steps and never decided again; MF-PBT's round is in t_ready
+    steps; FIRE's state is keyed by the workers' roles (hostile review, helper-301)."""
+    before, after = changed
+    n = 8
+    PopulationController([{"lr": 0.01}] * n, make(before), str(tmp_path)).close()
+    with pytest.raises(storage.RunMismatchError, match=f"cannot change {option}"):
+        PopulationController([{"lr": 0.01}] * n, make(after), str(tmp_path), reconfigure=True)
+    PopulationController([{"lr": 0.01}] * n, make(before), str(tmp_path)).close()  # (intact)

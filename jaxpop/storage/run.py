@@ -158,6 +158,35 @@ def _first_difference(a: Any, b: Any, where: str, older: bool) -> tuple[str, Any
     return where, a, b
 
 
+#: (mutator kind, option): options even ``reconfigure`` cannot change, the recorded
+#: mutator state being in their units or layout (PBT's decision times in steps or seconds:
+#: resumed in the other unit it never decided again; MF-PBT's round in ``t_ready`` steps;
+#: FIRE's evaluations and curves keyed by the workers' roles)
+_LOCKED = frozenset(
+    {
+        ("PopulationBasedTraining", "time_attr"),
+        ("MultipleFrequenciesPBT", "t_ready"),
+        ("FirePBT", "sub_population_sizes"),
+        ("FirePBT", "num_evaluators"),
+    }
+)
+
+
+def _locked_changes(recorded: Run, run: Run) -> list[str]:
+    """The options of :data:`_LOCKED` that differ between two descriptions of one kind."""
+    old, new = recorded.get("mutator"), run.get("mutator")
+    if old is None or new is None:
+        return []
+    older = recorded.get("description_format") != DESCRIPTION_FORMAT
+    return [
+        name
+        for kind, name in sorted(_LOCKED)
+        if kind == new["kind"]
+        and name in old["config"]
+        and not _same(old["config"][name], new["config"].get(name, _ABSENT), older)
+    ]
+
+
 def check_resume(
     log_dir: str,
     recorded: Run | None,
@@ -200,14 +229,19 @@ def check_resume(
     same_kind = known["population_size"] == run["population_size"] and not any(
         line.startswith("mutator:") for line in lines
     )
-    if reconfigure and same_kind:
+    locked = _locked_changes(known, run) if same_kind else []
+    if reconfigure and same_kind and not locked:
         logger.warning("jaxpop: resuming %s reconfigured: %s", log_dir, "; ".join(lines))
         return True
-    fix = (
-        f"pass reconfigure=True to resume it with the new configuration, or {elsewhere}"
-        if same_kind
-        else f"a run cannot change its population size or mutator kind: {elsewhere}"
-    )
+    if locked:
+        fix = (
+            f"a run cannot change {', '.join(locked)}: its mutator's recorded state is in "
+            f"their units (or layout), which another value would misread: {elsewhere}"
+        )
+    elif same_kind:
+        fix = f"pass reconfigure=True to resume it with the new configuration, or {elsewhere}"
+    else:
+        fix = f"a run cannot change its population size or mutator kind: {elsewhere}"
     raise RunMismatchError(
         f"{log_dir} holds a run started differently:\n  " + "\n  ".join(lines) + f"\n{fix}"
     )
