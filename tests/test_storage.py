@@ -1,5 +1,6 @@
 """Durable controller state: restart equivalence, damaged files, locking, durability."""
 
+import functools
 import math
 import os
 import struct
@@ -572,3 +573,45 @@ def test_reconfigure_cannot_change_what_the_mutator_state_is_recorded_in(
     with pytest.raises(storage.RunMismatchError, match=f"cannot change {option}"):
         PopulationController([{"lr": 0.01}] * n, make(after), str(tmp_path), reconfigure=True)
     PopulationController([{"lr": 0.01}] * n, make(before), str(tmp_path)).close()  # (intact)
+
+
+def test_reconfigure_locks_a_subclasss_state_options_and_only_real_changes(tmp_path):
+    """A subclass of PBT is its own kind: the lock named PBT's kind only, and the
+    subclass resumed in the other unit (helper-302); an option given in another type of
+    the same value (10.0 for 10, an array for a tuple) is no change of it."""
+
+    class MyPBT(PopulationBasedTraining):
+        __slots__ = ()
+
+    space = _SPACE_FOR_LOCKED
+
+    def fire(sizes):
+        return FirePBT(
+            perturbation_interval=5,
+            sub_population_sizes=sizes,
+            num_evaluators=2,
+            max_eval_steps=10,
+            hyperparam_space=space,
+        )
+
+    def mf(t_ready):
+        return MultipleFrequenciesPBT(t_ready=t_ready, hyperparam_space=space, frequencies=(1, 2))
+
+    def pbt(time_attr):
+        return MyPBT(perturbation_interval=10, hyperparam_space=space, time_attr=time_attr)
+
+    for name, before, after, refused in (
+        ("subclass", pbt("time"), pbt("step"), True),
+        ("t_ready", mf(10), mf(10.0), False),
+        ("sizes", fire((2, 4)), fire(np.array([2, 4])), False),
+    ):
+        log_dir = str(tmp_path / name)
+        PopulationController([{"lr": 0.01}] * 8, before, log_dir).close()
+        reopen = functools.partial(
+            PopulationController, [{"lr": 0.01}] * 8, after, log_dir, reconfigure=True
+        )
+        if refused:
+            with pytest.raises(storage.RunMismatchError, match="cannot change time_attr"):
+                reopen()
+        else:
+            reopen().close()

@@ -220,6 +220,10 @@ class Mutator(NamedTuple):
         if self.mode != "min":  # (as a plain str: np.str_("max") is taken, and journaled)
             config.setdefault("mode", check_mode(self.mode))
         description = {"kind": kind, "config": config}
+        locked = getattr(type(self), "_state_options", ())
+        if locked:  # (a subclass's too): options its recorded state is in, which even
+            # reconfigure=True cannot change (jaxpop.storage.run)
+            description["locked"] = list(locked)
         defaults = _defaults(type(self), config)
         if defaults:  # a run recorded before an option existed resumes with its default
             description["defaults"] = defaults

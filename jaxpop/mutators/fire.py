@@ -738,6 +738,8 @@ class FirePBT(Mutator):
     """
 
     __slots__ = ()
+    #: what the recorded state is keyed by (the workers' roles): see ``describe``
+    _state_options = ("sub_population_sizes", "num_evaluators")
 
     @records_config
     def __new__(

@@ -430,6 +430,8 @@ class MultipleFrequenciesPBT(Mutator):
     """
 
     __slots__ = ()
+    #: what the recorded state is in (its round counts t_ready steps): see ``describe``
+    _state_options = ("t_ready",)
 
     @records_config
     def __new__(

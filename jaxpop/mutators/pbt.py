@@ -218,6 +218,9 @@ class PopulationBasedTraining(Mutator):
     """
 
     __slots__ = ()
+    #: what the recorded state is in (decision times, in steps or seconds): see
+    #: :meth:`Mutator.describe`'s ``locked``
+    _state_options = ("time_attr",)
 
     @records_config
     def __new__(

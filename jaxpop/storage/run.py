@@ -158,33 +158,29 @@ def _first_difference(a: Any, b: Any, where: str, older: bool) -> tuple[str, Any
     return where, a, b
 
 
-#: (mutator kind, option): options even ``reconfigure`` cannot change, the recorded
-#: mutator state being in their units or layout (PBT's decision times in steps or seconds:
-#: resumed in the other unit it never decided again; MF-PBT's round in ``t_ready`` steps;
-#: FIRE's evaluations and curves keyed by the workers' roles)
-_LOCKED = frozenset(
-    {
-        ("PopulationBasedTraining", "time_attr"),
-        ("MultipleFrequenciesPBT", "t_ready"),
-        ("FirePBT", "sub_population_sizes"),
-        ("FirePBT", "num_evaluators"),
-    }
-)
-
-
 def _locked_changes(recorded: Run, run: Run) -> list[str]:
-    """The options of :data:`_LOCKED` that differ between two descriptions of one kind."""
+    """The options the new description names as ``locked`` (those its mutator's recorded
+    state is in: PBT's ``time_attr``, MF-PBT's ``t_ready``, FIRE's layout; a subclass's
+    too) whose values differ, compared as values (``10`` and ``10.0``, a tuple and an
+    array of the same numbers are the same option)."""
     old, new = recorded.get("mutator"), run.get("mutator")
-    if old is None or new is None:
+    if old is None or new is None or old["kind"] != new["kind"]:
         return []
-    older = recorded.get("description_format") != DESCRIPTION_FORMAT
     return [
         name
-        for kind, name in sorted(_LOCKED)
-        if kind == new["kind"]
-        and name in old["config"]
-        and not _same(old["config"][name], new["config"].get(name, _ABSENT), older)
+        for name in sorted(new.get("locked") or ())
+        if name in old["config"]
+        and _plain(old["config"][name]) != _plain(new["config"].get(name, _ABSENT))
     ]
+
+
+def _plain(value: Any) -> Any:
+    """A described option as a value: an array as its values, a list as a tuple."""
+    if type(value) is dict and set(value) == {"array", "shape", "values"}:
+        value = value["values"]
+    if type(value) in (list, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
 
 
 def check_resume(
