@@ -109,7 +109,12 @@ def _write_before_raising(
     except Exception as write_error:  # (the read's error is the one to raise)
         note = f"writing the newest report read failed too: {type(write_error).__name__}: "
         note += str(write_error)
-    # (Python 3.10 has no add_note: the attribute it writes, which the CLI prints)
+    _add_note(error, note)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` (Python 3.10 has no add_note: the attribute it writes,
+    which the CLI prints)."""
     error.__notes__ = [*getattr(error, "__notes__", ()), note]  # type: ignore[attr-defined]
 
 
@@ -248,9 +253,8 @@ def _watch(
                 held = "none of this watch's reads"
                 if written_events is not None:
                     held = f"the run as of its event {written_events}"
-                note = f"the report files hold {held} (writing its event "
-                note += f"{last.state.num_events} failed)"
-                e.__notes__ = [*getattr(e, "__notes__", ()), note]  # type: ignore[attr-defined]
+                failed = f"writing its event {last.state.num_events} failed"
+                _add_note(e, f"the report files hold {held} ({failed})")
                 raise
             written_seen, written_at = last_seen, clock()
             written_events = last.state.num_events
