@@ -16,6 +16,7 @@ from jaxpop.history import History
 from jaxpop.mutators import decision_counts, pb2
 from jaxpop.mutators import explore as ex
 from jaxpop.mutators.pb2 import PB2, PB2Explorer, reward_changes
+from jaxpop.mutators.pbt import PopulationBasedTraining
 from jaxpop.records import ActiveWorker, Checkpoint
 
 SPACE = {"lr": ex.uniform(0.0, 1.0)}
@@ -676,6 +677,45 @@ def test_a_range_too_narrow_for_floats_is_one_point(calls):
         out = PB2Explorer(space)(KEY, h.latest("g0"), h, workers_at({"x": value}))
         assert ex.clip(space, out) == out
     assert len(calls) == 2
+
+
+def test_a_kept_coordinate_keeps_the_copied_value_exactly(monkeypatch):
+    # the search keeps the copied point (its candidate 0 wins): the copied hyperparameters
+    # come back as they were, not through float32 coordinates (which moved 0.1 to
+    # 0.10000000149 and, in a randint wider than 2**24, 123456789 to 123456792)
+    def keeps_the_start(draws, data, pending, start, sqrt_beta, *, sizes):
+        return start[0], start[1], None
+
+    monkeypatch.setattr(pb2, "_propose", keeps_the_start)
+    space = {"lr": ex.uniform(0.0, 1.0), "seed": ex.randint(0, 2**31), "opt": ex.choice(["a", "b"])}
+    meta = {"lr": 0.1, "seed": 123456789, "opt": "b"}
+    h = history_of(RATES, meta=lambda r: {**meta, "lr": r})
+    source = Checkpoint(None, meta, "g0", 1.0, None, 15, 0.0)
+    out = PB2Explorer(space, min_observations=1)(KEY, source, h, workers_at(meta))
+    assert out == meta and type(out["seed"]) is int
+
+
+def test_pbt_prepares_an_explorer_that_has_a_prepare():
+    prepared = []
+
+    class Explorer:
+        def __call__(self, key, source, history, workers):
+            return source.meta_params
+
+        def prepare(self, population_size):
+            prepared.append(population_size)
+
+    mutator = PopulationBasedTraining(perturbation_interval=1, explorer=Explorer())
+    PopulationController([{"lr": 0.1}] * 3, mutator, seed=0).close()
+    assert prepared == [3]
+
+
+def test_pb2_prepares_its_explorer_once(monkeypatch):
+    prepared = []
+    monkeypatch.setattr(PB2Explorer, "prepare", lambda self, n: prepared.append(n))
+    mutator = PB2(perturbation_interval=1, hyperparam_space=SPACE)
+    PopulationController([{"lr": 0.1}] * 3, mutator, seed=0).close()
+    assert prepared == [3]
 
 
 def test_compiles_once():

@@ -378,8 +378,14 @@ class _Encoding(NamedTuple):
             c.append(index)
         return np.asarray(x, np.float32), np.asarray(c, np.int32)
 
-    def decode(self, meta: Any, x: np.ndarray, c: np.ndarray) -> Any:
-        for (path, leaf), u in zip(self.numbers, x, strict=True):
+    def decode(self, meta: Any, x: np.ndarray, c: np.ndarray, kept: np.ndarray) -> Any:
+        """``meta`` with the hyperparameters at ``(x, c)``; a coordinate equal to its
+        entry in ``kept`` (``meta``'s own, as :meth:`encode` gave them) keeps ``meta``'s
+        value exactly (float32 coordinates tell apart neither floats 1e-8 apart nor the
+        integers of a randint wider than 2**24)."""
+        for (path, leaf), u, u0 in zip(self.numbers, x, kept, strict=True):
+            if u == u0:
+                continue
             new: Any = _decode_number(leaf, u)
             old = _value_at(meta, path)
             if isinstance(old, (np.generic, np.ndarray, jax.Array)):
@@ -786,7 +792,7 @@ class PB2Explorer:
             np.float32(math.sqrt(self.beta)),
             sizes=encoding.sizes,
         )
-        new = encoding.decode(meta, np.asarray(new_x, np.float64), np.asarray(new_c))
+        new = encoding.decode(meta, np.asarray(new_x, np.float64), np.asarray(new_c), point[0])
         return explore_lib.clip(self.hyperparam_space, new)
 
     def prepare(self, population_size: int) -> None:
@@ -938,7 +944,7 @@ def PB2(
         resample_probability=resample_probability,
         perturbation_factors=factors,
     )
-    mutator = PopulationBasedTraining(
+    return PopulationBasedTraining(
         perturbation_interval=perturbation_interval,
         hyperparam_space=hyperparam_space,
         time_attr=time_attr,
@@ -949,11 +955,3 @@ def PB2(
         explorer=explorer,
         **options,
     )
-    return mutator._replace(prepare=functools.partial(_prepare, mutator.prepare, explorer))
-
-
-def _prepare(pbt_prepare: Callable[[int], None] | None, explorer: PB2Explorer, size: int) -> None:
-    """PBT's compilations, then the explorer's (module level: a PB2 mutator pickles)."""
-    if pbt_prepare is not None:
-        pbt_prepare(size)
-    explorer.prepare(size)

@@ -186,7 +186,9 @@ class PopulationBasedTraining(Mutator):
         step in place of the space's perturb-or-resample: ``source`` is the copied
         checkpoint, ``history`` and ``workers`` the population as the decision sees
         it (a model-based explore, such as PB2's bandit, reads its data there). Its
-        result goes through ``custom_explore_fn`` and is clipped to the space.
+        result goes through ``custom_explore_fn`` and is clipped to the space. An
+        explorer with a ``prepare(population_size)`` method has it called when the
+        controller starts (where :class:`~jaxpop.mutators.pb2.PB2Explorer` compiles).
       synch: wait until every worker is ready, then decide for all at once. Ray Tune:
         ``synch``.
       allow_rewind: in asynchronous mode, let a worker with a finite score copy a
@@ -268,7 +270,7 @@ class PopulationBasedTraining(Mutator):
             cls,
             init=_init,
             update=functools.partial(_update, config, views),
-            prepare=functools.partial(_prepare, selection),
+            prepare=functools.partial(_prepare, selection, explorer),
             mode=config.mode,
             counts=_counts,
             holds=functools.partial(_holds, views) if hold else None,
@@ -312,13 +314,17 @@ def _init() -> PBTState:
     return PBTState()
 
 
-def _prepare(selection: Any, population_size: int) -> None:
+def _prepare(selection: Any, explorer: Any, population_size: int) -> None:
     """Compiles what an exploit runs with a custom selection (the key split) for this
-    population size, so that the first exploit does not stall the controller for the
-    fraction of a second XLA takes; the built-in selections and the explore run in plain
-    numpy."""
+    population size, and an explorer's own ``prepare(population_size)`` if it has one
+    (:class:`~jaxpop.mutators.pb2.PB2Explorer` compiles its GP fit there), so that the
+    first exploit does not stall the controller for the fraction of a second XLA takes;
+    the built-in selections and the explore run in plain numpy."""
     if callable(selection):
         split_key(np.zeros(2, np.uint32), population_size)
+    prepare = getattr(explorer, "prepare", None)
+    if callable(prepare):
+        prepare(population_size)
 
 
 def _holds(
