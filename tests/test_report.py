@@ -535,6 +535,33 @@ def test_the_report_escapes_control_characters_from_the_run():
     )
 
 
+@needs_matplotlib
+def test_the_plots_escape_control_characters_from_the_run(tmp_path):
+    """A hyperparameter name holding ESC was drawn raw (a missing-glyph box) and
+    matplotlib's warning printed it to the terminal (hostile review, helper-304)."""
+    name = "lr\x1b[31m"
+    mutator = WinnerTakeAllGenetic(lambda m: m, steps_per_exploit=10)
+    with PopulationController([{name: 0.1}, {name: 0.2}], mutator) as pop:
+        for i in range(2):
+            pop.set_eval(i, pop.active_workers[i].generation_id, 10, f"p{i}", float(i))
+        data = report.build(pop.state)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no missing glyph)
+        fig = report.plot_hparams(data)
+        fig.savefig(tmp_path / "h.png")
+    assert [ax.yaxis.label.get_text() for ax in fig.axes] == ["lr\\x1b[31m"]
+
+
+def test_an_out_dir_that_is_a_file_is_refused_by_name(finished, tmp_path, capsys):
+    # (the CLI printed only "[Errno 17] File exists: 'afile'", from os.makedirs)
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    with pytest.raises(NotADirectoryError, match="is a file: the report writes its files"):
+        report.write_report(report.build(finished[1]), afile)
+    assert cli.main(["report", str(finished[0] / "population"), "--out", str(afile)]) != 0
+    assert "is a file" in capsys.readouterr().err and afile.read_text() == "mine"
+
+
 @pytest.mark.parametrize("scale", [1e3, 1e9])  # a clock in milliseconds, in nanoseconds
 def test_times_of_a_clock_not_in_seconds_are_printed_as_numbers(scale):
     """The table printed the times as dates: past year 9999 that raised (``ValueError``,

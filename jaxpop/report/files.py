@@ -108,6 +108,10 @@ def write_report(
             f"out_dir {out_dir} lies inside the run's directory {report.log_dir}; the "
             "report never writes there: choose another out_dir"
         )
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # (before any drawing)
+        raise NotADirectoryError(
+            f"out_dir {out_dir} is a file: the report writes its files into a folder"
+        )
     contents: dict[str, bytes] = {}
     text = io.StringIO()
     write_csv(report.history, text)

@@ -10,7 +10,7 @@ import numpy as np
 
 from jaxpop.history import KEPT_MARK, History, is_kept
 from jaxpop.report.data import Report, _series, best_series, member_series
-from jaxpop.report.tables import _fmt
+from jaxpop.report.tables import _fmt, _printable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -165,7 +165,8 @@ def plot_hparams(report: Report, names: str | Iterable[str] | None = None) -> Fi
     axes = fig.subplots(len(names), 1, sharex=True, squeeze=False)[:, 0]
     for ax, name in zip(axes, names, strict=True):
         _draw_lines(ax, report, name)
-        ax.set_ylabel(name, parse_math=False)  # a name is text: "$" is no math mode
+        # a name is text: "$" is no math mode, a control character is shown escaped
+        ax.set_ylabel(_printable(name), parse_math=False)
         ax.grid(alpha=0.3)
     _legend(axes[0], report)
     axes[-1].set_xlabel("step")
@@ -327,9 +328,9 @@ def _row_label(generation_id: str) -> str:
     generation's (``<generation>~<id>``) those of both parts, which tell it from the
     generation it was kept from."""
     if not is_kept(generation_id):
-        return generation_id[:8]
+        return _printable(generation_id[:8])
     origin, _, own = generation_id.rpartition(KEPT_MARK)
-    return f"{origin[:8]}{KEPT_MARK}{own[:4]}"
+    return _printable(f"{origin[:8]}{KEPT_MARK}{own[:4]}")
 
 
 def _scalar_mappable(cmap: Any, norm: Any) -> Any:
