@@ -47,6 +47,12 @@ def _is_inject_state(x: Any) -> bool:
     return isinstance(x, _INJECT_STATES)
 
 
+def _sorted(names: Iterable[Any]) -> list[Any]:
+    """``names`` in order for a message, sorted by ``repr``: keys of mixed types (an int
+    and a str) do not compare."""
+    return sorted(names, key=repr)
+
+
 def select_hparams(
     meta_params: Mapping[str, Any],
     keys: Keys,
@@ -81,15 +87,15 @@ def select_hparams(
     mapping = dict(keys) if isinstance(keys, Mapping) else {k: k for k in keys}
     missing = [k for k in mapping if k not in meta_params]
     if missing:
-        raise KeyError(f"meta_params has no {missing}; it holds {sorted(meta_params)}")
+        raise KeyError(f"meta_params has no {missing}; it holds {_sorted(meta_params)}")
     targets = list(mapping.values())
     if len(set(targets)) != len(targets):
         raise ValueError(f"keys map two meta-parameters to the same argument: {mapping}")
     transforms = dict(transforms or {})
-    stray = sorted(set(transforms) - set(targets))
+    stray = _sorted(set(transforms) - set(targets))
     if stray:
         raise KeyError(
-            f"transforms for {stray}, which keys does not select; selected: {sorted(targets)}"
+            f"transforms for {stray}, which keys does not select; selected: {_sorted(targets)}"
         )
     out = {}
     for meta_name, arg_name in mapping.items():
@@ -196,7 +202,7 @@ def make_optimizer(
         raise ValueError(f"{both} given both by meta_params and as fixed arguments")
     arguments = {**fixed, **selected}
     if not open_ended:
-        unknown = sorted(set(arguments) - set(parameters))
+        unknown = _sorted(set(arguments) - set(parameters))
         if unknown:
             raise TypeError(
                 f"{_name(optimizer_fn)} has no parameter {unknown}; it takes {list(parameters)}"
@@ -298,10 +304,12 @@ def make_optimizer(
                     _check_rate(np.asarray(value), held, f"{_name(optimizer_fn)}: {name}", advice)
             if not isinstance(value, float):
                 arguments[name] = jnp.asarray(value, held)
+    canonical = None  # (float64 without x64 is float32: optax warned once per value)
     if hyperparam_dtype is not None:
         _check_defaults(optimizer_fn, parameters, arguments, static_args, hyperparam_dtype)
+        canonical = jax.dtypes.canonicalize_dtype(hyperparam_dtype)
     inject = optax.inject_hyperparams(
-        optimizer_fn, static_args=static_args, hyperparam_dtype=hyperparam_dtype
+        optimizer_fn, static_args=static_args, hyperparam_dtype=canonical
     )
     return inject(**arguments)
 
@@ -388,6 +396,18 @@ _NOT_FLOATS = (
 _READ_AT_INIT: dict[tuple[str, str], tuple[str, ...]] = {
     ("optax._src.alias", "adagrad"): ("initial_accumulator_value",),
     ("optax._src.alias", "rmsprop"): ("initial_scale",),
+    ("optax._src.alias", "rprop"): ("learning_rate",),  # (each step size starts there)
+    ("optax._src.alias", "noisy_sgd"): ("key", "seed"),
+    ("optax.transforms._adding", "add_noise"): ("key", "seed"),
+    ("optax._src.transform", "scale_by_rss"): ("initial_accumulator_value",),
+    ("optax._src.transform", "scale_by_rms"): ("initial_scale",),
+    ("optax._src.transform", "scale_by_stddev"): ("initial_scale",),
+    ("optax._src.transform", "scale_by_yogi"): ("initial_accumulator_value",),
+    ("optax._src.transform", "scale_by_rprop"): ("learning_rate",),
+    ("optax._src.transform", "scale_by_distance_over_gradients"): ("reps_rel",),
+    ("optax.contrib._dog", "dowg"): ("init_estim_sq_dist",),
+    ("optax.contrib._cocob", "cocob"): ("eps",),
+    ("optax.contrib._cocob", "scale_by_cocob"): ("eps",),
     ("optax.contrib._dadapt_adamw", "dadapt_adamw"): ("estim_lr0",),
     ("optax.contrib._prodigy", "prodigy"): ("estim_lr0",),
     ("optax.contrib._momo", "momo"): ("lower_bound",),  # (unless adapt_lower_bound=True)
@@ -396,8 +416,16 @@ _READ_AT_INIT: dict[tuple[str, str], tuple[str, ...]] = {
 
 #: optax arguments its optimizers read in Python (a shape test, a ``range``): never
 #: injected unless ``meta_params`` gives them (adafactor's, lbfgs's, galore's ``rank``:
-#: injected, ``init`` failed, "rank must be an int")
-_READ_IN_PYTHON = ("min_dim_size_to_factor", "decay_offset", "memory_size", "rank")
+#: injected, ``init`` failed, "rank must be an int"; mechanize's ``num_betas`` and
+#: lookahead's ``sync_period``: the first jitted update failed)
+_READ_IN_PYTHON = (
+    "min_dim_size_to_factor",
+    "decay_offset",
+    "memory_size",
+    "rank",
+    "num_betas",
+    "sync_period",
+)
 
 
 def _concrete_flag(name: str, value: Any) -> Any:
@@ -584,9 +612,9 @@ def set_hparams(opt_state: Any, new_hparams: Mapping[str, Any]) -> Any:
     states = _require_states(opt_state)
     new_hparams = dict(new_hparams)
     held = {name for _, state in states for name in state.hyperparams}
-    unknown = sorted(set(new_hparams) - held)
+    unknown = _sorted(set(new_hparams) - held)
     if unknown:
-        raise KeyError(f"no injected hyperparameter named {unknown}; available: {sorted(held)}")
+        raise KeyError(f"no injected hyperparameter named {unknown}; available: {_sorted(held)}")
     for path, state in states:
         scheduled = sorted(set(new_hparams) & set(getattr(state, "hyperparams_states", {})))
         if scheduled:
@@ -956,6 +984,16 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
     an integer type's range (2**40 in int32 wraps to 0). ``label``
     names the value in the messages (default: the hyperparameter ``name``)."""
     label = f"hyperparameter {name!r}" if label is None else label
+    if host.dtype.kind in "fc" or jnp.issubdtype(host.dtype, jnp.floating):  # (bfloat16: "V")
+        nan = np.argwhere(np.isnan(host))  # (a 0-d host: shape (1, 0) if NaN)
+        if len(nan):
+            at = "".join(
+                f"[{int(i)}]" for i in nan[0]
+            )  # (the first NaN's index; none for a scalar)
+            raise ValueError(
+                f"{label}{at} is NaN: every update computed with it would be NaN, and so "
+                "would the parameters it is applied to"
+            )
     if host.dtype.kind in "iu" and jnp.issubdtype(dtype, jnp.integer) and host.size:
         low, high, _ = _bounds(dtype)  # type: ignore[misc]  # (an integer dtype has them)
         if int(host.min()) < low or int(host.max()) > high:

@@ -792,10 +792,93 @@ def test_set_hparams_takes_a_python_int_past_64_bits_as_the_float_it_is():
     for value in (2**200, 2**2000):  # (it raised OverflowError naming int32)
         with pytest.raises(ValueError, match=r"learning_rate.*overflows its dtype float32"):
             set_hparams(state, {"learning_rate": value})
-    tx = make_optimizer(optax.noisy_sgd, {"learning_rate": 1e-3}, key=0)
-    state = tx.init({"w": jnp.zeros(2)})
-    with pytest.raises(ValueError, match=r"'key' = .* is outside its dtype"):
-        set_hparams(state, {"key": 2**70})
+    tx = make_optimizer(optax.contrib.muon, {"learning_rate": 1e-3}, ns_steps=5)
+    state = tx.init({"w": jnp.zeros((2, 2))})
+    with pytest.raises(ValueError, match=r"'ns_steps' = .* is outside its dtype"):
+        set_hparams(state, {"ns_steps": 2**70})
+
+
+@pytest.mark.parametrize(
+    ("optimizer_fn", "name", "value"),
+    [
+        (optax.scale_by_rss, "initial_accumulator_value", 0.5),
+        (optax.scale_by_rms, "initial_scale", 0.5),
+        (optax.scale_by_stddev, "initial_scale", 0.5),
+        (optax.scale_by_yogi, "initial_accumulator_value", 0.5),
+        (optax.scale_by_distance_over_gradients, "reps_rel", 0.5),
+        (optax.rprop, "learning_rate", 0.5),
+        (optax.contrib.dowg, "init_estim_sq_dist", 0.5),
+        (optax.contrib.cocob, "eps", 0.5),
+        (optax.noisy_sgd, "key", 3),
+    ],
+)
+def test_arguments_optax_reads_only_at_init_are_baked_in(optimizer_fn, name, value):
+    # (helper-305: injected, get_hparams showed a written value that changed no update)
+    with pytest.raises(ValueError, match=f"reads {name!r} only when its state is made"):
+        make_optimizer(optimizer_fn, {name: value})
+    fixed = (
+        {"learning_rate": 0.1}
+        if name != "learning_rate"
+        and optimizer_fn
+        in (
+            optax.rprop,
+            optax.noisy_sgd,
+            optax.contrib.dowg,
+        )
+        else {}
+    )
+    tx = make_optimizer(optimizer_fn, **fixed, **{name: value})
+    params = {"w": jnp.linspace(0.1, 1.0, 4)}
+    state = tx.init(params)
+    assert name not in get_hparams(state)
+    jax.jit(tx.update)(params, state, params)  # (baked in: the update runs)
+
+
+def test_sizes_optax_reads_in_python_are_baked_in_so_the_first_jitted_update_runs():
+    # (helper-305: mechanize's range(num_betas), lookahead's "if sync_period < 1" failed
+    # on a traced value)
+    params = {"w": jnp.ones(3)}
+    tx = make_optimizer(optax.contrib.mechanize, base_optimizer=optax.sgd(0.1))
+    jax.jit(tx.update)(params, tx.init(params), params)
+    both = optax.LookaheadParams(params, params)
+    tx = make_optimizer(
+        optax.lookahead, fast_optimizer=optax.sgd(0.1), sync_period=5, slow_step_size=0.5
+    )
+    jax.jit(lambda s: tx.update(params, s, both))(tx.init(both))
+
+
+def test_a_nan_hyperparameter_is_refused_wherever_it_is_written():
+    # (helper-305: accepted, the first step made every parameter NaN)
+    state = make_optimizer(optax.adam, {"learning_rate": 1e-3}).init({"w": jnp.zeros(2)})
+    for name in ("learning_rate", "b2"):
+        with pytest.raises(ValueError, match=f"hyperparameter '{name}' is NaN"):
+            set_hparams(state, {name: math.nan})
+    with pytest.raises(ValueError, match="is NaN"):
+        set_hparams(state, {"learning_rate": np.float16("nan")})
+    with pytest.raises(ValueError, match="is NaN"):
+        make_optimizer(optax.adam, {"learning_rate": math.nan})
+    with pytest.raises(ValueError, match="is NaN"):
+        make_optimizer(optax.adam, {"learning_rate": 1e-3}, b2=math.nan)
+    with pytest.raises(ValueError, match=r"leaf \['aug'\]\[1\] is NaN"):
+        as_traced({"aug": np.array([0.5, np.nan])})
+    written = set_hparams(state, {"learning_rate": math.inf})  # (inf: a bound, say)
+    assert get_hparams(written)["learning_rate"] == math.inf
+
+
+def test_keys_of_mixed_types_get_the_key_error_naming_them():
+    state = make_optimizer(optax.adam, {"learning_rate": 1e-3}).init({"w": jnp.zeros(2)})
+    with pytest.raises(KeyError, match=r"no injected hyperparameter named \[1\]"):
+        set_hparams(state, {1: 0.1, "learning_rate": 0.2})
+    with pytest.raises(KeyError, match=r"meta_params has no \['x'\]"):
+        select_hparams({1: 0.0, "lr": 1.0}, ["x"])
+
+
+def test_a_float64_hyperparam_dtype_without_x64_is_float32_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tx = make_optimizer(optax.adam, {"learning_rate": 1e-3}, hyperparam_dtype=jnp.float64)
+        hps = get_hparams(tx.init({"w": jnp.zeros(2)}))
+    assert {v.dtype for v in hps.values()} == {jax.dtypes.canonicalize_dtype(jnp.float64)}
 
 
 def test_as_traced_checks_a_subclass_of_float_or_int_as_its_plain_value():
