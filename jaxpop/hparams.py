@@ -293,7 +293,10 @@ def make_optimizer(
                 "dtype), or build a scheduled optimizer with optax.inject_hyperparams"
             )
         value = arguments[name]
-        if hyperparam_dtype is not None and name not in static_args and _is_float(value):
+        injected_float = name not in static_args and _is_float(value)
+        if hyperparam_dtype is None and injected_float and not isinstance(value, jax.core.Tracer):
+            _check_not_nan(np.asarray(value), f"hyperparameter {name!r}")  # (as below)
+        if hyperparam_dtype is not None and injected_float:
             # as set_hparams writes it later: an overflow refused (1e39 was stored as
             # inf), an array in hyperparam_dtype too (a float16 array stayed float16)
             held = jax.dtypes.canonicalize_dtype(hyperparam_dtype)  # (float32 without x64)
@@ -654,7 +657,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
         names its path.
       ValueError: a host leaf's value is one ``dtype`` cannot hold (``1e39`` in
         float32, ``1e-40`` (a subnormal, which XLA computes with as 0), ``2**40`` in
-        int32, ``0.7``, NaN or inf in an integer dtype, ``0.5`` in bool), as
+        int32, ``0.7``, NaN in any dtype, inf in an integer dtype, ``0.5`` in bool), as
         :func:`set_hparams` refuses it; or a leaf named as a decay rate (``b1``,
         ``b2``, ...: the names :func:`set_hparams` knows) below 1 that ``dtype`` rounds
         to 1. A value traced inside ``jit`` cannot be checked, so the rates a jitted
@@ -691,7 +694,7 @@ def as_traced(tree: Any, dtype: Any = jnp.float32) -> Any:
         if integer and (kind is float or isinstance(leaf, (np.ndarray, np.generic))):
             _check_whole(np.asarray(leaf), held, _where(path))
         if kind is float or kind is int:  # the usual case: no numpy
-            if kind is float and leaf != 0 and abs(leaf) < tiny:
+            if kind is float and (leaf != leaf or (leaf != 0 and abs(leaf) < tiny)):  # (NaN)
                 _check_cast(np.asarray(leaf), held, "", label=f"as_traced: leaf {_where(path)}")
             if bounds is not None and not bounds[0] <= leaf <= bounds[1]:
                 if kind is float and bounds[2] and not math.isfinite(leaf):
@@ -976,6 +979,18 @@ def _bounds(dtype: Any) -> tuple[float, float, bool] | None:
     return None
 
 
+def _check_not_nan(host: np.ndarray, label: str) -> None:
+    """Refuses a NaN in a concrete float (or complex) value, naming the first one's index."""
+    if host.dtype.kind in "fc" or jnp.issubdtype(host.dtype, jnp.floating):  # (bfloat16: "V")
+        nan = np.argwhere(np.isnan(host))  # (a 0-d host: shape (1, 0) if NaN)
+        if len(nan):
+            at = "".join(f"[{int(i)}]" for i in nan[0])  # (none for a scalar)
+            raise ValueError(
+                f"{label}{at} is NaN: every update computed with it would be NaN, and so "
+                "would the parameters it is applied to"
+            )
+
+
 def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = None) -> None:
     """Refuses a concrete value that a cast to ``dtype`` would turn into another value:
     a complex into a real type, a finite float that overflows it (1e300 in float32) or
@@ -984,16 +999,7 @@ def _check_cast(host: np.ndarray, dtype: Any, name: str, *, label: str | None = 
     an integer type's range (2**40 in int32 wraps to 0). ``label``
     names the value in the messages (default: the hyperparameter ``name``)."""
     label = f"hyperparameter {name!r}" if label is None else label
-    if host.dtype.kind in "fc" or jnp.issubdtype(host.dtype, jnp.floating):  # (bfloat16: "V")
-        nan = np.argwhere(np.isnan(host))  # (a 0-d host: shape (1, 0) if NaN)
-        if len(nan):
-            at = "".join(
-                f"[{int(i)}]" for i in nan[0]
-            )  # (the first NaN's index; none for a scalar)
-            raise ValueError(
-                f"{label}{at} is NaN: every update computed with it would be NaN, and so "
-                "would the parameters it is applied to"
-            )
+    _check_not_nan(host, label)
     if host.dtype.kind in "iu" and jnp.issubdtype(dtype, jnp.integer) and host.size:
         low, high, _ = _bounds(dtype)  # type: ignore[misc]  # (an integer dtype has them)
         if int(host.min()) < low or int(host.max()) > high:

@@ -861,6 +861,12 @@ def test_a_nan_hyperparameter_is_refused_wherever_it_is_written():
         make_optimizer(optax.adam, {"learning_rate": 1e-3}, b2=math.nan)
     with pytest.raises(ValueError, match=r"leaf \['aug'\]\[1\] is NaN"):
         as_traced({"aug": np.array([0.5, np.nan])})
+    for dtype in (jnp.float32, None):
+        with pytest.raises(ValueError, match=r"leaf \['aug'\] is NaN"):
+            as_traced({"aug": math.nan}, dtype=dtype)
+    for value in (math.nan, np.array(math.nan)):
+        with pytest.raises(ValueError, match="'learning_rate' is NaN"):
+            make_optimizer(optax.adam, {"learning_rate": value}, hyperparam_dtype=None)
     written = set_hparams(state, {"learning_rate": math.inf})  # (inf: a bound, say)
     assert get_hparams(written)["learning_rate"] == math.inf
 
