@@ -352,13 +352,13 @@ def test_tensorboard_logger_writes_workers_exploits_and_the_best_schedule(tmp_pa
         (best.checkpoint.step, pytest.approx(best.value))
     ]
     texts = _texts(root / "population")
-    lines = texts["exploits/text_summary"]
-    assert len(lines) == len(events)
+    lines = texts["exploits"]  # (at the exploit's number: TensorBoard keeps one per step)
+    assert [step for step, _ in lines] == list(range(1, len(events) + 1))
     assert all(
         e.generation_id in text and e.source[0] in text
         for e, (_, text) in zip(events, lines, strict=True)
     )
-    ((step, text),) = texts["best/schedule/text_summary"]
+    ((step, text),) = texts["best/schedule"]
     document = text.split("```json\n")[1].split("\n```")[0]
     assert step == best.checkpoint.step and from_json(document) == best.schedule
     with pytest.raises(RuntimeError, match="closed"):
@@ -376,7 +376,7 @@ def test_an_exploit_line_lists_only_the_hyperparameters_that_changed(tmp_path):
     after = {"lr": 0.1, "wd": math.nan, "betas": np.array([0.9, 0.99])}
     logger.log_exploit(ExploitEvent("g1", ("g0", 10), 10, 1.0, before, after, 0.3))
     logger.close()
-    ((_, text),) = _texts(tmp_path / "tensorboard" / "population")["exploits/text_summary"]
+    ((_, text),) = _texts(tmp_path / "tensorboard" / "population")["exploits"]
     assert "lr: 0.2 -> 0.1" in text and "wd" not in text and "betas" not in text
 
 

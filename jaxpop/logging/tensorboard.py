@@ -148,7 +148,9 @@ class _TensorBoardXWriter:
     def text(self, tag: str, text: str, step: int) -> None:
         from tensorboardX.summary import text as text_summary
 
-        self._event(text_summary(tag, text), step)
+        summary = text_summary(tag, text)
+        summary.value[0].tag = tag  # (not tensorboardX's "<tag>/text_summary": flax's tag)
+        self._event(summary, step)
 
     def flush(self) -> None:
         if self._file is not None:
@@ -404,8 +406,8 @@ class TensorBoardLogger:
 
     What it writes: per worker, the scalars of :meth:`TensorBoardWriter.log_eval`; in
     ``population``, ``exploits/count`` (how many so far, at each exploit's step), a text
-    line per exploit under ``exploits`` (source, and the hyperparameters before and
-    after), and at the end ``best/value`` and the text ``best/schedule`` (a table and
+    line per exploit under ``exploits`` at the exploit's number (1, 2, ...: its source,
+    training step, and the hyperparameters before and after), and at the end ``best/value`` and the text ``best/schedule`` (a table and
     the ``jaxpop.schedules`` JSON). Thread-safe; picklable (a copy opens its own
     writers).
     """
@@ -475,7 +477,9 @@ class TensorBoardLogger:
             f"{event.source[1]} (value {event.source_value}); " + ("; ".join(changes) or "same")
         )
         writer.log_scalars(event.step, {"exploits/count": float(count)})
-        writer.log_text(event.step, "exploits", text)
+        # (the line at the exploit's number: TensorBoard keeps one record per step and
+        # drops those past a step written later; a round's exploits share their step)
+        writer.log_text(count, "exploits", text)
 
     def log_best(self, best: BestMember) -> None:
         """Writes ``best/value`` and the text ``best/schedule`` at the best step."""
