@@ -407,9 +407,9 @@ class TensorBoardLogger:
     What it writes: per worker, the scalars of :meth:`TensorBoardWriter.log_eval`; in
     ``population``, ``exploits/count`` (how many so far, at each exploit's step), a text
     line per exploit under ``exploits`` at the exploit's number (1, 2, ...: its source,
-    training step, and the hyperparameters before and after), and at the end ``best/value`` and the text ``best/schedule`` (a table and
-    the ``jaxpop.schedules`` JSON). Thread-safe; picklable (a copy opens its own
-    writers).
+    training step, and the hyperparameters before and after), and at the end
+    ``best/value`` and the text ``best/schedule`` (a table and the ``jaxpop.schedules``
+    JSON). Thread-safe; picklable (a copy opens its own writers).
     """
 
     def __init__(self, log_dir: str | os.PathLike, *, backend: Backend = "auto"):
