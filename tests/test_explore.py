@@ -824,6 +824,20 @@ def test_a_nan_value_of_a_numeric_choice_is_refused_on_the_host():
     assert ex.clip({"c": ex.choice(["a", None])}, {"c": None}) == {"c": None}
 
 
+def test_a_list_for_a_numeric_choice_is_refused_by_name():
+    # (it was mapped over as an array of choices: AttributeError "'list' object has no
+    # attribute 'dtype'"); a numpy array of choices is explored element by element
+    space = {"c": ex.choice([0.1, 0.2, 0.3])}
+    for value in ([0.1], (0.2,)):
+        with pytest.raises(TypeError, match=r"chooses one number \(an array of choices"):
+            ex.perturb(np.array([0, 1], np.uint32), space, {"c": value})
+        with pytest.raises(TypeError, match="chooses one number"):
+            ex.clip(space, {"c": value})
+    out = ex.perturb(np.array([0, 1], np.uint32), space, {"c": np.array([0.1, 0.3])})
+    assert set(out["c"].tolist()) <= {0.1, 0.2, 0.3}
+    assert ex.clip({"c": ex.choice([[1, 2], [3]])}, {"c": [3]}) == {"c": [3]}
+
+
 def test_a_host_key_that_is_not_uint32_words_is_refused():
     # (a float key was cut to ints: [0.2, 0] drew as [0.9, 0]; a (3,) key was taken)
     for key in (np.array([0.2, 0.0]), np.array([1, 2, 3], np.uint32)):

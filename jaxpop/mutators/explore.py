@@ -802,6 +802,12 @@ def _check_value(space: Space, value: Any, path: Path) -> None:
         and np.any(np.isnan(np.asarray(value, np.float64)))
     ):
         raise ValueError(_nan_message(space, path))
+    if isinstance(space, Choice) and space.numeric and isinstance(value, (list, tuple)):
+        # (mapped over as an array of choices, it failed on the list's missing dtype)
+        raise TypeError(
+            f"{_where(path)} = {value!r:.60} is a {type(value).__name__}, but its space "
+            f"{space} chooses one number (an array of choices is a numpy array)"
+        )
     if isinstance(space, Choice) or isinstance(value, jax.Array):
         return
     if numeric and np.any(np.isnan(value)):  # no move from NaN lands inside the space
