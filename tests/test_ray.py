@@ -349,6 +349,19 @@ def test_a_client_never_follows_its_name_to_another_run(ray_session, tmp_path):
     with jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "a", name="run"):
         worker.set_eval(0, gen, 5, "ckpt", 0.5)  # its own run again: it goes on
         assert worker.history[gen][5].value == 0.5
+    # a client that has made no call yet knows its run too (helper-309: it learned the
+    # run at its first call, so it took whatever run the name held by then); and a client
+    # that never learned its run (built by hand) takes no other actor under its name
+    a = jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "a2", name="run")
+    fresh = jaxpop_ray.connect("run")
+    unlearned = jaxpop_ray.PopulationClient(a.actor, "run", a.namespace)
+    assert fresh.log_dir == str(tmp_path / "a2")
+    ray.kill(a.actor, no_restart=True)
+    with jaxpop_ray.serve(_population(2), _wta(), log_dir=tmp_path / "b2", name="run") as b:
+        for client, match in ((fresh, "now serves another run"), (unlearned, "connect to it")):
+            with pytest.raises(jaxpop_ray.ControllerUnavailableError, match=match):
+                client.maybe_get_worker_data(0, None, 0, None, None)
+        assert b.history.num_checkpoints == 2  # (the roots: nothing of theirs landed)
 
 
 def test_serve_passes_rays_own_option_errors_through(ray_session, tmp_path):
@@ -364,6 +377,31 @@ def test_serve_passes_rays_own_option_errors_through(ray_session, tmp_path):
         )
     with pytest.raises(jaxpop_ray.ControllerUnavailableError):
         jaxpop_ray.connect("det")
+
+
+def test_actor_options_may_not_set_what_serve_and_start_workers_set(ray_session, tmp_path):
+    # (helper-309: actor_options={"name": ...} took the actor's name, and connect(name)
+    # found nothing under the name serve was given)
+    for key in ("name", "namespace", "max_restarts", "max_task_retries", "lifetime"):
+        with pytest.raises(ValueError, match=f"may not set \\['{key}'\\]"):
+            jaxpop_ray.serve(
+                _population(2), _wta(), log_dir=tmp_path, name="opt", actor_options={key: 1}
+            )
+    with pytest.raises(ValueError, match=r"may not set \['name'\]: start_workers sets"):
+        jaxpop_ray.start_workers(_exits, 1, actor_options={"name": "w"})
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError):
+        jaxpop_ray.connect("opt")  # (nothing was started)
+
+
+async def _a_coroutine(worker_id):
+    return worker_id
+
+
+def test_a_worker_function_that_is_a_coroutine_function_is_an_error(ray_session):
+    # (helper-309: "cannot pickle 'coroutine' object", and its body never ran)
+    with pytest.raises(jaxpop_ray.WorkerError, match=r"coroutine function") as info:
+        jaxpop_ray.run_workers(_a_coroutine, 1, timeout_s=60, num_cpus=0)
+    assert isinstance(info.value.__cause__, TypeError)
 
 
 def _exits(worker_id):
@@ -398,12 +436,12 @@ class _NotAController:
 def test_a_name_held_by_another_kind_of_actor_is_unavailable_not_an_attribute_error(
     ray_session,
 ):
-    """(the client's first call raised "'ActorHandle' object has no attribute 'info'")"""
+    """(the client's first call raised "'ActorHandle' object has no attribute 'info'";
+    connect now asks the actor for its run before it returns)"""
     other = _NotAController.options(name="not-a-controller", namespace="jaxpop").remote()
     try:
-        client = jaxpop_ray.connect("not-a-controller")
         with pytest.raises(jaxpop_ray.ControllerUnavailableError, match="not a jaxpop controller"):
-            client.info()
+            jaxpop_ray.connect("not-a-controller")
     finally:
         ray.kill(other)
 

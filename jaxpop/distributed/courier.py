@@ -528,7 +528,9 @@ def get_courier_client(
     """
     jaxpop_ray = _ray()
     client = jaxpop_ray.connect(name, namespace=namespace, timeout_s=timeout_s, wait_s=wait_s)
-    return _client_class()(client.actor, name, namespace, timeout_s=client.timeout_s)
+    return _client_class()(
+        client.actor, name, namespace, timeout_s=client.timeout_s, log_dir=client.log_dir
+    )
 
 
 @functools.cache

@@ -565,14 +565,14 @@ class PopulationClient:
     def _call(self, method: str, *args: Any, until: float | None = None) -> Any:
         """Calls the controller's ``method``, resending it through restarts, for at most
         ``timeout_s`` (and until ``time.monotonic()`` reaches ``until``, if given)."""
-        if self._log_dir is None and method != "info":
-            # the run this client serves, learned before its first call (nothing it sends
-            # can then land in another run: see _find_actor)
-            self._log_dir = self._call("info", until=until)["log_dir"]
         start = time.monotonic()
         deadline = None if self.timeout_s is None else start + self.timeout_s
         if until is not None:
             deadline = until if deadline is None else min(deadline, until)
+        if self._log_dir is None and method != "info":
+            # the run this client serves, learned before its first call (nothing it sends
+            # can then land in another run: see _find_actor), within the call's time
+            self._log_dir = self._call("info", until=deadline)["log_dir"]
         backoff = _FIRST_BACKOFF_S
         ref = self._remote(method).remote(*args)
         while True:
@@ -639,9 +639,12 @@ class PopulationClient:
                 f"the controller actor {self.name!r} (namespace {self.namespace!r}) died, "
                 "and the name now holds an actor that is not a jaxpop controller"
             )
-        if self._log_dir is None:
-            self._actor = actor
-            return True
+        if self._log_dir is None:  # (whether it serves this client's run: unknown)
+            raise ControllerUnavailableError(
+                f"the controller actor {self.name!r} (namespace {self.namespace!r}) died "
+                "before this client learned which run it serves, and the name now holds "
+                "another actor, which may serve another run: connect to it again"
+            )
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         try:
             theirs = ray.get(actor.info.remote(), timeout=remaining)["log_dir"]
@@ -674,6 +677,35 @@ def _rebuild_client(
     log_dir: str | None = None,
 ) -> PopulationClient:
     return PopulationClient(actor, name, namespace, timeout_s=timeout_s, log_dir=log_dir)
+
+
+#: the actor options ``serve`` and ``start_workers`` set themselves -> what says them
+#: there: ``actor_options`` may not (a name of its own, and clients looked up the other;
+#: Ray's own retries, and a call was sent twice)
+_SERVE_OWN = {
+    "name": "name=",
+    "namespace": "namespace=",
+    "max_restarts": "max_restarts=",
+    "max_task_retries": "nothing: the client resends each call itself",
+    "lifetime": "detached=",
+}
+_WORKERS_OWN = {
+    "name": "name=",
+    "namespace": "namespace=",
+    "max_restarts": "max_restarts=",
+    "max_task_retries": "max_restarts= (a restarted worker runs its function again)",
+}
+
+
+def _checked_options(options: dict[str, Any] | None, own: dict[str, str], who: str) -> dict:
+    """``actor_options`` (``{}`` for ``None``), refusing those ``who`` sets itself."""
+    taken = sorted(set(options or {}) & set(own))
+    if taken:
+        raise ValueError(
+            f"{who}'s actor_options may not set {taken}: {who} sets "
+            + ", ".join(f"{k!r} (pass {own[k]})" for k in taken)
+        )
+    return dict(options or {})
 
 
 def serve(
@@ -725,7 +757,8 @@ def serve(
       timeout_s: the client's per-call timeout (see :class:`PopulationClient`), from
         the controller's first answer on.
       actor_options: more ``ActorClass.options`` (``resources``, ``scheduling_strategy``
-        to pin the controller to a node, ``runtime_env``, ...).
+        to pin the controller to a node, ``runtime_env``, ...; not those ``serve`` sets:
+        ``name``, ``namespace``, ``max_restarts``, ``max_task_retries``, ``lifetime``).
       start_timeout_s: how long to wait for that first answer: the actor's scheduling,
         its process's start and imports, ``log_dir``'s lock (up to ``lock_timeout_s``)
         and the run's resume (``None``: forever). A start that takes longer raises
@@ -767,7 +800,7 @@ def serve(
     }
     if detached:
         actor_kwargs["lifetime"] = "detached"
-    actor_kwargs.update(actor_options or {})
+    actor_kwargs.update(_checked_options(actor_options, _SERVE_OWN, "serve"))
     for attempt in range(2):
         try:
             actor = (
@@ -868,7 +901,11 @@ def connect(
       timeout_s: the client's per-call timeout (see :class:`PopulationClient`).
       wait_s: how long to wait for the actor to appear (workers started before it).
 
-    Raises :class:`ControllerUnavailableError` if no actor has that name by then.
+    The client learns the run the actor serves (its ``log_dir``) before it is returned,
+    waiting up to ``timeout_s`` for the controller to answer.
+
+    Raises :class:`ControllerUnavailableError` if no actor has that name by then, or
+    its controller does not answer within ``timeout_s``.
     """
     timeout_s = _check_timeout(timeout_s)
     deadline = time.monotonic() + _check_seconds(wait_s, "wait_s")
@@ -883,7 +920,11 @@ def connect(
                 ) from e
             time.sleep(0.2)
             continue
-        return PopulationClient(actor, name, namespace, timeout_s=timeout_s)
+        client = PopulationClient(actor, name, namespace, timeout_s=timeout_s)
+        # the run it serves, learned now (within timeout_s): a controller that dies and
+        # whose name another run's takes cannot then receive this client's calls
+        client._log_dir = client._call("info")["log_dir"]
+        return client
 
 
 # -- workers ----------------------------------------------------------------------------
@@ -899,6 +940,13 @@ class _WorkerActor:
             if hasattr(e, "ray_terminate_msg"):  # Ray's own exit (SIGTERM): a restart
                 raise
             raise RuntimeError(f"worker {worker_id}'s function called sys.exit({e.code!r})") from e
+        if inspect.iscoroutine(result):  # (Ray failed to pickle it; its body never ran)
+            result.close()
+            raise TypeError(
+                f"worker {worker_id}'s function {getattr(fn, '__name__', fn)!r} is a "
+                "coroutine function (async def): a worker function is a plain function "
+                "that runs to its end (run a coroutine inside it with asyncio.run)"
+            )
         if inspect.isgenerator(result) or inspect.isasyncgen(result):
             # (Ray would stream it: the group's result was its first value, and the
             # function stopped there, silently)
@@ -1096,13 +1144,17 @@ def start_workers(
       fn: the worker function; it and ``args``/``kwargs`` (a :class:`PopulationClient`
         among them, typically) are pickled with cloudpickle and shipped to the actors.
         It runs to its end and returns its result (a generator function is an error:
-        the group's result would be its first value, its work stopped there).
+        the group's result would be its first value, its work stopped there; so is a
+        coroutine function, ``async def``, whose body would never run).
       num_cpus, num_gpus: what each worker actor reserves.
       name: if given, the actors are named ``f"{name}-worker-{i}"`` in ``namespace``.
-      actor_options: more ``ActorClass.options`` for every worker.
+      actor_options: more ``ActorClass.options`` for every worker (not ``name``,
+        ``namespace``, ``max_restarts``, ``max_task_retries``: the arguments above set
+        them).
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be a positive int, got {num_workers!r}")
+    _checked_options(actor_options, _WORKERS_OWN, "start_workers")  # (before any starts)
     args, kwargs = tuple(args), dict(kwargs or {})
     actors, refs = [], []
     try:
@@ -1115,7 +1167,7 @@ def start_workers(
             }
             if name is not None:
                 options.update(name=f"{name}-worker-{i}", namespace=namespace)
-            options.update(actor_options or {})
+            options.update(_checked_options(actor_options, _WORKERS_OWN, "start_workers"))
             actor = _worker_class().options(**options).remote()
             actors.append(actor)
             refs.append(actor.run.remote(fn, i, args, kwargs))
