@@ -123,6 +123,16 @@ def load(name: str = "digits", *, seed: int = 0, limit: int | None = None) -> Da
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
 
 
+def load_for_example(name: str, *, limit: int | None = None) -> Dataset:
+    """:func:`load` for an example's ``main``: data that is not there (CIFAR-10 not
+    prepared, tensorflow-datasets not installed) ends the program with its message, as
+    a bad flag does, not with a traceback through tensorflow-datasets."""
+    try:
+        return load(name, limit=limit)
+    except (FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
 def batches(
     images: np.ndarray, labels: np.ndarray, batch_size: int, rng: np.random.Generator
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -582,7 +582,7 @@ def _join(
 
 def run(experiment: Experiment, args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed)."""
-    dataset = data_lib.load(args.dataset, limit=args.limit)  # (the split is the data's)
+    dataset = data_lib.load_for_example(args.dataset, limit=args.limit)  # (the split is the data's)
     population = experiment.initial_population(args.workers, np.random.default_rng(args.seed))
     refuse_another_examples_run(os.path.join(args.log_dir, "population"), population[0])
     sizes = [experiment.batch_size(m, args) for m in population]

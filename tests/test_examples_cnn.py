@@ -192,6 +192,15 @@ def test_cifar10_not_prepared_says_how_to_prepare_it_and_downloads_nothing(monke
     with pytest.raises(FileNotFoundError, match=r"not prepared .*download_and_prepare"):
         data_lib.load("cifar10", limit=10)
     assert asked == [False] and not any(tmp_path.rglob("*.tfrecord*"))
+    # an example ends with that message alone, as for a bad flag (it came out under a
+    # traceback of 59 lines through tensorflow-datasets, helper-308)
+    argv = ["--dataset", "cifar10", "--steps", "10", "--log-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit, match=r"^error: --dataset cifar10: the data is not prepared"):
+        simple_cnn.main(argv)
+    with pytest.raises(SystemExit) as exited:
+        simple_cnn.main(argv)
+    assert exited.value.__cause__ is None and exited.value.__suppress_context__
+    assert not (tmp_path / "run").exists()
 
 
 def test_vectorized_example_runs_and_resumes(tmp_path):

@@ -92,7 +92,7 @@ def train_worker(
     if slot is not None and slot.status == "finished":  # the run is over: nothing to do
         return {"accuracies": {}, "compilations": 0, "dataset": None}
     log_dir = os.path.abspath(args.log_dir)
-    dataset = data_lib.load(args.dataset, limit=args.limit)
+    dataset = data_lib.load_for_example(args.dataset, limit=args.limit)
     example_meta = EXPERIMENT.initial_population(args.workers, np.random.default_rng(args.seed))
     model = population_cnn.Model(EXPERIMENT, dataset, example_meta[0])
     logger = logs if logs is not None and len(logs) else None
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population on Ray; returns the summary (also printed)."""
     log_dir = os.path.abspath(args.log_dir)
     if args.dataset == "digits" or args.limit is not None:  # (loaded here only when small)
-        dataset = data_lib.load(args.dataset, limit=args.limit)
+        dataset = data_lib.load_for_example(args.dataset, limit=args.limit)
         population_cnn.refuse_large_batches([args.batch_size], dataset, args)
     logs = population_cnn.make_loggers(args, "ray")  # made here, shipped to each worker
     started_ray = _init_ray(args)

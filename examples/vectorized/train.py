@@ -166,7 +166,7 @@ def _resume(log, store, model, pop):
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains the population; returns the summary (also printed)."""
-    dataset = data_lib.load(args.dataset, limit=args.limit)
+    dataset = data_lib.load_for_example(args.dataset, limit=args.limit)
     population_cnn.refuse_large_batches([args.batch_size], dataset, args)
     model = _Model(dataset, args, _mesh(args.workers))
     start = time.time()
@@ -282,6 +282,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "last snapshot",
             file=sys.stderr,
         )
+        if argv is None:  # run as a program: end it here (the store and loggers are closed)
+            # a Ctrl-C that cut an XLA compilation short (the population's first build,
+            # or the step's) left it running, and the interpreter's teardown then crashed
+            # (a segmentation fault after the line above; the run was fine)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         raise SystemExit(130) from None  # (the status of a SIGINT)
 
 
