@@ -239,8 +239,16 @@ def train_worker(
                         worker_id, generation_id, step, exists=store.exists
                     )
                     continue
-                except DamagedCheckpointError:
-                    raise  # (not a flag to change: its message says which file, and how)
+                except DamagedCheckpointError as error:  # (a machine crash's, say)
+                    # back to an older save, as for a missing one: the damaged one stays
+                    # damaged, and a rerun would load it again and fail the same way
+                    print(
+                        f"worker {worker_id}: {error}; going back to an older save", file=sys.stderr
+                    )
+                    data = controller.checkpoint_missing(
+                        worker_id, generation_id, step, exists=store.exists
+                    )
+                    continue
                 except ValueError as error:  # (its shapes are another data set's images')
                     raise RunFlagsError(
                         "the checkpoints in this --log-dir do not fit this model (another "

@@ -412,6 +412,13 @@ def _sharding(target_leaf: Any) -> jax.sharding.Sharding | None:
     if dtype is not None and jax.dtypes.canonicalize_dtype(dtype) != dtype:
         return None
     sharding = getattr(target_leaf, "sharding", None)
+    if isinstance(getattr(sharding, "mesh", None), jax.sharding.AbstractMesh):
+        # (jax.eval_shape under an explicit mesh gives one: it names no devices)
+        raise TypeError(
+            f"a target leaf's sharding ({sharding}) is on an abstract mesh, which names no "
+            "devices to restore onto: give the target concrete shardings, e.g. "
+            "ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, s.sharding.spec))"
+        )
     if isinstance(sharding, jax.sharding.Sharding):
         return sharding
     device = jax.config.jax_default_device  # type: ignore[attr-defined]  # set at run time
@@ -571,7 +578,9 @@ def _is_damage(error: Exception) -> bool:
     ``Exception`` or ``ValueError`` (``DATA_LOSS``, ...). Not damage: TensorStore's
     codes of the machine's trouble (out of memory, ...), and any other exception type.
     """
-    if isinstance(error, (FileNotFoundError, KeyError)) or type(error) is Exception:
+    if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError, KeyError)):
+        return True  # (a folder where a file was, or the reverse: damage too)
+    if type(error) is Exception:
         return True
     return isinstance(error, (ValueError, TypeError)) and not str(error).startswith(
         _NOT_DAMAGE_CODES
@@ -900,6 +909,10 @@ class ParamStore:
         if isinstance(step, bool) or not isinstance(step, (int, numbers.Integral)):
             raise TypeError(f"step must be an int, got {type(step).__name__}: {step!r}")
         step = int(step)
+        if not -(2**63) <= step < 2**63:  # (its digits went into a file name too long)
+            raise ValueError(
+                f"step must fit in 64 bits (a controller's are [0, 2**63)), got {step}"
+            )
         self._check_process()
         self._check_directory()
         _refuse_if_forked_after_use()
@@ -1106,6 +1119,9 @@ class ParamStore:
           DamagedCheckpointError: the checkpoint is damaged (a part of it lost,
             unreadable, or not what was saved; a ``ValueError``).
           ValueError: the target's structure, shapes or dtypes differ from the saved ones.
+          TypeError: a target leaf's sharding is on an abstract mesh (``jax.eval_shape``
+            under an explicit mesh gives one; a plain ``Mesh`` gives no sharding, and
+            the leaf comes back on the default device).
         """
         if not isinstance(handle, str):
             raise TypeError(
@@ -1118,6 +1134,8 @@ class ParamStore:
                 f"handle {handle!r} is empty; pass what ParamStore.save returned "
                 "(an empty path would read the current directory)"
             )
+        if "\0" in handle:  # (os.path raised "embedded null byte", a ValueError)
+            raise MissingCheckpointError(handle, "no path holds a NUL character")
         if jax.process_count() > 1:
             multihost._refuse_alone("ParamStore.restore (with several processes)")
         self._check_directory()
@@ -1149,13 +1167,13 @@ class ParamStore:
         in this process finishes).
 
         False for a handle whose directory is gone or unfinished, whose save failed, or
-        that garbage collection is deleting. What ``checkpoint_missing(..., exists=)``
-        takes.
+        that garbage collection is deleting, and for a path no save makes (one whose
+        name is not a checkpoint's). What ``checkpoint_missing(..., exists=)`` takes.
         """
         if not isinstance(handle, str):
             raise TypeError(f"handle must be a str, got {type(handle).__name__}: {handle!r:.80}")
-        if not handle.strip():
-            return False
+        if not handle.strip() or "\0" in handle or self._name_in_directory(handle) is None:
+            return False  # (nothing save makes: a store's folder, or a part of a checkpoint)
         self._check_directory()
         path = self._located(handle)
         key = _registry_key(path)
@@ -1188,7 +1206,13 @@ class ParamStore:
             meta = checkpointer.restore(path, ocp.args.Composite(meta=ocp.args.JsonRestore()))[
                 _META
             ]
-        except (FileNotFoundError, ValueError, KeyError) as e:
+        except (
+            FileNotFoundError,
+            ValueError,
+            KeyError,
+            IsADirectoryError,
+            NotADirectoryError,
+        ) as e:
             if not _is_dir(path):
                 raise self._missing(handle, path) from e
             _raise_if_unreadable(path)

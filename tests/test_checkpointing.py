@@ -1816,6 +1816,62 @@ def test_a_failed_saves_leftover_is_collected(tmp_path, monkeypatch):
     os.geteuid() == 0 and shutil.which("setpriv") is None,
     reason="as root, needs setpriv to drop the permission override",
 )
+def test_a_folder_where_a_file_was_is_damage(tmp_path):
+    # (meta/metadata or state/_METADATA turned into a folder raised IsADirectoryError,
+    # an OSError: "cannot be read now", where the damage is for good; helper-311)
+    with ParamStore(tmp_path, async_save=False) as store:
+        tree = {"a": np.arange(5, dtype=np.float32)}
+        for part in ("meta/metadata", "state/_METADATA"):
+            handle = store.save("g", 1, tree)
+            path = os.path.join(handle, *part.split("/"))
+            os.remove(path)
+            os.mkdir(path)
+            with pytest.raises(DamagedCheckpointError, match="damaged"):
+                store.restore(handle, tree)
+
+
+def test_a_target_sharded_on_an_abstract_mesh_is_a_type_error_naming_it(tmp_path):
+    # (jax.eval_shape under jax.make_mesh's explicit mesh: jax's own ValueError
+    # "is_fully_addressable is not implemented", which the docs call a target that
+    # does not fit, and the examples "another --dataset?"; helper-311)
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((1,), ("x",))
+    x = jax.device_put(jnp.arange(8.0), NamedSharding(mesh, P("x")))
+    with ParamStore(tmp_path, async_save=False) as store:
+        handle = store.save("g", 0, {"x": x})
+        target = jax.eval_shape(lambda: {"x": x})
+        with pytest.raises(TypeError, match="abstract mesh, which names no devices"):
+            store.restore(handle, target)
+        concrete = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(
+                s.shape, s.dtype, sharding=NamedSharding(mesh, s.sharding.spec)
+            ),
+            target,
+        )
+        back = store.restore(handle, concrete)
+    assert back["x"].sharding == x.sharding and (np.asarray(back["x"]) == np.arange(8.0)).all()
+
+
+def test_handles_no_save_makes_are_missing_and_steps_past_64_bits_refused(tmp_path):
+    # (helper-311: a NUL byte raised "embedded null byte", a ValueError; exists() said
+    # True for the store's folder and a part of a checkpoint; a step of 10**300 failed
+    # inside Orbax on a file name too long, after set_eval had recorded its handle)
+    with ParamStore(tmp_path, async_save=False) as store:
+        handle = store.save("g", 2**63 - 1, {"a": np.zeros(2, np.float32)})
+        for bad in (handle + "\0x", "/nonexistent\0x"):
+            assert not store.exists(bad)
+            with pytest.raises(MissingCheckpointError, match="NUL"):
+                store.restore(bad, {"a": np.zeros(2, np.float32)})
+        for not_a_checkpoint in (store.directory, os.path.join(handle, "state")):
+            assert os.path.isdir(not_a_checkpoint) and not store.exists(not_a_checkpoint)
+        assert store.exists(handle) and store.exists(handle + "/")
+        for step in (2**63, -(2**63) - 1, 10**300):
+            with pytest.raises(ValueError, match="step must fit in 64 bits"):
+                store.save("g", step, {"a": np.zeros(2, np.float32)})
+
+
 def test_a_checkpoint_that_cannot_be_read_now_is_not_called_damaged(tmp_path):
     """Orbax reports an item folder it may not read (meta/ or state/) as missing: the
     store said "is damaged", and a user could delete a good checkpoint (a hostile test)."""

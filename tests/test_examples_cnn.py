@@ -298,6 +298,24 @@ def test_a_worker_that_fails_fails_the_run_and_a_resume_trains_it_again(tmp_path
     assert [m["step"] for m in summary["members"]] == [20, 20]
 
 
+def test_a_resume_whose_checkpoint_is_damaged_goes_back_to_an_older_save(tmp_path, capsys):
+    # (a checkpoint a machine crash damaged: the worker failed, and every rerun loaded it
+    # again and failed the same way; docs/checkpoints.md says checkpoint_missing
+    # recovers, helper-311)
+    argv = ["--steps", "20", "--workers", "2", "--eval-every", "10", "--steps-per-exploit", "10"]
+    argv += ["--batch-size", "16", "--no-progress", "--log-dir", str(tmp_path)]
+    simple_cnn.main(argv)
+    handle = _stored(str(tmp_path), 2).workers[0].params
+    data = [os.path.join(d, f) for d, _, fs in os.walk(handle) for f in fs if "/d/" in d + "/"]
+    largest = max(data, key=os.path.getsize)
+    damaged = bytearray(open(largest, "rb").read())
+    damaged[len(damaged) // 2] ^= 0xFF
+    open(largest, "wb").write(damaged)
+    summary = simple_cnn.main(argv)  # (20 steps more)
+    assert [m["step"] for m in summary["members"]] == [40, 40]
+    assert "worker 0: checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "bad",
     [
