@@ -246,6 +246,28 @@ def _slow_restart_mutator(marker: str, seconds: float) -> Mutator:
     return Mutator(init=init, update=lambda s, w, h, now, key: (s, w, ()))
 
 
+def test_connect_waits_for_a_controller_still_starting_until_wait_s(ray_session, tmp_path):
+    # (connect learns its run from the controller: a worker started with the controller,
+    # whose name is there before it answers, got only timeout_s for its start,
+    # helper-310)
+    marker = str(tmp_path / "slow")
+    open(marker, "w").close()  # (its start takes 3 s, past the worker's 1 s timeout_s)
+    mutator = _slow_restart_mutator(marker, 3.0)
+    served: list = []
+    start = threading.Thread(
+        target=lambda: served.append(
+            jaxpop_ray.serve(_population(2), mutator, log_dir=tmp_path / "run", name="starting")
+        )
+    )
+    start.start()
+    try:
+        worker = jaxpop_ray.connect("starting", timeout_s=1.0, wait_s=60)
+        assert worker.timeout_s == 1.0 and worker.log_dir == str(tmp_path / "run")
+    finally:
+        start.join()
+        served[0].shutdown()
+
+
 def test_a_call_during_a_restart_waits_and_succeeds_or_times_out_clearly(ray_session, tmp_path):
     marker = str(tmp_path / "slow")
     mutator = _slow_restart_mutator(marker, 2.0)  # (past the impatient client's 1 s)

@@ -902,10 +902,11 @@ def connect(
       wait_s: how long to wait for the actor to appear (workers started before it).
 
     The client learns the run the actor serves (its ``log_dir``) before it is returned,
-    waiting up to ``timeout_s`` for the controller to answer.
+    waiting for a controller still starting until ``wait_s`` is up, and ``timeout_s``
+    at least.
 
     Raises :class:`ControllerUnavailableError` if no actor has that name by then, or
-    its controller does not answer within ``timeout_s``.
+    its controller does not answer by then.
     """
     timeout_s = _check_timeout(timeout_s)
     deadline = time.monotonic() + _check_seconds(wait_s, "wait_s")
@@ -920,10 +921,14 @@ def connect(
                 ) from e
             time.sleep(0.2)
             continue
-        client = PopulationClient(actor, name, namespace, timeout_s=timeout_s)
-        # the run it serves, learned now (within timeout_s): a controller that dies and
-        # whose name another run's takes cannot then receive this client's calls
-        client._log_dir = client._call("info")["log_dir"]
+        # the run it serves, learned now: a controller that dies and whose name another
+        # run's takes cannot then receive this client's calls. A controller still
+        # starting (its name is there as soon as serve made the actor) is waited for
+        # until wait_s is up, and timeout_s at least
+        client = PopulationClient(actor, name, namespace, timeout_s=None)
+        until = None if timeout_s is None else max(deadline, time.monotonic() + timeout_s)
+        client._log_dir = client._call("info", until=until)["log_dir"]
+        client.timeout_s = timeout_s
         return client
 
 
