@@ -47,7 +47,12 @@ from examples.cnn import CNN, accuracy, augment, cross_entropy
 from examples.log_dirs import log_dir_arg, log_dir_problem
 from examples.tables import cell, print_table
 from jaxpop import Controller, PopulationController, PopulationState, report
-from jaxpop.checkpointing import DamagedCheckpointError, MissingCheckpointError, ParamStore
+from jaxpop.checkpointing import (
+    DamagedCheckpointError,
+    MissingCheckpointError,
+    ParamStore,
+    UnknownCheckpointFormatError,
+)
 from jaxpop.hparams import as_traced, make_optimizer, select_hparams, set_hparams
 from jaxpop.logging import BACKENDS, Loggers, RunLogger, parse_backends
 from jaxpop.logging import make_loggers as make_run_loggers
@@ -239,6 +244,8 @@ def train_worker(
                         worker_id, generation_id, step, exists=store.exists
                     )
                     continue
+                except UnknownCheckpointFormatError:
+                    raise  # (whole, but not this jaxpop's to read: kept, and the run stops)
                 except DamagedCheckpointError as error:  # (a machine crash's, say)
                     # back to an older save, as for a missing one: the damaged one stays
                     # damaged, and a rerun would load it again and fail the same way

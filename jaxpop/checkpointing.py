@@ -62,6 +62,7 @@ __all__ = [
     "GarbageReport",
     "MissingCheckpointError",
     "ParamStore",
+    "UnknownCheckpointFormatError",
     "check_directory",
     "retained_handles",
 ]
@@ -161,6 +162,12 @@ class DamagedCheckpointError(ValueError):
     """A checkpoint on disk is damaged: a part of it lost, unreadable, or not what was
     saved (its message says "is damaged"). A ``ValueError``, as a target that does not
     fit is: catch this one to tell the two apart."""
+
+
+class UnknownCheckpointFormatError(ValueError):
+    """A checkpoint this jaxpop cannot read, though it is whole: a newer ParamStore
+    format, or leaves of a dtype this jax does not know (its ``meta`` item matches its
+    checksum). Not damage: keep it, and read it with the version that wrote it."""
 
 
 class CheckpointSaveError(RuntimeError):
@@ -523,6 +530,15 @@ def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
     (format 2), and the form of each spec (what format 1, without a checksum, needs); a
     :class:`DamagedCheckpointError` (or not a ParamStore one) otherwise."""
     found = meta.get("format") if isinstance(meta, Mapping) else None
+    if (
+        isinstance(found, str)
+        and re.fullmatch(r"jaxpop\.param_store/[0-9]+", found)
+        and found not in (FORMAT, _FORMAT_1)
+    ):  # (a version this one does not know: a newer jaxpop's, whose checks it cannot run)
+        raise UnknownCheckpointFormatError(
+            f"{handle!r} is a checkpoint of format {found!r:.80}, which this jaxpop does not "
+            f"read (it reads {FORMAT!r}): read it with the jaxpop that wrote it"
+        )
     if found not in (FORMAT, _FORMAT_1):
         raise DamagedCheckpointError(
             f"{handle!r} is not a checkpoint of format {FORMAT!r} (found {found!r:.80}): it "
@@ -548,6 +564,11 @@ def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
                 for n in spec["shape"]:
                     operator.index(n)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
+        if found == FORMAT:  # (its checksum held: whole, but not readable here)
+            raise UnknownCheckpointFormatError(
+                f"checkpoint {handle!r} describes leaves this jaxpop and jax cannot read "
+                f"(a dtype a newer jax has?): {type(e).__name__}: {e!s:.80}"
+            ) from e
         raise DamagedCheckpointError(
             f"checkpoint {handle!r} is damaged: its meta item does not describe its leaves "
             f"({type(e).__name__}: {e!s:.80})"
@@ -1118,6 +1139,8 @@ class ParamStore:
             raised as it is, never taken for a missing one.
           DamagedCheckpointError: the checkpoint is damaged (a part of it lost,
             unreadable, or not what was saved; a ``ValueError``).
+          UnknownCheckpointFormatError: the checkpoint is whole but this version cannot
+            read it (a newer format, a dtype this jax lacks; a ``ValueError``).
           ValueError: the target's structure, shapes or dtypes differ from the saved ones.
           TypeError: a target leaf's sharding is on an abstract mesh (``jax.eval_shape``
             under an explicit mesh gives one; a plain ``Mesh`` gives no sharding, and

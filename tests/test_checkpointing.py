@@ -33,6 +33,7 @@ from jaxpop.checkpointing import (
     DamagedCheckpointError,
     MissingCheckpointError,
     ParamStore,
+    UnknownCheckpointFormatError,
     retained_handles,
 )
 from jaxpop.mutators import BranchingSingleMachine, WinnerTakeAllGenetic
@@ -1812,10 +1813,30 @@ def test_a_failed_saves_leftover_is_collected(tmp_path, monkeypatch):
         assert not os.path.exists(leftover) and other.exists()
 
 
-@pytest.mark.skipif(
-    os.geteuid() == 0 and shutil.which("setpriv") is None,
-    reason="as root, needs setpriv to drop the permission override",
-)
+def test_a_whole_checkpoint_this_version_cannot_read_is_no_damage(tmp_path):
+    # (a newer format, or a dtype this jax lacks, under a checksum that holds, was called
+    # damaged: the CNN examples, which go back from damage, would have dropped it and
+    # its folder been collected; helper-312)
+    with ParamStore(tmp_path, async_save=False) as store:
+        tree = {"a": np.arange(3, dtype=np.float32)}
+        for change in ("format", "dtype"):
+            handle = store.save("g", 1, tree)
+            path = os.path.join(handle, "meta", "metadata")
+            meta = json.load(open(path))
+            if change == "format":
+                meta["format"] = "jaxpop.param_store/3"
+            else:
+                meta["leaves"][0]["dtype"] = "float4_e9m9"
+                meta["crc32"] = checkpointing._meta_crc32(meta)
+            json.dump(meta, open(path, "w"))
+            with pytest.raises(UnknownCheckpointFormatError, match=r"cannot read|does not read"):
+                store.restore(handle, tree)
+        meta["crc32"] += 1  # (a checksum that does not hold: damage)
+        json.dump(meta, open(path, "w"))
+        with pytest.raises(DamagedCheckpointError):
+            store.restore(handle, tree)
+
+
 def test_a_folder_where_a_file_was_is_damage(tmp_path):
     # (meta/metadata or state/_METADATA turned into a folder raised IsADirectoryError,
     # an OSError: "cannot be read now", where the damage is for good; helper-311)
@@ -1872,6 +1893,10 @@ def test_handles_no_save_makes_are_missing_and_steps_past_64_bits_refused(tmp_pa
                 store.save("g", step, {"a": np.zeros(2, np.float32)})
 
 
+@pytest.mark.skipif(
+    os.geteuid() == 0 and shutil.which("setpriv") is None,
+    reason="as root, needs setpriv to drop the permission override",
+)
 def test_a_checkpoint_that_cannot_be_read_now_is_not_called_damaged(tmp_path):
     """Orbax reports an item folder it may not read (meta/ or state/) as missing: the
     store said "is damaged", and a user could delete a good checkpoint (a hostile test)."""

@@ -1,6 +1,7 @@
 """The CNN examples run end to end on the default data set (and on mocked CIFAR-10)."""
 
 import importlib.util
+import json
 import math
 import os
 import threading
@@ -314,6 +315,15 @@ def test_a_resume_whose_checkpoint_is_damaged_goes_back_to_an_older_save(tmp_pat
     summary = simple_cnn.main(argv)  # (20 steps more)
     assert [m["step"] for m in summary["members"]] == [40, 40]
     assert "worker 0: checkpoint" in capsys.readouterr().err
+    # one whole but of a format this jaxpop does not read is no damage: the run stops,
+    # and the checkpoint stays (going back would drop it, and collection delete it)
+    handle = _stored(str(tmp_path), 2).workers[1].params
+    meta_path = os.path.join(handle, "meta", "metadata")
+    meta = json.load(open(meta_path))
+    json.dump({**meta, "format": "jaxpop.param_store/3"}, open(meta_path, "w"))
+    with pytest.raises(RuntimeError, match="failed: UnknownCheckpointFormatError"):
+        simple_cnn.main(argv)
+    assert os.path.isdir(handle) and _stored(str(tmp_path), 2).workers[1].params == handle
 
 
 @pytest.mark.parametrize(

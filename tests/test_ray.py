@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+import types
 import warnings
 
 import numpy as np
@@ -266,6 +267,22 @@ def test_connect_waits_for_a_controller_still_starting_until_wait_s(ray_session,
     finally:
         start.join()
         served[0].shutdown()
+
+
+def test_connect_to_a_controller_that_never_answers_names_its_own_timeouts(monkeypatch):
+    # (its message said timeout_s=None, the learning call's, helper-312; no Ray needed)
+    class Actor:
+        def __getattr__(self, name):
+            return types.SimpleNamespace(remote=lambda *args: object())
+
+    def get(ref, timeout=None):
+        time.sleep(min(timeout, 5.0))
+        raise ray.exceptions.GetTimeoutError("no answer")
+
+    monkeypatch.setattr(jaxpop_ray.ray, "get_actor", lambda name, namespace=None: Actor())
+    monkeypatch.setattr(jaxpop_ray.ray, "get", get)
+    with pytest.raises(jaxpop_ray.ControllerUnavailableError, match=r"wait_s=0\.0, timeout_s=0\.2"):
+        jaxpop_ray.connect("silent", timeout_s=0.2)
 
 
 def test_a_call_during_a_restart_waits_and_succeeds_or_times_out_clearly(ray_session, tmp_path):

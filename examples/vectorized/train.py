@@ -43,7 +43,7 @@ from examples import population_cnn
 from examples.cnn import MODELS, accuracy, augment, cross_entropy
 from jaxpop import storage
 from jaxpop import vectorized as vz
-from jaxpop.checkpointing import DamagedCheckpointError, ParamStore
+from jaxpop.checkpointing import DamagedCheckpointError, ParamStore, UnknownCheckpointFormatError
 from jaxpop.hparams import make_optimizer
 from jaxpop.keys import root_key
 from jaxpop.mutators import explore, selection
@@ -153,7 +153,7 @@ def _resume(log, store, model, pop):
         return None
     try:
         pop = vz.restore_snapshot(store, latest.params, jax.eval_shape(lambda: pop), model.mesh)
-    except DamagedCheckpointError:
+    except (DamagedCheckpointError, UnknownCheckpointFormatError):
         raise  # (not a flag to change: its message says which file, and how)
     except ValueError as error:  # (its arrays' shapes are another model's, or images')
         raise SystemExit(

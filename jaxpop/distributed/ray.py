@@ -926,8 +926,17 @@ def connect(
         # starting (its name is there as soon as serve made the actor) is waited for
         # until wait_s is up, and timeout_s at least
         client = PopulationClient(actor, name, namespace, timeout_s=None)
-        until = None if timeout_s is None else max(deadline, time.monotonic() + timeout_s)
-        client._log_dir = client._call("info", until=until)["log_dir"]
+        start = time.monotonic()
+        until = None if timeout_s is None else max(deadline, start + timeout_s)
+        try:
+            client._log_dir = client._call("info", until=until)["log_dir"]
+        except _NoAnswer as e:  # (its message named the learning call's timeout_s, None)
+            raise _NoAnswer(
+                f"connect({name!r}): no answer from the controller actor (namespace "
+                f"{namespace!r}) within {time.monotonic() - start:.1f} s (wait_s={wait_s}, "
+                f"timeout_s={timeout_s}): it is starting, restarting, waiting for its "
+                f"log_dir's lock, or its node is unreachable. Last error: {e.__cause__!r}"
+            ) from e.__cause__
         client.timeout_s = timeout_s
         return client
 
