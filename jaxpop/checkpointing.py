@@ -739,6 +739,26 @@ def _as_state(state_or_controller: PopulationState | Controller) -> PopulationSt
 
 
 # -- the store -----------------------------------------------------------------------
+def _newest_mtime(path: str) -> float:
+    """The newest modification time of ``path`` and everything below it (what a save
+    still running writes to); a part removed meanwhile is skipped."""
+    newest = os.stat(path).st_mtime
+    stack = [path]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+            except FileNotFoundError:
+                continue
+    return newest
+
+
 def _is_dir(path: str) -> bool:
     """Whether ``path`` is a directory: ``False`` only when it is not there (nothing at
     the path, or a file on the way); any other error (permission denied, an I/O error,
@@ -1423,9 +1443,11 @@ class ParamStore:
           keep_best: also keep this many best evaluated checkpoints of the history.
           keep: more handles to keep.
           orphan_grace_s: delete checkpoints that no history has recorded once they are
-            this many seconds old (by directory modification time); ``None`` (default):
-            never. Must be well above the longest delay between a ``save`` and its
-            ``set_eval``.
+            this many seconds old (by directory modification time; an unfinished save's
+            by its newest write, so one still running in another process is kept while
+            it writes); ``None`` (default): never. Must be well above the longest delay
+            between a ``save`` and its ``set_eval``, and the longest pause in a save's
+            writes.
 
         Returns a :class:`GarbageReport`. Safe to call from any thread, concurrently with
         saves and restores.
@@ -1486,6 +1508,10 @@ class ParamStore:
                 ):
                     try:
                         age = now - os.stat(path).st_mtime
+                        if is_tmp and orphan_grace_s is not None and age >= orphan_grace_s:
+                            # (a save running in another process writes below its folder,
+                            # whose own time is its start's: aged by its newest write)
+                            age = now - _newest_mtime(path)
                     except FileNotFoundError:
                         continue
                     if orphan_grace_s is None or age < orphan_grace_s:

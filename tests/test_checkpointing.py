@@ -1790,6 +1790,25 @@ def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
     assert done.stdout.split() == ["0", "0"], done.stderr  # (-6: aborted; None: hung)
 
 
+def test_an_unfinished_save_still_writing_is_aged_by_its_newest_write(tmp_path):
+    """orphan_grace_s aged an unfinished save by its folder's time, set when the save
+    began: a long save in another process, still writing below it, was deleted under
+    it (helper-313)."""
+    pop = PopulationController([{"h": 0.0}], noop_mutator())
+    with ParamStore(tmp_path) as store:
+        running = tmp_path / ("x_step1_" + "0" * 16 + checkpointing._TMP_SUFFIX)
+        (running / "state" / "d").mkdir(parents=True)
+        (running / "state" / "d" / "chunk").write_bytes(b"data")
+        old = time.time() - 100
+        for path in (running, running / "state", running / "state" / "d"):
+            os.utime(path, (old, old))  # (the folders: the save's start, 100 s ago)
+        store.collect_garbage(pop, orphan_grace_s=10)
+        assert running.exists()  # (its newest write: now)
+        os.utime(running / "state" / "d" / "chunk", (old, old))
+        store.collect_garbage(pop, orphan_grace_s=10)
+        assert not running.exists()  # (no write for 100 s: an orphan)
+
+
 def test_a_failed_saves_leftover_is_collected(tmp_path, monkeypatch):
     """A save that failed on a full disk could leave its temporary folder (TensorStore
     still writing while it was removed): collect_garbage kept it for good, without an

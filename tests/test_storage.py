@@ -274,6 +274,9 @@ def test_a_log_dir_held_by_another_process_is_refused_naming_its_pid(tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(storage.LogDirInUseError, match=rf"in use.*pid {holder.pid}"):
             _run_some(tmp_path, evals=0)
+        (tmp_path / "lock").write_text("junk\x1b[2J")  # (replaced: the directory is locked)
+        with pytest.raises(storage.LogDirInUseError, match=r"in use.*\(pid unknown\)"):
+            _run_some(tmp_path, evals=0)  # (it printed the file's text as the pid)
     finally:
         holder.communicate("")
     _run_some(tmp_path, evals=0).close()  # released when that process ended

@@ -678,8 +678,10 @@ class Store:
                 raise
             try:
                 with open(open_regular(lock, dir_fd=dir_fd)) as f:
-                    holder = f.read(64).strip() or "unknown"
+                    holder = f.read(64).strip()
             except (OSError, CorruptLogError, ValueError):  # (ValueError: not text)
+                holder = ""
+            if not (holder.isascii() and holder.isdigit()):  # (a lock file replaced)
                 holder = "unknown"
             who = f"another live jaxpop controller (pid {holder})"
             if holder == str(os.getpid()):
