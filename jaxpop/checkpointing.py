@@ -530,11 +530,16 @@ def _leaf_specs(handle: str, meta: Any) -> list[dict[str, Any]]:
     (format 2), and the form of each spec (what format 1, without a checksum, needs); a
     :class:`DamagedCheckpointError` (or not a ParamStore one) otherwise."""
     found = meta.get("format") if isinstance(meta, Mapping) else None
+    version = re.fullmatch(
+        r"jaxpop\.param_store/([0-9]{1,9})", found if isinstance(found, str) else ""
+    )
     if (
-        isinstance(found, str)
-        and re.fullmatch(r"jaxpop\.param_store/[0-9]+", found)
-        and found not in (FORMAT, _FORMAT_1)
-    ):  # (a version this one does not know: a newer jaxpop's, whose checks it cannot run)
+        version is not None
+        and int(version[1]) > 2
+        and "crc32" in meta
+        and meta["crc32"] != _meta_crc32({**meta, "format": FORMAT})
+    ):  # (a newer jaxpop's version, whose checks this one cannot run; not a version
+        # digit damaged in a format-2 checkpoint, whose checksum then still holds)
         raise UnknownCheckpointFormatError(
             f"{handle!r} is a checkpoint of format {found!r:.80}, which this jaxpop does not "
             f"read (it reads {FORMAT!r}): read it with the jaxpop that wrote it"
@@ -741,20 +746,20 @@ def _as_state(state_or_controller: PopulationState | Controller) -> PopulationSt
 # -- the store -----------------------------------------------------------------------
 def _newest_mtime(path: str) -> float:
     """The newest modification time of ``path`` and everything below it (what a save
-    still running writes to); a part removed meanwhile is skipped."""
+    still running writes to); a part removed meanwhile, or unreadable, is skipped."""
     newest = os.stat(path).st_mtime
     stack = [path]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # (gone meanwhile, or unreadable: its own time counted)
             continue
         for entry in entries:
             try:
                 newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-            except FileNotFoundError:
+            except OSError:
                 continue
     return newest
 

@@ -1809,6 +1809,28 @@ def test_an_unfinished_save_still_writing_is_aged_by_its_newest_write(tmp_path):
         assert not running.exists()  # (no write for 100 s: an orphan)
 
 
+def test_an_unreadable_part_of_an_unfinished_save_does_not_stop_a_collection(tmp_path, monkeypatch):
+    # (the walk for its newest write raised PermissionError out of collect_garbage, at
+    # every collection, where the folder's own age was used before; helper-314)
+    pop = PopulationController([{"h": 0.0}], noop_mutator())
+    with ParamStore(tmp_path) as store:
+        leftover = tmp_path / ("x_step1_" + "0" * 16 + checkpointing._TMP_SUFFIX)
+        (leftover / "state" / "locked").mkdir(parents=True)
+        old = time.time() - 100
+        for path in (leftover, leftover / "state", leftover / "state" / "locked"):
+            os.utime(path, (old, old))
+        scandir = os.scandir
+
+        def unreadable(path="."):
+            if isinstance(path, str) and path.endswith("locked"):  # (an fd too: rmtree's)
+                raise PermissionError(errno.EACCES, "Permission denied", path)
+            return scandir(path)
+
+        monkeypatch.setattr(checkpointing.os, "scandir", unreadable)
+        store.collect_garbage(pop, orphan_grace_s=10)
+        assert not leftover.exists()
+
+
 def test_a_failed_saves_leftover_is_collected(tmp_path, monkeypatch):
     """A save that failed on a full disk could leave its temporary folder (TensorStore
     still writing while it was removed): collect_garbage kept it for good, without an
@@ -1842,11 +1864,11 @@ def test_a_whole_checkpoint_this_version_cannot_read_is_no_damage(tmp_path):
             handle = store.save("g", 1, tree)
             path = os.path.join(handle, "meta", "metadata")
             meta = json.load(open(path))
-            if change == "format":
+            if change == "format":  # (a newer version's meta, its own checksum with it)
                 meta["format"] = "jaxpop.param_store/3"
             else:
                 meta["leaves"][0]["dtype"] = "float4_e9m9"
-                meta["crc32"] = checkpointing._meta_crc32(meta)
+            meta["crc32"] = checkpointing._meta_crc32(meta)
             json.dump(meta, open(path, "w"))
             with pytest.raises(UnknownCheckpointFormatError, match=r"cannot read|does not read"):
                 store.restore(handle, tree)
@@ -1854,6 +1876,14 @@ def test_a_whole_checkpoint_this_version_cannot_read_is_no_damage(tmp_path):
         json.dump(meta, open(path, "w"))
         with pytest.raises(DamagedCheckpointError):
             store.restore(handle, tree)
+        # a flipped bit in the version digit is damage too (helper-314): "2" -> "3", "0"
+        handle = store.save("g", 1, tree)
+        path = os.path.join(handle, "meta", "metadata")
+        meta = json.load(open(path))
+        for digit in "360":
+            json.dump({**meta, "format": "jaxpop.param_store/" + digit}, open(path, "w"))
+            with pytest.raises(DamagedCheckpointError):
+                store.restore(handle, tree)
 
 
 def test_a_folder_where_a_file_was_is_damage(tmp_path):
