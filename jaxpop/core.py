@@ -126,7 +126,10 @@ class StopWhen:
             x = getattr(self, name)
             if x is None:
                 continue
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+            if (
+                isinstance(x, (bool, np.bool_, np.timedelta64))  # (ns counted as seconds)
+                or not isinstance(x, numbers.Real)
+            ):
                 raise TypeError(
                     f"StopWhen {name} must be a number or None, got {type(x).__name__}: {x!r:.40}"
                 )
@@ -311,7 +314,9 @@ def init(
     checkpoint (no value, no parent) records its hyperparameters. The history ranks
     values the way ``mutator.mode`` says.
     """
-    if isinstance(initial_population, (Mapping, str, bytes)):
+    if isinstance(initial_population, (Mapping, str, bytes)) or not isinstance(
+        initial_population, Iterable
+    ):
         raise TypeError(
             "initial_population must be a sequence with one meta_params per worker, "
             f"got a {type(initial_population).__name__}"
@@ -349,6 +354,13 @@ def as_value(value: Any) -> float:
     """
     if type(value) is float:
         return value
+    if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
+        # (its hidden data, or 0.0 for np.ma.masked, was recorded: a best loss that won)
+        raise ValueError(f"set_eval value is masked (no value): {value!r:.80}")
+    if isinstance(value, (np.timedelta64, np.datetime64)) or _kind(value) in ("m", "M"):
+        raise TypeError(  # (np.timedelta64(5) was recorded as 5.0)
+            f"set_eval value must be a real number, got a time: {value!r:.80}"
+        )
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         try:
             return _finite_if_finite(float(value), value)
@@ -362,6 +374,11 @@ def as_value(value: Any) -> float:
         f"set_eval value must be a real number (a float, an int, or a one-element numeric "
         f"array), got {type(value).__name__}: {value!r:.80}"
     )
+
+
+def _kind(value: Any) -> str | None:
+    """The kind of ``value``'s dtype (a numpy or jax value's), ``None`` for another value."""
+    return getattr(getattr(value, "dtype", None), "kind", None)
 
 
 def _real_dtype(dtype: Any) -> bool:

@@ -47,6 +47,7 @@ from jaxpop.keys import root_key
 from jaxpop.mutators.base import (
     DecisionCounts,
     Mutator,
+    check_callable,
     check_number,
     decision_counts,
     is_finite,
@@ -229,6 +230,17 @@ class PopulationController:
     ):
         if gone_after_s is not None:
             gone_after_s = check_number("gone_after_s", gone_after_s)
+        check_callable("clock", clock)
+        if isinstance(log_dir, (str, os.PathLike)) and not os.fspath(log_dir):
+            raise ValueError(  # (the current directory was journaled into)
+                "log_dir is empty: give a directory path, or None to keep the run in memory"
+            )
+        # (checked with or without a log_dir: a typo in either was taken silently)
+        storage.check_durability(durability)
+        if isinstance(compact_after, bool) or not isinstance(compact_after, int):
+            raise TypeError(f"compact_after must be an int, got {compact_after!r:.40}")
+        if compact_after < 1:
+            raise ValueError(f"compact_after must be at least 1, got {compact_after}")
         if stop_when is not None and not isinstance(stop_when, core.StopWhen):
             raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s

@@ -74,6 +74,50 @@ def test_nan_value_is_stored_and_never_wins():
     assert [w.params for w in pop.active_workers] == ["good-params"] * 2
 
 
+def test_a_masked_or_time_value_is_refused_and_records_nothing():
+    # (helper-315: np.ma.masked was recorded as 0.0, a best loss that won and met a
+    # StopWhen target; a masked one-element array as its hidden data; np.timedelta64(5)
+    # as 5.0)
+    stop = core.StopWhen(value=0.01)
+    pop = PopulationController(
+        [{"h": 0.0}, {"h": 1.0}], WinnerTakeAllGenetic(lambda m: m, 10), stop_when=stop
+    )
+    g0 = pop.active_workers[0].generation_id
+    before = pop.state
+    for value in (np.ma.masked, np.ma.masked_array([0.7], mask=[True])):
+        with pytest.raises(ValueError, match="set_eval value is masked"):
+            pop.set_eval(0, g0, 10, None, value)
+    for value in (np.timedelta64(5), np.timedelta64(5, "s"), np.array([5], "timedelta64[ns]")):
+        with pytest.raises(TypeError, match="got a time"):
+            pop.set_eval(0, g0, 10, None, value)
+    assert pop.state is before and not pop.done
+    pop.set_eval(0, g0, 10, None, np.ma.masked_array([0.7], mask=[False]))  # (nothing hidden)
+    assert pop.history[g0][10].value == 0.7
+
+
+def test_constructor_arguments_a_typo_or_a_time_made_silent_are_refused(tmp_path, monkeypatch):
+    # (helper-315: a timedelta64[ns] budget was taken as that many seconds, so a run of
+    # "one hour" never ended on time; log_dir="" journaled into the current directory;
+    # durability and compact_after were checked only with a log_dir)
+    wta = WinnerTakeAllGenetic(lambda m: m, 10)
+    with pytest.raises(TypeError, match="gone_after_s must be a number"):
+        PopulationController([{"h": 0.0}], wta, gone_after_s=np.timedelta64(1, "h"))
+    with pytest.raises(TypeError, match="StopWhen seconds must be a number"):
+        core.StopWhen(seconds=np.timedelta64(3600, "ns"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="log_dir is empty"):
+        PopulationController([{"h": 0.0}], wta, log_dir="")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="durability must be"):
+        PopulationController([{"h": 0.0}], wta, durability="fsnyc")
+    with pytest.raises(ValueError, match="compact_after must be at least 1"):
+        PopulationController([{"h": 0.0}], wta, compact_after=-5)
+    with pytest.raises(TypeError, match="clock must be a function"):
+        PopulationController([{"h": 0.0}], wta, clock=5)
+    with pytest.raises(TypeError, match="initial_population must be a sequence"):
+        PopulationController(None, wta)
+
+
 def test_log_dir_is_accepted(tmp_path):
     pop = PopulationController([{"h": 1.0}], noop_mutator(), log_dir=str(tmp_path))
     assert pop.log_dir == str(tmp_path)

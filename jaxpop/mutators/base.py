@@ -648,7 +648,8 @@ def check_number(
     60.0
     """
     noun = "int" if integer else "number"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    # (np.timedelta64 is a numpy integer: a count of its unit, ns say, taken as seconds)
+    if isinstance(value, (bool, np.bool_, np.timedelta64)) or not isinstance(value, numbers.Real):
         article = "an" if integer else "a"
         raise TypeError(
             f"{name} must be {article} {noun}, got {type(value).__name__}: {value!r:.40}"
