@@ -1459,6 +1459,10 @@ class ParamStore:
         """
         if not isinstance(state_or_controller, PopulationState):  # read under the lock
             _check_has_state(state_or_controller)
+        if isinstance(orphan_grace_s, (bool, np.bool_, np.timedelta64)) or not isinstance(
+            orphan_grace_s, (numbers.Real, type(None))
+        ):  # (a timedelta64 counts its unit, and failed late, at the first unfinished save)
+            raise TypeError(f"orphan_grace_s must be seconds or None, got {orphan_grace_s!r:.40}")
         if orphan_grace_s is not None and not orphan_grace_s >= 0:
             raise ValueError(f"orphan_grace_s must be >= 0 or None, got {orphan_grace_s}")
         _check_keep_best(keep_best)

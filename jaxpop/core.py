@@ -314,14 +314,16 @@ def init(
     checkpoint (no value, no parent) records its hyperparameters. The history ranks
     values the way ``mutator.mode`` says.
     """
-    if isinstance(initial_population, (Mapping, str, bytes)) or not isinstance(
-        initial_population, Iterable
-    ):
-        raise TypeError(
-            "initial_population must be a sequence with one meta_params per worker, "
-            f"got a {type(initial_population).__name__}"
-        )
-    population = list(initial_population)
+    refused = TypeError(
+        "initial_population must be a sequence with one meta_params per worker, "
+        f"got a {type(initial_population).__name__}"
+    )
+    if isinstance(initial_population, (Mapping, str, bytes)):
+        raise refused
+    try:
+        population = list(initial_population)
+    except TypeError:  # (not iterable: None, 3)
+        raise refused from None
     if not population:
         raise ValueError(
             "initial_population is empty: pass one meta_params pytree per worker, "
@@ -354,7 +356,7 @@ def as_value(value: Any) -> float:
     """
     if type(value) is float:
         return value
-    if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
+    if np.ma.isMaskedArray(value) and value.size == 1 and np.ma.getmaskarray(value).any():
         # (its hidden data, or 0.0 for np.ma.masked, was recorded: a best loss that won)
         raise ValueError(f"set_eval value is masked (no value): {value!r:.80}")
     if isinstance(value, (np.timedelta64, np.datetime64)) or _kind(value) in ("m", "M"):

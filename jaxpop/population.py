@@ -237,10 +237,7 @@ class PopulationController:
             )
         # (checked with or without a log_dir: a typo in either was taken silently)
         storage.check_durability(durability)
-        if isinstance(compact_after, bool) or not isinstance(compact_after, int):
-            raise TypeError(f"compact_after must be an int, got {compact_after!r:.40}")
-        if compact_after < 1:
-            raise ValueError(f"compact_after must be at least 1, got {compact_after}")
+        compact_after = storage.check_compact_after(compact_after)
         if stop_when is not None and not isinstance(stop_when, core.StopWhen):
             raise TypeError(f"stop_when must be a jaxpop.StopWhen, got {type(stop_when).__name__}")
         self._gone_after_s = gone_after_s
@@ -1041,7 +1038,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 def _as_time(now: Any) -> float:
     if (
         isinstance(now, (numbers.Real, np.floating, np.integer))
-        and not isinstance(now, bool)
+        and not isinstance(now, (bool, np.timedelta64))  # (a count of its unit, not seconds)
         and is_finite(now)  # (False for an int past float64's range too)
     ):
         return float(now)

@@ -664,6 +664,16 @@ def _refresh_keys(
     return jax.tree_util.tree_map_with_path(refresh, state)
 
 
+def _check_score_kind(scores: Any, who: str) -> None:
+    """Refuses masked scores (a member's hidden value was recorded, or ranked) and times
+    (a timedelta64's count of its unit was taken as the score), as ``set_eval`` does."""
+    if np.ma.isMaskedArray(scores) and np.ma.getmaskarray(scores).any():
+        raise ValueError(f"{who}: a score is masked (no value): {scores!r:.80}")
+    dtype = scores.dtype if hasattr(scores, "dtype") else np.asarray(scores).dtype
+    if dtype.kind in ("m", "M"):
+        raise TypeError(f"{who} needs real-number scores, got {dtype} scores")
+
+
 def exploit_explore(
     pop: VectorizedPopulation,
     scores: jax.Array,
@@ -724,6 +734,7 @@ def exploit_explore(
             f"exploit_explore needs one score per member, shape ({pop.size},); got "
             f"{np.shape(scores)}"
         )
+    _check_score_kind(scores, "exploit_explore")
     # (a list's dtype as numpy reads it: jnp.asarray raised OverflowError past int32)
     kind = scores.dtype if hasattr(scores, "dtype") else np.asarray(scores).dtype
     if kind == jnp.bool_:  # (as the host refuses bools)
@@ -1130,6 +1141,7 @@ def record(
         raise TypeError("record needs step= (the population's step of the evaluation)")
     check_events_left(state)  # (before anything: a round past the last event is refused)
     step = check_step(step if isinstance(step, int) else np.asarray(step).item())
+    _check_score_kind(scores, "record")
     scores = np.asarray(scores, np.float64)
     n = state.population_size
     if scores.shape != (n,):

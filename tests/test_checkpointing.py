@@ -1790,6 +1790,15 @@ def test_a_child_forked_after_a_save_is_refused_clearly(tmp_path):
     assert done.stdout.split() == ["0", "0"], done.stderr  # (-6: aborted; None: hung)
 
 
+def test_a_grace_given_as_a_timedelta_is_refused_up_front(tmp_path):
+    # (it was taken, then failed deep in numpy at the first unfinished save; helper-316)
+    pop = PopulationController([{"h": 0.0}], noop_mutator())
+    with ParamStore(tmp_path) as store:
+        with pytest.raises(TypeError, match="orphan_grace_s must be seconds"):
+            store.collect_garbage(pop, orphan_grace_s=np.timedelta64(1, "h"))
+        store.collect_garbage(pop, orphan_grace_s=np.float32(10.0))
+
+
 def test_an_unfinished_save_still_writing_is_aged_by_its_newest_write(tmp_path):
     """orphan_grace_s aged an unfinished save by its folder's time, set when the save
     began: a long save in another process, still writing below it, was deleted under

@@ -91,8 +91,14 @@ def test_a_masked_or_time_value_is_refused_and_records_nothing():
         with pytest.raises(TypeError, match="got a time"):
             pop.set_eval(0, g0, 10, None, value)
     assert pop.state is before and not pop.done
+    with pytest.raises(TypeError, match="one-element"):  # (not one element: as unmasked)
+        pop.set_eval(0, g0, 10, None, np.ma.masked_array([0.7, 0.1, 0.2], mask=[0, 1, 0]))
     pop.set_eval(0, g0, 10, None, np.ma.masked_array([0.7], mask=[False]))  # (nothing hidden)
     assert pop.history[g0][10].value == 0.7
+    from jaxpop.logging.base import worker_scalars
+
+    with pytest.raises(ValueError, match=r"metrics\['acc'\]: value is masked"):
+        worker_scalars(0.5, None, {"acc": np.ma.masked})
 
 
 def test_constructor_arguments_a_typo_or_a_time_made_silent_are_refused(tmp_path, monkeypatch):
@@ -116,6 +122,18 @@ def test_constructor_arguments_a_typo_or_a_time_made_silent_are_refused(tmp_path
         PopulationController([{"h": 0.0}], wta, clock=5)
     with pytest.raises(TypeError, match="initial_population must be a sequence"):
         PopulationController(None, wta)
+    with pytest.raises(TypeError, match="clock must return seconds"):
+        PopulationController([{"h": 0.0}], wta, clock=lambda: np.timedelta64(5, "ns"))
+    # what was taken before is still taken: a numpy int, a sequence by __getitem__ alone
+
+    class OldStyle:
+        def __getitem__(self, i):
+            if i > 1:
+                raise IndexError(i)
+            return {"h": float(i)}
+
+    assert len(PopulationController(OldStyle(), wta, compact_after=np.int64(5)).active_workers) == 2
+    PopulationController([{"h": 0.0}], wta, log_dir=tmp_path / "run", compact_after=np.int64(5))
 
 
 def test_log_dir_is_accepted(tmp_path):

@@ -269,6 +269,16 @@ def test_connect_waits_for_a_controller_still_starting_until_wait_s(ray_session,
         served[0].shutdown()
 
 
+def test_seconds_given_as_a_timedelta_are_refused():
+    # (a timedelta64 is a numpy integer: its count of ns was taken as seconds; no Ray)
+    for check in (
+        lambda t: jaxpop_ray._check_seconds(t, "wait_s"),
+        jaxpop_ray._check_timeout,
+    ):
+        with pytest.raises(TypeError, match="number of seconds"):
+            check(np.timedelta64(5, "s"))
+
+
 def test_connect_to_a_controller_that_never_answers_names_its_own_timeouts(monkeypatch):
     # (its message said timeout_s=None, the learning call's, helper-312; no Ray needed)
     class Actor:

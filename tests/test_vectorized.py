@@ -670,6 +670,24 @@ def test_record_refuses_a_score_count_other_than_the_population(count):
         vz.record(lineage, np.zeros(count), step=1, now=2.0)
 
 
+def test_masked_and_time_scores_are_refused_as_set_eval_refuses_them():
+    # (helper-316: record took a masked member's hidden 0.0, the best loss, and
+    # timedelta64 scores as their counts; exploit_explore ranked the masked one)
+    pop = make_pop()
+    lineage = vz.lineage_init(pop, root_key(0), now=1.0)
+    masked = np.ma.masked_array(np.arange(N, dtype=float), mask=[True] + [False] * (N - 1))
+    for function in (
+        lambda s: vz.record(lineage, s, step=1, now=2.0),
+        lambda s: vz.exploit_explore(pop, s, root_key(1), space=SPACE),
+    ):
+        with pytest.raises(ValueError, match="a score is masked"):
+            function(masked)
+        for times in (np.arange(N).astype("m8[s]"), list(np.arange(N).astype("m8[s]"))):
+            with pytest.raises(TypeError, match="real-number scores, got timedelta64"):
+                function(times)
+    vz.record(lineage, np.ma.masked_array(np.arange(N, dtype=float)), step=1, now=2.0)
+
+
 def test_members_with_several_keys_get_all_of_them_fresh_when_they_copy():
     """One key per environment (say, in RL): typed ``(N, E)`` and raw ``uint32[N, E, 2]``
     under ``"key"``; a copier's keys all differ from its parent's and from each other."""

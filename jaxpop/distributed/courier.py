@@ -26,6 +26,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from jaxpop.storage.atomic import missing_dirs, remove_dirs
 
 if TYPE_CHECKING:
@@ -202,7 +204,7 @@ class CourierServer:
         is gone for good); whether it did within ``timeout`` seconds (``None`` or
         ``inf``: forever; 0: whether it has)."""
         if timeout is not None:  # (a numpy float16 deadline past 65504 s of uptime: inf)
-            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+            if isinstance(timeout, (bool, np.timedelta64)) or not isinstance(timeout, numbers.Real):
                 raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r:.40}")
             if not float(timeout) >= 0:
                 raise ValueError(f"timeout must be >= 0 seconds, got {timeout!r:.40}")

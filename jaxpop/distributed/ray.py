@@ -66,7 +66,9 @@ _MAX_TIMEOUT_S = 1e9  # about 31 years: Ray's waits take no more (past it: None,
 def _check_seconds(seconds: Any, what: str) -> float:
     """``seconds`` as a finite float >= 0, or a ``TypeError`` / ``ValueError`` naming
     ``what`` (NaN waited forever, ``None`` failed late inside an actor)."""
-    if isinstance(seconds, (bool, np.bool_)) or not isinstance(seconds, numbers.Real):
+    if isinstance(seconds, (bool, np.bool_, np.timedelta64)) or not isinstance(
+        seconds, numbers.Real
+    ):  # (a timedelta64 is a count of its unit: ns taken as seconds)
         raise TypeError(f"{what} must be a number of seconds, got {seconds!r:.40}")
     try:
         as_float = float(seconds)
@@ -81,7 +83,9 @@ def _check_timeout(timeout_s: Any, what: str = "timeout_s") -> float | None:
     """``timeout_s`` as seconds: ``None`` or ``inf`` wait forever."""
     if timeout_s is None:
         return None
-    if isinstance(timeout_s, (bool, np.bool_)) or not isinstance(timeout_s, numbers.Real):
+    if isinstance(timeout_s, (bool, np.bool_, np.timedelta64)) or not isinstance(
+        timeout_s, numbers.Real
+    ):
         raise TypeError(f"{what} must be a number of seconds or None, got {timeout_s!r:.40}")
     try:
         seconds = float(timeout_s)

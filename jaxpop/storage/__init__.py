@@ -30,6 +30,7 @@ from jaxpop.storage.store import (
     RunMismatchError,
     Store,
     SupersededError,
+    check_compact_after,
     check_durability,
     read_state,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "Store",
     "SupersededError",
     "TornRecordWarning",
+    "check_compact_after",
     "check_durability",
     "load_seed_state",
     "migrate_seed_state",

@@ -14,6 +14,7 @@ import errno
 import fcntl
 import gc
 import logging
+import operator
 import os
 import re
 import stat
@@ -23,6 +24,8 @@ import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal, NamedTuple
+
+import numpy as np
 
 from jaxpop import encoding
 from jaxpop.core import Changes, PopulationState
@@ -70,6 +73,20 @@ logger = logging.getLogger("jaxpop")
 #: ``FireState.evaluation_order`` and ``MFPBTState.missed`` (the same).
 STORAGE_VERSION = 6
 Durability = Literal["process", "fsync"]
+
+
+def check_compact_after(compact_after: Any) -> int:
+    """``compact_after`` as an int >= 1 (a numpy int too), else ``TypeError`` /
+    ``ValueError`` naming it."""
+    if isinstance(compact_after, (bool, np.bool_)):
+        raise TypeError(f"compact_after must be an int, got {compact_after!r}")
+    try:
+        value = operator.index(compact_after)
+    except TypeError:
+        raise TypeError(f"compact_after must be an int, got {compact_after!r:.40}") from None
+    if value < 1:
+        raise ValueError(f"compact_after must be at least 1, got {value}")
+    return value
 
 
 def check_durability(durability: Any) -> Durability:
@@ -564,10 +581,7 @@ class Store:
         compact_after: int = 1000,
     ):
         durability = check_durability(durability)
-        if isinstance(compact_after, bool) or not isinstance(compact_after, int):
-            raise TypeError(f"compact_after must be an int, got {compact_after!r}")
-        if compact_after < 1:
-            raise ValueError(f"compact_after must be at least 1, got {compact_after}")
+        compact_after = check_compact_after(compact_after)
         if run is not None and not run_lib.is_description(run):
             raise TypeError(f"run must be a run description, got {run!r:.100}")
         # absolute: a relative path would follow the process's working directory
