@@ -320,10 +320,11 @@ def init(
     )
     if isinstance(initial_population, (Mapping, str, bytes)):
         raise refused
-    try:
-        population = list(initial_population)
-    except TypeError:  # (not iterable: None, 3)
+    try:  # (not iterable: None, 3; a TypeError of its own items is theirs, raised as it is)
+        items = iter(initial_population)
+    except TypeError:
         raise refused from None
+    population = list(items)
     if not population:
         raise ValueError(
             "initial_population is empty: pass one meta_params pytree per worker, "

@@ -97,7 +97,7 @@ def test_a_masked_or_time_value_is_refused_and_records_nothing():
     assert pop.history[g0][10].value == 0.7
     from jaxpop.logging.base import worker_scalars
 
-    with pytest.raises(ValueError, match=r"metrics\['acc'\]: value is masked"):
+    with pytest.raises(ValueError, match=r"metrics\['acc'\]: is masked"):
         worker_scalars(0.5, None, {"acc": np.ma.masked})
 
 
@@ -133,6 +133,12 @@ def test_constructor_arguments_a_typo_or_a_time_made_silent_are_refused(tmp_path
             return {"h": float(i)}
 
     assert len(PopulationController(OldStyle(), wta, compact_after=np.int64(5)).active_workers) == 2
+
+    def broken():  # (its own TypeError is raised as it is, not "must be a sequence")
+        yield {"h": 1e-3 * "x"}
+
+    with pytest.raises(TypeError, match="can't multiply sequence"):
+        PopulationController(broken(), wta)
     PopulationController([{"h": 0.0}], wta, log_dir=tmp_path / "run", compact_after=np.int64(5))
 
 

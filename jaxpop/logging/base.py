@@ -458,7 +458,7 @@ def _number(name: str, value: Any) -> float:
     try:
         return as_value(value)
     except ValueError as e:  # (too large, or masked: named as the metric, not set_eval's)
-        raise ValueError(f"{name}: {str(e).removeprefix('set_eval ')}") from None
+        raise ValueError(f"{name}: {str(e).removeprefix('set_eval value ')}") from None
     except TypeError:
         raise TypeError(
             f"{name} must be a real number (a float, an int, or a one-element numeric "
