@@ -21,21 +21,21 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["check_sortable_keys", "copy_in", "copy_out", "deep_copy_or_share"]
+__all__ = ["check_sortable_keys", "copy_in", "copy_out", "deep_copy_or_share", "private_copy"]
 
 _IMMUTABLE = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
-def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
+def _copy(x: Any, arrays: bool, deep: bool = False, frozen: bool = True) -> Any:
     t = type(x)
     if t in _IMMUTABLE:
         return x
     if t is dict:
-        return {k: _copy(v, arrays, deep) for k, v in x.items()}
+        return {k: _copy(v, arrays, deep, frozen) for k, v in x.items()}
     if t is list:
-        return [_copy(v, arrays, deep) for v in x]
+        return [_copy(v, arrays, deep, frozen) for v in x]
     if t is tuple:
-        return tuple(_copy(v, arrays, deep) for v in x)
+        return tuple(_copy(v, arrays, deep, frozen) for v in x)
     if isinstance(x, np.ndarray):  # (a subclass too: a masked array, a memmap)
         if not arrays:
             if not x.dtype.hasobject:
@@ -45,18 +45,20 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
             out.flags.writeable = False
             return out
         if x.dtype == object:  # its elements are objects that may be edited in place
-            frozen = deep_copy_or_share(x) if deep else _copy_elements(x)
+            out = deep_copy_or_share(x) if deep else _copy_elements(x)
         elif x.dtype.hasobject:  # (a structured dtype with an object field)
-            frozen = copy.deepcopy(x)
+            out = copy.deepcopy(x)
         else:
-            frozen = x.copy()
-        frozen.flags.writeable = False
-        if t is not np.ndarray and isinstance(frozen, np.ma.MaskedArray):
+            out = x.copy()
+        if not frozen:  # (a private copy: its owner may edit it)
+            return out
+        out.flags.writeable = False
+        if t is not np.ndarray and isinstance(out, np.ma.MaskedArray):
             # its mask too: masking an element writes the mask, not the data
-            mask = np.ma.getmaskarray(frozen).copy()
+            mask = np.ma.getmaskarray(out).copy()
             mask.flags.writeable = False
-            frozen._mask = mask  # type: ignore[attr-defined]  # (the mask setter copies into it)
-        return frozen
+            out._mask = mask  # type: ignore[attr-defined]  # (the mask setter copies into it)
+        return out
     if isinstance(x, np.void):  # a structured scalar: a view into the caller's array
         # (out too: a reply's edit would write the history; np.array(x) still views it)
         return copy.deepcopy(x) if x.dtype.hasobject else x.copy()
@@ -77,7 +79,7 @@ def _copy(x: Any, arrays: bool, deep: bool = False) -> Any:
     if jax.tree_util.treedef_is_leaf(treedef) and leaves and leaves[0] is x:
         # a leaf of another type (an empty node has no leaves: made anew below, not shared)
         return deep_copy_or_share(x) if deep else x
-    return jax.tree.unflatten(treedef, [_copy(leaf, arrays, deep) for leaf in leaves])
+    return jax.tree.unflatten(treedef, [_copy(leaf, arrays, deep, frozen) for leaf in leaves])
 
 
 def _copy_elements(x: np.ndarray) -> np.ndarray:
@@ -108,6 +110,24 @@ def copy_in(tree: Any, *, deep: bool = False, where: str = "a value") -> Any:
     """
     try:
         return _copy(tree, arrays=True, deep=deep)
+    except RecursionError:
+        raise _too_deep(where) from None
+
+
+def private_copy(tree: Any, *, where: str = "a value") -> Any:
+    """``tree`` as a copy its receiver may edit in place: fresh containers, writable
+    copies of its numpy arrays, deep copies of other leaves (where they can be copied).
+    What a user's function is handed to change (a seed-style ``mutate_fn`` that does
+    ``p["lr"] *= 2`` on a numpy ``lr``).
+
+    >>> import numpy as np
+    >>> mine = private_copy({"lr": np.array(0.1)})
+    >>> mine["lr"] *= 2
+    >>> float(mine["lr"])
+    0.2
+    """
+    try:
+        return _copy(tree, arrays=True, deep=True, frozen=False)
     except RecursionError:
         raise _too_deep(where) from None
 

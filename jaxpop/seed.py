@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import numbers
 import os
 import reprlib
 import uuid
@@ -21,6 +22,7 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxpop import encoding
 from jaxpop.boundary import _IMMUTABLE, copy_in, copy_out
@@ -296,7 +298,7 @@ class _Cache(MutableMapping):
                         f"{who} put the checkpoint {checkpoint.ref!r} at {where}; a "
                         "checkpoint's generation_id and step must be its keys in the cache"
                     )
-                added.append(checkpoint)
+                added.append(_plain_numbers(checkpoint))
         refs = {c.ref for c in added}
         for c in added:
             if type(c.parent) is not tuple or len(c.parent) != 2:
@@ -316,7 +318,34 @@ class _Cache(MutableMapping):
 
 def _step_order(step: Any) -> tuple[int, Any]:
     """Sorts steps numerically, and anything else (refused later) after them."""
-    return (0, step) if isinstance(step, int) else (1, repr(step))
+    return (0, int(step)) if isinstance(step, int) or _numpy_int(step) else (1, repr(step))
+
+
+def _numpy_int(x: Any) -> bool:
+    """Whether ``x`` is a numpy integer (not a ``timedelta64``, which numpy files there)."""
+    return isinstance(x, np.integer) and not isinstance(x, np.timedelta64)
+
+
+def _plain_numbers(checkpoint: Checkpoint) -> Checkpoint:
+    """``checkpoint`` with a numpy integer step (and parent step) as an int and a
+    number value as a float, as the controller's own calls take them (a seed mutator
+    that picks a checkpoint with ``np.argmin`` hands numpy ones; the records refused
+    them)."""
+    changes: dict[str, Any] = {}
+    if _numpy_int(checkpoint.step):
+        changes["step"] = int(checkpoint.step)
+    parent = checkpoint.parent
+    if type(parent) is tuple and len(parent) == 2 and _numpy_int(parent[1]):
+        changes["parent"] = (parent[0], int(parent[1]))
+    value = checkpoint.value
+    if (
+        value is not None
+        and type(value) is not float
+        and isinstance(value, numbers.Real)
+        and not isinstance(value, (bool, np.bool_, np.timedelta64))
+    ):
+        changes["value"] = float(value)
+    return checkpoint.replace(**changes) if changes else checkpoint
 
 
 def _without_int_key_dicts(value: Any, depth: int = 0) -> Any:
@@ -486,6 +515,8 @@ def _result(
             continue
         if type(worker) is not ActiveWorker:
             raise TypeError(f"{who} returned a {type(worker).__name__} for worker {i}")
+        if _numpy_int(worker.step):  # (as the controller's calls take a step)
+            returned[i] = worker = worker.replace(step=int(worker.step))
         if worker.status != workers[i].status:
             # a seed mutator knows no status (it makes ActiveWorkers with the default,
             # "active", or hands a worker another's): each keeps its own, so a finished

@@ -78,6 +78,61 @@ def _new_generations(pop):
 
 
 # -- the seed's small names --------------------------------------------------------------
+class BranchAtBest(pop_mod.Mutate):
+    """Starts a generation at its worker's best checkpoint, found with numpy (a numpy
+    step and value, as numpy code yields them)."""
+
+    def update(self, state, workers, cache):
+        w = workers[0]
+        checkpoints = cache[w.generation_id].values()
+        values = np.array([np.inf if c.value is None else c.value for c in checkpoints])
+        best = checkpoints[int(np.argmin(values))]
+        if best.value is None or len(checkpoints) < 3:
+            return state, workers
+        step, gen = np.int64(best.step), pop_mod.make_gen_id()
+        cache[gen] = pop_mod.IntKeyDict()
+        cache[gen][step] = pop_mod.Checkpoint(
+            generation_id=gen,
+            params=best.params,
+            meta_params={"lr": 0.5},
+            parent=(best.generation_id, np.int64(best.step)),
+            step=step,
+            value=np.float64(values.min()),
+            time=time.time(),
+        )
+        return state, [pop_mod.ActiveWorker(best.params, {"lr": 0.5}, gen, step)]
+
+
+def test_a_seed_mutator_may_use_numpy_steps_and_values_as_the_seed_takes_them():
+    # (helper-318: "new checkpoint 0.step is not an int: int64", "value is not None or
+    # a float: float64"; the controller's own calls take numpy numbers)
+    pop = pop_mod.PopulationController([{"lr": 1.0}], BranchAtBest())
+    gen = pop.maybe_get_worker_data(0, None, 0, None, None).generation_id
+    for step in (1, 2):
+        pop.set_eval(0, gen, step, f"p{step}", 3.0 - step)
+    worker = pop.active_workers[0]
+    assert (worker.step, type(worker.step), worker.params) == (2, int, "p2")
+    start = pop.history.first(worker.generation_id)
+    assert start.parent == (gen, 2) and type(start.parent[1]) is int
+    assert (start.value, type(start.value)) == (1.0, float)
+
+
+def test_a_mutate_fn_may_edit_a_numpy_hyperparameter_in_place():
+    # (docs/migrating.md says p["lr"] *= 2 doubles each worker's rate once; on a numpy
+    # lr it raised "output array is read-only" in every round, helper-318)
+    def double(p):
+        p["lr"] *= 2
+        return p
+
+    pop = pop_mod.PopulationController(
+        [{"lr": np.array([0.1, 0.2])}] * 2, WinnerTakeAllGenetic(double, steps_per_exploit=10)
+    )
+    for i in range(2):
+        pop.set_eval(i, pop.active_workers[i].generation_id, 10, f"p{i}", float(i))
+    assert [w.meta_params["lr"].tolist() for w in pop.active_workers] == [[0.2, 0.4]] * 2
+    assert pop.history.first(pop.active_workers[0].generation_id).parent is not None
+
+
 def test_seed_module_names_are_exported_by_population():
     for name in ("make_gen_id", "GenerationID", "MutateState", "IntKeyDict", "Mutate"):
         assert name in pop_mod.__all__ and hasattr(pop_mod, name)

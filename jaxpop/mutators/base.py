@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import jax
 import numpy as np
 
-from jaxpop.boundary import copy_in
+from jaxpop.boundary import copy_in, private_copy
 from jaxpop.events import Ask
 from jaxpop.history import History, Mode, check_mode
 from jaxpop.keys import new_generation_id
@@ -780,13 +780,13 @@ def call_mutate_fn(
 ) -> Any:
     """Calls ``fn(*args, key)`` if ``wants_key`` else ``fn(*args)``.
 
-    The first argument (the ``meta_params`` to mutate) is passed as a fresh copy of its
-    containers, and of any leaf that may be edited in place (an object that is not a
-    pytree, such as a ``types.SimpleNamespace`` or a plain dataclass: deep-copied), so a
-    function that edits its argument in place cannot corrupt the checkpoints in the
-    history that share it (their numpy arrays are read-only).
+    The first argument (the ``meta_params`` to mutate) is passed as the function's own
+    copy (:func:`jaxpop.boundary.private_copy`: fresh containers, writable copies of its
+    numpy arrays, deep copies of other leaves), so a function that edits its argument
+    in place (``p["lr"] *= 2``, as the seed's do) works, and cannot corrupt the
+    checkpoints in the history that share it.
     """
-    args = (copy_in(args[0], deep=True), *args[1:])
+    args = (private_copy(args[0]), *args[1:])
     if not wants_key:
         return own_result(fn(*args))
     return own_result(fn(*args, key=key) if _key_by_name(fn, len(args)) else fn(*args, key))
