@@ -36,6 +36,15 @@ def log_dir_problem(log_dir: str, *, run_below: bool = True, params: bool = Fals
     """
     if os.path.exists(log_dir) and not os.path.isdir(log_dir):
         return f"--log-dir {log_dir} is a file: pass a folder (a new one starts a run)"
+    parent = os.path.dirname(os.path.abspath(log_dir))
+    while not os.path.exists(parent):  # (the nearest folder above that exists)
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"--log-dir {log_dir} is below {parent}, a file: pass a folder"
+    for name in ("population", "params") if run_below else ():
+        inside = os.path.join(log_dir, name)
+        if os.path.exists(inside) and not os.path.isdir(inside):
+            return f"--log-dir {log_dir} holds a file {name}, where the run keeps a folder"
     if params:
         try:
             check_directory(os.path.abspath(os.path.join(log_dir, "params")))

@@ -133,6 +133,9 @@ def test_two_copies_of_one_parent_draw_different_actions_and_environment_noise(t
         ["--total-steps", "9600", "--interval", "3200"],
         ["--total-steps", "1024", "--interval", "1000000"],
         ["--seed", str(2**63 - 1)],
+        # (a run that can never exploit, reported as PBT, helper-319)
+        ["--members", "1"],
+        ["--quantile", "0"],
     ],
 )
 def test_steps_out_of_range_are_refused(train, bad, capsys):

@@ -78,6 +78,17 @@ def test_the_synthetic_example_refuses_a_folder_that_holds_a_run_below(tmp_path,
     assert log_dir_problem(str(example)) is None  # (a CNN example's run goes below them)
 
 
+def test_a_log_dir_below_a_file_or_holding_a_file_for_its_run_is_refused(tmp_path):
+    # (a NotADirectoryError or FileExistsError traceback from the RL example, helper-319)
+    (tmp_path / "afile").write_text("x")
+    assert "a file: pass a folder" in log_dir_problem(str(tmp_path / "afile" / "sub" / "run"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "population").write_text("x")
+    assert "holds a file population" in log_dir_problem(str(tmp_path / "run"))
+    assert log_dir_problem(str(tmp_path / "run"), run_below=False) is None  # (not its own)
+    assert log_dir_problem(str(tmp_path / "new" / "run")) is None
+
+
 @pytest.mark.parametrize("which", ["empty", "file"])
 def test_an_empty_log_dir_or_a_file_is_a_usage_error(which, tmp_path, capsys, monkeypatch):
     # "" wrote params/ and population/ into the current directory; a file ended in a

@@ -412,6 +412,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--seed must be in [-2**31, 2**63 - 1)")
     if not 0.0 <= args.quantile <= 0.5:
         parser.error("--quantile must be in [0, 0.5]")
+    if not args.fixed and selection.num_in_quantile(args.members, args.quantile) < 1:
+        # (a run that can never exploit, reported as PBT: a random-hyperparameter baseline)
+        parser.error(
+            f"--members {args.members} with --quantile {args.quantile} copies no member: "
+            "PBT's --members must be at least 2 and its --quantile above 0 (for training "
+            "without exploits pass --fixed)"
+        )
     problem = log_dir_problem(args.logdir or _default_logdir(args))
     if problem is not None:
         parser.error(problem)
