@@ -34,17 +34,18 @@ def log_dir_problem(log_dir: str, *, run_below: bool = True, params: bool = Fals
     (:func:`jaxpop.report.data.find_run_dir`). ``params``: it keeps checkpoints in
     ``<log-dir>/params`` (a ``ParamStore``: :func:`jaxpop.checkpointing.check_directory`).
     """
-    if os.path.exists(log_dir) and not os.path.isdir(log_dir):
-        return f"--log-dir {log_dir} is a file: pass a folder (a new one starts a run)"
+    if os.path.lexists(log_dir) and not os.path.isdir(log_dir):
+        what = "a link to nothing" if os.path.islink(log_dir) else "a file"
+        return f"--log-dir {log_dir} is {what}: pass a folder (a new one starts a run)"
     parent = os.path.dirname(os.path.abspath(log_dir))
-    while not os.path.exists(parent):  # (the nearest folder above that exists)
+    while not os.path.lexists(parent):  # (the nearest entry above that is there)
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        return f"--log-dir {log_dir} is below {parent}, a file: pass a folder"
-    for name in ("population", "params") if run_below else ():
+        return f"the log dir {log_dir} is below {parent}, which is not a folder: pass a folder"
+    for name in ("population",) * run_below + ("params",) * params:
         inside = os.path.join(log_dir, name)
-        if os.path.exists(inside) and not os.path.isdir(inside):
-            return f"--log-dir {log_dir} holds a file {name}, where the run keeps a folder"
+        if os.path.lexists(inside) and not os.path.isdir(inside):
+            return f"the log dir {log_dir} holds {name}, which is not a folder: the run keeps one"
     if params:
         try:
             check_directory(os.path.abspath(os.path.join(log_dir, "params")))

@@ -11,9 +11,9 @@ re-exported by :mod:`jaxpop.population`, where the seed's users look for them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
-import numbers
 import os
 import reprlib
 import uuid
@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxpop import encoding
 from jaxpop.boundary import _IMMUTABLE, copy_in, copy_out
+from jaxpop.core import as_value
 from jaxpop.history import History
 from jaxpop.mutators.base import Mutator
 from jaxpop.records import ActiveWorker, Checkpoint, _with_status
@@ -338,13 +339,9 @@ def _plain_numbers(checkpoint: Checkpoint) -> Checkpoint:
     if type(parent) is tuple and len(parent) == 2 and _numpy_int(parent[1]):
         changes["parent"] = (parent[0], int(parent[1]))
     value = checkpoint.value
-    if (
-        value is not None
-        and type(value) is not float
-        and isinstance(value, numbers.Real)
-        and not isinstance(value, (bool, np.bool_, np.timedelta64))
-    ):
-        changes["value"] = float(value)
+    if value is not None and type(value) is not float:
+        with contextlib.suppress(TypeError, ValueError):  # (the records refuse it by name)
+            changes["value"] = as_value(value)
     return checkpoint.replace(**changes) if changes else checkpoint
 
 

@@ -81,12 +81,22 @@ def test_the_synthetic_example_refuses_a_folder_that_holds_a_run_below(tmp_path,
 def test_a_log_dir_below_a_file_or_holding_a_file_for_its_run_is_refused(tmp_path):
     # (a NotADirectoryError or FileExistsError traceback from the RL example, helper-319)
     (tmp_path / "afile").write_text("x")
-    assert "a file: pass a folder" in log_dir_problem(str(tmp_path / "afile" / "sub" / "run"))
+    below = log_dir_problem(str(tmp_path / "afile" / "sub" / "run"))
+    assert "which is not a folder: pass a folder" in below
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "population").write_text("x")
-    assert "holds a file population" in log_dir_problem(str(tmp_path / "run"))
+    assert "holds population, which is not a folder" in log_dir_problem(str(tmp_path / "run"))
     assert log_dir_problem(str(tmp_path / "run"), run_below=False) is None  # (not its own)
     assert log_dir_problem(str(tmp_path / "new" / "run")) is None
+    # params: only an example that keeps them there (the RL example does not); a link
+    # to nothing, on the way or as the log dir, is no folder either
+    (tmp_path / "rl").mkdir()
+    (tmp_path / "rl" / "params").write_text("x")
+    assert log_dir_problem(str(tmp_path / "rl")) is None
+    assert "holds params" in log_dir_problem(str(tmp_path / "rl"), params=True)
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    assert "a link to nothing" in log_dir_problem(str(tmp_path / "gone"))
+    assert "not a folder" in log_dir_problem(str(tmp_path / "gone" / "run"))
 
 
 @pytest.mark.parametrize("which", ["empty", "file"])

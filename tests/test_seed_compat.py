@@ -115,6 +115,15 @@ def test_a_seed_mutator_may_use_numpy_steps_and_values_as_the_seed_takes_them():
     start = pop.history.first(worker.generation_id)
     assert start.parent == (gen, 2) and type(start.parent[1]) is int
     assert (start.value, type(start.value)) == (1.0, float)
+    # a value the controller's set_eval refuses is refused by name, not an OverflowError
+    # (helper-320: float(10**400) raised from inside the cache; a longdouble became inf)
+    from jaxpop import seed as seed_lib
+    from jaxpop.records import check_checkpoint
+
+    for value in (10**400, np.longdouble("1e400")):
+        plain = seed_lib._plain_numbers(start.replace(value=value))
+        with pytest.raises(ValueError, match="value is not None or a float"):
+            check_checkpoint(plain, "a new checkpoint")
 
 
 def test_a_mutate_fn_may_edit_a_numpy_hyperparameter_in_place():
